@@ -1,0 +1,75 @@
+"""aquafleet wire protocol v1, sans-IO: bytes in, typed events out; no sockets, no clocks."""
+
+from protocol.constants import (
+    MAX_PAYLOAD,
+    AckCode,
+    CommandOp,
+    Encoding,
+    ErrorCode,
+    EventKind,
+    FrameType,
+    ResultCode,
+)
+from protocol.crypto import derive_device_key
+from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.frames import Frame, FrameDecoder, encode_frame
+from protocol.messages import (
+    Ack,
+    Command,
+    DesiredState,
+    Error,
+    Event,
+    FilterReading,
+    Result,
+    Telemetry,
+    decode_payload,
+    parse_message,
+)
+from protocol.session import (
+    CommandMemory,
+    DeviceSession,
+    FrameRejected,
+    LoggedIn,
+    LoginFailed,
+    LoginRequested,
+    ServerSession,
+    SessionClosed,
+    SessionState,
+)
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "Ack",
+    "AckCode",
+    "Command",
+    "CommandMemory",
+    "CommandOp",
+    "DesiredState",
+    "DeviceSession",
+    "Encoding",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "EventKind",
+    "FilterReading",
+    "Frame",
+    "FrameDecoder",
+    "FrameRejected",
+    "FrameType",
+    "LocalProtocolError",
+    "LoggedIn",
+    "LoginFailed",
+    "LoginRequested",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Result",
+    "ResultCode",
+    "ServerSession",
+    "SessionClosed",
+    "SessionState",
+    "Telemetry",
+    "decode_payload",
+    "derive_device_key",
+    "encode_frame",
+    "parse_message",
+]
