@@ -1,0 +1,1 @@
+"""The REST API (aiohttp): thin routes over the models' services."""

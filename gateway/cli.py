@@ -1,0 +1,405 @@
+"""The `aquafleet` command: serve, sim, devices, vendors, status, migrate, config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from gateway.config import Settings, load_settings, settings_reference
+from gateway.errors import ConfigError, GatewayError
+from gateway.logs import configure_logging, get_logger
+
+log = get_logger("aquafleet.cli")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
+    async def main() -> int:
+        return await coro_factory()
+
+    return uvloop.run(main())
+
+
+async def _redis_for_commands(settings: Settings) -> Any:
+    """A Redis client for one-off commands: the configured one, or a running embedded one."""
+    from gateway.embedded_redis import running_url
+    from gateway.redis_io import open_redis
+
+    url = settings.redis_url or running_url(settings.data_dir)
+    if url is None:
+        return None
+    client = open_redis(url, max_connections=4)
+    try:
+        await client.ping()
+    except Exception:
+        await client.aclose()
+        return None
+    return client
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(
+        args,
+        workers=args.workers,
+        tcp_port=args.tcp_port,
+        http_port=args.http_port,
+        data_dir=args.data_dir,
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        return _serve_workers(settings)
+    return uvloop.run(_serve_one(settings))
+
+
+async def _serve_one(settings: Settings) -> int:
+    from gateway.node import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop=stop)
+    return 0
+
+
+def _worker_main(overrides: dict[str, Any], config: str | None) -> None:
+    settings = load_settings(Path(config) if config else None, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    uvloop.run(_serve_one(settings))
+
+
+def _serve_workers(settings: Settings) -> int:
+    """Run N nodes as processes sharing the listeners (SO_REUSEPORT) and one Redis."""
+    return uvloop.run(_supervise_workers(settings))
+
+
+async def _supervise_workers(settings: Settings) -> int:
+    import contextlib
+
+    from gateway.embedded_redis import embedded_redis
+    from models.db import migrate
+
+    async with contextlib.AsyncExitStack() as stack:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            server = await stack.enter_async_context(
+                embedded_redis(settings.data_dir, port=settings.embedded_redis_port)
+            )
+            redis_url = server.url
+        if settings.migrate_on_start:
+            await migrate(settings.resolved_database_url)
+        base = settings.resolved_node_id
+        context = multiprocessing.get_context("spawn")
+        processes = []
+        for index in range(settings.workers):
+            overrides = {
+                "redis_url": redis_url,
+                "migrate_on_start": False,
+                "node_id": f"{base}-w{index}",
+                "workers": settings.workers,
+                "data_dir": settings.data_dir,
+                "tcp_port": settings.tcp_port,
+                "http_port": settings.http_port,
+                "database_url": settings.resolved_database_url,
+            }
+            config = os.environ.get("AQUAFLEET_CONFIG")
+            process = context.Process(target=_worker_main, args=(overrides, config), daemon=False)
+            process.start()
+            processes.append(process)
+        log.info("workers_started", workers=len(processes), pids=[p.pid for p in processes])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set() and all(p.is_alive() for p in processes):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            await asyncio.to_thread(process.join, settings.shutdown_grace_s + 15)
+        failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
+        log.info("workers_stopped", exit_codes=[p.exitcode for p in processes])
+        return 1 if failed and not stop.is_set() else 0
+    return 0
+
+
+# ----------------------------------------------------------------------------- database
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from models.db import migrate
+
+    async def run() -> int:
+        await migrate(settings.resolved_database_url)
+        print(f"database {settings.resolved_database_url.split('@')[-1]} is up to date")
+        return 0
+
+    return _run(run)
+
+
+async def _with_database(settings: Settings, action: Callable[[], Awaitable[int]]) -> int:
+    from models.db import database
+
+    async with database(settings.resolved_database_url, run_migrations=settings.migrate_on_start):
+        return await action()
+
+
+# ----------------------------------------------------------------------------- vendors
+
+
+def cmd_vendors_add(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from models.registry import create_vendor
+
+    async def action() -> int:
+        vendor = await create_vendor(args.code, args.name)
+        print(f"vendor {vendor.code} ({vendor.name}) created")
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def cmd_devices_register(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from models.devices import DeviceState, DeviceType
+    from models.registry import register_devices
+    from protocol.crypto import derive_device_key
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise GatewayError(f"{out} exists: it may hold keys that are shown only once (--force)")
+    master = settings.master_secret_bytes()
+
+    async def action() -> int:
+        issued = await register_devices(
+            args.vendor,
+            args.count,
+            lambda did, version: derive_device_key(master, did, version),
+            device_type=DeviceType(args.type),
+            model=args.model,
+        )
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["did", "key"])
+            for device in issued:
+                writer.writerow([device.did, device.key.hex()])
+        pushed = await _push_registry(
+            settings, [(d.did, int(DeviceState.INACTIVE), d.key_version) for d in issued]
+        )
+        print(
+            f"registered {len(issued)} devices of vendor {args.vendor}: "
+            f"{issued[0].did} .. {issued[-1].did}; keys written to {out} (mode 600, shown once)"
+        )
+        if not pushed:
+            print("gateway not reachable: it picks the devices up within 5 s of its next start")
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
+async def _push_registry(settings: Settings, entries: list[tuple[str, int, int]]) -> bool:
+    from gateway.keys import Keyspace
+    from gateway.registry_cache import write_entries
+
+    client = await _redis_for_commands(settings)
+    if client is None:
+        return False
+    try:
+        await write_entries(client, Keyspace(settings.redis_prefix, settings.redis_shards), entries)
+    finally:
+        await client.aclose()
+    return True
+
+
+def cmd_devices_state(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from gateway.keys import Keyspace
+    from gateway.registry_cache import kick_everywhere
+    from models.devices import LOGIN_ALLOWED, DeviceState
+    from models.registry import set_device_state
+
+    state = DeviceState.DISABLED if args.devices_command == "disable" else DeviceState.ACTIVE
+
+    async def action() -> int:
+        device = await set_device_state(args.did, state)
+        await _push_registry(settings, [(device.did, int(device.state), device.key_version)])
+        client = await _redis_for_commands(settings)
+        if client is not None and device.state not in LOGIN_ALLOWED:
+            try:
+                keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+                await kick_everywhere(client, keyspace, [device.did])
+            finally:
+                await client.aclose()
+        print(f"device {device.did} is now {device.state.name.lower()}")
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
+def cmd_devices_show(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from gateway.inspect import device_status
+
+    async def action() -> int:
+        client = await _redis_for_commands(settings)
+        try:
+            status = await device_status(settings, client, args.did)
+        finally:
+            if client is not None:
+                await client.aclose()
+        print(json.dumps(status, indent=2, default=str))
+        return 0 if status.get("registered") else 1
+
+    return _run(lambda: _with_database(settings, action))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from gateway.inspect import platform_status
+
+    async def action() -> int:
+        client = await _redis_for_commands(settings)
+        try:
+            status = await platform_status(settings, client)
+        finally:
+            if client is not None:
+                await client.aclose()
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.docs:
+        sys.stdout.write(settings_reference())
+        return 0
+    settings = _settings(args, data_dir=args.data_dir)
+    shown = settings.model_dump(mode="json")
+    shown["master_secret"] = "(set)" if settings.master_secret else "(data_dir/master.key)"
+    shown["resolved_database_url"] = settings.resolved_database_url
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aquafleet", description="IoT cloud platform for smart water purifiers."
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", type=Path, help="override AQUAFLEET_DATA_DIR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the TCP gateway and the REST API")
+    serve.add_argument("--workers", type=int, help="gateway processes (default 1)")
+    serve.add_argument("--tcp-port", type=int, help="device TCP port (default 7700)")
+    serve.add_argument("--http-port", type=int, help="REST API port (default 8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    vendors = commands.add_parser("vendors", help="manage vendors (brands)")
+    vendor_commands = vendors.add_subparsers(dest="vendors_command", required=True)
+    add = vendor_commands.add_parser("add", help="create a vendor")
+    add.add_argument("code", help="4 characters A-Z/0-9, the prefix of its ids")
+    add.add_argument("--name", required=True)
+    add.set_defaults(func=cmd_vendors_add)
+
+    devices = commands.add_parser("devices", help="register and manage devices")
+    device_commands = devices.add_subparsers(dest="devices_command", required=True)
+    register = device_commands.add_parser("register", help="register a batch of devices")
+    register.add_argument("--vendor", required=True, help="vendor code")
+    register.add_argument("--count", type=int, required=True)
+    register.add_argument("--out", required=True, help="CSV file for did,key (written once)")
+    register.add_argument("--type", type=int, default=0, choices=[0, 1, 2, 3, 4, 8])
+    register.add_argument("--model", default="")
+    register.add_argument("--force", action="store_true", help="overwrite --out")
+    register.set_defaults(func=cmd_devices_register)
+    for name, text in (
+        ("disable", "refuse its logins and disconnect it"),
+        ("enable", "allow logins"),
+    ):
+        sub = device_commands.add_parser(name, help=text)
+        sub.add_argument("did")
+        sub.set_defaults(func=cmd_devices_state)
+    show = device_commands.add_parser("show", help="registry, presence, meter and latest report")
+    show.add_argument("did")
+    show.set_defaults(func=cmd_devices_show)
+
+    status = commands.add_parser("status", help="platform-wide counts (online, ledger backlog)")
+    status.set_defaults(func=cmd_status)
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    config.add_argument("--docs", action="store_true", help="print the settings reference")
+    config.set_defaults(func=cmd_config)
+
+    from simulators.cli import add_sim_parser
+
+    add_sim_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"aquafleet: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"aquafleet: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from models.errors import DomainError
+
+        if isinstance(exc, DomainError):
+            print(f"aquafleet: {exc.message}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

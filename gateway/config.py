@@ -1,0 +1,280 @@
+"""All configuration in one place: AQUAFLEET_* environment variables, an optional TOML file.
+
+Precedence: command-line flags > environment > TOML file > defaults. Every setting, its variable
+and its default are listed in docs/configuration.md (generated from this module by
+`aquafleet config --docs`, and checked by a test).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "AQUAFLEET_"
+CONFIG_FILE_ENV = "AQUAFLEET_CONFIG"
+
+
+class Settings(BaseSettings):
+    """aquafleet settings. Field descriptions become docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    data_dir: Path = Field(
+        Path("aquafleet-data"),
+        description="Directory for the SQLite database, the embedded Redis and the master key.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="Tortoise database URL (sqlite://PATH or postgres://USER@HOST:PORT/DB). "
+        "Default: a SQLite file in data_dir.",
+    )
+    migrate_on_start: bool = Field(
+        True, description="Apply pending database migrations when `serve` starts."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://, rediss://, unix://). Default: start and supervise an "
+        "embedded redis-server persisting to data_dir/redis.",
+    )
+    redis_prefix: str = Field(
+        "aq", min_length=1, max_length=32, description="Prefix of every Redis key aquafleet uses."
+    )
+    redis_shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Hash-tag shards of the device keyspace (one Lua call and one ledger stream "
+        "per shard). Fixed for the life of the data.",
+    )
+    embedded_redis_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="TCP port of the embedded Redis on 127.0.0.1 (0: Unix socket only).",
+    )
+    master_secret: SecretStr | None = Field(
+        None,
+        description="Hex master secret (>= 32 bytes) device keys are derived from. Default: "
+        "generated once into data_dir/master.key. Never logged.",
+    )
+    node_id: str | None = Field(
+        None, description="Name of this gateway node in presence records. Default: host-pid."
+    )
+    tcp_host: str = Field("0.0.0.0", description="Address of the device TCP listener.")
+    tcp_port: int = Field(7700, ge=0, le=65535, description="Port of the device TCP listener.")
+    http_host: str = Field("0.0.0.0", description="Address of the REST API.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of the REST API.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Gateway processes `serve` runs (SO_REUSEPORT)."
+    )
+    heartbeat_s: int = Field(
+        60, ge=5, le=3600, description="Heartbeat told to devices; idle timeout is 2.5x this."
+    )
+    login_timeout_s: float = Field(15.0, gt=0, le=120, description="Time a device has to log in.")
+    max_connections: int = Field(
+        60000, ge=1, description="Device connections one node accepts before refusing more."
+    )
+    failed_logins_per_ip: int = Field(
+        30, ge=1, description="Failed logins from one IP within the window before it is refused."
+    )
+    failed_login_window_s: int = Field(60, ge=1, description="Window of the failed-login limit.")
+    meter_batch_max: int = Field(
+        4000, ge=1, le=100000, description="Most records one metering round trip carries."
+    )
+    pending_pause_records: int = Field(
+        20000,
+        ge=100,
+        description="Records waiting for Redis at which the node stops reading from sockets.",
+    )
+    backlog_pause_records: int = Field(
+        500000,
+        ge=1000,
+        description="Ledger records not yet in the database at which nodes stop reading.",
+    )
+    ledger_writer: bool = Field(
+        True, description="Run a ledger writer (Redis stream -> database) in this process."
+    )
+    ledger_batch: int = Field(
+        2000, ge=1, le=50000, description="Ledger entries one database transaction takes."
+    )
+    ledger_claim_idle_s: int = Field(
+        60, ge=5, description="Idle time after which a dead writer's pending entries are claimed."
+    )
+    presence_flush_s: float = Field(
+        5.0, gt=0, le=60, description="How often last-seen times are written to Redis."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, le=300, description="Time SIGTERM gives in-flight records to become durable."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one JSON object per line; console: human-readable lines."
+    )
+
+    @field_validator("master_secret")
+    @classmethod
+    def _check_master_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                raw = bytes.fromhex(value.get_secret_value())
+            except ValueError:
+                raise ValueError("must be hexadecimal") from None
+            if len(raw) < 32:
+                raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite://", "postgres://", "psycopg://")):
+            raise ValueError("must start with sqlite:// or postgres://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        same_port = self.tcp_port and self.tcp_port == self.http_port
+        if same_port and self.tcp_host == self.http_host:
+            raise ValueError("tcp_port and http_port must differ")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite://{(self.data_dir / 'aquafleet.sqlite3').resolve()}"
+
+    @property
+    def resolved_node_id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def master_secret_bytes(self) -> bytes:
+        """The configured master secret, or the one kept in data_dir/master.key (made once)."""
+        if self.master_secret is not None:
+            return bytes.fromhex(self.master_secret.get_secret_value())
+        return load_or_create_master_key(self.data_dir / "master.key")
+
+
+def load_or_create_master_key(path: Path) -> bytes:
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex() + "\n")
+    return secret
+
+
+@dataclass(frozen=True)
+class _Problem:
+    key: str
+    message: str
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{CONFIG_FILE_ENV}: config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    table = data.get("aquafleet", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [aquafleet] must be a table")
+    return table
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults < TOML file < environment < overrides; ConfigError names the key."""
+    file_path = config_file or (
+        Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None
+    )
+    file_values = _read_toml(file_path) if file_path else {}
+    env_keys = {
+        name for name in Settings.model_fields if f"{ENV_PREFIX}{name.upper()}" in os.environ
+    }
+    unknown_env = sorted(
+        key
+        for key in os.environ
+        if key.startswith(ENV_PREFIX)
+        and key != CONFIG_FILE_ENV
+        and not key.startswith("AQUAFLEET_TEST_")
+        and key[len(ENV_PREFIX) :].lower() not in Settings.model_fields
+    )
+    if unknown_env:
+        raise ConfigError(f"{unknown_env[0]}: unknown setting (see docs/configuration.md)")
+    init_values = {k: v for k, v in file_values.items() if k not in env_keys}
+    init_values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**init_values)
+    except ValidationError as exc:
+        problems = [
+            _describe(error, file_path, set(file_values), env_keys) for error in exc.errors()
+        ]
+        raise ConfigError(
+            "invalid configuration: " + "; ".join(f"{p.key}: {p.message}" for p in problems)
+        ) from None
+
+
+def _describe(
+    error: Any, file_path: Path | None, file_keys: set[str], env_keys: set[str]
+) -> _Problem:
+    field = str(error["loc"][0]) if error["loc"] else "configuration"
+    if field in env_keys:
+        key = f"{ENV_PREFIX}{field.upper()}"
+    elif field in file_keys and file_path is not None:
+        key = f"{field} (in {file_path})"
+    else:
+        key = f"{field} ({ENV_PREFIX}{field.upper()})" if field in Settings.model_fields else field
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif "input" in error and field != "master_secret":
+        message = f"{message} (got {error['input']!r})"
+    return _Problem(key, message)
+
+
+def settings_reference() -> str:
+    """docs/configuration.md's table, generated from the Settings fields."""
+    lines = [
+        "| setting | environment variable | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(none)" if default is None else f"`{default}`"
+        lines.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,239 @@
+"""The session hub of one node: which device is connected here, timers, read pausing, kicks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from protocol import ErrorCode, FrameRejected, ServerSession, SessionClosed
+
+if TYPE_CHECKING:
+    from gateway.login import LoginBatcher
+    from gateway.meter import MeterBatcher
+    from gateway.presence import Presence
+    from gateway.tcp import DeviceConnection
+
+log = get_logger("aquafleet.hub")
+
+SWEEP_INTERVAL_S = 1.0
+MAX_TRACKED_IPS = 100_000
+
+
+class FailedLoginLimiter:
+    """Failed logins per source IP in a fixed window; bounded memory (oldest IPs forgotten).
+
+    Devices behind one carrier NAT share an IP: only failures count, so healthy devices never
+    trip it; the limit is a setting (failed_logins_per_ip).
+    """
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def blocked(self, ip: str, now: float) -> bool:
+        entry = self._windows.get(ip)
+        return entry is not None and now - entry[0] < self.window_s and entry[1] >= self.limit
+
+    def failed(self, ip: str, now: float) -> None:
+        start, count = self._windows.get(ip, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        self._windows[ip] = (start, count + 1)
+        self._windows.move_to_end(ip)
+        while len(self._windows) > MAX_TRACKED_IPS:
+            self._windows.popitem(last=False)
+
+
+class Hub:
+    """Connections of this node. The meter, logins and presence plug in after construction."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        metrics: Metrics,
+        heartbeat_s: int,
+        login_timeout_s: float,
+        max_connections: int,
+        limiter: FailedLoginLimiter,
+    ) -> None:
+        self.node_id = node_id
+        self.metrics = metrics
+        self.heartbeat_s = heartbeat_s
+        self.login_timeout_s = login_timeout_s
+        self.max_connections = max_connections
+        self.limiter = limiter
+        self.connections: set[DeviceConnection] = set()
+        self.online: dict[str, DeviceConnection] = {}
+        self._conn_ids = itertools.count(1)
+        self._pause_reasons: set[str] = set()
+        self.accepting = True
+        self._all_closed = asyncio.Event()
+        self.meter: MeterBatcher
+        self.logins: LoginBatcher
+        self.presence: Presence
+        metrics.gauges["connections"] = lambda: len(self.connections)
+        metrics.gauges["devices_online"] = lambda: len(self.online)
+        metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
+
+    # ------------------------------------------------------------------ connections
+
+    def new_session(self) -> ServerSession:
+        return ServerSession(
+            time.time(), heartbeat_s=self.heartbeat_s, login_timeout_s=self.login_timeout_s
+        )
+
+    def connection_made(self, conn: DeviceConnection) -> None:
+        if not self.accepting or len(self.connections) >= self.max_connections:
+            self.metrics.connections_refused += 1
+            conn.close(ErrorCode.OVERLOADED, "node is full or stopping")
+            return
+        conn.conn_id = f"{self.node_id}/{next(self._conn_ids)}"
+        self.connections.add(conn)
+        self.metrics.connections_accepted += 1
+        if self._pause_reasons:
+            conn.pause_reading()
+
+    def connection_lost(self, conn: DeviceConnection) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
+        self.metrics.connections_closed += 1
+        did = conn.did
+        if did is not None and self.online.get(did) is conn:
+            del self.online[did]
+            self.presence.release(did, conn.conn_id)
+        session = conn.session
+        if session is not None:
+            stats = session.decoder_stats
+            self.metrics.frames_bad_crc += stats.crc_errors
+            self.metrics.garbage_bytes += stats.garbage_bytes
+
+    def go_online(self, conn: DeviceConnection, did: str, shard: int) -> None:
+        """A verified login took the device's presence: an older local connection goes."""
+        conn.did = did
+        conn.shard = shard
+        older = self.online.get(did)
+        self.online[did] = conn
+        if older is not None and older is not conn:
+            self.metrics.sessions_replaced += 1
+            older.did = None  # its end must not release the new presence
+            older.close(ErrorCode.REPLACED, "a newer login of this device took over")
+
+    def kick(self, did: str, conn_id: str, code: ErrorCode, reason: str) -> bool:
+        """Close the device's connection here if it is `conn_id` (or any, with "*")."""
+        conn = self.online.get(did)
+        if conn is None or (conn_id != "*" and conn.conn_id != conn_id):
+            return False
+        if code is ErrorCode.REPLACED:
+            self.metrics.sessions_replaced += 1
+            # The presence now belongs to the newer login elsewhere: do not release it.
+            del self.online[did]
+            conn.did = None
+        conn.close(code, reason)
+        return True
+
+    # ------------------------------------------------------------------ session events
+
+    def session_closed(self, conn: DeviceConnection, event: SessionClosed) -> None:
+        self.metrics.protocol_errors += 1
+        log.info(
+            "session_closed",
+            conn=conn.conn_id,
+            did=conn.did,
+            ip=conn.peer_ip,
+            code=event.code.name,
+            reason=event.reason,
+        )
+
+    def frame_rejected(self, conn: DeviceConnection, event: FrameRejected) -> None:
+        self.metrics.records_rejected += 1
+        log.warning(
+            "frame_rejected",
+            conn=conn.conn_id,
+            did=conn.did,
+            code=event.code.name,
+            reason=event.reason,
+            seq=event.seq,
+        )
+
+    def device_message(self, conn: DeviceConnection, message: Any) -> None:
+        """RESULT/ACK/ERROR from a device (command delivery plugs in here)."""
+        log.debug("device_message", did=conn.did, message=type(message).__name__)
+
+    # ------------------------------------------------------------------ read pausing
+
+    @property
+    def reads_paused(self) -> bool:
+        return bool(self._pause_reasons)
+
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading from every socket (Redis or the ledger is behind): bounded memory."""
+        if reason in self._pause_reasons:
+            return
+        first = not self._pause_reasons
+        self._pause_reasons.add(reason)
+        if first:
+            self.metrics.read_pauses += 1
+            log.warning("reads_paused", reason=reason, connections=len(self.connections))
+            for conn in self.connections:
+                conn.pause_reading()
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons:
+            log.info("reads_resumed", reason=reason)
+            for conn in self.connections:
+                conn.resume_reading()
+
+    # ------------------------------------------------------------------ timers
+
+    def sweep(self, now: float) -> int:
+        """Close connections past their login or idle deadline; returns how many."""
+        expired = 0
+        for conn in list(self.connections):
+            session = conn.session
+            if session is None or now < session.next_deadline:
+                continue
+            event = session.check_timers(now)
+            if event is None:
+                continue
+            expired += 1
+            if event.code is ErrorCode.IDLE_TIMEOUT:
+                self.metrics.idle_timeouts += 1
+            else:
+                self.metrics.logins_timed_out += 1
+            conn.flush()
+            conn.close(event.code, event.reason)
+        return expired
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.sweep(time.time())
+
+    def close_all(self, code: ErrorCode, reason: str) -> None:
+        for conn in list(self.connections):
+            conn.close(code, reason)
+
+    async def all_closed(self) -> None:
+        """Return once no connection is left."""
+        if self.connections:
+            self._all_closed.clear()
+            await self._all_closed.wait()
+
+    def abort_all(self) -> None:
+        """Drop connections that did not close in time (their unsent bytes are lost)."""
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()

@@ -1,0 +1,133 @@
+"""Read-only views for operators: one device, or the platform as a whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.config import Settings
+from gateway.keys import Keyspace
+from gateway.registry_cache import parse_registry_entry
+from models.devices import Device
+from models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
+from protocol import ProtocolError
+from protocol.messages import Telemetry, parse_record_payload
+
+
+def _ms_to_iso(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def _decode(mapping: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode(errors="replace") for k, v in mapping.items()}
+
+
+async def device_status(
+    settings: Settings, client: aioredis.Redis | None, did: str
+) -> dict[str, Any]:
+    device = await Device.get_or_none(did=did)
+    status: dict[str, Any] = {"did": did, "registered": device is not None}
+    if device is None:
+        return status
+    status.update(
+        vendor=device.vendor_id,
+        type=int(device.type),
+        model=device.model,
+        state=device.state.name.lower(),
+        key_version=device.key_version,
+        activated_at=device.activated_at,
+        ledger_metered_ml=(await metered_ml_by_device([did]))[did],
+        ledger_records=await UsageRecord.filter(did=did).count(),
+    )
+    snapshot = await DeviceSnapshot.get_or_none(did=did)
+    if snapshot is not None:
+        status["latest_report"] = {
+            "boot": snapshot.boot,
+            "rec": snapshot.rec,
+            "received_at": snapshot.received_at,
+            "flow_total_ml": snapshot.flow_total_ml,
+            "tds_in_ppm": snapshot.tds_in_ppm,
+            "tds_out_ppm": snapshot.tds_out_ppm,
+            "temperature_dc": snapshot.temperature_dc,
+            "filters": snapshot.filters,
+            "fault_bits": snapshot.fault_bits,
+            "signal": snapshot.signal,
+            "state_bits": snapshot.state_bits,
+        }
+    if client is None:
+        status["redis"] = "not reachable (is `aquafleet serve` running?)"
+        return status
+    keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keyspace.registry(keyspace.shard_of(did)), did)
+    pipe.hgetall(keyspace.presence(did))
+    pipe.hgetall(keyspace.meter(did))
+    pipe.hgetall(keyspace.latest(did))
+    registry, presence, meter, latest = await pipe.execute()
+    entry = parse_registry_entry(registry)
+    status["login_allowed"] = entry is not None and entry.login_allowed
+    status["online"] = bool(presence)
+    if presence:
+        status["presence"] = {
+            "node": presence[b"node"].decode(),
+            "since": _ms_to_iso(presence.get(b"since")),
+            "last_seen": _ms_to_iso(presence.get(b"seen")),
+        }
+    if meter:
+        m = _decode(meter)
+        status["meter"] = {
+            "metered_ml": int(m.get("mt", 0)),
+            "records": int(m.get("n", 0)),
+            "last_counter_ml": int(m["lt"]) if "lt" in m else None,
+            "cnt_epoch": int(m["le"]) if "le" in m else None,
+            "watermark": [int(m["b0"]), int(m["w0"])] if "b0" in m else None,
+        }
+    if latest:
+        try:
+            message = parse_record_payload(0x20, latest[b"payload"], int(latest[b"enc"]))
+        except ProtocolError:
+            message = None
+        if isinstance(message, Telemetry):
+            status["live_report"] = {
+                "received_at": _ms_to_iso(latest.get(b"at")),
+                "flow_total_ml": message.flow_total_ml,
+                "tds_in_ppm": message.tds_in_ppm,
+                "tds_out_ppm": message.tds_out_ppm,
+                "temperature_dc": message.temperature_dc,
+                "filters": [
+                    [f.index, f.work_h, f.power_on_h, f.reset_count] for f in message.filters
+                ],
+                "fault_bits": message.fault_bits,
+                "signal": message.signal,
+                "state_bits": message.state_bits,
+            }
+    return status
+
+
+async def platform_status(settings: Settings, client: aioredis.Redis | None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "devices": await Device.all().count(),
+        "ledger_records": await UsageRecord.all().count(),
+    }
+    if client is None:
+        status["redis"] = "not reachable (is `aquafleet serve` running?)"
+        return status
+    keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+    backlog = await client.mget([keyspace.ledger_backlog(s) for s in keyspace.all_shards()])
+    status["ledger_backlog_records"] = sum(int(v or 0) for v in backlog)
+    keys = [key async for key in client.scan_iter(match=f"{keyspace.prefix}:{{*}}:p:*", count=1000)]
+    nodes: dict[str, int] = {}
+    for start in range(0, len(keys), 1000):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 1000]:
+            pipe.hget(key, "node")
+        for node in await pipe.execute():
+            if node is not None:
+                nodes[node.decode()] = nodes.get(node.decode(), 0) + 1
+    status["online"] = sum(nodes.values())
+    status["online_by_node"] = nodes
+    return status

@@ -1,0 +1,270 @@
+"""The ledger writer: drains the shards' ledger streams into the database, exactly once.
+
+Each stream entry is one metering round of one shard (many records). Writers of all nodes share
+one consumer group; an entry is acknowledged (XACK, then XDEL, and the backlog counter lowered)
+only after its records are committed. A writer that crashes leaves its entries pending; on
+restart it writes them again, and a live writer claims the entries of a dead one after
+`ledger_claim_idle_s`. Inserts ignore rows already present (unique did, boot, rec), so a replay
+writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+from tortoise.exceptions import BaseORMException
+
+from gateway.errors import RedisUnavailable
+from gateway.keys import Keyspace
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.redis_io import Scripts, redis_errors
+from models.usage import SnapshotRow, UsageRow, store_ledger_batch
+from protocol import FrameType, ProtocolError
+from protocol.messages import Telemetry, parse_record_payload
+
+log = get_logger("aquafleet.ledger")
+
+GROUP = "ledger-writers"
+BLOCK_MS = 1000
+CLAIM_EVERY_S = 15.0
+RETRY_MAX_S = 5.0
+ACTIVATED_CACHE = 200_000
+
+
+def _entry_size(fields_: dict[bytes, bytes]) -> int:
+    try:
+        return int(fields_.get(b"n", 0))
+    except ValueError:
+        return 0
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    usage: list[UsageRow] = field(default_factory=list)
+    snapshots: dict[str, SnapshotRow] = field(default_factory=dict)
+    dids: set[str] = field(default_factory=set)
+    bad_payloads: int = 0  # records whose telemetry fields did not parse: stored, no snapshot
+    poisoned: list[Entry] = field(default_factory=list)  # entries that did not decode at all
+
+
+def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]]:
+    received_at = dt.datetime.fromtimestamp(int(fields_[b"at"]) / 1000, dt.UTC)
+    rows = []
+    for item in msgpack.unpackb(fields_[b"records"], raw=True):
+        raw_did, frame_type, boot, rec, ts, delta, total, epoch, event_kind, enc, payload = item
+        row: UsageRow = (
+            raw_did.decode(), int(boot), int(rec), int(frame_type), int(event_kind), int(ts),
+            received_at, int(delta), None if total < 0 else int(total),
+            None if epoch < 0 else int(epoch),
+        )  # fmt: skip
+        rows.append((row, int(enc), payload))
+    return rows
+
+
+def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
+    """Turn stream entries (as meter.lua wrote them) into database rows."""
+    batch = DecodedBatch()
+    for entry in entries:
+        try:
+            rows = _entry_rows(entry[1])
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException):
+            batch.poisoned.append(entry)
+            continue
+        for row, enc, payload in rows:
+            did, boot, rec, frame_type = row[0], row[1], row[2], row[3]
+            batch.usage.append(row)
+            batch.dids.add(did)
+            if frame_type != FrameType.TELEMETRY:
+                continue
+            previous = batch.snapshots.get(did)
+            if previous is not None and (previous[1], previous[2]) >= (boot, rec):
+                continue
+            try:
+                message = parse_record_payload(frame_type, payload, enc)
+            except ProtocolError:
+                batch.bad_payloads += 1  # metered already; only the snapshot is lost
+                continue
+            assert isinstance(message, Telemetry)
+            batch.snapshots[did] = snapshot_row(did, message, row[6], row[8])
+    return batch
+
+
+def snapshot_row(
+    did: str, t: Telemetry, received_at: dt.datetime, flow_total: int | None
+) -> SnapshotRow:
+    filters = [[f.index, f.work_h, f.power_on_h, f.reset_count] for f in t.filters] or None
+    return (
+        did, t.boot, t.rec, t.ts, received_at, flow_total, t.tds_in_ppm, t.tds_out_ppm,
+        t.temperature_dc, filters, t.fault_bits, t.signal, t.state_bits,
+    )  # fmt: skip
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        *,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        keyspace: Keyspace,
+        metrics: Metrics,
+        consumer: str,
+        batch_entries: int,
+        claim_idle_ms: int,
+    ) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.keyspace = keyspace
+        self.metrics = metrics
+        self.consumer = consumer
+        self.batch_entries = batch_entries
+        self.claim_idle_ms = claim_idle_ms
+        self.streams = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
+        self.backlog_keys = {
+            keyspace.ledger_stream(s): keyspace.ledger_backlog(s) for s in keyspace.all_shards()
+        }
+        self._activated: dict[str, None] = {}
+        self._stop = False
+
+    async def ensure_groups(self) -> None:
+        with redis_errors("creating ledger consumer groups"):
+            for stream in self.streams:
+                try:
+                    await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.ensure_groups()
+                await self.drain_own_pending()
+                loop = asyncio.get_running_loop()
+                next_claim = loop.time() + CLAIM_EVERY_S
+                while True:
+                    await self.write_once(block_ms=BLOCK_MS)
+                    if loop.time() >= next_claim:
+                        await self.claim_abandoned()
+                        next_claim = loop.time() + CLAIM_EVERY_S
+                    delay = 0.1
+            except (RedisUnavailable, BaseORMException, OSError) as exc:
+                self.metrics.ledger_db_errors += isinstance(exc, BaseORMException)
+                log.error(
+                    "ledger_writer_error", error=f"{type(exc).__name__}: {exc}", retry_s=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def write_once(self, *, block_ms: int | None = None) -> int:
+        """Read new entries of all shards, store them, acknowledge them; returns records written."""
+        with redis_errors("reading the ledger"):
+            reply = await self.client.xreadgroup(
+                GROUP,
+                self.consumer,
+                {stream: ">" for stream in self.streams},
+                count=self.batch_entries,
+                block=block_ms,
+            )
+        return await self._store_reply(reply)
+
+    async def drain_own_pending(self) -> int:
+        """Entries this consumer read before a crash or restart and never acknowledged."""
+        written = 0
+        while True:
+            with redis_errors("reading pending ledger entries"):
+                reply = await self.client.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    {stream: "0" for stream in self.streams},
+                    count=self.batch_entries,
+                )
+            pending: Any = reply or []
+            if not any(item[1] for item in pending):
+                return written
+            written += await self._store_reply(reply)
+
+    async def claim_abandoned(self) -> int:
+        """Take over entries a dead writer left pending for longer than the claim idle time."""
+        claimed = 0
+        for stream in self.streams:
+            with redis_errors("claiming abandoned ledger entries"):
+                result = await self.client.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    "0-0",
+                    count=self.batch_entries,
+                )
+            entries = [e for e in result[1] if e[1] is not None]
+            if entries:
+                claimed += len(entries)
+                await self._store_reply([[stream.encode(), entries]])
+        self.metrics.ledger_claimed += claimed
+        return claimed
+
+    async def _store_reply(self, reply: Any) -> int:
+        if not reply:
+            return 0
+        per_stream: list[tuple[str, list[tuple[bytes, int]]]] = []
+        entries: list[Entry] = []
+        for stream, stream_entries in reply:
+            if not stream_entries:
+                continue
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            counted = [(entry_id, _entry_size(fields_)) for entry_id, fields_ in stream_entries]
+            per_stream.append((name, counted))
+            entries.extend(stream_entries)
+        if not entries:
+            return 0
+        batch = decode_entries(entries)
+        if batch.poisoned:
+            await self._bury(batch.poisoned)
+        activated = [did for did in batch.dids if did not in self._activated]
+        await store_ledger_batch(batch.usage, list(batch.snapshots.values()), activated)
+        self._remember_activated(activated)
+        await self._acknowledge(per_stream)
+        self.metrics.ledger_entries_written += len(entries)
+        self.metrics.ledger_records_written += len(batch.usage)
+        self.metrics.ledger_records_dead += batch.bad_payloads
+        self.metrics.metered_ml += sum(row[7] for row in batch.usage)
+        return len(batch.usage)
+
+    async def _bury(self, poisoned: list[Entry]) -> None:
+        """Keep undecodable entries in a dead-letter stream for a person to look at."""
+        log.error("ledger_entries_poisoned", entries=[e[0] for e in poisoned])
+        self.metrics.ledger_records_dead += sum(_entry_size(f) for _, f in poisoned)
+        with redis_errors("burying poisoned ledger entries"):
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id, fields_ in poisoned:
+                dead: Any = {**fields_, b"id": entry_id}
+                pipe.xadd(self.keyspace.ledger_dead, dead)
+            await pipe.execute()
+
+    async def _acknowledge(self, per_stream: list[tuple[str, list[tuple[bytes, int]]]]) -> None:
+        def build(pipe: Any) -> None:
+            for stream, counted in per_stream:
+                args: list[Any] = [GROUP]
+                for entry_id, records in counted:
+                    args += [entry_id, records]
+                self.scripts.queue(pipe, "ledger_ack", (stream, self.backlog_keys[stream]), args)
+
+        await self.scripts.run_pipeline(self.client, build, "acknowledging ledger entries")
+
+    def _remember_activated(self, dids: list[str]) -> None:
+        for did in dids:
+            self._activated[did] = None
+        while len(self._activated) > ACTIVATED_CACHE:
+            self._activated.pop(next(iter(self._activated)))

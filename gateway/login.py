@@ -1,0 +1,192 @@
+"""Logins in batches: one registry lookup round trip and one presence claim round trip per tick.
+
+The device key is derived from the master secret and the key version the registry cache holds,
+so a login storm reads no database. The proof is verified before anything is claimed: a HELLO
+or AUTH naming a device that is connected elsewhere disturbs nothing until it is proven.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+
+from gateway.errors import RedisUnavailable
+from gateway.keys import Keyspace
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.redis_io import Scripts, redis_errors
+from gateway.registry_cache import RegistryEntry, parse_registry_entry
+from protocol import DesiredState, ErrorCode, LoginRequested
+from protocol.crypto import derive_device_key
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
+    from gateway.tcp import DeviceConnection
+
+log = get_logger("aquafleet.login")
+
+MAX_LOGINS_PER_ROUND = 2000
+
+
+@dataclass(slots=True)
+class _Verified:
+    conn: DeviceConnection
+    did: str
+    shard: int
+
+
+def desired_state(version: Any, lock: Any, remaining: Any, expires: Any) -> DesiredState | None:
+    """The desired-state hash's fields (bytes or None) as the protocol's DesiredState."""
+    if version is None:
+        return None
+    return DesiredState(
+        version=int(version),
+        locked=bool(int(lock or 0)),
+        remaining_ml=None if remaining is None else int(remaining),
+        rental_expires_at=None if expires is None else int(expires),
+    )
+
+
+class LoginBatcher:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        keyspace: Keyspace,
+        metrics: Metrics,
+        master_secret: bytes,
+        presence_ttl_ms: int,
+    ) -> None:
+        self.hub = hub
+        self.client = client
+        self.scripts = scripts
+        self.keyspace = keyspace
+        self.metrics = metrics
+        self._master_secret = master_secret
+        self.presence_ttl_ms = presence_ttl_ms
+        self.pending: list[tuple[DeviceConnection, LoginRequested]] = []
+        self._wake = asyncio.Event()
+        metrics.gauges["logins_pending"] = lambda: len(self.pending)
+
+    def submit(self, conn: DeviceConnection, request: LoginRequested) -> None:
+        self.pending.append((conn, request))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = self.pending[:MAX_LOGINS_PER_ROUND]
+                del self.pending[:MAX_LOGINS_PER_ROUND]
+                try:
+                    await self.login(batch)
+                except RedisUnavailable as exc:
+                    self.metrics.redis_errors += 1
+                    log.error("login_redis_error", error=str(exc), logins=len(batch))
+                    for conn, _ in batch:
+                        self._reject(conn, ErrorCode.INTERNAL, "registry unavailable, retry")
+                    await asyncio.sleep(0.5)
+
+    async def login(self, batch: list[tuple[DeviceConnection, LoginRequested]]) -> None:
+        now = time.time()
+        limiter = self.hub.limiter
+        lookups: list[tuple[DeviceConnection, str, int]] = []
+        for conn, request in batch:
+            if conn.closed:
+                continue
+            if limiter.blocked(conn.peer_ip, now):
+                self.metrics.logins_rate_limited += 1
+                self._reject(conn, ErrorCode.AUTH_RATE_LIMITED, "too many failed logins")
+                continue
+            lookups.append((conn, request.did, self.keyspace.shard_of(request.did)))
+        if not lookups:
+            return
+        with redis_errors("looking devices up"):
+            pipe = self.client.pipeline(transaction=False)
+            for _, did, shard in lookups:
+                pipe.hget(self.keyspace.registry(shard), did)
+            entries = await pipe.execute()
+        verified = [
+            v
+            for (conn, did, shard), raw in zip(lookups, entries, strict=True)
+            if (v := self._verify(conn, did, shard, parse_registry_entry(raw), now)) is not None
+        ]
+        if verified:
+            await self._claim(verified)
+
+    def _verify(
+        self,
+        conn: DeviceConnection,
+        did: str,
+        shard: int,
+        entry: RegistryEntry | None,
+        now: float,
+    ) -> _Verified | None:
+        if conn.closed or conn.session is None:
+            return None
+        if entry is None:
+            self._fail(conn, did, now, ErrorCode.AUTH_UNKNOWN_DEVICE, "unknown device")
+        elif not entry.login_allowed:
+            self._fail(conn, did, now, ErrorCode.AUTH_DISABLED, "device disabled")
+        elif not conn.session.verify_login(
+            derive_device_key(self._master_secret, did, entry.key_version)
+        ):
+            self._fail(conn, did, now, ErrorCode.AUTH_BAD_PROOF, "bad proof")
+        else:
+            return _Verified(conn, did, shard)
+        return None
+
+    def _fail(
+        self, conn: DeviceConnection, did: str, now: float, code: ErrorCode, reason: str
+    ) -> None:
+        self.hub.limiter.failed(conn.peer_ip, now)
+        log.info("login_failed", did=did, ip=conn.peer_ip, code=code.name)
+        self._reject(conn, code, reason)
+
+    def _reject(self, conn: DeviceConnection, code: ErrorCode, reason: str) -> None:
+        self.metrics.logins_failed += 1
+        if conn.session is not None and not conn.closed:
+            conn.session.reject_login(code, reason)
+            conn.flush()
+            conn.close(code, reason)
+
+    async def _claim(self, verified: list[_Verified]) -> None:
+        now = time.time()
+        now_ms = int(now * 1000)
+        channel_prefix = self.keyspace.node_channel("")
+        node_id = self.hub.node_id
+
+        def build(pipe: Any) -> None:
+            for v in verified:
+                self.scripts.queue(
+                    pipe,
+                    "claim",
+                    (
+                        self.keyspace.presence(v.did),
+                        self.keyspace.meter(v.did),
+                        self.keyspace.desired(v.did),
+                    ),
+                    (node_id, v.conn.conn_id, now_ms, self.presence_ttl_ms, channel_prefix, v.did),
+                )
+
+        replies = await self.scripts.run_pipeline(self.client, build, "claiming presence")
+        for v, reply in zip(verified, replies, strict=True):
+            conn = v.conn
+            if conn.closed or conn.session is None:
+                self.hub.presence.release(v.did, conn.conn_id)
+                continue
+            _old_node, _old_conn, wm_boot, wm_rec, *desired = reply
+            last_acked = None if wm_boot is None else (int(wm_boot), int(wm_rec))
+            conn.session.accept_login(
+                now=time.time(), last_acked=last_acked, desired=desired_state(*desired)
+            )
+            self.hub.go_online(conn, v.did, self.keyspace.shard_of(v.did))
+            self.metrics.logins_ok += 1
+            conn.flush()

@@ -1,0 +1,16 @@
+-- A verified login takes the device's presence, wherever its older connection lives.
+--
+-- KEYS[1] presence hash p:<did>, KEYS[2] meter hash m:<did>, KEYS[3] desired-state hash d:<did>
+-- ARGV[1] node id, ARGV[2] connection id, ARGV[3] now (unix ms), ARGV[4] presence TTL (ms),
+-- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did
+-- Returns {old node or false, old connection or false, watermark boot, watermark rec,
+--          desired version, lock, remaining_ml, rental_expires_at} (false where unknown).
+local old = redis.call('HMGET', KEYS[1], 'node', 'conn')
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3], 'seen', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if old[1] and old[1] ~= ARGV[1] then
+  redis.call('PUBLISH', ARGV[5] .. old[1], 'kick ' .. ARGV[6] .. ' ' .. old[2])
+end
+local wm = redis.call('HMGET', KEYS[2], 'b0', 'w0')
+local d = redis.call('HMGET', KEYS[3], 'version', 'lock', 'remaining_ml', 'rental_expires_at')
+return {old[1], old[2], wm[1], wm[2], d[1], d[2], d[3], d[4]}

@@ -1,0 +1,234 @@
+"""Durable metering: every record of a loop tick goes to Redis in one round trip.
+
+Records from all connections collect in `pending`. One owner task takes them in rounds: one
+pipeline with one `meter.lua` call per shard (all of that shard's records as one msgpack
+argument). The script deduplicates, meters the counter, appends the round to the shard's ledger
+stream and answers each record's ack code and watermark; only then are the devices acked.
+While a round is in flight the next one collects, so batches grow with load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from gateway.errors import RedisUnavailable, ScriptFailed
+from gateway.keys import Keyspace
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.redis_io import Scripts, redis_errors
+from protocol import AckCode
+from protocol.messages import Record
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
+    from gateway.tcp import DeviceConnection
+
+log = get_logger("aquafleet.meter")
+
+OOO_LIMIT = 64  # out-of-order recs remembered per boot before a gap is given up
+RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
+PAUSE_PENDING = "pending"
+PAUSE_BACKLOG = "ledger_backlog"
+PAUSE_REDIS = "redis_unavailable"
+BACKLOG_POLL_S = 0.5
+
+
+class MeterBatcher:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        keyspace: Keyspace,
+        metrics: Metrics,
+        batch_max: int,
+        pause_pending: int,
+        pause_backlog: int,
+    ) -> None:
+        self.hub = hub
+        self.client = client
+        self.scripts = scripts
+        self.keyspace = keyspace
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self.pause_pending = pause_pending
+        self.pause_backlog = pause_backlog
+        self.pending: list[tuple[DeviceConnection, Record]] = []
+        self.in_flight = 0
+        self.backlog = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Redis' Lua cmsgpack predates msgpack's bin types: bytes go as raw strings.
+        self._packer = msgpack.Packer(use_bin_type=False)
+        self._shard_prefix = [keyspace.shard_prefix(s) for s in keyspace.all_shards()]
+        self._stream = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
+        self._backlog_key = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
+        self._shard_backlog = [0] * keyspace.shards
+        metrics.gauges["meter_pending"] = lambda: len(self.pending)
+        metrics.gauges["ledger_backlog"] = lambda: self.backlog
+
+    def submit(self, conn: DeviceConnection, record: Record) -> None:
+        self.pending.append((conn, record))
+        self.metrics.records_received += 1
+        if not self._wake.is_set():
+            self._wake.set()
+            self._idle.clear()
+        if len(self.pending) >= self.pause_pending:
+            self.hub.pause_reading(PAUSE_PENDING)
+
+    async def drained(self) -> None:
+        """Return once every submitted record is metered and acked (graceful shutdown)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = self.pending[: self.batch_max]
+                del self.pending[: self.batch_max]
+                await self._meter_with_retry(batch)
+                if len(self.pending) < self.pause_pending // 2:
+                    self.hub.resume_reading(PAUSE_PENDING)
+            if not self.pending:
+                self._idle.set()
+
+    async def _meter_with_retry(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await self.meter(batch)
+            except ScriptFailed as exc:
+                # Not an outage: retrying would fail again. The devices keep these records
+                # (UNAVAILABLE) and resend them after their next login.
+                self.metrics.redis_errors += 1
+                log.error("meter_script_failed", error=str(exc), records=len(batch))
+                self._refuse(batch)
+                return
+            except RedisUnavailable as exc:
+                self.metrics.redis_errors += 1
+                self.hub.pause_reading(PAUSE_REDIS)
+                log.error("meter_redis_error", error=str(exc), records=len(batch), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            self.hub.resume_reading(PAUSE_REDIS)
+            return
+
+    async def meter(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+        """One round: meter `batch` in Redis (a script call per shard), then ack every record."""
+        by_shard: dict[int, list[tuple[DeviceConnection, Record]]] = {}
+        for item in batch:
+            shard_items = by_shard.get(item[0].shard)
+            if shard_items is None:
+                by_shard[item[0].shard] = [item]
+            else:
+                shard_items.append(item)
+        now_ms = int(time.time() * 1000)
+        pack = self._packer.pack
+        calls: list[tuple[int, bytes]] = []
+        for shard, items in by_shard.items():
+            rows = [
+                [
+                    conn.did,
+                    r.frame_type,
+                    r.boot,
+                    r.rec,
+                    r.ts,
+                    -1 if r.flow_total_ml is None else r.flow_total_ml,
+                    -1 if r.cnt_epoch is None else r.cnt_epoch,
+                    r.event_kind,
+                    r.encoding,
+                    r.payload,
+                ]
+                for conn, r in items
+            ]
+            calls.append((shard, pack(rows)))
+
+        def build(pipe: Any) -> None:
+            for shard, blob in calls:
+                self.scripts.queue(
+                    pipe,
+                    "meter",
+                    (self._stream[shard], self._backlog_key[shard]),
+                    (self._shard_prefix[shard], blob, now_ms, OOO_LIMIT),
+                )
+
+        self.in_flight += len(batch)
+        try:
+            replies = await self.scripts.run_pipeline(self.client, build, "metering records")
+        finally:
+            self.in_flight -= len(batch)
+        self._ack(by_shard, replies)
+
+    def _refuse(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+        touched = set()
+        for conn, record in batch:
+            if not conn.closed and conn.session is not None:
+                conn.session.ack(record.seq, AckCode.UNAVAILABLE)
+                touched.add(conn)
+        for conn in touched:
+            conn.flush()
+
+    def _ack(
+        self,
+        by_shard: dict[int, list[tuple[DeviceConnection, Record]]],
+        replies: list[Any],
+    ) -> None:
+        metrics = self.metrics
+        touched: set[DeviceConnection] = set()
+        stored = duplicate = stale = 0
+        for (shard, items), reply in zip(by_shard.items(), replies, strict=True):
+            out = msgpack.unpackb(reply)
+            self._shard_backlog[shard] = out[-1]
+            for index, (conn, record) in enumerate(items):
+                rc, wm_boot, wm_rec = out[3 * index : 3 * index + 3]
+                if rc == AckCode.STORED:
+                    stored += 1
+                elif rc == AckCode.DUPLICATE:
+                    duplicate += 1
+                else:
+                    stale += 1
+                if not conn.closed and conn.session is not None:
+                    conn.session.ack(record.seq, rc, (wm_boot, wm_rec))
+                    touched.add(conn)
+        for conn in touched:
+            conn.flush()
+        metrics.records_stored += stored
+        metrics.records_duplicate += duplicate
+        metrics.records_stale += stale
+        metrics.meter_rounds += 1
+        size = stored + duplicate + stale
+        if size > metrics.meter_round_records_max:
+            metrics.meter_round_records_max = size
+        self.backlog = sum(self._shard_backlog)
+        if self.backlog >= self.pause_backlog:
+            self.hub.pause_reading(PAUSE_BACKLOG)
+
+    async def total_backlog(self) -> int:
+        """Records in the ledger streams not yet in the database (all shards)."""
+        with redis_errors("reading the ledger backlog"):
+            values = await self.client.mget(self._backlog_key)
+        self._shard_backlog = [int(v or 0) for v in values]
+        return sum(self._shard_backlog)
+
+    async def watch_backlog(self) -> None:
+        """Resume reading once the ledger writers have caught up (below half the pause mark)."""
+        while True:
+            await asyncio.sleep(BACKLOG_POLL_S)
+            try:
+                self.backlog = await self.total_backlog()
+            except RedisUnavailable as exc:  # transient: keep the last value
+                log.warning("backlog_poll_failed", error=str(exc))
+                continue
+            if self.backlog < self.pause_backlog // 2:
+                self.hub.resume_reading(PAUSE_BACKLOG)
+            elif self.backlog >= self.pause_backlog:
+                self.hub.pause_reading(PAUSE_BACKLOG)

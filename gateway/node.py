@@ -1,0 +1,294 @@
+"""One gateway node: every long-lived resource is one aiohttp cleanup context, torn down in
+reverse order. The TCP gateway comes last, so SIGTERM first stops accepting devices, lets what
+was read become durable and acked, then closes them; Redis and the database close after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.embedded_redis import embedded_redis
+from gateway.hub import FailedLoginLimiter, Hub
+from gateway.keys import Keyspace
+from gateway.ledger import LedgerWriter
+from gateway.login import LoginBatcher
+from gateway.logs import get_logger
+from gateway.meter import MeterBatcher
+from gateway.metrics import Metrics
+from gateway.presence import Presence, presence_ttl_ms
+from gateway.redis_io import Scripts, open_redis
+from gateway.registry_cache import RegistrySync
+from gateway.tcp import start_tcp_server
+from models.db import close_database, init_database
+from protocol import ErrorCode
+
+log = get_logger("aquafleet.node")
+
+RESTART_DELAY_S = 1.0
+CLOSE_GRACE_S = 2.0
+
+
+@dataclass
+class TaskGroup:
+    """Background tasks owned by the node: started by name, cancelled and awaited on shutdown."""
+
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        async def supervised() -> None:
+            while True:
+                try:
+                    await factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # A bug, not an expected failure (those are handled inside): restart the
+                    # service rather than run on without it.
+                    log.exception("task_crashed", task=name, restart_in_s=RESTART_DELAY_S)
+                    await asyncio.sleep(RESTART_DELAY_S)
+
+        self.tasks[name] = asyncio.create_task(supervised(), name=name)
+
+    async def stop(self, *names: str) -> None:
+        chosen = [self.tasks.pop(n) for n in names if n in self.tasks]
+        for task in chosen:
+            task.cancel()
+        for task in chosen:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def stop_all(self) -> None:
+        await self.stop(*reversed(list(self.tasks)))
+
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+REDIS = web.AppKey("redis", aioredis.Redis)
+SCRIPTS = web.AppKey("scripts", Scripts)
+KEYSPACE = web.AppKey("keyspace", Keyspace)
+HUB = web.AppKey("hub", Hub)
+TASKS = web.AppKey("tasks", TaskGroup)
+TCP_SERVER = web.AppKey("tcp_server", asyncio.Server)
+
+
+# ----------------------------------------------------------------------------- contexts
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.redis_url
+        if url is None:
+            server = await stack.enter_async_context(
+                embedded_redis(settings.data_dir, port=settings.embedded_redis_port)
+            )
+            url = server.url
+        client = open_redis(url)
+        stack.push_async_callback(client.aclose)
+        scripts = Scripts()
+        await scripts.load(client)
+        app[REDIS] = client
+        app[SCRIPTS] = scripts
+        app[KEYSPACE] = Keyspace(settings.redis_prefix, settings.redis_shards)
+        yield
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    await init_database(settings.resolved_database_url, run_migrations=settings.migrate_on_start)
+    try:
+        yield
+    finally:
+        await close_database()
+
+
+async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
+    group = TaskGroup()
+    app[TASKS] = group
+    try:
+        yield
+    finally:
+        await group.stop_all()
+
+
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    sync = RegistrySync(app[REDIS], app[KEYSPACE])
+    await sync.ensure_copy()
+    app[TASKS].start("registry-sync", sync.run)
+    yield
+    await app[TASKS].stop("registry-sync")
+
+
+async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.ledger_writer:
+        yield
+        return
+    writer = LedgerWriter(
+        client=app[REDIS],
+        scripts=app[SCRIPTS],
+        keyspace=app[KEYSPACE],
+        metrics=app[METRICS],
+        consumer=settings.resolved_node_id,
+        batch_entries=max(1, settings.ledger_batch // 100),
+        claim_idle_ms=settings.ledger_claim_idle_s * 1000,
+    )
+    await writer.ensure_groups()
+    app[TASKS].start("ledger-writer", writer.run)
+    yield
+    # The gateway context (torn down before this one) has made everything durable in Redis;
+    # write what is left into the database before the connection closes.
+    await app[TASKS].stop("ledger-writer")
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.write_once(block_ms=None), settings.shutdown_grace_s)
+
+
+async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    client, scripts, keyspace, tasks = app[REDIS], app[SCRIPTS], app[KEYSPACE], app[TASKS]
+    ttl_ms = presence_ttl_ms(settings.heartbeat_s)
+    hub = Hub(
+        node_id=settings.resolved_node_id,
+        metrics=metrics,
+        heartbeat_s=settings.heartbeat_s,
+        login_timeout_s=settings.login_timeout_s,
+        max_connections=settings.max_connections,
+        limiter=FailedLoginLimiter(settings.failed_logins_per_ip, settings.failed_login_window_s),
+    )
+    hub.meter = MeterBatcher(
+        hub=hub,
+        client=client,
+        scripts=scripts,
+        keyspace=keyspace,
+        metrics=metrics,
+        batch_max=settings.meter_batch_max,
+        pause_pending=settings.pending_pause_records,
+        pause_backlog=settings.backlog_pause_records,
+    )
+    hub.logins = LoginBatcher(
+        hub=hub,
+        client=client,
+        scripts=scripts,
+        keyspace=keyspace,
+        metrics=metrics,
+        master_secret=settings.master_secret_bytes(),
+        presence_ttl_ms=ttl_ms,
+    )
+    hub.presence = Presence(
+        hub=hub,
+        client=client,
+        scripts=scripts,
+        keyspace=keyspace,
+        ttl_ms=ttl_ms,
+        flush_interval_s=settings.presence_flush_s,
+    )
+    app[HUB] = hub
+    names = ("meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper")
+    runners: tuple[Callable[[], Awaitable[None]], ...] = (
+        hub.meter.run,
+        hub.meter.watch_backlog,
+        hub.logins.run,
+        hub.presence.run_releases,
+        hub.presence.run_touch,
+        hub.presence.run_kick_listener,
+        hub.run_sweeper,
+    )
+    for name, runner in zip(names, runners, strict=True):
+        tasks.start(name, runner)
+    server = await start_tcp_server(
+        hub, settings.tcp_host, settings.tcp_port, reuse_port=settings.workers > 1
+    )
+    app[TCP_SERVER] = server
+    log.info(
+        "gateway_listening",
+        node=hub.node_id,
+        tcp=[s.getsockname() for s in server.sockets],
+    )
+    yield
+    await shutdown_gateway(app)
+    await tasks.stop(*names)
+
+
+async def shutdown_gateway(app: web.Application) -> None:
+    """Stop accepting, make what was read durable and acked, then close every device."""
+    settings, hub, server = app[SETTINGS], app[HUB], app[TCP_SERVER]
+    hub.accepting = False
+    server.close()
+    hub.pause_reading("shutdown")
+    drained = await _within(settings.shutdown_grace_s, hub.meter.drained())
+    log.info(
+        "gateway_stopping",
+        connections=len(hub.connections),
+        drained=drained,
+        pending=len(hub.meter.pending),
+    )
+    hub.close_all(ErrorCode.SHUTDOWN, "gateway stopping, reconnect later")
+    if not await _within(CLOSE_GRACE_S, hub.all_closed()):
+        hub.abort_all()
+    if not await _within(CLOSE_GRACE_S, hub.presence.flushed()):
+        log.warning("presence_release_unfinished")
+    await _within(CLOSE_GRACE_S, server.wait_closed())
+
+
+async def _within(seconds: float, awaitable: Awaitable[None]) -> bool:
+    """Await with a bound; False when the time ran out."""
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- application
+
+
+def build_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    from api.app import setup_api
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(tasks_ctx)
+    app.cleanup_ctx.append(registry_ctx)
+    app.cleanup_ctx.append(ledger_ctx)
+    app.cleanup_ctx.append(gateway_ctx)
+    setup_api(app)
+    return app
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[web.Application], Any] | None = None,
+) -> None:
+    """Run one node until `stop` is set."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.http_host, settings.http_port, reuse_port=settings.workers > 1
+        )
+        await site.start()
+        log.info("api_listening", http=f"{settings.http_host}:{settings.http_port}")
+        if ready is not None:
+            ready(app)
+        await stop.wait()
+        log.info("node_stopping")
+    finally:
+        await runner.cleanup()
+        log.info("node_stopped")

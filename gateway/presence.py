@@ -1,0 +1,169 @@
+"""Presence in Redis: which node holds each device, since when, last seen.
+
+A login claims the presence (claim.lua); a connection's end releases it unless a newer login
+took it (release.lua, batched per tick); every `presence_flush_s` the node refreshes last-seen
+and the time to live of its devices (touch.lua, one call per shard). The TTL is the idle
+timeout, so a node that dies stops showing its devices online within that time.
+Kicks from other nodes (a newer login elsewhere, a disabled device) arrive on the node's
+pub/sub channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.errors import RedisUnavailable
+from gateway.keys import Keyspace
+from gateway.logs import get_logger
+from gateway.redis_io import Scripts
+from protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
+
+log = get_logger("aquafleet.presence")
+
+KICK_CODES = {
+    "kick": (ErrorCode.REPLACED, "a newer login of this device took over"),
+    "disable": (ErrorCode.AUTH_DISABLED, "device disabled"),
+}
+
+
+class Presence:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        client: aioredis.Redis,
+        scripts: Scripts,
+        keyspace: Keyspace,
+        ttl_ms: int,
+        flush_interval_s: float,
+    ) -> None:
+        self.hub = hub
+        self.client = client
+        self.scripts = scripts
+        self.keyspace = keyspace
+        self.ttl_ms = ttl_ms
+        self.flush_interval_s = flush_interval_s
+        self._releases: list[tuple[str, str]] = []
+        self._release_wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def release(self, did: str, conn_id: str) -> None:
+        self._releases.append((did, conn_id))
+        self._idle.clear()
+        self._release_wake.set()
+
+    async def run_releases(self) -> None:
+        while True:
+            await self._release_wake.wait()
+            self._release_wake.clear()
+            while self._releases:
+                batch, self._releases = self._releases, []
+                try:
+                    await self._release(batch)
+                except RedisUnavailable as exc:
+                    log.warning("presence_release_failed", error=str(exc), count=len(batch))
+                    self._releases[:0] = batch
+                    await asyncio.sleep(0.5)
+            self._idle.set()
+
+    async def flushed(self) -> None:
+        """Return once every queued release is written."""
+        await self._idle.wait()
+
+    async def _release(self, batch: list[tuple[str, str]]) -> None:
+        by_shard: dict[int, list[tuple[str, str]]] = {}
+        for did, conn_id in batch:
+            by_shard.setdefault(self.keyspace.shard_of(did), []).append((did, conn_id))
+
+        def build(pipe: Any) -> None:
+            for shard, items in by_shard.items():
+                self.scripts.queue(
+                    pipe,
+                    "release",
+                    (self.keyspace.registry(shard),),
+                    (self.keyspace.shard_prefix(shard), msgpack.packb(items, use_bin_type=False)),
+                )
+
+        await self.scripts.run_pipeline(self.client, build, "releasing presence")
+
+    async def touch(self) -> int:
+        """Refresh last-seen and TTL of every device online here; returns how many."""
+        by_shard: dict[int, list[tuple[str, str, int]]] = {}
+        for did, conn in self.hub.online.items():
+            session = conn.session
+            if session is None or conn.closed:
+                continue
+            by_shard.setdefault(conn.shard, []).append(
+                (did, conn.conn_id, int(session.last_rx * 1000))
+            )
+        if not by_shard:
+            return 0
+
+        def build(pipe: Any) -> None:
+            for shard, items in by_shard.items():
+                self.scripts.queue(
+                    pipe,
+                    "touch",
+                    (self.keyspace.registry(shard),),
+                    (
+                        self.keyspace.shard_prefix(shard),
+                        self.ttl_ms,
+                        msgpack.packb(items, use_bin_type=False),
+                    ),
+                )
+
+        replies = await self.scripts.run_pipeline(self.client, build, "refreshing presence")
+        return sum(int(r) for r in replies)
+
+    async def run_touch(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.touch()
+            except RedisUnavailable as exc:
+                log.warning("presence_touch_failed", error=str(exc))
+
+    async def run_kick_listener(self) -> None:
+        """Close local connections other nodes (or admin commands) ask us to close."""
+        channel = self.keyspace.node_channel(self.hub.node_id)
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self._on_kick(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("kick_listener_reconnecting", error=str(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_kick(self, data: bytes) -> None:
+        try:
+            verb, did, conn_id = data.decode().split(" ")
+            code, reason = KICK_CODES[verb]
+        except (ValueError, KeyError, UnicodeDecodeError):
+            log.warning("kick_message_malformed", data=data[:64])
+            return
+        if self.hub.kick(did, conn_id, code, reason):
+            log.info("device_kicked", did=did, verb=verb)
+
+
+def presence_ttl_ms(heartbeat_s: int, idle_factor: float = 2.5) -> int:
+    return int(heartbeat_s * idle_factor * 1000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""Domain models and services: Tortoise models, ids, the device registry, the usage ledger."""

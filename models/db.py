@@ -1,0 +1,73 @@
+"""Database set-up: the Tortoise configuration, connections and migrations."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tortoise import Tortoise, connections
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.migrations.api import migrate as tortoise_migrate
+
+MODEL_MODULES = ["models.vendors", "models.devices", "models.usage"]
+APP = "models"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    if database_url.startswith("sqlite://"):
+        path = database_url.removeprefix("sqlite://")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "connections": {"default": database_url},
+        "apps": {
+            APP: {
+                "models": MODEL_MODULES,
+                "default_connection": "default",
+                "migrations": "models.migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+async def migrate(database_url: str) -> None:
+    """Apply every pending migration (idempotent)."""
+    await tortoise_migrate(config=tortoise_config(database_url))
+
+
+async def init_database(database_url: str, *, run_migrations: bool = True) -> None:
+    if run_migrations:
+        await migrate(database_url)
+    await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
+    if database_url.startswith("sqlite://"):
+        # WAL lets the API read while the ledger writer writes; NORMAL sync is durable in WAL.
+        conn = connection()
+        await conn.execute_script("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+
+
+async def close_database() -> None:
+    await Tortoise.close_connections()
+
+
+@contextlib.asynccontextmanager
+async def database(database_url: str, *, run_migrations: bool = True) -> AsyncIterator[None]:
+    await init_database(database_url, run_migrations=run_migrations)
+    try:
+        yield
+    finally:
+        await close_database()
+
+
+def connection() -> BaseDBAsyncClient:
+    client: BaseDBAsyncClient = connections.get("default")
+    return client
+
+
+def dialect() -> str:
+    """'sqlite' or 'postgres': the few raw SQL statements differ only in placeholders."""
+    name = connection().capabilities.dialect
+    return "postgres" if name.startswith("postgres") else name

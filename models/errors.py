@@ -1,0 +1,25 @@
+"""The domain's exception root."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A business rule refused the operation; `code` is stable, the message is for people."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class InvalidInput(DomainError):
+    code = "invalid_input"

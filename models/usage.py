@@ -1,0 +1,186 @@
+"""The usage ledger (every metered record, once) and the latest report of each device."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from enum import IntEnum
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class RecordKind(IntEnum):
+    TELEMETRY = 0x20
+    EVENT = 0x21
+
+
+class UsageRecord(Model):
+    """One metered record: `delta_ml` is the water it added to the device's total."""
+
+    id = fields.BigIntField(pk=True)
+    did = fields.CharField(max_length=16)
+    boot = fields.BigIntField()
+    rec = fields.BigIntField()
+    kind = fields.IntEnumField(RecordKind)
+    event_kind = fields.SmallIntField(default=0)
+    device_ts = fields.BigIntField(description="device clock, unix seconds")
+    received_at = fields.DatetimeField()
+    delta_ml = fields.BigIntField()
+    flow_total_ml = fields.BigIntField(null=True)
+    cnt_epoch = fields.BigIntField(null=True)
+
+    class Meta:
+        table = "usage_record"
+        unique_together = (("did", "boot", "rec"),)
+        indexes = (("did", "received_at"),)
+
+
+class DeviceSnapshot(Model):
+    """The newest telemetry of a device (by boot, rec), kept by the ledger writer."""
+
+    did = fields.CharField(pk=True, max_length=16)
+    boot = fields.BigIntField()
+    rec = fields.BigIntField()
+    device_ts = fields.BigIntField()
+    received_at = fields.DatetimeField()
+    flow_total_ml = fields.BigIntField(null=True)
+    tds_in_ppm = fields.IntField(null=True)
+    tds_out_ppm = fields.IntField(null=True)
+    temperature_dc = fields.IntField(null=True)
+    filters: list[list[int]] | None = fields.JSONField(null=True)
+    fault_bits = fields.BigIntField(null=True)
+    signal = fields.IntField(null=True)
+    state_bits = fields.BigIntField(null=True)
+
+    class Meta:
+        table = "device_snapshot"
+
+
+# ----------------------------------------------------------------------------- ledger storage
+
+# (did, boot, rec, kind, event_kind, device_ts, received_at, delta_ml, flow_total_ml, cnt_epoch)
+UsageRow = tuple[str, int, int, int, int, int, "dt.datetime", int, int | None, int | None]
+# (did, boot, rec, device_ts, received_at, flow_total_ml, tds_in, tds_out, temperature_dc,
+#  filters (list or None), fault_bits, signal, state_bits)
+SnapshotRow = tuple[
+    str, int, int, int, "dt.datetime", int | None, int | None, int | None, int | None,
+    list[list[int]] | None, int | None, int | None, int | None,
+]  # fmt: skip
+
+_USAGE_COLUMNS = (
+    "did, boot, rec, kind, event_kind, device_ts, received_at, delta_ml, flow_total_ml, cnt_epoch"
+)
+_SNAPSHOT_COLUMNS = (
+    "did, boot, rec, device_ts, received_at, flow_total_ml, tds_in_ppm, tds_out_ppm, "
+    "temperature_dc, filters, fault_bits, signal, state_bits"
+)
+_SNAPSHOT_UPDATE = ", ".join(
+    f"{c} = excluded.{c}" for c in _SNAPSHOT_COLUMNS.split(", ") if c != "did"
+)
+_SNAPSHOT_NEWER = (
+    "excluded.boot > device_snapshot.boot OR "
+    "(excluded.boot = device_snapshot.boot AND excluded.rec > device_snapshot.rec)"
+)
+
+SQLITE_INSERT_USAGE = (
+    f"INSERT INTO usage_record ({_USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (did, boot, rec) DO NOTHING"
+)
+SQLITE_UPSERT_SNAPSHOT = (
+    f"INSERT INTO device_snapshot ({_SNAPSHOT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT (did) DO UPDATE SET {_SNAPSHOT_UPDATE} WHERE {_SNAPSHOT_NEWER}"
+)
+PG_INSERT_USAGE = (
+    f"INSERT INTO usage_record ({_USAGE_COLUMNS}) "
+    "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::smallint[], "
+    "$5::smallint[], $6::bigint[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[]) "
+    "ON CONFLICT (did, boot, rec) DO NOTHING"
+)
+PG_UPSERT_SNAPSHOT = (
+    f"INSERT INTO device_snapshot ({_SNAPSHOT_COLUMNS}) "
+    "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::bigint[], "
+    "$5::timestamptz[], $6::bigint[], $7::int[], $8::int[], $9::int[], $10::jsonb[], "
+    "$11::bigint[], $12::int[], $13::bigint[]) "
+    f"ON CONFLICT (did) DO UPDATE SET {_SNAPSHOT_UPDATE} WHERE {_SNAPSHOT_NEWER}"
+)
+
+
+async def store_ledger_batch(
+    usage: list[UsageRow], snapshots: list[SnapshotRow], activated: list[str]
+) -> None:
+    """Write a batch of metered records in one transaction; replays insert nothing twice.
+
+    `snapshots` holds at most one (the newest) telemetry per device; `activated` names devices
+    that reported and may still be INACTIVE.
+    """
+    from tortoise.transactions import in_transaction
+
+    from models.db import dialect
+    from models.devices import DeviceState
+
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default") as conn:
+        if dialect() == "postgres":
+            if usage:
+                await conn.execute_query(
+                    PG_INSERT_USAGE, [list(col) for col in zip(*usage, strict=True)]
+                )
+            if snapshots:
+                columns = [list(col) for col in zip(*snapshots, strict=True)]
+                columns[9] = [None if f is None else json.dumps(f) for f in columns[9]]
+                await conn.execute_query(PG_UPSERT_SNAPSHOT, columns)
+            if activated:
+                await conn.execute_query(
+                    "UPDATE device SET state = $1, activated_at = $2, updated_at = $2 "
+                    "WHERE did = ANY($3::varchar[]) AND state = $4",
+                    [int(DeviceState.ACTIVE), now, activated, int(DeviceState.INACTIVE)],
+                )
+        else:
+            if usage:
+                await conn.execute_many(SQLITE_INSERT_USAGE, [_sqlite_row(row, 6) for row in usage])
+            if snapshots:
+                rows = []
+                for row in snapshots:
+                    values = _sqlite_row(row, 4)
+                    values[9] = None if values[9] is None else json.dumps(values[9])
+                    rows.append(values)
+                await conn.execute_many(SQLITE_UPSERT_SNAPSHOT, rows)
+            if activated:
+                placeholders = ", ".join("?" * len(activated))
+                await conn.execute_query(
+                    "UPDATE device SET state = ?, activated_at = ?, updated_at = ? "
+                    f"WHERE did IN ({placeholders}) AND state = ?",
+                    [
+                        int(DeviceState.ACTIVE),
+                        str(now),
+                        str(now),
+                        *activated,
+                        int(DeviceState.INACTIVE),
+                    ],
+                )
+
+
+def _sqlite_row(row: tuple[object, ...], datetime_index: int) -> list[object]:
+    values = list(row)
+    values[datetime_index] = str(values[datetime_index])  # Tortoise's SQLite datetime text
+    return values
+
+
+async def metered_ml_by_device(dids: list[str], min_boot: int = 0) -> dict[str, int]:
+    """Water the ledger holds per device (records of boots >= min_boot)."""
+    from tortoise.functions import Sum
+
+    totals: dict[str, int] = {did: 0 for did in dids}
+    for start in range(0, len(dids), 500):
+        chunk = dids[start : start + 500]
+        rows = (
+            await UsageRecord.filter(did__in=chunk, boot__gte=min_boot)
+            .group_by("did")
+            .annotate(total=Sum("delta_ml"))
+            .values_list("did", "total")
+        )
+        for did, total in rows:
+            totals[did] = int(total or 0)
+    return totals

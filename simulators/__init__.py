@@ -1,0 +1,1 @@
+"""Virtual purifiers and the load-test CLI, built on protocol/."""
