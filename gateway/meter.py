@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -36,6 +37,73 @@ PAUSE_PENDING = "pending"
 PAUSE_BACKLOG = "ledger_backlog"
 PAUSE_REDIS = "redis_unavailable"
 BACKLOG_POLL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOutcome:
+    """What meter.lua answered for one shard: (rc, wm_boot, wm_rec) per record, flattened."""
+
+    codes: list[int]
+    backlog: int
+
+
+class MeterScript:
+    """meter.lua for many shards in one pipeline (one call per shard)."""
+
+    def __init__(self, scripts: Scripts, keyspace: Keyspace) -> None:
+        self.scripts = scripts
+        # Redis' Lua cmsgpack predates msgpack's bin types: bytes go as raw strings.
+        self._packer = msgpack.Packer(use_bin_type=False)
+        self._prefix = [keyspace.shard_prefix(s) for s in keyspace.all_shards()]
+        self._stream = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
+        self._backlog = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
+
+    async def run(
+        self,
+        client: aioredis.Redis,
+        rows: dict[int, list[tuple[str, Record]]],
+        now_ms: int,
+    ) -> dict[int, ShardOutcome]:
+        pack = self._packer.pack
+        calls = [
+            (
+                shard,
+                pack(
+                    [
+                        [
+                            did,
+                            r.frame_type,
+                            r.boot,
+                            r.rec,
+                            r.ts,
+                            -1 if r.flow_total_ml is None else r.flow_total_ml,
+                            -1 if r.cnt_epoch is None else r.cnt_epoch,
+                            r.event_kind,
+                            r.encoding,
+                            r.payload,
+                        ]
+                        for did, r in items
+                    ]
+                ),
+            )
+            for shard, items in rows.items()
+        ]
+
+        def build(pipe: Any) -> None:
+            for shard, blob in calls:
+                self.scripts.queue(
+                    pipe,
+                    "meter",
+                    (self._stream[shard], self._backlog[shard]),
+                    (self._prefix[shard], blob, now_ms, OOO_LIMIT),
+                )
+
+        replies = await self.scripts.run_pipeline(client, build, "metering records")
+        outcomes = {}
+        for (shard, _blob), reply in zip(calls, replies, strict=True):
+            out = msgpack.unpackb(reply)
+            outcomes[shard] = ShardOutcome(codes=out[:-1], backlog=out[-1])
+        return outcomes
 
 
 class MeterBatcher:
@@ -65,10 +133,7 @@ class MeterBatcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        # Redis' Lua cmsgpack predates msgpack's bin types: bytes go as raw strings.
-        self._packer = msgpack.Packer(use_bin_type=False)
-        self._shard_prefix = [keyspace.shard_prefix(s) for s in keyspace.all_shards()]
-        self._stream = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
+        self.script = MeterScript(scripts, keyspace)
         self._backlog_key = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
         self._shard_backlog = [0] * keyspace.shards
         metrics.gauges["meter_pending"] = lambda: len(self.pending)
@@ -131,42 +196,16 @@ class MeterBatcher:
                 by_shard[item[0].shard] = [item]
             else:
                 shard_items.append(item)
-        now_ms = int(time.time() * 1000)
-        pack = self._packer.pack
-        calls: list[tuple[int, bytes]] = []
-        for shard, items in by_shard.items():
-            rows = [
-                [
-                    conn.did,
-                    r.frame_type,
-                    r.boot,
-                    r.rec,
-                    r.ts,
-                    -1 if r.flow_total_ml is None else r.flow_total_ml,
-                    -1 if r.cnt_epoch is None else r.cnt_epoch,
-                    r.event_kind,
-                    r.encoding,
-                    r.payload,
-                ]
-                for conn, r in items
-            ]
-            calls.append((shard, pack(rows)))
-
-        def build(pipe: Any) -> None:
-            for shard, blob in calls:
-                self.scripts.queue(
-                    pipe,
-                    "meter",
-                    (self._stream[shard], self._backlog_key[shard]),
-                    (self._shard_prefix[shard], blob, now_ms, OOO_LIMIT),
-                )
-
+        rows = {
+            shard: [(conn.did or "", record) for conn, record in items]
+            for shard, items in by_shard.items()
+        }
         self.in_flight += len(batch)
         try:
-            replies = await self.scripts.run_pipeline(self.client, build, "metering records")
+            outcomes = await self.script.run(self.client, rows, int(time.time() * 1000))
         finally:
             self.in_flight -= len(batch)
-        self._ack(by_shard, replies)
+        self._ack(by_shard, outcomes)
 
     def _refuse(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
         touched = set()
@@ -180,16 +219,17 @@ class MeterBatcher:
     def _ack(
         self,
         by_shard: dict[int, list[tuple[DeviceConnection, Record]]],
-        replies: list[Any],
+        outcomes: dict[int, ShardOutcome],
     ) -> None:
         metrics = self.metrics
         touched: set[DeviceConnection] = set()
         stored = duplicate = stale = 0
-        for (shard, items), reply in zip(by_shard.items(), replies, strict=True):
-            out = msgpack.unpackb(reply)
-            self._shard_backlog[shard] = out[-1]
+        for shard, items in by_shard.items():
+            outcome = outcomes[shard]
+            self._shard_backlog[shard] = outcome.backlog
+            codes = outcome.codes
             for index, (conn, record) in enumerate(items):
-                rc, wm_boot, wm_rec = out[3 * index : 3 * index + 3]
+                rc, wm_boot, wm_rec = codes[3 * index : 3 * index + 3]
                 if rc == AckCode.STORED:
                     stored += 1
                 elif rc == AckCode.DUPLICATE:

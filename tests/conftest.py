@@ -1,0 +1,217 @@
+"""Shared fixtures: the real Redis (a key prefix per test), SQLite and PostgreSQL databases,
+and a gateway node running in the test's event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+import uvloop
+from aiohttp import web
+
+from gateway.config import Settings, load_settings
+from gateway.keys import Keyspace
+from gateway.metrics import Metrics
+
+REDIS_URL = os.environ.get("AQUAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "AQUAFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"
+)
+TEST_SHARDS = 4
+MASTER_SECRET = "11" * 32
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Test runs must not pick up an operator's settings.
+    for key in list(os.environ):
+        if key.startswith("AQUAFLEET_") and not key.startswith("AQUAFLEET_TEST_"):
+            del os.environ[key]
+
+
+# ----------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def keyspace(redis_prefix: str) -> Keyspace:
+    return Keyspace(redis_prefix, TEST_SHARDS)
+
+
+@pytest.fixture
+async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the real Redis; every key under this test's prefix is deleted afterwards."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:  # the suite needs the real Redis: say so plainly
+        pytest.fail(f"Redis at {REDIS_URL} is not answering: {exc}")
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:*", count=1000)]
+    for start in range(0, len(keys), 500):
+        await client.delete(*keys[start : start + 500])
+    await client.aclose()
+
+
+# ----------------------------------------------------------------------------- databases
+
+
+async def _postgres_database() -> str:
+    """A fresh PostgreSQL database (dropped at exit); returns its URL."""
+    admin = await asyncpg.connect(POSTGRES_URL.replace("postgres://", "postgresql://"))
+    name = f"aquafleet_test_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+
+
+async def _drop_postgres_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(POSTGRES_URL.replace("postgres://", "postgresql://"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'aquafleet.sqlite3'}"
+        return
+    url = await _postgres_database()
+    try:
+        yield url
+    finally:
+        from tortoise import Tortoise
+
+        with contextlib.suppress(Exception):
+            await Tortoise.close_connections()
+        await _drop_postgres_database(url)
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'aquafleet.sqlite3'}"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[str]:
+    """Tortoise initialised on a migrated database (both backends)."""
+    from models.db import database
+
+    async with database(database_url):
+        yield database_url
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, redis_prefix: str) -> Iterator[Any]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "redis_url": REDIS_URL,
+            "redis_prefix": redis_prefix,
+            "redis_shards": TEST_SHARDS,
+            "master_secret": MASTER_SECRET,
+            "tcp_host": "127.0.0.1",
+            "tcp_port": 0,
+            "http_host": "127.0.0.1",
+            "http_port": 0,
+            "log_level": "warning",
+            "node_id": f"node-{secrets.token_hex(3)}",
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    yield make
+
+
+# ----------------------------------------------------------------------------- a node
+
+
+@dataclass
+class RunningNode:
+    app: web.Application
+    runner: web.AppRunner
+    settings: Settings
+    tcp_port: int
+    http_port: int
+
+    @property
+    def metrics(self) -> Metrics:
+        from gateway.node import METRICS
+
+        return self.app[METRICS]
+
+    @property
+    def hub(self) -> Any:
+        from gateway.node import HUB
+
+        return self.app[HUB]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_node(settings: Settings) -> AsyncIterator[RunningNode]:
+    """Start a whole node (Redis, DB, ledger writer, TCP, HTTP) in this event loop."""
+    from gateway.node import TCP_SERVER, build_app
+
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stopped = False
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        tcp_port = app[TCP_SERVER].sockets[0].getsockname()[1]
+        node = RunningNode(app, runner, settings, tcp_port, http_port)
+        original_stop = node.stop
+
+        async def stop_once() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                await original_stop()
+
+        node.stop = stop_once  # type: ignore[method-assign]
+        yield node
+    finally:
+        if not stopped:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def node_factory(make_settings: Any, redis_client: aioredis.Redis) -> AsyncIterator[Any]:
+    """Start nodes on demand; all are stopped at the end of the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> RunningNode:
+            return await stack.enter_async_context(run_node(make_settings(**overrides)))
+
+        yield start
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests run on uvloop, like the gateway."""
+    return {"uvloop": uvloop.new_event_loop}
