@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="Gateway processes `serve` runs (SO_REUSEPORT)."
     )
     heartbeat_s: int = Field(
-        60, ge=5, le=3600, description="Heartbeat told to devices; idle timeout is 2.5x this."
+        60, ge=2, le=3600, description="Heartbeat told to devices; idle timeout is 2.5x this."
     )
     login_timeout_s: float = Field(15.0, gt=0, le=120, description="Time a device has to log in.")
     max_connections: int = Field(

@@ -145,15 +145,20 @@ class LedgerWriter:
                     if "BUSYGROUP" not in str(exc):
                         raise
 
+    def request_stop(self) -> None:
+        """Finish the batch in hand, then return from run() (within BLOCK_MS)."""
+        self._stop = True
+
     async def run(self) -> None:
+        """Write until request_stop(); a batch is never abandoned half way by a stop."""
         delay = 0.1
-        while True:
+        while not self._stop:
             try:
                 await self.ensure_groups()
                 await self.drain_own_pending()
                 loop = asyncio.get_running_loop()
                 next_claim = loop.time() + CLAIM_EVERY_S
-                while True:
+                while not self._stop:
                     await self.write_once(block_ms=BLOCK_MS)
                     if loop.time() >= next_claim:
                         await self.claim_abandoned()
@@ -166,6 +171,13 @@ class LedgerWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    async def flush(self) -> int:
+        """Write everything this consumer has read or can read now (graceful shutdown)."""
+        written = await self.drain_own_pending()
+        while batch := await self.write_once(block_ms=None):
+            written += batch
+        return written
 
     async def write_once(self, *, block_ms: int | None = None) -> int:
         """Read new entries of all shards, store them, acknowledge them; returns records written."""

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.embedded_redis import embedded_redis
+from gateway.errors import GatewayError
 from gateway.hub import FailedLoginLimiter, Hub
 from gateway.keys import Keyspace
 from gateway.ledger import LedgerWriter
@@ -145,11 +146,24 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)
     yield
-    # The gateway context (torn down before this one) has made everything durable in Redis;
-    # write what is left into the database before the connection closes.
+    # The gateway context (torn down before this one) has made everything durable in Redis.
+    # Let the writer finish its batch (cancelling it mid-transaction would only leave work
+    # pending), then write what is left before the database closes.
+    writer.request_stop()
+    running = app[TASKS].tasks.get("ledger-writer")
+    if running is not None and not await _within(
+        settings.shutdown_grace_s, asyncio.shield(running)
+    ):
+        log.warning("ledger_writer_stop_slow")
     await app[TASKS].stop("ledger-writer")
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.write_once(block_ms=None), settings.shutdown_grace_s)
+    try:
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            written = await writer.flush()
+        log.info("ledger_flushed", records=written)
+    except TimeoutError:
+        log.warning("ledger_flush_unfinished")
+    except GatewayError as exc:  # Redis or the database went first: the stream keeps it
+        log.warning("ledger_flush_failed", error=str(exc))
 
 
 async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:

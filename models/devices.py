@@ -32,7 +32,7 @@ LOGIN_ALLOWED = frozenset({DeviceState.INACTIVE, DeviceState.ACTIVE})
 
 
 class Device(Model):
-    did = fields.CharField(pk=True, max_length=16)
+    did = fields.CharField(primary_key=True, max_length=16)
     vendor: fields.ForeignKeyRelation[Vendor] = fields.ForeignKeyField(
         "models.Vendor", related_name="devices", on_delete=fields.RESTRICT
     )

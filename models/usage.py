@@ -18,7 +18,7 @@ class RecordKind(IntEnum):
 class UsageRecord(Model):
     """One metered record: `delta_ml` is the water it added to the device's total."""
 
-    id = fields.BigIntField(pk=True)
+    id = fields.BigIntField(primary_key=True)
     did = fields.CharField(max_length=16)
     boot = fields.BigIntField()
     rec = fields.BigIntField()
@@ -39,7 +39,7 @@ class UsageRecord(Model):
 class DeviceSnapshot(Model):
     """The newest telemetry of a device (by boot, rec), kept by the ledger writer."""
 
-    did = fields.CharField(pk=True, max_length=16)
+    did = fields.CharField(primary_key=True, max_length=16)
     boot = fields.BigIntField()
     rec = fields.BigIntField()
     device_ts = fields.BigIntField()

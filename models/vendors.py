@@ -17,7 +17,7 @@ class VendorState(IntEnum):
 class Vendor(Model):
     """A brand. `code` is the 4-character prefix of its device, member and order ids."""
 
-    code = fields.CharField(pk=True, max_length=4)
+    code = fields.CharField(primary_key=True, max_length=4)
     name = fields.CharField(max_length=128)
     state = fields.IntEnumField(VendorState, default=VendorState.ACTIVE)
     next_device_serial = fields.BigIntField(default=1)

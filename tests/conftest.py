@@ -212,6 +212,23 @@ async def node_factory(make_settings: Any, redis_client: aioredis.Redis) -> Asyn
         yield start
 
 
+@pytest.fixture
+async def device_factory() -> AsyncIterator[Any]:
+    """TestDevice instances that are all closed when the test ends."""
+    from tests.devices import TestDevice
+
+    made: list[TestDevice] = []
+
+    def make(did: str, key: bytes, port: int, **options: Any) -> TestDevice:
+        device = TestDevice(did, key, port, **options)
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        await device.close()
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Tests run on uvloop, like the gateway."""
     return {"uvloop": uvloop.new_event_loop}

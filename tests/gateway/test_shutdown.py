@@ -1,0 +1,80 @@
+"""SIGTERM: stop accepting, make what was read durable and acked, tell devices, close."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import time
+from pathlib import Path
+
+from models.db import database
+from models.usage import metered_ml_by_device
+from protocol import ErrorCode
+from protocol.messages import Ack, Error
+from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
+from tests.devices import TestDevice, register_devices, telemetry
+from tests.gateway.test_exactly_once import run_cli
+from tests.processes import serve_processes, start_serve
+
+
+async def test_stopping_acks_everything_read_then_says_goodbye(node_factory, device_factory):
+    node = await node_factory()
+    devices = await register_devices(node, 3)
+    clients = [device_factory(d.did, d.key, node.tcp_port) for d in devices]
+    for client in clients:
+        await client.login()
+    boot = int(time.time())
+    for client in clients:
+        for rec in range(1, 21):
+            await client.send(telemetry(rec, boot, rec * 100))
+    await asyncio.sleep(0.2)  # the node has read them
+    database_url = node.settings.resolved_database_url
+    await node.stop()
+    for client in clients:
+        acks = [e for e in client.events if isinstance(e, Ack)]
+        errors = await client.closed_by_server(timeout=5)
+        acks += [e for e in client.events if isinstance(e, Ack)]
+        assert len({a.seq for a in acks}) == 20
+        assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.SHUTDOWN]
+    async with database(database_url, run_migrations=False):
+        metered = await metered_ml_by_device([d.did for d in devices])
+    assert metered == {d.did: 2000 for d in devices}
+
+
+async def test_sigterm_stops_the_process_cleanly(tmp_path: Path, redis_prefix: str, redis_client):
+    settings = {
+        "redis_url": REDIS_URL,
+        "redis_prefix": redis_prefix,
+        "redis_shards": TEST_SHARDS,
+        "master_secret": MASTER_SECRET,
+        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "data_dir": tmp_path / "data",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
+    env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in settings.items()})
+    await run_cli(env, "vendors", "add", "TERM", "--name", "Term test")
+    await run_cli(
+        env, "devices", "register", "--vendor", "TERM", "--count", "1",
+        "--out", str(tmp_path / "devices.csv"),
+    )  # fmt: skip
+    with (tmp_path / "devices.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, settings, name="term")
+        nodes.append(node)
+        client = TestDevice(row["did"], bytes.fromhex(row["key"]), node.tcp_port)
+        await client.login()
+        boot = int(time.time())
+        for rec in range(1, 11):
+            await client.send(telemetry(rec, boot, rec * 5))
+        await client.acks(10)
+        node.terminate()
+        errors = await client.closed_by_server(timeout=15)
+        assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.SHUTDOWN]
+        assert await node.wait(30) == 0
+        log = node.log()
+        assert "node_stopped" in log
+        assert row["key"] not in log  # device keys never reach the logs
+    async with database(settings["database_url"], run_migrations=False):
+        assert await metered_ml_by_device([row["did"]]) == {row["did"]: 50}
