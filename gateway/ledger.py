@@ -242,11 +242,11 @@ class LedgerWriter:
         if not entries:
             return 0
         batch = decode_entries(entries)
-        if batch.poisoned:
-            await self._bury(batch.poisoned)
         activated = [did for did in batch.dids if did not in self._activated]
         await store_ledger_batch(batch.usage, list(batch.snapshots.values()), activated)
         self._remember_activated(activated)
+        if batch.poisoned:  # after the commit: a retried batch must not bury them twice
+            await self._bury(batch.poisoned)
         await self._acknowledge(per_stream)
         self.metrics.ledger_entries_written += len(entries)
         self.metrics.ledger_records_written += len(batch.usage)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api import migrate as tortoise_migrate
 
 MODEL_MODULES = ["models.vendors", "models.devices", "models.usage"]
@@ -51,6 +52,10 @@ async def init_database(database_url: str, *, run_migrations: bool = True) -> No
 
 async def close_database() -> None:
     await Tortoise.close_connections()
+    # Tortoise caches each model's SQL per connection *name* for the life of the process; a
+    # process that opens another backend under the same name next (tests, tools) must not
+    # reuse the old dialect's placeholders.
+    EXECUTOR_CACHE.clear()
 
 
 @contextlib.asynccontextmanager

@@ -11,8 +11,13 @@
 -- 2 stale; (wm_boot, wm_rec) is the record's boot and the highest rec stored with no gap below.
 --
 -- Per device hash m:<did>: b0/w0/o0 and b1/w1/o1 the newest two boots with their watermark and
--- out-of-order recs (",r1,r2,"); pb/pr the position of the last counter reading, lt its value,
--- le its epoch; mt the metered total; n records stored; tb/tr the newest telemetry's position.
+-- out-of-order recs (",r1,r2,"); le/lt the current counter epoch and its highest reading, pe/pt
+-- the previous epoch's (le = -1: readings seen before any epoch was named); mt the metered
+-- total; n records stored; tb/tr the newest telemetry's position.
+--
+-- The metering rule: the water of a device is, over its counter epochs, the sum of the highest
+-- reading seen in each epoch (a counter counts from 0 in its epoch). It does not depend on the
+-- order readings arrive in, so resends, reordering and late records never count twice.
 
 local prefix = ARGV[1]
 local records = cmsgpack.unpack(ARGV[2])
@@ -21,7 +26,7 @@ local ooo_limit = tonumber(ARGV[4])
 
 local STORED, DUPLICATE, STALE = 0, 1, 2
 local TELEMETRY = 0x20
-local FIELDS = {'b0', 'w0', 'o0', 'b1', 'w1', 'o1', 'pb', 'pr', 'lt', 'le', 'mt', 'n', 'tb', 'tr'}
+local FIELDS = {'b0', 'w0', 'o0', 'b1', 'w1', 'o1', 'le', 'lt', 'pe', 'pt', 'mt', 'n', 'tb', 'tr'}
 
 local states = {}
 local order = {}
@@ -33,7 +38,7 @@ local function load(did)
     key = key, did = did, dirty = false,
     b0 = tonumber(v[1]), w0 = tonumber(v[2]), o0 = v[3] or '',
     b1 = tonumber(v[4]), w1 = tonumber(v[5]), o1 = v[6] or '',
-    pb = tonumber(v[7]), pr = tonumber(v[8]), lt = tonumber(v[9]), le = tonumber(v[10]),
+    le = tonumber(v[7]), lt = tonumber(v[8]), pe = tonumber(v[9]), pt = tonumber(v[10]),
     mt = tonumber(v[11]) or 0, n = tonumber(v[12]) or 0,
     tb = tonumber(v[13]), tr = tonumber(v[14]),
   }
@@ -108,23 +113,33 @@ local function track(st, boot, rec)
   return STORED, boot, w
 end
 
--- Meter a cumulative counter reading: returns the delta in ml and the epoch it belongs to.
-local function meter(st, boot, rec, total, epoch)
+-- Meter a cumulative counter reading: returns the delta in ml and the epoch it counted in
+-- (-1: none named yet).
+local function meter(st, total, epoch)
   if total < 0 then return 0, -1 end
-  local newer = st.pb == nil or boot > st.pb or (boot == st.pb and rec > st.pr)
-  if epoch < 0 then epoch = st.le or 0 end
-  if not newer then return 0, epoch end
+  if epoch < 0 then epoch = st.le or -1 end  -- no epoch named (events): the current one
   local delta = 0
-  if st.le == nil or epoch > st.le then
-    delta = total  -- first reading, or a new epoch: counts from 0
-    st.lt, st.le = total, epoch
-  elseif epoch == st.le then
-    if total > st.lt then
-      delta = total - st.lt
-      st.lt = total
-    end
-  end  -- an older epoch at a newer position is an anomaly: 0
-  st.pb, st.pr = boot, rec
+  if st.le == nil then
+    delta = total  -- the first reading counts from 0
+    st.le, st.lt = epoch, total
+  else
+    if st.le == -1 and epoch >= 0 then st.le = epoch end  -- the first named epoch adopts them
+    if epoch == st.le then
+      if total > st.lt then
+        delta = total - st.lt
+        st.lt = total
+      end
+    elseif epoch > st.le then  -- the counter was reset: a new epoch counts from 0
+      st.pe, st.pt = st.le, st.lt
+      st.le, st.lt = epoch, total
+      delta = total
+    elseif epoch == st.pe then  -- a late reading of the previous epoch
+      if total > st.pt then
+        delta = total - st.pt
+        st.pt = total
+      end
+    end  -- an epoch older than the two tracked: its water was counted by later readings
+  end
   st.mt = st.mt + delta
   return delta, epoch
 end
@@ -139,7 +154,7 @@ for i = 1, #records do
   local st = states[did] or load(did)
   local rc, wb, wr = track(st, boot, rec)
   if rc == STORED then
-    local delta, epoch = meter(st, boot, rec, r[6], r[7])
+    local delta, epoch = meter(st, r[6], r[7])
     st.n = st.n + 1
     ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
     if frame_type == TELEMETRY and (st.tb == nil or boot > st.tb or (boot == st.tb and rec > st.tr)) then
@@ -160,11 +175,13 @@ for _, st in ipairs(order) do
       args[#args + 1] = 'w1'; args[#args + 1] = st.w1
       args[#args + 1] = 'o1'; args[#args + 1] = st.o1
     end
-    if st.pb ~= nil then
-      args[#args + 1] = 'pb'; args[#args + 1] = st.pb
-      args[#args + 1] = 'pr'; args[#args + 1] = st.pr
-      args[#args + 1] = 'lt'; args[#args + 1] = st.lt
+    if st.le ~= nil then
       args[#args + 1] = 'le'; args[#args + 1] = st.le
+      args[#args + 1] = 'lt'; args[#args + 1] = st.lt
+    end
+    if st.pe ~= nil then
+      args[#args + 1] = 'pe'; args[#args + 1] = st.pe
+      args[#args + 1] = 'pt'; args[#args + 1] = st.pt
     end
     if st.tb ~= nil then
       args[#args + 1] = 'tb'; args[#args + 1] = st.tb

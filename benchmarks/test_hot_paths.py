@@ -1,0 +1,86 @@
+"""pytest-benchmark figures for the per-record work of the gateway and the simulator.
+
+Run: .venv/bin/pytest benchmarks --benchmark-only   (figures: docs/benchmarks.md)
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+
+from protocol import DeviceSession, FilterReading, ServerSession, Telemetry
+from protocol.crc import crc16_modbus
+from protocol.crypto import derive_device_key
+
+DID = "BNCH00000001AAAA"
+KEY = derive_device_key(b"\x42" * 32, DID, 1)
+
+
+def logged_in_pair() -> tuple[DeviceSession, ServerSession]:
+    device = DeviceSession(DID, KEY)
+    server = ServerSession(time.time())
+    device.start()
+    server.receive_data(device.data_to_send(), time.time())
+    device.receive_data(server.data_to_send(), time.time())
+    server.receive_data(device.data_to_send(), time.time())
+    assert server.verify_login(KEY)
+    server.accept_login(now=time.time())
+    device.receive_data(server.data_to_send(), time.time())
+    return device, server
+
+
+def sample(rec: int) -> Telemetry:
+    return Telemetry(
+        rec=rec, boot=7, ts=1_790_000_000, flow_total_ml=12_345 + rec, tds_in_ppm=300,
+        tds_out_ppm=12, temperature_dc=250, cnt_epoch=3, signal=21, state_bits=1, fault_bits=0,
+        filters=(FilterReading(1, 100, 900, 0), FilterReading(2, 100, 900, 0),
+                 FilterReading(3, 400, 2000, 1)),
+    )  # fmt: skip
+
+
+def test_crc16_of_a_telemetry_frame(benchmark):
+    data = bytes(range(80))
+    benchmark(crc16_modbus, data)
+
+
+def test_device_encodes_a_telemetry_frame(benchmark):
+    device, _ = logged_in_pair()
+    record = sample(1)
+
+    def encode() -> bytes:
+        device.send_record(record)
+        return device.data_to_send()
+
+    assert benchmark(encode)
+
+
+def test_server_decodes_and_acks_a_telemetry_frame(benchmark):
+    device, server = logged_in_pair()
+    device.send_record(sample(1))
+    frame = device.data_to_send()
+
+    def receive_and_ack() -> bytes:
+        (record,) = server.receive_data(frame, 0.0)
+        server.ack(record.seq, 0, (record.boot, record.rec))  # type: ignore[union-attr]
+        return server.data_to_send()
+
+    assert benchmark(receive_and_ack)
+
+
+def test_server_decodes_sixteen_frames_in_one_read(benchmark):
+    device, server = logged_in_pair()
+    for rec in range(1, 17):
+        device.send_record(sample(rec))
+    burst = device.data_to_send()
+
+    def receive() -> int:
+        return len(server.receive_data(burst, 0.0))
+
+    assert benchmark(receive) == 16
+
+
+def test_pack_a_metering_round_of_1000_records(benchmark):
+    packer = msgpack.Packer(use_bin_type=False)
+    rows = [[DID, 0x20, 7, rec, 1_790_000_000, rec * 10, 3, 0, 0, b"x" * 60] for rec in range(1000)]
+    benchmark(packer.pack, rows)

@@ -1,0 +1,260 @@
+"""Records as the gateway builds them, and a thin driver of meter.lua that reads back its state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.keys import Keyspace
+from gateway.meter import MeterScript, ShardOutcome
+from gateway.redis_io import Scripts
+from protocol import Encoding, EventKind, FrameType
+from protocol.frames import Frame
+from protocol.messages import (
+    Event,
+    FilterReading,
+    Payload,
+    Record,
+    Telemetry,
+    encode_payload,
+    message_map,
+    parse_record,
+)
+
+NOW_MS = 1_700_000_000_123  # received-at of a metering round (the milliseconds matter)
+DEVICE_TS = 1_699_999_000
+STORED, DUPLICATE, STALE = 0, 1, 2
+
+
+def record_from_payload(frame_type: int, payload: Payload, seq: int = 0) -> Record:
+    """The Record the gateway's hot path makes of a frame carrying `payload` (msgpack)."""
+    frame = Frame(frame_type, Encoding.MSGPACK << 4, seq, encode_payload(payload, Encoding.MSGPACK))
+    return parse_record(frame)
+
+
+def telemetry(
+    rec: int,
+    boot: int = 1,
+    *,
+    total: int | None = None,
+    epoch: int | None = None,
+    ts: int | None = None,
+    seq: int = 0,
+    **values: Any,
+) -> Record:
+    """A TELEMETRY record; `values` are further Telemetry fields (tds_in_ppm=..., filters=...)."""
+    message = Telemetry(
+        rec=rec,
+        boot=boot,
+        ts=DEVICE_TS + rec if ts is None else ts,
+        flow_total_ml=total,
+        cnt_epoch=epoch,
+        **values,
+    )
+    return record_from_payload(FrameType.TELEMETRY, message_map(message), seq)
+
+
+def event(
+    rec: int,
+    boot: int = 1,
+    *,
+    total: int | None = None,
+    kind: int = EventKind.DISPENSE_DONE,
+    ml: int | None = None,
+    cid: int | None = None,
+    ts: int | None = None,
+    seq: int = 0,
+) -> Record:
+    """An EVENT record; `total` is key 23 (the counter after a dispense)."""
+    message = Event(
+        rec=rec,
+        boot=boot,
+        ts=DEVICE_TS + rec if ts is None else ts,
+        kind=kind,
+        cid=cid,
+        ml=ml,
+        flow_total_ml=total,
+    )
+    return record_from_payload(FrameType.EVENT, message_map(message), seq)
+
+
+FULL_TELEMETRY: dict[str, Any] = {
+    "tds_in_ppm": 180,
+    "tds_out_ppm": 12,
+    "temperature_dc": 253,
+    "filters": (FilterReading(1, 1200, 3000, 2), FilterReading(2, 800, 3000, 0)),
+    "fault_bits": 0x04,
+    "signal": 23,
+    "state_bits": 0x03,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """meter.lua's answer for one record: ack code and watermark."""
+
+    rc: int
+    watermark: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """One record of a ledger stream entry, as meter.lua packed it."""
+
+    did: str
+    frame_type: int
+    boot: int
+    rec: int
+    ts: int
+    delta: int
+    total: int  # -1: none
+    epoch: int  # -1: none
+    event_kind: int
+    encoding: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    entry_id: bytes
+    at: int
+    n: int
+    records: list[LedgerRecord]
+
+
+class MeterDriver:
+    """Sends batches through MeterScript and reads back what meter.lua left in Redis."""
+
+    def __init__(self, client: aioredis.Redis, keyspace: Keyspace) -> None:
+        self.client = client
+        self.keyspace = keyspace
+        self.script = MeterScript(Scripts(), keyspace)
+        self.last: dict[int, ShardOutcome] = {}
+        # Every ledger record appended through this driver, read back right after its call
+        # (a ledger writer deletes entries once they are in the database).
+        self.journal: list[LedgerRecord] = []
+        self.journal_complete = True
+
+    async def send(self, items: Sequence[tuple[str, Record]], now_ms: int = NOW_MS) -> list[Answer]:
+        """One metering round (one script call per shard); answers in the order of `items`."""
+        rows: dict[int, list[tuple[str, Record]]] = {}
+        where: list[tuple[int, int]] = []
+        for did, record in items:
+            shard = self.keyspace.shard_of(did)
+            shard_rows = rows.setdefault(shard, [])
+            where.append((shard, len(shard_rows)))
+            shard_rows.append((did, record))
+        outcomes = await self.script.run(self.client, rows, now_ms)
+        self.last = outcomes
+        assert set(outcomes) == set(rows)
+        for shard, shard_rows in rows.items():
+            assert len(outcomes[shard].codes) == 3 * len(shard_rows)
+        answers = []
+        for shard, index in where:
+            rc, wm_boot, wm_rec = outcomes[shard].codes[3 * index : 3 * index + 3]
+            answers.append(Answer(rc, (wm_boot, wm_rec)))
+        for shard, shard_rows in rows.items():
+            stored = [
+                (did, r.boot, r.rec)
+                for i, (did, r) in enumerate(shard_rows)
+                if outcomes[shard].codes[3 * i] == 0
+            ]
+            if stored:
+                await self._journal(shard, stored)
+        return answers
+
+    async def _journal(self, shard: int, stored: list[tuple[str, int, int]]) -> None:
+        newest = await self.client.xrevrange(self.keyspace.ledger_stream(shard), count=1)
+        if newest:
+            entry = self._decode(*newest[0])
+            if [(r.did, r.boot, r.rec) for r in entry.records] == stored:
+                self.journal += entry.records
+                return
+        self.journal_complete = False  # a writer took the entry first
+
+    def journal_of(self, did: str) -> list[LedgerRecord]:
+        assert self.journal_complete
+        return [r for r in self.journal if r.did == did]
+
+    @staticmethod
+    def _decode(entry_id: bytes, fields_: dict[bytes, bytes]) -> LedgerEntry:
+        assert set(fields_) == {b"at", b"n", b"records"}
+        records = [
+            LedgerRecord(item[0].decode(), *item[1:])
+            for item in msgpack.unpackb(fields_[b"records"], raw=True)
+        ]
+        return LedgerEntry(entry_id, int(fields_[b"at"]), int(fields_[b"n"]), records)
+
+    async def one(self, did: str, record: Record, now_ms: int = NOW_MS) -> Answer:
+        return (await self.send([(did, record)], now_ms))[0]
+
+    async def state(self, did: str) -> dict[str, str]:
+        raw = await self.client.hgetall(self.keyspace.meter(did))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def metered(self, did: str) -> int:
+        """The meter hash's total (field mt)."""
+        value = await self.client.hget(self.keyspace.meter(did), "mt")
+        return int(value or 0)
+
+    async def latest(self, did: str) -> dict[str, bytes]:
+        raw = await self.client.hgetall(self.keyspace.latest(did))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def backlog(self, shard: int) -> int:
+        return int(await self.client.get(self.keyspace.ledger_backlog(shard)) or 0)
+
+    async def ledger(self, shard: int) -> list[LedgerEntry]:
+        stream = self.keyspace.ledger_stream(shard)
+        return [self._decode(*item) for item in await self.client.xrange(stream)]
+
+    async def ledger_records(self, did: str) -> list[LedgerRecord]:
+        shard = self.keyspace.shard_of(did)
+        return [r for e in await self.ledger(shard) for r in e.records if r.did == did]
+
+    async def ledger_delta(self, did: str) -> int:
+        return sum(r.delta for r in await self.ledger_records(did))
+
+    def keys_of(self, dids: Sequence[str]) -> list[str]:
+        """Every key metering these devices can touch (for cleaning up without SCAN)."""
+        keys = [self.keyspace.meter(did) for did in dids]
+        keys += [self.keyspace.latest(did) for did in dids]
+        for shard in self.keyspace.all_shards():
+            keys += [self.keyspace.ledger_stream(shard), self.keyspace.ledger_backlog(shard)]
+        return keys
+
+
+def dids_on_distinct_shards(keyspace: Keyspace, count: int, prefix: str = "DEV") -> list[str]:
+    """`count` device ids that land on `count` different shards."""
+    found: dict[int, str] = {}
+    serial = 0
+    while len(found) < count:
+        serial += 1
+        did = f"{prefix}{serial:013d}"[:16]
+        found.setdefault(keyspace.shard_of(did), did)
+    return list(found.values())[:count]
+
+
+def dids_on_one_shard(keyspace: Keyspace, count: int, prefix: str = "DEV") -> list[str]:
+    """`count` device ids that share a shard (so one script call carries them all)."""
+    by_shard: dict[int, list[str]] = {}
+    serial = 0
+    while True:
+        serial += 1
+        did = f"{prefix}{serial:013d}"[:16]
+        group = by_shard.setdefault(keyspace.shard_of(did), [])
+        group.append(did)
+        if len(group) == count:
+            return group
+
+
+@pytest.fixture(name="meter")
+async def meter_fixture(redis_client: aioredis.Redis, keyspace: Keyspace) -> MeterDriver:
+    """meter.lua on the real Redis, under this test's key prefix."""
+    await Scripts().load(redis_client)
+    return MeterDriver(redis_client, keyspace)

@@ -1,0 +1,536 @@
+"""The ledger writer from the real Redis streams into SQLite and PostgreSQL, exactly once.
+
+Records are metered by meter.lua first (as the gateway does), then drained by `LedgerWriter`;
+the tests check what billing reads: one usage row per stored record with its delta, the newest
+report per device, activation, and that crashes, claims, replays and poisoned entries neither
+lose nor double any water.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.keys import Keyspace
+from gateway.ledger import GROUP, LedgerWriter, decode_entries
+from gateway.metrics import Metrics
+from gateway.redis_io import Scripts
+from models.devices import Device, DeviceState
+from models.registry import create_vendor, register_devices, set_device_state
+from models.usage import (
+    DeviceSnapshot,
+    RecordKind,
+    UsageRecord,
+    metered_ml_by_device,
+    store_ledger_batch,
+)
+from protocol import EventKind, FrameType
+from protocol.messages import Record
+from tests.gateway.meter_helpers import (
+    FULL_TELEMETRY,
+    NOW_MS,
+    MeterDriver,
+    event,
+    meter_fixture,  # noqa: F401 (fixture `meter`)
+    record_from_payload,
+    telemetry,
+)
+
+VENDOR = "ACME"
+RECEIVED_AT = dt.datetime.fromtimestamp(NOW_MS / 1000, dt.UTC)
+
+MakeWriter = Callable[..., LedgerWriter]
+
+
+@pytest.fixture
+async def dids(db: str) -> list[str]:
+    """Three registered devices of one vendor, all INACTIVE."""
+    await create_vendor(VENDOR, "Acme Water")
+    issued = await register_devices(VENDOR, 3, lambda did, version: bytes(32))
+    return [d.did for d in issued]
+
+
+@pytest.fixture
+async def make_writer(
+    db: str, redis_client: aioredis.Redis, keyspace: Keyspace
+) -> AsyncIterator[MakeWriter]:
+    def make(
+        consumer: str = "w1", *, claim_idle_ms: int = 60_000, batch_entries: int = 10
+    ) -> LedgerWriter:
+        return LedgerWriter(
+            client=redis_client,
+            scripts=Scripts(),
+            keyspace=keyspace,
+            metrics=Metrics(),
+            consumer=consumer,
+            batch_entries=batch_entries,
+            claim_idle_ms=claim_idle_ms,
+        )
+
+    yield make
+
+
+@pytest.fixture
+async def writer(make_writer: MakeWriter) -> LedgerWriter:
+    """Writer "w1" with its consumer groups created before anything is metered."""
+    w = make_writer()
+    await w.ensure_groups()
+    return w
+
+
+async def usage_rows(did: str | None = None) -> list[UsageRecord]:
+    query = UsageRecord.all() if did is None else UsageRecord.filter(did=did)
+    return await query.order_by("did", "boot", "rec")
+
+
+async def ledger_state(client: aioredis.Redis, keyspace: Keyspace) -> tuple[int, int, int]:
+    """(entries left in the ledger streams, entries pending in the group, backlog), all shards."""
+    length = pending = backlog = 0
+    for shard in keyspace.all_shards():
+        stream = keyspace.ledger_stream(shard)
+        length += await client.xlen(stream)
+        pending += (await client.xpending(stream, GROUP))["pending"]
+        backlog += int(await client.get(keyspace.ledger_backlog(shard)) or 0)
+    return length, pending, backlog
+
+
+async def read_as(client: aioredis.Redis, keyspace: Keyspace, consumer: str) -> Any:
+    """XREADGROUP as a writer named `consumer` would, without ever acknowledging."""
+    streams = {keyspace.ledger_stream(s): ">" for s in keyspace.all_shards()}
+    return await client.xreadgroup(GROUP, consumer, streams, count=100)
+
+
+def is_utc(value: dt.datetime) -> bool:
+    return value.tzinfo is not None and value.utcoffset() == dt.timedelta(0)
+
+
+async def assert_rows_match_the_meter(meter: MeterDriver, dids: list[str]) -> None:
+    """Every stored record is one row with the delta meter.lua gave it; totals agree."""
+    for did in dids:
+        expected = [
+            (r.boot, r.rec, r.frame_type, r.event_kind, r.ts, r.delta, r.total, r.epoch)
+            for r in sorted(meter.journal_of(did), key=lambda r: (r.boot, r.rec))
+        ]
+        rows = [
+            (
+                r.boot,
+                r.rec,
+                int(r.kind),
+                r.event_kind,
+                r.device_ts,
+                r.delta_ml,
+                -1 if r.flow_total_ml is None else r.flow_total_ml,
+                -1 if r.cnt_epoch is None else r.cnt_epoch,
+            )
+            for r in await usage_rows(did)
+        ]
+        assert rows == expected
+    totals = await metered_ml_by_device(dids)
+    assert totals == {did: await meter.metered(did) for did in dids}
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+async def test_usage_rows_equal_the_stored_records(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    a, b, _ = dids
+    answers = await meter.send(
+        [
+            (a, telemetry(1, total=1_000, epoch=0, **FULL_TELEMETRY)),
+            (b, telemetry(1, total=50, epoch=2)),
+            (a, event(2, total=1_250, ml=250, cid=5)),
+            (a, telemetry(3, tds_in_ppm=170)),  # no counter
+            (a, telemetry(1, total=1_000, epoch=0, seq=8)),  # a resend
+            (b, event(2, kind=EventKind.FILTER_REPLACED)),
+            (b, telemetry(3, total=75)),
+        ]
+    )
+    assert [x.rc for x in answers] == [0, 0, 0, 0, 1, 0, 0]
+    # Groups created after the entries were appended still read them (created at id 0).
+    writer = make_writer()
+    await writer.ensure_groups()
+    await writer.ensure_groups()  # idempotent: every node creates them at start
+
+    written = await writer.write_once(block_ms=None)
+
+    assert written == 6
+    rows = await usage_rows(a)
+    assert [
+        (r.boot, r.rec, r.kind, r.event_kind, r.delta_ml, r.flow_total_ml, r.cnt_epoch)
+        for r in rows
+    ] == [
+        (1, 1, RecordKind.TELEMETRY, 0, 1_000, 1_000, 0),
+        (1, 2, RecordKind.EVENT, EventKind.DISPENSE_DONE, 250, 1_250, 0),
+        (1, 3, RecordKind.TELEMETRY, 0, 0, None, None),
+    ]
+    rows_b = await usage_rows(b)
+    assert [(r.rec, r.kind, r.event_kind, r.delta_ml, r.cnt_epoch) for r in rows_b] == [
+        (1, RecordKind.TELEMETRY, 0, 50, 2),
+        (2, RecordKind.EVENT, EventKind.FILTER_REPLACED, 0, None),
+        (3, RecordKind.TELEMETRY, 0, 25, 2),
+    ]
+    for row in [*rows, *rows_b]:
+        assert row.device_ts == telemetry(row.rec).ts
+        assert is_utc(row.received_at)
+        assert row.received_at == RECEIVED_AT
+    await assert_rows_match_the_meter(meter, [a, b])
+    assert writer.metrics.ledger_records_written == 6
+    assert writer.metrics.metered_ml == 1_250 + 75
+    assert writer.metrics.ledger_entries_written == len(
+        {meter.keyspace.shard_of(d) for d in (a, b)}
+    )
+
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+    assert await writer.write_once(block_ms=None) == 0
+    assert len(await usage_rows()) == 6
+
+
+async def test_writer_reads_a_batch_of_entries_at_a_time(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    did = dids[0]
+    writer = make_writer(batch_entries=4)
+    await writer.ensure_groups()
+    for rec in range(1, 11):  # ten rounds: ten entries of one shard
+        await meter.one(did, telemetry(rec, total=10 * rec))
+
+    assert await writer.write_once(block_ms=None) == 4
+    assert await ledger_state(meter.client, meter.keyspace) == (6, 0, 6)
+    assert await writer.write_once(block_ms=None) == 4
+    assert await writer.write_once(block_ms=None) == 2
+    assert await writer.write_once(block_ms=None) == 0
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+    assert await metered_ml_by_device([did]) == {did: 100}
+
+
+async def test_write_once_blocks_until_an_entry_arrives(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    did = dids[0]
+    waiting = asyncio.ensure_future(writer.write_once(block_ms=2_000))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await meter.one(did, telemetry(1, total=40))
+    assert await asyncio.wait_for(waiting, 3) == 1
+    assert await metered_ml_by_device([did]) == {did: 40}
+
+
+async def test_snapshot_holds_the_newest_telemetry_per_device(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    a, b, c = dids
+    await meter.send(
+        [
+            (a, telemetry(1, total=100, tds_in_ppm=1)),
+            (a, telemetry(2, total=200, epoch=0, **FULL_TELEMETRY)),
+            (a, event(3, total=260)),  # events never make a snapshot
+            (b, event(1, total=10)),
+            (c, telemetry(1)),  # no counter, no values
+        ]
+    )
+    await writer.write_once(block_ms=None)
+
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.boot, snap.rec, snap.device_ts) == (1, 2, telemetry(2).ts)
+    assert snap.flow_total_ml == 200
+    assert (snap.tds_in_ppm, snap.tds_out_ppm, snap.temperature_dc) == (180, 12, 253)
+    assert snap.filters == [[1, 1200, 3000, 2], [2, 800, 3000, 0]]
+    assert (snap.fault_bits, snap.signal, snap.state_bits) == (0x04, 23, 0x03)
+    assert is_utc(snap.received_at)
+    assert snap.received_at == RECEIVED_AT
+    assert await DeviceSnapshot.get_or_none(did=b) is None
+    bare = await DeviceSnapshot.get(did=c)
+    assert (bare.flow_total_ml, bare.tds_in_ppm, bare.filters, bare.signal) == (None,) * 4
+
+    # A report that arrives late (older position) is stored but leaves the snapshot alone.
+    await meter.one(a, telemetry(5, total=300, tds_in_ppm=5), now_ms=NOW_MS + 1_000)
+    await writer.write_once(block_ms=None)
+    await meter.one(a, telemetry(4, total=280, tds_in_ppm=4), now_ms=NOW_MS + 2_000)
+    await writer.write_once(block_ms=None)
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.rec, snap.tds_in_ppm, snap.flow_total_ml) == (5, 5, 300)
+    assert snap.received_at == RECEIVED_AT + dt.timedelta(seconds=1)
+
+    # A new boot is newer than any rec of the old one.
+    await meter.one(a, telemetry(1, boot=2, total=310, tds_in_ppm=9))
+    await writer.write_once(block_ms=None)
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.boot, snap.rec, snap.tds_in_ppm) == (2, 1, 9)
+    assert snap.filters is None  # a full replacement, not a merge of fields
+
+
+async def test_a_reporting_device_becomes_active(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    a, b, c = dids
+    await set_device_state(c, DeviceState.DISABLED)
+    writer = make_writer()
+    await writer.ensure_groups()
+    before = dt.datetime.now(dt.UTC)
+    await meter.send([(a, telemetry(1, total=10)), (c, telemetry(1, total=20))])
+    await writer.write_once(block_ms=None)
+    after = dt.datetime.now(dt.UTC)
+
+    device = await Device.get(did=a)
+    assert device.state is DeviceState.ACTIVE
+    assert device.activated_at is not None
+    assert is_utc(device.activated_at)
+    assert (
+        before - dt.timedelta(seconds=1) <= device.activated_at <= after + dt.timedelta(seconds=1)
+    )
+    untouched = await Device.get(did=b)
+    assert (untouched.state, untouched.activated_at) == (DeviceState.INACTIVE, None)
+    disabled = await Device.get(did=c)  # its water is still in the ledger, its state stays
+    assert (disabled.state, disabled.activated_at) == (DeviceState.DISABLED, None)
+    assert await metered_ml_by_device([c]) == {c: 20}
+
+    # A later report (by a writer that has not cached the activation) keeps the first date.
+    await asyncio.sleep(0.01)
+    await meter.one(a, telemetry(2, total=30))
+    await make_writer("w2").write_once(block_ms=None)
+    again = await Device.get(did=a)
+    assert again.state is DeviceState.ACTIVE
+    assert again.activated_at == device.activated_at
+
+
+# ----------------------------------------------------------------------------- crash safety
+
+
+@pytest.mark.parametrize("stored_before_crash", [False, True], ids=["read-only", "stored"])
+async def test_a_restarted_writer_rewrites_what_it_read_before_dying(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter, stored_before_crash: bool
+) -> None:
+    a, b, _ = dids
+    first = make_writer("w1")
+    await first.ensure_groups()
+    await meter.send([(a, telemetry(1, total=100)), (b, telemetry(1, total=70))])
+    await meter.send([(a, event(2, total=180)), (b, telemetry(2, total=95))])
+    reply = await read_as(meter.client, meter.keyspace, "w1")  # then the process died
+    entries = [entry for _stream, stream_entries in reply for entry in stream_entries]
+    if stored_before_crash:  # ... after committing, before XACK
+        batch = decode_entries(entries)
+        await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])
+    _length, pending, backlog = await ledger_state(meter.client, meter.keyspace)
+    assert (pending, backlog) == (len(entries), 4)
+
+    restarted = make_writer("w1")
+    assert await restarted.write_once(block_ms=None) == 0  # not new: pending for w1
+    assert await restarted.drain_own_pending() == 4
+
+    assert len(await usage_rows()) == 4  # no duplicates from the second write
+    await assert_rows_match_the_meter(meter, [a, b])
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+    assert await restarted.drain_own_pending() == 0
+    assert (await Device.get(did=a)).state is DeviceState.ACTIVE
+
+
+async def test_a_live_writer_claims_the_entries_of_a_dead_one(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    a, b, _ = dids
+    idle_ms = 300
+    live = make_writer("w2", claim_idle_ms=idle_ms)
+    await live.ensure_groups()
+    await meter.send([(a, telemetry(1, total=100)), (b, telemetry(1, total=70))])
+    reply = await read_as(meter.client, meter.keyspace, "dead")
+    read_at = asyncio.get_running_loop().time()
+    dead_entries = [(stream, entry) for stream, entries in reply for entry in entries]
+    await meter.send([(a, telemetry(2, total=150))])  # a new entry, not read by anyone
+
+    assert await live.drain_own_pending() == 0  # not its own
+    assert await live.write_once(block_ms=None) == 1  # only the new entry
+    if asyncio.get_running_loop().time() - read_at < idle_ms / 1000 * 0.8:
+        assert await live.claim_abandoned() == 0  # not idle long enough yet
+    assert len(await usage_rows()) == 1
+
+    await asyncio.sleep(idle_ms / 1000 + 0.05)
+    assert await live.claim_abandoned() == len(dead_entries)
+    assert live.metrics.ledger_claimed == len(dead_entries)
+    assert len(await usage_rows()) == 3
+    await assert_rows_match_the_meter(meter, [a, b])
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+
+    # The dead writer was only slow: it commits its batch again and acknowledges late.
+    batch = decode_entries([entry for _stream, entry in dead_entries])
+    await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])
+    scripts = Scripts()
+    keyspace = meter.keyspace
+    backlog_of = {
+        keyspace.ledger_stream(s).encode(): keyspace.ledger_backlog(s)
+        for s in keyspace.all_shards()
+    }
+    for stream, (entry_id, fields_) in dead_entries:
+        keys = (stream, backlog_of[stream])
+        acked = await scripts.call(
+            meter.client, "ledger_ack", keys, (GROUP, entry_id, fields_[b"n"])
+        )
+        assert acked == 0  # no longer pending: the backlog is not lowered twice
+    assert len(await usage_rows()) == 3
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+
+
+async def test_the_same_records_in_two_entries_make_one_row_each(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    a, b, _ = dids
+    await meter.send([(a, telemetry(1, total=100)), (a, event(2, total=130)), (b, event(1))])
+    # Replay every entry (e.g. from a backup of the stream) as meter.lua would append it.
+    client, keyspace = meter.client, meter.keyspace
+    for shard in keyspace.all_shards():
+        stream = keyspace.ledger_stream(shard)
+        for _entry_id, fields_ in await client.xrange(stream):
+            await client.xadd(stream, fields_)
+            await client.incrby(keyspace.ledger_backlog(shard), int(fields_[b"n"]))
+
+    assert await writer.write_once(block_ms=None) == 6  # decoded twice ...
+    assert len(await usage_rows()) == 3  # ... written once
+    assert await metered_ml_by_device([a, b]) == {a: 130, b: 0}
+    assert await ledger_state(client, keyspace) == (0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def _poison(kind: str) -> dict[bytes, bytes]:
+    good_item = [b"ACME00000001XXXX", 0x20, 1, 1, 0, 5, 5, 0, 0, 0, b""]
+    pack = msgpack.Packer(use_bin_type=False).pack
+    at = str(NOW_MS).encode()
+    if kind == "garbage":
+        return {b"at": at, b"n": b"3", b"records": b"\xc1\xc1\xc1 not msgpack"}
+    if kind == "short-item":
+        return {b"at": at, b"n": b"3", b"records": pack([[b"ACME00000001XXXX", 0x20, 1]])}
+    if kind == "not-a-list":
+        return {b"at": at, b"n": b"3", b"records": pack(42)}
+    if kind == "no-records":
+        return {b"at": at, b"n": b"3"}
+    if kind == "bad-did":
+        return {b"at": at, b"n": b"3", b"records": pack([[b"\xff\xfe", *good_item[1:]]])}
+    assert kind == "bad-at"
+    return {b"at": b"yesterday", b"n": b"3", b"records": pack([good_item])}
+
+
+@pytest.mark.parametrize(
+    "kind", ["garbage", "short-item", "not-a-list", "no-records", "bad-did", "bad-at"]
+)
+async def test_a_poisoned_entry_is_buried_and_blocks_nothing(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter, kind: str
+) -> None:
+    a, b, _ = dids
+    client, keyspace = meter.client, meter.keyspace
+    shard = keyspace.shard_of(a)
+    await meter.one(a, telemetry(1, total=100))
+    poison = _poison(kind)
+    poison_id = await client.xadd(keyspace.ledger_stream(shard), poison)  # type: ignore[arg-type]
+    await client.incrby(keyspace.ledger_backlog(shard), 3)  # as meter.lua would have
+    await meter.send([(a, telemetry(2, total=160)), (b, telemetry(1, total=30))])
+
+    assert await writer.write_once(block_ms=None) == 3
+
+    assert await metered_ml_by_device([a, b]) == {a: 160, b: 30}
+    dead = await client.xrange(keyspace.ledger_dead)
+    assert len(dead) == 1
+    assert dead[0][1] == {**poison, b"id": poison_id}
+    assert writer.metrics.ledger_records_dead == 3
+    assert writer.metrics.ledger_records_written == 3
+    assert await ledger_state(client, keyspace) == (0, 0, 0)  # acknowledged, backlog settled
+    assert await writer.drain_own_pending() == 0
+
+
+def bad_telemetry(rec: int, total: int) -> Record:
+    """A telemetry whose header and counter are valid but whose TDS is text."""
+    payload = {0: rec, 1: 1, 2: telemetry(rec).ts, 10: total, 16: 0, 11: "180 ppm"}
+    return record_from_payload(FrameType.TELEMETRY, payload)
+
+
+async def test_telemetry_with_invalid_fields_is_billed_but_makes_no_snapshot(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    a, b, _ = dids
+    assert (await meter.one(a, bad_telemetry(1, 500))).rc == 0  # the hot path meters it
+    await writer.write_once(block_ms=None)
+
+    assert [(r.rec, r.delta_ml) for r in await usage_rows(a)] == [(1, 500)]
+    assert await DeviceSnapshot.get_or_none(did=a) is None
+    assert writer.metrics.ledger_records_dead == 1
+    assert writer.metrics.ledger_records_written == 1
+
+    # A device with a good snapshot keeps it when a newer report does not parse.
+    await meter.one(b, telemetry(1, total=40, tds_in_ppm=150))
+    await writer.write_once(block_ms=None)
+    await meter.one(b, bad_telemetry(2, 90))
+    await writer.write_once(block_ms=None)
+    snap = await DeviceSnapshot.get(did=b)
+    assert (snap.rec, snap.tds_in_ppm, snap.flow_total_ml) == (1, 150, 40)
+    assert await metered_ml_by_device([b]) == {b: 90}
+    assert writer.metrics.ledger_records_dead == 2
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+async def test_metered_ml_by_device_can_skip_older_boots(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    a, b, c = dids
+    await meter.send(
+        [
+            (a, telemetry(1, boot=1, total=100)),
+            (a, telemetry(2, boot=1, total=300)),
+            (a, telemetry(1, boot=2, total=350)),
+            (a, event(2, boot=2, total=500)),
+            (b, telemetry(1, boot=7, total=42)),
+        ]
+    )
+    await writer.write_once(block_ms=None)
+
+    assert await metered_ml_by_device([a, b, c]) == {a: 500, b: 42, c: 0}
+    assert await metered_ml_by_device([a, b, c], min_boot=2) == {a: 200, b: 42, c: 0}
+    assert await metered_ml_by_device([a, b, c], min_boot=8) == {a: 0, b: 0, c: 0}
+    assert await metered_ml_by_device([]) == {}
+
+
+async def test_seeded_traffic_bills_exactly_what_was_metered(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    """Rounds of resends and reordering, drained while metering goes on, by two writers."""
+    rng = random.Random(20240611)
+    writers = [make_writer("w1", batch_entries=3), make_writer("w2", batch_entries=5)]
+    await writers[0].ensure_groups()
+    totals = dict.fromkeys(dids, 0)
+    made: list[tuple[str, Record]] = []
+    for rec in range(1, 41):
+        for did in dids:
+            totals[did] += rng.randrange(0, 300)
+            if rng.random() < 0.3:
+                made.append((did, event(rec, total=totals[did], ml=5)))
+            else:
+                made.append((did, telemetry(rec, total=totals[did], epoch=0)))
+    pending = list(made)
+    sent: list[tuple[str, Record]] = []
+    written = 0
+    while pending:
+        take = pending[: rng.randrange(1, 12)]
+        del pending[: len(take)]
+        batch = take + rng.sample(sent, min(len(sent), rng.randrange(0, 4)))  # resends
+        rng.shuffle(batch)
+        await meter.send(batch)
+        sent += take
+        written += await rng.choice(writers).write_once(block_ms=None)
+    for w in writers:
+        while count := await w.write_once(block_ms=None):
+            written += count
+
+    assert written == len(made)
+    assert len(await usage_rows()) == len(made)
+    assert await metered_ml_by_device(dids) == totals
+    await assert_rows_match_the_meter(meter, dids)
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)

@@ -1,0 +1,157 @@
+"""The `aquafleet` command as an operator uses it (real subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from models.ids import is_valid_device_id
+from protocol import ErrorCode
+from protocol.crypto import derive_device_key
+from protocol.messages import Error
+from tests.conftest import MASTER_SECRET
+from tests.devices import TestDevice, register_devices, telemetry
+from tests.processes import serve_processes, start_serve
+
+
+async def aquafleet(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args,
+        env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+def clean_env(**settings: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
+    env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+async def test_register_writes_the_factory_file_once(tmp_path: Path):
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET)
+    code, out = await aquafleet(env, "vendors", "add", "ACME", "--name", "Acme Water")
+    assert code == 0, out
+    out_file = tmp_path / "devices.csv"
+    code, out = await aquafleet(
+        env, "devices", "register", "--vendor", "ACME", "--count", "25", "--out", str(out_file)
+    )
+    assert code == 0, out
+    with out_file.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 25
+    assert all(is_valid_device_id(r["did"]) and r["did"].startswith("ACME") for r in rows)
+    assert len({r["did"] for r in rows}) == 25
+    master = bytes.fromhex(MASTER_SECRET)
+    assert all(bytes.fromhex(r["key"]) == derive_device_key(master, r["did"], 1) for r in rows)
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    assert rows[0]["key"] not in out  # keys go to the file only
+
+    code, out = await aquafleet(
+        env, "devices", "register", "--vendor", "ACME", "--count", "5", "--out", str(out_file)
+    )
+    assert code == 1 and "exists" in out  # never overwrite keys shown once
+    code, out = await aquafleet(
+        env, "devices", "register", "--vendor", "ACME", "--count", "5",
+        "--out", str(out_file), "--force",
+    )  # fmt: skip
+    assert code == 0, out
+    with out_file.open() as handle:
+        more = [r["did"] for r in csv.DictReader(handle)]
+    assert not set(more) & {r["did"] for r in rows}  # serials are never reused
+
+
+async def test_mistakes_get_clear_messages(tmp_path: Path):
+    env = clean_env(data_dir=tmp_path / "data")
+    code, out = await aquafleet(
+        env, "devices", "register", "--vendor", "NONE", "--count", "1",
+        "--out", str(tmp_path / "x.csv"),
+    )  # fmt: skip
+    assert code == 1 and "vendor NONE does not exist" in out
+    code, out = await aquafleet(env, "vendors", "add", "bad!", "--name", "x")
+    assert code == 1 and "4 characters" in out
+    await aquafleet(env, "vendors", "add", "DUPE", "--name", "x")
+    code, out = await aquafleet(env, "vendors", "add", "DUPE", "--name", "x")
+    assert code == 1 and "already exists" in out
+    code, out = await aquafleet(clean_env(tcp_port="seven"), "config")
+    assert code == 2 and "AQUAFLEET_TCP_PORT" in out
+    assert "Traceback" not in out
+
+
+async def test_disable_refuses_logins_and_disconnects_the_device(
+    node_factory, device_factory, tmp_path: Path
+):
+    node = await node_factory()
+    (dev,) = await register_devices(node, 1)
+    device = device_factory(dev.did, dev.key, node.tcp_port)
+    await device.login()
+    env = clean_env(
+        data_dir=node.settings.data_dir,
+        redis_url=node.settings.redis_url,
+        redis_prefix=node.settings.redis_prefix,
+        redis_shards=node.settings.redis_shards,
+        master_secret=MASTER_SECRET,
+    )
+    code, out = await aquafleet(env, "devices", "disable", dev.did)
+    assert code == 0, out
+    errors = await device.closed_by_server(timeout=10)
+    assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.AUTH_DISABLED]
+    code, out = await aquafleet(env, "devices", "enable", dev.did)
+    assert code == 0, out
+    again = device_factory(dev.did, dev.key, node.tcp_port)
+    await again.login()
+
+
+@pytest.mark.slow
+async def test_quick_start_on_embedded_defaults(tmp_path: Path):
+    """README's first command: serve with an embedded Redis and SQLite, nothing else."""
+    env = clean_env()
+    assert (await aquafleet(env, "vendors", "add", "DEMO", "--name", "Demo", cwd=tmp_path))[0] == 0
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {}, name="quick")
+        nodes.append(node)
+        assert (tmp_path / "aquafleet-data" / "redis" / "url").exists()
+        # Registering while serving reaches the embedded Redis at once.
+        code, out = await aquafleet(
+            env, "devices", "register", "--vendor", "DEMO", "--count", "3",
+            "--out", "devices.csv", cwd=tmp_path,
+        )  # fmt: skip
+        assert code == 0 and "not reachable" not in out, out
+        with (tmp_path / "devices.csv").open() as handle:
+            row = next(csv.DictReader(handle))
+        device = TestDevice(row["did"], bytes.fromhex(row["key"]), node.tcp_port)
+        await device.login()
+        boot = int(time.time())
+        for rec in range(1, 6):
+            await device.send(telemetry(rec, boot, rec * 120, tds_in_ppm=310))
+        assert {a.rc for a in await device.acks(5)} == {0}
+        await device.close()
+        await asyncio.sleep(1.5)
+        code, out = await aquafleet(env, "devices", "show", row["did"], cwd=tmp_path)
+        shown = json.loads(out)
+        assert shown["meter"]["metered_ml"] == 600
+        assert shown["ledger_metered_ml"] == 600
+        assert shown["latest_report"]["tds_in_ppm"] == 310
+        node.terminate()
+        assert await node.wait(30) == 0
+        assert not (tmp_path / "aquafleet-data" / "redis" / "url").exists()
+
+        # Restarted, the embedded Redis still knows what was metered (append-only file).
+        node = await start_serve(tmp_path, {}, name="quick-again")
+        nodes.append(node)
+        again = TestDevice(row["did"], bytes.fromhex(row["key"]), node.tcp_port)
+        logged_in = await again.login()
+        assert logged_in.last_acked == (boot, 5)
+        await again.close()
+        node.terminate()
+        assert await node.wait(30) == 0
