@@ -73,7 +73,7 @@ class ServeProcess:
 async def start_serve(
     tmp_path: Path, settings: dict[str, Any], *, name: str = "node", timeout: float = 30.0
 ) -> ServeProcess:
-    """Start `aquafleet serve` with AQUAFLEET_* settings; returns once /healthz answers."""
+    """Start `aquafleet serve` in tmp_path with AQUAFLEET_* settings; returns once healthy."""
     tcp_port = settings.get("tcp_port") or free_port()
     http_port = settings.get("http_port") or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
@@ -87,6 +87,7 @@ async def start_serve(
         "gateway.cli",
         "serve",
         env=env,
+        cwd=tmp_path,
         stdout=log_file,
         stderr=log_file,
     )
