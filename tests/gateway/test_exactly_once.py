@@ -153,10 +153,61 @@ async def test_gateway_killed_mid_flow_loses_nothing_and_counts_nothing_twice(
     assert sum(d.rec for d in devices) > 6 * 20
 
 
-async def test_records_whose_acks_were_lost_are_acked_as_duplicates(node_factory, device_factory):
+async def test_a_newer_login_on_another_process_closes_the_older_connection(
+    tmp_path: Path, redis_prefix: str, redis_client
+):
+    settings = {
+        "redis_url": REDIS_URL,
+        "redis_prefix": redis_prefix,
+        "redis_shards": TEST_SHARDS,
+        "master_secret": MASTER_SECRET,
+        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "data_dir": tmp_path / "data",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
+    env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in settings.items()})
+    await run_cli(env, "vendors", "add", "TWOP", "--name", "Two processes")
+    await run_cli(
+        env, "devices", "register", "--vendor", "TWOP", "--count", "1",
+        "--out", str(tmp_path / "devices.csv"),
+    )  # fmt: skip
+    with (tmp_path / "devices.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    from protocol import ErrorCode
+    from protocol.messages import Error
+
+    async with serve_processes() as nodes:
+        a = await start_serve(tmp_path, settings, name="proc-a")
+        nodes.append(a)
+        b = await start_serve(tmp_path, settings, name="proc-b")
+        nodes.append(b)
+        older = TestDevice(row["did"], bytes.fromhex(row["key"]), a.tcp_port)
+        await older.login()
+        newer = TestDevice(row["did"], bytes.fromhex(row["key"]), b.tcp_port)
+        await newer.login()
+        errors = await older.closed_by_server(timeout=10)
+        assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.REPLACED]
+        presence = await redis_client.hgetall(
+            f"{redis_prefix}:{{{_shard(row['did'])}}}:p:{row['did']}"
+        )
+        assert presence[b"node"] == b"proc-b"
+        assert (await a.metrics())["sessions_replaced"] == 1
+        await newer.close()
+
+
+def _shard(did: str) -> str:
+    from gateway.keys import Keyspace
+
+    return f"{Keyspace('x', TEST_SHARDS).shard_of(did):02d}"
+
+
+async def test_records_whose_acks_were_lost_are_acked_as_duplicates(
+    node_factory, device_factory, database_url
+):
+    """On SQLite and PostgreSQL."""
     from tests.devices import register_devices, telemetry
 
-    node = await node_factory()
+    node = await node_factory(database_url=database_url)
     (dev,) = await register_devices(node, 1)
     boot = int(time.time())
     records = [telemetry(rec, boot, rec * 250) for rec in range(1, 6)]
