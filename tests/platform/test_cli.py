@@ -155,3 +155,36 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path):
         await again.close()
         node.terminate()
         assert await node.wait(30) == 0
+
+
+@pytest.mark.slow
+async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path):
+    env = clean_env()
+    assert (await aquafleet(env, "vendors", "add", "REDI", "--name", "R", cwd=tmp_path))[0] == 0
+    code, out = await aquafleet(
+        env, "devices", "register", "--vendor", "REDI", "--count", "1", "--out", "devices.csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, out
+    with (tmp_path / "devices.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {}, name="redis-dies")
+        nodes.append(node)
+        started = [
+            json.loads(line) for line in node.log().splitlines() if "embedded_redis_started" in line
+        ]
+        os.kill(started[0]["pid"], 9)
+        deadline = time.monotonic() + 20
+        while node.log().count("embedded_redis_started") < 2:
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            await asyncio.sleep(0.2)
+        device = TestDevice(row["did"], bytes.fromhex(row["key"]), node.tcp_port)
+        await device.login()
+        await device.send(telemetry(1, int(time.time()), 10))
+        (ack,) = await device.acks(1, timeout=15)
+        assert ack.rc == 0
+        assert "embedded_redis_died" in node.log()
+        await device.close()
+        node.terminate()
+        assert await node.wait(30) == 0
