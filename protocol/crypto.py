@@ -33,6 +33,18 @@ def session_key(device_key: bytes, client_nonce: bytes, server_nonce: bytes) -> 
     return hmac.digest(device_key, b"S" + client_nonce + server_nonce, _SHA256)
 
 
+def direction_keys(session_key_: bytes) -> tuple[bytes, bytes]:
+    """Frame MAC keys (device -> server, server -> device): HMAC(Ks, "DS"), HMAC(Ks, "SD").
+
+    One key per direction, so a frame cannot be reflected back to its sender: a device's own
+    MACed ACK of a COMMAND, echoed to it, must not pass as the server's ACK of its record.
+    """
+    return (
+        hmac.digest(session_key_, b"DS", _SHA256),
+        hmac.digest(session_key_, b"SD", _SHA256),
+    )
+
+
 def proofs_equal(expected: bytes, received: bytes) -> bool:
     return hmac.compare_digest(expected, received)
 

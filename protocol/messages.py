@@ -7,6 +7,7 @@ integer with a stated unit, a short text or raw bytes: no floats on the wire.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
@@ -235,7 +236,15 @@ def decode_payload(payload: bytes, encoding: int) -> Payload:
                 payload, raw=False, strict_map_key=False, ext_hook=_reject_ext, use_list=True
             )
         elif encoding == Encoding.CBOR:
-            obj = cbor2.loads(payload)
+            # cbor2.loads ignores bytes after the first item; read from a seekable stream, whose
+            # position the decoder rewinds to the item's end, and refuse what is left over.
+            stream = io.BytesIO(payload)
+            obj = cbor2.CBORDecoder(stream).decode()
+            trailing = len(payload) - stream.tell()
+            if trailing:
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_PAYLOAD, f"{trailing} bytes after the top-level item"
+                )
         else:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_ENCODING, f"encoding {encoding}")
     except RemoteProtocolError:
@@ -418,7 +427,7 @@ def _parse_pong(m: Payload, frame: Frame) -> Pong:
 
 def _parse_telemetry(m: Payload, frame: Frame) -> Telemetry:
     return Telemetry(
-        rec=_int(m, Key.REC, 0, U32),
+        rec=_int(m, Key.REC, 1, U32),
         boot=_int(m, Key.BOOT, 0, U32),
         ts=_int(m, Key.TS, 0, U32),
         flow_total_ml=_opt_int(m, Key.FLOW_TOTAL, 0, MAX_COUNTER),
@@ -439,7 +448,7 @@ def _parse_telemetry(m: Payload, frame: Frame) -> Telemetry:
 
 def _parse_event(m: Payload, frame: Frame) -> Event:
     return Event(
-        rec=_int(m, Key.REC, 0, U32),
+        rec=_int(m, Key.REC, 1, U32),
         boot=_int(m, Key.BOOT, 0, U32),
         ts=_int(m, Key.TS, 0, U32),
         kind=_int(m, Key.EVENT_KIND, 1, U8),
@@ -504,8 +513,8 @@ def parse_record(frame: Frame) -> Record:
     rec = m.get(Key.REC)
     boot = m.get(Key.BOOT)
     ts = m.get(Key.TS)
-    if type(rec) is not int or not 0 <= rec <= U32:
-        _bad(Key.REC, "integer 0..4294967295")
+    if type(rec) is not int or not 1 <= rec <= U32:
+        _bad(Key.REC, "integer 1..4294967295")
     if type(boot) is not int or not 0 <= boot <= U32:
         _bad(Key.BOOT, "integer 0..4294967295")
     if type(ts) is not int or not 0 <= ts <= U32:

@@ -18,6 +18,8 @@ from protocol import crypto
 from protocol.constants import (
     NONCE_SIZE,
     SEQ_MODULO,
+    U8,
+    U16,
     AckCode,
     Encoding,
     ErrorCode,
@@ -26,7 +28,7 @@ from protocol.constants import (
     Key,
 )
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.frames import DecoderStats, Frame, FrameDecoder, encode_frame, frame_mac
+from protocol.frames import DecoderStats, Frame, FrameDecoder, MacKey, encode_frame, frame_mac
 from protocol.messages import (
     FRAME_TYPE_OF,
     Ack,
@@ -98,7 +100,19 @@ DEVICE_ACCEPTS: dict[SessionState, frozenset[int]] = {
     ),
     SessionState.CLOSED: frozenset(),
 }
-MAC_REQUIRED = frozenset({FrameType.EVENT, FrameType.COMMAND, FrameType.RESULT})
+# Every frame after the handshake that carries data either side acts on is MACed with the
+# session key: AUTH_OK (desired state, watermark), records (billed water), ACKs (the device
+# forgets what they cover), COMMANDs and RESULTs. PING, PONG and ERROR carry nothing to forge.
+MAC_REQUIRED = frozenset(
+    {
+        FrameType.AUTH_OK,
+        FrameType.TELEMETRY,
+        FrameType.EVENT,
+        FrameType.COMMAND,
+        FrameType.RESULT,
+        FrameType.ACK,
+    }
+)
 _RECORD_TYPES = (FrameType.TELEMETRY, FrameType.EVENT)
 
 
@@ -156,12 +170,15 @@ DeviceEvent = LoggedIn | LoginFailed | Ack | Command | Error | Pong | SessionClo
 class _Link:
     """Framing, sequence numbers, MACs and the outbound buffer shared by both ends."""
 
+    _is_server: bool
+
     __slots__ = (
         "_decoder",
         "_encoding_flags",
         "_nonce_source",
         "_out",
-        "_session_key",
+        "_rx_mac",
+        "_tx_mac",
         "_tx_seq",
         "bad_frames",
         "close_code",
@@ -180,7 +197,8 @@ class _Link:
         self._decoder = FrameDecoder()
         self._out = bytearray()
         self._tx_seq = 0
-        self._session_key: bytes | None = None
+        self._tx_mac: MacKey | None = None  # MAC keys of frames we send / receive
+        self._rx_mac: MacKey | None = None
         self.bad_frames = 0
         self.close_code: ErrorCode | None = None
         self.close_reason = ""
@@ -212,7 +230,7 @@ class _Link:
             seq,
             payload,
             flags=flags | self._encoding_flags,
-            mac_key=self._session_key if mac else None,
+            mac_key=self._tx_mac if mac else None,
         )
         return seq
 
@@ -229,8 +247,15 @@ class _Link:
         """Queue an ERROR telling the peer why, and close."""
         self._close(code, reason)
 
+    def _set_keys(self, session_key: bytes) -> None:
+        device_to_server, server_to_device = crypto.direction_keys(session_key)
+        if self._is_server:
+            self._tx_mac, self._rx_mac = MacKey(server_to_device), MacKey(device_to_server)
+        else:
+            self._tx_mac, self._rx_mac = MacKey(device_to_server), MacKey(server_to_device)
+
     def _mac_ok(self, frame: Frame) -> bool:
-        key = self._session_key
+        key = self._rx_mac
         if frame.mac is None or key is None:
             return False
         return crypto.proofs_equal(frame_mac(key, frame.signed), frame.mac)
@@ -254,6 +279,8 @@ class _Link:
 
 class ServerSession(_Link):
     """The gateway's end of one device connection."""
+
+    _is_server = True
 
     __slots__ = (
         "_client_nonce",
@@ -311,10 +338,10 @@ class ServerSession(_Link):
     def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
         if self.state is SessionState.CLOSED:
             return []
-        self.last_rx = now
         self._decoder.feed(data)
         events: list[ServerEvent] = []
         while (frame := self._next_frame(events)) is not None:  # type: ignore[arg-type]
+            self.last_rx = now  # a frame, not just bytes: modem text must not keep a link alive
             if self.state is SessionState.ONLINE:
                 self._handle_online(frame, events)
             else:
@@ -373,13 +400,12 @@ class ServerSession(_Link):
         proof = crypto.server_proof(
             self._device_key, self.did, self._server_nonce, self._client_nonce
         )
+        self._set_keys(crypto.session_key(self._device_key, self._client_nonce, self._server_nonce))
         self._send(
             AuthOk(
                 proof=proof, heartbeat_s=self.heartbeat_s, last_acked=last_acked, desired=desired
-            )
-        )
-        self._session_key = crypto.session_key(
-            self._device_key, self._client_nonce, self._server_nonce
+            ),
+            mac=True,
         )
         self.state = SessionState.ONLINE
         self.last_rx = now
@@ -432,21 +458,33 @@ class ServerSession(_Link):
         """Refuse one frame: a record gets a REJECTED ack (so it is not resent), others ERROR."""
         self.bad_frames += 1
         if frame.type in _RECORD_TYPES:
-            self._send(Ack(seq=frame.seq, rc=AckCode.REJECTED))
+            self._send(Ack(seq=frame.seq, rc=AckCode.REJECTED), mac=True)
         else:
             self._send(Error(code=code, reason=reason[:128], seq=frame.seq))
         return FrameRejected(code, reason, frame.seq)
 
     def ack(self, seq: int, rc: int, watermark: tuple[int, int] | None = None) -> None:
-        """Acknowledge one record frame (only once its effect is durable)."""
+        """Acknowledge one record frame (only once its effect is durable).
+
+        `seq` (u16) and `rc` (u8) out of range raise LocalProtocolError, whatever the state:
+        the device could not parse such an ACK and would resend the record forever.
+        """
+        if not (0 <= seq <= U16 and 0 <= rc <= U8):
+            raise LocalProtocolError(
+                ErrorCode.BAD_PAYLOAD, f"ack seq {seq} or rc {rc} out of range"
+            )
         if self.state is not SessionState.ONLINE:
             return
         body: dict[int, object] = {Key.ACK_SEQ: seq, Key.ACK_RC: rc}
-        if watermark is not None:
+        if watermark is not None:  # not range-checked: the gateway builds it from parsed u32s
             body[Key.ACK_WATERMARK] = watermark
         payload = encode_payload(body, self.encoding)
         self._out += encode_frame(
-            FrameType.ACK, self._next_seq(), payload, flags=self._encoding_flags
+            FrameType.ACK,
+            self._next_seq(),
+            payload,
+            flags=self._encoding_flags,
+            mac_key=self._tx_mac,
         )
 
     def send_command(self, command: Command) -> int:
@@ -487,6 +525,8 @@ class CommandMemory:
 class DeviceSession(_Link):
     """A purifier's end of the link: login, records out, acks and commands in."""
 
+    _is_server = False
+
     __slots__ = (
         "_client_nonce",
         "_device_key",
@@ -494,7 +534,6 @@ class DeviceSession(_Link):
         "_server_time",
         "did",
         "fw",
-        "mac_records",
     )
 
     def __init__(
@@ -504,13 +543,11 @@ class DeviceSession(_Link):
         *,
         fw: str = "",
         encoding: int = Encoding.MSGPACK,
-        mac_records: bool = False,
         nonce_source: NonceSource = secrets.token_bytes,
     ) -> None:
         super().__init__(SessionState.IDLE, encoding, nonce_source)
         self.did = did
         self.fw = fw
-        self.mac_records = mac_records
         self._device_key = device_key
         self._client_nonce = b""
         self._server_nonce = b""
@@ -545,7 +582,9 @@ class DeviceSession(_Link):
                 events.append(self._close(ErrorCode.UNEXPECTED_FRAME, "unexpected frame"))
             return
         if frame.type in MAC_REQUIRED and not self._mac_ok(frame):
-            events.append(self._close(ErrorCode.BAD_MAC, "command MAC missing or wrong"))
+            events.append(self._close(ErrorCode.BAD_MAC, "frame MAC missing or wrong"))
+            if frame.type == FrameType.AUTH_OK:
+                events.append(LoginFailed(ErrorCode.BAD_MAC, "AUTH_OK MAC wrong"))
             return
         try:
             message = parse_message(frame)
@@ -562,6 +601,10 @@ class DeviceSession(_Link):
                     self._device_key, self.did, self._client_nonce, self._server_nonce
                 )
                 self._send(Auth(proof=proof))
+                # Known from here on; AUTH_OK is the first frame MACed with it.
+                self._set_keys(
+                    crypto.session_key(self._device_key, self._client_nonce, self._server_nonce)
+                )
                 self.state = SessionState.AUTH_SENT
             case AuthOk():
                 expected = crypto.server_proof(
@@ -571,9 +614,6 @@ class DeviceSession(_Link):
                     self._close(ErrorCode.AUTH_BAD_SERVER_PROOF, "server proof wrong", notify=False)
                     events.append(LoginFailed(ErrorCode.AUTH_BAD_SERVER_PROOF, "server proof"))
                     return
-                self._session_key = crypto.session_key(
-                    self._device_key, self._client_nonce, self._server_nonce
-                )
                 self.state = SessionState.ONLINE
                 events.append(
                     LoggedIn(
@@ -586,8 +626,12 @@ class DeviceSession(_Link):
             case AuthFail():
                 self._close(_error_code(message.code), message.reason, notify=False)
                 events.append(LoginFailed(message.code, message.reason))
+            case Error() if self.state is not SessionState.ONLINE:
+                # The server gave up on this login (timeout, bad frame, ...) and is closing.
+                self._close(_error_code(message.code), message.reason, notify=False)
+                events.append(LoginFailed(message.code, message.reason))
             case Command():
-                self._send(Ack(seq=frame.seq, rc=AckCode.STORED))  # delivered
+                self._send(Ack(seq=frame.seq, rc=AckCode.STORED), mac=True)  # delivered
                 events.append(message)
             case Pong() | Ack() | Error():
                 events.append(message)
@@ -597,8 +641,7 @@ class DeviceSession(_Link):
     def send_record(self, record: Telemetry | Event, *, dup: bool = False) -> int:
         """Queue a TELEMETRY or EVENT (a resend keeps its rec and sets DUP); returns its seq."""
         self._require(SessionState.ONLINE)
-        mac = self.mac_records or isinstance(record, Event)
-        return self._send(record, mac=mac, flags=Flag.ACK_REQ | (Flag.DUP if dup else 0))
+        return self._send(record, mac=True, flags=Flag.ACK_REQ | (Flag.DUP if dup else 0))
 
     def send_result(self, result: Result) -> int:
         self._require(SessionState.ONLINE)
