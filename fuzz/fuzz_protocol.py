@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""Fuzz target for the wire protocol: decode, or raise ProtocolError, and nothing else.
+
+Coverage-guided, when atheris is installed (libFuzzer flags and corpus directories pass through):
+
+    python fuzz/fuzz_protocol.py -max_len=2048 corpus/
+
+Without atheris, or with --iterations, a bounded random + mutation loop over valid frames:
+
+    python fuzz/fuzz_protocol.py --iterations 200000 --seed 1
+
+The invariant (as in h11's fuzz/afl-server.py): `FrameDecoder`, `parse_message` and `parse_record`
+return results or raise a `ProtocolError`; the sessions' `receive_data` and `check_timers` raise
+nothing at all on peer bytes (they turn every peer error into ERROR + `SessionClosed`). Anything
+else is a crash: the loop prints the input as hex and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from protocol import (
+    DeviceSession,
+    FrameDecoder,
+    LoggedIn,
+    LoginFailed,
+    ProtocolError,
+    ServerSession,
+    SessionState,
+)
+from protocol.constants import MAX_FRAME, MAX_PAYLOAD, ErrorCode, Flag, FrameType
+from protocol.crc import crc16_modbus
+from protocol.crypto import direction_keys, session_key
+from protocol.frames import encode_frame, frame_mac
+from protocol.messages import (
+    FRAME_TYPE_OF,
+    Ack,
+    Auth,
+    AuthFail,
+    AuthOk,
+    Challenge,
+    Command,
+    DesiredState,
+    Error,
+    Event,
+    FilterReading,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Record,
+    Result,
+    Telemetry,
+    encode_payload,
+    message_map,
+    parse_message,
+    parse_record,
+)
+from protocol.session import MAC_REQUIRED
+
+try:  # optional: coverage-guided fuzzing
+    import atheris
+except ImportError:  # pragma: no cover - depends on the machine
+    atheris = None
+
+DID = "AQ0000000001"
+DEVICE_KEY = bytes(range(32))
+CLIENT_NONCE = bytes.fromhex("0102030405060708")
+SERVER_NONCE = bytes.fromhex("1112131415161718")
+SESSION_KEY = session_key(DEVICE_KEY, CLIENT_NONCE, SERVER_NONCE)
+# Frame MAC keys: K_DS for what a device sends (good at the servers), K_SD for what a server
+# sends (good at the devices); each is the wrong key at the other end.
+K_DS, K_SD = direction_keys(SESSION_KEY)
+WRONG_KEY = session_key(DEVICE_KEY, SERVER_NONCE, CLIENT_NONCE)  # nonces swapped
+# Payload mode's MAC keys, picked by the selector byte (see fuzz_one); SESSION_KEY is Ks itself,
+# which keys no frame (both directions refuse it).
+PAYLOAD_KEYS = (K_DS, K_SD, SESSION_KEY, WRONG_KEY)
+NOW = 1_700_000_000
+FRAME_TYPES = [int(t) for t in FrameType] + [0x00, 0x55, 0xFF]
+T = TypeVar("T")
+# What a session reports only for a frame it took: never for one whose MAC is missing or wrong
+# (but LoginFailed(BAD_MAC): the refusal of such an AUTH_OK).
+_ACCEPTED = (Record, Result, Ack, Command, LoggedIn, LoginFailed)
+MODEM_TEXT = [b"CONNECT OK\r\n", b"+CSQ: 20,0\r\n", b"\r\nCLOSED\r\n", b"AT+CIPSEND\r\n> "]
+
+
+# --------------------------------------------------------------------------- the target
+
+
+def _sessions() -> tuple[ServerSession | DeviceSession, ...]:
+    """A fresh server, a logged-in server, a device awaiting CHALLENGE, a device awaiting AUTH_OK
+    (it knows Ks, so a fuzzed AUTH_OK with a good MAC reaches the proof check), a logged-in device.
+    """
+    fresh_server = ServerSession(NOW, nonce_source=lambda n: SERVER_NONCE)
+    hello_device = DeviceSession(DID, DEVICE_KEY, nonce_source=lambda n: CLIENT_NONCE)
+    hello_device.start()
+    server = ServerSession(NOW, nonce_source=lambda n: SERVER_NONCE)
+    device = DeviceSession(DID, DEVICE_KEY, nonce_source=lambda n: CLIENT_NONCE)
+    device.start()
+    auth_device = DeviceSession(DID, DEVICE_KEY, nonce_source=lambda n: CLIENT_NONCE)
+    auth_device.start()
+    server.receive_data(device.data_to_send(), NOW)
+    challenge = server.data_to_send()
+    device.receive_data(challenge, NOW)
+    auth_device.receive_data(challenge, NOW)  # the same nonces: the same Ks as `device`
+    server.receive_data(device.data_to_send(), NOW)
+    if not server.verify_login(DEVICE_KEY):
+        raise AssertionError("fixed login failed")
+    server.accept_login(now=NOW)
+    device.receive_data(server.data_to_send(), NOW)
+    sessions = (fresh_server, server, hello_device, auth_device, device)
+    for session in sessions:
+        session.data_to_send()
+    if auth_device.state is not SessionState.AUTH_SENT or device.state is not SessionState.ONLINE:
+        raise AssertionError("fixed login failed")
+    return sessions
+
+
+def _decode(data: bytes, chunk: int) -> None:
+    decoder = FrameDecoder()
+    for start in range(0, len(data), chunk):
+        decoder.feed(data[start : start + chunk])
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except ProtocolError:
+                continue
+            if frame is None:
+                break
+            for parse in (parse_message, parse_record):
+                with contextlib.suppress(ProtocolError):
+                    parse(frame)
+        if decoder.buffered >= MAX_FRAME:
+            raise AssertionError(f"decoder holds {decoder.buffered} bytes")
+
+
+def _feed_sessions(data: bytes, chunk: int) -> tuple[list[object], list[object]]:
+    """Feed `data` to every session; returns the events of the servers and of the devices."""
+    sessions = _sessions()
+    server_events: list[object] = []
+    device_events: list[object] = []
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        for session in sessions:
+            if isinstance(session, ServerSession):
+                server_events += session.receive_data(piece, NOW + 1)
+            else:
+                device_events += session.receive_data(piece, NOW + 1)
+    for session in sessions:
+        if isinstance(session, ServerSession):
+            session.check_timers(NOW + 1000)
+        session.data_to_send()
+    return server_events, device_events
+
+
+def _accepted(events: list[object]) -> list[object]:
+    return [
+        e
+        for e in events
+        if isinstance(e, _ACCEPTED)
+        and not (isinstance(e, LoginFailed) and e.code == ErrorCode.BAD_MAC)
+    ]
+
+
+def fuzz_one(data: bytes) -> None:
+    """Run one input through the decoder, the parsers and every kind of session."""
+    chunk = (data[0] % 64 + 1) if data else 1
+    _decode(data, len(data) or 1)
+    _decode(data, chunk)
+    _feed_sessions(data, len(data) or 1)
+    if len(data) >= 2:
+        # Payload mode: the input after two selector bytes becomes the payload of a frame whose
+        # CRC holds, so hostile payloads reach the parsers and the online handlers. Byte 0 picks
+        # the frame type and (above the type count) the MAC key: K_DS, good at the servers,
+        # K_SD, good at the devices, or Ks or another connection's Ks, good nowhere.
+        frame_type = FRAME_TYPES[data[0] % len(FRAME_TYPES)]
+        key = PAYLOAD_KEYS[data[0] // len(FRAME_TYPES) % len(PAYLOAD_KEYS)]
+        flags = data[1]
+        payload = data[2 : 2 + MAX_PAYLOAD]
+        mac_key = key if flags & Flag.MAC else None
+        frame = encode_frame(frame_type, 1, payload, flags=flags, mac_key=mac_key)
+        _decode(frame, len(frame))
+        server_events, device_events = _feed_sessions(frame, chunk)
+        if frame_type in MAC_REQUIRED:
+            # A reflected frame (MACed for the other direction) is no better than a forged one.
+            for good_key, events in ((K_DS, server_events), (K_SD, device_events)):
+                if mac_key != good_key and (accepted := _accepted(events)):
+                    raise AssertionError(f"frame without a good MAC accepted: {accepted}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _random_message(rng: random.Random) -> Message:
+    def u32() -> int:
+        return rng.choice([0, 1, 7, 0xFFFF, 0xFFFFFFFF, rng.randrange(1 << 32)])
+
+    def rec() -> int:
+        return rng.choice([1, 2, 0xFFFFFFFF, rng.randrange(1, 1 << 32)])
+
+    def maybe(value: T) -> T | None:
+        return value if rng.random() < 0.6 else None
+
+    def nonce(size: int) -> bytes:
+        return rng.randbytes(size)
+
+    builders: list[Callable[[], Message]] = [
+        lambda: Hello(did=DID, fw="1.4.2", client_nonce=nonce(8)),
+        lambda: Challenge(server_nonce=nonce(8), server_time=u32()),
+        lambda: Auth(proof=nonce(32)),
+        lambda: AuthOk(
+            proof=nonce(32),
+            heartbeat_s=rng.randrange(1, 0x10000),
+            last_acked=maybe((u32(), u32())),
+            desired=maybe(DesiredState(u32(), rng.random() < 0.5, -250, u32())),
+        ),
+        lambda: AuthFail(code=rng.choice([20, 21, 22, 24]), reason="no"),
+        lambda: Error(code=rng.randrange(1, 35), reason="why", seq=maybe(rng.randrange(0x10000))),
+        lambda: Ping(),
+        lambda: Pong(),
+        lambda: Telemetry(
+            rec=rec(),
+            boot=u32(),
+            ts=u32(),
+            flow_total_ml=maybe(rng.randrange(2**53)),
+            tds_in_ppm=maybe(rng.randrange(0x10000)),
+            temperature_dc=maybe(rng.randrange(-1000, 2001)),
+            filters=tuple(FilterReading(i, u32(), u32(), 3) for i in range(rng.randrange(4))),
+            cnt_epoch=maybe(u32()),
+            signal=maybe(rng.randrange(-150, 256)),
+            state_bits=maybe(u32()),
+        ),
+        lambda: Event(rec=rec(), boot=u32(), ts=u32(), kind=rng.randrange(1, 7), ml=maybe(250)),
+        lambda: Command(cid=u32(), op=rng.randrange(1, 10), exp=u32(), args={1: 250, 2: 3}),
+        lambda: Result(cid=u32(), rc=rng.randrange(4), out=maybe(250)),
+        lambda: Ack(seq=rng.randrange(0x10000), rc=rng.choice([0, 1, 2, 16, 18]), watermark=(1, 2)),
+    ]
+    return rng.choice(builders)()
+
+
+def random_frame(rng: random.Random) -> bytes:
+    """One valid frame: a random message, encoding, flags and seq, MACed with K_DS, K_SD or not."""
+    message = _random_message(rng)
+    encoding = rng.randrange(2)
+    flags = (encoding << Flag.ENCODING_SHIFT) | rng.choice([0, Flag.ACK_REQ, Flag.DUP])
+    payload = encode_payload(message_map(message), encoding)
+    mac_key = rng.choice((K_DS, K_SD)) if rng.random() < 0.5 else None
+    return encode_frame(
+        FRAME_TYPE_OF[type(message)], rng.randrange(0x10000), payload, flags=flags, mac_key=mac_key
+    )
+
+
+def _fix_checksums(data: bytearray, mac_key: bytes) -> bytearray:
+    """Recompute MAC (with `mac_key`) and CRC of a frame at the start of `data`, when its header
+    still parses."""
+    if len(data) < 11 or data[:2] != b"\x5a\xa5":
+        return data
+    length = int.from_bytes(data[7:9], "big")
+    end = 9 + length
+    if data[4] & Flag.MAC:
+        if len(data) < end + 10:
+            return data
+        data[end : end + 8] = frame_mac(mac_key, bytes(data[2:end]))
+        end += 8
+    if len(data) < end + 2:
+        return data
+    data[end : end + 2] = crc16_modbus(bytes(data[2:end])).to_bytes(2, "big")
+    return data
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randrange(1, 5)):
+        position = rng.randrange(len(out) + 1)
+        kind = rng.randrange(9)
+        if kind == 0 and out:
+            out[min(position, len(out) - 1)] ^= 1 << rng.randrange(8)
+        elif kind == 1 and out:
+            out[min(position, len(out) - 1)] = rng.choice([0, 0x5A, 0xA5, 0x7F, 0x80, 0xFF])
+        elif kind == 2:
+            out[position:position] = rng.randbytes(rng.randrange(1, 16))
+        elif kind == 3:
+            del out[position : position + rng.randrange(1, 16)]
+        elif kind == 4:
+            del out[position:]
+        elif kind == 5:
+            out[position:position] = rng.choice([*MODEM_TEXT, b"Z", b"Z\xa5", b"Z\xa5\x01"])
+        elif kind == 6:
+            out[position:position] = out[position : position + rng.randrange(1, 64)]
+        elif kind == 7 and len(out) > 9:
+            # a plausible header with a hostile length (oversize or longer than what follows)
+            out[7:9] = rng.choice([0, 1, 1024, 1025, 0xFFFF, rng.randrange(0x10000)]).to_bytes(
+                2, "big"
+            )
+        else:
+            out = _fix_checksums(out, rng.choice((K_DS, K_SD)))
+    if rng.random() < 0.3:
+        out = _fix_checksums(out, rng.choice((K_DS, K_SD)))
+    return bytes(out)
+
+
+def payload_input(rng: random.Random) -> bytes:
+    """A payload-mode input (see fuzz_one): a valid message map behind its type and key selector
+    and random flags, so that well-formed frames with a missing, wrong or good MAC reach the
+    sessions.
+    """
+    message = _random_message(rng)
+    encoding = rng.randrange(2)
+    key_index = rng.randrange(len(PAYLOAD_KEYS))
+    selector = FRAME_TYPES.index(FRAME_TYPE_OF[type(message)]) + key_index * len(FRAME_TYPES)
+    flags = (encoding << Flag.ENCODING_SHIFT) | rng.choice([0, Flag.MAC])
+    return bytes([selector, flags]) + encode_payload(message_map(message), encoding)
+
+
+def generate(seed: int, count: int) -> Iterator[bytes]:
+    """`count` inputs: valid streams, mutated streams, modem text mixes, payload-mode inputs and
+    random bytes."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        roll = rng.random()
+        stream = b"".join(random_frame(rng) for _ in range(rng.randrange(1, 4)))
+        if roll < 0.1:
+            yield stream
+        elif roll < 0.65:
+            yield mutate(stream, rng)
+        elif roll < 0.75:
+            yield rng.choice(MODEM_TEXT) + stream + rng.choice(MODEM_TEXT)
+        elif roll < 0.9:
+            yield payload_input(rng)
+        else:
+            yield rng.randbytes(rng.randrange(0, 300))
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def run_random(iterations: int, seed: int) -> int:
+    started = time.perf_counter()
+    for index, data in enumerate(generate(seed, iterations)):
+        try:
+            fuzz_one(data)
+        except Exception:
+            print(f"crash at input {index} (seed {seed}): {data.hex()}", file=sys.stderr)
+            raise
+    elapsed = time.perf_counter() - started
+    print(f"{iterations} inputs, seed {seed}: ok in {elapsed:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours = any(arg.split("=")[0] in ("--iterations", "--seed", "-h", "--help") for arg in argv)
+    if atheris is not None and not ours:  # pragma: no cover - needs atheris
+        atheris.instrument_all()
+        atheris.Setup([sys.argv[0], *argv], fuzz_one)
+        atheris.Fuzz()
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return run_random(args.iterations, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
