@@ -146,14 +146,11 @@ class Event:
     cid: int | None = None
     ml: int | None = None
     flow_total_ml: int | None = None
+    cnt_epoch: int | None = None  # optional (key 16); without it: the current epoch
     seq: int = 0
     dup: bool = False
     payload: bytes = field(default=b"", repr=False, compare=False)
     encoding: int = Encoding.MSGPACK
-
-    @property
-    def cnt_epoch(self) -> int | None:
-        return None  # events carry no epoch: their counter belongs to the current one
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +452,7 @@ def _parse_event(m: Payload, frame: Frame) -> Event:
         cid=_opt_int(m, Key.EVENT_CID, 0, U32),
         ml=_opt_int(m, Key.EVENT_ML, 0, U32),
         flow_total_ml=_opt_int(m, Key.EVENT_FLOW_TOTAL, 0, MAX_COUNTER),
+        cnt_epoch=_opt_int(m, Key.CNT_EPOCH, 0, U32),
         seq=frame.seq,
         dup=frame.is_dup,
         payload=frame.payload,
@@ -522,17 +520,16 @@ def parse_record(frame: Frame) -> Record:
     if frame.type == FrameType.TELEMETRY:
         total = m.get(Key.FLOW_TOTAL)
         total_key = Key.FLOW_TOTAL
-        epoch = m.get(Key.CNT_EPOCH)
-        if epoch is not None and (type(epoch) is not int or not 0 <= epoch <= U32):
-            _bad(Key.CNT_EPOCH, "integer 0..4294967295")
         kind = 0
     elif frame.type == FrameType.EVENT:
         total = m.get(Key.EVENT_FLOW_TOTAL)
         total_key = Key.EVENT_FLOW_TOTAL
-        epoch = None
         kind = _int(m, Key.EVENT_KIND, 1, U8)
     else:
         raise RemoteProtocolError(ErrorCode.UNEXPECTED_FRAME, "not a record frame")
+    epoch = m.get(Key.CNT_EPOCH)
+    if epoch is not None and (type(epoch) is not int or not 0 <= epoch <= U32):
+        _bad(Key.CNT_EPOCH, "integer 0..4294967295")
     if total is not None and (type(total) is not int or not 0 <= total <= MAX_COUNTER):
         _bad(total_key, f"integer 0..{MAX_COUNTER}")
     return Record(
@@ -648,6 +645,7 @@ def message_map(message: Message) -> Payload:
                     Key.EVENT_CID: message.cid,
                     Key.EVENT_ML: message.ml,
                     Key.EVENT_FLOW_TOTAL: message.flow_total_ml,
+                    Key.CNT_EPOCH: message.cnt_epoch,
                 }
             )
         case Command():
