@@ -145,6 +145,36 @@ async def _supervise_workers(settings: Settings) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """A ledger writer in its own process (serve with AQUAFLEET_LEDGER_WRITER=false)."""
+    from gateway.embedded_redis import running_url
+
+    settings = _settings(args, data_dir=args.data_dir)
+    if settings.redis_url is None:
+        url = running_url(settings.data_dir)
+        if url is None:
+            raise GatewayError(
+                "no Redis to drain: set AQUAFLEET_REDIS_URL or start `aquafleet serve` first"
+            )
+        settings = settings.model_copy(update={"redis_url": url})
+    settings = settings.model_copy(
+        update={"ledger_writer": True, "node_id": f"{settings.resolved_node_id}-ledger"}
+    )
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> int:
+        from gateway.node import run_ledger
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_ledger(settings, stop=stop)
+        return 0
+
+    return _run(run)
+
+
 # ----------------------------------------------------------------------------- database
 
 
@@ -334,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tcp-port", type=int, help="device TCP port (default 7700)")
     serve.add_argument("--http-port", type=int, help="REST API port (default 8080)")
     serve.set_defaults(func=cmd_serve)
+
+    ledger = commands.add_parser(
+        "ledger", help="run a ledger writer alone (Redis streams -> database)"
+    )
+    ledger.set_defaults(func=cmd_ledger)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)

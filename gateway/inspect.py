@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from gateway.config import Settings
 from gateway.keys import Keyspace
+from gateway.meter import decode_meter_state
 from gateway.registry_cache import parse_registry_entry
 from models.devices import Device
 from models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
@@ -16,14 +17,10 @@ from protocol import ProtocolError
 from protocol.messages import Telemetry, parse_record_payload
 
 
-def _ms_to_iso(value: bytes | None) -> str | None:
+def _ms_to_iso(value: bytes | int | None) -> str | None:
     if value is None:
         return None
     return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC).isoformat(timespec="seconds")
-
-
-def _decode(mapping: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode(errors="replace") for k, v in mapping.items()}
 
 
 async def device_status(
@@ -65,9 +62,9 @@ async def device_status(
     pipe = client.pipeline(transaction=False)
     pipe.hget(keyspace.registry(keyspace.shard_of(did)), did)
     pipe.hgetall(keyspace.presence(did))
-    pipe.hgetall(keyspace.meter(did))
-    pipe.hgetall(keyspace.latest(did))
-    registry, presence, meter, latest = await pipe.execute()
+    pipe.get(keyspace.meter(did))
+    registry, presence, raw_meter = await pipe.execute()
+    m = decode_meter_state(raw_meter)
     entry = parse_registry_entry(registry)
     status["login_allowed"] = entry is not None and entry.login_allowed
     status["online"] = bool(presence)
@@ -77,23 +74,22 @@ async def device_status(
             "since": _ms_to_iso(presence.get(b"since")),
             "last_seen": _ms_to_iso(presence.get(b"seen")),
         }
-    if meter:
-        m = _decode(meter)
+    if m:
         status["meter"] = {
             "metered_ml": int(m.get("mt", 0)),
             "records": int(m.get("n", 0)),
-            "last_counter_ml": int(m["lt"]) if "lt" in m else None,
-            "cnt_epoch": int(m["le"]) if "le" in m else None,
-            "watermark": [int(m["b0"]), int(m["w0"])] if "b0" in m else None,
+            "highest_counter_ml": m.get("lt"),
+            "cnt_epoch": m["le"] if m.get("le", -1) >= 0 else None,
+            "watermark": [m["b0"], m["w0"]] if "b0" in m else None,
         }
-    if latest:
+    if "payload" in m:
         try:
-            message = parse_record_payload(0x20, latest[b"payload"], int(latest[b"enc"]))
+            message = parse_record_payload(0x20, m["payload"], int(m["enc"]))
         except ProtocolError:
             message = None
         if isinstance(message, Telemetry):
             status["live_report"] = {
-                "received_at": _ms_to_iso(latest.get(b"at")),
+                "received_at": _ms_to_iso(m.get("at")),
                 "flow_total_ml": message.flow_total_ml,
                 "tds_in_ppm": message.tds_in_ppm,
                 "tds_out_ppm": message.tds_out_ppm,

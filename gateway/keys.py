@@ -39,9 +39,6 @@ class Keyspace:
     def meter(self, did: str) -> str:
         return f"{self.shard_prefix(self.shard_of(did))}m:{did}"
 
-    def latest(self, did: str) -> str:
-        return f"{self.shard_prefix(self.shard_of(did))}t:{did}"
-
     def presence(self, did: str) -> str:
         return f"{self.shard_prefix(self.shard_of(did))}p:{did}"
 

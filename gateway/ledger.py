@@ -25,7 +25,7 @@ from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.redis_io import Scripts, redis_errors
+from gateway.redis_io import ScriptCall, Scripts, redis_errors
 from models.usage import SnapshotRow, UsageRow, store_ledger_batch
 from protocol import FrameType, ProtocolError
 from protocol.messages import Telemetry, parse_record_payload
@@ -75,28 +75,30 @@ def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]
 def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
     """Turn stream entries (as meter.lua wrote them) into database rows."""
     batch = DecodedBatch()
+    newest: dict[str, tuple[UsageRow, int, bytes]] = {}
     for entry in entries:
         try:
             rows = _entry_rows(entry[1])
         except (KeyError, ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException):
             batch.poisoned.append(entry)
             continue
-        for row, enc, payload in rows:
-            did, boot, rec, frame_type = row[0], row[1], row[2], row[3]
+        for item in rows:
+            row = item[0]
             batch.usage.append(row)
-            batch.dids.add(did)
-            if frame_type != FrameType.TELEMETRY:
-                continue
-            previous = batch.snapshots.get(did)
-            if previous is not None and (previous[1], previous[2]) >= (boot, rec):
-                continue
-            try:
-                message = parse_record_payload(frame_type, payload, enc)
-            except ProtocolError:
-                batch.bad_payloads += 1  # metered already; only the snapshot is lost
-                continue
-            assert isinstance(message, Telemetry)
-            batch.snapshots[did] = snapshot_row(did, message, row[6], row[8])
+            batch.dids.add(row[0])
+            if row[3] == FrameType.TELEMETRY:
+                previous = newest.get(row[0])
+                if previous is None or (previous[0][1], previous[0][2]) < (row[1], row[2]):
+                    newest[row[0]] = item
+    # Only each device's newest report becomes its snapshot: decode just that one.
+    for did, (row, enc, payload) in newest.items():
+        try:
+            message = parse_record_payload(row[3], payload, enc)
+        except ProtocolError:
+            batch.bad_payloads += 1  # metered already; only the snapshot is lost
+            continue
+        assert isinstance(message, Telemetry)
+        batch.snapshots[did] = snapshot_row(did, message, row[6], row[8])
     return batch
 
 
@@ -266,14 +268,13 @@ class LedgerWriter:
             await pipe.execute()
 
     async def _acknowledge(self, per_stream: list[tuple[str, list[tuple[bytes, int]]]]) -> None:
-        def build(pipe: Any) -> None:
-            for stream, counted in per_stream:
-                args: list[Any] = [GROUP]
-                for entry_id, records in counted:
-                    args += [entry_id, records]
-                self.scripts.queue(pipe, "ledger_ack", (stream, self.backlog_keys[stream]), args)
-
-        await self.scripts.run_pipeline(self.client, build, "acknowledging ledger entries")
+        calls: list[ScriptCall] = []
+        for stream, counted in per_stream:
+            args: list[Any] = [GROUP]
+            for entry_id, records in counted:
+                args += [entry_id, records]
+            calls.append(("ledger_ack", (stream, self.backlog_keys[stream]), args))
+        await self.scripts.run(self.client, calls, "acknowledging ledger entries")
 
     def _remember_activated(self, dids: list[str]) -> None:
         for did in dids:

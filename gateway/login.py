@@ -18,7 +18,7 @@ from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.redis_io import Scripts, redis_errors
+from gateway.redis_io import ScriptCall, Scripts, redis_errors
 from gateway.registry_cache import RegistryEntry, parse_registry_entry
 from protocol import DesiredState, ErrorCode, LoginRequested
 from protocol.crypto import derive_device_key
@@ -163,20 +163,19 @@ class LoginBatcher:
         channel_prefix = self.keyspace.node_channel("")
         node_id = self.hub.node_id
 
-        def build(pipe: Any) -> None:
-            for v in verified:
-                self.scripts.queue(
-                    pipe,
-                    "claim",
-                    (
-                        self.keyspace.presence(v.did),
-                        self.keyspace.meter(v.did),
-                        self.keyspace.desired(v.did),
-                    ),
-                    (node_id, v.conn.conn_id, now_ms, self.presence_ttl_ms, channel_prefix, v.did),
-                )
-
-        replies = await self.scripts.run_pipeline(self.client, build, "claiming presence")
+        calls: list[ScriptCall] = [
+            (
+                "claim",
+                (
+                    self.keyspace.presence(v.did),
+                    self.keyspace.meter(v.did),
+                    self.keyspace.desired(v.did),
+                ),
+                (node_id, v.conn.conn_id, now_ms, self.presence_ttl_ms, channel_prefix, v.did),
+            )
+            for v in verified
+        ]
+        replies = await self.scripts.run(self.client, calls, "claiming presence")
         for v, reply in zip(verified, replies, strict=True):
             conn = v.conn
             if conn.closed or conn.session is None:

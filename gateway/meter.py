@@ -39,6 +39,28 @@ PAUSE_REDIS = "redis_unavailable"
 BACKLOG_POLL_S = 0.5
 
 
+METER_STATE_FIELDS = (
+    "b0", "w0", "o0", "b1", "w1", "o1", "le", "lt", "pe", "pt", "mt", "n",
+    "tb", "tr", "ts", "enc", "payload", "at",
+)  # fmt: skip
+
+
+def decode_meter_state(raw: bytes | None) -> dict[str, Any]:
+    """meter.lua's per-device state (a msgpack array) by field name; unknown fields absent."""
+    if raw is None:
+        return {}
+    values = msgpack.unpackb(raw, raw=True)
+    state = {
+        name: value
+        for name, value in zip(METER_STATE_FIELDS, values, strict=False)
+        if value is not False
+    }
+    for name in ("o0", "o1"):
+        if isinstance(state.get(name), bytes):
+            state[name] = state[name].decode()
+    return state
+
+
 @dataclass(frozen=True, slots=True)
 class ShardOutcome:
     """What meter.lua answered for one shard: (rc, wm_boot, wm_rec) per record, flattened."""
@@ -89,16 +111,15 @@ class MeterScript:
             for shard, items in rows.items()
         ]
 
-        def build(pipe: Any) -> None:
-            for shard, blob in calls:
-                self.scripts.queue(
-                    pipe,
-                    "meter",
-                    (self._stream[shard], self._backlog[shard]),
-                    (self._prefix[shard], blob, now_ms, OOO_LIMIT),
-                )
-
-        replies = await self.scripts.run_pipeline(client, build, "metering records")
+        replies = await self.scripts.run(
+            client,
+            [
+                ("meter", (self._stream[shard], self._backlog[shard]),
+                 (self._prefix[shard], blob, now_ms, OOO_LIMIT))
+                for shard, blob in calls
+            ],
+            "metering records",
+        )  # fmt: skip
         outcomes = {}
         for (shard, _blob), reply in zip(calls, replies, strict=True):
             out = msgpack.unpackb(reply)

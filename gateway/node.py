@@ -283,6 +283,29 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Appl
     return app
 
 
+def build_ledger_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    """A ledger writer alone (no device listener), e.g. in its own process next to `serve`."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(tasks_ctx)
+    app.cleanup_ctx.append(ledger_ctx)
+    return app
+
+
+async def run_ledger(settings: Settings, *, stop: asyncio.Event) -> None:
+    """Run a standalone ledger writer until `stop` is set."""
+    runner = web.AppRunner(build_ledger_app(settings), handle_signals=False)
+    await runner.setup()
+    try:
+        log.info("ledger_writer_started", consumer=settings.resolved_node_id)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def serve(
     settings: Settings,
     *,

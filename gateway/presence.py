@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgpack
 import redis.asyncio as aioredis
@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
-from gateway.redis_io import Scripts
+from gateway.redis_io import ScriptCall, Scripts
 from protocol import ErrorCode
 
 if TYPE_CHECKING:
@@ -85,16 +85,15 @@ class Presence:
         for did, conn_id in batch:
             by_shard.setdefault(self.keyspace.shard_of(did), []).append((did, conn_id))
 
-        def build(pipe: Any) -> None:
-            for shard, items in by_shard.items():
-                self.scripts.queue(
-                    pipe,
-                    "release",
-                    (self.keyspace.registry(shard),),
-                    (self.keyspace.shard_prefix(shard), msgpack.packb(items, use_bin_type=False)),
-                )
-
-        await self.scripts.run_pipeline(self.client, build, "releasing presence")
+        calls: list[ScriptCall] = [
+            (
+                "release",
+                (self.keyspace.registry(shard),),
+                (self.keyspace.shard_prefix(shard), msgpack.packb(items, use_bin_type=False)),
+            )
+            for shard, items in by_shard.items()
+        ]
+        await self.scripts.run(self.client, calls, "releasing presence")
 
     async def touch(self) -> int:
         """Refresh last-seen and TTL of every device online here; returns how many."""
@@ -109,20 +108,19 @@ class Presence:
         if not by_shard:
             return 0
 
-        def build(pipe: Any) -> None:
-            for shard, items in by_shard.items():
-                self.scripts.queue(
-                    pipe,
-                    "touch",
-                    (self.keyspace.registry(shard),),
-                    (
-                        self.keyspace.shard_prefix(shard),
-                        self.ttl_ms,
-                        msgpack.packb(items, use_bin_type=False),
-                    ),
-                )
-
-        replies = await self.scripts.run_pipeline(self.client, build, "refreshing presence")
+        calls: list[ScriptCall] = [
+            (
+                "touch",
+                (self.keyspace.registry(shard),),
+                (
+                    self.keyspace.shard_prefix(shard),
+                    self.ttl_ms,
+                    msgpack.packb(items, use_bin_type=False),
+                ),
+            )
+            for shard, items in by_shard.items()
+        ]
+        replies = await self.scripts.run(self.client, calls, "refreshing presence")
         return sum(int(r) for r in replies)
 
     async def run_touch(self) -> None:

@@ -138,15 +138,21 @@ async def store_ledger_batch(
                     [int(DeviceState.ACTIVE), now, activated, int(DeviceState.INACTIVE)],
                 )
         else:
+            as_text = _DatetimeText()
             if usage:
-                await conn.execute_many(SQLITE_INSERT_USAGE, [_sqlite_row(row, 6) for row in usage])
+                await conn.execute_many(
+                    SQLITE_INSERT_USAGE,
+                    [[*row[:6], as_text(row[6]), *row[7:]] for row in usage],
+                )
             if snapshots:
-                rows = []
-                for row in snapshots:
-                    values = _sqlite_row(row, 4)
-                    values[9] = None if values[9] is None else json.dumps(values[9])
-                    rows.append(values)
-                await conn.execute_many(SQLITE_UPSERT_SNAPSHOT, rows)
+                await conn.execute_many(
+                    SQLITE_UPSERT_SNAPSHOT,
+                    [
+                        [*row[:4], as_text(row[4]), *row[5:9],
+                         None if row[9] is None else json.dumps(row[9]), *row[10:]]
+                        for row in snapshots
+                    ],
+                )  # fmt: skip
             if activated:
                 placeholders = ", ".join("?" * len(activated))
                 await conn.execute_query(
@@ -162,10 +168,14 @@ async def store_ledger_batch(
                 )
 
 
-def _sqlite_row(row: tuple[object, ...], datetime_index: int) -> list[object]:
-    values = list(row)
-    values[datetime_index] = str(values[datetime_index])  # Tortoise's SQLite datetime text
-    return values
+class _DatetimeText(dict[dt.datetime, str]):
+    """Tortoise's SQLite datetime text, made once per distinct time (one per metering round)."""
+
+    def __call__(self, value: dt.datetime) -> str:
+        text = self.get(value)
+        if text is None:
+            text = self[value] = str(value)
+        return text
 
 
 async def metered_ml_by_device(dids: list[str], min_boot: int = 0) -> dict[str, int]:

@@ -1,6 +1,6 @@
 -- A verified login takes the device's presence, wherever its older connection lives.
 --
--- KEYS[1] presence hash p:<did>, KEYS[2] meter hash m:<did>, KEYS[3] desired-state hash d:<did>
+-- KEYS[1] presence hash p:<did>, KEYS[2] meter state m:<did>, KEYS[3] desired-state hash d:<did>
 -- ARGV[1] node id, ARGV[2] connection id, ARGV[3] now (unix ms), ARGV[4] presence TTL (ms),
 -- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did
 -- Returns {old node or false, old connection or false, watermark boot, watermark rec,
@@ -11,6 +11,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if old[1] and old[1] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[5] .. old[1], 'kick ' .. ARGV[6] .. ' ' .. old[2])
 end
-local wm = redis.call('HMGET', KEYS[2], 'b0', 'w0')
+local wm = {false, false}
+local meter = redis.call('GET', KEYS[2])  -- meter.lua's packed state: 1 b0, 2 w0
+if meter then wm = cmsgpack.unpack(meter) end
 local d = redis.call('HMGET', KEYS[3], 'version', 'lock', 'remaining_ml', 'rental_expires_at')
 return {old[1], old[2], wm[1], wm[2], d[1], d[2], d[3], d[4]}

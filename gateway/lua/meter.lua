@@ -10,10 +10,16 @@
 -- Returns msgpack {rc1, wm_boot1, wm_rec1, rc2, ..., backlog}: rc 0 stored, 1 duplicate,
 -- 2 stale; (wm_boot, wm_rec) is the record's boot and the highest rec stored with no gap below.
 --
--- Per device hash m:<did>: b0/w0/o0 and b1/w1/o1 the newest two boots with their watermark and
--- out-of-order recs (",r1,r2,"); le/lt the current counter epoch and its highest reading, pe/pt
--- the previous epoch's (le = -1: readings seen before any epoch was named); mt the metered
--- total; n records stored; tb/tr the newest telemetry's position.
+-- Per device, one string key m:<did> holds a msgpack array (one GET and one SET per device
+-- per round: far cheaper in Lua than hash fields), false where unknown:
+--   1 b0, 2 w0, 3 o0, 4 b1, 5 w1, 6 o1: the newest two boots, their watermark and the recs
+--     held out of order (",r1,r2,")
+--   7 le, 8 lt: the current counter epoch and its highest reading (le = -1: readings seen
+--     before any epoch was named); 9 pe, 10 pt: the previous epoch's
+--   11 mt: metered total; 12 n: records stored
+--   13 tb, 14 tr, 15 ts, 16 enc, 17 payload, 18 at: the newest telemetry (position, device
+--     time, payload encoding and bytes, received at)
+-- gateway/meter.py decode_meter_state reads it.
 --
 -- The metering rule: the water of a device is, over its counter epochs, the sum of the highest
 -- reading seen in each epoch (a counter counts from 0 in its epoch). It does not depend on the
@@ -26,25 +32,40 @@ local ooo_limit = tonumber(ARGV[4])
 
 local STORED, DUPLICATE, STALE = 0, 1, 2
 local TELEMETRY = 0x20
-local FIELDS = {'b0', 'w0', 'o0', 'b1', 'w1', 'o1', 'le', 'lt', 'pe', 'pt', 'mt', 'n', 'tb', 'tr'}
-
 local states = {}
 local order = {}
 
+local function known(x)
+  if x == false then return nil end
+  return x
+end
+
 local function load(did)
   local key = prefix .. 'm:' .. did
-  local v = redis.call('HMGET', key, unpack(FIELDS))
+  local raw = redis.call('GET', key)
+  local v = {}
+  if raw then v = cmsgpack.unpack(raw) end
   local st = {
     key = key, did = did, dirty = false,
-    b0 = tonumber(v[1]), w0 = tonumber(v[2]), o0 = v[3] or '',
-    b1 = tonumber(v[4]), w1 = tonumber(v[5]), o1 = v[6] or '',
-    le = tonumber(v[7]), lt = tonumber(v[8]), pe = tonumber(v[9]), pt = tonumber(v[10]),
-    mt = tonumber(v[11]) or 0, n = tonumber(v[12]) or 0,
-    tb = tonumber(v[13]), tr = tonumber(v[14]),
+    b0 = known(v[1]), w0 = known(v[2]), o0 = known(v[3]) or '',
+    b1 = known(v[4]), w1 = known(v[5]), o1 = known(v[6]) or '',
+    le = known(v[7]), lt = known(v[8]), pe = known(v[9]), pt = known(v[10]),
+    mt = known(v[11]) or 0, n = known(v[12]) or 0,
+    tb = known(v[13]), tr = known(v[14]), ts = known(v[15]), enc = known(v[16]),
+    payload = known(v[17]), at = known(v[18]),
   }
   states[did] = st
   order[#order + 1] = st
   return st
+end
+
+local function save(st)
+  local f = false
+  redis.call('SET', st.key, cmsgpack.pack({
+    st.b0 or f, st.w0 or f, st.o0, st.b1 or f, st.w1 or f, st.o1,
+    st.le or f, st.lt or f, st.pe or f, st.pt or f, st.mt, st.n,
+    st.tb or f, st.tr or f, st.ts or f, st.enc or f, st.payload or f, st.at or f,
+  }))
 end
 
 local function has(set, rec)
@@ -93,7 +114,7 @@ local function track(st, boot, rec)
   end
   local w, set
   if slot == 0 then w, set = st.w0, st.o0 else w, set = st.w1, st.o1 end
-  if rec <= w or has(set, rec) then
+  if rec <= w or (set ~= '' and has(set, rec)) then
     return DUPLICATE, boot, w
   end
   if rec == w + 1 then
@@ -146,7 +167,6 @@ end
 
 local out = {}
 local ledger = {}
-local latest = {}
 
 for i = 1, #records do
   local r = records[i]
@@ -158,8 +178,7 @@ for i = 1, #records do
     st.n = st.n + 1
     ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
     if frame_type == TELEMETRY and (st.tb == nil or boot > st.tb or (boot == st.tb and rec > st.tr)) then
-      st.tb, st.tr = boot, rec
-      latest[did] = r
+      st.tb, st.tr, st.ts, st.enc, st.payload, st.at = boot, rec, r[5], r[9], r[10], now_ms
     end
   end
   out[#out + 1] = rc
@@ -168,32 +187,7 @@ for i = 1, #records do
 end
 
 for _, st in ipairs(order) do
-  if st.dirty then
-    local args = {'w0', st.w0, 'o0', st.o0, 'b0', st.b0, 'mt', st.mt, 'n', st.n}
-    if st.b1 ~= nil then
-      args[#args + 1] = 'b1'; args[#args + 1] = st.b1
-      args[#args + 1] = 'w1'; args[#args + 1] = st.w1
-      args[#args + 1] = 'o1'; args[#args + 1] = st.o1
-    end
-    if st.le ~= nil then
-      args[#args + 1] = 'le'; args[#args + 1] = st.le
-      args[#args + 1] = 'lt'; args[#args + 1] = st.lt
-    end
-    if st.pe ~= nil then
-      args[#args + 1] = 'pe'; args[#args + 1] = st.pe
-      args[#args + 1] = 'pt'; args[#args + 1] = st.pt
-    end
-    if st.tb ~= nil then
-      args[#args + 1] = 'tb'; args[#args + 1] = st.tb
-      args[#args + 1] = 'tr'; args[#args + 1] = st.tr
-    end
-    redis.call('HSET', st.key, unpack(args))
-  end
-end
-
-for did, r in pairs(latest) do
-  redis.call('HSET', prefix .. 't:' .. did,
-    'boot', r[3], 'rec', r[4], 'ts', r[5], 'enc', r[9], 'payload', r[10], 'at', now_ms)
+  if st.dirty then save(st) end
 end
 
 local backlog

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.keys import Keyspace
-from gateway.meter import MeterScript, ShardOutcome
+from gateway.meter import MeterScript, ShardOutcome, decode_meter_state
 from gateway.redis_io import Scripts
 from protocol import Encoding, EventKind, FrameType
 from protocol.frames import Frame
@@ -25,6 +25,9 @@ from protocol.messages import (
     message_map,
     parse_record,
 )
+
+# The meter state's fields about counting (the rest is the newest telemetry report).
+COUNTING_FIELDS = frozenset(("b0", "w0", "o0", "b1", "w1", "o1", "le", "lt", "pe", "pt", "mt", "n"))
 
 NOW_MS = 1_700_000_000_123  # received-at of a metering round (the milliseconds matter)
 DEVICE_TS = 1_699_999_000
@@ -193,18 +196,30 @@ class MeterDriver:
     async def one(self, did: str, record: Record, now_ms: int = NOW_MS) -> Answer:
         return (await self.send([(did, record)], now_ms))[0]
 
+    async def _state(self, did: str) -> dict[str, Any]:
+        return decode_meter_state(await self.client.get(self.keyspace.meter(did)))
+
     async def state(self, did: str) -> dict[str, str]:
-        raw = await self.client.hgetall(self.keyspace.meter(did))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        """The meter state's counting fields, as text."""
+        state = await self._state(did)
+        return {k: str(v) for k, v in state.items() if k in COUNTING_FIELDS}
 
     async def metered(self, did: str) -> int:
-        """The meter hash's total (field mt)."""
-        value = await self.client.hget(self.keyspace.meter(did), "mt")
-        return int(value or 0)
+        """The meter state's total (field mt)."""
+        return int((await self._state(did)).get("mt", 0))
 
     async def latest(self, did: str) -> dict[str, bytes]:
-        raw = await self.client.hgetall(self.keyspace.latest(did))
-        return {k.decode(): v for k, v in raw.items()}
+        """The newest telemetry the meter state keeps (boot, rec, ts, enc, payload, at)."""
+        state = await self._state(did)
+        if "tb" not in state:
+            return {}
+        latest = {
+            "boot": state["tb"], "rec": state["tr"], "ts": state["ts"], "enc": state["enc"],
+            "at": state["at"],
+        }  # fmt: skip
+        shown = {k: str(v).encode() for k, v in latest.items()}
+        shown["payload"] = state["payload"]
+        return shown
 
     async def backlog(self, shard: int) -> int:
         return int(await self.client.get(self.keyspace.ledger_backlog(shard)) or 0)
@@ -223,7 +238,6 @@ class MeterDriver:
     def keys_of(self, dids: Sequence[str]) -> list[str]:
         """Every key metering these devices can touch (for cleaning up without SCAN)."""
         keys = [self.keyspace.meter(did) for did in dids]
-        keys += [self.keyspace.latest(did) for did in dids]
         for shard in self.keyspace.all_shards():
             keys += [self.keyspace.ledger_stream(shard), self.keyspace.ledger_backlog(shard)]
         return keys
