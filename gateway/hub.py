@@ -108,7 +108,7 @@ class Hub:
             self._all_closed.set()
         self.metrics.connections_closed += 1
         did = conn.did
-        if did is not None and self.online.get(did) is conn:
+        if did and self.online.get(did) is conn:
             del self.online[did]
             self.presence.release(did, conn.conn_id)
         session = conn.session
@@ -124,8 +124,9 @@ class Hub:
         older = self.online.get(did)
         self.online[did] = conn
         if older is not None and older is not conn:
+            # Its end releases nothing: `online` now names the newer connection. Records it
+            # read before are still metered for its device (conn.did stays).
             self.metrics.sessions_replaced += 1
-            older.did = None  # its end must not release the new presence
             older.close(ErrorCode.REPLACED, "a newer login of this device took over")
 
     def kick(self, did: str, conn_id: str, code: ErrorCode, reason: str) -> bool:
@@ -137,7 +138,6 @@ class Hub:
             self.metrics.sessions_replaced += 1
             # The presence now belongs to the newer login elsewhere: do not release it.
             del self.online[did]
-            conn.did = None
         conn.close(code, reason)
         return True
 

@@ -218,7 +218,7 @@ class MeterBatcher:
             else:
                 shard_items.append(item)
         rows = {
-            shard: [(conn.did or "", record) for conn, record in items]
+            shard: [(conn.did, record) for conn, record in items]
             for shard, items in by_shard.items()
         }
         self.in_flight += len(batch)

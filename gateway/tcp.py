@@ -45,7 +45,7 @@ class DeviceConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session: ServerSession | None = None
         self.conn_id = ""
-        self.did: str | None = None  # set once the login is accepted
+        self.did = ""  # set once the login is accepted
         self.shard = 0
         self.peer_ip = ""
         self.closed = False

@@ -152,3 +152,30 @@ async def test_ledger_backlog_pauses_reading_until_the_writer_catches_up(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_records_read_before_a_replacement_are_metered_for_their_device(
+    node_factory, device_factory
+):
+    async with stalling_proxy() as proxy:
+        node = await node_factory(redis_url=proxy.url)
+        (dev,) = await register_devices(node, 1)
+        older = device_factory(dev.did, dev.key, node.tcp_port)
+        await older.login()
+        proxy.flowing.clear()
+        boot = int(time.time())
+        for rec in range(1, 4):
+            await older.send(telemetry(rec, boot, rec * 100))
+        await wait_until(lambda: node.metrics.records_received == 3)
+        newer = device_factory(dev.did, dev.key, node.tcp_port)
+        login = asyncio.create_task(newer.login())
+        await asyncio.sleep(0.2)
+        proxy.flowing.set()
+        await login
+        await older.closed_by_server()
+        client = node.app[REDIS]
+        from gateway.meter import decode_meter_state
+
+        state = decode_meter_state(await client.get(node.app[KEYSPACE].meter(dev.did)))
+        assert state["mt"] == 300 and state["n"] == 3
+        assert await client.get(node.app[KEYSPACE].meter("")) is None
