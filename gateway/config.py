@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     meter_batch_max: int = Field(
         4000, ge=1, le=100000, description="Most records one metering round trip carries."
     )
+    coalesce_acks: bool = Field(
+        True,
+        description="Ack only the last of the records of a boot stored in one round (its "
+        "watermark covers the others); false: one ACK per record, for firmware that ignores "
+        "watermarks.",
+    )
     pending_pause_records: int = Field(
         20000,
         ge=100,

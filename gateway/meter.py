@@ -139,8 +139,10 @@ class MeterBatcher:
         batch_max: int,
         pause_pending: int,
         pause_backlog: int,
+        coalesce_acks: bool = True,
     ) -> None:
         self.hub = hub
+        self.coalesce_acks = coalesce_acks
         self.client = client
         self.scripts = scripts
         self.keyspace = keyspace
@@ -244,6 +246,10 @@ class MeterBatcher:
     ) -> None:
         metrics = self.metrics
         touched: set[DeviceConnection] = set()
+        # Stored records that their watermark covers need no ACK of their own when a later
+        # record of the same boot is acked in this round (its watermark covers them too).
+        last_covered: dict[tuple[DeviceConnection, int], tuple[int, int]] = {}
+        coalesce = self.coalesce_acks
         stored = duplicate = stale = 0
         for shard, items in by_shard.items():
             outcome = outcomes[shard]
@@ -253,13 +259,20 @@ class MeterBatcher:
                 rc, wm_boot, wm_rec = codes[3 * index : 3 * index + 3]
                 if rc == AckCode.STORED:
                     stored += 1
+                    if coalesce and record.boot == wm_boot and record.rec <= wm_rec:
+                        last_covered[(conn, wm_boot)] = (record.seq, wm_rec)
+                        continue
                 elif rc == AckCode.DUPLICATE:
-                    duplicate += 1
+                    duplicate += 1  # always acked alone: resends converge for any firmware
                 else:
                     stale += 1
                 if not conn.closed and conn.session is not None:
                     conn.session.ack(record.seq, rc, (wm_boot, wm_rec))
                     touched.add(conn)
+        for (conn, boot), (seq, wm_rec) in last_covered.items():
+            if not conn.closed and conn.session is not None:
+                conn.session.ack(seq, AckCode.STORED, (boot, wm_rec))
+                touched.add(conn)
         for conn in touched:
             conn.flush()
         metrics.records_stored += stored

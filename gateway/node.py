@@ -188,6 +188,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_max=settings.meter_batch_max,
         pause_pending=settings.pending_pause_records,
         pause_backlog=settings.backlog_pause_records,
+        coalesce_acks=settings.coalesce_acks,
     )
     hub.logins = LoginBatcher(
         hub=hub,

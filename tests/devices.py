@@ -55,6 +55,9 @@ class TestDevice:
         self.writer: asyncio.StreamWriter | None = None
         self.events: list[Any] = []
         self.eof = False
+        self.sent: dict[int, tuple[int, int]] = {}  # seq -> (boot, rec) awaiting an ack
+        self.outcome: dict[tuple[int, int], int] = {}  # (boot, rec) -> ack code
+        self.ack_frames: list[Ack] = []
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -79,9 +82,25 @@ class TestDevice:
             self.eof = True
             await self.close()
             return False
-        self.events.extend(self.session.receive_data(data, time.time()))
+        for event in self.session.receive_data(data, time.time()):
+            if isinstance(event, Ack):
+                self._settle(event)
+            self.events.append(event)
         await self.flush()
         return True
+
+    def _settle(self, ack: Ack) -> None:
+        """An ACK settles its own record and, by its watermark, every earlier one of its boot."""
+        self.ack_frames.append(ack)
+        position = self.sent.pop(ack.seq, None)
+        if position is not None:
+            self.outcome[position] = ack.rc
+        if ack.watermark is not None and ack.rc in (0, 1):
+            boot, upto = ack.watermark
+            for seq, (b, rec) in list(self.sent.items()):
+                if b == boot and rec <= upto:
+                    del self.sent[seq]
+                    self.outcome[(b, rec)] = 0
 
     async def wait_for(self, kind: type, *, timeout: float = TIMEOUT_S) -> Any:
         """The first queued event of `kind` (removed from the queue)."""
@@ -113,8 +132,23 @@ class TestDevice:
 
     async def send(self, record: Telemetry | Event, *, dup: bool = False) -> int:
         seq = self.session.send_record(record, dup=dup)
+        self.sent[seq] = (record.boot, record.rec)
         await self.flush()
         return seq
+
+    async def settled(self, *, timeout: float = TIMEOUT_S) -> dict[tuple[int, int], int]:
+        """Wait until every record sent is acked (alone or by a watermark); their ack codes."""
+        deadline = time.monotonic() + timeout
+        while self.sent:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.eof:
+                raise TimeoutError(f"unacked: {sorted(self.sent.values())[:10]}, eof {self.eof}")
+            try:
+                await self._read_once(remaining)
+            except TimeoutError:
+                continue
+        self.events = [e for e in self.events if not isinstance(e, Ack)]
+        return dict(self.outcome)
 
     async def acks(self, count: int, *, timeout: float = TIMEOUT_S) -> list[Ack]:
         return [await self.wait_for(Ack, timeout=timeout) for _ in range(count)]

@@ -26,14 +26,41 @@ async def test_login_reports_and_acks(node_factory, device_factory):
     assert logged_in.heartbeat_s == node.settings.heartbeat_s
     assert logged_in.last_acked is None  # nothing stored yet
     boot = int(time.time())
-    seqs = [await device.send(telemetry(rec, boot, rec * 100)) for rec in (1, 2, 3)]
-    acks = await device.acks(3)
-    assert [a.seq for a in acks] == seqs
-    assert [a.rc for a in acks] == [0, 0, 0]
-    assert [a.watermark for a in acks] == [(boot, 1), (boot, 2), (boot, 3)]
+    for rec in (1, 2, 3):
+        await device.send(telemetry(rec, boot, rec * 100))
+        assert await device.settled() == {(boot, r): 0 for r in range(1, rec + 1)}
+    assert [a.watermark for a in device.ack_frames] == [(boot, 1), (boot, 2), (boot, 3)]
     state = await presence(node, dev.did)
     assert state[b"node"].decode() == node.hub.node_id
     await device.close()
+
+
+async def test_records_stored_in_one_round_are_acked_by_one_watermark(node_factory, device_factory):
+    node = await node_factory()
+    (dev,) = await register_devices(node, 1)
+    device = device_factory(dev.did, dev.key, node.tcp_port)
+    await device.login()
+    boot = int(time.time())
+    for rec in range(1, 17):  # one write: read, metered and acked in one round
+        device.sent[device.session.send_record(telemetry(rec, boot, rec * 10))] = (boot, rec)
+    await device.flush()
+    assert await device.settled() == {(boot, rec): 0 for rec in range(1, 17)}
+    assert [(a.rc, a.watermark) for a in device.ack_frames] == [(0, (boot, 16))]
+
+
+async def test_acks_one_by_one_when_coalescing_is_off(node_factory, device_factory):
+    node = await node_factory(coalesce_acks=False)
+    (dev,) = await register_devices(node, 1)
+    device = device_factory(dev.did, dev.key, node.tcp_port)
+    await device.login()
+    boot = int(time.time())
+    seqs = [device.session.send_record(telemetry(rec, boot, rec * 10)) for rec in range(1, 9)]
+    for seq, rec in zip(seqs, range(1, 9), strict=True):
+        device.sent[seq] = (boot, rec)
+    await device.flush()
+    await device.settled()
+    assert [a.seq for a in device.ack_frames] == seqs
+    assert [a.watermark for a in device.ack_frames] == [(boot, rec) for rec in range(1, 9)]
 
 
 async def test_last_acked_watermark_comes_back_at_the_next_login(node_factory, device_factory):
@@ -44,7 +71,7 @@ async def test_last_acked_watermark_comes_back_at_the_next_login(node_factory, d
     boot = int(time.time())
     for rec in (1, 2):
         await first.send(telemetry(rec, boot, rec * 10))
-    await first.acks(2)
+    await first.settled()
     await first.close()
     again = device_factory(dev.did, dev.key, node.tcp_port)
     logged_in = await again.login()
@@ -74,8 +101,7 @@ async def test_wrong_key_is_refused_and_disturbs_nothing(node_factory, device_fa
     assert refused.value.code == ErrorCode.AUTH_BAD_PROOF
     # The genuine connection still works and still holds the presence.
     await genuine.send(telemetry(1, 7, 5))
-    (ack,) = await genuine.acks(1)
-    assert ack.rc == 0
+    assert await genuine.settled() == {(7, 1): 0}
     assert node.hub.online[dev.did].conn_id == (await presence(node, dev.did))[b"conn"].decode()
     await genuine.close()
 
@@ -154,7 +180,7 @@ async def test_second_login_closes_the_older_connection(node_factory, device_fac
     held = await presence(node, dev.did)
     assert held[b"conn"].decode() == node.hub.online[dev.did].conn_id
     await newer.send(telemetry(1, 1, 1))
-    assert (await newer.acks(1))[0].rc == 0
+    assert await newer.settled() == {(1, 1): 0}
     await newer.close()
 
 
@@ -196,8 +222,7 @@ async def test_garbage_between_frames_is_skipped_and_counted(node_factory, devic
     await device.login()
     await device.write_raw(b"+CSQ: 20,0\r\nCONNECT OK\r\n")
     await device.send(telemetry(1, 3, 40))
-    (ack,) = await device.acks(1)
-    assert ack.rc == 0
+    assert await device.settled() == {(3, 1): 0}
     await device.close()
     await asyncio.sleep(0.2)
     assert node.metrics.garbage_bytes >= len(b"+CSQ: 20,0\r\nCONNECT OK\r\n")

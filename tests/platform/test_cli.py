@@ -134,7 +134,7 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path):
         boot = int(time.time())
         for rec in range(1, 6):
             await device.send(telemetry(rec, boot, rec * 120, tds_in_ppm=310))
-        assert {a.rc for a in await device.acks(5)} == {0}
+        assert set((await device.settled()).values()) == {0}
         await device.close()
         await asyncio.sleep(1.5)
         code, out = await aquafleet(env, "devices", "show", row["did"], cwd=tmp_path)
@@ -181,9 +181,8 @@ async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path):
             await asyncio.sleep(0.2)
         device = TestDevice(row["did"], bytes.fromhex(row["key"]), node.tcp_port)
         await device.login()
-        await device.send(telemetry(1, int(time.time()), 10))
-        (ack,) = await device.acks(1, timeout=15)
-        assert ack.rc == 0
+        await device.send(telemetry(1, boot := int(time.time()), 10))
+        assert await device.settled(timeout=15) == {(boot, 1): 0}
         assert "embedded_redis_died" in node.log()
         await device.close()
         node.terminate()
