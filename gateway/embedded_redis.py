@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from gateway.logs import get_logger
 log = get_logger("aquafleet.embedded_redis")
 
 START_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1
 MAX_UNIX_PATH = 100
 
 
@@ -63,6 +65,7 @@ class EmbeddedRedis:
         self.dir = (data_dir / "redis").resolve()
         self.port = port
         self.socket_path = self.dir / "redis.sock"
+        self.pid_file = self.dir / "redis.pid"
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -85,6 +88,7 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
             "--maxclients", "10000",
+            "--pidfile", str(self.pid_file),
         ]  # fmt: skip
         if self.port or len(str(self.socket_path)) > MAX_UNIX_PATH:
             args += ["--bind", "127.0.0.1", "--port", str(self.port or 6390)]
@@ -107,6 +111,7 @@ class EmbeddedRedis:
         self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-redis")
 
     async def _spawn(self, binary: str) -> None:
+        await self._stop_leftover()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._process = await asyncio.create_subprocess_exec(
@@ -115,9 +120,30 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, not Redis
+            preexec_fn=_die_with_parent,
         )
         await self._wait_ready()
         log.info("embedded_redis_started", url=self.url, pid=self._process.pid, binary=binary)
+
+    async def _stop_leftover(self) -> None:
+        """A redis-server of an earlier `serve` that was killed still holds our files: stop it
+        (SIGTERM makes it fsync its append-only file) before starting ours."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        if not _is_redis_server(pid):
+            return
+        log.warning("embedded_redis_leftover", pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        # Not our child: no event tells when it is gone, so poll (bounded).
+        while _is_redis_server(pid) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if _is_redis_server(pid):
+            raise EmbeddedRedisError(f"an earlier redis-server (pid {pid}) does not stop")
 
     async def _wait_ready(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,9 +215,18 @@ async def embedded_redis(data_dir: Path, *, port: int = 0) -> AsyncIterator[Embe
         await server.stop()
 
 
-def pid_alive(pid: int) -> bool:
+def _is_redis_server(pid: int) -> bool:
+    """A live (not zombie) redis-server process."""
     try:
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return True
+    name, _, rest = stat.partition(") ")
+    return name.endswith("(redis-server") and not rest.startswith("Z")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM the embedded Redis when `serve` dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -187,3 +187,33 @@ async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path):
         await device.close()
         node.terminate()
         assert await node.wait(30) == 0
+
+
+@pytest.mark.slow
+async def test_a_killed_serve_leaves_no_redis_behind(tmp_path: Path):
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {}, name="killed")
+        nodes.append(node)
+        started = [
+            json.loads(line) for line in node.log().splitlines() if "embedded_redis_started" in line
+        ]
+        redis_pid = started[0]["pid"]
+        node.kill()
+        await node.wait()
+        deadline = time.monotonic() + 10
+        while _alive(redis_pid):
+            assert time.monotonic() < deadline, "the embedded redis-server outlived serve"
+            await asyncio.sleep(0.1)
+        # And a new serve in the same place starts cleanly on the same files.
+        again = await start_serve(tmp_path, {}, name="after-kill")
+        nodes.append(again)
+        again.terminate()
+        assert await again.wait(30) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().partition(") ")[2]
+    except OSError:
+        return False
+    return not state.startswith("Z")
