@@ -83,6 +83,9 @@ async def _serve_one(settings: Settings) -> int:
 
 
 def _worker_main(overrides: dict[str, Any], config: str | None) -> None:
+    from gateway.embedded_redis import die_with_parent
+
+    die_with_parent()  # a worker stops (gracefully) when its supervisor is gone
     settings = load_settings(Path(config) if config else None, **overrides)
     configure_logging(settings.log_level, settings.log_format)
     uvloop.run(_serve_one(settings))

@@ -120,7 +120,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, not Redis
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         await self._wait_ready()
         log.info("embedded_redis_started", url=self.url, pid=self._process.pid, binary=binary)
@@ -225,8 +225,8 @@ def _is_redis_server(pid: int) -> bool:
     return name.endswith("(redis-server") and not rest.startswith("Z")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM the embedded Redis when `serve` dies, even by SIGKILL."""
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

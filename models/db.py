@@ -37,7 +37,12 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 async def migrate(database_url: str) -> None:
     """Apply every pending migration (idempotent)."""
-    await tortoise_migrate(config=tortoise_config(database_url))
+    try:
+        await tortoise_migrate(config=tortoise_config(database_url))
+    finally:
+        # The migration API leaves its connections open (for SQLite a non-daemon thread that
+        # would keep the process from exiting).
+        await close_database()
 
 
 async def init_database(database_url: str, *, run_migrations: bool = True) -> None:

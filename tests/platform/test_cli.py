@@ -217,3 +217,27 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return not state.startswith("Z")
+
+
+@pytest.mark.slow
+async def test_workers_share_the_ports_and_stop_together(tmp_path: Path):
+    import aiohttp
+
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {"workers": 2}, name="pool")
+        nodes.append(node)
+        seen = set()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # both workers listen within a few seconds of each other
+                async with session.get(
+                    f"http://127.0.0.1:{node.http_port}/healthz",
+                    headers={"Connection": "close"},
+                ) as resp:
+                    seen.add((await resp.json())["data"]["node"])
+                if len(seen) == 2:
+                    break
+                await asyncio.sleep(0.05)
+        assert seen == {"pool-w0", "pool-w1"}
+        node.terminate()
+        assert await node.wait(40) == 0
+        assert "exit_codes=[0, 0]" in node.log() or '"exit_codes": [0, 0]' in node.log()
