@@ -97,8 +97,8 @@ class Hub:
         conn.conn_id = f"{self.node_id}/{next(self._conn_ids)}"
         self.connections.add(conn)
         self.metrics.connections_accepted += 1
-        if self._pause_reasons:
-            conn.pause_reading()
+        # Not paused even when reads are: a login is a few small frames and sends no records,
+        # and devices must be able to log in while the node works off a backlog.
 
     def connection_lost(self, conn: DeviceConnection) -> None:
         if conn not in self.connections:
@@ -121,6 +121,8 @@ class Hub:
         """A verified login took the device's presence: an older local connection goes."""
         conn.did = did
         conn.shard = shard
+        if self._pause_reasons:
+            conn.pause_reading()  # its records wait until the node reads again
         older = self.online.get(did)
         self.online[did] = conn
         if older is not None and older is not conn:
@@ -176,7 +178,8 @@ class Hub:
         return bool(self._pause_reasons)
 
     def pause_reading(self, reason: str) -> None:
-        """Stop reading from every socket (Redis or the ledger is behind): bounded memory."""
+        """Stop reading from every logged-in device (Redis or the ledger is behind): bounded
+        memory. Connections still logging in are read: a login sends no records."""
         if reason in self._pause_reasons:
             return
         first = not self._pause_reasons
@@ -184,7 +187,7 @@ class Hub:
         if first:
             self.metrics.read_pauses += 1
             log.warning("reads_paused", reason=reason, connections=len(self.connections))
-            for conn in self.connections:
+            for conn in self.online.values():
                 conn.pause_reading()
 
     def resume_reading(self, reason: str) -> None:
