@@ -1,10 +1,180 @@
-"""`aquafleet sim` (being written)."""
+"""`aquafleet sim`: run virtual purifiers against a gateway and report what it did."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
 from typing import Any
+
+from simulators.options import DEVICES_PER_WORKER, SimError, SimOptions, load_devices
 
 
 def add_sim_parser(commands: Any) -> None:
-    sim = commands.add_parser("sim", help="run simulated purifiers against a gateway")
-    sim.set_defaults(func=lambda args: 2)
+    sim = commands.add_parser(
+        "sim",
+        help="run simulated purifiers against a gateway (load test)",
+        description="Run N virtual purifiers over TCP against a gateway, with a live progress "
+        "line on stderr and a final report; exit 0 only when nothing unexpected happened and "
+        "the exactly-once check held.",
+    )
+    sim.add_argument("--devices", type=int, required=True, help="virtual purifiers to run")
+    sim.add_argument(
+        "--from", dest="devices_csv", type=Path, required=True, help="CSV with header did,key"
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="gateway TCP host (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=7700, help="gateway TCP port (default 7700)")
+    sim.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of reporting (default 60)"
+    )
+    sim.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between reports (default 10)"
+    )
+    sim.add_argument(
+        "--max-rate",
+        action="store_true",
+        help="report continuously, as fast as the window allows (each record adds 0-300 ml)",
+    )
+    sim.add_argument(
+        "--window", type=int, default=1, help="unacked records in flight per device (default 1)"
+    )
+    sim.add_argument(
+        "--draw-gap",
+        type=float,
+        default=30.0,
+        help="mean idle seconds between two draws (default 30)",
+    )
+    sim.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        help="abrupt link drops per device per minute (default 0)",
+    )
+    sim.add_argument(
+        "--reboot-rate",
+        type=float,
+        default=0.0,
+        help="power cycles per device per minute (default 0)",
+    )
+    sim.add_argument(
+        "--storm-at",
+        type=float,
+        default=None,
+        help="seconds after start at which every device drops and reconnects at once",
+    )
+    sim.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes (default: ceil(devices / {DEVICES_PER_WORKER}))",
+    )
+    sim.add_argument(
+        "--source-ips",
+        type=int,
+        default=4,
+        help="spread connections over 127.0.0.1..127.0.0.K, loopback hosts only (default 4)",
+    )
+    sim.add_argument(
+        "--connect-rate",
+        type=float,
+        default=5000.0,
+        help="connection starts per second overall, 0 unlimited (default 5000)",
+    )
+    sim.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait at the end for every record to be acked (default 30)",
+    )
+    sim.add_argument(
+        "--check",
+        choices=["db", "none"],
+        default="db",
+        help="exactly-once check against the platform database (default db)",
+    )
+    sim.add_argument(
+        "--check-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the ledger (default 60)",
+    )
+    sim.add_argument(
+        "--database-url", default=None, help="database to check (default: the configuration's)"
+    )
+    sim.add_argument(
+        "--use-watermark",
+        action="store_true",
+        help="at login, forget unacked records at or below AUTH_OK's watermark",
+    )
+    sim.add_argument("--report-json", type=Path, default=None, help="write the report here")
+    sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    sim.add_argument("--quiet", action="store_true", help="no progress line")
+    sim.set_defaults(func=cmd_sim)
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    devices = load_devices(args.devices_csv, args.devices)
+    database_url = args.database_url
+    if args.check == "db" and not database_url:
+        from gateway.config import load_settings
+
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        database_url = settings.resolved_database_url
+    options = SimOptions(
+        devices=devices,
+        host=args.host,
+        port=args.port,
+        duration_s=args.duration,
+        interval_s=args.interval,
+        max_rate=args.max_rate,
+        window=args.window,
+        draw_gap_s=args.draw_gap,
+        drop_rate=args.drop_rate,
+        reboot_rate=args.reboot_rate,
+        storm_at_s=args.storm_at,
+        workers=args.workers,
+        source_ips=args.source_ips,
+        connect_rate=args.connect_rate,
+        drain_timeout_s=args.drain_timeout,
+        check=args.check,
+        check_timeout_s=args.check_timeout,
+        database_url=database_url,
+        use_watermark=args.use_watermark,
+        seed=args.seed,
+    )
+    options.validate()
+    return options
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+    except SimError as exc:
+        print(f"aquafleet sim: {exc}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    return uvloop.run(_main(options, args))
+
+
+async def _main(options: SimOptions, args: argparse.Namespace) -> int:
+    from simulators.progress import Progress
+    from simulators.runner import run_simulation
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    progress = None if args.quiet else Progress(sys.stderr)
+    try:
+        report = await run_simulation(options, progress=progress, stop=stop)
+    except SimError as exc:
+        print(f"aquafleet sim: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(report.render_text())
+    sys.stdout.flush()
+    if args.report_json is not None:
+        report.write_json(args.report_json)
+    return report.exit_code
