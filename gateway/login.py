@@ -18,7 +18,7 @@ from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.redis_io import ScriptCall, Scripts, redis_errors
+from gateway.redis_io import ScriptCall, Scripts, pack_command, round_trip
 from gateway.registry_cache import RegistryEntry, parse_registry_entry
 from protocol import DesiredState, ErrorCode, LoginRequested
 from protocol.crypto import derive_device_key
@@ -108,11 +108,17 @@ class LoginBatcher:
             lookups.append((conn, request.did, self.keyspace.shard_of(request.did)))
         if not lookups:
             return
-        with redis_errors("looking devices up"):
-            pipe = self.client.pipeline(transaction=False)
-            for _, did, shard in lookups:
-                pipe.hget(self.keyspace.registry(shard), did)
-            entries = await pipe.execute()
+        entries = await round_trip(
+            self.client,
+            [
+                pack_command(b"HGET", self.keyspace.registry(shard), did)
+                for _, did, shard in lookups
+            ],
+            "looking devices up",
+        )
+        failed = next((e for e in entries if isinstance(e, Exception)), None)
+        if failed is not None:
+            raise RedisUnavailable(f"looking devices up: {failed}")
         verified = [
             v
             for (conn, did, shard), raw in zip(lookups, entries, strict=True)

@@ -94,7 +94,7 @@ class Scripts:
             for name, keys, args in calls
         ]
         for attempt in (1, 2):
-            replies = await self._round_trip(client, packed, what)
+            replies = await round_trip(client, packed, what)
             errors = [r for r in replies if isinstance(r, ResponseError)]
             if errors and attempt == 1 and all(isinstance(e, NoScriptError) for e in errors):
                 await self.load(client)
@@ -109,23 +109,26 @@ class Scripts:
     ) -> Any:
         return (await self.run(client, [(name, keys, args)], f"script {name}"))[0]
 
-    @staticmethod
-    async def _round_trip(client: aioredis.Redis, packed: list[bytes], what: str) -> list[Any]:
-        pool = client.connection_pool
+
+async def round_trip(client: aioredis.Redis, packed: list[bytes], what: str) -> list[Any]:
+    """Send commands packed by pack_command in one write and read their replies in order
+    (an error reply is returned, not raised). A connection interrupted half way, cancellation
+    included, is dropped, never returned to the pool."""
+    pool = client.connection_pool
+    with redis_errors(what):
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
         with redis_errors(what):
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            with redis_errors(what):
-                await connection.send_packed_command(b"".join(packed), check_health=False)
-                replies: list[Any] = []
-                for _ in packed:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:  # one reply, read whole: still in sync
-                        replies.append(exc)
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
-        return replies
+            await connection.send_packed_command(b"".join(packed), check_health=False)
+            replies: list[Any] = []
+            for _ in packed:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # one reply, read whole: still in sync
+                    replies.append(exc)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+    return replies

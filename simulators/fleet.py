@@ -372,7 +372,7 @@ class Fleet:
                     if link is not None:
                         link.abort("reboot")
                     continue
-                if link is None:
+                if link is None or link.transport is None:  # gone; its task reconnects soon
                     continue
                 if chaos and drop_p and rng.random() < drop_p:
                     stats.drops_planned += 1

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import multiprocessing
 import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -221,7 +222,7 @@ async def _run_processes(
             child_end.close()
             processes.append(process)
             connections.append(parent_end)
-            loop.add_reader(parent_end.fileno(), _on_readable, loop, parent_end, index, collector)
+            read_pipe(parent_end, loop, collector.message, _lost(index, collector))
         all_ready = lambda: len(collector.ready | collector.gone) >= workers  # noqa: E731
         await _wait(collector, processes, all_ready, READY_TIMEOUT_S, stop)
         collector.started_at = time.time() + START_DELAY_S
@@ -232,9 +233,7 @@ async def _run_processes(
         budget = options.duration_s + options.drain_timeout_s + RESULT_GRACE_S + START_DELAY_S
         await _wait(collector, processes, lambda: collector.done, budget, stop, connections)
     finally:
-        for index, connection in enumerate(connections):
-            with contextlib.suppress(Exception):
-                loop.remove_reader(connection.fileno())
+        for index in range(len(connections)):
             if index not in collector.finals:
                 collector.gone.add(index)
         await _reap(processes)
@@ -279,17 +278,42 @@ async def _wait(
                 await collector.changed.wait()
 
 
-def _on_readable(
-    loop: asyncio.AbstractEventLoop, connection: Connection, index: int, collector: Collector
+def read_pipe(
+    connection: Connection,
+    loop: asyncio.AbstractEventLoop,
+    on_message: Callable[[Any], None],
+    on_closed: Callable[[], None],
 ) -> None:
-    try:
-        while connection.poll():
-            collector.message(connection.recv())
-    except (EOFError, OSError):
-        loop.remove_reader(connection.fileno())
+    """Deliver a pipe's messages to the loop from a daemon thread until the pipe closes.
+
+    Not loop.add_reader: that makes the fd non-blocking, and multiprocessing then fails any
+    message larger than the pipe's buffer (a worker's final report is ~230 KB for 7500
+    devices). A daemon thread never holds up the process's exit.
+    """
+
+    def pump() -> None:
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(on_closed)
+                return
+            try:
+                loop.call_soon_threadsafe(on_message, message)
+            except RuntimeError:
+                return
+
+    threading.Thread(target=pump, name="sim-pipe", daemon=True).start()
+
+
+def _lost(index: int, collector: Collector) -> Callable[[], None]:
+    def lost() -> None:
         if index not in collector.finals:
             collector.gone.add(index)
         collector.changed.set()
+
+    return lost
 
 
 async def _reap(processes: list[Any]) -> None:
@@ -348,23 +372,17 @@ async def _worker(
         elif not start.done():
             start.cancel()
 
-    def on_message() -> None:
-        try:
-            while connection.poll():
-                message = connection.recv()
-                if message[0] == "start" and not start.done():
-                    start.set_result(float(message[1]))
-                elif message[0] == "stop":
-                    interrupt()
-        except (EOFError, OSError):  # the parent is gone: stop
-            loop.remove_reader(connection.fileno())
+    def on_message(message: tuple[Any, ...]) -> None:
+        if message[0] == "start" and not start.done():
+            start.set_result(float(message[1]))
+        elif message[0] == "stop":
             interrupt()
 
     def send(message: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError):
             connection.send(message)
 
-    loop.add_reader(connection.fileno(), on_message)
+    read_pipe(connection, loop, on_message, interrupt)  # EOF: the parent is gone, stop
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     send(("ready", index))
@@ -385,6 +403,4 @@ async def _worker(
     if stopped:
         fleet.interrupt()
     result = await fleet.run()
-    with contextlib.suppress(Exception):
-        loop.remove_reader(connection.fileno())
     send(("final", index, result))
