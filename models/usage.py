@@ -33,7 +33,6 @@ class UsageRecord(Model):
     class Meta:
         table = "usage_record"
         unique_together = (("did", "boot", "rec"),)
-        indexes = (("did", "received_at"),)
 
 
 class DeviceSnapshot(Model):
