@@ -137,6 +137,13 @@ def main() -> int:
     parser.add_argument(
         "--ledger-process", action="store_true", help="run `aquafleet ledger` apart"
     )
+    parser.add_argument(
+        "--ledger-nice", type=int, default=0, help="nice value of the ledger process (0..19)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SETTING=VALUE",
+        help="extra AQUAFLEET_ setting for every process, e.g. --set backlog_pause_records=2000000",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
     parser.add_argument("--tcp-port", type=int, default=7950)
     parser.add_argument("--http-port", type=int, default=8250)
@@ -154,6 +161,9 @@ def main() -> int:
         env["AQUAFLEET_DATABASE_URL"] = args.database_url
     if args.ledger_process:
         env["AQUAFLEET_LEDGER_WRITER"] = "false"
+    for item in args.set:
+        name, _, value = item.partition("=")
+        env[f"AQUAFLEET_{name.upper()}"] = value
     cli = [sys.executable, "-m", "gateway.cli"]
 
     def run(*command: str) -> None:
@@ -186,7 +196,7 @@ def main() -> int:
         wait_healthy(args.http_port)
         if args.ledger_process:
             ledger = subprocess.Popen(
-                [*cli, "ledger"], cwd=workdir, env=env,
+                ["nice", "-n", str(args.ledger_nice), *cli, "ledger"], cwd=workdir, env=env,
                 stdout=(workdir / "ledger.log").open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
         redis_pid = redis_server_pid(workdir, args.redis_url)
