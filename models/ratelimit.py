@@ -1,0 +1,168 @@
+"""Rate limits in Redis: a sliding window log per key, one script call per decision.
+
+Each allowed hit is one member of a sorted set scored by its time in ms; a hit is allowed while
+fewer than `limit` members lie within the last `window_s`. Exact (no burst of twice the limit at
+a window edge, as a fixed window allows), one round trip, and bounded: a key never holds more
+than `limit` members and expires one window after its newest hit. Refused hits are not recorded,
+so a client that keeps knocking is let in again as soon as its oldest counted hit leaves the
+window.
+
+Keys: build them with `rate_key(prefix, name, subject)` so every limit lives under the
+configured Redis prefix, e.g. `aq:rl:sms-mobile:13800138000`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from gateway.redis_io import redis_errors
+from models.errors import DomainError
+
+# KEYS[1] the window's sorted set; ARGV now_ms, window_ms, limit, member, record (1/0).
+# Returns {allowed 0/1, hits in the window after this one, retry after ms}.
+_HIT_LUA = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count < limit then
+  if ARGV[5] == '1' then
+    redis.call('ZADD', key, now, ARGV[4])
+    redis.call('PEXPIRE', key, window)
+    count = count + 1
+  end
+  return {1, count, 0}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local retry = window
+if oldest[2] then
+  retry = tonumber(oldest[2]) + window - now
+end
+return {0, count, retry}
+"""
+_HIT_SHA = hashlib.sha1(_HIT_LUA.encode()).hexdigest()
+
+MAX_LIMIT = 100_000  # a key holds at most `limit` members: keep that small
+
+
+class RateLimited(DomainError):
+    """Too many attempts; try again after `retry_after_s` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: int  # 0 when allowed; else whole seconds until a hit would be allowed
+    hits: int = 0  # hits counted in the window, this one included when allowed
+
+    def raise_if_refused(self, what: str) -> None:
+        if not self.allowed:
+            raise RateLimited(
+                f"too many {what}; try again in {self.retry_after_s} s", self.retry_after_s
+            )
+
+
+def rate_key(prefix: str, name: str, subject: str) -> str:
+    """The Redis key of limit `name` for `subject` (an IP, a mobile, an account)."""
+    return f"{prefix}:rl:{name}:{subject}"
+
+
+async def hit(
+    redis: aioredis.Redis,
+    key: str,
+    limit: int,
+    window_s: float,
+    *,
+    now: float | None = None,
+) -> RateDecision:
+    """Count one attempt against `limit` per `window_s` on `key`, if it is allowed.
+
+    now: unix seconds (tests pass a controlled clock); default the local clock.
+    Raises gateway.errors.RedisUnavailable when Redis does not answer.
+    """
+    return await _run(redis, key, limit, window_s, now, record=True)
+
+
+async def peek(
+    redis: aioredis.Redis,
+    key: str,
+    limit: int,
+    window_s: float,
+    *,
+    now: float | None = None,
+) -> RateDecision:
+    """Would a hit be allowed now? Counts nothing (check several limits before hitting any)."""
+    return await _run(redis, key, limit, window_s, now, record=False)
+
+
+async def hit_all(
+    redis: aioredis.Redis,
+    limits: Sequence[tuple[str, int, float]],
+    *,
+    now: float | None = None,
+) -> RateDecision:
+    """Count one attempt on every (key, limit, window_s), or on none when any refuses.
+
+    Keys may live on different cluster slots, so this peeks at all, then hits each; two
+    racing callers may both pass the peek, and each hit still refuses beyond its limit.
+    """
+    at = time.time() if now is None else now
+    for key, limit, window_s in limits:
+        decision = await peek(redis, key, limit, window_s, now=at)
+        if not decision.allowed:
+            return decision
+    last = RateDecision(True, 0)
+    for key, limit, window_s in limits:
+        last = await hit(redis, key, limit, window_s, now=at)
+        if not last.allowed:
+            return last
+    return last
+
+
+async def _run(
+    redis: aioredis.Redis,
+    key: str,
+    limit: int,
+    window_s: float,
+    now: float | None,
+    *,
+    record: bool,
+) -> RateDecision:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_LIMIT}")
+    if window_s <= 0:
+        raise ValueError("window_s must be positive")
+    now_ms = int((time.time() if now is None else now) * 1000)
+    window_ms = max(1, int(window_s * 1000))
+    member = f"{now_ms}-{secrets.token_hex(4)}"
+    args = (now_ms, window_ms, limit, member, "1" if record else "0")
+    with redis_errors(f"rate limit {key}"):
+        try:
+            reply = await redis.evalsha(_HIT_SHA, 1, key, *args)
+        except NoScriptError:
+            reply = await redis.eval(_HIT_LUA, 1, key, *args)
+    allowed, hits, retry_ms = (int(v) for v in reply)
+    retry_after_s = 0 if allowed else max(1, math.ceil(retry_ms / 1000))
+    return RateDecision(bool(allowed), retry_after_s, hits)
+
+
+async def reset(redis: aioredis.Redis, key: str) -> None:
+    """Forget every counted hit of `key` (e.g. after a successful login)."""
+    with redis_errors(f"rate limit reset {key}"):
+        await redis.delete(key)
