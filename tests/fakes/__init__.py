@@ -1,0 +1,1 @@
+"""Faithful local fakes of third-party HTTP APIs we cannot reach in tests (SMS, WeChat)."""
