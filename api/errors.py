@@ -1,0 +1,192 @@
+"""The API's exception root and the stable error codes its answers carry.
+
+Every failure an API client can see is an `ApiError`: an HTTP status, a stable `code` (listed in
+docs/api.md; clients branch on it) and a human `message`. Domain errors (`models.errors`) are
+translated at the boundary by `from_domain`; anything else becomes a 500 `internal_error` whose
+details go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.errors import Conflict, DomainError, InvalidInput, NotFound
+
+
+class ApiError(Exception):
+    """A failure answered in the envelope: {status: false, code, message, data}."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.data = data
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    """The request cannot be read: not JSON, wrong content type, a body where none belongs."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    """No credentials, or credentials that are wrong, expired or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str = "authentication required", **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="aquafleet"'})
+        super().__init__(message, **kwargs)
+
+
+class Forbidden(ApiError):
+    """Authenticated, but the caller's role may not call this endpoint."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(ApiError):
+    """No such record in the caller's tenant subtree (another tenant's ids answer this too)."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class ConflictError(ApiError):
+    """The record's state forbids the operation (duplicate, still in use, ...)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(ApiError):
+    """The body, query or path broke the schema; `data` lists [{field, message}]."""
+
+    status = 422
+    code = "validation_failed"
+
+
+class RateLimited(ApiError):
+    """Too many attempts; `Retry-After` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(max(1, int(retry_after_s)))})
+        super().__init__(message, **kwargs)
+
+
+class Unavailable(ApiError):
+    """A backing service (Redis, the database) did not answer."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+# Domain error class -> HTTP status. A subclass of one of these keeps its own `code`.
+_DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidInput, 422),
+]
+
+
+def register_domain_error(cls: type[DomainError], status: int) -> None:
+    """Map another domain error class (e.g. a rate limit) to an HTTP status."""
+    _DOMAIN_STATUS.insert(0, (cls, status))
+
+
+def from_domain(exc: DomainError) -> ApiError:
+    """The API error a domain error is answered with (its `code` is kept)."""
+    status = next((s for cls, s in _DOMAIN_STATUS if isinstance(exc, cls)), 422)
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if status == 429 and isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, int(retry_after)))
+    return ApiError(exc.message, code=exc.code, status=status, headers=headers)
+
+
+# Every code an answer can carry, with its status and meaning: the table in docs/api.md is
+# checked against this by a test.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "the body is not JSON, or not the declared content type"),
+    "unauthorized": (401, "no credentials, or wrong, expired or revoked ones"),
+    "login_failed": (401, "user name or password wrong, or the account cannot log in"),
+    "signature_invalid": (401, "a signed request's key, signature, timestamp or nonce is wrong"),
+    "forbidden": (403, "the caller's role may not call this endpoint or change this record"),
+    "not_found": (404, "no such path, or no such record in the caller's tenant subtree"),
+    "method_not_allowed": (405, "the path exists but not with this method"),
+    "conflict": (409, "the record already exists or its state forbids the change"),
+    "username_taken": (409, "another admin account has this user name"),
+    "vendor_exists": (409, "a vendor with this code already exists"),
+    "vendor_deregistered": (409, "the vendor is deregistered; it can no longer change"),
+    "contract_exists": (409, "the vendor already has a contract with this number"),
+    "agent_has_children": (409, "the agent still has dealers; remove them first"),
+    "agent_in_use": (409, "members, devices or other records still belong to the agent"),
+    "parent_disabled": (409, "the parent node is disabled; enable it first"),
+    "payload_too_large": (413, "the body is larger than the limit"),
+    "unsupported_media_type": (415, "a body that is not application/json"),
+    "validation_failed": (422, "the body, query or path broke the schema (see data)"),
+    "invalid_input": (422, "a business rule refused a value"),
+    "rate_limited": (429, "too many attempts; see the Retry-After header"),
+    "wrong_password": (401, "a member's current password is wrong (password change)"),
+    "mobile_taken": (409, "another member of the vendor has this mobile number"),
+    "wechat_bound_elsewhere": (409, "this WeChat account is bound to another member"),
+    "member_deregistered": (409, "the member is deregistered; it can no longer change"),
+    "last_login_method": (409, "unbinding WeChat would leave the member no way to log in"),
+    "sms_code_invalid": (422, "the SMS code is void (used, too many tries, other purpose)"),
+    "sms_code_wrong": (422, "the SMS code does not match"),
+    "sms_code_expired": (422, "the SMS code is older than 5 minutes"),
+    "sms_mobile_rejected": (422, "the SMS provider refuses this number"),
+    "wechat_code_invalid": (422, "the WeChat sign-in code is wrong, expired or used"),
+    "sms_throttled": (429, "the SMS provider limits messages to this number for now"),
+    "sms_unavailable": (503, "the SMS provider did not take the message"),
+    "wechat_unavailable": (503, "WeChat did not answer or refused the sign-in"),
+    "internal_error": (500, "a bug: the request may or may not have taken effect"),
+    "service_unavailable": (503, "Redis or the database did not answer"),
+}
+
+
+def _register_known_domain_errors() -> None:
+    from models.accounts import LoginRefused
+    from models.ratelimit import RateLimited as DomainRateLimited
+
+    register_domain_error(LoginRefused, 401)
+    register_domain_error(DomainRateLimited, 429)
+
+
+_register_known_domain_errors()
