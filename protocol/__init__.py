@@ -23,6 +23,8 @@ from protocol.messages import (
     Result,
     Telemetry,
     decode_payload,
+    desired_state_args,
+    desired_state_from_args,
     parse_message,
 )
 from protocol.session import (
@@ -45,6 +47,8 @@ __all__ = [
     "CommandMemory",
     "CommandOp",
     "DesiredState",
+    "desired_state_args",
+    "desired_state_from_args",
     "DeviceSession",
     "Encoding",
     "Error",

@@ -121,6 +121,7 @@ class CommandOp(IntEnum):
     TIME_SYNC = 7
     FIRMWARE_NOTICE = 8
     REBOOT = 9
+    SET_STATE = 10  # the whole desired state at one version (args: the DesiredKey map)
 
 
 class StateBit:

@@ -197,6 +197,7 @@ class Record(NamedTuple):
     event_kind: int  # 0 for telemetry
     payload: bytes
     encoding: int
+    state_bits: int = -1  # TELEMETRY key 18 when present (the device's reported lock), else -1
 
 
 Message = (
@@ -527,6 +528,11 @@ def parse_record(frame: Frame) -> Record:
         kind = _int(m, Key.EVENT_KIND, 1, U8)
     else:
         raise RemoteProtocolError(ErrorCode.UNEXPECTED_FRAME, "not a record frame")
+    state = m.get(Key.STATE_BITS)
+    if state is None:
+        state = -1
+    elif type(state) is not int or not 0 <= state <= U32:
+        _bad(Key.STATE_BITS, "integer 0..4294967295")
     epoch = m.get(Key.CNT_EPOCH)
     if epoch is not None and (type(epoch) is not int or not 0 <= epoch <= U32):
         _bad(Key.CNT_EPOCH, "integer 0..4294967295")
@@ -544,6 +550,7 @@ def parse_record(frame: Frame) -> Record:
         kind,
         frame.payload,
         frame.encoding,
+        state,
     )
 
 
@@ -579,6 +586,16 @@ def _desired_map(desired: DesiredState) -> Payload:
             DesiredKey.VERSION: desired.version,
         }
     )
+
+
+def desired_state_args(desired: DesiredState) -> dict[int, int]:
+    """The args of a SET_STATE command: the same map as AUTH_OK key 9."""
+    return dict(_desired_map(desired))
+
+
+def desired_state_from_args(args: Mapping[int, int]) -> DesiredState:
+    """A SET_STATE command's args as a DesiredState; raises RemoteProtocolError when invalid."""
+    return _desired({Key.DESIRED: dict(args)}) or DesiredState()
 
 
 def _pair_list(pair: tuple[int, int] | None) -> list[int] | None:

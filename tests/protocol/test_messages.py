@@ -77,6 +77,9 @@ def test_parse_record_agrees_with_parse_message(message: Telemetry | Event, enco
         event_kind=message.kind if isinstance(message, Event) else 0,
         payload=frame.payload,
         encoding=encoding,
+        state_bits=-1
+        if isinstance(message, Event) or message.state_bits is None
+        else message.state_bits,
     )
     full = parse_record_payload(record.frame_type, record.payload, record.encoding)
     assert full == dataclasses.replace(message, seq=0, dup=False)
@@ -318,3 +321,22 @@ def test_text_is_utf8() -> None:
     payload = encode_payload(message_map(hello), 0)
     assert "净水器-01".encode() in payload
     assert parse_message(Frame(FrameType.HELLO, 0, 0, payload)) == hello
+
+
+def test_set_state_args_round_trip_the_desired_state_map() -> None:
+    from protocol import DesiredState, desired_state_args, desired_state_from_args
+
+    desired = DesiredState(version=9, locked=True, remaining_ml=-120, rental_expires_at=1_800_000_000)
+    args = desired_state_args(desired)
+    assert args == {1: 1, 2: -120, 3: 1_800_000_000, 4: 9}
+    assert desired_state_from_args(args) == desired
+    assert desired_state_from_args({4: 2}) == DesiredState(version=2)
+
+
+def test_set_state_args_without_a_version_are_refused() -> None:
+    from protocol import RemoteProtocolError, desired_state_from_args
+
+    with pytest.raises(RemoteProtocolError):
+        desired_state_from_args({1: 1})
+    with pytest.raises(RemoteProtocolError):
+        desired_state_from_args({1: 2, 4: 1})  # lock is 0 or 1
