@@ -42,8 +42,24 @@ class Keyspace:
     def presence(self, did: str) -> str:
         return f"{self.shard_prefix(self.shard_of(did))}p:{did}"
 
-    def desired(self, did: str) -> str:
-        return f"{self.shard_prefix(self.shard_of(did))}d:{did}"
+    def service_request(self, did: str, request_id: str) -> str:
+        """Marks a service change request as applied (a retried top-up is applied once)."""
+        return f"{self.shard_prefix(self.shard_of(did))}r:{did}:{request_id}"
+
+    def rental_schedule(self, kind: str, shard: int) -> str:
+        """A shard's sorted set did -> rental_expires_at of the time-rental scheduler, one per
+        kind (expiry, remind, grace); in the shard's slot, so service.lua keeps it atomically."""
+        return f"{self.shard_prefix(shard)}rental:{kind}"
+
+    @property
+    def rental_owner(self) -> str:
+        """The lease naming the one node that runs the time-rental scheduler."""
+        return f"{self.prefix}:rental:owner"
+
+    @property
+    def command_ids(self) -> str:
+        """Counter from which nodes take blocks of command ids (cid)."""
+        return f"{self.prefix}:cids"
 
     def node_channel(self, node_id: str) -> str:
         """Pub/sub channel a node listens on for kicks of its connections."""

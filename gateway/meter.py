@@ -26,8 +26,7 @@ from protocol import AckCode
 from protocol.messages import Record
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
-    from gateway.tcp import DeviceConnection
+    from gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.meter")
 
@@ -42,7 +41,9 @@ BACKLOG_POLL_S = 0.5
 METER_STATE_FIELDS = (
     "b0", "w0", "o0", "b1", "w1", "o1", "le", "lt", "pe", "pt", "mt", "n",
     "tb", "tr", "ts", "enc", "payload", "at",
+    "mode", "rm", "ver", "lk", "rx", "lo", "lf", "rp",
 )  # fmt: skip
+RECONCILE_MS = 30_000  # least time between two re-sends of the desired state to a device
 
 
 def decode_meter_state(raw: bytes | None) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class MeterScript:
         self._prefix = [keyspace.shard_prefix(s) for s in keyspace.all_shards()]
         self._stream = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
         self._backlog = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
+        self._channel_prefix = keyspace.node_channel("")
 
     async def run(
         self,
@@ -103,6 +105,7 @@ class MeterScript:
                             r.event_kind,
                             r.encoding,
                             r.payload,
+                            r.state_bits,
                         ]
                         for did, r in items
                     ]
@@ -115,7 +118,8 @@ class MeterScript:
             client,
             [
                 ("meter", (self._stream[shard], self._backlog[shard]),
-                 (self._prefix[shard], blob, now_ms, OOO_LIMIT))
+                 (self._prefix[shard], blob, now_ms, OOO_LIMIT, RECONCILE_MS,
+                  self._channel_prefix))
                 for shard, blob in calls
             ],
             "metering records",
@@ -150,7 +154,7 @@ class MeterBatcher:
         self.batch_max = batch_max
         self.pause_pending = pause_pending
         self.pause_backlog = pause_backlog
-        self.pending: list[tuple[DeviceConnection, Record]] = []
+        self.pending: list[tuple[DeviceLink, Record]] = []
         self.in_flight = 0
         self.backlog = 0
         self._wake = asyncio.Event()
@@ -162,7 +166,7 @@ class MeterBatcher:
         metrics.gauges["meter_pending"] = lambda: len(self.pending)
         metrics.gauges["ledger_backlog"] = lambda: self.backlog
 
-    def submit(self, conn: DeviceConnection, record: Record) -> None:
+    def submit(self, conn: DeviceLink, record: Record) -> None:
         self.pending.append((conn, record))
         self.metrics.records_received += 1
         if not self._wake.is_set():
@@ -188,7 +192,7 @@ class MeterBatcher:
             if not self.pending:
                 self._idle.set()
 
-    async def _meter_with_retry(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+    async def _meter_with_retry(self, batch: list[tuple[DeviceLink, Record]]) -> None:
         delay = RETRY_MIN_S
         while True:
             try:
@@ -210,9 +214,9 @@ class MeterBatcher:
             self.hub.resume_reading(PAUSE_REDIS)
             return
 
-    async def meter(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+    async def meter(self, batch: list[tuple[DeviceLink, Record]]) -> None:
         """One round: meter `batch` in Redis (a script call per shard), then ack every record."""
-        by_shard: dict[int, list[tuple[DeviceConnection, Record]]] = {}
+        by_shard: dict[int, list[tuple[DeviceLink, Record]]] = {}
         for item in batch:
             shard_items = by_shard.get(item[0].shard)
             if shard_items is None:
@@ -230,7 +234,7 @@ class MeterBatcher:
             self.in_flight -= len(batch)
         self._ack(by_shard, outcomes)
 
-    def _refuse(self, batch: list[tuple[DeviceConnection, Record]]) -> None:
+    def _refuse(self, batch: list[tuple[DeviceLink, Record]]) -> None:
         touched = set()
         for conn, record in batch:
             if not conn.closed and conn.session is not None:
@@ -241,14 +245,14 @@ class MeterBatcher:
 
     def _ack(
         self,
-        by_shard: dict[int, list[tuple[DeviceConnection, Record]]],
+        by_shard: dict[int, list[tuple[DeviceLink, Record]]],
         outcomes: dict[int, ShardOutcome],
     ) -> None:
         metrics = self.metrics
-        touched: set[DeviceConnection] = set()
+        touched: set[DeviceLink] = set()
         # Stored records that their watermark covers need no ACK of their own when a later
         # record of the same boot is acked in this round (its watermark covers them too).
-        last_covered: dict[tuple[DeviceConnection, int], tuple[int, int]] = {}
+        last_covered: dict[tuple[DeviceLink, int], tuple[int, int]] = {}
         coalesce = self.coalesce_acks
         stored = duplicate = stale = 0
         for shard, items in by_shard.items():

@@ -1,6 +1,6 @@
 -- A verified login takes the device's presence, wherever its older connection lives.
 --
--- KEYS[1] presence hash p:<did>, KEYS[2] meter state m:<did>, KEYS[3] desired-state hash d:<did>
+-- KEYS[1] presence hash p:<did>, KEYS[2] meter state m:<did> (holds the desired state too)
 -- ARGV[1] node id, ARGV[2] connection id, ARGV[3] now (unix ms), ARGV[4] presence TTL (ms),
 -- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did
 -- Returns {old node or false, old connection or false, watermark boot, watermark rec,
@@ -14,5 +14,11 @@ end
 local wm = {false, false}
 local meter = redis.call('GET', KEYS[2])  -- meter.lua's packed state: 1 b0, 2 w0
 if meter then wm = cmsgpack.unpack(meter) end
-local d = redis.call('HMGET', KEYS[3], 'version', 'lock', 'remaining_ml', 'rental_expires_at')
-return {old[1], old[2], wm[1], wm[2], d[1], d[2], d[3], d[4]}
+-- The desired state is meter.lua's fields 21 version, 22 lock bits, 20 remaining_ml,
+-- 23 rental_expires_at (service.lua writes them).
+local lock = false
+if wm[22] then
+  lock = 0
+  if wm[22] ~= 0 then lock = 1 end
+end
+return {old[1], old[2], wm[1], wm[2], wm[21] or false, lock, wm[20] or false, wm[23] or false}

@@ -4,9 +4,12 @@
 -- ARGV[1] the shard's key prefix ("aq:{07}:")
 -- ARGV[2] msgpack array of records, each
 --         {did, frame_type, boot, rec, ts, flow_total (-1: none), cnt_epoch (-1: none),
---          event_kind, encoding, payload}
+--          event_kind, encoding, payload, state_bits (-1: none)}
 -- ARGV[3] received-at, unix milliseconds
 -- ARGV[4] most out-of-order records remembered per boot
+-- ARGV[5] least milliseconds between two pushes of the desired state to a device whose reported
+--         lock differs from it
+-- ARGV[6] node channel prefix ("aq:node:"): desired-state changes go to the node holding the device
 -- Returns msgpack {rc1, wm_boot1, wm_rec1, rc2, ..., backlog}: rc 0 stored, 1 duplicate,
 -- 2 stale; (wm_boot, wm_rec) is the record's boot and the highest rec stored with no gap below.
 --
@@ -19,6 +22,16 @@
 --   11 mt: metered total; 12 n: records stored
 --   13 tb, 14 tr, 15 ts, 16 enc, 17 payload, 18 at: the newest telemetry (position, device
 --     time, payload encoding and bytes, received at)
+--   19 mode, 20 rm, 21 ver, 22 lk, 23 rx, 24 lo, 25 lf, 26 rp: the service state (service.lua
+--     writes it): device mode, remaining_ml (volume rental; false: not metered against a
+--     quota), desired-state version, lock bits (1 quota exhausted, 2 rental expired, 4 locked
+--     by a person), rental_expires_at, low-balance threshold and whether it fired, and when the
+--     desired state was last pushed (unix ms)
+--
+-- Volume rental: every metered delta is taken off rm in the same step. When rm reaches 0 the
+-- quota lock bit is set, the version bumped and the new desired state published to the node
+-- holding the device ("state <did> <version> <lock> <rm> <rx>" on its node channel), and a
+-- service event goes into the ledger entry (field svc) for the ledger writer to record.
 -- gateway/meter.py decode_meter_state reads it.
 --
 -- The metering rule: the water of a device is, over its counter epochs, the sum of the highest
@@ -29,6 +42,7 @@ local prefix = ARGV[1]
 local records = cmsgpack.unpack(ARGV[2])
 local now_ms = tonumber(ARGV[3])
 local ooo_limit = tonumber(ARGV[4])
+local reconcile_ms = tonumber(ARGV[5])
 
 local STORED, DUPLICATE, STALE = 0, 1, 2
 local TELEMETRY = 0x20
@@ -53,6 +67,8 @@ local function load(did)
     mt = known(v[11]) or 0, n = known(v[12]) or 0,
     tb = known(v[13]), tr = known(v[14]), ts = known(v[15]), enc = known(v[16]),
     payload = known(v[17]), at = known(v[18]),
+    mode = known(v[19]), rm = known(v[20]), ver = known(v[21]), lk = known(v[22]) or 0,
+    rx = known(v[23]), lo = known(v[24]), lf = known(v[25]) or 0, rp = known(v[26]) or 0,
   }
   states[did] = st
   order[#order + 1] = st
@@ -65,6 +81,7 @@ local function save(st)
     st.b0 or f, st.w0 or f, st.o0, st.b1 or f, st.w1 or f, st.o1,
     st.le or f, st.lt or f, st.pe or f, st.pt or f, st.mt, st.n,
     st.tb or f, st.tr or f, st.ts or f, st.enc or f, st.payload or f, st.at or f,
+    st.mode or f, st.rm or f, st.ver or f, st.lk, st.rx or f, st.lo or f, st.lf, st.rp,
   }))
 end
 
@@ -165,6 +182,49 @@ local function meter(st, total, epoch)
   return delta, epoch
 end
 
+local QUOTA_LOCK = 1
+local LOCKED_BIT = 4  -- TELEMETRY key 18 bit 2: the device says it is locked
+local svc = {}
+
+-- Tell the node holding the device its desired state (nobody listens when it is offline: it
+-- gets the state in AUTH_OK at its next login).
+local function push(st)
+  local node = redis.call('HGET', prefix .. 'p:' .. st.did, 'node')
+  st.dirty = true
+  if node then
+    st.rp = now_ms
+    local lock = 0
+    if st.lk ~= 0 then lock = 1 end
+    local rm, rx = '-', '-'
+    if st.rm then rm = st.rm end
+    if st.rx then rx = st.rx end
+    redis.call('PUBLISH', ARGV[6] .. node,
+      'state ' .. st.did .. ' ' .. st.ver .. ' ' .. lock .. ' ' .. rm .. ' ' .. rx)
+  end
+end
+
+-- Volume rental: take the delta off the quota; lock at 0, warn at the low-balance threshold.
+local function draw(st, delta)
+  st.rm = st.rm - delta
+  if st.rm <= 0 and bit.band(st.lk, QUOTA_LOCK) == 0 then
+    st.lk = bit.bor(st.lk, QUOTA_LOCK)
+    st.ver = (st.ver or 0) + 1
+    svc[#svc + 1] = {st.did, 'quota_lock', st.ver, st.rm, now_ms}
+    push(st)
+  end
+  if st.lo and st.lf == 0 and st.rm <= st.lo then
+    st.lf = 1
+    svc[#svc + 1] = {st.did, 'low_balance', st.ver or 0, st.rm, now_ms}
+  end
+end
+
+-- A device whose reported lock differs from the desired one is sent the desired state again.
+local function reconcile(st, state_bits)
+  if st.ver == nil or now_ms - st.rp < reconcile_ms then return end
+  local reported = bit.band(state_bits, LOCKED_BIT) ~= 0
+  if reported ~= (st.lk ~= 0) then push(st) end
+end
+
 local out = {}
 local ledger = {}
 
@@ -176,6 +236,8 @@ for i = 1, #records do
   if rc == STORED then
     local delta, epoch = meter(st, r[6], r[7])
     st.n = st.n + 1
+    if delta > 0 and st.rm then draw(st, delta) end
+    if r[11] >= 0 and frame_type == TELEMETRY then reconcile(st, r[11]) end
     ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
     if frame_type == TELEMETRY and (st.tb == nil or boot > st.tb or (boot == st.tb and rec > st.tr)) then
       st.tb, st.tr, st.ts, st.enc, st.payload, st.at = boot, rec, r[5], r[9], r[10], now_ms
@@ -192,7 +254,12 @@ end
 
 local backlog
 if #ledger > 0 then
-  redis.call('XADD', KEYS[1], '*', 'at', now_ms, 'n', #ledger, 'records', cmsgpack.pack(ledger))
+  if #svc > 0 then
+    redis.call('XADD', KEYS[1], '*', 'at', now_ms, 'n', #ledger, 'records', cmsgpack.pack(ledger),
+      'svc', cmsgpack.pack(svc))
+  else
+    redis.call('XADD', KEYS[1], '*', 'at', now_ms, 'n', #ledger, 'records', cmsgpack.pack(ledger))
+  end
   backlog = redis.call('INCRBY', KEYS[2], #ledger)
 else
   backlog = tonumber(redis.call('GET', KEYS[2])) or 0

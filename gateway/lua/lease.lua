@@ -1,0 +1,12 @@
+-- Hold a lease: one owner at a time (the time-rental scheduler runs on one node of a cluster).
+--
+-- KEYS[1] the lease key; ARGV[1] this node's id; ARGV[2] lease time (ms)
+-- Returns 1 when this node holds the lease (taken or renewed), 0 when another node does.
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if owner then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1

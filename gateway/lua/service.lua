@@ -1,0 +1,119 @@
+-- Change one device's service state (the desired state) atomically, next to its meter state.
+--
+-- KEYS[1] meter state m:<did> (meter.lua's packed array; fields 19-26 are the service state)
+-- KEYS[2] presence hash p:<did> (which node to tell)
+-- KEYS[3], KEYS[4], KEYS[5] the shard's rental schedules (expiry, remind, grace): sorted sets
+--         did -> rental_expires_at, kept here in the same atomic step as the state
+-- KEYS[6] optional: request marker r:<did>:<request id> (a retried request is applied once)
+-- ARGV[1] op, ARGV[2] now (unix ms), ARGV[3] node channel prefix ("aq:node:"), ARGV[4] did,
+-- ARGV[5..] the op's arguments ("-" = none):
+--   configure  mode remaining_ml rental_expires_at low_balance_ml
+--   topup      ml
+--   set_expiry rental_expires_at
+--   extend     seconds (from the later of now and the current expiry)
+--   expire     (the scheduler: lock when rental_expires_at has passed)
+--   lock / unlock  (a person's lock, bit 4)
+--   read
+-- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused),
+--          version, lock bits, mode, remaining_ml, rental_expires_at, low_balance_ml}
+--          (false where unset).
+-- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
+-- when any bit is set.
+
+local op = ARGV[1]
+local request = KEYS[6]
+local now_ms = tonumber(ARGV[2])
+local now_s = math.floor(now_ms / 1000)
+local QUOTA, EXPIRED, MANUAL = 1, 2, 4
+local f = false
+
+local function known(x)
+  if x == false then return nil end
+  return x
+end
+
+local function num(x)
+  if x == nil or x == '-' then return nil end
+  return tonumber(x)
+end
+
+local raw = redis.call('GET', KEYS[1])
+local v = {}
+if raw then v = cmsgpack.unpack(raw) end
+for i = #v + 1, 26 do v[i] = f end
+local mode, rm, ver, lk = known(v[19]), known(v[20]), known(v[21]) or 0, known(v[22]) or 0
+local rx, lo, lf = known(v[23]), known(v[24]), known(v[25]) or 0
+
+local function answer(applied)
+  return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f}
+end
+
+if op == 'read' then return answer(0) end
+if request and redis.call('EXISTS', request) == 1 then return answer(-1) end
+
+local function set_bit(bits, b, on)
+  if on then return bit.bor(bits, b) end
+  return bit.band(bits, bit.bnot(b))
+end
+
+local before_lk, before_rm, before_rx, before_mode, before_lo = lk, rm, rx, mode, lo
+
+if op == 'configure' then
+  mode, rm, rx, lo = num(ARGV[5]), num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
+  lf = 0
+  if rm and lo and rm <= lo then lf = 1 end
+  lk = set_bit(lk, QUOTA, rm ~= nil and rm <= 0)
+  lk = set_bit(lk, EXPIRED, rx ~= nil and rx <= now_s)
+elseif op == 'topup' then
+  if rm == nil then return answer(-2) end  -- not metered against a quota
+  rm = rm + num(ARGV[5])
+  if rm > 0 then lk = set_bit(lk, QUOTA, false) end
+  if lo and rm > lo then lf = 0 end
+elseif op == 'set_expiry' then
+  rx = num(ARGV[5])
+  lk = set_bit(lk, EXPIRED, rx ~= nil and rx <= now_s)
+elseif op == 'extend' then
+  local from = rx or now_s
+  if from < now_s then from = now_s end
+  rx = from + num(ARGV[5])
+  lk = set_bit(lk, EXPIRED, false)
+elseif op == 'expire' then
+  if rx == nil or rx > now_s or bit.band(lk, EXPIRED) ~= 0 then return answer(0) end
+  lk = set_bit(lk, EXPIRED, true)
+elseif op == 'lock' then
+  lk = set_bit(lk, MANUAL, true)
+elseif op == 'unlock' then
+  lk = set_bit(lk, MANUAL, false)
+else
+  return redis.error_reply('unknown service op ' .. op)
+end
+
+if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode
+    and lo == before_lo and op ~= 'configure' then
+  if request then redis.call('SET', request, 1, 'EX', 604800) end
+  return answer(0)
+end
+
+ver = ver + 1
+local node = redis.call('HGET', KEYS[2], 'node')
+v[19], v[20], v[21], v[22] = mode or f, rm or f, ver, lk
+v[23], v[24], v[25] = rx or f, lo or f, lf
+if node then v[26] = now_ms end  -- when the state was last pushed (rate-limits re-sends)
+redis.call('SET', KEYS[1], cmsgpack.pack(v))
+if request then redis.call('SET', request, 1, 'EX', 604800) end
+if rx ~= before_rx or op == 'configure' then  -- a new expiry: schedule its lock, reminder, grace
+  for i = 3, 5 do
+    if rx then redis.call('ZADD', KEYS[i], rx, ARGV[4]) else redis.call('ZREM', KEYS[i], ARGV[4]) end
+  end
+end
+
+if node then
+  local lock = 0
+  if lk ~= 0 then lock = 1 end
+  local srm, srx = '-', '-'
+  if rm then srm = rm end
+  if rx then srx = rx end
+  redis.call('PUBLISH', ARGV[3] .. node,
+    'state ' .. ARGV[4] .. ' ' .. ver .. ' ' .. lock .. ' ' .. srm .. ' ' .. srx)
+end
+return answer(1)

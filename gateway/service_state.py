@@ -1,0 +1,133 @@
+"""A device's service state in Redis: mode, quota, rental expiry, locks, version.
+
+The live state sits in the device's meter state (fields 19-26 of `m:<did>`), so meter.lua can
+take metered water off the quota in the same atomic step that meters it; `service.lua` makes
+every other change. Each change bumps the version and is published to the node holding the
+device (gateway/desired.py sends it). The database keeps the settings and the history of
+changes (models/service.py); this module is the Redis half.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.keys import Keyspace
+from gateway.redis_io import Scripts
+from protocol import DesiredState
+
+QUOTA_LOCK, EXPIRED_LOCK, MANUAL_LOCK = 1, 2, 4
+RENTAL_SCHEDULES = ("expiry", "remind", "grace")  # KEYS[3..5] of service.lua, in this order
+LOCK_REASONS = {
+    QUOTA_LOCK: "quota_exhausted",
+    EXPIRED_LOCK: "rental_expired",
+    MANUAL_LOCK: "manual",
+}
+
+
+class Applied(IntEnum):
+    CHANGED = 1
+    UNCHANGED = 0
+    ALREADY_APPLIED = -1  # the request id was applied before (a retry)
+    REFUSED = -2  # e.g. a top-up for a device that is not metered against a quota
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    version: int
+    lock_bits: int
+    mode: int | None
+    remaining_ml: int | None
+    rental_expires_at: int | None
+    low_balance_ml: int | None
+
+    @property
+    def locked(self) -> bool:
+        return self.lock_bits != 0
+
+    @property
+    def lock_reasons(self) -> list[str]:
+        return [name for bit, name in LOCK_REASONS.items() if self.lock_bits & bit]
+
+    def desired(self) -> DesiredState:
+        return DesiredState(
+            version=self.version,
+            locked=self.locked,
+            remaining_ml=self.remaining_ml,
+            rental_expires_at=self.rental_expires_at,
+        )
+
+
+def _opt(value: Any) -> int | None:
+    return None if value is None or value is False else int(value)
+
+
+def _arg(value: int | None) -> str | int:
+    return "-" if value is None else value
+
+
+def parse_answer(reply: list[Any]) -> tuple[Applied, ServiceState]:
+    applied, version, lock_bits, mode, remaining, expires, low = reply
+    return Applied(int(applied)), ServiceState(
+        version=int(version),
+        lock_bits=int(lock_bits),
+        mode=_opt(mode),
+        remaining_ml=_opt(remaining),
+        rental_expires_at=_opt(expires),
+        low_balance_ml=_opt(low),
+    )
+
+
+class ServiceStore:
+    """service.lua for one device at a time (changes are rare: people and schedules)."""
+
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, keyspace: Keyspace) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.keyspace = keyspace
+        self._channel_prefix = keyspace.node_channel("")
+
+    async def change(
+        self,
+        did: str,
+        op: str,
+        *args: int | None,
+        request_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[Applied, ServiceState]:
+        keyspace = self.keyspace
+        shard = keyspace.shard_of(did)
+        keys = [
+            keyspace.meter(did),
+            keyspace.presence(did),
+            *(keyspace.rental_schedule(kind, shard) for kind in RENTAL_SCHEDULES),
+        ]
+        if request_id is not None:
+            keys.append(keyspace.service_request(did, request_id))
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        argv = [op, now_ms, self._channel_prefix, did, *(_arg(a) for a in args)]
+        (reply,) = await self.scripts.run(self.client, [("service", keys, argv)], f"service {op}")
+        return parse_answer(reply)
+
+    async def read(self, did: str) -> ServiceState:
+        return (await self.change(did, "read"))[1]
+
+    async def configure(
+        self,
+        did: str,
+        *,
+        mode: int,
+        remaining_ml: int | None,
+        rental_expires_at: int | None,
+        low_balance_ml: int | None,
+        request_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[Applied, ServiceState]:
+        return await self.change(
+            did, "configure", mode, remaining_ml, rental_expires_at, low_balance_ml,
+            request_id=request_id, now_ms=now_ms,
+        )  # fmt: skip
