@@ -1,0 +1,374 @@
+"""Service state per device: how it is billed (mode), its volume quota, its rental expiry, its
+locks; and the history of every change, with who and why.
+
+The live state is in Redis next to the device's meter (gateway/service_state.py), so metering
+can draw the quota down atomically. These services validate a change, apply it there through a
+`ServiceBackend`, and record it here. A change carrying a `request_id` (an order id, say) is
+applied once however often it is retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+from tortoise import fields
+from tortoise.exceptions import IntegrityError
+from tortoise.models import Model
+from tortoise.transactions import in_transaction
+
+from models.devices import Device, DeviceType
+from models.errors import Conflict, InvalidInput, NotFound
+
+MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
+DAY_S = 86_400
+
+# The seed's rent packages (product `rent.config`): key -> days.
+RENT_PACKAGES = {"30d": 30, "60d": 60, "90d": 90, "180d": 180, "360d": 360}
+
+
+class ServiceMode(IntEnum):
+    """The seed's device types, as billing modes."""
+
+    SALE = int(DeviceType.SALE)
+    TIME_RENTAL = int(DeviceType.TIME_RENTAL)
+    VOLUME_RENTAL = int(DeviceType.VOLUME_RENTAL)
+    VENDING = int(DeviceType.VENDING)
+    TEST = int(DeviceType.TEST)
+
+
+class DeviceService(Model):
+    """The service state as of its last change (the live quota is in Redis)."""
+
+    did = fields.CharField(primary_key=True, max_length=16)
+    mode = fields.IntEnumField(ServiceMode)
+    remaining_ml = fields.BigIntField(null=True)
+    rental_expires_at = fields.BigIntField(null=True)  # unix seconds
+    low_balance_ml = fields.BigIntField(null=True)
+    lock_bits = fields.IntField(default=0)
+    version = fields.BigIntField(default=0)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "device_service"
+
+
+class ServiceChange(Model):
+    """One change of a device's service state, or an event of it (quota lock, low balance)."""
+
+    id = fields.BigIntField(primary_key=True)
+    did = fields.CharField(max_length=16, db_index=True)
+    op = fields.CharField(max_length=32)
+    amount_ml = fields.BigIntField(null=True)
+    seconds = fields.BigIntField(null=True)
+    remaining_ml = fields.BigIntField(null=True)  # after the change
+    rental_expires_at = fields.BigIntField(null=True)  # after the change
+    lock_bits = fields.IntField(null=True)  # after the change
+    version = fields.BigIntField(null=True)  # after the change
+    actor = fields.CharField(max_length=64)
+    reason = fields.CharField(max_length=255, default="")
+    request_id = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "service_change"
+        unique_together = (("did", "request_id"),)
+
+
+class ServiceBackend(Protocol):
+    """The live store (gateway.service_state.ServiceStore satisfies it)."""
+
+    async def change(
+        self, did: str, op: str, *args: int | None, request_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[Any, Any]: ...  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeOutcome:
+    applied: bool  # False: nothing to change, or this request id was applied before
+    version: int
+    locked: bool
+    lock_bits: int
+    mode: int | None
+    remaining_ml: int | None
+    rental_expires_at: int | None
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    """An integer in [low, high]; booleans and floats are refused (money and water are ints)."""
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _text(name: str, value: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidInput(f"{name} must be 1..{limit} characters")
+    return value.strip()
+
+
+async def _record_change(**values: Any) -> None:
+    async with in_transaction():  # its own transaction: an IntegrityError must not poison another
+        await ServiceChange.create(**values)
+
+
+async def _device(did: str) -> Device:
+    device = await Device.get_or_none(did=did)
+    if device is None:
+        raise NotFound(f"device {did} not found")
+    return device
+
+
+async def _apply(
+    backend: ServiceBackend,
+    did: str,
+    op: str,
+    args: Sequence[int | None],
+    *,
+    actor: str,
+    reason: str,
+    request_id: str | None = None,
+    amount_ml: int | None = None,
+    seconds: int | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:
+    actor = _text("actor", actor, 64)
+    if request_id is not None:
+        request_id = _text("request_id", request_id, 64)
+    await _device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    applied, state = await backend.change(
+        did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000)
+    )
+    code = int(applied)
+    if code == -2:
+        raise Conflict(f"device {did} is not metered against a volume quota")
+    outcome = ChangeOutcome(
+        applied=code == 1,
+        version=state.version,
+        locked=state.lock_bits != 0,
+        lock_bits=state.lock_bits,
+        mode=state.mode,
+        remaining_ml=state.remaining_ml,
+        rental_expires_at=state.rental_expires_at,
+    )
+    already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
+    if not already:  # a retry after a crash between Redis and here records it now
+        with contextlib.suppress(IntegrityError):  # a concurrent retry recorded it first
+            await _record_change(
+                did=did, op=op, amount_ml=amount_ml, seconds=seconds,
+                remaining_ml=state.remaining_ml, rental_expires_at=state.rental_expires_at,
+                lock_bits=state.lock_bits, version=state.version, actor=actor,
+                reason=reason[:255], request_id=request_id, created_at=now,
+            )  # fmt: skip
+    if state.mode is not None:
+        await DeviceService.update_or_create(
+            did=did,
+            defaults={
+                "mode": ServiceMode(state.mode), "remaining_ml": state.remaining_ml,
+                "rental_expires_at": state.rental_expires_at,
+                "low_balance_ml": state.low_balance_ml, "lock_bits": state.lock_bits,
+                "version": state.version,
+            },
+        )  # fmt: skip
+    return outcome
+
+
+async def configure(
+    backend: ServiceBackend,
+    did: str,
+    mode: ServiceMode | int,
+    *,
+    remaining_ml: int | None = None,
+    rental_expires_at: int | None = None,
+    low_balance_ml: int | None = None,
+    actor: str,
+    reason: str = "",
+    request_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:
+    """Set the billing mode; volume rental needs a starting quota, time rental an expiry."""
+    try:
+        mode = ServiceMode(mode)
+    except ValueError:
+        raise InvalidInput(f"mode must be one of {[m.value for m in ServiceMode]}") from None
+    if mode is ServiceMode.VOLUME_RENTAL:
+        remaining_ml = _whole("remaining_ml", remaining_ml, -MAX_TOP_UP_ML, MAX_TOP_UP_ML)
+    elif remaining_ml is not None:
+        raise InvalidInput("remaining_ml applies to volume rental (mode 3) only")
+    if mode is ServiceMode.TIME_RENTAL:
+        rental_expires_at = _whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
+    elif rental_expires_at is not None:
+        raise InvalidInput("rental_expires_at applies to time rental (mode 2) only")
+    if low_balance_ml is not None:
+        if mode is not ServiceMode.VOLUME_RENTAL:
+            raise InvalidInput("low_balance_ml applies to volume rental (mode 3) only")
+        low_balance_ml = _whole("low_balance_ml", low_balance_ml, 0, MAX_TOP_UP_ML)
+    return await _apply(
+        backend, did, "configure", [int(mode), remaining_ml, rental_expires_at, low_balance_ml],
+        actor=actor, reason=reason, request_id=request_id, amount_ml=remaining_ml, now=now,
+    )  # fmt: skip
+
+
+async def top_up(
+    backend: ServiceBackend,
+    did: str,
+    ml: int,
+    *,
+    actor: str,
+    reason: str = "",
+    request_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:
+    """Add `ml` to a volume quota; a debt (water poured after the lock) is paid off first, and
+    the device unlocks once the balance is above 0."""
+    ml = _whole("ml", ml, 1, MAX_TOP_UP_ML)
+    return await _apply(
+        backend, did, "topup", [ml], actor=actor, reason=reason, request_id=request_id,
+        amount_ml=ml, now=now,
+    )  # fmt: skip
+
+
+async def extend_rental(
+    backend: ServiceBackend,
+    did: str,
+    *,
+    package: str | None = None,
+    days: int | None = None,
+    actor: str,
+    reason: str = "",
+    request_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:
+    """Extend a time rental by a package ("30d".."360d") or a number of days, counted from the
+    later of now and the current expiry; an expired rental unlocks."""
+    if (package is None) == (days is None):
+        raise InvalidInput("give a package or a number of days")
+    if package is not None:
+        if package not in RENT_PACKAGES:
+            raise InvalidInput(f"package must be one of {sorted(RENT_PACKAGES)}")
+        days = RENT_PACKAGES[package]
+    days = _whole("days", days, 1, 3660)
+    return await _apply(
+        backend, did, "extend", [days * DAY_S], actor=actor, reason=reason,
+        request_id=request_id, seconds=days * DAY_S, now=now,
+    )  # fmt: skip
+
+
+async def set_expiry(
+    backend: ServiceBackend,
+    did: str,
+    rental_expires_at: int,
+    *,
+    actor: str,
+    reason: str = "",
+    request_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:
+    expires = _whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
+    return await _apply(
+        backend, did, "set_expiry", [expires], actor=actor, reason=reason,
+        request_id=request_id, now=now,
+    )  # fmt: skip
+
+
+async def lock(
+    backend: ServiceBackend, did: str, *, actor: str, reason: str = "",
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:  # fmt: skip
+    """A person's lock: it holds whatever the quota or rental say, until unlocked."""
+    return await _apply(backend, did, "lock", [], actor=actor, reason=reason, now=now)
+
+
+async def unlock(
+    backend: ServiceBackend, did: str, *, actor: str, reason: str = "",
+    now: dt.datetime | None = None,
+) -> ChangeOutcome:  # fmt: skip
+    """Lift a person's lock (an exhausted quota or an expired rental stays locked)."""
+    return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+ServiceEventRow = tuple[str, str, int, int, int]  # did, kind, version, remaining_ml, at (ms)
+
+
+async def record_meter_events(events: Sequence[ServiceEventRow], conn: Any = None) -> None:
+    """Quota locks and low-balance warnings meter.lua raised (the ledger writer calls this in
+    the transaction that stores their records, so they are recorded exactly once)."""
+    if not events:
+        return
+    rows = [
+        ServiceChange(
+            did=did, op=kind, remaining_ml=remaining, version=version, actor="meter",
+            reason="quota exhausted" if kind == "quota_lock" else "balance below threshold",
+            created_at=dt.datetime.fromtimestamp(at / 1000, dt.UTC),
+        )
+        for did, kind, version, remaining, at in events
+    ]  # fmt: skip
+    await ServiceChange.bulk_create(rows, using_db=conn)
+
+
+async def record_rental_reminder(did: str, rental_expires_at: int) -> None:
+    """The reminder before a rental runs out (notification channels subscribe to these rows)."""
+    await ServiceChange.create(
+        did=did, op="rental_reminder", rental_expires_at=rental_expires_at, actor="scheduler",
+        reason="rental expires soon", created_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+
+
+async def open_dismantle_after_grace(did: str, rental_expires_at: int) -> None:
+    """The grace period after an expiry passed without renewal: one dismantle ticket."""
+    from models.tickets import open_dismantle_ticket
+
+    device = await Device.get_or_none(did=did)
+    if device is None:
+        return
+    _ticket, created = await open_dismantle_ticket(did, device.vendor_id, rental_expires_at)
+    if created:
+        await ServiceChange.create(
+            did=did, op="dismantle_ticket", rental_expires_at=rental_expires_at,
+            actor="scheduler", reason="rental not renewed within the grace period",
+            created_at=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+
+
+async def reset_filter(
+    router: Any,
+    did: str,
+    stage: int,
+    *,
+    actor: str,
+    reason: str = "",
+    now: dt.datetime | None = None,
+) -> int:
+    """Tell the device a filter stage was replaced (reset_filter command); returns the cid.
+
+    The device resets that stage's hours and bumps its reset_count, which its next TELEMETRY
+    reports: that starts a new filter cycle (models/filters.py). An offline device cannot be
+    told: DeviceOffline, and nothing is recorded.
+    """
+    from models.vending import DeviceOffline
+    from protocol import Command, CommandOp
+
+    stage = _whole("stage", stage, 0, 255)
+    actor = _text("actor", actor, 64)
+    await _device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    cid = int(await router.next_cid())
+    command = Command(
+        cid=cid, op=CommandOp.RESET_FILTER, exp=int(now.timestamp()) + 300, args={1: stage}
+    )
+    if not await router.deliver(did, command):
+        raise DeviceOffline(f"device {did} is offline: reset its filter when it is back")
+    await _record_change(
+        did=did, op="reset_filter", actor=actor, reason=f"stage {stage}: {reason}"[:255],
+        request_id=f"cid:{cid}", created_at=now,
+    )  # fmt: skip
+    return cid
