@@ -12,7 +12,19 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api import migrate as tortoise_migrate
 
-MODEL_MODULES = ["models.vendors", "models.devices", "models.usage"]
+MODEL_MODULES = [
+    "models.vendors",
+    "models.devices",
+    "models.usage",
+    "models.agents",
+    "models.accounts",
+    "models.members",
+    "models.service",
+    "models.vending",
+    "models.tickets",
+    "models.filters",
+    "models.billing",
+]
 APP = "models"
 
 

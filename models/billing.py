@@ -1,0 +1,374 @@
+"""Minimum consumption (保底消费): per device and billing period, metered water vs the plan's
+minimum, and the amount due, recorded once per (device, period).
+
+Money is integer fen and water integer ml throughout: a price is `price_fen` per
+`price_unit_ml` millilitres (per litre: unit 1000), so no fraction of a fen is ever stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from tortoise import fields
+from tortoise.expressions import Q
+from tortoise.models import Model
+
+from models.errors import Conflict, InvalidInput, NotFound
+from models.vendors import Vendor
+
+MAX_FEN = 10**12  # 100 million yuan: anything above is a typo
+MAX_UNIT_ML = 10**9
+MAX_PERIOD = dt.timedelta(days=366)
+_INSERT_CHUNK = 500
+
+
+class BillingMode(IntEnum):
+    """How a plan's water is paid, which decides what falls due at period end."""
+
+    POSTPAID = 1  # water is billed at period end: due = max(water charge, minimum)
+    PREPAID = 2  # water was paid in advance (volume top-ups): due = what the water fell short
+
+
+class BillingPlan(Model):
+    """A vendor's price and minimum consumption per billing period."""
+
+    id = fields.IntField(primary_key=True)
+    vendor: fields.ForeignKeyRelation[Vendor] = fields.ForeignKeyField(
+        "models.Vendor", related_name="billing_plans", on_delete=fields.RESTRICT
+    )
+    name = fields.CharField(max_length=64)
+    mode = fields.IntEnumField(BillingMode)
+    minimum_fen = fields.BigIntField(description="minimum charge per period, fen")
+    price_fen = fields.BigIntField(description="price of price_unit_ml of water, fen")
+    price_unit_ml = fields.BigIntField(description="the volume price_fen buys, ml")
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    vendor_id: str
+
+    class Meta:
+        table = "billing_plan"
+
+
+class DeviceBillingPlan(Model):
+    """The plan a device is billed on, since when."""
+
+    did = fields.CharField(primary_key=True, max_length=16)
+    plan: fields.ForeignKeyRelation[BillingPlan] = fields.ForeignKeyField(
+        "models.BillingPlan", related_name="devices", on_delete=fields.RESTRICT
+    )
+    since = fields.DatetimeField()
+
+    plan_id: int
+
+    class Meta:
+        table = "device_billing_plan"
+
+
+class BillingRecord(Model):
+    """What one device owes for one period, with the plan terms it was computed from."""
+
+    id = fields.BigIntField(primary_key=True)
+    did = fields.CharField(max_length=16)
+    vendor_code = fields.CharField(max_length=4, db_index=True)
+    plan_id = fields.IntField()
+    mode = fields.IntEnumField(BillingMode)
+    period_start = fields.DatetimeField(db_index=True)
+    period_end = fields.DatetimeField()
+    covered_from = fields.DatetimeField(description="later of period_start and the plan's since")
+    usage_ml = fields.BigIntField()
+    usage_fen = fields.BigIntField(description="usage_ml at the plan's price, rounded half up")
+    minimum_fen = fields.BigIntField(description="the plan's minimum, prorated to the coverage")
+    amount_due_fen = fields.BigIntField()
+    price_fen = fields.BigIntField()
+    price_unit_ml = fields.BigIntField()
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "billing_record"
+        unique_together = (("did", "period_start"),)
+
+
+# ----------------------------------------------------------------------------- pure rules
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    mode: BillingMode
+    minimum_fen: int
+    price_fen: int
+    price_unit_ml: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    usage_ml: int
+    usage_fen: int
+    minimum_fen: int
+    amount_due_fen: int
+
+
+def _int_in(value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{what} must be an integer {low}..{high}")
+    return value
+
+
+def check_terms(mode: Any, minimum_fen: Any, price_fen: Any, price_unit_ml: Any) -> Terms:
+    if mode not in {m.value for m in BillingMode}:
+        raise InvalidInput("mode must be 1 (postpaid) or 2 (prepaid)")
+    return Terms(
+        BillingMode(mode),
+        _int_in(minimum_fen, 0, MAX_FEN, "minimum_fen"),
+        _int_in(price_fen, 0, MAX_FEN, "price_fen"),
+        _int_in(price_unit_ml, 1, MAX_UNIT_ML, "price_unit_ml"),
+    )
+
+
+def usage_charge_fen(usage_ml: int, price_fen: int, price_unit_ml: int) -> int:
+    """usage_ml * price_fen / price_unit_ml, rounded half up to whole fen (四舍五入)."""
+    return (2 * max(0, usage_ml) * price_fen + price_unit_ml) // (2 * price_unit_ml)
+
+
+def prorated_minimum_fen(minimum_fen: int, covered_s: int, period_s: int) -> int:
+    """The minimum for the covered part of a period, rounded down (never over the minimum)."""
+    covered_s = min(max(0, covered_s), period_s)
+    return minimum_fen * covered_s // period_s
+
+
+def compute_bill(terms: Terms, usage_ml: int, covered_s: int, period_s: int) -> Bill:
+    """The amount a device owes for a period on these terms."""
+    usage_fen = usage_charge_fen(usage_ml, terms.price_fen, terms.price_unit_ml)
+    minimum = prorated_minimum_fen(terms.minimum_fen, covered_s, period_s)
+    if terms.mode is BillingMode.POSTPAID:
+        due = max(usage_fen, minimum)
+    else:
+        due = max(0, minimum - usage_fen)
+    return Bill(max(0, usage_ml), usage_fen, minimum, due)
+
+
+def check_period(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None or now.tzinfo is None:
+        raise InvalidInput("period bounds and now must be timezone-aware")
+    if not start < end:
+        raise InvalidInput("period_start must be before period_end")
+    if end - start > MAX_PERIOD:
+        raise InvalidInput("a billing period is at most 366 days")
+    if end > now:
+        raise InvalidInput("a billing period can be closed only after it has ended")
+
+
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_period(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """`YYYY-MM` (a UTC calendar month) or `START/END` (ISO 8601 with a zone) -> bounds."""
+    month = _MONTH_RE.match(text.strip())
+    if month:
+        year, number = int(month[1]), int(month[2])
+        if not 1 <= number <= 12:
+            raise InvalidInput(f"period {text!r}: month must be 01..12")
+        start = dt.datetime(year, number, 1, tzinfo=dt.UTC)
+        end = dt.datetime(year + number // 12, number % 12 + 1, 1, tzinfo=dt.UTC)
+        return start, end
+    parts = text.split("/")
+    if len(parts) != 2:
+        raise InvalidInput(f"period {text!r}: expected YYYY-MM or START/END")
+    try:
+        start, end = (dt.datetime.fromisoformat(p.strip()) for p in parts)
+    except ValueError:
+        raise InvalidInput(f"period {text!r}: START and END must be ISO 8601") from None
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidInput(f"period {text!r}: START and END need a zone (Z or +08:00)")
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+# ----------------------------------------------------------------------------- services
+
+
+async def create_billing_plan(
+    vendor_code: str,
+    name: str,
+    *,
+    mode: Any,
+    minimum_fen: Any,
+    price_fen: Any,
+    price_unit_ml: Any,
+) -> BillingPlan:
+    terms = check_terms(mode, minimum_fen, price_fen, price_unit_ml)
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64:
+        raise InvalidInput("plan name must be 1..64 characters")
+    if not await Vendor.exists(code=vendor_code):
+        raise NotFound(f"vendor {vendor_code} does not exist")
+    return await BillingPlan.create(
+        vendor_id=vendor_code,
+        name=name.strip(),
+        mode=terms.mode,
+        minimum_fen=terms.minimum_fen,
+        price_fen=terms.price_fen,
+        price_unit_ml=terms.price_unit_ml,
+    )
+
+
+async def assign_billing_plan(did: str, plan_id: int, since: dt.datetime) -> DeviceBillingPlan:
+    """Bill `did` on the plan from `since` on (replaces its previous plan)."""
+    from models.devices import Device
+
+    if since.tzinfo is None:
+        raise InvalidInput("since must be timezone-aware")
+    device = await Device.get_or_none(did=did)
+    if device is None:
+        raise NotFound(f"device {did} does not exist")
+    plan = await BillingPlan.get_or_none(id=plan_id)
+    if plan is None or plan.vendor_id != device.vendor_id:  # another vendor's plan: not found
+        raise NotFound(f"billing plan {plan_id} does not exist")
+    assignment, _ = await DeviceBillingPlan.update_or_create(
+        defaults={"plan_id": plan_id, "since": since.astimezone(dt.UTC)}, did=did
+    )
+    return assignment
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSummary:
+    """What closing a period left in the database (the same after a second run)."""
+
+    period_start: dt.datetime
+    period_end: dt.datetime
+    devices: int  # billing records of the period
+    created: int  # of which were missing when this run began (0 on a repeat; two runs
+    # racing may both count the same records, which are still written once)
+    usage_ml: int
+    amount_due_fen: int
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(value: dt.datetime) -> str:
+            return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+        return {
+            "period_start": iso(self.period_start),
+            "period_end": iso(self.period_end),
+            "devices": self.devices,
+            "created": self.created,
+            "usage_ml": self.usage_ml,
+            "amount_due_fen": self.amount_due_fen,
+        }
+
+
+_USAGE_SQL = (
+    "SELECT u.did AS did, SUM(u.delta_ml) AS total FROM usage_record u "
+    "JOIN device_billing_plan p ON p.did = u.did "
+    "WHERE p.since < {end} AND u.received_at >= {start} AND u.received_at < {end} "
+    "AND u.received_at >= p.since GROUP BY u.did"
+)
+
+
+async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str, int]:
+    """Water metered per billed device in [start, end) by the time the gateway received it."""
+    from models.db import connection, dialect
+
+    if dialect() == "postgres":
+        sql = _USAGE_SQL.format(start="$1", end="$2")
+        params: list[Any] = [start, end]
+    else:  # SQLite compares the stored text: Tortoise's isoformat(" ") of UTC times
+        sql = _USAGE_SQL.format(start="?1", end="?2")
+        params = [str(start.astimezone(dt.UTC)), str(end.astimezone(dt.UTC))]
+    rows = await connection().execute_query_dict(sql, params)
+    return {row["did"]: int(row["total"] or 0) for row in rows}
+
+
+async def close_billing_period(
+    period_start: dt.datetime, period_end: dt.datetime, now: dt.datetime | None = None
+) -> PeriodSummary:
+    """Record what every billed device owes for [period_start, period_end), once.
+
+    Run it after the period has ended and the ledger has drained (water received after the
+    close is not added to a closed period). Running it again, or twice at once, writes
+    nothing more: records are unique per (device, period_start).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    check_period(period_start, period_end, now)
+    start, end = period_start.astimezone(dt.UTC), period_end.astimezone(dt.UTC)
+    overlapping = BillingRecord.filter(period_start__lt=end, period_end__gt=start).filter(
+        Q(period_start__not=start) | Q(period_end__not=end)
+    )
+    if await overlapping.exists():
+        raise Conflict("another billing period overlapping this one has been closed")
+    assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
+    already: set[str] = {
+        str(did)
+        for did in await BillingRecord.filter(period_start=start).values_list("did", flat=True)
+    }
+    usage = await metered_ml_in_period(start, end)
+    period_s = int((end - start).total_seconds())
+    records = []
+    for assignment in assignments:
+        if assignment.did in already:
+            continue
+        plan = assignment.plan
+        terms = Terms(plan.mode, plan.minimum_fen, plan.price_fen, plan.price_unit_ml)
+        covered_from = max(start, assignment.since)
+        bill = compute_bill(
+            terms,
+            usage.get(assignment.did, 0),
+            int((end - covered_from).total_seconds()),
+            period_s,
+        )
+        records.append(
+            BillingRecord(
+                did=assignment.did,
+                vendor_code=plan.vendor_id,
+                plan_id=plan.id,
+                mode=terms.mode,
+                period_start=start,
+                period_end=end,
+                covered_from=covered_from,
+                usage_ml=bill.usage_ml,
+                usage_fen=bill.usage_fen,
+                minimum_fen=bill.minimum_fen,
+                amount_due_fen=bill.amount_due_fen,
+                price_fen=terms.price_fen,
+                price_unit_ml=terms.price_unit_ml,
+                created_at=now,
+            )
+        )
+    for first in range(0, len(records), _INSERT_CHUNK):
+        await BillingRecord.bulk_create(
+            records[first : first + _INSERT_CHUNK], ignore_conflicts=True
+        )
+    return await _summary(start, end, known_before=len(already))
+
+
+async def _summary(start: dt.datetime, end: dt.datetime, *, known_before: int) -> PeriodSummary:
+    from tortoise.functions import Count, Sum
+
+    rows = (
+        await BillingRecord.filter(period_start=start, period_end=end)
+        .annotate(n=Count("id"), ml=Sum("usage_ml"), due=Sum("amount_due_fen"))
+        .values("n", "ml", "due")
+    )
+    row = rows[0] if rows else {}
+    devices = int(row.get("n") or 0)
+    return PeriodSummary(
+        period_start=start,
+        period_end=end,
+        devices=devices,
+        created=max(0, devices - known_before),
+        usage_ml=int(row.get("ml") or 0),
+        amount_due_fen=int(row.get("due") or 0),
+    )
+
+
+async def close_billing_period_command(
+    database_url: str, period: str, *, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """For the CLI: open the database, close `period` (see parse_period), return a summary."""
+    from models.db import database
+
+    start, end = parse_period(period)
+    async with database(database_url):
+        summary = await close_billing_period(start, end, now)
+    return summary.as_json()
