@@ -26,9 +26,16 @@ from gateway.keys import Keyspace
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.redis_io import ScriptCall, Scripts, redis_errors
-from models.usage import SnapshotRow, UsageRow, store_ledger_batch
-from protocol import FrameType, ProtocolError
-from protocol.messages import Telemetry, parse_record_payload
+from models.filters import MaintenanceWatch
+from models.usage import (
+    DispenseDone,
+    ServiceEvent,
+    SnapshotRow,
+    UsageRow,
+    store_ledger_batch,
+)
+from protocol import EventKind, FrameType, ProtocolError
+from protocol.messages import Event, Telemetry, parse_record_payload
 
 log = get_logger("aquafleet.ledger")
 
@@ -56,6 +63,8 @@ class DecodedBatch:
     dids: set[str] = field(default_factory=set)
     bad_payloads: int = 0  # records whose telemetry fields did not parse: stored, no snapshot
     poisoned: list[Entry] = field(default_factory=list)  # entries that did not decode at all
+    service_events: list[ServiceEvent] = field(default_factory=list)  # quota locks, low balance
+    dispenses: list[DispenseDone] = field(default_factory=list)  # vending sessions to close
 
 
 def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]]:
@@ -72,6 +81,28 @@ def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]
     return rows
 
 
+def _entry_service_events(fields_: dict[bytes, bytes]) -> list[ServiceEvent]:
+    raw = fields_.get(b"svc")
+    if raw is None:
+        return []
+    return [
+        (did.decode(), kind.decode(), int(version), int(remaining), int(at))
+        for did, kind, version, remaining, at in msgpack.unpackb(raw, raw=True)
+    ]
+
+
+def _add_dispense(batch: DecodedBatch, item: tuple[UsageRow, int, bytes]) -> None:
+    """A dispense_done event closes its vending session (by cid) with the ml poured."""
+    row, enc, payload = item
+    try:
+        message = parse_record_payload(row[3], payload, enc)
+    except ProtocolError:
+        batch.bad_payloads += 1
+        return
+    if isinstance(message, Event) and message.cid is not None and message.ml is not None:
+        batch.dispenses.append((row[0], message.cid, message.ml, row[6]))
+
+
 def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
     """Turn stream entries (as meter.lua wrote them) into database rows."""
     batch = DecodedBatch()
@@ -79,13 +110,17 @@ def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
     for entry in entries:
         try:
             rows = _entry_rows(entry[1])
+            events = _entry_service_events(entry[1])
         except (KeyError, ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException):
             batch.poisoned.append(entry)
             continue
+        batch.service_events.extend(events)
         for item in rows:
             row = item[0]
             batch.usage.append(row)
             batch.dids.add(row[0])
+            if row[3] == FrameType.EVENT and row[4] == EventKind.DISPENSE_DONE:
+                _add_dispense(batch, item)
             if row[3] == FrameType.TELEMETRY:
                 previous = newest.get(row[0])
                 if previous is None or (previous[0][1], previous[0][2]) < (row[1], row[2]):
@@ -123,6 +158,7 @@ class LedgerWriter:
         consumer: str,
         batch_entries: int,
         claim_idle_ms: int,
+        maintenance: MaintenanceWatch | None = None,
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -131,6 +167,7 @@ class LedgerWriter:
         self.consumer = consumer
         self.batch_entries = batch_entries
         self.claim_idle_ms = claim_idle_ms
+        self.maintenance = maintenance  # opens maintenance tickets after each commit
         self.streams = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
         self.backlog_keys = {
             keyspace.ledger_stream(s): keyspace.ledger_backlog(s) for s in keyspace.all_shards()
@@ -245,7 +282,13 @@ class LedgerWriter:
             return 0
         batch = decode_entries(entries)
         activated = [did for did in batch.dids if did not in self._activated]
-        await store_ledger_batch(batch.usage, list(batch.snapshots.values()), activated)
+        await store_ledger_batch(
+            batch.usage,
+            list(batch.snapshots.values()),
+            activated,
+            batch.service_events,
+            batch.dispenses,
+        )
         self._remember_activated(activated)
         if batch.poisoned:  # after the commit: a retried batch must not bury them twice
             await self._bury(batch.poisoned)
@@ -254,6 +297,8 @@ class LedgerWriter:
         self.metrics.ledger_records_written += len(batch.usage)
         self.metrics.ledger_records_dead += batch.bad_payloads
         self.metrics.metered_ml += sum(row[7] for row in batch.usage)
+        if self.maintenance is not None and batch.snapshots:  # never raises; bounded work
+            await self.maintenance.after_batch(batch.snapshots.values())
         return len(batch.usage)
 
     async def _bury(self, poisoned: list[Entry]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from enum import IntEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.models import Model
@@ -106,8 +108,54 @@ PG_UPSERT_SNAPSHOT = (
 )
 
 
+ServiceEvent = tuple[str, str, int, int, int]  # did, kind, version, remaining_ml, at (unix ms)
+
+INSERT_SERVICE_EVENT = (
+    "INSERT INTO service_change (did, op, remaining_ml, version, actor, reason, request_id, "
+    "created_at) VALUES ({}) ON CONFLICT (did, request_id) DO NOTHING"
+)
+SERVICE_EVENT_REASONS = {
+    "quota_lock": "quota exhausted",
+    "low_balance": "balance below the low-balance threshold",
+}
+
+
+def _service_event_rows(events: Sequence[ServiceEvent]) -> list[list[Any]]:
+    """One service_change row per meter event; its request id makes a replayed entry a no-op."""
+    return [
+        [did, kind, remaining, version, "meter", SERVICE_EVENT_REASONS.get(kind, kind),
+         f"{kind}:v{version}:{remaining}", dt.datetime.fromtimestamp(at / 1000, dt.UTC)]
+        for did, kind, version, remaining, at in events
+    ]  # fmt: skip
+
+
+DispenseDone = tuple[str, int, int, dt.datetime]  # did, cid, ml poured, received at
+
+
+def _dispense_statements(
+    dispenses: Sequence[DispenseDone], placeholder: Any
+) -> list[tuple[str, list[Any]]]:
+    """Close each vending session its dispense_done names (guarded by state: replays no-op)."""
+    from models.vending import CLOSE_SESSION_SQL, LATE_POUR_SQL, DispenseState
+
+    p = [placeholder(i) for i in range(1, 7)]
+    close = CLOSE_SESSION_SQL.format(p1=p[0], p2=p[1], p3=p[2], p4=p[3], p5=p[4], p6=p[5])
+    late = LATE_POUR_SQL.format(p1=p[0], p2=p[1], p3=p[2], p4=p[3])
+    statements = []
+    for did, cid, ml, at in dispenses:
+        statements.append(
+            (close, [int(DispenseState.DONE), ml, at, did, cid, int(DispenseState.PENDING)])
+        )
+        statements.append((late, [ml, did, cid, int(DispenseState.FAILED)]))
+    return statements
+
+
 async def store_ledger_batch(
-    usage: list[UsageRow], snapshots: list[SnapshotRow], activated: list[str]
+    usage: list[UsageRow],
+    snapshots: list[SnapshotRow],
+    activated: list[str],
+    service_events: Sequence[ServiceEvent] = (),
+    dispenses: Sequence[DispenseDone] = (),
 ) -> None:
     """Write a batch of metered records in one transaction; replays insert nothing twice.
 
@@ -136,6 +184,11 @@ async def store_ledger_batch(
                     "WHERE did = ANY($3::varchar[]) AND state = $4",
                     [int(DeviceState.ACTIVE), now, activated, int(DeviceState.INACTIVE)],
                 )
+            if service_events:
+                sql = INSERT_SERVICE_EVENT.format(", ".join(f"${i}" for i in range(1, 9)))
+                await conn.execute_many(sql, _service_event_rows(service_events))
+            for sql, values in _dispense_statements(dispenses, lambda i: f"${i}"):
+                await conn.execute_query(sql, values)
         else:
             as_text = _DatetimeText()
             if usage:
@@ -165,6 +218,14 @@ async def store_ledger_batch(
                         int(DeviceState.INACTIVE),
                     ],
                 )
+            if service_events:
+                await conn.execute_many(
+                    INSERT_SERVICE_EVENT.format(", ".join("?" * 8)),
+                    [[*row[:7], as_text(row[7])] for row in _service_event_rows(service_events)],
+                )
+            for sql, values in _dispense_statements(dispenses, lambda i: f"?{i}"):
+                values = [as_text(v) if isinstance(v, dt.datetime) else v for v in values]
+                await conn.execute_query(sql, values)
 
 
 class _DatetimeText(dict[dt.datetime, str]):
