@@ -149,9 +149,21 @@ async def test_ledger_backlog_pauses_reading_until_the_writer_catches_up(
             await asyncio.sleep(0.1)
         assert await metered_ml_by_device([dev.did]) == {dev.did: 1500}
     finally:
+        await stop_task(writer, task)
+
+
+async def stop_task(writer: LedgerWriter, task: asyncio.Task[None]) -> None:
+    """Stop a writer the way the node does: ask, then cancel again while a cancel that
+    redis-py swallowed leaves it running (bounded: a hang here would outlive every timeout)."""
+    writer.request_stop()
+    for _ in range(40):
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if done:
+            break
+    assert task.done(), "the ledger writer did not stop"
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def test_records_read_before_a_replacement_are_metered_for_their_device(
