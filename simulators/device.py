@@ -16,15 +16,18 @@ from protocol import (
     AckCode,
     CommandMemory,
     CommandOp,
+    DesiredState,
     DeviceSession,
     ErrorCode,
     FilterReading,
     LoggedIn,
     LoginFailed,
+    ProtocolError,
     Result,
     ResultCode,
     SessionClosed,
     Telemetry,
+    desired_state_from_args,
 )
 from protocol.constants import StateBit
 from protocol.messages import Ack, Command, Error
@@ -89,6 +92,7 @@ class VirtualPurifier:
         "boot",
         "close_reason",
         "commands",
+        "desired_version",
         "did",
         "draining",
         "epoch",
@@ -158,6 +162,7 @@ class VirtualPurifier:
         self.last_reported_ml = 0
         self.commands = CommandMemory()
         self.locked = False
+        self.desired_version = -1  # the newest desired state applied (AUTH_OK, SET_STATE)
         # The current connection.
         self.session: DeviceSession | None = None
         self.online = False
@@ -357,6 +362,8 @@ class VirtualPurifier:
         stats.logins_ok += 1
         stats.login_latency.record((now_ns - self.hello_ns) // 1000)
         self.heartbeat_s = event.heartbeat_s
+        if event.desired is not None:
+            self._apply_desired(event.desired)
         pending = list(self.unacked.values())
         self.unacked.clear()
         self.unavailable = 0
@@ -482,11 +489,23 @@ class VirtualPurifier:
             if self.draining:
                 self.final_pending = True
             return Result(cid=command.cid, rc=ResultCode.OK, out=ml)
-        if op == CommandOp.LOCK:
+        if op == CommandOp.SET_STATE:
+            try:
+                desired = desired_state_from_args(command.args)
+            except ProtocolError:
+                return Result(cid=command.cid, rc=ResultCode.REJECTED)
+            self._apply_desired(desired)
+        elif op == CommandOp.LOCK:
             self.locked = True
         elif op == CommandOp.UNLOCK:
             self.locked = False
         return Result(cid=command.cid, rc=ResultCode.OK)
+
+    def _apply_desired(self, desired: DesiredState) -> None:
+        """Firmware applies a desired state only when it is newer than the one it holds."""
+        if desired.version > self.desired_version:
+            self.desired_version = desired.version
+            self.locked = desired.locked
 
     def _on_error(self, error: Error) -> None:
         if error.seq is not None:

@@ -178,6 +178,27 @@ def test_dispense_runs_once_and_a_repeated_cid_gets_the_stored_result() -> None:
     assert gateway.results[-1].rc == ResultCode.OK and device.locked
 
 
+def test_set_state_applies_only_newer_versions_and_shows_in_telemetry() -> None:
+    from protocol import DesiredState, desired_state_args
+    from protocol.constants import StateBit
+
+    device = make_device(window=1)
+    gateway = GatewayDouble(device)
+    gateway.login()
+    lock = DesiredState(version=5, locked=True, remaining_ml=-20)
+    gateway.command(Command(cid=50, op=CommandOp.SET_STATE, exp=WALL + 60,
+                            args=desired_state_args(lock)))  # fmt: skip
+    assert gateway.results[-1].rc == ResultCode.OK and device.locked
+    stale = DesiredState(version=4, locked=False)  # overtaken: ignored, still answered ok
+    gateway.command(Command(cid=51, op=CommandOp.SET_STATE, exp=WALL + 60,
+                            args=desired_state_args(stale)))  # fmt: skip
+    assert gateway.results[-1].rc == ResultCode.OK and device.locked
+    (record,) = gateway.tick(1.0)
+    assert record.state_bits is not None and record.state_bits & StateBit.LOCKED
+    gateway.command(Command(cid=52, op=CommandOp.SET_STATE, exp=WALL + 60, args={1: 1}))
+    assert gateway.results[-1].rc == ResultCode.REJECTED  # no version: refused
+
+
 def test_finish_sends_a_last_record_when_the_counter_moved_then_is_drained() -> None:
     drained = []
 
