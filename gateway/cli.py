@@ -1,4 +1,4 @@
-"""The `aquafleet` command: serve, sim, devices, vendors, status, migrate, config."""
+"""The `aquafleet` command: serve, sim, devices, vendors, admin, status, migrate, config."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,51 @@ def cmd_vendors_add(args: argparse.Namespace) -> int:
     return _run(lambda: _with_database(settings, action))
 
 
+# ----------------------------------------------------------------------------- admin accounts
+
+
+def _read_new_password(args: argparse.Namespace) -> str:
+    """The password from --password-file or stdin (never the command line)."""
+    import getpass
+
+    if args.password_file is not None:
+        try:
+            text = Path(args.password_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise GatewayError(f"cannot read {args.password_file}: {exc.strerror}") from None
+        password = text.splitlines()[0] if text else ""
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise GatewayError("the passwords differ")
+    else:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    if len(password) < 8:
+        raise GatewayError("the password must have at least 8 characters")
+    return password
+
+
+def cmd_admin_create_platform(args: argparse.Namespace) -> int:
+    import hashlib
+
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from models.accounts import create_account
+    from models.tenancy import Role
+
+    password = _read_new_password(args)
+    # Clients send the MD5 of the password (the seed); the account stores a hash of that.
+    password_md5 = hashlib.md5(password.encode()).hexdigest()
+
+    async def action() -> int:
+        account = await create_account(args.user, password_md5, Role.PLATFORM)
+        print(f"platform admin {account.username} created (id {account.id})")
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
 # ----------------------------------------------------------------------------- devices
 
 
@@ -318,6 +364,109 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     return _run(lambda: _with_database(settings, action))
 
 
+# ----------------------------------------------------------------------------- service state
+
+
+def _service_dids(args: argparse.Namespace) -> list[str]:
+    dids = list(args.did)
+    if args.from_csv:
+        with open(args.from_csv, newline="") as handle:
+            dids += [row["did"] for row in csv.DictReader(handle)]
+    if not dids:
+        raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
+    return dids
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """Change or show devices' service state (mode, quota, rental, locks) from the shell."""
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    import getpass
+
+    from gateway.keys import Keyspace
+    from gateway.redis_io import Scripts
+    from gateway.service_state import ServiceStore
+    from models import service
+    from models.errors import DomainError
+
+    actor = args.actor or f"cli:{getpass.getuser()}"
+    dids = _service_dids(args)
+
+    async def apply(store: ServiceStore, did: str) -> Any:
+        command = args.service_command
+        if command == "show":
+            return await store.read(did)
+        if command == "configure":
+            expires = args.expires_at
+            if args.expires_in_days is not None:
+                expires = int(time.time()) + args.expires_in_days * 86_400
+            return await service.configure(
+                store, did, args.mode, remaining_ml=args.remaining_ml,
+                rental_expires_at=expires, low_balance_ml=args.low_balance_ml,
+                actor=actor, reason=args.reason,
+            )  # fmt: skip
+        if command == "top-up":
+            return await service.top_up(
+                store, did, args.ml, actor=actor, reason=args.reason, request_id=args.request_id
+            )
+        if command == "extend":
+            return await service.extend_rental(
+                store, did, package=args.package, days=args.days, actor=actor, reason=args.reason
+            )
+        change = service.lock if command == "lock" else service.unlock
+        return await change(store, did, actor=actor, reason=args.reason)
+
+    async def action() -> int:
+        client = await _redis_for_commands(settings)
+        if client is None:
+            print("aquafleet: Redis is not reachable (start `aquafleet serve` or set redis_url)")
+            return 1
+        try:
+            scripts = Scripts()
+            await scripts.load(client)
+            store = ServiceStore(
+                client, scripts, Keyspace(settings.redis_prefix, settings.redis_shards)
+            )
+            failed = 0
+            for did in dids:
+                try:
+                    outcome = await apply(store, did)
+                except DomainError as exc:
+                    failed += 1
+                    print(f"{did}: {exc.code}: {exc.message}")
+                    continue
+                if len(dids) <= 20 or args.service_command == "show":
+                    print(f"{did}: {outcome}")
+            if len(dids) > 20:
+                print(f"{len(dids) - failed} of {len(dids)} devices done")
+            return 1 if failed else 0
+        finally:
+            await client.aclose()
+
+    return _run(lambda: _with_database(settings, action))
+
+
+def cmd_billing_close(args: argparse.Namespace) -> int:
+    """Record what each device owes for a period (minimum consumption); safe to run twice."""
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from models.billing import close_billing_period_command
+    from models.errors import DomainError
+
+    async def run() -> int:
+        try:
+            summary = await close_billing_period_command(
+                settings.resolved_database_url, args.period
+            )
+        except DomainError as exc:
+            print(f"aquafleet: {exc.code}: {exc.message}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+    return _run(run)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
@@ -383,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True)
     add.set_defaults(func=cmd_vendors_add)
 
+    admin = commands.add_parser("admin", help="manage admin accounts")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    create_platform = admin_commands.add_parser(
+        "create-platform-admin",
+        help="create a platform admin account (password from stdin or --password-file)",
+        allow_abbrev=False,  # `--password X` must not pass for `--password-file X`
+    )
+    create_platform.add_argument("--user", required=True, help="user name (3-64 characters)")
+    create_platform.add_argument(
+        "--password-file", type=Path, help="file whose first line is the password"
+    )
+    create_platform.set_defaults(func=cmd_admin_create_platform)
+
     devices = commands.add_parser("devices", help="register and manage devices")
     device_commands = devices.add_subparsers(dest="devices_command", required=True)
     register = device_commands.add_parser("register", help="register a batch of devices")
@@ -403,6 +565,45 @@ def build_parser() -> argparse.ArgumentParser:
     show = device_commands.add_parser("show", help="registry, presence, meter and latest report")
     show.add_argument("did")
     show.set_defaults(func=cmd_devices_show)
+
+    svc = commands.add_parser(
+        "service", help="service state of devices: mode, volume quota, rental expiry, locks"
+    )
+    svc_commands = svc.add_subparsers(dest="service_command", required=True)
+
+    def service_parser(name: str, text: str) -> argparse.ArgumentParser:
+        sub = svc_commands.add_parser(name, help=text)
+        sub.add_argument("did", nargs="*", help="device ids")
+        sub.add_argument("--from", dest="from_csv", help="also every did of this CSV (did,key)")
+        sub.add_argument("--actor", help="who makes the change (default cli:<user>)")
+        sub.add_argument("--reason", default="", help="why (kept with the change)")
+        sub.set_defaults(func=cmd_service)
+        return sub
+
+    configure = service_parser("configure", "set the billing mode and its starting values")
+    configure.add_argument("--mode", type=int, required=True, choices=[1, 2, 3, 4, 8])
+    configure.add_argument("--remaining-ml", type=int, help="volume rental: starting quota")
+    configure.add_argument("--expires-at", type=int, help="time rental: unix seconds")
+    configure.add_argument("--expires-in-days", type=int, help="time rental: from now")
+    configure.add_argument("--low-balance-ml", type=int, help="volume rental: warn below this")
+    top_up = service_parser("top-up", "add water to a volume quota (unlocks above 0)")
+    top_up.add_argument("--ml", type=int, required=True)
+    top_up.add_argument("--request-id", help="applied once however often it is retried")
+    extend = service_parser("extend", "extend a time rental (unlocks an expired one)")
+    extend_by = extend.add_mutually_exclusive_group(required=True)
+    extend_by.add_argument("--package", choices=["30d", "60d", "90d", "180d", "360d"])
+    extend_by.add_argument("--days", type=int)
+    service_parser("lock", "lock a device (until unlocked)")
+    service_parser("unlock", "lift a person's lock")
+    service_parser("show", "the live service state")
+
+    billing = commands.add_parser("billing", help="billing periods (minimum consumption)")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
+    close = billing_commands.add_parser(
+        "close-period", help="record each device's amount due for a period (idempotent)"
+    )
+    close.add_argument("period", help="a month (2026-11) or START/END in ISO 8601")
+    close.set_defaults(func=cmd_billing_close)
 
     status = commands.add_parser("status", help="platform-wide counts (online, ledger backlog)")
     status.set_defaults(func=cmd_status)
