@@ -144,6 +144,10 @@ def main() -> int:
         "--set", action="append", default=[], metavar="SETTING=VALUE",
         help="extra AQUAFLEET_ setting for every process, e.g. --set backlog_pause_records=2000000",
     )  # fmt: skip
+    parser.add_argument(
+        "--volume-quota-ml", type=int,
+        help="put every device on volume rental with this quota first (metering draws it down)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
     parser.add_argument("--tcp-port", type=int, default=7950)
     parser.add_argument("--http-port", type=int, default=8250)
@@ -194,6 +198,9 @@ def main() -> int:
     ledger = None
     try:
         wait_healthy(args.http_port)
+        if args.volume_quota_ml is not None:
+            run("service", "configure", "--from", "devices.csv", "--mode", "3",
+                "--remaining-ml", str(args.volume_quota_ml), "--actor", "benchmark")  # fmt: skip
         if args.ledger_process:
             ledger = subprocess.Popen(
                 ["nice", "-n", str(args.ledger_nice), *cli, "ledger"], cwd=workdir, env=env,
@@ -236,6 +243,7 @@ def main() -> int:
         combined = {
             "devices": args.devices,
             "sim_options": args.sim,
+            "volume_quota_ml": args.volume_quota_ml,
             "elapsed_s": round(elapsed, 2),
             "sim_exit": sim.returncode,
             "cpu_s": cpu,

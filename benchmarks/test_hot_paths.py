@@ -84,3 +84,26 @@ def test_pack_a_metering_round_of_1000_records(benchmark):
     packer = msgpack.Packer(use_bin_type=False)
     rows = [[DID, 0x20, 7, rec, 1_790_000_000, rec * 10, 3, 0, 0, b"x" * 60] for rec in range(1000)]
     benchmark(packer.pack, rows)
+
+
+def test_maintenance_check_of_a_ledger_batch_of_1000_devices(benchmark):
+    """The filter-life rules the ledger writer runs after each commit (pure part, 3 stages)."""
+    from models.filters import DeviceFilters, maintenance_requests, parse_filter_spec
+
+    stages = parse_filter_spec(
+        [{"order": i, "name": "", "timer_mode": 0, "lifetime": 4320, "worklife": 540}
+         for i in (1, 2, 3)]
+    )  # fmt: skip
+    dids = [f"BNCH{n:08d}AAAA" for n in range(1000)]
+    specs = {did: DeviceFilters("BNCH", stages, (7, 1)) for did in dids}
+    # One device in a hundred has a worn stage 3.
+    readings = [
+        (
+            did,
+            7,
+            1,
+            [[1, 100, 900, 0], [2, 100, 900, 0], [3, 530 if n % 100 == 0 else 400, 2000, 1]],
+        )
+        for n, did in enumerate(dids)
+    ]
+    assert len(benchmark(maintenance_requests, readings, specs, 10)) == 10
