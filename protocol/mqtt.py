@@ -1,0 +1,646 @@
+"""The MQTT envelope of protocol version 1 (ESP8266 devices through a broker), sans-IO.
+
+A message is `envelope byte | payload map | tag`: the envelope byte is version (bits 4-7) and
+encoding (bits 0-3), the map is the TCP message map plus two keys of its own (40 seq, 41
+sent_ms), and the tag is `HMAC-SHA256(K_dev, topic | envelope byte | map)[:8]`. The topic says
+what the message is (`aq/<did>/up/tele` is a TELEMETRY), so nothing is trusted on topic alone:
+the tag binds the device key to both. `sent_ms` (the sender's clock when it published this
+copy) and a small memory of recent tags make a captured message useless later.
+
+`MqttServerSession` is the gateway's view of one device, `MqttDeviceSession` the device's.
+Like `protocol.session` they read no clock of their own (the caller injects one), touch no
+socket and return events; messages to publish collect as `(topic, payload, qos)`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from protocol.constants import (
+    MAC_SIZE,
+    MAX_DID_LEN,
+    MAX_PAYLOAD,
+    SEQ_MODULO,
+    U16,
+    VERSION,
+    AckCode,
+    Encoding,
+    ErrorCode,
+    Flag,
+    FrameType,
+    Key,
+)
+from protocol.crypto import proofs_equal
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.frames import DecoderStats, Frame, MacKey
+from protocol.messages import (
+    Command,
+    DesiredState,
+    Event,
+    Message,
+    Result,
+    Telemetry,
+    decode_payload,
+    encode_payload,
+    message_map,
+    parse_message,
+    parse_record,
+)
+from protocol.session import SessionClosed
+
+Clock = Callable[[], float]  # unix seconds
+
+TAG_SIZE = MAC_SIZE
+MAX_MESSAGE = 1 + MAX_PAYLOAD + TAG_SIZE
+MAX_SKEW_MS = 600_000  # a copy sent more than 10 min before or after our clock is refused
+REORDER_MS = 5_000  # how far behind the newest copy of a device another copy may arrive
+RECENT_TAGS = 16  # tags remembered per device to recognise a copy seen before
+HELD_MAX = 64  # messages held per device while its key is looked up (oldest dropped)
+MAX_COUNTER_MS = 2**53 - 1
+QOS_ACK = 0  # a lost ACK costs one resend, answered "duplicate"
+QOS_DATA = 1
+
+
+class MqttKey:
+    """Map keys the MQTT envelope adds to the TCP maps (no TCP message uses 40-59)."""
+
+    SEQ = 40  # u16, the sender's message counter per device; an ACK's key 0 echoes it
+    SENT_MS = 41  # unix ms when this copy was published (a resend gets a new one)
+    STATUS = 50  # status messages: 1 online (connect notice), 0 offline (last will)
+    CONNECTED_MS = 51  # status messages: the connection they are about (its connect time)
+
+
+class Channel:
+    """Topic suffixes after `<prefix>/<did>/`."""
+
+    UP_TELE = "up/tele"
+    UP_EVENT = "up/event"
+    UP_RESULT = "up/result"
+    UP_ACK = "up/ack"  # the device's ACK of a COMMAND (delivered)
+    UP_PING = "up/ping"  # a heartbeat after `hb` seconds of silence
+    STATUS = "status"  # connect notice and last will
+    DOWN_CMD = "down/cmd"
+    DOWN_ACK = "down/ack"
+
+
+UPLINK_TYPES: dict[str, int] = {
+    Channel.UP_TELE: FrameType.TELEMETRY,
+    Channel.UP_EVENT: FrameType.EVENT,
+    Channel.UP_RESULT: FrameType.RESULT,
+    Channel.UP_ACK: FrameType.ACK,
+    Channel.UP_PING: FrameType.PING,
+}
+DOWNLINK_TYPES: dict[str, int] = {
+    Channel.DOWN_CMD: FrameType.COMMAND,
+    Channel.DOWN_ACK: FrameType.ACK,
+}
+_CHANNEL_OF_TYPE: dict[int, str] = {
+    FrameType.TELEMETRY: Channel.UP_TELE,
+    FrameType.EVENT: Channel.UP_EVENT,
+    FrameType.RESULT: Channel.UP_RESULT,
+}
+_RECORD_TYPES = (FrameType.TELEMETRY, FrameType.EVENT)
+_FORBIDDEN_IN_DID = frozenset("/+#$\x00")
+
+
+def topic(prefix: str, did: str, channel: str) -> str:
+    return f"{prefix}/{did}/{channel}"
+
+
+def uplink_filter(prefix: str, group: str | None = None) -> list[str]:
+    """What a gateway subscribes to: every device's uplink and status, shared by `group`."""
+    filters = [f"{prefix}/+/up/#", f"{prefix}/+/status"]
+    return [f"$share/{group}/{f}" for f in filters] if group else filters
+
+
+def envelope_byte(encoding: int) -> int:
+    return (VERSION << 4) | encoding
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One MQTT message taken apart, its tag not yet checked."""
+
+    topic: bytes
+    did: str
+    channel: str
+    encoding: int
+    signed: bytes  # envelope byte and map: the tag covers topic | signed
+    tag: bytes
+
+    @property
+    def body(self) -> bytes:
+        return self.signed[1:]
+
+
+def split_topic(prefix: str, topic_name: str) -> tuple[str, str]:
+    """`<prefix>/<did>/<channel>` -> (did, channel); RemoteProtocolError otherwise."""
+    head = prefix + "/"
+    if not topic_name.startswith(head):
+        raise RemoteProtocolError(ErrorCode.UNEXPECTED_FRAME, "topic outside the prefix")
+    did, _, channel = topic_name[len(head) :].partition("/")
+    if not 1 <= len(did) <= MAX_DID_LEN or _FORBIDDEN_IN_DID.intersection(did):
+        raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "topic names no valid device id")
+    return did, channel
+
+
+def open_envelope(prefix: str, topic_name: str, payload: bytes) -> Envelope:
+    """Take a message apart (nothing verified yet); RemoteProtocolError when it cannot be."""
+    did, channel = split_topic(prefix, topic_name)
+    if channel not in UPLINK_TYPES and channel not in DOWNLINK_TYPES and channel != Channel.STATUS:
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown channel {channel[:32]!r}")
+    if not 1 + TAG_SIZE <= len(payload) <= MAX_MESSAGE:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"message of {len(payload)} bytes")
+    first = payload[0]
+    if first >> 4 != VERSION:
+        raise RemoteProtocolError(ErrorCode.BAD_VERSION, f"envelope version {first >> 4}")
+    encoding = first & 0x0F
+    if encoding not in (Encoding.MSGPACK, Encoding.CBOR):
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_ENCODING, f"encoding {encoding}")
+    return Envelope(
+        topic=topic_name.encode(),
+        did=did,
+        channel=channel,
+        encoding=encoding,
+        signed=payload[:-TAG_SIZE],
+        tag=payload[-TAG_SIZE:],
+    )
+
+
+def seal(mac: MacKey, topic_name: str, body: dict[int, object], encoding: int) -> bytes:
+    """Encode a map into a tagged MQTT payload for `topic_name`."""
+    signed = bytes((envelope_byte(encoding),)) + encode_payload(body, encoding)
+    if len(signed) > 1 + MAX_PAYLOAD:
+        raise LocalProtocolError(ErrorCode.BAD_PAYLOAD, f"payload of {len(signed) - 1} bytes")
+    return signed + mac.mac(topic_name.encode() + signed)
+
+
+def tag_ok(mac: MacKey, envelope: Envelope) -> bool:
+    return proofs_equal(mac.mac(envelope.topic + envelope.signed), envelope.tag)
+
+
+def _envelope_fields(body: dict[int, object]) -> tuple[int, int]:
+    seq, sent_ms = body.get(MqttKey.SEQ), body.get(MqttKey.SENT_MS)
+    if type(seq) is not int or not 0 <= seq <= U16:
+        raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "key 40: expected integer 0..65535")
+    if type(sent_ms) is not int or not 0 <= sent_ms <= MAX_COUNTER_MS:
+        raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "key 41: expected unix milliseconds")
+    return seq, sent_ms
+
+
+class ReplayGuard:
+    """Refuses copies sent outside the clock window, far behind the newest copy, or seen before.
+
+    What it cannot catch (a copy within REORDER_MS that fell out of the recent tags) changes
+    nothing: records are deduplicated on (did, boot, rec), commands on cid.
+    """
+
+    __slots__ = ("_newest_ms", "_recent")
+
+    def __init__(self) -> None:
+        self._newest_ms = 0
+        self._recent: deque[bytes] = deque(maxlen=RECENT_TAGS)
+
+    def check(self, sent_ms: int, tag: bytes, now_ms: int) -> str | None:
+        """None when the copy is fresh (and remember it), else "stale" or "replayed"."""
+        if abs(sent_ms - now_ms) > MAX_SKEW_MS:
+            return "stale"
+        if sent_ms < self._newest_ms - REORDER_MS or tag in self._recent:
+            return "replayed"
+        self._recent.append(tag)
+        if sent_ms > self._newest_ms:
+            self._newest_ms = sent_ms
+        return None
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkDropped:
+    """A message was dropped; `reason` is forged, replayed, stale, malformed, overflow,
+    unknown_device, disabled or not_allowed. It was not metered and is not answered."""
+
+    reason: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusNotice:
+    """A verified connect notice (online) or last will (offline) of connection `connected_ms`."""
+
+    online: bool
+    connected_ms: int
+
+
+class MqttState(IntEnum):
+    VERIFYING = 2  # as SessionState: the caller looks the key up
+    ONLINE = 3
+    CLOSED = 4
+
+
+_DROP_REASON_OF_LOGIN = {
+    ErrorCode.AUTH_BAD_PROOF: "forged",
+    ErrorCode.AUTH_UNKNOWN_DEVICE: "unknown_device",
+    ErrorCode.AUTH_DISABLED: "disabled",
+}
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class MqttServerSession:
+    """The gateway's end of one MQTT device: the same calls as `ServerSession` where they
+    mean the same (verify_login, accept_login, reject_login, ack, send_command, timers), so the
+    gateway's login, metering and presence code serves both transports."""
+
+    __slots__ = (
+        "_clock",
+        "_guard",
+        "_held",
+        "_mac",
+        "_out",
+        "_prefix",
+        "_tx_seq",
+        "close_code",
+        "connected_ms",
+        "decoder_stats",
+        "did",
+        "drops",
+        "encoding",
+        "heartbeat_s",
+        "idle_timeout_s",
+        "last_rx",
+        "login_deadline",
+        "state",
+    )
+
+    def __init__(
+        self,
+        prefix: str,
+        did: str,
+        now: float,
+        *,
+        clock: Clock,
+        heartbeat_s: int,
+        login_timeout_s: float,
+        idle_factor: float = 2.5,
+        encoding: int = Encoding.MSGPACK,
+    ) -> None:
+        self._prefix = prefix
+        self.did = did
+        self._clock = clock
+        self.heartbeat_s = heartbeat_s
+        self.idle_timeout_s = heartbeat_s * idle_factor
+        self.login_deadline = now + login_timeout_s
+        self.last_rx = now
+        self.encoding = encoding
+        self.state = MqttState.VERIFYING
+        self.close_code: ErrorCode | None = None
+        self.connected_ms = 0  # the newest connection a status message named
+        self.decoder_stats = DecoderStats()  # nothing to resync on MQTT: stays zero
+        self.drops: list[UplinkDropped] = []  # taken by the caller (counters)
+        self._mac: MacKey | None = None
+        self._guard = ReplayGuard()
+        self._held: list[Envelope] = []
+        self._out: list[tuple[str, bytes, int]] = []
+        self._tx_seq = 0
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is MqttState.CLOSED
+
+    @property
+    def is_online(self) -> bool:
+        return self.state is MqttState.ONLINE
+
+    @property
+    def next_deadline(self) -> float:
+        if self.state is MqttState.ONLINE:
+            return self.last_rx + self.idle_timeout_s
+        return self.login_deadline
+
+    def check_timers(self, now: float) -> SessionClosed | None:
+        """Close when no verified message came for 2.5 heartbeats (or the key lookup hung)."""
+        if self.state is MqttState.CLOSED:
+            return None
+        if self.state is MqttState.ONLINE:
+            if now >= self.last_rx + self.idle_timeout_s:
+                return self._close(ErrorCode.IDLE_TIMEOUT, "no message within 2.5 heartbeats")
+        elif now >= self.login_deadline:
+            self._drop_held("overflow")
+            return self._close(ErrorCode.AUTH_TIMEOUT, "device key lookup timed out")
+        return None
+
+    def close(self, code: ErrorCode, reason: str) -> None:
+        self._close(code, reason)
+
+    def _close(self, code: ErrorCode, reason: str) -> SessionClosed:
+        if self.state is not MqttState.CLOSED:
+            self.state = MqttState.CLOSED
+            self.close_code = code
+        return SessionClosed(self.close_code or code, reason)
+
+    # ----------------------------------------------------------------- key lookup (login)
+
+    def hold(self, envelope: Envelope) -> None:
+        """Keep a message until the device's key is known (at most HELD_MAX, oldest dropped)."""
+        if len(self._held) >= HELD_MAX:
+            dropped = self._held.pop(0)
+            self.drops.append(UplinkDropped("overflow", dropped.channel))
+        self._held.append(envelope)
+
+    def verify_login(self, device_key: bytes) -> bool:
+        """Keep the held messages whose tag holds with this key; True when any does."""
+        if self.state is not MqttState.VERIFYING:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "verify_login twice")
+        mac = MacKey(device_key)
+        good = []
+        for envelope in self._held:
+            if tag_ok(mac, envelope):
+                good.append(envelope)
+            else:
+                self.drops.append(UplinkDropped("forged", envelope.channel))
+        self._held = good
+        if not good:
+            return False
+        self._mac = mac
+        return True
+
+    def accept_login(
+        self,
+        *,
+        now: float,
+        last_acked: tuple[int, int] | None = None,
+        desired: DesiredState | None = None,
+    ) -> None:
+        """The key holds and the presence is claimed: the held messages can be read.
+
+        There is no AUTH_OK on MQTT: the watermark rides on every ACK and the desired state
+        goes out as commands."""
+        if self.state is not MqttState.VERIFYING or self._mac is None:
+            raise LocalProtocolError(ErrorCode.AUTH_BAD_PROOF, "accept_login before verify_login")
+        self.state = MqttState.ONLINE
+        self.last_rx = now
+
+    def reject_login(self, code: ErrorCode, reason: str) -> None:
+        self._drop_held(_DROP_REASON_OF_LOGIN.get(code, "not_allowed"))
+        self._close(code, reason)
+
+    def _drop_held(self, reason: str) -> None:
+        self.drops.extend(UplinkDropped(reason, e.channel) for e in self._held)
+        self._held = []
+
+    def take_held(self) -> list[Envelope]:
+        held, self._held = self._held, []
+        return held
+
+    # ----------------------------------------------------------------- uplink
+
+    def receive(self, envelope: Envelope, now: float) -> list[object]:
+        """One message of this device (online): its events, or an UplinkDropped."""
+        mac = self._mac
+        if self.state is not MqttState.ONLINE or mac is None:
+            return []
+        channel = envelope.channel
+        if not tag_ok(mac, envelope):
+            return [UplinkDropped("forged", channel)]
+        try:
+            body = decode_payload(envelope.body, envelope.encoding)
+            if channel == Channel.STATUS:
+                return self._status(body, envelope, now)
+            seq, sent_ms = _envelope_fields(body)
+        except RemoteProtocolError:
+            return [UplinkDropped("malformed", channel)]
+        verdict = self._guard.check(sent_ms, envelope.tag, int(self._clock() * 1000))
+        if verdict is not None:
+            return [UplinkDropped(verdict, channel)]
+        self.last_rx = now  # a verified, fresh message: the device is alive
+        frame_type = UPLINK_TYPES.get(channel)
+        if frame_type is None:
+            return [UplinkDropped("malformed", channel)]  # a downlink topic, published by a device
+        frame = Frame(frame_type, envelope.encoding << Flag.ENCODING_SHIFT, seq, envelope.body)
+        try:
+            if frame_type in _RECORD_TYPES:
+                return [parse_record(frame)]
+            message = parse_message(frame)
+        except RemoteProtocolError:
+            if frame_type in _RECORD_TYPES:
+                self.ack(seq, AckCode.REJECTED)  # malformed: do not resend it
+            return [UplinkDropped("malformed", channel)]
+        if frame_type == FrameType.PING:
+            return []
+        return [message]
+
+    def _status(self, body: dict[int, object], envelope: Envelope, now: float) -> list[object]:
+        state, connected_ms = body.get(MqttKey.STATUS), body.get(MqttKey.CONNECTED_MS)
+        if state not in (0, 1) or type(state) is not int:
+            raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "key 50: expected 0 or 1")
+        if type(connected_ms) is not int or not 0 <= connected_ms <= MAX_COUNTER_MS:
+            raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "key 51: expected unix milliseconds")
+        if connected_ms < self.connected_ms:
+            return [UplinkDropped("replayed", Channel.STATUS)]  # about an older connection
+        if state == 1:
+            # A connect notice is fresh like any uplink; a will was sealed at connect time.
+            sent_ms = body.get(MqttKey.SENT_MS)
+            if type(sent_ms) is not int:
+                raise RemoteProtocolError(ErrorCode.BAD_PAYLOAD, "key 41: expected unix ms")
+            verdict = self._guard.check(sent_ms, envelope.tag, int(self._clock() * 1000))
+            if verdict is not None:
+                return [UplinkDropped(verdict, Channel.STATUS)]
+            self.last_rx = now
+        self.connected_ms = connected_ms
+        return [StatusNotice(online=state == 1, connected_ms=connected_ms)]
+
+    # ----------------------------------------------------------------- downlink
+
+    def _next_seq(self) -> int:
+        seq = self._tx_seq
+        self._tx_seq = (seq + 1) % SEQ_MODULO
+        return seq
+
+    def _queue(self, channel: str, body: dict[int, object], qos: int) -> int:
+        assert self._mac is not None
+        seq = self._next_seq()
+        body[MqttKey.SEQ] = seq
+        body[MqttKey.SENT_MS] = int(self._clock() * 1000)
+        name = topic(self._prefix, self.did, channel)
+        self._out.append((name, seal(self._mac, name, body, self.encoding), qos))
+        return seq
+
+    def ack(self, seq: int, rc: int, watermark: tuple[int, int] | None = None) -> None:
+        """ACK a record (only once its effect is durable), as ServerSession.ack."""
+        if not (0 <= seq <= U16 and 0 <= rc <= 0xFF):
+            raise LocalProtocolError(
+                ErrorCode.BAD_PAYLOAD, f"ack seq {seq} or rc {rc} out of range"
+            )
+        if self._mac is None or self.state is MqttState.VERIFYING:
+            return
+        body: dict[int, object] = {Key.ACK_SEQ: seq, Key.ACK_RC: rc}
+        if watermark is not None:
+            body[Key.ACK_WATERMARK] = list(watermark)
+        self._queue(Channel.DOWN_ACK, body, QOS_ACK)
+
+    def send_command(self, command: Command) -> int:
+        """Queue a COMMAND on `down/cmd` (QoS 1); returns its seq, echoed by the device's ACK."""
+        if self._mac is None:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "no device key yet")
+        return self._queue(Channel.DOWN_CMD, message_map(command), QOS_DATA)
+
+    def messages_to_send(self) -> list[tuple[str, bytes, int]]:
+        out, self._out = self._out, []
+        return out
+
+
+# --------------------------------------------------------------------------- device side
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Device side: a downlink message was refused (forged, stale, replayed, malformed)."""
+
+    reason: str
+
+
+class MqttDeviceSession:
+    """A purifier's end over MQTT: records, results and pings out; acks and commands in.
+
+    The seq counter lives as long as the object, across broker connections, so an ACK of a
+    copy sent before a reconnect never matches a record sent after it (keep one per boot).
+    """
+
+    __slots__ = (
+        "_clock",
+        "_guard",
+        "_mac",
+        "_out",
+        "_prefix",
+        "_tx_seq",
+        "connected_ms",
+        "did",
+        "encoding",
+        "state",
+    )
+
+    def __init__(
+        self,
+        prefix: str,
+        did: str,
+        device_key: bytes,
+        *,
+        clock: Clock,
+        encoding: int = Encoding.MSGPACK,
+    ) -> None:
+        if encoding not in (Encoding.MSGPACK, Encoding.CBOR):
+            raise LocalProtocolError(ErrorCode.UNKNOWN_ENCODING, f"encoding {encoding}")
+        self._prefix = prefix
+        self.did = did
+        self._mac = MacKey(device_key)
+        self._clock = clock
+        self.encoding = encoding
+        self._guard = ReplayGuard()
+        self._out: list[tuple[str, bytes, int]] = []
+        self._tx_seq = 0
+        self.connected_ms = 0
+        self.state = MqttState.CLOSED
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is MqttState.CLOSED
+
+    def topic(self, channel: str) -> str:
+        return topic(self._prefix, self.did, channel)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _status(self, online: bool, connected_ms: int, sent_ms: int) -> bytes:
+        body: dict[int, object] = {
+            MqttKey.SENT_MS: sent_ms,
+            MqttKey.STATUS: int(online),
+            MqttKey.CONNECTED_MS: connected_ms,
+        }
+        return seal(self._mac, self.topic(Channel.STATUS), body, self.encoding)
+
+    def will(self, connected_ms: int) -> tuple[str, bytes]:
+        """The last will to register at CONNECT: offline, about connection `connected_ms`."""
+        return self.topic(Channel.STATUS), self._status(False, connected_ms, connected_ms)
+
+    def connected(self, connected_ms: int) -> None:
+        """The broker accepted the connection: queue the connect notice (online)."""
+        self.connected_ms = connected_ms
+        self.state = MqttState.ONLINE
+        self._out.append(
+            (self.topic(Channel.STATUS), self._status(True, connected_ms, self._now_ms()), QOS_DATA)
+        )
+
+    def disconnected(self) -> None:
+        self.state = MqttState.CLOSED
+        self._out.clear()
+
+    def _send(self, channel: str, body: dict[int, object], qos: int = QOS_DATA) -> int:
+        if self.state is not MqttState.ONLINE:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "not connected to the broker")
+        seq = self._tx_seq
+        self._tx_seq = (seq + 1) % SEQ_MODULO
+        body[MqttKey.SEQ] = seq
+        body[MqttKey.SENT_MS] = self._now_ms()
+        name = self.topic(channel)
+        self._out.append((name, seal(self._mac, name, body, self.encoding), qos))
+        return seq
+
+    def send_record(self, record: Telemetry | Event, *, dup: bool = False) -> int:
+        """Publish a TELEMETRY or EVENT (a resend is the same map with a new seq and sent_ms)."""
+        return self._send(_CHANNEL_OF_TYPE[_type_of(record)], message_map(record))
+
+    def send_result(self, result: Result) -> int:
+        return self._send(Channel.UP_RESULT, message_map(result))
+
+    def ping(self) -> int:
+        return self._send(Channel.UP_PING, {}, QOS_ACK)
+
+    def data_to_send(self) -> list[tuple[str, bytes, int]]:
+        out, self._out = self._out, []
+        return out
+
+    def receive_data(self, message: tuple[str, bytes], now: float) -> list[object]:
+        """One downlink message `(topic, payload)`: Ack, Command (acked at once) or Dropped."""
+        topic_name, payload = message
+        try:
+            envelope = open_envelope(self._prefix, topic_name, payload)
+        except RemoteProtocolError:
+            return [Dropped("malformed")]
+        frame_type = DOWNLINK_TYPES.get(envelope.channel)
+        if envelope.did != self.did or frame_type is None:
+            return [Dropped("malformed")]
+        if not tag_ok(self._mac, envelope):
+            return [Dropped("forged")]
+        try:
+            body = decode_payload(envelope.body, envelope.encoding)
+            seq, sent_ms = _envelope_fields(body)
+            verdict = self._guard.check(sent_ms, envelope.tag, self._now_ms())
+            if verdict is not None:
+                return [Dropped(verdict)]
+            frame = Frame(frame_type, envelope.encoding << Flag.ENCODING_SHIFT, seq, envelope.body)
+            parsed = parse_message(frame)
+        except RemoteProtocolError:
+            return [Dropped("malformed")]
+        if isinstance(parsed, Command) and self.state is MqttState.ONLINE:
+            self._send(Channel.UP_ACK, {Key.ACK_SEQ: seq, Key.ACK_RC: AckCode.STORED})
+        return [parsed]
+
+
+def _type_of(message: Message) -> int:
+    if isinstance(message, Telemetry):
+        return FrameType.TELEMETRY
+    if isinstance(message, Event):
+        return FrameType.EVENT
+    raise LocalProtocolError(ErrorCode.UNKNOWN_TYPE, f"not a record: {message!r}")

@@ -1,0 +1,222 @@
+"""The MQTT envelope and both ends' sessions (protocol/mqtt.py), without a broker."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import AckCode, Command, CommandOp, ErrorCode, ProtocolError, Telemetry
+from protocol.frames import MacKey
+from protocol.messages import Ack, Record, Result, message_map
+from protocol.mqtt import (
+    MAX_SKEW_MS,
+    Channel,
+    Dropped,
+    MqttDeviceSession,
+    MqttKey,
+    MqttServerSession,
+    StatusNotice,
+    UplinkDropped,
+    open_envelope,
+    seal,
+    topic,
+)
+
+KEY = bytes(range(32))
+DID = "DEMO00000001DA9F"
+NOW = 1767225600.0
+
+
+def doc_bytes(text: str) -> bytes:
+    return bytes.fromhex(text.replace(" ", ""))
+
+
+def test_the_byte_examples_in_docs_mqtt_md() -> None:
+    record = Telemetry(rec=5, boot=3, ts=1767225600, flow_total_ml=12345, cnt_epoch=3)
+    body = {**message_map(record), MqttKey.SEQ: 7, MqttKey.SENT_MS: 1767225600123}
+    name = topic("aq", DID, Channel.UP_TELE)
+    assert seal(MacKey(KEY), name, body, 0) == doc_bytes(
+        "10 87 00 05 01 03 02 ce 69 55 b9 00 0a cd 30 39 10 03 28 07"
+        "29 cf 00 00 01 9b 76 da a8 7b a0 e5 f1 11 f6 84 4a 0e"
+    )
+    ack = {0: 7, 1: 0, 2: [3, 5], MqttKey.SEQ: 0, MqttKey.SENT_MS: 1767225600456}
+    assert seal(MacKey(KEY), topic("aq", DID, Channel.DOWN_ACK), ack, 0) == doc_bytes(
+        "10 85 00 07 01 00 02 92 03 05 28 00 29 cf 00 00 01 9b 76 da a9 c8c5 9b e5 a6 e4 47 30 89"
+    )
+    device = MqttDeviceSession("aq", DID, KEY, clock=lambda: NOW)
+    assert device.will(1767225600000) == (
+        "aq/DEMO00000001DA9F/status",
+        doc_bytes(
+            "10 83 29 cf 00 00 01 9b 76 da a8 00 32 00 33 cf 00 00 01 9b 76 da a8 00"
+            "5a 4a 93 c0 1f bd 10 26"
+        ),
+    )
+
+
+def pair(clock: float = NOW) -> tuple[MqttDeviceSession, MqttServerSession]:
+    device = MqttDeviceSession("aq", DID, KEY, clock=lambda: clock)
+    device.connected(int(clock * 1000))
+    server = MqttServerSession(
+        "aq", DID, clock, clock=lambda: clock, heartbeat_s=60, login_timeout_s=15
+    )
+    return device, server
+
+
+def envelopes(device: MqttDeviceSession) -> list:
+    return [open_envelope("aq", name, payload) for name, payload, _ in device.data_to_send()]
+
+
+def online(device: MqttDeviceSession, server: MqttServerSession) -> None:
+    for envelope in envelopes(device):
+        server.hold(envelope)
+    assert server.verify_login(KEY)
+    server.accept_login(now=NOW)
+
+
+def test_a_record_goes_through_and_its_ack_comes_back() -> None:
+    device, server = pair()
+    online(device, server)
+    (notice,) = server.take_held()
+    assert server.receive(notice, NOW) == [StatusNotice(online=True, connected_ms=int(NOW * 1000))]
+    seq = device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
+    (envelope,) = envelopes(device)
+    (record,) = server.receive(envelope, NOW)
+    assert isinstance(record, Record) and (record.seq, record.boot, record.rec) == (seq, 9, 1)
+    server.ack(record.seq, AckCode.STORED, (9, 1))
+    ((name, payload, qos),) = server.messages_to_send()
+    assert (name, qos) == ("aq/DEMO00000001DA9F/down/ack", 0)
+    assert device.receive_data((name, payload), 0) == [Ack(seq=seq, rc=0, watermark=(9, 1))]
+
+
+def test_forged_replayed_stale_and_malformed_uplinks_are_dropped() -> None:
+    device, server = pair()
+    online(device, server)
+    server.take_held()
+    device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
+    (good,) = envelopes(device)
+    assert isinstance(server.receive(good, NOW)[0], Record)
+    assert server.receive(good, NOW) == [UplinkDropped("replayed", Channel.UP_TELE)]
+    name = topic("aq", DID, Channel.UP_TELE)
+    body = {0: 2, 1: 9, 2: 1, MqttKey.SEQ: 5, MqttKey.SENT_MS: int(NOW * 1000)}
+    forged = open_envelope("aq", name, seal(MacKey(b"\x01" * 32), name, body, 0))
+    assert server.receive(forged, NOW) == [UplinkDropped("forged", Channel.UP_TELE)]
+    old = {**body, MqttKey.SENT_MS: int(NOW * 1000) - MAX_SKEW_MS - 1}
+    stale = open_envelope("aq", name, seal(MacKey(KEY), name, old, 0))
+    assert server.receive(stale, NOW) == [UplinkDropped("stale", Channel.UP_TELE)]
+    behind = {**body, MqttKey.SENT_MS: int(NOW * 1000) - 6000}  # 6 s behind the newest
+    assert server.receive(open_envelope("aq", name, seal(MacKey(KEY), name, behind, 0)), NOW) == [
+        UplinkDropped("replayed", Channel.UP_TELE)
+    ]
+    bad_record = {**body, 0: 0, MqttKey.SENT_MS: int(NOW * 1000) + 1}  # rec 0 is invalid
+    envelope = open_envelope("aq", name, seal(MacKey(KEY), name, bad_record, 0))
+    assert server.receive(envelope, NOW) == [UplinkDropped("malformed", Channel.UP_TELE)]
+    ((_, payload, _),) = server.messages_to_send()  # a REJECTED ack: do not resend it
+    assert device.receive_data((topic("aq", DID, Channel.DOWN_ACK), payload), 0) == [
+        Ack(seq=5, rc=AckCode.REJECTED)
+    ]
+
+
+def test_the_key_lookup_keeps_good_messages_and_drops_forged_ones() -> None:
+    device, server = pair()
+    name = topic("aq", DID, Channel.UP_TELE)
+    body = {0: 1, 1: 9, 2: 1, MqttKey.SEQ: 5, MqttKey.SENT_MS: int(NOW * 1000)}
+    server.hold(open_envelope("aq", name, seal(MacKey(b"\x01" * 32), name, body, 0)))
+    for envelope in envelopes(device):
+        server.hold(envelope)
+    assert server.verify_login(KEY)
+    assert server.drops == [UplinkDropped("forged", Channel.UP_TELE)]
+    assert len(server.take_held()) == 1
+    _, lonely = pair()
+    lonely.hold(open_envelope("aq", name, seal(MacKey(b"\x01" * 32), name, body, 0)))
+    assert not lonely.verify_login(KEY)
+    lonely.reject_login(ErrorCode.AUTH_BAD_PROOF, "bad proof")
+    assert lonely.is_closed and [d.reason for d in lonely.drops] == ["forged"]
+
+
+def test_a_will_about_an_older_connection_is_ignored() -> None:
+    device, server = pair()
+    online(device, server)
+    old_will = device.will(int(NOW * 1000) - 60_000)
+    for envelope in server.take_held():
+        server.receive(envelope, NOW)
+    envelope = open_envelope("aq", *old_will)
+    assert server.receive(envelope, NOW) == [UplinkDropped("replayed", Channel.STATUS)]
+    will = open_envelope("aq", *device.will(int(NOW * 1000)))
+    assert server.receive(will, NOW) == [StatusNotice(online=False, connected_ms=int(NOW * 1000))]
+
+
+def test_commands_are_sealed_acked_by_the_device_and_results_come_back() -> None:
+    device, server = pair()
+    online(device, server)
+    server.take_held()
+    seq = server.send_command(Command(cid=3, op=CommandOp.LOCK, exp=int(NOW) + 9, args={2: 4}))
+    ((name, payload, qos),) = server.messages_to_send()
+    assert (name, qos) == ("aq/DEMO00000001DA9F/down/cmd", 1)
+    (command,) = device.receive_data((name, payload), 0)
+    assert isinstance(command, Command) and command.cid == 3
+    device.send_result(Result(cid=3, rc=0))
+    ack, result = envelopes(device)
+    assert server.receive(ack, NOW) == [Ack(seq=seq, rc=0)]
+    assert server.receive(result, NOW)[0].cid == 3
+    assert device.receive_data((name, payload), 0) == [Dropped("replayed")]
+
+
+def test_idle_timeout_closes_the_session() -> None:
+    device, server = pair()
+    online(device, server)
+    assert server.check_timers(NOW + 149) is None
+    closed = server.check_timers(NOW + 150)
+    assert closed is not None and closed.code is ErrorCode.IDLE_TIMEOUT
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=60),
+    st.binary(max_size=1100),
+)
+def test_hostile_messages_raise_nothing_but_our_error(name: str, payload: bytes) -> None:
+    device, server = pair(time.time())
+    online(device, server)
+    for candidate in (name, f"aq/{DID}/up/tele", f"aq/{DID}/status", f"aq/{DID}/down/ack"):
+        try:
+            envelope = open_envelope("aq", candidate, payload)
+        except ProtocolError:
+            continue
+        for event in server.receive(envelope, NOW):
+            assert isinstance(event, UplinkDropped | Record | StatusNotice | Ack | Result)
+        for event in device.receive_data((candidate, payload), 0):
+            assert isinstance(event, Dropped | Ack | Command)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([Channel.UP_TELE, Channel.UP_EVENT, Channel.UP_RESULT, Channel.STATUS]),
+    st.binary(max_size=200),
+    st.dictionaries(
+        st.integers(-2, 60),
+        st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=8), st.text(max_size=8)),
+        max_size=8,
+    ),
+)
+def test_correctly_tagged_garbage_raises_nothing_but_our_error(
+    channel: str, raw: bytes, body: dict
+) -> None:
+    """Past the tag check: any bytes, or any map, under a good tag."""
+    device, server = pair(time.time())
+    online(device, server)
+    name = topic("aq", DID, channel)
+    signed_raw = b"\x10" + raw
+    for payload in (signed_raw + MacKey(KEY).mac(name.encode() + signed_raw),):
+        try:
+            envelope = open_envelope("aq", name, payload)
+        except ProtocolError:
+            continue
+        server.receive(envelope, NOW)
+    try:
+        sealed = seal(MacKey(KEY), name, body, 0)
+    except ProtocolError:
+        return
+    for event in server.receive(open_envelope("aq", name, sealed), NOW):
+        assert isinstance(event, UplinkDropped | Record | StatusNotice | Result)
