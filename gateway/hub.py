@@ -6,22 +6,79 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from protocol import ErrorCode, FrameRejected, ServerSession, SessionClosed
+from protocol import Command, DesiredState, ErrorCode, FrameRejected, ServerSession, SessionClosed
+from protocol.frames import DecoderStats
+from protocol.messages import Result
 
 if TYPE_CHECKING:
+    from gateway.desired import DesiredStatePusher
     from gateway.login import LoginBatcher
     from gateway.meter import MeterBatcher
     from gateway.presence import Presence
-    from gateway.tcp import DeviceConnection
 
 log = get_logger("aquafleet.hub")
 
 SWEEP_INTERVAL_S = 1.0
 MAX_TRACKED_IPS = 100_000
+
+
+class LinkSession(Protocol):
+    """The protocol state of one device link (ServerSession on TCP, MqttServerSession on MQTT)."""
+
+    last_rx: float
+
+    @property
+    def next_deadline(self) -> float: ...
+
+    @property
+    def decoder_stats(self) -> DecoderStats: ...
+
+    def check_timers(self, now: float) -> SessionClosed | None: ...
+
+    def verify_login(self, device_key: bytes) -> bool: ...
+
+    def accept_login(
+        self,
+        *,
+        now: float,
+        last_acked: tuple[int, int] | None = None,
+        desired: DesiredState | None = None,
+    ) -> None: ...
+
+    def reject_login(self, code: ErrorCode, reason: str) -> None: ...
+
+    def ack(self, seq: int, rc: int, watermark: tuple[int, int] | None = None) -> None:
+        """Acknowledge a record (once its effect is durable)."""
+
+    def send_command(self, command: Command) -> int:
+        """Queue a COMMAND for the device; returns the seq its delivery ACK will echo."""
+
+
+class DeviceLink(Protocol):
+    """One device's link, whatever the transport: what the hub, logins, the meter and presence
+    use. Outbound messages (acks, commands) are queued on `session` and go out on `flush()`."""
+
+    did: str
+    shard: int
+    conn_id: str
+    peer_ip: str
+    closed: bool
+    transport: asyncio.Transport | None  # None on MQTT: the broker holds the socket
+
+    @property
+    def session(self) -> LinkSession | None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, code: ErrorCode, reason: str) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class FailedLoginLimiter:
@@ -69,8 +126,8 @@ class Hub:
         self.login_timeout_s = login_timeout_s
         self.max_connections = max_connections
         self.limiter = limiter
-        self.connections: set[DeviceConnection] = set()
-        self.online: dict[str, DeviceConnection] = {}
+        self.connections: set[DeviceLink] = set()
+        self.online: dict[str, DeviceLink] = {}
         self._conn_ids = itertools.count(1)
         self._pause_reasons: set[str] = set()
         self.accepting = True
@@ -78,6 +135,7 @@ class Hub:
         self.meter: MeterBatcher
         self.logins: LoginBatcher
         self.presence: Presence
+        self.desired: DesiredStatePusher | None = None  # set by the node once it runs
         metrics.gauges["connections"] = lambda: len(self.connections)
         metrics.gauges["devices_online"] = lambda: len(self.online)
         metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
@@ -89,18 +147,21 @@ class Hub:
             time.time(), heartbeat_s=self.heartbeat_s, login_timeout_s=self.login_timeout_s
         )
 
-    def connection_made(self, conn: DeviceConnection) -> None:
+    def connection_made(self, conn: DeviceLink) -> None:
         if not self.accepting or len(self.connections) >= self.max_connections:
             self.metrics.connections_refused += 1
             conn.close(ErrorCode.OVERLOADED, "node is full or stopping")
             return
-        conn.conn_id = f"{self.node_id}/{next(self._conn_ids)}"
+        if not conn.conn_id:  # an MQTT device keeps its transport-wide id
+            conn.conn_id = f"{self.node_id}/{next(self._conn_ids)}"
         self.connections.add(conn)
         self.metrics.connections_accepted += 1
         # Not paused even when reads are: a login is a few small frames and sends no records,
         # and devices must be able to log in while the node works off a backlog.
 
-    def connection_lost(self, conn: DeviceConnection) -> None:
+    def connection_lost(self, conn: DeviceLink, *, release: bool = True) -> None:
+        """A link ended. `release=False` keeps its presence in Redis: an MQTT device that went
+        quiet on this node may be talking to another one (its presence expires on its own)."""
         if conn not in self.connections:
             return
         self.connections.discard(conn)
@@ -110,14 +171,15 @@ class Hub:
         did = conn.did
         if did and self.online.get(did) is conn:
             del self.online[did]
-            self.presence.release(did, conn.conn_id)
+            if release:
+                self.presence.release(did, conn.conn_id)
         session = conn.session
         if session is not None:
             stats = session.decoder_stats
             self.metrics.frames_bad_crc += stats.crc_errors
             self.metrics.garbage_bytes += stats.garbage_bytes
 
-    def go_online(self, conn: DeviceConnection, did: str, shard: int) -> None:
+    def go_online(self, conn: DeviceLink, did: str, shard: int) -> None:
         """A verified login took the device's presence: an older local connection goes."""
         conn.did = did
         conn.shard = shard
@@ -145,7 +207,7 @@ class Hub:
 
     # ------------------------------------------------------------------ session events
 
-    def session_closed(self, conn: DeviceConnection, event: SessionClosed) -> None:
+    def session_closed(self, conn: DeviceLink, event: SessionClosed) -> None:
         self.metrics.protocol_errors += 1
         log.info(
             "session_closed",
@@ -156,7 +218,7 @@ class Hub:
             reason=event.reason,
         )
 
-    def frame_rejected(self, conn: DeviceConnection, event: FrameRejected) -> None:
+    def frame_rejected(self, conn: DeviceLink, event: FrameRejected) -> None:
         self.metrics.records_rejected += 1
         log.warning(
             "frame_rejected",
@@ -167,8 +229,11 @@ class Hub:
             seq=event.seq,
         )
 
-    def device_message(self, conn: DeviceConnection, message: Any) -> None:
+    def device_message(self, conn: DeviceLink, message: Any) -> None:
         """RESULT/ACK/ERROR from a device (command delivery plugs in here)."""
+        desired = self.desired
+        if type(message) is Result and desired is not None and desired.result(conn.did, message):
+            return
         log.debug("device_message", did=conn.did, message=type(message).__name__)
 
     # ------------------------------------------------------------------ read pausing

@@ -24,8 +24,7 @@ from protocol import DesiredState, ErrorCode, LoginRequested
 from protocol.crypto import derive_device_key
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
-    from gateway.tcp import DeviceConnection
+    from gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.login")
 
@@ -34,7 +33,7 @@ MAX_LOGINS_PER_ROUND = 2000
 
 @dataclass(slots=True)
 class _Verified:
-    conn: DeviceConnection
+    conn: DeviceLink
     did: str
     shard: int
 
@@ -62,7 +61,10 @@ class LoginBatcher:
         metrics: Metrics,
         master_secret: bytes,
         presence_ttl_ms: int,
+        presence_node: str | None = None,
     ) -> None:
+        """`presence_node`: the node name a login claims (default the hub's); MQTT devices
+        claim one name shared by every bridge, since any node can reach them via the broker."""
         self.hub = hub
         self.client = client
         self.scripts = scripts
@@ -70,11 +72,12 @@ class LoginBatcher:
         self.metrics = metrics
         self._master_secret = master_secret
         self.presence_ttl_ms = presence_ttl_ms
-        self.pending: list[tuple[DeviceConnection, LoginRequested]] = []
+        self.presence_node = presence_node or hub.node_id
+        self.pending: list[tuple[DeviceLink, LoginRequested]] = []
         self._wake = asyncio.Event()
         metrics.gauges["logins_pending"] = lambda: len(self.pending)
 
-    def submit(self, conn: DeviceConnection, request: LoginRequested) -> None:
+    def submit(self, conn: DeviceLink, request: LoginRequested) -> None:
         self.pending.append((conn, request))
         self._wake.set()
 
@@ -94,14 +97,15 @@ class LoginBatcher:
                         self._reject(conn, ErrorCode.INTERNAL, "registry unavailable, retry")
                     await asyncio.sleep(0.5)
 
-    async def login(self, batch: list[tuple[DeviceConnection, LoginRequested]]) -> None:
+    async def login(self, batch: list[tuple[DeviceLink, LoginRequested]]) -> None:
         now = time.time()
         limiter = self.hub.limiter
-        lookups: list[tuple[DeviceConnection, str, int]] = []
+        lookups: list[tuple[DeviceLink, str, int]] = []
         for conn, request in batch:
             if conn.closed:
                 continue
-            if limiter.blocked(conn.peer_ip, now):
+            # No address (MQTT: the broker authenticated the client): nothing to limit by.
+            if conn.peer_ip and limiter.blocked(conn.peer_ip, now):
                 self.metrics.logins_rate_limited += 1
                 self._reject(conn, ErrorCode.AUTH_RATE_LIMITED, "too many failed logins")
                 continue
@@ -129,7 +133,7 @@ class LoginBatcher:
 
     def _verify(
         self,
-        conn: DeviceConnection,
+        conn: DeviceLink,
         did: str,
         shard: int,
         entry: RegistryEntry | None,
@@ -149,14 +153,13 @@ class LoginBatcher:
             return _Verified(conn, did, shard)
         return None
 
-    def _fail(
-        self, conn: DeviceConnection, did: str, now: float, code: ErrorCode, reason: str
-    ) -> None:
-        self.hub.limiter.failed(conn.peer_ip, now)
+    def _fail(self, conn: DeviceLink, did: str, now: float, code: ErrorCode, reason: str) -> None:
+        if conn.peer_ip:
+            self.hub.limiter.failed(conn.peer_ip, now)
         log.info("login_failed", did=did, ip=conn.peer_ip, code=code.name)
         self._reject(conn, code, reason)
 
-    def _reject(self, conn: DeviceConnection, code: ErrorCode, reason: str) -> None:
+    def _reject(self, conn: DeviceLink, code: ErrorCode, reason: str) -> None:
         self.metrics.logins_failed += 1
         if conn.session is not None and not conn.closed:
             conn.session.reject_login(code, reason)
@@ -167,7 +170,7 @@ class LoginBatcher:
         now = time.time()
         now_ms = int(now * 1000)
         channel_prefix = self.keyspace.node_channel("")
-        node_id = self.hub.node_id
+        node_id = self.presence_node
 
         calls: list[ScriptCall] = [
             (
@@ -175,7 +178,6 @@ class LoginBatcher:
                 (
                     self.keyspace.presence(v.did),
                     self.keyspace.meter(v.did),
-                    self.keyspace.desired(v.did),
                 ),
                 (node_id, v.conn.conn_id, now_ms, self.presence_ttl_ms, channel_prefix, v.did),
             )

@@ -37,6 +37,26 @@ class Metrics:
     ledger_records_dead: int = 0
     ledger_claimed: int = 0
     ledger_db_errors: int = 0
+    desired_pushed: int = 0
+    desired_answered: int = 0
+    desired_resent: int = 0
+    desired_unanswered: int = 0
+    desired_push_failed: int = 0
+    rental_locks: int = 0
+    rental_reminders: int = 0
+    rental_dismantle_tickets: int = 0
+    mqtt_uplinks_received: int = 0
+    mqtt_uplinks_forged: int = 0  # tag does not verify with the device's key: never metered
+    mqtt_uplinks_replayed: int = 0  # a copy seen before, or far behind the device's newest
+    mqtt_uplinks_stale: int = 0  # sent more than 10 min from our clock
+    mqtt_uplinks_malformed: int = 0
+    mqtt_uplinks_refused: int = 0  # unknown or disabled device
+    mqtt_uplinks_dropped: int = 0  # a bounded queue was full (the device resends)
+    mqtt_downlinks_sent: int = 0
+    mqtt_downlinks_dropped: int = 0  # outbound queue full or the broker refused them
+    mqtt_offline_notices: int = 0  # last wills applied
+    mqtt_broker_connects: int = 0
+    mqtt_broker_disconnects: int = 0
     gauges: dict[str, Callable[[], int]] = field(default_factory=dict)
 
     def render(self) -> str:

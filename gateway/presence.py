@@ -2,8 +2,10 @@
 
 A login claims the presence (claim.lua); a connection's end releases it unless a newer login
 took it (release.lua, batched per tick); every `presence_flush_s` the node refreshes last-seen
-and the time to live of its devices (touch.lua, one call per shard). The TTL is the idle
-timeout, so a node that dies stops showing its devices online within that time.
+and the time to live of its devices (touch.lua, one call per shard). The presence expires one
+idle timeout after the device was last heard from (by any node), so a node that dies stops
+showing its devices online within that time, and an MQTT device whose messages several nodes
+share is offline exactly when a TCP device would be.
 Kicks from other nodes (a newer login elsewhere, a disabled device) arrive on the node's
 pub/sub channel.
 """
@@ -131,9 +133,12 @@ class Presence:
             except RedisUnavailable as exc:
                 log.warning("presence_touch_failed", error=str(exc))
 
-    async def run_kick_listener(self) -> None:
-        """Close local connections other nodes (or admin commands) ask us to close."""
-        channel = self.keyspace.node_channel(self.hub.node_id)
+    async def run_kick_listener(self, node_id: str | None = None) -> None:
+        """Close local connections other nodes (or admin commands) ask us to close.
+
+        `node_id`: whose channel to follow (default this node's; the MQTT bridge follows the
+        presence name its devices share)."""
+        channel = self.keyspace.node_channel(node_id or self.hub.node_id)
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -149,6 +154,12 @@ class Presence:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _on_kick(self, data: bytes) -> None:
+        if data.startswith(b"state "):
+            self._on_state(data)
+            return
+        if data.startswith(b"cmd "):
+            self._on_command(data)
+            return
         try:
             verb, did, conn_id = data.decode().split(" ")
             code, reason = KICK_CODES[verb]
@@ -157,6 +168,34 @@ class Presence:
             return
         if self.hub.kick(did, conn_id, code, reason):
             log.info("device_kicked", did=did, verb=verb)
+
+
+    def _on_state(self, data: bytes) -> None:
+        """A device's desired state changed: send it if the device is connected here."""
+        from gateway.desired import StateMessageError, parse_state_message
+
+        try:
+            did, desired = parse_state_message(data.decode().split(" ")[1:])
+        except (StateMessageError, UnicodeDecodeError):
+            log.warning("state_message_malformed", data=data[:96])
+            return
+        pusher = self.hub.desired
+        if pusher is not None:
+            pusher.push(did, desired)
+
+
+    def _on_command(self, data: bytes) -> None:
+        """A one-shot command routed to this node for a device connected here."""
+        from gateway.desired import StateMessageError, parse_command_message
+
+        try:
+            did, command = parse_command_message(data.decode().split(" ")[1:])
+        except (StateMessageError, UnicodeDecodeError):
+            log.warning("command_message_malformed", data=data[:96])
+            return
+        pusher = self.hub.desired
+        if pusher is None or not pusher.send(did, command):
+            log.info("command_for_absent_device", did=did, cid=command.cid)
 
 
 def presence_ttl_ms(heartbeat_s: int, idle_factor: float = 2.5) -> int:
