@@ -118,11 +118,137 @@ class Settings(BaseSettings):
     ledger_claim_idle_s: int = Field(
         60, ge=5, description="Idle time after which a dead writer's pending entries are claimed."
     )
+    filter_threshold_pct: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description="Filter life left (percent) below which the ledger writer opens a "
+        "maintenance ticket, once per filter cycle; 0: no maintenance tickets.",
+    )
+    rental_scheduler: bool = Field(
+        True,
+        description="Take part in running the time-rental scheduler (one node of a cluster "
+        "holds it at a time).",
+    )
+    rental_reminder_days: int = Field(
+        3, ge=0, le=60, description="Days before a rental expires that its reminder is recorded."
+    )
+    rental_grace_days: int = Field(
+        7,
+        ge=0,
+        le=365,
+        description="Days after a rental expired without renewal that a dismantle ticket opens.",
+    )
     presence_flush_s: float = Field(
         5.0, gt=0, le=60, description="How often last-seen times are written to Redis."
     )
     shutdown_grace_s: float = Field(
         10.0, ge=0, le=300, description="Time SIGTERM gives in-flight records to become durable."
+    )
+    api_access_token_ttl_s: int = Field(
+        900, ge=60, le=86400, description="Lifetime of an API access token (bearer)."
+    )
+    api_refresh_token_ttl_s: int = Field(
+        14 * 86400,
+        ge=300,
+        le=90 * 86400,
+        description="Lifetime of an API refresh token; each refresh rotates it.",
+    )
+    api_signature_window_s: int = Field(
+        300,
+        ge=30,
+        le=3600,
+        description="Clock skew a signed API request may have; older or newer ones are refused.",
+    )
+    admin_login_per_account: int = Field(
+        10, ge=1, description="Admin login attempts per user name within the login window."
+    )
+    admin_login_per_ip: int = Field(
+        60, ge=1, description="Admin login attempts per client IP within the login window."
+    )
+    admin_login_window_s: int = Field(
+        900, ge=1, description="Window of the admin login limits."
+    )
+    member_login_per_mobile: int = Field(
+        10, ge=1, description="Member login attempts per mobile within the login window."
+    )
+    member_login_per_ip: int = Field(
+        60,
+        ge=1,
+        description="Member login and WeChat sign-in attempts per client IP within the login "
+        "window.",
+    )
+    member_login_window_s: int = Field(900, ge=1, description="Window of the member login limits.")
+    sms_provider: Literal["log", "aliyun"] = Field(
+        "log",
+        description="Who sends SMS verification codes: log (development: the code is logged "
+        "at debug level only, nothing is sent) or aliyun (Aliyun SMS, dysmsapi SendSms).",
+    )
+    sms_endpoint: str = Field(
+        "https://dysmsapi.aliyuncs.com/", description="URL of the SMS provider's API."
+    )
+    sms_access_key_id: str = Field("", max_length=128, description="Aliyun AccessKey ID.")
+    sms_access_key_secret: SecretStr | None = Field(
+        None, description="Aliyun AccessKey secret. Never logged."
+    )
+    sms_sign_name: str = Field(
+        "", max_length=64, description="Approved SMS sign name (签名), e.g. the brand."
+    )
+    sms_template_code: str = Field(
+        "",
+        max_length=64,
+        description="Approved SMS template code (模板CODE); the template takes one variable, "
+        "${code}.",
+    )
+    wechat_api_url: str = Field(
+        "https://api.weixin.qq.com",
+        description="Base URL of WeChat's HTTP API (member sign-in with WeChat).",
+    )
+    mqtt_url: str | None = Field(
+        None,
+        description="MQTT broker of ESP8266 devices (mqtt://HOST:PORT or mqtts://HOST:PORT). "
+        "Unset: no MQTT bridge. See docs/mqtt.md.",
+    )
+    mqtt_username: str = Field(
+        "aquafleet-gateway",
+        min_length=1,
+        max_length=64,
+        description="User name the bridge connects to the broker with; the broker auth "
+        "endpoints treat it as the bridge (superuser).",
+    )
+    mqtt_password: SecretStr | None = Field(
+        None,
+        description="Password of the bridge's broker account; unset: the broker auth endpoints "
+        "refuse the bridge user (fine for a broker without auth). Never logged.",
+    )
+    mqtt_topic_prefix: str = Field(
+        "aq",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+        description="First topic level(s) of device topics: <prefix>/<did>/up/tele, ...",
+    )
+    mqtt_share_group: str = Field(
+        "aquafleet",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Shared-subscription group of the bridges ($share/<group>/...): nodes of "
+        "one group split the uplink.",
+    )
+    mqtt_queue_max: int = Field(
+        20000,
+        ge=100,
+        le=1_000_000,
+        description="Uplink messages received and not yet handled; beyond it the newest are "
+        "dropped and counted (devices resend what is not acked).",
+    )
+    mqtt_outbound_max: int = Field(
+        50000,
+        ge=100,
+        le=1_000_000,
+        description="Acks and commands waiting for the broker; beyond it the oldest are "
+        "dropped and counted.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
@@ -156,6 +282,29 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            scheme, _, rest = value.partition("://")
+            if scheme not in ("mqtt", "mqtts") or not rest.split(":")[0]:
+                raise ValueError("must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sms(self) -> Settings:
+        if self.sms_provider == "aliyun" and not (
+            self.sms_access_key_id
+            and self.sms_access_key_secret
+            and self.sms_sign_name
+            and self.sms_template_code
+        ):
+            raise ValueError(
+                "sms_provider aliyun needs sms_access_key_id, sms_access_key_secret, "
+                "sms_sign_name and sms_template_code"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_ports(self) -> Settings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.desired import CommandIds, CommandRouter, DesiredStatePusher
 from gateway.embedded_redis import embedded_redis
 from gateway.errors import GatewayError
 from gateway.hub import FailedLoginLimiter, Hub
@@ -24,11 +26,15 @@ from gateway.login import LoginBatcher
 from gateway.logs import get_logger
 from gateway.meter import MeterBatcher
 from gateway.metrics import Metrics
+from gateway.mqtt import MqttBridge
 from gateway.presence import Presence, presence_ttl_ms
 from gateway.redis_io import Scripts, open_redis
 from gateway.registry_cache import RegistrySync
+from gateway.rental import RentalScheduler
+from gateway.service_state import ServiceStore
 from gateway.tcp import start_tcp_server
 from models.db import close_database, init_database
+from models.filters import MaintenanceWatch
 from protocol import ErrorCode
 
 log = get_logger("aquafleet.node")
@@ -37,6 +43,7 @@ RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 10.0
 RECANCEL_EVERY_S = 0.5
 CLOSE_GRACE_S = 2.0
+DESIRED_TICK_S = 1.0
 
 
 @dataclass
@@ -94,6 +101,10 @@ KEYSPACE = web.AppKey("keyspace", Keyspace)
 HUB = web.AppKey("hub", Hub)
 TASKS = web.AppKey("tasks", TaskGroup)
 TCP_SERVER = web.AppKey("tcp_server", asyncio.Server)
+SERVICE_STORE = web.AppKey("service_store", ServiceStore)
+COMMAND_ROUTER = web.AppKey("command_router", CommandRouter)
+RENTAL_SCHEDULER = web.AppKey("rental_scheduler", RentalScheduler)
+MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -157,6 +168,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer=settings.resolved_node_id,
         batch_entries=max(1, settings.ledger_batch // 100),
         claim_idle_ms=settings.ledger_claim_idle_s * 1000,
+        maintenance=MaintenanceWatch(settings.filter_threshold_pct),
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)
@@ -222,8 +234,14 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         ttl_ms=ttl_ms,
         flush_interval_s=settings.presence_flush_s,
     )
+    command_ids = CommandIds(client, keyspace)
+    await command_ids.reserve()
+    hub.desired = DesiredStatePusher(hub=hub, ids=command_ids, metrics=metrics)
+    app[COMMAND_ROUTER] = CommandRouter(client, keyspace, CommandIds(client, keyspace))
     app[HUB] = hub
-    names = ("meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper")
+    names = (
+        "meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper", "desired",
+    )  # fmt: skip
     runners: tuple[Callable[[], Awaitable[None]], ...] = (
         hub.meter.run,
         hub.meter.watch_backlog,
@@ -232,6 +250,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         hub.presence.run_touch,
         hub.presence.run_kick_listener,
         hub.run_sweeper,
+        lambda: run_desired(hub.desired, command_ids),
     )
     for name, runner in zip(names, runners, strict=True):
         tasks.start(name, runner)
@@ -247,6 +266,83 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await shutdown_gateway(app)
     await tasks.stop(*names)
+
+
+async def run_desired(pusher: DesiredStatePusher | None, ids: CommandIds) -> None:
+    """Keep command ids in reserve and resend unanswered desired states."""
+    assert pusher is not None
+    while True:
+        await asyncio.sleep(DESIRED_TICK_S)
+        try:
+            await ids.reserve()
+        except GatewayError as exc:
+            log.warning("command_ids_unavailable", error=str(exc))
+        pusher.resend_due(time.time())
+
+
+async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
+    (which also fails vending sessions past their deadline)."""
+    from models.service import open_dismantle_after_grace, record_rental_reminder
+    from models.vending import expire_dispenses
+
+    settings = app[SETTINGS]
+    store = ServiceStore(app[REDIS], app[SCRIPTS], app[KEYSPACE])
+    app[SERVICE_STORE] = store
+    if not settings.rental_scheduler:
+        yield
+        return
+    scheduler = RentalScheduler(
+        client=app[REDIS],
+        scripts=app[SCRIPTS],
+        keyspace=app[KEYSPACE],
+        store=store,
+        metrics=app[METRICS],
+        node_id=settings.resolved_node_id,
+        remind_s=settings.rental_reminder_days * 86_400,
+        grace_s=settings.rental_grace_days * 86_400,
+        on_reminder=record_rental_reminder,
+        on_grace=open_dismantle_after_grace,
+        sweep=expire_dispenses,
+    )
+    app[RENTAL_SCHEDULER] = scheduler
+    app[TASKS].start("rental-scheduler", scheduler.run)
+    yield
+    await app[TASKS].stop("rental-scheduler")
+    try:
+        await scheduler.release_lease()
+    except GatewayError as exc:
+        log.warning("rental_lease_release_failed", error=str(exc))
+
+
+async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The MQTT bridge (when `mqtt_url` is set): torn down before the TCP gateway, so what it
+    took from the broker is metered and acked before the meter stops."""
+    settings = app[SETTINGS]
+    if settings.mqtt_url is None:
+        yield
+        return
+    bridge = MqttBridge(
+        hub=app[HUB],
+        settings=settings,
+        client=app[REDIS],
+        scripts=app[SCRIPTS],
+        keyspace=app[KEYSPACE],
+        metrics=app[METRICS],
+        master_secret=settings.master_secret_bytes(),
+        presence_ttl_ms=presence_ttl_ms(settings.heartbeat_s),
+    )
+    app[MQTT_BRIDGE] = bridge
+    runners = bridge.tasks()
+    for name, runner in runners.items():
+        app[TASKS].start(name, runner)
+    yield
+    await bridge.drain(settings.shutdown_grace_s)
+    bridge.stop()
+    running = app[TASKS].tasks.get("mqtt-bridge")
+    if running is not None and not await _within(CLOSE_GRACE_S, asyncio.shield(running)):
+        log.warning("mqtt_disconnect_slow")
+    await app[TASKS].stop(*runners)
 
 
 async def shutdown_gateway(app: web.Application) -> None:
@@ -294,7 +390,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Appl
     app.cleanup_ctx.append(tasks_ctx)
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(ledger_ctx)
+    app.cleanup_ctx.append(rental_ctx)
     app.cleanup_ctx.append(gateway_ctx)
+    app.cleanup_ctx.append(mqtt_ctx)
     setup_api(app)
     return app
 
