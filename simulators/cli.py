@@ -16,8 +16,9 @@ def add_sim_parser(commands: Any) -> None:
     sim = commands.add_parser(
         "sim",
         help="run simulated purifiers against a gateway (load test)",
-        description="Run N virtual purifiers over TCP against a gateway, with a live progress "
-        "line on stderr and a final report; exit 0 only when nothing unexpected happened and "
+        description="Run N virtual purifiers (TCP, MQTT or both) against a gateway, with a live "
+        "progress line on stderr and a final report; exit 0 only when nothing unexpected "
+        "happened and "
         "the exactly-once check held.",
     )
     sim.add_argument("--devices", type=int, required=True, help="virtual purifiers to run")
@@ -108,6 +109,28 @@ def add_sim_parser(commands: Any) -> None:
         action="store_true",
         help="at login, forget unacked records at or below AUTH_OK's watermark",
     )
+    sim.add_argument(
+        "--transport",
+        choices=["tcp", "mqtt", "mixed"],
+        default="tcp",
+        help="tcp (GPRS), mqtt (ESP8266 through a broker) or mixed (default tcp)",
+    )
+    sim.add_argument(
+        "--mqtt-fraction",
+        type=float,
+        default=0.5,
+        help="with --transport mixed: the share of purifiers on MQTT (default 0.5)",
+    )
+    sim.add_argument("--mqtt-host", default="127.0.0.1", help="MQTT broker host")
+    sim.add_argument("--mqtt-port", type=int, default=1883, help="MQTT broker port (1883)")
+    sim.add_argument(
+        "--mqtt-prefix", default="aq", help="topic prefix, the gateway's mqtt_topic_prefix (aq)"
+    )
+    sim.add_argument(
+        "--mqtt-client-id-prefix",
+        default="",
+        help="client id = this + did (default none: the did, as the broker ACL expects)",
+    )
     sim.add_argument("--report-json", type=Path, default=None, help="write the report here")
     sim.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
     sim.add_argument("--quiet", action="store_true", help="no progress line")
@@ -143,6 +166,12 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         database_url=database_url,
         use_watermark=args.use_watermark,
         seed=args.seed,
+        transport=args.transport,
+        mqtt_fraction=args.mqtt_fraction,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        mqtt_prefix=args.mqtt_prefix,
+        mqtt_client_id_prefix=args.mqtt_client_id_prefix,
     )
     options.validate()
     return options

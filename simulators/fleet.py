@@ -19,8 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiomqtt
+
 from simulators.device import VirtualPurifier
 from simulators.link import PurifierLink
+from simulators.mqtt_device import MqttPurifier
+from simulators.mqtt_link import MqttPurifierLink, connect_mqtt
 from simulators.options import SimOptions
 from simulators.stats import WorkerStats
 
@@ -226,6 +230,10 @@ class Fleet:
     def _make_devices(self, now: float) -> None:
         options = self.options
         for offset, creds in enumerate(options.devices):
+            index = self.first_index + offset
+            if options.is_mqtt(index):
+                self.devices.append(self._mqtt_purifier(creds.did, creds.key, now, index))
+                continue
             self.devices.append(
                 VirtualPurifier(
                     creds.did,
@@ -282,7 +290,55 @@ class Fleet:
             if reason == "storm":
                 self.skip_pacing[slot] = True  # a storm reconnects at once, unpaced
 
+    def _mqtt_purifier(self, did: str, key: bytes, now: float, index: int) -> MqttPurifier:
+        options = self.options
+        return MqttPurifier(
+            did,
+            key,
+            boot=self.boot,
+            now=now,
+            stats=self.stats,
+            rng=self.rng,
+            prefix=options.mqtt_prefix,
+            client_id_prefix=options.mqtt_client_id_prefix,
+            window=options.window,
+            max_rate=options.max_rate,
+            draw_gap_s=options.draw_gap_s,
+            use_watermark=options.use_watermark,
+            fw=options.fw,
+            index=index,
+            hooks=self,
+        )
+
+    async def _connect_mqtt(self, device: MqttPurifier, slot: int) -> MqttPurifierLink | None:
+        """A broker connection; its pump runs as a task of the fleet until the link closes."""
+        options = self.options
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        stats.connects_started += 1
+        closed: asyncio.Future[None] = loop.create_future()
+        started = time.monotonic_ns()
+        device.connect(time.monotonic(), started)
+        try:
+            link = await connect_mqtt(
+                device, options.mqtt_host, options.mqtt_port, options.connect_timeout_s, closed
+            )
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            stats.connect_failures += 1
+            stats.connect_fail_codes[_mqtt_error_name(exc)] += 1
+            return None
+        stats.connects_ok += 1
+        stats.connect_latency.record((time.monotonic_ns() - started) // 1000)
+        self.links[slot] = link  # type: ignore[call-overload]
+        self.connect_at[slot] = loop.time()
+        self._spawn(link.run(), f"mqtt-link-{device.index}")
+        if self.phase == CLOSE:
+            link.abort("stop")
+        return link
+
     async def _connect(self, device: VirtualPurifier, slot: int) -> PurifierLink | None:
+        if isinstance(device, MqttPurifier):
+            return await self._connect_mqtt(device, slot)  # type: ignore[return-value]
         options = self.options
         loop = asyncio.get_running_loop()
         stats = self.stats
@@ -500,6 +556,12 @@ def _bound_socket(source: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _mqtt_error_name(exc: BaseException) -> str:
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        return f"mqtt_{exc.rc}"
+    return _error_name(exc)
 
 
 def _error_name(exc: BaseException) -> str:

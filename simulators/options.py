@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 DEVICES_PER_WORKER = 8000
+# An MQTT purifier holds three descriptors while connected (its socket and paho's wake-up
+# socket pair): fewer per worker under the 20,000 open-files limit.
+MQTT_DEVICES_PER_WORKER = 4000
+TRANSPORTS = ("tcp", "mqtt", "mixed")
 MAX_WINDOW = 1024  # far below the 65536 seq space: a seq never names two records in flight
 MAX_DEVICES = 1_000_000
 
@@ -51,6 +55,25 @@ class SimOptions:
     seed: int | None = None
     connect_timeout_s: float = 10.0
     login_timeout_s: float = 20.0
+    transport: str = "tcp"  # tcp, mqtt (ESP8266 through a broker) or mixed
+    mqtt_fraction: float = 0.5  # mixed: the share of purifiers on MQTT
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_prefix: str = "aq"  # the gateway's mqtt_topic_prefix
+    mqtt_client_id_prefix: str = ""  # client id = this + did (the broker ACL wants the did)
+
+    def is_mqtt(self, index: int) -> bool:
+        """Whether purifier `index` speaks MQTT (mixed fleets interleave them evenly)."""
+        if self.transport == "tcp":
+            return False
+        if self.transport == "mqtt":
+            return True
+        f = self.mqtt_fraction
+        return int((index + 1) * f) > int(index * f)
+
+    @property
+    def mqtt_device_count(self) -> int:
+        return sum(self.is_mqtt(i) for i in range(self.device_count))
 
     @property
     def device_count(self) -> int:
@@ -60,7 +83,9 @@ class SimOptions:
     def resolved_workers(self) -> int:
         if self.workers is not None:
             return max(1, min(self.workers, max(1, self.device_count)))
-        return max(1, math.ceil(self.device_count / DEVICES_PER_WORKER))
+        mqtt = self.mqtt_device_count
+        tcp = self.device_count - mqtt
+        return max(1, math.ceil(tcp / DEVICES_PER_WORKER + mqtt / MQTT_DEVICES_PER_WORKER))
 
     @property
     def connect_host(self) -> str:
@@ -104,6 +129,14 @@ class SimOptions:
             problems.append("timeouts must be >= 0")
         if self.check not in ("db", "none"):
             problems.append("--check must be db or none")
+        if self.transport not in TRANSPORTS:
+            problems.append("--transport must be tcp, mqtt or mixed")
+        if self.transport == "mixed" and not 0 < self.mqtt_fraction < 1:
+            problems.append("--mqtt-fraction must be between 0 and 1 (exclusive)")
+        if not 0 < self.mqtt_port < 65536:
+            problems.append("--mqtt-port must be 1..65535")
+        if not self.mqtt_prefix or any(c in self.mqtt_prefix for c in "+#"):
+            problems.append("--mqtt-prefix must be a topic prefix without wildcards")
         if problems:
             raise SimError("; ".join(problems))
 
