@@ -1,0 +1,105 @@
+"""End-to-end MQTT load benchmark: `benchmarks/load.py` with the purifiers on MQTT.
+
+Starts a private Mosquitto on a free port (so the run disturbs no other broker user), then runs
+load.py (gateway, Redis, simulator) with the gateway's bridge pointed at it and every simulated
+purifier on MQTT; `--workers N` gives N gateway processes, i.e. N bridge consumers sharing the
+uplink. Reports load.py's figures plus Mosquitto's CPU over the run (per durable record too).
+
+Examples:
+  python benchmarks/load_mqtt.py --devices 2000 --sim "--window 16 --max-rate --duration 20"
+  python benchmarks/load_mqtt.py --devices 2000 --workers 2 \
+      --sim "--window 16 --max-rate --duration 20"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import load  # benchmarks/load.py, beside this file
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(port: int) -> subprocess.Popen[bytes]:
+    broker = subprocess.Popen(
+        ["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return broker
+        time.sleep(0.05)
+    broker.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--sim", default="", help="extra `aquafleet sim` options (one string)")
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes (bridges)")
+    parser.add_argument("--json", help="write the combined report here")
+    parser.add_argument(
+        "load_args", nargs="*", help="more load.py options, after --, e.g. -- --redis-url ..."
+    )
+    args = parser.parse_args()
+    port = free_port()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    broker = start_broker(port)
+    report = Path(tempfile.mkstemp(prefix="aquafleet-mqtt-", suffix=".json")[1])
+    try:
+        before = load.cpu_seconds(broker.pid)
+        sys.argv = [
+            "load.py", "--devices", str(args.devices), "--workers", str(args.workers),
+            "--set", f"mqtt_url=mqtt://127.0.0.1:{port}", "--set", f"mqtt_topic_prefix={prefix}",
+            "--sim", f"--transport mqtt --mqtt-port {port} --mqtt-prefix {prefix} {args.sim}",
+            "--json", str(report), *args.load_args,
+        ]  # fmt: skip
+        code = load.main()
+        broker_cpu = load.cpu_seconds(broker.pid) - before
+        combined = json.loads(report.read_text()) if report.stat().st_size else {}
+        metrics = combined.get("gateway_metrics", {})
+        records = metrics.get("records_stored", 0) + metrics.get("records_duplicate", 0)
+        combined["cpu_s"]["mosquitto"] = round(broker_cpu, 2)
+        combined["cpu_us_per_record"]["mosquitto"] = (
+            round(broker_cpu / records * 1e6, 2) if records else None
+        )
+        sim = combined.get("sim_report", {})
+        summary = {
+            "devices": args.devices,
+            "bridges": args.workers,
+            "durable_per_s": sim.get("records", {}).get("durable_per_s"),
+            "acked": sim.get("records", {}).get("acked"),
+            "ack_latency_ms": sim.get("ack_latency_ms"),
+            "check_passed": sim.get("check", {}).get("passed"),
+            "cpu_s": combined["cpu_s"],
+            "cpu_us_per_record": combined["cpu_us_per_record"],
+            "mqtt": {k: v for k, v in metrics.items() if k.startswith("mqtt_")},
+        }
+        print(json.dumps(summary, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(combined, indent=2))
+        return code
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        report.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
