@@ -47,8 +47,6 @@ __all__ = [
     "CommandMemory",
     "CommandOp",
     "DesiredState",
-    "desired_state_args",
-    "desired_state_from_args",
     "DeviceSession",
     "Encoding",
     "Error",
@@ -74,6 +72,8 @@ __all__ = [
     "Telemetry",
     "decode_payload",
     "derive_device_key",
+    "desired_state_args",
+    "desired_state_from_args",
     "encode_frame",
     "parse_message",
 ]

@@ -326,7 +326,9 @@ def test_text_is_utf8() -> None:
 def test_set_state_args_round_trip_the_desired_state_map() -> None:
     from protocol import DesiredState, desired_state_args, desired_state_from_args
 
-    desired = DesiredState(version=9, locked=True, remaining_ml=-120, rental_expires_at=1_800_000_000)
+    desired = DesiredState(
+        version=9, locked=True, remaining_ml=-120, rental_expires_at=1_800_000_000
+    )
     args = desired_state_args(desired)
     assert args == {1: 1, 2: -120, 3: 1_800_000_000, 4: 9}
     assert desired_state_from_args(args) == desired
