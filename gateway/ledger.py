@@ -174,6 +174,7 @@ class LedgerWriter:
         }
         self._activated: dict[str, None] = {}
         self._stop = False
+        self.waiting = False  # in a blocking read, holding no batch
 
     async def ensure_groups(self) -> None:
         with redis_errors("creating ledger consumer groups"):
@@ -185,7 +186,12 @@ class LedgerWriter:
                         raise
 
     def request_stop(self) -> None:
-        """Finish the batch in hand, then return from run() (within BLOCK_MS)."""
+        """Finish the batch in hand, then return from run() (within BLOCK_MS).
+
+        While `waiting` is true the writer holds no batch, only a blocking read: cancelling it
+        then loses nothing (what the read took is in this consumer's pending list, which
+        flush() drains), and saves waiting out the block.
+        """
         self._stop = True
 
     async def run(self) -> None:
@@ -220,14 +226,18 @@ class LedgerWriter:
 
     async def write_once(self, *, block_ms: int | None = None) -> int:
         """Read new entries of all shards, store them, acknowledge them; returns records written."""
-        with redis_errors("reading the ledger"):
-            reply = await self.client.xreadgroup(
-                GROUP,
-                self.consumer,
-                {stream: ">" for stream in self.streams},
-                count=self.batch_entries,
-                block=block_ms,
-            )
+        self.waiting = block_ms is not None
+        try:
+            with redis_errors("reading the ledger"):
+                reply = await self.client.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    {stream: ">" for stream in self.streams},
+                    count=self.batch_entries,
+                    block=block_ms,
+                )
+        finally:
+            self.waiting = False
         return await self._store_reply(reply)
 
     async def drain_own_pending(self) -> int:

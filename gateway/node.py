@@ -42,6 +42,7 @@ log = get_logger("aquafleet.node")
 RESTART_DELAY_S = 1.0
 STOP_TIMEOUT_S = 10.0
 RECANCEL_EVERY_S = 0.5
+FIRST_RECANCEL_S = 0.02
 CLOSE_GRACE_S = 2.0
 DESIRED_TICK_S = 1.0
 
@@ -79,10 +80,12 @@ class TaskGroup:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_TIMEOUT_S
         pending = chosen
+        wait_s = FIRST_RECANCEL_S  # most stop at the first cancel: check again soon
         while pending and loop.time() < deadline:
             for task in pending:
                 task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=RECANCEL_EVERY_S)
+            _, pending = await asyncio.wait(pending, timeout=wait_s)
+            wait_s = min(wait_s * 2, RECANCEL_EVERY_S)
         for task in pending:
             log.error("task_did_not_stop", task=task.get_name())
         for task in chosen - pending:
@@ -178,7 +181,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     # pending), then write what is left before the database closes.
     writer.request_stop()
     running = app[TASKS].tasks.get("ledger-writer")
-    if running is not None and not await _within(
+    if running is not None and not writer.waiting and not await _within(
         settings.shutdown_grace_s, asyncio.shield(running)
     ):
         log.warning("ledger_writer_stop_slow")
