@@ -172,7 +172,7 @@ class Hub:
         if did and self.online.get(did) is conn:
             del self.online[did]
             if release:
-                self.presence.release(did, conn.conn_id)
+                self.presence.release_link(did, conn)
         session = conn.session
         if session is not None:
             stats = session.decoder_stats

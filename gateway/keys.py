@@ -7,6 +7,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+# How long a device's last-session record outlives its last login or release: when and why it
+# went offline stays readable this long (the Lua scripts hold the same number).
+LAST_SESSION_TTL_MS = 90 * 86_400_000
+
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
@@ -41,6 +45,11 @@ class Keyspace:
 
     def presence(self, did: str) -> str:
         return f"{self.shard_prefix(self.shard_of(did))}p:{did}"
+
+    def last_session(self, did: str) -> str:
+        """Hash of the device's current or last connection: node, conn, since, seen, ttl, and
+        when (off) and why it ended; outlives the presence (LAST_SESSION_TTL_MS)."""
+        return f"{self.shard_prefix(self.shard_of(did))}l:{did}"
 
     def service_request(self, did: str, request_id: str) -> str:
         """Marks a service change request as applied (a retried top-up is applied once)."""

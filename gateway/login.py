@@ -187,7 +187,7 @@ class LoginBatcher:
         for v, reply in zip(verified, replies, strict=True):
             conn = v.conn
             if conn.closed or conn.session is None:
-                self.hub.presence.release(v.did, conn.conn_id)
+                self.hub.presence.release_link(v.did, conn)
                 continue
             _old_node, _old_conn, wm_boot, wm_rec, *desired = reply
             last_acked = None if wm_boot is None else (int(wm_boot), int(wm_rec))

@@ -8,13 +8,19 @@ showing its devices online within that time, and an MQTT device whose messages s
 share is offline exactly when a TCP device would be.
 Kicks from other nodes (a newer login elsewhere, a disabled device) arrive on the node's
 pub/sub channel.
+
+Every connection also has a last-session record (`l:<did>`, kept for 90 days): the scripts
+above write its node, connection, since and last seen, and when and why it ended
+(`OfflineReason`, from the code the connection was closed with), in the same calls.
+gateway/device_status.py reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from enum import StrEnum
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 import redis.asyncio as aioredis
@@ -27,14 +33,67 @@ from gateway.redis_io import ScriptCall, Scripts
 from protocol import ErrorCode
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
+    from gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.presence")
 
 KICK_CODES = {
     "kick": (ErrorCode.REPLACED, "a newer login of this device took over"),
     "disable": (ErrorCode.AUTH_DISABLED, "device disabled"),
+    # A re-issued key: the device is told its proof no longer holds (its next login fails).
+    "revoke": (ErrorCode.AUTH_BAD_PROOF, "device key revoked"),
 }
+
+
+class OfflineReason(StrEnum):
+    """Why a device's last connection ended (docs/devices-status.md)."""
+
+    IDLE_TIMEOUT = "idle_timeout"  # nothing heard for the idle timeout (2.5 heartbeats)
+    CLOSED_BY_DEVICE = "closed_by_device"  # it closed or lost its link (FIN, reset, MQTT will)
+    REPLACED = "replaced"  # a newer login of the device, on any node
+    DISABLED = "disabled"  # disabled or deregistered while connected
+    KEY_REVOKED = "key_revoked"  # its key was re-issued while connected
+    SHUTDOWN = "shutdown"  # the gateway node holding it stopped
+    PROTOCOL_ERROR = "protocol_error"  # bad frames, MAC or messages: the server closed it
+    GATEWAY_ERROR = "gateway_error"  # the server failed (internal error, overload)
+    NODE_LOST = "node_lost"  # its node died: the presence expired without a release
+
+
+_REASON_OF_CODE = {
+    ErrorCode.IDLE_TIMEOUT: OfflineReason.IDLE_TIMEOUT,
+    ErrorCode.REPLACED: OfflineReason.REPLACED,
+    ErrorCode.SHUTDOWN: OfflineReason.SHUTDOWN,
+    ErrorCode.AUTH_DISABLED: OfflineReason.DISABLED,
+    # Online sessions are only closed with this code by a "revoke" kick.
+    ErrorCode.AUTH_BAD_PROOF: OfflineReason.KEY_REVOKED,
+    ErrorCode.INTERNAL: OfflineReason.GATEWAY_ERROR,
+    ErrorCode.OVERLOADED: OfflineReason.GATEWAY_ERROR,
+}
+
+
+def offline_reason(close_code: int | None, *, via_broker: bool = False) -> OfflineReason:
+    """Why a connection ended, from the code the server closed it with (None: the device did).
+
+    On MQTT the only released SHUTDOWN is the device's last will (a stopping bridge keeps the
+    presence: the device is still at the broker)."""
+    if close_code is None:
+        return OfflineReason.CLOSED_BY_DEVICE
+    if via_broker and close_code == ErrorCode.SHUTDOWN:
+        return OfflineReason.CLOSED_BY_DEVICE
+    try:
+        return _REASON_OF_CODE.get(ErrorCode(close_code), OfflineReason.PROTOCOL_ERROR)
+    except ValueError:
+        return OfflineReason.PROTOCOL_ERROR
+
+
+class Release(NamedTuple):
+    """A connection's end, as release.lua takes it."""
+
+    did: str
+    conn_id: str
+    reason: str
+    ended_ms: int
+    seen_ms: int
 
 
 class Presence:
@@ -54,15 +113,32 @@ class Presence:
         self.keyspace = keyspace
         self.ttl_ms = ttl_ms
         self.flush_interval_s = flush_interval_s
-        self._releases: list[tuple[str, str]] = []
+        self._releases: list[Release] = []
         self._release_wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def release(self, did: str, conn_id: str) -> None:
-        self._releases.append((did, conn_id))
+    def release(
+        self,
+        did: str,
+        conn_id: str,
+        reason: OfflineReason = OfflineReason.CLOSED_BY_DEVICE,
+        *,
+        seen_ms: int = 0,
+    ) -> None:
+        """Queue the end of `conn_id`: its presence goes (unless a newer login has it) and its
+        last-session record gets the time and `reason` (written with the next batch)."""
+        self._releases.append(Release(did, conn_id, reason.value, now_ms(), seen_ms))
         self._idle.clear()
         self._release_wake.set()
+
+    def release_link(self, did: str, conn: DeviceLink) -> None:
+        """Release an ended link, with the reason its close code gives and its last frame."""
+        session = conn.session
+        code = getattr(session, "close_code", None)
+        seen_ms = int(session.last_rx * 1000) if session is not None else 0
+        reason = offline_reason(code, via_broker=conn.transport is None)
+        self.release(did, conn.conn_id, reason, seen_ms=seen_ms)
 
     async def run_releases(self) -> None:
         while True:
@@ -82,10 +158,10 @@ class Presence:
         """Return once every queued release is written."""
         await self._idle.wait()
 
-    async def _release(self, batch: list[tuple[str, str]]) -> None:
-        by_shard: dict[int, list[tuple[str, str]]] = {}
-        for did, conn_id in batch:
-            by_shard.setdefault(self.keyspace.shard_of(did), []).append((did, conn_id))
+    async def _release(self, batch: list[Release]) -> None:
+        by_shard: dict[int, list[Release]] = {}
+        for item in batch:
+            by_shard.setdefault(self.keyspace.shard_of(item.did), []).append(item)
 
         calls: list[ScriptCall] = [
             (

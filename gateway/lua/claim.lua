@@ -5,9 +5,35 @@
 -- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did
 -- Returns {old node or false, old connection or false, watermark boot, watermark rec,
 --          desired version, lock, remaining_ml, rental_expires_at} (false where unknown).
-local old = redis.call('HMGET', KEYS[1], 'node', 'conn')
-redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'since', ARGV[3], 'seen', ARGV[3])
+--
+-- The last-session hash l:<did> (same prefix and slot as KEYS[1]) gets the new connection;
+-- the session it replaces is closed there first: "replaced" when its presence was still held,
+-- and when its presence had expired without a release, "idle_timeout" if the same node claims
+-- again (it is alive: its release is on the way) or "node_lost", at its last seen + TTL.
+local LAST_TTL_MS = 7776000000  -- 90 days (gateway/keys.py LAST_SESSION_TTL_MS)
+local did = ARGV[6]
+local last = string.sub(KEYS[1], 1, #KEYS[1] - #did - 2) .. 'l:' .. did
+local old = redis.call('HMGET', KEYS[1], 'node', 'conn', 'since')
+local since = ARGV[3]
+if old[1] == ARGV[1] and old[2] == ARGV[2] then
+  since = old[3] or since  -- the same link claimed again (MQTT via another bridge): it goes on
+elseif old[2] then
+  redis.call('HSET', last, 'off', ARGV[3], 'why', 'replaced')
+else
+  local prev = redis.call('HMGET', last, 'node', 'since', 'seen', 'ttl', 'off')
+  local prev_since = tonumber(prev[2])
+  if prev_since and (not prev[5] or tonumber(prev[5]) < prev_since) then
+    local why = 'node_lost'
+    if prev[1] == ARGV[1] then why = 'idle_timeout' end
+    local off = (tonumber(prev[3]) or prev_since) + (tonumber(prev[4]) or 0)
+    redis.call('HSET', last, 'off', math.min(off, tonumber(ARGV[3])), 'why', why)
+  end
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'since', since, 'seen', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', last, 'node', ARGV[1], 'conn', ARGV[2], 'since', since, 'seen', ARGV[3],
+  'ttl', ARGV[4])
+redis.call('PEXPIRE', last, LAST_TTL_MS)
 if old[1] and old[1] ~= ARGV[1] then
   redis.call('PUBLISH', ARGV[5] .. old[1], 'kick ' .. ARGV[6] .. ' ' .. old[2])
 end

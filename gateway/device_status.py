@@ -1,0 +1,193 @@
+"""Runtime status of devices for the API: online or not, since when, when and why it went
+offline, and the newest readings, for a page of devices in one Redis round trip.
+
+Three keys per device, read in one pipeline: the presence `p:<did>` (exists exactly while a
+connection holds the device), the last-session record `l:<did>` (claim, touch and release
+write it: docs/devices-status.md) and the meter state `m:<did>` (meter.lua keeps the newest
+telemetry's payload there, decoded here, off the hot path).
+
+A presence that expired without a release is dated at its last seen + TTL; its reason is
+"node_lost" once a live node would have released it (RELEASE_GRACE_MS), "idle_timeout" before
+that, and always for MQTT devices (their presence is shared by every bridge and ends on its own).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.errors import RedisUnavailable
+from gateway.keys import Keyspace
+from gateway.meter import decode_meter_state
+from gateway.mqtt.bridge import MQTT_NODE
+from gateway.presence import OfflineReason
+from gateway.redis_io import pack_command, round_trip
+from protocol import ProtocolError
+from protocol.constants import FrameType
+from protocol.messages import Telemetry, parse_record_payload
+
+# A live node closes an idle connection within a second of its deadline (the sweeper) and
+# releases it in the next batch; a presence still unreleased this long after it expired was
+# held by a node that died.
+RELEASE_GRACE_MS = 5_000
+
+_PRESENCE_FIELDS = (b"node", b"since", b"seen")
+_LAST_FIELDS = (b"node", b"since", b"seen", b"ttl", b"off", b"why")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatus:
+    """What the platform knows of a device now. `node` and `since_ms` are those of its current
+    connection, or of its last one when offline; `offline_at_ms`/`offline_reason` say when and
+    why its last connection ended (offline_at_ms < since_ms: it is online again since)."""
+
+    online: bool
+    node: str | None
+    since_ms: int | None
+    last_seen_ms: int | None
+    offline_at_ms: int | None
+    offline_reason: str | None
+    signal: int | None
+    state_bits: int | None
+    fault_bits: int | None
+    tds_in_ppm: int | None
+    tds_out_ppm: int | None
+    temperature_dc: int | None
+    flow_total_ml: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """A presence or last-session hash's fields (None where absent)."""
+
+    node: str | None = None
+    since: int | None = None
+    seen: int | None = None
+    ttl: int | None = None
+    off: int | None = None
+    why: str | None = None
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _int(value: bytes | None) -> int | None:
+    """A stored integer (Lua writes numbers with 14 significant digits: read "1e+15" too)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return int(float(value))
+
+
+def _session(values: Sequence[bytes | None]) -> _Session:
+    padded = [*values, None, None, None][:6]
+    node, since, seen, ttl, off, why = padded
+    return _Session(_text(node), _int(since), _int(seen), _int(ttl), _int(off), _text(why))
+
+
+def _latest(*values: int | None) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def connection_state(
+    presence: _Session | None, last: _Session, now_ms: int
+) -> tuple[bool, str | None, int | None, int | None, int | None, str | None]:
+    """(online, node, since, seen, offline_at, reason) from the two records (pure)."""
+    if presence is not None:
+        # The last-session record names this connection too (claim writes both); its end
+        # fields are those of the previous one.
+        return (True, presence.node, presence.since, _latest(presence.seen, last.seen),
+                last.off, last.why)  # fmt: skip
+    if last.since is None:
+        return False, last.node, None, last.seen, last.off, last.why
+    if last.off is not None and last.off >= last.since:
+        return False, last.node, last.since, last.seen, last.off, last.why
+    # No release: the presence expired (or was never refreshed) without one.
+    expired_at = min((last.seen or last.since) + (last.ttl or 0), now_ms)
+    if last.node == MQTT_NODE or now_ms < expired_at + RELEASE_GRACE_MS:
+        reason = OfflineReason.IDLE_TIMEOUT
+    else:
+        reason = OfflineReason.NODE_LOST
+    return False, last.node, last.since, last.seen, expired_at, reason.value
+
+
+def _telemetry(state: dict[str, Any]) -> Telemetry | None:
+    """The newest telemetry the meter keeps (its payload as received); None if unreadable."""
+    payload, encoding = state.get("payload"), state.get("enc")
+    if not isinstance(payload, bytes) or not isinstance(encoding, int):
+        return None
+    try:
+        message = parse_record_payload(FrameType.TELEMETRY, payload, encoding)
+    except ProtocolError:
+        return None
+    return message if isinstance(message, Telemetry) else None
+
+
+def runtime_status(
+    presence: Sequence[bytes | None],
+    last: Sequence[bytes | None],
+    meter_raw: bytes | None,
+    now_ms: int,
+) -> RuntimeStatus:
+    """One device's status from its three keys as Redis returned them (pure)."""
+    held = _session(presence) if presence and presence[0] is not None else None
+    online, node, since, seen, offline_at, reason = connection_state(held, _session(last), now_ms)
+    state = decode_meter_state(meter_raw)
+    telemetry = _telemetry(state)
+    heard_at = state.get("at")
+    # The counter's highest reading in its current epoch (dispense events move it too).
+    flow_total = state.get("lt")
+    if not isinstance(flow_total, int) or flow_total < 0:
+        flow_total = telemetry.flow_total_ml if telemetry is not None else None
+    return RuntimeStatus(
+        online=online,
+        node=node,
+        since_ms=since,
+        last_seen_ms=_latest(seen, heard_at if isinstance(heard_at, int) else None),
+        offline_at_ms=offline_at,
+        offline_reason=reason,
+        signal=None if telemetry is None else telemetry.signal,
+        state_bits=None if telemetry is None else telemetry.state_bits,
+        fault_bits=None if telemetry is None else telemetry.fault_bits,
+        tds_in_ppm=None if telemetry is None else telemetry.tds_in_ppm,
+        tds_out_ppm=None if telemetry is None else telemetry.tds_out_ppm,
+        temperature_dc=None if telemetry is None else telemetry.temperature_dc,
+        flow_total_ml=flow_total,
+    )
+
+
+async def read_runtime(
+    client: aioredis.Redis,
+    keyspace: Keyspace,
+    dids: Sequence[str],
+    *,
+    now_ms: int | None = None,
+) -> dict[str, RuntimeStatus]:
+    """The runtime status of every device in `dids` (a page), in one Redis round trip.
+
+    Raises RedisUnavailable (a GatewayError) when Redis does not answer."""
+    unique = list(dict.fromkeys(dids))
+    if not unique:
+        return {}
+    packed: list[bytes] = []
+    for did in unique:
+        packed.append(pack_command(b"HMGET", keyspace.presence(did), *_PRESENCE_FIELDS))
+        packed.append(pack_command(b"HMGET", keyspace.last_session(did), *_LAST_FIELDS))
+        packed.append(pack_command(b"GET", keyspace.meter(did)))
+    replies = await round_trip(client, packed, "reading device status")
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None:
+        raise RedisUnavailable(f"reading device status: {failed}")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {
+        did: runtime_status(replies[3 * i], replies[3 * i + 1], replies[3 * i + 2], now)
+        for i, did in enumerate(unique)
+    }
