@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
@@ -44,8 +45,12 @@ async def register_devices(
     *,
     device_type: DeviceType = DeviceType.UNKNOWN,
     model: str = "",
+    attributes: Mapping[str, Any] | None = None,
 ) -> list[IssuedDevice]:
-    """Create `count` devices with fresh serials (never reused) and issue their keys."""
+    """Create `count` devices with fresh serials (never reused) and issue their keys.
+
+    `attributes`: further Device columns every device of the batch gets (brand, versions,
+    manufacture time, agent node: the API's AB-02), checked by the caller."""
     if not 1 <= count <= MAX_BATCH:
         raise InvalidInput(f"count must be 1..{MAX_BATCH}")
     if len(model) > 32:
@@ -54,8 +59,8 @@ async def register_devices(
         vendor = await Vendor.filter(code=vendor_code).select_for_update().first()
         if vendor is None:
             raise NotFound(f"vendor {vendor_code} does not exist")
-        if vendor.state is VendorState.DISABLED:
-            raise Conflict(f"vendor {vendor_code} is disabled")
+        if vendor.state in (VendorState.DISABLED, VendorState.DEREGISTERED):
+            raise Conflict(f"vendor {vendor_code} is {vendor.state.name.lower()}")
         first = vendor.next_device_serial
         if first + count - 1 > MAX_DEVICE_SERIAL:
             raise Conflict(f"vendor {vendor_code} has no serials left for {count} devices")
@@ -69,6 +74,7 @@ async def register_devices(
                 model=model,
                 key_version=1,
                 state=DeviceState.INACTIVE,
+                **(attributes or {}),
             )
             for serial in range(first, first + count)
         ]
