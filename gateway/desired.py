@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
@@ -23,6 +24,7 @@ from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.redis_io import redis_errors
 from protocol import Command, CommandOp, DesiredState, desired_state_args
+from protocol.constants import DesiredKey
 from protocol.messages import Result
 
 log = get_logger("aquafleet.desired")
@@ -31,6 +33,7 @@ CID_BLOCK = 4096  # command ids a node takes from Redis at a time
 CID_SPACE = 1 << 32  # cids are u32 on the wire; 0 is never used
 RESEND_AFTER_S = 10.0  # PROTOCOL.md: resend after 10 s, doubling, 3 tries
 RESEND_TRIES = 3
+REROUTE_EVERY_S = 1.0  # a one-shot command whose device left: look where it is now
 COMMAND_TTL_S = 300  # `exp` of a SET_STATE: a newer state will have replaced it by then
 
 
@@ -86,17 +89,39 @@ class _InFlight:
     link: DeviceLink
     tries: int
     resend_at: float
+    seq: int  # of the latest copy sent: the device's delivery ACK echoes it
+    reroute_at: float = 0.0  # its device left: when to look for it on other nodes again
+
+
+class CommandEventSink(Protocol):
+    """Where the pusher reports what happens to commands (gateway.commands.CommandEvents)."""
+
+    def sent(self, did: str, cid: int) -> None: ...
+
+    def delivered(self, did: str, cid: int) -> None: ...
+
+    def result(self, did: str, cid: int, rc: int, out: int | None) -> None: ...
+
+    def settle(self, did: str, version: int) -> None: ...
+
+    def reroute(self, did: str, cid: int, old_node: str) -> None: ...
 
 
 class DesiredStatePusher:
     """Sends commands to this node's devices (desired states and one-shot commands routed here
-    by `CommandRouter`) and resends each, same cid, until the device answers."""
+    by the command service) and resends each, same cid, until the device answers; reports sent,
+    delivered and results to the command log (`events`)."""
 
-    def __init__(self, *, hub: Hub, ids: CommandIds, metrics: Metrics) -> None:
+    def __init__(
+        self, *, hub: Hub, ids: CommandIds, metrics: Metrics,
+        events: CommandEventSink | None = None,
+    ) -> None:  # fmt: skip
         self.hub = hub
         self.ids = ids
         self.metrics = metrics
+        self.events = events
         self._in_flight: dict[tuple[str, int], _InFlight] = {}  # (did, cid) -> unanswered
+        self._by_seq: dict[tuple[str, int], int] = {}  # (did, seq) -> cid, for delivery ACKs
         self._state_cid: dict[str, int] = {}  # did -> cid of its newest SET_STATE in flight
 
     def push(self, did: str, desired: DesiredState, *, now: float | None = None) -> bool:
@@ -118,7 +143,7 @@ class DesiredStatePusher:
             return False
         older = self._state_cid.pop(did, None)
         if older is not None:  # overtaken: the newer state is all the device needs
-            self._in_flight.pop((did, older), None)
+            self._forget(did, older)
         self._state_cid[did] = command.cid
         self.metrics.desired_pushed += 1
         log.info("desired_pushed", did=did, version=desired.version, locked=desired.locked)
@@ -130,65 +155,123 @@ class DesiredStatePusher:
         if link is None or link.closed or link.session is None:
             return False
         now = time.time() if now is None else now
-        link.session.send_command(command)
+        seq = link.session.send_command(command)
         link.flush()
-        self._in_flight[(did, command.cid)] = _InFlight(command, link, 1, now + RESEND_AFTER_S)
+        key = (did, command.cid)
+        previous = self._in_flight.get(key)
+        if previous is not None:  # routed here again (a reroute race): one entry, newest copy
+            self._by_seq.pop((did, previous.seq), None)
+        self._in_flight[key] = _InFlight(command, link, 1, now + RESEND_AFTER_S, seq)
+        self._by_seq[(did, seq)] = command.cid
+        if self.events is not None and command.op != CommandOp.SET_STATE:
+            self.events.sent(did, command.cid)
         return True
 
-    def result(self, did: str, result: Result) -> bool:
-        """The device answered a command we sent; True when it was one of ours."""
-        entry = self._in_flight.pop((did, result.cid), None)
-        if entry is None:
+    def _forget(self, did: str, cid: int) -> _InFlight | None:
+        entry = self._in_flight.pop((did, cid), None)
+        if entry is not None:
+            self._by_seq.pop((did, entry.seq), None)
+        return entry
+
+    def delivered(self, did: str, seq: int) -> bool:
+        """The device acked a frame we sent: if it was a command, that command is delivered."""
+        cid = self._by_seq.pop((did, seq), None)
+        if cid is None:
             return False
+        entry = self._in_flight.get((did, cid))
+        events = self.events
+        if entry is not None and events is not None and entry.command.op != CommandOp.SET_STATE:
+            events.delivered(did, cid)
+        return True
+
+    def applied_at_login(self, did: str, version: int) -> None:
+        """AUTH_OK carried the desired state at `version`: the device holds it now."""
+        if self.events is not None:
+            self.events.settle(did, version)
+
+    def result(self, did: str, result: Result) -> bool:
+        """The device answered a command; True when it was one this node has in flight.
+
+        Every RESULT goes to the command log, ours or not: one that arrives after its node
+        restarted, or after the command was rerouted, still settles it.
+        """
+        entry = self._forget(did, result.cid)
         if self._state_cid.get(did) == result.cid:
             del self._state_cid[did]
+        events = self.events
+        if entry is not None and entry.command.op == CommandOp.SET_STATE:
+            version = entry.command.args.get(DesiredKey.VERSION)
+            if events is not None and version is not None and result.rc == 0:
+                events.settle(did, version)
+        elif events is not None:
+            events.result(did, result.cid, result.rc, result.out)
+        if entry is None:
+            return False
         self.metrics.desired_answered += 1
         return True
 
     def resend_due(self, now: float) -> int:
-        """Resend unanswered commands whose time has come (same cid, DUP); give up after 3."""
+        """Resend unanswered commands whose time has come (same cid, DUP); give up after 3.
+
+        A device that reconnected here gets its commands again on the new link at once; one
+        that left has its one-shot commands rerouted to the node it logs in on (the command
+        log knows where), tried every REROUTE_EVERY_S until their deadline. A SET_STATE is
+        not chased: AUTH_OK carries the desired state at the next login.
+        """
         resent = 0
         for key, entry in list(self._in_flight.items()):
-            if entry.resend_at > now:
-                continue
             did = key[0]
-            link = entry.link
-            gone = link.closed or link.session is None or self.hub.online.get(did) is not link
-            if gone or entry.tries >= RESEND_TRIES or entry.command.exp < now:
-                # Gone: AUTH_OK carries the desired state at the next login; a one-shot
-                # command's owner times it out by its deadline.
-                del self._in_flight[key]
-                if self._state_cid.get(did) == key[1]:
-                    del self._state_cid[did]
-                if not gone:
-                    self.metrics.desired_unanswered += 1
-                    log.warning("command_unanswered", did=did, cid=key[1])
+            current = self.hub.online.get(did)
+            if current is not None and (current.closed or current.session is None):
+                current = None
+            moved = current is not entry.link
+            if not moved and entry.resend_at > now:
                 continue
             command = entry.command
-            assert link.session is not None
-            link.session.send_command(
+            one_shot = command.op != CommandOp.SET_STATE
+            if command.exp < now or (not moved and entry.tries >= RESEND_TRIES):
+                self._give_up(did, key[1], answered_elsewhere=moved)
+                continue
+            if current is None:
+                if not one_shot or self.events is None:
+                    self._give_up(did, key[1], answered_elsewhere=True)
+                elif entry.reroute_at <= now:
+                    self.events.reroute(did, command.cid, self.hub.node_id)
+                    self.metrics.commands_reroute_attempts += 1
+                    entry.reroute_at = now + REROUTE_EVERY_S
+                continue
+            assert current.session is not None
+            self._by_seq.pop((did, entry.seq), None)
+            entry.seq = current.session.send_command(
                 Command(cid=command.cid, op=command.op, exp=command.exp, args=command.args,
                         dup=True)
             )  # fmt: skip
-            link.flush()
+            self._by_seq[(did, entry.seq)] = command.cid
+            current.flush()
+            entry.link = current
             entry.tries += 1
             entry.resend_at = now + RESEND_AFTER_S * (2 ** (entry.tries - 1))
             resent += 1
         self.metrics.desired_resent += resent
         return resent
 
+    def _give_up(self, did: str, cid: int, *, answered_elsewhere: bool) -> None:
+        # A one-shot command past its deadline is timed out by the scheduler's owner.
+        self._forget(did, cid)
+        if self._state_cid.get(did) == cid:
+            del self._state_cid[did]
+        if not answered_elsewhere:
+            self.metrics.desired_unanswered += 1
+            log.warning("command_unanswered", did=did, cid=cid)
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
 
-def command_message(did: str, command: Command) -> str:
-    """A one-shot command on a node channel: "cmd <did> <cid> <op> <exp> <k>=<v>,..."."""
-    args = ",".join(f"{k}={v}" for k, v in command.args.items()) or "-"
-    return f"cmd {did} {command.cid} {command.op} {command.exp} {args}"
-
-
 def parse_command_message(fields: list[str]) -> tuple[str, Command]:
+    """A one-shot command routed to a node (command.lua writes it):
+    "cmd <did> <cid> <op> <exp> <k>=<v>,..." ("-" for no args), without the verb."""
     try:
         did, cid, op, exp, raw_args = fields
         args = {} if raw_args == "-" else {
@@ -197,29 +280,3 @@ def parse_command_message(fields: list[str]) -> tuple[str, Command]:
         return did, Command(cid=int(cid), op=int(op), exp=int(exp), args=args)
     except ValueError as exc:
         raise StateMessageError(f"bad command message {fields!r}") from exc
-
-
-class CommandRouter:
-    """Gets a one-shot command to the node holding the device (issue 5 builds the full command
-    service on it): command ids, and delivery through that node's channel."""
-
-    def __init__(self, client: aioredis.Redis, keyspace: Keyspace, ids: CommandIds) -> None:
-        self.client = client
-        self.keyspace = keyspace
-        self.ids = ids
-
-    async def next_cid(self) -> int:
-        await self.ids.reserve()
-        return self.ids.take()
-
-    async def deliver(self, did: str, command: Command) -> bool:
-        """False when the device is offline (no node holds it, or that node is gone)."""
-        with redis_errors("routing a command"):
-            node = await self.client.hget(self.keyspace.presence(did), "node")
-            if node is None:
-                return False
-            name = node.decode() if isinstance(node, bytes) else node
-            receivers = await self.client.publish(
-                self.keyspace.node_channel(name), command_message(did, command)
-            )
-        return int(receivers) > 0

@@ -6,13 +6,14 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from protocol import Command, DesiredState, ErrorCode, FrameRejected, ServerSession, SessionClosed
 from protocol.frames import DecoderStats
-from protocol.messages import Result
+from protocol.messages import Ack, Result
 
 if TYPE_CHECKING:
     from gateway.desired import DesiredStatePusher
@@ -136,6 +137,8 @@ class Hub:
         self.logins: LoginBatcher
         self.presence: Presence
         self.desired: DesiredStatePusher | None = None  # set by the node once it runs
+        # Wakes waiters when a command issued on this node is settled ("res" on our channel).
+        self.on_command_outcome: Callable[[str, int], None] | None = None
         metrics.gauges["connections"] = lambda: len(self.connections)
         metrics.gauges["devices_online"] = lambda: len(self.online)
         metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
@@ -230,11 +233,16 @@ class Hub:
         )
 
     def device_message(self, conn: DeviceLink, message: Any) -> None:
-        """RESULT/ACK/ERROR from a device (command delivery plugs in here)."""
+        """RESULT/ACK/ERROR from a device: the outcome and delivery of commands."""
         desired = self.desired
-        if type(message) is Result and desired is not None and desired.result(conn.did, message):
-            return
-        log.debug("device_message", did=conn.did, message=type(message).__name__)
+        kind = type(message)
+        if desired is not None:
+            if kind is Result:
+                desired.result(conn.did, message)
+                return
+            if kind is Ack and desired.delivered(conn.did, message.seq):
+                return
+        log.debug("device_message", did=conn.did, message=kind.__name__)
 
     # ------------------------------------------------------------------ read pausing
 

@@ -191,9 +191,10 @@ class LoginBatcher:
                 continue
             _old_node, _old_conn, wm_boot, wm_rec, *desired = reply
             last_acked = None if wm_boot is None else (int(wm_boot), int(wm_rec))
-            conn.session.accept_login(
-                now=time.time(), last_acked=last_acked, desired=desired_state(*desired)
-            )
+            state = desired_state(*desired)
+            conn.session.accept_login(now=time.time(), last_acked=last_acked, desired=state)
+            if state is not None and state.version > 0 and self.hub.desired is not None:
+                self.hub.desired.applied_at_login(v.did, state.version)
             self.hub.go_online(conn, v.did, self.keyspace.shard_of(v.did))
             self.metrics.logins_ok += 1
             conn.flush()

@@ -42,6 +42,9 @@ class Metrics:
     desired_resent: int = 0
     desired_unanswered: int = 0
     desired_push_failed: int = 0
+    commands_issued: int = 0
+    commands_reroute_attempts: int = 0
+    commands_timed_out: int = 0
     rental_locks: int = 0
     rental_reminders: int = 0
     rental_dismantle_tickets: int = 0

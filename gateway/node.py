@@ -15,8 +15,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway.commands import CommandEvents, CommandService
 from gateway.config import Settings
-from gateway.desired import CommandIds, CommandRouter, DesiredStatePusher
+from gateway.desired import CommandIds, DesiredStatePusher
 from gateway.embedded_redis import embedded_redis
 from gateway.errors import GatewayError
 from gateway.hub import FailedLoginLimiter, Hub
@@ -105,7 +106,7 @@ HUB = web.AppKey("hub", Hub)
 TASKS = web.AppKey("tasks", TaskGroup)
 TCP_SERVER = web.AppKey("tcp_server", asyncio.Server)
 SERVICE_STORE = web.AppKey("service_store", ServiceStore)
-COMMAND_ROUTER = web.AppKey("command_router", CommandRouter)
+COMMANDS = web.AppKey("commands", CommandService)
 RENTAL_SCHEDULER = web.AppKey("rental_scheduler", RentalScheduler)
 MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
 
@@ -181,8 +182,10 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     # pending), then write what is left before the database closes.
     writer.request_stop()
     running = app[TASKS].tasks.get("ledger-writer")
-    if running is not None and not writer.waiting and not await _within(
-        settings.shutdown_grace_s, asyncio.shield(running)
+    if (
+        running is not None
+        and not writer.waiting
+        and not await _within(settings.shutdown_grace_s, asyncio.shield(running))
     ):
         log.warning("ledger_writer_stop_slow")
     await app[TASKS].stop("ledger-writer")
@@ -239,11 +242,20 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     command_ids = CommandIds(client, keyspace)
     await command_ids.reserve()
-    hub.desired = DesiredStatePusher(hub=hub, ids=command_ids, metrics=metrics)
-    app[COMMAND_ROUTER] = CommandRouter(client, keyspace, CommandIds(client, keyspace))
+    command_events = CommandEvents(client, scripts, keyspace)
+    hub.desired = DesiredStatePusher(
+        hub=hub, ids=command_ids, metrics=metrics, events=command_events
+    )
+    commands = CommandService(
+        client=client, scripts=scripts, keyspace=keyspace, ids=command_ids,
+        node_id=hub.node_id, metrics=metrics,
+    )  # fmt: skip
+    hub.on_command_outcome = commands.on_outcome
+    app[COMMANDS] = commands
     app[HUB] = hub
     names = (
         "meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper", "desired",
+        "command-events",
     )  # fmt: skip
     runners: tuple[Callable[[], Awaitable[None]], ...] = (
         hub.meter.run,
@@ -254,6 +266,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         hub.presence.run_kick_listener,
         hub.run_sweeper,
         lambda: run_desired(hub.desired, command_ids),
+        command_events.run,
     )
     for name, runner in zip(names, runners, strict=True):
         tasks.start(name, runner)
@@ -269,6 +282,11 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await shutdown_gateway(app)
     await tasks.stop(*names)
+    try:  # what the devices said about commands before they went
+        if not await _within(CLOSE_GRACE_S, command_events.flush()):
+            log.warning("command_events_unwritten", count=command_events.pending)
+    except GatewayError as exc:
+        log.warning("command_events_unwritten", count=command_events.pending, error=str(exc))
 
 
 async def run_desired(pusher: DesiredStatePusher | None, ids: CommandIds) -> None:
@@ -287,7 +305,6 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
     (which also fails vending sessions past their deadline)."""
     from models.service import open_dismantle_after_grace, record_rental_reminder
-    from models.vending import expire_dispenses
 
     settings = app[SETTINGS]
     store = ServiceStore(app[REDIS], app[SCRIPTS], app[KEYSPACE])
@@ -306,7 +323,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         grace_s=settings.rental_grace_days * 86_400,
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
-        sweep=expire_dispenses,
+        sweep=lambda: sweep_deadlines(app),
     )
     app[RENTAL_SCHEDULER] = scheduler
     app[TASKS].start("rental-scheduler", scheduler.run)
@@ -316,6 +333,17 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         await scheduler.release_lease()
     except GatewayError as exc:
         log.warning("rental_lease_release_failed", error=str(exc))
+
+
+async def sweep_deadlines(app: web.Application) -> int:
+    """Each second on the scheduler's owner: vending sessions and commands past their deadline."""
+    from models.vending import expire_dispenses
+
+    swept = await expire_dispenses()
+    commands = app.get(COMMANDS)
+    if commands is not None:
+        swept += await commands.expire_due()
+    return swept
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -369,7 +397,7 @@ async def shutdown_gateway(app: web.Application) -> None:
     await _within(CLOSE_GRACE_S, server.wait_closed())
 
 
-async def _within(seconds: float, awaitable: Awaitable[None]) -> bool:
+async def _within(seconds: float, awaitable: Awaitable[object]) -> bool:
     """Await with a bound; False when the time ran out."""
     try:
         async with asyncio.timeout(seconds):

@@ -236,6 +236,9 @@ class Presence:
         if data.startswith(b"cmd "):
             self._on_command(data)
             return
+        if data.startswith(b"res "):
+            self._on_outcome(data)
+            return
         try:
             verb, did, conn_id = data.decode().split(" ")
             code, reason = KICK_CODES[verb]
@@ -244,7 +247,6 @@ class Presence:
             return
         if self.hub.kick(did, conn_id, code, reason):
             log.info("device_kicked", did=did, verb=verb)
-
 
     def _on_state(self, data: bytes) -> None:
         """A device's desired state changed: send it if the device is connected here."""
@@ -259,7 +261,6 @@ class Presence:
         if pusher is not None:
             pusher.push(did, desired)
 
-
     def _on_command(self, data: bytes) -> None:
         """A one-shot command routed to this node for a device connected here."""
         from gateway.desired import StateMessageError, parse_command_message
@@ -271,7 +272,24 @@ class Presence:
             return
         pusher = self.hub.desired
         if pusher is None or not pusher.send(did, command):
+            # It left between routing and now: if it is on another node already, send it
+            # there; if not, the command times out by its deadline (nothing was run).
             log.info("command_for_absent_device", did=did, cid=command.cid)
+            if pusher is not None and pusher.events is not None:
+                pusher.events.reroute(did, command.cid, self.hub.node_id)
+
+    def _on_outcome(self, data: bytes) -> None:
+        """A command issued on this node is settled: "res <did> <cid> <state>"."""
+        from gateway.commands import parse_outcome_message
+
+        try:
+            did, cid = parse_outcome_message(data.decode().split(" ")[1:])
+        except (ValueError, UnicodeDecodeError):
+            log.warning("outcome_message_malformed", data=data[:96])
+            return
+        wake = self.hub.on_command_outcome
+        if wake is not None:
+            wake(did, cid)
 
 
 def presence_ttl_ms(heartbeat_s: int, idle_factor: float = 2.5) -> int:

@@ -14,8 +14,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from gateway.errors import RedisUnavailable, ScriptFailed
 
 SCRIPT_NAMES = (
-    "meter", "claim", "release", "touch", "ledger_ack", "service", "lease", "pop_due",
-)
+    "meter", "claim", "release", "touch", "ledger_ack", "service", "lease", "pop_due", "command",
+)  # fmt: skip
 
 
 def open_redis(url: str, *, max_connections: int = 64) -> aioredis.Redis:

@@ -240,12 +240,12 @@ async def test_a_gateway_restart_mid_flow_loses_and_double_counts_nothing(
 async def test_reset_filter_reaches_the_device_and_is_recorded(node_factory, device_factory):
     import pytest
 
-    from gateway.node import COMMAND_ROUTER
+    from gateway.node import COMMANDS
     from models.vending import DeviceOffline
 
     node = await node_factory()
     dev, _store, device = await volume_device(node, device_factory, 1000)
-    router = node.app[COMMAND_ROUTER]
+    router = node.app[COMMANDS]
     with pytest.raises(DeviceOffline):
         await service.reset_filter(router, dev.did, 2, actor=ACTOR)
     await device.login()
