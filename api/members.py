@@ -48,6 +48,7 @@ from gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender, LogSmsSender
 from gateway.providers.wechat import WechatClient
 from models import ratelimit
 from models.accounts import LoginRefused
+from models.devices import bound_device_counts
 from models.errors import NotFound
 from models.members import (
     LOGIN_ALLOWED,
@@ -299,7 +300,8 @@ async def visible_member(principal: Principal, uid: str) -> Member:
     return member
 
 
-def member_out(member: Member, viewer: Principal) -> MemberOut:
+def member_out(member: Member, viewer: Principal, devices: int = 0) -> MemberOut:
+    """`devices`: how many devices are bound to the member (models.devices.bound_device_counts)."""
     admin = viewer.role in ADMIN_ROLES
     full_weixin = viewer.role in (Role.PLATFORM, Role.VENDOR, Role.MEMBER)
     weixin = None
@@ -326,7 +328,7 @@ def member_out(member: Member, viewer: Principal) -> MemberOut:
         remark=member.remark if admin else None,
         vip=member.vip,
         bonus=member.bonus,
-        devices=0,
+        devices=devices,
         vid=member.vendor_id if admin else None,
         rid=member.referrer_id if admin else None,
         agent_id=member.agent_id if admin else None,
@@ -615,7 +617,8 @@ async def list_members(call: Call) -> Page:
         qs = qs.filter(name__icontains=query.name)
     total = await qs.count()
     rows = await qs.order_by(*query.ordering(pk="uid")).offset(query.offset).limit(query.limit)
-    return Page([member_out(m, principal) for m in rows], total)
+    counts = await bound_device_counts([m.uid for m in rows])
+    return Page([member_out(m, principal, counts.get(m.uid, 0)) for m in rows], total)
 
 
 @routes.get(
@@ -629,7 +632,8 @@ async def list_members(call: Call) -> Page:
 )
 async def read_member(call: Call) -> MemberOut:
     member = await visible_member(call.principal, call.params.uid)
-    return member_out(member, call.principal)
+    counts = await bound_device_counts([member.uid])
+    return member_out(member, call.principal, counts.get(member.uid, 0))
 
 
 @routes.put(
@@ -671,7 +675,8 @@ async def update_member_profile(call: Call) -> MemberOut:
     member = await update_member(member, changes)
     if member.state == MemberState.DISABLED and not was_blocked:
         await _end_sessions(call, member)
-    return member_out(member, principal)
+    counts = await bound_device_counts([member.uid])
+    return member_out(member, principal, counts.get(member.uid, 0))
 
 
 @routes.put(

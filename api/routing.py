@@ -341,7 +341,9 @@ def _dump(value: Any, model: type[BaseModel] | None) -> Any:
     return value
 
 
-def render(route: Route, result: Any) -> web.Response:
+def render(route: Route, result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):  # the handler's own answer (AB-02's CSV)
+        return result
     if route.status == 204:
         return web.Response(status=204)
     if isinstance(result, Page):

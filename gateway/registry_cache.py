@@ -70,8 +70,11 @@ async def write_entries(
     return count
 
 
-async def kick_everywhere(client: aioredis.Redis, keyspace: Keyspace, dids: Iterable[str]) -> int:
-    """Ask whichever node holds each device to close it (e.g. it was disabled)."""
+async def kick_everywhere(
+    client: aioredis.Redis, keyspace: Keyspace, dids: Iterable[str], *, verb: str = "disable"
+) -> int:
+    """Ask whichever node holds each device to close it: `disable` (disabled or deregistered)
+    or `revoke` (its key was re-issued); the verb decides the offline reason shown."""
     dids = list(dids)
     if not dids:
         return 0
@@ -84,7 +87,7 @@ async def kick_everywhere(client: aioredis.Redis, keyspace: Keyspace, dids: Iter
         pipe = client.pipeline(transaction=False)
         for did, node in zip(dids, nodes, strict=True):
             if node is not None:
-                pipe.publish(keyspace.node_channel(node.decode()), f"disable {did} *")
+                pipe.publish(keyspace.node_channel(node.decode()), f"{verb} {did} *")
                 kicked += 1
         await pipe.execute()
     return kicked
