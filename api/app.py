@@ -11,7 +11,7 @@ from aiohttp import web
 from api.routing import AUTHENTICATOR, Route, RouteTable, add_routes, envelope_middleware
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = ["api.auth", "api.vendors", "api.agents", "api.devices"]
+RESOURCE_MODULES = ["api.auth", "api.vendors", "api.agents", "api.devices", "api.commands"]
 # Resource modules that land separately are picked up once they exist.
 OPTIONAL_RESOURCE_MODULES = ["api.members"]
 

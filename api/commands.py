@@ -1,0 +1,330 @@
+"""Remote control: commands to a device, their state and outcome (issue 5).
+
+`POST /devices/{did}/commands` answers at once with the command id and its state, or, with
+`wait_ms`, once the device has answered (bounded). The command reaches the device on whichever
+gateway node holds its connection (gateway/commands.py); its log lives in Redis next to the
+device's other state, so any node answers `GET .../commands/{cid}`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from api.devices import usable_device
+from api.errors import ConflictError, Forbidden, NotFoundError
+from api.routing import Call, Page, RouteTable
+from api.schemas import MAX_LIMIT, UNSET, PathParams, Query, RequestModel, ResponseModel, text
+from gateway.commands import (
+    KEEP_LISTED,
+    CommandKind,
+    CommandRecord,
+    CommandService,
+    CommandState,
+)
+from gateway.node import COMMANDS, SERVICE_STORE
+from models import service
+from models.devices import Device
+from models.service import DeviceService, ServiceMode
+from models.tenancy import ANY_ROLE, Principal, Role
+from models.vending import MAX_DISPENSE_ML, start_dispense
+from protocol import CommandOp
+
+routes = RouteTable(
+    "commands",
+    "Remote control (远程控制): dispense, lock, unlock, reset a filter, sync the clock, reboot, "
+    "announce firmware. A command is routed to the gateway node holding the device; its state "
+    "goes queued -> sent -> delivered -> succeeded | failed | rejected | timed_out | expired.",
+)
+
+WAIT_MAX_MS = 30_000
+DEFAULT_TIMEOUT_S = 60
+OP_NAMES: dict[str, CommandOp] = {
+    "dispense": CommandOp.DISPENSE,
+    "lock": CommandOp.LOCK,
+    "unlock": CommandOp.UNLOCK,
+    "reset_filter": CommandOp.RESET_FILTER,
+    "time_sync": CommandOp.TIME_SYNC,
+    "firmware_notice": CommandOp.FIRMWARE_NOTICE,
+    "reboot": CommandOp.REBOOT,
+}
+NAME_OF_OP = {int(op): name for name, op in OP_NAMES.items()}
+OpName = Literal[
+    "dispense", "lock", "unlock", "reset_filter", "time_sync", "firmware_notice", "reboot"
+]
+# What each op takes besides timeout_s / wait_ms / reason (anything else is refused).
+OP_FIELDS: dict[str, frozenset[str]] = {
+    "dispense": frozenset({"ml"}),
+    "reset_filter": frozenset({"filter"}),
+    "firmware_notice": frozenset({"version_code"}),
+}
+ADMIN_ONLY_OPS = frozenset({"firmware_notice"})
+# A member may lock or unlock their own purifier (a child lock); on a rented or vending device a
+# lock is the vendor's business (an unpaid rental must not be unlocked by its renter).
+MEMBER_LOCK_MODES = frozenset({None, ServiceMode.SALE, ServiceMode.TEST})
+
+
+class DevicePath(PathParams):
+    did: str = Field(pattern=r"^[A-Z0-9]{4,16}$", description="device id")
+
+
+class CommandPath(DevicePath):
+    cid: int = Field(ge=1, le=2**32 - 1, description="command id")
+
+
+class CommandIn(RequestModel):
+    """One command; `ml` for dispense, `filter` for reset_filter, `version_code` for
+    firmware_notice, nothing else for the other ops."""
+
+    op: OpName
+    ml: int = Field(UNSET, ge=1, le=MAX_DISPENSE_ML, description="dispense: millilitres")
+    filter: int = Field(UNSET, ge=0, le=255, description="reset_filter: the filter stage")
+    version_code: int = Field(
+        UNSET, ge=1, le=2**31 - 1, description="firmware_notice: the version on offer"
+    )
+    timeout_s: int = Field(
+        DEFAULT_TIMEOUT_S, ge=5, le=600, description="deadline: the device refuses it after this"
+    )
+    wait_ms: int = Field(
+        0, ge=0, le=WAIT_MAX_MS, description="wait this long for the outcome before answering"
+    )
+    reason: str = text(255, default="", description="why (kept in the service log for lock/unlock)")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_op(self) -> CommandIn:
+        wanted = OP_FIELDS.get(self.op, frozenset())
+        given = {name for name in ("ml", "filter", "version_code") if name in self.model_fields_set}
+        missing, extra = wanted - given, given - wanted
+        if missing:
+            raise ValueError(f"{self.op} needs {', '.join(sorted(missing))}")
+        if extra:
+            raise ValueError(f"{self.op} takes no {', '.join(sorted(extra))}")
+        return self
+
+
+class WaitQuery(Query):
+    wait_ms: int = Field(
+        0, ge=0, le=WAIT_MAX_MS, description="wait this long for a final state before answering"
+    )
+
+
+class CommandListQuery(Query):
+    """Newest first; no sorting."""
+
+    limit: int = Field(20, ge=1, le=MAX_LIMIT, description=f"records to return (1..{MAX_LIMIT})")
+    offset: int = Field(0, ge=0, le=KEEP_LISTED - 1, description="records to skip")
+
+
+class CommandOut(ResponseModel):
+    cid: int = Field(description="command id (unique per platform)")
+    did: str
+    op: str = Field(description="dispense, lock, unlock, reset_filter, time_sync, ...")
+    args: dict[str, int] = Field(description="the command's arguments on the wire (key: value)")
+    state: str = Field(
+        description="queued, sent, delivered, succeeded, failed, rejected, timed_out, expired"
+    )
+    final: bool = Field(description="true once the state can no longer change")
+    rc: int | None = Field(
+        description="the device's RESULT code (0 ok, 1 failed, 2 rejected, 3 expired)"
+    )
+    out: int | None = Field(description="the device's RESULT value (dispense: ml actually poured)")
+    poured_ml: int | None = Field(description="dispense: ml actually poured")
+    error: str | None = Field(
+        description="why it failed without a device answer (device_offline, ...)"
+    )
+    target_version: int | None = Field(
+        description="lock/unlock: the desired-state version; succeeded when the device holds it"
+    )
+    deadline: str | None = Field(description="one-shot commands: the device refuses it after this")
+    issuer: str
+    origin_node: str = Field(description="the gateway node that took the request")
+    device_node: str | None = Field(description="the gateway node it was routed to")
+    created_at: str
+    sent_at: str | None
+    delivered_at: str | None
+    done_at: str | None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def command_out(record: CommandRecord) -> CommandOut:
+    op_name = NAME_OF_OP.get(record.op, str(record.op))
+    one_shot = record.kind is CommandKind.ONCE
+    return CommandOut(
+        cid=record.cid,
+        did=record.did,
+        op=op_name,
+        args={str(k): v for k, v in sorted(record.args.items())},
+        state=record.state.value,
+        final=record.final,
+        rc=record.rc,
+        out=record.out,
+        poured_ml=record.out if op_name == "dispense" and record.state is CommandState.SUCCEEDED
+        else None,
+        error=record.error,
+        target_version=record.target_version,
+        deadline=_iso_ms(record.exp * 1000) if one_shot else None,
+        issuer=record.issuer,
+        origin_node=record.origin,
+        device_node=record.node,
+        created_at=_iso_ms(record.created_ms) or "",
+        sent_at=_iso_ms(record.sent_ms),
+        delivered_at=_iso_ms(record.delivered_ms),
+        done_at=_iso_ms(record.done_ms),
+    )  # fmt: skip
+
+
+def issuer_of(principal: Principal) -> str:
+    return f"{principal.role.value}:{principal.subject}"
+
+
+def _commands(call: Call) -> CommandService:
+    return call.app[COMMANDS]
+
+
+async def _check_allowed(principal: Principal, device: Device, op: str) -> DeviceService | None:
+    """The role rules beyond "may use this device" (docs/api-devices.md#commands)."""
+    svc = await DeviceService.get_or_none(did=device.did)
+    if principal.role is Role.MEMBER:
+        if op in ADMIN_ONLY_OPS:
+            raise Forbidden(f"{op} is for the vendor's console")
+        mode = svc.mode if svc is not None else None
+        if op in ("lock", "unlock") and mode not in MEMBER_LOCK_MODES:
+            raise Forbidden("the vendor locks and unlocks a rented or vending device")
+        if op == "dispense" and mode is ServiceMode.VENDING:
+            raise ConflictError(
+                "a vending machine pours after payment, not by command", code="payment_required"
+            )
+    return svc
+
+
+async def _issue(call: Call, device: Device, body: CommandIn) -> tuple[int, CommandState]:
+    commands = _commands(call)
+    issuer = issuer_of(call.principal)
+    svc = await _check_allowed(call.principal, device, body.op)
+    op = OP_NAMES[body.op]
+    if body.op in ("lock", "unlock"):
+        change = service.lock if body.op == "lock" else service.unlock
+        outcome = await change(
+            call.app[SERVICE_STORE], device.did, actor=issuer, reason=body.reason or "command"
+        )
+        return await commands.record_state_change(device.did, op, outcome.version, issuer=issuer)
+    if body.op == "dispense" and svc is not None and svc.mode is ServiceMode.VENDING:
+        # An admin's pour on a vending machine (a test, a refund in water): a session at price 0,
+        # so the ledger still closes it with the ml actually poured.
+        session = await start_dispense(
+            _IssuerRouter(commands, issuer), device.did, body.ml, price_fen_per_l=0,
+            timeout_s=body.timeout_s,
+        )  # fmt: skip
+        return int(session.cid), CommandState.QUEUED
+    args: dict[int, int] = {}
+    if body.op == "dispense":
+        args = {1: body.ml}
+    elif body.op == "reset_filter":
+        args = {1: body.filter}
+    elif body.op == "firmware_notice":
+        args = {1: body.version_code}
+    elif body.op == "time_sync":
+        args = {1: int(dt.datetime.now(dt.UTC).timestamp())}
+    return await commands.issue(device.did, op, args, timeout_s=body.timeout_s, issuer=issuer)
+
+
+class _IssuerRouter:
+    """The router start_dispense takes, recording who issued the command."""
+
+    def __init__(self, commands: CommandService, issuer: str) -> None:
+        self.commands = commands
+        self.issuer = issuer
+
+    async def next_cid(self) -> int:
+        return await self.commands.next_cid()
+
+    async def deliver(self, did: str, command: Any) -> bool:
+        return await self.commands.deliver(did, command, issuer=self.issuer)
+
+
+async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
+    record = await _commands(call).wait(did, cid, wait_ms / 1000)
+    if record is None:
+        raise NotFoundError(f"command {cid} of device {did} not found")
+    return command_out(record)
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+@routes.post(
+    "/devices/{did}/commands",
+    summary="Send a command to a device",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    body=CommandIn,
+    response=CommandOut,
+    status=202,
+    errors=(403, 409),
+    description="远程控制. Answers 202 with the command's state at once, or after up to `wait_ms` "
+    "when the device answers sooner. A one-shot command (dispense, reset_filter, time_sync, "
+    "firmware_notice, reboot) to an offline device is `failed` at once with error "
+    "`device_offline`; lock and unlock change the desired state, which an offline device gets "
+    "when it returns (`queued` until then). Members command devices bound or shared to them; "
+    "admins, devices in their subtree.",
+)
+async def send_command(call: Call) -> CommandOut:
+    params: DevicePath = call.params
+    body: CommandIn = call.body
+    device = await usable_device(call.principal, params.did)
+    cid, state = await _issue(call, device, body)
+    if state is CommandState.FAILED:  # offline: said at once, with the logged command
+        failed = await _answer(call, device.did, cid, 0)
+        raise ConflictError(
+            f"device {device.did} is offline: the command was not sent",
+            code="device_offline",
+            data=failed.model_dump(),
+        )
+    return await _answer(call, device.did, cid, body.wait_ms)
+
+
+@routes.get(
+    "/devices/{did}/commands/{cid}",
+    summary="Read a command's state and outcome",
+    roles=ANY_ROLE,
+    params=CommandPath,
+    query=WaitQuery,
+    response=CommandOut,
+    description="With `wait_ms`, answers as soon as the command is final, or when the wait ends.",
+)
+async def read_command(call: Call) -> CommandOut:
+    params: CommandPath = call.params
+    device = await usable_device(call.principal, params.did)
+    return await _answer(call, device.did, params.cid, call.query.wait_ms)
+
+
+@routes.get(
+    "/devices/{did}/commands",
+    summary="List a device's latest commands, newest first",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    query=CommandListQuery,
+    response=CommandOut,
+    many=True,
+    description=f"The latest {KEEP_LISTED} commands of the device are kept listed (each for "
+    "30 days).",
+)
+async def list_commands(call: Call) -> Page:
+    params: DevicePath = call.params
+    query: CommandListQuery = call.query
+    device = await usable_device(call.principal, params.did)
+    commands = _commands(call)
+    records = await commands.recent(device.did, limit=query.limit, offset=query.offset)
+    total = await commands.count(device.did)
+    return Page([command_out(r) for r in records], total)
