@@ -383,6 +383,19 @@ async def unbind(device: Device) -> Device:
     return device
 
 
+async def release_member(uid: str) -> int:
+    """A deregistered member lets go of everything: the devices it owned are unbound (the
+    shares granted on them end too) and the shares it held end. Returns the devices unbound."""
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default"):
+        owned = list(await Device.filter(owner_id=uid).values_list("did", flat=True))
+        if owned:
+            await DeviceShare.filter(device_id__in=owned).delete()
+            await Device.filter(did__in=owned).update(owner_id=None, bound_at=None, updated_at=now)
+        await DeviceShare.filter(member_id=uid).delete()
+    return len(owned)
+
+
 async def clear_info(device: Device) -> Device:
     """AB-12 (恢复出厂): binding, shares and profile go; the ledger and service history stay."""
     check_changeable(device)

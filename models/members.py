@@ -562,4 +562,7 @@ async def deregister(member: Member) -> Member:
     for name, value in blanks.items():
         setattr(member, name, value)
     await member.save(update_fields=[*blanks, "state", "deregistered_at", "updated_at"])
+    from models.devices import release_member  # devices refer to members: import late
+
+    await release_member(member.uid)  # its purifiers can be bound by their next user
     return member

@@ -744,3 +744,26 @@ async def test_statistics(api: ApiClient, tenants: tuple[Tenant, Tenant], api_no
     assert (await owner.client.call("GET", f"/devices/{did}/statistics")).status == 404
     await owner.client.call("POST", f"/devices/{did}/bind", {})
     assert (await owner.client.call("GET", f"/devices/{did}/statistics")).data == data
+
+
+async def test_a_deregistered_member_lets_go_of_its_devices_and_shares(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any
+):
+    a, _ = tenants
+    owned, borrowed = await one_device(api, a.vid), await one_device(api, a.vid)
+    leaving = await make_member(api_node, api, a.vid)
+    guest = await make_member(api_node, api, a.vid)
+    lender = await make_member(api_node, api, a.vid)
+    await leaving.client.call("POST", f"/devices/{owned}/bind", {})
+    await leaving.client.call("POST", f"/devices/{owned}/shares", {"uid": guest.uid})
+    await lender.client.call("POST", f"/devices/{borrowed}/bind", {})
+    await lender.client.call("POST", f"/devices/{borrowed}/shares", {"uid": leaving.uid})
+
+    assert (await api.call("DELETE", f"/users/{leaving.uid}")).status == 204
+    device = await Device.get(did=owned)
+    assert (device.owner_id, device.bound_at) == (None, None)  # the next user can bind it
+    assert not await DeviceShare.exists(device_id=owned)  # the guest's share ended with it
+    assert not await DeviceShare.exists(member_id=leaving.uid)
+    assert (await Device.get(did=borrowed)).owner_id == lender.uid  # the lender's stays
+    rebound = await guest.client.call("POST", f"/devices/{owned}/bind", {})
+    assert rebound.status in (200, 201), rebound
