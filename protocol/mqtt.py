@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from protocol.constants import (
     MAC_SIZE,
@@ -25,6 +26,7 @@ from protocol.constants import (
     MAX_PAYLOAD,
     SEQ_MODULO,
     U16,
+    U32,
     VERSION,
     AckCode,
     Encoding,
@@ -37,6 +39,7 @@ from protocol.crypto import proofs_equal
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.frames import DecoderStats, Frame, MacKey
 from protocol.messages import (
+    Ack,
     Command,
     DesiredState,
     Event,
@@ -59,6 +62,7 @@ MAX_SKEW_MS = 600_000  # a copy sent more than 10 min before or after our clock 
 REORDER_MS = 5_000  # how far behind the newest copy of a device another copy may arrive
 RECENT_TAGS = 16  # tags remembered per device to recognise a copy seen before
 HELD_MAX = 64  # messages held per device while its key is looked up (oldest dropped)
+RECENT_COMMANDS = 32  # commands a session remembers (cid -> seq) to recognise their answers
 MAX_COUNTER_MS = 2**53 - 1
 QOS_ACK = 0  # a lost ACK costs one resend, answered "duplicate"
 QOS_DATA = 1
@@ -123,9 +127,9 @@ def envelope_byte(encoding: int) -> int:
 # --------------------------------------------------------------------------- envelope
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One MQTT message taken apart, its tag not yet checked."""
+class Envelope(NamedTuple):
+    """One MQTT message taken apart, its tag not yet checked (a NamedTuple: one per message
+    on the bridge's hot path, and a frozen dataclass costs ~1 us more to make)."""
 
     topic: bytes
     did: str
@@ -201,19 +205,24 @@ class ReplayGuard:
     nothing: records are deduplicated on (did, boot, rec), commands on cid.
     """
 
-    __slots__ = ("_newest_ms", "_recent")
+    __slots__ = ("_newest_ms", "_recent", "_seen")
 
     def __init__(self) -> None:
         self._newest_ms = 0
-        self._recent: deque[bytes] = deque(maxlen=RECENT_TAGS)
+        self._recent: deque[bytes] = deque()  # oldest first, at most RECENT_TAGS
+        self._seen: set[bytes] = set()  # the same tags, for a lookup without a scan
 
     def check(self, sent_ms: int, tag: bytes, now_ms: int) -> str | None:
         """None when the copy is fresh (and remember it), else "stale" or "replayed"."""
         if abs(sent_ms - now_ms) > MAX_SKEW_MS:
             return "stale"
-        if sent_ms < self._newest_ms - REORDER_MS or tag in self._recent:
+        if sent_ms < self._newest_ms - REORDER_MS or tag in self._seen:
             return "replayed"
-        self._recent.append(tag)
+        recent = self._recent
+        if len(recent) >= RECENT_TAGS:
+            self._seen.discard(recent.popleft())
+        recent.append(tag)
+        self._seen.add(tag)
         if sent_ms > self._newest_ms:
             self._newest_ms = sent_ms
         return None
@@ -239,6 +248,19 @@ class StatusNotice:
     connected_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class CommandAnswer:
+    """A device's delivery ACK (`ack_rc` set) or RESULT (`result` set) of command `cid`.
+
+    With several gateway nodes sharing the uplink, the answer may reach a node other than the
+    one that sent the command: each node asks its own session what it means
+    (`MqttServerSession.answer_for`)."""
+
+    cid: int
+    ack_rc: int | None = None
+    result: Result | None = None
+
+
 class MqttState(IntEnum):
     VERIFYING = 2  # as SessionState: the caller looks the key up
     ONLINE = 3
@@ -262,6 +284,8 @@ class MqttServerSession:
 
     __slots__ = (
         "_clock",
+        "_commands",
+        "_desired",
         "_guard",
         "_held",
         "_mac",
@@ -311,6 +335,8 @@ class MqttServerSession:
         self._held: list[Envelope] = []
         self._out: list[tuple[str, bytes, int]] = []
         self._tx_seq = 0
+        self._commands: dict[int, int] = {}  # cid -> seq of the commands sent, newest last
+        self._desired: DesiredState | None = None  # claimed at login, not yet taken
 
     # ----------------------------------------------------------------- state
 
@@ -384,12 +410,23 @@ class MqttServerSession:
     ) -> None:
         """The key holds and the presence is claimed: the held messages can be read.
 
-        There is no AUTH_OK on MQTT: the watermark rides on every ACK and the desired state
-        goes out as commands."""
+        There is no AUTH_OK on MQTT: the watermark rides on every ACK, and the desired state
+        waits in `take_desired()` for the caller to send as a SET_STATE command (it needs a
+        command id, which the session cannot make)."""
         if self.state is not MqttState.VERIFYING or self._mac is None:
             raise LocalProtocolError(ErrorCode.AUTH_BAD_PROOF, "accept_login before verify_login")
         self.state = MqttState.ONLINE
         self.last_rx = now
+        self._desired = desired
+
+    @property
+    def has_desired(self) -> bool:
+        return self._desired is not None
+
+    def take_desired(self) -> DesiredState | None:
+        """The desired state the login found (once), for the caller to send."""
+        desired, self._desired = self._desired, None
+        return desired
 
     def reject_login(self, code: ErrorCode, reason: str) -> None:
         self._drop_held(_DROP_REASON_OF_LOGIN.get(code, "not_allowed"))
@@ -400,7 +437,9 @@ class MqttServerSession:
         self._held = []
 
     def take_held(self) -> list[Envelope]:
-        held, self._held = self._held, []
+        held = self._held
+        if held:  # no new list per message when nothing is held (the usual case)
+            self._held = []
         return held
 
     # ----------------------------------------------------------------- uplink
@@ -438,7 +477,13 @@ class MqttServerSession:
             return [UplinkDropped("malformed", channel)]
         if frame_type == FrameType.PING:
             return []
-        return [message]
+        if type(message) is Result:
+            return [CommandAnswer(message.cid, result=message)]
+        if type(message) is Ack:
+            cid = body.get(Key.CID)
+            if type(cid) is int and 0 < cid <= U32:
+                return [CommandAnswer(cid, ack_rc=message.rc)]
+        return [message]  # an ACK without a cid (older firmware): matched here by seq
 
     def _status(self, body: dict[int, object], envelope: Envelope, now: float) -> list[object]:
         state, connected_ms = body.get(MqttKey.STATUS), body.get(MqttKey.CONNECTED_MS)
@@ -493,10 +538,28 @@ class MqttServerSession:
         """Queue a COMMAND on `down/cmd` (QoS 1); returns its seq, echoed by the device's ACK."""
         if self._mac is None:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "no device key yet")
-        return self._queue(Channel.DOWN_CMD, message_map(command), QOS_DATA)
+        seq = self._queue(Channel.DOWN_CMD, message_map(command), QOS_DATA)
+        commands = self._commands
+        commands.pop(command.cid, None)  # a resend: its newest seq, moved to the end
+        commands[command.cid] = seq
+        if len(commands) > RECENT_COMMANDS:
+            del commands[next(iter(commands))]
+        return seq
+
+    def answer_for(self, answer: CommandAnswer) -> Ack | Result | None:
+        """What a device's answer means to this session: the Result, or an Ack echoing the seq
+        this session gave the command; None when this session did not send that cid."""
+        seq = self._commands.get(answer.cid)
+        if seq is None:
+            return None
+        if answer.result is not None:
+            return answer.result
+        return Ack(seq=seq, rc=answer.ack_rc if answer.ack_rc is not None else AckCode.STORED)
 
     def messages_to_send(self) -> list[tuple[str, bytes, int]]:
-        out, self._out = self._out, []
+        out = self._out
+        if out:  # no new list per message when nothing is queued (the usual case)
+            self._out = []
         return out
 
 
@@ -634,7 +697,11 @@ class MqttDeviceSession:
         except RemoteProtocolError:
             return [Dropped("malformed")]
         if isinstance(parsed, Command) and self.state is MqttState.ONLINE:
-            self._send(Channel.UP_ACK, {Key.ACK_SEQ: seq, Key.ACK_RC: AckCode.STORED})
+            # The cid lets whichever gateway node receives the ACK tell the one that sent it.
+            self._send(
+                Channel.UP_ACK,
+                {Key.ACK_SEQ: seq, Key.ACK_RC: AckCode.STORED, Key.CID: parsed.cid},
+            )
         return [parsed]
 
 

@@ -1,13 +1,20 @@
 """The MQTT bridge: ESP8266 devices' messages from the broker into the gateway, acks back.
 
 One aiomqtt client per node subscribes to every device's uplink with a shared subscription
-(`$share/<group>/<prefix>/+/up/#` and `.../+/status`), so the nodes of a group split the load.
+(`$share/<group>/<prefix>/+/up/#` and `.../+/status`, QoS 0: see SUBSCRIBE_QOS), so the nodes
+of a group split the load. aiomqtt runs the connection (connect, subscribe, keepalive, clean
+disconnect, and telling us it dropped); the messages go through the paho client inside it, by
+paho's public API (`paho_client` says why): read in bursts, handed to our bounded queue,
+acks and commands published a batch at a time without a task per message.
 A device's first message on this node holds until its key is known: the hub's LoginBatcher
 looks the device up (one registry round trip per tick for all of them), checks the message's
-tag with the derived key and claims the device's presence. After that each message is checked
-locally (tag, clock window, replay memory) and its records go to the same MeterBatcher as TCP
-records: deduplicated, metered and written to the ledger in one script call per shard per
-round, then acked on `<prefix>/<did>/down/ack`.
+tag with the derived key and claims the device's presence; the desired state that claim
+returns goes to the device as a SET_STATE command (MQTT has no AUTH_OK). After that each
+message is checked locally (tag, clock window, replay memory) and its records go to the same
+MeterBatcher as TCP records: deduplicated, metered and written to the ledger in one script
+call per shard per round, then acked on `<prefix>/<did>/down/ack`. A device's answers to
+commands (ACK, RESULT) are also told to the other bridges, one of which may have sent the
+command (docs/mqtt.md, section 8).
 
 Bounds and what happens at them (docs/mqtt.md, "Overflow"):
 - received and not yet handled: `mqtt_queue_max` messages; when full the newest is dropped
@@ -17,6 +24,8 @@ Bounds and what happens at them (docs/mqtt.md, "Overflow"):
 - acks and commands waiting for the broker: `mqtt_outbound_max`; when full the oldest is
   dropped (mqtt_downlinks_dropped): a lost ack costs one resend, answered "duplicate".
 - held per device while its key is looked up: 64, oldest dropped.
+- answers waiting to be told to the other bridges: ANSWERS_MAX, oldest dropped (logged); its
+  command is resent and answered from the device's memory.
 When the broker goes away the bridge reconnects with exponential backoff (0.5 s doubling to
 30 s, jittered) and subscribes again; what it had received stays queued, what it had to send
 stays in the outbound queue. No record is acked before it is durable, so a broker restart
@@ -37,10 +46,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import msgpack
 import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from gateway.errors import ConfigError, RedisUnavailable
+from gateway.errors import ConfigError, GatewayError, RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.login import LoginBatcher
 from gateway.logs import get_logger
@@ -48,8 +59,9 @@ from gateway.metrics import Metrics
 from gateway.mqtt.link import MqttDevice
 from gateway.redis_io import Scripts, redis_errors
 from protocol import ErrorCode, LoginRequested, ProtocolError
-from protocol.messages import Record
+from protocol.messages import Record, Result
 from protocol.mqtt import (
+    CommandAnswer,
     Envelope,
     StatusNotice,
     UplinkDropped,
@@ -74,7 +86,17 @@ PAUSED_POLL_S = 0.05
 FLUSH_GRACE_S = 2.0
 SENT_POLL_S = 0.001
 READ_BURST = 256
+# The uplink is taken at QoS 0: a record's safety is the device's (it keeps it until our ACK,
+# which comes only once the record is durable), not the broker's. At QoS 1 the broker holds
+# at most an in-flight window (Mosquitto: 20) plus a queue (1000) per subscriber and silently
+# dropped the rest whenever devices' windows filled together (measured: 7-10% of messages at
+# 500 devices x window 8, each resent by its device 5 s later); at QoS 0 bursts wait in the
+# socket buffers and in our bounded queue, where a drop is counted (mqtt_uplinks_dropped).
+SUBSCRIBE_QOS = 0
 FORGET_BATCH = 1000
+ANSWERS_MAX = 10_000  # device answers waiting to be told to the other bridges (oldest dropped)
+ANSWERS_BATCH = 500
+RELAY_RETRY_S = 1.0
 
 _DROP_COUNTERS = {
     "forged": "mqtt_uplinks_forged",
@@ -99,35 +121,63 @@ def broker_address(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
-class BurstClient(aiomqtt.Client):
-    """aiomqtt's client, reading up to READ_BURST messages per socket wake-up instead of one.
+def paho_client(client: aiomqtt.Client) -> mqtt.Client:
+    """The paho-mqtt client inside an aiomqtt client: the one place we reach past aiomqtt.
 
-    paho reads one packet per `loop_read()` call while nothing of ours is in flight, and aiomqtt
-    calls it once per wake-up, so a busy bridge took one message per event-loop iteration and
-    fell behind the broker (measured: acks took ~300 ms at ~4k messages/s). `arrivals` counts
-    messages handed over; the burst stops at the first call that handed none (no data left,
-    or a control packet).
+    aiomqtt 2.x offers no public way to do what the bridge needs at its message rate:
+    - publish without awaiting each message's confirmation (its `publish` waits in a task of
+      its own per message: measured, the largest share of the bridge's CPU per record);
+    - read more than one packet per socket wake-up (its reader calls paho's `loop_read` once:
+      messages waited in the socket buffer and acks took ~300 ms at 4,000 messages/s);
+    - take messages without a Message and a validated Topic made for each (~6% of the
+      bridge's main thread at 8,000 messages/s).
+    paho's own public API (`publish`, `socket`, `loop_read`, `on_message`) does all three, on
+    the client aiomqtt keeps in `_client`: pyproject pins aiomqtt < 3 (the unreleased 3.x
+    drops paho), and tests/gateway/test_mqtt_bridge.py checks it on the installed aiomqtt and
+    fails loudly when it changes.
     """
+    paho = getattr(client, "_client", None)
+    if not isinstance(paho, mqtt.Client):
+        raise GatewayError(
+            f"aiomqtt {getattr(aiomqtt, '__version__', '?')} keeps no paho client where the "
+            "MQTT bridge expects one (gateway/mqtt/bridge.py, paho_client)"
+        )
+    return paho
 
-    def __init__(self, arrivals: Callable[[], int], *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._arrivals = arrivals
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        super()._on_socket_open(client, userdata, sock)  # the reader it registers is replaced
-        arrivals = self._arrivals
+def read_in_bursts(client: aiomqtt.Client, arrivals: Callable[[], int]) -> asyncio.Future[None]:
+    """Read up to READ_BURST messages per socket wake-up instead of aiomqtt's one.
 
-        def burst() -> None:
-            try:
-                for _ in range(READ_BURST):
-                    before = arrivals()
-                    if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or arrivals() == before:
-                        return
-            except Exception as exc:  # as aiomqtt's own reader: the connection broke
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
+    Replaces the reader aiomqtt registered for the connected socket (asyncio keeps one per
+    descriptor); aiomqtt removes it when the socket closes. `arrivals` counts messages paho
+    handed over: a burst stops at the first read that handed none (no data left, or a control
+    packet; the loop calls again while the socket is readable). The returned future fails when
+    a read raises: the connection is broken.
+    """
+    paho = paho_client(client)
+    sock = paho.socket()
+    if sock is None:
+        raise aiomqtt.MqttError("not connected")
+    loop = asyncio.get_running_loop()
+    broken: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    pending = getattr(sock, "pending", None)  # TLS: decrypted bytes the socket no longer shows
 
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), burst)
+    def burst() -> None:
+        try:
+            for _ in range(READ_BURST):
+                before = arrivals()
+                if paho.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                if arrivals() == before and not (pending is not None and pending() > 0):
+                    return
+        except Exception as exc:  # as aiomqtt's own reader: the connection broke
+            loop.remove_reader(fd)
+            if not broken.done():
+                broken.set_exception(aiomqtt.MqttError(f"reading from the broker: {exc!r}"))
+
+    loop.add_reader(fd, burst)
+    return broken
 
 
 class MqttBridge:
@@ -167,53 +217,37 @@ class MqttBridge:
         self.devices: dict[str, MqttDevice] = {}
         self.outbound: deque[Outgoing] = deque()
         self.outbound_max = settings.mqtt_outbound_max
-        self.incoming: asyncio.Queue[aiomqtt.Message] | None = None
+        self.incoming: deque[tuple[str, bytes]] = deque()  # topic, payload
+        self.incoming_max = settings.mqtt_queue_max
+        self._in_wake = asyncio.Event()
         self.connected = False
         self.accepting = True
         self.arrivals = 0  # messages paho handed over (queued or dropped)
         self._out_wake = asyncio.Event()
         self._out_empty = asyncio.Event()  # set by the publisher when nothing is left
         self._forget: list[str] = []
-        self._forget_wake = asyncio.Event()
+        self._answers: deque[tuple[str, CommandAnswer]] = deque(maxlen=ANSWERS_MAX)
+        self._announce_wake = asyncio.Event()
+        self.answers_channel = f"{keyspace.node_channel(MQTT_NODE)}:answers"
         self._stopping = asyncio.Event()
         metrics.gauges["mqtt_connected"] = lambda: int(self.connected)
         metrics.gauges["mqtt_devices"] = lambda: len(self.devices)
-        metrics.gauges["mqtt_incoming_queued"] = lambda: (
-            0 if self.incoming is None else self.incoming.qsize()
-        )
+        metrics.gauges["mqtt_incoming_queued"] = lambda: len(self.incoming)
         metrics.gauges["mqtt_outbound_queued"] = lambda: len(self.outbound)
+        metrics.gauges["mqtt_answers_queued"] = lambda: len(self._answers)
 
     # ------------------------------------------------------------------ the broker connection
 
     def _client(self) -> aiomqtt.Client:
-        bridge = self
-
-        class IncomingQueue(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt's bounded queue of received messages; full: drop the newest, counted."""
-
-            def __init__(self, maxsize: int = 0) -> None:
-                super().__init__(maxsize)
-                bridge.incoming = self
-
-            def put_nowait(self, item: aiomqtt.Message) -> None:
-                bridge.arrivals += 1
-                if self.full():
-                    bridge.metrics.mqtt_uplinks_dropped += 1
-                    raise asyncio.QueueFull
-                super().put_nowait(item)
-
         quiet = logging.getLogger("aquafleet.mqtt.client")
-        quiet.setLevel(logging.ERROR)  # a full queue is counted, not logged per message
+        quiet.setLevel(logging.ERROR)  # reconnects are logged by us, once
         password = self.settings.mqtt_password
-        client = BurstClient(
-            lambda: bridge.arrivals,
+        client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.client_id,
             username=self.settings.mqtt_username,
             password=None if password is None else password.get_secret_value(),
-            queue_type=IncomingQueue,
-            max_queued_incoming_messages=self.settings.mqtt_queue_max,
             clean_session=True,
             keepalive=KEEPALIVE_S,
             timeout=BROKER_TIMEOUT_S,
@@ -221,7 +255,24 @@ class MqttBridge:
             logger=quiet,
         )
         client.pending_calls_threshold = PUBLISH_BATCH * 4
+        # Messages come straight from paho into our bounded queue (paho's public callback):
+        # aiomqtt's would build a Message and a validated Topic for each, then queue it.
+        paho_client(client).on_message = self._on_message
         return client
+
+    def _on_message(self, _paho: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """paho hands over a message (on the loop's thread): queue it; full: drop the newest,
+        counted (it was not acked: its device resends it)."""
+        self.arrivals += 1
+        if len(self.incoming) >= self.incoming_max:
+            self.metrics.mqtt_uplinks_dropped += 1
+            return
+        try:
+            self.incoming.append((message.topic, bytes(message.payload)))
+        except UnicodeDecodeError:
+            self.metrics.mqtt_uplinks_malformed += 1
+            return
+        self._in_wake.set()
 
     async def run(self) -> None:
         """Connect, subscribe, pump; on any broker failure reconnect with backoff."""
@@ -231,14 +282,15 @@ class MqttBridge:
             try:
                 async with client:
                     for name in uplink_filter(self.prefix, self.settings.mqtt_share_group):
-                        await client.subscribe(name, qos=1)
+                        await client.subscribe(name, qos=SUBSCRIBE_QOS)
+                    broken = read_in_bursts(client, lambda: self.arrivals)
                     self.connected = True
                     self.metrics.mqtt_broker_connects += 1
                     delay = RECONNECT_MIN_S
                     log.info(
                         "mqtt_connected", broker=f"{self.host}:{self.port}", client=self.client_id
                     )
-                    await self._pump(client)
+                    await self._pump(client, broken)
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt_broker_unavailable", error=str(exc), retry_in_s=round(delay, 2))
             finally:
@@ -250,12 +302,14 @@ class MqttBridge:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_S)
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, client: aiomqtt.Client, broken: asyncio.Future[None]) -> None:
         """Receive and publish until the connection fails (raises MqttError) or we stop."""
-        tasks = {
-            asyncio.create_task(self._consume(client), name="mqtt-consume"),
+        tasks: set[asyncio.Future[Any]] = {
+            asyncio.create_task(self._consume(), name="mqtt-consume"),
+            asyncio.create_task(self._watch(client), name="mqtt-watch"),
             asyncio.create_task(self._publish(client), name="mqtt-publish"),
             asyncio.create_task(self._stopping.wait(), name="mqtt-stop"),
+            broken,
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -267,19 +321,30 @@ class MqttBridge:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        """Take received messages in batches; the iterator raises MqttError on a disconnect."""
-        async for message in client.messages:
+    async def _consume(self) -> None:
+        """Take received messages a batch at a time (the meter takes the batch's records
+        while this waits for the next)."""
+        incoming = self.incoming
+        while True:
+            if not incoming:
+                self._in_wake.clear()
+                await self._in_wake.wait()
             # The hub signals no resume: poll. Meanwhile the bounded queue fills, then drops.
             while not self.accepting or self.hub.reads_paused:  # noqa: ASYNC110
                 await asyncio.sleep(PAUSED_POLL_S)
-            batch = [message]
-            queue = self.incoming
-            while queue is not None and len(batch) < CONSUME_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
             now = time.time()
-            for item in batch:
-                self.receive(item.topic.value, item.payload, now)
+            receive = self.receive
+            for _ in range(min(CONSUME_BATCH, len(incoming))):
+                topic_name, payload = incoming.popleft()
+                receive(topic_name, payload, now)
+            await asyncio.sleep(0)
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        """End with the connection: aiomqtt's message iterator raises MqttError when it drops
+        (the messages themselves come through `_on_message`, so it yields none)."""
+        async for _ in client.messages:
+            pass
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         """Publish queued acks and commands a batch at a time; what fails stays queued.
@@ -289,7 +354,7 @@ class MqttBridge:
         Each batch is waited for until it is on the wire (QoS 0) or acknowledged (QoS 1), so
         paho's unbounded buffer never holds more than one batch; the rest waits in ours.
         """
-        paho = client._client  # the paho client aiomqtt wraps
+        paho = paho_client(client)
         while True:
             if not self.outbound:
                 self._out_empty.set()
@@ -364,13 +429,30 @@ class MqttBridge:
                 self.hub.meter.submit(device, event)  # type: ignore[arg-type]
             elif kind is UplinkDropped:
                 self.count_drops((event,))  # type: ignore[arg-type]
+            elif kind is CommandAnswer:
+                self._answered(device, event)  # type: ignore[arg-type]
             elif kind is StatusNotice:
                 if not event.online:  # type: ignore[attr-defined]
                     self._offline(device)
                     return
             else:
-                self.hub.device_message(device, event)  # RESULT, ACK: command delivery
+                self.hub.device_message(device, event)  # an ACK without cid: matched by seq
         device.flush()
+
+    def _answered(self, device: MqttDevice, answer: CommandAnswer) -> None:
+        """A device's ACK or RESULT of a command: to the command service here, and to every
+        other bridge, since any of them may have sent the command (a device's messages are
+        shared among the bridges, its commands are not). An ACK counts only on the node that
+        sent the command (it names our seq of it); a RESULT is recorded wherever it arrives."""
+        local = device.session.answer_for(answer)
+        if local is None:
+            local = answer.result
+        if local is not None:
+            self.hub.device_message(device, local)
+        if len(self._answers) == ANSWERS_MAX:
+            log.warning("mqtt_answer_relay_full", dropped_did=self._answers[0][0])
+        self._answers.append((device.session.did, answer))
+        self._announce_wake.set()
 
     def _offline(self, device: MqttDevice) -> None:
         """The device's last will: it left the broker. Release its presence, and have every
@@ -379,7 +461,7 @@ class MqttBridge:
         did = device.session.did
         device.close(ErrorCode.SHUTDOWN, "last will: the device left the broker", release=True)
         self._forget.append(did)
-        self._forget_wake.set()
+        self._announce_wake.set()
 
     def count_drops(self, drops: Iterable[UplinkDropped]) -> None:
         metrics = self.metrics
@@ -409,25 +491,68 @@ class MqttBridge:
                 self.outbound.popleft()
             self.metrics.mqtt_downlinks_dropped += excess
 
-    async def run_forget(self) -> None:
-        """Tell every bridge (the shared presence channel) to forget devices that went offline."""
-        channel = self.keyspace.node_channel(MQTT_NODE)
+    async def run_announce(self) -> None:
+        """Tell every bridge what concerns them all: devices that went offline (forget their
+        sessions; the shared presence channel) and devices' answers to commands."""
+        forget_channel = self.keyspace.node_channel(MQTT_NODE)
         while True:
-            await self._forget_wake.wait()
-            self._forget_wake.clear()
-            while self._forget:
-                batch = self._forget[:FORGET_BATCH]
+            await self._announce_wake.wait()
+            self._announce_wake.clear()
+            while self._forget or self._answers:
+                forget = self._forget[:FORGET_BATCH]
                 del self._forget[:FORGET_BATCH]
+                count = min(ANSWERS_BATCH, len(self._answers))
+                answers = [self._answers.popleft() for _ in range(count)]
                 try:
-                    with redis_errors("telling bridges a device went offline"):
+                    with redis_errors("telling the bridges"):
                         pipe = self.redis.pipeline(transaction=False)
-                        for did in batch:
-                            pipe.publish(channel, f"kick {did} {MQTT_CONN_ID}")
+                        for did in forget:
+                            pipe.publish(forget_channel, f"kick {did} {MQTT_CONN_ID}")
+                        for did, answer in answers:
+                            pipe.publish(
+                                self.answers_channel, pack_answer(self.client_id, did, answer)
+                            )
                         await pipe.execute()
                 except RedisUnavailable as exc:
                     # Not retried: the other bridges' sessions of these devices end on their
-                    # own (idle timeout) or at the next kick.
-                    log.warning("mqtt_forget_failed", error=str(exc), devices=len(batch))
+                    # own (idle timeout) or at the next kick; an unanswered command is resent.
+                    log.warning(
+                        "mqtt_announce_failed", error=str(exc), offline=len(forget),
+                        answers=len(answers),
+                    )  # fmt: skip
+
+    async def run_answers(self) -> None:
+        """Hand the answers other bridges received to the command service here, for the
+        commands this node sent."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.answers_channel)
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None:
+                        self.relayed_answer(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("mqtt_answers_listener_reconnecting", error=str(exc))
+                await asyncio.sleep(RELAY_RETRY_S)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def relayed_answer(self, data: bytes) -> None:
+        """One answer another bridge received (our own come back too: skipped)."""
+        try:
+            origin, did, answer = unpack_answer(data)
+        except ValueError:
+            log.warning("mqtt_answer_malformed", data=data[:96])
+            return
+        if origin == self.client_id:
+            return
+        device = self.devices.get(did)
+        if device is None or device.closed or not device.session.is_online:
+            return
+        local = device.session.answer_for(answer)
+        if local is not None:
+            self.hub.device_message(device, local)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -457,5 +582,33 @@ class MqttBridge:
             "mqtt-bridge": self.run,
             "mqtt-logins": self.logins.run,
             "mqtt-kicks": lambda: self.hub.presence.run_kick_listener(MQTT_NODE),
-            "mqtt-forget": self.run_forget,
+            "mqtt-announce": self.run_announce,
+            "mqtt-answers": self.run_answers,
         }
+
+
+def pack_answer(origin: str, did: str, answer: CommandAnswer) -> bytes:
+    """An answer on the bridges' channel: msgpack [origin, did, cid, ack_rc, rc, out]."""
+    result = answer.result
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [
+            origin, did, answer.cid, answer.ack_rc,
+            None if result is None else result.rc, None if result is None else result.out,
+        ]
+    )  # fmt: skip
+
+
+def unpack_answer(data: bytes) -> tuple[str, str, CommandAnswer]:
+    """(origin, did, answer) of a message from `pack_answer`; ValueError when it is not one."""
+    try:
+        origin, did, cid, ack_rc, rc, out = msgpack.unpackb(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError("not an answer") from exc
+    if not (isinstance(origin, str) and isinstance(did, str) and type(cid) is int):
+        raise ValueError("not an answer")
+    if (ack_rc is None) == (rc is None) or not all(
+        v is None or type(v) is int for v in (ack_rc, rc, out)
+    ):
+        raise ValueError("an answer is an ack or a result")
+    result = None if rc is None else Result(cid=cid, rc=rc, out=out)
+    return origin, did, CommandAnswer(cid, ack_rc=ack_rc, result=result)

@@ -11,11 +11,15 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import pytest
 
+from gateway.errors import GatewayError
+from gateway.mqtt.bridge import paho_client, read_in_bursts
 from gateway.node import KEYSPACE, MQTT_BRIDGE, REDIS
 from models.usage import metered_ml_by_device
 from protocol import Command, CommandOp
@@ -142,7 +146,7 @@ class MqttTestDevice:
     async def vanish(self) -> None:
         """Lose the link without DISCONNECT, like a WiFi drop: the broker publishes the will."""
         assert self.client is not None
-        sock = self.client._client.socket()  # paho's socket: no public abort
+        sock = paho_client(self.client).socket()  # no public abort in aiomqtt
         if isinstance(sock, socket.socket):
             sock.shutdown(socket.SHUT_RDWR)
         if self._reader is not None:  # it ends on the disconnect (and takes aiomqtt's error)
@@ -588,7 +592,7 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
 
     tasks = node.app[TASKS]
     bridge_tasks = [t for name, t in tasks.tasks.items() if name.startswith("mqtt-")]
-    assert len(bridge_tasks) == 4
+    assert len(bridge_tasks) == 5
     started = time.monotonic()
     await node.stop()
     assert time.monotonic() - started < 8
@@ -596,3 +600,35 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     assert not node.app[MQTT_BRIDGE].connected and not node.app[MQTT_BRIDGE].devices
     # The device is still on the broker: stopping one bridge does not take it offline.
     assert await redis_client.exists(key)
+
+
+async def test_the_paho_client_the_bridge_reaches_for_is_inside_the_installed_aiomqtt() -> None:
+    """gateway.mqtt.bridge.paho_client is the one place the bridge goes past aiomqtt's public
+    API (its docstring says why): when a new aiomqtt moves or drops its paho client, this
+    fails here, and the bridge refuses to run rather than misbehave."""
+    prefix = unique_prefix()
+    client = aiomqtt.Client("127.0.0.1", BROKER_PORT, identifier=f"{prefix}-bridge")
+    assert isinstance(paho_client(client), mqtt.Client)
+    with pytest.raises(GatewayError, match="paho_client"):
+        paho_client(SimpleNamespace(_client=None))  # type: ignore[arg-type]
+    async with client:
+        await client.subscribe(f"{prefix}/#", qos=0)
+        reads: list[int] = []
+
+        def arrivals() -> int:
+            reads.append(len(client.messages))
+            return reads[-1]
+
+        broken = read_in_bursts(client, arrivals)
+        async with aiomqtt.Client("127.0.0.1", BROKER_PORT) as sender:
+            for index in range(50):
+                await sender.publish(f"{prefix}/up", str(index).encode())
+        received = []
+        async with asyncio.timeout(TIMEOUT_S):
+            async for message in client.messages:
+                received.append(message.payload)
+                if len(received) == 50:
+                    break
+        assert received == [str(i).encode() for i in range(50)]
+        assert reads and max(reads) > 1  # our reader took them, several per wake-up
+        assert not broken.done()

@@ -7,16 +7,28 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import AckCode, Command, CommandOp, ErrorCode, ProtocolError, Telemetry
+from protocol import (
+    AckCode,
+    Command,
+    CommandOp,
+    DesiredState,
+    ErrorCode,
+    ProtocolError,
+    Telemetry,
+)
 from protocol.frames import MacKey
 from protocol.messages import Ack, Record, Result, message_map
 from protocol.mqtt import (
     MAX_SKEW_MS,
+    RECENT_COMMANDS,
+    RECENT_TAGS,
     Channel,
+    CommandAnswer,
     Dropped,
     MqttDeviceSession,
     MqttKey,
     MqttServerSession,
+    ReplayGuard,
     StatusNotice,
     UplinkDropped,
     open_envelope,
@@ -156,11 +168,54 @@ def test_commands_are_sealed_acked_by_the_device_and_results_come_back() -> None
     assert (name, qos) == ("aq/DEMO00000001DA9F/down/cmd", 1)
     (command,) = device.receive_data((name, payload), 0)
     assert isinstance(command, Command) and command.cid == 3
-    device.send_result(Result(cid=3, rc=0))
+    device.send_result(Result(cid=3, rc=0, out=7))
     ack, result = envelopes(device)
-    assert server.receive(ack, NOW) == [Ack(seq=seq, rc=0)]
-    assert server.receive(result, NOW)[0].cid == 3
+    # Both answers name the cid, so any node can tell whether it sent the command.
+    (acked,) = server.receive(ack, NOW)
+    (answered,) = server.receive(result, NOW)
+    assert acked == CommandAnswer(3, ack_rc=0)
+    assert answered == CommandAnswer(3, result=Result(cid=3, rc=0, out=7, seq=answered.result.seq))
+    assert server.answer_for(acked) == Ack(seq=seq, rc=0)  # the seq this session sent it with
+    assert server.answer_for(answered) == answered.result
     assert device.receive_data((name, payload), 0) == [Dropped("replayed")]
+
+
+def test_a_node_that_did_not_send_a_command_ignores_its_answers() -> None:
+    device, server = pair()
+    online(device, server)
+    server.take_held()
+    other = pair()[1]  # the same device's session on another node
+    online(pair()[0], other)
+    first = server.send_command(Command(cid=8, op=CommandOp.LOCK, exp=int(NOW) + 9))
+    resent = server.send_command(Command(cid=8, op=CommandOp.LOCK, exp=int(NOW) + 9, dup=True))
+    assert resent != first
+    assert server.answer_for(CommandAnswer(8, ack_rc=0)) == Ack(seq=resent, rc=0)
+    assert other.answer_for(CommandAnswer(8, ack_rc=0)) is None
+    assert other.answer_for(CommandAnswer(8, result=Result(cid=8, rc=0))) is None
+    for cid in range(100, 100 + RECENT_COMMANDS):  # the memory is bounded: cid 8 falls out
+        server.send_command(Command(cid=cid, op=CommandOp.LOCK, exp=int(NOW) + 9))
+    assert server.answer_for(CommandAnswer(8, ack_rc=0)) is None
+
+
+def test_an_ack_without_a_cid_is_matched_by_seq_as_before() -> None:
+    device, server = pair()
+    online(device, server)
+    server.take_held()
+    name = topic("aq", DID, Channel.UP_ACK)
+    body = {0: 4, 1: 0, MqttKey.SEQ: 9, MqttKey.SENT_MS: int(NOW * 1000)}
+    envelope = open_envelope("aq", name, seal(MacKey(KEY), name, body, 0))
+    assert server.receive(envelope, NOW) == [Ack(seq=4, rc=0)]
+
+
+def test_the_desired_state_of_a_login_waits_once_for_the_caller() -> None:
+    device, server = pair()
+    for envelope in envelopes(device):
+        server.hold(envelope)
+    assert server.verify_login(KEY)
+    desired = DesiredState(version=4, locked=True, remaining_ml=-20)
+    server.accept_login(now=NOW, desired=desired)
+    assert server.take_desired() == desired
+    assert server.take_desired() is None
 
 
 def test_idle_timeout_closes_the_session() -> None:
@@ -220,3 +275,13 @@ def test_correctly_tagged_garbage_raises_nothing_but_our_error(
         return
     for event in server.receive(open_envelope("aq", name, sealed), NOW):
         assert isinstance(event, UplinkDropped | Record | StatusNotice | Result)
+
+
+def test_the_replay_memory_holds_the_last_16_tags() -> None:
+    guard = ReplayGuard()
+    now_ms = int(NOW * 1000)
+    tags = [bytes([i]) * 8 for i in range(RECENT_TAGS + 1)]
+    assert all(guard.check(now_ms, tag, now_ms) is None for tag in tags)
+    assert [guard.check(now_ms, tag, now_ms) for tag in tags[1:]] == ["replayed"] * RECENT_TAGS
+    assert guard.check(now_ms, tags[0], now_ms) is None  # fell out: caught by dedup instead
+    assert guard.check(now_ms, tags[2], now_ms) == "replayed"  # tags[1] made room for it
