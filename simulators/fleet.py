@@ -19,8 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-
+from simulators import mqtt_wire
 from simulators.device import VirtualPurifier
 from simulators.link import PurifierLink
 from simulators.mqtt_device import MqttPurifier
@@ -323,7 +322,7 @@ class Fleet:
             link = await connect_mqtt(
                 device, options.mqtt_host, options.mqtt_port, options.connect_timeout_s, closed
             )
-        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        except (mqtt_wire.ConnectRefused, mqtt_wire.MqttWireError, OSError, TimeoutError) as exc:
             stats.connect_failures += 1
             stats.connect_fail_codes[_mqtt_error_name(exc)] += 1
             return None
@@ -559,8 +558,10 @@ def _bound_socket(source: str) -> socket.socket:
 
 
 def _mqtt_error_name(exc: BaseException) -> str:
-    if isinstance(exc, aiomqtt.MqttCodeError):
+    if isinstance(exc, mqtt_wire.ConnectRefused):
         return f"mqtt_{exc.rc}"
+    if isinstance(exc, mqtt_wire.MqttWireError):
+        return "mqtt_malformed"
     return _error_name(exc)
 
 
