@@ -11,6 +11,7 @@ so nothing here needs to survive a restart.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,30 +57,49 @@ def parse_state_message(fields: list[str]) -> tuple[str, DesiredState]:
 
 
 class CommandIds:
-    """Server-unique command ids: each node takes blocks of CID_BLOCK from one Redis counter."""
+    """Server-unique command ids: each node takes blocks of CID_BLOCK from one Redis counter.
+
+    A spare block is fetched when the current one is half used (`low` wakes the node's
+    reserve task at once), so a burst of commands or of MQTT logins that each need a SET_STATE
+    does not run dry between two ticks.
+    """
 
     def __init__(self, client: aioredis.Redis, keyspace: Keyspace) -> None:
         self.client = client
         self.key = keyspace.command_ids
         self._next = 0
         self._end = 0
+        self._spare: tuple[int, int] | None = None
+        self.low = asyncio.Event()  # set when a spare block is wanted
+
+    def _needs_spare(self) -> bool:
+        return self._spare is None and self._end - self._next < CID_BLOCK // 2
 
     async def reserve(self) -> None:
-        """Make sure the next `take()` needs no Redis round trip."""
-        if self._next < self._end:
-            return
-        with redis_errors("reserving command ids"):
-            end = int(await self.client.incrby(self.key, CID_BLOCK))
-        self._next, self._end = end - CID_BLOCK, end
+        """Make sure the next `take()` needs no Redis round trip, with a spare block ready."""
+        if self._needs_spare():
+            with redis_errors("reserving command ids"):
+                end = int(await self.client.incrby(self.key, CID_BLOCK))
+            if self._next >= self._end:
+                self._next, self._end = end - CID_BLOCK, end
+            else:
+                self._spare = (end - CID_BLOCK, end)
+        if not self._needs_spare():
+            self.low.clear()
 
     def available(self) -> bool:
-        return self._next < self._end
+        return self._next < self._end or self._spare is not None
 
     def take(self) -> int:
         if self._next >= self._end:
-            raise RedisUnavailable("no command ids reserved")
+            if self._spare is None:
+                self.low.set()
+                raise RedisUnavailable("no command ids reserved")
+            (self._next, self._end), self._spare = self._spare, None
         cid = self._next % (CID_SPACE - 1) + 1
         self._next += 1
+        if self._needs_spare():
+            self.low.set()
         return cid
 
 

@@ -290,15 +290,23 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def run_desired(pusher: DesiredStatePusher | None, ids: CommandIds) -> None:
-    """Keep command ids in reserve and resend unanswered desired states."""
+    """Keep command ids in reserve (at once when they run low) and, every DESIRED_TICK_S,
+    resend unanswered commands."""
     assert pusher is not None
+    loop = asyncio.get_running_loop()
+    next_tick = loop.time() + DESIRED_TICK_S
     while True:
-        await asyncio.sleep(DESIRED_TICK_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(next_tick):
+                await ids.low.wait()
         try:
             await ids.reserve()
         except GatewayError as exc:
             log.warning("command_ids_unavailable", error=str(exc))
-        pusher.resend_due(time.time())
+            await asyncio.sleep(min(1.0, max(0.0, next_tick - loop.time())))
+        if loop.time() >= next_tick:
+            pusher.resend_due(time.time())
+            next_tick = loop.time() + DESIRED_TICK_S
 
 
 async def rental_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -280,3 +280,27 @@ async def test_the_log_survives_a_restart_and_a_late_result_still_closes_the_com
     await again.flush()
     record = await state_of(second, dev.did, cid, CommandState.SUCCEEDED)
     assert record.out == 90
+
+
+async def test_command_ids_keep_a_spare_block_and_never_repeat(
+    redis_client: Any, keyspace: Any
+) -> None:
+    from gateway.desired import CID_BLOCK, CommandIds
+    from gateway.errors import RedisUnavailable
+
+    ids = CommandIds(redis_client, keyspace)
+    assert not ids.available()
+    with pytest.raises(RedisUnavailable):
+        ids.take()
+    assert ids.low.is_set()  # the reserve task is woken at once
+    await ids.reserve()
+    assert ids.available() and not ids.low.is_set()
+    taken = [ids.take() for _ in range(CID_BLOCK // 2 + 1)]
+    assert ids.low.is_set()  # half used: a spare block is wanted
+    await ids.reserve()
+    assert not ids.low.is_set()
+    taken += [ids.take() for _ in range(CID_BLOCK)]  # runs through into the spare, no I/O
+    assert len(set(taken)) == len(taken) and 0 not in taken
+    other = CommandIds(redis_client, keyspace)  # another node
+    await other.reserve()
+    assert not set(taken) & {other.take() for _ in range(100)}
