@@ -295,3 +295,48 @@ def test_answers_between_bridges_round_trip_and_bad_ones_are_refused() -> None:
     ):
         with pytest.raises(ValueError):
             unpack_answer(bad)
+
+
+async def test_one_shot_commands_reach_mqtt_devices_through_the_command_service(
+    node_factory: Any,
+    mqtt_devices: list,  # noqa: F811
+) -> None:
+    """The same command service as TCP: states, the device's ACK, its RESULT, the outcome
+    back on the issuing node, which here is another node than the bridges'."""
+    from gateway.commands import CommandState
+    from gateway.node import COMMANDS
+
+    prefix = unique_prefix()
+    bridge = await mqtt_node(node_factory, prefix)
+    rest_node = await node_factory(
+        database_url=bridge.settings.database_url, rental_scheduler=False
+    )  # no bridge: a node that only takes REST calls
+    (dev,) = await register_devices(bridge, 1)
+    device = MqttTestDevice(dev.did, dev.key, prefix)
+    mqtt_devices.append(device)
+    await device.connect()
+
+    async def online() -> bool:
+        return bool(await presence(bridge, dev.did))
+
+    await wait_until(online)
+    commands = rest_node.app[COMMANDS]
+    cid, state = await commands.issue(dev.did, CommandOp.DISPENSE, {1: 180}, timeout_s=60)
+    assert state is CommandState.QUEUED
+    command = await device.wait_for(Command, timeout=5.0)
+    assert (command.cid, command.op, dict(command.args)) == (cid, CommandOp.DISPENSE, {1: 180})
+    device.session.send_result(Result(cid=cid, rc=0, out=176))
+    await device.flush()
+    record = await commands.wait(dev.did, cid, 5.0)
+    assert (record.state, record.out, record.node) == (CommandState.SUCCEEDED, 176, "mqtt")
+    assert record.origin == rest_node.settings.resolved_node_id
+    assert record.delivered_ms is not None  # the device's ACK (with its cid) was recorded
+
+    await device.vanish()  # offline: a one-shot command fails at once, as on TCP
+
+    async def offline() -> bool:
+        return not await presence(bridge, dev.did)
+
+    await wait_until(offline)
+    _, state = await commands.issue(dev.did, CommandOp.REBOOT, {}, timeout_s=60)
+    assert state is CommandState.FAILED
