@@ -9,6 +9,7 @@ from typing import Any
 
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api import migrate as tortoise_migrate
 
@@ -28,13 +29,30 @@ MODEL_MODULES = [
 APP = "models"
 
 
+async def _keep_session(connection: Any) -> None:
+    """asyncpg's pool reset, minus the round trip: on release asyncpg still rolls back an
+    open transaction; we keep no other session state (no SET, LISTEN, advisory locks or
+    cursors), so its default reset query (RESET ALL; CLOSE ALL; UNLISTEN *; ...) would only
+    cost a round trip and server work on every query outside a transaction."""
+
+
+def connection_config(database_url: str) -> str | dict[str, Any]:
+    """Tortoise's connection entry: the URL, or for PostgreSQL its expansion with our pool
+    reset (measured: a third of a lookup's time went to the default reset)."""
+    if not database_url.startswith(("postgres://", "postgresql://", "asyncpg://")):
+        return database_url
+    config = expand_db_url(database_url)
+    config["credentials"]["reset"] = _keep_session
+    return config
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     if database_url.startswith("sqlite://"):
         path = database_url.removeprefix("sqlite://")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     return {
-        "connections": {"default": database_url},
+        "connections": {"default": connection_config(database_url)},
         "apps": {
             APP: {
                 "models": MODEL_MODULES,
