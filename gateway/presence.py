@@ -26,7 +26,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.errors import RedisUnavailable
+from gateway.errors import GatewayError, RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
 from gateway.redis_io import ScriptCall, Scripts
@@ -96,6 +96,9 @@ class Release(NamedTuple):
     seen_ms: int
 
 
+TOUCH_BATCH = 256  # devices per touch.lua call (about a millisecond of Redis time)
+
+
 class Presence:
     def __init__(
         self,
@@ -113,6 +116,7 @@ class Presence:
         self.keyspace = keyspace
         self.ttl_ms = ttl_ms
         self.flush_interval_s = flush_interval_s
+        self._touched: dict[str, tuple[str, int]] = {}  # did -> (conn id, last seen) written
         self._releases: list[Release] = []
         self._release_wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -174,32 +178,41 @@ class Presence:
         await self.scripts.run(self.client, calls, "releasing presence")
 
     async def touch(self) -> int:
-        """Refresh last-seen and TTL of every device online here; returns how many."""
+        """Refresh last-seen and TTL of the devices online here that were heard from since
+        their last touch (for the others it would write what is there); returns how many.
+
+        The calls go one at a time, at most TOUCH_BATCH devices each: a pipeline of every
+        shard's call would hold Redis for tens of milliseconds with 10,000 devices, and every
+        other client (a command on its way, a login) would wait behind it.
+        """
         by_shard: dict[int, list[tuple[str, str, int]]] = {}
+        touched: dict[str, tuple[str, int]] = {}
+        previous = self._touched
         for did, conn in self.hub.online.items():
             session = conn.session
             if session is None or conn.closed:
                 continue
-            by_shard.setdefault(conn.shard, []).append(
-                (did, conn.conn_id, int(session.last_rx * 1000))
-            )
-        if not by_shard:
-            return 0
-
-        calls: list[ScriptCall] = [
-            (
-                "touch",
-                (self.keyspace.registry(shard),),
-                (
-                    self.keyspace.shard_prefix(shard),
-                    self.ttl_ms,
-                    msgpack.packb(items, use_bin_type=False),
-                ),
-            )
-            for shard, items in by_shard.items()
-        ]
-        replies = await self.scripts.run(self.client, calls, "refreshing presence")
-        return sum(int(r) for r in replies)
+            mark = (conn.conn_id, int(session.last_rx * 1000))
+            touched[did] = mark
+            if previous.get(did) != mark:
+                by_shard.setdefault(conn.shard, []).append((did, *mark))
+        refreshed = 0
+        try:
+            for shard, items in by_shard.items():
+                for start in range(0, len(items), TOUCH_BATCH):
+                    refreshed += int(
+                        await self.scripts.call(
+                            self.client, "touch", (self.keyspace.registry(shard),),
+                            (self.keyspace.shard_prefix(shard), self.ttl_ms,
+                             msgpack.packb(items[start : start + TOUCH_BATCH],
+                                           use_bin_type=False)),
+                        )
+                    )  # fmt: skip
+        except GatewayError:
+            self._touched = {}  # not known to be written: all of them next time
+            raise
+        self._touched = touched
+        return refreshed
 
     async def run_touch(self) -> None:
         while True:
@@ -279,17 +292,17 @@ class Presence:
                 pusher.events.reroute(did, command.cid, self.hub.node_id)
 
     def _on_outcome(self, data: bytes) -> None:
-        """A command issued on this node is settled: "res <did> <cid> <state>"."""
+        """A command issued on this node is settled: "res <did> <cid> <record>"."""
         from gateway.commands import parse_outcome_message
 
         try:
-            did, cid = parse_outcome_message(data.decode().split(" ")[1:])
+            did, cid, record = parse_outcome_message(data)
         except (ValueError, UnicodeDecodeError):
             log.warning("outcome_message_malformed", data=data[:96])
             return
         wake = self.hub.on_command_outcome
         if wake is not None:
-            wake(did, cid)
+            wake(did, cid, record)
 
 
 def presence_ttl_ms(heartbeat_s: int, idle_factor: float = 2.5) -> int:
