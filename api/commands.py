@@ -8,6 +8,7 @@ device's other state, so any node answers `GET .../commands/{cid}`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any, Literal
 
@@ -192,33 +193,47 @@ def _commands(call: Call) -> CommandService:
     return call.app[COMMANDS]
 
 
-async def _check_allowed(principal: Principal, device: Device, op: str) -> DeviceService | None:
-    """The role rules beyond "may use this device" (docs/api-devices.md#commands)."""
-    svc = await DeviceService.get_or_none(did=device.did)
-    if principal.role is Role.MEMBER:
-        if op in ADMIN_ONLY_OPS:
-            raise Forbidden(f"{op} is for the vendor's console")
-        mode = svc.mode if svc is not None else None
-        if op in ("lock", "unlock") and mode not in MEMBER_LOCK_MODES:
-            raise Forbidden("the vendor locks and unlocks a rented or vending device")
-        if op == "dispense" and mode is ServiceMode.VENDING:
-            raise ConflictError(
-                "a vending machine pours after payment, not by command", code="payment_required"
-            )
-    return svc
+def _needs_mode(principal: Principal, op: str) -> bool:
+    """Whether a rule for this op needs the device's service mode (dispense on a vending
+    machine; a member's lock)."""
+    return op == "dispense" or (principal.role is Role.MEMBER and op in ("lock", "unlock"))
 
 
-async def _issue(call: Call, device: Device, body: CommandIn) -> tuple[int, CommandState]:
+async def _service_of(principal: Principal, did: str, op: str) -> DeviceService | None:
+    return await DeviceService.get_or_none(did=did) if _needs_mode(principal, op) else None
+
+
+def _check_allowed(principal: Principal, op: str, svc: DeviceService | None) -> None:
+    """The role rules beyond "may use this device" (docs/commands.md)."""
+    if principal.role is not Role.MEMBER:
+        return
+    if op in ADMIN_ONLY_OPS:
+        raise Forbidden(f"{op} is for the vendor's console")
+    mode = svc.mode if svc is not None else None
+    if op in ("lock", "unlock") and mode not in MEMBER_LOCK_MODES:
+        raise Forbidden("the vendor locks and unlocks a rented or vending device")
+    if op == "dispense" and mode is ServiceMode.VENDING:
+        raise ConflictError(
+            "a vending machine pours after payment, not by command", code="payment_required"
+        )
+
+
+async def _issue(
+    call: Call, device: Device, svc: DeviceService | None, body: CommandIn
+) -> CommandRecord | None:
+    """Send the command; the record once final, or as it stands after body.wait_ms."""
     commands = _commands(call)
     issuer = issuer_of(call.principal)
-    svc = await _check_allowed(call.principal, device, body.op)
+    _check_allowed(call.principal, body.op, svc)
     op = OP_NAMES[body.op]
+    wait_s = body.wait_ms / 1000
     if body.op in ("lock", "unlock"):
         change = service.lock if body.op == "lock" else service.unlock
         outcome = await change(
             call.app[SERVICE_STORE], device.did, actor=issuer, reason=body.reason or "command"
         )
-        return await commands.record_state_change(device.did, op, outcome.version, issuer=issuer)
+        cid, _ = await commands.record_state_change(device.did, op, outcome.version, issuer=issuer)
+        return await commands.wait(device.did, cid, wait_s)
     if body.op == "dispense" and svc is not None and svc.mode is ServiceMode.VENDING:
         # An admin's pour on a vending machine (a test, a refund in water): a session at price 0,
         # so the ledger still closes it with the ml actually poured.
@@ -226,7 +241,7 @@ async def _issue(call: Call, device: Device, body: CommandIn) -> tuple[int, Comm
             _IssuerRouter(commands, issuer), device.did, body.ml, price_fen_per_l=0,
             timeout_s=body.timeout_s,
         )  # fmt: skip
-        return int(session.cid), CommandState.QUEUED
+        return await commands.wait(device.did, int(session.cid), wait_s)
     args: dict[int, int] = {}
     if body.op == "dispense":
         args = {1: body.ml}
@@ -236,7 +251,9 @@ async def _issue(call: Call, device: Device, body: CommandIn) -> tuple[int, Comm
         args = {1: body.version_code}
     elif body.op == "time_sync":
         args = {1: int(dt.datetime.now(dt.UTC).timestamp())}
-    return await commands.issue(device.did, op, args, timeout_s=body.timeout_s, issuer=issuer)
+    return await commands.issue_and_wait(
+        device.did, op, args, timeout_s=body.timeout_s, wait_s=wait_s, issuer=issuer
+    )
 
 
 class _IssuerRouter:
@@ -282,16 +299,21 @@ async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
 async def send_command(call: Call) -> CommandOut:
     params: DevicePath = call.params
     body: CommandIn = call.body
-    device = await usable_device(call.principal, params.did)
-    cid, state = await _issue(call, device, body)
-    if state is CommandState.FAILED:  # offline: said at once, with the logged command
-        failed = await _answer(call, device.did, cid, 0)
-        raise ConflictError(
+    # The two lookups at once (the service row says nothing until the device is found usable).
+    device, svc = await asyncio.gather(
+        usable_device(call.principal, params.did),
+        _service_of(call.principal, params.did, body.op),
+    )
+    record = await _issue(call, device, svc, body)
+    if record is None:  # its log entry expired at once: only a Redis flush does that
+        raise NotFoundError(f"the command to device {device.did} was lost")
+    if record.state is CommandState.FAILED and record.error == "device_offline":
+        raise ConflictError(  # said at once, with the logged command
             f"device {device.did} is offline: the command was not sent",
             code="device_offline",
-            data=failed.model_dump(),
+            data=command_out(record).model_dump(),
         )
-    return await _answer(call, device.did, cid, body.wait_ms)
+    return command_out(record)
 
 
 @routes.get(

@@ -30,12 +30,14 @@ answers a repeat from memory); if that node died, the command times out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 
 from gateway.desired import CommandIds
@@ -263,7 +265,7 @@ class CommandService:
         self.node_id = node_id
         self.metrics = metrics
         self.channels = keyspace.node_channel("")
-        self._waiters: dict[tuple[str, int], list[asyncio.Future[None]]] = {}
+        self._waiters: dict[tuple[str, int], list[asyncio.Future[CommandRecord | None]]] = {}
 
     # ------------------------------------------------------------------ issuing
 
@@ -359,21 +361,15 @@ class CommandService:
         with redis_errors("counting commands"):
             return int(await self.client.llen(f"{shard}cl:{did}"))
 
-    async def wait(self, did: str, cid: int, timeout_s: float) -> CommandRecord | None:
-        """The command once final, or as it stands when `timeout_s` runs out."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    @contextlib.contextmanager
+    def outcome_of(self, did: str, cid: int) -> Iterator[asyncio.Future[CommandRecord | None]]:
+        """A future set when command `cid` is settled (its "res" reaches this node); register
+        it before the command can settle, so that no outcome slips past."""
+        future: asyncio.Future[CommandRecord | None] = asyncio.get_running_loop().create_future()
         key = (did, cid)
         self._waiters.setdefault(key, []).append(future)
         try:
-            record = await self.get(did, cid)  # after registering: no "res" slips between
-            if record is None or record.final or timeout_s <= 0:
-                return record
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await future
-            except TimeoutError:
-                pass
-            return await self.get(did, cid)
+            yield future
         finally:
             waiting = self._waiters.get(key)
             if waiting is not None:
@@ -382,11 +378,53 @@ class CommandService:
                 if not waiting:
                     del self._waiters[key]
 
-    def on_outcome(self, did: str, cid: int) -> None:
-        """A "res" message on this node's channel: wake whoever waits for that command."""
+    async def wait(self, did: str, cid: int, timeout_s: float) -> CommandRecord | None:
+        """The command once final, or as it stands when `timeout_s` runs out."""
+        with self.outcome_of(did, cid) as settled:
+            record = await self.get(did, cid)  # after registering: no "res" slips between
+            if record is None or record.final or timeout_s <= 0:
+                return record
+            return await self._after(settled, did, cid, timeout_s)
+
+    async def _after(
+        self, settled: asyncio.Future[CommandRecord | None], did: str, cid: int, timeout_s: float
+    ) -> CommandRecord | None:
+        if timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    record = await settled
+                    if record is not None:  # the "res" message carried it
+                        return record
+        return await self.get(did, cid)
+
+    async def issue_and_wait(
+        self,
+        did: str,
+        op: CommandOp,
+        args: Mapping[int, int],
+        *,
+        timeout_s: int,
+        wait_s: float,
+        issuer: str = "",
+    ) -> CommandRecord | None:
+        """`issue`, then the command once final (or as it stands after `wait_s`): the waiter is
+        in place before the command leaves, so only one read follows the outcome."""
+        if op not in ONE_SHOT_OPS:
+            raise ValueError(f"{op!r} is not a one-shot command")
+        cid = await self.next_cid()
+        with self.outcome_of(did, cid) as settled:
+            command = Command(cid=cid, op=op, exp=int(time.time()) + timeout_s, args=dict(args))
+            state, _ = await self.create(did, command, kind=CommandKind.ONCE, issuer=issuer)
+            if state.final:
+                wait_s = 0
+            return await self._after(settled, did, cid, wait_s)
+
+    def on_outcome(self, did: str, cid: int, record: CommandRecord | None) -> None:
+        """A "res" message on this node's channel: hand the settled command to whoever waits
+        for it (None when the message carried no readable record: they read it)."""
         for future in self._waiters.pop((did, cid), ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
 
     # ------------------------------------------------------------------ deadlines
 
@@ -409,7 +447,15 @@ class CommandService:
         return timed_out
 
 
-def parse_outcome_message(fields: Sequence[str]) -> tuple[str, int]:
-    """["<did>", "<cid>", "<state>"] of a "res" message -> (did, cid)."""
-    did, cid, _state = fields
-    return did, int(cid)
+def parse_outcome_message(data: bytes) -> tuple[str, int, CommandRecord | None]:
+    """b"res <did> <cid> <msgpack of the record's flat field list>" -> (did, cid, record).
+
+    ValueError when the did or cid does not parse; the record is None when it does not
+    (the waiter then reads it from Redis)."""
+    _verb, did, cid, packed = data.split(b" ", 3)
+    try:
+        flat = msgpack.unpackb(packed, raw=True)
+        record = record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        record = None
+    return did.decode(), int(cid), record

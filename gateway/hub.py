@@ -138,7 +138,7 @@ class Hub:
         self.presence: Presence
         self.desired: DesiredStatePusher | None = None  # set by the node once it runs
         # Wakes waiters when a command issued on this node is settled ("res" on our channel).
-        self.on_command_outcome: Callable[[str, int], None] | None = None
+        self.on_command_outcome: Callable[[str, int, Any], None] | None = None
         metrics.gauges["connections"] = lambda: len(self.connections)
         metrics.gauges["devices_online"] = lambda: len(self.online)
         metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)

@@ -13,6 +13,8 @@
 --   sent      cid              the holding node wrote it to the device     -> {changed}
 --   delivered cid              the device acked the COMMAND frame           -> {changed}
 --   result    cid rc out       the device's RESULT (rc: 0 ok, 1 failed, 2 rejected, 3 expired)
+--                              Closing a command publishes "res <did> <cid> <record>" to the node
+--                              that issued it (record: msgpack of HGETALL's flat list).
 --   settle    version          the device holds this desired-state version: settle its state
 --                              commands with target_version <= version     -> {settled}
 --   timeout   due_key limit    (scheduler) time out commands of a shard past their deadline;
@@ -47,7 +49,10 @@ local function finish(key, d, cid, state, fields)
   redis.call('ZREM', due_key(), d .. ' ' .. cid)
   local origin = redis.call('HGET', key, 'origin')
   if origin then
-    redis.call('PUBLISH', channels .. origin, 'res ' .. d .. ' ' .. cid .. ' ' .. state)
+    -- The whole record rides along (msgpack of the flat field list): the waiter answers
+    -- without reading it back.
+    local record = cmsgpack.pack(redis.call('HGETALL', key))
+    redis.call('PUBLISH', channels .. origin, 'res ' .. d .. ' ' .. cid .. ' ' .. record)
   end
 end
 

@@ -158,8 +158,8 @@ async def test_a_node_killed_mid_command_leaves_nothing_hanging(
             killed_at = time.monotonic()
 
             # The device reconnects to the surviving node: online there at once.
-            moving.port = a.tcp_port
-            moving.session = type(moving.session)(moving.did, moving.key, fw="test-1")
+            await moving.close()
+            moving = cluster.device(0, a.tcp_port)
             await moving.login()
             presence = await redis_client.hget(_presence_key(redis_prefix, moving.did), "node")
             assert presence == b"kill-a"
