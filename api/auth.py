@@ -24,6 +24,7 @@ from api.signing import (
     string_to_sign,
 )
 from api.tokens import TOKENS, TokenRejected, TokenService
+from gateway.appkeys import REDIS, SETTINGS
 from gateway.config import Settings
 from gateway.logs import get_logger
 from gateway.redis_io import redis_errors
@@ -170,14 +171,10 @@ routes = RouteTable("auth", "Logins, tokens and the caller's own account (docs/a
 
 
 def _settings(call: Call) -> Settings:
-    from gateway.node import SETTINGS
-
     return call.app[SETTINGS]
 
 
 def _redis(call: Call) -> aioredis.Redis:
-    from gateway.node import REDIS
-
     return call.app[REDIS]
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.appkeys import KEYSPACE, REDIS, SETTINGS
 from gateway.errors import RedisUnavailable
 from gateway.logs import get_logger
 from gateway.redis_io import redis_errors
@@ -102,8 +103,6 @@ async def _params(request: web.Request) -> dict[str, str]:
 
 
 def _is_bridge(request: web.Request, username: str) -> bool:
-    from gateway.node import SETTINGS
-
     return username == request.app[SETTINGS].mqtt_username
 
 
@@ -113,8 +112,6 @@ def _valid_did(did: str) -> bool:
 
 async def mqtt_auth(request: web.Request) -> web.Response:
     """CONNECT: the bridge's own credentials, or a device's time-bound HMAC password."""
-    from gateway.node import KEYSPACE, REDIS, SETTINGS
-
     try:
         params = await _params(request)
     except BadRequest as exc:
@@ -190,8 +187,6 @@ def device_may(prefix: str, did: str, topic: str, access: str) -> bool:
 
 async def mqtt_acl(request: web.Request) -> web.Response:
     """PUBLISH/SUBSCRIBE (and go-auth's read): a device only on its own topics."""
-    from gateway.node import SETTINGS
-
     try:
         params = await _params(request)
     except BadRequest as exc:
@@ -213,8 +208,6 @@ async def mqtt_acl(request: web.Request) -> web.Response:
 
 
 async def broker_auth_ctx(app: web.Application) -> AsyncIterator[None]:
-    from gateway.node import SETTINGS
-
     app[BROKER_AUTH] = BrokerAuthState(app[SETTINGS].master_secret_bytes())
     yield
 

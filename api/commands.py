@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from api.devices import usable_device
-from api.errors import ConflictError, Forbidden, NotFoundError
+from api.errors import ConflictError, NotFoundError
 from api.routing import Call, Page, RouteTable
 from api.schemas import MAX_LIMIT, UNSET, PathParams, Query, RequestModel, ResponseModel, text
-from gateway.commands import (
-    KEEP_LISTED,
-    CommandKind,
-    CommandRecord,
-    CommandService,
-    CommandState,
+from gateway.appkeys import DEVICE_GATEWAY
+from gateway.commands import KEEP_LISTED, CommandKind, CommandRecord, CommandState
+from models.commands import (
+    NAME_OF_OP,
+    OP_ARGUMENT,
+    OP_NAMES,
+    check_command_allowed,
+    needs_service_mode,
+    wire_args,
 )
-from gateway.node import COMMANDS, SERVICE_STORE
-from models import service
-from models.devices import Device
-from models.service import DeviceService, ServiceMode
+from models.service import DeviceService
 from models.tenancy import ANY_ROLE, Principal, Role
-from models.vending import MAX_DISPENSE_ML, start_dispense
-from protocol import CommandOp
+from models.vending import MAX_DISPENSE_ML
 
 routes = RouteTable(
     "commands",
@@ -42,29 +41,10 @@ routes = RouteTable(
 
 WAIT_MAX_MS = 30_000
 DEFAULT_TIMEOUT_S = 60
-OP_NAMES: dict[str, CommandOp] = {
-    "dispense": CommandOp.DISPENSE,
-    "lock": CommandOp.LOCK,
-    "unlock": CommandOp.UNLOCK,
-    "reset_filter": CommandOp.RESET_FILTER,
-    "time_sync": CommandOp.TIME_SYNC,
-    "firmware_notice": CommandOp.FIRMWARE_NOTICE,
-    "reboot": CommandOp.REBOOT,
-}
-NAME_OF_OP = {int(op): name for name, op in OP_NAMES.items()}
 OpName = Literal[
     "dispense", "lock", "unlock", "reset_filter", "time_sync", "firmware_notice", "reboot"
 ]
-# What each op takes besides timeout_s / wait_ms / reason (anything else is refused).
-OP_FIELDS: dict[str, frozenset[str]] = {
-    "dispense": frozenset({"ml"}),
-    "reset_filter": frozenset({"filter"}),
-    "firmware_notice": frozenset({"version_code"}),
-}
-ADMIN_ONLY_OPS = frozenset({"firmware_notice"})
-# A member may lock or unlock their own purifier (a child lock); on a rented or vending device a
-# lock is the vendor's business (an unpaid rental must not be unlocked by its renter).
-MEMBER_LOCK_MODES = frozenset({None, ServiceMode.SALE, ServiceMode.TEST})
+ARGUMENT_FIELDS = ("ml", "filter", "version_code")
 
 
 class DevicePath(PathParams):
@@ -95,14 +75,20 @@ class CommandIn(RequestModel):
 
     @model_validator(mode="after")
     def _fields_fit_the_op(self) -> CommandIn:
-        wanted = OP_FIELDS.get(self.op, frozenset())
-        given = {name for name in ("ml", "filter", "version_code") if name in self.model_fields_set}
+        wanted = {OP_ARGUMENT[self.op]} if self.op in OP_ARGUMENT else set()
+        given = {name for name in ARGUMENT_FIELDS if name in self.model_fields_set}
         missing, extra = wanted - given, given - wanted
         if missing:
             raise ValueError(f"{self.op} needs {', '.join(sorted(missing))}")
         if extra:
             raise ValueError(f"{self.op} takes no {', '.join(sorted(extra))}")
         return self
+
+    def arguments(self) -> dict[str, int]:
+        """The op's argument fields that were given, by name."""
+        return {
+            name: getattr(self, name) for name in ARGUMENT_FIELDS if name in self.model_fields_set
+        }
 
 
 class WaitQuery(Query):
@@ -189,89 +175,28 @@ def issuer_of(principal: Principal) -> str:
     return f"{principal.role.value}:{principal.subject}"
 
 
-def _commands(call: Call) -> CommandService:
-    return call.app[COMMANDS]
-
-
-def _needs_mode(principal: Principal, op: str) -> bool:
-    """Whether a rule for this op needs the device's service mode (dispense on a vending
-    machine; a member's lock)."""
-    return op == "dispense" or (principal.role is Role.MEMBER and op in ("lock", "unlock"))
-
-
 async def _service_of(principal: Principal, did: str, op: str) -> DeviceService | None:
-    return await DeviceService.get_or_none(did=did) if _needs_mode(principal, op) else None
-
-
-def _check_allowed(principal: Principal, op: str, svc: DeviceService | None) -> None:
-    """The role rules beyond "may use this device" (docs/commands.md)."""
-    if principal.role is not Role.MEMBER:
-        return
-    if op in ADMIN_ONLY_OPS:
-        raise Forbidden(f"{op} is for the vendor's console")
-    mode = svc.mode if svc is not None else None
-    if op in ("lock", "unlock") and mode not in MEMBER_LOCK_MODES:
-        raise Forbidden("the vendor locks and unlocks a rented or vending device")
-    if op == "dispense" and mode is ServiceMode.VENDING:
-        raise ConflictError(
-            "a vending machine pours after payment, not by command", code="payment_required"
-        )
-
-
-async def _issue(
-    call: Call, device: Device, svc: DeviceService | None, body: CommandIn
-) -> CommandRecord | None:
-    """Send the command; the record once final, or as it stands after body.wait_ms."""
-    commands = _commands(call)
-    issuer = issuer_of(call.principal)
-    _check_allowed(call.principal, body.op, svc)
-    op = OP_NAMES[body.op]
-    wait_s = body.wait_ms / 1000
-    if body.op in ("lock", "unlock"):
-        change = service.lock if body.op == "lock" else service.unlock
-        outcome = await change(
-            call.app[SERVICE_STORE], device.did, actor=issuer, reason=body.reason or "command"
-        )
-        cid, _ = await commands.record_state_change(device.did, op, outcome.version, issuer=issuer)
-        return await commands.wait(device.did, cid, wait_s)
-    if body.op == "dispense" and svc is not None and svc.mode is ServiceMode.VENDING:
-        # An admin's pour on a vending machine (a test, a refund in water): a session at price 0,
-        # so the ledger still closes it with the ml actually poured.
-        session = await start_dispense(
-            _IssuerRouter(commands, issuer), device.did, body.ml, price_fen_per_l=0,
-            timeout_s=body.timeout_s,
-        )  # fmt: skip
-        return await commands.wait(device.did, int(session.cid), wait_s)
-    args: dict[int, int] = {}
-    if body.op == "dispense":
-        args = {1: body.ml}
-    elif body.op == "reset_filter":
-        args = {1: body.filter}
-    elif body.op == "firmware_notice":
-        args = {1: body.version_code}
-    elif body.op == "time_sync":
-        args = {1: int(dt.datetime.now(dt.UTC).timestamp())}
-    return await commands.issue_and_wait(
-        device.did, op, args, timeout_s=body.timeout_s, wait_s=wait_s, issuer=issuer
+    member = principal.role is Role.MEMBER
+    return (
+        await DeviceService.get_or_none(did=did) if needs_service_mode(op, member=member) else None
     )
 
 
-class _IssuerRouter:
-    """The router start_dispense takes, recording who issued the command."""
-
-    def __init__(self, commands: CommandService, issuer: str) -> None:
-        self.commands = commands
-        self.issuer = issuer
-
-    async def next_cid(self) -> int:
-        return await self.commands.next_cid()
-
-    async def deliver(self, did: str, command: Any) -> bool:
-        return await self.commands.deliver(did, command, issuer=self.issuer)
+async def _issue(
+    call: Call, did: str, svc: DeviceService | None, body: CommandIn
+) -> CommandRecord | None:
+    """Send the command; the record once final, or as it stands after body.wait_ms."""
+    mode = svc.mode if svc is not None else None
+    check_command_allowed(body.op, mode, member=call.principal.role is Role.MEMBER)
+    args = wire_args(body.op, body.arguments(), now_s=int(dt.datetime.now(dt.UTC).timestamp()))
+    return await call.app[DEVICE_GATEWAY].send_command(
+        did, OP_NAMES[body.op], args, mode=mode, issuer=issuer_of(call.principal),
+        reason=body.reason, timeout_s=body.timeout_s, wait_s=body.wait_ms / 1000,
+    )  # fmt: skip
 
 
 async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
-    record = await _commands(call).wait(did, cid, wait_ms / 1000)
+    record = await call.app[DEVICE_GATEWAY].command(did, cid, wait_ms / 1000)
     if record is None:
         raise NotFoundError(f"command {cid} of device {did} not found")
     return command_out(record)
@@ -304,7 +229,7 @@ async def send_command(call: Call) -> CommandOut:
         usable_device(call.principal, params.did),
         _service_of(call.principal, params.did, body.op),
     )
-    record = await _issue(call, device, svc, body)
+    record = await _issue(call, device.did, svc, body)
     if record is None:  # its log entry expired at once: only a Redis flush does that
         raise NotFoundError(f"the command to device {device.did} was lost")
     if record.state is CommandState.FAILED and record.error == "device_offline":
@@ -346,7 +271,7 @@ async def list_commands(call: Call) -> Page:
     params: DevicePath = call.params
     query: CommandListQuery = call.query
     device = await usable_device(call.principal, params.did)
-    commands = _commands(call)
-    records = await commands.recent(device.did, limit=query.limit, offset=query.offset)
-    total = await commands.count(device.did)
+    records, total = await call.app[DEVICE_GATEWAY].recent_commands(
+        device.did, limit=query.limit, offset=query.offset
+    )
     return Page([command_out(r) for r in records], total)

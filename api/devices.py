@@ -19,7 +19,6 @@ import io
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import AwareDatetime, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -39,10 +38,10 @@ from api.schemas import (
     VendorCode,
     text,
 )
-from gateway.device_status import RuntimeStatus, read_runtime
-from gateway.keys import Keyspace
+from gateway.appkeys import DEVICE_GATEWAY, SETTINGS
+from gateway.device_status import RuntimeStatus
+from gateway.facade import LoginEntry
 from gateway.logs import get_logger
-from gateway.registry_cache import kick_everywhere, write_entries
 from models.agents import Agent, visible_agents
 from models.device_stats import device_statistics
 from models.devices import (
@@ -74,7 +73,7 @@ from models.filters import StageLife, Timer, filter_life, filters_of_devices
 from models.ids import device_id, is_valid_device_id
 from models.members import Member, agent_path_of, get_member
 from models.registry import register_devices
-from models.service import MAX_TOP_UP_ML, RENT_PACKAGES, ServiceMode
+from models.service import MAX_TOP_UP_ML, RENT_PACKAGES, ServiceChangeRequest, ServiceMode
 from models.tenancy import (
     ADMIN_ROLES,
     ANY_ROLE,
@@ -489,22 +488,8 @@ async def _visible_node(principal: Principal, agent_id: int, vendor_code: str) -
     return node
 
 
-def _redis(app: web.Application) -> aioredis.Redis:
-    from gateway.node import REDIS
-
-    return app[REDIS]
-
-
-def _keyspace(app: web.Application) -> Keyspace:
-    from gateway.node import KEYSPACE
-
-    return app[KEYSPACE]
-
-
 def _derive(app: web.Application) -> Callable[[str, int], bytes]:
     """The node's key derivation: master secret + did + key version."""
-    from gateway.node import SETTINGS
-
     master = app[SETTINGS].master_secret_bytes()
     return lambda did, version: derive_device_key(master, did, version)
 
@@ -515,17 +500,13 @@ async def _publish_logins(
     """Copy the devices' login entries (state, key version) to Redis at once (the registry
     sync would within seconds), then close their connections wherever they are with the kick
     verb `kick` ("disable" or "revoke": the offline reason the status shows)."""
-    client, keyspace = _redis(app), _keyspace(app)
-    await write_entries(client, keyspace, [(d.did, int(d.state), d.key_version) for d in devices])
-    if kick is not None:
-        await kick_everywhere(client, keyspace, [d.did for d in devices], verb=kick)
+    entries = [LoginEntry(d.did, int(d.state), d.key_version) for d in devices]
+    await app[DEVICE_GATEWAY].publish_logins(entries, kick=kick)
 
 
 async def _runtime(app: web.Application, dids: Sequence[str]) -> dict[str, RuntimeStatus]:
     """Runtime status of many devices in one batched call."""
-    if not dids:
-        return {}
-    return await read_runtime(_redis(app), _keyspace(app), dids)
+    return await app[DEVICE_GATEWAY].runtime_status(dids)
 
 
 # ----------------------------------------------------------------------------- shaping
@@ -836,10 +817,8 @@ async def register_device_batch(call: Call) -> list[DeviceKeyOut] | web.Response
         model=body.model,
         attributes=attributes,
     )
-    await write_entries(
-        _redis(call.app),
-        _keyspace(call.app),
-        [(d.did, int(DeviceState.INACTIVE), d.key_version) for d in issued],
+    await call.app[DEVICE_GATEWAY].publish_logins(
+        [LoginEntry(d.did, int(DeviceState.INACTIVE), d.key_version) for d in issued]
     )
     log.info("devices_registered", vid=body.vid, count=len(issued), first=issued[0].did)
     keys = [DeviceKeyOut(did=d.did, key=d.key.hex(), key_version=d.key_version) for d in issued]
@@ -940,10 +919,8 @@ async def change_device_profile(call: Call) -> DeviceProfileOut:
     errors=(503,),
 )
 async def read_device_service(call: Call) -> DeviceServiceOut:
-    from gateway.node import SERVICE_STORE
-
     device = await visible_device(call.principal, call.params.did)
-    return service_out(device.did, await call.app[SERVICE_STORE].read(device.did))
+    return service_out(device.did, await call.app[DEVICE_GATEWAY].read_service(device.did))
 
 
 @routes.put(
@@ -961,44 +938,21 @@ async def read_device_service(call: Call) -> DeviceServiceOut:
     "request_id a retried change is applied once (`applied: false` the second time).",
 )
 async def change_device_service(call: Call) -> DeviceServiceOut:
-    from gateway.node import SERVICE_STORE
-    from models import service
-
     body: DeviceServiceIn = call.body
     principal = call.principal
     device = await visible_device(principal, call.params.did)
     check_changeable(device)
     check_service_fields(body)
-    store = call.app[SERVICE_STORE]
-    did, reason, request_id = device.did, body.reason, body.request_id
     actor = f"{principal.role}:{principal.subject}"[:64]
     expires_s = None if body.rental_expires_at is None else int(body.rental_expires_at.timestamp())
-    match body.op:
-        case "configure":
-            outcome = await service.configure(
-                store, did, body.mode, remaining_ml=body.remaining_ml,
-                rental_expires_at=expires_s, low_balance_ml=body.low_balance_ml,
-                actor=actor, reason=reason, request_id=request_id,
-            )  # fmt: skip
-        case "top_up":
-            outcome = await service.top_up(
-                store, did, body.ml, actor=actor, reason=reason, request_id=request_id
-            )
-        case "extend":
-            outcome = await service.extend_rental(
-                store, did, package=body.package, days=body.days,
-                actor=actor, reason=reason, request_id=request_id,
-            )  # fmt: skip
-        case "set_expiry":
-            assert expires_s is not None  # check_service_fields: set_expiry needs it
-            outcome = await service.set_expiry(
-                store, did, expires_s, actor=actor, reason=reason, request_id=request_id
-            )
-        case "lock":
-            outcome = await service.lock(store, did, actor=actor, reason=reason)
-        case _:
-            outcome = await service.unlock(store, did, actor=actor, reason=reason)
-    return service_out(did, await store.read(did), applied=outcome.applied)
+    change = ServiceChangeRequest(
+        op=body.op, mode=body.mode, remaining_ml=body.remaining_ml,
+        low_balance_ml=body.low_balance_ml, rental_expires_at=expires_s, ml=body.ml,
+        package=body.package, days=body.days, reason=body.reason, request_id=body.request_id,
+    )  # fmt: skip
+    gateway = call.app[DEVICE_GATEWAY]
+    outcome, state = await gateway.change_service(device.did, change, actor=actor)
+    return service_out(device.did, state, applied=outcome.applied)
 
 
 @routes.get(
@@ -1014,8 +968,6 @@ async def change_device_service(call: Call) -> DeviceServiceOut:
     "and fault bits, TDS, temperature, flow) and the life left in each filter stage.",
 )
 async def read_device_runtime(call: Call) -> DeviceRuntimeOut:
-    from gateway.node import SETTINGS
-
     principal = call.principal
     device = await visible_device(principal, call.params.did)
     status = (await _runtime(call.app, [device.did])).get(device.did, NEVER_SEEN)

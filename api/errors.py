@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from models.errors import Conflict, DomainError, InvalidInput, NotFound
+from models.errors import Forbidden as DomainForbidden
+from models.errors import Unavailable as DomainUnavailable
 
 
 class ApiError(Exception):
@@ -119,9 +121,11 @@ class Unavailable(ApiError):
 
 # Domain error class -> HTTP status. A subclass of one of these keeps its own `code`.
 _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
+    (DomainForbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
     (InvalidInput, 422),
+    (DomainUnavailable, 503),
 ]
 
 

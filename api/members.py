@@ -42,6 +42,7 @@ from api.schemas import (
     text,
 )
 from api.tokens import TOKENS, TokenService
+from gateway.appkeys import REDIS, SETTINGS
 from gateway.config import Settings
 from gateway.logs import get_logger
 from gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender, LogSmsSender
@@ -266,14 +267,10 @@ class MemberLoginIn(RequestModel):
 
 
 def _settings(app: web.Application) -> Settings:
-    from gateway.node import SETTINGS
-
     return app[SETTINGS]
 
 
 def _redis(app: web.Application) -> aioredis.Redis:
-    from gateway.node import REDIS
-
     return app[REDIS]
 
 

@@ -142,6 +142,15 @@ class RouteTable:
     # after the API's services exist and are torn down before them.
     contexts: list[Callable[[web.Application], AsyncIterator[None]]] = field(default_factory=list)
 
+    def include(self, *parts: RouteTable) -> RouteTable:
+        """Serve the routes, hooks and contexts of `parts` under this table's tag: one resource
+        whose handlers are split over several modules."""
+        for part in parts:
+            self.routes.extend(part.routes)
+            self.startup.extend(part.startup)
+            self.contexts.extend(part.contexts)
+        return self
+
     def on_startup(
         self, hook: Callable[[web.Application], None]
     ) -> Callable[[web.Application], None]:

@@ -28,6 +28,7 @@ from api.schemas import (
 )
 from api.signing import app_secret
 from api.tokens import revoke_accounts
+from gateway.appkeys import SETTINGS
 from models.accounts import AdminAccount, set_password
 from models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
 from models.vendors import (
@@ -609,7 +610,5 @@ async def issue_app_key(call: Call) -> AppKeyOut:
         raise Forbidden("a signed request may not replace its own key")
     vendor = await get_vendor(call)
     key = await rotate_app_key(vendor)
-    from gateway.node import SETTINGS
-
     secret = app_secret(call.app[SETTINGS].master_secret_bytes(), key)
     return AppKeyOut(vid=vendor.code, app_key=key, app_secret=secret)

@@ -214,7 +214,7 @@ def main() -> int:
         env["AQUAFLEET_DATABASE_URL"] = args.database_url
     if not args.ledger_inline:
         env["AQUAFLEET_LEDGER_WRITER"] = "false"
-    cli = [sys.executable, "-m", "gateway.cli"]
+    cli = [sys.executable, "-m", "aquafleet.cli"]
 
     def run(*command: str, stdin: str | None = None) -> None:
         subprocess.run([*cli, *command], cwd=workdir, env=env, check=True, input=stdin,

@@ -168,7 +168,7 @@ def main() -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         env[f"AQUAFLEET_{name.upper()}"] = value
-    cli = [sys.executable, "-m", "gateway.cli"]
+    cli = [sys.executable, "-m", "aquafleet.cli"]
 
     def run(*command: str) -> None:
         subprocess.run(

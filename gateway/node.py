@@ -1,6 +1,7 @@
-"""One gateway node: every long-lived resource is one aiohttp cleanup context, torn down in
-reverse order. The TCP gateway comes last, so SIGTERM first stops accepting devices, lets what
-was read become durable and acked, then closes them; Redis and the database close after.
+"""The gateway's long-lived resources, each one aiohttp cleanup context, torn down in reverse
+order (the composition root, aquafleet/node.py, lists them). The TCP gateway comes last, so
+SIGTERM first stops accepting devices, lets what was read become durable and acked, then closes
+them; Redis and the database close after.
 """
 
 from __future__ import annotations
@@ -9,30 +10,42 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway.appkeys import (
+    COMMANDS,
+    DEVICE_GATEWAY,
+    HUB,
+    KEYSPACE,
+    METRICS,
+    MQTT_BRIDGE,
+    REDIS,
+    RENTAL_SCHEDULER,
+    SCRIPTS,
+    SERVICE_STORE,
+    SETTINGS,
+    TASKS,
+    TCP_SERVER,
+)
 from gateway.commands import CommandEvents, CommandService
-from gateway.config import Settings
 from gateway.desired import CommandIds, DesiredStatePusher
 from gateway.embedded_redis import embedded_redis
 from gateway.errors import GatewayError
+from gateway.facade import DeviceGateway
 from gateway.hub import FailedLoginLimiter, Hub
 from gateway.keys import Keyspace
 from gateway.ledger import LedgerWriter
 from gateway.login import LoginBatcher
 from gateway.logs import get_logger
 from gateway.meter import MeterBatcher
-from gateway.metrics import Metrics
 from gateway.mqtt import MqttBridge
 from gateway.presence import Presence, presence_ttl_ms
 from gateway.redis_io import Scripts, open_redis
 from gateway.registry_cache import RegistrySync
 from gateway.rental import RentalScheduler
 from gateway.service_state import ServiceStore
+from gateway.tasks import TaskGroup
 from gateway.tcp import start_tcp_server
 from models.db import close_database, init_database
 from models.filters import MaintenanceWatch
@@ -40,75 +53,8 @@ from protocol import ErrorCode
 
 log = get_logger("aquafleet.node")
 
-RESTART_DELAY_S = 1.0
-STOP_TIMEOUT_S = 10.0
-RECANCEL_EVERY_S = 0.5
-FIRST_RECANCEL_S = 0.02
 CLOSE_GRACE_S = 2.0
 DESIRED_TICK_S = 1.0
-
-
-@dataclass
-class TaskGroup:
-    """Background tasks owned by the node: started by name, cancelled and awaited on shutdown."""
-
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-
-    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        async def supervised() -> None:
-            while True:
-                try:
-                    await factory()
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # A bug, not an expected failure (those are handled inside): restart the
-                    # service rather than run on without it.
-                    log.exception("task_crashed", task=name, restart_in_s=RESTART_DELAY_S)
-                    await asyncio.sleep(RESTART_DELAY_S)
-
-        self.tasks[name] = asyncio.create_task(supervised(), name=name)
-
-    async def stop(self, *names: str) -> None:
-        """Cancel the named tasks and wait for them, cancelling again while they linger.
-
-        On Python 3.11 a cancel that lands while redis-py is inside asyncio.wait_for or
-        asyncio.timeout can be swallowed (about 1 in 10 stops hung before this), so one
-        cancel() is not enough; a task that outlives STOP_TIMEOUT_S is logged and left.
-        """
-        chosen = {self.tasks.pop(n) for n in names if n in self.tasks}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_TIMEOUT_S
-        pending = chosen
-        wait_s = FIRST_RECANCEL_S  # most stop at the first cancel: check again soon
-        while pending and loop.time() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=wait_s)
-            wait_s = min(wait_s * 2, RECANCEL_EVERY_S)
-        for task in pending:
-            log.error("task_did_not_stop", task=task.get_name())
-        for task in chosen - pending:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
-
-    async def stop_all(self) -> None:
-        await self.stop(*reversed(list(self.tasks)))
-
-
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-REDIS = web.AppKey("redis", aioredis.Redis)
-SCRIPTS = web.AppKey("scripts", Scripts)
-KEYSPACE = web.AppKey("keyspace", Keyspace)
-HUB = web.AppKey("hub", Hub)
-TASKS = web.AppKey("tasks", TaskGroup)
-TCP_SERVER = web.AppKey("tcp_server", asyncio.Server)
-SERVICE_STORE = web.AppKey("service_store", ServiceStore)
-COMMANDS = web.AppKey("commands", CommandService)
-RENTAL_SCHEDULER = web.AppKey("rental_scheduler", RentalScheduler)
-MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -253,6 +199,10 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     hub.on_command_outcome = commands.on_outcome
     app[COMMANDS] = commands
     app[HUB] = hub
+    app[DEVICE_GATEWAY] = DeviceGateway(
+        hub=hub, commands=commands, service_store=app[SERVICE_STORE], client=client,
+        keyspace=keyspace,
+    )  # fmt: skip
     names = (
         "meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper", "desired",
         "command-events",
@@ -413,72 +363,3 @@ async def _within(seconds: float, awaitable: Awaitable[object]) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-# ----------------------------------------------------------------------------- application
-
-
-def build_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    from api.app import setup_api
-
-    app = web.Application(client_max_size=1024 * 1024)
-    app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
-    app.cleanup_ctx.append(redis_ctx)
-    app.cleanup_ctx.append(database_ctx)
-    app.cleanup_ctx.append(tasks_ctx)
-    app.cleanup_ctx.append(registry_ctx)
-    app.cleanup_ctx.append(ledger_ctx)
-    app.cleanup_ctx.append(rental_ctx)
-    app.cleanup_ctx.append(gateway_ctx)
-    app.cleanup_ctx.append(mqtt_ctx)
-    setup_api(app)
-    return app
-
-
-def build_ledger_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    """A ledger writer alone (no device listener), e.g. in its own process next to `serve`."""
-    app = web.Application()
-    app[SETTINGS] = settings
-    app[METRICS] = metrics or Metrics()
-    app.cleanup_ctx.append(redis_ctx)
-    app.cleanup_ctx.append(database_ctx)
-    app.cleanup_ctx.append(tasks_ctx)
-    app.cleanup_ctx.append(ledger_ctx)
-    return app
-
-
-async def run_ledger(settings: Settings, *, stop: asyncio.Event) -> None:
-    """Run a standalone ledger writer until `stop` is set."""
-    runner = web.AppRunner(build_ledger_app(settings), handle_signals=False)
-    await runner.setup()
-    try:
-        log.info("ledger_writer_started", consumer=settings.resolved_node_id)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-async def serve(
-    settings: Settings,
-    *,
-    stop: asyncio.Event,
-    ready: Callable[[web.Application], Any] | None = None,
-) -> None:
-    """Run one node until `stop` is set."""
-    app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(
-            runner, settings.http_host, settings.http_port, reuse_port=settings.workers > 1
-        )
-        await site.start()
-        log.info("api_listening", http=f"{settings.http_host}:{settings.http_port}")
-        if ready is not None:
-            ready(app)
-        await stop.wait()
-        log.info("node_stopping")
-    finally:
-        await runner.cleanup()
-        log.info("node_stopped")

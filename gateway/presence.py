@@ -240,7 +240,7 @@ class Presence:
                 log.warning("kick_listener_reconnecting", error=str(exc))
                 await asyncio.sleep(1.0)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def _on_kick(self, data: bytes) -> None:
         if data.startswith(b"state "):

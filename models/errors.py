@@ -23,3 +23,15 @@ class Conflict(DomainError):
 
 class InvalidInput(DomainError):
     code = "invalid_input"
+
+
+class Forbidden(DomainError):
+    """The caller's role may not do this to this record."""
+
+    code = "forbidden"
+
+
+class Unavailable(DomainError):
+    """A backing store (Redis) did not answer; trying again later may work."""
+
+    code = "service_unavailable"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from gateway.redis_io import redis_errors
 from models.errors import DomainError
+from models.redis_boundary import redis_errors
 
 # KEYS[1] the window's sorted set; ARGV now_ms, window_ms, limit, member, record (1/0).
 # Returns {allowed 0/1, hits in the window after this one, retry after ms}.
@@ -94,7 +94,7 @@ async def hit(
     """Count one attempt against `limit` per `window_s` on `key`, if it is allowed.
 
     now: unix seconds (tests pass a controlled clock); default the local clock.
-    Raises gateway.errors.RedisUnavailable when Redis does not answer.
+    Raises models.errors.Unavailable when Redis does not answer.
     """
     return await _run(redis, key, limit, window_s, now, record=True)
 

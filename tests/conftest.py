@@ -251,13 +251,13 @@ class RunningNode:
 
     @property
     def metrics(self) -> Metrics:
-        from gateway.node import METRICS
+        from gateway.appkeys import METRICS
 
         return self.app[METRICS]
 
     @property
     def hub(self) -> Any:
-        from gateway.node import HUB
+        from gateway.appkeys import HUB
 
         return self.app[HUB]
 
@@ -268,7 +268,8 @@ class RunningNode:
 @contextlib.asynccontextmanager
 async def run_node(settings: Settings) -> AsyncIterator[RunningNode]:
     """Start a whole node (Redis, DB, ledger writer, TCP, HTTP) in this event loop."""
-    from gateway.node import TCP_SERVER, build_app
+    from aquafleet.node import build_app
+    from gateway.appkeys import TCP_SERVER
 
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -23,7 +23,7 @@ class Registered:
 
 async def register_devices(node: Any, count: int, *, vendor: str = "TEST") -> list[Registered]:
     """Create devices in the node's database and its Redis registry copy at once."""
-    from gateway.node import KEYSPACE, REDIS
+    from gateway.appkeys import KEYSPACE, REDIS
     from gateway.registry_cache import write_entries
     from models.registry import create_vendor
     from models.registry import register_devices as register

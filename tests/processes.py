@@ -84,7 +84,7 @@ async def start_serve(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.cli",
+        "aquafleet.cli",
         "serve",
         env=env,
         cwd=tmp_path,

@@ -536,7 +536,7 @@ class MqttBridge:
                 log.warning("mqtt_answers_listener_reconnecting", error=str(exc))
                 await asyncio.sleep(RELAY_RETRY_S)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def relayed_answer(self, data: bytes) -> None:
         """One answer another bridge received (our own come back too: skipped)."""

@@ -18,7 +18,7 @@ async def aquafleet(
     env["AQUAFLEET_DATA_DIR"] = str(tmp_path / "data")
     env["AQUAFLEET_DATABASE_URL"] = database_url
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", *args,
+        sys.executable, "-m", "aquafleet.cli", *args,
         env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

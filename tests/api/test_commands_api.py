@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.node import SERVICE_STORE
+from gateway.appkeys import SERVICE_STORE
 from models import service
 from models.service import ServiceMode
 from protocol import Command, CommandOp

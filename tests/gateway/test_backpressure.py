@@ -7,9 +7,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from gateway.appkeys import KEYSPACE, REDIS, SCRIPTS
 from gateway.ledger import LedgerWriter
 from gateway.metrics import Metrics
-from gateway.node import KEYSPACE, REDIS, SCRIPTS
 from models.usage import metered_ml_by_device
 from tests.conftest import REDIS_URL
 from tests.devices import register_devices, telemetry

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from gateway.appkeys import COMMANDS, SERVICE_STORE
 from gateway.commands import CommandKind, CommandState, format_args, parse_args
-from gateway.node import COMMANDS, SERVICE_STORE
 from models import service
 from models.service import ServiceMode
 from protocol import Command, CommandOp

@@ -43,7 +43,7 @@ class Cluster:
 
     async def cli(self, *args: str) -> str:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", *args, env=self.env, cwd=self.tmp_path,
+            sys.executable, "-m", "aquafleet.cli", *args, env=self.env, cwd=self.tmp_path,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(process.communicate(), 60)

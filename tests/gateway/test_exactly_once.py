@@ -27,7 +27,7 @@ async def run_cli(env: dict[str, str], *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.cli",
+        "aquafleet.cli",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

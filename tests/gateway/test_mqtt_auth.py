@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.node import KEYSPACE, REDIS
+from gateway.appkeys import KEYSPACE, REDIS
 from gateway.registry_cache import write_entries
 from models.devices import DeviceState
 from protocol.crypto import mqtt_password

@@ -18,9 +18,9 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
+from gateway.appkeys import KEYSPACE, MQTT_BRIDGE, REDIS
 from gateway.errors import GatewayError
 from gateway.mqtt.bridge import paho_client, read_in_bursts
-from gateway.node import KEYSPACE, MQTT_BRIDGE, REDIS
 from models.usage import metered_ml_by_device
 from protocol import Command, CommandOp
 from protocol.crypto import mqtt_password
@@ -588,7 +588,7 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     # The node's own client closes with it: read presence afterwards with the test's client
     # (a command on the closed client would open a connection nobody closes).
     key = node.app[KEYSPACE].presence(dev.did)
-    from gateway.node import TASKS
+    from gateway.appkeys import TASKS
 
     tasks = node.app[TASKS]
     bridge_tasks = [t for name, t in tasks.tasks.items() if name.startswith("mqtt-")]

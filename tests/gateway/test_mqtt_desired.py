@@ -19,8 +19,8 @@ import msgpack
 import pytest
 
 from gateway import desired as desired_module
+from gateway.appkeys import SERVICE_STORE
 from gateway.mqtt.bridge import pack_answer, unpack_answer
-from gateway.node import SERVICE_STORE
 from models import service
 from models.service import ServiceMode
 from protocol import Command, CommandOp, DesiredState, desired_state_from_args
@@ -303,8 +303,8 @@ async def test_one_shot_commands_reach_mqtt_devices_through_the_command_service(
 ) -> None:
     """The same command service as TCP: states, the device's ACK, its RESULT, the outcome
     back on the issuing node, which here is another node than the bridges'."""
+    from gateway.appkeys import COMMANDS
     from gateway.commands import CommandState
-    from gateway.node import COMMANDS
 
     prefix = unique_prefix()
     bridge = await mqtt_node(node_factory, prefix)

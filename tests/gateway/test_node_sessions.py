@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.node import KEYSPACE, REDIS
+from gateway.appkeys import KEYSPACE, REDIS
 from protocol import ErrorCode
 from protocol.crypto import derive_device_key
 from protocol.messages import Error

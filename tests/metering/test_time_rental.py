@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.node import RENTAL_SCHEDULER, SERVICE_STORE
+from gateway.appkeys import RENTAL_SCHEDULER, SERVICE_STORE
 from models import service
 from models.service import RENT_PACKAGES, ServiceChange, ServiceMode
 from models.tickets import Ticket, TicketType
@@ -146,7 +146,7 @@ async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dyi
 
     async def cli(*args: str) -> str:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", *args, env=env,
+            sys.executable, "-m", "aquafleet.cli", *args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(process.communicate(), 60)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.node import COMMANDS, SERVICE_STORE
+from gateway.appkeys import COMMANDS, SERVICE_STORE
 from models import service
 from models.service import ServiceMode
 from models.vending import (

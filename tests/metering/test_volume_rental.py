@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.node import SERVICE_STORE
+from gateway.appkeys import SERVICE_STORE
 from models import service
 from models.service import ServiceChange, ServiceMode
 from protocol import Command, CommandOp, desired_state_from_args
@@ -240,7 +240,7 @@ async def test_a_gateway_restart_mid_flow_loses_and_double_counts_nothing(
 async def test_reset_filter_reaches_the_device_and_is_recorded(node_factory, device_factory):
     import pytest
 
-    from gateway.node import COMMANDS
+    from gateway.appkeys import COMMANDS
     from models.vending import DeviceOffline
 
     node = await node_factory()

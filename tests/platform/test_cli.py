@@ -24,7 +24,7 @@ from tests.processes import serve_processes, start_serve
 
 async def aquafleet(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", *args,
+        sys.executable, "-m", "aquafleet.cli", *args,
         env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(process.communicate(), 90)

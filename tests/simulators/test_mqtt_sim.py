@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import build_parser
-from gateway.node import MQTT_BRIDGE
+from aquafleet.cli import build_parser
+from gateway.appkeys import MQTT_BRIDGE
 from simulators.cli import options_from_args
 from simulators.options import DeviceCredentials, SimError, SimOptions
 from simulators.report import EXIT_OK, Report

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import build_parser
+from aquafleet.cli import build_parser
 from simulators.cli import options_from_args
 from simulators.options import DeviceCredentials, SimError, SimOptions, load_devices
 

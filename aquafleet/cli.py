@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_one(settings: Settings) -> int:
-    from gateway.node import serve
+    from aquafleet.node import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,7 +167,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> int:
-        from gateway.node import run_ledger
+        from aquafleet.node import run_ledger
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,0 +1,163 @@
+"""The device side as the REST API sees it: one narrow facade under one app key
+(`appkeys.DEVICE_GATEWAY`). The API asks it about presence and runtime status, hands it
+commands and service changes, and tells it about login changes; it never reaches into the hub,
+the command service or the stores itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from gateway.commands import CommandRecord, CommandService
+from gateway.device_status import RuntimeStatus, read_runtime
+from gateway.hub import Hub
+from gateway.keys import Keyspace
+from gateway.redis_io import redis_errors
+from gateway.registry_cache import kick_everywhere, write_entries
+from gateway.service_state import ServiceState, ServiceStore
+from models import service
+from models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
+from models.vending import start_dispense
+from protocol import Command, CommandOp
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    node_id: str
+    connections: int
+    online: int
+    reads_paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoginEntry:
+    """What a device's login needs to know of it: its state and key version."""
+
+    did: str
+    state: int
+    key_version: int
+
+
+class DeviceGateway:
+    """Presence, runtime status, commands and service changes, for the API."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        commands: CommandService,
+        service_store: ServiceStore,
+        client: aioredis.Redis,
+        keyspace: Keyspace,
+    ) -> None:
+        self._hub = hub
+        self._commands = commands
+        self._store = service_store
+        self._client = client
+        self._keyspace = keyspace
+
+    # ------------------------------------------------------------------ this node
+
+    async def health(self) -> NodeHealth:
+        """This node's connections; raises RedisUnavailable when its Redis does not answer."""
+        with redis_errors("health check"):
+            await self._client.ping()
+        hub = self._hub
+        return NodeHealth(hub.node_id, len(hub.connections), len(hub.online), hub.reads_paused)
+
+    # ------------------------------------------------------------------ devices
+
+    async def runtime_status(self, dids: Sequence[str]) -> dict[str, RuntimeStatus]:
+        """Presence, last session and latest report of many devices in one round trip."""
+        if not dids:
+            return {}
+        return await read_runtime(self._client, self._keyspace, dids)
+
+    async def publish_logins(
+        self, entries: Sequence[LoginEntry], *, kick: str | None = None
+    ) -> None:
+        """Copy the devices' login entries to Redis at once (the registry sync would within
+        seconds); with `kick` ("disable" or "revoke", the offline reason shown), close their
+        connections wherever they are."""
+        await write_entries(
+            self._client, self._keyspace, [(e.did, e.state, e.key_version) for e in entries]
+        )
+        if kick is not None:
+            await kick_everywhere(self._client, self._keyspace, [e.did for e in entries], verb=kick)
+
+    # ------------------------------------------------------------------ service state
+
+    async def read_service(self, did: str) -> ServiceState:
+        return await self._store.read(did)
+
+    async def change_service(
+        self, did: str, change: ServiceChangeRequest, *, actor: str
+    ) -> tuple[ChangeOutcome, ServiceState]:
+        """Apply a change (models/service.py validates and records it); the device gets the
+        new desired state at once when connected, else at its next login."""
+        outcome = await service.apply_change(self._store, did, change, actor=actor)
+        return outcome, await self._store.read(did)
+
+    # ------------------------------------------------------------------ commands
+
+    async def send_command(
+        self,
+        did: str,
+        op: CommandOp,
+        args: Mapping[int, int],
+        *,
+        mode: ServiceMode | None,
+        issuer: str,
+        reason: str,
+        timeout_s: int,
+        wait_s: float,
+    ) -> CommandRecord | None:
+        """Send a command; the record once final, or as it stands after `wait_s`.
+
+        Lock and unlock change the desired state (recorded in the service log with `reason`)
+        and log a command that succeeds when the device holds that state's version. A dispense
+        to a vending machine opens a session at price 0, so the ledger still closes it with the
+        ml actually poured. Anything else is a one-shot command routed to the device's node."""
+        commands = self._commands
+        if op in (CommandOp.LOCK, CommandOp.UNLOCK):
+            change = service.lock if op is CommandOp.LOCK else service.unlock
+            outcome = await change(self._store, did, actor=issuer, reason=reason or "command")
+            cid, _ = await commands.record_state_change(did, op, outcome.version, issuer=issuer)
+            return await commands.wait(did, cid, wait_s)
+        if op is CommandOp.DISPENSE and mode is ServiceMode.VENDING:
+            session = await start_dispense(
+                _IssuerRouter(commands, issuer), did, args[1], price_fen_per_l=0,
+                timeout_s=timeout_s,
+            )  # fmt: skip
+            return await commands.wait(did, int(session.cid), wait_s)
+        return await commands.issue_and_wait(
+            did, op, args, timeout_s=timeout_s, wait_s=wait_s, issuer=issuer
+        )
+
+    async def command(self, did: str, cid: int, wait_s: float) -> CommandRecord | None:
+        """A command's record once final, or as it stands after `wait_s`."""
+        return await self._commands.wait(did, cid, wait_s)
+
+    async def recent_commands(
+        self, did: str, *, limit: int, offset: int
+    ) -> tuple[list[CommandRecord], int]:
+        """A page of the device's latest commands, newest first, and how many are listed."""
+        records = await self._commands.recent(did, limit=limit, offset=offset)
+        return records, await self._commands.count(did)
+
+
+class _IssuerRouter:
+    """The router start_dispense takes, recording who issued the command."""
+
+    def __init__(self, commands: CommandService, issuer: str) -> None:
+        self.commands = commands
+        self.issuer = issuer
+
+    async def next_cid(self) -> int:
+        return await self.commands.next_cid()
+
+    async def deliver(self, did: str, command: Command) -> bool:
+        return await self.commands.deliver(did, command, issuer=self.issuer)
