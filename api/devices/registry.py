@@ -1,0 +1,278 @@
+"""AB-01..06, AB-14, AB-15: the registry (list, register with keys shown once, read, vendor
+configuration, user profile, deregistration, key re-issue). A change to a device's login is
+handed to the gateway at once (its registry copy, and a kick where it is connected)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from api.devices.access import (
+    key_derivation,
+    owned_device,
+    publish_logins,
+    runtime_of,
+    visible_device,
+    visible_node,
+)
+from api.devices.schemas import (
+    CSV_TYPE,
+    MAX_ONLINE_SCAN,
+    MAX_REGISTER_BATCH,
+    DeviceConfigIn,
+    DeviceKeyOut,
+    DeviceListQuery,
+    DeviceOut,
+    DevicePath,
+    DeviceProfileIn,
+    DeviceProfileOut,
+    DeviceRegisterIn,
+    RegisterQuery,
+)
+from api.devices.shaping import (
+    config_changes,
+    device_outs,
+    is_online,
+    keys_csv,
+    profile_out,
+    wants_csv,
+)
+from api.errors import Forbidden, NotFoundError
+from api.routing import Call, Page, RouteTable
+from gateway.appkeys import DEVICE_GATEWAY
+from gateway.facade import LoginEntry
+from gateway.logs import get_logger
+from models.agents import visible_agents
+from models.devices import (
+    Device,
+    DeviceState,
+    refused_config_groups,
+    reissue_key,
+    update_device,
+    visible_devices,
+)
+from models.devices import deregister_device as mark_deregistered
+from models.errors import InvalidInput
+from models.registry import register_devices
+from models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_ONLY, PLATFORM_OR_VENDOR
+
+log = get_logger("aquafleet.api.devices")
+
+routes = RouteTable("devices")
+
+
+@routes.get(
+    "/devices",
+    seed="AB-01",
+    summary="List devices",
+    roles=ADMIN_ROLES,
+    query=DeviceListQuery,
+    response=DeviceOut,
+    many=True,
+    description="The platform sees every vendor's devices (filter by vid); a vendor its own; "
+    "an agent or dealer those of its node and the nodes below. `online` is read from the "
+    "gateway for the whole page in one batch.",
+)
+async def list_devices(call: Call) -> Page:
+    query: DeviceListQuery = call.query
+    principal = call.principal
+    qs = visible_devices(principal)
+    filters: dict[str, Any] = {}
+    for name in ("state", "type", "model"):
+        if name in query.model_fields_set:
+            filters[name] = getattr(query, name)
+    if query.vid is not None:
+        filters["vendor_id"] = query.vid
+    if query.uid is not None:
+        filters["owner_id"] = query.uid
+    if query.bound is not None:
+        filters["owner_id__isnull"] = not query.bound
+    if query.agent_id is not None:
+        node = await visible_agents(principal).get_or_none(id=query.agent_id)
+        if node is None:
+            raise NotFoundError(f"agent {query.agent_id} not found")
+        filters["agent__path__startswith"] = node.path
+    qs = qs.filter(**filters).order_by(*query.ordering(pk="did"))
+    if query.online is None:
+        total = await qs.count()
+        rows = list(await qs.offset(query.offset).limit(query.limit))
+        return Page(await device_outs(call.app, rows, principal), total)
+    dids = list(await qs.limit(MAX_ONLINE_SCAN + 1).values_list("did", flat=True))
+    if len(dids) > MAX_ONLINE_SCAN:
+        raise InvalidInput(
+            f"more than {MAX_ONLINE_SCAN} devices match: narrow the list (vid, agent_id, "
+            "state, type, model) before filtering by online"
+        )
+    runtime = await runtime_of(call.app, [str(d) for d in dids])
+    matching = [str(d) for d in dids if is_online(runtime, str(d)) is query.online]
+    page = matching[query.offset : query.offset + query.limit]
+    by_did = {d.did: d for d in await Device.filter(did__in=page)}
+    rows = [by_did[d] for d in page if d in by_did]
+    return Page(await device_outs(call.app, rows, principal, runtime=runtime), len(matching))
+
+
+@routes.post(
+    "/devices",
+    seed="AB-02",
+    summary="Register a batch of devices; their keys are answered once",
+    roles=PLATFORM_ONLY,
+    query=RegisterQuery,
+    body=DeviceRegisterIn,
+    response=DeviceKeyOut,
+    many=True,
+    errors=(404, 409),
+    description=f"Up to {MAX_REGISTER_BATCH} devices a request. Ids are allocated here: the "
+    "vendor code, an 8-digit serial that is never reused and 4 hex check digits. The answer "
+    "holds each device's key: it is never shown again (re-issue one with POST "
+    "/devices/{did}/key). `Accept: text/csv` or `?format=csv` answers the same as CSV "
+    "(did,key,key_version) for the factory. The devices can log in at once.",
+)
+async def register_device_batch(call: Call) -> list[DeviceKeyOut] | web.Response:
+    body: DeviceRegisterIn = call.body
+    as_csv = wants_csv(call.request, call.query)
+    attributes: dict[str, Any] = {
+        "brand": body.brand,
+        "hw_version": body.hw_version,
+        "sw_version": body.sw_version,
+        "fw_version": body.fw_version,
+        "manufactured_at": body.manufacture_tms,
+    }
+    if body.agent_id is not None:
+        node = await visible_node(call.principal, body.agent_id, body.vid)
+        attributes["agent_id"] = node.id
+    issued = await register_devices(
+        body.vid,
+        body.count,
+        key_derivation(call.app),
+        device_type=body.type,
+        model=body.model,
+        attributes=attributes,
+    )
+    await call.app[DEVICE_GATEWAY].publish_logins(
+        [LoginEntry(d.did, int(DeviceState.INACTIVE), d.key_version) for d in issued]
+    )
+    log.info("devices_registered", vid=body.vid, count=len(issued), first=issued[0].did)
+    keys = [DeviceKeyOut(did=d.did, key=d.key.hex(), key_version=d.key_version) for d in issued]
+    if as_csv:
+        return web.Response(
+            text=keys_csv(keys),
+            status=201,
+            content_type=CSV_TYPE,
+            headers={
+                "Content-Disposition": f'attachment; filename="{keys[0].did}-{len(keys)}.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
+    return keys
+
+
+@routes.get(
+    "/devices/{did}",
+    seed="AB-03",
+    summary="Read a device (identity, vendor configuration, owner)",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    response=DeviceOut,
+    description="Admins read devices of their subtree; a member those bound or shared to them.",
+)
+async def read_device(call: Call) -> DeviceOut:
+    device = await visible_device(call.principal, call.params.did)
+    return (await device_outs(call.app, [device], call.principal))[0]
+
+
+@routes.put(
+    "/devices/{did}",
+    seed="AB-04",
+    summary="Change a device's vendor configuration",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    body=DeviceConfigIn,
+    response=DeviceOut,
+    errors=(403, 409),
+    description="Only the groups given change. Platform and vendor: everything; agents and "
+    "dealers: installation, lbs and agent_id (a node of their subtree); the member it is "
+    "bound to: lbs. Other groups answer 403. A deregistered device answers 409.",
+)
+async def configure_device(call: Call) -> DeviceOut:
+    body: DeviceConfigIn = call.body
+    principal = call.principal
+    device = await owned_device(call, "configure")
+    refused = refused_config_groups(principal.role, body.model_fields_set)
+    if refused:
+        raise Forbidden(f"a {principal.role} may not change {', '.join(refused)}")
+    changes = config_changes(body)
+    if "agent_id" in changes:
+        if changes["agent_id"] is not None:
+            await visible_node(principal, changes["agent_id"], device.vendor_id)
+        elif principal.role not in PLATFORM_OR_VENDOR:
+            raise Forbidden("an agent or dealer moves devices between nodes of its subtree")
+    device = await update_device(device, changes)
+    return (await device_outs(call.app, [device], principal))[0]
+
+
+@routes.get(
+    "/devices/{did}/prof",
+    seed="AB-05",
+    summary="Read a device's user profile",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    response=DeviceProfileOut,
+)
+async def read_device_profile(call: Call) -> DeviceProfileOut:
+    return profile_out(await visible_device(call.principal, call.params.did))
+
+
+@routes.put(
+    "/devices/{did}/prof",
+    seed="AB-06",
+    summary="Change a device's user profile",
+    roles=PLATFORM_OR_VENDOR,
+    params=DevicePath,
+    body=DeviceProfileIn,
+    response=DeviceProfileOut,
+    errors=(409,),
+    description="Only the fields given change (the seed: A#).",
+)
+async def change_device_profile(call: Call) -> DeviceProfileOut:
+    body: DeviceProfileIn = call.body
+    device = await visible_device(call.principal, call.params.did)
+    changes = {f"profile_{name}": getattr(body, name) for name in body.model_fields_set}
+    return profile_out(await update_device(device, changes))
+
+
+@routes.delete(
+    "/devices/{did}",
+    seed="AB-14",
+    summary="Deregister a device (platform admin only)",
+    roles=PLATFORM_ONLY,
+    params=DevicePath,
+    errors=(503,),
+    description="注销: the device is disconnected at once wherever it is connected and can no "
+    "longer log in; nothing of it changes any more (409 device_deregistered). The row, its "
+    "ledger and every history stay; reads still answer. Repeating it answers 204 again.",
+)
+async def deregister_device(call: Call) -> None:
+    device = await visible_device(call.principal, call.params.did)
+    device = await mark_deregistered(device)
+    await publish_logins(call.app, [device], kick="disable")
+    log.info("device_deregistered", did=device.did)
+
+
+@routes.post(
+    "/devices/{did}/key",
+    summary="Re-issue a device's key (the old one stops working at once)",
+    roles=PLATFORM_ONLY,
+    params=DevicePath,
+    response=DeviceKeyOut,
+    errors=(409, 503),
+    description="Not in the seed. Bumps the key version: the old key no longer logs in, and "
+    "the device is disconnected at once wherever it is connected. The new key is answered "
+    "once, never again.",
+)
+async def reissue_device_key(call: Call) -> DeviceKeyOut:
+    device = await visible_device(call.principal, call.params.did)
+    issued = await reissue_key(device, key_derivation(call.app))
+    await publish_logins(call.app, [device], kick="revoke")
+    log.info("device_key_reissued", did=device.did, key_version=issued.key_version)
+    return DeviceKeyOut(did=issued.did, key=issued.key.hex(), key_version=issued.key_version)
