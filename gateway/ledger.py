@@ -72,7 +72,7 @@ def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]
     rows = []
     for item in msgpack.unpackb(fields_[b"records"], raw=True):
         raw_did, frame_type, boot, rec, ts, delta, total, epoch, event_kind, enc, payload = item
-        row: UsageRow = (
+        row = UsageRow(
             raw_did.decode(), int(boot), int(rec), int(frame_type), int(event_kind), int(ts),
             received_at, int(delta), None if total < 0 else int(total),
             None if epoch < 0 else int(epoch),
@@ -86,7 +86,7 @@ def _entry_service_events(fields_: dict[bytes, bytes]) -> list[ServiceEvent]:
     if raw is None:
         return []
     return [
-        (did.decode(), kind.decode(), int(version), int(remaining), int(at))
+        ServiceEvent(did.decode(), kind.decode(), int(version), int(remaining), int(at))
         for did, kind, version, remaining, at in msgpack.unpackb(raw, raw=True)
     ]
 
@@ -95,12 +95,12 @@ def _add_dispense(batch: DecodedBatch, item: tuple[UsageRow, int, bytes]) -> Non
     """A dispense_done event closes its vending session (by cid) with the ml poured."""
     row, enc, payload = item
     try:
-        message = parse_record_payload(row[3], payload, enc)
+        message = parse_record_payload(row.kind, payload, enc)
     except ProtocolError:
         batch.bad_payloads += 1
         return
     if isinstance(message, Event) and message.cid is not None and message.ml is not None:
-        batch.dispenses.append((row[0], message.cid, message.ml, row[6]))
+        batch.dispenses.append(DispenseDone(row.did, message.cid, message.ml, row.received_at))
 
 
 def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
@@ -118,22 +118,22 @@ def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
         for item in rows:
             row = item[0]
             batch.usage.append(row)
-            batch.dids.add(row[0])
-            if row[3] == FrameType.EVENT and row[4] == EventKind.DISPENSE_DONE:
+            batch.dids.add(row.did)
+            if row.kind == FrameType.EVENT and row.event_kind == EventKind.DISPENSE_DONE:
                 _add_dispense(batch, item)
-            if row[3] == FrameType.TELEMETRY:
-                previous = newest.get(row[0])
-                if previous is None or (previous[0][1], previous[0][2]) < (row[1], row[2]):
-                    newest[row[0]] = item
+            if row.kind == FrameType.TELEMETRY:
+                previous = newest.get(row.did)
+                if previous is None or (previous[0].boot, previous[0].rec) < (row.boot, row.rec):
+                    newest[row.did] = item
     # Only each device's newest report becomes its snapshot: decode just that one.
     for did, (row, enc, payload) in newest.items():
         try:
-            message = parse_record_payload(row[3], payload, enc)
+            message = parse_record_payload(row.kind, payload, enc)
         except ProtocolError:
             batch.bad_payloads += 1  # metered already; only the snapshot is lost
             continue
         assert isinstance(message, Telemetry)
-        batch.snapshots[did] = snapshot_row(did, message, row[6], row[8])
+        batch.snapshots[did] = snapshot_row(did, message, row.received_at, row.flow_total_ml)
     return batch
 
 
@@ -141,7 +141,7 @@ def snapshot_row(
     did: str, t: Telemetry, received_at: dt.datetime, flow_total: int | None
 ) -> SnapshotRow:
     filters = [[f.index, f.work_h, f.power_on_h, f.reset_count] for f in t.filters] or None
-    return (
+    return SnapshotRow(
         did, t.boot, t.rec, t.ts, received_at, flow_total, t.tds_in_ppm, t.tds_out_ppm,
         t.temperature_dc, filters, t.fault_bits, t.signal, t.state_bits,
     )  # fmt: skip
@@ -306,7 +306,7 @@ class LedgerWriter:
         self.metrics.ledger_entries_written += len(entries)
         self.metrics.ledger_records_written += len(batch.usage)
         self.metrics.ledger_records_dead += batch.bad_payloads
-        self.metrics.metered_ml += sum(row[7] for row in batch.usage)
+        self.metrics.metered_ml += sum(row.delta_ml for row in batch.usage)
         if self.maintenance is not None and batch.snapshots:  # never raises; bounded work
             await self.maintenance.after_batch(batch.snapshots.values())
         return len(batch.usage)

@@ -393,7 +393,9 @@ class MaintenanceWatch:
         """Open what is due for these committed snapshots; returns the tickets opened."""
         if self.threshold_pct == 0:
             return 0
-        readings: list[Reading] = [(s[0], s[1], s[2], s[9]) for s in snapshots if s[9]]
+        readings: list[Reading] = [
+            (s.did, s.boot, s.rec, s.filters) for s in snapshots if s.filters
+        ]
         if not readings:
             return 0
         try:

@@ -353,25 +353,6 @@ async def apply_change(
 # ----------------------------------------------------------------------------- events
 
 
-ServiceEventRow = tuple[str, str, int, int, int]  # did, kind, version, remaining_ml, at (ms)
-
-
-async def record_meter_events(events: Sequence[ServiceEventRow], conn: Any = None) -> None:
-    """Quota locks and low-balance warnings meter.lua raised (the ledger writer calls this in
-    the transaction that stores their records, so they are recorded exactly once)."""
-    if not events:
-        return
-    rows = [
-        ServiceChange(
-            did=did, op=kind, remaining_ml=remaining, version=version, actor="meter",
-            reason="quota exhausted" if kind == "quota_lock" else "balance below threshold",
-            created_at=dt.datetime.fromtimestamp(at / 1000, dt.UTC),
-        )
-        for did, kind, version, remaining, at in events
-    ]  # fmt: skip
-    await ServiceChange.bulk_create(rows, using_db=conn)
-
-
 async def record_rental_reminder(did: str, rental_expires_at: int) -> None:
     """The reminder before a rental runs out (notification channels subscribe to these rows)."""
     await ServiceChange.create(

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from tortoise import fields
 from tortoise.models import Model
@@ -60,14 +60,42 @@ class DeviceSnapshot(Model):
 
 # ----------------------------------------------------------------------------- ledger storage
 
-# (did, boot, rec, kind, event_kind, device_ts, received_at, delta_ml, flow_total_ml, cnt_epoch)
-UsageRow = tuple[str, int, int, int, int, int, "dt.datetime", int, int | None, int | None]
-# (did, boot, rec, device_ts, received_at, flow_total_ml, tds_in, tds_out, temperature_dc,
-#  filters (list or None), fault_bits, signal, state_bits)
-SnapshotRow = tuple[
-    str, int, int, int, "dt.datetime", int | None, int | None, int | None, int | None,
-    list[list[int]] | None, int | None, int | None, int | None,
-]  # fmt: skip
+
+class UsageRow(NamedTuple):
+    """One metered record: a usage_record row, its fields in the table's column order."""
+
+    did: str
+    boot: int
+    rec: int
+    kind: int  # the record's FrameType
+    event_kind: int
+    device_ts: int
+    received_at: dt.datetime
+    delta_ml: int
+    flow_total_ml: int | None
+    cnt_epoch: int | None
+
+
+class SnapshotRow(NamedTuple):
+    """A device's newest telemetry: a device_snapshot row, in the table's column order."""
+
+    did: str
+    boot: int
+    rec: int
+    device_ts: int
+    received_at: dt.datetime
+    flow_total_ml: int | None
+    tds_in_ppm: int | None
+    tds_out_ppm: int | None
+    temperature_dc: int | None
+    filters: list[list[int]] | None  # [stage, work_h, power_on_h, reset_count] per stage
+    fault_bits: int | None
+    signal: int | None
+    state_bits: int | None
+
+
+_RECEIVED_AT = {row: row._fields.index("received_at") for row in (UsageRow, SnapshotRow)}
+_SNAPSHOT_FILTERS = SnapshotRow._fields.index("filters")
 
 _USAGE_COLUMNS = (
     "did, boot, rec, kind, event_kind, device_ts, received_at, delta_ml, flow_total_ml, cnt_epoch"
@@ -108,7 +136,15 @@ PG_UPSERT_SNAPSHOT = (
 )
 
 
-ServiceEvent = tuple[str, str, int, int, int]  # did, kind, version, remaining_ml, at (unix ms)
+class ServiceEvent(NamedTuple):
+    """A meter event of a device's service state (quota lock, low balance)."""
+
+    did: str
+    kind: str
+    version: int
+    remaining_ml: int
+    at_ms: int
+
 
 INSERT_SERVICE_EVENT = (
     "INSERT INTO service_change (did, op, remaining_ml, version, actor, reason, request_id, "
@@ -129,7 +165,13 @@ def _service_event_rows(events: Sequence[ServiceEvent]) -> list[list[Any]]:
     ]  # fmt: skip
 
 
-DispenseDone = tuple[str, int, int, dt.datetime]  # did, cid, ml poured, received at
+class DispenseDone(NamedTuple):
+    """A device's report that a dispense command finished: closes its vending session."""
+
+    did: str
+    cid: int
+    poured_ml: int
+    received_at: dt.datetime
 
 
 def _dispense_statements(
@@ -176,7 +218,8 @@ async def store_ledger_batch(
                 )
             if snapshots:
                 columns = [list(col) for col in zip(*snapshots, strict=True)]
-                columns[9] = [None if f is None else json.dumps(f) for f in columns[9]]
+                filters = columns[_SNAPSHOT_FILTERS]
+                columns[_SNAPSHOT_FILTERS] = [None if f is None else json.dumps(f) for f in filters]
                 await conn.execute_query(PG_UPSERT_SNAPSHOT, columns)
             if activated:
                 await conn.execute_query(
@@ -194,17 +237,13 @@ async def store_ledger_batch(
             if usage:
                 await conn.execute_many(
                     SQLITE_INSERT_USAGE,
-                    [[*row[:6], as_text(row[6]), *row[7:]] for row in usage],
+                    [_sqlite_values(row, as_text) for row in usage],
                 )
             if snapshots:
                 await conn.execute_many(
                     SQLITE_UPSERT_SNAPSHOT,
-                    [
-                        [*row[:4], as_text(row[4]), *row[5:9],
-                         None if row[9] is None else json.dumps(row[9]), *row[10:]]
-                        for row in snapshots
-                    ],
-                )  # fmt: skip
+                    [_sqlite_values(row, as_text) for row in snapshots],
+                )
             if activated:
                 placeholders = ", ".join("?" * len(activated))
                 await conn.execute_query(
@@ -226,6 +265,15 @@ async def store_ledger_batch(
             for sql, values in _dispense_statements(dispenses, lambda i: f"?{i}"):
                 values = [as_text(v) if isinstance(v, dt.datetime) else v for v in values]
                 await conn.execute_query(sql, values)
+
+
+def _sqlite_values(row: UsageRow | SnapshotRow, as_text: _DatetimeText) -> list[Any]:
+    """A row's values for SQLite: the receive time as Tortoise's text, filters as JSON."""
+    values: list[Any] = list(row)
+    values[_RECEIVED_AT[type(row)]] = as_text(row.received_at)
+    if isinstance(row, SnapshotRow) and row.filters is not None:
+        values[_SNAPSHOT_FILTERS] = json.dumps(row.filters)
+    return values
 
 
 class _DatetimeText(dict[dt.datetime, str]):

@@ -34,8 +34,8 @@ def snapshot(
     did: str, boot: int, rec: int, filters: list[list[int]] | None, *, at: dt.datetime | None = None
 ) -> SnapshotRow:
     received_at = at or dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    return (did, boot, rec, 1_790_000_000 + rec, received_at, None, None, None, None, filters,
-            None, None, None)  # fmt: skip
+    return SnapshotRow(did, boot, rec, 1_790_000_000 + rec, received_at, None, None, None, None,
+                       filters, None, None, None)  # fmt: skip
 
 
 async def store_snapshots(*rows: SnapshotRow) -> list[SnapshotRow]:
@@ -45,7 +45,7 @@ async def store_snapshots(*rows: SnapshotRow) -> list[SnapshotRow]:
 
 
 def usage_row(did: str, rec: int, delta_ml: int, received_at: dt.datetime) -> UsageRow:
-    return (did, 1, rec, 0x20, 0, 1_790_000_000 + rec, received_at, delta_ml, None, None)
+    return UsageRow(did, 1, rec, 0x20, 0, 1_790_000_000 + rec, received_at, delta_ml, None, None)
 
 
 async def race_in_processes(

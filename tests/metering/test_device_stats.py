@@ -28,7 +28,7 @@ def row(did: str, delta_ml: int, received_at: dt.datetime, *, event_kind: int = 
     rec = _recs[did] = _recs.get(did, 0) + 1
     kind = 0x21 if event_kind else 0x20
     ts = int(received_at.timestamp())
-    return (did, 1, rec, kind, event_kind, ts, received_at, delta_ml, None, None)
+    return UsageRow(did, 1, rec, kind, event_kind, ts, received_at, delta_ml, None, None)
 
 
 async def test_water_per_day_week_and_month(db):
