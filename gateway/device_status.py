@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
-from gateway.meter import decode_meter_state
+from gateway.meter import MeterState
 from gateway.mqtt.bridge import MQTT_NODE
 from gateway.presence import OfflineReason
 from gateway.redis_io import pack_command, round_trip
@@ -119,10 +118,10 @@ def connection_state(
     return False, last.node, last.since, last.seen, expired_at, reason.value
 
 
-def _telemetry(state: dict[str, Any]) -> Telemetry | None:
+def _telemetry(state: MeterState) -> Telemetry | None:
     """The newest telemetry the meter keeps (its payload as received); None if unreadable."""
-    payload, encoding = state.get("payload"), state.get("enc")
-    if not isinstance(payload, bytes) or not isinstance(encoding, int):
+    payload, encoding = state.telemetry_payload, state.telemetry_encoding
+    if payload is None or encoding is None:
         return None
     try:
         message = parse_record_payload(FrameType.TELEMETRY, payload, encoding)
@@ -140,18 +139,18 @@ def runtime_status(
     """One device's status from its three keys as Redis returned them (pure)."""
     held = _session(presence) if presence and presence[0] is not None else None
     online, node, since, seen, offline_at, reason = connection_state(held, _session(last), now_ms)
-    state = decode_meter_state(meter_raw)
+    state = MeterState.decode(meter_raw)
     telemetry = _telemetry(state)
-    heard_at = state.get("at")
+    heard_at = state.telemetry_received_ms
     # The counter's highest reading in its current epoch (dispense events move it too).
-    flow_total = state.get("lt")
-    if not isinstance(flow_total, int) or flow_total < 0:
+    flow_total = state.counter_top_ml
+    if flow_total is None or flow_total < 0:
         flow_total = telemetry.flow_total_ml if telemetry is not None else None
     return RuntimeStatus(
         online=online,
         node=node,
         since_ms=since,
-        last_seen_ms=_latest(seen, heard_at if isinstance(heard_at, int) else None),
+        last_seen_ms=_latest(seen, heard_at),
         offline_at_ms=offline_at,
         offline_reason=reason,
         signal=None if telemetry is None else telemetry.signal,

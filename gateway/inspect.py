@@ -9,11 +9,11 @@ import redis.asyncio as aioredis
 
 from gateway.config import Settings
 from gateway.keys import Keyspace
-from gateway.meter import decode_meter_state
+from gateway.meter import MeterState
 from gateway.registry_cache import parse_registry_entry
 from models.devices import Device
 from models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
-from protocol import ProtocolError
+from protocol import FrameType, ProtocolError
 from protocol.messages import Telemetry, parse_record_payload
 
 
@@ -64,7 +64,7 @@ async def device_status(
     pipe.hgetall(keyspace.presence(did))
     pipe.get(keyspace.meter(did))
     registry, presence, raw_meter = await pipe.execute()
-    m = decode_meter_state(raw_meter)
+    m = MeterState.decode(raw_meter)
     entry = parse_registry_entry(registry)
     status["login_allowed"] = entry is not None and entry.login_allowed
     status["online"] = bool(presence)
@@ -74,22 +74,24 @@ async def device_status(
             "since": _ms_to_iso(presence.get(b"since")),
             "last_seen": _ms_to_iso(presence.get(b"seen")),
         }
-    if m:
+    if m.known:
         status["meter"] = {
-            "metered_ml": int(m.get("mt", 0)),
-            "records": int(m.get("n", 0)),
-            "highest_counter_ml": m.get("lt"),
-            "cnt_epoch": m["le"] if m.get("le", -1) >= 0 else None,
-            "watermark": [m["b0"], m["w0"]] if "b0" in m else None,
+            "metered_ml": m.metered_ml,
+            "records": m.records,
+            "highest_counter_ml": m.counter_top_ml,
+            "cnt_epoch": m.counter_epoch,
+            "watermark": list(m.watermark) if m.watermark is not None else None,
         }
-    if "payload" in m:
+    if m.telemetry_payload is not None and m.telemetry_encoding is not None:
         try:
-            message = parse_record_payload(0x20, m["payload"], int(m["enc"]))
+            message = parse_record_payload(
+                FrameType.TELEMETRY, m.telemetry_payload, m.telemetry_encoding
+            )
         except ProtocolError:
             message = None
         if isinstance(message, Telemetry):
             status["live_report"] = {
-                "received_at": _ms_to_iso(m.get("at")),
+                "received_at": _ms_to_iso(m.telemetry_received_ms),
                 "flow_total_ml": message.flow_total_ml,
                 "tds_in_ppm": message.tds_in_ppm,
                 "tds_out_ppm": message.tds_out_ppm,

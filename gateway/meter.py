@@ -46,8 +46,10 @@ METER_STATE_FIELDS = (
 RECONCILE_MS = 30_000  # least time between two re-sends of the desired state to a device
 
 
-def decode_meter_state(raw: bytes | None) -> dict[str, Any]:
-    """meter.lua's per-device state (a msgpack array) by field name; unknown fields absent."""
+def meter_fields(raw: bytes | None) -> dict[str, Any]:
+    """meter.lua's per-device state (a msgpack array) by its short field names, as the script
+    lays it out (see gateway/lua/meter.lua); unknown fields absent. For the script's tests and
+    for MeterState; everything else reads MeterState."""
     if raw is None:
         return {}
     values = msgpack.unpackb(raw, raw=True)
@@ -60,6 +62,43 @@ def decode_meter_state(raw: bytes | None) -> dict[str, Any]:
         if isinstance(state.get(name), bytes):
             state[name] = state[name].decode()
     return state
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterState:
+    """What meter.lua keeps of one device, by name (None: not known yet)."""
+
+    known: bool = False  # the device has a meter state at all
+    metered_ml: int = 0  # mt: the water metered so far
+    records: int = 0  # n: records stored
+    counter_epoch: int | None = None  # le: the counter's current epoch (None: none named)
+    counter_top_ml: int | None = None  # lt: the counter's highest reading in that epoch
+    watermark: tuple[int, int] | None = None  # b0, w0: boot and rec acked in order up to
+    telemetry_payload: bytes | None = None  # payload: the newest telemetry, as received
+    telemetry_encoding: int | None = None  # enc: its payload encoding
+    telemetry_received_ms: int | None = None  # at: when it was received (unix ms)
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> MeterState:
+        fields_ = meter_fields(raw)
+        epoch = _int_or_none(fields_.get("le"))
+        boot, rec = _int_or_none(fields_.get("b0")), _int_or_none(fields_.get("w0"))
+        payload = fields_.get("payload")
+        return cls(
+            known=bool(fields_),
+            metered_ml=_int_or_none(fields_.get("mt")) or 0,
+            records=_int_or_none(fields_.get("n")) or 0,
+            counter_epoch=None if epoch is None or epoch < 0 else epoch,
+            counter_top_ml=_int_or_none(fields_.get("lt")),
+            watermark=None if boot is None or rec is None else (boot, rec),
+            telemetry_payload=payload if isinstance(payload, bytes) else None,
+            telemetry_encoding=_int_or_none(fields_.get("enc")),
+            telemetry_received_ms=_int_or_none(fields_.get("at")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

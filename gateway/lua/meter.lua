@@ -32,7 +32,7 @@
 -- quota lock bit is set, the version bumped and the new desired state published to the node
 -- holding the device ("state <did> <version> <lock> <rm> <rx>" on its node channel), and a
 -- service event goes into the ledger entry (field svc) for the ledger writer to record.
--- gateway/meter.py decode_meter_state reads it.
+-- gateway/meter.py MeterState reads it (meter_fields by these short names).
 --
 -- The metering rule: the water of a device is, over its counter epochs, the sum of the highest
 -- reading seen in each epoch (a counter counts from 0 in its epoch). It does not depend on the

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.keys import Keyspace
-from gateway.meter import MeterScript, ShardOutcome, decode_meter_state
+from gateway.meter import MeterScript, ShardOutcome, meter_fields
 from gateway.redis_io import Scripts
 from protocol import Encoding, EventKind, FrameType
 from protocol.frames import Frame
@@ -197,7 +197,7 @@ class MeterDriver:
         return (await self.send([(did, record)], now_ms))[0]
 
     async def _state(self, did: str) -> dict[str, Any]:
-        return decode_meter_state(await self.client.get(self.keyspace.meter(did)))
+        return meter_fields(await self.client.get(self.keyspace.meter(did)))
 
     async def state(self, did: str) -> dict[str, str]:
         """The meter state's counting fields, as text."""

@@ -186,8 +186,8 @@ async def test_records_read_before_a_replacement_are_metered_for_their_device(
         await login
         await older.closed_by_server()
         client = node.app[REDIS]
-        from gateway.meter import decode_meter_state
+        from gateway.meter import meter_fields
 
-        state = decode_meter_state(await client.get(node.app[KEYSPACE].meter(dev.did)))
+        state = meter_fields(await client.get(node.app[KEYSPACE].meter(dev.did)))
         assert state["mt"] == 300 and state["n"] == 3
         assert await client.get(node.app[KEYSPACE].meter("")) is None
