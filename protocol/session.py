@@ -73,6 +73,27 @@ class SessionState(IntEnum):
     AUTH_SENT = 12
 
 
+class Step(IntEnum):
+    """What moves a session from one state to the next (closing is allowed from any state)."""
+
+    HELLO_RECEIVED = 1
+    AUTH_RECEIVED = 2
+    LOGIN_ACCEPTED = 3  # the gateway verified the proof and queued AUTH_OK
+    STARTED = 10  # device side: HELLO queued
+    CHALLENGE_RECEIVED = 11
+    AUTH_OK_RECEIVED = 12
+
+
+# Every state change but the close, in one place: (state, step) -> next state.
+TRANSITIONS: dict[tuple[SessionState, Step], SessionState] = {
+    (SessionState.AWAIT_HELLO, Step.HELLO_RECEIVED): SessionState.AWAIT_AUTH,
+    (SessionState.AWAIT_AUTH, Step.AUTH_RECEIVED): SessionState.VERIFYING,
+    (SessionState.VERIFYING, Step.LOGIN_ACCEPTED): SessionState.ONLINE,
+    (SessionState.IDLE, Step.STARTED): SessionState.HELLO_SENT,
+    (SessionState.HELLO_SENT, Step.CHALLENGE_RECEIVED): SessionState.AUTH_SENT,
+    (SessionState.AUTH_SENT, Step.AUTH_OK_RECEIVED): SessionState.ONLINE,
+}
+
 # What each side accepts from its peer, by state. Anything else: ERROR (and a close before login).
 SERVER_ACCEPTS: dict[SessionState, frozenset[int]] = {
     SessionState.AWAIT_HELLO: frozenset({FrameType.HELLO}),
@@ -243,6 +264,21 @@ class _Link:
             self.close_reason = reason
         return SessionClosed(self.close_code or code, self.close_reason or reason)
 
+    def _advance(self, step: Step) -> None:
+        """Take `step` from the current state (TRANSITIONS); anything else is our own bug."""
+        following = TRANSITIONS.get((self.state, step))
+        if following is None:
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME, f"session is {self.state.name}: no {step.name}"
+            )
+        self.state = following
+
+    def _require(self, state: SessionState) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_FRAME, f"session is {self.state.name}, not {state.name}"
+            )
+
     def close(self, code: ErrorCode, reason: str) -> None:
         """Queue an ERROR telling the peer why, and close."""
         self._close(code, reason)
@@ -370,10 +406,10 @@ class ServerSession(_Link):
             self._client_nonce = message.client_nonce
             self._server_nonce = self._nonce_source(NONCE_SIZE)
             self._send(Challenge(server_nonce=self._server_nonce, server_time=int(now)))
-            self.state = SessionState.AWAIT_AUTH
+            self._advance(Step.HELLO_RECEIVED)
         elif isinstance(message, Auth) and self.did is not None:
             self._proof = message.proof
-            self.state = SessionState.VERIFYING
+            self._advance(Step.AUTH_RECEIVED)
             events.append(LoginRequested(did=self.did, fw=self.fw))
 
     def verify_login(self, device_key: bytes) -> bool:
@@ -407,7 +443,7 @@ class ServerSession(_Link):
             ),
             mac=True,
         )
-        self.state = SessionState.ONLINE
+        self._advance(Step.LOGIN_ACCEPTED)
         self.last_rx = now
 
     def reject_login(self, code: ErrorCode, reason: str) -> None:
@@ -416,12 +452,6 @@ class ServerSession(_Link):
             return
         self._send(AuthFail(code=code, reason=reason[:128]))
         self._close(code, reason, notify=False)
-
-    def _require(self, state: SessionState) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(
-                ErrorCode.UNEXPECTED_FRAME, f"session is {self.state.name}, not {state.name}"
-            )
 
     # ----------------------------------------------------------------- online
 
@@ -555,16 +585,10 @@ class DeviceSession(_Link):
 
     def start(self) -> None:
         """Queue HELLO."""
-        self._require(SessionState.IDLE)
+        self._require(SessionState.IDLE)  # before anything is queued
         self._client_nonce = self._nonce_source(NONCE_SIZE)
         self._send(Hello(did=self.did, fw=self.fw, client_nonce=self._client_nonce))
-        self.state = SessionState.HELLO_SENT
-
-    def _require(self, state: SessionState) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(
-                ErrorCode.UNEXPECTED_FRAME, f"session is {self.state.name}, not {state.name}"
-            )
+        self._advance(Step.STARTED)
 
     def receive_data(self, data: bytes, now: float) -> list[DeviceEvent]:
         if self.state is SessionState.CLOSED:
@@ -605,7 +629,7 @@ class DeviceSession(_Link):
                 self._set_keys(
                     crypto.session_key(self._device_key, self._client_nonce, self._server_nonce)
                 )
-                self.state = SessionState.AUTH_SENT
+                self._advance(Step.CHALLENGE_RECEIVED)
             case AuthOk():
                 expected = crypto.server_proof(
                     self._device_key, self.did, self._server_nonce, self._client_nonce
@@ -614,7 +638,7 @@ class DeviceSession(_Link):
                     self._close(ErrorCode.AUTH_BAD_SERVER_PROOF, "server proof wrong", notify=False)
                     events.append(LoginFailed(ErrorCode.AUTH_BAD_SERVER_PROOF, "server proof"))
                     return
-                self.state = SessionState.ONLINE
+                self._advance(Step.AUTH_OK_RECEIVED)
                 events.append(
                     LoggedIn(
                         heartbeat_s=message.heartbeat_s,
