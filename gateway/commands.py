@@ -17,14 +17,17 @@ whoever waits for the outcome there. A device with no presence, or whose node is
 one-shot command at once (`device_offline`): nobody waits for water that cannot come.
 
 Desired-state commands (lock, unlock) change the service state (service.lua tells the holding
-node, which pushes SET_STATE); their log entry records the version the change made and succeeds
-when the device holds that version or a newer one: the RESULT of a SET_STATE, or the desired state
-in AUTH_OK at its next login ("settle"). An offline device gets it when it returns.
+node, which pushes SET_STATE under a cid of its own); their log entry records the version the
+change made, stays queued (no node writes it itself) and succeeds when the device holds that
+version or a newer one: the RESULT of a SET_STATE, or the desired state in AUTH_OK at its next
+login ("settle"). An offline device gets it when it returns.
 
 Deadlines: the rental scheduler's owner (one node per cluster) times out open one-shot commands
 `DEADLINE_GRACE_S` after their `exp` (`expire_due`). A device that logs in on another node while
-its command is in flight has it rerouted there by the node that sent it (same cid: the device
-answers a repeat from memory); if that node died, the command times out.
+its command is in flight has it rerouted there by the node that sent it (same cid, DUP: the
+device answers a repeat from memory); if that node died, the command times out. Every copy after
+the first is checked against the log first (command.lua `resend` / `reroute`), so a final
+command is never sent again by any node.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -40,7 +43,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from gateway.desired import CommandIds
+from gateway.desired import AnswerTo, CommandIds, CopyAnswer
 from gateway.errors import GatewayError
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
@@ -176,6 +179,15 @@ def record_from_hash(raw: Mapping[Any, Any]) -> CommandRecord:
     )
 
 
+_Answer = Callable[[int], None]
+
+
+def _answer_for(did: str, cid: int, answer: AnswerTo | None) -> _Answer | None:
+    if answer is None:
+        return None
+    return lambda code: answer(did, cid, CopyAnswer(code))
+
+
 class CommandEvents:
     """What the node holding a device learns about its commands (sent, delivered, result,
     desired state applied), written to the log in batches: one pipelined round trip carries
@@ -187,14 +199,16 @@ class CommandEvents:
         self.keyspace = keyspace
         self.channels = keyspace.node_channel("")
         self._queue: list[ScriptCall] = []
+        self._answers: list[_Answer | None] = []  # one per queued call: who wants its reply
         self._wake = asyncio.Event()
         self.written = 0
 
-    def _add(self, did: str, op: str, *args: int | str) -> None:
+    def _add(self, did: str, op: str, *args: int | str, answer: _Answer | None = None) -> None:
         shard = self.keyspace.shard_prefix(self.keyspace.shard_of(did))
         keys = [f"{shard}c:{did}"]  # names the slot; the script builds its keys from ARGV
         now_ms = int(time.time() * 1000)
         self._queue.append(("command", keys, [op, now_ms, shard, self.channels, did, *args]))
+        self._answers.append(answer)
         self._wake.set()
 
     def sent(self, did: str, cid: int) -> None:
@@ -210,8 +224,14 @@ class CommandEvents:
         """The device holds desired-state `version` (a SET_STATE answered, or AUTH_OK)."""
         self._add(did, "settle", version)
 
-    def reroute(self, did: str, cid: int, old_node: str) -> None:
-        self._add(did, "reroute", cid, old_node)
+    def reroute(self, did: str, cid: int, old_node: str, *, answer: AnswerTo | None = None) -> None:
+        """The link `old_node` sent the command on is gone: have it sent (DUP) to where the
+        device is now, unless it is final (command.lua answers a CopyAnswer)."""
+        self._add(did, "reroute", cid, old_node, answer=_answer_for(did, cid, answer))
+
+    def resend(self, did: str, cid: int, node: str, *, answer: AnswerTo) -> None:
+        """`node` wants to resend the command on the link it sent it on: unless it is final."""
+        self._add(did, "resend", cid, node, answer=_answer_for(did, cid, answer))
 
     @property
     def pending(self) -> int:
@@ -219,17 +239,22 @@ class CommandEvents:
 
     async def flush(self) -> int:
         calls, self._queue = self._queue, []
+        answers, self._answers = self._answers, []
         self._wake.clear()
         if not calls:
             return 0
         try:
-            await self.scripts.run(self.client, calls, "recording command events")
+            replies = await self.scripts.run(self.client, calls, "recording command events")
         except GatewayError as exc:
             # The device already has the command, its outcome is in its memory (a resend of
             # the same cid answers it again): put the events back and try again.
             self._queue[:0] = calls
+            self._answers[:0] = answers
             raise exc
         self.written += len(calls)
+        for answer, reply in zip(answers, replies, strict=True):
+            if answer is not None:
+                answer(int(reply[0]))
         return len(calls)
 
     async def run(self) -> None:
