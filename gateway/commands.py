@@ -122,6 +122,8 @@ class CommandRecord:
     sent_ms: int | None
     delivered_ms: int | None
     done_ms: int | None
+    poured_ml: int | None = None  # dispense: the ml of its dispense_done EVENT, once stored
+    pour_record: str | None = None  # that EVENT's ledger record, "<boot>:<rec>"
 
     @property
     def final(self) -> bool:
@@ -176,6 +178,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> CommandRecord:
         sent_ms=_int(field.get("sent")),
         delivered_ms=_int(field.get("delivered")),
         done_ms=_int(field.get("done")),
+        poured_ml=_int(field.get("poured")),
+        pour_record=_text(field.get("pour")),
     )
 
 
@@ -470,6 +474,30 @@ class CommandService:
             self.metrics.commands_timed_out += timed_out
             log.info("commands_timed_out", count=timed_out)
         return timed_out
+
+
+Pour = tuple[str, int, int, int, int]  # did, cid, ml poured, boot, rec of the dispense_done
+
+
+async def link_pours(
+    client: aioredis.Redis, scripts: Scripts, keyspace: Keyspace, pours: list[Pour]
+) -> int:
+    """Give each dispense command the pour its device reported (a stored dispense_done EVENT
+    naming its cid): a caller can tell a `timed_out` dispense that poured. One round trip for
+    the ledger batch; returns how many commands got their pour."""
+    if not pours:
+        return 0
+    now_ms = int(time.time() * 1000)
+    channels = keyspace.node_channel("")
+    calls: list[ScriptCall] = []
+    for did, cid, ml, boot, rec in pours:
+        shard = keyspace.shard_prefix(keyspace.shard_of(did))
+        calls.append(
+            ("command", [f"{shard}c:{did}"],
+             ["poured", now_ms, shard, channels, did, cid, ml, f"{boot}:{rec}"])
+        )  # fmt: skip
+    replies = await scripts.run(client, calls, "linking pours to their commands")
+    return sum(int(reply[0]) for reply in replies)
 
 
 def parse_outcome_message(data: bytes) -> tuple[str, int, CommandRecord | None]:

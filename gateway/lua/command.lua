@@ -28,10 +28,14 @@
 --                              2 over (final, unknown or past its deadline: never send it again),
 --                              3 (resend only) still open and the device still on the connection
 --                              it was routed to: the asking node resends it itself.
+--   poured    cid ml ref       a dispense_done EVENT naming the command was stored (ref: its
+--                              ledger record "boot:rec"): a dispense keeps the first one's ml
+--                              and ref, whatever its state (a timed_out dispense that poured
+--                              says so)                                     -> {linked}
 --
 -- Hash fields: did cid op args exp kind state rc out error origin node issuer target
 --              created sent delivered done (unix ms), to (the presence it was last routed to:
---              "<node> <conn> <since>", one per connection of the device)
+--              "<node> <conn> <since>", one per connection of the device), poured pour
 -- Per device: co:<did> sorted set cid -> exp of its open commands, cl:<did> list of its
 -- latest cids (newest first, capped), cs:<did> hash {applied = highest desired version applied}.
 -- Per shard: cmd:due sorted set "<did> <cid>" -> deadline (ms) of open one-shot commands.
@@ -198,6 +202,15 @@ if op == 'reroute' or op == 'resend' then
   local message = 'cmd ' .. did .. ' ' .. cid .. ' ' .. c[2] .. ' ' .. c[4] .. ' ' .. c[3] .. ' dup'
   if redis.call('PUBLISH', channels .. node, message) == 0 then return {0} end
   redis.call('HSET', key, 'node', node, 'to', to)
+  return {1}
+end
+
+if op == 'poured' then
+  local cid, ml, ref = ARGV[6], ARGV[7], ARGV[8]
+  local key = ckey(did, cid)
+  local c = redis.call('HMGET', key, 'op', 'pour')
+  if c[1] ~= '1' or c[2] then return {0} end  -- not a dispense (or unknown), or linked already
+  redis.call('HSET', key, 'poured', ml, 'pour', ref)
   return {1}
 end
 

@@ -3,19 +3,22 @@ a rerouted command carries DUP (real Redis, two in-process nodes, real TCP devic
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from api.commands import command_out
 from gateway.commands import CommandEvents, CommandState
 from gateway.node import COMMANDS, KEYSPACE, REDIS, SCRIPTS, SERVICE_STORE
 from models import service
 from models.service import ServiceMode
-from protocol import Command, CommandOp
-from protocol.messages import Result
-from tests.devices import TestDevice, register_devices
+from protocol import Command, CommandOp, EventKind
+from protocol.messages import Event, Result
+from tests.devices import TestDevice, register_devices, telemetry
 from tests.gateway.test_commands import state_of
-from tests.metering.test_volume_rental import ACTOR
+from tests.metering.test_volume_rental import ACTOR, eventually
 
 pytestmark = pytest.mark.usefixtures("redis_client")
 
@@ -119,3 +122,45 @@ async def test_a_lock_while_the_devices_node_is_dead_stays_queued(
     assert (await device.login()).desired.locked
     record = await commands.wait(dev.did, cid, 5.0)
     assert (record.state, record.sent_ms) == (CommandState.SUCCEEDED, None)
+
+
+async def test_a_timed_out_dispense_gets_the_pour_its_device_reports_later(
+    node_factory: Any, device_factory: Any, sqlite_url: str
+) -> None:
+    """The device ran the dispense but its RESULT never came (its node died): the command times
+    out; the dispense_done EVENT naming its cid, stored later, links the pour to it."""
+    node = await node_factory(database_url=sqlite_url)
+    commands = node.app[COMMANDS]
+    (dev,) = await register_devices(node, 1)
+    device = device_factory(dev.did, dev.key, node.tcp_port)
+    await device.login()
+    cid, _ = await commands.issue(dev.did, CommandOp.DISPENSE, {1: 250}, timeout_s=30)
+    other, _ = await commands.issue(dev.did, CommandOp.DISPENSE, {1: 100}, timeout_s=30)
+    await device.wait_for(Command)
+    await device.wait_for(Command)
+    assert await commands.expire_due(now=time.time() + 40) == 2
+    timed_out = await commands.get(dev.did, cid)
+    assert (timed_out.state, timed_out.poured_ml, timed_out.pour_record) == (
+        CommandState.TIMED_OUT, None, None,
+    )  # fmt: skip
+
+    await device.send(telemetry(1, 7, 0))
+    poured = Event(rec=2, boot=7, ts=int(time.time()), kind=EventKind.DISPENSE_DONE, cid=cid,
+                   ml=243, flow_total_ml=243)  # fmt: skip
+    await device.send(poured)
+    await device.send(replace(poured, rec=3))  # the same pour reported again: linked once
+    assert set((await device.settled()).values()) == {0}
+
+    async def linked() -> Any:
+        record = await commands.get(dev.did, cid)
+        return record if record.poured_ml is not None else None
+
+    record = await eventually(linked, timeout=10.0)
+    # The state says what the gateway saw; the pour says what the device did.
+    assert (record.state, record.poured_ml, record.pour_record) == (
+        CommandState.TIMED_OUT, 243, "7:2",
+    )  # fmt: skip
+    out = command_out(record)
+    assert (out.state, out.poured_ml, out.pour_record) == ("timed_out", 243, "7:2")
+    # The other dispense poured nothing: no pour is linked to it.
+    assert (await commands.get(dev.did, other)).poured_ml is None
