@@ -164,3 +164,15 @@ async def test_a_timed_out_dispense_gets_the_pour_its_device_reports_later(
     assert (out.state, out.poured_ml, out.pour_record) == ("timed_out", 243, "7:2")
     # The other dispense poured nothing: no pour is linked to it.
     assert (await commands.get(dev.did, other)).poured_ml is None
+
+
+def test_a_routed_command_message_says_whether_it_is_a_copy() -> None:
+    from gateway.desired import StateMessageError, parse_command_message
+
+    fields = ["DEV1", "7", "1", "1800000000", "1=250"]
+    did, first = parse_command_message(fields)
+    assert (did, first.cid, dict(first.args), first.dup) == ("DEV1", 7, {1: 250}, False)
+    _, copy = parse_command_message([*fields, "dup"])
+    assert copy.dup and copy.cid == 7
+    with pytest.raises(StateMessageError):
+        parse_command_message([*fields, "again"])
