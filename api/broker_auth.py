@@ -202,9 +202,26 @@ async def mqtt_acl(request: web.Request) -> web.Response:
         return _answer(False, "client id and user name must both be the device id")
     if access not in ("publish", "subscribe", "read"):
         return _answer(False, f"unknown action {action[:16]!r}")
-    if device_may(request.app[SETTINGS].mqtt_topic_prefix, username, topic, access):
-        return _answer(True)
-    return _answer(False, "a device may only use its own topics")
+    if not device_may(request.app[SETTINGS].mqtt_topic_prefix, username, topic, access):
+        return _answer(False, "a device may only use its own topics")
+    # As /mqtt/auth: a device that is unknown, disabled or deregistered (after its CONNECT,
+    # or on a broker that skipped it) may do nothing, not even on its own topics.
+    try:
+        if not await _login_allowed(request, username):
+            return _answer(False, "unknown or disabled device")
+    except RedisUnavailable as exc:
+        log.warning("broker_acl_unavailable", error=str(exc))
+        return _answer(False, "registry unavailable, retry")
+    return _answer(True)
+
+
+async def _login_allowed(request: web.Request, did: str) -> bool:
+    """Whether the registry knows `did` and lets it log in (one Redis read)."""
+    keyspace = request.app[KEYSPACE]
+    with redis_errors("checking a broker ACL"):
+        raw = await request.app[REDIS].hget(keyspace.registry(keyspace.shard_of(did)), did)
+    entry = parse_registry_entry(raw)
+    return entry is not None and entry.login_allowed
 
 
 async def broker_auth_ctx(app: web.Application) -> AsyncIterator[None]:

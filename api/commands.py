@@ -117,7 +117,13 @@ class CommandOut(ResponseModel):
         description="the device's RESULT code (0 ok, 1 failed, 2 rejected, 3 expired)"
     )
     out: int | None = Field(description="the device's RESULT value (dispense: ml actually poured)")
-    poured_ml: int | None = Field(description="dispense: ml actually poured")
+    poured_ml: int | None = Field(
+        description="dispense: ml actually poured (its RESULT, or its dispense_done EVENT when "
+        "that came instead: a timed_out dispense that poured)"
+    )
+    pour_record: str | None = Field(
+        description="dispense: the usage-ledger record of its dispense_done EVENT, boot:rec"
+    )
     error: str | None = Field(
         description="why it failed without a device answer (device_offline, ...)"
     )
@@ -157,7 +163,8 @@ def command_out(record: CommandRecord) -> CommandOut:
         rc=record.rc,
         out=record.out,
         poured_ml=record.out if op_name == "dispense" and record.state is CommandState.SUCCEEDED
-        else None,
+        else record.poured_ml,
+        pour_record=record.pour_record,
         error=record.error,
         target_version=record.target_version,
         deadline=_iso_ms(record.exp * 1000) if one_shot else None,

@@ -17,14 +17,17 @@ whoever waits for the outcome there. A device with no presence, or whose node is
 one-shot command at once (`device_offline`): nobody waits for water that cannot come.
 
 Desired-state commands (lock, unlock) change the service state (service.lua tells the holding
-node, which pushes SET_STATE); their log entry records the version the change made and succeeds
-when the device holds that version or a newer one: the RESULT of a SET_STATE, or the desired state
-in AUTH_OK at its next login ("settle"). An offline device gets it when it returns.
+node, which pushes SET_STATE under a cid of its own); their log entry records the version the
+change made, stays queued (no node writes it itself) and succeeds when the device holds that
+version or a newer one: the RESULT of a SET_STATE, or the desired state in AUTH_OK at its next
+login ("settle"). An offline device gets it when it returns.
 
 Deadlines: the rental scheduler's owner (one node per cluster) times out open one-shot commands
 `DEADLINE_GRACE_S` after their `exp` (`expire_due`). A device that logs in on another node while
-its command is in flight has it rerouted there by the node that sent it (same cid: the device
-answers a repeat from memory); if that node died, the command times out.
+its command is in flight has it rerouted there by the node that sent it (same cid, DUP: the
+device answers a repeat from memory); if that node died, the command times out. Every copy after
+the first is checked against the log first (command.lua `resend` / `reroute`), so a final
+command is never sent again by any node.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import redis.asyncio as aioredis
 
-from gateway.desired import CommandIds
+from gateway.desired import AnswerTo, CommandIds, CopyAnswer
 from gateway.errors import GatewayError
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
@@ -119,6 +122,8 @@ class CommandRecord:
     sent_ms: int | None
     delivered_ms: int | None
     done_ms: int | None
+    poured_ml: int | None = None  # dispense: the ml of its dispense_done EVENT, once stored
+    pour_record: str | None = None  # that EVENT's ledger record, "<boot>:<rec>"
 
     @property
     def final(self) -> bool:
@@ -173,7 +178,18 @@ def record_from_hash(raw: Mapping[Any, Any]) -> CommandRecord:
         sent_ms=_int(field.get("sent")),
         delivered_ms=_int(field.get("delivered")),
         done_ms=_int(field.get("done")),
+        poured_ml=_int(field.get("poured")),
+        pour_record=_text(field.get("pour")),
     )
+
+
+_Answer = Callable[[int], None]
+
+
+def _answer_for(did: str, cid: int, answer: AnswerTo | None) -> _Answer | None:
+    if answer is None:
+        return None
+    return lambda code: answer(did, cid, CopyAnswer(code))
 
 
 class CommandEvents:
@@ -187,14 +203,16 @@ class CommandEvents:
         self.keyspace = keyspace
         self.channels = keyspace.node_channel("")
         self._queue: list[ScriptCall] = []
+        self._answers: list[_Answer | None] = []  # one per queued call: who wants its reply
         self._wake = asyncio.Event()
         self.written = 0
 
-    def _add(self, did: str, op: str, *args: int | str) -> None:
+    def _add(self, did: str, op: str, *args: int | str, answer: _Answer | None = None) -> None:
         shard = self.keyspace.shard_prefix(self.keyspace.shard_of(did))
         keys = [f"{shard}c:{did}"]  # names the slot; the script builds its keys from ARGV
         now_ms = int(time.time() * 1000)
         self._queue.append(("command", keys, [op, now_ms, shard, self.channels, did, *args]))
+        self._answers.append(answer)
         self._wake.set()
 
     def sent(self, did: str, cid: int) -> None:
@@ -210,8 +228,14 @@ class CommandEvents:
         """The device holds desired-state `version` (a SET_STATE answered, or AUTH_OK)."""
         self._add(did, "settle", version)
 
-    def reroute(self, did: str, cid: int, old_node: str) -> None:
-        self._add(did, "reroute", cid, old_node)
+    def reroute(self, did: str, cid: int, old_node: str, *, answer: AnswerTo | None = None) -> None:
+        """The link `old_node` sent the command on is gone: have it sent (DUP) to where the
+        device is now, unless it is final (command.lua answers a CopyAnswer)."""
+        self._add(did, "reroute", cid, old_node, answer=_answer_for(did, cid, answer))
+
+    def resend(self, did: str, cid: int, node: str, *, answer: AnswerTo) -> None:
+        """`node` wants to resend the command on the link it sent it on: unless it is final."""
+        self._add(did, "resend", cid, node, answer=_answer_for(did, cid, answer))
 
     @property
     def pending(self) -> int:
@@ -219,17 +243,22 @@ class CommandEvents:
 
     async def flush(self) -> int:
         calls, self._queue = self._queue, []
+        answers, self._answers = self._answers, []
         self._wake.clear()
         if not calls:
             return 0
         try:
-            await self.scripts.run(self.client, calls, "recording command events")
+            replies = await self.scripts.run(self.client, calls, "recording command events")
         except GatewayError as exc:
             # The device already has the command, its outcome is in its memory (a resend of
             # the same cid answers it again): put the events back and try again.
             self._queue[:0] = calls
+            self._answers[:0] = answers
             raise exc
         self.written += len(calls)
+        for answer, reply in zip(answers, replies, strict=True):
+            if answer is not None:
+                answer(int(reply[0]))
         return len(calls)
 
     async def run(self) -> None:
@@ -445,6 +474,37 @@ class CommandService:
             self.metrics.commands_timed_out += timed_out
             log.info("commands_timed_out", count=timed_out)
         return timed_out
+
+
+class Pour(NamedTuple):
+    """A dispense_done EVENT naming its command: what the device poured, and which record."""
+
+    did: str
+    cid: int
+    poured_ml: int
+    boot: int
+    rec: int
+
+
+async def link_pours(
+    client: aioredis.Redis, scripts: Scripts, keyspace: Keyspace, pours: list[Pour]
+) -> int:
+    """Give each dispense command the pour its device reported (a stored dispense_done EVENT
+    naming its cid): a caller can tell a `timed_out` dispense that poured. One round trip for
+    the ledger batch; returns how many commands got their pour."""
+    if not pours:
+        return 0
+    now_ms = int(time.time() * 1000)
+    channels = keyspace.node_channel("")
+    calls: list[ScriptCall] = []
+    for did, cid, ml, boot, rec in pours:
+        shard = keyspace.shard_prefix(keyspace.shard_of(did))
+        calls.append(
+            ("command", [f"{shard}c:{did}"],
+             ["poured", now_ms, shard, channels, did, cid, ml, f"{boot}:{rec}"])
+        )  # fmt: skip
+    replies = await scripts.run(client, calls, "linking pours to their commands")
+    return sum(int(reply[0]) for reply in replies)
 
 
 def parse_outcome_message(data: bytes) -> tuple[str, int, CommandRecord | None]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -110,7 +112,20 @@ class _InFlight:
     tries: int
     resend_at: float
     seq: int  # of the latest copy sent: the device's delivery ACK echoes it
-    reroute_at: float = 0.0  # its device left: when to look for it on other nodes again
+    ask_at: float = 0.0  # its device left: when to ask the command log where it is again
+
+
+class CopyAnswer(IntEnum):
+    """What the command log says to a node that wants to send a one-shot command again
+    (command.lua `reroute` / `resend`)."""
+
+    NOWHERE = 0  # the device is not online anywhere: ask again later
+    ROUTED = 1  # a copy (DUP) went to the node that holds the device now
+    OVER = 2  # final, unknown or past its deadline: never send it again
+    RESEND = 3  # still open, and the device is on the link it was sent on: resend it here
+
+
+AnswerTo = Callable[[str, int, CopyAnswer], None]
 
 
 class CommandEventSink(Protocol):
@@ -124,7 +139,11 @@ class CommandEventSink(Protocol):
 
     def settle(self, did: str, version: int) -> None: ...
 
-    def reroute(self, did: str, cid: int, old_node: str) -> None: ...
+    def reroute(
+        self, did: str, cid: int, old_node: str, *, answer: AnswerTo | None = None
+    ) -> None: ...
+
+    def resend(self, did: str, cid: int, node: str, *, answer: AnswerTo) -> None: ...
 
 
 class DesiredStatePusher:
@@ -179,9 +198,12 @@ class DesiredStatePusher:
         link.flush()
         key = (did, command.cid)
         previous = self._in_flight.get(key)
-        if previous is not None:  # routed here again (a reroute race): one entry, newest copy
+        if previous is not None:  # routed here again: one entry, newest copy
             self._by_seq.pop((did, previous.seq), None)
-        self._in_flight[key] = _InFlight(command, link, 1, now + RESEND_AFTER_S, seq)
+        if previous is not None and previous.link is link:  # a timed resend: its count goes on
+            previous.seq = seq
+        else:
+            self._in_flight[key] = _InFlight(command, link, 1, now + RESEND_AFTER_S, seq)
         self._by_seq[(did, seq)] = command.cid
         if self.events is not None and command.op != CommandOp.SET_STATE:
             self.events.sent(did, command.cid)
@@ -230,50 +252,81 @@ class DesiredStatePusher:
         self.metrics.desired_answered += 1
         return True
 
+    def _live_link(self, did: str) -> DeviceLink | None:
+        link = self.hub.online.get(did)
+        if link is None or link.closed or link.session is None:
+            return None
+        return link
+
     def resend_due(self, now: float) -> int:
         """Resend unanswered commands whose time has come (same cid, DUP); give up after 3.
 
-        A device that reconnected here gets its commands again on the new link at once; one
-        that left has its one-shot commands rerouted to the node it logs in on (the command
-        log knows where), tried every REROUTE_EVERY_S until their deadline. A SET_STATE is
-        not chased: AUTH_OK carries the desired state at the next login.
+        A one-shot command is never resent from this node's memory alone: the command log
+        (command.lua) is asked first, since the device may have answered it on another node
+        meanwhile, and a final command must never reach the device again. A device still on
+        the link the command went out on gets it again from here (`CopyAnswer.RESEND`); one that
+        left has it routed to the node it logs in on, this one included (a reconnect), asked
+        every REROUTE_EVERY_S until the deadline. A SET_STATE is resent directly (it carries
+        the whole state at one version: a repeat is harmless) and is not chased when its
+        device leaves: AUTH_OK carries the desired state at the next login.
         """
         resent = 0
+        events = self.events
         for key, entry in list(self._in_flight.items()):
-            did = key[0]
-            current = self.hub.online.get(did)
-            if current is not None and (current.closed or current.session is None):
-                current = None
+            did, cid = key
+            current = self._live_link(did)
             moved = current is not entry.link
             if not moved and entry.resend_at > now:
                 continue
             command = entry.command
-            one_shot = command.op != CommandOp.SET_STATE
             if command.exp < now or (not moved and entry.tries >= RESEND_TRIES):
-                self._give_up(did, key[1], answered_elsewhere=moved)
+                self._give_up(did, cid, answered_elsewhere=moved)
                 continue
-            if current is None:
-                if not one_shot or self.events is None:
-                    self._give_up(did, key[1], answered_elsewhere=True)
-                elif entry.reroute_at <= now:
-                    self.events.reroute(did, command.cid, self.hub.node_id)
+            if command.op == CommandOp.SET_STATE or events is None:
+                if current is None:
+                    self._give_up(did, cid, answered_elsewhere=True)
+                    continue
+                self._resend_on(current, did, entry)
+                entry.tries += 1
+                entry.resend_at = now + RESEND_AFTER_S * (2 ** (entry.tries - 1))
+                resent += 1
+            elif moved:
+                if entry.ask_at <= now:
+                    events.reroute(did, cid, self.hub.node_id, answer=self.copy_answered)
                     self.metrics.commands_reroute_attempts += 1
-                    entry.reroute_at = now + REROUTE_EVERY_S
-                continue
-            assert current.session is not None
-            self._by_seq.pop((did, entry.seq), None)
-            entry.seq = current.session.send_command(
-                Command(cid=command.cid, op=command.op, exp=command.exp, args=command.args,
-                        dup=True)
-            )  # fmt: skip
-            self._by_seq[(did, entry.seq)] = command.cid
-            current.flush()
-            entry.link = current
-            entry.tries += 1
-            entry.resend_at = now + RESEND_AFTER_S * (2 ** (entry.tries - 1))
-            resent += 1
+                    entry.ask_at = now + REROUTE_EVERY_S
+            else:
+                events.resend(did, cid, self.hub.node_id, answer=self.copy_answered)
+                entry.tries += 1
+                entry.resend_at = now + RESEND_AFTER_S * (2 ** (entry.tries - 1))
+                resent += 1
         self.metrics.desired_resent += resent
         return resent
+
+    def _resend_on(self, link: DeviceLink, did: str, entry: _InFlight) -> None:
+        """Write the command again (same cid, DUP) on `link`."""
+        assert link.session is not None
+        command = entry.command
+        self._by_seq.pop((did, entry.seq), None)
+        entry.seq = link.session.send_command(
+            Command(cid=command.cid, op=command.op, exp=command.exp, args=command.args, dup=True)
+        )
+        self._by_seq[(did, entry.seq)] = command.cid
+        link.flush()
+        entry.link = link
+
+    def copy_answered(self, did: str, cid: int, answer: CopyAnswer) -> None:
+        """The command log's answer to `resend_due` asking to send a one-shot command again."""
+        entry = self._in_flight.get((did, cid))
+        if entry is None:
+            return
+        current = self._live_link(did)
+        if answer is CopyAnswer.OVER:
+            self._forget(did, cid)  # answered elsewhere, or past its deadline
+        elif answer is CopyAnswer.ROUTED and entry.link is not current:
+            self._forget(did, cid)  # the node holding the device has it now (maybe this one)
+        elif answer is CopyAnswer.RESEND and current is not None and entry.link is current:
+            self._resend_on(current, did, entry)
 
     def _give_up(self, did: str, cid: int, *, answered_elsewhere: bool) -> None:
         # A one-shot command past its deadline is timed out by the scheduler's owner.
@@ -291,12 +344,16 @@ class DesiredStatePusher:
 
 def parse_command_message(fields: list[str]) -> tuple[str, Command]:
     """A one-shot command routed to a node (command.lua writes it):
-    "cmd <did> <cid> <op> <exp> <k>=<v>,..." ("-" for no args), without the verb."""
+    "cmd <did> <cid> <op> <exp> <k>=<v>,... [dup]" ("-" for no args), without the verb;
+    "dup" marks a copy of a command sent before (rerouted or resent): it goes out with DUP."""
     try:
-        did, cid, op, exp, raw_args = fields
+        did, cid, op, exp, raw_args, *flags = fields
+        if flags not in ([], ["dup"]):
+            raise ValueError(f"unknown flags {flags!r}")
         args = {} if raw_args == "-" else {
             int(k): int(v) for k, v in (item.split("=") for item in raw_args.split(","))
         }  # fmt: skip
-        return did, Command(cid=int(cid), op=int(op), exp=int(exp), args=args)
+        command = Command(cid=int(cid), op=int(op), exp=int(exp), args=args, dup=bool(flags))
+        return did, command
     except ValueError as exc:
         raise StateMessageError(f"bad command message {fields!r}") from exc

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from tortoise.exceptions import BaseORMException
 
+from gateway.commands import Pour, link_pours
 from gateway.errors import RedisUnavailable
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
@@ -65,6 +66,7 @@ class DecodedBatch:
     poisoned: list[Entry] = field(default_factory=list)  # entries that did not decode at all
     service_events: list[ServiceEvent] = field(default_factory=list)  # quota locks, low balance
     dispenses: list[DispenseDone] = field(default_factory=list)  # vending sessions to close
+    pours: list[Pour] = field(default_factory=list)  # dispense commands to link to their pour
 
 
 def _entry_rows(fields_: dict[bytes, bytes]) -> list[tuple[UsageRow, int, bytes]]:
@@ -101,6 +103,7 @@ def _add_dispense(batch: DecodedBatch, item: tuple[UsageRow, int, bytes]) -> Non
         return
     if isinstance(message, Event) and message.cid is not None and message.ml is not None:
         batch.dispenses.append(DispenseDone(row.did, message.cid, message.ml, row.received_at))
+        batch.pours.append(Pour(row.did, message.cid, message.ml, row.boot, row.rec))
 
 
 def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
@@ -302,6 +305,7 @@ class LedgerWriter:
         self._remember_activated(activated)
         if batch.poisoned:  # after the commit: a retried batch must not bury them twice
             await self._bury(batch.poisoned)
+        await link_pours(self.client, self.scripts, self.keyspace, batch.pours)  # idempotent
         await self._acknowledge(per_stream)
         self.metrics.ledger_entries_written += len(entries)
         self.metrics.ledger_records_written += len(batch.usage)

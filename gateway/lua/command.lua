@@ -8,7 +8,8 @@
 --           kind "once": route it to the node holding the device ("cmd ..." on its channel);
 --             no presence, or no node listening: failed at once (error device_offline).
 --           kind "state": a desired-state change already made by service.lua (which told the
---             holding node); succeeded as soon as the device holds target_version or newer.
+--             holding node); queued until the device holds target_version or newer, then
+--             succeeded (at once when it holds it already).
 --           Returns {state, node or false}.
 --   sent      cid              the holding node wrote it to the device     -> {changed}
 --   delivered cid              the device acked the COMMAND frame           -> {changed}
@@ -19,11 +20,22 @@
 --                              commands with target_version <= version     -> {settled}
 --   timeout   due_key limit    (scheduler) time out commands of a shard past their deadline;
 --                              ARGV[3]/ARGV[5] are ignored: keys come from the due entries
---   reroute   cid node         the device is no longer on `node`: send it to where it is now
---                              -> {1 routed, 0 not routed}
+--   reroute   cid node         the link `node` sent it on is gone: send it (DUP) to where the
+--                              device is now, unless it went there already
+--   resend    cid node         `node` wants to resend it on the link it sent it on (no RESULT)
+--                              Both answer {code}: 0 the device is nowhere (ask again later),
+--                              1 routed ("cmd ... dup" to the node holding the device),
+--                              2 over (final, unknown or past its deadline: never send it again),
+--                              3 (resend only) still open and the device still on the connection
+--                              it was routed to: the asking node resends it itself.
+--   poured    cid ml ref       a dispense_done EVENT naming the command was stored (ref: its
+--                              ledger record "boot:rec"): a dispense keeps the first one's ml
+--                              and ref, whatever its state (a timed_out dispense that poured
+--                              says so)                                     -> {linked}
 --
 -- Hash fields: did cid op args exp kind state rc out error origin node issuer target
---              created sent delivered done (unix ms)
+--              created sent delivered done (unix ms), to (the presence it was last routed to:
+--              "<node> <conn> <since>", one per connection of the device), poured pour
 -- Per device: co:<did> sorted set cid -> exp of its open commands, cl:<did> list of its
 -- latest cids (newest first, capped), cs:<did> hash {applied = highest desired version applied}.
 -- Per shard: cmd:due sorted set "<did> <cid>" -> deadline (ms) of open one-shot commands.
@@ -41,6 +53,13 @@ local function ckey(d, cid) return shard .. 'c:' .. d .. ':' .. cid end
 local function open_key(d) return shard .. 'co:' .. d end
 local function recent_key(d) return shard .. 'cl:' .. d end
 local function due_key() return shard .. 'cmd:due' end
+-- The device's presence: its node, and "<node> <conn> <since>", which names one connection
+-- (an MQTT device's conn id is the same on every connection; its since is not).
+local function presence(d)
+  local p = redis.call('HMGET', shard .. 'p:' .. d, 'node', 'conn', 'since')
+  if not p[1] then return false, false end
+  return p[1], p[1] .. ' ' .. (p[2] or '') .. ' ' .. (p[3] or '')
+end
 
 -- Close a command: final state, out of the open set and the due set, tell the node that issued it.
 local function finish(key, d, cid, state, fields)
@@ -67,7 +86,7 @@ if op == 'create' then
   redis.call('LPUSH', recent_key(did), cid)
   redis.call('LTRIM', recent_key(did), 0, RECENT - 1)
   redis.call('EXPIRE', recent_key(did), keep_s)
-  local node = redis.call('HGET', shard .. 'p:' .. did, 'node')
+  local node, to = presence(did)
   if kind == 'state' then
     local applied = tonumber(redis.call('HGET', shard .. 'cs:' .. did, 'applied') or '-1')
     if applied >= tonumber(target) then
@@ -76,11 +95,10 @@ if op == 'create' then
     end
     redis.call('ZADD', open_key(did), exp, cid)
     redis.call('EXPIRE', open_key(did), keep_s)
-    if node then
-      redis.call('HSET', key, 'state', 'sent', 'sent', now, 'node', node)
-      return {'sent', node}
-    end
-    return {'queued', false}
+    -- Queued until the device holds the version: no node writes this command itself (the
+    -- device gets the whole desired state, as SET_STATE or in AUTH_OK), so it is never "sent".
+    if node then redis.call('HSET', key, 'node', node) end
+    return {'queued', node}
   end
   if not node then
     redis.call('HSET', key, 'state', 'failed', 'error', 'device_offline', 'done', now)
@@ -93,7 +111,7 @@ if op == 'create' then
       'node', node)
     return {'failed', node}
   end
-  redis.call('HSET', key, 'node', node)
+  redis.call('HSET', key, 'node', node, 'to', to)
   redis.call('ZADD', open_key(did), exp, cid)
   redis.call('EXPIRE', open_key(did), keep_s)
   redis.call('ZADD', due_key(), exp * 1000, did .. ' ' .. cid)
@@ -164,17 +182,35 @@ if op == 'timeout' then
   return {timed_out}
 end
 
-if op == 'reroute' then
-  local cid, old_node = ARGV[6], ARGV[7]
+if op == 'reroute' or op == 'resend' then
+  -- Every copy after the first goes through here, so a final command is never sent again,
+  -- by any node (a device that rebooted remembers no cid and would run it twice).
+  local cid = ARGV[6]
   local key = ckey(did, cid)
-  local c = redis.call('HMGET', key, 'state', 'op', 'args', 'exp', 'node')
-  if not c[1] or FINAL[c[1]] or tonumber(c[4]) * 1000 < now then return {0} end
-  local node = redis.call('HGET', shard .. 'p:' .. did, 'node')
-  -- Not back yet, back on the node that asks, or already routed to where it is now.
-  if not node or node == old_node or node == c[5] then return {0} end
-  local message = 'cmd ' .. did .. ' ' .. cid .. ' ' .. c[2] .. ' ' .. c[4] .. ' ' .. c[3]
+  local c = redis.call('HMGET', key, 'state', 'op', 'args', 'exp', 'kind', 'to')
+  if not c[1] or FINAL[c[1]] or c[5] ~= 'once' or tonumber(c[4]) * 1000 < now then
+    return {2}
+  end
+  local node, to = presence(did)
+  if not node then return {0} end
+  if to == c[6] then
+    -- resend: the device is still on the connection it was routed to. reroute: a copy went
+    -- to its current connection already (another node asked first).
+    if op == 'resend' then return {3} end
+    return {1}
+  end
+  local message = 'cmd ' .. did .. ' ' .. cid .. ' ' .. c[2] .. ' ' .. c[4] .. ' ' .. c[3] .. ' dup'
   if redis.call('PUBLISH', channels .. node, message) == 0 then return {0} end
-  redis.call('HSET', key, 'node', node)
+  redis.call('HSET', key, 'node', node, 'to', to)
+  return {1}
+end
+
+if op == 'poured' then
+  local cid, ml, ref = ARGV[6], ARGV[7], ARGV[8]
+  local key = ckey(did, cid)
+  local c = redis.call('HMGET', key, 'op', 'pour')
+  if c[1] ~= '1' or c[2] then return {0} end  -- not a dispense (or unknown), or linked already
+  redis.call('HSET', key, 'poured', ml, 'pour', ref)
   return {1}
 end
 

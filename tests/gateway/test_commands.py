@@ -176,7 +176,8 @@ async def test_a_lock_succeeds_when_the_device_holds_its_version(
     cid, state = await commands.record_state_change(
         device.did, CommandOp.LOCK, outcome.version, issuer="admin:1"
     )
-    assert state in (CommandState.SENT, CommandState.SUCCEEDED)
+    # Never "sent": no node writes a desired-state command itself (docs/commands.md).
+    assert state in (CommandState.QUEUED, CommandState.SUCCEEDED)
     push = await device.wait_for(Command)
     assert push.op == CommandOp.SET_STATE and push.args[4] == outcome.version
     device.session.send_result(Result(cid=push.cid, rc=0))
@@ -184,6 +185,7 @@ async def test_a_lock_succeeds_when_the_device_holds_its_version(
     record = await commands.wait(device.did, cid, 5.0)
     assert record.state is CommandState.SUCCEEDED
     assert (record.kind, record.target_version) == (CommandKind.STATE, outcome.version)
+    assert (record.sent_ms, record.delivered_ms) == (None, None)
 
 
 async def test_a_lock_for_an_offline_device_waits_and_lands_at_its_login(

@@ -127,7 +127,8 @@ async def test_without_a_bridge_password_the_bridge_user_is_refused(node_factory
 async def test_emqx_acl_a_device_only_uses_its_own_topics(
     auth_node: Any, topic: str, action: str, allowed: bool
 ) -> None:
-    did = "TEST00000001B580"
+    (dev,) = await register_devices(auth_node, 1)
+    did = dev.did
     body = {"clientid": did, "username": did, "topic": topic.format(did=did), "action": action}
     answer = await call(auth_node, "/mqtt/acl", body)
     assert answer["result"] == ("allow" if allowed else "deny")
@@ -147,9 +148,32 @@ async def test_emqx_acl_a_device_only_uses_its_own_topics(
 async def test_go_auth_acl_with_form_bodies(
     auth_node: Any, topic: str, acc: str, allowed: bool
 ) -> None:
-    did = "TEST00000001B580"
+    (dev,) = await register_devices(auth_node, 1)
+    did = dev.did
     body = {"clientid": did, "username": did, "topic": topic.format(did=did), "acc": acc}
     assert (await call(auth_node, "/mqtt/acl", body, form=True))["ok"] is allowed
+
+
+async def test_acl_refuses_unknown_and_disabled_devices_even_on_their_own_topics(
+    auth_node: Any,
+) -> None:
+    """/mqtt/auth refuses them at CONNECT; the ACL must too (a device disabled while
+    connected, or a broker that lets a client publish without an auth call)."""
+    (dev,) = await register_devices(auth_node, 1)
+
+    async def publish_tele(did: str) -> dict[str, Any]:
+        body = {"clientid": did, "username": did, "topic": f"aq/{did}/up/tele",
+                "action": "publish"}  # fmt: skip
+        return await call(auth_node, "/mqtt/acl", body)
+
+    assert (await publish_tele(dev.did))["result"] == "allow"
+    unknown = await publish_tele("NOSUCH00000001AB")
+    assert (unknown["result"], unknown["error"]) == ("deny", "unknown or disabled device")
+    await write_entries(
+        auth_node.app[REDIS], auth_node.app[KEYSPACE], [(dev.did, int(DeviceState.DISABLED), 1)]
+    )
+    disabled = await publish_tele(dev.did)
+    assert (disabled["result"], disabled["error"]) == ("deny", "unknown or disabled device")
 
 
 async def test_the_bridge_may_use_any_topic(auth_node: Any) -> None:
