@@ -10,7 +10,7 @@ none. Its states follow PROTOCOL.md:
 One-shot commands (dispense, reset_filter, time_sync, firmware_notice, reboot) are routed in the
 same Lua step that records them: "cmd ..." on the channel of the node that holds the device (its
 presence says which). That node sends it with the same cid until the device answers
-(`DesiredStatePusher`), and records sent / delivered (the device's ACK) / the RESULT through
+(`CommandSender`), and records sent / delivered (the device's ACK) / the RESULT through
 `CommandEvents`, a batcher: one pipelined round trip per event-loop turn, whatever the number of
 commands. The RESULT step publishes "res <did> <cid> <state>" on the origin's channel, which wakes
 whoever waits for the outcome there. A device with no presence, or whose node is gone, fails a
@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-import msgpack
 import redis.asyncio as aioredis
 
-from gateway.desired import AnswerTo, CommandIds, CopyAnswer
+from gateway.command_sender import AnswerTo, CommandIds, CopyAnswer
 from gateway.errors import GatewayError
 from gateway.keys import Keyspace
 from gateway.logs import get_logger
@@ -505,17 +504,3 @@ async def link_pours(
         )  # fmt: skip
     replies = await scripts.run(client, calls, "linking pours to their commands")
     return sum(int(reply[0]) for reply in replies)
-
-
-def parse_outcome_message(data: bytes) -> tuple[str, int, CommandRecord | None]:
-    """b"res <did> <cid> <msgpack of the record's flat field list>" -> (did, cid, record).
-
-    ValueError when the did or cid does not parse; the record is None when it does not
-    (the waiter then reads it from Redis)."""
-    _verb, did, cid, packed = data.split(b" ", 3)
-    try:
-        flat = msgpack.unpackb(packed, raw=True)
-        record = record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
-        record = None
-    return did.decode(), int(cid), record

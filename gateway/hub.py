@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.logs import get_logger
@@ -16,9 +15,10 @@ from protocol.frames import DecoderStats
 from protocol.messages import Ack, Result
 
 if TYPE_CHECKING:
-    from gateway.desired import DesiredStatePusher
+    from gateway.command_sender import CommandSender
     from gateway.login import LoginBatcher
     from gateway.meter import MeterBatcher
+    from gateway.node_bus import Kick
     from gateway.presence import Presence
 
 log = get_logger("aquafleet.hub")
@@ -109,7 +109,8 @@ class FailedLoginLimiter:
 
 
 class Hub:
-    """Connections of this node. The meter, logins and presence plug in after construction."""
+    """Connections of this node. The meter, logins, presence and the command sender plug in
+    after construction (gateway/node.py)."""
 
     def __init__(
         self,
@@ -136,9 +137,7 @@ class Hub:
         self.meter: MeterBatcher
         self.logins: LoginBatcher
         self.presence: Presence
-        self.desired: DesiredStatePusher | None = None  # set by the node once it runs
-        # Wakes waiters when a command issued on this node is settled ("res" on our channel).
-        self.on_command_outcome: Callable[[str, int, Any], None] | None = None
+        self.sender: CommandSender | None = None  # set by the node once it runs
         metrics.gauges["connections"] = lambda: len(self.connections)
         metrics.gauges["devices_online"] = lambda: len(self.online)
         metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
@@ -208,6 +207,11 @@ class Hub:
         conn.close(code, reason)
         return True
 
+    def kicked(self, message: Kick) -> None:
+        """The node channel asks to close a device's connection here (gateway/node_bus.py)."""
+        if self.kick(message.did, message.conn_id, message.code, message.reason):
+            log.info("device_kicked", did=message.did, verb=message.verb)
+
     # ------------------------------------------------------------------ session events
 
     def session_closed(self, conn: DeviceLink, event: SessionClosed) -> None:
@@ -234,13 +238,13 @@ class Hub:
 
     def device_message(self, conn: DeviceLink, message: Any) -> None:
         """RESULT/ACK/ERROR from a device: the outcome and delivery of commands."""
-        desired = self.desired
+        sender = self.sender
         kind = type(message)
-        if desired is not None:
+        if sender is not None:
             if kind is Result:
-                desired.result(conn.did, message)
+                sender.result(conn.did, message)
                 return
-            if kind is Ack and desired.delivered(conn.did, message.seq):
+            if kind is Ack and sender.delivered(conn.did, message.seq):
                 return
         log.debug("device_message", did=conn.did, message=kind.__name__)
 

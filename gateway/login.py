@@ -196,8 +196,8 @@ class LoginBatcher:
             # AUTH_OK carries the state on TCP; an MQTT link gets it as a SET_STATE instead,
             # whose RESULT settles it (gateway/mqtt/link.py).
             tcp = conn.transport is not None
-            if tcp and state is not None and state.version > 0 and self.hub.desired is not None:
-                self.hub.desired.applied_at_login(v.did, state.version)
+            if tcp and state is not None and state.version > 0 and self.hub.sender is not None:
+                self.hub.sender.applied_at_login(v.did, state.version)
             self.hub.go_online(conn, v.did, self.keyspace.shard_of(v.did))
             self.metrics.logins_ok += 1
             conn.flush()

@@ -45,6 +45,8 @@ class Metrics:
     commands_issued: int = 0
     commands_reroute_attempts: int = 0
     commands_timed_out: int = 0
+    node_messages_malformed: int = 0  # on a node channel: logged and dropped
+    node_messages_unhandled: int = 0  # a kind nobody here subscribes to
     rental_locks: int = 0
     rental_reminders: int = 0
     rental_dismantle_tickets: int = 0

@@ -28,8 +28,8 @@ from gateway.appkeys import (
     TASKS,
     TCP_SERVER,
 )
+from gateway.command_sender import CommandIds, CommandSender
 from gateway.commands import CommandEvents, CommandService
-from gateway.desired import CommandIds, DesiredStatePusher
 from gateway.embedded_redis import embedded_redis
 from gateway.errors import GatewayError
 from gateway.facade import DeviceGateway
@@ -39,7 +39,8 @@ from gateway.ledger import LedgerWriter
 from gateway.login import LoginBatcher
 from gateway.logs import get_logger
 from gateway.meter import MeterBatcher
-from gateway.mqtt import MqttBridge
+from gateway.mqtt import MQTT_NODE, MqttBridge
+from gateway.node_bus import CommandSettled, DesiredStateChanged, Kick, NodeBus, RoutedCommand
 from gateway.presence import Presence, presence_ttl_ms
 from gateway.redis_io import Scripts, open_redis
 from gateway.registry_cache import RegistrySync
@@ -189,14 +190,14 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     command_ids = CommandIds(client, keyspace)
     await command_ids.reserve()
     command_events = CommandEvents(client, scripts, keyspace)
-    hub.desired = DesiredStatePusher(
+    sender = hub.sender = CommandSender(
         hub=hub, ids=command_ids, metrics=metrics, events=command_events
     )
     commands = CommandService(
         client=client, scripts=scripts, keyspace=keyspace, ids=command_ids,
         node_id=hub.node_id, metrics=metrics,
     )  # fmt: skip
-    hub.on_command_outcome = commands.on_outcome
+    bus = node_bus(app, keyspace.node_channel(hub.node_id), hub, sender, commands)
     app[COMMANDS] = commands
     app[HUB] = hub
     app[DEVICE_GATEWAY] = DeviceGateway(
@@ -204,8 +205,8 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         keyspace=keyspace,
     )  # fmt: skip
     names = (
-        "meter", "backlog-watch", "logins", "releases", "touch", "kicks", "sweeper", "desired",
-        "command-events",
+        "meter", "backlog-watch", "logins", "releases", "touch", "node-bus", "sweeper",
+        "command-sender", "command-events",
     )  # fmt: skip
     runners: tuple[Callable[[], Awaitable[None]], ...] = (
         hub.meter.run,
@@ -213,9 +214,9 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         hub.logins.run,
         hub.presence.run_releases,
         hub.presence.run_touch,
-        hub.presence.run_kick_listener,
+        bus.run,
         hub.run_sweeper,
-        lambda: run_desired(hub.desired, command_ids),
+        lambda: run_command_sender(sender, command_ids),
         command_events.run,
     )
     for name, runner in zip(names, runners, strict=True):
@@ -239,10 +240,24 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("command_events_unwritten", count=command_events.pending, error=str(exc))
 
 
-async def run_desired(pusher: DesiredStatePusher | None, ids: CommandIds) -> None:
+def node_bus(
+    app: web.Application, channel: str, hub: Hub, sender: CommandSender, commands: CommandService
+) -> NodeBus:
+    """A bus on `channel` whose messages reach the parts of this node that act on them."""
+    bus = NodeBus(app[REDIS], channel, app[METRICS])
+    bus.subscribe(Kick, hub.kicked)
+    bus.subscribe(DesiredStateChanged, lambda message: sender.push(message.did, message.desired))
+    bus.subscribe(RoutedCommand, lambda message: sender.routed(message.did, message.command))
+    bus.subscribe(
+        CommandSettled,
+        lambda message: commands.on_outcome(message.did, message.cid, message.record),
+    )
+    return bus
+
+
+async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
     """Keep command ids in reserve (at once when they run low) and, every DESIRED_TICK_S,
     resend unanswered commands."""
-    assert pusher is not None
     loop = asyncio.get_running_loop()
     next_tick = loop.time() + DESIRED_TICK_S
     while True:
@@ -255,7 +270,7 @@ async def run_desired(pusher: DesiredStatePusher | None, ids: CommandIds) -> Non
             log.warning("command_ids_unavailable", error=str(exc))
             await asyncio.sleep(min(1.0, max(0.0, next_tick - loop.time())))
         if loop.time() >= next_tick:
-            pusher.resend_due(time.time())
+            sender.resend_due(time.time())
             next_tick = loop.time() + DESIRED_TICK_S
 
 
@@ -323,6 +338,12 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[MQTT_BRIDGE] = bridge
     runners = bridge.tasks()
+    # The bridges' devices share one presence name: each bridge follows its channel too.
+    hub = app[HUB]
+    sender, commands = hub.sender, app[COMMANDS]
+    assert sender is not None
+    shared = node_bus(app, app[KEYSPACE].node_channel(MQTT_NODE), hub, sender, commands)
+    runners["mqtt-node-bus"] = shared.run
     for name, runner in runners.items():
         app[TASKS].start(name, runner)
     yield

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError, RedisUnavailable
 from gateway.keys import Keyspace
@@ -36,13 +35,6 @@ if TYPE_CHECKING:
     from gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.presence")
-
-KICK_CODES = {
-    "kick": (ErrorCode.REPLACED, "a newer login of this device took over"),
-    "disable": (ErrorCode.AUTH_DISABLED, "device disabled"),
-    # A re-issued key: the device is told its proof no longer holds (its next login fails).
-    "revoke": (ErrorCode.AUTH_BAD_PROOF, "device key revoked"),
-}
 
 
 class OfflineReason(StrEnum):
@@ -221,88 +213,6 @@ class Presence:
                 await self.touch()
             except RedisUnavailable as exc:
                 log.warning("presence_touch_failed", error=str(exc))
-
-    async def run_kick_listener(self, node_id: str | None = None) -> None:
-        """Close local connections other nodes (or admin commands) ask us to close.
-
-        `node_id`: whose channel to follow (default this node's; the MQTT bridge follows the
-        presence name its devices share)."""
-        channel = self.keyspace.node_channel(node_id or self.hub.node_id)
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is not None:
-                        self._on_kick(message["data"])
-            except (RedisError, OSError) as exc:
-                log.warning("kick_listener_reconnecting", error=str(exc))
-                await asyncio.sleep(1.0)
-            finally:
-                await pubsub.aclose()
-
-    def _on_kick(self, data: bytes) -> None:
-        if data.startswith(b"state "):
-            self._on_state(data)
-            return
-        if data.startswith(b"cmd "):
-            self._on_command(data)
-            return
-        if data.startswith(b"res "):
-            self._on_outcome(data)
-            return
-        try:
-            verb, did, conn_id = data.decode().split(" ")
-            code, reason = KICK_CODES[verb]
-        except (ValueError, KeyError, UnicodeDecodeError):
-            log.warning("kick_message_malformed", data=data[:64])
-            return
-        if self.hub.kick(did, conn_id, code, reason):
-            log.info("device_kicked", did=did, verb=verb)
-
-    def _on_state(self, data: bytes) -> None:
-        """A device's desired state changed: send it if the device is connected here."""
-        from gateway.desired import StateMessageError, parse_state_message
-
-        try:
-            did, desired = parse_state_message(data.decode().split(" ")[1:])
-        except (StateMessageError, UnicodeDecodeError):
-            log.warning("state_message_malformed", data=data[:96])
-            return
-        pusher = self.hub.desired
-        if pusher is not None:
-            pusher.push(did, desired)
-
-    def _on_command(self, data: bytes) -> None:
-        """A one-shot command routed to this node for a device connected here."""
-        from gateway.desired import StateMessageError, parse_command_message
-
-        try:
-            did, command = parse_command_message(data.decode().split(" ")[1:])
-        except (StateMessageError, UnicodeDecodeError):
-            log.warning("command_message_malformed", data=data[:96])
-            return
-        pusher = self.hub.desired
-        if pusher is None or not pusher.send(did, command):
-            # It left between routing and now: if it is on another node already, send it
-            # there; if not, the command times out by its deadline (nothing was run).
-            log.info("command_for_absent_device", did=did, cid=command.cid)
-            if pusher is not None and pusher.events is not None:
-                pusher.events.reroute(did, command.cid, self.hub.node_id)
-
-    def _on_outcome(self, data: bytes) -> None:
-        """A command issued on this node is settled: "res <did> <cid> <record>"."""
-        from gateway.commands import parse_outcome_message
-
-        try:
-            did, cid, record = parse_outcome_message(data)
-        except (ValueError, UnicodeDecodeError):
-            log.warning("outcome_message_malformed", data=data[:96])
-            return
-        wake = self.hub.on_command_outcome
-        if wake is not None:
-            wake(did, cid, record)
 
 
 def presence_ttl_ms(heartbeat_s: int, idle_factor: float = 2.5) -> int:

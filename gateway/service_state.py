@@ -3,7 +3,7 @@
 The live state sits in the device's meter state (fields 19-26 of `m:<did>`), so meter.lua can
 take metered water off the quota in the same atomic step that meters it; `service.lua` makes
 every other change. Each change bumps the version and is published to the node holding the
-device (gateway/desired.py sends it). The database keeps the settings and the history of
+device (gateway/command_sender.py sends it). The database keeps the settings and the history of
 changes (models/service.py); this module is the Redis half.
 """
 

@@ -65,7 +65,7 @@ def charge_fen(actual_ml: int, price_fen_per_l: int) -> int:
 
 
 class CommandRouter(Protocol):
-    """Gets a command to the node holding the device (gateway.desired.CommandRouter)."""
+    """Gets a command to the node holding the device (gateway.commands.CommandService)."""
 
     async def next_cid(self) -> int: ...
 

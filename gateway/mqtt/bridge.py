@@ -581,7 +581,6 @@ class MqttBridge:
         return {
             "mqtt-bridge": self.run,
             "mqtt-logins": self.logins.run,
-            "mqtt-kicks": lambda: self.hub.presence.run_kick_listener(MQTT_NODE),
             "mqtt-announce": self.run_announce,
             "mqtt-answers": self.run_answers,
         }

@@ -53,14 +53,14 @@ class MqttDevice:
             self.bridge.count_drops(session.drops)
             session.drops.clear()
         if session.is_online and not self.closed:
-            pusher = self.bridge.hub.desired
-            if session.has_desired and pusher is not None and pusher.ids.available():
+            sender = self.bridge.hub.sender
+            if session.has_desired and sender is not None and sender.ids.available():
                 # MQTT's AUTH_OK: the state goes as a SET_STATE command, resent until answered.
                 # Without a command id at hand (a login storm used the node's block up), it
                 # waits for one of the device's next messages.
                 desired = session.take_desired()
                 assert desired is not None
-                pusher.push(self.did, desired)
+                sender.push(self.did, desired)
             for envelope in session.take_held():
                 self.bridge.handle(self, envelope, time.time())
         out = session.messages_to_send()

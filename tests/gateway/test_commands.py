@@ -287,7 +287,7 @@ async def test_the_log_survives_a_restart_and_a_late_result_still_closes_the_com
 async def test_command_ids_keep_a_spare_block_and_never_repeat(
     redis_client: Any, keyspace: Any
 ) -> None:
-    from gateway.desired import CID_BLOCK, CommandIds
+    from gateway.command_sender import CID_BLOCK, CommandIds
     from gateway.errors import RedisUnavailable
 
     ids = CommandIds(redis_client, keyspace)

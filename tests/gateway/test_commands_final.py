@@ -70,9 +70,9 @@ async def test_a_command_finished_on_another_node_is_never_sent_again(
 
 @pytest.fixture
 def quick_resends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import desired
+    from gateway import command_sender
 
-    monkeypatch.setattr(desired, "RESEND_AFTER_S", 0.5)  # 10 s in production
+    monkeypatch.setattr(command_sender, "RESEND_AFTER_S", 0.5)  # 10 s in production
 
 
 async def test_a_timed_resend_carries_dup_and_stops_once_the_command_is_final_elsewhere(
@@ -167,12 +167,15 @@ async def test_a_timed_out_dispense_gets_the_pour_its_device_reports_later(
 
 
 def test_a_routed_command_message_says_whether_it_is_a_copy() -> None:
-    from gateway.desired import StateMessageError, parse_command_message
+    from gateway.node_bus import NodeMessageError, RoutedCommand, decode_node_message
 
-    fields = ["DEV1", "7", "1", "1800000000", "1=250"]
-    did, first = parse_command_message(fields)
-    assert (did, first.cid, dict(first.args), first.dup) == ("DEV1", 7, {1: 250}, False)
-    _, copy = parse_command_message([*fields, "dup"])
-    assert copy.dup and copy.cid == 7
-    with pytest.raises(StateMessageError):
-        parse_command_message([*fields, "again"])
+    text = b"cmd DEV1 7 1 1800000000 1=250"
+    first = decode_node_message(text)
+    assert isinstance(first, RoutedCommand)
+    assert (first.did, first.command.cid, dict(first.command.args), first.command.dup) == (
+        "DEV1", 7, {1: 250}, False,
+    )  # fmt: skip
+    copy = decode_node_message(text + b" dup")
+    assert isinstance(copy, RoutedCommand) and copy.command.dup and copy.command.cid == 7
+    with pytest.raises(NodeMessageError):
+        decode_node_message(text + b" again")

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from gateway import desired as desired_module
+from gateway import command_sender
 from gateway.appkeys import SERVICE_STORE
 from gateway.mqtt.bridge import pack_answer, unpack_answer
 from models import service
@@ -46,7 +46,7 @@ RESEND_S = 0.5  # the pusher's first resend (10 s in production), so a test sees
 
 @pytest.fixture
 def quick_resends(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(desired_module, "RESEND_AFTER_S", RESEND_S)
+    monkeypatch.setattr(command_sender, "RESEND_AFTER_S", RESEND_S)
 
 
 async def next_state(device: MqttTestDevice, timeout: float = 5.0) -> tuple[Command, DesiredState]:
@@ -98,7 +98,7 @@ async def test_exhausted_quota_locks_the_device_resending_the_same_cid_until_its
     assert (again.cid, dict(again.args)) == (lock.cid, dict(lock.args))
     await answer(device, again)
 
-    pusher = node.hub.desired
+    pusher = node.hub.sender
 
     async def settled() -> bool:
         return pusher.in_flight == 0
@@ -159,7 +159,7 @@ async def test_the_simulated_purifier_locks_at_zero_and_unlocks_on_a_top_up(
     outcome = await service.top_up(store, dev.did, 1000, actor=ACTOR, reason="order D1")
     assert outcome.version == start + 2 and not outcome.locked
     await wait_until(lambda: holds(start + 2, False))
-    pusher = node.hub.desired
+    pusher = node.hub.sender
 
     async def answered() -> bool:
         return pusher.in_flight == 0
@@ -211,7 +211,7 @@ async def test_a_login_without_a_command_id_at_hand_sends_the_state_with_a_later
     prefix = unique_prefix()
     node = await mqtt_node(node_factory, prefix)
     dev = await volume_rental(node, 700)
-    ids = node.hub.desired.ids
+    ids = node.hub.sender.ids
     monkeypatch.setattr(ids, "available", lambda: False)  # a login storm used the block up
     device = MqttTestDevice(dev.did, dev.key, prefix)
     mqtt_devices.append(device)
@@ -265,7 +265,7 @@ async def test_with_two_bridges_each_command_is_answered_wherever_the_result_lan
         assert outcome.locked
 
         async def settled() -> bool:
-            return len(answered) > logins and all(n.hub.desired.in_flight == 0 for n in nodes)
+            return len(answered) > logins and all(n.hub.sender.in_flight == 0 for n in nodes)
 
         # Each node holding a session sends the lock; each RESULT reaches its sender, through
         # the other bridge when the broker handed it there.

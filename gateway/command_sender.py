@@ -1,9 +1,9 @@
-"""Pushing the desired state (lock, quota, rental expiry) to connected devices.
+"""Sending commands to the devices connected to this node: desired states and one-shot commands.
 
 A change of a device's service state (meter.lua locking an exhausted quota, service.lua applying
-a top-up, the rental scheduler locking an expired rental) is published on the node channel of
-the node holding the device as "state <did> <version> <lock> <remaining_ml|-> <expires_at|->".
-That node sends it as one SET_STATE command (the whole state at one version, so replays and
+a top-up, the rental scheduler locking an expired rental) reaches the node holding the device
+as a `DesiredStateChanged` on its node channel (gateway/node_bus.py). That node sends it as one
+SET_STATE command (the whole state at one version, so replays and
 reordering are harmless) and resends it with the same cid until the device answers RESULT,
 at most RESEND_TRIES times. A device that is offline gets the state in AUTH_OK at its next login,
 so nothing here needs to survive a restart.
@@ -30,7 +30,7 @@ from protocol import Command, CommandOp, DesiredState, desired_state_args
 from protocol.constants import DesiredKey
 from protocol.messages import Result
 
-log = get_logger("aquafleet.desired")
+log = get_logger("aquafleet.command_sender")
 
 CID_BLOCK = 4096  # command ids a node takes from Redis at a time
 CID_SPACE = 1 << 32  # cids are u32 on the wire; 0 is never used
@@ -38,24 +38,6 @@ RESEND_AFTER_S = 10.0  # PROTOCOL.md: resend after 10 s, doubling, 3 tries
 RESEND_TRIES = 3
 REROUTE_EVERY_S = 1.0  # a one-shot command whose device left: look where it is now
 COMMAND_TTL_S = 300  # `exp` of a SET_STATE: a newer state will have replaced it by then
-
-
-class StateMessageError(ValueError):
-    """A node-channel "state" message that does not parse."""
-
-
-def parse_state_message(fields: list[str]) -> tuple[str, DesiredState]:
-    """["<did>", "<version>", "<lock>", "<remaining_ml>|-", "<expires_at>|-"] -> (did, state)."""
-    try:
-        did, version, lock, remaining, expires = fields
-        return did, DesiredState(
-            version=int(version),
-            locked=lock == "1",
-            remaining_ml=None if remaining == "-" else int(remaining),
-            rental_expires_at=None if expires == "-" else int(expires),
-        )
-    except ValueError as exc:
-        raise StateMessageError(f"bad state message {fields!r}") from exc
 
 
 class CommandIds:
@@ -146,7 +128,7 @@ class CommandEventSink(Protocol):
     def resend(self, did: str, cid: int, node: str, *, answer: AnswerTo) -> None: ...
 
 
-class DesiredStatePusher:
+class CommandSender:
     """Sends commands to this node's devices (desired states and one-shot commands routed here
     by the command service) and resends each, same cid, until the device answers; reports sent,
     delivered and results to the command log (`events`)."""
@@ -208,6 +190,16 @@ class DesiredStatePusher:
         if self.events is not None and command.op != CommandOp.SET_STATE:
             self.events.sent(did, command.cid)
         return True
+
+    def routed(self, did: str, command: Command) -> None:
+        """A one-shot command the command service routed here (a `RoutedCommand`): send it; if
+        the device left between routing and now, ask the command log to route it to the node
+        it is on now (if none, it times out by its deadline: nothing was run)."""
+        if self.send(did, command):
+            return
+        log.info("command_for_absent_device", did=did, cid=command.cid)
+        if self.events is not None:
+            self.events.reroute(did, command.cid, self.hub.node_id)
 
     def _forget(self, did: str, cid: int) -> _InFlight | None:
         entry = self._in_flight.pop((did, cid), None)
@@ -340,20 +332,3 @@ class DesiredStatePusher:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
-
-
-def parse_command_message(fields: list[str]) -> tuple[str, Command]:
-    """A one-shot command routed to a node (command.lua writes it):
-    "cmd <did> <cid> <op> <exp> <k>=<v>,... [dup]" ("-" for no args), without the verb;
-    "dup" marks a copy of a command sent before (rerouted or resent): it goes out with DUP."""
-    try:
-        did, cid, op, exp, raw_args, *flags = fields
-        if flags not in ([], ["dup"]):
-            raise ValueError(f"unknown flags {flags!r}")
-        args = {} if raw_args == "-" else {
-            int(k): int(v) for k, v in (item.split("=") for item in raw_args.split(","))
-        }  # fmt: skip
-        command = Command(cid=int(cid), op=int(op), exp=int(exp), args=args, dup=bool(flags))
-        return did, command
-    except ValueError as exc:
-        raise StateMessageError(f"bad command message {fields!r}") from exc
