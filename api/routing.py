@@ -47,6 +47,9 @@ log = get_logger("aquafleet.api")
 
 API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024  # every request body of the API is a small JSON object
+# Our bodies nest two or three levels; deeper ones are refused before any model sees them (the
+# stdlib decoder and pydantic recurse per level: a 2 KB body of `[` would exhaust the stack).
+MAX_JSON_DEPTH = 32
 
 PUBLIC: None = None  # roles=PUBLIC: no authentication
 
@@ -284,9 +287,16 @@ def parse_body(route: Route, request: web.Request, raw: bytes) -> Any:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("the body must be application/json")
     try:
-        json.loads(raw, parse_constant=_refuse_constant)
+        decoded = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError):
+        _log_refused_body(request, "not JSON")
         raise BadRequest("Problems parsing JSON") from None
+    except RecursionError:  # nested deeper than the interpreter's stack allows
+        _log_refused_body(request, "nested too deep")
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _nested_deeper_than(decoded, MAX_JSON_DEPTH):
+        _log_refused_body(request, "nested too deep")
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return route.body.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -295,6 +305,25 @@ def parse_body(route: Route, request: web.Request, raw: bytes) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in a decoded JSON value nest more than `limit` levels."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            if isinstance(item, list | dict)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, list | dict) for item in level)
+
+
+def _log_refused_body(request: web.Request, reason: str) -> None:
+    log.info("api_body_refused", method=request.method, path=request.path, reason=reason)
 
 
 def parse_query(route: Route, request: web.Request) -> Any:
