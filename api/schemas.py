@@ -7,10 +7,13 @@ Request models forbid unknown fields (docs/api.md); answers are built from respo
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, ClassVar, Literal
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
-from pydantic_core import PydanticUndefined
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -100,13 +103,106 @@ def text(
     )
 
 
-class RequestModel(BaseModel):
+# ----------------------------------------------------------------------------- integers
+
+# What an integer input may hold unless its field says otherwise: the database's INTEGER column
+# (every id is one). A field stored in a BIGINT column declares its own bounds, within INT64.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _refuse_bool_and_float(value: Any) -> Any:
+    # JSON's false and 2.0 are not integers (bool is an int and 2.0 == 2 in Python, so a
+    # Literal[0, 2] or an IntEnum would otherwise take them).
+    if isinstance(value, bool | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def _is_integer_type(annotation: Any) -> bool:
+    if get_origin(annotation) is Literal:
+        return all(type(arg) is int for arg in get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, int) and annotation is not bool
+
+
+def _mentions_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    return any(_mentions_int(arg) for arg in get_args(annotation) if arg is not Ellipsis)
+
+
+def _already_bounded(annotation: Any) -> bool:
+    return get_origin(annotation) is Annotated and any(
+        isinstance(item, BeforeValidator) and item.func is _refuse_bool_and_float
+        for item in annotation.__metadata__
+    )
+
+
+def _bounds(metadata: list[Any]) -> tuple[int | None, int | None]:
+    low = high = None
+    for item in metadata:
+        if isinstance(item, annotated_types.Ge | annotated_types.Gt):
+            low = int(getattr(item, "ge", getattr(item, "gt", 0)))
+        if isinstance(item, annotated_types.Le | annotated_types.Lt):
+            high = int(getattr(item, "le", getattr(item, "lt", 0)))
+    return low, high
+
+
+def _bound_integer_fields(model: type[BaseModel]) -> None:
+    """Make every integer input of `model` strict and bounded (one place for all routes).
+
+    An `int` field without bounds gets the INT32 column's; declared bounds must lie within
+    INT64 (a value past them would overflow the database driver: a 500). Every integer field,
+    Literal and IntEnum ones too, refuses JSON booleans and floats.
+    """
+    changed = False
+    for name, info in model.model_fields.items():
+        annotation, optional = info.annotation, False
+        if get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            optional = len(members) < len(get_args(annotation))
+            if len(members) == 1:
+                annotation = members[0]
+        if _already_bounded(annotation):  # inherited from a model bounded before
+            continue
+        if not _is_integer_type(annotation):
+            if _mentions_int(info.annotation):
+                raise TypeError(f"{model.__name__}.{name}: bound the integers it holds")
+            continue
+        metadata = list(info.metadata)
+        if annotation is int:
+            low, high = _bounds(metadata)
+            for bound in (low, high):
+                if bound is not None and not INT64_MIN <= bound <= INT64_MAX:
+                    raise TypeError(f"{model.__name__}.{name}: bound {bound} is beyond INT64")
+            if low is None:
+                metadata.append(annotated_types.Ge(INT32_MIN))
+            if high is None:
+                metadata.append(annotated_types.Le(INT32_MAX))
+        inner: Any = Annotated[(annotation, *metadata, BeforeValidator(_refuse_bool_and_float))]
+        info.annotation = typing.Optional[inner] if optional else inner  # noqa: UP045
+        info.metadata = []
+        changed = True
+    if changed:
+        model.model_rebuild(force=True)
+
+
+class _BoundedInputs(BaseModel):
+    """Inputs (bodies, queries, paths): integers strict and bounded to their columns."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _bound_integer_fields(cls)
+
+
+class RequestModel(_BoundedInputs):
     """A request body: unknown fields are refused (422 validation_failed)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class PathParams(BaseModel):
+class PathParams(_BoundedInputs):
     """Path parameters; a value breaking its pattern answers 404 (no such record)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -116,7 +212,7 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Query(BaseModel):
+class Query(_BoundedInputs):
     """Query parameters; unknown ones are refused (422 validation_failed)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from api.routing import MAX_JSON_DEPTH
-from tests.api.conftest import ApiClient
+from tests.api import test_members_api as member_fixtures
+from tests.api.conftest import ApiClient, Tenant
+from tests.api.test_members_api import MemberApp
+
+# The node of the member tests (SMS to the Aliyun fake, on a test clock) and its app driver.
+clock = member_fixtures.clock
+fake_sms = member_fixtures.fake_sms
+fake_wx = member_fixtures.fake_wx
+api_node = member_fixtures.api_node
+members = member_fixtures.members
 
 JSON = {"Content-Type": "application/json"}
 
@@ -35,3 +44,61 @@ async def test_deeply_nested_json_is_a_400_and_one_log_line(
 async def test_nested_json_behind_a_login_is_refused_the_same(api: ApiClient):
     answer = await api.call("POST", "/vendors", data="[" * 1000 + "]" * 1000, headers=JSON)
     assert answer.status == 400 and answer.code == "bad_request"
+
+
+TOO_BIG = 2**63  # 9223372036854775808: past every column
+
+
+async def test_integers_past_their_column_are_422_not_500(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    a, _ = tenants
+    uid, _ = await members.register(a.vid, "13800138000")
+    for value in (str(TOO_BIG), str(2**31), str(-(2**70))):
+        answer = await api.call("GET", "/users", params={"agent_id": value})
+        assert answer.status == 422 and answer.data[0]["field"] == "agent_id", answer
+    for value in (TOO_BIG, 2**31, 10**40):
+        answer = await api.call("PUT", f"/users/{uid}", {"agent_id": value})
+        assert answer.status == 422 and answer.data[0]["field"] == "agent_id", answer
+        answer = await api.call("GET", "/devices", params={"agent_id": str(value)})
+        assert answer.status == 422, answer
+    # Within the column, the same inputs are read as before.
+    answer = await api.call("GET", "/users", params={"agent_id": str(a.agent_id)})
+    assert answer.status == 200, answer
+    answer = await api.call("PUT", f"/users/{uid}", {"agent_id": a.agent_id})
+    assert answer.status == 201, answer
+
+
+async def test_integer_fields_refuse_booleans_and_floats(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    a, _ = tenants
+    uid, _ = await members.register(a.vid, "13800138000")
+    for value in (False, True, 2.0, 0.0):
+        answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": value})
+        assert answer.status == 422 and answer.data[0]["field"] == "state", (value, answer)
+        answer = await api.call("PUT", f"/users/{uid}", {"state": value})
+        assert answer.status == 422 and answer.data[0]["field"] == "state", (value, answer)
+        answer = await api.call("PUT", f"/users/{uid}", {"type": value})
+        assert answer.status == 422 and answer.data[0]["field"] == "type", (value, answer)
+    answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": 0})
+    assert answer.status == 201 and answer.data["state"] == 0, answer
+    answer = await api.call("PUT", f"/users/{uid}", {"state": 2, "type": 1})
+    assert answer.status == 201 and answer.data["state"] == 2, answer
+
+
+def test_every_integer_input_is_bounded_within_int64():
+    """A route added later gets the same bounds: no integer input is left unbounded."""
+    from api.app import all_routes
+    from api.schemas import INT64_MAX, INT64_MIN
+
+    for route in all_routes():
+        for model in (route.body, route.query, route.params):
+            if model is None:
+                continue
+            for name, prop in model.model_json_schema()["properties"].items():
+                for schema in prop.get("anyOf", [prop]):
+                    if schema.get("type") == "integer" and "enum" not in schema:
+                        where = f"{model.__name__}.{name}"
+                        assert INT64_MIN <= schema["minimum"] <= schema["maximum"], where
+                        assert schema["maximum"] <= INT64_MAX, where
