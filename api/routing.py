@@ -16,6 +16,7 @@ middleware answers every failure under /api/v1 in the envelope.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -406,7 +407,34 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
 
 def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
     for route in routes:
-        app.router.add_route(route.method, route.full_path, make_handler(route))
+        path = router_path(route.full_path, [r.full_path for r in routes])
+        app.router.add_route(route.method, path, make_handler(route))
+
+
+def router_path(path: str, all_paths: Sequence[str]) -> str:
+    """`path` for aiohttp's router, where a fixed segment beats a parameter in its place.
+
+    aiohttp takes the first resource matching path and method, so PUT /users/login would reach
+    /users/{uid} (404) rather than answer 405 for /users/login. A parameter therefore excludes
+    the fixed segments other paths have in its place after the same prefix.
+    """
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        if not (segment.startswith("{") and segment.endswith("}")) or ":" in segment:
+            continue
+        fixed = sorted(
+            {
+                other[index]
+                for other in (p.split("/") for p in all_paths)
+                if len(other) > index
+                and other[:index] == segments[:index]
+                and not other[index].startswith("{")
+            }
+        )
+        if fixed:
+            words = "|".join(re.escape(word) for word in fixed)
+            segments[index] = f"{{{segment[1:-1]}:(?!(?:{words})(?:/|$))[^/]+}}"
+    return "/".join(segments)
 
 
 def to_api_error(exc: BaseException) -> ApiError | None:

@@ -102,3 +102,25 @@ def test_every_integer_input_is_bounded_within_int64():
                         where = f"{model.__name__}.{name}"
                         assert INT64_MIN <= schema["minimum"] <= schema["maximum"], where
                         assert schema["maximum"] <= INT64_MAX, where
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/users/login", {"POST"}),
+        ("GET", "/users/login", {"POST"}),
+        ("DELETE", "/users/code", {"GET"}),
+        ("GET", "/users/bind", {"POST"}),
+    ],
+)
+async def test_a_fixed_path_beats_a_parameter_and_answers_405(
+    api: ApiClient, method: str, path: str, allow: set[str]
+):
+    answer = await api.call(method, path, token=None)
+    assert answer.status == 405 and answer.code == "method_not_allowed", answer
+    assert set(answer.headers["Allow"].split(",")) - {"HEAD"} == allow
+    # The parameter still matches everything else, and the fixed path its own method.
+    answer = await api.call("GET", "/users/AAAA00000001", token=None)
+    assert answer.status == 401
+    answer = await api.call("GET", "/users/login/code", params={"vid": "ZZZZ"}, token=None)
+    assert answer.status == 422
