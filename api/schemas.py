@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import types
 import typing
+import unicodedata
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import annotated_types
@@ -90,17 +91,65 @@ Username = Annotated[
 ]
 
 
+# Characters a human-readable text may not hold: controls (Cc: C0, DEL, C1 with U+0085), format
+# characters (Cf: bidi overrides U+202A-202E and isolates, zero-width U+200B-200F, BOM U+FEFF,
+# soft hyphen, tags), surrogates (Cs) and the line and paragraph separators (Zl, Zp). They let
+# one name pass for another in a console, or break a line in a log or a CSV.
+REFUSED_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# The same set within the BMP, surrogates aside, for the schema's `pattern` (clients can check
+# before sending); `clean_text` decides, with the interpreter's Unicode tables (surrogates and
+# planes beyond the BMP too).
+_REFUSED_BMP = (
+    r"\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891"
+    r"\u08e2\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f"
+    r"\ufeff\ufff9-\ufffb"
+)
+TEXT_PATTERN = rf"^[^{_REFUSED_BMP}]*$"
+
+
+def clean_text(value: Any) -> Any:
+    """A text input in NFC, refused when it holds a control or format character."""
+    if not isinstance(value, str):
+        return value  # the str validator refuses it
+    value = unicodedata.normalize("NFC", value)
+    for char in value:
+        if unicodedata.category(char) in REFUSED_TEXT_CATEGORIES:
+            raise PydanticCustomError(
+                "text_characters",
+                "must not contain control or format characters (found U+{code})",
+                {"code": f"{ord(char):04X}"},
+            )
+    return value
+
+
+_TEXT_DESCRIPTION = "text (NFC; control and format characters refused)"
+
+Text = Annotated[
+    str,
+    BeforeValidator(clean_text),
+    Field(pattern=TEXT_PATTERN, description=_TEXT_DESCRIPTION),
+]
+"""Every human-readable text input (names, addresses, notes): the one validator for them."""
+
+
 def text(
     max_length: int, *, default: Any = PydanticUndefined, min_length: int = 0, description: str = ""
 ) -> Any:
-    """A plain text field of bounded length (no control characters)."""
-    return Field(
+    """A `Text` field of bounded length: `name: str = text(64, min_length=1)`.
+
+    The length counts code points after NFC normalisation.
+    """
+    info = Field(
         default,
         min_length=min_length,
         max_length=max_length,
-        pattern=r"^[^\x00-\x1f\x7f]*$",
-        description=description or None,
+        pattern=TEXT_PATTERN,
+        description=description or _TEXT_DESCRIPTION,
     )
+    # After the constraints, so that they reach the str inside `str | None`; it still runs
+    # before them (a before-validator wraps what comes earlier).
+    info.metadata.append(BeforeValidator(clean_text))
+    return info
 
 
 # ----------------------------------------------------------------------------- integers

@@ -124,3 +124,72 @@ async def test_a_fixed_path_beats_a_parameter_and_answers_405(
     assert answer.status == 401
     answer = await api.call("GET", "/users/login/code", params={"vid": "ZZZZ"}, token=None)
     assert answer.status == 422
+
+
+SPOOFING = {
+    "right-to-left override": "Bob\u202egnp.exe",
+    "zero-width space": "Ali\u200bce",
+    "zero-width joiner": "Ali\u200dce",
+    "byte order mark": "\ufeffAlice",
+    "next line (C1)": "Alice\u0085Bob",
+    "line separator": "Alice\u2028Bob",
+    "paragraph separator": "Alice\u2029Bob",
+    "tag character": "Alice\U000e0041",
+    "C0 control": "Alice\x07",
+}
+
+
+@pytest.mark.parametrize("value", SPOOFING.values(), ids=SPOOFING.keys())
+async def test_text_fields_refuse_control_and_format_characters(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp, value: str
+):
+    a, _ = tenants
+    uid, me = await members.register(a.vid, "13800138000")
+    refused = [
+        (a.vendor, "POST", "/agents", {"name": value, "user": "x-agent", "pwd": "0" * 32}, "name"),
+        (a.vendor, "PUT", f"/agents/{a.agent_id}", {"address": value}, "address"),
+        (api, "PUT", f"/vendors/{a.vid}", {"remark": value}, "remark"),
+        (me, "PUT", f"/users/{uid}", {"name": value}, "name"),
+        (api, "PUT", f"/users/{uid}", {"remark": value}, "remark"),
+        (api, "PUT", f"/vendors/{a.vid}/cfg", {"sms_sign": value}, "sms_sign"),
+    ]
+    for client, method, path, body, field in refused:
+        answer = await client.call(method, path, body)
+        assert answer.status == 422 and answer.data[0]["field"] == field, (path, answer)
+        assert "control or format characters" in answer.data[0]["message"]
+    answer = await members.public.call(
+        "POST", "/users", {"mobile": "13900139000", "code": "123456", "name": value, "vid": a.vid}
+    )
+    assert answer.status == 422 and answer.data[0]["field"] == "name", answer
+
+
+async def test_text_is_stored_in_nfc(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    a, _ = tenants
+    uid, me = await members.register(a.vid, "13800138000")
+    decomposed = "Jose\u0301 \u5f20\u4e09 \U0001f600"  # e + combining acute; CJK; emoji: fine
+    answer = await me.call("PUT", f"/users/{uid}", {"name": decomposed})
+    assert answer.status == 201, answer
+    answer = await me.call("GET", f"/users/{uid}")
+    assert answer.data["name"] == "Jos\u00e9 \u5f20\u4e09 \U0001f600"
+    # The length bound counts what is stored: 64 composed characters fit, 65 do not.
+    answer = await me.call("PUT", f"/users/{uid}", {"name": "e\u0301" * 64})
+    assert answer.status == 201, answer
+    answer = await me.call("PUT", f"/users/{uid}", {"name": "e\u0301" * 65})
+    assert answer.status == 422, answer
+
+
+def test_the_schema_pattern_agrees_with_the_validator():
+    """Every BMP character the documented pattern refuses, the validator refuses too."""
+    import re
+    import unicodedata
+
+    from api.schemas import REFUSED_TEXT_CATEGORIES, TEXT_PATTERN
+
+    pattern = re.compile(TEXT_PATTERN)
+    for code in range(0x10000):
+        char = chr(code)
+        refused = unicodedata.category(char) in REFUSED_TEXT_CATEGORIES
+        if unicodedata.category(char) != "Cs":
+            assert (pattern.fullmatch(char) is None) == refused, hex(code)
