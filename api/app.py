@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api.routing import AUTHENTICATOR, Route, RouteTable, add_routes, envelope_middleware
+from api.routing import (
+    AUTHENTICATOR,
+    Route,
+    RouteTable,
+    add_routes,
+    check_metrics_access,
+    envelope_middleware,
+)
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = ["api.auth", "api.vendors", "api.agents", "api.devices", "api.commands"]
@@ -44,8 +51,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from gateway.node import METRICS
+    from gateway.node import METRICS, SETTINGS
 
+    token = request.app[SETTINGS].metrics_token
+    check_metrics_access(request, token.get_secret_value() if token else None)
     return web.Response(
         text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
     )

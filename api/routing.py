@@ -15,6 +15,8 @@ middleware answers every failure under /api/v1 in the envelope.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,6 +33,7 @@ from api.errors import (
     ConflictError,
     Forbidden,
     MethodNotAllowed,
+    NotAcceptable,
     NotFoundError,
     PayloadTooLarge,
     Unauthorized,
@@ -47,6 +50,7 @@ from models.tenancy import Principal, Role
 log = get_logger("aquafleet.api")
 
 API_PREFIX = "/api/v1"
+JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 64 * 1024  # every request body of the API is a small JSON object
 # Our bodies nest two or three levels; deeper ones are refused before any model sees them (the
 # stdlib decoder and pydantic recurse per level: a 2 KB body of `[` would exhaust the stack).
@@ -127,6 +131,14 @@ class Route:
     @property
     def operation_id(self) -> str:
         return self.handler.__name__
+
+    @property
+    def media_types(self) -> tuple[str, ...]:
+        """What the route answers: JSON, and CSV too where its query offers `format=csv`."""
+        fmt = self.query.model_fields.get("format") if self.query is not None else None
+        if fmt is not None and "csv" in str(fmt.annotation):
+            return (JSON_TYPE, "text/csv")
+        return (JSON_TYPE,)
 
 
 DEFAULT_STATUS = {"GET": 200, "POST": 201, "PUT": 201, "DELETE": 204}
@@ -237,6 +249,69 @@ def error_answer(exc: ApiError) -> web.Response:
 
 
 # ----------------------------------------------------------------------------- inputs
+
+
+def accepts(header: str, media_type: str) -> bool:
+    """Whether an Accept header admits `media_type`; no header admits everything.
+
+    The most specific range naming the type decides (RFC 9110 12.5.1): `application/json;q=0`
+    refuses JSON even beside `*/*`. Media type parameters other than q are not compared.
+    """
+    if not header.strip():
+        return True
+    kind, _, subtype = media_type.partition("/")
+    best_specificity, best_q = -1, 0.0
+    for item in header.split(","):
+        media_range, *params = item.split(";")
+        range_kind, _, range_subtype = media_range.strip().lower().partition("/")
+        if (range_kind, range_subtype) == (kind, subtype):
+            specificity = 2
+        elif range_kind == kind and range_subtype == "*":
+            specificity = 1
+        elif range_kind == "*" and range_subtype in ("*", ""):
+            specificity = 0
+        else:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # a malformed weight admits nothing
+        if specificity > best_specificity:
+            best_specificity, best_q = specificity, q
+        elif specificity == best_specificity:
+            best_q = max(best_q, q)
+    return 0.0 < best_q <= 1.0 if best_specificity >= 0 else False
+
+
+def check_acceptable(route: Route, request: web.Request) -> None:
+    header = ",".join(request.headers.getall("Accept", []))
+    if not any(accepts(header, media_type) for media_type in route.media_types):
+        answers = " or ".join(route.media_types)
+        raise NotAcceptable(f"this endpoint answers {answers}, which the Accept header refuses")
+
+
+def check_metrics_access(request: web.Request, token: str | None) -> None:
+    """/metrics: the configured bearer token, or (without one) a loopback client only.
+
+    Metrics name the node and count devices, logins and failures: not for the whole Internet.
+    """
+    if token is None:
+        try:
+            local = ipaddress.ip_address(request.remote or "").is_loopback
+        except ValueError:  # a unix socket, or no address at all
+            local = False
+        if not local:
+            raise Forbidden("/metrics answers loopback clients; set metrics_token to scrape it")
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("/metrics needs Authorization: Bearer <metrics_token>")
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -389,6 +464,7 @@ def render(route: Route, result: Any) -> web.StreamResponse:
 
 def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
+        check_acceptable(route, request)
         raw = await read_body(request)
         principal: Principal | None = None
         if route.roles is not None:
@@ -472,9 +548,18 @@ def _from_http(exc: web.HTTPException) -> ApiError:
 async def envelope_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Every answer under /api/v1 is the envelope: failures too, bugs too (without details)."""
+    """Every answer under /api/v1 is the envelope: failures too, bugs too (without details).
+
+    Outside it (/healthz, /metrics, the broker's /mqtt/...) answers are the handlers' own, but
+    an unknown path or method and an ApiError are answered in the envelope too.
+    """
     if not request.path.startswith(API_PREFIX):
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed, ApiError) as exc:
+            error = to_api_error(exc)
+            assert error is not None  # both kinds always translate
+            return error_answer(error)
     try:
         return await handler(request)
     except Exception as exc:

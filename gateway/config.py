@@ -250,6 +250,12 @@ class Settings(BaseSettings):
         description="Acks and commands waiting for the broker; beyond it the oldest are "
         "dropped and counted.",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token GET /metrics requires (Authorization: Bearer ...), at least 32 "
+        "characters; without one, /metrics answers loopback clients only (a scraper on the same "
+        "host, or behind a proxy that adds the header).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -267,6 +273,15 @@ class Settings(BaseSettings):
                 raise ValueError("must be hexadecimal") from None
             if len(raw) < 32:
                 raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            token = value.get_secret_value()
+            if len(token) < 32 or not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError("must be at least 32 printable ASCII characters, no spaces")
         return value
 
     @field_validator("database_url")

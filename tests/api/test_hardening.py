@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiohttp
 import pytest
 
 from api.routing import MAX_JSON_DEPTH
@@ -193,3 +196,109 @@ def test_the_schema_pattern_agrees_with_the_validator():
         refused = unicodedata.category(char) in REFUSED_TEXT_CATEGORIES
         if unicodedata.category(char) != "Cs":
             assert (pattern.fullmatch(char) is None) == refused, hex(code)
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/xml", "text/html", "text/plain, application/xml;q=0.9", "application/json;q=0"],
+)
+async def test_a_client_that_accepts_no_json_gets_406_in_the_envelope(api: ApiClient, accept: str):
+    answer = await api.call("GET", "/vendors", headers={"Accept": accept})
+    assert answer.status == 406 and answer.code == "not_acceptable", answer
+    answer = await api.call(
+        "POST", "/auth/login", {"user": "root", "pwd": "0" * 32}, headers={"Accept": accept}
+    )
+    assert answer.status == 406, answer
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "",
+        "*/*",
+        "application/json",
+        "application/*",
+        "application/json; charset=utf-8",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",  # a browser
+        "application/xml, application/json;q=0.1",
+    ],
+)
+async def test_json_anywhere_in_accept_keeps_working(api: ApiClient, accept: str | None):
+    headers = {} if accept is None else {"Accept": accept}
+    answer = await api.call("GET", "/vendors", headers=headers)
+    assert answer.status == 200, answer
+
+
+async def test_csv_answers_still_accept_text_csv(api: ApiClient, tenants: tuple[Tenant, Tenant]):
+    a, _ = tenants
+    async with api.session.post(
+        f"{api.base}/api/v1/devices",
+        json={"vid": a.vid, "count": 1},
+        headers={"Authorization": f"Bearer {api.token}", "Accept": "text/csv"},
+    ) as response:
+        assert response.status == 201 and response.content_type == "text/csv"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nothing-here", 404), ("GET", "/api", 404), ("POST", "/healthz", 405)],
+)
+async def test_paths_outside_the_api_answer_in_the_envelope(
+    api: ApiClient, method: str, path: str, status: int
+):
+    async with api.session.request(method, f"{api.base}{path}") as response:
+        assert response.status == status and response.content_type == "application/json"
+        body = await response.json()
+    assert set(body) == {"total", "data", "status", "code", "message"}
+    assert body["status"] is False and body["code"] in ("not_found", "method_not_allowed")
+
+
+METRICS_TOKEN = "m" * 40
+
+
+async def test_metrics_need_the_token_when_one_is_configured(node_factory: Any, database_url: str):
+    node = await node_factory(database_url=database_url, metrics_token=METRICS_TOKEN)
+    url = f"http://127.0.0.1:{node.http_port}/metrics"
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer " + "x" * 40}, {"Authorization": "Basic x"}):
+            async with session.get(url, headers=headers) as response:
+                assert response.status == 401  # loopback is no excuse once a token is set
+                body = await response.json()
+                assert body["code"] == "unauthorized" and "aquafleet_" not in str(body)
+        headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        async with session.get(url, headers=headers) as response:
+            assert response.status == 200 and "aquafleet_connections" in await response.text()
+
+
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [(("127.0.0.1", 5000), True), (("::1", 5000, 0, 0), True), (("10.1.2.3", 5000), False)],
+)
+def test_without_a_token_metrics_answer_loopback_clients_only(peer: Any, allowed: bool):
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from api.errors import Forbidden
+    from api.routing import check_metrics_access
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        peer if name == "peername" else default
+    )
+    request = make_mocked_request("GET", "/metrics", transport=transport)
+    assert request.remote == peer[0]
+    if allowed:
+        check_metrics_access(request, None)
+    else:
+        with pytest.raises(Forbidden):
+            check_metrics_access(request, None)
+
+
+def test_a_short_metrics_token_is_refused_at_start():
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="metrics_token"):
+        load_settings(metrics_token="short")
