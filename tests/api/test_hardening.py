@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -9,7 +10,7 @@ import pytest
 
 from api.routing import MAX_JSON_DEPTH
 from tests.api import test_members_api as member_fixtures
-from tests.api.conftest import ApiClient, Tenant
+from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 from tests.api.test_members_api import MemberApp
 
 # The node of the member tests (SMS to the Aliyun fake, on a test clock) and its app driver.
@@ -302,3 +303,55 @@ def test_a_short_metrics_token_is_refused_at_start():
 
     with pytest.raises(ConfigError, match="metrics_token"):
         load_settings(metrics_token="short")
+
+
+def client_from(address: str) -> aiohttp.ClientSession:
+    """A client whose requests come from `address` (any of 127.0.0.0/8 on Linux)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
+async def admin_login(api: ApiClient, user: str, password: str) -> Any:
+    return await api.call("POST", "/auth/login", {"user": user, "pwd": md5(password)}, token=None)
+
+
+async def test_wrong_passwords_from_one_address_do_not_lock_the_admin_out(
+    node_factory: Any, database_url: str
+):
+    """The audit: 10 wrong passwords locked any admin out for 15 minutes, everywhere."""
+    from models.accounts import create_account
+    from models.tenancy import Role
+
+    node = await node_factory(database_url=database_url)  # the default limits
+    await create_account("target", md5(PASSWORD), Role.PLATFORM)
+    base = f"http://127.0.0.1:{node.http_port}"
+    async with client_from("127.0.0.2") as attacker_session, client_from("127.0.0.3") as own:
+        attacker = ApiClient(attacker_session, base)
+        statuses = [(await admin_login(attacker, "target", f"guess-{n}")).status for n in range(10)]
+        assert statuses == [401] * 5 + [429] * 5
+        assert (await admin_login(attacker, "target", PASSWORD)).status == 429
+        answer = await admin_login(ApiClient(own, base), "target", PASSWORD)
+        assert answer.status == 200, answer
+        # ... and the owner's success does not clear the attacker's wait.
+        assert (await admin_login(attacker, "target", "guess-11")).status == 429
+
+
+async def test_the_wait_doubles_with_each_wrong_password(node_factory: Any, database_url: str):
+    from models.accounts import create_account
+    from models.tenancy import Role
+
+    node = await node_factory(database_url=database_url, admin_login_free_attempts=2)
+    await create_account("slow", md5(PASSWORD), Role.PLATFORM)
+    async with client_from("127.0.0.4") as session:
+        api = ApiClient(session, f"http://127.0.0.1:{node.http_port}")
+        assert (await admin_login(api, "slow", "one")).status == 401
+        assert (await admin_login(api, "slow", "two")).status == 401
+        for wait_s in (1, 2, 4):
+            refused = await admin_login(api, "slow", PASSWORD)
+            assert refused.status == 429 and int(refused.headers["Retry-After"]) == wait_s
+            await asyncio.sleep(wait_s + 0.05)
+            if wait_s < 4:
+                assert (await admin_login(api, "slow", "wrong")).status == 401
+        # The right password after the wait logs in and clears the count: back to no wait.
+        assert (await admin_login(api, "slow", PASSWORD)).status == 200
+        assert (await admin_login(api, "slow", "wrong")).status == 401
+        assert (await admin_login(api, "slow", "wrong")).status == 401
