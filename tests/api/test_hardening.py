@@ -355,3 +355,76 @@ async def test_the_wait_doubles_with_each_wrong_password(node_factory: Any, data
         assert (await admin_login(api, "slow", PASSWORD)).status == 200
         assert (await admin_login(api, "slow", "wrong")).status == 401
         assert (await admin_login(api, "slow", "wrong")).status == 401
+
+
+def same_answer(answer: Any) -> tuple[int, str, str]:
+    return answer.status, answer.code, answer.body["message"]
+
+
+async def test_an_anonymous_password_reset_does_not_tell_who_exists(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    from models.members import Member, MemberState, member_uid
+
+    a, _ = tenants
+    active, _ = await members.register(a.vid, "13800138000")
+    disabled, _ = await members.register(a.vid, "13800138001")
+    await Member.filter(uid=disabled).update(state=MemberState.DISABLED)
+    pending, _ = await members.register(a.vid, "13800138002")
+    await members.code(f"/users/{pending}/rst/code", "13800138002")  # a live code, not ours
+    unknown = member_uid(a.vid, 999)  # well formed, check digits right, no such member
+    other_vendor = member_uid("ZZZZ", 1)
+    body = {"pwd": md5("new"), "code": "000000"}
+    answers = {
+        uid: same_answer(await members.public.call("PUT", f"/users/{uid}/rst", body))
+        for uid in (active, disabled, pending, unknown, other_vendor)
+    }
+    assert len(set(answers.values())) == 1, answers
+    assert next(iter(answers.values()))[:2] == (422, "sms_code_invalid")
+    # With a login, the caller's own view applies: an admin learns what it may see.
+    answer = await api.call("PUT", f"/users/{unknown}/rst", body)
+    assert answer.status == 404
+
+
+async def test_registration_does_not_tell_whether_a_referrer_exists(
+    tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    from models.members import member_uid
+
+    a, b = tenants
+    referrer, _ = await members.register(a.vid, "13800138000")
+    in_other_vendor, _ = await members.register(b.vid, "13800138001")
+    rids = (referrer, member_uid(a.vid, 999), in_other_vendor, None)
+    answers = set()
+    for rid in rids:  # no code sent to this number
+        body = {"mobile": "13900139000", "code": "000000", "name": "N", "vid": a.vid, "rid": rid}
+        answers.add(same_answer(await members.public.call("POST", "/users", body)))
+    assert len(answers) == 1, answers
+    assert next(iter(answers))[0] == 422
+    await members.code("/users/code", "13900139000", vid=a.vid)  # a live code, not this one
+    kinds = set()
+    for rid in rids:
+        body = {"mobile": "13900139000", "code": "000000", "name": "N", "vid": a.vid, "rid": rid}
+        kinds.add(same_answer(await members.public.call("POST", "/users", body))[:2])
+    assert kinds == {(422, "sms_code_wrong")}, kinds
+    # With the right code the referrer is checked: an unknown one is refused...
+    code = await members.code("/users/code", "13900139000", vid=a.vid)
+    body = {"mobile": "13900139000", "code": code, "name": "N", "vid": a.vid}
+    answer = await members.public.call("POST", "/users", {**body, "rid": member_uid(a.vid, 999)})
+    assert answer.status == 422 and answer.code == "invalid_input"
+    # ... and a known one accepted (the refusal used up that code: a new one).
+    body["code"] = await members.code("/users/code", "13900139000", vid=a.vid)
+    answer = await members.public.call("POST", "/users", {**body, "rid": referrer})
+    assert answer.status == 201, answer
+
+
+@pytest.mark.parametrize("path", ["/mqtt/auth", "/mqtt/acl", "/mqtt/superuser"])
+async def test_the_broker_endpoints_deny_deeply_nested_json(
+    api: ApiClient, path: str, capsys: pytest.CaptureFixture[str]
+):
+    capsys.readouterr()
+    async with api.session.post(f"{api.base}{path}", data="[" * 4000, headers=JSON) as response:
+        assert response.status == 200
+        assert (await response.json())["result"] == "deny"
+    logged = capsys.readouterr()
+    assert "Traceback" not in logged.out + logged.err
