@@ -9,7 +9,14 @@ from aiohttp import web
 from api import agents, auth, broker_auth, commands, devices, members, vendors
 from api.auth import ApiAuthenticator
 from api.openapi import setup_openapi
-from api.routing import AUTHENTICATOR, Route, RouteTable, add_routes, envelope_middleware
+from api.routing import (
+    AUTHENTICATOR,
+    Route,
+    RouteTable,
+    add_routes,
+    check_metrics_access,
+    envelope_middleware,
+)
 from api.tokens import TOKENS, TokenService
 from gateway.appkeys import DEVICE_GATEWAY, METRICS, REDIS, SETTINGS
 from gateway.errors import GatewayError
@@ -44,6 +51,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    check_metrics_access(request, token.get_secret_value() if token else None)
     return web.Response(
         text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
     )

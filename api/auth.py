@@ -1,5 +1,5 @@
 """Authentication: bearer tokens for consoles and apps, signed requests for vendors' servers,
-admin login (rate limited per account and per IP), refresh, logout (docs/api-auth.md)."""
+admin login (throttled per IP, and per account and IP), refresh, logout (docs/api-auth.md)."""
 
 from __future__ import annotations
 
@@ -178,25 +178,38 @@ def _redis(call: Call) -> aioredis.Redis:
     return call.app[REDIS]
 
 
+def _guess_key(call: Call, username: str) -> str:
+    """The back-off key of password guesses for one user name from one client address."""
+    subject = f"{username.lower()}|{call.client_ip}"
+    return ratelimit.rate_key(_settings(call).redis_prefix, "admin-login", subject)
+
+
+def _guess_backoff(settings: Settings) -> ratelimit.Backoff:
+    return ratelimit.Backoff(
+        free=settings.admin_login_free_attempts,
+        base_s=1,
+        max_s=settings.admin_login_max_wait_s,
+        forget_s=settings.admin_login_window_s,
+    )
+
+
 async def _limit_login(call: Call, username: str) -> None:
+    """Per client IP a cap; per user name and IP growing waits (no lock-out of the account).
+
+    A cap per user name alone would let anyone lock an admin out with a few wrong passwords;
+    the waits slow guessing from one address while the right password from another works.
+    """
     settings = _settings(call)
     redis = _redis(call)
-    prefix = settings.redis_prefix
-    window = settings.admin_login_window_s
     per_ip = await ratelimit.hit(
         redis,
-        ratelimit.rate_key(prefix, "admin-login-ip", call.client_ip),
+        ratelimit.rate_key(settings.redis_prefix, "admin-login-ip", call.client_ip),
         settings.admin_login_per_ip,
-        window,
+        settings.admin_login_window_s,
     )
     per_ip.raise_if_refused("login attempts from this address")
-    per_account = await ratelimit.hit(
-        redis,
-        ratelimit.rate_key(prefix, "admin-login-user", username.lower()),
-        settings.admin_login_per_account,
-        window,
-    )
-    per_account.raise_if_refused("login attempts for this user name")
+    guesses = await ratelimit.attempt(redis, _guess_key(call, username), _guess_backoff(settings))
+    guesses.raise_if_refused("wrong passwords for this user name from this address")
 
 
 @routes.post(
@@ -207,8 +220,9 @@ async def _limit_login(call: Call, username: str) -> None:
     response=TokenOut,
     status=200,
     errors=(401, 429),
-    description="Platform, vendor, agent and dealer accounts log in here. Limited per user "
-    "name and per client IP (429 with Retry-After).",
+    description="Platform, vendor, agent and dealer accounts log in here. Limited per client "
+    "IP; wrong passwords for a user name from one IP make the next attempt from there wait "
+    "longer each time (429 with Retry-After), without locking the account out elsewhere.",
 )
 async def admin_login(call: Call) -> TokenOut:
     body: LoginIn = call.body
@@ -218,10 +232,7 @@ async def admin_login(call: Call) -> TokenOut:
     except LoginRefused as exc:
         log.info("admin_login_refused", user=body.user, ip=call.client_ip, reason=exc.message)
         raise
-    await ratelimit.reset(
-        _redis(call),
-        ratelimit.rate_key(_settings(call).redis_prefix, "admin-login-user", body.user.lower()),
-    )
+    await ratelimit.reset(_redis(call), _guess_key(call, body.user))
     pair = await call.app[TOKENS].issue(principal)
     log.info("admin_login", account=account.id, role=str(principal.role), ip=call.client_ip)
     return token_out(dict(pair), principal)
@@ -296,16 +307,13 @@ async def change_own_password(call: Call) -> None:
     account = await AdminAccount.get_or_none(id=int(principal.subject))
     if account is None:
         raise Unauthorized("the account no longer exists")
-    # Guesses of the old password count against the account's login limit.
-    settings = _settings(call)
-    decision = await ratelimit.hit(
-        _redis(call),
-        ratelimit.rate_key(settings.redis_prefix, "admin-login-user", account.username.lower()),
-        settings.admin_login_per_account,
-        settings.admin_login_window_s,
-    )
-    decision.raise_if_refused("password attempts for this account")
+    # Guesses of the old password wait like login guesses from this address (a stolen token
+    # must not turn into a fast password oracle).
+    key = _guess_key(call, account.username)
+    decision = await ratelimit.attempt(_redis(call), key, _guess_backoff(_settings(call)))
+    decision.raise_if_refused("wrong passwords for this account from this address")
     if not await verify_password(account.password_hash, body.old_pwd):
         raise ApiError("the old password is wrong", code="login_failed", status=401)
+    await ratelimit.reset(_redis(call), key)
     await set_password(account, body.new_pwd)
     await call.app[TOKENS].revoke_subject(principal.role, principal.subject)

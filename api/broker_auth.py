@@ -90,7 +90,7 @@ async def _params(request: web.Request) -> dict[str, str]:
         return dict(pairs)
     try:
         data = json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # 4 KB of `[` is deep enough
         raise BadRequest("body is not JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("body is not a JSON object")

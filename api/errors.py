@@ -77,6 +77,13 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
 
 
+class NotAcceptable(ApiError):
+    """The client's Accept header admits none of the route's media types (JSON, for most)."""
+
+    status = 406
+    code = "not_acceptable"
+
+
 class ConflictError(ApiError):
     """The record's state forbids the operation (duplicate, still in use, ...)."""
 
@@ -154,6 +161,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "the caller's role may not call this endpoint or change this record"),
     "not_found": (404, "no such path, or no such record in the caller's tenant subtree"),
     "method_not_allowed": (405, "the path exists but not with this method"),
+    "not_acceptable": (406, "the Accept header admits no JSON (the answer is JSON regardless)"),
     "conflict": (409, "the record already exists or its state forbids the change"),
     "username_taken": (409, "another admin account has this user name"),
     "vendor_exists": (409, "a vendor with this code already exists"),

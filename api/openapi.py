@@ -30,6 +30,7 @@ _STATUS_TEXT = {
     401: "Not authenticated",
     403: "The caller's role may not call this endpoint",
     404: "No such record in the caller's tenant subtree",
+    406: "The Accept header admits none of the answer's media types",
     409: "Conflict with the record's state",
     413: "Body too large",
     415: "Body is not application/json",
@@ -165,7 +166,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             "description": _STATUS_TEXT.get(route.status, "OK"),
             "content": {"application/json": {"schema": _envelope(data)}},
         }
-    errors = {422, 404, *route.errors}
+    errors = {406, 422, 404, *route.errors}
     if route.body is not None:
         errors |= {400, 413, 415}
     if route.roles is not None:

@@ -150,9 +150,7 @@ class VendorConfig(RequestModel):
     commission_levels: int = Field(
         UNSET, ge=0, le=3, description="levels of the distribution commission (三级分销)"
     )
-    sms_sign: str = Field(
-        UNSET, max_length=32, pattern=r"^[^\x00-\x1f\x7f]*$", description="SMS signature"
-    )
+    sms_sign: str = text(32, default=UNSET, description="SMS signature")
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {

@@ -160,14 +160,28 @@ class Settings(BaseSettings):
         le=3600,
         description="Clock skew a signed API request may have; older or newer ones are refused.",
     )
-    admin_login_per_account: int = Field(
-        10, ge=1, description="Admin login attempts per user name within the login window."
+    admin_login_free_attempts: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Admin login attempts per user name and client IP before each further one "
+        "waits; a successful login from that IP clears them (docs/api-auth.md).",
+    )
+    admin_login_max_wait_s: int = Field(
+        900,
+        ge=1,
+        le=86400,
+        description="The wait before a further admin login attempt starts at 1 s and doubles "
+        "with each one, up to this.",
     )
     admin_login_per_ip: int = Field(
         60, ge=1, description="Admin login attempts per client IP within the login window."
     )
     admin_login_window_s: int = Field(
-        900, ge=1, description="Window of the admin login limits."
+        900,
+        ge=1,
+        description="Window of the per-IP admin login limit; attempts of a user name and IP "
+        "are forgotten this long after the last one.",
     )
     member_login_per_mobile: int = Field(
         10, ge=1, description="Member login attempts per mobile within the login window."
@@ -250,6 +264,12 @@ class Settings(BaseSettings):
         description="Acks and commands waiting for the broker; beyond it the oldest are "
         "dropped and counted.",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token GET /metrics requires (Authorization: Bearer ...), at least 32 "
+        "characters; without one, /metrics answers loopback clients only (a scraper on the same "
+        "host, or behind a proxy that adds the header).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -267,6 +287,15 @@ class Settings(BaseSettings):
                 raise ValueError("must be hexadecimal") from None
             if len(raw) < 32:
                 raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            token = value.get_secret_value()
+            if len(token) < 32 or not token.isascii() or not token.isprintable() or " " in token:
+                raise ValueError("must be at least 32 printable ASCII characters, no spaces")
         return value
 
     @field_validator("database_url")

@@ -31,7 +31,7 @@ from models.accounts import hash_password, normalise_md5, verify_password
 from models.agents import Agent, AgentState
 from models.errors import Conflict, DomainError, InvalidInput, NotFound
 from models.ids import check_vendor_code
-from models.sms_codes import CodePurpose, SmsCodes, check_mobile
+from models.sms_codes import CodePurpose, SmsCodeError, SmsCodes, check_mobile
 from models.vendors import Vendor, VendorState
 from protocol.crc import crc16_modbus
 
@@ -49,6 +49,8 @@ class MemberState(IntEnum):
 
 
 LOGIN_ALLOWED = frozenset({MemberState.INACTIVE, MemberState.ACTIVE})
+# The one answer to a password reset without a login that fails, for whatever reason.
+NO_RESET_CODE = "no valid code for this member: wrong, expired or used; request a new one"
 
 
 class MemberCounter(Model):
@@ -322,9 +324,11 @@ class Members:
         await _usable_vendor(vendor_code)
         if await Member.exists(vendor_id=vendor_code, mobile=mobile):
             raise MobileTaken(f"mobile {mobile} is already registered")
+        # The code first: without one, the answer is the same whether or not `referrer_uid`
+        # exists (registration is anonymous). A refused referrer uses up the code.
+        await self.codes.verify(CodePurpose.REGISTER, vendor_code, mobile, code)
         referrer = await _check_referrer(vendor_code, referrer_uid)
         password_hash = await hash_password(password_md5) if password_md5 else None
-        await self.codes.verify(CodePurpose.REGISTER, vendor_code, mobile, code)
         extra = {k: v for k, v in (profile or {}).items() if k in PROFILE_FIELDS and k != "remark"}
         return await _create_member(
             vendor_code,
@@ -360,6 +364,27 @@ class Members:
         new_hash = await hash_password(new_password_md5)
         await self.codes.verify(CodePurpose.RESET, member.vendor_id, member.mobile, code)
         member.password_hash = new_hash
+        await member.save(update_fields=["password_hash", "updated_at"])
+        return member
+
+    async def reset_password_anonymously(
+        self, uid: str, code: str, new_password_md5: str
+    ) -> Member:
+        """AA-07B without a login: every failure, an unknown uid included, is the same
+        SmsCodeError after the same work, so the answer does not tell which members exist."""
+        member = await Member.get_or_none(uid=uid) if is_valid_uid(uid) else None
+        usable = member is not None and member.state in LOGIN_ALLOWED and bool(member.mobile)
+        # No code is ever stored under the placeholder: an unknown uid fails like a wrong code.
+        vendor_code, mobile = (
+            (member.vendor_id, str(member.mobile)) if member and usable else ("-", "-")
+        )
+        try:
+            await self.codes.verify(CodePurpose.RESET, vendor_code, mobile, code)
+        except SmsCodeError:
+            raise SmsCodeError(NO_RESET_CODE) from None
+        if member is None or not usable:
+            raise SmsCodeError(NO_RESET_CODE)
+        member.password_hash = await hash_password(new_password_md5)
         await member.save(update_fields=["password_hash", "updated_at"])
         return member
 

@@ -7,6 +7,9 @@ than `limit` members and expires one window after its newest hit. Refused hits a
 so a client that keeps knocking is let in again as soon as its oldest counted hit leaves the
 window.
 
+`attempt` is the other shape, for guesses of a secret: growing waits per key (an account and
+an address) rather than a cap that, once reached, would refuse the right answer too.
+
 Keys: build them with `rate_key(prefix, name, subject)` so every limit lives under the
 configured Redis prefix, e.g. `aq:rl:sms-mobile:13800138000`.
 """
@@ -160,6 +163,83 @@ async def _run(
     allowed, hits, retry_ms = (int(v) for v in reply)
     retry_after_s = 0 if allowed else max(1, math.ceil(retry_ms / 1000))
     return RateDecision(bool(allowed), retry_after_s, hits)
+
+
+# ----------------------------------------------------------------------------- back-off
+
+# KEYS[1] a hash {n: attempts not yet cleared, at: ms the next one is allowed};
+# ARGV now_ms, free, base_ms, max_ms, forget_ms. Counts the attempt when it is allowed.
+# Returns {allowed 0/1, attempts, retry after ms (refused) or the wait before the next (allowed)}.
+_BACKOFF_LUA = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local free = tonumber(ARGV[2])
+local base = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local forget = tonumber(ARGV[5])
+local state = redis.call('HMGET', key, 'n', 'at')
+local n = tonumber(state[1] or '0')
+local at = tonumber(state[2] or '0')
+if now < at then
+  return {0, n, at - now}
+end
+n = n + 1
+local wait = 0
+if n >= free then
+  local doublings = math.min(n - free, 40)
+  wait = math.floor(math.min(cap, base * (2 ^ doublings)))
+end
+redis.call('HSET', key, 'n', n, 'at', now + wait)
+redis.call('PEXPIRE', key, math.max(forget, wait))
+return {1, n, wait}
+"""
+_BACKOFF_SHA = hashlib.sha1(_BACKOFF_LUA.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Growing waits between attempts that fail: `free` attempts at once, then a wait of
+    `base_s`, doubling with each further attempt up to `max_s`. Forgotten `forget_s` after the
+    last attempt, or at once by `reset` (the attempt succeeded)."""
+
+    free: int
+    base_s: float
+    max_s: float
+    forget_s: float
+
+    def wait_after(self, attempts: int) -> float:
+        """Seconds the next attempt waits after `attempts` that have not been cleared."""
+        if attempts < self.free:
+            return 0.0
+        return float(min(self.max_s, self.base_s * 2 ** min(attempts - self.free, 40)))
+
+
+async def attempt(
+    redis: aioredis.Redis, key: str, policy: Backoff, *, now: float | None = None
+) -> RateDecision:
+    """Count one attempt on `key` unless it comes before its wait is over (refused).
+
+    The attempt counts as failed until `reset` clears the key, so attempts made at once, before
+    any of them is known to fail, still wait their turn.
+    """
+    if policy.free < 1 or policy.base_s <= 0 or policy.max_s < policy.base_s:
+        raise ValueError("free >= 1 and 0 < base_s <= max_s")
+    now_ms = int((time.time() if now is None else now) * 1000)
+    args = (
+        now_ms,
+        policy.free,
+        max(1, int(policy.base_s * 1000)),
+        int(policy.max_s * 1000),
+        max(1, int(policy.forget_s * 1000)),
+    )
+    with redis_errors(f"back-off {key}"):
+        try:
+            reply = await redis.evalsha(_BACKOFF_SHA, 1, key, *args)
+        except NoScriptError:
+            reply = await redis.eval(_BACKOFF_LUA, 1, key, *args)
+    allowed, attempts, wait_ms = (int(v) for v in reply)
+    retry_after_s = 0 if allowed else max(1, math.ceil(wait_ms / 1000))
+    return RateDecision(bool(allowed), retry_after_s, attempts)
 
 
 async def reset(redis: aioredis.Redis, key: str) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from models.ratelimit import RateLimited, hit, hit_all, peek, rate_key, reset
+from models.ratelimit import Backoff, RateLimited, attempt, hit, hit_all, peek, rate_key, reset
 
 T0 = 1_700_000_000.0
 
@@ -101,3 +101,40 @@ async def test_hit_all_counts_on_every_key_or_on_none(
     assert await redis_client.zcard(wide) == 1
     assert (await hit_all(redis_client, limits, now=T0 + 60)).allowed
     assert await redis_client.zcard(wide) == 2
+
+
+GUESSES = Backoff(free=3, base_s=1, max_s=60, forget_s=900)
+
+
+async def test_backoff_waits_grow_and_cap_and_reset_clears(
+    redis_client: aioredis.Redis, redis_prefix: str
+):
+    key = rate_key(redis_prefix, "admin-login", "root|10.0.0.1")
+    t = T0
+    for n in range(1, 4):  # the free attempts
+        decision = await attempt(redis_client, key, GUESSES, now=t)
+        assert decision.allowed and decision.hits == n
+    waits = []
+    for _ in range(9):
+        refused = await attempt(redis_client, key, GUESSES, now=t + 0.001)
+        assert not refused.allowed
+        waits.append(refused.retry_after_s)
+        t += refused.retry_after_s
+        assert (await attempt(redis_client, key, GUESSES, now=t)).allowed
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert [GUESSES.wait_after(n) for n in (2, 3, 4, 9, 50)] == [0, 1, 2, 60, 60]
+    await reset(redis_client, key)
+    assert (await attempt(redis_client, key, GUESSES, now=t)).hits == 1
+    # Forgotten a while after the last attempt (Redis expiry, on Redis's own clock).
+    assert 0 < await redis_client.pttl(key) <= 900_000
+
+
+async def test_backoff_counts_attempts_made_at_once(
+    redis_client: aioredis.Redis, redis_prefix: str
+):
+    """Guesses sent in parallel, before any is known to fail, still wait their turn."""
+    key = rate_key(redis_prefix, "admin-login", "root|10.0.0.2")
+    decisions = await asyncio.gather(
+        *(attempt(redis_client, key, GUESSES, now=T0) for _ in range(20))
+    )
+    assert sum(d.allowed for d in decisions) == GUESSES.free
