@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.api.conftest import PASSWORD, PLATFORM_USER, ApiClient, Tenant, md5
 
@@ -200,3 +201,20 @@ async def test_guessing_the_old_password_is_rate_limited(node_factory: Any, data
         right = {"old_pwd": md5(PASSWORD), "new_pwd": md5("new-pass-1")}
         answer = await api.call("PUT", "/auth/pwd", right)
         assert answer.status == 429 and answer.code == "rate_limited"
+
+
+@pytest.mark.production_hashing
+async def test_stored_passwords_are_argon2id_at_production_cost(db: str):
+    """The other tests hash cheaply; this one pins what production stores and verifies."""
+    from models.accounts import AdminAccount, create_account, login_admin
+    from models.tenancy import Role
+
+    await create_account("pinned", md5(PASSWORD), Role.PLATFORM)
+    stored = (await AdminAccount.get(username="pinned")).password_hash
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), stored
+    _, principal = await login_admin("pinned", md5(PASSWORD))
+    assert str(principal.role) == "platform"
+    # An unknown name is verified against a dummy hash of the same cost (same answer time).
+    from models import accounts
+
+    assert accounts._DUMMY_HASH.startswith("$argon2id$v=19$m=19456,t=2,p=1$")

@@ -41,13 +41,15 @@ async def test_stopping_acks_everything_read_then_says_goodbye(node_factory, dev
     assert metered == {d.did: 2000 for d in devices}
 
 
-async def test_sigterm_stops_the_process_cleanly(tmp_path: Path, redis_prefix: str, redis_client):
+async def test_sigterm_stops_the_process_cleanly(
+    tmp_path: Path, redis_prefix: str, redis_client, migrated_sqlite
+):
     settings = {
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "redis_shards": TEST_SHARDS,
         "master_secret": MASTER_SECRET,
-        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "database_url": migrated_sqlite(tmp_path / "aquafleet.sqlite3"),
         "data_dir": tmp_path / "data",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}

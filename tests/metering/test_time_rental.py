@@ -124,7 +124,7 @@ async def _owner(node: Any) -> bool:
 
 
 async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dying(
-    tmp_path, redis_prefix, redis_client
+    tmp_path, redis_prefix, redis_client, migrated_sqlite
 ):
     """Real `aquafleet serve` processes: one holds the scheduler; SIGKILL it and the other
     takes over within the lease time and locks the device (connected to it) once."""
@@ -139,7 +139,7 @@ async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dyi
     settings = {
         "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "redis_shards": TEST_SHARDS,
         "master_secret": MASTER_SECRET, "data_dir": tmp_path / "data",
-        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "database_url": migrated_sqlite(tmp_path / "aquafleet.sqlite3"),
     }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
     env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in settings.items()})

@@ -206,9 +206,9 @@ async def test_top_up_of_a_device_not_on_volume_rental_is_refused(node_factory):
 
 
 async def test_a_gateway_restart_mid_flow_loses_and_double_counts_nothing(
-    node_factory, device_factory, tmp_path
+    node_factory, device_factory, tmp_path, migrated_sqlite
 ):
-    database = f"sqlite://{tmp_path / 'restart.sqlite3'}"
+    database = migrated_sqlite(tmp_path / "restart.sqlite3")
     first = await node_factory(database_url=database)
     dev, _store, device = await volume_device(first, device_factory, 1000)
     await device.login()
