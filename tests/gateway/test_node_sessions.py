@@ -224,7 +224,10 @@ async def test_garbage_between_frames_is_skipped_and_counted(node_factory, devic
     await device.send(telemetry(1, 3, 40))
     assert await device.settled() == {(3, 1): 0}
     await device.close()
-    await asyncio.sleep(0.2)
+    # The decoder's counts are added when the node sees the connection end.
+    async with asyncio.timeout(10):
+        while node.metrics.connections_closed < 1:  # noqa: ASYNC110  # a counter is polled
+            await asyncio.sleep(0.02)
     assert node.metrics.garbage_bytes >= len(b"+CSQ: 20,0\r\nCONNECT OK\r\n")
 
 
