@@ -587,7 +587,7 @@ async def test_a_broker_restart_mid_flow_loses_no_acked_record(node_factory: Any
 
 
 async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
-    node_factory: Any, mqtt_devices: list, redis_client: Any
+    node_factory: Any, mqtt_devices: list, redis_client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     prefix = unique_prefix()
     node = await mqtt_node(node_factory, prefix)
@@ -606,9 +606,13 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     tasks = node.app[TASKS]
     bridge_tasks = [t for name, t in tasks.tasks.items() if name.startswith("mqtt-")]
     assert len(bridge_tasks) == 5
-    started = time.monotonic()
+    capsys.readouterr()
     await node.stop()
-    assert time.monotonic() - started < 8
+    # Bound by events, not a stopwatch: the bridge left the broker within its own close grace
+    # (a slow disconnect is logged as mqtt_disconnect_slow and the task is cancelled instead).
+    logged = capsys.readouterr().out
+    assert "gateway_stopping" in logged  # the node's shutdown log is what was captured
+    assert "mqtt_disconnect_slow" not in logged
     assert all(t.done() for t in bridge_tasks)
     assert not node.app[MQTT_BRIDGE].connected and not node.app[MQTT_BRIDGE].devices
     # The device is still on the broker: stopping one bridge does not take it offline.
