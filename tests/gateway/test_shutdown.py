@@ -28,7 +28,9 @@ async def test_stopping_acks_everything_read_then_says_goodbye(node_factory, dev
     for client in clients:
         for rec in range(1, 21):
             await client.send(telemetry(rec, boot, rec * 100))
-    await asyncio.sleep(0.2)  # the node has read them
+    async with asyncio.timeout(10):  # the node has read them all
+        while node.metrics.records_received < 60:  # noqa: ASYNC110  # a counter is polled
+            await asyncio.sleep(0.02)
     database_url = node.settings.resolved_database_url
     await node.stop()
     for client in clients:

@@ -168,7 +168,8 @@ async def test_low_balance_fires_once_per_crossing(node_factory, device_factory)
         await device.send(telemetry(rec, boot, total))
         await device.settled()
     rows = await eventually(lambda: ServiceChange.filter(did=dev.did, op="low_balance").all())
-    await asyncio.sleep(0.3)  # the ledger writer has had the later records too
+    # The ledger writer has written the later records too (and whatever they would record).
+    await eventually(lambda: _at_least(node.metrics.ledger_records_written, 3))
     rows = await ServiceChange.filter(did=dev.did, op="low_balance").all()
     assert [r.remaining_ml for r in rows] == [150]
 
@@ -258,3 +259,7 @@ async def test_reset_filter_reaches_the_device_and_is_recorded(node_factory, dev
     assert (command.cid, command.op, dict(command.args)) == (cid, CommandOp.RESET_FILTER, {1: 2})
     (row,) = await ServiceChange.filter(did=dev.did, op="reset_filter")
     assert row.actor == ACTOR and "replaced RO" in row.reason
+
+
+async def _at_least(value: int, floor: int) -> bool:
+    return value >= floor
