@@ -50,6 +50,7 @@ class Metrics:
     rental_locks: int = 0
     rental_reminders: int = 0
     rental_dismantle_tickets: int = 0
+    rental_passes: int = 0  # full passes of the scheduler (a barrier for tests and operators)
     mqtt_uplinks_received: int = 0
     mqtt_uplinks_forged: int = 0  # tag does not verify with the device's key: never metered
     mqtt_uplinks_replayed: int = 0  # a copy seen before, or far behind the device's newest

@@ -110,6 +110,7 @@ class RentalScheduler:
         if self.sweep is not None and now >= self._next_sweep:
             self._next_sweep = now + 1.0
             await self.sweep()
+        self.metrics.rental_passes += 1
 
     async def _pop(self, kind: str, upto: float) -> list[tuple[str, int]]:
         """Take what is due from every shard's schedule, in one round trip."""

@@ -54,7 +54,10 @@ class ApiClient:
         headers: dict[str, str] | None = None,
         data: bytes | str | None = None,
         params: Any = None,
+        expect: int | None = None,
     ) -> Answer:
+        """One request; asserts a success (2xx) answer unless the test names the status it
+        expects (`expect=404`), so a setup call that failed cannot go unnoticed."""
         sent = dict(headers or {})
         chosen = self.token if token == "default" else token
         if chosen:
@@ -68,6 +71,10 @@ class ApiClient:
             params=params,
         ) as response:
             raw = await response.read()
+            if expect is None:
+                assert 200 <= response.status < 300, (method, path, response.status, raw[:300])
+            else:
+                assert response.status == expect, (method, path, response.status, raw[:300])
             if response.status == 204:
                 assert raw == b""
                 return Answer(204, None, response.headers)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from models.members import Member
 from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 
 
@@ -24,27 +25,31 @@ async def test_each_level_creates_the_next(api: ApiClient, tenants: tuple[Tenant
     assert answer.data["path"] == f"/{east}/" and answer.data["user"] == "east-agent"
     answer = await api.call("POST", "/agents", node("West", "west-agent", vid="BBBB"))
     assert answer.status == 201 and answer.data["vid"] == "BBBB"
-    answer = await api.call("POST", "/agents", node("Nowhere", "no-vid"))
+    answer = await api.call("POST", "/agents", node("Nowhere", "no-vid"), expect=422)
     assert answer.status == 422 and answer.data[0]["field"] == "vid"
     # A vendor may add a dealer under one of its agents; not under another vendor's.
     answer = await a.vendor.call("POST", "/agents", node("D1", "east-d1", parent=east))
     assert answer.status == 201 and answer.data["level"] == 2
     assert answer.data["path"] == f"/{east}/{answer.data['id']}/"
-    answer = await a.vendor.call("POST", "/agents", node("D2", "east-d2", parent=b.agent_id))
+    answer = await a.vendor.call(
+        "POST", "/agents", node("D2", "east-d2", parent=b.agent_id), expect=404
+    )
     assert answer.status == 404
     # An agent adds dealers under itself only.
     answer = await a.agent.call("POST", "/agents", node("D3", "a-d3"))
     assert answer.status == 201 and answer.data["parent"] == a.agent_id
-    answer = await a.agent.call("POST", "/agents", node("D4", "a-d4", parent=east))
+    answer = await a.agent.call("POST", "/agents", node("D4", "a-d4", parent=east), expect=422)
     assert answer.status == 422
-    answer = await a.agent.call("POST", "/agents", node("D4", "a-d4", vid="BBBB"))
+    answer = await a.agent.call("POST", "/agents", node("D4", "a-d4", vid="BBBB"), expect=422)
     assert answer.status == 422
     # Dealers have no sub-agents; dealers create nothing.
-    answer = await a.vendor.call("POST", "/agents", node("D5", "a-d5", parent=a.dealer_id))
+    answer = await a.vendor.call(
+        "POST", "/agents", node("D5", "a-d5", parent=a.dealer_id), expect=422
+    )
     assert answer.status == 422 and answer.code == "invalid_input"
-    assert (await a.dealer.call("POST", "/agents", node("D6", "a-d6"))).status == 403
+    assert (await a.dealer.call("POST", "/agents", node("D6", "a-d6"), expect=403)).status == 403
     # User names are unique across every admin account.
-    answer = await a.agent.call("POST", "/agents", node("D7", "BBBB-ADMIN"))
+    answer = await a.agent.call("POST", "/agents", node("D7", "BBBB-ADMIN"), expect=409)
     assert answer.status == 409 and answer.code == "username_taken"
     for bad in (
         {"name": "x", "user": "ok-user", "pwd": "plain"},
@@ -52,7 +57,7 @@ async def test_each_level_creates_the_next(api: ApiClient, tenants: tuple[Tenant
         {"name": "x", "user": "ok-user", "pwd": md5("x"), "mobile": "12345"},
         {"name": "x", "user": "ok-user", "pwd": md5("x"), "level": 1},
     ):
-        assert (await a.vendor.call("POST", "/agents", bad)).status == 422, bad
+        assert (await a.vendor.call("POST", "/agents", bad, expect=422)).status == 422, bad
     # New nodes log in with their own credentials.
     assert (await api.as_(None).login("east-d1")).startswith("a.")
 
@@ -87,12 +92,12 @@ async def test_each_level_sees_only_its_subtree(api: ApiClient, tenants: tuple[T
         (a.vendor, b.dealer_id),
         (b.vendor, a.agent_id),
     ):
-        answer = await client.call("GET", f"/agents/{other}")
+        answer = await client.call("GET", f"/agents/{other}", expect=404)
         assert answer.status == 404 and answer.code == "not_found"
         assert "Dealer" not in str(answer.body) and "Agent of" not in str(answer.body)
-    assert (await api.call("GET", "/agents/999999")).status == 404
-    assert (await api.call("GET", "/agents/0")).status == 404
-    assert (await api.call("GET", "/agents/abc")).status == 404
+    assert (await api.call("GET", "/agents/999999", expect=404)).status == 404
+    assert (await api.call("GET", "/agents/0", expect=404)).status == 404
+    assert (await api.call("GET", "/agents/abc", expect=404)).status == 404
 
 
 AGENT_ENDPOINTS: list[tuple[str, str, Any]] = [
@@ -111,10 +116,12 @@ async def test_another_tenants_nodes_are_not_found(
     a, b = tenants
     for client in (a.vendor, a.agent):
         for other in (b.agent_id, b.dealer_id):
-            answer = await client.call(method, path.format(id=other), body)
+            answer = await client.call(method, path.format(id=other), body, expect=404)
             assert answer.status == 404 and answer.code == "not_found", (client, answer)
     # Without credentials: 401; nothing changed on the other side.
-    assert (await api.as_(None).call(method, path.format(id=b.dealer_id), body)).status == 401
+    assert (
+        await api.as_(None).call(method, path.format(id=b.dealer_id), body, expect=401)
+    ).status == 401
     assert (await b.dealer.call("GET", "/auth/me")).status == 200
 
 
@@ -126,10 +133,10 @@ async def test_nodes_are_managed_from_above(api: ApiClient, tenants: tuple[Tenan
         ("PUT", "/pwd", {"pwd": md5("x")}),
         ("DELETE", "", None),
     ):
-        answer = await a.agent.call(method, own + suffix, body)
+        answer = await a.agent.call(method, own + suffix, body, expect=403)
         assert answer.status == 403 and answer.code == "forbidden"
         # Dealers may not manage at all.
-        answer = await a.dealer.call(method, f"/agents/{a.dealer_id}{suffix}", body)
+        answer = await a.dealer.call(method, f"/agents/{a.dealer_id}{suffix}", body, expect=403)
         assert answer.status == 403
     # A node may change its own profile; its managers may too.
     answer = await a.dealer.call(
@@ -139,14 +146,14 @@ async def test_nodes_are_managed_from_above(api: ApiClient, tenants: tuple[Tenan
     answer = await a.agent.call("PUT", f"/agents/{a.dealer_id}", {"user": "renamed-dealer"})
     assert answer.status == 201 and answer.data["user"] == "renamed-dealer"
     assert (await api.as_(None).login("renamed-dealer")).startswith("a.")
-    assert (await a.agent.call("PUT", own, {"name": None})).status == 422
-    assert (await a.agent.call("PUT", own, {"level": 2})).status == 422
-    answer = await a.agent.call("PUT", own, {"user": "bbbb-agent"})
+    assert (await a.agent.call("PUT", own, {"name": None}, expect=422)).status == 422
+    assert (await a.agent.call("PUT", own, {"level": 2}, expect=422)).status == 422
+    answer = await a.agent.call("PUT", own, {"user": "bbbb-agent"}, expect=409)
     assert answer.status == 409 and answer.code == "username_taken"
     # Password reset from above.
     answer = await a.agent.call("PUT", f"/agents/{a.dealer_id}/pwd", {"pwd": md5("dealer-new-1")})
     assert answer.status == 201
-    assert (await a.dealer.call("GET", "/auth/me")).status == 401
+    assert (await a.dealer.call("GET", "/auth/me", expect=401)).status == 401
     assert (await api.as_(None).login("renamed-dealer", "dealer-new-1")).startswith("a.")
 
 
@@ -157,17 +164,23 @@ async def test_disabling_a_node_locks_its_subtree_out_until_enabled(
     answer = await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 0})
     assert answer.status == 201 and answer.data["state"] == 0
     for client in (a.agent, a.dealer):
-        assert (await client.call("GET", "/auth/me")).status == 401
+        assert (await client.call("GET", "/auth/me", expect=401)).status == 401
     anonymous = api.as_(None)
     for user in ("aaaa-agent", "aaaa-dealer"):
-        answer = await anonymous.call("POST", "/auth/login", {"user": user, "pwd": md5(PASSWORD)})
+        answer = await anonymous.call(
+            "POST", "/auth/login", {"user": user, "pwd": md5(PASSWORD)}, expect=401
+        )
         assert answer.status == 401 and answer.code == "login_failed"
     # The dealer cannot be enabled under a disabled agent; adding under it is refused too.
-    answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": 2})
+    answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": 2}, expect=409)
     assert answer.status == 409 and answer.code == "parent_disabled"
-    answer = await a.vendor.call("POST", "/agents", node("D", "under-disabled", parent=a.agent_id))
+    answer = await a.vendor.call(
+        "POST", "/agents", node("D", "under-disabled", parent=a.agent_id), expect=409
+    )
     assert answer.status == 409 and answer.code == "parent_disabled"
-    assert (await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 1})).status == 422
+    assert (
+        await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 1}, expect=422)
+    ).status == 422
     # Other tenants are untouched; enabling lets both back in.
     assert (await b.agent.call("GET", "/auth/me")).status == 200
     assert (await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 2})).status == 201
@@ -176,23 +189,22 @@ async def test_disabling_a_node_locks_its_subtree_out_until_enabled(
 
 async def test_deleting_never_orphans_anything(api: ApiClient, tenants: tuple[Tenant, Tenant]):
     a, _ = tenants
-    answer = await a.vendor.call("DELETE", f"/agents/{a.agent_id}")
+    answer = await a.vendor.call("DELETE", f"/agents/{a.agent_id}", expect=409)
     assert answer.status == 409 and answer.code == "agent_has_children"
     # A member belonging to the dealer keeps it.
-    members = pytest.importorskip("models.members")
-    await members.Member.create(uid="AAAA0000000000000001", vendor_id="AAAA", agent_id=a.dealer_id)
-    answer = await a.agent.call("DELETE", f"/agents/{a.dealer_id}")
+    await Member.create(uid="AAAA0000000000000001", vendor_id="AAAA", agent_id=a.dealer_id)
+    answer = await a.agent.call("DELETE", f"/agents/{a.dealer_id}", expect=409)
     assert answer.status == 409 and answer.code == "agent_in_use"
     assert (await a.dealer.call("GET", "/auth/me")).status == 200
-    await members.Member.filter(uid="AAAA0000000000000001").delete()
+    await Member.filter(uid="AAAA0000000000000001").delete()
     # Now the dealer goes, with its login; then the agent.
     assert (await a.agent.call("DELETE", f"/agents/{a.dealer_id}")).status == 204
-    assert (await a.dealer.call("GET", "/auth/me")).status == 401
+    assert (await a.dealer.call("GET", "/auth/me", expect=401)).status == 401
     answer = await api.as_(None).call(
-        "POST", "/auth/login", {"user": "aaaa-dealer", "pwd": md5(PASSWORD)}
+        "POST", "/auth/login", {"user": "aaaa-dealer", "pwd": md5(PASSWORD)}, expect=401
     )
     assert answer.status == 401
-    assert (await a.agent.call("GET", f"/agents/{a.dealer_id}")).status == 404
+    assert (await a.agent.call("GET", f"/agents/{a.dealer_id}", expect=404)).status == 404
     assert (await a.vendor.call("DELETE", f"/agents/{a.agent_id}")).status == 204
     assert (await a.vendor.call("GET", "/agents")).body["total"] == 0
     # The user names are free again.

@@ -59,7 +59,7 @@ async def test_a_dispense_answers_the_poured_ml_when_waited_for(
     for moment in ("created_at", "sent_at", "delivered_at", "done_at"):
         assert data[moment] is not None, moment
 
-    read = await a.agent.call("GET", f"/devices/{did}/commands/{command.cid}")
+    read = await a.agent.call("GET", f"/devices/{did}/commands/{command.cid}", expect=404)
     assert read.status == 404, read  # the device is the vendor's own, not in the agent's tree
     read = await a.vendor.call("GET", f"/devices/{did}/commands/{command.cid}")
     assert read.status == 200 and read.data == data
@@ -91,7 +91,7 @@ async def test_a_one_shot_command_to_an_offline_device_fails_at_once(
     a, _ = tenants
     (issued,) = await register(api, a.vid, 1)
     answer = await a.vendor.call(
-        "POST", f"/devices/{issued['did']}/commands", {"op": "dispense", "ml": 100}
+        "POST", f"/devices/{issued['did']}/commands", {"op": "dispense", "ml": 100}, expect=409
     )
     assert (answer.status, answer.code) == (409, "device_offline"), answer
     logged = answer.body["data"]
@@ -134,7 +134,7 @@ async def test_members_command_their_own_and_shared_devices_only(
     other_vendor = await make_member(api_node, api, b.vid)
     (issued,) = await register(api, a.vid, 1)
     did = issued["did"]
-    assert (await owner.client.call("POST", f"/devices/{did}/bind", {})).status in (200, 201)
+    assert (await owner.client.call("POST", f"/devices/{did}/bind", {})).status == 201
     shared = await owner.client.call("POST", f"/devices/{did}/shares", {"uid": friend.uid})
     assert shared.status == 201, shared
     device = await logged_in(api_node, device_factory, issued)
@@ -149,15 +149,15 @@ async def test_members_command_their_own_and_shared_devices_only(
         assert answer.data["issuer"] == f"member:{person.uid}"
     for person in (stranger, other_vendor):
         answer = await person.client.call(
-            "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 50}
+            "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 50}, expect=404
         )
         assert (answer.status, answer.code) == (404, "not_found"), answer
     # Another vendor's admins see no such device either.
-    answer = await b.vendor.call("POST", f"/devices/{did}/commands", {"op": "reboot"})
+    answer = await b.vendor.call("POST", f"/devices/{did}/commands", {"op": "reboot"}, expect=404)
     assert answer.status == 404
     # Firmware notices are the console's; a member's purifier on sale may be child-locked.
     answer = await owner.client.call(
-        "POST", f"/devices/{did}/commands", {"op": "firmware_notice", "version_code": 3}
+        "POST", f"/devices/{did}/commands", {"op": "firmware_notice", "version_code": 3}, expect=403
     )
     assert (answer.status, answer.code) == (403, "forbidden")
     answer = await owner.client.call("POST", f"/devices/{did}/commands", {"op": "lock"})
@@ -175,7 +175,9 @@ async def test_a_renter_may_not_unlock_a_rented_device(
     await service.configure(
         api_node.app[SERVICE_STORE], did, ServiceMode.VOLUME_RENTAL, remaining_ml=0, actor=ACTOR
     )
-    answer = await renter.client.call("POST", f"/devices/{did}/commands", {"op": "unlock"})
+    answer = await renter.client.call(
+        "POST", f"/devices/{did}/commands", {"op": "unlock"}, expect=403
+    )
     assert (answer.status, answer.code) == (403, "forbidden"), answer
     answer = await a.vendor.call("POST", f"/devices/{did}/commands", {"op": "unlock"})
     assert answer.status == 202  # the vendor may (the quota lock itself stays: metering.md)
@@ -199,11 +201,13 @@ async def test_bad_commands_get_clear_errors(api: ApiClient, tenants: tuple[Tena
         {"op": "reset_filter"},
     ]
     for body in cases:
-        answer = await a.vendor.call("POST", f"/devices/{did}/commands", body)
+        answer = await a.vendor.call("POST", f"/devices/{did}/commands", body, expect=422)
         assert (answer.status, answer.code) == (422, "validation_failed"), (body, answer)
-    answer = await a.vendor.call("GET", f"/devices/{did}/commands/0")
+    answer = await a.vendor.call("GET", f"/devices/{did}/commands/0", expect=404)
     assert answer.status == 404
-    answer = await a.vendor.call("GET", f"/devices/{did}/commands/123456")
+    answer = await a.vendor.call("GET", f"/devices/{did}/commands/123456", expect=404)
     assert (answer.status, answer.code) == (404, "not_found")
-    answer = await a.vendor.call("POST", "/devices/AAAA0000000099ZZ/commands", {"op": "reboot"})
+    answer = await a.vendor.call(
+        "POST", "/devices/AAAA0000000099ZZ/commands", {"op": "reboot"}, expect=404
+    )
     assert answer.status == 404

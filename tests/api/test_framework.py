@@ -7,9 +7,9 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from api.errors import ERROR_CODES
@@ -21,34 +21,38 @@ ROOT = Path(__file__).parents[2]
 
 
 async def test_unknown_paths_and_methods_answer_in_the_envelope(api: ApiClient):
-    answer = await api.call("GET", "/no-such-thing")
+    answer = await api.call("GET", "/no-such-thing", expect=404)
     assert answer.status == 404 and answer.code == "not_found"
-    answer = await api.call("PATCH", "/vendors")
+    answer = await api.call("PATCH", "/vendors", expect=405)
     assert answer.status == 405 and answer.code == "method_not_allowed"
     assert "GET" in answer.headers["Allow"]
 
 
 async def test_unreadable_bodies_are_refused_with_400_or_415(api: ApiClient):
     answer = await api.call(
-        "POST", "/vendors", data="{not json", headers={"Content-Type": "application/json"}
+        "POST",
+        "/vendors",
+        data="{not json",
+        headers={"Content-Type": "application/json"},
+        expect=400,
     )
     assert answer.status == 400 and answer.code == "bad_request"
     assert answer.body["message"] == "Problems parsing JSON"
     nan = '{"user": "abc", "pwd": NaN}'
     answer = await api.call(
-        "POST", "/vendors", data=nan, headers={"Content-Type": "application/json"}
+        "POST", "/vendors", data=nan, headers={"Content-Type": "application/json"}, expect=400
     )
     assert answer.status == 400
     answer = await api.call(
-        "POST", "/vendors", data="user=x", headers={"Content-Type": "text/plain"}
+        "POST", "/vendors", data="user=x", headers={"Content-Type": "text/plain"}, expect=415
     )
     assert answer.status == 415 and answer.code == "unsupported_media_type"
     answer = await api.call(
-        "POST", "/vendors", data=b"", headers={"Content-Type": "application/json"}
+        "POST", "/vendors", data=b"", headers={"Content-Type": "application/json"}, expect=400
     )
     assert answer.status == 400
     # A body where none belongs.
-    answer = await api.call("GET", "/vendors", data='{"a": 1}')
+    answer = await api.call("GET", "/vendors", data='{"a": 1}', expect=400)
     assert answer.status == 400 and answer.code == "bad_request"
     # ... but an empty object, as some clients always send, is fine.
     answer = await api.call(
@@ -58,43 +62,47 @@ async def test_unreadable_bodies_are_refused_with_400_or_415(api: ApiClient):
 
 
 async def test_schema_violations_are_422_with_the_fields_named(api: ApiClient):
-    answer = await api.call("POST", "/vendors", {"user": "ok-user", "pwd": "short", "name": ""})
+    answer = await api.call(
+        "POST", "/vendors", {"user": "ok-user", "pwd": "short", "name": ""}, expect=422
+    )
     assert answer.status == 422 and answer.code == "validation_failed"
     fields = {e["field"] for e in answer.data}
     assert fields == {"pwd", "name"}
     # Unknown fields are refused, never silently ignored.
     body = {"user": "ok-user", "pwd": md5("x"), "name": "N", "colour": "blue"}
-    answer = await api.call("POST", "/vendors", body)
+    answer = await api.call("POST", "/vendors", body, expect=422)
     assert answer.status == 422 and answer.data == [{"field": "colour", "message": "unknown field"}]
     # Types are strict in bodies: a number where a string belongs is refused.
-    answer = await api.call("POST", "/vendors", {"user": "ok-user", "pwd": md5("x"), "name": 5})
+    answer = await api.call(
+        "POST", "/vendors", {"user": "ok-user", "pwd": md5("x"), "name": 5}, expect=422
+    )
     assert answer.status == 422 and answer.data[0]["field"] == "name"
     # Not an object at all.
-    answer = await api.call("POST", "/vendors", [1, 2])
+    answer = await api.call("POST", "/vendors", [1, 2], expect=422)
     assert answer.status == 422
     # Formats: mobile numbers and e-mails.
     for field, value in (("mobile", "01234567890"), ("email", "not-an-email")):
         body = {"user": "ok-user", "pwd": md5("x"), "name": "N", field: value}
-        answer = await api.call("POST", "/vendors", body)
+        answer = await api.call("POST", "/vendors", body, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == field
 
 
 async def test_queries_limit_offset_sort_and_filters_are_checked(
     api: ApiClient, tenants: tuple[Tenant, Tenant]
 ):
-    answer = await api.call("GET", "/vendors", params={"limit": str(MAX_LIMIT + 1)})
+    answer = await api.call("GET", "/vendors", params={"limit": str(MAX_LIMIT + 1)}, expect=422)
     assert answer.status == 422 and answer.data[0]["field"] == "limit"
-    answer = await api.call("GET", "/vendors", params={"limit": "0"})
+    answer = await api.call("GET", "/vendors", params={"limit": "0"}, expect=422)
     assert answer.status == 422
-    answer = await api.call("GET", "/vendors", params={"offset": "-1"})
+    answer = await api.call("GET", "/vendors", params={"offset": "-1"}, expect=422)
     assert answer.status == 422
-    answer = await api.call("GET", "/vendors", params={"sort": "mp_secret"})
+    answer = await api.call("GET", "/vendors", params={"sort": "mp_secret"}, expect=422)
     assert answer.status == 422 and answer.data[0]["field"] == "sort"
-    answer = await api.call("GET", "/vendors", params={"order": "sideways"})
+    answer = await api.call("GET", "/vendors", params={"order": "sideways"}, expect=422)
     assert answer.status == 422
-    answer = await api.call("GET", "/vendors", params={"colour": "blue"})
+    answer = await api.call("GET", "/vendors", params={"colour": "blue"}, expect=422)
     assert answer.status == 422 and answer.data == [{"field": "colour", "message": "unknown field"}]
-    answer = await api.call("GET", "/vendors?limit=1&limit=2")
+    answer = await api.call("GET", "/vendors?limit=1&limit=2", expect=422)
     assert answer.status == 422 and "more than once" in answer.body["message"]
     # Paging: total counts every match, data holds one page.
     answer = await api.call("GET", "/vendors", params={"limit": "1", "sort": "vid"})
@@ -113,7 +121,7 @@ async def test_queries_limit_offset_sort_and_filters_are_checked(
 async def test_bodies_over_the_limit_are_refused_with_413(api: ApiClient):
     big = json.dumps({"user": "x" * (MAX_BODY_BYTES + 10)})
     answer = await api.call(
-        "POST", "/vendors", data=big, headers={"Content-Type": "application/json"}
+        "POST", "/vendors", data=big, headers={"Content-Type": "application/json"}, expect=413
     )
     assert answer.status == 413 and answer.code == "payload_too_large"
 
@@ -122,7 +130,7 @@ async def test_bodies_over_the_limit_are_refused_with_413(api: ApiClient):
             yield b" " * 1024
 
     answer = await api.call(
-        "POST", "/vendors", data=chunks(), headers={"Content-Type": "application/json"}
+        "POST", "/vendors", data=chunks(), headers={"Content-Type": "application/json"}, expect=413
     )
     assert answer.status == 413
     # Far over the limit, still the envelope.
@@ -131,6 +139,7 @@ async def test_bodies_over_the_limit_are_refused_with_413(api: ApiClient):
         "/vendors",
         data=io.BytesIO(b"x" * (2 * 1024 * 1024)),
         headers={"Content-Type": "application/json"},
+        expect=413,
     )
     assert answer.status == 413 and answer.code == "payload_too_large"
 
@@ -209,10 +218,19 @@ def test_every_error_code_is_documented():
         assert re.search(rf"\| `{code}` \| {status} \|", doc), code
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
-async def test_health_and_metrics_stay_outside_the_envelope(api: ApiClient, path: str):
-    async with api.session.get(f"{api.base}{path}") as response:
+async def test_health_and_metrics_stay_outside_the_envelope(api: ApiClient, api_node: Any):
+    """No token, no /api/v1, no envelope: a load balancer's and Prometheus' own formats."""
+    async with api.session.get(f"{api.base}/healthz") as response:
         assert response.status == 200
+        health = await response.json()
+    assert (health["status"], health["code"]) == (True, "ok") and "total" not in health
+    assert set(health["data"]) == {"node", "connections", "online", "reads_paused"}
+    assert health["data"]["node"] == api_node.hub.node_id
+    async with api.session.get(f"{api.base}/metrics") as response:
+        assert response.status == 200 and response.content_type == "text/plain"
+        text = await response.text()
+    assert "# TYPE aquafleet_records_received counter" in text
+    assert not text.lstrip().startswith("{")
 
 
 def test_routes_enforce_the_seeds_roles():
@@ -231,3 +249,27 @@ def test_routes_enforce_the_seeds_roles():
     public = {r.full_path for r in routes if r.roles is None}
     assert {"/api/v1/auth/login", "/api/v1/auth/refresh"} <= public
     assert not any(p.startswith(("/api/v1/vendors", "/api/v1/agents")) for p in public)
+
+
+async def test_every_route_refuses_the_roles_it_does_not_list(
+    api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """The roles above are enforced, not only declared: each admin role a route leaves out is
+    answered 403 (before its parameters are even read)."""
+    from api.app import all_routes
+    from models.tenancy import Role
+
+    a, _ = tenants
+    clients = {Role.VENDOR: a.vendor, Role.AGENT: a.agent, Role.DEALER: a.dealer}
+    checked = 0
+    for route in all_routes():
+        if route.roles is None:
+            continue
+        path = re.sub(r"\{[^}]+\}", "1", route.path)
+        for role, client in clients.items():
+            if role in route.roles:
+                continue
+            answer = await client.call(route.method, path, {}, expect=403)
+            assert answer.code == "forbidden", (route.method, route.path, role, answer)
+            checked += 1
+    assert checked >= 13 * 3  # at least every platform-only (AX) route, for all three roles

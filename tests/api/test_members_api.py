@@ -129,15 +129,15 @@ async def test_registration_refuses_wrong_used_and_expired_codes(
     code = await members.code("/users/code", "13800138000", vid=a.vid)
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
     body = {"mobile": "13800138000", "code": wrong, "name": "J", "vid": a.vid}
-    answer = await members.public.call("POST", "/users", body)
+    answer = await members.public.call("POST", "/users", body, expect=422)
     assert (answer.status, answer.code) == (422, "sms_code_wrong")
     clock.now += 301
-    answer = await members.public.call("POST", "/users", {**body, "code": code})
+    answer = await members.public.call("POST", "/users", {**body, "code": code}, expect=422)
     assert (answer.status, answer.code) == (422, "sms_code_expired")
     code = await members.code("/users/code", "13800138000", vid=a.vid)
     assert (await members.public.call("POST", "/users", {**body, "code": code})).status == 201
     answer = await members.public.call(
-        "POST", "/users", {**body, "mobile": "13900139000", "code": code}
+        "POST", "/users", {**body, "mobile": "13900139000", "code": code}, expect=422
     )
     assert answer.code == "sms_code_expired"  # a code is bound to its number
 
@@ -147,9 +147,9 @@ async def test_five_wrong_codes_void_the_code(tenants: tuple[Tenant, Tenant], me
     code = await members.code("/users/code", "13800138000", vid=a.vid)
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
     body = {"mobile": "13800138000", "code": wrong, "name": "J", "vid": a.vid}
-    codes = [(await members.public.call("POST", "/users", body)).code for _ in range(5)]
+    codes = [(await members.public.call("POST", "/users", body, expect=422)).code for _ in range(5)]
     assert codes == ["sms_code_wrong"] * 4 + ["sms_code_expired"]
-    answer = await members.public.call("POST", "/users", {**body, "code": code})
+    answer = await members.public.call("POST", "/users", {**body, "code": code}, expect=422)
     assert answer.code == "sms_code_expired"
 
 
@@ -159,7 +159,7 @@ async def test_code_requests_are_rate_limited_per_number(
     a, _ = tenants
     await members.code("/users/code", "13800138000", vid=a.vid)
     answer = await members.public.call(
-        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}
+        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=429
     )
     assert (answer.status, answer.code) == (429, "rate_limited")
     assert 1 <= int(answer.headers["Retry-After"]) <= 60
@@ -178,7 +178,7 @@ async def test_code_requests_are_rate_limited_per_number(
 async def test_code_requests_validate_their_query(
     tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms, params: Any
 ):
-    answer = await members.public.call("GET", "/users/code", params=params)
+    answer = await members.public.call("GET", "/users/code", params=params, expect=422)
     assert (answer.status, answer.code) == (422, "validation_failed")
     assert fake_sms.sent == []
 
@@ -190,11 +190,11 @@ async def test_a_registered_number_or_unknown_vendor_gets_no_code(
     await members.register(a.vid, "13800138000")
     members.clock.now += 61
     answer = await members.public.call(
-        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}
+        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=409
     )
     assert (answer.status, answer.code) == (409, "mobile_taken")
     answer = await members.public.call(
-        "GET", "/users/code", params={"vid": "ZZZZ", "mobile": "13800138001"}
+        "GET", "/users/code", params={"vid": "ZZZZ", "mobile": "13800138001"}, expect=404
     )
     assert answer.status == 404
 
@@ -205,7 +205,7 @@ async def test_a_failing_sms_provider_answers_503_without_details(
     a, _ = tenants
     fake_sms.balance = 0
     answer = await members.public.call(
-        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}
+        "GET", "/users/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=503
     )
     assert (answer.status, answer.code) == (503, "sms_unavailable")
     assert "AMOUNT" not in answer.body["message"]
@@ -222,10 +222,14 @@ async def test_registration_body_validation(tenants: tuple[Tenant, Tenant], memb
         {**base, "bonus": 100},
         {**base, "mobile": 13800138000},
     ):
-        answer = await members.public.call("POST", "/users", bad)
+        answer = await members.public.call("POST", "/users", bad, expect=422)
         assert (answer.status, answer.code) == (422, "validation_failed"), bad
     answer = await members.public.call(
-        "POST", "/users", data=b'{"mobile": ', headers={"Content-Type": "application/json"}
+        "POST",
+        "/users",
+        data=b'{"mobile": ',
+        headers={"Content-Type": "application/json"},
+        expect=400,
     )
     assert (answer.status, answer.code) == (400, "bad_request")
 
@@ -243,11 +247,14 @@ async def test_login_with_password_and_with_code(
     )
     assert ok.status == 200 and ok.data["uid"] == uid, ok
     wrong = await members.public.call(
-        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "pwd": md5("x")}
+        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "pwd": md5("x")}, expect=401
     )
     assert (wrong.status, wrong.code) == (401, "login_failed")
     other_vendor = await members.public.call(
-        "POST", "/users/login", {"vid": b.vid, "mobile": "13800138000", "pwd": md5("pw")}
+        "POST",
+        "/users/login",
+        {"vid": b.vid, "mobile": "13800138000", "pwd": md5("pw")},
+        expect=401,
     )
     assert other_vendor.status == 401
     code = await members.code("/users/login/code", "13800138000", vid=a.vid)
@@ -256,7 +263,7 @@ async def test_login_with_password_and_with_code(
     )
     assert by_code.status == 200 and by_code.data["uid"] == uid
     reused = await members.public.call(
-        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "code": code}
+        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "code": code}, expect=401
     )
     assert reused.status == 401
     me = members.public.as_(by_code.data["access_token"])
@@ -275,7 +282,7 @@ async def test_login_needs_exactly_one_of_password_and_code(
         {"vid": a.vid, "mobile": "13800138000"},
         {"vid": a.vid, "mobile": "13800138000", "pwd": md5("x"), "code": "123456"},
     ):
-        answer = await members.public.call("POST", "/users/login", body)
+        answer = await members.public.call("POST", "/users/login", body, expect=422)
         assert (answer.status, answer.code) == (422, "validation_failed")
 
 
@@ -283,14 +290,26 @@ async def test_an_unknown_number_gets_the_same_answer_to_a_login_code_request(
     tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms
 ):
     a, _ = tenants
+    await members.register(a.vid, "13800138000")
+    members.clock.now += 61  # past the one-code-a-minute limit
+    sent_before = len(fake_sms.sent)
+    known = await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13800138000"}
+    )
+    assert len(fake_sms.sent) == sent_before + 1  # the member's code went out
     answer = await members.public.call(
         "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}
     )
-    assert answer.status == 200 and fake_sms.sent == []
+    assert (answer.status, answer.body) == (known.status, known.body)  # nothing tells them apart
+    assert len(fake_sms.sent) == sent_before + 1  # and nothing was sent to the unknown number
     again = await members.public.call(
-        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}, expect=429
     )
     assert again.status == 429  # limited like a real request
+    known_again = await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=429
+    )
+    assert (again.status, again.body) == (known_again.status, known_again.body)
 
 
 async def test_member_logins_are_rate_limited_per_mobile(
@@ -299,9 +318,16 @@ async def test_member_logins_are_rate_limited_per_mobile(
     a, _ = tenants
     await members.register(a.vid, "13800138000", pwd="pw")
     body = {"vid": a.vid, "mobile": "13800138000", "pwd": md5("wrong")}
-    statuses = [(await members.public.call("POST", "/users/login", body)).status for _ in range(11)]
+    statuses = [
+        (
+            await members.public.call("POST", "/users/login", body, expect=401 if i < 10 else 429)
+        ).status
+        for i in range(11)
+    ]
     assert statuses == [401] * 10 + [429]
-    right = await members.public.call("POST", "/users/login", {**body, "pwd": md5("pw")})
+    right = await members.public.call(
+        "POST", "/users/login", {**body, "pwd": md5("pw")}, expect=429
+    )
     assert right.status == 429  # even the right password waits
 
 
@@ -343,10 +369,10 @@ async def test_members_and_unauthenticated_callers_cannot_list(
 ):
     a, _ = tenants
     _, me = await members.register(a.vid, "13800138000")
-    assert (await me.call("GET", "/users")).status == 403
-    assert (await members.public.call("GET", "/users")).status == 401
+    assert (await me.call("GET", "/users", expect=403)).status == 403
+    assert (await members.public.call("GET", "/users", expect=401)).status == 401
     bad_token = members.public.as_("a." + "0" * 32 + "." + "x" * 43)
-    assert (await bad_token.call("GET", "/users")).status == 401
+    assert (await bad_token.call("GET", "/users", expect=401)).status == 401
 
 
 async def test_list_queries_validate_sort_and_limits(
@@ -361,7 +387,7 @@ async def test_list_queries_validate_sort_and_limits(
         member_uid(a.vid, 2),
     ]
     for params in ({"limit": 1000}, {"sort": "password_hash"}, {"state": 9}, {"offset": -1}):
-        answer = await api.call("GET", "/users", params=params)
+        answer = await api.call("GET", "/users", params=params, expect=422)
         assert (answer.status, answer.code) == (422, "validation_failed"), params
 
 
@@ -381,13 +407,15 @@ async def test_another_tenants_member_answers_404_everywhere(
     ]
     for client in (b.vendor, stranger):
         for method, path, body, params in calls:
-            answer = await client.call(method, path, body, params=params)
+            answer = await client.call(method, path, body, params=params, expect=404)
             assert (answer.status, answer.code) == (404, "not_found"), (method, path, answer)
-    assert (await b.agent.call("GET", f"/users/{uid}")).status == 404
-    assert (await a.dealer.call("GET", f"/users/{uid}")).status == 404  # not under the dealer
+    assert (await b.agent.call("GET", f"/users/{uid}", expect=404)).status == 404
+    assert (
+        await a.dealer.call("GET", f"/users/{uid}", expect=404)
+    ).status == 404  # not under the dealer
     assert (await a.vendor.call("GET", f"/users/{uid}")).status == 200
-    assert (await me.call("GET", "/users/" + member_uid(a.vid, 99))).status == 404
-    assert (await a.vendor.call("GET", "/users/not-a-uid")).status == 404
+    assert (await me.call("GET", "/users/" + member_uid(a.vid, 99), expect=404)).status == 404
+    assert (await a.vendor.call("GET", "/users/not-a-uid", expect=404)).status == 404
 
 
 async def test_roles_per_the_seed(tenants: tuple[Tenant, Tenant], members: MemberApp):
@@ -395,11 +423,11 @@ async def test_roles_per_the_seed(tenants: tuple[Tenant, Tenant], members: Membe
     uid, me = await members.register(a.vid, "13800138000")
     # A#+C: agents and dealers may not change members.
     for client in (a.agent, a.dealer):
-        answer = await client.call("PUT", f"/users/{uid}", {"name": "x"})
+        answer = await client.call("PUT", f"/users/{uid}", {"name": "x"}, expect=403)
         assert (answer.status, answer.code) == (403, "forbidden")
     # A*: only the platform deregisters.
     for client in (a.vendor, a.agent, me):
-        assert (await client.call("DELETE", f"/users/{uid}")).status == 403
+        assert (await client.call("DELETE", f"/users/{uid}", expect=403)).status == 403
 
 
 async def test_profile_updates_by_member_and_admin(
@@ -411,19 +439,21 @@ async def test_profile_updates_by_member_and_admin(
     answer = await me.call("PUT", f"/users/{uid}", {"name": "Jane", "address": "南方软件园A123"})
     assert answer.status == 201 and answer.data["name"] == "Jane"
     for admin_field in ({"vip": True}, {"remark": "x"}, {"mobile": "13700137000"}, {"state": 0}):
-        answer = await me.call("PUT", f"/users/{uid}", admin_field)
+        answer = await me.call("PUT", f"/users/{uid}", admin_field, expect=403)
         assert (answer.status, answer.code) == (403, "forbidden"), admin_field
     assert (await me.call("PUT", f"/users/{uid}", {"rid": referrer})).status == 201
-    assert (await me.call("PUT", f"/users/{uid}", {"rid": ""})).status == 403  # set once
+    assert (
+        await me.call("PUT", f"/users/{uid}", {"rid": ""}, expect=403)
+    ).status == 403  # set once
     answer = await a.vendor.call("PUT", f"/users/{uid}", {"vip": True, "remark": "VIP since 2018"})
     assert answer.data["vip"] is True and answer.data["remark"] == "VIP since 2018"
-    answer = await a.vendor.call("PUT", f"/users/{uid}", {"vid": "BBBB"})
+    answer = await a.vendor.call("PUT", f"/users/{uid}", {"vid": "BBBB"}, expect=422)
     assert answer.status == 422
-    answer = await a.vendor.call("PUT", f"/users/{uid}", {"uid": referrer, "name": "x"})
+    answer = await a.vendor.call("PUT", f"/users/{uid}", {"uid": referrer, "name": "x"}, expect=422)
     assert answer.status == 422
-    answer = await a.vendor.call("PUT", f"/users/{uid}", {"mobile": "13800138001"})
+    answer = await a.vendor.call("PUT", f"/users/{uid}", {"mobile": "13800138001"}, expect=409)
     assert (answer.status, answer.code) == (409, "mobile_taken")
-    answer = await a.vendor.call("PUT", f"/users/{uid}", {"state": 3})
+    answer = await a.vendor.call("PUT", f"/users/{uid}", {"state": 3}, expect=422)
     assert answer.status == 422
 
 
@@ -433,9 +463,12 @@ async def test_disabling_a_member_ends_its_sessions(
     a, _ = tenants
     uid, me = await members.register(a.vid, "13800138000", pwd="pw")
     assert (await a.vendor.call("PUT", f"/users/{uid}", {"state": 0})).status == 201
-    assert (await me.call("GET", f"/users/{uid}")).status == 401
+    assert (await me.call("GET", f"/users/{uid}", expect=401)).status == 401
     login = await members.public.call(
-        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "pwd": md5("pw")}
+        "POST",
+        "/users/login",
+        {"vid": a.vid, "mobile": "13800138000", "pwd": md5("pw")},
+        expect=401,
     )
     assert login.status == 401
 
@@ -446,13 +479,15 @@ async def test_disabling_a_member_ends_its_sessions(
 async def test_password_change(tenants: tuple[Tenant, Tenant], members: MemberApp):
     a, _ = tenants
     uid, me = await members.register(a.vid, "13800138000", pwd="old")
-    answer = await me.call("PUT", f"/users/{uid}/pwd", {"old_pwd": md5("bad"), "new_pwd": md5("n")})
+    answer = await me.call(
+        "PUT", f"/users/{uid}/pwd", {"old_pwd": md5("bad"), "new_pwd": md5("n")}, expect=401
+    )
     assert (answer.status, answer.code) == (401, "wrong_password")
-    answer = await me.call("PUT", f"/users/{uid}/pwd", {"new_pwd": md5("n")})
+    answer = await me.call("PUT", f"/users/{uid}/pwd", {"new_pwd": md5("n")}, expect=401)
     assert answer.status == 401  # a member must give the old password
     answer = await me.call("PUT", f"/users/{uid}/pwd", {"old_pwd": md5("old"), "new_pwd": md5("n")})
     assert answer.status == 201
-    assert (await me.call("GET", f"/users/{uid}")).status == 401  # sessions ended
+    assert (await me.call("GET", f"/users/{uid}", expect=401)).status == 401  # sessions ended
     answer = await a.vendor.call("PUT", f"/users/{uid}/pwd", {"new_pwd": md5("by-admin")})
     assert answer.status == 201
     login = await members.public.call(
@@ -468,7 +503,9 @@ async def test_mobile_change_with_a_code_sent_to_the_new_number(
     uid, me = await members.register(a.vid, "13800138000")
     await members.register(a.vid, "13800138001")
     members.clock.now += 61
-    taken = await me.call("GET", f"/users/{uid}/mob/code", params={"mobile": "13800138001"})
+    taken = await me.call(
+        "GET", f"/users/{uid}/mob/code", params={"mobile": "13800138001"}, expect=409
+    )
     assert (taken.status, taken.code) == (409, "mobile_taken")
     code = await me_code(members, me, f"/users/{uid}/mob/code", "13900139000")
     answer = await me.call("PUT", f"/users/{uid}/mob", {"mobile": "13900139000", "code": code})
@@ -476,7 +513,9 @@ async def test_mobile_change_with_a_code_sent_to_the_new_number(
     assert (await me.call("GET", f"/users/{uid}")).data["mobile"] == "13900139000"
     # A registration code for the number is no mobile-change code.
     reg_code = await members.code("/users/code", "13700137000", vid=a.vid)
-    answer = await me.call("PUT", f"/users/{uid}/mob", {"mobile": "13700137000", "code": reg_code})
+    answer = await me.call(
+        "PUT", f"/users/{uid}/mob", {"mobile": "13700137000", "code": reg_code}, expect=422
+    )
     assert (answer.status, answer.code) == (422, "sms_code_expired")
 
 
@@ -494,7 +533,7 @@ async def test_password_reset_is_public_and_needs_the_members_own_number(
     uid, me = await members.register(a.vid, "13800138000", pwd="forgotten")
     members.clock.now += 61
     wrong_number = await members.public.call(
-        "GET", f"/users/{uid}/rst/code", params={"mobile": "13900139000"}
+        "GET", f"/users/{uid}/rst/code", params={"mobile": "13900139000"}, expect=404
     )
     assert wrong_number.status == 404
     code = await members.code(f"/users/{uid}/rst/code", "13800138000")
@@ -502,12 +541,14 @@ async def test_password_reset_is_public_and_needs_the_members_own_number(
         "PUT", f"/users/{uid}/rst", {"pwd": md5("new"), "code": code}
     )
     assert answer.status == 201, answer
-    assert (await me.call("GET", f"/users/{uid}")).status == 401  # sessions ended
+    assert (await me.call("GET", f"/users/{uid}", expect=401)).status == 401  # sessions ended
     login = await members.public.call(
         "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "pwd": md5("new")}
     )
     assert login.status == 200
-    again = await members.public.call("PUT", f"/users/{uid}/rst", {"pwd": md5("x"), "code": code})
+    again = await members.public.call(
+        "PUT", f"/users/{uid}/rst", {"pwd": md5("x"), "code": code}, expect=422
+    )
     # Anonymous: one answer for every failure (test_hardening: no member is revealed).
     assert (again.status, again.code) == (422, "sms_code_invalid")
 
@@ -540,7 +581,7 @@ async def test_wechat_sign_in_registers_then_finds_the_member(
     assert data["weixin"]["OpenID"] == fake_wx.openid(APPID, alice)
     assert data["weixin"]["sex"] == 2
     # Its only way in is WeChat: unbinding is refused.
-    answer = await me.call("DELETE", f"/users/{uid}/bind")
+    answer = await me.call("DELETE", f"/users/{uid}/bind", expect=409)
     assert (answer.status, answer.code) == (409, "last_login_method")
     # The vendor sees the WeChat identifiers; an agent sees the binding without them.
     vendor_view = await a.vendor.call("GET", f"/users/{uid}")
@@ -570,7 +611,7 @@ async def test_a_member_binds_and_unbinds_wechat(
     assert signed_in.data["uid"] == uid
     _, other = await members.register(a.vid, "13800138001")
     taken = await other.call(
-        "POST", "/users/bind", {"vid": a.vid, "code": fake_wx.issue_code(APPID, bob)}
+        "POST", "/users/bind", {"vid": a.vid, "code": fake_wx.issue_code(APPID, bob)}, expect=409
     )
     assert (taken.status, taken.code) == (409, "wechat_bound_elsewhere")
     assert (await me.call("DELETE", f"/users/{uid}/bind")).status == 204
@@ -582,13 +623,19 @@ async def test_wechat_failures(
 ):
     a, b = tenants
     await _give_vendor_wechat(a.vid)
-    answer = await members.public.call("POST", "/users/bind", {"vid": a.vid, "code": "bogus"})
+    answer = await members.public.call(
+        "POST", "/users/bind", {"vid": a.vid, "code": "bogus"}, expect=422
+    )
     assert (answer.status, answer.code) == (422, "wechat_code_invalid")
     # A vendor without WeChat settings: 503, and no secret or errcode in the message.
     code = fake_wx.issue_code(APPID, FakeWechatUser("carol"))
-    answer = await members.public.call("POST", "/users/bind", {"vid": b.vid, "code": code})
+    answer = await members.public.call(
+        "POST", "/users/bind", {"vid": b.vid, "code": code}, expect=503
+    )
     assert (answer.status, answer.code) == (503, "wechat_unavailable")
-    answer = await members.public.call("POST", "/users/bind", {"vid": a.vid, "code": "a b"})
+    answer = await members.public.call(
+        "POST", "/users/bind", {"vid": a.vid, "code": "a b"}, expect=422
+    )
     assert answer.status == 422
 
 
@@ -603,15 +650,18 @@ async def test_deregistration_anonymises_and_blocks_but_keeps_the_member(
     await Member.filter(uid=uid).update(bonus=500)
     assert (await api.call("DELETE", f"/users/{uid}")).status == 204
     assert (await api.call("DELETE", f"/users/{uid}")).status == 204  # idempotent
-    assert (await me.call("GET", f"/users/{uid}")).status == 401
+    assert (await me.call("GET", f"/users/{uid}", expect=401)).status == 401
     kept = (await a.vendor.call("GET", f"/users/{uid}")).data
     assert kept["state"] == MemberState.DEREGISTERED
     assert (kept["mobile"], kept["email"], kept["name"], kept["bonus"]) == (None, "", "", 500)
     login = await members.public.call(
-        "POST", "/users/login", {"vid": a.vid, "mobile": "13800138000", "pwd": md5("pw")}
+        "POST",
+        "/users/login",
+        {"vid": a.vid, "mobile": "13800138000", "pwd": md5("pw")},
+        expect=401,
     )
     assert login.status == 401
-    changed = await a.vendor.call("PUT", f"/users/{uid}", {"name": "back"})
+    changed = await a.vendor.call("PUT", f"/users/{uid}", {"name": "back"}, expect=409)
     assert (changed.status, changed.code) == (409, "member_deregistered")
     # The number may register again, as a new member.
     new_uid, _ = await members.register(a.vid, "13800138000")
@@ -623,10 +673,14 @@ async def test_reset_with_a_token_follows_the_seeds_roles(
 ):
     a, _ = tenants
     uid, _ = await members.register(a.vid, "13800138000")
-    answer = await a.agent.call("GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"})
+    answer = await a.agent.call(
+        "GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"}, expect=403
+    )
     assert (answer.status, answer.code) == (403, "forbidden")
     _, stranger = await members.register(a.vid, "13900139000")
-    answer = await stranger.call("GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"})
+    answer = await stranger.call(
+        "GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"}, expect=404
+    )
     assert answer.status == 404
 
 
@@ -637,5 +691,5 @@ async def test_a_referrer_from_another_vendor_is_refused(
     outsider, _ = await members.register(b.vid, "13900139000")
     code = await members.code("/users/code", "13800138000", vid=a.vid)
     body = {"mobile": "13800138000", "code": code, "name": "J", "vid": a.vid, "rid": outsider}
-    answer = await members.public.call("POST", "/users", body)
+    answer = await members.public.call("POST", "/users", body, expect=422)
     assert (answer.status, answer.code) == (422, "invalid_input")

@@ -94,12 +94,17 @@ async def test_signed_requests_act_as_the_vendor(api: ApiClient, tenants: tuple[
     key, secret = await issue_key(api, a.vid)
     unsigned = api.as_(None)
 
-    async def signed(method: str, path: str, query: str = "", body: bytes = b"", **kw):
-        headers = signed_headers(key, secret, method, f"/api/v1{path}", query, body, **kw)
+    async def signed(
+        method: str, path: str, query: str = "", body: bytes = b"", expect: int | None = None
+    ):
+        headers = signed_headers(key, secret, method, f"/api/v1{path}", query, body)
         if body:
             headers["Content-Type"] = "application/json"
         target = f"{path}?{query}" if query else path
-        return await unsigned.call(method, target, data=body or None, headers=headers), headers
+        answer = await unsigned.call(
+            method, target, data=body or None, headers=headers, expect=expect
+        )
+        return answer, headers
 
     answer, _ = await signed("GET", "/agents", "level=1&order=desc")
     assert answer.status == 200 and [n["id"] for n in answer.data] == [a.agent_id]
@@ -107,13 +112,13 @@ async def test_signed_requests_act_as_the_vendor(api: ApiClient, tenants: tuple[
     answer, _ = await signed("POST", "/agents", body=body)
     assert answer.status == 201 and answer.data["vid"] == a.vid
     # Another tenant's node: 404, as for a bearer token.
-    answer, _ = await signed("GET", f"/agents/{b.agent_id}")
+    answer, _ = await signed("GET", f"/agents/{b.agent_id}", expect=404)
     assert answer.status == 404 and answer.code == "not_found"
     # The vendor role may not call platform-only endpoints.
-    answer, _ = await signed("GET", "/vendors")
+    answer, _ = await signed("GET", "/vendors", expect=403)
     assert answer.status == 403 and answer.code == "forbidden"
     # ... nor replace its own key.
-    answer, _ = await signed("POST", f"/vendors/{a.vid}/app-key")
+    answer, _ = await signed("POST", f"/vendors/{a.vid}/app-key", expect=403)
     assert answer.status == 403
 
 
@@ -125,49 +130,51 @@ async def test_replayed_stale_tampered_and_revoked_requests_are_refused(
     unsigned = api.as_(None)
     headers = signed_headers(key, secret, "GET", "/api/v1/agents")
     assert (await unsigned.call("GET", "/agents", headers=headers)).status == 200
-    replay = await unsigned.call("GET", "/agents", headers=headers)
+    replay = await unsigned.call("GET", "/agents", headers=headers, expect=401)
     assert replay.status == 401 and replay.code == "signature_invalid"
     assert "nonce" in replay.body["message"]
 
     stale = signed_headers(key, secret, "GET", "/api/v1/agents", timestamp=int(time.time()) - 301)
-    answer = await unsigned.call("GET", "/agents", headers=stale)
+    answer = await unsigned.call("GET", "/agents", headers=stale, expect=401)
     assert answer.status == 401 and "timestamp" in answer.body["message"]
     future = signed_headers(key, secret, "GET", "/api/v1/agents", timestamp=int(time.time()) + 301)
-    assert (await unsigned.call("GET", "/agents", headers=future)).status == 401
+    assert (await unsigned.call("GET", "/agents", headers=future, expect=401)).status == 401
 
     # Signed for one query, sent with another.
     tampered = signed_headers(key, secret, "GET", "/api/v1/agents", "level=1")
-    answer = await unsigned.call("GET", "/agents?level=2", headers=tampered)
+    answer = await unsigned.call("GET", "/agents?level=2", headers=tampered, expect=401)
     assert answer.status == 401 and "signature" in answer.body["message"]
     # Signed for one body, sent with another.
     body = f'{{"name":"x","user":"tamper-1","pwd":"{md5("pw-12345")}"}}'.encode()
     tampered = signed_headers(key, secret, "POST", "/api/v1/agents", body=body)
     tampered["Content-Type"] = "application/json"
     answer = await unsigned.call(
-        "POST", "/agents", data=body.replace(b"tamper-1", b"tamper-2"), headers=tampered
+        "POST", "/agents", data=body.replace(b"tamper-1", b"tamper-2"), headers=tampered, expect=401
     )
     assert answer.status == 401
     # A wrong secret.
     wrong = signed_headers(key, "0" * 64, "GET", "/api/v1/agents")
-    assert (await unsigned.call("GET", "/agents", headers=wrong)).status == 401
+    assert (await unsigned.call("GET", "/agents", headers=wrong, expect=401)).status == 401
     # A header missing, or malformed.
     partial = signed_headers(key, secret, "GET", "/api/v1/agents")
     del partial["X-Aq-Nonce"]
-    assert (await unsigned.call("GET", "/agents", headers=partial)).code == "signature_invalid"
+    assert (
+        await unsigned.call("GET", "/agents", headers=partial, expect=401)
+    ).code == "signature_invalid"
     short_nonce = signed_headers(key, secret, "GET", "/api/v1/agents", nonce="abc")
-    assert (await unsigned.call("GET", "/agents", headers=short_nonce)).status == 401
+    assert (await unsigned.call("GET", "/agents", headers=short_nonce, expect=401)).status == 401
 
     # A new key revokes the old one.
     new_key, new_secret = await issue_key(api, a.vid)
     old = signed_headers(key, secret, "GET", "/api/v1/agents")
-    assert (await unsigned.call("GET", "/agents", headers=old)).status == 401
+    assert (await unsigned.call("GET", "/agents", headers=old, expect=401)).status == 401
     new = signed_headers(new_key, new_secret, "GET", "/api/v1/agents")
     assert (await unsigned.call("GET", "/agents", headers=new)).status == 200
 
     # Deregistering the vendor stops its key.
     assert (await api.call("DELETE", f"/vendors/{a.vid}")).status == 204
     after = signed_headers(new_key, new_secret, "GET", "/api/v1/agents")
-    assert (await unsigned.call("GET", "/agents", headers=after)).status == 401
+    assert (await unsigned.call("GET", "/agents", headers=after, expect=401)).status == 401
 
 
 async def test_a_vendor_admin_issues_its_own_key_but_not_anothers(
@@ -176,7 +183,7 @@ async def test_a_vendor_admin_issues_its_own_key_but_not_anothers(
     a, b = tenants
     own = await a.vendor.call("POST", f"/vendors/{a.vid}/app-key")
     assert own.status == 201 and own.data["app_key"].startswith(a.vid)
-    other = await a.vendor.call("POST", f"/vendors/{b.vid}/app-key")
+    other = await a.vendor.call("POST", f"/vendors/{b.vid}/app-key", expect=404)
     assert other.status == 404
-    assert (await a.agent.call("POST", f"/vendors/{a.vid}/app-key")).status == 403
-    assert (await api.as_(None).call("POST", f"/vendors/{a.vid}/app-key")).status == 401
+    assert (await a.agent.call("POST", f"/vendors/{a.vid}/app-key", expect=403)).status == 403
+    assert (await api.as_(None).call("POST", f"/vendors/{a.vid}/app-key", expect=401)).status == 401

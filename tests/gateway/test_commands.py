@@ -72,10 +72,25 @@ async def test_a_dispense_goes_through_every_state_and_brings_back_the_ml(
     # A repeated RESULT (the device answering a resend from memory) changes nothing.
     device.session.send_result(Result(cid=cid, rc=1))
     await device.flush()
-    await asyncio.sleep(0.3)
+    later = await answered_round_trip(node, device)
     again = await commands.get(device.did, cid)
     assert again.state is CommandState.SUCCEEDED and again.out == 243
-    assert [r.cid for r in await commands.recent(device.did)] == [cid]
+    assert sorted(r.cid for r in await commands.recent(device.did)) == sorted([cid, later])
+
+
+async def answered_round_trip(node: Any, device: Any) -> int:
+    """A barrier: a TIME_SYNC the device answers after what it sent before. The node queues
+    every command event in one queue and writes it in order, so once this outcome is in the
+    log, every RESULT the device sent earlier has been applied too. Returns its cid."""
+    commands = node.app[COMMANDS]
+    cid, _ = await commands.issue(device.did, CommandOp.TIME_SYNC, {1: 1}, timeout_s=30)
+    command = await device.wait_for(Command)
+    assert command.cid == cid
+    device.session.send_result(Result(cid=cid, rc=0))
+    await device.flush()
+    record = await commands.wait(device.did, cid, 5.0)
+    assert record.state is CommandState.SUCCEEDED
+    return cid
 
 
 @pytest.mark.parametrize(
@@ -123,7 +138,7 @@ async def test_a_command_without_a_result_times_out_after_its_deadline(
     # A RESULT after the timeout does not bring it back.
     device.session.send_result(Result(cid=cid, rc=0))
     await device.flush()
-    await asyncio.sleep(0.3)
+    await answered_round_trip(node, device)
     assert (await commands.get(device.did, cid)).state is CommandState.TIMED_OUT
 
 

@@ -30,12 +30,12 @@ pytestmark = pytest.mark.usefixtures("redis_client")
 class Cluster:
     """Shared settings, the CLI, the devices registered and a platform admin's REST calls."""
 
-    def __init__(self, tmp_path: Path, redis_prefix: str, **extra: Any) -> None:
+    def __init__(self, tmp_path: Path, redis_prefix: str, database_url: str, **extra: Any) -> None:
         self.tmp_path = tmp_path
         self.settings: dict[str, Any] = {
             "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "redis_shards": TEST_SHARDS,
             "master_secret": MASTER_SECRET, "data_dir": tmp_path / "data",
-            "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}", **extra,
+            "database_url": database_url, **extra,
         }  # fmt: skip
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
         self.env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in self.settings.items()})
@@ -94,9 +94,9 @@ async def answer_next(device: TestDevice, out: int, *, timeout: float = 10.0) ->
 
 
 async def test_a_rest_command_on_one_process_reaches_a_device_on_another(
-    tmp_path: Path, redis_prefix: str
+    tmp_path: Path, redis_prefix: str, migrated_sqlite: Any
 ) -> None:
-    cluster = Cluster(tmp_path, redis_prefix)
+    cluster = Cluster(tmp_path, redis_prefix, migrated_sqlite(tmp_path / "aquafleet.sqlite3"))
     await cluster.prepare(2)
     async with serve_processes() as nodes, aiohttp.ClientSession() as session:
         a = await start_serve(tmp_path, cluster.settings, name="cmd-a")
@@ -130,12 +130,14 @@ async def test_a_rest_command_on_one_process_reaches_a_device_on_another(
 
 
 async def test_a_node_killed_mid_command_leaves_nothing_hanging(
-    tmp_path: Path, redis_prefix: str, redis_client: Any
+    tmp_path: Path, redis_prefix: str, redis_client: Any, migrated_sqlite: Any
 ) -> None:
     """The device's node dies with a dispense in flight: the command times out by its deadline
     (on the surviving node), the device logs in there, and a device that does not come back
     is never shown online on the dead node once the idle timeout has passed."""
-    cluster = Cluster(tmp_path, redis_prefix, heartbeat_s=2)  # idle timeout 5 s
+    cluster = Cluster(
+        tmp_path, redis_prefix, migrated_sqlite(tmp_path / "aquafleet.sqlite3"), heartbeat_s=2
+    )  # idle timeout 5 s
     await cluster.prepare(2)
     async with serve_processes() as nodes, aiohttp.ClientSession() as session:
         a = await start_serve(tmp_path, cluster.settings, name="kill-a")
@@ -188,10 +190,12 @@ async def test_a_node_killed_mid_command_leaves_nothing_hanging(
             await staying_away.close()
 
 
-async def test_workers_route_commands_between_themselves(tmp_path: Path, redis_prefix: str) -> None:
+async def test_workers_route_commands_between_themselves(
+    tmp_path: Path, redis_prefix: str, migrated_sqlite: Any
+) -> None:
     """`serve --workers 2`: devices land on either worker, REST calls too (SO_REUSEPORT);
     every command succeeds whichever worker took the call."""
-    cluster = Cluster(tmp_path, redis_prefix)
+    cluster = Cluster(tmp_path, redis_prefix, migrated_sqlite(tmp_path / "aquafleet.sqlite3"))
     await cluster.prepare(4)
     tcp_port, http_port = free_port(), free_port()
     settings = {**cluster.settings, "workers": 2, "tcp_port": tcp_port, "http_port": http_port}

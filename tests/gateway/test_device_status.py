@@ -110,7 +110,7 @@ async def test_idle_timeout(node_factory, device_factory, redis_client, keyspace
     assert status.offline_at_ms is not None
     assert 4500 <= status.offline_at_ms - since <= 7500
     # Once the node's release is written the reason stays the same, whatever the clock.
-    await asyncio.sleep(0.5)
+    await node.hub.presence.flushed()
     later = await status_of(redis_client, keyspace, dev.did, now_ms=now_ms() + 3_600_000)
     assert later.offline_reason == "idle_timeout"
 
@@ -129,8 +129,10 @@ async def test_a_login_elsewhere_replaces_the_connection(
     assert status.since_ms is not None and status.since_ms >= before
     assert status.offline_reason == "replaced"
     assert status.offline_at_ms == status.since_ms  # the older connection ended at the login
-    # Node A's end of the replaced connection changes nothing.
-    await asyncio.sleep(0.3)
+    # Node A's end of the replaced connection changes nothing: wait until node A has seen it
+    # end and written whatever release it queued.
+    await wait_for_metric(node_a, "connections_closed", 1)
+    await node_a.hub.presence.flushed()
     after = await status_of(redis_client, keyspace, dev.did)
     assert after.online and after.node == "node-b" and after.since_ms == status.since_ms
     assert (after.offline_at_ms, after.offline_reason) == (status.offline_at_ms, "replaced")
@@ -365,3 +367,10 @@ def test_an_unreleased_session_is_dated_at_its_last_seen_plus_ttl():
     assert (status.offline_at_ms, status.offline_reason, status.last_seen_ms) == (
         9_400, "closed_by_device", 4_200
     )  # fmt: skip
+
+
+async def wait_for_metric(node: Any, name: str, value: int, timeout: float = 10.0) -> None:
+    """Poll a counter of the node's Metrics until it reaches `value` (bounded)."""
+    async with asyncio.timeout(timeout):
+        while getattr(node.metrics, name) < value:  # noqa: ASYNC110  # a counter is polled
+            await asyncio.sleep(0.02)

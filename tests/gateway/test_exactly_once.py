@@ -96,9 +96,9 @@ class PouringDevice:
 
 @pytest.mark.slow
 async def test_gateway_killed_mid_flow_loses_nothing_and_counts_nothing_twice(
-    tmp_path: Path, redis_prefix: str, redis_client
+    tmp_path: Path, redis_prefix: str, redis_client, migrated_sqlite
 ):
-    db_url = f"sqlite://{tmp_path / 'aquafleet.sqlite3'}"
+    db_url = migrated_sqlite(tmp_path / "aquafleet.sqlite3")
     settings = {
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
@@ -154,14 +154,14 @@ async def test_gateway_killed_mid_flow_loses_nothing_and_counts_nothing_twice(
 
 
 async def test_a_newer_login_on_another_process_closes_the_older_connection(
-    tmp_path: Path, redis_prefix: str, redis_client
+    tmp_path: Path, redis_prefix: str, redis_client, migrated_sqlite
 ):
     settings = {
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "redis_shards": TEST_SHARDS,
         "master_secret": MASTER_SECRET,
-        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "database_url": migrated_sqlite(tmp_path / "aquafleet.sqlite3"),
         "data_dir": tmp_path / "data",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}

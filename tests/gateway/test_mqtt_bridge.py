@@ -305,7 +305,11 @@ async def test_replayed_and_stale_messages_are_dropped_and_counted(
     ((name, captured, _qos),) = device.session.data_to_send()
     await device.publish_raw(Channel.UP_TELE, captured)
     await device.settled()
-    acks = len(device.acked)
+
+    def acks_received() -> int:  # every ACK that arrived (acked keeps one per seq)
+        return sum(isinstance(e, Ack) for e in device.events)
+
+    acks = acks_received()
     await device.publish_raw(Channel.UP_TELE, captured)  # the same bytes again: a replay
 
     async def replayed() -> bool:
@@ -321,10 +325,19 @@ async def test_replayed_and_stale_messages_are_dropped_and_counted(
         return node.metrics.mqtt_uplinks_stale == 1
 
     await wait_until(stale)
-    await asyncio.sleep(0.2)
-    assert len(device.acked) == acks  # neither copy was answered
-    assert node.metrics.records_received == 1  # nor metered
-    assert (await metered_ml_by_device([dev.did], boot)).get(dev.did, 0) in (0, 100)
+    # A round trip after both: the node answers a fresh record (on the same topics, in order),
+    # so an answer to either copy would have arrived before this one's.
+    await device.send(telemetry(2, boot, 150, epoch=boot))
+    await device.settled()
+    assert acks_received() == acks + 1  # neither copy was answered
+    assert node.metrics.records_received == 2  # nor metered
+
+    async def both_stored() -> bool:
+        return node.metrics.records_stored >= 2
+
+    await wait_until(both_stored)
+    assert node.metrics.records_stored == 2
+    assert await metered_ml_by_device([dev.did], boot) == {dev.did: 150}
 
 
 async def test_last_will_takes_the_device_offline(node_factory: Any, mqtt_devices: list) -> None:
@@ -574,7 +587,7 @@ async def test_a_broker_restart_mid_flow_loses_no_acked_record(node_factory: Any
 
 
 async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
-    node_factory: Any, mqtt_devices: list, redis_client: Any
+    node_factory: Any, mqtt_devices: list, redis_client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     prefix = unique_prefix()
     node = await mqtt_node(node_factory, prefix)
@@ -593,9 +606,13 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     tasks = node.app[TASKS]
     bridge_tasks = [t for name, t in tasks.tasks.items() if name.startswith("mqtt-")]
     assert len(bridge_tasks) == 5
-    started = time.monotonic()
+    capsys.readouterr()
     await node.stop()
-    assert time.monotonic() - started < 8
+    # Bound by events, not a stopwatch: the bridge left the broker within its own close grace
+    # (a slow disconnect is logged as mqtt_disconnect_slow and the task is cancelled instead).
+    logged = capsys.readouterr().out
+    assert "gateway_stopping" in logged  # the node's shutdown log is what was captured
+    assert "mqtt_disconnect_slow" not in logged
     assert all(t.done() for t in bridge_tasks)
     assert not node.app[MQTT_BRIDGE].connected and not node.app[MQTT_BRIDGE].devices
     # The device is still on the broker: stopping one bridge does not take it offline.

@@ -28,7 +28,9 @@ async def test_stopping_acks_everything_read_then_says_goodbye(node_factory, dev
     for client in clients:
         for rec in range(1, 21):
             await client.send(telemetry(rec, boot, rec * 100))
-    await asyncio.sleep(0.2)  # the node has read them
+    async with asyncio.timeout(10):  # the node has read them all
+        while node.metrics.records_received < 60:  # noqa: ASYNC110  # a counter is polled
+            await asyncio.sleep(0.02)
     database_url = node.settings.resolved_database_url
     await node.stop()
     for client in clients:
@@ -41,13 +43,15 @@ async def test_stopping_acks_everything_read_then_says_goodbye(node_factory, dev
     assert metered == {d.did: 2000 for d in devices}
 
 
-async def test_sigterm_stops_the_process_cleanly(tmp_path: Path, redis_prefix: str, redis_client):
+async def test_sigterm_stops_the_process_cleanly(
+    tmp_path: Path, redis_prefix: str, redis_client, migrated_sqlite
+):
     settings = {
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "redis_shards": TEST_SHARDS,
         "master_secret": MASTER_SECRET,
-        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "database_url": migrated_sqlite(tmp_path / "aquafleet.sqlite3"),
         "data_dir": tmp_path / "data",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}

@@ -12,9 +12,9 @@ from tests.platform.test_cli import aquafleet, clean_env
 
 
 async def test_top_up_from_the_shell_unlocks_an_online_device(
-    node_factory, device_factory, tmp_path: Path
+    node_factory, device_factory, tmp_path: Path, migrated_sqlite
 ):
-    database = f"sqlite://{tmp_path / 'svc.sqlite3'}"
+    database = migrated_sqlite(tmp_path / "svc.sqlite3")
     node = await node_factory(database_url=database)
     (dev,) = await register_devices(node, 1)
     env = clean_env(
@@ -46,12 +46,12 @@ async def test_top_up_from_the_shell_unlocks_an_online_device(
     assert code == 0 and "remaining_ml=850" in out
 
 
-async def test_billing_close_period_from_the_shell(tmp_path: Path):
+async def test_billing_close_period_from_the_shell(tmp_path: Path, migrated_sqlite):
     import json
 
     env = clean_env(
         data_dir=tmp_path / "data", master_secret=MASTER_SECRET,
-        database_url=f"sqlite://{tmp_path / 'billing.sqlite3'}",
+        database_url=migrated_sqlite(tmp_path / "billing.sqlite3"),
     )  # fmt: skip
     code, out = await aquafleet(env, "billing", "close-period", "2026-10")
     assert code == 0, out

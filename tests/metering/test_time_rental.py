@@ -76,7 +76,7 @@ async def test_reminder_then_dismantle_ticket_once_after_the_grace(node_factory,
     assert len(tickets) == 1
     scheduler = node.app[RENTAL_SCHEDULER]
     await scheduler.tick(time.time())  # a repeated pass opens nothing more
-    await asyncio.sleep(0.5)
+    await full_passes(node, 1)  # nor does the node's own next pass
     assert await Ticket.filter(device_id=dev.did, type=TicketType.DISMANTLE).count() == 1
     assert await ServiceChange.filter(did=dev.did, op="rental_reminder").count() == 1
 
@@ -85,11 +85,24 @@ async def test_a_renewal_within_the_grace_opens_no_ticket(node_factory, device_f
     node = await node_factory(rental_grace_days=0)
     scheduler = node.app[RENTAL_SCHEDULER]
     scheduler.grace_s = 2  # the grace ends 2 s after the expiry (the setting counts days)
-    dev, store, _device = await rental_device(node, device_factory, int(time.time()) + 1)
+    expires_at = int(time.time()) + 1
+    dev, store, _device = await rental_device(node, device_factory, expires_at)
     await eventually(lambda: _locked(store, dev.did))
     await service.extend_rental(store, dev.did, package="90d", actor=ACTOR)
-    await asyncio.sleep(3.0)
+    # The grace of the old expiry ends; then a whole pass of the scheduler begins after that.
+    await asyncio.sleep(max(0.0, expires_at + scheduler.grace_s - time.time()))
+    await full_passes(node, 1)
+    assert node.metrics.rental_dismantle_tickets == 0
     assert await Ticket.filter(device_id=dev.did).count() == 0
+
+
+async def full_passes(node: Any, count: int, timeout: float = 10.0) -> None:
+    """Wait until the node's rental scheduler has made `count` whole passes that began after
+    this call (the pass running now, if any, is not counted)."""
+    target = node.metrics.rental_passes + count + 1
+    async with asyncio.timeout(timeout):
+        while node.metrics.rental_passes < target:  # noqa: ASYNC110  # a counter is polled
+            await asyncio.sleep(0.05)
 
 
 async def _locked(store: Any, did: str) -> bool:
@@ -124,7 +137,7 @@ async def _owner(node: Any) -> bool:
 
 
 async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dying(
-    tmp_path, redis_prefix, redis_client
+    tmp_path, redis_prefix, redis_client, migrated_sqlite
 ):
     """Real `aquafleet serve` processes: one holds the scheduler; SIGKILL it and the other
     takes over within the lease time and locks the device (connected to it) once."""
@@ -139,7 +152,7 @@ async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dyi
     settings = {
         "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "redis_shards": TEST_SHARDS,
         "master_secret": MASTER_SECRET, "data_dir": tmp_path / "data",
-        "database_url": f"sqlite://{tmp_path / 'aquafleet.sqlite3'}",
+        "database_url": migrated_sqlite(tmp_path / "aquafleet.sqlite3"),
     }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
     env.update({f"AQUAFLEET_{k.upper()}": str(v) for k, v in settings.items()})

@@ -38,7 +38,8 @@ def clean_env(**settings: object) -> dict[str, str]:
     return env
 
 
-async def test_register_writes_the_factory_file_once(tmp_path: Path):
+async def test_register_writes_the_factory_file_once(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
     env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET)
     code, out = await aquafleet(env, "vendors", "add", "ACME", "--name", "Acme Water")
     assert code == 0, out
@@ -71,7 +72,8 @@ async def test_register_writes_the_factory_file_once(tmp_path: Path):
     assert not set(more) & {r["did"] for r in rows}  # serials are never reused
 
 
-async def test_mistakes_get_clear_messages(tmp_path: Path):
+async def test_mistakes_get_clear_messages(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
     env = clean_env(data_dir=tmp_path / "data")
     code, out = await aquafleet(
         env, "devices", "register", "--vendor", "NONE", "--count", "1",
@@ -158,7 +160,8 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path):
 
 
 @pytest.mark.slow
-async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path):
+async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "aquafleet-data" / "aquafleet.sqlite3")  # not a first start
     env = clean_env()
     assert (await aquafleet(env, "vendors", "add", "REDI", "--name", "R", cwd=tmp_path))[0] == 0
     code, out = await aquafleet(
@@ -190,7 +193,8 @@ async def test_embedded_redis_is_restarted_when_it_dies(tmp_path: Path):
 
 
 @pytest.mark.slow
-async def test_a_killed_serve_leaves_no_redis_behind(tmp_path: Path):
+async def test_a_killed_serve_leaves_no_redis_behind(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "aquafleet-data" / "aquafleet.sqlite3")  # not a first start
     async with serve_processes() as nodes:
         node = await start_serve(tmp_path, {}, name="killed")
         nodes.append(node)
@@ -220,7 +224,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-async def test_workers_share_the_ports_and_stop_together(tmp_path: Path):
+async def test_workers_share_the_ports_and_stop_together(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "aquafleet-data" / "aquafleet.sqlite3")  # not a first start
     import aiohttp
 
     async with serve_processes() as nodes:
