@@ -183,8 +183,19 @@ class Settings(BaseSettings):
         description="Window of the per-IP admin login limit; attempts of a user name and IP "
         "are forgotten this long after the last one.",
     )
-    member_login_per_mobile: int = Field(
-        10, ge=1, description="Member login attempts per mobile within the login window."
+    member_login_free_attempts: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Member login attempts per mobile and client IP before each further one "
+        "waits; a successful login from that IP clears them (docs/api-members.md).",
+    )
+    member_login_max_wait_s: int = Field(
+        900,
+        ge=1,
+        le=86400,
+        description="The wait before a further member login attempt starts at 1 s and doubles "
+        "with each one, up to this.",
     )
     member_login_per_ip: int = Field(
         60,
@@ -192,7 +203,12 @@ class Settings(BaseSettings):
         description="Member login and WeChat sign-in attempts per client IP within the login "
         "window.",
     )
-    member_login_window_s: int = Field(900, ge=1, description="Window of the member login limits.")
+    member_login_window_s: int = Field(
+        900,
+        ge=1,
+        description="Window of the per-IP member login limit; attempts of a mobile and IP are "
+        "forgotten this long after the last one.",
+    )
     sms_provider: Literal["log", "aliyun"] = Field(
         "log",
         description="Who sends SMS verification codes: log (development: the code is logged "

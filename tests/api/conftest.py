@@ -15,6 +15,11 @@ PLATFORM_USER = "root"
 PASSWORD = "secret-pass"
 
 
+def client_from(address: str) -> aiohttp.ClientSession:
+    """A client whose requests come from `address` (any of 127.0.0.0/8 on Linux)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
 def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
