@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import NamedTuple
 
 from protocol.constants import (
@@ -52,7 +51,7 @@ from protocol.messages import (
     parse_message,
     parse_record,
 )
-from protocol.session import SessionClosed
+from protocol.session import TRANSITIONS, SessionClosed, SessionState, Step
 
 Clock = Callable[[], float]  # unix seconds
 
@@ -261,12 +260,6 @@ class CommandAnswer:
     result: Result | None = None
 
 
-class MqttState(IntEnum):
-    VERIFYING = 2  # as SessionState: the caller looks the key up
-    ONLINE = 3
-    CLOSED = 4
-
-
 _DROP_REASON_OF_LOGIN = {
     ErrorCode.AUTH_BAD_PROOF: "forged",
     ErrorCode.AUTH_UNKNOWN_DEVICE: "unknown_device",
@@ -278,9 +271,12 @@ _DROP_REASON_OF_LOGIN = {
 
 
 class MqttServerSession:
-    """The gateway's end of one MQTT device: the same calls as `ServerSession` where they
-    mean the same (verify_login, accept_login, reject_login, ack, send_command, timers), so the
-    gateway's login, metering and presence code serves both transports."""
+    """The gateway's end of one MQTT device: the same calls and states as `ServerSession` where
+    they mean the same (receive_data, data_to_send, verify_login, accept_login, reject_login,
+    ack, send_command, timers; SessionState, with login acceptance taken from TRANSITIONS), so
+    the gateway's login, metering and presence code serves both transports. It receives one
+    broker message (an `Envelope`) where the TCP session receives bytes, and sends
+    (topic, payload, qos) triples where the TCP session sends bytes."""
 
     __slots__ = (
         "_clock",
@@ -325,7 +321,7 @@ class MqttServerSession:
         self.login_deadline = now + login_timeout_s
         self.last_rx = now
         self.encoding = encoding
-        self.state = MqttState.VERIFYING
+        self.state = SessionState.VERIFYING
         self.close_code: ErrorCode | None = None
         self.connected_ms = 0  # the newest connection a status message named
         self.decoder_stats = DecoderStats()  # nothing to resync on MQTT: stays zero
@@ -342,23 +338,23 @@ class MqttServerSession:
 
     @property
     def is_closed(self) -> bool:
-        return self.state is MqttState.CLOSED
+        return self.state is SessionState.CLOSED
 
     @property
     def is_online(self) -> bool:
-        return self.state is MqttState.ONLINE
+        return self.state is SessionState.ONLINE
 
     @property
     def next_deadline(self) -> float:
-        if self.state is MqttState.ONLINE:
+        if self.state is SessionState.ONLINE:
             return self.last_rx + self.idle_timeout_s
         return self.login_deadline
 
     def check_timers(self, now: float) -> SessionClosed | None:
         """Close when no verified message came for 2.5 heartbeats (or the key lookup hung)."""
-        if self.state is MqttState.CLOSED:
+        if self.state is SessionState.CLOSED:
             return None
-        if self.state is MqttState.ONLINE:
+        if self.state is SessionState.ONLINE:
             if now >= self.last_rx + self.idle_timeout_s:
                 return self._close(ErrorCode.IDLE_TIMEOUT, "no message within 2.5 heartbeats")
         elif now >= self.login_deadline:
@@ -370,8 +366,8 @@ class MqttServerSession:
         self._close(code, reason)
 
     def _close(self, code: ErrorCode, reason: str) -> SessionClosed:
-        if self.state is not MqttState.CLOSED:
-            self.state = MqttState.CLOSED
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.CLOSED
             self.close_code = code
         return SessionClosed(self.close_code or code, reason)
 
@@ -386,7 +382,7 @@ class MqttServerSession:
 
     def verify_login(self, device_key: bytes) -> bool:
         """Keep the held messages whose tag holds with this key; True when any does."""
-        if self.state is not MqttState.VERIFYING:
+        if self.state is not SessionState.VERIFYING:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "verify_login twice")
         mac = MacKey(device_key)
         good = []
@@ -413,9 +409,10 @@ class MqttServerSession:
         There is no AUTH_OK on MQTT: the watermark rides on every ACK, and the desired state
         waits in `take_desired()` for the caller to send as a SET_STATE command (it needs a
         command id, which the session cannot make)."""
-        if self.state is not MqttState.VERIFYING or self._mac is None:
+        following = TRANSITIONS.get((self.state, Step.LOGIN_ACCEPTED))
+        if following is None or self._mac is None:
             raise LocalProtocolError(ErrorCode.AUTH_BAD_PROOF, "accept_login before verify_login")
-        self.state = MqttState.ONLINE
+        self.state = following
         self.last_rx = now
         self._desired = desired
 
@@ -444,10 +441,10 @@ class MqttServerSession:
 
     # ----------------------------------------------------------------- uplink
 
-    def receive(self, envelope: Envelope, now: float) -> list[object]:
+    def receive_data(self, envelope: Envelope, now: float) -> list[object]:
         """One message of this device (online): its events, or an UplinkDropped."""
         mac = self._mac
-        if self.state is not MqttState.ONLINE or mac is None:
+        if self.state is not SessionState.ONLINE or mac is None:
             return []
         channel = envelope.channel
         if not tag_ok(mac, envelope):
@@ -527,7 +524,7 @@ class MqttServerSession:
             raise LocalProtocolError(
                 ErrorCode.BAD_PAYLOAD, f"ack seq {seq} or rc {rc} out of range"
             )
-        if self._mac is None or self.state is MqttState.VERIFYING:
+        if self._mac is None or self.state is SessionState.VERIFYING:
             return
         body: dict[int, object] = {Key.ACK_SEQ: seq, Key.ACK_RC: rc}
         if watermark is not None:
@@ -556,7 +553,7 @@ class MqttServerSession:
             return answer.result
         return Ack(seq=seq, rc=answer.ack_rc if answer.ack_rc is not None else AckCode.STORED)
 
-    def messages_to_send(self) -> list[tuple[str, bytes, int]]:
+    def data_to_send(self) -> list[tuple[str, bytes, int]]:
         out = self._out
         if out:  # no new list per message when nothing is queued (the usual case)
             self._out = []
@@ -613,11 +610,11 @@ class MqttDeviceSession:
         self._out: list[tuple[str, bytes, int]] = []
         self._tx_seq = 0
         self.connected_ms = 0
-        self.state = MqttState.CLOSED
+        self.state = SessionState.CLOSED
 
     @property
     def is_closed(self) -> bool:
-        return self.state is MqttState.CLOSED
+        return self.state is SessionState.CLOSED
 
     def topic(self, channel: str) -> str:
         return topic(self._prefix, self.did, channel)
@@ -640,17 +637,17 @@ class MqttDeviceSession:
     def connected(self, connected_ms: int) -> None:
         """The broker accepted the connection: queue the connect notice (online)."""
         self.connected_ms = connected_ms
-        self.state = MqttState.ONLINE
+        self.state = SessionState.ONLINE
         self._out.append(
             (self.topic(Channel.STATUS), self._status(True, connected_ms, self._now_ms()), QOS_DATA)
         )
 
     def disconnected(self) -> None:
-        self.state = MqttState.CLOSED
+        self.state = SessionState.CLOSED
         self._out.clear()
 
     def _send(self, channel: str, body: dict[int, object], qos: int = QOS_DATA) -> int:
-        if self.state is not MqttState.ONLINE:
+        if self.state is not SessionState.ONLINE:
             raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, "not connected to the broker")
         seq = self._tx_seq
         self._tx_seq = (seq + 1) % SEQ_MODULO
@@ -696,7 +693,7 @@ class MqttDeviceSession:
             parsed = parse_message(frame)
         except RemoteProtocolError:
             return [Dropped("malformed")]
-        if isinstance(parsed, Command) and self.state is MqttState.ONLINE:
+        if isinstance(parsed, Command) and self.state is SessionState.ONLINE:
             # The cid lets whichever gateway node receives the ACK tell the one that sent it.
             self._send(
                 Channel.UP_ACK,

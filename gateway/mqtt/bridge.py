@@ -423,7 +423,7 @@ class MqttBridge:
 
     def handle(self, device: MqttDevice, envelope: Envelope, now: float) -> None:
         """A message of a device whose key is known: check it, then meter or dispatch it."""
-        for event in device.session.receive(envelope, now):
+        for event in device.session.receive_data(envelope, now):
             kind = type(event)
             if kind is Record:
                 self.hub.meter.submit(device, event)  # type: ignore[arg-type]

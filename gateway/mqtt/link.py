@@ -63,7 +63,7 @@ class MqttDevice:
                 sender.push(self.did, desired)
             for envelope in session.take_held():
                 self.bridge.handle(self, envelope, time.time())
-        out = session.messages_to_send()
+        out = session.data_to_send()
         if out:
             self.bridge.send(out)
 

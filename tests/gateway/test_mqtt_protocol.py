@@ -91,13 +91,15 @@ def test_a_record_goes_through_and_its_ack_comes_back() -> None:
     device, server = pair()
     online(device, server)
     (notice,) = server.take_held()
-    assert server.receive(notice, NOW) == [StatusNotice(online=True, connected_ms=int(NOW * 1000))]
+    assert server.receive_data(notice, NOW) == [
+        StatusNotice(online=True, connected_ms=int(NOW * 1000))
+    ]
     seq = device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
     (envelope,) = envelopes(device)
-    (record,) = server.receive(envelope, NOW)
+    (record,) = server.receive_data(envelope, NOW)
     assert isinstance(record, Record) and (record.seq, record.boot, record.rec) == (seq, 9, 1)
     server.ack(record.seq, AckCode.STORED, (9, 1))
-    ((name, payload, qos),) = server.messages_to_send()
+    ((name, payload, qos),) = server.data_to_send()
     assert (name, qos) == ("aq/DEMO00000001DA9F/down/ack", 0)
     assert device.receive_data((name, payload), 0) == [Ack(seq=seq, rc=0, watermark=(9, 1))]
 
@@ -108,23 +110,23 @@ def test_forged_replayed_stale_and_malformed_uplinks_are_dropped() -> None:
     server.take_held()
     device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
     (good,) = envelopes(device)
-    assert isinstance(server.receive(good, NOW)[0], Record)
-    assert server.receive(good, NOW) == [UplinkDropped("replayed", Channel.UP_TELE)]
+    assert isinstance(server.receive_data(good, NOW)[0], Record)
+    assert server.receive_data(good, NOW) == [UplinkDropped("replayed", Channel.UP_TELE)]
     name = topic("aq", DID, Channel.UP_TELE)
     body = {0: 2, 1: 9, 2: 1, MqttKey.SEQ: 5, MqttKey.SENT_MS: int(NOW * 1000)}
     forged = open_envelope("aq", name, seal(MacKey(b"\x01" * 32), name, body, 0))
-    assert server.receive(forged, NOW) == [UplinkDropped("forged", Channel.UP_TELE)]
+    assert server.receive_data(forged, NOW) == [UplinkDropped("forged", Channel.UP_TELE)]
     old = {**body, MqttKey.SENT_MS: int(NOW * 1000) - MAX_SKEW_MS - 1}
     stale = open_envelope("aq", name, seal(MacKey(KEY), name, old, 0))
-    assert server.receive(stale, NOW) == [UplinkDropped("stale", Channel.UP_TELE)]
+    assert server.receive_data(stale, NOW) == [UplinkDropped("stale", Channel.UP_TELE)]
     behind = {**body, MqttKey.SENT_MS: int(NOW * 1000) - 6000}  # 6 s behind the newest
-    assert server.receive(open_envelope("aq", name, seal(MacKey(KEY), name, behind, 0)), NOW) == [
-        UplinkDropped("replayed", Channel.UP_TELE)
-    ]
+    assert server.receive_data(
+        open_envelope("aq", name, seal(MacKey(KEY), name, behind, 0)), NOW
+    ) == [UplinkDropped("replayed", Channel.UP_TELE)]
     bad_record = {**body, 0: 0, MqttKey.SENT_MS: int(NOW * 1000) + 1}  # rec 0 is invalid
     envelope = open_envelope("aq", name, seal(MacKey(KEY), name, bad_record, 0))
-    assert server.receive(envelope, NOW) == [UplinkDropped("malformed", Channel.UP_TELE)]
-    ((_, payload, _),) = server.messages_to_send()  # a REJECTED ack: do not resend it
+    assert server.receive_data(envelope, NOW) == [UplinkDropped("malformed", Channel.UP_TELE)]
+    ((_, payload, _),) = server.data_to_send()  # a REJECTED ack: do not resend it
     assert device.receive_data((topic("aq", DID, Channel.DOWN_ACK), payload), 0) == [
         Ack(seq=5, rc=AckCode.REJECTED)
     ]
@@ -152,11 +154,13 @@ def test_a_will_about_an_older_connection_is_ignored() -> None:
     online(device, server)
     old_will = device.will(int(NOW * 1000) - 60_000)
     for envelope in server.take_held():
-        server.receive(envelope, NOW)
+        server.receive_data(envelope, NOW)
     envelope = open_envelope("aq", *old_will)
-    assert server.receive(envelope, NOW) == [UplinkDropped("replayed", Channel.STATUS)]
+    assert server.receive_data(envelope, NOW) == [UplinkDropped("replayed", Channel.STATUS)]
     will = open_envelope("aq", *device.will(int(NOW * 1000)))
-    assert server.receive(will, NOW) == [StatusNotice(online=False, connected_ms=int(NOW * 1000))]
+    assert server.receive_data(will, NOW) == [
+        StatusNotice(online=False, connected_ms=int(NOW * 1000))
+    ]
 
 
 def test_commands_are_sealed_acked_by_the_device_and_results_come_back() -> None:
@@ -164,15 +168,15 @@ def test_commands_are_sealed_acked_by_the_device_and_results_come_back() -> None
     online(device, server)
     server.take_held()
     seq = server.send_command(Command(cid=3, op=CommandOp.LOCK, exp=int(NOW) + 9, args={2: 4}))
-    ((name, payload, qos),) = server.messages_to_send()
+    ((name, payload, qos),) = server.data_to_send()
     assert (name, qos) == ("aq/DEMO00000001DA9F/down/cmd", 1)
     (command,) = device.receive_data((name, payload), 0)
     assert isinstance(command, Command) and command.cid == 3
     device.send_result(Result(cid=3, rc=0, out=7))
     ack, result = envelopes(device)
     # Both answers name the cid, so any node can tell whether it sent the command.
-    (acked,) = server.receive(ack, NOW)
-    (answered,) = server.receive(result, NOW)
+    (acked,) = server.receive_data(ack, NOW)
+    (answered,) = server.receive_data(result, NOW)
     assert acked == CommandAnswer(3, ack_rc=0)
     assert answered == CommandAnswer(3, result=Result(cid=3, rc=0, out=7, seq=answered.result.seq))
     assert server.answer_for(acked) == Ack(seq=seq, rc=0)  # the seq this session sent it with
@@ -204,7 +208,7 @@ def test_an_ack_without_a_cid_is_matched_by_seq_as_before() -> None:
     name = topic("aq", DID, Channel.UP_ACK)
     body = {0: 4, 1: 0, MqttKey.SEQ: 9, MqttKey.SENT_MS: int(NOW * 1000)}
     envelope = open_envelope("aq", name, seal(MacKey(KEY), name, body, 0))
-    assert server.receive(envelope, NOW) == [Ack(seq=4, rc=0)]
+    assert server.receive_data(envelope, NOW) == [Ack(seq=4, rc=0)]
 
 
 def test_the_desired_state_of_a_login_waits_once_for_the_caller() -> None:
@@ -239,7 +243,7 @@ def test_hostile_messages_raise_nothing_but_our_error(name: str, payload: bytes)
             envelope = open_envelope("aq", candidate, payload)
         except ProtocolError:
             continue
-        for event in server.receive(envelope, NOW):
+        for event in server.receive_data(envelope, NOW):
             assert isinstance(event, UplinkDropped | Record | StatusNotice | Ack | Result)
         for event in device.receive_data((candidate, payload), 0):
             assert isinstance(event, Dropped | Ack | Command)
@@ -268,12 +272,12 @@ def test_correctly_tagged_garbage_raises_nothing_but_our_error(
             envelope = open_envelope("aq", name, payload)
         except ProtocolError:
             continue
-        server.receive(envelope, NOW)
+        server.receive_data(envelope, NOW)
     try:
         sealed = seal(MacKey(KEY), name, body, 0)
     except ProtocolError:
         return
-    for event in server.receive(open_envelope("aq", name, sealed), NOW):
+    for event in server.receive_data(open_envelope("aq", name, sealed), NOW):
         assert isinstance(event, UplinkDropped | Record | StatusNotice | Result)
 
 
