@@ -65,10 +65,16 @@ class MqttPurifierLink(asyncio.Protocol):
         self._last_write = time.monotonic()
 
     def close(self, reason: str) -> None:
-        """A clean DISCONNECT (the broker drops the will)."""
+        """A clean DISCONNECT, after the goodbye (docs/mqtt.md, section 3 step 8): the broker
+        drops the will on a clean DISCONNECT, so the device publishes its will message itself
+        first, and the gateway shows it offline at once instead of after the idle timeout."""
         socket = self._socket
         if socket is not None and not socket.is_closing():
             self.device.close_reason = reason
+            device = self.device
+            if device.connected_ms:  # the will registered with this connection's CONNECT
+                name, payload = device.mqtt.will(device.connected_ms)
+                socket.write(wire.publish(name, payload, 1, self._ids.take()))
             socket.write(wire.DISCONNECT)
             socket.close()
 

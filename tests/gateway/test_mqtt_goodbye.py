@@ -22,6 +22,7 @@ from tests.gateway.test_mqtt_bridge import (
     unique_prefix,
     wait_until,
 )
+from tests.gateway.test_mqtt_desired import purifier_links  # noqa: F401  # the fixture
 
 ACTOR = "test-admin"
 
@@ -91,3 +92,30 @@ async def test_a_clean_disconnect_without_goodbye_goes_unnoticed(
     await again.connect()  # its connect notice: no login on a node that holds its session
     assert await next_command(again, 2.0) is None
     assert node.metrics.mqtt_offline_notices == 0
+
+
+async def test_the_simulated_purifier_says_goodbye_when_it_disconnects_cleanly(
+    node_factory: Any,
+    purifier_links: list,  # noqa: F811
+) -> None:
+    """simulators/mqtt_link.py does step 8: a load test's clean disconnects show at once."""
+    from tests.gateway.test_mqtt_desired import online as sim_online
+    from tests.gateway.test_mqtt_desired import simulated_purifier
+
+    prefix = unique_prefix()
+    node = await mqtt_node(node_factory, prefix)  # idle timeout: 150 s
+    (dev,) = await register_devices(node, 1)
+    await service.configure(node.app[SERVICE_STORE], dev.did, ServiceMode.SALE, actor=ACTOR)
+    device = await simulated_purifier(dev, prefix)
+    link = await sim_online(device, purifier_links)
+
+    async def is_online() -> bool:
+        return bool(await presence(node, dev.did))
+
+    async def is_offline() -> bool:
+        return not await presence(node, dev.did)
+
+    await wait_until(is_online)
+    link.close("test")
+    await wait_until(is_offline, timeout=3.0)
+    assert node.metrics.mqtt_offline_notices == 1
