@@ -17,13 +17,18 @@ else is a crash: the loop prints the input as hex and exits non-zero.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script from anywhere: the repository root holds the test data it shares with the
+# property tests (tests/protocol/helpers.py, tests/protocol/strategies.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import contextlib
 import random
-import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 from protocol import (
     DeviceSession,
@@ -41,38 +46,23 @@ from protocol.frames import encode_frame, frame_mac
 from protocol.messages import (
     FRAME_TYPE_OF,
     Ack,
-    Auth,
-    AuthFail,
-    AuthOk,
-    Challenge,
     Command,
-    DesiredState,
-    Error,
-    Event,
-    FilterReading,
-    Hello,
     Message,
-    Ping,
-    Pong,
     Record,
     Result,
-    Telemetry,
     encode_payload,
     message_map,
     parse_message,
     parse_record,
 )
 from protocol.session import MAC_REQUIRED
+from tests.protocol.helpers import CLIENT_NONCE, DEVICE_KEY, DID, NOW, SERVER_NONCE
 
 try:  # optional: coverage-guided fuzzing
     import atheris
 except ImportError:  # pragma: no cover - depends on the machine
     atheris = None
 
-DID = "AQ0000000001"
-DEVICE_KEY = bytes(range(32))
-CLIENT_NONCE = bytes.fromhex("0102030405060708")
-SERVER_NONCE = bytes.fromhex("1112131415161718")
 SESSION_KEY = session_key(DEVICE_KEY, CLIENT_NONCE, SERVER_NONCE)
 # Frame MAC keys: K_DS for what a device sends (good at the servers), K_SD for what a server
 # sends (good at the devices); each is the wrong key at the other end.
@@ -81,9 +71,8 @@ WRONG_KEY = session_key(DEVICE_KEY, SERVER_NONCE, CLIENT_NONCE)  # nonces swappe
 # Payload mode's MAC keys, picked by the selector byte (see fuzz_one); SESSION_KEY is Ks itself,
 # which keys no frame (both directions refuse it).
 PAYLOAD_KEYS = (K_DS, K_SD, SESSION_KEY, WRONG_KEY)
-NOW = 1_700_000_000
+POOL_SIZE = 300  # messages drawn per seed for the valid streams
 FRAME_TYPES = [int(t) for t in FrameType] + [0x00, 0x55, 0xFF]
-T = TypeVar("T")
 # What a session reports only for a frame it took: never for one whose MAC is missing or wrong
 # (but LoginFailed(BAD_MAC): the refusal of such an AUTH_OK).
 _ACCEPTED = (Record, Result, Ack, Command, LoggedIn, LoginFailed)
@@ -197,56 +186,34 @@ def fuzz_one(data: bytes) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
-def _random_message(rng: random.Random) -> Message:
-    def u32() -> int:
-        return rng.choice([0, 1, 7, 0xFFFF, 0xFFFFFFFF, rng.randrange(1 << 32)])
+def message_pool(seed: int, size: int = POOL_SIZE) -> list[Message]:
+    """`size` valid messages drawn from the property tests' own strategies
+    (tests/protocol/strategies.py), the same ones for the same seed: one definition of what a
+    message may hold serves both."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as fixed_seed
 
-    def rec() -> int:
-        return rng.choice([1, 2, 0xFFFFFFFF, rng.randrange(1, 1 << 32)])
+    from tests.protocol.strategies import messages
 
-    def maybe(value: T) -> T | None:
-        return value if rng.random() < 0.6 else None
+    pool: list[Message] = []
 
-    def nonce(size: int) -> bytes:
-        return rng.randbytes(size)
+    @settings(
+        max_examples=size, database=None, deadline=None, phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    @fixed_seed(seed)
+    @given(messages)
+    def draw(message: Message) -> None:
+        pool.append(message)
 
-    builders: list[Callable[[], Message]] = [
-        lambda: Hello(did=DID, fw="1.4.2", client_nonce=nonce(8)),
-        lambda: Challenge(server_nonce=nonce(8), server_time=u32()),
-        lambda: Auth(proof=nonce(32)),
-        lambda: AuthOk(
-            proof=nonce(32),
-            heartbeat_s=rng.randrange(1, 0x10000),
-            last_acked=maybe((u32(), u32())),
-            desired=maybe(DesiredState(u32(), rng.random() < 0.5, -250, u32())),
-        ),
-        lambda: AuthFail(code=rng.choice([20, 21, 22, 24]), reason="no"),
-        lambda: Error(code=rng.randrange(1, 35), reason="why", seq=maybe(rng.randrange(0x10000))),
-        lambda: Ping(),
-        lambda: Pong(),
-        lambda: Telemetry(
-            rec=rec(),
-            boot=u32(),
-            ts=u32(),
-            flow_total_ml=maybe(rng.randrange(2**53)),
-            tds_in_ppm=maybe(rng.randrange(0x10000)),
-            temperature_dc=maybe(rng.randrange(-1000, 2001)),
-            filters=tuple(FilterReading(i, u32(), u32(), 3) for i in range(rng.randrange(4))),
-            cnt_epoch=maybe(u32()),
-            signal=maybe(rng.randrange(-150, 256)),
-            state_bits=maybe(u32()),
-        ),
-        lambda: Event(rec=rec(), boot=u32(), ts=u32(), kind=rng.randrange(1, 7), ml=maybe(250)),
-        lambda: Command(cid=u32(), op=rng.randrange(1, 10), exp=u32(), args={1: 250, 2: 3}),
-        lambda: Result(cid=u32(), rc=rng.randrange(4), out=maybe(250)),
-        lambda: Ack(seq=rng.randrange(0x10000), rc=rng.choice([0, 1, 2, 16, 18]), watermark=(1, 2)),
-    ]
-    return rng.choice(builders)()
+    draw()
+    return pool
 
 
-def random_frame(rng: random.Random) -> bytes:
-    """One valid frame: a random message, encoding, flags and seq, MACed with K_DS, K_SD or not."""
-    message = _random_message(rng)
+def random_frame(rng: random.Random, pool: list[Message]) -> bytes:
+    """One valid frame: a message of `pool`, a random encoding, flags and seq, MACed with K_DS,
+    K_SD or not."""
+    message = rng.choice(pool)
     encoding = rng.randrange(2)
     flags = (encoding << Flag.ENCODING_SHIFT) | rng.choice([0, Flag.ACK_REQ, Flag.DUP])
     payload = encode_payload(message_map(message), encoding)
@@ -305,12 +272,12 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def payload_input(rng: random.Random) -> bytes:
+def payload_input(rng: random.Random, pool: list[Message]) -> bytes:
     """A payload-mode input (see fuzz_one): a valid message map behind its type and key selector
     and random flags, so that well-formed frames with a missing, wrong or good MAC reach the
     sessions.
     """
-    message = _random_message(rng)
+    message = rng.choice(pool)
     encoding = rng.randrange(2)
     key_index = rng.randrange(len(PAYLOAD_KEYS))
     selector = FRAME_TYPES.index(FRAME_TYPE_OF[type(message)]) + key_index * len(FRAME_TYPES)
@@ -322,9 +289,10 @@ def generate(seed: int, count: int) -> Iterator[bytes]:
     """`count` inputs: valid streams, mutated streams, modem text mixes, payload-mode inputs and
     random bytes."""
     rng = random.Random(seed)
+    pool = message_pool(seed)
     for _ in range(count):
         roll = rng.random()
-        stream = b"".join(random_frame(rng) for _ in range(rng.randrange(1, 4)))
+        stream = b"".join(random_frame(rng, pool) for _ in range(rng.randrange(1, 4)))
         if roll < 0.1:
             yield stream
         elif roll < 0.65:
@@ -332,7 +300,7 @@ def generate(seed: int, count: int) -> Iterator[bytes]:
         elif roll < 0.75:
             yield rng.choice(MODEM_TEXT) + stream + rng.choice(MODEM_TEXT)
         elif roll < 0.9:
-            yield payload_input(rng)
+            yield payload_input(rng, pool)
         else:
             yield rng.randbytes(rng.randrange(0, 300))
 

@@ -45,8 +45,10 @@ def test_random_frames_are_valid(fuzz: ModuleType) -> None:
     from tests.protocol.helpers import decode_all
 
     rng = random.Random(3)
+    pool = fuzz.message_pool(3, size=100)
+    assert len({type(message) for message in pool}) >= 10  # the strategies' every kind, nearly
     for _ in range(200):
-        data = fuzz.random_frame(rng)
+        data = fuzz.random_frame(rng, pool)
         assert len(decode_all(data)) == 1
 
 
