@@ -7,9 +7,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from api.errors import Forbidden, NotFoundError, ValidationFailed
-from api.routing import Call, Page, RouteTable
-from api.schemas import (
+from aquafleet.api.errors import Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.api.schemas import (
     UNSET,
     Email,
     ListQuery,
@@ -23,9 +23,9 @@ from api.schemas import (
     VendorCode,
     text,
 )
-from api.tokens import revoke_accounts
-from models.accounts import AdminAccount, rename_account, set_password
-from models.agents import (
+from aquafleet.api.tokens import revoke_accounts
+from aquafleet.models.accounts import AdminAccount, rename_account, set_password
+from aquafleet.models.agents import (
     Agent,
     AgentLevel,
     AgentState,
@@ -35,8 +35,8 @@ from models.agents import (
     set_agent_state,
     visible_agents,
 )
-from models.tenancy import ADMIN_ROLES, Principal, Role
-from models.vendors import Vendor, check_changeable
+from aquafleet.models.tenancy import ADMIN_ROLES, Principal, Role
+from aquafleet.models.vendors import Vendor, check_changeable
 
 routes = RouteTable(
     "agents",

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import agents, auth, broker_auth, commands, devices, members, vendors
-from api.auth import ApiAuthenticator
-from api.openapi import setup_openapi
-from api.routing import (
+from aquafleet.api import agents, auth, broker_auth, commands, devices, members, vendors
+from aquafleet.api.auth import ApiAuthenticator
+from aquafleet.api.openapi import setup_openapi
+from aquafleet.api.routing import (
     AUTHENTICATOR,
     Route,
     RouteTable,
@@ -17,11 +17,11 @@ from api.routing import (
     check_metrics_access,
     envelope_middleware,
 )
-from api.tokens import TOKENS, TokenService
-from gateway.appkeys import DEVICE_GATEWAY, METRICS, REDIS, SETTINGS
-from gateway.errors import GatewayError
-from models.accounts import reload_admin
-from models.tenancy import ADMIN_ROLES
+from aquafleet.api.tokens import TOKENS, TokenService
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, METRICS, REDIS, SETTINGS
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.models.accounts import reload_admin
+from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members)

@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import Field
 
-from api.errors import ApiError, Unauthorized
-from api.routing import PUBLIC, Call, RouteTable
-from api.schemas import PasswordMd5, RequestModel, ResponseModel
-from api.signing import (
+from aquafleet.api.errors import ApiError, Unauthorized
+from aquafleet.api.routing import PUBLIC, Call, RouteTable
+from aquafleet.api.schemas import PasswordMd5, RequestModel, ResponseModel
+from aquafleet.api.signing import (
     APP_KEY_RE,
     NONCE_RE,
     SIGNATURE_RE,
@@ -23,21 +23,21 @@ from api.signing import (
     signature_matches,
     string_to_sign,
 )
-from api.tokens import TOKENS, TokenRejected, TokenService
-from gateway.appkeys import REDIS, SETTINGS
-from gateway.config import Settings
-from gateway.logs import get_logger
-from gateway.redis_io import redis_errors
-from models import ratelimit
-from models.accounts import (
+from aquafleet.api.tokens import TOKENS, TokenRejected, TokenService
+from aquafleet.gateway.appkeys import REDIS, SETTINGS
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.models import ratelimit
+from aquafleet.models.accounts import (
     AdminAccount,
     LoginRefused,
     login_admin,
     set_password,
     verify_password,
 )
-from models.tenancy import ADMIN_ROLES, ANY_ROLE, Principal, Role
-from models.vendors import Vendor, VendorState
+from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, Principal, Role
+from aquafleet.models.vendors import Vendor, VendorState
 
 log = get_logger("aquafleet.api.auth")
 

@@ -28,14 +28,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import KEYSPACE, REDIS, SETTINGS
-from gateway.errors import RedisUnavailable
-from gateway.logs import get_logger
-from gateway.redis_io import redis_errors
-from gateway.registry_cache import parse_registry_entry
-from protocol.constants import MAX_DID_LEN
-from protocol.crypto import derive_device_key, mqtt_password
-from protocol.mqtt import Channel
+from aquafleet.gateway.appkeys import KEYSPACE, REDIS, SETTINGS
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.gateway.registry_cache import parse_registry_entry
+from aquafleet.protocol.constants import MAX_DID_LEN
+from aquafleet.protocol.crypto import derive_device_key, mqtt_password
+from aquafleet.protocol.mqtt import Channel
 
 log = get_logger("aquafleet.broker_auth")
 

@@ -14,13 +14,21 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from api.devices import usable_device
-from api.errors import ConflictError, NotFoundError
-from api.routing import Call, Page, RouteTable
-from api.schemas import MAX_LIMIT, UNSET, PathParams, Query, RequestModel, ResponseModel, text
-from gateway.appkeys import DEVICE_GATEWAY
-from gateway.commands import KEEP_LISTED, CommandKind, CommandRecord, CommandState
-from models.commands import (
+from aquafleet.api.devices import usable_device
+from aquafleet.api.errors import ConflictError, NotFoundError
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.api.schemas import (
+    MAX_LIMIT,
+    UNSET,
+    PathParams,
+    Query,
+    RequestModel,
+    ResponseModel,
+    text,
+)
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.gateway.commands import KEEP_LISTED, CommandKind, CommandRecord, CommandState
+from aquafleet.models.commands import (
     NAME_OF_OP,
     OP_ARGUMENT,
     OP_NAMES,
@@ -28,9 +36,9 @@ from models.commands import (
     needs_service_mode,
     wire_args,
 )
-from models.service import DeviceService
-from models.tenancy import ANY_ROLE, Principal, Role
-from models.vending import MAX_DISPENSE_ML
+from aquafleet.models.service import DeviceService
+from aquafleet.models.tenancy import ANY_ROLE, Principal, Role
+from aquafleet.models.vending import MAX_DISPENSE_ML
 
 routes = RouteTable(
     "commands",

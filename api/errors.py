@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.errors import Conflict, DomainError, InvalidInput, NotFound
-from models.errors import Forbidden as DomainForbidden
-from models.errors import Unavailable as DomainUnavailable
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
+from aquafleet.models.errors import Forbidden as DomainForbidden
+from aquafleet.models.errors import Unavailable as DomainUnavailable
 
 
 class ApiError(Exception):
@@ -202,8 +202,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 
 def _register_known_domain_errors() -> None:
-    from models.accounts import LoginRefused
-    from models.ratelimit import RateLimited as DomainRateLimited
+    from aquafleet.models.accounts import LoginRefused
+    from aquafleet.models.ratelimit import RateLimited as DomainRateLimited
 
     register_domain_error(LoginRefused, 401)
     register_domain_error(DomainRateLimited, 429)

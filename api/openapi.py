@@ -16,8 +16,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.errors import ERROR_CODES
-from api.routing import API_PREFIX, Route
+from aquafleet.api.errors import ERROR_CODES
+from aquafleet.api.routing import API_PREFIX, Route
 
 REF = "#/components/schemas/{model}"
 ERROR_ENVELOPE = "ErrorEnvelope"

@@ -27,7 +27,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from tortoise.exceptions import BaseORMException, DBConnectionError, IntegrityError
 
-from api.errors import (
+from aquafleet.api.errors import (
     ApiError,
     BadRequest,
     ConflictError,
@@ -42,10 +42,10 @@ from api.errors import (
     ValidationFailed,
     from_domain,
 )
-from gateway.errors import RedisUnavailable
-from gateway.logs import get_logger
-from models.errors import DomainError
-from models.tenancy import Principal, Role
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.errors import DomainError
+from aquafleet.models.tenancy import Principal, Role
 
 log = get_logger("aquafleet.api")
 

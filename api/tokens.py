@@ -29,8 +29,8 @@ from typing import Any, TypedDict
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway.redis_io import redis_errors
-from models.tenancy import Principal, Role
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.models.tenancy import Principal, Role
 
 PRUNE_SESSIONS_OVER = 32  # an account's set of sids is pruned of expired ones past this
 TOKEN_RE = re.compile(r"^([ar])\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})$")

@@ -9,10 +9,10 @@ from pydantic import Field
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
 
-from api.auth import is_signed
-from api.errors import Forbidden, NotFoundError, ValidationFailed
-from api.routing import Call, Page, RouteTable
-from api.schemas import (
+from aquafleet.api.auth import is_signed
+from aquafleet.api.errors import Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.api.schemas import (
     UNSET,
     Email,
     ListQuery,
@@ -26,12 +26,12 @@ from api.schemas import (
     VendorCode,
     text,
 )
-from api.signing import app_secret
-from api.tokens import revoke_accounts
-from gateway.appkeys import SETTINGS
-from models.accounts import AdminAccount, set_password
-from models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
-from models.vendors import (
+from aquafleet.api.signing import app_secret
+from aquafleet.api.tokens import revoke_accounts
+from aquafleet.gateway.appkeys import SETTINGS
+from aquafleet.models.accounts import AdminAccount, set_password
+from aquafleet.models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
+from aquafleet.models.vendors import (
     Vendor,
     VendorContract,
     VendorState,

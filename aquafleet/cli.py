@@ -17,9 +17,9 @@ from typing import Any
 
 import uvloop
 
-from gateway.config import Settings, load_settings, settings_reference
-from gateway.errors import ConfigError, GatewayError
-from gateway.logs import configure_logging, get_logger
+from aquafleet.gateway.config import Settings, load_settings, settings_reference
+from aquafleet.gateway.errors import ConfigError, GatewayError
+from aquafleet.gateway.logs import configure_logging, get_logger
 
 log = get_logger("aquafleet.cli")
 
@@ -40,8 +40,8 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
 
 async def _redis_for_commands(settings: Settings) -> Any:
     """A Redis client for one-off commands: the configured one, or a running embedded one."""
-    from gateway.embedded_redis import running_url
-    from gateway.redis_io import open_redis
+    from aquafleet.gateway.embedded_redis import running_url
+    from aquafleet.gateway.redis_io import open_redis
 
     url = settings.redis_url or running_url(settings.data_dir)
     if url is None:
@@ -84,7 +84,7 @@ async def _serve_one(settings: Settings) -> int:
 
 
 def _worker_main(overrides: dict[str, Any], config: str | None) -> None:
-    from gateway.embedded_redis import die_with_parent
+    from aquafleet.gateway.embedded_redis import die_with_parent
 
     die_with_parent()  # a worker stops (gracefully) when its supervisor is gone
     settings = load_settings(Path(config) if config else None, **overrides)
@@ -100,8 +100,8 @@ def _serve_workers(settings: Settings) -> int:
 async def _supervise_workers(settings: Settings) -> int:
     import contextlib
 
-    from gateway.embedded_redis import embedded_redis
-    from models.db import migrate
+    from aquafleet.gateway.embedded_redis import embedded_redis
+    from aquafleet.models.db import migrate
 
     async with contextlib.AsyncExitStack() as stack:
         redis_url = settings.redis_url
@@ -151,7 +151,7 @@ async def _supervise_workers(settings: Settings) -> int:
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     """A ledger writer in its own process (serve with AQUAFLEET_LEDGER_WRITER=false)."""
-    from gateway.embedded_redis import running_url
+    from aquafleet.gateway.embedded_redis import running_url
 
     settings = _settings(args, data_dir=args.data_dir)
     if settings.redis_url is None:
@@ -185,7 +185,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from models.db import migrate
+    from aquafleet.models.db import migrate
 
     async def run() -> int:
         await migrate(settings.resolved_database_url)
@@ -196,7 +196,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _with_database(settings: Settings, action: Callable[[], Awaitable[int]]) -> int:
-    from models.db import database
+    from aquafleet.models.db import database
 
     async with database(settings.resolved_database_url, run_migrations=settings.migrate_on_start):
         return await action()
@@ -208,7 +208,7 @@ async def _with_database(settings: Settings, action: Callable[[], Awaitable[int]
 def cmd_vendors_add(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from models.registry import create_vendor
+    from aquafleet.models.registry import create_vendor
 
     async def action() -> int:
         vendor = await create_vendor(args.code, args.name)
@@ -248,8 +248,8 @@ def cmd_admin_create_platform(args: argparse.Namespace) -> int:
 
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     password = _read_new_password(args)
     # Clients send the MD5 of the password (the seed); the account stores a hash of that.
@@ -269,9 +269,9 @@ def cmd_admin_create_platform(args: argparse.Namespace) -> int:
 def cmd_devices_register(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from models.devices import DeviceState, DeviceType
-    from models.registry import register_devices
-    from protocol.crypto import derive_device_key
+    from aquafleet.models.devices import DeviceState, DeviceType
+    from aquafleet.models.registry import register_devices
+    from aquafleet.protocol.crypto import derive_device_key
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -307,8 +307,8 @@ def cmd_devices_register(args: argparse.Namespace) -> int:
 
 
 async def _push_registry(settings: Settings, entries: list[tuple[str, int, int]]) -> bool:
-    from gateway.keys import Keyspace
-    from gateway.registry_cache import write_entries
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.registry_cache import write_entries
 
     client = await _redis_for_commands(settings)
     if client is None:
@@ -323,10 +323,10 @@ async def _push_registry(settings: Settings, entries: list[tuple[str, int, int]]
 def cmd_devices_state(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from gateway.keys import Keyspace
-    from gateway.registry_cache import kick_everywhere
-    from models.devices import LOGIN_ALLOWED, DeviceState
-    from models.registry import set_device_state
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.registry_cache import kick_everywhere
+    from aquafleet.models.devices import LOGIN_ALLOWED, DeviceState
+    from aquafleet.models.registry import set_device_state
 
     state = DeviceState.DISABLED if args.devices_command == "disable" else DeviceState.ACTIVE
 
@@ -349,7 +349,7 @@ def cmd_devices_state(args: argparse.Namespace) -> int:
 def cmd_devices_show(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from gateway.inspect import device_status
+    from aquafleet.gateway.inspect import device_status
 
     async def action() -> int:
         client = await _redis_for_commands(settings)
@@ -383,11 +383,11 @@ def cmd_service(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, "console")
     import getpass
 
-    from gateway.keys import Keyspace
-    from gateway.redis_io import Scripts
-    from gateway.service_state import ServiceStore
-    from models import service
-    from models.errors import DomainError
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.redis_io import Scripts
+    from aquafleet.gateway.service_state import ServiceStore
+    from aquafleet.models import service
+    from aquafleet.models.errors import DomainError
 
     actor = args.actor or f"cli:{getpass.getuser()}"
     dids = _service_dids(args)
@@ -450,8 +450,8 @@ def cmd_billing_close(args: argparse.Namespace) -> int:
     """Record what each device owes for a period (minimum consumption); safe to run twice."""
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from models.billing import close_billing_period_command
-    from models.errors import DomainError
+    from aquafleet.models.billing import close_billing_period_command
+    from aquafleet.models.errors import DomainError
 
     async def run() -> int:
         try:
@@ -470,7 +470,7 @@ def cmd_billing_close(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, data_dir=args.data_dir)
     configure_logging(settings.log_level, "console")
-    from gateway.inspect import platform_status
+    from aquafleet.gateway.inspect import platform_status
 
     async def action() -> int:
         client = await _redis_for_commands(settings)
@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--docs", action="store_true", help="print the settings reference")
     config.set_defaults(func=cmd_config)
 
-    from simulators.cli import add_sim_parser
+    from aquafleet.simulators.cli import add_sim_parser
 
     add_sim_parser(commands)
     return parser
@@ -632,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from models.errors import DomainError
+        from aquafleet.models.errors import DomainError
 
         if isinstance(exc, DomainError):
             print(f"aquafleet: {exc.message}", file=sys.stderr)

@@ -11,12 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from api.app import setup_api
-from gateway.appkeys import METRICS, SETTINGS
-from gateway.config import Settings
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.node import (
+from aquafleet.api.app import setup_api
+from aquafleet.gateway.appkeys import METRICS, SETTINGS
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.node import (
     database_ctx,
     gateway_ctx,
     ledger_ctx,

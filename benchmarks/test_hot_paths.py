@@ -9,9 +9,9 @@ import time
 
 import msgpack
 
-from protocol import DeviceSession, FilterReading, ServerSession, Telemetry
-from protocol.crc import crc16_modbus
-from protocol.crypto import derive_device_key
+from aquafleet.protocol import DeviceSession, FilterReading, ServerSession, Telemetry
+from aquafleet.protocol.crc import crc16_modbus
+from aquafleet.protocol.crypto import derive_device_key
 
 DID = "BNCH00000001AAAA"
 KEY = derive_device_key(b"\x42" * 32, DID, 1)
@@ -88,7 +88,7 @@ def test_pack_a_metering_round_of_1000_records(benchmark):
 
 def test_maintenance_check_of_a_ledger_batch_of_1000_devices(benchmark):
     """The filter-life rules the ledger writer runs after each commit (pure part, 3 stages)."""
-    from models.filters import DeviceFilters, maintenance_requests, parse_filter_spec
+    from aquafleet.models.filters import DeviceFilters, maintenance_requests, parse_filter_spec
 
     stages = parse_filter_spec(
         [{"order": i, "name": "", "timer_mode": 0, "lifetime": 4320, "worklife": 540}

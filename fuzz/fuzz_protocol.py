@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Iterator
 
-from protocol import (
+from aquafleet.protocol import (
     DeviceSession,
     FrameDecoder,
     LoggedIn,
@@ -39,11 +39,11 @@ from protocol import (
     ServerSession,
     SessionState,
 )
-from protocol.constants import MAX_FRAME, MAX_PAYLOAD, ErrorCode, Flag, FrameType
-from protocol.crc import crc16_modbus
-from protocol.crypto import direction_keys, session_key
-from protocol.frames import encode_frame, frame_mac
-from protocol.messages import (
+from aquafleet.protocol.constants import MAX_FRAME, MAX_PAYLOAD, ErrorCode, Flag, FrameType
+from aquafleet.protocol.crc import crc16_modbus
+from aquafleet.protocol.crypto import direction_keys, session_key
+from aquafleet.protocol.frames import encode_frame, frame_mac
+from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
     Ack,
     Command,
@@ -55,7 +55,7 @@ from protocol.messages import (
     parse_message,
     parse_record,
 )
-from protocol.session import MAC_REQUIRED
+from aquafleet.protocol.session import MAC_REQUIRED
 from tests.protocol.helpers import CLIENT_NONCE, DEVICE_KEY, DID, NOW, SERVER_NONCE
 
 try:  # optional: coverage-guided fuzzing

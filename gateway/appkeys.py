@@ -15,17 +15,17 @@ from aiohttp import web
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from gateway.commands import CommandService
-    from gateway.config import Settings
-    from gateway.facade import DeviceGateway
-    from gateway.hub import Hub
-    from gateway.keys import Keyspace
-    from gateway.metrics import Metrics
-    from gateway.mqtt import MqttBridge
-    from gateway.redis_io import Scripts
-    from gateway.rental import RentalScheduler
-    from gateway.service_state import ServiceStore
-    from gateway.tasks import TaskGroup
+    from aquafleet.gateway.commands import CommandService
+    from aquafleet.gateway.config import Settings
+    from aquafleet.gateway.facade import DeviceGateway
+    from aquafleet.gateway.hub import Hub
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.metrics import Metrics
+    from aquafleet.gateway.mqtt import MqttBridge
+    from aquafleet.gateway.redis_io import Scripts
+    from aquafleet.gateway.rental import RentalScheduler
+    from aquafleet.gateway.service_state import ServiceStore
+    from aquafleet.gateway.tasks import TaskGroup
 
 # The platform's resources: every layer may read these.
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

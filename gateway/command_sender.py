@@ -20,15 +20,15 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from gateway.errors import RedisUnavailable
-from gateway.hub import DeviceLink, Hub
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import redis_errors
-from protocol import Command, CommandOp, DesiredState, desired_state_args
-from protocol.constants import DesiredKey
-from protocol.messages import Result
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.hub import DeviceLink, Hub
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.protocol import Command, CommandOp, DesiredState, desired_state_args
+from aquafleet.protocol.constants import DesiredKey
+from aquafleet.protocol.messages import Result
 
 log = get_logger("aquafleet.command_sender")
 

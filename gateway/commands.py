@@ -42,13 +42,13 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
-from gateway.command_sender import AnswerTo, CommandIds, CopyAnswer
-from gateway.errors import GatewayError
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import ScriptCall, Scripts, redis_errors
-from protocol import Command, CommandOp
+from aquafleet.gateway.command_sender import AnswerTo, CommandIds, CopyAnswer
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import ScriptCall, Scripts, redis_errors
+from aquafleet.protocol import Command, CommandOp
 
 log = get_logger("aquafleet.commands")
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.errors import ConfigError
+from aquafleet.gateway.errors import ConfigError
 
 ENV_PREFIX = "AQUAFLEET_"
 CONFIG_FILE_ENV = "AQUAFLEET_CONFIG"

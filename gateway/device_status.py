@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.errors import RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.meter import MeterState
-from gateway.mqtt.bridge import MQTT_NODE
-from gateway.presence import OfflineReason
-from gateway.redis_io import pack_command, round_trip
-from protocol import ProtocolError
-from protocol.constants import FrameType
-from protocol.messages import Telemetry, parse_record_payload
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.meter import MeterState
+from aquafleet.gateway.mqtt.bridge import MQTT_NODE
+from aquafleet.gateway.presence import OfflineReason
+from aquafleet.gateway.redis_io import pack_command, round_trip
+from aquafleet.protocol import ProtocolError
+from aquafleet.protocol.constants import FrameType
+from aquafleet.protocol.messages import Telemetry, parse_record_payload
 
 # A live node closes an idle connection within a second of its deadline (the sweeper) and
 # releases it in the next batch; a presence still unreleased this long after it expired was

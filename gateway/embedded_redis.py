@@ -20,8 +20,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from gateway.errors import EmbeddedRedisError
-from gateway.logs import get_logger
+from aquafleet.gateway.errors import EmbeddedRedisError
+from aquafleet.gateway.logs import get_logger
 
 log = get_logger("aquafleet.embedded_redis")
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.commands import CommandRecord, CommandService
-from gateway.device_status import RuntimeStatus, read_runtime
-from gateway.hub import Hub
-from gateway.keys import Keyspace
-from gateway.redis_io import redis_errors
-from gateway.registry_cache import kick_everywhere, write_entries
-from gateway.service_state import ServiceState, ServiceStore
-from models import service
-from models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
-from models.vending import start_dispense
-from protocol import Command, CommandOp
+from aquafleet.gateway.commands import CommandRecord, CommandService
+from aquafleet.gateway.device_status import RuntimeStatus, read_runtime
+from aquafleet.gateway.hub import Hub
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.gateway.registry_cache import kick_everywhere, write_entries
+from aquafleet.gateway.service_state import ServiceState, ServiceStore
+from aquafleet.models import service
+from aquafleet.models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
+from aquafleet.models.vending import start_dispense
+from aquafleet.protocol import Command, CommandOp
 
 
 @dataclass(frozen=True, slots=True)

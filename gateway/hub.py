@@ -8,18 +8,25 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from protocol import Command, DesiredState, ErrorCode, FrameRejected, ServerSession, SessionClosed
-from protocol.frames import DecoderStats
-from protocol.messages import Ack, Result
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.protocol import (
+    Command,
+    DesiredState,
+    ErrorCode,
+    FrameRejected,
+    ServerSession,
+    SessionClosed,
+)
+from aquafleet.protocol.frames import DecoderStats
+from aquafleet.protocol.messages import Ack, Result
 
 if TYPE_CHECKING:
-    from gateway.command_sender import CommandSender
-    from gateway.login import LoginBatcher
-    from gateway.meter import MeterBatcher
-    from gateway.node_bus import Kick
-    from gateway.presence import Presence
+    from aquafleet.gateway.command_sender import CommandSender
+    from aquafleet.gateway.login import LoginBatcher
+    from aquafleet.gateway.meter import MeterBatcher
+    from aquafleet.gateway.node_bus import Kick
+    from aquafleet.gateway.presence import Presence
 
 log = get_logger("aquafleet.hub")
 

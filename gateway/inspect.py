@@ -7,14 +7,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.config import Settings
-from gateway.keys import Keyspace
-from gateway.meter import MeterState
-from gateway.registry_cache import parse_registry_entry
-from models.devices import Device
-from models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
-from protocol import FrameType, ProtocolError
-from protocol.messages import Telemetry, parse_record_payload
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.meter import MeterState
+from aquafleet.gateway.registry_cache import parse_registry_entry
+from aquafleet.models.devices import Device
+from aquafleet.models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
+from aquafleet.protocol import FrameType, ProtocolError
+from aquafleet.protocol.messages import Telemetry, parse_record_payload
 
 
 def _ms_to_iso(value: bytes | int | None) -> str | None:

@@ -21,22 +21,22 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from tortoise.exceptions import BaseORMException
 
-from gateway.commands import Pour, link_pours
-from gateway.errors import RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import ScriptCall, Scripts, redis_errors
-from models.filters import MaintenanceWatch
-from models.usage import (
+from aquafleet.gateway.commands import Pour, link_pours
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import ScriptCall, Scripts, redis_errors
+from aquafleet.models.filters import MaintenanceWatch
+from aquafleet.models.usage import (
     DispenseDone,
     ServiceEvent,
     SnapshotRow,
     UsageRow,
     store_ledger_batch,
 )
-from protocol import EventKind, FrameType, ProtocolError
-from protocol.messages import Event, Telemetry, parse_record_payload
+from aquafleet.protocol import EventKind, FrameType, ProtocolError
+from aquafleet.protocol.messages import Event, Telemetry, parse_record_payload
 
 log = get_logger("aquafleet.ledger")
 

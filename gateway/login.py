@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from gateway.errors import RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import ScriptCall, Scripts, pack_command, round_trip
-from gateway.registry_cache import RegistryEntry, parse_registry_entry
-from protocol import DesiredState, ErrorCode, LoginRequested
-from protocol.crypto import derive_device_key
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import ScriptCall, Scripts, pack_command, round_trip
+from aquafleet.gateway.registry_cache import RegistryEntry, parse_registry_entry
+from aquafleet.protocol import DesiredState, ErrorCode, LoginRequested
+from aquafleet.protocol.crypto import derive_device_key
 
 if TYPE_CHECKING:
-    from gateway.hub import DeviceLink, Hub
+    from aquafleet.gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.login")
 

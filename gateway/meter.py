@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import redis.asyncio as aioredis
 
-from gateway.errors import RedisUnavailable, ScriptFailed
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import Scripts, redis_errors
-from protocol import AckCode
-from protocol.messages import Record
+from aquafleet.gateway.errors import RedisUnavailable, ScriptFailed
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.protocol import AckCode
+from aquafleet.protocol.messages import Record
 
 if TYPE_CHECKING:
-    from gateway.hub import DeviceLink, Hub
+    from aquafleet.gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.meter")
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.appkeys import (
+from aquafleet.gateway.appkeys import (
     COMMANDS,
     DEVICE_GATEWAY,
     HUB,
@@ -28,29 +28,35 @@ from gateway.appkeys import (
     TASKS,
     TCP_SERVER,
 )
-from gateway.command_sender import CommandIds, CommandSender
-from gateway.commands import CommandEvents, CommandService
-from gateway.embedded_redis import embedded_redis
-from gateway.errors import GatewayError
-from gateway.facade import DeviceGateway
-from gateway.hub import FailedLoginLimiter, Hub
-from gateway.keys import Keyspace
-from gateway.ledger import LedgerWriter
-from gateway.login import LoginBatcher
-from gateway.logs import get_logger
-from gateway.meter import MeterBatcher
-from gateway.mqtt import MQTT_NODE, MqttBridge
-from gateway.node_bus import CommandSettled, DesiredStateChanged, Kick, NodeBus, RoutedCommand
-from gateway.presence import Presence, presence_ttl_ms
-from gateway.redis_io import Scripts, open_redis
-from gateway.registry_cache import RegistrySync
-from gateway.rental import RentalScheduler
-from gateway.service_state import ServiceStore
-from gateway.tasks import TaskGroup
-from gateway.tcp import start_tcp_server
-from models.db import close_database, init_database
-from models.filters import MaintenanceWatch
-from protocol import ErrorCode
+from aquafleet.gateway.command_sender import CommandIds, CommandSender
+from aquafleet.gateway.commands import CommandEvents, CommandService
+from aquafleet.gateway.embedded_redis import embedded_redis
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.facade import DeviceGateway
+from aquafleet.gateway.hub import FailedLoginLimiter, Hub
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.ledger import LedgerWriter
+from aquafleet.gateway.login import LoginBatcher
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.meter import MeterBatcher
+from aquafleet.gateway.mqtt import MQTT_NODE, MqttBridge
+from aquafleet.gateway.node_bus import (
+    CommandSettled,
+    DesiredStateChanged,
+    Kick,
+    NodeBus,
+    RoutedCommand,
+)
+from aquafleet.gateway.presence import Presence, presence_ttl_ms
+from aquafleet.gateway.redis_io import Scripts, open_redis
+from aquafleet.gateway.registry_cache import RegistrySync
+from aquafleet.gateway.rental import RentalScheduler
+from aquafleet.gateway.service_state import ServiceStore
+from aquafleet.gateway.tasks import TaskGroup
+from aquafleet.gateway.tcp import start_tcp_server
+from aquafleet.models.db import close_database, init_database
+from aquafleet.models.filters import MaintenanceWatch
+from aquafleet.protocol import ErrorCode
 
 log = get_logger("aquafleet.node")
 
@@ -277,7 +283,7 @@ async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
 async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
     (which also fails vending sessions past their deadline)."""
-    from models.service import open_dismantle_after_grace, record_rental_reminder
+    from aquafleet.models.service import open_dismantle_after_grace, record_rental_reminder
 
     settings = app[SETTINGS]
     store = ServiceStore(app[REDIS], app[SCRIPTS], app[KEYSPACE])
@@ -310,7 +316,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def sweep_deadlines(app: web.Application) -> int:
     """Each second on the scheduler's owner: vending sessions and commands past their deadline."""
-    from models.vending import expire_dispenses
+    from aquafleet.models.vending import expire_dispenses
 
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)

@@ -31,10 +31,10 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.commands import CommandRecord, record_from_hash
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from protocol import Command, DesiredState, ErrorCode
+from aquafleet.gateway.commands import CommandRecord, record_from_hash
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.protocol import Command, DesiredState, ErrorCode
 
 log = get_logger("aquafleet.node_bus")
 

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgpack
 import redis.asyncio as aioredis
 
-from gateway.errors import GatewayError, RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.redis_io import ScriptCall, Scripts
-from protocol import ErrorCode
+from aquafleet.gateway.errors import GatewayError, RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.redis_io import ScriptCall, Scripts
+from aquafleet.protocol import ErrorCode
 
 if TYPE_CHECKING:
-    from gateway.hub import DeviceLink, Hub
+    from aquafleet.gateway.hub import DeviceLink, Hub
 
 log = get_logger("aquafleet.presence")
 

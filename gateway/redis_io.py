@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from gateway.errors import RedisUnavailable, ScriptFailed
+from aquafleet.gateway.errors import RedisUnavailable, ScriptFailed
 
 SCRIPT_NAMES = (
     "meter", "claim", "release", "touch", "ledger_ack", "service", "lease", "pop_due", "command",

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from gateway.errors import RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.redis_io import redis_errors
-from models.devices import LOGIN_ALLOWED, Device, DeviceState
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.redis_io import redis_errors
+from aquafleet.models.devices import LOGIN_ALLOWED, Device, DeviceState
 
 log = get_logger("aquafleet.registry")
 

@@ -20,19 +20,19 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from tortoise.exceptions import BaseORMException
 
-from gateway.errors import GatewayError
-from gateway.keys import Keyspace
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.redis_io import Scripts, redis_errors
-from gateway.service_state import (
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.gateway.service_state import (
     EXPIRED_LOCK,
     RENTAL_SCHEDULES,
     Applied,
     ServiceStore,
     parse_answer,
 )
-from models.errors import DomainError
+from aquafleet.models.errors import DomainError
 
 log = get_logger("aquafleet.rental")
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.keys import Keyspace
-from gateway.redis_io import Scripts
-from protocol import DesiredState
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.redis_io import Scripts
+from aquafleet.protocol import DesiredState
 
 QUOTA_LOCK, EXPIRED_LOCK, MANUAL_LOCK = 1, 2, 4
 RENTAL_SCHEDULES = ("expiry", "remind", "grace")  # KEYS[3..5] of service.lua, in this order

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from gateway.logs import get_logger
+from aquafleet.gateway.logs import get_logger
 
 log = get_logger("aquafleet.tasks")
 

@@ -7,11 +7,17 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from protocol import ErrorCode, FrameRejected, LoginRequested, ServerSession, SessionClosed
-from protocol.messages import Record
+from aquafleet.protocol import (
+    ErrorCode,
+    FrameRejected,
+    LoginRequested,
+    ServerSession,
+    SessionClosed,
+)
+from aquafleet.protocol.messages import Record
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
+    from aquafleet.gateway.hub import Hub
 
 WRITE_HIGH_WATER = 64 * 1024  # a device that does not read its acks stops being read
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 60, 20, 3

@@ -18,10 +18,10 @@ from tortoise import fields
 from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 
-from models.agents import Agent, AgentState, path_ids
-from models.errors import Conflict, DomainError, InvalidInput
-from models.tenancy import Principal, Role
-from models.vendors import Vendor, VendorState
+from aquafleet.models.agents import Agent, AgentState, path_ids
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.vendors import Vendor, VendorState
 
 MD5_HEX_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{2,63}$")

@@ -15,9 +15,9 @@ from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from models.errors import Conflict, InvalidInput
-from models.tenancy import Principal, Role, child_path
-from models.vendors import Vendor
+from aquafleet.models.errors import Conflict, InvalidInput
+from aquafleet.models.tenancy import Principal, Role, child_path
+from aquafleet.models.vendors import Vendor
 
 
 class AgentLevel(IntEnum):
@@ -117,8 +117,8 @@ async def create_agent(
     password_md5: str,
 ) -> Agent:
     """A node (agent under the vendor, dealer under an agent) and its admin account."""
-    from models.accounts import AdminAccount, UsernameTaken, check_username, hash_password
-    from models.vendors import check_changeable
+    from aquafleet.models.accounts import AdminAccount, UsernameTaken, check_username, hash_password
+    from aquafleet.models.vendors import check_changeable
 
     check_changeable(vendor)
     check_username(username)
@@ -158,7 +158,7 @@ async def create_agent(
 
 async def subtree_accounts(agent: Agent) -> list[tuple[str, str]]:
     """(role, account id) of every admin account at or below `agent`."""
-    from models.accounts import AdminAccount
+    from aquafleet.models.accounts import AdminAccount
 
     rows = await AdminAccount.filter(
         agent__path__startswith=agent.path, vendor_id=agent.vendor_id
@@ -182,7 +182,7 @@ async def set_agent_state(agent: Agent, state: AgentState) -> list[tuple[str, st
 
 def _dependants() -> list[tuple[type[Model], str]]:
     """(model, FK field) of every model that points at Agent, but its own accounts and children."""
-    from models.accounts import AdminAccount
+    from aquafleet.models.accounts import AdminAccount
 
     found = []
     for model in Tortoise.apps.get_models_iterable():
@@ -197,7 +197,7 @@ def _dependants() -> list[tuple[type[Model], str]]:
 async def delete_agent(agent: Agent) -> list[tuple[str, str]]:
     """Delete a node and its accounts; refused while dealers, members, devices or anything
     else hang off it. Returns the accounts whose sessions must end."""
-    from models.accounts import AdminAccount
+    from aquafleet.models.accounts import AdminAccount
 
     async with in_transaction("default"):
         if await Agent.filter(parent_id=agent.id).exists():

@@ -17,8 +17,8 @@ from tortoise import fields
 from tortoise.expressions import Q
 from tortoise.models import Model
 
-from models.errors import Conflict, InvalidInput, NotFound
-from models.vendors import Vendor
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.vendors import Vendor
 
 MAX_FEN = 10**12  # 100 million yuan: anything above is a typo
 MAX_UNIT_ML = 10**9
@@ -216,7 +216,7 @@ async def create_billing_plan(
 
 async def assign_billing_plan(did: str, plan_id: int, since: dt.datetime) -> DeviceBillingPlan:
     """Bill `did` on the plan from `since` on (replaces its previous plan)."""
-    from models.devices import Device
+    from aquafleet.models.devices import Device
 
     if since.tzinfo is None:
         raise InvalidInput("since must be timezone-aware")
@@ -268,7 +268,7 @@ _USAGE_SQL = (
 
 async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     """Water metered per billed device in [start, end) by the time the gateway received it."""
-    from models.db import connection, dialect
+    from aquafleet.models.db import connection, dialect
 
     if dialect() == "postgres":
         sql = _USAGE_SQL.format(start="$1", end="$2")
@@ -366,7 +366,7 @@ async def close_billing_period_command(
     database_url: str, period: str, *, now: dt.datetime | None = None
 ) -> dict[str, Any]:
     """For the CLI: open the database, close `period` (see parse_period), return a summary."""
-    from models.db import database
+    from aquafleet.models.db import database
 
     start, end = parse_period(period)
     async with database(database_url):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from models.errors import Conflict, Forbidden, InvalidInput
-from models.service import ServiceMode
-from protocol import CommandOp
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput
+from aquafleet.models.service import ServiceMode
+from aquafleet.protocol import CommandOp
 
 OP_NAMES: dict[str, CommandOp] = {
     "dispense": CommandOp.DISPENSE,

@@ -14,17 +14,17 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api import migrate as tortoise_migrate
 
 MODEL_MODULES = [
-    "models.vendors",
-    "models.devices",
-    "models.usage",
-    "models.agents",
-    "models.accounts",
-    "models.members",
-    "models.service",
-    "models.vending",
-    "models.tickets",
-    "models.filters",
-    "models.billing",
+    "aquafleet.models.vendors",
+    "aquafleet.models.devices",
+    "aquafleet.models.usage",
+    "aquafleet.models.agents",
+    "aquafleet.models.accounts",
+    "aquafleet.models.members",
+    "aquafleet.models.service",
+    "aquafleet.models.vending",
+    "aquafleet.models.tickets",
+    "aquafleet.models.filters",
+    "aquafleet.models.billing",
 ]
 APP = "models"
 
@@ -57,7 +57,7 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
             APP: {
                 "models": MODEL_MODULES,
                 "default_connection": "default",
-                "migrations": "models.migrations",
+                "migrations": "aquafleet.models.migrations",
             }
         },
         "use_tz": True,

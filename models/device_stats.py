@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from models.errors import InvalidInput
-from models.usage import RecordKind
-from protocol import EventKind
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.usage import RecordKind
+from aquafleet.protocol import EventKind
 
 DAYS = 30
 WEEK = 7
@@ -87,7 +87,7 @@ def uptime_seconds(online_since_ms: int | None, now: dt.datetime) -> int | None:
 
 
 async def _daily_rows(did: str, first: dt.date, today: dt.date) -> list[tuple[dt.date, int, int]]:
-    from models.db import connection, dialect
+    from aquafleet.models.db import connection, dialect
 
     kind, dispense_done = int(RecordKind.EVENT), int(EventKind.DISPENSE_DONE)
     if dialect() == "postgres":

@@ -28,14 +28,14 @@ from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from models.errors import Conflict, InvalidInput, NotFound
-from models.ids import is_valid_device_id
-from models.tenancy import Principal, Role
-from models.vendors import Vendor
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.ids import is_valid_device_id
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.vendors import Vendor
 
 if TYPE_CHECKING:
-    from models.agents import Agent
-    from models.members import Member
+    from aquafleet.models.agents import Agent
+    from aquafleet.models.members import Member
 
 
 class DeviceType(IntEnum):
@@ -349,7 +349,7 @@ async def update_device(device: Device, changes: Mapping[str, Any]) -> Device:
 async def bind(device: Device, member: Member) -> Device:
     """AB-11: the member becomes the owner. Binding again to the same member changes nothing;
     a device bound to someone else answers DeviceBound (its owner unbinds it first)."""
-    from models.members import LOGIN_ALLOWED as MEMBER_LOGIN_ALLOWED
+    from aquafleet.models.members import LOGIN_ALLOWED as MEMBER_LOGIN_ALLOWED
 
     check_usable(device)
     if device.vendor_id != member.vendor_id:
@@ -410,7 +410,7 @@ async def clear_info(device: Device) -> Device:
 
 async def share(device: Device, owner_uid: str, member: Member) -> DeviceShare:
     """AB-15: the owner shares the device with another member of its vendor."""
-    from models.members import LOGIN_ALLOWED as MEMBER_LOGIN_ALLOWED
+    from aquafleet.models.members import LOGIN_ALLOWED as MEMBER_LOGIN_ALLOWED
 
     check_usable(device)
     if device.owner_id != owner_uid:

@@ -24,12 +24,17 @@ from tortoise import fields
 from tortoise.exceptions import BaseORMException
 from tortoise.models import Model
 
-from models.devices import Device
-from models.errors import DomainError, InvalidInput, NotFound
-from models.ids import check_vendor_code
-from models.tickets import AutomaticTicket, TicketType, maintenance_key, open_automatic_ticket
-from models.usage import SnapshotRow
-from models.vendors import Vendor
+from aquafleet.models.devices import Device
+from aquafleet.models.errors import DomainError, InvalidInput, NotFound
+from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.tickets import (
+    AutomaticTicket,
+    TicketType,
+    maintenance_key,
+    open_automatic_ticket,
+)
+from aquafleet.models.usage import SnapshotRow
+from aquafleet.models.vendors import Vendor
 
 log = structlog.get_logger(__name__)
 
@@ -287,7 +292,7 @@ async def filters_of_devices(
     dids: Sequence[str], cache: SpecCache | None = None
 ) -> dict[str, DeviceFilters]:
     """Specs of the devices that have one: one query per 500 devices, whatever their number."""
-    from models.db import connection, dialect
+    from aquafleet.models.db import connection, dialect
 
     cache = cache if cache is not None else SpecCache()
     conn = connection()
@@ -406,7 +411,7 @@ class MaintenanceWatch:
             return 0
 
     async def _open_due(self, readings: Sequence[Reading]) -> int:
-        from models.tickets import existing_dedup_keys
+        from aquafleet.models.tickets import existing_dedup_keys
 
         specs = await filters_of_devices([r[0] for r in readings], self.specs)
         due = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from models.errors import InvalidInput
-from protocol.crc import crc16_modbus
+from aquafleet.models.errors import InvalidInput
+from aquafleet.protocol.crc import crc16_modbus
 
 VENDOR_CODE_RE = re.compile(r"^[A-Z0-9]{4}$")
 DID_RE = re.compile(r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$")

@@ -27,13 +27,13 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from models.accounts import hash_password, normalise_md5, verify_password
-from models.agents import Agent, AgentState
-from models.errors import Conflict, DomainError, InvalidInput, NotFound
-from models.ids import check_vendor_code
-from models.sms_codes import CodePurpose, SmsCodeError, SmsCodes, check_mobile
-from models.vendors import Vendor, VendorState
-from protocol.crc import crc16_modbus
+from aquafleet.models.accounts import hash_password, normalise_md5, verify_password
+from aquafleet.models.agents import Agent, AgentState
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
+from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.sms_codes import CodePurpose, SmsCodeError, SmsCodes, check_mobile
+from aquafleet.models.vendors import Vendor, VendorState
+from aquafleet.protocol.crc import crc16_modbus
 
 UID_RE = re.compile(r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$")
 MAX_MEMBER_SERIAL = 999_999_999_999
@@ -587,7 +587,7 @@ async def deregister(member: Member) -> Member:
     for name, value in blanks.items():
         setattr(member, name, value)
     await member.save(update_fields=[*blanks, "state", "deregistered_at", "updated_at"])
-    from models.devices import release_member  # devices refer to members: import late
+    from aquafleet.models.devices import release_member  # devices refer to members: import late
 
     await release_member(member.uid)  # its purifiers can be bound by their next user
     return member

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from models.errors import DomainError
-from models.redis_boundary import redis_errors
+from aquafleet.models.errors import DomainError
+from aquafleet.models.redis_boundary import redis_errors
 
 # KEYS[1] the window's sorted set; ARGV now_ms, window_ms, limit, member, record (1/0).
 # Returns {allowed 0/1, hits in the window after this one, retry after ms}.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from redis.exceptions import RedisError
 
-from models.errors import Unavailable
+from aquafleet.models.errors import Unavailable
 
 
 @contextlib.contextmanager

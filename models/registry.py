@@ -9,10 +9,10 @@ from typing import Any
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from models.devices import Device, DeviceState, DeviceType
-from models.errors import Conflict, InvalidInput, NotFound
-from models.ids import MAX_DEVICE_SERIAL, check_vendor_code, device_id
-from models.vendors import Vendor, VendorState
+from aquafleet.models.devices import Device, DeviceState, DeviceType
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.ids import MAX_DEVICE_SERIAL, check_vendor_code, device_id
+from aquafleet.models.vendors import Vendor, VendorState
 
 MAX_BATCH = 100_000
 

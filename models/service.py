@@ -21,8 +21,8 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from models.devices import Device, DeviceType
-from models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.devices import Device, DeviceType
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 
 MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
 DAY_S = 86_400
@@ -363,7 +363,7 @@ async def record_rental_reminder(did: str, rental_expires_at: int) -> None:
 
 async def open_dismantle_after_grace(did: str, rental_expires_at: int) -> None:
     """The grace period after an expiry passed without renewal: one dismantle ticket."""
-    from models.tickets import open_dismantle_ticket
+    from aquafleet.models.tickets import open_dismantle_ticket
 
     device = await Device.get_or_none(did=did)
     if device is None:
@@ -392,8 +392,8 @@ async def reset_filter(
     reports: that starts a new filter cycle (models/filters.py). An offline device cannot be
     told: DeviceOffline, and nothing is recorded.
     """
-    from models.vending import DeviceOffline
-    from protocol import Command, CommandOp
+    from aquafleet.models.vending import DeviceOffline
+    from aquafleet.protocol import Command, CommandOp
 
     stage = _whole("stage", stage, 0, 255)
     actor = _text("actor", actor, 64)

@@ -26,9 +26,9 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import NoScriptError
 
-from models.errors import DomainError, InvalidInput
-from models.ratelimit import hit_all, rate_key
-from models.redis_boundary import redis_errors
+from aquafleet.models.errors import DomainError, InvalidInput
+from aquafleet.models.ratelimit import hit_all, rate_key
+from aquafleet.models.redis_boundary import redis_errors
 
 log = structlog.get_logger(__name__)
 

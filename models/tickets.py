@@ -21,10 +21,10 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from models.devices import Device
-from models.errors import Conflict, InvalidInput, NotFound
-from models.ids import check_vendor_code
-from models.vendors import Vendor
+from aquafleet.models.devices import Device
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.vendors import Vendor
 
 TICKET_ID_LENGTH = 24
 MAX_TICKET_SERIAL = 999_999_999_999
@@ -162,7 +162,7 @@ _NEXT_SERIAL = {
 
 async def _next_serial(conn: BaseDBAsyncClient, vendor_code: str) -> int:
     """Take the vendor's next serial inside the caller's transaction (a row lock on PG)."""
-    from models.db import dialect
+    from aquafleet.models.db import dialect
 
     rows = await conn.execute_query_dict(_NEXT_SERIAL[dialect()], [vendor_code])
     return int(rows[0]["last_serial"])

@@ -178,7 +178,7 @@ def _dispense_statements(
     dispenses: Sequence[DispenseDone], placeholder: Any
 ) -> list[tuple[str, list[Any]]]:
     """Close each vending session its dispense_done names (guarded by state: replays no-op)."""
-    from models.vending import CLOSE_SESSION_SQL, LATE_POUR_SQL, DispenseState
+    from aquafleet.models.vending import CLOSE_SESSION_SQL, LATE_POUR_SQL, DispenseState
 
     p = [placeholder(i) for i in range(1, 7)]
     close = CLOSE_SESSION_SQL.format(p1=p[0], p2=p[1], p3=p[2], p4=p[3], p5=p[4], p6=p[5])
@@ -206,8 +206,8 @@ async def store_ledger_batch(
     """
     from tortoise.transactions import in_transaction
 
-    from models.db import dialect
-    from models.devices import DeviceState
+    from aquafleet.models.db import dialect
+    from aquafleet.models.devices import DeviceState
 
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:

@@ -17,9 +17,9 @@ from typing import Protocol
 from tortoise import fields
 from tortoise.models import Model
 
-from models.devices import Device
-from models.errors import Conflict, InvalidInput, NotFound
-from protocol import Command, CommandOp
+from aquafleet.models.devices import Device
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.protocol import Command, CommandOp
 
 MAX_DISPENSE_ML = 20_000  # one pour; a vending machine's largest cup is far below
 MAX_PRICE_FEN_PER_L = 100_000  # 1,000 yuan a litre is a typo
@@ -90,7 +90,7 @@ async def start_dispense(
 ) -> DispenseSession:
     """Open a session and send `dispense ml` to the device; a device that is offline fails the
     session at once (DeviceOffline), so nobody waits for water that cannot come."""
-    from models.service import DeviceService, ServiceMode
+    from aquafleet.models.service import DeviceService, ServiceMode
 
     ml = _whole("ml", ml, 1, MAX_DISPENSE_ML)
     price_fen_per_l = _whole("price_fen_per_l", price_fen_per_l, 0, MAX_PRICE_FEN_PER_L)

@@ -13,8 +13,8 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from models.errors import Conflict, InvalidInput
-from models.ids import check_vendor_code
+from aquafleet.models.errors import Conflict, InvalidInput
+from aquafleet.models.ids import check_vendor_code
 
 
 class VendorState(IntEnum):
@@ -126,8 +126,8 @@ async def register_vendor(
     profile: dict[str, Any], username: str, password_md5: str, code: str | None = None
 ) -> Vendor:
     """A new vendor and its admin account (role vendor), in one transaction."""
-    from models.accounts import AdminAccount, UsernameTaken, check_username, hash_password
-    from models.tenancy import Role
+    from aquafleet.models.accounts import AdminAccount, UsernameTaken, check_username, hash_password
+    from aquafleet.models.tenancy import Role
 
     check_username(username)
     if code is not None:
@@ -155,15 +155,15 @@ async def register_vendor(
 
 async def vendor_account(vendor_code: str) -> Any:
     """The vendor's admin account (role vendor), or None."""
-    from models.accounts import AdminAccount
-    from models.tenancy import Role
+    from aquafleet.models.accounts import AdminAccount
+    from aquafleet.models.tenancy import Role
 
     return await AdminAccount.filter(vendor_id=vendor_code, role=Role.VENDOR).order_by("id").first()
 
 
 async def update_vendor(vendor: Vendor, changes: dict[str, Any]) -> None:
     """Change profile fields; `user` renames the vendor's admin account."""
-    from models.accounts import rename_account
+    from aquafleet.models.accounts import rename_account
 
     check_changeable(vendor)
     changes = dict(changes)
@@ -190,7 +190,7 @@ async def deregister_vendor(vendor: Vendor) -> list[tuple[str, str]]:
     """注销: nobody of the vendor logs in any more (its accounts are disabled, its app key
     revoked); devices, their history and the ledger stay. Returns the (role, account id) whose
     sessions must end."""
-    from models.accounts import AccountState, AdminAccount
+    from aquafleet.models.accounts import AccountState, AdminAccount
 
     async with in_transaction("default"):
         accounts = await AdminAccount.filter(vendor_id=vendor.code).values_list("id", "role")

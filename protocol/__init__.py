@@ -1,6 +1,6 @@
 """aquafleet wire protocol v1, sans-IO: bytes in, typed events out; no sockets, no clocks."""
 
-from protocol.constants import (
+from aquafleet.protocol.constants import (
     MAX_PAYLOAD,
     AckCode,
     CommandOp,
@@ -10,10 +10,10 @@ from protocol.constants import (
     FrameType,
     ResultCode,
 )
-from protocol.crypto import derive_device_key
-from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from protocol.frames import Frame, FrameDecoder, encode_frame
-from protocol.messages import (
+from aquafleet.protocol.crypto import derive_device_key
+from aquafleet.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from aquafleet.protocol.frames import Frame, FrameDecoder, encode_frame
+from aquafleet.protocol.messages import (
     Ack,
     Command,
     DesiredState,
@@ -27,7 +27,7 @@ from protocol.messages import (
     desired_state_from_args,
     parse_message,
 )
-from protocol.session import (
+from aquafleet.protocol.session import (
     CommandMemory,
     DeviceSession,
     FrameRejected,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from protocol.constants import KEY_SIZE, MAC_SIZE
+from aquafleet.protocol.constants import KEY_SIZE, MAC_SIZE
 
 _SHA256 = hashlib.sha256
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.constants import ErrorCode
+from aquafleet.protocol.constants import ErrorCode
 
 
 class ProtocolError(Exception):

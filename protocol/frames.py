@@ -7,7 +7,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field
 
-from protocol.constants import (
+from aquafleet.protocol.constants import (
     CRC_SIZE,
     HEADER_SIZE,
     MAC_SIZE,
@@ -19,8 +19,8 @@ from protocol.constants import (
     ErrorCode,
     Flag,
 )
-from protocol.crc import crc16_modbus
-from protocol.errors import LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.crc import crc16_modbus
+from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 _HEADER = struct.Struct(">2sBBBHH")
 _HEADER_TAIL = struct.Struct(">BBBHH")  # the header after the magic

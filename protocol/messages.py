@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, NoReturn
 import cbor2
 import msgpack
 
-from protocol.constants import (
+from aquafleet.protocol.constants import (
     MAX_DID_LEN,
     MAX_FW_LEN,
     NONCE_SIZE,
@@ -30,8 +30,8 @@ from protocol.constants import (
     FrameType,
     Key,
 )
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.frames import Frame
+from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.frames import Frame
 
 # Counters must stay exact in Redis' Lua (IEEE doubles): 2**53 - 1 ml is 9 billion m3.
 MAX_COUNTER = 2**53 - 1

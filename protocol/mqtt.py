@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from protocol.constants import (
+from aquafleet.protocol.constants import (
     MAC_SIZE,
     MAX_DID_LEN,
     MAX_PAYLOAD,
@@ -34,10 +34,10 @@ from protocol.constants import (
     FrameType,
     Key,
 )
-from protocol.crypto import proofs_equal
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.frames import DecoderStats, Frame, MacKey
-from protocol.messages import (
+from aquafleet.protocol.crypto import proofs_equal
+from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.frames import DecoderStats, Frame, MacKey
+from aquafleet.protocol.messages import (
     Ack,
     Command,
     DesiredState,
@@ -51,7 +51,7 @@ from protocol.messages import (
     parse_message,
     parse_record,
 )
-from protocol.session import TRANSITIONS, SessionClosed, SessionState, Step
+from aquafleet.protocol.session import TRANSITIONS, SessionClosed, SessionState, Step
 
 Clock = Callable[[], float]  # unix seconds
 

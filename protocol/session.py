@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from protocol import crypto
-from protocol.constants import (
+from aquafleet.protocol import crypto
+from aquafleet.protocol.constants import (
     NONCE_SIZE,
     SEQ_MODULO,
     U8,
@@ -27,9 +27,16 @@ from protocol.constants import (
     FrameType,
     Key,
 )
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.frames import DecoderStats, Frame, FrameDecoder, MacKey, encode_frame, frame_mac
-from protocol.messages import (
+from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.frames import (
+    DecoderStats,
+    Frame,
+    FrameDecoder,
+    MacKey,
+    encode_frame,
+    frame_mac,
+)
+from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
     Ack,
     Auth,

@@ -34,7 +34,7 @@ MeterReader = Callable[[list[str], int], Awaitable[dict[str, int]]]
 
 
 async def _read_metered(dids: list[str], min_boot: int) -> dict[str, int]:
-    from models.usage import metered_ml_by_device
+    from aquafleet.models.usage import metered_ml_by_device
 
     return await metered_ml_by_device(dids, min_boot)
 
@@ -58,7 +58,7 @@ async def check_exactly_once(
             return await _poll(outcomes, reader, min_boot, timeout_s, started)
         from tortoise.context import TortoiseContext
 
-        from models.db import tortoise_config
+        from aquafleet.models.db import tortoise_config
 
         async with TortoiseContext() as context:
             await context.init(config=tortoise_config(database_url))

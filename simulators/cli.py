@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulators.options import DEVICES_PER_WORKER, SimError, SimOptions, load_devices
+from aquafleet.simulators.options import DEVICES_PER_WORKER, SimError, SimOptions, load_devices
 
 
 def add_sim_parser(commands: Any) -> None:
@@ -141,7 +141,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     devices = load_devices(args.devices_csv, args.devices)
     database_url = args.database_url
     if args.check == "db" and not database_url:
-        from gateway.config import load_settings
+        from aquafleet.gateway.config import load_settings
 
         settings = load_settings(args.config, data_dir=args.data_dir)
         database_url = settings.resolved_database_url
@@ -189,8 +189,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 async def _main(options: SimOptions, args: argparse.Namespace) -> int:
-    from simulators.progress import Progress
-    from simulators.runner import run_simulation
+    from aquafleet.simulators.progress import Progress
+    from aquafleet.simulators.runner import run_simulation
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
-from protocol import (
+from aquafleet.protocol import (
     AckCode,
     CommandMemory,
     CommandOp,
@@ -29,10 +29,10 @@ from protocol import (
     Telemetry,
     desired_state_from_args,
 )
-from protocol.constants import StateBit
-from protocol.messages import Ack, Command, Error
-from simulators.stats import WorkerStats
-from simulators.water import MAX_RATE_DRAW_ML, WaterMeter
+from aquafleet.protocol.constants import StateBit
+from aquafleet.protocol.messages import Ack, Command, Error
+from aquafleet.simulators.stats import WorkerStats
+from aquafleet.simulators.water import MAX_RATE_DRAW_ML, WaterMeter
 
 ML_PER_WORK_HOUR = 20_000  # filter work hours grow with water treated
 MAX_RESULT_SEQS = 16  # seqs of our RESULT frames kept to recognise their acks

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulators import mqtt_wire
-from simulators.device import VirtualPurifier
-from simulators.link import PurifierLink
-from simulators.mqtt_device import MqttPurifier
-from simulators.mqtt_link import MqttPurifierLink, connect_mqtt
-from simulators.options import SimOptions
-from simulators.stats import WorkerStats
+from aquafleet.simulators import mqtt_wire
+from aquafleet.simulators.device import VirtualPurifier
+from aquafleet.simulators.link import PurifierLink
+from aquafleet.simulators.mqtt_device import MqttPurifier
+from aquafleet.simulators.mqtt_link import MqttPurifierLink, connect_mqtt
+from aquafleet.simulators.options import SimOptions
+from aquafleet.simulators.stats import WorkerStats
 
 TICK_S = 0.1  # report wheel resolution (interval mode)
 HOUSEKEEPING_S = 1.0

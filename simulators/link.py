@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from simulators.device import VirtualPurifier
+    from aquafleet.simulators.device import VirtualPurifier
 
 
 class PurifierLink(asyncio.Protocol):

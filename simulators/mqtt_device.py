@@ -16,10 +16,10 @@ import random
 import time
 from typing import Any
 
-from protocol import LoggedIn
-from protocol.mqtt import MqttDeviceSession
-from simulators.device import MAX_SETTLED_SEQS, FleetHooks, VirtualPurifier
-from simulators.stats import WorkerStats
+from aquafleet.protocol import LoggedIn
+from aquafleet.protocol.mqtt import MqttDeviceSession
+from aquafleet.simulators.device import MAX_SETTLED_SEQS, FleetHooks, VirtualPurifier
+from aquafleet.simulators.stats import WorkerStats
 
 RESEND_S = 5.0  # a record unacked this long on a live connection is published again,
 RESEND_MAX_S = 60.0  # the wait doubling to this while no ACK comes (no resend storm)

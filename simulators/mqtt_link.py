@@ -12,9 +12,9 @@ import asyncio
 import time
 from typing import Any
 
-from protocol.crypto import mqtt_password
-from simulators import mqtt_wire as wire
-from simulators.mqtt_device import MqttPurifier
+from aquafleet.protocol.crypto import mqtt_password
+from aquafleet.simulators import mqtt_wire as wire
+from aquafleet.simulators.mqtt_device import MqttPurifier
 
 KEEPALIVE_S = 60
 SUBSCRIBE_QOS = 1

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulators.check import DeviceOutcome
-from simulators.options import SimOptions
-from simulators.stats import WorkerStats
+from aquafleet.simulators.check import DeviceOutcome
+from aquafleet.simulators.options import SimOptions
+from aquafleet.simulators.stats import WorkerStats
 
 REPORT_VERSION = 1
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130

@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
-from simulators.check import check_exactly_once
-from simulators.fleet import Fleet, raise_open_files_limit
-from simulators.options import SimError, SimOptions
-from simulators.progress import Progress
-from simulators.report import Report, build_report, outcomes_of
-from simulators.stats import sum_counters
+from aquafleet.simulators.check import check_exactly_once
+from aquafleet.simulators.fleet import Fleet, raise_open_files_limit
+from aquafleet.simulators.options import SimError, SimOptions
+from aquafleet.simulators.progress import Progress
+from aquafleet.simulators.report import Report, build_report, outcomes_of
+from aquafleet.simulators.stats import sum_counters
 
 READY_TIMEOUT_S = 60.0  # a spawned worker imports and reports ready within this
 START_DELAY_S = 0.2  # workers start together this long after the last one is ready

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from simulators.histogram import Histogram
+from aquafleet.simulators.histogram import Histogram
 
 # Counters that add up across workers; gauges are summed too (each worker holds its own devices).
 COUNTERS = (

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from gateway.config import Settings, load_settings
-from gateway.keys import Keyspace
-from gateway.metrics import Metrics
+from aquafleet.gateway.config import Settings, load_settings
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.metrics import Metrics
 
 REDIS_URL = os.environ.get("AQUAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -49,7 +49,7 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
         return
     from argon2 import PasswordHasher
 
-    import models.accounts as accounts
+    import aquafleet.models.accounts as accounts
 
     cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
     monkeypatch.setattr(accounts, "_HASHER", cheap)
@@ -104,7 +104,7 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
 _MIGRATE_SCRIPT = """
 import asyncio, sys
 import asyncpg
-from models.db import migrate
+from aquafleet.models.db import migrate
 
 async def main(url, admin_url, name):
     if admin_url:
@@ -259,7 +259,7 @@ async def sqlite_url(tmp_path: Path, migrated_sqlite: Any) -> str:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[str]:
     """Tortoise initialised on a migrated database (both backends)."""
-    from models.db import database
+    from aquafleet.models.db import database
 
     async with database(database_url):
         yield database_url
@@ -311,13 +311,13 @@ class RunningNode:
 
     @property
     def metrics(self) -> Metrics:
-        from gateway.appkeys import METRICS
+        from aquafleet.gateway.appkeys import METRICS
 
         return self.app[METRICS]
 
     @property
     def hub(self) -> Any:
-        from gateway.appkeys import HUB
+        from aquafleet.gateway.appkeys import HUB
 
         return self.app[HUB]
 
@@ -328,8 +328,8 @@ class RunningNode:
 @contextlib.asynccontextmanager
 async def run_node(settings: Settings) -> AsyncIterator[RunningNode]:
     """Start a whole node (Redis, DB, ledger writer, TCP, HTTP) in this event loop."""
+    from aquafleet.gateway.appkeys import TCP_SERVER
     from aquafleet.node import build_app
-    from gateway.appkeys import TCP_SERVER
 
     app = build_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

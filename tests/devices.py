@@ -8,9 +8,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import DeviceSession, Encoding, LoggedIn, LoginFailed, SessionClosed, Telemetry
-from protocol.crypto import derive_device_key
-from protocol.messages import Ack, Error, Event
+from aquafleet.protocol import (
+    DeviceSession,
+    Encoding,
+    LoggedIn,
+    LoginFailed,
+    SessionClosed,
+    Telemetry,
+)
+from aquafleet.protocol.crypto import derive_device_key
+from aquafleet.protocol.messages import Ack, Error, Event
 
 TIMEOUT_S = 10.0
 
@@ -23,11 +30,11 @@ class Registered:
 
 async def register_devices(node: Any, count: int, *, vendor: str = "TEST") -> list[Registered]:
     """Create devices in the node's database and its Redis registry copy at once."""
-    from gateway.appkeys import KEYSPACE, REDIS
-    from gateway.registry_cache import write_entries
-    from models.registry import create_vendor
-    from models.registry import register_devices as register
-    from models.vendors import Vendor
+    from aquafleet.gateway.appkeys import KEYSPACE, REDIS
+    from aquafleet.gateway.registry_cache import write_entries
+    from aquafleet.models.registry import create_vendor
+    from aquafleet.models.registry import register_devices as register
+    from aquafleet.models.vendors import Vendor
 
     master = node.settings.master_secret_bytes()
     if not await Vendor.exists(code=vendor):

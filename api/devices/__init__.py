@@ -12,9 +12,9 @@ modules ask whether a caller may touch a device.
 
 from __future__ import annotations
 
-from api.devices import bindings, registry, service
-from api.devices.access import usable_device, visible_device
-from api.routing import RouteTable
+from aquafleet.api.devices import bindings, registry, service
+from aquafleet.api.devices.access import usable_device, visible_device
+from aquafleet.api.routing import RouteTable
 
 routes = RouteTable(
     "devices",

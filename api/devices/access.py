@@ -7,18 +7,18 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from api.devices.schemas import MemberRef
-from api.errors import ConflictError, Forbidden, NotFoundError, ValidationFailed
-from api.routing import Call
-from gateway.appkeys import DEVICE_GATEWAY, SETTINGS
-from gateway.device_status import RuntimeStatus
-from gateway.facade import LoginEntry
-from models.agents import Agent, visible_agents
-from models.devices import Device, check_usable, find_visible
-from models.errors import DomainError, NotFound
-from models.members import Member, agent_path_of, get_member
-from models.tenancy import Principal, Role
-from protocol.crypto import derive_device_key
+from aquafleet.api.devices.schemas import MemberRef
+from aquafleet.api.errors import ConflictError, Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.routing import Call
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
+from aquafleet.gateway.device_status import RuntimeStatus
+from aquafleet.gateway.facade import LoginEntry
+from aquafleet.models.agents import Agent, visible_agents
+from aquafleet.models.devices import Device, check_usable, find_visible
+from aquafleet.models.errors import DomainError, NotFound
+from aquafleet.models.members import Member, agent_path_of, get_member
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.protocol.crypto import derive_device_key
 
 # ----------------------------------------------------------------------------- access
 

@@ -3,8 +3,8 @@ and a member's devices."""
 
 from __future__ import annotations
 
-from api.devices.access import named_member, owned_device, visible_device
-from api.devices.schemas import (
+from aquafleet.api.devices.access import named_member, owned_device, visible_device
+from aquafleet.api.devices.schemas import (
     DeviceBindIn,
     DeviceBindingOut,
     DeviceOut,
@@ -15,12 +15,12 @@ from api.devices.schemas import (
     MemberDevicesPath,
     MemberDevicesQuery,
 )
-from api.devices.shaping import device_outs
-from api.errors import Forbidden, NotFoundError
-from api.members import visible_member
-from api.routing import Call, Page, RouteTable
-from gateway.logs import get_logger
-from models.devices import (
+from aquafleet.api.devices.shaping import device_outs
+from aquafleet.api.errors import Forbidden, NotFoundError
+from aquafleet.api.members import visible_member
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.devices import (
     MAX_SHARES,
     Device,
     DeviceShare,
@@ -32,9 +32,9 @@ from models.devices import (
     unshare,
     visible_devices,
 )
-from models.ids import is_valid_device_id
-from models.members import Member, get_member
-from models.tenancy import (
+from aquafleet.models.ids import is_valid_device_id
+from aquafleet.models.members import Member, get_member
+from aquafleet.models.tenancy import (
     ANY_ROLE,
     MEMBER_ONLY,
     PLATFORM_OR_VENDOR,

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.devices.access import (
+from aquafleet.api.devices.access import (
     key_derivation,
     owned_device,
     publish_logins,
@@ -16,7 +16,7 @@ from api.devices.access import (
     visible_device,
     visible_node,
 )
-from api.devices.schemas import (
+from aquafleet.api.devices.schemas import (
     CSV_TYPE,
     MAX_ONLINE_SCAN,
     MAX_REGISTER_BATCH,
@@ -30,7 +30,7 @@ from api.devices.schemas import (
     DeviceRegisterIn,
     RegisterQuery,
 )
-from api.devices.shaping import (
+from aquafleet.api.devices.shaping import (
     config_changes,
     device_outs,
     is_online,
@@ -38,13 +38,13 @@ from api.devices.shaping import (
     profile_out,
     wants_csv,
 )
-from api.errors import Forbidden, NotFoundError
-from api.routing import Call, Page, RouteTable
-from gateway.appkeys import DEVICE_GATEWAY
-from gateway.facade import LoginEntry
-from gateway.logs import get_logger
-from models.agents import visible_agents
-from models.devices import (
+from aquafleet.api.errors import Forbidden, NotFoundError
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.gateway.facade import LoginEntry
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.agents import visible_agents
+from aquafleet.models.devices import (
     Device,
     DeviceState,
     refused_config_groups,
@@ -52,10 +52,10 @@ from models.devices import (
     update_device,
     visible_devices,
 )
-from models.devices import deregister_device as mark_deregistered
-from models.errors import InvalidInput
-from models.registry import register_devices
-from models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_ONLY, PLATFORM_OR_VENDOR
+from aquafleet.models.devices import deregister_device as mark_deregistered
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.registry import register_devices
+from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_ONLY, PLATFORM_OR_VENDOR
 
 log = get_logger("aquafleet.api.devices")
 

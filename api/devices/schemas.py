@@ -8,8 +8,8 @@ from typing import ClassVar, Literal, get_args
 from pydantic import AwareDatetime, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from api.members import UID_PATTERN
-from api.schemas import (
+from aquafleet.api.members import UID_PATTERN
+from aquafleet.api.schemas import (
     UNSET,
     ListQuery,
     Mobile,
@@ -21,9 +21,9 @@ from api.schemas import (
     VendorCode,
     text,
 )
-from models.devices import DeviceState, DeviceType, Relation
-from models.ids import device_id
-from models.service import MAX_TOP_UP_ML, RENT_PACKAGES, ServiceMode
+from aquafleet.models.devices import DeviceState, DeviceType, Relation
+from aquafleet.models.ids import device_id
+from aquafleet.models.service import MAX_TOP_UP_ML, RENT_PACKAGES, ServiceMode
 
 MAX_REGISTER_BATCH = 1000  # keys of one answer (JSON or CSV); the factory asks again for more
 MAX_ONLINE_SCAN = 10_000  # devices the `online` filter may look at in one list request

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from api.devices.access import runtime_of, visible_device
-from api.devices.schemas import (
+from aquafleet.api.devices.access import runtime_of, visible_device
+from aquafleet.api.devices.schemas import (
     DailyWaterOut,
     DevicePath,
     DeviceRuntimeOut,
@@ -14,15 +14,15 @@ from api.devices.schemas import (
     DeviceServiceOut,
     DeviceStatisticsOut,
 )
-from api.devices.shaping import NEVER_SEEN, check_service_fields, runtime_out, service_out
-from api.routing import Call, RouteTable
-from gateway.appkeys import DEVICE_GATEWAY, SETTINGS
-from models.device_stats import device_statistics
-from models.devices import check_changeable
-from models.filters import filter_life, filters_of_devices
-from models.service import ServiceChangeRequest
-from models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_OR_VENDOR
-from models.usage import DeviceSnapshot
+from aquafleet.api.devices.shaping import NEVER_SEEN, check_service_fields, runtime_out, service_out
+from aquafleet.api.routing import Call, RouteTable
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
+from aquafleet.models.device_stats import device_statistics
+from aquafleet.models.devices import check_changeable
+from aquafleet.models.filters import filter_life, filters_of_devices
+from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_OR_VENDOR
+from aquafleet.models.usage import DeviceSnapshot
 
 routes = RouteTable("devices")
 

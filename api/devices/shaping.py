@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from api.devices.access import invalid_field, runtime_of
-from api.devices.schemas import (
+from aquafleet.api.devices.access import invalid_field, runtime_of
+from aquafleet.api.devices.schemas import (
     CSV_TYPE,
     SERVICE_OP_FIELDS,
     SERVICE_OP_NEEDS,
@@ -31,14 +31,14 @@ from api.devices.schemas import (
     ManufactureOut,
     RegisterQuery,
 )
-from gateway.device_status import RuntimeStatus
-from models.devices import Device, Relation, relations, share_counts
-from models.filters import StageLife, Timer
-from models.service import ServiceMode
-from models.tenancy import ADMIN_ROLES, Principal, Role
+from aquafleet.gateway.device_status import RuntimeStatus
+from aquafleet.models.devices import Device, Relation, relations, share_counts
+from aquafleet.models.filters import StageLife, Timer
+from aquafleet.models.service import ServiceMode
+from aquafleet.models.tenancy import ADMIN_ROLES, Principal, Role
 
 if TYPE_CHECKING:
-    from gateway.service_state import ServiceState
+    from aquafleet.gateway.service_state import ServiceState
 
 
 # ----------------------------------------------------------------------------- shaping

@@ -7,11 +7,11 @@ note 1), applies the login limits, and turns provider failures into answers.
 
 from __future__ import annotations
 
-from api.members import accounts, sessions
-from api.members.access import MEMBERS, WECHAT, visible_member
-from api.members.providers import members_ctx
-from api.members.schemas import UID_PATTERN
-from api.routing import RouteTable
+from aquafleet.api.members import accounts, sessions
+from aquafleet.api.members.access import MEMBERS, WECHAT, visible_member
+from aquafleet.api.members.providers import members_ctx
+from aquafleet.api.members.schemas import UID_PATTERN
+from aquafleet.api.routing import RouteTable
 
 routes = RouteTable(
     "members",

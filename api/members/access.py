@@ -6,20 +6,20 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api.errors import ApiError, NotFoundError, RateLimited, Unavailable, ValidationFailed
-from api.members.schemas import MemberLoginOut, MemberOut, WeixinOut
-from api.routing import Call
-from api.tokens import TOKENS
-from gateway.appkeys import REDIS, SETTINGS
-from gateway.config import Settings
-from gateway.logs import get_logger
-from gateway.providers.wechat import WechatClient
-from models import ratelimit
-from models.errors import NotFound
-from models.members import Member, Members, agent_path_of, get_member
-from models.sms_codes import CodePurpose, SmsError, SmsRecipientRejected, SmsThrottled
-from models.tenancy import ADMIN_ROLES, Principal, Role
-from models.vendors import Vendor, VendorState
+from aquafleet.api.errors import ApiError, NotFoundError, RateLimited, Unavailable, ValidationFailed
+from aquafleet.api.members.schemas import MemberLoginOut, MemberOut, WeixinOut
+from aquafleet.api.routing import Call
+from aquafleet.api.tokens import TOKENS
+from aquafleet.gateway.appkeys import REDIS, SETTINGS
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.wechat import WechatClient
+from aquafleet.models import ratelimit
+from aquafleet.models.errors import NotFound
+from aquafleet.models.members import Member, Members, agent_path_of, get_member
+from aquafleet.models.sms_codes import CodePurpose, SmsError, SmsRecipientRejected, SmsThrottled
+from aquafleet.models.tenancy import ADMIN_ROLES, Principal, Role
+from aquafleet.models.vendors import Vendor, VendorState
 
 log = get_logger("aquafleet.api.members")
 

@@ -7,8 +7,8 @@ import hmac
 
 from tortoise.queryset import QuerySet
 
-from api.errors import ConflictError, Forbidden, NotFoundError, ValidationFailed
-from api.members.access import (
+from aquafleet.api.errors import ConflictError, Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.members.access import (
     MEMBERS,
     check_same_uid,
     end_sessions,
@@ -16,7 +16,7 @@ from api.members.access import (
     send_code,
     visible_member,
 )
-from api.members.schemas import (
+from aquafleet.api.members.schemas import (
     MemberCodeQuery,
     MemberListQuery,
     MemberOut,
@@ -26,11 +26,11 @@ from api.members.schemas import (
     PasswordIn,
     ResetIn,
 )
-from api.routing import AUTHENTICATOR, PUBLIC, Call, Page, RouteTable
-from gateway.logs import get_logger
-from models.devices import bound_device_counts
-from models.errors import NotFound
-from models.members import (
+from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, Page, RouteTable
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.devices import bound_device_counts
+from aquafleet.models.errors import NotFound
+from aquafleet.models.members import (
     LOGIN_ALLOWED,
     Member,
     MemberState,
@@ -40,8 +40,8 @@ from models.members import (
     mobile_is_free,
     update_member,
 )
-from models.sms_codes import CodePurpose
-from models.tenancy import ADMIN_ROLES, PLATFORM_ONLY, PLATFORM_VENDOR_OR_MEMBER, Role
+from aquafleet.models.sms_codes import CodePurpose
+from aquafleet.models.tenancy import ADMIN_ROLES, PLATFORM_ONLY, PLATFORM_VENDOR_OR_MEMBER, Role
 
 log = get_logger("aquafleet.api.members")
 
@@ -70,7 +70,7 @@ async def list_members(call: Call) -> Page:
     if principal.role in (Role.AGENT, Role.DEALER):
         qs = qs.filter(agent__path__startswith=principal.agent_path or "/none/")
     if query.agent_id is not None:
-        from models.agents import Agent
+        from aquafleet.models.agents import Agent
 
         node = await Agent.get_or_none(id=query.agent_id)
         if node is None or not principal.may_see_node(node.vendor_id, node.path):

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from api.members.access import MEMBERS, WECHAT, member_principal
-from api.tokens import TOKENS, TokenService
-from gateway.appkeys import REDIS, SETTINGS
-from gateway.config import Settings
-from gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender, LogSmsSender
-from gateway.providers.wechat import WechatClient
-from models.members import LOGIN_ALLOWED, Member, Members
-from models.sms_codes import SmsCodes, SmsSender, derive_code_secret
-from models.tenancy import Principal, Role
-from models.vendors import Vendor, VendorState
+from aquafleet.api.members.access import MEMBERS, WECHAT, member_principal
+from aquafleet.api.tokens import TOKENS, TokenService
+from aquafleet.gateway.appkeys import REDIS, SETTINGS
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender, LogSmsSender
+from aquafleet.gateway.providers.wechat import WechatClient
+from aquafleet.models.members import LOGIN_ALLOWED, Member, Members
+from aquafleet.models.sms_codes import SmsCodes, SmsSender, derive_code_secret
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.vendors import Vendor, VendorState
 
 HTTP_TIMEOUT_S = 10.0
 

@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from api.errors import register_domain_error
-from api.schemas import (
+from aquafleet.api.errors import register_domain_error
+from aquafleet.api.schemas import (
     Email,
     ListQuery,
     Mobile,
@@ -20,9 +20,9 @@ from api.schemas import (
     VendorCode,
     text,
 )
-from models.members import MemberState, WechatCodeInvalid, WrongPassword
-from models.sms_codes import SmsCodeError
-from models.tenancy import Role
+from aquafleet.models.members import MemberState, WechatCodeInvalid, WrongPassword
+from aquafleet.models.sms_codes import SmsCodeError
+from aquafleet.models.tenancy import Role
 
 register_domain_error(SmsCodeError, 422)
 register_domain_error(WrongPassword, 401)

@@ -3,8 +3,8 @@ password or code, binding and unbinding WeChat; each answers with the member's t
 
 from __future__ import annotations
 
-from api.errors import ConflictError, Forbidden, Unavailable, ValidationFailed
-from api.members.access import (
+from aquafleet.api.errors import ConflictError, Forbidden, Unavailable, ValidationFailed
+from aquafleet.api.members.access import (
     MEMBERS,
     WECHAT,
     limit_member_login,
@@ -15,7 +15,7 @@ from api.members.access import (
     usable_vendor,
     visible_member,
 )
-from api.members.schemas import (
+from aquafleet.api.members.schemas import (
     BindIn,
     CodeQuery,
     MemberLoginIn,
@@ -23,12 +23,12 @@ from api.members.schemas import (
     MemberPath,
     RegisterIn,
 )
-from api.routing import AUTHENTICATOR, PUBLIC, Call, RouteTable
-from gateway.logs import get_logger
-from models import ratelimit
-from models.accounts import LoginRefused
-from models.errors import NotFound
-from models.members import (
+from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, RouteTable
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models import ratelimit
+from aquafleet.models.accounts import LoginRefused
+from aquafleet.models.errors import NotFound
+from aquafleet.models.members import (
     LOGIN_ALLOWED,
     Member,
     WechatApp,
@@ -39,8 +39,8 @@ from models.members import (
     mobile_is_free,
     unbind_wechat,
 )
-from models.sms_codes import CodePurpose, SmsCodeError
-from models.tenancy import PLATFORM_VENDOR_OR_MEMBER, Role
+from aquafleet.models.sms_codes import CodePurpose, SmsCodeError
+from aquafleet.models.tenancy import PLATFORM_VENDOR_OR_MEMBER, Role
 
 log = get_logger("aquafleet.api.members")
 

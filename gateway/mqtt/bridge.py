@@ -51,16 +51,16 @@ import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.errors import ConfigError, GatewayError, RedisUnavailable
-from gateway.keys import Keyspace
-from gateway.login import LoginBatcher
-from gateway.logs import get_logger
-from gateway.metrics import Metrics
-from gateway.mqtt.link import MqttDevice
-from gateway.redis_io import Scripts, redis_errors
-from protocol import ErrorCode, LoginRequested, ProtocolError
-from protocol.messages import Record, Result
-from protocol.mqtt import (
+from aquafleet.gateway.errors import ConfigError, GatewayError, RedisUnavailable
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.login import LoginBatcher
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.mqtt.link import MqttDevice
+from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
+from aquafleet.protocol.messages import Record, Result
+from aquafleet.protocol.mqtt import (
     CommandAnswer,
     Envelope,
     StatusNotice,
@@ -70,8 +70,8 @@ from protocol.mqtt import (
 )
 
 if TYPE_CHECKING:
-    from gateway.config import Settings
-    from gateway.hub import Hub
+    from aquafleet.gateway.config import Settings
+    from aquafleet.gateway.hub import Hub
 
 log = get_logger("aquafleet.mqtt")
 

@@ -11,11 +11,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from protocol import ErrorCode
-from protocol.mqtt import MqttServerSession
+from aquafleet.protocol import ErrorCode
+from aquafleet.protocol.mqtt import MqttServerSession
 
 if TYPE_CHECKING:
-    from gateway.mqtt.bridge import MqttBridge
+    from aquafleet.gateway.mqtt.bridge import MqttBridge
 
 # Ends of a local MQTT session that say nothing about the device: it may be talking to
 # another node, so its presence stays (and expires on its own after the idle timeout).

@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.logs import get_logger
-from models.sms_codes import (
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.sms_codes import (
     CodePurpose,
     SmsError,
     SmsMisconfigured,

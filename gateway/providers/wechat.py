@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.logs import get_logger
-from models.members import (
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.members import (
     WechatApp,
     WechatCodeInvalid,
     WechatError,

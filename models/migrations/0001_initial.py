@@ -6,9 +6,9 @@ from tortoise.fields.base import OnDelete
 from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
-from models.devices import DeviceState, DeviceType
-from models.usage import RecordKind
-from models.vendors import VendorState
+from aquafleet.models.devices import DeviceState, DeviceType
+from aquafleet.models.usage import RecordKind
+from aquafleet.models.vendors import VendorState
 
 
 class Migration(migrations.Migration):

@@ -108,8 +108,8 @@ async def api_node(node_factory: Any, database_url: str) -> Any:
 @pytest.fixture
 async def api(api_node: Any) -> AsyncIterator[ApiClient]:
     """A client of the node's API, logged in as the platform admin."""
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     await create_account(PLATFORM_USER, md5(PASSWORD), Role.PLATFORM)
     async with aiohttp.ClientSession() as session:

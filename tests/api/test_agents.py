@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from models.members import Member
+from aquafleet.models.members import Member
 from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 
 

@@ -114,7 +114,7 @@ async def test_logout_revokes_access_and_refresh(api: ApiClient):
 
 
 async def test_expired_access_tokens_are_refused(api: ApiClient, api_node: Any, redis_client: Any):
-    from api.tokens import TOKEN_RE
+    from aquafleet.api.tokens import TOKEN_RE
 
     tokens = (await login(api, PLATFORM_USER)).data
     sid = TOKEN_RE.match(tokens["access_token"]).group(2)
@@ -166,7 +166,7 @@ async def test_changing_the_own_password_ends_every_session(
 async def test_a_disabled_account_cannot_refresh_or_log_in(
     api: ApiClient, tenants: tuple[Tenant, Tenant]
 ):
-    from models.accounts import AccountState, AdminAccount
+    from aquafleet.models.accounts import AccountState, AdminAccount
 
     tokens = (await login(api, "bbbb-admin")).data
     await AdminAccount.filter(username="bbbb-admin").update(state=AccountState.DISABLED)
@@ -181,8 +181,8 @@ async def test_a_disabled_account_cannot_refresh_or_log_in(
 async def test_logins_are_throttled_per_ip_and_per_account_and_ip(
     node_factory: Any, database_url: str
 ):
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     node = await node_factory(
         database_url=database_url, admin_login_free_attempts=3, admin_login_per_ip=6
@@ -203,8 +203,8 @@ async def test_logins_are_throttled_per_ip_and_per_account_and_ip(
 
 
 async def test_guessing_the_old_password_is_rate_limited(node_factory: Any, database_url: str):
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     node = await node_factory(database_url=database_url, admin_login_free_attempts=2)
     await create_account("guessed", md5(PASSWORD), Role.PLATFORM)
@@ -224,8 +224,8 @@ async def test_guessing_the_old_password_is_rate_limited(node_factory: Any, data
 @pytest.mark.production_hashing
 async def test_stored_passwords_are_argon2id_at_production_cost(db: str):
     """The other tests hash cheaply; this one pins what production stores and verifies."""
-    from models.accounts import AdminAccount, create_account, login_admin
-    from models.tenancy import Role
+    from aquafleet.models.accounts import AdminAccount, create_account, login_admin
+    from aquafleet.models.tenancy import Role
 
     await create_account("pinned", md5(PASSWORD), Role.PLATFORM)
     stored = (await AdminAccount.get(username="pinned")).password_hash
@@ -233,6 +233,6 @@ async def test_stored_passwords_are_argon2id_at_production_cost(db: str):
     _, principal = await login_admin("pinned", md5(PASSWORD))
     assert str(principal.role) == "platform"
     # An unknown name is verified against a dummy hash of the same cost (same answer time).
-    from models import accounts
+    from aquafleet.models import accounts
 
     assert accounts._DUMMY_HASH.startswith("$argon2id$v=19$m=19456,t=2,p=1$")

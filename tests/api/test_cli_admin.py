@@ -28,8 +28,8 @@ async def aquafleet(
 
 
 async def login_works(database_url: str, user: str, password: str) -> bool:
-    from models.accounts import LoginRefused, login_admin
-    from models.db import database
+    from aquafleet.models.accounts import LoginRefused, login_admin
+    from aquafleet.models.db import database
 
     async with database(database_url, run_migrations=False):
         try:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.appkeys import SERVICE_STORE
-from models import service
-from models.service import ServiceMode
-from protocol import Command, CommandOp
-from protocol.messages import Result
+from aquafleet.gateway.appkeys import SERVICE_STORE
+from aquafleet.models import service
+from aquafleet.models.service import ServiceMode
+from aquafleet.protocol import Command, CommandOp
+from aquafleet.protocol.messages import Result
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_devices_api import make_member, register
 

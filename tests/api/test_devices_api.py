@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from api.devices import usable_device, visible_device
-from api.errors import ConflictError, NotFoundError
-from api.tokens import TOKENS
-from models.devices import Device, DeviceShare, DeviceState
-from models.ids import device_id, is_valid_device_id
-from models.members import Member, MemberState, member_uid
-from models.tenancy import Principal, Role
-from models.usage import RecordKind, UsageRecord
-from protocol import ErrorCode, FilterReading
-from protocol.crypto import derive_device_key
+from aquafleet.api.devices import usable_device, visible_device
+from aquafleet.api.errors import ConflictError, NotFoundError
+from aquafleet.api.tokens import TOKENS
+from aquafleet.models.devices import Device, DeviceShare, DeviceState
+from aquafleet.models.ids import device_id, is_valid_device_id
+from aquafleet.models.members import Member, MemberState, member_uid
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.usage import RecordKind, UsageRecord
+from aquafleet.protocol import ErrorCode, FilterReading
+from aquafleet.protocol.crypto import derive_device_key
 from tests.api.conftest import ApiClient, Tenant
 from tests.conftest import MASTER_SECRET
 from tests.devices import LoginRefused, telemetry
@@ -198,7 +198,7 @@ async def test_another_tenants_device_answers_404_everywhere(
         ("DELETE", "/devices/{}", None),
         ("POST", "/devices/{}/key", None),
     ]
-    from api.app import all_routes
+    from aquafleet.api.app import all_routes
 
     roles_of = {(r.method, re.sub(r"\{[^}]+\}", "{}", r.path)): r.roles for r in all_routes()}
     callers = [
@@ -426,7 +426,7 @@ async def test_sharing_limits_and_the_vendors_switch(
     did = await one_device(api, a.vid)
     owner = await make_member(api_node, api, a.vid)
     await owner.client.call("POST", f"/devices/{did}/bind", {})
-    from models.devices import MAX_SHARES
+    from aquafleet.models.devices import MAX_SHARES
 
     for _ in range(MAX_SHARES):
         guest = await make_member(api_node, api, a.vid)
@@ -705,7 +705,7 @@ async def test_usable_and_visible_device_for_other_modules(
 async def test_runtime_status_and_filter_life(
     api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any, device_factory: Any
 ):
-    from models.filters import set_model_filter_spec
+    from aquafleet.models.filters import set_model_filter_spec
 
     a, _ = tenants
     (issued,) = await register(api, a.vid, model="RO-1")

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from api.errors import ERROR_CODES
-from api.routing import MAX_BODY_BYTES, envelope_middleware
-from api.schemas import MAX_LIMIT
+from aquafleet.api.errors import ERROR_CODES
+from aquafleet.api.routing import MAX_BODY_BYTES, envelope_middleware
+from aquafleet.api.schemas import MAX_LIMIT
 from tests.api.conftest import ApiClient, Tenant, md5
 
 ROOT = Path(__file__).parents[2]
@@ -172,7 +172,7 @@ async def test_a_bug_answers_500_without_details():
 
 
 async def test_the_openapi_document_covers_every_route(api: ApiClient):
-    from api.app import all_routes
+    from aquafleet.api.app import all_routes
 
     async with api.session.get(f"{api.base}/api/v1/openapi.json") as response:
         assert response.status == 200
@@ -235,8 +235,8 @@ async def test_health_and_metrics_stay_outside_the_envelope(api: ApiClient, api_
 
 def test_routes_enforce_the_seeds_roles():
     """使用范围: every AX endpoint is A* (platform only); agents are managed by A levels."""
-    from api.app import all_routes
-    from models.tenancy import ADMIN_ROLES, PLATFORM_ONLY, Role
+    from aquafleet.api.app import all_routes
+    from aquafleet.models.tenancy import ADMIN_ROLES, PLATFORM_ONLY, Role
 
     routes = all_routes()
     ax = [r for r in routes if (r.seed or "").startswith("AX-")]
@@ -256,8 +256,8 @@ async def test_every_route_refuses_the_roles_it_does_not_list(
 ):
     """The roles above are enforced, not only declared: each admin role a route leaves out is
     answered 403 (before its parameters are even read)."""
-    from api.app import all_routes
-    from models.tenancy import Role
+    from aquafleet.api.app import all_routes
+    from aquafleet.models.tenancy import Role
 
     a, _ = tenants
     clients = {Role.VENDOR: a.vendor, Role.AGENT: a.agent, Role.DEALER: a.dealer}

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from api.routing import MAX_JSON_DEPTH
+from aquafleet.api.routing import MAX_JSON_DEPTH
 from tests.api import test_members_api as member_fixtures
 from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 from tests.api.test_members_api import MemberApp
@@ -34,19 +34,23 @@ async def test_deeply_nested_json_is_a_400_and_one_log_line(
 ):
     for body in ("[" * 1000 + "]" * 1000, "[" * 2048, nested(MAX_JSON_DEPTH)):
         capsys.readouterr()
-        answer = await api.call("POST", path, data=body, headers=JSON, token=None)
+        answer = await api.call("POST", path, data=body, headers=JSON, token=None, expect=400)
         assert answer.status == 400 and answer.code == "bad_request", answer
         assert "JSON" in answer.body["message"]
         logged = capsys.readouterr()
         lines = (logged.out + logged.err).splitlines()
         assert len(lines) == 1 and "api_body_refused" in lines[0], lines
     # One level less is within the limit: the schema, not the parser, refuses it.
-    answer = await api.call("POST", path, data=nested(MAX_JSON_DEPTH - 1), headers=JSON, token=None)
+    answer = await api.call(
+        "POST", path, data=nested(MAX_JSON_DEPTH - 1), headers=JSON, token=None, expect=422
+    )
     assert answer.status == 422, answer
 
 
 async def test_nested_json_behind_a_login_is_refused_the_same(api: ApiClient):
-    answer = await api.call("POST", "/vendors", data="[" * 1000 + "]" * 1000, headers=JSON)
+    answer = await api.call(
+        "POST", "/vendors", data="[" * 1000 + "]" * 1000, headers=JSON, expect=400
+    )
     assert answer.status == 400 and answer.code == "bad_request"
 
 
@@ -59,12 +63,12 @@ async def test_integers_past_their_column_are_422_not_500(
     a, _ = tenants
     uid, _ = await members.register(a.vid, "13800138000")
     for value in (str(TOO_BIG), str(2**31), str(-(2**70))):
-        answer = await api.call("GET", "/users", params={"agent_id": value})
+        answer = await api.call("GET", "/users", params={"agent_id": value}, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == "agent_id", answer
     for value in (TOO_BIG, 2**31, 10**40):
-        answer = await api.call("PUT", f"/users/{uid}", {"agent_id": value})
+        answer = await api.call("PUT", f"/users/{uid}", {"agent_id": value}, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == "agent_id", answer
-        answer = await api.call("GET", "/devices", params={"agent_id": str(value)})
+        answer = await api.call("GET", "/devices", params={"agent_id": str(value)}, expect=422)
         assert answer.status == 422, answer
     # Within the column, the same inputs are read as before.
     answer = await api.call("GET", "/users", params={"agent_id": str(a.agent_id)})
@@ -79,11 +83,13 @@ async def test_integer_fields_refuse_booleans_and_floats(
     a, _ = tenants
     uid, _ = await members.register(a.vid, "13800138000")
     for value in (False, True, 2.0, 0.0):
-        answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": value})
+        answer = await a.vendor.call(
+            "PUT", f"/agents/{a.dealer_id}/state", {"state": value}, expect=422
+        )
         assert answer.status == 422 and answer.data[0]["field"] == "state", (value, answer)
-        answer = await api.call("PUT", f"/users/{uid}", {"state": value})
+        answer = await api.call("PUT", f"/users/{uid}", {"state": value}, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == "state", (value, answer)
-        answer = await api.call("PUT", f"/users/{uid}", {"type": value})
+        answer = await api.call("PUT", f"/users/{uid}", {"type": value}, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == "type", (value, answer)
     answer = await a.vendor.call("PUT", f"/agents/{a.dealer_id}/state", {"state": 0})
     assert answer.status == 201 and answer.data["state"] == 0, answer
@@ -93,8 +99,8 @@ async def test_integer_fields_refuse_booleans_and_floats(
 
 def test_every_integer_input_is_bounded_within_int64():
     """A route added later gets the same bounds: no integer input is left unbounded."""
-    from api.app import all_routes
-    from api.schemas import INT64_MAX, INT64_MIN
+    from aquafleet.api.app import all_routes
+    from aquafleet.api.schemas import INT64_MAX, INT64_MIN
 
     for route in all_routes():
         for model in (route.body, route.query, route.params):
@@ -120,13 +126,15 @@ def test_every_integer_input_is_bounded_within_int64():
 async def test_a_fixed_path_beats_a_parameter_and_answers_405(
     api: ApiClient, method: str, path: str, allow: set[str]
 ):
-    answer = await api.call(method, path, token=None)
+    answer = await api.call(method, path, token=None, expect=405)
     assert answer.status == 405 and answer.code == "method_not_allowed", answer
     assert set(answer.headers["Allow"].split(",")) - {"HEAD"} == allow
     # The parameter still matches everything else, and the fixed path its own method.
-    answer = await api.call("GET", "/users/AAAA00000001", token=None)
+    answer = await api.call("GET", "/users/AAAA00000001", token=None, expect=401)
     assert answer.status == 401
-    answer = await api.call("GET", "/users/login/code", params={"vid": "ZZZZ"}, token=None)
+    answer = await api.call(
+        "GET", "/users/login/code", params={"vid": "ZZZZ"}, token=None, expect=422
+    )
     assert answer.status == 422
 
 
@@ -158,11 +166,14 @@ async def test_text_fields_refuse_control_and_format_characters(
         (api, "PUT", f"/vendors/{a.vid}/cfg", {"sms_sign": value}, "sms_sign"),
     ]
     for client, method, path, body, field in refused:
-        answer = await client.call(method, path, body)
+        answer = await client.call(method, path, body, expect=422)
         assert answer.status == 422 and answer.data[0]["field"] == field, (path, answer)
         assert "control or format characters" in answer.data[0]["message"]
     answer = await members.public.call(
-        "POST", "/users", {"mobile": "13900139000", "code": "123456", "name": value, "vid": a.vid}
+        "POST",
+        "/users",
+        {"mobile": "13900139000", "code": "123456", "name": value, "vid": a.vid},
+        expect=422,
     )
     assert answer.status == 422 and answer.data[0]["field"] == "name", answer
 
@@ -180,7 +191,7 @@ async def test_text_is_stored_in_nfc(
     # The length bound counts what is stored: 64 composed characters fit, 65 do not.
     answer = await me.call("PUT", f"/users/{uid}", {"name": "e\u0301" * 64})
     assert answer.status == 201, answer
-    answer = await me.call("PUT", f"/users/{uid}", {"name": "e\u0301" * 65})
+    answer = await me.call("PUT", f"/users/{uid}", {"name": "e\u0301" * 65}, expect=422)
     assert answer.status == 422, answer
 
 
@@ -189,7 +200,7 @@ def test_the_schema_pattern_agrees_with_the_validator():
     import re
     import unicodedata
 
-    from api.schemas import REFUSED_TEXT_CATEGORIES, TEXT_PATTERN
+    from aquafleet.api.schemas import REFUSED_TEXT_CATEGORIES, TEXT_PATTERN
 
     pattern = re.compile(TEXT_PATTERN)
     for code in range(0x10000):
@@ -204,10 +215,14 @@ def test_the_schema_pattern_agrees_with_the_validator():
     ["application/xml", "text/html", "text/plain, application/xml;q=0.9", "application/json;q=0"],
 )
 async def test_a_client_that_accepts_no_json_gets_406_in_the_envelope(api: ApiClient, accept: str):
-    answer = await api.call("GET", "/vendors", headers={"Accept": accept})
+    answer = await api.call("GET", "/vendors", headers={"Accept": accept}, expect=406)
     assert answer.status == 406 and answer.code == "not_acceptable", answer
     answer = await api.call(
-        "POST", "/auth/login", {"user": "root", "pwd": "0" * 32}, headers={"Accept": accept}
+        "POST",
+        "/auth/login",
+        {"user": "root", "pwd": "0" * 32},
+        headers={"Accept": accept},
+        expect=406,
     )
     assert answer.status == 406, answer
 
@@ -281,8 +296,8 @@ def test_without_a_token_metrics_answer_loopback_clients_only(peer: Any, allowed
 
     from aiohttp.test_utils import make_mocked_request
 
-    from api.errors import Forbidden
-    from api.routing import check_metrics_access
+    from aquafleet.api.errors import Forbidden
+    from aquafleet.api.routing import check_metrics_access
 
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (
@@ -298,8 +313,8 @@ def test_without_a_token_metrics_answer_loopback_clients_only(peer: Any, allowed
 
 
 def test_a_short_metrics_token_is_refused_at_start():
-    from gateway.config import load_settings
-    from gateway.errors import ConfigError
+    from aquafleet.gateway.config import load_settings
+    from aquafleet.gateway.errors import ConfigError
 
     with pytest.raises(ConfigError, match="metrics_token"):
         load_settings(metrics_token="short")
@@ -310,51 +325,57 @@ def client_from(address: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
 
 
-async def admin_login(api: ApiClient, user: str, password: str) -> Any:
-    return await api.call("POST", "/auth/login", {"user": user, "pwd": md5(password)}, token=None)
+async def admin_login(api: ApiClient, user: str, password: str, *, expect: int = 200) -> Any:
+    body = {"user": user, "pwd": md5(password)}
+    return await api.call("POST", "/auth/login", body, token=None, expect=expect)
 
 
 async def test_wrong_passwords_from_one_address_do_not_lock_the_admin_out(
     node_factory: Any, database_url: str
 ):
     """The audit: 10 wrong passwords locked any admin out for 15 minutes, everywhere."""
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     node = await node_factory(database_url=database_url)  # the default limits
     await create_account("target", md5(PASSWORD), Role.PLATFORM)
     base = f"http://127.0.0.1:{node.http_port}"
     async with client_from("127.0.0.2") as attacker_session, client_from("127.0.0.3") as own:
         attacker = ApiClient(attacker_session, base)
-        statuses = [(await admin_login(attacker, "target", f"guess-{n}")).status for n in range(10)]
+        statuses = [
+            (
+                await admin_login(attacker, "target", f"guess-{n}", expect=401 if n < 5 else 429)
+            ).status
+            for n in range(10)
+        ]
         assert statuses == [401] * 5 + [429] * 5
-        assert (await admin_login(attacker, "target", PASSWORD)).status == 429
+        assert (await admin_login(attacker, "target", PASSWORD, expect=429)).status == 429
         answer = await admin_login(ApiClient(own, base), "target", PASSWORD)
         assert answer.status == 200, answer
         # ... and the owner's success does not clear the attacker's wait.
-        assert (await admin_login(attacker, "target", "guess-11")).status == 429
+        assert (await admin_login(attacker, "target", "guess-11", expect=429)).status == 429
 
 
 async def test_the_wait_doubles_with_each_wrong_password(node_factory: Any, database_url: str):
-    from models.accounts import create_account
-    from models.tenancy import Role
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
 
     node = await node_factory(database_url=database_url, admin_login_free_attempts=2)
     await create_account("slow", md5(PASSWORD), Role.PLATFORM)
     async with client_from("127.0.0.4") as session:
         api = ApiClient(session, f"http://127.0.0.1:{node.http_port}")
-        assert (await admin_login(api, "slow", "one")).status == 401
-        assert (await admin_login(api, "slow", "two")).status == 401
+        assert (await admin_login(api, "slow", "one", expect=401)).status == 401
+        assert (await admin_login(api, "slow", "two", expect=401)).status == 401
         for wait_s in (1, 2, 4):
-            refused = await admin_login(api, "slow", PASSWORD)
+            refused = await admin_login(api, "slow", PASSWORD, expect=429)
             assert refused.status == 429 and int(refused.headers["Retry-After"]) == wait_s
             await asyncio.sleep(wait_s + 0.05)
             if wait_s < 4:
-                assert (await admin_login(api, "slow", "wrong")).status == 401
+                assert (await admin_login(api, "slow", "wrong", expect=401)).status == 401
         # The right password after the wait logs in and clears the count: back to no wait.
         assert (await admin_login(api, "slow", PASSWORD)).status == 200
-        assert (await admin_login(api, "slow", "wrong")).status == 401
-        assert (await admin_login(api, "slow", "wrong")).status == 401
+        assert (await admin_login(api, "slow", "wrong", expect=401)).status == 401
+        assert (await admin_login(api, "slow", "wrong", expect=401)).status == 401
 
 
 def same_answer(answer: Any) -> tuple[int, str, str]:
@@ -364,7 +385,7 @@ def same_answer(answer: Any) -> tuple[int, str, str]:
 async def test_an_anonymous_password_reset_does_not_tell_who_exists(
     api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
-    from models.members import Member, MemberState, member_uid
+    from aquafleet.models.members import Member, MemberState, member_uid
 
     a, _ = tenants
     active, _ = await members.register(a.vid, "13800138000")
@@ -376,20 +397,20 @@ async def test_an_anonymous_password_reset_does_not_tell_who_exists(
     other_vendor = member_uid("ZZZZ", 1)
     body = {"pwd": md5("new"), "code": "000000"}
     answers = {
-        uid: same_answer(await members.public.call("PUT", f"/users/{uid}/rst", body))
+        uid: same_answer(await members.public.call("PUT", f"/users/{uid}/rst", body, expect=422))
         for uid in (active, disabled, pending, unknown, other_vendor)
     }
     assert len(set(answers.values())) == 1, answers
     assert next(iter(answers.values()))[:2] == (422, "sms_code_invalid")
     # With a login, the caller's own view applies: an admin learns what it may see.
-    answer = await api.call("PUT", f"/users/{unknown}/rst", body)
+    answer = await api.call("PUT", f"/users/{unknown}/rst", body, expect=404)
     assert answer.status == 404
 
 
 async def test_registration_does_not_tell_whether_a_referrer_exists(
     tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
-    from models.members import member_uid
+    from aquafleet.models.members import member_uid
 
     a, b = tenants
     referrer, _ = await members.register(a.vid, "13800138000")
@@ -398,19 +419,21 @@ async def test_registration_does_not_tell_whether_a_referrer_exists(
     answers = set()
     for rid in rids:  # no code sent to this number
         body = {"mobile": "13900139000", "code": "000000", "name": "N", "vid": a.vid, "rid": rid}
-        answers.add(same_answer(await members.public.call("POST", "/users", body)))
+        answers.add(same_answer(await members.public.call("POST", "/users", body, expect=422)))
     assert len(answers) == 1, answers
     assert next(iter(answers))[0] == 422
     await members.code("/users/code", "13900139000", vid=a.vid)  # a live code, not this one
     kinds = set()
     for rid in rids:
         body = {"mobile": "13900139000", "code": "000000", "name": "N", "vid": a.vid, "rid": rid}
-        kinds.add(same_answer(await members.public.call("POST", "/users", body))[:2])
+        kinds.add(same_answer(await members.public.call("POST", "/users", body, expect=422))[:2])
     assert kinds == {(422, "sms_code_wrong")}, kinds
     # With the right code the referrer is checked: an unknown one is refused...
     code = await members.code("/users/code", "13900139000", vid=a.vid)
     body = {"mobile": "13900139000", "code": code, "name": "N", "vid": a.vid}
-    answer = await members.public.call("POST", "/users", {**body, "rid": member_uid(a.vid, 999)})
+    answer = await members.public.call(
+        "POST", "/users", {**body, "rid": member_uid(a.vid, 999)}, expect=422
+    )
     assert answer.status == 422 and answer.code == "invalid_input"
     # ... and a known one accepted (the refusal used up that code: a new one).
     body["code"] = await members.code("/users/code", "13900139000", vid=a.vid)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from api.members import MEMBERS
-from models.members import Member, MemberState, member_uid
-from models.vendors import Vendor
+from aquafleet.api.members import MEMBERS
+from aquafleet.models.members import Member, MemberState, member_uid
+from aquafleet.models.vendors import Vendor
 from tests.api.conftest import ApiClient, Tenant, client_from, md5
 from tests.fakes.aliyun_sms import FakeAliyunSms
 from tests.fakes.wechat import FakeWechat, FakeWechatUser

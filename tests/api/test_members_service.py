@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
-from models.agents import Agent, AgentLevel
-from models.errors import InvalidInput, NotFound
-from models.members import (
+from aquafleet.models.agents import Agent, AgentLevel
+from aquafleet.models.errors import InvalidInput, NotFound
+from aquafleet.models.members import (
     LastLoginMethod,
     Member,
     MemberDeregistered,
@@ -31,9 +31,9 @@ from models.members import (
     unbind_wechat,
     update_member,
 )
-from models.registry import create_vendor
-from models.sms_codes import CodeExpired, CodeMismatch, CodePurpose, SmsCodes
-from models.tenancy import child_path
+from aquafleet.models.registry import create_vendor
+from aquafleet.models.sms_codes import CodeExpired, CodeMismatch, CodePurpose, SmsCodes
+from aquafleet.models.tenancy import child_path
 
 MOBILE = "13800138000"
 

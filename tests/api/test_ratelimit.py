@@ -7,7 +7,16 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from models.ratelimit import Backoff, RateLimited, attempt, hit, hit_all, peek, rate_key, reset
+from aquafleet.models.ratelimit import (
+    Backoff,
+    RateLimited,
+    attempt,
+    hit,
+    hit_all,
+    peek,
+    rate_key,
+    reset,
+)
 
 T0 = 1_700_000_000.0
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from api.signing import app_secret, sign, string_to_sign
+from aquafleet.api.signing import app_secret, sign, string_to_sign
 from tests.api.conftest import ApiClient, Tenant, md5
 
 DOC = (Path(__file__).parents[2] / "docs" / "api-auth.md").read_text()

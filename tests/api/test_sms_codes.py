@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
-from models.errors import InvalidInput
-from models.ratelimit import RateLimited
-from models.sms_codes import (
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.ratelimit import RateLimited
+from aquafleet.models.sms_codes import (
     CodeExpired,
     CodeMismatch,
     CodePurpose,

@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from gateway.logs import configure_logging
-from gateway.providers.sms import (
+from aquafleet.gateway.logs import configure_logging
+from aquafleet.gateway.providers.sms import (
     AliyunSmsConfig,
     AliyunSmsSender,
     LogSmsSender,
     percent_encode,
     rpc_signature,
 )
-from models.sms_codes import (
+from aquafleet.models.sms_codes import (
     CodePurpose,
     SmsMisconfigured,
     SmsRecipientRejected,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from api.tokens import PRUNE_SESSIONS_OVER, TokenRejected, TokenService
-from models.tenancy import Principal, Role
+from aquafleet.api.tokens import PRUNE_SESSIONS_OVER, TokenRejected, TokenService
+from aquafleet.models.tenancy import Principal, Role
 
 ALICE = Principal(Role.AGENT, "7", vendor_code="AAAA", agent_path="/3/")
 

@@ -209,8 +209,8 @@ async def test_signing_records(api: ApiClient, tenants: tuple[Tenant, Tenant]):
 async def test_deregistration_locks_everyone_out_and_keeps_the_data(
     api: ApiClient, tenants: tuple[Tenant, Tenant]
 ):
-    from models.devices import Device
-    from models.registry import register_devices
+    from aquafleet.models.devices import Device
+    from aquafleet.models.registry import register_devices
 
     a, b = tenants
     devices = await register_devices("AAAA", 3, lambda did, version: b"k" * 32)

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from gateway.providers.wechat import WechatClient
-from models.members import (
+from aquafleet.gateway.providers.wechat import WechatClient
+from aquafleet.models.members import (
     WechatApp,
     WechatCodeInvalid,
     WechatMisconfigured,

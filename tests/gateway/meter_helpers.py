@@ -10,12 +10,12 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.keys import Keyspace
-from gateway.meter import MeterScript, ShardOutcome, meter_fields
-from gateway.redis_io import Scripts
-from protocol import Encoding, EventKind, FrameType
-from protocol.frames import Frame
-from protocol.messages import (
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.meter import MeterScript, ShardOutcome, meter_fields
+from aquafleet.gateway.redis_io import Scripts
+from aquafleet.protocol import Encoding, EventKind, FrameType
+from aquafleet.protocol.frames import Frame
+from aquafleet.protocol.messages import (
     Event,
     FilterReading,
     Payload,

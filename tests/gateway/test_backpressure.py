@@ -7,10 +7,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from gateway.appkeys import KEYSPACE, REDIS, SCRIPTS
-from gateway.ledger import LedgerWriter
-from gateway.metrics import Metrics
-from models.usage import metered_ml_by_device
+from aquafleet.gateway.appkeys import KEYSPACE, REDIS, SCRIPTS
+from aquafleet.gateway.ledger import LedgerWriter
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.models.usage import metered_ml_by_device
 from tests.conftest import REDIS_URL
 from tests.devices import register_devices, telemetry
 
@@ -186,7 +186,7 @@ async def test_records_read_before_a_replacement_are_metered_for_their_device(
         await login
         await older.closed_by_server()
         client = node.app[REDIS]
-        from gateway.meter import meter_fields
+        from aquafleet.gateway.meter import meter_fields
 
         state = meter_fields(await client.get(node.app[KEYSPACE].meter(dev.did)))
         assert state["mt"] == 300 and state["n"] == 3

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import COMMANDS, SERVICE_STORE
-from gateway.commands import CommandKind, CommandState, format_args, parse_args
-from models import service
-from models.service import ServiceMode
-from protocol import Command, CommandOp
-from protocol.messages import Result
+from aquafleet.gateway.appkeys import COMMANDS, SERVICE_STORE
+from aquafleet.gateway.commands import CommandKind, CommandState, format_args, parse_args
+from aquafleet.models import service
+from aquafleet.models.service import ServiceMode
+from aquafleet.protocol import Command, CommandOp
+from aquafleet.protocol.messages import Result
 from tests.devices import TestDevice, register_devices
 from tests.metering.test_volume_rental import ACTOR, eventually
 
@@ -302,8 +302,8 @@ async def test_the_log_survives_a_restart_and_a_late_result_still_closes_the_com
 async def test_command_ids_keep_a_spare_block_and_never_repeat(
     redis_client: Any, keyspace: Any
 ) -> None:
-    from gateway.command_sender import CID_BLOCK, CommandIds
-    from gateway.errors import RedisUnavailable
+    from aquafleet.gateway.command_sender import CID_BLOCK, CommandIds
+    from aquafleet.gateway.errors import RedisUnavailable
 
     ids = CommandIds(redis_client, keyspace)
     assert not ids.available()

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from protocol import Command
-from protocol.messages import Result
+from aquafleet.protocol import Command
+from aquafleet.protocol.messages import Result
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import TestDevice
 from tests.processes import free_port, serve_processes, start_serve
@@ -229,6 +229,6 @@ async def test_workers_route_commands_between_themselves(
 
 
 def _presence_key(prefix: str, did: str) -> str:
-    from gateway.keys import Keyspace
+    from aquafleet.gateway.keys import Keyspace
 
     return Keyspace(prefix, TEST_SHARDS).presence(did)

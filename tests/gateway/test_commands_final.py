@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from api.commands import command_out
-from gateway.appkeys import COMMANDS, KEYSPACE, REDIS, SCRIPTS, SERVICE_STORE
-from gateway.commands import CommandEvents, CommandState
-from models import service
-from models.service import ServiceMode
-from protocol import Command, CommandOp, EventKind
-from protocol.messages import Event, Result
+from aquafleet.api.commands import command_out
+from aquafleet.gateway.appkeys import COMMANDS, KEYSPACE, REDIS, SCRIPTS, SERVICE_STORE
+from aquafleet.gateway.commands import CommandEvents, CommandState
+from aquafleet.models import service
+from aquafleet.models.service import ServiceMode
+from aquafleet.protocol import Command, CommandOp, EventKind
+from aquafleet.protocol.messages import Event, Result
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.gateway.test_commands import state_of
 from tests.metering.test_volume_rental import ACTOR, eventually
@@ -70,7 +70,7 @@ async def test_a_command_finished_on_another_node_is_never_sent_again(
 
 @pytest.fixture
 def quick_resends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import command_sender
+    from aquafleet.gateway import command_sender
 
     monkeypatch.setattr(command_sender, "RESEND_AFTER_S", 0.5)  # 10 s in production
 
@@ -167,7 +167,7 @@ async def test_a_timed_out_dispense_gets_the_pour_its_device_reports_later(
 
 
 def test_a_routed_command_message_says_whether_it_is_a_copy() -> None:
-    from gateway.node_bus import NodeMessageError, RoutedCommand, decode_node_message
+    from aquafleet.gateway.node_bus import NodeMessageError, RoutedCommand, decode_node_message
 
     text = b"cmd DEV1 7 1 1800000000 1=250"
     first = decode_node_message(text)

@@ -10,13 +10,18 @@ from typing import Any
 
 import pytest
 
-from gateway.device_status import RELEASE_GRACE_MS, RuntimeStatus, read_runtime, runtime_status
-from gateway.keys import Keyspace
-from gateway.mqtt.bridge import MQTT_NODE
-from gateway.presence import OfflineReason, offline_reason
-from gateway.registry_cache import kick_everywhere
-from protocol import ErrorCode, encode_frame
-from protocol.messages import Error, Event, encode_payload, message_map
+from aquafleet.gateway.device_status import (
+    RELEASE_GRACE_MS,
+    RuntimeStatus,
+    read_runtime,
+    runtime_status,
+)
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.mqtt.bridge import MQTT_NODE
+from aquafleet.gateway.presence import OfflineReason, offline_reason
+from aquafleet.gateway.registry_cache import kick_everywhere
+from aquafleet.protocol import ErrorCode, encode_frame
+from aquafleet.protocol.messages import Error, Event, encode_payload, message_map
 from tests.devices import register_devices, telemetry
 from tests.gateway import test_mqtt_bridge
 from tests.gateway.test_mqtt_bridge import MqttTestDevice, mqtt_node, unique_prefix
@@ -287,7 +292,7 @@ async def test_a_page_of_devices_is_read_in_one_round_trip(
 async def test_redis_down_is_a_gateway_error(keyspace):
     import redis.asyncio as aioredis
 
-    from gateway.errors import RedisUnavailable
+    from aquafleet.gateway.errors import RedisUnavailable
 
     client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     with pytest.raises(RedisUnavailable):

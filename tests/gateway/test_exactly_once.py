@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from models.db import database
-from models.usage import UsageRecord, metered_ml_by_device
-from protocol.messages import Ack, Telemetry
+from aquafleet.models.db import database
+from aquafleet.models.usage import UsageRecord, metered_ml_by_device
+from aquafleet.protocol.messages import Ack, Telemetry
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import LoginRefused, TestDevice
 from tests.processes import serve_processes, start_serve
@@ -173,8 +173,8 @@ async def test_a_newer_login_on_another_process_closes_the_older_connection(
     )  # fmt: skip
     with (tmp_path / "devices.csv").open() as handle:
         row = next(csv.DictReader(handle))
-    from protocol import ErrorCode
-    from protocol.messages import Error
+    from aquafleet.protocol import ErrorCode
+    from aquafleet.protocol.messages import Error
 
     async with serve_processes() as nodes:
         a = await start_serve(tmp_path, settings, name="proc-a")
@@ -196,7 +196,7 @@ async def test_a_newer_login_on_another_process_closes_the_older_connection(
 
 
 def _shard(did: str) -> str:
-    from gateway.keys import Keyspace
+    from aquafleet.gateway.keys import Keyspace
 
     return f"{Keyspace('x', TEST_SHARDS).shard_of(did):02d}"
 

@@ -18,21 +18,21 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.keys import Keyspace
-from gateway.ledger import GROUP, LedgerWriter, decode_entries
-from gateway.metrics import Metrics
-from gateway.redis_io import Scripts
-from models.devices import Device, DeviceState
-from models.registry import create_vendor, register_devices, set_device_state
-from models.usage import (
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.ledger import GROUP, LedgerWriter, decode_entries
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.redis_io import Scripts
+from aquafleet.models.devices import Device, DeviceState
+from aquafleet.models.registry import create_vendor, register_devices, set_device_state
+from aquafleet.models.usage import (
     DeviceSnapshot,
     RecordKind,
     UsageRecord,
     metered_ml_by_device,
     store_ledger_batch,
 )
-from protocol import EventKind, FrameType
-from protocol.messages import Record
+from aquafleet.protocol import EventKind, FrameType
+from aquafleet.protocol.messages import Record
 from tests.gateway.meter_helpers import (
     FULL_TELEMETRY,
     NOW_MS,

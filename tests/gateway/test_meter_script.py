@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.keys import Keyspace
-from gateway.meter import OOO_LIMIT
-from protocol import EventKind, FrameType
-from protocol.messages import MAX_COUNTER, Record, decode_payload
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.meter import OOO_LIMIT
+from aquafleet.protocol import EventKind, FrameType
+from aquafleet.protocol.messages import MAX_COUNTER, Record, decode_payload
 from tests.gateway.meter_helpers import (
     DUPLICATE,
     FULL_TELEMETRY,

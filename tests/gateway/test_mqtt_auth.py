@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.appkeys import KEYSPACE, REDIS
-from gateway.registry_cache import write_entries
-from models.devices import DeviceState
-from protocol.crypto import mqtt_password
+from aquafleet.gateway.appkeys import KEYSPACE, REDIS
+from aquafleet.gateway.registry_cache import write_entries
+from aquafleet.models.devices import DeviceState
+from aquafleet.protocol.crypto import mqtt_password
 from tests.devices import register_devices
 
 BRIDGE_PASSWORD = "bridge-secret-1"

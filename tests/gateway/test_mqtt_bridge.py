@@ -18,15 +18,15 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.appkeys import KEYSPACE, MQTT_BRIDGE, REDIS
-from gateway.errors import GatewayError
-from gateway.mqtt.bridge import paho_client, read_in_bursts
-from models.usage import metered_ml_by_device
-from protocol import Command, CommandOp
-from protocol.crypto import mqtt_password
-from protocol.frames import MacKey
-from protocol.messages import Ack, encode_payload
-from protocol.mqtt import Channel, Dropped, MqttDeviceSession, MqttKey, seal
+from aquafleet.gateway.appkeys import KEYSPACE, MQTT_BRIDGE, REDIS
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.mqtt.bridge import paho_client, read_in_bursts
+from aquafleet.models.usage import metered_ml_by_device
+from aquafleet.protocol import Command, CommandOp
+from aquafleet.protocol.crypto import mqtt_password
+from aquafleet.protocol.frames import MacKey
+from aquafleet.protocol.messages import Ack, encode_payload
+from aquafleet.protocol.mqtt import Channel, Dropped, MqttDeviceSession, MqttKey, seal
 from tests.devices import register_devices, telemetry
 
 BROKER_PORT = 1883
@@ -601,7 +601,7 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     # The node's own client closes with it: read presence afterwards with the test's client
     # (a command on the closed client would open a connection nobody closes).
     key = node.app[KEYSPACE].presence(dev.did)
-    from gateway.appkeys import TASKS
+    from aquafleet.gateway.appkeys import TASKS
 
     tasks = node.app[TASKS]
     bridge_tasks = [t for name, t in tasks.tasks.items() if name.startswith("mqtt-")]

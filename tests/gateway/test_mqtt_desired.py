@@ -18,17 +18,17 @@ from typing import Any
 import msgpack
 import pytest
 
-from gateway import command_sender
-from gateway.appkeys import SERVICE_STORE
-from gateway.mqtt.bridge import pack_answer, unpack_answer
-from models import service
-from models.service import ServiceMode
-from protocol import Command, CommandOp, DesiredState, desired_state_from_args
-from protocol.messages import Result
-from protocol.mqtt import CommandAnswer
-from simulators.mqtt_device import MqttPurifier
-from simulators.mqtt_link import MqttPurifierLink, connect_mqtt
-from simulators.stats import WorkerStats
+from aquafleet.gateway import command_sender
+from aquafleet.gateway.appkeys import SERVICE_STORE
+from aquafleet.gateway.mqtt.bridge import pack_answer, unpack_answer
+from aquafleet.models import service
+from aquafleet.models.service import ServiceMode
+from aquafleet.protocol import Command, CommandOp, DesiredState, desired_state_from_args
+from aquafleet.protocol.messages import Result
+from aquafleet.protocol.mqtt import CommandAnswer
+from aquafleet.simulators.mqtt_device import MqttPurifier
+from aquafleet.simulators.mqtt_link import MqttPurifierLink, connect_mqtt
+from aquafleet.simulators.stats import WorkerStats
 from tests.devices import register_devices, telemetry
 from tests.gateway.test_mqtt_bridge import (
     BROKER_PORT,
@@ -303,8 +303,8 @@ async def test_one_shot_commands_reach_mqtt_devices_through_the_command_service(
 ) -> None:
     """The same command service as TCP: states, the device's ACK, its RESULT, the outcome
     back on the issuing node, which here is another node than the bridges'."""
-    from gateway.appkeys import COMMANDS
-    from gateway.commands import CommandState
+    from aquafleet.gateway.appkeys import COMMANDS
+    from aquafleet.gateway.commands import CommandState
 
     prefix = unique_prefix()
     bridge = await mqtt_node(node_factory, prefix)

@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import (
+from aquafleet.protocol import (
     AckCode,
     Command,
     CommandOp,
@@ -16,9 +16,9 @@ from protocol import (
     ProtocolError,
     Telemetry,
 )
-from protocol.frames import MacKey
-from protocol.messages import Ack, Record, Result, message_map
-from protocol.mqtt import (
+from aquafleet.protocol.frames import MacKey
+from aquafleet.protocol.messages import Ack, Record, Result, message_map
+from aquafleet.protocol.mqtt import (
     MAX_SKEW_MS,
     RECENT_COMMANDS,
     RECENT_TAGS,

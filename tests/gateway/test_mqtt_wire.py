@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulators import mqtt_wire as wire
+from aquafleet.simulators import mqtt_wire as wire
 
 
 def test_connect_is_laid_out_as_the_spec_says() -> None:

@@ -11,10 +11,10 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.commands import CommandState
-from gateway.keys import Keyspace
-from gateway.metrics import Metrics
-from gateway.node_bus import (
+from aquafleet.gateway.commands import CommandState
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.node_bus import (
     CommandSettled,
     DesiredStateChanged,
     Kick,
@@ -24,7 +24,7 @@ from gateway.node_bus import (
     decode_node_message,
     encode_node_message,
 )
-from protocol import Command, DesiredState, ErrorCode
+from aquafleet.protocol import Command, DesiredState, ErrorCode
 
 MESSAGES = [
     Kick("kick", "DEV1", "node-a/7"),

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from gateway.appkeys import KEYSPACE, REDIS
-from protocol import ErrorCode
-from protocol.crypto import derive_device_key
-from protocol.messages import Error
+from aquafleet.gateway.appkeys import KEYSPACE, REDIS
+from aquafleet.protocol import ErrorCode
+from aquafleet.protocol.crypto import derive_device_key
+from aquafleet.protocol.messages import Error
 from tests.devices import LoginRefused, register_devices, telemetry
 
 
@@ -107,8 +107,8 @@ async def test_wrong_key_is_refused_and_disturbs_nothing(node_factory, device_fa
 
 
 async def test_disabled_device_is_refused(node_factory, device_factory):
-    from gateway.registry_cache import write_entries
-    from models.devices import DeviceState
+    from aquafleet.gateway.registry_cache import write_entries
+    from aquafleet.models.devices import DeviceState
 
     node = await node_factory()
     (dev,) = await register_devices(node, 1)
@@ -133,7 +133,7 @@ async def test_failed_logins_from_one_ip_are_rate_limited(node_factory, device_f
 
 
 async def test_login_must_finish_in_time(node_factory):
-    from protocol import FrameDecoder, parse_message
+    from aquafleet.protocol import FrameDecoder, parse_message
 
     node = await node_factory(login_timeout_s=1.0)
     reader, writer = await asyncio.open_connection("127.0.0.1", node.tcp_port)
@@ -229,8 +229,8 @@ async def test_garbage_between_frames_is_skipped_and_counted(node_factory, devic
 
 
 async def test_event_without_mac_closes_the_connection(node_factory, device_factory):
-    from protocol import encode_frame
-    from protocol.messages import Event, encode_payload, message_map
+    from aquafleet.protocol import encode_frame
+    from aquafleet.protocol.messages import Event, encode_payload, message_map
 
     node = await node_factory()
     (dev,) = await register_devices(node, 1)

@@ -8,10 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from models.db import database
-from models.usage import metered_ml_by_device
-from protocol import ErrorCode
-from protocol.messages import Error
+from aquafleet.models.db import database
+from aquafleet.models.usage import metered_ml_by_device
+from aquafleet.protocol import ErrorCode
+from aquafleet.protocol.messages import Error
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.gateway.test_exactly_once import run_cli

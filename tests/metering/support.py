@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.registry import create_vendor, register_devices
-from models.usage import SnapshotRow, UsageRow, store_ledger_batch
+from aquafleet.models.registry import create_vendor, register_devices
+from aquafleet.models.usage import SnapshotRow, UsageRow, store_ledger_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def child(spec_text: str) -> None:
     spec = json.loads(spec_text)
 
     async def main() -> Any:
-        from models.db import database
+        from aquafleet.models.db import database
 
         async with database(spec["url"], run_migrations=False):
             await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
@@ -89,7 +89,7 @@ def child(spec_text: str) -> None:
 
 
 async def _open_ticket(key: str, vendor: str, did: str) -> list[Any]:
-    from models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
+    from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
 
     ticket, created = await open_automatic_ticket(
         AutomaticTicket(dedup_key=key, type=TicketType.MAINTENANCE, vendor_code=vendor, did=did)
@@ -98,7 +98,7 @@ async def _open_ticket(key: str, vendor: str, did: str) -> list[Any]:
 
 
 async def _close_period(start: str, end: str, now: str) -> dict[str, Any]:
-    from models.billing import close_billing_period
+    from aquafleet.models.billing import close_billing_period
 
     summary = await close_billing_period(
         dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end),

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.billing import (
+from aquafleet.models.billing import (
     BillingMode,
     BillingRecord,
     Terms,
@@ -27,9 +27,9 @@ from models.billing import (
     prorated_minimum_fen,
     usage_charge_fen,
 )
-from models.db import database
-from models.errors import Conflict, InvalidInput, NotFound
-from models.usage import store_ledger_batch
+from aquafleet.models.db import database
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.usage import store_ledger_batch
 from tests.metering.support import race_in_processes, usage_row, vendor_with_devices
 
 NOV = (dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 12, 1, tzinfo=dt.UTC))

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from models.device_stats import DeviceStatistics, device_statistics
-from models.errors import InvalidInput
-from models.usage import UsageRow, store_ledger_batch
-from protocol import EventKind
+from aquafleet.models.device_stats import DeviceStatistics, device_statistics
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.usage import UsageRow, store_ledger_batch
+from aquafleet.protocol import EventKind
 
 DID = "STAT00000001AAAA"
 OTHER = "STAT00000002AAAA"

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.errors import InvalidInput, NotFound
-from models.filters import (
+from aquafleet.models.errors import InvalidInput, NotFound
+from aquafleet.models.filters import (
     DeviceFilters,
     FilterStage,
     MaintenanceWatch,
@@ -28,9 +28,9 @@ from models.filters import (
     set_model_filter_spec,
     stage_life,
 )
-from models.tickets import Ticket, TicketType
-from models.usage import DeviceSnapshot
-from protocol.messages import FilterReading
+from aquafleet.models.tickets import Ticket, TicketType
+from aquafleet.models.usage import DeviceSnapshot
+from aquafleet.protocol.messages import FilterReading
 from tests.devices import register_devices, telemetry
 from tests.metering.support import (
     SEED_FILTERS,
@@ -238,7 +238,7 @@ async def test_spec_services_refuse_unknown_vendors_devices_and_bad_specs(dids):
 
 
 async def test_specs_of_many_devices_take_one_query_per_500(db, monkeypatch):
-    from models.db import connection
+    from aquafleet.models.db import connection
 
     dids = await vendor_with_devices("ACME", 1001, model="AQ-100")
     await set_model_filter_spec("ACME", "AQ-100", SEED_FILTERS)
@@ -329,7 +329,7 @@ async def test_threshold_zero_opens_nothing(dids):
 
 
 async def test_a_broken_stored_spec_is_logged_not_raised(dids, monkeypatch):
-    from models.filters import FilterSpec
+    from aquafleet.models.filters import FilterSpec
 
     await FilterSpec.create(vendor_id="ACME", model="AQ-100", stages=[{"order": "bad"}])
     rows = await store_snapshots(snapshot(dids[0], 1, 1, [[1, 540, 4320, 0]]))

@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from models.errors import Conflict, InvalidInput, NotFound
-from models.tickets import (
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.tickets import (
     OPEN_STATES,
     TRANSITIONS,
     AutomaticTicket,

@@ -7,10 +7,10 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.appkeys import RENTAL_SCHEDULER, SERVICE_STORE
-from models import service
-from models.service import RENT_PACKAGES, ServiceChange, ServiceMode
-from models.tickets import Ticket, TicketType
+from aquafleet.gateway.appkeys import RENTAL_SCHEDULER, SERVICE_STORE
+from aquafleet.models import service
+from aquafleet.models.service import RENT_PACKAGES, ServiceChange, ServiceMode
+from aquafleet.models.tickets import Ticket, TicketType
 from tests.devices import register_devices
 from tests.metering.test_volume_rental import ACTOR, eventually, next_state
 

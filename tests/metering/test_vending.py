@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import COMMANDS, SERVICE_STORE
-from models import service
-from models.service import ServiceMode
-from models.vending import (
+from aquafleet.gateway.appkeys import COMMANDS, SERVICE_STORE
+from aquafleet.models import service
+from aquafleet.models.service import ServiceMode
+from aquafleet.models.vending import (
     DeviceOffline,
     DispenseSession,
     DispenseState,
@@ -19,8 +19,8 @@ from models.vending import (
     expire_dispenses,
     start_dispense,
 )
-from protocol import Command, CommandOp, EventKind
-from protocol.messages import Event, Result
+from aquafleet.protocol import Command, CommandOp, EventKind
+from aquafleet.protocol.messages import Event, Result
 from tests.devices import TestDevice, register_devices
 from tests.metering.test_volume_rental import ACTOR, eventually
 
@@ -114,7 +114,7 @@ async def _late(session_id: int) -> DispenseSession | None:
 
 
 async def test_only_vending_machines_dispense(node_factory, device_factory):
-    from models.errors import Conflict, InvalidInput
+    from aquafleet.models.errors import Conflict, InvalidInput
 
     node = await node_factory()
     (dev,) = await register_devices(node, 1)

@@ -12,12 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.appkeys import SERVICE_STORE
-from models import service
-from models.service import ServiceChange, ServiceMode
-from protocol import Command, CommandOp, desired_state_from_args
-from protocol.constants import StateBit
-from protocol.messages import Result
+from aquafleet.gateway.appkeys import SERVICE_STORE
+from aquafleet.models import service
+from aquafleet.models.service import ServiceChange, ServiceMode
+from aquafleet.protocol import Command, CommandOp, desired_state_from_args
+from aquafleet.protocol.constants import StateBit
+from aquafleet.protocol.messages import Result
 from tests.devices import TestDevice, register_devices, telemetry
 
 ACTOR = "test-admin"
@@ -194,7 +194,7 @@ async def test_a_device_reporting_the_wrong_lock_is_brought_back_in_line(
 async def test_top_up_of_a_device_not_on_volume_rental_is_refused(node_factory):
     import pytest
 
-    from models.errors import Conflict, InvalidInput, NotFound
+    from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 
     node = await node_factory()
     (dev,) = await register_devices(node, 1)
@@ -245,8 +245,8 @@ async def test_a_gateway_restart_mid_flow_loses_and_double_counts_nothing(
 async def test_reset_filter_reaches_the_device_and_is_recorded(node_factory, device_factory):
     import pytest
 
-    from gateway.appkeys import COMMANDS
-    from models.vending import DeviceOffline
+    from aquafleet.gateway.appkeys import COMMANDS
+    from aquafleet.models.vending import DeviceOffline
 
     node = await node_factory()
     dev, _store, device = await volume_device(node, device_factory, 1000)

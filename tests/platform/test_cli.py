@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from models.ids import is_valid_device_id
-from protocol import ErrorCode
-from protocol.crypto import derive_device_key
-from protocol.messages import Error
+from aquafleet.models.ids import is_valid_device_id
+from aquafleet.protocol import ErrorCode
+from aquafleet.protocol.crypto import derive_device_key
+from aquafleet.protocol.messages import Error
 from tests.conftest import MASTER_SECRET
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.processes import serve_processes, start_serve

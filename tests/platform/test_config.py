@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_settings, settings_reference
-from gateway.errors import ConfigError
+from aquafleet.gateway.config import load_settings, settings_reference
+from aquafleet.gateway.errors import ConfigError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from gateway.logs import configure_logging, get_logger
+from aquafleet.gateway.logs import configure_logging, get_logger
 
 
 @pytest.fixture

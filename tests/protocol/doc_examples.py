@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from protocol import AckCode, DesiredState
-from protocol.constants import HEADER_SIZE, MAC_SIZE, Flag, FrameType, StateBit
-from protocol.crypto import auth_proof, direction_keys, server_proof, session_key
-from protocol.frames import Frame
-from protocol.messages import Command, Event, FilterReading, Result, Telemetry
+from aquafleet.protocol import AckCode, DesiredState
+from aquafleet.protocol.constants import HEADER_SIZE, MAC_SIZE, Flag, FrameType, StateBit
+from aquafleet.protocol.crypto import auth_proof, direction_keys, server_proof, session_key
+from aquafleet.protocol.frames import Frame
+from aquafleet.protocol.messages import Command, Event, FilterReading, Result, Telemetry
 from tests.protocol.helpers import (
     CLIENT_NONCE,
     DEVICE_KEY,

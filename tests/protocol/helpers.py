@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from protocol import (
+from aquafleet.protocol import (
     DeviceSession,
     Encoding,
     FrameDecoder,
@@ -15,10 +15,10 @@ from protocol import (
     ProtocolError,
     ServerSession,
 )
-from protocol.constants import Flag
-from protocol.frames import Frame, encode_frame
-from protocol.messages import DesiredState, Error, Message, encode_payload, parse_message
-from protocol.session import SessionClosed
+from aquafleet.protocol.constants import Flag
+from aquafleet.protocol.frames import Frame, encode_frame
+from aquafleet.protocol.messages import DesiredState, Error, Message, encode_payload, parse_message
+from aquafleet.protocol.session import SessionClosed
 
 DID = "AQ0000000001"
 FW = "1.4.2"

@@ -9,9 +9,9 @@ import cbor2
 import msgpack
 from hypothesis import strategies as st
 
-from protocol.constants import U8, U16, U32, Flag
-from protocol.frames import Frame, encode_frame
-from protocol.messages import (
+from aquafleet.protocol.constants import U8, U16, U32, Flag
+from aquafleet.protocol.frames import Frame, encode_frame
+from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
     MAX_COUNTER,
     Ack,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.crc import CHECK_INPUT, CHECK_VALUE, crc16_modbus, crc16_modbus_reference
-from protocol.frames import encode_frame
+from aquafleet.protocol.crc import CHECK_INPUT, CHECK_VALUE, crc16_modbus, crc16_modbus_reference
+from aquafleet.protocol.frames import encode_frame
 from tests.protocol.helpers import crc16_bitwise
 
 

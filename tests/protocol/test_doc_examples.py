@@ -7,8 +7,15 @@ import hmac
 import re
 from pathlib import Path
 
-from protocol.constants import AckCode, CommandOp, ErrorCode, EventKind, FrameType, ResultCode
-from protocol.session import DEVICE_ACCEPTS, MAC_REQUIRED, SERVER_ACCEPTS, SessionState
+from aquafleet.protocol.constants import (
+    AckCode,
+    CommandOp,
+    ErrorCode,
+    EventKind,
+    FrameType,
+    ResultCode,
+)
+from aquafleet.protocol.session import DEVICE_ACCEPTS, MAC_REQUIRED, SERVER_ACCEPTS, SessionState
 from tests.protocol.doc_examples import annotate, exchange, secrets_table
 from tests.protocol.helpers import K_DS, K_SD, SESSION_KEY, decode_all
 

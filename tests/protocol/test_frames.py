@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from protocol import FrameDecoder, FrameType, LocalProtocolError, RemoteProtocolError
-from protocol.constants import MAX_PAYLOAD, ErrorCode, Flag
-from protocol.frames import Frame, MacKey, encode_frame, frame_mac
-from protocol.messages import Event, Telemetry, encode_payload, message_map, parse_message
+from aquafleet.protocol import FrameDecoder, FrameType, LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, Flag
+from aquafleet.protocol.frames import Frame, MacKey, encode_frame, frame_mac
+from aquafleet.protocol.messages import Event, Telemetry, encode_payload, message_map, parse_message
 from tests.protocol.helpers import (
     crc16_bitwise,
     decode_all,

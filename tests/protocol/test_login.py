@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from protocol import (
+from aquafleet.protocol import (
     AckCode,
     DesiredState,
     ErrorCode,
@@ -21,9 +21,9 @@ from protocol import (
     SessionState,
     derive_device_key,
 )
-from protocol.constants import Flag
-from protocol.crypto import direction_keys, mqtt_password, mqtt_tag, session_key
-from protocol.messages import (
+from aquafleet.protocol.constants import Flag
+from aquafleet.protocol.crypto import direction_keys, mqtt_password, mqtt_tag, session_key
+from aquafleet.protocol.messages import (
     AuthFail,
     Command,
     Error,

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import Encoding, LocalProtocolError, RemoteProtocolError
-from protocol.constants import ErrorCode, Flag, FrameType
-from protocol.frames import Frame
-from protocol.messages import (
+from aquafleet.protocol import Encoding, LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.constants import ErrorCode, Flag, FrameType
+from aquafleet.protocol.frames import Frame
+from aquafleet.protocol.messages import (
     MAX_COUNTER,
     AuthOk,
     Command,
@@ -324,7 +324,7 @@ def test_text_is_utf8() -> None:
 
 
 def test_set_state_args_round_trip_the_desired_state_map() -> None:
-    from protocol import DesiredState, desired_state_args, desired_state_from_args
+    from aquafleet.protocol import DesiredState, desired_state_args, desired_state_from_args
 
     desired = DesiredState(
         version=9, locked=True, remaining_ml=-120, rental_expires_at=1_800_000_000
@@ -336,7 +336,7 @@ def test_set_state_args_round_trip_the_desired_state_map() -> None:
 
 
 def test_set_state_args_without_a_version_are_refused() -> None:
-    from protocol import RemoteProtocolError, desired_state_from_args
+    from aquafleet.protocol import RemoteProtocolError, desired_state_from_args
 
     with pytest.raises(RemoteProtocolError):
         desired_state_from_args({1: 1})

@@ -7,10 +7,10 @@ import msgpack
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from protocol import DeviceSession, ErrorCode, FrameDecoder, ProtocolError, ServerSession
-from protocol.constants import MAX_FRAME, MAX_PAYLOAD, Flag, FrameType
-from protocol.frames import Frame, encode_frame
-from protocol.messages import (
+from aquafleet.protocol import DeviceSession, ErrorCode, FrameDecoder, ProtocolError, ServerSession
+from aquafleet.protocol.constants import MAX_FRAME, MAX_PAYLOAD, Flag, FrameType
+from aquafleet.protocol.frames import Frame, encode_frame
+from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
     Message,
     encode_payload,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import protocol
+import aquafleet.protocol as protocol
 
 FORBIDDEN = [
     "asyncio",
@@ -23,18 +23,20 @@ FORBIDDEN = [
 ]
 THIRD_PARTY = {"cbor2", "msgpack", "crcmod"}
 PACKAGE = Path(protocol.__file__).parent
-MODULES = sorted(f"protocol.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+MODULES = sorted(
+    f"aquafleet.protocol.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"
+)
 
 PROBE = """
 import importlib, json, sys
-for name in ["protocol", *sys.argv[1:]]:
+for name in ["aquafleet.protocol", *sys.argv[1:]]:
     importlib.import_module(name)
 print(json.dumps(sorted(sys.modules)))
 """
 
 
 def test_importing_protocol_loads_no_io_module() -> None:
-    assert "protocol.session" in MODULES
+    assert "aquafleet.protocol.session" in MODULES
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *MODULES],
         capture_output=True,
@@ -57,7 +59,7 @@ def imports_of(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                names.add("protocol")  # a relative import stays inside the package
+                names.add("aquafleet.protocol")  # a relative import stays inside the package
             elif node.module:
                 names.add(node.module)
     return names
@@ -70,6 +72,7 @@ def test_protocol_sources_import_only_stdlib_and_codecs() -> None:
         for name in imports_of(path):
             top = name.split(".")[0]
             assert top not in FORBIDDEN, f"{path.name} imports {name}"
-            assert top == "protocol" or top in THIRD_PARTY or top in sys.stdlib_module_names, (
+            ours = name == "aquafleet.protocol" or name.startswith("aquafleet.protocol.")
+            assert ours or top in THIRD_PARTY or top in sys.stdlib_module_names, (
                 f"{path.name} imports {name}"
             )

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from protocol import (
+from aquafleet.protocol import (
     AckCode,
     CommandMemory,
     Encoding,
@@ -17,9 +17,9 @@ from protocol import (
     SessionClosed,
     SessionState,
 )
-from protocol.constants import Flag
-from protocol.crc import crc16_modbus
-from protocol.messages import (
+from aquafleet.protocol.constants import Flag
+from aquafleet.protocol.crc import crc16_modbus
+from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
     Ack,
     Command,
@@ -32,7 +32,7 @@ from protocol.messages import (
     encode_payload,
     message_map,
 )
-from protocol.session import DEVICE_ACCEPTS, MAX_BAD_FRAMES
+from aquafleet.protocol.session import DEVICE_ACCEPTS, MAX_BAD_FRAMES
 from tests.protocol.helpers import (
     DEVICE_KEY,
     ENCODINGS,

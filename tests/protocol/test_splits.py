@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from protocol import DesiredState, DeviceSession, ErrorCode, ServerSession
-from protocol.messages import Command, Error, Event, Result, Telemetry
+from aquafleet.protocol import DesiredState, DeviceSession, ErrorCode, ServerSession
+from aquafleet.protocol.messages import Command, Error, Event, Result, Telemetry
 from tests.protocol.helpers import (
     DEVICE_KEY,
     ENCODINGS,

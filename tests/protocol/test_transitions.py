@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from protocol import LocalProtocolError, SessionState
-from protocol.session import TRANSITIONS, Step
+from aquafleet.protocol import LocalProtocolError, SessionState
+from aquafleet.protocol.session import TRANSITIONS, Step
 from tests.protocol.helpers import DEVICE_KEY, NOW, new_device, new_server
 
 

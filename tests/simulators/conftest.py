@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.keys import Keyspace
-from simulators.options import DeviceCredentials, SimOptions
+from aquafleet.gateway.keys import Keyspace
+from aquafleet.simulators.options import DeviceCredentials, SimOptions
 
 RegisterFleet = Callable[[Any, int], Awaitable[list[DeviceCredentials]]]
 StartNode = Callable[..., Awaitable[Any]]
@@ -24,11 +24,11 @@ def register_fleet(redis_client: aioredis.Redis, keyspace: Keyspace) -> Register
     """
 
     async def register(node: Any, count: int) -> list[DeviceCredentials]:
-        from gateway.registry_cache import write_entries
-        from models.devices import DeviceState
-        from models.registry import create_vendor, register_devices
-        from models.vendors import Vendor
-        from protocol.crypto import derive_device_key
+        from aquafleet.gateway.registry_cache import write_entries
+        from aquafleet.models.devices import DeviceState
+        from aquafleet.models.registry import create_vendor, register_devices
+        from aquafleet.models.vendors import Vendor
+        from aquafleet.protocol.crypto import derive_device_key
 
         master = node.settings.master_secret_bytes()
         if not await Vendor.exists(code="SIMT"):

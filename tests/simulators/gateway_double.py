@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from protocol import AckCode, LoginRequested, ServerSession
-from protocol.messages import Command, Record, Result
-from simulators.device import FleetHooks, VirtualPurifier
-from simulators.stats import WorkerStats
+from aquafleet.protocol import AckCode, LoginRequested, ServerSession
+from aquafleet.protocol.messages import Command, Record, Result
+from aquafleet.simulators.device import FleetHooks, VirtualPurifier
+from aquafleet.simulators.stats import WorkerStats
 
 DID = "SIMT00000001"
 KEY = bytes(range(32))

@@ -6,9 +6,9 @@ import asyncio
 import json
 from typing import Any
 
-from models.vendors import Vendor
-from simulators.report import EXIT_INTERRUPTED, EXIT_OK, Report
-from simulators.runner import run_simulation
+from aquafleet.models.vendors import Vendor
+from aquafleet.simulators.report import EXIT_INTERRUPTED, EXIT_OK, Report
+from aquafleet.simulators.runner import run_simulation
 from tests.simulators.conftest import RegisterFleet, sim_options
 from tests.simulators.test_report import TOP_LEVEL_KEYS
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from protocol import AckCode, CommandOp, ResultCode
-from protocol.messages import Command
+from aquafleet.protocol import AckCode, CommandOp, ResultCode
+from aquafleet.protocol.messages import Command
 from tests.simulators.gateway_double import BOOT, WALL, GatewayDouble, make_device
 
 
@@ -179,8 +179,8 @@ def test_dispense_runs_once_and_a_repeated_cid_gets_the_stored_result() -> None:
 
 
 def test_set_state_applies_only_newer_versions_and_shows_in_telemetry() -> None:
-    from protocol import DesiredState, desired_state_args
-    from protocol.constants import StateBit
+    from aquafleet.protocol import DesiredState, desired_state_args
+    from aquafleet.protocol.constants import StateBit
 
     device = make_device(window=1)
     gateway = GatewayDouble(device)
@@ -239,7 +239,7 @@ def test_server_close_is_counted_with_its_code() -> None:
     gateway = GatewayDouble(device)
     gateway.login()
     assert gateway.server is not None
-    from protocol import ErrorCode
+    from aquafleet.protocol import ErrorCode
 
     gateway.server.close(ErrorCode.SHUTDOWN, "bye")
     gateway._to_device()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from simulators.histogram import (
+from aquafleet.simulators.histogram import (
     BUCKETS,
     EXACT,
     MAX_VALUE,

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from aquafleet.cli import build_parser
-from gateway.appkeys import MQTT_BRIDGE
-from simulators.cli import options_from_args
-from simulators.options import DeviceCredentials, SimError, SimOptions
-from simulators.report import EXIT_OK, Report
-from simulators.runner import run_simulation
+from aquafleet.gateway.appkeys import MQTT_BRIDGE
+from aquafleet.simulators.cli import options_from_args
+from aquafleet.simulators.options import DeviceCredentials, SimError, SimOptions
+from aquafleet.simulators.report import EXIT_OK, Report
+from aquafleet.simulators.runner import run_simulation
 from tests.simulators.conftest import RegisterFleet, sim_options
 
 

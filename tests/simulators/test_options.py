@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from aquafleet.cli import build_parser
-from simulators.cli import options_from_args
-from simulators.options import DeviceCredentials, SimError, SimOptions, load_devices
+from aquafleet.simulators.cli import options_from_args
+from aquafleet.simulators.options import DeviceCredentials, SimError, SimOptions, load_devices
 
 
 def _csv(tmp_path: Path, rows: int, header: str = "did,key") -> Path:

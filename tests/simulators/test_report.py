@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
-from simulators.check import DeviceOutcome, check_exactly_once
-from simulators.options import DeviceCredentials, SimOptions
-from simulators.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, build_report, value_at
-from simulators.stats import WorkerStats
+from aquafleet.simulators.check import DeviceOutcome, check_exactly_once
+from aquafleet.simulators.options import DeviceCredentials, SimOptions
+from aquafleet.simulators.report import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    build_report,
+    value_at,
+)
+from aquafleet.simulators.stats import WorkerStats
 
 T0 = 1_800_000_000.0
 TOP_LEVEL_KEYS = {

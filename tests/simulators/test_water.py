@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from simulators.water import DRAW_MAX_ML, DRAW_MIN_ML, FLOW_ML_S, WaterMeter
+from aquafleet.simulators.water import DRAW_MAX_ML, DRAW_MIN_ML, FLOW_ML_S, WaterMeter
 
 
 def test_counter_grows_by_whole_draws_at_the_flow_rate() -> None:
