@@ -35,7 +35,7 @@ from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.gateway.registry_cache import parse_registry_entry
 from aquafleet.protocol.constants import MAX_DID_LEN
 from aquafleet.protocol.crypto import derive_device_key, mqtt_password
-from aquafleet.protocol.mqtt import Channel
+from aquafleet.protocol.mqtt_envelope import Channel
 
 log = get_logger("aquafleet.broker_auth")
 

@@ -60,14 +60,8 @@ from aquafleet.gateway.mqtt.link import MqttDevice
 from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.messages import Record, Result
-from aquafleet.protocol.mqtt import (
-    CommandAnswer,
-    Envelope,
-    StatusNotice,
-    UplinkDropped,
-    open_envelope,
-    uplink_filter,
-)
+from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
+from aquafleet.protocol.mqtt_envelope import Envelope, open_envelope, uplink_filter
 
 if TYPE_CHECKING:
     from aquafleet.gateway.config import Settings

@@ -26,7 +26,8 @@ from aquafleet.protocol import Command, CommandOp
 from aquafleet.protocol.crypto import mqtt_password
 from aquafleet.protocol.frames import MacKey
 from aquafleet.protocol.messages import Ack, encode_payload
-from aquafleet.protocol.mqtt import Channel, Dropped, MqttDeviceSession, MqttKey, seal
+from aquafleet.protocol.mqtt import Dropped, MqttDeviceSession
+from aquafleet.protocol.mqtt_envelope import Channel, MqttKey, seal
 from tests.devices import register_devices, telemetry
 
 BROKER_PORT = 1883

@@ -19,18 +19,20 @@ from aquafleet.protocol import (
 from aquafleet.protocol.frames import MacKey
 from aquafleet.protocol.messages import Ack, Record, Result, message_map
 from aquafleet.protocol.mqtt import (
-    MAX_SKEW_MS,
     RECENT_COMMANDS,
-    RECENT_TAGS,
-    Channel,
     CommandAnswer,
     Dropped,
     MqttDeviceSession,
-    MqttKey,
     MqttServerSession,
-    ReplayGuard,
     StatusNotice,
     UplinkDropped,
+)
+from aquafleet.protocol.mqtt_envelope import (
+    MAX_SKEW_MS,
+    RECENT_TAGS,
+    Channel,
+    MqttKey,
+    ReplayGuard,
     open_envelope,
     seal,
     topic,
