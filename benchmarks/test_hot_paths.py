@@ -107,3 +107,30 @@ def test_maintenance_check_of_a_ledger_batch_of_1000_devices(benchmark):
         for n, did in enumerate(dids)
     ]
     assert len(benchmark(maintenance_requests, readings, specs, 10)) == 10
+
+
+def ledger_entry(records: int) -> tuple[bytes, dict[bytes, bytes]]:
+    """One ledger stream entry as meter.lua writes it: a metering round of `records` telemetry
+    records, each of another device (so each becomes a snapshot)."""
+    from aquafleet.protocol.messages import encode_payload, message_map
+
+    payload = encode_payload(message_map(sample(1)), 0)
+    items = [
+        [f"BNCH{n:08d}AAAA".encode(), 0x20, 7, 1, 1_790_000_000, 10, 12_346, 3, 0, 0, payload]
+        for n in range(records)
+    ]
+    fields = {
+        b"at": b"1790000000000",
+        b"n": str(records).encode(),
+        b"records": msgpack.packb(items),
+    }
+    return b"1-0", fields
+
+
+def test_ledger_writer_decodes_a_round_of_1000_records(benchmark):
+    """Usage rows and snapshots of one round (the writer's Python work before the INSERTs)."""
+    from aquafleet.gateway.ledger import decode_entries
+
+    entry = ledger_entry(1000)
+    batch = benchmark(decode_entries, [entry])
+    assert len(batch.usage) == 1000 and len(batch.snapshots) == 1000
