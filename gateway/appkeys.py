@@ -15,6 +15,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from aquafleet.gateway.command_sender import CommandSender
     from aquafleet.gateway.commands import CommandService
     from aquafleet.gateway.config import Settings
     from aquafleet.gateway.facade import DeviceGateway
@@ -43,5 +44,6 @@ HUB: web.AppKey[Hub] = web.AppKey("hub")
 TCP_SERVER: web.AppKey[asyncio.Server] = web.AppKey("tcp_server")
 SERVICE_STORE: web.AppKey[ServiceStore] = web.AppKey("service_store")
 COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")
+COMMAND_SENDER: web.AppKey[CommandSender] = web.AppKey("command_sender")
 RENTAL_SCHEDULER: web.AppKey[RentalScheduler] = web.AppKey("rental_scheduler")
 MQTT_BRIDGE: web.AppKey[MqttBridge] = web.AppKey("mqtt_bridge")

@@ -145,6 +145,10 @@ class CommandSender:
         self._by_seq: dict[tuple[str, int], int] = {}  # (did, seq) -> cid, for delivery ACKs
         self._state_cid: dict[str, int] = {}  # did -> cid of its newest SET_STATE in flight
 
+    def can_push(self) -> bool:
+        """Whether a desired state can go out now: a command id is at hand."""
+        return self.ids.available()
+
     def push(self, did: str, desired: DesiredState, *, now: float | None = None) -> bool:
         """Send `desired` to the device if it is connected here; False when it is not."""
         if not self.ids.available():

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
@@ -15,18 +15,12 @@ from aquafleet.protocol import (
     DesiredState,
     ErrorCode,
     FrameRejected,
+    LoginRequested,
     ServerSession,
     SessionClosed,
 )
 from aquafleet.protocol.frames import DecoderStats
-from aquafleet.protocol.messages import Ack, Result
-
-if TYPE_CHECKING:
-    from aquafleet.gateway.command_sender import CommandSender
-    from aquafleet.gateway.login import LoginBatcher
-    from aquafleet.gateway.meter import MeterBatcher
-    from aquafleet.gateway.node_bus import Kick
-    from aquafleet.gateway.presence import Presence
+from aquafleet.protocol.messages import Ack, Record, Result
 
 log = get_logger("aquafleet.hub")
 
@@ -89,6 +83,52 @@ class DeviceLink(Protocol):
     def resume_reading(self) -> None: ...
 
 
+# What the hub and the transports hand on, and to whom: the node (gateway/node.py) plugs the
+# parts in after it built the hub, each typed here by what is asked of it, so the hub imports
+# none of them (they all import the hub).
+
+
+class RecordMeter(Protocol):
+    """Meters records and acks them once durable (gateway.meter.MeterBatcher)."""
+
+    pending: list[tuple[DeviceLink, Record]]
+
+    def submit(self, conn: DeviceLink, record: Record) -> None: ...
+
+    async def drained(self) -> None:
+        """Return once every record read so far is durable and acked."""
+
+
+class LoginQueue(Protocol):
+    """Verifies logins a batch at a time (gateway.login.LoginBatcher)."""
+
+    def submit(self, conn: DeviceLink, request: LoginRequested) -> None: ...
+
+
+class PresenceKeeper(Protocol):
+    """Keeps who is online in Redis (gateway.presence.Presence)."""
+
+    def release_link(self, did: str, conn: DeviceLink) -> None: ...
+
+    async def flushed(self) -> None:
+        """Return once every release so far is written."""
+
+
+class CommandDelivery(Protocol):
+    """Sends commands to this node's devices (gateway.command_sender.CommandSender)."""
+
+    def can_push(self) -> bool:
+        """Whether a desired state can go out now (a command id is at hand)."""
+
+    def push(self, did: str, desired: DesiredState) -> bool: ...
+
+    def delivered(self, did: str, seq: int) -> bool: ...
+
+    def result(self, did: str, result: Result) -> bool: ...
+
+    def applied_at_login(self, did: str, version: int) -> None: ...
+
+
 class FailedLoginLimiter:
     """Failed logins per source IP in a fixed window; bounded memory (oldest IPs forgotten).
 
@@ -141,10 +181,10 @@ class Hub:
         self._pause_reasons: set[str] = set()
         self.accepting = True
         self._all_closed = asyncio.Event()
-        self.meter: MeterBatcher
-        self.logins: LoginBatcher
-        self.presence: Presence
-        self.sender: CommandSender | None = None  # set by the node once it runs
+        self.meter: RecordMeter
+        self.logins: LoginQueue
+        self.presence: PresenceKeeper
+        self.sender: CommandDelivery | None = None  # set by the node once it runs
         metrics.gauges["connections"] = lambda: len(self.connections)
         metrics.gauges["devices_online"] = lambda: len(self.online)
         metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
@@ -213,11 +253,6 @@ class Hub:
             del self.online[did]
         conn.close(code, reason)
         return True
-
-    def kicked(self, message: Kick) -> None:
-        """The node channel asks to close a device's connection here (gateway/node_bus.py)."""
-        if self.kick(message.did, message.conn_id, message.code, message.reason):
-            log.info("device_kicked", did=message.did, verb=message.verb)
 
     # ------------------------------------------------------------------ session events
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from aquafleet.gateway.appkeys import (
+    COMMAND_SENDER,
     COMMANDS,
     DEVICE_GATEWAY,
     HUB,
@@ -165,7 +166,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         max_connections=settings.max_connections,
         limiter=FailedLoginLimiter(settings.failed_logins_per_ip, settings.failed_login_window_s),
     )
-    hub.meter = MeterBatcher(
+    meter = hub.meter = MeterBatcher(
         hub=hub,
         client=client,
         scripts=scripts,
@@ -176,7 +177,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pause_backlog=settings.backlog_pause_records,
         coalesce_acks=settings.coalesce_acks,
     )
-    hub.logins = LoginBatcher(
+    logins = hub.logins = LoginBatcher(
         hub=hub,
         client=client,
         scripts=scripts,
@@ -185,7 +186,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         master_secret=settings.master_secret_bytes(),
         presence_ttl_ms=ttl_ms,
     )
-    hub.presence = Presence(
+    presence = hub.presence = Presence(
         hub=hub,
         client=client,
         scripts=scripts,
@@ -205,6 +206,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     )  # fmt: skip
     bus = node_bus(app, keyspace.node_channel(hub.node_id), hub, sender, commands)
     app[COMMANDS] = commands
+    app[COMMAND_SENDER] = sender
     app[HUB] = hub
     app[DEVICE_GATEWAY] = DeviceGateway(
         hub=hub, commands=commands, service_store=app[SERVICE_STORE], client=client,
@@ -215,11 +217,11 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         "command-sender", "command-events",
     )  # fmt: skip
     runners: tuple[Callable[[], Awaitable[None]], ...] = (
-        hub.meter.run,
-        hub.meter.watch_backlog,
-        hub.logins.run,
-        hub.presence.run_releases,
-        hub.presence.run_touch,
+        meter.run,
+        meter.watch_backlog,
+        logins.run,
+        presence.run_releases,
+        presence.run_touch,
         bus.run,
         hub.run_sweeper,
         lambda: run_command_sender(sender, command_ids),
@@ -251,7 +253,7 @@ def node_bus(
 ) -> NodeBus:
     """A bus on `channel` whose messages reach the parts of this node that act on them."""
     bus = NodeBus(app[REDIS], channel, app[METRICS])
-    bus.subscribe(Kick, hub.kicked)
+    bus.subscribe(Kick, lambda m: kick_here(hub, m))
     bus.subscribe(DesiredStateChanged, lambda message: sender.push(message.did, message.desired))
     bus.subscribe(RoutedCommand, lambda message: sender.routed(message.did, message.command))
     bus.subscribe(
@@ -259,6 +261,12 @@ def node_bus(
         lambda message: commands.on_outcome(message.did, message.cid, message.record),
     )
     return bus
+
+
+def kick_here(hub: Hub, message: Kick) -> None:
+    """The node channel asks to close a device's connection here."""
+    if hub.kick(message.did, message.conn_id, message.code, message.reason):
+        log.info("device_kicked", did=message.did, verb=message.verb)
 
 
 async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
@@ -345,10 +353,9 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     app[MQTT_BRIDGE] = bridge
     runners = bridge.tasks()
     # The bridges' devices share one presence name: each bridge follows its channel too.
-    hub = app[HUB]
-    sender, commands = hub.sender, app[COMMANDS]
-    assert sender is not None
-    shared = node_bus(app, app[KEYSPACE].node_channel(MQTT_NODE), hub, sender, commands)
+    shared = node_bus(
+        app, app[KEYSPACE].node_channel(MQTT_NODE), app[HUB], app[COMMAND_SENDER], app[COMMANDS]
+    )
     runners["mqtt-node-bus"] = shared.run
     for name, runner in runners.items():
         app[TASKS].start(name, runner)

@@ -54,7 +54,7 @@ class MqttDevice:
             session.drops.clear()
         if session.is_online and not self.closed:
             sender = self.bridge.hub.sender
-            if session.has_desired and sender is not None and sender.ids.available():
+            if session.has_desired and sender is not None and sender.can_push():
                 # MQTT's AUTH_OK: the state goes as a SET_STATE command, resent until answered.
                 # Without a command id at hand (a login storm used the node's block up), it
                 # waits for one of the device's next messages.
