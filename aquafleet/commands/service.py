@@ -57,13 +57,13 @@ def _change_line(args: argparse.Namespace, item: dict[str, Any]) -> str:
     if "error" in item:
         return f"{did}: {item['error']['code']}: {item['error']['message']}"
     if item["already_applied"]:
-        head = f"already applied (request id {args.request_id}): nothing changed"
+        head = f"already applied (request id {getattr(args, 'request_id', None)}): nothing changed"
     elif not item["applied"]:
         head = "nothing to change"
     else:
         head = {
             "configure": f"configured as {item['mode_name']}",
-            "top-up": f"topped up {args.ml} ml",
+            "top-up": f"topped up {getattr(args, 'ml', 0)} ml",
             "extend": "rental extended",
             "lock": "locked",
             "unlock": "lock lifted",
@@ -77,9 +77,8 @@ def _change_line(args: argparse.Namespace, item: dict[str, Any]) -> str:
     return f"{did}: {head}; {', '.join(now)}"
 
 
-async def _lock_and_history(did: str, lock_bits: int, limit: int) -> dict[str, Any]:
-    """Who set the person's lock and why, and the latest changes of the device."""
-    from aquafleet.gateway.service_state import MANUAL_LOCK
+async def _locks_and_history(did: str, state: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Each lock in force with who set it, when and why, and the device's latest changes."""
     from aquafleet.models.service import ServiceChange
 
     changes = await ServiceChange.filter(did=did).order_by("-id").limit(limit)
@@ -91,12 +90,25 @@ async def _lock_and_history(did: str, lock_bits: int, limit: int) -> dict[str, A
         }
         for c in changes
     ]  # fmt: skip
-    locked_by = None
-    if lock_bits & MANUAL_LOCK:
-        last = await ServiceChange.filter(did=did, op="lock").order_by("-id").first()
-        if last is not None:
-            locked_by = {"actor": last.actor, "reason": last.reason, "at": iso(last.created_at)}
-    return {"locked_by": locked_by, "history": history}
+    locks = []
+    for kind in state["lock_reasons"]:
+        lock: dict[str, Any] = {"kind": kind, "by": None, "reason": None, "at": None}
+        if kind == "rental_expired":
+            lock.update(by="rental", reason="the rental expired", at=state["rental_expires_at"])
+        else:  # a person's lock, or the meter's when the quota ran out
+            op = "lock" if kind == "manual" else "quota_lock"
+            last = await ServiceChange.filter(did=did, op=op).order_by("-id").first()
+            if last is not None:
+                lock.update(by=last.actor, reason=last.reason, at=iso(last.created_at))
+        locks.append(lock)
+    return {"locks": locks, "history": history}
+
+
+def _lock_text(lock: dict[str, Any]) -> str:
+    text = str(lock["kind"])
+    if lock["by"] is not None:
+        text += f" (by {lock['by']} at {lock['at'] or '-'}: {lock['reason'] or '-'})"
+    return text
 
 
 def _render_show(items: list[dict[str, Any]]) -> str:
@@ -106,13 +118,7 @@ def _render_show(items: list[dict[str, Any]]) -> str:
             blocks.append(f"{item['did']}: {item['error']['code']}: {item['error']['message']}")
             continue
         mode = item["mode"]
-        if item["locked"]:
-            locked = "yes: " + ", ".join(item["lock_reasons"])
-            if item["locked_by"]:
-                by = item["locked_by"]
-                locked += f" (manual lock by {by['actor']} at {by['at']}: {by['reason'] or '-'})"
-        else:
-            locked = "no"
+        locked = "yes: " + "; ".join(map(_lock_text, item["locks"])) if item["locked"] else "no"
         text = item["did"] + "\n" + fields([
             ("mode", "not configured" if mode is None else f"{mode} {item['mode_name']}"),
             ("remaining", None if item["remaining_ml"] is None else f"{item['remaining_ml']} ml"),
@@ -154,7 +160,7 @@ def cmd_service(args: argparse.Namespace) -> int:
             state = await store.read(did)
             item = _state_json(did, state)
             item["low_balance_ml"] = state.low_balance_ml
-            item.update(await _lock_and_history(did, state.lock_bits, args.history))
+            item.update(await _locks_and_history(did, item, args.history))
             return item
         if command == "configure":
             expires = args.expires_at

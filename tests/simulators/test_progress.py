@@ -17,10 +17,15 @@ def _counters(**values: int) -> dict[str, int]:
 def test_the_live_line_shows_totals_and_the_closing_line_whole_run_figures() -> None:
     out = io.StringIO()
     progress = Progress(out)
-    progress.update(1.0, "run", _counters(online=900, connected=1000, records_sent=500,
-                                          acked_stored=400, acked_ml=52_300))  # fmt: skip
-    progress.update(2.0, "run", _counters(online=1000, connected=1000, records_sent=2500,
-                                          acked_stored=2400, acked_ml=252_300, disconnects=3))  # fmt: skip
+    first = _counters(
+        online=900, connected=1000, records_sent=500, acked_stored=400, acked_ml=52_300
+    )
+    progress.update(1.0, "run", first)
+    second = _counters(
+        online=1000, connected=1000, records_sent=2500, acked_stored=2400, acked_ml=252_300,
+        disconnects=3,
+    )  # fmt: skip
+    progress.update(2.0, "run", second)
     live = out.getvalue().splitlines()[-1]
     assert "online   1000" in live
     assert "records sent 2500 (2000/s) acked 2400 (2000/s)" in live
