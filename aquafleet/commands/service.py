@@ -104,6 +104,14 @@ async def _locks_and_history(did: str, state: dict[str, Any], limit: int) -> dic
     return {"locks": locks, "history": history}
 
 
+def _amount(change: dict[str, Any]) -> str | None:
+    if change["amount_ml"] is not None:
+        return f"{change['amount_ml']} ml"
+    if change["seconds"] is not None:
+        return f"{change['seconds'] // 86_400} days"
+    return None
+
+
 def _lock_text(lock: dict[str, Any]) -> str:
     text = str(lock["kind"])
     if lock["by"] is not None:
@@ -130,8 +138,8 @@ def _render_show(items: list[dict[str, Any]]) -> str:
         ], indent=2)  # fmt: skip
         if item["history"]:
             text += "\n  latest changes:\n" + table(
-                ["at", "op", "ml", "actor", "reason", "request id"],
-                [[h["at"], h["op"], h["amount_ml"], h["actor"], h["reason"], h["request_id"]]
+                ["at", "op", "amount", "actor", "reason", "request id"],
+                [[h["at"], h["op"], _amount(h), h["actor"], h["reason"], h["request_id"]]
                  for h in item["history"]],
                 indent=4,
             )  # fmt: skip
