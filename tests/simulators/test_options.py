@@ -83,7 +83,7 @@ def test_cli_parses_into_options(tmp_path: Path) -> None:
             "4",
             "--from",
             str(csv_path),
-            "--port",
+            "--tcp-port",
             "7800",
             "--duration",
             "20",
