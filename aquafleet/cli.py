@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import multiprocessing
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from aquafleet.commands.output import add_json_flag, fields
 from aquafleet.gateway.config import Settings, load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
 from aquafleet.gateway.logs import configure_logging, get_logger
@@ -36,23 +35,6 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
         return await coro_factory()
 
     return uvloop.run(main())
-
-
-async def _redis_for_commands(settings: Settings) -> Any:
-    """A Redis client for one-off commands: the configured one, or a running embedded one."""
-    from aquafleet.gateway.embedded_redis import running_url
-    from aquafleet.gateway.redis_io import open_redis
-
-    url = settings.redis_url or running_url(settings.data_dir)
-    if url is None:
-        return None
-    client = open_redis(url, max_connections=4)
-    try:
-        await client.ping()
-    except Exception:
-        await client.aclose()
-        return None
-    return client
 
 
 # ----------------------------------------------------------------------------- serve
@@ -195,296 +177,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _run(run)
 
 
-async def _with_database(settings: Settings, action: Callable[[], Awaitable[int]]) -> int:
-    from aquafleet.models.db import database
-
-    async with database(settings.resolved_database_url, run_migrations=settings.migrate_on_start):
-        return await action()
-
-
-# ----------------------------------------------------------------------------- vendors
-
-
-def cmd_vendors_add(args: argparse.Namespace) -> int:
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.models.registry import create_vendor
-
-    async def action() -> int:
-        vendor = await create_vendor(args.code, args.name)
-        print(f"vendor {vendor.code} ({vendor.name}) created")
-        return 0
-
-    return _run(lambda: _with_database(settings, action))
-
-
-# ----------------------------------------------------------------------------- admin accounts
-
-
-def _read_new_password(args: argparse.Namespace) -> str:
-    """The password from --password-file or stdin (never the command line)."""
-    import getpass
-
-    if args.password_file is not None:
-        try:
-            text = Path(args.password_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise GatewayError(f"cannot read {args.password_file}: {exc.strerror}") from None
-        password = text.splitlines()[0] if text else ""
-    elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise GatewayError("the passwords differ")
-    else:
-        line = sys.stdin.readline()
-        password = line.rstrip("\r\n")
-    if len(password) < 8:
-        raise GatewayError("the password must have at least 8 characters")
-    return password
-
-
-def cmd_admin_create_platform(args: argparse.Namespace) -> int:
-    import hashlib
-
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.models.accounts import create_account
-    from aquafleet.models.tenancy import Role
-
-    password = _read_new_password(args)
-    # Clients send the MD5 of the password (the seed); the account stores a hash of that.
-    password_md5 = hashlib.md5(password.encode()).hexdigest()
-
-    async def action() -> int:
-        account = await create_account(args.user, password_md5, Role.PLATFORM)
-        print(f"platform admin {account.username} created (id {account.id})")
-        return 0
-
-    return _run(lambda: _with_database(settings, action))
-
-
-# ----------------------------------------------------------------------------- devices
-
-
-def cmd_devices_register(args: argparse.Namespace) -> int:
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.models.devices import DeviceState, DeviceType
-    from aquafleet.models.registry import register_devices
-    from aquafleet.protocol.crypto import derive_device_key
-
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise GatewayError(f"{out} exists: it may hold keys that are shown only once (--force)")
-    master = settings.master_secret_bytes()
-
-    async def action() -> int:
-        issued = await register_devices(
-            args.vendor,
-            args.count,
-            lambda did, version: derive_device_key(master, did, version),
-            device_type=DeviceType(args.type),
-            model=args.model,
-        )
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["did", "key"])
-            for device in issued:
-                writer.writerow([device.did, device.key.hex()])
-        pushed = await _push_registry(
-            settings, [(d.did, int(DeviceState.INACTIVE), d.key_version) for d in issued]
-        )
-        print(
-            f"registered {len(issued)} devices of vendor {args.vendor}: "
-            f"{issued[0].did} .. {issued[-1].did}; keys written to {out} (mode 600, shown once)"
-        )
-        if not pushed:
-            print("gateway not reachable: it picks the devices up within 5 s of its next start")
-        return 0
-
-    return _run(lambda: _with_database(settings, action))
-
-
-async def _push_registry(settings: Settings, entries: list[tuple[str, int, int]]) -> bool:
-    from aquafleet.gateway.keys import Keyspace
-    from aquafleet.gateway.registry_cache import write_entries
-
-    client = await _redis_for_commands(settings)
-    if client is None:
-        return False
-    try:
-        await write_entries(client, Keyspace(settings.redis_prefix, settings.redis_shards), entries)
-    finally:
-        await client.aclose()
-    return True
-
-
-def cmd_devices_state(args: argparse.Namespace) -> int:
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.gateway.keys import Keyspace
-    from aquafleet.gateway.registry_cache import kick_everywhere
-    from aquafleet.models.devices import LOGIN_ALLOWED, DeviceState
-    from aquafleet.models.registry import set_device_state
-
-    state = DeviceState.DISABLED if args.devices_command == "disable" else DeviceState.ACTIVE
-
-    async def action() -> int:
-        device = await set_device_state(args.did, state)
-        await _push_registry(settings, [(device.did, int(device.state), device.key_version)])
-        client = await _redis_for_commands(settings)
-        if client is not None and device.state not in LOGIN_ALLOWED:
-            try:
-                keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
-                await kick_everywhere(client, keyspace, [device.did])
-            finally:
-                await client.aclose()
-        print(f"device {device.did} is now {device.state.name.lower()}")
-        return 0
-
-    return _run(lambda: _with_database(settings, action))
-
-
-def cmd_devices_show(args: argparse.Namespace) -> int:
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.gateway.inspect import device_status
-
-    async def action() -> int:
-        client = await _redis_for_commands(settings)
-        try:
-            status = await device_status(settings, client, args.did)
-        finally:
-            if client is not None:
-                await client.aclose()
-        print(json.dumps(status, indent=2, default=str))
-        return 0 if status.get("registered") else 1
-
-    return _run(lambda: _with_database(settings, action))
-
-
-# ----------------------------------------------------------------------------- service state
-
-
-def _service_dids(args: argparse.Namespace) -> list[str]:
-    dids = list(args.did)
-    if args.from_csv:
-        with open(args.from_csv, newline="") as handle:
-            dids += [row["did"] for row in csv.DictReader(handle)]
-    if not dids:
-        raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
-    return dids
-
-
-def cmd_service(args: argparse.Namespace) -> int:
-    """Change or show devices' service state (mode, quota, rental, locks) from the shell."""
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    import getpass
-
-    from aquafleet.gateway.keys import Keyspace
-    from aquafleet.gateway.redis_io import Scripts
-    from aquafleet.gateway.service_state import ServiceStore
-    from aquafleet.models import service
-    from aquafleet.models.errors import DomainError
-
-    actor = args.actor or f"cli:{getpass.getuser()}"
-    dids = _service_dids(args)
-
-    async def apply(store: ServiceStore, did: str) -> Any:
-        command = args.service_command
-        if command == "show":
-            return await store.read(did)
-        if command == "configure":
-            expires = args.expires_at
-            if args.expires_in_days is not None:
-                expires = int(time.time()) + args.expires_in_days * 86_400
-            return await service.configure(
-                store, did, args.mode, remaining_ml=args.remaining_ml,
-                rental_expires_at=expires, low_balance_ml=args.low_balance_ml,
-                actor=actor, reason=args.reason,
-            )  # fmt: skip
-        if command == "top-up":
-            return await service.top_up(
-                store, did, args.ml, actor=actor, reason=args.reason, request_id=args.request_id
-            )
-        if command == "extend":
-            return await service.extend_rental(
-                store, did, package=args.package, days=args.days, actor=actor, reason=args.reason
-            )
-        change = service.lock if command == "lock" else service.unlock
-        return await change(store, did, actor=actor, reason=args.reason)
-
-    async def action() -> int:
-        client = await _redis_for_commands(settings)
-        if client is None:
-            print("aquafleet: Redis is not reachable (start `aquafleet serve` or set redis_url)")
-            return 1
-        try:
-            scripts = Scripts()
-            await scripts.load(client)
-            store = ServiceStore(
-                client, scripts, Keyspace(settings.redis_prefix, settings.redis_shards)
-            )
-            failed = 0
-            for did in dids:
-                try:
-                    outcome = await apply(store, did)
-                except DomainError as exc:
-                    failed += 1
-                    print(f"{did}: {exc.code}: {exc.message}")
-                    continue
-                if len(dids) <= 20 or args.service_command == "show":
-                    print(f"{did}: {outcome}")
-            if len(dids) > 20:
-                print(f"{len(dids) - failed} of {len(dids)} devices done")
-            return 1 if failed else 0
-        finally:
-            await client.aclose()
-
-    return _run(lambda: _with_database(settings, action))
-
-
-def cmd_billing_close(args: argparse.Namespace) -> int:
-    """Record what each device owes for a period (minimum consumption); safe to run twice."""
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.models.billing import close_billing_period_command
-    from aquafleet.models.errors import DomainError
-
-    async def run() -> int:
-        try:
-            summary = await close_billing_period_command(
-                settings.resolved_database_url, args.period
-            )
-        except DomainError as exc:
-            print(f"aquafleet: {exc.code}: {exc.message}", file=sys.stderr)
-            return 2
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-
-    return _run(run)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    settings = _settings(args, data_dir=args.data_dir)
-    configure_logging(settings.log_level, "console")
-    from aquafleet.gateway.inspect import platform_status
-
-    async def action() -> int:
-        client = await _redis_for_commands(settings)
-        try:
-            status = await platform_status(settings, client)
-        finally:
-            if client is not None:
-                await client.aclose()
-        print(json.dumps(status, indent=2, default=str))
-        return 0
-
-    return _run(lambda: _with_database(settings, action))
-
-
 # ----------------------------------------------------------------------------- config
 
 
@@ -496,15 +188,51 @@ def cmd_config(args: argparse.Namespace) -> int:
     shown = settings.model_dump(mode="json")
     shown["master_secret"] = "(set)" if settings.master_secret else "(data_dir/master.key)"
     shown["resolved_database_url"] = settings.resolved_database_url
-    print(json.dumps(shown, indent=2))
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    else:
+        print(fields([(name, json.dumps(v) if isinstance(v, dict | list) else v)
+                      for name, v in shown.items()]))  # fmt: skip
     return 0
 
 
 # ----------------------------------------------------------------------------- parser
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An unknown option is reported by the command it was given to, with that command's
+    options (argparse's default names only the top-level usage: `serve --port` said nothing
+    of `--tcp-port`)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subparsers:  # a leaf command: nobody below to take them
+            self.error(self._unknown(extras))
+        return parsed, extras
+
+    def _unknown(self, extras: list[str]) -> str:
+        import difflib
+
+        options = sorted(
+            {o for action in self._actions for o in action.option_strings if o.startswith("--")}
+        )
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        for extra in extras:
+            name = extra.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            close = difflib.get_close_matches(name, options, n=2, cutoff=0.5)
+            close += [o for o in options if o.endswith(name[1:]) and o not in close]
+            if close:
+                message += f"; did you mean {' or '.join(close[:2])}?"
+                break
+        return message + f"\n{self.prog} takes: {', '.join(options)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aquafleet", description="IoT cloud platform for smart water purifiers."
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file")
@@ -525,91 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)
 
-    vendors = commands.add_parser("vendors", help="manage vendors (brands)")
-    vendor_commands = vendors.add_subparsers(dest="vendors_command", required=True)
-    add = vendor_commands.add_parser("add", help="create a vendor")
-    add.add_argument("code", help="4 characters A-Z/0-9, the prefix of its ids")
-    add.add_argument("--name", required=True)
-    add.set_defaults(func=cmd_vendors_add)
+    from aquafleet.commands import accounts, billing, devices, service
 
-    admin = commands.add_parser("admin", help="manage admin accounts")
-    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
-    create_platform = admin_commands.add_parser(
-        "create-platform-admin",
-        help="create a platform admin account (password from stdin or --password-file)",
-        allow_abbrev=False,  # `--password X` must not pass for `--password-file X`
-    )
-    create_platform.add_argument("--user", required=True, help="user name (3-64 characters)")
-    create_platform.add_argument(
-        "--password-file", type=Path, help="file whose first line is the password"
-    )
-    create_platform.set_defaults(func=cmd_admin_create_platform)
-
-    devices = commands.add_parser("devices", help="register and manage devices")
-    device_commands = devices.add_subparsers(dest="devices_command", required=True)
-    register = device_commands.add_parser("register", help="register a batch of devices")
-    register.add_argument("--vendor", required=True, help="vendor code")
-    register.add_argument("--count", type=int, required=True)
-    register.add_argument("--out", required=True, help="CSV file for did,key (written once)")
-    register.add_argument("--type", type=int, default=0, choices=[0, 1, 2, 3, 4, 8])
-    register.add_argument("--model", default="")
-    register.add_argument("--force", action="store_true", help="overwrite --out")
-    register.set_defaults(func=cmd_devices_register)
-    for name, text in (
-        ("disable", "refuse its logins and disconnect it"),
-        ("enable", "allow logins"),
-    ):
-        sub = device_commands.add_parser(name, help=text)
-        sub.add_argument("did")
-        sub.set_defaults(func=cmd_devices_state)
-    show = device_commands.add_parser("show", help="registry, presence, meter and latest report")
-    show.add_argument("did")
-    show.set_defaults(func=cmd_devices_show)
-
-    svc = commands.add_parser(
-        "service", help="service state of devices: mode, volume quota, rental expiry, locks"
-    )
-    svc_commands = svc.add_subparsers(dest="service_command", required=True)
-
-    def service_parser(name: str, text: str) -> argparse.ArgumentParser:
-        sub = svc_commands.add_parser(name, help=text)
-        sub.add_argument("did", nargs="*", help="device ids")
-        sub.add_argument("--from", dest="from_csv", help="also every did of this CSV (did,key)")
-        sub.add_argument("--actor", help="who makes the change (default cli:<user>)")
-        sub.add_argument("--reason", default="", help="why (kept with the change)")
-        sub.set_defaults(func=cmd_service)
-        return sub
-
-    configure = service_parser("configure", "set the billing mode and its starting values")
-    configure.add_argument("--mode", type=int, required=True, choices=[1, 2, 3, 4, 8])
-    configure.add_argument("--remaining-ml", type=int, help="volume rental: starting quota")
-    configure.add_argument("--expires-at", type=int, help="time rental: unix seconds")
-    configure.add_argument("--expires-in-days", type=int, help="time rental: from now")
-    configure.add_argument("--low-balance-ml", type=int, help="volume rental: warn below this")
-    top_up = service_parser("top-up", "add water to a volume quota (unlocks above 0)")
-    top_up.add_argument("--ml", type=int, required=True)
-    top_up.add_argument("--request-id", help="applied once however often it is retried")
-    extend = service_parser("extend", "extend a time rental (unlocks an expired one)")
-    extend_by = extend.add_mutually_exclusive_group(required=True)
-    extend_by.add_argument("--package", choices=["30d", "60d", "90d", "180d", "360d"])
-    extend_by.add_argument("--days", type=int)
-    service_parser("lock", "lock a device (until unlocked)")
-    service_parser("unlock", "lift a person's lock")
-    service_parser("show", "the live service state")
-
-    billing = commands.add_parser("billing", help="billing periods (minimum consumption)")
-    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
-    close = billing_commands.add_parser(
-        "close-period", help="record each device's amount due for a period (idempotent)"
-    )
-    close.add_argument("period", help="a month (2026-11) or START/END in ISO 8601")
-    close.set_defaults(func=cmd_billing_close)
-
-    status = commands.add_parser("status", help="platform-wide counts (online, ledger backlog)")
-    status.set_defaults(func=cmd_status)
+    accounts.add_parsers(commands)
+    devices.add_parsers(commands)
+    service.add_parsers(commands)
+    billing.add_parsers(commands)
 
     config = commands.add_parser("config", help="show the effective configuration")
     config.add_argument("--docs", action="store_true", help="print the settings reference")
+    add_json_flag(config)
     config.set_defaults(func=cmd_config)
 
     from aquafleet.simulators.cli import add_sim_parser

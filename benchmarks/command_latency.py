@@ -257,7 +257,7 @@ def main() -> int:
         for name, (tcp, _) in ports.items():
             processes.append(subprocess.Popen(
                 [*cli, "sim", "--devices", str(len(groups[name])), "--from",
-                 f"devices-{name}.csv", "--port", str(tcp), "--duration", str(duration),
+                 f"devices-{name}.csv", "--tcp-port", str(tcp), "--duration", str(duration),
                  "--interval", str(args.interval), "--check", "none", "--quiet",
                  "--seed", str(args.seed)],
                 cwd=workdir, env=env, stdout=(workdir / f"sim-{name}.log").open("w"),

@@ -215,7 +215,7 @@ def main() -> int:
         report_path = workdir / "sim.json"
         sim_command = [
             *cli, "sim", "--devices", str(args.devices), "--from", "devices.csv",
-            "--port", str(args.tcp_port), "--report-json", str(report_path), "--quiet",
+            "--tcp-port", str(args.tcp_port), "--report-json", str(report_path), "--quiet",
             *shlex.split(args.sim),
         ]  # fmt: skip
         started = time.monotonic()

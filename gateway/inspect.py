@@ -16,11 +16,28 @@ from aquafleet.models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_de
 from aquafleet.protocol import FrameType, ProtocolError
 from aquafleet.protocol.messages import Telemetry, parse_record_payload
 
+FILTER_FIELDS = ("stage", "work_h", "power_on_h", "reset_count")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, as the REST API writes times."""
+    if value is None:
+        return None
+    when = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
 
 def _ms_to_iso(value: bytes | int | None) -> str | None:
     if value is None:
         return None
-    return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC).isoformat(timespec="seconds")
+    return _iso(dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC))
+
+
+def _labelled_filters(rows: Any) -> list[dict[str, int]] | None:
+    """[stage, work_h, power_on_h, reset_count] rows as named fields."""
+    if rows is None:
+        return None
+    return [dict(zip(FILTER_FIELDS, row, strict=False)) for row in rows]
 
 
 async def device_status(
@@ -36,7 +53,7 @@ async def device_status(
         model=device.model,
         state=device.state.name.lower(),
         key_version=device.key_version,
-        activated_at=device.activated_at,
+        activated_at=_iso(device.activated_at),
         ledger_metered_ml=(await metered_ml_by_device([did]))[did],
         ledger_records=await UsageRecord.filter(did=did).count(),
     )
@@ -45,12 +62,12 @@ async def device_status(
         status["latest_report"] = {
             "boot": snapshot.boot,
             "rec": snapshot.rec,
-            "received_at": snapshot.received_at,
+            "received_at": _iso(snapshot.received_at),
             "flow_total_ml": snapshot.flow_total_ml,
             "tds_in_ppm": snapshot.tds_in_ppm,
             "tds_out_ppm": snapshot.tds_out_ppm,
             "temperature_dc": snapshot.temperature_dc,
-            "filters": snapshot.filters,
+            "filters": _labelled_filters(snapshot.filters),
             "fault_bits": snapshot.fault_bits,
             "signal": snapshot.signal,
             "state_bits": snapshot.state_bits,
@@ -96,9 +113,9 @@ async def device_status(
                 "tds_in_ppm": message.tds_in_ppm,
                 "tds_out_ppm": message.tds_out_ppm,
                 "temperature_dc": message.temperature_dc,
-                "filters": [
-                    [f.index, f.work_h, f.power_on_h, f.reset_count] for f in message.filters
-                ],
+                "filters": _labelled_filters(
+                    [(f.index, f.work_h, f.power_on_h, f.reset_count) for f in message.filters]
+                ),
                 "fault_bits": message.fault_bits,
                 "signal": message.signal,
                 "state_bits": message.state_bits,

@@ -372,3 +372,16 @@ async def close_billing_period_command(
     async with database(database_url):
         summary = await close_billing_period(start, end, now)
     return summary.as_json()
+
+
+async def why_period_billed_little(summary: PeriodSummary) -> str | None:
+    """Why a closed period billed no device or no water (for the operator), or None."""
+    if summary.devices == 0:
+        if not await BillingPlan.exists():
+            return "no billing plan exists: create one, then assign devices to it"
+        if not await DeviceBillingPlan.exists():
+            return "no device is assigned to a billing plan"
+        return "no device was assigned to a billing plan before the period ended"
+    if summary.usage_ml == 0:
+        return "no water was metered in the period on the billed devices (by receive time)"
+    return None

@@ -97,6 +97,7 @@ class ChangeOutcome:
     mode: int | None
     remaining_ml: int | None
     rental_expires_at: int | None
+    already_applied: bool = False  # this request id was applied before: a retry changed nothing
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
@@ -156,6 +157,7 @@ async def _apply(
         mode=state.mode,
         remaining_ml=state.remaining_ml,
         rental_expires_at=state.rental_expires_at,
+        already_applied=code == -1,
     )
     already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
     if not already:  # a retry after a crash between Redis and here records it now

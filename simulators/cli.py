@@ -12,6 +12,17 @@ from typing import Any
 from aquafleet.simulators.options import DEVICES_PER_WORKER, SimError, SimOptions, load_devices
 
 
+class _DeprecatedPort(argparse.Action):
+    """`sim --port`: the old name of `--tcp-port`; still works, with a warning."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        print("aquafleet sim: --port is deprecated: use --tcp-port", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_sim_parser(commands: Any) -> None:
     sim = commands.add_parser(
         "sim",
@@ -26,7 +37,13 @@ def add_sim_parser(commands: Any) -> None:
         "--from", dest="devices_csv", type=Path, required=True, help="CSV with header did,key"
     )
     sim.add_argument("--host", default="127.0.0.1", help="gateway TCP host (default 127.0.0.1)")
-    sim.add_argument("--port", type=int, default=7700, help="gateway TCP port (default 7700)")
+    sim.add_argument(
+        "--tcp-port", dest="port", type=int, default=7700,
+        help="gateway TCP port, as `serve --tcp-port` (default 7700)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--port", dest="port", type=int, action=_DeprecatedPort, help=argparse.SUPPRESS
+    )
     sim.add_argument(
         "--duration", type=float, default=60.0, help="seconds of reporting (default 60)"
     )

@@ -40,6 +40,8 @@ MAX_RESULT_SEQS = 16  # seqs of our RESULT frames kept to recognise their acks
 # an earlier ACK's watermark may have covered them): remembered to tell such a late ACK from an
 # unmatched one. A late ACK comes within the window, so twice the largest window is plenty.
 MAX_SETTLED_SEQS = 2048
+# Links we close ourselves when the run is over: counted apart from disconnects.
+END_OF_RUN_CLOSES = frozenset({"drained", "stop"})
 _STORED, _DUPLICATE, _STALE, _REJECTED = (
     AckCode.STORED,
     AckCode.DUPLICATE,
@@ -223,7 +225,10 @@ class VirtualPurifier:
     def link_lost(self, error: bool) -> None:
         """The connection is gone; count it unless we closed it ourselves."""
         stats = self.stats
-        stats.disconnects += 1
+        if self.close_reason in END_OF_RUN_CLOSES:
+            stats.closed_at_end += 1
+        else:
+            stats.disconnects += 1
         if self.online:
             stats.online -= 1
         if self.close_reason is None:
@@ -386,6 +391,7 @@ class VirtualPurifier:
     def _forget_acked(self, record: Telemetry) -> None:
         total = record.flow_total_ml or 0
         if total > self.acked_total_ml:
+            self.stats.acked_ml += total - self.acked_total_ml
             self.acked_total_ml = total
         self.stats.in_flight -= 1
 

@@ -105,7 +105,7 @@ class SimOptions:
         if len(self.devices) > MAX_DEVICES:
             problems.append(f"at most {MAX_DEVICES} devices")
         if not 0 < self.port < 65536:
-            problems.append("--port must be 1..65535")
+            problems.append("--tcp-port must be 1..65535")
         if self.duration_s <= 0:
             problems.append("--duration must be positive")
         if not self.max_rate and not 0.1 <= self.interval_s <= 86400:

@@ -231,7 +231,8 @@ def build_report(
         },
         "ack_latency_ms": stats.ack_latency.summary_ms(),
         "disconnects": {
-            "total": stats.disconnects,
+            "total": stats.disconnects,  # during the run: the closes at its end are apart
+            "closed_at_end": stats.closed_at_end,
             "planned_drops": stats.drops_planned,
             "reboots": stats.reboots,
             "storm_drops": stats.storm_drops,

@@ -117,9 +117,7 @@ async def run_simulation(
             await progress_task
         if progress is not None:
             if collector.latest:
-                progress.update(
-                    time.time() - collector.started_at, collector.phase(), collector.counters()
-                )
+                progress.finish(time.time() - collector.started_at, collector.counters())
             progress.close()
     interrupted = stop.is_set()
     finals = [collector.finals[i] for i in sorted(collector.finals)]

@@ -43,6 +43,8 @@ COUNTERS = (
     "server_errors",
     "protocol_errors",
     "disconnects",
+    "closed_at_end",
+    "acked_ml",
 )
 GAUGES = ("connected", "online", "in_flight")
 
@@ -82,7 +84,9 @@ class WorkerStats:
     server_closes: int = 0
     server_errors: int = 0  # ERROR frames the gateway sent while the session stayed up
     protocol_errors: int = 0  # our session closed on bad bytes from the gateway
-    disconnects: int = 0
+    disconnects: int = 0  # connections lost or dropped during the run
+    closed_at_end: int = 0  # connections we closed because the run was over (not disconnects)
+    acked_ml: int = 0  # water of the records the gateway acked (stored or duplicate)
     connected: int = 0
     online: int = 0
     in_flight: int = 0

@@ -1,14 +1,16 @@
-"""`aquafleet admin create-platform-admin`: the first account, password never on the command
-line; it can log in at once (SQLite and PostgreSQL)."""
+"""`aquafleet admin create-platform-admin` and `aquafleet vendors add --admin / add-admin`:
+accounts made from the shell, password never on the command line, that log in at once
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
-from tests.api.conftest import md5
+from tests.api.conftest import ApiClient, md5
 
 
 async def aquafleet(
@@ -76,3 +78,37 @@ async def test_create_platform_admin_from_stdin_and_from_a_file(database_url: st
         "--password", "visible-in-ps",
     )  # fmt: skip
     assert code == 2 and "unrecognized arguments" in out
+
+
+async def test_a_vendor_made_from_the_shell_has_an_admin_who_logs_in(
+    api: ApiClient, database_url: str, tmp_path: Path
+):
+    code, out = await aquafleet(
+        database_url, tmp_path, "vendors", "add", "DEMO", "--name", "Demo Water",
+        "--admin", "demo-admin", stdin=b"demo-password-1\n",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "admin demo-admin" in out and "demo-password" not in out
+    answer = await api.call(
+        "POST", "/auth/login", {"user": "demo-admin", "pwd": md5("demo-password-1")}, token=None
+    )
+    assert (answer.data["role"], answer.data["vid"]) == ("vendor", "DEMO")
+
+    # A vendor made without one gets its admin afterwards; the output says how.
+    code, out = await aquafleet(database_url, tmp_path, "vendors", "add", "LATE", "--name", "L")
+    assert code == 0 and "vendors add-admin LATE --user" in out, out
+    code, out = await aquafleet(
+        database_url, tmp_path, "vendors", "add-admin", "LATE", "--user", "late-admin", "--json",
+        stdin=b"late-password-1\n",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["vendor"] == "LATE"
+    answer = await api.call(
+        "POST", "/auth/login", {"user": "late-admin", "pwd": md5("late-password-1")}, token=None
+    )
+    assert answer.data["vid"] == "LATE"
+    code, out = await aquafleet(
+        database_url, tmp_path, "vendors", "add-admin", "NONE", "--user", "x-admin",
+        stdin=b"long-enough-pass\n",
+    )  # fmt: skip
+    assert code == 1 and "vendor NONE does not exist" in out

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from aquafleet.cli import build_parser
+from aquafleet.commands.devices import render_device
 from aquafleet.models.ids import is_valid_device_id
 from aquafleet.protocol import ErrorCode
 from aquafleet.protocol.crypto import derive_device_key
-from aquafleet.protocol.messages import Error
+from aquafleet.protocol.messages import Error, FilterReading
 from tests.conftest import MASTER_SECRET
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.processes import serve_processes, start_serve
@@ -135,15 +137,20 @@ async def test_quick_start_on_embedded_defaults(tmp_path: Path):
         await device.login()
         boot = int(time.time())
         for rec in range(1, 6):
-            await device.send(telemetry(rec, boot, rec * 120, tds_in_ppm=310))
+            stages = [FilterReading(1, 1866, 4052, 0)]
+            await device.send(telemetry(rec, boot, rec * 120, tds_in_ppm=310, filters=stages))
         assert set((await device.settled()).values()) == {0}
         await device.close()
         await asyncio.sleep(1.5)
-        code, out = await aquafleet(env, "devices", "show", row["did"], cwd=tmp_path)
+        code, out = await aquafleet(env, "devices", "show", row["did"], "--json", cwd=tmp_path)
         shown = json.loads(out)
         assert shown["meter"]["metered_ml"] == 600
         assert shown["ledger_metered_ml"] == 600
         assert shown["latest_report"]["tds_in_ppm"] == 310
+        labelled = {"stage": 1, "work_h": 1866, "power_on_h": 4052, "reset_count": 0}
+        assert shown["latest_report"]["filters"] == [labelled]
+        assert shown["live_report"]["filters"] == [labelled]
+        assert shown["latest_report"]["received_at"].endswith("Z")
         node.terminate()
         assert await node.wait(30) == 0
         assert not (tmp_path / "aquafleet-data" / "redis" / "url").exists()
@@ -246,3 +253,44 @@ async def test_workers_share_the_ports_and_stop_together(tmp_path: Path, migrate
         node.terminate()
         assert await node.wait(40) == 0
         assert "exit_codes=[0, 0]" in node.log() or '"exit_codes": [0, 0]' in node.log()
+
+
+def test_an_unknown_flag_is_named_by_its_command_with_the_flags_it_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["serve", "--port", "7701"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: aquafleet serve" in err
+    assert "unrecognized arguments: --port 7701; did you mean --tcp-port" in err
+    assert "aquafleet serve takes: --help, --http-port, --tcp-port, --workers" in err
+
+
+def test_service_mode_values_are_explained_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["service", "configure", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for meaning in ("1 sale", "2 time rental", "3 volume rental", "4 vending", "8 test"):
+        assert meaning in text
+
+
+def test_devices_show_reads_as_labelled_lines() -> None:
+    labelled = [{"stage": 1, "work_h": 1866, "power_on_h": 4052, "reset_count": 0}]
+    report = {
+        "boot": 7, "rec": 5, "received_at": "2026-12-06T02:00:00Z", "flow_total_ml": 600,
+        "tds_in_ppm": 310, "tds_out_ppm": 12, "temperature_dc": 215, "filters": labelled,
+        "fault_bits": 0, "signal": 20, "state_bits": 1,
+    }  # fmt: skip
+    text = render_device({
+        "did": "DEMO00000001DA9F", "registered": True, "vendor": "DEMO", "type": 0, "model": "",
+        "state": "active", "key_version": 1, "activated_at": "2026-12-06T01:00:00Z",
+        "ledger_metered_ml": 600, "ledger_records": 5, "login_allowed": True, "online": False,
+        "latest_report": report,
+    })  # fmt: skip
+    assert "[1, 1866" not in text and "{" not in text
+    lines = [line.split() for line in text.splitlines()]
+    assert ["stage", "work_h", "power_on_h", "reset_count"] in lines
+    assert ["1", "1866", "4052", "0"] in lines
+    assert ["TDS", "in/out:", "310", "/", "12", "ppm"] in lines
+    assert ["ledger:", "600", "ml", "in", "5", "records"] in lines

@@ -246,3 +246,19 @@ def test_server_close_is_counted_with_its_code() -> None:
     device.link_lost(error=False)
     assert device.stats.server_closes == 1
     assert device.stats.close_codes == {"SHUTDOWN": 1}
+
+
+def test_acked_water_is_counted_and_the_closes_at_the_end_are_not_disconnects() -> None:
+    device = make_device(window=3, max_rate=True)
+    gateway = GatewayDouble(device)
+    sent = gateway.login()
+    gateway.ack(sent[1])  # rec 2 settles with its own ack; rec 1 still in flight
+    assert device.stats.acked_ml == sent[1].flow_total_ml
+    gateway.ack(sent[0])  # an older counter adds nothing: the highest acked counter counts
+    assert device.stats.acked_ml == sent[1].flow_total_ml == device.acked_total_ml
+    gateway.lose_link()
+    assert (device.stats.disconnects, device.stats.closed_at_end) == (1, 0)
+    gateway.login()
+    device.close_reason = "stop"  # the run is over: we close the link ourselves
+    device.link_lost(error=False)
+    assert (device.stats.disconnects, device.stats.closed_at_end) == (1, 1)

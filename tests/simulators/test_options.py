@@ -83,7 +83,7 @@ def test_cli_parses_into_options(tmp_path: Path) -> None:
             "4",
             "--from",
             str(csv_path),
-            "--port",
+            "--tcp-port",
             "7800",
             "--duration",
             "20",
@@ -119,3 +119,14 @@ def test_cli_reports_bad_input_with_exit_code_2(
     )
     assert args.func(args) == 2
     assert "fewer than the 9" in capsys.readouterr().err
+
+
+def test_sim_takes_the_port_flag_serve_takes_and_the_old_one_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv_path = _csv(tmp_path, 2)
+    base = ["sim", "--devices", "2", "--from", str(csv_path)]
+    assert build_parser().parse_args([*base, "--tcp-port", "7801"]).port == 7801
+    assert "deprecated" not in capsys.readouterr().err
+    assert build_parser().parse_args([*base, "--port", "7802"]).port == 7802
+    assert "--port is deprecated: use --tcp-port" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Command groups of the `aquafleet` command (aquafleet/cli.py builds the parser)."""

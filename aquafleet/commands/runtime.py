@@ -1,0 +1,54 @@
+"""What every one-off command shares: its settings, a database, a Redis client, the loop."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from aquafleet.gateway.config import Settings, load_settings
+from aquafleet.gateway.logs import configure_logging
+
+
+def command_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The settings of a one-off command; its log lines are readable, not JSON."""
+    settings = load_settings(getattr(args, "config", None), data_dir=args.data_dir, **overrides)
+    configure_logging(settings.log_level, "console")
+    return settings
+
+
+def run(coro_factory: Callable[[], Awaitable[int]]) -> int:
+    async def main() -> int:
+        return await coro_factory()
+
+    return uvloop.run(main())
+
+
+async def with_database(settings: Settings, action: Callable[[], Awaitable[int]]) -> int:
+    from aquafleet.models.db import database
+
+    async with database(settings.resolved_database_url, run_migrations=settings.migrate_on_start):
+        return await action()
+
+
+def run_with_database(settings: Settings, action: Callable[[], Awaitable[int]]) -> int:
+    return run(lambda: with_database(settings, action))
+
+
+async def redis_for_commands(settings: Settings) -> Any:
+    """A Redis client for one-off commands: the configured one, or a running embedded one."""
+    from aquafleet.gateway.embedded_redis import running_url
+    from aquafleet.gateway.redis_io import open_redis
+
+    url = settings.redis_url or running_url(settings.data_dir)
+    if url is None:
+        return None
+    client = open_redis(url, max_connections=4)
+    try:
+        await client.ping()
+    except Exception:
+        await client.aclose()
+        return None
+    return client
