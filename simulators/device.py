@@ -482,7 +482,7 @@ class VirtualPurifier:
         op = command.op
         if op == CommandOp.DISPENSE:
             ml = int(command.args.get(1, 0))
-            if ml < 0:
+            if ml < 0 or self.locked:  # a locked purifier pours nothing (docs/protocol.md)
                 return Result(cid=command.cid, rc=ResultCode.REJECTED)
             self.water.level(now)
             self.water.pour(ml)
