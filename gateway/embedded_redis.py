@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.errors import EmbeddedRedisError
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.startup import LockHeld, PidLock
 
 log = get_logger("aquafleet.embedded_redis")
 
@@ -66,6 +67,7 @@ class EmbeddedRedis:
         self.port = port
         self.socket_path = self.dir / "redis.sock"
         self.pid_file = self.dir / "redis.pid"
+        self._lock = PidLock(self.dir / "lock")  # one supervisor per set of files
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -106,6 +108,13 @@ class EmbeddedRedis:
     async def start(self) -> None:
         binary = find_redis_server()
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except LockHeld as held:
+            raise EmbeddedRedisError(
+                f"the embedded Redis in {self.dir} is run by pid {held.pid}: a second one would "
+                "fight it over the same files (one serve per data dir)"
+            ) from None
         await self._spawn(binary)
         url_file(self.dir.parent).write_text(self.url + "\n")
         self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-redis")
@@ -200,16 +209,18 @@ class EmbeddedRedis:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        with contextlib.suppress(FileNotFoundError):
-            url_file(self.dir.parent).unlink()
-        log.info("embedded_redis_stopped")
+        if self._lock.held:
+            with contextlib.suppress(FileNotFoundError):
+                url_file(self.dir.parent).unlink()
+            self._lock.release()
+            log.info("embedded_redis_stopped")
 
 
 @contextlib.asynccontextmanager
 async def embedded_redis(data_dir: Path, *, port: int = 0) -> AsyncIterator[EmbeddedRedis]:
     server = EmbeddedRedis(data_dir, port=port)
-    await server.start()
-    try:
+    try:  # a start cut short (a signal while it waits for Redis) stops what it spawned
+        await server.start()
         yield server
     finally:
         await server.stop()
