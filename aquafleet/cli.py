@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (gateway/startup.py): the data dir first (it names the serve that has it), then the ports.
     lock = DataDirLock(settings.data_dir)
     lock.acquire()
+    log.info("serve_starting", data_dir=str(settings.data_dir), workers=settings.workers)
     try:
         listeners = bind_listeners(
             settings.tcp_host, settings.tcp_port, settings.http_host, settings.http_port

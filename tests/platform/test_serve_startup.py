@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -180,3 +181,23 @@ def test_the_ready_line_shows_no_broker_password() -> None:
     assert "s3cret" not in line and "svc" not in line
     assert "MQTT via mqtts://broker.example:8883;" in line
     assert f"REST API http://[::1]:{http_port}/api/v1;" in line
+
+
+async def test_a_first_start_says_what_it_is_doing(tmp_path: Path):
+    """Issue 18: a first start sat silent for many seconds. The first line comes before any
+    slow step, and creating the database (the slow step of a first start) shows progress."""
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {}, name="first-start", timeout=90)
+        nodes.append(node)
+        node.terminate()
+        assert await node.wait(40) == 0
+    events = [json.loads(line) for line in node.log().splitlines() if line.startswith("{")]
+    names = [event["event"] for event in events]
+    assert names[0] == "serve_starting", names
+    migrating = next(e for e in events if e["event"] == "database_migrating")
+    applied = [e["migration"] for e in events if e["event"] == "database_migration_applied"]
+    assert migrating["migrations"] == len(applied) >= 7
+    assert applied[0] == "0001_initial"
+    done = next(e for e in events if e["event"] == "database_migrated")
+    assert done["migrations"] == len(applied) and done["seconds"] >= 0
+    assert names.index("database_migrated") < names.index("api_listening")
