@@ -244,8 +244,18 @@ def test_server_close_is_counted_with_its_code() -> None:
     gateway.server.close(ErrorCode.SHUTDOWN, "bye")
     gateway._to_device()
     device.link_lost(error=False)
-    assert device.stats.server_closes == 1
+    # An announced shutdown ("reconnect later") is expected, not an error of the run.
+    assert (device.stats.announced_closes, device.stats.server_closes) == (1, 0)
     assert device.stats.close_codes == {"SHUTDOWN": 1}
+    gateway.login()
+    assert gateway.server is not None
+    gateway.server.close(ErrorCode.IDLE_TIMEOUT, "silent")
+    gateway._to_device()
+    device.link_lost(error=False)
+    gateway.login()
+    device.link_lost(error=True)  # reset, nothing said
+    assert (device.stats.announced_closes, device.stats.server_closes) == (1, 2)
+    assert device.stats.close_codes == {"SHUTDOWN": 1, "IDLE_TIMEOUT": 1, "reset": 1}
 
 
 def test_a_locked_purifier_refuses_to_pour_with_rc_rejected() -> None:
