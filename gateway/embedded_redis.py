@@ -14,6 +14,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,8 +65,12 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path, *, port: int = 0) -> None:
         self.dir = (data_dir / "redis").resolve()
-        self.port = port
         self.socket_path = self.dir / "redis.sock"
+        if not port and len(str(self.socket_path)) > MAX_UNIX_PATH:
+            # Too long a path for a Unix socket: a loopback port, a free one (a fixed one made
+            # two serves on two long data dirs share one Redis's port, and one of them fail).
+            port = _free_loopback_port()
+        self.port = port
         self.pid_file = self.dir / "redis.pid"
         self._lock = PidLock(self.dir / "lock")  # one supervisor per set of files
         self._process: asyncio.subprocess.Process | None = None
@@ -75,8 +80,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        if self.port or len(str(self.socket_path)) > MAX_UNIX_PATH:
-            return f"redis://127.0.0.1:{self.port or 6390}/0"
+        if self.port:
+            return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket_path}?db=0"
 
     def _command(self, binary: str) -> list[str]:
@@ -92,8 +97,8 @@ class EmbeddedRedis:
             "--maxclients", "10000",
             "--pidfile", str(self.pid_file),
         ]  # fmt: skip
-        if self.port or len(str(self.socket_path)) > MAX_UNIX_PATH:
-            args += ["--bind", "127.0.0.1", "--port", str(self.port or 6390)]
+        if self.port:
+            args += ["--bind", "127.0.0.1", "--port", str(self.port)]
         else:
             args += [
                 "--port",
@@ -224,6 +229,12 @@ async def embedded_redis(data_dir: Path, *, port: int = 0) -> AsyncIterator[Embe
         yield server
     finally:
         await server.stop()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _is_redis_server(pid: int) -> bool:

@@ -100,7 +100,9 @@ async def silent_redis() -> AsyncIterator[tuple[int, asyncio.Event]]:
         await server.wait_closed()
 
 
-@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGTERM, 1), (signal.SIGINT, 1)])
+@pytest.mark.parametrize(
+    ("sig", "workers"), [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)]
+)
 async def test_a_signal_while_starting_stops_serve(
     tmp_path: Path, migrated_sqlite, sig: signal.Signals, workers: int
 ):
