@@ -94,11 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _announce(settings: Settings, listeners: Listeners) -> Callable[[], None]:
     from aquafleet.gateway.startup import ready_line
 
-    def announce() -> None:
-        line = ready_line(listeners, mqtt_url=settings.mqtt_url, workers=settings.workers)
-        print(line, flush=True)
-
-    return announce
+    line = ready_line(listeners, mqtt_url=settings.mqtt_url, workers=settings.workers)
+    return lambda: print(line, flush=True)
 
 
 async def _serve_one(
@@ -181,8 +178,11 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
             )
             process.start()
             processes.append(process)
-        log.info("workers_started", workers=len(processes), pids=[p.pid for p in processes])
         announce, started = _announce(settings, listeners), set[int]()
+        # The workers hold the sockets now. Ours would keep the ports open after they all
+        # closed theirs (stopping): connections would queue for nobody, then be reset.
+        listeners.close()
+        log.info("workers_started", workers=len(processes), pids=[p.pid for p in processes])
         while not stop.is_set() and all(p.is_alive() for p in processes):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
