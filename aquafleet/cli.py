@@ -74,8 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     # Taken before anything starts, so a second serve fails at once with a one-line reason
     # (gateway/startup.py): the data dir first (it names the serve that has it), then the ports.
+    # Only a data dir holding an embedded Redis is one serve's own: with a configured Redis,
+    # nodes may share one (and a database named in database_url).
     lock = DataDirLock(settings.data_dir)
-    lock.acquire()
+    if settings.redis_url is None:
+        lock.acquire()
     log.info("serve_starting", data_dir=str(settings.data_dir), workers=settings.workers)
     try:
         listeners = bind_listeners(
