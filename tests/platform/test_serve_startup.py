@@ -203,3 +203,38 @@ async def test_a_first_start_says_what_it_is_doing(tmp_path: Path):
     done = next(e for e in events if e["event"] == "database_migrated")
     assert done["migrations"] == len(applied) and done["seconds"] >= 0
     assert names.index("database_migrated") < names.index("api_listening")
+
+
+async def test_a_stopping_multi_worker_serve_refuses_rather_than_queues(
+    tmp_path: Path, migrated_sqlite
+):
+    """Once its workers have stopped serving, a port nobody serves refuses connections: the
+    supervisor's own copy of the socket kept queueing them, to be reset when it exited (a
+    restarted node's devices saw 'reset' instead of a refused connect)."""
+    migrated_sqlite(tmp_path / "aquafleet-data" / "aquafleet.sqlite3")
+    async with serve_processes() as nodes:
+        node = await start_serve(tmp_path, {"workers": 2}, name="stopping")
+        nodes.append(node)
+        deadline = time.monotonic() + 40
+        # A log has no event to wait on: poll it (bounded).
+        while "aquafleet ready" not in node.log():  # both workers serve
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            await asyncio.sleep(0.05)
+        node.terminate()
+        while node.log().count('"node_stopped"') < 2:
+            assert time.monotonic() < deadline, node.log()[-2000:]
+            await asyncio.sleep(0.01)
+        attempts, accepted = 0, 0
+        while node.process.returncode is None and time.monotonic() < deadline:
+            attempts += 1
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", node.tcp_port)
+            except ConnectionRefusedError:
+                pass
+            else:
+                accepted += 1
+                writer.close()
+            await asyncio.sleep(0.001)
+        assert await node.wait(40) == 0
+    assert attempts > 0  # the supervisor was still stopping when its workers were gone
+    assert accepted == 0, f"{accepted} of {attempts} connections queued for nobody"
