@@ -232,7 +232,8 @@ async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
     description="远程控制. Answers 202 with the command's state at once, or after up to `wait_ms` "
     "when the device answers sooner. A one-shot command (dispense, reset_filter, time_sync, "
     "firmware_notice, reboot) to an offline device is `failed` at once with error "
-    "`device_offline`; lock and unlock change the desired state, which an offline device gets "
+    "`device_offline`; a dispense to a locked device is refused with 409 `device_locked`, naming "
+    "the lock's reason; lock and unlock change the desired state, which an offline device gets "
     "when it returns (`queued` until then). Members command devices bound or shared to them; "
     "admins, devices in their subtree.",
 )

@@ -196,6 +196,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "sharing_disabled": (409, "the vendor has switched device sharing off (AX-08)"),
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
+    "device_locked": (409, "the device is locked (the message says why): it pours nothing"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }

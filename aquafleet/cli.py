@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -19,6 +19,9 @@ from aquafleet.commands.output import add_json_flag, fields
 from aquafleet.gateway.config import Settings, load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
 from aquafleet.gateway.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from aquafleet.gateway.startup import Listeners
 
 log = get_logger("aquafleet.cli")
 
@@ -41,6 +44,8 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from aquafleet.gateway.startup import DataDirLock, bind_listeners
+
     settings = _settings(
         args,
         workers=args.workers,
@@ -49,53 +54,95 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
     )
     configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        return _serve_workers(settings)
-    return uvloop.run(_serve_one(settings))
+    # Taken before anything starts, so a second serve fails at once with a one-line reason
+    # (gateway/startup.py): the data dir first (it names the serve that has it), then the ports.
+    # Only a data dir holding an embedded Redis is one serve's own: with a configured Redis,
+    # nodes may share one (and a database named in database_url).
+    lock = DataDirLock(settings.data_dir)
+    if settings.redis_url is None:
+        lock.acquire()
+    log.info("serve_starting", data_dir=str(settings.data_dir), workers=settings.workers)
+    try:
+        listeners = bind_listeners(
+            settings.tcp_host, settings.tcp_port, settings.http_host, settings.http_port
+        )
+        try:
+            if settings.workers > 1:
+                return _serve_workers(settings, listeners)
+            return uvloop.run(_serve_one(settings, listeners, _announce(settings, listeners)))
+        finally:
+            listeners.close()
+    finally:
+        lock.release()
 
 
-async def _serve_one(settings: Settings) -> int:
+def _announce(settings: Settings, listeners: Listeners) -> Callable[[], None]:
+    from aquafleet.gateway.startup import ready_line
+
+    line = ready_line(listeners, mqtt_url=settings.mqtt_url, workers=settings.workers)
+    return lambda: print(line, flush=True)
+
+
+async def _serve_one(
+    settings: Settings, listeners: Listeners, ready: Callable[[], None] | None = None
+) -> int:
     from aquafleet.node import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop=stop)
+    await serve(
+        settings, stop=stop, listeners=listeners, ready=None if ready is None else lambda _: ready()
+    )
     return 0
 
 
-def _worker_main(overrides: dict[str, Any], config: str | None) -> None:
+def _worker_main(
+    overrides: dict[str, Any], config: str | None, listeners: Listeners, ready: Any, index: int
+) -> None:
     from aquafleet.gateway.embedded_redis import die_with_parent
 
+    # Ctrl-C reaches the whole process group: the supervisor turns it into our SIGTERM, and
+    # until our loop handles signals an interrupted import would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()  # a worker stops (gracefully) when its supervisor is gone
     settings = load_settings(Path(config) if config else None, **overrides)
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_serve_one(settings))
+    uvloop.run(_serve_one(settings, listeners, lambda: ready.put(index)))
 
 
-def _serve_workers(settings: Settings) -> int:
-    """Run N nodes as processes sharing the listeners (SO_REUSEPORT) and one Redis."""
-    return uvloop.run(_supervise_workers(settings))
+def _serve_workers(settings: Settings, listeners: Listeners) -> int:
+    """Run N nodes as processes accepting on the listeners bound here, and one Redis."""
+    return uvloop.run(_supervise_workers(settings, listeners))
 
 
-async def _supervise_workers(settings: Settings) -> int:
+async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
     import contextlib
 
     from aquafleet.gateway.embedded_redis import embedded_redis
     from aquafleet.models.db import migrate
+    from aquafleet.node import unless_stopped
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         redis_url = settings.redis_url
         if redis_url is None:
-            server = await stack.enter_async_context(
-                embedded_redis(settings.data_dir, port=settings.embedded_redis_port)
-            )
-            redis_url = server.url
-        if settings.migrate_on_start:
-            await migrate(settings.resolved_database_url)
+            server = embedded_redis(settings.data_dir, port=settings.embedded_redis_port)
+            entered = asyncio.ensure_future(stack.enter_async_context(server))
+            if not await unless_stopped(entered, stop):
+                return 0
+            redis_url = entered.result().url
+        if settings.migrate_on_start and not await unless_stopped(
+            migrate(settings.resolved_database_url), stop
+        ):
+            return 0
         base = settings.resolved_node_id
         context = multiprocessing.get_context("spawn")
+        ready = context.SimpleQueue()
         processes = []
         for index in range(settings.workers):
             overrides = {
@@ -109,17 +156,26 @@ async def _supervise_workers(settings: Settings) -> int:
                 "database_url": settings.resolved_database_url,
             }
             config = os.environ.get("AQUAFLEET_CONFIG")
-            process = context.Process(target=_worker_main, args=(overrides, config), daemon=False)
+            process = context.Process(
+                target=_worker_main,
+                args=(overrides, config, listeners, ready, index),
+                daemon=False,
+            )
             process.start()
             processes.append(process)
+        announce, started = _announce(settings, listeners), set[int]()
+        # The workers hold the sockets now. Ours would keep the ports open after they all
+        # closed theirs (stopping): connections would queue for nobody, then be reset.
+        listeners.close()
         log.info("workers_started", workers=len(processes), pids=[p.pid for p in processes])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         while not stop.is_set() and all(p.is_alive() for p in processes):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), 0.2)
+            if len(started) < len(processes):
+                while not ready.empty():
+                    started.add(ready.get())
+                if len(started) == len(processes):
+                    announce()  # every worker serves: one line, once
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)

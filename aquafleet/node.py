@@ -6,13 +6,14 @@ each other's internals: the API reaches the device side through `appkeys.DEVICE_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from aquafleet.api.app import setup_api
-from aquafleet.gateway.appkeys import METRICS, SETTINGS
+from aquafleet.gateway.appkeys import LISTENERS, METRICS, SETTINGS
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
@@ -26,17 +27,23 @@ from aquafleet.gateway.node import (
     rental_ctx,
     tasks_ctx,
 )
+from aquafleet.gateway.startup import Listeners
 
 log = get_logger("aquafleet.node")
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-def build_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+def build_app(
+    settings: Settings, *, metrics: Metrics | None = None, listeners: Listeners | None = None
+) -> web.Application:
     """A whole node: Redis, database, tasks, registry sync, ledger writer, rental scheduler,
-    TCP gateway, MQTT bridge, then the REST API (torn down in reverse)."""
+    TCP gateway, MQTT bridge, then the REST API (torn down in reverse). With `listeners`, it
+    serves on those sockets (bound by `serve`'s parent) instead of binding its own."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
+    if listeners is not None:
+        app[LISTENERS] = listeners
     app[METRICS] = metrics or Metrics()
     app.cleanup_ctx.extend(
         (
@@ -73,17 +80,21 @@ async def serve(
     *,
     stop: asyncio.Event,
     ready: Callable[[web.Application], Any] | None = None,
+    listeners: Listeners | None = None,
 ) -> None:
-    """Run one node until `stop` is set."""
-    app = build_app(settings)
+    """Run one node until `stop` is set, which also cuts its start-up short."""
+    app = build_app(settings, listeners=listeners)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, settings.http_host, settings.http_port, reuse_port=settings.workers > 1
-        )
+        if not await unless_stopped(runner.setup(), stop):
+            log.info("node_stopped_while_starting")
+            return
+        if listeners is not None:
+            site: web.BaseSite = web.SockSite(runner, listeners.http)
+        else:
+            site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
-        log.info("api_listening", http=f"{settings.http_host}:{settings.http_port}")
+        log.info("api_listening", http=site.name)
         if ready is not None:
             ready(app)
         await stop.wait()
@@ -91,3 +102,22 @@ async def serve(
     finally:
         await runner.cleanup()
         log.info("node_stopped")
+
+
+async def unless_stopped(step: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Run a start-up step unless `stop` is set first: then it is cancelled (every resource it
+    had entered is released by the caller's cleanup) and the answer is False."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()  # its error, if it failed
+    return True

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from aquafleet.gateway.redis_io import Scripts
     from aquafleet.gateway.rental import RentalScheduler
     from aquafleet.gateway.service_state import ServiceStore
+    from aquafleet.gateway.startup import Listeners
     from aquafleet.gateway.tasks import TaskGroup
 
 # The platform's resources: every layer may read these.
@@ -42,6 +43,8 @@ DEVICE_GATEWAY: web.AppKey[DeviceGateway] = web.AppKey("device_gateway")
 SCRIPTS: web.AppKey[Scripts] = web.AppKey("scripts")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 TCP_SERVER: web.AppKey[asyncio.Server] = web.AppKey("tcp_server")
+# The sockets `serve` bound before starting (absent: the gateway binds its own, e.g. in tests).
+LISTENERS: web.AppKey[Listeners] = web.AppKey("listeners")
 SERVICE_STORE: web.AppKey[ServiceStore] = web.AppKey("service_store")
 COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")
 COMMAND_SENDER: web.AppKey[CommandSender] = web.AppKey("command_sender")

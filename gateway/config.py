@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     http_host: str = Field("0.0.0.0", description="Address of the REST API.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the REST API.")
     workers: int = Field(
-        1, ge=1, le=64, description="Gateway processes `serve` runs (SO_REUSEPORT)."
+        1, ge=1, le=64, description="Gateway processes `serve` runs (sharing its sockets)."
     )
     heartbeat_s: int = Field(
         60, ge=2, le=3600, description="Heartbeat told to devices; idle timeout is 2.5x this."

@@ -14,6 +14,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.errors import EmbeddedRedisError
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.startup import LockHeld, PidLock
 
 log = get_logger("aquafleet.embedded_redis")
 
@@ -63,9 +65,14 @@ class EmbeddedRedis:
 
     def __init__(self, data_dir: Path, *, port: int = 0) -> None:
         self.dir = (data_dir / "redis").resolve()
-        self.port = port
         self.socket_path = self.dir / "redis.sock"
+        if not port and len(str(self.socket_path)) > MAX_UNIX_PATH:
+            # Too long a path for a Unix socket: a loopback port, a free one (a fixed one made
+            # two serves on two long data dirs share one Redis's port, and one of them fail).
+            port = _free_loopback_port()
+        self.port = port
         self.pid_file = self.dir / "redis.pid"
+        self._lock = PidLock(self.dir / "lock")  # one supervisor per set of files
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -73,8 +80,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        if self.port or len(str(self.socket_path)) > MAX_UNIX_PATH:
-            return f"redis://127.0.0.1:{self.port or 6390}/0"
+        if self.port:
+            return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket_path}?db=0"
 
     def _command(self, binary: str) -> list[str]:
@@ -90,8 +97,8 @@ class EmbeddedRedis:
             "--maxclients", "10000",
             "--pidfile", str(self.pid_file),
         ]  # fmt: skip
-        if self.port or len(str(self.socket_path)) > MAX_UNIX_PATH:
-            args += ["--bind", "127.0.0.1", "--port", str(self.port or 6390)]
+        if self.port:
+            args += ["--bind", "127.0.0.1", "--port", str(self.port)]
         else:
             args += [
                 "--port",
@@ -106,6 +113,13 @@ class EmbeddedRedis:
     async def start(self) -> None:
         binary = find_redis_server()
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except LockHeld as held:
+            raise EmbeddedRedisError(
+                f"the embedded Redis in {self.dir} is run by pid {held.pid}: a second one would "
+                "fight it over the same files (one serve per data dir)"
+            ) from None
         await self._spawn(binary)
         url_file(self.dir.parent).write_text(self.url + "\n")
         self._supervisor = asyncio.create_task(self._supervise(binary), name="embedded-redis")
@@ -200,19 +214,27 @@ class EmbeddedRedis:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        with contextlib.suppress(FileNotFoundError):
-            url_file(self.dir.parent).unlink()
-        log.info("embedded_redis_stopped")
+        if self._lock.held:
+            with contextlib.suppress(FileNotFoundError):
+                url_file(self.dir.parent).unlink()
+            self._lock.release()
+            log.info("embedded_redis_stopped")
 
 
 @contextlib.asynccontextmanager
 async def embedded_redis(data_dir: Path, *, port: int = 0) -> AsyncIterator[EmbeddedRedis]:
     server = EmbeddedRedis(data_dir, port=port)
-    await server.start()
-    try:
+    try:  # a start cut short (a signal while it waits for Redis) stops what it spawned
+        await server.start()
         yield server
     finally:
         await server.stop()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _is_redis_server(pid: int) -> bool:

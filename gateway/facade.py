@@ -19,6 +19,7 @@ from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.gateway.registry_cache import kick_everywhere, write_entries
 from aquafleet.gateway.service_state import ServiceState, ServiceStore
 from aquafleet.models import service
+from aquafleet.models.commands import check_not_locked
 from aquafleet.models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
 from aquafleet.models.vending import start_dispense
 from aquafleet.protocol import Command, CommandOp
@@ -120,7 +121,8 @@ class DeviceGateway:
         Lock and unlock change the desired state (recorded in the service log with `reason`)
         and log a command that succeeds when the device holds that state's version. A dispense
         to a vending machine opens a session at price 0, so the ledger still closes it with the
-        ml actually poured. Anything else is a one-shot command routed to the device's node."""
+        ml actually poured. A dispense to a device locked now (its live state) is refused
+        (DeviceLocked). Anything else is a one-shot command routed to the device's node."""
         commands = self._commands
         if op in (CommandOp.LOCK, CommandOp.UNLOCK):
             change = service.lock if op is CommandOp.LOCK else service.unlock
@@ -129,10 +131,12 @@ class DeviceGateway:
             return await commands.wait(did, cid, wait_s)
         if op is CommandOp.DISPENSE and mode is ServiceMode.VENDING:
             session = await start_dispense(
-                _IssuerRouter(commands, issuer), did, args[1], price_fen_per_l=0,
+                _IssuerRouter(commands, issuer), self._store, did, args[1], price_fen_per_l=0,
                 timeout_s=timeout_s,
             )  # fmt: skip
             return await commands.wait(did, int(session.cid), wait_s)
+        if op is CommandOp.DISPENSE:
+            check_not_locked(did, "dispense", (await self._store.read(did)).lock_reasons)
         return await commands.issue_and_wait(
             did, op, args, timeout_s=timeout_s, wait_s=wait_s, issuer=issuer
         )

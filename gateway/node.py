@@ -19,6 +19,7 @@ from aquafleet.gateway.appkeys import (
     DEVICE_GATEWAY,
     HUB,
     KEYSPACE,
+    LISTENERS,
     METRICS,
     MQTT_BRIDGE,
     REDIS,
@@ -53,6 +54,7 @@ from aquafleet.gateway.redis_io import Scripts, open_redis
 from aquafleet.gateway.registry_cache import RegistrySync
 from aquafleet.gateway.rental import RentalScheduler
 from aquafleet.gateway.service_state import ServiceStore
+from aquafleet.gateway.startup import TCP_BACKLOG, listen
 from aquafleet.gateway.tasks import TaskGroup
 from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
@@ -229,9 +231,12 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     for name, runner in zip(names, runners, strict=True):
         tasks.start(name, runner)
-    server = await start_tcp_server(
-        hub, settings.tcp_host, settings.tcp_port, reuse_port=settings.workers > 1
-    )
+    listeners = app.get(LISTENERS)
+    if listeners is not None:
+        tcp = listeners.tcp
+    else:
+        tcp = listen(settings.tcp_host, settings.tcp_port, "tcp_port", backlog=TCP_BACKLOG)
+    server = await start_tcp_server(hub, tcp)
     app[TCP_SERVER] = server
     log.info(
         "gateway_listening",

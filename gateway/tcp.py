@@ -7,6 +7,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from aquafleet.gateway.startup import TCP_BACKLOG
 from aquafleet.protocol import (
     ErrorCode,
     FrameRejected,
@@ -139,15 +140,7 @@ class DeviceConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-async def start_tcp_server(
-    hub: Hub, host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096
-) -> asyncio.Server:
+async def start_tcp_server(hub: Hub, sock: socket.socket) -> asyncio.Server:
+    """Serve devices on a listening socket (gateway/startup.py binds it)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: DeviceConnection(hub),
-        host,
-        port,
-        backlog=backlog,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
-    )
+    return await loop.create_server(lambda: DeviceConnection(hub), sock=sock, backlog=TCP_BACKLOG)

@@ -4,7 +4,7 @@ wire, and who may send which (docs/commands.md). Delivery is the gateway's (gate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput
 from aquafleet.models.service import ServiceMode
@@ -34,8 +34,21 @@ ADMIN_ONLY_OPS = frozenset({"firmware_notice"})
 MEMBER_LOCK_MODES = frozenset({None, ServiceMode.SALE, ServiceMode.TEST})
 
 
+# What each lock reason of the live service state (gateway/service_state.py LOCK_REASONS)
+# means to a person reading the refusal.
+LOCK_REASON_TEXT = {
+    "quota_exhausted": "quota exhausted",
+    "rental_expired": "rental expired",
+    "manual": "locked by a person",
+}
+
+
 class PaymentRequired(Conflict):
     code = "payment_required"
+
+
+class DeviceLocked(Conflict):
+    code = "device_locked"
 
 
 def needs_service_mode(op: str, *, member: bool) -> bool:
@@ -54,6 +67,14 @@ def check_command_allowed(op: str, mode: ServiceMode | None, *, member: bool) ->
         raise Forbidden("the vendor locks and unlocks a rented or vending device")
     if op == "dispense" and mode is ServiceMode.VENDING:
         raise PaymentRequired("a vending machine pours after payment, not by command")
+
+
+def check_not_locked(did: str, op: str, lock_reasons: Sequence[str]) -> None:
+    """A locked device pours nothing: a dispense is refused by the platform, whoever sends it
+    and whatever the device would do, with the lock's reasons (the live ones, from Redis)."""
+    if op == "dispense" and lock_reasons:
+        why = ", ".join(LOCK_REASON_TEXT.get(reason, reason) for reason in lock_reasons)
+        raise DeviceLocked(f"device {did} is locked ({why}): it pours nothing until unlocked")
 
 
 def wire_args(op: str, given: Mapping[str, int], *, now_s: int) -> dict[int, int]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
@@ -27,6 +29,8 @@ MODEL_MODULES = [
     "aquafleet.models.billing",
 ]
 APP = "models"
+
+log = structlog.stdlib.get_logger("aquafleet.db")
 
 
 async def _keep_session(connection: Any) -> None:
@@ -66,9 +70,32 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 
 
 async def migrate(database_url: str) -> None:
-    """Apply every pending migration (idempotent)."""
+    """Apply every pending migration (idempotent), saying how many and how long they take: a
+    first start creates the whole schema (measured: ~3.6 s on SQLite, most of it the migration
+    engine rebuilding its model state per operation, not SQL), later starts find none."""
+    started = time.monotonic()
+    pending = 0
+
+    def plan(_connection: str, steps: list[Any], _fake: bool, _dry_run: bool) -> None:
+        nonlocal pending
+        pending = len(steps)
+        if pending:
+            log.info("database_migrating", migrations=pending)
+
+    def progress(event: str, _app: str, name: str) -> None:
+        if event == "apply_done":
+            log.info("database_migration_applied", migration=name)
+
     try:
-        await tortoise_migrate(config=tortoise_config(database_url))
+        await tortoise_migrate(
+            config=tortoise_config(database_url), reporter=plan, progress=progress
+        )
+        if pending:
+            log.info(
+                "database_migrated",
+                migrations=pending,
+                seconds=round(time.monotonic() - started, 1),
+            )
     finally:
         # The migration API leaves its connections open (for SQLite a non-daemon thread that
         # would keep the process from exiting).

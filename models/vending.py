@@ -64,6 +64,18 @@ def charge_fen(actual_ml: int, price_fen_per_l: int) -> int:
     return (actual_ml * price_fen_per_l + 500) // 1000
 
 
+class LockView(Protocol):
+    @property
+    def lock_reasons(self) -> list[str]: ...
+
+
+class LiveService(Protocol):
+    """The live service state (gateway.service_state.ServiceStore): locks are read there, not
+    from the database's copy, which a lock by metering or a schedule updates later."""
+
+    async def read(self, did: str) -> LockView: ...
+
+
 class CommandRouter(Protocol):
     """Gets a command to the node holding the device (gateway.commands.CommandService)."""
 
@@ -80,6 +92,7 @@ def _whole(name: str, value: object, low: int, high: int) -> int:
 
 async def start_dispense(
     router: CommandRouter,
+    live: LiveService,
     did: str,
     ml: int,
     *,
@@ -89,7 +102,9 @@ async def start_dispense(
     now: dt.datetime | None = None,
 ) -> DispenseSession:
     """Open a session and send `dispense ml` to the device; a device that is offline fails the
-    session at once (DeviceOffline), so nobody waits for water that cannot come."""
+    session at once (DeviceOffline), so nobody waits for water that cannot come, and a locked
+    one is refused (DeviceLocked) before anything is logged or sent."""
+    from aquafleet.models.commands import check_not_locked
     from aquafleet.models.service import DeviceService, ServiceMode
 
     ml = _whole("ml", ml, 1, MAX_DISPENSE_ML)
@@ -101,8 +116,7 @@ async def start_dispense(
     service = await DeviceService.get_or_none(did=did)
     if service is None or service.mode is not ServiceMode.VENDING:
         raise Conflict(f"device {did} is not a vending machine (service mode 4)")
-    if service.lock_bits:
-        raise Conflict(f"device {did} is locked")
+    check_not_locked(did, "dispense", (await live.read(did)).lock_reasons)
     now = now or dt.datetime.now(dt.UTC)
     deadline = now + dt.timedelta(seconds=timeout_s)
     cid = await router.next_cid()

@@ -35,6 +35,9 @@ from aquafleet.simulators.stats import WorkerStats
 from aquafleet.simulators.water import MAX_RATE_DRAW_ML, WaterMeter
 
 ML_PER_WORK_HOUR = 20_000  # filter work hours grow with water treated
+# A gateway that closes with one of these said so and asked to come back later (a graceful
+# stop, a restart, a full node): part of running a fleet, not an error of the run.
+ANNOUNCED_CLOSES = frozenset({ErrorCode.SHUTDOWN.name, ErrorCode.OVERLOADED.name})
 MAX_RESULT_SEQS = 16  # seqs of our RESULT frames kept to recognise their acks
 # Seqs a watermark settled before their own ACK arrived (duplicates are acked one by one, after
 # an earlier ACK's watermark may have covered them): remembered to tell such a late ACK from an
@@ -232,8 +235,12 @@ class VirtualPurifier:
         if self.online:
             stats.online -= 1
         if self.close_reason is None:
-            stats.server_closes += 1
-            stats.close_codes[self.last_error or ("reset" if error else "eof")] += 1
+            code = self.last_error or ("reset" if error else "eof")
+            if code in ANNOUNCED_CLOSES:
+                stats.announced_closes += 1  # expected: it reconnects later, nothing is lost
+            else:
+                stats.server_closes += 1
+            stats.close_codes[code] += 1
         self.session = None
         self.online = False
 
@@ -488,7 +495,7 @@ class VirtualPurifier:
         op = command.op
         if op == CommandOp.DISPENSE:
             ml = int(command.args.get(1, 0))
-            if ml < 0:
+            if ml < 0 or self.locked:  # a locked purifier pours nothing (docs/protocol.md)
                 return Result(cid=command.cid, rc=ResultCode.REJECTED)
             self.water.level(now)
             self.water.pour(ml)

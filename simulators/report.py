@@ -238,6 +238,7 @@ def build_report(
             "storm_drops": stats.storm_drops,
             "unavailable_reconnects": stats.unavailable_reconnects,
             "server_closes": stats.server_closes,
+            "announced_closes": stats.announced_closes,
             "server_close_codes": dict(stats.close_codes),
             "connect_failures": stats.connect_failures,
         },
@@ -303,7 +304,8 @@ def render_text(data: Mapping[str, Any]) -> str:
         f"{records['measure_window_s']} s (sent {records['sent_per_s']}/s)",
         f"  ack latency {_ms(data['ack_latency_ms'])}",
         f"  disconnects planned drops {disc['planned_drops']}, reboots {disc['reboots']}, "
-        f"storm {disc['storm_drops']}, server closes {disc['server_closes']}"
+        f"storm {disc['storm_drops']}, announced by the server {disc['announced_closes']}, "
+        f"other server closes {disc['server_closes']}"
         + (f" {disc['server_close_codes']}" if disc["server_close_codes"] else "")
         + f", connect failures {disc['connect_failures']}",
     ]

@@ -40,6 +40,7 @@ COUNTERS = (
     "storm_drops",
     "unavailable_reconnects",
     "server_closes",
+    "announced_closes",
     "server_errors",
     "protocol_errors",
     "disconnects",
@@ -81,7 +82,8 @@ class WorkerStats:
     reboots: int = 0
     storm_drops: int = 0
     unavailable_reconnects: int = 0
-    server_closes: int = 0
+    server_closes: int = 0  # closes nobody announced (reset, EOF, idle timeout, ...): errors
+    announced_closes: int = 0  # the gateway said why and to come back (SHUTDOWN, OVERLOADED)
     server_errors: int = 0  # ERROR frames the gateway sent while the session stayed up
     protocol_errors: int = 0  # our session closed on bad bytes from the gateway
     disconnects: int = 0  # connections lost or dropped during the run

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
@@ -211,3 +213,69 @@ async def test_bad_commands_get_clear_errors(api: ApiClient, tenants: tuple[Tena
         "POST", "/devices/AAAA0000000099ZZ/commands", {"op": "reboot"}, expect=404
     )
     assert answer.status == 404
+
+
+async def test_a_locked_device_is_refused_a_dispense_naming_why(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any, device_factory: Any
+):
+    """Issue 18: a lock answered succeeded, then a dispense poured. The platform refuses it
+    (409 device_locked, with the reason), and the device never sees the command."""
+    a, _ = tenants
+    (issued,) = await register(api, a.vid, 1)
+    device = await logged_in(api_node, device_factory, issued)
+    did = issued["did"]
+    lock = asyncio.create_task(
+        a.vendor.call("POST", f"/devices/{did}/commands", {"op": "lock", "wait_ms": 5000})
+    )
+    push = await answer_next(device)
+    assert push.op == CommandOp.SET_STATE and push.args[1] == 1
+    assert (await lock).data["state"] == "succeeded"
+
+    refused = await a.vendor.call(
+        "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 100}, expect=409
+    )
+    assert (refused.status, refused.code) == (409, "device_locked"), refused
+    assert "locked by a person" in refused.body["message"]
+    listed = await a.vendor.call("GET", f"/devices/{did}/commands")
+    assert [c["op"] for c in listed.data] == ["lock"]  # no dispense logged or sent
+    with pytest.raises(TimeoutError):  # nothing reached the device
+        await device.wait_for(Command, timeout=0.3)
+
+    # An exhausted quota is a lock too, with its own reason, whoever asks.
+    await a.vendor.call("POST", f"/devices/{did}/commands", {"op": "unlock"})
+    await service.configure(
+        api_node.app[SERVICE_STORE], did, ServiceMode.VOLUME_RENTAL, remaining_ml=0, actor=ACTOR
+    )
+    refused = await a.vendor.call(
+        "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 100}, expect=409
+    )
+    assert (refused.code, "quota exhausted" in refused.body["message"]) == ("device_locked", True)
+
+
+async def test_a_locked_vending_machine_is_refused_a_dispense(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any, device_factory: Any
+):
+    """The vending path reads the live lock (Redis), not the database's copy of it."""
+    a, _ = tenants
+    (issued,) = await register(api, a.vid, 1)
+    device = await logged_in(api_node, device_factory, issued)
+    did = issued["did"]
+    store = api_node.app[SERVICE_STORE]
+    await service.configure(store, did, ServiceMode.VENDING, actor=ACTOR)
+    await store.change(did, "lock")  # live only, as a lock whose database write is still due
+    refused = await a.vendor.call(
+        "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 100}, expect=409
+    )
+    assert (refused.code, "locked by a person" in refused.body["message"]) == (
+        "device_locked",
+        True,
+    )
+    await service.unlock(store, did, actor=ACTOR)
+    call = asyncio.create_task(a.vendor.call(
+        "POST", f"/devices/{did}/commands", {"op": "dispense", "ml": 100, "wait_ms": 5000}
+    ))  # fmt: skip
+    while True:  # the unlock's SET_STATE first, then the pour
+        command = await answer_next(device, out=100)
+        if command.op == CommandOp.DISPENSE:
+            break
+    assert (await call).data["state"] == "succeeded"

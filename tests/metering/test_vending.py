@@ -62,7 +62,9 @@ async def test_a_pour_is_charged_for_the_actual_ml_once(node_factory, device_fac
     dev, device = await vending_machine(node, device_factory)
     await device.login()
     router = node.app[COMMANDS]
-    session = await start_dispense(router, dev.did, 250, price_fen_per_l=PRICE, payer_uid="M1")
+    session = await start_dispense(
+        router, node.app[SERVICE_STORE], dev.did, 250, price_fen_per_l=PRICE, payer_uid="M1"
+    )
     command = await device.wait_for(Command)
     assert command.op == CommandOp.DISPENSE and dict(command.args) == {1: 250}
     assert command.cid == session.cid
@@ -86,7 +88,9 @@ async def test_a_device_offline_fails_at_once_and_charges_nothing(node_factory, 
     node = await node_factory()
     dev, _device = await vending_machine(node, device_factory)
     with pytest.raises(DeviceOffline):
-        await start_dispense(node.app[COMMANDS], dev.did, 300, price_fen_per_l=PRICE)
+        await start_dispense(
+            node.app[COMMANDS], node.app[SERVICE_STORE], dev.did, 300, price_fen_per_l=PRICE
+        )
     (session,) = await DispenseSession.filter(did=dev.did)
     assert session.state is DispenseState.FAILED and session.charge_fen is None
 
@@ -98,7 +102,12 @@ async def test_no_result_by_the_deadline_fails_and_a_late_pour_is_not_charged(
     dev, device = await vending_machine(node, device_factory)
     await device.login()
     session = await start_dispense(
-        node.app[COMMANDS], dev.did, 500, price_fen_per_l=PRICE, timeout_s=5
+        node.app[COMMANDS],
+        node.app[SERVICE_STORE],
+        dev.did,
+        500,
+        price_fen_per_l=PRICE,
+        timeout_s=5,
     )
     command = await device.wait_for(Command)
     failed = await expire_dispenses(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6))
@@ -120,9 +129,9 @@ async def test_only_vending_machines_dispense(node_factory, device_factory):
     (dev,) = await register_devices(node, 1)
     router = node.app[COMMANDS]
     with pytest.raises(Conflict):
-        await start_dispense(router, dev.did, 100, price_fen_per_l=PRICE)
+        await start_dispense(router, node.app[SERVICE_STORE], dev.did, 100, price_fen_per_l=PRICE)
     await service.configure(node.app[SERVICE_STORE], dev.did, ServiceMode.VENDING, actor=ACTOR)
     with pytest.raises(InvalidInput):
-        await start_dispense(router, dev.did, 0, price_fen_per_l=PRICE)
+        await start_dispense(router, node.app[SERVICE_STORE], dev.did, 0, price_fen_per_l=PRICE)
     with pytest.raises(InvalidInput):
-        await start_dispense(router, dev.did, 100, price_fen_per_l=1.5)  # type: ignore[arg-type]
+        await start_dispense(router, node.app[SERVICE_STORE], dev.did, 100, price_fen_per_l=1.5)  # type: ignore[arg-type]

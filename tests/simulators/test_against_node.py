@@ -118,3 +118,28 @@ async def test_interrupt_stops_cleanly_with_a_partial_report(
     assert report.data["check"]["skipped"] == "interrupted"
     assert report.data["records"]["acked"] > 0
     assert "INTERRUPTED" in report.render_text()
+
+
+async def test_a_graceful_node_restart_is_not_an_error(
+    node_factory: Any, register_fleet: RegisterFleet
+) -> None:
+    """Issue 18: a node stopped gracefully (SIGTERM) while the sim ran ended it with
+    'FAILED: 60 unexpected errors (server_closes 60)' though nothing was lost. The gateway's
+    announced SHUTDOWN is expected: the devices come back and the run passes."""
+    first = await node_factory()
+    devices = await register_fleet(first, 60)
+    options = sim_options(first, devices, max_rate=True, window=2, duration_s=7.0)
+    run = asyncio.create_task(run_simulation(options))
+    await asyncio.sleep(2.0)
+    await first.stop()  # what SIGTERM does: drain, ack, say SHUTDOWN, close
+    await node_factory(
+        tcp_port=first.tcp_port, database_url=first.settings.resolved_database_url
+    )  # the node is back on the same port
+    report = await run
+    disconnects = report.data["disconnects"]
+    assert disconnects["announced_closes"] == 60, report.render_text()
+    assert disconnects["server_closes"] == 0 and disconnects["server_close_codes"] == {
+        "SHUTDOWN": 60
+    }
+    assert "announced by the server 60" in report.render_text()
+    _assert_exactly_once(report, 60)

@@ -244,8 +244,18 @@ def test_server_close_is_counted_with_its_code() -> None:
     gateway.server.close(ErrorCode.SHUTDOWN, "bye")
     gateway._to_device()
     device.link_lost(error=False)
-    assert device.stats.server_closes == 1
+    # An announced shutdown ("reconnect later") is expected, not an error of the run.
+    assert (device.stats.announced_closes, device.stats.server_closes) == (1, 0)
     assert device.stats.close_codes == {"SHUTDOWN": 1}
+    gateway.login()
+    assert gateway.server is not None
+    gateway.server.close(ErrorCode.IDLE_TIMEOUT, "silent")
+    gateway._to_device()
+    device.link_lost(error=False)
+    gateway.login()
+    device.link_lost(error=True)  # reset, nothing said
+    assert (device.stats.announced_closes, device.stats.server_closes) == (1, 2)
+    assert device.stats.close_codes == {"SHUTDOWN": 1, "IDLE_TIMEOUT": 1, "reset": 1}
 
 
 def test_acked_water_is_counted_and_the_closes_at_the_end_are_not_disconnects() -> None:
@@ -262,3 +272,27 @@ def test_acked_water_is_counted_and_the_closes_at_the_end_are_not_disconnects() 
     device.close_reason = "stop"  # the run is over: we close the link ourselves
     device.link_lost(error=False)
     assert (device.stats.disconnects, device.stats.closed_at_end) == (1, 1)
+
+
+def test_a_locked_purifier_refuses_to_pour_with_rc_rejected() -> None:
+    """Firmware pours nothing while locked (docs/protocol.md, RESULT rc 2), however it was
+    locked; unlocked, it pours again."""
+    from aquafleet.protocol import DesiredState, desired_state_args
+
+    device = make_device(window=1)
+    gateway = GatewayDouble(device)
+    gateway.login()
+    before = device.water.level(0.0)
+    lock = DesiredState(version=3, locked=True)
+    gateway.command(Command(cid=60, op=CommandOp.SET_STATE, exp=WALL + 60,
+                            args=desired_state_args(lock)))  # fmt: skip
+    gateway.command(Command(cid=61, op=CommandOp.DISPENSE, exp=WALL + 60, args={1: 100}))
+    refused = gateway.results[-1]
+    assert (refused.rc, refused.out) == (ResultCode.REJECTED, None)
+    assert device.water.level(0.0) == before  # not a drop
+    unlock = DesiredState(version=4, locked=False)
+    gateway.command(Command(cid=62, op=CommandOp.SET_STATE, exp=WALL + 60,
+                            args=desired_state_args(unlock)))  # fmt: skip
+    gateway.command(Command(cid=63, op=CommandOp.DISPENSE, exp=WALL + 60, args={1: 100}))
+    assert (gateway.results[-1].rc, gateway.results[-1].out) == (ResultCode.OK, 100)
+    assert device.water.level(0.0) == before + 100

@@ -122,7 +122,9 @@ def test_json_shape_and_a_passing_verdict() -> None:
 def test_errors_fail_the_run_and_are_named() -> None:
     stats = _healthy_stats()
     stats.server_closes = 2
-    stats.close_codes.update({"SHUTDOWN": 2})
+    stats.close_codes.update({"reset": 2})
+    stats.announced_closes = 5  # SHUTDOWN: expected, not among the errors
+    stats.close_codes.update({"SHUTDOWN": 5})
     results = [("SIMT00000000", 500, 400, False, 3, True), ("SIMT00000001", 0, 0, True, 0, False)]
     report = build_report(
         _options(),
