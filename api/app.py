@@ -13,6 +13,7 @@ from aquafleet.api import (
     commands,
     devices,
     members,
+    orders,
     products,
     vendors,
 )
@@ -33,7 +34,7 @@ from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products)
+RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products, orders)
 
 
 async def healthz(request: web.Request) -> web.Response:

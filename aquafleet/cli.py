@@ -1,4 +1,5 @@
-"""The `aquafleet` command: serve, sim, devices, vendors, admin, status, migrate, config."""
+"""The `aquafleet` command: serve, sim, devices, vendors, admin, orders, status, migrate,
+config."""
 
 from __future__ import annotations
 
@@ -446,6 +447,52 @@ def cmd_service(args: argparse.Namespace) -> int:
     return _run(lambda: _with_database(settings, action))
 
 
+def _order_line(order: Any) -> str:
+    return (
+        f"{order.oid}  {order.state.name.lower():<10}  {order.kind.name.lower():<8}  "
+        f"{order.member_id}  total {order.total_fen} fen"
+    )
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    """Operators' view of orders, and the internal paid step (platform admins only)."""
+    settings = _settings(args, data_dir=args.data_dir)
+    configure_logging(settings.log_level, "console")
+    from aquafleet.models import orders
+
+    async def action() -> int:
+        command = args.orders_command
+        if command == "list":
+            qs = orders.Order.filter(deleted_at__isnull=True)
+            if args.vid:
+                qs = qs.filter(vendor_id=args.vid)
+            if args.state is not None:
+                qs = qs.filter(state=orders.OrderState[args.state.upper()])
+            for order in await qs.order_by("-id").limit(args.limit):
+                print(_order_line(order))
+            return 0
+        if command == "mark-paid":
+            order = await orders.mark_paid(args.oid, admin=args.admin, reason=args.reason)
+            print(_order_line(order))
+            return 0
+        found = await orders.Order.get_or_none(oid=args.oid)
+        if found is None:
+            print(f"aquafleet: order {args.oid} not found", file=sys.stderr)
+            return 1
+        print(_order_line(found))
+        for line in await orders.OrderLine.filter(order_id=found.id).order_by("position"):
+            package = f" package {line.package_key}" if line.package_key else ""
+            print(f"  {line.position}. {line.product_id} x{line.quantity}{package}: "
+                  f"{line.amount_fen} fen")  # fmt: skip
+        for move in await orders.transitions_of(found):
+            print(f"  {move.created_at:%Y-%m-%dT%H:%M:%SZ} {move.event}: "
+                  f"{move.from_state.name.lower()} -> {move.to_state.name.lower()} "
+                  f"by {move.actor_role} {move.actor_id}: {move.reason}")  # fmt: skip
+        return 0
+
+    return _run(lambda: _with_database(settings, action))
+
+
 def cmd_billing_close(args: argparse.Namespace) -> int:
     """Record what each device owes for a period (minimum consumption); safe to run twice."""
     settings = _settings(args, data_dir=args.data_dir)
@@ -596,6 +643,24 @@ def build_parser() -> argparse.ArgumentParser:
     service_parser("lock", "lock a device (until unlocked)")
     service_parser("unlock", "lift a person's lock")
     service_parser("show", "the live service state")
+
+    order_parser = commands.add_parser("orders", help="orders: list, show, mark paid")
+    order_commands = order_parser.add_subparsers(dest="orders_command", required=True)
+    listing = order_commands.add_parser("list", help="the newest orders")
+    listing.add_argument("--vid", help="one vendor's")
+    listing.add_argument("--state", help="obligation, paid, delivered, ... (docs/api-shop.md)")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(func=cmd_orders)
+    show_order = order_commands.add_parser("show", help="an order, its lines and its moves")
+    show_order.add_argument("oid")
+    show_order.set_defaults(func=cmd_orders)
+    paid = order_commands.add_parser(
+        "mark-paid", help="record an order as paid (platform admins; who and why are kept)"
+    )
+    paid.add_argument("oid")
+    paid.add_argument("--admin", required=True, help="your platform admin user name")
+    paid.add_argument("--reason", required=True, help="why, e.g. the bank transfer's number")
+    paid.set_defaults(func=cmd_orders)
 
     billing = commands.add_parser("billing", help="billing periods (minimum consumption)")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)

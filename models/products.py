@@ -216,8 +216,11 @@ def check_commission(config: Sequence[int]) -> None:
 
 
 def check_specification(spec: Mapping[str, Any]) -> None:
-    """Filters as models/filters.py reads them (unique `order`, lives in hours)."""
-    parse_filter_spec(spec.get("filters", []))
+    """Filters as models/filters.py reads them (unique `order`, lives in hours); a product
+    without filters (a dispenser, say) has none."""
+    filters = spec.get("filters") or []
+    if filters:
+        parse_filter_spec(filters)
 
 
 def check_product(values: Mapping[str, Any]) -> None:

@@ -74,8 +74,12 @@ async def test_a_product_that_does_not_hold_together_is_refused(
         answer = await a.vendor.call("POST", "/products", seed_product(**changes), expect=422)
         assert answer.code == code, (changes, answer)
     assert await Product.filter(vendor_id=a.vid).count() == 0
-    # A volume rental whose packages buy ml is fine.
-    await add_product(a.vendor, billing=4, rent={"deposit": 100, "config": [ml_package]})
+    # A volume rental whose packages buy ml is fine, and a product needs no filters.
+    pid = await add_product(
+        a.vendor, billing=4, rent={"deposit": 100, "config": [ml_package]}, specification={}
+    )
+    spec = (await a.vendor.call("GET", f"/products/{pid}/prof")).data
+    assert spec == {"mode": 0, "filters": [], "flowmeter": {"measure_mode": 0, "config": []}}
 
 
 async def test_roles_and_tenants(api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]):

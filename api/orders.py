@@ -1,0 +1,280 @@
+"""Orders (订单, AD-01..03): create, list and read (docs/api-shop.md).
+
+Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
+sees its own orders, a vendor its own, an agent or dealer its subtree's, the platform all; an
+order outside that answers 404 as an unknown id does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from aquafleet.api.errors import ValidationFailed
+from aquafleet.api.routing import Call, Page, RouteTable
+from aquafleet.api.schemas import (
+    UNSET,
+    ListQuery,
+    PathParams,
+    RequestModel,
+    ResponseModel,
+    UtcDateTime,
+    VendorCode,
+    text,
+)
+from aquafleet.models.members import get_member
+from aquafleet.models.orders import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_LINES,
+    MAX_QUANTITY,
+    LineRequest,
+    Order,
+    OrderKind,
+    OrderLine,
+    OrderRequest,
+    OrderState,
+    create_order,
+    find_order,
+    visible_orders,
+)
+from aquafleet.models.products import MAX_FEN
+from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
+
+routes = RouteTable(
+    "orders",
+    "Orders (订单, AD-01..15): create with every amount computed by the server, the seed's "
+    "state machine, tenant-scoped lists (docs/api-shop.md).",
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+PID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
+OID_PATTERN = r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$"
+UID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
+
+
+class LineIn(RequestModel):
+    product_id: str = Field(pattern=PID_PATTERN)
+    quantity: int = Field(1, ge=1, le=MAX_QUANTITY)
+    package: str = Field(
+        UNSET, pattern=r"^[A-Za-z0-9_-]{1,16}$", description="a rent package's key: rents"
+    )
+    price: int = Field(UNSET, ge=0, le=MAX_FEN, description="ignored: the server prices every line")
+
+
+class ReceiverIn(RequestModel):
+    """收件人 (Consignee), AD-02's names."""
+
+    name: str = text(32, min_length=1)
+    phone: str = Field(pattern=r"^[0-9+() -]{5,20}$")
+    area: str = text(128, default="", description="地址(区域), e.g. 广东省珠海市香洲区")
+    address: str = text(255, min_length=1, description="地址(详细)")
+    zipcode: str = Field("", pattern=r"^([0-9]{6})?$")
+
+
+class OrderIn(RequestModel):
+    """AD-02. Amounts are computed by the server; a line's `price` is ignored."""
+
+    content: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
+    receiver: ReceiverIn
+    memo: str = text(255, default="")
+
+
+class LineOut(ResponseModel):
+    product_id: str
+    name: str = Field(description="the product's name when bought")
+    quantity: int
+    package: str | None
+    price: int = Field(description="per unit, fen: the product's price or the package's")
+    amount: int = Field(description="the line's whole cost, fen")
+
+
+class AmountsOut(ResponseModel):
+    """订单金额, 运费, 安装费, 押金 and the rent, fen."""
+
+    goods: int
+    freight: int
+    install: int
+    deposit: int
+    rent: int
+    total: int
+
+
+class OrderOut(ResponseModel):
+    order_id: str
+    state: int = Field(description="0 obligation .. 8 done (docs/api-shop.md)")
+    state_name: str
+    type: int = Field(description="1 purchase, 2 rental, 3 renewal")
+    vid: str
+    user_id: str
+    content: list[LineOut]
+    receiver: dict[str, str]
+    memo: str
+    amounts: AmountsOut
+    delivery: dict[str, Any] | None
+    create_tms: UtcDateTime
+    pay_tms: UtcDateTime | None
+    complete_tms: UtcDateTime | None
+
+
+class OrderPath(PathParams):
+    oid: str = Field(pattern=OID_PATTERN)
+
+
+class OrderListQuery(ListQuery):
+    SORT_FIELDS: ClassVar[dict[str, str]] = {
+        "create_tms": "created_at",
+        "total": "total_fen",
+        "state": "state",
+    }
+    sort: Literal["create_tms", "total", "state"] = "create_tms"
+    order: Literal["asc", "desc"] = Field("desc", description="sort direction (newest first)")
+    state: OrderState = Field(UNSET)
+    type: OrderKind = Field(UNSET)
+    vid: VendorCode = Field(UNSET)
+    uid: str = Field(UNSET, pattern=UID_PATTERN, description="the member")
+    since: dt.datetime = Field(UNSET, description="created at or after (ISO 8601)")
+    until: dt.datetime = Field(UNSET, description="created before (ISO 8601)")
+
+
+# ----------------------------------------------------------------------------- shaping
+
+
+def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
+    return OrderOut(
+        order_id=order.oid,
+        state=int(order.state),
+        state_name=order.state.name.lower(),
+        type=int(order.kind),
+        vid=order.vendor_id,
+        user_id=order.member_id,
+        content=[
+            LineOut(
+                product_id=line.product_id,
+                name=str(line.snapshot.get("name", "")),
+                quantity=line.quantity,
+                package=line.package_key,
+                price=line.price_fen,
+                amount=line.amount_fen,
+            )
+            for line in sorted(lines, key=lambda line: line.position)
+        ],
+        receiver=dict(order.receiver),
+        memo=order.memo,
+        amounts=AmountsOut(
+            goods=order.goods_fen,
+            freight=order.freight_fen,
+            install=order.install_fen,
+            deposit=order.deposit_fen,
+            rent=order.rent_fen,
+            total=order.total_fen,
+        ),
+        delivery=order.delivery,
+        create_tms=order.created_at,
+        pay_tms=order.paid_at,
+        complete_tms=order.completed_at,
+    )
+
+
+async def order_outs(orders: Sequence[Order]) -> list[OrderOut]:
+    """Answers for many orders with their lines read in one query."""
+    by_order: dict[int, list[OrderLine]] = defaultdict(list)
+    for line in await OrderLine.filter(order_id__in=[o.id for o in orders]):
+        by_order[line.order_id].append(line)
+    return [order_out(order, by_order[order.id]) for order in orders]
+
+
+def _aware(value: dt.datetime, field: str) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValidationFailed(
+            f"query {field}: give a time zone (Z)",
+            data=[{"field": field, "message": "give a time zone (Z)"}],
+        )
+    return value
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+@routes.get(
+    "/orders",
+    seed="AD-01",
+    summary="List orders",
+    roles=ANY_ROLE,
+    query=OrderListQuery,
+    response=OrderOut,
+    many=True,
+    description="A+C. A member its own orders, a vendor its own, an agent or dealer those of "
+    "its subtree's members, the platform all. Newest first unless told otherwise.",
+)
+async def list_orders(call: Call) -> Page:
+    query: OrderListQuery = call.query
+    qs = visible_orders(call.principal)
+    filters: dict[str, Any] = {}
+    if query.state is not None:
+        filters["state"] = query.state
+    if query.type is not None:
+        filters["kind"] = query.type
+    if query.vid is not None:
+        filters["vendor_id"] = query.vid
+    if query.uid is not None:
+        filters["member_id"] = query.uid
+    if query.since is not None:
+        filters["created_at__gte"] = _aware(query.since, "since")
+    if query.until is not None:
+        filters["created_at__lt"] = _aware(query.until, "until")
+    qs = qs.filter(**filters).order_by(*query.ordering(pk="id"))
+    total = await qs.count()
+    rows = list(await qs.offset(query.offset).limit(query.limit))
+    return Page(await order_outs(rows), total)
+
+
+@routes.post(
+    "/orders",
+    seed="AD-02",
+    summary="Create an order",
+    roles=MEMBER_ONLY,
+    body=OrderIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description="C. The member orders published products of its vendor; a line with `package` "
+    "rents the product with that package (rent + deposit), one without buys it (price). Every "
+    "amount is computed here (goods, freight, install fee, deposit, rent); a `price` sent is "
+    f"ignored. An `{IDEMPOTENCY_HEADER}` header (1..{MAX_IDEMPOTENCY_KEY} characters) makes a "
+    "retried create answer the first order instead of making a second.",
+)
+async def add_order(call: Call) -> OrderOut:
+    body: OrderIn = call.body
+    key = call.request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        message = f"must be 1..{MAX_IDEMPOTENCY_KEY} characters"
+        raise ValidationFailed(
+            f"header {IDEMPOTENCY_HEADER}: {message}",
+            data=[{"field": IDEMPOTENCY_HEADER, "message": message}],
+        )
+    member = await get_member(call.principal.subject)
+    request = OrderRequest(
+        lines=[LineRequest(line.product_id, line.quantity, line.package) for line in body.content],
+        receiver=body.receiver.model_dump(),
+        memo=body.memo,
+        idempotency_key=key,
+    )
+    order, _created = await create_order(member, request)
+    return (await order_outs([order]))[0]
+
+
+@routes.get(
+    "/orders/{oid}",
+    seed="AD-03",
+    summary="Read an order",
+    roles=ANY_ROLE,
+    params=OrderPath,
+    response=OrderOut,
+    description="A+C, scoped as AD-01.",
+)
+async def read_order(call: Call) -> OrderOut:
+    order = await find_order(call.principal, call.params.oid)
+    return (await order_outs([order]))[0]
