@@ -1,4 +1,4 @@
-"""Orders (订单, AD-01..03): create, list and read (docs/api-shop.md).
+"""Orders (订单, AD-01..06): create, list, read and deliver (docs/api-shop.md).
 
 Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
 sees its own orders, a vendor its own, an agent or dealer its subtree's, the platform all; an
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,8 @@ from aquafleet.api.schemas import (
     VendorCode,
     text,
 )
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.models.delivery import Parcel, change_delivery, deliver_order
 from aquafleet.models.members import get_member
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
@@ -42,7 +44,8 @@ from aquafleet.models.orders import (
     visible_orders,
 )
 from aquafleet.models.products import MAX_FEN
-from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
+from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, MEMBER_ONLY, PLATFORM_OR_VENDOR
 
 routes = RouteTable(
     "orders",
@@ -278,3 +281,107 @@ async def add_order(call: Call) -> OrderOut:
 async def read_order(call: Call) -> OrderOut:
     order = await find_order(call.principal, call.params.oid)
     return (await order_outs([order]))[0]
+
+
+# ----------------------------------------------------------------------------- delivery
+
+DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
+
+
+class DeliveryIn(RequestModel):
+    """AD-05: the seed's delivery block, and the devices shipped (one per unit, in line order)."""
+
+    company: str = text(64, min_length=1, description="物流公司")
+    tracking_num: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$", description="物流单号")
+    delivery_clerk: str = text(64, default="", description="发货员")
+    delivery_tms: dt.datetime = Field(UNSET, description="发货时间 (default: now)")
+    devices: list[Annotated[str, Field(pattern=DID_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_LINES * MAX_QUANTITY, description="the DIDs shipped"
+    )
+
+
+class DeliveryChangeIn(RequestModel):
+    """AD-06: correct the parcel; the devices shipped do not change."""
+
+    company: str = text(64, default=UNSET, min_length=1)
+    tracking_num: str = Field(UNSET, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    delivery_clerk: str = text(64, default=UNSET)
+    delivery_tms: dt.datetime = Field(UNSET)
+
+
+class DeliveryOut(ResponseModel):
+    company: str
+    tracking_num: str
+    delivery_tms: str
+    delivery_clerk: str
+    devices: list[str]
+
+
+@routes.get(
+    "/orders/{oid}/delivery",
+    seed="AD-04",
+    summary="Read an order's delivery",
+    roles=ANY_ROLE,
+    params=OrderPath,
+    response=DeliveryOut,
+    description="A+C, scoped as AD-01. `data` is null until the order is delivered.",
+)
+async def read_delivery(call: Call) -> DeliveryOut | None:
+    order = await find_order(call.principal, call.params.oid)
+    return None if order.delivery is None else DeliveryOut.model_validate(order.delivery)
+
+
+@routes.post(
+    "/orders/{oid}/delivery",
+    seed="AD-05",
+    summary="Deliver an order",
+    roles=ADMIN_ROLES,
+    params=OrderPath,
+    body=DeliveryIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description="A, scoped as AD-01; the order must be paid. Name one device per unit, in line "
+    "order: each is bound to the member and configured for its line (sale, or the package's "
+    "days or ml) with the order id as request id; the device hears it at once when online, "
+    "else at its next login. The product's filters are copied onto the device, and an install "
+    "ticket opens when the product has install service.",
+)
+async def deliver(call: Call) -> OrderOut:
+    body: DeliveryIn = call.body
+    principal = call.principal
+    order = await find_order(principal, call.params.oid)
+    sent = _aware(body.delivery_tms, "delivery_tms") if body.delivery_tms else None
+    parcel = Parcel(body.company, body.tracking_num, body.delivery_clerk, sent)
+    gateway = call.app[DEVICE_GATEWAY]
+    actor = f"{principal.role.value}:{principal.subject}"
+
+    async def apply(did: str, change: ServiceChangeRequest) -> object:
+        return await gateway.change_service(did, change, actor=actor)
+
+    delivered = await deliver_order(principal, order, parcel, body.devices, apply)
+    return (await order_outs([delivered]))[0]
+
+
+@routes.put(
+    "/orders/{oid}/delivery",
+    seed="AD-06",
+    summary="Correct an order's delivery",
+    roles=PLATFORM_OR_VENDOR,
+    params=OrderPath,
+    body=DeliveryChangeIn,
+    response=DeliveryOut,
+    errors=(409,),
+    description="A# (客服通道): change the company, tracking number, time or clerk of a "
+    "delivered order; only the fields given change.",
+)
+async def correct_delivery(call: Call) -> DeliveryOut:
+    body: DeliveryChangeIn = call.body
+    order = await find_order(call.principal, call.params.oid)
+    changes: dict[str, Any] = {}
+    for name in body.model_fields_set:
+        value = getattr(body, name)
+        if name == "delivery_tms":
+            value = _aware(value, name).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        changes[name] = value
+    changed = await change_delivery(order, changes)
+    return DeliveryOut.model_validate(changed.delivery)
