@@ -1,4 +1,5 @@
-"""Orders (订单, AD-01..06): create, list, read and deliver (docs/api-shop.md).
+"""Orders (订单, AD-01..06, AD-11): create, list, read, deliver, confirm receipt
+(docs/api-shop.md).
 
 Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
 sees its own orders, a vendor its own, an agent or dealer its subtree's, the platform all; an
@@ -35,12 +36,14 @@ from aquafleet.models.orders import (
     MAX_QUANTITY,
     LineRequest,
     Order,
+    OrderEvent,
     OrderKind,
     OrderLine,
     OrderRequest,
     OrderState,
     create_order,
     find_order,
+    fire,
     visible_orders,
 )
 from aquafleet.models.products import MAX_FEN
@@ -385,3 +388,26 @@ async def correct_delivery(call: Call) -> DeliveryOut:
         changes[name] = value
     changed = await change_delivery(order, changes)
     return DeliveryOut.model_validate(changed.delivery)
+
+
+# ----------------------------------------------------------------------------- moves
+
+
+@routes.post(
+    "/orders/{oid}/status/confirm",
+    seed="AD-11",
+    summary="Confirm receipt",
+    roles=MEMBER_ONLY,
+    params=OrderPath,
+    response=OrderOut,
+    errors=(404, 409),
+    description="C: the member confirms its delivered order arrived (delivered -> received); "
+    "any other state answers 409 naming it.",
+)
+async def confirm_receipt(call: Call) -> OrderOut:
+    principal = call.principal
+    order = await find_order(principal, call.params.oid)
+    moved = await fire(
+        order, OrderEvent.CONFIRM, actor_role=principal.role.value, actor_id=principal.subject
+    )
+    return (await order_outs([moved]))[0]

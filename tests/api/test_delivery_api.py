@@ -120,6 +120,15 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     await a.vendor.call("PUT", f"/orders/{oid}/delivery", {"devices": [sold]}, expect=422)
     assert SEED_PRODUCT["install"] is True
 
+    # AD-11: the member confirms receipt, once; nobody else may.
+    other = await make_member(api_node, api, a.vid)
+    await other.client.call("POST", f"/orders/{oid}/status/confirm", expect=404)
+    await a.vendor.call("POST", f"/orders/{oid}/status/confirm", expect=403)
+    received = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=201)
+    assert received.data["state_name"] == "received"
+    twice = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=409)
+    assert (twice.code, "received" in twice.body["message"]) == ("conflict", True)
+
 
 async def test_a_device_bound_to_someone_else_is_not_shipped(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
