@@ -149,3 +149,39 @@ async def test_a_device_bound_to_someone_else_is_not_shipped(
     assert answer.code == "device_bound"
     assert (await shopper.client.call("GET", f"/orders/{oid}")).data["state_name"] == "paid"
     assert not await ServiceChange.filter(request_id=oid).exists()
+
+
+async def test_a_delivered_volume_rental_pours_its_quota_then_locks(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The issue's end-to-end path up to the renewal: order, pay, deliver with a DID, and the
+    connected device (real gateway, real Redis) is unlocked with the bought quota at once."""
+    import time
+
+    from tests.devices import telemetry
+    from tests.metering.test_volume_rental import next_state
+
+    a, _ = tenants
+    package = {"name": "1升", "key": "1l", "value": 900, "ml": 1000}
+    pid = await add_product(
+        a.vendor, billing=4, install=False, install_cost=0, specification={},
+        rent={"deposit": 0, "config": [package]},
+    )  # fmt: skip
+    shopper = await make_member(api_node, api, a.vid)
+    oid = (
+        await shopper.client.call(
+            "POST", "/orders", order_body({"product_id": pid, "package": "1l"})
+        )
+    ).data["order_id"]
+    (issued,) = (await api.call("POST", "/devices", {"vid": a.vid, "count": 1})).data
+    device = device_factory(issued["did"], bytes.fromhex(issued["key"]), api_node.tcp_port)
+    await device.login()
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    body = {**PARCEL, "devices": [issued["did"]]}
+    await a.agent.call("POST", f"/orders/{oid}/delivery", body, expect=404)  # not its member
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=201)
+    _, state = await next_state(device)  # pushed to the connected device at once
+    assert (state.locked, state.remaining_ml) == (False, 1000)
+    await device.send(telemetry(1, int(time.time()), 1200))
+    _, state = await next_state(device)
+    assert (state.locked, state.remaining_ml) == (True, -200)
