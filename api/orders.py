@@ -1,4 +1,4 @@
-"""Orders (订单, AD-01..06, AD-11): create, list, read, deliver, confirm receipt
+"""Orders (订单, AD-01..06, AD-11..14): create, list, read, deliver, confirm receipt, returns
 (docs/api-shop.md).
 
 Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
@@ -47,6 +47,7 @@ from aquafleet.models.orders import (
     visible_orders,
 )
 from aquafleet.models.products import MAX_FEN
+from aquafleet.models.returns import RETURN_WINDOW, ask_return, consent_return, goods_returned
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, MEMBER_ONLY, PLATFORM_OR_VENDOR
 
@@ -107,6 +108,7 @@ class AmountsOut(ResponseModel):
     deposit: int
     rent: int
     total: int
+    refund_due: int = Field(description="recorded when the goods came back (AD-14)")
 
 
 class OrderOut(ResponseModel):
@@ -121,8 +123,10 @@ class OrderOut(ResponseModel):
     memo: str
     amounts: AmountsOut
     delivery: dict[str, Any] | None
+    return_reason: str
     create_tms: UtcDateTime
     pay_tms: UtcDateTime | None
+    receive_tms: UtcDateTime | None
     complete_tms: UtcDateTime | None
 
 
@@ -177,10 +181,13 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
             deposit=order.deposit_fen,
             rent=order.rent_fen,
             total=order.total_fen,
+            refund_due=order.refund_due_fen,
         ),
+        return_reason=order.return_reason,
         delivery=order.delivery,
         create_tms=order.created_at,
         pay_tms=order.paid_at,
+        receive_tms=order.received_at,
         complete_tms=order.completed_at,
     )
 
@@ -411,3 +418,64 @@ async def confirm_receipt(call: Call) -> OrderOut:
         order, OrderEvent.CONFIRM, actor_role=principal.role.value, actor_id=principal.subject
     )
     return (await order_outs([moved]))[0]
+
+
+class ReturnIn(RequestModel):
+    reason: str = text(255, min_length=1, description="why the member returns the goods")
+
+
+@routes.post(
+    "/orders/{oid}/status/return",
+    seed="AD-12",
+    summary="Ask to return an order",
+    roles=MEMBER_ONLY,
+    params=OrderPath,
+    body=ReturnIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description=f"C: the member asks to return a received order, within {RETURN_WINDOW.days} "
+    "days of receipt (received -> return).",
+)
+async def ask_to_return(call: Call) -> OrderOut:
+    order = await find_order(call.principal, call.params.oid)
+    moved = await ask_return(order, call.principal.subject, call.body.reason)
+    return (await order_outs([moved]))[0]
+
+
+@routes.post(
+    "/orders/{oid}/status/consent",
+    seed="AD-13",
+    summary="Consent to a return",
+    roles=PLATFORM_OR_VENDOR,
+    params=OrderPath,
+    response=OrderOut,
+    errors=(404, 409),
+    description="A#: return -> consent.",
+)
+async def consent(call: Call) -> OrderOut:
+    order = await find_order(call.principal, call.params.oid)
+    return (await order_outs([await consent_return(order, call.principal)]))[0]
+
+
+@routes.put(
+    "/orders/{oid}/status/refund",
+    seed="AD-14",
+    summary="Goods back: end the devices' service, record the refund due",
+    roles=PLATFORM_OR_VENDOR,
+    params=OrderPath,
+    response=OrderOut,
+    errors=(404, 409),
+    description="A# (已退货): consent -> refund. Every device the order shipped is locked and "
+    "unbound; an installed one gets a dismantle ticket; the order's total is recorded as "
+    "`amounts.refund_due` for the payment layer.",
+)
+async def refund(call: Call) -> OrderOut:
+    principal = call.principal
+    order = await find_order(principal, call.params.oid)
+    gateway = call.app[DEVICE_GATEWAY]
+    actor = f"{principal.role.value}:{principal.subject}"
+
+    async def apply(did: str, change: ServiceChangeRequest) -> object:
+        return await gateway.change_service(did, change, actor=actor)
+
+    return (await order_outs([await goods_returned(order, principal, apply)]))[0]

@@ -156,6 +156,9 @@ class Order(Model):
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
     paid_at = fields.DatetimeField(null=True)
+    received_at = fields.DatetimeField(null=True)  # the return window counts from here
+    return_reason = fields.CharField(max_length=MAX_REASON, default="")
+    refund_due_fen = fields.BigIntField(default=0)  # recorded by AD-14; paid by the payment layer
     completed_at = fields.DatetimeField(null=True)  # reached a final state
     deleted_at = fields.DatetimeField(null=True)
 
@@ -415,6 +418,8 @@ async def fire(
         changes: dict[str, Any] = {"state": target, "updated_at": now}
         if target is OrderState.PAID:
             changes["paid_at"] = now
+        if target is OrderState.RECEIVED:
+            changes["received_at"] = now
         if target in FINAL_STATES:
             changes["completed_at"] = now
         await OrderTransition.create(

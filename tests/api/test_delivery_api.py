@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from aquafleet.models.devices import Device
 from aquafleet.models.filters import DeviceFilterSpec
 from aquafleet.models.orders import mark_paid
 from aquafleet.models.service import ServiceChange
@@ -128,6 +129,32 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     assert received.data["state_name"] == "received"
     twice = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=409)
     assert (twice.code, "received" in twice.body["message"]) == ("conflict", True)
+    assert received.data["receive_tms"] is not None
+
+    # AD-12..14: the member returns it, the vendor consents, the goods come back.
+    await Device.filter(did=sold).update(installed_at=dt.datetime.now(dt.UTC))
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent", expect=409)  # not asked yet
+    await a.vendor.call("POST", f"/orders/{oid}/status/return", {"reason": "x"}, expect=403)
+    await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": ""}, expect=422)
+    asked = await shopper.client.call(
+        "POST", f"/orders/{oid}/status/return", {"reason": "漏水"}, expect=201
+    )
+    assert (asked.data["state_name"], asked.data["return_reason"]) == ("return", "漏水")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=409)  # no consent yet
+    await a.agent.call("POST", f"/orders/{oid}/status/consent", expect=403)
+    await shopper.client.call("POST", f"/orders/{oid}/status/consent", expect=403)
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent", expect=201)
+    back = await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=201)
+    assert back.data["state_name"] == "refund" and back.data["complete_tms"] is not None
+    assert back.data["amounts"]["refund_due"] == order["amounts"]["total"] > 0
+    for did in (sold, rented, metered):
+        service = (await api.call("GET", f"/devices/{did}/svc")).data
+        assert service["locked"] is True, (did, service)
+        assert (await Device.get(did=did)).owner_id is None
+    assert (await shopper.client.call("GET", f"/users/{shopper.uid}/devices")).data == []
+    dismantle = await Ticket.filter(type=TicketType.DISMANTLE).values_list("device_id", flat=True)
+    assert list(dismantle) == [sold]
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=409)  # final
 
 
 async def test_a_device_bound_to_someone_else_is_not_shipped(

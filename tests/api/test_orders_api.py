@@ -76,7 +76,7 @@ async def test_the_server_prices_every_line_and_the_order_keeps_the_product_as_b
         "rent": 6000,
     }
     expected["total"] = sum(expected.values())
-    assert order["amounts"] == expected
+    assert order["amounts"] == {**expected, "refund_due": 0}
     assert [(c["quantity"], c["package"], c["price"]) for c in order["content"]] == [
         (2, None, 298000),
         (1, "30d", 6000),
@@ -333,3 +333,22 @@ async def test_mark_paid_from_the_shell(node_factory: Any, tmp_path: Path, migra
     assert code == 0 and "pay: obligation -> paid by platform admin:ops: cash at the shop" in out
     code, out = await aquafleet(env, "orders", "list", "--state", "paid")
     assert code == 0 and order.oid in out
+
+
+async def test_the_return_window_closes_seven_days_after_receipt(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    from aquafleet.models.returns import RETURN_WINDOW, ask_return
+
+    a, _ = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    order = await _order_in(OrderState.RECEIVED, a.vid, shopper.uid, pid)
+    received = dt.datetime.now(dt.UTC) - RETURN_WINDOW
+    await Order.filter(id=order.id).update(received_at=received)
+    await order.refresh_from_db()
+    assert dt.timedelta(days=7) == RETURN_WINDOW
+    with pytest.raises(OrderStateConflict, match="return window closed"):
+        await ask_return(order, shopper.uid, "too late", now=received + RETURN_WINDOW * 1.01)
+    moved = await ask_return(order, shopper.uid, "just in time", now=received + RETURN_WINDOW)
+    assert moved.state is OrderState.RETURN and moved.return_reason == "just in time"
