@@ -453,7 +453,11 @@ async def mark_paid(oid: str, *, admin: str, reason: str, now: dt.datetime | Non
             order, OrderEvent.PAY, actor_role=PLATFORM, actor_id=f"admin:{account.username}",
             reason=reason.strip(), now=now,
         )  # fmt: skip
-    except IntegrityError:  # a concurrent mark-paid recorded it first
+    except (IntegrityError, OrderStateConflict):
+        # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid state,
+        # SQLite's unique event per order refuses the second row): answer the paid order.
+        if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+            raise
         await order.refresh_from_db()
         return order
 

@@ -4,6 +4,7 @@ seed's state machine and every refused one."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import re
@@ -300,6 +301,16 @@ async def test_mark_paid_is_a_platform_admins_recorded_and_idempotent_step(
     ]
     read = await shopper.client.call("GET", f"/orders/{oid}")
     assert read.data["state_name"] == "paid" and read.data["pay_tms"] is not None
+    # Two racing mark-paids pay once, and both answer the paid order.
+    racing = (await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))).data[
+        "order_id"
+    ]
+    both = await asyncio.gather(
+        mark_paid(racing, admin=PLATFORM_USER, reason="one"),
+        mark_paid(racing, admin=PLATFORM_USER, reason="two"),
+    )
+    assert [o.state for o in both] == [OrderState.PAID, OrderState.PAID]
+    assert await OrderTransition.filter(order__oid=racing).count() == 1
     # A cancelled order cannot be paid.
     second = (await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))).data[
         "order_id"
