@@ -1,5 +1,5 @@
-"""Orders (订单, AD-01..06, AD-11..14): create, list, read, deliver, confirm receipt, returns
-(docs/api-shop.md).
+"""Orders (订单, AD-01..06, AD-11..15): create, list, read, deliver, confirm receipt, returns,
+cancel, delete (docs/api-shop.md).
 
 Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
 sees its own orders, a vendor its own, an agent or dealer its subtree's, the platform all; an
@@ -21,6 +21,7 @@ from aquafleet.api.schemas import (
     UNSET,
     ListQuery,
     PathParams,
+    Query,
     RequestModel,
     ResponseModel,
     UtcDateTime,
@@ -42,6 +43,7 @@ from aquafleet.models.orders import (
     OrderRequest,
     OrderState,
     create_order,
+    delete_order,
     find_order,
     fire,
     visible_orders,
@@ -49,7 +51,14 @@ from aquafleet.models.orders import (
 from aquafleet.models.products import MAX_FEN
 from aquafleet.models.returns import RETURN_WINDOW, ask_return, consent_return, goods_returned
 from aquafleet.models.service import ServiceChangeRequest
-from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, MEMBER_ONLY, PLATFORM_OR_VENDOR
+from aquafleet.models.tenancy import (
+    ADMIN_ROLES,
+    ANY_ROLE,
+    MEMBER_ONLY,
+    PLATFORM_ONLY,
+    PLATFORM_OR_VENDOR,
+    PLATFORM_VENDOR_OR_MEMBER,
+)
 
 routes = RouteTable(
     "orders",
@@ -479,3 +488,47 @@ async def refund(call: Call) -> OrderOut:
         return await gateway.change_service(did, change, actor=actor)
 
     return (await order_outs([await goods_returned(order, principal, apply)]))[0]
+
+
+@routes.post(
+    "/orders/{oid}/status/close",
+    summary="Cancel an unpaid order",
+    roles=PLATFORM_VENDOR_OR_MEMBER,
+    params=OrderPath,
+    response=OrderOut,
+    errors=(404, 409),
+    description="Not in the seed: the member (its own order), its vendor or the platform closes "
+    "an order that is not paid yet (obligation -> close).",
+)
+async def cancel(call: Call) -> OrderOut:
+    principal = call.principal
+    order = await find_order(principal, call.params.oid)
+    moved = await fire(
+        order, OrderEvent.CANCEL, actor_role=principal.role.value, actor_id=principal.subject
+    )
+    return (await order_outs([moved]))[0]
+
+
+class DeleteQuery(Query):
+    confirm: str = Field(pattern=OID_PATTERN, description="删除确认: the order's id again")
+
+
+@routes.delete(
+    "/orders/{oid}",
+    seed="AD-15",
+    summary="Delete an order",
+    roles=PLATFORM_ONLY,
+    params=OrderPath,
+    query=DeleteQuery,
+    errors=(404, 409, 422),
+    description="A*. 删除确认: `?confirm=<the order's id>`. Only closed or done orders; the "
+    "deletion is soft: the order leaves every list and read, its rows stay.",
+)
+async def remove_order(call: Call) -> None:
+    order = await find_order(call.principal, call.params.oid)
+    if call.query.confirm != order.oid:
+        raise ValidationFailed(
+            "query confirm: must repeat the order's id",
+            data=[{"field": "confirm", "message": "must repeat the order's id"}],
+        )
+    await delete_order(order)

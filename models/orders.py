@@ -462,5 +462,20 @@ async def mark_paid(oid: str, *, admin: str, reason: str, now: dt.datetime | Non
         return order
 
 
+DELETABLE_STATES = frozenset({OrderState.CLOSE, OrderState.DONE})
+
+
+async def delete_order(order: Order, *, now: dt.datetime | None = None) -> None:
+    """AD-15 (soft): a closed or done order leaves every list and read; its rows stay (its
+    lines still reference their products, its moves stay recorded)."""
+    if order.state not in DELETABLE_STATES:
+        raise OrderStateConflict(
+            f"the order is {order.state.name.lower()}: only closed or done orders are deleted",
+            order.state,
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    await Order.filter(id=order.id, deleted_at__isnull=True).update(deleted_at=now, updated_at=now)
+
+
 async def transitions_of(order: Order) -> list[OrderTransition]:
     return list(await OrderTransition.filter(order_id=order.id).order_by("id"))

@@ -363,3 +363,38 @@ async def test_the_return_window_closes_seven_days_after_receipt(
         await ask_return(order, shopper.uid, "too late", now=received + RETURN_WINDOW * 1.01)
     moved = await ask_return(order, shopper.uid, "just in time", now=received + RETURN_WINDOW)
     assert moved.state is OrderState.RETURN and moved.return_reason == "just in time"
+
+
+async def test_an_unpaid_order_is_cancelled_and_a_closed_one_deleted_by_the_platform(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    other = await make_member(api_node, api, a.vid)
+
+    async def new_order() -> str:
+        answer = await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))
+        return str(answer.data["order_id"])
+
+    mine, paid = await new_order(), await new_order()
+    await other.client.call("POST", f"/orders/{mine}/status/close", expect=404)
+    await b.vendor.call("POST", f"/orders/{mine}/status/close", expect=404)
+    await a.agent.call("POST", f"/orders/{mine}/status/close", expect=403)
+    closed = await shopper.client.call("POST", f"/orders/{mine}/status/close", expect=201)
+    assert closed.data["state_name"] == "close" and closed.data["complete_tms"] is not None
+    await mark_paid(paid, admin=PLATFORM_USER, reason="test")
+    refused = await a.vendor.call("POST", f"/orders/{paid}/status/close", expect=409)
+    assert "paid" in refused.body["message"]
+
+    # AD-15: the platform only, with confirmation, closed or done orders only, soft.
+    await a.vendor.call("DELETE", f"/orders/{mine}?confirm={mine}", expect=403)
+    await api.call("DELETE", f"/orders/{mine}", expect=422)
+    await api.call("DELETE", f"/orders/{mine}?confirm={paid}", expect=422)
+    answer = await api.call("DELETE", f"/orders/{paid}?confirm={paid}", expect=409)
+    assert "paid" in answer.body["message"]
+    await api.call("DELETE", f"/orders/{mine}?confirm={mine}", expect=204)
+    for client in (api, a.vendor, shopper.client):
+        await client.call("GET", f"/orders/{mine}", expect=404)
+        assert {o["order_id"] for o in (await client.call("GET", "/orders")).data} == {paid}
+    assert await Order.filter(oid=mine).exists()  # soft: the rows stay
