@@ -471,6 +471,18 @@ def cmd_orders(args: argparse.Namespace) -> int:
             for order in await qs.order_by("-id").limit(args.limit):
                 print(_order_line(order))
             return 0
+        if command == "run-timers":
+            import datetime as dt
+
+            from aquafleet.models.order_timers import TimerSettings, sweep
+
+            settings_ = TimerSettings(
+                unpaid_close_after=dt.timedelta(hours=args.unpaid_close_after_h),
+                auto_receive_after=dt.timedelta(days=args.auto_receive_after_d),
+            )
+            result = await sweep(settings=settings_)
+            print(f"closed {result.closed}, received {result.received}, done {result.done}")
+            return 0
         if command == "mark-paid":
             order = await orders.mark_paid(args.oid, admin=args.admin, reason=args.reason)
             print(_order_line(order))
@@ -644,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_parser("unlock", "lift a person's lock")
     service_parser("show", "the live service state")
 
-    order_parser = commands.add_parser("orders", help="orders: list, show, mark paid")
+    order_parser = commands.add_parser("orders", help="orders: list, show, mark paid, timers")
     order_commands = order_parser.add_subparsers(dest="orders_command", required=True)
     listing = order_commands.add_parser("list", help="the newest orders")
     listing.add_argument("--vid", help="one vendor's")
@@ -661,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     paid.add_argument("--admin", required=True, help="your platform admin user name")
     paid.add_argument("--reason", required=True, help="why, e.g. the bank transfer's number")
     paid.set_defaults(func=cmd_orders)
+    timers = order_commands.add_parser(
+        "run-timers", help="close unpaid, receive delivered and finish returned-window orders"
+    )
+    timers.add_argument("--unpaid-close-after-h", type=int, default=24)
+    timers.add_argument("--auto-receive-after-d", type=int, default=10)
+    timers.set_defaults(func=cmd_orders)
 
     billing = commands.add_parser("billing", help="billing periods (minimum consumption)")
     billing_commands = billing.add_subparsers(dest="billing_command", required=True)

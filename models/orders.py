@@ -156,6 +156,7 @@ class Order(Model):
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
     paid_at = fields.DatetimeField(null=True)
+    delivered_at = fields.DatetimeField(null=True)  # auto-receive counts from here
     received_at = fields.DatetimeField(null=True)  # the return window counts from here
     return_reason = fields.CharField(max_length=MAX_REASON, default="")
     refund_due_fen = fields.BigIntField(default=0)  # recorded by AD-14; paid by the payment layer
@@ -169,7 +170,12 @@ class Order(Model):
     class Meta:
         table = "shop_order"
         unique_together = (("member", "idempotency_key"),)
-        indexes = (("vendor_id", "state"), ("member_id", "created_at"), ("agent_id",))
+        indexes = (
+            ("vendor_id", "state"),
+            ("member_id", "created_at"),
+            ("agent_id",),
+            ("state", "created_at"),  # the timers' sweeps (models/order_timers.py)
+        )
 
 
 class OrderLine(Model):
@@ -418,6 +424,8 @@ async def fire(
         changes: dict[str, Any] = {"state": target, "updated_at": now}
         if target is OrderState.PAID:
             changes["paid_at"] = now
+        if target is OrderState.DELIVERED:
+            changes["delivered_at"] = now
         if target is OrderState.RECEIVED:
             changes["received_at"] = now
         if target in FINAL_STATES:

@@ -344,6 +344,8 @@ async def test_mark_paid_from_the_shell(node_factory: Any, tmp_path: Path, migra
     assert code == 0 and "pay: obligation -> paid by platform admin:ops: cash at the shop" in out
     code, out = await aquafleet(env, "orders", "list", "--state", "paid")
     assert code == 0 and order.oid in out
+    code, out = await aquafleet(env, "orders", "run-timers", "--unpaid-close-after-h", "0")
+    assert code == 0 and "closed 0, received 0, done 0" in out, out  # the order is paid
 
 
 async def test_the_return_window_closes_seven_days_after_receipt(
@@ -398,3 +400,50 @@ async def test_an_unpaid_order_is_cancelled_and_a_closed_one_deleted_by_the_plat
         await client.call("GET", f"/orders/{mine}", expect=404)
         assert {o["order_id"] for o in (await client.call("GET", "/orders")).data} == {paid}
     assert await Order.filter(oid=mine).exists()  # soft: the rows stay
+
+
+async def test_timers_close_receive_and_finish_due_orders_once(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    from aquafleet.models.order_timers import TimerSettings, sweep
+
+    a, _ = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    now = dt.datetime.now(dt.UTC)
+    settings = TimerSettings(
+        unpaid_close_after=dt.timedelta(hours=24),
+        auto_receive_after=dt.timedelta(days=10),
+        return_window=dt.timedelta(days=7),
+    )
+    unpaid_old = await _order_in(OrderState.OBLIGATION, a.vid, shopper.uid, pid)
+    unpaid_new = await _order_in(OrderState.OBLIGATION, a.vid, shopper.uid, pid)
+    delivered_old = await _order_in(OrderState.DELIVERED, a.vid, shopper.uid, pid)
+    delivered_new = await _order_in(OrderState.DELIVERED, a.vid, shopper.uid, pid)
+    received_old = await _order_in(OrderState.RECEIVED, a.vid, shopper.uid, pid)
+    received_new = await _order_in(OrderState.RECEIVED, a.vid, shopper.uid, pid)
+    ago = dt.timedelta
+    await Order.filter(id=unpaid_old.id).update(created_at=now - ago(hours=25))
+    await Order.filter(id=unpaid_new.id).update(created_at=now - ago(hours=23))
+    await Order.filter(id=delivered_old.id).update(delivered_at=now - ago(days=10, seconds=1))
+    await Order.filter(id=delivered_new.id).update(delivered_at=now - ago(days=9))
+    await Order.filter(id=received_old.id).update(received_at=now - ago(days=8))
+    await Order.filter(id=received_new.id).update(received_at=now - ago(days=6))
+
+    first, second = await asyncio.gather(sweep(now, settings), sweep(now, settings))
+    assert (
+        first.closed + second.closed,
+        first.received + second.received,
+        first.done + second.done,
+    ) == (1, 1, 1)
+    assert await sweep(now, settings) == type(first)(0, 0, 0)
+    states = {o.id: o.state for o in await Order.all()}
+    assert states[unpaid_old.id] is OrderState.CLOSE
+    assert states[delivered_old.id] is OrderState.RECEIVED
+    assert states[received_old.id] is OrderState.DONE
+    for fresh in (unpaid_new, delivered_new, received_new):
+        assert states[fresh.id] is fresh.state
+    moves = await OrderTransition.filter(actor_role="system").values_list("event", flat=True)
+    assert sorted(moves) == ["cancel", "confirm", "finish"]
+    # The order received by the timer starts its own return window then.
+    assert (await Order.get(id=delivered_old.id)).received_at == now
