@@ -6,7 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aquafleet.api import agents, auth, broker_auth, commands, devices, members, vendors
+from aquafleet.api import (
+    agents,
+    auth,
+    broker_auth,
+    commands,
+    devices,
+    members,
+    orders,
+    products,
+    vendors,
+)
 from aquafleet.api.auth import ApiAuthenticator
 from aquafleet.api.openapi import setup_openapi
 from aquafleet.api.routing import (
@@ -24,7 +34,7 @@ from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members)
+RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products, orders)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -151,6 +151,9 @@ class VendorConfig(RequestModel):
         UNSET, ge=0, le=3, description="levels of the distribution commission (三级分销)"
     )
     sms_sign: str = text(32, default=UNSET, description="SMS signature")
+    shop_public: bool = Field(
+        UNSET, description="visitors who have not logged in may browse the shop (AC-01/03/05)"
+    )
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -158,6 +161,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "device_sharing": True,
     "commission_levels": 3,
     "sms_sign": "",
+    "shop_public": False,
 }
 
 
@@ -166,6 +170,7 @@ class VendorConfigOut(ResponseModel):
     device_sharing: bool
     commission_levels: int
     sms_sign: str
+    shop_public: bool
 
 
 class VendorOut(ResponseModel):

@@ -1,4 +1,5 @@
-"""The `aquafleet` command: serve, sim, devices, vendors, admin, status, migrate, config."""
+"""The `aquafleet` command: serve, sim, devices, vendors, admin, service, orders, billing, status,
+migrate, config."""
 
 from __future__ import annotations
 
@@ -309,11 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)
 
-    from aquafleet.commands import accounts, billing, devices, service
+    from aquafleet.commands import accounts, billing, devices, orders, service
 
     accounts.add_parsers(commands)
     devices.add_parsers(commands)
     service.add_parsers(commands)
+    orders.add_parsers(commands)
     billing.add_parsers(commands)
 
     config = commands.add_parser("config", help="show the effective configuration")

@@ -27,6 +27,8 @@ MODEL_MODULES = [
     "aquafleet.models.tickets",
     "aquafleet.models.filters",
     "aquafleet.models.billing",
+    "aquafleet.models.products",
+    "aquafleet.models.orders",
 ]
 APP = "models"
 

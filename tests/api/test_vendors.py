@@ -134,6 +134,7 @@ async def test_updates(api: ApiClient, tenants: tuple[Tenant, Tenant]):
         "device_sharing": True,
         "commission_levels": 1,
         "sms_sign": "",
+        "shop_public": False,
     }
     assert (
         await api.call("PUT", "/vendors/AAAA/cfg", {"commission_levels": 4}, expect=422)

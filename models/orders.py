@@ -1,0 +1,489 @@
+"""Orders (订单, seed AD-01..15): what a member bought or rented, what it costs, and where it is
+in the seed's state machine.
+
+Order id (OID), per the seed (section 1.2): `YYYYMMDD` (UTC date of creation) + the vendor's
+4-character code + a 12-digit serial of that vendor (never reused), 24 characters, e.g.
+20261206ACME000000000042; the front end shows it with a `D` in front, the database never stores
+the `D`.
+
+Every amount is computed here from the products as they are when the order is made (a price a
+client sends is never read) and kept in fen with its breakdown; each line keeps a snapshot of its
+product, so a later edit of the product never changes an order.
+
+Every move of the state machine is one row of `TRANSITIONS` (state x event -> state, and who may
+fire the event); any other move is refused with the order's current state. Each move is recorded
+in `OrderTransition` with who made it and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from tortoise import fields
+from tortoise.exceptions import IntegrityError
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.agents import Agent
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.products import (
+    Billing,
+    Product,
+    ProductState,
+    next_serial,
+    shop_vendor,
+    snapshot,
+)
+from aquafleet.models.tenancy import Principal, Role
+
+ORDER_ID_LENGTH = 24
+OID_RE = re.compile(r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$")
+MAX_ORDER_SERIAL = 999_999_999_999
+MAX_LINES = 20
+MAX_QUANTITY = 99
+MAX_IDEMPOTENCY_KEY = 64
+MAX_REASON = 255
+
+
+class OrderState(IntEnum):
+    """The seed's states, in its order (its example's `state: 0` is the first)."""
+
+    OBLIGATION = 0  # 创建订单: waiting for payment
+    PAID = 1  # 支付订单
+    DELIVERED = 2  # 物流发货
+    RECEIVED = 3  # 确认收货
+    RETURN = 4  # 申请退货
+    CONSENT = 5  # 同意退货
+    REFUND = 6  # 已退货 (final)
+    CLOSE = 7  # 已关闭 (final)
+    DONE = 8  # 已完成 (final)
+
+
+class OrderKind(IntEnum):
+    PURCHASE = 1  # devices sold
+    RENTAL = 2  # a new rental: device + package + deposit
+    RENEWAL = 3  # a package for a device the member already holds (not yet orderable)
+
+
+class OrderEvent(StrEnum):
+    PAY = "pay"  # the payment layer (today: `aquafleet orders mark-paid`)
+    CANCEL = "cancel"  # before payment: the member, an admin, or the unpaid-order timer
+    DELIVER = "deliver"  # AD-05
+    CONFIRM = "confirm"  # AD-11, or the auto-receive timer
+    RETURN = "return"  # AD-12
+    CONSENT = "consent"  # AD-13
+    REFUND = "refund"  # AD-14
+    FINISH = "finish"  # the return window ended
+
+
+SYSTEM = "system"  # timers and the payment layer; never a person
+# Who fires an event: a Role's value, or SYSTEM.
+MEMBER, PLATFORM, VENDOR = Role.MEMBER.value, Role.PLATFORM.value, Role.VENDOR.value
+ADMINS = frozenset({PLATFORM, VENDOR, Role.AGENT.value, Role.DEALER.value})
+
+S, E = OrderState, OrderEvent
+# The whole state machine: (state, event) -> (next state, who may fire it).
+TRANSITIONS: dict[tuple[OrderState, OrderEvent], tuple[OrderState, frozenset[str]]] = {
+    (S.OBLIGATION, E.PAY): (S.PAID, frozenset({PLATFORM, SYSTEM})),
+    (S.OBLIGATION, E.CANCEL): (S.CLOSE, frozenset({MEMBER, PLATFORM, VENDOR, SYSTEM})),
+    (S.PAID, E.DELIVER): (S.DELIVERED, ADMINS),
+    (S.DELIVERED, E.CONFIRM): (S.RECEIVED, frozenset({MEMBER, SYSTEM})),
+    (S.RECEIVED, E.RETURN): (S.RETURN, frozenset({MEMBER})),
+    (S.RECEIVED, E.FINISH): (S.DONE, frozenset({SYSTEM})),
+    (S.RETURN, E.CONSENT): (S.CONSENT, frozenset({PLATFORM, VENDOR})),
+    (S.CONSENT, E.REFUND): (S.REFUND, frozenset({PLATFORM, VENDOR})),
+}
+FINAL_STATES = frozenset(S) - {state for state, _event in TRANSITIONS}
+
+
+class OrderStateConflict(Conflict):
+    """The event does not apply to the order's current state (the message names it)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, state: OrderState) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+def next_state(state: OrderState, event: OrderEvent, actor: str) -> OrderState:
+    """The state `event` leads to from `state` when `actor` fires it; OrderStateConflict when
+    the table has no such move, Forbidden when the actor may not fire it."""
+    move = TRANSITIONS.get((state, event))
+    if move is None:
+        raise OrderStateConflict(f"the order is {state.name.lower()}: it cannot {event}", state)
+    target, actors = move
+    if actor not in actors:
+        raise Forbidden(f"a {actor} may not {event} an order")
+    return target
+
+
+class Order(Model):
+    """One order, amounts in fen, receiver and delivery as the seed nests them."""
+
+    id = fields.BigIntField(primary_key=True)
+    oid = fields.CharField(max_length=ORDER_ID_LENGTH, unique=True)
+    vendor: fields.ForeignKeyRelation[Any] = fields.ForeignKeyField(
+        "models.Vendor", related_name="orders", on_delete=fields.RESTRICT
+    )
+    member: fields.ForeignKeyRelation[Member] = fields.ForeignKeyField(
+        "models.Member", related_name="orders", on_delete=fields.RESTRICT
+    )
+    agent: fields.ForeignKeyNullableRelation[Agent] = fields.ForeignKeyField(
+        "models.Agent", related_name="orders", null=True, on_delete=fields.RESTRICT
+    )
+    referrer_uid = fields.CharField(max_length=20, null=True)
+    kind = fields.IntEnumField(OrderKind)
+    state = fields.IntEnumField(OrderState, default=OrderState.OBLIGATION)
+    receiver: dict[str, Any] = fields.JSONField(default=dict)
+    memo = fields.CharField(max_length=255, default="")
+    goods_fen = fields.BigIntField(default=0)
+    freight_fen = fields.BigIntField(default=0)
+    install_fen = fields.BigIntField(default=0)
+    deposit_fen = fields.BigIntField(default=0)
+    rent_fen = fields.BigIntField(default=0)
+    total_fen = fields.BigIntField(default=0)
+    delivery: dict[str, Any] | None = fields.JSONField(null=True)
+    idempotency_key = fields.CharField(max_length=MAX_IDEMPOTENCY_KEY, null=True)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+    paid_at = fields.DatetimeField(null=True)
+    delivered_at = fields.DatetimeField(null=True)  # auto-receive counts from here
+    received_at = fields.DatetimeField(null=True)  # the return window counts from here
+    return_reason = fields.CharField(max_length=MAX_REASON, default="")
+    refund_due_fen = fields.BigIntField(default=0)  # recorded by AD-14; paid by the payment layer
+    completed_at = fields.DatetimeField(null=True)  # reached a final state
+    deleted_at = fields.DatetimeField(null=True)
+
+    vendor_id: str
+    member_id: str
+    agent_id: int | None
+
+    class Meta:
+        table = "shop_order"
+        unique_together = (("member", "idempotency_key"),)
+        indexes = (
+            ("vendor_id", "state"),
+            ("member_id", "created_at"),
+            ("agent_id",),
+            ("state", "created_at"),  # the timers' sweeps (models/order_timers.py)
+        )
+
+
+class OrderLine(Model):
+    """One line of an order: a product (kept for ever: products any order references are
+    retired, never removed), the package chosen, and the product as it was bought."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[Order] = fields.ForeignKeyField(
+        "models.Order", related_name="lines", on_delete=fields.RESTRICT
+    )
+    product: fields.ForeignKeyRelation[Product] = fields.ForeignKeyField(
+        "models.Product", related_name="order_lines", on_delete=fields.RESTRICT, db_index=True
+    )
+    position = fields.SmallIntField()
+    quantity = fields.SmallIntField()
+    package_key = fields.CharField(max_length=16, null=True)
+    price_fen = fields.BigIntField(description="per unit: the product price, or the package's")
+    amount_fen = fields.BigIntField(description="everything this line costs")
+    snapshot: dict[str, Any] = fields.JSONField()
+
+    order_id: int
+    product_id: str
+
+    class Meta:
+        table = "order_line"
+        unique_together = (("order", "position"),)
+
+
+class OrderTransition(Model):
+    """One move of an order: from, event, to, who (role and id) and why."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[Order] = fields.ForeignKeyField(
+        "models.Order", related_name="transitions", on_delete=fields.RESTRICT
+    )
+    event = fields.CharField(max_length=16)
+    from_state = fields.IntEnumField(OrderState)
+    to_state = fields.IntEnumField(OrderState)
+    actor_role = fields.CharField(max_length=16)
+    actor_id = fields.CharField(max_length=64)
+    reason = fields.CharField(max_length=MAX_REASON, default="")
+    created_at = fields.DatetimeField()
+
+    order_id: int
+
+    class Meta:
+        table = "order_transition"
+        unique_together = (("order", "event"),)  # every event of the table fires once per order
+
+
+# ----------------------------------------------------------------------------- ids
+
+
+def format_order_id(created_at: dt.datetime, vendor_code: str, serial: int) -> str:
+    """`YYYYMMDD` (UTC) + vendor code + 12-digit serial."""
+    check_vendor_code(vendor_code)
+    if not 1 <= serial <= MAX_ORDER_SERIAL:
+        raise InvalidInput(f"order serial {serial} out of range 1..{MAX_ORDER_SERIAL}")
+    return f"{created_at.astimezone(dt.UTC):%Y%m%d}{vendor_code}{serial:012d}"
+
+
+def is_valid_order_id(oid: str) -> bool:
+    return bool(OID_RE.match(oid))
+
+
+# ----------------------------------------------------------------------------- amounts
+
+
+@dataclass(frozen=True, slots=True)
+class LineRequest:
+    """One line as a member asks for it: a product, how many, and for a rental the package."""
+
+    product_id: str
+    quantity: int = 1
+    package: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PricedLine:
+    product: Product
+    quantity: int
+    package_key: str | None
+    price_fen: int  # per unit
+    amount_fen: int
+    goods_fen: int
+    freight_fen: int
+    install_fen: int
+    deposit_fen: int
+    rent_fen: int
+
+
+def price_line(product: Product, quantity: int, package_key: str | None) -> PricedLine:
+    """What one line costs, from the product alone: a sale pays the price; a rental the chosen
+    package and the deposit; both pay freight and (with install service) the install fee, per
+    unit."""
+    if type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidInput(f"quantity must be 1..{MAX_QUANTITY}")
+    goods = deposit = rent = 0
+    if package_key is None:
+        if not product.billing & Billing.SALE:
+            raise InvalidInput(f"product {product.pid} is rented, not sold: choose a package")
+        price = product.price_fen
+        goods = price * quantity
+    else:
+        package = next((p for p in product.rent_packages if p["key"] == package_key), None)
+        if package is None:
+            raise InvalidInput(f"product {product.pid} has no rent package {package_key!r}")
+        price = int(package["value"])
+        rent = price * quantity
+        deposit = product.deposit_fen * quantity
+    freight = product.freight_fen * quantity
+    install = product.install_cost_fen * quantity if product.install else 0
+    return PricedLine(
+        product=product, quantity=quantity, package_key=package_key, price_fen=price,
+        amount_fen=goods + rent + deposit + freight + install, goods_fen=goods,
+        freight_fen=freight, install_fen=install, deposit_fen=deposit, rent_fen=rent,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- scoping
+
+
+def visible_orders(principal: Principal) -> QuerySet[Order]:
+    """A member its own orders, a vendor its own, an agent or dealer its subtree's (orders are
+    attributed to the member's node), the platform all; deleted (AD-15) orders are gone."""
+    qs = Order.filter(deleted_at__isnull=True)
+    if principal.role is Role.PLATFORM:
+        return qs
+    if principal.role is Role.MEMBER:
+        return qs.filter(member_id=principal.subject)
+    if principal.vendor_code is None:
+        return Order.filter(id__in=[])
+    qs = qs.filter(vendor_id=principal.vendor_code)
+    if principal.role is Role.VENDOR:
+        return qs
+    if principal.agent_path:
+        return qs.filter(agent__path__startswith=principal.agent_path)
+    return Order.filter(id__in=[])
+
+
+async def find_order(principal: Principal, oid: str) -> Order:
+    order = None
+    if is_valid_order_id(oid):
+        order = await visible_orders(principal).filter(oid=oid).first()
+    if order is None:
+        raise NotFound(f"order {oid} not found")
+    return order
+
+
+# ----------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """AD-02 as a member sends it (amounts are never part of it)."""
+
+    lines: Sequence[LineRequest]
+    receiver: Mapping[str, Any]
+    memo: str = ""
+    idempotency_key: str | None = None
+
+
+async def _existing(member_uid: str, key: str | None) -> Order | None:
+    if key is None:
+        return None
+    return await Order.get_or_none(member_id=member_uid, idempotency_key=key)
+
+
+async def create_order(
+    member: Member, request: OrderRequest, *, now: dt.datetime | None = None
+) -> tuple[Order, bool]:
+    """AD-02: price every line from the products, store the breakdown and the snapshots, and
+    take the vendor's next order id, in one transaction. Returns (order, created): with an
+    idempotency key used before, the first order and False."""
+    key = request.idempotency_key
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    first = await _existing(member.uid, key)
+    if first is not None:
+        return first, False
+    if member.state not in LOGIN_ALLOWED:
+        raise Conflict(f"member {member.uid} cannot order (disabled or deregistered)")
+    if not 1 <= len(request.lines) <= MAX_LINES:
+        raise InvalidInput(f"an order has 1..{MAX_LINES} lines")
+    await shop_vendor(member.vendor_id)
+    pids = {line.product_id for line in request.lines}
+    products = {
+        p.pid: p
+        for p in await Product.filter(
+            pid__in=pids, vendor_id=member.vendor_id, state=ProductState.PUBLISHED
+        )
+    }
+    priced: list[PricedLine] = []
+    for asked in request.lines:
+        product = products.get(asked.product_id)
+        if product is None:
+            raise NotFound(f"product {asked.product_id} not found")
+        priced.append(price_line(product, asked.quantity, asked.package))
+    kind = OrderKind.RENTAL if any(p.package_key for p in priced) else OrderKind.PURCHASE
+    now = now or dt.datetime.now(dt.UTC)
+    totals = {
+        name: sum(getattr(p, name) for p in priced)
+        for name in ("goods_fen", "freight_fen", "install_fen", "deposit_fen", "rent_fen")
+    }
+    try:
+        async with in_transaction("default") as conn:
+            serial = await next_serial(conn, member.vendor_id, "order")
+            order = await Order.create(
+                oid=format_order_id(now, member.vendor_id, serial),
+                vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
+                referrer_uid=member.referrer_id, kind=kind, receiver=dict(request.receiver),
+                memo=request.memo, total_fen=sum(p.amount_fen for p in priced),
+                idempotency_key=key, created_at=now, updated_at=now, **totals,
+            )  # fmt: skip
+            for position, line in enumerate(priced, start=1):
+                await OrderLine.create(
+                    order=order, product_id=line.product.pid, position=position,
+                    quantity=line.quantity, package_key=line.package_key,
+                    price_fen=line.price_fen, amount_fen=line.amount_fen,
+                    snapshot=snapshot(line.product),
+                )  # fmt: skip
+    except IntegrityError:
+        # The same key raced in from a retry: the one that committed first is the order.
+        first = await _existing(member.uid, key)
+        if first is None:
+            raise
+        return first, False
+    return order, True
+
+
+async def fire(
+    order: Order,
+    event: OrderEvent,
+    *,
+    actor_role: str,
+    actor_id: str,
+    reason: str = "",
+    now: dt.datetime | None = None,
+) -> Order:
+    """Move the order by `event` (one row of TRANSITIONS), record who and why, in one
+    transaction that re-reads the order under a lock: two racing moves apply once."""
+    now = now or dt.datetime.now(dt.UTC)
+    async with in_transaction("default"):
+        current = await Order.filter(id=order.id).select_for_update().get()
+        target = next_state(current.state, event, actor_role)
+        changes: dict[str, Any] = {"state": target, "updated_at": now}
+        if target is OrderState.PAID:
+            changes["paid_at"] = now
+        if target is OrderState.DELIVERED:
+            changes["delivered_at"] = now
+        if target is OrderState.RECEIVED:
+            changes["received_at"] = now
+        if target in FINAL_STATES:
+            changes["completed_at"] = now
+        await OrderTransition.create(
+            order_id=current.id, event=event.value, from_state=current.state, to_state=target,
+            actor_role=actor_role, actor_id=actor_id[:64], reason=reason[:MAX_REASON],
+            created_at=now,
+        )  # fmt: skip
+        await Order.filter(id=current.id).update(**changes)
+    await order.refresh_from_db()
+    return order
+
+
+async def mark_paid(oid: str, *, admin: str, reason: str, now: dt.datetime | None = None) -> Order:
+    """The internal paid step (the payment layer will call it): only a platform admin account
+    (`admin`, its user name) may, with a reason; both are recorded. Idempotent: an order paid
+    before answers as it is."""
+    from aquafleet.models.accounts import AccountState, AdminAccount
+
+    account = await AdminAccount.get_or_none(username__iexact=admin)
+    if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
+        raise Forbidden(f"{admin!r} is not an active platform admin account")
+    if not reason.strip():
+        raise InvalidInput("say why the order is marked paid (--reason)")
+    order = await Order.get_or_none(oid=oid, deleted_at__isnull=True)
+    if order is None:
+        raise NotFound(f"order {oid} not found")
+    if await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+        return order
+    try:
+        return await fire(
+            order, OrderEvent.PAY, actor_role=PLATFORM, actor_id=f"admin:{account.username}",
+            reason=reason.strip(), now=now,
+        )  # fmt: skip
+    except (IntegrityError, OrderStateConflict):
+        # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid state,
+        # SQLite's unique event per order refuses the second row): answer the paid order.
+        if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+            raise
+        await order.refresh_from_db()
+        return order
+
+
+DELETABLE_STATES = frozenset({OrderState.CLOSE, OrderState.DONE})
+
+
+async def delete_order(order: Order, *, now: dt.datetime | None = None) -> None:
+    """AD-15 (soft): a closed or done order leaves every list and read; its rows stay (its
+    lines still reference their products, its moves stay recorded)."""
+    if order.state not in DELETABLE_STATES:
+        raise OrderStateConflict(
+            f"the order is {order.state.name.lower()}: only closed or done orders are deleted",
+            order.state,
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    await Order.filter(id=order.id, deleted_at__isnull=True).update(deleted_at=now, updated_at=now)
+
+
+async def transitions_of(order: Order) -> list[OrderTransition]:
+    return list(await OrderTransition.filter(order_id=order.id).order_by("id"))

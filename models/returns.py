@@ -1,0 +1,107 @@
+"""Returns (AD-12/13/14): the member asks within the return window, the vendor consents, and
+the goods coming back end the devices' service and record the refund as due.
+
+AD-14 (已退货, goods back): every device the order shipped is locked (a person's lock, with the
+order id in the reason) and unbound from the member, its shares end; a device that was installed
+gets a dismantle ticket; the order's whole total is recorded as `refund_due_fen` for the payment
+layer to pay out. The locks go first (repeating a lock changes nothing), then one transaction
+moves the order and unbinds the devices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tortoise.expressions import Q
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.delivery import ServiceApplier
+from aquafleet.models.devices import Device, DeviceShare
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.orders import (
+    MAX_REASON,
+    MEMBER,
+    Order,
+    OrderEvent,
+    OrderState,
+    OrderStateConflict,
+    fire,
+    next_state,
+)
+from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.tenancy import Principal
+from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
+
+RETURN_WINDOW = dt.timedelta(days=7)
+
+
+async def ask_return(
+    order: Order, member_uid: str, reason: str, *, now: dt.datetime | None = None
+) -> Order:
+    """AD-12: the member asks to return a received order, within RETURN_WINDOW of receipt."""
+    now = now or dt.datetime.now(dt.UTC)
+    reason = reason.strip()
+    if not 1 <= len(reason) <= MAX_REASON:
+        raise InvalidInput(f"say why (1..{MAX_REASON} characters)")
+    if order.state is OrderState.RECEIVED and order.received_at is not None:
+        closes = order.received_at + RETURN_WINDOW
+        if now > closes:
+            raise OrderStateConflict(
+                f"the order is received and its return window closed at "
+                f"{closes.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
+                order.state,
+            )
+    async with in_transaction("default"):
+        await fire(order, OrderEvent.RETURN, actor_role=MEMBER, actor_id=member_uid,
+                   reason=reason, now=now)  # fmt: skip
+        await Order.filter(id=order.id).update(return_reason=reason)
+    await order.refresh_from_db()
+    return order
+
+
+async def consent_return(order: Order, principal: Principal) -> Order:
+    """AD-13: the platform or the vendor agrees to take the goods back."""
+    return await fire(
+        order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
+    )
+
+
+async def goods_returned(
+    order: Order,
+    principal: Principal,
+    apply_service: ServiceApplier,
+    *,
+    now: dt.datetime | None = None,
+) -> Order:
+    """AD-14: the goods are back (see the module's docstring)."""
+    now = now or dt.datetime.now(dt.UTC)
+    next_state(order.state, OrderEvent.REFUND, principal.role.value)  # refuse early
+    dids = list((order.delivery or {}).get("devices", []))
+    for did in dids:
+        await apply_service(
+            did, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
+        )
+    async with in_transaction("default"):
+        await fire(
+            order, OrderEvent.REFUND, actor_role=principal.role.value,
+            actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
+        )  # fmt: skip
+        await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
+        held = Q(did__in=dids, owner_id=order.member_id)
+        installed = list(
+            await Device.filter(held, installed_at__isnull=False).values_list("did", flat=True)
+        )
+        await DeviceShare.filter(device_id__in=list(
+            await Device.filter(held).values_list("did", flat=True)
+        )).delete()  # fmt: skip
+        await Device.filter(held).update(owner_id=None, bound_at=None, updated_at=now)
+    for did in installed:
+        await open_automatic_ticket(
+            AutomaticTicket(
+                dedup_key=f"return:{order.oid}:{did}", type=TicketType.DISMANTLE,
+                vendor_code=order.vendor_id, did=str(did), member_uid=order.member_id,
+                detail=f"returned with order {order.oid}",
+            )
+        )  # fmt: skip
+    await order.refresh_from_db()
+    return order

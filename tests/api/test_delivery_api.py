@@ -1,0 +1,214 @@
+"""Delivery (AD-04/05/06) through a real node on SQLite and PostgreSQL: the devices shipped are
+bound to the member and configured for the line they fill, once, with the order id as request
+id; filters and install tickets follow the product."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aquafleet.models.devices import Device
+from aquafleet.models.filters import DeviceFilterSpec
+from aquafleet.models.orders import mark_paid
+from aquafleet.models.service import ServiceChange
+from aquafleet.models.tickets import Ticket, TicketType
+from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
+from tests.api.shop import SEED_PRODUCT, add_product, make_member
+from tests.api.test_orders_api import order_body
+
+PARCEL = {"company": "顺丰速运", "tracking_num": "SF1234567890", "delivery_clerk": "李四"}
+
+
+async def register(api: ApiClient, vid: str, count: int) -> list[str]:
+    answer = await api.call("POST", "/devices", {"vid": vid, "count": count})
+    return [d["did"] for d in answer.data]
+
+
+async def test_delivery_binds_and_configures_each_device_for_its_line(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    timed = await add_product(a.vendor)  # sold, or rented by days; install service
+    by_volume = await add_product(
+        a.vendor,
+        billing=4,
+        install=False,
+        install_cost=0,
+        rent={
+            "deposit": 0,
+            "config": [{"name": "100L", "key": "100l", "value": 900, "ml": 100_000}],
+        },
+        specification={},
+    )
+    shopper = await make_member(api_node, api, a.vid)
+    order = (
+        await shopper.client.call(
+            "POST",
+            "/orders",
+            order_body(
+                {"product_id": timed},
+                {"product_id": timed, "package": "30d"},
+                {"product_id": by_volume, "package": "100l"},
+            ),
+        )
+    ).data
+    oid = order["order_id"]
+    sold, rented, metered = await register(api, a.vid, 3)
+    (foreign,) = await register(api, b.vid, 1)
+    body = {**PARCEL, "devices": [sold, rented, metered]}
+
+    assert (await shopper.client.call("GET", f"/orders/{oid}/delivery")).data is None
+    unpaid = await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=409)
+    assert "obligation" in unpaid.body["message"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    refused = [
+        (a.vendor, {**PARCEL, "devices": [sold, rented]}, 422),  # three units, two devices
+        (a.vendor, {**PARCEL, "devices": [sold, sold, rented]}, 422),
+        (a.vendor, {**PARCEL, "devices": [sold, rented, foreign]}, 404),
+        (a.vendor, {**PARCEL, "devices": [sold, rented, "AAAA99999999ABCD"]}, 404),
+        (a.vendor, {**PARCEL, "devices": [sold, rented, "AAAA1"]}, 422),
+        (a.vendor, {"company": "x", "devices": [sold, rented, metered]}, 422),
+        (a.agent, body, 404),  # the member is the vendor's own, not the agent's
+        (b.vendor, body, 404),
+        (shopper.client, body, 403),
+    ]
+    for client, sent, status in refused:
+        await client.call("POST", f"/orders/{oid}/delivery", sent, expect=status)
+    assert (await api.call("GET", f"/devices/{sold}")).data["state"] == 1
+
+    before = int(dt.datetime.now(dt.UTC).timestamp())
+    delivered = await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=201)
+    assert delivered.data["state_name"] == "delivered"
+    delivery = (await shopper.client.call("GET", f"/orders/{oid}/delivery")).data
+    assert {k: delivery[k] for k in PARCEL} == PARCEL
+    assert delivery["devices"] == [sold, rented, metered]
+    assert delivery["delivery_tms"].endswith("Z")
+
+    mine = await shopper.client.call("GET", f"/users/{shopper.uid}/devices")
+    assert {d["did"] for d in mine.data} == {sold, rented, metered}
+    services = {}
+    for did in (sold, rented, metered):
+        services[did] = (await shopper.client.call("GET", f"/devices/{did}/svc")).data
+        assert services[did]["locked"] is False
+    assert services[sold]["mode"] == 1
+    assert services[rented]["mode"] == 2
+    expires = dt.datetime.strptime(services[rented]["rental_expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expected = before + 30 * 86_400
+    assert expected - 5 <= int(expires.replace(tzinfo=dt.UTC).timestamp()) <= expected + 60
+    assert (services[metered]["mode"], services[metered]["remaining_ml"]) == (3, 100_000)
+    changes = await ServiceChange.filter(request_id=oid).values_list("did", flat=True)
+    assert sorted(changes) == sorted([sold, rented, metered])
+    # Filters follow the product; install tickets the install service (not the volume one's).
+    spec = await DeviceFilterSpec.get(did=sold)
+    assert [s["order"] for s in spec.stages] == [1, 2, 3]
+    assert not await DeviceFilterSpec.exists(did=metered)
+    tickets = await Ticket.filter(type=TicketType.INSTALL).values_list("device_id", flat=True)
+    assert sorted(tickets) == sorted([sold, rented])
+    read = (await api.call("GET", f"/devices/{sold}")).data
+    assert read["manufacture"]["product_id"] == timed
+
+    # Delivering twice is refused with the state; nothing is configured twice.
+    again = await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=409)
+    assert "delivered" in again.body["message"]
+    assert await ServiceChange.filter(request_id=oid).count() == 3
+
+    # AD-06: customer service corrects the parcel, never the devices.
+    fixed = await a.vendor.call(
+        "PUT", f"/orders/{oid}/delivery", {"tracking_num": "SF999"}, expect=201
+    )
+    assert fixed.data["tracking_num"] == "SF999" and fixed.data["devices"] == body["devices"]
+    await a.agent.call("PUT", f"/orders/{oid}/delivery", {"tracking_num": "X1"}, expect=403)
+    await a.vendor.call("PUT", f"/orders/{oid}/delivery", {"devices": [sold]}, expect=422)
+    assert SEED_PRODUCT["install"] is True
+
+    # AD-11: the member confirms receipt, once; nobody else may.
+    other = await make_member(api_node, api, a.vid)
+    await other.client.call("POST", f"/orders/{oid}/status/confirm", expect=404)
+    await a.vendor.call("POST", f"/orders/{oid}/status/confirm", expect=403)
+    received = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=201)
+    assert received.data["state_name"] == "received"
+    twice = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=409)
+    assert (twice.code, "received" in twice.body["message"]) == ("conflict", True)
+    assert received.data["receive_tms"] is not None
+
+    # AD-12..14: the member returns it, the vendor consents, the goods come back.
+    await Device.filter(did=sold).update(installed_at=dt.datetime.now(dt.UTC))
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent", expect=409)  # not asked yet
+    await a.vendor.call("POST", f"/orders/{oid}/status/return", {"reason": "x"}, expect=403)
+    await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": ""}, expect=422)
+    asked = await shopper.client.call(
+        "POST", f"/orders/{oid}/status/return", {"reason": "漏水"}, expect=201
+    )
+    assert (asked.data["state_name"], asked.data["return_reason"]) == ("return", "漏水")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=409)  # no consent yet
+    await a.agent.call("POST", f"/orders/{oid}/status/consent", expect=403)
+    await shopper.client.call("POST", f"/orders/{oid}/status/consent", expect=403)
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent", expect=201)
+    back = await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=201)
+    assert back.data["state_name"] == "refund" and back.data["complete_tms"] is not None
+    assert back.data["amounts"]["refund_due"] == order["amounts"]["total"] > 0
+    for did in (sold, rented, metered):
+        service = (await api.call("GET", f"/devices/{did}/svc")).data
+        assert service["locked"] is True, (did, service)
+        assert (await Device.get(did=did)).owner_id is None
+    assert (await shopper.client.call("GET", f"/users/{shopper.uid}/devices")).data == []
+    dismantle = await Ticket.filter(type=TicketType.DISMANTLE).values_list("device_id", flat=True)
+    assert list(dismantle) == [sold]
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund", expect=409)  # final
+
+
+async def test_a_device_bound_to_someone_else_is_not_shipped(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, _ = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    other = await make_member(api_node, api, a.vid)
+    (did,) = await register(api, a.vid, 1)
+    await api.call("POST", f"/devices/{did}/bind", {"uid": other.uid}, expect=201)
+    oid = (await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))).data[
+        "order_id"
+    ]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    answer = await a.vendor.call(
+        "POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]}, expect=409
+    )
+    assert answer.code == "device_bound"
+    assert (await shopper.client.call("GET", f"/orders/{oid}")).data["state_name"] == "paid"
+    assert not await ServiceChange.filter(request_id=oid).exists()
+
+
+async def test_a_delivered_volume_rental_pours_its_quota_then_locks(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The issue's end-to-end path up to the renewal: order, pay, deliver with a DID, and the
+    connected device (real gateway, real Redis) is unlocked with the bought quota at once."""
+    import time
+
+    from tests.devices import telemetry
+    from tests.metering.test_volume_rental import next_state
+
+    a, _ = tenants
+    package = {"name": "1升", "key": "1l", "value": 900, "ml": 1000}
+    pid = await add_product(
+        a.vendor, billing=4, install=False, install_cost=0, specification={},
+        rent={"deposit": 0, "config": [package]},
+    )  # fmt: skip
+    shopper = await make_member(api_node, api, a.vid)
+    oid = (
+        await shopper.client.call(
+            "POST", "/orders", order_body({"product_id": pid, "package": "1l"})
+        )
+    ).data["order_id"]
+    (issued,) = (await api.call("POST", "/devices", {"vid": a.vid, "count": 1})).data
+    device = device_factory(issued["did"], bytes.fromhex(issued["key"]), api_node.tcp_port)
+    await device.login()
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    body = {**PARCEL, "devices": [issued["did"]]}
+    await a.agent.call("POST", f"/orders/{oid}/delivery", body, expect=404)  # not its member
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=201)
+    _, state = await next_state(device)  # pushed to the connected device at once
+    assert (state.locked, state.remaining_ml) == (False, 1000)
+    await device.send(telemetry(1, int(time.time()), 1200))
+    _, state = await next_state(device)
+    assert (state.locked, state.remaining_ml) == (True, -200)
