@@ -20,6 +20,7 @@ from aquafleet.api import (
 from aquafleet.api.auth import ApiAuthenticator
 from aquafleet.api.openapi import setup_openapi
 from aquafleet.api.routing import (
+    API_PREFIX,
     AUTHENTICATOR,
     Route,
     RouteTable,
@@ -60,6 +61,12 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def front_door(request: web.Request) -> web.Response:
+    """`/` leads a person to the API's docs page (the console, once it exists)."""
+    # A plain 302 response: a raised HTTPFound would be answered as an error envelope.
+    return web.Response(status=302, headers={"Location": f"{API_PREFIX}/docs"})
+
+
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     check_metrics_access(request, token.get_secret_value() if token else None)
@@ -97,6 +104,7 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup_api(app: web.Application) -> None:
+    app.router.add_get("/", front_door)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     broker_auth.setup_broker_auth(app)  # MQTT broker auth/ACL

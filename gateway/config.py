@@ -289,8 +289,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
-    log_format: Literal["json", "console"] = Field(
-        "json", description="json: one JSON object per line; console: human-readable lines."
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="auto: human-readable lines on a terminal, JSON otherwise; json: one JSON "
+        "object per line; console: human-readable lines.",
     )
 
     @field_validator("master_secret")

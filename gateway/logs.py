@@ -36,8 +36,18 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+def resolved_format(fmt: str, stream: TextIO) -> str:
+    """ "auto": readable lines for a person at a terminal, JSON lines for a log collector."""
+    if fmt != "auto":
+        return fmt
+    isatty = getattr(stream, "isatty", None)
+    return "console" if isatty is not None and isatty() else "json"
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (aiohttp, tortoise) into one line-per-event sink."""
+    stream = stream or sys.stderr
+    fmt = resolved_format(fmt, stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -64,7 +74,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -43,3 +43,22 @@ def test_multiline_exceptions_stay_on_one_line(json_lines):
         get_logger("aquafleet.test").exception("failed")
     (line,) = json_lines()
     assert "boom" in line["exception"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "readable"), [(_Terminal(), True), (io.StringIO(), False)])
+def test_auto_format_is_readable_on_a_terminal_and_json_elsewhere(stream, readable):
+    configure_logging("info", "auto", stream=stream)
+    try:
+        get_logger("aquafleet.test").info("device_logged_in", did="DEMO00000001DA9F")
+    finally:
+        logging.getLogger().handlers.clear()
+    (line,) = stream.getvalue().splitlines()
+    assert line.lstrip().startswith("{") is not readable
+    assert "device_logged_in" in line and "DEMO00000001DA9F" in line
+    if not readable:
+        assert json.loads(line)["event"] == "device_logged_in"
