@@ -43,13 +43,9 @@ from aquafleet.protocol.constants import MAX_FRAME, MAX_PAYLOAD, ErrorCode, Flag
 from aquafleet.protocol.crc import crc16_modbus
 from aquafleet.protocol.crypto import direction_keys, session_key
 from aquafleet.protocol.frames import encode_frame, frame_mac
+from aquafleet.protocol.message_types import Ack, Command, Message, Record, Result
 from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
-    Ack,
-    Command,
-    Message,
-    Record,
-    Result,
     encode_payload,
     message_map,
     parse_message,

@@ -28,7 +28,7 @@ from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.protocol import Command, CommandOp, DesiredState, desired_state_args
 from aquafleet.protocol.constants import DesiredKey
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 
 log = get_logger("aquafleet.command_sender")
 

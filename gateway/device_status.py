@@ -27,7 +27,8 @@ from aquafleet.gateway.presence import OfflineReason
 from aquafleet.gateway.redis_io import pack_command, round_trip
 from aquafleet.protocol import ProtocolError
 from aquafleet.protocol.constants import FrameType
-from aquafleet.protocol.messages import Telemetry, parse_record_payload
+from aquafleet.protocol.message_types import Telemetry
+from aquafleet.protocol.messages import parse_record_payload
 
 # A live node closes an idle connection within a second of its deadline (the sweeper) and
 # releases it in the next batch; a presence still unreleased this long after it expired was

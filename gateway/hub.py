@@ -20,7 +20,7 @@ from aquafleet.protocol import (
     SessionClosed,
 )
 from aquafleet.protocol.frames import DecoderStats
-from aquafleet.protocol.messages import Ack, Record, Result
+from aquafleet.protocol.message_types import Ack, Record, Result
 
 log = get_logger("aquafleet.hub")
 

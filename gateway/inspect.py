@@ -14,7 +14,8 @@ from aquafleet.gateway.registry_cache import parse_registry_entry
 from aquafleet.models.devices import Device
 from aquafleet.models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
 from aquafleet.protocol import FrameType, ProtocolError
-from aquafleet.protocol.messages import Telemetry, parse_record_payload
+from aquafleet.protocol.message_types import Telemetry
+from aquafleet.protocol.messages import parse_record_payload
 
 FILTER_FIELDS = ("stage", "work_h", "power_on_h", "reset_count")
 

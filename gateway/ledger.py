@@ -36,7 +36,8 @@ from aquafleet.models.usage import (
     store_ledger_batch,
 )
 from aquafleet.protocol import EventKind, FrameType, ProtocolError
-from aquafleet.protocol.messages import Event, Telemetry, parse_record_payload
+from aquafleet.protocol.message_types import Event, Telemetry
+from aquafleet.protocol.messages import parse_record_payload
 
 log = get_logger("aquafleet.ledger")
 

@@ -23,7 +23,7 @@ from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import AckCode
-from aquafleet.protocol.messages import Record
+from aquafleet.protocol.message_types import Record
 
 if TYPE_CHECKING:
     from aquafleet.gateway.hub import DeviceLink, Hub

@@ -15,7 +15,7 @@ from aquafleet.protocol import (
     ServerSession,
     SessionClosed,
 )
-from aquafleet.protocol.messages import Record
+from aquafleet.protocol.message_types import Record
 
 if TYPE_CHECKING:
     from aquafleet.gateway.hub import Hub

@@ -13,7 +13,7 @@ from aquafleet.protocol.constants import (
 from aquafleet.protocol.crypto import derive_device_key
 from aquafleet.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from aquafleet.protocol.frames import Frame, FrameDecoder, encode_frame
-from aquafleet.protocol.messages import (
+from aquafleet.protocol.message_types import (
     Ack,
     Command,
     DesiredState,
@@ -22,6 +22,8 @@ from aquafleet.protocol.messages import (
     FilterReading,
     Result,
     Telemetry,
+)
+from aquafleet.protocol.messages import (
     decode_payload,
     desired_state_args,
     desired_state_from_args,

@@ -1,16 +1,15 @@
-"""Typed messages of protocol version 1 and their payload maps (msgpack or CBOR).
+"""Payload maps of protocol version 1 (msgpack or CBOR) to and from the typed messages of
+protocol/message_types.py.
 
-`parse_message(frame)` turns a frame into one of the message classes below or raises
-`RemoteProtocolError`; `message_payload(message, encoding)` is the reverse. Every field is an
-integer with a stated unit, a short text or raw bytes: no floats on the wire.
+`parse_message(frame)` turns a frame into a message or raises `RemoteProtocolError`;
+`message_map(message)` and `encode_payload` are the reverse.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 import cbor2
 import msgpack
@@ -32,190 +31,35 @@ from aquafleet.protocol.constants import (
 )
 from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.frames import Frame
-
-# Counters must stay exact in Redis' Lua (IEEE doubles): 2**53 - 1 ml is 9 billion m3.
-MAX_COUNTER = 2**53 - 1
-MAX_FILTERS = 16
-MAX_REASON_LEN = 128
-MAX_ARGS = 16
-MIN_TEMPERATURE_DC, MAX_TEMPERATURE_DC = -1000, 2000
-MIN_SIGNAL, MAX_SIGNAL = -150, 255
-MIN_REMAINING_ML = -MAX_COUNTER  # volume rental may run negative (water poured in flight)
-
-Payload = dict[int, Any]
-
-
-# --------------------------------------------------------------------------- messages
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    did: str
-    fw: str
-    client_nonce: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    server_nonce: bytes
-    server_time: int
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    proof: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredState:
-    """What the platform wants the device to be (AUTH_OK key 9, set_* commands)."""
-
-    version: int = 0
-    locked: bool = False
-    remaining_ml: int | None = None
-    rental_expires_at: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthOk:
-    proof: bytes
-    heartbeat_s: int
-    last_acked: tuple[int, int] | None = None
-    desired: DesiredState | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthFail:
-    code: int
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    code: int
-    reason: str = ""
-    seq: int | None = None  # the offending frame, when there is one
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class FilterReading:
-    index: int
-    work_h: int
-    power_on_h: int
-    reset_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Telemetry:
-    """A periodic report. `payload`/`encoding` keep the bytes as received, for the ledger."""
-
-    rec: int
-    boot: int
-    ts: int
-    flow_total_ml: int | None = None
-    tds_in_ppm: int | None = None
-    tds_out_ppm: int | None = None
-    temperature_dc: int | None = None
-    filters: tuple[FilterReading, ...] = ()
-    fault_bits: int | None = None
-    cnt_epoch: int | None = None
-    signal: int | None = None
-    state_bits: int | None = None
-    seq: int = 0
-    dup: bool = False
-    payload: bytes = field(default=b"", repr=False, compare=False)
-    encoding: int = Encoding.MSGPACK
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    rec: int
-    boot: int
-    ts: int
-    kind: int
-    cid: int | None = None
-    ml: int | None = None
-    flow_total_ml: int | None = None
-    cnt_epoch: int | None = None  # optional (key 16); without it: the current epoch
-    seq: int = 0
-    dup: bool = False
-    payload: bytes = field(default=b"", repr=False, compare=False)
-    encoding: int = Encoding.MSGPACK
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    cid: int
-    op: int
-    exp: int
-    args: Mapping[int, int] = field(default_factory=dict)
-    seq: int = 0
-    dup: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    cid: int
-    rc: int
-    out: int | None = None
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    seq: int
-    rc: int
-    watermark: tuple[int, int] | None = None
-
-
-class Record(NamedTuple):
-    """What the gateway meters from a TELEMETRY or EVENT frame, validated on the hot path.
-
-    Only the record header and the counter are checked here; the full message (filters, TDS,
-    temperature...) is `parse_message(frame)` or `parse_record_payload(record)`, read by whoever
-    needs it (the ledger writer) without slowing acks down.
-    """
-
-    frame_type: int
-    seq: int
-    dup: bool
-    rec: int
-    boot: int
-    ts: int
-    flow_total_ml: int | None
-    cnt_epoch: int | None
-    event_kind: int  # 0 for telemetry
-    payload: bytes
-    encoding: int
-    state_bits: int = -1  # TELEMETRY key 18 when present (the device's reported lock), else -1
-
-
-Message = (
-    Hello
-    | Challenge
-    | Auth
-    | AuthOk
-    | AuthFail
-    | Error
-    | Ping
-    | Pong
-    | Telemetry
-    | Event
-    | Command
-    | Result
-    | Ack
+from aquafleet.protocol.message_types import (
+    MAX_ARGS,
+    MAX_COUNTER,
+    MAX_FILTERS,
+    MAX_REASON_LEN,
+    MAX_SIGNAL,
+    MAX_TEMPERATURE_DC,
+    MIN_REMAINING_ML,
+    MIN_SIGNAL,
+    MIN_TEMPERATURE_DC,
+    Ack,
+    Auth,
+    AuthFail,
+    AuthOk,
+    Challenge,
+    Command,
+    DesiredState,
+    Error,
+    Event,
+    FilterReading,
+    Hello,
+    Message,
+    Payload,
+    Ping,
+    Pong,
+    Record,
+    Result,
+    Telemetry,
 )
-
 
 # --------------------------------------------------------------------------- payload codecs
 

@@ -21,7 +21,7 @@ from aquafleet.protocol.constants import (
 )
 from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.frames import DecoderStats, Frame, MacKey
-from aquafleet.protocol.messages import (
+from aquafleet.protocol.message_types import (
     Ack,
     Command,
     DesiredState,
@@ -29,11 +29,8 @@ from aquafleet.protocol.messages import (
     Message,
     Result,
     Telemetry,
-    decode_payload,
-    message_map,
-    parse_message,
-    parse_record,
 )
+from aquafleet.protocol.messages import decode_payload, message_map, parse_message, parse_record
 from aquafleet.protocol.mqtt_envelope import (
     CHANNEL_OF_TYPE,
     DOWNLINK_TYPES,

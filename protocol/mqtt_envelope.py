@@ -28,9 +28,7 @@ from aquafleet.protocol.constants import (
 from aquafleet.protocol.crypto import proofs_equal
 from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.frames import MacKey
-from aquafleet.protocol.messages import (
-    encode_payload,
-)
+from aquafleet.protocol.messages import encode_payload
 
 Clock = Callable[[], float]  # unix seconds
 

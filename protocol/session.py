@@ -36,8 +36,7 @@ from aquafleet.protocol.frames import (
     encode_frame,
     frame_mac,
 )
-from aquafleet.protocol.messages import (
-    FRAME_TYPE_OF,
+from aquafleet.protocol.message_types import (
     Ack,
     Auth,
     AuthFail,
@@ -54,6 +53,9 @@ from aquafleet.protocol.messages import (
     Record,
     Result,
     Telemetry,
+)
+from aquafleet.protocol.messages import (
+    FRAME_TYPE_OF,
     encode_payload,
     message_map,
     parse_message,

@@ -30,7 +30,7 @@ from aquafleet.protocol import (
     desired_state_from_args,
 )
 from aquafleet.protocol.constants import StateBit
-from aquafleet.protocol.messages import Ack, Command, Error
+from aquafleet.protocol.message_types import Ack, Command, Error
 from aquafleet.simulators.stats import WorkerStats
 from aquafleet.simulators.water import MAX_RATE_DRAW_ML, WaterMeter
 

@@ -17,7 +17,7 @@ from aquafleet.protocol import (
     Telemetry,
 )
 from aquafleet.protocol.crypto import derive_device_key
-from aquafleet.protocol.messages import Ack, Error, Event
+from aquafleet.protocol.message_types import Ack, Error, Event
 
 TIMEOUT_S = 10.0
 

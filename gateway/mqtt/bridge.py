@@ -59,7 +59,7 @@ from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.mqtt.link import MqttDevice
 from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
-from aquafleet.protocol.messages import Record, Result
+from aquafleet.protocol.message_types import Record, Result
 from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
 from aquafleet.protocol.mqtt_envelope import Envelope, open_envelope, uplink_filter
 

@@ -12,7 +12,7 @@ from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_devices_api import make_member, register
 

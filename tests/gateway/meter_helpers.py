@@ -15,16 +15,8 @@ from aquafleet.gateway.meter import MeterScript, ShardOutcome, meter_fields
 from aquafleet.gateway.redis_io import Scripts
 from aquafleet.protocol import Encoding, EventKind, FrameType
 from aquafleet.protocol.frames import Frame
-from aquafleet.protocol.messages import (
-    Event,
-    FilterReading,
-    Payload,
-    Record,
-    Telemetry,
-    encode_payload,
-    message_map,
-    parse_record,
-)
+from aquafleet.protocol.message_types import Event, FilterReading, Payload, Record, Telemetry
+from aquafleet.protocol.messages import encode_payload, message_map, parse_record
 
 # The meter state's fields about counting (the rest is the newest telemetry report).
 COUNTING_FIELDS = frozenset(("b0", "w0", "o0", "b1", "w1", "o1", "le", "lt", "pe", "pt", "mt", "n"))

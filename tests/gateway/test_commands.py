@@ -14,7 +14,7 @@ from aquafleet.gateway.commands import CommandKind, CommandState, format_args, p
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from tests.devices import TestDevice, register_devices
 from tests.metering.test_volume_rental import ACTOR, eventually
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from aquafleet.protocol import Command
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import TestDevice
 from tests.processes import free_port, serve_processes, start_serve

@@ -15,7 +15,7 @@ from aquafleet.gateway.commands import CommandEvents, CommandState
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp, EventKind
-from aquafleet.protocol.messages import Event, Result
+from aquafleet.protocol.message_types import Event, Result
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.gateway.test_commands import state_of
 from tests.metering.test_volume_rental import ACTOR, eventually

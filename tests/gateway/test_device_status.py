@@ -21,7 +21,8 @@ from aquafleet.gateway.mqtt.bridge import MQTT_NODE
 from aquafleet.gateway.presence import OfflineReason, offline_reason
 from aquafleet.gateway.registry_cache import kick_everywhere
 from aquafleet.protocol import ErrorCode, encode_frame
-from aquafleet.protocol.messages import Error, Event, encode_payload, message_map
+from aquafleet.protocol.message_types import Error, Event
+from aquafleet.protocol.messages import encode_payload, message_map
 from tests.devices import register_devices, telemetry
 from tests.gateway import test_mqtt_bridge
 from tests.gateway.test_mqtt_bridge import MqttTestDevice, mqtt_node, unique_prefix

@@ -15,7 +15,7 @@ import pytest
 
 from aquafleet.models.db import database
 from aquafleet.models.usage import UsageRecord, metered_ml_by_device
-from aquafleet.protocol.messages import Ack, Telemetry
+from aquafleet.protocol.message_types import Ack, Telemetry
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import LoginRefused, TestDevice
 from tests.processes import serve_processes, start_serve
@@ -174,7 +174,7 @@ async def test_a_newer_login_on_another_process_closes_the_older_connection(
     with (tmp_path / "devices.csv").open() as handle:
         row = next(csv.DictReader(handle))
     from aquafleet.protocol import ErrorCode
-    from aquafleet.protocol.messages import Error
+    from aquafleet.protocol.message_types import Error
 
     async with serve_processes() as nodes:
         a = await start_serve(tmp_path, settings, name="proc-a")

@@ -32,7 +32,7 @@ from aquafleet.models.usage import (
     store_ledger_batch,
 )
 from aquafleet.protocol import EventKind, FrameType
-from aquafleet.protocol.messages import Record
+from aquafleet.protocol.message_types import Record
 from tests.gateway.meter_helpers import (
     FULL_TELEMETRY,
     NOW_MS,

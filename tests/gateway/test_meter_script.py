@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import OOO_LIMIT
 from aquafleet.protocol import EventKind, FrameType
-from aquafleet.protocol.messages import MAX_COUNTER, Record, decode_payload
+from aquafleet.protocol.message_types import MAX_COUNTER, Record
+from aquafleet.protocol.messages import decode_payload
 from tests.gateway.meter_helpers import (
     DUPLICATE,
     FULL_TELEMETRY,

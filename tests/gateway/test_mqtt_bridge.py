@@ -25,7 +25,8 @@ from aquafleet.models.usage import metered_ml_by_device
 from aquafleet.protocol import Command, CommandOp
 from aquafleet.protocol.crypto import mqtt_password
 from aquafleet.protocol.frames import MacKey
-from aquafleet.protocol.messages import Ack, encode_payload
+from aquafleet.protocol.message_types import Ack
+from aquafleet.protocol.messages import encode_payload
 from aquafleet.protocol.mqtt import Dropped, MqttDeviceSession
 from aquafleet.protocol.mqtt_envelope import Channel, MqttKey, seal
 from tests.devices import register_devices, telemetry

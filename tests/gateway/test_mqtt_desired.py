@@ -24,7 +24,7 @@ from aquafleet.gateway.mqtt.bridge import pack_answer, unpack_answer
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp, DesiredState, desired_state_from_args
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from aquafleet.protocol.mqtt import CommandAnswer
 from aquafleet.simulators.mqtt_device import MqttPurifier
 from aquafleet.simulators.mqtt_link import MqttPurifierLink, connect_mqtt

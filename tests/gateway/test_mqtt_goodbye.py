@@ -12,7 +12,7 @@ from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from tests.devices import register_devices
 from tests.gateway.test_mqtt_bridge import (
     MqttTestDevice,

@@ -17,7 +17,8 @@ from aquafleet.protocol import (
     Telemetry,
 )
 from aquafleet.protocol.frames import MacKey
-from aquafleet.protocol.messages import Ack, Record, Result, message_map
+from aquafleet.protocol.message_types import Ack, Record, Result
+from aquafleet.protocol.messages import message_map
 from aquafleet.protocol.mqtt import (
     RECENT_COMMANDS,
     CommandAnswer,

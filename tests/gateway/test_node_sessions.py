@@ -10,7 +10,7 @@ import pytest
 from aquafleet.gateway.appkeys import KEYSPACE, REDIS
 from aquafleet.protocol import ErrorCode
 from aquafleet.protocol.crypto import derive_device_key
-from aquafleet.protocol.messages import Error
+from aquafleet.protocol.message_types import Error
 from tests.devices import LoginRefused, register_devices, telemetry
 
 
@@ -230,7 +230,8 @@ async def test_garbage_between_frames_is_skipped_and_counted(node_factory, devic
 
 async def test_event_without_mac_closes_the_connection(node_factory, device_factory):
     from aquafleet.protocol import encode_frame
-    from aquafleet.protocol.messages import Event, encode_payload, message_map
+    from aquafleet.protocol.message_types import Event
+    from aquafleet.protocol.messages import encode_payload, message_map
 
     node = await node_factory()
     (dev,) = await register_devices(node, 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 from aquafleet.models.db import database
 from aquafleet.models.usage import metered_ml_by_device
 from aquafleet.protocol import ErrorCode
-from aquafleet.protocol.messages import Error
+from aquafleet.protocol.message_types import Error
 from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.gateway.test_exactly_once import run_cli

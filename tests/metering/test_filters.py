@@ -30,7 +30,7 @@ from aquafleet.models.filters import (
 )
 from aquafleet.models.tickets import Ticket, TicketType
 from aquafleet.models.usage import DeviceSnapshot
-from aquafleet.protocol.messages import FilterReading
+from aquafleet.protocol.message_types import FilterReading
 from tests.devices import register_devices, telemetry
 from tests.metering.support import (
     SEED_FILTERS,

@@ -20,7 +20,7 @@ from aquafleet.models.vending import (
     start_dispense,
 )
 from aquafleet.protocol import Command, CommandOp, EventKind
-from aquafleet.protocol.messages import Event, Result
+from aquafleet.protocol.message_types import Event, Result
 from tests.devices import TestDevice, register_devices
 from tests.metering.test_volume_rental import ACTOR, eventually
 

@@ -17,7 +17,7 @@ from aquafleet.models import service
 from aquafleet.models.service import ServiceChange, ServiceMode
 from aquafleet.protocol import Command, CommandOp, desired_state_from_args
 from aquafleet.protocol.constants import StateBit
-from aquafleet.protocol.messages import Result
+from aquafleet.protocol.message_types import Result
 from tests.devices import TestDevice, register_devices, telemetry
 
 ACTOR = "test-admin"

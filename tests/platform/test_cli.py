@@ -18,7 +18,7 @@ from aquafleet.commands.devices import render_device
 from aquafleet.models.ids import is_valid_device_id
 from aquafleet.protocol import ErrorCode
 from aquafleet.protocol.crypto import derive_device_key
-from aquafleet.protocol.messages import Error, FilterReading
+from aquafleet.protocol.message_types import Error, FilterReading
 from tests.conftest import MASTER_SECRET
 from tests.devices import TestDevice, register_devices, telemetry
 from tests.processes import serve_processes, start_serve

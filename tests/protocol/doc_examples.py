@@ -15,7 +15,7 @@ from aquafleet.protocol import AckCode, DesiredState
 from aquafleet.protocol.constants import HEADER_SIZE, MAC_SIZE, Flag, FrameType, StateBit
 from aquafleet.protocol.crypto import auth_proof, direction_keys, server_proof, session_key
 from aquafleet.protocol.frames import Frame
-from aquafleet.protocol.messages import Command, Event, FilterReading, Result, Telemetry
+from aquafleet.protocol.message_types import Command, Event, FilterReading, Result, Telemetry
 from tests.protocol.helpers import (
     CLIENT_NONCE,
     DEVICE_KEY,

@@ -17,7 +17,8 @@ from aquafleet.protocol import (
 )
 from aquafleet.protocol.constants import Flag
 from aquafleet.protocol.frames import Frame, encode_frame
-from aquafleet.protocol.messages import DesiredState, Error, Message, encode_payload, parse_message
+from aquafleet.protocol.message_types import DesiredState, Error, Message
+from aquafleet.protocol.messages import encode_payload, parse_message
 from aquafleet.protocol.session import SessionClosed
 
 DID = "AQ0000000001"

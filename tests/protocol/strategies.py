@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from aquafleet.protocol.constants import U8, U16, U32, Flag
 from aquafleet.protocol.frames import Frame, encode_frame
-from aquafleet.protocol.messages import (
-    FRAME_TYPE_OF,
+from aquafleet.protocol.message_types import (
     MAX_COUNTER,
     Ack,
     Auth,
@@ -30,9 +29,8 @@ from aquafleet.protocol.messages import (
     Pong,
     Result,
     Telemetry,
-    encode_payload,
-    message_map,
 )
+from aquafleet.protocol.messages import FRAME_TYPE_OF, encode_payload, message_map
 
 u8 = st.integers(0, U8)
 u16 = st.integers(0, U16)

@@ -11,7 +11,8 @@ import pytest
 from aquafleet.protocol import FrameDecoder, FrameType, LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, Flag
 from aquafleet.protocol.frames import Frame, MacKey, encode_frame, frame_mac
-from aquafleet.protocol.messages import Event, Telemetry, encode_payload, message_map, parse_message
+from aquafleet.protocol.message_types import Event, Telemetry
+from aquafleet.protocol.messages import encode_payload, message_map, parse_message
 from tests.protocol.helpers import (
     crc16_bitwise,
     decode_all,

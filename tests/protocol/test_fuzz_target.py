@@ -56,7 +56,8 @@ def test_payload_mode_keys_each_reach_one_side(fuzz: ModuleType) -> None:
     """The target's direction keys are the sessions': K_DS gets a record into the servers only,
     K_SD an ACK into the devices only, and Ks (no direction) into nobody."""
     from aquafleet.protocol import Ack, FrameType
-    from aquafleet.protocol.messages import Record, encode_payload
+    from aquafleet.protocol.message_types import Record
+    from aquafleet.protocol.messages import encode_payload
 
     record = encode_payload({0: 1, 1: 7, 2: 1_700_000_000, 10: 5}, 0)
     ack = encode_payload({0: 2, 1: 0, 2: [7, 1]}, 0)

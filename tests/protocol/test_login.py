@@ -23,7 +23,7 @@ from aquafleet.protocol import (
 )
 from aquafleet.protocol.constants import Flag
 from aquafleet.protocol.crypto import direction_keys, mqtt_password, mqtt_tag, session_key
-from aquafleet.protocol.messages import (
+from aquafleet.protocol.message_types import (
     AuthFail,
     Command,
     Error,
@@ -31,9 +31,8 @@ from aquafleet.protocol.messages import (
     Pong,
     Result,
     Telemetry,
-    decode_payload,
-    encode_payload,
 )
+from aquafleet.protocol.messages import decode_payload, encode_payload
 from tests.protocol.helpers import (
     CLIENT_NONCE,
     DEVICE_KEY,

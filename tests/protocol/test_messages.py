@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from aquafleet.protocol import Encoding, LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.constants import ErrorCode, Flag, FrameType
 from aquafleet.protocol.frames import Frame
-from aquafleet.protocol.messages import (
+from aquafleet.protocol.message_types import (
     MAX_COUNTER,
     AuthOk,
     Command,
@@ -24,6 +24,8 @@ from aquafleet.protocol.messages import (
     Ping,
     Record,
     Telemetry,
+)
+from aquafleet.protocol.messages import (
     decode_payload,
     encode_payload,
     message_map,

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from aquafleet.protocol import DeviceSession, ErrorCode, FrameDecoder, ProtocolError, ServerSession
 from aquafleet.protocol.constants import MAX_FRAME, MAX_PAYLOAD, Flag, FrameType
 from aquafleet.protocol.frames import Frame, encode_frame
+from aquafleet.protocol.message_types import Message
 from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
-    Message,
     encode_payload,
     message_map,
     parse_message,

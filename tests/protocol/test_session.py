@@ -19,8 +19,7 @@ from aquafleet.protocol import (
 )
 from aquafleet.protocol.constants import Flag
 from aquafleet.protocol.crc import crc16_modbus
-from aquafleet.protocol.messages import (
-    FRAME_TYPE_OF,
+from aquafleet.protocol.message_types import (
     Ack,
     Command,
     Error,
@@ -29,9 +28,8 @@ from aquafleet.protocol.messages import (
     Record,
     Result,
     Telemetry,
-    encode_payload,
-    message_map,
 )
+from aquafleet.protocol.messages import FRAME_TYPE_OF, encode_payload, message_map
 from aquafleet.protocol.session import DEVICE_ACCEPTS, MAX_BAD_FRAMES
 from tests.protocol.helpers import (
     DEVICE_KEY,

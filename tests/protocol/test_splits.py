@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import pytest
 
 from aquafleet.protocol import DesiredState, DeviceSession, ErrorCode, ServerSession
-from aquafleet.protocol.messages import Command, Error, Event, Result, Telemetry
+from aquafleet.protocol.message_types import Command, Error, Event, Result, Telemetry
 from tests.protocol.helpers import (
     DEVICE_KEY,
     ENCODINGS,

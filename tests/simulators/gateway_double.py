@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from aquafleet.protocol import AckCode, LoginRequested, ServerSession
-from aquafleet.protocol.messages import Command, Record, Result
+from aquafleet.protocol.message_types import Command, Record, Result
 from aquafleet.simulators.device import FleetHooks, VirtualPurifier
 from aquafleet.simulators.stats import WorkerStats
 

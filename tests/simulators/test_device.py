@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from aquafleet.protocol import AckCode, CommandOp, ResultCode
-from aquafleet.protocol.messages import Command
+from aquafleet.protocol.message_types import Command
 from tests.simulators.gateway_double import BOOT, WALL, GatewayDouble, make_device
 
 
