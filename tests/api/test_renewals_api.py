@@ -5,6 +5,7 @@ once, and the order is done without a delivery."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,14 @@ import pytest
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.orders import Order, mark_paid
-from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import (
+    DAY_S,
+    DeviceService,
+    ServiceChange,
+    ServiceChangeRequest,
+    ServiceMode,
+)
+from aquafleet.models.tenancy import Role
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member
 from tests.api.test_delivery_api import PARCEL, register
@@ -179,3 +187,48 @@ async def test_a_paid_renewal_unlocks_an_expired_connected_device_at_once(
     assert state.locked is False
     assert state.rental_expires_at is not None
     assert before + 90 * DAY_S <= state.rental_expires_at <= int(time.time()) + 90 * DAY_S
+
+
+async def test_mark_paid_from_the_shell_renews_through_redis(
+    node_factory: Any, tmp_path: Path, migrated_sqlite: Any
+):
+    """The operator's mark-paid pays a renewal against the node's Redis: the quota is topped
+    up once, however often the operator repeats it."""
+    from aquafleet.gateway.appkeys import SERVICE_STORE
+    from aquafleet.models import service
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.devices import Device
+    from aquafleet.models.members import Member, member_uid
+    from aquafleet.models.products import create_product
+    from aquafleet.models.renewals import create_renewal
+    from tests.api.conftest import PASSWORD, md5
+    from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
+    from tests.devices import register_devices
+    from tests.platform.test_cli import aquafleet, clean_env
+
+    database = migrated_sqlite(tmp_path / "renew.sqlite3")
+    node = await node_factory(database_url=database)
+    (dev,) = await register_devices(node, 1, vendor="SHOP")
+    await create_account("ops", md5(PASSWORD), Role.PLATFORM)
+    member = await Member.create(uid=member_uid("SHOP", 1), vendor_id="SHOP", name="m", state=2)
+    product = await create_product(
+        "SHOP",
+        {"name": "净水机", "billing": 4, "state": 1, "rent_packages": VOLUME_RENT["config"]},
+    )
+    await Device.filter(did=dev.did).update(owner_id=member.uid, product_id=product.pid)
+    await service.configure(
+        node.app[SERVICE_STORE], dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=-50,
+        actor="test",
+    )  # fmt: skip
+    order, _ = await create_renewal(member, dev.did, "100l")
+    env = clean_env(
+        data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=database,
+        redis_url=REDIS_URL, redis_prefix=node.settings.redis_prefix, redis_shards=TEST_SHARDS,
+    )  # fmt: skip
+    for reason in ("transfer 4712", "said twice"):
+        code, out = await aquafleet(
+            env, "orders", "mark-paid", order.oid, "--admin", "ops", "--reason", reason
+        )
+        assert code == 0 and "done" in out, out
+    assert (await DeviceService.get(did=dev.did)).remaining_ml == 99_950
+    assert (await node.app[SERVICE_STORE].read(dev.did)).remaining_ml == 99_950
