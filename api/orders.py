@@ -49,6 +49,7 @@ from aquafleet.models.orders import (
     visible_orders,
 )
 from aquafleet.models.products import MAX_FEN
+from aquafleet.models.renewals import create_renewal
 from aquafleet.models.returns import RETURN_WINDOW, ask_return, consent_return, goods_returned
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import (
@@ -96,6 +97,16 @@ class OrderIn(RequestModel):
 
     content: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
     receiver: ReceiverIn
+    memo: str = text(255, default="")
+
+
+class RenewalIn(RequestModel):
+    """A renewal (kind 3, seed FAQ 2): another rental period for a device the member holds."""
+
+    did: str = Field(pattern=r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$", description="the device held")
+    package: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,16}$", description="a rent package of the device's product"
+    )
     memo: str = text(255, default="")
 
 
@@ -270,13 +281,7 @@ async def list_orders(call: Call) -> Page:
 )
 async def add_order(call: Call) -> OrderOut:
     body: OrderIn = call.body
-    key = call.request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        message = f"must be 1..{MAX_IDEMPOTENCY_KEY} characters"
-        raise ValidationFailed(
-            f"header {IDEMPOTENCY_HEADER}: {message}",
-            data=[{"field": IDEMPOTENCY_HEADER, "message": message}],
-        )
+    key = _idempotency_key(call)
     member = await get_member(call.principal.subject)
     request = OrderRequest(
         lines=[LineRequest(line.product_id, line.quantity, line.package) for line in body.content],
@@ -285,6 +290,41 @@ async def add_order(call: Call) -> OrderOut:
         idempotency_key=key,
     )
     order, _created = await create_order(member, request)
+    return (await order_outs([order]))[0]
+
+
+def _idempotency_key(call: Call) -> str | None:
+    key = call.request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        message = f"must be 1..{MAX_IDEMPOTENCY_KEY} characters"
+        raise ValidationFailed(
+            f"header {IDEMPOTENCY_HEADER}: {message}",
+            data=[{"field": IDEMPOTENCY_HEADER, "message": message}],
+        )
+    return key
+
+
+@routes.post(
+    "/orders/renewals",
+    summary="Renew a rented device",
+    roles=MEMBER_ONLY,
+    body=RenewalIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description="C, not in the seed (its FAQ 2). A renewal order (type 3) for a device the "
+    "member holds, with a rent package of the device's product: it costs the package's rent "
+    "(no deposit, no freight). Paying it extends the time rental by the package's days or tops "
+    "up the volume quota by its ml at once, and the order is done; it is never delivered. A "
+    "device the member cannot see answers 404, one it does not hold or not rented 409, a "
+    f"package the product lacks 422. `{IDEMPOTENCY_HEADER}` as for AD-02.",
+)
+async def add_renewal(call: Call) -> OrderOut:
+    body: RenewalIn = call.body
+    key = _idempotency_key(call)
+    member = await get_member(call.principal.subject)
+    order, _created = await create_renewal(
+        member, body.did, body.package, memo=body.memo, idempotency_key=key
+    )
     return (await order_outs([order]))[0]
 
 

@@ -28,6 +28,7 @@ from aquafleet.models.members import Member
 from aquafleet.models.orders import (
     Order,
     OrderEvent,
+    OrderKind,
     OrderLine,
     OrderState,
     OrderStateConflict,
@@ -122,6 +123,8 @@ async def deliver_order(
 ) -> Order:
     """AD-05: ship the order with these devices (see the module's docstring)."""
     now = now or dt.datetime.now(dt.UTC)
+    if order.kind is OrderKind.RENEWAL:
+        raise OrderStateConflict("a renewal order is never delivered", order.state)
     next_state(order.state, OrderEvent.DELIVER, principal.role.value)  # refuse early
     lines = list(await OrderLine.filter(order_id=order.id).order_by("position"))
     pairs = await _devices_for(principal, order, dids, lines)
@@ -161,7 +164,8 @@ async def deliver_order(
 async def change_delivery(order: Order, changes: Mapping[str, Any]) -> Order:
     """AD-06 (customer service): correct the parcel's company, number, time or clerk of a
     delivered order; the devices shipped do not change here."""
-    if order.delivery is None or order.state in (OrderState.OBLIGATION, OrderState.PAID):
+    renewal = order.kind is OrderKind.RENEWAL  # names the device it renewed, never a parcel
+    if order.delivery is None or renewal or order.state in (OrderState.OBLIGATION, OrderState.PAID):
         raise OrderStateConflict(
             f"the order is {order.state.name.lower()}: it has no delivery to change", order.state
         )

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
@@ -43,6 +43,9 @@ from aquafleet.models.products import (
     snapshot,
 )
 from aquafleet.models.tenancy import Principal, Role
+
+if TYPE_CHECKING:
+    from aquafleet.models.delivery import ServiceApplier
 
 ORDER_ID_LENGTH = 24
 OID_RE = re.compile(r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$")
@@ -70,7 +73,7 @@ class OrderState(IntEnum):
 class OrderKind(IntEnum):
     PURCHASE = 1  # devices sold
     RENTAL = 2  # a new rental: device + package + deposit
-    RENEWAL = 3  # a package for a device the member already holds (not yet orderable)
+    RENEWAL = 3  # a package for a device the member already holds (models/renewals.py)
 
 
 class OrderEvent(StrEnum):
@@ -82,6 +85,7 @@ class OrderEvent(StrEnum):
     CONSENT = "consent"  # AD-13
     REFUND = "refund"  # AD-14
     FINISH = "finish"  # the return window ended
+    RENEW = "renew"  # a paid renewal changed its device (models/renewals.py): nothing to ship
 
 
 SYSTEM = "system"  # timers and the payment layer; never a person
@@ -94,7 +98,8 @@ S, E = OrderState, OrderEvent
 TRANSITIONS: dict[tuple[OrderState, OrderEvent], tuple[OrderState, frozenset[str]]] = {
     (S.OBLIGATION, E.PAY): (S.PAID, frozenset({PLATFORM, SYSTEM})),
     (S.OBLIGATION, E.CANCEL): (S.CLOSE, frozenset({MEMBER, PLATFORM, VENDOR, SYSTEM})),
-    (S.PAID, E.DELIVER): (S.DELIVERED, ADMINS),
+    (S.PAID, E.DELIVER): (S.DELIVERED, ADMINS),  # purchases and rentals only
+    (S.PAID, E.RENEW): (S.DONE, frozenset({SYSTEM})),  # renewals only
     (S.DELIVERED, E.CONFIRM): (S.RECEIVED, frozenset({MEMBER, SYSTEM})),
     (S.RECEIVED, E.RETURN): (S.RETURN, frozenset({MEMBER})),
     (S.RECEIVED, E.FINISH): (S.DONE, frozenset({SYSTEM})),
@@ -440,11 +445,21 @@ async def fire(
     return order
 
 
-async def mark_paid(oid: str, *, admin: str, reason: str, now: dt.datetime | None = None) -> Order:
+async def mark_paid(
+    oid: str,
+    *,
+    admin: str,
+    reason: str,
+    apply_service: ServiceApplier | None = None,
+    now: dt.datetime | None = None,
+) -> Order:
     """The internal paid step (the payment layer will call it): only a platform admin account
     (`admin`, its user name) may, with a reason; both are recorded. Idempotent: an order paid
-    before answers as it is."""
+    before answers as it is. A renewal (kind 3) needs `apply_service`: paying it renews its
+    device at once and the order is done (models/renewals.py); a retry finishes a renewal a
+    failure left paid, changing the device once."""
     from aquafleet.models.accounts import AccountState, AdminAccount
+    from aquafleet.models.renewals import apply_renewal
 
     account = await AdminAccount.get_or_none(username__iexact=admin)
     if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
@@ -454,20 +469,23 @@ async def mark_paid(oid: str, *, admin: str, reason: str, now: dt.datetime | Non
     order = await Order.get_or_none(oid=oid, deleted_at__isnull=True)
     if order is None:
         raise NotFound(f"order {oid} not found")
-    if await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
-        return order
-    try:
-        return await fire(
-            order, OrderEvent.PAY, actor_role=PLATFORM, actor_id=f"admin:{account.username}",
-            reason=reason.strip(), now=now,
-        )  # fmt: skip
-    except (IntegrityError, OrderStateConflict):
-        # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid state,
-        # SQLite's unique event per order refuses the second row): answer the paid order.
-        if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
-            raise
-        await order.refresh_from_db()
-        return order
+    if order.kind is OrderKind.RENEWAL and apply_service is None:
+        raise InvalidInput(f"order {oid} is a renewal: paying it needs the device service")
+    if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+        try:
+            order = await fire(
+                order, OrderEvent.PAY, actor_role=PLATFORM, actor_id=f"admin:{account.username}",
+                reason=reason.strip(), now=now,
+            )  # fmt: skip
+        except (IntegrityError, OrderStateConflict):
+            # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid
+            # state, SQLite's unique event per order refuses the second row): answer it.
+            if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+                raise
+            await order.refresh_from_db()
+    if apply_service is not None:
+        order = await apply_renewal(order, apply_service, now=now)
+    return order
 
 
 DELETABLE_STATES = frozenset({OrderState.CLOSE, OrderState.DONE})

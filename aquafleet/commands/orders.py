@@ -94,7 +94,34 @@ def cmd_mark_paid(args: argparse.Namespace) -> int:
     from aquafleet.models import orders
 
     async def action() -> int:
-        order = await orders.mark_paid(args.oid, admin=args.admin, reason=args.reason)
+        # A renewal (kind 3) changes its device when paid: through Redis, as `aquafleet
+        # service` does (a running node pushes it to the device). Without Redis, paying a
+        # renewal is refused and other orders are paid as before.
+        from aquafleet.commands.runtime import redis_for_commands
+        from aquafleet.gateway.keys import Keyspace
+        from aquafleet.gateway.redis_io import Scripts
+        from aquafleet.gateway.service_state import ServiceStore
+        from aquafleet.models import service
+
+        client = await redis_for_commands(settings)
+        try:
+            apply = None
+            if client is not None:
+                scripts = Scripts()
+                await scripts.load(client)
+                keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+                store = ServiceStore(client, scripts, keyspace)
+                actor = f"admin:{args.admin}"
+
+                async def apply(did: str, change: service.ServiceChangeRequest) -> object:
+                    return await service.apply_change(store, did, change, actor=actor)
+
+            order = await orders.mark_paid(
+                args.oid, admin=args.admin, reason=args.reason, apply_service=apply
+            )
+        finally:
+            if client is not None:
+                await client.aclose()
         emit(args, _order_json(order), lambda d: _orders_table([d]))
         return 0
 

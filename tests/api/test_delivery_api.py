@@ -7,10 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.devices import Device
 from aquafleet.models.filters import DeviceFilterSpec
 from aquafleet.models.orders import mark_paid
-from aquafleet.models.service import ServiceChange
+from aquafleet.models.service import ServiceChange, ServiceChangeRequest
 from aquafleet.models.tickets import Ticket, TicketType
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import SEED_PRODUCT, add_product, make_member
@@ -178,11 +179,12 @@ async def test_a_device_bound_to_someone_else_is_not_shipped(
     assert not await ServiceChange.filter(request_id=oid).exists()
 
 
-async def test_a_delivered_volume_rental_pours_its_quota_then_locks(
+async def test_a_delivered_volume_rental_pours_its_quota_locks_and_a_renewal_unlocks_it(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
 ):
-    """The issue's end-to-end path up to the renewal: order, pay, deliver with a DID, and the
-    connected device (real gateway, real Redis) is unlocked with the bought quota at once."""
+    """The issue's end-to-end path: order, pay, deliver with a DID, and the connected device
+    (real gateway, real Redis) is unlocked with the bought quota at once, pours until it locks,
+    and a paid renewal unlocks it without reconnecting."""
     import time
 
     from tests.devices import telemetry
@@ -212,3 +214,15 @@ async def test_a_delivered_volume_rental_pours_its_quota_then_locks(
     await device.send(telemetry(1, int(time.time()), 1200))
     _, state = await next_state(device)
     assert (state.locked, state.remaining_ml) == (True, -200)
+    # The member buys a renewal; once paid, the same connection hears the top-up: the 200 ml
+    # poured after the lock are paid off first, and the device unlocks.
+    renewal = {"did": issued["did"], "package": "1l"}
+    rid = (await shopper.client.call("POST", "/orders/renewals", renewal)).data["order_id"]
+    gateway = api_node.app[DEVICE_GATEWAY]
+
+    async def apply(did: str, change: ServiceChangeRequest) -> object:
+        return await gateway.change_service(did, change, actor="payment:test")
+
+    await mark_paid(rid, admin=PLATFORM_USER, reason="test", apply_service=apply)
+    _, state = await next_state(device, timeout=1.0)
+    assert (state.locked, state.remaining_ml) == (False, 800)

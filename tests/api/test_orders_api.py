@@ -224,6 +224,7 @@ SEED_MOVES = {
     (OB, "pay"): ("paid", {"platform", "system"}),
     (OB, "cancel"): ("close", {"member", "platform", "vendor", "system"}),
     (P, "deliver"): ("delivered", {"platform", "vendor", "agent", "dealer"}),
+    (P, "renew"): ("done", {"system"}),  # a paid renewal (kind 3), not the seed's
     (D, "confirm"): ("received", {"member", "system"}),
     (R, "return"): ("return", {"member"}),
     (R, "finish"): ("done", {"system"}),

@@ -1,0 +1,165 @@
+"""Renewal orders (kind 3, seed FAQ 2): a member buys another rental period for a device it
+already holds (is bound to).
+
+The package is one of the device's product as the product is now (the product the delivering
+order recorded on the device, `Device.product_id`; a retired product still renews the devices
+it rented). The order costs the package's rent alone: no deposit, no freight, no install fee.
+The device must be in time rental (the package must buy days) or volume rental (ml); a sale or
+vending device is refused (409). The order's `delivery` names the device it renews
+(`{"devices": [did]}`, no parcel): a renewal is never shipped.
+
+Paying it (`models.orders.mark_paid`) applies the renewal at once through `models/service.py`
+with the order id as request id (extend by the days, or top up the ml), then moves the order
+paid -> done (event `renew`, system). The service change goes first: a failure leaves the order
+paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.orders import (
+    MAX_IDEMPOTENCY_KEY,
+    SYSTEM,
+    Order,
+    OrderEvent,
+    OrderKind,
+    OrderLine,
+    OrderState,
+    OrderStateConflict,
+    OrderTransition,
+    fire,
+    format_order_id,
+)
+from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
+from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.tenancy import Principal, Role
+
+if TYPE_CHECKING:
+    from aquafleet.models.delivery import ServiceApplier
+
+RENEWABLE_PRODUCT_STATES = (ProductState.PUBLISHED, ProductState.RETIRED)
+
+
+async def _held_device(member: Member, did: str) -> Device:
+    """The device if the member holds it: unknown, another tenant's or not visible to the
+    member answers 404; visible (shared) but bound to someone else answers 409."""
+    principal = Principal(Role.MEMBER, member.uid, vendor_code=member.vendor_id)
+    device = await visible_devices(principal).filter(did=did).first()
+    if device is None or device.vendor_id != member.vendor_id:
+        raise NotFound(f"device {did} not found")
+    if device.owner_id != member.uid:
+        raise DeviceBound(
+            f"device {did} is not held by member {member.uid}: only its holder renews"
+        )
+    check_usable(device)
+    return device
+
+
+async def create_renewal(
+    member: Member,
+    did: str,
+    package_key: str,
+    *,
+    memo: str = "",
+    idempotency_key: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Order, bool]:
+    """A renewal order for `did` with the package `package_key` of the device's product
+    (see the module's docstring). Returns (order, created) as `create_order` does."""
+    key = idempotency_key
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    if key is not None:
+        first = await Order.get_or_none(member_id=member.uid, idempotency_key=key)
+        if first is not None:
+            return first, False
+    if member.state not in LOGIN_ALLOWED:
+        raise Conflict(f"member {member.uid} cannot order (disabled or deregistered)")
+    await shop_vendor(member.vendor_id)
+    device = await _held_device(member, did)
+    service = await DeviceService.get_or_none(did=did)
+    mode = service.mode if service is not None else None
+    if mode not in (ServiceMode.TIME_RENTAL, ServiceMode.VOLUME_RENTAL):
+        raise Conflict(f"device {did} is not rented (time or volume): it has nothing to renew")
+    product = None
+    if device.product_id is not None:
+        product = await Product.get_or_none(
+            pid=device.product_id, vendor_id=member.vendor_id, state__in=RENEWABLE_PRODUCT_STATES
+        )
+    if product is None:
+        raise Conflict(f"device {did} has no product to renew from")
+    package = next((p for p in product.rent_packages if p["key"] == package_key), None)
+    if package is None:
+        raise InvalidInput(f"product {product.pid} has no rent package {package_key!r}")
+    unit = "days" if mode is ServiceMode.TIME_RENTAL else "ml"
+    if package.get(unit) is None:
+        raise InvalidInput(
+            f"package {package_key!r} does not buy {unit}, and device {did} is rented by {unit}"
+        )
+    rent = int(package["value"])
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        async with in_transaction("default") as conn:
+            serial = await next_serial(conn, member.vendor_id, "order")
+            order = await Order.create(
+                oid=format_order_id(now, member.vendor_id, serial),
+                vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
+                referrer_uid=member.referrer_id, kind=OrderKind.RENEWAL, receiver={},
+                memo=memo, rent_fen=rent, total_fen=rent, delivery={"devices": [did]},
+                idempotency_key=key, created_at=now, updated_at=now,
+            )  # fmt: skip
+            await OrderLine.create(
+                order=order, product_id=product.pid, position=1, quantity=1,
+                package_key=package_key, price_fen=rent, amount_fen=rent,
+                snapshot=snapshot(product),
+            )  # fmt: skip
+    except IntegrityError:
+        first = await Order.get_or_none(member_id=member.uid, idempotency_key=key)
+        if key is None or first is None:
+            raise
+        return first, False
+    return order, True
+
+
+def renewal_change(line: OrderLine, oid: str) -> ServiceChangeRequest:
+    """What paying the renewal does to the device: extend by the package's days (from the
+    later of now and the current expiry) or top up its ml, with the order id as request id."""
+    packages = line.snapshot.get("rent", {}).get("config", [])
+    package = next(p for p in packages if p["key"] == line.package_key)
+    reason = f"renewal order {oid}"
+    if package.get("days") is not None:
+        return ServiceChangeRequest(
+            op="extend", days=int(package["days"]), reason=reason, request_id=oid
+        )
+    return ServiceChangeRequest(op="top_up", ml=int(package["ml"]), reason=reason, request_id=oid)
+
+
+async def apply_renewal(
+    order: Order, apply_service: ServiceApplier, *, now: dt.datetime | None = None
+) -> Order:
+    """A paid renewal: change the device, then paid -> done. Idempotent (see the module)."""
+    if order.kind is not OrderKind.RENEWAL or order.state is not OrderState.PAID:
+        return order
+    line = await OrderLine.filter(order_id=order.id).order_by("position").first()
+    if line is None or not order.delivery:
+        raise Conflict(f"renewal order {order.oid} names no device")
+    did = order.delivery["devices"][0]
+    await apply_service(did, renewal_change(line, order.oid))
+    try:
+        return await fire(
+            order, OrderEvent.RENEW, actor_role=SYSTEM, actor_id=SYSTEM,
+            reason=f"renewed {did}", now=now,
+        )  # fmt: skip
+    except (IntegrityError, OrderStateConflict):
+        if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.RENEW.value):
+            raise
+        await order.refresh_from_db()
+        return order
