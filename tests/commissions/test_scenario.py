@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -63,6 +64,8 @@ from aquafleet.models.orders import (
 from aquafleet.models.products import Product, create_product, snapshot
 from aquafleet.models.registry import create_vendor
 from aquafleet.models.tenancy import Principal, Role
+from tests.conftest import MASTER_SECRET
+from tests.platform.test_cli import aquafleet, clean_env
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -160,7 +163,10 @@ async def levels(oid: str) -> list[tuple[int, str, int, int, CommissionState]]:
     return [(r.level, r.earner, r.amount_fen, r.reversed_fen, r.state) for r in rows]
 
 
-async def test_a_three_level_chain_buys_is_refunded_in_part_withdraws_and_renews():
+async def test_a_three_level_chain_buys_is_refunded_in_part_withdraws_and_renews(
+    db: str, tmp_path: Any
+):
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
     chain = await make_chain()
     m1, m2, dealer = member_earner(chain.m1), member_earner(chain.m2), agent_earner(chain.dealer.id)
     P, A, R = CommissionState.PENDING, CommissionState.AVAILABLE, CommissionState.REVERSED
@@ -217,8 +223,11 @@ async def test_a_three_level_chain_buys_is_refunded_in_part_withdraws_and_renews
         chain.member(chain.m2), amount_fen=629, request_id="w-1", channel=ManualPayout()
     )
     assert not created and again.id == withdrawal.id
-    paid_out = await settle_withdrawal(withdrawal.id, paid=True, reason="bank #1", actor="ops")
-    assert paid_out.state is WithdrawalState.PAID
+    code, out = await aquafleet(
+        env, "commissions", "payout", str(withdrawal.id), "--paid", "--reason", "bank #1",
+        "--by", "ops", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["state"] == "paid", out
     assert await of(m2) == Summary(withdrawn=629, reversed=630, earned=629)
     assert await balance(f"channel:manual:{VID}") == 6998 - 3499 - 629
     await invariants()
@@ -243,6 +252,8 @@ async def test_a_three_level_chain_buys_is_refunded_in_part_withdraws_and_renews
     assert await of(m2) == Summary(available=631, withdrawn=629, reversed=1259, earned=1260)
     assert await of(m1) == Summary(available=540, reversed=539, earned=540)
     await invariants()
+    code, out = await aquafleet(env, "commissions", "check")
+    assert code == 0 and "commissions ok: 6 commissions of 2 orders" in out, out
 
 
 async def renewal_paid(chain: Chain) -> Order:
@@ -367,13 +378,19 @@ async def test_the_withdrawal_rules():
     await invariants()
 
 
-async def test_the_check_finds_a_commission_that_does_not_add_up():
+async def test_the_check_finds_a_commission_that_does_not_add_up(db: str, tmp_path: Any):
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
     chain = await make_chain()
     order = await paid(chain)
     await invariants()
     await Commission.filter(order_oid=order.oid, level=1).update(amount_fen=1300)
     whats = {p.what for p in await check_commissions()}
     assert {"order_unbalanced", "commission_mismatch", "earner_unbalanced"} <= whats
+    code, out = await aquafleet(env, "commissions", "check", "--json")
+    assert code == 1, out
+    assert {"order_unbalanced", "commission_mismatch", "earner_unbalanced"} <= {
+        p["what"] for p in json.loads(out)["problems"]
+    }
     await Commission.filter(order_oid=order.oid, level=1).update(amount_fen=1259)
     await invariants()
     entry = await MoneyEntry.filter(
