@@ -50,7 +50,6 @@ from aquafleet.models.money import (
     balance,
     channel_account,
     order_account,
-    paid_fen,
     post,
     side_balance,
 )
@@ -370,7 +369,7 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
     )
     if not refunds:
         return
-    paid = await paid_fen(order.oid)
+    paid = await order_paid_fen(order.oid) or int(order.total_fen)
     refunded = 0
     for refund in refunds:
         refunded += int(refund.amount_fen)
@@ -378,6 +377,18 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
         if await MoneyTransaction.exists(key=key):
             continue
         await _reverse_to(order, rows, paid, refunded, key, now)
+
+
+async def order_paid_fen(oid: str) -> int:
+    """What the order's payments took (a channel's or a wallet's debits), as the ledger's
+    check counts it."""
+    total = 0
+    for account, amount in await MoneyEntry.filter(order_oid=oid).values_list(
+        "account", "amount_fen"
+    ):
+        if str(account).startswith(("channel:", "wallet:")) and int(amount) > 0:
+            total += int(amount)
+    return total
 
 
 async def _reverse_to(

@@ -400,3 +400,27 @@ async def test_the_check_finds_a_commission_that_does_not_add_up(db: str, tmp_pa
     await MoneyEntry.filter(id=entry.id).update(amount_fen=entry.amount_fen + 1)
     whats = {p.what for p in await check_commissions()}
     assert {"commission_mismatch", "earner_unbalanced"} <= whats
+
+
+async def test_a_returned_order_never_makes_its_commission_available_and_the_refund_reverses_it():
+    chain = await make_chain()
+    order = await paid(chain)
+    for event, role in (
+        (OrderEvent.DELIVER, Role.VENDOR.value),
+        (OrderEvent.CONFIRM, Role.MEMBER.value),
+        (OrderEvent.RETURN, Role.MEMBER.value),
+        (OrderEvent.CONSENT, Role.VENDOR.value),
+        (OrderEvent.REFUND, Role.VENDOR.value),
+    ):
+        order = await fire(order, event, actor_role=role, actor_id="test")
+    P = CommissionState.PENDING
+    assert [r[4] for r in await levels(order.oid)] == [P, P, P]
+    await invariants()
+    await refund(order, 6998, f"return-{order.oid}")
+    assert [r[3:] for r in await levels(order.oid)] == [
+        (1259, CommissionState.REVERSED), (539, CommissionState.REVERSED),
+        (179, CommissionState.REVERSED),
+    ]  # fmt: skip
+    assert await of(member_earner(chain.m2)) == Summary(reversed=1259)
+    assert await balance(f"order:{order.oid}:goods") == -5998
+    await invariants()
