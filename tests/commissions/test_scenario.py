@@ -305,13 +305,17 @@ async def test_who_earns_follows_the_vendors_levels_and_skips_those_who_cannot()
     await invariants()
 
 
-async def test_a_split_computed_by_several_nodes_at_once_is_stored_once():
+async def test_a_split_computed_by_several_nodes_at_once_is_stored_once(db: str, tmp_path: Any):
     chain = await make_chain()
     order = await order_of(chain)
-    # Paid by a path that did not settle (a node that died after paying): four settle at once.
+    # Paid by a path that did not settle (a node that died after paying): four settle at once,
+    # and the operator's sweep too.
     await Order.filter(id=order.id).update(state=OrderState.PAID, paid_at=dt.datetime.now(dt.UTC))
     await record_order_payment(order, channel="manual", payment_key="x")
     await asyncio.gather(*(settle_order(order.oid) for _ in range(4)))
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
+    code, out = await aquafleet(env, "commissions", "settle", "--json")
+    assert code == 0 and json.loads(out) == {"orders": 1}, out
     assert await CommissionSplit.filter(order_oid=order.oid).count() == 1
     assert await Commission.filter(order_oid=order.oid).count() == 3
     assert await MoneyTransaction.filter(key=f"commission:{order.oid}").count() == 1
