@@ -169,3 +169,34 @@ async def test_an_agents_commission_list_covers_its_subtree_with_totals_and_csv(
     assert sorted(int(r["kept"]) for r in rows) == [14900, 14900, 29800, 29800]
     assert {r["earner"] for r in rows} == {f"agent:{a.agent_id}", f"agent:{a.dealer_id}"}
     assert all(r["create_tms"].endswith("Z") for r in rows)
+
+
+async def test_an_agent_keeps_earning_from_a_rental_it_sold_when_it_is_renewed(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    from tests.api.test_delivery_api import register
+    from tests.api.test_renewals_api import applier, delivered
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, commis={"enabled": True, "config": [10, 5]})
+    renter = await make_member(api_node, api, a.vid, agent_id=a.dealer_id)
+    (did,) = await register(api, a.vid, 1)
+    first = await delivered(api_node, a, renter, did, {"product_id": pid, "package": "30d"})
+    # The rental: 10 % and 5 % of the rent (6000), none of the deposit, freight or install fee.
+    rows = (await a.vendor.call("GET", "/commission", params={"order_id": first})).data
+    assert sorted((c["earner"], c["amount"], c["state_name"]) for c in rows) == [
+        (f"agent:{a.agent_id}", 300, "pending"),
+        (f"agent:{a.dealer_id}", 600, "pending"),
+    ]
+    body = {"did": did, "package": "60d"}
+    renewal = (await renter.client.call("POST", "/orders/renewals", body)).data["order_id"]
+    order = await mark_paid(
+        renewal, admin=PLATFORM_USER, reason="test", apply_service=applier(api_node)
+    )
+    assert order.state.name == "DONE"  # a paid renewal is done at once: available at once
+    rows = (await a.dealer.call("GET", "/commission", params={"order_id": renewal})).data
+    assert [(c["amount"], c["base"], c["state_name"]) for c in rows] == [(1200, 12000, "available")]
+    summary = (await a.agent.call("GET", "/commission/summary")).data
+    assert (summary["pending"], summary["available"]) == (300, 600)
+    assert await check_commissions() == []
+    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
