@@ -11,6 +11,7 @@ from aquafleet.api import (
     auth,
     broker_auth,
     commands,
+    commissions,
     devices,
     members,
     orders,
@@ -35,7 +36,17 @@ from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products, orders)
+RESOURCE_MODULES = (
+    auth,
+    vendors,
+    agents,
+    devices,
+    commands,
+    members,
+    products,
+    orders,
+    commissions,
+)
 
 
 async def healthz(request: web.Request) -> web.Response:
