@@ -32,6 +32,7 @@ from aquafleet.gateway.appkeys import (
 )
 from aquafleet.gateway.command_sender import CommandIds, CommandSender
 from aquafleet.gateway.commands import CommandEvents, CommandService
+from aquafleet.gateway.config import Settings
 from aquafleet.gateway.embedded_redis import embedded_redis
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.facade import DeviceGateway
@@ -50,7 +51,7 @@ from aquafleet.gateway.node_bus import (
     RoutedCommand,
 )
 from aquafleet.gateway.presence import Presence, presence_ttl_ms
-from aquafleet.gateway.redis_io import Scripts, open_redis
+from aquafleet.gateway.redis_io import Replication, Scripts, open_redis
 from aquafleet.gateway.registry_cache import RegistrySync
 from aquafleet.gateway.rental import RentalScheduler
 from aquafleet.gateway.service_state import ServiceStore
@@ -85,7 +86,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await scripts.load(client)
         app[REDIS] = client
         app[SCRIPTS] = scripts
-        app[KEYSPACE] = Keyspace(settings.redis_prefix, settings.redis_shards)
+        app[KEYSPACE] = Keyspace.for_url(
+            settings.redis_prefix, settings.redis_shards, settings.redis_url
+        )
         yield
 
 
@@ -129,6 +132,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_entries=max(1, settings.ledger_batch // 100),
         claim_idle_ms=settings.ledger_claim_idle_s * 1000,
         maintenance=MaintenanceWatch(settings.filter_threshold_pct),
+        replication=replication_of(settings),
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)
@@ -178,6 +182,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pause_pending=settings.pending_pause_records,
         pause_backlog=settings.backlog_pause_records,
         coalesce_acks=settings.coalesce_acks,
+        replication=replication_of(settings),
     )
     logins = hub.logins = LoginBatcher(
         hub=hub,
@@ -206,7 +211,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         client=client, scripts=scripts, keyspace=keyspace, ids=command_ids,
         node_id=hub.node_id, metrics=metrics,
     )  # fmt: skip
-    bus = node_bus(app, keyspace.node_channel(hub.node_id), hub, sender, commands)
+    bus = node_bus(app, keyspace.node_channels(hub.node_id), hub, sender, commands)
     app[COMMANDS] = commands
     app[COMMAND_SENDER] = sender
     app[HUB] = hub
@@ -254,10 +259,15 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def node_bus(
-    app: web.Application, channel: str, hub: Hub, sender: CommandSender, commands: CommandService
+    app: web.Application,
+    channels: list[str],
+    hub: Hub,
+    sender: CommandSender,
+    commands: CommandService,
 ) -> NodeBus:
-    """A bus on `channel` whose messages reach the parts of this node that act on them."""
-    bus = NodeBus(app[REDIS], channel, app[METRICS])
+    """A bus on `channels` whose messages reach the parts of this node that act on them."""
+    sharded = app[KEYSPACE].sharded_pubsub
+    bus = NodeBus(app[REDIS], channels, app[METRICS], sharded=sharded)
     bus.subscribe(Kick, lambda m: kick_here(hub, m))
     bus.subscribe(DesiredStateChanged, lambda message: sender.push(message.did, message.desired))
     bus.subscribe(RoutedCommand, lambda message: sender.routed(message.did, message.command))
@@ -359,7 +369,7 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     runners = bridge.tasks()
     # The bridges' devices share one presence name: each bridge follows its channel too.
     shared = node_bus(
-        app, app[KEYSPACE].node_channel(MQTT_NODE), app[HUB], app[COMMAND_SENDER], app[COMMANDS]
+        app, app[KEYSPACE].node_channels(MQTT_NODE), app[HUB], app[COMMAND_SENDER], app[COMMANDS]
     )
     runners["mqtt-node-bus"] = shared.run
     for name, runner in runners.items():
@@ -392,6 +402,11 @@ async def shutdown_gateway(app: web.Application) -> None:
     if not await _within(CLOSE_GRACE_S, hub.presence.flushed()):
         log.warning("presence_release_unfinished")
     await _within(CLOSE_GRACE_S, server.wait_closed())
+
+
+def replication_of(settings: Settings) -> Replication:
+    """What a metering round and a ledger read wait for (docs/deploy.md: what an ack promises)."""
+    return Replication(settings.redis_ack_replicas, settings.redis_ack_timeout_ms)
 
 
 async def _within(seconds: float, awaitable: Awaitable[object]) -> bool:
