@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         le=65535,
         description="TCP port of the embedded Redis on 127.0.0.1 (0: Unix socket only).",
     )
+    ledger_retention_days: int = Field(
+        400,
+        ge=0,
+        description="Raw ledger records (usage_record) older than this many days are deleted, "
+        "hourly, by the scheduler's owner; the per-day rollups stay. 0: keep them for good.",
+    )
     redis_ack_replicas: int = Field(
         0,
         ge=0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -60,6 +61,7 @@ from aquafleet.gateway.tasks import TaskGroup
 from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
 from aquafleet.models.filters import MaintenanceWatch
+from aquafleet.models.usage import LedgerPruner
 from aquafleet.protocol import ErrorCode
 
 log = get_logger("aquafleet.node")
@@ -314,6 +316,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.rental_scheduler:
         yield
         return
+    pruner = LedgerPruner(settings.ledger_retention_days)
     scheduler = RentalScheduler(
         client=app[REDIS],
         scripts=app[SCRIPTS],
@@ -325,7 +328,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         grace_s=settings.rental_grace_days * 86_400,
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
-        sweep=lambda: sweep_deadlines(app),
+        sweep=lambda: sweep_deadlines(app, pruner),
     )
     app[RENTAL_SCHEDULER] = scheduler
     app[TASKS].start("rental-scheduler", scheduler.run)
@@ -337,10 +340,13 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("rental_lease_release_failed", error=str(exc))
 
 
-async def sweep_deadlines(app: web.Application) -> int:
-    """Each second on the scheduler's owner: vending sessions and commands past their deadline."""
+async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:
+    """Each second on the scheduler's owner: vending sessions and commands past their deadline
+    (and, hourly, raw ledger rows past their retention)."""
     from aquafleet.models.vending import expire_dispenses
 
+    if pruner is not None and (pruned := await pruner.maybe_prune(dt.datetime.now(dt.UTC))):
+        log.info("ledger_pruned", records=pruned)
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)
     if commands is not None:
