@@ -163,6 +163,18 @@ PG_INSERT_USAGE_AND_ROLLUP = (
     "first_at = LEAST(usage_daily.first_at, excluded.first_at), "
     "last_at = GREATEST(usage_daily.last_at, excluded.last_at)"
 )
+# The writer's path: COPY the batch into a per-connection temporary table, then the statement
+# above fed from it (COPY measured 2-14% faster than the unnest arrays: docs/benchmarks.md).
+PG_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE usage_record INCLUDING DEFAULTS) "
+    "ON COMMIT DELETE ROWS"
+)
+_UNNEST = PG_INSERT_USAGE[
+    PG_INSERT_USAGE.index("SELECT * FROM unnest") : PG_INSERT_USAGE.index(" ON CONFLICT")
+]
+PG_INSERT_STAGED_AND_ROLLUP = PG_INSERT_USAGE_AND_ROLLUP.replace(
+    _UNNEST, f"SELECT {_USAGE_COLUMNS} FROM ledger_stage"
+).replace("$11", "$1")
 PG_UPSERT_SNAPSHOT = (
     f"INSERT INTO device_snapshot ({_SNAPSHOT_COLUMNS}) "
     "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::bigint[], "
@@ -249,10 +261,12 @@ async def store_ledger_batch(
     async with in_transaction("default") as conn:
         if dialect() == "postgres":
             if usage:
-                columns: list[Any] = [list(col) for col in zip(*usage, strict=True)]
-                await conn.execute_query(
-                    PG_INSERT_USAGE_AND_ROLLUP, [*columns, int(EventKind.DISPENSE_DONE)]
-                )
+                async with conn.acquire_connection() as raw:
+                    await raw.execute(PG_CREATE_STAGE)
+                    await raw.copy_records_to_table(
+                        "ledger_stage", records=usage, columns=UsageRow._fields
+                    )
+                    await raw.execute(PG_INSERT_STAGED_AND_ROLLUP, int(EventKind.DISPENSE_DONE))
             if snapshots:
                 columns = [list(col) for col in zip(*snapshots, strict=True)]
                 filters = columns[_SNAPSHOT_FILTERS]
