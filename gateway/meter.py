@@ -183,9 +183,11 @@ class MeterBatcher:
         pause_pending: int,
         pause_backlog: int,
         coalesce_acks: bool = True,
+        linger_s: float = 0.0,
     ) -> None:
         self.hub = hub
         self.coalesce_acks = coalesce_acks
+        self.linger_s = linger_s
         self.client = client
         self.scripts = scripts
         self.keyspace = keyspace
@@ -221,6 +223,10 @@ class MeterBatcher:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if self.linger_s and len(self.pending) < self.batch_max // 4:
+                # A small round costs Redis and the ledger writer nearly what a large one does
+                # (a script call and a stream entry per shard): let more records arrive first.
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             while self.pending:
                 batch = self.pending[: self.batch_max]

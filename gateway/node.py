@@ -178,6 +178,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pause_pending=settings.pending_pause_records,
         pause_backlog=settings.backlog_pause_records,
         coalesce_acks=settings.coalesce_acks,
+        linger_s=settings.meter_linger_ms / 1000,
     )
     logins = hub.logins = LoginBatcher(
         hub=hub,
