@@ -7,7 +7,7 @@ messages are as long as a telemetry frame. It is the job aquafleet's gateway doe
 minus what makes a record durable (deduplication, metering, the ledger): a floor for the CPU a
 relay of small acknowledged messages needs on this machine, measured in the same run.
 
-The client is the benchmark's own: raw MQTT 3.1.1 packets (`simulators/mqtt_wire.py`, the
+The client is the benchmark's own: raw MQTT 3.1.1 packets (`protocol/mqtt_wire.py`, the
 simulator's sans-IO packets) over uvloop Protocols, one process per `--workers`, the first one
 also holding the subscriber. It prints one JSON line per process; `run()` gathers them.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import uvloop
 
-from aquafleet.simulators import mqtt_wire as wire
+from aquafleet.protocol import mqtt_wire as wire
 
 PAYLOAD = bytes(range(76))  # the length of one telemetry frame (benchmarks/test_hot_paths.py)
 TOPIC = "ref"
