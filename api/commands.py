@@ -8,7 +8,6 @@ device's other state, so any node answers `GET .../commands/{cid}`.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Literal
 
@@ -36,7 +35,9 @@ from aquafleet.models.commands import (
     needs_service_mode,
     wire_args,
 )
-from aquafleet.models.service import DeviceService
+from aquafleet.models.devices import check_usable_state
+from aquafleet.models.errors import DomainError
+from aquafleet.models.service import CommandTarget, ServiceMode, command_target
 from aquafleet.models.tenancy import ANY_ROLE, Principal, Role
 from aquafleet.models.vending import MAX_DISPENSE_ML
 
@@ -190,18 +191,24 @@ def issuer_of(principal: Principal) -> str:
     return f"{principal.role.value}:{principal.subject}"
 
 
-async def _service_of(principal: Principal, did: str, op: str) -> DeviceService | None:
-    member = principal.role is Role.MEMBER
-    return (
-        await DeviceService.get_or_none(did=did) if needs_service_mode(op, member=member) else None
-    )
+async def _target(principal: Principal, did: str, op: str) -> CommandTarget:
+    """The device if the caller may command it (as `usable_device`) and, when the op's rules
+    need it, its service mode: one query."""
+    with_mode = needs_service_mode(op, member=principal.role is Role.MEMBER)
+    target = await command_target(principal, did, with_mode=with_mode)
+    if target is None:
+        raise NotFoundError(f"device {did} not found")
+    try:
+        check_usable_state(target.did, target.state)
+    except DomainError as exc:
+        raise ConflictError(exc.message, code=exc.code) from None
+    return target
 
 
 async def _issue(
-    call: Call, did: str, svc: DeviceService | None, body: CommandIn
+    call: Call, did: str, mode: ServiceMode | None, body: CommandIn
 ) -> CommandRecord | None:
     """Send the command; the record once final, or as it stands after body.wait_ms."""
-    mode = svc.mode if svc is not None else None
     check_command_allowed(body.op, mode, member=call.principal.role is Role.MEMBER)
     args = wire_args(body.op, body.arguments(), now_s=int(dt.datetime.now(dt.UTC).timestamp()))
     return await call.app[DEVICE_GATEWAY].send_command(
@@ -240,12 +247,8 @@ async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
 async def send_command(call: Call) -> CommandOut:
     params: DevicePath = call.params
     body: CommandIn = call.body
-    # The two lookups at once (the service row says nothing until the device is found usable).
-    device, svc = await asyncio.gather(
-        usable_device(call.principal, params.did),
-        _service_of(call.principal, params.did, body.op),
-    )
-    record = await _issue(call, device.did, svc, body)
+    device = await _target(call.principal, params.did, body.op)
+    record = await _issue(call, device.did, device.mode, body)
     if record is None:  # its log entry expired at once: only a Redis flush does that
         raise NotFoundError(f"the command to device {device.did} was lost")
     if record.state is CommandState.FAILED and record.error == "device_offline":

@@ -6,8 +6,16 @@ devices, runs `aquafleet sim` with the given options, and reports the simulator'
 what the processes cost: CPU per process over the run, CPU per durable record, and the gateway's
 RSS per connected device. Every figure in docs/benchmarks.md comes from this script.
 
+With `--reference mosquitto` each round of aquafleet is followed by a round of Mosquitto relaying
+QoS 1 messages (benchmarks/mqtt_reference.py: as many connections, the same window and duration)
+and the report gives the ratios: aquafleet's server CPU per durable record (gateway + Redis +
+ledger) over the broker's CPU per relayed message, and the two rates. The machine is shared, so
+absolute rates drift; the ratio of two interleaved runs is the figure that carries over.
+
 Examples:
   python benchmarks/load.py --devices 2000 --sim "--window 16 --max-rate --duration 30"
+  python benchmarks/load.py --devices 2000 --ledger-process --reference mosquitto --rounds 2 \
+      --sim "--window 1 --max-rate --duration 20 --seed 1 --workers 2"
   python benchmarks/load.py --devices 15000 --sim "--interval 60 --duration 40 --storm-at 20"
 """
 
@@ -28,6 +36,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -119,6 +130,19 @@ def process_cpu(
     }
 
 
+def wait_settled(pid: int, timeout: float = 60) -> None:
+    """Return once the process has spent under 20 ms of CPU in half a second (it is up)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - last < 0.02:
+            return
+        last = now
+    raise SystemExit(f"process {pid} kept busy for {timeout} s after its start")
+
+
 class Sampler(threading.Thread):
     """Peak RSS of the gateway while the simulator runs."""
 
@@ -168,8 +192,143 @@ def main() -> int:
     parser.add_argument("--http-port", type=int, default=8250)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--json", help="write the combined report here")
+    parser.add_argument(
+        "--reference", choices=["mosquitto"],
+        help="also run the reference (benchmarks/mqtt_reference.py against a private Mosquitto:"
+        " QoS 1, as many connections, the same window and duration) and print the ratios",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=None,
+        help="aquafleet runs (each followed by a reference run with --reference); default 1, "
+        "2 with --reference",
+    )  # fmt: skip
     args = parser.parse_args()
+    rounds = args.rounds or (2 if args.reference else 1)
+    results: list[dict[str, Any]] = []
+    code = 0
+    for number in range(1, rounds + 1):
+        print(f"--- round {number}/{rounds}: aquafleet", file=sys.stderr, flush=True)
+        combined, round_code = run_aquafleet(args)
+        code = code or round_code
+        entry: dict[str, Any] = {"aquafleet": combined}
+        if args.reference:
+            print(f"--- round {number}/{rounds}: mosquitto", file=sys.stderr, flush=True)
+            entry["mosquitto"] = run_mosquitto(args)
+        results.append(entry)
+    if args.reference:
+        report = reference_report(results)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps({**report, "runs": results}, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(results[-1]["aquafleet"], indent=2))
+    return code
 
+
+def sim_options(sim: str) -> argparse.Namespace:
+    """The simulator options the reference run copies: window, duration, workers."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--workers", type=int)
+    known, _ = parser.parse_known_args(shlex.split(sim))
+    return known
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
+    """One reference run: a private Mosquitto (no persistence, no queue limits: nothing is
+    dropped, so every message published is relayed) and the benchmark's own QoS 1 client with as
+    many publishers as devices, the simulator's window, duration and worker processes."""
+    import mqtt_reference  # benchmarks/mqtt_reference.py, beside this file
+
+    sim = sim_options(args.sim)
+    workers = sim.workers or -(-args.devices // 8000)
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="aquafleet-ref-"))
+    config = workdir / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 0\nmax_inflight_messages 0\nlog_type none\n"
+        f"max_connections -1\n"
+    )
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port)
+        before = cpu_seconds(broker.pid)
+        result = mqtt_reference.run(port, args.devices, sim.window, sim.duration, workers)
+        broker_cpu = cpu_seconds(broker.pid) - before
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        subprocess.run(["rm", "-rf", str(workdir)])
+    relayed = result["received"]
+    return {
+        **result,
+        "window": sim.window,
+        "broker_cpu_s": round(broker_cpu, 2),
+        "broker_cpu_us_per_message": round(broker_cpu / relayed * 1e6, 2) if relayed else None,
+    }
+
+
+def wait_listening(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+SERVER = ("gateway", "redis", "ledger")
+
+
+def reference_report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per round: aquafleet's server CPU per durable record (gateway + Redis + ledger) against
+    Mosquitto's CPU per relayed message, and the two rates."""
+    rows = []
+    for number, entry in enumerate(results, 1):
+        ours, ref = entry["aquafleet"], entry["mosquitto"]
+        per_record = ours["cpu_us_per_record"]
+        server = sum(per_record[name] or 0.0 for name in SERVER)
+        durable = ours["sim_report"].get("records", {}).get("durable_per_s") or 0.0
+        broker = ref["broker_cpu_us_per_message"] or float("nan")
+        rows.append({
+            "round": number,
+            "aquafleet_durable_per_s": durable,
+            "mosquitto_relayed_per_s": ref["relayed_per_s"],
+            "rate_ratio": round(durable / (ref["relayed_per_s"] or float("nan")), 3),
+            "aquafleet_server_cpu_us_per_record": round(server, 2),
+            "aquafleet_cpu_us_per_record": per_record,
+            "mosquitto_cpu_us_per_message": ref["broker_cpu_us_per_message"],
+            "cpu_ratio": round(server / broker, 2),
+            "exactly_once": ours["sim_report"].get("check", {}).get("passed"),
+            "mosquitto_published_relayed": [ref["published"], ref["received"]],
+        })  # fmt: skip
+    ratios = sorted(row["cpu_ratio"] for row in rows)
+    return {
+        "reference": "mosquitto QoS 1, same connections, window and duration, interleaved",
+        "rounds": rows,
+        "cpu_ratio_median": ratios[len(ratios) // 2]
+        if len(ratios) % 2
+        else round((ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2, 2),
+    }
+
+
+def run_aquafleet(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """One full run (scratch directory, node, devices, simulator): its report and exit code."""
     workdir = Path(tempfile.mkdtemp(prefix="aquafleet-load-"))
     with contextlib.ExitStack() as stack:
         if args.redis_cluster:
@@ -181,7 +340,7 @@ def main() -> int:
         return run_load(args, workdir)
 
 
-def run_load(args: argparse.Namespace, workdir: Path) -> int:
+def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
     env.update({"AQUAFLEET_LOG_LEVEL": "warning", "AQUAFLEET_MAX_CONNECTIONS": "100000"})
     if args.redis_url:
@@ -233,6 +392,9 @@ def run_load(args: argparse.Namespace, workdir: Path) -> int:
                 stdout=(workdir / "ledger.log").open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
         redis_pid = redis_server_pids(workdir, args.redis_url)
+        if ledger is not None:
+            # Its start (imports, database schema) is not per-record work: measure from idle.
+            wait_settled(ledger.pid)
         gateway_pid = serve.pid
         rss_idle = rss_bytes(gateway_pid)
         before = process_cpu(gateway_pid, redis_pid, ledger)
@@ -292,9 +454,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> int:
                 indent=2,
             )
         )
-        if args.json:
-            Path(args.json).write_text(json.dumps(combined, indent=2))
-        return 0 if sim.returncode == 0 else 1
+        return combined, 0 if sim.returncode == 0 else 1
     finally:
         for process in (ledger, serve):
             if process is not None and process.poll() is None:

@@ -12,6 +12,8 @@ Examples (docs/benchmarks.md, "MQTT transport", has the measured ones):
       --sim "--window 8 --max-rate --duration 20 --workers 2"
   python benchmarks/load_mqtt.py --devices 500 --workers 2 \
       --sim "--window 8 --max-rate --duration 20 --workers 2"
+  python benchmarks/load_mqtt.py --devices 500 --reference tcp --rounds 2 \
+      --sim "--window 8 --max-rate --duration 20 --seed 1 --workers 2"
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -51,6 +54,37 @@ def start_broker(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("mosquitto did not start")
 
 
+def per_acked_record(combined: dict[str, Any]) -> dict[str, float | None]:
+    """Every process's CPU per record the simulator saw acked, in µs."""
+    acked = combined.get("sim_report", {}).get("records", {}).get("acked") or 0
+    return {
+        name: round(seconds / acked * 1e6, 1) if acked else None
+        for name, seconds in combined["cpu_s"].items()
+    }
+
+
+def run_tcp(args: argparse.Namespace) -> dict[str, Any]:
+    """The same load on the TCP path (the reference of `--reference tcp`)."""
+    report = Path(tempfile.mkstemp(prefix="aquafleet-tcp-", suffix=".json")[1])
+    try:
+        sys.argv = [
+            "load.py", "--devices", str(args.devices), "--workers", str(args.workers),
+            "--sim", args.sim, "--json", str(report), *args.load_args,
+        ]  # fmt: skip
+        code = load.main()
+        combined = json.loads(report.read_text()) if report.stat().st_size else {}
+    finally:
+        report.unlink(missing_ok=True)
+    sim = combined.get("sim_report", {})
+    return {
+        "exit": code,
+        "durable_per_s": sim.get("records", {}).get("durable_per_s"),
+        "acked": sim.get("records", {}).get("acked"),
+        "check_passed": sim.get("check", {}).get("passed"),
+        "cpu_us_per_acked_record": per_acked_record(combined),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, required=True)
@@ -58,9 +92,50 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="gateway processes (bridges)")
     parser.add_argument("--json", help="write the combined report here")
     parser.add_argument(
+        "--reference", choices=["tcp"],
+        help="after each MQTT run, the same load over TCP; prints the gateway's CPU per record "
+        "on MQTT over TCP's, per round",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="MQTT runs (each with its reference)")
+    parser.add_argument(
         "load_args", nargs="*", help="more load.py options, after --, e.g. -- --redis-url ..."
     )
     args = parser.parse_args()
+    if not args.reference:
+        return run_mqtt(args)
+    rows = []
+    code = 0
+    for number in range(1, args.rounds + 1):
+        print(f"--- round {number}/{args.rounds}: mqtt", file=sys.stderr, flush=True)
+        mqtt_json = Path(tempfile.mkstemp(prefix="aquafleet-mqtt-round-", suffix=".json")[1])
+        one = argparse.Namespace(**{**vars(args), "json": str(mqtt_json)})
+        code = run_mqtt(one) or code
+        mqtt = json.loads(mqtt_json.read_text()) if mqtt_json.stat().st_size else {}
+        mqtt_json.unlink(missing_ok=True)
+        print(f"--- round {number}/{args.rounds}: tcp", file=sys.stderr, flush=True)
+        tcp = run_tcp(args)
+        code = tcp["exit"] or code
+        ours = mqtt.get("cpu_us_per_acked_record", {}).get("gateway")
+        theirs = tcp["cpu_us_per_acked_record"].get("gateway")
+        rows.append({
+            "round": number,
+            "mqtt_durable_per_s": mqtt.get("sim_report", {}).get("records", {}).get(
+                "durable_per_s"),
+            "tcp_durable_per_s": tcp["durable_per_s"],
+            "mqtt_cpu_us_per_acked_record": mqtt.get("cpu_us_per_acked_record"),
+            "tcp_cpu_us_per_acked_record": tcp["cpu_us_per_acked_record"],
+            "gateway_ratio_mqtt_over_tcp": round(ours / theirs, 2) if ours and theirs else None,
+            "exactly_once": [mqtt.get("sim_report", {}).get("check", {}).get("passed"),
+                             tcp["check_passed"]],
+        })  # fmt: skip
+    report = {"reference": "the same load over TCP, interleaved", "rounds": rows}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return code
+
+
+def run_mqtt(args: argparse.Namespace) -> int:
     port = free_port()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     broker = start_broker(port)
@@ -84,10 +159,7 @@ def main() -> int:
         )
         sim = combined.get("sim_report", {})
         acked = sim.get("records", {}).get("acked") or 0
-        combined["cpu_us_per_acked_record"] = {
-            name: round(seconds / acked * 1e6, 1) if acked else None
-            for name, seconds in combined["cpu_s"].items()
-        }
+        combined["cpu_us_per_acked_record"] = per_acked_record(combined)
         summary = {
             "devices": args.devices,
             "bridges": args.workers,

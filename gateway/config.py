@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     meter_batch_max: int = Field(
         4000, ge=1, le=100000, description="Most records one metering round trip carries."
     )
+    meter_linger_ms: float = Field(
+        0.0,
+        ge=0,
+        le=50,
+        description="Time a metering round waits for more records when few are pending (a "
+        "round costs Redis a script call and the ledger a stream entry per shard, however few "
+        "records it carries): less CPU per record with devices that send one record at a time, "
+        "for that much more ack latency.",
+    )
     coalesce_acks: bool = Field(
         True,
         description="Ack only the last of the records of a boot stored in one round (its "

@@ -186,10 +186,12 @@ class MeterBatcher:
         pause_backlog: int,
         coalesce_acks: bool = True,
         replication: Replication = NO_WAIT,
+        linger_s: float = 0.0,
     ) -> None:
         self.hub = hub
         self.replication = replication  # WAIT for replicas before acking a round
         self.coalesce_acks = coalesce_acks
+        self.linger_s = linger_s
         self.client = client
         self.scripts = scripts
         self.keyspace = keyspace
@@ -225,6 +227,10 @@ class MeterBatcher:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if self.linger_s and len(self.pending) < self.batch_max // 4:
+                # A small round costs Redis and the ledger writer nearly what a large one does
+                # (a script call and a stream entry per shard): let more records arrive first.
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             while self.pending:
                 batch = self.pending[: self.batch_max]

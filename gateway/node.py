@@ -185,6 +185,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pause_backlog=settings.backlog_pause_records,
         coalesce_acks=settings.coalesce_acks,
         replication=replication_of(settings),
+        linger_s=settings.meter_linger_ms / 1000,
     )
     logins = hub.logins = LoginBatcher(
         hub=hub,

@@ -212,9 +212,15 @@ def check_changeable(device: Device) -> None:
 
 def check_usable(device: Device) -> None:
     """A device someone may command or bind: neither deregistered nor disabled."""
-    check_changeable(device)
-    if device.state is DeviceState.DISABLED:
-        raise DeviceDisabled(f"device {device.did} is disabled")
+    check_usable_state(device.did, device.state)
+
+
+def check_usable_state(did: str, state: DeviceState) -> None:
+    """check_usable for a device known by its id and state alone."""
+    if state is DeviceState.DEREGISTERED:
+        raise DeviceDeregistered(f"device {did} is deregistered")
+    if state is DeviceState.DISABLED:
+        raise DeviceDisabled(f"device {did} is disabled")
 
 
 def refused_config_groups(role: Role, groups: Iterable[str]) -> list[str]:

@@ -14,15 +14,18 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.devices import Device, DeviceType
+from aquafleet.models.devices import Device, DeviceState, DeviceType, visible_devices
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.ids import is_valid_device_id
+from aquafleet.models.tenancy import Principal
 
 MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
 DAY_S = 86_400
@@ -55,6 +58,39 @@ class DeviceService(Model):
 
     class Meta:
         table = "device_service"
+
+
+class CommandTarget(NamedTuple):
+    """What a command needs of its device: that the caller may see it, its state, its mode."""
+
+    did: str
+    state: DeviceState
+    mode: ServiceMode | None  # None: not asked for, or the device has no service row
+
+
+async def command_target(
+    principal: Principal, did: str, *, with_mode: bool
+) -> CommandTarget | None:
+    """The device if the caller may see it (as `find_visible`), with its service mode when
+    `with_mode`: one query that builds no model (the service row as a scalar subquery), on the
+    path of every command."""
+    if not is_valid_device_id(did):
+        return None
+    query = visible_devices(principal).filter(did=did).limit(1)
+    if with_mode:
+        mode = Subquery(DeviceService.filter(did=did).values("mode"))
+        rows = await query.annotate(mode=mode).values_list("did", "state", "mode")
+    else:
+        rows = await query.values_list("did", "state")
+    if not rows:
+        return None
+    row = rows[0]
+    mode_value = row[2] if with_mode else None
+    return CommandTarget(
+        str(row[0]),
+        DeviceState(row[1]),
+        None if mode_value is None else ServiceMode(int(mode_value)),
+    )
 
 
 class ServiceChange(Model):

@@ -352,7 +352,12 @@ _PARSERS: dict[int, Callable[[Payload, Frame], Message]] = {
 
 def parse_record(frame: Frame) -> Record:
     """Decode a TELEMETRY/EVENT frame's header and counter (the hot path of the gateway)."""
-    m = decode_payload(frame.payload, frame.encoding)
+    return record_from_map(decode_payload(frame.payload, frame.encoding), frame)
+
+
+def record_from_map(m: Payload, frame: Frame) -> Record:
+    """`parse_record` of a payload already decoded into `m` (MQTT decodes it once for its
+    envelope keys: not twice)."""
     rec = m.get(Key.REC)
     boot = m.get(Key.BOOT)
     ts = m.get(Key.TS)

@@ -30,7 +30,12 @@ from aquafleet.protocol.message_types import (
     Result,
     Telemetry,
 )
-from aquafleet.protocol.messages import decode_payload, message_map, parse_message, parse_record
+from aquafleet.protocol.messages import (
+    decode_payload,
+    message_map,
+    parse_message,
+    record_from_map,
+)
 from aquafleet.protocol.mqtt_envelope import (
     CHANNEL_OF_TYPE,
     DOWNLINK_TYPES,
@@ -294,7 +299,7 @@ class MqttServerSession:
         frame = Frame(frame_type, envelope.encoding << Flag.ENCODING_SHIFT, seq, envelope.body)
         try:
             if frame_type in RECORD_TYPES:
-                return [parse_record(frame)]
+                return [record_from_map(body, frame)]
             message = parse_message(frame)
         except RemoteProtocolError:
             if frame_type in RECORD_TYPES:

@@ -8,6 +8,7 @@ passes as `now` (unix seconds); nothing here reads a clock, sleeps or touches a 
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,7 +35,6 @@ from aquafleet.protocol.frames import (
     FrameDecoder,
     MacKey,
     encode_frame,
-    frame_mac,
 )
 from aquafleet.protocol.message_types import (
     Ack,
@@ -144,6 +144,8 @@ MAC_REQUIRED = frozenset(
     }
 )
 _RECORD_TYPES = (FrameType.TELEMETRY, FrameType.EVENT)
+_ACK_SEQ, _ACK_RC, _ACK_WATERMARK = int(Key.ACK_SEQ), int(Key.ACK_RC), int(Key.ACK_WATERMARK)
+_compare_digest = hmac.compare_digest
 
 
 # --------------------------------------------------------------------------- events
@@ -225,7 +227,7 @@ class _Link:
         self._encoding_flags = encoding << Flag.ENCODING_SHIFT
         self._nonce_source = nonce_source
         self._decoder = FrameDecoder()
-        self._out = bytearray()
+        self._out: list[bytes] = []  # frames queued for the peer, joined by data_to_send()
         self._tx_seq = 0
         self._tx_mac: MacKey | None = None  # MAC keys of frames we send / receive
         self._rx_mac: MacKey | None = None
@@ -243,9 +245,11 @@ class _Link:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _next_seq(self) -> int:
         seq = self._tx_seq
@@ -255,12 +259,14 @@ class _Link:
     def _send(self, message: Message, *, mac: bool = False, flags: int = 0) -> int:
         seq = self._next_seq()
         payload = encode_payload(message_map(message), self.encoding)
-        self._out += encode_frame(
-            FRAME_TYPE_OF[type(message)],
-            seq,
-            payload,
-            flags=flags | self._encoding_flags,
-            mac_key=self._tx_mac if mac else None,
+        self._out.append(
+            encode_frame(
+                FRAME_TYPE_OF[type(message)],
+                seq,
+                payload,
+                flags=flags | self._encoding_flags,
+                mac_key=self._tx_mac if mac else None,
+            )
         )
         return seq
 
@@ -301,9 +307,10 @@ class _Link:
 
     def _mac_ok(self, frame: Frame) -> bool:
         key = self._rx_mac
-        if frame.mac is None or key is None:
+        received = frame.mac
+        if received is None or key is None:
             return False
-        return crypto.proofs_equal(frame_mac(key, frame.signed), frame.mac)
+        return _compare_digest(key.mac(frame.signed), received)
 
     def _next_frame(self, events: list[object]) -> Frame | None:
         """The next frame to handle, or None; a fatal framing error closes the session."""
@@ -514,16 +521,19 @@ class ServerSession(_Link):
             )
         if self.state is not SessionState.ONLINE:
             return
-        body: dict[int, object] = {Key.ACK_SEQ: seq, Key.ACK_RC: rc}
+        body: dict[int, object] = {_ACK_SEQ: seq, _ACK_RC: rc}
         if watermark is not None:  # not range-checked: the gateway builds it from parsed u32s
-            body[Key.ACK_WATERMARK] = watermark
-        payload = encode_payload(body, self.encoding)
-        self._out += encode_frame(
-            FrameType.ACK,
-            self._next_seq(),
-            payload,
-            flags=self._encoding_flags,
-            mac_key=self._tx_mac,
+            body[_ACK_WATERMARK] = watermark
+        tx_seq = self._tx_seq
+        self._tx_seq = (tx_seq + 1) % SEQ_MODULO
+        self._out.append(
+            encode_frame(
+                FrameType.ACK,
+                tx_seq,
+                encode_payload(body, self.encoding),
+                flags=self._encoding_flags,
+                mac_key=self._tx_mac,
+            )
         )
 
     def send_command(self, command: Command) -> int:

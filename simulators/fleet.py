@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aquafleet.simulators import mqtt_wire
+from aquafleet.protocol import mqtt_wire
 from aquafleet.simulators.device import VirtualPurifier
 from aquafleet.simulators.link import PurifierLink
 from aquafleet.simulators.mqtt_device import MqttPurifier

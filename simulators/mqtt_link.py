@@ -1,4 +1,4 @@
-"""The MQTT pump of one virtual ESP8266: an asyncio Protocol speaking `simulators.mqtt_wire`.
+"""The MQTT pump of one virtual ESP8266: an asyncio Protocol speaking `protocol.mqtt_wire`.
 
 It offers the fleet what `simulators.link.PurifierLink` offers (write, close, abort, `closed`,
 `transport` while connected), so the fleet's timers, drops, storms and drain drive both kinds.
@@ -12,8 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from aquafleet.protocol import mqtt_wire as wire
 from aquafleet.protocol.crypto import mqtt_password
-from aquafleet.simulators import mqtt_wire as wire
 from aquafleet.simulators.mqtt_device import MqttPurifier
 
 KEEPALIVE_S = 60

@@ -1,11 +1,12 @@
 """The MQTT bridge: ESP8266 devices' messages from the broker into the gateway, acks back.
 
-One aiomqtt client per node subscribes to every device's uplink with a shared subscription
-(`$share/<group>/<prefix>/+/up/#` and `.../+/status`, QoS 0: see SUBSCRIBE_QOS), so the nodes
-of a group split the load. aiomqtt runs the connection (connect, subscribe, keepalive, clean
-disconnect, and telling us it dropped); the messages go through the paho client inside it, by
-paho's public API (`paho_client` says why): read in bursts, handed to our bounded queue,
-acks and commands published a batch at a time without a task per message.
+One broker connection per node (gateway/mqtt/client.py: MQTT 3.1.1 over an asyncio Protocol,
+the packets of protocol/mqtt_wire.py) subscribes to every device's uplink with a shared
+subscription (`$share/<group>/<prefix>/+/up/#` and `.../+/status`, QoS 0: see SUBSCRIBE_QOS),
+so the nodes of a group split the load. Every message a socket read holds goes straight into
+our bounded queue; acks and commands are published a batch per write. (Through aiomqtt and
+paho, the same work took paho's general-purpose packet handling and thread-safe publish path:
+44% of the bridge's main thread, docs/benchmarks.md.)
 A device's first message on this node holds until its key is known: the hub's LoginBatcher
 looks the device up (one registry round trip per tick for all of them), checks the message's
 tag with the derived key and claims the device's presence; the desired state that claim
@@ -36,26 +37,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiomqtt
 import msgpack
-import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from aquafleet.gateway.errors import ConfigError, GatewayError, RedisUnavailable
+from aquafleet.gateway.errors import ConfigError, RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.login import LoginBatcher
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.mqtt.client import BrokerConnection, BrokerError, Outgoing, connect_broker
 from aquafleet.gateway.mqtt.link import MqttDevice
 from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
@@ -78,8 +77,6 @@ CONSUME_BATCH = 2000  # messages handled before the loop yields (the meter takes
 PUBLISH_BATCH = 500
 PAUSED_POLL_S = 0.05
 FLUSH_GRACE_S = 2.0
-SENT_POLL_S = 0.001
-READ_BURST = 256
 # The uplink is taken at QoS 0: a record's safety is the device's (it keeps it until our ACK,
 # which comes only once the record is durable), not the broker's. At QoS 1 the broker holds
 # at most an in-flight window (Mosquitto: 20) plus a queue (1000) per subscriber and silently
@@ -103,8 +100,6 @@ _DROP_COUNTERS = {
     "not_allowed": "mqtt_uplinks_refused",
 }
 
-Outgoing = tuple[str, bytes, int]  # topic, payload, qos
-
 
 def broker_address(url: str) -> tuple[str, int, bool]:
     """(host, port, tls) of an mqtt:// or mqtts:// URL."""
@@ -113,65 +108,6 @@ def broker_address(url: str) -> tuple[str, int, bool]:
         raise ConfigError(f"mqtt_url: {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
     tls = parts.scheme == "mqtts"
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
-
-def paho_client(client: aiomqtt.Client) -> mqtt.Client:
-    """The paho-mqtt client inside an aiomqtt client: the one place we reach past aiomqtt.
-
-    aiomqtt 2.x offers no public way to do what the bridge needs at its message rate:
-    - publish without awaiting each message's confirmation (its `publish` waits in a task of
-      its own per message: measured, the largest share of the bridge's CPU per record);
-    - read more than one packet per socket wake-up (its reader calls paho's `loop_read` once:
-      messages waited in the socket buffer and acks took ~300 ms at 4,000 messages/s);
-    - take messages without a Message and a validated Topic made for each (~6% of the
-      bridge's main thread at 8,000 messages/s).
-    paho's own public API (`publish`, `socket`, `loop_read`, `on_message`) does all three, on
-    the client aiomqtt keeps in `_client`: pyproject pins aiomqtt < 3 (the unreleased 3.x
-    drops paho), and tests/gateway/test_mqtt_bridge.py checks it on the installed aiomqtt and
-    fails loudly when it changes.
-    """
-    paho = getattr(client, "_client", None)
-    if not isinstance(paho, mqtt.Client):
-        raise GatewayError(
-            f"aiomqtt {getattr(aiomqtt, '__version__', '?')} keeps no paho client where the "
-            "MQTT bridge expects one (gateway/mqtt/bridge.py, paho_client)"
-        )
-    return paho
-
-
-def read_in_bursts(client: aiomqtt.Client, arrivals: Callable[[], int]) -> asyncio.Future[None]:
-    """Read up to READ_BURST messages per socket wake-up instead of aiomqtt's one.
-
-    Replaces the reader aiomqtt registered for the connected socket (asyncio keeps one per
-    descriptor); aiomqtt removes it when the socket closes. `arrivals` counts messages paho
-    handed over: a burst stops at the first read that handed none (no data left, or a control
-    packet; the loop calls again while the socket is readable). The returned future fails when
-    a read raises: the connection is broken.
-    """
-    paho = paho_client(client)
-    sock = paho.socket()
-    if sock is None:
-        raise aiomqtt.MqttError("not connected")
-    loop = asyncio.get_running_loop()
-    broken: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    pending = getattr(sock, "pending", None)  # TLS: decrypted bytes the socket no longer shows
-
-    def burst() -> None:
-        try:
-            for _ in range(READ_BURST):
-                before = arrivals()
-                if paho.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                    return
-                if arrivals() == before and not (pending is not None and pending() > 0):
-                    return
-        except Exception as exc:  # as aiomqtt's own reader: the connection broke
-            loop.remove_reader(fd)
-            if not broken.done():
-                broken.set_exception(aiomqtt.MqttError(f"reading from the broker: {exc!r}"))
-
-    loop.add_reader(fd, burst)
-    return broken
 
 
 class MqttBridge:
@@ -216,7 +152,6 @@ class MqttBridge:
         self._in_wake = asyncio.Event()
         self.connected = False
         self.accepting = True
-        self.arrivals = 0  # messages paho handed over (queued or dropped)
         self._out_wake = asyncio.Event()
         self._out_empty = asyncio.Event()  # set by the publisher when nothing is left
         self._forget: list[str] = []
@@ -232,62 +167,48 @@ class MqttBridge:
 
     # ------------------------------------------------------------------ the broker connection
 
-    def _client(self) -> aiomqtt.Client:
-        quiet = logging.getLogger("aquafleet.mqtt.client")
-        quiet.setLevel(logging.ERROR)  # reconnects are logged by us, once
+    async def _connect(self) -> BrokerConnection:
         password = self.settings.mqtt_password
-        client = aiomqtt.Client(
+        return await connect_broker(
             self.host,
             self.port,
-            identifier=self.client_id,
+            client_id=self.client_id,
+            on_message=self._on_message,
             username=self.settings.mqtt_username,
             password=None if password is None else password.get_secret_value(),
-            clean_session=True,
-            keepalive=KEEPALIVE_S,
-            timeout=BROKER_TIMEOUT_S,
-            tls_context=ssl.create_default_context() if self.tls else None,
-            logger=quiet,
+            keepalive_s=KEEPALIVE_S,
+            tls=ssl.create_default_context() if self.tls else None,
+            timeout_s=BROKER_TIMEOUT_S,
         )
-        client.pending_calls_threshold = PUBLISH_BATCH * 4
-        # Messages come straight from paho into our bounded queue (paho's public callback):
-        # aiomqtt's would build a Message and a validated Topic for each, then queue it.
-        paho_client(client).on_message = self._on_message
-        return client
 
-    def _on_message(self, _paho: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        """paho hands over a message (on the loop's thread): queue it; full: drop the newest,
-        counted (it was not acked: its device resends it)."""
-        self.arrivals += 1
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """A message from the broker (as its read is handled): queue it; full: drop the
+        newest, counted (it was not acked: its device resends it)."""
         if len(self.incoming) >= self.incoming_max:
             self.metrics.mqtt_uplinks_dropped += 1
             return
-        try:
-            self.incoming.append((message.topic, bytes(message.payload)))
-        except UnicodeDecodeError:
-            self.metrics.mqtt_uplinks_malformed += 1
-            return
+        self.incoming.append((topic, payload))
         self._in_wake.set()
 
     async def run(self) -> None:
         """Connect, subscribe, pump; on any broker failure reconnect with backoff."""
-        client = self._client()
         delay = RECONNECT_MIN_S
         while not self._stopping.is_set():
+            conn: BrokerConnection | None = None
             try:
-                async with client:
-                    for name in uplink_filter(self.prefix, self.settings.mqtt_share_group):
-                        await client.subscribe(name, qos=SUBSCRIBE_QOS)
-                    broken = read_in_bursts(client, lambda: self.arrivals)
-                    self.connected = True
-                    self.metrics.mqtt_broker_connects += 1
-                    delay = RECONNECT_MIN_S
-                    log.info(
-                        "mqtt_connected", broker=f"{self.host}:{self.port}", client=self.client_id
-                    )
-                    await self._pump(client, broken)
-            except aiomqtt.MqttError as exc:
+                conn = await self._connect()
+                filters = uplink_filter(self.prefix, self.settings.mqtt_share_group)
+                await conn.subscribe([(f, SUBSCRIBE_QOS) for f in filters], BROKER_TIMEOUT_S)
+                self.connected = True
+                self.metrics.mqtt_broker_connects += 1
+                delay = RECONNECT_MIN_S
+                log.info("mqtt_connected", broker=f"{self.host}:{self.port}", client=self.client_id)
+                await self._pump(conn)
+            except (BrokerError, TimeoutError) as exc:
                 log.warning("mqtt_broker_unavailable", error=str(exc), retry_in_s=round(delay, 2))
             finally:
+                if conn is not None:
+                    await conn.disconnect(BROKER_TIMEOUT_S)
                 if self.connected:
                     self.connected = False
                     self.metrics.mqtt_broker_disconnects += 1
@@ -296,21 +217,24 @@ class MqttBridge:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_S)
 
-    async def _pump(self, client: aiomqtt.Client, broken: asyncio.Future[None]) -> None:
-        """Receive and publish until the connection fails (raises MqttError) or we stop."""
+    async def _pump(self, conn: BrokerConnection) -> None:
+        """Receive and publish until the connection fails (raises BrokerError) or we stop."""
         tasks: set[asyncio.Future[Any]] = {
             asyncio.create_task(self._consume(), name="mqtt-consume"),
-            asyncio.create_task(self._watch(client), name="mqtt-watch"),
-            asyncio.create_task(self._publish(client), name="mqtt-publish"),
+            asyncio.create_task(conn.keep_alive(KEEPALIVE_S), name="mqtt-keepalive"),
+            asyncio.create_task(self._publish(conn), name="mqtt-publish"),
             asyncio.create_task(self._stopping.wait(), name="mqtt-stop"),
-            broken,
+            conn.closed,
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                if task is not conn.closed:
+                    task.cancel()
+            await asyncio.gather(
+                *(t for t in tasks if t is not conn.closed), return_exceptions=True
+            )
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -333,22 +257,12 @@ class MqttBridge:
                 receive(topic_name, payload, now)
             await asyncio.sleep(0)
 
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        """End with the connection: aiomqtt's message iterator raises MqttError when it drops
-        (the messages themselves come through `_on_message`, so it yields none)."""
-        async for _ in client.messages:
-            pass
+    async def _publish(self, conn: BrokerConnection) -> None:
+        """Publish queued acks and commands a batch per write; what fails stays queued.
 
-    async def _publish(self, client: aiomqtt.Client) -> None:
-        """Publish queued acks and commands a batch at a time; what fails stays queued.
-
-        Through paho's own non-blocking publish: aiomqtt's awaits each message's confirmation
-        in a task of its own (measured: the largest share of the bridge's CPU per record).
-        Each batch is waited for until it is on the wire (QoS 0) or acknowledged (QoS 1), so
-        paho's unbounded buffer never holds more than one batch; the rest waits in ours.
+        Each batch is waited for until the socket took it, so the transport's buffer never
+        holds much more than one batch; the rest waits in ours (bounded, oldest dropped).
         """
-        paho = paho_client(client)
         while True:
             if not self.outbound:
                 self._out_empty.set()
@@ -356,31 +270,14 @@ class MqttBridge:
                 await self._out_wake.wait()
             count = min(PUBLISH_BATCH, len(self.outbound))
             batch = [self.outbound.popleft() for _ in range(count)]
-            last = None
-            for index, (name, payload, qos) in enumerate(batch):
-                info = paho.publish(name, payload, qos)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    self.outbound.extendleft(reversed(batch[index:]))
-                    self._trim_outbound()
-                    self.metrics.mqtt_downlinks_sent += index
-                    raise aiomqtt.MqttError(f"publish refused: {mqtt.error_string(info.rc)}")
-                last = info
+            try:
+                conn.publish_many(batch)
+            except BrokerError:
+                self.outbound.extendleft(reversed(batch))
+                self._trim_outbound()
+                raise
             self.metrics.mqtt_downlinks_sent += count
-            await self._sent(last)
-
-    async def _sent(self, info: mqtt.MQTTMessageInfo | None) -> None:
-        """Wait (bounded) until paho has written the message (QoS 0) or the broker acked it."""
-        if info is None:
-            return
-        await asyncio.sleep(0)  # paho writes from the loop's writer callback
-        try:
-            async with asyncio.timeout(BROKER_TIMEOUT_S):
-                while not info.is_published():  # noqa: ASYNC110  # paho sets no event
-                    await asyncio.sleep(SENT_POLL_S)
-        except TimeoutError:
-            raise aiomqtt.MqttError("the broker takes no more messages") from None
-        except (RuntimeError, ValueError) as exc:  # paho gave up on it: the connection is gone
-            raise aiomqtt.MqttError(str(exc)) from None
+            await conn.drain(BROKER_TIMEOUT_S)
 
     # ------------------------------------------------------------------ uplink
 

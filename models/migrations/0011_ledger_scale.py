@@ -21,7 +21,7 @@ async def backfill(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0008_shop')]
+    dependencies = [('models', '0010_commissions')]
 
     initial = False
 

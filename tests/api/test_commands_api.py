@@ -279,3 +279,28 @@ async def test_a_locked_vending_machine_is_refused_a_dispense(
         if command.op == CommandOp.DISPENSE:
             break
     assert (await call).data["state"] == "succeeded"
+
+
+async def test_a_disabled_or_deregistered_device_is_refused_commands(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any
+):
+    """The command path reads the device and its service row in one query: it still refuses
+    a device nobody may command, for every role, the service mode asked for or not."""
+    from aquafleet.models.devices import Device, DeviceState
+
+    a, _ = tenants
+    disabled, gone = [d["did"] for d in await register(api, a.vid, 2)]
+    owner = await make_member(api_node, api, a.vid)
+    await owner.client.call("POST", f"/devices/{disabled}/bind", {})
+    await Device.filter(did=disabled).update(state=DeviceState.DISABLED)
+    assert (await api.call("DELETE", f"/devices/{gone}")).status == 204
+    for client, did, code in (
+        (a.vendor, disabled, "device_disabled"),
+        (owner.client, disabled, "device_disabled"),
+        (a.vendor, gone, "device_deregistered"),
+    ):
+        for body in ({"op": "dispense", "ml": 50}, {"op": "lock"}, {"op": "reboot"}):
+            if client is owner.client and body["op"] == "reboot":
+                continue  # a member's reboot is refused for its role first (403)
+            answer = await client.call("POST", f"/devices/{did}/commands", body, expect=409)
+            assert (answer.status, answer.code) == (409, code), (did, body, answer)

@@ -11,16 +11,13 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 import pytest
 
 from aquafleet.gateway.appkeys import KEYSPACE, MQTT_BRIDGE, REDIS
-from aquafleet.gateway.errors import GatewayError
-from aquafleet.gateway.mqtt.bridge import paho_client, read_in_bursts
+from aquafleet.gateway.mqtt.client import BrokerError, connect_broker
 from aquafleet.models.usage import metered_ml_by_device
 from aquafleet.protocol import Command, CommandOp
 from aquafleet.protocol.crypto import mqtt_password
@@ -148,7 +145,7 @@ class MqttTestDevice:
     async def vanish(self) -> None:
         """Lose the link without DISCONNECT, like a WiFi drop: the broker publishes the will."""
         assert self.client is not None
-        sock = paho_client(self.client).socket()  # no public abort in aiomqtt
+        sock = self.client._client.socket()  # aiomqtt's paho client: no public abort
         if isinstance(sock, socket.socket):
             sock.shutdown(socket.SHUT_RDWR)
         if self._reader is not None:  # it ends on the disconnect (and takes aiomqtt's error)
@@ -621,33 +618,59 @@ async def test_bridge_shutdown_leaves_the_broker_and_keeps_device_presence(
     assert await redis_client.exists(key)
 
 
-async def test_the_paho_client_the_bridge_reaches_for_is_inside_the_installed_aiomqtt() -> None:
-    """gateway.mqtt.bridge.paho_client is the one place the bridge goes past aiomqtt's public
-    API (its docstring says why): when a new aiomqtt moves or drops its paho client, this
-    fails here, and the bridge refuses to run rather than misbehave."""
+async def test_the_bridge_client_takes_every_message_of_a_read_and_publishes_batches() -> None:
+    """gateway/mqtt/client.py against the real broker: messages in order, however many a read
+    holds; a batch of QoS 0 and QoS 1 messages in one write reaches another client."""
     prefix = unique_prefix()
-    client = aiomqtt.Client("127.0.0.1", BROKER_PORT, identifier=f"{prefix}-bridge")
-    assert isinstance(paho_client(client), mqtt.Client)
-    with pytest.raises(GatewayError, match="paho_client"):
-        paho_client(SimpleNamespace(_client=None))  # type: ignore[arg-type]
-    async with client:
-        await client.subscribe(f"{prefix}/#", qos=0)
-        reads: list[int] = []
-
-        def arrivals() -> int:
-            reads.append(len(client.messages))
-            return reads[-1]
-
-        broken = read_in_bursts(client, arrivals)
-        async with aiomqtt.Client("127.0.0.1", BROKER_PORT) as sender:
-            for index in range(50):
-                await sender.publish(f"{prefix}/up", str(index).encode())
-        received = []
+    received: list[tuple[str, bytes]] = []
+    conn = await connect_broker(
+        "127.0.0.1", BROKER_PORT, client_id=f"{prefix}-bridge",
+        on_message=lambda topic, payload: received.append((topic, payload)),
+    )  # fmt: skip
+    try:
+        await conn.subscribe([(f"{prefix}/up/#", 0)], TIMEOUT_S)
+        async with aiomqtt.Client("127.0.0.1", BROKER_PORT) as other:
+            await other.subscribe(f"{prefix}/down/#", qos=1)
+            for index in range(200):
+                await other.publish(f"{prefix}/up/{index % 3}", str(index).encode())
+            async with asyncio.timeout(TIMEOUT_S):
+                while len(received) < 200:  # noqa: ASYNC110  # the callback sets no event
+                    await asyncio.sleep(0.01)
+            assert [p for _, p in received] == [str(i).encode() for i in range(200)]
+            assert received[4] == (f"{prefix}/up/1", b"4")
+            sent = conn.publish_many([(f"{prefix}/down/{i}", bytes([i]), i % 2) for i in range(20)])
+            await conn.drain(TIMEOUT_S)
+            assert sent == 20
+            got = []
+            async with asyncio.timeout(TIMEOUT_S):
+                async for message in other.messages:
+                    got.append((str(message.topic), message.payload))
+                    if len(got) == 20:
+                        break
+            assert got == [(f"{prefix}/down/{i}", bytes([i])) for i in range(20)]
         async with asyncio.timeout(TIMEOUT_S):
-            async for message in client.messages:
-                received.append(message.payload)
-                if len(received) == 50:
-                    break
-        assert received == [str(i).encode() for i in range(50)]
-        assert reads and max(reads) > 1  # our reader took them, several per wake-up
-        assert not broken.done()
+            while conn.unacked:  # noqa: ASYNC110  # the broker's PUBACKs of the QoS 1 half
+                await asyncio.sleep(0.01)
+        assert conn.is_open
+    finally:
+        await conn.disconnect(TIMEOUT_S)
+    assert not conn.is_open
+    with pytest.raises(BrokerError):
+        conn.publish_many([(f"{prefix}/down/x", b"x", 0)])
+
+
+async def test_the_bridge_client_reports_a_broker_that_is_not_there_or_goes_away() -> None:
+    port = free_port()
+    with pytest.raises(BrokerError, match="cannot connect"):
+        await connect_broker("127.0.0.1", port, client_id="x", on_message=lambda t, p: None)
+    prefix = unique_prefix()
+    async with private_broker(port) as broker:
+        conn = await connect_broker(
+            "127.0.0.1", port, client_id=f"{prefix}-bridge", on_message=lambda t, p: None
+        )
+        await conn.subscribe([(f"{prefix}/up/#", 0)], TIMEOUT_S)
+        await broker.stop()  # type: ignore[attr-defined]
+        with pytest.raises(BrokerError):
+            async with asyncio.timeout(TIMEOUT_S):
+                await conn.closed
+        assert not conn.is_open

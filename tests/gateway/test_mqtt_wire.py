@@ -1,4 +1,4 @@
-"""The simulator's MQTT 3.1.1 codec (simulators/mqtt_wire.py): bytes as the spec lays them out,
+"""The MQTT 3.1.1 client codec (protocol/mqtt_wire.py): bytes as the spec lays them out,
 any split of the input, and "parse or our error" on hostile bytes. Its client is exercised
 against the real Mosquitto by tests/simulators and test_mqtt_desired.py."""
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aquafleet.simulators import mqtt_wire as wire
+from aquafleet.protocol import mqtt_wire as wire
 
 
 def test_connect_is_laid_out_as_the_spec_says() -> None:

@@ -1,11 +1,11 @@
-"""The MQTT 3.1.1 packets a virtual ESP8266 needs, sans-IO: bytes in, packets out.
+"""The MQTT 3.1.1 packets a client of ours needs, sans-IO: bytes in, packets out.
 
-The simulator's own client (simulators/mqtt_link.py) is built on this instead of paho-mqtt:
-paho parses and builds every packet in general-purpose Python and runs a thread per connect,
-which made each simulated purifier cost ~10x a TCP one (docs/benchmarks.md, MQTT). A purifier
-needs little of MQTT: CONNECT with a will, SUBSCRIBE, PUBLISH at QoS 0/1 both ways, PUBACK,
-PINGREQ, DISCONNECT. This is a test tool's client, not the product's: the gateway's bridge
-speaks to the broker through aiomqtt.
+Two clients are built on this instead of paho-mqtt: the simulator's virtual ESP8266
+(simulators/mqtt_link.py) and the gateway's bridge (gateway/mqtt/client.py). paho parses and
+builds every packet in general-purpose Python, with a thread-safe publish path, and took 44%
+of the bridge's main thread and ~10x a TCP purifier's cost in the simulator
+(docs/benchmarks.md, MQTT). Both need little of MQTT: CONNECT (with a will, a user name and
+password), SUBSCRIBE, PUBLISH at QoS 0/1 both ways, PUBACK, PINGREQ, DISCONNECT.
 
 `PacketReader.feed(data)` returns the complete packets in `data` (keeping a partial one for the
 next call) and raises only `MqttWireError`, with a hard cap on a packet's size.
