@@ -3,7 +3,7 @@
 
 import { s } from './dom.js';
 
-const W = 600, H = 200, PAD = { left: 52, right: 8, top: 10, bottom: 24 };
+const W = 900, H = 220, PAD = { left: 52, right: 8, top: 10, bottom: 24 };
 
 function niceMax(value) {
   if (value <= 0) return 1;
