@@ -11,7 +11,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant, make_tenant, md5
+from tests.api.conftest import (  # noqa: F401  (fixtures used here too)
+    PLATFORM_USER,
+    ApiClient,
+    Tenant,
+    api,
+    api_node,
+    make_tenant,
+    md5,
+    tenants,
+)
 
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "console"
 NO_CHROMIUM = (
