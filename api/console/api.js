@@ -110,7 +110,10 @@ export async function stream(path, onEvent, signal) {
     headers: { Accept: 'text/event-stream', Authorization: `Bearer ${current && current.access}` },
     signal, credentials: 'omit', cache: 'no-store',
   });
-  if (response.status === 401 && (await refresh())) return stream(path, onEvent, signal);
+  if (response.status === 401) {
+    if (await refresh()) return stream(path, onEvent, signal);
+    ended();
+  }
   if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';

@@ -107,6 +107,10 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
     )
     await text_becomes(page, "#water-today", "750")
     await text_becomes(page, "#count-online", "1")
+    await page.wait_for_function(
+        "() => /^[0-9.,]+$/.test(document.querySelector('#count-records_per_s').textContent)",
+        timeout=TIMEOUT_MS,
+    )  # the second event of the stream brings a rate
     await shoot(page, "overview")
 
     # The list shows the hostile name as text: no script ran, none was added.
@@ -146,6 +150,25 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
     )
     await page.wait_for_selector("#command-log .cmd.succeeded", timeout=TIMEOUT_MS)
     await shoot(page, "device")
+
+    assert errors == [], errors
+    # An access token the server no longer knows (expired): the console refreshes and goes on.
+    stale = "a.expired.token"
+    await page.evaluate(
+        """(stale) => {
+            const s = JSON.parse(sessionStorage.getItem('aq.session'));
+            s.access = stale;
+            sessionStorage.setItem('aq.session', JSON.stringify(s));
+        }""",
+        stale,
+    )
+    await page.click("a[data-nav=devices]")
+    await page.get_by_text("Lobby purifier", exact=True).wait_for(timeout=TIMEOUT_MS)
+    stored = await page.evaluate("() => JSON.parse(sessionStorage.getItem('aq.session')).access")
+    assert stored != stale and stored.startswith("a.")
+    assert set(errors) <= {"Failed to load resource: the server responded with a status of 401 "
+                           "(Unauthorized)"}, errors  # fmt: skip
+    errors.clear()
 
     # A phone screen, in Chinese.
     await page.click("button.lang")
