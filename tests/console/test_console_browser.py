@@ -6,9 +6,11 @@ The screenshots of docs/console.md are taken here."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from aquafleet.protocol import CommandOp
@@ -211,3 +213,65 @@ async def test_a_dealer_sees_its_own_devices_only(
     await page.wait_for_selector(f"li[data-agent='{a.dealer_id}']", timeout=TIMEOUT_MS)
     await shoot(page, "agents-dealer")
     await context.close()
+
+
+TILE_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cff01f0005000201a5d5f6c60000000049454e44ae426082"
+)  # a 1x1 PNG
+
+
+async def test_the_map_draws_tiles_of_the_configured_tile_server(
+    node_factory: Any, browser: Any
+) -> None:
+    """With console_tile_url set, the map asks that server for the tiles under its markers
+    (the page's policy lets images, and only images, come from there)."""
+    from aiohttp import web
+
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
+    from tests.api.conftest import md5
+
+    asked: list[str] = []
+    first_tile = asyncio.Event()
+
+    async def tile(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        first_tile.set()
+        return web.Response(body=TILE_PNG, content_type="image/png")
+
+    tiles = web.Application()
+    tiles.router.add_get("/{z}/{x}/{y}.png", tile)
+    runner = web.AppRunner(tiles, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        node = await node_factory(console_tile_url=f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png")
+        await create_account(PLATFORM_USER, md5(PASSWORD), Role.PLATFORM)
+        async with aiohttp.ClientSession() as session:
+            api = ApiClient(session, f"http://127.0.0.1:{node.http_port}")
+            api.token = await api.login(PLATFORM_USER)
+            await api.call(
+                "POST",
+                "/vendors",
+                {"vid": "MAPS", "user": "maps", "pwd": md5(PASSWORD), "name": "Maps"},
+            )
+            (issued,) = await register(api, "MAPS", 1)
+            await api.call(
+                "PUT",
+                f"/devices/{issued['did']}",
+                {"lbs": {"lat_e6": 39_908_700, "lng_e6": 116_397_500}},
+            )
+            page = await (await browser.new_context(locale="en-US")).new_page()
+            await sign_in(page, api.base, PLATFORM_USER)
+            await page.click("a[data-nav=map]")
+            await page.wait_for_selector(
+                "#device-map .marker", state="attached", timeout=TIMEOUT_MS
+            )
+            assert await page.locator("#device-map image").count() >= 4
+            await asyncio.wait_for(first_tile.wait(), 10)  # the browser fetches on its own
+    finally:
+        await runner.cleanup()
+    assert asked and all(re.fullmatch(r"/18/\d+/\d+\.png", path) for path in asked), asked

@@ -52,6 +52,7 @@ export function drawMap(points, template) {
     const [x, y] = mercator(p.lat, p.lng, zoom);
     const link = s('a', { href: `#/devices/${encodeURIComponent(p.did)}`, class: 'marker', 'data-did': p.did },
       s('circle', { cx: x - left, cy: y - top, r: 7, class: p.online ? 'on' : 'off' }),
+      s('text', { x: x - left + 11, y: y - top + 4, class: 'marker-label' }, p.name || p.did),
       s('title', null, `${p.name || p.did} (${p.did})`));
     svg.append(link);
   }
