@@ -153,6 +153,13 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
     await page.wait_for_selector("#command-log .cmd.succeeded", timeout=TIMEOUT_MS)
     await shoot(page, "device")
 
+    # The other resource pages draw without an error.
+    for nav, box in (("members", "#member-list"), ("products", "#product-list"),
+                     ("orders", "#order-list"), ("agents", "ul.tree")):  # fmt: skip
+        await page.click(f"a[data-nav={nav}]")
+        await page.wait_for_selector(box, state="attached", timeout=TIMEOUT_MS)
+    await page.wait_for_selector(f"li[data-agent='{a.dealer_id}']", timeout=TIMEOUT_MS)
+    await shoot(page, "agents")
     assert errors == [], errors
     # An access token the server no longer knows (expired): the console refreshes and goes on.
     stale = "a.expired.token"

@@ -16,6 +16,7 @@ import pytest
 from aquafleet.api.console import ASSETS_DIR, load_assets
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_devices_api import register
+from tests.devices import telemetry
 
 CSP_PARTS = (
     "default-src 'none'",
@@ -121,7 +122,14 @@ async def test_the_overview_counts_the_callers_devices_live(
     await a.vendor.call("PUT", f"/devices/{mine[0]['did']}", {"agent_id": a.dealer_id})
     device = device_factory(mine[0]["did"], bytes.fromhex(mine[0]["key"]), api_node.tcp_port)
     await device.login()
+    await device.send(telemetry(1, 1, 100, fault_bits=0x4))  # a fault: an alarm
+    await device.settled()
     await a.vendor.call("POST", f"/devices/{mine[1]['did']}/commands", {"op": "lock"})
+    await a.vendor.call(
+        "PUT",
+        f"/devices/{mine[0]['did']}/svc",
+        {"op": "configure", "mode": 2, "rental_expires_at": "2099-01-01T00:00:00Z"},
+    )
 
     answer = await api.call("GET", "/fleet/overview")
     assert {k: answer.data[k] for k in ("devices", "online", "offline")} == {
@@ -129,11 +137,12 @@ async def test_the_overview_counts_the_callers_devices_live(
     }  # fmt: skip
     answer = await a.vendor.call("GET", "/fleet/overview")
     data = answer.data
-    assert (data["devices"], data["online"], data["locked"], data["in_rental"]) == (2, 1, 1, 0)
+    assert (data["devices"], data["online"], data["locked"], data["in_rental"]) == (2, 1, 1, 1)
+    assert (data["alarms"], data["records_stored"]) == (1, 1)
     assert data["records_per_s"] is None and data["truncated"] is False
     assert data["at"].endswith("Z")
     dealer = (await a.dealer.call("GET", "/fleet/overview")).data
-    assert (dealer["devices"], dealer["online"], dealer["locked"]) == (1, 1, 0)
+    assert (dealer["devices"], dealer["online"], dealer["locked"], dealer["alarms"]) == (1, 1, 0, 1)
     other = (await b.dealer.call("GET", "/fleet/overview")).data
     assert (other["devices"], other["online"]) == (0, 0)
 
