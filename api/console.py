@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -122,7 +121,7 @@ async def console_asset(request: web.Request) -> web.Response:
     content = assets.files.get(name)
     if request.match_info["digest"] != assets.digest or content is None:
         raise web.HTTPNotFound()  # another release's file: the page is reloaded with this one's
-    kind = ASSET_TYPES.get(Path(name).suffix) or mimetypes.guess_type(name)[0]
+    kind = ASSET_TYPES[Path(name).suffix]  # load_assets keeps only these suffixes
     headers = security_headers(request.app[SETTINGS].console_tile_url)
     headers["Cache-Control"] = IMMUTABLE
     return web.Response(body=content, content_type=kind, charset="utf-8", headers=headers)

@@ -14,17 +14,23 @@ import asyncio
 import datetime as dt
 import json
 import time
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
+from tortoise.exceptions import BaseORMException
 
 from aquafleet.api.devices.schemas import MAX_ONLINE_SCAN
-from aquafleet.api.routing import Call, RouteTable, envelope
+from aquafleet.api.routing import Call, RouteTable, accepts, envelope
 from aquafleet.api.schemas import UtcDateTime
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
+from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.fleet import FleetCounts
+from aquafleet.gateway.logs import get_logger
 from aquafleet.models.devices import DeviceState, visible_devices
 from aquafleet.models.tenancy import ADMIN_ROLES, Principal
+
+log = get_logger("aquafleet.api.fleet")
 
 EVENT_STREAM = "text/event-stream"
 FEED_MAX_S = 300  # a stream ends after this; the client reconnects (re-authenticated)
@@ -73,7 +79,8 @@ def overview(
 
 def wants_stream(request: web.Request) -> bool:
     """An event stream only when the Accept header names it (a plain client gets JSON)."""
-    return EVENT_STREAM in ",".join(request.headers.getall("Accept", [])).lower()
+    header = ",".join(request.headers.getall("Accept", []))
+    return EVENT_STREAM in header.lower() and accepts(header, EVENT_STREAM)
 
 
 async def read_overview(
@@ -108,6 +115,17 @@ async def fleet_overview(call: Call) -> FleetOverviewOut | web.StreamResponse:
     return await stream_overview(call)
 
 
+UNAVAILABLE = envelope(
+    None, total=0, ok=False, code="service_unavailable", message="a backing service did not "
+    "answer; reconnect"
+)  # fmt: skip
+
+
+def sse(name: str, body: dict[str, Any]) -> bytes:
+    """One server-sent event whose data is an envelope (JSON has no raw newline)."""
+    return f"event: {name}\ndata: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
 async def stream_overview(call: Call) -> web.StreamResponse:
     request = call.request
     interval = request.app[SETTINGS].console_feed_interval_s
@@ -125,8 +143,7 @@ async def stream_overview(call: Call) -> web.StreamResponse:
     current = first
     try:
         while True:
-            data = json.dumps(envelope(current.model_dump(mode="json")), ensure_ascii=False)
-            await response.write(f"event: overview\ndata: {data}\n\n".encode())
+            await response.write(sse("overview", envelope(current.model_dump(mode="json"))))
             if time.monotonic() >= deadline:
                 break
             try:
@@ -134,8 +151,14 @@ async def stream_overview(call: Call) -> web.StreamResponse:
                 break  # the node is stopping
             except TimeoutError:
                 pass
-            current, previous = await read_overview(call, previous)
-    except (ConnectionResetError, ConnectionError):
+            try:
+                current, previous = await read_overview(call, previous)
+            except (GatewayError, BaseORMException) as exc:
+                # The answer has begun: the failure is the stream's last event, not a status.
+                log.warning("fleet_feed_failed", error=str(exc))
+                await response.write(sse("error", UNAVAILABLE))
+                break
+    except ConnectionResetError:
         return response  # the client went away
     await response.write_eof()
     return response

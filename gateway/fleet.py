@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
-from aquafleet.gateway.meter import MeterState, meter_fields
+from aquafleet.gateway.meter import meter_fields
 from aquafleet.gateway.redis_io import pack_command, round_trip
 from aquafleet.protocol import ProtocolError
 from aquafleet.protocol.constants import FrameType
@@ -42,10 +42,9 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def fault_bits(state: MeterState) -> int:
-    """The fault bits of the newest telemetry (0 when none or unreadable)."""
-    payload, encoding = state.telemetry_payload, state.telemetry_encoding
-    if payload is None or encoding is None:
+def fault_bits(payload: object, encoding: object) -> int:
+    """The fault bits of the newest telemetry as the meter keeps it (0: none, unreadable)."""
+    if not isinstance(payload, bytes) or not isinstance(encoding, int):
         return 0
     try:
         message = parse_record_payload(FrameType.TELEMETRY, payload, encoding)
@@ -65,8 +64,7 @@ def count_fleet(replies: Sequence[tuple[object, bytes | None]]) -> FleetCounts:
         locked += _int(fields.get("lk")) != 0
         in_rental += _int(fields.get("mode")) in RENTAL_MODES
         records += _int(fields.get("n"))
-        if raw is not None and fault_bits(MeterState.decode(raw)) != 0:
-            alarms += 1
+        alarms += fault_bits(fields.get("payload"), fields.get("enc")) != 0
     return FleetCounts(len(replies), online, locked, in_rental, alarms, records)
 
 

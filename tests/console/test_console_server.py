@@ -170,6 +170,10 @@ async def test_the_stream_needs_a_token_and_an_admin(api: ApiClient):
     async with api.session.get(url, headers={"Accept": "text/event-stream"}) as response:
         assert response.status == 401 and response.content_type == "application/json"
         assert (await response.json())["code"] == "unauthorized"
+    # A stream refused by its weight is not sent: the answer is the JSON envelope.
+    refused = {"Accept": "application/json, text/event-stream;q=0"}
+    answer = await api.call("GET", "/fleet/overview", headers=refused)
+    assert answer.data["devices"] == 0
 
 
 def test_the_stream_is_in_the_openapi_document():
