@@ -13,15 +13,16 @@ from aquafleet.api import (
     commands,
     commissions,
     devices,
+    fleet,
     members,
     orders,
     products,
     vendors,
 )
 from aquafleet.api.auth import ApiAuthenticator
+from aquafleet.api.console import CONSOLE_PATH, setup_console
 from aquafleet.api.openapi import setup_openapi
 from aquafleet.api.routing import (
-    API_PREFIX,
     AUTHENTICATOR,
     Route,
     RouteTable,
@@ -46,6 +47,7 @@ RESOURCE_MODULES = (
     products,
     orders,
     commissions,
+    fleet,
 )
 
 
@@ -73,9 +75,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def front_door(request: web.Request) -> web.Response:
-    """`/` leads a person to the API's docs page (the console, once it exists)."""
+    """`/` leads a person to the operator console (the API's docs are at /api/v1/docs)."""
     # A plain 302 response: a raised HTTPFound would be answered as an error envelope.
-    return web.Response(status=302, headers={"Location": f"{API_PREFIX}/docs"})
+    return web.Response(status=302, headers={"Location": f"{CONSOLE_PATH}/"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -127,4 +129,6 @@ def setup_api(app: web.Application) -> None:
         app.cleanup_ctx.extend(table.contexts)
     routes = [route for table in tables for route in table.routes]
     add_routes(app, routes)
+    fleet.setup_feed(app)
+    setup_console(app)
     setup_openapi(app, routes, [(t.tag, t.description) for t in tables])

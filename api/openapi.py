@@ -162,9 +162,12 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
         if route.response is not None:
             item = schemas.add(route.response, "serialization")
             data = {"type": "array", "items": item} if route.many else item
+        content: dict[str, Any] = {"application/json": {"schema": _envelope(data)}}
+        if route.stream is not None:  # each event's data is the same envelope
+            content[route.stream] = {"schema": {"type": "string"}}
         responses[str(route.status)] = {
             "description": _STATUS_TEXT.get(route.status, "OK"),
-            "content": {"application/json": {"schema": _envelope(data)}},
+            "content": content,
         }
     errors = {406, 422, 404, *route.errors}
     if route.body is not None:

@@ -123,6 +123,7 @@ class Route:
     many: bool = False  # the answer's data is a list of `response`
     status: int = 200
     errors: tuple[int, ...] = ()  # extra error statuses worth documenting (409, 429, ...)
+    stream: str | None = None  # a second media type the handler answers itself (an event stream)
 
     @property
     def full_path(self) -> str:
@@ -138,6 +139,8 @@ class Route:
         fmt = self.query.model_fields.get("format") if self.query is not None else None
         if fmt is not None and "csv" in str(fmt.annotation):
             return (JSON_TYPE, "text/csv")
+        if self.stream is not None:
+            return (JSON_TYPE, self.stream)
         return (JSON_TYPE,)
 
 
@@ -189,6 +192,7 @@ class RouteTable:
         many: bool = False,
         status: int | None = None,
         errors: tuple[int, ...] = (),
+        stream: str | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -208,6 +212,7 @@ class RouteTable:
                     many=many,
                     status=status or DEFAULT_STATUS[method],
                     errors=errors,
+                    stream=stream,
                 )
             )
             return handler

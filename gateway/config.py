@@ -324,6 +324,19 @@ class Settings(BaseSettings):
         "characters; without one, /metrics answers loopback clients only (a scraper on the same "
         "host, or behind a proxy that adds the header).",
     )
+    console_tile_url: str | None = Field(
+        None,
+        max_length=500,
+        description="Map tiles of the console's device map, https://HOST/.../{z}/{x}/{y}.png "
+        "(the operator's map provider); unset: markers over a plain background (offline).",
+    )
+    console_feed_interval_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=60,
+        description="How often the console's live fleet overview (GET /api/v1/fleet/overview "
+        "as an event stream) sends fresh counts.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -367,6 +380,18 @@ class Settings(BaseSettings):
         schemes = ("redis://", "rediss://", "unix://", "redis+cluster://")
         if value is not None and not value.startswith(schemes):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
+        return value
+
+    @field_validator("console_tile_url")
+    @classmethod
+    def _check_tile_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.startswith(("https://", "http://")):
+                raise ValueError("must start with https:// or http://")
+            if not all(part in value for part in ("{z}", "{x}", "{y}")) or any(
+                c in value for c in "\"'<> "
+            ):
+                raise ValueError("must hold {z}, {x} and {y}, and no quotes, spaces or <>")
         return value
 
     @field_validator("mqtt_url")

@@ -150,17 +150,19 @@ def ready_line(
     listeners: Listeners, *, mqtt_url: str | None, workers: int, api_prefix: str = "/api/v1"
 ) -> str:
     """The one line a person reads when the node is ready: where devices connect, the API, its
-    docs page (the ports are the sockets' own, so port 0 shows the one the kernel chose)."""
+    docs page, the operator console (the ports are the sockets' own, so port 0 shows the one
+    the kernel chose)."""
     tcp_host, tcp_port = listeners.tcp.getsockname()[:2]
     http_host, http_port = listeners.http.getsockname()[:2]
     devices = f"TCP {_shown(tcp_host, tcp_port)}"
     if mqtt_url:
         devices += f" and MQTT via {_without_password(mqtt_url)}"
-    api = f"http://{_browsable(http_host)}:{http_port}{api_prefix}"
+    site = f"http://{_browsable(http_host)}:{http_port}"
+    api = f"{site}{api_prefix}"
     processes = f"{workers} workers" if workers > 1 else "1 process"
     return (
         f"aquafleet ready (pid {os.getpid()}, {processes}): devices connect to {devices}; "
-        f"REST API {api}; docs {api}/docs"
+        f"REST API {api}; docs {api}/docs; console {site}/console/"
     )
 
 

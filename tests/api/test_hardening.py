@@ -270,12 +270,13 @@ async def test_paths_outside_the_api_answer_in_the_envelope(
     assert body["status"] is False and body["code"] in ("not_found", "method_not_allowed")
 
 
-async def test_the_front_door_leads_to_the_docs(api: ApiClient):
+async def test_the_front_door_leads_to_the_console(api: ApiClient):
     async with api.session.get(f"{api.base}/", allow_redirects=False) as response:
         assert response.status == 302
-        assert response.headers["Location"] == "/api/v1/docs"
+        assert response.headers["Location"] == "/console/"
     async with api.session.get(f"{api.base}/") as followed:
         assert followed.status == 200 and followed.content_type == "text/html"
+        assert "script-src 'self'" in followed.headers["Content-Security-Policy"]
 
 
 METRICS_TOKEN = "m" * 40

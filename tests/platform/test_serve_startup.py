@@ -164,7 +164,8 @@ async def test_the_ready_line_says_where_to_connect(tmp_path: Path, migrated_sql
             rf"aquafleet ready \(pid {node.process.pid}, "
             rf"{'2 workers' if workers == 2 else '1 process'}\): "
             rf"devices connect to TCP 0\.0\.0\.0:{node.tcp_port} and MQTT via "
-            rf"mqtt://127\.0\.0\.1:1883; REST API {re.escape(api)}; docs {re.escape(api)}/docs",
+            rf"mqtt://127\.0\.0\.1:1883; REST API {re.escape(api)}; docs {re.escape(api)}/docs; "
+            rf"console http://localhost:{node.http_port}/console/",
             line,
         ), line
         node.terminate()
@@ -183,6 +184,7 @@ def test_the_ready_line_shows_no_broker_password() -> None:
     assert "s3cret" not in line and "svc" not in line
     assert "MQTT via mqtts://broker.example:8883;" in line
     assert f"REST API http://[::1]:{http_port}/api/v1;" in line
+    assert line.endswith(f"; console http://[::1]:{http_port}/console/")
 
 
 async def test_a_first_start_says_what_it_is_doing(tmp_path: Path):

@@ -1,0 +1,117 @@
+// Chinese and English; the choice is the person's, kept in this browser (localStorage holds
+// only the language, never a token).
+
+const KEY = 'aq.lang';
+
+const TEXT = {
+  en: {
+    'app.title': 'aquafleet console', 'app.logout': 'Log out', 'app.lang': '中文',
+    'login.title': 'Sign in', 'login.user': 'User name', 'login.password': 'Password',
+    'login.submit': 'Sign in', 'login.failed': 'Wrong user name or password.',
+    'nav.overview': 'Overview', 'nav.map': 'Map', 'nav.devices': 'Devices', 'nav.members': 'Members',
+    'nav.agents': 'Vendors & agents', 'nav.products': 'Products', 'nav.orders': 'Orders',
+    'fleet.devices': 'Devices', 'fleet.online': 'Online', 'fleet.offline': 'Offline',
+    'fleet.locked': 'Locked', 'fleet.in_rental': 'In rental', 'fleet.alarms': 'Alarms',
+    'fleet.records_per_s': 'Records / s', 'fleet.live': 'live', 'fleet.reconnecting': 'reconnecting…',
+    'fleet.online_chart': 'Online devices, last 24 h (sampled while this tab is open)',
+    'fleet.water_chart': 'Water poured per day, last 30 days (ml)',
+    'fleet.water_today': 'Water today', 'fleet.water_of': 'summed over {n} of {total} devices',
+    'fleet.truncated': 'counts cover the first 10,000 devices',
+    'list.search': 'Device id or model', 'list.all': 'all', 'list.state': 'State', 'list.type': 'Mode',
+    'list.online': 'Online', 'list.agent': 'Agent / dealer', 'list.vid': 'Vendor',
+    'list.prev': 'Previous', 'list.next': 'Next', 'list.page': '{from}–{to} of {total}',
+    'list.empty': 'Nothing to show.', 'list.apply': 'Filter',
+    'col.did': 'Device', 'col.name': 'Name', 'col.vid': 'Vendor', 'col.type': 'Mode', 'col.state': 'State',
+    'col.online': 'Online', 'col.uid': 'Member', 'col.mobile': 'Mobile', 'col.reg': 'Registered',
+    'col.id': 'Id', 'col.level': 'Level', 'col.user': 'Login', 'col.price': 'Price (yuan)',
+    'col.billing': 'Billing', 'col.order': 'Order', 'col.total': 'Total (yuan)', 'col.created': 'Created',
+    'col.op': 'Command', 'col.cmdstate': 'State', 'col.at': 'Time', 'col.issuer': 'Issuer',
+    'col.filter': 'Filter', 'col.life': 'Life left', 'col.contact': 'Contact',
+    'yes': 'yes', 'no': 'no', 'none': '—',
+    'state.0': 'disabled', 'state.1': 'inactive', 'state.2': 'active', 'state.3': 'deregistered',
+    'type.0': 'unknown', 'type.1': 'sale', 'type.2': 'time rental', 'type.3': 'volume rental',
+    'type.4': 'vending', 'type.8': 'test',
+    'level.1': 'agent', 'level.2': 'dealer',
+    'device.presence': 'Presence', 'device.since': 'Online since', 'device.last_seen': 'Last seen',
+    'device.offline_at': 'Offline since', 'device.offline_reason': 'Offline reason', 'device.node': 'Node',
+    'device.telemetry': 'Latest telemetry', 'device.signal': 'Signal', 'device.tds': 'TDS in / out (ppm)',
+    'device.temperature': 'Temperature (°C)', 'device.flow_total': 'Flow total (ml)', 'device.faults': 'Fault bits',
+    'device.service': 'Service state', 'device.mode': 'Mode', 'device.remaining': 'Water left (ml)',
+    'device.expires': 'Rental paid until', 'device.locked': 'Locked', 'device.reasons': 'Lock reasons',
+    'device.filters': 'Filters', 'device.water': 'Water per day, last 30 days (ml)',
+    'device.commands': 'Command log', 'device.actions': 'Actions', 'device.location': 'Location',
+    'reason.quota_exhausted': 'quota exhausted', 'reason.rental_expired': 'rental expired',
+    'reason.manual': 'locked by a person',
+    'act.lock': 'Lock', 'act.unlock': 'Unlock', 'act.top_up': 'Top up', 'act.extend': 'Extend',
+    'act.dispense': 'Dispense', 'act.reset_filter': 'Reset filter',
+    'act.ml': 'Millilitres', 'act.days': 'Days', 'act.filter': 'Filter stage', 'act.reason': 'Reason',
+    'act.confirm': 'Confirm', 'act.cancel': 'Cancel',
+    'act.confirm_text': '{action} device {did}?', 'act.command': 'Command #{cid}: {state}',
+    'act.applied': '{action}: done', 'act.failed': '{action} failed: {message}',
+    'map.no_position': '{n} devices have no position.', 'map.plain': 'No tile server configured: plain background.',
+    'agents.vendor': 'Vendor', 'error.load': 'Could not load: {message}',
+  },
+  zh: {
+    'app.title': 'aquafleet 运营控制台', 'app.logout': '退出登录', 'app.lang': 'English',
+    'login.title': '登录', 'login.user': '用户名', 'login.password': '密码',
+    'login.submit': '登录', 'login.failed': '用户名或密码错误。',
+    'nav.overview': '总览', 'nav.map': '地图', 'nav.devices': '设备', 'nav.members': '会员',
+    'nav.agents': '品牌商/代理商', 'nav.products': '商品', 'nav.orders': '订单',
+    'fleet.devices': '设备总数', 'fleet.online': '在线', 'fleet.offline': '离线',
+    'fleet.locked': '已锁定', 'fleet.in_rental': '租赁中', 'fleet.alarms': '告警',
+    'fleet.records_per_s': '记录/秒', 'fleet.live': '实时', 'fleet.reconnecting': '重新连接中…',
+    'fleet.online_chart': '在线设备数，最近24小时（本页打开期间采样）',
+    'fleet.water_chart': '每日出水量，最近30天（毫升）',
+    'fleet.water_today': '今日出水', 'fleet.water_of': '{total} 台设备中 {n} 台的合计',
+    'fleet.truncated': '统计仅覆盖前 10,000 台设备',
+    'list.search': '设备号或型号', 'list.all': '全部', 'list.state': '状态', 'list.type': '模式',
+    'list.online': '在线', 'list.agent': '代理商/经销商', 'list.vid': '品牌商',
+    'list.prev': '上一页', 'list.next': '下一页', 'list.page': '第 {from}–{to} 条，共 {total} 条',
+    'list.empty': '没有数据。', 'list.apply': '筛选',
+    'col.did': '设备', 'col.name': '名称', 'col.vid': '品牌商', 'col.type': '模式', 'col.state': '状态',
+    'col.online': '在线', 'col.uid': '会员', 'col.mobile': '手机', 'col.reg': '注册时间',
+    'col.id': '编号', 'col.level': '级别', 'col.user': '登录名', 'col.price': '价格（元）',
+    'col.billing': '计费方案', 'col.order': '订单', 'col.total': '金额（元）', 'col.created': '创建时间',
+    'col.op': '指令', 'col.cmdstate': '状态', 'col.at': '时间', 'col.issuer': '发起人',
+    'col.filter': '滤芯', 'col.life': '剩余寿命', 'col.contact': '联系人',
+    'yes': '是', 'no': '否', 'none': '—',
+    'state.0': '禁用', 'state.1': '未激活', 'state.2': '正常', 'state.3': '已注销',
+    'type.0': '未知', 'type.1': '销售', 'type.2': '时长租赁', 'type.3': '流量租赁',
+    'type.4': '售水', 'type.8': '测试',
+    'level.1': '代理商', 'level.2': '经销商',
+    'device.presence': '在线状态', 'device.since': '上线时间', 'device.last_seen': '最后通信',
+    'device.offline_at': '离线时间', 'device.offline_reason': '离线原因', 'device.node': '节点',
+    'device.telemetry': '最新遥测', 'device.signal': '信号', 'device.tds': 'TDS 进水/出水（ppm）',
+    'device.temperature': '温度（°C）', 'device.flow_total': '累计流量（毫升）', 'device.faults': '故障位',
+    'device.service': '服务状态', 'device.mode': '模式', 'device.remaining': '剩余水量（毫升）',
+    'device.expires': '租期至', 'device.locked': '已锁定', 'device.reasons': '锁定原因',
+    'device.filters': '滤芯', 'device.water': '每日出水量，最近30天（毫升）',
+    'device.commands': '指令记录', 'device.actions': '操作', 'device.location': '位置',
+    'reason.quota_exhausted': '水量用尽', 'reason.rental_expired': '租期已到', 'reason.manual': '人工锁定',
+    'act.lock': '锁定', 'act.unlock': '解锁', 'act.top_up': '充值水量', 'act.extend': '续期',
+    'act.dispense': '出水', 'act.reset_filter': '复位滤芯',
+    'act.ml': '毫升', 'act.days': '天数', 'act.filter': '滤芯级', 'act.reason': '原因',
+    'act.confirm': '确认', 'act.cancel': '取消',
+    'act.confirm_text': '确定对设备 {did} 执行“{action}”？', 'act.command': '指令 #{cid}：{state}',
+    'act.applied': '{action}：已完成', 'act.failed': '{action}失败：{message}',
+    'map.no_position': '{n} 台设备没有位置。', 'map.plain': '未配置地图瓦片：使用纯色背景。',
+    'agents.vendor': '品牌商', 'error.load': '加载失败：{message}',
+  },
+};
+
+export function lang() {
+  const chosen = localStorage.getItem(KEY);
+  if (chosen === 'en' || chosen === 'zh') return chosen;
+  return (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en';
+}
+
+export function setLang(value) {
+  localStorage.setItem(KEY, value);
+  document.documentElement.lang = value === 'zh' ? 'zh-CN' : 'en';
+}
+
+/** The text of `key` in the chosen language, with {name} replaced by vars.name. */
+export function t(key, vars) {
+  const text = TEXT[lang()][key] ?? TEXT.en[key] ?? key;
+  return vars ? text.replace(/\{(\w+)\}/g, (_, name) => String(vars[name] ?? '')) : text;
+}
