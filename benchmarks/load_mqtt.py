@@ -77,7 +77,7 @@ def main() -> int:
         broker_cpu = load.cpu_seconds(broker.pid) - before
         combined = json.loads(report.read_text()) if report.stat().st_size else {}
         metrics = combined.get("gateway_metrics", {})
-        records = metrics.get("records_stored", 0) + metrics.get("records_duplicate", 0)
+        records = metrics.get("records_stored_total", 0) + metrics.get("records_duplicate_total", 0)
         combined["cpu_s"]["mosquitto"] = round(broker_cpu, 2)
         combined["cpu_us_per_record"]["mosquitto"] = (
             round(broker_cpu / records * 1e6, 2) if records else None
