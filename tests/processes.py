@@ -18,16 +18,17 @@ import aiohttp
 
 
 def metric_values(text: str) -> dict[str, float]:
-    """Unlabelled samples of a /metrics page by name without `aquafleet_`
-    (`records_stored_total`, `devices_online`), parsed by prometheus_client's own parser."""
+    """The samples of a /metrics page by name without `aquafleet_` (`records_stored_total`,
+    `devices_online`, `login_seconds_count{result="ok"}`), parsed by prometheus_client."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {
-        sample.name.removeprefix("aquafleet_"): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            name = sample.name.removeprefix("aquafleet_")
+            values[f"{name}{{{labels}}}" if labels else name] = sample.value
+    return values
 
 
 def free_port() -> int:
