@@ -215,12 +215,10 @@ class MeterBatcher:
         )
 
     def submit(self, conn: DeviceLink, record: Record) -> None:
-        pending = self.pending
-        if not pending:
-            self.oldest_at = time.monotonic()
-        pending.append((conn, record))
+        self.pending.append((conn, record))
         self.metrics.records_received += 1
-        if not self._wake.is_set():
+        if not self._wake.is_set():  # set exactly while records are pending (see run)
+            self.oldest_at = time.monotonic()
             self._wake.set()
             self._idle.clear()
         if len(self.pending) >= self.pause_pending:
@@ -233,17 +231,19 @@ class MeterBatcher:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake.clear()
             while self.pending:
                 batch = self.pending[: self.batch_max]
                 del self.pending[: self.batch_max]
                 self._round_oldest_at = self.oldest_at
                 if self.pending:  # they arrived before now: their wait is counted from here
                     self.oldest_at = time.monotonic()
+                else:  # the next record submitted starts the next round's wait
+                    self._wake.clear()
                 await self._meter_with_retry(batch)
                 if len(self.pending) < self.pause_pending // 2:
                     self.hub.resume_reading(PAUSE_PENDING)
             if not self.pending:
+                self._wake.clear()
                 self._idle.set()
 
     async def _meter_with_retry(self, batch: list[tuple[DeviceLink, Record]]) -> None:
