@@ -83,6 +83,13 @@ async def test_every_metric_named_in_deploy_is_served_by_a_node(node_factory: An
     }
     assert len(named) >= 15 and "aquafleet_ack_latency_seconds_bucket" in named
     assert named <= served, sorted(named - served)
+    # docs/operations.md explains every family the node serves.
+    operations = (DEPLOY.parent / "docs" / "operations.md").read_text()
+    families = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+    }
+    assert {f for f in families if f"`{f}`" not in operations} == set()
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
