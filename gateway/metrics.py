@@ -29,6 +29,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -196,7 +197,12 @@ class Metrics:
     @classmethod
     def for_this_process(cls) -> Metrics:
         """A node's metrics; shared with its sibling workers when `serve` asked for that."""
-        return cls(multiprocess_dir=os.environ.get(MULTIPROC_ENV) or None)
+        shared = os.environ.get(MULTIPROC_ENV) or None
+        # prometheus_client chose its mode when first imported: files only if the variable was
+        # set by then (as `serve` sets it before starting its workers).
+        if shared is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            shared = None
+        return cls(multiprocess_dir=shared)
 
     def gauge(
         self, name: str, help_text: str, read: Callable[[], int], across: Across = "sum"
