@@ -21,17 +21,17 @@ from aquafleet.api import (
 )
 from aquafleet.api.auth import ApiAuthenticator
 from aquafleet.api.console import CONSOLE_PATH, setup_console
+from aquafleet.api.observability import metrics_page, request_timing
 from aquafleet.api.openapi import setup_openapi
 from aquafleet.api.routing import (
     AUTHENTICATOR,
     Route,
     RouteTable,
     add_routes,
-    check_metrics_access,
     envelope_middleware,
 )
 from aquafleet.api.tokens import TOKENS, TokenService
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY, METRICS, REDIS, SETTINGS
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES
@@ -80,14 +80,6 @@ async def front_door(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": f"{CONSOLE_PATH}/"})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].metrics_token
-    check_metrics_access(request, token.get_secret_value() if token else None)
-    return web.Response(
-        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
-    )
-
-
 def route_tables() -> list[RouteTable]:
     return [module.routes for module in RESOURCE_MODULES]
 
@@ -119,8 +111,9 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup_api(app: web.Application) -> None:
     app.router.add_get("/", front_door)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_page)
     broker_auth.setup_broker_auth(app)  # MQTT broker auth/ACL
+    app.middlewares.append(request_timing)  # outermost: times the envelope's answers too
     app.middlewares.append(envelope_middleware)
     app.cleanup_ctx.append(api_ctx)
     app.cleanup_ctx.append(members.members_ctx)  # SMS, WeChat

@@ -8,6 +8,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -122,6 +123,7 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
     import contextlib
 
     from aquafleet.gateway.embedded_redis import embedded_redis
+    from aquafleet.gateway.metrics import share_worker_metrics, worker_gone
     from aquafleet.models.db import migrate
     from aquafleet.node import unless_stopped
 
@@ -142,6 +144,8 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
         ):
             return 0
         base = settings.resolved_node_id
+        metrics_dir = share_worker_metrics(settings.data_dir / "metrics" / base)
+        stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
         context = multiprocessing.get_context("spawn")
         ready = context.SimpleQueue()
         processes = []
@@ -182,6 +186,8 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             await asyncio.to_thread(process.join, settings.shutdown_grace_s + 15)
+            if process.pid is not None:
+                worker_gone(metrics_dir, process.pid)
         failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
         log.info("workers_stopped", exit_codes=[p.exitcode for p in processes])
         return 1 if failed and not stop.is_set() else 0

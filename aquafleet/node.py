@@ -21,6 +21,7 @@ from aquafleet.gateway.node import (
     database_ctx,
     gateway_ctx,
     ledger_ctx,
+    metrics_ctx,
     mqtt_ctx,
     redis_ctx,
     registry_ctx,
@@ -44,11 +45,11 @@ def build_app(
     app[SETTINGS] = settings
     if listeners is not None:
         app[LISTENERS] = listeners
-    app[METRICS] = metrics or Metrics()
+    app[METRICS] = metrics or Metrics.for_this_process()
     app.cleanup_ctx.extend(
         (
-            redis_ctx, database_ctx, tasks_ctx, registry_ctx, ledger_ctx, rental_ctx,
-            gateway_ctx, mqtt_ctx,
+            redis_ctx, database_ctx, tasks_ctx, metrics_ctx, registry_ctx, ledger_ctx,
+            rental_ctx, gateway_ctx, mqtt_ctx,
         )
     )  # fmt: skip
     setup_api(app)

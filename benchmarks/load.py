@@ -89,14 +89,18 @@ def wait_healthy(port: int, timeout: float = 60) -> None:
 
 
 def metrics(port: int) -> dict[str, int]:
+    """The node's unlabelled samples (`records_stored_total`, ...), as integers."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return {
-        line.split()[0].removeprefix("aquafleet_"): int(line.split()[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
+        sample.name.removeprefix("aquafleet_"): int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
     }
 
 
@@ -425,8 +429,8 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
             - reaped_before.ru_stime,
             2,
         )
-        records = gateway_metrics.get("records_stored", 0) + gateway_metrics.get(
-            "records_duplicate", 0
+        records = gateway_metrics.get("records_stored_total", 0) + gateway_metrics.get(
+            "records_duplicate_total", 0
         )
         combined = {
             "devices": args.devices,

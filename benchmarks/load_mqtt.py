@@ -4,8 +4,8 @@ Starts a private Mosquitto on a free port (so the run disturbs no other broker u
 load.py (gateway, Redis, simulator) with the gateway's bridge pointed at it and every simulated
 purifier on MQTT; `--workers N` gives N gateway processes, i.e. N bridge consumers sharing the
 uplink. Reports load.py's figures plus Mosquitto's CPU over the run, and every process's CPU
-per record the simulator saw acked (`cpu_us_per_acked_record`: with several gateway processes,
-load.py's own per-record figures divide by one process's `/metrics` count).
+per record the simulator saw acked (`cpu_us_per_acked_record`, which needs no `/metrics`;
+load.py's own per-record figures divide by the node's `/metrics` count, all workers included).
 
 Examples (docs/benchmarks.md, "MQTT transport", has the measured ones):
   python benchmarks/load_mqtt.py --devices 500 \
@@ -152,7 +152,7 @@ def run_mqtt(args: argparse.Namespace) -> int:
         broker_cpu = load.cpu_seconds(broker.pid) - before
         combined = json.loads(report.read_text()) if report.stat().st_size else {}
         metrics = combined.get("gateway_metrics", {})
-        records = metrics.get("records_stored", 0) + metrics.get("records_duplicate", 0)
+        records = metrics.get("records_stored_total", 0) + metrics.get("records_duplicate_total", 0)
         combined["cpu_s"]["mosquitto"] = round(broker_cpu, 2)
         combined["cpu_us_per_record"]["mosquitto"] = (
             round(broker_cpu / records * 1e6, 2) if records else None

@@ -167,3 +167,83 @@ def test_bridge_takes_one_telemetry_message(benchmark):
 
     record = benchmark.pedantic(receive, setup=next_message, rounds=3000)
     assert record.rec > 0
+
+
+class _Link:
+    """Just what the metering round touches of a device connection (no socket, no frames)."""
+
+    __slots__ = ("acks", "closed", "did", "session", "shard")
+
+    def __init__(self, did: str) -> None:
+        self.did, self.shard, self.closed, self.acks = did, 0, False, 0
+        self.session = self
+
+    def ack(self, seq: int, rc: int, watermark: object = None) -> None:
+        self.acks += 1
+
+    def flush(self) -> None:
+        pass
+
+
+class _Rec:
+    __slots__ = ("boot", "rec", "seq")
+
+    def __init__(self, seq: int) -> None:
+        self.seq, self.boot, self.rec = seq, 7, seq
+
+
+class _Hub:
+    def pause_reading(self, reason: str) -> None:
+        pass
+
+    def resume_reading(self, reason: str) -> None:
+        pass
+
+
+def test_gateway_submits_meters_and_acks_a_round_of_1000_records(benchmark):
+    """The gateway's own Python work for one metering round, Redis answered by a stub: each
+    record submitted (per frame), grouped, acked (window 10: 100 links, one ack each), and the
+    metrics kept on the way (per-frame counters, per-round histograms)."""
+    import asyncio
+
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.meter import MeterBatcher, ShardOutcome
+    from aquafleet.gateway.metrics import Metrics
+    from aquafleet.gateway.redis_io import Scripts
+
+    keyspace = Keyspace("bench", 1)
+    meter = MeterBatcher(
+        hub=_Hub(), client=None, scripts=Scripts(), keyspace=keyspace,  # type: ignore[arg-type]
+        metrics=Metrics(), batch_max=5000, pause_pending=10**9, pause_backlog=10**9,
+    )  # fmt: skip
+    links = [_Link(f"BNCH{n:08d}AAAA") for n in range(100)]
+    records = [(links[n % 100], _Rec(n // 100 + 1)) for n in range(1000)]
+    codes = [c for _, r in records for c in (0, 7, r.rec)]
+
+    async def stub(client: object, rows: dict, now_ms: int, replication: object = None) -> dict:
+        return {0: ShardOutcome(codes=codes, backlog=0)}
+
+    meter.script.run = stub  # type: ignore[method-assign]
+    loop = asyncio.new_event_loop()
+
+    def round_() -> int:
+        for link, record in records:
+            meter.submit(link, record)  # type: ignore[arg-type]
+        batch = meter.pending[:]
+        meter.pending.clear()
+        loop.run_until_complete(meter.meter(batch))  # type: ignore[arg-type]
+        return meter.metrics.records_stored
+
+    try:
+        assert benchmark(round_) >= 1000
+    finally:
+        loop.close()
+
+
+def test_render_the_metrics_page(benchmark):
+    """What one scrape of /metrics costs the node (every counter, gauge and histogram)."""
+    from aquafleet.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    render = getattr(metrics, "exposition", None) or metrics.render
+    assert benchmark(render)

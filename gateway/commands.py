@@ -93,6 +93,17 @@ FINAL_STATES = frozenset(
     }
 )
 
+# Final states a device's answer brings (the command round-trip histogram's; a timeout is not).
+ANSWERED = frozenset({CommandState.SUCCEEDED, CommandState.FAILED, CommandState.REJECTED})
+
+
+def op_label(op: int) -> str:
+    """A command's operation as a metric label: `dispense`, `lock`, ... (`op<n>` if unknown)."""
+    try:
+        return CommandOp(op).name.lower()
+    except ValueError:
+        return f"op{op}"
+
 
 class CommandKind(StrEnum):
     ONCE = "once"  # runs once on the device; needs it online
@@ -453,6 +464,10 @@ class CommandService:
         for future in self._waiters.pop((did, cid), ()):
             if not future.done():
                 future.set_result(record)
+        if record is not None and record.origin == self.node_id and record.state in ANSWERED:
+            self.metrics.histograms.command_round_trip.labels(op_label(record.op)).observe(
+                max(0.0, time.time() - record.created_ms / 1000)
+            )
 
     # ------------------------------------------------------------------ deadlines
 

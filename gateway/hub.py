@@ -185,9 +185,11 @@ class Hub:
         self.logins: LoginQueue
         self.presence: PresenceKeeper
         self.sender: CommandDelivery | None = None  # set by the node once it runs
-        metrics.gauges["connections"] = lambda: len(self.connections)
-        metrics.gauges["devices_online"] = lambda: len(self.online)
-        metrics.gauges["reads_paused"] = lambda: int(self.reads_paused)
+        metrics.gauge("connections", "Open device connections", lambda: len(self.connections))
+        metrics.gauge("devices_online", "Devices logged in", lambda: len(self.online))
+        metrics.gauge(
+            "reads_paused", "1 while reading devices is paused", lambda: int(self.reads_paused)
+        )
 
     # ------------------------------------------------------------------ connections
 

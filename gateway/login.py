@@ -36,6 +36,7 @@ class _Verified:
     conn: DeviceLink
     did: str
     shard: int
+    asked_at: float  # when its login reached us (monotonic s)
 
 
 def desired_state(version: Any, lock: Any, remaining: Any, expires: Any) -> DesiredState | None:
@@ -73,12 +74,12 @@ class LoginBatcher:
         self._master_secret = master_secret
         self.presence_ttl_ms = presence_ttl_ms
         self.presence_node = presence_node or hub.node_id
-        self.pending: list[tuple[DeviceLink, LoginRequested]] = []
+        self.pending: list[tuple[DeviceLink, LoginRequested, float]] = []  # + its arrival
         self._wake = asyncio.Event()
-        metrics.gauges["logins_pending"] = lambda: len(self.pending)
+        metrics.gauge("logins_pending", "Logins waiting for their round", lambda: len(self.pending))
 
     def submit(self, conn: DeviceLink, request: LoginRequested) -> None:
-        self.pending.append((conn, request))
+        self.pending.append((conn, request, time.monotonic()))
         self._wake.set()
 
     async def run(self) -> None:
@@ -93,28 +94,30 @@ class LoginBatcher:
                 except RedisUnavailable as exc:
                     self.metrics.redis_errors += 1
                     log.error("login_redis_error", error=str(exc), logins=len(batch))
-                    for conn, _ in batch:
-                        self._reject(conn, ErrorCode.INTERNAL, "registry unavailable, retry")
+                    for conn, _, asked_at in batch:
+                        self._reject(
+                            conn, ErrorCode.INTERNAL, "registry unavailable, retry", asked_at
+                        )
                     await asyncio.sleep(0.5)
 
-    async def login(self, batch: list[tuple[DeviceLink, LoginRequested]]) -> None:
+    async def login(self, batch: list[tuple[DeviceLink, LoginRequested, float]]) -> None:
         now = time.time()
         limiter = self.hub.limiter
-        lookups: list[tuple[DeviceLink, str, int]] = []
-        for conn, request in batch:
+        lookups: list[tuple[DeviceLink, str, int, float]] = []
+        for conn, request, asked_at in batch:
             if conn.closed:
                 continue
             # No address (MQTT: the broker authenticated the client): nothing to limit by.
             if conn.peer_ip and limiter.blocked(conn.peer_ip, now):
                 self.metrics.logins_rate_limited += 1
-                self._reject(conn, ErrorCode.AUTH_RATE_LIMITED, "too many failed logins")
+                self._reject(conn, ErrorCode.AUTH_RATE_LIMITED, "too many failed logins", asked_at)
                 continue
-            lookups.append((conn, request.did, self.keyspace.shard_of(request.did)))
+            lookups.append((conn, request.did, self.keyspace.shard_of(request.did), asked_at))
         if not lookups:
             return
         entries = await round_trip(
             self.client,
-            [(b"HGET", self.keyspace.registry(shard), did) for _, did, shard in lookups],
+            [(b"HGET", self.keyspace.registry(shard), did) for _, did, shard, _ in lookups],
             "looking devices up",
         )
         failed = next((e for e in entries if isinstance(e, Exception)), None)
@@ -122,8 +125,9 @@ class LoginBatcher:
             raise RedisUnavailable(f"looking devices up: {failed}")
         verified = [
             v
-            for (conn, did, shard), raw in zip(lookups, entries, strict=True)
-            if (v := self._verify(conn, did, shard, parse_registry_entry(raw), now)) is not None
+            for (conn, did, shard, asked_at), raw in zip(lookups, entries, strict=True)
+            if (v := self._verify(conn, did, shard, parse_registry_entry(raw), now, asked_at))
+            is not None
         ]
         if verified:
             await self._claim(verified)
@@ -135,29 +139,33 @@ class LoginBatcher:
         shard: int,
         entry: RegistryEntry | None,
         now: float,
+        asked_at: float,
     ) -> _Verified | None:
         if conn.closed or conn.session is None:
             return None
         if entry is None:
-            self._fail(conn, did, now, ErrorCode.AUTH_UNKNOWN_DEVICE, "unknown device")
+            self._fail(conn, did, now, ErrorCode.AUTH_UNKNOWN_DEVICE, "unknown device", asked_at)
         elif not entry.login_allowed:
-            self._fail(conn, did, now, ErrorCode.AUTH_DISABLED, "device disabled")
+            self._fail(conn, did, now, ErrorCode.AUTH_DISABLED, "device disabled", asked_at)
         elif not conn.session.verify_login(
             derive_device_key(self._master_secret, did, entry.key_version)
         ):
-            self._fail(conn, did, now, ErrorCode.AUTH_BAD_PROOF, "bad proof")
+            self._fail(conn, did, now, ErrorCode.AUTH_BAD_PROOF, "bad proof", asked_at)
         else:
-            return _Verified(conn, did, shard)
+            return _Verified(conn, did, shard, asked_at)
         return None
 
-    def _fail(self, conn: DeviceLink, did: str, now: float, code: ErrorCode, reason: str) -> None:
+    def _fail(
+        self, conn: DeviceLink, did: str, now: float, code: ErrorCode, reason: str, asked_at: float
+    ) -> None:
         if conn.peer_ip:
             self.hub.limiter.failed(conn.peer_ip, now)
         log.info("login_failed", did=did, ip=conn.peer_ip, code=code.name)
-        self._reject(conn, code, reason)
+        self._reject(conn, code, reason, asked_at)
 
-    def _reject(self, conn: DeviceLink, code: ErrorCode, reason: str) -> None:
+    def _reject(self, conn: DeviceLink, code: ErrorCode, reason: str, asked_at: float) -> None:
         self.metrics.logins_failed += 1
+        self.metrics.histograms.login_failed.observe(time.monotonic() - asked_at)
         if conn.session is not None and not conn.closed:
             conn.session.reject_login(code, reason)
             conn.flush()
@@ -198,3 +206,4 @@ class LoginBatcher:
             self.hub.go_online(conn, v.did, self.keyspace.shard_of(v.did))
             self.metrics.logins_ok += 1
             conn.flush()
+            self.metrics.histograms.login_ok.observe(time.monotonic() - v.asked_at)

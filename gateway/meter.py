@@ -200,6 +200,10 @@ class MeterBatcher:
         self.pause_pending = pause_pending
         self.pause_backlog = pause_backlog
         self.pending: list[tuple[DeviceLink, Record]] = []
+        # When pending[0] arrived (monotonic s): the ack latency of each round is its oldest
+        # record's wait, one observation per round rather than a clock read per record.
+        self.oldest_at = 0.0
+        self._round_oldest_at = 0.0
         self.in_flight = 0
         self.backlog = 0
         self._wake = asyncio.Event()
@@ -208,13 +212,19 @@ class MeterBatcher:
         self.script = MeterScript(scripts, keyspace)
         self._backlog_key = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
         self._shard_backlog = [0] * keyspace.shards
-        metrics.gauges["meter_pending"] = lambda: len(self.pending)
-        metrics.gauges["ledger_backlog"] = lambda: self.backlog
+        metrics.gauge("meter_pending", "Records waiting to be metered", lambda: len(self.pending))
+        metrics.gauge(
+            "ledger_backlog",
+            "Records in the ledger streams not yet in the database (every shard)",
+            lambda: self.backlog,
+            across="max",  # every worker reads the same streams
+        )
 
     def submit(self, conn: DeviceLink, record: Record) -> None:
         self.pending.append((conn, record))
         self.metrics.records_received += 1
-        if not self._wake.is_set():
+        if not self._wake.is_set():  # set exactly while records are pending (see run)
+            self.oldest_at = time.monotonic()
             self._wake.set()
             self._idle.clear()
         if len(self.pending) >= self.pause_pending:
@@ -231,14 +241,19 @@ class MeterBatcher:
                 # A small round costs Redis and the ledger writer nearly what a large one does
                 # (a script call and a stream entry per shard): let more records arrive first.
                 await asyncio.sleep(self.linger_s)
-            self._wake.clear()
             while self.pending:
                 batch = self.pending[: self.batch_max]
                 del self.pending[: self.batch_max]
+                self._round_oldest_at = self.oldest_at
+                if self.pending:  # they arrived before now: their wait is counted from here
+                    self.oldest_at = time.monotonic()
+                else:  # the next record submitted starts the next round's wait
+                    self._wake.clear()
                 await self._meter_with_retry(batch)
                 if len(self.pending) < self.pause_pending // 2:
                     self.hub.resume_reading(PAUSE_PENDING)
             if not self.pending:
+                self._wake.clear()
                 self._idle.set()
 
     async def _meter_with_retry(self, batch: list[tuple[DeviceLink, Record]]) -> None:
@@ -252,6 +267,9 @@ class MeterBatcher:
                 self.metrics.redis_errors += 1
                 log.error("meter_script_failed", error=str(exc), records=len(batch))
                 self._refuse(batch)
+                self.metrics.histograms.ack_latency.observe(
+                    time.monotonic() - self._round_oldest_at
+                )
                 return
             except RedisUnavailable as exc:
                 self.metrics.redis_errors += 1
@@ -277,6 +295,7 @@ class MeterBatcher:
             for shard, items in by_shard.items()
         }
         self.in_flight += len(batch)
+        started = time.monotonic()
         try:
             outcomes = await self.script.run(
                 self.client, rows, int(time.time() * 1000), self.replication
@@ -284,6 +303,10 @@ class MeterBatcher:
         finally:
             self.in_flight -= len(batch)
         self._ack(by_shard, outcomes)
+        acked = time.monotonic()
+        histograms = self.metrics.histograms
+        histograms.meter_round.observe(acked - started)
+        histograms.ack_latency.observe(acked - self._round_oldest_at)
 
     def _refuse(self, batch: list[tuple[DeviceLink, Record]]) -> None:
         touched = set()

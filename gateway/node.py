@@ -112,6 +112,19 @@ async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         await group.stop_all()
 
 
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A worker of `serve --workers N` keeps its share of the node's merged metrics fresh
+    (gateway/metrics.py); a lone process is read directly when scraped."""
+    metrics = app[METRICS]
+    if metrics.multiprocess_dir is None:
+        yield
+        return
+    app[TASKS].start("metrics-publish", metrics.publish_every)
+    yield
+    await app[TASKS].stop("metrics-publish")
+    metrics.publish()  # what this worker counted, to the last record
+
+
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     sync = RegistrySync(app[REDIS], app[KEYSPACE])
     await sync.ensure_copy()

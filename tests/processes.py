@@ -17,6 +17,20 @@ from typing import Any
 import aiohttp
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """The samples of a /metrics page by name without `aquafleet_` (`records_stored_total`,
+    `devices_online`, `login_seconds_count{result="ok"}`), parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            name = sample.name.removeprefix("aquafleet_")
+            values[f"{name}{{{labels}}}" if labels else name] = sample.value
+    return values
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,18 +56,13 @@ class ServeProcess:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def metrics(self) -> dict[str, int]:
+    async def metrics(self) -> dict[str, float]:
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp,
         ):
             text = await resp.text()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.split(" ")
-                values[name.removeprefix("aquafleet_")] = int(value)
-        return values
+        return metric_values(text)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -159,11 +159,17 @@ class MqttBridge:
         self._announce_wake = asyncio.Event()
         self.answers_channel = f"{keyspace.node_channel(MQTT_NODE)}:answers"
         self._stopping = asyncio.Event()
-        metrics.gauges["mqtt_connected"] = lambda: int(self.connected)
-        metrics.gauges["mqtt_devices"] = lambda: len(self.devices)
-        metrics.gauges["mqtt_incoming_queued"] = lambda: len(self.incoming)
-        metrics.gauges["mqtt_outbound_queued"] = lambda: len(self.outbound)
-        metrics.gauges["mqtt_answers_queued"] = lambda: len(self._answers)
+        metrics.gauge(
+            "mqtt_connected", "1 while connected to the broker", lambda: int(self.connected)
+        )
+        metrics.gauge("mqtt_devices", "MQTT devices with a session here", lambda: len(self.devices))
+        metrics.gauge("mqtt_incoming_queued", "Uplinks queued", lambda: len(self.incoming))
+        metrics.gauge("mqtt_outbound_queued", "Downlinks queued", lambda: len(self.outbound))
+        metrics.gauge(
+            "mqtt_answers_queued",
+            "Answers queued for the other bridges",
+            lambda: len(self._answers),
+        )
 
     # ------------------------------------------------------------------ the broker connection
 

@@ -229,7 +229,7 @@ async def test_health_and_metrics_stay_outside_the_envelope(api: ApiClient, api_
     async with api.session.get(f"{api.base}/metrics") as response:
         assert response.status == 200 and response.content_type == "text/plain"
         text = await response.text()
-    assert "# TYPE aquafleet_records_received counter" in text
+    assert "# TYPE aquafleet_records_received_total counter" in text
     assert not text.lstrip().startswith("{")
 
 

@@ -293,7 +293,7 @@ async def test_metrics_need_the_token_when_one_is_configured(node_factory: Any, 
                 assert body["code"] == "unauthorized" and "aquafleet_" not in str(body)
         headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
         async with session.get(url, headers=headers) as response:
-            assert response.status == 200 and "aquafleet_connections" in await response.text()
+            assert response.status == 200 and "aquafleet_connections " in await response.text()
 
 
 @pytest.mark.parametrize(

@@ -196,7 +196,7 @@ async def test_a_newer_login_on_another_process_closes_the_older_connection(
             f"{redis_prefix}:{{{_shard(row['did'])}}}:p:{row['did']}"
         )
         assert presence[b"node"] == b"proc-b"
-        assert (await a.metrics())["sessions_replaced"] == 1
+        assert (await a.metrics())["sessions_replaced_total"] == 1
         await newer.close()
 
 

@@ -190,6 +190,6 @@ async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dyi
             _, desired = await next_state(device, timeout=12.0)
             assert desired.locked and desired.rental_expires_at == expires_at
             assert (await redis_client.get(owner_key)).decode() == other.env["AQUAFLEET_NODE_ID"]
-            assert (await other.metrics())["rental_locks"] == 1
+            assert (await other.metrics())["rental_locks_total"] == 1
         finally:
             await device.close()
