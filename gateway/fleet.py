@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import meter_fields
-from aquafleet.gateway.redis_io import pack_command, round_trip
+from aquafleet.gateway.redis_io import Command, round_trip
 from aquafleet.protocol import ProtocolError
 from aquafleet.protocol.constants import FrameType
 from aquafleet.protocol.message_types import Telemetry
@@ -75,11 +75,11 @@ async def read_fleet(
     unique = list(dict.fromkeys(dids))
     if not unique:
         return FleetCounts(0, 0, 0, 0, 0, 0)
-    packed: list[bytes] = []
+    commands: list[Command] = []
     for did in unique:
-        packed.append(pack_command(b"HGET", keyspace.presence(did), b"node"))
-        packed.append(pack_command(b"GET", keyspace.meter(did)))
-    replies = await round_trip(client, packed, "reading fleet counts")
+        commands.append((b"HGET", keyspace.presence(did), b"node"))
+        commands.append((b"GET", keyspace.meter(did)))
+    replies = await round_trip(client, commands, "reading fleet counts")
     failed = next((r for r in replies if isinstance(r, Exception)), None)
     if failed is not None:
         raise RedisUnavailable(f"reading fleet counts: {failed}")

@@ -166,7 +166,7 @@ class Scripts:
         return (await self.run(client, [(name, keys, args)], f"script {name}"))[0]
 
 
-Command = Sequence[bytes | str | int]
+Command = tuple[bytes | str | int, ...]  # a tuple: packed bytes would pass as a Sequence
 CLUSTER_ATTEMPTS = 3  # sends of commands a cluster redirected (MOVED, TRYAGAIN, CLUSTERDOWN)
 CLUSTER_RETRY_S = 0.2
 _REDIRECTED = (AskError, TryAgainError, ClusterDownError)
