@@ -30,6 +30,7 @@ MODEL_MODULES = [
     "aquafleet.models.products",
     "aquafleet.models.orders",
     "aquafleet.models.money",
+    "aquafleet.models.merchants",
 ]
 APP = "models"
 
