@@ -169,14 +169,14 @@ class VendorWechat(RequestModel):
     mch_secret: str = text(128, default=None, description="write-only")
     mch_apiv3_key: str = text(32, default=None, description="write-only: the API v3 key")
     mch_private_key: str = Field(
-        None, max_length=8192, description="write-only: the merchant's RSA private key (PEM)"
+        UNSET, max_length=8192, description="write-only: the merchant's RSA private key (PEM)"
     )
     mch_cert_serial: str = text(64, default=None, description="the merchant certificate serial")
     wxpay_serial: str = text(
         64, default=None, description="the platform certificate serial or public key id"
     )
     wxpay_public_key: str = Field(
-        None, max_length=4096, description="the platform's RSA public key (PEM)"
+        UNSET, max_length=4096, description="the platform's RSA public key (PEM)"
     )
 
 
