@@ -14,6 +14,7 @@ from aquafleet.api import (
     devices,
     members,
     orders,
+    payments,
     products,
     vendors,
 )
@@ -35,7 +36,9 @@ from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products, orders)
+RESOURCE_MODULES = (
+    auth, vendors, agents, devices, commands, members, products, orders, payments,
+)  # fmt: skip
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -47,6 +47,10 @@ class Metrics:
     commands_timed_out: int = 0
     node_messages_malformed: int = 0  # on a node channel: logged and dropped
     node_messages_unhandled: int = 0  # a kind nobody here subscribes to
+    payments_paid: int = 0  # bills a channel confirmed paid
+    payments_notices_refused: int = 0  # forged, stale, unreadable or of another merchant
+    payments_amount_mismatch: int = 0  # the channel named another amount: alerted, never paid
+    payments_refunds_sent: int = 0
     rental_locks: int = 0
     rental_reminders: int = 0
     rental_dismantle_tickets: int = 0

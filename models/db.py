@@ -31,6 +31,7 @@ MODEL_MODULES = [
     "aquafleet.models.orders",
     "aquafleet.models.money",
     "aquafleet.models.merchants",
+    "aquafleet.models.payments",
 ]
 APP = "models"
 

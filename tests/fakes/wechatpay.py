@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tests.payments.keys import public_pem, rsa_private_pem
 
 BEIJING = dt.timezone(dt.timedelta(hours=8))
+MERCHANT: web.RequestKey[FakeMerchant] = web.RequestKey("merchant")
+BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body")
 PLATFORM_SERIAL = "PUB_KEY_ID_0119000001092026120600000000"
 
 
@@ -221,8 +223,8 @@ class FakeWechatPay:
         )
         if isinstance(merchant, web.Response):
             return merchant
-        request["merchant"] = merchant
-        request["body"] = json.loads(body) if body else {}
+        request[MERCHANT] = merchant
+        request[BODY] = json.loads(body) if body else {}
         return await handler(request)
 
     def _authenticate(
@@ -251,8 +253,8 @@ class FakeWechatPay:
     # ------------------------------------------------------------------------- payments
 
     async def _jsapi(self, request: web.Request) -> web.Response:
-        merchant: FakeMerchant = request["merchant"]
-        body = request["body"]
+        merchant: FakeMerchant = request[MERCHANT]
+        body = request[BODY]
         try:
             no, total = str(body["out_trade_no"]), int(body["amount"]["total"])
             openid, appid, mchid = body["payer"]["openid"], body["appid"], body["mchid"]
@@ -300,7 +302,7 @@ class FakeWechatPay:
 
     async def _query(self, request: web.Request) -> web.Response:
         txn = self.transactions.get(request.match_info["no"])
-        if txn is None or request.query.get("mchid") != request["merchant"].mch_id:
+        if txn is None or request.query.get("mchid") != request[MERCHANT].mch_id:
             return self._error(404, "ORDER_NOT_EXIST", "order does not exist")
         return self._answer(200, self._transaction_view(txn))
 
@@ -338,8 +340,8 @@ class FakeWechatPay:
     # ------------------------------------------------------------------------- refunds
 
     async def _refund(self, request: web.Request) -> web.Response:
-        merchant: FakeMerchant = request["merchant"]
-        body = request["body"]
+        merchant: FakeMerchant = request[MERCHANT]
+        body = request[BODY]
         try:
             no, refund_no = str(body["out_trade_no"]), str(body["out_refund_no"])
             refund, total = int(body["amount"]["refund"]), int(body["amount"]["total"])
@@ -543,7 +545,7 @@ class FakeWechatPay:
             return self._error(400, "PARAM_ERROR", "bill_date")
         text = self.bill_text(bill_date)
         token = base64.urlsafe_b64encode(
-            f"{request['merchant'].mch_id}|{bill_date}".encode()
+            f"{request[MERCHANT].mch_id}|{bill_date}".encode()
         ).decode()
         return self._answer(200, {
             "hash_type": "SHA1", "hash_value": hashlib.sha1(text.encode()).hexdigest(),
@@ -563,7 +565,7 @@ class FakeWechatPay:
     # ------------------------------------------------------------------------- transfers
 
     async def _create_batch(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         try:
             no = str(body["out_batch_no"])
             details = list(body["transfer_detail_list"])

@@ -1,0 +1,254 @@
+"""Payments (AD-07..10) and the channels' notifications (docs/payments.md).
+
+Thin: the channel work is gateway/payments.py's `PaymentService`, the decisions
+models/payments.py's and models/money.py's. Nothing that moves money is taken from a client:
+amounts come from the order, a payment only from the channel's signed, decrypted notification
+or its own answer to our query.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from aquafleet.api.errors import ApiError, Unavailable
+from aquafleet.api.orders import OrderPath
+from aquafleet.api.routing import PUBLIC, RAW_BODY, Call, RouteTable
+from aquafleet.api.schemas import PathParams, ResponseModel, UtcDateTime, VendorCode
+from aquafleet.api.sealing import secret_box
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, METRICS, SETTINGS
+from aquafleet.gateway.payments import NotificationRefused, PaymentService
+from aquafleet.gateway.providers.wechatpay import (
+    WechatPayClient,
+    WechatPayRefused,
+    WechatPayUnavailable,
+)
+from aquafleet.models.members import get_member
+from aquafleet.models.money import Refund
+from aquafleet.models.orders import find_order
+from aquafleet.models.payments import PaymentState, payment_of_order
+from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
+
+PAYMENTS: web.AppKey[PaymentService] = web.AppKey("payments")
+HTTP_TIMEOUT_S = 10.0
+
+routes = RouteTable(
+    "payments",
+    "Payments (AD-07..10): WeChat Pay prepay, payment information, and the endpoints WeChat "
+    "Pay posts its signed notifications to (docs/payments.md).",
+)
+
+
+async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The WeChat Pay client (one HTTP session) and the payment service."""
+    settings = app[SETTINGS]
+    gateway = app[DEVICE_GATEWAY]
+
+    async def apply_service(did: str, change: ServiceChangeRequest) -> object:
+        return await gateway.change_service(did, change, actor="payments")
+
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+        connector=aiohttp.TCPConnector(limit=32),
+    ) as session:
+        app[PAYMENTS] = PaymentService(
+            WechatPayClient(session, base_url=settings.wechatpay_api_url),
+            secret_box(app),
+            app[METRICS],
+            notify_base_url=settings.payments_notify_url,
+            query_after=dt.timedelta(seconds=settings.payments_query_after_s),
+            apply_service=apply_service,
+        )
+        yield
+
+
+routes.contexts.append(payments_ctx)
+
+
+def channel_errors(exc: Exception) -> ApiError:
+    if isinstance(exc, WechatPayUnavailable):
+        return Unavailable("WeChat Pay did not answer; try again", code="wechatpay_unavailable")
+    return ApiError(str(exc), code="wechatpay_refused", status=502)
+
+
+# ----------------------------------------------------------------------------- AD-07
+
+
+class PrepayOut(ResponseModel):
+    """What the app passes to wx.requestPayment (mini program) or WeixinJSBridge (JSAPI)."""
+
+    appId: str
+    timeStamp: str
+    nonceStr: str
+    package: str = Field(description="prepay_id=...")
+    signType: str = Field(description="RSA")
+    paySign: str = Field(description="RSA-SHA256 with the merchant key, base64")
+    bill_no: str = Field(description="支付号: WeChat Pay's out_trade_no")
+
+
+@routes.post(
+    "/orders/{oid}/prepay/weixin",
+    seed="AD-07",
+    summary="WeChat Pay prepay (JSAPI / mini program)",
+    roles=MEMBER_ONLY,
+    params=OrderPath,
+    response=PrepayOut,
+    status=200,
+    errors=(404, 409, 502, 503),
+    description="C: the member's own unpaid order. Creates (once; again answers the same bill) "
+    "the WeChat Pay transaction for the order's total with the vendor's merchant, payer the "
+    "member's bound WeChat openid, and answers the signed parameters that open the payment "
+    "sheet. The order is paid when WeChat Pay's signed notification arrives (or the sweep's "
+    "query finds it paid), never on the app's word.",
+)
+async def prepay_weixin(call: Call) -> PrepayOut:
+    order = await find_order(call.principal, call.params.oid)
+    member = await get_member(call.principal.subject)
+    try:
+        payment, params = await call.app[PAYMENTS].wechat_prepay(order, member)
+    except (WechatPayUnavailable, WechatPayRefused) as exc:
+        raise channel_errors(exc) from None
+    return PrepayOut(**params, bill_no=payment.bill_no)
+
+
+# ----------------------------------------------------------------------------- AD-10
+
+
+class RefundOut(ResponseModel):
+    refund_no: str
+    amount: int = Field(description="fen")
+    state: str = Field(description="due, requested, succeeded or failed")
+    reason: str
+    create_tms: UtcDateTime
+
+
+class PaymentOut(ResponseModel):
+    """The seed's `payment` block, and the bill's state and refunds."""
+
+    pay_ch: str = Field(description="支付通道: weixin, wallet, card, manual; empty when unpaid")
+    pay_state: str = Field(description="unpaid, pending (a bill is open), paid, closed")
+    pay_tms: UtcDateTime | None = Field(description="支付时间")
+    bill_no: str = Field(description="支付号 (our number at the channel)")
+    transaction_no: str = Field(description="交易号 (the channel's)")
+    amount: int = Field(description="fen")
+    refunds: list[RefundOut]
+
+
+@routes.get(
+    "/orders/{oid}/payment",
+    seed="AD-10",
+    summary="An order's payment information",
+    roles=ANY_ROLE,
+    params=OrderPath,
+    response=PaymentOut,
+    description="A+C, scoped as AD-01: channel, state, time, bill and transaction numbers, and "
+    "the refunds of the order.",
+)
+async def read_payment(call: Call) -> PaymentOut:
+    order = await find_order(call.principal, call.params.oid)
+    payment = await payment_of_order(order.oid)
+    refunds = [
+        RefundOut(
+            refund_no=r.refund_no,
+            amount=r.amount_fen,
+            state=r.state.name.lower(),
+            reason=r.reason,
+            create_tms=r.created_at,
+        )
+        for r in await Refund.filter(order_oid=order.oid).order_by("id")
+    ]
+    if payment is None:
+        paid = order.paid_at is not None
+        return PaymentOut(
+            pay_ch="manual" if paid else "", pay_state="paid" if paid else "unpaid",
+            pay_tms=order.paid_at, bill_no="", transaction_no="", amount=order.total_fen,
+            refunds=refunds,
+        )  # fmt: skip
+    state = {PaymentState.PENDING: "pending", PaymentState.PAID: "paid"}.get(
+        payment.state, "closed"
+    )
+    return PaymentOut(
+        pay_ch=payment.channel, pay_state=state, pay_tms=payment.paid_at,
+        bill_no=payment.bill_no, transaction_no=payment.transaction_no,
+        amount=payment.amount_fen, refunds=refunds,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- notifications
+
+
+class VendorNotifyPath(PathParams):
+    vid: VendorCode
+
+
+class WechatNotificationIn(BaseModel):
+    """WeChat Pay's notification as it posts it (verified and decrypted before it is read)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(max_length=64)
+    event_type: str = Field(max_length=64)
+    resource_type: str = Field("", max_length=64)
+
+
+class NotifyOut(ResponseModel):
+    outcome: str
+
+
+async def _notification(call: Call, refund: bool) -> NotifyOut:
+    service = call.app[PAYMENTS]
+    body = call.request[RAW_BODY].decode("utf-8", "replace")
+    try:
+        if refund:
+            outcome = await service.wechat_refund_notification(
+                call.params.vid, call.request.headers, body
+            )
+        else:
+            outcome = (
+                await service.wechat_payment_notification(
+                    call.params.vid, call.request.headers, body
+                )
+            ).value
+    except NotificationRefused as exc:
+        raise ApiError(str(exc), code="notification_refused", status=401) from None
+    return NotifyOut(outcome=outcome)
+
+
+@routes.post(
+    "/payments/weixin/notify/{vid}",
+    summary="WeChat Pay's payment notification (not in the seed)",
+    roles=PUBLIC,
+    params=VendorNotifyPath,
+    body=WechatNotificationIn,
+    response=NotifyOut,
+    status=200,
+    errors=(401, 404, 409),
+    description="WeChat Pay posts here (the vendor's notify URL). The platform signature, "
+    "serial and timestamp are verified and the resource decrypted with the vendor's API v3 key; "
+    "anything else answers 401 and changes nothing. A 2xx tells WeChat Pay to stop resending: "
+    "`outcome` says what the notification did (paid, duplicate, amount_mismatch, "
+    "refund_after_close, paid_twice, unknown_bill).",
+)
+async def wechat_notify(call: Call) -> NotifyOut:
+    return await _notification(call, refund=False)
+
+
+@routes.post(
+    "/payments/weixin/refund-notify/{vid}",
+    summary="WeChat Pay's refund notification (not in the seed)",
+    roles=PUBLIC,
+    params=VendorNotifyPath,
+    body=WechatNotificationIn,
+    response=NotifyOut,
+    status=200,
+    errors=(401, 404, 409),
+    description="As the payment notification; a succeeded refund is settled in the money "
+    "ledger once (`outcome` settled, failed, pending, amount_mismatch or unknown).",
+)
+async def wechat_refund_notify(call: Call) -> NotifyOut:
+    return await _notification(call, refund=True)
