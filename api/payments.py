@@ -20,8 +20,8 @@ from aquafleet.api.orders import OrderPath
 from aquafleet.api.routing import PUBLIC, RAW_BODY, Call, RouteTable
 from aquafleet.api.schemas import PathParams, ResponseModel, UtcDateTime, VendorCode
 from aquafleet.api.sealing import secret_box
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY, METRICS, SETTINGS
-from aquafleet.gateway.payments import NotificationRefused, PaymentService
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
+from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
 from aquafleet.gateway.providers.wechatpay import (
     WechatPayClient,
     WechatPayRefused,
@@ -35,6 +35,7 @@ from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
 
 PAYMENTS: web.AppKey[PaymentService] = web.AppKey("payments")
+PAYMENT_SWEEPER: web.AppKey[PaymentSweeper] = web.AppKey("payment_sweeper")
 HTTP_TIMEOUT_S = 10.0
 
 routes = RouteTable(
@@ -56,7 +57,7 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
         connector=aiohttp.TCPConnector(limit=32),
     ) as session:
-        app[PAYMENTS] = PaymentService(
+        service = app[PAYMENTS] = PaymentService(
             WechatPayClient(session, base_url=settings.wechatpay_api_url),
             secret_box(app),
             app[METRICS],
@@ -64,7 +65,16 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
             query_after=dt.timedelta(seconds=settings.payments_query_after_s),
             apply_service=apply_service,
         )
-        yield
+        sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
+            service, app[REDIS], lease_key=app[KEYSPACE].payments_owner,
+            node_id=settings.resolved_node_id, interval_s=settings.payments_sweep_interval_s,
+        )  # fmt: skip
+        app[TASKS].start("payments-sweeper", sweeper.run)
+        try:
+            yield
+        finally:
+            await app[TASKS].stop("payments-sweeper")
+            await sweeper.release()
 
 
 routes.contexts.append(payments_ctx)

@@ -245,6 +245,13 @@ class Settings(BaseSettings):
         "e.g. https://api.example.com (the path /api/v1/payments/... is appended). Unset: "
         "WeChat Pay prepay (AD-07) answers payment_not_configured.",
     )
+    payments_sweep_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often the node holding the payments lease executes due refunds, "
+        "closes the bills of closed orders and queries late ones (docs/payments.md).",
+    )
     payments_query_after_s: int = Field(
         60,
         ge=1,

@@ -27,6 +27,10 @@ async def api_node(node_factory: Any, database_url: str, fake_pay: FakeWechatPay
     """A node whose WeChat Pay is the fake, and which WeChat Pay notifies at its own port."""
     from aquafleet.api.payments import PAYMENTS
 
-    node = await node_factory(database_url=database_url, wechatpay_api_url=fake_pay.url)
+    node = await node_factory(
+        database_url=database_url,
+        wechatpay_api_url=fake_pay.url,
+        payments_sweep_interval_s=3600,  # the tests sweep when they choose (one pass at start)
+    )
     node.app[PAYMENTS].notify_base_url = f"http://127.0.0.1:{node.http_port}"
     return node
