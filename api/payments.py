@@ -15,10 +15,17 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquafleet.api.errors import ApiError, Unavailable
+from aquafleet.api.errors import ApiError, ConflictError, NotFoundError, Unavailable
+from aquafleet.api.members.access import visible_member
 from aquafleet.api.orders import OrderPath
 from aquafleet.api.routing import PUBLIC, RAW_BODY, Call, RouteTable
-from aquafleet.api.schemas import PathParams, ResponseModel, UtcDateTime, VendorCode
+from aquafleet.api.schemas import (
+    PathParams,
+    RequestModel,
+    ResponseModel,
+    UtcDateTime,
+    VendorCode,
+)
 from aquafleet.api.sealing import secret_box
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
 from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
@@ -27,12 +34,22 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
+from aquafleet.models.devices import Device
 from aquafleet.models.members import get_member
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import find_order
+from aquafleet.models.orders import Order, find_order
 from aquafleet.models.payments import PaymentState, payment_of_order
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
+from aquafleet.models.vending import MAX_DISPENSE_ML, DispenseSession, charge_fen
+from aquafleet.models.vendors import Vendor
+from aquafleet.models.wallet import (
+    MAX_TOPUP_FEN,
+    MIN_TOPUP_FEN,
+    hold_for_dispense,
+    pay_order_from_wallet,
+    wallet_balance,
+)
 
 PAYMENTS: web.AppKey[PaymentService] = web.AppKey("payments")
 PAYMENT_SWEEPER: web.AppKey[PaymentSweeper] = web.AppKey("payment_sweeper")
@@ -160,7 +177,10 @@ class PaymentOut(ResponseModel):
     "the refunds of the order.",
 )
 async def read_payment(call: Call) -> PaymentOut:
-    order = await find_order(call.principal, call.params.oid)
+    return await payment_info(await find_order(call.principal, call.params.oid))
+
+
+async def payment_info(order: Order) -> PaymentOut:
     payment = await payment_of_order(order.oid)
     refunds = [
         RefundOut(
@@ -262,3 +282,135 @@ async def wechat_notify(call: Call) -> NotifyOut:
 )
 async def wechat_refund_notify(call: Call) -> NotifyOut:
     return await _notification(call, refund=True)
+
+
+# ----------------------------------------------------------------------------- the wallet
+
+UID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
+DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
+
+
+class MemberPath(PathParams):
+    uid: str = Field(pattern=UID_PATTERN)
+
+
+class DevicePath(PathParams):
+    did: str = Field(pattern=DID_PATTERN)
+
+
+class WalletOut(ResponseModel):
+    uid: str
+    balance: int = Field(description="fen the member may spend")
+
+
+class TopupIn(RequestModel):
+    amount: int = Field(ge=MIN_TOPUP_FEN, le=MAX_TOPUP_FEN, description="fen")
+
+
+class VendIn(RequestModel):
+    ml: int = Field(ge=1, le=MAX_DISPENSE_ML)
+
+
+class VendOut(ResponseModel):
+    session_id: int
+    did: str
+    cid: int
+    requested_ml: int
+    price_fen_per_l: int
+    held: int = Field(description="fen held from the wallet; what was not poured comes back")
+    state: str = Field(description="pending, done or failed")
+    actual_ml: int | None
+    charge: int | None = Field(description="fen charged for what was poured")
+    balance: int = Field(description="the wallet after the hold")
+
+
+@routes.get(
+    "/users/{uid}/wallet",
+    summary="A member's wallet balance (not in the seed)",
+    roles=ANY_ROLE,
+    params=MemberPath,
+    response=WalletOut,
+    description="The member itself, or an admin whose subtree holds it. The balance is the sum "
+    "of the wallet's ledger entries (docs/money.md).",
+)
+async def read_wallet(call: Call) -> WalletOut:
+    member = await visible_member(call.principal, call.params.uid)
+    return WalletOut(uid=member.uid, balance=await wallet_balance(member.uid))
+
+
+@routes.post(
+    "/users/{uid}/wallet/topup",
+    summary="Top up the wallet through WeChat Pay (not in the seed)",
+    roles=MEMBER_ONLY,
+    params=MemberPath,
+    body=TopupIn,
+    response=PrepayOut,
+    status=200,
+    errors=(404, 409, 502, 503),
+    description="C, its own wallet: a top-up bill at WeChat Pay, answered as AD-07 does; the "
+    "wallet is credited when WeChat Pay's signed notification (or a query) confirms it.",
+)
+async def topup_wallet(call: Call) -> PrepayOut:
+    member = await visible_member(call.principal, call.params.uid)
+    try:
+        payment, params = await call.app[PAYMENTS].wechat_topup(member, call.body.amount)
+    except (WechatPayUnavailable, WechatPayRefused) as exc:
+        raise channel_errors(exc) from None
+    return PrepayOut(**params, bill_no=payment.bill_no)
+
+
+@routes.post(
+    "/orders/{oid}/prepay/wallet",
+    summary="Pay an order from the wallet (not in the seed; pay_ch wallet)",
+    roles=MEMBER_ONLY,
+    params=OrderPath,
+    response=PaymentOut,
+    status=200,
+    errors=(404, 409),
+    description="C, its own unpaid order: paid at once from its wallet (insufficient_funds "
+    "when the wallet holds less; concurrent spends never overdraw it).",
+)
+async def pay_with_wallet(call: Call) -> PaymentOut:
+    order = await find_order(call.principal, call.params.oid)
+    return await payment_info(await pay_order_from_wallet(order, call.principal.subject))
+
+
+@routes.post(
+    "/devices/{did}/vend",
+    summary="Pour from a vending machine, paid from the wallet (not in the seed)",
+    roles=MEMBER_ONLY,
+    params=DevicePath,
+    body=VendIn,
+    response=VendOut,
+    status=200,
+    errors=(404, 409),
+    description="C, a vending machine of the member's vendor, at the vendor's price per litre "
+    "(AX-08 vending_price_fen_per_l). The most the pour can cost is held from the wallet "
+    "before the machine is told to pour; once it reports the ml poured, the charge is booked "
+    "and the rest comes back (the payments sweep).",
+)
+async def vend(call: Call) -> VendOut:
+    member = await get_member(call.principal.subject)
+    device = await Device.get_or_none(did=call.params.did, vendor_id=member.vendor_id)
+    if device is None:
+        raise NotFoundError(f"device {call.params.did} not found")
+    vendor = await Vendor.get(code=member.vendor_id)
+    price = int((vendor.config or {}).get("vending_price_fen_per_l", 0))
+    if price <= 0:
+        raise ConflictError("the vendor has set no vending price (AX-08)", code="vending_unpriced")
+
+    async def hold(session: DispenseSession) -> None:
+        await hold_for_dispense(session, member.uid)
+
+    session, _record = await call.app[DEVICE_GATEWAY].vend(
+        device.did, call.body.ml, price_fen_per_l=price, payer_uid=member.uid,
+        before_send=hold, issuer=f"member:{member.uid}", timeout_s=60, wait_s=5.0,
+    )  # fmt: skip
+    await session.refresh_from_db()
+    return VendOut(
+        session_id=session.id, did=session.did, cid=session.cid,
+        requested_ml=session.requested_ml, price_fen_per_l=price,
+        held=charge_fen(session.requested_ml, price), state=session.state.name.lower(),
+        actual_ml=session.actual_ml, charge=session.charge_fen,
+        balance=await wallet_balance(member.uid),
+    )  # fmt: skip

@@ -192,6 +192,9 @@ class VendorConfig(RequestModel):
     shop_public: bool = Field(
         UNSET, description="visitors who have not logged in may browse the shop (AC-01/03/05)"
     )
+    vending_price_fen_per_l: int = Field(
+        UNSET, ge=0, le=100_000, description="what a litre from a vending machine costs, in fen"
+    )
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -200,6 +203,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "commission_levels": 3,
     "sms_sign": "",
     "shop_public": False,
+    "vending_price_fen_per_l": 0,
 }
 
 
@@ -209,6 +213,7 @@ class VendorConfigOut(ResponseModel):
     commission_levels: int
     sms_sign: str
     shop_public: bool
+    vending_price_fen_per_l: int
 
 
 class VendorOut(ResponseModel):

@@ -27,6 +27,7 @@ from aquafleet.models.money import (
     RefundState,
     move_refund,
     settle_refund,
+    wallet_account,
 )
 from aquafleet.models.orders import Order, OrderLine
 from aquafleet.models.payments import (
@@ -44,6 +45,7 @@ from aquafleet.models.payments import (
 )
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.vendors import Vendor
+from aquafleet.models.wallet import open_topup, settle_dispenses
 from aquafleet.models.wechatpay import (
     WechatPayError,
     decrypt_resource,
@@ -55,6 +57,7 @@ from aquafleet.models.wechatpay import (
 log = get_logger("aquafleet.payments")
 
 WEIXIN = "weixin"
+WALLET = "wallet"
 NOTIFY_PATH = "/api/v1/payments/weixin/notify/{vid}"
 REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 SWEEP_BATCH = 100
@@ -74,6 +77,7 @@ class SweepReport:
     bills_closed: int = 0
     bills_queried: int = 0
     bills_paid: int = 0
+    dispenses_settled: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -135,6 +139,23 @@ class PaymentService:
             timestamp=int(time.time()), nonce_str=nonce(),
         )  # fmt: skip
         return payment, params
+
+    async def wechat_topup(self, member: Any, amount_fen: int) -> tuple[Payment, dict[str, str]]:
+        """A wallet top-up through WeChat Pay: the bill, and the app's signed parameters."""
+        if not member.wx_openid:
+            raise WechatNotBound(f"member {member.uid} has no WeChat account bound (AA-08)")
+        merchant = await self.merchant(member.vendor_id)
+        notify_url = self._notify_url(NOTIFY_PATH, member.vendor_id)
+        payment = await open_topup(member, amount_fen, WEIXIN)
+        prepay_id = await self.client.jsapi_prepay(
+            merchant, out_trade_no=payment.bill_no, description="钱包充值",
+            total_fen=amount_fen, openid=member.wx_openid, notify_url=notify_url,
+        )  # fmt: skip
+        await set_prepay_id(payment, prepay_id)
+        return payment, jsapi_parameters(
+            app_id=merchant.app_id, prepay_id=prepay_id, private_pem=merchant.private_key,
+            timestamp=int(time.time()), nonce_str=nonce(),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------- notifications
 
@@ -253,6 +274,7 @@ class PaymentService:
             )
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
+        report.dispenses_settled = await settle_dispenses(limit)
         for payment in await late_bills(self.query_after, limit):
             if payment.channel != WEIXIN:
                 continue
@@ -277,6 +299,13 @@ class PaymentService:
 
     async def _send_refund(self, refund: Refund, report: SweepReport) -> None:
         payment = await payment_of_order(refund.order_oid)
+        if payment is not None and payment.state is PaymentState.PAID and payment.channel == WALLET:
+            # Paid from the wallet: the refund goes back to it at once.
+            await settle_refund(
+                refund.refund_no, channel=WALLET, account=wallet_account(payment.member_uid)
+            )
+            report.refunds_settled += 1
+            return
         if payment is None or payment.state is not PaymentState.PAID or payment.channel != WEIXIN:
             return  # not paid through WeChat Pay: another channel's (or a person's) refund
         merchant = await self.merchant(payment.vendor_code)

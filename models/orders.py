@@ -455,6 +455,7 @@ async def pay_order(
     reason: str,
     apply_service: ServiceApplier | None = None,
     within: Callable[[Order], Awaitable[object]] | None = None,
+    source: str | None = None,
     now: dt.datetime | None = None,
 ) -> Order:
     """The one paid step, for the internal one (`mark_paid`) and every channel's confirmed
@@ -475,8 +476,9 @@ async def pay_order(
                     reason=reason, now=now,
                 )  # fmt: skip
                 await record_order_payment(
-                    order, channel=channel, payment_key=payment_key, actor=actor_id, memo=reason
-                )
+                    order, channel=channel, payment_key=payment_key, actor=actor_id,
+                    memo=reason, source=source,
+                )  # fmt: skip
                 if within is not None:
                     await within(order)
         except (IntegrityError, OrderStateConflict):

@@ -32,7 +32,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.errors import Conflict, Forbidden, NotFound
+from aquafleet.models.errors import Conflict, Forbidden
 from aquafleet.models.orders import (
     SYSTEM,
     Order,
@@ -171,9 +171,7 @@ async def _record(notice: ChannelPayment, outcome: Outcome, now: dt.datetime) ->
     )  # fmt: skip
 
 
-async def apply_channel_payment(
-    notice: ChannelPayment, *, apply_service: Any = None, topup: Any = None
-) -> Outcome:
+async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = None) -> Outcome:
     """What the channel's confirmed payment does (see the module), once per notice id."""
     seen = await PaymentNotice.get_or_none(notice_id=notice.notice_id[:MAX_NOTICE_ID])
     if seen is not None:
@@ -188,10 +186,9 @@ async def apply_channel_payment(
     elif notice.amount_fen != payment.amount_fen:
         outcome = Outcome.AMOUNT_MISMATCH
     elif payment.purpose == Purpose.TOPUP.value:
-        if topup is None:
-            raise NotFound("wallet top-ups are not served here")
-        topped: Outcome = await topup(payment, notice)
-        return topped
+        from aquafleet.models.wallet import credit_topup
+
+        return await credit_topup(payment, notice)
     else:
         return await _pay_order_bill(payment, notice, apply_service, now)
     try:
