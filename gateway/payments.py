@@ -43,6 +43,7 @@ from aquafleet.models.payments import (
     payment_of_order,
     set_prepay_id,
 )
+from aquafleet.models.reconcile import Difference, compare, parse_trade_bill
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.vendors import Vendor
 from aquafleet.models.wallet import open_topup, settle_dispenses
@@ -241,6 +242,12 @@ class PaymentService:
             return "failed"
         _ = notification
         return "pending"
+
+    async def reconcile(self, vendor_code: str, day: dt.date) -> list[Difference]:
+        """Download WeChat Pay's trade bill of `day` (Beijing) for the vendor and compare."""
+        merchant = await self.merchant(vendor_code)
+        text = await self.client.trade_bill(merchant, day.isoformat())
+        return await compare(vendor_code, WEIXIN, day, parse_trade_bill(text))
 
     # ------------------------------------------------------------------------- the sweep
 

@@ -58,6 +58,49 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_with_database(settings, action)
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+
+    async def action() -> int:
+        import aiohttp
+
+        from aquafleet.models.merchants import WEIXIN, PaymentMerchant
+
+        day = dt.date.fromisoformat(args.date)
+        vendors = (
+            [args.vid]
+            if args.vid
+            else sorted(
+                await PaymentMerchant.filter(channel=WEIXIN).values_list("vendor_id", flat=True)
+            )
+        )
+        found: list[dict[str, str]] = []
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        ) as session:
+            service = payment_service(settings, session)
+            for vendor in vendors:
+                for difference in await service.reconcile(str(vendor), day):
+                    found.append({"vid": str(vendor), **dataclasses.asdict(difference)})
+        data = {"date": day.isoformat(), "vendors": [str(v) for v in vendors], "differences": found}
+
+        def render(d: dict[str, Any]) -> str:
+            head = f"{d['date']}: {len(d['vendors'])} vendors, {len(d['differences'])} differences"
+            return "\n".join(
+                [head]
+                + [
+                    f"  {x['vid']} {x['what']}: {x['subject']} (ours {x['ours']}, "
+                    f"channel {x['theirs']})"
+                    for x in d["differences"]
+                ]
+            )
+
+        emit(args, data, render)
+        return 1 if found else 0
+
+    return run_with_database(settings, action)
+
+
 def add_parsers(commands: Any) -> None:
     parser = commands.add_parser("payments", help="payments: the sweep, reconciliation")
     payment_commands = parser.add_subparsers(dest="payments_command", required=True)
@@ -65,5 +108,11 @@ def add_parsers(commands: Any) -> None:
         "sweep", help="execute due refunds, close bills of closed orders, query late bills"
     )
     sweep.set_defaults(func=cmd_sweep)
-    for one in (sweep,):
+    reconcile = payment_commands.add_parser(
+        "reconcile", help="compare WeChat Pay's trade bill of a day with our records"
+    )
+    reconcile.add_argument("--date", required=True, help="the bill's day, YYYY-MM-DD (Beijing)")
+    reconcile.add_argument("--vid", help="one vendor (default: every vendor with a merchant)")
+    reconcile.set_defaults(func=cmd_reconcile)
+    for one in (sweep, reconcile):
         add_json_flag(one)
