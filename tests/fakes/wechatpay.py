@@ -160,6 +160,10 @@ class FakeWechatPay:
         self._failures.extend([(path_prefix, status, code)] * times)
 
     async def start(self) -> str:
+        return await self.start_on(0)
+
+    async def start_on(self, port: int) -> str:
+        """Serve on 127.0.0.1:`port` (0: any free port, as the tests do)."""
         app = web.Application(middlewares=[self._middleware])
         r = app.router
         r.add_post("/v3/pay/transactions/jsapi", self._jsapi)
@@ -173,10 +177,10 @@ class FakeWechatPay:
         r.add_get("/v3/transfer/batches/out-batch-no/{no}", self._query_batch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{bound}"
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         return self.url
 
@@ -610,3 +614,33 @@ class FakeWechatPay:
                 for d in batch["details"]
             ],
         })  # fmt: skip
+
+
+async def _serve(port: int) -> None:
+    """Development: the fake on `port`, its merchant's AX-07 body printed for the vendor."""
+    fake = FakeWechatPay()
+    await fake.start_on(port)
+    merchant = fake.add_merchant()
+    print(f"fake WeChat Pay on {fake.url}: set AQUAFLEET_WECHATPAY_API_URL={fake.url}")
+    print("PUT /api/v1/vendors/<vid>/mxx with:")
+    print(
+        json.dumps(
+            {
+                "mch_gid": merchant.mch_id, "mch_appid": merchant.app_id,
+                "mch_apiv3_key": merchant.api_v3_key, "mch_private_key": merchant.private_pem,
+                "mch_cert_serial": merchant.key_serial, "wxpay_serial": fake.platform_serial,
+                "wxpay_public_key": fake.platform_public,
+            },
+            indent=2,
+        )
+    )  # fmt: skip
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_serve(int(sys.argv[1]) if len(sys.argv) > 1 else 8900))
