@@ -298,3 +298,49 @@ async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment
 
 async def payment_of_order(oid: str) -> Payment | None:
     return await Payment.filter(order_oid=oid, purpose=Purpose.ORDER.value).first()
+
+
+async def check_payments() -> list[Any]:
+    """The bills against the money ledger (part of `aquafleet money check`): each paid order
+    bill has its `pay:{oid}` posting taking the bill's amount from its channel (or the
+    member's wallet), each paid top-up its `topup:{bill_no}`, and no channel payment of an
+    order lacks a paid bill."""
+    from aquafleet.models.money import LedgerProblem, MoneyEntry, MoneyTransaction
+
+    problems: list[LedgerProblem] = []
+    postings: dict[str, int] = {}
+    for key, txn_id in await MoneyTransaction.filter(kind__in=("payment", "topup")).values_list(
+        "key", "id"
+    ):
+        postings[str(key)] = int(txn_id)
+    taken: dict[int, dict[str, int]] = {}
+    for txn_id, account, amount in await MoneyEntry.filter(
+        txn_id__in=list(postings.values())
+    ).values_list("txn_id", "account", "amount_fen"):
+        if int(amount) > 0:
+            taken.setdefault(int(txn_id), {})[str(account)] = int(amount)
+    billed: set[str] = set()
+    for bill in await Payment.filter(state=PaymentState.PAID):
+        key = (
+            f"pay:{bill.order_oid}"
+            if bill.purpose == Purpose.ORDER.value
+            else (f"topup:{bill.bill_no}")
+        )
+        billed.add(key)
+        source = (
+            f"wallet:{bill.member_uid}"
+            if bill.channel == "wallet"
+            else f"channel:{bill.channel}:{bill.vendor_code}"
+        )
+        got = taken.get(postings.get(key, -1), {}).get(source)
+        if got != bill.amount_fen:
+            problems.append(
+                LedgerProblem(
+                    "bill_not_booked", bill.bill_no, f"{source} took {got} of {bill.amount_fen}"
+                )
+            )
+    for key, txn_id in postings.items():
+        channels = [a for a in taken.get(txn_id, {}) if a.startswith(("channel:weixin", "wallet:"))]
+        if channels and key not in billed:
+            problems.append(LedgerProblem("booked_without_bill", key, ", ".join(channels)))
+    return problems

@@ -13,16 +13,18 @@ import pytest
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.models.money import (
     GUARDED_PREFIXES,
+    Leg,
     MoneyTransaction,
     Refund,
     RefundState,
     balance,
     channel_account,
     check_ledger,
+    post,
     request_refund,
 )
 from aquafleet.models.orders import Order, OrderState
-from aquafleet.models.payments import Payment, PaymentNotice, PaymentState
+from aquafleet.models.payments import Payment, PaymentNotice, PaymentState, check_payments
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member
@@ -86,7 +88,9 @@ async def shop(
 
 
 async def assert_ledger_clean() -> None:
+    """What `aquafleet money check` verifies: the ledger, and the bills against it."""
     assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
+    assert await check_payments() == []
 
 
 async def test_a_member_pays_an_order_with_wechat_pay_end_to_end(shop: Shop):
@@ -247,3 +251,20 @@ async def test_a_return_is_refunded_partially_then_in_full_once(shop: Shop):
     assert await MoneyTransaction.filter(kind="refund", order_oid=oid).count() == 2
     await assert_ledger_clean()
     assert paid.state is OrderState.PAID
+
+
+async def test_the_money_check_compares_the_bills_with_the_ledger(shop: Shop):
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill)
+    await assert_ledger_clean()
+    await Payment.filter(bill_no=bill).update(amount_fen=1)  # the bill says 1 fen
+    await post(
+        "pay:20261206AAAA999999999999", kind="payment", vendor=shop.vid,
+        legs=[Leg(channel_account("weixin", shop.vid), 5), Leg("order:X:goods", -5)],
+    )  # fmt: skip
+    found = {(p.what, p.subject) for p in await check_payments()}
+    assert found == {
+        ("bill_not_booked", bill),
+        ("booked_without_bill", "pay:20261206AAAA999999999999"),
+    }
