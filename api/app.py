@@ -11,6 +11,7 @@ from aquafleet.api import (
     auth,
     broker_auth,
     commands,
+    commissions,
     devices,
     members,
     orders,
@@ -38,6 +39,7 @@ from aquafleet.models.tenancy import ADMIN_ROLES
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
     auth, vendors, agents, devices, commands, members, products, orders, payments,
+    commissions,
 )  # fmt: skip
 
 

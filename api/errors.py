@@ -201,12 +201,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "wechat_not_bound": (409, "the member has no WeChat account bound: WeChat Pay needs one"),
     "order_paid": (409, "the order is paid already"),
     "vending_unpriced": (409, "the vendor has set no vending price (AX-08)"),
-    "insufficient_funds": (409, "the wallet holds less than the payment"),
     "refund_exceeds_payment": (409, "a refund beyond what was paid and not yet refunded"),
     "notification_refused": (401, "a payment notification's signature, serial or time is wrong"),
     "wechatpay_refused": (502, "WeChat Pay refused the call (the message says why)"),
     "wechatpay_unavailable": (503, "WeChat Pay did not answer; try again"),
     "secret_unreadable": (503, "a stored credential does not open with this master secret"),
+    "insufficient_funds": (409, "the balance (wallet, available commission) is short of it"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }

@@ -310,7 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)
 
-    from aquafleet.commands import accounts, billing, devices, money, orders, payments, service
+    from aquafleet.commands import (
+        accounts,
+        billing,
+        commissions,
+        devices,
+        money,
+        orders,
+        payments,
+        service,
+    )
 
     accounts.add_parsers(commands)
     devices.add_parsers(commands)
@@ -319,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     billing.add_parsers(commands)
     money.add_parsers(commands)
     payments.add_parsers(commands)
+    commissions.add_parsers(commands)
 
     config = commands.add_parser("config", help="show the effective configuration")
     config.add_argument("--docs", action="store_true", help="print the settings reference")

@@ -230,6 +230,12 @@ class Settings(BaseSettings):
         description="Approved SMS template code (模板CODE); the template takes one variable, "
         "${code}.",
     )
+    commission_min_withdrawal_fen: int = Field(
+        100,
+        ge=1,
+        le=100_000_000,
+        description="The smallest commission withdrawal (AE-03), in fen (docs/commissions.md).",
+    )
     wechat_api_url: str = Field(
         "https://api.weixin.qq.com",
         description="Base URL of WeChat's HTTP API (member sign-in with WeChat).",

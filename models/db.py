@@ -32,6 +32,7 @@ MODEL_MODULES = [
     "aquafleet.models.money",
     "aquafleet.models.merchants",
     "aquafleet.models.payments",
+    "aquafleet.models.commissions",
 ]
 APP = "models"
 

@@ -8,7 +8,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0009_money_ledger')]
+    dependencies = [('models', '0010_commissions')]
 
     initial = False
 
