@@ -16,6 +16,7 @@ from aquafleet.api import (
     fleet,
     members,
     orders,
+    payments,
     products,
     vendors,
 )
@@ -38,17 +39,9 @@ from aquafleet.models.tenancy import ADMIN_ROLES
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
-    auth,
-    vendors,
-    agents,
-    devices,
-    commands,
-    members,
-    products,
-    orders,
-    commissions,
+    auth, vendors, agents, devices, commands, members, products, orders, payments, commissions,
     fleet,
-)
+)  # fmt: skip
 
 
 async def healthz(request: web.Request) -> web.Response:

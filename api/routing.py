@@ -68,6 +68,8 @@ class Authenticator(Protocol):
 
 
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("api_authenticator")
+# The request's body as it came (a channel's signed notification is verified over its bytes).
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +487,7 @@ def make_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRe
     async def handle(request: web.Request) -> web.StreamResponse:
         check_acceptable(route, request)
         raw = await read_body(request)
+        request[RAW_BODY] = raw  # a signed notification is verified over its exact bytes
         principal: Principal | None = None
         if route.roles is not None:
             principal = await request.app[AUTHENTICATOR].authenticate(request, raw)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
+from aiohttp import web
 from pydantic import Field
 from tortoise.expressions import Q
 from tortoise.queryset import QuerySet
@@ -26,10 +28,20 @@ from aquafleet.api.schemas import (
     VendorCode,
     text,
 )
+from aquafleet.api.sealing import box_of, secret_box
 from aquafleet.api.signing import app_secret
 from aquafleet.api.tokens import revoke_accounts
 from aquafleet.gateway.appkeys import SETTINGS
+from aquafleet.gateway.logs import get_logger
 from aquafleet.models.accounts import AdminAccount, set_password
+from aquafleet.models.merchants import (
+    WECHAT_PUBLIC_FIELDS,
+    WECHAT_SECRET_FIELDS,
+    merchant_flags,
+    seal_legacy_secrets,
+    seal_vendor_secrets,
+    set_wechat_merchant,
+)
 from aquafleet.models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
 from aquafleet.models.vendors import (
     Vendor,
@@ -45,11 +57,24 @@ from aquafleet.models.vendors import (
     vendor_account,
 )
 
+log = get_logger("aquafleet.api.vendors")
+
 routes = RouteTable(
     "vendors",
     "Vendors (brands, 运营商): AX-01..13, the platform admin's. `vid` is the 4-character "
     "vendor code. pwd, mp_secret and mch_secret are write-only.",
 )
+
+
+async def seal_secrets_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The data migration of secrets stored before sealing existed: sealed at start, once."""
+    sealed = await seal_legacy_secrets(secret_box(app))
+    if sealed:
+        log.info("vendor_secrets_sealed", count=sealed)
+    yield
+
+
+routes.contexts.append(seal_secrets_ctx)
 
 # ----------------------------------------------------------------------------- schemas
 
@@ -132,14 +157,27 @@ class VendorMobile(_VidMatches):
 
 
 class VendorWechat(RequestModel):
-    """AX-07: official account (mp_*) and merchant (mch_*) settings; given fields change."""
+    """AX-07: official account (mp_*) and merchant (mch_*) settings, and the WeChat Pay API v3
+    credentials (docs/payments.md); given fields change, an empty string clears one. Secrets
+    are write-only and stored encrypted."""
 
     mp_gid: str = text(64, default=None)
     mp_appid: str = text(64, default=None)
     mp_secret: str = text(128, default=None, description="write-only")
-    mch_gid: str = text(64, default=None)
-    mch_appid: str = text(64, default=None)
+    mch_gid: str = text(64, default=None, description="WeChat Pay merchant id (商户号)")
+    mch_appid: str = text(64, default=None, description="app id the merchant pays for")
     mch_secret: str = text(128, default=None, description="write-only")
+    mch_apiv3_key: str = text(32, default=None, description="write-only: the API v3 key")
+    mch_private_key: str = Field(
+        UNSET, max_length=8192, description="write-only: the merchant's RSA private key (PEM)"
+    )
+    mch_cert_serial: str = text(64, default=None, description="the merchant certificate serial")
+    wxpay_serial: str = text(
+        64, default=None, description="the platform certificate serial or public key id"
+    )
+    wxpay_public_key: str = Field(
+        UNSET, max_length=4096, description="the platform's RSA public key (PEM)"
+    )
 
 
 class VendorConfig(RequestModel):
@@ -154,6 +192,9 @@ class VendorConfig(RequestModel):
     shop_public: bool = Field(
         UNSET, description="visitors who have not logged in may browse the shop (AC-01/03/05)"
     )
+    vending_price_fen_per_l: int = Field(
+        UNSET, ge=0, le=100_000, description="what a litre from a vending machine costs, in fen"
+    )
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -162,6 +203,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "commission_levels": 3,
     "sms_sign": "",
     "shop_public": False,
+    "vending_price_fen_per_l": 0,
 }
 
 
@@ -171,6 +213,7 @@ class VendorConfigOut(ResponseModel):
     commission_levels: int
     sms_sign: str
     shop_public: bool
+    vending_price_fen_per_l: int
 
 
 class VendorOut(ResponseModel):
@@ -198,6 +241,11 @@ class VendorOut(ResponseModel):
     mch_appid: str
     mp_secret_set: bool = Field(description="whether mp_secret has been given")
     mch_secret_set: bool = Field(description="whether mch_secret has been given")
+    mch_apiv3_key_set: bool = Field(description="whether the API v3 key has been given")
+    mch_private_key_set: bool = Field(description="whether the merchant key has been given")
+    mch_cert_serial: str
+    wxpay_serial: str
+    wxpay_public_key_set: bool
     reserved: str
     cfg: VendorConfigOut
     app_key: str | None = Field(description="the key of signed requests, if one was issued")
@@ -277,9 +325,12 @@ class ContractListQuery(ListQuery):
 
 # ----------------------------------------------------------------------------- helpers
 
+MERCHANT_FIELDS = (*WECHAT_SECRET_FIELDS, *WECHAT_PUBLIC_FIELDS)
 
-def vendor_out(vendor: Vendor, user: str | None) -> VendorOut:
+
+def vendor_out(vendor: Vendor, user: str | None, merchant: dict[str, Any]) -> VendorOut:
     return VendorOut(
+        **merchant,
         vid=vendor.code,
         state=vendor.state,
         type=vendor.type,
@@ -378,7 +429,8 @@ async def list_vendors(call: Call) -> Page:
             vendor_id__in=[v.code for v in vendors], role=Role.VENDOR
         ).values_list("vendor_id", "username")
     )
-    return Page([vendor_out(v, users.get(v.code)) for v in vendors], total)
+    merchants = await merchant_flags([v.code for v in vendors])
+    return Page([vendor_out(v, users.get(v.code), merchants[v.code]) for v in vendors], total)
 
 
 @routes.post(
@@ -392,7 +444,7 @@ async def list_vendors(call: Call) -> Page:
 )
 async def create_vendor(call: Call) -> VidOut:
     body: VendorCreate = call.body
-    profile = body.model_dump(exclude={"vid", "user", "pwd"})
+    profile = seal_vendor_secrets(body.model_dump(exclude={"vid", "user", "pwd"}), box_of(call))
     vendor = await register_vendor(profile, body.user, body.pwd, code=body.vid)
     return VidOut(vid=vendor.code)
 
@@ -408,7 +460,8 @@ async def create_vendor(call: Call) -> VidOut:
 async def read_vendor(call: Call) -> VendorOut:
     vendor = await get_vendor(call)
     account = await vendor_account(vendor.code)
-    return vendor_out(vendor, account.username if account else None)
+    merchant = (await merchant_flags([vendor.code]))[vendor.code]
+    return vendor_out(vendor, account.username if account else None, merchant)
 
 
 @routes.put(
@@ -486,7 +539,13 @@ async def change_vendor_mobile(call: Call) -> VidOut:
 )
 async def change_vendor_wechat(call: Call) -> VidOut:
     vendor = await get_vendor(call)
-    await update_vendor(vendor, changes_of(call.body))
+    check_changeable(vendor)
+    changes = changes_of(call.body)
+    merchant = {k: changes.pop(k) for k in MERCHANT_FIELDS if k in changes}
+    box = box_of(call)
+    await set_wechat_merchant(vendor.code, merchant, box)
+    await update_vendor(vendor, seal_vendor_secrets(changes, box))
+    log.info("vendor_wechat_changed", vid=vendor.code, fields=sorted([*merchant, *changes]))
     return VidOut(vid=vendor.code)
 
 

@@ -272,6 +272,31 @@ class Settings(BaseSettings):
         "https://api.weixin.qq.com",
         description="Base URL of WeChat's HTTP API (member sign-in with WeChat).",
     )
+    wechatpay_api_url: str = Field(
+        "https://api.mch.weixin.qq.com",
+        description="Base URL of WeChat Pay API v3 (docs/payments.md; the fake's in development).",
+    )
+    payments_notify_url: str = Field(
+        "",
+        max_length=255,
+        description="Public base URL WeChat Pay posts payment and refund notifications to, "
+        "e.g. https://api.example.com (the path /api/v1/payments/... is appended). Unset: "
+        "WeChat Pay prepay (AD-07) answers payment_not_configured.",
+    )
+    payments_sweep_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How often the node holding the payments lease executes due refunds, "
+        "closes the bills of closed orders and queries late ones (docs/payments.md).",
+    )
+    payments_query_after_s: int = Field(
+        60,
+        ge=1,
+        le=86_400,
+        description="A bill with no notification this long after its prepay is queried at the "
+        "channel by the payments sweep.",
+    )
     mqtt_url: str | None = Field(
         None,
         description="MQTT broker of ESP8266 devices (mqtt://HOST:PORT or mqtts://HOST:PORT). "

@@ -6,7 +6,7 @@ the command service or the stores itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -22,7 +22,7 @@ from aquafleet.gateway.service_state import ServiceState, ServiceStore
 from aquafleet.models import service
 from aquafleet.models.commands import check_not_locked
 from aquafleet.models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
-from aquafleet.models.vending import start_dispense
+from aquafleet.models.vending import DispenseSession, start_dispense
 from aquafleet.protocol import Command, CommandOp
 
 
@@ -145,6 +145,28 @@ class DeviceGateway:
         return await commands.issue_and_wait(
             did, op, args, timeout_s=timeout_s, wait_s=wait_s, issuer=issuer
         )
+
+    async def vend(
+        self,
+        did: str,
+        ml: int,
+        *,
+        price_fen_per_l: int,
+        payer_uid: str,
+        before_send: Callable[[DispenseSession], Awaitable[object]],
+        issuer: str,
+        timeout_s: int,
+        wait_s: float,
+    ) -> tuple[DispenseSession, CommandRecord | None]:
+        """A paid dispense on a vending machine: `before_send` takes the payment (a wallet's
+        hold) before the device is told to pour; the ledger closes the session with the ml
+        actually poured."""
+        session = await start_dispense(
+            _IssuerRouter(self._commands, issuer), self._store, did, ml,
+            price_fen_per_l=price_fen_per_l, payer_uid=payer_uid, timeout_s=timeout_s,
+            before_send=before_send,
+        )  # fmt: skip
+        return session, await self._commands.wait(did, int(session.cid), wait_s)
 
     async def command(self, did: str, cid: int, wait_s: float) -> CommandRecord | None:
         """A command's record once final, or as it stands after `wait_s`."""

@@ -77,6 +77,11 @@ class Keyspace:
         return f"{self.prefix}:rental:owner"
 
     @property
+    def payments_owner(self) -> str:
+        """The lease naming the one node that runs the payments sweep."""
+        return f"{self.prefix}:payments:owner"
+
+    @property
     def command_ids(self) -> str:
         """Counter from which nodes take blocks of command ids (cid)."""
         return f"{self.prefix}:cids"

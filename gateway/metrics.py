@@ -180,6 +180,14 @@ class Metrics:
     mqtt_offline_notices: int = _counter("MQTT last wills applied")
     mqtt_broker_connects: int = _counter("Connections made to the MQTT broker")
     mqtt_broker_disconnects: int = _counter("Connections to the MQTT broker lost")
+    payments_paid: int = _counter("Bills a payment channel confirmed paid")
+    payments_notices_refused: int = _counter(
+        "Payment notifications refused: forged, stale, unreadable or of another merchant"
+    )
+    payments_amount_mismatch: int = _counter(
+        "Payment notifications naming another amount than the bill's (alerted, never paid)"
+    )
+    payments_refunds_sent: int = _counter("Refunds sent to a payment channel")
     gauges: dict[str, GaugeSource] = field(default_factory=dict)
     # Where the workers of `serve --workers N` share their metrics (None: one process).
     multiprocess_dir: str | None = None

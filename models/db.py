@@ -30,6 +30,8 @@ MODEL_MODULES = [
     "aquafleet.models.products",
     "aquafleet.models.orders",
     "aquafleet.models.money",
+    "aquafleet.models.merchants",
+    "aquafleet.models.payments",
     "aquafleet.models.commissions",
 ]
 APP = "models"

@@ -281,7 +281,13 @@ def order_parts(order: Any) -> dict[Part, int]:
 
 
 async def record_order_payment(
-    order: Any, *, channel: str, payment_key: str, actor: str = "", memo: str = ""
+    order: Any,
+    *,
+    channel: str,
+    payment_key: str,
+    actor: str = "",
+    memo: str = "",
+    source: str | None = None,
 ) -> tuple[MoneyTransaction | None, bool]:
     """The money of a paid order, once per order (key `pay:{oid}`): a repeat answers the first
     posting whatever channel it names; the payment layer refunds a second payment of an order
@@ -292,10 +298,12 @@ async def record_order_payment(
     existing = await MoneyTransaction.get_or_none(key=key)
     if existing is not None:
         return existing, False
-    legs = payment_legs(order.oid, channel, order.vendor_id, order_parts(order))
+    legs = payment_legs(order.oid, channel, order.vendor_id, order_parts(order), source=source)
+    # Paid from a wallet (`source`): the wallet is guarded, it never goes below zero.
+    guards = [Guard(source, Side.CREDIT)] if source and source.startswith("wallet:") else []
     return await post(
         key, kind="payment", vendor=order.vendor_id, legs=legs, order_oid=order.oid,
-        actor=actor, memo=_payment_memo(channel, payment_key, memo),
+        actor=actor, memo=_payment_memo(channel, payment_key, memo), guards=guards,
     )  # fmt: skip
 
 
@@ -310,8 +318,8 @@ def _payment_memo(channel: str, payment_key: str, memo: str) -> str:
 async def paid_fen(oid: str) -> int:
     """What the channels took for an order (its payments), before refunds."""
     total = 0
-    async for entry in MoneyEntry.filter(order_oid=oid, account__startswith="channel:"):
-        if entry.amount_fen > 0:
+    async for entry in MoneyEntry.filter(order_oid=oid):
+        if entry.account.startswith(("channel:", "wallet:")) and entry.amount_fen > 0:
             total += entry.amount_fen
     return total
 
@@ -412,9 +420,12 @@ class RefundExceedsPayment(Conflict):
     code = "refund_exceeds_payment"
 
 
-async def settle_refund(refund_no: str, *, channel: str, channel_refund_id: str = "") -> Refund:
-    """The channel paid the refund out: post its money (credit the channel, debit the order's
-    refunds) and mark it succeeded, once; a repeat answers the settled refund."""
+async def settle_refund(
+    refund_no: str, *, channel: str, channel_refund_id: str = "", account: str | None = None
+) -> Refund:
+    """The channel paid the refund out: post its money (credit the channel, or `account`: a
+    member's wallet the refund goes back to; debit the order's refunds) and mark it succeeded,
+    once; a repeat answers the settled refund."""
     refund = await Refund.get_or_none(refund_no=refund_no)
     if refund is None:
         raise NotFound(f"refund {refund_no} not found")
@@ -425,7 +436,7 @@ async def settle_refund(refund_no: str, *, channel: str, channel_refund_id: str 
         await post(
             f"refund:{refund_no}", kind="refund", vendor=refund.vendor_code,
             legs=[
-                Leg(channel_account(channel, refund.vendor_code), -refund.amount_fen),
+                Leg(account or channel_account(channel, refund.vendor_code), -refund.amount_fen),
                 Leg(order_account(refund.order_oid, Part.REFUND), refund.amount_fen),
             ],
             order_oid=refund.order_oid, memo=f"{channel} {channel_refund_id}".strip(),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
@@ -77,7 +77,7 @@ class OrderKind(IntEnum):
 
 
 class OrderEvent(StrEnum):
-    PAY = "pay"  # the payment layer (today: `aquafleet orders mark-paid`)
+    PAY = "pay"  # a channel's confirmed payment, or `aquafleet orders mark-paid` (pay_order)
     CANCEL = "cancel"  # before payment: the member, an admin, or the unpaid-order timer
     DELIVER = "deliver"  # AD-05
     CONFIRM = "confirm"  # AD-11, or the auto-receive timer
@@ -457,6 +457,53 @@ async def _settle_commissions(oid: str, now: dt.datetime) -> None:
     await settle_order(oid, now=now)
 
 
+async def pay_order(
+    order: Order,
+    *,
+    channel: str,
+    payment_key: str,
+    actor_role: str,
+    actor_id: str,
+    reason: str,
+    apply_service: ServiceApplier | None = None,
+    within: Callable[[Order], Awaitable[object]] | None = None,
+    source: str | None = None,
+    now: dt.datetime | None = None,
+) -> Order:
+    """The one paid step, for the internal one (`mark_paid`) and every channel's confirmed
+    payment: fire PAY, book the payment in the money ledger (and `within`'s writes, e.g. the
+    channel's payment row), in one transaction, once; an order paid before answers as it is. A
+    renewal (kind 3) needs `apply_service`: paying it renews its device at once and the order is
+    done (models/renewals.py); a retry finishes a renewal a failure left paid."""
+    from aquafleet.models.money import record_order_payment
+    from aquafleet.models.renewals import apply_renewal
+
+    if order.kind is OrderKind.RENEWAL and apply_service is None:
+        raise InvalidInput(f"order {order.oid} is a renewal: paying it needs the device service")
+    if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+        try:
+            async with in_transaction("default"):
+                order = await fire(
+                    order, OrderEvent.PAY, actor_role=actor_role, actor_id=actor_id,
+                    reason=reason, now=now,
+                )  # fmt: skip
+                await record_order_payment(
+                    order, channel=channel, payment_key=payment_key, actor=actor_id,
+                    memo=reason, source=source,
+                )  # fmt: skip
+                if within is not None:
+                    await within(order)
+        except (IntegrityError, OrderStateConflict):
+            # A concurrent payment moved it first (PostgreSQL's row lock shows the paid
+            # state, SQLite's unique event per order refuses the second row): answer it.
+            if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
+                raise
+            await order.refresh_from_db()
+    if apply_service is not None:
+        order = await apply_renewal(order, apply_service, now=now)
+    return order
+
+
 async def mark_paid(
     oid: str,
     *,
@@ -465,14 +512,9 @@ async def mark_paid(
     apply_service: ServiceApplier | None = None,
     now: dt.datetime | None = None,
 ) -> Order:
-    """The internal paid step (the payment layer will call it): only a platform admin account
-    (`admin`, its user name) may, with a reason; both are recorded. Idempotent: an order paid
-    before answers as it is. A renewal (kind 3) needs `apply_service`: paying it renews its
-    device at once and the order is done (models/renewals.py); a retry finishes a renewal a
-    failure left paid, changing the device once."""
+    """The internal paid step (channel `manual`): only a platform admin account (`admin`, its
+    user name) may, with a reason; both are recorded. Idempotent (`pay_order`)."""
     from aquafleet.models.accounts import AccountState, AdminAccount
-    from aquafleet.models.money import record_order_payment
-    from aquafleet.models.renewals import apply_renewal
 
     account = await AdminAccount.get_or_none(username__iexact=admin)
     if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
@@ -482,28 +524,11 @@ async def mark_paid(
     order = await Order.get_or_none(oid=oid, deleted_at__isnull=True)
     if order is None:
         raise NotFound(f"order {oid} not found")
-    if order.kind is OrderKind.RENEWAL and apply_service is None:
-        raise InvalidInput(f"order {oid} is a renewal: paying it needs the device service")
-    if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
-        try:
-            async with in_transaction("default"):
-                order = await fire(
-                    order, OrderEvent.PAY, actor_role=PLATFORM,
-                    actor_id=f"admin:{account.username}", reason=reason.strip(), now=now,
-                )  # fmt: skip
-                await record_order_payment(
-                    order, channel="manual", payment_key=f"admin:{account.username}",
-                    actor=f"admin:{account.username}", memo=reason.strip(),
-                )  # fmt: skip
-        except (IntegrityError, OrderStateConflict):
-            # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid
-            # state, SQLite's unique event per order refuses the second row): answer it.
-            if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
-                raise
-            await order.refresh_from_db()
-    if apply_service is not None:
-        order = await apply_renewal(order, apply_service, now=now)
-    return order
+    actor = f"admin:{account.username}"
+    return await pay_order(
+        order, channel="manual", payment_key=actor, actor_role=PLATFORM, actor_id=actor,
+        reason=reason.strip(), apply_service=apply_service, now=now,
+    )  # fmt: skip
 
 
 DELETABLE_STATES = frozenset({OrderState.CLOSE, OrderState.DONE})

@@ -11,6 +11,7 @@ memory, and a session closes once.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from typing import Protocol
 
@@ -100,6 +101,7 @@ async def start_dispense(
     payer_uid: str | None = None,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     now: dt.datetime | None = None,
+    before_send: Callable[[DispenseSession], Awaitable[object]] | None = None,
 ) -> DispenseSession:
     """Open a session and send `dispense ml` to the device; a device that is offline fails the
     session at once (DeviceOffline), so nobody waits for water that cannot come, and a locked
@@ -124,6 +126,16 @@ async def start_dispense(
         did=did, vendor_code=device.vendor_id, payer_uid=payer_uid, requested_ml=ml,
         price_fen_per_l=price_fen_per_l, cid=cid, deadline_at=deadline, created_at=now,
     )  # fmt: skip
+    if before_send is not None:
+        # The payment is taken before the device is told to pour (a wallet's hold): refused,
+        # the session fails and nothing is sent.
+        try:
+            await before_send(session)
+        except Exception:
+            await DispenseSession.filter(id=session.id).update(
+                state=DispenseState.FAILED, failure="not paid", closed_at=now
+            )
+            raise
     command = Command(cid=cid, op=CommandOp.DISPENSE, exp=int(deadline.timestamp()), args={1: ml})
     if not await router.deliver(did, command):
         session.state = DispenseState.FAILED

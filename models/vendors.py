@@ -46,13 +46,14 @@ class Vendor(Model):
     address = fields.CharField(max_length=255, default="", db_default="")
     remark = fields.CharField(max_length=255, default="", db_default="")
     reserved = fields.CharField(max_length=255, default="", db_default="")
-    # WeChat official account (mp) and merchant (mch) settings; the secrets are write-only.
+    # WeChat official account (mp) and merchant (mch) settings; the secrets are write-only and
+    # stored sealed (models/sealed.py: `enc1:` + base64 of nonce, ciphertext and tag).
     mp_gid = fields.CharField(max_length=64, default="", db_default="")
     mp_appid = fields.CharField(max_length=64, default="", db_default="")
-    mp_secret = fields.CharField(max_length=128, default="", db_default="")
+    mp_secret = fields.CharField(max_length=512, default="", db_default="")
     mch_gid = fields.CharField(max_length=64, default="", db_default="")
     mch_appid = fields.CharField(max_length=64, default="", db_default="")
-    mch_secret = fields.CharField(max_length=128, default="", db_default="")
+    mch_secret = fields.CharField(max_length=512, default="", db_default="")
     # Configuration options (AX-08), validated by the API's VendorConfig schema.
     config: dict[str, Any] | None = fields.JSONField(null=True)
     # Signed requests from the vendor's own servers: the secret is derived from the master

@@ -24,6 +24,7 @@ from aquafleet.api.members.schemas import (
     RegisterIn,
 )
 from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, RouteTable
+from aquafleet.api.sealing import box_of
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models import ratelimit
 from aquafleet.models.accounts import LoginRefused
@@ -39,6 +40,7 @@ from aquafleet.models.members import (
     mobile_is_free,
     unbind_wechat,
 )
+from aquafleet.models.merchants import open_vendor_secret
 from aquafleet.models.sms_codes import CodePurpose, SmsCodeError
 from aquafleet.models.tenancy import PLATFORM_VENDOR_OR_MEMBER, Role
 
@@ -193,7 +195,12 @@ async def bind_weixin(call: Call) -> MemberLoginOut:
     vendor = await usable_vendor(body.vid)
     try:
         profile = await call.app[WECHAT].profile_for_code(
-            WechatApp(vendor.mp_appid, vendor.mp_secret), body.code, body.flow
+            WechatApp(
+                vendor.mp_appid,
+                open_vendor_secret(vendor, "mp_secret", box_of(call)),
+            ),
+            body.code,
+            body.flow,
         )
     except WechatCodeInvalid:
         raise

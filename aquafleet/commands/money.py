@@ -12,10 +12,11 @@ from aquafleet.commands.runtime import command_settings, run_with_database
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    from aquafleet.models import money
+    from aquafleet.models import money, payments
 
     async def action() -> int:
         problems = await money.check_ledger(guarded_prefixes=money.GUARDED_PREFIXES)
+        problems += await payments.check_payments()
         transactions = await money.MoneyTransaction.all().count()
         data = {
             "transactions": transactions,

@@ -135,6 +135,7 @@ async def test_updates(api: ApiClient, tenants: tuple[Tenant, Tenant]):
         "commission_levels": 1,
         "sms_sign": "",
         "shop_public": False,
+        "vending_price_fen_per_l": 0,
     }
     assert (
         await api.call("PUT", "/vendors/AAAA/cfg", {"commission_levels": 4}, expect=422)

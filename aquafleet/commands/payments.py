@@ -1,0 +1,118 @@
+"""`aquafleet payments ...`: one pass of the payments sweep (due refunds executed, bills of
+closed orders closed, late bills queried), and the day's reconciliation with the channel."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from aquafleet.commands.output import add_json_flag, emit
+from aquafleet.commands.runtime import command_settings, run_with_database
+from aquafleet.gateway.config import Settings
+
+HTTP_TIMEOUT_S = 10.0
+
+
+def payment_service(settings: Settings, session: Any) -> Any:
+    """The node's payment service, for a one-off command (renewals paid by a query wait for
+    the node's own sweep, which can change their device)."""
+    from aquafleet.gateway.metrics import Metrics
+    from aquafleet.gateway.payments import PaymentService
+    from aquafleet.gateway.providers.wechatpay import WechatPayClient
+    from aquafleet.models.sealed import SecretBox
+
+    return PaymentService(
+        WechatPayClient(session, base_url=settings.wechatpay_api_url),
+        SecretBox.from_master(settings.master_secret_bytes()),
+        Metrics(),
+        notify_base_url=settings.payments_notify_url,
+        query_after=dt.timedelta(seconds=settings.payments_query_after_s),
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+
+    async def action() -> int:
+        import aiohttp
+
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        ) as session:
+            report = await payment_service(settings, session).sweep()
+        data = dataclasses.asdict(report)
+
+        def render(d: dict[str, Any]) -> str:
+            line = (
+                f"refunds sent {d['refunds_sent']}, settled {d['refunds_settled']}, failed "
+                f"{d['refunds_failed']}; bills closed {d['bills_closed']}, queried "
+                f"{d['bills_queried']}, found paid {d['bills_paid']}"
+            )
+            return "\n".join([line, *(f"  deferred: {e}" for e in d["errors"])])
+
+        emit(args, data, render)
+        return 0
+
+    return run_with_database(settings, action)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+
+    async def action() -> int:
+        import aiohttp
+
+        from aquafleet.models.merchants import WEIXIN, PaymentMerchant
+
+        day = dt.date.fromisoformat(args.date)
+        vendors = (
+            [args.vid]
+            if args.vid
+            else sorted(
+                await PaymentMerchant.filter(channel=WEIXIN).values_list("vendor_id", flat=True)
+            )
+        )
+        found: list[dict[str, str]] = []
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        ) as session:
+            service = payment_service(settings, session)
+            for vendor in vendors:
+                for difference in await service.reconcile(str(vendor), day):
+                    found.append({"vid": str(vendor), **dataclasses.asdict(difference)})
+        data = {"date": day.isoformat(), "vendors": [str(v) for v in vendors], "differences": found}
+
+        def render(d: dict[str, Any]) -> str:
+            head = f"{d['date']}: {len(d['vendors'])} vendors, {len(d['differences'])} differences"
+            return "\n".join(
+                [head]
+                + [
+                    f"  {x['vid']} {x['what']}: {x['subject']} (ours {x['ours']}, "
+                    f"channel {x['theirs']})"
+                    for x in d["differences"]
+                ]
+            )
+
+        emit(args, data, render)
+        return 1 if found else 0
+
+    return run_with_database(settings, action)
+
+
+def add_parsers(commands: Any) -> None:
+    parser = commands.add_parser("payments", help="payments: the sweep, reconciliation")
+    payment_commands = parser.add_subparsers(dest="payments_command", required=True)
+    sweep = payment_commands.add_parser(
+        "sweep", help="execute due refunds, close bills of closed orders, query late bills"
+    )
+    sweep.set_defaults(func=cmd_sweep)
+    reconcile = payment_commands.add_parser(
+        "reconcile", help="compare WeChat Pay's trade bill of a day with our records"
+    )
+    reconcile.add_argument("--date", required=True, help="the bill's day, YYYY-MM-DD (Beijing)")
+    reconcile.add_argument("--vid", help="one vendor (default: every vendor with a merchant)")
+    reconcile.set_defaults(func=cmd_reconcile)
+    for one in (sweep, reconcile):
+        add_json_flag(one)

@@ -1,0 +1,252 @@
+"""A vendor's merchant credentials at its payment channels (WeChat Pay API v3, a card
+acquirer), set through AX-07 and stored sealed (models/sealed.py): never answered, never logged.
+
+WeChat Pay needs: the merchant id (`mch_gid`) and app id (`mch_appid`, else `mp_appid`) from
+the vendor's AX-07 fields, and here: the API v3 key (32 characters, decrypts notifications),
+the merchant's RSA private key and its certificate serial (sign our requests), and the
+platform's public key and its serial or public-key id (verify WeChat Pay's answers and
+notifications). The secrets are one sealed JSON object per (vendor, channel); the serials and
+the public key are not secret and stay readable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+from tortoise import fields
+from tortoise.exceptions import IntegrityError
+from tortoise.models import Model
+
+from aquafleet.models.errors import Conflict, InvalidInput
+from aquafleet.models.sealed import SecretBox, is_sealed
+
+WEIXIN = "weixin"
+ALLINPAY = "allinpay"
+MERCHANT_CHANNELS = frozenset({WEIXIN, ALLINPAY})
+
+# The vendor's own write-only columns (AX-02, AX-07), sealed in place.
+VENDOR_SECRET_FIELDS = ("mp_secret", "mch_secret")
+# AX-07's merchant fields kept here: secret ones sealed, public ones readable.
+WECHAT_SECRET_FIELDS = ("mch_apiv3_key", "mch_private_key")
+WECHAT_PUBLIC_FIELDS = ("mch_cert_serial", "wxpay_serial", "wxpay_public_key")
+API_V3_KEY_LENGTH = 32
+SECRETS_SET = "secrets_set"  # the names of the secrets given, kept readable in `public`
+
+
+class PaymentNotConfigured(Conflict):
+    code = "payment_not_configured"
+
+
+class PaymentMerchant(Model):
+    """A vendor's credentials at one payment channel: public parameters and sealed secrets."""
+
+    id = fields.IntField(primary_key=True)
+    vendor: fields.ForeignKeyRelation[Any] = fields.ForeignKeyField(
+        "models.Vendor", related_name="merchants", on_delete=fields.RESTRICT
+    )
+    channel = fields.CharField(max_length=16)
+    public: dict[str, Any] = fields.JSONField(default=dict)
+    sealed = fields.TextField(default="")
+    updated_at = fields.DatetimeField()
+
+    vendor_id: str
+
+    class Meta:
+        table = "pay_merchant"
+        unique_together = (("vendor", "channel"),)
+
+
+def vendor_purpose(name: str) -> str:
+    return f"vendor.{name}"
+
+
+def merchant_purpose(vendor_code: str, channel: str) -> str:
+    return f"merchant.{vendor_code}.{channel}"
+
+
+def seal_vendor_secrets(changes: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    """`changes` with the vendor's own secrets (mp_secret, mch_secret) sealed."""
+    sealed = dict(changes)
+    for name in VENDOR_SECRET_FIELDS:
+        if sealed.get(name):
+            sealed[name] = box.seal(sealed[name], vendor_purpose(name))
+    return sealed
+
+
+def open_vendor_secret(vendor: Any, name: str, box: SecretBox) -> str:
+    return box.open(str(getattr(vendor, name)), vendor_purpose(name))
+
+
+async def seal_legacy_secrets(box: SecretBox) -> int:
+    """The data migration of secrets stored before sealing: seal each one in place, once (a
+    value another node sealed meanwhile is left alone). Answers how many were sealed."""
+    from aquafleet.models.vendors import Vendor
+
+    count = 0
+    for name in VENDOR_SECRET_FIELDS:
+        rows = await Vendor.exclude(**{name: ""}).values_list("code", name)
+        for code, stored in rows:
+            if is_sealed(str(stored)):
+                continue
+            count += await Vendor.filter(code=code, **{name: stored}).update(
+                **{name: box.seal(str(stored), vendor_purpose(name))}
+            )
+    return count
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_private_key(pem: str) -> None:
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise InvalidInput("mch_private_key: not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise InvalidInput("mch_private_key: WeChat Pay needs an RSA key of 2048 bits or more")
+
+
+def _check_public_key(pem: str) -> None:
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise InvalidInput("wxpay_public_key: not a PEM public key") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise InvalidInput("wxpay_public_key: not an RSA public key")
+
+
+def check_wechat_fields(given: dict[str, Any]) -> None:
+    """Refuse malformed credentials (the messages never repeat a secret)."""
+    key = given.get("mch_apiv3_key")
+    if key and len(key.encode()) != API_V3_KEY_LENGTH:
+        raise InvalidInput(f"mch_apiv3_key: the API v3 key is {API_V3_KEY_LENGTH} characters")
+    if given.get("mch_private_key"):
+        _check_private_key(given["mch_private_key"])
+    if given.get("wxpay_public_key"):
+        _check_public_key(given["wxpay_public_key"])
+
+
+# ----------------------------------------------------------------------------- services
+
+
+async def _merchant(vendor_code: str, channel: str) -> PaymentMerchant | None:
+    return await PaymentMerchant.get_or_none(vendor_id=vendor_code, channel=channel)
+
+
+def _open_secrets(merchant: PaymentMerchant | None, box: SecretBox) -> dict[str, str]:
+    if merchant is None or not merchant.sealed:
+        return {}
+    opened = box.open(merchant.sealed, merchant_purpose(merchant.vendor_id, merchant.channel))
+    loaded: dict[str, str] = json.loads(opened)
+    return loaded
+
+
+async def set_merchant_fields(
+    vendor_code: str,
+    channel: str,
+    given: dict[str, Any],
+    box: SecretBox,
+    *,
+    secret_fields: tuple[str, ...],
+    public_fields: tuple[str, ...],
+) -> None:
+    """Change the given fields of a vendor's merchant at `channel` (an empty string clears
+    one); secrets are sealed together, public fields kept readable."""
+    secret_changes = {k: v for k, v in given.items() if k in secret_fields and v is not None}
+    public_changes = {k: v for k, v in given.items() if k in public_fields and v is not None}
+    if not secret_changes and not public_changes:
+        return
+    now = dt.datetime.now(dt.UTC)
+    merchant = await _merchant(vendor_code, channel)
+    if merchant is None:
+        try:
+            merchant = await PaymentMerchant.create(
+                vendor_id=vendor_code, channel=channel, public={}, sealed="", updated_at=now
+            )
+        except IntegrityError:
+            merchant = await PaymentMerchant.get(vendor_id=vendor_code, channel=channel)
+    secrets = {k: v for k, v in {**_open_secrets(merchant, box), **secret_changes}.items() if v}
+    public = {k: v for k, v in {**merchant.public, **public_changes}.items() if v}
+    public[SECRETS_SET] = sorted(secrets)
+    merchant.public = public
+    merchant.sealed = (
+        box.seal(json.dumps(secrets), merchant_purpose(vendor_code, channel)) if secrets else ""
+    )
+    merchant.updated_at = now
+    await merchant.save(update_fields=["public", "sealed", "updated_at"])
+
+
+async def set_wechat_merchant(vendor_code: str, given: dict[str, Any], box: SecretBox) -> None:
+    check_wechat_fields(given)
+    await set_merchant_fields(
+        vendor_code, WEIXIN, given, box,
+        secret_fields=WECHAT_SECRET_FIELDS, public_fields=WECHAT_PUBLIC_FIELDS,
+    )  # fmt: skip
+
+
+async def merchant_flags(vendor_codes: list[str]) -> dict[str, dict[str, Any]]:
+    """What AX-01/AX-03 may show of each vendor's WeChat Pay merchant: which secrets are set
+    (`<name>_set`) and the serials; never a secret, and nothing needs opening."""
+    rows = {
+        m.vendor_id: m
+        for m in await PaymentMerchant.filter(vendor_id__in=vendor_codes, channel=WEIXIN)
+    }
+    flags: dict[str, dict[str, Any]] = {}
+    for code in vendor_codes:
+        merchant = rows.get(code)
+        public = merchant.public if merchant else {}
+        given = set(public.get(SECRETS_SET, []))
+        flags[code] = {
+            "mch_apiv3_key_set": "mch_apiv3_key" in given,
+            "mch_private_key_set": "mch_private_key" in given,
+            "wxpay_public_key_set": bool(public.get("wxpay_public_key")),
+            "mch_cert_serial": str(public.get("mch_cert_serial", "")),
+            "wxpay_serial": str(public.get("wxpay_serial", "")),
+        }
+    return flags
+
+
+@dataclass(frozen=True, slots=True)
+class WechatPayMerchant:
+    """Everything the WeChat Pay client needs for one vendor (secrets hidden from repr)."""
+
+    vendor: str
+    mch_id: str
+    app_id: str
+    key_serial: str
+    platform_serial: str
+    platform_public_key: str
+    api_v3_key: str = field(repr=False)
+    private_key: str = field(repr=False)
+
+
+async def wechat_merchant(vendor: Any, box: SecretBox) -> WechatPayMerchant:
+    """The vendor's WeChat Pay credentials, opened; PaymentNotConfigured if any is missing."""
+    merchant = await _merchant(vendor.code, WEIXIN)
+    secrets = _open_secrets(merchant, box)
+    public = merchant.public if merchant else {}
+    values = {
+        "mch_gid": vendor.mch_gid,
+        "mch_appid": vendor.mch_appid or vendor.mp_appid,
+        "mch_cert_serial": public.get("mch_cert_serial", ""),
+        "wxpay_serial": public.get("wxpay_serial", ""),
+        "wxpay_public_key": public.get("wxpay_public_key", ""),
+        "mch_apiv3_key": secrets.get("mch_apiv3_key", ""),
+        "mch_private_key": secrets.get("mch_private_key", ""),
+    }
+    missing = sorted(name for name, value in values.items() if not value)
+    if missing:
+        raise PaymentNotConfigured(
+            f"vendor {vendor.code} has no WeChat Pay merchant set up (AX-07: {', '.join(missing)})"
+        )
+    return WechatPayMerchant(
+        vendor=vendor.code, mch_id=values["mch_gid"], app_id=values["mch_appid"],
+        key_serial=values["mch_cert_serial"], platform_serial=values["wxpay_serial"],
+        platform_public_key=values["wxpay_public_key"], api_v3_key=values["mch_apiv3_key"],
+        private_key=values["mch_private_key"],
+    )  # fmt: skip

@@ -1,0 +1,346 @@
+"""Payments through a channel (WeChat Pay, a card acquirer, the wallet): the bill a member pays
+and what the channel told us about it (AD-07..10, docs/payments.md).
+
+A `Payment` is one bill at a channel: its number (`bill_no`, WeChat Pay's out_trade_no; an
+order's is its order id), what it is for (an order, or a wallet top-up), the amount in fen and
+its state. The channel's confirmation (a verified notification, or a query when one is late)
+goes through `apply_channel_payment`, which decides from the bill and the order, once per
+notification id, and records every notice with its outcome:
+
+- `paid`: the order is paid through `models.orders.pay_order` (PAY fired, the money booked and
+  the bill marked paid in one transaction);
+- `duplicate`: a notice seen before, or a bill already paid by the same transaction: nothing
+  changes;
+- `amount_mismatch`: the channel names another amount than the bill's: recorded, alerted by the
+  caller, never paid;
+- `refund_after_close`: the order closed before the money came: the money is booked and a full
+  refund is requested (`close-{oid}`), which the channel then pays back;
+- `unknown_bill`: no such bill here;
+- `paid_twice`: the order was paid otherwise meanwhile (e.g. marked paid by an admin): recorded
+  and alerted for a person to refund; nothing is booked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from tortoise import fields
+from tortoise.exceptions import IntegrityError
+from tortoise.models import Model
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.errors import Conflict, Forbidden
+from aquafleet.models.orders import (
+    SYSTEM,
+    Order,
+    OrderKind,
+    OrderState,
+    OrderStateConflict,
+    pay_order,
+)
+
+MAX_BILL_NO = 32  # WeChat Pay's out_trade_no: 6..32 of [A-Za-z0-9_-|*]
+MAX_NOTICE_ID = 64
+
+
+class PaymentState(IntEnum):
+    PENDING = 1  # the bill exists at the channel; the member has not paid (yet)
+    PAID = 2
+    CLOSED = 3  # closed at the channel: it can no longer be paid
+
+
+class Purpose(StrEnum):
+    ORDER = "order"
+    TOPUP = "topup"  # a wallet top-up (models/wallet.py)
+
+
+class Outcome(StrEnum):
+    PAID = "paid"
+    DUPLICATE = "duplicate"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    REFUND_AFTER_CLOSE = "refund_after_close"
+    UNKNOWN_BILL = "unknown_bill"
+    PAID_TWICE = "paid_twice"  # the order was paid otherwise meanwhile: alerted, for a person
+    TOPPED_UP = "topped_up"
+
+
+class Payment(Model):
+    """One bill at a payment channel."""
+
+    id = fields.BigIntField(primary_key=True)
+    bill_no = fields.CharField(max_length=MAX_BILL_NO, unique=True)
+    purpose = fields.CharField(max_length=8)
+    order_oid = fields.CharField(max_length=24, null=True, db_index=True)
+    member_uid = fields.CharField(max_length=20)
+    vendor_code = fields.CharField(max_length=8)
+    channel = fields.CharField(max_length=16)
+    amount_fen = fields.BigIntField()
+    state = fields.IntEnumField(PaymentState, default=PaymentState.PENDING)
+    prepay_id = fields.CharField(max_length=64, default="")
+    transaction_no = fields.CharField(max_length=64, default="")
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+    paid_at = fields.DatetimeField(null=True)
+    closed_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "pay_payment"
+        indexes = (("state", "created_at"),)
+
+
+class PaymentNotice(Model):
+    """What a channel told us about a bill (a notification, or a query's answer), once per id,
+    with what we made of it."""
+
+    id = fields.BigIntField(primary_key=True)
+    notice_id = fields.CharField(max_length=MAX_NOTICE_ID, unique=True)
+    bill_no = fields.CharField(max_length=MAX_BILL_NO, db_index=True)
+    channel = fields.CharField(max_length=16)
+    outcome = fields.CharField(max_length=24)
+    amount_fen = fields.BigIntField()
+    transaction_no = fields.CharField(max_length=64, default="")
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "pay_notice"
+
+
+class OrderAlreadyPaid(Conflict):
+    code = "order_paid"
+
+
+async def open_order_bill(order: Order, member_uid: str, channel: str) -> Payment:
+    """The bill a member pays its order with at `channel` (its number is the order id): made
+    once, answered again while pending. Only the member's own unpaid order."""
+    if order.member_id != member_uid:
+        raise Forbidden("only the member who ordered pays the order")
+    if order.state is not OrderState.OBLIGATION:
+        raise OrderStateConflict(
+            f"the order is {order.state.name.lower()}: it cannot pay", order.state
+        )
+    if order.total_fen <= 0:
+        raise Conflict(f"order {order.oid} costs nothing")
+    now = dt.datetime.now(dt.UTC)
+    existing = await Payment.get_or_none(bill_no=order.oid)
+    if existing is None:
+        try:
+            existing = await Payment.create(
+                bill_no=order.oid, purpose=Purpose.ORDER.value, order_oid=order.oid,
+                member_uid=member_uid, vendor_code=order.vendor_id, channel=channel,
+                amount_fen=order.total_fen, created_at=now, updated_at=now,
+            )  # fmt: skip
+        except IntegrityError:
+            existing = await Payment.get(bill_no=order.oid)
+    if existing.state is PaymentState.PAID:
+        raise OrderAlreadyPaid(f"order {order.oid} is paid")
+    if existing.channel != channel:
+        # The member chose another channel: the bill moves there while nobody has paid it.
+        await Payment.filter(id=existing.id, state=PaymentState.PENDING).update(
+            channel=channel, prepay_id="", updated_at=now
+        )
+        await existing.refresh_from_db()
+    return existing
+
+
+async def set_prepay_id(payment: Payment, prepay_id: str) -> None:
+    await Payment.filter(id=payment.id).update(
+        prepay_id=prepay_id[:64], updated_at=dt.datetime.now(dt.UTC)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPayment:
+    """A payment as the channel confirmed it (after its signature and merchant were checked)."""
+
+    notice_id: str
+    channel: str
+    vendor: str  # whose merchant the notice came through
+    bill_no: str
+    transaction_no: str
+    amount_fen: int
+
+
+async def _record(notice: ChannelPayment, outcome: Outcome, now: dt.datetime) -> None:
+    await PaymentNotice.create(
+        notice_id=notice.notice_id[:MAX_NOTICE_ID], bill_no=notice.bill_no[:MAX_BILL_NO],
+        channel=notice.channel, outcome=outcome.value, amount_fen=notice.amount_fen,
+        transaction_no=notice.transaction_no[:64], created_at=now,
+    )  # fmt: skip
+
+
+async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = None) -> Outcome:
+    """What the channel's confirmed payment does (see the module), once per notice id."""
+    seen = await PaymentNotice.get_or_none(notice_id=notice.notice_id[:MAX_NOTICE_ID])
+    if seen is not None:
+        return Outcome.DUPLICATE
+    now = dt.datetime.now(dt.UTC)
+    payment = await Payment.get_or_none(bill_no=notice.bill_no, vendor_code=notice.vendor)
+    outcome: Outcome
+    if payment is None:
+        outcome = Outcome.UNKNOWN_BILL
+    elif payment.state is PaymentState.PAID:
+        outcome = Outcome.DUPLICATE
+    elif notice.amount_fen != payment.amount_fen:
+        outcome = Outcome.AMOUNT_MISMATCH
+    elif payment.purpose == Purpose.TOPUP.value:
+        from aquafleet.models.wallet import credit_topup
+
+        return await credit_topup(payment, notice)
+    else:
+        return await _pay_order_bill(payment, notice, apply_service, now)
+    try:
+        await _record(notice, outcome, now)
+    except IntegrityError:
+        return Outcome.DUPLICATE
+    return outcome
+
+
+def _mark_paid_within(payment: Payment, notice: ChannelPayment, now: dt.datetime) -> Any:
+    async def within(_order: Order | None = None) -> None:
+        await Payment.filter(id=payment.id).update(
+            state=PaymentState.PAID, transaction_no=notice.transaction_no[:64],
+            channel=notice.channel, paid_at=now, updated_at=now,
+        )  # fmt: skip
+
+    return within
+
+
+async def _pay_order_bill(
+    payment: Payment, notice: ChannelPayment, apply_service: Any, now: dt.datetime
+) -> Outcome:
+    from aquafleet.models.money import record_order_payment, request_refund
+
+    order = await Order.get(oid=payment.order_oid)
+    mark = _mark_paid_within(payment, notice, now)
+
+    async def book(_order: Order) -> None:
+        await mark()
+        await _record(notice, Outcome.PAID, now)
+
+    if order.state is OrderState.OBLIGATION:
+        try:
+            await pay_order(
+                order, channel=notice.channel, payment_key=notice.transaction_no,
+                actor_role=SYSTEM, actor_id=f"{notice.channel}:{notice.transaction_no}"[:64],
+                reason=f"paid at {notice.channel}", within=book,
+                apply_service=apply_service if order.kind is OrderKind.RENEWAL else None,
+            )  # fmt: skip
+        except IntegrityError:
+            return Outcome.DUPLICATE  # the same notice, applied by a racing delivery
+        return Outcome.PAID
+    if order.state is not OrderState.CLOSE:
+        try:
+            await _record(notice, Outcome.PAID_TWICE, now)
+        except IntegrityError:
+            return Outcome.DUPLICATE
+        return Outcome.PAID_TWICE
+    # The order closed before the money came: book the money, and give it back in full.
+    try:
+        async with in_transaction("default"):
+            await record_order_payment(
+                order, channel=notice.channel, payment_key=notice.transaction_no,
+                actor=f"{notice.channel}:{notice.transaction_no}"[:64], memo="after close",
+            )  # fmt: skip
+            await mark()
+            await _record(notice, Outcome.REFUND_AFTER_CLOSE, now)
+            await request_refund(
+                order=order, amount_fen=payment.amount_fen, refund_no=f"close-{order.oid}",
+                reason=f"paid after the order was {order.state.name.lower()}", actor=SYSTEM,
+            )  # fmt: skip
+    except IntegrityError:
+        return Outcome.DUPLICATE
+    return Outcome.REFUND_AFTER_CLOSE
+
+
+async def close_bill(payment: Payment) -> None:
+    """The channel closed the bill (its order closed): it can no longer be paid."""
+    now = dt.datetime.now(dt.UTC)
+    await Payment.filter(id=payment.id, state=PaymentState.PENDING).update(
+        state=PaymentState.CLOSED, closed_at=now, updated_at=now
+    )
+
+
+async def bills_to_close(limit: int = 100) -> list[Payment]:
+    """Pending bills whose order has closed: close them at the channel."""
+    pending = (
+        await Payment.filter(state=PaymentState.PENDING, purpose=Purpose.ORDER.value)
+        .exclude(prepay_id="")
+        .values_list("order_oid", flat=True)
+    )
+    if not pending:
+        return []
+    closed = await Order.filter(oid__in=list(pending), state=OrderState.CLOSE).values_list(
+        "oid", flat=True
+    )
+    if not closed:
+        return []
+    return list(
+        await Payment.filter(state=PaymentState.PENDING, order_oid__in=list(closed))
+        .order_by("id")
+        .limit(limit)
+    )
+
+
+async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment]:
+    """Pending bills, opened at the channel longer ago than `older_than`, whose notification
+    has not come: ask the channel."""
+    before = dt.datetime.now(dt.UTC) - older_than
+    return list(
+        await Payment.filter(state=PaymentState.PENDING, created_at__lte=before)
+        .exclude(prepay_id="")
+        .order_by("id")
+        .limit(limit)
+    )
+
+
+async def payment_of_order(oid: str) -> Payment | None:
+    return await Payment.filter(order_oid=oid, purpose=Purpose.ORDER.value).first()
+
+
+async def check_payments() -> list[Any]:
+    """The bills against the money ledger (part of `aquafleet money check`): each paid order
+    bill has its `pay:{oid}` posting taking the bill's amount from its channel (or the
+    member's wallet), each paid top-up its `topup:{bill_no}`, and no channel payment of an
+    order lacks a paid bill."""
+    from aquafleet.models.money import LedgerProblem, MoneyEntry, MoneyTransaction
+
+    problems: list[LedgerProblem] = []
+    postings: dict[str, int] = {}
+    for key, txn_id in await MoneyTransaction.filter(kind__in=("payment", "topup")).values_list(
+        "key", "id"
+    ):
+        postings[str(key)] = int(txn_id)
+    taken: dict[int, dict[str, int]] = {}
+    for txn_id, account, amount in await MoneyEntry.filter(
+        txn_id__in=list(postings.values())
+    ).values_list("txn_id", "account", "amount_fen"):
+        if int(amount) > 0:
+            taken.setdefault(int(txn_id), {})[str(account)] = int(amount)
+    billed: set[str] = set()
+    for bill in await Payment.filter(state=PaymentState.PAID):
+        key = (
+            f"pay:{bill.order_oid}"
+            if bill.purpose == Purpose.ORDER.value
+            else (f"topup:{bill.bill_no}")
+        )
+        billed.add(key)
+        source = (
+            f"wallet:{bill.member_uid}"
+            if bill.channel == "wallet"
+            else f"channel:{bill.channel}:{bill.vendor_code}"
+        )
+        got = taken.get(postings.get(key, -1), {}).get(source)
+        if got != bill.amount_fen:
+            problems.append(
+                LedgerProblem(
+                    "bill_not_booked", bill.bill_no, f"{source} took {got} of {bill.amount_fen}"
+                )
+            )
+    for key, txn_id in postings.items():
+        channels = [a for a in taken.get(txn_id, {}) if a.startswith(("channel:weixin", "wallet:"))]
+        if channels and key not in billed:
+            problems.append(LedgerProblem("booked_without_bill", key, ", ".join(channels)))
+    return problems

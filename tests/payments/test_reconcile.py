@@ -1,0 +1,90 @@
+"""`aquafleet payments reconcile --date D` against the fake's trade bill: each kind of
+difference is planted once, and the report lists exactly those."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from aquafleet.models.money import request_refund
+from aquafleet.models.orders import Order
+from aquafleet.models.reconcile import fen_of, parse_trade_bill
+from tests.conftest import MASTER_SECRET
+from tests.fakes.wechatpay import FakeTransaction
+from tests.payments.test_wechat_pay_flow import Shop, shop
+from tests.platform.test_cli import aquafleet, clean_env
+
+__all__ = ["shop"]
+
+
+def test_bill_amounts_are_read_as_fen_without_floats():
+    assert [fen_of(v) for v in ("35.00", "0.01", "2990.5", "12")] == [3500, 1, 299050, 1200]
+
+
+async def _paid(shop: Shop, *, hold: bool = False) -> str:
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.hold = hold
+    await shop.fake.pay(bill)
+    shop.fake.hold = False
+    return str(bill)
+
+
+async def test_the_report_finds_every_planted_difference_and_nothing_else(
+    shop: Shop, database_url: str, tmp_path: Any
+):
+    fake = shop.fake
+    matched = await _paid(shop)
+    gone = await _paid(shop)  # paid here, then missing from the channel's bill
+    changed = await _paid(shop)  # the channel's amount differs
+    pending = await _paid(shop, hold=True)  # paid at the channel, the notification never came
+    del fake.transactions[gone]
+    fake.transactions[changed].total -= 1
+    merchant = fake.merchants["1900000109"]
+    fake.transactions["STRANGER0001"] = FakeTransaction(  # a payment we never opened
+        mchid=merchant.mch_id, appid=merchant.app_id, out_trade_no="STRANGER0001",
+        description="?", total=700, openid="o-x", notify_url="", prepay_id="wx0",
+        created_at=time.time(), state="SUCCESS", transaction_id="4200000000000000000001",
+        success_at=time.time(),
+    )  # fmt: skip
+    order = await Order.get(oid=matched)
+    await request_refund(order=order, amount_fen=1000, refund_no="R-ok", reason="x", actor="t")
+    await shop.sweep()
+    await fake.drain()
+    fake.refund_auto_succeed = False
+    await request_refund(order=order, amount_fen=2000, refund_no="R-state", reason="x", actor="t")
+    await shop.sweep()
+    fake.refunds["R-state"].status = "SUCCESS"  # succeeded there; its notification never came
+
+    day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
+    rows = parse_trade_bill(fake.bill_text(day))
+    assert {r.bill_no for r in rows if r.trade_state == "SUCCESS"} == {
+        matched, changed, pending, "STRANGER0001",
+    }  # fmt: skip
+    env = clean_env(
+        data_dir=tmp_path / "cli", master_secret=MASTER_SECRET, database_url=database_url,
+        wechatpay_api_url=fake.url,
+    )  # fmt: skip
+    code, out = await aquafleet(env, "payments", "reconcile", "--date", day, "--json")
+    assert code == 1, out
+    lines = out.splitlines()
+    report = json.loads("\n".join(lines[lines.index("{") : lines.index("}") + 1]))
+    found = {(d["what"], d["subject"]) for d in report["differences"]}
+    assert found == {
+        ("missing_at_channel", gone),
+        ("amount_mismatch", changed),
+        ("state_mismatch", pending),
+        ("missing_here", "STRANGER0001"),
+        ("state_mismatch", "R-state"),
+    }, report
+    amounts = {d["subject"]: (d["ours"], d["theirs"]) for d in report["differences"]}
+    total = (await Order.get(oid=changed)).total_fen
+    assert amounts[changed] == (str(total), str(total - 1))
+    assert amounts["R-state"] == ("requested", "success")
+
+    # Another day's bill lists none of it, and ours has nothing then either: clean.
+    yesterday = (dt.date.fromisoformat(day) - dt.timedelta(days=1)).isoformat()
+    code, out = await aquafleet(env, "payments", "reconcile", "--date", yesterday)
+    assert code == 0 and "0 differences" in out, out

@@ -1,0 +1,270 @@
+"""WeChat Pay end to end through a real node and the fake WeChat Pay, on SQLite and PostgreSQL:
+a member pays an order (prepay, the app's step, the notification); duplicate, reordered, late,
+forged, wrong-amount and after-close notifications; the bill closed with its order; refunds
+full and partial. The money ledger's check is clean after each scenario."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from aquafleet.api.payments import PAYMENTS
+from aquafleet.models.money import (
+    GUARDED_PREFIXES,
+    Leg,
+    MoneyTransaction,
+    Refund,
+    RefundState,
+    balance,
+    channel_account,
+    check_ledger,
+    post,
+    request_refund,
+)
+from aquafleet.models.orders import Order, OrderState
+from aquafleet.models.payments import Payment, PaymentNotice, PaymentState, check_payments
+from aquafleet.models.wechatpay import rsa_verify
+from tests.api.conftest import ApiClient, Tenant
+from tests.api.shop import Shopper, add_product, make_member
+from tests.fakes.wechatpay import FakeWechatPay
+from tests.payments.keys import public_pem
+
+RECEIVER = {"name": "张三", "phone": "13900000000", "area": "珠海", "address": "南方软件园A123"}
+
+
+@dataclass
+class Shop:
+    vid: str
+    shopper: Shopper
+    pid: str
+    node: Any
+    fake: FakeWechatPay
+
+    async def order(self) -> dict[str, Any]:
+        body = {"content": [{"product_id": self.pid}], "receiver": RECEIVER}
+        answer = await self.shopper.client.call("POST", "/orders", body, expect=201)
+        return dict(answer.data)
+
+    async def prepay(self, oid: str, expect: int = 200) -> Any:
+        return await self.shopper.client.call("POST", f"/orders/{oid}/prepay/weixin", expect=expect)
+
+    async def state(self, oid: str) -> str:
+        answer = await self.shopper.client.call("GET", f"/orders/{oid}")
+        return str(answer.data["state_name"])
+
+    async def sweep(self) -> Any:
+        return await self.node.app[PAYMENTS].sweep()
+
+    @property
+    def metrics(self) -> Any:
+        return self.node.metrics
+
+
+async def set_merchant(api: ApiClient, vid: str, fake: FakeWechatPay) -> None:
+    merchant = fake.merchants["1900000109"]
+    await api.call(
+        "PUT",
+        f"/vendors/{vid}/mxx",
+        {
+            "mch_gid": merchant.mch_id, "mch_appid": merchant.app_id,
+            "mch_apiv3_key": merchant.api_v3_key, "mch_private_key": merchant.private_pem,
+            "mch_cert_serial": merchant.key_serial, "wxpay_serial": fake.platform_serial,
+            "wxpay_public_key": fake.platform_public,
+        },
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def shop(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], fake_pay: FakeWechatPay
+) -> Shop:
+    a, _ = tenants
+    await set_merchant(api, a.vid, fake_pay)
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid, wx_openid="o-alice")
+    return Shop(a.vid, shopper, pid, api_node, fake_pay)
+
+
+async def assert_ledger_clean() -> None:
+    """What `aquafleet money check` verifies: the ledger, and the bills against it."""
+    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
+    assert await check_payments() == []
+
+
+async def test_a_member_pays_an_order_with_wechat_pay_end_to_end(shop: Shop):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    prepay = (await shop.prepay(oid)).data
+    merchant = shop.fake.merchants["1900000109"]
+    # What the app checks and hands to wx.requestPayment: signed with the merchant key.
+    assert prepay["appId"] == merchant.app_id and prepay["signType"] == "RSA"
+    message = (
+        f"{prepay['appId']}\n{prepay['timeStamp']}\n{prepay['nonceStr']}\n{prepay['package']}\n"
+    )
+    assert rsa_verify(public_pem(merchant.private_pem), message, prepay["paySign"])
+    txn = shop.fake.transactions[prepay["bill_no"]]
+    assert txn.total == total and txn.openid == "o-alice"
+    assert txn.notify_url.endswith(f"/api/v1/payments/weixin/notify/{shop.vid}")
+    assert (await shop.prepay(oid)).data["package"] == prepay["package"]  # again: same bill
+
+    unpaid = (await shop.shopper.client.call("GET", f"/orders/{oid}/payment")).data
+    assert unpaid["pay_state"] == "pending" and unpaid["transaction_no"] == ""
+
+    await shop.fake.pay(prepay["bill_no"])  # the member pays in the app; WeChat Pay notifies
+    assert shop.fake.answers == [(200, shop.fake.answers[0][1])]
+    assert '"outcome":"paid"' in shop.fake.answers[0][1]
+    assert await shop.state(oid) == "paid"
+    info = (await shop.shopper.client.call("GET", f"/orders/{oid}/payment")).data
+    assert info["pay_ch"] == "weixin" and info["pay_state"] == "paid"
+    assert info["bill_no"] == oid and info["transaction_no"] == txn.transaction_id
+    assert info["pay_tms"] is not None and info["amount"] == total
+    assert await balance(channel_account("weixin", shop.vid)) == total
+    assert shop.metrics.payments_paid == 1
+    # Paid: no second prepay.
+    assert (await shop.prepay(oid, expect=409)).status == 409
+    await assert_ledger_clean()
+
+
+async def test_duplicate_and_reordered_notifications_pay_once(shop: Shop):
+    order = await shop.order()
+    oid = order["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.hold, shop.fake.duplicate = True, 3
+    await shop.fake.pay(bill)
+    answers = await shop.fake.release(reverse=True)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    outcomes = [text.split('"outcome":"')[1].split('"')[0] for _, text in answers]
+    assert outcomes == ["paid", "duplicate", "duplicate"]
+    assert await shop.state(oid) == "paid"
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 1
+    assert await PaymentNotice.filter(bill_no=bill).count() == 1
+    await assert_ledger_clean()
+
+
+async def test_a_late_notification_is_found_by_querying(shop: Shop):
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.hold = True
+    await shop.fake.pay(bill)  # paid, but the notification does not come
+    service = shop.node.app[PAYMENTS]
+    assert (await shop.sweep()).bills_queried == 0  # not late yet
+    service.query_after = service.query_after * 0
+    report = await shop.sweep()
+    assert (report.bills_queried, report.bills_paid) == (1, 1)
+    assert await shop.state(oid) == "paid"
+    (late,) = await shop.fake.release()
+    assert late[0] == 200 and '"outcome":"duplicate"' in late[1]
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 1
+    await assert_ledger_clean()
+
+
+@pytest.mark.parametrize("corruption", ["signature", "serial", "stale", "ciphertext"])
+async def test_a_forged_stale_or_unreadable_notification_changes_nothing(
+    shop: Shop, corruption: str
+):
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.corrupt = corruption
+    await shop.fake.pay(bill)
+    ((status, text),) = shop.fake.answers
+    assert status == 401 and "notification_refused" in text
+    assert await shop.state(oid) == "obligation"
+    assert shop.metrics.payments_notices_refused == 1
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 0
+    assert await PaymentNotice.all().count() == 0
+    await assert_ledger_clean()
+
+
+async def test_a_notification_with_another_amount_is_recorded_and_never_pays(shop: Shop):
+    order = await shop.order()
+    oid = order["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill, amount=1)
+    ((status, text),) = shop.fake.answers
+    assert status == 200 and '"outcome":"amount_mismatch"' in text
+    assert await shop.state(oid) == "obligation"
+    assert shop.metrics.payments_amount_mismatch == 1
+    notice = await PaymentNotice.get(bill_no=bill)
+    assert (notice.outcome, notice.amount_fen) == ("amount_mismatch", 1)
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 0
+    await assert_ledger_clean()
+
+
+async def test_closing_an_order_closes_its_bill_at_wechat_pay(shop: Shop):
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    report = await shop.sweep()
+    assert report.bills_closed == 1 and shop.fake.transactions[bill].state == "CLOSED"
+    assert (await Payment.get(bill_no=bill)).state is PaymentState.CLOSED
+    assert (await shop.sweep()).bills_closed == 0  # once
+    await assert_ledger_clean()
+
+
+async def test_money_arriving_after_the_order_closed_is_refunded_automatically(shop: Shop):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.hold = True
+    await shop.fake.pay(bill)  # paid at WeChat Pay just as the order closes here
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    (answer,) = await shop.fake.release()
+    assert answer[0] == 200 and '"outcome":"refund_after_close"' in answer[1]
+    assert await shop.state(oid) == "close"
+    refund = await Refund.get(refund_no=f"close-{oid}")
+    assert refund.state is RefundState.DUE and refund.amount_fen == total
+    await assert_ledger_clean()
+    shop.fake.hold = False
+    report = await shop.sweep()
+    assert report.refunds_sent == 1
+    await shop.fake.drain()  # WeChat Pay's refund notification
+    refund = await Refund.get(refund_no=f"close-{oid}")
+    assert refund.state is RefundState.SUCCEEDED and refund.channel == "weixin"
+    assert await balance(channel_account("weixin", shop.vid)) == 0
+    assert shop.fake.refunds[f"close-{oid}"].refund == total
+    await assert_ledger_clean()
+
+
+async def test_a_return_is_refunded_partially_then_in_full_once(shop: Shop):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill)
+    paid = await Order.get(oid=oid)
+    await request_refund(order=paid, amount_fen=1000, refund_no="part-1", reason="少件", actor="t")
+    await request_refund(
+        order=paid, amount_fen=total - 1000, refund_no=f"return-{oid}", reason="退货", actor="t"
+    )
+    report = await shop.sweep()
+    assert report.refunds_sent == 2
+    await shop.fake.drain()
+    states = {r.refund_no: r.state for r in await Refund.filter(order_oid=oid)}
+    assert states == {"part-1": RefundState.SUCCEEDED, f"return-{oid}": RefundState.SUCCEEDED}
+    assert (await shop.sweep()).refunds_sent == 0  # executed once
+    assert sum(r.refund for r in shop.fake.refunds.values()) == total
+    assert await balance(channel_account("weixin", shop.vid)) == 0
+    info = (await shop.shopper.client.call("GET", f"/orders/{oid}/payment")).data
+    assert [r["state"] for r in info["refunds"]] == ["succeeded", "succeeded"]
+    # A repeated refund notification settles nothing twice.
+    assert await MoneyTransaction.filter(kind="refund", order_oid=oid).count() == 2
+    await assert_ledger_clean()
+    assert paid.state is OrderState.PAID
+
+
+async def test_the_money_check_compares_the_bills_with_the_ledger(shop: Shop):
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill)
+    await assert_ledger_clean()
+    await Payment.filter(bill_no=bill).update(amount_fen=1)  # the bill says 1 fen
+    await post(
+        "pay:20261206AAAA999999999999", kind="payment", vendor=shop.vid,
+        legs=[Leg(channel_account("weixin", shop.vid), 5), Leg("order:X:goods", -5)],
+    )  # fmt: skip
+    found = {(p.what, p.subject) for p in await check_payments()}
+    assert found == {
+        ("bill_not_booked", bill),
+        ("booked_without_bill", "pay:20261206AAAA999999999999"),
+    }
