@@ -61,6 +61,7 @@ def test_the_alerts_cover_the_failures_the_docs_name():
     assert names == {
         "AquafleetNodeDown", "AquafleetLedgerBacklogGrowing", "AquafleetAckLatencyHigh",
         "AquafleetLoginFailuresSpike", "AquafleetRedisUnavailable",
+        "AquafleetPaymentAmountMismatch",
     }  # fmt: skip
 
 
