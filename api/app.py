@@ -15,6 +15,8 @@ from aquafleet.api import (
     members,
     orders,
     products,
+    technicians,
+    tickets,
     vendors,
 )
 from aquafleet.api.auth import ApiAuthenticator
@@ -32,10 +34,12 @@ from aquafleet.api.tokens import TOKENS, TokenService
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, METRICS, REDIS, SETTINGS
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.models.accounts import reload_admin
-from aquafleet.models.tenancy import ADMIN_ROLES
+from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
-RESOURCE_MODULES = (auth, vendors, agents, devices, commands, members, products, orders)
+RESOURCE_MODULES = (
+    auth, vendors, agents, devices, commands, members, products, orders, tickets, technicians,
+)  # fmt: skip
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -92,7 +96,7 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
         access_ttl_s=settings.api_access_token_ttl_s,
         refresh_ttl_s=settings.api_refresh_token_ttl_s,
     )
-    tokens.register_loader(ADMIN_ROLES, reload_admin)
+    tokens.register_loader(ADMIN_ROLES | TECHNICIAN_ONLY, reload_admin)
     app[TOKENS] = tokens
     app[AUTHENTICATOR] = ApiAuthenticator(
         tokens, app[REDIS], settings, settings.master_secret_bytes()

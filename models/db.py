@@ -29,6 +29,9 @@ MODEL_MODULES = [
     "aquafleet.models.billing",
     "aquafleet.models.products",
     "aquafleet.models.orders",
+    "aquafleet.models.technicians",
+    "aquafleet.models.ticket_flow",
+    "aquafleet.models.outbox",
 ]
 APP = "models"
 
