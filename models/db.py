@@ -29,6 +29,7 @@ MODEL_MODULES = [
     "aquafleet.models.billing",
     "aquafleet.models.products",
     "aquafleet.models.orders",
+    "aquafleet.models.money",
     "aquafleet.models.technicians",
     "aquafleet.models.ticket_flow",
     "aquafleet.models.outbox",

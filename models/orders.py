@@ -459,6 +459,7 @@ async def mark_paid(
     device at once and the order is done (models/renewals.py); a retry finishes a renewal a
     failure left paid, changing the device once."""
     from aquafleet.models.accounts import AccountState, AdminAccount
+    from aquafleet.models.money import record_order_payment
     from aquafleet.models.renewals import apply_renewal
 
     account = await AdminAccount.get_or_none(username__iexact=admin)
@@ -473,10 +474,15 @@ async def mark_paid(
         raise InvalidInput(f"order {oid} is a renewal: paying it needs the device service")
     if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
         try:
-            order = await fire(
-                order, OrderEvent.PAY, actor_role=PLATFORM, actor_id=f"admin:{account.username}",
-                reason=reason.strip(), now=now,
-            )  # fmt: skip
+            async with in_transaction("default"):
+                order = await fire(
+                    order, OrderEvent.PAY, actor_role=PLATFORM,
+                    actor_id=f"admin:{account.username}", reason=reason.strip(), now=now,
+                )  # fmt: skip
+                await record_order_payment(
+                    order, channel="manual", payment_key=f"admin:{account.username}",
+                    actor=f"admin:{account.username}", memo=reason.strip(),
+                )  # fmt: skip
         except (IntegrityError, OrderStateConflict):
             # A concurrent mark-paid moved it first (PostgreSQL's row lock shows the paid
             # state, SQLite's unique event per order refuses the second row): answer it.

@@ -4,8 +4,10 @@ the goods coming back end the devices' service and record the refund as due.
 AD-14 (已退货, goods back): every device the order shipped is locked (a person's lock, with the
 order id in the reason) and unbound from the member, its shares end; a device that was installed
 gets a dismantle ticket; the order's whole total is recorded as `refund_due_fen` for the payment
-layer to pay out. The locks go first (repeating a lock changes nothing), then one transaction
-moves the order and unbinds the devices.
+layer, and a refund of what was paid is requested in the money ledger (models/money.py,
+refund number `return-{oid}`) for the payment channel to execute. The locks go first
+(repeating a lock changes nothing), then one transaction moves the order and unbinds the
+devices.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
+from aquafleet.models.money import paid_fen, request_refund
 from aquafleet.models.orders import (
     MAX_REASON,
     MEMBER,
@@ -87,6 +90,12 @@ async def goods_returned(
             actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
+        paid = await paid_fen(order.oid)
+        if paid:
+            await request_refund(
+                order=order, amount_fen=paid, refund_no=f"return-{order.oid}",
+                reason="goods returned (AD-14)", actor=principal.subject,
+            )  # fmt: skip
         held = Q(did__in=dids, owner_id=order.member_id)
         installed = list(
             await Device.filter(held, installed_at__isnull=False).values_list("did", flat=True)
