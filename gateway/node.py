@@ -58,6 +58,7 @@ from aquafleet.gateway.startup import TCP_BACKLOG, listen
 from aquafleet.gateway.tasks import TaskGroup
 from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
+from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
 from aquafleet.protocol import ErrorCode
 
@@ -129,6 +130,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_entries=max(1, settings.ledger_batch // 100),
         claim_idle_ms=settings.ledger_claim_idle_s * 1000,
         maintenance=MaintenanceWatch(settings.filter_threshold_pct),
+        faults=FaultWatch(),
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)

@@ -148,7 +148,7 @@ async def request_deposit_refund(
     order: Order, did: str, amount_fen: int, ticket: Ticket, actor: str
 ) -> None:
     """Ask the money layer to refund the deposit, once per ticket (its refund number)."""
-    from aquafleet.models import money  # type: ignore[attr-defined,unused-ignore]
+    from aquafleet.models import money
 
     await money.request_refund(
         order=order,
