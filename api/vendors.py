@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 from tortoise.expressions import Q
@@ -30,6 +30,7 @@ from aquafleet.api.signing import app_secret
 from aquafleet.api.tokens import revoke_accounts
 from aquafleet.gateway.appkeys import SETTINGS
 from aquafleet.models.accounts import AdminAccount, set_password
+from aquafleet.models.outbox import NotificationKind
 from aquafleet.models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
 from aquafleet.models.vendors import (
     Vendor,
@@ -142,6 +143,9 @@ class VendorWechat(RequestModel):
     mch_secret: str = text(128, default=None, description="write-only")
 
 
+TemplateId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class VendorConfig(RequestModel):
     """AX-08 (the seed: "Pending"): the vendor's options; only the fields given change."""
 
@@ -154,6 +158,14 @@ class VendorConfig(RequestModel):
     shop_public: bool = Field(
         UNSET, description="visitors who have not logged in may browse the shop (AC-01/03/05)"
     )
+    wechat_templates: dict[NotificationKind, TemplateId] = Field(
+        UNSET,
+        description="消息推送: the official account's template id per kind of message "
+        "(docs/api-tickets.md); a kind without one is not sent by WeChat",
+    )
+    sms_templates: dict[NotificationKind, TemplateId] = Field(
+        UNSET, description="消息推送: the SMS template code per kind of message"
+    )
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -162,6 +174,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "commission_levels": 3,
     "sms_sign": "",
     "shop_public": False,
+    "wechat_templates": {},
+    "sms_templates": {},
 }
 
 
@@ -171,6 +185,8 @@ class VendorConfigOut(ResponseModel):
     commission_levels: int
     sms_sign: str
     shop_public: bool
+    wechat_templates: dict[str, str]
+    sms_templates: dict[str, str]
 
 
 class VendorOut(ResponseModel):

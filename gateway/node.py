@@ -298,7 +298,11 @@ async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
 async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
     (which also fails vending sessions past their deadline)."""
-    from aquafleet.models.service import open_dismantle_after_grace, record_rental_reminder
+    from aquafleet.models.service import (
+        open_dismantle_after_grace,
+        record_rental_expired,
+        record_rental_reminder,
+    )
 
     settings = app[SETTINGS]
     store = ServiceStore(app[REDIS], app[SCRIPTS], app[KEYSPACE])
@@ -317,6 +321,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         grace_s=settings.rental_grace_days * 86_400,
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
+        on_expired=record_rental_expired,
         sweep=lambda: sweep_deadlines(app),
     )
     app[RENTAL_SCHEDULER] = scheduler

@@ -254,3 +254,79 @@ async def set_opt_outs(member_uid: str, off: Sequence[NotificationKind]) -> list
 async def opt_outs(member_uid: str) -> list[str]:
     rows = await NotificationOptOut.filter(member_uid=member_uid).values_list("kind", flat=True)
     return sorted(str(k) for k in rows)
+
+
+TITLES = {
+    K.ORDER_PAID: "订单已支付",
+    K.ORDER_DELIVERED: "订单已发货",
+    K.TICKET_DISPATCHED: "您有新的工单",
+    K.TECHNICIAN_ON_WAY: "工程师已出发",
+    K.TICKET_DONE: "工单已完成",
+    K.RENTAL_REMINDER: "租期即将到期",
+    K.RENTAL_EXPIRED: "租期已到期",
+    K.BALANCE_LOW: "水量余额不足",
+    K.BALANCE_EXHAUSTED: "水量已用完",
+    K.FILTER_LOW: "滤芯即将到期",
+}
+
+
+def template_values(kind: NotificationKind, payload: Mapping[str, Any]) -> dict[str, str]:
+    """The values a template gets (WeChat's first/keyword1../remark; SMS the same names):
+    the title, the subject's id (ticket, order or device), the device, and the detail."""
+    subject = payload.get("ticket_id") or payload.get("order_id") or payload.get("device_id")
+    return {
+        "first": TITLES[kind],
+        "keyword1": str(subject or ""),
+        "keyword2": str(payload.get("device_id") or ""),
+        "keyword3": str(payload.get("detail") or "")[:100],
+        "remark": str(payload.get("remark") or ""),
+    }
+
+
+async def enqueue_device_event(
+    conn: BaseDBAsyncClient,
+    did: str,
+    kind: NotificationKind,
+    event_key: str,
+    data: Mapping[str, Any],
+) -> int:
+    """A device's event to its owner (rental reminder and expiry, balance low and exhausted)."""
+    from aquafleet.models.devices import Device
+
+    device = await Device.filter(did=did).using_db(conn).first()
+    if device is None or device.owner_id is None:
+        return 0
+    return await enqueue(
+        conn, event_key=event_key, kind=kind, vendor_code=device.vendor_id,
+        recipients=[await member_recipient(conn, device.owner_id)],
+        data={"device_id": did, **data},
+    )  # fmt: skip
+
+
+# Meter events (models/usage.py ServiceEvent kinds) -> what the owner hears.
+SERVICE_EVENT_KINDS = {"low_balance": K.BALANCE_LOW, "quota_lock": K.BALANCE_EXHAUSTED}
+
+
+async def enqueue_service_events(conn: BaseDBAsyncClient, events: Sequence[Any]) -> int:
+    """Low balance and quota exhausted, once per event (its did, kind and version)."""
+    written = 0
+    for event in events:
+        kind = SERVICE_EVENT_KINDS.get(event.kind)
+        if kind is not None:
+            key = f"svc:{event.did}:{event.kind}:v{event.version}"
+            detail = f"{event.remaining_ml} ml left"
+            written += await enqueue_device_event(conn, event.did, kind, key, {"detail": detail})
+    return written
+
+
+async def enqueue_order_event(conn: BaseDBAsyncClient, order: Any, event: str) -> int:
+    """An order paid or delivered, to its member."""
+    kinds = {"pay": K.ORDER_PAID, "deliver": K.ORDER_DELIVERED}
+    kind = kinds.get(event)
+    if kind is None:
+        return 0
+    return await enqueue(
+        conn, event_key=f"order:{order.oid}:{event}", kind=kind, vendor_code=order.vendor_id,
+        recipients=[await member_recipient(conn, order.member_id)],
+        data={"order_id": order.oid, "detail": f"{order.total_fen} fen"},
+    )  # fmt: skip

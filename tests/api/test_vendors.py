@@ -135,7 +135,16 @@ async def test_updates(api: ApiClient, tenants: tuple[Tenant, Tenant]):
         "commission_levels": 1,
         "sms_sign": "",
         "shop_public": False,
+        "wechat_templates": {},
+        "sms_templates": {},
     }
+    templates = {"wechat_templates": {"ticket_done": "tpl-done_1"}}
+    await api.call("PUT", "/vendors/AAAA/cfg", templates)
+    assert (await api.call("GET", "/vendors/AAAA")).data["cfg"]["wechat_templates"] == {
+        "ticket_done": "tpl-done_1"
+    }
+    bad_kind = {"sms_templates": {"no_such_kind": "SMS_1"}}
+    await api.call("PUT", "/vendors/AAAA/cfg", bad_kind, expect=422)
     assert (
         await api.call("PUT", "/vendors/AAAA/cfg", {"commission_levels": 4}, expect=422)
     ).status == 422
