@@ -155,6 +155,8 @@ class TechnicianRequest:
 
 async def create_technician(vendor_code: str, request: TechnicianRequest) -> Technician:
     """A technician of the vendor (or of one of its nodes) with its login account."""
+    if not await Vendor.exists(code=vendor_code):
+        raise NotFound(f"vendor {vendor_code} not found")
     if request.agent_id is not None and not await Agent.exists(
         id=request.agent_id, vendor_id=vendor_code
     ):

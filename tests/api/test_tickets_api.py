@@ -299,6 +299,11 @@ async def test_technicians_are_scoped_and_see_only_their_tickets(
     dealer_tech, _ = await technician(a.dealer, "tech-dealer", skills=[4])
     b_id, b_tech = await technician(b.vendor, "tech-b", skills=[4])
 
+    body = {"user": "nowhere", "pwd": md5(PASSWORD), "name": "N", "vid": "ZZZZ"}
+    await api.call("POST", "/technicians", body, expect=404)  # no such vendor
+    await api.call(
+        "POST", "/technicians", {**body, "vid": b.vid, "agent_id": a.agent_id}, expect=404
+    )
     ids = {t["id"] for t in (await a.vendor.call("GET", "/technicians")).data}
     assert ids == {one_id, two_id, dealer_tech}
     assert {t["id"] for t in (await a.dealer.call("GET", "/technicians")).data} == {dealer_tech}
