@@ -11,6 +11,7 @@ from aquafleet.api import (
     auth,
     broker_auth,
     commands,
+    commissions,
     devices,
     members,
     orders,
@@ -38,8 +39,18 @@ from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
-    auth, vendors, agents, devices, commands, members, products, orders, tickets, technicians,
-)  # fmt: skip
+    auth,
+    vendors,
+    agents,
+    devices,
+    commands,
+    members,
+    products,
+    orders,
+    commissions,
+    tickets,
+    technicians,
+)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -198,6 +198,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
     "device_locked": (409, "the device is locked (the message says why): it pours nothing"),
+    "insufficient_funds": (409, "the balance (available commission) does not cover the amount"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }

@@ -100,6 +100,10 @@ class CommisIn(RequestModel):
     config: list[Percent] = Field(
         default_factory=list, max_length=MAX_COMMISSION_LEVELS, examples=[[21, 9, 0]]
     )
+    renewal: bool = Field(
+        default=True,
+        description="renewals (order type 3) of the product earn too (docs/commissions.md)",
+    )
 
 
 class FilterIn(RequestModel):
@@ -284,7 +288,11 @@ def product_out(product: Product) -> ProductOut:
             deposit=product.deposit_fen,
             config=[PackageIn.model_validate(p) for p in product.rent_packages],
         ),
-        commis=CommisIn(enabled=product.commis_enabled, config=list(product.commis_config)),
+        commis=CommisIn(
+            enabled=product.commis_enabled,
+            config=list(product.commis_config),
+            renewal=product.commis_renewal,
+        ),
         specification=SpecificationIn.model_validate(product.specification or {}),
         create_tms=product.created_at,
         update_tms=product.updated_at,
@@ -306,6 +314,7 @@ def columns(body: ProductIn | ProductChangeIn) -> dict[str, Any]:
         elif name == "commis":
             values["commis_enabled"] = value.enabled
             values["commis_config"] = list(value.config)
+            values["commis_renewal"] = value.renewal
         elif name in ("resource", "specification"):
             values[name] = value.model_dump()
         else:

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(func=cmd_migrate)
 
-    from aquafleet.commands import accounts, billing, devices, money, orders, service
+    from aquafleet.commands import accounts, billing, commissions, devices, money, orders, service
 
     accounts.add_parsers(commands)
     devices.add_parsers(commands)
@@ -318,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     orders.add_parsers(commands)
     billing.add_parsers(commands)
     money.add_parsers(commands)
+    commissions.add_parsers(commands)
 
     config = commands.add_parser("config", help="show the effective configuration")
     config.add_argument("--docs", action="store_true", help="print the settings reference")

@@ -89,19 +89,29 @@ def metrics(port: int) -> dict[str, int]:
     }
 
 
-def redis_server_pid(workdir: Path, redis_url: str | None) -> int | None:
-    pattern = str(workdir / "aquafleet-data" / "redis") if redis_url is None else "redis-server"
+def redis_server_pids(workdir: Path, redis_url: str | None) -> list[int]:
+    """The Redis processes of the run: the embedded one, a cluster's (started in workdir), or
+    the first redis-server found for another URL."""
+    if redis_url is None:
+        pattern = str(workdir / "aquafleet-data" / "redis")
+    elif redis_url.startswith("redis+cluster://"):
+        ports = "|".join(p.name for p in (workdir / "redis-cluster").iterdir())
+        pattern = f"redis-server 127.0.0.1:({ports}) "
+    else:
+        pattern = "redis-server"
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     pids = [int(p) for p in out if Path(f"/proc/{p}/comm").read_text().strip() == "redis-server"]
-    return pids[0] if pids else None
+    if redis_url is not None and redis_url.startswith("redis+cluster://"):
+        return pids
+    return pids[:1]
 
 
 def process_cpu(
-    gateway_pid: int, redis_pid: int | None, ledger: subprocess.Popen[bytes] | None
+    gateway_pid: int, redis_pids: list[int], ledger: subprocess.Popen[bytes] | None
 ) -> dict[str, float]:
     """CPU seconds so far: the serve process tree (minus an embedded Redis in it), Redis, ledger."""
-    redis = cpu_seconds(redis_pid) if redis_pid else 0.0
-    embedded = redis_pid in tree(gateway_pid) if redis_pid else False
+    redis = sum(cpu_seconds(pid) for pid in redis_pids)
+    embedded = any(pid in tree(gateway_pid) for pid in redis_pids)
     return {
         "gateway": tree_cpu(gateway_pid) - (redis if embedded else 0.0),
         "redis": redis,
@@ -133,6 +143,11 @@ def main() -> int:
     parser.add_argument(
         "--redis-url", help="use this Redis (a fresh key prefix) not an embedded one"
     )
+    parser.add_argument(
+        "--redis-cluster", action="store_true",
+        help="start a Redis Cluster (3 masters + 3 replicas on loopback) in the scratch "
+        "directory and run against it",
+    )  # fmt: skip
     parser.add_argument("--database-url", help="default: SQLite in the scratch directory")
     parser.add_argument(
         "--ledger-process", action="store_true", help="run `aquafleet ledger` apart"
@@ -156,6 +171,17 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="aquafleet-load-"))
+    with contextlib.ExitStack() as stack:
+        if args.redis_cluster:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.redis_cluster import redis_cluster
+
+            cluster = stack.enter_context(redis_cluster(workdir / "redis-cluster"))
+            args.redis_url = cluster.url
+        return run_load(args, workdir)
+
+
+def run_load(args: argparse.Namespace, workdir: Path) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
     env.update({"AQUAFLEET_LOG_LEVEL": "warning", "AQUAFLEET_MAX_CONNECTIONS": "100000"})
     if args.redis_url:
@@ -206,7 +232,7 @@ def main() -> int:
                 ["nice", "-n", str(args.ledger_nice), *cli, "ledger"], cwd=workdir, env=env,
                 stdout=(workdir / "ledger.log").open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
-        redis_pid = redis_server_pid(workdir, args.redis_url)
+        redis_pid = redis_server_pids(workdir, args.redis_url)
         gateway_pid = serve.pid
         rss_idle = rss_bytes(gateway_pid)
         before = process_cpu(gateway_pid, redis_pid, ledger)

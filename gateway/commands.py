@@ -200,7 +200,7 @@ class CommandEvents:
         self.client = client
         self.scripts = scripts
         self.keyspace = keyspace
-        self.channels = keyspace.node_channel("")
+        self.channels = keyspace.script_channels
         self._queue: list[ScriptCall] = []
         self._answers: list[_Answer | None] = []  # one per queued call: who wants its reply
         self._wake = asyncio.Event()
@@ -292,7 +292,7 @@ class CommandService:
         self.ids = ids
         self.node_id = node_id
         self.metrics = metrics
-        self.channels = keyspace.node_channel("")
+        self.channels = keyspace.script_channels
         self._waiters: dict[tuple[str, int], list[asyncio.Future[CommandRecord | None]]] = {}
 
     # ------------------------------------------------------------------ issuing
@@ -494,7 +494,7 @@ async def link_pours(
     if not pours:
         return 0
     now_ms = int(time.time() * 1000)
-    channels = keyspace.node_channel("")
+    channels = keyspace.script_channels
     calls: list[ScriptCall] = []
     for did, cid, ml, boot, rec in pours:
         shard = keyspace.shard_prefix(keyspace.shard_of(did))

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://, rediss://, unix://). Default: start and supervise an "
-        "embedded redis-server persisting to data_dir/redis.",
+        description="Redis URL (redis://, rediss://, unix://, or redis+cluster://HOST:PORT naming "
+        "any node of a Redis Cluster). Default: start and supervise an embedded redis-server "
+        "persisting to data_dir/redis.",
     )
     redis_prefix: str = Field(
         "aq", min_length=1, max_length=32, description="Prefix of every Redis key aquafleet uses."
@@ -63,6 +64,28 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="TCP port of the embedded Redis on 127.0.0.1 (0: Unix socket only).",
+    )
+    ledger_retention_days: int = Field(
+        400,
+        ge=0,
+        description="Raw ledger records (usage_record) older than this many days are deleted, "
+        "hourly, by the scheduler's owner; the per-day rollups stay. 0: keep them for good.",
+    )
+    redis_ack_replicas: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="Replicas that must hold a metering round before its records are acked, and "
+        "what the ledger writer read before it commits it (Redis WAIT, once per round and "
+        "master). 1 on a Redis Cluster with replicas: an ack then survives a master's death "
+        "(docs/deploy.md). 0: Redis' asynchronous replication.",
+    )
+    redis_ack_timeout_ms: int = Field(
+        1000,
+        ge=1,
+        le=60_000,
+        description="How long a WAIT for redis_ack_replicas may take; when it runs out the "
+        "round is not acked (the devices resend it) and reading pauses as in an outage.",
     )
     master_secret: SecretStr | None = Field(
         None,
@@ -241,6 +264,12 @@ class Settings(BaseSettings):
         description="Approved SMS template code (模板CODE); the template takes one variable, "
         "${code}.",
     )
+    commission_min_withdrawal_fen: int = Field(
+        100,
+        ge=1,
+        le=100_000_000,
+        description="The smallest commission withdrawal (AE-03), in fen (docs/commissions.md).",
+    )
     wechat_api_url: str = Field(
         "https://api.weixin.qq.com",
         description="Base URL of WeChat's HTTP API (member sign-in with WeChat).",
@@ -349,8 +378,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
         return value
 
     @field_validator("mqtt_url")

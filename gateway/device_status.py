@@ -24,7 +24,7 @@ from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import MeterState
 from aquafleet.gateway.mqtt.bridge import MQTT_NODE
 from aquafleet.gateway.presence import OfflineReason
-from aquafleet.gateway.redis_io import pack_command, round_trip
+from aquafleet.gateway.redis_io import Command, round_trip
 from aquafleet.protocol import ProtocolError
 from aquafleet.protocol.constants import FrameType
 from aquafleet.protocol.message_types import Telemetry
@@ -177,12 +177,12 @@ async def read_runtime(
     unique = list(dict.fromkeys(dids))
     if not unique:
         return {}
-    packed: list[bytes] = []
+    commands: list[Command] = []
     for did in unique:
-        packed.append(pack_command(b"HMGET", keyspace.presence(did), *_PRESENCE_FIELDS))
-        packed.append(pack_command(b"HMGET", keyspace.last_session(did), *_LAST_FIELDS))
-        packed.append(pack_command(b"GET", keyspace.meter(did)))
-    replies = await round_trip(client, packed, "reading device status")
+        commands.append((b"HMGET", keyspace.presence(did), *_PRESENCE_FIELDS))
+        commands.append((b"HMGET", keyspace.last_session(did), *_LAST_FIELDS))
+        commands.append((b"GET", keyspace.meter(did)))
+    replies = await round_trip(client, commands, "reading device status")
     failed = next((r for r in replies if isinstance(r, Exception)), None)
     if failed is not None:
         raise RedisUnavailable(f"reading device status: {failed}")

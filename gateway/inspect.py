@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import MeterState
+from aquafleet.gateway.redis_io import mget_any
 from aquafleet.gateway.registry_cache import parse_registry_entry
 from aquafleet.models.devices import Device
 from aquafleet.models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
@@ -76,7 +77,7 @@ async def device_status(
     if client is None:
         status["redis"] = "not reachable (is `aquafleet serve` running?)"
         return status
-    keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+    keyspace = Keyspace.for_url(settings.redis_prefix, settings.redis_shards, settings.redis_url)
     pipe = client.pipeline(transaction=False)
     pipe.hget(keyspace.registry(keyspace.shard_of(did)), did)
     pipe.hgetall(keyspace.presence(did))
@@ -132,8 +133,8 @@ async def platform_status(settings: Settings, client: aioredis.Redis | None) -> 
     if client is None:
         status["redis"] = "not reachable (is `aquafleet serve` running?)"
         return status
-    keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
-    backlog = await client.mget([keyspace.ledger_backlog(s) for s in keyspace.all_shards()])
+    keyspace = Keyspace.for_url(settings.redis_prefix, settings.redis_shards, settings.redis_url)
+    backlog = await mget_any(client, [keyspace.ledger_backlog(s) for s in keyspace.all_shards()])
     status["ledger_backlog_records"] = sum(int(v or 0) for v in backlog)
     keys = [key async for key in client.scan_iter(match=f"{keyspace.prefix}:{{*}}:p:*", count=1000)]
     nodes: dict[str, int] = {}

@@ -10,12 +10,23 @@ from dataclasses import dataclass
 # How long a device's last-session record outlives its last login or release: when and why it
 # went offline stays readable this long (the Lua scripts hold the same number).
 LAST_SESSION_TTL_MS = 90 * 86_400_000
+CLUSTER_SCHEME = "redis+cluster://"  # a Redis URL naming any node of a Redis Cluster
 
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
     prefix: str
     shards: int
+    # On a Redis Cluster the node channels are sharded (SPUBLISH/SSUBSCRIBE): one channel per
+    # node and shard, in the shard's slot, so a Lua script publishes within its own slot and
+    # a message travels only to that slot's master and replicas (docs/deploy.md).
+    sharded_pubsub: bool = False
+
+    @classmethod
+    def for_url(cls, prefix: str, shards: int, redis_url: str | None) -> Keyspace:
+        """The keyspace of a deployment: sharded node channels on a cluster URL."""
+        cluster = redis_url is not None and redis_url.startswith(CLUSTER_SCHEME)
+        return cls(prefix, shards, sharded_pubsub=cluster)
 
     def shard_of(self, did: str) -> int:
         return zlib.crc32(did.encode()) % self.shards
@@ -71,8 +82,26 @@ class Keyspace:
         return f"{self.prefix}:cids"
 
     def node_channel(self, node_id: str) -> str:
-        """Pub/sub channel a node listens on for kicks of its connections."""
+        """Pub/sub channel a node listens on for kicks of its connections (one Redis)."""
         return f"{self.prefix}:node:{node_id}"
+
+    def node_channels(self, node_id: str) -> list[str]:
+        """Every channel a node follows: its node channel, or on a cluster one per shard."""
+        if not self.sharded_pubsub:
+            return [self.node_channel(node_id)]
+        return [f"{self.shard_prefix(s)}node:{node_id}" for s in self.all_shards()]
+
+    @property
+    def script_channels(self) -> str:
+        """The node channel prefix our Lua scripts publish under; "" tells them to publish on
+        the sharded channel of their own slot (SPUBLISH `<shard prefix>node:<node>`)."""
+        return "" if self.sharded_pubsub else self.node_channel("")
+
+    def device_node_channel(self, did: str, node_id: str) -> tuple[str, str]:
+        """(publish command, channel) that reaches `node_id` about device `did`."""
+        if not self.sharded_pubsub:
+            return "PUBLISH", self.node_channel(node_id)
+        return "SPUBLISH", f"{self.shard_prefix(self.shard_of(did))}node:{node_id}"
 
     @property
     def nodes(self) -> str:

@@ -26,7 +26,15 @@ from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
-from aquafleet.gateway.redis_io import ScriptCall, Scripts, redis_errors
+from aquafleet.gateway.redis_io import (
+    NO_WAIT,
+    Replication,
+    ScriptCall,
+    Scripts,
+    is_cluster,
+    redis_errors,
+    round_trip,
+)
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
 from aquafleet.models.usage import (
@@ -46,6 +54,7 @@ GROUP = "ledger-writers"
 BLOCK_MS = 1000
 CLAIM_EVERY_S = 15.0
 RETRY_MAX_S = 5.0
+CLUSTER_POLL_S = 0.05  # an idle writer on a cluster reads again this often
 ACTIVATED_CACHE = 200_000
 
 
@@ -57,6 +66,13 @@ def _entry_size(fields_: dict[bytes, bytes]) -> int:
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _fields(raw: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """A stream entry's flat field list as redis-py's reader gives it (None: deleted)."""
+    if raw is None:
+        return None
+    return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
 @dataclass(slots=True)
@@ -166,8 +182,10 @@ class LedgerWriter:
         claim_idle_ms: int,
         maintenance: MaintenanceWatch | None = None,
         faults: FaultWatch | None = None,
+        replication: Replication = NO_WAIT,
     ) -> None:
         self.client = client
+        self.replication = replication
         self.scripts = scripts
         self.keyspace = keyspace
         self.metrics = metrics
@@ -237,28 +255,57 @@ class LedgerWriter:
         self.waiting = block_ms is not None
         try:
             with redis_errors("reading the ledger"):
-                reply = await self.client.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    {stream: ">" for stream in self.streams},
-                    count=self.batch_entries,
-                    block=block_ms,
-                )
+                reply = await self._read(">", block_ms)
         finally:
             self.waiting = False
         return await self._store_reply(reply)
+
+    async def _read(self, since: str, block_ms: int | None) -> Any:
+        """XREADGROUP over every shard's stream. A cluster refuses one read across slots:
+        there every stream is read in one round trip per master, polled every CLUSTER_POLL_S
+        until an entry comes or block_ms has passed. With `replication`, a WAIT follows the
+        read on the same connection: XREADGROUP is a write, so once the replicas hold it they
+        hold every entry it returned, and nothing committed to the database can vanish with
+        a master that dies before replicating it."""
+        if not is_cluster(self.client) and not self.replication.replicas:
+            return await self.client.xreadgroup(
+                GROUP,
+                self.consumer,
+                {stream: since for stream in self.streams},
+                count=self.batch_entries,
+                block=block_ms,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (block_ms or 0) / 1000
+        commands = [
+            ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.batch_entries,
+             "STREAMS", stream, since)
+            for stream in self.streams
+        ]  # fmt: skip
+        while True:
+            replies = await round_trip(
+                self.client, commands, "reading the ledger", self.replication
+            )
+            failed = next((r for r in replies if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise RedisUnavailable(f"reading the ledger: {failed}")
+            reply = [
+                [stream, [(entry_id, _fields(raw)) for entry_id, raw in entries]]
+                for r in replies
+                if r
+                for stream, entries in (r.items() if isinstance(r, dict) else r)  # RESP3: a map
+            ]
+            left = deadline - loop.time()
+            if any(item[1] for item in reply) or left <= 0 or self._stop:
+                return reply
+            await asyncio.sleep(min(left, CLUSTER_POLL_S))
 
     async def drain_own_pending(self) -> int:
         """Entries this consumer read before a crash or restart and never acknowledged."""
         written = 0
         while True:
             with redis_errors("reading pending ledger entries"):
-                reply = await self.client.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    {stream: "0" for stream in self.streams},
-                    count=self.batch_entries,
-                )
+                reply = await self._read("0", None)
             pending: Any = reply or []
             if not any(item[1] for item in pending):
                 return written

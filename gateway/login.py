@@ -18,7 +18,7 @@ from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
-from aquafleet.gateway.redis_io import ScriptCall, Scripts, pack_command, round_trip
+from aquafleet.gateway.redis_io import ScriptCall, Scripts, round_trip
 from aquafleet.gateway.registry_cache import RegistryEntry, parse_registry_entry
 from aquafleet.protocol import DesiredState, ErrorCode, LoginRequested
 from aquafleet.protocol.crypto import derive_device_key
@@ -114,10 +114,7 @@ class LoginBatcher:
             return
         entries = await round_trip(
             self.client,
-            [
-                pack_command(b"HGET", self.keyspace.registry(shard), did)
-                for _, did, shard in lookups
-            ],
+            [(b"HGET", self.keyspace.registry(shard), did) for _, did, shard in lookups],
             "looking devices up",
         )
         failed = next((e for e in entries if isinstance(e, Exception)), None)
@@ -169,7 +166,7 @@ class LoginBatcher:
     async def _claim(self, verified: list[_Verified]) -> None:
         now = time.time()
         now_ms = int(now * 1000)
-        channel_prefix = self.keyspace.node_channel("")
+        channel_prefix = self.keyspace.script_channels
         node_id = self.presence_node
 
         calls: list[ScriptCall] = [

@@ -21,7 +21,7 @@ from aquafleet.gateway.errors import RedisUnavailable, ScriptFailed
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
-from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.gateway.redis_io import NO_WAIT, Replication, Scripts, mget_any, redis_errors
 from aquafleet.protocol import AckCode
 from aquafleet.protocol.message_types import Record
 
@@ -119,13 +119,14 @@ class MeterScript:
         self._prefix = [keyspace.shard_prefix(s) for s in keyspace.all_shards()]
         self._stream = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
         self._backlog = [keyspace.ledger_backlog(s) for s in keyspace.all_shards()]
-        self._channel_prefix = keyspace.node_channel("")
+        self._channel_prefix = keyspace.script_channels
 
     async def run(
         self,
         client: aioredis.Redis,
         rows: dict[int, list[tuple[str, Record]]],
         now_ms: int,
+        replication: Replication = NO_WAIT,
     ) -> dict[int, ShardOutcome]:
         pack = self._packer.pack
         calls = [
@@ -162,6 +163,7 @@ class MeterScript:
                 for shard, blob in calls
             ],
             "metering records",
+            replication,
         )  # fmt: skip
         outcomes = {}
         for (shard, _blob), reply in zip(calls, replies, strict=True):
@@ -183,8 +185,10 @@ class MeterBatcher:
         pause_pending: int,
         pause_backlog: int,
         coalesce_acks: bool = True,
+        replication: Replication = NO_WAIT,
     ) -> None:
         self.hub = hub
+        self.replication = replication  # WAIT for replicas before acking a round
         self.coalesce_acks = coalesce_acks
         self.client = client
         self.scripts = scripts
@@ -268,7 +272,9 @@ class MeterBatcher:
         }
         self.in_flight += len(batch)
         try:
-            outcomes = await self.script.run(self.client, rows, int(time.time() * 1000))
+            outcomes = await self.script.run(
+                self.client, rows, int(time.time() * 1000), self.replication
+            )
         finally:
             self.in_flight -= len(batch)
         self._ack(by_shard, outcomes)
@@ -332,7 +338,7 @@ class MeterBatcher:
     async def total_backlog(self) -> int:
         """Records in the ledger streams not yet in the database (all shards)."""
         with redis_errors("reading the ledger backlog"):
-            values = await self.client.mget(self._backlog_key)
+            values = await mget_any(self.client, self._backlog_key)
         self._shard_backlog = [int(v or 0) for v in values]
         return sum(self._shard_backlog)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -32,6 +33,7 @@ from aquafleet.gateway.appkeys import (
 )
 from aquafleet.gateway.command_sender import CommandIds, CommandSender
 from aquafleet.gateway.commands import CommandEvents, CommandService
+from aquafleet.gateway.config import Settings
 from aquafleet.gateway.embedded_redis import embedded_redis
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.facade import DeviceGateway
@@ -50,7 +52,7 @@ from aquafleet.gateway.node_bus import (
     RoutedCommand,
 )
 from aquafleet.gateway.presence import Presence, presence_ttl_ms
-from aquafleet.gateway.redis_io import Scripts, open_redis
+from aquafleet.gateway.redis_io import Replication, Scripts, open_redis
 from aquafleet.gateway.registry_cache import RegistrySync
 from aquafleet.gateway.rental import RentalScheduler
 from aquafleet.gateway.service_state import ServiceStore
@@ -60,6 +62,7 @@ from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
+from aquafleet.models.usage import LedgerPruner
 from aquafleet.protocol import ErrorCode
 
 log = get_logger("aquafleet.node")
@@ -86,7 +89,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await scripts.load(client)
         app[REDIS] = client
         app[SCRIPTS] = scripts
-        app[KEYSPACE] = Keyspace(settings.redis_prefix, settings.redis_shards)
+        app[KEYSPACE] = Keyspace.for_url(
+            settings.redis_prefix, settings.redis_shards, settings.redis_url
+        )
         yield
 
 
@@ -131,6 +136,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         claim_idle_ms=settings.ledger_claim_idle_s * 1000,
         maintenance=MaintenanceWatch(settings.filter_threshold_pct),
         faults=FaultWatch(),
+        replication=replication_of(settings),
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)
@@ -180,6 +186,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         pause_pending=settings.pending_pause_records,
         pause_backlog=settings.backlog_pause_records,
         coalesce_acks=settings.coalesce_acks,
+        replication=replication_of(settings),
     )
     logins = hub.logins = LoginBatcher(
         hub=hub,
@@ -208,7 +215,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         client=client, scripts=scripts, keyspace=keyspace, ids=command_ids,
         node_id=hub.node_id, metrics=metrics,
     )  # fmt: skip
-    bus = node_bus(app, keyspace.node_channel(hub.node_id), hub, sender, commands)
+    bus = node_bus(app, keyspace.node_channels(hub.node_id), hub, sender, commands)
     app[COMMANDS] = commands
     app[COMMAND_SENDER] = sender
     app[HUB] = hub
@@ -256,10 +263,15 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def node_bus(
-    app: web.Application, channel: str, hub: Hub, sender: CommandSender, commands: CommandService
+    app: web.Application,
+    channels: list[str],
+    hub: Hub,
+    sender: CommandSender,
+    commands: CommandService,
 ) -> NodeBus:
-    """A bus on `channel` whose messages reach the parts of this node that act on them."""
-    bus = NodeBus(app[REDIS], channel, app[METRICS])
+    """A bus on `channels` whose messages reach the parts of this node that act on them."""
+    sharded = app[KEYSPACE].sharded_pubsub
+    bus = NodeBus(app[REDIS], channels, app[METRICS], sharded=sharded)
     bus.subscribe(Kick, lambda m: kick_here(hub, m))
     bus.subscribe(DesiredStateChanged, lambda message: sender.push(message.did, message.desired))
     bus.subscribe(RoutedCommand, lambda message: sender.routed(message.did, message.command))
@@ -310,6 +322,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.rental_scheduler:
         yield
         return
+    pruner = LedgerPruner(settings.ledger_retention_days)
     scheduler = RentalScheduler(
         client=app[REDIS],
         scripts=app[SCRIPTS],
@@ -322,7 +335,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
         on_expired=record_rental_expired,
-        sweep=lambda: sweep_deadlines(app),
+        sweep=lambda: sweep_deadlines(app, pruner),
     )
     app[RENTAL_SCHEDULER] = scheduler
     app[TASKS].start("rental-scheduler", scheduler.run)
@@ -334,10 +347,13 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("rental_lease_release_failed", error=str(exc))
 
 
-async def sweep_deadlines(app: web.Application) -> int:
-    """Each second on the scheduler's owner: vending sessions and commands past their deadline."""
+async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:
+    """Each second on the scheduler's owner: vending sessions and commands past their deadline
+    (and, hourly, raw ledger rows past their retention)."""
     from aquafleet.models.vending import expire_dispenses
 
+    if pruner is not None and (pruned := await pruner.maybe_prune(dt.datetime.now(dt.UTC))):
+        log.info("ledger_pruned", records=pruned)
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)
     if commands is not None:
@@ -366,7 +382,7 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     runners = bridge.tasks()
     # The bridges' devices share one presence name: each bridge follows its channel too.
     shared = node_bus(
-        app, app[KEYSPACE].node_channel(MQTT_NODE), app[HUB], app[COMMAND_SENDER], app[COMMANDS]
+        app, app[KEYSPACE].node_channels(MQTT_NODE), app[HUB], app[COMMAND_SENDER], app[COMMANDS]
     )
     runners["mqtt-node-bus"] = shared.run
     for name, runner in runners.items():
@@ -399,6 +415,11 @@ async def shutdown_gateway(app: web.Application) -> None:
     if not await _within(CLOSE_GRACE_S, hub.presence.flushed()):
         log.warning("presence_release_unfinished")
     await _within(CLOSE_GRACE_S, server.wait_closed())
+
+
+def replication_of(settings: Settings) -> Replication:
+    """What a metering round and a ledger read wait for (docs/deploy.md: what an ack promises)."""
+    return Replication(settings.redis_ack_replicas, settings.redis_ack_timeout_ms)
 
 
 async def _within(seconds: float, awaitable: Awaitable[object]) -> bool:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from aquafleet.gateway.commands import CommandRecord, record_from_hash
@@ -40,6 +41,7 @@ log = get_logger("aquafleet.node_bus")
 
 RECONNECT_S = 1.0
 POLL_S = 5.0
+SHARDED_POLL_S = 0.05
 
 # A kick's verb: the close code and reason the device is told (and the offline reason shown).
 KICK_CODES: dict[str, tuple[ErrorCode, str]] = {
@@ -191,9 +193,18 @@ class NodeBus:
     Subscribers run in the listener's task, one message at a time, and must not block: each
     does a little local work (close a connection, queue a command, wake a waiter)."""
 
-    def __init__(self, client: aioredis.Redis, channel: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str | list[str],
+        metrics: Metrics,
+        *,
+        sharded: bool = False,
+    ) -> None:
         self.client = client
-        self.channel = channel
+        self.channels = [channel] if isinstance(channel, str) else channel
+        self.channel = self.channels[0]
+        self.sharded = sharded  # SSUBSCRIBE (Redis Cluster: one channel per shard)
         self.metrics = metrics
         self._handlers: dict[type, Callable[[Any], object]] = {}
 
@@ -223,13 +234,37 @@ class NodeBus:
 
     async def run(self) -> None:
         """Follow the channel until cancelled, resubscribing after a Redis failure."""
+        if self.sharded:
+            await self._run_sharded()
+            return
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(*self.channels)
                 while True:
                     message = await pubsub.get_message(timeout=POLL_S)
                     if message is not None:
+                        self.dispatch(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("node_bus_reconnecting", channel=self.channel, error=str(exc))
+                await asyncio.sleep(RECONNECT_S)
+            finally:
+                await pubsub.aclose()
+
+    async def _run_sharded(self) -> None:
+        """The cluster's sharded channels: redis-py's cluster pub/sub keeps one connection per
+        master holding them and moves a channel to its slot's new master after a failover.
+        Its wait is split over the masters it polls, so it is kept short (SHARDED_POLL_S)."""
+        cluster = cast(RedisCluster, self.client)
+        while True:
+            pubsub = cluster.pubsub()
+            try:
+                await pubsub.ssubscribe(*self.channels)
+                while True:
+                    message = await pubsub.get_sharded_message(
+                        ignore_subscribe_messages=True, timeout=SHARDED_POLL_S
+                    )
+                    if message is not None and message.get("type") == "smessage":
                         self.dispatch(message["data"])
             except (RedisError, OSError) as exc:
                 log.warning("node_bus_reconnecting", channel=self.channel, error=str(exc))

@@ -87,7 +87,8 @@ async def kick_everywhere(
         pipe = client.pipeline(transaction=False)
         for did, node in zip(dids, nodes, strict=True):
             if node is not None:
-                pipe.publish(keyspace.node_channel(node.decode()), f"{verb} {did} *")
+                command, channel = keyspace.device_node_channel(did, node.decode())
+                pipe.execute_command(command, channel, f"{verb} {did} *")
                 kicked += 1
         await pipe.execute()
     return kicked

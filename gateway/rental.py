@@ -146,7 +146,7 @@ class RentalScheduler:
             return
         now_ms = int(now * 1000)
         keyspace = self.keyspace
-        channel = keyspace.node_channel("")
+        channel = keyspace.script_channels
         calls = [
             (
                 "service",

@@ -89,7 +89,7 @@ class ServiceStore:
         self.client = client
         self.scripts = scripts
         self.keyspace = keyspace
-        self._channel_prefix = keyspace.node_channel("")
+        self._channel_prefix = keyspace.script_channels
 
     async def change(
         self,

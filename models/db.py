@@ -30,6 +30,7 @@ MODEL_MODULES = [
     "aquafleet.models.products",
     "aquafleet.models.orders",
     "aquafleet.models.money",
+    "aquafleet.models.commissions",
     "aquafleet.models.technicians",
     "aquafleet.models.ticket_flow",
     "aquafleet.models.outbox",

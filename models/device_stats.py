@@ -1,8 +1,10 @@
 """A device's statistics from the usage ledger: water per UTC day over the last 30 days (today,
 7 and 30 days), pours, and the uptime of its current connection.
 
-One aggregate query per call, grouped by UTC day of `received_at` (when the platform metered the
-record: a device clock can be wrong, and a resent record belongs to the day it was counted).
+One query per call, by UTC day of `received_at` (when the platform metered the record: a device
+clock can be wrong, and a resent record belongs to the day it was counted): on PostgreSQL it
+reads the per-day rollups (usage_daily, kept when raw records are pruned), on SQLite it adds up
+the ledger's rows.
 `dispense_count` counts the ledger's `dispense_done` events in the same 30 days: one per pour the
 device reported, deduplicated like every record, whatever started it (a vending session, a
 remote `dispense` command); vending sessions would miss the others and count failed ones.
@@ -28,11 +30,10 @@ _SQLITE_DAILY = (
     "FROM usage_record WHERE did = ? AND date(received_at) BETWEEN ? AND ? "
     "GROUP BY date(received_at)"
 )
+# PostgreSQL: the per-day rollups the ledger writer keeps (usage_daily), at most 30 rows by
+# their unique (did, day) index, however many records the device sends or how old its ledger.
 _PG_DAILY = (
-    "SELECT (received_at AT TIME ZONE 'UTC')::date AS day, SUM(delta_ml)::bigint AS water_ml, "
-    "COUNT(*) FILTER (WHERE kind = $1 AND event_kind = $2) AS dispenses "
-    "FROM usage_record WHERE did = $3 AND received_at >= $4 AND received_at < $5 "
-    "GROUP BY 1"
+    "SELECT day, water_ml, dispenses FROM usage_daily WHERE did = $1 AND day BETWEEN $2 AND $3"
 )
 
 
@@ -91,11 +92,7 @@ async def _daily_rows(did: str, first: dt.date, today: dt.date) -> list[tuple[dt
 
     kind, dispense_done = int(RecordKind.EVENT), int(EventKind.DISPENSE_DONE)
     if dialect() == "postgres":
-        start = dt.datetime.combine(first, dt.time(), dt.UTC)
-        end = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
-        rows = await connection().execute_query_dict(
-            _PG_DAILY, [kind, dispense_done, did, start, end]
-        )
+        rows = await connection().execute_query_dict(_PG_DAILY, [did, first, today])
     else:
         rows = await connection().execute_query_dict(
             _SQLITE_DAILY, [kind, dispense_done, did, first.isoformat(), today.isoformat()]

@@ -434,6 +434,9 @@ async def settle_refund(refund_no: str, *, channel: str, channel_refund_id: str 
             state=RefundState.SUCCEEDED, channel=channel,
             channel_refund_id=channel_refund_id[:64], updated_at=dt.datetime.now(dt.UTC),
         )  # fmt: skip
+        from aquafleet.models.commissions import settle_order
+
+        await settle_order(refund.order_oid)  # the commission on what went back is reversed
     await refund.refresh_from_db()
     return refund
 

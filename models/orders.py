@@ -443,9 +443,21 @@ async def fire(
             created_at=now,
         )  # fmt: skip
         await Order.filter(id=current.id).update(**changes)
+        if target in COMMISSION_STATES:
+            await _settle_commissions(current.oid, now)
         await enqueue_order_event(conn, current, event.value)  # 消息推送, in this transaction
     await order.refresh_from_db()
     return order
+
+
+# Paid: the commission split is computed; done: it becomes available (models/commissions.py).
+COMMISSION_STATES = frozenset({OrderState.PAID, OrderState.DONE})
+
+
+async def _settle_commissions(oid: str, now: dt.datetime) -> None:
+    from aquafleet.models.commissions import settle_order
+
+    await settle_order(oid, now=now)
 
 
 async def mark_paid(

@@ -101,6 +101,7 @@ class Product(Model):
     rent_packages: list[dict[str, Any]] = fields.JSONField(default=list)
     commis_enabled = fields.BooleanField(default=False)
     commis_config: list[int] = fields.JSONField(default=list)
+    commis_renewal = fields.BooleanField(default=True)  # renewals (order type 3) earn too
     specification: dict[str, Any] = fields.JSONField(default=dict)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
@@ -376,7 +377,11 @@ def snapshot(product: Product) -> dict[str, Any]:
         "maintain": product.maintain,
         "maintain_cost": product.maintain_cost_fen,
         "rent": {"deposit": product.deposit_fen, "config": list(product.rent_packages)},
-        "commis": {"enabled": product.commis_enabled, "config": list(product.commis_config)},
+        "commis": {
+            "enabled": product.commis_enabled,
+            "config": list(product.commis_config),
+            "renewal": product.commis_renewal,
+        },
         "specification": dict(product.specification),
         "updated_at": product.updated_at.astimezone(dt.UTC).isoformat(),
     }

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 from tortoise import fields
 from tortoise.models import Model
 
+from aquafleet.protocol import EventKind
+
 
 class RecordKind(IntEnum):
     TELEMETRY = 0x20
@@ -35,6 +37,26 @@ class UsageRecord(Model):
     class Meta:
         table = "usage_record"
         unique_together = (("did", "boot", "rec"),)
+
+
+class UsageDaily(Model):
+    """One device's ledger per UTC day (of `received_at`): what device statistics read, kept
+    for good while raw records are pruned after `ledger_retention_days`. Written by the ledger
+    writer on PostgreSQL in the transaction of the rows it adds up (only rows new to the
+    ledger count, so a replayed batch adds nothing)."""
+
+    id = fields.BigIntField(primary_key=True)
+    did = fields.CharField(max_length=16)
+    day = fields.DateField()
+    water_ml = fields.BigIntField(default=0)
+    dispenses = fields.IntField(default=0, description="dispense_done events (pours)")
+    records = fields.IntField(default=0)
+    first_at = fields.DatetimeField(description="first record received that day")
+    last_at = fields.DatetimeField(description="last record received that day")
+
+    class Meta:
+        table = "usage_daily"
+        unique_together = (("did", "day"),)
 
 
 class DeviceSnapshot(Model):
@@ -127,6 +149,32 @@ PG_INSERT_USAGE = (
     "$5::smallint[], $6::bigint[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[]) "
     "ON CONFLICT (did, boot, rec) DO NOTHING"
 )
+# The new rows (a replay inserts none) added to their devices' days in the same statement;
+# ordered by (did, day) so concurrent writers lock rollup rows in one order (no deadlock).
+PG_INSERT_USAGE_AND_ROLLUP = (
+    f"WITH new AS ({PG_INSERT_USAGE} RETURNING did, received_at, delta_ml, kind, event_kind) "
+    "INSERT INTO usage_daily (did, day, water_ml, dispenses, records, first_at, last_at) "
+    "SELECT did, (received_at AT TIME ZONE 'UTC')::date, SUM(delta_ml), "
+    f"COUNT(*) FILTER (WHERE kind = {int(RecordKind.EVENT)} AND event_kind = $11), COUNT(*), "
+    "MIN(received_at), MAX(received_at) FROM new GROUP BY 1, 2 ORDER BY 1, 2 "
+    "ON CONFLICT (did, day) DO UPDATE SET water_ml = usage_daily.water_ml + excluded.water_ml, "
+    "dispenses = usage_daily.dispenses + excluded.dispenses, "
+    "records = usage_daily.records + excluded.records, "
+    "first_at = LEAST(usage_daily.first_at, excluded.first_at), "
+    "last_at = GREATEST(usage_daily.last_at, excluded.last_at)"
+)
+# The writer's path: COPY the batch into a per-connection temporary table, then the statement
+# above fed from it (COPY measured 2-14% faster than the unnest arrays: docs/benchmarks.md).
+PG_CREATE_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS ledger_stage (LIKE usage_record INCLUDING DEFAULTS) "
+    "ON COMMIT DELETE ROWS"
+)
+_UNNEST = PG_INSERT_USAGE[
+    PG_INSERT_USAGE.index("SELECT * FROM unnest") : PG_INSERT_USAGE.index(" ON CONFLICT")
+]
+PG_INSERT_STAGED_AND_ROLLUP = PG_INSERT_USAGE_AND_ROLLUP.replace(
+    _UNNEST, f"SELECT {_USAGE_COLUMNS} FROM ledger_stage"
+).replace("$11", "$1")
 PG_UPSERT_SNAPSHOT = (
     f"INSERT INTO device_snapshot ({_SNAPSHOT_COLUMNS}) "
     "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::bigint[], "
@@ -213,9 +261,12 @@ async def store_ledger_batch(
     async with in_transaction("default") as conn:
         if dialect() == "postgres":
             if usage:
-                await conn.execute_query(
-                    PG_INSERT_USAGE, [list(col) for col in zip(*usage, strict=True)]
-                )
+                async with conn.acquire_connection() as raw:
+                    await raw.execute(PG_CREATE_STAGE)
+                    await raw.copy_records_to_table(
+                        "ledger_stage", records=usage, columns=UsageRow._fields
+                    )
+                    await raw.execute(PG_INSERT_STAGED_AND_ROLLUP, int(EventKind.DISPENSE_DONE))
             if snapshots:
                 columns = [list(col) for col in zip(*snapshots, strict=True)]
                 filters = columns[_SNAPSHOT_FILTERS]
@@ -306,3 +357,59 @@ async def metered_ml_by_device(dids: list[str], min_boot: int = 0) -> dict[str, 
         for did, total in rows:
             totals[did] = int(total or 0)
     return totals
+
+
+# ----------------------------------------------------------------------------- retention
+
+PRUNE_BATCH = 50_000  # rows per DELETE: short transactions beside the live ledger writer
+
+
+async def _received_at_of_first(from_id: int) -> dt.datetime | None:
+    row = await UsageRecord.filter(id__gte=from_id).order_by("id").first().only("received_at")
+    return None if row is None else row.received_at
+
+
+async def prune_usage_records(cutoff: dt.datetime, *, max_rows: int = 1_000_000) -> int:
+    """Delete raw ledger rows received before `cutoff`, oldest first, at most `max_rows` in
+    one call; returns how many. The per-day rollups (usage_daily) stay.
+
+    Ids grow with the time rows are written, so the rows to go are an id range found by a
+    binary search over the primary key (no index on received_at, no scan of the table).
+    """
+    first = await UsageRecord.all().order_by("id").first().only("id", "received_at")
+    if first is None or first.received_at >= cutoff:
+        return 0
+    last = await UsageRecord.all().order_by("-id").first().only("id")
+    assert last is not None
+    low, high = first.id, last.id + 1  # the first id received at or after cutoff is in here
+    while low < high:
+        middle = (low + high) // 2
+        at = await _received_at_of_first(middle)
+        if at is not None and at < cutoff:
+            low = middle + 1
+        else:
+            high = middle
+    deleted = 0
+    start = first.id
+    while start < low and deleted < max_rows:
+        end = min(low, start + PRUNE_BATCH, start + max_rows - deleted)
+        deleted += await UsageRecord.filter(id__gte=start, id__lt=end).delete()
+        start = end
+    return deleted
+
+
+class LedgerPruner:
+    """Prunes raw ledger rows past the retention, at most once per PRUNE_EVERY_S (run by the
+    scheduler's owner: one per cluster)."""
+
+    PRUNE_EVERY_S = 3600
+
+    def __init__(self, retention_days: int) -> None:
+        self.retention = dt.timedelta(days=retention_days)
+        self.next_at = 0.0
+
+    async def maybe_prune(self, now: dt.datetime) -> int:
+        if not self.retention or now.timestamp() < self.next_at:
+            return 0
+        self.next_at = now.timestamp() + self.PRUNE_EVERY_S
+        return await prune_usage_records(now - self.retention)

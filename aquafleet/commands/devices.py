@@ -24,7 +24,11 @@ async def push_registry(settings: Settings, entries: list[tuple[str, int, int]])
     if client is None:
         return False
     try:
-        await write_entries(client, Keyspace(settings.redis_prefix, settings.redis_shards), entries)
+        await write_entries(
+            client,
+            Keyspace.for_url(settings.redis_prefix, settings.redis_shards, settings.redis_url),
+            entries,
+        )
     finally:
         await client.aclose()
     return True
@@ -93,7 +97,9 @@ def cmd_state(args: argparse.Namespace) -> int:
         client = await redis_for_commands(settings)
         if client is not None and device.state not in LOGIN_ALLOWED:
             try:
-                keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+                keyspace = Keyspace.for_url(
+                    settings.redis_prefix, settings.redis_shards, settings.redis_url
+                )
                 await kick_everywhere(client, keyspace, [device.did])
             finally:
                 await client.aclose()

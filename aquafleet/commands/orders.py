@@ -109,7 +109,9 @@ def cmd_mark_paid(args: argparse.Namespace) -> int:
             if client is not None:
                 scripts = Scripts()
                 await scripts.load(client)
-                keyspace = Keyspace(settings.redis_prefix, settings.redis_shards)
+                keyspace = Keyspace.for_url(
+                    settings.redis_prefix, settings.redis_shards, settings.redis_url
+                )
                 store = ServiceStore(client, scripts, keyspace)
                 actor = f"admin:{args.admin}"
 

@@ -203,7 +203,9 @@ def cmd_service(args: argparse.Namespace) -> int:
             scripts = Scripts()
             await scripts.load(client)
             store = ServiceStore(
-                client, scripts, Keyspace(settings.redis_prefix, settings.redis_shards)
+                client,
+                scripts,
+                Keyspace.for_url(settings.redis_prefix, settings.redis_shards, settings.redis_url),
             )
             items = []
             for did in dids:

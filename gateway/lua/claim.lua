@@ -10,6 +10,16 @@
 -- the session it replaces is closed there first: "replaced" when its presence was still held,
 -- and when its presence had expired without a release, "idle_timeout" if the same node claims
 -- again (it is alive: its release is on the way) or "node_lost", at its last seen + TTL.
+
+-- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
+-- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
+local function publish_node(channels, node, message)
+  if channels == '' then
+    local tag = string.match(KEYS[1], '^(.-{%d+}:)')
+    return redis.call('SPUBLISH', tag .. 'node:' .. node, message)
+  end
+  return redis.call('PUBLISH', channels .. node, message)
+end
 local LAST_TTL_MS = 7776000000  -- 90 days (gateway/keys.py LAST_SESSION_TTL_MS)
 local did = ARGV[6]
 local last = string.sub(KEYS[1], 1, #KEYS[1] - #did - 2) .. 'l:' .. did
@@ -35,7 +45,7 @@ redis.call('HSET', last, 'node', ARGV[1], 'conn', ARGV[2], 'since', since, 'seen
   'ttl', ARGV[4])
 redis.call('PEXPIRE', last, LAST_TTL_MS)
 if old[1] and old[1] ~= ARGV[1] then
-  redis.call('PUBLISH', ARGV[5] .. old[1], 'kick ' .. ARGV[6] .. ' ' .. old[2])
+  publish_node(ARGV[5], old[1], 'kick ' .. ARGV[6] .. ' ' .. old[2])
 end
 local wm = {false, false}
 local meter = redis.call('GET', KEYS[2])  -- meter.lua's packed state: 1 b0, 2 w0

@@ -40,6 +40,16 @@
 -- latest cids (newest first, capped), cs:<did> hash {applied = highest desired version applied}.
 -- Per shard: cmd:due sorted set "<did> <cid>" -> deadline (ms) of open one-shot commands.
 
+-- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
+-- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
+local function publish_node(channels, node, message)
+  if channels == '' then
+    local tag = string.match(KEYS[1], '^(.-{%d+}:)')
+    return redis.call('SPUBLISH', tag .. 'node:' .. node, message)
+  end
+  return redis.call('PUBLISH', channels .. node, message)
+end
+
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 local shard = ARGV[3]
@@ -71,7 +81,7 @@ local function finish(key, d, cid, state, fields)
     -- The whole record rides along (msgpack of the flat field list): the waiter answers
     -- without reading it back.
     local record = cmsgpack.pack(redis.call('HGETALL', key))
-    redis.call('PUBLISH', channels .. origin, 'res ' .. d .. ' ' .. cid .. ' ' .. record)
+    publish_node(channels, origin, 'res ' .. d .. ' ' .. cid .. ' ' .. record)
   end
 end
 
@@ -105,7 +115,7 @@ if op == 'create' then
     return {'failed', false}
   end
   local message = 'cmd ' .. did .. ' ' .. cid .. ' ' .. cmd_op .. ' ' .. exp .. ' ' .. args
-  if redis.call('PUBLISH', channels .. node, message) == 0 then
+  if publish_node(channels, node, message) == 0 then
     -- Its node is gone (the presence outlives a crashed node by at most the idle timeout).
     redis.call('HSET', key, 'state', 'failed', 'error', 'device_offline', 'done', now,
       'node', node)
@@ -200,7 +210,7 @@ if op == 'reroute' or op == 'resend' then
     return {1}
   end
   local message = 'cmd ' .. did .. ' ' .. cid .. ' ' .. c[2] .. ' ' .. c[4] .. ' ' .. c[3] .. ' dup'
-  if redis.call('PUBLISH', channels .. node, message) == 0 then return {0} end
+  if publish_node(channels, node, message) == 0 then return {0} end
   redis.call('HSET', key, 'node', node, 'to', to)
   return {1}
 end

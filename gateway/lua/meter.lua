@@ -38,6 +38,16 @@
 -- reading seen in each epoch (a counter counts from 0 in its epoch). It does not depend on the
 -- order readings arrive in, so resends, reordering and late records never count twice.
 
+-- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
+-- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
+local function publish_node(channels, node, message)
+  if channels == '' then
+    local tag = string.match(KEYS[1], '^(.-{%d+}:)')
+    return redis.call('SPUBLISH', tag .. 'node:' .. node, message)
+  end
+  return redis.call('PUBLISH', channels .. node, message)
+end
+
 local prefix = ARGV[1]
 local records = cmsgpack.unpack(ARGV[2])
 local now_ms = tonumber(ARGV[3])
@@ -198,7 +208,7 @@ local function push(st)
     local rm, rx = '-', '-'
     if st.rm then rm = st.rm end
     if st.rx then rx = st.rx end
-    redis.call('PUBLISH', ARGV[6] .. node,
+    publish_node(ARGV[6], node,
       'state ' .. st.did .. ' ' .. st.ver .. ' ' .. lock .. ' ' .. rm .. ' ' .. rx)
   end
 end

@@ -20,6 +20,16 @@
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
+-- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
+-- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
+local function publish_node(channels, node, message)
+  if channels == '' then
+    local tag = string.match(KEYS[1], '^(.-{%d+}:)')
+    return redis.call('SPUBLISH', tag .. 'node:' .. node, message)
+  end
+  return redis.call('PUBLISH', channels .. node, message)
+end
+
 local op = ARGV[1]
 local request = KEYS[6]
 local now_ms = tonumber(ARGV[2])
@@ -113,7 +123,7 @@ if node then
   local srm, srx = '-', '-'
   if rm then srm = rm end
   if rx then srx = rx end
-  redis.call('PUBLISH', ARGV[3] .. node,
+  publish_node(ARGV[3], node,
     'state ' .. ARGV[4] .. ' ' .. ver .. ' ' .. lock .. ' ' .. srm .. ' ' .. srx)
 end
 return answer(1)

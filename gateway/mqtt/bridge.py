@@ -488,7 +488,6 @@ class MqttBridge:
     async def run_announce(self) -> None:
         """Tell every bridge what concerns them all: devices that went offline (forget their
         sessions; the shared presence channel) and devices' answers to commands."""
-        forget_channel = self.keyspace.node_channel(MQTT_NODE)
         while True:
             await self._announce_wake.wait()
             self._announce_wake.clear()
@@ -501,7 +500,8 @@ class MqttBridge:
                     with redis_errors("telling the bridges"):
                         pipe = self.redis.pipeline(transaction=False)
                         for did in forget:
-                            pipe.publish(forget_channel, f"kick {did} {MQTT_CONN_ID}")
+                            command, channel = self.keyspace.device_node_channel(did, MQTT_NODE)
+                            pipe.execute_command(command, channel, f"kick {did} {MQTT_CONN_ID}")
                         for did, answer in answers:
                             pipe.publish(
                                 self.answers_channel, pack_answer(self.client_id, did, answer)

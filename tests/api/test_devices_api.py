@@ -20,7 +20,7 @@ from aquafleet.models.devices import Device, DeviceShare, DeviceState
 from aquafleet.models.ids import device_id, is_valid_device_id
 from aquafleet.models.members import Member, MemberState, member_uid
 from aquafleet.models.tenancy import Principal, Role
-from aquafleet.models.usage import RecordKind, UsageRecord
+from aquafleet.models.usage import RecordKind, UsageRecord, UsageRow, store_ledger_batch
 from aquafleet.protocol import ErrorCode, FilterReading
 from aquafleet.protocol.crypto import derive_device_key
 from tests.api.conftest import ApiClient, Tenant
@@ -754,12 +754,14 @@ async def test_statistics(api: ApiClient, tenants: tuple[Tenant, Tenant], api_no
     a, _ = tenants
     did = await one_device(api, a.vid)
     now = dt.datetime.now(dt.UTC)
-    await UsageRecord.bulk_create(
+    await store_ledger_batch(  # as the ledger writer stores them (rollups included)
         [
-            UsageRecord(did=did, boot=1, rec=rec, kind=RecordKind.TELEMETRY, device_ts=0,
-                        received_at=now - dt.timedelta(days=days), delta_ml=ml)
+            UsageRow(did, 1, rec, int(RecordKind.TELEMETRY), 0, 0,
+                     now - dt.timedelta(days=days), ml, None, None)
             for rec, (days, ml) in enumerate([(0, 300), (3, 200), (20, 100), (40, 50)], 1)
-        ]
+        ],
+        [],
+        [],
     )  # fmt: skip
     answer = await a.vendor.call("GET", f"/devices/{did}/statistics")
     assert answer.status == 200, answer

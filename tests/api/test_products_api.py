@@ -24,6 +24,8 @@ async def test_a_product_keeps_every_field_of_the_seeds_example(
     # A package answers both units; the one it does not buy is null.
     packages = [{**p, "ml": None} for p in SEED_PRODUCT["rent"]["config"]]
     expected["rent"] = {**SEED_PRODUCT["rent"], "config": packages}
+    # Renewals earn commission unless the product says otherwise (docs/commissions.md).
+    expected["commis"] = {**SEED_PRODUCT["commis"], "renewal": True}
     assert {k: read[k] for k in expected} == expected
     assert (read["prod_id"], read["vid"]) == (pid, a.vid)
     assert read["create_tms"].endswith("Z") and read["update_tms"].endswith("Z")

@@ -51,6 +51,7 @@ class PouringDevice:
     in_flight: dict[int, int] = field(default_factory=dict)  # seq -> rec, this connection
     duplicates_acked: int = 0
     reconnects: int = 0
+    stop_pouring_at: float | None = None  # set: overrides the deadline given (set later on)
 
     def pour(self) -> Telemetry:
         self.rec += 1
@@ -71,8 +72,12 @@ class PouringDevice:
         for rec in sorted(self.unacked):
             seq = await device.send(self.unacked[rec], dup=True)
             self.in_flight[seq] = rec
-        while time.monotonic() < pour_until or self.unacked:
-            while time.monotonic() < pour_until and len(self.in_flight) < WINDOW:
+
+        def until() -> float:
+            return pour_until if self.stop_pouring_at is None else self.stop_pouring_at
+
+        while time.monotonic() < until() or self.unacked:
+            while time.monotonic() < until() and len(self.in_flight) < WINDOW:
                 record = self.pour()
                 self.in_flight[await device.send(record)] = record.rec
             ack = await device.wait_for(Ack, timeout=3)

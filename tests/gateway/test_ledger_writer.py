@@ -102,9 +102,13 @@ async def ledger_state(client: aioredis.Redis, keyspace: Keyspace) -> tuple[int,
 
 
 async def read_as(client: aioredis.Redis, keyspace: Keyspace, consumer: str) -> Any:
-    """XREADGROUP as a writer named `consumer` would, without ever acknowledging."""
-    streams = {keyspace.ledger_stream(s): ">" for s in keyspace.all_shards()}
-    return await client.xreadgroup(GROUP, consumer, streams, count=100)
+    """XREADGROUP as a writer named `consumer` would, without ever acknowledging (a stream at a
+    time: on a Redis Cluster the shards' streams sit in different slots)."""
+    reply = []
+    for shard in keyspace.all_shards():
+        streams = {keyspace.ledger_stream(shard): ">"}
+        reply += await client.xreadgroup(GROUP, consumer, streams, count=100) or []
+    return reply
 
 
 def is_utc(value: dt.datetime) -> bool:

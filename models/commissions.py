@@ -1,0 +1,838 @@
+"""Commissions (佣金管理, seed section 七; 三级分销): who earns what from a paid order, when it may
+be withdrawn, and how a refund takes it back (docs/commissions.md).
+
+Every fen moves through the money ledger (models/money.py), never through a second one:
+
+- paying an order computes its split once (`commission_split` + one `commission` row per
+  level) and moves the commission out of the order's goods (then rent) part into each earner's
+  `commission:{earner}:pending` (key `commission:{oid}`);
+- the order becoming done moves it to `...:available`, paying the earner's debt first (key
+  `commission-available:{oid}`);
+- a succeeded refund of the order reverses each level in proportion (key
+  `commission-reversal:{refund_no}`): from pending, or from available, and what the earner
+  already withdrew becomes `...:debt`;
+- a withdrawal moves available to `...:payout` (key `withdrawal:{id}`), then out of the vendor's
+  channel when paid, or back to available when it failed.
+
+`settle_order(oid)` brings an order's commissions in line with its state and its refunds, once:
+it is called from the order's moves (models/orders.py `fire`) and from `settle_refund`, inside
+their transactions, and by `aquafleet commissions settle` for anything an interrupted node left.
+Every step is keyed, so running it again, or on two nodes at once, changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, Protocol
+
+from tortoise import fields
+from tortoise.functions import Sum
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.agents import Agent, AgentState, path_ids
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.money import (
+    Guard,
+    Leg,
+    MoneyAccount,
+    MoneyEntry,
+    MoneyTransaction,
+    Part,
+    Refund,
+    RefundState,
+    Side,
+    balance,
+    channel_account,
+    order_account,
+    post,
+    side_balance,
+)
+from aquafleet.models.ratelimit import RateLimited
+from aquafleet.models.tenancy import Principal, Role
+
+MAX_LEVELS = 3
+DEFAULT_LEVELS = 3  # the vendor option `commission_levels` (AX-08) when unset
+WITHDRAWAL_INTERVAL = dt.timedelta(seconds=30)  # the seed: 间隔30秒以上 (for reconciliation)
+DEFAULT_MIN_WITHDRAWAL_FEN = 100
+MAX_REQUEST_ID = 64
+MAX_EARNER = 40
+MAX_REASON = 255
+
+
+class CommissionState(IntEnum):
+    PENDING = 1  # 待激活: the order can still be returned
+    AVAILABLE = 2  # 可用: the order is done
+    REVERSED = 3  # refunded in full (a partial refund keeps the state and fills `reversed_fen`)
+
+
+class WithdrawalState(IntEnum):
+    REQUESTED = 1
+    PAID = 2
+    FAILED = 3  # the money went back to available
+
+
+class Bucket(StrEnum):
+    """The accounts of one earner (docs/money.md)."""
+
+    PENDING = "pending"  # credit
+    AVAILABLE = "available"  # credit, guarded
+    PAYOUT = "payout"  # credit: withdrawals on their way
+    DEBT = "debt"  # debit, guarded: reversed after it was withdrawn
+
+
+def commission_account(earner: str, bucket: Bucket) -> str:
+    return f"commission:{earner}:{bucket.value}"
+
+
+def member_earner(uid: str) -> str:
+    return f"member:{uid}"
+
+
+def agent_earner(agent_id: int) -> str:
+    return f"agent:{agent_id}"
+
+
+def earner_of(principal: Principal) -> str | None:
+    """The earner a caller is: a member, an agent or a dealer; None for vendors and the
+    platform (they pay commissions, they earn none)."""
+    if principal.role is Role.MEMBER:
+        return member_earner(principal.subject)
+    if principal.role in (Role.AGENT, Role.DEALER) and principal.agent_path:
+        return agent_earner(path_ids(principal.agent_path)[-1])
+    return None
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class CommissionSplit(Model):
+    """One per paid order whose split was computed (even when it pays nobody): its presence
+    is what makes computing the split again do nothing."""
+
+    id = fields.BigIntField(primary_key=True)
+    order_oid = fields.CharField(max_length=24, unique=True)
+    vendor_code = fields.CharField(max_length=8)
+    base_fen = fields.BigIntField(description="the commissionable amount: goods and rent")
+    total_fen = fields.BigIntField(description="the levels together, at computation")
+    computed_at = fields.DatetimeField()
+
+    class Meta:
+        table = "commission_split"
+
+
+class Commission(Model):
+    """What one level earns from one order."""
+
+    id = fields.BigIntField(primary_key=True)
+    order_oid = fields.CharField(max_length=24)
+    vendor_code = fields.CharField(max_length=8)
+    level = fields.SmallIntField()
+    earner = fields.CharField(max_length=MAX_EARNER)
+    earner_path = fields.CharField(max_length=64, null=True, description="an agent earner's")
+    buyer_uid = fields.CharField(max_length=20)
+    base_fen = fields.BigIntField()
+    amount_fen = fields.BigIntField()
+    reversed_fen = fields.BigIntField(default=0)
+    state = fields.IntEnumField(CommissionState, default=CommissionState.PENDING)
+    created_at = fields.DatetimeField()
+    activated_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "commission"
+        unique_together = (("order_oid", "level"),)
+        indexes = (("earner", "created_at"), ("vendor_code", "created_at"), ("earner_path",))
+
+    @property
+    def kept_fen(self) -> int:
+        return int(self.amount_fen) - int(self.reversed_fen)
+
+
+class Withdrawal(Model):
+    """An earner's withdrawal of available commission (AE-03)."""
+
+    id = fields.BigIntField(primary_key=True)
+    vendor_code = fields.CharField(max_length=8)
+    earner = fields.CharField(max_length=MAX_EARNER)
+    earner_path = fields.CharField(max_length=64, null=True)
+    request_id = fields.CharField(max_length=MAX_REQUEST_ID)
+    amount_fen = fields.BigIntField()
+    state = fields.IntEnumField(WithdrawalState, default=WithdrawalState.REQUESTED)
+    channel = fields.CharField(max_length=16)
+    channel_ref = fields.CharField(max_length=64, default="")
+    reason = fields.CharField(max_length=MAX_REASON, default="")
+    requested_by = fields.CharField(max_length=64, default="")
+    settled_by = fields.CharField(max_length=64, default="")
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "commission_withdrawal"
+        unique_together = (("earner", "request_id"),)
+        indexes = (("earner", "created_at"), ("vendor_code", "state"))
+
+
+# ----------------------------------------------------------------------------- pure rules
+
+
+@dataclass(frozen=True, slots=True)
+class LineBase:
+    """One order line as commissions see it: its commissionable fen and its percents."""
+
+    base_fen: int
+    percents: Sequence[int]
+
+
+def line_base(
+    *, price_fen: int, quantity: int, snapshot: Mapping[str, Any], renewal: bool
+) -> LineBase:
+    """A line earns on its goods or rent (price x quantity: never freight, install fee or
+    deposit), when its product's `commis` (as bought) is enabled, and for a renewal only when
+    `commis.renewal` (default true)."""
+    commis = snapshot.get("commis") or {}
+    if not commis.get("enabled") or (renewal and not commis.get("renewal", True)):
+        return LineBase(0, ())
+    percents = [int(p) for p in commis.get("config") or []][:MAX_LEVELS]
+    return LineBase(int(price_fen) * int(quantity), percents)
+
+
+def split_levels(lines: Iterable[LineBase], levels: int) -> list[int]:
+    """Fen per level, rounded down once over the whole order:
+    level_i = floor(sum(base x percent_i) / 100). Each line's percents sum to at most 100, so
+    the levels together never exceed the commissionable amount."""
+    lines = list(lines)
+    out = []
+    for i in range(max(0, min(levels, MAX_LEVELS))):
+        exact = sum(
+            line.base_fen * (line.percents[i] if i < len(line.percents) else 0) for line in lines
+        )
+        out.append(exact // 100)
+    return out
+
+
+def kept_after_refunds(amount_fen: int, paid_fen: int, refunded_fen: int) -> int:
+    """What a level keeps once `refunded_fen` of the `paid_fen` went back: its share of what
+    remains paid, rounded down (so reversals never leave more than the proportion)."""
+    if paid_fen <= 0 or refunded_fen >= paid_fen:
+        return 0
+    return amount_fen * (paid_fen - max(0, refunded_fen)) // paid_fen
+
+
+def source_split(goods_fen: int, amount_fen: int) -> tuple[int, int]:
+    """Where `amount_fen` of commission comes from: the order's goods part first, then rent."""
+    from_goods = min(max(goods_fen, 0), amount_fen)
+    return from_goods, amount_fen - from_goods
+
+
+def part_legs(oid: str, goods_fen: int, before_fen: int, after_fen: int) -> list[Leg]:
+    """The order-part entries that take the order's commission from `before_fen` to
+    `after_fen`: a debit of its goods (then rent) part when it grows, a credit back when it
+    shrinks (rent first, then goods)."""
+    g0, r0 = source_split(goods_fen, before_fen)
+    g1, r1 = source_split(goods_fen, after_fen)
+    return [
+        Leg(order_account(oid, part), amount)
+        for part, amount in ((Part.GOODS, g1 - g0), (Part.RENT, r1 - r0))
+        if amount
+    ]
+
+
+# ----------------------------------------------------------------------------- settling an order
+
+
+@dataclass(frozen=True, slots=True)
+class Earner:
+    earner: str
+    path: str | None
+
+
+async def earners_of(order: Any, levels: int) -> list[Earner | None]:
+    """The chain of earners, level 1 first (docs/commissions.md): the buyer's referrer and its
+    referrers, then the buyer's agent node and that node's parent. One who cannot earn keeps
+    its place as None."""
+    chain: list[Earner | None] = []
+    uid: str | None = order.referrer_uid
+    seen: set[str] = {order.member_id}
+    while uid and len(chain) < levels and uid not in seen:
+        seen.add(uid)
+        member = await Member.get_or_none(uid=uid)
+        if member is None or member.vendor_id != order.vendor_id:
+            break
+        chain.append(Earner(member_earner(uid), None) if member.state in LOGIN_ALLOWED else None)
+        uid = member.referrer_id
+    node_id: int | None = order.agent_id
+    while node_id is not None and len(chain) < levels:
+        agent = await Agent.get_or_none(id=node_id)
+        if agent is None or agent.vendor_id != order.vendor_id:
+            break
+        able = agent.state != AgentState.DISABLED
+        chain.append(Earner(agent_earner(agent.id), agent.path) if able else None)
+        node_id = agent.parent_id
+    return chain
+
+
+async def _commission_levels(vendor_code: str) -> int:
+    from aquafleet.models.vendors import Vendor
+
+    vendor = await Vendor.get_or_none(code=vendor_code)
+    config = (vendor.config if vendor is not None else None) or {}
+    value = config.get("commission_levels", DEFAULT_LEVELS)
+    return max(0, min(int(value), MAX_LEVELS))
+
+
+async def settle_order(oid: str, *, now: dt.datetime | None = None) -> None:
+    """Bring the order's commissions in line with it, once: compute and post the split of a
+    paid order, reverse for each succeeded refund, make them available when the order is done.
+    The order row is locked meanwhile (two nodes settle it one after the other)."""
+    from aquafleet.models.orders import Order, OrderState
+
+    now = now or dt.datetime.now(dt.UTC)
+    async with in_transaction("default"):
+        order = await Order.filter(oid=oid).select_for_update().first()
+        if order is None or order.paid_at is None:
+            return
+        await _compute(order, now)
+        await _reverse(order, now)
+        if order.state is OrderState.DONE:
+            await _activate(order, now)
+
+
+async def _compute(order: Any, now: dt.datetime) -> None:
+    from aquafleet.models.orders import OrderKind, OrderLine
+
+    if await CommissionSplit.exists(order_oid=order.oid):
+        return
+    renewal = order.kind is OrderKind.RENEWAL
+    lines = [
+        line_base(
+            price_fen=line.price_fen,
+            quantity=line.quantity,
+            snapshot=line.snapshot,
+            renewal=renewal,
+        )
+        for line in await OrderLine.filter(order_id=order.id).order_by("position")
+    ]
+    base = sum(line.base_fen for line in lines)
+    levels = await _commission_levels(order.vendor_id)
+    amounts = split_levels(lines, levels)
+    earners = await earners_of(order, levels) if any(amounts) else []
+    rows = []
+    for level, amount in enumerate(amounts, start=1):
+        earner = earners[level - 1] if level <= len(earners) else None
+        if amount > 0 and earner is not None:
+            rows.append((level, earner, amount))
+    total = sum(amount for _level, _earner, amount in rows)
+    await CommissionSplit.create(
+        order_oid=order.oid, vendor_code=order.vendor_id, base_fen=base, total_fen=total,
+        computed_at=now,
+    )  # fmt: skip
+    for level, earner, amount in rows:
+        await Commission.create(
+            order_oid=order.oid, vendor_code=order.vendor_id, level=level, earner=earner.earner,
+            earner_path=earner.path, buyer_uid=order.member_id, base_fen=base,
+            amount_fen=amount, created_at=now, updated_at=now,
+        )  # fmt: skip
+    if total:
+        legs = part_legs(order.oid, order.goods_fen, 0, total) + [
+            Leg(commission_account(earner.earner, Bucket.PENDING), -amount)
+            for _level, earner, amount in rows
+        ]
+        await post(
+            f"commission:{order.oid}", kind="commission", vendor=order.vendor_id,
+            legs=legs, order_oid=order.oid, now=now,
+            memo=f"levels {', '.join(str(a) for a in amounts)} of {base}",
+        )  # fmt: skip
+
+
+async def lock_accounts(names: Iterable[str]) -> None:
+    """Lock the guarded accounts' rows (as `post` does) before reading their balances, so the
+    entries written in this transaction were decided on balances nobody else changes."""
+    ordered = sorted(set(names))
+    if not ordered:
+        return
+    await MoneyAccount.bulk_create([MoneyAccount(name=n) for n in ordered], ignore_conflicts=True)
+    await MoneyAccount.filter(name__in=ordered).select_for_update().order_by("name")
+
+
+async def _reverse(order: Any, now: dt.datetime) -> None:
+    rows = list(await Commission.filter(order_oid=order.oid).order_by("level"))
+    if not rows:
+        return
+    refunds = list(
+        await Refund.filter(order_oid=order.oid, state=RefundState.SUCCEEDED).order_by("id")
+    )
+    if not refunds:
+        return
+    paid = await order_paid_fen(order.oid) or int(order.total_fen)
+    refunded = 0
+    for refund in refunds:
+        refunded += int(refund.amount_fen)
+        key = f"commission-reversal:{refund.refund_no}"
+        if await MoneyTransaction.exists(key=key):
+            continue
+        await _reverse_to(order, rows, paid, refunded, key, now)
+
+
+async def order_paid_fen(oid: str) -> int:
+    """What the order's payments took (a channel's or a wallet's debits), as the ledger's
+    check counts it."""
+    total = 0
+    for account, amount in await MoneyEntry.filter(order_oid=oid).values_list(
+        "account", "amount_fen"
+    ):
+        if str(account).startswith(("channel:", "wallet:")) and int(amount) > 0:
+            total += int(amount)
+    return total
+
+
+async def _reverse_to(
+    order: Any, rows: list[Commission], paid: int, refunded: int, key: str, now: dt.datetime
+) -> None:
+    deltas = {
+        row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), paid, refunded)
+        for row in rows
+    }
+    if not any(deltas.values()):
+        return
+    available = [
+        commission_account(r.earner, Bucket.AVAILABLE)
+        for r in rows
+        if deltas[r.id] and r.state is CommissionState.AVAILABLE
+    ]
+    await lock_accounts(available)
+    before = sum(r.kept_fen for r in rows)
+    after = before - sum(deltas.values())
+    legs = part_legs(order.oid, order.goods_fen, before, after)
+    for row in rows:
+        delta = deltas[row.id]
+        if not delta:
+            continue
+        if row.state is CommissionState.AVAILABLE:
+            account = commission_account(row.earner, Bucket.AVAILABLE)
+            covered = min(delta, max(0, side_balance(await balance(account), Side.CREDIT)))
+            if covered:
+                legs.append(Leg(account, covered))
+            if delta - covered:
+                legs.append(Leg(commission_account(row.earner, Bucket.DEBT), delta - covered))
+        else:
+            legs.append(Leg(commission_account(row.earner, Bucket.PENDING), delta))
+    await post(
+        key, kind="commission_reversal", vendor=order.vendor_id,
+        legs=legs, order_oid=order.oid, now=now,
+        guards=[Guard(a, Side.CREDIT) for a in available],
+        memo=f"{refunded} of {paid} refunded",
+    )  # fmt: skip
+    for row in rows:
+        delta = deltas[row.id]
+        if not delta:
+            continue
+        row.reversed_fen = int(row.reversed_fen) + delta
+        if row.kept_fen == 0:
+            row.state = CommissionState.REVERSED
+        row.updated_at = now
+        await Commission.filter(id=row.id).update(
+            reversed_fen=row.reversed_fen, state=row.state, updated_at=now
+        )
+
+
+async def _activate(order: Any, now: dt.datetime) -> None:
+    key = f"commission-available:{order.oid}"
+    if await MoneyTransaction.exists(key=key):
+        return
+    rows = [
+        r
+        for r in await Commission.filter(order_oid=order.oid, state=CommissionState.PENDING)
+        if r.kept_fen > 0
+    ]
+    if not rows:
+        return
+    debts = [commission_account(r.earner, Bucket.DEBT) for r in rows]
+    await lock_accounts(debts)
+    legs: list[Leg] = []
+    for row in rows:
+        amount = row.kept_fen
+        debt = commission_account(row.earner, Bucket.DEBT)
+        repay = min(amount, max(0, side_balance(await balance(debt), Side.DEBIT)))
+        legs.append(Leg(commission_account(row.earner, Bucket.PENDING), amount))
+        if repay:
+            legs.append(Leg(debt, -repay))
+        if amount - repay:
+            legs.append(Leg(commission_account(row.earner, Bucket.AVAILABLE), -(amount - repay)))
+    await post(
+        key, kind="commission_available", vendor=order.vendor_id, legs=legs,
+        order_oid=order.oid, now=now, guards=[Guard(d, Side.DEBIT) for d in debts],
+    )  # fmt: skip
+    await Commission.filter(id__in=[r.id for r in rows]).update(
+        state=CommissionState.AVAILABLE, activated_at=now, updated_at=now
+    )
+
+
+async def settle_all(*, now: dt.datetime | None = None) -> int:
+    """`settle_order` for every paid order (what `aquafleet commissions settle` runs)."""
+    from aquafleet.models.orders import Order
+
+    count = 0
+    async for oid in _paid_oids(Order):
+        await settle_order(oid, now=now)
+        count += 1
+    return count
+
+
+async def _paid_oids(order_model: Any) -> Any:
+    last = 0
+    while True:
+        batch = list(
+            await order_model.filter(paid_at__isnull=False, id__gt=last)
+            .order_by("id")
+            .limit(500)
+            .values_list("id", "oid")
+        )
+        if not batch:
+            return
+        for _order_id, oid in batch:
+            yield str(oid)
+        last = int(batch[-1][0])
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def visible_commissions(principal: Principal) -> QuerySet[Commission]:
+    """AE-01's scope: the platform all, a vendor its own, every earner its own."""
+    if principal.role is Role.PLATFORM:
+        return Commission.all()
+    if principal.role is Role.VENDOR and principal.vendor_code:
+        return Commission.filter(vendor_code=principal.vendor_code)
+    earner = earner_of(principal)
+    if earner is None or principal.vendor_code is None:
+        return Commission.filter(id__in=[])
+    return Commission.filter(vendor_code=principal.vendor_code, earner=earner)
+
+
+def subtree_commissions(vendor_code: str, path: str) -> QuerySet[Commission]:
+    """What a node and the nodes under it earned (佣金列表)."""
+    return Commission.filter(vendor_code=vendor_code, earner_path__startswith=path)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """AE-02: fen in each state. `earned` is what the levels keep (amount - reversed)."""
+
+    pending: int = 0
+    available: int = 0
+    payout: int = 0
+    withdrawn: int = 0
+    reversed: int = 0
+    debt: int = 0
+    earned: int = 0
+
+
+async def summary(*, vendor_code: str | None, earner: str | None) -> Summary:
+    """One earner's summary, or the whole of a vendor's (or of every vendor's: both None)."""
+    rows = Commission.all()
+    withdrawals = Withdrawal.filter(state=WithdrawalState.PAID)
+    if vendor_code is not None:
+        rows = rows.filter(vendor_code=vendor_code)
+        withdrawals = withdrawals.filter(vendor_code=vendor_code)
+    if earner is not None:
+        rows = rows.filter(earner=earner)
+        withdrawals = withdrawals.filter(earner=earner)
+    amounts = await rows.annotate(a=Sum("amount_fen"), r=Sum("reversed_fen")).values("a", "r")
+    amount = int(amounts[0]["a"] or 0) if amounts else 0
+    reversed_ = int(amounts[0]["r"] or 0) if amounts else 0
+    paid = await withdrawals.annotate(w=Sum("amount_fen")).values("w")
+    buckets = await bucket_totals(vendor_code=vendor_code, earner=earner)
+    return Summary(
+        pending=buckets.get(Bucket.PENDING, 0),
+        available=buckets.get(Bucket.AVAILABLE, 0),
+        payout=buckets.get(Bucket.PAYOUT, 0),
+        debt=buckets.get(Bucket.DEBT, 0),
+        withdrawn=int(paid[0]["w"] or 0) if paid else 0,
+        reversed=reversed_,
+        earned=amount - reversed_,
+    )
+
+
+async def bucket_totals(*, vendor_code: str | None, earner: str | None) -> dict[Bucket, int]:
+    """The commission accounts' balances on their normal sides, summed per bucket."""
+    entries = MoneyEntry.all()
+    if earner is not None:
+        entries = entries.filter(account__in=[commission_account(earner, b) for b in Bucket])
+    else:
+        entries = entries.filter(account__startswith="commission:")
+    if vendor_code is not None:
+        entries = entries.filter(txn__vendor_code=vendor_code)
+    totals: dict[Bucket, int] = {}
+    rows = await entries.annotate(t=Sum("amount_fen")).group_by("account").values("account", "t")
+    for row in rows:
+        bucket = Bucket(str(row["account"]).rsplit(":", 1)[1])
+        side = Side.DEBIT if bucket is Bucket.DEBT else Side.CREDIT
+        totals[bucket] = totals.get(bucket, 0) + side_balance(int(row["t"] or 0), side)
+    return totals
+
+
+# ----------------------------------------------------------------------------- withdrawals
+
+
+class PayoutOutcome(IntEnum):
+    REQUESTED = 1  # the channel took it; someone or something confirms it later
+    PAID = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutResult:
+    outcome: PayoutOutcome
+    reference: str = ""
+    reason: str = ""
+
+
+class PayoutChannel(Protocol):
+    """How a withdrawal reaches the earner's account (bank, WeChat change)."""
+
+    name: str
+
+    async def submit(self, withdrawal: Withdrawal) -> PayoutResult: ...
+
+
+class ManualPayout:
+    """An operator makes the transfer and records it (`aquafleet commissions payout`)."""
+
+    name = "manual"
+
+    async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
+        return PayoutResult(PayoutOutcome.REQUESTED)
+
+
+PAYOUT_CHANNELS: dict[str, PayoutChannel] = {"manual": ManualPayout()}
+
+
+class WithdrawalTooSoon(RateLimited):
+    code = "rate_limited"
+
+
+async def request_withdrawal(
+    principal: Principal,
+    *,
+    amount_fen: int,
+    request_id: str,
+    channel: PayoutChannel,
+    min_fen: int = DEFAULT_MIN_WITHDRAWAL_FEN,
+    now: dt.datetime | None = None,
+) -> tuple[Withdrawal, bool]:
+    """AE-03: the caller withdraws `amount_fen` of its available commission. Idempotent by
+    `request_id` (answers (withdrawal, created)). The earner's available account is locked while
+    the 30-second rule and the balance are checked and the money moved to payout, so two
+    withdrawals at once cannot both pass either."""
+    earner = earner_of(principal)
+    if earner is None or principal.vendor_code is None:
+        raise Forbidden("only an earner (a member, an agent or a dealer) withdraws commission")
+    if type(amount_fen) is not int or amount_fen <= 0:
+        raise InvalidInput("a withdrawal is a positive integer amount of fen")
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
+        raise InvalidInput(f"request_id must be 1..{MAX_REQUEST_ID} characters")
+    first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
+    if first is not None:
+        return _same_withdrawal(first, amount_fen), False
+    if amount_fen < min_fen:
+        raise InvalidInput(f"withdraw at least {min_fen} fen")
+    now = now or dt.datetime.now(dt.UTC)
+    available = commission_account(earner, Bucket.AVAILABLE)
+    async with in_transaction("default"):
+        await lock_accounts([available])
+        first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
+        if first is not None:
+            return _same_withdrawal(first, amount_fen), False
+        last = await Withdrawal.filter(earner=earner).order_by("-created_at").first()
+        if last is not None and now - last.created_at < WITHDRAWAL_INTERVAL:
+            wait = WITHDRAWAL_INTERVAL - (now - last.created_at)
+            raise WithdrawalTooSoon(
+                f"one withdrawal every {WITHDRAWAL_INTERVAL.seconds} s: try again in "
+                f"{max(1, int(wait.total_seconds() + 0.999))} s",
+                max(1, int(wait.total_seconds() + 0.999)),
+            )
+        withdrawal = await Withdrawal.create(
+            vendor_code=principal.vendor_code, earner=earner,
+            earner_path=principal.agent_path, request_id=request_id, amount_fen=amount_fen,
+            channel=channel.name, requested_by=f"{principal.role.value}:{principal.subject}"[:64],
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        await post(
+            f"withdrawal:{withdrawal.id}", kind="withdrawal", vendor=principal.vendor_code,
+            legs=[Leg(available, amount_fen),
+                  Leg(commission_account(earner, Bucket.PAYOUT), -amount_fen)],
+            guards=[Guard(available, Side.CREDIT)], now=now, actor=withdrawal.requested_by,
+        )  # fmt: skip
+    result = await channel.submit(withdrawal)
+    if result.outcome is not PayoutOutcome.REQUESTED:
+        withdrawal = await settle_withdrawal(
+            withdrawal.id, paid=result.outcome is PayoutOutcome.PAID, reason=result.reason,
+            reference=result.reference, actor=f"channel:{channel.name}",
+        )  # fmt: skip
+    return withdrawal, True
+
+
+def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
+    if withdrawal.amount_fen != amount_fen:
+        raise Conflict(f"request {withdrawal.request_id} asked for another amount before")
+    return withdrawal
+
+
+async def settle_withdrawal(
+    withdrawal_id: int, *, paid: bool, reason: str, reference: str = "", actor: str = ""
+) -> Withdrawal:
+    """A requested withdrawal was paid out (the vendor's channel credited) or failed (the
+    money back to available), once; a repeat of the same outcome answers it as it is."""
+    target = WithdrawalState.PAID if paid else WithdrawalState.FAILED
+    async with in_transaction("default"):
+        withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
+        if withdrawal is None:
+            raise NotFound(f"withdrawal {withdrawal_id} not found")
+        if withdrawal.state is target:
+            return withdrawal
+        if withdrawal.state is not WithdrawalState.REQUESTED:
+            raise Conflict(
+                f"withdrawal {withdrawal_id} is {withdrawal.state.name.lower()}: it cannot "
+                f"become {target.name.lower()}"
+            )
+        payout = commission_account(withdrawal.earner, Bucket.PAYOUT)
+        amount = int(withdrawal.amount_fen)
+        if paid:
+            other = Leg(channel_account(withdrawal.channel, withdrawal.vendor_code), -amount)
+            key = f"withdrawal-paid:{withdrawal.id}"
+        else:
+            other = Leg(commission_account(withdrawal.earner, Bucket.AVAILABLE), -amount)
+            key = f"withdrawal-failed:{withdrawal.id}"
+        await post(
+            key, kind=key.split(":")[0], vendor=withdrawal.vendor_code,
+            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason,
+        )  # fmt: skip
+        now = dt.datetime.now(dt.UTC)
+        await Withdrawal.filter(id=withdrawal.id).update(
+            state=target, reason=reason[:MAX_REASON], channel_ref=reference[:64],
+            settled_by=actor[:64], updated_at=now,
+        )  # fmt: skip
+    await withdrawal.refresh_from_db()
+    return withdrawal
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionProblem:
+    what: str
+    subject: str
+    detail: str
+
+
+async def check_commissions() -> list[CommissionProblem]:
+    """Every invariant of commissions over all data (docs/commissions.md, "The check");
+    empty when they all hold. The money ledger's own check is run by the caller."""
+    from aquafleet.models.orders import Order
+
+    problems: list[CommissionProblem] = []
+    paid: dict[str, int] = {}
+    parts: dict[str, int] = {}
+    refund_entries: dict[str, int] = {}
+    ledger_commission: dict[str, int] = {}
+    accounts: dict[str, int] = {}
+    part_suffixes = tuple(f":{p.value}" for p in Part if p is not Part.REFUND)
+    for oid, account, amount in await MoneyEntry.all().values_list(
+        "order_oid", "account", "amount_fen"
+    ):
+        account, amount = str(account), int(amount)
+        if account.startswith("commission:"):
+            accounts[account] = accounts.get(account, 0) + amount
+            if oid is not None:
+                ledger_commission[oid] = ledger_commission.get(oid, 0) - amount
+        if oid is None:
+            continue
+        if account.startswith(("channel:", "wallet:")) and amount > 0:
+            paid[oid] = paid.get(oid, 0) + amount
+        elif account.startswith("order:") and account.endswith(part_suffixes):
+            parts[oid] = parts.get(oid, 0) - amount
+        elif account.startswith("order:") and account.endswith(":refund"):
+            refund_entries[oid] = refund_entries.get(oid, 0) + amount
+    kept: dict[str, int] = {}
+    earned: dict[str, int] = {}
+    for row in await Commission.all():
+        kept[row.order_oid] = kept.get(row.order_oid, 0) + row.kept_fen
+        earned[row.earner] = earned.get(row.earner, 0) + row.kept_fen
+        if row.reversed_fen < 0 or row.reversed_fen > row.amount_fen or row.amount_fen <= 0:
+            problems.append(
+                CommissionProblem(
+                    "bad_level",
+                    f"{row.order_oid}/{row.level}",
+                    f"amount {row.amount_fen}, reversed {row.reversed_fen}",
+                )
+            )
+    splits = {s.order_oid: s for s in await CommissionSplit.all()}
+    refunds: dict[str, int] = {}
+    for refund in await Refund.filter(state=RefundState.SUCCEEDED):
+        refunds[refund.order_oid] = refunds.get(refund.order_oid, 0) + int(refund.amount_fen)
+    oids = set(paid) | set(kept) | set(refunds) | set(ledger_commission) | set(parts)
+    for oid in sorted(oids):
+        p, c, r = paid.get(oid, 0), kept.get(oid, 0), refunds.get(oid, 0)
+        vendor = parts.get(oid, 0) - refund_entries.get(oid, 0)
+        if p != vendor + c + r:
+            problems.append(
+                CommissionProblem(
+                    "order_unbalanced",
+                    oid,
+                    f"paid {p} != vendor share {vendor} + commissions {c} + refunds {r}",
+                )
+            )
+        if ledger_commission.get(oid, 0) != c:
+            problems.append(
+                CommissionProblem(
+                    "commission_mismatch",
+                    oid,
+                    f"ledger {ledger_commission.get(oid, 0)}, levels keep {c}",
+                )
+            )
+        if vendor < 0:
+            problems.append(CommissionProblem("negative_vendor_share", oid, f"{vendor} fen"))
+        split = splits.get(oid)
+        if oid in kept and split is None:
+            problems.append(CommissionProblem("split_missing", oid, "levels without a split"))
+        if split is not None and split.total_fen > split.base_fen:
+            problems.append(
+                CommissionProblem(
+                    "levels_exceed_base", oid, f"{split.total_fen} > {split.base_fen}"
+                )
+            )
+    if oids:
+        known = set(await Order.filter(oid__in=sorted(oids)).values_list("oid", flat=True))
+        for oid in sorted(oids - {str(o) for o in known}):
+            problems.append(CommissionProblem("unknown_order", oid, "entries of no order"))
+    paid_out: dict[str, int] = {}
+    for w in await Withdrawal.filter(state=WithdrawalState.PAID):
+        paid_out[w.earner] = paid_out.get(w.earner, 0) + int(w.amount_fen)
+    holdings: dict[str, int] = {}
+    for account, raw in accounts.items():
+        _prefix, rest = account.split(":", 1)
+        earner, _, bucket_name = rest.rpartition(":")
+        bucket = Bucket(bucket_name)
+        side = Side.DEBIT if bucket is Bucket.DEBT else Side.CREDIT
+        value = side_balance(raw, side)
+        if value < 0:
+            problems.append(CommissionProblem("negative_balance", account, f"{value} fen"))
+        holdings[earner] = holdings.get(earner, 0) + (-value if bucket is Bucket.DEBT else value)
+    for earner in sorted(set(holdings) | set(earned) | set(paid_out)):
+        held = holdings.get(earner, 0) + paid_out.get(earner, 0)
+        if held != earned.get(earner, 0):
+            problems.append(
+                CommissionProblem(
+                    "earner_unbalanced",
+                    earner,
+                    f"accounts + paid out {held} != levels keep {earned.get(earner, 0)}",
+                )
+            )
+    return problems
