@@ -18,6 +18,8 @@ from aquafleet.api import (
     orders,
     payments,
     products,
+    technicians,
+    tickets,
     vendors,
 )
 from aquafleet.api.auth import ApiAuthenticator
@@ -35,12 +37,12 @@ from aquafleet.api.tokens import TOKENS, TokenService
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.models.accounts import reload_admin
-from aquafleet.models.tenancy import ADMIN_ROLES
+from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
     auth, vendors, agents, devices, commands, members, products, orders, payments, commissions,
-    fleet,
+    tickets, technicians, fleet,
 )  # fmt: skip
 
 
@@ -90,7 +92,7 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
         access_ttl_s=settings.api_access_token_ttl_s,
         refresh_ttl_s=settings.api_refresh_token_ttl_s,
     )
-    tokens.register_loader(ADMIN_ROLES, reload_admin)
+    tokens.register_loader(ADMIN_ROLES | TECHNICIAN_ONLY, reload_admin)
     app[TOKENS] = tokens
     app[AUTHENTICATOR] = ApiAuthenticator(
         tokens, app[REDIS], settings, settings.master_secret_bytes()

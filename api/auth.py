@@ -36,8 +36,11 @@ from aquafleet.models.accounts import (
     set_password,
     verify_password,
 )
-from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, Principal, Role
+from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, TECHNICIAN_ONLY, Principal, Role
 from aquafleet.models.vendors import Vendor, VendorState
+
+# Technicians log in as admins do; these endpoints are theirs too.
+ACCOUNT_ROLES = ADMIN_ROLES | TECHNICIAN_ONLY
 
 log = get_logger("aquafleet.api.auth")
 
@@ -261,7 +264,7 @@ async def refresh_tokens(call: Call) -> TokenOut:
 @routes.post(
     "/auth/logout",
     summary="End this session (access and refresh token)",
-    roles=ANY_ROLE,
+    roles=ANY_ROLE | TECHNICIAN_ONLY,
     status=200,
 )
 async def logout(call: Call) -> None:
@@ -274,11 +277,13 @@ async def logout(call: Call) -> None:
         raise Unauthorized(str(exc)) from None
 
 
-@routes.get("/auth/me", summary="Who the caller is", roles=ANY_ROLE, response=MeOut)
+@routes.get(
+    "/auth/me", summary="Who the caller is", roles=ANY_ROLE | TECHNICIAN_ONLY, response=MeOut
+)
 async def me(call: Call) -> MeOut:
     principal = call.principal
     user = None
-    if principal.role in ADMIN_ROLES and principal.subject.isdigit():
+    if principal.role in ACCOUNT_ROLES and principal.subject.isdigit():
         account = await AdminAccount.get_or_none(id=int(principal.subject))
         user = account.username if account else None
     return MeOut(
@@ -294,7 +299,7 @@ async def me(call: Call) -> MeOut:
 @routes.put(
     "/auth/pwd",
     summary="Change the caller's own admin password",
-    roles=ADMIN_ROLES,
+    roles=ACCOUNT_ROLES,
     body=PasswordChangeIn,
     errors=(401, 429),
     description="Every session of the account ends (this one too): log in again.",

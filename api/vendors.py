@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -42,6 +42,7 @@ from aquafleet.models.merchants import (
     seal_vendor_secrets,
     set_wechat_merchant,
 )
+from aquafleet.models.outbox import NotificationKind
 from aquafleet.models.tenancy import PLATFORM_ONLY, PLATFORM_OR_VENDOR, Role
 from aquafleet.models.vendors import (
     Vendor,
@@ -180,6 +181,9 @@ class VendorWechat(RequestModel):
     )
 
 
+TemplateId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class VendorConfig(RequestModel):
     """AX-08 (the seed: "Pending"): the vendor's options; only the fields given change."""
 
@@ -195,6 +199,14 @@ class VendorConfig(RequestModel):
     vending_price_fen_per_l: int = Field(
         UNSET, ge=0, le=100_000, description="what a litre from a vending machine costs, in fen"
     )
+    wechat_templates: dict[NotificationKind, TemplateId] = Field(
+        UNSET,
+        description="消息推送: the official account's template id per kind of message "
+        "(docs/api-tickets.md); a kind without one is not sent by WeChat",
+    )
+    sms_templates: dict[NotificationKind, TemplateId] = Field(
+        UNSET, description="消息推送: the SMS template code per kind of message"
+    )
 
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -204,6 +216,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "sms_sign": "",
     "shop_public": False,
     "vending_price_fen_per_l": 0,
+    "wechat_templates": {},
+    "sms_templates": {},
 }
 
 
@@ -214,6 +228,8 @@ class VendorConfigOut(ResponseModel):
     sms_sign: str
     shop_public: bool
     vending_price_fen_per_l: int
+    wechat_templates: dict[str, str]
+    sms_templates: dict[str, str]
 
 
 class VendorOut(ResponseModel):

@@ -28,6 +28,7 @@ from aquafleet.gateway.node import (
     rental_ctx,
     tasks_ctx,
 )
+from aquafleet.gateway.notify import notify_ctx
 from aquafleet.gateway.startup import Listeners
 
 log = get_logger("aquafleet.node")
@@ -49,7 +50,7 @@ def build_app(
     app.cleanup_ctx.extend(
         (
             redis_ctx, database_ctx, tasks_ctx, metrics_ctx, registry_ctx, ledger_ctx,
-            rental_ctx, gateway_ctx, mqtt_ctx,
+            rental_ctx, gateway_ctx, mqtt_ctx, notify_ctx,
         )
     )  # fmt: skip
     setup_api(app)

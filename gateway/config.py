@@ -171,6 +171,17 @@ class Settings(BaseSettings):
         le=365,
         description="Days after a rental expired without renewal that a dismantle ticket opens.",
     )
+    ticket_sla: str = Field(
+        "install=72,exchange=72,return=72,fault=24,maintenance=72,dismantle=168",
+        description="Hours per ticket type an open ticket may take before AE-02 counts it "
+        "overdue (type=hours, comma separated; types left out: 72).",
+    )
+    dispatch_radius_km: int = Field(
+        50, ge=1, le=1000, description="How far dispatch by distance looks for a technician."
+    )
+    notify_sender: bool = Field(
+        True, description="Run a notification sender (outbox -> WeChat/SMS) in this process."
+    )
     presence_flush_s: float = Field(
         5.0, gt=0, le=60, description="How often last-seen times are written to Redis."
     )
@@ -381,6 +392,18 @@ class Settings(BaseSettings):
                 raise ValueError("must be hexadecimal") from None
             if len(raw) < 32:
                 raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return value
+
+    @field_validator("ticket_sla")
+    @classmethod
+    def _check_ticket_sla(cls, value: str) -> str:
+        from aquafleet.models.errors import InvalidInput
+        from aquafleet.models.ticket_flow import parse_sla
+
+        try:
+            parse_sla(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("metrics_token")

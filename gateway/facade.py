@@ -107,6 +107,12 @@ class DeviceGateway:
         outcome = await service.apply_change(self._store, did, change, actor=actor)
         return outcome, await self._store.read(did)
 
+    async def reset_filter(self, did: str, stage: int, *, actor: str, reason: str) -> int:
+        """Tell the device a filter stage was replaced (recorded in the service log); the cid.
+        DeviceOffline when the device cannot be told now."""
+        router = _IssuerRouter(self._commands, actor)
+        return await service.reset_filter(router, did, stage, actor=actor, reason=reason)
+
     # ------------------------------------------------------------------ commands
 
     async def send_command(

@@ -35,6 +35,7 @@ from aquafleet.gateway.redis_io import (
     redis_errors,
     round_trip,
 )
+from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
 from aquafleet.models.usage import (
     DispenseDone,
@@ -180,6 +181,7 @@ class LedgerWriter:
         batch_entries: int,
         claim_idle_ms: int,
         maintenance: MaintenanceWatch | None = None,
+        faults: FaultWatch | None = None,
         replication: Replication = NO_WAIT,
     ) -> None:
         self.client = client
@@ -191,6 +193,7 @@ class LedgerWriter:
         self.batch_entries = batch_entries
         self.claim_idle_ms = claim_idle_ms
         self.maintenance = maintenance  # opens maintenance tickets after each commit
+        self.faults = faults  # opens fault tickets after each commit
         self.streams = [keyspace.ledger_stream(s) for s in keyspace.all_shards()]
         self.backlog_keys = {
             keyspace.ledger_stream(s): keyspace.ledger_backlog(s) for s in keyspace.all_shards()
@@ -362,6 +365,8 @@ class LedgerWriter:
         self.metrics.metered_ml += sum(row.delta_ml for row in batch.usage)
         if self.maintenance is not None and batch.snapshots:  # never raises; bounded work
             await self.maintenance.after_batch(batch.snapshots.values())
+        if self.faults is not None:  # never raises; bounded work
+            await self.faults.after_batch(batch.usage, {})
         return len(batch.usage)
 
     async def _bury(self, poisoned: list[Entry]) -> None:

@@ -60,6 +60,7 @@ from aquafleet.gateway.startup import TCP_BACKLOG, listen
 from aquafleet.gateway.tasks import TaskGroup
 from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
+from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
 from aquafleet.models.usage import LedgerPruner
 from aquafleet.protocol import ErrorCode
@@ -147,6 +148,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         batch_entries=max(1, settings.ledger_batch // 100),
         claim_idle_ms=settings.ledger_claim_idle_s * 1000,
         maintenance=MaintenanceWatch(settings.filter_threshold_pct),
+        faults=FaultWatch(),
         replication=replication_of(settings),
     )
     await writer.ensure_groups()
@@ -322,7 +324,11 @@ async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
 async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
     (which also fails vending sessions past their deadline)."""
-    from aquafleet.models.service import open_dismantle_after_grace, record_rental_reminder
+    from aquafleet.models.service import (
+        open_dismantle_after_grace,
+        record_rental_expired,
+        record_rental_reminder,
+    )
 
     settings = app[SETTINGS]
     store = ServiceStore(app[REDIS], app[SCRIPTS], app[KEYSPACE])
@@ -342,6 +348,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         grace_s=settings.rental_grace_days * 86_400,
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
+        on_expired=record_rental_expired,
         sweep=lambda: sweep_deadlines(app, pruner),
     )
     app[RENTAL_SCHEDULER] = scheduler

@@ -57,6 +57,7 @@ class RentalScheduler:
         grace_s: int,
         on_reminder: RentalCallback,
         on_grace: RentalCallback,
+        on_expired: RentalCallback | None = None,
         sweep: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.client = client
@@ -69,6 +70,7 @@ class RentalScheduler:
         self.grace_s = grace_s
         self.on_reminder = on_reminder
         self.on_grace = on_grace
+        self.on_expired = on_expired  # the owner is told (消息推送)
         self.sweep = sweep  # e.g. failing vending sessions past their deadline, once a second
         self._next_sweep = 0.0
         self.owner = False
@@ -171,6 +173,11 @@ class RentalScheduler:
                 self.metrics.rental_locks += 1
                 log.info("rental_expired_locked", did=did, expires_at=expires_at,
                          version=state.version)  # fmt: skip
+                if self.on_expired is not None:
+                    try:
+                        await self.on_expired(did, expires_at)
+                    except Exception:  # the lock stands; only the owner's message is lost
+                        log.exception("rental_expired_notice_failed", did=did)
 
     async def _remind(self, now: float) -> None:
         due = await self._pop("remind", now + self.remind_s)

@@ -129,8 +129,10 @@ async def create_account(
         raise InvalidInput("members are not admin accounts")
     if (role is Role.PLATFORM) != (vendor_code is None):
         raise InvalidInput("every account but the platform's belongs to a vendor")
-    if (role in (Role.AGENT, Role.DEALER)) != (agent_id is not None):
-        raise InvalidInput("agent and dealer accounts (only) belong to an agent node")
+    if role in (Role.AGENT, Role.DEALER) and agent_id is None:
+        raise InvalidInput("agent and dealer accounts belong to an agent node")
+    if role not in (Role.AGENT, Role.DEALER, Role.TECHNICIAN) and agent_id is not None:
+        raise InvalidInput("only agent, dealer and technician accounts belong to an agent node")
     password_hash = await hash_password(password_md5)
     if await AdminAccount.filter(username__iexact=username).exists():
         raise UsernameTaken(f"user name {username!r} is taken")
@@ -163,7 +165,7 @@ async def admin_principal(account: AdminAccount) -> Principal | None:
     vendor = await Vendor.get_or_none(code=account.vendor_id)
     if vendor is None or vendor.state not in LOGIN_VENDOR_STATES:
         return None
-    if role is Role.VENDOR:
+    if role is Role.VENDOR or (role is Role.TECHNICIAN and account.agent_id is None):
         return Principal(role, subject, vendor_code=vendor.code)
     agent = await Agent.get_or_none(id=account.agent_id)
     if agent is None or agent.vendor_id != vendor.code:

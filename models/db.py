@@ -33,6 +33,9 @@ MODEL_MODULES = [
     "aquafleet.models.merchants",
     "aquafleet.models.payments",
     "aquafleet.models.commissions",
+    "aquafleet.models.technicians",
+    "aquafleet.models.ticket_flow",
+    "aquafleet.models.outbox",
 ]
 APP = "models"
 

@@ -423,7 +423,9 @@ async def fire(
     """Move the order by `event` (one row of TRANSITIONS), record who and why, in one
     transaction that re-reads the order under a lock: two racing moves apply once."""
     now = now or dt.datetime.now(dt.UTC)
-    async with in_transaction("default"):
+    from aquafleet.models.outbox import enqueue_order_event
+
+    async with in_transaction("default") as conn:
         current = await Order.filter(id=order.id).select_for_update().get()
         target = next_state(current.state, event, actor_role)
         changes: dict[str, Any] = {"state": target, "updated_at": now}
@@ -443,6 +445,7 @@ async def fire(
         await Order.filter(id=current.id).update(**changes)
         if target in COMMISSION_STATES:
             await _settle_commissions(current.oid, now)
+        await enqueue_order_event(conn, current, event.value)  # 消息推送, in this transaction
     await order.refresh_from_db()
     return order
 

@@ -392,11 +392,34 @@ async def apply_change(
 
 
 async def record_rental_reminder(did: str, rental_expires_at: int) -> None:
-    """The reminder before a rental runs out (notification channels subscribe to these rows)."""
-    await ServiceChange.create(
-        did=did, op="rental_reminder", rental_expires_at=rental_expires_at, actor="scheduler",
-        reason="rental expires soon", created_at=dt.datetime.now(dt.UTC),
-    )  # fmt: skip
+    """The reminder before a rental runs out, and its message to the owner (one transaction)."""
+    from aquafleet.models.outbox import NotificationKind, enqueue_device_event
+
+    async with in_transaction("default") as conn:
+        await ServiceChange.create(
+            did=did, op="rental_reminder", rental_expires_at=rental_expires_at,
+            actor="scheduler", reason="rental expires soon", created_at=dt.datetime.now(dt.UTC),
+            using_db=conn,
+        )  # fmt: skip
+        await enqueue_device_event(
+            conn, did, NotificationKind.RENTAL_REMINDER,
+            f"rental:{did}:{rental_expires_at}:reminder", {"detail": _when(rental_expires_at)},
+        )  # fmt: skip
+
+
+async def record_rental_expired(did: str, rental_expires_at: int) -> None:
+    """A rental ran out and the device locked: recorded, and the owner told (once)."""
+    from aquafleet.models.outbox import NotificationKind, enqueue_device_event
+
+    async with in_transaction("default") as conn:
+        await enqueue_device_event(
+            conn, did, NotificationKind.RENTAL_EXPIRED,
+            f"rental:{did}:{rental_expires_at}:expired", {"detail": _when(rental_expires_at)},
+        )  # fmt: skip
+
+
+def _when(unix_s: int) -> str:
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def open_dismantle_after_grace(did: str, rental_expires_at: int) -> None:

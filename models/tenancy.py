@@ -20,6 +20,7 @@ class Role(StrEnum):
     AGENT = "agent"
     DEALER = "dealer"
     MEMBER = "member"
+    TECHNICIAN = "technician"  # 工程师: a field-service account under a vendor, agent or dealer
 
 
 ADMIN_ROLES = frozenset({Role.PLATFORM, Role.VENDOR, Role.AGENT, Role.DEALER})
@@ -29,16 +30,18 @@ PLATFORM_ONLY = frozenset({Role.PLATFORM})
 MEMBER_ONLY = frozenset({Role.MEMBER})
 ANY_ROLE = ADMIN_ROLES | MEMBER_ONLY
 PLATFORM_VENDOR_OR_MEMBER = PLATFORM_OR_VENDOR | MEMBER_ONLY
+# Technicians see only the tickets dispatched to them: no other endpoint admits them.
+TECHNICIAN_ONLY = frozenset({Role.TECHNICIAN})
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated caller of one request.
 
-    subject: the admin account id, or the member's uid.
+    subject: the admin (or technician) account id, or the member's uid.
     vendor_code: the caller's vendor; None only for the platform admin.
-    agent_path: the materialised path of the caller's agent or dealer node; None for the
-        platform, vendors and members.
+    agent_path: the materialised path of the caller's agent or dealer node (or the node a
+        technician works under); None for the platform, vendors and members.
     """
 
     role: Role

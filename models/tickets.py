@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from tortoise import fields
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -91,13 +92,40 @@ class Ticket(Model):
     dedup_key = fields.CharField(max_length=MAX_DEDUP_KEY, null=True, unique=True)
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
+    # Field service (models/ticket_flow.py). Columns added to existing rows need a db_default.
+    priority = fields.SmallIntField(default=2, db_default=2)  # 1 urgent, 2 normal, 3 low
+    appoint_at = fields.DatetimeField(null=True)  # 预约时间
+    address = fields.CharField(max_length=255, default="", db_default="")
+    lat_e6 = fields.IntField(null=True)  # where the work is: the device's or the member's
+    lng_e6 = fields.IntField(null=True)
+    agent: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
+        "models.Agent", related_name="tickets", null=True, on_delete=fields.RESTRICT
+    )  # the node the ticket belongs to (the device's, else the member's): agents' scope
+    order: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
+        "models.Order", related_name="tickets", null=True, on_delete=fields.RESTRICT
+    )  # install tickets of a delivery, dismantle tickets of a rental's end
+    technician: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
+        "models.Technician", related_name="tickets", null=True, on_delete=fields.RESTRICT
+    )
+    new_device_id = fields.CharField(max_length=16, null=True)  # exchange: the replacement
+    check_result = fields.BooleanField(null=True)  # the seed's approval block
+    check_at = fields.DatetimeField(null=True)
+    check_usr = fields.CharField(max_length=64, null=True)
+    rate_value = fields.SmallIntField(null=True)  # the seed's ratings block, 1..5
+    rate_at = fields.DatetimeField(null=True)
+    rate_detail = fields.CharField(max_length=MAX_DETAIL, default="", db_default="")
+    dispatched_at = fields.DatetimeField(null=True)
+    done_at = fields.DatetimeField(null=True)
 
     vendor_id: str
     device_id: str | None
+    agent_id: int | None
+    order_id: int | None
+    technician_id: int | None
 
     class Meta:
         table = "ticket"
-        indexes = (("vendor_id", "state"), ("device_id",))
+        indexes = (("vendor_id", "state"), ("device_id",), ("technician_id", "state"))
 
 
 class TicketSerial(Model):
@@ -131,6 +159,12 @@ def dismantle_key(did: str, rental_expires_at: int) -> str:
     return f"dismantle:{did}:{rental_expires_at}"
 
 
+def fault_key(did: str, fault: str) -> str:
+    """One fault ticket per device and fault while it is open (the key is released when the
+    ticket is done or cancelled, so the same fault later opens a new one)."""
+    return f"fault:{did}:{fault}"
+
+
 # ----------------------------------------------------------------------------- services
 
 
@@ -144,6 +178,7 @@ class AutomaticTicket:
     did: str | None = None
     member_uid: str | None = None
     detail: str = ""
+    order_id: int | None = None
 
 
 _NEXT_SERIAL = {
@@ -178,34 +213,59 @@ def _check(request: AutomaticTicket) -> None:
         raise InvalidInput("member_uid must be 1..20 characters")
 
 
-async def _check_references(vendor_code: str, did: str | None) -> None:
+async def _check_references(vendor_code: str, did: str | None) -> Device | None:
     """The vendor exists, and the device (if any) is one of its devices."""
     if did is None:
         if not await Vendor.exists(code=vendor_code):
             raise NotFound(f"vendor {vendor_code} does not exist")
-        return
+        return None
     device = await Device.get_or_none(did=did)
     if device is None or device.vendor_id != vendor_code:  # another tenant's device: unknown
         raise NotFound(f"device {did} does not exist")
+    return device
 
 
-async def _insert(request: AutomaticTicket, dedup_key: str | None, now: dt.datetime) -> Ticket:
+def _placement(device: Device | None, member_uid: str | None) -> dict[str, Any]:
+    """Where a ticket belongs and whom it serves: the device's node, place and owner."""
+    if device is None:
+        return {"member_uid": member_uid}
+    return {
+        "member_uid": member_uid or device.owner_id,
+        "agent_id": device.agent_id,
+        "lat_e6": device.lbs_lat_e6,
+        "lng_e6": device.lbs_lng_e6,
+    }
+
+
+async def _insert(
+    request: AutomaticTicket,
+    dedup_key: str | None,
+    now: dt.datetime,
+    device: Device | None = None,
+    **extra: Any,
+) -> Ticket:
     """Create a ticket with the vendor's next id; IntegrityError if `dedup_key` is taken."""
+    from aquafleet.models.outbox import enqueue_ticket_opened
+
+    values = {**_placement(device, request.member_uid), **extra}
     async with in_transaction("default") as conn:
         serial = await _next_serial(conn, request.vendor_code)
-        return await Ticket.create(
+        ticket = await Ticket.create(
             ticket_id=format_ticket_id(now, request.vendor_code, serial),
             vendor_id=request.vendor_code,
             type=request.type,
             state=TicketState.CREATED,
             device_id=request.did,
-            member_uid=request.member_uid,
             detail=request.detail,
             dedup_key=dedup_key,
+            order_id=request.order_id,
             created_at=now,
             updated_at=now,
             using_db=conn,
+            **values,
         )
+        await enqueue_ticket_opened(conn, ticket)
+        return ticket
 
 
 def _utc(now: dt.datetime | None) -> dt.datetime:
@@ -220,13 +280,15 @@ async def open_ticket(
     member_uid: str | None = None,
     detail: str = "",
     now: dt.datetime | None = None,
+    **extra: Any,
 ) -> Ticket:
-    """Open a ticket a person asked for: every call is a new ticket (no dedup_key)."""
+    """Open a ticket a person asked for: every call is a new ticket (no dedup_key). `extra`
+    sets further columns (priority, appoint_at, address, lat_e6, lng_e6, agent_id)."""
     request = AutomaticTicket("manual", type, vendor_code, did, member_uid, detail)
     _check(request)
-    await _check_references(vendor_code, did)
+    device = await _check_references(vendor_code, did)
     try:
-        return await _insert(request, None, _utc(now))
+        return await _insert(request, None, _utc(now), device, **extra)
     except IntegrityError:  # the vendor or device went away meanwhile
         raise NotFound(f"vendor {vendor_code} or device {did} does not exist") from None
 
@@ -243,9 +305,9 @@ async def open_automatic_ticket(
     existing = await Ticket.get_or_none(dedup_key=request.dedup_key)
     if existing is not None:
         return existing, False
-    await _check_references(request.vendor_code, request.did)
+    device = await _check_references(request.vendor_code, request.did)
     try:
-        return await _insert(request, request.dedup_key, _utc(now)), True
+        return await _insert(request, request.dedup_key, _utc(now), device), True
     except IntegrityError:
         existing = await Ticket.get_or_none(dedup_key=request.dedup_key)
         if existing is None:  # not a lost race: the vendor or device went away meanwhile

@@ -316,6 +316,10 @@ async def store_ledger_batch(
             for sql, values in _dispense_statements(dispenses, lambda i: f"?{i}"):
                 values = [as_text(v) if isinstance(v, dt.datetime) else v for v in values]
                 await conn.execute_query(sql, values)
+        if service_events:  # the owner hears of a low or exhausted balance (消息推送)
+            from aquafleet.models.outbox import enqueue_service_events
+
+            await enqueue_service_events(conn, service_events)
 
 
 def _sqlite_values(row: UsageRow | SnapshotRow, as_text: _DatetimeText) -> list[Any]:

@@ -289,6 +289,9 @@ def make_settings(
             "http_port": 0,
             "log_level": "warning",
             "node_id": f"node-{secrets.token_hex(3)}",
+            # No test reaches a real WeChat or SMS provider: a test that delivers the outbox
+            # turns the sender on with its fakes' URLs (or runs a NotificationSender itself).
+            "notify_sender": False,
         }
         values.update(overrides)
         if values.get("database_url") is None:

@@ -11,31 +11,14 @@ from aiohttp import web
 from aquafleet.api.members.access import MEMBERS, WECHAT, member_principal
 from aquafleet.api.tokens import TOKENS, TokenService
 from aquafleet.gateway.appkeys import REDIS, SETTINGS
-from aquafleet.gateway.config import Settings
-from aquafleet.gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender, LogSmsSender
+from aquafleet.gateway.providers.sms import build_sms_sender
 from aquafleet.gateway.providers.wechat import WechatClient
 from aquafleet.models.members import LOGIN_ALLOWED, Member, Members
-from aquafleet.models.sms_codes import SmsCodes, SmsSender, derive_code_secret
+from aquafleet.models.sms_codes import SmsCodes, derive_code_secret
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor, VendorState
 
 HTTP_TIMEOUT_S = 10.0
-
-
-def build_sms_sender(settings: Settings, session: aiohttp.ClientSession) -> SmsSender:
-    if settings.sms_provider == "aliyun":
-        secret = settings.sms_access_key_secret
-        return AliyunSmsSender(
-            session,
-            AliyunSmsConfig(
-                access_key_id=settings.sms_access_key_id,
-                access_key_secret=secret.get_secret_value() if secret else "",
-                sign_name=settings.sms_sign_name,
-                template_code=settings.sms_template_code,
-                endpoint=settings.sms_endpoint,
-            ),
-        )
-    return LogSmsSender()
 
 
 async def members_ctx(app: web.Application) -> AsyncIterator[None]:

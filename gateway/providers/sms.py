@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from aquafleet.gateway.config import Settings
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.sms_codes import (
     CodePurpose,
@@ -80,8 +81,32 @@ class LogSmsSender:
         log.info("sms_sent_to_log", mobile=mask_mobile(mobile), purpose=purpose.value)
         log.debug("sms_code_for_development", mobile=mobile, sms_code=code)
 
+    async def send_template(self, mobile: str, template_code: str, params: dict[str, str]) -> str:
+        """A notification (消息推送): logged, not sent."""
+        log.info("sms_sent_to_log", mobile=mask_mobile(mobile), template=template_code)
+        return "log"
+
 
 # ----------------------------------------------------------------------------- Aliyun signing
+
+
+def build_sms_sender(
+    settings: Settings, session: aiohttp.ClientSession
+) -> AliyunSmsSender | LogSmsSender:
+    """The configured provider (sms_provider): Aliyun, or the development log."""
+    if settings.sms_provider == "aliyun":
+        secret = settings.sms_access_key_secret
+        return AliyunSmsSender(
+            session,
+            AliyunSmsConfig(
+                access_key_id=settings.sms_access_key_id,
+                access_key_secret=secret.get_secret_value() if secret else "",
+                sign_name=settings.sms_sign_name,
+                template_code=settings.sms_template_code,
+                endpoint=settings.sms_endpoint,
+            ),
+        )
+    return LogSmsSender()
 
 
 def percent_encode(value: str) -> str:
@@ -147,8 +172,18 @@ class AliyunSmsSender:
         self.config = config
         self.clock = clock
 
-    def signed_params(self, mobile: str, code: str) -> dict[str, str]:
+    def signed_params(
+        self,
+        mobile: str,
+        code: str,
+        *,
+        template_code: str | None = None,
+        template_params: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """SendSms's signed parameters: the code template (one variable, `code`), or another
+        template with its variables (notifications)."""
         c = self.config
+        values = {"code": code} if template_params is None else template_params
         params = {
             "AccessKeyId": c.access_key_id,
             "Action": "SendSms",
@@ -159,8 +194,8 @@ class AliyunSmsSender:
             "SignatureMethod": "HMAC-SHA1",
             "SignatureNonce": secrets.token_hex(16),
             "SignatureVersion": "1.0",
-            "TemplateCode": c.template_code,
-            "TemplateParam": json.dumps({"code": code}, separators=(",", ":")),
+            "TemplateCode": template_code or c.template_code,
+            "TemplateParam": json.dumps(values, ensure_ascii=False, separators=(",", ":")),
             "Timestamp": utc_timestamp(self.clock()),
             "Version": ALIYUN_API_VERSION,
         }
@@ -168,7 +203,14 @@ class AliyunSmsSender:
         return params
 
     async def send_code(self, mobile: str, code: str, *, purpose: CodePurpose) -> None:
-        params = self.signed_params(mobile, code)
+        await self._send(self.signed_params(mobile, code), mobile, purpose.value)
+
+    async def send_template(self, mobile: str, template_code: str, params: dict[str, str]) -> str:
+        """A notification (消息推送) with the vendor's template; the provider's BizId."""
+        signed = self.signed_params(mobile, "", template_code=template_code, template_params=params)
+        return await self._send(signed, mobile, f"notify:{template_code}")
+
+    async def _send(self, params: dict[str, str], mobile: str, purpose: str) -> str:
         body = "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in params.items())
         try:
             async with asyncio.timeout(self.config.timeout_s):
@@ -187,15 +229,16 @@ class AliyunSmsSender:
         answer_code = str(answer.get("Code", ""))
         request_id = str(answer.get("RequestId", ""))
         if status == 200 and answer_code == "OK":
+            biz_id = str(answer.get("BizId", ""))
             log.info(
                 "sms_sent",
                 provider="aliyun",
                 mobile=mask_mobile(mobile),
-                purpose=purpose.value,
-                biz_id=str(answer.get("BizId", "")),
+                purpose=purpose,
+                biz_id=biz_id,
                 request_id=request_id,
             )
-            return
+            return biz_id
         error = aliyun_error(status, answer_code, str(answer.get("Message", "")))
         log.warning(
             "sms_refused",

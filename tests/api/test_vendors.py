@@ -136,7 +136,16 @@ async def test_updates(api: ApiClient, tenants: tuple[Tenant, Tenant]):
         "sms_sign": "",
         "shop_public": False,
         "vending_price_fen_per_l": 0,
+        "wechat_templates": {},
+        "sms_templates": {},
     }
+    templates = {"wechat_templates": {"ticket_done": "tpl-done_1"}}
+    await api.call("PUT", "/vendors/AAAA/cfg", templates)
+    assert (await api.call("GET", "/vendors/AAAA")).data["cfg"]["wechat_templates"] == {
+        "ticket_done": "tpl-done_1"
+    }
+    bad_kind = {"sms_templates": {"no_such_kind": "SMS_1"}}
+    await api.call("PUT", "/vendors/AAAA/cfg", bad_kind, expect=422)
     assert (
         await api.call("PUT", "/vendors/AAAA/cfg", {"commission_levels": 4}, expect=422)
     ).status == 422

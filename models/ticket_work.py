@@ -1,0 +1,233 @@
+"""What completing a ticket does (完成), and ending a rental (退租, seed FAQ 1).
+
+- maintenance: the filter stages replaced are reset on the device (reset_filter command; the
+  device bumps the stage's reset_count, which starts a new filter cycle: models/filters.py);
+- install: the device's installation block (installer, install time) is filled in;
+- exchange: the replacement device is bound to the member, takes the old device's product and
+  service (configured with the ticket id as request id), and the old device is locked and
+  unbound;
+- dismantle: the device is locked and unbound (its shares end); when the ticket came from a
+  member ending a rental, the order's deposit for that device is requested back.
+
+The device effects go first (each is harmless to repeat), then the move to DONE: a completion
+that fails half way can be sent again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Protocol
+
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.devices import Device, DeviceShare, check_usable
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
+from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.technicians import Technician
+from aquafleet.models.tenancy import Principal
+from aquafleet.models.ticket_flow import TicketEvent, TicketStateConflict, actor_of, fire
+from aquafleet.models.tickets import (
+    OPEN_STATES,
+    AutomaticTicket,
+    Ticket,
+    TicketType,
+    open_automatic_ticket,
+)
+
+
+class DeviceWork(Protocol):
+    """The device side completion needs (the API wraps the gateway facade)."""
+
+    async def change_service(self, did: str, change: ServiceChangeRequest) -> object: ...
+
+    async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
+
+
+def maintenance_stage(ticket: Ticket) -> int | None:
+    """The stage an automatic maintenance ticket was opened for (its dedup key)."""
+    key = ticket.dedup_key or ""
+    parts = key.split(":")
+    if len(parts) == 4 and parts[0] == "maintenance" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+async def _maintenance(ticket: Ticket, work: DeviceWork, stages: Sequence[int]) -> str:
+    chosen = list(stages) or [s for s in [maintenance_stage(ticket)] if s is not None]
+    if not chosen:
+        raise InvalidInput("name the filter stages replaced (filters)")
+    if ticket.device_id is None:
+        raise InvalidInput("the ticket names no device")
+    for stage in chosen:
+        await work.reset_filter(ticket.device_id, stage, f"ticket {ticket.ticket_id}")
+    return f"filters reset: {', '.join(str(s) for s in chosen)}"
+
+
+async def _install(ticket: Ticket, installer: str, now: dt.datetime) -> str:
+    if ticket.device_id is not None:
+        await Device.filter(did=ticket.device_id).update(
+            installer_id=installer[:64], installed_at=now, updated_at=now
+        )
+    return f"installed by {installer}"
+
+
+async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> str:
+    if new_did is None or ticket.device_id is None:
+        raise InvalidInput("an exchange names the replacement device (new_device)")
+    old = await Device.get(did=ticket.device_id)
+    new = await Device.get_or_none(did=new_did)
+    if new is None or new.vendor_id != ticket.vendor_id or new_did == old.did:
+        raise NotFound(f"device {new_did} not found")
+    check_usable(new)
+    member = ticket.member_uid or old.owner_id
+    if new.owner_id not in (None, member):
+        raise Conflict(f"device {new_did} is bound to another member")
+    service = await DeviceService.get_or_none(did=old.did)
+    if service is not None:
+        await work.change_service(
+            new_did,
+            ServiceChangeRequest(
+                op="configure", mode=service.mode,
+                remaining_ml=service.remaining_ml if service.mode is ServiceMode.VOLUME_RENTAL
+                else None,
+                rental_expires_at=service.rental_expires_at
+                if service.mode is ServiceMode.TIME_RENTAL else None,
+                reason=f"exchange ticket {ticket.ticket_id}", request_id=ticket.ticket_id,
+            ),
+        )  # fmt: skip
+    await work.change_service(
+        old.did, ServiceChangeRequest(op="lock", reason=f"exchanged: ticket {ticket.ticket_id}")
+    )
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default"):
+        await DeviceShare.filter(device_id=old.did).delete()
+        await Device.filter(did=old.did).update(owner_id=None, bound_at=None, updated_at=now)
+        await Device.filter(did=new_did).update(
+            owner_id=member, bound_at=now, product_id=old.product_id, agent_id=old.agent_id,
+            updated_at=now,
+        )  # fmt: skip
+    return f"exchanged for {new_did}"
+
+
+async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
+    if ticket.device_id is None:
+        return "dismantled"
+    did = ticket.device_id
+    await work.change_service(
+        did, ServiceChangeRequest(op="lock", reason=f"dismantled: ticket {ticket.ticket_id}")
+    )
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default"):
+        await DeviceShare.filter(device_id=did).delete()
+        await Device.filter(did=did).update(owner_id=None, bound_at=None, updated_at=now)
+    if ticket.order_id is None:
+        return "dismantled: device locked and unbound"
+    order = await Order.get(id=ticket.order_id)
+    deposit = await deposit_of(order, did)
+    if deposit > 0:
+        await request_deposit_refund(order, did, deposit, ticket, actor)
+    return f"dismantled: device locked and unbound; deposit {deposit} fen requested back"
+
+
+async def deposit_of(order: Order, did: str) -> int:
+    """The deposit paid for `did` in `order`: its line's deposit (units in line order)."""
+    devices = list((order.delivery or {}).get("devices", []))
+    if did not in devices:
+        return 0
+    lines = list(await OrderLine.filter(order_id=order.id).order_by("position"))
+    units = [line for line in lines for _ in range(line.quantity)]
+    index = devices.index(did)
+    if index >= len(units) or units[index].package_key is None:
+        return 0
+    return int(units[index].snapshot.get("rent", {}).get("deposit", 0))
+
+
+async def request_deposit_refund(
+    order: Order, did: str, amount_fen: int, ticket: Ticket, actor: str
+) -> None:
+    """Ask the money layer to refund the deposit, once per ticket (its refund number)."""
+    from aquafleet.models import money
+
+    await money.request_refund(
+        order=order,
+        amount_fen=amount_fen,
+        refund_no=f"R{ticket.ticket_id}",
+        reason=f"rental ended: device {did} dismantled (ticket {ticket.ticket_id})",
+        actor=actor,
+    )
+
+
+async def complete(
+    ticket: Ticket,
+    principal: Principal,
+    work: DeviceWork,
+    *,
+    note: str = "",
+    filters: Sequence[int] = (),
+    new_device: str | None = None,
+) -> Ticket:
+    """完成: the ticket's domain work, then the move to DONE (see the module's docstring)."""
+    if ticket.state not in OPEN_STATES:
+        raise TicketStateConflict(f"the ticket is {ticket.state.name.lower()}: it cannot complete")
+    role, subject = actor_of(principal)
+    from aquafleet.models.ticket_flow import next_state
+
+    next_state(ticket.state, TicketEvent.COMPLETE, role)  # refuse early, before any effect
+    actor = f"{role}:{subject}"
+    if ticket.technician_id is not None:
+        technician = await Technician.get_or_none(id=ticket.technician_id)
+        if technician is not None:
+            actor = f"technician:{technician.id}:{technician.name}"
+    now = dt.datetime.now(dt.UTC)
+    match TicketType(ticket.type):
+        case TicketType.MAINTENANCE:
+            done = await _maintenance(ticket, work, filters)
+        case TicketType.INSTALL:
+            done = await _install(ticket, actor, now)
+        case TicketType.EXCHANGE:
+            done = await _exchange(ticket, work, new_device)
+        case TicketType.DISMANTLE:
+            done = await _dismantle(ticket, work, actor)
+        case _:
+            done = "done"
+    changes = {"new_device_id": new_device} if ticket.type is TicketType.EXCHANGE else {}
+    text = f"{note} ({done})" if note else done
+    return await fire(
+        ticket, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
+        changes=changes, now=now,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- ending a rental
+
+RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
+
+
+async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
+    """退租: the member ends the rental of a device the order delivered and it holds; a
+    dismantle ticket opens (once per order and device). Its completion locks and unbinds the
+    device and requests the deposit back."""
+    if order.member_id != member_uid:
+        raise NotFound(f"order {order.oid} not found")
+    if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
+        raise Conflict(
+            f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
+            "delivered rental is ended"
+        )
+    if did not in (order.delivery or {}).get("devices", []):
+        raise NotFound(f"device {did} is not part of order {order.oid}")
+    device = await Device.get_or_none(did=did)
+    if device is None or device.owner_id != member_uid:
+        raise Conflict(f"device {did} is no longer held by the member")
+    reason = reason.strip()[:200]
+    return await open_automatic_ticket(
+        AutomaticTicket(
+            dedup_key=f"rental-end:{order.oid}:{did}", type=TicketType.DISMANTLE,
+            vendor_code=order.vendor_id, did=did, member_uid=member_uid,
+            detail=f"rental ended by the member (order {order.oid})"
+            + (f": {reason}" if reason else ""),
+            order_id=order.id,
+        )
+    )  # fmt: skip

@@ -1,0 +1,172 @@
+"""What completing a ticket does, on SQLite and PostgreSQL: ending a rental (退租) opens a
+dismantle ticket whose completion locks and unbinds the device and requests the deposit back;
+exchange moves the member and the service to the new device; install records the installation;
+device fault events open one ticket per device and fault until it is done."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.models.devices import Device
+from aquafleet.models.faults import FaultWatch
+from aquafleet.models.money import Refund
+from aquafleet.models.orders import mark_paid
+from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.tickets import Ticket, TicketType
+from aquafleet.models.usage import UsageRow
+from aquafleet.protocol import EventKind, FrameType
+from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
+from tests.api.shop import add_product, make_member
+from tests.api.test_orders_api import order_body
+from tests.api.test_tickets_api import held_device, register, technician
+
+PARCEL = {"company": "顺丰速运", "tracking_num": "SF1234567890", "delivery_clerk": "李四"}
+
+
+async def work_through(vendor: ApiClient, tech: ApiClient, tech_id: int, tid: str) -> None:
+    """Approve, dispatch to the technician, start: ready to complete."""
+    await vendor.call("POST", f"/tickets/{tid}/approve", {"check_result": True})
+    await vendor.call("POST", f"/tickets/{tid}/dispatch", {"technician_id": tech_id})
+    await tech.call("POST", f"/tickets/{tid}/start", {})
+
+
+async def test_ending_a_rental_dismantles_the_device_and_requests_the_deposit_back(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)  # deposit 50000 fen
+    shopper = await make_member(api_node, api, a.vid)
+    order = (
+        await shopper.client.call(
+            "POST", "/orders", order_body({"product_id": pid, "package": "30d"})
+        )
+    ).data
+    oid = order["order_id"]
+    (did,) = await register(api, a.vid, 1)
+    body = {"device_id": did, "reason": "搬家"}
+    await shopper.client.call("POST", f"/orders/{oid}/rental/end", body, expect=409)  # unpaid
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+
+    stranger = await make_member(api_node, api, a.vid)
+    await stranger.client.call("POST", f"/orders/{oid}/rental/end", body, expect=404)
+    await a.vendor.call("POST", f"/orders/{oid}/rental/end", body, expect=403)
+    (other,) = await register(api, a.vid, 1)
+    await shopper.client.call("POST", f"/orders/{oid}/rental/end", {"device_id": other}, expect=404)
+    asked = await shopper.client.call("POST", f"/orders/{oid}/rental/end", body, expect=201)
+    ticket = asked.data
+    assert (ticket["type"], ticket["status"], ticket["order_id"]) == (6, 1, oid)
+    assert ticket["user_id"] == shopper.uid and ticket["device_id"] == did
+    again = await shopper.client.call("POST", f"/orders/{oid}/rental/end", body, expect=201)
+    assert again.data["ticket_id"] == ticket["ticket_id"]  # asked twice: one ticket
+
+    tech_id, tech = await technician(a.vendor, "dismantler", skills=[6])
+    tid = ticket["ticket_id"]
+    await work_through(a.vendor, tech, tech_id, tid)
+    assert await Refund.filter(order_oid=oid).count() == 0  # not before the work is done
+    await b.vendor.call("POST", f"/tickets/{tid}/complete", {}, expect=404)
+    done = await tech.call("POST", f"/tickets/{tid}/complete", {"note": "collected"})
+    assert done.data["status"] == 6
+
+    device = await Device.get(did=did)
+    assert device.owner_id is None and device.bound_at is None
+    state = await api_node.app[DEVICE_GATEWAY].read_service(did)
+    assert state.lock_reasons == ["manual"]  # a person's lock: no renewal lifts it
+    (refund,) = await Refund.filter(order_oid=oid)
+    assert (refund.amount_fen, refund.refund_no) == (50000, f"R{tid}")
+    assert did in refund.reason
+    # The member no longer holds the device: it cannot end the rental again.
+    await shopper.client.call("POST", f"/orders/{oid}/rental/end", body, expect=409)
+    moves = (await a.vendor.call("GET", f"/tickets/{tid}/moves")).data
+    assert "deposit 50000 fen requested back" in moves[-1]["note"]
+
+
+async def test_exchange_moves_the_member_and_the_service_to_the_new_device(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    old = await held_device(api, shopper, a.vid)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    expires = int(dt.datetime.now(dt.UTC).timestamp()) + 20 * 86400
+    await gateway.change_service(
+        old,
+        ServiceChangeRequest(op="configure", mode=2, rental_expires_at=expires, reason="t"),
+        actor="test",
+    )
+    new, taken = await register(api, a.vid, 2)
+    (foreign,) = await register(api, b.vid, 1)
+    await Device.filter(did=taken).update(owner_id=(await make_member(api_node, api, a.vid)).uid)
+    tech_id, tech = await technician(a.vendor, "swapper", skills=[2])
+    opened = await shopper.client.call(
+        "POST", "/tickets", {"type": 2, "device_id": old, "detail": "漏水, 换机"}, expect=201
+    )
+    tid = opened.data["ticket_id"]
+    await work_through(a.vendor, tech, tech_id, tid)
+    await tech.call("POST", f"/tickets/{tid}/complete", {}, expect=422)  # which device?
+    await tech.call("POST", f"/tickets/{tid}/complete", {"new_device": foreign}, expect=404)
+    await tech.call("POST", f"/tickets/{tid}/complete", {"new_device": taken}, expect=409)
+    done = await tech.call("POST", f"/tickets/{tid}/complete", {"new_device": new})
+    assert (done.data["status"], done.data["new_device_id"]) == (6, new)
+
+    assert (await Device.get(did=new)).owner_id == shopper.uid
+    assert (await Device.get(did=old)).owner_id is None
+    moved = await gateway.read_service(new)
+    assert (moved.mode, moved.rental_expires_at, moved.locked) == (2, expires, False)
+    assert (await gateway.read_service(old)).locked
+    await shopper.client.call("GET", f"/devices/{new}")
+    await shopper.client.call("GET", f"/devices/{old}", expect=404)
+
+
+async def test_install_records_who_installed_and_when(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, _ = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    did = await held_device(api, shopper, a.vid)
+    tech_id, tech = await technician(a.vendor, "installer", skills=[1])
+    opened = await a.vendor.call("POST", "/tickets", {"type": 1, "device_id": did}, expect=201)
+    tid = opened.data["ticket_id"]
+    await work_through(a.vendor, tech, tech_id, tid)
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await tech.call("POST", f"/tickets/{tid}/complete", {})
+    device = await Device.get(did=did)
+    assert device.installed_at is not None and device.installed_at >= before
+    assert device.installer_id == f"technician:{tech_id}:Installer"
+
+
+def fault_row(did: str, rec: int, kind: EventKind) -> UsageRow:
+    now = dt.datetime.now(dt.UTC)
+    return UsageRow(did, 1, rec, int(FrameType.EVENT), int(kind), 0, now, 0, None, None)
+
+
+async def test_device_faults_open_one_ticket_per_device_and_fault_until_done(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    did = await held_device(api, shopper, a.vid)
+    (other,) = await register(api, b.vid, 1)
+    watch = FaultWatch()
+    rows = [
+        fault_row(did, 1, EventKind.LEAK),
+        fault_row(did, 2, EventKind.LEAK),  # the same fault again in the batch
+        fault_row(did, 3, EventKind.DISPENSE_DONE),  # not a fault
+        fault_row(other, 1, EventKind.FAULT_SET),
+    ]
+    assert await watch.after_batch(rows, {}) == 2
+    assert await watch.after_batch(rows, {}) == 0  # the next reports of the same faults
+    tickets = await Ticket.filter(type=TicketType.FAULT).order_by("id")
+    assert [(t.device_id, t.vendor_id, t.member_uid) for t in tickets] == [
+        (did, a.vid, shopper.uid), (other, b.vid, None),
+    ]  # fmt: skip
+    leak = tickets[0].ticket_id
+    assert (await shopper.client.call("GET", f"/tickets/{leak}")).data["detail"].endswith("leak")
+    # Done: the same fault later opens a new ticket.
+    tech_id, tech = await technician(a.vendor, "plumber", skills=[4])
+    await work_through(a.vendor, tech, tech_id, leak)
+    await tech.call("POST", f"/tickets/{leak}/complete", {"note": "seal replaced"})
+    assert await watch.after_batch([fault_row(did, 9, EventKind.LEAK)], {}) == 1
+    assert await Ticket.filter(type=TicketType.FAULT, device_id=did).count() == 2
