@@ -37,6 +37,7 @@ from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.models.errors import DomainError
 from aquafleet.models.members import WechatError, WechatMisconfigured, WechatUnavailable
+from aquafleet.models.merchants import open_vendor_secret
 from aquafleet.models.outbox import (
     MAX_ATTEMPTS,
     Channel,
@@ -47,6 +48,7 @@ from aquafleet.models.outbox import (
     backoff_s,
     template_values,
 )
+from aquafleet.models.sealed import SecretBox
 from aquafleet.models.sms_codes import SmsError, SmsRecipientRejected
 from aquafleet.models.vendors import Vendor
 
@@ -220,11 +222,13 @@ class NotificationSender:
         *,
         wechat: WechatTemplates,
         sms: TemplateSms,
+        secrets: SecretBox,
         node_id: str,
         batch: int = 50,
         poll_s: float = 1.0,
     ) -> None:
         self.wechat = wechat
+        self.secrets = secrets  # opens the vendors' sealed mp_secret
         self.sms = sms
         self.node_id = node_id[:64]
         self.batch = batch
@@ -313,8 +317,9 @@ class NotificationSender:
             template = config.get("wechat_templates", {}).get(kind.value)
             if vendor is None or not template or not vendor.mp_appid:
                 raise WechatMisconfigured(f"vendor {row.vendor_id}: no mp app or template")
+            mp_secret = open_vendor_secret(vendor, "mp_secret", self.secrets)
             msgid = await self.wechat.send(
-                vendor.mp_appid, vendor.mp_secret, row.address, template, values
+                vendor.mp_appid, mp_secret, row.address, template, values
             )
             return f"msgid {msgid}"
         template = config.get("sms_templates", {}).get(kind.value)
@@ -340,6 +345,7 @@ async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
                 session, app[REDIS], settings.redis_prefix, base_url=settings.wechat_api_url
             ),
             sms=build_sms_sender(settings, session),
+            secrets=SecretBox.from_master(settings.master_secret_bytes()),
             node_id=settings.resolved_node_id,
         )
         app[NOTIFY_SENDER] = sender

@@ -24,10 +24,12 @@ from aquafleet.models.outbox import (
     NotificationState,
     backoff_s,
 )
+from aquafleet.models.sealed import SecretBox
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import add_product, make_member
 from tests.api.test_orders_api import order_body
 from tests.api.test_tickets_api import held_device, technician
+from tests.conftest import MASTER_SECRET
 from tests.fakes.aliyun_sms import FakeAliyunSms
 from tests.fakes.wechat import FakeWechat, FakeWechatUser
 
@@ -71,6 +73,7 @@ def sender_for(
                 endpoint=sms.url,
             ),
         ),
+        secrets=SecretBox.from_master(bytes.fromhex(MASTER_SECRET)),
         node_id=node,
     )
 
