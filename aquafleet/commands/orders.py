@@ -133,9 +133,15 @@ def cmd_run_timers(args: argparse.Namespace) -> int:
     from aquafleet.models.order_timers import TimerSettings, sweep
 
     async def action() -> int:
+        unpaid_h = args.unpaid_close_after_h
+        receive_d = args.auto_receive_after_d
         timers = TimerSettings(
-            unpaid_close_after=dt.timedelta(hours=args.unpaid_close_after_h),
-            auto_receive_after=dt.timedelta(days=args.auto_receive_after_d),
+            unpaid_close_after=dt.timedelta(
+                hours=settings.order_unpaid_close_h if unpaid_h is None else unpaid_h
+            ),
+            auto_receive_after=dt.timedelta(
+                days=settings.order_auto_receive_days if receive_d is None else receive_d
+            ),
         )
         result = await sweep(settings=timers)
         data = {"closed": result.closed, "received": result.received, "done": result.done}
@@ -170,8 +176,12 @@ def add_parsers(commands: Any) -> None:
     timers = order_commands.add_parser(
         "run-timers", help="close unpaid, receive delivered and finish returned-window orders"
     )
-    timers.add_argument("--unpaid-close-after-h", type=int, default=24)
-    timers.add_argument("--auto-receive-after-d", type=int, default=10)
+    timers.add_argument(
+        "--unpaid-close-after-h", type=int, help="default: the order_unpaid_close_h setting"
+    )
+    timers.add_argument(
+        "--auto-receive-after-d", type=int, help="default: the order_auto_receive_days setting"
+    )
     timers.set_defaults(func=cmd_run_timers)
     for parser in (listing, show_order, paid, timers):
         add_json_flag(parser)
