@@ -197,6 +197,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
     "device_locked": (409, "the device is locked (the message says why): it pours nothing"),
+    "referral_invalid": (400, "the referral code names no member or agent who may refer"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }
@@ -204,9 +205,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 def _register_known_domain_errors() -> None:
     from aquafleet.models.accounts import LoginRefused
+    from aquafleet.models.orders import ReferralInvalid
     from aquafleet.models.ratelimit import RateLimited as DomainRateLimited
 
     register_domain_error(LoginRefused, 401)
+    register_domain_error(ReferralInvalid, 400)
     register_domain_error(DomainRateLimited, 429)
 
 

@@ -98,6 +98,14 @@ class OrderIn(RequestModel):
     content: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
     receiver: ReceiverIn
     memo: str = text(255, default="")
+    referral_code: str = Field(
+        UNSET,
+        min_length=1,
+        max_length=32,
+        description="推荐码 (seed FAQ 8), optional: a member's uid, or an agent's or dealer's "
+        "code `A<id>`, of the member's vendor; the order is attributed to it (400 "
+        "`referral_invalid` when it names nobody who may refer)",
+    )
 
 
 class RenewalIn(RequestModel):
@@ -138,6 +146,8 @@ class OrderOut(ResponseModel):
     type: int = Field(description="1 purchase, 2 rental, 3 renewal")
     vid: str
     user_id: str
+    agent_id: int | None = Field(description="the agent or dealer node the order counts for")
+    rid: str | None = Field(description="推荐人: the referring member's uid, if any")
     content: list[LineOut]
     receiver: dict[str, str]
     memo: str
@@ -181,6 +191,8 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
         type=int(order.kind),
         vid=order.vendor_id,
         user_id=order.member_id,
+        agent_id=order.agent_id,
+        rid=order.referrer_uid,
         content=[
             LineOut(
                 product_id=line.product_id,
@@ -272,7 +284,7 @@ async def list_orders(call: Call) -> Page:
     roles=MEMBER_ONLY,
     body=OrderIn,
     response=OrderOut,
-    errors=(404, 409),
+    errors=(400, 404, 409),
     description="C. The member orders published products of its vendor; a line with `package` "
     "rents the product with that package (rent + deposit), one without buys it (price). Every "
     "amount is computed here (goods, freight, install fee, deposit, rent); a `price` sent is "
@@ -288,6 +300,7 @@ async def add_order(call: Call) -> OrderOut:
         receiver=body.receiver.model_dump(),
         memo=body.memo,
         idempotency_key=key,
+        referral_code=body.referral_code,
     )
     order, _created = await create_order(member, request)
     return (await order_outs([order]))[0]

@@ -30,10 +30,10 @@ from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.agents import Agent
+from aquafleet.models.agents import Agent, AgentState
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.ids import check_vendor_code
-from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.members import LOGIN_ALLOWED, Member, MemberState, is_valid_uid
 from aquafleet.models.products import (
     Billing,
     Product,
@@ -341,6 +341,58 @@ class OrderRequest:
     receiver: Mapping[str, Any]
     memo: str = ""
     idempotency_key: str | None = None
+    referral_code: str | None = None  # seed FAQ 8: see resolve_referral
+
+
+# ----------------------------------------------------------------------------- referrals
+
+AGENT_CODE_RE = re.compile(r"^A([1-9][0-9]{0,9})$")
+
+
+class ReferralInvalid(InvalidInput):
+    """The referral code names nobody who may refer this member (the API answers 400)."""
+
+    code = "referral_invalid"
+
+
+def agent_referral_code(agent_id: int) -> str:
+    """An agent's or dealer's referral code: `A` and its id, e.g. A12."""
+    return f"A{agent_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who an order is attributed to: the agent node (scoping, commissions) and the referring
+    member."""
+
+    agent_id: int | None
+    referrer_uid: str | None
+
+
+async def resolve_referral(member: Member, code: str | None) -> Attribution:
+    """Seed FAQ 8 (推荐码, optional at checkout). Without a code: the member's own agent and
+    referrer. A member's uid: that member referred the order (not the buyer itself), the order
+    goes to the referrer's agent node. An agent's or dealer's code (`A<id>`): that node, no
+    referring member. Anything else, another vendor's code, a disabled agent or a disabled or
+    deregistered member: ReferralInvalid."""
+    if code is None:
+        return Attribution(member.agent_id, member.referrer_id)
+    code = code.strip().upper()
+    refused = ReferralInvalid(f"referral code {code!r} is not valid for this shop")
+    if is_valid_uid(code):
+        if code == member.uid:
+            raise ReferralInvalid(f"referral code {code!r} is the buyer's own: no self-referral")
+        referrer = await Member.get_or_none(uid=code, vendor_id=member.vendor_id)
+        if referrer is None or referrer.state in (MemberState.DISABLED, MemberState.DEREGISTERED):
+            raise refused
+        return Attribution(referrer.agent_id, referrer.uid)
+    match = AGENT_CODE_RE.match(code)
+    if match is None:
+        raise refused
+    agent = await Agent.get_or_none(id=int(match.group(1)), vendor_id=member.vendor_id)
+    if agent is None or agent.state is AgentState.DISABLED:
+        raise refused
+    return Attribution(agent.id, None)
 
 
 async def _existing(member_uid: str, key: str | None) -> Order | None:
@@ -380,6 +432,7 @@ async def create_order(
             raise NotFound(f"product {asked.product_id} not found")
         priced.append(price_line(product, asked.quantity, asked.package))
     kind = OrderKind.RENTAL if any(p.package_key for p in priced) else OrderKind.PURCHASE
+    attribution = await resolve_referral(member, request.referral_code)
     now = now or dt.datetime.now(dt.UTC)
     totals = {
         name: sum(getattr(p, name) for p in priced)
@@ -390,8 +443,8 @@ async def create_order(
             serial = await next_serial(conn, member.vendor_id, "order")
             order = await Order.create(
                 oid=format_order_id(now, member.vendor_id, serial),
-                vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
-                referrer_uid=member.referrer_id, kind=kind, receiver=dict(request.receiver),
+                vendor_id=member.vendor_id, member_id=member.uid, agent_id=attribution.agent_id,
+                referrer_uid=attribution.referrer_uid, kind=kind, receiver=dict(request.receiver),
                 memo=request.memo, total_fen=sum(p.amount_fen for p in priced),
                 idempotency_key=key, created_at=now, updated_at=now, **totals,
             )  # fmt: skip
