@@ -71,6 +71,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 PID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
 OID_PATTERN = r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$"
 UID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
+DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
 
 
 class LineIn(RequestModel):
@@ -176,6 +177,11 @@ class OrderListQuery(ListQuery):
     type: OrderKind = Field(UNSET)
     vid: VendorCode = Field(UNSET)
     uid: str = Field(UNSET, pattern=UID_PATTERN, description="the member")
+    device: str = Field(
+        UNSET,
+        pattern=DID_PATTERN,
+        description="orders naming this DID: delivered with it, or renewing it",
+    )
     since: dt.datetime = Field(UNSET, description="created at or after (ISO 8601)")
     until: dt.datetime = Field(UNSET, description="created before (ISO 8601)")
 
@@ -267,6 +273,8 @@ async def list_orders(call: Call) -> Page:
         filters["vendor_id"] = query.vid
     if query.uid is not None:
         filters["member_id"] = query.uid
+    if query.device is not None:
+        filters["devices__did"] = query.device
     if query.since is not None:
         filters["created_at__gte"] = _aware(query.since, "since")
     if query.until is not None:
@@ -356,8 +364,6 @@ async def read_order(call: Call) -> OrderOut:
 
 
 # ----------------------------------------------------------------------------- delivery
-
-DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
 
 
 class DeliveryIn(RequestModel):

@@ -33,6 +33,7 @@ from aquafleet.models.filters import set_device_filter_spec
 from aquafleet.models.members import Member
 from aquafleet.models.orders import (
     Order,
+    OrderDevice,
     OrderEvent,
     OrderKind,
     OrderLine,
@@ -150,6 +151,7 @@ async def deliver_order(
             actor_id=principal.subject, reason=f"shipped {len(dids)} devices", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(delivery=delivery)
+        await OrderDevice.bulk_create([OrderDevice(order_id=order.id, did=did) for did in dids])
         for device, line in pairs:
             free = Q(owner_id__isnull=True) | Q(owner_id=member.uid)
             taken = await Device.filter(free, did=device.did).update(

@@ -209,6 +209,22 @@ class OrderLine(Model):
         unique_together = (("order", "position"),)
 
 
+class OrderDevice(Model):
+    """A device an order names (delivered with it, or renewed by it): AD-01's `device` filter."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[Order] = fields.ForeignKeyField(
+        "models.Order", related_name="devices", on_delete=fields.RESTRICT
+    )
+    did = fields.CharField(max_length=16, db_index=True)
+
+    order_id: int
+
+    class Meta:
+        table = "order_device"
+        unique_together = (("order", "did"),)
+
+
 class OrderTransition(Model):
     """One move of an order: from, event, to, who (role and id) and why."""
 

@@ -29,6 +29,7 @@ from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
     SYSTEM,
     Order,
+    OrderDevice,
     OrderEvent,
     OrderKind,
     OrderLine,
@@ -116,6 +117,7 @@ async def create_renewal(
                 memo=memo, rent_fen=rent, total_fen=rent, delivery={"devices": [did]},
                 idempotency_key=key, created_at=now, updated_at=now,
             )  # fmt: skip
+            await OrderDevice.create(order=order, did=did)
             await OrderLine.create(
                 order=order, product_id=product.pid, position=1, quantity=1,
                 package_key=package_key, price_fen=rent, amount_fen=rent,

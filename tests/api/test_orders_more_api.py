@@ -138,3 +138,70 @@ async def test_a_quality_check_device_is_never_shipped_locked_for_quota_or_bille
     )
     assert "type 8" in refused.body["message"]
     assert (await Order.get(oid=oid)).state is OrderState.PAID
+
+
+# ----------------------------------------------------------------------------- AD-01 filters
+
+
+async def test_ad01_filters_sort_and_pages(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, b = tenants
+    pid = await add_product(a.vendor)  # sold 298000 (+1000 freight, +5000 install) or rented
+    one = await make_member(api_node, api, a.vid)
+    two = await make_member(api_node, api, a.vid)
+
+    async def new_order(shopper: Any, line: dict[str, Any]) -> str:
+        answer = await shopper.client.call("POST", "/orders", order_body(line), expect=201)
+        return str(answer.data["order_id"])
+
+    bought = await new_order(one, {"product_id": pid})  # total 304000
+    rented = await new_order(one, {"product_id": pid, "package": "30d"})  # 62000
+    unpaid = await new_order(two, {"product_id": pid})  # 304000, made two days ago
+    await Order.filter(oid=unpaid).update(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    d1, d2 = await register(api, a.vid, 2)
+    for oid, did in ((bought, d1), (rented, d2)):
+        await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+        body = {**PARCEL, "devices": [did]}
+        await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=201)
+    renewal = (
+        await one.client.call("POST", "/orders/renewals", {"did": d2, "package": "30d"}, expect=201)
+    ).data["order_id"]  # 6000, unpaid
+
+    async def listed(client: ApiClient = api, **params: Any) -> list[str]:
+        answer = await client.call("GET", "/orders", params=params)
+        return [o["order_id"] for o in answer.data]
+
+    assert set(await listed(device=d2)) == {rented, renewal}
+    assert set(await listed(device=d1)) == {bought}
+    assert await listed(device="AAAA99999999ABCD") == []
+    await api.call("GET", "/orders", params={"device": "AAAA1"}, expect=422)
+    assert await listed(two.client, device=d1) == []  # another member's order
+    assert await listed(b.vendor, device=d1) == []  # another tenant's
+    assert await listed(one.client, device=d1) == [bought]
+    assert set(await listed(state=2)) == {bought, rented}
+    assert set(await listed(state=0)) == {unpaid, renewal}
+    assert set(await listed(type=1)) == {bought, unpaid}
+    assert await listed(type=2) == [rented]
+    assert await listed(type=3) == [renewal]
+    assert await listed(uid=two.uid) == [unpaid]
+    assert await listed(uid=one.uid, type=1) == [bought]
+    assert await listed(uid=one.uid, device=d2, type=3) == [renewal]
+    day_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await listed(until=day_ago) == [unpaid]
+    assert set(await listed(since=day_ago)) == {bought, rented, renewal}
+    assert set(await listed(since=day_ago, state=2, device=d1)) == {bought}
+
+    # Sort and pages: newest first by default; by total with ties in creation order.
+    assert await listed() == [renewal, rented, bought, unpaid]
+    assert await listed(order="asc") == [unpaid, bought, rented, renewal]
+    assert await listed(sort="total", order="asc") == [renewal, rented, bought, unpaid]
+    assert await listed(sort="total", order="desc") == [unpaid, bought, rented, renewal]
+    page = await api.call(
+        "GET", "/orders", params={"sort": "total", "order": "asc", "limit": 2, "offset": 1}
+    )
+    assert [o["order_id"] for o in page.data] == [rented, bought]
+    assert page.body["total"] == 4  # all that match, whatever the page
+    assert await listed(sort="state", order="asc", limit=2) == [unpaid, renewal]
+    for bad in ({"sort": "price"}, {"limit": 0}, {"offset": -1}, {"state": 9}, {"type": 4}):
+        await api.call("GET", "/orders", params=bad, expect=422)
