@@ -514,6 +514,17 @@ async def fire(
     return order
 
 
+async def platform_admin(username: str) -> Any:
+    """The active platform admin account of that name (shell steps name one); Forbidden
+    otherwise."""
+    from aquafleet.models.accounts import AccountState, AdminAccount
+
+    account = await AdminAccount.get_or_none(username__iexact=username)
+    if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
+        raise Forbidden(f"{username!r} is not an active platform admin account")
+    return account
+
+
 async def mark_paid(
     oid: str,
     *,
@@ -527,12 +538,9 @@ async def mark_paid(
     before answers as it is. A renewal (kind 3) needs `apply_service`: paying it renews its
     device at once and the order is done (models/renewals.py); a retry finishes a renewal a
     failure left paid, changing the device once."""
-    from aquafleet.models.accounts import AccountState, AdminAccount
     from aquafleet.models.renewals import apply_renewal
 
-    account = await AdminAccount.get_or_none(username__iexact=admin)
-    if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
-        raise Forbidden(f"{admin!r} is not an active platform admin account")
+    account = await platform_admin(admin)
     if not reason.strip():
         raise InvalidInput("say why the order is marked paid (--reason)")
     order = await Order.get_or_none(oid=oid, deleted_at__isnull=True)

@@ -205,3 +205,79 @@ async def test_ad01_filters_sort_and_pages(
     assert await listed(sort="state", order="asc", limit=2) == [unpaid, renewal]
     for bad in ({"sort": "price"}, {"limit": 0}, {"offset": -1}, {"state": 9}, {"type": 4}):
         await api.call("GET", "/orders", params=bad, expect=422)
+
+
+# ----------------------------------------------------------------------------- the shell
+
+
+async def test_deliver_from_the_shell(
+    database_url: str, node_factory: Any, tmp_path: Any
+):  # the database first: it is torn down after the node
+    import json
+
+    from aquafleet.gateway.appkeys import SERVICE_STORE
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.members import member_uid
+    from aquafleet.models.orders import LineRequest, OrderRequest, create_order
+    from aquafleet.models.products import create_product
+    from aquafleet.models.service import DeviceService, ServiceMode
+    from aquafleet.models.tenancy import Role
+    from tests.api.conftest import PASSWORD, md5
+    from tests.api.test_orders_api import RECEIVER
+    from tests.conftest import MASTER_SECRET, REDIS_URL, TEST_SHARDS
+    from tests.devices import register_devices
+    from tests.platform.test_cli import aquafleet, clean_env
+
+    node = await node_factory(database_url=database_url)
+    sold, rented, third = await register_devices(node, 3, vendor="SHOP")
+    await create_account("ops", md5(PASSWORD), Role.PLATFORM)
+    member = await Member.create(uid=member_uid("SHOP", 1), vendor_id="SHOP", name="m", state=2)
+    month = {"name": "30天", "key": "30d", "value": 6000, "days": 30}
+    product = await create_product(
+        "SHOP",
+        {"name": "净水机", "billing": 3, "price_fen": 100, "state": 1, "rent_packages": [month]},
+    )
+    lines = [LineRequest(product.pid), LineRequest(product.pid, package="30d")]
+    order, _ = await create_order(member, OrderRequest(lines, RECEIVER))
+    second, _ = await create_order(member, OrderRequest([LineRequest(product.pid)], RECEIVER))
+    env = clean_env(
+        data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=database_url,
+        redis_url=REDIS_URL, redis_prefix=node.settings.redis_prefix, redis_shards=TEST_SHARDS,
+    )  # fmt: skip
+    ship = ["--company", "顺丰速运", "--tracking", "SF1234567890", "--clerk", "李四"]
+    deliver = ("orders", "deliver", order.oid, "--admin", "ops", *ship)
+    code, out = await aquafleet(env, *deliver, "--did", sold.did, "--did", rented.did)
+    assert code != 0 and "obligation" in out, out  # not paid yet
+    await mark_paid(order.oid, admin="ops", reason="cash")
+    await mark_paid(second.oid, admin="ops", reason="cash")
+    code, out = await aquafleet(env, *deliver, "--did", sold.did)
+    assert code != 0 and "2 units" in out, out
+    code, out = await aquafleet(
+        env, "orders", "deliver", order.oid, "--admin", "nobody", *ship, "--did", sold.did
+    )
+    assert code != 0 and "platform admin" in out, out
+    code, out = await aquafleet(env, *deliver, "--did", sold.did, "--did", rented.did)
+    assert code == 0, out
+    assert "delivered" in out and f"shipped {sold.did}, {rented.did} with 顺丰速运" in out, out
+    code, out = await aquafleet(env, *deliver, "--did", sold.did, "--did", rented.did)
+    assert code != 0 and "delivered" in out, out  # once
+
+    code, out = await aquafleet(
+        env, "orders", "deliver", second.oid, "--admin", "ops", *ship, "--did", third.did,
+        "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    shipped = json.loads(out)
+    assert (shipped["oid"], shipped["state"]) == (second.oid, "delivered")
+    assert shipped["delivery"]["devices"] == [third.did]
+    assert shipped["delivery"]["tracking_num"] == "SF1234567890"
+    # The same models call as AD-05: bound, configured through the node's Redis.
+    owners = await Device.filter(did__in=[sold.did, rented.did, third.did]).values_list(
+        "owner_id", flat=True
+    )
+    assert set(owners) == {member.uid}
+    modes = {s.did: s.mode for s in await DeviceService.all()}
+    assert modes == {sold.did: ServiceMode.SALE, rented.did: ServiceMode.TIME_RENTAL,
+                     third.did: ServiceMode.SALE}  # fmt: skip
+    assert (await node.app[SERVICE_STORE].read(rented.did)).rental_expires_at is not None
+    assert (await Order.get(id=order.id)).state is OrderState.DELIVERED
