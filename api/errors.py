@@ -148,7 +148,8 @@ def from_domain(exc: DomainError) -> ApiError:
     retry_after = getattr(exc, "retry_after_s", None)
     if status == 429 and isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, int(retry_after)))
-    return ApiError(exc.message, code=exc.code, status=status, headers=headers)
+    data = getattr(exc, "data", None)  # e.g. an order's current state (a state conflict)
+    return ApiError(exc.message, code=exc.code, status=status, headers=headers, data=data)
 
 
 # Every code an answer can carry, with its status and meaning: the table in docs/api.md is
@@ -197,7 +198,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
     "device_locked": (409, "the device is locked (the message says why): it pours nothing"),
+    "order_state_conflict": (409, "the order's state does not allow this move (data: its state)"),
     "referral_invalid": (400, "the referral code names no member or agent who may refer"),
+    "renewal_device_gone": (409, "a renewal was paid for a device its member no longer holds"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }

@@ -42,6 +42,7 @@ from aquafleet.models.orders import (
     OrderLine,
     OrderRequest,
     OrderState,
+    OrderTransition,
     create_order,
     delete_order,
     find_order,
@@ -50,7 +51,13 @@ from aquafleet.models.orders import (
 )
 from aquafleet.models.products import MAX_FEN
 from aquafleet.models.renewals import create_renewal
-from aquafleet.models.returns import RETURN_WINDOW, ask_return, consent_return, goods_returned
+from aquafleet.models.returns import (
+    RETURN_WINDOW,
+    ask_return,
+    consent_return,
+    goods_returned,
+    refuse_return,
+)
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
@@ -155,6 +162,9 @@ class OrderOut(ResponseModel):
     amounts: AmountsOut
     delivery: dict[str, Any] | None
     return_reason: str
+    return_refused: str | None = Field(
+        description="why the vendor refused the return, if it did (the order is received again)"
+    )
     create_tms: UtcDateTime
     pay_tms: UtcDateTime | None
     receive_tms: UtcDateTime | None
@@ -189,7 +199,7 @@ class OrderListQuery(ListQuery):
 # ----------------------------------------------------------------------------- shaping
 
 
-def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
+def order_out(order: Order, lines: Sequence[OrderLine], refused: str | None = None) -> OrderOut:
     return OrderOut(
         order_id=order.oid,
         state=int(order.state),
@@ -222,6 +232,7 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
             refund_due=order.refund_due_fen,
         ),
         return_reason=order.return_reason,
+        return_refused=refused,
         delivery=order.delivery,
         create_tms=order.created_at,
         pay_tms=order.paid_at,
@@ -233,9 +244,16 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
 async def order_outs(orders: Sequence[Order]) -> list[OrderOut]:
     """Answers for many orders with their lines read in one query."""
     by_order: dict[int, list[OrderLine]] = defaultdict(list)
-    for line in await OrderLine.filter(order_id__in=[o.id for o in orders]):
+    ids = [o.id for o in orders]
+    for line in await OrderLine.filter(order_id__in=ids):
         by_order[line.order_id].append(line)
-    return [order_out(order, by_order[order.id]) for order in orders]
+    refused: dict[int, str] = {
+        int(row["order_id"]): str(row["reason"])
+        for row in await OrderTransition.filter(
+            order_id__in=ids, event=OrderEvent.REFUSE.value
+        ).values("order_id", "reason")
+    }
+    return [order_out(order, by_order[order.id], refused.get(order.id)) for order in orders]
 
 
 def _aware(value: dt.datetime, field: str) -> dt.datetime:
@@ -526,6 +544,29 @@ async def ask_to_return(call: Call) -> OrderOut:
 async def consent(call: Call) -> OrderOut:
     order = await find_order(call.principal, call.params.oid)
     return (await order_outs([await consent_return(order, call.principal)]))[0]
+
+
+class RefuseIn(RequestModel):
+    reason: str = text(255, min_length=1, description="why the return is refused")
+
+
+@routes.post(
+    "/orders/{oid}/status/refuse",
+    summary="Refuse a return",
+    roles=PLATFORM_OR_VENDOR,
+    params=OrderPath,
+    body=RefuseIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description="A#, not in the seed: the platform or the vendor refuses the member's return "
+    "request with a reason (return -> received; `return_refused` answers the reason). The "
+    "order keeps its receipt time: the return window goes on and its timer ends the order in "
+    "done; the member cannot ask to return it again.",
+)
+async def refuse(call: Call) -> OrderOut:
+    order = await find_order(call.principal, call.params.oid)
+    moved = await refuse_return(order, call.principal, call.body.reason)
+    return (await order_outs([moved]))[0]
 
 
 @routes.put(

@@ -83,6 +83,7 @@ class OrderEvent(StrEnum):
     CONFIRM = "confirm"  # AD-11, or the auto-receive timer
     RETURN = "return"  # AD-12
     CONSENT = "consent"  # AD-13
+    REFUSE = "refuse"  # the vendor refuses the return (not in the seed): back to received
     REFUND = "refund"  # AD-14
     FINISH = "finish"  # the return window ended
     RENEW = "renew"  # a paid renewal changed its device (models/renewals.py): nothing to ship
@@ -104,19 +105,25 @@ TRANSITIONS: dict[tuple[OrderState, OrderEvent], tuple[OrderState, frozenset[str
     (S.RECEIVED, E.RETURN): (S.RETURN, frozenset({MEMBER})),
     (S.RECEIVED, E.FINISH): (S.DONE, frozenset({SYSTEM})),
     (S.RETURN, E.CONSENT): (S.CONSENT, frozenset({PLATFORM, VENDOR})),
+    (S.RETURN, E.REFUSE): (S.RECEIVED, frozenset({PLATFORM, VENDOR})),  # models/returns.py
     (S.CONSENT, E.REFUND): (S.REFUND, frozenset({PLATFORM, VENDOR})),
 }
 FINAL_STATES = frozenset(S) - {state for state, _event in TRANSITIONS}
 
 
 class OrderStateConflict(Conflict):
-    """The event does not apply to the order's current state (the message names it)."""
+    """The event does not apply to the order's current state (the message names it; the API
+    answers it in `data` too)."""
 
-    code = "conflict"
+    code = "order_state_conflict"
 
     def __init__(self, message: str, state: OrderState) -> None:
         super().__init__(message)
         self.state = state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"state": int(self.state), "state_name": self.state.name.lower()}
 
 
 def next_state(state: OrderState, event: OrderEvent, actor: str) -> OrderState:
@@ -500,8 +507,8 @@ async def fire(
             changes["paid_at"] = now
         if target is OrderState.DELIVERED:
             changes["delivered_at"] = now
-        if target is OrderState.RECEIVED:
-            changes["received_at"] = now
+        if target is OrderState.RECEIVED and current.received_at is None:
+            changes["received_at"] = now  # a refused return keeps the window it was asked in
         if target in FINAL_STATES:
             changes["completed_at"] = now
         await OrderTransition.create(

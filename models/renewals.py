@@ -12,6 +12,10 @@ Paying it (`models.orders.mark_paid`) applies the renewal at once through `model
 with the order id as request id (extend by the days, or top up the ml), then moves the order
 paid -> done (event `renew`, system). The service change goes first: a failure leaves the order
 paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis).
+
+Paying re-checks that the member still holds the device: one unbound or returned since the
+order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and the payment
+layer refunds it (the payment was received: the pay move is recorded).
 """
 
 from __future__ import annotations
@@ -131,6 +135,12 @@ async def create_renewal(
     return order, True
 
 
+class RenewalDeviceGone(Conflict):
+    """A renewal was paid for a device its member no longer holds: it is not applied."""
+
+    code = "renewal_device_gone"
+
+
 def renewal_change(line: OrderLine, oid: str) -> ServiceChangeRequest:
     """What paying the renewal does to the device: extend by the package's days (from the
     later of now and the current expiry) or top up its ml, with the order id as request id."""
@@ -154,6 +164,14 @@ async def apply_renewal(
     if line is None or not order.delivery:
         raise Conflict(f"renewal order {order.oid} names no device")
     did = order.delivery["devices"][0]
+    device = await Device.get_or_none(did=did)
+    if device is None or device.owner_id != order.member_id:
+        raise RenewalDeviceGone(
+            f"device {did} is no longer held by member {order.member_id} (unbound or returned "
+            f"since renewal order {order.oid} was made): the renewal is not applied; the order "
+            "stays paid and its payment is to be refunded"
+        )
+    check_usable(device)
     await apply_service(did, renewal_change(line, order.oid))
     try:
         return await fire(

@@ -281,3 +281,144 @@ async def test_deliver_from_the_shell(
                      third.did: ServiceMode.SALE}  # fmt: skip
     assert (await node.app[SERVICE_STORE].read(rented.did)).rental_expires_at is not None
     assert (await Order.get(id=order.id)).state is OrderState.DELIVERED
+
+
+# ----------------------------------------------------------------------------- refused returns
+
+
+async def test_the_vendor_refuses_a_return_with_a_reason(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    from aquafleet.models.order_timers import sweep
+    from aquafleet.models.orders import OrderTransition
+    from tests.api.test_orders_api import _order_in
+
+    a, b = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    order = await _order_in(OrderState.RECEIVED, a.vid, shopper.uid, pid)
+    received = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    await Order.filter(id=order.id).update(received_at=received)
+    oid = order.oid
+    asked = await shopper.client.call(
+        "POST", f"/orders/{oid}/status/return", {"reason": "漏水"}, expect=201
+    )
+    assert asked.data["state_name"] == "return" and asked.data["return_refused"] is None
+
+    path = f"/orders/{oid}/status/refuse"
+    no = {"reason": "the seal is broken: not returnable"}
+    await shopper.client.call("POST", path, no, expect=403)
+    await a.agent.call("POST", path, no, expect=403)
+    await b.vendor.call("POST", path, no, expect=404)
+    await a.vendor.call("POST", path, {}, expect=422)
+    await a.vendor.call("POST", path, {"reason": ""}, expect=422)
+    refused = await a.vendor.call("POST", path, no, expect=201)
+    assert refused.data["state_name"] == "received"
+    assert refused.data["return_refused"] == no["reason"]
+    assert refused.data["return_reason"] == "漏水"  # what the member asked stays
+    stored = await Order.get(id=order.id)
+    assert stored.received_at == received  # the window goes on from the receipt
+    move = await OrderTransition.get(order_id=order.id, event="refuse")
+    assert (move.from_state, move.to_state, move.actor_role, move.reason) == (
+        OrderState.RETURN, OrderState.RECEIVED, "vendor", no["reason"],
+    )  # fmt: skip
+    seen = await shopper.client.call("GET", f"/orders/{oid}")
+    assert seen.data["return_refused"] == no["reason"]
+
+    # Refused once is final: no second request, no consent, no second refusal.
+    again = await shopper.client.call(
+        "POST", f"/orders/{oid}/status/return", {"reason": "please"}, expect=409
+    )
+    assert "refused" in again.body["message"]
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent", expect=409)
+    await a.vendor.call("POST", path, no, expect=409)
+    # The return window's timer ends the order in done when the 7 days are over.
+    assert (await sweep(received + dt.timedelta(days=6))).done == 0
+    assert (await sweep(received + dt.timedelta(days=7, seconds=1))).done == 1
+    assert (await Order.get(id=order.id)).state is OrderState.DONE
+
+
+# ----------------------------------------------------------------------------- renewals
+
+
+async def test_a_renewal_paid_after_its_device_left_the_member_is_not_applied(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    import pytest
+
+    from aquafleet.models.orders import OrderTransition
+    from aquafleet.models.renewals import RenewalDeviceGone
+    from aquafleet.models.service import DeviceService
+    from tests.api.test_renewals_api import applier, delivered
+
+    a, _ = tenants
+    pid = await add_product(a.vendor)  # rented by days
+    shopper = await make_member(api_node, api, a.vid)
+    kept, unbound = await register(api, a.vid, 2)
+    for did in (kept, unbound):
+        await delivered(api_node, a, shopper, did, {"product_id": pid, "package": "30d"})
+    renewals = {}
+    for did in (kept, unbound):
+        answer = await shopper.client.call(
+            "POST", "/orders/renewals", {"did": did, "package": "60d"}, expect=201
+        )
+        renewals[did] = answer.data["order_id"]
+    expires = (await DeviceService.get(did=unbound)).rental_expires_at
+    # The member gives the device up (AB-13 unbind) before the renewal is paid.
+    await shopper.client.call("DELETE", f"/devices/{unbound}/bind", expect=204)
+    assert (await Device.get(did=unbound)).owner_id is None
+
+    for attempt in ("first", "retried"):
+        with pytest.raises(RenewalDeviceGone, match="no longer held") as gone:
+            await mark_paid(renewals[unbound], admin=PLATFORM_USER, reason=attempt,
+                            apply_service=applier(api_node))  # fmt: skip
+        assert gone.value.code == "renewal_device_gone"
+    order = await Order.get(oid=renewals[unbound])
+    assert order.state is OrderState.PAID  # paid, not renewed: the payment layer refunds it
+    moves = await OrderTransition.filter(order_id=order.id).values_list("event", flat=True)
+    assert list(moves) == ["pay"]
+    assert (await DeviceService.get(did=unbound)).rental_expires_at == expires  # unchanged
+    # The device the member still holds renews as before.
+    done = await mark_paid(renewals[kept], admin=PLATFORM_USER, reason="ok",
+                           apply_service=applier(api_node))  # fmt: skip
+    assert done.state is OrderState.DONE
+
+
+# ----------------------------------------------------------------------------- state conflicts
+
+
+async def test_a_refused_move_answers_order_state_conflict_with_the_state(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, _ = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    oid = (await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))).data[
+        "order_id"
+    ]
+    unpaid = {"state": 0, "state_name": "obligation"}
+    paid = {"state": 1, "state_name": "paid"}
+    cases = [
+        (shopper.client, "POST", f"/orders/{oid}/status/confirm", None, unpaid),
+        (a.vendor, "POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": ["AAAA00000001ABCD"]},
+         unpaid),
+        (a.vendor, "PUT", f"/orders/{oid}/delivery", {"tracking_num": "X1"}, unpaid),
+        (api, "DELETE", f"/orders/{oid}?confirm={oid}", None, unpaid),
+    ]  # fmt: skip
+    for client, method, path, body, state in cases:
+        answer = await client.call(method, path, body, expect=409)
+        assert answer.code == "order_state_conflict", (path, answer)
+        assert answer.body["data"] == state and state["state_name"] in answer.body["message"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    for client, path in ((shopper.client, f"/orders/{oid}/status/close"),
+                         (a.vendor, f"/orders/{oid}/status/consent")):  # fmt: skip
+        answer = await client.call("POST", path, expect=409)
+        assert (answer.code, answer.body["data"]) == ("order_state_conflict", paid)
+    # Other conflicts keep their own codes.
+    (did,) = await register(api, a.vid, 1)
+    other = await make_member(api_node, api, a.vid)
+    await Device.filter(did=did).update(owner_id=other.uid)
+    bound = await a.vendor.call(
+        "POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]}, expect=409
+    )
+    assert bound.code == "device_bound" and bound.body["data"] is None
