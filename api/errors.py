@@ -148,7 +148,8 @@ def from_domain(exc: DomainError) -> ApiError:
     retry_after = getattr(exc, "retry_after_s", None)
     if status == 429 and isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, int(retry_after)))
-    return ApiError(exc.message, code=exc.code, status=status, headers=headers)
+    data = getattr(exc, "data", None)  # e.g. an order's current state (a state conflict)
+    return ApiError(exc.message, code=exc.code, status=status, headers=headers, data=data)
 
 
 # Every code an answer can carry, with its status and meaning: the table in docs/api.md is
@@ -208,6 +209,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "wechatpay_unavailable": (503, "WeChat Pay did not answer; try again"),
     "secret_unreadable": (503, "a stored credential does not open with this master secret"),
     "insufficient_funds": (409, "the balance (wallet, available commission) is short of it"),
+    "order_state_conflict": (409, "the order's state does not allow this move (data: its state)"),
+    "referral_invalid": (400, "the referral code names no member or agent who may refer"),
+    "renewal_device_gone": (409, "a renewal was paid for a device its member no longer holds"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }
@@ -215,9 +219,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 def _register_known_domain_errors() -> None:
     from aquafleet.models.accounts import LoginRefused
+    from aquafleet.models.orders import ReferralInvalid
     from aquafleet.models.ratelimit import RateLimited as DomainRateLimited
 
     register_domain_error(LoginRefused, 401)
+    register_domain_error(ReferralInvalid, 400)
     register_domain_error(DomainRateLimited, 429)
 
 

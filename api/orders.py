@@ -42,6 +42,7 @@ from aquafleet.models.orders import (
     OrderLine,
     OrderRequest,
     OrderState,
+    OrderTransition,
     create_order,
     delete_order,
     find_order,
@@ -50,7 +51,13 @@ from aquafleet.models.orders import (
 )
 from aquafleet.models.products import MAX_FEN
 from aquafleet.models.renewals import create_renewal
-from aquafleet.models.returns import RETURN_WINDOW, ask_return, consent_return, goods_returned
+from aquafleet.models.returns import (
+    RETURN_WINDOW,
+    ask_return,
+    consent_return,
+    goods_returned,
+    refuse_return,
+)
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
@@ -71,6 +78,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 PID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
 OID_PATTERN = r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$"
 UID_PATTERN = r"^[A-Z0-9]{4}[0-9]{12}[0-9A-F]{4}$"
+DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
 
 
 class LineIn(RequestModel):
@@ -98,6 +106,14 @@ class OrderIn(RequestModel):
     content: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
     receiver: ReceiverIn
     memo: str = text(255, default="")
+    referral_code: str = Field(
+        UNSET,
+        min_length=1,
+        max_length=32,
+        description="推荐码 (seed FAQ 8), optional: a member's uid, or an agent's or dealer's "
+        "code `A<id>`, of the member's vendor; the order is attributed to it (400 "
+        "`referral_invalid` when it names nobody who may refer)",
+    )
 
 
 class RenewalIn(RequestModel):
@@ -138,12 +154,17 @@ class OrderOut(ResponseModel):
     type: int = Field(description="1 purchase, 2 rental, 3 renewal")
     vid: str
     user_id: str
+    agent_id: int | None = Field(description="the agent or dealer node the order counts for")
+    rid: str | None = Field(description="推荐人: the referring member's uid, if any")
     content: list[LineOut]
     receiver: dict[str, str]
     memo: str
     amounts: AmountsOut
     delivery: dict[str, Any] | None
     return_reason: str
+    return_refused: str | None = Field(
+        description="why the vendor refused the return, if it did (the order is received again)"
+    )
     create_tms: UtcDateTime
     pay_tms: UtcDateTime | None
     receive_tms: UtcDateTime | None
@@ -166,6 +187,11 @@ class OrderListQuery(ListQuery):
     type: OrderKind = Field(UNSET)
     vid: VendorCode = Field(UNSET)
     uid: str = Field(UNSET, pattern=UID_PATTERN, description="the member")
+    device: str = Field(
+        UNSET,
+        pattern=DID_PATTERN,
+        description="orders naming this DID: delivered with it, or renewing it",
+    )
     since: dt.datetime = Field(UNSET, description="created at or after (ISO 8601)")
     until: dt.datetime = Field(UNSET, description="created before (ISO 8601)")
 
@@ -173,7 +199,7 @@ class OrderListQuery(ListQuery):
 # ----------------------------------------------------------------------------- shaping
 
 
-def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
+def order_out(order: Order, lines: Sequence[OrderLine], refused: str | None = None) -> OrderOut:
     return OrderOut(
         order_id=order.oid,
         state=int(order.state),
@@ -181,6 +207,8 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
         type=int(order.kind),
         vid=order.vendor_id,
         user_id=order.member_id,
+        agent_id=order.agent_id,
+        rid=order.referrer_uid,
         content=[
             LineOut(
                 product_id=line.product_id,
@@ -204,6 +232,7 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
             refund_due=order.refund_due_fen,
         ),
         return_reason=order.return_reason,
+        return_refused=refused,
         delivery=order.delivery,
         create_tms=order.created_at,
         pay_tms=order.paid_at,
@@ -215,9 +244,16 @@ def order_out(order: Order, lines: Sequence[OrderLine]) -> OrderOut:
 async def order_outs(orders: Sequence[Order]) -> list[OrderOut]:
     """Answers for many orders with their lines read in one query."""
     by_order: dict[int, list[OrderLine]] = defaultdict(list)
-    for line in await OrderLine.filter(order_id__in=[o.id for o in orders]):
+    ids = [o.id for o in orders]
+    for line in await OrderLine.filter(order_id__in=ids):
         by_order[line.order_id].append(line)
-    return [order_out(order, by_order[order.id]) for order in orders]
+    refused: dict[int, str] = {
+        int(row["order_id"]): str(row["reason"])
+        for row in await OrderTransition.filter(
+            order_id__in=ids, event=OrderEvent.REFUSE.value
+        ).values("order_id", "reason")
+    }
+    return [order_out(order, by_order[order.id], refused.get(order.id)) for order in orders]
 
 
 def _aware(value: dt.datetime, field: str) -> dt.datetime:
@@ -255,6 +291,8 @@ async def list_orders(call: Call) -> Page:
         filters["vendor_id"] = query.vid
     if query.uid is not None:
         filters["member_id"] = query.uid
+    if query.device is not None:
+        filters["devices__did"] = query.device
     if query.since is not None:
         filters["created_at__gte"] = _aware(query.since, "since")
     if query.until is not None:
@@ -272,7 +310,7 @@ async def list_orders(call: Call) -> Page:
     roles=MEMBER_ONLY,
     body=OrderIn,
     response=OrderOut,
-    errors=(404, 409),
+    errors=(400, 404, 409),
     description="C. The member orders published products of its vendor; a line with `package` "
     "rents the product with that package (rent + deposit), one without buys it (price). Every "
     "amount is computed here (goods, freight, install fee, deposit, rent); a `price` sent is "
@@ -288,6 +326,7 @@ async def add_order(call: Call) -> OrderOut:
         receiver=body.receiver.model_dump(),
         memo=body.memo,
         idempotency_key=key,
+        referral_code=body.referral_code,
     )
     order, _created = await create_order(member, request)
     return (await order_outs([order]))[0]
@@ -343,8 +382,6 @@ async def read_order(call: Call) -> OrderOut:
 
 
 # ----------------------------------------------------------------------------- delivery
-
-DID_PATTERN = r"^[A-Z0-9]{4}[0-9]{8}[0-9A-F]{4}$"
 
 
 class DeliveryIn(RequestModel):
@@ -507,6 +544,29 @@ async def ask_to_return(call: Call) -> OrderOut:
 async def consent(call: Call) -> OrderOut:
     order = await find_order(call.principal, call.params.oid)
     return (await order_outs([await consent_return(order, call.principal)]))[0]
+
+
+class RefuseIn(RequestModel):
+    reason: str = text(255, min_length=1, description="why the return is refused")
+
+
+@routes.post(
+    "/orders/{oid}/status/refuse",
+    summary="Refuse a return",
+    roles=PLATFORM_OR_VENDOR,
+    params=OrderPath,
+    body=RefuseIn,
+    response=OrderOut,
+    errors=(404, 409),
+    description="A#, not in the seed: the platform or the vendor refuses the member's return "
+    "request with a reason (return -> received; `return_refused` answers the reason). The "
+    "order keeps its receipt time: the return window goes on and its timer ends the order in "
+    "done; the member cannot ask to return it again.",
+)
+async def refuse(call: Call) -> OrderOut:
+    order = await find_order(call.principal, call.params.oid)
+    moved = await refuse_return(order, call.principal, call.body.reason)
+    return (await order_outs([moved]))[0]
 
 
 @routes.put(

@@ -34,6 +34,7 @@ from aquafleet.models.products import (
     MAX_PACKAGE_DAYS,
     MAX_PACKAGE_ML,
     MAX_PACKAGES,
+    MAX_TRIAL_DAYS,
     Product,
     ProductState,
     ProductType,
@@ -90,6 +91,13 @@ class RentIn(RequestModel):
 
     deposit: Fen = 0
     config: list[PackageIn] = Field(default_factory=list, max_length=MAX_PACKAGES)
+    trial_days: int = Field(
+        0,
+        ge=0,
+        le=MAX_TRIAL_DAYS,
+        description="试用 (seed FAQ 5): free days every new time rental of the product starts "
+        "with, on top of the package's days (time-rental products only)",
+    )
 
 
 class CommisIn(RequestModel):
@@ -161,7 +169,7 @@ class ProductIn(RequestModel):
     maintain_cost: Fen = Field(0, description="per visit, fen")
     resource: ResourceIn = Field(default_factory=lambda: ResourceIn.model_validate({}))
     notify_url: Url = Field("", description="kept as given (the seed marks it '?')")
-    rent: RentIn = Field(default_factory=RentIn)
+    rent: RentIn = Field(default_factory=lambda: RentIn.model_validate({}))
     commis: CommisIn = Field(default_factory=CommisIn)
     specification: SpecificationIn = Field(
         default_factory=lambda: SpecificationIn.model_validate({})
@@ -287,6 +295,7 @@ def product_out(product: Product) -> ProductOut:
         rent=RentIn(
             deposit=product.deposit_fen,
             config=[PackageIn.model_validate(p) for p in product.rent_packages],
+            trial_days=product.trial_days,
         ),
         commis=CommisIn(
             enabled=product.commis_enabled,
@@ -311,6 +320,7 @@ def columns(body: ProductIn | ProductChangeIn) -> dict[str, Any]:
         elif name == "rent":
             values["deposit_fen"] = value.deposit
             values["rent_packages"] = [p.model_dump(exclude_none=True) for p in value.config]
+            values["trial_days"] = value.trial_days
         elif name == "commis":
             values["commis_enabled"] = value.enabled
             values["commis_config"] = list(value.config)

@@ -23,6 +23,7 @@ from aquafleet.gateway.node import (
     ledger_ctx,
     metrics_ctx,
     mqtt_ctx,
+    order_timers_ctx,
     redis_ctx,
     registry_ctx,
     rental_ctx,
@@ -40,8 +41,9 @@ def build_app(
     settings: Settings, *, metrics: Metrics | None = None, listeners: Listeners | None = None
 ) -> web.Application:
     """A whole node: Redis, database, tasks, registry sync, ledger writer, rental scheduler,
-    TCP gateway, MQTT bridge, then the REST API (torn down in reverse). With `listeners`, it
-    serves on those sockets (bound by `serve`'s parent) instead of binding its own."""
+    order timers, TCP gateway, MQTT bridge, then the REST API (torn down in reverse). With
+    `listeners`, it serves on those sockets (bound by `serve`'s parent) instead of binding
+    its own."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
     if listeners is not None:
@@ -50,7 +52,7 @@ def build_app(
     app.cleanup_ctx.extend(
         (
             redis_ctx, database_ctx, tasks_ctx, metrics_ctx, registry_ctx, ledger_ctx,
-            rental_ctx, gateway_ctx, mqtt_ctx, notify_ctx,
+            rental_ctx, order_timers_ctx, gateway_ctx, mqtt_ctx, notify_ctx,
         )
     )  # fmt: skip
     setup_api(app)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from aquafleet.gateway.keys import Keyspace
     from aquafleet.gateway.metrics import Metrics
     from aquafleet.gateway.mqtt import MqttBridge
+    from aquafleet.gateway.order_timers import OrderTimerLoop
     from aquafleet.gateway.redis_io import Scripts
     from aquafleet.gateway.rental import RentalScheduler
     from aquafleet.gateway.service_state import ServiceStore
@@ -49,4 +50,5 @@ SERVICE_STORE: web.AppKey[ServiceStore] = web.AppKey("service_store")
 COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")
 COMMAND_SENDER: web.AppKey[CommandSender] = web.AppKey("command_sender")
 RENTAL_SCHEDULER: web.AppKey[RentalScheduler] = web.AppKey("rental_scheduler")
+ORDER_TIMERS: web.AppKey[OrderTimerLoop] = web.AppKey("order_timers")
 MQTT_BRIDGE: web.AppKey[MqttBridge] = web.AppKey("mqtt_bridge")

@@ -182,6 +182,21 @@ class Settings(BaseSettings):
     notify_sender: bool = Field(
         True, description="Run a notification sender (outbox -> WeChat/SMS) in this process."
     )
+    order_timers: bool = Field(
+        True,
+        description="Take part in running the order timers (unpaid orders close, delivered "
+        "ones are received, the return window ends); one node of a cluster holds them at a "
+        "time. Off: run `aquafleet orders run-timers` from cron instead.",
+    )
+    order_timer_interval_s: float = Field(
+        60.0, gt=0, le=3600, description="How often the node holding the order timers sweeps."
+    )
+    order_unpaid_close_h: int = Field(
+        24, ge=1, le=24 * 90, description="Hours after which an unpaid order closes itself."
+    )
+    order_auto_receive_days: int = Field(
+        10, ge=1, le=365, description="Days after delivery that an order counts as received."
+    )
     presence_flush_s: float = Field(
         5.0, gt=0, le=60, description="How often last-seen times are written to Redis."
     )

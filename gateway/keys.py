@@ -82,6 +82,11 @@ class Keyspace:
         return f"{self.prefix}:payments:owner"
 
     @property
+    def order_timers_owner(self) -> str:
+        """The lease naming the one node that runs the order timers (gateway/order_timers.py)."""
+        return f"{self.prefix}:orders:timers:owner"
+
+    @property
     def command_ids(self) -> str:
         """Counter from which nodes take blocks of command ids (cid)."""
         return f"{self.prefix}:cids"

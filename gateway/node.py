@@ -23,6 +23,7 @@ from aquafleet.gateway.appkeys import (
     LISTENERS,
     METRICS,
     MQTT_BRIDGE,
+    ORDER_TIMERS,
     REDIS,
     RENTAL_SCHEDULER,
     SCRIPTS,
@@ -359,6 +360,38 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         await scheduler.release_lease()
     except GatewayError as exc:
         log.warning("rental_lease_release_failed", error=str(exc))
+
+
+async def order_timers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where enabled, the order timers (gateway/order_timers.py) under their own lease."""
+    from aquafleet.gateway.order_timers import OrderTimerLoop
+    from aquafleet.models.order_timers import TimerSettings
+
+    settings = app[SETTINGS]
+    if not settings.order_timers:
+        yield
+        return
+    timers = OrderTimerLoop(
+        client=app[REDIS], scripts=app[SCRIPTS], keyspace=app[KEYSPACE],
+        node_id=settings.resolved_node_id, interval_s=settings.order_timer_interval_s,
+        timers=TimerSettings(
+            unpaid_close_after=dt.timedelta(hours=settings.order_unpaid_close_h),
+            auto_receive_after=dt.timedelta(days=settings.order_auto_receive_days),
+        ),
+    )  # fmt: skip
+    app[ORDER_TIMERS] = timers
+    app[TASKS].start("order-timers", timers.run)
+    yield
+    await stop_order_timers(app)
+
+
+async def stop_order_timers(app: web.Application) -> None:
+    """Cancel the order timers' task and hand their lease over (the node's shutdown)."""
+    await app[TASKS].stop("order-timers")
+    try:
+        await app[ORDER_TIMERS].release_lease()
+    except GatewayError as exc:
+        log.warning("order_timers_lease_release_failed", error=str(exc))
 
 
 async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:

@@ -280,6 +280,30 @@ async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str
     return {row["did"]: int(row["total"] or 0) for row in rows}
 
 
+async def quality_check_devices(dids: list[str]) -> set[str]:
+    """Those of `dids` that are test (quality-check) devices, the seed's type 8 (FAQ 4), by
+    their registered type or their service mode: they are never billed."""
+    from aquafleet.models.devices import Device, DeviceType
+    from aquafleet.models.service import DeviceService, ServiceMode
+
+    found: set[str] = set()
+    for first in range(0, len(dids), _INSERT_CHUNK):
+        chunk = dids[first : first + _INSERT_CHUNK]
+        found.update(
+            str(did)
+            for did in await Device.filter(did__in=chunk, type=DeviceType.TEST).values_list(
+                "did", flat=True
+            )
+        )
+        found.update(
+            str(did)
+            for did in await DeviceService.filter(did__in=chunk, mode=ServiceMode.TEST).values_list(
+                "did", flat=True
+            )
+        )
+    return found
+
+
 async def close_billing_period(
     period_start: dt.datetime, period_end: dt.datetime, now: dt.datetime | None = None
 ) -> PeriodSummary:
@@ -298,6 +322,7 @@ async def close_billing_period(
     if await overlapping.exists():
         raise Conflict("another billing period overlapping this one has been closed")
     assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
+    unbilled = await quality_check_devices([a.did for a in assignments])
     already: set[str] = {
         str(did)
         for did in await BillingRecord.filter(period_start=start).values_list("did", flat=True)
@@ -306,7 +331,7 @@ async def close_billing_period(
     period_s = int((end - start).total_seconds())
     records = []
     for assignment in assignments:
-        if assignment.did in already:
+        if assignment.did in already or assignment.did in unbilled:
             continue
         plan = assignment.plan
         terms = Terms(plan.mode, plan.minimum_fen, plan.price_fen, plan.price_unit_ml)

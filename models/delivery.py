@@ -21,12 +21,19 @@ from typing import Any, Protocol
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
+from aquafleet.models.devices import (
+    Device,
+    DeviceBound,
+    DeviceType,
+    check_usable,
+    visible_devices,
+)
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.filters import set_device_filter_spec
 from aquafleet.models.members import Member
 from aquafleet.models.orders import (
     Order,
+    OrderDevice,
     OrderEvent,
     OrderKind,
     OrderLine,
@@ -75,10 +82,11 @@ def service_change(line: OrderLine, oid: str, now: dt.datetime) -> ServiceChange
         return ServiceChangeRequest(
             op="configure", mode=ServiceMode.SALE, reason=reason, request_id=oid
         )
-    packages = line.snapshot.get("rent", {}).get("config", [])
-    package = next(p for p in packages if p["key"] == line.package_key)
+    rent = line.snapshot.get("rent", {})
+    package = next(p for p in rent.get("config", []) if p["key"] == line.package_key)
     if package.get("days") is not None:
-        expires = int(now.timestamp()) + int(package["days"]) * DAY_S
+        days = int(package["days"]) + int(rent.get("trial_days") or 0)  # free days first
+        expires = int(now.timestamp()) + days * DAY_S
         return ServiceChangeRequest(
             op="configure", mode=ServiceMode.TIME_RENTAL, rental_expires_at=expires,
             reason=reason, request_id=oid,
@@ -106,6 +114,11 @@ async def _devices_for(
         if device is None or device.vendor_id != order.vendor_id:
             raise NotFound(f"device {did} not found")
         check_usable(device)
+        if device.type == DeviceType.TEST:
+            raise Conflict(
+                f"device {did} is a test (quality-check) device, type 8: it pours without "
+                "billing; give it its real type (AB-04) before shipping it"
+            )
         if device.owner_id not in (None, order.member_id):
             raise DeviceBound(f"device {did} is bound to another member")
         pairs.append((device, line))
@@ -138,6 +151,7 @@ async def deliver_order(
             actor_id=principal.subject, reason=f"shipped {len(dids)} devices", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(delivery=delivery)
+        await OrderDevice.bulk_create([OrderDevice(order_id=order.id, did=did) for did in dids])
         for device, line in pairs:
             free = Q(owner_id__isnull=True) | Q(owner_id=member.uid)
             taken = await Device.filter(free, did=device.did).update(

@@ -30,10 +30,10 @@ from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.agents import Agent
+from aquafleet.models.agents import Agent, AgentState
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.ids import check_vendor_code
-from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.members import LOGIN_ALLOWED, Member, MemberState, is_valid_uid
 from aquafleet.models.products import (
     Billing,
     Product,
@@ -83,6 +83,7 @@ class OrderEvent(StrEnum):
     CONFIRM = "confirm"  # AD-11, or the auto-receive timer
     RETURN = "return"  # AD-12
     CONSENT = "consent"  # AD-13
+    REFUSE = "refuse"  # the vendor refuses the return (not in the seed): back to received
     REFUND = "refund"  # AD-14
     FINISH = "finish"  # the return window ended
     RENEW = "renew"  # a paid renewal changed its device (models/renewals.py): nothing to ship
@@ -104,19 +105,25 @@ TRANSITIONS: dict[tuple[OrderState, OrderEvent], tuple[OrderState, frozenset[str
     (S.RECEIVED, E.RETURN): (S.RETURN, frozenset({MEMBER})),
     (S.RECEIVED, E.FINISH): (S.DONE, frozenset({SYSTEM})),
     (S.RETURN, E.CONSENT): (S.CONSENT, frozenset({PLATFORM, VENDOR})),
+    (S.RETURN, E.REFUSE): (S.RECEIVED, frozenset({PLATFORM, VENDOR})),  # models/returns.py
     (S.CONSENT, E.REFUND): (S.REFUND, frozenset({PLATFORM, VENDOR})),
 }
 FINAL_STATES = frozenset(S) - {state for state, _event in TRANSITIONS}
 
 
 class OrderStateConflict(Conflict):
-    """The event does not apply to the order's current state (the message names it)."""
+    """The event does not apply to the order's current state (the message names it; the API
+    answers it in `data` too)."""
 
-    code = "conflict"
+    code = "order_state_conflict"
 
     def __init__(self, message: str, state: OrderState) -> None:
         super().__init__(message)
         self.state = state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"state": int(self.state), "state_name": self.state.name.lower()}
 
 
 def next_state(state: OrderState, event: OrderEvent, actor: str) -> OrderState:
@@ -207,6 +214,22 @@ class OrderLine(Model):
     class Meta:
         table = "order_line"
         unique_together = (("order", "position"),)
+
+
+class OrderDevice(Model):
+    """A device an order names (delivered with it, or renewed by it): AD-01's `device` filter."""
+
+    id = fields.BigIntField(primary_key=True)
+    order: fields.ForeignKeyRelation[Order] = fields.ForeignKeyField(
+        "models.Order", related_name="devices", on_delete=fields.RESTRICT
+    )
+    did = fields.CharField(max_length=16, db_index=True)
+
+    order_id: int
+
+    class Meta:
+        table = "order_device"
+        unique_together = (("order", "did"),)
 
 
 class OrderTransition(Model):
@@ -341,6 +364,58 @@ class OrderRequest:
     receiver: Mapping[str, Any]
     memo: str = ""
     idempotency_key: str | None = None
+    referral_code: str | None = None  # seed FAQ 8: see resolve_referral
+
+
+# ----------------------------------------------------------------------------- referrals
+
+AGENT_CODE_RE = re.compile(r"^A([1-9][0-9]{0,9})$")
+
+
+class ReferralInvalid(InvalidInput):
+    """The referral code names nobody who may refer this member (the API answers 400)."""
+
+    code = "referral_invalid"
+
+
+def agent_referral_code(agent_id: int) -> str:
+    """An agent's or dealer's referral code: `A` and its id, e.g. A12."""
+    return f"A{agent_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who an order is attributed to: the agent node (scoping, commissions) and the referring
+    member."""
+
+    agent_id: int | None
+    referrer_uid: str | None
+
+
+async def resolve_referral(member: Member, code: str | None) -> Attribution:
+    """Seed FAQ 8 (推荐码, optional at checkout). Without a code: the member's own agent and
+    referrer. A member's uid: that member referred the order (not the buyer itself), the order
+    goes to the referrer's agent node. An agent's or dealer's code (`A<id>`): that node, no
+    referring member. Anything else, another vendor's code, a disabled agent or a disabled or
+    deregistered member: ReferralInvalid."""
+    if code is None:
+        return Attribution(member.agent_id, member.referrer_id)
+    code = code.strip().upper()
+    refused = ReferralInvalid(f"referral code {code!r} is not valid for this shop")
+    if is_valid_uid(code):
+        if code == member.uid:
+            raise ReferralInvalid(f"referral code {code!r} is the buyer's own: no self-referral")
+        referrer = await Member.get_or_none(uid=code, vendor_id=member.vendor_id)
+        if referrer is None or referrer.state in (MemberState.DISABLED, MemberState.DEREGISTERED):
+            raise refused
+        return Attribution(referrer.agent_id, referrer.uid)
+    match = AGENT_CODE_RE.match(code)
+    if match is None:
+        raise refused
+    agent = await Agent.get_or_none(id=int(match.group(1)), vendor_id=member.vendor_id)
+    if agent is None or agent.state is AgentState.DISABLED:
+        raise refused
+    return Attribution(agent.id, None)
 
 
 async def _existing(member_uid: str, key: str | None) -> Order | None:
@@ -380,6 +455,7 @@ async def create_order(
             raise NotFound(f"product {asked.product_id} not found")
         priced.append(price_line(product, asked.quantity, asked.package))
     kind = OrderKind.RENTAL if any(p.package_key for p in priced) else OrderKind.PURCHASE
+    attribution = await resolve_referral(member, request.referral_code)
     now = now or dt.datetime.now(dt.UTC)
     totals = {
         name: sum(getattr(p, name) for p in priced)
@@ -390,8 +466,8 @@ async def create_order(
             serial = await next_serial(conn, member.vendor_id, "order")
             order = await Order.create(
                 oid=format_order_id(now, member.vendor_id, serial),
-                vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
-                referrer_uid=member.referrer_id, kind=kind, receiver=dict(request.receiver),
+                vendor_id=member.vendor_id, member_id=member.uid, agent_id=attribution.agent_id,
+                referrer_uid=attribution.referrer_uid, kind=kind, receiver=dict(request.receiver),
                 memo=request.memo, total_fen=sum(p.amount_fen for p in priced),
                 idempotency_key=key, created_at=now, updated_at=now, **totals,
             )  # fmt: skip
@@ -433,8 +509,8 @@ async def fire(
             changes["paid_at"] = now
         if target is OrderState.DELIVERED:
             changes["delivered_at"] = now
-        if target is OrderState.RECEIVED:
-            changes["received_at"] = now
+        if target is OrderState.RECEIVED and current.received_at is None:
+            changes["received_at"] = now  # a refused return keeps the window it was asked in
         if target in FINAL_STATES:
             changes["completed_at"] = now
         await OrderTransition.create(
@@ -507,6 +583,17 @@ async def pay_order(
     return order
 
 
+async def platform_admin(username: str) -> Any:
+    """The active platform admin account of that name (shell steps name one); Forbidden
+    otherwise."""
+    from aquafleet.models.accounts import AccountState, AdminAccount
+
+    account = await AdminAccount.get_or_none(username__iexact=username)
+    if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
+        raise Forbidden(f"{username!r} is not an active platform admin account")
+    return account
+
+
 async def mark_paid(
     oid: str,
     *,
@@ -517,11 +604,8 @@ async def mark_paid(
 ) -> Order:
     """The internal paid step (channel `manual`): only a platform admin account (`admin`, its
     user name) may, with a reason; both are recorded. Idempotent (`pay_order`)."""
-    from aquafleet.models.accounts import AccountState, AdminAccount
 
-    account = await AdminAccount.get_or_none(username__iexact=admin)
-    if account is None or account.role != Role.PLATFORM or account.state != AccountState.ACTIVE:
-        raise Forbidden(f"{admin!r} is not an active platform admin account")
+    account = await platform_admin(admin)
     if not reason.strip():
         raise InvalidInput("say why the order is marked paid (--reason)")
     order = await Order.get_or_none(oid=oid, deleted_at__isnull=True)

@@ -41,6 +41,7 @@ MAX_PACKAGES = 16
 MAX_PACKAGE_DAYS = 3660
 MAX_PACKAGE_ML = 10**9  # the service's largest top-up (models/service.py)
 MAX_COMMISSION_LEVELS = 3
+MAX_TRIAL_DAYS = 365
 PACKAGE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
 
@@ -99,6 +100,9 @@ class Product(Model):
     notify_url = fields.CharField(max_length=255, default="")
     deposit_fen = fields.BigIntField(default=0)
     rent_packages: list[dict[str, Any]] = fields.JSONField(default=list)
+    trial_days = fields.SmallIntField(
+        default=0, description="free days every new time rental of it starts with (FAQ 5)"
+    )
     commis_enabled = fields.BooleanField(default=False)
     commis_config: list[int] = fields.JSONField(default=list)
     commis_renewal = fields.BooleanField(default=True)  # renewals (order type 3) earn too
@@ -241,6 +245,11 @@ def check_product(values: Mapping[str, Any]) -> None:
     if values["maintain_cost_fen"] and not values["maintain"]:
         raise InvalidInput("maintain_cost needs maintenance service (maintain: true)")
     check_packages(billing, values["rent_packages"])
+    trial = values.get("trial_days", 0)
+    if type(trial) is not int or not 0 <= trial <= MAX_TRIAL_DAYS:
+        raise InvalidInput(f"rent.trial_days must be 0..{MAX_TRIAL_DAYS}")
+    if trial and not billing & Billing.TIME_RENTAL:
+        raise InvalidInput("rent.trial_days applies to time-rental products (billing 2) only")
     check_commission(values["commis_config"])
     check_specification(values["specification"])
 
@@ -376,7 +385,11 @@ def snapshot(product: Product) -> dict[str, Any]:
         "install_cost": product.install_cost_fen,
         "maintain": product.maintain,
         "maintain_cost": product.maintain_cost_fen,
-        "rent": {"deposit": product.deposit_fen, "config": list(product.rent_packages)},
+        "rent": {
+            "deposit": product.deposit_fen,
+            "config": list(product.rent_packages),
+            "trial_days": product.trial_days,
+        },
         "commis": {
             "enabled": product.commis_enabled,
             "config": list(product.commis_config),

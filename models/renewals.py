@@ -12,6 +12,11 @@ Paying it (`models.orders.mark_paid`) applies the renewal at once through `model
 with the order id as request id (extend by the days, or top up the ml), then moves the order
 paid -> done (event `renew`, system). The service change goes first: a failure leaves the order
 paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis).
+
+Paying re-checks that the member still holds the device: one unbound or returned since the
+order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and a refund of
+what was paid is requested (refund number `renewal-{oid}`, once however often it is retried)
+for the payment channel to pay back (models/money.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
     SYSTEM,
     Order,
+    OrderDevice,
     OrderEvent,
     OrderKind,
     OrderLine,
@@ -116,6 +122,7 @@ async def create_renewal(
                 memo=memo, rent_fen=rent, total_fen=rent, delivery={"devices": [did]},
                 idempotency_key=key, created_at=now, updated_at=now,
             )  # fmt: skip
+            await OrderDevice.create(order=order, did=did)
             await OrderLine.create(
                 order=order, product_id=product.pid, position=1, quantity=1,
                 package_key=package_key, price_fen=rent, amount_fen=rent,
@@ -127,6 +134,12 @@ async def create_renewal(
             raise
         return first, False
     return order, True
+
+
+class RenewalDeviceGone(Conflict):
+    """A renewal was paid for a device its member no longer holds: it is not applied."""
+
+    code = "renewal_device_gone"
 
 
 def renewal_change(line: OrderLine, oid: str) -> ServiceChangeRequest:
@@ -152,6 +165,23 @@ async def apply_renewal(
     if line is None or not order.delivery:
         raise Conflict(f"renewal order {order.oid} names no device")
     did = order.delivery["devices"][0]
+    device = await Device.get_or_none(did=did)
+    if device is None or device.owner_id != order.member_id:
+        from aquafleet.models.money import paid_fen, request_refund
+
+        paid = await paid_fen(order.oid)
+        if paid:  # the money goes back (once: the refund number is the order's)
+            await request_refund(
+                order=order, amount_fen=paid, refund_no=f"renewal-{order.oid}",
+                reason=f"renewal of {did} not applied: the member no longer holds it",
+                actor=SYSTEM,
+            )  # fmt: skip
+        raise RenewalDeviceGone(
+            f"device {did} is no longer held by member {order.member_id} (unbound or returned "
+            f"since renewal order {order.oid} was made): the renewal is not applied; the order "
+            "stays paid and its payment is to be refunded"
+        )
+    check_usable(device)
     await apply_service(did, renewal_change(line, order.oid))
     try:
         return await fire(

@@ -28,6 +28,7 @@ from aquafleet.models.orders import (
     OrderEvent,
     OrderState,
     OrderStateConflict,
+    OrderTransition,
     fire,
     next_state,
 )
@@ -46,6 +47,13 @@ async def ask_return(
     reason = reason.strip()
     if not 1 <= len(reason) <= MAX_REASON:
         raise InvalidInput(f"say why (1..{MAX_REASON} characters)")
+    if order.state is OrderState.RECEIVED and await OrderTransition.exists(
+        order_id=order.id, event=OrderEvent.RETURN.value
+    ):
+        raise OrderStateConflict(
+            "the order is received and its return was refused: a return is asked once",
+            order.state,
+        )
     if order.state is OrderState.RECEIVED and order.received_at is not None:
         closes = order.received_at + RETURN_WINDOW
         if now > closes:
@@ -67,6 +75,22 @@ async def consent_return(order: Order, principal: Principal) -> Order:
     return await fire(
         order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
     )
+
+
+async def refuse_return(
+    order: Order, principal: Principal, reason: str, *, now: dt.datetime | None = None
+) -> Order:
+    """The platform or the vendor refuses the return (not in the seed): return -> received,
+    with the reason recorded on the move. The order keeps its receipt time, so the return
+    window goes on from where it was (the timer ends it in done); the member cannot ask again
+    (each event is recorded once per order)."""
+    reason = reason.strip()
+    if not 1 <= len(reason) <= MAX_REASON:
+        raise InvalidInput(f"say why (1..{MAX_REASON} characters)")
+    return await fire(
+        order, OrderEvent.REFUSE, actor_role=principal.role.value, actor_id=principal.subject,
+        reason=reason, now=now,
+    )  # fmt: skip
 
 
 async def goods_returned(

@@ -154,6 +154,13 @@ async def _record_change(**values: Any) -> None:
         await ServiceChange.create(**values)
 
 
+METERED_OPS = frozenset({"topup", "extend", "set_expiry"})
+
+
+class UnmeteredDevice(Conflict):
+    """A quota or rental change for a test (type 8) device: it has neither."""
+
+
 async def _device(did: str) -> Device:
     device = await Device.get_or_none(did=did)
     if device is None:
@@ -177,7 +184,18 @@ async def _apply(
     actor = _text("actor", actor, 64)
     if request_id is not None:
         request_id = _text("request_id", request_id, 64)
-    await _device(did)
+    device = await _device(did)
+    if device.type == DeviceType.TEST:
+        # A test (quality-check) device, the seed's type 8 (FAQ 4): it pours freely, never
+        # counts a quota, never expires and is never billed. Configuring it sets mode 8;
+        # quota and expiry changes are refused. A person's lock still holds.
+        if op == "configure":
+            args, amount_ml = [int(ServiceMode.TEST), None, None, None], None
+        elif op in METERED_OPS:
+            raise UnmeteredDevice(
+                f"device {did} is a test (quality-check) device, type 8: it has no quota or "
+                "rental to change"
+            )
     now = now or dt.datetime.now(dt.UTC)
     applied, state = await backend.change(
         did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000)

@@ -129,7 +129,8 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     received = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=201)
     assert received.data["state_name"] == "received"
     twice = await shopper.client.call("POST", f"/orders/{oid}/status/confirm", expect=409)
-    assert (twice.code, "received" in twice.body["message"]) == ("conflict", True)
+    assert (twice.code, "received" in twice.body["message"]) == ("order_state_conflict", True)
+    assert twice.body["data"] == {"state": 3, "state_name": "received"}
     assert received.data["receive_tms"] is not None
 
     # AD-12..14: the member returns it, the vendor consents, the goods come back.

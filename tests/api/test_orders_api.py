@@ -229,6 +229,7 @@ SEED_MOVES = {
     (R, "return"): ("return", {"member"}),
     (R, "finish"): ("done", {"system"}),
     (RT, "consent"): ("consent", {"platform", "vendor"}),
+    (RT, "refuse"): ("received", {"platform", "vendor"}),  # not the seed's: a refused return
     (C, "refund"): ("refund", {"platform", "vendor"}),
 }
 ACTORS = ["member", "platform", "vendor", "agent", "dealer", "system"]

@@ -23,7 +23,7 @@ async def test_a_product_keeps_every_field_of_the_seeds_example(
     expected = {k: v for k, v in SEED_PRODUCT.items() if k != "prod_id"}
     # A package answers both units; the one it does not buy is null.
     packages = [{**p, "ml": None} for p in SEED_PRODUCT["rent"]["config"]]
-    expected["rent"] = {**SEED_PRODUCT["rent"], "config": packages}
+    expected["rent"] = {**SEED_PRODUCT["rent"], "config": packages, "trial_days": 0}
     # Renewals earn commission unless the product says otherwise (docs/commissions.md).
     expected["commis"] = {**SEED_PRODUCT["commis"], "renewal": True}
     assert {k: read[k] for k in expected} == expected

@@ -335,3 +335,15 @@ async def test_command_entry_point(database_url):
     assert again == {**summary, "created": 0}
     with pytest.raises(InvalidInput):
         await close_billing_period_command(database_url, "2026-13")
+
+
+async def test_test_devices_are_never_billed(fleet):
+    """The seed's type 8 (test, quality-check; FAQ 4), by registered type or service mode."""
+    from aquafleet.models.devices import Device, DeviceType
+    from aquafleet.models.service import DeviceService, ServiceMode
+
+    await Device.filter(did=fleet["a"]).update(type=DeviceType.TEST)
+    await DeviceService.create(did=fleet["d"], mode=ServiceMode.TEST)
+    summary = await close_billing_period(*NOV, AFTER)
+    assert await records() == {fleet[k]: EXPECTED[k] for k in "bc"}
+    assert (summary.devices, summary.amount_due_fen) == (2, 3000 + 1500)
