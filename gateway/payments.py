@@ -435,10 +435,14 @@ class PaymentSweeper:
                 if held:
                     report = await self.service.sweep()
                     self.passes += 1
-                    if report.refunds_sent or report.bills_closed or report.bills_paid:
+                    if (
+                        report.refunds_sent or report.bills_closed or report.bills_paid
+                        or report.payouts_paid or report.payouts_failed
+                    ):  # fmt: skip
                         log.info(
                             "payments_swept", refunds_sent=report.refunds_sent,
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
+                            payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
                         )  # fmt: skip
             except (RedisError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")

@@ -183,7 +183,7 @@ class WechatTransferPayout:
                 await settle_withdrawal(
                     withdrawal.id, paid=result.outcome is PayoutOutcome.PAID,
                     reason=result.reason, reference=result.reference,
-                    actor=f"channel:{self.name}",
+                    actor=f"channel:{self.name}", channel=self.name,
                 )  # fmt: skip
             except (WechatPayUnavailable, PaymentNotConfigured) as exc:
                 report.errors.append(f"withdrawal {withdrawal.id}: {exc}")

@@ -129,6 +129,13 @@ async def test_a_withdrawal_is_paid_to_the_members_wechat_end_to_end(wx: Wx):
     report = await wx.service.sweep()
     assert (report.payouts_checked, report.payouts_paid, report.errors) == (1, 0, [])
     assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+    # An operator cannot record a WeChat transfer's outcome (failed + paid would pay twice).
+    env = clean_env(data_dir=wx.tmp / "cli", master_secret=MASTER_SECRET, database_url=wx.db)
+    code, out = await aquafleet(
+        env, "commissions", "payout", str(withdrawal.id), "--failed", "--reason", "by hand"
+    )
+    assert code != 0 and "through weixin" in out, out
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
 
     wx.fake.finish_batch(batch_no(withdrawal.id))
     report = await wx.service.sweep()
