@@ -162,9 +162,21 @@ class WechatTransferPayout:
         if status == "SUCCESS":
             return PayoutResult(PayoutOutcome.PAID, reference, "wechat transfer SUCCESS")
         if status == "FAIL" or batch.get("batch_status") == "CLOSED":
-            why = str(batch.get("close_reason") or "detail FAIL")
+            why = str(batch.get("close_reason") or "")
+            if status == "FAIL" and not why:
+                why = await self._fail_reason(merchant, withdrawal)
             return PayoutResult(PayoutOutcome.FAILED, reference, f"wechat transfer failed: {why}")
         return PayoutResult(PayoutOutcome.REQUESTED, reference)
+
+    async def _fail_reason(self, merchant: WechatPayMerchant, withdrawal: Withdrawal) -> str:
+        """The failed detail's reason (ACCOUNT_FROZEN, REAL_NAME_CHECK_FAIL, ...)."""
+        try:
+            detail = await self.client.query_transfer_detail(
+                merchant, batch_no(withdrawal.id), detail_no(withdrawal.id)
+            )
+        except WechatPayRefused:
+            return "detail FAIL"
+        return str(detail.get("fail_reason") or "detail FAIL")
 
     async def sweep(self, *, limit: int = SWEEP_BATCH) -> PayoutSweep:
         """One pass over the requested withdrawals of this channel, oldest first."""

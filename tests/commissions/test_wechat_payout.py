@@ -157,11 +157,13 @@ async def test_a_failed_or_refused_transfer_returns_the_money(wx: Wx):
     t0 = dt.datetime.now(dt.UTC)
     # WeChat Pay carries the batch out but the detail fails (a frozen account).
     first = await wx.withdraw(1000, "w-fail", now=t0)
-    wx.fake.finish_batch(batch_no(first.id), failed=(detail_no(first.id),))
+    wx.fake.finish_batch(
+        batch_no(first.id), failed=(detail_no(first.id),), reason="REAL_NAME_CHECK_FAIL"
+    )
     report = await wx.payout.sweep()
     assert (report.paid, report.failed) == (0, 1)
     failed = await Withdrawal.get(id=first.id)
-    assert failed.state is WithdrawalState.FAILED and "FAIL" in failed.reason
+    assert failed.state is WithdrawalState.FAILED and "REAL_NAME_CHECK_FAIL" in failed.reason
     assert await of(m2) == Summary(available=1259, earned=1259)
     await wx.checks_clean()
 

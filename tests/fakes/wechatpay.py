@@ -177,6 +177,10 @@ class FakeWechatPay:
         r.add_get("/v3/billdownload/file", self._download)
         r.add_post("/v3/transfer/batches", self._create_batch)
         r.add_get("/v3/transfer/batches/out-batch-no/{no}", self._query_batch)
+        r.add_get(
+            "/v3/transfer/batches/out-batch-no/{no}/details/out-detail-no/{detail}",
+            self._query_detail,
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -643,13 +647,16 @@ class FakeWechatPay:
         lost: dict[str, int] = self.__dict__.setdefault("_lost_answer_counts", {})
         return lost
 
-    def finish_batch(self, out_batch_no: str, *, failed: tuple[str, ...] = ()) -> None:
+    def finish_batch(
+        self, out_batch_no: str, *, failed: tuple[str, ...] = (), reason: str = "ACCOUNT_FROZEN"
+    ) -> None:
         """WeChat Pay carries the batch out: every detail succeeds, except those `failed`
-        (e.g. the openid's account is frozen or not real-name verified)."""
+        (with `reason`: the account frozen, not real-name verified...)."""
         batch = self.batches[out_batch_no]
         batch["batch_status"] = "FINISHED"
         for no in batch["detail_status"]:
             batch["detail_status"][no] = "FAIL" if no in failed else "SUCCESS"
+        batch["fail_reasons"] = {no: reason for no in failed}
 
     def close_batch(self, out_batch_no: str, reason: str = "OVERDUE_CLOSE") -> None:
         """The batch is closed before it was paid (the merchant's balance ran short, ...)."""
@@ -697,6 +704,30 @@ class FakeWechatPay:
                 if wanted == "ALL" or wanted == s
             ]  # fmt: skip
         return self._answer(200, {"transfer_batch": summary, "transfer_detail_list": details})
+
+    async def _query_detail(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["no"])
+        no = request.match_info["detail"]
+        if (
+            batch is None
+            or batch["mchid"] != request[MERCHANT].mch_id
+            or (no not in batch["detail_status"])
+        ):
+            return self._error(404, "NOT_FOUND", "记录不存在")
+        detail = next(d for d in batch["details"] if d["out_detail_no"] == no)
+        answer: dict[str, Any] = {
+            "mchid": batch["mchid"], "out_batch_no": batch["out_batch_no"],
+            "batch_id": batch["batch_id"], "out_detail_no": no,
+            "detail_id": batch["detail_ids"][no], "detail_status": batch["detail_status"][no],
+            "transfer_amount": detail["transfer_amount"],
+            "transfer_remark": detail["transfer_remark"], "openid": detail["openid"],
+            "initiate_time": batch["create_time"], "update_time": beijing_time(time.time()),
+        }  # fmt: skip
+        if batch["detail_status"][no] == "FAIL":
+            answer["fail_reason"] = batch.get("fail_reasons", {}).get(
+                no, batch["close_reason"] or "OTHER"
+            )
+        return self._answer(200, answer)
 
 
 async def _serve(port: int) -> None:
