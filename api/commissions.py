@@ -20,6 +20,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from aquafleet.api.errors import NotFoundError
+from aquafleet.api.payments import PAYMENTS
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -32,6 +33,7 @@ from aquafleet.api.schemas import (
     VendorCode,
 )
 from aquafleet.gateway.appkeys import SETTINGS
+from aquafleet.gateway.payouts import choose_payout
 from aquafleet.models.agents import visible_agents
 from aquafleet.models.commissions import (
     MAX_REQUEST_ID,
@@ -124,6 +126,12 @@ class WithdrawIn(RequestModel):
         description="the client's id of this request: the same id again answers the first "
         "withdrawal",
     )  # fmt: skip
+    channel: Literal["manual", "weixin"] | None = Field(
+        None,
+        description="how it is paid out: weixin (WeChat Pay transfer to the member's bound "
+        "WeChat), manual (an operator's bank transfer); unset: weixin when the earner is a "
+        "member with WeChat bound and the vendor's WeChat Pay merchant is set up, else manual",
+    )
 
 
 class WithdrawalOut(ResponseModel):
@@ -306,14 +314,25 @@ async def read_summary(call: Call) -> SummaryOut:
     "earn nothing to withdraw). At least 30 s after the earner's last withdrawal (间隔30秒以上, "
     "429 with Retry-After), at least the `commission_min_withdrawal_fen` setting (422), at "
     "most what is available (409 insufficient_funds). The same `request_id` again answers the "
-    "first withdrawal. Paid out through the manual channel: state 1 requested until an "
-    "operator records the transfer (`aquafleet commissions payout`).",
+    "first withdrawal. `channel` weixin pays it to the member's bound WeChat by WeChat Pay's "
+    "merchant transfer (商家转账到零钱; state 2 paid or 3 failed when WeChat Pay has carried it "
+    "out, found by the payments sweep); manual stays 1 requested until an operator records the "
+    "transfer (`aquafleet commissions payout`). Agents and dealers are paid manually.",
 )
 async def withdraw(call: Call) -> WithdrawalOut:
     body: WithdrawIn = call.body
+    first = await Withdrawal.get_or_none(
+        earner=earner_of(call.principal) or "", request_id=body.request_id
+    )
+    channel = (
+        PAYOUT_CHANNELS["manual"]  # a repeat answers the first, whatever channel it took
+        if first is not None
+        else await choose_payout(
+            call.principal, body.amount, body.channel, call.app[PAYMENTS].payout
+        )
+    )
     withdrawal, _created = await request_withdrawal(
-        call.principal, amount_fen=body.amount, request_id=body.request_id,
-        channel=PAYOUT_CHANNELS["manual"],
+        call.principal, amount_fen=body.amount, request_id=body.request_id, channel=channel,
         min_fen=call.app[SETTINGS].commission_min_withdrawal_fen,
     )  # fmt: skip
     return withdrawal_out(withdrawal)

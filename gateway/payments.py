@@ -15,12 +15,13 @@ from typing import Any
 
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.payouts import WechatNotBound, WechatTransferPayout
 from aquafleet.gateway.providers.wechatpay import (
     WechatPayClient,
     WechatPayRefused,
     WechatPayUnavailable,
 )
-from aquafleet.models.errors import Conflict, DomainError, NotFound
+from aquafleet.models.errors import DomainError, NotFound
 from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
 from aquafleet.models.money import (
     Refund,
@@ -79,6 +80,9 @@ class SweepReport:
     bills_queried: int = 0
     bills_paid: int = 0
     dispenses_settled: int = 0
+    payouts_checked: int = 0
+    payouts_paid: int = 0
+    payouts_failed: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -101,6 +105,7 @@ class PaymentService:
         self.notify_base_url = notify_base_url.rstrip("/")
         self.query_after = query_after
         self.apply_service = apply_service  # renewals change their device when paid
+        self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
 
     async def merchant(self, vendor_code: str) -> WechatPayMerchant:
         vendor = await Vendor.get_or_none(code=vendor_code)
@@ -269,7 +274,8 @@ class PaymentService:
         )  # fmt: skip
 
     async def sweep(self, *, limit: int = SWEEP_BATCH) -> SweepReport:
-        """One pass: due refunds executed, bills of closed orders closed, late bills queried."""
+        """One pass: due refunds executed, bills of closed orders closed, late bills queried,
+        commission withdrawals sent through WeChat transfers queried (gateway/payouts.py)."""
         report = SweepReport()
         for refund in await Refund.filter(state=RefundState.DUE).order_by("id").limit(limit):
             await self._guarded(
@@ -291,6 +297,10 @@ class PaymentService:
             )
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):
                 report.bills_paid += 1
+        payouts = await self.payout.sweep(limit=limit)
+        report.payouts_checked, report.payouts_paid = payouts.checked, payouts.paid
+        report.payouts_failed = payouts.failed
+        report.errors.extend(payouts.errors)
         return report
 
     async def _guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
@@ -374,10 +384,6 @@ class PaymentService:
         log.info("bill_closed", bill_no=payment.bill_no)
 
 
-class WechatNotBound(Conflict):
-    code = "wechat_not_bound"
-
-
 # Take the lease when free, renew it when ours; 1 when this node holds it.
 LEASE_SCRIPT = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
@@ -429,10 +435,14 @@ class PaymentSweeper:
                 if held:
                     report = await self.service.sweep()
                     self.passes += 1
-                    if report.refunds_sent or report.bills_closed or report.bills_paid:
+                    if (
+                        report.refunds_sent or report.bills_closed or report.bills_paid
+                        or report.payouts_paid or report.payouts_failed
+                    ):  # fmt: skip
                         log.info(
                             "payments_swept", refunds_sent=report.refunds_sent,
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
+                            payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
                         )  # fmt: skip
             except (RedisError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")

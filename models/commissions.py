@@ -685,15 +685,28 @@ def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
 
 
 async def settle_withdrawal(
-    withdrawal_id: int, *, paid: bool, reason: str, reference: str = "", actor: str = ""
+    withdrawal_id: int,
+    *,
+    paid: bool,
+    reason: str,
+    reference: str = "",
+    actor: str = "",
+    channel: str | None = None,
 ) -> Withdrawal:
     """A requested withdrawal was paid out (the vendor's channel credited) or failed (the
-    money back to available), once; a repeat of the same outcome answers it as it is."""
+    money back to available), once; a repeat of the same outcome answers it as it is. With
+    `channel`, only a withdrawal of that channel (an operator records manual payouts only: a
+    WeChat transfer's outcome is WeChat Pay's to tell, else a failed one could be paid too)."""
     target = WithdrawalState.PAID if paid else WithdrawalState.FAILED
     async with in_transaction("default"):
         withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
         if withdrawal is None:
             raise NotFound(f"withdrawal {withdrawal_id} not found")
+        if channel is not None and withdrawal.channel != channel:
+            raise Conflict(
+                f"withdrawal {withdrawal_id} is paid out through {withdrawal.channel}, not "
+                f"{channel}: its channel settles it"
+            )
         if withdrawal.state is target:
             return withdrawal
         if withdrawal.state is not WithdrawalState.REQUESTED:

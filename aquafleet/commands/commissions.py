@@ -55,7 +55,7 @@ def cmd_payout(args: argparse.Namespace) -> int:
     async def action() -> int:
         withdrawal = await commissions.settle_withdrawal(
             args.id, paid=args.paid, reason=args.reason, reference=args.reference or "",
-            actor=f"cli:{args.by}" if args.by else "cli",
+            actor=f"cli:{args.by}" if args.by else "cli", channel="manual",
         )  # fmt: skip
         data = {
             "id": withdrawal.id,

@@ -48,7 +48,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             line = (
                 f"refunds sent {d['refunds_sent']}, settled {d['refunds_settled']}, failed "
                 f"{d['refunds_failed']}; bills closed {d['bills_closed']}, queried "
-                f"{d['bills_queried']}, found paid {d['bills_paid']}"
+                f"{d['bills_queried']}, found paid {d['bills_paid']}; withdrawals checked "
+                f"{d['payouts_checked']}, paid {d['payouts_paid']}, failed {d['payouts_failed']}"
             )
             return "\n".join([line, *(f"  deferred: {e}" for e in d["errors"])])
 

@@ -233,3 +233,14 @@ class WechatPayClient:
         )
         answer: dict[str, Any] = await self.call(merchant, "GET", path, idempotent=True)
         return answer
+
+    async def query_transfer_detail(
+        self, merchant: WechatPayMerchant, out_batch_no: str, out_detail_no: str
+    ) -> dict[str, Any]:
+        """One transfer detail (its `fail_reason` when it failed)."""
+        path = (
+            f"/v3/transfer/batches/out-batch-no/{quote(out_batch_no)}"
+            f"/details/out-detail-no/{quote(out_detail_no)}"
+        )
+        answer: dict[str, Any] = await self.call(merchant, "GET", path, idempotent=True)
+        return answer

@@ -7,11 +7,13 @@ platform key (Wechatpay-Timestamp/-Nonce/-Signature/-Serial) and posts notificat
 same way with the resource encrypted (AEAD_AES_256_GCM) under the merchant's API v3 key.
 
 Served: JSAPI prepay, query by out_trade_no, close, refunds (create, query), the trade bill
-(apply + download, hash SHA1), merchant transfer batches (create, query by out_batch_no).
+(apply + download, hash SHA1), merchant transfer batches (create, query by out_batch_no;
+`finish_batch()` / `close_batch()` are WeChat Pay carrying a batch out or closing it).
 Test controls: `pay()` is the member's step in the app (the transaction succeeds and the
 notification is sent); notifications can be held (late) and released in order or reversed,
 duplicated, delayed, corrupted (signature, serial, stale timestamp, ciphertext) or carry
-another amount; `fail_next()` makes the next calls to a path fail. Written from WeChat Pay's
+another amount; `fail_next()` makes the next calls to a path fail; `lose_answers()` carries a
+transfer batch out but loses its answer. Written from WeChat Pay's
 documentation, sharing no code with aquafleet's client.
 """
 
@@ -175,6 +177,10 @@ class FakeWechatPay:
         r.add_get("/v3/billdownload/file", self._download)
         r.add_post("/v3/transfer/batches", self._create_batch)
         r.add_get("/v3/transfer/batches/out-batch-no/{no}", self._query_batch)
+        r.add_get(
+            "/v3/transfer/batches/out-batch-no/{no}/details/out-detail-no/{detail}",
+            self._query_detail,
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -569,51 +575,159 @@ class FakeWechatPay:
     # ------------------------------------------------------------------------- transfers
 
     async def _create_batch(self, request: web.Request) -> web.Response:
+        """发起商家转账: keyed by out_batch_no per merchant; the same batch again answers the
+        batch as it is (nothing is paid twice), another batch under the same number is refused."""
+        merchant: FakeMerchant = request[MERCHANT]
         body = request[BODY]
         try:
             no = str(body["out_batch_no"])
-            details = list(body["transfer_detail_list"])
+            details = [
+                {
+                    "out_detail_no": str(d["out_detail_no"]),
+                    "transfer_amount": int(d["transfer_amount"]),
+                    "transfer_remark": str(d["transfer_remark"]),
+                    "openid": str(d["openid"]),
+                }
+                for d in body["transfer_detail_list"]
+            ]
             total = int(body["total_amount"])
+            str(body["batch_name"]), str(body["batch_remark"])
         except (KeyError, TypeError, ValueError):
             return self._error(400, "PARAM_ERROR", "missing parameter")
-        if sum(int(d["transfer_amount"]) for d in details) != total or len(details) != int(
+        if body.get("appid") != merchant.app_id:
+            return self._error(400, "INVALID_REQUEST", "appid and mchid do not match")
+        if not re.fullmatch(r"[A-Za-z0-9]{5,32}", no) or any(
+            not re.fullmatch(r"[A-Za-z0-9]{5,32}", d["out_detail_no"]) for d in details
+        ):
+            return self._error(400, "PARAM_ERROR", "out_batch_no / out_detail_no: 5-32 [A-Za-z0-9]")
+        if any(d["transfer_amount"] <= 0 or not d["openid"] for d in details):
+            return self._error(400, "PARAM_ERROR", "transfer_amount or openid")
+        if any(d["transfer_amount"] >= 200_000 and "user_name" not in d for d in details):
+            return self._error(400, "PARAM_ERROR", "user_name is required from 2000 yuan")
+        if sum(d["transfer_amount"] for d in details) != total or len(details) != int(
             body.get("total_num", -1)
         ):
             return self._error(
                 400, "PARAM_ERROR", "total_amount or total_num does not match the details"
             )
+        key = f"{merchant.mch_id}/{no}"
         existing = self.batches.get(no)
+        if existing is not None and (
+            existing["mchid"] != merchant.mch_id or existing["details"] != details
+        ):
+            return self._error(400, "INVALID_REQUEST", f"{key}: 商户批次单号重复 (other details)")
         if existing is None:
             existing = self.batches[no] = {
-                "out_batch_no": no, "batch_id": f"1030{secrets.token_hex(12)}",
+                "mchid": merchant.mch_id, "out_batch_no": no,
+                "batch_id": f"1030{secrets.token_hex(12)}",
                 "create_time": beijing_time(time.time()), "batch_status": "ACCEPTED",
-                "total_amount": total, "details": details,
+                "total_amount": total, "total_num": len(details), "details": details,
+                "detail_status": {d["out_detail_no"]: "PROCESSING" for d in details},
+                "detail_ids": {
+                    d["out_detail_no"]: f"1040{secrets.token_hex(12)}" for d in details
+                },
+                "close_reason": "",
             }  # fmt: skip
-        return self._answer(
+        answer = self._answer(
             200,
             {k: existing[k] for k in ("out_batch_no", "batch_id", "create_time", "batch_status")},
         )
+        if self._lost_answers.get("/v3/transfer/batches", 0) > 0:
+            # The batch is made, but the answer never reaches the merchant (a 5xx on the way).
+            self._lost_answers["/v3/transfer/batches"] -= 1
+            return self._error(500, "SYSTEM_ERROR", "answer lost after the batch was made")
+        return answer
 
-    def finish_batch(self, out_batch_no: str) -> None:
-        self.batches[out_batch_no]["batch_status"] = "FINISHED"
+    def lose_answers(self, path: str, times: int = 1) -> None:
+        """The next `times` calls to `path` are carried out, but answered 500."""
+        self._lost_answers[path] = self._lost_answers.get(path, 0) + times
+
+    @property
+    def _lost_answers(self) -> dict[str, int]:
+        lost: dict[str, int] = self.__dict__.setdefault("_lost_answer_counts", {})
+        return lost
+
+    def finish_batch(
+        self, out_batch_no: str, *, failed: tuple[str, ...] = (), reason: str = "ACCOUNT_FROZEN"
+    ) -> None:
+        """WeChat Pay carries the batch out: every detail succeeds, except those `failed`
+        (with `reason`: the account frozen, not real-name verified...)."""
+        batch = self.batches[out_batch_no]
+        batch["batch_status"] = "FINISHED"
+        for no in batch["detail_status"]:
+            batch["detail_status"][no] = "FAIL" if no in failed else "SUCCESS"
+        batch["fail_reasons"] = {no: reason for no in failed}
+
+    def close_batch(self, out_batch_no: str, reason: str = "OVERDUE_CLOSE") -> None:
+        """The batch is closed before it was paid (the merchant's balance ran short, ...)."""
+        batch = self.batches[out_batch_no]
+        batch["batch_status"], batch["close_reason"] = "CLOSED", reason
+        for no in batch["detail_status"]:
+            batch["detail_status"][no] = "FAIL"
+
+    def paid_out(self, openid: str) -> int:
+        """Fen that reached `openid`'s WeChat change (successful details only)."""
+        return sum(
+            d["transfer_amount"]
+            for batch in self.batches.values()
+            for d in batch["details"]
+            if d["openid"] == openid and batch["detail_status"][d["out_detail_no"]] == "SUCCESS"
+        )
 
     async def _query_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["no"])
-        if batch is None:
-            return self._error(404, "NOT_FOUND", "batch does not exist")
-        finished = batch["batch_status"] == "FINISHED"
-        return self._answer(200, {
-            "transfer_batch": {
-                k: batch[k] for k in ("out_batch_no", "batch_id", "batch_status", "total_amount")
-            },
-            "transfer_detail_list": [
+        if batch is None or batch["mchid"] != request[MERCHANT].mch_id:
+            return self._error(404, "NOT_FOUND", "记录不存在")
+        status = batch["detail_status"]
+        amounts = {d["out_detail_no"]: d["transfer_amount"] for d in batch["details"]}
+        done = [no for no, s in status.items() if s == "SUCCESS"]
+        failed = [no for no, s in status.items() if s == "FAIL"]
+        summary: dict[str, Any] = {
+            "mchid": batch["mchid"], "out_batch_no": batch["out_batch_no"],
+            "batch_id": batch["batch_id"], "batch_status": batch["batch_status"],
+            "batch_type": "API", "total_amount": batch["total_amount"],
+            "total_num": batch["total_num"], "create_time": batch["create_time"],
+            "success_amount": sum(amounts[n] for n in done), "success_num": len(done),
+            "fail_amount": sum(amounts[n] for n in failed), "fail_num": len(failed),
+        }  # fmt: skip
+        if batch["close_reason"]:
+            summary["close_reason"] = batch["close_reason"]
+        details = []
+        if request.query.get("need_query_detail") == "true":
+            wanted = request.query.get("detail_status", "ALL")
+            details = [
                 {
-                    "out_detail_no": d["out_detail_no"],
-                    "detail_status": "SUCCESS" if finished else "PROCESSING",
+                    "detail_id": batch["detail_ids"][no], "out_detail_no": no,
+                    "detail_status": s,
                 }
-                for d in batch["details"]
-            ],
-        })  # fmt: skip
+                for no, s in status.items()
+                if wanted == "ALL" or wanted == s
+            ]  # fmt: skip
+        return self._answer(200, {"transfer_batch": summary, "transfer_detail_list": details})
+
+    async def _query_detail(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["no"])
+        no = request.match_info["detail"]
+        if (
+            batch is None
+            or batch["mchid"] != request[MERCHANT].mch_id
+            or (no not in batch["detail_status"])
+        ):
+            return self._error(404, "NOT_FOUND", "记录不存在")
+        detail = next(d for d in batch["details"] if d["out_detail_no"] == no)
+        answer: dict[str, Any] = {
+            "mchid": batch["mchid"], "out_batch_no": batch["out_batch_no"],
+            "batch_id": batch["batch_id"], "out_detail_no": no,
+            "detail_id": batch["detail_ids"][no], "detail_status": batch["detail_status"][no],
+            "transfer_amount": detail["transfer_amount"],
+            "transfer_remark": detail["transfer_remark"], "openid": detail["openid"],
+            "initiate_time": batch["create_time"], "update_time": beijing_time(time.time()),
+        }  # fmt: skip
+        if batch["detail_status"][no] == "FAIL":
+            answer["fail_reason"] = batch.get("fail_reasons", {}).get(
+                no, batch["close_reason"] or "OTHER"
+            )
+        return self._answer(200, answer)
 
 
 async def _serve(port: int) -> None:

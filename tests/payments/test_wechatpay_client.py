@@ -202,18 +202,18 @@ async def test_refunds_bills_and_transfers(fake: FakeWechatPay, client: WechatPa
     batch = await client.create_transfer_batch(
         merchant,
         {
-            "out_batch_no": "B1", "batch_name": "佣金", "batch_remark": "佣金",
+            "out_batch_no": "BATCH1", "batch_name": "佣金", "batch_remark": "佣金",
             "total_amount": 300, "total_num": 2,
             "transfer_detail_list": [
-                {"out_detail_no": "D1", "transfer_amount": 100, "transfer_remark": "佣金",
+                {"out_detail_no": "DETAIL1", "transfer_amount": 100, "transfer_remark": "佣金",
                  "openid": "o-a"},
-                {"out_detail_no": "D2", "transfer_amount": 200, "transfer_remark": "佣金",
+                {"out_detail_no": "DETAIL2", "transfer_amount": 200, "transfer_remark": "佣金",
                  "openid": "o-b"},
             ],
         },
     )  # fmt: skip
     assert batch["batch_status"] == "ACCEPTED"
-    fake.finish_batch("B1")
-    done = await client.query_transfer_batch(merchant, "B1")
+    fake.finish_batch("BATCH1")
+    done = await client.query_transfer_batch(merchant, "BATCH1")
     assert done["transfer_batch"]["batch_status"] == "FINISHED"
     assert {d["detail_status"] for d in done["transfer_detail_list"]} == {"SUCCESS"}

@@ -1,0 +1,260 @@
+"""Withdrawals of commission paid out through WeChat Pay's merchant transfer (商家转账到零钱,
+API v3 `/v3/transfer/batches`) to the earner's WeChat openid (docs/commissions.md).
+
+One withdrawal is one transfer batch of one detail, numbered from the withdrawal's id
+(`out_batch_no` AFW..., `out_detail_no` AFD...): WeChat Pay keys a batch by its number, so
+sending it again (the client's retries, the sweep after a lost answer, two nodes) never pays
+twice. The outcome is found by querying the batch (the payments sweep, under its lease): the
+detail SUCCESS marks the withdrawal paid, FAIL or a closed batch marks it failed and the money
+returns to the earner's available balance (models/commissions.py `settle_withdrawal`).
+The requests are signed and the answers verified by the one WeChat Pay client
+(gateway/providers/wechatpay.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.wechatpay import (
+    WechatPayClient,
+    WechatPayRefused,
+    WechatPayUnavailable,
+)
+from aquafleet.models.commissions import (
+    PAYOUT_CHANNELS,
+    PayoutChannel,
+    PayoutOutcome,
+    PayoutResult,
+    Withdrawal,
+    WithdrawalState,
+    earner_of,
+    settle_withdrawal,
+)
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
+from aquafleet.models.members import Member
+from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
+from aquafleet.models.sealed import SecretBox
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.vendors import Vendor
+
+log = get_logger("aquafleet.payouts")
+
+WEIXIN = "weixin"
+MANUAL = "manual"
+# WeChat Pay wants the payee's real name (encrypted) from 2,000 yuan per detail: larger
+# withdrawals go through the manual channel.
+MAX_WECHAT_TRANSFER_FEN = 200_000 - 1
+REMARK = "佣金提现"
+SWEEP_BATCH = 100
+
+
+class WechatNotBound(Conflict):
+    code = "wechat_not_bound"
+
+
+def batch_no(withdrawal_id: int) -> str:
+    """out_batch_no: 5..32 letters and digits, one per withdrawal, never reused."""
+    return f"AFW{withdrawal_id:016d}"
+
+
+def detail_no(withdrawal_id: int) -> str:
+    return f"AFD{withdrawal_id:016d}"
+
+
+def member_of_earner(earner: str) -> str | None:
+    prefix, _, uid = earner.partition(":")
+    return uid if prefix == "member" and uid else None
+
+
+@dataclass(slots=True)
+class PayoutSweep:
+    checked: int = 0
+    resent: int = 0
+    paid: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class WechatTransferPayout:
+    """The `weixin` payout channel (PayoutChannel): a transfer batch per withdrawal."""
+
+    name = WEIXIN
+
+    def __init__(self, client: WechatPayClient, box: SecretBox) -> None:
+        self.client = client
+        self.box = box
+
+    async def merchant(self, vendor_code: str) -> WechatPayMerchant:
+        vendor = await Vendor.get_or_none(code=vendor_code)
+        if vendor is None:
+            raise NotFound(f"vendor {vendor_code} not found")
+        return await wechat_merchant(vendor, self.box)
+
+    @staticmethod
+    async def openid(earner: str, vendor_code: str) -> str | None:
+        """The earner's bound WeChat openid: members only (agents and dealers have none)."""
+        uid = member_of_earner(earner)
+        if uid is None:
+            return None
+        member = await Member.get_or_none(uid=uid, vendor_id=vendor_code)
+        return member.wx_openid if member is not None and member.wx_openid else None
+
+    async def _create(self, withdrawal: Withdrawal) -> dict[str, Any]:
+        openid = await self.openid(withdrawal.earner, withdrawal.vendor_code)
+        if openid is None:
+            raise WechatNotBound(f"{withdrawal.earner} has no WeChat account bound")
+        merchant = await self.merchant(withdrawal.vendor_code)
+        amount = int(withdrawal.amount_fen)
+        return await self.client.create_transfer_batch(
+            merchant,
+            {
+                "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
+                "batch_remark": REMARK, "total_amount": amount, "total_num": 1,
+                "transfer_detail_list": [{
+                    "out_detail_no": detail_no(withdrawal.id), "transfer_amount": amount,
+                    "transfer_remark": REMARK, "openid": openid,
+                }],
+            },
+        )  # fmt: skip
+
+    async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
+        """Send the transfer. Refused by WeChat Pay (or no openid any more): failed, the money
+        returns. Not answered: still requested (the sweep queries and sends it again)."""
+        try:
+            answer = await self._create(withdrawal)
+        except (WechatPayRefused, WechatNotBound) as exc:
+            log.error("payout_refused", withdrawal=withdrawal.id, why=str(exc))
+            return PayoutResult(PayoutOutcome.FAILED, reason=f"wechat transfer refused: {exc}")
+        except DomainError as exc:  # unavailable, not configured, an answer not to trust
+            log.warning("payout_deferred", withdrawal=withdrawal.id, why=str(exc))
+            return PayoutResult(PayoutOutcome.REQUESTED)
+        log.info("payout_sent", withdrawal=withdrawal.id, batch=batch_no(withdrawal.id))
+        return PayoutResult(PayoutOutcome.REQUESTED, reference=str(answer.get("batch_id", "")))
+
+    async def check(self, withdrawal: Withdrawal) -> PayoutResult:
+        """The transfer's state at WeChat Pay; a batch WeChat Pay never received is sent again
+        (under the same number)."""
+        merchant = await self.merchant(withdrawal.vendor_code)
+        try:
+            answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
+        except WechatPayRefused as exc:
+            if exc.status != 404:
+                raise
+            return await self.submit(withdrawal)
+        batch = answer.get("transfer_batch") or {}
+        if batch.get("mchid", merchant.mch_id) != merchant.mch_id:
+            raise Conflict("the transfer batch is of another merchant")
+        if int(batch.get("total_amount", -1)) != int(withdrawal.amount_fen):
+            log.error(
+                "payout_amount_mismatch", withdrawal=withdrawal.id,
+                amount_fen=batch.get("total_amount"),
+            )  # fmt: skip
+            raise Conflict(f"the transfer batch of withdrawal {withdrawal.id} has another amount")
+        ours = detail_no(withdrawal.id)
+        detail: dict[str, Any] = next(
+            (d for d in answer.get("transfer_detail_list") or [] if d.get("out_detail_no") == ours),
+            {},
+        )
+        status = str(detail.get("detail_status", ""))
+        reference = str(detail.get("detail_id") or batch.get("batch_id", ""))
+        if status == "SUCCESS":
+            return PayoutResult(PayoutOutcome.PAID, reference, "wechat transfer SUCCESS")
+        if status == "FAIL" or batch.get("batch_status") == "CLOSED":
+            why = str(batch.get("close_reason") or "")
+            if status == "FAIL" and not why:
+                why = await self._fail_reason(merchant, withdrawal)
+            return PayoutResult(PayoutOutcome.FAILED, reference, f"wechat transfer failed: {why}")
+        return PayoutResult(PayoutOutcome.REQUESTED, reference)
+
+    async def _fail_reason(self, merchant: WechatPayMerchant, withdrawal: Withdrawal) -> str:
+        """The failed detail's reason (ACCOUNT_FROZEN, REAL_NAME_CHECK_FAIL, ...)."""
+        try:
+            detail = await self.client.query_transfer_detail(
+                merchant, batch_no(withdrawal.id), detail_no(withdrawal.id)
+            )
+        except WechatPayRefused:
+            return "detail FAIL"
+        return str(detail.get("fail_reason") or "detail FAIL")
+
+    async def sweep(self, *, limit: int = SWEEP_BATCH) -> PayoutSweep:
+        """One pass over the requested withdrawals of this channel, oldest first."""
+        report = PayoutSweep()
+        rows = (
+            await Withdrawal.filter(state=WithdrawalState.REQUESTED, channel=self.name)
+            .order_by("id")
+            .limit(limit)
+        )
+        for withdrawal in rows:
+            report.checked += 1
+            try:
+                result = await self.check(withdrawal)
+                if result.outcome is PayoutOutcome.REQUESTED:
+                    continue
+                await settle_withdrawal(
+                    withdrawal.id, paid=result.outcome is PayoutOutcome.PAID,
+                    reason=result.reason, reference=result.reference,
+                    actor=f"channel:{self.name}", channel=self.name,
+                )  # fmt: skip
+            except (WechatPayUnavailable, PaymentNotConfigured) as exc:
+                report.errors.append(f"withdrawal {withdrawal.id}: {exc}")
+                log.warning("payout_sweep_deferred", withdrawal=withdrawal.id, why=str(exc))
+                continue
+            except DomainError as exc:
+                report.errors.append(f"withdrawal {withdrawal.id}: {exc}")
+                log.error("payout_sweep_failed", withdrawal=withdrawal.id, why=str(exc))
+                continue
+            if result.outcome is PayoutOutcome.PAID:
+                report.paid += 1
+            else:
+                report.failed += 1
+            log.info(
+                "payout_settled", withdrawal=withdrawal.id, outcome=result.outcome.name.lower()
+            )
+        return report
+
+
+async def choose_payout(
+    principal: Principal,
+    amount_fen: int,
+    wanted: str | None,
+    wechat: WechatTransferPayout | None,
+) -> PayoutChannel:
+    """AE-03's channel: `manual` or `weixin` as asked; when not asked, `weixin` for a member
+    with a bound WeChat account at a vendor whose WeChat Pay merchant is set up (and an amount
+    under 2,000 yuan), else `manual`. Agents and dealers have no openid: always manual."""
+    manual = PAYOUT_CHANNELS[MANUAL]
+    if wanted == MANUAL:
+        return manual
+    if wanted not in (None, WEIXIN):
+        raise InvalidInput(f"channel must be {MANUAL} or {WEIXIN}")
+    earner = earner_of(principal)
+    vendor_code = principal.vendor_code
+    openid = (
+        await WechatTransferPayout.openid(earner, vendor_code)
+        if earner is not None and vendor_code is not None and principal.role is Role.MEMBER
+        else None
+    )
+    reason = ""
+    if wechat is None:
+        reason = "WeChat transfers are not available on this node"
+    elif openid is None:
+        reason = "the earner has no WeChat account bound (agents and dealers never have)"
+    elif amount_fen > MAX_WECHAT_TRANSFER_FEN:
+        reason = "WeChat transfers of 2,000 yuan or more need the payee's name: use manual"
+    else:
+        try:
+            assert vendor_code is not None
+            await wechat.merchant(vendor_code)
+        except PaymentNotConfigured as exc:
+            reason = str(exc)
+    if not reason and wechat is not None:
+        return wechat
+    if wanted == WEIXIN:
+        if openid is None:
+            raise WechatNotBound(reason)
+        if amount_fen > MAX_WECHAT_TRANSFER_FEN:
+            raise InvalidInput(reason)
+        raise PaymentNotConfigured(reason)
+    return manual

@@ -1,0 +1,253 @@
+"""Withdrawals paid out through WeChat Pay's merchant transfer (商家转账到零钱), against the fake,
+on SQLite and PostgreSQL: paid end to end, a failed or refused transfer returns the money, a
+create retried (lost answers, never received) never pays twice; which channel a withdrawal
+takes. `commissions check` and `money check` hold after each."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.payments import PaymentService
+from aquafleet.gateway.payouts import (
+    MAX_WECHAT_TRANSFER_FEN,
+    WechatNotBound,
+    WechatTransferPayout,
+    batch_no,
+    choose_payout,
+    detail_no,
+)
+from aquafleet.gateway.providers.wechatpay import WechatPayClient
+from aquafleet.models.commissions import (
+    PAYOUT_CHANNELS,
+    Summary,
+    Withdrawal,
+    WithdrawalState,
+    member_earner,
+    request_withdrawal,
+)
+from aquafleet.models.errors import InvalidInput
+from aquafleet.models.members import Member
+from aquafleet.models.merchants import PaymentMerchant, PaymentNotConfigured, set_wechat_merchant
+from aquafleet.models.money import balance
+from aquafleet.models.sealed import SecretBox
+from aquafleet.models.vendors import Vendor
+from tests.commissions.test_scenario import VID, Chain, done, invariants, make_chain, of, paid
+from tests.conftest import MASTER_SECRET
+from tests.fakes.wechatpay import FakeWechatPay
+from tests.platform.test_cli import aquafleet, clean_env
+
+pytestmark = pytest.mark.usefixtures("db")
+
+OPENID = "oUpF8uMuAJO_M2wxxxxxxxxxxxxx"
+TRANSFERS = "/v3/transfer/batches"
+
+
+@dataclass
+class Wx:
+    fake: FakeWechatPay
+    chain: Chain
+    payout: WechatTransferPayout
+    service: PaymentService
+    db: str
+    tmp: Path
+
+    @property
+    def m2(self) -> Any:
+        return self.chain.member(self.chain.m2)
+
+    async def withdraw(self, amount: int, request_id: str, **kwargs: Any) -> Withdrawal:
+        channel = await choose_payout(self.m2, amount, None, self.payout)
+        assert channel is self.payout
+        withdrawal, created = await request_withdrawal(
+            self.m2, amount_fen=amount, request_id=request_id, channel=channel, **kwargs
+        )
+        assert created and withdrawal.channel == "weixin"
+        return withdrawal
+
+    async def state(self, withdrawal: Withdrawal) -> WithdrawalState:
+        return (await Withdrawal.get(id=withdrawal.id)).state
+
+    async def checks_clean(self) -> None:
+        """In process, then as the operator runs them."""
+        await invariants()
+        env = clean_env(
+            data_dir=self.tmp / "cli", master_secret=MASTER_SECRET, database_url=self.db
+        )
+        for group in ("commissions", "money"):
+            code, out = await aquafleet(env, group, "check", "--json")
+            assert code == 0, out
+
+
+@pytest.fixture
+async def wx(db: str, tmp_path: Path) -> AsyncIterator[Wx]:
+    fake = FakeWechatPay()
+    await fake.start()
+    merchant = fake.add_merchant()
+    chain = await make_chain()
+    box = SecretBox.from_master(bytes.fromhex(MASTER_SECRET))
+    await Vendor.filter(code=VID).update(mch_gid=merchant.mch_id, mch_appid=merchant.app_id)
+    await set_wechat_merchant(
+        VID,
+        {
+            "mch_apiv3_key": merchant.api_v3_key, "mch_private_key": merchant.private_pem,
+            "mch_cert_serial": merchant.key_serial, "wxpay_serial": fake.platform_serial,
+            "wxpay_public_key": fake.platform_public,
+        },
+        box,
+    )  # fmt: skip
+    await Member.filter(uid=chain.m2).update(wx_openid=OPENID)
+    await done(await paid(chain))  # M2 has 1259 fen available (levels 1259 / 539 / 179)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        client = WechatPayClient(session, base_url=fake.url)
+        service = PaymentService(client, box, Metrics(), notify_base_url="")
+        yield Wx(fake, chain, service.payout, service, db, tmp_path)
+    await fake.stop()
+
+
+async def test_a_withdrawal_is_paid_to_the_members_wechat_end_to_end(wx: Wx):
+    m2 = member_earner(wx.chain.m2)
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    withdrawal = await wx.withdraw(1000, "w-1")
+    assert withdrawal.state is WithdrawalState.REQUESTED
+    batch = wx.fake.batches[batch_no(withdrawal.id)]
+    assert batch["details"] == [
+        {"out_detail_no": detail_no(withdrawal.id), "transfer_amount": 1000,
+         "transfer_remark": "佣金提现", "openid": OPENID}
+    ]  # fmt: skip
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    await wx.checks_clean()
+
+    # WeChat Pay is still carrying it out: the sweep finds it processing and leaves it.
+    report = await wx.service.sweep()
+    assert (report.payouts_checked, report.payouts_paid, report.errors) == (1, 0, [])
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+    # An operator cannot record a WeChat transfer's outcome (failed + paid would pay twice).
+    env = clean_env(data_dir=wx.tmp / "cli", master_secret=MASTER_SECRET, database_url=wx.db)
+    code, out = await aquafleet(
+        env, "commissions", "payout", str(withdrawal.id), "--failed", "--reason", "by hand"
+    )
+    assert code != 0 and "through weixin" in out, out
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    report = await wx.service.sweep()
+    assert (report.payouts_paid, report.payouts_failed) == (1, 0)
+    settled = await Withdrawal.get(id=withdrawal.id)
+    assert settled.state is WithdrawalState.PAID
+    assert settled.channel_ref == batch["detail_ids"][detail_no(withdrawal.id)]
+    assert wx.fake.paid_out(OPENID) == 1000
+    assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
+    assert await balance(f"channel:weixin:{VID}") == -1000
+    await wx.checks_clean()
+
+    # Settled once: the next sweep has nothing to ask.
+    assert (await wx.service.sweep()).payouts_checked == 0
+
+
+async def test_a_failed_or_refused_transfer_returns_the_money(wx: Wx):
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    # WeChat Pay carries the batch out but the detail fails (a frozen account).
+    first = await wx.withdraw(1000, "w-fail", now=t0)
+    wx.fake.finish_batch(
+        batch_no(first.id), failed=(detail_no(first.id),), reason="REAL_NAME_CHECK_FAIL"
+    )
+    report = await wx.payout.sweep()
+    assert (report.paid, report.failed) == (0, 1)
+    failed = await Withdrawal.get(id=first.id)
+    assert failed.state is WithdrawalState.FAILED and "REAL_NAME_CHECK_FAIL" in failed.reason
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    await wx.checks_clean()
+
+    # The batch is closed before it is paid: failed too, with WeChat Pay's reason.
+    second = await wx.withdraw(1200, "w-closed", now=t0 + dt.timedelta(seconds=31))
+    wx.fake.close_batch(batch_no(second.id), "MERCHANT_REVOCATION")
+    assert (await wx.payout.sweep()).failed == 1
+    closed = await Withdrawal.get(id=second.id)
+    assert closed.state is WithdrawalState.FAILED and "MERCHANT_REVOCATION" in closed.reason
+    assert await of(m2) == Summary(available=1259, earned=1259)
+
+    # WeChat Pay refuses the batch outright (the merchant's balance is short): failed at once.
+    wx.fake.fail_next(TRANSFERS, status=403, code="NOT_ENOUGH")
+    third, _ = await request_withdrawal(
+        wx.m2, amount_fen=500, request_id="w-refused", channel=wx.payout,
+        now=t0 + dt.timedelta(seconds=62),
+    )  # fmt: skip
+    assert third.state is WithdrawalState.FAILED and "NOT_ENOUGH" in third.reason
+    assert wx.fake.paid_out(OPENID) == 0 and batch_no(third.id) not in wx.fake.batches
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_retried_create_never_pays_twice(wx: Wx):
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    # The batch is made but every answer is lost: the client's retries send the same number,
+    # WeChat Pay keeps one batch; the withdrawal waits for the sweep.
+    wx.fake.lose_answers(TRANSFERS, times=3)
+    first = await wx.withdraw(600, "w-lost", now=t0)
+    assert first.state is WithdrawalState.REQUESTED
+    assert wx.fake.requests.count(f"POST {TRANSFERS}") == 3
+    assert list(wx.fake.batches) == [batch_no(first.id)]
+    # The same request again answers the first withdrawal and sends nothing.
+    again, created = await request_withdrawal(
+        wx.m2, amount_fen=600, request_id="w-lost", channel=wx.payout
+    )
+    assert not created and again.id == first.id
+    # Submitting it again (another node, an operator) finds the same batch.
+    await wx.payout.submit(first)
+    assert len(wx.fake.batches) == 1
+    assert (await wx.payout.sweep()).checked == 1  # processing: nothing sent again
+    wx.fake.finish_batch(batch_no(first.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 600
+    await wx.checks_clean()
+
+    # A create WeChat Pay never received (5xx before it): the sweep asks, finds no batch and
+    # sends it under the same number, once.
+    wx.fake.fail_next(TRANSFERS, times=3)
+    second = await wx.withdraw(600, "w-unsent", now=t0 + dt.timedelta(seconds=31))
+    assert second.state is WithdrawalState.REQUESTED
+    assert batch_no(second.id) not in wx.fake.batches
+    report = await wx.payout.sweep()
+    assert (report.checked, report.paid, report.errors) == (1, 0, [])
+    assert batch_no(second.id) in wx.fake.batches
+    await wx.payout.sweep()
+    wx.fake.finish_batch(batch_no(second.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert len(wx.fake.batches) == 2 and wx.fake.paid_out(OPENID) == 1200
+    assert await of(m2) == Summary(available=59, withdrawn=1200, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_which_channel_a_withdrawal_takes(wx: Wx):
+    manual = PAYOUT_CHANNELS["manual"]
+    m1 = wx.chain.member(wx.chain.m1)  # no WeChat bound
+    dealer = wx.chain.dealer_principal  # agents and dealers have no openid
+    assert await choose_payout(wx.m2, 500, None, wx.payout) is wx.payout
+    assert await choose_payout(wx.m2, 500, "manual", wx.payout) is manual
+    assert await choose_payout(m1, 500, None, wx.payout) is manual
+    assert await choose_payout(dealer, 500, None, wx.payout) is manual
+    assert await choose_payout(wx.m2, 500, None, None) is manual
+    with pytest.raises(WechatNotBound):
+        await choose_payout(dealer, 500, "weixin", wx.payout)
+    with pytest.raises(WechatNotBound):
+        await choose_payout(m1, 500, "weixin", wx.payout)
+    # 2,000 yuan and more need the payee's name at WeChat Pay: manual.
+    big = MAX_WECHAT_TRANSFER_FEN + 1
+    assert await choose_payout(wx.m2, big, None, wx.payout) is manual
+    with pytest.raises(InvalidInput):
+        await choose_payout(wx.m2, big, "weixin", wx.payout)
+    # A vendor without a WeChat Pay merchant pays manually.
+    await PaymentMerchant.filter(vendor_id=VID).delete()
+    assert await choose_payout(wx.m2, 500, None, wx.payout) is manual
+    with pytest.raises(PaymentNotConfigured):
+        await choose_payout(wx.m2, 500, "weixin", wx.payout)
