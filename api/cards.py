@@ -130,6 +130,7 @@ class CardNotificationIn(RequestModel):
     params=CardNotifyPath,
     body=CardNotificationIn,
     form=True,
+    stream="text/plain",  # taken: the acquirer's expected answer (Allinpay: success)
     status=200,
     errors=(401, 404, 409),
     description="The acquirer posts its signed form here (the notify_url of the bill). The "

@@ -185,10 +185,9 @@ class CardPayments:
         result = await acquirer.query(await acquirer.merchant(payment.vendor_code), payment.bill_no)
         if result is None:
             return None
-        notice = self._notice(acquirer, payment.vendor_code, result)
-        return await self.apply(  # keyed by the transaction, as a notification of it would be
-            ChannelPayment(**{**_fields(notice), "bill_no": payment.bill_no})
-        )
+        # Keyed by the acquirer's transaction, as its notification is: whichever comes
+        # second is a duplicate.
+        return await self.apply(self._notice(acquirer, payment.vendor_code, result))
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
         """Execute a due refund of a card-paid bill: requested, or settled when the acquirer
@@ -222,7 +221,3 @@ class CardPayments:
         if result is RefundResult.SUCCEEDED:
             await settle_refund(refund.refund_no, channel=CARD)
         return result
-
-
-def _fields(notice: ChannelPayment) -> dict[str, Any]:
-    return {name: getattr(notice, name) for name in ChannelPayment.__slots__}

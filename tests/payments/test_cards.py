@@ -5,14 +5,18 @@ sweep, the credentials never shown. The money ledger's check is clean after each
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway.logs import configure_logging
 from aquafleet.models.allinpay import rsa_verify, sign_string
+from aquafleet.models.merchants import PaymentMerchant
 from aquafleet.models.money import (
     GUARDED_PREFIXES,
     MoneyTransaction,
@@ -25,12 +29,22 @@ from aquafleet.models.money import (
 )
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import PaymentNotice, check_payments
+from aquafleet.models.sealed import is_sealed
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member
 from tests.fakes.allinpay import FakeAllinpay
 
 RECEIVER = {"name": "张三", "phone": "13900000000", "area": "珠海", "address": "南方软件园A123"}
 CUSID = "990581007426001"
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Every log line of the test, at debug level."""
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture
@@ -251,17 +265,27 @@ async def test_a_refund_the_acquirer_refuses_fails(shop: CardShop):
     await assert_ledger_clean()
 
 
-async def test_the_acquirer_credentials_are_never_shown(
-    shop: CardShop, api: ApiClient, caplog: pytest.LogCaptureFixture
+async def test_the_acquirer_credentials_are_sealed_never_answered_nor_logged(
+    log_stream: io.StringIO, shop: CardShop, api: ApiClient
 ):
-    merchant = shop.fake.merchants[CUSID]
-    secret_line = merchant.private_pem.splitlines()[1]
-    vendor = (await api.call("GET", f"/vendors/{shop.vid}")).data
-    assert secret_line not in str(vendor)
+    secret_line = shop.fake.merchants[CUSID].private_pem.splitlines()[5]
     oid, _ = await shop.order()
     await shop.prepay(oid)
     await shop.fake.pay(oid)
-    assert secret_line not in caplog.text
+    assert await shop.state(oid) == "paid"
+    answered = []
+    for path in (f"/vendors/{shop.vid}", "/vendors", "/openapi.json"):
+        async with api.session.get(
+            f"{api.base}/api/v1{path}", headers={"Authorization": f"Bearer {api.token}"}
+        ) as response:
+            answered.append(await response.text())
+    logged = log_stream.getvalue()
+    # The stream holds the node's lines: the acquirer set, the payment confirmed.
+    assert "vendor_acquirer_changed" in logged and "payment_confirmed" in logged
+    assert secret_line not in logged and secret_line not in "\n".join(answered)
+    row = await PaymentMerchant.get(vendor_id=shop.vid, channel="allinpay")
+    assert is_sealed(row.sealed) and secret_line not in row.sealed + str(row.public)
+    assert row.public["allinpay_cusid"] == CUSID
     bad = await api.call(
         "PUT", f"/vendors/{shop.vid}/acquirers/allinpay",
         {"allinpay_private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-key\n"}, expect=422,
