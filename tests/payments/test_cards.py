@@ -291,3 +291,29 @@ async def test_the_acquirer_credentials_are_sealed_never_answered_nor_logged(
         {"allinpay_private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-key\n"}, expect=422,
     )  # fmt: skip
     assert "not-a-key" not in str(bad.body)
+
+
+async def test_money_arriving_after_the_order_closed_goes_back_to_the_card(shop: CardShop):
+    oid, total = await shop.order()
+    await shop.prepay(oid)
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    await shop.sweep()  # the bill closes with its order
+    assert await shop.fake.pay(oid) == [(200, "success")]  # paid at the acquirer anyway
+    assert await shop.state(oid) == "close"
+    refund = await Refund.get(refund_no=f"close-{oid}")
+    assert refund.state is RefundState.DUE and refund.amount_fen == total
+    report = await shop.sweep()
+    assert (report.refunds_sent, report.refunds_settled) == (1, 1)
+    assert shop.fake.refunds[f"close-{oid}"].trxamt == total
+    assert await balance(channel_account("card", shop.vid)) == 0
+    await assert_ledger_clean()
+
+
+async def test_a_prepay_is_retried_when_the_acquirer_does_not_answer(shop: CardShop):
+    oid, _total = await shop.order()
+    shop.fake.fail_next("/apiweb/unitorder/pay", times=1)
+    assert (await shop.prepay(oid)).data["bill_no"] == oid
+    assert len(shop.fake.trx) == 1
+    shop.fake.fail_next("/apiweb/unitorder/pay", times=3)
+    answer = await shop.prepay(oid, expect=503)
+    assert answer.body["code"] == "acquirer_unavailable"
