@@ -10,6 +10,7 @@ from aquafleet.api import (
     agents,
     auth,
     broker_auth,
+    cards,
     commands,
     commissions,
     devices,
@@ -41,8 +42,8 @@ from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
-    auth, vendors, agents, devices, commands, members, products, orders, payments, commissions,
-    tickets, technicians, fleet,
+    auth, vendors, agents, devices, commands, members, products, orders, payments, cards,
+    commissions, tickets, technicians, fleet,
 )  # fmt: skip
 
 

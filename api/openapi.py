@@ -151,7 +151,11 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": schemas.add(route.body, "validation")}},
+            "content": {
+                "application/x-www-form-urlencoded" if route.form else "application/json": {
+                    "schema": schemas.add(route.body, "validation")
+                }
+            },
         }
     operation["security"] = [] if route.roles is None else [{"bearer": []}, {"signed": []}]
     responses: dict[str, Any] = {}

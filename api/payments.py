@@ -28,7 +28,9 @@ from aquafleet.api.schemas import (
 )
 from aquafleet.api.sealing import secret_box
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
+from aquafleet.gateway.cards import CardPayments
 from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
+from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
 from aquafleet.gateway.providers.wechatpay import (
     WechatPayClient,
     WechatPayRefused,
@@ -81,6 +83,9 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
             notify_base_url=settings.payments_notify_url,
             query_after=dt.timedelta(seconds=settings.payments_query_after_s),
             apply_service=apply_service,
+        )
+        service.cards = CardPayments(
+            [AllinpayAcquirer(session, service.box, base_url=settings.allinpay_api_url)], service
         )
         sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
             service, app[REDIS], lease_key=app[KEYSPACE].payments_owner,

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ log = get_logger("aquafleet.api")
 
 API_PREFIX = "/api/v1"
 JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_BODY_BYTES = 64 * 1024  # every request body of the API is a small JSON object
 # Our bodies nest two or three levels; deeper ones are refused before any model sees them (the
 # stdlib decoder and pydantic recurse per level: a 2 KB body of `[` would exhaust the stack).
@@ -126,6 +128,7 @@ class Route:
     status: int = 200
     errors: tuple[int, ...] = ()  # extra error statuses worth documenting (409, 429, ...)
     stream: str | None = None  # a second media type the handler answers itself (an event stream)
+    form: bool = False  # the body is application/x-www-form-urlencoded (an acquirer's notice)
 
     @property
     def full_path(self) -> str:
@@ -195,6 +198,7 @@ class RouteTable:
         status: int | None = None,
         errors: tuple[int, ...] = (),
         stream: str | None = None,
+        form: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -215,6 +219,7 @@ class RouteTable:
                     status=status or DEFAULT_STATUS[method],
                     errors=errors,
                     stream=stream,
+                    form=form,
                 )
             )
             return handler
@@ -367,6 +372,19 @@ def _validation_failed(exc: ValidationError, where: str) -> ValidationFailed:
     return ValidationFailed(f"{where} {first['field']}: {first['message']}{more}", data=errors)
 
 
+def parse_form(model: type[BaseModel], request: web.Request, raw: bytes) -> Any:
+    """A form-encoded body (one value per field), validated by `model`."""
+    if request.content_type != FORM_TYPE:
+        raise UnsupportedMediaType(f"the body must be {FORM_TYPE}")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw.strip())
+        )
+        return model.model_validate(dict(pairs))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the form is malformed: {str(exc)[:200]}") from None
+
+
 def parse_body(route: Route, request: web.Request, raw: bytes) -> Any:
     stripped = raw.strip()
     if route.body is None:
@@ -374,6 +392,8 @@ def parse_body(route: Route, request: web.Request, raw: bytes) -> Any:
         if stripped and stripped != b"{}":
             raise BadRequest("this endpoint takes no body")
         return None
+    if route.form:
+        return parse_form(route.body, request, raw)
     if not stripped:
         raise BadRequest("a JSON object body is required")
     if request.content_type != "application/json":

@@ -302,6 +302,11 @@ class Settings(BaseSettings):
         "https://api.mch.weixin.qq.com",
         description="Base URL of WeChat Pay API v3 (docs/payments.md; the fake's in development).",
     )
+    allinpay_api_url: str = Field(
+        "https://vsp.allinpay.com",
+        description="Base URL of Allinpay 收银宝's unified API, the card acquirer "
+        "(docs/payments.md; the fake's in development).",
+    )
     payments_notify_url: str = Field(
         "",
         max_length=255,

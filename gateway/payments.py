@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments, RefundResult
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.payouts import WechatNotBound, WechatTransferPayout
@@ -106,6 +107,7 @@ class PaymentService:
         self.query_after = query_after
         self.apply_service = apply_service  # renewals change their device when paid
         self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
+        self.cards: CardPayments | None = None  # the card acquirers (gateway/cards.py)
 
     async def merchant(self, vendor_code: str) -> WechatPayMerchant:
         vendor = await Vendor.get_or_none(code=vendor_code)
@@ -285,16 +287,22 @@ class PaymentService:
             await self._guarded(
                 report, f"refund {refund.refund_no}", self._check_refund, refund, report
             )
+        for refund in await Refund.filter(state=RefundState.REQUESTED, channel=CARD).limit(limit):
+            await self._guarded(
+                report, f"refund {refund.refund_no}", self._check_card_refund, refund, report
+            )
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
         for payment in await late_bills(self.query_after, limit):
-            if payment.channel != WEIXIN:
+            if payment.channel == WEIXIN:
+                query = self.query_bill
+            elif payment.channel == CARD and self.cards is not None:
+                query = self.cards.query_bill
+            else:
                 continue
             report.bills_queried += 1
-            outcome = await self._guarded(
-                report, f"bill {payment.bill_no}", self.query_bill, payment
-            )
+            outcome = await self._guarded(report, f"bill {payment.bill_no}", query, payment)
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):
                 report.bills_paid += 1
         payouts = await self.payout.sweep(limit=limit)
@@ -306,7 +314,7 @@ class PaymentService:
     async def _guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
         try:
             return await step(*args)
-        except (WechatPayUnavailable, PaymentNotConfigured) as exc:
+        except (WechatPayUnavailable, AcquirerUnavailable, PaymentNotConfigured) as exc:
             report.errors.append(f"{what}: {exc}")  # tried again at the next sweep
             log.warning("payments_sweep_deferred", what=what, why=str(exc))
         except DomainError as exc:
@@ -322,6 +330,20 @@ class PaymentService:
                 refund.refund_no, channel=WALLET, account=wallet_account(payment.member_uid)
             )
             report.refunds_settled += 1
+            return
+        if (
+            payment is not None
+            and payment.state is PaymentState.PAID
+            and payment.channel == CARD
+            and self.cards is not None
+        ):
+            result = await self.cards.send_refund(refund, payment)
+            if result is RefundResult.FAILED:
+                report.refunds_failed += 1
+            elif result is not None:
+                self.metrics.payments_refunds_sent += 1
+                report.refunds_sent += 1
+                report.refunds_settled += result is RefundResult.SUCCEEDED
             return
         if payment is None or payment.state is not PaymentState.PAID or payment.channel != WEIXIN:
             return  # not paid through WeChat Pay: another channel's (or a person's) refund
@@ -365,6 +387,17 @@ class PaymentService:
             await move_refund(
                 refund.refund_no, RefundState.FAILED, channel=WEIXIN, failure=str(answer["status"])
             )
+            report.refunds_failed += 1
+
+    async def _check_card_refund(self, refund: Refund, report: SweepReport) -> None:
+        payment = await payment_of_order(refund.order_oid)
+        if payment is None or self.cards is None:
+            return
+        result = await self.cards.check_refund(refund, payment)
+        if result is RefundResult.SUCCEEDED:
+            report.refunds_settled += 1
+        elif result is None:
+            await move_refund(refund.refund_no, RefundState.FAILED, channel=CARD, failure="failed")
             report.refunds_failed += 1
 
     async def _close(self, payment: Payment, report: SweepReport) -> None:

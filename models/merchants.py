@@ -250,3 +250,17 @@ async def wechat_merchant(vendor: Any, box: SecretBox) -> WechatPayMerchant:
         platform_public_key=values["wxpay_public_key"], api_v3_key=values["mch_apiv3_key"],
         private_key=values["mch_private_key"],
     )  # fmt: skip
+
+
+async def merchant_secrets(
+    vendor_code: str, channel: str, box: SecretBox
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A vendor's merchant at `channel`: its public fields and its secrets, opened."""
+    merchant = await _merchant(vendor_code, channel)
+    return (dict(merchant.public) if merchant else {}), _open_secrets(merchant, box)
+
+
+async def configured_channels(vendor_code: str) -> list[str]:
+    """The channels the vendor has a merchant row at (set up or partly), oldest first."""
+    rows = await PaymentMerchant.filter(vendor_id=vendor_code).order_by("id")
+    return [row.channel for row in rows]

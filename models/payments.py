@@ -340,7 +340,11 @@ async def check_payments() -> list[Any]:
                 )
             )
     for key, txn_id in postings.items():
-        channels = [a for a in taken.get(txn_id, {}) if a.startswith(("channel:weixin", "wallet:"))]
+        channels = [
+            a
+            for a in taken.get(txn_id, {})
+            if a.startswith(("channel:weixin", "channel:card", "wallet:"))
+        ]
         if channels and key not in billed:
             problems.append(LedgerProblem("booked_without_bill", key, ", ".join(channels)))
     return problems

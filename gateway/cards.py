@@ -1,0 +1,223 @@
+"""Card payments (AD-08 credit, AD-09 debit) through a card acquirer (docs/payments.md).
+
+`CardAcquirer` is the channel interface: an adapter opens a bill, verifies the acquirer's
+notification, queries a bill and refunds, each in the acquirer's own protocol, and answers in
+the terms below. Everything else (the bill, the order's PAY through `pay_order` with channel
+`card`, the ledger, refunds due) is shared with the other channels (models/payments.py,
+models/money.py). A second acquirer is one more adapter in `CardPayments.acquirers`; orders
+and the ledger do not change.
+
+A vendor uses the acquirer whose merchant it has set up; the bill remembers which one opened
+it (`prepay_id` is `{acquirer}:{its transaction id}`), so queries and refunds go back there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from aquafleet.gateway.logs import get_logger
+from aquafleet.models.errors import DomainError, Unavailable
+from aquafleet.models.merchants import PaymentNotConfigured, configured_channels
+from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
+from aquafleet.models.orders import Order, OrderLine
+from aquafleet.models.payments import (
+    ChannelPayment,
+    Outcome,
+    Payment,
+    open_order_bill,
+    set_prepay_id,
+)
+
+log = get_logger("aquafleet.cards")
+
+CARD = "card"  # the ledger's channel for every acquirer
+CARD_NOTIFY_PATH = "/api/v1/payments/card/{acquirer}/notify/{vid}"
+
+
+class CardKind(StrEnum):
+    CREDIT = "credit"  # AD-08
+    DEBIT = "debit"  # AD-09: the acquirer is told to refuse credit cards
+
+
+class AcquirerUnavailable(Unavailable):
+    """The acquirer did not answer (timeout, connection, 5xx): trying again later may work."""
+
+    code = "acquirer_unavailable"
+
+
+class AcquirerRefused(DomainError):
+    """The acquirer answered, and refused."""
+
+    code = "acquirer_refused"
+
+
+class CardNotificationRefused(DomainError):
+    """A notification we cannot trust: answered as a failure, nothing changes."""
+
+    code = "notification_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class CardPrepay:
+    transaction_no: str  # the acquirer's id of the bill (may be empty until paid)
+    pay_info: str  # what the app opens to let the member pay (a URL or the acquirer's data)
+
+
+@dataclass(frozen=True, slots=True)
+class CardResult:
+    """A bill the acquirer says is paid (a verified notification, or its answer to a query)."""
+
+    notice_id: str
+    bill_no: str
+    transaction_no: str
+    amount_fen: int
+
+
+class RefundResult(StrEnum):
+    SUCCEEDED = "succeeded"
+    PENDING = "pending"
+    FAILED = "failed"  # refused: the refund is failed and its amount may be refunded again
+
+
+class CardAcquirer(Protocol):
+    """One acquirer's protocol. `merchant` is whatever `merchant()` answered for the vendor."""
+
+    name: str
+    notify_ack: str  # the body the acquirer expects for a notification taken
+
+    async def merchant(self, vendor_code: str) -> Any: ...
+
+    async def pay(
+        self, merchant: Any, *, bill_no: str, amount_fen: int, description: str,
+        kind: CardKind, notify_url: str,
+    ) -> CardPrepay: ...  # fmt: skip
+
+    def verify_notification(self, merchant: Any, form: Mapping[str, str]) -> CardResult | None:
+        """The paid bill of a notification; None for one that reports no payment;
+        CardNotificationRefused for a forged one or another merchant's."""
+        ...
+
+    async def query(self, merchant: Any, bill_no: str) -> CardResult | None: ...
+
+    async def refund(
+        self, merchant: Any, *, bill_no: str, refund_no: str, refund_fen: int, total_fen: int,
+        reason: str,
+    ) -> RefundResult: ...  # fmt: skip
+
+    async def query_refund(self, merchant: Any, refund_no: str) -> RefundResult | None: ...
+
+
+class CardNotConfigured(PaymentNotConfigured):
+    code = "card_not_configured"
+
+
+class CardPayments:
+    """The card channel: picks the vendor's acquirer and applies what it confirms through
+    `apply` (PaymentService.apply: the bill, `pay_order`, the ledger, metrics)."""
+
+    def __init__(self, acquirers: list[CardAcquirer], payments: Any) -> None:
+        self.acquirers = {a.name: a for a in acquirers}
+        self.payments = payments  # gateway/payments.py's PaymentService
+
+    async def apply(self, notice: ChannelPayment) -> Outcome:
+        outcome: Outcome = await self.payments.apply(notice)
+        return outcome
+
+    async def acquirer_of_vendor(self, vendor_code: str) -> CardAcquirer:
+        for channel in await configured_channels(vendor_code):
+            if channel in self.acquirers:
+                return self.acquirers[channel]
+        raise CardNotConfigured(f"vendor {vendor_code} has no card acquirer set up")
+
+    def acquirer_of_bill(self, payment: Payment) -> CardAcquirer | None:
+        name = payment.prepay_id.partition(":")[0]
+        return self.acquirers.get(name)
+
+    async def prepay(self, order: Order, member: Any, kind: CardKind) -> tuple[Payment, str, str]:
+        """The order's bill at the vendor's acquirer: the bill, the acquirer's name and what
+        the app opens to pay."""
+        acquirer = await self.acquirer_of_vendor(order.vendor_id)
+        merchant = await acquirer.merchant(order.vendor_id)
+        base = str(self.payments.notify_base_url)
+        if not base:
+            raise PaymentNotConfigured("payments_notify_url is not set: the acquirer cannot notify")
+        notify_url = base.rstrip("/") + CARD_NOTIFY_PATH.format(
+            acquirer=acquirer.name, vid=order.vendor_id
+        )
+        payment = await open_order_bill(order, member.uid, CARD)
+        line = await OrderLine.filter(order_id=order.id).order_by("position").first()
+        description = str((line.snapshot or {}).get("name", "")) if line else ""
+        answer = await acquirer.pay(
+            merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
+            description=description or order.oid, kind=kind, notify_url=notify_url,
+        )  # fmt: skip
+        await set_prepay_id(payment, f"{acquirer.name}:{answer.transaction_no or payment.bill_no}")
+        return payment, acquirer.name, answer.pay_info
+
+    async def notification(
+        self, acquirer_name: str, vendor_code: str, form: Mapping[str, str]
+    ) -> Outcome:
+        acquirer = self.acquirers.get(acquirer_name)
+        if acquirer is None:
+            raise CardNotificationRefused(f"no acquirer {acquirer_name[:32]!r}")
+        merchant = await acquirer.merchant(vendor_code)
+        result = acquirer.verify_notification(merchant, form)
+        if result is None:
+            return Outcome.DUPLICATE  # nothing to do (not a payment); answered as taken
+        return await self.apply(self._notice(acquirer, vendor_code, result))
+
+    def _notice(
+        self, acquirer: CardAcquirer, vendor_code: str, result: CardResult
+    ) -> ChannelPayment:
+        return ChannelPayment(
+            notice_id=f"{acquirer.name}:{result.notice_id}", channel=CARD, vendor=vendor_code,
+            bill_no=result.bill_no, transaction_no=result.transaction_no,
+            amount_fen=result.amount_fen,
+        )  # fmt: skip
+
+    async def query_bill(self, payment: Payment) -> Outcome | None:
+        acquirer = self.acquirer_of_bill(payment)
+        if acquirer is None:
+            return None
+        result = await acquirer.query(await acquirer.merchant(payment.vendor_code), payment.bill_no)
+        if result is None:
+            return None
+        # Keyed by the acquirer's transaction, as its notification is: whichever comes
+        # second is a duplicate.
+        return await self.apply(self._notice(acquirer, payment.vendor_code, result))
+
+    async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
+        """Execute a due refund of a card-paid bill: requested, or settled when the acquirer
+        answers at once; failed when it refuses. None: not an acquirer of ours."""
+        acquirer = self.acquirer_of_bill(payment)
+        if acquirer is None:
+            return None
+        merchant = await acquirer.merchant(payment.vendor_code)
+        try:
+            result = await acquirer.refund(
+                merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
+                refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
+                reason=refund.reason or "退款",
+            )  # fmt: skip
+        except AcquirerRefused as exc:
+            await move_refund(refund.refund_no, RefundState.FAILED, channel=CARD, failure=str(exc))
+            log.error("refund_refused", refund_no=refund.refund_no, why=str(exc))
+            return RefundResult.FAILED
+        await move_refund(refund.refund_no, RefundState.REQUESTED, channel=CARD)
+        if result is RefundResult.SUCCEEDED:
+            await settle_refund(refund.refund_no, channel=CARD)
+        return result
+
+    async def check_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
+        acquirer = self.acquirer_of_bill(payment)
+        if acquirer is None:
+            return None
+        result = await acquirer.query_refund(
+            await acquirer.merchant(payment.vendor_code), refund.refund_no
+        )
+        if result is RefundResult.SUCCEEDED:
+            await settle_refund(refund.refund_no, channel=CARD)
+        return result
