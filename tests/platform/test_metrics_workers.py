@@ -57,12 +57,15 @@ async def test_each_scrape_of_a_two_worker_node_counts_both_workers(
         try:
             for device in devices:
                 await device.login()
-            # Connections are the kernel's to spread: move devices off the busier worker
-            # until each worker holds some (a bounded number of tries).
-            for _ in range(40):
+            # Connections are the kernel's to spread, to whichever worker waits in accept: move
+            # devices off the busier worker until each worker holds some (bounded in tries and
+            # time; a pause lets a worker still busy starting reach its accept).
+            spread_by = time.monotonic() + 30
+            for _ in range(200):
                 held = await holders(redis_client, redis_prefix, devices)
-                if {"mp-w0", "mp-w1"} <= set(held):
+                if {"mp-w0", "mp-w1"} <= set(held) or time.monotonic() > spread_by:
                     break
+                await asyncio.sleep(0.1)
                 moving = devices[held.index(max(set(held), key=held.count))]
                 await moving.close()
                 devices[devices.index(moving)] = fresh = cluster.device(
