@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aquafleet.gateway.appkeys import FLEET_SAMPLER
+from aquafleet.gateway.appkeys import FLEET_SAMPLER, TASKS
 from aquafleet.models.fleet_history import (
     FleetOnlineSample,
     GroupCount,
@@ -79,6 +79,7 @@ async def test_statistics_count_the_callers_online_devices_and_water(
     await metered(api, theirs[0]["did"], 90)
 
     sampler = api_node.app[FLEET_SAMPLER]
+    await api_node.app[TASKS].stop("fleet-sampler")  # no sample of its own in between
     now = int(time.time())
     hour = bucket_start(now, 3600) - 3600  # an hourly sample, in both charts
     recent = hour + 300  # a sample of the last 24 h only (not on the hour)
@@ -146,3 +147,49 @@ async def test_old_samples_are_pruned(api: ApiClient):
     assert await prune_samples(dt.datetime.now(dt.UTC)) == 2
     left = sorted(await FleetOnlineSample.filter(vendor_id="AAAA").values_list("hourly", flat=True))
     assert left == [False, True]
+
+
+async def test_one_node_samples_at_a_time_and_the_loop_samples(
+    api_node: Any, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    from aquafleet.gateway.appkeys import KEYSPACE, REDIS, SCRIPTS
+    from aquafleet.gateway.fleet_history import FleetSampler
+
+    app = api_node.app
+    running = app[FLEET_SAMPLER]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if running.owner:
+            break
+        await asyncio.sleep(0.05)  # the loop takes the lease within a second of start
+    assert running.owner and running.samples >= 1  # a new owner samples at once
+    other = FleetSampler(
+        client=app[REDIS], scripts=app[SCRIPTS], keyspace=app[KEYSPACE], node_id="other",
+        interval_s=300,
+    )  # fmt: skip
+    assert await other.hold_lease() is False
+    await app[TASKS].stop("fleet-sampler")
+    await running.release_lease()  # what the node does when it stops
+    other.owner = await other.hold_lease()
+    assert other.owner is True
+    await other.release_lease()
+
+    # The loop samples the devices of the current bucket, once.
+    a, _ = tenants
+    await register(api, a.vid, 2)
+    sampler = FleetSampler(
+        client=app[REDIS], scripts=app[SCRIPTS], keyspace=app[KEYSPACE], node_id="again",
+        interval_s=1,
+    )  # fmt: skip
+    app[TASKS].start("fleet-sampler-test", sampler.run)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if sampler.samples >= 2:
+                break
+            await asyncio.sleep(0.1)  # one sample per 1 s bucket
+    finally:
+        await app[TASKS].stop("fleet-sampler-test")
+    rows = await FleetOnlineSample.filter(vendor_id=a.vid).values_list("at", "online", "devices")
+    assert len(rows) >= 2 and all((o, d) == (0, 2) for _, o, d in rows)
+    assert len({at for at, _, _ in rows}) == len(rows)  # one row per bucket
