@@ -134,7 +134,7 @@ async def store_sample(at: dt.datetime, counts: Mapping[Group, GroupCount]) -> i
                 "INSERT INTO fleet_online_sample (at, vendor_id, agent_id, online, devices, "
                 f"hourly) VALUES {values} ON CONFLICT (at, vendor_id, agent_id) DO NOTHING"
             )
-            text = at.astimezone(dt.UTC).isoformat()
+            text = str(at.astimezone(dt.UTC))  # Tortoise's text: its filters compare with it
             params = [
                 x for (vendor, agent), c in chunk
                 for x in (text, vendor, agent, c.online, c.devices, hourly)
