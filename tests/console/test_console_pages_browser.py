@@ -123,6 +123,16 @@ async def test_an_operator_dispatches_a_ticket_and_reads_commissions(
     assert [m["event"] for m in moves][-2:] == ["approve", "dispatch"]
     assert moves[-2]["note"] == "seen the photo"
     await shoot(page, "tickets")
+    # The ticket's history: its moves with their notes, as text.
+    await page.click(f"button[data-moves='{tid}']")
+    await page.wait_for_selector("#ticket-moves tbody tr", timeout=TIMEOUT_MS)
+    rows = await page.eval_on_selector_all(
+        "#ticket-moves tbody tr",
+        "rows => rows.map(r => [r.cells[1].textContent, r.cells[3].textContent])",
+    )
+    assert rows[-2:] == [["created → approved", "seen the photo"], ["approved → dispatched", ""]]
+    await page.click("dialog.moves button.secondary")
+    await page.wait_for_selector("dialog.moves", state="detached", timeout=TIMEOUT_MS)
 
     # Commissions: the paid order's three levels, pending, in yuan.
     await page.click("a[data-nav=commissions]")

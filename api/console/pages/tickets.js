@@ -1,6 +1,7 @@
 // Tickets (AE-01..03): the queue of the caller's scope with its counts, filters by status and
 // type, and the moves an operator makes: approve or refuse, dispatch (to a technician, or by
-// hierarchy or distance), cancel; each confirmed, then the queue is read again.
+// hierarchy or distance), cancel; each confirmed, then the queue is read again. A ticket's id
+// opens its history (its moves with their notes).
 
 import { h, fill } from '../dom.js';
 import { call, get } from '../api.js';
@@ -18,6 +19,25 @@ function movesOf(status) {
   if (status === 2) return ['dispatch', 'cancel'];
   if (status === 3) return ['redispatch', 'cancel'];
   return OPEN.has(status) ? ['cancel'] : [];
+}
+
+/** A ticket's moves (who, when, what, with notes) in a dialog; notes are shown as text. */
+async function showMoves(tid, signal) {
+  const box = h('div', { id: 'ticket-moves' }, '…');
+  const dialog = h('dialog', { class: 'confirm moves' },
+    h('h2', null, t('ticket.moves', { tid: `T${tid}` })), box,
+    h('div', { class: 'buttons' }, h('button', { type: 'button', class: 'secondary', onclick: () => { dialog.close(); dialog.remove(); } }, t('act.close'))));
+  document.body.append(dialog);
+  dialog.showModal();
+  try {
+    const moves = (await get(`/tickets/${encodeURIComponent(tid)}/moves`, { signal })).data;
+    fill(box, table([
+      { label: t('col.at'), cell: (m) => when(m.tms) },
+      { label: t('ticket.move'), cell: (m) => `${t(`ticket.status.${m.from_status}`)} → ${t(`ticket.status.${m.to_status}`)}` },
+      { label: t('col.issuer'), cell: (m) => `${m.actor_role}:${m.actor_id}` },
+      { label: t('ticket.note'), key: 'note' },
+    ], moves, { class: 'stack' }));
+  } catch (error) { if (!signal.aborted) fill(box, failure(error)); }
 }
 
 export default {
@@ -83,7 +103,8 @@ export default {
     }
 
     const columns = [
-      { label: t('col.ticket'), cell: (x) => h('span', { class: 'mono' }, `T${x.ticket_id}`) },
+      { label: t('col.ticket'), cell: (x) => h('button', { type: 'button', class: 'link mono', 'data-moves': x.ticket_id, title: t('ticket.history'),
+        onclick: () => showMoves(x.ticket_id, signal) }, `T${x.ticket_id}`) },
       { label: t('col.ticket_type'), cell: (x) => t(`ticket.type.${x.type}`) },
       { label: t('col.state'), cell: (x) => h('span', { class: `badge ticket-${x.status}` }, t(`ticket.status.${x.status}`)) },
       { label: t('col.priority'), cell: (x) => t(`priority.${x.priority}`) },
