@@ -17,17 +17,18 @@ import time
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tortoise.exceptions import BaseORMException
 
-from aquafleet.api.devices.schemas import MAX_ONLINE_SCAN
+from aquafleet.api.devices.schemas import MAX_ONLINE_SCAN, DailyWaterOut
 from aquafleet.api.routing import Call, RouteTable, accepts, envelope
-from aquafleet.api.schemas import UtcDateTime
+from aquafleet.api.schemas import UNSET, Query, UtcDateTime, VendorCode
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.fleet import FleetCounts
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.devices import DeviceState, visible_devices
+from aquafleet.models.fleet_history import DAYS, online_history, water_per_day
 from aquafleet.models.tenancy import ADMIN_ROLES, Principal
 
 log = get_logger("aquafleet.api.fleet")
@@ -36,7 +37,10 @@ EVENT_STREAM = "text/event-stream"
 FEED_MAX_S = 300  # a stream ends after this; the client reconnects (re-authenticated)
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("fleet_feed_stopping", asyncio.Event)
 
-routes = RouteTable("fleet", "The console's live overview of the caller's fleet (docs/console.md).")
+routes = RouteTable(
+    "fleet",
+    "The console's live overview of the caller's fleet and its history (docs/console.md).",
+)
 
 
 class FleetOverviewOut(BaseModel):
@@ -113,6 +117,58 @@ async def fleet_overview(call: Call) -> FleetOverviewOut | web.StreamResponse:
     if not wants_stream(call.request):
         return (await read_overview(call, None))[0]
     return await stream_overview(call)
+
+
+class FleetStatisticsQuery(Query):
+    vid: VendorCode = Field(UNSET, description="only this vendor's devices (the platform)")
+
+
+class OnlineSampleOut(BaseModel):
+    at: UtcDateTime = Field(description="when the sample was taken (its bucket's start)")
+    online: int
+    devices: int = Field(description="registered, not deregistered, at that time")
+
+
+class FleetStatisticsOut(BaseModel):
+    online_24h: list[OnlineSampleOut] = Field(description="every sample of the last 24 h")
+    online_30d: list[OnlineSampleOut] = Field(description="the hourly samples of 30 days")
+    sample_interval_s: int = Field(description="the sampling interval in force")
+    water_daily: list[DailyWaterOut] = Field(description="30 UTC days, oldest first")
+    water_ml_today: int
+    water_ml_30d: int
+    at: UtcDateTime
+
+
+@routes.get(
+    "/fleet/statistics",
+    summary="The caller's fleet over time: online devices (24 h, 30 days), water per day",
+    roles=ADMIN_ROLES,
+    query=FleetStatisticsQuery,
+    response=FleetStatisticsOut,
+    description="Over the caller's devices (the scope of GET /devices). Online counts are "
+    "samples taken every `fleet_sample_interval_s` per vendor and agent node (exact at that "
+    "moment, summed over the caller's subtree); a time with no sample (no node sampling) is "
+    "absent, not zero. Water per UTC day (of when the platform metered it) over 30 days, "
+    "from the per-day rollups (the ledger's rows on SQLite), deregistered devices' included.",
+)
+async def fleet_statistics(call: Call) -> FleetStatisticsOut:
+    query: FleetStatisticsQuery = call.query
+    principal = call.principal
+    now = dt.datetime.now(dt.UTC)
+    recent = await online_history(principal, now - dt.timedelta(hours=24), hourly=False,
+                                  vid=query.vid)  # fmt: skip
+    month = await online_history(principal, now - dt.timedelta(days=DAYS), hourly=True,
+                                 vid=query.vid)  # fmt: skip
+    water = await water_per_day(principal, now.date(), vid=query.vid)
+    return FleetStatisticsOut(
+        online_24h=[OnlineSampleOut(at=a, online=o, devices=d) for a, o, d in recent],
+        online_30d=[OnlineSampleOut(at=a, online=o, devices=d) for a, o, d in month],
+        sample_interval_s=call.app[SETTINGS].fleet_sample_interval_s,
+        water_daily=[DailyWaterOut(date=day, water_ml=ml) for day, ml in water],
+        water_ml_today=water[-1][1],
+        water_ml_30d=sum(ml for _, ml in water),
+        at=now,
+    )
 
 
 UNAVAILABLE = envelope(

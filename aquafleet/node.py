@@ -19,6 +19,7 @@ from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.node import (
     database_ctx,
+    fleet_sampler_ctx,
     gateway_ctx,
     ledger_ctx,
     metrics_ctx,
@@ -41,9 +42,9 @@ def build_app(
     settings: Settings, *, metrics: Metrics | None = None, listeners: Listeners | None = None
 ) -> web.Application:
     """A whole node: Redis, database, tasks, registry sync, ledger writer, rental scheduler,
-    order timers, TCP gateway, MQTT bridge, then the REST API (torn down in reverse). With
-    `listeners`, it serves on those sockets (bound by `serve`'s parent) instead of binding
-    its own."""
+    order timers, fleet sampler, TCP gateway, MQTT bridge, then the REST API (torn down in
+    reverse). With `listeners`, it serves on those sockets (bound by `serve`'s parent)
+    instead of binding its own."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
     if listeners is not None:
@@ -52,7 +53,7 @@ def build_app(
     app.cleanup_ctx.extend(
         (
             redis_ctx, database_ctx, tasks_ctx, metrics_ctx, registry_ctx, ledger_ctx,
-            rental_ctx, order_timers_ctx, gateway_ctx, mqtt_ctx, notify_ctx,
+            rental_ctx, order_timers_ctx, fleet_sampler_ctx, gateway_ctx, mqtt_ctx, notify_ctx,
         )
     )  # fmt: skip
     setup_api(app)

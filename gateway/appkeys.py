@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from aquafleet.gateway.commands import CommandService
     from aquafleet.gateway.config import Settings
     from aquafleet.gateway.facade import DeviceGateway
+    from aquafleet.gateway.fleet_history import FleetSampler
     from aquafleet.gateway.hub import Hub
     from aquafleet.gateway.keys import Keyspace
     from aquafleet.gateway.metrics import Metrics
@@ -51,4 +52,5 @@ COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")
 COMMAND_SENDER: web.AppKey[CommandSender] = web.AppKey("command_sender")
 RENTAL_SCHEDULER: web.AppKey[RentalScheduler] = web.AppKey("rental_scheduler")
 ORDER_TIMERS: web.AppKey[OrderTimerLoop] = web.AppKey("order_timers")
+FLEET_SAMPLER: web.AppKey[FleetSampler] = web.AppKey("fleet_sampler")
 MQTT_BRIDGE: web.AppKey[MqttBridge] = web.AppKey("mqtt_bridge")

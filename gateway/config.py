@@ -393,6 +393,19 @@ class Settings(BaseSettings):
         description="How often the console's live fleet overview (GET /api/v1/fleet/overview "
         "as an event stream) sends fresh counts.",
     )
+    fleet_sampler: bool = Field(
+        True,
+        description="Take part in sampling the fleet's online devices for the console's "
+        "history charts (one node of a cluster holds it at a time).",
+    )
+    fleet_sample_interval_s: int = Field(
+        300,
+        ge=1,
+        le=3600,
+        description="How often the online devices are sampled (per vendor and agent node) "
+        "for GET /api/v1/fleet/statistics; must divide 3600 (the hourly samples are kept 31 "
+        "days, the others 26 h).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -412,6 +425,13 @@ class Settings(BaseSettings):
                 raise ValueError("must be hexadecimal") from None
             if len(raw) < 32:
                 raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return value
+
+    @field_validator("fleet_sample_interval_s")
+    @classmethod
+    def _check_fleet_sample_interval(cls, value: int) -> int:
+        if 3600 % value:
+            raise ValueError("must divide 3600 (e.g. 60, 300, 600, 900, 3600)")
         return value
 
     @field_validator("ticket_sla")

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.commands import CommandRecord, CommandService
 from aquafleet.gateway.device_status import RuntimeStatus, read_runtime
-from aquafleet.gateway.fleet import FleetCounts, read_fleet
+from aquafleet.gateway.fleet import FleetCounts, read_fleet, read_services
 from aquafleet.gateway.hub import Hub
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.redis_io import redis_errors
@@ -81,6 +81,10 @@ class DeviceGateway:
     async def fleet_counts(self, dids: Sequence[str]) -> FleetCounts:
         """Online, locked, rented and faulty devices among `dids`, in one round trip."""
         return await read_fleet(self._client, self._keyspace, dids)
+
+    async def service_states(self, dids: Sequence[str]) -> dict[str, ServiceState]:
+        """The service state of many devices in one round trip (for a list's filters)."""
+        return await read_services(self._client, self._keyspace, dids)
 
     async def publish_logins(
         self, entries: Sequence[LoginEntry], *, kick: str | None = None

@@ -17,6 +17,7 @@ from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import meter_fields
 from aquafleet.gateway.redis_io import Command, round_trip
+from aquafleet.gateway.service_state import ServiceState
 from aquafleet.protocol import ProtocolError
 from aquafleet.protocol.constants import FrameType
 from aquafleet.protocol.message_types import Telemetry
@@ -85,3 +86,36 @@ async def read_fleet(
         raise RedisUnavailable(f"reading fleet counts: {failed}")
     pairs = [(replies[2 * i], replies[2 * i + 1]) for i in range(len(unique))]
     return count_fleet(pairs)
+
+
+def _opt(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def service_from_meter(raw: bytes | None) -> ServiceState:
+    """The service state as service.lua keeps it in the meter state (pure; unset: None)."""
+    fields = meter_fields(raw)
+    return ServiceState(
+        version=_int(fields.get("ver")),
+        lock_bits=_int(fields.get("lk")),
+        mode=_opt(fields.get("mode")),
+        remaining_ml=_opt(fields.get("rm")),
+        rental_expires_at=_opt(fields.get("rx")),
+        low_balance_ml=_opt(fields.get("lo")),
+    )
+
+
+async def read_services(
+    client: aioredis.Redis, keyspace: Keyspace, dids: Sequence[str]
+) -> dict[str, ServiceState]:
+    """The service state of each of `dids` in one Redis round trip (a list's filter: no
+    script call per device); RedisUnavailable when it fails."""
+    unique = list(dict.fromkeys(dids))
+    if not unique:
+        return {}
+    commands: list[Command] = [(b"GET", keyspace.meter(did)) for did in unique]
+    replies = await round_trip(client, commands, "reading service states")
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None:
+        raise RedisUnavailable(f"reading service states: {failed}")
+    return {did: service_from_meter(raw) for did, raw in zip(unique, replies, strict=True)}

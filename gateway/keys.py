@@ -87,6 +87,11 @@ class Keyspace:
         return f"{self.prefix}:orders:timers:owner"
 
     @property
+    def fleet_sampler_owner(self) -> str:
+        """The lease naming the one node that samples the fleet's online history."""
+        return f"{self.prefix}:fleet:sampler:owner"
+
+    @property
     def command_ids(self) -> str:
         """Counter from which nodes take blocks of command ids (cid)."""
         return f"{self.prefix}:cids"

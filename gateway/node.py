@@ -18,6 +18,7 @@ from aquafleet.gateway.appkeys import (
     COMMAND_SENDER,
     COMMANDS,
     DEVICE_GATEWAY,
+    FLEET_SAMPLER,
     HUB,
     KEYSPACE,
     LISTENERS,
@@ -392,6 +393,29 @@ async def stop_order_timers(app: web.Application) -> None:
         await app[ORDER_TIMERS].release_lease()
     except GatewayError as exc:
         log.warning("order_timers_lease_release_failed", error=str(exc))
+
+
+async def fleet_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where enabled, the fleet's online history sampler (gateway/fleet_history.py) under its
+    own lease."""
+    from aquafleet.gateway.fleet_history import FleetSampler
+
+    settings = app[SETTINGS]
+    if not settings.fleet_sampler:
+        yield
+        return
+    sampler = FleetSampler(
+        client=app[REDIS], scripts=app[SCRIPTS], keyspace=app[KEYSPACE],
+        node_id=settings.resolved_node_id, interval_s=settings.fleet_sample_interval_s,
+    )  # fmt: skip
+    app[FLEET_SAMPLER] = sampler
+    app[TASKS].start("fleet-sampler", sampler.run)
+    yield
+    await app[TASKS].stop("fleet-sampler")
+    try:
+        await sampler.release_lease()
+    except GatewayError as exc:
+        log.warning("fleet_sampler_lease_release_failed", error=str(exc))
 
 
 async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:

@@ -35,6 +35,7 @@ MODEL_MODULES = [
     "aquafleet.models.commissions",
     "aquafleet.models.technicians",
     "aquafleet.models.ticket_flow",
+    "aquafleet.models.fleet_history",
     "aquafleet.models.outbox",
 ]
 APP = "models"

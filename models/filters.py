@@ -314,6 +314,29 @@ async def filters_of_devices(
     return found
 
 
+def is_due(lives: Iterable[StageLife]) -> bool:
+    """A filter is due when any stage is below the threshold or has no life left (pure)."""
+    return any(life.below_threshold or life.remaining_h == 0 for life in lives)
+
+
+async def filters_due(dids: Sequence[str], threshold_pct: int) -> set[str]:
+    """The devices of `dids` with a filter due by their latest reported timers and their spec
+    (devices without a spec or a report are not due); one query per 500 devices each."""
+    from aquafleet.models.usage import DeviceSnapshot
+
+    check_threshold(threshold_pct)
+    specs = await filters_of_devices(dids)
+    due: set[str] = set()
+    known = [did for did in dids if did in specs]
+    for start in range(0, len(known), _SPECS_CHUNK):
+        chunk = known[start : start + _SPECS_CHUNK]
+        rows = await DeviceSnapshot.filter(did__in=chunk).values_list("did", "filters")
+        for did, readings in rows:
+            if readings and is_due(filter_life(readings, specs[did].stages, threshold_pct)):
+                due.add(str(did))
+    return due
+
+
 # ----------------------------------------------------------------------------- the ledger hook
 
 # (did, boot, rec, filters) of the newest telemetry of a device in one ledger batch.

@@ -349,6 +349,25 @@ async def unlock(
     return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
 
 
+def is_low_balance(
+    *,
+    remaining_ml: int | None,
+    low_balance_ml: int | None,
+    rental_expires_at: int | None,
+    now_s: int,
+    threshold_ml: int | None,
+    within_s: int,
+) -> bool:
+    """The device list's `low_balance` (pure): a device metered against a quota with at most
+    `threshold_ml` left (default: its own low-balance threshold, else none left), or a time
+    rental paid until at most `within_s` from now (expired included). Others never are."""
+    if remaining_ml is not None:
+        threshold = threshold_ml if threshold_ml is not None else (low_balance_ml or 0)
+        if remaining_ml <= threshold:
+            return True
+    return rental_expires_at is not None and rental_expires_at - now_s <= within_s
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceChangeRequest:
     """One change of AB-08 (`PUT /devices/{did}/svc`): `op` says which; the fields it does not

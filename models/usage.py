@@ -80,6 +80,15 @@ class DeviceSnapshot(Model):
         table = "device_snapshot"
 
 
+async def latest_records(did: str, *, limit: int, offset: int) -> tuple[list[UsageRecord], int]:
+    """A page of the device's ledger, newest first (by boot, then record number: the device's
+    own order), and how many records the ledger keeps of it (raw rows are pruned after
+    `ledger_retention_days`)."""
+    qs = UsageRecord.filter(did=did)
+    rows = await qs.order_by("-boot", "-rec").offset(offset).limit(limit)
+    return list(rows), await qs.count()
+
+
 # ----------------------------------------------------------------------------- ledger storage
 
 

@@ -13,8 +13,10 @@ import members from './pages/members.js';
 import agents from './pages/agents.js';
 import products from './pages/products.js';
 import orders from './pages/orders.js';
+import tickets from './pages/tickets.js';
+import commissions from './pages/commissions.js';
 
-const PAGES = [overview, map, devices, device, members, agents, products, orders];
+const PAGES = [overview, map, devices, device, members, agents, products, orders, tickets, commissions];
 const root = document.getElementById('app');
 let current = null; // {controller}: the page on screen, aborted when it is left
 

@@ -6,7 +6,7 @@ import { s } from './dom.js';
 const W = 900, H = 220, PAD = { left: 52, right: 8, top: 10, bottom: 24 };
 
 function niceMax(value) {
-  if (value <= 0) return 1;
+  if (value <= 2) return 2; // whole numbers on the 0 / half / max grid lines
   const step = 10 ** Math.floor(Math.log10(value));
   return Math.ceil(value / step) * step;
 }

@@ -47,17 +47,20 @@ export function failure(error) {
   return h('p', { class: 'error', role: 'alert' }, t('error.load', { message: error.message }));
 }
 
-/** Ask before doing: resolves with the form's values, or null when cancelled. */
+/** Ask before doing: resolves with the form's values, or null when cancelled. A field with
+ * `options` [[value, text]] is a select. */
 export function confirmDialog(text, fields = []) {
   return new Promise((resolve) => {
-    const inputs = fields.map((f) => h('label', null, f.label,
-      h('input', { name: f.name, type: f.type || 'text', value: f.value ?? '', required: f.required, min: f.min })));
+    const inputs = fields.map((f) => h('label', null, f.label, f.options
+      ? h('select', { name: f.name, required: f.required },
+        f.options.map(([value, text]) => h('option', { value, selected: String(value) === String(f.value ?? '') }, text)))
+      : h('input', { name: f.name, type: f.type || 'text', value: f.value ?? '', required: f.required, min: f.min, maxlength: f.maxlength })));
     const dialog = h('dialog', { class: 'confirm' });
     const close = (value) => { dialog.close(); dialog.remove(); resolve(value); };
     const form = h('form', { method: 'dialog', onsubmit: (event) => {
       event.preventDefault();
       if (!form.reportValidity()) return;
-      close(Object.fromEntries(fields.map((f, i) => [f.name, inputs[i].querySelector('input').value])));
+      close(Object.fromEntries(fields.map((f, i) => [f.name, inputs[i].querySelector('input, select').value])));
     } },
     h('p', null, text), ...inputs,
     h('div', { class: 'buttons' },
@@ -89,4 +92,17 @@ export function pager(box, load, render, limit = 20) {
 export function query(params) {
   const pairs = Object.entries(params).filter(([, v]) => v !== '' && v !== null && v !== undefined);
   return pairs.length ? `?${new URLSearchParams(pairs)}` : '';
+}
+
+/** Count cards: [[key, label, value]] -> the overview's stat cards (ids `${prefix}-${key}`). */
+export function cards(prefix, items) {
+  return h('div', { class: 'cards' }, items.map(([key, label, value]) =>
+    h('div', { class: `stat ${key}` }, h('span', null, label), h('strong', { class: 'value', id: `${prefix}-${key}` }, value))));
+}
+
+/** A select of a list's filter form, with "all" first. */
+export function select(name, label, options, value = '') {
+  return h('label', null, label, h('select', { name },
+    h('option', { value: '' }, t('list.all')),
+    options.map(([v, text]) => h('option', { value: v, selected: String(v) === String(value) }, text))));
 }

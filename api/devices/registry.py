@@ -4,6 +4,7 @@ handed to the gateway at once (its registry copy, and a kick where it is connect
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -40,7 +41,8 @@ from aquafleet.api.devices.shaping import (
 )
 from aquafleet.api.errors import Forbidden, NotFoundError
 from aquafleet.api.routing import Call, Page, RouteTable
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
+from aquafleet.gateway.device_status import RuntimeStatus
 from aquafleet.gateway.facade import LoginEntry
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.agents import visible_agents
@@ -54,7 +56,9 @@ from aquafleet.models.devices import (
 )
 from aquafleet.models.devices import deregister_device as mark_deregistered
 from aquafleet.models.errors import InvalidInput
+from aquafleet.models.filters import filters_due
 from aquafleet.models.registry import register_devices
+from aquafleet.models.service import is_low_balance
 from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_ONLY, PLATFORM_OR_VENDOR
 
 log = get_logger("aquafleet.api.devices")
@@ -72,7 +76,9 @@ routes = RouteTable("devices")
     many=True,
     description="The platform sees every vendor's devices (filter by vid); a vendor its own; "
     "an agent or dealer those of its node and the nodes below. `online` is read from the "
-    "gateway for the whole page in one batch.",
+    "gateway for the whole page in one batch. `online`, `low_balance` and `filter_due` "
+    "filter on live state (presence, the service state in Redis, the latest report) over at "
+    f"most {MAX_ONLINE_SCAN} devices matching the other filters.",
 )
 async def list_devices(call: Call) -> Page:
     query: DeviceListQuery = call.query
@@ -94,22 +100,56 @@ async def list_devices(call: Call) -> Page:
             raise NotFoundError(f"agent {query.agent_id} not found")
         filters["agent__path__startswith"] = node.path
     qs = qs.filter(**filters).order_by(*query.ordering(pk="did"))
-    if query.online is None:
+    if query.online is None and query.low_balance is None and query.filter_due is None:
         total = await qs.count()
         rows = list(await qs.offset(query.offset).limit(query.limit))
         return Page(await device_outs(call.app, rows, principal), total)
-    dids = list(await qs.limit(MAX_ONLINE_SCAN + 1).values_list("did", flat=True))
+    # Filters on live state: over at most MAX_ONLINE_SCAN candidates, in their list order.
+    dids = [str(d) for d in await qs.limit(MAX_ONLINE_SCAN + 1).values_list("did", flat=True)]
     if len(dids) > MAX_ONLINE_SCAN:
         raise InvalidInput(
             f"more than {MAX_ONLINE_SCAN} devices match: narrow the list (vid, agent_id, "
-            "state, type, model) before filtering by online"
+            "state, type, model) before filtering by online, low_balance or filter_due"
         )
-    runtime = await runtime_of(call.app, [str(d) for d in dids])
-    matching = [str(d) for d in dids if is_online(runtime, str(d)) is query.online]
+    runtime = await runtime_of(call.app, dids)
+    matching = await live_filtered(call.app, query, dids, runtime)
     page = matching[query.offset : query.offset + query.limit]
     by_did = {d.did: d for d in await Device.filter(did__in=page)}
     rows = [by_did[d] for d in page if d in by_did]
     return Page(await device_outs(call.app, rows, principal, runtime=runtime), len(matching))
+
+
+async def live_filtered(
+    app: web.Application,
+    query: DeviceListQuery,
+    dids: list[str],
+    runtime: dict[str, RuntimeStatus],
+) -> list[str]:
+    """`dids` (in order) that pass the list's live filters: online (presence), low_balance
+    (service state in Redis, models.service.is_low_balance) and filter_due (latest report and
+    filter spec, models.filters.filters_due)."""
+    settings = app[SETTINGS]
+    kept = dids
+    if query.online is not None:
+        kept = [d for d in kept if is_online(runtime, d) is query.online]
+    if query.low_balance is not None:
+        states = await app[DEVICE_GATEWAY].service_states(kept)
+        days = query.low_balance_days
+        within_s = (settings.rental_reminder_days if days is None else days) * 86_400
+        now_s = int(time.time())
+        kept = [
+            d for d in kept
+            if is_low_balance(
+                remaining_ml=states[d].remaining_ml, low_balance_ml=states[d].low_balance_ml,
+                rental_expires_at=states[d].rental_expires_at, now_s=now_s,
+                threshold_ml=query.low_balance_ml, within_s=within_s,
+            ) is query.low_balance
+        ]  # fmt: skip
+    if query.filter_due is not None:
+        pct = query.filter_due_pct
+        due = await filters_due(kept, settings.filter_threshold_pct if pct is None else pct)
+        kept = [d for d in kept if (d in due) is query.filter_due]
+    return kept
 
 
 @routes.post(

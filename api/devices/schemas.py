@@ -10,6 +10,8 @@ from pydantic.json_schema import SkipJsonSchema
 
 from aquafleet.api.members import UID_PATTERN
 from aquafleet.api.schemas import (
+    MAX_LIMIT,
+    MAX_OFFSET,
     UNSET,
     ListQuery,
     Mobile,
@@ -133,6 +135,55 @@ class DeviceListQuery(ListQuery):
         description=f"connected now (or not); at most {MAX_ONLINE_SCAN} devices may match the "
         "other filters",
     )
+    low_balance: bool = Field(
+        UNSET,
+        description="true: metered against a quota with at most `low_balance_ml` left, or a "
+        "time rental paid until at most `low_balance_days` from now (expired included); "
+        f"false: neither. At most {MAX_ONLINE_SCAN} devices may match the other filters",
+    )
+    low_balance_ml: int = Field(
+        UNSET,
+        ge=0,
+        le=2**31 - 1,
+        description="low_balance's quota threshold (default: each device's own low-balance "
+        "threshold, else 0: nothing left)",
+    )
+    low_balance_days: int = Field(
+        UNSET,
+        ge=0,
+        le=365,
+        description="low_balance's rental threshold in days (default: rental_reminder_days)",
+    )
+    filter_due: bool = Field(
+        UNSET,
+        description="true: a filter stage, by the device's latest report and its filter "
+        "spec, has life left below `filter_due_pct` or none; false: not. At most "
+        f"{MAX_ONLINE_SCAN} devices may match the other filters",
+    )
+    filter_due_pct: int = Field(
+        UNSET, ge=0, le=100, description="filter_due's threshold (default: filter_threshold_pct)"
+    )
+
+
+class DeviceRecordsQuery(Query):
+    limit: int = Field(20, ge=1, le=MAX_LIMIT, description=f"records to return (1..{MAX_LIMIT})")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="records to skip")
+
+
+class DeviceRecordOut(ResponseModel):
+    """One record of the usage ledger, as the device sent it and the platform metered it."""
+
+    boot: int = Field(description="the device's boot counter")
+    rec: int = Field(description="the record's number within that boot")
+    kind: Literal["telemetry", "event"]
+    event_kind: int | None = Field(description="events: the event's kind (protocol EventKind)")
+    device_tms: UtcDateTime | None = Field(
+        description="the device's clock when it made the record (null: not a plausible time)"
+    )
+    received_tms: UtcDateTime = Field(description="when the platform metered it")
+    delta_ml: int = Field(description="water this record added to the device's total")
+    flow_total_ml: int | None = Field(description="the flow counter's reading, if it had one")
+    cnt_epoch: int | None = Field(description="the flow counter's epoch")
 
 
 class MemberDevicesQuery(ListQuery):

@@ -1,5 +1,5 @@
 """AB-07..10: a device's service state (mode, quota, rental, locks), runtime status and
-statistics, through the gateway's facade."""
+statistics, through the gateway's facade; and its ledger's latest records."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ from aquafleet.api.devices.access import runtime_of, visible_device
 from aquafleet.api.devices.schemas import (
     DailyWaterOut,
     DevicePath,
+    DeviceRecordOut,
+    DeviceRecordsQuery,
     DeviceRuntimeOut,
     DeviceServiceIn,
     DeviceServiceOut,
     DeviceStatisticsOut,
 )
-from aquafleet.api.devices.shaping import NEVER_SEEN, check_service_fields, runtime_out, service_out
-from aquafleet.api.routing import Call, RouteTable
+from aquafleet.api.devices.shaping import (
+    NEVER_SEEN,
+    check_service_fields,
+    runtime_out,
+    service_out,
+    utc_from_s,
+)
+from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
 from aquafleet.models.device_stats import device_statistics
 from aquafleet.models.devices import check_changeable
 from aquafleet.models.filters import filter_life, filters_of_devices
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_OR_VENDOR
-from aquafleet.models.usage import DeviceSnapshot
+from aquafleet.models.usage import DeviceSnapshot, RecordKind, UsageRecord, latest_records
 
 routes = RouteTable("devices")
 
@@ -125,3 +133,36 @@ async def read_device_statistics(call: Call) -> DeviceStatisticsOut:
         dispense_count=stats.dispense_count,
         uptime_s=stats.uptime_s,
     )
+
+
+MAX_UNIX_S = 253_402_300_800  # 10000-01-01: a device clock beyond is not a time
+
+
+def record_out(row: UsageRecord) -> DeviceRecordOut:
+    event = row.kind is RecordKind.EVENT
+    return DeviceRecordOut(
+        boot=row.boot, rec=row.rec, kind="event" if event else "telemetry",
+        event_kind=row.event_kind if event else None,
+        device_tms=utc_from_s(row.device_ts) if 0 <= row.device_ts < MAX_UNIX_S else None,
+        received_tms=row.received_at,
+        delta_ml=row.delta_ml, flow_total_ml=row.flow_total_ml, cnt_epoch=row.cnt_epoch,
+    )  # fmt: skip
+
+
+@routes.get(
+    "/devices/{did}/records",
+    summary="A device's latest ledger records (newest first)",
+    roles=ADMIN_ROLES,
+    params=DevicePath,
+    query=DeviceRecordsQuery,
+    response=DeviceRecordOut,
+    many=True,
+    description="Not in the seed: the usage ledger of the device, every metered record once, "
+    "newest first by (boot, rec), paged by limit (at most 100) and offset. Raw records are "
+    "kept `ledger_retention_days`; `total` counts those kept.",
+)
+async def read_device_records(call: Call) -> Page:
+    device = await visible_device(call.principal, call.params.did)
+    query: DeviceRecordsQuery = call.query
+    rows, total = await latest_records(device.did, limit=query.limit, offset=query.offset)
+    return Page([record_out(r) for r in rows], total)

@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from aquafleet.gateway.appkeys import FLEET_SAMPLER, TASKS
+from aquafleet.models.fleet_history import bucket_start
 from aquafleet.protocol import CommandOp
 from tests.api.conftest import PASSWORD, PLATFORM_USER, ApiClient, Tenant
 from tests.api.test_commands_api import answer_next
@@ -103,11 +105,24 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
     await lobby.send(telemetry(2, 1, 750))
     await lobby.settled()
     assert await water_metered(console_api, second["did"]) == 750
+    # The server's online samples (the sampler would take them every 5 minutes): one on the
+    # hour (both charts), one since.
+    sampler = console_node.app[FLEET_SAMPLER]
+    await console_node.app[TASKS].stop("fleet-sampler")  # no sample of its own in between
+    hour = bucket_start(int(time.time()), 3600) - 3600
+    await sampler.sample(hour)
+    await sampler.sample(hour + 1800)
     await page.reload()
     await page.wait_for_selector(
-        "#water-chart svg[data-points]", state="attached", timeout=TIMEOUT_MS
+        "#water-chart svg[data-points='30']", state="attached", timeout=TIMEOUT_MS
     )
     await text_becomes(page, "#water-today", "750")
+    await page.wait_for_selector(
+        "#online-30d-chart svg[data-points='1']", state="attached", timeout=TIMEOUT_MS
+    )
+    await page.wait_for_selector(  # the two samples and the live count now
+        "#online-chart svg[data-points='3']", state="attached", timeout=TIMEOUT_MS
+    )
     await text_becomes(page, "#count-online", "1")
     await page.wait_for_function(
         "() => /^[0-9.,]+$/.test(document.querySelector('#count-records_per_s').textContent)",
@@ -138,6 +153,12 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
         "#device-water rect.bar", "bars => bars.map(b => Number(b.getAttribute('height')))"
     )
     assert len(heights) == 30 and heights[-1] > 0 and heights[:-1] == [0] * 29
+    # The ledger's latest records: the two readings, newest first.
+    await page.wait_for_selector("#record-log tbody tr", timeout=TIMEOUT_MS)
+    records = await page.eval_on_selector_all(
+        "#record-log tbody tr", "rows => rows.map(r => r.cells[0].textContent)"
+    )
+    assert records == ["1/2", "1/1"]
 
     # Lock, confirmed; the device receives the locked state and answers; the page follows.
     await page.click("button[data-action=lock]")

@@ -1,5 +1,6 @@
 // One device: presence, telemetry, service state with its locks, filters, water per day,
-// command log, and the actions, each confirmed and followed until the device answers.
+// the ledger's latest records, command log, and the actions, each confirmed and followed
+// until the device answers.
 
 import { h, fill } from '../dom.js';
 import { call, get } from '../api.js';
@@ -48,6 +49,17 @@ function filters(stat) {
   ], stat.filters);
 }
 
+function records(rows) {
+  return table([
+    { label: t('col.rec'), cell: (r) => h('span', { class: 'mono' }, `${r.boot}/${r.rec}`) },
+    { label: t('col.kind'), cell: (r) => (r.kind === 'event' ? `${t('record.event')} ${r.event_kind}` : t('record.telemetry')) },
+    { label: t('col.delta'), cell: (r) => num(r.delta_ml) },
+    { label: t('device.flow_total'), cell: (r) => num(r.flow_total_ml) },
+    { label: t('col.received'), cell: (r) => when(r.received_tms) },
+    { label: t('col.device_time'), cell: (r) => when(r.device_tms) },
+  ], rows, { id: 'record-log' });
+}
+
 function commandLog(rows) {
   return table([
     { label: '#', key: 'cid' },
@@ -64,7 +76,7 @@ export default {
   async render(main, { me, signal, params }) {
     const did = params[1];
     const base = `/devices/${encodeURIComponent(did)}`;
-    const boxes = Object.fromEntries(['presence', 'telemetry', 'service', 'filters', 'water', 'commands']
+    const boxes = Object.fromEntries(['presence', 'telemetry', 'service', 'filters', 'water', 'records', 'commands']
       .map((k) => [k, h('div', { id: `device-${k}` }, '…')]));
     const status = h('p', { class: 'action-status', id: 'action-status', role: 'status' });
     const head = h('div', { class: 'title' }, h('h1', { id: 'device-name' }, did));
@@ -77,6 +89,7 @@ export default {
         section(t('device.filters'), boxes.filters)),
       section(t('device.actions'), actions, status),
       section(t('device.water'), boxes.water),
+      section(t('device.records'), boxes.records),
       section(t('device.commands'), boxes.commands));
 
     const device = (await get(base, { signal })).data; // 404 outside the caller's subtree
@@ -93,6 +106,7 @@ export default {
       load('filters', `${base}/stat`, filters),
       load('service', `${base}/svc`, service),
       load('commands', `${base}/commands?limit=20`, commandLog),
+      load('records', `${base}/records?limit=20`, records),
     ]);
     load('water', `${base}/statistics`, (stats) => barChart(
       stats.daily.map((d) => ({ label: d.date.slice(5), value: d.water_ml })), t('device.water'), 5));

@@ -1,17 +1,12 @@
-// Device list (AB-01) with search and the list's own filters; a device id opens its page.
+// Device list (AB-01) with search and the list's own filters (state, mode, online, agent,
+// vendor, low balance, filter due: docs/api-devices.md); a device id opens its page.
 
 import { h } from '../dom.js';
 import { get } from '../api.js';
 import { t } from '../i18n.js';
-import { badge, pager, query, table } from '../ui.js';
+import { badge, pager, query, select, table } from '../ui.js';
 
 const DID = /^[A-Z0-9]{16}$/;
-
-function select(name, label, options) {
-  return h('label', null, label, h('select', { name },
-    h('option', { value: '' }, t('list.all')),
-    options.map(([value, text]) => h('option', { value }, text))));
-}
 
 export function deviceLink(d) {
   return h('a', { href: `#/devices/${encodeURIComponent(d.did)}`, class: 'mono' }, d.did);
@@ -27,6 +22,8 @@ export default {
       select('state', t('list.state'), [0, 1, 2, 3].map((s) => [s, t(`state.${s}`)])),
       select('type', t('list.type'), [0, 1, 2, 3, 4, 8].map((s) => [s, t(`type.${s}`)])),
       select('online', t('list.online'), [['true', t('yes')], ['false', t('no')]]),
+      select('low_balance', t('list.low_balance'), [['true', t('yes')], ['false', t('no')]]),
+      select('filter_due', t('list.filter_due'), [['true', t('yes')], ['false', t('no')]]),
       agents.length ? select('agent_id', t('list.agent'), agents.map((a) => [a.id, `${a.name} (${t(`level.${a.level}`)})`])) : null,
       me.role === 'platform' ? h('label', null, t('list.vid'), h('input', { name: 'vid', maxlength: 4, size: 5 })) : null,
       h('button', { type: 'submit', class: 'primary' }, t('list.apply')));

@@ -1,6 +1,6 @@
-// Fleet overview: live counts from the event stream of GET /fleet/overview, the online count
-// over the last 24 h as sampled by this tab, and water per day summed from each device's
-// statistics (GET /devices/{did}/statistics, the first STATS_DEVICES devices).
+// Fleet overview: live counts from the event stream of GET /fleet/overview; online devices over
+// 24 h and 30 days and water poured per day from GET /fleet/statistics (the server's samples
+// and the ledger's per-day rollups, over the caller's whole scope), refreshed every minute.
 
 import { h, fill } from '../dom.js';
 import { get, stream } from '../api.js';
@@ -9,43 +9,10 @@ import { barChart, lineChart } from '../chart.js';
 import { failure, num, section } from '../ui.js';
 
 const CARDS = ['devices', 'online', 'offline', 'locked', 'in_rental', 'alarms', 'records_per_s'];
-const SAMPLES = 'aq.online-samples';
 const DAY_MS = 86_400_000;
-const STATS_DEVICES = 50;
+const STATS_EVERY_MS = 60_000;
 
-function samples() {
-  try { return JSON.parse(sessionStorage.getItem(SAMPLES) || '[]'); } catch { return []; }
-}
-
-function addSample(value) {
-  const now = Date.now();
-  const kept = samples().filter((p) => p.t > now - DAY_MS);
-  const last = kept[kept.length - 1];
-  if (!last || now - last.t >= 10_000 || last.value !== value) kept.push({ t: now, value });
-  sessionStorage.setItem(SAMPLES, JSON.stringify(kept.slice(-2000)));
-  return kept;
-}
-
-async function waterChart(box, signal) {
-  const list = await get(`/devices?limit=${STATS_DEVICES}`, { signal });
-  const days = new Map();
-  let today = 0;
-  const queue = [...list.data];
-  async function worker() {
-    while (queue.length) {
-      const d = queue.shift();
-      const stats = (await get(`/devices/${encodeURIComponent(d.did)}/statistics`, { signal })).data;
-      today += stats.water_ml_today;
-      for (const day of stats.daily) days.set(day.date, (days.get(day.date) || 0) + day.water_ml);
-    }
-  }
-  await Promise.all([worker(), worker(), worker(), worker()]);
-  const points = [...days.entries()].sort().map(([date, value]) => ({ label: date.slice(5), value }));
-  fill(box,
-    h('p', null, `${t('fleet.water_today')}: `, h('strong', { id: 'water-today' }, num(today)), ' ml · ',
-      t('fleet.water_of', { n: list.data.length, total: list.total })),
-    barChart(points, t('fleet.water_chart'), 5));
-}
+const points = (samples) => samples.map((s) => ({ t: Date.parse(s.at), value: s.online }));
 
 export default {
   path: '/',
@@ -54,20 +21,52 @@ export default {
     const values = Object.fromEntries(CARDS.map((k) => [k, h('strong', { class: 'value', id: `count-${k}` }, '…')]));
     const status = h('span', { class: 'status', id: 'feed-status' }, t('fleet.reconnecting'));
     const note = h('p', { class: 'note', hidden: true }, t('fleet.truncated'));
-    const online = h('div', { id: 'online-chart' });
+    const online = h('div', { id: 'online-chart' }, '…');
+    const month = h('div', { id: 'online-30d-chart' }, '…');
     const water = h('div', { id: 'water-chart' }, '…');
     fill(main,
       h('div', { class: 'title' }, h('h1', null, t('nav.overview')), status),
       h('div', { class: 'cards' }, CARDS.map((k) => h('div', { class: `stat ${k}` }, h('span', null, t(`fleet.${k}`)), values[k]))),
       note,
       section(t('fleet.online_chart'), online),
-      section(t('fleet.water_chart'), water));
-    const drawOnline = (points) => {
+      section(t('fleet.water_chart'), water),
+      section(t('fleet.online_30d_chart'), month));
+
+    let stats = null; // the latest GET /fleet/statistics
+    let live = null; // the online count of the latest live event
+    const drawOnline = () => {
+      if (!stats) return;
       const now = Date.now();
-      fill(online, lineChart(points, t('fleet.online_chart'), now - DAY_MS, now));
+      const day = points(stats.online_24h);
+      if (live !== null) day.push({ t: now, value: live }); // now, from the live feed
+      fill(online, lineChart(day, t('fleet.online_chart'), now - DAY_MS, now),
+        stats.online_24h.length ? null : h('p', { class: 'note' }, t('fleet.no_samples', { minutes: Math.ceil(stats.sample_interval_s / 60) })));
     };
-    drawOnline(samples());
-    waterChart(water, signal).catch((error) => { if (!signal.aborted) fill(water, failure(error)); });
+    const drawHistory = () => {
+      const now = Date.now();
+      fill(month, lineChart(points(stats.online_30d), t('fleet.online_30d_chart'), now - 30 * DAY_MS, now));
+      fill(water,
+        h('p', null, `${t('fleet.water_today')}: `, h('strong', { id: 'water-today' }, num(stats.water_ml_today)), ' ml · ',
+          `${t('fleet.water_30d')}: `, h('strong', { id: 'water-30d' }, num(stats.water_ml_30d)), ' ml'),
+        barChart(stats.water_daily.map((d) => ({ label: d.date.slice(5), value: d.water_ml })), t('fleet.water_chart'), 5));
+      drawOnline();
+    };
+    const loadStats = async () => {
+      try {
+        stats = (await get('/fleet/statistics', { signal })).data;
+        drawHistory();
+      } catch (error) {
+        if (!signal.aborted) for (const box of [online, month, water]) fill(box, failure(error));
+      }
+    };
+    loadStats();
+    (async () => {
+      while (!signal.aborted) {
+        await new Promise((resolve) => setTimeout(resolve, STATS_EVERY_MS));
+        if (!signal.aborted) await loadStats();
+      }
+    })();
+
     // The live feed: reconnect (bounded back-off) whenever the stream ends or fails.
     let backoff = 500;
     while (!signal.aborted) {
@@ -80,7 +79,8 @@ export default {
           status.textContent = t('fleet.live');
           status.classList.add('live');
           backoff = 500;
-          drawOnline(addSample(data.online));
+          live = data.online;
+          drawOnline();
         }, signal);
       } catch (error) {
         if (signal.aborted) return;
