@@ -8,9 +8,10 @@ Every fen moves through the money ledger (models/money.py), never through a seco
   `commission:{earner}:pending` (key `commission:{oid}`);
 - the order becoming done moves it to `...:available`, paying the earner's debt first (key
   `commission-available:{oid}`);
-- a succeeded refund of the order reverses each level in proportion (key
-  `commission-reversal:{refund_no}`): from pending, or from available, and what the earner
-  already withdrew becomes `...:debt`;
+- a succeeded refund of the order reverses each level in proportion to the commissionable
+  money (goods and rent) it gave back: a deposit, freight or install fee refunded leaves the
+  commission whole (key `commission-reversal:{refund_no}`): from pending, or from available,
+  and what the earner already withdrew becomes `...:debt`;
 - a withdrawal moves available to `...:payout` (key `withdrawal:{id}`), then out of the vendor's
   channel when paid, or back to available when it failed.
 
@@ -26,6 +27,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from fractions import Fraction
 from typing import Any, Protocol
 
 from tortoise import fields
@@ -51,6 +53,7 @@ from aquafleet.models.money import (
     channel_account,
     order_account,
     post,
+    refund_part,
     side_balance,
 )
 from aquafleet.models.ratelimit import RateLimited
@@ -216,12 +219,39 @@ def split_levels(lines: Iterable[LineBase], levels: int) -> list[int]:
     return out
 
 
-def kept_after_refunds(amount_fen: int, paid_fen: int, refunded_fen: int) -> int:
-    """What a level keeps once `refunded_fen` of the `paid_fen` went back: its share of what
-    remains paid, rounded down (so reversals never leave more than the proportion)."""
-    if paid_fen <= 0 or refunded_fen >= paid_fen:
+COMMISSIONABLE_PARTS = frozenset({Part.GOODS, Part.RENT})
+
+
+def commissionable_left(
+    base_fen: int, paid_fen: int, refunds: Iterable[tuple[Part | None, int]]
+) -> Fraction:
+    """The share (0 to 1) of an order's commissionable money (its goods and rent parts,
+    `base_fen` of the `paid_fen` it took) that is still paid after `refunds`, in the order they
+    succeeded. A refund that names its part takes exactly that: goods or rent shrink the share,
+    a deposit, freight or install fee back leave it whole. A refund that names no part gives
+    back the order as a whole: it takes from the commissionable money in proportion to what is
+    still paid of each (so refunds that name no part count in proportion to what was paid,
+    and whatever is left after named refunds, given back whole, leaves nothing)."""
+    if base_fen <= 0:
+        return Fraction(0)
+    base_left, paid_left = Fraction(base_fen), Fraction(max(paid_fen, base_fen))
+    for part, amount in refunds:
+        if paid_left <= 0 or base_left <= 0:
+            return Fraction(0)
+        if part is None:
+            base_left -= min(Fraction(amount), paid_left) * base_left / paid_left
+        elif part in COMMISSIONABLE_PARTS:
+            base_left -= amount
+        paid_left -= amount
+    return min(Fraction(1), max(Fraction(0), base_left / base_fen))
+
+
+def kept_after_refunds(amount_fen: int, share_left: Fraction) -> int:
+    """What a level keeps of its `amount_fen` once only `share_left` of the commissionable money
+    is still paid, rounded down (so reversals never leave more than the proportion)."""
+    if share_left <= 0:
         return 0
-    return amount_fen * (paid_fen - max(0, refunded_fen)) // paid_fen
+    return int(amount_fen * min(share_left, Fraction(1)) // 1)
 
 
 def source_split(goods_fen: int, amount_fen: int) -> tuple[int, int]:
@@ -370,13 +400,21 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
     if not refunds:
         return
     paid = await order_paid_fen(order.oid) or int(order.total_fen)
-    refunded = 0
+    base = int(order.goods_fen) + int(order.rent_fen)
+    succeeded: list[tuple[Part | None, int]] = []
     for refund in refunds:
-        refunded += int(refund.amount_fen)
+        succeeded.append((refund_part(refund), int(refund.amount_fen)))
         key = f"commission-reversal:{refund.refund_no}"
         if await MoneyTransaction.exists(key=key):
             continue
-        await _reverse_to(order, rows, paid, refunded, key, now)
+        share = commissionable_left(base, paid, succeeded)
+        await _reverse_to(order, rows, share, key, _reversal_memo(succeeded, paid), now)
+
+
+def _reversal_memo(succeeded: list[tuple[Part | None, int]], paid: int) -> str:
+    refunded = sum(amount for _part, amount in succeeded)
+    part = succeeded[-1][0]
+    return f"{refunded} of {paid} refunded" + (f", the last of the {part.value}" if part else "")
 
 
 async def order_paid_fen(oid: str) -> int:
@@ -392,12 +430,9 @@ async def order_paid_fen(oid: str) -> int:
 
 
 async def _reverse_to(
-    order: Any, rows: list[Commission], paid: int, refunded: int, key: str, now: dt.datetime
+    order: Any, rows: list[Commission], share: Fraction, key: str, memo: str, now: dt.datetime
 ) -> None:
-    deltas = {
-        row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), paid, refunded)
-        for row in rows
-    }
+    deltas = {row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), share) for row in rows}
     if not any(deltas.values()):
         return
     available = [
@@ -426,7 +461,7 @@ async def _reverse_to(
         key, kind="commission_reversal", vendor=order.vendor_id,
         legs=legs, order_oid=order.oid, now=now,
         guards=[Guard(a, Side.CREDIT) for a in available],
-        memo=f"{refunded} of {paid} refunded",
+        memo=memo,
     )  # fmt: skip
     for row in rows:
         delta = deltas[row.id]
