@@ -13,26 +13,22 @@ from typing import Any
 
 import pytest
 
-from aquafleet.models import commissions as cm
+from aquafleet.models import withdrawals
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.agents import Agent, create_agent
+from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.commissions import (
     Bucket,
     Commission,
     CommissionSplit,
     CommissionState,
-    ManualPayout,
     Summary,
     Withdrawal,
     WithdrawalState,
-    WithdrawalTooSoon,
     agent_earner,
-    check_commissions,
     commission_account,
     member_earner,
-    request_withdrawal,
     settle_order,
-    settle_withdrawal,
     summary,
 )
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput
@@ -66,6 +62,12 @@ from aquafleet.models.orders import (
 from aquafleet.models.products import Product, create_product, snapshot
 from aquafleet.models.registry import create_vendor
 from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.withdrawals import (
+    ManualPayout,
+    WithdrawalTooSoon,
+    request_withdrawal,
+    settle_withdrawal,
+)
 from tests.conftest import MASTER_SECRET
 from tests.platform.test_cli import aquafleet, clean_env
 
@@ -329,7 +331,7 @@ async def test_two_withdrawals_at_once_cannot_both_pass_the_balance(monkeypatch:
     chain = await make_chain()
     await done(await paid(chain, quantity=4))  # M2: floor(11996 x 21%) = 2519 available
     earner = chain.member(chain.m2)
-    monkeypatch.setattr(cm, "WITHDRAWAL_INTERVAL", dt.timedelta(0))  # only the balance decides
+    monkeypatch.setattr(withdrawals, "WITHDRAWAL_INTERVAL", dt.timedelta(0))  # the balance decides
     results = await asyncio.gather(
         *(
             request_withdrawal(earner, amount_fen=2000, request_id=f"r{i}", channel=ManualPayout())
