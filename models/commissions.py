@@ -52,6 +52,7 @@ from aquafleet.models.money import (
     Side,
     balance,
     order_account,
+    order_parts,
     post,
     refund_part,
     side_balance,
@@ -220,27 +221,32 @@ COMMISSIONABLE_PARTS = frozenset({Part.GOODS, Part.RENT})
 
 
 def commissionable_left(
-    base_fen: int, paid_fen: int, refunds: Iterable[tuple[Part | None, int]]
+    parts: Mapping[Part, int], refunds: Iterable[tuple[Part | None, int]]
 ) -> Fraction:
-    """The share (0 to 1) of an order's commissionable money (its goods and rent parts,
-    `base_fen` of the `paid_fen` it took) that is still paid after `refunds`, in the order they
-    succeeded. A refund that names its part takes exactly that: goods or rent shrink the share,
-    a deposit, freight or install fee back leave it whole. A refund that names no part gives
-    back the order as a whole: it takes from the commissionable money in proportion to what is
-    still paid of each (so refunds that name no part count in proportion to what was paid,
-    and whatever is left after named refunds, given back whole, leaves nothing)."""
-    if base_fen <= 0:
+    """The share (0 to 1) of an order's commissionable money (its goods and rent parts) still
+    paid after `refunds`, in the order they succeeded. Each part keeps what is left of it: a
+    refund that names its part takes from that part (a deposit, freight or install fee back
+    leaves goods and rent whole); one that names none gives back the order as a whole, taking
+    from every part in proportion to what is left of it; what a named refund asks beyond its
+    part's rest is taken the same way. So refunds that name no part count in proportion to
+    what was paid, and an order given back entirely leaves no commission."""
+    base = sum(parts.get(p, 0) for p in COMMISSIONABLE_PARTS)
+    if base <= 0:
         return Fraction(0)
-    base_left, paid_left = Fraction(base_fen), Fraction(max(paid_fen, base_fen))
+    left = {part: Fraction(amount) for part, amount in parts.items() if amount > 0}
     for part, amount in refunds:
-        if paid_left <= 0 or base_left <= 0:
-            return Fraction(0)
-        if part is None:
-            base_left -= min(Fraction(amount), paid_left) * base_left / paid_left
-        elif part in COMMISSIONABLE_PARTS:
-            base_left -= amount
-        paid_left -= amount
-    return min(Fraction(1), max(Fraction(0), base_left / base_fen))
+        rest = Fraction(amount)
+        if part is not None and part in left:
+            taken = min(rest, left[part])
+            left[part] -= taken
+            rest -= taken
+        total = sum(left.values(), Fraction(0))
+        if rest > 0 and total > 0:
+            ratio = min(rest / total, Fraction(1))
+            for name in left:
+                left[name] -= left[name] * ratio
+    kept = sum((left.get(p, Fraction(0)) for p in COMMISSIONABLE_PARTS), Fraction(0)) / base
+    return min(Fraction(1), max(Fraction(0), kept))
 
 
 def kept_after_refunds(amount_fen: int, share_left: Fraction) -> int:
@@ -396,15 +402,17 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
     )
     if not refunds:
         return
-    paid = await order_paid_fen(order.oid) or int(order.total_fen)
-    base = int(order.goods_fen) + int(order.rent_fen)
+    # A duplicate payment and its refund are not the order's money: they leave commissions be.
+    refunds = [r for r in refunds if refund_part(r) is not Part.DUPLICATE]
+    parts = order_parts(order)
+    paid = sum(parts.values())
     succeeded: list[tuple[Part | None, int]] = []
     for refund in refunds:
         succeeded.append((refund_part(refund), int(refund.amount_fen)))
         key = f"commission-reversal:{refund.refund_no}"
         if await MoneyTransaction.exists(key=key):
             continue
-        share = commissionable_left(base, paid, succeeded)
+        share = commissionable_left(parts, succeeded)
         await _reverse_to(order, rows, share, key, _reversal_memo(succeeded, paid), now)
 
 
@@ -412,18 +420,6 @@ def _reversal_memo(succeeded: list[tuple[Part | None, int]], paid: int) -> str:
     refunded = sum(amount for _part, amount in succeeded)
     part = succeeded[-1][0]
     return f"{refunded} of {paid} refunded" + (f", the last of the {part.value}" if part else "")
-
-
-async def order_paid_fen(oid: str) -> int:
-    """What the order's payments took (a channel's or a wallet's debits), as the ledger's
-    check counts it."""
-    total = 0
-    for account, amount in await MoneyEntry.filter(order_oid=oid).values_list(
-        "account", "amount_fen"
-    ):
-        if str(account).startswith(("channel:", "wallet:")) and int(amount) > 0:
-            total += int(amount)
-    return total
 
 
 async def _reverse_to(

@@ -12,7 +12,9 @@ The accounts (names are structured strings; the `*_account` functions build them
 - `channel:{ch}:{vendor}`: money a payment channel (weixin, alipay, card, manual) holds for
   the vendor; normally a debit balance.
 - `order:{oid}:{part}`: what an order's money is for (goods, freight, install, deposit, rent),
-  normally credit; and `order:{oid}:refund`, the refunds paid back, debit.
+  normally credit; `order:{oid}:duplicate`, money a channel took for an order already paid
+  (a member who paid twice), credit until its refund; and `order:{oid}:refund`, the refunds
+  paid back, debit.
 - `wallet:{uid}`: what the platform owes a member (its wallet balance), credit; guarded, never
   below zero.
 
@@ -58,9 +60,11 @@ class Part(StrEnum):
     DEPOSIT = "deposit"
     RENT = "rent"
     REFUND = "refund"
+    DUPLICATE = "duplicate"  # a second payment of an order already paid, refunded in full
 
 
 ORDER_PARTS = (Part.GOODS, Part.FREIGHT, Part.INSTALL, Part.DEPOSIT, Part.RENT)
+REFUNDABLE_PARTS = (*ORDER_PARTS, Part.DUPLICATE)
 CHANNELS = frozenset({"weixin", "alipay", "wallet", "card", "manual"})
 
 
@@ -324,6 +328,29 @@ async def paid_fen(oid: str) -> int:
     return total
 
 
+async def record_duplicate_payment(
+    order: Any, *, channel: str, transaction_no: str, amount_fen: int, actor: str
+) -> Refund:
+    """A channel took money for an order that was already paid (the member paid its bill at
+    WeChat Pay after paying from its wallet, or after an admin marked the order paid): book it
+    (key `pay-twice:{channel}:{transaction_no}`: the channel debited, `order:{oid}:duplicate`
+    credited) and request its refund in full through that channel (refund number
+    `twice-{transaction_no}`), once per channel transaction."""
+    key = f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]
+    async with in_transaction("default"):
+        await post(
+            key, kind="payment_twice", vendor=order.vendor_id, order_oid=order.oid,
+            legs=[Leg(channel_account(channel, order.vendor_id), amount_fen),
+                  Leg(order_account(order.oid, Part.DUPLICATE), -amount_fen)],
+            actor=actor, memo=f"{channel} {transaction_no}: the order was paid before",
+        )  # fmt: skip
+        return await request_refund(
+            order=order, amount_fen=amount_fen, refund_no=f"twice-{transaction_no}"[:MAX_REFUND_NO],
+            reason="paid twice: the order was paid before", actor=actor, part=Part.DUPLICATE,
+            channel=channel,
+        )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- refunds
 
 
@@ -353,7 +380,7 @@ class Refund(Model):
     vendor_code = fields.CharField(max_length=8)
     amount_fen = fields.BigIntField()
     part = fields.CharField(
-        max_length=8, default="", description="the order part it gives back, empty: the whole"
+        max_length=12, default="", description="the order part it gives back, empty: the whole"
     )
     reason = fields.CharField(max_length=MAX_MEMO, default="")
     state = fields.IntEnumField(RefundState, default=RefundState.DUE)
@@ -397,6 +424,7 @@ async def request_refund(
     reason: str,
     actor: str,
     part: Part | None = None,
+    channel: str = "",
 ) -> Refund:
     """Record a refund as due, once per refund number (the same number again answers the first
     refund; with another order, amount or part it is a Conflict). Never more than was paid and
@@ -404,11 +432,12 @@ async def request_refund(
     ends), never more than that part less the refunds that named it before: the order row is
     locked while that is checked, so racing requests cannot together exceed it. What it gives
     back decides the commission it reverses (models/commissions.py). The payment channel
-    executes due refunds (`settle_refund`)."""
+    executes due refunds (`settle_refund`); `channel` names it ahead where the refund must go
+    back through another channel than the order's bill (a duplicate payment's)."""
     if type(amount_fen) is not int or amount_fen <= 0:
         raise InvalidInput("a refund is a positive integer amount of fen")
-    if part is not None and part not in ORDER_PARTS:
-        raise InvalidInput(f"a refund gives back one of {', '.join(ORDER_PARTS)}, not {part}")
+    if part is not None and part not in REFUNDABLE_PARTS:
+        raise InvalidInput(f"a refund gives back one of {', '.join(REFUNDABLE_PARTS)}, not {part}")
     if not refund_no or len(refund_no) > MAX_REFUND_NO:
         raise InvalidInput(f"bad refund number {refund_no!r}")
     from aquafleet.models.orders import Order
@@ -427,7 +456,12 @@ async def request_refund(
                     f"order {order.oid}: {amount_fen} fen asked, {left} fen left to refund"
                 )
             if part is not None:
-                part_left = part_refundable_fen(order_parts(order)[part], part, before)
+                part_fen = (
+                    side_balance(await balance(order_account(order.oid, part)), Side.CREDIT)
+                    if part is Part.DUPLICATE
+                    else order_parts(order)[part]
+                )
+                part_left = part_refundable_fen(part_fen, part, before)
                 if amount_fen > part_left:
                     raise RefundExceedsPayment(
                         f"order {order.oid}: {amount_fen} fen of its {part.value} asked, "
@@ -436,7 +470,7 @@ async def request_refund(
             return await Refund.create(
                 refund_no=refund_no, order_oid=order.oid, vendor_code=order.vendor_id,
                 amount_fen=amount_fen, part=part.value if part else "",
-                reason=reason[:MAX_MEMO], requested_by=actor[:64],
+                reason=reason[:MAX_MEMO], requested_by=actor[:64], channel=channel[:16],
                 created_at=now, updated_at=now,
             )  # fmt: skip
     except IntegrityError:

@@ -99,10 +99,12 @@ async def request_withdrawal(
         return _same_withdrawal(first, amount_fen), False
     if amount_fen < min_fen:
         raise InvalidInput(f"withdraw at least {min_fen} fen")
-    now = now or dt.datetime.now(dt.UTC)
     available = commission_account(earner, Bucket.AVAILABLE)
     async with in_transaction("default"):
         await lock_accounts([available])
+        # The time is read once the lock is held, so racing requests are timed in the order
+        # they pass it (read before, a later request could seem to come before an earlier one).
+        now = now or dt.datetime.now(dt.UTC)
         first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
         if first is not None:
             return _same_withdrawal(first, amount_fen), False

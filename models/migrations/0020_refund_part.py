@@ -11,6 +11,6 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name='Refund',
             name='part',
-            field=fields.CharField(default='', description='the order part it gives back, empty: the whole', max_length=8),
+            field=fields.CharField(default='', description='the order part it gives back, empty: the whole', max_length=12),
         ),
     ]

@@ -59,32 +59,33 @@ def test_the_docs_worked_example():
     assert line.base_fen == 5998
     assert split_levels([line], 3) == [1259, 539, 179]
     assert split_levels([line], 2) == [1259, 539]
-    half = commissionable_left(5998, 6998, [(None, 3499)])
+    bought = {Part.GOODS: 5998, Part.FREIGHT: 1000}
+    half = commissionable_left(bought, [(None, 3499)])
     assert half == Fraction(1, 2)
     assert [kept_after_refunds(a, half) for a in (1259, 539, 179)] == [629, 269, 89]
-    everything = commissionable_left(5998, 6998, [(None, 3499), (None, 3499)])
+    everything = commissionable_left(bought, [(None, 3499), (None, 3499)])
     assert [kept_after_refunds(a, everything) for a in (1259, 539, 179)] == [0, 0, 0]
 
 
 def test_a_deposit_or_fee_given_back_leaves_the_commission_and_the_rest_back_takes_it_all():
-    # A rental: rent 6000 (commissionable), deposit 50000, freight 500: 56500 paid.
-    assert commissionable_left(6000, 56500, [(Part.DEPOSIT, 50000)]) == 1
-    assert commissionable_left(6000, 56500, [(Part.FREIGHT, 500), (Part.INSTALL, 0)]) == 1
-    assert commissionable_left(6000, 56500, [(Part.DEPOSIT, 50000), (Part.RENT, 3000)]) == (
+    rental = {Part.RENT: 6000, Part.DEPOSIT: 50000, Part.FREIGHT: 500}  # 56500 paid
+    assert commissionable_left(rental, [(Part.DEPOSIT, 50000)]) == 1
+    assert commissionable_left(rental, [(Part.FREIGHT, 500), (Part.INSTALL, 0)]) == 1
+    assert commissionable_left(rental, [(Part.DEPOSIT, 50000), (Part.RENT, 3000)]) == (
         Fraction(1, 2)
     )
     # The order given back whole after its deposit: everything still paid goes, commission too.
-    assert commissionable_left(6000, 56500, [(Part.DEPOSIT, 50000), (None, 6500)]) == 0
-    # Given back whole in part: in proportion to what is still paid of each part.
-    assert commissionable_left(6000, 56500, [(Part.DEPOSIT, 50000), (None, 3250)]) == (
-        Fraction(1, 2)
-    )
+    assert commissionable_left(rental, [(Part.DEPOSIT, 50000), (None, 6500)]) == 0
+    # Given back whole in part: in proportion to what is left of each part.
+    assert commissionable_left(rental, [(Part.DEPOSIT, 50000), (None, 3250)]) == Fraction(1, 2)
+    # Half the order back as a whole, then the deposit "in full": only half of it was left,
+    # the rest comes from the other parts, and with everything back nothing is kept.
+    assert commissionable_left(rental, [(None, 28250), (Part.DEPOSIT, 25000)]) == Fraction(1, 2)
+    assert commissionable_left(rental, [(None, 28250), (Part.DEPOSIT, 28250)]) == 0
     # Before this rule the deposit counted like any money: 50000 of 56500 took 88% of the
     # commission of a rental that ended as agreed.
-    assert kept_after_refunds(1260, commissionable_left(6000, 56500, [(Part.DEPOSIT, 50000)])) == (
-        1260
-    )
-    assert commissionable_left(0, 500, [(None, 500)]) == 0  # nothing commissionable
+    assert kept_after_refunds(1260, commissionable_left(rental, [(Part.DEPOSIT, 50000)])) == 1260
+    assert commissionable_left({Part.FREIGHT: 500}, [(None, 500)]) == 0  # nothing earns
 
 
 NAMED = (Part.GOODS, Part.RENT, Part.DEPOSIT, Part.FREIGHT, Part.INSTALL)
@@ -131,20 +132,20 @@ def test_reversals_only_ever_shrink_what_a_level_keeps(
     parts, refunds = order
     base = parts[Part.GOODS] + parts[Part.RENT]
     paid = sum(parts.values())
-    kept = kept_after_refunds(amount, commissionable_left(base, paid, []))
+    kept = kept_after_refunds(amount, commissionable_left(parts, []))
     assert kept == (amount if base else 0)
     for i in range(1, len(refunds) + 1):
-        share = commissionable_left(base, paid, refunds[:i])
+        so_far = refunds[:i]
+        share = commissionable_left(parts, so_far)
         assert 0 <= share <= 1
         now = kept_after_refunds(amount, share)
         assert 0 <= now <= kept
-        named = sum(a for p, a in refunds[:i] if p in (Part.GOODS, Part.RENT))
-        assert share * base <= base - named  # a named goods or rent refund takes at least itself
-        if all(p is None for p, _ in refunds[:i]):  # the order given back whole, in part
-            refunded = sum(a for _, a in refunds[:i])
+        refunded = sum(a for _, a in so_far)
+        named = sum(a for p, a in so_far if p in (Part.GOODS, Part.RENT))
+        if base and all(p is not None for p, _ in so_far):  # every refund names its part
+            assert share * base == base - named
+        if base and all(p is None for p, _ in so_far):  # the order given back whole, in part
             assert now == amount * (paid - refunded) // paid
-        if all(p not in (None, Part.GOODS, Part.RENT) for p, _ in refunds[:i]) and base:
-            assert now == amount  # only deposits and fees back
         kept = now
     if sum(a for _, a in refunds) == paid:
         assert kept == 0  # everything back: no commission left
