@@ -37,19 +37,18 @@ from aquafleet.gateway.payouts import choose_payout
 from aquafleet.models.agents import visible_agents
 from aquafleet.models.commissions import (
     MAX_REQUEST_ID,
-    PAYOUT_CHANNELS,
     Commission,
     CommissionState,
     Withdrawal,
     WithdrawalState,
     earner_of,
-    request_withdrawal,
     subtree_commissions,
     summary,
     visible_commissions,
 )
 from aquafleet.models.products import MAX_FEN
 from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, Role
+from aquafleet.models.withdrawals import PAYOUT_CHANNELS, request_withdrawal
 
 routes = RouteTable(
     "commissions",

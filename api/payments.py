@@ -154,6 +154,10 @@ async def prepay_weixin(call: Call) -> PrepayOut:
 class RefundOut(ResponseModel):
     refund_no: str
     amount: int = Field(description="fen")
+    part: str = Field(
+        description="the order part it gives back (goods, freight, install, deposit, rent), "
+        "empty when it gives back the order as a whole"
+    )
     state: str = Field(description="due, requested, succeeded or failed")
     reason: str
     create_tms: UtcDateTime
@@ -191,6 +195,7 @@ async def payment_info(order: Order) -> PaymentOut:
         RefundOut(
             refund_no=r.refund_no,
             amount=r.amount_fen,
+            part=r.part,
             state=r.state.name.lower(),
             reason=r.reason,
             create_tms=r.created_at,

@@ -25,9 +25,11 @@ from aquafleet.gateway.providers.wechatpay import (
 from aquafleet.models.errors import DomainError, NotFound
 from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
 from aquafleet.models.money import (
+    Part,
     Refund,
     RefundState,
     move_refund,
+    refund_part,
     settle_refund,
     wallet_account,
 )
@@ -322,8 +324,26 @@ class PaymentService:
             log.error("payments_sweep_failed", what=what, why=str(exc))
         return None
 
-    async def _send_refund(self, refund: Refund, report: SweepReport) -> None:
+    async def _refund_bill(self, refund: Refund) -> Payment | None:
+        """The bill a refund goes back through: the order's; for the refund of a duplicate
+        payment, the same bill as the channel that took the duplicate saw it (the order's bill
+        may since have been paid from the wallet, or moved to another channel)."""
         payment = await payment_of_order(refund.order_oid)
+        if payment is None or refund_part(refund) is not Part.DUPLICATE:
+            return payment
+        prepay_id = payment.prepay_id
+        cards = self.cards
+        if refund.channel == CARD and cards is not None and cards.acquirer_of_bill(payment) is None:
+            prepay_id = f"{(await cards.acquirer_of_vendor(payment.vendor_code)).name}:"
+        return Payment(
+            id=payment.id, bill_no=payment.bill_no, purpose=payment.purpose,
+            order_oid=payment.order_oid, member_uid=payment.member_uid,
+            vendor_code=payment.vendor_code, channel=refund.channel,
+            amount_fen=refund.amount_fen, state=PaymentState.PAID, prepay_id=prepay_id,
+        )  # fmt: skip
+
+    async def _send_refund(self, refund: Refund, report: SweepReport) -> None:
+        payment = await self._refund_bill(refund)
         if payment is not None and payment.state is PaymentState.PAID and payment.channel == WALLET:
             # Paid from the wallet: the refund goes back to it at once.
             await settle_refund(
@@ -372,7 +392,7 @@ class PaymentService:
             report.refunds_settled += 1
 
     async def _check_refund(self, refund: Refund, report: SweepReport) -> None:
-        payment = await payment_of_order(refund.order_oid)
+        payment = await self._refund_bill(refund)
         if payment is None:
             return
         answer = await self.client.query_refund(
@@ -390,7 +410,7 @@ class PaymentService:
             report.refunds_failed += 1
 
     async def _check_card_refund(self, refund: Refund, report: SweepReport) -> None:
-        payment = await payment_of_order(refund.order_oid)
+        payment = await self._refund_bill(refund)
         if payment is None or self.cards is None:
             return
         result = await self.cards.check_refund(refund, payment)

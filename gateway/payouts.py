@@ -22,22 +22,20 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
-from aquafleet.models.commissions import (
-    PAYOUT_CHANNELS,
-    PayoutChannel,
-    PayoutOutcome,
-    PayoutResult,
-    Withdrawal,
-    WithdrawalState,
-    earner_of,
-    settle_withdrawal,
-)
+from aquafleet.models.commissions import Withdrawal, WithdrawalState, earner_of
 from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import Member
 from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
+from aquafleet.models.withdrawals import (
+    PAYOUT_CHANNELS,
+    PayoutChannel,
+    PayoutOutcome,
+    PayoutResult,
+    settle_withdrawal,
+)
 
 log = get_logger("aquafleet.payouts")
 

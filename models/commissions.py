@@ -8,11 +8,14 @@ Every fen moves through the money ledger (models/money.py), never through a seco
   `commission:{earner}:pending` (key `commission:{oid}`);
 - the order becoming done moves it to `...:available`, paying the earner's debt first (key
   `commission-available:{oid}`);
-- a succeeded refund of the order reverses each level in proportion (key
-  `commission-reversal:{refund_no}`): from pending, or from available, and what the earner
-  already withdrew becomes `...:debt`;
+- a succeeded refund of the order reverses each level in proportion to the commissionable
+  money (goods and rent) it gave back: a deposit, freight or install fee refunded leaves the
+  commission whole (key `commission-reversal:{refund_no}`): from pending, or from available,
+  and what the earner already withdrew becomes `...:debt`;
 - a withdrawal moves available to `...:payout` (key `withdrawal:{id}`), then out of the vendor's
-  channel when paid, or back to available when it failed.
+  channel when paid, or back to available when it failed (models/withdrawals.py).
+
+The check of all of it is models/commission_check.py.
 
 `settle_order(oid)` brings an order's commissions in line with its state and its refunds, once:
 it is called from the order's moves (models/orders.py `fire`) and from `settle_refund`, inside
@@ -26,7 +29,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, Protocol
+from fractions import Fraction
+from typing import Any
 
 from tortoise import fields
 from tortoise.functions import Sum
@@ -35,7 +39,6 @@ from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.agents import Agent, AgentState, path_ids
-from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.members import LOGIN_ALLOWED, Member
 from aquafleet.models.money import (
     Guard,
@@ -48,18 +51,16 @@ from aquafleet.models.money import (
     RefundState,
     Side,
     balance,
-    channel_account,
     order_account,
+    order_parts,
     post,
+    refund_part,
     side_balance,
 )
-from aquafleet.models.ratelimit import RateLimited
 from aquafleet.models.tenancy import Principal, Role
 
 MAX_LEVELS = 3
 DEFAULT_LEVELS = 3  # the vendor option `commission_levels` (AX-08) when unset
-WITHDRAWAL_INTERVAL = dt.timedelta(seconds=30)  # the seed: 间隔30秒以上 (for reconciliation)
-DEFAULT_MIN_WITHDRAWAL_FEN = 100
 MAX_REQUEST_ID = 64
 MAX_EARNER = 40
 MAX_REASON = 255
@@ -216,12 +217,44 @@ def split_levels(lines: Iterable[LineBase], levels: int) -> list[int]:
     return out
 
 
-def kept_after_refunds(amount_fen: int, paid_fen: int, refunded_fen: int) -> int:
-    """What a level keeps once `refunded_fen` of the `paid_fen` went back: its share of what
-    remains paid, rounded down (so reversals never leave more than the proportion)."""
-    if paid_fen <= 0 or refunded_fen >= paid_fen:
+COMMISSIONABLE_PARTS = frozenset({Part.GOODS, Part.RENT})
+
+
+def commissionable_left(
+    parts: Mapping[Part, int], refunds: Iterable[tuple[Part | None, int]]
+) -> Fraction:
+    """The share (0 to 1) of an order's commissionable money (its goods and rent parts) still
+    paid after `refunds`, in the order they succeeded. Each part keeps what is left of it: a
+    refund that names its part takes from that part (a deposit, freight or install fee back
+    leaves goods and rent whole); one that names none gives back the order as a whole, taking
+    from every part in proportion to what is left of it; what a named refund asks beyond its
+    part's rest is taken the same way. So refunds that name no part count in proportion to
+    what was paid, and an order given back entirely leaves no commission."""
+    base = sum(parts.get(p, 0) for p in COMMISSIONABLE_PARTS)
+    if base <= 0:
+        return Fraction(0)
+    left = {part: Fraction(amount) for part, amount in parts.items() if amount > 0}
+    for part, amount in refunds:
+        rest = Fraction(amount)
+        if part is not None and part in left:
+            taken = min(rest, left[part])
+            left[part] -= taken
+            rest -= taken
+        total = sum(left.values(), Fraction(0))
+        if rest > 0 and total > 0:
+            ratio = min(rest / total, Fraction(1))
+            for name in left:
+                left[name] -= left[name] * ratio
+    kept = sum((left.get(p, Fraction(0)) for p in COMMISSIONABLE_PARTS), Fraction(0)) / base
+    return min(Fraction(1), max(Fraction(0), kept))
+
+
+def kept_after_refunds(amount_fen: int, share_left: Fraction) -> int:
+    """What a level keeps of its `amount_fen` once only `share_left` of the commissionable money
+    is still paid, rounded down (so reversals never leave more than the proportion)."""
+    if share_left <= 0:
         return 0
-    return amount_fen * (paid_fen - max(0, refunded_fen)) // paid_fen
+    return int(amount_fen * min(share_left, Fraction(1)) // 1)
 
 
 def source_split(goods_fen: int, amount_fen: int) -> tuple[int, int]:
@@ -369,35 +402,30 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
     )
     if not refunds:
         return
-    paid = await order_paid_fen(order.oid) or int(order.total_fen)
-    refunded = 0
+    # A duplicate payment and its refund are not the order's money: they leave commissions be.
+    refunds = [r for r in refunds if refund_part(r) is not Part.DUPLICATE]
+    parts = order_parts(order)
+    paid = sum(parts.values())
+    succeeded: list[tuple[Part | None, int]] = []
     for refund in refunds:
-        refunded += int(refund.amount_fen)
+        succeeded.append((refund_part(refund), int(refund.amount_fen)))
         key = f"commission-reversal:{refund.refund_no}"
         if await MoneyTransaction.exists(key=key):
             continue
-        await _reverse_to(order, rows, paid, refunded, key, now)
+        share = commissionable_left(parts, succeeded)
+        await _reverse_to(order, rows, share, key, _reversal_memo(succeeded, paid), now)
 
 
-async def order_paid_fen(oid: str) -> int:
-    """What the order's payments took (a channel's or a wallet's debits), as the ledger's
-    check counts it."""
-    total = 0
-    for account, amount in await MoneyEntry.filter(order_oid=oid).values_list(
-        "account", "amount_fen"
-    ):
-        if str(account).startswith(("channel:", "wallet:")) and int(amount) > 0:
-            total += int(amount)
-    return total
+def _reversal_memo(succeeded: list[tuple[Part | None, int]], paid: int) -> str:
+    refunded = sum(amount for _part, amount in succeeded)
+    part = succeeded[-1][0]
+    return f"{refunded} of {paid} refunded" + (f", the last of the {part.value}" if part else "")
 
 
 async def _reverse_to(
-    order: Any, rows: list[Commission], paid: int, refunded: int, key: str, now: dt.datetime
+    order: Any, rows: list[Commission], share: Fraction, key: str, memo: str, now: dt.datetime
 ) -> None:
-    deltas = {
-        row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), paid, refunded)
-        for row in rows
-    }
+    deltas = {row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), share) for row in rows}
     if not any(deltas.values()):
         return
     available = [
@@ -426,7 +454,7 @@ async def _reverse_to(
         key, kind="commission_reversal", vendor=order.vendor_id,
         legs=legs, order_oid=order.oid, now=now,
         guards=[Guard(a, Side.CREDIT) for a in available],
-        memo=f"{refunded} of {paid} refunded",
+        memo=memo,
     )  # fmt: skip
     for row in rows:
         delta = deltas[row.id]
@@ -575,277 +603,3 @@ async def bucket_totals(*, vendor_code: str | None, earner: str | None) -> dict[
         side = Side.DEBIT if bucket is Bucket.DEBT else Side.CREDIT
         totals[bucket] = totals.get(bucket, 0) + side_balance(int(row["t"] or 0), side)
     return totals
-
-
-# ----------------------------------------------------------------------------- withdrawals
-
-
-class PayoutOutcome(IntEnum):
-    REQUESTED = 1  # the channel took it; someone or something confirms it later
-    PAID = 2
-    FAILED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class PayoutResult:
-    outcome: PayoutOutcome
-    reference: str = ""
-    reason: str = ""
-
-
-class PayoutChannel(Protocol):
-    """How a withdrawal reaches the earner's account (bank, WeChat change)."""
-
-    name: str
-
-    async def submit(self, withdrawal: Withdrawal) -> PayoutResult: ...
-
-
-class ManualPayout:
-    """An operator makes the transfer and records it (`aquafleet commissions payout`)."""
-
-    name = "manual"
-
-    async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
-        return PayoutResult(PayoutOutcome.REQUESTED)
-
-
-PAYOUT_CHANNELS: dict[str, PayoutChannel] = {"manual": ManualPayout()}
-
-
-class WithdrawalTooSoon(RateLimited):
-    code = "rate_limited"
-
-
-async def request_withdrawal(
-    principal: Principal,
-    *,
-    amount_fen: int,
-    request_id: str,
-    channel: PayoutChannel,
-    min_fen: int = DEFAULT_MIN_WITHDRAWAL_FEN,
-    now: dt.datetime | None = None,
-) -> tuple[Withdrawal, bool]:
-    """AE-03: the caller withdraws `amount_fen` of its available commission. Idempotent by
-    `request_id` (answers (withdrawal, created)). The earner's available account is locked while
-    the 30-second rule and the balance are checked and the money moved to payout, so two
-    withdrawals at once cannot both pass either."""
-    earner = earner_of(principal)
-    if earner is None or principal.vendor_code is None:
-        raise Forbidden("only an earner (a member, an agent or a dealer) withdraws commission")
-    if type(amount_fen) is not int or amount_fen <= 0:
-        raise InvalidInput("a withdrawal is a positive integer amount of fen")
-    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
-        raise InvalidInput(f"request_id must be 1..{MAX_REQUEST_ID} characters")
-    first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
-    if first is not None:
-        return _same_withdrawal(first, amount_fen), False
-    if amount_fen < min_fen:
-        raise InvalidInput(f"withdraw at least {min_fen} fen")
-    now = now or dt.datetime.now(dt.UTC)
-    available = commission_account(earner, Bucket.AVAILABLE)
-    async with in_transaction("default"):
-        await lock_accounts([available])
-        first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
-        if first is not None:
-            return _same_withdrawal(first, amount_fen), False
-        last = await Withdrawal.filter(earner=earner).order_by("-created_at").first()
-        if last is not None and now - last.created_at < WITHDRAWAL_INTERVAL:
-            wait = WITHDRAWAL_INTERVAL - (now - last.created_at)
-            raise WithdrawalTooSoon(
-                f"one withdrawal every {WITHDRAWAL_INTERVAL.seconds} s: try again in "
-                f"{max(1, int(wait.total_seconds() + 0.999))} s",
-                max(1, int(wait.total_seconds() + 0.999)),
-            )
-        withdrawal = await Withdrawal.create(
-            vendor_code=principal.vendor_code, earner=earner,
-            earner_path=principal.agent_path, request_id=request_id, amount_fen=amount_fen,
-            channel=channel.name, requested_by=f"{principal.role.value}:{principal.subject}"[:64],
-            created_at=now, updated_at=now,
-        )  # fmt: skip
-        await post(
-            f"withdrawal:{withdrawal.id}", kind="withdrawal", vendor=principal.vendor_code,
-            legs=[Leg(available, amount_fen),
-                  Leg(commission_account(earner, Bucket.PAYOUT), -amount_fen)],
-            guards=[Guard(available, Side.CREDIT)], now=now, actor=withdrawal.requested_by,
-        )  # fmt: skip
-    result = await channel.submit(withdrawal)
-    if result.outcome is not PayoutOutcome.REQUESTED:
-        withdrawal = await settle_withdrawal(
-            withdrawal.id, paid=result.outcome is PayoutOutcome.PAID, reason=result.reason,
-            reference=result.reference, actor=f"channel:{channel.name}",
-        )  # fmt: skip
-    return withdrawal, True
-
-
-def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
-    if withdrawal.amount_fen != amount_fen:
-        raise Conflict(f"request {withdrawal.request_id} asked for another amount before")
-    return withdrawal
-
-
-async def settle_withdrawal(
-    withdrawal_id: int,
-    *,
-    paid: bool,
-    reason: str,
-    reference: str = "",
-    actor: str = "",
-    channel: str | None = None,
-) -> Withdrawal:
-    """A requested withdrawal was paid out (the vendor's channel credited) or failed (the
-    money back to available), once; a repeat of the same outcome answers it as it is. With
-    `channel`, only a withdrawal of that channel (an operator records manual payouts only: a
-    WeChat transfer's outcome is WeChat Pay's to tell, else a failed one could be paid too)."""
-    target = WithdrawalState.PAID if paid else WithdrawalState.FAILED
-    async with in_transaction("default"):
-        withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
-        if withdrawal is None:
-            raise NotFound(f"withdrawal {withdrawal_id} not found")
-        if channel is not None and withdrawal.channel != channel:
-            raise Conflict(
-                f"withdrawal {withdrawal_id} is paid out through {withdrawal.channel}, not "
-                f"{channel}: its channel settles it"
-            )
-        if withdrawal.state is target:
-            return withdrawal
-        if withdrawal.state is not WithdrawalState.REQUESTED:
-            raise Conflict(
-                f"withdrawal {withdrawal_id} is {withdrawal.state.name.lower()}: it cannot "
-                f"become {target.name.lower()}"
-            )
-        payout = commission_account(withdrawal.earner, Bucket.PAYOUT)
-        amount = int(withdrawal.amount_fen)
-        if paid:
-            other = Leg(channel_account(withdrawal.channel, withdrawal.vendor_code), -amount)
-            key = f"withdrawal-paid:{withdrawal.id}"
-        else:
-            other = Leg(commission_account(withdrawal.earner, Bucket.AVAILABLE), -amount)
-            key = f"withdrawal-failed:{withdrawal.id}"
-        await post(
-            key, kind=key.split(":")[0], vendor=withdrawal.vendor_code,
-            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason,
-        )  # fmt: skip
-        now = dt.datetime.now(dt.UTC)
-        await Withdrawal.filter(id=withdrawal.id).update(
-            state=target, reason=reason[:MAX_REASON], channel_ref=reference[:64],
-            settled_by=actor[:64], updated_at=now,
-        )  # fmt: skip
-    await withdrawal.refresh_from_db()
-    return withdrawal
-
-
-# ----------------------------------------------------------------------------- the check
-
-
-@dataclass(frozen=True, slots=True)
-class CommissionProblem:
-    what: str
-    subject: str
-    detail: str
-
-
-async def check_commissions() -> list[CommissionProblem]:
-    """Every invariant of commissions over all data (docs/commissions.md, "The check");
-    empty when they all hold. The money ledger's own check is run by the caller."""
-    from aquafleet.models.orders import Order
-
-    problems: list[CommissionProblem] = []
-    paid: dict[str, int] = {}
-    parts: dict[str, int] = {}
-    refund_entries: dict[str, int] = {}
-    ledger_commission: dict[str, int] = {}
-    accounts: dict[str, int] = {}
-    part_suffixes = tuple(f":{p.value}" for p in Part if p is not Part.REFUND)
-    for oid, account, amount in await MoneyEntry.all().values_list(
-        "order_oid", "account", "amount_fen"
-    ):
-        account, amount = str(account), int(amount)
-        if account.startswith("commission:"):
-            accounts[account] = accounts.get(account, 0) + amount
-            if oid is not None:
-                ledger_commission[oid] = ledger_commission.get(oid, 0) - amount
-        if oid is None:
-            continue
-        if account.startswith(("channel:", "wallet:")) and amount > 0:
-            paid[oid] = paid.get(oid, 0) + amount
-        elif account.startswith("order:") and account.endswith(part_suffixes):
-            parts[oid] = parts.get(oid, 0) - amount
-        elif account.startswith("order:") and account.endswith(":refund"):
-            refund_entries[oid] = refund_entries.get(oid, 0) + amount
-    kept: dict[str, int] = {}
-    earned: dict[str, int] = {}
-    for row in await Commission.all():
-        kept[row.order_oid] = kept.get(row.order_oid, 0) + row.kept_fen
-        earned[row.earner] = earned.get(row.earner, 0) + row.kept_fen
-        if row.reversed_fen < 0 or row.reversed_fen > row.amount_fen or row.amount_fen <= 0:
-            problems.append(
-                CommissionProblem(
-                    "bad_level",
-                    f"{row.order_oid}/{row.level}",
-                    f"amount {row.amount_fen}, reversed {row.reversed_fen}",
-                )
-            )
-    splits = {s.order_oid: s for s in await CommissionSplit.all()}
-    refunds: dict[str, int] = {}
-    for refund in await Refund.filter(state=RefundState.SUCCEEDED):
-        refunds[refund.order_oid] = refunds.get(refund.order_oid, 0) + int(refund.amount_fen)
-    oids = set(paid) | set(kept) | set(refunds) | set(ledger_commission) | set(parts)
-    for oid in sorted(oids):
-        p, c, r = paid.get(oid, 0), kept.get(oid, 0), refunds.get(oid, 0)
-        vendor = parts.get(oid, 0) - refund_entries.get(oid, 0)
-        if p != vendor + c + r:
-            problems.append(
-                CommissionProblem(
-                    "order_unbalanced",
-                    oid,
-                    f"paid {p} != vendor share {vendor} + commissions {c} + refunds {r}",
-                )
-            )
-        if ledger_commission.get(oid, 0) != c:
-            problems.append(
-                CommissionProblem(
-                    "commission_mismatch",
-                    oid,
-                    f"ledger {ledger_commission.get(oid, 0)}, levels keep {c}",
-                )
-            )
-        if vendor < 0:
-            problems.append(CommissionProblem("negative_vendor_share", oid, f"{vendor} fen"))
-        split = splits.get(oid)
-        if oid in kept and split is None:
-            problems.append(CommissionProblem("split_missing", oid, "levels without a split"))
-        if split is not None and split.total_fen > split.base_fen:
-            problems.append(
-                CommissionProblem(
-                    "levels_exceed_base", oid, f"{split.total_fen} > {split.base_fen}"
-                )
-            )
-    if oids:
-        known = set(await Order.filter(oid__in=sorted(oids)).values_list("oid", flat=True))
-        for oid in sorted(oids - {str(o) for o in known}):
-            problems.append(CommissionProblem("unknown_order", oid, "entries of no order"))
-    paid_out: dict[str, int] = {}
-    for w in await Withdrawal.filter(state=WithdrawalState.PAID):
-        paid_out[w.earner] = paid_out.get(w.earner, 0) + int(w.amount_fen)
-    holdings: dict[str, int] = {}
-    for account, raw in accounts.items():
-        _prefix, rest = account.split(":", 1)
-        earner, _, bucket_name = rest.rpartition(":")
-        bucket = Bucket(bucket_name)
-        side = Side.DEBIT if bucket is Bucket.DEBT else Side.CREDIT
-        value = side_balance(raw, side)
-        if value < 0:
-            problems.append(CommissionProblem("negative_balance", account, f"{value} fen"))
-        holdings[earner] = holdings.get(earner, 0) + (-value if bucket is Bucket.DEBT else value)
-    for earner in sorted(set(holdings) | set(earned) | set(paid_out)):
-        held = holdings.get(earner, 0) + paid_out.get(earner, 0)
-        if held != earned.get(earner, 0):
-            problems.append(
-                CommissionProblem(
-                    "earner_unbalanced",
-                    earner,
-                    f"accounts + paid out {held} != levels keep {earned.get(earner, 0)}",
-                )
-            )
-    return problems

@@ -12,7 +12,9 @@ The accounts (names are structured strings; the `*_account` functions build them
 - `channel:{ch}:{vendor}`: money a payment channel (weixin, alipay, card, manual) holds for
   the vendor; normally a debit balance.
 - `order:{oid}:{part}`: what an order's money is for (goods, freight, install, deposit, rent),
-  normally credit; and `order:{oid}:refund`, the refunds paid back, debit.
+  normally credit; `order:{oid}:duplicate`, money a channel took for an order already paid
+  (a member who paid twice), credit until its refund; and `order:{oid}:refund`, the refunds
+  paid back, debit.
 - `wallet:{uid}`: what the platform owes a member (its wallet balance), credit; guarded, never
   below zero.
 
@@ -58,9 +60,11 @@ class Part(StrEnum):
     DEPOSIT = "deposit"
     RENT = "rent"
     REFUND = "refund"
+    DUPLICATE = "duplicate"  # a second payment of an order already paid, refunded in full
 
 
 ORDER_PARTS = (Part.GOODS, Part.FREIGHT, Part.INSTALL, Part.DEPOSIT, Part.RENT)
+REFUNDABLE_PARTS = (*ORDER_PARTS, Part.DUPLICATE)
 CHANNELS = frozenset({"weixin", "alipay", "wallet", "card", "manual"})
 
 
@@ -324,6 +328,29 @@ async def paid_fen(oid: str) -> int:
     return total
 
 
+async def record_duplicate_payment(
+    order: Any, *, channel: str, transaction_no: str, amount_fen: int, actor: str
+) -> Refund:
+    """A channel took money for an order that was already paid (the member paid its bill at
+    WeChat Pay after paying from its wallet, or after an admin marked the order paid): book it
+    (key `pay-twice:{channel}:{transaction_no}`: the channel debited, `order:{oid}:duplicate`
+    credited) and request its refund in full through that channel (refund number
+    `twice-{transaction_no}`), once per channel transaction."""
+    key = f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]
+    async with in_transaction("default"):
+        await post(
+            key, kind="payment_twice", vendor=order.vendor_id, order_oid=order.oid,
+            legs=[Leg(channel_account(channel, order.vendor_id), amount_fen),
+                  Leg(order_account(order.oid, Part.DUPLICATE), -amount_fen)],
+            actor=actor, memo=f"{channel} {transaction_no}: the order was paid before",
+        )  # fmt: skip
+        return await request_refund(
+            order=order, amount_fen=amount_fen, refund_no=f"twice-{transaction_no}"[:MAX_REFUND_NO],
+            reason="paid twice: the order was paid before", actor=actor, part=Part.DUPLICATE,
+            channel=channel,
+        )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- refunds
 
 
@@ -352,6 +379,9 @@ class Refund(Model):
     order_oid = fields.CharField(max_length=24, db_index=True)
     vendor_code = fields.CharField(max_length=8)
     amount_fen = fields.BigIntField()
+    part = fields.CharField(
+        max_length=12, default="", description="the order part it gives back, empty: the whole"
+    )
     reason = fields.CharField(max_length=MAX_MEMO, default="")
     state = fields.IntEnumField(RefundState, default=RefundState.DUE)
     requested_by = fields.CharField(max_length=64, default="")
@@ -371,15 +401,43 @@ def refundable_fen(paid: int, refunds: Iterable[Refund]) -> int:
     return paid - sum(int(r.amount_fen) for r in refunds if r.state in OUTSTANDING_REFUNDS)
 
 
+def refund_part(refund: Refund) -> Part | None:
+    """The order part a refund gives back, or None when it gives back the order as a whole."""
+    return Part(refund.part) if refund.part else None
+
+
+def part_refundable_fen(part_fen: int, part: Part, refunds: Iterable[Refund]) -> int:
+    """What may still be refunded of one part of an order: the part minus the refunds due, in
+    flight or done that name it (refunds of the whole order are bounded by the total only)."""
+    return part_fen - sum(
+        int(r.amount_fen)
+        for r in refunds
+        if r.state in OUTSTANDING_REFUNDS and refund_part(r) is part
+    )
+
+
 async def request_refund(
-    *, order: Any, amount_fen: int, refund_no: str, reason: str, actor: str
+    *,
+    order: Any,
+    amount_fen: int,
+    refund_no: str,
+    reason: str,
+    actor: str,
+    part: Part | None = None,
+    channel: str = "",
 ) -> Refund:
     """Record a refund as due, once per refund number (the same number again answers the first
-    refund; with another order or amount it is a Conflict). Never more than was paid and not yet
-    refunded: the order row is locked while that is checked, so racing requests cannot
-    together exceed it. The payment channel executes due refunds (`settle_refund`)."""
+    refund; with another order, amount or part it is a Conflict). Never more than was paid and
+    not yet refunded, and when it names a `part` of the order (a deposit back when a rental
+    ends), never more than that part less the refunds that named it before: the order row is
+    locked while that is checked, so racing requests cannot together exceed it. What it gives
+    back decides the commission it reverses (models/commissions.py). The payment channel
+    executes due refunds (`settle_refund`); `channel` names it ahead where the refund must go
+    back through another channel than the order's bill (a duplicate payment's)."""
     if type(amount_fen) is not int or amount_fen <= 0:
         raise InvalidInput("a refund is a positive integer amount of fen")
+    if part is not None and part not in REFUNDABLE_PARTS:
+        raise InvalidInput(f"a refund gives back one of {', '.join(REFUNDABLE_PARTS)}, not {part}")
     if not refund_no or len(refund_no) > MAX_REFUND_NO:
         raise InvalidInput(f"bad refund number {refund_no!r}")
     from aquafleet.models.orders import Order
@@ -390,29 +448,41 @@ async def request_refund(
             await Order.filter(oid=order.oid).select_for_update().get()
             existing = await Refund.get_or_none(refund_no=refund_no)
             if existing is not None:
-                return _same_refund(existing, order.oid, amount_fen)
-            left = refundable_fen(
-                await paid_fen(order.oid), await Refund.filter(order_oid=order.oid)
-            )
+                return _same_refund(existing, order.oid, amount_fen, part)
+            before = list(await Refund.filter(order_oid=order.oid))
+            left = refundable_fen(await paid_fen(order.oid), before)
             if amount_fen > left:
                 raise RefundExceedsPayment(
                     f"order {order.oid}: {amount_fen} fen asked, {left} fen left to refund"
                 )
+            if part is not None:
+                part_fen = (
+                    side_balance(await balance(order_account(order.oid, part)), Side.CREDIT)
+                    if part is Part.DUPLICATE
+                    else order_parts(order)[part]
+                )
+                part_left = part_refundable_fen(part_fen, part, before)
+                if amount_fen > part_left:
+                    raise RefundExceedsPayment(
+                        f"order {order.oid}: {amount_fen} fen of its {part.value} asked, "
+                        f"{part_left} fen of it left to refund"
+                    )
             return await Refund.create(
                 refund_no=refund_no, order_oid=order.oid, vendor_code=order.vendor_id,
-                amount_fen=amount_fen, reason=reason[:MAX_MEMO], requested_by=actor[:64],
+                amount_fen=amount_fen, part=part.value if part else "",
+                reason=reason[:MAX_MEMO], requested_by=actor[:64], channel=channel[:16],
                 created_at=now, updated_at=now,
             )  # fmt: skip
     except IntegrityError:
         existing = await Refund.get_or_none(refund_no=refund_no)
         if existing is None:
             raise
-        return _same_refund(existing, order.oid, amount_fen)
+        return _same_refund(existing, order.oid, amount_fen, part)
 
 
-def _same_refund(refund: Refund, oid: str, amount_fen: int) -> Refund:
-    if refund.order_oid != oid or refund.amount_fen != amount_fen:
-        raise Conflict(f"refund {refund.refund_no} was requested before for another amount")
+def _same_refund(refund: Refund, oid: str, amount_fen: int, part: Part | None) -> Refund:
+    if refund.order_oid != oid or refund.amount_fen != amount_fen or refund_part(refund) != part:
+        raise Conflict(f"refund {refund.refund_no} was requested before for another amount or part")
     return refund
 
 

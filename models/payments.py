@@ -16,8 +16,9 @@ notification id, and records every notice with its outcome:
 - `refund_after_close`: the order closed before the money came: the money is booked and a full
   refund is requested (`close-{oid}`), which the channel then pays back;
 - `unknown_bill`: no such bill here;
-- `paid_twice`: the order was paid otherwise meanwhile (e.g. marked paid by an admin): recorded
-  and alerted for a person to refund; nothing is booked.
+- `paid_twice`: the order was paid otherwise before (from the wallet, marked paid by an
+  admin): the channel's money is booked as a duplicate and its refund in full requested through
+  the same channel (`twice-{transaction_no}`), which the payments sweep executes; alerted.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Outcome(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     REFUND_AFTER_CLOSE = "refund_after_close"
     UNKNOWN_BILL = "unknown_bill"
-    PAID_TWICE = "paid_twice"  # the order was paid otherwise meanwhile: alerted, for a person
+    PAID_TWICE = "paid_twice"  # the order was paid before: booked and refunded in full, alerted
     TOPPED_UP = "topped_up"
 
 
@@ -181,10 +182,14 @@ async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = 
     outcome: Outcome
     if payment is None:
         outcome = Outcome.UNKNOWN_BILL
-    elif payment.state is PaymentState.PAID:
+    elif payment.state is PaymentState.PAID and _same_payment(payment, notice):
         outcome = Outcome.DUPLICATE
     elif notice.amount_fen != payment.amount_fen:
         outcome = Outcome.AMOUNT_MISMATCH
+    elif payment.state is PaymentState.PAID and payment.purpose == Purpose.ORDER.value:
+        return await _paid_twice(await Order.get(oid=payment.order_oid), notice, now)
+    elif payment.state is PaymentState.PAID:
+        outcome = Outcome.DUPLICATE  # a top-up paid by another transaction: a person's case
     elif payment.purpose == Purpose.TOPUP.value:
         from aquafleet.models.wallet import credit_topup
 
@@ -232,11 +237,7 @@ async def _pay_order_bill(
             return Outcome.DUPLICATE  # the same notice, applied by a racing delivery
         return Outcome.PAID
     if order.state is not OrderState.CLOSE:
-        try:
-            await _record(notice, Outcome.PAID_TWICE, now)
-        except IntegrityError:
-            return Outcome.DUPLICATE
-        return Outcome.PAID_TWICE
+        return await _paid_twice(order, notice, now)
     # The order closed before the money came: book the money, and give it back in full.
     try:
         async with in_transaction("default"):
@@ -253,6 +254,30 @@ async def _pay_order_bill(
     except IntegrityError:
         return Outcome.DUPLICATE
     return Outcome.REFUND_AFTER_CLOSE
+
+
+def _same_payment(payment: Payment, notice: ChannelPayment) -> bool:
+    """The notice is of the payment that paid the bill (a repeat), not of a second one."""
+    return (payment.channel, payment.transaction_no) == (notice.channel, notice.transaction_no)
+
+
+async def _paid_twice(order: Order, notice: ChannelPayment, now: dt.datetime) -> Outcome:
+    """The order was paid before (from the wallet, by an admin, through another channel): the
+    channel's money is booked and given back in full through it (models/money.py
+    `record_duplicate_payment`), once per notice."""
+    from aquafleet.models.money import record_duplicate_payment
+
+    try:
+        async with in_transaction("default"):
+            await _record(notice, Outcome.PAID_TWICE, now)
+            await record_duplicate_payment(
+                order, channel=notice.channel, transaction_no=notice.transaction_no,
+                amount_fen=notice.amount_fen,
+                actor=f"{notice.channel}:{notice.transaction_no}"[:64],
+            )  # fmt: skip
+    except IntegrityError:
+        return Outcome.DUPLICATE
+    return Outcome.PAID_TWICE
 
 
 async def close_bill(payment: Payment) -> None:

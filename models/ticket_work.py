@@ -156,6 +156,7 @@ async def request_deposit_refund(
         refund_no=f"R{ticket.ticket_id}",
         reason=f"rental ended: device {did} dismantled (ticket {ticket.ticket_id})",
         actor=actor,
+        part=money.Part.DEPOSIT,  # the deposit back: the rent's commission stays earned
     )
 
 

@@ -13,7 +13,7 @@ from aquafleet.commands.runtime import command_settings, run_with_database
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    from aquafleet.models import commissions, money
+    from aquafleet.models import commission_check, commissions, money
 
     async def action() -> int:
         problems = [
@@ -22,7 +22,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
         problems += [
             {"what": p.what, "subject": p.subject, "detail": p.detail}
-            for p in await commissions.check_commissions()
+            for p in await commission_check.check_commissions()
         ]
         data = {
             "orders": await commissions.CommissionSplit.all().count(),
@@ -50,10 +50,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_payout(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    from aquafleet.models import commissions
+    from aquafleet.models import withdrawals
 
     async def action() -> int:
-        withdrawal = await commissions.settle_withdrawal(
+        withdrawal = await withdrawals.settle_withdrawal(
             args.id, paid=args.paid, reason=args.reason, reference=args.reference or "",
             actor=f"cli:{args.by}" if args.by else "cli", channel="manual",
         )  # fmt: skip

@@ -9,7 +9,7 @@ import csv
 import io
 from typing import Any
 
-from aquafleet.models.commissions import check_commissions
+from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import GUARDED_PREFIXES, check_ledger
 from aquafleet.models.orders import SYSTEM, Order, OrderEvent, fire, mark_paid
 from aquafleet.models.tenancy import Role

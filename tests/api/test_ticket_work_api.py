@@ -76,7 +76,10 @@ async def test_ending_a_rental_dismantles_the_device_and_requests_the_deposit_ba
     assert state.lock_reasons == ["manual"]  # a person's lock: no renewal lifts it
     (refund,) = await Refund.filter(order_oid=oid)
     assert (refund.amount_fen, refund.refund_no) == (50000, f"R{tid}")
+    assert refund.part == "deposit"  # the deposit back: the rent's commission stays earned
     assert did in refund.reason
+    payment = (await a.vendor.call("GET", f"/orders/{oid}/payment")).data
+    assert [(r["refund_no"], r["part"]) for r in payment["refunds"]] == [(f"R{tid}", "deposit")]
     # The member no longer holds the device: it cannot end the rental again.
     await shopper.client.call("POST", f"/orders/{oid}/rental/end", body, expect=409)
     moves = (await a.vendor.call("GET", f"/tickets/{tid}/moves")).data

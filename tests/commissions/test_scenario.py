@@ -13,26 +13,22 @@ from typing import Any
 
 import pytest
 
-from aquafleet.models import commissions as cm
+from aquafleet.models import withdrawals
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.agents import Agent, create_agent
+from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.commissions import (
     Bucket,
     Commission,
     CommissionSplit,
     CommissionState,
-    ManualPayout,
     Summary,
     Withdrawal,
     WithdrawalState,
-    WithdrawalTooSoon,
     agent_earner,
-    check_commissions,
     commission_account,
     member_earner,
-    request_withdrawal,
     settle_order,
-    settle_withdrawal,
     summary,
 )
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput
@@ -42,6 +38,8 @@ from aquafleet.models.money import (
     InsufficientFunds,
     MoneyEntry,
     MoneyTransaction,
+    Part,
+    RefundExceedsPayment,
     balance,
     check_ledger,
     record_order_payment,
@@ -64,6 +62,12 @@ from aquafleet.models.orders import (
 from aquafleet.models.products import Product, create_product, snapshot
 from aquafleet.models.registry import create_vendor
 from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.withdrawals import (
+    ManualPayout,
+    WithdrawalTooSoon,
+    request_withdrawal,
+    settle_withdrawal,
+)
 from tests.conftest import MASTER_SECRET
 from tests.platform.test_cli import aquafleet, clean_env
 
@@ -327,7 +331,7 @@ async def test_two_withdrawals_at_once_cannot_both_pass_the_balance(monkeypatch:
     chain = await make_chain()
     await done(await paid(chain, quantity=4))  # M2: floor(11996 x 21%) = 2519 available
     earner = chain.member(chain.m2)
-    monkeypatch.setattr(cm, "WITHDRAWAL_INTERVAL", dt.timedelta(0))  # only the balance decides
+    monkeypatch.setattr(withdrawals, "WITHDRAWAL_INTERVAL", dt.timedelta(0))  # the balance decides
     results = await asyncio.gather(
         *(
             request_withdrawal(earner, amount_fen=2000, request_id=f"r{i}", channel=ManualPayout())
@@ -427,4 +431,55 @@ async def test_a_returned_order_never_makes_its_commission_available_and_the_ref
     ]  # fmt: skip
     assert await of(member_earner(chain.m2)) == Summary(reversed=1259)
     assert await balance(f"order:{order.oid}:goods") == -5998
+    await invariants()
+
+
+async def test_a_rentals_deposit_back_keeps_its_commission_and_a_part_is_never_overrefunded():
+    """A rental ends as agreed and its deposit goes back (a dismantling ticket's refund names
+    the deposit): the dealers keep the commission on the rent. Rent given back is reversed,
+    and the order given back whole takes the rest."""
+    chain = await make_chain(deposit_fen=50000)
+    order = await paid(chain, quantity=1, package="30d")
+    assert (order.goods_fen, order.rent_fen, order.deposit_fen) == (0, 6000, 50000)
+    m2 = member_earner(chain.m2)
+    P, R = CommissionState.PENDING, CommissionState.REVERSED
+    assert [r[2:] for r in await levels(order.oid)] == [(1260, 0, P), (540, 0, P), (180, 0, P)]
+
+    await request_refund(
+        order=order, amount_fen=50000, refund_no="dep-1", reason="rental ended", actor="t",
+        part=Part.DEPOSIT,
+    )  # fmt: skip
+    await settle_refund("dep-1", channel="manual")
+    assert [r[3] for r in await levels(order.oid)] == [0, 0, 0]
+    assert await of(m2) == Summary(pending=1260, earned=1260)
+    await invariants()
+
+    # The deposit is all back: not one fen more of it, though the order still holds money.
+    with pytest.raises(RefundExceedsPayment, match="of its deposit asked, 0 fen of it left"):
+        await request_refund(
+            order=order, amount_fen=1, refund_no="dep-2", reason="x", actor="t",
+            part=Part.DEPOSIT,
+        )  # fmt: skip
+    # The same refund number again names the same part, or it is another refund.
+    with pytest.raises(Conflict):
+        await request_refund(
+            order=order, amount_fen=50000, refund_no="dep-1", reason="x", actor="t"
+        )
+    with pytest.raises(InvalidInput):
+        await request_refund(
+            order=order, amount_fen=1, refund_no="bad", reason="x", actor="t", part=Part.REFUND
+        )
+
+    # Half the rent back: half of each level is reversed.
+    await request_refund(
+        order=order, amount_fen=3000, refund_no="rent-1", reason="x", actor="t", part=Part.RENT
+    )
+    await settle_refund("rent-1", channel="manual")
+    assert [r[2:] for r in await levels(order.oid)] == [(1260, 630, P), (540, 270, P), (180, 90, P)]
+    await invariants()
+
+    # The rest of the order given back whole (3000 rent + 500 freight): nothing is left.
+    await refund(order, 3500, "rest")
+    assert [r[3:] for r in await levels(order.oid)] == [(1260, R), (540, R), (180, R)]
+    assert await of(m2) == Summary(reversed=1260)
     await invariants()

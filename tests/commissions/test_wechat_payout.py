@@ -25,20 +25,14 @@ from aquafleet.gateway.payouts import (
     detail_no,
 )
 from aquafleet.gateway.providers.wechatpay import WechatPayClient
-from aquafleet.models.commissions import (
-    PAYOUT_CHANNELS,
-    Summary,
-    Withdrawal,
-    WithdrawalState,
-    member_earner,
-    request_withdrawal,
-)
+from aquafleet.models.commissions import Summary, Withdrawal, WithdrawalState, member_earner
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.members import Member
 from aquafleet.models.merchants import PaymentMerchant, PaymentNotConfigured, set_wechat_merchant
 from aquafleet.models.money import balance
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.vendors import Vendor
+from aquafleet.models.withdrawals import PAYOUT_CHANNELS, request_withdrawal
 from tests.commissions.test_scenario import VID, Chain, done, invariants, make_chain, of, paid
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeWechatPay

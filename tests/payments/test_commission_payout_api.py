@@ -9,7 +9,7 @@ from typing import Any
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway.payouts import batch_no
-from aquafleet.models.commissions import check_commissions
+from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import GUARDED_PREFIXES, check_ledger
 from aquafleet.models.payments import check_payments
 from tests.api.conftest import ApiClient, Tenant

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.models.accounts import AdminAccount, create_account
+from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import (
     GUARDED_PREFIXES,
     Leg,
@@ -23,8 +25,9 @@ from aquafleet.models.money import (
     post,
     request_refund,
 )
-from aquafleet.models.orders import Order, OrderState
+from aquafleet.models.orders import Order, OrderState, mark_paid
 from aquafleet.models.payments import Payment, PaymentNotice, PaymentState, check_payments
+from aquafleet.models.tenancy import Role
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member
@@ -268,3 +271,67 @@ async def test_the_money_check_compares_the_bills_with_the_ledger(shop: Shop):
         ("bill_not_booked", bill),
         ("booked_without_bill", "pay:20261206AAAA999999999999"),
     }
+
+
+async def test_an_order_paid_twice_is_booked_and_its_second_payment_refunded_once(shop: Shop):
+    """The member opened WeChat Pay, then paid the order from its wallet; the WeChat payment
+    went through too. That money is booked as a duplicate and refunded in full through WeChat
+    Pay, once; the order is paid once, its commissions untouched, and every check holds."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    topup = await shop.shopper.client.call(
+        "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
+    )
+    await shop.fake.pay(topup.data["bill_no"])
+    await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
+    assert await shop.state(oid) == "paid"
+
+    shop.fake.hold, shop.fake.duplicate = True, 2
+    await shop.fake.pay(bill)  # the WeChat payment the member had started
+    answers = await shop.fake.release()
+    outcomes = [text.split('"outcome":"')[1].split('"')[0] for _, text in answers]
+    assert outcomes == ["paid_twice", "duplicate"]
+    shop.fake.hold = False
+    txn = shop.fake.transactions[bill].transaction_id
+    refund = await Refund.get(refund_no=f"twice-{txn}")
+    assert (refund.amount_fen, refund.part, refund.channel) == (total, "duplicate", "weixin")
+    assert refund.state is RefundState.DUE
+    info = (await shop.shopper.client.call("GET", f"/orders/{oid}/payment")).data
+    assert info["pay_ch"] == "wallet" and info["pay_state"] == "paid"  # paid once, by the wallet
+    assert [(r["part"], r["amount"]) for r in info["refunds"]] == [("duplicate", total)]
+    await assert_ledger_clean()
+    assert await check_commissions() == []
+
+    report = await shop.sweep()
+    assert report.refunds_sent == 1
+    await shop.fake.drain()
+    assert (await Refund.get(refund_no=f"twice-{txn}")).state is RefundState.SUCCEEDED
+    assert shop.fake.refunds[f"twice-{txn}"].refund == total  # back through WeChat Pay
+    assert (await shop.sweep()).refunds_sent == 0  # once
+    # What WeChat Pay holds for the vendor is the top-up alone; the member's wallet paid.
+    assert await balance(channel_account("weixin", shop.vid)) == total
+    assert await shop.state(oid) == "paid"
+    await assert_ledger_clean()
+    assert await check_commissions() == []
+
+
+async def test_an_order_marked_paid_by_an_admin_then_paid_at_wechat_pay_is_refunded(shop: Shop):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    if not await AdminAccount.exists(username="ops"):
+        await create_account("ops", "0" * 32, Role.PLATFORM)
+    await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
+    await shop.fake.pay(bill)
+    assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]
+    refund = await Refund.get(refund_no=f"twice-{shop.fake.transactions[bill].transaction_id}")
+    assert (refund.amount_fen, refund.part) == (total, "duplicate")
+    await assert_ledger_clean()
+    assert (await shop.sweep()).refunds_sent == 1
+    await shop.fake.drain()
+    await refund.refresh_from_db()
+    assert refund.state is RefundState.SUCCEEDED
+    assert await balance(channel_account("weixin", shop.vid)) == 0
+    assert await balance(channel_account("manual", shop.vid)) == total  # the cash
+    await assert_ledger_clean()

@@ -1,0 +1,194 @@
+"""Withdrawals of commission (AE-03, seed section 七): an earner takes its available commission
+out, at most once every 30 seconds, through a payout channel (an operator's manual transfer,
+WeChat Pay's merchant transfer: gateway/payouts.py) (docs/commissions.md, "Withdrawals").
+
+`request_withdrawal` moves the amount from the earner's `commission:{earner}:available` to
+`...:payout` (key `withdrawal:{id}`) and hands it to the channel; `settle_withdrawal` records the
+channel's outcome once: paid (out of the vendor's channel account, key `withdrawal-paid:{id}`) or
+failed (back to available, key `withdrawal-failed:{id}`). The rows and the buckets are those of
+models/commissions.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+from tortoise.transactions import in_transaction
+
+from aquafleet.models.commissions import (
+    MAX_REASON,
+    MAX_REQUEST_ID,
+    Bucket,
+    Withdrawal,
+    WithdrawalState,
+    commission_account,
+    earner_of,
+    lock_accounts,
+)
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aquafleet.models.money import Guard, Leg, Side, channel_account, post
+from aquafleet.models.ratelimit import RateLimited
+from aquafleet.models.tenancy import Principal
+
+WITHDRAWAL_INTERVAL = dt.timedelta(seconds=30)  # the seed: 间隔30秒以上 (for reconciliation)
+DEFAULT_MIN_WITHDRAWAL_FEN = 100
+
+
+class PayoutOutcome(IntEnum):
+    REQUESTED = 1  # the channel took it; someone or something confirms it later
+    PAID = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutResult:
+    outcome: PayoutOutcome
+    reference: str = ""
+    reason: str = ""
+
+
+class PayoutChannel(Protocol):
+    """How a withdrawal reaches the earner's account (bank, WeChat change)."""
+
+    name: str
+
+    async def submit(self, withdrawal: Withdrawal) -> PayoutResult: ...
+
+
+class ManualPayout:
+    """An operator makes the transfer and records it (`aquafleet commissions payout`)."""
+
+    name = "manual"
+
+    async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
+        return PayoutResult(PayoutOutcome.REQUESTED)
+
+
+PAYOUT_CHANNELS: dict[str, PayoutChannel] = {"manual": ManualPayout()}
+
+
+class WithdrawalTooSoon(RateLimited):
+    code = "rate_limited"
+
+
+async def request_withdrawal(
+    principal: Principal,
+    *,
+    amount_fen: int,
+    request_id: str,
+    channel: PayoutChannel,
+    min_fen: int = DEFAULT_MIN_WITHDRAWAL_FEN,
+    now: dt.datetime | None = None,
+) -> tuple[Withdrawal, bool]:
+    """AE-03: the caller withdraws `amount_fen` of its available commission. Idempotent by
+    `request_id` (answers (withdrawal, created)). The earner's available account is locked while
+    the 30-second rule and the balance are checked and the money moved to payout, so two
+    withdrawals at once cannot both pass either."""
+    earner = earner_of(principal)
+    if earner is None or principal.vendor_code is None:
+        raise Forbidden("only an earner (a member, an agent or a dealer) withdraws commission")
+    if type(amount_fen) is not int or amount_fen <= 0:
+        raise InvalidInput("a withdrawal is a positive integer amount of fen")
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
+        raise InvalidInput(f"request_id must be 1..{MAX_REQUEST_ID} characters")
+    first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
+    if first is not None:
+        return _same_withdrawal(first, amount_fen), False
+    if amount_fen < min_fen:
+        raise InvalidInput(f"withdraw at least {min_fen} fen")
+    available = commission_account(earner, Bucket.AVAILABLE)
+    async with in_transaction("default"):
+        await lock_accounts([available])
+        # The time is read once the lock is held, so racing requests are timed in the order
+        # they pass it (read before, a later request could seem to come before an earlier one).
+        now = now or dt.datetime.now(dt.UTC)
+        first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
+        if first is not None:
+            return _same_withdrawal(first, amount_fen), False
+        last = await Withdrawal.filter(earner=earner).order_by("-created_at").first()
+        if last is not None and now - last.created_at < WITHDRAWAL_INTERVAL:
+            wait = WITHDRAWAL_INTERVAL - (now - last.created_at)
+            raise WithdrawalTooSoon(
+                f"one withdrawal every {WITHDRAWAL_INTERVAL.seconds} s: try again in "
+                f"{max(1, int(wait.total_seconds() + 0.999))} s",
+                max(1, int(wait.total_seconds() + 0.999)),
+            )
+        withdrawal = await Withdrawal.create(
+            vendor_code=principal.vendor_code, earner=earner,
+            earner_path=principal.agent_path, request_id=request_id, amount_fen=amount_fen,
+            channel=channel.name, requested_by=f"{principal.role.value}:{principal.subject}"[:64],
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        await post(
+            f"withdrawal:{withdrawal.id}", kind="withdrawal", vendor=principal.vendor_code,
+            legs=[Leg(available, amount_fen),
+                  Leg(commission_account(earner, Bucket.PAYOUT), -amount_fen)],
+            guards=[Guard(available, Side.CREDIT)], now=now, actor=withdrawal.requested_by,
+        )  # fmt: skip
+    result = await channel.submit(withdrawal)
+    if result.outcome is not PayoutOutcome.REQUESTED:
+        withdrawal = await settle_withdrawal(
+            withdrawal.id, paid=result.outcome is PayoutOutcome.PAID, reason=result.reason,
+            reference=result.reference, actor=f"channel:{channel.name}",
+        )  # fmt: skip
+    return withdrawal, True
+
+
+def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
+    if withdrawal.amount_fen != amount_fen:
+        raise Conflict(f"request {withdrawal.request_id} asked for another amount before")
+    return withdrawal
+
+
+async def settle_withdrawal(
+    withdrawal_id: int,
+    *,
+    paid: bool,
+    reason: str,
+    reference: str = "",
+    actor: str = "",
+    channel: str | None = None,
+) -> Withdrawal:
+    """A requested withdrawal was paid out (the vendor's channel credited) or failed (the
+    money back to available), once; a repeat of the same outcome answers it as it is. With
+    `channel`, only a withdrawal of that channel (an operator records manual payouts only: a
+    WeChat transfer's outcome is WeChat Pay's to tell, else a failed one could be paid too)."""
+    target = WithdrawalState.PAID if paid else WithdrawalState.FAILED
+    async with in_transaction("default"):
+        withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
+        if withdrawal is None:
+            raise NotFound(f"withdrawal {withdrawal_id} not found")
+        if channel is not None and withdrawal.channel != channel:
+            raise Conflict(
+                f"withdrawal {withdrawal_id} is paid out through {withdrawal.channel}, not "
+                f"{channel}: its channel settles it"
+            )
+        if withdrawal.state is target:
+            return withdrawal
+        if withdrawal.state is not WithdrawalState.REQUESTED:
+            raise Conflict(
+                f"withdrawal {withdrawal_id} is {withdrawal.state.name.lower()}: it cannot "
+                f"become {target.name.lower()}"
+            )
+        payout = commission_account(withdrawal.earner, Bucket.PAYOUT)
+        amount = int(withdrawal.amount_fen)
+        if paid:
+            other = Leg(channel_account(withdrawal.channel, withdrawal.vendor_code), -amount)
+            key = f"withdrawal-paid:{withdrawal.id}"
+        else:
+            other = Leg(commission_account(withdrawal.earner, Bucket.AVAILABLE), -amount)
+            key = f"withdrawal-failed:{withdrawal.id}"
+        await post(
+            key, kind=key.split(":")[0], vendor=withdrawal.vendor_code,
+            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason,
+        )  # fmt: skip
+        now = dt.datetime.now(dt.UTC)
+        await Withdrawal.filter(id=withdrawal.id).update(
+            state=target, reason=reason[:MAX_REASON], channel_ref=reference[:64],
+            settled_by=actor[:64], updated_at=now,
+        )  # fmt: skip
+    await withdrawal.refresh_from_db()
+    return withdrawal
