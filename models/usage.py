@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 from tortoise import fields
+from tortoise.exceptions import OperationalError
 from tortoise.models import Model
 
 from aquafleet.protocol import EventKind
@@ -283,11 +284,14 @@ async def store_ledger_batch(
         # One receive time per metering round: a set of a few values, however many rows.
         await ensure_for_times(set(map(_received_at, usage)))
         try:
-            await _store(usage, snapshots, activated, service_events, dispenses)
-        except _NO_PARTITION:  # a month dropped behind our back (pruned): check again, once
-            forget_partitions()
-            await ensure_for_times(set(map(_received_at, usage)))
-            await _store(usage, snapshots, activated, service_events, dispenses)
+            try:
+                await _store(usage, snapshots, activated, service_events, dispenses)
+            except _NO_PARTITION:  # a month dropped behind our back (pruned): check, once
+                forget_partitions()
+                await ensure_for_times(set(map(_received_at, usage)))
+                await _store(usage, snapshots, activated, service_events, dispenses)
+        except asyncpg.PostgresError as exc:  # the COPY path's own connection: not Tortoise's
+            raise OperationalError(f"writing the ledger: {exc}") from exc
         return
     await _store(usage, snapshots, activated, service_events, dispenses)
 

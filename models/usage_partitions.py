@@ -130,19 +130,23 @@ async def ensure_months(months: Iterable[dt.date]) -> list[str]:
     missing = sorted(set(months) - known)
     if not missing:
         return []
+    import asyncpg
     from tortoise.transactions import in_transaction
 
     created = []
-    async with in_transaction("default") as conn:
-        await conn.execute_script(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
-        present = {p.month for p in await attached_partitions(conn) if not p.detach_pending}
-        for month in missing:
-            if month in present:
-                continue
-            for sql in attach_sql(month):
-                await conn.execute_script(sql)
-            created.append(partition_name(month))
+    try:
+        async with in_transaction("default") as conn:
+            await conn.execute_script(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
+            present = {p.month for p in await attached_partitions(conn) if not p.detach_pending}
+            for month in missing:
+                if month in present:
+                    continue
+                for sql in attach_sql(month):
+                    await conn.execute_script(sql)
+                created.append(partition_name(month))
+    except asyncpg.PostgresError as exc:  # a lock timeout: the writer retries the batch
+        raise OperationalError(f"making ledger partitions: {exc}") from exc
     known.update(missing)
     return created
 

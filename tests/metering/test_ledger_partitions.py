@@ -1,5 +1,6 @@
-"""The raw ledger's monthly partitions on PostgreSQL: made once when writers race, made again
-when one went missing, and an existing ledger moved into them by the migration."""
+"""The raw ledger's monthly partitions on PostgreSQL: made once when writers race, without
+waiting for open writes or reads, made again when one went missing, a retryable error when the
+partition lock cannot be had, and an existing ledger moved into them by the migration."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import uuid
 
 import asyncpg
 import pytest
+from tortoise.exceptions import OperationalError
 from tortoise.migrations.api import migrate as tortoise_migrate
 
+from aquafleet.models import usage_partitions
 from aquafleet.models.db import close_database, connection, migrate, tortoise_config
 from aquafleet.models.usage import UsageDaily, UsageRecord, UsageRow, store_ledger_batch
 from aquafleet.models.usage_partitions import (
@@ -45,6 +48,45 @@ async def test_racing_writers_create_each_month_once(db):
     assert set(months) <= set(present)
     forget_partitions()  # what another node would see: each month there once, nothing to do
     assert await ensure_months(months) == []
+
+
+async def test_making_a_month_waits_for_no_open_write_or_read(db):
+    at = dt.datetime(2032, 1, 10, tzinfo=dt.UTC)
+    await ensure_months([month_of(at)])
+    raw = await asyncpg.connect(db.replace("postgres://", "postgresql://"))
+    try:
+        async with raw.transaction():  # a writer's transaction, open, and a reader's lock
+            await raw.execute(
+                "INSERT INTO usage_record (did, boot, rec, kind, event_kind, device_ts, "
+                "received_at, delta_ml) VALUES ($1, 1, 1, 32, 0, 0, $2, 5)",
+                DID,
+                at,
+            )
+            await raw.fetchval("SELECT count(*) FROM usage_record WHERE did = $1", DID)
+            # ATTACH needs no lock that inserts or reads hold (CREATE ... PARTITION OF would
+            # wait for this transaction); lock_timeout would fail it after LOCK_TIMEOUT.
+            created = await asyncio.wait_for(ensure_months([next_month(month_of(at))]), 10)
+            assert created == [partition_name(next_month(month_of(at)))]
+    finally:
+        await raw.close()
+    assert await UsageRecord.filter(did=DID).count() == 1
+
+
+async def test_a_month_that_cannot_be_made_now_fails_the_batch_as_a_retryable_error(
+    db, monkeypatch
+):
+    monkeypatch.setattr(usage_partitions, "LOCK_TIMEOUT", "200ms")
+    at = dt.datetime(2033, 5, 1, tzinfo=dt.UTC)
+    other = await asyncpg.connect(db.replace("postgres://", "postgresql://"))
+    try:  # another node holds the partition lock (stuck in its DDL)
+        await other.execute("SELECT pg_advisory_lock($1)", usage_partitions.DDL_LOCK)
+        with pytest.raises(OperationalError):  # what the ledger writer backs off and retries
+            await store_ledger_batch([row(1, at)], [], [])
+        await other.execute("SELECT pg_advisory_unlock($1)", usage_partitions.DDL_LOCK)
+        await store_ledger_batch([row(1, at)], [], [])
+    finally:
+        await other.close()
+    assert await UsageRecord.filter(did=DID).count() == 1
 
 
 async def test_a_month_dropped_behind_the_writers_back_is_made_again(db):
