@@ -283,10 +283,12 @@ _PG_USAGE_SQL = (
     "AND d.day >= (e.whole_from AT TIME ZONE 'UTC')::date "
     "AND d.day < (e.whole_to AT TIME ZONE 'UTC')::date "
     "UNION ALL "
-    "SELECT e.did, u.delta_ml AS ml FROM edges e JOIN usage_record u ON u.did = e.did "
-    "WHERE (e.since < e.whole_from OR e.whole_to < $2) "
-    "AND u.received_at >= $1 AND u.received_at < $2 AND ("
-    "(u.received_at >= e.since AND u.received_at < e.whole_from) OR u.received_at >= e.whole_to)"
+    # per device with a part day, its own rows by index (never a hash of a month's partition)
+    "SELECT e.did, r.ml FROM edges e CROSS JOIN LATERAL (SELECT SUM(u.delta_ml) AS ml "
+    "FROM usage_record u WHERE u.did = e.did AND u.received_at >= $1 AND u.received_at < $2 "
+    "AND ((u.received_at >= e.since AND u.received_at < e.whole_from) "
+    "OR u.received_at >= e.whole_to)) r "
+    "WHERE (e.since < e.whole_from OR e.whole_to < $2) AND r.ml IS NOT NULL"
     ") x GROUP BY did"
 )
 
