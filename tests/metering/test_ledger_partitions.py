@@ -18,6 +18,7 @@ from aquafleet.models.db import close_database, connection, migrate, tortoise_co
 from aquafleet.models.usage import UsageDaily, UsageRecord, UsageRow, store_ledger_batch
 from aquafleet.models.usage_partitions import (
     attached_partitions,
+    drop_months_before,
     ensure_months,
     forget_partitions,
     month_of,
@@ -98,6 +99,27 @@ async def test_a_month_dropped_behind_the_writers_back_is_made_again(db):
     assert await UsageRecord.filter(did=DID).count() == 1  # the dropped month took rec 1
     day = await UsageDaily.get(did=DID, day=at.date())
     assert (day.records, day.water_ml) == (2, 20)  # the rollups stay across the drop
+
+
+async def test_a_drop_cut_short_is_finished_by_the_next_prune(db, monkeypatch):
+    at = dt.datetime(2020, 2, 10, tzinfo=dt.UTC)
+    await store_ledger_batch([row(1, at)], [], [])
+    name = partition_name(month_of(at))
+    monkeypatch.setattr(usage_partitions, "DETACH_TIMEOUT_MS", 300)
+    reader = await asyncpg.connect(db.replace("postgres://", "postgresql://"))
+    try:
+        async with reader.transaction():  # a long report, reading the ledger
+            await reader.fetchval("SELECT count(*) FROM usage_record")
+            with pytest.raises(OperationalError):  # DETACH ... CONCURRENTLY waited for it
+                await drop_months_before(dt.datetime(2020, 3, 1, tzinfo=dt.UTC))
+    finally:
+        await reader.close()
+    # left half detached: still a partition, marked pending, its rows no longer read
+    assert [p.detach_pending for p in await attached_partitions() if p.name == name] == [True]
+    assert await drop_months_before(dt.datetime(2020, 3, 1, tzinfo=dt.UTC)) == [name]
+    assert name not in [p.name for p in await attached_partitions()]
+    assert await UsageRecord.filter(did=DID).count() == 0
+    assert (await UsageDaily.get(did=DID, day=at.date())).records == 1
 
 
 async def test_the_migration_moves_an_existing_ledger_into_monthly_partitions(db):
