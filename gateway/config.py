@@ -68,8 +68,10 @@ class Settings(BaseSettings):
     ledger_retention_days: int = Field(
         400,
         ge=0,
-        description="Raw ledger records (usage_record) older than this many days are deleted, "
-        "hourly, by the scheduler's owner; the per-day rollups stay. 0: keep them for good.",
+        description="Raw ledger records (usage_record) older than this many days are removed, "
+        "hourly, by the scheduler's owner: on PostgreSQL a whole monthly partition once all of "
+        "its month is older, on SQLite row by row; the per-day rollups stay. 0: keep them for "
+        "good.",
     )
     redis_ack_replicas: int = Field(
         0,

@@ -4,8 +4,8 @@ Each stream entry is one metering round of one shard (many records). Writers of 
 one consumer group; an entry is acknowledged (XACK, then XDEL, and the backlog counter lowered)
 only after its records are committed. A writer that crashes leaves its entries pending; on
 restart it writes them again, and a live writer claims the entries of a dead one after
-`ledger_claim_idle_s`. Inserts ignore rows already present (unique did, boot, rec), so a replay
-writes nothing twice.
+`ledger_claim_idle_s`. Inserts ignore rows already present (unique did, boot, rec, and on
+PostgreSQL the entry's receive time, the same in a replay), so a replay writes nothing twice.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from aquafleet.models.usage import (
     ServiceEvent,
     SnapshotRow,
     UsageRow,
+    prepare_ledger_storage,
     store_ledger_batch,
 )
 from aquafleet.protocol import EventKind, FrameType, ProtocolError
@@ -226,6 +227,7 @@ class LedgerWriter:
         while not self._stop:
             try:
                 await self.ensure_groups()
+                await prepare_ledger_storage(dt.datetime.now(dt.UTC))  # partitions ahead
                 await self.drain_own_pending()
                 loop = asyncio.get_running_loop()
                 next_claim = loop.time() + CLAIM_EVERY_S

@@ -424,7 +424,7 @@ async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = No
     from aquafleet.models.vending import expire_dispenses
 
     if pruner is not None and (pruned := await pruner.maybe_prune(dt.datetime.now(dt.UTC))):
-        log.info("ledger_pruned", records=pruned)
+        log.info("ledger_pruned", records=pruned.rows, partitions=list(pruned.partitions))
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)
     if commands is not None:

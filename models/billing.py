@@ -258,11 +258,38 @@ class PeriodSummary:
         }
 
 
-_USAGE_SQL = (
+_USAGE_SQL = (  # SQLite: the raw rows
     "SELECT u.did AS did, SUM(u.delta_ml) AS total FROM usage_record u "
     "JOIN device_billing_plan p ON p.did = u.did "
     "WHERE p.since < {end} AND u.received_at >= {start} AND u.received_at < {end} "
     "AND u.received_at >= p.since GROUP BY u.did"
+)
+
+
+# PostgreSQL: whole UTC days from the per-day rollups (usage_daily, 30 rows a device a month
+# instead of a month of raw rows), raw rows only for the partial days at the ends: the day
+# a device joined its plan part way through, a period bound that is not midnight. `$1`/`$2`
+# also bound the raw rows' receive time, so only the period's monthly partitions are read.
+_PG_USAGE_SQL = (
+    "WITH plan AS (SELECT did, GREATEST(since, $1::timestamptz) AS since "
+    "FROM device_billing_plan WHERE since < $2), "
+    "edges AS (SELECT did, since, whole_from, "
+    "GREATEST(date_trunc('day', $2::timestamptz, 'UTC'), whole_from) AS whole_to FROM ("
+    "SELECT did, since, date_trunc('day', since, 'UTC') + CASE WHEN "
+    "date_trunc('day', since, 'UTC') = since THEN interval '0 days' ELSE interval '1 day' END "
+    "AS whole_from FROM plan) p) "
+    "SELECT did, SUM(ml) AS total FROM ("
+    "SELECT e.did, d.water_ml AS ml FROM edges e JOIN usage_daily d ON d.did = e.did "
+    "AND d.day >= (e.whole_from AT TIME ZONE 'UTC')::date "
+    "AND d.day < (e.whole_to AT TIME ZONE 'UTC')::date "
+    "UNION ALL "
+    # per device with a part day, its own rows by index (never a hash of a month's partition)
+    "SELECT e.did, r.ml FROM edges e CROSS JOIN LATERAL (SELECT SUM(u.delta_ml) AS ml "
+    "FROM usage_record u WHERE u.did = e.did AND u.received_at >= $1 AND u.received_at < $2 "
+    "AND ((u.received_at >= e.since AND u.received_at < e.whole_from) "
+    "OR u.received_at >= e.whole_to)) r "
+    "WHERE (e.since < e.whole_from OR e.whole_to < $2) AND r.ml IS NOT NULL"
+    ") x GROUP BY did"
 )
 
 
@@ -271,7 +298,7 @@ async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str
     from aquafleet.models.db import connection, dialect
 
     if dialect() == "postgres":
-        sql = _USAGE_SQL.format(start="$1", end="$2")
+        sql = _PG_USAGE_SQL
         params: list[Any] = [start, end]
     else:  # SQLite compares the stored text: Tortoise's isoformat(" ") of UTC times
         sql = _USAGE_SQL.format(start="?1", end="?2")

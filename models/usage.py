@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+import asyncpg
 from tortoise import fields
+from tortoise.exceptions import OperationalError
 from tortoise.models import Model
 
 from aquafleet.protocol import EventKind
@@ -126,6 +130,9 @@ class SnapshotRow(NamedTuple):
 
 
 _RECEIVED_AT = {row: row._fields.index("received_at") for row in (UsageRow, SnapshotRow)}
+_received_at = operator.itemgetter(_RECEIVED_AT[UsageRow])
+# asyncpg's error for a row whose month has no partition (SQLSTATE 23514, check_violation)
+_NO_PARTITION = asyncpg.exceptions.CheckViolationError
 _SNAPSHOT_FILTERS = SnapshotRow._fields.index("filters")
 
 _USAGE_COLUMNS = (
@@ -152,11 +159,15 @@ SQLITE_UPSERT_SNAPSHOT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     f"ON CONFLICT (did) DO UPDATE SET {_SNAPSHOT_UPDATE} WHERE {_SNAPSHOT_NEWER}"
 )
+# PostgreSQL partitions usage_record by month of received_at (models/usage_partitions.py), and
+# a unique key there must hold the partition key: a record is unique by (did, boot, rec,
+# received_at). A redelivered stream entry carries the same receive time (the metering round's
+# `at`, set once by meter.lua), so a replay still conflicts, in the same month's partition.
 PG_INSERT_USAGE = (
     f"INSERT INTO usage_record ({_USAGE_COLUMNS}) "
     "SELECT * FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::smallint[], "
     "$5::smallint[], $6::bigint[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[]) "
-    "ON CONFLICT (did, boot, rec) DO NOTHING"
+    "ON CONFLICT (did, boot, rec, received_at) DO NOTHING"
 )
 # The new rows (a replay inserts none) added to their devices' days in the same statement;
 # ordered by (did, day) so concurrent writers lock rollup rows in one order (no deadlock).
@@ -249,6 +260,18 @@ def _dispense_statements(
     return statements
 
 
+async def prepare_ledger_storage(now: dt.datetime) -> list[str]:
+    """The ledger writer's start: on PostgreSQL, this month's partition of the raw ledger and
+    the next (created ahead); returns those it created. Nothing to do on SQLite."""
+    from aquafleet.models.db import dialect
+
+    if dialect() != "postgres":
+        return []
+    from aquafleet.models.usage_partitions import ensure_ahead
+
+    return await ensure_ahead(now)
+
+
 async def store_ledger_batch(
     usage: list[UsageRow],
     snapshots: list[SnapshotRow],
@@ -259,8 +282,36 @@ async def store_ledger_batch(
     """Write a batch of metered records in one transaction; replays insert nothing twice.
 
     `snapshots` holds at most one (the newest) telemetry per device; `activated` names devices
-    that reported and may still be INACTIVE.
+    that reported and may still be INACTIVE. On PostgreSQL the months of the rows, and the
+    next, get their partitions first.
     """
+    from aquafleet.models.db import dialect
+
+    if dialect() == "postgres" and usage:
+        from aquafleet.models.usage_partitions import ensure_for_times, forget_partitions
+
+        # One receive time per metering round: a set of a few values, however many rows.
+        await ensure_for_times(set(map(_received_at, usage)))
+        try:
+            try:
+                await _store(usage, snapshots, activated, service_events, dispenses)
+            except _NO_PARTITION:  # a month dropped behind our back (pruned): check, once
+                forget_partitions()
+                await ensure_for_times(set(map(_received_at, usage)))
+                await _store(usage, snapshots, activated, service_events, dispenses)
+        except asyncpg.PostgresError as exc:  # the COPY path's own connection: not Tortoise's
+            raise OperationalError(f"writing the ledger: {exc}") from exc
+        return
+    await _store(usage, snapshots, activated, service_events, dispenses)
+
+
+async def _store(
+    usage: list[UsageRow],
+    snapshots: list[SnapshotRow],
+    activated: list[str],
+    service_events: Sequence[ServiceEvent],
+    dispenses: Sequence[DispenseDone],
+) -> None:
     from tortoise.transactions import in_transaction
 
     from aquafleet.models.db import dialect
@@ -380,7 +431,8 @@ async def _received_at_of_first(from_id: int) -> dt.datetime | None:
 
 async def prune_usage_records(cutoff: dt.datetime, *, max_rows: int = 1_000_000) -> int:
     """Delete raw ledger rows received before `cutoff`, oldest first, at most `max_rows` in
-    one call; returns how many. The per-day rollups (usage_daily) stay.
+    one call; returns how many. The per-day rollups (usage_daily) stay. SQLite's way:
+    PostgreSQL drops whole monthly partitions instead (prune_ledger).
 
     Ids grow with the time rows are written, so the rows to go are an id range found by a
     binary search over the primary key (no index on received_at, no scan of the table).
@@ -407,6 +459,36 @@ async def prune_usage_records(cutoff: dt.datetime, *, max_rows: int = 1_000_000)
     return deleted
 
 
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one prune removed: raw rows deleted (SQLite) or monthly partitions dropped
+    (PostgreSQL)."""
+
+    rows: int = 0
+    partitions: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.partitions)
+
+
+async def prune_ledger(now: dt.datetime, retention: dt.timedelta) -> Pruned:
+    """Remove raw ledger rows past the retention; the per-day rollups stay.
+
+    PostgreSQL drops each monthly partition once its whole month is older than the retention
+    (rows live between `retention` and `retention` + one month: no row-by-row DELETE of
+    144 M rows a day), and makes sure the months ahead have theirs. SQLite deletes rows.
+    """
+    from aquafleet.models.db import dialect
+
+    cutoff = now - retention
+    if dialect() == "postgres":
+        from aquafleet.models.usage_partitions import drop_months_before, ensure_ahead
+
+        await ensure_ahead(now)
+        return Pruned(partitions=tuple(await drop_months_before(cutoff)))
+    return Pruned(rows=await prune_usage_records(cutoff))
+
+
 class LedgerPruner:
     """Prunes raw ledger rows past the retention, at most once per PRUNE_EVERY_S (run by the
     scheduler's owner: one per cluster)."""
@@ -417,8 +499,8 @@ class LedgerPruner:
         self.retention = dt.timedelta(days=retention_days)
         self.next_at = 0.0
 
-    async def maybe_prune(self, now: dt.datetime) -> int:
+    async def maybe_prune(self, now: dt.datetime) -> Pruned:
         if not self.retention or now.timestamp() < self.next_at:
-            return 0
+            return Pruned()
         self.next_at = now.timestamp() + self.PRUNE_EVERY_S
-        return await prune_usage_records(now - self.retention)
+        return await prune_ledger(now, self.retention)

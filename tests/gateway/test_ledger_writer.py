@@ -22,14 +22,23 @@ from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.ledger import GROUP, LedgerWriter, decode_entries
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.redis_io import Scripts
+from aquafleet.models.db import connection, dialect
 from aquafleet.models.devices import Device, DeviceState
 from aquafleet.models.registry import create_vendor, register_devices, set_device_state
 from aquafleet.models.usage import (
     DeviceSnapshot,
     RecordKind,
+    UsageDaily,
     UsageRecord,
     metered_ml_by_device,
     store_ledger_batch,
+)
+from aquafleet.models.usage_partitions import (
+    attached_partitions,
+    drop_months_before,
+    month_bounds,
+    month_of,
+    next_month,
 )
 from aquafleet.protocol import EventKind, FrameType
 from aquafleet.protocol.message_types import Record
@@ -335,6 +344,70 @@ async def test_a_restarted_writer_rewrites_what_it_read_before_dying(
     assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
     assert await restarted.drain_own_pending() == 0
     assert (await Device.get(did=a)).state is DeviceState.ACTIVE
+
+
+MONTH_START_MS = 1_701_388_800_000  # 2023-12-01 00:00:00 UTC, the month after NOW_MS's
+
+
+async def test_a_batch_across_a_month_boundary_is_redelivered_without_doubling(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    a, b, _ = dids
+    await make_writer("w1").ensure_groups()
+    await meter.send(
+        [(a, telemetry(1, total=100)), (b, telemetry(1, total=70))], MONTH_START_MS - 1
+    )
+    await meter.send([(a, event(2, total=180)), (b, telemetry(2, total=95))], MONTH_START_MS)
+    reply = await read_as(meter.client, meter.keyspace, "w1")  # then the process died ...
+    entries = [entry for _stream, stream_entries in reply for entry in stream_entries]
+    batch = decode_entries(entries)
+    await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])  # ... before XACK
+
+    restarted = make_writer("w1")
+    assert await restarted.drain_own_pending() == 4  # written again ...
+    rows = await usage_rows()
+    assert len(rows) == 4  # ... stored once: each row's receive time is its entry's, again
+    november = dt.datetime.fromtimestamp((MONTH_START_MS - 1) / 1000, dt.UTC)
+    december = dt.datetime.fromtimestamp(MONTH_START_MS / 1000, dt.UTC)
+    assert [r.received_at for r in rows] == [november, december, november, december]
+    await assert_rows_match_the_meter(meter, [a, b])
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+    if dialect() == "postgres":  # two monthly partitions, and the day rollups not doubled
+        homes = await connection().execute_query_dict(
+            "SELECT tableoid::regclass::text AS name, count(*) AS n FROM usage_record GROUP BY 1"
+        )
+        assert {r["name"]: r["n"] for r in homes} == {
+            "usage_record_y2023m11": 2,
+            "usage_record_y2023m12": 2,
+        }
+        days = await UsageDaily.all().order_by("did", "day").values_list("day", "water_ml")
+        nov, dec = november.date(), december.date()
+        assert days == [(nov, 100), (dec, 80), (nov, 70), (dec, 25)]  # a's days, then b's
+
+
+async def test_a_starting_writer_makes_this_month_and_the_next(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    this_month = month_of(now)
+    if dialect() == "postgres":  # as if the writer had not run for months
+        await drop_months_before(month_bounds(next_month(this_month))[1])
+        assert [p.month for p in await attached_partitions() if p.month >= this_month] == []
+    await meter.send([(dids[0], telemetry(1, total=100))], int(now.timestamp() * 1000))
+    writer = make_writer()
+    task = asyncio.create_task(writer.run())
+    try:
+        for _ in range(200):  # bounded: 10 s
+            if await usage_rows():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        writer.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert len(await usage_rows()) == 1
+    if dialect() == "postgres":
+        months = [p.month for p in await attached_partitions()]
+        assert [this_month, next_month(this_month)] == [m for m in months if m >= this_month]
 
 
 async def test_a_live_writer_claims_the_entries_of_a_dead_one(

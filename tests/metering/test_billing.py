@@ -232,6 +232,36 @@ async def test_usage_in_period_counts_what_was_received_in_it(fleet):
     assert usage == {fleet[k]: EXPECTED[k][0] for k in "abcd"}
 
 
+async def test_usage_counts_part_days_at_both_ends_of_a_plan_and_a_period(db: str):
+    """A plan joined at noon and a period ending at 06:00: the part days count only the water
+    received inside them (PostgreSQL adds whole days from the rollups, the ends from rows)."""
+    (f,) = await vendor_with_devices("ACME", 1)
+    plan = await create_billing_plan(
+        "ACME", "postpaid", mode=1, minimum_fen=0, price_fen=150, price_unit_ml=1000
+    )
+    joined = NOV[0] + 9 * DAY + dt.timedelta(hours=12)  # Nov 10 12:00
+    await assign_billing_plan(f, plan.id, joined)
+    second = dt.timedelta(seconds=1)
+    await store_ledger_batch(
+        [
+            usage_row(f, 1, 1, joined - second),  # before the plan: not billed
+            usage_row(f, 2, 20, joined),
+            usage_row(f, 3, 300, joined + 12 * dt.timedelta(hours=1) - second),  # Nov 10 23:59
+            usage_row(f, 4, 4_000, NOV[0] + 15 * DAY),  # a whole day
+            usage_row(f, 5, 50_000, NOV[0] + 24 * DAY + dt.timedelta(hours=5)),  # Nov 25 05:00
+            usage_row(f, 6, 600_000, NOV[0] + 24 * DAY + dt.timedelta(hours=6)),  # 06:00
+        ],
+        [],
+        [],
+    )
+    assert await metered_ml_in_period(*NOV) == {f: 654_320}
+    ends_at_six = NOV[0] + 24 * DAY + dt.timedelta(hours=6)
+    assert await metered_ml_in_period(NOV[0], ends_at_six) == {f: 54_320}
+    within_a_day = (joined - DAY / 2, joined + dt.timedelta(hours=6))  # Nov 10 00:00-18:00
+    assert await metered_ml_in_period(*within_a_day) == {f: 20}
+    assert await metered_ml_in_period(joined + DAY, NOV[1]) == {f: 654_000}
+
+
 async def test_close_records_what_each_billed_device_owes(fleet):
     summary = await close_billing_period(*NOV, AFTER)
     assert await records() == {fleet[k]: v for k, v in EXPECTED.items()}
