@@ -179,15 +179,18 @@ async def test_two_serve_processes_lock_an_expiry_once_and_survive_the_owner_dyi
         owner_key = f"{redis_prefix}:rental:owner"
         owner = (await redis_client.get(owner_key)).decode()
         holder, other = (a, b) if owner == "rent-a" else (b, a)
-        expires_at = int(time.time()) + 4
+        # Far enough ahead that the CLI process and the login (seconds each on a loaded
+        # machine) happen before it: the device must see the rental running, then locked.
+        expires_at = int(time.time()) + 12
         await cli("service", "configure", row["did"], "--mode", "2",
                   "--expires-at", str(expires_at))  # fmt: skip
         device = TestDevice(row["did"], bytes.fromhex(row["key"]), other.tcp_port)
         try:
             logged_in = await device.login()
             assert not logged_in.desired.locked
+            assert time.time() < expires_at, "the setup took longer than the rental"
             holder.kill()  # no lease release: the other process waits out the lease (5 s)
-            _, desired = await next_state(device, timeout=12.0)
+            _, desired = await next_state(device, timeout=20.0)
             assert desired.locked and desired.rental_expires_at == expires_at
             assert (await redis_client.get(owner_key)).decode() == other.env["AQUAFLEET_NODE_ID"]
             assert (await other.metrics())["rental_locks_total"] == 1
