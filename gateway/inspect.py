@@ -13,7 +13,12 @@ from aquafleet.gateway.meter import MeterState
 from aquafleet.gateway.redis_io import mget_any
 from aquafleet.gateway.registry_cache import parse_registry_entry
 from aquafleet.models.devices import Device
-from aquafleet.models.usage import DeviceSnapshot, UsageRecord, metered_ml_by_device
+from aquafleet.models.usage import (
+    DeviceSnapshot,
+    UsageRecord,
+    ledger_row_count,
+    metered_ml_by_device,
+)
 from aquafleet.protocol import FrameType, ProtocolError
 from aquafleet.protocol.message_types import Telemetry
 from aquafleet.protocol.messages import parse_record_payload
@@ -126,9 +131,11 @@ async def device_status(
 
 
 async def platform_status(settings: Settings, client: aioredis.Redis | None) -> dict[str, Any]:
+    records, estimated = await ledger_row_count()
     status: dict[str, Any] = {
         "devices": await Device.all().count(),
-        "ledger_records": await UsageRecord.all().count(),
+        "ledger_records": records,
+        "ledger_records_estimated": estimated,
     }
     if client is None:
         status["redis"] = "not reachable (is `aquafleet serve` running?)"

@@ -190,7 +190,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def render_platform(status: dict[str, Any]) -> str:
     pairs: list[tuple[str, Any]] = [
         ("devices", status["devices"]),
-        ("ledger records", status["ledger_records"]),
+        (
+            "ledger records",
+            f"~{status['ledger_records']} (estimate)"
+            if status.get("ledger_records_estimated")
+            else status["ledger_records"],
+        ),
     ]
     if "redis" in status:
         pairs.append(("redis", status["redis"]))

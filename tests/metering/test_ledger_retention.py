@@ -8,6 +8,7 @@ import datetime as dt
 
 from tortoise.functions import Sum
 
+from aquafleet.gateway.config import Settings
 from aquafleet.models.db import dialect
 from aquafleet.models.device_stats import device_statistics
 from aquafleet.models.usage import (
@@ -150,3 +151,24 @@ async def test_pruning_goes_in_bounded_steps(db):
     assert await prune_usage_records(cutoff, max_rows=10) == 10
     assert await prune_usage_records(cutoff, max_rows=10) == 5
     assert await UsageRecord.filter(did=DID).count() == 5
+
+
+async def test_the_platform_status_counts_the_ledger_without_reading_every_row(db):
+    """`aquafleet status`: SQLite counts; PostgreSQL sums the planner's estimate over the
+    monthly partitions (exact once they are analysed), never a count(*) of years of rows."""
+    from aquafleet.gateway.inspect import platform_status
+    from aquafleet.models.db import connection
+    from aquafleet.models.usage import ledger_row_count
+
+    today = NOW.date()
+    await store_ledger_batch(
+        rows_on(today, 1, 40, 100) + rows_on(today - dt.timedelta(days=40), 41, 25, 10), [], []
+    )
+    if dialect() == "postgres":
+        await connection().execute_script("ANALYZE usage_record")
+        assert await ledger_row_count() == (65, True)
+    else:
+        assert await ledger_row_count() == (65, False)
+    status = await platform_status(Settings(), None)
+    assert status["ledger_records"] == 65
+    assert status["ledger_records_estimated"] is (dialect() == "postgres")
