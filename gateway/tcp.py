@@ -43,6 +43,7 @@ class DeviceConnection(asyncio.Protocol):
         "peer_ip",
         "session",
         "shard",
+        "touched_rx",
         "transport",
         "write_paused",
     )
@@ -57,6 +58,7 @@ class DeviceConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.closed = False
         self.write_paused = False
+        self.touched_rx: float | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
