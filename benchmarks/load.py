@@ -17,6 +17,12 @@ Examples:
   python benchmarks/load.py --devices 2000 --ledger-process --reference mosquitto --rounds 2 \
       --sim "--window 1 --max-rate --duration 20 --seed 1 --workers 2"
   python benchmarks/load.py --devices 15000 --sim "--interval 60 --duration 40 --storm-at 20"
+  python benchmarks/load.py --devices 45000 --workers 3 --sim "--interval 60 --duration 150 \
+      --storm-at 45 --workers 3 --connect-rate 2000 --connect-timeout 60 --check-timeout 300"
+
+With `--workers N` the gateway's RSS is summed over serve and its workers (an embedded Redis
+left out), and the report lists the most open files each of them held: a process may hold at
+most `ulimit -n` (20,000 here), so 45,000 devices need 3 workers and 3 simulator processes.
 """
 
 from __future__ import annotations
