@@ -165,7 +165,10 @@ async def test_disabled_and_key_revoked_while_connected(
     again = device_factory(dev.did, dev.key, node.tcp_port)
     await again.login()
     await status_when(redis_client, keyspace, dev.did, lambda s: s.online)
-    await redis_client.publish(keyspace.node_channel(node.hub.node_id), f"revoke {dev.did} *")
+    # The device's node channel: a plain channel on one Redis, its slot's sharded one on a
+    # cluster (tests/cluster runs this case too).
+    verb, channel = keyspace.device_node_channel(dev.did, node.hub.node_id)
+    await redis_client.execute_command(verb, channel, f"revoke {dev.did} *")
     errors = await again.closed_by_server()
     assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.AUTH_BAD_PROOF]
     status = await status_when(redis_client, keyspace, dev.did, offline)
