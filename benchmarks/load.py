@@ -17,6 +17,12 @@ Examples:
   python benchmarks/load.py --devices 2000 --ledger-process --reference mosquitto --rounds 2 \
       --sim "--window 1 --max-rate --duration 20 --seed 1 --workers 2"
   python benchmarks/load.py --devices 15000 --sim "--interval 60 --duration 40 --storm-at 20"
+  python benchmarks/load.py --devices 45000 --workers 3 --sim "--interval 60 --duration 150 \
+      --storm-at 45 --workers 3 --connect-rate 2000 --connect-timeout 60 --check-timeout 300"
+
+With `--workers N` the gateway's RSS is summed over serve and its workers (an embedded Redis
+left out), and the report lists the most open files each of them held: a process may hold at
+most `ulimit -n` (20,000 here), so 45,000 devices need 3 workers and 3 simulator processes.
 """
 
 from __future__ import annotations
@@ -147,21 +153,47 @@ def wait_settled(pid: int, timeout: float = 60) -> None:
     raise SystemExit(f"process {pid} kept busy for {timeout} s after its start")
 
 
-class Sampler(threading.Thread):
-    """Peak RSS of the gateway while the simulator runs."""
+def open_files(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, PermissionError):
+        return 0
 
-    def __init__(self, pid: int) -> None:
+
+def gateway_pids(serve_pid: int, redis_pids: list[int]) -> list[int]:
+    """The serve process and its workers (with --workers N), an embedded Redis left out."""
+    return [pid for pid in tree(serve_pid) if pid not in redis_pids]
+
+
+def gateway_rss(serve_pid: int, redis_pids: list[int]) -> int:
+    total = 0
+    for pid in gateway_pids(serve_pid, redis_pids):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += rss_bytes(pid)
+    return total
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of the gateway (summed over its processes) while the simulator runs, and the
+    most open files each of its processes held (a worker near the per-process limit, 20,000
+    here, could not accept more)."""
+
+    def __init__(self, serve_pid: int, redis_pids: list[int]) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.serve_pid = serve_pid
+        self.redis_pids = redis_pids
         self.peak_rss = 0
+        self.peak_files: dict[int, int] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            try:
-                self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
-            except FileNotFoundError:
+            pids = gateway_pids(self.serve_pid, self.redis_pids)
+            if not pids:
                 return
+            self.peak_rss = max(self.peak_rss, gateway_rss(self.serve_pid, self.redis_pids))
+            for pid in pids:
+                self.peak_files[pid] = max(self.peak_files.get(pid, 0), open_files(pid))
 
 
 def main() -> int:
@@ -400,9 +432,10 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
             # Its start (imports, database schema) is not per-record work: measure from idle.
             wait_settled(ledger.pid)
         gateway_pid = serve.pid
-        rss_idle = rss_bytes(gateway_pid)
+        rss_idle = gateway_rss(gateway_pid, redis_pid)
         before = process_cpu(gateway_pid, redis_pid, ledger)
-        sampler = Sampler(gateway_pid)
+        load_before = os.getloadavg()
+        sampler = Sampler(gateway_pid, redis_pid)
         sampler.start()
         report_path = workdir / "sim.json"
         sim_command = [
@@ -443,6 +476,12 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
                 name: round(seconds / records * 1e6, 2) if records else None
                 for name, seconds in cpu.items()
             },
+            "workers": args.workers,
+            "load_average_before_after": [
+                [round(v, 2) for v in load_before],
+                [round(v, 2) for v in os.getloadavg()],
+            ],
+            "gateway_open_files_peak": sorted(sampler.peak_files.values(), reverse=True),
             "gateway_rss_idle_mb": round(rss_idle / 2**20, 1),
             "gateway_rss_peak_mb": round(sampler.peak_rss / 2**20, 1),
             "gateway_rss_per_device_kb": round(

@@ -70,6 +70,7 @@ class DeviceLink(Protocol):
     peer_ip: str
     closed: bool
     transport: asyncio.Transport | None  # None on MQTT: the broker holds the socket
+    touched_rx: float | None  # the last_rx presence last wrote for it (None: not yet)
 
     @property
     def session(self) -> LinkSession | None: ...

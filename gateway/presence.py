@@ -108,7 +108,6 @@ class Presence:
         self.keyspace = keyspace
         self.ttl_ms = ttl_ms
         self.flush_interval_s = flush_interval_s
-        self._touched: dict[str, tuple[str, int]] = {}  # did -> (conn id, last seen) written
         self._releases: list[Release] = []
         self._release_wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -178,16 +177,18 @@ class Presence:
         other client (a command on its way, a login) would wait behind it.
         """
         by_shard: dict[int, list[tuple[str, str, int]]] = {}
-        touched: dict[str, tuple[str, int]] = {}
-        previous = self._touched
+        # What each link's last touch wrote is kept on the link (`touched_rx`), not in a dict
+        # of every device here: a dict entry and its tuple cost ~130 bytes per device online,
+        # twice while the next round's dict was built.
+        written: list[tuple[DeviceLink, float]] = []
         for did, conn in self.hub.online.items():
             session = conn.session
             if session is None or conn.closed:
                 continue
-            mark = (conn.conn_id, int(session.last_rx * 1000))
-            touched[did] = mark
-            if previous.get(did) != mark:
-                by_shard.setdefault(conn.shard, []).append((did, *mark))
+            last_rx = session.last_rx
+            if conn.touched_rx != last_rx:
+                by_shard.setdefault(conn.shard, []).append((did, conn.conn_id, int(last_rx * 1000)))
+                written.append((conn, last_rx))
         refreshed = 0
         try:
             for shard, items in by_shard.items():
@@ -201,9 +202,11 @@ class Presence:
                         )
                     )  # fmt: skip
         except GatewayError:
-            self._touched = {}  # not known to be written: all of them next time
+            for conn in self.hub.online.values():
+                conn.touched_rx = None  # not known to be written: all of them next time
             raise
-        self._touched = touched
+        for conn, last_rx in written:
+            conn.touched_rx = last_rx
         return refreshed
 
     async def run_touch(self) -> None:

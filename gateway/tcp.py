@@ -43,6 +43,7 @@ class DeviceConnection(asyncio.Protocol):
         "peer_ip",
         "session",
         "shard",
+        "touched_rx",
         "transport",
         "write_paused",
     )
@@ -57,6 +58,7 @@ class DeviceConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.closed = False
         self.write_paused = False
+        self.touched_rx: float | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -64,9 +66,9 @@ class DeviceConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            set_keepalive(sock)
+        # Keepalive comes with the accepted socket (set on the listener, Linux copies it):
+        # asking uvloop for the socket here would keep a socket object per connection and
+        # make four more per accept, in the middle of a reconnect storm.
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[union-attr]
         self.session = self.hub.new_session()
         self.hub.connection_made(self)
@@ -143,4 +145,5 @@ class DeviceConnection(asyncio.Protocol):
 async def start_tcp_server(hub: Hub, sock: socket.socket) -> asyncio.Server:
     """Serve devices on a listening socket (gateway/startup.py binds it)."""
     loop = asyncio.get_running_loop()
+    set_keepalive(sock)  # inherited by every accepted connection
     return await loop.create_server(lambda: DeviceConnection(hub), sock=sock, backlog=TCP_BACKLOG)

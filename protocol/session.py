@@ -461,6 +461,10 @@ class ServerSession(_Link):
         )
         self._advance(Step.LOGIN_ACCEPTED)
         self.last_rx = now
+        # The login's material is spent (the MAC keys are derived): a gateway holds one session
+        # per connected device, so these ~230 bytes each are worth giving back.
+        self._client_nonce = self._server_nonce = self._proof = b""
+        self._device_key = None
 
     def reject_login(self, code: ErrorCode, reason: str) -> None:
         """Queue AUTH_FAIL and close."""

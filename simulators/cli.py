@@ -101,6 +101,13 @@ def add_sim_parser(commands: Any) -> None:
         help="connection starts per second overall, 0 unlimited (default 5000)",
     )
     sim.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a TCP connect may take before the device gives up and tries again "
+        "(default 10; a modem's own is often 60-75)",
+    )
+    sim.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -177,6 +184,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         workers=args.workers,
         source_ips=args.source_ips,
         connect_rate=args.connect_rate,
+        connect_timeout_s=args.connect_timeout,
         drain_timeout_s=args.drain_timeout,
         check=args.check,
         check_timeout_s=args.check_timeout,

@@ -125,6 +125,8 @@ class SimOptions:
             problems.append("--source-ips must be 1..254")
         if self.connect_rate < 0:
             problems.append("--connect-rate must be >= 0")
+        if not 0 < self.connect_timeout_s <= 300:
+            problems.append("--connect-timeout must be 0..300 s")
         if self.drain_timeout_s < 0 or self.check_timeout_s < 0:
             problems.append("timeouts must be >= 0")
         if self.check not in ("db", "none"):

@@ -78,6 +78,8 @@ class RedisClusterProcess:
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
                     "--appendonly", "no", "--save", "", "--dir", str(node_dir),
+                    # A replica's first full sync otherwise waits 5 s for more replicas.
+                    "--repl-diskless-sync-delay", "0",
                     "--protected-mode", "no",
                 ],
                 stdout=log,
@@ -104,10 +106,15 @@ class RedisClusterProcess:
         self.wait_ok(deadline)
 
     def wait_ok(self, deadline: float) -> None:
-        """Until every live node says cluster_state:ok and knows all 3 masters with slots."""
+        """Until every live node says cluster_state:ok and knows all 3 masters with slots, and
+        every live replica has finished its sync with its master.
+
+        A replica that has never synced refuses to take over ("Disconnected from master for
+        longer than allowed": its data age counts from the epoch), so a master killed before
+        its replica's first sync stays failed for good; a test must not kill one that early."""
         while True:
             alive = [p for p, proc in self.processes.items() if proc.poll() is None]
-            if all(self._ok(port) for port in alive):
+            if all(self._ok(port) and self._synced(port) for port in alive):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
@@ -122,6 +129,11 @@ class RedisClusterProcess:
             if "master" in line and "fail" not in line.split()[2] and len(line.split()) > 8
         ]
         return len(masters) == 3
+
+    def _synced(self, port: int) -> bool:
+        """A master, or a replica whose link to its master is up (its first sync done)."""
+        info = _cli(port, "info", "replication")
+        return "role:master" in info or "master_link_status:up" in info
 
     def masters(self) -> list[int]:
         """Ports of the masters now serving slots."""

@@ -25,7 +25,10 @@ KEEPS_PRESENCE = frozenset({ErrorCode.IDLE_TIMEOUT, ErrorCode.SHUTDOWN, ErrorCod
 class MqttDevice:
     """This node's view of one MQTT device, from its first message until it goes quiet."""
 
-    __slots__ = ("bridge", "closed", "conn_id", "did", "peer_ip", "session", "shard", "transport")
+    __slots__ = (
+        "bridge", "closed", "conn_id", "did", "peer_ip", "session", "shard", "touched_rx",
+        "transport",
+    )  # fmt: skip
 
     def __init__(self, bridge: MqttBridge, did: str, conn_id: str, now: float) -> None:
         hub = bridge.hub
@@ -40,6 +43,7 @@ class MqttDevice:
         )
         self.did = ""  # set by the hub once the device's key held (as on TCP)
         self.shard = 0
+        self.touched_rx: float | None = None
         self.conn_id = conn_id
         self.peer_ip = ""  # the broker authenticated the client; we never see its address
         self.closed = False

@@ -13,6 +13,9 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.redis_io import open_redis
+
+# The API's fixtures, for its cases run on the cluster (test_api_on_cluster.py).
+from tests.api.conftest import api, api_node, tenants  # noqa: F401
 from tests.conftest import TEST_SHARDS
 from tests.redis_cluster import RedisClusterProcess, redis_cluster, redis_server_missing
 

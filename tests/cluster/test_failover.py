@@ -39,12 +39,6 @@ def own_cluster(tmp_path: Path) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue (issue 19): inside the whole suite under pytest -n 2 the replica's "
-    "election was not seen within 60 s in 3 of 3 runs on 2026-12-06, while alone and with the "
-    "rest of tests/cluster it passes every time (about 30 s); the cause is not found yet",
-)
 async def test_a_master_killed_while_devices_pour_loses_nothing_and_doubles_nothing(
     own_cluster: Any, make_settings: Any, device_factory: Any
 ) -> None:

@@ -165,7 +165,10 @@ async def test_disabled_and_key_revoked_while_connected(
     again = device_factory(dev.did, dev.key, node.tcp_port)
     await again.login()
     await status_when(redis_client, keyspace, dev.did, lambda s: s.online)
-    await redis_client.publish(keyspace.node_channel(node.hub.node_id), f"revoke {dev.did} *")
+    # The device's node channel: a plain channel on one Redis, its slot's sharded one on a
+    # cluster (tests/cluster runs this case too).
+    verb, channel = keyspace.device_node_channel(dev.did, node.hub.node_id)
+    await redis_client.execute_command(verb, channel, f"revoke {dev.did} *")
     errors = await again.closed_by_server()
     assert [e.code for e in errors if isinstance(e, Error)] == [ErrorCode.AUTH_BAD_PROOF]
     status = await status_when(redis_client, keyspace, dev.did, offline)
@@ -227,6 +230,35 @@ async def test_a_presence_lost_while_connected_is_restored_by_the_next_touch(
     assert await node.hub.presence.touch() == 1
     after = await status_of(redis_client, keyspace, dev.did)
     assert after.online and after.since_ms == before.since_ms and after.node == before.node
+
+
+async def test_a_touch_writes_the_devices_heard_from_since_and_all_after_a_failed_one(
+    node_factory, device_factory, redis_client, keyspace, monkeypatch
+):
+    from aquafleet.gateway.errors import RedisUnavailable
+
+    node = await node_factory(presence_flush_s=60)  # only the test's touches
+    devices = []
+    for dev in await register_devices(node, 2):
+        devices.append(device_factory(dev.did, dev.key, node.tcp_port))
+        await devices[-1].login()
+    presence = node.hub.presence
+    assert await presence.touch() == 2
+    assert await presence.touch() == 0  # nothing heard since: nothing rewritten
+    await devices[0].send(telemetry(1, int(time.time()), 100))
+    await devices[0].settled()
+    assert await presence.touch() == 1
+
+    async def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RedisUnavailable("touch: Redis is down")
+
+    await devices[1].send(telemetry(1, int(time.time()), 100))
+    await devices[1].settled()
+    with monkeypatch.context() as patch:
+        patch.setattr(presence.scripts, "call", unavailable)
+        with pytest.raises(RedisUnavailable):
+            await presence.touch()
+    assert await presence.touch() == 2  # not known to be written: every device again
 
 
 # ----------------------------------------------------------------------------- readings

@@ -35,6 +35,26 @@ async def test_login_reports_and_acks(node_factory, device_factory):
     await device.close()
 
 
+async def test_a_device_connection_has_tcp_keepalive_so_a_dead_modem_is_noticed(
+    node_factory, device_factory
+):
+    import socket
+
+    from aquafleet.gateway.tcp import KEEPALIVE_COUNT, KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S
+
+    node = await node_factory()
+    (dev,) = await register_devices(node, 1)
+    await device_factory(dev.did, dev.key, node.tcp_port).login()
+    (conn,) = node.hub.online.values()
+    sock = conn.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert (
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    ) == (KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+
+
 async def test_records_stored_in_one_round_are_acked_by_one_watermark(node_factory, device_factory):
     node = await node_factory()
     (dev,) = await register_devices(node, 1)

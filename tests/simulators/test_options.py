@@ -66,6 +66,7 @@ def test_defaults_and_derived_values() -> None:
         ({"drop_rate": -1.0}, "--drop-rate"),
         ({"interval_s": 0.01}, "--interval"),
         ({"check": "maybe"}, "--check"),
+        ({"connect_timeout_s": 0.0}, "--connect-timeout"),
     ],
 )
 def test_validation(overrides: dict[str, Any], message: str) -> None:
@@ -94,12 +95,15 @@ def test_cli_parses_into_options(tmp_path: Path) -> None:
             "none",
             "--storm-at",
             "5",
+            "--connect-timeout",
+            "60",
         ]
     )
     options = options_from_args(args)
     assert options.device_count == 4 and options.port == 7800 and options.window == 16
     assert options.max_rate and options.storm_at_s == 5.0 and options.check == "none"
     assert (options.interval_s, options.drain_timeout_s, options.connect_rate) == (10, 30, 5000)
+    assert options.connect_timeout_s == 60
 
 
 def test_cli_takes_the_database_url_from_the_configuration(tmp_path: Path) -> None:
