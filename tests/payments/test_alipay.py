@@ -439,3 +439,26 @@ async def test_prepay_without_an_alipay_app_is_refused(
     oid = (await shopper.client.call("POST", "/orders", body, expect=201)).data["order_id"]
     answer = await shopper.client.call("POST", f"/orders/{oid}/prepay/alipay", expect=409)
     assert answer.body["code"] == "payment_not_configured"
+
+
+async def test_a_notification_of_no_bill_here_is_recorded_and_taken(shop: AlipayShop):
+    from decimal import Decimal
+
+    from tests.fakes.alipay import FakeTrade
+
+    notify_url = (
+        f"{shop.node.app[PAYMENTS].notify_base_url}/api/v1/payments/alipay/notify/{shop.vid}"
+    )
+    shop.fake.trades[(APP_ID, "NO-SUCH-BILL")] = FakeTrade(
+        APP_ID, "NO-SUCH-BILL", "2026000000000000000000000999", Decimal("12.30"), "x", notify_url
+    )
+    assert await shop.fake.pay("NO-SUCH-BILL") == [200]
+    assert shop.fake.notified[-1] == (200, "success")
+    notice = await PaymentNotice.get(bill_no="NO-SUCH-BILL")
+    assert (notice.outcome, notice.amount_fen, notice.channel) == ("unknown_bill", 1230, "alipay")
+    # A status that is no payment (the trade closed) is taken and changes nothing.
+    trade = shop.fake.trade("NO-SUCH-BILL")
+    trade.status = "TRADE_CLOSED"
+    assert await shop.fake.notify(trade) == 200
+    assert await PaymentNotice.all().count() == 1
+    await assert_ledger_clean()
