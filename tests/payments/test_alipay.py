@@ -2,8 +2,8 @@
 and PostgreSQL: the H5 URL opened and paid, duplicate, forged, other-seller and wrong-amount
 notifications, a late notification found by alipay.trade.query, a bill closed with its order
 (alipay.trade.close) and money arriving after that, partial and full refunds (over-refunds
-refused), a second payment of a paid order, the credentials never shown. The money ledger's
-check is clean after each scenario."""
+refused), a second payment of a paid order, a refund by `aquafleet payments sweep`, the
+credentials never shown. The money ledger's check is clean after each scenario."""
 
 from __future__ import annotations
 
@@ -461,4 +461,34 @@ async def test_a_notification_of_no_bill_here_is_recorded_and_taken(shop: Alipay
     trade.status = "TRADE_CLOSED"
     assert await shop.fake.notify(trade) == 200
     assert await PaymentNotice.all().count() == 1
+    await assert_ledger_clean()
+
+
+async def test_the_sweep_command_refunds_through_alipay(
+    shop: AlipayShop, database_url: str, tmp_path: Any
+):
+    from tests.conftest import MASTER_SECRET
+    from tests.platform.test_cli import aquafleet, clean_env
+
+    oid, total = await shop.order()
+    await shop.opened(oid)
+    await shop.fake.pay(oid)
+    await request_refund(
+        order=await Order.get(oid=oid), amount_fen=total, refund_no="R-cli", reason="退货",
+        actor="test",
+    )  # fmt: skip
+    env = clean_env(
+        data_dir=tmp_path / "cli", master_secret=MASTER_SECRET, database_url=database_url,
+        alipay_gateway_url=shop.fake.gateway,
+        payments_notify_url=f"http://127.0.0.1:{shop.node.http_port}",
+    )  # fmt: skip
+    code, out = await aquafleet(env, "payments", "sweep", "--json")
+    assert code == 0, out
+    lines = out.splitlines()
+    report = json.loads("\n".join(lines[lines.index("{") : lines.index("}") + 1]))
+    assert (report["refunds_sent"], report["refunds_settled"], report["errors"]) == (1, 1, [])
+    assert (await Refund.get(refund_no="R-cli")).state is RefundState.SUCCEEDED
+    assert shop.fake.trade(oid).refunded == shop.fake.trade(oid).total
+    code, out = await aquafleet(env, "money", "check")
+    assert code == 0 and "ledger ok" in out, out
     await assert_ledger_clean()
