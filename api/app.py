@@ -8,6 +8,7 @@ from aiohttp import web
 
 from aquafleet.api import (
     agents,
+    alipay,
     auth,
     broker_auth,
     cards,
@@ -43,7 +44,7 @@ from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 # Every resource module exposes `routes: RouteTable`; its routes are served and documented.
 RESOURCE_MODULES = (
     auth, vendors, agents, devices, commands, members, products, orders, payments, cards,
-    commissions, tickets, technicians, fleet,
+    alipay, commissions, tickets, technicians, fleet,
 )  # fmt: skip
 
 

@@ -207,6 +207,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "notification_refused": (401, "a payment notification's signature, serial or time is wrong"),
     "wechatpay_refused": (502, "WeChat Pay refused the call (the message says why)"),
     "wechatpay_unavailable": (503, "WeChat Pay did not answer; try again"),
+    "alipay_unavailable": (503, "Alipay is not running on this node"),
     "secret_unreadable": (503, "a stored credential does not open with this master secret"),
     "insufficient_funds": (409, "the balance (wallet, available commission) is short of it"),
     "order_state_conflict": (409, "the order's state does not allow this move (data: its state)"),

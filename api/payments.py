@@ -27,9 +27,11 @@ from aquafleet.api.schemas import (
     VendorCode,
 )
 from aquafleet.api.sealing import secret_box
+from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
 from aquafleet.gateway.cards import CardPayments
 from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
+from aquafleet.gateway.providers.alipay import AlipayClient
 from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
 from aquafleet.gateway.providers.wechatpay import (
     WechatPayClient,
@@ -86,6 +88,9 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         service.cards = CardPayments(
             [AllinpayAcquirer(session, service.box, base_url=settings.allinpay_api_url)], service
+        )
+        service.alipay = AlipayPayments(
+            AlipayClient(session, gateway_url=settings.alipay_gateway_url), service.box, service
         )
         sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
             service, app[REDIS], lease_key=app[KEYSPACE].payments_owner,
@@ -166,7 +171,9 @@ class RefundOut(ResponseModel):
 class PaymentOut(ResponseModel):
     """The seed's `payment` block, and the bill's state and refunds."""
 
-    pay_ch: str = Field(description="支付通道: weixin, wallet, card, manual; empty when unpaid")
+    pay_ch: str = Field(
+        description="支付通道: weixin, alipay, wallet, card, manual; empty when unpaid"
+    )
     pay_state: str = Field(description="unpaid, pending (a bill is open), paid, closed")
     pay_tms: UtcDateTime | None = Field(description="支付时间")
     bill_no: str = Field(description="支付号 (our number at the channel)")

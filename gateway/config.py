@@ -309,6 +309,11 @@ class Settings(BaseSettings):
         description="Base URL of Allinpay 收银宝's unified API, the card acquirer "
         "(docs/payments.md; the fake's in development).",
     )
+    alipay_gateway_url: str = Field(
+        "https://openapi.alipay.com/gateway.do",
+        description="Alipay Open Platform's gateway (docs/payments.md; the fake's in development; "
+        "the sandbox is https://openapi-sandbox.dl.alipaydev.com/gateway.do).",
+    )
     payments_notify_url: str = Field(
         "",
         max_length=255,

@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments, RefundResult
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.payouts import WechatNotBound, WechatTransferPayout
+from aquafleet.gateway.providers.alipay import AlipayUnavailable
 from aquafleet.gateway.providers.wechatpay import (
     WechatPayClient,
     WechatPayRefused,
@@ -63,6 +65,7 @@ log = get_logger("aquafleet.payments")
 
 WEIXIN = "weixin"
 WALLET = "wallet"
+ALIPAY = "alipay"
 NOTIFY_PATH = "/api/v1/payments/weixin/notify/{vid}"
 REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 SWEEP_BATCH = 100
@@ -110,6 +113,7 @@ class PaymentService:
         self.apply_service = apply_service  # renewals change their device when paid
         self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
         self.cards: CardPayments | None = None  # the card acquirers (gateway/cards.py)
+        self.alipay: AlipayPayments | None = None  # Alipay (gateway/alipay.py)
 
     async def merchant(self, vendor_code: str) -> WechatPayMerchant:
         vendor = await Vendor.get_or_none(code=vendor_code)
@@ -293,6 +297,10 @@ class PaymentService:
             await self._guarded(
                 report, f"refund {refund.refund_no}", self._check_card_refund, refund, report
             )
+        for refund in await Refund.filter(state=RefundState.REQUESTED, channel=ALIPAY).limit(limit):
+            await self._guarded(
+                report, f"refund {refund.refund_no}", self._check_alipay_refund, refund, report
+            )
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
@@ -301,6 +309,8 @@ class PaymentService:
                 query = self.query_bill
             elif payment.channel == CARD and self.cards is not None:
                 query = self.cards.query_bill
+            elif payment.channel == ALIPAY and self.alipay is not None:
+                query = self.alipay.query_bill
             else:
                 continue
             report.bills_queried += 1
@@ -316,7 +326,9 @@ class PaymentService:
     async def _guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
         try:
             return await step(*args)
-        except (WechatPayUnavailable, AcquirerUnavailable, PaymentNotConfigured) as exc:
+        except (
+            WechatPayUnavailable, AcquirerUnavailable, AlipayUnavailable, PaymentNotConfigured
+        ) as exc:  # fmt: skip
             report.errors.append(f"{what}: {exc}")  # tried again at the next sweep
             log.warning("payments_sweep_deferred", what=what, why=str(exc))
         except DomainError as exc:
@@ -365,6 +377,14 @@ class PaymentService:
                 report.refunds_sent += 1
                 report.refunds_settled += result is RefundResult.SUCCEEDED
             return
+        if (
+            payment is not None
+            and payment.state is PaymentState.PAID
+            and payment.channel == ALIPAY
+            and self.alipay is not None
+        ):
+            self._count_refund(await self.alipay.send_refund(refund, payment), report)
+            return
         if payment is None or payment.state is not PaymentState.PAID or payment.channel != WEIXIN:
             return  # not paid through WeChat Pay: another channel's (or a person's) refund
         merchant = await self.merchant(payment.vendor_code)
@@ -409,6 +429,24 @@ class PaymentService:
             )
             report.refunds_failed += 1
 
+    def _count_refund(self, result: RefundResult | None, report: SweepReport) -> None:
+        if result is RefundResult.FAILED:
+            report.refunds_failed += 1
+        elif result is not None:
+            self.metrics.payments_refunds_sent += 1
+            report.refunds_sent += 1
+            report.refunds_settled += result is RefundResult.SUCCEEDED
+
+    async def _check_alipay_refund(self, refund: Refund, report: SweepReport) -> None:
+        payment = await self._refund_bill(refund)
+        if payment is None or self.alipay is None:
+            return
+        result = await self.alipay.check_refund(refund, payment)
+        if result is RefundResult.SUCCEEDED:
+            report.refunds_settled += 1
+        elif result is RefundResult.FAILED:
+            report.refunds_failed += 1
+
     async def _check_card_refund(self, refund: Refund, report: SweepReport) -> None:
         payment = await self._refund_bill(refund)
         if payment is None or self.cards is None:
@@ -421,6 +459,9 @@ class PaymentService:
             report.refunds_failed += 1
 
     async def _close(self, payment: Payment, report: SweepReport) -> None:
+        if payment.channel == ALIPAY and self.alipay is not None:
+            report.bills_closed += await self.alipay.close(payment)
+            return
         if payment.channel != WEIXIN:
             await close_bill(payment)
             return

@@ -27,7 +27,8 @@ from aquafleet.models.sealed import SecretBox, is_sealed
 
 WEIXIN = "weixin"
 ALLINPAY = "allinpay"
-MERCHANT_CHANNELS = frozenset({WEIXIN, ALLINPAY})
+ALIPAY = "alipay"
+MERCHANT_CHANNELS = frozenset({WEIXIN, ALLINPAY, ALIPAY})
 
 # The vendor's own write-only columns (AX-02, AX-07), sealed in place.
 VENDOR_SECRET_FIELDS = ("mp_secret", "mch_secret")

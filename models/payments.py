@@ -368,7 +368,7 @@ async def check_payments() -> list[Any]:
         channels = [
             a
             for a in taken.get(txn_id, {})
-            if a.startswith(("channel:weixin", "channel:card", "wallet:"))
+            if a.startswith(("channel:weixin", "channel:alipay", "channel:card", "wallet:"))
         ]
         if channels and key not in billed:
             problems.append(LedgerProblem("booked_without_bill", key, ", ".join(channels)))

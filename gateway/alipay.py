@@ -1,0 +1,189 @@
+"""The `alipay` payment channel (pay_ch alipay, docs/payments.md): the H5 payment URL, Alipay's
+asynchronous notifications, and the sweep's steps (late bills queried, bills of closed orders
+closed, refunds sent and checked), each through the shared models (`open_order_bill`,
+`apply_channel_payment` via PaymentService.apply, `settle_refund`), the protocol through
+gateway/providers/alipay.py.
+
+A payment's notice id is `alipay:{trade_no}:{fen}`: the notification and the query's answer of
+the same payment are one notice (whichever comes second is a duplicate), and a notice naming
+another amount is its own (an amount_mismatch does not hide the genuine one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aquafleet.gateway.cards import RefundResult
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.alipay import AlipayClient, AlipayRefused
+from aquafleet.models.alipay import AlipayMerchant, alipay_merchant, fen, verify_notification
+from aquafleet.models.errors import DomainError
+from aquafleet.models.merchants import ALIPAY, PaymentNotConfigured
+from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
+from aquafleet.models.orders import Order, OrderLine
+from aquafleet.models.payments import (
+    ChannelPayment,
+    Outcome,
+    Payment,
+    close_bill,
+    open_order_bill,
+    set_prepay_id,
+)
+
+log = get_logger("aquafleet.alipay")
+
+ALIPAY_NOTIFY_PATH = "/api/v1/payments/alipay/notify/{vid}"
+PAID_STATES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
+PREPAY_ID = "alipay:wap"  # the bill was handed to the member as a wap.pay URL
+NOTIFY_ACK = "success"
+
+
+class AlipayNotificationRefused(DomainError):
+    """A notification we cannot trust (signature, app, seller): nothing changes."""
+
+    code = "notification_refused"
+
+
+def _amount(value: Any) -> int:
+    try:
+        return fen(str(value))
+    except ValueError:
+        return -1  # never a bill's amount: an amount_mismatch
+
+
+class AlipayPayments:
+    """The channel; `payments` is gateway/payments.py's PaymentService (notify base URL,
+    `apply` with its metrics and alerts)."""
+
+    def __init__(self, client: AlipayClient, box: Any, payments: Any) -> None:
+        self.client = client
+        self.box = box
+        self.payments = payments
+
+    async def merchant(self, vendor_code: str) -> AlipayMerchant:
+        return await alipay_merchant(vendor_code, self.box)
+
+    def notify_url(self, vendor_code: str) -> str:
+        base = str(self.payments.notify_base_url).rstrip("/")
+        if not base:
+            raise PaymentNotConfigured("payments_notify_url is not set: Alipay cannot notify")
+        return base + ALIPAY_NOTIFY_PATH.format(vid=vendor_code)
+
+    def _notice(self, vendor_code: str, fields: Mapping[str, Any], bill_no: str) -> ChannelPayment:
+        trade_no = str(fields.get("trade_no", ""))
+        amount = _amount(fields.get("total_amount", ""))
+        return ChannelPayment(
+            notice_id=f"alipay:{trade_no}:{amount}", channel=ALIPAY, vendor=vendor_code,
+            bill_no=bill_no, transaction_no=trade_no, amount_fen=amount,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------- prepay
+
+    async def prepay(self, order: Order, member: Any) -> tuple[Payment, str]:
+        """The order's bill with the channel alipay, and the signed wap.pay URL the member's
+        browser opens to pay it (a new signature each time; the same bill)."""
+        merchant = await self.merchant(order.vendor_id)
+        notify_url = self.notify_url(order.vendor_id)
+        payment = await open_order_bill(order, member.uid, ALIPAY)
+        line = await OrderLine.filter(order_id=order.id).order_by("position").first()
+        subject = str((line.snapshot or {}).get("name", "")) if line else ""
+        url = self.client.wap_pay_url(
+            merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
+            subject=subject or order.oid, notify_url=notify_url,
+        )  # fmt: skip
+        await set_prepay_id(payment, PREPAY_ID)
+        return payment, url
+
+    # ------------------------------------------------------------------------- notifications
+
+    async def notification(self, vendor_code: str, form: Mapping[str, str]) -> Outcome:
+        """A verified trade notification applied; AlipayNotificationRefused otherwise."""
+        merchant = await self.merchant(vendor_code)
+        if not verify_notification(form, merchant.public_key):
+            raise AlipayNotificationRefused("the notification's signature is not Alipay's")
+        if form.get("app_id") != merchant.app_id or form.get("seller_id") != merchant.seller_id:
+            raise AlipayNotificationRefused("the notification is for another app or seller")
+        if form.get("trade_status") not in PAID_STATES:
+            return Outcome.DUPLICATE  # WAIT_BUYER_PAY, TRADE_CLOSED: nothing to do; taken
+        notice = self._notice(vendor_code, form, str(form.get("out_trade_no", "")))
+        outcome: Outcome = await self.payments.apply(notice)
+        return outcome
+
+    # ------------------------------------------------------------------------- the sweep
+
+    async def query_bill(self, payment: Payment) -> Outcome | None:
+        """alipay.trade.query of a late bill; a paid trade applied as its notification."""
+        answer = await self.client.query(await self.merchant(payment.vendor_code), payment.bill_no)
+        if answer is None or answer.get("trade_status") not in PAID_STATES:
+            return None
+        if answer.get("out_trade_no") != payment.bill_no:
+            raise AlipayNotificationRefused("alipay answered about another trade")
+        outcome: Outcome = await self.payments.apply(
+            self._notice(payment.vendor_code, answer, payment.bill_no)
+        )
+        return outcome
+
+    async def close(self, payment: Payment) -> bool:
+        """Close the bill of a closed order at Alipay (alipay.trade.close), then here. A trade
+        the member never opened is closed here only (its URL, opened later and paid, is
+        refunded after close); one already paid is queried (refunded after close). True when
+        closed."""
+        merchant = await self.merchant(payment.vendor_code)
+        try:
+            await self.client.close(merchant, payment.bill_no)
+        except AlipayRefused as exc:
+            if exc.sub_code == "ACQ.TRADE_NOT_EXIST":
+                await close_bill(payment)
+                return True
+            if exc.sub_code != "ACQ.TRADE_STATUS_ERROR":
+                raise
+            if await self.query_bill(payment) is None:
+                await close_bill(payment)  # closed at Alipay before
+                return True
+            return False
+        await close_bill(payment)
+        log.info("bill_closed", bill_no=payment.bill_no, channel=ALIPAY)
+        return True
+
+    async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
+        """alipay.trade.refund, out_request_no our refund number: settled when the money
+        moved (fund_change Y), requested otherwise (the sweep's query settles it), failed when
+        Alipay refuses (an over-refund, a trade that cannot refund)."""
+        merchant = await self.merchant(payment.vendor_code)
+        try:
+            answer = await self.client.refund(
+                merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
+                refund_fen=refund.amount_fen, reason=refund.reason or "退款",
+            )  # fmt: skip
+        except AlipayRefused as exc:
+            await move_refund(
+                refund.refund_no, RefundState.FAILED, channel=ALIPAY, failure=str(exc)
+            )
+            log.error("refund_refused", refund_no=refund.refund_no, why=str(exc))
+            return RefundResult.FAILED
+        await move_refund(refund.refund_no, RefundState.REQUESTED, channel=ALIPAY)
+        if answer.get("fund_change") == "Y":
+            await settle_refund(
+                refund.refund_no, channel=ALIPAY, channel_refund_id=str(answer.get("trade_no", ""))
+            )
+            return RefundResult.SUCCEEDED
+        return RefundResult.PENDING
+
+    async def check_refund(self, refund: Refund, payment: Payment) -> RefundResult:
+        """alipay.trade.fastpay.refund.query of a requested refund: REFUND_SUCCESS settles it;
+        otherwise Alipay did not take it (its documented rule: ask again with the same
+        out_request_no), so the refund is sent again, which Alipay never executes twice."""
+        merchant = await self.merchant(payment.vendor_code)
+        answer = await self.client.query_refund(
+            merchant, bill_no=payment.bill_no, refund_no=refund.refund_no
+        )
+        if answer.get("refund_status") == "REFUND_SUCCESS":
+            if _amount(answer.get("refund_amount", "")) != refund.amount_fen:
+                log.error("refund_amount_mismatch", refund_no=refund.refund_no)
+                return RefundResult.PENDING  # a person's case: never settled on another amount
+            await settle_refund(
+                refund.refund_no, channel=ALIPAY, channel_refund_id=str(answer.get("trade_no", ""))
+            )
+            return RefundResult.SUCCEEDED
+        return await self.send_refund(refund, payment)
