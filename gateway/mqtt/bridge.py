@@ -60,7 +60,7 @@ from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.message_types import Record, Result
 from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
-from aquafleet.protocol.mqtt_envelope import Envelope, open_envelope, uplink_filter
+from aquafleet.protocol.mqtt_envelope import Envelope, TopicCache, open_envelope, uplink_filter
 
 if TYPE_CHECKING:
     from aquafleet.gateway.config import Settings
@@ -145,6 +145,7 @@ class MqttBridge:
             presence_node=MQTT_NODE,
         )
         self.devices: dict[str, MqttDevice] = {}
+        self.topics = TopicCache(self.prefix)  # bounded: emptied when full
         self.outbound: deque[Outgoing] = deque()
         self.outbound_max = settings.mqtt_outbound_max
         self.incoming: deque[tuple[str, bytes]] = deque()  # topic, payload
@@ -291,7 +292,7 @@ class MqttBridge:
         """One message from the broker."""
         self.metrics.mqtt_uplinks_received += 1
         try:
-            envelope = open_envelope(self.prefix, topic_name, payload)
+            envelope = open_envelope(self.prefix, topic_name, payload, self.topics)
         except ProtocolError:
             self.metrics.mqtt_uplinks_malformed += 1
             return
@@ -320,7 +321,8 @@ class MqttBridge:
 
     def handle(self, device: MqttDevice, envelope: Envelope, now: float) -> None:
         """A message of a device whose key is known: check it, then meter or dispatch it."""
-        for event in device.session.receive_data(envelope, now):
+        session = device.session
+        for event in session.receive_data(envelope, now):
             kind = type(event)
             if kind is Record:
                 self.hub.meter.submit(device, event)  # type: ignore[arg-type]
@@ -334,7 +336,8 @@ class MqttBridge:
                     return
             else:
                 self.hub.device_message(device, event)  # an ACK without cid: matched by seq
-        device.flush()
+        if session.needs_flush:
+            device.flush()
 
     def _answered(self, device: MqttDevice, answer: CommandAnswer) -> None:
         """A device's ACK or RESULT of a command: to the command service here, and to every
