@@ -49,6 +49,7 @@ from aquafleet.protocol.mqtt_envelope import (
     Envelope,
     MqttKey,
     ReplayGuard,
+    TopicCache,
     envelope_fields,
     open_envelope,
     seal,
@@ -425,10 +426,12 @@ class MqttDeviceSession:
 
     __slots__ = (
         "_clock",
+        "_downlinks",
         "_guard",
         "_mac",
         "_out",
         "_prefix",
+        "_topics",
         "_tx_seq",
         "connected_ms",
         "did",
@@ -455,6 +458,8 @@ class MqttDeviceSession:
         self._guard = ReplayGuard()
         self._out: list[tuple[str, bytes, int]] = []
         self._tx_seq = 0
+        self._topics: dict[str, tuple[str, bytes]] = {}  # channel -> its topic, str and bytes
+        self._downlinks = TopicCache(prefix, max_topics=8)  # its own down/ack and down/cmd
         self.connected_ms = 0
         self.state = SessionState.CLOSED
 
@@ -499,8 +504,11 @@ class MqttDeviceSession:
         self._tx_seq = (seq + 1) % SEQ_MODULO
         body[MqttKey.SEQ] = seq
         body[MqttKey.SENT_MS] = self._now_ms()
-        name = self.topic(channel)
-        self._out.append((name, seal(self._mac, name, body, self.encoding), qos))
+        names = self._topics.get(channel)
+        if names is None:  # made once per channel, as on the server side
+            name = self.topic(channel)
+            names = self._topics[channel] = (name, name.encode())
+        self._out.append((names[0], seal_topic(self._mac, names[1], body, self.encoding), qos))
         return seq
 
     def send_record(self, record: Telemetry | Event, *, dup: bool = False) -> int:
@@ -521,7 +529,7 @@ class MqttDeviceSession:
         """One downlink message `(topic, payload)`: Ack, Command (acked at once) or Dropped."""
         topic_name, payload = message
         try:
-            envelope = open_envelope(self._prefix, topic_name, payload)
+            envelope = open_envelope(self._prefix, topic_name, payload, self._downlinks)
         except RemoteProtocolError:
             return [Dropped("malformed")]
         frame_type = DOWNLINK_TYPES.get(envelope.channel)

@@ -3,8 +3,9 @@
 One broker connection per node (gateway/mqtt/client.py: MQTT 3.1.1 over an asyncio Protocol,
 the packets of protocol/mqtt_wire.py) subscribes to every device's uplink with a shared
 subscription (`$share/<group>/<prefix>/+/up/#` and `.../+/status`, QoS 0: see SUBSCRIBE_QOS),
-so the nodes of a group split the load. Every message a socket read holds goes straight into
-our bounded queue; acks and commands are published a batch per write. (Through aiomqtt and
+so the nodes of a group split the load. Every message a socket read holds is handled as the
+read is (as TCP frames are), or, while reads are paused or older messages wait, put in our
+bounded queue; acks and commands are published a batch per write. (Through aiomqtt and
 paho, the same work took paho's general-purpose packet handling and thread-safe publish path:
 44% of the bridge's main thread, docs/benchmarks.md.)
 A device's first message on this node holds until its key is known: the hub's LoginBatcher
@@ -189,12 +190,19 @@ class MqttBridge:
         )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """A message from the broker (as its read is handled): queue it; full: drop the
-        newest, counted (it was not acked: its device resends it)."""
-        if len(self.incoming) >= self.incoming_max:
+        """A message from the broker (as its read is handled): handled at once, as a TCP
+        frame is, unless reads are paused or older messages wait (then queued behind them;
+        full: the newest dropped, counted: it was not acked, its device resends it). Handling
+        it here spares a task switch per read (the consumer's), most of what MQTT cost above
+        TCP per record once the messages themselves were cheap (docs/benchmarks.md)."""
+        incoming = self.incoming
+        if not incoming and self.accepting and not self.hub.reads_paused:
+            self.receive(topic, payload, time.time())
+            return
+        if len(incoming) >= self.incoming_max:
             self.metrics.mqtt_uplinks_dropped += 1
             return
-        self.incoming.append((topic, payload))
+        incoming.append((topic, payload))
         self._in_wake.set()
 
     async def run(self) -> None:
