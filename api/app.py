@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -93,6 +95,7 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.redis_prefix,
         access_ttl_s=settings.api_access_token_ttl_s,
         refresh_ttl_s=settings.api_refresh_token_ttl_s,
+        cache_s=settings.api_token_cache_s,
     )
     tokens.register_loader(ADMIN_ROLES | TECHNICIAN_ONLY, reload_admin)
     app[TOKENS] = tokens
@@ -102,7 +105,13 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
     for table in route_tables():
         for hook in table.startup:
             hook(app)
-    yield
+    revocations = asyncio.create_task(tokens.follow_revocations(), name="api-token-revocations")
+    try:
+        yield
+    finally:
+        revocations.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await revocations
 
 
 def setup_api(app: web.Application) -> None:

@@ -8,6 +8,7 @@ device's other state, so any node answers `GET .../commands/{cid}`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Literal
 
@@ -27,6 +28,7 @@ from aquafleet.api.schemas import (
 )
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.gateway.commands import KEEP_LISTED, CommandKind, CommandRecord, CommandState
+from aquafleet.gateway.service_state import ServiceState
 from aquafleet.models.commands import (
     NAME_OF_OP,
     OP_ARGUMENT,
@@ -205,8 +207,32 @@ async def _target(principal: Principal, did: str, op: str) -> CommandTarget:
     return target
 
 
+async def _target_and_state(
+    call: Call, did: str, op: str
+) -> tuple[CommandTarget, ServiceState | None]:
+    """`_target`, and for a dispense the device's live state (its locks), read from Redis
+    while the database answers: one wait instead of two on every dispense's path. The read
+    is never cancelled half-way (it shares a Redis connection); when the device is not the
+    caller's, its answer is dropped unseen."""
+    if op != "dispense":
+        return await _target(call.principal, did, op), None
+    read = asyncio.ensure_future(call.app[DEVICE_GATEWAY].read_service(did))
+    try:
+        target = await _target(call.principal, did, op)
+    except BaseException:
+        await asyncio.wait([read])
+        if not read.cancelled():
+            read.exception()  # retrieved: the caller's error is the one that matters
+        raise
+    return target, await read
+
+
 async def _issue(
-    call: Call, did: str, mode: ServiceMode | None, body: CommandIn
+    call: Call,
+    did: str,
+    mode: ServiceMode | None,
+    body: CommandIn,
+    service_state: ServiceState | None = None,
 ) -> CommandRecord | None:
     """Send the command; the record once final, or as it stands after body.wait_ms."""
     check_command_allowed(body.op, mode, member=call.principal.role is Role.MEMBER)
@@ -214,6 +240,7 @@ async def _issue(
     return await call.app[DEVICE_GATEWAY].send_command(
         did, OP_NAMES[body.op], args, mode=mode, issuer=issuer_of(call.principal),
         reason=body.reason, timeout_s=body.timeout_s, wait_s=body.wait_ms / 1000,
+        service_state=service_state,
     )  # fmt: skip
 
 
@@ -247,8 +274,8 @@ async def _answer(call: Call, did: str, cid: int, wait_ms: int) -> CommandOut:
 async def send_command(call: Call) -> CommandOut:
     params: DevicePath = call.params
     body: CommandIn = call.body
-    device = await _target(call.principal, params.did, body.op)
-    record = await _issue(call, device.did, device.mode, body)
+    device, service_state = await _target_and_state(call, params.did, body.op)
+    record = await _issue(call, device.did, device.mode, body, service_state)
     if record is None:  # its log entry expired at once: only a Redis flush does that
         raise NotFoundError(f"the command to device {device.did} was lost")
     if record.state is CommandState.FAILED and record.error == "device_offline":

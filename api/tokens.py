@@ -12,10 +12,20 @@ are stored, so a Redis dump holds nothing a client could send).
   ends the session for everyone.
 - revoke: logout deletes the session; `revoke_subject` ends every session of an account
   (password change, disabling, deregistration), through a set of sids per account.
+
+Verified access tokens are kept in memory for `cache_s` (default 5 s, within the token's
+lifetime) so that a busy client's requests do not each read Redis (a round trip on every
+command's path, docs/benchmarks.md). Revocation stays immediate: whatever ends or rotates a
+session publishes its sid on the revocation channel in the same pipeline, every node's
+`follow_revocations` drops it, and the node that made the change drops it at once. The cache
+is used only while that channel is followed (subscription confirmed); a lost subscription
+empties it, and an answer read from Redis is cached only if no revocation arrived meanwhile.
+On Redis Cluster (no plain pub/sub channel here) the cache stays off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -24,15 +34,22 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
+from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.models.tenancy import Principal, Role
 
+log = get_logger("aquafleet.api.tokens")
+
 PRUNE_SESSIONS_OVER = 32  # an account's set of sids is pruned of expired ones past this
+CACHE_MAX = 10_000  # verified tokens kept in memory; when full, emptied (they are re-read)
+FOLLOW_RETRY_S = 1.0
 TOKEN_RE = re.compile(r"^([ar])\.([0-9a-f]{32})\.([A-Za-z0-9_-]{43})$")
 
 # KEYS[1] session; ARGV: presented refresh hash, now ms, new access hash, access exp ms,
@@ -98,16 +115,73 @@ def principal_from_json(raw: bytes | str) -> Principal:
     )
 
 
+class _Verified(NamedTuple):
+    """An access token read from Redis and found good: whom it names, until when."""
+
+    token: str
+    principal: Principal
+    expires_ms: int  # the token's own expiry
+    until: float  # monotonic: kept no longer than this
+
+
 @dataclass
 class TokenService:
     redis: aioredis.Redis
     prefix: str  # the configured redis_prefix; keys live under "{prefix}:api:"
     access_ttl_s: int = 900
     refresh_ttl_s: int = 14 * 86400
+    cache_s: float = 0.0  # 0: no cache (it also needs follow_revocations running)
 
     def __post_init__(self) -> None:
         self._loaders: dict[Role, PrincipalLoader] = {}
         self._rotate = self.redis.register_script(_ROTATE_LUA)
+        self.revoked_channel = f"{self.prefix}:api:revoked"
+        self._verified: dict[str, _Verified] = {}  # sid -> its access token, verified
+        self._following = False  # the revocation channel's subscription is confirmed
+        self._revocations = 0  # revocations seen: a read that overlapped one is not cached
+
+    # ------------------------------------------------------------------ the cache
+
+    def _forget(self, sid: str) -> None:
+        self._revocations += 1
+        self._verified.pop(sid, None)
+
+    def _remember(self, sid: str, token: str, principal: Principal, expires_ms: int) -> None:
+        if len(self._verified) >= CACHE_MAX:
+            self._verified.clear()
+        until = time.monotonic() + self.cache_s
+        self._verified[sid] = _Verified(token, principal, expires_ms, until)
+
+    async def follow_revocations(self) -> None:
+        """Follow the revocation channel until cancelled (the cache is used only meanwhile);
+        on a Redis failure, empty the cache and subscribe again."""
+        if self.cache_s <= 0 or isinstance(self.redis, RedisCluster):
+            return  # no cache wanted, or a cluster client (no plain pub/sub here)
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.revoked_channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._verified.clear()  # whatever was cached before is unknown
+                        self._following = True
+                    elif message["type"] == "message":
+                        self._forget(_text(message["data"]))
+            except (RedisError, OSError) as exc:
+                log.warning("token_revocations_reconnecting", error=str(exc))
+                self._stop_following()
+                await asyncio.sleep(FOLLOW_RETRY_S)
+            finally:
+                self._stop_following()
+                await pubsub.aclose()
+
+    def _stop_following(self) -> None:
+        self._following = False
+        self._revocations += 1
+        self._verified.clear()
 
     def register_loader(self, roles: Iterable[Role], loader: PrincipalLoader) -> None:
         """At refresh, `loader` re-reads the principal (None: the account may not log in)."""
@@ -174,6 +248,16 @@ class TokenService:
     async def authenticate(self, access_token: str) -> Principal:
         """The principal of a live access token; TokenRejected otherwise."""
         sid = self._sid(access_token, "a")
+        if self._following:
+            known = self._verified.get(sid)
+            if (
+                known is not None
+                and hmac.compare_digest(known.token, access_token)
+                and time.monotonic() < known.until
+                and time.time() * 1000 <= known.expires_ms
+            ):
+                return known.principal
+        revocations = self._revocations
         with redis_errors("token check"):
             at, at_exp, raw = await self.redis.hmget(
                 self._session_key(sid), ["at", "at_exp", "principal"]
@@ -182,9 +266,13 @@ class TokenService:
             raise TokenRejected("the token is unknown, expired or revoked")
         if not hmac.compare_digest(_text(at), _hash(access_token)):
             raise TokenRejected("the token is unknown, expired or revoked")
-        if int(at_exp) < time.time() * 1000:
+        expires_ms = int(at_exp)
+        if expires_ms < time.time() * 1000:
             raise TokenRejected("the token has expired; refresh it")
-        return principal_from_json(raw)
+        principal = principal_from_json(raw)
+        if self._following and revocations == self._revocations:
+            self._remember(sid, access_token, principal, expires_ms)
+        return principal
 
     async def refresh(self, refresh_token: str) -> tuple[TokenPair, Principal]:
         """Rotate: a new access and refresh token for a current refresh token."""
@@ -214,8 +302,11 @@ class TokenService:
             self.refresh_ttl_s * 1000,
             principal_to_json(principal),
         ]
+        self._forget(sid)  # the access token changes (or the session ends) here
         with redis_errors("token refresh"):
             result = int(await self._rotate(keys=[key], args=args))
+            if result > 0:  # the old access token is void everywhere at once
+                await self.redis.publish(self.revoked_channel, sid)
         if result == 0:
             raise TokenRejected("the refresh token is unknown, expired or revoked")
         if result < 0:
@@ -229,26 +320,31 @@ class TokenService:
         await self.end_session(self._sid(access_token, "a"), principal)
 
     async def end_session(self, sid: str, principal: Principal) -> None:
+        self._forget(sid)
         with redis_errors("token revoke"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(self._session_key(sid))
                 pipe.srem(self._subject_key(principal.role, principal.subject), sid)
+                pipe.publish(self.revoked_channel, sid)
                 await pipe.execute()
 
     async def revoke_subject(self, role: Role | str, subject: str) -> int:
         """End every session of one account; the number ended."""
         subject_key = self._subject_key(role, subject)
         with redis_errors("token revoke"):
-            sids = await self.redis.smembers(subject_key)
+            sids = [_text(s) for s in await self.redis.smembers(subject_key)]
             if not sids:
                 return 0
-            keys = [self._session_key(_text(s)) for s in sids]
+            for sid in sids:
+                self._forget(sid)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.delete(key)
+                for sid in sids:
+                    pipe.delete(self._session_key(sid))
+                for sid in sids:
+                    pipe.publish(self.revoked_channel, sid)
                 pipe.delete(subject_key)
                 results = await pipe.execute()
-        return sum(int(r) for r in results[:-1])
+        return sum(int(r) for r in results[: len(sids)])
 
     @staticmethod
     def _sid(token: str, kind: str) -> str:

@@ -32,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 import uvloop
 
 PASSWORD = "bench-password-1"
-FLOOR = "http_floor"  # GET /healthz at the same rate: what any request costs here
+FLOOR = "http_floor"  # GET /healthz at the same rhythm: what any request costs here
+AUTH_FLOOR = "auth_me"  # GET /api/v1/auth/me: token check and one database lookup, no device
+COMMAND_PATHS = 2  # same_node, cross_node
+REDIS_FLOOR = "redis_ping"  # the load client's own PING to the same Redis: the machine's delay
 STAGE_MARKS = ("created_at", "sent_at", "delivered_at", "done_at")
 STAGE_NAMES = (
     "request_to_logged",  # HTTP, auth, device lookup, the create step
@@ -85,13 +89,13 @@ def summary(latencies_ms: list[float]) -> dict[str, float]:
 
 async def run_commands(
     http_port: int, token: str, targets: dict[str, list[str]], count: int, concurrency: int,
-    seed: int, rate: float,
+    seed: int, rate: float, redis_url: str,
 ) -> dict[str, Any]:  # fmt: skip
     """`count` commands per path, paths interleaved. With `rate` > 0, commands start at that
     many per second (Poisson arrivals, open loop: latency counts from the planned start, so a
     stalled server is not hidden by fewer requests); with 0, `concurrency` run back to back."""
     rng = random.Random(seed)
-    targets = {**targets, FLOOR: [""]}
+    targets = {**targets, FLOOR: [""], AUTH_FLOOR: [""], REDIS_FLOOR: [""]}
     plan = [(path, rng.choice(dids)) for path, dids in targets.items() for _ in range(count)]
     rng.shuffle(plan)
     latencies: dict[str, list[float]] = {path: [] for path in targets}
@@ -110,6 +114,22 @@ async def run_commands(
         if path == FLOOR:  # the harness and HTTP alone: a trivial endpoint, same rhythm
             async with session.get(f"http://127.0.0.1:{http_port}/healthz") as resp:
                 await resp.read()
+            latencies[path].append((time.perf_counter() - planned) * 1000)
+            return
+        if path == AUTH_FLOOR:  # what any authenticated request costs: token, one lookup
+            async with session.get(
+                f"http://127.0.0.1:{http_port}/api/v1/auth/me", headers=headers
+            ) as resp:
+                await resp.read()
+                ok = resp.status == 200
+            if ok:
+                latencies[path].append((time.perf_counter() - planned) * 1000)
+            else:
+                failures[path][f"http_{resp.status}"] = failures[path].get(
+                    f"http_{resp.status}", 0) + 1  # fmt: skip
+            return
+        if path == REDIS_FLOOR:  # no aquafleet code at all: one Redis round trip from here
+            await redis_client.ping()
             latencies[path].append((time.perf_counter() - planned) * 1000)
             return
         async with session.post(f"{base}/{did}/commands", json=body, headers=headers) as resp:
@@ -135,8 +155,11 @@ async def run_commands(
     async def open_loop(session: aiohttp.ClientSession) -> None:
         running: set[asyncio.Task[None]] = set()
         planned = time.perf_counter()
+        # `rate` counts commands (both command paths); each reference path runs at the same
+        # rhythm as one command path.
+        arrivals = rate * len(targets) / COMMAND_PATHS
         for path, did in plan:
-            planned += rng.expovariate(rate)
+            planned += rng.expovariate(arrivals)
             delay = planned - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -146,7 +169,9 @@ async def run_commands(
         await asyncio.gather(*running)
 
     connector = aiohttp.TCPConnector(limit=0 if rate > 0 else concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    redis_client = aioredis.Redis.from_url(redis_url)
+    async with aiohttp.ClientSession(connector=connector) as session, redis_client:
+        await redis_client.ping()  # connected before the clock runs
         started = time.perf_counter()
         if rate > 0:
             await open_loop(session)
@@ -186,7 +211,8 @@ def main() -> int:
     parser.add_argument("--commands", type=int, default=3000, help="per path (same, cross)")
     parser.add_argument(
         "--rate", type=float, default=50.0,
-        help="commands started per second, open loop (0: back to back, see --concurrency)",
+        help="commands started per second (same and cross node together), open loop; each "
+        "reference path at the rhythm of one command path (0: back to back, see --concurrency)",
     )  # fmt: skip
     parser.add_argument(
         "--concurrency", type=int, default=8, help="with --rate 0: commands in flight"
@@ -197,6 +223,10 @@ def main() -> int:
     parser.add_argument(
         "--ledger-inline", action="store_true",
         help="write the ledger inside each gateway process (default: one `aquafleet ledger`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port-base", type=int, default=7960,
+        help="node A listens on TCP BASE and HTTP BASE+300, node B on BASE+1 and BASE+301",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -235,7 +265,8 @@ def main() -> int:
             writer.writeheader()
             writer.writerows(group)
 
-    ports = {"a": (7960, 8260), "b": (7961, 8261)}
+    base = args.port_base
+    ports = {"a": (base, base + 300), "b": (base + 1, base + 301)}
     processes: list[subprocess.Popen[Any]] = []
     try:
         for name, (tcp, http) in ports.items():
@@ -273,16 +304,25 @@ def main() -> int:
             time.sleep(1)
         time.sleep(args.interval)  # let the background reporting settle into its rhythm
         token = uvloop.run(login(ports["a"][1]))
+        load_before = os.getloadavg()
         targets = {
             "same_node": [r["did"] for r in groups["a"]],
             "cross_node": [r["did"] for r in groups["b"]],
         }
         result = uvloop.run(
             run_commands(
-                ports["a"][1], token, targets, args.commands, args.concurrency, args.seed, args.rate
+                ports["a"][1],
+                token,
+                targets,
+                args.commands,
+                args.concurrency,
+                args.seed,
+                args.rate,
+                args.redis_url,
             )
         )
         report = {
+            "load_average": [os.getloadavg(), load_before],
             "devices": args.devices,
             "commands_per_path": args.commands,
             "rate_per_s": args.rate,

@@ -208,6 +208,14 @@ class Settings(BaseSettings):
     api_access_token_ttl_s: int = Field(
         900, ge=60, le=86400, description="Lifetime of an API access token (bearer)."
     )
+    api_token_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="How long a node may answer an access token it verified from memory, "
+        "while it follows the revocation channel (logout, password change and rotation reach "
+        "every node at once through it); 0: every request reads the session from Redis.",
+    )
     api_refresh_token_ttl_s: int = Field(
         14 * 86400,
         ge=300,

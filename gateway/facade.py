@@ -130,8 +130,11 @@ class DeviceGateway:
         reason: str,
         timeout_s: int,
         wait_s: float,
+        service_state: ServiceState | None = None,
     ) -> CommandRecord | None:
         """Send a command; the record once final, or as it stands after `wait_s`.
+        `service_state`: the device's live state when the caller read it already (a dispense
+        checks its locks), else it is read here.
 
         Lock and unlock change the desired state (recorded in the service log with `reason`)
         and log a command that succeeds when the device holds that state's version. A dispense
@@ -151,7 +154,8 @@ class DeviceGateway:
             )  # fmt: skip
             return await commands.wait(did, int(session.cid), wait_s)
         if op is CommandOp.DISPENSE:
-            check_not_locked(did, "dispense", (await self._store.read(did)).lock_reasons)
+            state = service_state if service_state is not None else await self._store.read(did)
+            check_not_locked(did, "dispense", state.lock_reasons)
         return await commands.issue_and_wait(
             did, op, args, timeout_s=timeout_s, wait_s=wait_s, issuer=issuer
         )

@@ -49,9 +49,11 @@ from aquafleet.protocol.mqtt_envelope import (
     Envelope,
     MqttKey,
     ReplayGuard,
+    TopicCache,
     envelope_fields,
     open_envelope,
     seal,
+    seal_topic,
     tag_ok,
     topic,
 )
@@ -120,6 +122,7 @@ class MqttServerSession:
         "_mac",
         "_out",
         "_prefix",
+        "_topics",
         "_tx_seq",
         "close_code",
         "connected_ms",
@@ -164,6 +167,7 @@ class MqttServerSession:
         self._held: list[Envelope] = []
         self._out: list[tuple[str, bytes, int]] = []
         self._tx_seq = 0
+        self._topics: dict[str, tuple[str, bytes]] = {}  # channel -> its topic, str and bytes
         self._commands: dict[int, int] = {}  # cid -> seq of the commands sent, newest last
         self._desired: DesiredState | None = None  # claimed at login, not yet taken
 
@@ -250,6 +254,12 @@ class MqttServerSession:
         self._desired = desired
 
     @property
+    def needs_flush(self) -> bool:
+        """Whether the caller has anything to take: drops, held messages, a desired state or
+        messages to publish (after most messages, nothing: the meter's round acks them)."""
+        return bool(self.drops or self._held or self._out or self._desired is not None)
+
+    @property
     def has_desired(self) -> bool:
         return self._desired is not None
 
@@ -279,24 +289,25 @@ class MqttServerSession:
         mac = self._mac
         if self.state is not SessionState.ONLINE or mac is None:
             return []
-        channel = envelope.channel
+        _, _, channel, encoding, signed, tag = envelope
         if not tag_ok(mac, envelope):
             return [UplinkDropped("forged", channel)]
+        payload = signed[1:]
         try:
-            body = decode_payload(envelope.body, envelope.encoding)
+            body = decode_payload(payload, encoding)
             if channel == Channel.STATUS:
                 return self._status(body, envelope, now)
             seq, sent_ms = envelope_fields(body)
         except RemoteProtocolError:
             return [UplinkDropped("malformed", channel)]
-        verdict = self._guard.check(sent_ms, envelope.tag, int(self._clock() * 1000))
+        verdict = self._guard.check(sent_ms, tag, int(self._clock() * 1000))
         if verdict is not None:
             return [UplinkDropped(verdict, channel)]
         self.last_rx = now  # a verified, fresh message: the device is alive
         frame_type = UPLINK_TYPES.get(channel)
         if frame_type is None:
             return [UplinkDropped("malformed", channel)]  # a downlink topic, published by a device
-        frame = Frame(frame_type, envelope.encoding << Flag.ENCODING_SHIFT, seq, envelope.body)
+        frame = Frame(frame_type, encoding << Flag.ENCODING_SHIFT, seq, payload)
         try:
             if frame_type in RECORD_TYPES:
                 return [record_from_map(body, frame)]
@@ -347,8 +358,11 @@ class MqttServerSession:
         seq = self._next_seq()
         body[MqttKey.SEQ] = seq
         body[MqttKey.SENT_MS] = int(self._clock() * 1000)
-        name = topic(self._prefix, self.did, channel)
-        self._out.append((name, seal(self._mac, name, body, self.encoding), qos))
+        names = self._topics.get(channel)
+        if names is None:  # made once per channel: an ack goes out for every few records
+            name = topic(self._prefix, self.did, channel)
+            names = self._topics[channel] = (name, name.encode())
+        self._out.append((names[0], seal_topic(self._mac, names[1], body, self.encoding), qos))
         return seq
 
     def ack(self, seq: int, rc: int, watermark: tuple[int, int] | None = None) -> None:
@@ -412,10 +426,12 @@ class MqttDeviceSession:
 
     __slots__ = (
         "_clock",
+        "_downlinks",
         "_guard",
         "_mac",
         "_out",
         "_prefix",
+        "_topics",
         "_tx_seq",
         "connected_ms",
         "did",
@@ -442,6 +458,8 @@ class MqttDeviceSession:
         self._guard = ReplayGuard()
         self._out: list[tuple[str, bytes, int]] = []
         self._tx_seq = 0
+        self._topics: dict[str, tuple[str, bytes]] = {}  # channel -> its topic, str and bytes
+        self._downlinks = TopicCache(prefix, max_topics=8)  # its own down/ack and down/cmd
         self.connected_ms = 0
         self.state = SessionState.CLOSED
 
@@ -486,8 +504,11 @@ class MqttDeviceSession:
         self._tx_seq = (seq + 1) % SEQ_MODULO
         body[MqttKey.SEQ] = seq
         body[MqttKey.SENT_MS] = self._now_ms()
-        name = self.topic(channel)
-        self._out.append((name, seal(self._mac, name, body, self.encoding), qos))
+        names = self._topics.get(channel)
+        if names is None:  # made once per channel, as on the server side
+            name = self.topic(channel)
+            names = self._topics[channel] = (name, name.encode())
+        self._out.append((names[0], seal_topic(self._mac, names[1], body, self.encoding), qos))
         return seq
 
     def send_record(self, record: Telemetry | Event, *, dup: bool = False) -> int:
@@ -508,7 +529,7 @@ class MqttDeviceSession:
         """One downlink message `(topic, payload)`: Ack, Command (acked at once) or Dropped."""
         topic_name, payload = message
         try:
-            envelope = open_envelope(self._prefix, topic_name, payload)
+            envelope = open_envelope(self._prefix, topic_name, payload, self._downlinks)
         except RemoteProtocolError:
             return [Dropped("malformed")]
         frame_type = DOWNLINK_TYPES.get(envelope.channel)

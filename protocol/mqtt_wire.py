@@ -51,6 +51,7 @@ class PublishFlag:
 
 
 SUBACK_FAILURE = 0x80
+_PUBLISH_QOS0 = PacketType.PUBLISH << 4  # no DUP, QoS 0, no RETAIN
 PINGREQ = bytes((PacketType.PINGREQ << 4, 0))
 DISCONNECT = bytes((PacketType.DISCONNECT << 4, 0))
 
@@ -220,7 +221,19 @@ class PacketReader:
             stop = start + size
             if stop > end:
                 break
-            packets.append(_decode(first, buffer[start:stop]))
+            if first == _PUBLISH_QOS0 and size >= 2:
+                # The bridge's whole uplink (it subscribes at QoS 0): decoded here, without
+                # slicing the packet out first (a third of this reader's cost per message).
+                topic_end = start + 2 + ((buffer[start] << 8) | buffer[start + 1])
+                if topic_end > stop:
+                    raise MqttWireError("PUBLISH shorter than its topic")
+                try:
+                    topic = buffer[start + 2 : topic_end].decode()
+                except UnicodeDecodeError:
+                    raise MqttWireError("topic is not UTF-8") from None
+                packets.append(Publish(topic, buffer[topic_end:stop], 0, 0))
+            else:
+                packets.append(_decode(first, buffer[start:stop]))
             at = stop
         self._buffer = buffer[at:] if at < end else b""
         return packets

@@ -3,8 +3,9 @@
 One broker connection per node (gateway/mqtt/client.py: MQTT 3.1.1 over an asyncio Protocol,
 the packets of protocol/mqtt_wire.py) subscribes to every device's uplink with a shared
 subscription (`$share/<group>/<prefix>/+/up/#` and `.../+/status`, QoS 0: see SUBSCRIBE_QOS),
-so the nodes of a group split the load. Every message a socket read holds goes straight into
-our bounded queue; acks and commands are published a batch per write. (Through aiomqtt and
+so the nodes of a group split the load. Every message a socket read holds is handled as the
+read is (as TCP frames are), or, while reads are paused or older messages wait, put in our
+bounded queue; acks and commands are published a batch per write. (Through aiomqtt and
 paho, the same work took paho's general-purpose packet handling and thread-safe publish path:
 44% of the bridge's main thread, docs/benchmarks.md.)
 A device's first message on this node holds until its key is known: the hub's LoginBatcher
@@ -60,7 +61,7 @@ from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.message_types import Record, Result
 from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
-from aquafleet.protocol.mqtt_envelope import Envelope, open_envelope, uplink_filter
+from aquafleet.protocol.mqtt_envelope import Envelope, TopicCache, open_envelope, uplink_filter
 
 if TYPE_CHECKING:
     from aquafleet.gateway.config import Settings
@@ -145,6 +146,7 @@ class MqttBridge:
             presence_node=MQTT_NODE,
         )
         self.devices: dict[str, MqttDevice] = {}
+        self.topics = TopicCache(self.prefix)  # bounded: emptied when full
         self.outbound: deque[Outgoing] = deque()
         self.outbound_max = settings.mqtt_outbound_max
         self.incoming: deque[tuple[str, bytes]] = deque()  # topic, payload
@@ -188,12 +190,19 @@ class MqttBridge:
         )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """A message from the broker (as its read is handled): queue it; full: drop the
-        newest, counted (it was not acked: its device resends it)."""
-        if len(self.incoming) >= self.incoming_max:
+        """A message from the broker (as its read is handled): handled at once, as a TCP
+        frame is, unless reads are paused or older messages wait (then queued behind them;
+        full: the newest dropped, counted: it was not acked, its device resends it). Handling
+        it here spares a task switch per read (the consumer's), most of what MQTT cost above
+        TCP per record once the messages themselves were cheap (docs/benchmarks.md)."""
+        incoming = self.incoming
+        if not incoming and self.accepting and not self.hub.reads_paused:
+            self.receive(topic, payload, time.time())
+            return
+        if len(incoming) >= self.incoming_max:
             self.metrics.mqtt_uplinks_dropped += 1
             return
-        self.incoming.append((topic, payload))
+        incoming.append((topic, payload))
         self._in_wake.set()
 
     async def run(self) -> None:
@@ -291,7 +300,7 @@ class MqttBridge:
         """One message from the broker."""
         self.metrics.mqtt_uplinks_received += 1
         try:
-            envelope = open_envelope(self.prefix, topic_name, payload)
+            envelope = open_envelope(self.prefix, topic_name, payload, self.topics)
         except ProtocolError:
             self.metrics.mqtt_uplinks_malformed += 1
             return
@@ -320,7 +329,8 @@ class MqttBridge:
 
     def handle(self, device: MqttDevice, envelope: Envelope, now: float) -> None:
         """A message of a device whose key is known: check it, then meter or dispatch it."""
-        for event in device.session.receive_data(envelope, now):
+        session = device.session
+        for event in session.receive_data(envelope, now):
             kind = type(event)
             if kind is Record:
                 self.hub.meter.submit(device, event)  # type: ignore[arg-type]
@@ -334,7 +344,8 @@ class MqttBridge:
                     return
             else:
                 self.hub.device_message(device, event)  # an ACK without cid: matched by seq
-        device.flush()
+        if session.needs_flush:
+            device.flush()
 
     def _answered(self, device: MqttDevice, answer: CommandAnswer) -> None:
         """A device's ACK or RESULT of a command: to the command service here, and to every

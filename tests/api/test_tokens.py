@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -82,3 +84,82 @@ async def test_malformed_tokens_are_rejected_without_a_lookup(
     tokens = TokenService(redis_client, redis_prefix)
     with pytest.raises(TokenRejected):
         await tokens.authenticate(token)
+
+
+async def _following(*services: TokenService) -> list[asyncio.Task[None]]:
+    """Start each service's revocation follower; return once every one is subscribed."""
+    tasks = [asyncio.create_task(s.follow_revocations()) for s in services]
+    for _ in range(200):  # bounded: 2 s
+        if all(s._following for s in services):
+            return tasks
+        await asyncio.sleep(0.01)
+    raise AssertionError("the revocation channel was not followed")
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _rejected_within(service: TokenService, token: str, polls: int = 200) -> bool:
+    """True once `service` rejects `token` (polled, bounded: 2 s)."""
+    for _ in range(polls):
+        try:
+            await service.authenticate(token)
+        except TokenRejected:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_a_cached_token_is_refused_on_every_node_once_revoked(
+    redis_client: aioredis.Redis, redis_prefix: str
+):
+    """Two nodes that both answered a token from memory: logout on one, a password change
+    (every session of the account) and a rotation on the other: the old tokens stop working
+    on both, the node making the change at once."""
+    node_a = TokenService(redis_client, redis_prefix, cache_s=30)
+    node_b = TokenService(redis_client, redis_prefix, cache_s=30)
+    tasks = await _following(node_a, node_b)
+    try:
+        pairs = [await node_a.issue(ALICE) for _ in range(3)]
+        for pair in pairs:
+            for node in (node_a, node_b):
+                assert await node.authenticate(pair["access_token"]) == ALICE
+        logged_out, changed, rotated = (p["access_token"] for p in pairs)
+
+        await node_a.revoke(logged_out)
+        with pytest.raises(TokenRejected):
+            await node_a.authenticate(logged_out)
+        assert await _rejected_within(node_b, logged_out)
+
+        new_pair, _ = await node_b.refresh(pairs[2]["refresh_token"])
+        with pytest.raises(TokenRejected):
+            await node_b.authenticate(rotated)
+        assert await _rejected_within(node_a, rotated)
+        assert await node_a.authenticate(new_pair["access_token"]) == ALICE
+
+        assert await node_b.revoke_subject(Role.AGENT, "7") == 2
+        for token in (changed, new_pair["access_token"]):
+            with pytest.raises(TokenRejected):
+                await node_b.authenticate(token)
+            assert await _rejected_within(node_a, token)
+    finally:
+        await _stop(tasks)
+
+
+async def test_without_the_revocation_channel_every_check_reads_the_session(
+    redis_client: aioredis.Redis, redis_prefix: str
+):
+    """A node that is not following the channel (stopped, or Redis lost it) keeps nothing:
+    a session ended behind its back (here: deleted in Redis) is refused at once."""
+    node = TokenService(redis_client, redis_prefix, cache_s=30)
+    tasks = await _following(node)
+    pair = await node.issue(ALICE)
+    assert await node.authenticate(pair["access_token"]) == ALICE
+    await _stop(tasks)
+    assert not node._following
+    await redis_client.delete(f"{redis_prefix}:api:sess:{pair['access_token'].split('.')[1]}")
+    with pytest.raises(TokenRejected):
+        await node.authenticate(pair["access_token"])

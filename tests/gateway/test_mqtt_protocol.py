@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from aquafleet.protocol.mqtt_envelope import (
     Channel,
     MqttKey,
     ReplayGuard,
+    TopicCache,
     open_envelope,
     seal,
     topic,
@@ -245,7 +247,10 @@ def test_hostile_messages_raise_nothing_but_our_error(name: str, payload: bytes)
         try:
             envelope = open_envelope("aq", candidate, payload)
         except ProtocolError:
+            with pytest.raises(ProtocolError):  # the bridge's cached parse refuses it too
+                open_envelope("aq", candidate, payload, TopicCache("aq"))
             continue
+        assert open_envelope("aq", candidate, payload, TopicCache("aq")) == envelope
         for event in server.receive_data(envelope, NOW):
             assert isinstance(event, UplinkDropped | Record | StatusNotice | Ack | Result)
         for event in device.receive_data((candidate, payload), 0):
@@ -292,3 +297,29 @@ def test_the_replay_memory_holds_the_last_16_tags() -> None:
     assert [guard.check(now_ms, tag, now_ms) for tag in tags[1:]] == ["replayed"] * RECENT_TAGS
     assert guard.check(now_ms, tags[0], now_ms) is None  # fell out: caught by dedup instead
     assert guard.check(now_ms, tags[2], now_ms) == "replayed"  # tags[1] made room for it
+
+
+def test_the_topic_cache_parses_each_topic_once_and_stays_bounded() -> None:
+    """The bridge parses a device's topic once, not per message; what it remembers is only
+    topics that parsed, and at its bound it starts over rather than grow."""
+    device, server = pair()
+    online(device, server)
+    server.take_held()
+    cache = TopicCache("aq", max_topics=2)
+    device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
+    ((name, payload, _),) = device.data_to_send()
+    first = open_envelope("aq", name, payload, cache)
+    assert first == open_envelope("aq", name, payload)
+    again = open_envelope("aq", name, payload, cache)
+    assert again.topic is first.topic and again.did is first.did and len(cache) == 1
+    (record,) = server.receive_data(again, NOW)
+    assert isinstance(record, Record)
+    for bad in ("other/x/up/tele", f"aq/{DID}/up/nothing", "aq/BAD+ID/up/tele"):
+        with pytest.raises(ProtocolError):
+            open_envelope("aq", bad, payload, cache)
+    assert len(cache) == 1  # refused topics are not remembered
+    for channel in (Channel.UP_EVENT, Channel.UP_PING):
+        open_envelope("aq", topic("aq", DID, channel), payload, cache)
+    assert len(cache) == 1  # full at 2: emptied, then the newest kept
+    third = open_envelope("aq", name, payload, cache)
+    assert third == first and len(cache) == 2  # parsed again after it was forgotten
