@@ -101,7 +101,9 @@ class ApiClient:
 
 
 @pytest.fixture
-async def api_node(node_factory: Any, database_url: str) -> Any:
+async def api_node(database_url: str, node_factory: Any) -> Any:
+    # database_url first: fixtures are torn down in reverse, so the node stops (and its ledger
+    # writer flushes) before the database is closed and dropped.
     return await node_factory(database_url=database_url)
 
 

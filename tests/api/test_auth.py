@@ -179,7 +179,7 @@ async def test_a_disabled_account_cannot_refresh_or_log_in(
 
 
 async def test_logins_are_throttled_per_ip_and_per_account_and_ip(
-    node_factory: Any, database_url: str
+    database_url: str, node_factory: Any
 ):
     from aquafleet.models.accounts import create_account
     from aquafleet.models.tenancy import Role
@@ -202,7 +202,7 @@ async def test_logins_are_throttled_per_ip_and_per_account_and_ip(
         assert refused.status == 429  # the 7th attempt from this IP
 
 
-async def test_guessing_the_old_password_is_rate_limited(node_factory: Any, database_url: str):
+async def test_guessing_the_old_password_is_rate_limited(database_url: str, node_factory: Any):
     from aquafleet.models.accounts import create_account
     from aquafleet.models.tenancy import Role
 

@@ -50,7 +50,7 @@ async def sms() -> AsyncIterator[FakeAliyunSms]:
 
 @pytest.fixture
 async def api_node(
-    node_factory: Any, database_url: str, wechat: FakeWechat, sms: FakeAliyunSms
+    database_url: str, node_factory: Any, wechat: FakeWechat, sms: FakeAliyunSms
 ) -> Any:
     """The node of the `api` fixture, with its notification sender on, talking to the fakes."""
     return await node_factory(

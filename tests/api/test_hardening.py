@@ -282,7 +282,7 @@ async def test_the_front_door_leads_to_the_console(api: ApiClient):
 METRICS_TOKEN = "m" * 40
 
 
-async def test_metrics_need_the_token_when_one_is_configured(node_factory: Any, database_url: str):
+async def test_metrics_need_the_token_when_one_is_configured(database_url: str, node_factory: Any):
     node = await node_factory(database_url=database_url, metrics_token=METRICS_TOKEN)
     url = f"http://127.0.0.1:{node.http_port}/metrics"
     async with aiohttp.ClientSession() as session:
@@ -340,7 +340,7 @@ async def admin_login(api: ApiClient, user: str, password: str, *, expect: int =
 
 
 async def test_wrong_passwords_from_one_address_do_not_lock_the_admin_out(
-    node_factory: Any, database_url: str
+    database_url: str, node_factory: Any
 ):
     """The audit: 10 wrong passwords locked any admin out for 15 minutes, everywhere."""
     from aquafleet.models.accounts import create_account
@@ -365,7 +365,7 @@ async def test_wrong_passwords_from_one_address_do_not_lock_the_admin_out(
         assert (await admin_login(attacker, "target", "guess-11", expect=429)).status == 429
 
 
-async def test_the_wait_doubles_with_each_wrong_password(node_factory: Any, database_url: str):
+async def test_the_wait_doubles_with_each_wrong_password(database_url: str, node_factory: Any):
     from aquafleet.models.accounts import create_account
     from aquafleet.models.tenancy import Role
 

@@ -46,7 +46,7 @@ async def fake_wx(clock: Clock) -> AsyncIterator[FakeWechat]:
 
 @pytest.fixture
 async def api_node(
-    node_factory: Any, database_url: str, fake_sms: FakeAliyunSms, fake_wx: FakeWechat, clock: Clock
+    database_url: str, node_factory: Any, fake_sms: FakeAliyunSms, fake_wx: FakeWechat, clock: Clock
 ) -> Any:
     """The node of tests/api/conftest.py, sending SMS to the Aliyun fake, on our clock."""
     node = await node_factory(

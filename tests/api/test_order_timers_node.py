@@ -56,7 +56,7 @@ async def _due_unpaid_order(vid: str) -> Order:
 
 
 async def test_two_nodes_close_a_due_order_once_and_a_restart_does_not_again(
-    node_factory: Any, database_url: str
+    database_url: str, node_factory: Any
 ):
     node_a = await node_factory(database_url=database_url, order_timer_interval_s=INTERVAL_S)
     node_b = await node_factory(database_url=database_url, order_timer_interval_s=INTERVAL_S)
@@ -97,7 +97,7 @@ async def test_two_nodes_close_a_due_order_once_and_a_restart_does_not_again(
 
 
 async def test_a_node_without_order_timers_leaves_them_to_cron(
-    node_factory: Any, database_url: str
+    database_url: str, node_factory: Any
 ):
     node = await node_factory(database_url=database_url, order_timers=False)
     assert ORDER_TIMERS not in node.app

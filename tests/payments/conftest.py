@@ -23,7 +23,7 @@ async def fake_pay() -> AsyncIterator[FakeWechatPay]:
 
 
 @pytest.fixture
-async def api_node(node_factory: Any, database_url: str, fake_pay: FakeWechatPay) -> Any:
+async def api_node(database_url: str, node_factory: Any, fake_pay: FakeWechatPay) -> Any:
     """A node whose WeChat Pay is the fake, and which WeChat Pay notifies at its own port."""
     from aquafleet.api.payments import PAYMENTS
 

@@ -69,7 +69,7 @@ async def fake_alipay() -> AsyncIterator[FakeAlipay]:
 
 
 @pytest.fixture
-async def api_node(node_factory: Any, database_url: str, fake_alipay: FakeAlipay) -> Any:
+async def api_node(database_url: str, node_factory: Any, fake_alipay: FakeAlipay) -> Any:
     """A node whose Alipay is the fake, which notifies the node at its own port."""
     node = await node_factory(
         database_url=database_url,

@@ -57,7 +57,7 @@ async def fake_card() -> AsyncIterator[FakeAllinpay]:
 
 
 @pytest.fixture
-async def api_node(node_factory: Any, database_url: str, fake_card: FakeAllinpay) -> Any:
+async def api_node(database_url: str, node_factory: Any, fake_card: FakeAllinpay) -> Any:
     """A node whose card acquirer is the fake, which notifies the node at its own port."""
     node = await node_factory(
         database_url=database_url,

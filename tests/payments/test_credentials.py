@@ -116,7 +116,7 @@ async def test_each_credential_is_sealed_and_never_answered_or_logged(
 
 
 async def test_secrets_stored_before_sealing_are_sealed_at_start(
-    node_factory, database_url: str, api: ApiClient
+    database_url: str, node_factory, api: ApiClient
 ):
     await api.call(
         "POST", "/vendors", {"vid": "OLDS", "user": "olds", "pwd": md5("x"), "name": "Old"}

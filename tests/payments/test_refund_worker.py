@@ -69,7 +69,7 @@ async def test_the_sweep_command_executes_due_refunds_once(
 
 
 async def test_the_node_sweeps_under_a_lease_that_passes_on(
-    shop: Shop, node_factory: Any, database_url: str
+    shop: Shop, database_url: str, node_factory: Any
 ):
     first = shop.node.app[PAYMENT_SWEEPER]
     assert first.owner  # the fixture's node took the lease at start (and sweeps hourly)
