@@ -66,8 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serve_starting", data_dir=str(settings.data_dir), workers=settings.workers)
     try:
         listeners = bind_listeners(
-            settings.tcp_host, settings.tcp_port, settings.http_host, settings.http_port
+            settings.tcp_host,
+            settings.tcp_port,
+            settings.http_host,
+            settings.http_port,
+            tcp_sockets=settings.workers,
+            tcp_backlog=settings.tcp_backlog,
         )
+        _log_backlog(settings.tcp_backlog, settings.workers)
         try:
             if settings.workers > 1:
                 return _serve_workers(settings, listeners)
@@ -76,6 +82,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             listeners.close()
     finally:
         lock.release()
+
+
+def _log_backlog(requested: int, sockets: int) -> None:
+    """Say what the device sockets' queues really hold: Linux caps a backlog at somaxconn
+    without a word, and raising that is the operator's (docs/deploy.md), never ours."""
+    from aquafleet.gateway.startup import effective_backlog
+
+    backlog, somaxconn = effective_backlog(requested)
+    if backlog < requested:
+        log.warning(
+            "tcp_backlog_capped",
+            requested=requested,
+            backlog=backlog,
+            somaxconn=somaxconn,
+            hint="sysctl -w net.core.somaxconn=N (docs/deploy.md)",
+        )
+    log.info("tcp_listening", sockets=sockets, backlog_each=backlog)
 
 
 def _announce(settings: Settings, listeners: Listeners) -> Callable[[], None]:
@@ -163,14 +186,15 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
             config = os.environ.get("AQUAFLEET_CONFIG")
             process = context.Process(
                 target=_worker_main,
-                args=(overrides, config, listeners, ready, index),
+                args=(overrides, config, listeners.for_worker(index), ready, index),
                 daemon=False,
             )
             process.start()
             processes.append(process)
         announce, started = _announce(settings, listeners), set[int]()
-        # The workers hold the sockets now. Ours would keep the ports open after they all
-        # closed theirs (stopping): connections would queue for nobody, then be reset.
+        # The workers hold the sockets now (each its own device socket). Ours would keep the
+        # ports open after they closed theirs (stopping, or one dying): the kernel would go on
+        # queueing connections on a socket nobody accepts from.
         listeners.close()
         log.info("workers_started", workers=len(processes), pids=[p.pid for p in processes])
         while not stop.is_set() and all(p.is_alive() for p in processes):

@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,12 @@ def main() -> int:
         help="put every device on volume rental with this quota first (metering draws it down)",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
+    parser.add_argument(
+        "--backlog", type=int,
+        help="tcp_backlog of every worker's device socket; as root, also raise net.core.somaxconn"
+        " and net.ipv4.tcp_max_syn_backlog to it for the run (restored after): the sysctls an "
+        "operator sets for storms (docs/deploy.md)",
+    )  # fmt: skip
     parser.add_argument("--tcp-port", type=int, default=7950)
     parser.add_argument("--http-port", type=int, default=8250)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -363,10 +370,50 @@ def reference_report(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDoCookies", "TCPReqQFullDrop")
+
+
+def listen_counters() -> dict[str, int]:
+    """The kernel's counters of connections a full listen queue dropped (whole machine)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {name: table.get(name, 0) for name in LISTEN_COUNTERS}
+    return {}
+
+
+BACKLOG_SYSCTLS = ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog")
+
+
+@contextlib.contextmanager
+def kernel_backlog(backlog: int | None) -> Iterator[dict[str, int]]:
+    """Raise the kernel's backlog limits to `backlog` for the run and restore them after. Only
+    the benchmark does this, and only as root (the product never touches sysctls)."""
+    paths = [Path("/proc/sys") / name for name in BACKLOG_SYSCTLS]
+    before = {str(path): int(path.read_text()) for path in paths}
+    if backlog is None:
+        yield before
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(
+            "--backlog raises net.core.somaxconn and net.ipv4.tcp_max_syn_backlog: run as root, "
+            "or set them yourself and pass --set tcp_backlog=N"
+        )
+    try:
+        for path in paths:
+            path.write_text(str(max(backlog, before[str(path)])))
+        yield {str(path): int(path.read_text()) for path in paths}
+    finally:
+        for path in paths:
+            path.write_text(str(before[str(path)]))
+
+
 def run_aquafleet(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """One full run (scratch directory, node, devices, simulator): its report and exit code."""
     workdir = Path(tempfile.mkdtemp(prefix="aquafleet-load-"))
     with contextlib.ExitStack() as stack:
+        args.kernel = stack.enter_context(kernel_backlog(args.backlog))
         if args.redis_cluster:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
             from tests.redis_cluster import redis_cluster
@@ -386,6 +433,8 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         env["AQUAFLEET_DATABASE_URL"] = args.database_url
     if args.ledger_process:
         env["AQUAFLEET_LEDGER_WRITER"] = "false"
+    if args.backlog is not None:
+        env["AQUAFLEET_TCP_BACKLOG"] = str(args.backlog)
     for item in args.set:
         name, _, value = item.partition("=")
         env[f"AQUAFLEET_{name.upper()}"] = value
@@ -435,6 +484,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         rss_idle = gateway_rss(gateway_pid, redis_pid)
         before = process_cpu(gateway_pid, redis_pid, ledger)
         load_before = os.getloadavg()
+        listen_before = listen_counters()
         sampler = Sampler(gateway_pid, redis_pid)
         sampler.start()
         report_path = workdir / "sim.json"
@@ -450,6 +500,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         # The simulator (and its workers, which it reaps) is the only child reaped meanwhile.
         reaped_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         elapsed = time.monotonic() - started
+        listen_after = listen_counters()
         sampler.stop.set()
         after = process_cpu(gateway_pid, redis_pid, ledger)
         gateway_metrics = metrics(args.http_port)
@@ -477,6 +528,11 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
                 for name, seconds in cpu.items()
             },
             "workers": args.workers,
+            "kernel_backlog_limits": getattr(args, "kernel", {}),
+            "tcp_backlog": env.get("AQUAFLEET_TCP_BACKLOG", "default"),
+            "kernel_listen_drops": {
+                name: listen_after[name] - listen_before.get(name, 0) for name in listen_after
+            },
             "load_average_before_after": [
                 [round(v, 2) for v in load_before],
                 [round(v, 2) for v in os.getloadavg()],

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aquafleet.gateway.errors import ConfigError
+from aquafleet.gateway.startup import TCP_BACKLOG
 
 ENV_PREFIX = "AQUAFLEET_"
 CONFIG_FILE_ENV = "AQUAFLEET_CONFIG"
@@ -102,12 +103,28 @@ class Settings(BaseSettings):
     http_host: str = Field("0.0.0.0", description="Address of the REST API.")
     http_port: int = Field(8080, ge=0, le=65535, description="Port of the REST API.")
     workers: int = Field(
-        1, ge=1, le=64, description="Gateway processes `serve` runs (sharing its sockets)."
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes `serve` runs (a device socket each, sharing the port).",
+    )
+    tcp_backlog: int = Field(
+        TCP_BACKLOG,
+        ge=1,
+        le=1 << 20,
+        description="Connections the kernel queues for each worker's device socket until it "
+        "accepts them (a reconnect storm waits there); Linux caps it at net.core.somaxconn.",
     )
     heartbeat_s: int = Field(
         60, ge=2, le=3600, description="Heartbeat told to devices; idle timeout is 2.5x this."
     )
-    login_timeout_s: float = Field(15.0, gt=0, le=120, description="Time a device has to log in.")
+    login_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=120,
+        description="Time a device has to send its AUTH; the answer to an AUTH is due as long "
+        "after it arrived (docs/protocol.md).",
+    )
     max_connections: int = Field(
         60000, ge=1, description="Device connections one node accepts before refusing more."
     )

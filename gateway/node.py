@@ -58,7 +58,7 @@ from aquafleet.gateway.redis_io import Replication, Scripts, open_redis
 from aquafleet.gateway.registry_cache import RegistrySync
 from aquafleet.gateway.rental import RentalScheduler
 from aquafleet.gateway.service_state import ServiceStore
-from aquafleet.gateway.startup import TCP_BACKLOG, listen
+from aquafleet.gateway.startup import listen
 from aquafleet.gateway.tasks import TaskGroup
 from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
@@ -260,8 +260,8 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     if listeners is not None:
         tcp = listeners.tcp
     else:
-        tcp = listen(settings.tcp_host, settings.tcp_port, "tcp_port", backlog=TCP_BACKLOG)
-    server = await start_tcp_server(hub, tcp)
+        tcp = listen(settings.tcp_host, settings.tcp_port, "tcp_port", backlog=settings.tcp_backlog)
+    server = await start_tcp_server(hub, tcp, backlog=settings.tcp_backlog)
     app[TCP_SERVER] = server
     log.info(
         "gateway_listening",

@@ -2,10 +2,25 @@
 
 Both are taken first, in the process that forks the workers, so a second `serve` fails at
 once with a one-line reason instead of half starting: on another data dir's ports it gets
-"port 8080 is in use (http_port)", on the same data dir "data dir ... is in use by pid N". The
-sockets are bound without SO_REUSEPORT and handed down to the node's own workers, which all
-accept on them; nobody else can join the port (a stranger with SO_REUSEPORT would have split
-the devices between two independent platforms).
+"port 8080 is in use (http_port)", on the same data dir "data dir ... is in use by pid N".
+
+The device port has one listening socket per worker (SO_REUSEPORT), all bound here: the kernel
+spreads new connections evenly over the workers, and each worker's accept queue holds a full
+backlog. One socket shared by every worker (the earlier design) held a single queue of at most
+`somaxconn` (4,096) connections for the whole node, so a reconnect storm of 45,000 devices had
+most of its SYNs dropped and retried 1, 3, 7, 15 and 31 s later, and whichever worker woke first
+took the most devices (docs/benchmarks.md). What the shared socket protected, and how it stays:
+- Nobody else joins the port: before binding the group, a plain socket (no SO_REUSEPORT) is
+  bound to the port and closed, which fails if anything at all listens there; a later `serve`
+  (or anything that binds without SO_REUSEPORT) is refused by our group. Linux lets only sockets
+  of the same user with SO_REUSEPORT join a group; `group_is_ours` then checks that the port's
+  listeners are exactly ours, so two serves starting in the same instant both fail.
+- A worker that stops closes its socket: connections the kernel queued for it and nobody
+  accepted yet are reset (the devices reconnect, now to a sibling), unless the operator enables
+  `net.ipv4.tcp_migrate_req` (Linux 5.14+), which hands them to a sibling's queue (docs/deploy.md).
+  With one shared socket they stayed queued for the siblings. Since `serve` stops all its workers
+  when one dies (cli.py), that difference is the connections a dying worker had queued.
+The REST API keeps one socket shared by the workers: its load is small and even.
 """
 
 from __future__ import annotations
@@ -17,10 +32,12 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aquafleet.gateway.errors import GatewayError
 
-TCP_BACKLOG = 4096  # a reconnect storm of thousands of devices waits in the kernel, not refused
+TCP_BACKLOG = 4096  # per worker socket (tcp_backlog): a reconnect storm waits in the kernel
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")  # the kernel's cap on any listen backlog
 HTTP_BACKLOG = 128  # aiohttp's default
 LOCK_NAME = "serve.lock"
 
@@ -35,28 +52,47 @@ class DataDirInUse(GatewayError):
 
 @dataclass(frozen=True, slots=True)
 class Listeners:
-    """The node's bound, listening sockets, shared by its workers."""
+    """The node's bound, listening sockets: a device socket per worker, one HTTP socket."""
 
-    tcp: socket.socket
+    tcp_sockets: tuple[socket.socket, ...]
     http: socket.socket
 
+    @property
+    def tcp(self) -> socket.socket:
+        """The device socket of this process (the first of the group in `serve`'s parent)."""
+        return self.tcp_sockets[0]
+
+    def for_worker(self, index: int) -> Listeners:
+        """What worker `index` serves: its own device socket and the shared HTTP socket."""
+        return Listeners(tcp_sockets=(self.tcp_sockets[index],), http=self.http)
+
     def close(self) -> None:
-        self.tcp.close()
+        for sock in self.tcp_sockets:
+            sock.close()
         self.http.close()
 
 
-def listen(host: str, port: int, setting: str, *, backlog: int) -> socket.socket:
-    """A listening socket on host:port (SO_REUSEADDR only, so a restart need not wait for
-    TIME_WAIT; Linux still refuses a port another socket listens on)."""
+def _address(host: str, port: int, setting: str) -> tuple[int, int, int, Any]:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise GatewayError(f"cannot listen on {host}:{port} ({setting}): {exc}") from None
+    return family, kind, proto, address
+
+
+def listen(
+    host: str, port: int, setting: str, *, backlog: int, reuse_port: bool = False
+) -> socket.socket:
+    """A listening socket on host:port (SO_REUSEADDR, so a restart need not wait for TIME_WAIT;
+    Linux still refuses a port another socket listens on, unless both ask for SO_REUSEPORT)."""
+    family, kind, proto, address = _address(host, port, setting)
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError as exc:
@@ -68,15 +104,92 @@ def listen(host: str, port: int, setting: str, *, backlog: int) -> socket.socket
     return sock
 
 
-def bind_listeners(tcp_host: str, tcp_port: int, http_host: str, http_port: int) -> Listeners:
-    """Both listeners, or PortInUse naming the first port taken (nothing is left bound)."""
-    tcp = listen(tcp_host, tcp_port, "tcp_port", backlog=TCP_BACKLOG)
+def listen_group(
+    host: str, port: int, setting: str, *, backlog: int, count: int
+) -> tuple[socket.socket, ...]:
+    """`count` listening sockets sharing host:port (SO_REUSEPORT), or PortInUse when anything
+    else listens there (see the module's docstring). One socket needs no group."""
+    if count == 1:
+        return (listen(host, port, setting, backlog=backlog),)
+    family, kind, proto, address = _address(host, port, setting)
+    probe = socket.socket(family, kind, proto)  # plain: fails if anyone listens on the port
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        port = probe.getsockname()[1]  # port 0: the one the kernel chose
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {port} is in use ({setting})") from None
+        raise GatewayError(f"cannot listen on {host}:{port} ({setting}): {exc.strerror}") from None
+    finally:
+        probe.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            group.append(listen(host, port, setting, backlog=backlog, reuse_port=True))
+        if not group_is_ours(group, port):
+            raise PortInUse(f"port {port} is in use ({setting})")
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return tuple(group)
+
+
+def group_is_ours(group: list[socket.socket], port: int) -> bool:
+    """Whether every socket listening on `port` (this network namespace) is one of `group`:
+    another process with SO_REUSEPORT that bound in the same instant would share the devices."""
+    ours = {os.fstat(sock.fileno()).st_ino for sock in group}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for inode in _listening_inodes(Path(table), port):
+                if inode not in ours:
+                    return False
+    return True
+
+
+def _listening_inodes(table: Path, port: int) -> list[int]:
+    """Inodes of the sockets in LISTEN state on `port` in a /proc/net/tcp{,6} table."""
+    inodes = []
+    with table.open() as rows:
+        next(rows, None)  # the header
+        for row in rows:
+            fields = row.split()
+            # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                inodes.append(int(fields[9]))
+    return inodes
+
+
+def effective_backlog(requested: int) -> tuple[int, int | None]:
+    """The backlog the kernel will give a listener asked for `requested`, and somaxconn (None
+    where it cannot be read): Linux silently caps every backlog at net.core.somaxconn."""
+    try:
+        somaxconn = int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return requested, None
+    return min(requested, somaxconn), somaxconn
+
+
+def bind_listeners(
+    tcp_host: str,
+    tcp_port: int,
+    http_host: str,
+    http_port: int,
+    *,
+    tcp_sockets: int = 1,
+    tcp_backlog: int = TCP_BACKLOG,
+) -> Listeners:
+    """Both listeners (`tcp_sockets` device sockets, one per worker), or PortInUse naming the
+    first port taken (nothing is left bound)."""
+    group = listen_group(tcp_host, tcp_port, "tcp_port", backlog=tcp_backlog, count=tcp_sockets)
     try:
         http = listen(http_host, http_port, "http_port", backlog=HTTP_BACKLOG)
     except BaseException:
-        tcp.close()
+        for sock in group:
+            sock.close()
         raise
-    return Listeners(tcp=tcp, http=http)
+    return Listeners(tcp_sockets=group, http=http)
 
 
 class LockHeld(Exception):

@@ -142,8 +142,11 @@ class DeviceConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-async def start_tcp_server(hub: Hub, sock: socket.socket) -> asyncio.Server:
-    """Serve devices on a listening socket (gateway/startup.py binds it)."""
+async def start_tcp_server(
+    hub: Hub, sock: socket.socket, *, backlog: int = TCP_BACKLOG
+) -> asyncio.Server:
+    """Serve devices on a listening socket (gateway/startup.py binds it). The loop listens on
+    it again with `backlog`, so this is the backlog the socket keeps (settings.tcp_backlog)."""
     loop = asyncio.get_running_loop()
     set_keepalive(sock)  # inherited by every accepted connection
-    return await loop.create_server(lambda: DeviceConnection(hub), sock=sock, backlog=TCP_BACKLOG)
+    return await loop.create_server(lambda: DeviceConnection(hub), sock=sock, backlog=backlog)

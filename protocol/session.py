@@ -345,6 +345,7 @@ class ServerSession(_Link):
         "idle_timeout_s",
         "last_rx",
         "login_deadline",
+        "login_timeout_s",
     )
 
     def __init__(
@@ -362,6 +363,7 @@ class ServerSession(_Link):
         self.fw = ""
         self.heartbeat_s = heartbeat_s
         self.idle_timeout_s = heartbeat_s * idle_factor
+        self.login_timeout_s = login_timeout_s
         self.login_deadline = now + login_timeout_s
         self.last_rx = now
         self._client_nonce = b""
@@ -425,6 +427,10 @@ class ServerSession(_Link):
             self._advance(Step.HELLO_RECEIVED)
         elif isinstance(message, Auth) and self.did is not None:
             self._proof = message.proof
+            # The device has done its part: from here the wait is ours (a login queued behind
+            # a storm's others), so the server's answer gets its own login_timeout_s
+            # (docs/protocol.md section 6) instead of what is left of the device's.
+            self.login_deadline = now + self.login_timeout_s
             self._advance(Step.AUTH_RECEIVED)
             events.append(LoginRequested(did=self.did, fw=self.fw))
 
