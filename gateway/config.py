@@ -56,8 +56,8 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=1024,
-        description="Hash-tag shards of the device keyspace (one Lua call and one ledger stream "
-        "per shard). Fixed for the life of the data.",
+        description="Hash-tag shards of the device keyspace (one ledger stream per shard; on a "
+        "Redis Cluster one Lua call per shard and round). Fixed for the life of the data.",
     )
     embedded_redis_port: int = Field(
         0,

@@ -62,7 +62,12 @@ async def make_writer(
     db: str, redis_client: aioredis.Redis, keyspace: Keyspace
 ) -> AsyncIterator[MakeWriter]:
     def make(
-        consumer: str = "w1", *, claim_idle_ms: int = 60_000, batch_entries: int = 10
+        consumer: str = "w1",
+        *,
+        claim_idle_ms: int = 60_000,
+        batch_entries: int = 10,
+        linger_s: float = 0.0,
+        linger_records: int = 0,
     ) -> LedgerWriter:
         return LedgerWriter(
             client=redis_client,
@@ -72,6 +77,8 @@ async def make_writer(
             consumer=consumer,
             batch_entries=batch_entries,
             claim_idle_ms=claim_idle_ms,
+            linger_s=linger_s,
+            linger_records=linger_records,
         )
 
     yield make
@@ -226,6 +233,38 @@ async def test_write_once_blocks_until_an_entry_arrives(
     await meter.one(did, telemetry(1, total=40))
     assert await asyncio.wait_for(waiting, 3) == 1
     assert await metered_ml_by_device([did]) == {did: 40}
+
+
+async def test_a_small_read_waits_for_the_next_rounds_and_writes_them_in_one_batch(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    a, b, _ = dids
+    writer = make_writer(linger_s=1.0, linger_records=100)
+    await writer.ensure_groups()
+    await meter.one(a, telemetry(1, total=40))
+    lingering = asyncio.ensure_future(writer.write_once(block_ms=None))
+    for _ in range(200):  # until the writer holds the first round (pending, not yet written)
+        if await ledger_state(meter.client, meter.keyspace) == (1, 1, 1):
+            break
+        await asyncio.sleep(0.01)
+    assert await ledger_state(meter.client, meter.keyspace) == (1, 1, 1)
+    await meter.one(b, telemetry(1, total=7))  # arrives while the writer lingers
+
+    assert await asyncio.wait_for(lingering, 10) == 2  # both rounds, one transaction
+    assert writer.metrics.ledger_entries_written == 2
+    assert await metered_ml_by_device([a, b]) == {a: 40, b: 7}
+    assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+
+
+async def test_a_read_of_enough_records_is_written_without_lingering(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    did = dids[0]
+    writer = make_writer(linger_s=60.0, linger_records=2)
+    await writer.ensure_groups()
+    await meter.send([(did, telemetry(1, total=10)), (did, telemetry(2, total=30))])
+    assert await asyncio.wait_for(writer.write_once(block_ms=None), 10) == 2
+    assert await metered_ml_by_device([did]) == {did: 30}
 
 
 async def test_snapshot_holds_the_newest_telemetry_per_device(
