@@ -273,12 +273,23 @@ class LedgerWriter:
                 reply = await self._read(">", block_ms)
         finally:
             self.waiting = False
-        if reply and self.linger_s and not self._stop and _records_in(reply) < self.linger_records:
+        if (
+            reply
+            and self.linger_s
+            and not self._stop
+            and _records_in(reply) < self.linger_records
+            and not self._page_full(reply)
+        ):
             await asyncio.sleep(self.linger_s)
             with redis_errors("reading the ledger"):
                 more = await self._read(">", None)
             reply = [*reply, *(more or [])]
         return await self._store_reply(reply)
+
+    def _page_full(self, reply: Any) -> bool:
+        """A stream answered a full page (COUNT entries): more is waiting now, so waiting for
+        it would only let the backlog grow (small rounds make many small entries)."""
+        return any(len(entries) >= self.batch_entries for _stream, entries in reply)
 
     async def _read(self, since: str, block_ms: int | None) -> Any:
         """XREADGROUP over every shard's stream. A cluster refuses one read across slots:
