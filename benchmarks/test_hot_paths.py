@@ -212,7 +212,7 @@ def test_gateway_submits_meters_and_acks_a_round_of_1000_records(benchmark):
     import asyncio
 
     from aquafleet.gateway.keys import Keyspace
-    from aquafleet.gateway.meter import MeterBatcher, ShardOutcome
+    from aquafleet.gateway.meter import MeterBatcher, MeterOutcome
     from aquafleet.gateway.metrics import Metrics
     from aquafleet.gateway.redis_io import Scripts
 
@@ -225,8 +225,10 @@ def test_gateway_submits_meters_and_acks_a_round_of_1000_records(benchmark):
     records = [(links[n % 100], _Rec(n // 100 + 1)) for n in range(1000)]
     codes = [c for _, r in records for c in (0, 7, r.rec)]
 
-    async def stub(client: object, rows: dict, now_ms: int, replication: object = None) -> dict:
-        return {0: ShardOutcome(codes=codes, backlog=0)}
+    async def stub(
+        client: object, rows: dict, now_ms: int, replication: object = None
+    ) -> MeterOutcome:
+        return MeterOutcome(codes={0: codes}, backlogs={0: 0})
 
     meter.script.run = stub  # type: ignore[method-assign]
     loop = asyncio.new_event_loop()

@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         16,
         ge=1,
         le=1024,
-        description="Hash-tag shards of the device keyspace (one Lua call and one ledger stream "
-        "per shard). Fixed for the life of the data.",
+        description="Hash-tag shards of the device keyspace (one ledger stream per shard; on a "
+        "Redis Cluster one Lua call per shard and round). Fixed for the life of the data.",
     )
     embedded_redis_port: int = Field(
         0,
@@ -140,9 +140,9 @@ class Settings(BaseSettings):
         ge=0,
         le=50,
         description="Time a metering round waits for more records when few are pending (a "
-        "round costs Redis a script call and the ledger a stream entry per shard, however few "
-        "records it carries): less CPU per record with devices that send one record at a time, "
-        "for that much more ack latency.",
+        "round costs Redis a script call and the ledger a stream entry, per shard on a Redis "
+        "Cluster, however few records it carries): less CPU per record with devices that send "
+        "one record at a time, for that much more ack latency.",
     )
     coalesce_acks: bool = Field(
         True,
@@ -164,7 +164,20 @@ class Settings(BaseSettings):
         True, description="Run a ledger writer (Redis stream -> database) in this process."
     )
     ledger_batch: int = Field(
-        2000, ge=1, le=50000, description="Ledger entries one database transaction takes."
+        2000,
+        ge=1,
+        le=50000,
+        description="Records a ledger read aims for: a read of fewer waits ledger_linger_ms for "
+        "more; a read takes at most ledger_batch / 100 entries (metering rounds) per stream.",
+    )
+    ledger_linger_ms: float = Field(
+        200.0,
+        ge=0,
+        le=5000,
+        description="When a ledger read brings fewer than ledger_batch records, the writer waits "
+        "this long and reads once more before it writes them: fewer, larger transactions (most "
+        "of a transaction's cost is per commit and per device in it). Only the database lags by "
+        "it; devices are acked once Redis holds their records. 0: write every read at once.",
     )
     ledger_claim_idle_s: int = Field(
         60, ge=5, description="Idle time after which a dead writer's pending entries are claimed."

@@ -1,6 +1,7 @@
 """The ledger writer: drains the shards' ledger streams into the database, exactly once.
 
-Each stream entry is one metering round of one shard (many records). Writers of all nodes share
+Each stream entry is one metering round (many records; on a Redis Cluster, a round's records of
+one shard). Writers of all nodes share
 one consumer group; an entry is acknowledged (XACK, then XDEL, and the backlog counter lowered)
 only after its records are committed. A writer that crashes leaves its entries pending; on
 restart it writes them again, and a live writer claims the entries of a dead one after
@@ -67,6 +68,11 @@ def _entry_size(fields_: dict[bytes, bytes]) -> int:
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _records_in(reply: Any) -> int:
+    """Records in an XREADGROUP reply (per stream: name, entries)."""
+    return sum(_entry_size(f) for _s, entries in reply for _id, f in entries if f is not None)
 
 
 def _fields(raw: list[bytes] | None) -> dict[bytes, bytes] | None:
@@ -184,8 +190,12 @@ class LedgerWriter:
         maintenance: MaintenanceWatch | None = None,
         faults: FaultWatch | None = None,
         replication: Replication = NO_WAIT,
+        linger_s: float = 0.0,
+        linger_records: int = 0,
     ) -> None:
         self.client = client
+        self.linger_s = linger_s  # see write_once
+        self.linger_records = linger_records
         self.replication = replication
         self.scripts = scripts
         self.keyspace = keyspace
@@ -253,14 +263,35 @@ class LedgerWriter:
         return written
 
     async def write_once(self, *, block_ms: int | None = None) -> int:
-        """Read new entries of all shards, store them, acknowledge them; returns records written."""
+        """Read new entries of all shards, store them, acknowledge them; returns records written.
+
+        A read that brings fewer than `linger_records` records is followed, after `linger_s`,
+        by one more: a transaction costs the writer about as much per device in it and per
+        commit as per record, so a few large ones are far cheaper than many small ones (the
+        records were acked to the devices already: only the database lags by the linger)."""
         self.waiting = block_ms is not None
         try:
             with redis_errors("reading the ledger"):
                 reply = await self._read(">", block_ms)
         finally:
             self.waiting = False
+        if (
+            reply
+            and self.linger_s
+            and not self._stop
+            and _records_in(reply) < self.linger_records
+            and not self._page_full(reply)
+        ):
+            await asyncio.sleep(self.linger_s)
+            with redis_errors("reading the ledger"):
+                more = await self._read(">", None)
+            reply = [*reply, *(more or [])]
         return await self._store_reply(reply)
+
+    def _page_full(self, reply: Any) -> bool:
+        """A stream answered a full page (COUNT entries): more is waiting now, so waiting for
+        it would only let the backlog grow (small rounds make many small entries)."""
+        return any(len(entries) >= self.batch_entries for _stream, entries in reply)
 
     async def _read(self, since: str, block_ms: int | None) -> Any:
         """XREADGROUP over every shard's stream. A cluster refuses one read across slots:
@@ -383,12 +414,22 @@ class LedgerWriter:
             await pipe.execute()
 
     async def _acknowledge(self, per_stream: list[tuple[str, list[tuple[bytes, int]]]]) -> None:
-        calls: list[ScriptCall] = []
+        """One ledger_ack call for every stream read (on a cluster, one per stream: a call's
+        keys must share a slot), all in one round trip."""
+        by_stream: dict[str, list[tuple[bytes, int]]] = {}
         for stream, counted in per_stream:
+            by_stream.setdefault(stream, []).extend(counted)
+        groups = [[s] for s in by_stream] if is_cluster(self.client) else [list(by_stream)]
+        calls: list[ScriptCall] = []
+        for streams in groups:
+            keys: list[str] = []
             args: list[Any] = [GROUP]
-            for entry_id, records in counted:
-                args += [entry_id, records]
-            calls.append(("ledger_ack", (stream, self.backlog_keys[stream]), args))
+            for stream in streams:
+                keys += [stream, self.backlog_keys[stream]]
+                args.append(len(by_stream[stream]))
+                for entry_id, records in by_stream[stream]:
+                    args += [entry_id, records]
+            calls.append(("ledger_ack", keys, args))
         await self.scripts.run(self.client, calls, "acknowledging ledger entries")
 
     def _remember_activated(self, dids: list[str]) -> None:

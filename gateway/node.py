@@ -152,6 +152,8 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         maintenance=MaintenanceWatch(settings.filter_threshold_pct),
         faults=FaultWatch(),
         replication=replication_of(settings),
+        linger_s=settings.ledger_linger_ms / 1000,
+        linger_records=settings.ledger_batch,
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)

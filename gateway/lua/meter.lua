@@ -1,17 +1,22 @@
--- Deduplicate, meter and ledger one shard's batch of device records, atomically.
+-- Deduplicate, meter and ledger a metering round's device records, atomically.
 --
--- KEYS[1] the shard's ledger stream, KEYS[2] the shard's ledger backlog counter
--- ARGV[1] the shard's key prefix ("aq:{07}:")
--- ARGV[2] msgpack array of records, each
---         {did, frame_type, boot, rec, ts, flow_total (-1: none), cnt_epoch (-1: none),
---          event_kind, encoding, payload, state_bits (-1: none)}
--- ARGV[3] received-at, unix milliseconds
--- ARGV[4] most out-of-order records remembered per boot
--- ARGV[5] least milliseconds between two pushes of the desired state to a device whose reported
+-- On one Redis a round is one call for every shard it touches, and one ledger stream entry; on
+-- a Redis Cluster (keys of one call must share a slot) it is one call per shard, each with its
+-- shard's stream (gateway/meter.py MeterScript).
+--
+-- KEYS[1] the ledger stream the round's entry goes to, KEYS[2] that stream's backlog counter
+--         (the first shard's of the call)
+-- ARGV[1] msgpack array of groups, one per shard: {key prefix ("aq:{07}:"), records}, records
+--         an array of {did, frame_type, boot, rec, ts, flow_total (-1: none), cnt_epoch (-1:
+--         none), event_kind, encoding, payload, state_bits (-1: none)}
+-- ARGV[2] received-at, unix milliseconds
+-- ARGV[3] most out-of-order records remembered per boot
+-- ARGV[4] least milliseconds between two pushes of the desired state to a device whose reported
 --         lock differs from it
--- ARGV[6] node channel prefix ("aq:node:"): desired-state changes go to the node holding the device
--- Returns msgpack {rc1, wm_boot1, wm_rec1, rc2, ..., backlog}: rc 0 stored, 1 duplicate,
--- 2 stale; (wm_boot, wm_rec) is the record's boot and the highest rec stored with no gap below.
+-- ARGV[5] node channel prefix ("aq:node:"): desired-state changes go to the node holding the device
+-- Returns msgpack {rc1, wm_boot1, wm_rec1, rc2, ..., backlog}, the records of every group in
+-- order: rc 0 stored, 1 duplicate, 2 stale; (wm_boot, wm_rec) is the record's boot and the
+-- highest rec stored with no gap below; backlog is KEYS[2] after the round.
 --
 -- Per device, one string key m:<did> holds a msgpack array (one GET and one SET per device
 -- per round: far cheaper in Lua than hash fields), false where unknown:
@@ -48,37 +53,32 @@ local function publish_node(channels, node, message)
   return redis.call('PUBLISH', channels .. node, message)
 end
 
-local prefix = ARGV[1]
-local records = cmsgpack.unpack(ARGV[2])
-local now_ms = tonumber(ARGV[3])
-local ooo_limit = tonumber(ARGV[4])
-local reconcile_ms = tonumber(ARGV[5])
+local groups = cmsgpack.unpack(ARGV[1])
+local now_ms = tonumber(ARGV[2])
+local ooo_limit = tonumber(ARGV[3])
+local reconcile_ms = tonumber(ARGV[4])
 
 local STORED, DUPLICATE, STALE = 0, 1, 2
 local TELEMETRY = 0x20
 local states = {}
 local order = {}
 
-local function known(x)
-  if x == false then return nil end
-  return x
-end
-
-local function load(did)
+-- v[i] or nil: the state's false (unknown) as nil, inline (a call per field cost more).
+local function load(prefix, did)
   local key = prefix .. 'm:' .. did
   local raw = redis.call('GET', key)
   local v = {}
   if raw then v = cmsgpack.unpack(raw) end
   local st = {
-    key = key, did = did, dirty = false,
-    b0 = known(v[1]), w0 = known(v[2]), o0 = known(v[3]) or '',
-    b1 = known(v[4]), w1 = known(v[5]), o1 = known(v[6]) or '',
-    le = known(v[7]), lt = known(v[8]), pe = known(v[9]), pt = known(v[10]),
-    mt = known(v[11]) or 0, n = known(v[12]) or 0,
-    tb = known(v[13]), tr = known(v[14]), ts = known(v[15]), enc = known(v[16]),
-    payload = known(v[17]), at = known(v[18]),
-    mode = known(v[19]), rm = known(v[20]), ver = known(v[21]), lk = known(v[22]) or 0,
-    rx = known(v[23]), lo = known(v[24]), lf = known(v[25]) or 0, rp = known(v[26]) or 0,
+    key = key, did = did, prefix = prefix, dirty = false,
+    b0 = v[1] or nil, w0 = v[2] or nil, o0 = v[3] or '',
+    b1 = v[4] or nil, w1 = v[5] or nil, o1 = v[6] or '',
+    le = v[7] or nil, lt = v[8] or nil, pe = v[9] or nil, pt = v[10] or nil,
+    mt = v[11] or 0, n = v[12] or 0,
+    tb = v[13] or nil, tr = v[14] or nil, ts = v[15] or nil, enc = v[16] or nil,
+    payload = v[17] or nil, at = v[18] or nil,
+    mode = v[19] or nil, rm = v[20] or nil, ver = v[21] or nil, lk = v[22] or 0,
+    rx = v[23] or nil, lo = v[24] or nil, lf = v[25] or 0, rp = v[26] or 0,
   }
   states[did] = st
   order[#order + 1] = st
@@ -199,7 +199,7 @@ local svc = {}
 -- Tell the node holding the device its desired state (nobody listens when it is offline: it
 -- gets the state in AUTH_OK at its next login).
 local function push(st)
-  local node = redis.call('HGET', prefix .. 'p:' .. st.did, 'node')
+  local node = redis.call('HGET', st.prefix .. 'p:' .. st.did, 'node')
   st.dirty = true
   if node then
     st.rp = now_ms
@@ -208,7 +208,7 @@ local function push(st)
     local rm, rx = '-', '-'
     if st.rm then rm = st.rm end
     if st.rx then rx = st.rx end
-    publish_node(ARGV[6], node,
+    publish_node(ARGV[5], node,
       'state ' .. st.did .. ' ' .. st.ver .. ' ' .. lock .. ' ' .. rm .. ' ' .. rx)
   end
 end
@@ -238,24 +238,27 @@ end
 local out = {}
 local ledger = {}
 
-for i = 1, #records do
-  local r = records[i]
-  local did, frame_type, boot, rec = r[1], r[2], r[3], r[4]
-  local st = states[did] or load(did)
-  local rc, wb, wr = track(st, boot, rec)
-  if rc == STORED then
-    local delta, epoch = meter(st, r[6], r[7])
-    st.n = st.n + 1
-    if delta > 0 and st.rm then draw(st, delta) end
-    if r[11] >= 0 and frame_type == TELEMETRY then reconcile(st, r[11]) end
-    ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
-    if frame_type == TELEMETRY and (st.tb == nil or boot > st.tb or (boot == st.tb and rec > st.tr)) then
-      st.tb, st.tr, st.ts, st.enc, st.payload, st.at = boot, rec, r[5], r[9], r[10], now_ms
+for g = 1, #groups do
+  local prefix, records = groups[g][1], groups[g][2]
+  for i = 1, #records do
+    local r = records[i]
+    local did, frame_type, boot, rec = r[1], r[2], r[3], r[4]
+    local st = states[did] or load(prefix, did)
+    local rc, wb, wr = track(st, boot, rec)
+    if rc == STORED then
+      local delta, epoch = meter(st, r[6], r[7])
+      st.n = st.n + 1
+      if delta > 0 and st.rm then draw(st, delta) end
+      if r[11] >= 0 and frame_type == TELEMETRY then reconcile(st, r[11]) end
+      ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
+      if frame_type == TELEMETRY and (st.tb == nil or boot > st.tb or (boot == st.tb and rec > st.tr)) then
+        st.tb, st.tr, st.ts, st.enc, st.payload, st.at = boot, rec, r[5], r[9], r[10], now_ms
+      end
     end
+    out[#out + 1] = rc
+    out[#out + 1] = wb
+    out[#out + 1] = wr
   end
-  out[#out + 1] = rc
-  out[#out + 1] = wb
-  out[#out + 1] = wr
 end
 
 for _, st in ipairs(order) do

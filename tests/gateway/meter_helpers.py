@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.keys import Keyspace
-from aquafleet.gateway.meter import MeterScript, ShardOutcome, meter_fields
-from aquafleet.gateway.redis_io import Scripts
+from aquafleet.gateway.meter import MeterOutcome, MeterScript, meter_fields
+from aquafleet.gateway.redis_io import Scripts, is_cluster
 from aquafleet.protocol import Encoding, EventKind, FrameType
 from aquafleet.protocol.frames import Frame
 from aquafleet.protocol.message_types import Event, FilterReading, Payload, Record, Telemetry
@@ -122,6 +122,11 @@ class LedgerEntry:
     records: list[LedgerRecord]
 
 
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence)
+
+
 class MeterDriver:
     """Sends batches through MeterScript and reads back what meter.lua left in Redis."""
 
@@ -129,14 +134,14 @@ class MeterDriver:
         self.client = client
         self.keyspace = keyspace
         self.script = MeterScript(Scripts(), keyspace)
-        self.last: dict[int, ShardOutcome] = {}
+        self.last = MeterOutcome({}, {})
         # Every ledger record appended through this driver, read back right after its call
         # (a ledger writer deletes entries once they are in the database).
         self.journal: list[LedgerRecord] = []
         self.journal_complete = True
 
     async def send(self, items: Sequence[tuple[str, Record]], now_ms: int = NOW_MS) -> list[Answer]:
-        """One metering round (one script call per shard); answers in the order of `items`."""
+        """One metering round as the gateway makes it; answers in the order of `items`."""
         rows: dict[int, list[tuple[str, Record]]] = {}
         where: list[tuple[int, int]] = []
         for did, record in items:
@@ -144,23 +149,29 @@ class MeterDriver:
             shard_rows = rows.setdefault(shard, [])
             where.append((shard, len(shard_rows)))
             shard_rows.append((did, record))
-        outcomes = await self.script.run(self.client, rows, now_ms)
-        self.last = outcomes
-        assert set(outcomes) == set(rows)
+        outcome = await self.script.run(self.client, rows, now_ms)
+        self.last = outcome
+        assert set(outcome.codes) == set(rows)
         for shard, shard_rows in rows.items():
-            assert len(outcomes[shard].codes) == 3 * len(shard_rows)
+            assert len(outcome.codes[shard]) == 3 * len(shard_rows)
         answers = []
         for shard, index in where:
-            rc, wm_boot, wm_rec = outcomes[shard].codes[3 * index : 3 * index + 3]
+            rc, wm_boot, wm_rec = outcome.codes[shard][3 * index : 3 * index + 3]
             answers.append(Answer(rc, (wm_boot, wm_rec)))
-        for shard, shard_rows in rows.items():
-            stored = [
+        # Each stream the round wrote to got one entry: its calls' records, in shard order.
+        by_stream: dict[int, list[tuple[str, int, int]]] = {}
+        stream_of = dict.fromkeys(rows, min(rows, default=0))
+        if is_cluster(self.client):  # one call and entry per shard
+            stream_of = {shard: shard for shard in rows}
+        for shard in sorted(rows):
+            by_stream.setdefault(stream_of[shard], []).extend(
                 (did, r.boot, r.rec)
-                for i, (did, r) in enumerate(shard_rows)
-                if outcomes[shard].codes[3 * i] == 0
-            ]
+                for i, (did, r) in enumerate(rows[shard])
+                if outcome.codes[shard][3 * i] == 0
+            )
+        for stream_shard, stored in by_stream.items():
             if stored:
-                await self._journal(shard, stored)
+                await self._journal(stream_shard, stored)
         return answers
 
     async def _journal(self, shard: int, stored: list[tuple[str, int, int]]) -> None:
@@ -213,16 +224,25 @@ class MeterDriver:
         shown["payload"] = state["payload"]
         return shown
 
-    async def backlog(self, shard: int) -> int:
-        return int(await self.client.get(self.keyspace.ledger_backlog(shard)) or 0)
+    async def backlog(self, shard: int | None = None) -> int:
+        """One stream's backlog counter, or (None) the sum over every shard."""
+        shards = self.keyspace.all_shards() if shard is None else [shard]
+        values = [await self.client.get(self.keyspace.ledger_backlog(s)) for s in shards]
+        return sum(int(v or 0) for v in values)
 
-    async def ledger(self, shard: int) -> list[LedgerEntry]:
-        stream = self.keyspace.ledger_stream(shard)
-        return [self._decode(*item) for item in await self.client.xrange(stream)]
+    async def ledger(self, shard: int | None = None) -> list[LedgerEntry]:
+        """One shard's ledger stream, or (None) every shard's, stream after stream."""
+        shards = self.keyspace.all_shards() if shard is None else [shard]
+        entries = []
+        for s in shards:
+            stream = self.keyspace.ledger_stream(s)
+            entries += [self._decode(*item) for item in await self.client.xrange(stream)]
+        return entries
 
     async def ledger_records(self, did: str) -> list[LedgerRecord]:
-        shard = self.keyspace.shard_of(did)
-        return [r for e in await self.ledger(shard) for r in e.records if r.did == did]
+        """The device's records in the ledger streams, in the order they were appended."""
+        entries = sorted(await self.ledger(), key=lambda e: _entry_order(e.entry_id))
+        return [r for e in entries for r in e.records if r.did == did]
 
     async def ledger_delta(self, did: str) -> int:
         return sum(r.delta for r in await self.ledger_records(did))

@@ -337,6 +337,11 @@ async def test_replayed_and_stale_messages_are_dropped_and_counted(
 
     await wait_until(both_stored)
     assert node.metrics.records_stored == 2
+
+    async def both_written() -> bool:  # the ledger writer lingers before it writes
+        return node.metrics.ledger_records_written >= 2
+
+    await wait_until(both_written)
     assert await metered_ml_by_device([dev.did], boot) == {dev.did: 150}
 
 
