@@ -168,13 +168,15 @@ class Settings(BaseSettings):
         ge=1,
         le=50000,
         description="Records a ledger read aims for: a read of fewer waits ledger_linger_ms for "
-        "more; a read takes at most ledger_batch / 100 entries (metering rounds) per stream.",
+        "more (unless a stream filled its page); a read takes at most ledger_batch / 100 "
+        "entries (metering rounds) per stream.",
     )
     ledger_linger_ms: float = Field(
         200.0,
         ge=0,
         le=5000,
-        description="When a ledger read brings fewer than ledger_batch records, the writer waits "
+        description="When a ledger read brings fewer than ledger_batch records and no stream "
+        "filled its page (more waiting), the writer waits "
         "this long and reads once more before it writes them: fewer, larger transactions (most "
         "of a transaction's cost is per commit and per device in it). Only the database lags by "
         "it; devices are acked once Redis holds their records. 0: write every read at once.",
