@@ -3,6 +3,7 @@ and a gateway node running in the test's event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -30,11 +31,117 @@ TEST_SHARDS = 4
 MASTER_SECRET = "11" * 32
 
 
+# ----------------------------------------------------------------------------- dying workers
+
+# pytest-xdist gives its workers /dev/null for output, so a worker that died (pytest-timeout's
+# thread method ends a hung test with os._exit; a segfault) left only "worker 'gw1' crashed".
+# Each worker now keeps a log of its own: the test it starts, faulthandler's traceback on a fatal
+# signal, and every thread's stack a few seconds before pytest-timeout's deadline. The
+# controller prints what a worker left there at the end of its report (a CI log's tail).
+WORKER_LOGS = Path(os.environ.get("AQUAFLEET_TEST_WORKER_LOGS", "/tmp/aquafleet-pytest-workers"))
+_LAST_WORDS = ("Timeout (", "Fatal Python error")  # ours, faulthandler's
+_STARTED = "test started: "
+_worker_log: list[Any] = []  # the open log of this worker (kept open for faulthandler)
+
+
+@pytest.hookimpl(trylast=True)  # after the faulthandler plugin's, whose file ours replaces
 def pytest_configure(config: pytest.Config) -> None:
+    import faulthandler
+
     # Test runs must not pick up an operator's settings.
     for key in list(os.environ):
         if key.startswith("AQUAFLEET_") and not key.startswith("AQUAFLEET_TEST_"):
             del os.environ[key]
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        if getattr(config.option, "numprocesses", None):
+            import shutil
+
+            shutil.rmtree(WORKER_LOGS, ignore_errors=True)
+        return
+    WORKER_LOGS.mkdir(parents=True, exist_ok=True)
+    log = open(WORKER_LOGS / f"{worker}.log", "a", buffering=1)  # noqa: SIM115 (lives on)
+    _worker_log.append(log)
+    faulthandler.enable(file=log, all_threads=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _worker_log:
+        import faulthandler
+
+        faulthandler.disable()
+        _worker_log.pop().close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    import threading
+
+    if not _worker_log:
+        yield
+        return
+    log = _worker_log[0]
+    marker = item.get_closest_marker("timeout")
+    setting = item.config.getoption("timeout", None) or item.config.getini("timeout") or 0
+    timeout = float(marker.args[0] if marker and marker.args else setting)
+    log.write(f"{_STARTED}{item.nodeid}\n")
+    watchdog = None
+    if timeout > 0:
+        watchdog = threading.Timer(max(1.0, timeout - 3), _dump_hung_test, args=(log, timeout))
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        yield
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+_test_loops: list[asyncio.AbstractEventLoop] = []  # the event loops tests ran on, newest last
+
+
+def _dump_hung_test(log: Any, timeout: float) -> None:
+    """Every thread's stack, and every task of the test's event loop with where it waits (a
+    hung async test sits in epoll: only its tasks say what it waits for)."""
+    import faulthandler
+
+    log.write(f"Timeout ({timeout:.0f} s) coming: the test loop's tasks, then every thread\n")
+    for loop in _test_loops[-1:]:
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:  # the set changed while we read it from this thread
+            tasks = []
+        for task in tasks:
+            log.write(f"\n{task!r}\n")
+            with contextlib.suppress(Exception):
+                task.print_stack(limit=12, file=log)
+    log.write("\n")
+    faulthandler.dump_traceback(file=log, all_threads=True)
+    log.flush()
+
+
+def worker_last_words(directory: Path, lines: int = 200) -> list[tuple[str, str]]:
+    """(worker, the test it was running and what it left) for workers that left a dump."""
+    found = []
+    for path in sorted(directory.glob("*.log")):
+        text = path.read_text(errors="replace")
+        starts = [text.find(marker) for marker in _LAST_WORDS if marker in text]
+        if starts:
+            first = min(starts)
+            test = text.rfind(_STARTED, 0, first)
+            found.append((path.stem, "\n".join(text[max(test, 0) :].splitlines()[:lines])))
+    return found
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    config = terminalreporter.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return  # the logs are this run's only when its workers wrote them
+    if not WORKER_LOGS.is_dir():
+        return
+    for worker, words in worker_last_words(WORKER_LOGS):
+        terminalreporter.write_sep("=", f"worker {worker} left a dump ({WORKER_LOGS})")
+        terminalreporter.write_line(words)
 
 
 # ----------------------------------------------------------------------------- passwords
@@ -389,4 +496,11 @@ async def device_factory() -> AsyncIterator[Any]:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Tests run on uvloop, like the gateway."""
-    return {"uvloop": uvloop.new_event_loop}
+    return {"uvloop": _new_test_loop}
+
+
+def _new_test_loop() -> asyncio.AbstractEventLoop:
+    loop = uvloop.new_event_loop()
+    del _test_loops[:]  # the watchdog of a hung test dumps this loop's tasks
+    _test_loops.append(loop)
+    return loop
