@@ -37,8 +37,9 @@ MASTER_SECRET = "11" * 32
 # thread method ends a hung test with os._exit; a segfault) left only "worker 'gw1' crashed".
 # Each worker now keeps a log of its own: the test it starts, faulthandler's traceback on a fatal
 # signal, and every thread's stack a few seconds before pytest-timeout's deadline. The
-# controller prints what a worker left there at the end of its report (a CI log's tail).
-WORKER_LOGS = Path(os.environ.get("AQUAFLEET_TEST_WORKER_LOGS", "/tmp/aquafleet-pytest-workers"))
+# controller prints what a worker left there at the end of its report (a CI log's tail). A run
+# has a directory of its own (several runs may share the machine), kept only when it holds a dump.
+WORKER_LOGS_ENV = "AQUAFLEET_TEST_WORKER_LOGS"  # set by the controller for its workers
 _LAST_WORDS = ("Timeout (", "Fatal Python error")  # ours, faulthandler's
 _STARTED = "test started: "
 _worker_log: list[Any] = []  # the open log of this worker (kept open for faulthandler)
@@ -54,13 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[key]
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
-        if getattr(config.option, "numprocesses", None):
-            import shutil
+        if getattr(config.option, "numprocesses", None):  # workers start after this hook
+            import tempfile
 
-            shutil.rmtree(WORKER_LOGS, ignore_errors=True)
+            os.environ[WORKER_LOGS_ENV] = tempfile.mkdtemp(prefix="aquafleet-pytest-workers-")
         return
-    WORKER_LOGS.mkdir(parents=True, exist_ok=True)
-    log = open(WORKER_LOGS / f"{worker}.log", "a", buffering=1)  # noqa: SIM115 (lives on)
+    directory = Path(os.environ.get(WORKER_LOGS_ENV) or "/tmp/aquafleet-pytest-workers")
+    directory.mkdir(parents=True, exist_ok=True)
+    log = open(directory / f"{worker}.log", "a", buffering=1)  # noqa: SIM115 (lives on)
     _worker_log.append(log)
     faulthandler.enable(file=log, all_threads=True)
 
@@ -71,6 +73,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         faulthandler.disable()
         _worker_log.pop().close()
+    elif os.environ.get(WORKER_LOGS_ENV) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        directory = Path(os.environ.pop(WORKER_LOGS_ENV))
+        if directory.is_dir() and not worker_last_words(directory):
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -134,13 +142,11 @@ def worker_last_words(directory: Path, lines: int = 200) -> list[tuple[str, str]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    config = terminalreporter.config
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
-        return  # the logs are this run's only when its workers wrote them
-    if not WORKER_LOGS.is_dir():
+    directory = os.environ.get(WORKER_LOGS_ENV)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not directory or not Path(directory).is_dir():
         return
-    for worker, words in worker_last_words(WORKER_LOGS):
-        terminalreporter.write_sep("=", f"worker {worker} left a dump ({WORKER_LOGS})")
+    for worker, words in worker_last_words(Path(directory)):
+        terminalreporter.write_sep("=", f"worker {worker} left a dump ({directory})")
         terminalreporter.write_line(words)
 
 
