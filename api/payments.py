@@ -28,7 +28,15 @@ from aquafleet.api.schemas import (
 )
 from aquafleet.api.sealing import secret_box
 from aquafleet.gateway.alipay import AlipayPayments
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
+from aquafleet.gateway.appkeys import (
+    DEVICE_GATEWAY,
+    KEYSPACE,
+    METRICS,
+    REDIS,
+    SCRIPTS,
+    SETTINGS,
+    TASKS,
+)
 from aquafleet.gateway.cards import CardPayments
 from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
 from aquafleet.gateway.providers.alipay import AlipayClient
@@ -93,7 +101,7 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
             AlipayClient(session, gateway_url=settings.alipay_gateway_url), service.box, service
         )
         sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
-            service, app[REDIS], lease_key=app[KEYSPACE].payments_owner,
+            service, app[REDIS], app[SCRIPTS], lease_key=app[KEYSPACE].payments_owner,
             node_id=settings.resolved_node_id, interval_s=settings.payments_sweep_interval_s,
         )  # fmt: skip
         app[TASKS].start("payments-sweeper", sweeper.run)

@@ -360,7 +360,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TASKS].stop("rental-scheduler")
     try:
-        await scheduler.release_lease()
+        await scheduler.lease.release()
     except GatewayError as exc:
         log.warning("rental_lease_release_failed", error=str(exc))
 
@@ -392,7 +392,7 @@ async def stop_order_timers(app: web.Application) -> None:
     """Cancel the order timers' task and hand their lease over (the node's shutdown)."""
     await app[TASKS].stop("order-timers")
     try:
-        await app[ORDER_TIMERS].release_lease()
+        await app[ORDER_TIMERS].lease.release()
     except GatewayError as exc:
         log.warning("order_timers_lease_release_failed", error=str(exc))
 
@@ -415,7 +415,7 @@ async def fleet_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TASKS].stop("fleet-sampler")
     try:
-        await sampler.release_lease()
+        await sampler.lease.release()
     except GatewayError as exc:
         log.warning("fleet_sampler_lease_release_failed", error=str(exc))
 

@@ -13,8 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments, RefundResult
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.payouts import WechatNotBound, WechatTransferPayout
@@ -24,6 +28,7 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
+from aquafleet.gateway.redis_io import Scripts
 from aquafleet.models.errors import DomainError, NotFound
 from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
 from aquafleet.models.money import (
@@ -478,55 +483,40 @@ class PaymentService:
         log.info("bill_closed", bill_no=payment.bill_no)
 
 
-# Take the lease when free, renew it when ours; 1 when this node holds it.
-LEASE_SCRIPT = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('pexpire', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-
 class PaymentSweeper:
-    """The payments sweep in the node, once per cluster: the holder of a Redis lease (the
-    rental scheduler's pattern) sweeps every `interval_s`; when it dies another node takes
-    over within the lease time. Every step of a sweep is idempotent, so an overlap at a
-    hand-over does nothing twice."""
+    """The payments sweep in the node, once per cluster: the holder of a Redis lease
+    (gateway/lease.py) sweeps every `interval_s`; when it dies another node takes over within
+    the lease time. Every step of a sweep is idempotent, so an overlap at a hand-over does
+    nothing twice."""
 
     def __init__(
         self,
         service: PaymentService,
-        client: Any,
+        client: aioredis.Redis,
+        scripts: Scripts,
         *,
         lease_key: str,
         node_id: str,
         interval_s: float,
     ) -> None:
         self.service = service
-        self.client = client
-        self.lease_key = lease_key
-        self.node_id = node_id
         self.interval_s = interval_s
-        self.lease_ms = max(5_000, int(interval_s * 3_000))
-        self.owner = False
+        self.lease = NodeLease(
+            client=client, scripts=scripts, key=lease_key, node_id=node_id,
+            lease_ms=max(5_000, int(interval_s * 3_000)), job="payments_sweeper",
+        )  # fmt: skip
         self.passes = 0  # full sweeps done here (a barrier for tests and operators)
-        self._lease = client.register_script(LEASE_SCRIPT)
+
+    @property
+    def owner(self) -> bool:
+        return self.lease.held
 
     async def run(self) -> None:
-        from redis.exceptions import RedisError
         from tortoise.exceptions import BaseORMException
 
         while True:
             try:
-                held = bool(
-                    await self._lease(keys=[self.lease_key], args=[self.node_id, self.lease_ms])
-                )
-                if held != self.owner:
-                    log.info("payments_sweeper_lease", node=self.node_id, owner=held)
-                self.owner = held
-                if held:
+                if await self.lease.acquire():
                     report = await self.service.sweep()
                     self.passes += 1
                     if (
@@ -538,20 +528,13 @@ class PaymentSweeper:
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
                             payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
                         )  # fmt: skip
-            except (RedisError, BaseORMException, DomainError) as exc:
+            except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.interval_s)
 
     async def release(self) -> None:
         """Hand the lease over at once (shutdown) instead of letting it time out."""
-        from redis.exceptions import RedisError
-
-        if not self.owner:
-            return
         try:
-            owner = await self.client.get(self.lease_key)
-            if owner in (self.node_id, self.node_id.encode()):
-                await self.client.delete(self.lease_key)
-        except RedisError as exc:
+            await self.lease.release()
+        except GatewayError as exc:
             log.warning("payments_sweeper_release_failed", error=str(exc))
-        self.owner = False
