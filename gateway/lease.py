@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.redis_io import Scripts
 
@@ -60,6 +61,13 @@ class NodeLease:
         self.held = False  # given up either way: unreleased, it expires within lease_ms
         released = await self.scripts.call(self.client, "lease_release", [self.key], [self.node_id])
         return bool(released)
+
+    async def hand_over(self) -> None:
+        """`release` at shutdown: when Redis does not answer, say so and let the lease expire."""
+        try:
+            await self.release()
+        except GatewayError as exc:
+            log.warning(f"{self.job}_lease_release_failed", node=self.node_id, error=str(exc))
 
     def _found(self, held: bool) -> bool:
         if held != self.held:
