@@ -9,6 +9,8 @@ lease expired and was taken by another can neither extend nor delete the other's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.errors import GatewayError
@@ -18,26 +20,17 @@ from aquafleet.gateway.redis_io import Scripts
 log = get_logger("aquafleet.lease")
 
 
+@dataclass(eq=False, kw_only=True)
 class NodeLease:
     """This node's hold on the lease at `key`; `held` is what the last step found."""
 
-    def __init__(
-        self,
-        *,
-        client: aioredis.Redis,
-        scripts: Scripts,
-        key: str,
-        node_id: str,
-        lease_ms: int,
-        job: str,
-    ) -> None:
-        self.client = client
-        self.scripts = scripts
-        self.key = key
-        self.node_id = node_id
-        self.lease_ms = lease_ms
-        self.job = job  # names the log events: f"{job}_lease"
-        self.held = False
+    client: aioredis.Redis
+    scripts: Scripts
+    key: str
+    node_id: str
+    lease_ms: int
+    job: str  # names the log events: f"{job}_lease"
+    held: bool = False
 
     async def acquire(self) -> bool:
         """Take the lease when free, keep it (renewed) when ours; whether this node holds it."""
