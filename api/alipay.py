@@ -10,9 +10,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
-from aquafleet.api.errors import ApiError, Unavailable
+from aquafleet.api.errors import Unavailable
 from aquafleet.api.orders import OrderPath
-from aquafleet.api.payments import PAYMENTS
+from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
 from aquafleet.api.sealing import box_of
@@ -99,14 +99,8 @@ class AlipayNotificationIn(RequestModel):
     "outcome is in the X-Outcome header).",
 )
 async def alipay_notify(call: Call) -> web.StreamResponse:
-    service = channel(call)
-    form = {k: str(v) for k, v in call.body.model_dump().items()}
-    try:
-        outcome = await service.notification(call.params.vid, form)
-    except AlipayNotificationRefused as exc:
-        call.app[PAYMENTS].metrics.payments_notices_refused += 1
-        log.warning("alipay_notification_refused", vid=call.params.vid, why=str(exc))
-        raise ApiError(str(exc), code="notification_refused", status=401) from None
+    notice = channel(call).notification(call.params.vid, posted_form(call))
+    outcome = await notification_taken(call, "alipay", notice, AlipayNotificationRefused)
     return web.Response(text=NOTIFY_ACK, headers={"X-Outcome": outcome.value})
 
 

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field
 
 from aquafleet.api.errors import ApiError, Unavailable
 from aquafleet.api.orders import OrderPath
-from aquafleet.api.payments import PAYMENTS
+from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
 from aquafleet.api.sealing import box_of
@@ -140,13 +140,8 @@ class CardNotificationIn(RequestModel):
 )
 async def card_notify(call: Call) -> web.StreamResponse:
     service = cards(call)
-    form = {k: str(v) for k, v in call.body.model_dump().items()}
-    try:
-        outcome = await service.notification(call.params.acquirer, call.params.vid, form)
-    except CardNotificationRefused as exc:
-        call.app[PAYMENTS].metrics.payments_notices_refused += 1
-        log.warning("card_notification_refused", vid=call.params.vid, why=str(exc))
-        raise ApiError(str(exc), code="notification_refused", status=401) from None
+    notice = service.notification(call.params.acquirer, call.params.vid, posted_form(call))
+    outcome = await notification_taken(call, "card", notice, CardNotificationRefused)
     acquirer = service.acquirers[call.params.acquirer]
     return web.Response(text=acquirer.notify_ack, headers={"X-Outcome": outcome.value})
 

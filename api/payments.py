@@ -9,7 +9,8 @@ or its own answer to our query.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -28,9 +29,18 @@ from aquafleet.api.schemas import (
 )
 from aquafleet.api.sealing import secret_box
 from aquafleet.gateway.alipay import AlipayPayments
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY, KEYSPACE, METRICS, REDIS, SETTINGS, TASKS
+from aquafleet.gateway.appkeys import (
+    DEVICE_GATEWAY,
+    KEYSPACE,
+    METRICS,
+    REDIS,
+    SCRIPTS,
+    SETTINGS,
+    TASKS,
+)
 from aquafleet.gateway.cards import CardPayments
-from aquafleet.gateway.payments import NotificationRefused, PaymentService, PaymentSweeper
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.payments import PaymentService, PaymentSweeper
 from aquafleet.gateway.providers.alipay import AlipayClient
 from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
 from aquafleet.gateway.providers.wechatpay import (
@@ -38,6 +48,7 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
+from aquafleet.gateway.wechatpay import NotificationRefused
 from aquafleet.models.devices import Device
 from aquafleet.models.members import get_member
 from aquafleet.models.money import Refund
@@ -54,6 +65,9 @@ from aquafleet.models.wallet import (
     pay_order_from_wallet,
     wallet_balance,
 )
+
+log = get_logger("aquafleet.api.payments")
+T = TypeVar("T")
 
 PAYMENTS: web.AppKey[PaymentService] = web.AppKey("payments")
 PAYMENT_SWEEPER: web.AppKey[PaymentSweeper] = web.AppKey("payment_sweeper")
@@ -93,7 +107,7 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
             AlipayClient(session, gateway_url=settings.alipay_gateway_url), service.box, service
         )
         sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
-            service, app[REDIS], lease_key=app[KEYSPACE].payments_owner,
+            service, app[REDIS], app[SCRIPTS], lease_key=app[KEYSPACE].payments_owner,
             node_id=settings.resolved_node_id, interval_s=settings.payments_sweep_interval_s,
         )  # fmt: skip
         app[TASKS].start("payments-sweeper", sweeper.run)
@@ -147,7 +161,7 @@ async def prepay_weixin(call: Call) -> PrepayOut:
     order = await find_order(call.principal, call.params.oid)
     member = await get_member(call.principal.subject)
     try:
-        payment, params = await call.app[PAYMENTS].wechat_prepay(order, member)
+        payment, params = await call.app[PAYMENTS].wechat.prepay(order, member)
     except (WechatPayUnavailable, WechatPayRefused) as exc:
         raise channel_errors(exc) from None
     return PrepayOut(**params, bill_no=payment.bill_no)
@@ -247,23 +261,37 @@ class NotifyOut(ResponseModel):
     outcome: str
 
 
-async def _notification(call: Call, refund: bool) -> NotifyOut:
-    service = call.app[PAYMENTS]
-    body = call.request[RAW_BODY].decode("utf-8", "replace")
+async def notification_taken(
+    call: Call, channel: str, notice: Awaitable[T], refused: type[Exception]
+) -> T:
+    """What a channel's notification did; 401 (counted and logged; nothing changed) when the
+    channel refuses it: forged, stale, unreadable or another merchant's."""
     try:
-        if refund:
-            outcome = await service.wechat_refund_notification(
-                call.params.vid, call.request.headers, body
-            )
-        else:
-            outcome = (
-                await service.wechat_payment_notification(
-                    call.params.vid, call.request.headers, body
-                )
-            ).value
-    except NotificationRefused as exc:
+        return await notice
+    except refused as exc:
+        call.app[PAYMENTS].metrics.payments_notices_refused += 1
+        log.warning(f"{channel}_notification_refused", vid=call.params.vid, why=str(exc))
         raise ApiError(str(exc), code="notification_refused", status=401) from None
-    return NotifyOut(outcome=outcome)
+
+
+def posted_form(call: Call) -> dict[str, str]:
+    """A notification posted as a form (Alipay, the card acquirers), its values as text."""
+    return {k: str(v) for k, v in call.body.model_dump().items()}
+
+
+async def _notification(call: Call, refund: bool) -> NotifyOut:
+    wechat = call.app[PAYMENTS].wechat
+    body = call.request[RAW_BODY].decode("utf-8", "replace")
+    vid, headers = call.params.vid, call.request.headers
+    if refund:
+        outcome = await notification_taken(
+            call, "wechatpay", wechat.refund_notification(vid, headers, body), NotificationRefused
+        )
+        return NotifyOut(outcome=outcome)
+    paid = wechat.payment_notification(vid, headers, body)
+    return NotifyOut(
+        outcome=(await notification_taken(call, "wechatpay", paid, NotificationRefused)).value
+    )
 
 
 @routes.post(
@@ -370,7 +398,7 @@ async def read_wallet(call: Call) -> WalletOut:
 async def topup_wallet(call: Call) -> PrepayOut:
     member = await visible_member(call.principal, call.params.uid)
     try:
-        payment, params = await call.app[PAYMENTS].wechat_topup(member, call.body.amount)
+        payment, params = await call.app[PAYMENTS].wechat.topup(member, call.body.amount)
     except (WechatPayUnavailable, WechatPayRefused) as exc:
         raise channel_errors(exc) from None
     return PrepayOut(**params, bill_no=payment.bill_no)

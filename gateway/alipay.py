@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aquafleet.gateway.cards import RefundResult
+from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.providers.alipay import AlipayClient, AlipayRefused
 from aquafleet.models.alipay import AlipayMerchant, alipay_merchant, fen, verify_notification
 from aquafleet.models.errors import DomainError
-from aquafleet.models.merchants import ALIPAY, PaymentNotConfigured
-from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
-from aquafleet.models.orders import Order, OrderLine
+from aquafleet.models.merchants import ALIPAY
+from aquafleet.models.money import Refund, settle_refund
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -52,23 +52,19 @@ def _amount(value: Any) -> int:
         return -1  # never a bill's amount: an amount_mismatch
 
 
-class AlipayPayments:
-    """The channel; `payments` is gateway/payments.py's PaymentService (notify base URL,
-    `apply` with its metrics and alerts)."""
+class AlipayPayments(PaymentChannel):
+    """The channel (gateway/channels.py)."""
+
+    name = ALIPAY
+    label = "Alipay"
 
     def __init__(self, client: AlipayClient, box: Any, payments: Any) -> None:
+        super().__init__(payments)
         self.client = client
         self.box = box
-        self.payments = payments
 
     async def merchant(self, vendor_code: str) -> AlipayMerchant:
         return await alipay_merchant(vendor_code, self.box)
-
-    def notify_url(self, vendor_code: str) -> str:
-        base = str(self.payments.notify_base_url).rstrip("/")
-        if not base:
-            raise PaymentNotConfigured("payments_notify_url is not set: Alipay cannot notify")
-        return base + ALIPAY_NOTIFY_PATH.format(vid=vendor_code)
 
     def _notice(self, vendor_code: str, fields: Mapping[str, Any], bill_no: str) -> ChannelPayment:
         trade_no = str(fields.get("trade_no", ""))
@@ -84,13 +80,11 @@ class AlipayPayments:
         """The order's bill with the channel alipay, and the signed wap.pay URL the member's
         browser opens to pay it (a new signature each time; the same bill)."""
         merchant = await self.merchant(order.vendor_id)
-        notify_url = self.notify_url(order.vendor_id)
+        notify_url = self.notify_url(ALIPAY_NOTIFY_PATH, vid=order.vendor_id)
         payment = await open_order_bill(order, member.uid, ALIPAY)
-        line = await OrderLine.filter(order_id=order.id).order_by("position").first()
-        subject = str((line.snapshot or {}).get("name", "")) if line else ""
         url = self.client.wap_pay_url(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
-            subject=subject or order.oid, notify_url=notify_url,
+            subject=await bill_description(order), notify_url=notify_url,
         )  # fmt: skip
         await set_prepay_id(payment, PREPAY_ID)
         return payment, url
@@ -106,9 +100,7 @@ class AlipayPayments:
             raise AlipayNotificationRefused("the notification is for another app or seller")
         if form.get("trade_status") not in PAID_STATES:
             return Outcome.DUPLICATE  # WAIT_BUYER_PAY, TRADE_CLOSED: nothing to do; taken
-        notice = self._notice(vendor_code, form, str(form.get("out_trade_no", "")))
-        outcome: Outcome = await self.payments.apply(notice)
-        return outcome
+        return await self.apply(self._notice(vendor_code, form, str(form.get("out_trade_no", ""))))
 
     # ------------------------------------------------------------------------- the sweep
 
@@ -119,10 +111,7 @@ class AlipayPayments:
             return None
         if answer.get("out_trade_no") != payment.bill_no:
             raise AlipayNotificationRefused("alipay answered about another trade")
-        outcome: Outcome = await self.payments.apply(
-            self._notice(payment.vendor_code, answer, payment.bill_no)
-        )
-        return outcome
+        return await self.apply(self._notice(payment.vendor_code, answer, payment.bill_no))
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order at Alipay (alipay.trade.close), then here. A trade
@@ -151,24 +140,15 @@ class AlipayPayments:
         moved (fund_change Y), requested otherwise (the sweep's query settles it), failed when
         Alipay refuses (an over-refund, a trade that cannot refund)."""
         merchant = await self.merchant(payment.vendor_code)
-        try:
+
+        async def send() -> tuple[bool, str]:
             answer = await self.client.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, reason=refund.reason or "退款",
             )  # fmt: skip
-        except AlipayRefused as exc:
-            await move_refund(
-                refund.refund_no, RefundState.FAILED, channel=ALIPAY, failure=str(exc)
-            )
-            log.error("refund_refused", refund_no=refund.refund_no, why=str(exc))
-            return RefundResult.FAILED
-        await move_refund(refund.refund_no, RefundState.REQUESTED, channel=ALIPAY)
-        if answer.get("fund_change") == "Y":
-            await settle_refund(
-                refund.refund_no, channel=ALIPAY, channel_refund_id=str(answer.get("trade_no", ""))
-            )
-            return RefundResult.SUCCEEDED
-        return RefundResult.PENDING
+            return answer.get("fund_change") == "Y", str(answer.get("trade_no", ""))
+
+        return await self.refund_sent(refund, send, AlipayRefused)
 
     async def check_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         """alipay.trade.fastpay.refund.query of a requested refund: REFUND_SUCCESS settles it;

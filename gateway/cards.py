@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
 from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import PaymentNotConfigured, configured_channels
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
-from aquafleet.models.orders import Order, OrderLine
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -31,7 +31,7 @@ from aquafleet.models.payments import (
     set_prepay_id,
 )
 
-log = get_logger("aquafleet.cards")
+__all__ = ["RefundResult"]  # the acquirers' answers (gateway/channels.py)
 
 CARD = "card"  # the ledger's channel for every acquirer
 CARD_NOTIFY_PATH = "/api/v1/payments/card/{acquirer}/notify/{vid}"
@@ -76,12 +76,6 @@ class CardResult:
     amount_fen: int
 
 
-class RefundResult(StrEnum):
-    SUCCEEDED = "succeeded"
-    PENDING = "pending"
-    FAILED = "failed"  # refused: the refund is failed and its amount may be refunded again
-
-
 class CardAcquirer(Protocol):
     """One acquirer's protocol. `merchant` is whatever `merchant()` answered for the vendor."""
 
@@ -114,17 +108,16 @@ class CardNotConfigured(PaymentNotConfigured):
     code = "card_not_configured"
 
 
-class CardPayments:
-    """The card channel: picks the vendor's acquirer and applies what it confirms through
-    `apply` (PaymentService.apply: the bill, `pay_order`, the ledger, metrics)."""
+class CardPayments(PaymentChannel):
+    """The card channel (gateway/channels.py): picks the vendor's acquirer and applies what it
+    confirms. Bills of closed orders are closed here only (an acquirer's bill lapses)."""
+
+    name = CARD
+    label = "the acquirer"
 
     def __init__(self, acquirers: list[CardAcquirer], payments: Any) -> None:
+        super().__init__(payments)
         self.acquirers = {a.name: a for a in acquirers}
-        self.payments = payments  # gateway/payments.py's PaymentService
-
-    async def apply(self, notice: ChannelPayment) -> Outcome:
-        outcome: Outcome = await self.payments.apply(notice)
-        return outcome
 
     async def acquirer_of_vendor(self, vendor_code: str) -> CardAcquirer:
         for channel in await configured_channels(vendor_code):
@@ -141,18 +134,11 @@ class CardPayments:
         the app opens to pay."""
         acquirer = await self.acquirer_of_vendor(order.vendor_id)
         merchant = await acquirer.merchant(order.vendor_id)
-        base = str(self.payments.notify_base_url)
-        if not base:
-            raise PaymentNotConfigured("payments_notify_url is not set: the acquirer cannot notify")
-        notify_url = base.rstrip("/") + CARD_NOTIFY_PATH.format(
-            acquirer=acquirer.name, vid=order.vendor_id
-        )
+        notify_url = self.notify_url(CARD_NOTIFY_PATH, acquirer=acquirer.name, vid=order.vendor_id)
         payment = await open_order_bill(order, member.uid, CARD)
-        line = await OrderLine.filter(order_id=order.id).order_by("position").first()
-        description = str((line.snapshot or {}).get("name", "")) if line else ""
         answer = await acquirer.pay(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
-            description=description or order.oid, kind=kind, notify_url=notify_url,
+            description=await bill_description(order), kind=kind, notify_url=notify_url,
         )  # fmt: skip
         await set_prepay_id(payment, f"{acquirer.name}:{answer.transaction_no or payment.bill_no}")
         return payment, acquirer.name, answer.pay_info
@@ -196,28 +182,29 @@ class CardPayments:
         if acquirer is None:
             return None
         merchant = await acquirer.merchant(payment.vendor_code)
-        try:
+
+        async def send() -> tuple[bool, str]:
             result = await acquirer.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
                 reason=refund.reason or "退款",
             )  # fmt: skip
-        except AcquirerRefused as exc:
-            await move_refund(refund.refund_no, RefundState.FAILED, channel=CARD, failure=str(exc))
-            log.error("refund_refused", refund_no=refund.refund_no, why=str(exc))
-            return RefundResult.FAILED
-        await move_refund(refund.refund_no, RefundState.REQUESTED, channel=CARD)
-        if result is RefundResult.SUCCEEDED:
-            await settle_refund(refund.refund_no, channel=CARD)
-        return result
+            return result is RefundResult.SUCCEEDED, ""
 
-    async def check_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
+        return await self.refund_sent(refund, send, AcquirerRefused)
+
+    async def check_refund(self, refund: Refund, payment: Payment) -> RefundResult:
+        """The acquirer's answer about a requested refund; one it does not know (or a bill of
+        no acquirer of ours) failed."""
         acquirer = self.acquirer_of_bill(payment)
-        if acquirer is None:
-            return None
-        result = await acquirer.query_refund(
-            await acquirer.merchant(payment.vendor_code), refund.refund_no
-        )
+        result = None
+        if acquirer is not None:
+            result = await acquirer.query_refund(
+                await acquirer.merchant(payment.vendor_code), refund.refund_no
+            )
         if result is RefundResult.SUCCEEDED:
             await settle_refund(refund.refund_no, channel=CARD)
+        elif result is None:
+            await move_refund(refund.refund_no, RefundState.FAILED, channel=CARD, failure="failed")
+            return RefundResult.FAILED
         return result

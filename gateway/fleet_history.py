@@ -2,7 +2,7 @@
 node holding the sampler's lease counts the online devices per (vendor, agent node) from
 presence in Redis and writes the bucket's sample to the database.
 
-The lease is the rental scheduler's pattern (lease.lua on a key of its own), renewed every
+The lease is gateway/lease.py's (on a key of its own), renewed every
 second; a node that stops hands it over at once, one that dies loses it within LEASE_MS. A
 bucket is written once: the table's key (bucket, vendor, node) refuses a second writer's rows,
 so a handover mid-sample never counts a device twice. A bucket missed while no node held the
@@ -20,8 +20,9 @@ from tortoise.exceptions import BaseORMException
 
 from aquafleet.gateway.errors import GatewayError, RedisUnavailable
 from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
-from aquafleet.gateway.redis_io import Command, Scripts, redis_errors, round_trip
+from aquafleet.gateway.redis_io import Command, Scripts, round_trip
 from aquafleet.models.fleet_history import (
     GROUP_SCAN_CHUNK,
     GroupCount,
@@ -64,20 +65,22 @@ class FleetSampler:
         interval_s: int,
     ) -> None:
         self.client = client
-        self.scripts = scripts
         self.keyspace = keyspace
         self.node_id = node_id
         self.interval_s = interval_s
-        self.owner = False
+        self.lease = NodeLease(
+            client=client, scripts=scripts, key=keyspace.fleet_sampler_owner, node_id=node_id,
+            lease_ms=LEASE_MS, job="fleet_sampler",
+        )  # fmt: skip
         self.last_bucket = -1  # the last bucket this node sampled
         self.samples = 0  # buckets this node wrote
 
     async def run(self) -> None:
         while True:
             try:
-                self.owner = await self.hold_lease()
+                held = await self.lease.acquire()
                 bucket = bucket_start(int(time.time()), self.interval_s)
-                if self.owner and bucket > self.last_bucket:
+                if held and bucket > self.last_bucket:
                     await self.sample(bucket)
                     self.last_bucket = bucket
             except (GatewayError, BaseORMException) as exc:
@@ -106,20 +109,6 @@ class FleetSampler:
         self.samples += 1
         return written
 
-    async def hold_lease(self) -> bool:
-        held = await self.scripts.call(
-            self.client, "lease", [self.keyspace.fleet_sampler_owner], [self.node_id, LEASE_MS]
-        )
-        if bool(held) != self.owner:
-            log.info("fleet_sampler_lease", node=self.node_id, owner=bool(held))
-        return bool(held)
-
-    async def release_lease(self) -> None:
-        """Hand the lease over at once (shutdown) instead of letting it time out."""
-        if not self.owner:
-            return
-        with redis_errors("releasing the fleet sampler's lease"):
-            owner = await self.client.get(self.keyspace.fleet_sampler_owner)
-            if owner in (self.node_id, self.node_id.encode()):
-                await self.client.delete(self.keyspace.fleet_sampler_owner)
-        self.owner = False
+    @property
+    def owner(self) -> bool:
+        return self.lease.held

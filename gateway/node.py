@@ -359,10 +359,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TASKS].start("rental-scheduler", scheduler.run)
     yield
     await app[TASKS].stop("rental-scheduler")
-    try:
-        await scheduler.release_lease()
-    except GatewayError as exc:
-        log.warning("rental_lease_release_failed", error=str(exc))
+    await scheduler.lease.hand_over()
 
 
 async def order_timers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -391,10 +388,7 @@ async def order_timers_ctx(app: web.Application) -> AsyncIterator[None]:
 async def stop_order_timers(app: web.Application) -> None:
     """Cancel the order timers' task and hand their lease over (the node's shutdown)."""
     await app[TASKS].stop("order-timers")
-    try:
-        await app[ORDER_TIMERS].release_lease()
-    except GatewayError as exc:
-        log.warning("order_timers_lease_release_failed", error=str(exc))
+    await app[ORDER_TIMERS].lease.hand_over()
 
 
 async def fleet_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -414,10 +408,7 @@ async def fleet_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TASKS].start("fleet-sampler", sampler.run)
     yield
     await app[TASKS].stop("fleet-sampler")
-    try:
-        await sampler.release_lease()
-    except GatewayError as exc:
-        log.warning("fleet_sampler_lease_release_failed", error=str(exc))
+    await sampler.lease.hand_over()
 
 
 async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:

@@ -34,6 +34,7 @@ from tortoise.expressions import Q
 
 from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.wechat import wechat_json
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.models.errors import DomainError
 from aquafleet.models.members import WechatError, WechatMisconfigured, WechatUnavailable
@@ -59,7 +60,6 @@ TOKEN_MARGIN_S = 300  # a cached token is dropped this long before WeChat's expi
 LOCK_MS = 10_000
 WAIT_STEP_S = 0.05
 WAIT_STEPS = 100  # a node waiting for another's token refresh waits at most 5 s
-MAX_ANSWER_BYTES = 64 * 1024
 INVALID_TOKEN = frozenset({40001, 40014, 42001})
 REFUSED_RECIPIENT = frozenset({40003, 43004, 43101})  # bad openid, unfollowed, refused
 
@@ -164,25 +164,10 @@ class WechatTemplates:
         self, method: str, path: str, *, params: dict[str, str], body: Any = None
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.session.request(
-                    method, self.base_url + path, params=params, data=data
-                ) as response:
-                    status = response.status
-                    raw = await response.content.read(MAX_ANSWER_BYTES)
-        except TimeoutError:
-            raise WechatUnavailable("wechat: no answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise WechatUnavailable(f"wechat: {type(exc).__name__}") from None
-        if status != 200:
-            raise WechatUnavailable(f"wechat: HTTP {status}")
-        try:
-            answer = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            raise WechatUnavailable("wechat: an answer that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise WechatUnavailable("wechat: an unexpected answer")
+        answer = await wechat_json(
+            self.session, method, self.base_url + path, timeout_s=self.timeout_s,
+            params=params, data=data,
+        )  # fmt: skip
         errcode = answer.get("errcode", 0)
         if errcode in (0, None):
             return answer

@@ -1,8 +1,8 @@
 """The order timers inside the node (models/order_timers.py): unpaid orders close, delivered
 orders are received, the return window ends in done.
 
-One node of a cluster sweeps at a time: the holder of its own Redis lease (the rental
-scheduler's pattern, lease.lua, on a key of its own), renewed every second; when that node stops
+One node of a cluster sweeps at a time: the holder of its own Redis lease (gateway/lease.py, on
+a key of its own), renewed every second; when that node stops
 it hands the lease over at once, when it dies another takes over within the lease time. The
 timers are the orders' own timestamps and states, so a restart or a handover loses nothing, and
 a sweep that runs twice (a handover mid-sweep) moves each order once: the state machine refuses
@@ -19,8 +19,9 @@ from tortoise.exceptions import BaseORMException
 
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
-from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.gateway.redis_io import Scripts
 from aquafleet.models.errors import DomainError
 from aquafleet.models.order_timers import SWEEP_BATCH, SweepResult, TimerSettings, sweep
 
@@ -43,14 +44,14 @@ class OrderTimerLoop:
         timers: TimerSettings,
         batch: int = SWEEP_BATCH,
     ) -> None:
-        self.client = client
-        self.scripts = scripts
-        self.keyspace = keyspace
         self.node_id = node_id
         self.interval_s = interval_s
         self.timers = timers
         self.batch = batch
-        self.owner = False
+        self.lease = NodeLease(
+            client=client, scripts=scripts, key=keyspace.order_timers_owner, node_id=node_id,
+            lease_ms=LEASE_MS, job="order_timers",
+        )  # fmt: skip
         self.passes = 0  # sweeps this node ran
         self.moved = 0  # orders its sweeps moved
 
@@ -59,8 +60,8 @@ class OrderTimerLoop:
         next_sweep = 0.0
         while True:
             try:
-                was_owner, self.owner = self.owner, await self.hold_lease()
-                if self.owner and not was_owner:
+                was_owner = self.owner
+                if await self.lease.acquire() and not was_owner:
                     next_sweep = 0.0  # a new owner sweeps at once
                 if self.owner and loop.time() >= next_sweep:
                     result = await self.sweep_once()
@@ -81,20 +82,6 @@ class OrderTimerLoop:
                      done=result.done)  # fmt: skip
         return result
 
-    async def hold_lease(self) -> bool:
-        held = await self.scripts.call(
-            self.client, "lease", [self.keyspace.order_timers_owner], [self.node_id, LEASE_MS]
-        )
-        if bool(held) != self.owner:
-            log.info("order_timers_lease", node=self.node_id, owner=bool(held))
-        return bool(held)
-
-    async def release_lease(self) -> None:
-        """Hand the lease over at once (shutdown) instead of letting it time out."""
-        if not self.owner:
-            return
-        with redis_errors("releasing the order timers' lease"):
-            owner = await self.client.get(self.keyspace.order_timers_owner)
-            if owner in (self.node_id, self.node_id.encode()):
-                await self.client.delete(self.keyspace.order_timers_owner)
-        self.owner = False
+    @property
+    def owner(self) -> bool:
+        return self.lease.held

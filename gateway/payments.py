@@ -1,41 +1,41 @@
-"""The payment channels at work: WeChat Pay prepay, its notifications, and the sweep that
-executes due refunds, closes the bills of closed orders and queries bills whose notification
-is late. The decisions are models/payments.py's and models/money.py's; this module talks to
-the channel (gateway/providers/wechatpay.py) and says what happened (log lines, metrics).
+"""The payment channels at work: the sweep that executes due refunds, closes the bills of
+closed orders and queries bills whose notification is late, each step dispatched to the bill's
+channel (gateway/channels.py: WeChat Pay, the card acquirers, Alipay), and what a confirmed
+payment does (`apply`). The decisions are models/payments.py's and models/money.py's; this
+module says what happened (log lines, metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from aquafleet.gateway.alipay import AlipayPayments
-from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments, RefundResult
+from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments
+from aquafleet.gateway.channels import PaymentChannel, RefundResult
+from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
-from aquafleet.gateway.payouts import WechatNotBound, WechatTransferPayout
+from aquafleet.gateway.payouts import WechatTransferPayout
 from aquafleet.gateway.providers.alipay import AlipayUnavailable
-from aquafleet.gateway.providers.wechatpay import (
-    WechatPayClient,
-    WechatPayRefused,
-    WechatPayUnavailable,
-)
-from aquafleet.models.errors import DomainError, NotFound
-from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
+from aquafleet.gateway.providers.wechatpay import WechatPayClient, WechatPayUnavailable
+from aquafleet.gateway.redis_io import Scripts
+from aquafleet.gateway.wechatpay import WechatPayments
+from aquafleet.models.errors import DomainError
+from aquafleet.models.merchants import PaymentNotConfigured
 from aquafleet.models.money import (
     Part,
     Refund,
     RefundState,
-    move_refund,
     refund_part,
     settle_refund,
     wallet_account,
 )
-from aquafleet.models.orders import Order, OrderLine
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -45,36 +45,15 @@ from aquafleet.models.payments import (
     bills_to_close,
     close_bill,
     late_bills,
-    open_order_bill,
     payment_of_order,
-    set_prepay_id,
 )
-from aquafleet.models.reconcile import Difference, compare, parse_trade_bill
 from aquafleet.models.sealed import SecretBox
-from aquafleet.models.vendors import Vendor
-from aquafleet.models.wallet import open_topup, settle_dispenses
-from aquafleet.models.wechatpay import (
-    WechatPayError,
-    decrypt_resource,
-    jsapi_parameters,
-    nonce,
-    verify_signed,
-)
+from aquafleet.models.wallet import settle_dispenses
 
 log = get_logger("aquafleet.payments")
 
-WEIXIN = "weixin"
 WALLET = "wallet"
-ALIPAY = "alipay"
-NOTIFY_PATH = "/api/v1/payments/weixin/notify/{vid}"
-REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 SWEEP_BATCH = 100
-
-
-class NotificationRefused(WechatPayError):
-    """A notification we cannot trust or read: answered as a failure, nothing changes."""
-
-    code = "notification_refused"
 
 
 @dataclass(slots=True)
@@ -112,111 +91,15 @@ class PaymentService:
         self.query_after = query_after
         self.apply_service = apply_service  # renewals change their device when paid
         self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
+        self.wechat = WechatPayments(client, box, self)  # WeChat Pay (gateway/wechatpay.py)
         self.cards: CardPayments | None = None  # the card acquirers (gateway/cards.py)
         self.alipay: AlipayPayments | None = None  # Alipay (gateway/alipay.py)
 
-    async def merchant(self, vendor_code: str) -> WechatPayMerchant:
-        vendor = await Vendor.get_or_none(code=vendor_code)
-        if vendor is None:
-            raise NotFound(f"vendor {vendor_code} not found")
-        return await wechat_merchant(vendor, self.box)
-
-    def _notify_url(self, path: str, vendor_code: str) -> str:
-        if not self.notify_base_url:
-            raise PaymentNotConfigured("payments_notify_url is not set: WeChat Pay cannot notify")
-        return self.notify_base_url + path.format(vid=vendor_code)
-
-    # ------------------------------------------------------------------------- AD-07
-
-    async def wechat_prepay(self, order: Order, member: Any) -> tuple[Payment, dict[str, str]]:
-        """Open the order's bill at WeChat Pay for the member's openid; the parameters the app
-        opens the payment sheet with, signed with the merchant key."""
-        if not member.wx_openid:
-            raise WechatNotBound(f"member {member.uid} has no WeChat account bound (AA-08)")
-        merchant = await self.merchant(order.vendor_id)
-        notify_url = self._notify_url(NOTIFY_PATH, order.vendor_id)
-        payment = await open_order_bill(order, member.uid, WEIXIN)
-        line = await OrderLine.filter(order_id=order.id).order_by("position").first()
-        description = str((line.snapshot or {}).get("name", "")) if line else ""
-        try:
-            prepay_id = await self.client.jsapi_prepay(
-                merchant, out_trade_no=payment.bill_no, description=description or order.oid,
-                total_fen=payment.amount_fen, openid=member.wx_openid, notify_url=notify_url,
-            )  # fmt: skip
-        except WechatPayRefused as exc:
-            if exc.wx_code == "ORDERPAID":
-                await self.query_bill(payment)  # the notification is late: ask
-            raise
-        await set_prepay_id(payment, prepay_id)
-        params = jsapi_parameters(
-            app_id=merchant.app_id, prepay_id=prepay_id, private_pem=merchant.private_key,
-            timestamp=int(time.time()), nonce_str=nonce(),
-        )  # fmt: skip
-        return payment, params
-
-    async def wechat_topup(self, member: Any, amount_fen: int) -> tuple[Payment, dict[str, str]]:
-        """A wallet top-up through WeChat Pay: the bill, and the app's signed parameters."""
-        if not member.wx_openid:
-            raise WechatNotBound(f"member {member.uid} has no WeChat account bound (AA-08)")
-        merchant = await self.merchant(member.vendor_id)
-        notify_url = self._notify_url(NOTIFY_PATH, member.vendor_id)
-        payment = await open_topup(member, amount_fen, WEIXIN)
-        prepay_id = await self.client.jsapi_prepay(
-            merchant, out_trade_no=payment.bill_no, description="钱包充值",
-            total_fen=amount_fen, openid=member.wx_openid, notify_url=notify_url,
-        )  # fmt: skip
-        await set_prepay_id(payment, prepay_id)
-        return payment, jsapi_parameters(
-            app_id=merchant.app_id, prepay_id=prepay_id, private_pem=merchant.private_key,
-            timestamp=int(time.time()), nonce_str=nonce(),
-        )  # fmt: skip
-
-    # ------------------------------------------------------------------------- notifications
-
-    async def _verified(
-        self, vendor_code: str, headers: Any, body: str
-    ) -> tuple[WechatPayMerchant, dict[str, Any], dict[str, Any]]:
-        """The merchant, the notification and its decrypted resource; NotificationRefused for
-        a forged, stale, unreadable one or one of another merchant."""
-        merchant = await self.merchant(vendor_code)
-        try:
-            verify_signed(
-                headers, body, platform_serial=merchant.platform_serial,
-                platform_pem=merchant.platform_public_key, now=int(time.time()),
-            )  # fmt: skip
-            notification = json.loads(body)
-            if not isinstance(notification, dict) or not isinstance(
-                notification.get("resource"), dict
-            ):
-                raise WechatPayError("not a notification")
-            resource = decrypt_resource(notification["resource"], merchant.api_v3_key)
-        except (WechatPayError, ValueError) as exc:
-            self.metrics.payments_notices_refused += 1
-            log.warning("wechatpay_notification_refused", vid=vendor_code, why=str(exc))
-            raise NotificationRefused(str(exc)) from None
-        if resource.get("mchid") != merchant.mch_id or (
-            "appid" in resource and resource.get("appid") != merchant.app_id
-        ):
-            self.metrics.payments_notices_refused += 1
-            log.warning("wechatpay_notification_refused", vid=vendor_code, why="other merchant")
-            raise NotificationRefused("the notification is for another merchant or app")
-        return merchant, notification, resource
-
-    async def wechat_payment_notification(
-        self, vendor_code: str, headers: Any, body: str
-    ) -> Outcome:
-        _merchant, notification, resource = await self._verified(vendor_code, headers, body)
-        if notification.get("event_type") != "TRANSACTION.SUCCESS" or (
-            resource.get("trade_state") != "SUCCESS"
-        ):
-            return Outcome.DUPLICATE  # nothing to do for other events; answered success
-        notice = ChannelPayment(
-            notice_id=str(notification.get("id", "")) or f"tx:{resource.get('transaction_id')}",
-            channel=WEIXIN, vendor=vendor_code, bill_no=str(resource.get("out_trade_no", "")),
-            transaction_no=str(resource.get("transaction_id", "")),
-            amount_fen=int((resource.get("amount") or {}).get("total", -1)),
-        )  # fmt: skip
-        return await self.apply(notice)
+    @property
+    def channels(self) -> dict[str, PaymentChannel]:
+        """The channels this service has, by the name their bills and refunds carry."""
+        found: list[PaymentChannel | None] = [self.wechat, self.cards, self.alipay]
+        return {channel.name: channel for channel in found if channel is not None}
 
     async def apply(self, notice: ChannelPayment) -> Outcome:
         """Apply a confirmed payment and say what happened (alerts for the odd outcomes)."""
@@ -232,54 +115,7 @@ class PaymentService:
             log.warning(f"payment_{outcome.value}", amount_fen=notice.amount_fen, **fields)
         return outcome
 
-    async def wechat_refund_notification(self, vendor_code: str, headers: Any, body: str) -> str:
-        _merchant, notification, resource = await self._verified(vendor_code, headers, body)
-        refund_no = str(resource.get("out_refund_no", ""))
-        refund = await Refund.get_or_none(refund_no=refund_no, vendor_code=vendor_code)
-        if refund is None:
-            log.warning("refund_notification_unknown", refund_no=refund_no[:64])
-            return "unknown"
-        status = str(resource.get("refund_status", ""))
-        refunded = int((resource.get("amount") or {}).get("refund", -1))
-        if status == "SUCCESS":
-            if refunded != refund.amount_fen:
-                self.metrics.payments_amount_mismatch += 1
-                log.error("refund_amount_mismatch", refund_no=refund_no, amount_fen=refunded)
-                return "amount_mismatch"
-            await settle_refund(
-                refund_no, channel=WEIXIN, channel_refund_id=str(resource.get("refund_id", ""))
-            )
-            return "settled"
-        if status in ("CLOSED", "ABNORMAL"):
-            await move_refund(refund_no, RefundState.FAILED, channel=WEIXIN, failure=status)
-            return "failed"
-        _ = notification
-        return "pending"
-
-    async def reconcile(self, vendor_code: str, day: dt.date) -> list[Difference]:
-        """Download WeChat Pay's trade bill of `day` (Beijing) for the vendor and compare."""
-        merchant = await self.merchant(vendor_code)
-        text = await self.client.trade_bill(merchant, day.isoformat())
-        return await compare(vendor_code, WEIXIN, day, parse_trade_bill(text))
-
     # ------------------------------------------------------------------------- the sweep
-
-    async def query_bill(self, payment: Payment) -> Outcome | None:
-        """Ask WeChat Pay about a bill (a late notification); apply what it says."""
-        merchant = await self.merchant(payment.vendor_code)
-        answer = await self.client.query_transaction(merchant, payment.bill_no)
-        if answer.get("trade_state") not in ("SUCCESS", "REFUND"):
-            return None
-        if answer.get("mchid") != merchant.mch_id:
-            raise NotificationRefused("the transaction is of another merchant")
-        return await self.apply(
-            ChannelPayment(
-                notice_id=f"query:{answer.get('transaction_id', '')}", channel=WEIXIN,
-                vendor=payment.vendor_code, bill_no=payment.bill_no,
-                transaction_no=str(answer.get("transaction_id", "")),
-                amount_fen=int((answer.get("amount") or {}).get("total", -1)),
-            )
-        )  # fmt: skip
 
     async def sweep(self, *, limit: int = SWEEP_BATCH) -> SweepReport:
         """One pass: due refunds executed, bills of closed orders closed, late bills queried,
@@ -289,32 +125,22 @@ class PaymentService:
             await self._guarded(
                 report, f"refund {refund.refund_no}", self._send_refund, refund, report
             )
-        for refund in await Refund.filter(state=RefundState.REQUESTED, channel=WEIXIN).limit(limit):
-            await self._guarded(
-                report, f"refund {refund.refund_no}", self._check_refund, refund, report
-            )
-        for refund in await Refund.filter(state=RefundState.REQUESTED, channel=CARD).limit(limit):
-            await self._guarded(
-                report, f"refund {refund.refund_no}", self._check_card_refund, refund, report
-            )
-        for refund in await Refund.filter(state=RefundState.REQUESTED, channel=ALIPAY).limit(limit):
-            await self._guarded(
-                report, f"refund {refund.refund_no}", self._check_alipay_refund, refund, report
-            )
+        for name in self.channels:
+            requested = Refund.filter(state=RefundState.REQUESTED, channel=name).limit(limit)
+            for refund in await requested:
+                await self._guarded(
+                    report, f"refund {refund.refund_no}", self._check_refund, refund, report
+                )
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
         for payment in await late_bills(self.query_after, limit):
-            if payment.channel == WEIXIN:
-                query = self.query_bill
-            elif payment.channel == CARD and self.cards is not None:
-                query = self.cards.query_bill
-            elif payment.channel == ALIPAY and self.alipay is not None:
-                query = self.alipay.query_bill
-            else:
+            channel = self.channels.get(payment.channel)
+            if channel is None:
                 continue
             report.bills_queried += 1
-            outcome = await self._guarded(report, f"bill {payment.bill_no}", query, payment)
+            what = f"bill {payment.bill_no}"
+            outcome = await self._guarded(report, what, channel.query_bill, payment)
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):
                 report.bills_paid += 1
         payouts = await self.payout.sweep(limit=limit)
@@ -356,80 +182,19 @@ class PaymentService:
 
     async def _send_refund(self, refund: Refund, report: SweepReport) -> None:
         payment = await self._refund_bill(refund)
-        if payment is not None and payment.state is PaymentState.PAID and payment.channel == WALLET:
+        if payment is None or payment.state is not PaymentState.PAID:
+            return  # not paid: a person's refund
+        if payment.channel == WALLET:
             # Paid from the wallet: the refund goes back to it at once.
             await settle_refund(
                 refund.refund_no, channel=WALLET, account=wallet_account(payment.member_uid)
             )
             report.refunds_settled += 1
             return
-        if (
-            payment is not None
-            and payment.state is PaymentState.PAID
-            and payment.channel == CARD
-            and self.cards is not None
-        ):
-            result = await self.cards.send_refund(refund, payment)
-            if result is RefundResult.FAILED:
-                report.refunds_failed += 1
-            elif result is not None:
-                self.metrics.payments_refunds_sent += 1
-                report.refunds_sent += 1
-                report.refunds_settled += result is RefundResult.SUCCEEDED
-            return
-        if (
-            payment is not None
-            and payment.state is PaymentState.PAID
-            and payment.channel == ALIPAY
-            and self.alipay is not None
-        ):
-            self._count_refund(await self.alipay.send_refund(refund, payment), report)
-            return
-        if payment is None or payment.state is not PaymentState.PAID or payment.channel != WEIXIN:
-            return  # not paid through WeChat Pay: another channel's (or a person's) refund
-        merchant = await self.merchant(payment.vendor_code)
-        try:
-            answer = await self.client.refund(
-                merchant, out_trade_no=payment.bill_no, out_refund_no=refund.refund_no,
-                refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
-                reason=refund.reason or "退款",
-                notify_url=self._notify_url(REFUND_NOTIFY_PATH, payment.vendor_code),
-            )  # fmt: skip
-        except WechatPayRefused as exc:
-            await move_refund(
-                refund.refund_no, RefundState.FAILED, channel=WEIXIN, failure=str(exc)
-            )
-            report.refunds_failed += 1
-            log.error("refund_refused", refund_no=refund.refund_no, why=str(exc))
-            return
-        await move_refund(refund.refund_no, RefundState.REQUESTED, channel=WEIXIN)
-        self.metrics.payments_refunds_sent += 1
-        report.refunds_sent += 1
-        if answer.get("status") == "SUCCESS":
-            await settle_refund(
-                refund.refund_no, channel=WEIXIN, channel_refund_id=str(answer.get("refund_id", ""))
-            )
-            report.refunds_settled += 1
-
-    async def _check_refund(self, refund: Refund, report: SweepReport) -> None:
-        payment = await self._refund_bill(refund)
-        if payment is None:
-            return
-        answer = await self.client.query_refund(
-            await self.merchant(payment.vendor_code), refund.refund_no
-        )
-        if answer.get("status") == "SUCCESS":
-            await settle_refund(
-                refund.refund_no, channel=WEIXIN, channel_refund_id=str(answer.get("refund_id", ""))
-            )
-            report.refunds_settled += 1
-        elif answer.get("status") in ("CLOSED", "ABNORMAL"):
-            await move_refund(
-                refund.refund_no, RefundState.FAILED, channel=WEIXIN, failure=str(answer["status"])
-            )
-            report.refunds_failed += 1
-
-    def _count_refund(self, result: RefundResult | None, report: SweepReport) -> None:
+        channel = self.channels.get(payment.channel)
+        if channel is None:
+            return  # a channel this service does not have: a person's refund
+        result = await channel.send_refund(refund, payment)
         if result is RefundResult.FAILED:
             report.refunds_failed += 1
         elif result is not None:
@@ -437,96 +202,59 @@ class PaymentService:
             report.refunds_sent += 1
             report.refunds_settled += result is RefundResult.SUCCEEDED
 
-    async def _check_alipay_refund(self, refund: Refund, report: SweepReport) -> None:
+    async def _check_refund(self, refund: Refund, report: SweepReport) -> None:
         payment = await self._refund_bill(refund)
-        if payment is None or self.alipay is None:
+        channel = self.channels.get(refund.channel)
+        if payment is None or channel is None:
             return
-        result = await self.alipay.check_refund(refund, payment)
+        result = await channel.check_refund(refund, payment)
         if result is RefundResult.SUCCEEDED:
             report.refunds_settled += 1
         elif result is RefundResult.FAILED:
             report.refunds_failed += 1
 
-    async def _check_card_refund(self, refund: Refund, report: SweepReport) -> None:
-        payment = await self._refund_bill(refund)
-        if payment is None or self.cards is None:
-            return
-        result = await self.cards.check_refund(refund, payment)
-        if result is RefundResult.SUCCEEDED:
-            report.refunds_settled += 1
-        elif result is None:
-            await move_refund(refund.refund_no, RefundState.FAILED, channel=CARD, failure="failed")
-            report.refunds_failed += 1
-
     async def _close(self, payment: Payment, report: SweepReport) -> None:
-        if payment.channel == ALIPAY and self.alipay is not None:
-            report.bills_closed += await self.alipay.close(payment)
+        channel = self.channels.get(payment.channel)
+        if channel is None:
+            await close_bill(payment)  # no channel to tell (the wallet's, or one not set up)
             return
-        if payment.channel != WEIXIN:
-            await close_bill(payment)
-            return
-        merchant = await self.merchant(payment.vendor_code)
-        try:
-            await self.client.close_transaction(merchant, payment.bill_no)
-        except WechatPayRefused as exc:
-            if exc.wx_code != "ORDERPAID":
-                raise
-            await self.query_bill(payment)  # paid before it closed: refunded after close
-            return
-        await close_bill(payment)
-        report.bills_closed += 1
-        log.info("bill_closed", bill_no=payment.bill_no)
-
-
-# Take the lease when free, renew it when ours; 1 when this node holds it.
-LEASE_SCRIPT = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  redis.call('pexpire', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+        report.bills_closed += await channel.close(payment)
 
 
 class PaymentSweeper:
-    """The payments sweep in the node, once per cluster: the holder of a Redis lease (the
-    rental scheduler's pattern) sweeps every `interval_s`; when it dies another node takes
-    over within the lease time. Every step of a sweep is idempotent, so an overlap at a
-    hand-over does nothing twice."""
+    """The payments sweep in the node, once per cluster: the holder of a Redis lease
+    (gateway/lease.py) sweeps every `interval_s`; when it dies another node takes over within
+    the lease time. Every step of a sweep is idempotent, so an overlap at a hand-over does
+    nothing twice."""
 
     def __init__(
         self,
         service: PaymentService,
-        client: Any,
+        client: aioredis.Redis,
+        scripts: Scripts,
         *,
         lease_key: str,
         node_id: str,
         interval_s: float,
     ) -> None:
         self.service = service
-        self.client = client
-        self.lease_key = lease_key
-        self.node_id = node_id
         self.interval_s = interval_s
-        self.lease_ms = max(5_000, int(interval_s * 3_000))
-        self.owner = False
+        self.lease = NodeLease(
+            client=client, scripts=scripts, key=lease_key, node_id=node_id,
+            lease_ms=max(5_000, int(interval_s * 3_000)), job="payments_sweeper",
+        )  # fmt: skip
         self.passes = 0  # full sweeps done here (a barrier for tests and operators)
-        self._lease = client.register_script(LEASE_SCRIPT)
+
+    @property
+    def owner(self) -> bool:
+        return self.lease.held
 
     async def run(self) -> None:
-        from redis.exceptions import RedisError
         from tortoise.exceptions import BaseORMException
 
         while True:
             try:
-                held = bool(
-                    await self._lease(keys=[self.lease_key], args=[self.node_id, self.lease_ms])
-                )
-                if held != self.owner:
-                    log.info("payments_sweeper_lease", node=self.node_id, owner=held)
-                self.owner = held
-                if held:
+                if await self.lease.acquire():
                     report = await self.service.sweep()
                     self.passes += 1
                     if (
@@ -538,20 +266,10 @@ class PaymentSweeper:
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
                             payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
                         )  # fmt: skip
-            except (RedisError, BaseORMException, DomainError) as exc:
+            except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.interval_s)
 
     async def release(self) -> None:
         """Hand the lease over at once (shutdown) instead of letting it time out."""
-        from redis.exceptions import RedisError
-
-        if not self.owner:
-            return
-        try:
-            owner = await self.client.get(self.lease_key)
-            if owner in (self.node_id, self.node_id.encode()):
-                await self.client.delete(self.lease_key)
-        except RedisError as exc:
-            log.warning("payments_sweeper_release_failed", error=str(exc))
-        self.owner = False
+        await self.lease.hand_over()

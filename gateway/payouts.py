@@ -75,6 +75,14 @@ class PayoutSweep:
     errors: list[str] = field(default_factory=list)
 
 
+async def vendor_wechat_merchant(vendor_code: str, box: SecretBox) -> WechatPayMerchant:
+    """The vendor's WeChat Pay merchant, opened; NotFound for no such vendor."""
+    vendor = await Vendor.get_or_none(code=vendor_code)
+    if vendor is None:
+        raise NotFound(f"vendor {vendor_code} not found")
+    return await wechat_merchant(vendor, box)
+
+
 class WechatTransferPayout:
     """The `weixin` payout channel (PayoutChannel): a transfer batch per withdrawal."""
 
@@ -85,10 +93,7 @@ class WechatTransferPayout:
         self.box = box
 
     async def merchant(self, vendor_code: str) -> WechatPayMerchant:
-        vendor = await Vendor.get_or_none(code=vendor_code)
-        if vendor is None:
-            raise NotFound(f"vendor {vendor_code} not found")
-        return await wechat_merchant(vendor, self.box)
+        return await vendor_wechat_merchant(vendor_code, self.box)
 
     @staticmethod
     async def openid(earner: str, vendor_code: str) -> str | None:

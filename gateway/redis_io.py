@@ -25,7 +25,8 @@ from aquafleet.gateway.errors import RedisUnavailable, ScriptFailed
 from aquafleet.gateway.keys import CLUSTER_SCHEME
 
 SCRIPT_NAMES = (
-    "meter", "claim", "release", "touch", "ledger_ack", "service", "lease", "pop_due", "command",
+    "meter", "claim", "release", "touch", "ledger_ack", "service", "lease", "lease_renew",
+    "lease_release", "pop_due", "command",
 )  # fmt: skip
 
 

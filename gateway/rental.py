@@ -5,10 +5,10 @@ each for the lock, the reminder and the grace period. Their offsets are settings
 the scheduler looks (a reminder is due at expires_at - remind_s, a dismantle ticket at
 expires_at + grace_s), so changing a setting needs no rescheduling.
 
-One node of a cluster runs it at a time: the holder of a Redis lease, renewed every tick; when
-that node dies another takes over within the lease time. Every action is idempotent (the lock
-is "lock if expires_at <= now and not yet locked", the ticket is unique per expiry), so a
-handover that repeats a tick does no harm.
+One node of a cluster runs it at a time: the holder of a Redis lease (gateway/lease.py), renewed
+every tick; when that node dies another takes over within the lease time. Every action is
+idempotent (the lock is "lock if expires_at <= now and not yet locked", the ticket is unique per
+expiry), so a handover that repeats a tick does no harm.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tortoise.exceptions import BaseORMException
 
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.keys import Keyspace
+from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.redis_io import Scripts, redis_errors
@@ -73,36 +74,24 @@ class RentalScheduler:
         self.on_expired = on_expired  # the owner is told (消息推送)
         self.sweep = sweep  # e.g. failing vending sessions past their deadline, once a second
         self._next_sweep = 0.0
-        self.owner = False
+        self.lease = NodeLease(
+            client=client, scripts=scripts, key=keyspace.rental_owner, node_id=node_id,
+            lease_ms=LEASE_MS, job="rental_scheduler",
+        )  # fmt: skip
 
     async def run(self) -> None:
         while True:
             try:
-                self.owner = await self.hold_lease()
-                if self.owner:
+                if await self.lease.acquire():
                     await self.tick(time.time())
             except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("rental_scheduler_error", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
             await asyncio.sleep(TICK_S)
 
-    async def hold_lease(self) -> bool:
-        held = await self.scripts.call(
-            self.client, "lease", [self.keyspace.rental_owner], [self.node_id, LEASE_MS]
-        )
-        if bool(held) != self.owner:
-            log.info("rental_scheduler_lease", node=self.node_id, owner=bool(held))
-        return bool(held)
-
-    async def release_lease(self) -> None:
-        """Hand the lease over at once (shutdown) instead of letting it time out."""
-        if not self.owner:
-            return
-        with redis_errors("releasing the rental lease"):
-            owner = await self.client.get(self.keyspace.rental_owner)
-            if owner in (self.node_id, self.node_id.encode()):
-                await self.client.delete(self.keyspace.rental_owner)
-        self.owner = False
+    @property
+    def owner(self) -> bool:
+        return self.lease.held
 
     async def tick(self, now: float) -> None:
         """One pass over the three schedules."""

@@ -15,25 +15,22 @@ Amounts are yuan strings with two decimals ("12.30"), converted from and to inte
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from aquafleet.models.errors import DomainError, InvalidInput
+from aquafleet.models.errors import DomainError
 from aquafleet.models.merchants import (
     ALIPAY,
-    PaymentNotConfigured,
-    merchant_secrets,
+    check_key_fields,
+    merchant_values,
     set_merchant_fields,
 )
+from aquafleet.models.signing import rsa_sign, rsa_verify, sign_content
 
 SIGN_TYPE = "RSA2"
 VERSION = "1.0"
@@ -70,38 +67,17 @@ def fen(text: str) -> int:
 # ----------------------------------------------------------------------------- signatures
 
 
-def sign_content(params: Mapping[str, Any], *, exclude: Iterable[str] = ("sign",)) -> str:
-    """The text signed: the non-empty parameters but `exclude`, sorted, `k=v&...`."""
-    skipped = set(exclude)
-    return "&".join(
-        f"{k}={params[k]}"
-        for k in sorted(params)
-        if k not in skipped and params[k] is not None and str(params[k]) != ""
+def rsa2_sign(content: str, private_pem: str) -> str:
+    return rsa_sign(
+        content,
+        private_pem,
+        hashes.SHA256(),
+        AlipayError("the app's private key is not an RSA key"),
     )
 
 
-def rsa2_sign(content: str, private_pem: str) -> str:
-    key = load_pem_private_key(private_pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise AlipayError("the app's private key is not an RSA key")
-    return base64.b64encode(
-        key.sign(content.encode(), padding.PKCS1v15(), hashes.SHA256())
-    ).decode()
-
-
 def rsa2_verify(content: str, signature: str, public_pem: str) -> bool:
-    try:
-        key = load_pem_public_key(public_pem.encode())
-        raw = base64.b64decode(str(signature), validate=True)
-    except (ValueError, TypeError):
-        return False
-    if not isinstance(key, rsa.RSAPublicKey) or not raw:
-        return False
-    try:
-        key.verify(raw, content.encode(), padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return rsa_verify(content, signature, public_pem, hashes.SHA256())
 
 
 def signed_request(params: Mapping[str, Any], private_pem: str) -> dict[str, str]:
@@ -184,20 +160,10 @@ class AlipayMerchant:
 
 def check_fields(given: Mapping[str, Any]) -> None:
     """Refuse malformed credentials (the messages never repeat a secret)."""
-    if given.get("alipay_private_key"):
-        try:
-            key = load_pem_private_key(str(given["alipay_private_key"]).encode(), password=None)
-        except (ValueError, TypeError):
-            raise InvalidInput("alipay_private_key: not an unencrypted PEM private key") from None
-        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-            raise InvalidInput("alipay_private_key: RSA2 needs an RSA key of 2048 bits or more")
-    if given.get("alipay_public_key"):
-        try:
-            public = load_pem_public_key(str(given["alipay_public_key"]).encode())
-        except (ValueError, TypeError):
-            raise InvalidInput("alipay_public_key: not a PEM public key") from None
-        if not isinstance(public, rsa.RSAPublicKey):
-            raise InvalidInput("alipay_public_key: not an RSA public key")
+    check_key_fields(
+        given, "alipay_private_key", "alipay_public_key", min_bits=2048,
+        weak="RSA2 needs an RSA key of 2048 bits or more",
+    )  # fmt: skip
 
 
 async def set_alipay_merchant(vendor_code: str, given: dict[str, Any], box: Any) -> None:
@@ -209,16 +175,9 @@ async def set_alipay_merchant(vendor_code: str, given: dict[str, Any], box: Any)
 
 async def alipay_merchant(vendor_code: str, box: Any) -> AlipayMerchant:
     """The vendor's Alipay app, opened; PaymentNotConfigured if anything is missing."""
-    public, secret = await merchant_secrets(vendor_code, ALIPAY, box)
-    values = {
-        **{name: str(public.get(name, "")) for name in PUBLIC_FIELDS},
-        **{name: secret.get(name, "") for name in SECRET_FIELDS},
-    }
-    missing = sorted(name for name, value in values.items() if not value)
-    if missing:
-        raise PaymentNotConfigured(
-            f"vendor {vendor_code} has no Alipay app set up ({', '.join(missing)})"
-        )
+    values = await merchant_values(
+        vendor_code, ALIPAY, box, PUBLIC_FIELDS, SECRET_FIELDS, what="Alipay app"
+    )
     return AlipayMerchant(
         vendor=vendor_code, app_id=values["alipay_app_id"], seller_id=values["alipay_seller_id"],
         public_key=values["alipay_public_key"], private_key=values["alipay_private_key"],

@@ -9,24 +9,22 @@ as `&key=...`) is the API's older alternative; we use RSA so the merchant key ne
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from aquafleet.models.errors import DomainError, InvalidInput
+from aquafleet.models import signing
+from aquafleet.models.errors import DomainError
 from aquafleet.models.merchants import (
     ALLINPAY,
-    PaymentNotConfigured,
-    merchant_secrets,
+    check_key_fields,
+    merchant_values,
     set_merchant_fields,
 )
+from aquafleet.models.signing import sign_content
 
 SIGN_TYPE = "RSA"
 VERSION = "11"
@@ -39,33 +37,18 @@ class AllinpayError(DomainError):
 
 
 def sign_string(fields: Mapping[str, Any]) -> str:
-    return "&".join(
-        f"{k}={fields[k]}" for k in sorted(fields) if k != "sign" and fields[k] not in (None, "")
-    )
+    return sign_content(fields)
 
 
 def rsa_sign(fields: Mapping[str, Any], private_pem: str) -> str:
-    key = load_pem_private_key(private_pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise AllinpayError("the merchant key is not an RSA key")
-    signature = key.sign(sign_string(fields).encode(), padding.PKCS1v15(), hashes.SHA1())
-    return base64.b64encode(signature).decode()
+    not_rsa = AllinpayError("the merchant key is not an RSA key")
+    return signing.rsa_sign(sign_string(fields), private_pem, hashes.SHA1(), not_rsa)
 
 
 def rsa_verify(fields: Mapping[str, Any], public_pem: str) -> bool:
     """True when `fields["sign"]` is the signature of the other fields by `public_pem`'s key."""
-    try:
-        key = load_pem_public_key(public_pem.encode())
-        signature = base64.b64decode(str(fields.get("sign", "")), validate=True)
-    except (ValueError, TypeError):
-        return False
-    if not isinstance(key, rsa.RSAPublicKey) or not signature:
-        return False
-    try:
-        key.verify(signature, sign_string(fields).encode(), padding.PKCS1v15(), hashes.SHA1())
-    except InvalidSignature:
-        return False
-    return True
+    signature = str(fields.get("sign", ""))
+    return signing.rsa_verify(sign_string(fields), signature, public_pem, hashes.SHA1())
 
 
 def signed(fields: Mapping[str, Any], private_pem: str) -> dict[str, str]:
@@ -94,20 +77,10 @@ class AllinpayMerchant:
 
 def check_fields(given: Mapping[str, Any]) -> None:
     """Refuse malformed credentials (the messages never repeat a secret)."""
-    if given.get("allinpay_private_key"):
-        try:
-            key = load_pem_private_key(str(given["allinpay_private_key"]).encode(), password=None)
-        except (ValueError, TypeError):
-            raise InvalidInput("allinpay_private_key: not an unencrypted PEM private key") from None
-        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
-            raise InvalidInput("allinpay_private_key: 收银宝 needs an RSA key")
-    if given.get("allinpay_public_key"):
-        try:
-            public = load_pem_public_key(str(given["allinpay_public_key"]).encode())
-        except (ValueError, TypeError):
-            raise InvalidInput("allinpay_public_key: not a PEM public key") from None
-        if not isinstance(public, rsa.RSAPublicKey):
-            raise InvalidInput("allinpay_public_key: not an RSA public key")
+    check_key_fields(
+        given, "allinpay_private_key", "allinpay_public_key", min_bits=1024,
+        weak="收银宝 needs an RSA key",
+    )  # fmt: skip
 
 
 async def set_allinpay_merchant(vendor_code: str, given: dict[str, Any], box: Any) -> None:
@@ -119,16 +92,9 @@ async def set_allinpay_merchant(vendor_code: str, given: dict[str, Any], box: An
 
 async def allinpay_merchant(vendor_code: str, box: Any) -> AllinpayMerchant:
     """The vendor's 收银宝 credentials, opened; PaymentNotConfigured if any is missing."""
-    public, secret = await merchant_secrets(vendor_code, ALLINPAY, box)
-    values = {
-        **{name: str(public.get(name, "")) for name in PUBLIC_FIELDS},
-        **{name: secret.get(name, "") for name in SECRET_FIELDS},
-    }
-    missing = sorted(name for name, value in values.items() if not value)
-    if missing:
-        raise PaymentNotConfigured(
-            f"vendor {vendor_code} has no Allinpay merchant set up ({', '.join(missing)})"
-        )
+    values = await merchant_values(
+        vendor_code, ALLINPAY, box, PUBLIC_FIELDS, SECRET_FIELDS, what="Allinpay merchant"
+    )
     return AllinpayMerchant(
         vendor=vendor_code, cusid=values["allinpay_cusid"], appid=values["allinpay_appid"],
         public_key=values["allinpay_public_key"], private_key=values["allinpay_private_key"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,22 +104,25 @@ async def seal_legacy_secrets(box: SecretBox) -> int:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_private_key(pem: str) -> None:
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise InvalidInput("mch_private_key: not an unencrypted PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise InvalidInput("mch_private_key: WeChat Pay needs an RSA key of 2048 bits or more")
-
-
-def _check_public_key(pem: str) -> None:
-    try:
-        key = load_pem_public_key(pem.encode())
-    except (ValueError, TypeError):
-        raise InvalidInput("wxpay_public_key: not a PEM public key") from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise InvalidInput("wxpay_public_key: not an RSA public key")
+def check_key_fields(
+    given: Mapping[str, Any], private_field: str, public_field: str, *, min_bits: int, weak: str
+) -> None:
+    """Refuse a malformed private or public RSA key among `given` credentials (`weak`: why a
+    private key too short is refused; the messages never repeat a secret)."""
+    if given.get(private_field):
+        try:
+            key = load_pem_private_key(str(given[private_field]).encode(), password=None)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"{private_field}: not an unencrypted PEM private key") from None
+        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < min_bits:
+            raise InvalidInput(f"{private_field}: {weak}")
+    if given.get(public_field):
+        try:
+            public = load_pem_public_key(str(given[public_field]).encode())
+        except (ValueError, TypeError):
+            raise InvalidInput(f"{public_field}: not a PEM public key") from None
+        if not isinstance(public, rsa.RSAPublicKey):
+            raise InvalidInput(f"{public_field}: not an RSA public key")
 
 
 def check_wechat_fields(given: dict[str, Any]) -> None:
@@ -126,10 +130,10 @@ def check_wechat_fields(given: dict[str, Any]) -> None:
     key = given.get("mch_apiv3_key")
     if key and len(key.encode()) != API_V3_KEY_LENGTH:
         raise InvalidInput(f"mch_apiv3_key: the API v3 key is {API_V3_KEY_LENGTH} characters")
-    if given.get("mch_private_key"):
-        _check_private_key(given["mch_private_key"])
-    if given.get("wxpay_public_key"):
-        _check_public_key(given["wxpay_public_key"])
+    check_key_fields(
+        given, "mch_private_key", "wxpay_public_key", min_bits=2048,
+        weak="WeChat Pay needs an RSA key of 2048 bits or more",
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- services
@@ -259,6 +263,30 @@ async def merchant_secrets(
     """A vendor's merchant at `channel`: its public fields and its secrets, opened."""
     merchant = await _merchant(vendor_code, channel)
     return (dict(merchant.public) if merchant else {}), _open_secrets(merchant, box)
+
+
+async def merchant_values(
+    vendor_code: str,
+    channel: str,
+    box: SecretBox,
+    public_fields: Iterable[str],
+    secret_fields: Iterable[str],
+    *,
+    what: str,
+) -> dict[str, str]:
+    """The vendor's credentials at `channel` by field, opened; PaymentNotConfigured naming
+    `what` and the fields missing if any is."""
+    public, secret = await merchant_secrets(vendor_code, channel, box)
+    values = {
+        **{name: str(public.get(name, "")) for name in public_fields},
+        **{name: secret.get(name, "") for name in secret_fields},
+    }
+    missing = sorted(name for name, value in values.items() if not value)
+    if missing:
+        raise PaymentNotConfigured(
+            f"vendor {vendor_code} has no {what} set up ({', '.join(missing)})"
+        )
+    return values
 
 
 async def configured_channels(vendor_code: str) -> list[str]:

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -156,10 +157,7 @@ async def _run(
     member = f"{now_ms}-{secrets.token_hex(4)}"
     args = (now_ms, window_ms, limit, member, "1" if record else "0")
     with redis_errors(f"rate limit {key}"):
-        try:
-            reply = await redis.evalsha(_HIT_SHA, 1, key, *args)
-        except NoScriptError:
-            reply = await redis.eval(_HIT_LUA, 1, key, *args)
+        reply = await _script(redis, _HIT_LUA, _HIT_SHA, key, args)
     allowed, hits, retry_ms = (int(v) for v in reply)
     retry_after_s = 0 if allowed else max(1, math.ceil(retry_ms / 1000))
     return RateDecision(bool(allowed), retry_after_s, hits)
@@ -233,13 +231,20 @@ async def attempt(
         max(1, int(policy.forget_s * 1000)),
     )
     with redis_errors(f"back-off {key}"):
-        try:
-            reply = await redis.evalsha(_BACKOFF_SHA, 1, key, *args)
-        except NoScriptError:
-            reply = await redis.eval(_BACKOFF_LUA, 1, key, *args)
+        reply = await _script(redis, _BACKOFF_LUA, _BACKOFF_SHA, key, args)
     allowed, attempts, wait_ms = (int(v) for v in reply)
     retry_after_s = 0 if allowed else max(1, math.ceil(wait_ms / 1000))
     return RateDecision(bool(allowed), retry_after_s, attempts)
+
+
+async def _script(
+    redis: aioredis.Redis, lua: str, sha: str, key: str, args: tuple[Any, ...]
+) -> Any:
+    """One script on one key, by its SHA; sent whole when Redis has lost it (a restart)."""
+    try:
+        return await redis.evalsha(sha, 1, key, *args)
+    except NoScriptError:
+        return await redis.eval(lua, 1, key, *args)
 
 
 async def reset(redis: aioredis.Redis, key: str) -> None:

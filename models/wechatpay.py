@@ -28,12 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
+from aquafleet.models import signing
 from aquafleet.models.errors import DomainError
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
@@ -55,36 +54,13 @@ def nonce() -> str:
     return secrets.token_hex(16)
 
 
-def _private_key(pem: str) -> rsa.RSAPrivateKey:
-    key = load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise WechatPayError("the merchant key is not an RSA key")
-    return key
-
-
-def _public_key(pem: str) -> rsa.RSAPublicKey:
-    key = load_pem_public_key(pem.encode())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise WechatPayError("the platform key is not an RSA key")
-    return key
-
-
 def rsa_sign(private_pem: str, message: str) -> str:
-    signature = _private_key(private_pem).sign(
-        message.encode(), padding.PKCS1v15(), hashes.SHA256()
-    )
-    return base64.b64encode(signature).decode()
+    not_rsa = WechatPayError("the merchant key is not an RSA key")
+    return signing.rsa_sign(message, private_pem, hashes.SHA256(), not_rsa)
 
 
 def rsa_verify(public_pem: str, message: str, signature_b64: str) -> bool:
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-        _public_key(public_pem).verify(
-            signature, message.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
-    except (InvalidSignature, binascii.Error, ValueError):
-        return False
-    return True
+    return signing.rsa_verify(message, signature_b64, public_pem, hashes.SHA256())
 
 
 def request_message(method: str, path: str, timestamp: int, nonce_str: str, body: str) -> str:

@@ -4,13 +4,12 @@ billed on which plan, and closing a period (models/billing.py)."""
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import sys
 from typing import Any
 
 from aquafleet.commands.output import add_json_flag, emit, fields, iso, parse_time, table
-from aquafleet.commands.runtime import command_settings, run_with_database
+from aquafleet.commands.runtime import command_settings, named_dids, run_with_database
 
 MODES = {"postpaid": 1, "prepaid": 2}
 MODES_HELP = (
@@ -92,12 +91,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from aquafleet.models.billing import assign_billing_plan
     from aquafleet.models.errors import DomainError
 
-    dids = list(args.did)
-    if args.from_csv:
-        with open(args.from_csv, newline="") as handle:
-            dids += [row["did"] for row in csv.DictReader(handle)]
-    if not dids:
-        raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
+    dids = named_dids(args)
     since = dt.datetime.fromtimestamp(args.since, dt.UTC) if args.since is not None else None
 
     async def action() -> int:

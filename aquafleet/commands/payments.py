@@ -87,7 +87,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         ) as session:
             service = payment_service(settings, session)
             for vendor in vendors:
-                for difference in await service.reconcile(str(vendor), day):
+                for difference in await service.wechat.reconcile(str(vendor), day):
                     found.append({"vid": str(vendor), **dataclasses.asdict(difference)})
         data = {"date": day.isoformat(), "vendors": [str(v) for v in vendors], "differences": found}
 

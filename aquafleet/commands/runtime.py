@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,17 @@ def command_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     settings = load_settings(getattr(args, "config", None), data_dir=args.data_dir, **overrides)
     configure_logging(settings.log_level, "console")
     return settings
+
+
+def named_dids(args: argparse.Namespace) -> list[str]:
+    """The devices a command names: its DID arguments, then the `did` column of --from."""
+    dids = list(args.did)
+    if args.from_csv:
+        with open(args.from_csv, newline="") as handle:
+            dids += [row["did"] for row in csv.DictReader(handle)]
+    if not dids:
+        raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
+    return dids
 
 
 def run(coro_factory: Callable[[], Awaitable[int]]) -> int:

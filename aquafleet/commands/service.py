@@ -4,13 +4,17 @@ changed or shown from the shell (models/service.py; the live state is in Redis).
 from __future__ import annotations
 
 import argparse
-import csv
 import getpass
 import time
 from typing import Any
 
 from aquafleet.commands.output import add_json_flag, emit, fields, iso, parse_time, table
-from aquafleet.commands.runtime import command_settings, redis_for_commands, run_with_database
+from aquafleet.commands.runtime import (
+    command_settings,
+    named_dids,
+    redis_for_commands,
+    run_with_database,
+)
 
 MODE_NAMES = {1: "sale", 2: "time rental", 3: "volume rental", 4: "vending", 8: "test"}
 MODE_HELP = (
@@ -20,16 +24,6 @@ MODE_HELP = (
 )
 HISTORY = 5  # changes `service show` lists
 MANY = 20  # above this many devices a change prints a count, not a line each
-
-
-def _dids(args: argparse.Namespace) -> list[str]:
-    dids = list(args.did)
-    if args.from_csv:
-        with open(args.from_csv, newline="") as handle:
-            dids += [row["did"] for row in csv.DictReader(handle)]
-    if not dids:
-        raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
-    return dids
 
 
 def _mode_name(mode: int | None) -> str | None:
@@ -158,7 +152,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     from aquafleet.models.errors import DomainError, NotFound
 
     actor = args.actor or f"cli:{getpass.getuser()}"
-    dids = _dids(args)
+    dids = named_dids(args)
     command = args.service_command
 
     async def apply(store: ServiceStore, did: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
--- Hold a lease: one owner at a time (the time-rental scheduler runs on one node of a cluster).
+-- Take a lease, or keep it: one owner at a time (a node's singleton job, gateway/lease.py).
 --
 -- KEYS[1] the lease key; ARGV[1] this node's id; ARGV[2] lease time (ms)
 -- Returns 1 when this node holds the lease (taken or renewed), 0 when another node does.

@@ -16,7 +16,6 @@ once the member opens it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -25,6 +24,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.http import fetch, with_retries
 from aquafleet.models.alipay import (
     CHARSET,
     FORMAT,
@@ -45,8 +45,6 @@ SUCCESS = "10000"
 WAP_PRODUCT = "QUICK_WAP_WAY"
 BEIJING = dt.timezone(dt.timedelta(hours=8))
 MAX_ANSWER_BYTES = 256 * 1024
-RETRIES = 2
-RETRY_BACKOFF_S = 0.2
 # sub_codes that say "try again later", not "no"
 RETRYABLE = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
 
@@ -113,17 +111,17 @@ class AlipayClient:
     ) -> dict[str, Any]:
         """One signed call; the verified `*_response` (code 10000), or AlipayRefused."""
         form = self.params(merchant, method, biz)
-        for attempt in range(1 + RETRIES):
-            try:
-                answer = await self._once(merchant, method, form)
-                if answer.get("sub_code") in RETRYABLE:
-                    raise AlipayUnavailable(f"alipay {method}: {answer.get('sub_code')}")
-                break
-            except AlipayUnavailable as exc:
-                if attempt >= RETRIES:
-                    raise
-                log.warning("alipay_retry", method=method, attempt=attempt + 1, why=str(exc))
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+
+        async def once() -> dict[str, Any]:
+            answer = await self._once(merchant, method, form)
+            if answer.get("sub_code") in RETRYABLE:
+                raise AlipayUnavailable(f"alipay {method}: {answer.get('sub_code')}")
+            return answer
+
+        def retrying(attempt: int, exc: Exception) -> None:
+            log.warning("alipay_retry", method=method, attempt=attempt, why=str(exc))
+
+        answer = await with_retries(once, AlipayUnavailable, on_retry=retrying)
         if answer.get("code") != SUCCESS:
             raise AlipayRefused(method, answer)
         return answer
@@ -131,14 +129,11 @@ class AlipayClient:
     async def _once(
         self, merchant: AlipayMerchant, method: str, form: dict[str, str]
     ) -> dict[str, Any]:
-        try:
-            async with self._session.post(
-                self.gateway_url, params={"charset": CHARSET}, data=form
-            ) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AlipayUnavailable(f"alipay {method}: {type(exc).__name__}") from None
+        status, body, _ = await fetch(
+            self._session, "POST", self.gateway_url, params={"charset": CHARSET}, data=form,
+            max_bytes=MAX_ANSWER_BYTES,
+            unreachable=lambda why: AlipayUnavailable(f"alipay {method}: {why}"),
+        )  # fmt: skip
         if status >= 500:
             raise AlipayUnavailable(f"alipay {method}: HTTP {status}")
         if status != 200 or len(body) > MAX_ANSWER_BYTES:

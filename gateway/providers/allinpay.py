@@ -12,7 +12,6 @@ are retried a bounded number of times when Allinpay does not answer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +28,7 @@ from aquafleet.gateway.cards import (
     RefundResult,
 )
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.http import fetch, with_retries
 from aquafleet.models.allinpay import (
     VERSION,
     AllinpayMerchant,
@@ -49,8 +49,6 @@ SUCCESS = "0000"
 PROCESSING = frozenset({"2000", "2008"})
 CARD_PAYTYPE = "U01"
 MAX_ANSWER_BYTES = 256 * 1024
-RETRIES = 2
-RETRY_BACKOFF_S = 0.2
 
 
 class AllinpayAcquirer:
@@ -76,14 +74,7 @@ class AllinpayAcquirer:
              "randomstr": random_str(), **fields},
             merchant.private_key,
         )  # fmt: skip
-        for attempt in range(1 + RETRIES):
-            try:
-                answer = await self._once(path, form)
-                break
-            except AcquirerUnavailable:
-                if attempt >= RETRIES:
-                    raise
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+        answer = await with_retries(lambda: self._once(path, form), AcquirerUnavailable)
         if answer.get("retcode") != "SUCCESS":
             raise AcquirerRefused(f"allinpay {path}: {str(answer.get('retmsg', ''))[:120]}")
         if not rsa_verify(answer, merchant.public_key):
@@ -93,15 +84,14 @@ class AllinpayAcquirer:
         return answer
 
     async def _once(self, path: str, form: dict[str, str]) -> dict[str, Any]:
-        try:
-            async with self._session.post(self._base + path, data=form) as response:
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
-                if response.status >= 500:
-                    raise AcquirerUnavailable(f"allinpay {path}: HTTP {response.status}")
-                if response.status != 200 or len(body) > MAX_ANSWER_BYTES:
-                    raise AcquirerRefused(f"allinpay {path}: HTTP {response.status}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AcquirerUnavailable(f"allinpay {path}: {type(exc).__name__}") from None
+        status, body, _ = await fetch(
+            self._session, "POST", self._base + path, data=form, max_bytes=MAX_ANSWER_BYTES,
+            unreachable=lambda why: AcquirerUnavailable(f"allinpay {path}: {why}"),
+        )  # fmt: skip
+        if status >= 500:
+            raise AcquirerUnavailable(f"allinpay {path}: HTTP {status}")
+        if status != 200 or len(body) > MAX_ANSWER_BYTES:
+            raise AcquirerRefused(f"allinpay {path}: HTTP {status}")
         try:
             answer = json.loads(body)
         except ValueError:

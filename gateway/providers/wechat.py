@@ -124,23 +124,9 @@ class WechatClient:
         return WechatProfile(openid=openid, unionid=_text(session, "unionid") or None)
 
     async def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.session.get(self.base_url + path, params=params) as response:
-                    status = response.status
-                    raw = await response.content.read(MAX_ANSWER_BYTES)
-        except TimeoutError:
-            raise WechatUnavailable("wechat: no answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise WechatUnavailable(f"wechat: {type(exc).__name__}") from None
-        if status != 200:
-            raise WechatUnavailable(f"wechat: HTTP {status}")
-        try:
-            answer = json.loads(raw)  # WeChat labels its JSON text/plain
-        except (UnicodeDecodeError, ValueError):
-            raise WechatUnavailable("wechat: an answer that is not JSON") from None
-        if not isinstance(answer, dict):
-            raise WechatUnavailable("wechat: an unexpected answer")
+        answer = await wechat_json(
+            self.session, "GET", self.base_url + path, timeout_s=self.timeout_s, params=params
+        )
         errcode = answer.get("errcode", 0)
         if errcode not in (0, None):
             error = wechat_error(
@@ -149,6 +135,37 @@ class WechatClient:
             log.warning("wechat_refused", path=path, errcode=errcode, error=type(error).__name__)
             raise error
         return answer
+
+
+async def wechat_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout_s: float,
+    params: dict[str, str],
+    data: bytes | None = None,
+) -> dict[str, Any]:
+    """One call of WeChat's (not WeChat Pay's) API: its JSON object, errcode unread;
+    WechatUnavailable for no answer in `timeout_s`, an HTTP error or something not JSON."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.request(method, url, params=params, data=data) as response:
+                status = response.status
+                raw = await response.content.read(MAX_ANSWER_BYTES)
+    except TimeoutError:
+        raise WechatUnavailable("wechat: no answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise WechatUnavailable(f"wechat: {type(exc).__name__}") from None
+    if status != 200:
+        raise WechatUnavailable(f"wechat: HTTP {status}")
+    try:
+        answer = json.loads(raw)  # WeChat labels its JSON text/plain
+    except (UnicodeDecodeError, ValueError):
+        raise WechatUnavailable("wechat: an answer that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise WechatUnavailable("wechat: an unexpected answer")
+    return answer
 
 
 def _text(answer: dict[str, Any], name: str) -> str:

@@ -11,7 +11,6 @@ which WeChat Pay answers the same way when repeated.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -21,6 +20,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.providers.http import RETRIES, fetch, with_retries
 from aquafleet.models.merchants import WechatPayMerchant
 from aquafleet.models.wechatpay import (
     WechatPayError,
@@ -33,8 +33,6 @@ log = get_logger("aquafleet.wechatpay")
 
 WECHATPAY_API = "https://api.mch.weixin.qq.com"
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a day's trade bill of a busy merchant fits
-RETRIES = 2
-RETRY_BACKOFF_S = 0.2
 
 
 class WechatPayUnavailable(WechatPayError):
@@ -72,18 +70,14 @@ class WechatPayClient:
         """One signed call; the verified answer's JSON (None for 204), or its text (`raw`: a
         bill download, which WeChat Pay does not sign; its hash is checked instead)."""
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body else ""
-        attempts = 1 + (RETRIES if idempotent else 0)
-        for attempt in range(attempts):
-            try:
-                return await self._once(merchant, method, path, text, raw=raw)
-            except WechatPayUnavailable as exc:
-                if attempt + 1 >= attempts:
-                    raise
-                log.warning(
-                    "wechatpay_retry", path=path.split("?")[0], attempt=attempt + 1, why=str(exc)
-                )
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
-        raise AssertionError("unreachable")
+
+        def retrying(attempt: int, exc: Exception) -> None:
+            log.warning("wechatpay_retry", path=path.split("?")[0], attempt=attempt, why=str(exc))
+
+        return await with_retries(
+            lambda: self._once(merchant, method, path, text, raw=raw), WechatPayUnavailable,
+            attempts=1 + (RETRIES if idempotent else 0), on_retry=retrying,
+        )  # fmt: skip
 
     async def _once(
         self, merchant: WechatPayMerchant, method: str, path: str, text: str, *, raw: bool
@@ -99,14 +93,11 @@ class WechatPayClient:
         }  # fmt: skip
         if text:
             headers["Content-Type"] = "application/json"
-        try:
-            async with self._session.request(
-                method, self._base + path, data=text.encode() if text else None, headers=headers
-            ) as response:
-                answer = await response.content.read(MAX_ANSWER_BYTES + 1)
-                status, answer_headers = response.status, response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise WechatPayUnavailable(f"wechatpay unreachable: {type(exc).__name__}") from None
+        status, answer, answer_headers = await fetch(
+            self._session, method, self._base + path, data=text.encode() if text else None,
+            headers=headers, max_bytes=MAX_ANSWER_BYTES,
+            unreachable=lambda why: WechatPayUnavailable(f"wechatpay unreachable: {why}"),
+        )  # fmt: skip
         if len(answer) > MAX_ANSWER_BYTES:
             raise WechatPayError("wechatpay answer too large")
         if status >= 500:

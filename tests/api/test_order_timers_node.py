@@ -72,6 +72,9 @@ async def test_two_nodes_close_a_due_order_once_and_a_restart_does_not_again(
         return (await Order.get(id=order.id)).state is OrderState.CLOSE
 
     await until(closed, what="the due order was not closed")
+    # The order is closed before the sweep that closed it returns (it goes on to the other
+    # timers) and counts its moves: wait for that sweep to count, then check who ran it.
+    await until(lambda: owner.moved + other.moved >= 1, what="the closing sweep did not return")
     moves = await OrderTransition.filter(order_id=order.id)
     assert [(m.event, m.actor_role, m.reason) for m in moves] == [
         ("cancel", "system", "not paid in time")

@@ -168,12 +168,12 @@ async def test_one_node_samples_at_a_time_and_the_loop_samples(
         client=app[REDIS], scripts=app[SCRIPTS], keyspace=app[KEYSPACE], node_id="other",
         interval_s=300,
     )  # fmt: skip
-    assert await other.hold_lease() is False
+    assert await other.lease.acquire() is False
     await app[TASKS].stop("fleet-sampler")
-    await running.release_lease()  # what the node does when it stops
-    other.owner = await other.hold_lease()
+    await running.lease.release()  # what the node does when it stops
+    assert await other.lease.acquire() is True
     assert other.owner is True
-    await other.release_lease()
+    await other.lease.release()
 
     # The loop samples the devices of the current bucket, once.
     a, _ = tenants

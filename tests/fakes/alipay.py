@@ -19,7 +19,6 @@ Alipay's documentation, sharing no code with aquafleet's client.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import itertools
 import json
@@ -31,10 +30,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
 
+from tests.fakes.channel import rsa_sign, rsa_verify, serve, stop_serving
 from tests.payments.keys import public_pem, rsa_private_pem
 
 BEIJING = dt.timezone(dt.timedelta(hours=8))
@@ -48,19 +46,11 @@ def _content(params: dict[str, str], exclude: tuple[str, ...]) -> str:
 
 
 def _sign(private: str, text: str) -> str:
-    key = serialization.load_pem_private_key(private.encode(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return base64.b64encode(key.sign(text.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+    return rsa_sign(private, text, hashes.SHA256())
 
 
 def _verify(public: str, text: str, signature: str) -> bool:
-    key = serialization.load_pem_public_key(public.encode())
-    assert isinstance(key, rsa.RSAPublicKey)
-    try:
-        key.verify(base64.b64decode(signature), text.encode(), padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return rsa_verify(public, text, signature, hashes.SHA256())
 
 
 def _yuan(text: str) -> Decimal:
@@ -147,19 +137,10 @@ class FakeAlipay:
         app = web.Application()
         app.router.add_post("/gateway.do", self._post)
         app.router.add_get("/gateway.do", self._page)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        bound = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{bound}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._runner, self.url, self._session = await serve(app, port)
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_serving(self._runner, self._session)
 
     # ------------------------------------------------------------------------- the protocol
 

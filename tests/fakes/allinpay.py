@@ -15,7 +15,6 @@ documentation, sharing no code with aquafleet's adapter.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import secrets
@@ -26,10 +25,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
 
+from tests.fakes.channel import rsa_sign, rsa_verify, serve, stop_serving
 from tests.payments.keys import public_pem, rsa_private_pem
 
 SUCCESS = "0000"
@@ -41,24 +39,11 @@ def _text(fields: dict[str, str]) -> str:
 
 
 def _sign(private: str, fields: dict[str, str]) -> str:
-    key = serialization.load_pem_private_key(private.encode(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return base64.b64encode(
-        key.sign(_text(fields).encode(), padding.PKCS1v15(), hashes.SHA1())
-    ).decode()
+    return rsa_sign(private, _text(fields), hashes.SHA1())
 
 
 def _verify(public: str, fields: dict[str, str]) -> bool:
-    key = serialization.load_pem_public_key(public.encode())
-    assert isinstance(key, rsa.RSAPublicKey)
-    try:
-        key.verify(
-            base64.b64decode(fields.get("sign", "")), _text(fields).encode(),
-            padding.PKCS1v15(), hashes.SHA1(),
-        )  # fmt: skip
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return rsa_verify(public, _text(fields), fields.get("sign", ""), hashes.SHA1())
 
 
 @dataclass
@@ -126,20 +111,11 @@ class FakeAllinpay:
         app.router.add_post("/apiweb/unitorder/pay", self._pay)
         app.router.add_post("/apiweb/tranx/query", self._query)
         app.router.add_post("/apiweb/tranx/refund", self._refund)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{bound}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._runner, self.url, self._session = await serve(app, port)
         return self.url
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_serving(self._runner, self._session)
 
     # ------------------------------------------------------------------------- protocol
 

@@ -32,11 +32,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tests.fakes.channel import rsa_sign, rsa_verify, serve, stop_serving
 from tests.payments.keys import public_pem, rsa_private_pem
 
 BEIJING = dt.timezone(dt.timedelta(hours=8))
@@ -46,23 +45,11 @@ PLATFORM_SERIAL = "PUB_KEY_ID_0119000001092026120600000000"
 
 
 def _sign(private_pem: str, message: str) -> str:
-    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return base64.b64encode(
-        key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
-    ).decode()
+    return rsa_sign(private_pem, message, hashes.SHA256())
 
 
 def _verify(public: str, message: str, signature: str) -> bool:
-    key = serialization.load_pem_public_key(public.encode())
-    assert isinstance(key, rsa.RSAPublicKey)
-    try:
-        key.verify(
-            base64.b64decode(signature), message.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return rsa_verify(public, message, signature, hashes.SHA256())
 
 
 def beijing_time(at: float) -> str:
@@ -181,20 +168,11 @@ class FakeWechatPay:
             "/v3/transfer/batches/out-batch-no/{no}/details/out-detail-no/{detail}",
             self._query_detail,
         )
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{bound}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._runner, self.url, self._session = await serve(app, port)
         return self.url
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_serving(self._runner, self._session)
 
     # ------------------------------------------------------------------------- signing
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+from aquafleet.gateway.logs import configure_logging
 from tests.api.conftest import api, tenants
 from tests.fakes.wechatpay import FakeWechatPay
+from tests.payments.shops import channel_node
 
 __all__ = ["api", "api_node", "fake_pay", "tenants"]
 
@@ -25,12 +29,13 @@ async def fake_pay() -> AsyncIterator[FakeWechatPay]:
 @pytest.fixture
 async def api_node(database_url: str, node_factory: Any, fake_pay: FakeWechatPay) -> Any:
     """A node whose WeChat Pay is the fake, and which WeChat Pay notifies at its own port."""
-    from aquafleet.api.payments import PAYMENTS
+    return await channel_node(node_factory, database_url, wechatpay_api_url=fake_pay.url)
 
-    node = await node_factory(
-        database_url=database_url,
-        wechatpay_api_url=fake_pay.url,
-        payments_sweep_interval_s=3600,  # the tests sweep when they choose (one pass at start)
-    )
-    node.app[PAYMENTS].notify_base_url = f"http://127.0.0.1:{node.http_port}"
-    return node
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Every log line of the test, at debug level."""
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    logging.getLogger().handlers.clear()

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
-from aquafleet.gateway.logs import configure_logging
 from aquafleet.models.accounts import AdminAccount, Role, create_account
 from aquafleet.models.alipay import (
     fen,
@@ -30,33 +27,23 @@ from aquafleet.models.alipay import (
 )
 from aquafleet.models.merchants import PaymentMerchant
 from aquafleet.models.money import (
-    GUARDED_PREFIXES,
     MoneyTransaction,
     Refund,
     RefundState,
     balance,
     channel_account,
-    check_ledger,
     request_refund,
 )
 from aquafleet.models.orders import Order, mark_paid
-from aquafleet.models.payments import PaymentNotice, check_payments
+from aquafleet.models.payments import PaymentNotice
 from aquafleet.models.sealed import is_sealed
 from tests.api.conftest import ApiClient, Tenant
-from tests.api.shop import Shopper, add_product, make_member
+from tests.api.shop import add_product, make_member
 from tests.fakes.alipay import FakeAlipay
 from tests.payments.keys import public_pem, rsa_private_pem
+from tests.payments.shops import RECEIVER, ChannelShop, assert_ledger_clean, channel_node
 
-RECEIVER = {"name": "张三", "phone": "13900000000", "area": "珠海", "address": "南方软件园A123"}
 APP_ID = "2021000117600001"
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture
@@ -71,27 +58,15 @@ async def fake_alipay() -> AsyncIterator[FakeAlipay]:
 @pytest.fixture
 async def api_node(database_url: str, node_factory: Any, fake_alipay: FakeAlipay) -> Any:
     """A node whose Alipay is the fake, which notifies the node at its own port."""
-    node = await node_factory(
-        database_url=database_url,
-        alipay_gateway_url=fake_alipay.gateway,
-        payments_sweep_interval_s=3600,  # the tests sweep when they choose
-    )
-    node.app[PAYMENTS].notify_base_url = f"http://127.0.0.1:{node.http_port}"
-    return node
+    return await channel_node(node_factory, database_url, alipay_gateway_url=fake_alipay.gateway)
 
 
-@dataclass
-class AlipayShop:
-    vid: str
-    shopper: Shopper
-    node: Any
+class AlipayShop(ChannelShop):
     fake: FakeAlipay
-    pid: str
 
     async def order(self) -> tuple[str, int]:
-        body = {"content": [{"product_id": self.pid}], "receiver": RECEIVER}
-        answer = await self.shopper.client.call("POST", "/orders", body, expect=201)
-        return str(answer.data["order_id"]), int(answer.data["amounts"]["total"])
+        order = await self.new_order()
+        return str(order["order_id"]), int(order["amounts"]["total"])
 
     async def prepay(self, oid: str, expect: int = 200) -> Any:
         return await self.shopper.client.call("POST", f"/orders/{oid}/prepay/alipay", expect=expect)
@@ -101,13 +76,6 @@ class AlipayShop:
         url = str((await self.prepay(oid)).data["pay_url"])
         assert await self.fake.open(url) == 200
         return url
-
-    async def state(self, oid: str) -> str:
-        answer = await self.shopper.client.call("GET", f"/orders/{oid}")
-        return str(answer.data["state_name"])
-
-    async def sweep(self) -> Any:
-        return await self.node.app[PAYMENTS].sweep()
 
 
 @pytest.fixture
@@ -121,11 +89,6 @@ async def shop(
     pid = await add_product(a.vendor, install=False, install_cost=0)
     shopper = await make_member(api_node, api, a.vid)
     return AlipayShop(a.vid, shopper, api_node, fake_alipay, pid)
-
-
-async def assert_ledger_clean() -> None:
-    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
-    assert await check_payments() == []
 
 
 # ----------------------------------------------------------------------------- sans-IO rules

@@ -6,45 +6,31 @@ sweep, the credentials never shown. The money ledger's check is clean after each
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
-from aquafleet.gateway.logs import configure_logging
 from aquafleet.models.allinpay import rsa_verify, sign_string
 from aquafleet.models.merchants import PaymentMerchant
 from aquafleet.models.money import (
-    GUARDED_PREFIXES,
     MoneyTransaction,
     Refund,
     RefundState,
     balance,
     channel_account,
-    check_ledger,
     request_refund,
 )
 from aquafleet.models.orders import Order
-from aquafleet.models.payments import PaymentNotice, check_payments
+from aquafleet.models.payments import PaymentNotice
 from aquafleet.models.sealed import is_sealed
 from tests.api.conftest import ApiClient, Tenant
-from tests.api.shop import Shopper, add_product, make_member
+from tests.api.shop import add_product, make_member
 from tests.fakes.allinpay import FakeAllinpay
+from tests.payments.shops import ChannelShop, assert_ledger_clean, channel_node
 
-RECEIVER = {"name": "张三", "phone": "13900000000", "area": "珠海", "address": "南方软件园A123"}
 CUSID = "990581007426001"
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """Every log line of the test, at debug level."""
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture
@@ -59,37 +45,18 @@ async def fake_card() -> AsyncIterator[FakeAllinpay]:
 @pytest.fixture
 async def api_node(database_url: str, node_factory: Any, fake_card: FakeAllinpay) -> Any:
     """A node whose card acquirer is the fake, which notifies the node at its own port."""
-    node = await node_factory(
-        database_url=database_url,
-        allinpay_api_url=fake_card.url,
-        payments_sweep_interval_s=3600,  # the tests sweep when they choose
-    )
-    node.app[PAYMENTS].notify_base_url = f"http://127.0.0.1:{node.http_port}"
-    return node
+    return await channel_node(node_factory, database_url, allinpay_api_url=fake_card.url)
 
 
-@dataclass
-class CardShop:
-    vid: str
-    shopper: Shopper
-    node: Any
+class CardShop(ChannelShop):
     fake: FakeAllinpay
-    pid: str
 
     async def order(self) -> tuple[str, int]:
-        body = {"content": [{"product_id": self.pid}], "receiver": RECEIVER}
-        answer = await self.shopper.client.call("POST", "/orders", body, expect=201)
-        return str(answer.data["order_id"]), int(answer.data["amounts"]["total"])
+        order = await self.new_order()
+        return str(order["order_id"]), int(order["amounts"]["total"])
 
     async def prepay(self, oid: str, kind: str = "credit", expect: int = 200) -> Any:
         return await self.shopper.client.call("POST", f"/orders/{oid}/prepay/{kind}", expect=expect)
-
-    async def state(self, oid: str) -> str:
-        answer = await self.shopper.client.call("GET", f"/orders/{oid}")
-        return str(answer.data["state_name"])
-
-    async def sweep(self) -> Any:
-        return await self.node.app[PAYMENTS].sweep()
 
 
 async def set_acquirer(api: ApiClient, vid: str, fake: FakeAllinpay) -> None:
@@ -113,12 +80,6 @@ async def shop(
     pid = await add_product(a.vendor, install=False, install_cost=0)
     shopper = await make_member(api_node, api, a.vid)
     return CardShop(a.vid, shopper, api_node, fake_card, pid)
-
-
-async def assert_ledger_clean() -> None:
-    """What `aquafleet money check` verifies: the ledger, and the bills against it."""
-    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
-    assert await check_payments() == []
 
 
 def test_the_signing_rule_is_allinpays():

@@ -4,12 +4,9 @@ secret, never answered by any endpoint and never written to a log line, each one
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 
 import pytest
 
-from aquafleet.gateway.logs import configure_logging
 from aquafleet.models.merchants import PaymentMerchant, wechat_merchant
 from aquafleet.models.sealed import SecretBox, SecretUnreadable, is_sealed
 from aquafleet.models.vendors import Vendor
@@ -29,15 +26,6 @@ SECRETS = {
     "mch_apiv3_key": API_V3_KEY,
     "mch_private_key": PRIVATE_KEY.splitlines()[5],
 }
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """Every log line of the test, at debug level."""
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    logging.getLogger().handlers.clear()
 
 
 async def _everything_answered(api: ApiClient, vid: str) -> str:

@@ -5,7 +5,6 @@ full and partial. The money ledger's check is clean after each scenario."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,14 +13,12 @@ from aquafleet.api.payments import PAYMENTS
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import (
-    GUARDED_PREFIXES,
     Leg,
     MoneyTransaction,
     Refund,
     RefundState,
     balance,
     channel_account,
-    check_ledger,
     post,
     request_refund,
 )
@@ -30,35 +27,20 @@ from aquafleet.models.payments import Payment, PaymentNotice, PaymentState, chec
 from aquafleet.models.tenancy import Role
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
-from tests.api.shop import Shopper, add_product, make_member
+from tests.api.shop import add_product, make_member
 from tests.fakes.wechatpay import FakeWechatPay
 from tests.payments.keys import public_pem
+from tests.payments.shops import ChannelShop, assert_ledger_clean
 
-RECEIVER = {"name": "张三", "phone": "13900000000", "area": "珠海", "address": "南方软件园A123"}
 
-
-@dataclass
-class Shop:
-    vid: str
-    shopper: Shopper
-    pid: str
-    node: Any
+class Shop(ChannelShop):
     fake: FakeWechatPay
 
     async def order(self) -> dict[str, Any]:
-        body = {"content": [{"product_id": self.pid}], "receiver": RECEIVER}
-        answer = await self.shopper.client.call("POST", "/orders", body, expect=201)
-        return dict(answer.data)
+        return await self.new_order()
 
     async def prepay(self, oid: str, expect: int = 200) -> Any:
         return await self.shopper.client.call("POST", f"/orders/{oid}/prepay/weixin", expect=expect)
-
-    async def state(self, oid: str) -> str:
-        answer = await self.shopper.client.call("GET", f"/orders/{oid}")
-        return str(answer.data["state_name"])
-
-    async def sweep(self) -> Any:
-        return await self.node.app[PAYMENTS].sweep()
 
     @property
     def metrics(self) -> Any:
@@ -87,13 +69,7 @@ async def shop(
     await set_merchant(api, a.vid, fake_pay)
     pid = await add_product(a.vendor, install=False, install_cost=0)
     shopper = await make_member(api_node, api, a.vid, wx_openid="o-alice")
-    return Shop(a.vid, shopper, pid, api_node, fake_pay)
-
-
-async def assert_ledger_clean() -> None:
-    """What `aquafleet money check` verifies: the ledger, and the bills against it."""
-    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
-    assert await check_payments() == []
+    return Shop(a.vid, shopper, api_node, fake_pay, pid)
 
 
 async def test_a_member_pays_an_order_with_wechat_pay_end_to_end(shop: Shop):
