@@ -8,7 +8,6 @@ or its own answer to our query.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -28,7 +27,6 @@ from aquafleet.api.schemas import (
     VendorCode,
 )
 from aquafleet.api.sealing import secret_box
-from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.appkeys import (
     DEVICE_GATEWAY,
     KEYSPACE,
@@ -38,13 +36,9 @@ from aquafleet.gateway.appkeys import (
     SETTINGS,
     TASKS,
 )
-from aquafleet.gateway.cards import CardPayments
 from aquafleet.gateway.logs import get_logger
-from aquafleet.gateway.payments import PaymentService, PaymentSweeper
-from aquafleet.gateway.providers.alipay import AlipayClient
-from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
+from aquafleet.gateway.payments import PaymentService, PaymentSweeper, payment_service
 from aquafleet.gateway.providers.wechatpay import (
-    WechatPayClient,
     WechatPayRefused,
     WechatPayUnavailable,
 )
@@ -92,19 +86,8 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
         connector=aiohttp.TCPConnector(limit=32),
     ) as session:
-        service = app[PAYMENTS] = PaymentService(
-            WechatPayClient(session, base_url=settings.wechatpay_api_url),
-            secret_box(app),
-            app[METRICS],
-            notify_base_url=settings.payments_notify_url,
-            query_after=dt.timedelta(seconds=settings.payments_query_after_s),
-            apply_service=apply_service,
-        )
-        service.cards = CardPayments(
-            [AllinpayAcquirer(session, service.box, base_url=settings.allinpay_api_url)], service
-        )
-        service.alipay = AlipayPayments(
-            AlipayClient(session, gateway_url=settings.alipay_gateway_url), service.box, service
+        service = app[PAYMENTS] = payment_service(
+            settings, session, secret_box(app), app[METRICS], apply_service=apply_service
         )
         sweeper = app[PAYMENT_SWEEPER] = PaymentSweeper(
             service, app[REDIS], app[SCRIPTS], lease_key=app[KEYSPACE].payments_owner,

@@ -221,6 +221,36 @@ class PaymentService:
         report.bills_closed += await channel.close(payment)
 
 
+def payment_service(
+    settings: Any,
+    session: Any,
+    box: SecretBox,
+    metrics: Metrics,
+    *,
+    apply_service: Any = None,
+) -> PaymentService:
+    """The payment service with every channel the platform has (WeChat Pay, the card
+    acquirers, Alipay), on one HTTP session: the node's and the CLI's are the same."""
+    from aquafleet.gateway.providers.alipay import AlipayClient
+    from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
+
+    service = PaymentService(
+        WechatPayClient(session, base_url=settings.wechatpay_api_url),
+        box,
+        metrics,
+        notify_base_url=settings.payments_notify_url,
+        query_after=dt.timedelta(seconds=settings.payments_query_after_s),
+        apply_service=apply_service,
+    )
+    service.cards = CardPayments(
+        [AllinpayAcquirer(session, box, base_url=settings.allinpay_api_url)], service
+    )
+    service.alipay = AlipayPayments(
+        AlipayClient(session, gateway_url=settings.alipay_gateway_url), box, service
+    )
+    return service
+
+
 class PaymentSweeper:
     """The payments sweep in the node, once per cluster: the holder of a Redis lease
     (gateway/lease.py) sweeps every `interval_s`; when it dies another node takes over within

@@ -16,26 +16,14 @@ HTTP_TIMEOUT_S = 10.0
 
 
 def payment_service(settings: Settings, session: Any) -> Any:
-    """The node's payment service, for a one-off command (renewals paid by a query wait for
-    the node's own sweep, which can change their device)."""
-    from aquafleet.gateway.alipay import AlipayPayments
+    """The node's payment service, every channel included, for a one-off command (renewals
+    paid by a query wait for the node's own sweep, which can change their device)."""
+    from aquafleet.gateway import payments
     from aquafleet.gateway.metrics import Metrics
-    from aquafleet.gateway.payments import PaymentService
-    from aquafleet.gateway.providers.alipay import AlipayClient
-    from aquafleet.gateway.providers.wechatpay import WechatPayClient
     from aquafleet.models.sealed import SecretBox
 
-    service = PaymentService(
-        WechatPayClient(session, base_url=settings.wechatpay_api_url),
-        SecretBox.from_master(settings.master_secret_bytes()),
-        Metrics(),
-        notify_base_url=settings.payments_notify_url,
-        query_after=dt.timedelta(seconds=settings.payments_query_after_s),
-    )
-    service.alipay = AlipayPayments(
-        AlipayClient(session, gateway_url=settings.alipay_gateway_url), service.box, service
-    )
-    return service
+    box = SecretBox.from_master(settings.master_secret_bytes())
+    return payments.payment_service(settings, session, box, Metrics())
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
