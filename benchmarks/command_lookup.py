@@ -2,8 +2,10 @@
 
 A command first finds its device (visible to the caller, usable) and, for a dispense, the
 device's service mode. Before: two ORM lookups at once (`find_visible` building a full Device
-and `DeviceService.get_or_none` building a full row); after: `command_target`, one query that
-builds no model. This runs both against the same database, alternating in blocks, and prints
+and `DeviceService.get_or_none` building a full row); built: one query built by the ORM that
+builds no model (`command_target` until its statements were written out); after:
+`command_target`, one statement per caller's scope, written once (no query built). This runs
+the three against the same database, alternating in blocks, and prints
 per variant the median wall time and the median CPU time of this process per lookup (the
 Python side: query building and row decoding, which the gateway's event loop pays).
 
@@ -26,7 +28,7 @@ from tortoise import Tortoise
 from aquafleet.models.db import tortoise_config
 from aquafleet.models.devices import Device, DeviceState, check_usable, find_visible
 from aquafleet.models.ids import device_id
-from aquafleet.models.service import DeviceService, ServiceMode, command_target
+from aquafleet.models.service import DeviceService, ServiceMode, _built_target, command_target
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
 
@@ -40,6 +42,12 @@ async def before(principal: Principal, did: str) -> Any:
     assert device is not None
     check_usable(device)
     return svc.mode if svc is not None else None
+
+
+async def built(principal: Principal, did: str) -> Any:
+    target = await _built_target(principal, did, with_mode=True)
+    assert target is not None
+    return target.mode
 
 
 async def after(principal: Principal, did: str) -> Any:
@@ -75,10 +83,13 @@ async def main(url: str, blocks: int, per_block: int) -> dict[str, Any]:
     principal = Principal(Role.VENDOR, "1", vendor_code="BNCH")
     for n in range(DEVICES):  # the two agree on every device
         did = device_id("BNCH", 1 + n)
+        assert await before(principal, did) == await built(principal, did)
         assert await before(principal, did) == await after(principal, did)
-    results: dict[str, tuple[list[float], list[float]]] = {"before": ([], []), "after": ([], [])}
+    results: dict[str, tuple[list[float], list[float]]] = {
+        "before": ([], []), "built": ([], []), "after": ([], [])
+    }  # fmt: skip
     for _ in range(blocks):  # alternating blocks: the machine's noise falls on both alike
-        for name, variant in (("before", before), ("after", after)):
+        for name, variant in (("before", before), ("built", built), ("after", after)):
             walls, cpus = await measure(variant, principal, per_block)
             results[name][0].extend(walls)
             results[name][1].extend(cpus)
