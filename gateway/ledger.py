@@ -47,8 +47,12 @@ from aquafleet.models.usage import (
     store_ledger_batch,
 )
 from aquafleet.protocol import EventKind, FrameType, ProtocolError
-from aquafleet.protocol.message_types import Event, Telemetry
-from aquafleet.protocol.messages import parse_record_payload
+from aquafleet.protocol.message_types import Event
+from aquafleet.protocol.messages import (
+    TelemetryReport,
+    parse_record_payload,
+    parse_telemetry_report,
+)
 
 log = get_logger("aquafleet.ledger")
 
@@ -157,22 +161,20 @@ def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
     # Only each device's newest report becomes its snapshot: decode just that one.
     for did, (row, enc, payload) in newest.items():
         try:
-            message = parse_record_payload(row.kind, payload, enc)
+            report = parse_telemetry_report(payload, enc)
         except ProtocolError:
             batch.bad_payloads += 1  # metered already; only the snapshot is lost
             continue
-        assert isinstance(message, Telemetry)
-        batch.snapshots[did] = snapshot_row(did, message, row.received_at, row.flow_total_ml)
+        batch.snapshots[did] = snapshot_row(did, report, row.received_at, row.flow_total_ml)
     return batch
 
 
 def snapshot_row(
-    did: str, t: Telemetry, received_at: dt.datetime, flow_total: int | None
+    did: str, t: TelemetryReport, received_at: dt.datetime, flow_total: int | None
 ) -> SnapshotRow:
-    filters = [[f.index, f.work_h, f.power_on_h, f.reset_count] for f in t.filters] or None
     return tuple.__new__(SnapshotRow, (
         did, t.boot, t.rec, t.ts, received_at, flow_total, t.tds_in_ppm, t.tds_out_ppm,
-        t.temperature_dc, filters, t.fault_bits, t.signal, t.state_bits,
+        t.temperature_dc, t.filters, t.fault_bits, t.signal, t.state_bits,
     ))  # fmt: skip
 
 

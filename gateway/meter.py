@@ -361,11 +361,11 @@ class MeterBatcher:
         stored = duplicate = stale = 0
         for shard, backlog in outcome.backlogs.items():
             self._shard_backlog[shard] = backlog
+        stored_rc = AckCode.STORED
         for shard, items in by_shard.items():
-            codes = outcome.codes[shard]
-            for index, (conn, record) in enumerate(items):
-                rc, wm_boot, wm_rec = codes[3 * index : 3 * index + 3]
-                if rc == AckCode.STORED:
+            codes = iter(outcome.codes[shard])  # (rc, wm_boot, wm_rec) per record, flattened
+            for (conn, record), rc, wm_boot, wm_rec in zip(items, codes, codes, codes, strict=True):
+                if rc == stored_rc:
                     stored += 1
                     if coalesce and record.boot == wm_boot and record.rec <= wm_rec:
                         last_covered[(conn, wm_boot)] = (record.seq, wm_rec)
@@ -374,12 +374,14 @@ class MeterBatcher:
                     duplicate += 1  # always acked alone: resends converge for any firmware
                 else:
                     stale += 1
-                if not conn.closed and conn.session is not None:
-                    conn.session.ack(record.seq, rc, (wm_boot, wm_rec))
+                session = conn.session
+                if session is not None and not conn.closed:
+                    session.ack(record.seq, rc, (wm_boot, wm_rec))
                     touched.add(conn)
         for (conn, boot), (seq, wm_rec) in last_covered.items():
-            if not conn.closed and conn.session is not None:
-                conn.session.ack(seq, AckCode.STORED, (boot, wm_rec))
+            session = conn.session
+            if session is not None and not conn.closed:
+                session.ack(seq, stored_rc, (boot, wm_rec))
                 touched.add(conn)
         for conn in touched:
             conn.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import cbor2
 import msgpack
@@ -161,13 +161,13 @@ def _pair(m: Payload, key: int) -> tuple[int, int] | None:
     return value[0], value[1]
 
 
-def _filters(m: Payload) -> tuple[FilterReading, ...]:
+def _filter_rows(m: Payload) -> list[list[int]]:
+    """Key 9 validated, as the [index, work_h, power_on_h, reset_count] lists decoded."""
     value = m.get(Key.FILTERS)
     if value is None:
-        return ()
+        return []
     if type(value) is not list or len(value) > MAX_FILTERS:
         _bad(Key.FILTERS, f"a list of at most {MAX_FILTERS} filters")
-    readings = []
     for item in value:
         if type(item) is not list or len(item) != 4:
             _bad(Key.FILTERS, "[index u8, work_h u32, power_on_h u32, reset_count u16]")
@@ -183,8 +183,11 @@ def _filters(m: Payload) -> tuple[FilterReading, ...]:
             or not 0 <= reset_count <= U16
         ):
             _bad(Key.FILTERS, "[index u8, work_h u32, power_on_h u32, reset_count u16]")
-        readings.append(FilterReading(index, work_h, power_on_h, reset_count))
-    return tuple(readings)
+    return value
+
+
+def _filters(m: Payload) -> tuple[FilterReading, ...]:
+    return tuple(FilterReading(*item) for item in _filter_rows(m))
 
 
 def _desired(m: Payload) -> DesiredState | None:
@@ -409,6 +412,43 @@ def parse_record_payload(frame_type: int, payload: bytes, encoding: int) -> Tele
     message = parse_message(frame)
     assert isinstance(message, Telemetry | Event)
     return message
+
+
+class TelemetryReport(NamedTuple):
+    """What a device snapshot keeps of a TELEMETRY payload (parse_telemetry_report)."""
+
+    rec: int
+    boot: int
+    ts: int
+    tds_in_ppm: int | None
+    tds_out_ppm: int | None
+    temperature_dc: int | None
+    filters: list[list[int]] | None  # [index, work_h, power_on_h, reset_count]; None: none
+    fault_bits: int | None
+    signal: int | None
+    state_bits: int | None
+
+
+def parse_telemetry_report(payload: bytes, encoding: int) -> TelemetryReport:
+    """A TELEMETRY payload validated by the same rules as `parse_message` (it accepts and
+    refuses the same payloads: tests/protocol/test_messages.py), without building the message:
+    the ledger writer reads every device's newest report of a transaction (at window 1 nearly
+    every record), and the frozen Telemetry and its FilterReadings were most of that cost."""
+    m = decode_payload(payload, encoding)
+    _opt_int(m, Key.FLOW_TOTAL, 0, MAX_COUNTER)  # validated; the meter's value is what is kept
+    _opt_int(m, Key.CNT_EPOCH, 0, U32)
+    return TelemetryReport(
+        _int(m, Key.REC, 1, U32),
+        _int(m, Key.BOOT, 0, U32),
+        _int(m, Key.TS, 0, U32),
+        _opt_int(m, Key.TDS_IN, 0, U16),
+        _opt_int(m, Key.TDS_OUT, 0, U16),
+        _opt_int(m, Key.TEMPERATURE, MIN_TEMPERATURE_DC, MAX_TEMPERATURE_DC),
+        _filter_rows(m) or None,
+        _opt_int(m, Key.FAULTS, 0, U32),
+        _opt_int(m, Key.SIGNAL, MIN_SIGNAL, MAX_SIGNAL),
+        _opt_int(m, Key.STATE_BITS, 0, U32),
+    )
 
 
 def parse_message(frame: Frame) -> Message:

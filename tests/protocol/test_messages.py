@@ -32,6 +32,7 @@ from aquafleet.protocol.messages import (
     parse_message,
     parse_record,
     parse_record_payload,
+    parse_telemetry_report,
 )
 from tests.protocol import strategies
 from tests.protocol.helpers import ENCODINGS, decode_all
@@ -85,6 +86,64 @@ def test_parse_record_agrees_with_parse_message(message: Telemetry | Event, enco
     )
     full = parse_record_payload(record.frame_type, record.payload, record.encoding)
     assert full == dataclasses.replace(message, seq=0, dup=False)
+
+
+def _report_of(payload: bytes, encoding: int) -> object:
+    """parse_telemetry_report's answer, or the error code it refused the payload with."""
+    try:
+        return parse_telemetry_report(payload, encoding)
+    except RemoteProtocolError as exc:
+        return exc.code
+
+
+def _report_via_message(payload: bytes, encoding: int) -> object:
+    """The same fields taken from parse_message's Telemetry, or its error code."""
+    try:
+        t = parse_record_payload(FrameType.TELEMETRY, payload, encoding)
+    except RemoteProtocolError as exc:
+        return exc.code
+    assert isinstance(t, Telemetry)
+    filters = [[f.index, f.work_h, f.power_on_h, f.reset_count] for f in t.filters] or None
+    return (
+        t.rec, t.boot, t.ts, t.tds_in_ppm, t.tds_out_ppm, t.temperature_dc, filters,
+        t.fault_bits, t.signal, t.state_bits,
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(strategies.MESSAGES[Telemetry], encodings)
+def test_telemetry_report_agrees_with_parse_message(message: Telemetry, encoding: int) -> None:
+    payload = encode_payload(message_map(message), encoding)
+    assert _report_of(payload, encoding) == _report_via_message(payload, encoding)
+
+
+TELEMETRY_KEYS = [0, 1, 2, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+
+
+def _hostile_changes(encoding: int) -> st.SearchStrategy[dict[int, object]]:
+    values = (
+        st.sampled_from(strategies.EDGE_INTS)
+        | st.none()
+        | strategies.objects(cbor=encoding == Encoding.CBOR)
+        | st.lists(st.lists(st.sampled_from(strategies.EDGE_INTS), max_size=5), max_size=6)
+    )
+    return st.dictionaries(st.sampled_from(TELEMETRY_KEYS), values, min_size=1, max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(strategies.MESSAGES[Telemetry], encodings, st.data())
+def test_telemetry_report_refuses_what_parse_message_refuses(
+    message: Telemetry, encoding: int, data: st.DataObject
+) -> None:
+    """A valid report with one to three fields made hostile: both accept it, or both refuse it
+    with the same code (and when they accept, they read the same fields)."""
+    body = {**message_map(message), **data.draw(_hostile_changes(encoding))}
+    payload = (
+        cbor2.dumps(body)
+        if encoding == Encoding.CBOR
+        else msgpack.packb(body, use_bin_type=True, datetime=False)
+    )
+    assert _report_of(payload, encoding) == _report_via_message(payload, encoding)
 
 
 def test_record_header_sits_flat_in_the_map() -> None:
