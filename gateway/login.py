@@ -189,21 +189,24 @@ class LoginBatcher:
             for v in verified
         ]
         replies = await self.scripts.run(self.client, calls, "claiming presence")
+        hub, metrics = self.hub, self.metrics
+        sender, observe = hub.sender, metrics.histograms.login_ok.observe
+        answered = time.time()
         for v, reply in zip(verified, replies, strict=True):
             conn = v.conn
             if conn.closed or conn.session is None:
-                self.hub.presence.release_link(v.did, conn)
+                hub.presence.release_link(v.did, conn)
                 continue
             _old_node, _old_conn, wm_boot, wm_rec, *desired = reply
             last_acked = None if wm_boot is None else (int(wm_boot), int(wm_rec))
             state = desired_state(*desired)
-            conn.session.accept_login(now=time.time(), last_acked=last_acked, desired=state)
+            conn.session.accept_login(now=answered, last_acked=last_acked, desired=state)
             # AUTH_OK carries the state on TCP; an MQTT link gets it as a SET_STATE instead,
             # whose RESULT settles it (gateway/mqtt/link.py).
             tcp = conn.transport is not None
-            if tcp and state is not None and state.version > 0 and self.hub.sender is not None:
-                self.hub.sender.applied_at_login(v.did, state.version)
-            self.hub.go_online(conn, v.did, self.keyspace.shard_of(v.did))
-            self.metrics.logins_ok += 1
+            if tcp and state is not None and state.version > 0 and sender is not None:
+                sender.applied_at_login(v.did, state.version)
+            hub.go_online(conn, v.did, v.shard)
+            metrics.logins_ok += 1
             conn.flush()
-            self.metrics.histograms.login_ok.observe(time.monotonic() - v.asked_at)
+            observe(time.monotonic() - v.asked_at)

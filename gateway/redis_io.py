@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,15 @@ async def _send(
         with redis_errors(what):
             await connection.send_packed_command(b"".join(packed), check_health=False)
             replies: list[Any] = []
-            for _ in packed:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # one reply, read whole: still in sync
-                    replies.append(exc)
+            # One deadline for every reply of the round trip (the connection's socket_timeout)
+            # instead of redis-py's timer per reply: a login round of 2,000 claims armed and
+            # cancelled 2,000 of them. The replies come back together, as one Redis call each.
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in packed:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:  # one reply, read whole: still in sync
+                        replies.append(exc)
     except BaseException:
         await connection.disconnect()
         raise
