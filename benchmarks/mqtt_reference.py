@@ -9,7 +9,11 @@ relay of small acknowledged messages needs on this machine, measured in the same
 
 The client is the benchmark's own: raw MQTT 3.1.1 packets (`protocol/mqtt_wire.py`, the
 simulator's sans-IO packets) over uvloop Protocols, one process per `--workers`, the first one
-also holding the subscriber. It prints one JSON line per process; `run()` gathers them.
+also holding the subscriber. Each process connects its publishers, says `ready` and waits for
+`go` on its stdin: `run()` sends it once every process is ready, so all publishers start
+together with every connection made (its `on_start` callback runs at that moment: load.py
+reads the broker's CPU there, the start of the steady state). Each process then prints one
+JSON line; `run()` gathers them.
 
     python benchmarks/mqtt_reference.py --port 1883 --connections 2000 --window 1 --duration 30
 
@@ -26,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -136,8 +141,11 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
         publisher.transport.write(wire.connect(f"ref-pub-{index}", keepalive_s=600))  # type: ignore[union-attr]
         publishers.append(publisher)
     await asyncio.wait_for(asyncio.gather(*(p.connected for p in publishers)), 60)
-    # Start together: every worker waits for the same wall-clock moment.
-    await asyncio.sleep(max(0.0, args.start_at - time.time()))
+    # Start together: every worker waits for run()'s `go`, sent once all of them are ready.
+    print("ready", flush=True)
+    go = await loop.run_in_executor(None, sys.stdin.readline)
+    if go.strip() != "go":
+        raise SystemExit(f"expected go, got {go!r}")
     started = time.monotonic()
     for publisher in publishers:
         publisher.stop_at = started + args.duration
@@ -161,9 +169,16 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
     return {**counts, "elapsed_s": elapsed}
 
 
-def run(port: int, connections: int, window: int, duration: float, workers: int) -> dict[str, Any]:
-    """Run the reference load in `workers` processes; totals plus the clients' CPU seconds."""
-    start_at = time.time() + 2 + connections / 2000
+def run(
+    port: int,
+    connections: int,
+    window: int,
+    duration: float,
+    workers: int,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run the reference load in `workers` processes; totals plus the clients' CPU seconds.
+    `on_start` runs once every publisher is connected, right before they all start."""
     share = [
         connections // workers + (1 if n < connections % workers else 0) for n in range(workers)
     ]
@@ -184,16 +199,27 @@ def run(port: int, connections: int, window: int, duration: float, workers: int)
                 str(window),
                 "--duration",
                 str(duration),
-                "--start-at",
-                str(start_at),
                 "--worker",
                 *(["--subscriber"] if n == 0 else []),
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for n in range(workers)
     ]
+    assert all(p.stdin is not None and p.stdout is not None for p in processes)
+    ready = [p.stdout.readline().strip() for p in processes]  # type: ignore[union-attr]
+    if ready != ["ready"] * workers:
+        for process in processes:
+            process.kill()
+            process.wait()
+        raise SystemExit(f"the reference client failed to connect: {ready}")
+    if on_start is not None:
+        on_start()
+    for process in processes:
+        process.stdin.write("go\n")  # type: ignore[union-attr]
+        process.stdin.flush()  # type: ignore[union-attr]
     results = [json.loads(p.communicate()[0]) for p in processes]
     reaped_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if any(p.returncode for p in processes):
@@ -221,7 +247,6 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="index of the first publisher")
     parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--duration", type=float, default=30)
-    parser.add_argument("--start-at", type=float, default=0.0, help="wall clock (time.time())")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--subscriber", action="store_true", help=argparse.SUPPRESS)

@@ -1,0 +1,110 @@
+"""benchmarks/load.py's steady-state window: the CPU and the records between the moment every
+device is logged in and the end, so the logins' CPU is not charged to the records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.load import (
+    Mark,
+    logged_in,
+    median,
+    ratio_summary,
+    records_counted,
+    reference_report,
+    window_figures,
+)
+
+
+def test_the_steady_window_leaves_out_the_cpu_and_records_before_it():
+    start = Mark(at=0.0, cpu={"gateway": 0.0, "redis": 0.0}, records=0)
+    all_logged_in = Mark(at=6.0, cpu={"gateway": 5.0, "redis": 1.0}, records=1_000)
+    end = Mark(at=26.0, cpu={"gateway": 15.0, "redis": 3.0}, records=101_000)
+
+    whole = window_figures(start, end)
+    steady = window_figures(all_logged_in, end)
+
+    assert whole["cpu_us_per_record"] == {"gateway": 148.51, "redis": 29.7}
+    assert steady == {
+        "window_s": 20.0,
+        "records": 100_000,
+        "cpu_s": {"gateway": 10.0, "redis": 2.0},
+        "cpu_us_per_record": {"gateway": 100.0, "redis": 20.0},
+    }
+
+
+def test_a_window_without_records_has_no_cost_per_record():
+    mark = Mark(at=1.0, cpu={"gateway": 1.0}, records=5)
+    assert window_figures(mark, Mark(at=2.0, cpu={"gateway": 2.0}, records=5))[
+        "cpu_us_per_record"
+    ] == {"gateway": None}
+
+
+def test_logged_in_devices_and_records_are_read_from_the_node_metrics():
+    sample = {
+        "devices_online": 1_500,
+        "mqtt_devices": 500,
+        "connections": 2_100,
+        "records_stored_total": 90,
+        "records_duplicate_total": 10,
+        "records_received_total": 120,
+    }
+    assert logged_in(sample) == 2_000
+    assert records_counted(sample) == 100
+    assert logged_in({}) == 0 and records_counted({}) == 0
+
+
+def test_median_of_even_and_odd_counts():
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert median([]) is None
+
+
+def _round(whole_us: float, steady: dict[str, Any], broker_whole: float, broker_steady: float):
+    per_record = {"gateway": whole_us / 2, "redis": whole_us / 4, "ledger": whole_us / 4}
+    return {
+        "aquafleet": {
+            "cpu_us_per_record": {**per_record, "simulator": 500.0},
+            "steady_state": steady,
+            "sim_report": {"records": {"durable_per_s": 5_000.0}, "check": {"passed": True}},
+        },
+        "mosquitto": {
+            "relayed_per_s": 20_000.0,
+            "broker_cpu_us_per_message": broker_whole,
+            "steady_state": {"broker_cpu_us_per_message": broker_steady},
+            "published": 400_000,
+            "received": 400_000,
+        },
+    }
+
+
+def test_the_report_gives_both_ratios_and_says_which_is_which():
+    steady = {
+        "logged_in_after_s": 4.0,
+        "window_s": 20.0,
+        "records": 100_000,
+        "cpu_us_per_record": {"gateway": 40.0, "redis": 10.0, "ledger": 10.0},
+    }
+    report = reference_report([_round(120.0, steady, 24.0, 20.0)] * 2)
+
+    (row, _) = report["rounds"]
+    assert row["cpu_ratio"] == 5.0  # whole run: 120 / 24
+    assert row["cpu_ratio_steady"] == 3.0  # steady state: 60 / 20
+    assert row["aquafleet_steady_server_cpu_us_per_record"] == 60.0  # no simulator in it
+    assert report["cpu_ratio_median"] == 5.0
+    assert report["cpu_ratio_steady_median"] == 3.0
+    summary = ratio_summary(report)
+    assert "steady state (every device logged in to the end): 3.00x, 3.00x (median 3.00x)" in (
+        summary
+    )
+    assert "whole run (logins included):" in summary and "5.00x, 5.00x (median 5.00x)" in summary
+
+
+def test_a_round_whose_devices_never_all_logged_in_has_no_steady_ratio():
+    missing = {"not_reached": "not every device was logged in at once while it ran"}
+    steady = {"cpu_us_per_record": {"gateway": 40.0, "redis": 10.0, "ledger": 10.0}}
+    report = reference_report([_round(120.0, missing, 24.0, 20.0), _round(120.0, steady, 24, 20)])
+
+    assert [row["cpu_ratio_steady"] for row in report["rounds"]] == [None, 3.0]
+    assert report["cpu_ratio_steady_median"] is None  # not a median of half the rounds
+    assert "n/a, 3.00x (median n/a)" in ratio_summary(report)
