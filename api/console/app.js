@@ -4,7 +4,7 @@
 
 import { h, fill } from './dom.js';
 import { ApiError, login, logout, onSessionEnd, session } from './api.js';
-import { lang, setLang, t } from './i18n.js';
+import { lang, setLang, setPerson, t } from './i18n.js';
 import overview from './pages/overview.js';
 import map from './pages/map.js';
 import devices from './pages/devices.js';
@@ -71,8 +71,9 @@ function frame(me, active) {
 function route() {
   if (current) current.controller.abort();
   current = null;
-  document.documentElement.lang = lang() === 'zh' ? 'zh-CN' : 'en';
   const me = session.get();
+  setPerson(me && me.user);
+  document.documentElement.lang = lang() === 'zh' ? 'zh-CN' : 'en';
   if (!me) { loginPage(); return; }
   const path = decodeURIComponent(location.hash.slice(1)) || '/';
   let match = null;

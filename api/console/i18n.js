@@ -151,13 +151,32 @@ const TEXT = {
   },
 };
 
+let person = null; // the signed-in login: its own choice is kept under its name
+
+function stored(key) {
+  const chosen = localStorage.getItem(key);
+  return chosen === 'en' || chosen === 'zh' ? chosen : null;
+}
+
+/** This browser's last choice (the sign-in page's language), else the browser's language. */
+function browserChoice() {
+  return stored(KEY) || ((navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en');
+}
+
+/** The person signed in (null when none). A login that has never chosen keeps the language it
+ * signed in with, from then on as its own choice; each login's choice is its own, so two people
+ * sharing a tablet in the field each see theirs. */
+export function setPerson(user) {
+  person = user ? `${KEY}.${user}` : null;
+  if (person && !stored(person)) localStorage.setItem(person, browserChoice());
+}
+
 export function lang() {
-  const chosen = localStorage.getItem(KEY);
-  if (chosen === 'en' || chosen === 'zh') return chosen;
-  return (navigator.language || '').toLowerCase().startsWith('zh') ? 'zh' : 'en';
+  return (person && stored(person)) || browserChoice();
 }
 
 export function setLang(value) {
+  if (person) localStorage.setItem(person, value);
   localStorage.setItem(KEY, value);
   document.documentElement.lang = value === 'zh' ? 'zh-CN' : 'en';
 }
