@@ -23,24 +23,20 @@ def _scope(vid: str | None) -> Any:
     return Principal(Role.PLATFORM, "cli")
 
 
-def _state(text: str) -> int:
-    from aquafleet.models.tickets import TicketState
+def _named(enum_name: str, what: str) -> Any:
+    """An argparse type taking a member of the ticket enum by name or number."""
 
-    try:
-        return int(TicketState[text.strip().upper()]) if not text.isdigit() else int(text)
-    except KeyError:
-        names = ", ".join(s.name.lower() for s in TicketState)
-        raise argparse.ArgumentTypeError(f"{text!r} is not a ticket state: {names}") from None
+    def parse(text: str) -> int:
+        from aquafleet.models import tickets
 
+        enum = getattr(tickets, enum_name)
+        try:
+            return int(text) if text.isdigit() else int(enum[text.strip().upper()])
+        except KeyError:
+            names = ", ".join(member.name.lower() for member in enum)
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}: {names}") from None
 
-def _type(text: str) -> int:
-    from aquafleet.models.tickets import TicketType
-
-    try:
-        return int(TicketType[text.strip().upper()]) if not text.isdigit() else int(text)
-    except KeyError:
-        names = ", ".join(t.name.lower() for t in TicketType)
-        raise argparse.ArgumentTypeError(f"{text!r} is not a ticket type: {names}") from None
+    return parse
 
 
 def _ticket_json(ticket: Any, overdue: bool) -> dict[str, Any]:
@@ -183,8 +179,16 @@ def add_parsers(commands: Any) -> None:
     sub = parser.add_subparsers(dest="tickets_command", required=True)
     listing = sub.add_parser("list", help="the newest tickets, the overdue ones flagged")
     listing.add_argument("--vid", help="one vendor's (default: every vendor's)")
-    listing.add_argument("--status", type=_state, help="created, approved, dispatched, ...")
-    listing.add_argument("--type", type=_type, help="install, exchange, return, fault, ...")
+    listing.add_argument(
+        "--status",
+        type=_named("TicketState", "ticket state"),
+        help="created, approved, dispatched, ...",
+    )
+    listing.add_argument(
+        "--type",
+        type=_named("TicketType", "ticket type"),
+        help="install, exchange, return, fault, ...",
+    )
     listing.add_argument(
         "--overdue", action="store_true", help="only open tickets past their SLA or appointment"
     )
