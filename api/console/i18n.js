@@ -95,6 +95,7 @@ const TEXT = {
     'withdraw.too_soon': 'The withdrawal was refused: one request every 30 s; try again in {s} s.',
     'withdraw.minimum': 'The withdrawal was refused: withdraw at least {amount} yuan.',
     'ticket.new.not_found': 'device {did} does not exist or is not in your scope',
+    'ticket.new.did_hint': 'a device id: 16 characters, e.g. AAAA00000001B90A',
   },
   zh: {
     'app.title': 'aquafleet 运营控制台', 'app.logout': '退出登录', 'app.lang': 'English',
@@ -186,6 +187,7 @@ const TEXT = {
     'withdraw.too_soon': '提现被拒绝：两次申请至少间隔 30 秒，请 {s} 秒后再试。',
     'withdraw.minimum': '提现被拒绝：每次至少提现 {amount} 元。',
     'ticket.new.not_found': '设备 {did} 不存在或不在您的管辖范围内',
+    'ticket.new.did_hint': '设备号：16 位，例如 AAAA00000001B90A',
   },
 };
 

@@ -239,6 +239,13 @@ async def test_a_dealer_opens_a_ticket_for_its_own_device_only(
     await shoot(page, "tickets-new-refused")
     assert (await a.vendor.call("GET", "/tickets")).body["total"] == 0
 
+    # Not a device id: the browser says so, nothing is asked nor sent.
+    await page.fill("#ticket-new input[name=device_id]", "AAAA-1")
+    await page.click("#ticket-new button[type=submit]")
+    field = "#ticket-new input[name=device_id]"
+    assert await page.eval_on_selector(field, "e => e.validity.patternMismatch")
+    assert await page.locator("dialog").count() == 0
+
     # Its own device: confirmed, opened, at the top of the queue; the detail shown as text.
     await page.fill("#ticket-new input[name=device_id]", mine)
     await page.select_option("#ticket-new select[name=type]", "5")
