@@ -9,11 +9,12 @@ const PREFIX = '/api/v1';
 const KEY = 'aq.session';
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super((body && body.message) || `HTTP ${status}`);
     this.status = status;
     this.code = (body && body.code) || 'http_error';
     this.data = body ? body.data : null;
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
   }
 }
 
@@ -81,11 +82,45 @@ export async function call(method, path, body, { signal } = {}) {
     }
     if (response.status === 401) ended();
   }
-  if (!response.ok || (parsed && parsed.status === false)) throw new ApiError(response.status, parsed);
+  if (!response.ok || (parsed && parsed.status === false)) {
+    throw new ApiError(response.status, parsed, Number(response.headers.get('Retry-After')) || null);
+  }
   return parsed;
 }
 
 export const get = (path, options) => call('GET', path, undefined, options);
+
+/** A file the API answers (a CSV), fetched with the bearer header like every call (a plain
+ * link would carry no token) and handed to the browser as a Blob download; an expired access
+ * token is refreshed once. Throws ApiError with the envelope's message on a failed answer. */
+export async function download(path, { accept = 'text/csv', fallbackName = 'download', signal } = {}) {
+  const fetchIt = () => {
+    const current = session.get();
+    return fetch(PREFIX + path, {
+      headers: { Accept: accept, Authorization: `Bearer ${current && current.access}` },
+      signal, credentials: 'omit', cache: 'no-store',
+    });
+  };
+  let response = await fetchIt();
+  if (response.status === 401 && session.get()) {
+    if (await refresh()) response = await fetchIt();
+    if (response.status === 401) ended();
+  }
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  const blob = await response.blob();
+  const named = /filename="([^"\\/]+)"/.exec(response.headers.get('Content-Disposition') || '');
+  const name = named ? named[1] : fallbackName;
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  return { name, size: blob.size };
+}
 
 export async function login(user, password) {
   const { response, parsed } = await send('POST', '/auth/login', { user, pwd: md5(password) });

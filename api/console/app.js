@@ -15,8 +15,9 @@ import products from './pages/products.js';
 import orders from './pages/orders.js';
 import tickets from './pages/tickets.js';
 import commissions from './pages/commissions.js';
+import agentCommissions from './pages/agent-commissions.js';
 
-const PAGES = [overview, map, devices, device, members, agents, products, orders, tickets, commissions];
+const PAGES = [overview, map, devices, device, members, agents, products, orders, tickets, commissions, agentCommissions];
 const root = document.getElementById('app');
 let current = null; // {controller}: the page on screen, aborted when it is left
 
@@ -82,7 +83,7 @@ function route() {
   const main = frame(me, page);
   const controller = new AbortController();
   current = { controller };
-  document.title = `${t(`nav.${page.nav || 'devices'}`)} · aquafleet`;
+  document.title = `${t(`nav.${page.title || page.nav || 'devices'}`)} · aquafleet`;
   Promise.resolve(page.render(main, { me, signal: controller.signal, params: match || [] })).catch((error) => {
     if (error.name !== 'AbortError') main.append(h('p', { class: 'error', role: 'alert' }, t('error.load', { message: error.message })));
   });

@@ -18,6 +18,24 @@ export function yuan(fen) {
   return `${sign}${Math.floor(abs / 100).toLocaleString('en')}.${String(abs % 100).padStart(2, '0')}`;
 }
 
+/** Integer fen from a yuan amount typed by a person ("12", "12.3", "12.34", "1,200.50"),
+ * parsed as a decimal string, never through floating point; null when it is not one (a sign,
+ * more than two decimals, letters, or more than `maxFen`). */
+export function parseYuan(text, maxFen = 10 ** 11) {
+  const match = /^(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{0,2}))?$/.exec(String(text ?? '').trim());
+  if (!match) return null;
+  const whole = match[1].replace(/,/g, '').replace(/^0+(?=\d)/, '');
+  if (whole.length > 12) return null;
+  const fen = Number(whole) * 100 + Number((match[2] || '').padEnd(2, '0'));
+  return Number.isSafeInteger(fen) && fen <= maxFen ? fen : null;
+}
+
+/** A client request id (for requests the API makes idempotent): time and 64 random bits. */
+export function requestId(prefix) {
+  const bits = crypto.getRandomValues(new Uint32Array(2));
+  return `${prefix}-${Date.now().toString(36)}-${bits[0].toString(36)}${bits[1].toString(36)}`;
+}
+
 export const num = (value) => (value === null || value === undefined ? dash() : Number(value).toLocaleString('en'));
 
 export function badge(on, yes, no) {

@@ -1,5 +1,5 @@
 // Vendors, agents and dealers as a tree (the caller's subtree: GET /vendors for the platform,
-// GET /agents for everyone).
+// GET /agents for everyone); each node links to its commission list (pages/agent-commissions.js).
 
 import { h } from '../dom.js';
 import { get } from '../api.js';
@@ -19,7 +19,8 @@ async function all(path, signal) {
 function node(a, children) {
   return h('li', { 'data-agent': a.id },
     h('span', { class: 'badge' }, t(`level.${a.level}`)), ' ', a.name, ' ',
-    h('span', { class: 'muted' }, `#${a.id} · ${a.user || ''} · ${t(`state.${a.state}`)}`),
+    h('span', { class: 'muted' }, `#${a.id} · ${a.user || ''} · ${t(`state.${a.state}`)}`), ' ',
+    h('a', { href: `#/agents/${a.id}/commissions`, 'data-commissions': a.id }, t('agentc.link')),
     children.length ? h('ul', null, children.map((c) => node(c, []))) : null);
 }
 

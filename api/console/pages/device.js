@@ -151,7 +151,8 @@ export default {
     ];
     const mayChange = ['platform', 'vendor'].includes(me.role);
     fill(actions, buttons.filter(([, , , svc]) => !svc || mayChange).map(([op, fields, send]) =>
-      h('button', { type: 'button', class: op === 'lock' ? 'danger' : 'secondary', 'data-action': op, onclick: () => act(op, fields, send) }, t(`act.${op}`))));
+      h('button', { type: 'button', class: op === 'lock' ? 'danger' : 'secondary', 'data-action': op, onclick: () => act(op, fields, send) }, t(`act.${op}`))),
+    h('a', { href: `#/tickets/new/${encodeURIComponent(did)}`, class: 'button secondary', id: 'device-new-ticket' }, t('ticket.new')));
     await refresh();
   },
 };

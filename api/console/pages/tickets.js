@@ -1,7 +1,9 @@
 // Tickets (AE-01..03): the queue of the caller's scope with its counts, filters by status and
 // type, and the moves an operator makes: approve or refuse, dispatch (to a technician, or by
 // hierarchy or distance), cancel; each confirmed, then the queue is read again. A ticket's id
-// opens its history (its moves with their notes).
+// opens its history (its moves with their notes). "Open a ticket" (AE-03) names a device of
+// the caller's scope, a type, a priority and the detail; it is confirmed, and the API's answer
+// (an unknown device, one outside the scope) is shown under the form, which keeps its values.
 
 import { h, fill } from '../dom.js';
 import { call, get } from '../api.js';
@@ -12,6 +14,56 @@ import { deviceLink } from './devices.js';
 const STATUSES = [1, 2, 3, 4, 5, 6, 7];
 const TYPES = [1, 2, 3, 4, 5, 6];
 const OPEN = new Set([1, 2, 3, 4, 5]);
+const MAX_DETAIL = 500; // models/tickets.py
+
+/** The form that opens a ticket; calls `opened(ticket)` after the API created it. */
+function newTicketForm(did, signal, opened) {
+  const error = h('p', { class: 'error', role: 'alert', id: 'ticket-new-error', hidden: true });
+  const device = h('input', { name: 'device_id', required: true, value: did || '', maxlength: 16,
+    // api/tickets.py's DID_PATTERN in either case (the browser checks it before the submit
+    // event; the value is upper-cased when it is sent)
+    pattern: '[A-Za-z0-9]{4}[0-9]{8}[0-9A-Fa-f]{4}', title: t('ticket.new.did_hint'),
+    autocomplete: 'off', spellcheck: 'false', class: 'mono upper', placeholder: 'AAAA00000001B90A' });
+  const type = h('select', { name: 'type', required: true },
+    h('option', { value: '' }, '…'), TYPES.map((x) => h('option', { value: x }, t(`ticket.type.${x}`))));
+  const priority = h('select', { name: 'priority' },
+    [1, 2, 3].map((x) => h('option', { value: x, selected: x === 2 }, t(`priority.${x}`))));
+  const detail = h('textarea', { name: 'detail', rows: 3, maxlength: MAX_DETAIL });
+  const submit = h('button', { type: 'submit', class: 'primary' }, t('ticket.new.submit'));
+  const form = h('form', { class: 'new-ticket', id: 'ticket-new', onsubmit: async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    device.value = device.value.trim().toUpperCase();
+    if (!form.reportValidity()) return;
+    const typeName = t(`ticket.type.${type.value}`);
+    const confirmed = await confirmDialog(t('ticket.new.confirm', { type: typeName, did: device.value }));
+    if (!confirmed) return;
+    submit.disabled = true;
+    try {
+      const answer = await call('POST', '/tickets', {
+        type: Number(type.value), device_id: device.value, priority: Number(priority.value), detail: detail.value,
+      }, { signal });
+      detail.value = '';
+      type.value = '';
+      await opened(answer.data);
+    } catch (failed) {
+      if (signal.aborted) return;
+      // A 404 is a device that does not exist or is outside the caller's scope (the API
+      // answers both alike); anything else in the API's words.
+      error.textContent = t('ticket.new.failed', { message: failed.status === 404
+        ? t('ticket.new.not_found', { did: device.value }) : failed.message });
+      error.hidden = false;
+    } finally { submit.disabled = false; }
+  } },
+  h('label', null, t('col.did'), device),
+  h('label', null, t('col.ticket_type'), type),
+  h('label', null, t('col.priority'), priority),
+  h('label', { class: 'wide' }, t('col.detail'), detail),
+  error,
+  h('div', { class: 'buttons' }, submit));
+  return h('details', { class: 'card', id: 'ticket-new-box', open: Boolean(did) },
+    h('summary', null, t('ticket.new')), form);
+}
 
 /** The moves an admin may make on a ticket in `status`: [action, ...]. */
 function movesOf(status) {
@@ -42,8 +94,9 @@ async function showMoves(tid, signal) {
 
 export default {
   path: '/tickets',
+  match: /^\/tickets(?:\/new\/([A-Z0-9]{16}))?$/, // #/tickets/new/{did}: the form, for that device
   nav: 'tickets',
-  async render(main, { signal }) {
+  async render(main, { signal, params }) {
     const counts = h('div', { id: 'ticket-counts' }, '…');
     const status = h('p', { class: 'action-status', id: 'ticket-status', role: 'status' });
     const box = h('div', { id: 'ticket-list' });
@@ -51,7 +104,12 @@ export default {
       select('status', t('col.state'), STATUSES.map((s) => [s, t(`ticket.status.${s}`)])),
       select('type', t('col.ticket_type'), TYPES.map((s) => [s, t(`ticket.type.${s}`)])),
       h('button', { type: 'submit', class: 'primary' }, t('list.apply')));
-    main.append(h('h1', null, t('nav.tickets')), counts, form, status, box);
+    const opening = newTicketForm(params[1], signal, async (ticket) => {
+      status.textContent = t('ticket.new.opened', { tid: `T${ticket.ticket_id}` });
+      status.dataset.state = 'succeeded';
+      await Promise.all([showCounts(), list.reset()]);
+    });
+    main.append(h('h1', null, t('nav.tickets')), counts, opening, form, status, box);
 
     const technicians = await get('/technicians?limit=100', { signal }).then((a) => a.data).catch(() => []);
     const byId = new Map(technicians.map((x) => [x.id, x]));
