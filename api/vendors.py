@@ -438,8 +438,7 @@ async def list_vendors(call: Call) -> Page:
         qs = qs.filter(Q(name__icontains=query.name) | Q(abbv__icontains=query.name))
     if query.mobile:
         qs = qs.filter(mobile=query.mobile)
-    total = await qs.count()
-    vendors = await qs.order_by(*query.ordering("code")).offset(query.offset).limit(query.limit)
+    vendors, total = await query.page(qs, pk="code")
     users = dict(
         await AdminAccount.filter(
             vendor_id__in=[v.code for v in vendors], role=Role.VENDOR
@@ -596,8 +595,7 @@ async def list_contracts(call: Call) -> Page:
     vendor = await get_vendor(call)
     query: ContractListQuery = call.query
     qs = VendorContract.filter(vendor_id=vendor.code)
-    total = await qs.count()
-    rows = await qs.order_by(*query.ordering("id")).offset(query.offset).limit(query.limit)
+    rows, total = await query.page(qs, pk="id")
     return Page([contract_out(c) for c in rows], total)
 
 
