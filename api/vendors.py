@@ -37,6 +37,7 @@ from aquafleet.models.accounts import AdminAccount, set_password
 from aquafleet.models.merchants import (
     WECHAT_PUBLIC_FIELDS,
     WECHAT_SECRET_FIELDS,
+    MerchantFields,
     merchant_flags,
     seal_legacy_secrets,
     seal_vendor_secrets,
@@ -562,6 +563,22 @@ async def change_vendor_wechat(call: Call) -> VidOut:
     await update_vendor(vendor, seal_vendor_secrets(changes, box))
     log.info("vendor_wechat_changed", vid=vendor.code, fields=sorted([*merchant, *changes]))
     return VidOut(vid=vendor.code)
+
+
+# The PUTs of a vendor's credentials at Alipay and its card acquirer (api/alipay.py, api/cards.py).
+MERCHANT_PUT_DESCRIPTION = (
+    "A*: as AX-07 for WeChat Pay. The private key is sealed at rest, never answered "
+    "and never logged; a malformed key is refused (422) without being repeated."
+)
+
+
+async def set_vendor_merchant(call: Call, merchant: MerchantFields) -> tuple[str, list[str]]:
+    """Store the body's credentials for the path's vendor; its code and the fields given."""
+    vendor = await get_vendor(call)
+    check_changeable(vendor)
+    given = call.body.model_dump(exclude_unset=True)
+    await merchant.store(vendor.code, given, box_of(call))
+    return vendor.code, sorted(given)
 
 
 @routes.put(
