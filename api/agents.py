@@ -235,10 +235,8 @@ async def list_agents(call: Call) -> Page:
         filters["name__icontains"] = query.name
     if query.mobile:
         filters["mobile"] = query.mobile
-    qs = qs.filter(**filters)
-    total = await qs.count()
-    agents = await qs.order_by(*query.ordering("id")).offset(query.offset).limit(query.limit)
-    return Page(await agent_outs(list(agents)), total)
+    agents, total = await query.page(qs.filter(**filters), pk="id")
+    return Page(await agent_outs(agents), total)
 
 
 @routes.post(

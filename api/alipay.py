@@ -15,15 +15,13 @@ from aquafleet.api.orders import OrderPath
 from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
-from aquafleet.api.sealing import box_of
-from aquafleet.api.vendors import VendorPath, VidOut, get_vendor
+from aquafleet.api.vendors import MERCHANT_PUT_DESCRIPTION, VendorPath, VidOut, set_vendor_merchant
 from aquafleet.gateway.alipay import NOTIFY_ACK, AlipayNotificationRefused, AlipayPayments
 from aquafleet.gateway.logs import get_logger
-from aquafleet.models.alipay import set_alipay_merchant
+from aquafleet.models.alipay import ALIPAY_MERCHANT
 from aquafleet.models.members import get_member
 from aquafleet.models.orders import find_order
 from aquafleet.models.tenancy import MEMBER_ONLY, PLATFORM_ONLY
-from aquafleet.models.vendors import check_changeable
 
 log = get_logger("aquafleet.api.alipay")
 
@@ -127,13 +125,9 @@ class AlipayMerchantIn(RequestModel):
     body=AlipayMerchantIn,
     response=VidOut,
     errors=(409,),
-    description="A*: as AX-07 for WeChat Pay. The private key is sealed at rest, never answered "
-    "and never logged; a malformed key is refused (422) without being repeated.",
+    description=MERCHANT_PUT_DESCRIPTION,
 )
 async def set_alipay(call: Call) -> VidOut:
-    vendor = await get_vendor(call)
-    check_changeable(vendor)
-    given = call.body.model_dump(exclude_unset=True)
-    await set_alipay_merchant(vendor.code, given, box_of(call))
-    log.info("vendor_merchant_changed", vid=vendor.code, channel="alipay", fields=sorted(given))
-    return VidOut(vid=vendor.code)
+    vid, fields = await set_vendor_merchant(call, ALIPAY_MERCHANT)
+    log.info("vendor_merchant_changed", vid=vid, channel="alipay", fields=fields)
+    return VidOut(vid=vid)

@@ -15,8 +15,7 @@ from aquafleet.api.orders import OrderPath
 from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
-from aquafleet.api.sealing import box_of
-from aquafleet.api.vendors import VendorPath, VidOut, get_vendor
+from aquafleet.api.vendors import MERCHANT_PUT_DESCRIPTION, VendorPath, VidOut, set_vendor_merchant
 from aquafleet.gateway.cards import (
     AcquirerRefused,
     AcquirerUnavailable,
@@ -25,11 +24,10 @@ from aquafleet.gateway.cards import (
     CardPayments,
 )
 from aquafleet.gateway.logs import get_logger
-from aquafleet.models.allinpay import set_allinpay_merchant
+from aquafleet.models.allinpay import ALLINPAY_MERCHANT
 from aquafleet.models.members import get_member
 from aquafleet.models.orders import find_order
 from aquafleet.models.tenancy import MEMBER_ONLY, PLATFORM_ONLY
-from aquafleet.models.vendors import check_changeable
 
 log = get_logger("aquafleet.api.cards")
 
@@ -167,13 +165,9 @@ class AllinpayMerchantIn(RequestModel):
     body=AllinpayMerchantIn,
     response=VidOut,
     errors=(409,),
-    description="A*: as AX-07 for WeChat Pay. The private key is sealed at rest, never answered "
-    "and never logged; a malformed key is refused (422) without being repeated.",
+    description=MERCHANT_PUT_DESCRIPTION,
 )
 async def set_allinpay(call: Call) -> VidOut:
-    vendor = await get_vendor(call)
-    check_changeable(vendor)
-    given = call.body.model_dump(exclude_unset=True)
-    await set_allinpay_merchant(vendor.code, given, box_of(call))
-    log.info("vendor_acquirer_changed", vid=vendor.code, acquirer="allinpay", fields=sorted(given))
-    return VidOut(vid=vendor.code)
+    vid, fields = await set_vendor_merchant(call, ALLINPAY_MERCHANT)
+    log.info("vendor_acquirer_changed", vid=vid, acquirer="allinpay", fields=fields)
+    return VidOut(vid=vid)

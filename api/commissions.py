@@ -264,9 +264,7 @@ async def list_commissions(call: Call) -> Page:
         filters["created_at__gte"] = _aware(query.since, "since")
     if query.until is not None:
         filters["created_at__lt"] = _aware(query.until, "until")
-    qs = qs.filter(**filters).order_by(*query.ordering(pk="id"))
-    total = await qs.count()
-    rows = list(await qs.offset(query.offset).limit(query.limit))
+    rows, total = await query.page(qs.filter(**filters), pk="id")
     return Page([commission_out(r) for r in rows], total)
 
 
@@ -358,9 +356,7 @@ async def list_withdrawals(call: Call) -> Page:
         value = getattr(query, name)
         if value is not None:
             qs = qs.filter(**{column: value})
-    qs = qs.order_by(*query.ordering(pk="id"))
-    total = await qs.count()
-    rows = list(await qs.offset(query.offset).limit(query.limit))
+    rows, total = await query.page(qs, pk="id")
     return Page([withdrawal_out(r) for r in rows], total)
 
 

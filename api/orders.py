@@ -297,9 +297,7 @@ async def list_orders(call: Call) -> Page:
         filters["created_at__gte"] = _aware(query.since, "since")
     if query.until is not None:
         filters["created_at__lt"] = _aware(query.until, "until")
-    qs = qs.filter(**filters).order_by(*query.ordering(pk="id"))
-    total = await qs.count()
-    rows = list(await qs.offset(query.offset).limit(query.limit))
+    rows, total = await query.page(qs.filter(**filters), pk="id")
     return Page(await order_outs(rows), total)
 
 

@@ -405,9 +405,7 @@ async def list_products(call: Call) -> Page:
     if query.billing is not None:  # every billing value holding these bits
         wanted = query.billing
         filters["billing__in"] = [v for v in range(1, ALL_BILLING + 1) if v & wanted == wanted]
-    qs = qs.filter(**filters).order_by(*query.ordering(pk="pid"))
-    total = await qs.count()
-    rows = list(await qs.offset(query.offset).limit(query.limit))
+    rows, total = await query.page(qs.filter(**filters), pk="pid")
     return Page([product_out(p) for p in rows], total)
 
 

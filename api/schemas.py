@@ -10,11 +10,17 @@ import datetime as dt
 import types
 import typing
 import unicodedata
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError, PydanticUndefined
+
+if TYPE_CHECKING:
+    from tortoise.models import Model
+    from tortoise.queryset import QuerySet
+
+    M = TypeVar("M", bound=Model)
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -291,6 +297,12 @@ class ListQuery(Query):
         if pk is not None and field != pk:
             terms.append(f"{sign}{pk}")
         return terms
+
+    async def page(self, qs: QuerySet[M], pk: str) -> tuple[list[M], int]:
+        """This query's page of `qs` in its order (ties broken by `pk`), and how many match."""
+        ordered = qs.order_by(*self.ordering(pk))
+        total = await ordered.count()  # COUNT(*) of the filters: tortoise leaves ORDER BY out
+        return list(await ordered.offset(self.offset).limit(self.limit)), total
 
 
 class Empty(ResponseModel):

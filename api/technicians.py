@@ -136,11 +136,8 @@ async def list_technicians(call: Call) -> Page:
         qs = qs.filter(work_state=query.work_state)
     if query.agent_id is not None:
         qs = qs.filter(agent_id=query.agent_id)
-    qs = qs.order_by(*query.ordering(pk="id"))
-    total = await qs.count()
-    return Page(
-        await technician_outs(list(await qs.offset(query.offset).limit(query.limit))), total
-    )
+    rows, total = await query.page(qs, pk="id")
+    return Page(await technician_outs(rows), total)
 
 
 @routes.post(

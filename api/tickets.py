@@ -222,9 +222,7 @@ async def list_tickets(call: Call) -> Page:
         value = getattr(query, name)
         if value is not None:
             filters[column] = value
-    qs = visible_tickets(call.principal).filter(**filters).order_by(*query.ordering(pk="id"))
-    total = await qs.count()
-    rows = list(await qs.offset(query.offset).limit(query.limit))
+    rows, total = await query.page(visible_tickets(call.principal).filter(**filters), pk="id")
     return Page(await ticket_outs(rows), total)
 
 

@@ -37,6 +37,7 @@ from aquafleet.models.accounts import AdminAccount, set_password
 from aquafleet.models.merchants import (
     WECHAT_PUBLIC_FIELDS,
     WECHAT_SECRET_FIELDS,
+    MerchantFields,
     merchant_flags,
     seal_legacy_secrets,
     seal_vendor_secrets,
@@ -438,8 +439,7 @@ async def list_vendors(call: Call) -> Page:
         qs = qs.filter(Q(name__icontains=query.name) | Q(abbv__icontains=query.name))
     if query.mobile:
         qs = qs.filter(mobile=query.mobile)
-    total = await qs.count()
-    vendors = await qs.order_by(*query.ordering("code")).offset(query.offset).limit(query.limit)
+    vendors, total = await query.page(qs, pk="code")
     users = dict(
         await AdminAccount.filter(
             vendor_id__in=[v.code for v in vendors], role=Role.VENDOR
@@ -565,6 +565,22 @@ async def change_vendor_wechat(call: Call) -> VidOut:
     return VidOut(vid=vendor.code)
 
 
+# The PUTs of a vendor's credentials at Alipay and its card acquirer (api/alipay.py, api/cards.py).
+MERCHANT_PUT_DESCRIPTION = (
+    "A*: as AX-07 for WeChat Pay. The private key is sealed at rest, never answered "
+    "and never logged; a malformed key is refused (422) without being repeated."
+)
+
+
+async def set_vendor_merchant(call: Call, merchant: MerchantFields) -> tuple[str, list[str]]:
+    """Store the body's credentials for the path's vendor; its code and the fields given."""
+    vendor = await get_vendor(call)
+    check_changeable(vendor)
+    given = call.body.model_dump(exclude_unset=True)
+    await merchant.store(vendor.code, given, box_of(call))
+    return vendor.code, sorted(given)
+
+
 @routes.put(
     "/vendors/{vid}/cfg",
     seed="AX-08",
@@ -596,8 +612,7 @@ async def list_contracts(call: Call) -> Page:
     vendor = await get_vendor(call)
     query: ContractListQuery = call.query
     qs = VendorContract.filter(vendor_id=vendor.code)
-    total = await qs.count()
-    rows = await qs.order_by(*query.ordering("id")).offset(query.offset).limit(query.limit)
+    rows, total = await query.page(qs, pk="id")
     return Page([contract_out(c) for c in rows], total)
 
 

@@ -24,20 +24,13 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from aquafleet.models.errors import DomainError
-from aquafleet.models.merchants import (
-    ALIPAY,
-    check_key_fields,
-    merchant_values,
-    set_merchant_fields,
-)
+from aquafleet.models.merchants import ALIPAY, MerchantFields
 from aquafleet.models.signing import rsa_sign, rsa_verify, sign_content
 
 SIGN_TYPE = "RSA2"
 VERSION = "1.0"
 CHARSET = "utf-8"
 FORMAT = "JSON"
-SECRET_FIELDS = ("alipay_private_key",)
-PUBLIC_FIELDS = ("alipay_app_id", "alipay_seller_id", "alipay_public_key")
 _YUAN = re.compile(r"^(0|[1-9][0-9]{0,12})(?:\.([0-9]{1,2}))?$")
 
 
@@ -158,26 +151,21 @@ class AlipayMerchant:
     private_key: str = field(repr=False)
 
 
-def check_fields(given: Mapping[str, Any]) -> None:
-    """Refuse malformed credentials (the messages never repeat a secret)."""
-    check_key_fields(
-        given, "alipay_private_key", "alipay_public_key", min_bits=2048,
-        weak="RSA2 needs an RSA key of 2048 bits or more",
-    )  # fmt: skip
-
-
-async def set_alipay_merchant(vendor_code: str, given: dict[str, Any], box: Any) -> None:
-    check_fields(given)
-    await set_merchant_fields(
-        vendor_code, ALIPAY, given, box, secret_fields=SECRET_FIELDS, public_fields=PUBLIC_FIELDS
-    )
+ALIPAY_MERCHANT = MerchantFields(
+    ALIPAY,
+    public_fields=("alipay_app_id", "alipay_seller_id", "alipay_public_key"),
+    secret_fields=("alipay_private_key",),
+    private_key_field="alipay_private_key",
+    public_key_field="alipay_public_key",
+    min_bits=2048,
+    weak="RSA2 needs an RSA key of 2048 bits or more",
+    what="Alipay app",
+)
 
 
 async def alipay_merchant(vendor_code: str, box: Any) -> AlipayMerchant:
     """The vendor's Alipay app, opened; PaymentNotConfigured if anything is missing."""
-    values = await merchant_values(
-        vendor_code, ALIPAY, box, PUBLIC_FIELDS, SECRET_FIELDS, what="Alipay app"
-    )
+    values = await ALIPAY_MERCHANT.values(vendor_code, box)
     return AlipayMerchant(
         vendor=vendor_code, app_id=values["alipay_app_id"], seller_id=values["alipay_seller_id"],
         public_key=values["alipay_public_key"], private_key=values["alipay_private_key"],

@@ -18,18 +18,11 @@ from cryptography.hazmat.primitives import hashes
 
 from aquafleet.models import signing
 from aquafleet.models.errors import DomainError
-from aquafleet.models.merchants import (
-    ALLINPAY,
-    check_key_fields,
-    merchant_values,
-    set_merchant_fields,
-)
+from aquafleet.models.merchants import ALLINPAY, MerchantFields
 from aquafleet.models.signing import sign_content
 
 SIGN_TYPE = "RSA"
 VERSION = "11"
-SECRET_FIELDS = ("allinpay_private_key",)
-PUBLIC_FIELDS = ("allinpay_cusid", "allinpay_appid", "allinpay_public_key")
 
 
 class AllinpayError(DomainError):
@@ -75,26 +68,21 @@ class AllinpayMerchant:
     private_key: str = field(repr=False)
 
 
-def check_fields(given: Mapping[str, Any]) -> None:
-    """Refuse malformed credentials (the messages never repeat a secret)."""
-    check_key_fields(
-        given, "allinpay_private_key", "allinpay_public_key", min_bits=1024,
-        weak="收银宝 needs an RSA key",
-    )  # fmt: skip
-
-
-async def set_allinpay_merchant(vendor_code: str, given: dict[str, Any], box: Any) -> None:
-    check_fields(given)
-    await set_merchant_fields(
-        vendor_code, ALLINPAY, given, box, secret_fields=SECRET_FIELDS, public_fields=PUBLIC_FIELDS
-    )
+ALLINPAY_MERCHANT = MerchantFields(
+    ALLINPAY,
+    public_fields=("allinpay_cusid", "allinpay_appid", "allinpay_public_key"),
+    secret_fields=("allinpay_private_key",),
+    private_key_field="allinpay_private_key",
+    public_key_field="allinpay_public_key",
+    min_bits=1024,
+    weak="收银宝 needs an RSA key",
+    what="Allinpay merchant",
+)
 
 
 async def allinpay_merchant(vendor_code: str, box: Any) -> AllinpayMerchant:
     """The vendor's 收银宝 credentials, opened; PaymentNotConfigured if any is missing."""
-    values = await merchant_values(
-        vendor_code, ALLINPAY, box, PUBLIC_FIELDS, SECRET_FIELDS, what="Allinpay merchant"
-    )
+    values = await ALLINPAY_MERCHANT.values(vendor_code, box)
     return AllinpayMerchant(
         vendor=vendor_code, cusid=values["allinpay_cusid"], appid=values["allinpay_appid"],
         public_key=values["allinpay_public_key"], private_key=values["allinpay_private_key"],

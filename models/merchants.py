@@ -289,6 +289,42 @@ async def merchant_values(
     return values
 
 
+@dataclass(frozen=True, slots=True)
+class MerchantFields:
+    """A channel's merchant credentials as declared: the readable fields, the sealed ones, and
+    the RSA key pair among them that is checked before anything is stored."""
+
+    channel: str
+    public_fields: tuple[str, ...]
+    secret_fields: tuple[str, ...]
+    private_key_field: str
+    public_key_field: str
+    min_bits: int
+    weak: str  # why a private key too short is refused
+    what: str  # the credentials' name in PaymentNotConfigured
+
+    def check(self, given: Mapping[str, Any]) -> None:
+        """Refuse malformed credentials (the messages never repeat a secret)."""
+        check_key_fields(
+            given, self.private_key_field, self.public_key_field,
+            min_bits=self.min_bits, weak=self.weak,
+        )  # fmt: skip
+
+    async def store(self, vendor_code: str, given: dict[str, Any], box: SecretBox) -> None:
+        """Check, then change the given fields of the vendor's merchant (empty clears one)."""
+        self.check(given)
+        await set_merchant_fields(
+            vendor_code, self.channel, given, box,
+            secret_fields=self.secret_fields, public_fields=self.public_fields,
+        )  # fmt: skip
+
+    async def values(self, vendor_code: str, box: SecretBox) -> dict[str, str]:
+        """The vendor's credentials by field, opened; PaymentNotConfigured if any is missing."""
+        return await merchant_values(
+            vendor_code, self.channel, box, self.public_fields, self.secret_fields, what=self.what
+        )
+
+
 async def configured_channels(vendor_code: str) -> list[str]:
     """The channels the vendor has a merchant row at (set up or partly), oldest first."""
     rows = await PaymentMerchant.filter(vendor_id=vendor_code).order_by("id")

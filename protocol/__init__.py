@@ -11,7 +11,15 @@ from aquafleet.protocol.constants import (
     ResultCode,
 )
 from aquafleet.protocol.crypto import derive_device_key
+from aquafleet.protocol.device_session import CommandMemory, DeviceSession
 from aquafleet.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from aquafleet.protocol.events import (
+    FrameRejected,
+    LoggedIn,
+    LoginFailed,
+    LoginRequested,
+    SessionClosed,
+)
 from aquafleet.protocol.frames import Frame, FrameDecoder, encode_frame
 from aquafleet.protocol.message_types import (
     Ack,
@@ -29,17 +37,8 @@ from aquafleet.protocol.messages import (
     desired_state_from_args,
     parse_message,
 )
-from aquafleet.protocol.session import (
-    CommandMemory,
-    DeviceSession,
-    FrameRejected,
-    LoggedIn,
-    LoginFailed,
-    LoginRequested,
-    ServerSession,
-    SessionClosed,
-    SessionState,
-)
+from aquafleet.protocol.server_session import ServerSession
+from aquafleet.protocol.states import SessionState
 
 __all__ = [
     "MAX_PAYLOAD",

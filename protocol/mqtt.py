@@ -1,7 +1,7 @@
 """The two ends of an MQTT device link, sans-IO: `MqttServerSession` is the gateway's view of one
 device, `MqttDeviceSession` the device's (the envelope they speak is protocol/mqtt_envelope.py).
-Like `protocol.session` they read no clock of their own (the caller injects one), touch no socket
-and return events; messages to publish collect as `(topic, payload, qos)`.
+Like the TCP sessions (`protocol.link`) they read no clock of their own (the caller injects
+one), touch no socket and return events; messages to publish collect as `(topic, payload, qos)`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from aquafleet.protocol.constants import (
     Key,
 )
 from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
+from aquafleet.protocol.events import SessionClosed
 from aquafleet.protocol.frames import DecoderStats, Frame, MacKey
 from aquafleet.protocol.message_types import (
     Ack,
@@ -57,7 +58,7 @@ from aquafleet.protocol.mqtt_envelope import (
     tag_ok,
     topic,
 )
-from aquafleet.protocol.session import TRANSITIONS, SessionClosed, SessionState, Step
+from aquafleet.protocol.states import TRANSITIONS, SessionState, Step
 
 RECENT_COMMANDS = 32  # commands a session remembers (cid -> seq) to recognise their answers
 HELD_MAX = 64  # messages held per device while its key is looked up (oldest dropped)

@@ -208,8 +208,5 @@ async def list_member_devices(call: Call) -> Page:
     principal = call.principal
     member = await visible_member(principal, call.params.uid)
     qs = visible_devices(principal).filter(of_member(member.uid))
-    total = await qs.count()
-    rows = list(
-        await qs.order_by(*query.ordering(pk="did")).offset(query.offset).limit(query.limit)
-    )
+    rows, total = await query.page(qs, pk="did")
     return Page(await device_outs(call.app, rows, principal, member_uid=member.uid), total)

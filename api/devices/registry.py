@@ -99,13 +99,13 @@ async def list_devices(call: Call) -> Page:
         if node is None:
             raise NotFoundError(f"agent {query.agent_id} not found")
         filters["agent__path__startswith"] = node.path
-    qs = qs.filter(**filters).order_by(*query.ordering(pk="did"))
+    qs = qs.filter(**filters)
     if query.online is None and query.low_balance is None and query.filter_due is None:
-        total = await qs.count()
-        rows = list(await qs.offset(query.offset).limit(query.limit))
+        rows, total = await query.page(qs, pk="did")
         return Page(await device_outs(call.app, rows, principal), total)
     # Filters on live state: over at most MAX_ONLINE_SCAN candidates, in their list order.
-    dids = [str(d) for d in await qs.limit(MAX_ONLINE_SCAN + 1).values_list("did", flat=True)]
+    ordered = qs.order_by(*query.ordering(pk="did")).limit(MAX_ONLINE_SCAN + 1)
+    dids = [str(d) for d in await ordered.values_list("did", flat=True)]
     if len(dids) > MAX_ONLINE_SCAN:
         raise InvalidInput(
             f"more than {MAX_ONLINE_SCAN} devices match: narrow the list (vid, agent_id, "

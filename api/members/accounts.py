@@ -86,8 +86,7 @@ async def list_members(call: Call) -> Page:
         qs = qs.filter(mobile=query.mobile)
     if query.name:
         qs = qs.filter(name__icontains=query.name)
-    total = await qs.count()
-    rows = await qs.order_by(*query.ordering(pk="uid")).offset(query.offset).limit(query.limit)
+    rows, total = await query.page(qs, pk="uid")
     counts = await bound_device_counts([m.uid for m in rows])
     return Page([member_out(m, principal, counts.get(m.uid, 0)) for m in rows], total)
 
