@@ -138,9 +138,13 @@ async def test_the_chart_is_the_devices_water_in_every_scope_and_a_retry_adds_no
 async def test_a_moved_device_leaves_its_past_water_with_its_old_dealer(db):
     fleet = await build_fleet()
     did, dealers = fleet.dids["at d1"], fleet.principals()
-    await store_ledger_batch([draw(did, 1, at(YESTERDAY), 300), draw(did, 2, at(TODAY, 0), 40)], [], [])
+    await store_ledger_batch(
+        [draw(did, 1, at(YESTERDAY), 300), draw(did, 2, at(TODAY, 0), 40)], [], []
+    )
     await Device.filter(did=did).update(agent_id=fleet.nodes["d2"].id)  # moved to dealer 2
-    await store_ledger_batch([draw(did, 3, at(TODAY, 2), 5), draw(did, 2, at(TODAY, 0), 40)], [], [])
+    await store_ledger_batch(
+        [draw(did, 3, at(TODAY, 2), 5), draw(did, 2, at(TODAY, 0), 40)], [], []
+    )
     assert await chart(dealers["dealer 1"]) == {YESTERDAY: 300, TODAY: 40}
     assert await chart(dealers["dealer 2"]) == {TODAY: 5}
     assert await chart(dealers["vendor"]) == {YESTERDAY: 300, TODAY: 45}  # the vendor's total
