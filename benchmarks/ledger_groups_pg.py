@@ -10,6 +10,7 @@ writer's own path), for --rounds rounds: rows/s over the whole run, per writer c
 unchanged on a version without the group rollups (the reference).
 
   python -m benchmarks.ledger_groups_pg --postgres postgres://postgres@127.0.0.1:5432/test
+  python -m benchmarks.ledger_groups_pg --sqlite /tmp/bench.sqlite3 --writers 1
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ VENDOR = "BNCG"
 
 async def build(devices: int, dealers: int) -> list[str]:
     from aquafleet.models.agents import create_agent
-    from aquafleet.models.db import connection
     from aquafleet.models.registry import create_vendor, register_devices
 
     vendor = await create_vendor(VENDOR, "Bench")
@@ -41,11 +41,12 @@ async def build(devices: int, dealers: int) -> list[str]:
     for start in range(0, devices, 1000):
         issued = await register_devices(VENDOR, min(1000, devices - start), lambda d, v: b"k" * 32)
         dids.extend(d.did for d in issued)
+    from aquafleet.models.devices import Device
+
     for n, node in enumerate(nodes):
-        await connection().execute_query(
-            "UPDATE device SET agent_id = $1 WHERE did = ANY($2::varchar[])",
-            [node.id, dids[n::dealers]],
-        )
+        for start in range(0, len(dids[n::dealers]), 500):
+            chunk = dids[n::dealers][start : start + 500]
+            await Device.filter(did__in=chunk).update(agent_id=node.id)
     return dids
 
 
@@ -80,16 +81,21 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=2000, help="rows per transaction")
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--sqlite", help="a new SQLite file to use instead of PostgreSQL")
     args = parser.parse_args()
 
     from tortoise import Tortoise
 
     from aquafleet.models.db import database, migrate
 
-    admin = await asyncpg.connect(args.postgres.replace("postgres://", "postgresql://"))
-    name = f"aquafleet_bench_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{args.postgres.rsplit('/', 1)[0]}/{name}"
+    admin = None
+    if args.sqlite:  # the embedded default, a new file (one writer at a time there)
+        url = f"sqlite://{args.sqlite}"
+    else:
+        admin = await asyncpg.connect(args.postgres.replace("postgres://", "postgresql://"))
+        name = f"aquafleet_bench_{uuid.uuid4().hex[:10]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"{args.postgres.rsplit('/', 1)[0]}/{name}"
     report: dict[str, object] = {"devices": args.devices, "batch_rows": args.batch}
     try:
         await migrate(url)
@@ -103,8 +109,9 @@ async def main() -> None:
                 first += args.rounds
     finally:
         await Tortoise.close_connections()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        if admin is not None:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
     print(json.dumps(report, indent=2))
 
 

@@ -347,13 +347,6 @@ async def _store(
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
         if dialect() == "postgres":
-            if usage:
-                async with conn.acquire_connection() as raw:
-                    await raw.execute(PG_CREATE_STAGE)
-                    await raw.copy_records_to_table(
-                        "ledger_stage", records=usage, columns=UsageRow._fields
-                    )
-                    await raw.execute(PG_INSERT_STAGED_AND_ROLLUP, int(EventKind.DISPENSE_DONE))
             if snapshots:
                 columns = [list(col) for col in zip(*snapshots, strict=True)]
                 filters = columns[_SNAPSHOT_FILTERS]
@@ -370,6 +363,14 @@ async def _store(
                 await conn.execute_many(sql, _service_event_rows(service_events))
             for sql, values in _dispense_statements(dispenses, lambda i: f"${i}"):
                 await conn.execute_query(sql, values)
+            if usage:  # last: every writer updates the same few fleet_daily rows, and holds
+                # their locks from this statement to the commit (writers queue for that span)
+                async with conn.acquire_connection() as raw:
+                    await raw.execute(PG_CREATE_STAGE)
+                    await raw.copy_records_to_table(
+                        "ledger_stage", records=usage, columns=UsageRow._fields
+                    )
+                    await raw.execute(PG_INSERT_STAGED_AND_ROLLUP, int(EventKind.DISPENSE_DONE))
         else:
             as_text = _DatetimeText()
             if usage:

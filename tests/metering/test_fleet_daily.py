@@ -6,6 +6,7 @@ migration and by `aquafleet fleet rebuild-water`, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,28 @@ async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(empty_databa
         assert await chart(fleet.principals()["dealer 2"]) == {
             YESTERDAY: 101, TODAY: 2000 + 7 + 11,
         }  # fmt: skip
+
+
+async def test_the_rebuild_from_the_shell(tmp_path: Path, migrated_sqlite: Any):
+    from tests.conftest import MASTER_SECRET
+    from tests.platform.test_cli import aquafleet, clean_env
+
+    url = migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    async with database(url, run_migrations=False):
+        fleet = await build_fleet()
+        rows = ledger(fleet)
+        await store_ledger_batch(rows, [], [])
+        await FleetDaily.all().delete()  # an upgrade beside an older writer: rollups missed
+    await close_database()
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=url)
+    code, out = await aquafleet(env, "fleet", "rebuild-water", "--since", str(TODAY), "--json")
+    assert code == 0, out
+    assert json.loads(out[out.index("{") :]) == {"since": str(TODAY), "rows": 5}
+    code, out = await aquafleet(env, "fleet", "rebuild-water")
+    assert code == 0 and "fleet water rebuilt from the first day: 10 (day, vendor" in out, out
+    code, out = await aquafleet(env, "fleet", "rebuild-water", "--since", "yesterday")
+    assert code == 2 and "'yesterday' is not a day: use 2026-12-01" in out, out
+    async with database(url, run_migrations=False):
+        for who, principal in fleet.principals().items():
+            assert await chart(principal) == await devices_water(principal, rows), who
+    await close_database()
