@@ -1,30 +1,28 @@
 """The fleet's water chart from per-group day rollups (fleet_daily): written with the ledger,
 equal to the devices' own water in every caller's scope, a retried batch counted once, a
 moved device's past water left with its old dealer, and filled from an existing ledger by the
-migration and by `aquafleet fleet rebuild-water`, on SQLite and PostgreSQL."""
+migration and by `aquafleet fleet rebuild-water`, on SQLite and PostgreSQL. (The migration
+itself runs from scratch on both each session: the test databases' templates.)"""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
-import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
-import pytest
-from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.agents import Agent, create_agent
-from aquafleet.models.db import close_database, database, dialect, migrate, tortoise_config
+from aquafleet.models.db import close_database, connection, database, dialect
 from aquafleet.models.devices import Device, visible_devices
 from aquafleet.models.fleet_history import FleetDaily, rebuild_fleet_daily, water_per_day
 from aquafleet.models.registry import create_vendor, register_devices
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.usage import UsageDaily, UsageRow, store_ledger_batch
 from aquafleet.protocol import EventKind
-from tests.conftest import POSTGRES_URL, _admin_dsn
 
 TODAY = dt.datetime.now(dt.UTC).date()
 YESTERDAY = TODAY - dt.timedelta(days=1)
@@ -170,63 +168,45 @@ async def test_a_rebuild_of_recent_days_keeps_the_others_and_the_writer_adds_on(
         assert await chart(principal) == await devices_water(principal, rows), who
 
 
-@pytest.fixture
-async def empty_database(database_url: str, tmp_path: Path) -> Any:
-    """A database of its own, from empty (a URL), dropped afterwards."""
-    if not database_url.startswith("postgres"):
-        yield f"sqlite://{tmp_path / 'upgrade.sqlite3'}"
-        return
-    name = f"aquafleet_fleetday_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_admin_dsn())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        await close_database()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(empty_database: str):
-    url = empty_database
-    await tortoise_migrate(config=tortoise_config(url), target="models.0017_ledger_partitions")
-    await close_database()
-    async with database(url, run_migrations=False):
-        fleet = await build_fleet()
-        rows = ledger(fleet)
-        # What a writer of the previous version left: the raw ledger (SQLite) and the
-        # per-device day rollups (PostgreSQL); the raw rows of a pruned month are gone there.
-        if dialect() == "postgres":
-            for row in rows:
-                day = row.received_at.date()
-                done = int(row.kind == 0x21 and row.event_kind == int(EventKind.DISPENSE_DONE))
-                found = await UsageDaily.get_or_none(did=row.did, day=day)
-                if found is None:
-                    await UsageDaily.create(
-                        did=row.did, day=day, water_ml=row.delta_ml, dispenses=done, records=1,
-                        first_at=row.received_at, last_at=row.received_at,
-                    )  # fmt: skip
-                else:
-                    found.water_ml += row.delta_ml
-                    found.dispenses += done
-                    found.records += 1
-                    await found.save()
-        else:
-            await store_ledger_batch(rows, [], [])
-    await close_database()
-    await migrate(url)
-    async with database(url, run_migrations=False):
-        for who, principal in fleet.principals().items():
-            assert await chart(principal) == await devices_water(principal, rows), who
-        # The writer adds to the filled rollups from now on; a replay of old rows adds nothing.
-        did = fleet.dids["at d2"]
-        more = [draw(did, 9, at(TODAY, 3), 11)]
-        if dialect() != "postgres":
-            more += rows[:4]
-        await store_ledger_batch(more, [], [])
-        assert await chart(fleet.principals()["dealer 2"]) == {
-            YESTERDAY: 101, TODAY: 2000 + 7 + 11,
-        }  # fmt: skip
+async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(db):
+    """What migration 0018 does to a database an older version wrote (its RunPython step, run
+    here on the migrated database as it was before: no rollups, no SQLite trigger)."""
+    upgrade = importlib.import_module("aquafleet.models.migrations.0018_fleet_daily")
+    conn = connection()
+    if dialect() != "postgres":
+        await conn.execute_query("DROP TRIGGER usage_record_fleet_daily")
+    fleet = await build_fleet()
+    rows = ledger(fleet)
+    # What a writer of the previous version left: the raw ledger (SQLite), the per-device day
+    # rollups (PostgreSQL; the raw rows of a pruned month are gone there).
+    if dialect() == "postgres":
+        for row in rows:
+            day = row.received_at.date()
+            done = int(row.kind == 0x21 and row.event_kind == int(EventKind.DISPENSE_DONE))
+            found = await UsageDaily.get_or_none(did=row.did, day=day)
+            if found is None:
+                await UsageDaily.create(
+                    did=row.did, day=day, water_ml=row.delta_ml, dispenses=done, records=1,
+                    first_at=row.received_at, last_at=row.received_at,
+                )  # fmt: skip
+            else:
+                found.water_ml += row.delta_ml
+                found.dispenses += done
+                found.records += 1
+                await found.save()
+    else:
+        await store_ledger_batch(rows, [], [])
+    assert await FleetDaily.all().count() == 0
+    async with in_transaction("default") as tx:
+        await upgrade.backfill(None, SimpleNamespace(client=tx))
+    for who, principal in fleet.principals().items():
+        assert await chart(principal) == await devices_water(principal, rows), who
+    # The writer adds to the filled rollups from now on; a replay of old rows adds nothing.
+    more = [draw(fleet.dids["at d2"], 9, at(TODAY, 3), 11)]
+    if dialect() != "postgres":
+        more += rows[:4]
+    await store_ledger_batch(more, [], [])
+    assert await chart(fleet.principals()["dealer 2"]) == {YESTERDAY: 101, TODAY: 2000 + 7 + 11}
 
 
 async def test_the_rebuild_from_the_shell(tmp_path: Path, migrated_sqlite: Any):
