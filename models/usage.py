@@ -187,11 +187,10 @@ PG_INSERT_USAGE = (
     "$5::smallint[], $6::bigint[], $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[]) "
     "ON CONFLICT (did, boot, rec, received_at) DO NOTHING"
 )
-# The new rows (a replay inserts none) added to their devices' days in the same statement;
-# ordered by (did, day) so concurrent writers lock rollup rows in one order (no deadlock).
-# The rows new to the ledger (a replayed record conflicts and returns nothing) are added to
-# their device's day (usage_daily) and to their group's day (fleet_daily: the device's vendor
-# and agent node as they are now), each in sorted order so writers lock rows in one order.
+# The new rows (a replay inserts none) added in the same statement to their devices' days
+# (usage_daily) and to their groups' days (fleet_daily: the device's vendor and agent node as
+# they are now), each ordered by its key so concurrent writers lock rollup rows in one order
+# (no deadlock).
 PG_INSERT_USAGE_AND_ROLLUP = (
     f"WITH new AS ({PG_INSERT_USAGE} RETURNING did, received_at, delta_ml, kind, event_kind), "
     "daily AS (INSERT INTO usage_daily (did, day, water_ml, dispenses, records, first_at, "
