@@ -149,7 +149,8 @@ class FleetStatisticsOut(BaseModel):
     "samples taken every `fleet_sample_interval_s` per vendor and agent node (exact at that "
     "moment, summed over the caller's subtree); a time with no sample (no node sampling) is "
     "absent, not zero. Water per UTC day (of when the platform metered it) over 30 days, "
-    "from the per-day rollups (the ledger's rows on SQLite), deregistered devices' included.",
+    "from per-day rollups per vendor and agent node, deregistered devices' included; a "
+    "device moved to another node leaves its past water with the old one.",
 )
 async def fleet_statistics(call: Call) -> FleetStatisticsOut:
     query: FleetStatisticsQuery = call.query

@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         billing,
         commissions,
         devices,
+        fleet,
         money,
         orders,
         payments,
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     payments.add_parsers(commands)
     commissions.add_parsers(commands)
     tickets.add_parsers(commands)
+    fleet.add_parsers(commands)
 
     config = commands.add_parser("config", help="show the effective configuration")
     config.add_argument("--docs", action="store_true", help="print the settings reference")

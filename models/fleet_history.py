@@ -9,8 +9,16 @@ lease handover mid-sample) adds nothing. Every sample is kept FINE_KEEP (the 24 
 one on each hour is kept HOURLY_KEEP (the 30 day chart); older ones are deleted as samples are
 taken, so the table holds at most about (FINE_KEEP / interval + HOURLY_KEEP / 1 h) rows per node.
 
-Water per day comes from the per-day rollups (usage_daily) on PostgreSQL, as device statistics
-do (models/device_stats.py), and from the ledger's rows on SQLite.
+Water per day comes from the per-group day rollups (fleet_daily): water, pours and records per
+(UTC day, vendor, agent node), the grouping of the online samples, so a scope's 30 days are a
+few rows per day whatever the fleet's size. The ledger writer adds each record new to the
+ledger to the group its device belongs to when the record is written, in the transaction that
+adds it to the device's day (usage_daily, PostgreSQL: one statement, models/usage.py) or to the
+ledger (SQLite: a trigger on usage_record); a replayed record adds nothing. A device moved to
+another dealer leaves its past water with the old one, as its online samples do. Like
+usage_daily the rollups are kept for good (raw pruning leaves them). `rebuild_fleet_daily`
+fills them from what the database holds (migration 0018, `aquafleet fleet rebuild-water`),
+each day to its devices' present groups.
 """
 
 from __future__ import annotations
@@ -52,6 +60,25 @@ class FleetOnlineSample(Model):
     class Meta:
         table = "fleet_online_sample"
         unique_together = (("at", "vendor_id", "agent_id"),)
+
+
+class FleetDaily(Model):
+    """Water of one (vendor, agent node) per UTC day (of `received_at`): what the fleet's water
+    chart sums, a few rows a day whatever the fleet's size. Written by the ledger writer in the
+    transaction of the records it adds up (only records new to the ledger count, as in
+    usage_daily), to the group the device belongs to when its record is written."""
+
+    id = fields.BigIntField(primary_key=True)
+    day = fields.DateField()
+    vendor_id = fields.CharField(max_length=4)
+    agent_id = fields.IntField(description="the devices' agent or dealer node, 0: none")
+    water_ml = fields.BigIntField(default=0)
+    dispenses = fields.IntField(default=0, description="dispense_done events (pours)")
+    records = fields.IntField(default=0)
+
+    class Meta:
+        table = "fleet_daily"
+        unique_together = (("day", "vendor_id", "agent_id"),)
 
 
 Group = tuple[str, int]  # (vendor code, agent id or NO_NODE)
@@ -198,42 +225,77 @@ def _day(value: Any) -> dt.date:
     return dt.date.fromisoformat(str(value))
 
 
-_SQLITE_WATER = (
-    "SELECT date(u.received_at) AS day, SUM(u.delta_ml) AS water_ml FROM usage_record u "
-    "WHERE u.did IN ({scope}) AND date(u.received_at) BETWEEN ? AND ? "
-    "GROUP BY date(u.received_at)"
-)
+def scoped_days(principal: Principal, vid: str | None = None) -> QuerySet[FleetDaily]:
+    """Group day rollups of the caller's subtree: the samples' scope (a member sees none)."""
+    qs = FleetDaily.all() if vid is None else FleetDaily.filter(vendor_id=vid)
+    if principal.role is Role.PLATFORM:
+        return qs
+    if principal.role is Role.MEMBER or principal.vendor_code is None:
+        return qs.filter(id__in=[])
+    qs = qs.filter(vendor_id=principal.vendor_code)
+    if principal.role is Role.VENDOR:
+        return qs
+    nodes = visible_agents(principal).values_list("id", flat=True)
+    return qs.filter(agent_id__in=Subquery(nodes))
 
 
 async def water_per_day(
     principal: Principal, today: dt.date, vid: str | None = None
 ) -> list[tuple[dt.date, int]]:
-    """Water (ml) poured per UTC day over the last DAYS days by the caller's devices
-    (deregistered ones included: their water was poured), oldest first."""
-    from aquafleet.models.db import connection, dialect
-    from aquafleet.models.devices import visible_devices
-    from aquafleet.models.usage import UsageDaily
-
+    """Water (ml) poured per UTC day over the last DAYS days by the caller's groups
+    (deregistered devices' included: their water was poured), oldest first."""
     first = today - dt.timedelta(days=DAYS - 1)
-    scope = visible_devices(principal)
-    if vid is not None:
-        scope = scope.filter(vendor_id=vid)
-    if dialect() == "postgres":
-        rows = (
-            await UsageDaily.filter(
-                did__in=Subquery(scope.values_list("did", flat=True)), day__gte=first,
-                day__lte=today,
-            )
-            .annotate(water=Sum("water_ml"))
-            .group_by("day")
-            .values("day", "water")
-        )  # fmt: skip
-        found = {_day(r["day"]): int(r["water"] or 0) for r in rows}
-    else:
-        # The scope's SQL as Tortoise writes it (its values inlined and quoted by it): SQLite
-        # keeps no rollups, so the ledger's rows are added up here, as device statistics do.
-        inner = scope.values_list("did", flat=True).sql(params_inline=True)
-        sql = _SQLITE_WATER.format(scope=inner)
-        result = await connection().execute_query_dict(sql, [first.isoformat(), today.isoformat()])
-        found = {_day(r["day"]): int(r["water_ml"] or 0) for r in result}
-    return fill_days(found, today)
+    rows = (
+        await scoped_days(principal, vid)
+        .filter(day__gte=first, day__lte=today)
+        .annotate(water=Sum("water_ml"))
+        .group_by("day")
+        .values("day", "water")
+    )
+    return fill_days({_day(r["day"]): int(r["water"] or 0) for r in rows}, today)
+
+
+# ----------------------------------------------------------------------------- rebuilding
+
+# From the per-device day rollups (PostgreSQL keeps them for good) or the raw ledger (SQLite
+# keeps no usage_daily), each device's days to its present group.
+_PG_REBUILD = (
+    "INSERT INTO fleet_daily (day, vendor_id, agent_id, water_ml, dispenses, records) "
+    "SELECT u.day, d.vendor_id, COALESCE(d.agent_id, 0), SUM(u.water_ml), SUM(u.dispenses), "
+    "SUM(u.records) FROM usage_daily u JOIN device d ON d.did = u.did WHERE u.day >= $1 "
+    "GROUP BY 1, 2, 3"
+)
+_SQLITE_REBUILD = (
+    "INSERT INTO fleet_daily (day, vendor_id, agent_id, water_ml, dispenses, records) "
+    "SELECT date(u.received_at), d.vendor_id, COALESCE(d.agent_id, 0), SUM(u.delta_ml), "
+    "SUM(CASE WHEN u.kind = {event} AND u.event_kind = {done} THEN 1 ELSE 0 END), COUNT(*) "
+    "FROM usage_record u JOIN device d ON d.did = u.did WHERE date(u.received_at) >= ? "
+    "GROUP BY 1, 2, 3"
+)
+EARLIEST = dt.date(1970, 1, 1)
+
+
+async def rebuild_fleet_daily(conn: Any, since: dt.date = EARLIEST) -> int:
+    """Recompute the group day rollups of `since` and after from the database; how many rows.
+
+    Run in the caller's transaction (`conn`), exact beside a running ledger writer: on
+    PostgreSQL the table is locked against writes first (a writer's batch waits, then adds
+    to the rebuilt rows; one already committed is in the sums), SQLite has one writer at a
+    time. Each day goes to its devices' present groups: a device moved since leaves its past
+    water to the new group here. On SQLite, days whose raw records were pruned come back
+    short: rebuild only days the ledger still holds whole.
+    """
+    from aquafleet.models.usage import RecordKind
+    from aquafleet.protocol import EventKind
+
+    if conn.capabilities.dialect == "postgres":
+        await conn.execute_script("LOCK TABLE fleet_daily IN EXCLUSIVE MODE")
+        await conn.execute_query("DELETE FROM fleet_daily WHERE day >= $1", [since])
+        # counted by the statement: Tortoise reads an INSERT's status ("INSERT 0 n") as 0
+        sql = f"WITH rebuilt AS ({_PG_REBUILD} RETURNING 1) SELECT count(*) AS n FROM rebuilt"
+        (row,) = await conn.execute_query_dict(sql, [since])
+        return int(row["n"])
+    await conn.execute_query("DELETE FROM fleet_daily WHERE day >= ?", [since.isoformat()])
+    sql = _SQLITE_REBUILD.format(event=int(RecordKind.EVENT), done=int(EventKind.DISPENSE_DONE))
+    count, _ = await conn.execute_query(sql, [since.isoformat()])
+    return int(count)
