@@ -112,14 +112,21 @@ async def _serve_one(
     settings: Settings, listeners: Listeners, ready: Callable[[], None] | None = None
 ) -> int:
     from aquafleet.node import serve
+    from aquafleet.process_gc import freeze_startup_heap
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(
-        settings, stop=stop, listeners=listeners, ready=None if ready is None else lambda _: ready()
-    )
+
+    def on_ready(_: object) -> None:
+        # Everything the node set up lives as long as the process: out of the collector's
+        # sight, so that a reconnect storm's collections visit only the connections' objects.
+        freeze_startup_heap()
+        if ready is not None:
+            ready()
+
+    await serve(settings, stop=stop, listeners=listeners, ready=on_ready)
     return 0
 
 
