@@ -189,6 +189,10 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
                 "tcp_port": settings.tcp_port,
                 "http_port": settings.http_port,
                 "database_url": settings.resolved_database_url,
+                # One copy of the registry in the Redis they share: one worker keeps it (the
+                # others would each re-read and re-write every changed device, a device's
+                # first records activate it, all of them in a fresh fleet's first minute).
+                "registry_sync": settings.registry_sync and index == 0,
             }
             config = os.environ.get("AQUAFLEET_CONFIG")
             process = context.Process(
