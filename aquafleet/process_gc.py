@@ -3,11 +3,12 @@
 A gateway worker or a simulator process with 15,000 devices keeps ~300,000 objects that live as
 long as the process (imported modules, settings, the simulator's devices) or as long as a
 connection. CPython's default thresholds (700, 10, 10) run a full collection, which visits every
-one of them (0.2-0.5 s each here), whenever the objects that survived since the last one exceed
-a quarter of the old ones: a reconnect storm, which replaces every connection's objects within
-seconds, set off one every few thousand logins. Measured with `gc.callbacks` in a 15,000-device
-storm on one worker (docs/benchmarks.md, branch `storm5`): collections took half of the
-gateway's CPU and three quarters of the simulator's.
+one of them (0.1-0.2 s each with 15,000 devices), whenever the objects that survived since the
+last one exceed a quarter of the old ones: a reconnect storm, which replaces every connection's
+objects within seconds, sets off one every few thousand logins. Measured (CPU time in
+`gc.callbacks`, 45,000 devices on 3 gateway workers and 3 simulator processes, docs/benchmarks.md,
+branch `storm5`): 13-16% of the gateway workers' CPU and 20-29% of the simulator's before,
+5-6% and 8-11% after.
 
 What is done about it:
 - `freeze_startup_heap()` once the process is set up moves everything alive into the
