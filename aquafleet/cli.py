@@ -112,14 +112,21 @@ async def _serve_one(
     settings: Settings, listeners: Listeners, ready: Callable[[], None] | None = None
 ) -> int:
     from aquafleet.node import serve
+    from aquafleet.process_gc import freeze_startup_heap
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(
-        settings, stop=stop, listeners=listeners, ready=None if ready is None else lambda _: ready()
-    )
+
+    def on_ready(_: object) -> None:
+        # Everything the node set up lives as long as the process: out of the collector's
+        # sight, so that a reconnect storm's collections visit only the connections' objects.
+        freeze_startup_heap()
+        if ready is not None:
+            ready()
+
+    await serve(settings, stop=stop, listeners=listeners, ready=on_ready)
     return 0
 
 
@@ -182,6 +189,10 @@ async def _supervise_workers(settings: Settings, listeners: Listeners) -> int:
                 "tcp_port": settings.tcp_port,
                 "http_port": settings.http_port,
                 "database_url": settings.resolved_database_url,
+                # One copy of the registry in the Redis they share: one worker keeps it (the
+                # others would each re-read and re-write every changed device, a device's
+                # first records activate it, all of them in a fresh fleet's first minute).
+                "registry_sync": settings.registry_sync and index == 0,
             }
             config = os.environ.get("AQUAFLEET_CONFIG")
             process = context.Process(

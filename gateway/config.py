@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     ledger_writer: bool = Field(
         True, description="Run a ledger writer (Redis stream -> database) in this process."
     )
+    registry_sync: bool = Field(
+        True,
+        description="Apply device changes from the database to the registry copy in Redis "
+        "every 5 s in this process; `serve --workers N` runs it in the first worker only (they "
+        "share one Redis).",
+    )
     ledger_batch: int = Field(
         2000,
         ge=1,

@@ -67,10 +67,13 @@ class DeviceLink(Protocol):
     did: str
     shard: int
     conn_id: str
-    peer_ip: str
     closed: bool
     transport: asyncio.Transport | None  # None on MQTT: the broker holds the socket
     touched_rx: float | None  # the last_rx presence last wrote for it (None: not yet)
+
+    @property
+    def peer_ip(self) -> str:
+        """The device's IP address, "" when there is none (MQTT) or it is not known."""
 
     @property
     def session(self) -> LinkSession | None: ...
@@ -141,6 +144,11 @@ class FailedLoginLimiter:
         self.limit = limit
         self.window_s = window_s
         self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    @property
+    def tracking(self) -> bool:
+        """Whether any IP has failed lately (if none has, no IP is blocked)."""
+        return bool(self._windows)
 
     def blocked(self, ip: str, now: float) -> bool:
         entry = self._windows.get(ip)

@@ -108,7 +108,9 @@ class LoginBatcher:
             if conn.closed:
                 continue
             # No address (MQTT: the broker authenticated the client): nothing to limit by.
-            if conn.peer_ip and limiter.blocked(conn.peer_ip, now):
+            # No IP failed lately (a storm of healthy devices): none is blocked, and the
+            # connection's address need not be asked for.
+            if limiter.tracking and conn.peer_ip and limiter.blocked(conn.peer_ip, now):
                 self.metrics.logins_rate_limited += 1
                 self._reject(conn, ErrorCode.AUTH_RATE_LIMITED, "too many failed logins", asked_at)
                 continue

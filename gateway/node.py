@@ -131,6 +131,9 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     sync = RegistrySync(app[REDIS], app[KEYSPACE])
     await sync.ensure_copy()
+    if not app[SETTINGS].registry_sync:  # another worker of this serve keeps the copy
+        yield
+        return
     app[TASKS].start("registry-sync", sync.run)
     yield
     await app[TASKS].stop("registry-sync")

@@ -36,11 +36,11 @@ class DeviceConnection(asyncio.Protocol):
     """One device socket. Parsing is the session's; business is the hub's."""
 
     __slots__ = (
+        "_peer_ip",
         "closed",
         "conn_id",
         "did",
         "hub",
-        "peer_ip",
         "session",
         "shard",
         "touched_rx",
@@ -55,20 +55,36 @@ class DeviceConnection(asyncio.Protocol):
         self.conn_id = ""
         self.did = ""  # set once the login is accepted
         self.shard = 0
-        self.peer_ip = ""
+        self._peer_ip: str | None = None  # asked of the socket when first needed (peer_ip)
         self.closed = False
         self.write_paused = False
         self.touched_rx: float | None = None
+
+    @property
+    def peer_ip(self) -> str:
+        """The device's IP address ("" when unknown). Only the failed-login limit and a few
+        log lines need it: it is read from the socket the first time, while it is open."""
+        ip = self._peer_ip
+        if ip is None:
+            ip = ""
+            transport = self.transport
+            if transport is not None and not self.closed:
+                try:
+                    peer = transport.get_extra_info("peername")
+                except (AttributeError, OSError):  # uvloop: the socket is already gone
+                    peer = None
+                ip = peer[0] if peer else ""
+            self._peer_ip = ip
+        return ip
 
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
-        # Keepalive comes with the accepted socket (set on the listener, Linux copies it):
-        # asking uvloop for the socket here would keep a socket object per connection and
-        # make four more per accept, in the middle of a reconnect storm.
+        # Keepalive comes with the accepted socket (set on the listener, Linux copies it), and
+        # the peer's address is asked for only when needed (peer_ip): asking uvloop for either
+        # here would keep a socket object per connection and make more system calls and
+        # objects per accept, in the middle of a reconnect storm.
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[union-attr]
         self.session = self.hub.new_session()
         self.hub.connection_made(self)

@@ -223,7 +223,7 @@ async def _main(options: SimOptions, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     progress = None if args.quiet else Progress(sys.stderr)
     try:
-        report = await run_simulation(options, progress=progress, stop=stop)
+        report = await run_simulation(options, progress=progress, stop=stop, freeze_heap=True)
     except SimError as exc:
         print(f"aquafleet sim: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aquafleet.process_gc import freeze_startup_heap
 from aquafleet.protocol import mqtt_wire
 from aquafleet.simulators.device import VirtualPurifier
 from aquafleet.simulators.link import PurifierLink
@@ -113,8 +114,13 @@ class Fleet:
         workers: int = 1,
         emit: Emit | None = None,
         worker_index: int = 0,
+        freeze_heap: bool = False,
     ) -> None:
+        """`freeze_heap`: the process runs nothing but this fleet (the CLI, a worker): once the
+        devices are made, keep them and everything else alive then out of the garbage
+        collector's sight (aquafleet/process_gc.py)."""
         self.options = options
+        self.freeze_heap = freeze_heap
         self.boot = boot
         self.start_wall = start_wall
         self.first_index = first_index
@@ -191,6 +197,8 @@ class Fleet:
         mono_start = time.monotonic() - (time.time() - self.start_wall)
         self.times.started_at = self.start_wall
         self._make_devices(mono_start)
+        if self.freeze_heap:
+            freeze_startup_heap()
         run_end = loop.time() + (mono_start + options.duration_s - time.monotonic())
         try:
             for device in self.devices:

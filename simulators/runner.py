@@ -96,8 +96,12 @@ async def run_simulation(
     *,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    freeze_heap: bool = False,
 ) -> Report:
-    """Run the simulation `options` describe and return its report (never raises on load)."""
+    """Run the simulation `options` describe and return its report (never raises on load).
+
+    `freeze_heap`: this process runs nothing else (the CLI): a fleet run here keeps its
+    devices out of the garbage collector's sight (Fleet); worker processes always do."""
     options.validate()
     if options.check == "db" and not options.database_url:
         raise SimError("--check db needs a database URL (--database-url or the configuration)")
@@ -108,7 +112,7 @@ async def run_simulation(
     progress_task = asyncio.create_task(_show_progress(collector, progress), name="sim-progress")
     try:
         if workers == 1:
-            await _run_in_process(options, boot, collector, stop)
+            await _run_in_process(options, boot, collector, stop, freeze_heap)
         else:
             await _run_processes(options, boot, collector, stop, workers)
     finally:
@@ -170,7 +174,7 @@ async def _show_progress(collector: Collector, progress: Progress | None) -> Non
 
 
 async def _run_in_process(
-    options: SimOptions, boot: int, collector: Collector, stop: asyncio.Event
+    options: SimOptions, boot: int, collector: Collector, stop: asyncio.Event, freeze_heap: bool
 ) -> None:
     raise_open_files_limit()
     collector.started_at = time.time()
@@ -179,6 +183,7 @@ async def _run_in_process(
         boot=boot,
         start_wall=collector.started_at,
         emit=lambda snap: collector.snapshot(0, snap),
+        freeze_heap=freeze_heap,
     )
 
     async def forward_stop() -> None:
@@ -397,6 +402,7 @@ async def _worker(
         workers=workers,
         worker_index=index,
         emit=lambda snap: send(("snap", index, snap)),
+        freeze_heap=True,  # a worker process runs this fleet and nothing else
     )
     if stopped:
         fleet.interrupt()

@@ -55,6 +55,20 @@ async def test_a_device_connection_has_tcp_keepalive_so_a_dead_modem_is_noticed(
     ) == (KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
 
 
+async def test_the_peer_address_is_read_only_when_needed_and_then_kept(
+    node_factory, device_factory
+):
+    node = await node_factory()
+    (dev,) = await register_devices(node, 1)
+    await device_factory(dev.did, dev.key, node.tcp_port).login()
+    (conn,) = node.hub.online.values()
+    assert conn._peer_ip is None  # a healthy login never asked for it
+    assert conn.peer_ip == "127.0.0.1"
+    transport, conn.transport = conn.transport, None
+    assert conn.peer_ip == "127.0.0.1"  # kept once read
+    conn.transport = transport
+
+
 async def test_records_stored_in_one_round_are_acked_by_one_watermark(node_factory, device_factory):
     node = await node_factory()
     (dev,) = await register_devices(node, 1)
