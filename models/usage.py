@@ -401,7 +401,7 @@ def _sqlite_snapshots(snapshots: list[SnapshotRow], as_text: _DatetimeText) -> l
     ]  # fmt: skip
 
 
-class _FiltersJson:
+class FiltersJson:
     """Each device's filter readings as JSON text, kept while they stay the same: they change
     about once an hour, a snapshot is written at every report (at window 1 nearly one a record),
     and comparing two short lists costs a tenth of json.dumps (measured)."""
@@ -423,7 +423,7 @@ class _FiltersJson:
         return text
 
 
-FILTERS_JSON = _FiltersJson(200_000)
+FILTERS_JSON = FiltersJson(200_000)
 
 
 class _DatetimeText(dict[dt.datetime, str]):
