@@ -27,6 +27,7 @@ from aquafleet.models.devices import Device, DeviceState
 from aquafleet.models.registry import create_vendor, register_devices, set_device_state
 from aquafleet.models.usage import (
     DeviceSnapshot,
+    FiltersJson,
     RecordKind,
     UsageDaily,
     UsageRecord,
@@ -40,7 +41,7 @@ from aquafleet.models.usage_partitions import (
     month_of,
     next_month,
 )
-from aquafleet.protocol import EventKind, FrameType
+from aquafleet.protocol import EventKind, FilterReading, FrameType
 from aquafleet.protocol.message_types import Record
 from tests.gateway.meter_helpers import (
     FULL_TELEMETRY,
@@ -318,6 +319,34 @@ async def test_snapshot_holds_the_newest_telemetry_per_device(
     snap = await DeviceSnapshot.get(did=a)
     assert (snap.boot, snap.rec, snap.tds_in_ppm) == (2, 1, 9)
     assert snap.filters is None  # a full replacement, not a merge of fields
+
+
+async def test_a_snapshot_follows_every_change_of_the_filters(
+    dids: list[str], meter: MeterDriver, writer: LedgerWriter
+) -> None:
+    """The writer keeps each device's filters JSON while they stay the same: a change, a
+    report without filters and a return to earlier readings each reach the snapshot."""
+    a = dids[0]
+    first = (FilterReading(1, 1200, 3000, 2), FilterReading(2, 800, 3000, 0))
+    worn = (FilterReading(1, 1201, 3001, 2), FilterReading(2, 801, 3001, 0))
+    as_rows = {first: [[1, 1200, 3000, 2], [2, 800, 3000, 0]], worn: [[1, 1201, 3001, 2],
+               [2, 801, 3001, 0]], (): None}  # fmt: skip
+    for rec, filters in enumerate([first, first, worn, (), first, worn], start=1):
+        await meter.one(a, telemetry(rec, total=rec * 10, filters=filters))
+        await writer.write_once(block_ms=None)
+        snap = await DeviceSnapshot.get(did=a)
+        assert (snap.rec, snap.filters) == (rec, as_rows[filters])
+
+
+def test_the_filters_json_kept_per_device_is_bounded() -> None:
+    keep = FiltersJson(devices=2)
+    assert keep("A", [[1, 2, 3, 4]]) == "[[1, 2, 3, 4]]"
+    assert keep("B", [[1, 2, 3, 5]]) == "[[1, 2, 3, 5]]"
+    assert keep("C", None) is None  # nothing to keep
+    assert keep("C", [[9, 2, 3, 4]]) == "[[9, 2, 3, 4]]"  # A, the oldest, makes room
+    assert keep("A", [[1, 2, 3, 4]]) == "[[1, 2, 3, 4]]"
+    assert keep("C", [[9, 2, 3, 6]]) == "[[9, 2, 3, 6]]"  # changed: made again
+    assert len(keep._last) == 2
 
 
 async def test_a_reporting_device_becomes_active(
