@@ -2,7 +2,8 @@
 --
 -- KEYS[1] presence hash p:<did>, KEYS[2] meter state m:<did> (holds the desired state too)
 -- ARGV[1] node id, ARGV[2] connection id, ARGV[3] now (unix ms), ARGV[4] presence TTL (ms),
--- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did
+-- ARGV[5] kick channel prefix ("aq:node:"), ARGV[6] did,
+-- ARGV[7] sessions the presence history lists (presence_history_size, the current one included)
 -- Returns {old node or false, old connection or false, watermark boot, watermark rec,
 --          desired version, lock, remaining_ml, rental_expires_at} (false where unknown).
 --
@@ -10,6 +11,10 @@
 -- the session it replaces is closed there first: "replaced" when its presence was still held,
 -- and when its presence had expired without a release, "idle_timeout" if the same node claims
 -- again (it is alive: its release is on the way) or "node_lost", at its last seen + TTL.
+-- The session so closed (or closed earlier by release.lua) is then pushed, complete, onto the
+-- presence history ph:<did> (same slot), newest first, capped at ARGV[7] - 1 entries, each
+-- msgpack {node, since, seen, off, why}: a release costs nothing more, and a device's history
+-- is in order because only its logins push. Its end moves to the record's poff/pwhy.
 
 -- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
 -- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
@@ -22,13 +27,38 @@ local function publish_node(channels, node, message)
 end
 local LAST_TTL_MS = 7776000000  -- 90 days (gateway/keys.py LAST_SESSION_TTL_MS)
 local did = ARGV[6]
-local last = string.sub(KEYS[1], 1, #KEYS[1] - #did - 2) .. 'l:' .. did
+local shard = string.sub(KEYS[1], 1, #KEYS[1] - #did - 2)
+local last = shard .. 'l:' .. did
+
+-- The session the last-session record holds, ended by now, goes onto the history; its end
+-- stays in the record as poff/pwhy (shown as "offline since, why" while the new one runs), so
+-- that off/why, once written, are the new session's own (release.lua writes them once).
+local function archive()
+  local s = redis.call('HMGET', last, 'node', 'since', 'seen', 'off', 'why')
+  local since = tonumber(s[2])
+  if not since then return end
+  local off, why = tonumber(s[4]) or since, s[5] or ''
+  redis.call('HSET', last, 'poff', off, 'pwhy', why)
+  redis.call('HDEL', last, 'off', 'why')
+  local keep = tonumber(ARGV[7]) - 1
+  local history = shard .. 'ph:' .. did
+  if keep < 1 then
+    redis.call('DEL', history)
+    return
+  end
+  local entry = cmsgpack.pack({s[1] or '', since, tonumber(s[3]) or since, off, why})
+  redis.call('LPUSH', history, entry)
+  redis.call('LTRIM', history, 0, keep - 1)
+  redis.call('PEXPIRE', history, LAST_TTL_MS)
+end
+
 local old = redis.call('HMGET', KEYS[1], 'node', 'conn', 'since')
 local since = ARGV[3]
 if old[1] == ARGV[1] and old[2] == ARGV[2] then
   since = old[3] or since  -- the same link claimed again (MQTT via another bridge): it goes on
 elseif old[2] then
   redis.call('HSET', last, 'off', ARGV[3], 'why', 'replaced')
+  archive()
 else
   local prev = redis.call('HMGET', last, 'node', 'since', 'seen', 'ttl', 'off')
   local prev_since = tonumber(prev[2])
@@ -38,6 +68,7 @@ else
     local off = (tonumber(prev[3]) or prev_since) + (tonumber(prev[4]) or 0)
     redis.call('HSET', last, 'off', math.min(off, tonumber(ARGV[3])), 'why', why)
   end
+  archive()
 end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2], 'since', since, 'seen', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
