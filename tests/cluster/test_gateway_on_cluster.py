@@ -1,8 +1,8 @@
 """The gateway suite's end-to-end cases, run unchanged on a Redis Cluster (the fixtures of
 tests/cluster/conftest.py give them the cluster): logins and presence (online and offline
-status, touches, releases, readings, the presence history), metering and acks, volume rental and vending metering
-(quota, locks, top-ups), the ledger streams into the database, commands across two nodes, the
-rental scheduler's lease."""
+status, touches, releases, readings, the presence history), metering and acks, volume rental
+and vending metering (quota, locks, top-ups), the ledger streams into the database, commands
+across two nodes, the rental scheduler's lease."""
 
 from __future__ import annotations
 
