@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     presence_flush_s: float = Field(
         5.0, gt=0, le=60, description="How often last-seen times are written to Redis."
     )
+    presence_history_size: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="Sessions a device's presence history lists, the current or last one "
+        "included (each kept 90 days after the device's last login).",
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, le=300, description="Time SIGTERM gives in-flight records to become durable."
     )

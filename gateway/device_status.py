@@ -9,6 +9,10 @@ telemetry's payload there, decoded here, off the hot path).
 A presence that expired without a release is dated at its last seen + TTL; its reason is
 "node_lost" once a live node would have released it (RELEASE_GRACE_MS), "idle_timeout" before
 that, and always for MQTT devices (their presence is shared by every bridge and ends on its own).
+
+A device's presence history (`read_sessions`) is its last-session record followed by the
+sessions claim.lua pushed onto `ph:<did>` when the next login took their place: newest first,
+one round trip per page.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgpack
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.errors import RedisUnavailable
@@ -36,7 +41,7 @@ from aquafleet.protocol.messages import parse_record_payload
 RELEASE_GRACE_MS = 5_000
 
 _PRESENCE_FIELDS = (b"node", b"since", b"seen")
-_LAST_FIELDS = (b"node", b"since", b"seen", b"ttl", b"off", b"why")
+_LAST_FIELDS = (b"node", b"since", b"seen", b"ttl", b"off", b"why", b"poff", b"pwhy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class _Session:
     ttl: int | None = None
     off: int | None = None
     why: str | None = None
+    prev_off: int | None = None  # poff/pwhy: the end of the session before (claim.lua)
+    prev_why: str | None = None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -87,9 +94,12 @@ def _int(value: bytes | None) -> int | None:
 
 
 def _session(values: Sequence[bytes | None]) -> _Session:
-    padded = [*values, None, None, None][:6]
-    node, since, seen, ttl, off, why = padded
-    return _Session(_text(node), _int(since), _int(seen), _int(ttl), _int(off), _text(why))
+    padded = [*values, *([None] * 8)][:8]
+    node, since, seen, ttl, off, why, prev_off, prev_why = padded
+    return _Session(
+        _text(node), _int(since), _int(seen), _int(ttl), _int(off), _text(why), _int(prev_off),
+        _text(prev_why),
+    )  # fmt: skip
 
 
 def _latest(*values: int | None) -> int | None:
@@ -102,10 +112,10 @@ def connection_state(
 ) -> tuple[bool, str | None, int | None, int | None, int | None, str | None]:
     """(online, node, since, seen, offline_at, reason) from the two records (pure)."""
     if presence is not None:
-        # The last-session record names this connection too (claim writes both); its end
-        # fields are those of the previous one.
-        return (True, presence.node, presence.since, _latest(presence.seen, last.seen),
-                last.off, last.why)  # fmt: skip
+        # The last-session record names this connection too (claim writes both) and keeps
+        # the previous one's end as poff/pwhy (records written before poff kept it in off/why).
+        off, why = (last.off, last.why) if last.off is not None else (last.prev_off, last.prev_why)
+        return True, presence.node, presence.since, _latest(presence.seen, last.seen), off, why
     if last.since is None:
         return False, last.node, None, last.seen, last.off, last.why
     if last.off is not None and last.off >= last.since:
@@ -191,3 +201,81 @@ async def read_runtime(
         did: runtime_status(replies[3 * i], replies[3 * i + 1], replies[3 * i + 2], now)
         for i, did in enumerate(unique)
     }
+
+
+# ----------------------------------------------------------------------------- history
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One connection of a device; `ended_at_ms` and `reason` are None while it runs."""
+
+    node: str | None
+    since_ms: int
+    last_seen_ms: int | None
+    ended_at_ms: int | None
+    reason: str | None
+
+    def duration_ms(self, now_ms: int) -> int:
+        """From the login to its end, or to `now_ms` while it runs."""
+        end = now_ms if self.ended_at_ms is None else self.ended_at_ms
+        return max(end - self.since_ms, 0)
+
+
+def current_session(
+    presence: Sequence[bytes | None], last: Sequence[bytes | None], now_ms: int
+) -> SessionRecord | None:
+    """The session the last-session record holds (the current one while online), ended as the
+    runtime status dates it; None when the device never logged in (pure)."""
+    held = _session(presence) if presence and presence[0] is not None else None
+    online, node, since, seen, off, why = connection_state(held, _session(last), now_ms)
+    if since is None:
+        return None
+    if online:
+        return SessionRecord(node, since, seen, None, None)
+    return SessionRecord(node, since, seen, off, why)
+
+
+def past_session(raw: bytes) -> SessionRecord | None:
+    """A presence history entry (claim.lua's msgpack [node, since, seen, off, why]); None
+    when unreadable."""
+    try:
+        node, since, seen, off, why = msgpack.unpackb(raw, raw=False)
+        return SessionRecord(node or None, int(since), int(seen), int(off), why or None)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+async def read_sessions(
+    client: aioredis.Redis,
+    keyspace: Keyspace,
+    did: str,
+    *,
+    limit: int,
+    offset: int,
+    now_ms: int | None = None,
+) -> tuple[list[SessionRecord], int]:
+    """A page of the device's sessions, newest first (the current one first while online),
+    and how many are kept; in one Redis round trip. Raises RedisUnavailable."""
+    first = max(offset - 1, 0)  # the history's index of the page's first entry or the one before
+    history_key = keyspace.presence_history(did)
+    commands: list[Command] = [
+        (b"HMGET", keyspace.presence(did), *_PRESENCE_FIELDS),
+        (b"HMGET", keyspace.last_session(did), *_LAST_FIELDS),
+        (b"LRANGE", history_key, first, offset + limit - 1),
+        (b"LLEN", history_key),
+    ]
+    replies = await round_trip(client, commands, "reading presence history")
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None:
+        raise RedisUnavailable(f"reading presence history: {failed}")
+    presence, last, entries, stored = replies
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    current = current_session(presence, last, now)
+    # Unreadable entries stay None until the page is cut: the indices hold.
+    past: list[SessionRecord | None] = [past_session(raw) for raw in entries]
+    if current is None:
+        window, total = past[offset - first :], int(stored)
+    else:
+        window, total = [current, *past] if offset == 0 else past, int(stored) + 1
+    return [s for s in window[:limit] if s is not None], total

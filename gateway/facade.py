@@ -12,7 +12,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.commands import CommandRecord, CommandService
-from aquafleet.gateway.device_status import RuntimeStatus, read_runtime
+from aquafleet.gateway.device_status import (
+    RuntimeStatus,
+    SessionRecord,
+    read_runtime,
+    read_sessions,
+)
 from aquafleet.gateway.fleet import FleetCounts, read_fleet, read_services
 from aquafleet.gateway.hub import Hub
 from aquafleet.gateway.keys import Keyspace
@@ -77,6 +82,14 @@ class DeviceGateway:
         if not dids:
             return {}
         return await read_runtime(self._client, self._keyspace, dids)
+
+    async def sessions(
+        self, did: str, *, limit: int, offset: int, now_ms: int
+    ) -> tuple[list[SessionRecord], int]:
+        """A page of the device's presence history, newest first, and how many are kept."""
+        return await read_sessions(
+            self._client, self._keyspace, did, limit=limit, offset=offset, now_ms=now_ms
+        )
 
     async def fleet_counts(self, dids: Sequence[str]) -> FleetCounts:
         """Online, locked, rented and faulty devices among `dids`, in one round trip."""

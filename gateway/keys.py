@@ -58,9 +58,16 @@ class Keyspace:
         return f"{self.shard_prefix(self.shard_of(did))}p:{did}"
 
     def last_session(self, did: str) -> str:
-        """Hash of the device's current or last connection: node, conn, since, seen, ttl, and
-        when (off) and why it ended; outlives the presence (LAST_SESSION_TTL_MS)."""
+        """Hash of the device's current or last connection: node, conn, since, seen, ttl, when
+        (off) and why it ended, and the end of the one before (poff, pwhy); outlives the
+        presence (LAST_SESSION_TTL_MS)."""
         return f"{self.shard_prefix(self.shard_of(did))}l:{did}"
+
+    def presence_history(self, did: str) -> str:
+        """List of the device's past sessions, newest first (msgpack [node, since, seen, off,
+        why]): claim.lua pushes the last session when the next login takes its place, capped
+        at presence_history_size - 1, kept LAST_SESSION_TTL_MS after the last push."""
+        return f"{self.shard_prefix(self.shard_of(did))}ph:{did}"
 
     def service_request(self, did: str, request_id: str) -> str:
         """Marks a service change request as applied (a retried top-up is applied once)."""

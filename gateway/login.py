@@ -62,10 +62,12 @@ class LoginBatcher:
         metrics: Metrics,
         master_secret: bytes,
         presence_ttl_ms: int,
+        history_size: int,
         presence_node: str | None = None,
     ) -> None:
         """`presence_node`: the node name a login claims (default the hub's); MQTT devices
-        claim one name shared by every bridge, since any node can reach them via the broker."""
+        claim one name shared by every bridge, since any node can reach them via the broker.
+        `history_size`: the sessions a device's presence history lists (claim.lua keeps it)."""
         self.hub = hub
         self.client = client
         self.scripts = scripts
@@ -73,6 +75,7 @@ class LoginBatcher:
         self.metrics = metrics
         self._master_secret = master_secret
         self.presence_ttl_ms = presence_ttl_ms
+        self.history_size = history_size
         self.presence_node = presence_node or hub.node_id
         self.pending: list[tuple[DeviceLink, LoginRequested, float]] = []  # + its arrival
         self._wake = asyncio.Event()
@@ -178,6 +181,7 @@ class LoginBatcher:
         now_ms = int(now * 1000)
         channel_prefix = self.keyspace.script_channels
         node_id = self.presence_node
+        history_size = self.history_size
 
         calls: list[ScriptCall] = [
             (
@@ -186,7 +190,15 @@ class LoginBatcher:
                     self.keyspace.presence(v.did),
                     self.keyspace.meter(v.did),
                 ),
-                (node_id, v.conn.conn_id, now_ms, self.presence_ttl_ms, channel_prefix, v.did),
+                (
+                    node_id,
+                    v.conn.conn_id,
+                    now_ms,
+                    self.presence_ttl_ms,
+                    channel_prefix,
+                    v.did,
+                    history_size,
+                ),
             )
             for v in verified
         ]

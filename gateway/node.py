@@ -217,6 +217,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         master_secret=settings.master_secret_bytes(),
         presence_ttl_ms=ttl_ms,
+        history_size=settings.presence_history_size,
     )
     presence = hub.presence = Presence(
         hub=hub,

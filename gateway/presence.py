@@ -11,8 +11,9 @@ pub/sub channel.
 
 Every connection also has a last-session record (`l:<did>`, kept for 90 days): the scripts
 above write its node, connection, since and last seen, and when and why it ended
-(`OfflineReason`, from the code the connection was closed with), in the same calls.
-gateway/device_status.py reads it.
+(`OfflineReason`, from the code the connection was closed with), in the same calls. The next
+login pushes it, complete, onto the device's presence history (`ph:<did>`, capped at
+`presence_history_size`), in its claim. gateway/device_status.py reads both.
 """
 
 from __future__ import annotations

@@ -170,6 +170,26 @@ class DeviceRecordsQuery(Query):
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="records to skip")
 
 
+class DeviceSessionsQuery(Query):
+    limit: int = Field(20, ge=1, le=MAX_LIMIT, description=f"sessions to return (1..{MAX_LIMIT})")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="sessions to skip")
+
+
+class DeviceSessionOut(ResponseModel):
+    """One connection of the device, from its login to its end (docs/devices-status.md)."""
+
+    online: bool = Field(description="the current connection, still running")
+    node: str | None = Field(description="admins only: the gateway node that held it")
+    since: UtcDateTime = Field(description="its login")
+    last_seen: UtcDateTime | None = Field(description="the last frame heard (every few seconds)")
+    ended_at: UtcDateTime | None = Field(description="when it ended (null while online)")
+    reason: str | None = Field(
+        description="why it ended (null while online): idle_timeout, closed_by_device, "
+        "replaced, disabled, key_revoked, shutdown, protocol_error, gateway_error, node_lost"
+    )
+    duration_s: int = Field(description="from its login to its end, or to now while online")
+
+
 class DeviceRecordOut(ResponseModel):
     """One record of the usage ledger, as the device sent it and the platform metered it."""
 

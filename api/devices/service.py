@@ -1,9 +1,11 @@
 """AB-07..10: a device's service state (mode, quota, rental, locks), runtime status and
-statistics, through the gateway's facade; and its ledger's latest records."""
+statistics, through the gateway's facade; its presence history; and its ledger's latest
+records."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from aquafleet.api.devices.access import runtime_of, visible_device
 from aquafleet.api.devices.schemas import (
@@ -14,6 +16,8 @@ from aquafleet.api.devices.schemas import (
     DeviceRuntimeOut,
     DeviceServiceIn,
     DeviceServiceOut,
+    DeviceSessionOut,
+    DeviceSessionsQuery,
     DeviceStatisticsOut,
 )
 from aquafleet.api.devices.shaping import (
@@ -21,6 +25,7 @@ from aquafleet.api.devices.shaping import (
     check_service_fields,
     runtime_out,
     service_out,
+    session_out,
     utc_from_s,
 )
 from aquafleet.api.routing import Call, Page, RouteTable
@@ -104,6 +109,32 @@ async def read_device_runtime(call: Call) -> DeviceRuntimeOut:
         threshold = call.app[SETTINGS].filter_threshold_pct
         lives = filter_life(snapshot.filters, spec.stages, threshold)
     return runtime_out(device.did, status, lives, admin=principal.role in ADMIN_ROLES)
+
+
+@routes.get(
+    "/devices/{did}/sessions",
+    summary="A device's presence history: its connections, newest first",
+    roles=ANY_ROLE,
+    params=DevicePath,
+    query=DeviceSessionsQuery,
+    response=DeviceSessionOut,
+    many=True,
+    errors=(503,),
+    description="Not in the seed: each connection from its login to its end, with when and why "
+    "it ended, newest first, the current one first while the device is online. The gateway "
+    "keeps the last `presence_history_size` sessions (default 50) for 90 days after the "
+    "device's last login; `total` counts those kept. `node` is for admins only.",
+)
+async def read_device_sessions(call: Call) -> Page:
+    principal = call.principal
+    device = await visible_device(principal, call.params.did)
+    query: DeviceSessionsQuery = call.query
+    now_ms = int(time.time() * 1000)
+    sessions, total = await call.app[DEVICE_GATEWAY].sessions(
+        device.did, limit=query.limit, offset=query.offset, now_ms=now_ms
+    )
+    admin = principal.role in ADMIN_ROLES
+    return Page([session_out(s, now_ms, admin=admin) for s in sessions], total)
 
 
 @routes.get(

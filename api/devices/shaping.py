@@ -25,13 +25,14 @@ from aquafleet.api.devices.schemas import (
     DeviceRuntimeOut,
     DeviceServiceIn,
     DeviceServiceOut,
+    DeviceSessionOut,
     FilterLifeOut,
     InstallationOut,
     LbsOut,
     ManufactureOut,
     RegisterQuery,
 )
-from aquafleet.gateway.device_status import RuntimeStatus
+from aquafleet.gateway.device_status import RuntimeStatus, SessionRecord
 from aquafleet.models.devices import Device, Relation, relations, share_counts
 from aquafleet.models.filters import StageLife, Timer
 from aquafleet.models.service import ServiceMode
@@ -250,4 +251,16 @@ def runtime_out(
         offline_reason=status.offline_reason,
         filters=[filter_life_out(life) for life in lives],
         **{name: getattr(status, name) for name in READINGS},
+    )
+
+
+def session_out(session: SessionRecord, now_ms: int, *, admin: bool) -> DeviceSessionOut:
+    return DeviceSessionOut(
+        online=session.ended_at_ms is None,
+        node=session.node if admin else None,
+        since=dt.datetime.fromtimestamp(session.since_ms / 1000, dt.UTC),
+        last_seen=utc_from_ms(session.last_seen_ms),
+        ended_at=utc_from_ms(session.ended_at_ms),
+        reason=session.reason,
+        duration_s=session.duration_ms(now_ms) // 1000,
     )

@@ -143,6 +143,7 @@ class MqttBridge:
             metrics=metrics,
             master_secret=master_secret,
             presence_ttl_ms=presence_ttl_ms,
+            history_size=settings.presence_history_size,
             presence_node=MQTT_NODE,
         )
         self.devices: dict[str, MqttDevice] = {}

@@ -190,6 +190,7 @@ async def test_another_tenants_device_answers_404_everywhere(
         ("PUT", "/devices/{}/svc", {"op": "lock"}),
         ("GET", "/devices/{}/stat", None),
         ("GET", "/devices/{}/statistics", None),
+        ("GET", "/devices/{}/sessions", None),
         ("POST", "/devices/{}/bind", {"uid": other}),
         ("DELETE", "/devices/{}/infos", None),
         ("DELETE", "/devices/{}/bind", None),
@@ -748,6 +749,58 @@ async def test_runtime_status_and_filter_life(
     await owner.client.call("POST", f"/devices/{did}/bind", {})
     mine = await owner.client.call("GET", f"/devices/{did}/stat")
     assert mine.data["online"] is True and mine.data["node"] is None  # admins only
+
+
+async def test_presence_history_newest_first_paged_and_scoped(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any, device_factory: Any
+):
+    a, b = tenants
+    (issued,) = await register(api, a.vid)
+    did, key = issued["did"], bytes.fromhex(issued["key"])
+    empty = await a.vendor.call("GET", f"/devices/{did}/sessions")
+    assert (empty.status, empty.body["total"], empty.data) == (200, 0, [])
+    first = device_factory(did, key, api_node.tcp_port)
+    await first.login()
+    await first.close()
+    for _ in range(20):  # the node writes the release in its next batch
+        if not (await a.vendor.call("GET", f"/devices/{did}/stat")).data["online"]:
+            break
+        await asyncio.sleep(0.1)
+    await device_factory(did, key, api_node.tcp_port).login()
+    await device_factory(did, key, api_node.tcp_port).login()  # replaces the second
+
+    answer = await a.vendor.call("GET", f"/devices/{did}/sessions")
+    assert answer.status == 200 and answer.body["total"] == 3, answer
+    current, replaced, closed = answer.data
+    assert (current["online"], current["ended_at"], current["reason"]) == (True, None, None)
+    assert current["since"] == (await a.vendor.call("GET", f"/devices/{did}/stat")).data["since"]
+    assert current["node"] == api_node.hub.node_id and current["duration_s"] >= 0
+    assert (replaced["online"], replaced["reason"]) == (False, "replaced")
+    assert replaced["ended_at"] == current["since"]  # at the login that replaced it
+    assert (closed["online"], closed["reason"]) == (False, "closed_by_device")
+    # (timestamps in whole seconds)
+    assert closed["since"] <= closed["ended_at"] <= replaced["since"] <= current["since"]
+    for session in (replaced, closed):
+        assert session["since"].endswith("Z") and session["last_seen"].endswith("Z")
+        assert session["duration_s"] >= 0
+    # Paged: a window of the same list, with the same total.
+    for offset, expected in [(0, [current]), (1, [replaced]), (2, [closed]), (3, [])]:
+        page = await a.vendor.call("GET", f"/devices/{did}/sessions?limit=1&offset={offset}")
+        assert (page.body["total"], page.data) == (3, expected), offset
+    page = await a.vendor.call("GET", f"/devices/{did}/sessions?limit=2&offset=1")
+    assert page.data == [replaced, closed]
+    for bad in ("limit=0", "limit=101", "offset=-1"):
+        await a.vendor.call("GET", f"/devices/{did}/sessions?{bad}", expect=422)
+    # Another vendor's, agent's or dealer's caller: no such device. The owner: without nodes.
+    for caller in (b.vendor, b.agent, b.dealer):
+        refused = await caller.call("GET", f"/devices/{did}/sessions", expect=404)
+        assert refused.code == "not_found"
+    owner = await make_member(api_node, api, a.vid)
+    await owner.client.call("GET", f"/devices/{did}/sessions", expect=404)
+    await owner.client.call("POST", f"/devices/{did}/bind", {})
+    mine = await owner.client.call("GET", f"/devices/{did}/sessions")
+    assert [s["node"] for s in mine.data] == [None] * 3
+    assert [s["reason"] for s in mine.data] == [None, "replaced", "closed_by_device"]
 
 
 async def test_statistics(api: ApiClient, tenants: tuple[Tenant, Tenant], api_node: Any):

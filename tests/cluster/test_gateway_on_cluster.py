@@ -1,8 +1,8 @@
 """The gateway suite's end-to-end cases, run unchanged on a Redis Cluster (the fixtures of
 tests/cluster/conftest.py give them the cluster): logins and presence (online and offline
-status, touches, releases, readings), metering and acks, volume rental and vending metering
-(quota, locks, top-ups), the ledger streams into the database, commands across two nodes, the
-rental scheduler's lease."""
+status, touches, releases, readings, the presence history), metering and acks, volume rental
+and vending metering (quota, locks, top-ups), the ledger streams into the database, commands
+across two nodes, the rental scheduler's lease."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tests.gateway.test_commands import *  # noqa: F403
 from tests.gateway.test_device_status import *  # noqa: F403
 from tests.gateway.test_ledger_writer import *  # noqa: F403
 from tests.gateway.test_node_sessions import *  # noqa: F403
+from tests.gateway.test_presence_history import *  # noqa: F403
 from tests.metering.test_time_rental import *  # noqa: F403
 from tests.metering.test_vending import *  # noqa: F403
 from tests.metering.test_volume_rental import *  # noqa: F403

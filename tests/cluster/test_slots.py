@@ -21,6 +21,7 @@ async def test_a_device_and_its_shard_live_in_one_slot(
     prefix = keyspace.shard_prefix(shard)
     keys = [
         keyspace.meter(did), keyspace.presence(did), keyspace.last_session(did),
+        keyspace.presence_history(did),
         keyspace.service_request(did, "order-1"), keyspace.ledger_stream(shard),
         keyspace.ledger_backlog(shard), keyspace.registry(shard),
         *(keyspace.rental_schedule(kind, shard) for kind in RENTAL_SCHEDULES),

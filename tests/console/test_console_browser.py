@@ -1,7 +1,7 @@
 """The operator console in a real browser (headless Debian chromium) against a whole node with
-devices connected over TCP: sign-in, live online counts, a device page, a lock that reaches the
-device, the water chart, a dealer's scope, and a device name that is markup shown as text.
-The screenshots of docs/console.md are taken here."""
+devices connected over TCP: sign-in, live online counts, a device page (its presence history
+after a reconnect), a lock that reaches the device, the water chart, a dealer's scope, and a
+device name that is markup shown as text. The screenshots of docs/console.md are taken here."""
 
 from __future__ import annotations
 
@@ -143,6 +143,15 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
     assert await page.locator("#device-map .marker").count() == 2
     await shoot(page, "map")
 
+    # The lobby purifier drops its link and comes back: a second session.
+    await lobby.close()
+    deadline = time.monotonic() + 10
+    while (await console_api.call("GET", f"/devices/{second['did']}/stat")).data["online"]:
+        assert time.monotonic() < deadline, "the device never went offline"
+        await asyncio.sleep(0.1)  # the node releases it in its next batch
+    lobby = device_factory(second["did"], bytes.fromhex(second["key"]), console_node.tcp_port)
+    await lobby.login()
+
     # The device page: the water chart draws 30 days, one of them with the 750 ml.
     await page.goto(f"{base}/console/#/devices/{second['did']}")
     await text_becomes(page, "#device-name", "Lobby purifier")
@@ -159,6 +168,17 @@ async def test_an_operator_watches_the_fleet_and_locks_a_device(
         "#record-log tbody tr", "rows => rows.map(r => r.cells[0].textContent)"
     )
     assert records == ["1/2", "1/1"]
+    # The presence history: the current session first, then the one the device closed.
+    await page.wait_for_selector("#session-log tbody tr:nth-child(2)", timeout=TIMEOUT_MS)
+    sessions = await page.eval_on_selector_all(
+        "#session-log tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert len(sessions) == 2, sessions
+    (since, ended, _, why, _, node), (_, _, _, earlier_why, _, earlier_node) = sessions
+    assert (ended, why, node) == ("Online", "—", console_node.hub.node_id), sessions[0]
+    assert since.endswith(" UTC")
+    assert (earlier_why, earlier_node) == ("closed by the device", console_node.hub.node_id)
+    assert await page.locator("#session-log [data-reason=closed_by_device]").count() == 1
 
     # Lock, confirmed; the device receives the locked state and answers; the page follows.
     await page.click("button[data-action=lock]")

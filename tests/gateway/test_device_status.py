@@ -144,6 +144,22 @@ async def test_a_login_elsewhere_replaces_the_connection(
     assert (after.offline_at_ms, after.offline_reason) == (status.offline_at_ms, "replaced")
 
 
+async def test_a_connection_that_replaced_another_ends_with_its_own_reason(
+    node_factory, device_factory, redis_client, keyspace
+):
+    node = await node_factory()
+    (dev,) = await register_devices(node, 1)
+    await device_factory(dev.did, dev.key, node.tcp_port).login()
+    newer = device_factory(dev.did, dev.key, node.tcp_port)
+    await newer.login()  # replaces the first at its login
+    since = (await status_of(redis_client, keyspace, dev.did)).since_ms
+    await newer.close()
+    status = await status_when(redis_client, keyspace, dev.did, offline)
+    assert status.since_ms == since
+    assert status.offline_reason == "closed_by_device"
+    assert status.offline_at_ms is not None and status.offline_at_ms >= status.since_ms
+
+
 async def test_gateway_shutdown(node_factory, device_factory, redis_client, keyspace):
     node = await node_factory()
     dev, _device, _, _ = await logged_in(node, device_factory)

@@ -1,14 +1,30 @@
-// One device: presence, telemetry, service state with its locks, filters, water per day,
-// the ledger's latest records, command log, and the actions, each confirmed and followed
-// until the device answers.
+// One device: presence and its history, telemetry, service state with its locks, filters,
+// water per day, the ledger's latest records, command log, and the actions, each confirmed and
+// followed until the device answers.
 
 import { h, fill } from '../dom.js';
 import { call, get } from '../api.js';
 import { t } from '../i18n.js';
 import { barChart } from '../chart.js';
-import { badge, confirmDialog, dash, facts, failure, num, section, table, when } from '../ui.js';
+import { badge, confirmDialog, dash, facts, failure, num, pager, section, table, when } from '../ui.js';
 
 const FOLLOW_MAX = 40; // polls of one command (each waits up to 10 s for a final state)
+const SESSIONS_PER_PAGE = 10;
+
+/** Why a connection ended, in words (the code itself in data-reason). */
+function reason(code) {
+  return code ? h('span', { class: 'reason', 'data-reason': code }, t(`offline.${code}`)) : dash();
+}
+
+/** "3 d 4 h", "2 h 5 min", "4 min 10 s", "42 s": the two largest units. */
+function duration(total) {
+  const d = Math.floor(total / 86400), hr = Math.floor((total % 86400) / 3600);
+  const m = Math.floor((total % 3600) / 60), sec = total % 60;
+  if (d) return t('dur.dh', { d, h: hr });
+  if (hr) return t('dur.hm', { h: hr, m });
+  if (m) return t('dur.ms', { m, s: sec });
+  return t('dur.s', { s: sec });
+}
 
 function presence(stat) {
   return facts([
@@ -16,7 +32,7 @@ function presence(stat) {
     [t('device.since'), when(stat.since)],
     [t('device.last_seen'), when(stat.last_seen)],
     [t('device.offline_at'), when(stat.offline_at)],
-    [t('device.offline_reason'), stat.offline_reason || dash()],
+    [t('device.offline_reason'), reason(stat.offline_reason)],
     [t('device.node'), stat.node || dash()],
   ]);
 }
@@ -49,6 +65,17 @@ function filters(stat) {
   ], stat.filters);
 }
 
+function sessionLog(rows) {
+  return table([
+    { label: t('col.since'), cell: (s) => when(s.since) },
+    { label: t('col.ended'), cell: (s) => (s.online ? badge(true, t('fleet.online'), '') : when(s.ended_at)) },
+    { label: t('col.duration'), cell: (s) => duration(s.duration_s) },
+    { label: t('device.offline_reason'), cell: (s) => reason(s.reason) },
+    { label: t('device.last_seen'), cell: (s) => when(s.last_seen) },
+    { label: t('device.node'), cell: (s) => s.node || dash() },
+  ], rows, { id: 'session-log' });
+}
+
 function records(rows) {
   return table([
     { label: t('col.rec'), cell: (r) => h('span', { class: 'mono' }, `${r.boot}/${r.rec}`) },
@@ -76,7 +103,7 @@ export default {
   async render(main, { me, signal, params }) {
     const did = params[1];
     const base = `/devices/${encodeURIComponent(did)}`;
-    const boxes = Object.fromEntries(['presence', 'telemetry', 'service', 'filters', 'water', 'records', 'commands']
+    const boxes = Object.fromEntries(['presence', 'sessions', 'telemetry', 'service', 'filters', 'water', 'records', 'commands']
       .map((k) => [k, h('div', { id: `device-${k}` }, '…')]));
     const status = h('p', { class: 'action-status', id: 'action-status', role: 'status' });
     const head = h('div', { class: 'title' }, h('h1', { id: 'device-name' }, did));
@@ -88,6 +115,7 @@ export default {
         section(t('device.service'), boxes.service),
         section(t('device.filters'), boxes.filters)),
       section(t('device.actions'), actions, status),
+      section(t('device.sessions'), boxes.sessions),
       section(t('device.water'), boxes.water),
       section(t('device.records'), boxes.records),
       section(t('device.commands'), boxes.commands));
@@ -100,8 +128,12 @@ export default {
       try { fill(boxes[key], render((await get(path, { signal })).data)); }
       catch (error) { if (!signal.aborted) fill(boxes[key], failure(error)); }
     };
+    const sessions = pager(boxes.sessions,
+      (limit, offset) => get(`${base}/sessions?limit=${limit}&offset=${offset}`, { signal }),
+      sessionLog, SESSIONS_PER_PAGE);
     const refresh = () => Promise.all([
       load('presence', `${base}/stat`, presence),
+      sessions.show(),
       load('telemetry', `${base}/stat`, telemetry),
       load('filters', `${base}/stat`, filters),
       load('service', `${base}/svc`, service),
