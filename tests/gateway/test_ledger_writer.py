@@ -27,7 +27,6 @@ from aquafleet.models.devices import Device, DeviceState
 from aquafleet.models.registry import create_vendor, register_devices, set_device_state
 from aquafleet.models.usage import (
     DeviceSnapshot,
-    FiltersJson,
     RecordKind,
     UsageDaily,
     UsageRecord,
@@ -336,17 +335,6 @@ async def test_a_snapshot_follows_every_change_of_the_filters(
         await writer.write_once(block_ms=None)
         snap = await DeviceSnapshot.get(did=a)
         assert (snap.rec, snap.filters) == (rec, as_rows[filters])
-
-
-def test_the_filters_json_kept_per_device_is_bounded() -> None:
-    keep = FiltersJson(devices=2)
-    assert keep("A", [[1, 2, 3, 4]]) == "[[1, 2, 3, 4]]"
-    assert keep("B", [[1, 2, 3, 5]]) == "[[1, 2, 3, 5]]"
-    assert keep("C", None) is None  # nothing to keep
-    assert keep("C", [[9, 2, 3, 4]]) == "[[9, 2, 3, 4]]"  # A, the oldest, makes room
-    assert keep("A", [[1, 2, 3, 4]]) == "[[1, 2, 3, 4]]"
-    assert keep("C", [[9, 2, 3, 6]]) == "[[9, 2, 3, 6]]"  # changed: made again
-    assert len(keep._last) == 2
 
 
 async def test_a_reporting_device_becomes_active(
