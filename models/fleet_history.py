@@ -27,7 +27,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tortoise import fields
 from tortoise.expressions import Subquery
@@ -182,9 +182,13 @@ async def prune_samples(now: dt.datetime) -> int:
 # ----------------------------------------------------------------------------- reading
 
 
-def scoped_samples(principal: Principal, vid: str | None = None) -> QuerySet[FleetOnlineSample]:
-    """Samples of the caller's subtree: the scope of GET /devices (a member sees none)."""
-    qs = FleetOnlineSample.all() if vid is None else FleetOnlineSample.filter(vendor_id=vid)
+GroupRow = TypeVar("GroupRow", FleetOnlineSample, FleetDaily)
+
+
+def _scoped(model: type[GroupRow], principal: Principal, vid: str | None) -> QuerySet[GroupRow]:
+    """Rows kept per (vendor, agent node) of the caller's subtree: the scope of GET /devices
+    (a member sees none)."""
+    qs = model.all() if vid is None else model.filter(vendor_id=vid)
     if principal.role is Role.PLATFORM:
         return qs
     if principal.role is Role.MEMBER or principal.vendor_code is None:
@@ -194,6 +198,11 @@ def scoped_samples(principal: Principal, vid: str | None = None) -> QuerySet[Fle
         return qs
     nodes = visible_agents(principal).values_list("id", flat=True)
     return qs.filter(agent_id__in=Subquery(nodes))
+
+
+def scoped_samples(principal: Principal, vid: str | None = None) -> QuerySet[FleetOnlineSample]:
+    """Online samples of the caller's subtree."""
+    return _scoped(FleetOnlineSample, principal, vid)
 
 
 async def online_history(
@@ -226,17 +235,8 @@ def _day(value: Any) -> dt.date:
 
 
 def scoped_days(principal: Principal, vid: str | None = None) -> QuerySet[FleetDaily]:
-    """Group day rollups of the caller's subtree: the samples' scope (a member sees none)."""
-    qs = FleetDaily.all() if vid is None else FleetDaily.filter(vendor_id=vid)
-    if principal.role is Role.PLATFORM:
-        return qs
-    if principal.role is Role.MEMBER or principal.vendor_code is None:
-        return qs.filter(id__in=[])
-    qs = qs.filter(vendor_id=principal.vendor_code)
-    if principal.role is Role.VENDOR:
-        return qs
-    nodes = visible_agents(principal).values_list("id", flat=True)
-    return qs.filter(agent_id__in=Subquery(nodes))
+    """Group day rollups of the caller's subtree: the samples' scope."""
+    return _scoped(FleetDaily, principal, vid)
 
 
 async def water_per_day(
