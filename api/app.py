@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from aquafleet.api.routing import (
 from aquafleet.api.tokens import TOKENS, TokenService
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.models.accounts import reload_admin
 from aquafleet.models.tenancy import ADMIN_ROLES, TECHNICIAN_ONLY
 
@@ -109,9 +109,7 @@ async def api_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        revocations.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await revocations
+        await cancel_and_wait([revocations])
 
 
 def setup_api(app: web.Application) -> None:

@@ -6,7 +6,6 @@ each other's internals: the API reaches the device side through `appkeys.DEVICE_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from aquafleet.gateway.node import (
 )
 from aquafleet.gateway.notify import notify_ctx
 from aquafleet.gateway.startup import Listeners
+from aquafleet.gateway.tasks import cancel_and_wait
 
 log = get_logger("aquafleet.node")
 
@@ -118,10 +118,7 @@ async def unless_stopped(step: Awaitable[object], stop: asyncio.Event) -> bool:
         await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
     if task.cancelled():
         return False
     task.result()  # its error, if it failed

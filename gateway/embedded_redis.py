@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from aquafleet.gateway.errors import EmbeddedRedisError
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.startup import LockHeld, PidLock
+from aquafleet.gateway.tasks import cancel_and_wait
 
 log = get_logger("aquafleet.embedded_redis")
 
@@ -202,9 +203,7 @@ class EmbeddedRedis:
     async def stop(self) -> None:
         self._stopping = True
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait([self._supervisor])
         process = self._process
         if process is not None and process.returncode is None:
             # SIGTERM makes redis-server fsync the append-only file before it exits.

@@ -58,6 +58,7 @@ from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.mqtt.client import BrokerConnection, BrokerError, Outgoing, connect_broker
 from aquafleet.gateway.mqtt.link import MqttDevice
 from aquafleet.gateway.redis_io import Scripts, redis_errors
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.message_types import Record, Result
 from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
@@ -245,12 +246,7 @@ class MqttBridge:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                if task is not conn.closed:
-                    task.cancel()
-            await asyncio.gather(
-                *(t for t in tasks if t is not conn.closed), return_exceptions=True
-            )
+            await cancel_and_wait(t for t in tasks if t is not conn.closed)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

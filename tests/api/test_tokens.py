@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from aquafleet.api.tokens import PRUNE_SESSIONS_OVER, TokenRejected, TokenService
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.models.tenancy import Principal, Role
 
 ALICE = Principal(Role.AGENT, "7", vendor_code="AAAA", agent_path="/3/")
@@ -97,9 +98,7 @@ async def _following(*services: TokenService) -> list[asyncio.Task[None]]:
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    assert not await cancel_and_wait(tasks), "a revocation follower did not stop"
 
 
 async def _rejected_within(service: TokenService, token: str, polls: int = 200) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aquafleet.gateway.appkeys import KEYSPACE, REDIS, SCRIPTS
 from aquafleet.gateway.ledger import LedgerWriter
 from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.models.usage import metered_ml_by_device
 from tests.conftest import REDIS_URL
 from tests.devices import register_devices, telemetry
@@ -58,10 +59,7 @@ class StallingProxy:
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(list(self.tasks))
         await self.server.wait_closed()
 
 
@@ -156,14 +154,7 @@ async def stop_task(writer: LedgerWriter, task: asyncio.Task[None]) -> None:
     """Stop a writer the way the node does: ask, then cancel again while a cancel that
     redis-py swallowed leaves it running (bounded: a hang here would outlive every timeout)."""
     writer.request_stop()
-    for _ in range(40):
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if done:
-            break
-    assert task.done(), "the ledger writer did not stop"
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    assert not await cancel_and_wait([task]), "the ledger writer did not stop"
 
 
 async def test_records_read_before_a_replacement_are_metered_for_their_device(

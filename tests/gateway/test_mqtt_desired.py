@@ -21,6 +21,7 @@ import pytest
 from aquafleet.gateway import command_sender
 from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.gateway.mqtt.bridge import pack_answer, unpack_answer
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.models import service
 from aquafleet.models.service import ServiceMode
 from aquafleet.protocol import Command, CommandOp, DesiredState, desired_state_from_args
@@ -272,8 +273,7 @@ async def test_with_two_bridges_each_command_is_answered_wherever_the_result_lan
         await wait_until(settled)
         await asyncio.sleep(RESEND_S * 2 + 1.0)  # resend ticks pass: nothing is resent
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await cancel_and_wait([running])
     assert sum(n.metrics.desired_resent for n in nodes) == 0
     assert all(n.metrics.desired_unanswered == 0 for n in nodes)
     assert {desired_state_from_args(c.args).locked for c in answered[logins:]} == {True}

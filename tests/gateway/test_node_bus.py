@@ -5,7 +5,6 @@ message reaches its one subscriber over the real Redis."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import msgpack
 import pytest
@@ -24,6 +23,7 @@ from aquafleet.gateway.node_bus import (
     decode_node_message,
     encode_node_message,
 )
+from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.protocol import Command, DesiredState, ErrorCode
 
 MESSAGES = [
@@ -107,6 +107,4 @@ async def test_a_published_message_reaches_its_subscriber(
                 await asyncio.sleep(0.02)  # until the bus has subscribed
             assert await got.get() == message
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert not await cancel_and_wait([task]), "the node bus did not stop"
