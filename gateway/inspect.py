@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.config import Settings
+from aquafleet.gateway.device_status import SessionRecord, read_sessions
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import MeterState
 from aquafleet.gateway.redis_io import mget_any
@@ -47,9 +49,24 @@ def _labelled_filters(rows: Any) -> list[dict[str, int]] | None:
     return [dict(zip(FILTER_FIELDS, row, strict=False)) for row in rows]
 
 
+def _session_fields(session: SessionRecord, now_ms: int) -> dict[str, Any]:
+    """A session as GET /api/v1/devices/{did}/sessions answers it to an admin."""
+    return {
+        "online": session.ended_at_ms is None,
+        "node": session.node,
+        "since": _ms_to_iso(session.since_ms),
+        "last_seen": _ms_to_iso(session.last_seen_ms),
+        "ended_at": _ms_to_iso(session.ended_at_ms),
+        "reason": session.reason,
+        "duration_s": session.duration_ms(now_ms) // 1000,
+    }
+
+
 async def device_status(
-    settings: Settings, client: aioredis.Redis | None, did: str
+    settings: Settings, client: aioredis.Redis | None, did: str, *, sessions: int = 0
 ) -> dict[str, Any]:
+    """Everything known of one device; with `sessions`, its latest that many connections
+    (newest first, the current one first while online) and how many are kept."""
     device = await Device.get_or_none(did=did)
     status: dict[str, Any] = {"did": did, "registered": device is not None}
     if device is None:
@@ -127,6 +144,13 @@ async def device_status(
                 "signal": message.signal,
                 "state_bits": message.state_bits,
             }
+    if sessions > 0:
+        now_ms = int(time.time() * 1000)
+        history, kept = await read_sessions(
+            client, keyspace, did, limit=sessions, offset=0, now_ms=now_ms
+        )
+        status["sessions"] = [_session_fields(s, now_ms) for s in history]
+        status["sessions_total"] = kept
     return status
 
 

@@ -14,6 +14,9 @@ from aquafleet.commands.runtime import command_settings, redis_for_commands, run
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.errors import GatewayError
 
+SESSIONS = 10  # connections `devices show` lists
+MAX_SESSIONS = 1000  # the largest presence history a gateway keeps (presence_history_size)
+
 
 async def push_registry(settings: Settings, entries: list[tuple[str, int, int]]) -> bool:
     """Tell a running gateway about new or changed devices at once (else it polls)."""
@@ -132,6 +135,19 @@ def _report_lines(title: str, report: dict[str, Any]) -> str:
     return text
 
 
+def _sessions_lines(sessions: list[dict[str, Any]], kept: int) -> str:
+    if not sessions:
+        return "  sessions: none kept"
+    rows = [
+        [s["since"], "online now" if s["online"] else s["ended_at"], s["duration_s"],
+         s["reason"], s["node"], s["last_seen"]]
+        for s in sessions
+    ]  # fmt: skip
+    return f"  sessions (latest {len(sessions)} of {kept} kept, newest first):\n" + table(
+        ["since", "ended", "duration_s", "reason", "node", "last seen"], rows, indent=4
+    )
+
+
 def render_device(status: dict[str, Any]) -> str:
     did = status["did"]
     if not status["registered"]:
@@ -155,6 +171,8 @@ def render_device(status: dict[str, Any]) -> str:
         )
     else:
         lines.append("  online: no")
+    if "sessions" in status:
+        lines.append(_sessions_lines(status["sessions"], status["sessions_total"]))
     meter = status.get("meter")
     if meter:
         mark = meter["watermark"]
@@ -170,6 +188,17 @@ def render_device(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def session_count(text: str) -> int:
+    """`--sessions N`: 0 .. MAX_SESSIONS."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= count <= MAX_SESSIONS:
+        raise argparse.ArgumentTypeError(f"{count} is not in 0..{MAX_SESSIONS}")
+    return count
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     from aquafleet.gateway.inspect import device_status
@@ -177,7 +206,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     async def action() -> int:
         client = await redis_for_commands(settings)
         try:
-            status = await device_status(settings, client, args.did)
+            status = await device_status(settings, client, args.did, sessions=args.sessions)
         finally:
             if client is not None:
                 await client.aclose()
@@ -250,8 +279,14 @@ def add_parsers(commands: Any) -> None:
         sub.add_argument("did")
         add_json_flag(sub)
         sub.set_defaults(func=cmd_state)
-    show = device_commands.add_parser("show", help="registry, presence, meter and latest report")
+    show = device_commands.add_parser(
+        "show", help="registry, presence and latest sessions, meter and latest report"
+    )
     show.add_argument("did")
+    show.add_argument(
+        "--sessions", type=session_count, default=SESSIONS, metavar="N",
+        help=f"latest connections to list, newest first (default {SESSIONS}; 0: none)",
+    )  # fmt: skip
     add_json_flag(show)
     show.set_defaults(func=cmd_show)
 

@@ -21,6 +21,7 @@ from aquafleet.protocol.crypto import derive_device_key
 from aquafleet.protocol.message_types import Error, FilterReading
 from tests.conftest import MASTER_SECRET
 from tests.devices import TestDevice, register_devices, telemetry
+from tests.gateway.test_device_status import offline, status_of, status_when
 from tests.processes import serve_processes, start_serve
 
 
@@ -114,6 +115,66 @@ async def test_disable_refuses_logins_and_disconnects_the_device(
     assert code == 0, out
     again = device_factory(dev.did, dev.key, node.tcp_port)
     await again.login()
+
+
+async def test_devices_show_lists_the_latest_sessions(
+    node_factory, device_factory, redis_client, keyspace, tmp_path: Path
+):
+    """The presence history GET /api/v1/devices/{did}/sessions answers, newest first."""
+    node = await node_factory(node_id="node-a")
+    dev, quiet = await register_devices(node, 2)
+    first = device_factory(dev.did, dev.key, node.tcp_port)
+    await first.login()
+    first_since = (await status_of(redis_client, keyspace, dev.did)).since_ms
+    await first.close()
+    await status_when(redis_client, keyspace, dev.did, offline)
+    await device_factory(dev.did, dev.key, node.tcp_port).login()
+    current_since = (await status_of(redis_client, keyspace, dev.did)).since_ms
+    assert first_since is not None and current_since is not None
+    env = clean_env(
+        data_dir=node.settings.data_dir,
+        redis_url=node.settings.redis_url,
+        redis_prefix=node.settings.redis_prefix,
+        redis_shards=node.settings.redis_shards,
+        master_secret=MASTER_SECRET,
+    )
+
+    def iso_ms(ms: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+
+    code, out = await aquafleet(env, "devices", "show", dev.did, "--json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["sessions_total"] == 2
+    current, closed = shown["sessions"]
+    assert current["online"] and current["node"] == "node-a"
+    assert current["since"] == iso_ms(current_since)
+    assert current["ended_at"] is None and current["reason"] is None
+    assert current["last_seen"].endswith("Z") and current["duration_s"] >= 0
+    assert not closed["online"] and closed["reason"] == "closed_by_device"
+    assert closed["since"] == iso_ms(first_since) and closed["ended_at"].endswith("Z")
+    assert closed["since"] <= closed["ended_at"] <= current["since"]
+
+    code, out = await aquafleet(env, "devices", "show", dev.did, "--json", "--sessions", "1")
+    shown = json.loads(out)
+    (again,) = shown["sessions"]
+    assert (code, shown["sessions_total"]) == (0, 2), out
+    assert {**again, "duration_s": 0} == {**current, "duration_s": 0}  # it runs on
+    code, out = await aquafleet(env, "devices", "show", dev.did, "--json", "--sessions", "0")
+    assert code == 0 and "sessions" not in json.loads(out), out
+
+    code, out = await aquafleet(env, "devices", "show", dev.did)
+    assert code == 0, out
+    lines = [line.split() for line in out.splitlines()]
+    assert "sessions (latest 2 of 2 kept, newest first):" in out
+    assert ["since", "ended", "duration_s", "reason", "node", "last", "seen"] in lines
+    assert [iso_ms(current_since), "online", "now"] in [line[:3] for line in lines]
+    assert any(line[:1] == [iso_ms(first_since)] and "closed_by_device" in line for line in lines)
+
+    code, out = await aquafleet(env, "devices", "show", quiet.did)
+    assert code == 0 and "sessions: none kept" in out, out
+    code, out = await aquafleet(env, "devices", "show", dev.did, "--sessions", "-1")
+    assert code == 2 and "-1 is not in 0..1000" in out, out
 
 
 @pytest.mark.slow
