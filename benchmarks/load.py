@@ -182,12 +182,20 @@ class SteadyWatch(threading.Thread):
 
     POLL_S = 0.2
 
-    def __init__(self, http_port: int, devices: int, read_cpu: Callable[[], dict[str, float]]):
+    def __init__(
+        self,
+        http_port: int,
+        devices: int,
+        read_cpu: Callable[[], dict[str, float]],
+        read_rss: Callable[[], int],
+    ):
         super().__init__(daemon=True)
         self.http_port = http_port
         self.devices = devices
         self.read_cpu = read_cpu
+        self.read_rss = read_rss
         self.mark: Mark | None = None
+        self.rss_logged_in: int | None = None  # the gateway's RSS once every device is in
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -199,6 +207,7 @@ class SteadyWatch(threading.Thread):
             if logged_in(sample) >= self.devices:
                 cpu = self.read_cpu()
                 self.mark = Mark(time.monotonic(), cpu, records_counted(sample))
+                self.rss_logged_in = self.read_rss()
                 return
             self.stop.wait(self.POLL_S)
 
@@ -656,7 +665,10 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         started = time.monotonic()
         reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         watch = SteadyWatch(
-            args.http_port, args.devices, lambda: process_cpu(gateway_pid, redis_pid, ledger)
+            args.http_port,
+            args.devices,
+            lambda: process_cpu(gateway_pid, redis_pid, ledger),
+            lambda: gateway_rss(gateway_pid, redis_pid),
         )
         sim = subprocess.Popen(sim_command, cwd=workdir, env=env, stdout=subprocess.PIPE, text=True)
         watch.start()
@@ -714,6 +726,16 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
             "gateway_rss_peak_mb": round(sampler.peak_rss / 2**20, 1),
             "gateway_rss_per_device_kb": round(
                 (sampler.peak_rss - rss_idle) / args.devices / 1024, 2
+            ),
+            # Every device logged in, before any storm: what a connected device holds (the peak
+            # above falls in a storm, when old and new connections are alive at once).
+            "gateway_rss_logged_in_mb": (
+                round(watch.rss_logged_in / 2**20, 1) if watch.rss_logged_in else None
+            ),
+            "gateway_rss_per_logged_in_device_kb": (
+                round((watch.rss_logged_in - rss_idle) / args.devices / 1024, 2)
+                if watch.rss_logged_in
+                else None
             ),
             "gateway_metrics": gateway_metrics,
             "sim_report": report,
