@@ -53,9 +53,9 @@ CONNECT_RETRY_MIN_S, CONNECT_RETRY_MAX_S = 0.5, 5.0
 # cyclic garbage (measured, 15,000 devices, a storm: 0 objects collected in the run's 80 s):
 # reference counting frees all of it, and each collection only visits the live connections'
 # objects, ~25 a reconnect, 210 ms of CPU in a 15,000-device storm (14 us a reconnect, 9% of
-# the simulator's CPU there). So collect only after a million: a process's devices and two
-# rounds of their connections (~750,000 objects for 15,000 devices) stay under it; a cycle
-# made by a bug waits for at most that many objects, then goes.
+# the simulator's CPU there). So collect only after a million: two rounds of a process's
+# connections (its first logins and a storm, ~750,000 objects for 15,000 devices) stay under
+# it; a cycle made by a bug waits for at most that many objects, then goes.
 SIM_GEN0_THRESHOLD = 1_000_000
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _CONNECT_PENDING = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY})
