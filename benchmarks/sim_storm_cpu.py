@@ -2,21 +2,24 @@
 
 Starts `aquafleet serve --workers 1` in a scratch directory (embedded Redis, SQLite), registers
 the devices and runs `aquafleet sim --workers 1` (the fleet runs in the sim process itself, on
-uvloop). A thread reads the simulator's and the gateway's own CPU clocks (utime + stime from
-/proc/<pid>/stat) every 0.25 s. From the sim's report it takes the storm's wall-clock moment
-and reports, per dropped device:
+uvloop). A thread reads the simulator's, the gateway's and Redis' own CPU clocks (utime + stime
+from /proc/<pid>/stat; the simulator's user and system apart too) every 0.25 s; the storm's
+moment is the sample after which the simulator's open descriptors (one per connection) fell by
+half. It reports, per dropped device:
 
 - storm: the CPU used in [storm - 0.5 s, storm + --window s] (the drop, the reconnects, the
   logins, the first acks) less what the same process uses per second in the steady part
   before the storm ([storm - 16 s, storm - 1 s]) times the window's length;
-- the storm's recovery time and the exactly-once check, as the simulator reports them.
+- the storm's recovery time, the exactly-once check and the login failures, as the simulator
+  reports them (a run whose logins failed redid them: not comparable).
 
 The window is fixed (not "until the last device is back") so runs that recover at different
 speeds are compared over the same span; it must cover the recovery (the script says when not).
 
 Example (about two minutes a run):
   python benchmarks/sim_storm_cpu.py --devices 15000
-  python benchmarks/sim_storm_cpu.py --devices 15000 --py-spy storm.txt  # profile the storm
+  python benchmarks/sim_storm_cpu.py --devices 15000 --py-spy storm.txt  # Python lines
+  python benchmarks/sim_storm_cpu.py --devices 15000 --perf storm.data  # on-CPU, kernel too
 """
 
 from __future__ import annotations
