@@ -30,14 +30,15 @@ GEN1_THRESHOLD = 10
 GEN2_THRESHOLD = 10
 
 
-def tune_collector() -> None:
-    """Collect young objects every GEN0_THRESHOLD allocations instead of every 700."""
-    gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
+def tune_collector(gen0_threshold: int = GEN0_THRESHOLD) -> None:
+    """Collect young objects every `gen0_threshold` allocations instead of every 700."""
+    gc.set_threshold(gen0_threshold, GEN1_THRESHOLD, GEN2_THRESHOLD)
 
 
-def freeze_startup_heap() -> None:
+def freeze_startup_heap(gen0_threshold: int = GEN0_THRESHOLD) -> None:
     """Once set up: collect what start-up left behind, then keep every object alive now out
-    of all later collections (gc.freeze), and use the thresholds above."""
+    of all later collections (gc.freeze), and use the thresholds above (a process whose
+    running makes no cyclic garbage may pass a larger young threshold: simulators/fleet.py)."""
     gc.collect()
     gc.freeze()
-    tune_collector()
+    tune_collector(gen0_threshold)

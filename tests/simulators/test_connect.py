@@ -32,6 +32,29 @@ async def test_a_connect_the_listener_has_room_for_is_complete_at_once() -> None
         server.close()
 
 
+def test_a_bound_socket_is_non_blocking_from_its_creation() -> None:
+    sock = _bound_socket("127.0.0.1")
+    try:
+        assert not sock.getblocking()  # an event loop's connect never waits in the kernel
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+
+
+async def test_a_connect_asked_about_again_after_it_completed_is_still_complete() -> None:
+    """The second connect() says EISCONN once the first answer was 0: still connected."""
+    server, address = _listener(8)
+    sock = _bound_socket("127.0.0.1")
+    try:
+        assert _connected_at_once(sock, address)
+        assert sock.connect_ex(address) == errno.EISCONN
+        peer, _ = server.accept()
+        peer.close()
+    finally:
+        sock.close()
+        server.close()
+
+
 async def test_a_refused_connect_fails_with_its_errno() -> None:
     server, address = _listener(1)
     server.close()  # nobody listens there any more
