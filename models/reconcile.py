@@ -95,8 +95,10 @@ def _no_or_empty(value: str) -> str:
 
 
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The channel's day (Beijing) as UTC instants: SQLite compares the stored UTC text with
+    the bound's text, so a +08:00 bound matched the wrong rows from 16:00 UTC on."""
     start = dt.datetime.combine(day, dt.time(), BEIJING)
-    return start, start + dt.timedelta(days=1)
+    return start.astimezone(dt.UTC), (start + dt.timedelta(days=1)).astimezone(dt.UTC)
 
 
 async def compare(vendor: str, channel: str, day: dt.date, rows: list[BillRow]) -> list[Difference]:

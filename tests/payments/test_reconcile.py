@@ -10,7 +10,8 @@ from typing import Any
 
 from aquafleet.models.money import request_refund
 from aquafleet.models.orders import Order
-from aquafleet.models.reconcile import fen_of, parse_trade_bill
+from aquafleet.models.payments import Payment, PaymentState
+from aquafleet.models.reconcile import compare, day_bounds, fen_of, parse_trade_bill
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeTransaction
 from tests.payments.test_wechat_pay_flow import Shop, shop
@@ -88,3 +89,25 @@ async def test_the_report_finds_every_planted_difference_and_nothing_else(
     yesterday = (dt.date.fromisoformat(day) - dt.timedelta(days=1)).isoformat()
     code, out = await aquafleet(env, "payments", "reconcile", "--date", yesterday)
     assert code == 0 and "0 differences" in out, out
+
+
+async def test_a_day_is_the_channel_s_beijing_day_whatever_the_hour_in_utc(shop: Shop):
+    """A payment at 17:00 UTC on the 6th is Beijing's 7th: it belongs to the 7th's bill, on
+    SQLite too, where the bounds' text is compared with the stored UTC text (before the fix it
+    was missed from 16:00 UTC on, and the full report failed every evening)."""
+    await _paid(shop)  # a vendor, a member and an order that exist; its own time is now
+    payment = await Payment.filter(state=PaymentState.PAID).first()
+    assert payment is not None
+    late = dt.datetime(2026, 12, 6, 17, 0, tzinfo=dt.UTC)  # 01:00 on the 7th in Beijing
+    payment.paid_at = late
+    await payment.save(update_fields=["paid_at"])
+    vendor, channel = payment.vendor_code, payment.channel
+
+    on_the_7th = await compare(vendor, channel, dt.date(2026, 12, 7), [])
+    assert [(d.what, d.subject) for d in on_the_7th] == [("missing_at_channel", payment.bill_no)]
+    assert await compare(vendor, channel, dt.date(2026, 12, 6), []) == []
+    start, end = day_bounds(dt.date(2026, 12, 7))
+    assert (start, end) == (
+        dt.datetime(2026, 12, 6, 16, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 7, 16, tzinfo=dt.UTC),
+    )
