@@ -110,6 +110,12 @@ class WechatTemplates:
             mine = secrets.token_hex(8)
             if await self.redis.set(lock, mine, nx=True, px=LOCK_MS):
                 try:
+                    # Read again under the lock: a node that fetched between our first read
+                    # and our lock has stored its token and let the lock go. Fetching again
+                    # would make WeChat retire the token that node is already using.
+                    cached = await self.redis.get(key)
+                    if cached is not None:
+                        return cached.decode() if isinstance(cached, bytes) else str(cached)
                     token, expires_in = await self._fetch(appid, secret)
                     ttl = max(60, expires_in - TOKEN_MARGIN_S)
                     await self.redis.set(key, token, ex=ttl)

@@ -178,6 +178,38 @@ async def test_an_expired_token_is_refreshed_once_and_a_refused_recipient_is_not
             raise AssertionError("an unknown openid must be refused")
 
 
+class _FirstReadTooEarly:
+    """The node's Redis, but its first GET answers as it would have a moment before another
+    node stored the token (the race: read, the other node stores and unlocks, then lock)."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._early = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def get(self, key: str) -> Any:
+        if self._early:
+            self._early = False
+            return None
+        return await self._redis.get(key)
+
+
+async def test_a_node_that_locks_after_another_fetched_uses_that_token(
+    redis_client: Any, redis_prefix: str
+):
+    """Fetching again would make WeChat retire the token the other node just started using."""
+    async with FakeWechat() as wechat, aiohttp.ClientSession() as session:
+        first = WechatTemplates(session, redis_client, redis_prefix, base_url=wechat.url)
+        token = await first.token(APPID, SECRET)
+        late = WechatTemplates(
+            session, _FirstReadTooEarly(redis_client), redis_prefix, base_url=wechat.url
+        )
+        assert await late.token(APPID, SECRET) == token
+        assert wechat.token_requests == 1 and late.token_fetches == 0
+
+
 async def test_members_turn_off_what_is_not_essential(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
 ):
