@@ -578,6 +578,10 @@ async def pay_order(
             if not await OrderTransition.exists(order_id=order.id, event=OrderEvent.PAY.value):
                 raise
             await order.refresh_from_db()
+    else:
+        # Paid already, perhaps by a racing call after the caller read `order`: answer the
+        # order as it is now, not the caller's copy.
+        await order.refresh_from_db()
     if apply_service is not None:
         order = await apply_renewal(order, apply_service, now=now)
     return order

@@ -27,6 +27,7 @@ from aquafleet.models.orders import (
     create_order,
     fire,
     mark_paid,
+    pay_order,
 )
 from aquafleet.models.tenancy import Role
 from tests.api.conftest import PASSWORD, PLATFORM_USER, ApiClient, Tenant, md5
@@ -313,6 +314,19 @@ async def test_mark_paid_is_a_platform_admins_recorded_and_idempotent_step(
     )
     assert [o.state for o in both] == [OrderState.PAID, OrderState.PAID]
     assert await OrderTransition.filter(order__oid=racing).count() == 1
+    # A caller whose copy was read before another call paid it gets the paid order back,
+    # not its stale copy (CI once raced into exactly this).
+    stale_oid = (
+        await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))
+    ).data["order_id"]
+    stale = await Order.get(oid=stale_oid)
+    await mark_paid(stale_oid, admin=PLATFORM_USER, reason="first")
+    answered = await pay_order(
+        stale, channel="manual", payment_key="admin:x", actor_role="platform",
+        actor_id="admin:x", reason="second",
+    )  # fmt: skip
+    assert answered.state is OrderState.PAID and answered.paid_at is not None
+    assert await OrderTransition.filter(order__oid=stale_oid).count() == 1
     # A cancelled order cannot be paid.
     second = (await shopper.client.call("POST", "/orders", order_body({"product_id": pid}))).data[
         "order_id"
