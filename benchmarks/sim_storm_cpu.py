@@ -20,6 +20,7 @@ Example (about two minutes a run):
   python benchmarks/sim_storm_cpu.py --devices 15000
   python benchmarks/sim_storm_cpu.py --devices 15000 --py-spy storm.txt  # Python lines
   python benchmarks/sim_storm_cpu.py --devices 15000 --perf storm.data  # on-CPU, kernel too
+  python benchmarks/sim_storm_cpu.py --devices 15000 --py-spy gw.txt --profile gateway
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ def main() -> int:
     parser.add_argument(
         "--perf", metavar="FILE", help="perf record (cpu-clock, on-CPU only) the simulator"
     )
+    parser.add_argument(
+        "--profile", choices=("simulator", "gateway"), default="simulator",
+        help="the process --py-spy / --perf record",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -191,19 +196,20 @@ def main() -> int:
             watch_from=time.time() + args.storm_at - 3.0,  # the fleet starts a second or two later
         )
         timeline.start()
+        profiled = sim.pid if args.profile == "simulator" else serve.pid
         if args.py_spy or args.perf:
             while timeline.storm_after is None and sim.poll() is None:
                 time.sleep(0.05)
         if args.py_spy:
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(sim.pid),
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(profiled),
                  "-r", "200", "-d", str(int(args.window)), "--native", "-f", "raw",
                  "-o", args.py_spy],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         elif args.perf:
             spy = subprocess.Popen(
-                ["perf", "record", "-e", "cpu-clock", "-F", "500", "-g", "-p", str(sim.pid),
+                ["perf", "record", "-e", "cpu-clock", "-F", "500", "-g", "-p", str(profiled),
                  "-o", args.perf, "--", "sleep", str(args.window)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
