@@ -36,6 +36,7 @@ CLOSE_GRACE_S = 2.0
 INTERRUPT_DRAIN_S = 2.0
 DRAIN_POLL_S = 0.05
 STORM_JITTER_S = 0.05
+STORM_BUCKET_S = 0.1  # the storm's recovery curve: devices back per 0.1 s
 # Reconnect delays after each kind of disconnect (seconds, uniform between the two).
 RECONNECT_DELAY_S: dict[str | None, tuple[float, float]] = {
     "drop": (0.2, 2.0),
@@ -103,6 +104,8 @@ class FleetTimes:
     storm_at: float | None = None
     storm_recovered_at: float | None = None
     storm_failed: int | None = None
+    # Devices back after the storm, per STORM_BUCKET_S since this worker's storm_at.
+    storm_back_buckets: dict[int, int] = field(default_factory=dict)
     run_ended_at: float | None = None
     drain_ended_at: float | None = None
     ended_at: float | None = None
@@ -165,8 +168,12 @@ class Fleet:
         if self.storm_gen and device.login_gen < self.storm_gen:
             device.login_gen = self.storm_gen
             self.storm_back += 1
+            now = time.time()
+            buckets = self.times.storm_back_buckets
+            bucket = int((now - (self.times.storm_at or now)) / STORM_BUCKET_S)
+            buckets[bucket] = buckets.get(bucket, 0) + 1
             if self.storm_back == len(self.devices):
-                self.times.storm_recovered_at = time.time()
+                self.times.storm_recovered_at = now
 
     def drained(self, device: VirtualPurifier) -> None:
         index = device.index - self.first_index
@@ -557,6 +564,7 @@ class Fleet:
                 "storm_at": times.storm_at,
                 "storm_recovered_at": times.storm_recovered_at,
                 "storm_failed": times.storm_failed,
+                "storm_back_buckets": {str(k): v for k, v in times.storm_back_buckets.items()},
                 "run_ended_at": times.run_ended_at,
                 "drain_ended_at": times.drain_ended_at,
                 "ended_at": times.ended_at,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aquafleet.simulators.check import DeviceOutcome
+from aquafleet.simulators.fleet import STORM_BUCKET_S
 from aquafleet.simulators.options import SimOptions
 from aquafleet.simulators.stats import WorkerStats
 
@@ -53,6 +54,36 @@ def _max_time(finals: Sequence[Mapping[str, Any]], key: str, *, all_needed: bool
     if not present or (all_needed and len(present) != len(values)):
         return None
     return float(max(present))
+
+
+STORM_SHARES = (0.5, 0.9, 0.99, 0.999)
+
+
+def storm_back_shares(
+    finals: Sequence[Mapping[str, Any]], storm_at: float, dropped: int, bucket_s: float
+) -> dict[str, float | None]:
+    """By when (seconds after the first worker's storm) each share of the dropped devices was
+    back: the workers' recovery curves (devices back per `bucket_s` since their own storm),
+    shifted by when each worker's storm came, merged, read at each share's bucket's end.
+    None for a share never reached."""
+    back: dict[float, int] = {}
+    for final in finals:
+        times = final["times"]
+        offset = float(times.get("storm_at") or storm_at) - storm_at
+        for bucket, count in (times.get("storm_back_buckets") or {}).items():
+            at = offset + (int(bucket) + 1) * bucket_s
+            back[at] = back.get(at, 0) + int(count)
+    shares: dict[str, float | None] = {}
+    ordered = sorted(back.items())
+    for share in STORM_SHARES:
+        total, reached = 0, None
+        for at, count in ordered:
+            total += count
+            if total >= share * dropped:
+                reached = round(at, 1)
+                break
+        shares[f"{share * 100:g}%"] = reached
+    return shares
 
 
 def _min_time(finals: Sequence[Mapping[str, Any]], key: str) -> float | None:
@@ -151,6 +182,11 @@ def build_report(
                 None if recovered is None or storm_at is None else recovered - storm_at
             ),
             "failed_to_recover": failed,
+            "back_after_s": (
+                None
+                if storm_at is None or not stats.storm_drops
+                else storm_back_shares(finals, storm_at, stats.storm_drops, STORM_BUCKET_S)
+            ),
         }
 
     unacked_devices = sum(1 for o in outcomes if o.unacked)
@@ -319,6 +355,12 @@ def render_text(data: Mapping[str, Any]) -> str:
             f"  storm       at {storm['at_s']} s, {storm['devices_dropped']} dropped: {back}, "
             f"{storm['failed_to_recover']} failed to recover within the run"
         )
+        if storm.get("back_after_s"):
+            shares = ", ".join(
+                f"{share} by {'-' if at is None else f'{at} s'}"
+                for share, at in storm["back_after_s"].items()
+            )
+            lines.append(f"  storm back  {shares}")
     drain = data["drain"]
     state = "complete" if drain["complete"] else "INCOMPLETE"
     lines.append(

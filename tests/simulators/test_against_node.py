@@ -87,6 +87,11 @@ async def test_reconnect_storm_everyone_comes_back(
     assert report.data["login"]["ok"] >= 300
     _assert_exactly_once(report, 150)
     assert "storm       at 1.5 s, 150 dropped: all back after" in report.render_text()
+    # The recovery curve: every share reached, in order, none after the last device.
+    shares = list(storm["back_after_s"].values())
+    assert None not in shares and shares == sorted(shares)
+    assert shares[-1] <= storm["storm_recovery_s"] + 0.1
+    assert "storm back  50% by " in report.render_text()
 
 
 async def test_two_worker_processes(node_factory: Any, register_fleet: RegisterFleet) -> None:

@@ -14,6 +14,7 @@ from aquafleet.simulators.report import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     build_report,
+    storm_back_shares,
     value_at,
 )
 from aquafleet.simulators.stats import WorkerStats
@@ -194,6 +195,20 @@ def test_storm_section() -> None:
     storm = report.data["storm"]
     assert storm["storm_recovery_s"] == 0.75 and storm["failed_to_recover"] == 0
     assert report.exit_code == EXIT_OK
+
+
+def test_the_storms_recovery_curve_merges_workers_at_their_own_storm() -> None:
+    # Worker 0's storm came first; worker 1's 0.3 s later, so its curve is shifted by 0.3 s.
+    # 1,000 devices: 500 back in 0.1 s, 400 by 1 s, 90 by 2 s, 9 by 3 s, the last at 5.4 s.
+    first = {"times": {"storm_at": T0, "storm_back_buckets": {"0": 500, "9": 300}}}
+    late = {"6": 100, "16": 90, "26": 9, "50": 1}
+    second = {"times": {"storm_at": T0 + 0.3, "storm_back_buckets": late}}
+    shares = storm_back_shares([first, second], T0, 1000, 0.1)
+    assert shares == {"50%": 0.1, "90%": 1.0, "99%": 2.0, "99.9%": 3.0}
+    # The last device is what "all back" reports; a share never reached is None.
+    assert storm_back_shares([first], T0, 1000, 0.1) == {
+        "50%": 0.1, "90%": None, "99%": None, "99.9%": None,
+    }  # fmt: skip
 
 
 def test_workers_merge_and_a_lost_worker_counts() -> None:
