@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway import channels
 from aquafleet.models import payments
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
@@ -399,4 +400,32 @@ async def test_a_notification_and_the_sweeps_query_of_one_payment_pay_once(
     assert not await Refund.filter(order_oid=oid).exists()
     assert await balance(channel_account("weixin", shop.vid)) == total
     assert await shop.state(oid) == "paid"
+    await assert_ledger_clean()
+
+
+async def test_a_refund_settled_by_its_notification_before_it_is_marked_requested(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
+    """WeChat Pay's refund notification may settle a refund before the sweep, back from
+    sending it, marks it requested: the sweep answers it sent, not failed."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill)
+    paid = await Order.get(oid=oid)
+    await request_refund(order=paid, amount_fen=total, refund_no=f"return-{oid}", reason="退货",
+                         actor="t")  # fmt: skip
+    shop.fake.refund_auto_succeed = False
+    move_refund = channels.move_refund
+
+    async def notified_first(refund_no: str, target: RefundState, **kwargs: Any) -> Refund:
+        if target is RefundState.REQUESTED:
+            await shop.fake.succeed_refund(refund_no)  # its notification settles it
+        return await move_refund(refund_no, target, **kwargs)
+
+    monkeypatch.setattr(channels, "move_refund", notified_first)
+    report = await shop.sweep()
+    assert report.errors == [] and report.refunds_sent == 1
+    assert (await Refund.get(refund_no=f"return-{oid}")).state is RefundState.SUCCEEDED
+    assert await balance(channel_account("weixin", shop.vid)) == 0
     await assert_ledger_clean()
