@@ -533,6 +533,10 @@ async def move_refund(
         raise NotFound(f"refund {refund_no} not found")
     if refund.state is target:
         return refund
+    if target is RefundState.REQUESTED and refund.state in (R.SUCCEEDED, R.FAILED):
+        # The channel's answer (its notification) came before we marked the request taken:
+        # the refund is past requested; answer it as it is.
+        return refund
     _check_refund_move(refund.state, target)
     await Refund.filter(id=refund.id, state=refund.state).update(
         state=target, channel=channel or refund.channel, failure=failure[:MAX_MEMO],

@@ -23,6 +23,7 @@ notification id, and records every notice with its outcome:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -220,14 +221,17 @@ async def _pay_order_bill(
 
     order = await Order.get(oid=payment.order_oid)
     mark = _mark_paid_within(payment, notice, now)
+    booked = False
 
     async def book(_order: Order) -> None:
+        nonlocal booked
         await mark()
         await _record(notice, Outcome.PAID, now)
+        booked = True
 
     if order.state is OrderState.OBLIGATION:
         try:
-            await pay_order(
+            order = await pay_order(
                 order, channel=notice.channel, payment_key=notice.transaction_no,
                 actor_role=SYSTEM, actor_id=f"{notice.channel}:{notice.transaction_no}"[:64],
                 reason=f"paid at {notice.channel}", within=book,
@@ -235,8 +239,25 @@ async def _pay_order_bill(
             )  # fmt: skip
         except IntegrityError:
             return Outcome.DUPLICATE  # the same notice, applied by a racing delivery
-        return Outcome.PAID
+        except OrderStateConflict:
+            # Closed since it was read (the unpaid-order timer, the member): refunded below.
+            await order.refresh_from_db()
+            if order.state is not OrderState.CLOSE:
+                raise
+        else:
+            if booked:
+                return Outcome.PAID
+            # pay_order found it paid by a racing call since it was read: by this payment
+            # (a duplicate) or otherwise (paid twice), below.
     if order.state is not OrderState.CLOSE:
+        # `payment` was read before the order: a racing delivery of this same payment under
+        # another notice id (WeChat Pay's notification and the sweep's query) may have paid
+        # the bill since; that is a duplicate, not a second payment to refund.
+        await payment.refresh_from_db()
+        if payment.state is PaymentState.PAID and _same_payment(payment, notice):
+            with contextlib.suppress(IntegrityError):
+                await _record(notice, Outcome.DUPLICATE, now)
+            return Outcome.DUPLICATE
         return await _paid_twice(order, notice, now)
     # The order closed before the money came: book the money, and give it back in full.
     try:

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway import channels
+from aquafleet.models import payments
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import (
@@ -22,8 +24,14 @@ from aquafleet.models.money import (
     post,
     request_refund,
 )
-from aquafleet.models.orders import Order, OrderState, mark_paid
-from aquafleet.models.payments import Payment, PaymentNotice, PaymentState, check_payments
+from aquafleet.models.orders import Order, OrderEvent, OrderState, fire, mark_paid
+from aquafleet.models.payments import (
+    Outcome,
+    Payment,
+    PaymentNotice,
+    PaymentState,
+    check_payments,
+)
 from aquafleet.models.tenancy import Role
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
@@ -310,4 +318,115 @@ async def test_an_order_marked_paid_by_an_admin_then_paid_at_wechat_pay_is_refun
     assert refund.state is RefundState.SUCCEEDED
     assert await balance(channel_account("weixin", shop.vid)) == 0
     assert await balance(channel_account("manual", shop.vid)) == total  # the cash
+    await assert_ledger_clean()
+
+
+# Races between reading a bill and applying its payment: each test commits the other side's
+# effect between the two (a hook before the step), so the interleaving is forced, not timed.
+
+
+async def test_a_payment_landing_as_an_admin_marks_the_order_paid_is_refunded(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    if not await AdminAccount.exists(username="ops"):
+        await create_account("ops", "0" * 32, Role.PLATFORM)
+    pay_order = payments.pay_order
+
+    async def admin_first(order: Order, **kwargs: Any) -> Order:
+        # The notification read the order unpaid; the admin's mark-paid commits before it pays.
+        await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
+        return await pay_order(order, **kwargs)
+
+    monkeypatch.setattr(payments, "pay_order", admin_first)
+    await shop.fake.pay(bill)
+    assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]
+    refund = await Refund.get(refund_no=f"twice-{shop.fake.transactions[bill].transaction_id}")
+    assert (refund.amount_fen, refund.part) == (total, "duplicate")
+    assert await shop.state(oid) == "paid"
+    await assert_ledger_clean()
+
+
+async def test_a_payment_landing_as_the_timer_closes_the_order_is_refunded(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    pay_order = payments.pay_order
+
+    async def closed_first(order: Order, **kwargs: Any) -> Order:
+        # The notification read the order unpaid; the unpaid-order timer closes it first.
+        unpaid = await Order.get(oid=oid)
+        await fire(unpaid, OrderEvent.CANCEL, actor_role="system", actor_id="timer")
+        return await pay_order(order, **kwargs)
+
+    monkeypatch.setattr(payments, "pay_order", closed_first)
+    await shop.fake.pay(bill)
+    answer = shop.fake.answers[-1]
+    assert answer[0] == 200 and '"outcome":"refund_after_close"' in answer[1]
+    assert await shop.state(oid) == "close"
+    refund = await Refund.get(refund_no=f"close-{oid}")
+    assert refund.state is RefundState.DUE and refund.amount_fen == total
+    await assert_ledger_clean()
+
+
+@pytest.mark.parametrize("step", ["_pay_order_bill", "pay_order"])
+async def test_a_notification_and_the_sweeps_query_of_one_payment_pay_once(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, step: str
+):
+    """WeChat Pay's notification and the sweep's query name one payment under two notice ids:
+    whichever comes second is a duplicate, not a second payment to refund. The notification
+    lands after the query read the bill, before it reads the order or before it pays it."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    shop.fake.hold = True
+    await shop.fake.pay(bill)  # the notification is late
+    original = getattr(payments, step)
+    notified: list[tuple[int, str]] = []
+
+    async def notification_first(*args: Any, **kwargs: Any) -> Any:
+        if not notified:  # the query's call (the notification's own goes straight on)
+            notified.append((0, "sent"))
+            notified[:] = await shop.fake.release()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(payments, step, notification_first)
+    queried = await shop.node.app[PAYMENTS].wechat.query_bill(await Payment.get(bill_no=bill))
+    assert notified[0][0] == 200 and '"outcome":"paid"' in notified[0][1]
+    assert queried is Outcome.DUPLICATE
+    assert not await Refund.filter(order_oid=oid).exists()
+    assert await balance(channel_account("weixin", shop.vid)) == total
+    assert await shop.state(oid) == "paid"
+    await assert_ledger_clean()
+
+
+async def test_a_refund_settled_by_its_notification_before_it_is_marked_requested(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
+    """WeChat Pay's refund notification may settle a refund before the sweep, back from
+    sending it, marks it requested: the sweep answers it sent, not failed."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill)
+    paid = await Order.get(oid=oid)
+    await request_refund(order=paid, amount_fen=total, refund_no=f"return-{oid}", reason="退货",
+                         actor="t")  # fmt: skip
+    shop.fake.refund_auto_succeed = False
+    move_refund = channels.move_refund
+
+    async def notified_first(refund_no: str, target: RefundState, **kwargs: Any) -> Refund:
+        if target is RefundState.REQUESTED:
+            await shop.fake.succeed_refund(refund_no)  # its notification settles it
+        return await move_refund(refund_no, target, **kwargs)
+
+    monkeypatch.setattr(channels, "move_refund", notified_first)
+    report = await shop.sweep()
+    assert report.errors == [] and report.refunds_sent == 1
+    assert (await Refund.get(refund_no=f"return-{oid}")).state is RefundState.SUCCEEDED
+    assert await balance(channel_account("weixin", shop.vid)) == 0
     await assert_ledger_clean()
