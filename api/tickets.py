@@ -29,7 +29,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.orders import find_order
 from aquafleet.models.outbox import ESSENTIAL, NotificationKind, opt_outs, set_opt_outs
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service import Handover, ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
@@ -501,6 +501,11 @@ class GatewayWork:
 
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor=self.actor)
+
+    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover:
+        return await self.gateway.hand_over(
+            did, request_id=request_id, actor=self.actor, reason=reason
+        )
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return await self.gateway.reset_filter(did, stage, actor=self.actor, reason=reason)

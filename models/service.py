@@ -451,6 +451,56 @@ async def unlock(
     return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
 
 
+class QuotaBackend(ServiceBackend, Protocol):
+    """The live store with the exchange's hand-over (ServiceStore satisfies it)."""
+
+    async def hand_over(
+        self, did: str, *, request_id: str, now_ms: int | None = None
+    ) -> tuple[Any, Any, int | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """The live service a device hands to its replacement: `remaining_ml` is the quota it had
+    left at that moment (it keeps none), the rest is its state as it stands."""
+
+    mode: ServiceMode | None  # None: the device has no service to hand over
+    remaining_ml: int | None
+    rental_expires_at: int | None
+    low_balance_ml: int | None
+
+
+async def hand_over(
+    backend: QuotaBackend,
+    did: str,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str,
+    now: dt.datetime | None = None,
+) -> Handover:
+    """An exchange: the live service of `did` for its replacement. Its quota is read and set
+    to 0 in one Redis step, so water poured until then is off it and none poured after is
+    given again; a retry with the same request id answers the same amount."""
+    actor = _text("actor", actor, 64)
+    request_id = _text("request_id", request_id, 64)
+    await _device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    _applied, state, given = await backend.hand_over(
+        did, request_id=request_id, now_ms=int(now.timestamp() * 1000)
+    )
+    await _settle(
+        did, "hand_over", state, actor=actor, reason=reason, request_id=request_id,
+        amount_ml=given, seconds=None, now=now,
+    )  # fmt: skip
+    return Handover(
+        mode=None if state.mode is None else ServiceMode(state.mode),
+        remaining_ml=given,
+        rental_expires_at=state.rental_expires_at,
+        low_balance_ml=state.low_balance_ml,
+    )
+
+
 def is_low_balance(
     *,
     remaining_ml: int | None,

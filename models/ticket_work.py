@@ -4,8 +4,9 @@
   device bumps the stage's reset_count, which starts a new filter cycle: models/filters.py);
 - install: the device's installation block (installer, install time) is filled in;
 - exchange: the replacement device is bound to the member, takes the old device's product and
-  service (configured with the ticket id as request id), and the old device is locked and
-  unbound;
+  its live service (configured with the ticket id as request id): the quota it had left at that
+  moment moves over and the old device keeps none (one Redis step, models/service.py
+  hand_over); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back.
 
@@ -24,7 +25,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.devices import Device, DeviceShare, check_usable
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import Handover, ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import TicketEvent, TicketStateConflict, actor_of, fire
@@ -41,6 +42,8 @@ class DeviceWork(Protocol):
     """The device side completion needs (the API wraps the gateway facade)."""
 
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object: ...
+
+    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover: ...
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
 
@@ -84,16 +87,19 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
     member = ticket.member_uid or old.owner_id
     if new.owner_id not in (None, member):
         raise Conflict(f"device {new_did} is bound to another member")
-    service = await DeviceService.get_or_none(did=old.did)
-    if service is not None:
+    # The live service, not the database's copy (as of the last change): the quota left now
+    # moves to the new device and the old one keeps none, in one Redis step.
+    given = await work.hand_over(old.did, ticket.ticket_id, f"exchange ticket {ticket.ticket_id}")
+    if given.mode is not None:
+        volume = given.mode is ServiceMode.VOLUME_RENTAL
         await work.change_service(
             new_did,
             ServiceChangeRequest(
-                op="configure", mode=service.mode,
-                remaining_ml=service.remaining_ml if service.mode is ServiceMode.VOLUME_RENTAL
-                else None,
-                rental_expires_at=service.rental_expires_at
-                if service.mode is ServiceMode.TIME_RENTAL else None,
+                op="configure", mode=given.mode,
+                remaining_ml=given.remaining_ml if volume else None,
+                low_balance_ml=given.low_balance_ml if volume else None,
+                rental_expires_at=given.rental_expires_at
+                if given.mode is ServiceMode.TIME_RENTAL else None,
                 reason=f"exchange ticket {ticket.ticket_id}", request_id=ticket.ticket_id,
             ),
         )  # fmt: skip
