@@ -477,7 +477,8 @@ class CompleteIn(RequestModel):
     description="The ticket's technician (or an admin in scope): in progress or waiting -> "
     "done. Maintenance resets the filters replaced on the device (it must be online: 409 "
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
-    "to the member with the old device's service and locks and unbinds the old one; dismantle "
+    "to the member with the old device's service (the quota it has left at that moment moves "
+    "over) and locks and unbinds the old one; dismantle "
     "locks and unbinds the device and, for a rental the member ended, requests the deposit "
     "back. The member is told.",
 )

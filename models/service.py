@@ -46,7 +46,8 @@ class ServiceMode(IntEnum):
 
 
 class DeviceService(Model):
-    """The service state as of its last change (the live quota is in Redis)."""
+    """The service state as of its last change (the live quota is in Redis); it only moves
+    forward in version (copy_state)."""
 
     did = fields.CharField(primary_key=True, max_length=16)
     mode = fields.IntEnumField(ServiceMode)

@@ -56,3 +56,26 @@ async def test_an_older_changes_copy_landing_last_does_not_overwrite_a_newer_one
     live = await store.read(dev.did)
     assert (copy.remaining_ml, copy.version) == (1300, newer.version)
     assert (copy.remaining_ml, copy.version) == (live.remaining_ml, live.version)
+
+
+async def test_a_handover_takes_the_quota_once_and_its_retry_answers_the_same_amount(
+    node_factory: Any, database_url: str
+):
+    """An exchange retried after a failure half way gives the replacement what the old device
+    had then, not the nothing it has left since."""
+    node = await node_factory(database_url=database_url)
+    (dev,) = await register_devices(node, 1)
+    store = node.app[SERVICE_STORE]
+    await service.configure(
+        store, dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
+    )
+    given = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T1")
+    again = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T1")
+    assert (given.mode, given.remaining_ml) == (ServiceMode.VOLUME_RENTAL, 700)
+    assert again == given
+    left = await store.read(dev.did)
+    assert (left.remaining_ml, left.lock_reasons) == (0, ["quota_exhausted"])
+    copy = await DeviceService.get(did=dev.did)
+    assert (copy.remaining_ml, copy.version) == (0, left.version)
+    other = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T2")
+    assert other.remaining_ml == 0  # another exchange finds nothing left
