@@ -29,7 +29,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.orders import find_order
 from aquafleet.models.outbox import ESSENTIAL, NotificationKind, opt_outs, set_opt_outs
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service import Handover, ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
@@ -477,7 +477,8 @@ class CompleteIn(RequestModel):
     description="The ticket's technician (or an admin in scope): in progress or waiting -> "
     "done. Maintenance resets the filters replaced on the device (it must be online: 409 "
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
-    "to the member with the old device's service and locks and unbinds the old one; dismantle "
+    "to the member with the old device's service (the quota it has left at that moment moves "
+    "over) and locks and unbinds the old one; dismantle "
     "locks and unbinds the device and, for a rental the member ended, requests the deposit "
     "back. The member is told.",
 )
@@ -501,6 +502,11 @@ class GatewayWork:
 
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor=self.actor)
+
+    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover:
+        return await self.gateway.hand_over(
+            did, request_id=request_id, actor=self.actor, reason=reason
+        )
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return await self.gateway.reset_filter(did, stage, actor=self.actor, reason=reason)

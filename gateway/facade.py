@@ -124,6 +124,15 @@ class DeviceGateway:
         outcome = await service.apply_change(self._store, did, change, actor=actor)
         return outcome, await self._store.read(did)
 
+    async def hand_over(
+        self, did: str, *, request_id: str, actor: str, reason: str
+    ) -> service.Handover:
+        """An exchange: the device's live service for its replacement; the quota left is
+        taken off it in the same step (models/service.py hand_over)."""
+        return await service.hand_over(
+            self._store, did, actor=actor, reason=reason, request_id=request_id
+        )
+
     async def reset_filter(self, did: str, stage: int, *, actor: str, reason: str) -> int:
         """Tell the device a filter stage was replaced (recorded in the service log); the cid.
         DeviceOffline when the device cannot be told now."""

@@ -71,7 +71,7 @@ def _arg(value: int | None) -> str | int:
 
 
 def parse_answer(reply: list[Any]) -> tuple[Applied, ServiceState]:
-    applied, version, lock_bits, mode, remaining, expires, low = reply
+    applied, version, lock_bits, mode, remaining, expires, low = reply[:7]
     return Applied(int(applied)), ServiceState(
         version=int(version),
         lock_bits=int(lock_bits),
@@ -91,14 +91,8 @@ class ServiceStore:
         self.keyspace = keyspace
         self._channel_prefix = keyspace.script_channels
 
-    async def change(
-        self,
-        did: str,
-        op: str,
-        *args: int | None,
-        request_id: str | None = None,
-        now_ms: int | None = None,
-    ) -> tuple[Applied, ServiceState]:
+    def _keys(self, did: str, request_id: str | None) -> list[str]:
+        """service.lua's KEYS for `did` (the request marker last, when there is one)."""
         keyspace = self.keyspace
         shard = keyspace.shard_of(did)
         keys = [
@@ -108,10 +102,36 @@ class ServiceStore:
         ]
         if request_id is not None:
             keys.append(keyspace.service_request(did, request_id))
+        return keys
+
+    async def change(
+        self,
+        did: str,
+        op: str,
+        *args: int | None,
+        request_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[Applied, ServiceState]:
+        keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = [op, now_ms, self._channel_prefix, did, *(_arg(a) for a in args)]
         (reply,) = await self.scripts.run(self.client, [("service", keys, argv)], f"service {op}")
         return parse_answer(reply)
+
+    async def hand_over(
+        self, did: str, *, request_id: str, now_ms: int | None = None
+    ) -> tuple[Applied, ServiceState, int | None]:
+        """An exchange takes the quota left (None: the device has none); it drops to 0 here in
+        the same step. A retry with the same request id answers the amount handed over then."""
+        keys = self._keys(did, request_id)
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        argv = ["handover", now_ms, self._channel_prefix, did]
+        (reply,) = await self.scripts.run(
+            self.client, [("service", keys, argv)], "service handover"
+        )
+        applied, state = parse_answer(reply)
+        given = reply[7] if len(reply) > 7 else None
+        return applied, state, _opt(given)
 
     async def read(self, did: str) -> ServiceState:
         return (await self.change(did, "read"))[1]

@@ -6,9 +6,11 @@ time rental for the package's days from now; volume rental with the package's ml
 `models/service.py` with the order id as request id, and gets the product's filters; an install
 ticket opens per device when the product has install service.
 
-Order of effects: the service changes go first (each applied once per device and order id, so a
-retry after a failure re-applies nothing), then one transaction moves the order to delivered
-and binds the devices. A delivery that fails half way can be sent again.
+Order of effects: one transaction locks the order's row and checks its state there (of two
+racing deliveries only one changes anything), applies the service changes (each once per device
+and order id), moves the order to delivered and binds the devices. Redis keeps a service change
+the transaction cannot take back; a retried delivery re-applies nothing. A delivery that fails
+half way can be sent again.
 """
 
 from __future__ import annotations
@@ -142,9 +144,13 @@ async def deliver_order(
     lines = list(await OrderLine.filter(order_id=order.id).order_by("position"))
     pairs = await _devices_for(principal, order, dids, lines)
     member = await Member.get(uid=order.member_id)
-    for device, line in pairs:
-        await apply_service(device.did, service_change(line, order.oid, now))
     async with in_transaction("default"):
+        # The locked state decides before any effect: of two racing deliveries (of different
+        # devices, say) the one that waited sees the order delivered and configures nothing.
+        current = await Order.filter(id=order.id).select_for_update().get()
+        next_state(current.state, OrderEvent.DELIVER, principal.role.value)
+        for device, line in pairs:
+            await apply_service(device.did, service_change(line, order.oid, now))
         delivery = {**parcel.as_json(now), "devices": list(dids)}
         await fire(
             order, OrderEvent.DELIVER, actor_role=principal.role.value,

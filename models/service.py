@@ -46,7 +46,8 @@ class ServiceMode(IntEnum):
 
 
 class DeviceService(Model):
-    """The service state as of its last change (the live quota is in Redis)."""
+    """The service state as of its last change (the live quota is in Redis); it only moves
+    forward in version (copy_state)."""
 
     did = fields.CharField(primary_key=True, max_length=16)
     mode = fields.IntEnumField(ServiceMode)
@@ -273,7 +274,11 @@ async def _apply(
     code = int(applied)
     if code == -2:
         raise Conflict(f"device {did} is not metered against a volume quota")
-    outcome = ChangeOutcome(
+    await _settle(
+        did, op, state, actor=actor, reason=reason, request_id=request_id, amount_ml=amount_ml,
+        seconds=seconds, now=now,
+    )  # fmt: skip
+    return ChangeOutcome(
         applied=code == 1,
         version=state.version,
         locked=state.lock_bits != 0,
@@ -283,6 +288,21 @@ async def _apply(
         rental_expires_at=state.rental_expires_at,
         already_applied=code == -1,
     )
+
+
+async def _settle(
+    did: str,
+    op: str,
+    state: Any,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str | None,
+    amount_ml: int | None,
+    seconds: int | None,
+    now: dt.datetime,
+) -> None:
+    """Record a change Redis applied (once per request id) and move the copy up to it."""
     already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
     if not already:  # a retry after a crash between Redis and here records it now
         with contextlib.suppress(IntegrityError):  # a concurrent retry recorded it first
@@ -293,16 +313,29 @@ async def _apply(
                 reason=reason[:255], request_id=request_id, created_at=now,
             )  # fmt: skip
     if state.mode is not None:
-        await DeviceService.update_or_create(
-            did=did,
-            defaults={
-                "mode": ServiceMode(state.mode), "remaining_ml": state.remaining_ml,
-                "rental_expires_at": state.rental_expires_at,
-                "low_balance_ml": state.low_balance_ml, "lock_bits": state.lock_bits,
-                "version": state.version,
-            },
-        )  # fmt: skip
-    return outcome
+        await copy_state(did, state, now)
+
+
+async def copy_state(did: str, state: Any, now: dt.datetime) -> None:
+    """Write the live state `state` (as service.lua answered it) into the copy, unless the copy
+    already holds a later version: two racing changes finish in any order, and the older one's
+    answer must not overwrite the newer's."""
+    values = {
+        "mode": ServiceMode(state.mode), "remaining_ml": state.remaining_ml,
+        "rental_expires_at": state.rental_expires_at, "low_balance_ml": state.low_balance_ml,
+        "lock_bits": state.lock_bits, "version": state.version, "updated_at": now,
+    }  # fmt: skip
+    for _ in range(2):
+        if await DeviceService.filter(did=did, version__lte=state.version).update(**values):
+            return
+        if await DeviceService.exists(did=did):
+            return  # the copy is of a later version already
+        try:
+            async with in_transaction():  # its own: an IntegrityError must not poison another
+                await DeviceService.create(did=did, **values)
+            return
+        except IntegrityError:
+            continue  # a racing change created it first: compare versions with it
 
 
 async def configure(
@@ -417,6 +450,56 @@ async def unlock(
 ) -> ChangeOutcome:  # fmt: skip
     """Lift a person's lock (an exhausted quota or an expired rental stays locked)."""
     return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
+
+
+class QuotaBackend(ServiceBackend, Protocol):
+    """The live store with the exchange's hand-over (ServiceStore satisfies it)."""
+
+    async def hand_over(
+        self, did: str, *, request_id: str, now_ms: int | None = None
+    ) -> tuple[Any, Any, int | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """The live service a device hands to its replacement: `remaining_ml` is the quota it had
+    left at that moment (it keeps none), the rest is its state as it stands."""
+
+    mode: ServiceMode | None  # None: the device has no service to hand over
+    remaining_ml: int | None
+    rental_expires_at: int | None
+    low_balance_ml: int | None
+
+
+async def hand_over(
+    backend: QuotaBackend,
+    did: str,
+    *,
+    actor: str,
+    reason: str,
+    request_id: str,
+    now: dt.datetime | None = None,
+) -> Handover:
+    """An exchange: the live service of `did` for its replacement. Its quota is read and set
+    to 0 in one Redis step, so water poured until then is off it and none poured after is
+    given again; a retry with the same request id answers the same amount."""
+    actor = _text("actor", actor, 64)
+    request_id = _text("request_id", request_id, 64)
+    await _device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    _applied, state, given = await backend.hand_over(
+        did, request_id=request_id, now_ms=int(now.timestamp() * 1000)
+    )
+    await _settle(
+        did, "hand_over", state, actor=actor, reason=reason, request_id=request_id,
+        amount_ml=given, seconds=None, now=now,
+    )  # fmt: skip
+    return Handover(
+        mode=None if state.mode is None else ServiceMode(state.mode),
+        remaining_ml=given,
+        rental_expires_at=state.rental_expires_at,
+        low_balance_ml=state.low_balance_ml,
+    )
 
 
 def is_low_balance(

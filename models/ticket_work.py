@@ -4,13 +4,17 @@
   device bumps the stage's reset_count, which starts a new filter cycle: models/filters.py);
 - install: the device's installation block (installer, install time) is filled in;
 - exchange: the replacement device is bound to the member, takes the old device's product and
-  service (configured with the ticket id as request id), and the old device is locked and
-  unbound;
+  its live service (configured with the ticket id as request id): the quota it had left at that
+  moment moves over and the old device keeps none (one Redis step, models/service.py
+  hand_over); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back.
 
-The device effects go first (each is harmless to repeat), then the move to DONE: a completion
-that fails half way can be sent again.
+Completion locks the ticket's row first and checks its state there, so of two racing
+completions only one does any work; then the device effects (each harmless to repeat: the
+Redis ones carry the ticket id as request id), then the move to DONE, in that transaction. A
+completion that fails half way can be sent again: Redis keeps what it applied (a transaction
+cannot take it back), the retry applies it once.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.devices import Device, DeviceShare, check_usable
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import Handover, ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
-from aquafleet.models.ticket_flow import TicketEvent, TicketStateConflict, actor_of, fire
+from aquafleet.models.ticket_flow import (
+    TicketEvent,
+    TicketStateConflict,
+    actor_of,
+    fire,
+    next_state,
+)
 from aquafleet.models.tickets import (
     OPEN_STATES,
     AutomaticTicket,
@@ -41,6 +51,8 @@ class DeviceWork(Protocol):
     """The device side completion needs (the API wraps the gateway facade)."""
 
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object: ...
+
+    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover: ...
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
 
@@ -84,16 +96,19 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
     member = ticket.member_uid or old.owner_id
     if new.owner_id not in (None, member):
         raise Conflict(f"device {new_did} is bound to another member")
-    service = await DeviceService.get_or_none(did=old.did)
-    if service is not None:
+    # The live service, not the database's copy (as of the last change): the quota left now
+    # moves to the new device and the old one keeps none, in one Redis step.
+    given = await work.hand_over(old.did, ticket.ticket_id, f"exchange ticket {ticket.ticket_id}")
+    if given.mode is not None:
+        volume = given.mode is ServiceMode.VOLUME_RENTAL
         await work.change_service(
             new_did,
             ServiceChangeRequest(
-                op="configure", mode=service.mode,
-                remaining_ml=service.remaining_ml if service.mode is ServiceMode.VOLUME_RENTAL
-                else None,
-                rental_expires_at=service.rental_expires_at
-                if service.mode is ServiceMode.TIME_RENTAL else None,
+                op="configure", mode=given.mode,
+                remaining_ml=given.remaining_ml if volume else None,
+                low_balance_ml=given.low_balance_ml if volume else None,
+                rental_expires_at=given.rental_expires_at
+                if given.mode is ServiceMode.TIME_RENTAL else None,
                 reason=f"exchange ticket {ticket.ticket_id}", request_id=ticket.ticket_id,
             ),
         )  # fmt: skip
@@ -170,35 +185,54 @@ async def complete(
     new_device: str | None = None,
 ) -> Ticket:
     """完成: the ticket's domain work, then the move to DONE (see the module's docstring)."""
-    if ticket.state not in OPEN_STATES:
-        raise TicketStateConflict(f"the ticket is {ticket.state.name.lower()}: it cannot complete")
     role, subject = actor_of(principal)
-    from aquafleet.models.ticket_flow import next_state
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default") as conn:
+        # The locked state decides before any effect: of two racing completions (say, an
+        # exchange with two different devices) the one that waited sees the ticket done and
+        # changes nothing; the caller's copy of the ticket may be stale.
+        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
+        if current.state not in OPEN_STATES:
+            raise TicketStateConflict(
+                f"the ticket is {current.state.name.lower()}: it cannot complete"
+            )
+        next_state(current.state, TicketEvent.COMPLETE, role)
+        done = await _work(current, principal, work, filters, new_device, now)
+        changes = {"new_device_id": new_device} if current.type is TicketType.EXCHANGE else {}
+        text = f"{note} ({done})" if note else done
+        await fire(
+            current, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
+            changes=changes, now=now,
+        )  # fmt: skip
+    await ticket.refresh_from_db()
+    return ticket
 
-    next_state(ticket.state, TicketEvent.COMPLETE, role)  # refuse early, before any effect
+
+async def _work(
+    ticket: Ticket,
+    principal: Principal,
+    work: DeviceWork,
+    filters: Sequence[int],
+    new_device: str | None,
+    now: dt.datetime,
+) -> str:
+    """The ticket type's device work; what was done, for the move's note."""
+    role, subject = actor_of(principal)
     actor = f"{role}:{subject}"
     if ticket.technician_id is not None:
         technician = await Technician.get_or_none(id=ticket.technician_id)
         if technician is not None:
             actor = f"technician:{technician.id}:{technician.name}"
-    now = dt.datetime.now(dt.UTC)
     match TicketType(ticket.type):
         case TicketType.MAINTENANCE:
-            done = await _maintenance(ticket, work, filters)
+            return await _maintenance(ticket, work, filters)
         case TicketType.INSTALL:
-            done = await _install(ticket, actor, now)
+            return await _install(ticket, actor, now)
         case TicketType.EXCHANGE:
-            done = await _exchange(ticket, work, new_device)
+            return await _exchange(ticket, work, new_device)
         case TicketType.DISMANTLE:
-            done = await _dismantle(ticket, work, actor)
-        case _:
-            done = "done"
-    changes = {"new_device_id": new_device} if ticket.type is TicketType.EXCHANGE else {}
-    text = f"{note} ({done})" if note else done
-    return await fire(
-        ticket, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
-        changes=changes, now=now,
-    )  # fmt: skip
+            return await _dismantle(ticket, work, actor)
+    return "done"
 
 
 # ----------------------------------------------------------------------------- ending a rental

@@ -13,10 +13,13 @@
 --   extend     seconds (from the later of now and the current expiry)
 --   expire     (the scheduler: lock when rental_expires_at has passed)
 --   lock / unlock  (a person's lock, bit 4)
+--   handover   (an exchange: the quota left goes to the replacement device; it drops to 0 here
+--              in the same step that reads it, so no water poured meanwhile is lost or
+--              counted twice; needs a request id, whose marker keeps the amount for a retry)
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused),
 --          version, lock bits, mode, remaining_ml, rental_expires_at, low_balance_ml}
---          (false where unset).
+--          (false where unset); handover appends the ml handed over (false: no quota).
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -54,12 +57,21 @@ for i = #v + 1, 26 do v[i] = f end
 local mode, rm, ver, lk = known(v[19]), known(v[20]), known(v[21]) or 0, known(v[22]) or 0
 local rx, lo, lf = known(v[23]), known(v[24]), known(v[25]) or 0
 
+local given = nil  -- handover: the ml handed over (nil: not a handover)
+
 local function answer(applied)
-  return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f}
+  return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given}
 end
 
 if op == 'read' then return answer(0) end
-if request and redis.call('EXISTS', request) == 1 then return answer(-1) end
+if request then
+  local seen = redis.call('GET', request)
+  if seen then
+    if op == 'handover' then given = tonumber(seen) or f end  -- '-': there was no quota
+    return answer(-1)
+  end
+end
+local marker = 1
 
 local function set_bit(bits, b, on)
   if on then return bit.bor(bits, b) end
@@ -90,6 +102,14 @@ elseif op == 'extend' then
 elseif op == 'expire' then
   if rx == nil or rx > now_s or bit.band(lk, EXPIRED) ~= 0 then return answer(0) end
   lk = set_bit(lk, EXPIRED, true)
+elseif op == 'handover' then
+  if not request then return redis.error_reply('handover needs a request id') end
+  given = rm or f
+  marker = rm or '-'
+  if rm then
+    rm = 0
+    lk = set_bit(lk, QUOTA, true)
+  end
 elseif op == 'lock' then
   lk = set_bit(lk, MANUAL, true)
 elseif op == 'unlock' then
@@ -100,7 +120,7 @@ end
 
 if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode
     and lo == before_lo and op ~= 'configure' then
-  if request then redis.call('SET', request, 1, 'EX', 604800) end
+  if request then redis.call('SET', request, marker, 'EX', 604800) end
   return answer(0)
 end
 
@@ -110,7 +130,7 @@ v[19], v[20], v[21], v[22] = mode or f, rm or f, ver, lk
 v[23], v[24], v[25] = rx or f, lo or f, lf
 if node then v[26] = now_ms end  -- when the state was last pushed (rate-limits re-sends)
 redis.call('SET', KEYS[1], cmsgpack.pack(v))
-if request then redis.call('SET', request, 1, 'EX', 604800) end
+if request then redis.call('SET', request, marker, 'EX', 604800) end
 if rx ~= before_rx or op == 'configure' then  -- a new expiry: schedule its lock, reminder, grace
   for i = 3, 5 do
     if rx then redis.call('ZADD', KEYS[i], rx, ARGV[4]) else redis.call('ZREM', KEYS[i], ARGV[4]) end

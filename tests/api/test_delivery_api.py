@@ -7,11 +7,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.models.delivery import Parcel, deliver_order
 from aquafleet.models.devices import Device
 from aquafleet.models.filters import DeviceFilterSpec
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.orders import Order, OrderStateConflict, mark_paid
 from aquafleet.models.service import ServiceChange, ServiceChangeRequest
+from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.tickets import Ticket, TicketType
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import SEED_PRODUCT, add_product, make_member
@@ -227,3 +231,37 @@ async def test_a_delivered_volume_rental_pours_its_quota_locks_and_a_renewal_unl
     await mark_paid(rid, admin=PLATFORM_USER, reason="test", apply_service=apply)
     _, state = await next_state(device, timeout=1.0)
     assert (state.locked, state.remaining_ml) == (False, 800)
+
+
+async def test_of_two_racing_deliveries_only_the_winners_devices_are_bound_and_serviced(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """Two deliveries of one order with different devices, the second from a copy of the order
+    read before the first landed: it answers 409 and configures and binds nothing."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    body = order_body({"product_id": pid, "package": "30d"})
+    oid = (await shopper.client.call("POST", "/orders", body)).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    winner, loser = await register(api, a.vid, 2)
+    stale = await Order.get(oid=oid)  # read before the first delivery lands
+
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [winner]})
+    gateway = api_node.app[DEVICE_GATEWAY]
+
+    async def apply(did: str, change: ServiceChangeRequest) -> object:
+        return await gateway.change_service(did, change, actor="test")
+
+    vendor = Principal(Role.VENDOR, "racing-admin", vendor_code=a.vid)
+    parcel = Parcel(PARCEL["company"], "SF0000000000", PARCEL["delivery_clerk"])
+    with pytest.raises(OrderStateConflict):
+        await deliver_order(vendor, stale, parcel, [loser], apply)
+
+    assert (await Device.get(did=winner)).owner_id == shopper.uid
+    assert (await Device.get(did=loser)).owner_id is None
+    assert (await gateway.read_service(winner)).mode == 2
+    assert (await gateway.read_service(loser)).mode is None  # never configured
+    assert not await ServiceChange.filter(did=loser).exists()
+    shipped = (await shopper.client.call("GET", f"/orders/{oid}")).data
+    assert shipped["delivery"]["devices"] == [winner]

@@ -6,14 +6,20 @@ device fault events open one ticket per device and fault until it is done."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
+
+import pytest
 
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.devices import Device
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.money import Refund
 from aquafleet.models.orders import mark_paid
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service import Handover, ServiceChange, ServiceChangeRequest
+from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.ticket_flow import TicketStateConflict
+from aquafleet.models.ticket_work import complete
 from aquafleet.models.tickets import Ticket, TicketType
 from aquafleet.models.usage import UsageRow
 from aquafleet.protocol import EventKind, FrameType
@@ -21,6 +27,7 @@ from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import add_product, make_member
 from tests.api.test_orders_api import order_body
 from tests.api.test_tickets_api import held_device, register, technician
+from tests.devices import telemetry
 
 PARCEL = {"company": "顺丰速运", "tracking_num": "SF1234567890", "delivery_clerk": "李四"}
 
@@ -121,6 +128,91 @@ async def test_exchange_moves_the_member_and_the_service_to_the_new_device(
     assert (await gateway.read_service(old)).locked
     await shopper.client.call("GET", f"/devices/{new}")
     await shopper.client.call("GET", f"/devices/{old}", expect=404)
+
+
+async def exchange_ticket(api: ApiClient, vendor: ApiClient, shopper: Any, old: str) -> str:
+    """An exchange ticket for `old`, approved, dispatched and started: ready to complete."""
+    tech_id, tech = await technician(vendor, "swapper", skills=[2])
+    opened = await shopper.client.call(
+        "POST", "/tickets", {"type": 2, "device_id": old, "detail": "换机"}, expect=201
+    )
+    tid = str(opened.data["ticket_id"])
+    await work_through(vendor, tech, tech_id, tid)
+    return tid
+
+
+async def test_an_exchange_moves_the_quota_left_now_and_the_old_device_keeps_none(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The new device gets what the old one had left when it was exchanged (the live quota,
+    not the copy as of the last service change): water poured since is not given again."""
+    a, _ = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    (issued,) = (await api.call("POST", "/devices", {"vid": a.vid, "count": 1})).data
+    old = issued["did"]
+    await Device.filter(did=old).update(owner_id=shopper.uid)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
+    await gateway.change_service(old, bought, actor="test")
+    device = device_factory(old, bytes.fromhex(issued["key"]), api_node.tcp_port)
+    await device.login()
+    await device.send(telemetry(1, int(time.time()), 300))
+    await device.settled()
+    assert (await gateway.read_service(old)).remaining_ml == 700
+    (new,) = await register(api, a.vid, 1)
+    tid = await exchange_ticket(api, a.vendor, shopper, old)
+
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": new})
+    moved, kept = await gateway.read_service(new), await gateway.read_service(old)
+    assert (moved.mode, moved.remaining_ml, moved.locked) == (3, 700, False)
+    assert (kept.remaining_ml, kept.locked) == (0, True)
+    assert 300 + moved.remaining_ml + kept.remaining_ml == 1000  # no water made or lost
+    shown = (await shopper.client.call("GET", f"/devices/{new}/svc")).data
+    assert shown["remaining_ml"] == 700
+
+
+async def test_of_two_racing_exchange_completions_only_the_winner_moves_anything(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """Two completions of one exchange with different devices, the second from a copy of the
+    ticket read before the first completed: it answers 409 and changes nothing."""
+    a, _ = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    old = await held_device(api, shopper, a.vid)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
+    await gateway.change_service(old, bought, actor="test")
+    first, second = await register(api, a.vid, 2)
+    tid = await exchange_ticket(api, a.vendor, shopper, old)
+    stale = await Ticket.get(ticket_id=tid)  # read before the first completion lands
+
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": first})
+    vendor = Principal(Role.VENDOR, "racing-admin", vendor_code=a.vid)
+    with pytest.raises(TicketStateConflict):
+        await complete(stale, vendor, Work(gateway), new_device=second)
+
+    assert (await Device.get(did=first)).owner_id == shopper.uid
+    assert (await Device.get(did=second)).owner_id is None
+    assert (await gateway.read_service(first)).remaining_ml == 1000
+    assert (await gateway.read_service(second)).mode is None  # never configured
+    assert not await ServiceChange.filter(did=second).exists()
+    assert (await Ticket.get(ticket_id=tid)).new_device_id == first
+
+
+class Work:
+    """The device side of a completion, through the node's gateway facade."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
+        return await self.gateway.change_service(did, change, actor="test")
+
+    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover:
+        return await self.gateway.hand_over(did, request_id=request_id, actor="test", reason=reason)
+
+    async def reset_filter(self, did: str, stage: int, reason: str) -> int:
+        return int(await self.gateway.reset_filter(did, stage, actor="test", reason=reason))
 
 
 async def test_install_records_who_installed_and_when(
