@@ -358,6 +358,12 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.reference else 1)
+    if sched_autogroup():
+        print(
+            "note: kernel.sched_autogroup_enabled=1: other sessions' work competes with this "
+            "run even at nice 19 (see sched_autogroup() in this file)",
+            file=sys.stderr,
+        )
     results: list[dict[str, Any]] = []
     code = 0
     for number in range(1, rounds + 1):
@@ -553,6 +559,19 @@ def listen_counters() -> dict[str, int]:
 
 
 BACKLOG_SYSCTLS = ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog")
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def sched_autogroup() -> int | None:
+    """kernel.sched_autogroup_enabled (None where absent). With it on, the scheduler shares the
+    CPU between sessions before it looks at nice: work started in another terminal or by
+    another agent's shell takes its session's share even at nice 19, and a benchmark run
+    beside it is slowed as if it were not niced at all. Off (`echo 0 > /proc/sys/kernel/
+    sched_autogroup_enabled`, root), nice 19 work yields to the benchmark as intended."""
+    try:
+        return int(AUTOGROUP.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager
@@ -713,6 +732,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
             "steady_state": steady,
             "workers": args.workers,
             "kernel_backlog_limits": getattr(args, "kernel", {}),
+            "kernel_sched_autogroup": sched_autogroup(),
             "tcp_backlog": env.get("AQUAFLEET_TCP_BACKLOG", "default"),
             "kernel_listen_drops": {
                 name: listen_after[name] - listen_before.get(name, 0) for name in listen_after

@@ -43,3 +43,15 @@ def test_a_process_that_is_gone_has_no_children():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert children(gone.pid) == []
+
+
+def test_the_schedulers_autogroup_setting_is_read_for_the_report(tmp_path, monkeypatch):
+    import benchmarks.load as load
+
+    setting = tmp_path / "sched_autogroup_enabled"
+    monkeypatch.setattr(load, "AUTOGROUP", setting)
+    assert load.sched_autogroup() is None  # absent (a kernel without autogroup)
+    setting.write_text("1\n")
+    assert load.sched_autogroup() == 1
+    setting.write_text("0\n")
+    assert load.sched_autogroup() == 0
