@@ -188,7 +188,11 @@ async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = 
     elif notice.amount_fen != payment.amount_fen:
         outcome = Outcome.AMOUNT_MISMATCH
     elif payment.state is PaymentState.PAID and payment.purpose == Purpose.ORDER.value:
-        return await _paid_twice(await Order.get(oid=payment.order_oid), notice, now)
+        order = await Order.get(oid=payment.order_oid)
+        if order.state is OrderState.CLOSE:
+            # Paid after close by another transaction first: this one is refunded too.
+            return await _refund_after_close(order, payment, notice, now)
+        return await _paid_twice(order, notice, now)
     elif payment.state is PaymentState.PAID:
         outcome = Outcome.DUPLICATE  # a top-up paid by another transaction: a person's case
     elif payment.purpose == Purpose.TOPUP.value:
@@ -217,7 +221,6 @@ def _mark_paid_within(payment: Payment, notice: ChannelPayment, now: dt.datetime
 async def _pay_order_bill(
     payment: Payment, notice: ChannelPayment, apply_service: Any, now: dt.datetime
 ) -> Outcome:
-    from aquafleet.models.money import record_order_payment, request_refund
 
     order = await Order.get(oid=payment.order_oid)
     mark = _mark_paid_within(payment, notice, now)
@@ -260,13 +263,35 @@ async def _pay_order_bill(
             return Outcome.DUPLICATE
         return await _paid_twice(order, notice, now)
     # The order closed before the money came: book the money, and give it back in full.
+    return await _refund_after_close(order, payment, notice, now)
+
+
+async def _refund_after_close(
+    order: Order, payment: Payment, notice: ChannelPayment, now: dt.datetime
+) -> Outcome:
+    """Money for an order that closed unpaid: booked and requested back in full, once per
+    channel transaction. The first transaction is the order's payment (`pay:{oid}`, refund
+    `close-{oid}`, the bill marked paid by it); a later one (the bill moved to another channel
+    and was paid there too) is keyed by its transaction like a second payment
+    (`pay-twice:{channel}:{transaction_no}`, refund `twice-{transaction_no}` through its own
+    channel). The order row is locked while the bill is read again, so of two racing
+    transactions one is first and the other later, never both first."""
+    from aquafleet.models.money import record_order_payment, request_refund
+
     try:
         async with in_transaction("default"):
+            await Order.filter(oid=order.oid).select_for_update().get()
+            bill = await Payment.get(id=payment.id)
+            if bill.state is PaymentState.PAID:
+                if _same_payment(bill, notice):
+                    await _record(notice, Outcome.DUPLICATE, now)
+                    return Outcome.DUPLICATE
+                return await _paid_twice(order, notice, now, Outcome.REFUND_AFTER_CLOSE)
             await record_order_payment(
                 order, channel=notice.channel, payment_key=notice.transaction_no,
                 actor=f"{notice.channel}:{notice.transaction_no}"[:64], memo="after close",
             )  # fmt: skip
-            await mark()
+            await _mark_paid_within(payment, notice, now)()
             await _record(notice, Outcome.REFUND_AFTER_CLOSE, now)
             await request_refund(
                 order=order, amount_fen=payment.amount_fen, refund_no=f"close-{order.oid}",
@@ -282,23 +307,36 @@ def _same_payment(payment: Payment, notice: ChannelPayment) -> bool:
     return (payment.channel, payment.transaction_no) == (notice.channel, notice.transaction_no)
 
 
-async def _paid_twice(order: Order, notice: ChannelPayment, now: dt.datetime) -> Outcome:
-    """The order was paid before (from the wallet, by an admin, through another channel): the
-    channel's money is booked and given back in full through it (models/money.py
-    `record_duplicate_payment`), once per notice."""
-    from aquafleet.models.money import record_duplicate_payment
+async def _paid_twice(
+    order: Order, notice: ChannelPayment, now: dt.datetime, outcome: Outcome = Outcome.PAID_TWICE
+) -> Outcome:
+    """The order was paid before (from the wallet, by an admin, through another channel), or
+    its closed bill was paid by another transaction first: the channel's money is booked and
+    given back in full through it (models/money.py `record_duplicate_payment`), once per
+    channel transaction; the same transaction under another notice id is a duplicate."""
+    from aquafleet.models.money import (
+        duplicate_payment_key,
+        payment_booked,
+        record_duplicate_payment,
+    )
 
+    if await payment_booked(duplicate_payment_key(notice.channel, notice.transaction_no)):
+        with contextlib.suppress(IntegrityError):
+            await _record(notice, Outcome.DUPLICATE, now)
+        return Outcome.DUPLICATE
+    closed = outcome is Outcome.REFUND_AFTER_CLOSE
     try:
         async with in_transaction("default"):
-            await _record(notice, Outcome.PAID_TWICE, now)
+            await _record(notice, outcome, now)
             await record_duplicate_payment(
                 order, channel=notice.channel, transaction_no=notice.transaction_no,
                 amount_fen=notice.amount_fen,
                 actor=f"{notice.channel}:{notice.transaction_no}"[:64],
+                why="the order closed unpaid" if closed else "the order was paid before",
             )  # fmt: skip
     except IntegrityError:
         return Outcome.DUPLICATE
-    return Outcome.PAID_TWICE
+    return outcome
 
 
 async def close_bill(payment: Payment) -> None:

@@ -430,3 +430,78 @@ async def test_a_refund_settled_by_its_notification_before_it_is_marked_requeste
     assert (await Refund.get(refund_no=f"return-{oid}")).state is RefundState.SUCCEEDED
     assert await balance(channel_account("weixin", shop.vid)) == 0
     await assert_ledger_clean()
+
+
+@pytest.mark.parametrize("interleaving", ["one_after_the_other", "racing"])
+async def test_two_payments_after_the_order_closed_are_each_refunded_once(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, interleaving: str
+):
+    """The order closed unpaid; the member had opened its bill at WeChat Pay, moved it to
+    Alipay, and paid both. Each transaction is booked and given back in full through its own
+    channel, once: WeChat Pay's as the order's (`close-{oid}`), Alipay's by its transaction
+    (`twice-{trade_no}`). Racing: Alipay's notice read the bill unpaid, then WeChat Pay's
+    notification lands before it books."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    shop.fake.hold = True
+    await shop.fake.pay(bill)  # paid at WeChat Pay; its notification comes later
+    trade_no = "2026120622001400001234567890"
+    alipay = payments.ChannelPayment(
+        notice_id=f"alipay:{trade_no}", channel="alipay", vendor=shop.vid, bill_no=bill,
+        transaction_no=trade_no, amount_fen=total,
+    )  # fmt: skip
+    service = shop.node.app[PAYMENTS]
+    notified: list[tuple[int, str]] = []
+    if interleaving == "racing":
+        original = payments._pay_order_bill
+
+        async def wechat_first(*args: Any, **kwargs: Any) -> Any:
+            if not notified:  # Alipay's call (WeChat Pay's own goes straight on)
+                notified.append((0, "sent"))
+                notified[:] = await shop.fake.release()
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(payments, "_pay_order_bill", wechat_first)
+    else:
+        notified[:] = await shop.fake.release()
+    assert await service.apply(alipay) is Outcome.REFUND_AFTER_CLOSE
+    assert notified[0][0] == 200 and '"outcome":"refund_after_close"' in notified[0][1]
+    wechat_txn = shop.fake.transactions[bill].transaction_id
+
+    refunds = {r.refund_no: r for r in await Refund.filter(order_oid=oid)}
+    assert set(refunds) == {f"close-{oid}", f"twice-{trade_no}"}
+    assert refunds[f"close-{oid}"].amount_fen == total
+    assert (refunds[f"twice-{trade_no}"].amount_fen, refunds[f"twice-{trade_no}"].channel) == (
+        total,
+        "alipay",
+    )
+    assert await balance(channel_account("weixin", shop.vid)) == total
+    assert await balance(channel_account("alipay", shop.vid)) == total
+    paid = await Payment.get(bill_no=bill)  # the bill is WeChat Pay's payment, the first
+    assert (paid.state, paid.channel, paid.transaction_no) == (
+        PaymentState.PAID,
+        "weixin",
+        wechat_txn,
+    )
+
+    # The same transactions again, under other notice ids: nothing more.
+    again = payments.ChannelPayment(
+        notice_id=f"query:{trade_no}", channel="alipay", vendor=shop.vid, bill_no=bill,
+        transaction_no=trade_no, amount_fen=total,
+    )  # fmt: skip
+    assert await service.apply(again) is Outcome.DUPLICATE
+    assert await service.wechat.query_bill(await Payment.get(bill_no=bill)) is Outcome.DUPLICATE
+    assert await Refund.filter(order_oid=oid).count() == 2
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 2  # one booking each
+    assert await shop.state(oid) == "close"
+    await assert_ledger_clean()
+
+    shop.fake.hold = False
+    await shop.sweep()  # WeChat Pay's back; Alipay's waits for its merchant (not set up here)
+    await shop.fake.drain()
+    assert (await Refund.get(refund_no=f"close-{oid}")).state is RefundState.SUCCEEDED
+    assert shop.fake.refunds[f"close-{oid}"].refund == total
+    assert await balance(channel_account("weixin", shop.vid)) == 0
+    await assert_ledger_clean()
