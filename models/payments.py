@@ -14,7 +14,8 @@ notification id, and records every notice with its outcome:
 - `amount_mismatch`: the channel names another amount than the bill's: recorded, alerted by the
   caller, never paid;
 - `refund_after_close`: the order closed before the money came: the money is booked and a full
-  refund is requested (`close-{oid}`), which the channel then pays back;
+  refund is requested, once per channel transaction (the first `close-{oid}`, a later one
+  `twice-{transaction_no}` through its own channel), which the channel then pays back;
 - `unknown_bill`: no such bill here;
 - `paid_twice`: the order was paid otherwise before (from the wallet, marked paid by an
   admin): the channel's money is booked as a duplicate and its refund in full requested through
@@ -31,6 +32,7 @@ from typing import Any
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
@@ -348,34 +350,44 @@ async def close_bill(payment: Payment) -> None:
 
 
 async def bills_to_close(limit: int = 100) -> list[Payment]:
-    """Pending bills whose order has closed: close them at the channel."""
-    pending = (
+    """Pending order bills whose order no longer awaits payment (it closed, or it was paid
+    otherwise: from the wallet, by an admin, through another channel): close them at the
+    channel, the least recently tried first (`bill_tried`), so bills a channel keeps
+    deferring do not hold the others back."""
+    awaiting = Subquery(Order.filter(state=OrderState.OBLIGATION).values("oid"))
+    return list(
         await Payment.filter(state=PaymentState.PENDING, purpose=Purpose.ORDER.value)
         .exclude(prepay_id="")
-        .values_list("order_oid", flat=True)
-    )
-    if not pending:
-        return []
-    closed = await Order.filter(oid__in=list(pending), state=OrderState.CLOSE).values_list(
-        "oid", flat=True
-    )
-    if not closed:
-        return []
-    return list(
-        await Payment.filter(state=PaymentState.PENDING, order_oid__in=list(closed))
-        .order_by("id")
+        .exclude(order_oid__in=awaiting)
+        .order_by("updated_at", "id")
         .limit(limit)
+    )
+
+
+async def paid_otherwise(payment: Payment) -> bool:
+    """The bill's order was paid without it (closing it, the channel is asked first: money it
+    took anyway is a second payment, booked and refunded)."""
+    order = await Order.get_or_none(oid=payment.order_oid)
+    return order is not None and order.state not in (OrderState.OBLIGATION, OrderState.CLOSE)
+
+
+async def bill_tried(payment: Payment) -> None:
+    """The sweep asked the channel about the bill: it goes to the back of the sweep's queues
+    (`bills_to_close`, `late_bills` take the least recently tried first)."""
+    await Payment.filter(id=payment.id, state=PaymentState.PENDING).update(
+        updated_at=dt.datetime.now(dt.UTC)
     )
 
 
 async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment]:
     """Pending bills, opened at the channel longer ago than `older_than`, whose notification
-    has not come: ask the channel."""
+    has not come: ask the channel, the least recently tried first (`bill_tried`), so a
+    hundred bills the channel keeps answering unpaid never starve a newer one."""
     before = dt.datetime.now(dt.UTC) - older_than
     return list(
         await Payment.filter(state=PaymentState.PENDING, created_at__lte=before)
         .exclude(prepay_id="")
-        .order_by("id")
+        .order_by("updated_at", "id")
         .limit(limit)
     )
 

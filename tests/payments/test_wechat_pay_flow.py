@@ -11,6 +11,7 @@ import pytest
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway import channels
+from aquafleet.gateway.payments import SWEEP_BATCH
 from aquafleet.models import payments
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
@@ -504,4 +505,46 @@ async def test_two_payments_after_the_order_closed_are_each_refunded_once(
     assert (await Refund.get(refund_no=f"close-{oid}")).state is RefundState.SUCCEEDED
     assert shop.fake.refunds[f"close-{oid}"].refund == total
     assert await balance(channel_account("weixin", shop.vid)) == 0
+    await assert_ledger_clean()
+
+
+async def test_bills_of_orders_paid_otherwise_are_closed_and_never_starve_a_late_one(shop: Shop):
+    """Over a sweep's batch of orders marked paid by an admin leave their WeChat Pay bills
+    pending. The sweep asks WeChat Pay about each and closes it there (one the member paid
+    anyway is booked and refunded as paid twice), so they leave its working set, and a newer
+    bill whose notification is late is found and paid within a pass or two."""
+    if not await AdminAccount.exists(username="ops"):
+        await create_account("ops", "0" * 32, Role.PLATFORM)
+    stale: list[str] = []
+    for _ in range(SWEEP_BATCH + 1):
+        oid = (await shop.order())["order_id"]
+        stale.append((await shop.prepay(oid)).data["bill_no"])
+        await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
+    paid_twice = shop.fake.transactions[stale[0]].total
+    shop.fake.hold = True
+    await shop.fake.pay(stale[0])  # paid at WeChat Pay too; the notification is lost
+    shop.fake.held.clear()
+    late = (await shop.order())["order_id"]
+    late_bill = (await shop.prepay(late)).data["bill_no"]
+    await shop.fake.pay(late_bill)  # paid; the notification is late
+    service = shop.node.app[PAYMENTS]
+    service.query_after = service.query_after * 0
+
+    await shop.sweep()  # a batch of stale bills closed, then the late bill queried
+    assert await shop.state(late) == "paid"
+    await shop.sweep()  # the rest of the stale bills
+    states = {p.bill_no: p.state for p in await Payment.filter(bill_no__in=stale)}
+    assert set(states.values()) == {PaymentState.CLOSED}
+    assert {shop.fake.transactions[b].state for b in stale[1:]} == {"CLOSED"}
+    twice = await Refund.get(refund_no=f"twice-{shop.fake.transactions[stale[0]].transaction_id}")
+    assert (twice.part, twice.channel, twice.amount_fen) == ("duplicate", "weixin", paid_twice)
+    await assert_ledger_clean()
+
+    shop.fake.requests.clear()
+    report = await shop.sweep()
+    queried = {r.rsplit("/", 1)[1] for r in shop.fake.requests if r.startswith("GET /v3/pay/")}
+    assert queried == set() and report.bills_queried == 0  # never asked about again
+    await shop.fake.drain()  # the paid-twice money went back through WeChat Pay
+    assert (await Refund.get(id=twice.id)).state is RefundState.SUCCEEDED
+    assert shop.fake.refunds[twice.refund_no].refund == paid_twice
     await assert_ledger_clean()
