@@ -42,9 +42,11 @@ from aquafleet.models.payments import (
     Payment,
     PaymentState,
     apply_channel_payment,
+    bill_tried,
     bills_to_close,
     close_bill,
     late_bills,
+    paid_otherwise,
     payment_of_order,
 )
 from aquafleet.models.sealed import SecretBox
@@ -118,8 +120,9 @@ class PaymentService:
     # ------------------------------------------------------------------------- the sweep
 
     async def sweep(self, *, limit: int = SWEEP_BATCH) -> SweepReport:
-        """One pass: due refunds executed, bills of closed orders closed, late bills queried,
-        commission withdrawals sent through WeChat transfers queried (gateway/payouts.py)."""
+        """One pass: due refunds executed, bills of orders no longer awaiting payment closed
+        (closed, or paid otherwise), late bills queried, commission withdrawals sent through
+        WeChat transfers queried (gateway/payouts.py)."""
         report = SweepReport()
         for refund in await Refund.filter(state=RefundState.DUE).order_by("id").limit(limit):
             await self._guarded(
@@ -139,6 +142,7 @@ class PaymentService:
             if channel is None:
                 continue
             report.bills_queried += 1
+            await bill_tried(payment)
             what = f"bill {payment.bill_no}"
             outcome = await self._guarded(report, what, channel.query_bill, payment)
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):
@@ -214,9 +218,15 @@ class PaymentService:
             report.refunds_failed += 1
 
     async def _close(self, payment: Payment, report: SweepReport) -> None:
+        await bill_tried(payment)  # deferred by the channel: the others go first next time
         channel = self.channels.get(payment.channel)
         if channel is None:
             await close_bill(payment)  # no channel to tell (the wallet's, or one not set up)
+            return
+        # An order paid without the bill: ask the channel first. Money it took anyway was
+        # applied as a second payment (booked, refunded in full); the bill is done with.
+        if await paid_otherwise(payment) and await channel.query_bill(payment) is not None:
+            await close_bill(payment)
             return
         report.bills_closed += await channel.close(payment)
 

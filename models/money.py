@@ -328,26 +328,41 @@ async def paid_fen(oid: str) -> int:
     return total
 
 
+def duplicate_payment_key(channel: str, transaction_no: str) -> str:
+    """The ledger key of a channel transaction booked as a second payment of an order."""
+    return f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]
+
+
+async def payment_booked(key: str) -> bool:
+    return await MoneyTransaction.exists(key=key)
+
+
 async def record_duplicate_payment(
-    order: Any, *, channel: str, transaction_no: str, amount_fen: int, actor: str
+    order: Any,
+    *,
+    channel: str,
+    transaction_no: str,
+    amount_fen: int,
+    actor: str,
+    why: str = "the order was paid before",
 ) -> Refund:
     """A channel took money for an order that was already paid (the member paid its bill at
-    WeChat Pay after paying from its wallet, or after an admin marked the order paid): book it
-    (key `pay-twice:{channel}:{transaction_no}`: the channel debited, `order:{oid}:duplicate`
+    WeChat Pay after paying from its wallet, or after an admin marked the order paid), or that
+    closed unpaid and was paid by another transaction first (`why` says which): book it (key
+    `pay-twice:{channel}:{transaction_no}`: the channel debited, `order:{oid}:duplicate`
     credited) and request its refund in full through that channel (refund number
     `twice-{transaction_no}`), once per channel transaction."""
-    key = f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]
     async with in_transaction("default"):
         await post(
-            key, kind="payment_twice", vendor=order.vendor_id, order_oid=order.oid,
+            duplicate_payment_key(channel, transaction_no), kind="payment_twice",
+            vendor=order.vendor_id, order_oid=order.oid,
             legs=[Leg(channel_account(channel, order.vendor_id), amount_fen),
                   Leg(order_account(order.oid, Part.DUPLICATE), -amount_fen)],
-            actor=actor, memo=f"{channel} {transaction_no}: the order was paid before",
+            actor=actor, memo=f"{channel} {transaction_no}: {why}",
         )  # fmt: skip
         return await request_refund(
             order=order, amount_fen=amount_fen, refund_no=f"twice-{transaction_no}"[:MAX_REFUND_NO],
-            reason="paid twice: the order was paid before", actor=actor, part=Part.DUPLICATE,
-            channel=channel,
+            reason=f"paid twice: {why}", actor=actor, part=Part.DUPLICATE, channel=channel,
         )  # fmt: skip
 
 

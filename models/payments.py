@@ -14,7 +14,8 @@ notification id, and records every notice with its outcome:
 - `amount_mismatch`: the channel names another amount than the bill's: recorded, alerted by the
   caller, never paid;
 - `refund_after_close`: the order closed before the money came: the money is booked and a full
-  refund is requested (`close-{oid}`), which the channel then pays back;
+  refund is requested, once per channel transaction (the first `close-{oid}`, a later one
+  `twice-{transaction_no}` through its own channel), which the channel then pays back;
 - `unknown_bill`: no such bill here;
 - `paid_twice`: the order was paid otherwise before (from the wallet, marked paid by an
   admin): the channel's money is booked as a duplicate and its refund in full requested through
@@ -31,6 +32,7 @@ from typing import Any
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
@@ -188,7 +190,11 @@ async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = 
     elif notice.amount_fen != payment.amount_fen:
         outcome = Outcome.AMOUNT_MISMATCH
     elif payment.state is PaymentState.PAID and payment.purpose == Purpose.ORDER.value:
-        return await _paid_twice(await Order.get(oid=payment.order_oid), notice, now)
+        order = await Order.get(oid=payment.order_oid)
+        if order.state is OrderState.CLOSE:
+            # Paid after close by another transaction first: this one is refunded too.
+            return await _refund_after_close(order, payment, notice, now)
+        return await _paid_twice(order, notice, now)
     elif payment.state is PaymentState.PAID:
         outcome = Outcome.DUPLICATE  # a top-up paid by another transaction: a person's case
     elif payment.purpose == Purpose.TOPUP.value:
@@ -217,7 +223,6 @@ def _mark_paid_within(payment: Payment, notice: ChannelPayment, now: dt.datetime
 async def _pay_order_bill(
     payment: Payment, notice: ChannelPayment, apply_service: Any, now: dt.datetime
 ) -> Outcome:
-    from aquafleet.models.money import record_order_payment, request_refund
 
     order = await Order.get(oid=payment.order_oid)
     mark = _mark_paid_within(payment, notice, now)
@@ -260,13 +265,35 @@ async def _pay_order_bill(
             return Outcome.DUPLICATE
         return await _paid_twice(order, notice, now)
     # The order closed before the money came: book the money, and give it back in full.
+    return await _refund_after_close(order, payment, notice, now)
+
+
+async def _refund_after_close(
+    order: Order, payment: Payment, notice: ChannelPayment, now: dt.datetime
+) -> Outcome:
+    """Money for an order that closed unpaid: booked and requested back in full, once per
+    channel transaction. The first transaction is the order's payment (`pay:{oid}`, refund
+    `close-{oid}`, the bill marked paid by it); a later one (the bill moved to another channel
+    and was paid there too) is keyed by its transaction like a second payment
+    (`pay-twice:{channel}:{transaction_no}`, refund `twice-{transaction_no}` through its own
+    channel). The order row is locked while the bill is read again, so of two racing
+    transactions one is first and the other later, never both first."""
+    from aquafleet.models.money import record_order_payment, request_refund
+
     try:
         async with in_transaction("default"):
+            await Order.filter(oid=order.oid).select_for_update().get()
+            bill = await Payment.get(id=payment.id)
+            if bill.state is PaymentState.PAID:
+                if _same_payment(bill, notice):
+                    await _record(notice, Outcome.DUPLICATE, now)
+                    return Outcome.DUPLICATE
+                return await _paid_twice(order, notice, now, Outcome.REFUND_AFTER_CLOSE)
             await record_order_payment(
                 order, channel=notice.channel, payment_key=notice.transaction_no,
                 actor=f"{notice.channel}:{notice.transaction_no}"[:64], memo="after close",
             )  # fmt: skip
-            await mark()
+            await _mark_paid_within(payment, notice, now)()
             await _record(notice, Outcome.REFUND_AFTER_CLOSE, now)
             await request_refund(
                 order=order, amount_fen=payment.amount_fen, refund_no=f"close-{order.oid}",
@@ -282,23 +309,36 @@ def _same_payment(payment: Payment, notice: ChannelPayment) -> bool:
     return (payment.channel, payment.transaction_no) == (notice.channel, notice.transaction_no)
 
 
-async def _paid_twice(order: Order, notice: ChannelPayment, now: dt.datetime) -> Outcome:
-    """The order was paid before (from the wallet, by an admin, through another channel): the
-    channel's money is booked and given back in full through it (models/money.py
-    `record_duplicate_payment`), once per notice."""
-    from aquafleet.models.money import record_duplicate_payment
+async def _paid_twice(
+    order: Order, notice: ChannelPayment, now: dt.datetime, outcome: Outcome = Outcome.PAID_TWICE
+) -> Outcome:
+    """The order was paid before (from the wallet, by an admin, through another channel), or
+    its closed bill was paid by another transaction first: the channel's money is booked and
+    given back in full through it (models/money.py `record_duplicate_payment`), once per
+    channel transaction; the same transaction under another notice id is a duplicate."""
+    from aquafleet.models.money import (
+        duplicate_payment_key,
+        payment_booked,
+        record_duplicate_payment,
+    )
 
+    if await payment_booked(duplicate_payment_key(notice.channel, notice.transaction_no)):
+        with contextlib.suppress(IntegrityError):
+            await _record(notice, Outcome.DUPLICATE, now)
+        return Outcome.DUPLICATE
+    closed = outcome is Outcome.REFUND_AFTER_CLOSE
     try:
         async with in_transaction("default"):
-            await _record(notice, Outcome.PAID_TWICE, now)
+            await _record(notice, outcome, now)
             await record_duplicate_payment(
                 order, channel=notice.channel, transaction_no=notice.transaction_no,
                 amount_fen=notice.amount_fen,
                 actor=f"{notice.channel}:{notice.transaction_no}"[:64],
+                why="the order closed unpaid" if closed else "the order was paid before",
             )  # fmt: skip
     except IntegrityError:
         return Outcome.DUPLICATE
-    return Outcome.PAID_TWICE
+    return outcome
 
 
 async def close_bill(payment: Payment) -> None:
@@ -310,34 +350,44 @@ async def close_bill(payment: Payment) -> None:
 
 
 async def bills_to_close(limit: int = 100) -> list[Payment]:
-    """Pending bills whose order has closed: close them at the channel."""
-    pending = (
+    """Pending order bills whose order no longer awaits payment (it closed, or it was paid
+    otherwise: from the wallet, by an admin, through another channel): close them at the
+    channel, the least recently tried first (`bill_tried`), so bills a channel keeps
+    deferring do not hold the others back."""
+    awaiting = Subquery(Order.filter(state=OrderState.OBLIGATION).values("oid"))
+    return list(
         await Payment.filter(state=PaymentState.PENDING, purpose=Purpose.ORDER.value)
         .exclude(prepay_id="")
-        .values_list("order_oid", flat=True)
-    )
-    if not pending:
-        return []
-    closed = await Order.filter(oid__in=list(pending), state=OrderState.CLOSE).values_list(
-        "oid", flat=True
-    )
-    if not closed:
-        return []
-    return list(
-        await Payment.filter(state=PaymentState.PENDING, order_oid__in=list(closed))
-        .order_by("id")
+        .exclude(order_oid__in=awaiting)
+        .order_by("updated_at", "id")
         .limit(limit)
+    )
+
+
+async def paid_otherwise(payment: Payment) -> bool:
+    """The bill's order was paid without it (closing it, the channel is asked first: money it
+    took anyway is a second payment, booked and refunded)."""
+    order = await Order.get_or_none(oid=payment.order_oid)
+    return order is not None and order.state not in (OrderState.OBLIGATION, OrderState.CLOSE)
+
+
+async def bill_tried(payment: Payment) -> None:
+    """The sweep asked the channel about the bill: it goes to the back of the sweep's queues
+    (`bills_to_close`, `late_bills` take the least recently tried first)."""
+    await Payment.filter(id=payment.id, state=PaymentState.PENDING).update(
+        updated_at=dt.datetime.now(dt.UTC)
     )
 
 
 async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment]:
     """Pending bills, opened at the channel longer ago than `older_than`, whose notification
-    has not come: ask the channel."""
+    has not come: ask the channel, the least recently tried first (`bill_tried`), so a
+    hundred bills the channel keeps answering unpaid never starve a newer one."""
     before = dt.datetime.now(dt.UTC) - older_than
     return list(
         await Payment.filter(state=PaymentState.PENDING, created_at__lte=before)
         .exclude(prepay_id="")
-        .order_by("id")
+        .order_by("updated_at", "id")
         .limit(limit)
     )
 

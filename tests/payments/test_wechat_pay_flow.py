@@ -11,6 +11,7 @@ import pytest
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway import channels
+from aquafleet.gateway.payments import SWEEP_BATCH
 from aquafleet.models import payments
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
@@ -429,4 +430,121 @@ async def test_a_refund_settled_by_its_notification_before_it_is_marked_requeste
     assert report.errors == [] and report.refunds_sent == 1
     assert (await Refund.get(refund_no=f"return-{oid}")).state is RefundState.SUCCEEDED
     assert await balance(channel_account("weixin", shop.vid)) == 0
+    await assert_ledger_clean()
+
+
+@pytest.mark.parametrize("interleaving", ["one_after_the_other", "racing"])
+async def test_two_payments_after_the_order_closed_are_each_refunded_once(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, interleaving: str
+):
+    """The order closed unpaid; the member had opened its bill at WeChat Pay, moved it to
+    Alipay, and paid both. Each transaction is booked and given back in full through its own
+    channel, once: WeChat Pay's as the order's (`close-{oid}`), Alipay's by its transaction
+    (`twice-{trade_no}`). Racing: Alipay's notice read the bill unpaid, then WeChat Pay's
+    notification lands before it books."""
+    order = await shop.order()
+    oid, total = order["order_id"], order["amounts"]["total"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    shop.fake.hold = True
+    await shop.fake.pay(bill)  # paid at WeChat Pay; its notification comes later
+    trade_no = "2026120622001400001234567890"
+    alipay = payments.ChannelPayment(
+        notice_id=f"alipay:{trade_no}", channel="alipay", vendor=shop.vid, bill_no=bill,
+        transaction_no=trade_no, amount_fen=total,
+    )  # fmt: skip
+    service = shop.node.app[PAYMENTS]
+    notified: list[tuple[int, str]] = []
+    if interleaving == "racing":
+        original = payments._pay_order_bill
+
+        async def wechat_first(*args: Any, **kwargs: Any) -> Any:
+            if not notified:  # Alipay's call (WeChat Pay's own goes straight on)
+                notified.append((0, "sent"))
+                notified[:] = await shop.fake.release()
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(payments, "_pay_order_bill", wechat_first)
+    else:
+        notified[:] = await shop.fake.release()
+    assert await service.apply(alipay) is Outcome.REFUND_AFTER_CLOSE
+    assert notified[0][0] == 200 and '"outcome":"refund_after_close"' in notified[0][1]
+    wechat_txn = shop.fake.transactions[bill].transaction_id
+
+    refunds = {r.refund_no: r for r in await Refund.filter(order_oid=oid)}
+    assert set(refunds) == {f"close-{oid}", f"twice-{trade_no}"}
+    assert refunds[f"close-{oid}"].amount_fen == total
+    assert (refunds[f"twice-{trade_no}"].amount_fen, refunds[f"twice-{trade_no}"].channel) == (
+        total,
+        "alipay",
+    )
+    assert await balance(channel_account("weixin", shop.vid)) == total
+    assert await balance(channel_account("alipay", shop.vid)) == total
+    paid = await Payment.get(bill_no=bill)  # the bill is WeChat Pay's payment, the first
+    assert (paid.state, paid.channel, paid.transaction_no) == (
+        PaymentState.PAID,
+        "weixin",
+        wechat_txn,
+    )
+
+    # The same transactions again, under other notice ids: nothing more.
+    again = payments.ChannelPayment(
+        notice_id=f"query:{trade_no}", channel="alipay", vendor=shop.vid, bill_no=bill,
+        transaction_no=trade_no, amount_fen=total,
+    )  # fmt: skip
+    assert await service.apply(again) is Outcome.DUPLICATE
+    assert await service.wechat.query_bill(await Payment.get(bill_no=bill)) is Outcome.DUPLICATE
+    assert await Refund.filter(order_oid=oid).count() == 2
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 2  # one booking each
+    assert await shop.state(oid) == "close"
+    await assert_ledger_clean()
+
+    shop.fake.hold = False
+    await shop.sweep()  # WeChat Pay's back; Alipay's waits for its merchant (not set up here)
+    await shop.fake.drain()
+    assert (await Refund.get(refund_no=f"close-{oid}")).state is RefundState.SUCCEEDED
+    assert shop.fake.refunds[f"close-{oid}"].refund == total
+    assert await balance(channel_account("weixin", shop.vid)) == 0
+    await assert_ledger_clean()
+
+
+async def test_bills_of_orders_paid_otherwise_are_closed_and_never_starve_a_late_one(shop: Shop):
+    """Over a sweep's batch of orders marked paid by an admin leave their WeChat Pay bills
+    pending. The sweep asks WeChat Pay about each and closes it there (one the member paid
+    anyway is booked and refunded as paid twice), so they leave its working set, and a newer
+    bill whose notification is late is found and paid within a pass or two."""
+    if not await AdminAccount.exists(username="ops"):
+        await create_account("ops", "0" * 32, Role.PLATFORM)
+    stale: list[str] = []
+    for _ in range(SWEEP_BATCH + 1):
+        oid = (await shop.order())["order_id"]
+        stale.append((await shop.prepay(oid)).data["bill_no"])
+        await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
+    paid_twice = shop.fake.transactions[stale[0]].total
+    shop.fake.hold = True
+    await shop.fake.pay(stale[0])  # paid at WeChat Pay too; the notification is lost
+    shop.fake.held.clear()
+    late = (await shop.order())["order_id"]
+    late_bill = (await shop.prepay(late)).data["bill_no"]
+    await shop.fake.pay(late_bill)  # paid; the notification is late
+    service = shop.node.app[PAYMENTS]
+    service.query_after = service.query_after * 0
+
+    await shop.sweep()  # a batch of stale bills closed, then the late bill queried
+    assert await shop.state(late) == "paid"
+    await shop.sweep()  # the rest of the stale bills
+    states = {p.bill_no: p.state for p in await Payment.filter(bill_no__in=stale)}
+    assert set(states.values()) == {PaymentState.CLOSED}
+    assert {shop.fake.transactions[b].state for b in stale[1:]} == {"CLOSED"}
+    twice = await Refund.get(refund_no=f"twice-{shop.fake.transactions[stale[0]].transaction_id}")
+    assert (twice.part, twice.channel, twice.amount_fen) == ("duplicate", "weixin", paid_twice)
+    await assert_ledger_clean()
+
+    shop.fake.requests.clear()
+    report = await shop.sweep()
+    queried = {r.rsplit("/", 1)[1] for r in shop.fake.requests if r.startswith("GET /v3/pay/")}
+    assert queried == set() and report.bills_queried == 0  # never asked about again
+    await shop.fake.drain()  # the paid-twice money went back through WeChat Pay
+    assert (await Refund.get(id=twice.id)).state is RefundState.SUCCEEDED
+    assert shop.fake.refunds[twice.refund_no].refund == paid_twice
     await assert_ledger_clean()
