@@ -45,10 +45,11 @@ class ChannelShop:
         answer = await self.shopper.client.call("GET", f"/orders/{oid}")
         return str(answer.data["state_name"])
 
-    async def sweep(self) -> Any:
+    async def sweep(self, limit: int | None = None) -> Any:
         from aquafleet.api.payments import PAYMENTS
 
-        return await self.node.app[PAYMENTS].sweep()
+        service = self.node.app[PAYMENTS]
+        return await (service.sweep() if limit is None else service.sweep(limit=limit))
 
 
 async def assert_ledger_clean() -> None:

@@ -11,7 +11,6 @@ import pytest
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway import channels
-from aquafleet.gateway.payments import SWEEP_BATCH
 from aquafleet.models import payments
 from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.commission_check import check_commissions
@@ -516,7 +515,8 @@ async def test_bills_of_orders_paid_otherwise_are_closed_and_never_starve_a_late
     if not await AdminAccount.exists(username="ops"):
         await create_account("ops", "0" * 32, Role.PLATFORM)
     stale: list[str] = []
-    for _ in range(SWEEP_BATCH + 1):
+    batch = 4  # a sweep's batch (SWEEP_BATCH in production), small so the test stays quick
+    for _ in range(batch + 1):
         oid = (await shop.order())["order_id"]
         stale.append((await shop.prepay(oid)).data["bill_no"])
         await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
@@ -530,9 +530,9 @@ async def test_bills_of_orders_paid_otherwise_are_closed_and_never_starve_a_late
     service = shop.node.app[PAYMENTS]
     service.query_after = service.query_after * 0
 
-    await shop.sweep()  # a batch of stale bills closed, then the late bill queried
+    await shop.sweep(batch)  # a batch of stale bills closed, then the late bill queried
     assert await shop.state(late) == "paid"
-    await shop.sweep()  # the rest of the stale bills
+    await shop.sweep(batch)  # the rest of the stale bills
     states = {p.bill_no: p.state for p in await Payment.filter(bill_no__in=stale)}
     assert set(states.values()) == {PaymentState.CLOSED}
     assert {shop.fake.transactions[b].state for b in stale[1:]} == {"CLOSED"}
@@ -541,7 +541,7 @@ async def test_bills_of_orders_paid_otherwise_are_closed_and_never_starve_a_late
     await assert_ledger_clean()
 
     shop.fake.requests.clear()
-    report = await shop.sweep()
+    report = await shop.sweep(batch)
     queried = {r.rsplit("/", 1)[1] for r in shop.fake.requests if r.startswith("GET /v3/pay/")}
     assert queried == set() and report.bills_queried == 0  # never asked about again
     await shop.fake.drain()  # the paid-twice money went back through WeChat Pay
