@@ -196,6 +196,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "share_limit": (409, "the device is shared with as many members as allowed"),
     "sharing_disabled": (409, "the vendor has switched device sharing off (AX-08)"),
     "no_technician": (409, "no available technician with the ticket's skill fits the dispatch"),
+    "handed_over_elsewhere": (
+        409,
+        "an exchange's retry names another device than the one given the quota",
+    ),
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
     "device_locked": (409, "the device is locked (the message says why): it pours nothing"),

@@ -478,7 +478,8 @@ class CompleteIn(RequestModel):
     "done. Maintenance resets the filters replaced on the device (it must be online: 409 "
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
     "to the member with the old device's service (the quota it has left at that moment moves "
-    "over) and locks and unbinds the old one; dismantle "
+    "over) and locks and unbinds the old one (a retry after a failure half way naming another "
+    "`new_device` than the one the quota went to: 409 handed_over_elsewhere); dismantle "
     "locks and unbinds the device and, for a rental the member ended, requests the deposit "
     "back. The member is told.",
 )
@@ -503,9 +504,9 @@ class GatewayWork:
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor=self.actor)
 
-    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover:
+    async def hand_over(self, did: str, recipient: str, request_id: str, reason: str) -> Handover:
         return await self.gateway.hand_over(
-            did, request_id=request_id, actor=self.actor, reason=reason
+            did, recipient=recipient, request_id=request_id, actor=self.actor, reason=reason
         )
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:

@@ -125,13 +125,14 @@ class DeviceGateway:
         return outcome, await self._store.read(did)
 
     async def hand_over(
-        self, did: str, *, request_id: str, actor: str, reason: str
+        self, did: str, *, recipient: str, request_id: str, actor: str, reason: str
     ) -> service.Handover:
-        """An exchange: the device's live service for its replacement; the quota left is
-        taken off it in the same step (models/service.py hand_over)."""
+        """An exchange: the device's live service for its replacement `recipient`; the quota
+        left is taken off it in the same step (models/service.py hand_over)."""
         return await service.hand_over(
-            self._store, did, actor=actor, reason=reason, request_id=request_id
-        )
+            self._store, did, recipient=recipient, actor=actor, reason=reason,
+            request_id=request_id,
+        )  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, *, actor: str, reason: str) -> int:
         """Tell the device a filter stage was replaced (recorded in the service log); the cid.

@@ -62,6 +62,17 @@ class ServiceState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class HandoverAnswer:
+    """service.lua's answer to a hand-over: `given_ml` the quota handed over (None: none);
+    `received_by` the recipient it went to, set when a retry naming another was REFUSED."""
+
+    applied: Applied
+    state: ServiceState
+    given_ml: int | None
+    received_by: str | None
+
+
 def _opt(value: Any) -> int | None:
     return None if value is None or value is False else int(value)
 
@@ -119,19 +130,24 @@ class ServiceStore:
         return parse_answer(reply)
 
     async def hand_over(
-        self, did: str, *, request_id: str, now_ms: int | None = None
-    ) -> tuple[Applied, ServiceState, int | None]:
-        """An exchange takes the quota left (None: the device has none); it drops to 0 here in
-        the same step. A retry with the same request id answers the amount handed over then."""
+        self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
+    ) -> HandoverAnswer:
+        """An exchange takes the quota left (None: the device has none) for `recipient`; it
+        drops to 0 here in the same step. A retry with the same request id and recipient
+        answers the amount handed over then; one naming another recipient is REFUSED, with
+        the did that received it."""
         keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        argv = ["handover", now_ms, self._channel_prefix, did]
+        argv = ["handover", now_ms, self._channel_prefix, did, recipient]
         (reply,) = await self.scripts.run(
             self.client, [("service", keys, argv)], "service handover"
         )
         applied, state = parse_answer(reply)
-        given = reply[7] if len(reply) > 7 else None
-        return applied, state, _opt(given)
+        given = _opt(reply[7]) if len(reply) > 7 else None
+        holder = reply[8] if len(reply) > 8 else None
+        if isinstance(holder, bytes):
+            holder = holder.decode()
+        return HandoverAnswer(applied, state, given, holder)
 
     async def read(self, did: str) -> ServiceState:
         return (await self.change(did, "read"))[1]

@@ -452,12 +452,38 @@ async def unlock(
     return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
 
 
+class HandoverReply(Protocol):
+    """The live store's answer to a hand-over (gateway/service_state.py HandoverAnswer)."""
+
+    @property
+    def applied(self) -> Any: ...  # -2: refused, the quota went to `received_by`
+    @property
+    def state(self) -> Any: ...
+    @property
+    def given_ml(self) -> int | None: ...
+    @property
+    def received_by(self) -> str | None: ...
+
+
 class QuotaBackend(ServiceBackend, Protocol):
     """The live store with the exchange's hand-over (ServiceStore satisfies it)."""
 
     async def hand_over(
-        self, did: str, *, request_id: str, now_ms: int | None = None
-    ) -> tuple[Any, Any, int | None]: ...
+        self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
+    ) -> HandoverReply: ...
+
+
+class HandedOverElsewhere(Conflict):
+    """A retried hand-over names another recipient than the one that received the quota."""
+
+    code = "handed_over_elsewhere"
+
+    def __init__(self, did: str, received_by: str, request_id: str) -> None:
+        super().__init__(
+            f"the service of device {did} was already handed over to device {received_by} "
+            f"(request {request_id}): only {received_by} can receive it"
+        )
+        self.received_by = received_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,21 +501,28 @@ async def hand_over(
     backend: QuotaBackend,
     did: str,
     *,
+    recipient: str,
     actor: str,
     reason: str,
     request_id: str,
     now: dt.datetime | None = None,
 ) -> Handover:
-    """An exchange: the live service of `did` for its replacement. Its quota is read and set
-    to 0 in one Redis step, so water poured until then is off it and none poured after is
-    given again; a retry with the same request id answers the same amount."""
+    """An exchange: the live service of `did` for its replacement `recipient`. Its quota is
+    read and set to 0 in one Redis step, so water poured until then is off it and none poured
+    after is given again; a retry with the same request id and recipient answers the same
+    amount, one naming another recipient raises HandedOverElsewhere (the quota is on one
+    device only)."""
     actor = _text("actor", actor, 64)
     request_id = _text("request_id", request_id, 64)
+    recipient = _text("recipient", recipient, 64)
     await _device(did)
     now = now or dt.datetime.now(dt.UTC)
-    _applied, state, given = await backend.hand_over(
-        did, request_id=request_id, now_ms=int(now.timestamp() * 1000)
+    answer = await backend.hand_over(
+        did, request_id=request_id, recipient=recipient, now_ms=int(now.timestamp() * 1000)
     )
+    if int(answer.applied) == -2:
+        raise HandedOverElsewhere(did, answer.received_by or "?", request_id)
+    state, given = answer.state, answer.given_ml
     await _settle(
         did, "hand_over", state, actor=actor, reason=reason, request_id=request_id,
         amount_ml=given, seconds=None, now=now,

@@ -6,7 +6,8 @@
 - exchange: the replacement device is bound to the member, takes the old device's product and
   its live service (configured with the ticket id as request id): the quota it had left at that
   moment moves over and the old device keeps none (one Redis step, models/service.py
-  hand_over); the old device is locked and unbound;
+  hand_over, bound to the replacement: a retry naming another device is refused with
+  HandedOverElsewhere); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back.
 
@@ -52,7 +53,9 @@ class DeviceWork(Protocol):
 
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object: ...
 
-    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover: ...
+    async def hand_over(
+        self, did: str, recipient: str, request_id: str, reason: str
+    ) -> Handover: ...
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
 
@@ -97,8 +100,12 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
     if new.owner_id not in (None, member):
         raise Conflict(f"device {new_did} is bound to another member")
     # The live service, not the database's copy (as of the last change): the quota left now
-    # moves to the new device and the old one keeps none, in one Redis step.
-    given = await work.hand_over(old.did, ticket.ticket_id, f"exchange ticket {ticket.ticket_id}")
+    # moves to the new device and the old one keeps none, in one Redis step. The hand-over is
+    # bound to `new_did`: a retry after a failure naming another device is refused
+    # (HandedOverElsewhere), so the quota never lands on two devices.
+    given = await work.hand_over(
+        old.did, new_did, ticket.ticket_id, f"exchange ticket {ticket.ticket_id}"
+    )
     if given.mode is not None:
         volume = given.mode is ServiceMode.VOLUME_RENTAL
         await work.change_service(

@@ -13,13 +13,16 @@
 --   extend     seconds (from the later of now and the current expiry)
 --   expire     (the scheduler: lock when rental_expires_at has passed)
 --   lock / unlock  (a person's lock, bit 4)
---   handover   (an exchange: the quota left goes to the replacement device; it drops to 0 here
---              in the same step that reads it, so no water poured meanwhile is lost or
---              counted twice; needs a request id, whose marker keeps the amount for a retry)
+--   handover   recipient (an exchange: the quota left goes to the replacement device, the did
+--              `recipient`; it drops to 0 here in the same step that reads it, so no water
+--              poured meanwhile is lost or counted twice; needs a request id, whose marker
+--              keeps "amount|recipient" for a retry: a retry naming another recipient is
+--              refused, so one hand-over never configures two devices)
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused),
 --          version, lock bits, mode, remaining_ml, rental_expires_at, low_balance_ml}
---          (false where unset); handover appends the ml handed over (false: no quota).
+--          (false where unset); handover appends the ml handed over (false: no quota), and
+--          when refused (another recipient) the did that received it.
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -67,7 +70,16 @@ if op == 'read' then return answer(0) end
 if request then
   local seen = redis.call('GET', request)
   if seen then
-    if op == 'handover' then given = tonumber(seen) or f end  -- '-': there was no quota
+    if op ~= 'handover' then return answer(-1) end
+    -- "amount|recipient"; a marker written before recipients were kept holds the amount only
+    local amount, to = string.match(seen, '^([^|]*)|(.*)$')
+    if amount == nil then amount = seen end
+    given = tonumber(amount) or f  -- '-': there was no quota
+    if to ~= nil and to ~= ARGV[5] then
+      local refused = answer(-2)
+      refused[8], refused[9] = given, to
+      return refused
+    end
     return answer(-1)
   end
 end
@@ -104,8 +116,11 @@ elseif op == 'expire' then
   lk = set_bit(lk, EXPIRED, true)
 elseif op == 'handover' then
   if not request then return redis.error_reply('handover needs a request id') end
+  if ARGV[5] == nil or ARGV[5] == '' or ARGV[5] == '-' then
+    return redis.error_reply('handover needs a recipient')
+  end
   given = rm or f
-  marker = rm or '-'
+  marker = (rm or '-') .. '|' .. ARGV[5]
   if rm then
     rm = 0
     lk = set_bit(lk, QUOTA, true)

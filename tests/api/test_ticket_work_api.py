@@ -20,7 +20,7 @@ from aquafleet.models.service import Handover, ServiceChange, ServiceChangeReque
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
 from aquafleet.models.ticket_work import complete
-from aquafleet.models.tickets import Ticket, TicketType
+from aquafleet.models.tickets import OPEN_STATES, Ticket, TicketType
 from aquafleet.models.usage import UsageRow
 from aquafleet.protocol import EventKind, FrameType
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
@@ -208,11 +208,96 @@ class Work:
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor="test")
 
-    async def hand_over(self, did: str, request_id: str, reason: str) -> Handover:
-        return await self.gateway.hand_over(did, request_id=request_id, actor="test", reason=reason)
+    async def hand_over(self, did: str, recipient: str, request_id: str, reason: str) -> Handover:
+        return await self.gateway.hand_over(
+            did, recipient=recipient, request_id=request_id, actor="test", reason=reason
+        )
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return int(await self.gateway.reset_filter(did, stage, actor="test", reason=reason))
+
+
+class FailsAfterConfiguring(Work):
+    """A completion that dies after the new device is configured, before the database commits
+    (say, the node stopped): the hand-over and the new device's configuration stay in Redis."""
+
+    async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
+        answer = await super().change_service(did, change)
+        if change.op == "configure":
+            raise RuntimeError("injected failure after the hand-over")
+        return answer
+
+
+async def exchange_failed_after_the_hand_over(
+    api: ApiClient, api_node: Any, tenant: Tenant, device_factory: Any
+) -> tuple[str, str, str, str]:
+    """An exchange whose first completion (to `first`) failed after the hand-over; the old
+    device bought 1000 ml and poured 300 (a real device over TCP). (tid, old, first, second)"""
+    shopper = await make_member(api_node, api, tenant.vid)
+    (issued,) = (await api.call("POST", "/devices", {"vid": tenant.vid, "count": 1})).data
+    old = issued["did"]
+    await Device.filter(did=old).update(owner_id=shopper.uid)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
+    await gateway.change_service(old, bought, actor="test")
+    device = device_factory(old, bytes.fromhex(issued["key"]), api_node.tcp_port)
+    await device.login()
+    await device.send(telemetry(1, int(time.time()), 300))
+    await device.settled()
+    first, second = await register(api, tenant.vid, 2)
+    tid = await exchange_ticket(api, tenant.vendor, shopper, old)
+    vendor = Principal(Role.VENDOR, "exchanger", vendor_code=tenant.vid)
+    ticket = await Ticket.get(ticket_id=tid)
+    with pytest.raises(RuntimeError, match="injected"):
+        await complete(ticket, vendor, FailsAfterConfiguring(gateway), new_device=first)
+    assert (await gateway.read_service(first)).remaining_ml == 700  # handed over, not committed
+    assert (await Ticket.get(ticket_id=tid)).new_device_id is None
+    return tid, old, first, second
+
+
+async def test_an_exchange_retried_with_another_device_after_the_hand_over_is_refused(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The quota handed over went to the first new device: a retry naming another answers 409
+    naming it, and the second device gets nothing (the quota is never on two devices)."""
+    a, _ = tenants
+    tid, old, first, second = await exchange_failed_after_the_hand_over(
+        api, api_node, a, device_factory
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+
+    refused = await a.vendor.call(
+        "POST", f"/tickets/{tid}/complete", {"new_device": second}, expect=409
+    )
+    assert refused.code == "handed_over_elsewhere"
+    assert first in refused.body["message"] and old in refused.body["message"]
+    assert (await gateway.read_service(first)).remaining_ml == 700  # the first keeps it
+    assert (await gateway.read_service(second)).mode is None  # never configured
+    assert not await ServiceChange.filter(did=second).exists()
+    assert (await gateway.read_service(old)).remaining_ml == 0
+    assert (await Device.get(did=second)).owner_id is None
+    ticket = await Ticket.get(ticket_id=tid)
+    assert ticket.new_device_id is None
+    assert ticket.state in OPEN_STATES  # still open: the device given the quota can complete it
+
+
+async def test_an_exchange_retried_with_the_same_device_completes_with_the_same_amount(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The retry the hand-over's binding must keep working: the same new device completes the
+    exchange and holds what the old device had left, neither doubled nor lost."""
+    a, _ = tenants
+    tid, old, first, _second = await exchange_failed_after_the_hand_over(
+        api, api_node, a, device_factory
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+
+    done = await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": first})
+    assert (done.data["status"], done.data["new_device_id"]) == (6, first)
+    moved, kept = await gateway.read_service(first), await gateway.read_service(old)
+    assert (moved.mode, moved.remaining_ml, moved.locked) == (3, 700, False)
+    assert (kept.remaining_ml, kept.locked) == (0, True)
+    assert 300 + moved.remaining_ml + kept.remaining_ml == 1000  # no water made or lost
 
 
 async def test_install_records_who_installed_and_when(

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.models import service
-from aquafleet.models.service import DeviceService, ServiceMode
+from aquafleet.models.service import DeviceService, HandedOverElsewhere, ServiceMode
 from tests.devices import register_devices
 
 ACTOR = "test-admin"
@@ -69,13 +71,53 @@ async def test_a_handover_takes_the_quota_once_and_its_retry_answers_the_same_am
     await service.configure(
         store, dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
     )
-    given = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T1")
-    again = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T1")
+    given = await service.hand_over(
+        store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
+    )
+    again = await service.hand_over(
+        store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
+    )
     assert (given.mode, given.remaining_ml) == (ServiceMode.VOLUME_RENTAL, 700)
     assert again == given
     left = await store.read(dev.did)
     assert (left.remaining_ml, left.lock_reasons) == (0, ["quota_exhausted"])
     copy = await DeviceService.get(did=dev.did)
     assert (copy.remaining_ml, copy.version) == (0, left.version)
-    other = await service.hand_over(store, dev.did, actor=ACTOR, reason="t", request_id="T2")
+    other = await service.hand_over(
+        store, dev.did, recipient="NEW2", actor=ACTOR, reason="t", request_id="T2"
+    )
     assert other.remaining_ml == 0  # another exchange finds nothing left
+
+
+async def test_a_handover_is_bound_to_its_recipient_and_old_markers_still_answer(
+    node_factory: Any, database_url: str
+):
+    """A retried hand-over naming another recipient is refused, naming the one that received
+    the quota; a marker written before recipients were kept (the amount only) still answers."""
+    node = await node_factory(database_url=database_url)
+    dev, older = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    await service.configure(
+        store, dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
+    )
+    given = await service.hand_over(
+        store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
+    )
+    with pytest.raises(HandedOverElsewhere, match="to device NEW1") as refused:
+        await service.hand_over(
+            store, dev.did, recipient="NEW2", actor=ACTOR, reason="t", request_id="T1"
+        )
+    assert (refused.value.code, refused.value.received_by) == ("handed_over_elsewhere", "NEW1")
+    again = await service.hand_over(
+        store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
+    )
+    assert given.remaining_ml == again.remaining_ml == 700
+
+    await service.configure(
+        store, older.did, ServiceMode.VOLUME_RENTAL, remaining_ml=0, actor=ACTOR
+    )
+    await store.client.set(store.keyspace.service_request(older.did, "T0"), "500")
+    legacy = await service.hand_over(
+        store, older.did, recipient="NEW3", actor=ACTOR, reason="t", request_id="T0"
+    )
+    assert legacy.remaining_ml == 500
