@@ -46,6 +46,13 @@ MANUAL = "manual"
 MAX_WECHAT_TRANSFER_FEN = 200_000 - 1
 REMARK = "佣金提现"
 SWEEP_BATCH = 100
+# Refusals of a create that WeChat Pay documents as the request's content being unacceptable
+# (nothing accepted): the withdrawal fails if, asked after it, WeChat Pay has no batch under the
+# number. Any other refusal (429 FREQUENCY_LIMITED, 403 NOT_ENOUGH "原单重试", 400
+# INVALID_REQUEST "单号已存在但信息不一致" or a daily limit, a code not known yet) proves
+# nothing about the batch another create may have made: the withdrawal stays requested and the
+# sweep queries and sends it again under the same number, as WeChat Pay asks.
+NOT_ACCEPTED = frozenset({"PARAM_ERROR", "NO_AUTH"})
 
 
 class WechatNotBound(Conflict):
@@ -123,18 +130,39 @@ class WechatTransferPayout:
         )  # fmt: skip
 
     async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
-        """Send the transfer. Refused by WeChat Pay (or no openid any more): failed, the money
-        returns. Not answered: still requested (the sweep queries and sends it again)."""
+        """Send the transfer. Refused as unacceptable (NOT_ACCEPTED, or no openid any more)
+        and no batch under the number when asked then: failed, the money returns. Any other
+        refusal, or not answered: still requested (the sweep queries and sends it again): the
+        sweep's create and this one may race, and the other may have made the batch."""
         try:
             answer = await self._create(withdrawal)
         except (WechatPayRefused, WechatNotBound) as exc:
-            log.error("payout_refused", withdrawal=withdrawal.id, why=str(exc))
-            return PayoutResult(PayoutOutcome.FAILED, reason=f"wechat transfer refused: {exc}")
+            if isinstance(exc, WechatPayRefused) and exc.wx_code not in NOT_ACCEPTED:
+                log.warning("payout_refused_for_now", withdrawal=withdrawal.id, why=str(exc))
+                return PayoutResult(PayoutOutcome.REQUESTED)
+            return await self._refused(withdrawal, exc)
         except DomainError as exc:  # unavailable, not configured, an answer not to trust
             log.warning("payout_deferred", withdrawal=withdrawal.id, why=str(exc))
             return PayoutResult(PayoutOutcome.REQUESTED)
         log.info("payout_sent", withdrawal=withdrawal.id, batch=batch_no(withdrawal.id))
         return PayoutResult(PayoutOutcome.REQUESTED, reference=str(answer.get("batch_id", "")))
+
+    async def _refused(self, withdrawal: Withdrawal, exc: DomainError) -> PayoutResult:
+        """A create refused as unacceptable: failed only if no batch is under the number (a
+        batch made by another create decides by its own state)."""
+        try:
+            merchant = await self.merchant(withdrawal.vendor_code)
+            answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
+        except WechatPayRefused as query_exc:
+            if query_exc.status != 404:
+                log.warning("payout_deferred", withdrawal=withdrawal.id, why=str(query_exc))
+                return PayoutResult(PayoutOutcome.REQUESTED)
+            log.error("payout_refused", withdrawal=withdrawal.id, why=str(exc))
+            return PayoutResult(PayoutOutcome.FAILED, reason=f"wechat transfer refused: {exc}")
+        except DomainError as query_exc:
+            log.warning("payout_deferred", withdrawal=withdrawal.id, why=str(query_exc))
+            return PayoutResult(PayoutOutcome.REQUESTED)
+        return await self._outcome(merchant, withdrawal, answer)
 
     async def check(self, withdrawal: Withdrawal) -> PayoutResult:
         """The transfer's state at WeChat Pay; a batch WeChat Pay never received is sent again
@@ -146,6 +174,12 @@ class WechatTransferPayout:
             if exc.status != 404:
                 raise
             return await self.submit(withdrawal)
+        return await self._outcome(merchant, withdrawal, answer)
+
+    async def _outcome(
+        self, merchant: WechatPayMerchant, withdrawal: Withdrawal, answer: dict[str, Any]
+    ) -> PayoutResult:
+        """The withdrawal's result from WeChat Pay's answer to a query of its batch."""
         batch = answer.get("transfer_batch") or {}
         if batch.get("mchid", merchant.mch_id) != merchant.mch_id:
             raise Conflict("the transfer batch is of another merchant")

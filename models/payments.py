@@ -92,7 +92,8 @@ class Payment(Model):
 
     class Meta:
         table = "pay_payment"
-        indexes = (("state", "created_at"),)
+        # (state, updated_at): the sweep's queues, the least recently tried pending bill first.
+        indexes = (("state", "created_at"), ("state", "updated_at"))
 
 
 class PaymentNotice(Model):

@@ -1,10 +1,12 @@
 """Withdrawals paid out through WeChat Pay's merchant transfer (商家转账到零钱), against the fake,
-on SQLite and PostgreSQL: paid end to end, a failed or refused transfer returns the money, a
-create retried (lost answers, never received) never pays twice; which channel a withdrawal
-takes. `commissions check` and `money check` hold after each."""
+on SQLite and PostgreSQL: paid end to end, a failed or refused transfer returns the money (a
+refusal for now, or of a create racing the sweep's, does not), a create retried (lost answers,
+never received) never pays twice; which channel a withdrawal takes. `commissions check` and
+`money check` hold after each."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -169,15 +171,29 @@ async def test_a_failed_or_refused_transfer_returns_the_money(wx: Wx):
     assert closed.state is WithdrawalState.FAILED and "MERCHANT_REVOCATION" in closed.reason
     assert await of(m2) == Summary(available=1259, earned=1259)
 
-    # WeChat Pay refuses the batch outright (the merchant's balance is short): failed at once.
+    # WeChat Pay refuses the batch for now (the merchant's balance is short: "原单重试"): the
+    # money stays on its way and the sweep sends the batch again under the same number.
     wx.fake.fail_next(TRANSFERS, status=403, code="NOT_ENOUGH")
     third, _ = await request_withdrawal(
-        wx.m2, amount_fen=500, request_id="w-refused", channel=wx.payout,
+        wx.m2, amount_fen=500, request_id="w-short", channel=wx.payout,
         now=t0 + dt.timedelta(seconds=62),
     )  # fmt: skip
-    assert third.state is WithdrawalState.FAILED and "NOT_ENOUGH" in third.reason
-    assert wx.fake.paid_out(OPENID) == 0 and batch_no(third.id) not in wx.fake.batches
-    assert await of(m2) == Summary(available=1259, earned=1259)
+    assert third.state is WithdrawalState.REQUESTED
+    assert batch_no(third.id) not in wx.fake.batches
+    assert await of(m2) == Summary(available=759, payout=500, earned=1259)
+    assert (await wx.payout.sweep()).failed == 0
+    assert batch_no(third.id) in wx.fake.batches
+
+    # WeChat Pay refuses the batch as unacceptable and has no batch under its number: failed
+    # at once, the money returns.
+    wx.fake.fail_next(TRANSFERS, status=400, code="PARAM_ERROR")
+    fourth, _ = await request_withdrawal(
+        wx.m2, amount_fen=300, request_id="w-refused", channel=wx.payout,
+        now=t0 + dt.timedelta(seconds=93),
+    )  # fmt: skip
+    assert fourth.state is WithdrawalState.FAILED and "PARAM_ERROR" in fourth.reason
+    assert wx.fake.paid_out(OPENID) == 0 and batch_no(fourth.id) not in wx.fake.batches
+    assert await of(m2) == Summary(available=759, payout=500, earned=1259)
     await wx.checks_clean()
 
 
@@ -219,6 +235,36 @@ async def test_a_retried_create_never_pays_twice(wx: Wx):
     assert (await wx.payout.sweep()).paid == 1
     assert len(wx.fake.batches) == 2 and wx.fake.paid_out(OPENID) == 1200
     assert await of(m2) == Summary(available=59, withdrawn=1200, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_create_refused_while_the_sweeps_create_made_the_batch_pays_once(wx: Wx):
+    """The sweep sends the batch while the withdrawal's own create is still being accepted:
+    WeChat Pay answers a query of the number 404 then (受理中). The member rebound WeChat in
+    between, so the two creates differ, and WeChat Pay refuses the later one (400
+    INVALID_REQUEST, 单号已存在但信息不一致): the batch exists and pays, so the refused
+    create must not hand the money back to available."""
+    m2 = member_earner(wx.chain.m2)
+    gate = wx.fake.hold_next_create()
+    request = asyncio.create_task(wx.withdraw(1000, "w-race"))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    withdrawal = await Withdrawal.get(request_id="w-race")
+    rebound = "oUpF8uMuAJO_M2wrebound0000000"
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)
+    # The sweep: no batch under the number yet, so it sends it (with the new openid): made.
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert wx.fake.batches[batch_no(withdrawal.id)]["details"][0]["openid"] == rebound
+    # The withdrawal's own create is refused: the number is taken by another batch.
+    gate.set()
+    answered = await asyncio.wait_for(request, 5)
+    assert answered.state is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert await wx.state(withdrawal) is WithdrawalState.PAID
+    assert wx.fake.paid_out(rebound) + wx.fake.paid_out(OPENID) == 1000
+    assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
     await wx.checks_clean()
 
 

@@ -589,11 +589,18 @@ class FakeWechatPay:
                 400, "PARAM_ERROR", "total_amount or total_num does not match the details"
             )
         key = f"{merchant.mch_id}/{no}"
+        gate = self.__dict__.pop("_create_gate", None)
+        if gate is not None:
+            # Held while accepting (受理中): a query of the number answers 404 meanwhile.
+            self.create_held.set()
+            await gate.wait()
         existing = self.batches.get(no)
         if existing is not None and (
             existing["mchid"] != merchant.mch_id or existing["details"] != details
         ):
-            return self._error(400, "INVALID_REQUEST", f"{key}: 商户批次单号重复 (other details)")
+            return self._error(
+                400, "INVALID_REQUEST", f"{key}: 单号已存在但信息不一致,请查单后比较确认"
+            )
         if existing is None:
             existing = self.batches[no] = {
                 "mchid": merchant.mch_id, "out_batch_no": no,
@@ -615,6 +622,18 @@ class FakeWechatPay:
             self._lost_answers["/v3/transfer/batches"] -= 1
             return self._error(500, "SYSTEM_ERROR", "answer lost after the batch was made")
         return answer
+
+    def hold_next_create(self) -> asyncio.Event:
+        """The next transfer batch create waits, before the batch is made, until the answered
+        event is set (`create_held` is set once it waits): a create still being accepted."""
+        gate = self.__dict__["_create_gate"] = asyncio.Event()
+        self.__dict__["create_held"] = asyncio.Event()
+        return gate
+
+    @property
+    def create_held(self) -> asyncio.Event:
+        held: asyncio.Event = self.__dict__.setdefault("create_held", asyncio.Event())
+        return held
 
     def lose_answers(self, path: str, times: int = 1) -> None:
         """The next `times` calls to `path` are carried out, but answered 500."""
