@@ -46,8 +46,10 @@ class ServiceMode(IntEnum):
 
 
 class DeviceService(Model):
-    """The service state as of its last change (the live quota is in Redis); it only moves
-    forward in version (copy_state)."""
+    """The service state as of its last change (the live quota is in Redis)."""
+
+    # It only moves forward in version (copy_state). The docstring above is the table's
+    # description in the migrations: changing it is a schema change.
 
     did = fields.CharField(primary_key=True, max_length=16)
     mode = fields.IntEnumField(ServiceMode)
