@@ -17,7 +17,7 @@ async def test_the_models_and_the_migrations_agree(tmp_path: Path) -> None:
     await Tortoise.init(config=config)
     try:
         writers = await MigrationAutodetector(Tortoise.apps, config["apps"]).changes()
-        missing = [repr(op) for writer in writers for op in writer.operations]
+        missing = [op.describe() for writer in writers for op in writer.operations]
         assert missing == [], f"model changes without a migration: {missing}"
     finally:
         await Tortoise.close_connections()
