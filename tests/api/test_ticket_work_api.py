@@ -141,24 +141,34 @@ async def exchange_ticket(api: ApiClient, vendor: ApiClient, shopper: Any, old: 
     return tid
 
 
+async def member_device_that_poured_300_of_1000_ml(
+    api: ApiClient, api_node: Any, tenant: Tenant, device_factory: Any
+) -> tuple[Any, str]:
+    """A member's device on volume rental that bought 1000 ml and poured 300 through a real
+    device over TCP (the live quota is 700; the database's copy still says 1000)."""
+    shopper = await make_member(api_node, api, tenant.vid)
+    (issued,) = (await api.call("POST", "/devices", {"vid": tenant.vid, "count": 1})).data
+    did = issued["did"]
+    await Device.filter(did=did).update(owner_id=shopper.uid)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
+    await gateway.change_service(did, bought, actor="test")
+    device = device_factory(did, bytes.fromhex(issued["key"]), api_node.tcp_port)
+    await device.login()
+    await device.send(telemetry(1, int(time.time()), 300))
+    await device.settled()
+    assert (await gateway.read_service(did)).remaining_ml == 700
+    return shopper, did
+
+
 async def test_an_exchange_moves_the_quota_left_now_and_the_old_device_keeps_none(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
 ):
     """The new device gets what the old one had left when it was exchanged (the live quota,
     not the copy as of the last service change): water poured since is not given again."""
     a, _ = tenants
-    shopper = await make_member(api_node, api, a.vid)
-    (issued,) = (await api.call("POST", "/devices", {"vid": a.vid, "count": 1})).data
-    old = issued["did"]
-    await Device.filter(did=old).update(owner_id=shopper.uid)
+    shopper, old = await member_device_that_poured_300_of_1000_ml(api, api_node, a, device_factory)
     gateway = api_node.app[DEVICE_GATEWAY]
-    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
-    await gateway.change_service(old, bought, actor="test")
-    device = device_factory(old, bytes.fromhex(issued["key"]), api_node.tcp_port)
-    await device.login()
-    await device.send(telemetry(1, int(time.time()), 300))
-    await device.settled()
-    assert (await gateway.read_service(old)).remaining_ml == 700
     (new,) = await register(api, a.vid, 1)
     tid = await exchange_ticket(api, a.vendor, shopper, old)
 
@@ -233,17 +243,10 @@ async def exchange_failed_after_the_hand_over(
 ) -> tuple[str, str, str, str]:
     """An exchange whose first completion (to `first`) failed after the hand-over; the old
     device bought 1000 ml and poured 300 (a real device over TCP). (tid, old, first, second)"""
-    shopper = await make_member(api_node, api, tenant.vid)
-    (issued,) = (await api.call("POST", "/devices", {"vid": tenant.vid, "count": 1})).data
-    old = issued["did"]
-    await Device.filter(did=old).update(owner_id=shopper.uid)
+    shopper, old = await member_device_that_poured_300_of_1000_ml(
+        api, api_node, tenant, device_factory
+    )
     gateway = api_node.app[DEVICE_GATEWAY]
-    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
-    await gateway.change_service(old, bought, actor="test")
-    device = device_factory(old, bytes.fromhex(issued["key"]), api_node.tcp_port)
-    await device.login()
-    await device.send(telemetry(1, int(time.time()), 300))
-    await device.settled()
     first, second = await register(api, tenant.vid, 2)
     tid = await exchange_ticket(api, tenant.vendor, shopper, old)
     vendor = Principal(Role.VENDOR, "exchanger", vendor_code=tenant.vid)
