@@ -65,7 +65,7 @@ from aquafleet.models.db import close_database, init_database
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
 from aquafleet.models.usage import LedgerPruner
-from aquafleet.protocol import ErrorCode
+from aquafleet.protocol import ErrorCode, speedups
 
 log = get_logger("aquafleet.node")
 
@@ -273,6 +273,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         "gateway_listening",
         node=hub.node_id,
         tcp=[s.getsockname() for s in server.sockets],
+        frame_codec=speedups.implementation(),  # "python": the extension was not built
     )
     yield
     await shutdown_gateway(app)

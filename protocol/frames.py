@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from aquafleet.protocol import speedups
 from aquafleet.protocol.constants import (
     CRC_SIZE,
     HEADER_SIZE,
@@ -81,12 +82,19 @@ class MacKey:
         inner = _SHA256(self._inner + signed).digest()
         return _SHA256(self._outer + inner).digest()[:MAC_SIZE]
 
+    def verify(self, signed: bytes, received: bytes | None) -> bool:
+        """Whether `received` is mac(signed), compared in constant time (None: no MAC came)."""
+        return received is not None and _compare_digest(self.mac(signed), received)
+
+
+_compare_digest = hmac.compare_digest
+
 
 def frame_mac(key: bytes | MacKey, signed: bytes) -> bytes:
     """First 8 bytes of HMAC-SHA256(key, bytes 2 .. end of payload)."""
-    if isinstance(key, MacKey):
-        return key.mac(signed)
-    return hmac.digest(key, signed, _SHA256)[:MAC_SIZE]
+    if isinstance(key, bytes | bytearray):
+        return hmac.digest(key, signed, _SHA256)[:MAC_SIZE]
+    return key.mac(signed)
 
 
 def encode_frame(
@@ -116,7 +124,7 @@ def encode_frame(
             f"frame type {frame_type!r} or flags {flags!r} not an integer 0..255 (seq {seq!r})",
         ) from None
     if mac_key is not None:
-        tail += mac_key.mac(tail) if type(mac_key) is MacKey else frame_mac(mac_key, tail)
+        tail += frame_mac(mac_key, tail)
     return b"".join((MAGIC, tail, crc16_modbus(tail).to_bytes(CRC_SIZE, "big")))
 
 
@@ -232,3 +240,13 @@ class FrameDecoder:
             index = len(buf) - 1 if buf[-1] == _MAGIC0 else len(buf)
         self.stats.garbage_bytes += index - pos
         return index
+
+
+# The pure-Python twins stay importable under these names: the reference the compiled ones are
+# tested against, and what runs where the extension is not built (protocol/speedups.py).
+PyFrameDecoder = FrameDecoder
+PyMacKey = MacKey
+_compiled = speedups.load(Frame, DecoderStats)
+if _compiled is not None:
+    FrameDecoder = _compiled.FrameDecoder  # type: ignore[misc]
+    MacKey = _compiled.MacKey  # type: ignore[misc]

@@ -9,7 +9,6 @@ The gateway's end is protocol/server_session.py, the purifier's protocol/device_
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 
 from aquafleet.protocol import crypto
@@ -24,7 +23,6 @@ from aquafleet.protocol.states import TRANSITIONS, SessionState, Step
 NonceSource = Callable[[int], bytes]
 
 MAX_BAD_FRAMES = 32  # CRC failures and refused frames a session tolerates before it closes
-_compare_digest = hmac.compare_digest
 
 
 class Link:
@@ -135,10 +133,7 @@ class Link:
 
     def _mac_ok(self, frame: Frame) -> bool:
         key = self._rx_mac
-        received = frame.mac
-        if received is None or key is None:
-            return False
-        return _compare_digest(key.mac(frame.signed), received)
+        return key is not None and key.verify(frame.signed, frame.mac)
 
     def _next_frame(self, events: list[object]) -> Frame | None:
         """The next frame to handle, or None; a fatal framing error closes the session."""

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, NoReturn
 import cbor2
 import msgpack
 
+from aquafleet.protocol import speedups
 from aquafleet.protocol.constants import (
     MAX_DID_LEN,
     MAX_FW_LEN,
@@ -353,8 +354,23 @@ _PARSERS: dict[int, Callable[[Payload, Frame], Message]] = {
 }
 
 
+def py_parse_record(frame: Frame) -> Record:
+    """Decode a TELEMETRY/EVENT frame's header and counter (the reference of parse_record)."""
+    return record_from_map(decode_payload(frame.payload, frame.encoding), frame)
+
+
+_compiled_parse_record = speedups.compiled.parse_record if speedups.compiled else None
+
+
 def parse_record(frame: Frame) -> Record:
-    """Decode a TELEMETRY/EVENT frame's header and counter (the hot path of the gateway)."""
+    """Decode a TELEMETRY/EVENT frame's header and counter (the hot path of the gateway).
+
+    The compiled twin takes the common case (msgpack, plain integers) and answers None for
+    anything else, which `py_parse_record` then accepts or refuses with its own error."""
+    if _compiled_parse_record is not None:
+        record: Record | None = _compiled_parse_record(frame)
+        if record is not None:
+            return record
     return record_from_map(decode_payload(frame.payload, frame.encoding), frame)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from aquafleet.protocol import crypto
+from aquafleet.protocol import crypto, speedups
 from aquafleet.protocol.constants import (
     NONCE_SIZE,
     SEQ_MODULO,
@@ -41,6 +41,9 @@ LOGIN_TIMEOUT_S = 15.0
 IDLE_FACTOR = 2.5
 _RECORD_TYPES = (FrameType.TELEMETRY, FrameType.EVENT)
 _ACK_SEQ, _ACK_RC, _ACK_WATERMARK = int(Key.ACK_SEQ), int(Key.ACK_RC), int(Key.ACK_WATERMARK)
+# The ACK frame built in C where the extension is in use (protocol/speedups.py), byte for byte
+# what the Python path below builds.
+_compiled_encode_ack = speedups.compiled.encode_ack if speedups.compiled else None
 
 
 class ServerSession(Link):
@@ -245,20 +248,25 @@ class ServerSession(Link):
             )
         if self.state is not SessionState.ONLINE:
             return
-        body: dict[int, object] = {_ACK_SEQ: seq, _ACK_RC: rc}
-        if watermark is not None:  # not range-checked: the gateway builds it from parsed u32s
-            body[_ACK_WATERMARK] = watermark
         tx_seq = self._tx_seq
         self._tx_seq = (tx_seq + 1) % SEQ_MODULO
-        self._out.append(
-            encode_frame(
+        frame = None
+        if _compiled_encode_ack is not None:  # None for what only the Python path encodes
+            frame = _compiled_encode_ack(
+                self._tx_mac, tx_seq, self._encoding_flags, seq, rc, watermark
+            )
+        if frame is None:
+            body: dict[int, object] = {_ACK_SEQ: seq, _ACK_RC: rc}
+            if watermark is not None:  # not range-checked: built from parsed u32s
+                body[_ACK_WATERMARK] = watermark
+            frame = encode_frame(
                 FrameType.ACK,
                 tx_seq,
                 encode_payload(body, self.encoding),
                 flags=self._encoding_flags,
                 mac_key=self._tx_mac,
             )
-        )
+        self._out.append(frame)
 
     def send_command(self, command: Command) -> int:
         """Queue a COMMAND (always MACed); returns its seq, echoed by the device's ACK."""

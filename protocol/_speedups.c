@@ -1,0 +1,1006 @@
+/* The compiled twin of the gateway's per-frame work (protocol/frames.py, protocol/messages.py).
+ *
+ * What is here, each with its pure-Python reference kept beside it and used whenever this
+ * module is not built or AQUAFLEET_NO_EXTENSIONS is set (protocol/speedups.py):
+ *
+ *   FrameDecoder      frames.PyFrameDecoder: the resyncing decoder, CRC-16/MODBUS included
+ *   MacKey            frames.PyMacKey: HMAC-SHA256 with the padded keys hashed once (midstates)
+ *   parse_record      messages.py_parse_record's common case: a msgpack TELEMETRY or EVENT
+ *                     payload whose known keys hold plain integers. Anything else (CBOR, a
+ *                     string, an extension, a bad value, a repeated key, trailing bytes...)
+ *                     answers None and the caller takes the Python path, which accepts or
+ *                     refuses it with its own error: this file never decides a refusal.
+ *   encode_ack        the ACK frame ServerSession.ack builds, byte for byte (msgpack only;
+ *                     None otherwise, and the caller encodes it in Python)
+ *
+ * tests/protocol/test_speedups.py holds both twins to the same vectors and to each other on
+ * generated input. Device input is hostile: every read below is bounds-checked against the
+ * buffer's length before it happens.
+ */
+#define PY_SSIZE_T_CLEAN
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init/Update/Final: the midstate is a plain struct */
+#include <Python.h>
+#include <structmember.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAGIC0 0x5a
+#define MAGIC1 0xa5
+#define VERSION 1
+#define HEADER_SIZE 9
+#define MAC_SIZE 8
+#define CRC_SIZE 2
+#define MAX_PAYLOAD 1024
+#define MAX_UNPARSED 2048
+#define FLAG_DUP 0x02
+#define FLAG_MAC 0x04
+#define ENCODING_MASK 0xF0
+#define ENCODING_SHIFT 4
+#define TYPE_TELEMETRY 0x20
+#define TYPE_EVENT 0x21
+#define TYPE_ACK 0x7F
+#define U8 0xFFu
+#define U16 0xFFFFu
+#define U32 0xFFFFFFFFull
+#define MAX_COUNTER 9007199254740991LL /* 2**53 - 1 */
+#define SKIP_DEPTH 16                  /* nesting a skipped value may have before we give up */
+
+/* Payload keys (protocol/constants.py Key). */
+#define KEY_REC 0
+#define KEY_BOOT 1
+#define KEY_TS 2
+#define KEY_FLOW_TOTAL 10
+#define KEY_CNT_EPOCH 16
+#define KEY_STATE_BITS 18
+#define KEY_EVENT_KIND 20
+#define KEY_EVENT_FLOW_TOTAL 23
+
+/* Set once by setup() from the Python side (the classes and codes the twins share). */
+static PyObject *Frame_cls, *Record_cls, *Stats_cls, *RemoteError, *LocalError;
+static PyObject *BadVersionCode, *BufferOverflowCode, *EmptyBytes;
+
+static int
+ready(void)
+{
+    if (Frame_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "aquafleet.protocol._speedups: setup() not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------ CRC */
+
+static uint16_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (int byte = 0; byte < 256; byte++) {
+        uint16_t crc = (uint16_t)byte;
+        for (int bit = 0; bit < 8; bit++)
+            crc = (crc & 1) ? (uint16_t)((crc >> 1) ^ 0xA001) : (uint16_t)(crc >> 1);
+        crc_table[byte] = crc;
+    }
+}
+
+static uint16_t
+crc16_modbus(const unsigned char *data, Py_ssize_t n)
+{
+    uint16_t crc = 0xFFFF;
+    for (Py_ssize_t i = 0; i < n; i++)
+        crc = (uint16_t)((crc >> 8) ^ crc_table[(crc ^ data[i]) & 0xFF]);
+    return crc;
+}
+
+static PyObject *
+py_crc16_modbus(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint16_t crc = crc16_modbus(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(crc);
+}
+
+/* ------------------------------------------------------------------------------ MacKey */
+
+typedef struct {
+    PyObject_HEAD
+    SHA256_CTX inner; /* SHA-256 state after (key XOR ipad) */
+    SHA256_CTX outer; /* SHA-256 state after (key XOR opad) */
+} MacKeyObject;
+
+static PyTypeObject MacKey_Type;
+
+static int
+MacKey_init(MacKeyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"key", NULL};
+    Py_buffer key;
+    unsigned char block[SHA256_CBLOCK], pad[SHA256_CBLOCK];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:MacKey", kwlist, &key))
+        return -1;
+    memset(block, 0, sizeof block);
+    if (key.len > SHA256_CBLOCK)
+        SHA256(key.buf, (size_t)key.len, block);
+    else
+        memcpy(block, key.buf, (size_t)key.len);
+    PyBuffer_Release(&key);
+    for (int i = 0; i < SHA256_CBLOCK; i++)
+        pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&self->inner);
+    SHA256_Update(&self->inner, pad, sizeof pad);
+    for (int i = 0; i < SHA256_CBLOCK; i++)
+        pad[i] = block[i] ^ 0x5c;
+    SHA256_Init(&self->outer);
+    SHA256_Update(&self->outer, pad, sizeof pad);
+    OPENSSL_cleanse(block, sizeof block);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return 0;
+}
+
+static void
+mac_compute(const MacKeyObject *key, const unsigned char *data, size_t n,
+            unsigned char out[SHA256_DIGEST_LENGTH])
+{
+    SHA256_CTX ctx = key->inner;
+    unsigned char inner[SHA256_DIGEST_LENGTH];
+    SHA256_Update(&ctx, data, n);
+    SHA256_Final(inner, &ctx);
+    ctx = key->outer;
+    SHA256_Update(&ctx, inner, sizeof inner);
+    SHA256_Final(out, &ctx);
+}
+
+static PyObject *
+MacKey_mac(MacKeyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    mac_compute(self, view.buf, (size_t)view.len, digest);
+    PyBuffer_Release(&view);
+    return PyBytes_FromStringAndSize((const char *)digest, MAC_SIZE);
+}
+
+static PyObject *
+MacKey_verify(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer signed_, received;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    int ok;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "verify(signed, received) takes two arguments");
+        return NULL;
+    }
+    if (args[1] == Py_None)
+        Py_RETURN_FALSE;
+    if (PyObject_GetBuffer(args[0], &signed_, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &received, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&signed_);
+        return NULL;
+    }
+    mac_compute(self, signed_.buf, (size_t)signed_.len, digest);
+    ok = received.len == MAC_SIZE && CRYPTO_memcmp(digest, received.buf, MAC_SIZE) == 0;
+    PyBuffer_Release(&signed_);
+    PyBuffer_Release(&received);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef MacKey_methods[] = {
+    {"mac", (PyCFunction)MacKey_mac, METH_O,
+     "First 8 bytes of HMAC-SHA256(key, signed)."},
+    {"verify", (PyCFunction)(void (*)(void))MacKey_verify, METH_FASTCALL,
+     "verify(signed, received): whether received is mac(signed), compared in constant time."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject MacKey_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aquafleet.protocol._speedups.MacKey",
+    .tp_basicsize = sizeof(MacKeyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A frame MAC key: HMAC-SHA256 with the padded keys' hash states kept (RFC 2104).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)MacKey_init,
+    .tp_methods = MacKey_methods,
+};
+
+/* ------------------------------------------------------------------------------ FrameDecoder */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buffer; /* bytes, as received; never NULL */
+    Py_ssize_t pos;   /* read position in buffer */
+    PyObject *stats;  /* a frames.DecoderStats */
+} DecoderObject;
+
+static PyObject *
+Decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (!ready())
+        return NULL;
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "FrameDecoder() takes no arguments");
+        return NULL;
+    }
+    DecoderObject *self = (DecoderObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->stats = PyObject_CallNoArgs(Stats_cls);
+    if (self->stats == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_INCREF(EmptyBytes);
+    self->buffer = EmptyBytes;
+    self->pos = 0;
+    return (PyObject *)self;
+}
+
+static int
+Decoder_traverse(DecoderObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->stats);
+    return 0;
+}
+
+static int
+Decoder_clear(DecoderObject *self)
+{
+    Py_CLEAR(self->stats);
+    return 0;
+}
+
+static void
+Decoder_dealloc(DecoderObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Decoder_clear(self);
+    Py_CLEAR(self->buffer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+raise_protocol_error(PyObject *cls, PyObject *code, PyObject *reason)
+{
+    if (reason == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallFunctionObjArgs(cls, code, reason, NULL);
+    Py_DECREF(reason);
+    if (exc != NULL) {
+        PyErr_SetObject(cls, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *
+Decoder_feed(DecoderObject *self, PyObject *data)
+{
+    Py_ssize_t held = PyBytes_GET_SIZE(self->buffer) - self->pos;
+    PyObject *joined;
+    if (held > MAX_UNPARSED)
+        return raise_protocol_error(
+            LocalError, BufferOverflowCode,
+            PyUnicode_FromString("feed() called again without draining next_frame()"));
+    if (held) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        joined = PyBytes_FromStringAndSize(NULL, held + view.len);
+        if (joined == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(joined), PyBytes_AS_STRING(self->buffer) + self->pos,
+               (size_t)held);
+        memcpy(PyBytes_AS_STRING(joined) + held, view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+    } else if (PyBytes_CheckExact(data)) {
+        Py_INCREF(data);
+        joined = data;
+    } else {
+        joined = PyBytes_FromObject(data);
+        if (joined == NULL)
+            return NULL;
+    }
+    Py_SETREF(self->buffer, joined);
+    self->pos = 0;
+    Py_RETURN_NONE;
+}
+
+/* Add a decoder's counts to its DecoderStats (only on the rare paths that count). */
+static int
+stats_add(PyObject *stats, const char *name, Py_ssize_t n)
+{
+    if (n == 0)
+        return 0;
+    PyObject *old = PyObject_GetAttrString(stats, name);
+    if (old == NULL)
+        return -1;
+    PyObject *add = PyLong_FromSsize_t(n);
+    PyObject *sum = add ? PyNumber_Add(old, add) : NULL;
+    Py_DECREF(old);
+    Py_XDECREF(add);
+    if (sum == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(stats, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+static PyObject *
+bytes_at(const unsigned char *base, Py_ssize_t start, Py_ssize_t end)
+{
+    if (end == start) {
+        Py_INCREF(EmptyBytes);
+        return EmptyBytes;
+    }
+    return PyBytes_FromStringAndSize((const char *)base + start, end - start);
+}
+
+static PyObject *
+make_frame(int type, int flags, int seq, PyObject *payload, PyObject *mac, PyObject *signed_)
+{
+    /* A NamedTuple is a tuple subclass: allocated with its six slots, filled in place. */
+    PyObject *frame = ((PyTypeObject *)Frame_cls)->tp_alloc((PyTypeObject *)Frame_cls, 6);
+    if (frame == NULL) {
+        Py_DECREF(payload);
+        Py_DECREF(mac);
+        Py_DECREF(signed_);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(frame, 0, PyLong_FromLong(type));
+    PyTuple_SET_ITEM(frame, 1, PyLong_FromLong(flags));
+    PyTuple_SET_ITEM(frame, 2, PyLong_FromLong(seq));
+    PyTuple_SET_ITEM(frame, 3, payload);
+    PyTuple_SET_ITEM(frame, 4, mac);
+    PyTuple_SET_ITEM(frame, 5, signed_);
+    if (PyTuple_GET_ITEM(frame, 0) == NULL || PyTuple_GET_ITEM(frame, 1) == NULL ||
+        PyTuple_GET_ITEM(frame, 2) == NULL) {
+        Py_DECREF(frame);
+        return NULL;
+    }
+    return frame;
+}
+
+static PyObject *
+Decoder_next_frame(DecoderObject *self, PyObject *unused)
+{
+    PyObject *buffer = self->buffer;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(buffer);
+    Py_ssize_t end = PyBytes_GET_SIZE(buffer);
+    Py_ssize_t pos = self->pos;
+    Py_ssize_t garbage = 0, crc_errors = 0, oversize = 0;
+    PyObject *result = NULL;
+
+    for (;;) {
+        Py_ssize_t size = end - pos;
+        if (size < 2) {
+            if (size == 1 && buf[pos] != MAGIC0) {
+                garbage += 1;
+                pos = end;
+            }
+            if (pos == end) { /* drained: let the read go */
+                Py_INCREF(EmptyBytes);
+                Py_SETREF(self->buffer, EmptyBytes);
+                pos = 0;
+            }
+            self->pos = pos;
+            Py_INCREF(Py_None);
+            result = Py_None;
+            break;
+        }
+        if (buf[pos] != MAGIC0 || buf[pos + 1] != MAGIC1) {
+            /* Skip to the next magic; keep a trailing first magic byte for the next read. */
+            Py_ssize_t index = -1;
+            for (Py_ssize_t i = pos + 1; i + 1 < end; i++) {
+                const unsigned char *hit = memchr(buf + i, MAGIC0, (size_t)(end - 1 - i));
+                if (hit == NULL)
+                    break;
+                i = hit - buf;
+                if (buf[i + 1] == MAGIC1) {
+                    index = i;
+                    break;
+                }
+            }
+            if (index < 0)
+                index = buf[end - 1] == MAGIC0 ? end - 1 : end;
+            garbage += index - pos;
+            pos = index;
+            continue;
+        }
+        if (size < HEADER_SIZE) {
+            self->pos = pos;
+            Py_INCREF(Py_None);
+            result = Py_None;
+            break;
+        }
+        int version = buf[pos + 2];
+        int type = buf[pos + 3];
+        int flags = buf[pos + 4];
+        int seq = (buf[pos + 5] << 8) | buf[pos + 6];
+        Py_ssize_t length = (buf[pos + 7] << 8) | buf[pos + 8];
+        if (length > MAX_PAYLOAD) {
+            oversize += 1;
+            garbage += 1;
+            pos += 1;
+            continue;
+        }
+        Py_ssize_t end_of_payload = pos + HEADER_SIZE + length;
+        Py_ssize_t end_of_mac = (flags & FLAG_MAC) ? end_of_payload + MAC_SIZE : end_of_payload;
+        Py_ssize_t total = end_of_mac + CRC_SIZE;
+        if (total > end) {
+            self->pos = pos;
+            Py_INCREF(Py_None);
+            result = Py_None;
+            break;
+        }
+        uint16_t received = (uint16_t)((buf[end_of_mac] << 8) | buf[end_of_mac + 1]);
+        if (crc16_modbus(buf + pos + 2, end_of_mac - pos - 2) != received) {
+            crc_errors += 1;
+            garbage += 1;
+            pos += 1;
+            continue;
+        }
+        self->pos = total;
+        if (version != VERSION) {
+            result = raise_protocol_error(
+                RemoteError, BadVersionCode,
+                PyUnicode_FromFormat("protocol version %d is not supported", version));
+            break;
+        }
+        PyObject *payload = bytes_at(buf, pos + HEADER_SIZE, end_of_payload);
+        if (payload == NULL)
+            break;
+        if (flags & FLAG_MAC) {
+            PyObject *mac = bytes_at(buf, end_of_payload, end_of_mac);
+            PyObject *signed_ = bytes_at(buf, pos + 2, end_of_payload);
+            if (mac == NULL || signed_ == NULL) {
+                Py_DECREF(payload);
+                Py_XDECREF(mac);
+                Py_XDECREF(signed_);
+                break;
+            }
+            result = make_frame(type, flags, seq, payload, mac, signed_);
+        } else {
+            Py_INCREF(Py_None);
+            Py_INCREF(EmptyBytes);
+            result = make_frame(type, flags, seq, payload, Py_None, EmptyBytes);
+        }
+        break;
+    }
+    if (garbage | crc_errors | oversize) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb); /* a pending BAD_VERSION survives the counting */
+        if (stats_add(self->stats, "garbage_bytes", garbage) < 0 ||
+            stats_add(self->stats, "crc_errors", crc_errors) < 0 ||
+            stats_add(self->stats, "oversize_lengths", oversize) < 0) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            Py_XDECREF(result);
+            return NULL;
+        }
+        PyErr_Restore(type, value, tb);
+    }
+    return result;
+}
+
+static PyObject *
+Decoder_buffered(DecoderObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(PyBytes_GET_SIZE(self->buffer) - self->pos);
+}
+
+static PyMethodDef Decoder_methods[] = {
+    {"feed", (PyCFunction)Decoder_feed, METH_O, "Add received bytes."},
+    {"next_frame", (PyCFunction)Decoder_next_frame, METH_NOARGS,
+     "The next complete frame, or None when more bytes are needed."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Decoder_members[] = {
+    {"stats", T_OBJECT_EX, offsetof(DecoderObject, stats), READONLY,
+     "What the decoder threw away while resyncing (a DecoderStats)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Decoder_getset[] = {
+    {"buffered", (getter)Decoder_buffered, NULL, "Bytes held, not yet a frame.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Decoder_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aquafleet.protocol._speedups.FrameDecoder",
+    .tp_basicsize = sizeof(DecoderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Resyncing frame decoder (the compiled twin of frames.PyFrameDecoder).",
+    .tp_new = Decoder_new,
+    .tp_dealloc = (destructor)Decoder_dealloc,
+    .tp_traverse = (traverseproc)Decoder_traverse,
+    .tp_clear = (inquiry)Decoder_clear,
+    .tp_methods = Decoder_methods,
+    .tp_members = Decoder_members,
+    .tp_getset = Decoder_getset,
+};
+
+/* ------------------------------------------------------------------------------ msgpack reader */
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+} Reader;
+
+enum { MP_FAIL = 0, MP_INT, MP_NIL, MP_OTHER };
+
+static int
+need(Reader *r, Py_ssize_t n)
+{
+    return r->end - r->p >= n;
+}
+
+static uint64_t
+be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Read an integer (any width, signed or not) into *value; MP_FAIL for anything else or a
+ * uint64 above INT64_MAX (no known key accepts one: the Python path refuses it). */
+static int
+read_int(Reader *r, int64_t *value)
+{
+    if (!need(r, 1))
+        return MP_FAIL;
+    unsigned char c = *r->p;
+    if (c <= 0x7f) {
+        r->p += 1;
+        *value = c;
+        return MP_INT;
+    }
+    if (c >= 0xe0) {
+        r->p += 1;
+        *value = (int8_t)c;
+        return MP_INT;
+    }
+    int width;
+    int is_signed;
+    switch (c) {
+    case 0xcc: width = 1; is_signed = 0; break;
+    case 0xcd: width = 2; is_signed = 0; break;
+    case 0xce: width = 4; is_signed = 0; break;
+    case 0xcf: width = 8; is_signed = 0; break;
+    case 0xd0: width = 1; is_signed = 1; break;
+    case 0xd1: width = 2; is_signed = 1; break;
+    case 0xd2: width = 4; is_signed = 1; break;
+    case 0xd3: width = 8; is_signed = 1; break;
+    default: return MP_FAIL;
+    }
+    if (!need(r, 1 + width))
+        return MP_FAIL;
+    uint64_t raw = be(r->p + 1, width);
+    r->p += 1 + width;
+    if (!is_signed) {
+        if (raw > (uint64_t)INT64_MAX)
+            return MP_FAIL;
+        *value = (int64_t)raw;
+    } else {
+        switch (width) {
+        case 1: *value = (int8_t)raw; break;
+        case 2: *value = (int16_t)raw; break;
+        case 4: *value = (int32_t)raw; break;
+        default: *value = (int64_t)raw; break;
+        }
+    }
+    return MP_INT;
+}
+
+/* A known key's value: an integer or nil; anything else fails (the Python path says why). */
+static int
+read_int_or_nil(Reader *r, int64_t *value)
+{
+    if (need(r, 1) && *r->p == 0xc0) {
+        r->p += 1;
+        return MP_NIL;
+    }
+    return read_int(r, value);
+}
+
+/* Step over one value of an unknown key. Only what msgpack decodes without complaint under
+ * the Python path's options is stepped over: integers, nil, booleans, floats, binary, and
+ * arrays and maps of those. A string (whose UTF-8 the Python path checks) or an extension
+ * (which it refuses) fails, and so does deep nesting. */
+static int
+skip_value(Reader *r, int depth)
+{
+    if (depth > SKIP_DEPTH || !need(r, 1))
+        return MP_FAIL;
+    unsigned char c = *r->p;
+    uint64_t count;
+    int map = 0;
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+        r->p += 1;
+        return MP_OTHER;
+    }
+    if ((c >= 0xcc && c <= 0xcf) || (c >= 0xd0 && c <= 0xd3)) {
+        int64_t ignored;
+        if (c == 0xcf) { /* a uint64 above INT64_MAX is still a fine value to skip */
+            if (!need(r, 9))
+                return MP_FAIL;
+            r->p += 9;
+            return MP_OTHER;
+        }
+        return read_int(r, &ignored) == MP_INT ? MP_OTHER : MP_FAIL;
+    }
+    switch (c) {
+    case 0xca: /* float 32 */
+        if (!need(r, 5))
+            return MP_FAIL;
+        r->p += 5;
+        return MP_OTHER;
+    case 0xcb: /* float 64 */
+        if (!need(r, 9))
+            return MP_FAIL;
+        r->p += 9;
+        return MP_OTHER;
+    case 0xc4: case 0xc5: case 0xc6: { /* bin 8/16/32 */
+        int width = c == 0xc4 ? 1 : c == 0xc5 ? 2 : 4;
+        if (!need(r, 1 + width))
+            return MP_FAIL;
+        uint64_t n = be(r->p + 1, width);
+        if ((uint64_t)(r->end - r->p - 1 - width) < n)
+            return MP_FAIL;
+        r->p += 1 + width + n;
+        return MP_OTHER;
+    }
+    default:
+        break;
+    }
+    if (c >= 0x90 && c <= 0x9f) {
+        count = c & 0x0f;
+        r->p += 1;
+    } else if (c >= 0x80 && c <= 0x8f) {
+        count = c & 0x0f;
+        map = 1;
+        r->p += 1;
+    } else if (c == 0xdc || c == 0xdd || c == 0xde || c == 0xdf) {
+        int width = (c == 0xdc || c == 0xde) ? 2 : 4;
+        if (!need(r, 1 + width))
+            return MP_FAIL;
+        count = be(r->p + 1, width);
+        map = c >= 0xde;
+        r->p += 1 + width;
+    } else {
+        return MP_FAIL; /* strings, extensions, 0xc1 */
+    }
+    if (map) {
+        /* A map's keys must be hashable for the Python path; integers only, to be sure. */
+        for (uint64_t i = 0; i < count; i++) {
+            int64_t ignored;
+            if (read_int(r, &ignored) != MP_INT || skip_value(r, depth + 1) == MP_FAIL)
+                return MP_FAIL;
+        }
+    } else {
+        if (count > (uint64_t)(r->end - r->p)) /* each item takes at least one byte */
+            return MP_FAIL;
+        for (uint64_t i = 0; i < count; i++)
+            if (skip_value(r, depth + 1) == MP_FAIL)
+                return MP_FAIL;
+    }
+    return MP_OTHER;
+}
+
+/* ------------------------------------------------------------------------------ parse_record */
+
+enum { F_REC, F_BOOT, F_TS, F_TOTAL, F_EPOCH, F_STATE, F_KIND, F_COUNT };
+
+static PyObject *
+long_or_none(int present, int64_t value)
+{
+    if (!present) {
+        Py_INCREF(Py_None);
+        return Py_None;
+    }
+    return PyLong_FromLongLong(value);
+}
+
+/* parse_record(frame) -> Record | None (see the top of this file). */
+static PyObject *
+py_parse_record(PyObject *module, PyObject *frame)
+{
+    if (!ready())
+        return NULL;
+    if (!PyTuple_Check(frame) || PyTuple_GET_SIZE(frame) < 4) {
+        PyErr_SetString(PyExc_TypeError, "parse_record() takes a Frame");
+        return NULL;
+    }
+    PyObject *type_obj = PyTuple_GET_ITEM(frame, 0), *flags_obj = PyTuple_GET_ITEM(frame, 1);
+    PyObject *seq_obj = PyTuple_GET_ITEM(frame, 2), *payload = PyTuple_GET_ITEM(frame, 3);
+    if (!PyLong_CheckExact(type_obj) || !PyLong_CheckExact(flags_obj) ||
+        !PyBytes_CheckExact(payload))
+        Py_RETURN_NONE;
+    long type = PyLong_AsLong(type_obj), flags = PyLong_AsLong(flags_obj);
+    if (type == -1 || flags == -1) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if ((type != TYPE_TELEMETRY && type != TYPE_EVENT) || (flags & ENCODING_MASK) != 0)
+        Py_RETURN_NONE; /* CBOR, or not a record: the Python path */
+
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(payload),
+                (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload)};
+    uint64_t count;
+    if (!need(&r, 1))
+        Py_RETURN_NONE;
+    unsigned char c = *r.p;
+    if (c >= 0x80 && c <= 0x8f) {
+        count = c & 0x0f;
+        r.p += 1;
+    } else if (c == 0xde || c == 0xdf) {
+        int width = c == 0xde ? 2 : 4;
+        if (!need(&r, 1 + width))
+            Py_RETURN_NONE;
+        count = be(r.p + 1, width);
+        r.p += 1 + width;
+    } else {
+        Py_RETURN_NONE;
+    }
+    int total_key = type == TYPE_TELEMETRY ? KEY_FLOW_TOTAL : KEY_EVENT_FLOW_TOTAL;
+    int64_t value[F_COUNT] = {0};
+    int state[F_COUNT] = {0}; /* 0 absent, MP_INT, MP_NIL */
+    for (uint64_t i = 0; i < count; i++) {
+        int64_t key;
+        if (read_int(&r, &key) != MP_INT)
+            Py_RETURN_NONE;
+        int field = -1;
+        if (key == KEY_REC) field = F_REC;
+        else if (key == KEY_BOOT) field = F_BOOT;
+        else if (key == KEY_TS) field = F_TS;
+        else if (key == total_key) field = F_TOTAL;
+        else if (key == KEY_CNT_EPOCH) field = F_EPOCH;
+        else if (key == KEY_STATE_BITS) field = F_STATE;
+        else if (key == KEY_EVENT_KIND && type == TYPE_EVENT) field = F_KIND;
+        if (field < 0) {
+            if (skip_value(&r, 0) == MP_FAIL)
+                Py_RETURN_NONE;
+            continue;
+        }
+        if (state[field]) /* a repeated key: the Python path keeps the last */
+            Py_RETURN_NONE;
+        state[field] = read_int_or_nil(&r, &value[field]);
+        if (state[field] == MP_FAIL)
+            Py_RETURN_NONE;
+    }
+    if (r.p != r.end) /* trailing bytes: the Python path refuses them */
+        Py_RETURN_NONE;
+    /* The checks of messages.record_from_map; a failure is the Python path's to report. */
+    if (state[F_REC] != MP_INT || value[F_REC] < 1 || (uint64_t)value[F_REC] > U32)
+        Py_RETURN_NONE;
+    if (state[F_BOOT] != MP_INT || value[F_BOOT] < 0 || (uint64_t)value[F_BOOT] > U32)
+        Py_RETURN_NONE;
+    if (state[F_TS] != MP_INT || value[F_TS] < 0 || (uint64_t)value[F_TS] > U32)
+        Py_RETURN_NONE;
+    int64_t kind = 0;
+    if (type == TYPE_EVENT) {
+        if (state[F_KIND] != MP_INT || value[F_KIND] < 1 || value[F_KIND] > (int64_t)U8)
+            Py_RETURN_NONE;
+        kind = value[F_KIND];
+    }
+    int64_t bits = -1;
+    if (state[F_STATE] == MP_INT) {
+        if (value[F_STATE] < 0 || (uint64_t)value[F_STATE] > U32)
+            Py_RETURN_NONE;
+        bits = value[F_STATE];
+    }
+    if (state[F_EPOCH] == MP_INT && (value[F_EPOCH] < 0 || (uint64_t)value[F_EPOCH] > U32))
+        Py_RETURN_NONE;
+    if (state[F_TOTAL] == MP_INT && (value[F_TOTAL] < 0 || value[F_TOTAL] > MAX_COUNTER))
+        Py_RETURN_NONE;
+
+    PyObject *record = ((PyTypeObject *)Record_cls)->tp_alloc((PyTypeObject *)Record_cls, 12);
+    if (record == NULL)
+        return NULL;
+    Py_INCREF(type_obj);
+    Py_INCREF(seq_obj);
+    Py_INCREF(payload);
+    PyObject *dup = (flags & FLAG_DUP) ? Py_True : Py_False;
+    Py_INCREF(dup);
+    PyTuple_SET_ITEM(record, 0, type_obj);
+    PyTuple_SET_ITEM(record, 1, seq_obj);
+    PyTuple_SET_ITEM(record, 2, dup);
+    PyTuple_SET_ITEM(record, 3, PyLong_FromLongLong(value[F_REC]));
+    PyTuple_SET_ITEM(record, 4, PyLong_FromLongLong(value[F_BOOT]));
+    PyTuple_SET_ITEM(record, 5, PyLong_FromLongLong(value[F_TS]));
+    PyTuple_SET_ITEM(record, 6, long_or_none(state[F_TOTAL] == MP_INT, value[F_TOTAL]));
+    PyTuple_SET_ITEM(record, 7, long_or_none(state[F_EPOCH] == MP_INT, value[F_EPOCH]));
+    PyTuple_SET_ITEM(record, 8, PyLong_FromLongLong(kind));
+    PyTuple_SET_ITEM(record, 9, payload);
+    PyTuple_SET_ITEM(record, 10, PyLong_FromLong(0)); /* msgpack */
+    PyTuple_SET_ITEM(record, 11, PyLong_FromLongLong(bits));
+    for (int i = 0; i < 12; i++) {
+        if (PyTuple_GET_ITEM(record, i) == NULL) {
+            Py_DECREF(record);
+            return NULL;
+        }
+    }
+    return record;
+}
+
+/* ------------------------------------------------------------------------------ encode_ack */
+
+/* msgpack's smallest encoding of a non-negative integer, as msgpack.Packer writes it. */
+static unsigned char *
+put_uint(unsigned char *out, uint64_t v)
+{
+    if (v <= 0x7f) {
+        *out++ = (unsigned char)v;
+    } else if (v <= 0xff) {
+        *out++ = 0xcc;
+        *out++ = (unsigned char)v;
+    } else if (v <= 0xffff) {
+        *out++ = 0xcd;
+        *out++ = (unsigned char)(v >> 8);
+        *out++ = (unsigned char)v;
+    } else {
+        *out++ = 0xce;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *out++ = (unsigned char)(v >> shift);
+    }
+    return out;
+}
+
+/* An int object in 0..U32 into *v; 0 when it is anything else. */
+static int
+small_uint(PyObject *obj, uint64_t *v)
+{
+    if (!PyLong_CheckExact(obj))
+        return 0;
+    int overflow;
+    long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || value < 0 || (unsigned long long)value > U32) {
+        PyErr_Clear();
+        return 0;
+    }
+    *v = (uint64_t)value;
+    return 1;
+}
+
+/* encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None:
+ * the frame of ServerSession.ack's encode_frame(ACK, tx_seq, msgpack {0: seq, 1: rc[, 2:
+ * watermark]}, flags=encoding_flags, mac_key=mac_key), or None when that is not msgpack, the
+ * key is not a compiled MacKey (nor None), or a value is not an integer in 0..U32. */
+static PyObject *
+py_encode_ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "encode_ack() takes six arguments");
+        return NULL;
+    }
+    PyObject *key = args[0], *watermark = args[5];
+    uint64_t tx_seq, encoding_flags, seq, rc, boot = 0, rec = 0;
+    if (key != Py_None && Py_TYPE(key) != &MacKey_Type)
+        Py_RETURN_NONE;
+    if (!small_uint(args[1], &tx_seq) || !small_uint(args[2], &encoding_flags) ||
+        !small_uint(args[3], &seq) || !small_uint(args[4], &rc))
+        Py_RETURN_NONE;
+    if (tx_seq > U16 || encoding_flags != 0 || seq > U16 || rc > U8)
+        Py_RETURN_NONE;
+    int has_watermark = watermark != Py_None;
+    if (has_watermark) {
+        if (!(PyTuple_CheckExact(watermark) || PyList_CheckExact(watermark)) ||
+            PySequence_Fast_GET_SIZE(watermark) != 2 ||
+            !small_uint(PySequence_Fast_GET_ITEM(watermark, 0), &boot) ||
+            !small_uint(PySequence_Fast_GET_ITEM(watermark, 1), &rec))
+            Py_RETURN_NONE;
+    }
+    unsigned char frame[64];
+    unsigned char *p = frame + HEADER_SIZE;
+    *p++ = has_watermark ? 0x83 : 0x82;
+    *p++ = 0x00;
+    p = put_uint(p, seq);
+    *p++ = 0x01;
+    p = put_uint(p, rc);
+    if (has_watermark) {
+        *p++ = 0x02;
+        *p++ = 0x92;
+        p = put_uint(p, boot);
+        p = put_uint(p, rec);
+    }
+    Py_ssize_t length = p - frame - HEADER_SIZE;
+    int flags = key == Py_None ? 0 : FLAG_MAC;
+    frame[0] = MAGIC0;
+    frame[1] = MAGIC1;
+    frame[2] = VERSION;
+    frame[3] = TYPE_ACK;
+    frame[4] = (unsigned char)flags;
+    frame[5] = (unsigned char)(tx_seq >> 8);
+    frame[6] = (unsigned char)tx_seq;
+    frame[7] = (unsigned char)(length >> 8);
+    frame[8] = (unsigned char)length;
+    if (key != Py_None) {
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        mac_compute((MacKeyObject *)key, frame + 2, (size_t)(p - frame - 2), digest);
+        memcpy(p, digest, MAC_SIZE);
+        p += MAC_SIZE;
+    }
+    uint16_t crc = crc16_modbus(frame + 2, p - frame - 2);
+    *p++ = (unsigned char)(crc >> 8);
+    *p++ = (unsigned char)crc;
+    return PyBytes_FromStringAndSize((const char *)frame, p - frame);
+}
+
+/* ------------------------------------------------------------------------------ module */
+
+static PyObject *
+py_setup(PyObject *module, PyObject *args)
+{
+    PyObject *frame, *record, *stats, *remote, *local, *bad_version, *overflow;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:setup", &frame, &record, &stats, &remote, &local,
+                          &bad_version, &overflow))
+        return NULL;
+    if (!PyType_Check(frame) || !PyType_IsSubtype((PyTypeObject *)frame, &PyTuple_Type) ||
+        !PyType_Check(record) || !PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "setup(): Frame and Record must be tuple types");
+        return NULL;
+    }
+    Py_XSETREF(Frame_cls, Py_NewRef(frame));
+    Py_XSETREF(Record_cls, Py_NewRef(record));
+    Py_XSETREF(Stats_cls, Py_NewRef(stats));
+    Py_XSETREF(RemoteError, Py_NewRef(remote));
+    Py_XSETREF(LocalError, Py_NewRef(local));
+    Py_XSETREF(BadVersionCode, Py_NewRef(bad_version));
+    Py_XSETREF(BufferOverflowCode, Py_NewRef(overflow));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", py_setup, METH_VARARGS,
+     "setup(Frame, Record, DecoderStats, RemoteProtocolError, LocalProtocolError, "
+     "BAD_VERSION, BUFFER_OVERFLOW): the Python types the twins share."},
+    {"crc16_modbus", py_crc16_modbus, METH_O, "CRC-16/MODBUS of a bytes-like object."},
+    {"parse_record", py_parse_record, METH_O,
+     "parse_record(frame) -> Record | None: the common case of messages.parse_record."},
+    {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
+     "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "aquafleet.protocol._speedups",
+    .m_doc = "Compiled twins of the frame codec's hot functions (see protocol/speedups.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    crc_init();
+    EmptyBytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (EmptyBytes == NULL)
+        return NULL;
+    if (PyType_Ready(&MacKey_Type) < 0 || PyType_Ready(&Decoder_Type) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "MacKey", (PyObject *)&MacKey_Type) < 0 ||
+        PyModule_AddObjectRef(module, "FrameDecoder", (PyObject *)&Decoder_Type) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,387 @@
+"""The compiled twins (protocol/_speedups.c) against the pure-Python references.
+
+Three ways, as aiohttp tests its C HTTP parser: the protocol suite's vectors run again with
+the extension switched off (so both twins pass the same golden frames), the twins are fed the
+same generated input (valid frames, garbage, corrupted and split streams, hostile payloads)
+and must answer alike, and the compiled path must really be the one taken for the common case.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aquafleet.protocol import ProtocolError, speedups
+from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, Flag, FrameType
+from aquafleet.protocol.frames import (
+    Frame,
+    FrameDecoder,
+    MacKey,
+    PyFrameDecoder,
+    PyMacKey,
+    encode_frame,
+)
+from aquafleet.protocol.message_types import Event, Record, Telemetry
+from aquafleet.protocol.messages import encode_payload, message_map, parse_record, py_parse_record
+from tests.protocol.helpers import raw_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+compiled = speedups.compiled
+
+needs_compiled = pytest.mark.skipif(
+    compiled is None, reason="extension switched off (AQUAFLEET_NO_EXTENSIONS)"
+)
+
+
+def test_the_extension_is_built_and_in_use() -> None:
+    """`pip install` compiles it on a machine like this one; a silent fallback to Python would
+    lose the gateway its per-frame speed without anyone noticing."""
+    if speedups.DISABLED:
+        assert compiled is None and FrameDecoder is PyFrameDecoder
+        return
+    assert compiled is not None, "protocol/_speedups.c was not built: see setup.py"
+    assert speedups.implementation() == "compiled"
+    assert FrameDecoder is compiled.FrameDecoder and MacKey is compiled.MacKey
+
+
+def test_the_python_twins_pass_the_same_vectors() -> None:
+    """The golden frames, decoder, message and session tests once more, extension off."""
+    env = {**os.environ, "AQUAFLEET_NO_EXTENSIONS": "1"}
+    files = ["test_frames.py", "test_messages.py", "test_session.py", "test_login.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+         *(f"tests/protocol/{name}" for name in files)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- MacKey
+
+
+@needs_compiled
+@given(key=st.binary(max_size=130), message=st.binary(max_size=1100))
+def test_mac_keys_agree_with_hmac(key: bytes, message: bytes) -> None:
+    expected = hmac.digest(key, message, "sha256")[:8]
+    assert MacKey(key).mac(message) == PyMacKey(key).mac(message) == expected
+    for twin in (MacKey(key), PyMacKey(key)):
+        assert twin.verify(message, expected) is True
+        assert twin.verify(message, bytes(8)) is (expected == bytes(8))
+        assert twin.verify(message, expected[:7]) is False
+        assert twin.verify(message, None) is False
+
+
+# --------------------------------------------------------------------------- FrameDecoder
+
+
+def _outcomes(decoder: object, chunks: list[bytes]) -> list[object]:
+    """Everything a decoder answers to the chunks, drained after each; then its counts."""
+    seen: list[object] = []
+    for chunk in chunks:
+        try:
+            decoder.feed(chunk)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            seen.append(("feed", type(exc).__name__, exc.code, exc.reason))
+            continue
+        while True:
+            try:
+                frame = decoder.next_frame()  # type: ignore[attr-defined]
+            except ProtocolError as exc:
+                seen.append((type(exc).__name__, exc.code, exc.reason))
+                continue
+            if frame is None:
+                break
+            assert type(frame) is Frame
+            seen.append(tuple(frame))
+        seen.append(("buffered", decoder.buffered))  # type: ignore[attr-defined]
+    stats = decoder.stats  # type: ignore[attr-defined]
+    seen.append((stats.garbage_bytes, stats.crc_errors, stats.oversize_lengths))
+    return seen
+
+
+_KEY = b"\x07" * 32
+
+frame_bytes = st.builds(
+    lambda frame_type, seq, payload, flags, version, mac: raw_frame(
+        frame_type, seq, payload, flags=flags, version=version,
+        mac_key=_KEY if mac else None,
+    ),
+    st.integers(0, 255), st.integers(0, 0xFFFF), st.binary(max_size=80),
+    st.integers(0, 255).map(lambda f: f & ~Flag.MAC), st.sampled_from([1, 1, 1, 2]),
+    st.booleans(),
+)  # fmt: skip
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[bytes]:
+    parts = draw(
+        st.lists(
+            st.one_of(
+                frame_bytes,
+                st.binary(max_size=12),  # garbage, modem text
+                st.sampled_from([b"\x5a", b"\x5a\xa5", b"\xa5", b"CONNECT OK\r\n"]),
+                frame_bytes.flatmap(  # one byte of a good frame changed
+                    lambda f: st.tuples(st.integers(0, len(f) - 1), st.integers(1, 255)).map(
+                        lambda c: f[: c[0]] + bytes([f[c[0]] ^ c[1]]) + f[c[0] + 1 :]
+                    )
+                ),
+                frame_bytes.map(lambda f: f[: len(f) // 2]),  # a cut frame
+                # a header claiming more than the cap
+                st.just(b"\x5a\xa5\x01\x20\x00\x00\x01" + (MAX_PAYLOAD + 1).to_bytes(2, "big")),
+            ),
+            max_size=12,
+        )
+    )
+    stream = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    edges = [0, *cuts, len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@needs_compiled
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=streams())
+def test_decoders_agree_on_any_stream(chunks: list[bytes]) -> None:
+    assert _outcomes(FrameDecoder(), chunks) == _outcomes(PyFrameDecoder(), chunks)
+
+
+@needs_compiled
+@given(data=st.binary(max_size=3000), cut=st.integers(0, 3000))
+def test_decoders_agree_on_random_bytes(data: bytes, cut: int) -> None:
+    chunks = [data[:cut], data[cut:]]
+    assert _outcomes(FrameDecoder(), chunks) == _outcomes(PyFrameDecoder(), chunks)
+
+
+@needs_compiled
+def test_decoders_refuse_to_hold_more_than_the_cap_alike() -> None:
+    """feed() again without draining, while more than MAX_UNPARSED bytes are held."""
+    answers = []
+    for decoder in (FrameDecoder(), PyFrameDecoder()):
+        decoder.feed(b"\x5a" * 2049)
+        with pytest.raises(ProtocolError) as caught:
+            decoder.feed(b"\x00")
+        answers.append((type(caught.value).__name__, caught.value.code, caught.value.reason))
+        assert decoder.buffered == 2049
+    assert answers[0] == answers[1] == (
+        "LocalProtocolError", ErrorCode.BUFFER_OVERFLOW,
+        "feed() called again without draining next_frame()",
+    )  # fmt: skip
+
+
+@needs_compiled
+def test_decoders_take_bytearray_and_memoryview_alike() -> None:
+    frame = raw_frame(FrameType.PING, 3, b"\x80", mac_key=_KEY)
+    for data in (bytearray(frame), memoryview(frame)):
+        for decoder in (FrameDecoder(), PyFrameDecoder()):
+            decoder.feed(data[:5])
+            decoder.feed(data[5:])
+            assert decoder.next_frame() == (0x10, Flag.MAC, 3, b"\x80", frame[-10:-2], frame[2:-10])
+
+
+# --------------------------------------------------------------------------- parse_record
+
+
+def _py_outcome(frame: Frame) -> object:
+    try:
+        return py_parse_record(frame)
+    except ProtocolError as exc:
+        return (exc.code, exc.reason)
+
+
+def _check_record(frame: Frame) -> Record | None:
+    assert compiled is not None
+    fast = compiled.parse_record(frame)
+    reference = _py_outcome(frame)
+    if fast is not None:  # the compiled path never accepts what the reference refuses
+        assert type(fast) is Record and fast == reference
+        assert [type(v) for v in fast] == [type(v) for v in reference]  # type: ignore[union-attr]
+    # and the public function answers as the reference, whichever path it took
+    try:
+        assert parse_record(frame) == reference
+    except ProtocolError as exc:
+        assert (exc.code, exc.reason) == reference
+    return fast  # type: ignore[no-any-return]
+
+
+scalar = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([0, 1, 255, 256, 2**16 - 1, 2**32 - 1, 2**32, 2**53 - 1, 2**53, -1]),
+    st.none(), st.booleans(), st.floats(allow_nan=False), st.text(max_size=4),
+    st.binary(max_size=4),
+)  # fmt: skip
+value = st.recursive(
+    scalar,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.integers(-5, 30), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+keys = st.one_of(st.sampled_from([0, 1, 2, 10, 16, 18, 20, 23]), st.integers(-3, 40))
+u32 = st.integers(0, 2**32 - 1)
+# A record as devices send them (both kinds' keys), so that most examples get past the checks
+valid_record = st.fixed_dictionaries(
+    {0: st.integers(1, 2**32 - 1), 1: u32, 2: u32},
+    optional={
+        10: st.none() | st.integers(0, 2**53 - 1), 23: st.none() | st.integers(0, 2**53 - 1),
+        16: st.none() | u32, 18: st.none() | u32, 20: st.integers(1, 255),
+        11: st.lists(st.lists(st.integers(0, 70_000), max_size=4), max_size=3), 12: u32,
+    },
+)  # fmt: skip
+payloads = st.one_of(
+    valid_record,
+    st.tuples(valid_record, st.dictionaries(keys, value, min_size=1, max_size=2)).map(
+        lambda both: {**both[0], **both[1]}  # one or two keys changed or added
+    ),
+    st.tuples(  # a known key at the edge of its range, or of msgpack's integer widths
+        valid_record,
+        st.sampled_from([0, 1, 2, 10, 16, 18, 20, 23]),
+        st.sampled_from(
+            [
+                -1,
+                0,
+                1,
+                255,
+                256,
+                2**32 - 1,
+                2**32,
+                2**53 - 1,
+                2**53,
+                2**63 - 1,
+                2**63,
+                2**64 - 1,
+                -(2**63),
+                None,
+                True,
+                1.0,
+            ]
+        ),
+    ).map(lambda edge: {**edge[0], edge[1]: edge[2]}),
+    st.dictionaries(keys, value, max_size=9),
+)
+
+
+@needs_compiled
+@settings(max_examples=1500)
+@given(
+    payload=payloads,
+    frame_type=st.sampled_from([0x20, 0x21, 0x21, 0x30]),
+    flags=st.sampled_from([0, Flag.DUP, Flag.ACK_REQ | Flag.DUP, 0x10]),
+    trailing=st.sampled_from([b"", b"", b"\x00", b"\xc0\xc0"]),
+    seq=st.integers(0, 0xFFFF),
+)
+def test_parse_record_agrees_with_the_reference(
+    payload: dict, frame_type: int, flags: int, trailing: bytes, seq: int
+) -> None:
+    packed = msgpack.packb(payload, use_bin_type=True) + trailing
+    _check_record(Frame(frame_type, flags, seq, packed))
+
+
+EDGES = [-1, 0, 1, 255, 256, 2**16, 2**32 - 1, 2**32, 2**53 - 1, 2**53, 2**63 - 1, 2**63,
+         2**64 - 1, -(2**63), None, True, False, 1.0, "1", b"\x01", [1]]  # fmt: skip
+
+
+@needs_compiled
+@pytest.mark.parametrize("frame_type", [0x20, 0x21])
+@pytest.mark.parametrize("key", [0, 1, 2, 10, 16, 18, 20, 23, 11])
+def test_every_known_key_at_every_edge(frame_type: int, key: int) -> None:
+    """Each key the record reads, set to each edge of its range and of msgpack's encodings."""
+    taken = 0
+    for edge in EDGES:
+        payload = {0: 5, 1: 6, 2: 7, 10: 100, 16: 1, 18: 2, 20: 3, 23: 200, key: edge}
+        packed = msgpack.packb(payload, use_bin_type=True)
+        taken += _check_record(Frame(frame_type, 0, 1, packed)) is not None
+    assert taken >= 2  # the in-range ones (at least 1 and 255) went the compiled way
+
+
+@needs_compiled
+@given(data=st.binary(max_size=64), frame_type=st.sampled_from([0x20, 0x21]))
+def test_parse_record_agrees_on_random_payloads(data: bytes, frame_type: int) -> None:
+    _check_record(Frame(frame_type, 0, 1, data))
+
+
+@needs_compiled
+def test_repeated_keys_and_non_integer_keys_go_to_the_reference() -> None:
+    # {0: 5, 0: 6, 1: 7, 2: 8}: msgpack keeps the last 0 (rec 6); the compiled path steps aside
+    repeated = bytes([0x84, 0x00, 0x05, 0x00, 0x06, 0x01, 0x07, 0x02, 0x08])
+    frame = Frame(0x20, 0, 1, repeated)
+    assert compiled is not None and compiled.parse_record(frame) is None
+    assert parse_record(frame).rec == 6
+    # True == 1 as a dict key: {0: 1, True: 7, 2: 3} reads boot 7 in the reference
+    bool_key = bytes([0x83, 0x00, 0x01, 0xC3, 0x07, 0x02, 0x03])
+    frame = Frame(0x20, 0, 1, bool_key)
+    assert compiled.parse_record(frame) is None
+    assert _check_record(frame) is None and parse_record(frame).boot == 7
+
+
+def _device_records() -> list[Frame]:
+    telemetry = Telemetry(
+        rec=9, boot=3, ts=1_790_000_000, flow_total_ml=2**40, tds_in_ppm=300, tds_out_ppm=12,
+        temperature_dc=-40, cnt_epoch=2, signal=-90, state_bits=5, fault_bits=0, filters=(),
+    )  # fmt: skip
+    event = Event(rec=10, boot=3, ts=1_790_000_001, kind=2, flow_total_ml=77)
+    frames = []
+    for message, frame_type in ((telemetry, 0x20), (event, 0x21)):
+        payload = encode_payload(message_map(message), 0)
+        frames.append(Frame(frame_type, Flag.DUP, 5, payload))
+    return frames
+
+
+@needs_compiled
+def test_the_common_case_takes_the_compiled_path() -> None:
+    for frame in _device_records():
+        fast = _check_record(frame)
+        assert fast is not None, frame
+        assert fast.dup is True and fast.seq == 5
+    cbor = Frame(0x20, 1 << Flag.ENCODING_SHIFT, 1, encode_payload({0: 1, 1: 2, 2: 3}, 1))
+    assert compiled is not None and compiled.parse_record(cbor) is None  # CBOR: the reference
+    assert parse_record(cbor).rec == 1
+
+
+# --------------------------------------------------------------------------- encode_ack
+
+
+@needs_compiled
+@given(
+    tx_seq=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 0xFFFF),
+    rc=st.integers(0, 255),
+    watermark=st.none() | st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    key=st.none() | st.binary(min_size=32, max_size=32),
+)
+def test_ack_frames_are_byte_for_byte_the_references(
+    tx_seq: int, seq: int, rc: int, watermark: tuple[int, int] | None, key: bytes | None
+) -> None:
+    assert compiled is not None
+    body: dict[int, object] = {0: seq, 1: rc}
+    if watermark is not None:
+        body[2] = watermark
+    expected = encode_frame(
+        FrameType.ACK, tx_seq, encode_payload(body, 0), mac_key=PyMacKey(key) if key else None
+    )
+    fast = compiled.encode_ack(MacKey(key) if key else None, tx_seq, 0, seq, rc, watermark)
+    assert fast == expected
+    if watermark is not None:
+        assert compiled.encode_ack(None, tx_seq, 0, seq, rc, list(watermark)) == (
+            encode_frame(FrameType.ACK, tx_seq, encode_payload(body, 0))
+        )
+
+
+@needs_compiled
+def test_acks_the_compiled_path_does_not_build_are_left_to_python() -> None:
+    assert compiled is not None
+    key = MacKey(b"\x01" * 32)
+    assert compiled.encode_ack(key, 1, 0x10, 1, 0, None) is None  # CBOR
+    assert compiled.encode_ack(key, 1, 0, 1, 0, (2**32, 1)) is None  # beyond a u32
+    assert compiled.encode_ack(key, 1, 0, 1, 0, (1, 2, 3)) is None
+    assert compiled.encode_ack(PyMacKey(b"\x01" * 32), 1, 0, 1, 0, None) is None
+    assert compiled.encode_ack(key, 1, 0, 1, True, None) is None  # a bool is not an int here
