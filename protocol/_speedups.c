@@ -10,6 +10,9 @@
  *                     string, an extension, a bad value, a repeated key, trailing bytes...)
  *                     answers None and the caller takes the Python path, which accepts or
  *                     refuses it with its own error: this file never decides a refusal.
+ *   parse_telemetry_report
+ *                     messages.py_parse_telemetry_report's common case (the ledger writer's
+ *                     device snapshot), under the same rule: None for anything unusual
  *   encode_ack        the ACK frame ServerSession.ack builds, byte for byte (msgpack only;
  *                     None otherwise, and the caller encodes it in Python)
  *
@@ -56,10 +59,22 @@
 #define KEY_STATE_BITS 18
 #define KEY_EVENT_KIND 20
 #define KEY_EVENT_FLOW_TOTAL 23
+#define KEY_TDS_IN 11
+#define KEY_TDS_OUT 12
+#define KEY_TEMPERATURE 13
+#define KEY_FILTERS 14
+#define KEY_FAULTS 15
+#define KEY_SIGNAL 17
+#define MAX_FILTERS 16
+#define MIN_TEMPERATURE_DC (-1000)
+#define MAX_TEMPERATURE_DC 2000
+#define MIN_SIGNAL (-150)
+#define MAX_SIGNAL 255
 
 /* Set once by setup() from the Python side (the classes and codes the twins share). */
 static PyObject *Frame_cls, *Record_cls, *Stats_cls, *RemoteError, *LocalError;
 static PyObject *BadVersionCode, *BufferOverflowCode, *EmptyBytes;
+static PyObject *Report_cls; /* messages.TelemetryReport, set by setup_report() */
 
 static int
 ready(void)
@@ -838,6 +853,193 @@ py_parse_record(PyObject *module, PyObject *frame)
     return record;
 }
 
+/* ------------------------------------------------------------------------------ telemetry report */
+
+/* A container's element count (array or map, as `map` says); MP_FAIL if it is not one. */
+static int
+read_count(Reader *r, int map, uint64_t *count)
+{
+    if (!need(r, 1))
+        return MP_FAIL;
+    unsigned char c = *r->p;
+    unsigned char fix = map ? 0x80 : 0x90, c16 = map ? 0xde : 0xdc, c32 = map ? 0xdf : 0xdd;
+    if (c >= fix && c <= fix + 0x0f) {
+        *count = c & 0x0f;
+        r->p += 1;
+        return MP_OTHER;
+    }
+    if (c != c16 && c != c32)
+        return MP_FAIL;
+    int width = c == c16 ? 2 : 4;
+    if (!need(r, 1 + width))
+        return MP_FAIL;
+    *count = be(r->p + 1, width);
+    r->p += 1 + width;
+    return MP_OTHER;
+}
+
+/* Key 14: nil, or at most 16 [index u8, work_h u32, power_on_h u32, reset_count u16]. Sets
+ * *out to the list (NULL for nil or an empty list: the report keeps None then); MP_FAIL for
+ * anything the Python path would refuse or might read differently; -1 on a Python error. */
+static int
+read_filters(Reader *r, PyObject **out)
+{
+    static const uint64_t high[4] = {U8, U32, U32, U16};
+    uint64_t count, width;
+    *out = NULL;
+    if (need(r, 1) && *r->p == 0xc0) {
+        r->p += 1;
+        return MP_NIL;
+    }
+    if (read_count(r, 0, &count) == MP_FAIL || count > MAX_FILTERS)
+        return MP_FAIL;
+    if (count == 0)
+        return MP_OTHER;
+    PyObject *rows = PyList_New((Py_ssize_t)count);
+    if (rows == NULL)
+        return -1;
+    for (uint64_t i = 0; i < count; i++) {
+        if (read_count(r, 0, &width) == MP_FAIL || width != 4) {
+            Py_DECREF(rows);
+            return MP_FAIL;
+        }
+        PyObject *row = PyList_New(4);
+        if (row == NULL) {
+            Py_DECREF(rows);
+            return -1;
+        }
+        PyList_SET_ITEM(rows, (Py_ssize_t)i, row);
+        for (int j = 0; j < 4; j++) {
+            int64_t v;
+            if (read_int(r, &v) != MP_INT || v < 0 || (uint64_t)v > high[j]) {
+                Py_DECREF(rows);
+                return MP_FAIL;
+            }
+            PyObject *item = PyLong_FromLongLong(v);
+            if (item == NULL) {
+                Py_DECREF(rows);
+                return -1;
+            }
+            PyList_SET_ITEM(row, j, item);
+        }
+    }
+    *out = rows;
+    return MP_OTHER;
+}
+
+enum { R_REC, R_BOOT, R_TS, R_TDS_IN, R_TDS_OUT, R_TEMPERATURE, R_FAULTS, R_SIGNAL, R_STATE,
+       R_TOTAL, R_EPOCH, R_COUNT };
+
+/* parse_telemetry_report(payload) -> TelemetryReport | None: the common case of
+ * messages.py_parse_telemetry_report for a msgpack payload (None: the Python path decides). */
+static PyObject *
+py_parse_telemetry_report(PyObject *module, PyObject *payload)
+{
+    static const int64_t low[R_COUNT] = {1, 0, 0, 0, 0, MIN_TEMPERATURE_DC, 0, MIN_SIGNAL, 0, 0, 0};
+    static const int64_t high[R_COUNT] = {
+        (int64_t)U32, (int64_t)U32, (int64_t)U32, U16, U16, MAX_TEMPERATURE_DC, (int64_t)U32,
+        MAX_SIGNAL, (int64_t)U32, MAX_COUNTER, (int64_t)U32};
+    if (Report_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_report() not called");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(payload))
+        Py_RETURN_NONE;
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(payload),
+                (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload)};
+    uint64_t count;
+    if (read_count(&r, 1, &count) == MP_FAIL)
+        Py_RETURN_NONE;
+    int64_t value[R_COUNT] = {0};
+    int state[R_COUNT] = {0};
+    int filters_seen = 0;
+    PyObject *filters = NULL;
+    for (uint64_t i = 0; i < count; i++) {
+        int64_t key;
+        if (read_int(&r, &key) != MP_INT)
+            goto fallback;
+        int field;
+        switch (key) {
+        case KEY_REC: field = R_REC; break;
+        case KEY_BOOT: field = R_BOOT; break;
+        case KEY_TS: field = R_TS; break;
+        case KEY_TDS_IN: field = R_TDS_IN; break;
+        case KEY_TDS_OUT: field = R_TDS_OUT; break;
+        case KEY_TEMPERATURE: field = R_TEMPERATURE; break;
+        case KEY_FAULTS: field = R_FAULTS; break;
+        case KEY_SIGNAL: field = R_SIGNAL; break;
+        case KEY_STATE_BITS: field = R_STATE; break;
+        case KEY_FLOW_TOTAL: field = R_TOTAL; break;
+        case KEY_CNT_EPOCH: field = R_EPOCH; break;
+        case KEY_FILTERS: field = -2; break;
+        default: field = -1; break;
+        }
+        if (field == -2) {
+            if (filters_seen) /* a repeated key: the Python path keeps the last */
+                goto fallback;
+            filters_seen = 1;
+            int got = read_filters(&r, &filters);
+            if (got < 0)
+                return NULL;
+            if (got == MP_FAIL)
+                goto fallback;
+            continue;
+        }
+        if (field < 0) {
+            if (skip_value(&r, 0) == MP_FAIL)
+                goto fallback;
+            continue;
+        }
+        if (state[field])
+            goto fallback;
+        state[field] = read_int_or_nil(&r, &value[field]);
+        if (state[field] == MP_FAIL)
+            goto fallback;
+        if (state[field] == MP_INT && (value[field] < low[field] || value[field] > high[field]))
+            goto fallback;
+    }
+    if (r.p != r.end || state[R_REC] != MP_INT || state[R_BOOT] != MP_INT ||
+        state[R_TS] != MP_INT)
+        goto fallback;
+    PyObject *report = ((PyTypeObject *)Report_cls)->tp_alloc((PyTypeObject *)Report_cls, 10);
+    if (report == NULL) {
+        Py_XDECREF(filters);
+        return NULL;
+    }
+    if (filters == NULL) {
+        Py_INCREF(Py_None);
+        filters = Py_None;
+    }
+    static const int order[] = {R_REC, R_BOOT, R_TS, R_TDS_IN, R_TDS_OUT, R_TEMPERATURE};
+    for (int i = 0; i < 6; i++)
+        PyTuple_SET_ITEM(report, i, long_or_none(state[order[i]] == MP_INT, value[order[i]]));
+    PyTuple_SET_ITEM(report, 6, filters);
+    PyTuple_SET_ITEM(report, 7, long_or_none(state[R_FAULTS] == MP_INT, value[R_FAULTS]));
+    PyTuple_SET_ITEM(report, 8, long_or_none(state[R_SIGNAL] == MP_INT, value[R_SIGNAL]));
+    PyTuple_SET_ITEM(report, 9, long_or_none(state[R_STATE] == MP_INT, value[R_STATE]));
+    for (int i = 0; i < 10; i++) {
+        if (PyTuple_GET_ITEM(report, i) == NULL) {
+            Py_DECREF(report);
+            return NULL;
+        }
+    }
+    return report;
+fallback:
+    Py_XDECREF(filters);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+py_setup_report(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "setup_report(): TelemetryReport must be a tuple type");
+        return NULL;
+    }
+    Py_XSETREF(Report_cls, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------------------ encode_ack */
 
 /* msgpack's smallest encoding of a non-negative integer, as msgpack.Packer writes it. */
@@ -972,6 +1174,11 @@ static PyMethodDef module_methods[] = {
     {"crc16_modbus", py_crc16_modbus, METH_O, "CRC-16/MODBUS of a bytes-like object."},
     {"parse_record", py_parse_record, METH_O,
      "parse_record(frame) -> Record | None: the common case of messages.parse_record."},
+    {"setup_report", py_setup_report, METH_O,
+     "setup_report(TelemetryReport): the type parse_telemetry_report builds."},
+    {"parse_telemetry_report", py_parse_telemetry_report, METH_O,
+     "parse_telemetry_report(payload) -> TelemetryReport | None: a msgpack payload's common "
+     "case of messages.parse_telemetry_report."},
     {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
      "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
     {NULL, NULL, 0, NULL},

@@ -452,6 +452,17 @@ _FLOW_TOTAL, _CNT_EPOCH = int(Key.FLOW_TOTAL), int(Key.CNT_EPOCH)
 
 
 def parse_telemetry_report(payload: bytes, encoding: int) -> TelemetryReport:
+    """`py_parse_telemetry_report`, its common case (msgpack, plain values) compiled where the
+    extension is in use (protocol/speedups.py): whatever that does not take, the Python path
+    accepts or refuses with its own error."""
+    if _compiled_report is not None and encoding == Encoding.MSGPACK:
+        report: TelemetryReport | None = _compiled_report(payload)
+        if report is not None:
+            return report
+    return py_parse_telemetry_report(payload, encoding)
+
+
+def py_parse_telemetry_report(payload: bytes, encoding: int) -> TelemetryReport:
     """A TELEMETRY payload validated by the same rules as `parse_message` (it accepts and
     refuses the same payloads: tests/protocol/test_messages.py), without building the message:
     the ledger writer reads every device's newest report of a transaction (at window 1 nearly
@@ -483,6 +494,12 @@ def parse_telemetry_report(payload: bytes, encoding: int) -> TelemetryReport:
             signal, state_bits,
         )  # fmt: skip
     return _checked_telemetry_report(m)
+
+
+_compiled_report = None
+if speedups.compiled is not None:
+    speedups.compiled.setup_report(TelemetryReport)
+    _compiled_report = speedups.compiled.parse_telemetry_report
 
 
 def _checked_telemetry_report(m: Payload) -> TelemetryReport:

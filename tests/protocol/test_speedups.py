@@ -30,8 +30,16 @@ from aquafleet.protocol.frames import (
     PyMacKey,
     encode_frame,
 )
-from aquafleet.protocol.message_types import Event, Record, Telemetry
-from aquafleet.protocol.messages import encode_payload, message_map, parse_record, py_parse_record
+from aquafleet.protocol.message_types import Event, FilterReading, Record, Telemetry
+from aquafleet.protocol.messages import (
+    TelemetryReport,
+    encode_payload,
+    message_map,
+    parse_record,
+    parse_telemetry_report,
+    py_parse_record,
+    py_parse_telemetry_report,
+)
 from tests.protocol.helpers import raw_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -385,3 +393,104 @@ def test_acks_the_compiled_path_does_not_build_are_left_to_python() -> None:
     assert compiled.encode_ack(key, 1, 0, 1, 0, (1, 2, 3)) is None
     assert compiled.encode_ack(PyMacKey(b"\x01" * 32), 1, 0, 1, 0, None) is None
     assert compiled.encode_ack(key, 1, 0, 1, True, None) is None  # a bool is not an int here
+
+
+# --------------------------------------------------------------------------- telemetry report
+
+
+def _py_report(payload: bytes) -> object:
+    try:
+        return py_parse_telemetry_report(payload, 0)
+    except ProtocolError as exc:
+        return (exc.code, exc.reason)
+
+
+def _check_report(payload: bytes) -> TelemetryReport | None:
+    assert compiled is not None
+    fast = compiled.parse_telemetry_report(payload)
+    reference = _py_report(payload)
+    if fast is not None:
+        assert type(fast) is TelemetryReport and fast == reference
+        assert [type(v) for v in fast] == [type(v) for v in reference]  # type: ignore[union-attr]
+    try:
+        assert parse_telemetry_report(payload, 0) == reference
+    except ProtocolError as exc:
+        assert (exc.code, exc.reason) == reference
+    return fast  # type: ignore[no-any-return]
+
+
+filter_row = st.lists(st.sampled_from([0, 1, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, -1]),
+                      min_size=3, max_size=5)  # fmt: skip
+valid_report = st.fixed_dictionaries(
+    {0: st.integers(1, 2**32 - 1), 1: u32, 2: u32},
+    optional={
+        10: st.none() | st.integers(0, 2**53 - 1), 11: st.none() | st.integers(0, 2**16 - 1),
+        12: st.none() | st.integers(0, 2**16 - 1), 13: st.none() | st.integers(-1000, 2000),
+        14: st.none() | st.lists(st.tuples(st.integers(0, 255), u32, u32,
+                                           st.integers(0, 2**16 - 1)).map(list), max_size=16),
+        15: st.none() | u32, 16: st.none() | u32, 17: st.none() | st.integers(-150, 255),
+        18: st.none() | u32, 19: value,
+    },
+)  # fmt: skip
+report_payloads = st.one_of(
+    valid_report,
+    st.tuples(valid_report, st.dictionaries(keys | st.integers(10, 19), value, max_size=2)).map(
+        lambda both: {**both[0], **both[1]}
+    ),
+    st.tuples(valid_report, st.lists(filter_row, max_size=17)).map(
+        lambda both: {**both[0], 14: both[1]}
+    ),
+)
+
+
+@needs_compiled
+@settings(max_examples=1500)
+@given(payload=report_payloads, trailing=st.sampled_from([b"", b"", b"\x00"]))
+def test_telemetry_reports_agree_with_the_reference(payload: dict, trailing: bytes) -> None:
+    _check_report(msgpack.packb(payload, use_bin_type=True) + trailing)
+
+
+@needs_compiled
+@pytest.mark.parametrize("key", [0, 1, 2, 10, 11, 12, 13, 14, 15, 16, 17, 18])
+def test_every_report_key_at_every_edge(key: int) -> None:
+    taken = 0
+    for edge in [*EDGES, -150, -151, -1000, -1001, 2000, 2001, [], [[1, 2, 3, 4]] * 17]:
+        payload = {0: 5, 1: 6, 2: 7, 11: 300, 13: 250, 14: [[1, 2, 3, 4]], 17: 20, key: edge}
+        taken += _check_report(msgpack.packb(payload, use_bin_type=True)) is not None
+    assert taken >= 2
+
+
+@needs_compiled
+def test_a_device_report_takes_the_compiled_path() -> None:
+    telemetry = Telemetry(
+        rec=9, boot=3, ts=1_790_000_000, flow_total_ml=2**40, tds_in_ppm=300, tds_out_ppm=12,
+        temperature_dc=-40, cnt_epoch=2, signal=-90, state_bits=5, fault_bits=0,
+        filters=(FilterReading(1, 100, 900, 0), FilterReading(3, 400, 2000, 65535)),
+    )  # fmt: skip
+    report = _check_report(encode_payload(message_map(telemetry), 0))
+    assert report is not None
+    assert report.filters == [[1, 100, 900, 0], [3, 400, 2000, 65535]]
+    assert _check_report(msgpack.packb({0: 1, 1: 0, 2: 0, 14: []})).filters is None  # type: ignore[union-attr]
+
+
+@needs_compiled
+def test_every_filter_field_at_every_edge() -> None:
+    taken = 0
+    for position in range(4):
+        for edge in [-1, 0, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, None, True, 1.5]:
+            row: list[object] = [1, 2, 3, 4]
+            row[position] = edge
+            payload = {0: 5, 1: 6, 2: 7, 14: [[9, 9, 9, 9], row]}
+            taken += _check_report(msgpack.packb(payload, use_bin_type=True)) is not None
+    assert taken >= 4 * 2
+    for row in ([1, 2, 3], [1, 2, 3, 4, 5], [], (1, 2, 3, 4)):
+        payload = {0: 5, 1: 6, 2: 7, 14: [row, [1, 2, 3, 4]]}
+        _check_report(msgpack.packb(payload, use_bin_type=True))
+
+
+@needs_compiled
+def test_a_repeated_filters_key_goes_to_the_reference() -> None:
+    # {0: 1, 1: 2, 2: 3, 14: [[1, 2, 3, 4]], 14: nil}: msgpack keeps the last (no filters)
+    payload = bytes([0x85, 0, 1, 1, 2, 2, 3, 14, 0x91, 0x94, 1, 2, 3, 4, 14, 0xC0])
+    assert compiled is not None and compiled.parse_telemetry_report(payload) is None
+    assert parse_telemetry_report(payload, 0).filters is None
