@@ -318,6 +318,31 @@ async def test_an_exchange_retried_with_the_same_device_completes_with_the_same_
     assert 300 + moved.remaining_ml + kept.remaining_ml == 1000  # no water made or lost
 
 
+async def test_an_exchange_moves_a_debt_to_the_new_device_as_a_debt(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """A device that poured past its quota (bought 100 ml, poured 300: -200) hands its debt
+    over: the new device starts at -200 and locked, so an exchange erases no debt; a top-up
+    pays it off first there, as it would have on the old device."""
+    a, _ = tenants
+    shopper, old = await member_device_that_poured_300_of_1000_ml(
+        api, api_node, a, device_factory, bought_ml=100
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+    (new,) = await register(api, a.vid, 1)
+    tid = await exchange_ticket(api, a.vendor, shopper, old)
+
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": new})
+    moved, kept = await gateway.read_service(new), await gateway.read_service(old)
+    assert (moved.mode, moved.remaining_ml, moved.lock_reasons) == (3, -200, ["quota_exhausted"])
+    assert (kept.remaining_ml, kept.locked) == (0, True)
+    assert 300 + moved.remaining_ml + kept.remaining_ml == 100  # no water made or lost
+    paid = ServiceChangeRequest(op="top_up", ml=500, reason="t")
+    await gateway.change_service(new, paid, actor="test")
+    topped = await gateway.read_service(new)
+    assert (topped.remaining_ml, topped.locked) == (300, False)
+
+
 async def assert_given_back(api_node: Any, old: str, first: str, member: str) -> None:
     """The cancelled exchange's water: the old device has its 700 ml back (the 300 poured stay
     poured), unlocked and still the member's; the new device has none, locked, unbound."""
