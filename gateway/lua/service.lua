@@ -80,8 +80,9 @@ local given = nil  -- handover, handback, takeback: the ml moved (nil: none of t
 local holder = nil  -- handback: the device the hand-over went to
 
 local function answer(applied)
-  if holder then return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given or f, holder} end
-  return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given}
+  local state = {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given}
+  if holder then state[8], state[9] = given or f, holder end
+  return state
 end
 
 -- A hand-over's marker: amount, recipient, and what its hand-back did ('' none yet, 'back',
