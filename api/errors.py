@@ -200,6 +200,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         409,
         "an exchange's retry names another device than the one given the quota",
     ),
+    "handed_back": (409, "an exchange's completion after its cancel began giving the quota back"),
     "device_offline": (409, "the device is not connected: a one-shot command was not sent"),
     "payment_required": (409, "a vending machine pours after payment, not by a member's command"),
     "device_locked": (409, "the device is locked (the message says why): it pours nothing"),

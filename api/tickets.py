@@ -29,7 +29,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.orders import find_order
 from aquafleet.models.outbox import ESSENTIAL, NotificationKind, opt_outs, set_opt_outs
-from aquafleet.models.service import Handover, ServiceChangeRequest
+from aquafleet.models.service import HandBack, Handover, ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
@@ -57,7 +57,7 @@ from aquafleet.models.ticket_flow import (
     summary,
     visible_tickets,
 )
-from aquafleet.models.ticket_work import complete, end_rental
+from aquafleet.models.ticket_work import cancel, complete, end_rental
 from aquafleet.models.tickets import MAX_DETAIL, Ticket, TicketState, TicketType
 
 routes = RouteTable(
@@ -509,6 +509,14 @@ class GatewayWork:
             did, recipient=recipient, request_id=request_id, actor=self.actor, reason=reason
         )
 
+    async def hand_back(
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str
+    ) -> HandBack:
+        return await self.gateway.hand_back(
+            did, request_id=request_id, lock_request_id=lock_request_id, actor=self.actor,
+            reason=reason,
+        )  # fmt: skip
+
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return await self.gateway.reset_filter(did, stage, actor=self.actor, reason=reason)
 
@@ -522,10 +530,16 @@ class GatewayWork:
     response=TicketOut,
     errors=(404, 409),
     description="An admin in scope, from any open status; the member its own ticket while "
-    "nobody approved it yet.",
+    "nobody approved it yet. An exchange whose completion failed after the old device's "
+    "quota was handed over gives it back first: the old device gets what the new one has "
+    "left of it (once, however often the cancel is retried), the new one keeps none.",
 )
 async def cancel_ticket(call: Call) -> TicketOut:
-    return await _move(call, TicketEvent.CANCEL)
+    principal = call.principal
+    ticket = await find_ticket(principal, call.params.tid)
+    body: NoteIn | None = call.body
+    note = body.note if body is not None else ""
+    return await one(await cancel(ticket, principal, GatewayWork(call, principal), note=note))
 
 
 class RatingIn(RequestModel):

@@ -134,6 +134,16 @@ class DeviceGateway:
             request_id=request_id,
         )  # fmt: skip
 
+    async def hand_back(
+        self, did: str, *, request_id: str, lock_request_id: str | None, actor: str, reason: str
+    ) -> service.HandBack:
+        """A cancelled exchange: the quota `did` handed over under `request_id` comes back to
+        it, once (models/service.py hand_back)."""
+        return await service.hand_back(
+            self._store, did, request_id=request_id, lock_request_id=lock_request_id,
+            actor=actor, reason=reason,
+        )  # fmt: skip
+
     async def reset_filter(self, did: str, stage: int, *, actor: str, reason: str) -> int:
         """Tell the device a filter stage was replaced (recorded in the service log); the cid.
         DeviceOffline when the device cannot be told now."""

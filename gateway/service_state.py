@@ -34,6 +34,7 @@ class Applied(IntEnum):
     UNCHANGED = 0
     ALREADY_APPLIED = -1  # the request id was applied before (a retry)
     REFUSED = -2  # e.g. a top-up for a device that is not metered against a quota
+    HANDED_BACK = -3  # a hand-over retried after its ticket's cancel began giving it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class ServiceState:
 @dataclass(frozen=True, slots=True)
 class HandoverAnswer:
     """service.lua's answer to a hand-over: `given_ml` the quota handed over (None: none);
-    `received_by` the recipient it went to, set when a retry naming another was REFUSED."""
+    `received_by` the recipient it went to, set when a retry naming another was REFUSED (or
+    HANDED_BACK). The same for a hand-back (the ml given back) and a take-back."""
 
     applied: Applied
     state: ServiceState
@@ -93,6 +95,15 @@ def parse_answer(reply: list[Any]) -> tuple[Applied, ServiceState]:
     )
 
 
+def _handover_answer(reply: list[Any]) -> HandoverAnswer:
+    applied, state = parse_answer(reply)
+    given = _opt(reply[7]) if len(reply) > 7 else None
+    holder = reply[8] if len(reply) > 8 else None
+    if isinstance(holder, bytes):
+        holder = holder.decode()
+    return HandoverAnswer(applied, state, given, holder)
+
+
 class ServiceStore:
     """service.lua for one device at a time (changes are rare: people and schedules)."""
 
@@ -102,8 +113,8 @@ class ServiceStore:
         self.keyspace = keyspace
         self._channel_prefix = keyspace.script_channels
 
-    def _keys(self, did: str, request_id: str | None) -> list[str]:
-        """service.lua's KEYS for `did` (the request marker last, when there is one)."""
+    def _keys(self, did: str, request_id: str | None, *markers: str) -> list[str]:
+        """service.lua's KEYS for `did` (the request marker, then other markers, last)."""
         keyspace = self.keyspace
         shard = keyspace.shard_of(did)
         keys = [
@@ -113,6 +124,7 @@ class ServiceStore:
         ]
         if request_id is not None:
             keys.append(keyspace.service_request(did, request_id))
+            keys.extend(keyspace.service_request(did, marker) for marker in markers)
         return keys
 
     async def change(
@@ -142,12 +154,42 @@ class ServiceStore:
         (reply,) = await self.scripts.run(
             self.client, [("service", keys, argv)], "service handover"
         )
-        applied, state = parse_answer(reply)
-        given = _opt(reply[7]) if len(reply) > 7 else None
-        holder = reply[8] if len(reply) > 8 else None
-        if isinstance(holder, bytes):
-            holder = holder.decode()
-        return HandoverAnswer(applied, state, given, holder)
+        return _handover_answer(reply)
+
+    async def hand_back(
+        self,
+        did: str,
+        *,
+        request_id: str,
+        phase: str,
+        ml: int | None = None,
+        lock_request_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> HandoverAnswer:
+        """A cancelled exchange gives the quota back to `did`, the device that handed it over
+        under `request_id`: `begin` refuses the hand-over from then on and answers where it
+        went (`received_by`, None: nothing was handed over) and how much; `credit` adds `ml`
+        once and lifts the person's lock the exchange's lock (`lock_request_id`) set."""
+        keys = self._keys(did, request_id, *([lock_request_id] if lock_request_id else []))
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        argv = ["handback", now_ms, self._channel_prefix, did, phase, _arg(ml)]
+        (reply,) = await self.scripts.run(
+            self.client, [("service", keys, argv)], "service handback"
+        )
+        return _handover_answer(reply)
+
+    async def take_back(
+        self, did: str, *, request_id: str, handed_ml: int | None, now_ms: int | None = None
+    ) -> HandoverAnswer:
+        """The recipient's side of a hand-back: `given_ml` is what goes back (the quota it has
+        left now when the exchange configured it, else `handed_ml`), taken off it once."""
+        keys = self._keys(did, request_id)
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        argv = ["takeback", now_ms, self._channel_prefix, did, _arg(handed_ml)]
+        (reply,) = await self.scripts.run(
+            self.client, [("service", keys, argv)], "service takeback"
+        )
+        return _handover_answer(reply)
 
     async def read(self, did: str) -> ServiceState:
         return (await self.change(did, "read"))[1]

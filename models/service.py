@@ -440,10 +440,13 @@ async def set_expiry(
 
 async def lock(
     backend: ServiceBackend, did: str, *, actor: str, reason: str = "",
-    now: dt.datetime | None = None,
+    request_id: str | None = None, now: dt.datetime | None = None,
 ) -> ChangeOutcome:  # fmt: skip
-    """A person's lock: it holds whatever the quota or rental say, until unlocked."""
-    return await _apply(backend, did, "lock", [], actor=actor, reason=reason, now=now)
+    """A person's lock: it holds whatever the quota or rental say, until unlocked. With a
+    request id its marker says whether this lock set it (an exchange's cancel lifts only that)."""
+    return await _apply(
+        backend, did, "lock", [], actor=actor, reason=reason, request_id=request_id, now=now
+    )
 
 
 async def unlock(
@@ -474,6 +477,15 @@ class QuotaBackend(ServiceBackend, Protocol):
         self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
     ) -> HandoverReply: ...
 
+    async def hand_back(
+        self, did: str, *, request_id: str, phase: str, ml: int | None = None,
+        lock_request_id: str | None = None, now_ms: int | None = None,
+    ) -> HandoverReply: ...  # fmt: skip
+
+    async def take_back(
+        self, did: str, *, request_id: str, handed_ml: int | None, now_ms: int | None = None
+    ) -> HandoverReply: ...
+
 
 class HandedOverElsewhere(Conflict):
     """A retried hand-over names another recipient than the one that received the quota."""
@@ -486,6 +498,18 @@ class HandedOverElsewhere(Conflict):
             f"(request {request_id}): only {received_by} can receive it"
         )
         self.received_by = received_by
+
+
+class HandedBack(Conflict):
+    """A hand-over retried once its ticket's cancellation began giving the quota back."""
+
+    code = "handed_back"
+
+    def __init__(self, did: str, request_id: str) -> None:
+        super().__init__(
+            f"the service device {did} handed over (request {request_id}) is being given back: "
+            "its ticket is being cancelled; cancel it again to finish"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +546,8 @@ async def hand_over(
     answer = await backend.hand_over(
         did, request_id=request_id, recipient=recipient, now_ms=int(now.timestamp() * 1000)
     )
+    if int(answer.applied) == -3:
+        raise HandedBack(did, request_id)
     if int(answer.applied) == -2:
         raise HandedOverElsewhere(did, answer.received_by or "?", request_id)
     state, given = answer.state, answer.given_ml
@@ -535,6 +561,62 @@ async def hand_over(
         rental_expires_at=state.rental_expires_at,
         low_balance_ml=state.low_balance_ml,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HandBack:
+    """What undoing a hand-over did: `recipient` the device the service had gone to (None:
+    nothing was handed over, nothing done), `returned_ml` the quota the old device got back."""
+
+    recipient: str | None
+    returned_ml: int | None
+
+
+async def hand_back(
+    backend: QuotaBackend,
+    did: str,
+    *,
+    request_id: str,
+    lock_request_id: str | None,
+    actor: str,
+    reason: str,
+    now: dt.datetime | None = None,
+) -> HandBack:
+    """A cancelled exchange: the quota `did` handed over under `request_id` comes back to it,
+    once, in three Redis steps each safe to repeat: the hand-over is marked given back (a
+    retry of it is refused from then on: HandedBack), the recipient gives back what it has
+    left of it now (taken off it: 0, locked; the amount handed over when the exchange never
+    configured it), the old device gets that (a debt comes back as a debt) and loses the
+    person's lock the exchange's lock (`lock_request_id`) set. Nothing handed over: nothing."""
+    actor = _text("actor", actor, 64)
+    request_id = _text("request_id", request_id, 64)
+    await _device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    now_ms = int(now.timestamp() * 1000)
+    begun = await backend.hand_back(did, request_id=request_id, phase="begin", now_ms=now_ms)
+    if int(begun.applied) == -2:
+        raise Conflict(f"the hand-over of device {did} (request {request_id}) names no recipient")
+    recipient = begun.received_by
+    if recipient is None:
+        return HandBack(None, None)
+    record = f"{request_id}:cancel"[:64]
+    taken = await backend.take_back(
+        recipient, request_id=request_id, handed_ml=begun.given_ml, now_ms=now_ms
+    )
+    if int(taken.applied) == 1:  # it had the quota (its configure landed): it came off it
+        await _settle(
+            recipient, "take_back", taken.state, actor=actor, reason=reason,
+            request_id=record, amount_ml=taken.given_ml, seconds=None, now=now,
+        )  # fmt: skip
+    back = await backend.hand_back(
+        did, request_id=request_id, phase="credit", ml=taken.given_ml,
+        lock_request_id=lock_request_id, now_ms=now_ms,
+    )  # fmt: skip
+    await _settle(
+        did, "hand_back", back.state, actor=actor, reason=reason, request_id=record,
+        amount_ml=back.given_ml, seconds=None, now=now,
+    )  # fmt: skip
+    return HandBack(recipient, back.given_ml)
 
 
 def is_low_balance(
@@ -607,7 +689,7 @@ async def apply_change(
                 request_id=request_id,
             )  # fmt: skip
         case "lock":
-            return await lock(backend, did, actor=actor, reason=reason)
+            return await lock(backend, did, actor=actor, reason=reason, request_id=request_id)
         case "unlock":
             return await unlock(backend, did, actor=actor, reason=reason)
     raise InvalidInput(f"unknown service op {change.op!r}")

@@ -16,6 +16,15 @@ completions only one does any work; then the device effects (each harmless to re
 Redis ones carry the ticket id as request id), then the move to DONE, in that transaction. A
 completion that fails half way can be sent again: Redis keeps what it applied (a transaction
 cannot take it back), the retry applies it once.
+
+Cancelling (取消) locks the row the same way, so it and a completion never both act. An
+exchange whose completion failed after the hand-over (the old device at 0 and locked, the new
+one configured with the quota but never bound) is undone first (models/service.py
+hand_back): the old device gets back what the new one has left of the quota (water poured on
+either stays poured, a debt stays a debt), the new one keeps none and is locked, and the
+person's lock the exchange put on the old device is lifted. Each step is once per ticket, so
+a cancel retried after a failure half way gives nothing twice; once the undoing began, a retry
+of the completion is refused (409 handed_back): the member keeps the old device.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.devices import Device, DeviceShare, check_usable
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.service import Handover, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import HandBack, Handover, ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import (
@@ -56,6 +65,10 @@ class DeviceWork(Protocol):
     async def hand_over(
         self, did: str, recipient: str, request_id: str, reason: str
     ) -> Handover: ...
+
+    async def hand_back(
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str
+    ) -> HandBack: ...
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
 
@@ -120,8 +133,12 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
             ),
         )  # fmt: skip
     await work.change_service(
-        old.did, ServiceChangeRequest(op="lock", reason=f"exchanged: ticket {ticket.ticket_id}")
-    )
+        old.did,
+        ServiceChangeRequest(
+            op="lock", reason=f"exchanged: ticket {ticket.ticket_id}",
+            request_id=exchange_lock_id(ticket),
+        ),
+    )  # fmt: skip
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default"):
         await DeviceShare.filter(device_id=old.did).delete()
@@ -131,6 +148,12 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
             updated_at=now,
         )  # fmt: skip
     return f"exchanged for {new_did}"
+
+
+def exchange_lock_id(ticket: Ticket) -> str:
+    """The request id of an exchange's lock of the old device: its cancel lifts that lock
+    only when it was this lock that set it."""
+    return f"{ticket.ticket_id}:lock"
 
 
 async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
@@ -210,6 +233,40 @@ async def complete(
         await fire(
             current, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
             changes=changes, now=now,
+        )  # fmt: skip
+    await ticket.refresh_from_db()
+    return ticket
+
+
+async def cancel(
+    ticket: Ticket, principal: Principal, work: DeviceWork, *, note: str = ""
+) -> Ticket:
+    """取消: an exchange's hand-over undone first when it happened, then the move to
+    CANCELLED (see the module's docstring)."""
+    role, subject = actor_of(principal)
+    now = dt.datetime.now(dt.UTC)
+    async with in_transaction("default") as conn:
+        # As in `complete`: the locked state decides before any effect, so a cancel that
+        # waited for a completion finds it done and gives nothing back.
+        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
+        next_state(current.state, TicketEvent.CANCEL, role)
+        text = note
+        if current.type is TicketType.EXCHANGE and current.device_id is not None:
+            back = await work.hand_back(
+                current.device_id, current.ticket_id, exchange_lock_id(current),
+                f"exchange ticket {current.ticket_id} cancelled",
+            )  # fmt: skip
+            if back.recipient is not None:
+                undone = (
+                    f"hand-over to {back.recipient} undone: {back.returned_ml} ml back on "
+                    f"{current.device_id}"
+                    if back.returned_ml is not None
+                    else f"hand-over to {back.recipient} undone"
+                )
+                text = f"{note} ({undone})" if note else undone
+        await fire(
+            current, TicketEvent.CANCEL, actor_role=role, actor_id=subject, note=text[:255],
+            now=now,
         )  # fmt: skip
     await ticket.refresh_from_db()
     return ticket

@@ -5,6 +5,7 @@
 -- KEYS[3], KEYS[4], KEYS[5] the shard's rental schedules (expiry, remind, grace): sorted sets
 --         did -> rental_expires_at, kept here in the same atomic step as the state
 -- KEYS[6] optional: request marker r:<did>:<request id> (a retried request is applied once)
+-- KEYS[7] handback only, optional: the marker of the exchange's lock of this device
 -- ARGV[1] op, ARGV[2] now (unix ms), ARGV[3] node channel prefix ("aq:node:"), ARGV[4] did,
 -- ARGV[5..] the op's arguments ("-" = none):
 --   configure  mode remaining_ml rental_expires_at low_balance_ml
@@ -18,11 +19,26 @@
 --              poured meanwhile is lost or counted twice; needs a request id, whose marker
 --              keeps "amount|recipient" for a retry: a retry naming another recipient is
 --              refused, so one hand-over never configures two devices)
+--   handback  phase ml (a cancelled exchange gives the quota back to the old device, with
+--              the hand-over's request id; KEYS[7] optional: the exchange's lock marker, whose
+--              person's lock is lifted when that lock set it). `begin` marks the hand-over
+--              "given back": from then on a retry of the hand-over is refused (-3), so the
+--              quota cannot go out again; `credit` adds `ml` (what the recipient gave back)
+--              once. Both answer the recipient; `begin` with no hand-over answers 0.
+--   takeback  ml (the recipient's side of a hand-back, with the exchange's request id: when
+--              its configure landed, the quota left now comes off it (0, and a rental's expiry
+--              is cleared; both locked) and is what goes back; when it never landed, `ml` (the
+--              amount handed over) goes back and a late configure with that id does nothing)
 --   read
--- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused),
---          version, lock bits, mode, remaining_ml, rental_expires_at, low_balance_ml}
---          (false where unset); handover appends the ml handed over (false: no quota), and
---          when refused (another recipient) the did that received it.
+-- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused,
+--          -3 handed back), version, lock bits, mode, remaining_ml, rental_expires_at,
+--          low_balance_ml} (false where unset); handover appends the ml handed over (false:
+--          no quota), and when refused (another recipient, or handed back) the did that
+--          received it; handback the ml (the hand-over's at `begin`, the credit's after) and
+--          the recipient; takeback the ml that goes back.
+-- Markers: a change's "1" ("0": it changed nothing); a hand-over's "amount|recipient", then
+-- "amount|recipient|back" once its hand-back began, "amount|recipient|back:ml" once credited;
+-- a take-back's "taken|ml".
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -60,28 +76,38 @@ for i = #v + 1, 26 do v[i] = f end
 local mode, rm, ver, lk = known(v[19]), known(v[20]), known(v[21]) or 0, known(v[22]) or 0
 local rx, lo, lf = known(v[23]), known(v[24]), known(v[25]) or 0
 
-local given = nil  -- handover: the ml handed over (nil: not a handover)
+local given = nil  -- handover, handback, takeback: the ml moved (nil: none of them)
+local holder = nil  -- handback: the device the hand-over went to
 
 local function answer(applied)
-  return {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given}
+  local state = {applied, ver, lk, mode or f, rm or f, rx or f, lo or f, given}
+  if holder then state[8], state[9] = given or f, holder end
+  return state
+end
+
+-- A hand-over's marker: amount, recipient, and what its hand-back did ('' none yet, 'back',
+-- 'back:ml'); a marker written before recipients were kept holds the amount only.
+local function handed(seen)
+  local amount, to, back = string.match(seen, '^([^|]*)|([^|]*)|?(.*)$')
+  if amount == nil then return seen, nil, '' end
+  return amount, to, back
 end
 
 if op == 'read' then return answer(0) end
-if request then
-  local seen = redis.call('GET', request)
-  if seen then
-    if op ~= 'handover' then return answer(-1) end
-    -- "amount|recipient"; a marker written before recipients were kept holds the amount only
-    local amount, to = string.match(seen, '^([^|]*)|(.*)$')
-    if amount == nil then amount = seen end
-    given = tonumber(amount) or f  -- '-': there was no quota
-    if to ~= nil and to ~= ARGV[5] then
-      local refused = answer(-2)
-      refused[8], refused[9] = given, to
-      return refused
-    end
-    return answer(-1)
+local seen = false
+if request then seen = redis.call('GET', request) end
+if seen and op ~= 'handback' and op ~= 'takeback' then
+  if op ~= 'handover' then return answer(-1) end
+  local amount, to, back = handed(seen)
+  given = tonumber(amount) or f  -- '-': there was no quota
+  if to ~= nil and (to ~= ARGV[5] or back ~= '') then
+    -- another recipient (-2), or the ticket's cancel is giving it back (-3): never again
+    local refused = answer(-2)
+    if back ~= '' then refused = answer(-3) end
+    refused[8], refused[9] = given, to
+    return refused
   end
+  return answer(-1)
 end
 local marker = 1
 
@@ -125,6 +151,56 @@ elseif op == 'handover' then
     rm = 0
     lk = set_bit(lk, QUOTA, true)
   end
+elseif op == 'handback' then
+  if not request then return redis.error_reply('handback needs a request id') end
+  if not seen then return answer(0) end  -- nothing was handed over
+  local amount, to, back = handed(seen)
+  if to == nil then return answer(-2) end  -- a marker that does not say where it went
+  holder = to
+  local credited = string.match(back, '^back:(.*)$')
+  if credited then
+    given = tonumber(credited) or f
+    return answer(-1)
+  end
+  given = tonumber(amount) or f
+  if ARGV[5] == 'begin' then
+    if back == 'back' then return answer(-1) end
+    redis.call('SET', request, amount .. '|' .. to .. '|back', 'EX', 604800)
+    return answer(1)
+  end
+  if ARGV[5] ~= 'credit' then return redis.error_reply('handback phase begin or credit') end
+  if back ~= 'back' then return redis.error_reply('handback credit before its begin') end
+  local ml = num(ARGV[6])
+  given = ml or f
+  if ml then
+    rm = (rm or 0) + ml
+    lk = set_bit(lk, QUOTA, rm <= 0)
+    if lo and rm > lo then lf = 0 end
+  end
+  if KEYS[7] and redis.call('GET', KEYS[7]) == '1' then lk = set_bit(lk, MANUAL, false) end
+  marker = amount .. '|' .. to .. '|back:' .. (ml or '-')
+elseif op == 'takeback' then
+  if not request then return redis.error_reply('takeback needs a request id') end
+  local taken = seen and string.match(seen, '^taken|(.*)$')
+  if taken then
+    given = tonumber(taken) or f
+    return answer(-1)
+  end
+  if seen then  -- the exchange's configure landed: what is left of it now goes back
+    given = rm or f
+    marker = 'taken|' .. (rm or '-')
+    if rm then
+      rm = 0
+      lk = set_bit(lk, QUOTA, true)
+    end
+    if rx then
+      rx = nil
+      lk = set_bit(lk, EXPIRED, true)
+    end
+  else  -- never configured: the amount handed over goes back, and that configure never lands
+    given = num(ARGV[5]) or f
+    marker = 'taken|' .. (ARGV[5] or '-')
+  end
 elseif op == 'lock' then
   lk = set_bit(lk, MANUAL, true)
 elseif op == 'unlock' then
@@ -135,6 +211,7 @@ end
 
 if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode
     and lo == before_lo and op ~= 'configure' then
+  if marker == 1 then marker = 0 end  -- applied, changed nothing (an exchange's lock: not its)
   if request then redis.call('SET', request, marker, 'EX', 604800) end
   return answer(0)
 end

@@ -11,16 +11,22 @@ from typing import Any
 
 import pytest
 
-from aquafleet.gateway.appkeys import DEVICE_GATEWAY
+from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SERVICE_STORE
 from aquafleet.models.devices import Device
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.money import Refund
 from aquafleet.models.orders import mark_paid
-from aquafleet.models.service import Handover, ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import (
+    HandBack,
+    Handover,
+    ServiceChange,
+    ServiceChangeRequest,
+    hand_back,
+)
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
-from aquafleet.models.ticket_work import complete
-from aquafleet.models.tickets import OPEN_STATES, Ticket, TicketType
+from aquafleet.models.ticket_work import cancel, complete
+from aquafleet.models.tickets import OPEN_STATES, Ticket, TicketState, TicketType
 from aquafleet.models.usage import UsageRow
 from aquafleet.protocol import EventKind, FrameType
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
@@ -142,22 +148,23 @@ async def exchange_ticket(api: ApiClient, vendor: ApiClient, shopper: Any, old: 
 
 
 async def member_device_that_poured_300_of_1000_ml(
-    api: ApiClient, api_node: Any, tenant: Tenant, device_factory: Any
+    api: ApiClient, api_node: Any, tenant: Tenant, device_factory: Any, *, bought_ml: int = 1000
 ) -> tuple[Any, str]:
-    """A member's device on volume rental that bought 1000 ml and poured 300 through a real
-    device over TCP (the live quota is 700; the database's copy still says 1000)."""
+    """A member's device on volume rental that bought 1000 ml (or `bought_ml`) and poured 300
+    through a real device over TCP (the live quota is 700; the database's copy still says
+    1000)."""
     shopper = await make_member(api_node, api, tenant.vid)
     (issued,) = (await api.call("POST", "/devices", {"vid": tenant.vid, "count": 1})).data
     did = issued["did"]
     await Device.filter(did=did).update(owner_id=shopper.uid)
     gateway = api_node.app[DEVICE_GATEWAY]
-    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=1000, reason="t")
+    bought = ServiceChangeRequest(op="configure", mode=3, remaining_ml=bought_ml, reason="t")
     await gateway.change_service(did, bought, actor="test")
     device = device_factory(did, bytes.fromhex(issued["key"]), api_node.tcp_port)
     await device.login()
     await device.send(telemetry(1, int(time.time()), 300))
     await device.settled()
-    assert (await gateway.read_service(did)).remaining_ml == 700
+    assert (await gateway.read_service(did)).remaining_ml == bought_ml - 300
     return shopper, did
 
 
@@ -222,6 +229,14 @@ class Work:
         return await self.gateway.hand_over(
             did, recipient=recipient, request_id=request_id, actor="test", reason=reason
         )
+
+    async def hand_back(
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str
+    ) -> HandBack:
+        return await self.gateway.hand_back(
+            did, request_id=request_id, lock_request_id=lock_request_id, actor="test",
+            reason=reason,
+        )  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return int(await self.gateway.reset_filter(did, stage, actor="test", reason=reason))
@@ -301,6 +316,167 @@ async def test_an_exchange_retried_with_the_same_device_completes_with_the_same_
     assert (moved.mode, moved.remaining_ml, moved.locked) == (3, 700, False)
     assert (kept.remaining_ml, kept.locked) == (0, True)
     assert 300 + moved.remaining_ml + kept.remaining_ml == 1000  # no water made or lost
+
+
+async def test_an_exchange_moves_a_debt_to_the_new_device_as_a_debt(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """A device that poured past its quota (bought 100 ml, poured 300: -200) hands its debt
+    over: the new device starts at -200 and locked, so an exchange erases no debt; a top-up
+    pays it off first there, as it would have on the old device."""
+    a, _ = tenants
+    shopper, old = await member_device_that_poured_300_of_1000_ml(
+        api, api_node, a, device_factory, bought_ml=100
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+    (new,) = await register(api, a.vid, 1)
+    tid = await exchange_ticket(api, a.vendor, shopper, old)
+
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": new})
+    moved, kept = await gateway.read_service(new), await gateway.read_service(old)
+    assert (moved.mode, moved.remaining_ml, moved.lock_reasons) == (3, -200, ["quota_exhausted"])
+    assert (kept.remaining_ml, kept.locked) == (0, True)
+    assert 300 + moved.remaining_ml + kept.remaining_ml == 100  # no water made or lost
+    paid = ServiceChangeRequest(op="top_up", ml=500, reason="t")
+    await gateway.change_service(new, paid, actor="test")
+    topped = await gateway.read_service(new)
+    assert (topped.remaining_ml, topped.locked) == (300, False)
+
+
+async def assert_given_back(api_node: Any, old: str, first: str, member: str) -> None:
+    """The cancelled exchange's water: the old device has its 700 ml back (the 300 poured stay
+    poured), unlocked and still the member's; the new device has none, locked, unbound."""
+    gateway = api_node.app[DEVICE_GATEWAY]
+    back, emptied = await gateway.read_service(old), await gateway.read_service(first)
+    assert (back.mode, back.remaining_ml, back.locked) == (3, 700, False)
+    assert (emptied.remaining_ml, emptied.locked) == (0, True)
+    assert 300 + back.remaining_ml + emptied.remaining_ml == 1000  # no water made or lost
+    assert (await Device.get(did=old)).owner_id == member
+    assert (await Device.get(did=first)).owner_id is None
+
+
+async def test_cancelling_an_exchange_after_its_hand_over_gives_the_quota_back_once(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """The exchange failed after the hand-over and is cancelled: the member keeps the old
+    device with what it had left; a second cancel and a late completion change nothing."""
+    a, _ = tenants
+    tid, old, first, _second = await exchange_failed_after_the_hand_over(
+        api, api_node, a, device_factory
+    )
+    member = (await Ticket.get(ticket_id=tid)).member_uid
+    assert member is not None
+
+    done = await a.vendor.call("POST", f"/tickets/{tid}/cancel", {"note": "member keeps it"})
+    assert done.data["status"] == 7
+    await assert_given_back(api_node, old, first, member)
+    moves = (await a.vendor.call("GET", f"/tickets/{tid}/moves")).data
+    assert f"hand-over to {first} undone: 700 ml back on {old}" in moves[-1]["note"]
+    (record,) = await ServiceChange.filter(did=old, op="hand_back")
+    assert record.amount_ml == 700
+
+    await a.vendor.call("POST", f"/tickets/{tid}/cancel", {}, expect=409)  # cancelled already
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": first}, expect=409)
+    await assert_given_back(api_node, old, first, member)
+    assert await ServiceChange.filter(did=old, op="hand_back").count() == 1
+
+
+class FailsBeforeTheCredit:
+    """The live store, failing a hand-back after the new device gave the quota back and before
+    the old device is credited (say, the node stopped)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def hand_back(self, did: str, **options: Any) -> Any:
+        if options["phase"] == "credit":
+            raise RuntimeError("injected failure before the credit")
+        return await self.store.hand_back(did, **options)
+
+
+class CancelFailsHalfWay(Work):
+    def __init__(self, gateway: Any, store: Any) -> None:
+        super().__init__(gateway)
+        self.store = FailsBeforeTheCredit(store)
+
+    async def hand_back(
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str
+    ) -> HandBack:
+        return await hand_back(
+            self.store, did, request_id=request_id, lock_request_id=lock_request_id,
+            actor="test", reason=reason,
+        )  # fmt: skip
+
+
+async def test_a_cancel_failed_half_way_then_retried_and_a_completion_retry_give_nothing_twice(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any
+):
+    """A cancel that failed after the new device gave the quota back: a completion retried then
+    is refused (it would bind the emptied device), and the cancel retried credits the old
+    device once."""
+    a, _ = tenants
+    tid, old, first, second = await exchange_failed_after_the_hand_over(
+        api, api_node, a, device_factory
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+    member = (await Ticket.get(ticket_id=tid)).member_uid
+    assert member is not None
+    vendor = Principal(Role.VENDOR, "canceller", vendor_code=a.vid)
+    failing = CancelFailsHalfWay(gateway, api_node.app[SERVICE_STORE])
+    with pytest.raises(RuntimeError, match="injected"):
+        await cancel(await Ticket.get(ticket_id=tid), vendor, failing)
+    assert (await Ticket.get(ticket_id=tid)).state in OPEN_STATES  # rolled back
+    assert (await gateway.read_service(first)).remaining_ml == 0  # given back, not credited
+    assert (await gateway.read_service(old)).remaining_ml == 0
+
+    for new_device in (first, second):
+        refused = await a.vendor.call(
+            "POST", f"/tickets/{tid}/complete", {"new_device": new_device}, expect=409
+        )
+        assert refused.code == "handed_back"
+    assert (await Device.get(did=first)).owner_id is None
+    assert (await gateway.read_service(second)).mode is None  # never configured
+
+    await a.vendor.call("POST", f"/tickets/{tid}/cancel", {})
+    await assert_given_back(api_node, old, first, member)
+    await a.vendor.call("POST", f"/tickets/{tid}/cancel", {}, expect=409)
+    await assert_given_back(api_node, old, first, member)
+
+
+@pytest.mark.parametrize("winner", ["complete", "cancel"])
+async def test_a_cancel_and_a_completion_racing_on_a_handed_over_exchange_act_once(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant], device_factory: Any,
+    winner: str,
+):  # fmt: skip
+    """The loser, from a copy of the ticket read before the winner landed, answers 409 under
+    the row lock and moves no water: the quota ends on exactly one device."""
+    a, _ = tenants
+    tid, old, first, _second = await exchange_failed_after_the_hand_over(
+        api, api_node, a, device_factory
+    )
+    gateway = api_node.app[DEVICE_GATEWAY]
+    member = (await Ticket.get(ticket_id=tid)).member_uid
+    assert member is not None
+    stale = await Ticket.get(ticket_id=tid)
+    vendor = Principal(Role.VENDOR, "racing-admin", vendor_code=a.vid)
+
+    if winner == "complete":
+        await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": first})
+        with pytest.raises(TicketStateConflict):
+            await cancel(stale, vendor, Work(gateway))
+        moved, kept = await gateway.read_service(first), await gateway.read_service(old)
+        assert (moved.remaining_ml, moved.locked, kept.remaining_ml) == (700, False, 0)
+        assert (await Device.get(did=first)).owner_id == member
+        assert (await Ticket.get(ticket_id=tid)).state is TicketState.DONE
+    else:
+        await a.vendor.call("POST", f"/tickets/{tid}/cancel", {})
+        with pytest.raises(TicketStateConflict):
+            await complete(stale, vendor, Work(gateway), new_device=first)
+        await assert_given_back(api_node, old, first, member)
+        assert (await Ticket.get(ticket_id=tid)).state is TicketState.CANCELLED
 
 
 async def test_install_records_who_installed_and_when(

@@ -1,7 +1,8 @@
 """The REST API of nodes whose Redis is a Redis Cluster (the fixtures of
 tests/cluster/conftest.py): device commands and their outcomes, the device list and a device's
 runtime status with presence, key re-issue and deregistration (which kick the device through
-the node channels), service state; and a command sent through one node's API to a device
+the node channels), service state, an exchange's hand-over given back (its markers in the
+device's slot); and a command sent through one node's API to a device
 logged in on another. The API cases run unchanged from tests/api, on SQLite only: the cluster
 is what is under test here, the database backends have their own runs."""
 
@@ -22,6 +23,9 @@ from tests.api.test_devices_api import (  # noqa: F401
     test_deregistering_disconnects_the_device_and_keeps_its_history,
     test_runtime_status_and_filter_life,
     test_service_state_through_the_metering_services,
+)
+from tests.api.test_ticket_work_api import (  # noqa: F401
+    test_cancelling_an_exchange_after_its_hand_over_gives_the_quota_back_once,
 )
 
 

@@ -4,6 +4,7 @@ real Redis: it only moves forward, whatever order racing changes finish in."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -121,3 +122,81 @@ async def test_a_handover_is_bound_to_its_recipient_and_old_markers_still_answer
         store, older.did, recipient="NEW3", actor=ACTOR, reason="t", request_id="T0"
     )
     assert legacy.remaining_ml == 500
+
+
+async def test_a_hand_back_before_the_recipient_was_configured_returns_the_amount_handed_over(
+    node_factory: Any, database_url: str
+):
+    """The exchange failed between the hand-over and the new device's configure: the old
+    device gets the amount handed over back, the new one is left as it was, and a late
+    configure with the exchange's request id no longer lands (the quota is on one device)."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    await service.configure(
+        store, old.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
+    )
+    await service.hand_over(
+        store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1"
+    )
+    back = await service.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
+    )
+    assert back == service.HandBack(new.did, 700)
+    again = await service.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
+    )
+    assert again == back  # a retry gives nothing twice
+    returned = await store.read(old.did)
+    assert (returned.remaining_ml, returned.locked) == (700, False)
+    assert (await store.read(new.did)).mode is None  # never configured
+    late = await service.configure(
+        store, new.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR,
+        request_id="T1",
+    )  # fmt: skip
+    assert late.already_applied and (await store.read(new.did)).mode is None
+    with pytest.raises(service.HandedBack):
+        await service.hand_over(
+            store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1"
+        )
+    assert (await store.read(old.did)).remaining_ml == 700
+    nothing = await service.hand_back(
+        store, old.did, request_id="T2", lock_request_id=None, actor=ACTOR, reason="t"
+    )
+    assert nothing == service.HandBack(None, None)  # no hand-over under T2: nothing done
+    assert (await store.read(old.did)).version == returned.version
+
+
+async def test_a_hand_back_of_a_time_rental_lifts_only_the_exchanges_own_lock(
+    node_factory: Any, database_url: str
+):
+    """A time rental moves no quota: the new device's expiry is cleared (locked as expired)
+    and the old one keeps its expiry; the person's lock the exchange set is lifted, one a
+    person had set before the exchange stays."""
+    node = await node_factory(database_url=database_url)
+    old, new, held, spare = await register_devices(node, 4)
+    store = node.app[SERVICE_STORE]
+    expires = int(time.time()) + 20 * 86_400
+    for did in (old.did, held.did):
+        await service.configure(
+            store, did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR
+        )
+    await service.lock(store, held.did, actor=ACTOR, reason="unpaid repair")  # before
+    for source, target in ((old.did, new.did), (held.did, spare.did)):
+        await service.hand_over(
+            store, source, recipient=target, actor=ACTOR, reason="t", request_id="T1"
+        )
+        await service.configure(
+            store, target, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR,
+            request_id="T1",
+        )  # fmt: skip
+        await service.lock(store, source, actor=ACTOR, reason="exchanged", request_id="T1:lock")
+        back = await service.hand_back(
+            store, source, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
+        )
+        assert back == service.HandBack(target, None)
+        emptied = await store.read(target)
+        assert (emptied.rental_expires_at, emptied.lock_reasons) == (None, ["rental_expired"])
+    returned, still = await store.read(old.did), await store.read(held.did)
+    assert (returned.rental_expires_at, returned.locked) == (expires, False)
+    assert (still.rental_expires_at, still.lock_reasons) == (expires, ["manual"])
