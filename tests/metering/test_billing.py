@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -368,6 +370,39 @@ async def test_overlapping_closes_racing_book_once(fleet, db, monkeypatch, tmp_p
     env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
     code, out = await aquafleet(env, "money", "check", "--json")
     assert code == 0 and json.loads(out)["problems"] == [], out
+
+
+async def test_a_close_holds_its_turn_against_other_processes(db):
+    """While a close holds its turn, another connection (another process's close) cannot take
+    it: PostgreSQL's advisory lock is held, SQLite's writer lock taken by the first statement
+    (a read first would let two closes in, and the second to write would fail, not wait)."""
+
+    async def other_takes_a_turn() -> bool:
+        if db.startswith("sqlite://"):
+            other = sqlite3.connect(db.removeprefix("sqlite://"), timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                return True
+            except sqlite3.OperationalError as exc:
+                assert "locked" in str(exc)
+                return False
+            finally:
+                other.close()
+        other_pg = await asyncpg.connect(db.replace("postgres://", "postgresql://"))
+        try:
+            async with other_pg.transaction():
+                taken = await other_pg.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1)", billing.CLOSE_LOCK
+                )
+            return bool(taken)
+        finally:
+            await other_pg.close()
+
+    assert await other_takes_a_turn()
+    async with billing.closing_turn():
+        assert not await other_takes_a_turn()
+    assert await other_takes_a_turn()
 
 
 async def test_the_money_check_finds_overlapping_periods(fleet, db, tmp_path: Path):
