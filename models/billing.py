@@ -392,50 +392,56 @@ async def close_billing_period(
     start, end = period_start.astimezone(dt.UTC), period_end.astimezone(dt.UTC)
     async with closing_turn():
         await refuse_overlap(start, end)
-        assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
-        unbilled = await quality_check_devices([a.did for a in assignments])
-        already: set[str] = {
-            str(did)
-            for did in await BillingRecord.filter(period_start=start).values_list("did", flat=True)
-        }
-        usage = await metered_ml_in_period(start, end)
-        period_s = int((end - start).total_seconds())
-        records = []
-        for assignment in assignments:
-            if assignment.did in already or assignment.did in unbilled:
-                continue
-            plan = assignment.plan
-            terms = Terms(plan.mode, plan.minimum_fen, plan.price_fen, plan.price_unit_ml)
-            covered_from = max(start, assignment.since)
-            bill = compute_bill(
-                terms,
-                usage.get(assignment.did, 0),
-                int((end - covered_from).total_seconds()),
-                period_s,
+        known_before = await _record_period(start, end, now)
+        return await _summary(start, end, known_before=known_before)
+
+
+async def _record_period(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> int:
+    """Write the period's missing records (in the close's turn); how many it had before."""
+    assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
+    unbilled = await quality_check_devices([a.did for a in assignments])
+    already: set[str] = {
+        str(did)
+        for did in await BillingRecord.filter(period_start=start).values_list("did", flat=True)
+    }
+    usage = await metered_ml_in_period(start, end)
+    period_s = int((end - start).total_seconds())
+    records = []
+    for assignment in assignments:
+        if assignment.did in already or assignment.did in unbilled:
+            continue
+        plan = assignment.plan
+        terms = Terms(plan.mode, plan.minimum_fen, plan.price_fen, plan.price_unit_ml)
+        covered_from = max(start, assignment.since)
+        bill = compute_bill(
+            terms,
+            usage.get(assignment.did, 0),
+            int((end - covered_from).total_seconds()),
+            period_s,
+        )
+        records.append(
+            BillingRecord(
+                did=assignment.did,
+                vendor_code=plan.vendor_id,
+                plan_id=plan.id,
+                mode=terms.mode,
+                period_start=start,
+                period_end=end,
+                covered_from=covered_from,
+                usage_ml=bill.usage_ml,
+                usage_fen=bill.usage_fen,
+                minimum_fen=bill.minimum_fen,
+                amount_due_fen=bill.amount_due_fen,
+                price_fen=terms.price_fen,
+                price_unit_ml=terms.price_unit_ml,
+                created_at=now,
             )
-            records.append(
-                BillingRecord(
-                    did=assignment.did,
-                    vendor_code=plan.vendor_id,
-                    plan_id=plan.id,
-                    mode=terms.mode,
-                    period_start=start,
-                    period_end=end,
-                    covered_from=covered_from,
-                    usage_ml=bill.usage_ml,
-                    usage_fen=bill.usage_fen,
-                    minimum_fen=bill.minimum_fen,
-                    amount_due_fen=bill.amount_due_fen,
-                    price_fen=terms.price_fen,
-                    price_unit_ml=terms.price_unit_ml,
-                    created_at=now,
-                )
-            )
-        for first in range(0, len(records), _INSERT_CHUNK):
-            await BillingRecord.bulk_create(
-                records[first : first + _INSERT_CHUNK], ignore_conflicts=True
-            )
-        return await _summary(start, end, known_before=len(already))
+        )
+    for first in range(0, len(records), _INSERT_CHUNK):
+        await BillingRecord.bulk_create(
+            records[first : first + _INSERT_CHUNK], ignore_conflicts=True
+        )
+    return len(already)
 
 
 async def _summary(start: dt.datetime, end: dt.datetime, *, known_before: int) -> PeriodSummary:
