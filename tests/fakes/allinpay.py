@@ -89,6 +89,7 @@ class FakeAllinpay:
         self.trx: dict[str, FakeTrx] = {}
         self.refunds: dict[str, FakeRefundTrx] = {}
         self.refund_status = SUCCESS  # what a refund answers (2000: processing, then query)
+        self.close_status = SUCCESS  # what closing an unpaid trade answers (else: not closed)
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.notified: list[tuple[int, str]] = []
         self._failing: dict[str, int] = {}
@@ -208,6 +209,8 @@ class FakeAllinpay:
             return self._signed(
                 merchant, {"trxid": trx.trxid, "trxstatus": "3999", "errmsg": "交易已支付"}
             )
+        if self.close_status != SUCCESS:  # busy: the trade stays as it was
+            return self._signed(merchant, {"trxid": trx.trxid, "trxstatus": self.close_status})
         trx.status = CLOSED
         return self._signed(merchant, {"trxid": trx.trxid, "trxstatus": SUCCESS})
 

@@ -300,6 +300,25 @@ async def test_the_bill_of_an_order_paid_otherwise_is_closed_at_the_acquirer(sho
     await assert_ledger_clean()
 
 
+async def test_a_bill_the_acquirer_cannot_close_yet_is_closed_by_a_later_sweep(shop: CardShop):
+    """Allinpay does not close the bill (not 0000) and its query says it is still awaiting
+    payment: it stays pending here, without an error, and the next sweep closes it."""
+    oid, _total = await shop.order()
+    await shop.prepay(oid)
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    shop.fake.close_status = "2008"
+    report = await shop.sweep()
+    assert report.errors == [] and report.bills_closed == 0
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.PENDING
+    shop.fake.close_status = "0000"
+    assert (await shop.sweep()).bills_closed == 1
+    assert closes_asked(shop.fake) == [oid, oid]
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.CLOSED
+    with pytest.raises(ValueError, match="closed"):
+        await shop.fake.pay(oid)
+    await assert_ledger_clean()
+
+
 async def test_money_arriving_after_the_order_closed_goes_back_to_the_card(shop: CardShop):
     """The member paid at the acquirer, the notification was lost, and the order closed:
     closing the bill, Allinpay will not (paid); its query applies the payment after close,
