@@ -1,11 +1,13 @@
 """Card payments (AD-08 credit, AD-09 debit) through a card acquirer (docs/payments.md).
 
 `CardAcquirer` is the channel interface: an adapter opens a bill, verifies the acquirer's
-notification, queries a bill and refunds, each in the acquirer's own protocol, and answers in
-the terms below. Everything else (the bill, the order's PAY through `pay_order` with channel
-`card`, the ledger, refunds due) is shared with the other channels (models/payments.py,
-models/money.py). A second acquirer is one more adapter in `CardPayments.acquirers`; orders
-and the ledger do not change.
+notification, queries and closes a bill and refunds, each in the acquirer's own protocol, and
+answers in the terms below. Everything else (the bill, the order's PAY through `pay_order` with
+channel `card`, the ledger, refunds due) is shared with the other channels (models/payments.py,
+models/money.py). A bill the member has not paid stays payable at the acquirer until it is
+closed there: the sweep closes the bills of orders closed or paid otherwise (`close`). A
+second acquirer is one more adapter in `CardPayments.acquirers`; orders and the ledger do not
+change.
 
 A vendor uses the acquirer whose merchant it has set up; the bill remembers which one opened
 it (`prepay_id` is `{acquirer}:{its transaction id}`), so queries and refunds go back there.
@@ -19,6 +21,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
+from aquafleet.gateway.logs import get_logger
 from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import PaymentNotConfigured, configured_channels
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
@@ -27,9 +30,12 @@ from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
     Payment,
+    close_bill,
     open_order_bill,
     set_prepay_id,
 )
+
+log = get_logger("aquafleet.payments")
 
 __all__ = ["RefundResult"]  # the acquirers' answers (gateway/channels.py)
 
@@ -40,6 +46,14 @@ CARD_NOTIFY_PATH = "/api/v1/payments/card/{acquirer}/notify/{vid}"
 class CardKind(StrEnum):
     CREDIT = "credit"  # AD-08
     DEBIT = "debit"  # AD-09: the acquirer is told to refuse credit cards
+
+
+class CloseResult(StrEnum):
+    """What closing an unpaid bill at the acquirer found."""
+
+    CLOSED = "closed"  # it takes no payment any more (closed now, or finished unpaid before)
+    PAID = "paid"  # paid before it closed: the bill is queried and its payment applied
+    OPEN = "open"  # still payable (the acquirer is processing it): the next sweep tries again
 
 
 class AcquirerUnavailable(Unavailable):
@@ -96,6 +110,11 @@ class CardAcquirer(Protocol):
 
     async def query(self, merchant: Any, bill_no: str) -> CardResult | None: ...
 
+    async def close(self, merchant: Any, bill_no: str) -> CloseResult:
+        """Close an unpaid bill so the member can no longer pay it (the same answer when it
+        was closed before)."""
+        ...
+
     async def refund(
         self, merchant: Any, *, bill_no: str, refund_no: str, refund_fen: int, total_fen: int,
         reason: str,
@@ -110,7 +129,7 @@ class CardNotConfigured(PaymentNotConfigured):
 
 class CardPayments(PaymentChannel):
     """The card channel (gateway/channels.py): picks the vendor's acquirer and applies what it
-    confirms. Bills of closed orders are closed here only (an acquirer's bill lapses)."""
+    confirms; the bills of orders closed or paid otherwise are closed at the acquirer."""
 
     name = CARD
     label = "the acquirer"
@@ -174,6 +193,26 @@ class CardPayments(PaymentChannel):
         # Keyed by the acquirer's transaction, as its notification is: whichever comes
         # second is a duplicate.
         return await self.apply(self._notice(acquirer, payment.vendor_code, result))
+
+    async def close(self, payment: Payment) -> bool:
+        """Close the bill of an order no longer awaiting payment at its acquirer, then here, so
+        the member can no longer pay it. One paid before it closed is queried and applied
+        (refunded after close, or as paid twice); one the acquirer still holds open is left to
+        the next sweep. True when closed."""
+        acquirer = self.acquirer_of_bill(payment)
+        if acquirer is None:
+            return await super().close(payment)  # no acquirer of ours to tell: here only
+        merchant = await acquirer.merchant(payment.vendor_code)
+        result = await acquirer.close(merchant, payment.bill_no)
+        if result is CloseResult.PAID:
+            await self.query_bill(payment)
+            return False
+        if result is CloseResult.OPEN:
+            log.warning("bill_close_deferred", bill_no=payment.bill_no, channel=CARD)
+            return False
+        await close_bill(payment)
+        log.info("bill_closed", bill_no=payment.bill_no, channel=CARD)
+        return True
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
         """Execute a due refund of a card-paid bill: requested, or settled when the acquirer

@@ -7,15 +7,19 @@ Money is integer fen and water integer ml throughout: a price is `price_fen` per
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from tortoise import fields
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.expressions import Q
 from tortoise.models import Model
+from tortoise.transactions import in_transaction
 
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.vendors import Vendor
@@ -24,6 +28,14 @@ MAX_FEN = 10**12  # 100 million yuan: anything above is a typo
 MAX_UNIT_ML = 10**9
 MAX_PERIOD = dt.timedelta(days=366)
 _INSERT_CHUNK = 500
+# pg_advisory_xact_lock key of closing billing periods (any constant of ours: "billclos")
+CLOSE_LOCK = 0x62696C6C636C6F73
+
+
+class PeriodOverlaps(Conflict):
+    """A billing period overlapping one already closed with other bounds."""
+
+    code = "period_overlaps"
 
 
 class BillingMode(IntEnum):
@@ -239,18 +251,15 @@ class PeriodSummary:
     period_start: dt.datetime
     period_end: dt.datetime
     devices: int  # billing records of the period
-    created: int  # of which were missing when this run began (0 on a repeat; two runs
-    # racing may both count the same records, which are still written once)
+    created: int  # of which this run wrote (0 on a repeat; closes take turns, so two runs
+    # racing count each record once)
     usage_ml: int
     amount_due_fen: int
 
     def as_json(self) -> dict[str, Any]:
-        def iso(value: dt.datetime) -> str:
-            return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
         return {
-            "period_start": iso(self.period_start),
-            "period_end": iso(self.period_end),
+            "period_start": _iso(self.period_start),
+            "period_end": _iso(self.period_end),
             "devices": self.devices,
             "created": self.created,
             "usage_ml": self.usage_ml,
@@ -331,6 +340,42 @@ async def quality_check_devices(dids: list[str]) -> set[str]:
     return found
 
 
+@contextlib.asynccontextmanager
+async def closing_turn() -> AsyncIterator[BaseDBAsyncClient]:
+    """One transaction in which closes of billing periods take turns, whatever the periods
+    (the overlap rule spans them all), in any process: the next waits until this commits."""
+    from aquafleet.models.db import dialect
+
+    async with in_transaction("default") as conn:
+        if dialect() == "postgres":
+            await conn.execute_query("SELECT pg_advisory_xact_lock($1)", [CLOSE_LOCK])
+        else:
+            # SQLite: a write as the first statement takes the database's writer lock (and
+            # the snapshot) now; a read first would let two closes read, and the second to
+            # write would then fail instead of waiting.
+            await conn.execute_query("UPDATE billing_record SET id = id WHERE 0")
+        yield conn
+
+
+async def refuse_overlap(start: dt.datetime, end: dt.datetime) -> None:
+    """PeriodOverlaps when a period overlapping [start, end) with other bounds was closed."""
+    closed = (
+        await BillingRecord.filter(period_start__lt=end, period_end__gt=start)
+        .filter(Q(period_start__not=start) | Q(period_end__not=end))
+        .order_by("period_start")
+        .first()
+    )
+    if closed is not None:
+        raise PeriodOverlaps(
+            f"billing period {_iso(start)}..{_iso(end)} overlaps the closed period "
+            f"{_iso(closed.period_start)}..{_iso(closed.period_end)}"
+        )
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 async def close_billing_period(
     period_start: dt.datetime, period_end: dt.datetime, now: dt.datetime | None = None
 ) -> PeriodSummary:
@@ -338,16 +383,21 @@ async def close_billing_period(
 
     Run it after the period has ended and the ledger has drained (water received after the
     close is not added to a closed period). Running it again, or twice at once, writes
-    nothing more: records are unique per (device, period_start).
+    nothing more: records are unique per (device, period_start). The overlap check and the
+    records are one transaction, and closes take turns (`closing_turn`): of two closes of
+    overlapping periods, the second is refused (PeriodOverlaps) even when they race.
     """
     now = now or dt.datetime.now(dt.UTC)
     check_period(period_start, period_end, now)
     start, end = period_start.astimezone(dt.UTC), period_end.astimezone(dt.UTC)
-    overlapping = BillingRecord.filter(period_start__lt=end, period_end__gt=start).filter(
-        Q(period_start__not=start) | Q(period_end__not=end)
-    )
-    if await overlapping.exists():
-        raise Conflict("another billing period overlapping this one has been closed")
+    async with closing_turn():
+        await refuse_overlap(start, end)
+        known_before = await _record_period(start, end, now)
+        return await _summary(start, end, known_before=known_before)
+
+
+async def _record_period(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> int:
+    """Write the period's missing records (in the close's turn); how many it had before."""
     assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
     unbilled = await quality_check_devices([a.did for a in assignments])
     already: set[str] = {
@@ -391,7 +441,7 @@ async def close_billing_period(
         await BillingRecord.bulk_create(
             records[first : first + _INSERT_CHUNK], ignore_conflicts=True
         )
-    return await _summary(start, end, known_before=len(already))
+    return len(already)
 
 
 async def _summary(start: dt.datetime, end: dt.datetime, *, known_before: int) -> PeriodSummary:
@@ -412,6 +462,29 @@ async def _summary(start: dt.datetime, end: dt.datetime, *, known_before: int) -
         usage_ml=int(row.get("ml") or 0),
         amount_due_fen=int(row.get("due") or 0),
     )
+
+
+async def check_billing() -> list[Any]:
+    """The billing records' invariant over all data, for `aquafleet money check`: no two
+    closed periods overlap (a device is billed once for any instant). Empty when it holds;
+    otherwise a `LedgerProblem` (models/money.py) per period overlapping an earlier one."""
+    from aquafleet.models.money import LedgerProblem
+
+    bounds = await BillingRecord.all().distinct().values_list("period_start", "period_end")
+    problems: list[Any] = []
+    furthest: tuple[dt.datetime, dt.datetime] | None = None  # the period reaching latest
+    for start, end in sorted(set(bounds)):
+        if furthest is not None and start < furthest[1]:
+            problems.append(
+                LedgerProblem(
+                    "billing_periods_overlap",
+                    f"{_iso(start)}..{_iso(end)}",
+                    f"overlaps {_iso(furthest[0])}..{_iso(furthest[1])}",
+                )
+            )
+        if furthest is None or end > furthest[1]:
+            furthest = (start, end)
+    return problems
 
 
 async def close_billing_period_command(

@@ -1,5 +1,6 @@
 """`aquafleet money ...`: the money ledger's invariants checked over all data
-(models/money.py; the payment and commission commands add their own checks to it)."""
+(models/money.py; the payment and commission commands add their own checks to it), with the
+bills' (models/payments.py) and the closed billing periods' (models/billing.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from aquafleet.commands.runtime import command_settings, run_with_database
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    from aquafleet.models import money, payments
+    from aquafleet.models import billing, money, payments
 
     async def action() -> int:
         problems = await money.check_ledger(guarded_prefixes=money.GUARDED_PREFIXES)
         problems += await payments.check_payments()
+        problems += await billing.check_billing()
         transactions = await money.MoneyTransaction.all().count()
         data = {
             "transactions": transactions,
@@ -42,7 +44,9 @@ def add_parsers(commands: Any) -> None:
     money_parser = commands.add_parser("money", help="the money ledger: check its invariants")
     money_commands = money_parser.add_subparsers(dest="money_command", required=True)
     check = money_commands.add_parser(
-        "check", help="every transaction sums to zero, refunds within payments, no wallet below 0"
+        "check",
+        help="every transaction sums to zero, refunds within payments, no wallet below 0, "
+        "no two closed billing periods overlap",
     )
     check.set_defaults(func=cmd_check)
     add_json_flag(check)

@@ -1,13 +1,13 @@
 """Allinpay 通联 收银宝 (vsp.allinpay.com) over aiohttp: the card acquirer adapter.
 
-The unified API (统一支付API, 统一查询API, 统一退款API, 交易结果通知) takes form-encoded POSTs
-signed with the merchant's RSA key (models/allinpay.py) and answers JSON signed with Allinpay's
-key, verified here before anything is read. `trxstatus` 0000 is success, 2000/2008 are still
-processing, anything else failed. A card payment is `paytype` U01 (银联扫码: `payinfo` is the
-code the app opens for the member's UnionPay card); a debit-only one (AD-09) adds
-`limit_pay=no_credit`. The notification is a signed form posted to our `notify_url`, answered
-`success`. Calls keyed by our own number (a pay by `reqsn`, a refund by its `reqsn`, a query)
-are retried a bounded number of times when Allinpay does not answer.
+The unified API (统一支付API, 统一查询API, 订单关闭, 统一退款API, 交易结果通知)
+takes form-encoded POSTs signed with the merchant's RSA key (models/allinpay.py) and answers
+JSON signed with Allinpay's key, verified here before anything is read. `trxstatus` 0000 is
+success, 2000/2008 are still processing, anything else failed. A card payment is `paytype` U01
+(银联扫码: `payinfo` is the code the app opens for the member's UnionPay card); a debit-only
+one (AD-09) adds `limit_pay=no_credit`. The notification is a signed form posted to our
+`notify_url`, answered `success`. Calls keyed by our own number (a pay by `reqsn`, a refund by
+its `reqsn`, a query) are retried a bounded number of times when Allinpay does not answer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from aquafleet.gateway.cards import (
     CardNotificationRefused,
     CardPrepay,
     CardResult,
+    CloseResult,
     RefundResult,
 )
 from aquafleet.gateway.logs import get_logger
@@ -44,6 +45,7 @@ log = get_logger("aquafleet.allinpay")
 ALLINPAY_API = "https://vsp.allinpay.com"
 PAY_PATH = "/apiweb/unitorder/pay"
 QUERY_PATH = "/apiweb/tranx/query"
+CLOSE_PATH = "/apiweb/tranx/close"
 REFUND_PATH = "/apiweb/tranx/refund"
 SUCCESS = "0000"
 PROCESSING = frozenset({"2000", "2008"})
@@ -141,6 +143,22 @@ class AllinpayAcquirer:
         if answer.get("trxstatus") != SUCCESS:
             return None
         return self._result(answer.get("trxid", ""), bill_no, answer)
+
+    async def close(self, merchant: AllinpayMerchant, bill_no: str) -> CloseResult:
+        """订单关闭 of our bill (`oldreqsn`). Only `trxstatus` 0000 is taken as closed; any
+        other answer (a bill paid, or closed before, a refusal) is settled by the bill's query:
+        paid, still processing (open), or anything else: finished unpaid (closed)."""
+        try:
+            answer = await self.call(merchant, CLOSE_PATH, {"oldreqsn": bill_no})
+        except AcquirerRefused as exc:
+            log.warning("allinpay_close_refused", bill_no=bill_no, why=str(exc))
+            answer = {}
+        if answer.get("trxstatus") == SUCCESS:
+            return CloseResult.CLOSED
+        status = (await self.call(merchant, QUERY_PATH, {"reqsn": bill_no})).get("trxstatus", "")
+        if status == SUCCESS:
+            return CloseResult.PAID
+        return CloseResult.OPEN if status in PROCESSING else CloseResult.CLOSED
 
     async def refund(
         self, merchant: AllinpayMerchant, *, bill_no: str, refund_no: str, refund_fen: int,

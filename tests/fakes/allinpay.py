@@ -4,11 +4,13 @@ protocol: form-encoded POSTs signed by the merchant (signtype RSA: every non-emp
 Allinpay's own key, and the asynchronous 交易结果通知 posted form-encoded to the bill's
 `notify_url`, signed with Allinpay's key, which expects the body `success`.
 
-Served: 统一支付 (/apiweb/unitorder/pay), 统一查询 (/apiweb/tranx/query), 统一退款
-(/apiweb/tranx/refund). A request whose signature does not verify with the merchant's public
-key answers `retcode FAIL` (unsigned), as Allinpay does. Test controls: `pay()` is the member
-paying with a card (the notification is sent; it can be duplicated, forged or carry another
-amount); `fail_next()` makes the next calls to a path answer 503. Written from Allinpay's
+Served: 统一支付 (/apiweb/unitorder/pay), 统一查询 (/apiweb/tranx/query), 订单关闭
+(/apiweb/tranx/close: an unpaid trade closes and can no longer be paid; a paid one is not
+closed), 统一退款 (/apiweb/tranx/refund). A request whose signature does not verify with the
+merchant's public key answers `retcode FAIL` (unsigned), as Allinpay does. Test controls:
+`pay()` is the member paying with a card (the notification is sent, or not; it can be
+duplicated, forged or carry another amount; a closed trade refuses the card);
+`fail_next()` makes the next calls to a path answer 503. Written from Allinpay's
 documentation, sharing no code with aquafleet's adapter.
 """
 
@@ -32,6 +34,7 @@ from tests.payments.keys import public_pem, rsa_private_pem
 
 SUCCESS = "0000"
 PENDING = "2000"
+CLOSED = "3088"  # a trade closed unpaid (what a query answers: neither success nor processing)
 
 
 def _text(fields: dict[str, str]) -> str:
@@ -86,6 +89,7 @@ class FakeAllinpay:
         self.trx: dict[str, FakeTrx] = {}
         self.refunds: dict[str, FakeRefundTrx] = {}
         self.refund_status = SUCCESS  # what a refund answers (2000: processing, then query)
+        self.close_status = SUCCESS  # what closing an unpaid trade answers (else: not closed)
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.notified: list[tuple[int, str]] = []
         self._failing: dict[str, int] = {}
@@ -110,6 +114,7 @@ class FakeAllinpay:
         app = web.Application()
         app.router.add_post("/apiweb/unitorder/pay", self._pay)
         app.router.add_post("/apiweb/tranx/query", self._query)
+        app.router.add_post("/apiweb/tranx/close", self._close)
         app.router.add_post("/apiweb/tranx/refund", self._refund)
         self._runner, self.url, self._session = await serve(app, port)
         return self.url
@@ -193,6 +198,22 @@ class FakeAllinpay:
              "trxstatus": trx.status, "accttype": trx.acct_type},
         )  # fmt: skip
 
+    async def _close(self, request: web.Request) -> web.Response:
+        merchant, form = await self._form(request)
+        if merchant is None:
+            return form  # type: ignore[no-any-return]
+        trx = self.trx.get(form.get("oldreqsn", ""))
+        if trx is None or trx.cusid != merchant.cusid:
+            return web.json_response({"retcode": "FAIL", "retmsg": "原交易不存在"})
+        if trx.status == SUCCESS:
+            return self._signed(
+                merchant, {"trxid": trx.trxid, "trxstatus": "3999", "errmsg": "交易已支付"}
+            )
+        if self.close_status != SUCCESS:  # busy: the trade stays as it was
+            return self._signed(merchant, {"trxid": trx.trxid, "trxstatus": self.close_status})
+        trx.status = CLOSED
+        return self._signed(merchant, {"trxid": trx.trxid, "trxstatus": SUCCESS})
+
     async def _refund(self, request: web.Request) -> web.Response:
         merchant, form = await self._form(request)
         if merchant is None:
@@ -227,12 +248,15 @@ class FakeAllinpay:
 
     async def pay(
         self, reqsn: str, *, card: str = "credit", amount: int | None = None,
-        times: int = 1, forge: bool = False,
+        times: int = 1, forge: bool = False, notify: bool = True,
     ) -> list[tuple[int, str]]:  # fmt: skip
         """The member pays bill `reqsn` with a card; the notification is posted `times` times
-        (forged: signed with another key; `amount`: naming another amount). A debit-only bill
-        refuses a credit card (ValueError) and nothing is notified."""
+        (forged: signed with another key; `amount`: naming another amount; `notify=False`:
+        lost, found only by a query). A debit-only bill refuses a credit card and a closed one
+        any card (ValueError); nothing is notified."""
         trx = self.trx[reqsn]
+        if trx.status == CLOSED:
+            raise ValueError("this bill is closed")
         if card == "credit" and trx.limit_pay == "no_credit":
             raise ValueError("this bill refuses credit cards")
         trx.status = SUCCESS
@@ -249,8 +273,8 @@ class FakeAllinpay:
         }  # fmt: skip
         key = rsa_private_pem("allinpay-forger") if forge else self.private_pem
         form["sign"] = _sign(key, form)
-        answers = []
-        for _ in range(times):
+        answers: list[tuple[int, str]] = []
+        for _ in range(times if notify else 0):
             answers.append(await self.deliver(trx.notify_url, form))
         return answers
 

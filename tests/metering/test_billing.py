@@ -4,13 +4,21 @@ the close runs twice, in two tasks or in two processes at the same moment."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import json
+import sqlite3
+from collections.abc import AsyncIterator
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aquafleet.models import billing
 from aquafleet.models.billing import (
     BillingMode,
     BillingRecord,
@@ -30,7 +38,9 @@ from aquafleet.models.billing import (
 from aquafleet.models.db import database
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.usage import store_ledger_batch
+from tests.conftest import MASTER_SECRET
 from tests.metering.support import race_in_processes, usage_row, vendor_with_devices
+from tests.platform.test_cli import aquafleet, clean_env
 
 NOV = (dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
 AFTER = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
@@ -312,6 +322,119 @@ async def test_an_overlapping_period_is_refused(fleet):
     # The next period is fine.
     december = await close_billing_period(NOV[1], NOV[1] + 31 * DAY, NOV[1] + 32 * DAY)
     assert december.devices == 4
+
+
+async def test_overlapping_closes_racing_book_once(fleet, db, monkeypatch, tmp_path: Path):
+    """The second close of an overlapping period starts while the first is between its overlap
+    check and its records (a hook where the first reads the period's water holds it there
+    until the second has passed its own check, or is waiting for its turn). The first books,
+    the second is refused with the period it overlaps; `aquafleet money check` holds."""
+    overlapping = (NOV[0] + 10 * DAY, NOV[1] + 10 * DAY)
+    tasks: dict[str, asyncio.Task[Any]] = {}
+    first_checked, second_went_on = asyncio.Event(), asyncio.Event()
+    usage, turn = billing.metered_ml_in_period, getattr(billing, "closing_turn", None)
+
+    async def water(start: dt.datetime, end: dt.datetime) -> dict[str, int]:
+        if asyncio.current_task() is tasks["first"]:
+            first_checked.set()
+            await second_went_on.wait()
+        else:
+            second_went_on.set()  # the second passed its check while the first had not booked
+        return await usage(start, end)
+
+    @contextlib.asynccontextmanager
+    async def waiting_turn() -> AsyncIterator[Any]:
+        assert turn is not None
+        if asyncio.current_task() is tasks["second"]:
+            second_went_on.set()  # the first holds the turn: the second waits for it
+        async with turn() as conn:
+            yield conn
+
+    async def second() -> Any:
+        await first_checked.wait()
+        return await close_billing_period(*overlapping, AFTER + 10 * DAY)
+
+    monkeypatch.setattr(billing, "metered_ml_in_period", water)
+    monkeypatch.setattr(billing, "closing_turn", waiting_turn, raising=False)
+    tasks["first"] = asyncio.create_task(close_billing_period(*NOV, AFTER))
+    tasks["second"] = asyncio.create_task(second())
+    first, refused = await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    assert isinstance(refused, Conflict), refused
+    assert refused.code == "period_overlaps"
+    assert "2026-11-01T00:00:00Z..2026-12-01T00:00:00Z" in refused.message
+    assert (first.devices, first.created, first.amount_due_fen) == (4, 4, 10_650)
+    assert await BillingRecord.all().count() == 4  # booked once: November's only
+    assert await records() == {fleet[k]: v for k, v in EXPECTED.items()}
+    assert await billing.check_billing() == []
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
+    code, out = await aquafleet(env, "money", "check", "--json")
+    assert code == 0 and json.loads(out)["problems"] == [], out
+
+
+async def test_a_close_holds_its_turn_against_other_processes(db):
+    """While a close holds its turn, another connection (another process's close) cannot take
+    it: PostgreSQL's advisory lock is held, SQLite's writer lock taken by the first statement
+    (a read first would let two closes in, and the second to write would fail, not wait)."""
+
+    async def other_takes_a_turn() -> bool:
+        if db.startswith("sqlite://"):
+            other = sqlite3.connect(db.removeprefix("sqlite://"), timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                return True
+            except sqlite3.OperationalError as exc:
+                assert "locked" in str(exc)
+                return False
+            finally:
+                other.close()
+        other_pg = await asyncpg.connect(db.replace("postgres://", "postgresql://"))
+        try:
+            async with other_pg.transaction():
+                taken = await other_pg.fetchval(
+                    "SELECT pg_try_advisory_xact_lock($1)", billing.CLOSE_LOCK
+                )
+            return bool(taken)
+        finally:
+            await other_pg.close()
+
+    assert await other_takes_a_turn()
+    async with billing.closing_turn():
+        assert not await other_takes_a_turn()
+    assert await other_takes_a_turn()
+
+
+async def test_the_money_check_finds_overlapping_periods(fleet, db, tmp_path: Path):
+    await close_billing_period(*NOV, AFTER)
+    await close_billing_period(NOV[1], NOV[1] + 31 * DAY, NOV[1] + 32 * DAY)
+    assert await billing.check_billing() == []
+    # What two closes racing without taking turns left behind: one device billed twice.
+    template = await BillingRecord.get(did=fleet["a"], period_start=NOV[0])
+    await BillingRecord.create(
+        **{
+            **{f: getattr(template, f) for f in BillingRecord._meta.db_fields if f != "id"},
+            "did": fleet["e"],
+            "period_start": NOV[0] + 10 * DAY,
+            "period_end": NOV[1] + 10 * DAY,
+        }
+    )
+    found = [(p.what, p.subject, p.detail) for p in await billing.check_billing()]
+    assert found == [
+        (
+            "billing_periods_overlap",
+            "2026-11-11T00:00:00Z..2026-12-11T00:00:00Z",
+            "overlaps 2026-11-01T00:00:00Z..2026-12-01T00:00:00Z",
+        ),
+        (
+            "billing_periods_overlap",
+            "2026-12-01T00:00:00Z..2027-01-01T00:00:00Z",
+            "overlaps 2026-11-11T00:00:00Z..2026-12-11T00:00:00Z",
+        ),
+    ]
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
+    code, out = await aquafleet(env, "money", "check")
+    assert code == 1 and "billing_periods_overlap: 2026-11-11T00:00:00Z" in out, out
 
 
 async def test_an_open_period_cannot_be_closed(fleet):

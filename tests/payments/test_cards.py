@@ -1,7 +1,8 @@
 """Card payments (AD-08 credit, AD-09 debit) end to end through a real node and the fake
 Allinpay 收银宝, on SQLite and PostgreSQL: pay, duplicate, forged and wrong-amount
 notifications, a late notification found by the sweep's query, refunds executed by the refund
-sweep, the credentials never shown. The money ledger's check is clean after each scenario."""
+sweep, bills of orders closed or paid otherwise closed at the acquirer, the credentials never
+shown. The money ledger's check is clean after each scenario."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.models.accounts import AdminAccount, create_account
 from aquafleet.models.allinpay import rsa_verify, sign_string
 from aquafleet.models.merchants import PaymentMerchant
 from aquafleet.models.money import (
@@ -22,9 +24,10 @@ from aquafleet.models.money import (
     channel_account,
     request_refund,
 )
-from aquafleet.models.orders import Order
-from aquafleet.models.payments import PaymentNotice
+from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.payments import Payment, PaymentNotice, PaymentState
 from aquafleet.models.sealed import is_sealed
+from aquafleet.models.tenancy import Role
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import add_product, make_member
 from tests.fakes.allinpay import FakeAllinpay
@@ -254,12 +257,79 @@ async def test_the_acquirer_credentials_are_sealed_never_answered_nor_logged(
     assert "not-a-key" not in str(bad.body)
 
 
-async def test_money_arriving_after_the_order_closed_goes_back_to_the_card(shop: CardShop):
-    oid, total = await shop.order()
+def closes_asked(fake: FakeAllinpay) -> list[str]:
+    """The bills aquafleet asked Allinpay to close (订单关闭), in order."""
+    return [form["oldreqsn"] for path, form in fake.calls if path == "/apiweb/tranx/close"]
+
+
+async def test_the_bill_of_a_closed_order_is_closed_at_the_acquirer(shop: CardShop):
+    """A card bill is payable at Allinpay until it is closed there: the sweep closes the bill
+    of a closed order at Allinpay, not only here, so the member can no longer pay it."""
+    oid, _total = await shop.order()
     await shop.prepay(oid)
     await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
-    await shop.sweep()  # the bill closes with its order
-    assert await shop.fake.pay(oid) == [(200, "success")]  # paid at the acquirer anyway
+    report = await shop.sweep()
+    assert report.errors == [] and report.bills_closed == 1
+    assert closes_asked(shop.fake) == [oid]
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.CLOSED
+    with pytest.raises(ValueError, match="closed"):
+        await shop.fake.pay(oid)  # the member's card is refused: no money taken
+    assert await shop.state(oid) == "close"
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 0
+    assert (await shop.sweep()).bills_closed == 0 and closes_asked(shop.fake) == [oid]
+    await assert_ledger_clean()
+
+
+async def test_the_bill_of_an_order_paid_otherwise_is_closed_at_the_acquirer(shop: CardShop):
+    """The order was marked paid by an admin while its card bill was open: the sweep asks
+    Allinpay (not paid), closes the bill there, and the member can no longer pay it twice."""
+    if not await AdminAccount.exists(username="ops"):
+        await create_account("ops", "0" * 32, Role.PLATFORM)
+    oid, _total = await shop.order()
+    await shop.prepay(oid)
+    await mark_paid(oid, admin="ops", reason="paid in cash at the shop")
+    report = await shop.sweep()
+    assert report.errors == [] and report.bills_closed == 1
+    assert closes_asked(shop.fake) == [oid]
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.CLOSED
+    with pytest.raises(ValueError, match="closed"):
+        await shop.fake.pay(oid)
+    assert await shop.state(oid) == "paid"
+    assert not await Refund.filter(order_oid=oid).exists()
+    assert await balance(channel_account("card", shop.vid)) == 0
+    await assert_ledger_clean()
+
+
+async def test_a_bill_the_acquirer_cannot_close_yet_is_closed_by_a_later_sweep(shop: CardShop):
+    """Allinpay does not close the bill (not 0000) and its query says it is still awaiting
+    payment: it stays pending here, without an error, and the next sweep closes it."""
+    oid, _total = await shop.order()
+    await shop.prepay(oid)
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    shop.fake.close_status = "2008"
+    report = await shop.sweep()
+    assert report.errors == [] and report.bills_closed == 0
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.PENDING
+    shop.fake.close_status = "0000"
+    assert (await shop.sweep()).bills_closed == 1
+    assert closes_asked(shop.fake) == [oid, oid]
+    assert (await Payment.get(bill_no=oid)).state is PaymentState.CLOSED
+    with pytest.raises(ValueError, match="closed"):
+        await shop.fake.pay(oid)
+    await assert_ledger_clean()
+
+
+async def test_money_arriving_after_the_order_closed_goes_back_to_the_card(shop: CardShop):
+    """The member paid at the acquirer, the notification was lost, and the order closed:
+    closing the bill, Allinpay will not (paid); its query applies the payment after close,
+    and the sweep refunds the card."""
+    oid, total = await shop.order()
+    await shop.prepay(oid)
+    assert await shop.fake.pay(oid, notify=False) == []  # paid; the notification is lost
+    await shop.shopper.client.call("POST", f"/orders/{oid}/status/close")
+    report = await shop.sweep()  # closing the bill finds it paid
+    assert report.errors == [] and report.bills_closed == 0
+    assert closes_asked(shop.fake) == [oid]
     assert await shop.state(oid) == "close"
     refund = await Refund.get(refund_no=f"close-{oid}")
     assert refund.state is RefundState.DUE and refund.amount_fen == total
