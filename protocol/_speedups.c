@@ -13,6 +13,8 @@
  *   parse_telemetry_report
  *                     messages.py_parse_telemetry_report's common case (the ledger writer's
  *                     device snapshot), under the same rule: None for anything unusual
+ *   parse_uplink_record, seal_ack
+ *                     the same two for an MQTT device's record and its ack (protocol/mqtt.py)
  *   encode_ack        the ACK frame ServerSession.ack builds, byte for byte (msgpack only;
  *                     None otherwise, and the caller encodes it in Python)
  *
@@ -208,11 +210,15 @@ MacKey_verify(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
+static PyObject *MacKey_verify_parts(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 static PyMethodDef MacKey_methods[] = {
     {"mac", (PyCFunction)MacKey_mac, METH_O,
      "First 8 bytes of HMAC-SHA256(key, signed)."},
     {"verify", (PyCFunction)(void (*)(void))MacKey_verify, METH_FASTCALL,
      "verify(signed, received): whether received is mac(signed), compared in constant time."},
+    {"verify_parts", (PyCFunction)(void (*)(void))MacKey_verify_parts, METH_FASTCALL,
+     "verify_parts(head, signed, received): verify(head + signed, received), unjoined."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -719,7 +725,10 @@ skip_value(Reader *r, int depth)
 
 /* ------------------------------------------------------------------------------ parse_record */
 
-enum { F_REC, F_BOOT, F_TS, F_TOTAL, F_EPOCH, F_STATE, F_KIND, F_COUNT };
+enum { F_REC, F_BOOT, F_TS, F_TOTAL, F_EPOCH, F_STATE, F_KIND, F_SEQ, F_SENT, F_COUNT };
+
+#define KEY_MQTT_SEQ 40
+#define KEY_MQTT_SENT_MS 41
 
 static PyObject *
 long_or_none(int present, int64_t value)
@@ -731,10 +740,126 @@ long_or_none(int present, int64_t value)
     return PyLong_FromLongLong(value);
 }
 
+/* Walk a record's msgpack map and check what messages.record_from_map checks (and, for an MQTT
+ * uplink, what mqtt_envelope.envelope_fields checks of keys 40 and 41). 1: all of it holds and
+ * value/state are filled; 0: anything else, left to the Python path. */
+static int
+walk_record(PyObject *payload, long type, int mqtt, int64_t *value, int *state)
+{
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(payload),
+                (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload)};
+    uint64_t count;
+    if (!need(&r, 1))
+        return 0;
+    unsigned char c = *r.p;
+    if (c >= 0x80 && c <= 0x8f) {
+        count = c & 0x0f;
+        r.p += 1;
+    } else if (c == 0xde || c == 0xdf) {
+        int width = c == 0xde ? 2 : 4;
+        if (!need(&r, 1 + width))
+            return 0;
+        count = be(r.p + 1, width);
+        r.p += 1 + width;
+    } else {
+        return 0;
+    }
+    int total_key = type == TYPE_TELEMETRY ? KEY_FLOW_TOTAL : KEY_EVENT_FLOW_TOTAL;
+    for (int i = 0; i < F_COUNT; i++) {
+        value[i] = 0;
+        state[i] = 0; /* 0 absent, MP_INT, MP_NIL */
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        int64_t key;
+        if (read_int(&r, &key) != MP_INT)
+            return 0;
+        int field = -1;
+        if (key == KEY_REC) field = F_REC;
+        else if (key == KEY_BOOT) field = F_BOOT;
+        else if (key == KEY_TS) field = F_TS;
+        else if (key == total_key) field = F_TOTAL;
+        else if (key == KEY_CNT_EPOCH) field = F_EPOCH;
+        else if (key == KEY_STATE_BITS) field = F_STATE;
+        else if (key == KEY_EVENT_KIND && type == TYPE_EVENT) field = F_KIND;
+        else if (key == KEY_MQTT_SEQ && mqtt) field = F_SEQ;
+        else if (key == KEY_MQTT_SENT_MS && mqtt) field = F_SENT;
+        if (field < 0) {
+            if (skip_value(&r, 0) == MP_FAIL)
+                return 0;
+            continue;
+        }
+        if (state[field]) /* a repeated key: the Python path keeps the last */
+            return 0;
+        state[field] = read_int_or_nil(&r, &value[field]);
+        if (state[field] == MP_FAIL)
+            return 0;
+    }
+    if (r.p != r.end) /* trailing bytes: the Python path refuses them */
+        return 0;
+    /* The checks of messages.record_from_map; a failure is the Python path's to report. */
+    if (state[F_REC] != MP_INT || value[F_REC] < 1 || (uint64_t)value[F_REC] > U32)
+        return 0;
+    if (state[F_BOOT] != MP_INT || value[F_BOOT] < 0 || (uint64_t)value[F_BOOT] > U32)
+        return 0;
+    if (state[F_TS] != MP_INT || value[F_TS] < 0 || (uint64_t)value[F_TS] > U32)
+        return 0;
+    if (type == TYPE_EVENT &&
+        (state[F_KIND] != MP_INT || value[F_KIND] < 1 || value[F_KIND] > (int64_t)U8))
+        return 0;
+    if (state[F_STATE] == MP_INT && (value[F_STATE] < 0 || (uint64_t)value[F_STATE] > U32))
+        return 0;
+    if (state[F_EPOCH] == MP_INT && (value[F_EPOCH] < 0 || (uint64_t)value[F_EPOCH] > U32))
+        return 0;
+    if (state[F_TOTAL] == MP_INT && (value[F_TOTAL] < 0 || value[F_TOTAL] > MAX_COUNTER))
+        return 0;
+    if (mqtt && (state[F_SEQ] != MP_INT || value[F_SEQ] < 0 || value[F_SEQ] > (int64_t)U16 ||
+                 state[F_SENT] != MP_INT || value[F_SENT] < 0 || value[F_SENT] > MAX_COUNTER))
+        return 0;
+    return 1;
+}
+
+/* The Record of a walked payload: frame_type, seq, dup, rec, boot, ts, flow_total_ml,
+ * cnt_epoch, event_kind, payload, encoding (msgpack), state_bits. Steals nothing. */
+static PyObject *
+build_record(PyObject *type_obj, PyObject *seq_obj, int dup, PyObject *payload, long type,
+             const int64_t *value, const int *state)
+{
+    PyObject *record = ((PyTypeObject *)Record_cls)->tp_alloc((PyTypeObject *)Record_cls, 12);
+    if (record == NULL)
+        return NULL;
+    PyObject *dup_obj = dup ? Py_True : Py_False;
+    Py_INCREF(type_obj);
+    Py_INCREF(seq_obj);
+    Py_INCREF(dup_obj);
+    Py_INCREF(payload);
+    PyTuple_SET_ITEM(record, 0, type_obj);
+    PyTuple_SET_ITEM(record, 1, seq_obj);
+    PyTuple_SET_ITEM(record, 2, dup_obj);
+    PyTuple_SET_ITEM(record, 3, PyLong_FromLongLong(value[F_REC]));
+    PyTuple_SET_ITEM(record, 4, PyLong_FromLongLong(value[F_BOOT]));
+    PyTuple_SET_ITEM(record, 5, PyLong_FromLongLong(value[F_TS]));
+    PyTuple_SET_ITEM(record, 6, long_or_none(state[F_TOTAL] == MP_INT, value[F_TOTAL]));
+    PyTuple_SET_ITEM(record, 7, long_or_none(state[F_EPOCH] == MP_INT, value[F_EPOCH]));
+    PyTuple_SET_ITEM(record, 8, PyLong_FromLongLong(type == TYPE_EVENT ? value[F_KIND] : 0));
+    PyTuple_SET_ITEM(record, 9, payload);
+    PyTuple_SET_ITEM(record, 10, PyLong_FromLong(0)); /* msgpack */
+    PyTuple_SET_ITEM(record, 11, PyLong_FromLongLong(state[F_STATE] == MP_INT ? value[F_STATE]
+                                                                               : -1));
+    for (int i = 0; i < 12; i++) {
+        if (PyTuple_GET_ITEM(record, i) == NULL) {
+            Py_DECREF(record);
+            return NULL;
+        }
+    }
+    return record;
+}
+
 /* parse_record(frame) -> Record | None (see the top of this file). */
 static PyObject *
 py_parse_record(PyObject *module, PyObject *frame)
 {
+    int64_t value[F_COUNT];
+    int state[F_COUNT];
     if (!ready())
         return NULL;
     if (!PyTuple_Check(frame) || PyTuple_GET_SIZE(frame) < 4) {
@@ -753,104 +878,54 @@ py_parse_record(PyObject *module, PyObject *frame)
     }
     if ((type != TYPE_TELEMETRY && type != TYPE_EVENT) || (flags & ENCODING_MASK) != 0)
         Py_RETURN_NONE; /* CBOR, or not a record: the Python path */
+    if (!walk_record(payload, type, 0, value, state))
+        Py_RETURN_NONE;
+    return build_record(type_obj, seq_obj, (flags & FLAG_DUP) != 0, payload, type, value, state);
+}
 
-    Reader r = {(const unsigned char *)PyBytes_AS_STRING(payload),
-                (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload)};
-    uint64_t count;
-    if (!need(&r, 1))
-        Py_RETURN_NONE;
-    unsigned char c = *r.p;
-    if (c >= 0x80 && c <= 0x8f) {
-        count = c & 0x0f;
-        r.p += 1;
-    } else if (c == 0xde || c == 0xdf) {
-        int width = c == 0xde ? 2 : 4;
-        if (!need(&r, 1 + width))
-            Py_RETURN_NONE;
-        count = be(r.p + 1, width);
-        r.p += 1 + width;
-    } else {
-        Py_RETURN_NONE;
-    }
-    int total_key = type == TYPE_TELEMETRY ? KEY_FLOW_TOTAL : KEY_EVENT_FLOW_TOTAL;
-    int64_t value[F_COUNT] = {0};
-    int state[F_COUNT] = {0}; /* 0 absent, MP_INT, MP_NIL */
-    for (uint64_t i = 0; i < count; i++) {
-        int64_t key;
-        if (read_int(&r, &key) != MP_INT)
-            Py_RETURN_NONE;
-        int field = -1;
-        if (key == KEY_REC) field = F_REC;
-        else if (key == KEY_BOOT) field = F_BOOT;
-        else if (key == KEY_TS) field = F_TS;
-        else if (key == total_key) field = F_TOTAL;
-        else if (key == KEY_CNT_EPOCH) field = F_EPOCH;
-        else if (key == KEY_STATE_BITS) field = F_STATE;
-        else if (key == KEY_EVENT_KIND && type == TYPE_EVENT) field = F_KIND;
-        if (field < 0) {
-            if (skip_value(&r, 0) == MP_FAIL)
-                Py_RETURN_NONE;
-            continue;
-        }
-        if (state[field]) /* a repeated key: the Python path keeps the last */
-            Py_RETURN_NONE;
-        state[field] = read_int_or_nil(&r, &value[field]);
-        if (state[field] == MP_FAIL)
-            Py_RETURN_NONE;
-    }
-    if (r.p != r.end) /* trailing bytes: the Python path refuses them */
-        Py_RETURN_NONE;
-    /* The checks of messages.record_from_map; a failure is the Python path's to report. */
-    if (state[F_REC] != MP_INT || value[F_REC] < 1 || (uint64_t)value[F_REC] > U32)
-        Py_RETURN_NONE;
-    if (state[F_BOOT] != MP_INT || value[F_BOOT] < 0 || (uint64_t)value[F_BOOT] > U32)
-        Py_RETURN_NONE;
-    if (state[F_TS] != MP_INT || value[F_TS] < 0 || (uint64_t)value[F_TS] > U32)
-        Py_RETURN_NONE;
-    int64_t kind = 0;
-    if (type == TYPE_EVENT) {
-        if (state[F_KIND] != MP_INT || value[F_KIND] < 1 || value[F_KIND] > (int64_t)U8)
-            Py_RETURN_NONE;
-        kind = value[F_KIND];
-    }
-    int64_t bits = -1;
-    if (state[F_STATE] == MP_INT) {
-        if (value[F_STATE] < 0 || (uint64_t)value[F_STATE] > U32)
-            Py_RETURN_NONE;
-        bits = value[F_STATE];
-    }
-    if (state[F_EPOCH] == MP_INT && (value[F_EPOCH] < 0 || (uint64_t)value[F_EPOCH] > U32))
-        Py_RETURN_NONE;
-    if (state[F_TOTAL] == MP_INT && (value[F_TOTAL] < 0 || value[F_TOTAL] > MAX_COUNTER))
-        Py_RETURN_NONE;
-
-    PyObject *record = ((PyTypeObject *)Record_cls)->tp_alloc((PyTypeObject *)Record_cls, 12);
-    if (record == NULL)
+/* parse_uplink_record(payload, frame_type) -> (seq, sent_ms, Record) | None: an MQTT record
+ * uplink's map (msgpack; the envelope byte and tag already taken off) as protocol/mqtt.py's
+ * receive_data reads it: keys 40 and 41 by envelope_fields, the record by record_from_map. */
+static PyObject *
+py_parse_uplink_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t value[F_COUNT];
+    int state[F_COUNT];
+    if (!ready())
         return NULL;
-    Py_INCREF(type_obj);
-    Py_INCREF(seq_obj);
-    Py_INCREF(payload);
-    PyObject *dup = (flags & FLAG_DUP) ? Py_True : Py_False;
-    Py_INCREF(dup);
-    PyTuple_SET_ITEM(record, 0, type_obj);
-    PyTuple_SET_ITEM(record, 1, seq_obj);
-    PyTuple_SET_ITEM(record, 2, dup);
-    PyTuple_SET_ITEM(record, 3, PyLong_FromLongLong(value[F_REC]));
-    PyTuple_SET_ITEM(record, 4, PyLong_FromLongLong(value[F_BOOT]));
-    PyTuple_SET_ITEM(record, 5, PyLong_FromLongLong(value[F_TS]));
-    PyTuple_SET_ITEM(record, 6, long_or_none(state[F_TOTAL] == MP_INT, value[F_TOTAL]));
-    PyTuple_SET_ITEM(record, 7, long_or_none(state[F_EPOCH] == MP_INT, value[F_EPOCH]));
-    PyTuple_SET_ITEM(record, 8, PyLong_FromLongLong(kind));
-    PyTuple_SET_ITEM(record, 9, payload);
-    PyTuple_SET_ITEM(record, 10, PyLong_FromLong(0)); /* msgpack */
-    PyTuple_SET_ITEM(record, 11, PyLong_FromLongLong(bits));
-    for (int i = 0; i < 12; i++) {
-        if (PyTuple_GET_ITEM(record, i) == NULL) {
-            Py_DECREF(record);
-            return NULL;
-        }
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse_uplink_record(payload, frame_type)");
+        return NULL;
     }
-    return record;
+    PyObject *payload = args[0], *type_obj = args[1];
+    if (!PyBytes_CheckExact(payload) || !PyLong_Check(type_obj)) /* FrameType members too */
+        Py_RETURN_NONE;
+    long type = PyLong_AsLong(type_obj);
+    if (type != TYPE_TELEMETRY && type != TYPE_EVENT) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (!walk_record(payload, type, 1, value, state))
+        Py_RETURN_NONE;
+    PyObject *seq_obj = PyLong_FromLongLong(value[F_SEQ]);
+    if (seq_obj == NULL)
+        return NULL;
+    PyObject *record = build_record(type_obj, seq_obj, 0, payload, type, value, state);
+    if (record == NULL) {
+        Py_DECREF(seq_obj);
+        return NULL;
+    }
+    PyObject *sent = PyLong_FromLongLong(value[F_SENT]);
+    if (sent == NULL) {
+        Py_DECREF(seq_obj);
+        Py_DECREF(record);
+        return NULL;
+    }
+    PyObject *result = PyTuple_Pack(3, seq_obj, sent, record);
+    Py_DECREF(seq_obj);
+    Py_DECREF(sent);
+    Py_DECREF(record);
+    return result;
 }
 
 /* ------------------------------------------------------------------------------ telemetry report */
@@ -1055,9 +1130,13 @@ put_uint(unsigned char *out, uint64_t v)
         *out++ = 0xcd;
         *out++ = (unsigned char)(v >> 8);
         *out++ = (unsigned char)v;
-    } else {
+    } else if (v <= 0xffffffffu) {
         *out++ = 0xce;
         for (int shift = 24; shift >= 0; shift -= 8)
+            *out++ = (unsigned char)(v >> shift);
+    } else {
+        *out++ = 0xcf;
+        for (int shift = 56; shift >= 0; shift -= 8)
             *out++ = (unsigned char)(v >> shift);
     }
     return out;
@@ -1143,6 +1222,113 @@ py_encode_ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize((const char *)frame, p - frame);
 }
 
+/* seal_ack(mac_key, topic, seq, rc, watermark, tx_seq, sent_ms) -> bytes | None: what
+ * protocol/mqtt.py's ack queues for an MQTT device: the envelope byte (version 1, msgpack), the
+ * map {0: seq, 1: rc[, 2: [boot, rec]], 40: tx_seq, 41: sent_ms} and the 8-byte tag of
+ * HMAC(key, topic | envelope byte | map), as seal_topic builds them; None for anything it does
+ * not build (a Python MacKey, a value out of range), which the caller then seals in Python. */
+static PyObject *
+py_seal_ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "seal_ack() takes seven arguments");
+        return NULL;
+    }
+    PyObject *key = args[0], *topic = args[1], *watermark = args[4];
+    uint64_t seq, rc, tx_seq, boot = 0, rec = 0;
+    if (Py_TYPE(key) != &MacKey_Type || !PyBytes_CheckExact(topic))
+        Py_RETURN_NONE;
+    if (!small_uint(args[2], &seq) || !small_uint(args[3], &rc) || !small_uint(args[5], &tx_seq))
+        Py_RETURN_NONE;
+    if (seq > U16 || rc > U8 || tx_seq > U16 || !PyLong_CheckExact(args[6]))
+        Py_RETURN_NONE;
+    int overflow;
+    long long sent_ms = PyLong_AsLongLongAndOverflow(args[6], &overflow);
+    if (overflow || sent_ms < 0 || sent_ms > MAX_COUNTER) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int has_watermark = watermark != Py_None;
+    if (has_watermark) {
+        if (!(PyTuple_CheckExact(watermark) || PyList_CheckExact(watermark)) ||
+            PySequence_Fast_GET_SIZE(watermark) != 2 ||
+            !small_uint(PySequence_Fast_GET_ITEM(watermark, 0), &boot) ||
+            !small_uint(PySequence_Fast_GET_ITEM(watermark, 1), &rec))
+            Py_RETURN_NONE;
+    }
+    Py_ssize_t topic_len = PyBytes_GET_SIZE(topic);
+    unsigned char body[64];
+    unsigned char *p = body;
+    *p++ = 0x10; /* envelope byte: version 1, msgpack */
+    *p++ = has_watermark ? 0x85 : 0x84;
+    *p++ = 0x00;
+    p = put_uint(p, seq);
+    *p++ = 0x01;
+    p = put_uint(p, rc);
+    if (has_watermark) {
+        *p++ = 0x02;
+        *p++ = 0x92;
+        p = put_uint(p, boot);
+        p = put_uint(p, rec);
+    }
+    *p++ = 40;
+    p = put_uint(p, tx_seq);
+    *p++ = 41;
+    p = put_uint(p, (uint64_t)sent_ms);
+    Py_ssize_t signed_len = p - body;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, signed_len + MAC_SIZE);
+    if (out == NULL)
+        return NULL;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256_CTX ctx = ((MacKeyObject *)key)->inner;
+    unsigned char inner[SHA256_DIGEST_LENGTH];
+    SHA256_Update(&ctx, PyBytes_AS_STRING(topic), (size_t)topic_len);
+    SHA256_Update(&ctx, body, (size_t)signed_len);
+    SHA256_Final(inner, &ctx);
+    ctx = ((MacKeyObject *)key)->outer;
+    SHA256_Update(&ctx, inner, sizeof inner);
+    SHA256_Final(digest, &ctx);
+    memcpy(PyBytes_AS_STRING(out), body, (size_t)signed_len);
+    memcpy(PyBytes_AS_STRING(out) + signed_len, digest, MAC_SIZE);
+    return out;
+}
+
+/* verify_parts(mac_key, head, signed, received): MacKey.verify(head + signed, received)
+ * without building the joined bytes (an MQTT tag covers topic | envelope). */
+static PyObject *
+MacKey_verify_parts(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer head, body, received;
+    unsigned char inner[SHA256_DIGEST_LENGTH], digest[SHA256_DIGEST_LENGTH];
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "verify_parts(head, signed, received)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &head, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &body, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&head);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &received, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&head);
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    SHA256_CTX ctx = self->inner;
+    SHA256_Update(&ctx, head.buf, (size_t)head.len);
+    SHA256_Update(&ctx, body.buf, (size_t)body.len);
+    SHA256_Final(inner, &ctx);
+    ctx = self->outer;
+    SHA256_Update(&ctx, inner, sizeof inner);
+    SHA256_Final(digest, &ctx);
+    int ok = received.len == MAC_SIZE && CRYPTO_memcmp(digest, received.buf, MAC_SIZE) == 0;
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&body);
+    PyBuffer_Release(&received);
+    return PyBool_FromLong(ok);
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -1179,6 +1365,10 @@ static PyMethodDef module_methods[] = {
     {"parse_telemetry_report", py_parse_telemetry_report, METH_O,
      "parse_telemetry_report(payload) -> TelemetryReport | None: a msgpack payload's common "
      "case of messages.parse_telemetry_report."},
+    {"parse_uplink_record", (PyCFunction)(void (*)(void))py_parse_uplink_record, METH_FASTCALL,
+     "parse_uplink_record(payload, frame_type) -> (seq, sent_ms, Record) | None."},
+    {"seal_ack", (PyCFunction)(void (*)(void))py_seal_ack, METH_FASTCALL,
+     "seal_ack(mac_key, topic, seq, rc, watermark, tx_seq, sent_ms) -> bytes | None."},
     {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
      "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
     {NULL, NULL, 0, NULL},

@@ -86,6 +86,10 @@ class MacKey:
         """Whether `received` is mac(signed), compared in constant time (None: no MAC came)."""
         return received is not None and _compare_digest(self.mac(signed), received)
 
+    def verify_parts(self, head: bytes, signed: bytes, received: bytes) -> bool:
+        """verify(head + signed, received): an MQTT tag covers the topic and the envelope."""
+        return self.verify(head + signed, received)
+
 
 _compare_digest = hmac.compare_digest
 

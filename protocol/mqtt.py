@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aquafleet.protocol import speedups
 from aquafleet.protocol.constants import (
     SEQ_MODULO,
     U16,
@@ -64,6 +65,12 @@ RECENT_COMMANDS = 32  # commands a session remembers (cid -> seq) to recognise t
 HELD_MAX = 64  # messages held per device while its key is looked up (oldest dropped)
 
 # --------------------------------------------------------------------------- events
+
+
+# The record uplink and its ack compiled where the extension is in use (protocol/speedups.py):
+# the same checks and bytes as the Python path, which takes whatever they answer None for.
+_compiled_uplink = speedups.compiled.parse_uplink_record if speedups.compiled else None
+_compiled_seal_ack = speedups.compiled.seal_ack if speedups.compiled else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +301,17 @@ class MqttServerSession:
         if not tag_ok(mac, envelope):
             return [UplinkDropped("forged", channel)]
         payload = signed[1:]
+        frame_type = UPLINK_TYPES.get(channel)
+        if frame_type in RECORD_TYPES and encoding == Encoding.MSGPACK and _compiled_uplink:
+            # the common case compiled (protocol/speedups.py): the same checks as below, in one
+            # walk of the map; None for anything else, which the path below decides
+            parsed = _compiled_uplink(payload, frame_type)
+            if parsed is not None:
+                verdict = self._guard.check(parsed[1], tag, int(self._clock() * 1000))
+                if verdict is not None:
+                    return [UplinkDropped(verdict, channel)]
+                self.last_rx = now
+                return [parsed[2]]
         try:
             body = decode_payload(payload, encoding)
             if channel == Channel.STATUS:
@@ -305,7 +323,6 @@ class MqttServerSession:
         if verdict is not None:
             return [UplinkDropped(verdict, channel)]
         self.last_rx = now  # a verified, fresh message: the device is alive
-        frame_type = UPLINK_TYPES.get(channel)
         if frame_type is None:
             return [UplinkDropped("malformed", channel)]  # a downlink topic, published by a device
         frame = Frame(frame_type, encoding << Flag.ENCODING_SHIFT, seq, payload)
@@ -374,6 +391,17 @@ class MqttServerSession:
             )
         if self._mac is None or self.state is SessionState.VERIFYING:
             return
+        if _compiled_seal_ack is not None and self.encoding == Encoding.MSGPACK:
+            names = self._topics.get(Channel.DOWN_ACK)
+            if names is not None:  # the compiled seal of what _queue builds, byte for byte
+                tx_seq = self._tx_seq
+                sealed = _compiled_seal_ack(
+                    self._mac, names[1], seq, rc, watermark, tx_seq, int(self._clock() * 1000)
+                )
+                if sealed is not None:
+                    self._tx_seq = (tx_seq + 1) % SEQ_MODULO
+                    self._out.append((names[0], sealed, QOS_ACK))
+                    return
         body: dict[int, object] = {Key.ACK_SEQ: seq, Key.ACK_RC: rc}
         if watermark is not None:
             body[Key.ACK_WATERMARK] = list(watermark)

@@ -25,7 +25,6 @@ from aquafleet.protocol.constants import (
     ErrorCode,
     FrameType,
 )
-from aquafleet.protocol.crypto import proofs_equal
 from aquafleet.protocol.errors import LocalProtocolError, RemoteProtocolError
 from aquafleet.protocol.frames import MacKey
 from aquafleet.protocol.messages import encode_payload
@@ -213,7 +212,7 @@ def seal_topic(mac: MacKey, topic_name: bytes, body: dict[int, object], encoding
 
 
 def tag_ok(mac: MacKey, envelope: Envelope) -> bool:
-    return proofs_equal(mac.mac(envelope.topic + envelope.signed), envelope.tag)
+    return mac.verify_parts(envelope.topic, envelope.signed, envelope.tag)
 
 
 def envelope_fields(body: dict[int, object]) -> tuple[int, int]:

@@ -33,13 +33,16 @@ from aquafleet.protocol.frames import (
 from aquafleet.protocol.message_types import Event, FilterReading, Record, Telemetry
 from aquafleet.protocol.messages import (
     TelemetryReport,
+    decode_payload,
     encode_payload,
     message_map,
     parse_record,
     parse_telemetry_report,
     py_parse_record,
     py_parse_telemetry_report,
+    record_from_map,
 )
+from aquafleet.protocol.mqtt_envelope import envelope_fields, seal_topic
 from tests.protocol.helpers import raw_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,10 +67,13 @@ def test_the_extension_is_built_and_in_use() -> None:
 def test_the_python_twins_pass_the_same_vectors() -> None:
     """The golden frames, decoder, message and session tests once more, extension off."""
     env = {**os.environ, "AQUAFLEET_NO_EXTENSIONS": "1"}
-    files = ["test_frames.py", "test_messages.py", "test_session.py", "test_login.py"]
+    files = [
+        "protocol/test_frames.py", "protocol/test_messages.py", "protocol/test_session.py",
+        "protocol/test_login.py", "gateway/test_mqtt_protocol.py",
+    ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-         *(f"tests/protocol/{name}" for name in files)],
+         *(f"tests/{name}" for name in files)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -494,3 +500,86 @@ def test_a_repeated_filters_key_goes_to_the_reference() -> None:
     payload = bytes([0x85, 0, 1, 1, 2, 2, 3, 14, 0x91, 0x94, 1, 2, 3, 4, 14, 0xC0])
     assert compiled is not None and compiled.parse_telemetry_report(payload) is None
     assert parse_telemetry_report(payload, 0).filters is None
+
+
+# --------------------------------------------------------------------------- MQTT uplink and ack
+
+
+def _py_uplink(payload: bytes, frame_type: int) -> object:
+    """What protocol/mqtt.py's receive_data reads of a record uplink, in Python."""
+    try:
+        body = decode_payload(payload, 0)
+        seq, sent_ms = envelope_fields(body)
+        frame = Frame(frame_type, 0, seq, payload)
+        return (seq, sent_ms, record_from_map(body, frame))
+    except ProtocolError as exc:
+        return (exc.code, exc.reason)
+
+
+def _check_uplink(payload: bytes, frame_type: int) -> object:
+    assert compiled is not None
+    fast = compiled.parse_uplink_record(payload, frame_type)
+    reference = _py_uplink(payload, frame_type)
+    if fast is not None:
+        assert fast == reference
+        assert type(fast[2]) is Record
+        assert [type(v) for v in fast[2]] == [type(v) for v in reference[2]]  # type: ignore[index]
+    return fast
+
+
+uplink_payloads = st.tuples(
+    payloads,
+    st.one_of(st.integers(0, 2**16 - 1), st.sampled_from([-1, 2**16, None, True, 1.5])),
+    st.one_of(st.integers(0, 2**53 - 1), st.sampled_from([-1, 2**53, 2**64 - 1, None, "1"])),
+).map(lambda parts: {**parts[0], 40: parts[1], 41: parts[2]})
+
+
+@needs_compiled
+@settings(max_examples=1500)
+@given(
+    payload=uplink_payloads,
+    frame_type=st.sampled_from([FrameType.TELEMETRY, FrameType.EVENT, 0x20, 0x21]),
+    trailing=st.sampled_from([b"", b"", b"\x00"]),
+)
+def test_mqtt_uplinks_agree_with_the_reference(
+    payload: dict, frame_type: int, trailing: bytes
+) -> None:
+    _check_uplink(msgpack.packb(payload, use_bin_type=True) + trailing, frame_type)
+
+
+@needs_compiled
+def test_an_mqtt_device_record_takes_the_compiled_path() -> None:
+    for frame in _device_records():
+        body = {
+            **msgpack.unpackb(frame.payload, strict_map_key=False),
+            40: 7,
+            41: 1_790_000_000_123,
+        }
+        fast = _check_uplink(msgpack.packb(body), FrameType(frame.type))
+        assert fast is not None and fast[:2] == (7, 1_790_000_000_123)
+        assert fast[2].frame_type is FrameType(frame.type)  # as the Python path keeps it
+
+
+@needs_compiled
+@given(
+    seq=st.integers(0, 0xFFFF), rc=st.integers(0, 255), tx_seq=st.integers(0, 0xFFFF),
+    watermark=st.none() | st.tuples(u32, u32), sent_ms=st.integers(0, 2**53 - 1),
+    topic=st.binary(max_size=60), key=st.binary(min_size=1, max_size=70),
+)  # fmt: skip
+def test_mqtt_acks_are_byte_for_byte_the_references(
+    seq: int, rc: int, tx_seq: int, watermark: tuple[int, int] | None, sent_ms: int,
+    topic: bytes, key: bytes,
+) -> None:  # fmt: skip
+    assert compiled is not None
+    body: dict[int, object] = {0: seq, 1: rc}
+    if watermark is not None:
+        body[2] = list(watermark)
+    body[40], body[41] = tx_seq, sent_ms
+    expected = seal_topic(PyMacKey(key), topic, body, 0)
+    sealed = compiled.seal_ack(MacKey(key), topic, seq, rc, watermark, tx_seq, sent_ms)
+    assert sealed == expected
+    assert MacKey(key).verify_parts(topic, sealed[:-8], sealed[-8:])
+    assert PyMacKey(key).verify_parts(topic, sealed[:-8], sealed[-8:])
+    assert not MacKey(key).verify_parts(topic + b"x", sealed[:-8], sealed[-8:])
+    assert compiled.seal_ack(PyMacKey(key), topic, seq, rc, watermark, tx_seq, sent_ms) is None
+    assert compiled.seal_ack(MacKey(key), topic, seq, rc, watermark, tx_seq, 2**53) is None
