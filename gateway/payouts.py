@@ -166,7 +166,9 @@ class WechatTransferPayout:
             await withdrawal.refresh_from_db(
                 fields=["transfer_mchid", "transfer_appid", "transfer_openid"]
             )
-        return Payee(withdrawal.transfer_mchid, withdrawal.transfer_appid, withdrawal.transfer_openid)
+        return Payee(
+            withdrawal.transfer_mchid, withdrawal.transfer_appid, withdrawal.transfer_openid
+        )
 
     async def _create(self, withdrawal: Withdrawal) -> dict[str, Any]:
         """Send the withdrawal's batch, built from the stored payee only: every create of it is
