@@ -9,10 +9,16 @@ detail SUCCESS marks the withdrawal paid, FAIL or a closed batch marks it failed
 returns to the earner's available balance (models/commissions.py `settle_withdrawal`).
 The requests are signed and the answers verified by the one WeChat Pay client
 (gateway/providers/wechatpay.py).
+
+Every create of a batch is the same request: it is built only from what the withdrawal stored
+when it was requested (the merchant, its app, the member's openid then), never from the
+member's binding of the moment, so a refusal of one create says the same of every other.
+An operator gives up a withdrawal WeChat Pay keeps refusing for now with `fail_stopped`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +37,12 @@ from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
 from aquafleet.models.withdrawals import (
     PAYOUT_CHANNELS,
+    Payee,
     PayoutChannel,
     PayoutOutcome,
     PayoutResult,
     settle_withdrawal,
+    stop_sending,
 )
 
 log = get_logger("aquafleet.payouts")
@@ -53,10 +61,25 @@ SWEEP_BATCH = 100
 # nothing about the batch another create may have made: the withdrawal stays requested and the
 # sweep queries and sends it again under the same number, as WeChat Pay asks.
 NOT_ACCEPTED = frozenset({"PARAM_ERROR", "NO_AUTH"})
+# An operator fails a withdrawal only once its latest create cannot still be on its way or being
+# accepted (WeChat Pay answers a query 404 meanwhile): far longer than a create and its client
+# retries take (3 x a 10 s timeout).
+STOP_GRACE = dt.timedelta(minutes=10)
 
 
 class WechatNotBound(Conflict):
     code = "wechat_not_bound"
+
+
+class MerchantChanged(Conflict):
+    """The vendor's merchant is not the one that sent the withdrawal's batch: neither sent
+    nor asked under another merchant (its numbers are another merchant's)."""
+
+    code = "merchant_changed"
+
+
+class TransferStopped(Conflict):
+    code = "transfer_stopped"
 
 
 def batch_no(withdrawal_id: int) -> str:
@@ -111,20 +134,62 @@ class WechatTransferPayout:
         member = await Member.get_or_none(uid=uid, vendor_id=vendor_code)
         return member.wx_openid if member is not None and member.wx_openid else None
 
-    async def _create(self, withdrawal: Withdrawal) -> dict[str, Any]:
-        openid = await self.openid(withdrawal.earner, withdrawal.vendor_code)
+    async def payee(self, earner: str, vendor_code: str) -> Payee:
+        """The transfer's merchant, app and payee as they are now, stored on the withdrawal
+        when it is requested; refused (nothing moves) without an openid or a merchant."""
+        openid = await self.openid(earner, vendor_code)
         if openid is None:
-            raise WechatNotBound(f"{withdrawal.earner} has no WeChat account bound")
+            raise WechatNotBound(f"{earner} has no WeChat account bound")
+        merchant = await self.merchant(vendor_code)
+        return Payee(merchant.mch_id, merchant.app_id, openid)
+
+    async def merchant_of(self, withdrawal: Withdrawal) -> WechatPayMerchant:
+        """The merchant that sends (and is asked about) the withdrawal's batch: the vendor's,
+        only while it is the one stored with the withdrawal."""
         merchant = await self.merchant(withdrawal.vendor_code)
+        stored = withdrawal.transfer_mchid
+        if stored is not None and merchant.mch_id != stored:
+            raise MerchantChanged(
+                f"withdrawal {withdrawal.id} is sent by WeChat Pay merchant {stored}, the vendor's "
+                f"merchant is now {merchant.mch_id}: set it back to settle the withdrawal"
+            )
+        return merchant
+
+    async def fixed_payee(self, withdrawal: Withdrawal) -> Payee:
+        """The stored payee; a row from before it was stored gets the binding of now, once
+        (two nodes fixing it at once both use the first one written)."""
+        if withdrawal.transfer_openid is None:
+            now = await self.payee(withdrawal.earner, withdrawal.vendor_code)
+            await Withdrawal.filter(id=withdrawal.id, transfer_openid__isnull=True).update(
+                transfer_mchid=now.mchid, transfer_appid=now.appid, transfer_openid=now.openid
+            )
+            await withdrawal.refresh_from_db(
+                fields=["transfer_mchid", "transfer_appid", "transfer_openid"]
+            )
+        return Payee(
+            withdrawal.transfer_mchid, withdrawal.transfer_appid, withdrawal.transfer_openid
+        )
+
+    async def _create(self, withdrawal: Withdrawal) -> dict[str, Any]:
+        """Send the withdrawal's batch, built from the stored payee only: every create of it is
+        the same request. Its time is written first, unless an operator stopped it."""
+        payee = await self.fixed_payee(withdrawal)
+        merchant = await self.merchant_of(withdrawal)
+        sending = await Withdrawal.filter(
+            id=withdrawal.id, state=WithdrawalState.REQUESTED, transfer_stopped_at__isnull=True
+        ).update(transfer_sent_at=dt.datetime.now(dt.UTC))
+        if not sending:
+            raise TransferStopped(f"withdrawal {withdrawal.id} is settled or stopped: not sent")
         amount = int(withdrawal.amount_fen)
         return await self.client.create_transfer_batch(
             merchant,
             {
-                "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
-                "batch_remark": REMARK, "total_amount": amount, "total_num": 1,
+                "appid": payee.appid, "out_batch_no": batch_no(withdrawal.id),
+                "batch_name": REMARK, "batch_remark": REMARK, "total_amount": amount,
+                "total_num": 1,
                 "transfer_detail_list": [{
                     "out_detail_no": detail_no(withdrawal.id), "transfer_amount": amount,
-                    "transfer_remark": REMARK, "openid": openid,
+                    "transfer_remark": REMARK, "openid": payee.openid,
                 }],
             },
         )  # fmt: skip
@@ -151,7 +216,7 @@ class WechatTransferPayout:
         """A create refused as unacceptable: failed only if no batch is under the number (a
         batch made by another create decides by its own state)."""
         try:
-            merchant = await self.merchant(withdrawal.vendor_code)
+            merchant = await self.merchant_of(withdrawal)
             answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
         except WechatPayRefused as query_exc:
             if query_exc.status != 404:
@@ -166,15 +231,63 @@ class WechatTransferPayout:
 
     async def check(self, withdrawal: Withdrawal) -> PayoutResult:
         """The transfer's state at WeChat Pay; a batch WeChat Pay never received is sent again
-        (under the same number)."""
-        merchant = await self.merchant(withdrawal.vendor_code)
+        (under the same number), unless an operator stopped sending it."""
+        merchant = await self.merchant_of(withdrawal)
         try:
             answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
         except WechatPayRefused as exc:
             if exc.status != 404:
                 raise
+            if withdrawal.transfer_stopped_at is not None:
+                return PayoutResult(PayoutOutcome.REQUESTED)  # the operator's to fail
             return await self.submit(withdrawal)
         return await self._outcome(merchant, withdrawal, answer)
+
+    async def fail_stopped(
+        self, withdrawal_id: int, *, reason: str, actor: str, now: dt.datetime | None = None
+    ) -> Withdrawal:
+        """An operator gives up a withdrawal WeChat Pay keeps refusing for now (403
+        NOT_ENOUGH, ...): it is no longer sent, and it fails (the money back to available,
+        once) only when WeChat Pay, asked once its latest create cannot still be being
+        accepted, has no batch under its number or the batch failed or closed. A batch that
+        pays or may still pay is a Conflict (409): its outcome decides. Failed already: as is."""
+        now = now or dt.datetime.now(dt.UTC)
+        withdrawal = await stop_sending(withdrawal_id, channel=self.name, now=now)
+        if withdrawal.state is not WithdrawalState.REQUESTED:
+            return withdrawal  # failed already: as it is
+        number = batch_no(withdrawal.id)
+        sent = withdrawal.transfer_sent_at
+        if sent is not None and now - sent < STOP_GRACE:
+            raise Conflict(
+                f"withdrawal {withdrawal.id}: its batch {number} was last sent at "
+                f"{sent.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ} and WeChat Pay may still be "
+                f"accepting it; it is no longer sent: try again from "
+                f"{(sent + STOP_GRACE).astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+            )
+        merchant = await self.merchant_of(withdrawal)
+        try:
+            answer = await self.client.query_transfer_batch(merchant, number)
+        except WechatPayRefused as exc:
+            if exc.status != 404:
+                raise
+            result = PayoutResult(PayoutOutcome.FAILED, reason=f"no wechat transfer: {reason}")
+        else:
+            result = await self._outcome(merchant, withdrawal, answer)
+            if result.outcome is not PayoutOutcome.FAILED:
+                status = (answer.get("transfer_batch") or {}).get("batch_status", "")
+                raise Conflict(
+                    f"withdrawal {withdrawal.id}: WeChat Pay has its batch {number} "
+                    f"({status or 'unknown'}, {result.outcome.name.lower()}): the batch "
+                    "decides, it cannot be failed by hand"
+                )
+            result = PayoutResult(
+                PayoutOutcome.FAILED, result.reference, f"{result.reason}; {reason}"
+            )
+        log.warning("payout_failed_by_operator", withdrawal=withdrawal.id, by=actor)
+        return await settle_withdrawal(
+            withdrawal.id, paid=False, reason=result.reason, reference=result.reference,
+            actor=actor, channel=self.name,
+        )  # fmt: skip
 
     async def _outcome(
         self, merchant: WechatPayMerchant, withdrawal: Withdrawal, answer: dict[str, Any]

@@ -172,6 +172,23 @@ class Withdrawal(Model):
     settled_by = fields.CharField(max_length=64, default="")
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
+    # WeChat Pay transfers (gateway/payouts.py): what every create of the withdrawal's batch is
+    # built from, fixed when it is requested (null: a row from before, fixed at its next send).
+    transfer_mchid = fields.CharField(
+        max_length=32, null=True, description="weixin: the merchant that sends the batch"
+    )
+    transfer_appid = fields.CharField(
+        max_length=32, null=True, description="weixin: the app the openid belongs to"
+    )
+    transfer_openid = fields.CharField(
+        max_length=64, null=True, description="weixin: the payee, as bound when requested"
+    )
+    transfer_sent_at = fields.DatetimeField(
+        null=True, description="weixin: when the latest create of its batch was sent"
+    )
+    transfer_stopped_at = fields.DatetimeField(
+        null=True, description="weixin: an operator stopped sending it (failing it)"
+    )
 
     class Meta:
         table = "commission_withdrawal"

@@ -50,10 +50,23 @@ class PayoutResult:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """Where a channel pays a withdrawal, fixed on the row when it is requested so that every
+    send of it is the same (WeChat Pay: the merchant, its app, the earner's openid); a manual
+    payout has none."""
+
+    mchid: str | None = None
+    appid: str | None = None
+    openid: str | None = None
+
+
 class PayoutChannel(Protocol):
     """How a withdrawal reaches the earner's account (bank, WeChat change)."""
 
     name: str
+
+    async def payee(self, earner: str, vendor_code: str) -> Payee: ...
 
     async def submit(self, withdrawal: Withdrawal) -> PayoutResult: ...
 
@@ -62,6 +75,9 @@ class ManualPayout:
     """An operator makes the transfer and records it (`aquafleet commissions payout`)."""
 
     name = "manual"
+
+    async def payee(self, earner: str, vendor_code: str) -> Payee:
+        return Payee()
 
     async def submit(self, withdrawal: Withdrawal) -> PayoutResult:
         return PayoutResult(PayoutOutcome.REQUESTED)
@@ -99,6 +115,7 @@ async def request_withdrawal(
         return _same_withdrawal(first, amount_fen), False
     if amount_fen < min_fen:
         raise InvalidInput(f"withdraw at least {min_fen} fen")
+    payee = await channel.payee(earner, principal.vendor_code)  # refused: nothing moved yet
     available = commission_account(earner, Bucket.AVAILABLE)
     async with in_transaction("default"):
         await lock_accounts([available])
@@ -120,7 +137,8 @@ async def request_withdrawal(
             vendor_code=principal.vendor_code, earner=earner,
             earner_path=principal.agent_path, request_id=request_id, amount_fen=amount_fen,
             channel=channel.name, requested_by=f"{principal.role.value}:{principal.subject}"[:64],
-            created_at=now, updated_at=now,
+            created_at=now, updated_at=now, transfer_mchid=payee.mchid,
+            transfer_appid=payee.appid, transfer_openid=payee.openid,
         )  # fmt: skip
         await post(
             f"withdrawal:{withdrawal.id}", kind="withdrawal", vendor=principal.vendor_code,
@@ -191,4 +209,25 @@ async def settle_withdrawal(
             settled_by=actor[:64], updated_at=now,
         )  # fmt: skip
     await withdrawal.refresh_from_db()
+    return withdrawal
+
+
+async def stop_sending(withdrawal_id: int, *, channel: str, now: dt.datetime) -> Withdrawal:
+    """An operator stops a requested withdrawal of `channel` from being sent again, the first
+    step of failing it by hand (gateway/payouts.py `fail_stopped`); the row as it is then (a
+    failed one unchanged). Its row lock orders the stop against a send about to start."""
+    async with in_transaction("default"):
+        withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
+        if withdrawal is None:
+            raise NotFound(f"withdrawal {withdrawal_id} not found")
+        if withdrawal.channel != channel:
+            raise Conflict(
+                f"withdrawal {withdrawal_id} is paid out through {withdrawal.channel}, not "
+                f"{channel}: an operator records its outcome (`aquafleet commissions payout`)"
+            )
+        if withdrawal.state is WithdrawalState.PAID:
+            raise Conflict(f"withdrawal {withdrawal_id} is paid: it cannot become failed")
+        if withdrawal.state is WithdrawalState.REQUESTED and withdrawal.transfer_stopped_at is None:
+            await Withdrawal.filter(id=withdrawal_id).update(transfer_stopped_at=now)
+            withdrawal.transfer_stopped_at = now
     return withdrawal

@@ -1,6 +1,7 @@
 """`aquafleet commissions ...`: check the commission invariants (paid = vendor share +
 commissions + refunds, per order, and the money ledger's own check), record manual payouts of
-withdrawals, and settle what an interrupted node left undone (docs/commissions.md)."""
+withdrawals, fail a WeChat transfer WeChat Pay keeps refusing, and settle what an interrupted
+node left undone (docs/commissions.md)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,42 @@ def cmd_payout(args: argparse.Namespace) -> int:
     return run_with_database(settings, action)
 
 
+def cmd_fail_transfer(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+
+    async def action() -> int:
+        import aiohttp
+
+        from aquafleet.commands.payments import HTTP_TIMEOUT_S, payment_service
+
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        ) as session:
+            withdrawal = await payment_service(settings, session).payout.fail_stopped(
+                args.id, reason=args.reason, actor=f"cli:{args.by}" if args.by else "cli"
+            )
+        data = {
+            "id": withdrawal.id,
+            "earner": withdrawal.earner,
+            "vid": withdrawal.vendor_code,
+            "amount_fen": withdrawal.amount_fen,
+            "state": withdrawal.state.name.lower(),
+            "reason": withdrawal.reason,
+            "update_tms": withdrawal.updated_at,
+        }
+        emit(
+            args,
+            data,
+            lambda d: (
+                f"withdrawal {d['id']} of {d['earner']} ({d['amount_fen']} fen): {d['state']}"
+                f" ({d['reason']})"
+            ),
+        )
+        return 0
+
+    return run_with_database(settings, action)
+
+
 def cmd_settle(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     from aquafleet.models import commissions
@@ -114,6 +151,16 @@ def add_parsers(commands: Any) -> None:
     payout.add_argument("--by", help="who records it (kept with the withdrawal)")
     payout.set_defaults(func=cmd_payout)
     add_json_flag(payout)
+    fail = sub.add_parser(
+        "fail-transfer",
+        help="stop sending a requested weixin withdrawal and fail it (back to available) once "
+        "WeChat Pay has no batch under its number, or the batch failed or closed",
+    )
+    fail.add_argument("id", type=int, help="the withdrawal's id (AE-03's answer)")
+    fail.add_argument("--reason", required=True, help="why it is given up (kept with it)")
+    fail.add_argument("--by", help="who fails it (kept with the withdrawal)")
+    fail.set_defaults(func=cmd_fail_transfer)
+    add_json_flag(fail)
     settle = sub.add_parser(
         "settle", help="compute, activate and reverse whatever an interrupted node left undone"
     )

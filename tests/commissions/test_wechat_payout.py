@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from aquafleet.api.errors import from_domain
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.payments import PaymentService
 from aquafleet.gateway.payouts import (
     MAX_WECHAT_TRANSFER_FEN,
+    STOP_GRACE,
     WechatNotBound,
     WechatTransferPayout,
     batch_no,
@@ -28,13 +30,13 @@ from aquafleet.gateway.payouts import (
 )
 from aquafleet.gateway.providers.wechatpay import WechatPayClient
 from aquafleet.models.commissions import Summary, Withdrawal, WithdrawalState, member_earner
-from aquafleet.models.errors import InvalidInput
+from aquafleet.models.errors import Conflict, InvalidInput
 from aquafleet.models.members import Member
 from aquafleet.models.merchants import PaymentMerchant, PaymentNotConfigured, set_wechat_merchant
 from aquafleet.models.money import balance
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.vendors import Vendor
-from aquafleet.models.withdrawals import PAYOUT_CHANNELS, request_withdrawal
+from aquafleet.models.withdrawals import PAYOUT_CHANNELS, PayoutOutcome, request_withdrawal
 from tests.commissions.test_scenario import VID, Chain, done, invariants, make_chain, of, paid
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeWechatPay
@@ -238,12 +240,11 @@ async def test_a_retried_create_never_pays_twice(wx: Wx):
     await wx.checks_clean()
 
 
-async def test_a_create_refused_while_the_sweeps_create_made_the_batch_pays_once(wx: Wx):
+async def test_a_create_racing_the_sweeps_create_pays_once(wx: Wx):
     """The sweep sends the batch while the withdrawal's own create is still being accepted:
     WeChat Pay answers a query of the number 404 then (受理中). The member rebound WeChat in
-    between, so the two creates differ, and WeChat Pay refuses the later one (400
-    INVALID_REQUEST, 单号已存在但信息不一致): the batch exists and pays, so the refused
-    create must not hand the money back to available."""
+    between, but both creates are built from what the withdrawal stored (the openid bound
+    when it was requested), so they are the same batch: it is made once and pays once."""
     m2 = member_earner(wx.chain.m2)
     gate = wx.fake.hold_next_create()
     request = asyncio.create_task(wx.withdraw(1000, "w-race"))
@@ -251,11 +252,11 @@ async def test_a_create_refused_while_the_sweeps_create_made_the_batch_pays_once
     withdrawal = await Withdrawal.get(request_id="w-race")
     rebound = "oUpF8uMuAJO_M2wrebound0000000"
     await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)
-    # The sweep: no batch under the number yet, so it sends it (with the new openid): made.
+    # The sweep: no batch under the number yet, so it sends it (to the stored openid): made.
     report = await wx.payout.sweep()
     assert (report.checked, report.failed, report.errors) == (1, 0, [])
-    assert wx.fake.batches[batch_no(withdrawal.id)]["details"][0]["openid"] == rebound
-    # The withdrawal's own create is refused: the number is taken by another batch.
+    assert wx.fake.batches[batch_no(withdrawal.id)]["details"][0]["openid"] == OPENID
+    # The withdrawal's own create, the same batch, is answered with it.
     gate.set()
     answered = await asyncio.wait_for(request, 5)
     assert answered.state is WithdrawalState.REQUESTED
@@ -265,6 +266,176 @@ async def test_a_create_refused_while_the_sweeps_create_made_the_batch_pays_once
     assert await wx.state(withdrawal) is WithdrawalState.PAID
     assert wx.fake.paid_out(rebound) + wx.fake.paid_out(OPENID) == 1000
     assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_every_create_of_a_withdrawal_is_the_same_whatever_the_member_binds(wx: Wx):
+    """The withdrawal's create is still being accepted (a query answers 404) when the sweep
+    sends it again. The member rebound WeChat to an openid WeChat Pay refuses (400 PARAM_ERROR)
+    or unbound it in between: the sweep's create is still the first one, to the openid bound
+    when the withdrawal was requested, so no refusal can fail a withdrawal whose batch pays."""
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    gate = wx.fake.hold_next_create()
+    request = asyncio.create_task(wx.withdraw(1000, "w-rebind", now=t0))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    withdrawal = await Withdrawal.get(request_id="w-rebind")
+    rebound = "oUpF8uMuAJO_otherapp00000000"
+    wx.fake.refuse_openid(rebound)
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    first, resent = wx.fake.transfer_creates
+    assert resent == first and first["transfer_detail_list"][0]["openid"] == OPENID
+    gate.set()
+    assert (await asyncio.wait_for(request, 5)).state is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert (wx.fake.paid_out(OPENID), wx.fake.paid_out(rebound)) == (1000, 0)
+    assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
+    await wx.checks_clean()
+
+    # Unbound while the create is being accepted: the sweep sends the same batch again.
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=OPENID)
+    gate = wx.fake.hold_next_create()
+    request = asyncio.create_task(wx.withdraw(259, "w-unbind", now=t0 + dt.timedelta(seconds=31)))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    second = await Withdrawal.get(request_id="w-unbind")
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=None)
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    gate.set()
+    assert (await asyncio.wait_for(request, 5)).state is WithdrawalState.REQUESTED
+    assert [c["transfer_detail_list"][0]["openid"] for c in wx.fake.transfer_creates] == [
+        OPENID
+    ] * 4
+    wx.fake.finish_batch(batch_no(second.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 1259
+    assert await of(m2) == Summary(withdrawn=1259, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_withdrawal_stored_before_its_payee_is_fixed_at_its_next_send(wx: Wx):
+    """A row from before the payee was stored (or an older node's): its next send fixes the
+    binding of then, once; every create after it is the same."""
+    wx.fake.fail_next(TRANSFERS, times=3)  # never received
+    withdrawal = await wx.withdraw(600, "w-legacy")
+    await Withdrawal.filter(id=withdrawal.id).update(
+        transfer_mchid=None, transfer_appid=None, transfer_openid=None
+    )
+    assert (await wx.payout.sweep()).errors == []
+    fixed = await Withdrawal.get(id=withdrawal.id)
+    merchant = next(iter(wx.fake.merchants.values()))
+    assert (fixed.transfer_mchid, fixed.transfer_appid, fixed.transfer_openid) == (
+        merchant.mch_id, merchant.app_id, OPENID
+    )  # fmt: skip
+    await Member.filter(uid=wx.chain.m2).update(wx_openid="oUpF8uMuAJO_M2wrebound0000000")
+    await wx.payout.submit(fixed)  # sent again (another node): the same batch
+    first, again = wx.fake.transfer_creates
+    assert again == first and first["transfer_detail_list"][0]["openid"] == OPENID
+    assert len(wx.fake.batches) == 1
+    # A vendor that changed its merchant: nothing is sent or asked under the new one.
+    await Withdrawal.filter(id=withdrawal.id).update(transfer_mchid="1900000999")
+    sent = len(wx.fake.requests)
+    report = await wx.payout.sweep()
+    assert len(report.errors) == 1 and "merchant 1900000999" in report.errors[0]
+    assert len(wx.fake.requests) == sent
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+
+
+async def fail_by_cli(wx: Wx, withdrawal: Withdrawal, *args: str) -> tuple[int, str]:
+    env = clean_env(
+        data_dir=wx.tmp / "cli", master_secret=MASTER_SECRET, database_url=wx.db,
+        wechatpay_api_url=wx.fake.url,
+    )  # fmt: skip
+    return await aquafleet(
+        env, "commissions", "fail-transfer", str(withdrawal.id), "--reason", "given up",
+        "--by", "ops", *args,
+    )  # fmt: skip
+
+
+async def sent_long_ago(withdrawal: Withdrawal) -> None:
+    """The latest create was sent longer ago than it can take to be accepted."""
+    long_ago = dt.datetime.now(dt.UTC) - STOP_GRACE - dt.timedelta(seconds=1)
+    await Withdrawal.filter(id=withdrawal.id).update(transfer_sent_at=long_ago)
+
+
+async def test_an_operator_fails_a_transfer_wechat_pay_keeps_refusing(wx: Wx):
+    """403 NOT_ENOUGH keeps a withdrawal requested and sent again at every sweep: an operator
+    stops it and fails it, once WeChat Pay has no batch under its number; the money returns
+    to available exactly once."""
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    wx.fake.fail_next(TRANSFERS, status=403, code="NOT_ENOUGH")
+    short = await wx.withdraw(500, "w-short", now=t0)
+    assert await wx.state(short) is WithdrawalState.REQUESTED
+    creates = wx.fake.requests.count(f"POST {TRANSFERS}")
+    assert creates == 1
+
+    # Just sent: WeChat Pay may still be accepting a create, so it cannot fail yet; but it is
+    # no longer sent, by the sweep or anyone.
+    with pytest.raises(Conflict) as refused:
+        await wx.payout.fail_stopped(short.id, reason="given up", actor="test")
+    assert from_domain(refused.value).status == 409
+    assert "may still be accepting" in refused.value.message
+    assert (await wx.payout.sweep()).errors == []
+    resent = await wx.payout.submit(await Withdrawal.get(id=short.id))
+    assert resent.outcome is PayoutOutcome.REQUESTED
+    assert wx.fake.requests.count(f"POST {TRANSFERS}") == creates
+    assert await of(m2) == Summary(available=759, payout=500, earned=1259)
+
+    # Later: WeChat Pay has no batch under its number: failed, back to available, once.
+    await sent_long_ago(short)
+    code, out = await fail_by_cli(wx, short, "--json")
+    assert code == 0, out
+    failed = await Withdrawal.get(id=short.id)
+    assert failed.state is WithdrawalState.FAILED and "given up" in failed.reason
+    assert failed.settled_by == "cli:ops"
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    code, out = await fail_by_cli(wx, short)
+    assert code == 0 and "failed" in out, out
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    assert wx.fake.requests.count(f"POST {TRANSFERS}") == creates and wx.fake.paid_out(OPENID) == 0
+    await wx.checks_clean()
+
+
+async def test_an_operator_cannot_fail_a_transfer_whose_batch_exists(wx: Wx):
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    accepted = await wx.withdraw(700, "w-accepted", now=t0)
+    await sent_long_ago(accepted)
+    code, out = await fail_by_cli(wx, accepted)
+    assert code == 1 and "WeChat Pay has its batch" in out and "ACCEPTED" in out, out
+    with pytest.raises(Conflict) as refused:
+        await wx.payout.fail_stopped(accepted.id, reason="given up", actor="test")
+    assert from_domain(refused.value).status == 409
+    assert await wx.state(accepted) is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=559, payout=700, earned=1259)
+    # Stopped, it is still asked about: the batch decides.
+    wx.fake.finish_batch(batch_no(accepted.id))
+    assert (await wx.payout.sweep()).paid == 1
+    with pytest.raises(Conflict, match="is paid"):
+        await wx.payout.fail_stopped(accepted.id, reason="given up", actor="test")
+    assert await of(m2) == Summary(available=559, withdrawn=700, earned=1259)
+
+    # A closed batch: failed with WeChat Pay's reason and the operator's, once.
+    closed = await wx.withdraw(400, "w-closed", now=t0 + dt.timedelta(seconds=31))
+    wx.fake.close_batch(batch_no(closed.id), "MERCHANT_REVOCATION")
+    await sent_long_ago(closed)
+    for _ in range(2):
+        done_ = await wx.payout.fail_stopped(closed.id, reason="given up", actor="test")
+        assert done_.state is WithdrawalState.FAILED
+        assert "MERCHANT_REVOCATION" in done_.reason and "given up" in done_.reason
+    assert await of(m2) == Summary(available=559, withdrawn=700, earned=1259)
+    # A manual withdrawal is recorded with `commissions payout`.
+    manual, _ = await request_withdrawal(
+        wx.m2, amount_fen=100, request_id="w-manual", channel=PAYOUT_CHANNELS["manual"],
+        now=t0 + dt.timedelta(seconds=62),
+    )  # fmt: skip
+    with pytest.raises(Conflict, match="commissions payout"):
+        await wx.payout.fail_stopped(manual.id, reason="given up", actor="test")
     await wx.checks_clean()
 
 

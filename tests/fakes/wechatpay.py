@@ -13,7 +13,9 @@ Test controls: `pay()` is the member's step in the app (the transaction succeeds
 notification is sent); notifications can be held (late) and released in order or reversed,
 duplicated, delayed, corrupted (signature, serial, stale timestamp, ciphertext) or carry
 another amount; `fail_next()` makes the next calls to a path fail; `lose_answers()` carries a
-transfer batch out but loses its answer. Written from WeChat Pay's
+transfer batch out but loses its answer; `hold_next_create()` keeps a transfer create being
+accepted; `refuse_openid()` makes creates naming an openid unacceptable; `transfer_creates`
+are the bodies of the transfer creates received, in order. Written from WeChat Pay's
 documentation, sharing no code with aquafleet's client.
 """
 
@@ -114,6 +116,8 @@ class FakeWechatPay:
     refunds: dict[str, FakeRefund] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    transfer_creates: list[dict[str, Any]] = field(default_factory=list)  # bodies, as received
+    refused_openids: set[str] = field(default_factory=set)  # of another app, a closed account
     # Notification controls.
     hold: bool = False  # keep notifications (late) until release()
     held: list[Notification] = field(default_factory=list)
@@ -557,6 +561,7 @@ class FakeWechatPay:
         batch as it is (nothing is paid twice), another batch under the same number is refused."""
         merchant: FakeMerchant = request[MERCHANT]
         body = request[BODY]
+        self.transfer_creates.append(body)
         try:
             no = str(body["out_batch_no"])
             details = [
@@ -580,6 +585,8 @@ class FakeWechatPay:
             return self._error(400, "PARAM_ERROR", "out_batch_no / out_detail_no: 5-32 [A-Za-z0-9]")
         if any(d["transfer_amount"] <= 0 or not d["openid"] for d in details):
             return self._error(400, "PARAM_ERROR", "transfer_amount or openid")
+        if any(d["openid"] in self.refused_openids for d in details):
+            return self._error(400, "PARAM_ERROR", "openid与appid不匹配")
         if any(d["transfer_amount"] >= 200_000 and "user_name" not in d for d in details):
             return self._error(400, "PARAM_ERROR", "user_name is required from 2000 yuan")
         if sum(d["transfer_amount"] for d in details) != total or len(details) != int(
@@ -622,6 +629,11 @@ class FakeWechatPay:
             self._lost_answers["/v3/transfer/batches"] -= 1
             return self._error(500, "SYSTEM_ERROR", "answer lost after the batch was made")
         return answer
+
+    def refuse_openid(self, openid: str) -> None:
+        """Creates that name `openid` are unacceptable (400 PARAM_ERROR: the openid is not of
+        the merchant's app), refused before anything is accepted."""
+        self.refused_openids.add(openid)
 
     def hold_next_create(self) -> asyncio.Event:
         """The next transfer batch create waits, before the batch is made, until the answered
