@@ -165,7 +165,8 @@ _FLEET_DAILY_ADD = (
 # met a conflict used up an id too (AUTOINCREMENT's counter moves on), so the ids have gaps.
 # A record of a device the device table does not know adds nothing (the join). CROSS JOIN
 # keeps those newest rows the outer loop whatever the planner's statistics say (the other
-# order would read every device's records through the (did, boot, rec) key).
+# order would read every device's records through the (did, boot, rec) key). `WHERE true`:
+# SQLite's rule for an upsert fed by a SELECT (its ON CONFLICT is no join's ON).
 SQLITE_ROLLUP_INSERTED = (
     "INSERT INTO fleet_daily (day, vendor_id, agent_id, water_ml, dispenses, records) "
     "SELECT date(u.received_at), d.vendor_id, COALESCE(d.agent_id, 0), SUM(u.delta_ml), "

@@ -313,11 +313,12 @@ async def test_records_of_a_device_not_registered_add_nothing(db):
 
 def batches_of(fleet: Fleet) -> list[list[UsageRow]]:
     """Batches as a writer meets them: retried, redelivered in part, mixed with records of a
-    device not registered, pours, two days."""
+    device not registered, a new record twice in one batch, pours, two days."""
     rows = ledger(fleet)
     strangers = [draw(STRANGER, rec, at(TODAY, 2), 500 + rec) for rec in range(1, 4)]
     more = [draw(did, 10 + n, at(TODAY, 5), 17 * n) for n, did in enumerate(fleet.dids.values())]
     more.append(pour_done(fleet.dids["at d2"], 20, at(TODAY, 5)))
+    twice = draw(fleet.dids["at agent"], 30, at(TODAY, 6), 29)
     return [
         rows[:9],
         rows,
@@ -325,6 +326,7 @@ def batches_of(fleet: Fleet) -> list[list[UsageRow]]:
         strangers[:2] + rows[10:14] + more[:2],
         more + strangers + rows[::3],
         more[::-1],
+        [twice, *rows[:2], twice],
     ]
 
 
