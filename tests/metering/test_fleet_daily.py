@@ -21,7 +21,7 @@ from aquafleet.models.devices import Device, visible_devices
 from aquafleet.models.fleet_history import FleetDaily, rebuild_fleet_daily, water_per_day
 from aquafleet.models.registry import create_vendor, register_devices
 from aquafleet.models.tenancy import Principal, Role
-from aquafleet.models.usage import UsageDaily, UsageRow, store_ledger_batch
+from aquafleet.models.usage import UsageDaily, UsageRecord, UsageRow, store_ledger_batch
 from aquafleet.protocol import EventKind
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -170,11 +170,12 @@ async def test_a_rebuild_of_recent_days_keeps_the_others_and_the_writer_adds_on(
 
 async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(db):
     """What migration 0018 does to a database an older version wrote (its RunPython step, run
-    here on the migrated database as it was before: no rollups, no SQLite trigger)."""
+    here on the migrated database as it was before: no rollups), then 0023 (SQLite: 0018's
+    trigger dropped again, the writer adds to the rollups itself)."""
     upgrade = importlib.import_module("aquafleet.models.migrations.0018_fleet_daily")
-    conn = connection()
-    if dialect() != "postgres":
-        await conn.execute_query("DROP TRIGGER usage_record_fleet_daily")
+    without_trigger = importlib.import_module(
+        "aquafleet.models.migrations.0023_fleet_daily_without_trigger"
+    )
     fleet = await build_fleet()
     rows = ledger(fleet)
     # What a writer of the previous version left: the raw ledger (SQLite), the per-device day
@@ -196,9 +197,11 @@ async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(db):
                 await found.save()
     else:
         await store_ledger_batch(rows, [], [])
+        await FleetDaily.all().delete()  # the raw ledger only
     assert await FleetDaily.all().count() == 0
     async with in_transaction("default") as tx:
         await upgrade.backfill(None, SimpleNamespace(client=tx))
+        await without_trigger.drop_trigger(None, SimpleNamespace(client=tx))
     for who, principal in fleet.principals().items():
         assert await chart(principal) == await devices_water(principal, rows), who
     # The writer adds to the filled rollups from now on; a replay of old rows adds nothing.
@@ -231,4 +234,177 @@ async def test_the_rebuild_from_the_shell(tmp_path: Path, migrated_sqlite: Any):
     async with database(url, run_migrations=False):
         for who, principal in fleet.principals().items():
             assert await chart(principal) == await devices_water(principal, rows), who
+    await close_database()
+
+
+# ----------------------------------------------------------------------------- only new records
+
+STRANGER = "UNREGISTERED0001"  # a device the device table does not know
+
+
+Rollups = dict[tuple[dt.date, str, int], tuple[int, int, int]]
+
+
+async def rollups() -> Rollups:
+    """fleet_daily: (day, vendor, agent node) -> (water, pours, records)."""
+    rows = await FleetDaily.all().values_list(
+        "day", "vendor_id", "agent_id", "water_ml", "dispenses", "records"
+    )
+    return {(day, vendor, node): (w, p, r) for day, vendor, node, w, p, r in rows}
+
+
+async def rollups_of(rows: list[UsageRow]) -> Rollups:
+    """What the rollups must hold once `rows` are stored: each record once (by did, boot,
+    rec), in its device's present group; records of a device not registered nowhere."""
+    groups = {
+        did: (vendor, node or 0)
+        for did, vendor, node in await Device.all().values_list("did", "vendor_id", "agent_id")
+    }
+    done = int(EventKind.DISPENSE_DONE)
+    sums: dict[tuple[dt.date, str, int], list[int]] = {}
+    for row in {(r.did, r.boot, r.rec): r for r in rows}.values():
+        if row.did not in groups:
+            continue
+        day_sums = sums.setdefault((row.received_at.date(), *groups[row.did]), [0, 0, 0])
+        day_sums[0] += row.delta_ml
+        day_sums[1] += int(row.kind == 0x21 and row.event_kind == done)
+        day_sums[2] += 1
+    return {key: (w, p, r) for key, (w, p, r) in sums.items()}
+
+
+async def test_a_replayed_batch_adds_nothing(db):
+    fleet = await build_fleet()
+    rows = ledger(fleet)
+    await store_ledger_batch(rows, [], [])
+    stored = await rollups()
+    assert stored == await rollups_of(rows)
+    await store_ledger_batch(rows, [], [])  # redelivered whole
+    await store_ledger_batch(rows[::-1], [], [])  # and again, in another order
+    assert await rollups() == stored
+
+
+async def test_a_batch_of_stored_and_new_records_adds_the_new_ones_only(db):
+    fleet = await build_fleet()
+    rows = ledger(fleet)
+    stored, new = rows[::2], rows[1::2]
+    await store_ledger_batch(stored, [], [])
+    assert await rollups() == await rollups_of(stored)
+    # New records before, between and after stored ones: the rows the insert added are not the
+    # batch's last ones, nor as many as the batch has.
+    batch = new[:3] + stored[:5] + new[3:7] + stored[5:] + new[7:]
+    await store_ledger_batch(batch, [], [])
+    assert await rollups() == await rollups_of(rows)
+
+
+async def test_records_of_a_device_not_registered_add_nothing(db):
+    fleet = await build_fleet()
+    known = ledger(fleet)
+    strangers = [draw(STRANGER, rec, at(TODAY, 2), 500) for rec in range(1, 5)]
+    strangers.append(pour_done(STRANGER, 5, at(TODAY, 2)))
+    await store_ledger_batch(known[:6] + strangers[:3] + known[6:] + strangers[3:], [], [])
+    assert await rollups() == await rollups_of(known)
+    assert await UsageRecord.filter(did=STRANGER).count() == 5  # in the ledger all the same
+    # A later batch: its one new record after the stranger's, all of them replayed.
+    late = draw(fleet.dids["no node"], 9, at(TODAY, 4), 3)
+    await store_ledger_batch(known[:4] + strangers + [late] + known[-2:], [], [])
+    assert await rollups() == await rollups_of([*known, late])
+    assert (await rollups())[(TODAY, "AAAA", 0)] == (3000 + 7 + 3, 0, 3)
+
+
+def batches_of(fleet: Fleet) -> list[list[UsageRow]]:
+    """Batches as a writer meets them: retried, redelivered in part, mixed with records of a
+    device not registered, a new record twice in one batch, pours, two days."""
+    rows = ledger(fleet)
+    strangers = [draw(STRANGER, rec, at(TODAY, 2), 500 + rec) for rec in range(1, 4)]
+    more = [draw(did, 10 + n, at(TODAY, 5), 17 * n) for n, did in enumerate(fleet.dids.values())]
+    more.append(pour_done(fleet.dids["at d2"], 20, at(TODAY, 5)))
+    twice = draw(fleet.dids["at agent"], 30, at(TODAY, 6), 29)
+    return [
+        rows[:9],
+        rows,
+        rows[4:12],
+        strangers[:2] + rows[10:14] + more[:2],
+        more + strangers + rows[::3],
+        more[::-1],
+        [twice, *rows[:2], twice],
+    ]
+
+
+async def test_sqlite_the_writer_adds_what_the_old_trigger_added(sqlite_url, monkeypatch):
+    """SQLite: the same batches give the same rollups through the writer's statement as
+    through the trigger of migration 0018 (0023's backward step makes it again)."""
+    from tortoise.transactions import in_transaction as transaction
+
+    from aquafleet.models import usage
+    from aquafleet.models.usage import SQLITE_INSERT_USAGE
+
+    without_trigger = importlib.import_module(
+        "aquafleet.models.migrations.0023_fleet_daily_without_trigger"
+    )
+    async with database(sqlite_url):
+        fleet = await build_fleet()
+        for batch in batches_of(fleet):
+            await store_ledger_batch(batch, [], [])
+        ours = await rollups()
+
+        await UsageRecord.all().delete()
+        await FleetDaily.all().delete()
+        async with transaction("default") as tx:
+            await without_trigger.create_trigger(None, SimpleNamespace(client=tx))
+
+        async def insert_only(conn: Any, rows: list[Any]) -> int:  # the writer before 0023
+            await conn.execute_many(SQLITE_INSERT_USAGE, rows)
+            return 0
+
+        monkeypatch.setattr(usage, "sqlite_insert_usage", insert_only)
+        for batch in batches_of(fleet):
+            await store_ledger_batch(batch, [], [])
+        assert await rollups() == ours
+        all_rows = [row for batch in batches_of(fleet) for row in batch]
+        assert ours == await rollups_of(all_rows)
+    await close_database()
+
+
+async def test_sqlite_nothing_else_runs_on_the_connection_while_a_batch_counts(
+    sqlite_url, monkeypatch
+):
+    """SQLite: the writer counts the rows its insert added by the connection's change counter,
+    read before and after it. Tortoise's transaction holds the client's lock for its whole
+    block: a statement from elsewhere started between the two readings waits for the commit
+    (were it to run there, its row would be counted, and rolled up, as the batch's)."""
+    import asyncio
+    import contextvars
+
+    from tortoise.backends.sqlite.client import SqliteTransactionWrapper
+
+    from aquafleet.models.usage import SQLITE_INSERT_USAGE
+
+    async with database(sqlite_url):
+        fleet = await build_fleet()
+        rows = ledger(fleet)
+        did = fleet.dids["at d1"]
+        client = connection()  # outside the transaction: what any other coroutine uses
+        outside = contextvars.copy_context()
+        elsewhere: list[asyncio.Task[Any]] = []
+        insert_many = SqliteTransactionWrapper.execute_many
+
+        async def insert_then_start_another(self: Any, query: str, values: list[Any]) -> None:
+            await insert_many(self, query, values)
+            if query == SQLITE_INSERT_USAGE and not elsewhere:
+                assert client._lock.locked()  # type: ignore[attr-defined]
+                other = UsageRecord.create(
+                    did=did, boot=2, rec=1, kind=0x20, event_kind=0, device_ts=0,
+                    received_at=at(TODAY, 6), delta_ml=900_000,
+                )  # fmt: skip
+                loop = asyncio.get_running_loop()
+                elsewhere.append(loop.create_task(other, context=outside))
+                for _ in range(20):  # as far as it gets: to the lock
+                    await asyncio.sleep(0)
+                assert not elsewhere[0].done()
+
+        monkeypatch.setattr(SqliteTransactionWrapper, "execute_many", insert_then_start_another)
+        await store_ledger_batch(rows, [], [])
+        await elsewhere[0]
+        assert await UsageRecord.filter(did=did, boot=2).count() == 1
+        assert await rollups() == await rollups_of(rows)  # without the other row's 900 l
     await close_database()
