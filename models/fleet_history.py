@@ -15,7 +15,7 @@ few rows per day whatever the fleet's size. The ledger writer adds each record n
 ledger to the group its device belongs to when the record is written, in the transaction that
 adds it to the device's day (usage_daily, PostgreSQL: one statement, models/usage.py) or to the
 ledger (SQLite: one statement per batch after its insert, over the rows it added; a trigger on
-usage_record until migration 0023); a replayed record adds nothing. A device moved to
+usage_record until migration 0021); a replayed record adds nothing. A device moved to
 another dealer leaves its past water with the old one, as its online samples do. Like
 usage_daily the rollups are kept for good (raw pruning leaves them). `rebuild_fleet_daily`
 fills them from what the database holds (migration 0018, `aquafleet fleet rebuild-water`),

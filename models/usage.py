@@ -178,8 +178,8 @@ SQLITE_ROLLUP_INSERTED = (
 )
 # What SQLite did before (issue 20): a trigger adding each inserted row on its own, more than
 # half of the ledger's SQLite cost per record (measured with sqlite3 on 2,000-row batches:
-# ~9 us a row with it, 2.5-4.4 us without). Created by migration 0018, dropped by 0023; kept
-# here for those two (0023's backward step creates it again), not used by the writer. With it
+# ~9 us a row with it, 2.5-4.4 us without). Created by migration 0018, dropped by 0021; kept
+# here for those two (0021's backward step creates it again), not used by the writer. With it
 # in place the writer would add each record twice: migrations run before the writer starts.
 SQLITE_FLEET_DAILY_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS usage_record_fleet_daily AFTER INSERT ON usage_record "
@@ -431,7 +431,7 @@ async def sqlite_insert_usage(conn: Any, rows: list[Any]) -> int:
     to their groups' days (fleet_daily); returns how many were new (a replay: 0).
 
     The connection's change counter says how many rows the insert added (a conflict that did
-    nothing counts none; usage_record has no trigger since migration 0023). Nothing else runs
+    nothing counts none; usage_record has no trigger since migration 0021). Nothing else runs
     on the connection between the two readings: Tortoise's SQLite transaction holds the
     connection's lock for its whole block, and every statement outside it waits for that lock.
     """

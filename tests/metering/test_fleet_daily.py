@@ -170,11 +170,11 @@ async def test_a_rebuild_of_recent_days_keeps_the_others_and_the_writer_adds_on(
 
 async def test_the_upgrade_fills_the_chart_from_the_existing_ledger(db):
     """What migration 0018 does to a database an older version wrote (its RunPython step, run
-    here on the migrated database as it was before: no rollups), then 0023 (SQLite: 0018's
+    here on the migrated database as it was before: no rollups), then 0021 (SQLite: 0018's
     trigger dropped again, the writer adds to the rollups itself)."""
     upgrade = importlib.import_module("aquafleet.models.migrations.0018_fleet_daily")
     without_trigger = importlib.import_module(
-        "aquafleet.models.migrations.0023_fleet_daily_without_trigger"
+        "aquafleet.models.migrations.0021_fleet_daily_without_trigger"
     )
     fleet = await build_fleet()
     rows = ledger(fleet)
@@ -332,14 +332,14 @@ def batches_of(fleet: Fleet) -> list[list[UsageRow]]:
 
 async def test_sqlite_the_writer_adds_what_the_old_trigger_added(sqlite_url, monkeypatch):
     """SQLite: the same batches give the same rollups through the writer's statement as
-    through the trigger of migration 0018 (0023's backward step makes it again)."""
+    through the trigger of migration 0018 (0021's backward step makes it again)."""
     from tortoise.transactions import in_transaction as transaction
 
     from aquafleet.models import usage
     from aquafleet.models.usage import SQLITE_INSERT_USAGE
 
     without_trigger = importlib.import_module(
-        "aquafleet.models.migrations.0023_fleet_daily_without_trigger"
+        "aquafleet.models.migrations.0021_fleet_daily_without_trigger"
     )
     async with database(sqlite_url):
         fleet = await build_fleet()
@@ -352,7 +352,7 @@ async def test_sqlite_the_writer_adds_what_the_old_trigger_added(sqlite_url, mon
         async with transaction("default") as tx:
             await without_trigger.create_trigger(None, SimpleNamespace(client=tx))
 
-        async def insert_only(conn: Any, rows: list[Any]) -> int:  # the writer before 0023
+        async def insert_only(conn: Any, rows: list[Any]) -> int:  # the writer before 0021
             await conn.execute_many(SQLITE_INSERT_USAGE, rows)
             return 0
 

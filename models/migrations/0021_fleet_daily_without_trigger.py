@@ -31,7 +31,7 @@ async def create_trigger(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0019_payment_tried_index')]
+    dependencies = [('models', '0020_withdrawal_transfer')]
 
     initial = False
 
