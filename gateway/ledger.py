@@ -47,7 +47,7 @@ from aquafleet.models.usage import (
     prepare_ledger_storage,
     store_ledger_batch,
 )
-from aquafleet.protocol import EventKind, FrameType, ProtocolError
+from aquafleet.protocol import EventKind, FrameType, ProtocolError, speedups
 from aquafleet.protocol.message_types import Event
 from aquafleet.protocol.messages import (
     TelemetryReport,
@@ -104,6 +104,10 @@ _TELEMETRY = int(FrameType.TELEMETRY)
 _EVENT = int(FrameType.EVENT)
 _DISPENSE_DONE = int(EventKind.DISPENSE_DONE)
 
+# _entry_rows' common case in C where the extension is in use (protocol/speedups.py; held to
+# the Python loop below by tests/gateway/test_ledger_writer.py).
+_compiled_entry_rows = speedups.compiled.entry_rows if speedups.compiled else None
+
 # A record the writer reads the payload of: (row, encoding, payload).
 Payloaded = tuple[UsageRow, int, bytes]
 
@@ -112,11 +116,22 @@ def _entry_rows(fields_: dict[bytes, bytes]) -> tuple[list[UsageRow], list[Paylo
     """An entry's usage rows, and beside them its telemetry and dispense_done records with
     their payloads (the only records whose payload the writer reads)."""
     received_at = dt.datetime.fromtimestamp(int(fields_[b"at"]) / 1000, dt.UTC)
+    if _compiled_entry_rows is not None:  # meter.lua's exact shape, compiled (None: not that)
+        built = _compiled_entry_rows(fields_[b"records"], received_at, UsageRow)
+        if built is not None:
+            return built  # type: ignore[no-any-return]
+    return py_entry_rows(fields_[b"records"], received_at)
+
+
+def py_entry_rows(
+    records: bytes, received_at: dt.datetime
+) -> tuple[list[UsageRow], list[Payloaded]]:
+    """_entry_rows of the entry's `records`, in Python (the reference of the compiled twin)."""
     rows: list[UsageRow] = []
     payloaded: list[Payloaded] = []
     add_row = rows.append
     add_payloaded = payloaded.append
-    for item in msgpack.unpackb(fields_[b"records"], raw=True):
+    for item in msgpack.unpackb(records, raw=True):
         raw_did, frame_type, boot, rec, ts, delta, total, epoch, event_kind, enc, payload = item
         kind, event, encoding = int(frame_type), int(event_kind), int(enc)
         # tuple.__new__ skips the NamedTuple's argument binding: 0.1 us a row (measured).

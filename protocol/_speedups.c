@@ -15,6 +15,8 @@
  *                     device snapshot), under the same rule: None for anything unusual
  *   parse_uplink_record, seal_ack
  *                     the same two for an MQTT device's record and its ack (protocol/mqtt.py)
+ *   entry_rows        the ledger writer's rows of a metering round (gateway/ledger.py
+ *                     _entry_rows), None for anything but meter.lua's exact shape
  *   encode_ack        the ACK frame ServerSession.ack builds, byte for byte (msgpack only;
  *                     None otherwise, and the caller encodes it in Python)
  *
@@ -1329,6 +1331,143 @@ MacKey_verify_parts(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
+/* ------------------------------------------------------------------------------ ledger rows */
+
+/* A string or binary (raw=True reads both as bytes): its bytes, or MP_FAIL. */
+static int
+read_raw(Reader *r, const unsigned char **start, Py_ssize_t *len)
+{
+    if (!need(r, 1))
+        return MP_FAIL;
+    unsigned char c = *r->p;
+    uint64_t n;
+    int width;
+    if (c >= 0xa0 && c <= 0xbf) {
+        n = c & 0x1f;
+        width = 0;
+    } else if (c == 0xd9 || c == 0xc4) {
+        width = 1;
+    } else if (c == 0xda || c == 0xc5) {
+        width = 2;
+    } else if (c == 0xdb || c == 0xc6) {
+        width = 4;
+    } else {
+        return MP_FAIL;
+    }
+    if (!need(r, 1 + width))
+        return MP_FAIL;
+    if (width)
+        n = be(r->p + 1, width);
+    if ((uint64_t)(r->end - r->p - 1 - width) < n)
+        return MP_FAIL;
+    *start = r->p + 1 + width;
+    *len = (Py_ssize_t)n;
+    r->p += 1 + width + n;
+    return MP_OTHER;
+}
+
+#define EVENT_DISPENSE_DONE 1
+
+/* entry_rows(records, received_at, UsageRow) -> (rows, payloaded) | None: gateway/ledger.py
+ * _entry_rows of a stream entry's `records` (meter.lua's msgpack array of [did, frame_type,
+ * boot, rec, ts, delta, flow_total (-1: none), cnt_epoch (-1: none), event_kind, encoding,
+ * payload]). None for anything that is not exactly that (the Python path then decodes it, or
+ * buries the entry as poisoned). */
+static PyObject *
+py_entry_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "entry_rows(records, received_at, UsageRow)");
+        return NULL;
+    }
+    PyObject *records = args[0], *received_at = args[1], *row_cls = args[2];
+    if (!PyBytes_CheckExact(records) || !PyType_Check(row_cls) ||
+        !PyType_IsSubtype((PyTypeObject *)row_cls, &PyTuple_Type))
+        Py_RETURN_NONE;
+    Reader r = {(const unsigned char *)PyBytes_AS_STRING(records),
+                (const unsigned char *)PyBytes_AS_STRING(records) + PyBytes_GET_SIZE(records)};
+    uint64_t count;
+    if (read_count(&r, 0, &count) == MP_FAIL || count > (uint64_t)(r.end - r.p))
+        Py_RETURN_NONE;
+    PyObject *rows = PyList_New(0), *payloaded = PyList_New(0);
+    PyObject *row = NULL;
+    if (rows == NULL || payloaded == NULL)
+        goto error;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t width;
+        const unsigned char *did;
+        Py_ssize_t did_len;
+        const unsigned char *payload;
+        Py_ssize_t payload_len;
+        int64_t v[9]; /* frame_type, boot, rec, ts, delta, total, epoch, event_kind, encoding */
+        if (read_count(&r, 0, &width) == MP_FAIL || width != 11 ||
+            read_raw(&r, &did, &did_len) == MP_FAIL)
+            goto fallback;
+        for (int j = 0; j < 9; j++)
+            if (read_int(&r, &v[j]) != MP_INT)
+                goto fallback;
+        if (read_raw(&r, &payload, &payload_len) == MP_FAIL)
+            goto fallback;
+        PyObject *did_str = PyUnicode_DecodeUTF8((const char *)did, did_len, "strict");
+        if (did_str == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                goto error;
+            PyErr_Clear();
+            goto fallback;
+        }
+        row = ((PyTypeObject *)row_cls)->tp_alloc((PyTypeObject *)row_cls, 10);
+        if (row == NULL) {
+            Py_DECREF(did_str);
+            goto error;
+        }
+        Py_INCREF(received_at);
+        PyTuple_SET_ITEM(row, 0, did_str);
+        PyTuple_SET_ITEM(row, 1, PyLong_FromLongLong(v[1]));
+        PyTuple_SET_ITEM(row, 2, PyLong_FromLongLong(v[2]));
+        PyTuple_SET_ITEM(row, 3, PyLong_FromLongLong(v[0]));
+        PyTuple_SET_ITEM(row, 4, PyLong_FromLongLong(v[7]));
+        PyTuple_SET_ITEM(row, 5, PyLong_FromLongLong(v[3]));
+        PyTuple_SET_ITEM(row, 6, received_at);
+        PyTuple_SET_ITEM(row, 7, PyLong_FromLongLong(v[4]));
+        PyTuple_SET_ITEM(row, 8, long_or_none(v[5] >= 0, v[5]));
+        PyTuple_SET_ITEM(row, 9, long_or_none(v[6] >= 0, v[6]));
+        for (int j = 0; j < 10; j++)
+            if (PyTuple_GET_ITEM(row, j) == NULL)
+                goto error;
+        if (PyList_Append(rows, row) < 0)
+            goto error;
+        if (v[0] == TYPE_TELEMETRY || (v[0] == TYPE_EVENT && v[7] == EVENT_DISPENSE_DONE)) {
+            PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, payload_len);
+            PyObject *enc = bytes ? PyLong_FromLongLong(v[8]) : NULL;
+            PyObject *item = enc ? PyTuple_Pack(3, row, enc, bytes) : NULL;
+            Py_XDECREF(bytes);
+            Py_XDECREF(enc);
+            if (item == NULL || PyList_Append(payloaded, item) < 0) {
+                Py_XDECREF(item);
+                goto error;
+            }
+            Py_DECREF(item);
+        }
+        Py_CLEAR(row);
+    }
+    if (r.p != r.end) /* msgpack.unpackb refuses trailing bytes: the Python path decides */
+        goto fallback;
+    PyObject *result = PyTuple_Pack(2, rows, payloaded);
+    Py_DECREF(rows);
+    Py_DECREF(payloaded);
+    return result;
+fallback:
+    Py_XDECREF(row);
+    Py_XDECREF(rows);
+    Py_XDECREF(payloaded);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(row);
+    Py_XDECREF(rows);
+    Py_XDECREF(payloaded);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -1369,6 +1508,8 @@ static PyMethodDef module_methods[] = {
      "parse_uplink_record(payload, frame_type) -> (seq, sent_ms, Record) | None."},
     {"seal_ack", (PyCFunction)(void (*)(void))py_seal_ack, METH_FASTCALL,
      "seal_ack(mac_key, topic, seq, rc, watermark, tx_seq, sent_ms) -> bytes | None."},
+    {"entry_rows", (PyCFunction)(void (*)(void))py_entry_rows, METH_FASTCALL,
+     "entry_rows(records, received_at, UsageRow) -> (rows, payloaded) | None."},
     {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
      "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
     {NULL, NULL, 0, NULL},

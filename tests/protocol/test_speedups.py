@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aquafleet.protocol import ProtocolError, speedups
-from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, Flag, FrameType
+from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, EventKind, Flag, FrameType
 from aquafleet.protocol.frames import (
     Frame,
     FrameDecoder,
@@ -69,7 +69,7 @@ def test_the_python_twins_pass_the_same_vectors() -> None:
     env = {**os.environ, "AQUAFLEET_NO_EXTENSIONS": "1"}
     files = [
         "protocol/test_frames.py", "protocol/test_messages.py", "protocol/test_session.py",
-        "protocol/test_login.py", "gateway/test_mqtt_protocol.py",
+        "protocol/test_login.py", "gateway/test_mqtt_protocol.py", "gateway/test_ledger_writer.py",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
@@ -583,3 +583,94 @@ def test_mqtt_acks_are_byte_for_byte_the_references(
     assert not MacKey(key).verify_parts(topic + b"x", sealed[:-8], sealed[-8:])
     assert compiled.seal_ack(PyMacKey(key), topic, seq, rc, watermark, tx_seq, sent_ms) is None
     assert compiled.seal_ack(MacKey(key), topic, seq, rc, watermark, tx_seq, 2**53) is None
+
+
+# --------------------------------------------------------------------------- ledger rows
+
+
+def _rows_outcome(records: bytes, received_at: object) -> object:
+    from aquafleet.gateway.ledger import py_entry_rows
+
+    try:
+        return py_entry_rows(records, received_at)  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError, AttributeError,
+            msgpack.UnpackException) as exc:  # fmt: skip
+        return type(exc)
+
+
+record_items = st.tuples(
+    st.one_of(st.text(max_size=20).map(str.encode), st.binary(max_size=20)),  # did, raw
+    st.sampled_from([0x20, 0x21, 0x30]), u32, st.integers(1, 2**32 - 1), u32,
+    st.integers(0, 2**53), st.integers(-1, 2**53), st.integers(-1, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 7]), st.sampled_from([0, 1]), st.binary(max_size=80),
+).map(list)  # fmt: skip
+odd_item = st.one_of(
+    record_items.map(lambda item: item[:-1]),  # 10 fields
+    record_items.map(lambda item: [*item, 0]),  # 12 fields
+    st.tuples(record_items, st.integers(0, 10), value).map(
+        lambda t: [*t[0][: t[1]], t[2], *t[0][t[1] + 1 :]]  # one field of another type
+    ),
+)
+
+
+@needs_compiled
+@settings(max_examples=800)
+@given(
+    items=st.lists(st.one_of(record_items, record_items, odd_item), max_size=8),
+    str_type=st.booleans(),
+    trailing=st.sampled_from([b"", b"", b"\x00"]),
+)
+def test_ledger_rows_agree_with_the_reference(
+    items: list[list[object]], str_type: bool, trailing: bytes
+) -> None:
+    """meter.lua's cmsgpack writes a Lua string as a msgpack str; bin is read alike (raw)."""
+    import datetime as dt
+
+    from aquafleet.models.usage import UsageRow
+
+    assert compiled is not None
+    at = dt.datetime(2026, 12, 6, 21, 0, tzinfo=dt.UTC)
+    records = msgpack.packb(items, use_bin_type=not str_type) + trailing
+    fast = compiled.entry_rows(records, at, UsageRow)
+    reference = _rows_outcome(records, at)
+    if fast is not None:
+        assert fast == reference
+        rows, payloaded = fast
+        assert all(type(row) is UsageRow for row in rows)
+        assert [[type(v) for v in row] for row in rows] == [
+            [type(v) for v in row]
+            for row in reference[0]  # type: ignore[index]
+        ]
+        assert all(any(item[0] is row for row in rows) for item in payloaded)
+    elif all(type(item) is list and len(item) == 11 and type(item[0]) is bytes
+             and all(type(v) is int and -(2**63) <= v < 2**63 for v in item[1:10])
+             and type(item[10]) is bytes for item in items) and not trailing:  # fmt: skip
+        # meter.lua's exact shape must take the compiled path (unless a did is not UTF-8)
+        assert not all(_utf8(item[0]) for item in items)  # type: ignore[arg-type]
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@needs_compiled
+def test_dispense_done_events_and_telemetry_carry_their_payloads() -> None:
+    import datetime as dt
+
+    from aquafleet.models.usage import UsageRow
+
+    assert compiled is not None and int(EventKind.DISPENSE_DONE) == 1
+    at = dt.datetime(2026, 12, 6, 21, 0, tzinfo=dt.UTC)
+    items = [
+        [b"AQ1", 0x20, 1, 1, 5, 10, 100, 0, 0, 0, b"tele"],
+        [b"AQ1", 0x21, 1, 2, 5, 0, -1, -1, 1, 0, b"dispense"],
+        [b"AQ1", 0x21, 1, 3, 5, 0, -1, -1, 2, 0, b"other event"],
+    ]
+    rows, payloaded = compiled.entry_rows(msgpack.packb(items), at, UsageRow)
+    assert [p[2] for p in payloaded] == [b"tele", b"dispense"]
+    assert rows[1].flow_total_ml is None and rows[1].cnt_epoch is None
+    assert (rows, payloaded) == _rows_outcome(msgpack.packb(items), at)
