@@ -9,6 +9,9 @@ Without atheris, or with --iterations, a bounded random + mutation loop over val
 
     python fuzz/fuzz_protocol.py --iterations 200000 --seed 1
 
+The compiled twins of the frame codec (protocol/_speedups.c) must answer as the Python ones on
+every input: the decoders, parse_record and parse_telemetry_report are run both ways.
+
 The invariant (as in h11's fuzz/afl-server.py): `FrameDecoder`, `parse_message` and `parse_record`
 return results or raise a `ProtocolError`; the sessions' `receive_data` and `check_timers` raise
 nothing at all on peer bytes (they turn every peer error into ERROR + `SessionClosed`). Anything
@@ -25,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
-import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -42,7 +44,7 @@ from aquafleet.protocol import (
 from aquafleet.protocol.constants import MAX_FRAME, MAX_PAYLOAD, ErrorCode, Flag, FrameType
 from aquafleet.protocol.crc import crc16_modbus
 from aquafleet.protocol.crypto import direction_keys, session_key
-from aquafleet.protocol.frames import encode_frame, frame_mac
+from aquafleet.protocol.frames import Frame, PyFrameDecoder, encode_frame, frame_mac
 from aquafleet.protocol.message_types import Ack, Command, Message, Record, Result
 from aquafleet.protocol.messages import (
     FRAME_TYPE_OF,
@@ -50,6 +52,9 @@ from aquafleet.protocol.messages import (
     message_map,
     parse_message,
     parse_record,
+    parse_telemetry_report,
+    py_parse_record,
+    py_parse_telemetry_report,
 )
 from aquafleet.protocol.session import MAC_REQUIRED
 from tests.protocol.helpers import CLIENT_NONCE, DEVICE_KEY, DID, NOW, SERVER_NONCE
@@ -107,22 +112,43 @@ def _sessions() -> tuple[ServerSession | DeviceSession, ...]:
     return sessions
 
 
+def _outcome(call: object, *args: object) -> object:
+    try:
+        return call(*args)  # type: ignore[operator]
+    except ProtocolError as exc:
+        return (type(exc).__name__, exc.code, exc.reason)
+
+
 def _decode(data: bytes, chunk: int) -> None:
-    decoder = FrameDecoder()
+    """Decode with both twins of the frame codec (protocol/speedups.py): they must agree."""
+    decoder, reference = FrameDecoder(), PyFrameDecoder()
     for start in range(0, len(data), chunk):
         decoder.feed(data[start : start + chunk])
+        reference.feed(data[start : start + chunk])
         while True:
-            try:
-                frame = decoder.next_frame()
-            except ProtocolError:
-                continue
+            frame = _outcome(decoder.next_frame)
+            if frame != _outcome(reference.next_frame):
+                raise AssertionError("the compiled and the Python decoder differ")
             if frame is None:
                 break
-            for parse in (parse_message, parse_record):
-                with contextlib.suppress(ProtocolError):
-                    parse(frame)
-        if decoder.buffered >= MAX_FRAME:
+            if not isinstance(frame, Frame):
+                continue
+            for parse, py_parse in ((parse_record, py_parse_record), (parse_message, None)):
+                got = _outcome(parse, frame)
+                if py_parse is not None and got != _outcome(py_parse, frame):
+                    raise AssertionError("the compiled and the Python parse_record differ")
+            if frame.type == FrameType.TELEMETRY:
+                report = _outcome(parse_telemetry_report, frame.payload, frame.encoding)
+                if report != _outcome(py_parse_telemetry_report, frame.payload, frame.encoding):
+                    raise AssertionError("the compiled and the Python report parse differ")
+        if decoder.buffered >= MAX_FRAME or decoder.buffered != reference.buffered:
             raise AssertionError(f"decoder holds {decoder.buffered} bytes")
+        if _counts(decoder.stats) != _counts(reference.stats):
+            raise AssertionError("the decoders counted differently")
+
+
+def _counts(stats: object) -> tuple[int, int, int]:
+    return (stats.garbage_bytes, stats.crc_errors, stats.oversize_lengths)  # type: ignore[attr-defined]
 
 
 def _feed_sessions(data: bytes, chunk: int) -> tuple[list[object], list[object]]:
