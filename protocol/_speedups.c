@@ -162,17 +162,26 @@ MacKey_init(MacKeyObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* HMAC-SHA256(key, head | data): `head` may be empty (an MQTT tag covers topic | envelope). */
 static void
-mac_compute(const MacKeyObject *key, const unsigned char *data, size_t n,
-            unsigned char out[SHA256_DIGEST_LENGTH])
+mac_compute2(const MacKeyObject *key, const void *head, size_t head_len, const void *data,
+             size_t n, unsigned char out[SHA256_DIGEST_LENGTH])
 {
     SHA256_CTX ctx = key->inner;
     unsigned char inner[SHA256_DIGEST_LENGTH];
+    SHA256_Update(&ctx, head, head_len);
     SHA256_Update(&ctx, data, n);
     SHA256_Final(inner, &ctx);
     ctx = key->outer;
     SHA256_Update(&ctx, inner, sizeof inner);
     SHA256_Final(out, &ctx);
+}
+
+static void
+mac_compute(const MacKeyObject *key, const unsigned char *data, size_t n,
+            unsigned char out[SHA256_DIGEST_LENGTH])
+{
+    mac_compute2(key, "", 0, data, n, out);
 }
 
 static PyObject *
@@ -1282,14 +1291,8 @@ py_seal_ack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (out == NULL)
         return NULL;
     unsigned char digest[SHA256_DIGEST_LENGTH];
-    SHA256_CTX ctx = ((MacKeyObject *)key)->inner;
-    unsigned char inner[SHA256_DIGEST_LENGTH];
-    SHA256_Update(&ctx, PyBytes_AS_STRING(topic), (size_t)topic_len);
-    SHA256_Update(&ctx, body, (size_t)signed_len);
-    SHA256_Final(inner, &ctx);
-    ctx = ((MacKeyObject *)key)->outer;
-    SHA256_Update(&ctx, inner, sizeof inner);
-    SHA256_Final(digest, &ctx);
+    mac_compute2((MacKeyObject *)key, PyBytes_AS_STRING(topic), (size_t)topic_len, body,
+                 (size_t)signed_len, digest);
     memcpy(PyBytes_AS_STRING(out), body, (size_t)signed_len);
     memcpy(PyBytes_AS_STRING(out) + signed_len, digest, MAC_SIZE);
     return out;
@@ -1301,7 +1304,7 @@ static PyObject *
 MacKey_verify_parts(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer head, body, received;
-    unsigned char inner[SHA256_DIGEST_LENGTH], digest[SHA256_DIGEST_LENGTH];
+    unsigned char digest[SHA256_DIGEST_LENGTH];
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "verify_parts(head, signed, received)");
         return NULL;
@@ -1317,13 +1320,7 @@ MacKey_verify_parts(MacKeyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&body);
         return NULL;
     }
-    SHA256_CTX ctx = self->inner;
-    SHA256_Update(&ctx, head.buf, (size_t)head.len);
-    SHA256_Update(&ctx, body.buf, (size_t)body.len);
-    SHA256_Final(inner, &ctx);
-    ctx = self->outer;
-    SHA256_Update(&ctx, inner, sizeof inner);
-    SHA256_Final(digest, &ctx);
+    mac_compute2(self, head.buf, (size_t)head.len, body.buf, (size_t)body.len, digest);
     int ok = received.len == MAC_SIZE && CRYPTO_memcmp(digest, received.buf, MAC_SIZE) == 0;
     PyBuffer_Release(&head);
     PyBuffer_Release(&body);

@@ -58,15 +58,7 @@ def cmd_payout(args: argparse.Namespace) -> int:
             args.id, paid=args.paid, reason=args.reason, reference=args.reference or "",
             actor=f"cli:{args.by}" if args.by else "cli", channel="manual",
         )  # fmt: skip
-        data = {
-            "id": withdrawal.id,
-            "earner": withdrawal.earner,
-            "vid": withdrawal.vendor_code,
-            "amount_fen": withdrawal.amount_fen,
-            "state": withdrawal.state.name.lower(),
-            "reason": withdrawal.reason,
-            "update_tms": withdrawal.updated_at,
-        }
+        data = _withdrawal_summary(withdrawal)
         emit(
             args,
             data,
@@ -77,6 +69,19 @@ def cmd_payout(args: argparse.Namespace) -> int:
         return 0
 
     return run_with_database(settings, action)
+
+
+def _withdrawal_summary(withdrawal: Any) -> dict[str, Any]:
+    """What settle and fail-transfer print of the withdrawal they changed."""
+    return {
+        "id": withdrawal.id,
+        "earner": withdrawal.earner,
+        "vid": withdrawal.vendor_code,
+        "amount_fen": withdrawal.amount_fen,
+        "state": withdrawal.state.name.lower(),
+        "reason": withdrawal.reason,
+        "update_tms": withdrawal.updated_at,
+    }
 
 
 def cmd_fail_transfer(args: argparse.Namespace) -> int:
@@ -93,15 +98,7 @@ def cmd_fail_transfer(args: argparse.Namespace) -> int:
             withdrawal = await payment_service(settings, session).payout.fail_stopped(
                 args.id, reason=args.reason, actor=f"cli:{args.by}" if args.by else "cli"
             )
-        data = {
-            "id": withdrawal.id,
-            "earner": withdrawal.earner,
-            "vid": withdrawal.vendor_code,
-            "amount_fen": withdrawal.amount_fen,
-            "state": withdrawal.state.name.lower(),
-            "reason": withdrawal.reason,
-            "update_tms": withdrawal.updated_at,
-        }
+        data = _withdrawal_summary(withdrawal)
         emit(
             args,
             data,
