@@ -361,7 +361,10 @@ class MeterBatcher:
         stored = duplicate = stale = 0
         for shard, backlog in outcome.backlogs.items():
             self._shard_backlog[shard] = backlog
-        stored_rc = AckCode.STORED
+        # A plain int, not the IntEnum member: the compiled ACK encoder takes exact ints only
+        # (a bool, also an int, would be packed otherwise by msgpack) and left every coalesced
+        # ACK, most of them, to the Python encoder (issue 20, found in a native profile).
+        stored_rc = int(AckCode.STORED)
         for shard, items in by_shard.items():
             codes = iter(outcome.codes[shard])  # (rc, wm_boot, wm_rec) per record, flattened
             for (conn, record), rc, wm_boot, wm_rec in zip(items, codes, codes, codes, strict=True):
