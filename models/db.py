@@ -112,6 +112,18 @@ async def migrate(database_url: str) -> None:
         await close_database()
 
 
+# A checkpoint copies every page the WAL holds into the database file, once however many
+# transactions wrote it since the last one. The ledger writer's transactions each touch one
+# index page per device (a device's records sit side by side in the dedupe index), so with
+# SQLite's default (a checkpoint at 1,000 pages, 4 MB) a batch of records from 2,000 devices
+# checkpointed every page it wrote, every commit; at 10,000 pages (40 MB of WAL) the pages the
+# next batches write again are copied once (measured with sqlite3, one record per device per
+# transaction: 26-31 -> 18-19 us of CPU a record). The WAL file is cut back to 64 MB after a
+# checkpoint if a long reader let it grow beyond.
+SQLITE_CHECKPOINT_PAGES = 10_000
+SQLITE_WAL_KEEP_BYTES = 64 * 1024 * 1024
+
+
 async def init_database(database_url: str, *, run_migrations: bool = True) -> None:
     if run_migrations:
         await migrate(database_url)
@@ -119,7 +131,11 @@ async def init_database(database_url: str, *, run_migrations: bool = True) -> No
     if database_url.startswith("sqlite://"):
         # WAL lets the API read while the ledger writer writes; NORMAL sync is durable in WAL.
         conn = connection()
-        await conn.execute_script("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        await conn.execute_script(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+            f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}; "
+            f"PRAGMA journal_size_limit={SQLITE_WAL_KEEP_BYTES};"
+        )
 
 
 async def close_database() -> None:
