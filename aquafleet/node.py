@@ -69,12 +69,16 @@ def build_ledger_app(settings: Settings, *, metrics: Metrics | None = None) -> w
     return app
 
 
-async def run_ledger(settings: Settings, *, stop: asyncio.Event) -> None:
-    """Run a standalone ledger writer until `stop` is set."""
+async def run_ledger(
+    settings: Settings, *, stop: asyncio.Event, ready: Callable[[], Any] | None = None
+) -> None:
+    """Run a standalone ledger writer until `stop` is set; `ready` is called once it runs."""
     runner = web.AppRunner(build_ledger_app(settings), handle_signals=False)
     await runner.setup()
     try:
         log.info("ledger_writer_started", consumer=settings.resolved_node_id)
+        if ready is not None:
+            ready()
         await stop.wait()
     finally:
         await runner.cleanup()
