@@ -5,10 +5,16 @@ load.py, docs/benchmarks.md "The ledger writer per record").
 
   python benchmarks/ledger_cpu.py                                  # SQLite, a fresh file
   python benchmarks/ledger_cpu.py postgres://postgres@127.0.0.1:5432/scratch
+  python benchmarks/ledger_cpu.py --prefill 500 --sorted            # a ledger of ~1M rows first
+
+Each device's records count up from where it left off, as a device's do (every batch adds to
+the end of each device's run in the dedupe index). CPU is the process's, the database's thread
+included (SQLite runs in it; PostgreSQL's own CPU is not counted).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import sys
@@ -32,16 +38,20 @@ PAYLOADS = [encode_payload(message_map(sample(rec)), 0) for rec in range(1, 50)]
 REC_BASE = int(time.time()) % 100_000 * 1_000_000  # a rerun on the same database adds rows
 
 
-def batch(number: int, devices: int = 2000, entries: int = 24, records: int = 75) -> list[Entry]:
+def batch(
+    number: int, recs: dict[int, int], devices: int = 2000, entries: int = 24, records: int = 75
+) -> list[Entry]:
     rnd = random.Random(number)
     out: list[Entry] = []
     for e in range(entries):
-        items = [
-            [f"BNCH{rnd.randrange(devices):08d}AAAA".encode(), 0x20, 7,
-             REC_BASE + number * 10_000 + e * 100 + k + 1, 1_790_000_000, 10, 12_346, 3, 0, 0,
-             PAYLOADS[k % len(PAYLOADS)]]
-            for k in range(records)
-        ]  # fmt: skip
+        items = []
+        for k in range(records):
+            device = rnd.randrange(devices)
+            recs[device] = rec = recs.get(device, REC_BASE) + 1
+            items.append(
+                [f"BNCH{device:08d}AAAA".encode(), 0x20, 7, rec, 1_790_000_000, 10, 12_346, 3,
+                 0, 0, PAYLOADS[k % len(PAYLOADS)]]
+            )  # fmt: skip
         fields = {
             b"at": str(1_790_000_000_000 + number * 300).encode(),
             b"n": str(records).encode(),
@@ -52,9 +62,25 @@ def batch(number: int, devices: int = 2000, entries: int = 24, records: int = 75
 
 
 async def main() -> None:
-    url = sys.argv[1] if len(sys.argv) > 1 else f"sqlite://{tempfile.mkdtemp()}/ledger.sqlite3"
-    batches = [batch(n) for n in range(WARMUP + BATCHES)]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("url", nargs="?", help="database (default: SQLite in a temp directory)")
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--entries", type=int, default=24, help="stream entries a batch")
+    parser.add_argument("--records", type=int, default=75, help="records an entry")
+    parser.add_argument("--batches", type=int, default=BATCHES, help="batches measured")
+    parser.add_argument("--prefill", type=int, default=0, help="batches written before")
+    args = parser.parse_args()
+    url = args.url or f"sqlite://{tempfile.mkdtemp()}/ledger.sqlite3"
+    recs: dict[int, int] = {}
+
+    def make(n: int) -> list[Entry]:
+        return batch(n, recs, args.devices, args.entries, args.records)
+
     async with database(url):
+        for n in range(args.prefill):  # not measured: a ledger that already holds rows
+            decoded = decode_entries(make(-1 - n))
+            await store_ledger_batch(decoded.usage, list(decoded.snapshots.values()), [])
+        batches = [make(n) for n in range(WARMUP + args.batches)]
         records = 0
         decode_s = 0.0
         for n, entries in enumerate(batches):
