@@ -215,9 +215,11 @@ async def stream_overview(call: Call) -> web.StreamResponse:
                 log.warning("fleet_feed_failed", error=str(exc))
                 await response.write(sse("error", UNAVAILABLE))
                 break
+        # Inside the guard: the client may have gone while the stream waited (for the node's
+        # stop, say), and aiohttp's ClientConnectionResetError is a ConnectionResetError.
+        await response.write_eof()
     except ConnectionResetError:
-        return response  # the client went away
-    await response.write_eof()
+        pass  # the client went away: nothing more to send
     return response
 
 

@@ -181,8 +181,9 @@ class ServiceStore:
     async def take_back(
         self, did: str, *, request_id: str, handed_ml: int | None, now_ms: int | None = None
     ) -> HandoverAnswer:
-        """The recipient's side of a hand-back: `given_ml` is what goes back (the quota it has
-        left now when the exchange configured it, else `handed_ml`), taken off it once."""
+        """The recipient's side of a hand-back: `given_ml` is what goes back (what is left of
+        `handed_ml` when the exchange configured it: less the water metered since, never more
+        than it holds; else `handed_ml`), taken off it once."""
         keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = ["takeback", now_ms, self._channel_prefix, did, _arg(handed_ml)]

@@ -584,10 +584,12 @@ async def hand_back(
 ) -> HandBack:
     """A cancelled exchange: the quota `did` handed over under `request_id` comes back to it,
     once, in three Redis steps each safe to repeat: the hand-over is marked given back (a
-    retry of it is refused from then on: HandedBack), the recipient gives back what it has
-    left of it now (taken off it: 0, locked; the amount handed over when the exchange never
-    configured it), the old device gets that (a debt comes back as a debt) and loses the
-    person's lock the exchange's lock (`lock_request_id`) set. Nothing handed over: nothing."""
+    retry of it is refused from then on: HandedBack), the recipient gives back what is left
+    of the amount (less the water it metered since the exchange configured it, never below 0,
+    never more than it holds; what others added stays on it; the amount handed over when the
+    exchange never configured it), the old device gets that (a debt comes back as a debt) and
+    loses the person's lock the exchange's lock (`lock_request_id`) set. Nothing handed over:
+    nothing. The rule is service.lua's `takeback` (docs/metering.md)."""
     actor = _text("actor", actor, 64)
     request_id = _text("request_id", request_id, 64)
     await _device(did)

@@ -25,10 +25,15 @@
 --              "given back": from then on a retry of the hand-over is refused (-3), so the
 --              quota cannot go out again; `credit` adds `ml` (what the recipient gave back)
 --              once. Both answer the recipient; `begin` with no hand-over answers 0.
---   takeback  ml (the recipient's side of a hand-back, with the exchange's request id: when
---              its configure landed, the quota left now comes off it (0, and a rental's expiry
---              is cleared; both locked) and is what goes back; when it never landed, `ml` (the
---              amount handed over) goes back and a late configure with that id does nothing)
+--   takeback  ml (the recipient's side of a hand-back, with the exchange's request id and
+--              `ml` the amount handed over: when its configure landed, what is left of that
+--              amount comes off it and goes back (quota_back: the amount less the water
+--              metered since the configure, never below 0, never more than it holds; a debt
+--              as it was handed over) and what others added stays on it; the rental expiry
+--              the configure gave is cleared (locked as expired). A configure marker without
+--              the metered total (written before it was kept): all it holds goes back (0,
+--              locked), as before. When the configure never landed, `ml` goes back and a late
+--              configure with that id does nothing)
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused,
 --          -3 handed back), version, lock bits, mode, remaining_ml, rental_expires_at,
@@ -36,9 +41,10 @@
 --          no quota), and when refused (another recipient, or handed back) the did that
 --          received it; handback the ml (the hand-over's at `begin`, the credit's after) and
 --          the recipient; takeback the ml that goes back.
--- Markers: a change's "1" ("0": it changed nothing); a hand-over's "amount|recipient", then
--- "amount|recipient|back" once its hand-back began, "amount|recipient|back:ml" once credited;
--- a take-back's "taken|ml".
+-- Markers: a change's "1" ("0": it changed nothing); a configure's "configured|mt|rx" (the
+-- metered total and the rental expiry ('-': none) it set, for a take-back; "1" before they
+-- were kept); a hand-over's "amount|recipient", then "amount|recipient|back" once its
+-- hand-back began, "amount|recipient|back:ml" once credited; a take-back's "taken|ml".
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -93,6 +99,20 @@ local function handed(seen)
   return amount, to, back
 end
 
+-- A take-back: what goes back of the `amount` handed over to a device that holds `holds` now
+-- and metered `metered` ml since the exchange configured it. Water poured comes off the
+-- amount first; what the device holds beyond it (a top-up, a new quota) stays there. A debt
+-- goes back as it was handed over, or deeper when the device holds less (it poured while in
+-- debt and nobody paid for that water).
+local function quota_back(amount, metered, holds)
+  if holds == nil then return nil end
+  local back = amount
+  if amount > 0 then back = amount - metered end
+  if back > holds then back = holds end
+  if amount >= 0 and back < 0 then back = 0 end
+  return back
+end
+
 if op == 'read' then return answer(0) end
 local seen = false
 if request then seen = redis.call('GET', request) end
@@ -120,6 +140,8 @@ local before_lk, before_rm, before_rx, before_mode, before_lo = lk, rm, rx, mode
 
 if op == 'configure' then
   mode, rm, rx, lo = num(ARGV[5]), num(ARGV[6]), num(ARGV[7]), num(ARGV[8])
+  -- For a take-back with this request id: the water metered so far, the expiry given here
+  marker = 'configured|' .. string.format('%d', known(v[11]) or 0) .. '|' .. (ARGV[7] or '-')
   lf = 0
   if rm and lo and rm <= lo then lf = 1 end
   lk = set_bit(lk, QUOTA, rm ~= nil and rm <= 0)
@@ -186,7 +208,28 @@ elseif op == 'takeback' then
     given = tonumber(taken) or f
     return answer(-1)
   end
-  if seen then  -- the exchange's configure landed: what is left of it now goes back
+  local at_mt, set_rx = nil, nil
+  if seen then at_mt, set_rx = string.match(seen, '^configured|(%d+)|(.*)$') end
+  if at_mt then  -- the exchange's configure landed: what is left of what it gave goes back
+    local amount = num(ARGV[5])
+    local back = nil
+    if amount then
+      local metered = (known(v[11]) or 0) - tonumber(at_mt)
+      if metered < 0 then metered = 0 end  -- the meter state was lost since: none known
+      back = quota_back(amount, metered, rm)
+    end
+    given = back or f
+    marker = 'taken|' .. (back or '-')
+    if back then
+      rm = rm - back
+      lk = set_bit(lk, QUOTA, rm <= 0)
+      if lo and rm > lo then lf = 0 end
+    end
+    if set_rx ~= '-' and rx then  -- the exchange gave a rental period: it goes
+      rx = nil
+      lk = set_bit(lk, EXPIRED, true)
+    end
+  elseif seen then  -- a configure marker from before: all it holds goes back, as it did then
     given = rm or f
     marker = 'taken|' .. (rm or '-')
     if rm then

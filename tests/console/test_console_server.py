@@ -165,6 +165,42 @@ async def test_the_overview_counts_the_callers_devices_live(
             raise AssertionError("the stream never showed the device offline")
 
 
+async def test_a_stream_whose_client_left_ends_quietly_when_the_node_stops(
+    node_factory: Any, capsys: pytest.CaptureFixture[str]
+):
+    """The node stops while a stream is open and its client is gone: no internal error logged."""
+    import asyncio
+
+    from aquafleet.models.accounts import create_account
+    from aquafleet.models.tenancy import Role
+    from tests.api.conftest import PASSWORD, PLATFORM_USER, md5
+
+    # A long interval: the stream is waiting for the stop, not for its next event, when it ends.
+    node = await node_factory(console_feed_interval_s=60)
+    await create_account(PLATFORM_USER, md5(PASSWORD), Role.PLATFORM)
+    base = f"http://127.0.0.1:{node.http_port}"
+    async with aiohttp.ClientSession() as session:
+        token = await ApiClient(session, base).login(PLATFORM_USER)
+        headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}"}
+        async with session.get(f"{base}/api/v1/fleet/overview", headers=headers) as response:
+            assert response.status == 200
+            (first,) = await read_events(response, 1)
+            assert first["status"] is True
+    # The session is closed: wait until the server has seen every connection go.
+    server = node.runner.server
+    deadline = time.monotonic() + 10
+    while any(connection.transport is not None for connection in server.connections):
+        assert time.monotonic() < deadline, "the server never saw the client leave"
+        await asyncio.sleep(0.01)
+    assert server.connections  # the stream's handler is still running, waiting for the stop
+
+    capsys.readouterr()
+    await node.stop()  # aiohttp waits for the stream's handler to return
+    logged = capsys.readouterr()
+    assert "api_internal_error" not in logged.out + logged.err, logged
+    assert "Traceback" not in logged.out + logged.err, logged
+
+
 async def test_the_stream_needs_a_token_and_an_admin(api: ApiClient):
     url = f"{api.base}/api/v1/fleet/overview"
     async with api.session.get(url, headers={"Accept": "text/event-stream"}) as response:

@@ -12,7 +12,7 @@ import pytest
 from aquafleet.gateway.appkeys import SERVICE_STORE
 from aquafleet.models import service
 from aquafleet.models.service import DeviceService, HandedOverElsewhere, ServiceMode
-from tests.devices import register_devices
+from tests.devices import register_devices, telemetry
 
 ACTOR = "test-admin"
 
@@ -200,3 +200,128 @@ async def test_a_hand_back_of_a_time_rental_lifts_only_the_exchanges_own_lock(
     returned, still = await store.read(old.did), await store.read(held.did)
     assert (returned.rental_expires_at, returned.locked) == (expires, False)
     assert (still.rental_expires_at, still.lock_reasons) == (expires, ["manual"])
+
+
+async def exchanged(store: Any, old: str, new: str, remaining_ml: int) -> None:
+    """An exchange up to its configure of `new` (request T1), before its binding: `old` had
+    `remaining_ml` left, all of it handed over."""
+    await service.configure(
+        store, old, ServiceMode.VOLUME_RENTAL, remaining_ml=remaining_ml, actor=ACTOR
+    )
+    given = await service.hand_over(
+        store, old, recipient=new, actor=ACTOR, reason="t", request_id="T1"
+    )
+    assert given.remaining_ml == remaining_ml
+    await service.configure(
+        store, new, ServiceMode.VOLUME_RENTAL, remaining_ml=remaining_ml, actor=ACTOR,
+        request_id="T1",
+    )  # fmt: skip
+
+
+async def cancelled(store: Any, old: str) -> service.HandBack:
+    return await service.hand_back(
+        store, old, request_id="T1", lock_request_id=None, actor=ACTOR, reason="t"
+    )
+
+
+async def test_a_hand_back_takes_what_is_left_of_the_amount_and_leaves_what_others_added(
+    database_url: str, node_factory: Any, device_factory: Any
+):  # the database first: it outlives the node, whose ledger writer stores records as it stops
+    """The new device poured 200 ml of the 700 handed over, then a paid top-up added 5000: the
+    cancel gives the old device 500 back and the top-up stays on the new device (water it
+    metered before the exchange configured it is not counted)."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    device = device_factory(new.did, new.key, node.tcp_port)
+    await device.login()
+    boot = int(time.time())
+    await device.send(telemetry(1, boot, 50))  # before the exchange: no quota to draw on
+    await device.settled()
+    await exchanged(store, old.did, new.did, 700)
+    await device.send(telemetry(2, boot, 250))  # 200 ml of the 700
+    await device.settled()
+    assert (await store.read(new.did)).remaining_ml == 500
+    await service.top_up(store, new.did, 5000, actor=ACTOR, request_id="O1")  # a paid order
+
+    back = await cancelled(store, old.did)
+    assert back == service.HandBack(new.did, 500)
+    returned, kept = await store.read(old.did), await store.read(new.did)
+    assert (returned.remaining_ml, returned.locked) == (500, False)
+    assert (kept.remaining_ml, kept.locked) == (5000, False)
+    assert 200 + returned.remaining_ml + kept.remaining_ml == 700 + 5000  # none made or lost
+    assert await cancelled(store, old.did) == back  # a retry gives nothing twice
+    assert (await store.read(new.did)).remaining_ml == 5000
+
+
+@pytest.mark.parametrize(
+    ("handed_ml", "poured_ml", "then", "back_ml", "kept_ml"),
+    [
+        (700, 0, ("configure", 100), 100, 0),  # reconfigured lower: never more than it holds
+        (700, 800, None, 0, -100),  # poured past it: nothing back, its own debt stays on it
+        (-200, 0, ("top_up", 500), -200, 500),  # a debt goes back, the top-up stays
+        (-200, 0, None, -200, 0),  # a debt nobody touched: as before
+    ],
+)
+async def test_a_hand_back_gives_what_is_left_never_more_than_the_device_holds(
+    database_url: str, node_factory: Any, device_factory: Any,
+    handed_ml: int, poured_ml: int, then: tuple[str, int] | None, back_ml: int, kept_ml: int,
+):  # fmt: skip
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    await exchanged(store, old.did, new.did, handed_ml)
+    if poured_ml:
+        device = device_factory(new.did, new.key, node.tcp_port)
+        await device.login()
+        await device.send(telemetry(1, int(time.time()), poured_ml))
+        await device.settled()
+    if then == ("configure", 100):
+        await service.configure(
+            store, new.did, ServiceMode.VOLUME_RENTAL, remaining_ml=100, actor=ACTOR
+        )
+    elif then is not None:
+        await service.top_up(store, new.did, then[1], actor=ACTOR)
+
+    back = await cancelled(store, old.did)
+    assert back == service.HandBack(new.did, back_ml)
+    returned, kept = await store.read(old.did), await store.read(new.did)
+    assert (returned.remaining_ml, returned.locked) == (back_ml, back_ml <= 0)
+    assert (kept.remaining_ml, kept.locked) == (kept_ml, kept_ml <= 0)
+
+
+async def test_a_hand_back_after_a_configure_marker_from_before_takes_all_the_device_holds(
+    node_factory: Any, database_url: str
+):
+    """A configure marker written before the metered total was kept ("1"): the take-back
+    cannot tell the exchange's quota from others', and takes all of it, as it did then."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    await exchanged(store, old.did, new.did, 700)
+    await store.client.set(store.keyspace.service_request(new.did, "T1"), "1")
+    await service.top_up(store, new.did, 300, actor=ACTOR)
+
+    assert await cancelled(store, old.did) == service.HandBack(new.did, 1000)
+    returned, emptied = await store.read(old.did), await store.read(new.did)
+    assert (returned.remaining_ml, emptied.remaining_ml, emptied.locked) == (1000, 0, True)
+
+
+async def test_a_hand_back_leaves_a_rental_that_someone_else_gave_the_new_device(
+    node_factory: Any, database_url: str
+):
+    """The exchange gave a quota; an admin then made the new device a time rental: there is
+    no quota left to give back, and the rental it was given stays."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    await exchanged(store, old.did, new.did, 700)
+    expires = int(time.time()) + 30 * 86_400
+    await service.configure(
+        store, new.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR
+    )
+
+    assert await cancelled(store, old.did) == service.HandBack(new.did, None)
+    kept = await store.read(new.did)
+    assert (kept.mode, kept.rental_expires_at, kept.locked) == (2, expires, False)  # time rental
+    assert (await store.read(old.did)).remaining_ml == 0  # nothing came back to it
