@@ -18,8 +18,9 @@
 -- order: rc 0 stored, 1 duplicate, 2 stale; (wm_boot, wm_rec) is the record's boot and the
 -- highest rec stored with no gap below; backlog is KEYS[2] after the round.
 --
--- Per device, one string key m:<did> holds a msgpack array (one GET and one SET per device
--- per round: far cheaper in Lua than hash fields), false where unknown:
+-- Per device, one string key m:<did> holds a msgpack array (read and written once per device
+-- per round, the round's devices by MGET and MSET: far cheaper in Lua than hash fields), false
+-- where unknown:
 --   1 b0, 2 w0, 3 o0, 4 b1, 5 w1, 6 o1: the newest two boots, their watermark and the recs
 --     held out of order (",r1,r2,")
 --   7 le, 8 lt: the current counter epoch and its highest reading (le = -1: readings seen
@@ -60,8 +61,6 @@ local reconcile_ms = tonumber(ARGV[4])
 
 local STORED, DUPLICATE, STALE = 0, 1, 2
 local TELEMETRY = 0x20
-local states = {}
-local order = {}
 
 -- The state is worked on as the array it is stored as (v[B0] ...), false where unknown: no
 -- table of named fields is built and none packed from it per device (measured: the named copy
@@ -70,37 +69,54 @@ local B0, W0, O0, B1, W1, O1, LE, LT, PE, PT, MT, N = 1, 2, 3, 4, 5, 6, 7, 8, 9,
 local TB, TR, TS, ENC, PAYLOAD, AT = 13, 14, 15, 16, 17, 18
 local MODE, RM, VER, LK, RX, LO, LF, RP = 19, 20, 21, 22, 23, 24, 25, 26
 local f = false
-local key_of = {}
-local prefix_of = {}
+
+-- Every device of the round is read with MGET and written back with MSET, CHUNK keys a call,
+-- not by a GET and a SET each: at window 1 every record is its own device, and a redis.call
+-- per device cost ~2 us per record (benchmarks/meter_lua.py). CHUNK keeps unpack() well under
+-- Lua's C stack limit (8000 values).
+local CHUNK = 500
+local slot_of = {}  -- did -> its index in keys, raws, states, dirty (the order first seen)
+local keys = {}
+local raws = {}
+local states = {}
 local dirty = {}
 
-local function load(prefix, did)
-  local key = prefix .. 'm:' .. did
-  local raw = redis.call('GET', key)
-  local v
-  if raw then
-    v = cmsgpack.unpack(raw)
-    for i = #v + 1, 26 do v[i] = f end
-    -- service.lua creates a state with false in the meter's fields
-    if not v[O0] then v[O0] = '' end
-    if not v[O1] then v[O1] = '' end
-    if not v[MT] then v[MT] = 0 end
-    if not v[N] then v[N] = 0 end
-    if not v[LK] then v[LK] = 0 end
-    if not v[LF] then v[LF] = 0 end
-    if not v[RP] then v[RP] = 0 end
-  else
-    v = {f, f, '', f, f, '', f, f, f, f, 0, 0, f, f, f, f, f, f, f, f, f, 0, f, f, 0, 0}
+-- The device's state as meter.lua works on it, from its stored bytes (false: none yet).
+local function decode(raw)
+  if not raw then
+    return {f, f, '', f, f, '', f, f, f, f, 0, 0, f, f, f, f, f, f, f, f, f, 0, f, f, 0, 0}
   end
-  states[did] = v
-  key_of[did] = key
-  prefix_of[did] = prefix
-  order[#order + 1] = did
+  local v = cmsgpack.unpack(raw)
+  for i = #v + 1, 26 do v[i] = f end
+  -- service.lua creates a state with false in the meter's fields
+  if not v[O0] then v[O0] = '' end
+  if not v[O1] then v[O1] = '' end
+  if not v[MT] then v[MT] = 0 end
+  if not v[N] then v[N] = 0 end
+  if not v[LK] then v[LK] = 0 end
+  if not v[LF] then v[LF] = 0 end
+  if not v[RP] then v[RP] = 0 end
   return v
 end
 
-local function save(did)
-  redis.call('SET', key_of[did], cmsgpack.pack(states[did]))
+local function read_states()
+  for s = 1, #keys, CHUNK do
+    local got = redis.call('MGET', unpack(keys, s, math.min(s + CHUNK - 1, #keys)))
+    for i = 1, #got do raws[s + i - 1] = got[i] end
+  end
+end
+
+local function save_states()
+  local args = {}
+  for k = 1, #keys do
+    if dirty[k] then
+      args[#args + 1] = keys[k]
+      args[#args + 1] = cmsgpack.pack(states[k])
+    end
+  end
+  for s = 1, #args, 2 * CHUNK do
+    redis.call('MSET', unpack(args, s, math.min(s + 2 * CHUNK - 1, #args)))
+  end
 end
 
 local function has(set, rec)
@@ -131,7 +147,7 @@ local function absorb(w, set)
 end
 
 -- Dedup (boot, rec): returns rc, watermark boot, watermark rec.
-local function track(did, v, boot, rec)
+local function track(k, v, boot, rec)
   local slot
   if v[B0] == boot then
     slot = 0
@@ -165,7 +181,7 @@ local function track(did, v, boot, rec)
     end
   end
   if slot == 0 then v[W0], v[O0] = w, set else v[W1], v[O1] = w, set end
-  dirty[did] = true
+  dirty[k] = true
   return STORED, boot, w
 end
 
@@ -207,9 +223,9 @@ local svc = {}
 
 -- Tell the node holding the device its desired state (nobody listens when it is offline: it
 -- gets the state in AUTH_OK at its next login).
-local function push(did, v)
-  local node = redis.call('HGET', prefix_of[did] .. 'p:' .. did, 'node')
-  dirty[did] = true
+local function push(prefix, did, k, v)
+  local node = redis.call('HGET', prefix .. 'p:' .. did, 'node')
+  dirty[k] = true
   if node then
     v[RP] = now_ms
     local lock = 0
@@ -223,13 +239,13 @@ local function push(did, v)
 end
 
 -- Volume rental: take the delta off the quota; lock at 0, warn at the low-balance threshold.
-local function draw(did, v, delta)
+local function draw(prefix, did, k, v, delta)
   v[RM] = v[RM] - delta
   if v[RM] <= 0 and bit.band(v[LK], QUOTA_LOCK) == 0 then
     v[LK] = bit.bor(v[LK], QUOTA_LOCK)
     v[VER] = (v[VER] or 0) + 1
     svc[#svc + 1] = {did, 'quota_lock', v[VER], v[RM], now_ms}
-    push(did, v)
+    push(prefix, did, k, v)
   end
   if v[LO] and v[LF] == 0 and v[RM] <= v[LO] then
     v[LF] = 1
@@ -238,27 +254,45 @@ local function draw(did, v, delta)
 end
 
 -- A device whose reported lock differs from the desired one is sent the desired state again.
-local function reconcile(did, v, state_bits)
+local function reconcile(prefix, did, k, v, state_bits)
   if not v[VER] or now_ms - v[RP] < reconcile_ms then return end
   local reported = bit.band(state_bits, LOCKED_BIT) ~= 0
-  if reported ~= (v[LK] ~= 0) then push(did, v) end
+  if reported ~= (v[LK] ~= 0) then push(prefix, did, k, v) end
 end
 
 local out = {}
 local ledger = {}
+
+-- The round's devices in the order first seen, then their states in one read.
+for g = 1, #groups do
+  local prefix, records = groups[g][1], groups[g][2]
+  for i = 1, #records do
+    local did = records[i][1]
+    if not slot_of[did] then
+      keys[#keys + 1] = prefix .. 'm:' .. did
+      slot_of[did] = #keys
+    end
+  end
+end
+read_states()
 
 for g = 1, #groups do
   local prefix, records = groups[g][1], groups[g][2]
   for i = 1, #records do
     local r = records[i]
     local did, frame_type, boot, rec = r[1], r[2], r[3], r[4]
-    local v = states[did] or load(prefix, did)
-    local rc, wb, wr = track(did, v, boot, rec)
+    local k = slot_of[did]
+    local v = states[k]
+    if not v then
+      v = decode(raws[k])
+      states[k] = v
+    end
+    local rc, wb, wr = track(k, v, boot, rec)
     if rc == STORED then
       local delta, epoch = meter(v, r[6], r[7])
       v[N] = v[N] + 1
-      if delta > 0 and v[RM] then draw(did, v, delta) end
-      if r[11] >= 0 and frame_type == TELEMETRY then reconcile(did, v, r[11]) end
+      if delta > 0 and v[RM] then draw(prefix, did, k, v, delta) end
+      if r[11] >= 0 and frame_type == TELEMETRY then reconcile(prefix, did, k, v, r[11]) end
       ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
       if frame_type == TELEMETRY and (not v[TB] or boot > v[TB] or (boot == v[TB] and rec > v[TR])) then
         v[TB], v[TR], v[TS], v[ENC], v[PAYLOAD], v[AT] = boot, rec, r[5], r[9], r[10], now_ms
@@ -270,9 +304,7 @@ for g = 1, #groups do
   end
 end
 
-for _, did in ipairs(order) do
-  if dirty[did] then save(did) end
-end
+save_states()
 
 local backlog
 if #ledger > 0 then

@@ -493,6 +493,27 @@ async def test_several_devices_and_shards_in_one_run(meter: MeterDriver) -> None
     assert await meter.backlog(first) == await meter.backlog() == 2 * len(dids)
 
 
+async def test_a_round_of_more_devices_than_one_state_read_keeps_each_device_apart(
+    meter: MeterDriver,
+) -> None:
+    """meter.lua reads and writes a round's device states a chunk of keys per call (500): every
+    device of a round of 1,201, on either side of a chunk's edge, met again later in the round,
+    keeps its own state, and the whole round resent is all duplicates."""
+    dids = [f"AQCH{n:012d}" for n in range(1_201)]
+    first = [(did, telemetry(1, total=7 * n, epoch=0)) for n, did in enumerate(dids)]
+    second = [(did, telemetry(2, total=7 * n + 3)) for n, did in reversed(list(enumerate(dids)))]
+
+    answers = await meter.send(first + second)
+    resent = await meter.send(first + second)
+
+    assert answers == [Answer(STORED, (1, 1))] * len(dids) + [Answer(STORED, (1, 2))] * len(dids)
+    assert resent == [Answer(DUPLICATE, (1, 2))] * (2 * len(dids))
+    for n, did in enumerate(dids):
+        state = await meter.state(did)
+        assert state["mt"] == state["lt"] == str(7 * n + 3)
+        assert (state["w0"], state["n"]) == ("2", "2")
+
+
 async def test_record_frame_types_match_the_wire(meter: MeterDriver) -> None:
     await meter.send([(DID, telemetry(1, total=1)), (DID, event(2, total=2))])
     kinds = [r.frame_type for r in await meter.ledger_records(DID)]
