@@ -29,14 +29,12 @@ import argparse
 import asyncio
 import hashlib
 import random
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from private_redis import private_redis  # benchmarks/private_redis.py, beside this file
 
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.meter import MeterScript
@@ -181,23 +179,8 @@ def main() -> None:
     ]
     if args.against is not None:
         variants.insert(0, Variant(args.against.name, args.against.read_bytes(), "ab"))
-    workdir = Path(tempfile.mkdtemp(prefix="meter-lua-"))
-    sock = str(workdir / "redis.sock")
-    redis = subprocess.Popen(
-        ["redis-server", "--dir", str(workdir), "--port", "0", "--unixsocket", sock,
-         "--save", "", "--appendonly", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if Path(sock).exists():
-                break
-            time.sleep(0.05)
+    with private_redis("meter-lua-", "--save", "", "--appendonly", "no") as (sock, _pid):
         asyncio.run(run(sock, variants, args))
-    finally:
-        redis.terminate()
-        redis.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

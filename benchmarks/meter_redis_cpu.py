@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from private_redis import private_redis  # benchmarks/private_redis.py, beside this file
 
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.ledger import GROUP, LedgerWriter
@@ -96,23 +95,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--devices", type=int, default=2000)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="meter-redis-"))
-    sock = str(workdir / "redis.sock")
-    redis = subprocess.Popen(
-        ["redis-server", "--dir", str(workdir), "--appendonly", "yes", "--appendfsync",
-         "everysec", "--save", "", "--port", "0", "--unixsocket", sock, "--loglevel", "warning"],
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if Path(sock).exists():
-                break
-            time.sleep(0.05)
-        us = asyncio.run(measure(sock, redis.pid, args.per_round, args.rounds, args.devices))
+    persistence = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
+    with private_redis("meter-redis-", *persistence) as (sock, pid):
+        us = asyncio.run(measure(sock, pid, args.per_round, args.rounds, args.devices))
         print(f"{args.per_round} records per round: Redis {us:.2f} us of CPU per record")
-    finally:
-        redis.terminate()
-        redis.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
