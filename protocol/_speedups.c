@@ -19,6 +19,8 @@
  *                     _entry_rows), None for anything but meter.lua's exact shape
  *   encode_ack        the ACK frame ServerSession.ack builds, byte for byte (msgpack only;
  *                     None otherwise, and the caller encodes it in Python)
+ *   read_publishes    mqtt_wire.PyPacketReader.feed's common case: the QoS 0 PUBLISHes the
+ *                     bridge receives; it stops at anything else, which the Python loop decides
  *
  * tests/protocol/test_speedups.py holds both twins to the same vectors and to each other on
  * generated input. Device input is hostile: every read below is bounds-checked against the
@@ -1465,6 +1467,98 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------ MQTT */
+
+#define MQTT_PUBLISH_QOS0 0x30 /* PUBLISH, no DUP, QoS 0, no RETAIN: the bridge's whole uplink */
+#define MQTT_MAX_PACKET (64 * 1024)
+
+/* read_publishes(buffer, at, out, Publish) -> at: protocol/mqtt_wire.py PyPacketReader.feed's
+ * common case. Appends to `out` a Publish(topic, payload, 0, 0) for each complete, well-formed
+ * QoS 0 PUBLISH from `at` on and answers where it stopped: at the first packet that is anything
+ * else, incomplete, malformed or larger than MQTT_MAX_PACKET. The Python loop takes that packet
+ * and decides it (its errors are the reader's): this function never refuses anything. */
+static PyObject *
+py_read_publishes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "read_publishes(buffer, at, out, Publish)");
+        return NULL;
+    }
+    PyObject *buffer = args[0], *out = args[2], *cls = args[3];
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_Check(out) || !PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "read_publishes(bytes, int, list, tuple type)");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(buffer)) /* a bytearray or a view: the Python path takes it */
+        return PyLong_FromSsize_t(at);
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(buffer);
+    Py_ssize_t end = PyBytes_GET_SIZE(buffer);
+    if (at < 0 || at > end) {
+        PyErr_SetString(PyExc_ValueError, "read_publishes: `at` outside the buffer");
+        return NULL;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    while (end - at >= 2 && b[at] == MQTT_PUBLISH_QOS0) {
+        Py_ssize_t size = 0;
+        int head = 0;
+        for (int i = 0; i < 4; i++) {
+            Py_ssize_t position = at + 1 + i;
+            if (position >= end)
+                break; /* the length itself is incomplete */
+            unsigned char digit = b[position];
+            size |= (Py_ssize_t)(digit & 0x7F) << (7 * i);
+            if (!(digit & 0x80)) {
+                head = i + 2;
+                break;
+            }
+        }
+        if (head == 0 || size < 2 || size > MQTT_MAX_PACKET)
+            break;
+        Py_ssize_t start = at + head, stop = start + size;
+        if (stop > end)
+            break;
+        Py_ssize_t topic_end = start + 2 + (((Py_ssize_t)b[start] << 8) | b[start + 1]);
+        if (topic_end > stop)
+            break;
+        PyObject *topic =
+            PyUnicode_DecodeUTF8((const char *)b + start + 2, topic_end - start - 2, "strict");
+        if (topic == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                goto error;
+            PyErr_Clear();
+            break;
+        }
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)b + topic_end, stop - topic_end);
+        PyObject *packet =
+            payload == NULL ? NULL : ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 4);
+        if (packet == NULL) {
+            Py_DECREF(topic);
+            Py_XDECREF(payload);
+            goto error;
+        }
+        PyTuple_SET_ITEM(packet, 0, topic);
+        PyTuple_SET_ITEM(packet, 1, payload);
+        PyTuple_SET_ITEM(packet, 2, Py_NewRef(zero));
+        PyTuple_SET_ITEM(packet, 3, Py_NewRef(zero));
+        int appended = PyList_Append(out, packet);
+        Py_DECREF(packet);
+        if (appended < 0)
+            goto error;
+        at = stop;
+    }
+    Py_DECREF(zero);
+    return PyLong_FromSsize_t(at);
+error:
+    Py_DECREF(zero);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -1507,6 +1601,8 @@ static PyMethodDef module_methods[] = {
      "seal_ack(mac_key, topic, seq, rc, watermark, tx_seq, sent_ms) -> bytes | None."},
     {"entry_rows", (PyCFunction)(void (*)(void))py_entry_rows, METH_FASTCALL,
      "entry_rows(records, received_at, UsageRow) -> (rows, payloaded) | None."},
+    {"read_publishes", (PyCFunction)(void (*)(void))py_read_publishes, METH_FASTCALL,
+     "read_publishes(buffer, at, out, Publish) -> at: the QoS 0 PUBLISHes of mqtt_wire's reader."},
     {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
      "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
     {NULL, NULL, 0, NULL},

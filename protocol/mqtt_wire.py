@@ -8,14 +8,19 @@ of the bridge's main thread and ~10x a TCP purifier's cost in the simulator
 password), SUBSCRIBE, PUBLISH at QoS 0/1 both ways, PUBACK, PINGREQ, DISCONNECT.
 
 `PacketReader.feed(data)` returns the complete packets in `data` (keeping a partial one for the
-next call) and raises only `MqttWireError`, with a hard cap on a packet's size.
+next call) and raises only `MqttWireError`, with a hard cap on a packet's size. Its common case
+(QoS 0 PUBLISHes, the bridge's whole uplink) is compiled where the extension is in use
+(protocol/speedups.py); `PyPacketReader` is the pure-Python reference beside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
+
+from aquafleet.protocol import speedups
 
 MAX_PACKET = 64 * 1024  # far above any message of ours (1 + 1024 + 8 bytes of payload)
 MAX_PACKET_ID = 0xFFFF
@@ -189,13 +194,17 @@ def puback(packet_id: int) -> bytes:
 # --------------------------------------------------------------------------- reading
 
 
-class PacketReader:
-    """Incremental decoder of the packets a broker sends a client."""
+class PyPacketReader:
+    """Incremental decoder of the packets a broker sends a client: the pure-Python reference.
+    `PacketReader` is the same reader with its common case compiled where the extension is
+    in use (protocol/speedups.py); tests/protocol/test_speedups.py holds the two alike."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_read_publishes")
 
     def __init__(self) -> None:
         self._buffer = b""
+        # read_publishes(buffer, at, out, Publish) -> at: the QoS 0 PUBLISHes from `at` on
+        self._read_publishes: Callable[[bytes, int, list[Packet], type], int] | None = None
 
     @property
     def buffered(self) -> int:
@@ -207,7 +216,13 @@ class PacketReader:
         packets: list[Packet] = []
         end = len(buffer)
         at = 0
+        read_publishes = self._read_publishes
         while end - at >= 2:
+            if read_publishes is not None:
+                # the compiled common case: it stops at any other packet, which is decided here
+                at = read_publishes(buffer, at, packets, Publish)
+                if end - at < 2:
+                    break
             first = buffer[at]
             size = buffer[at + 1]
             head = 2
@@ -237,6 +252,19 @@ class PacketReader:
             at = stop
         self._buffer = buffer[at:] if at < end else b""
         return packets
+
+
+_compiled_read_publishes = speedups.compiled.read_publishes if speedups.compiled else None
+
+
+class PacketReader(PyPacketReader):
+    """The reader the bridge and the simulator use (see PyPacketReader)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read_publishes = _compiled_read_publishes
 
 
 def _long_length(buffer: bytes, at: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aquafleet.protocol import ProtocolError, speedups
+from aquafleet.protocol import ProtocolError, mqtt_wire, speedups
 from aquafleet.protocol.constants import MAX_PAYLOAD, ErrorCode, EventKind, Flag, FrameType
 from aquafleet.protocol.frames import (
     Frame,
@@ -70,6 +70,7 @@ def test_the_python_twins_pass_the_same_vectors() -> None:
     files = [
         "protocol/test_frames.py", "protocol/test_messages.py", "protocol/test_session.py",
         "protocol/test_login.py", "gateway/test_mqtt_protocol.py", "gateway/test_ledger_writer.py",
+        "gateway/test_mqtt_wire.py",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
@@ -674,3 +675,98 @@ def test_dispense_done_events_and_telemetry_carry_their_payloads() -> None:
     assert [p[2] for p in payloaded] == [b"tele", b"dispense"]
     assert rows[1].flow_total_ml is None and rows[1].cnt_epoch is None
     assert (rows, payloaded) == _rows_outcome(msgpack.packb(items), at)
+
+
+# --------------------------------------------------------------------------- the MQTT reader
+
+
+def _reader_outcomes(reader: mqtt_wire.PyPacketReader, chunks: list[bytes]) -> list[object]:
+    """What a reader answers to each chunk (packets, or its error's text), then what it holds."""
+    outcomes: list[object] = []
+    for chunk in chunks:
+        try:
+            outcomes.append(reader.feed(chunk))
+        except mqtt_wire.MqttWireError as exc:
+            outcomes.append(("MqttWireError", str(exc)))
+            break
+    return [*outcomes, reader.buffered]
+
+
+@st.composite
+def broker_streams(draw: st.DrawFn) -> list[bytes]:
+    """What a broker sends the bridge: mostly QoS 0 PUBLISHes, between them QoS 1 ones, PUBACKs,
+    pings, and now and then something broken; cut anywhere."""
+    topic = st.text(max_size=40) | st.just("aq/D0001/up/t")
+    good = st.one_of(
+        st.builds(lambda t, p: mqtt_wire.publish(t, p), topic, st.binary(max_size=300)),
+        st.builds(
+            lambda t, p, i: mqtt_wire.publish(t, p, qos=1, packet_id=i),
+            topic, st.binary(max_size=40), st.integers(1, 0xFFFF),
+        ),
+        st.just(b"\x40\x02\x00\x03"),  # PUBACK
+        st.just(b"\xd0\x00"),  # PINGRESP
+    )  # fmt: skip
+    bad = st.sampled_from([
+        b"\x30\xff\xff\xff\xff\x01",  # a remaining length of five bytes
+        b"\x30\xff\xff\x7f",  # declares more than MAX_PACKET
+        b"\x30\x03\x00\x05a",  # shorter than its topic
+        b"\x30\x04\x00\x02\xff\xfe",  # topic not UTF-8
+        b"\x30\x04\x00\x02\xed\xa0",  # a UTF-16 surrogate, which UTF-8 may not hold
+        b"\x30\x01\x00",  # QoS 0 PUBLISH without room for its topic's length
+        b"\x30\x00",
+        b"\x31\x04\x00\x01ax",  # RETAIN set: the Python path's
+        b"\x38\x04\x00\x01ax",  # DUP set
+    ])  # fmt: skip
+    parts = draw(st.lists(st.one_of(good, good, good, bad), max_size=12))
+    stream = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    edges = [0, *cuts, len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@needs_compiled
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=broker_streams())
+def test_mqtt_readers_agree_on_any_broker_stream(chunks: list[bytes]) -> None:
+    assert _reader_outcomes(mqtt_wire.PacketReader(), chunks) == _reader_outcomes(
+        mqtt_wire.PyPacketReader(), chunks
+    )
+
+
+@needs_compiled
+@given(data=st.binary(max_size=600), cut=st.integers(0, 600))
+def test_mqtt_readers_agree_on_random_bytes(data: bytes, cut: int) -> None:
+    for first in (b"", b"\x30"):  # random, and random behind a QoS 0 PUBLISH's first byte
+        chunks = [first + data[:cut], data[cut:]]
+        assert _reader_outcomes(mqtt_wire.PacketReader(), chunks) == _reader_outcomes(
+            mqtt_wire.PyPacketReader(), chunks
+        )
+
+
+@needs_compiled
+def test_the_bridge_uplink_takes_the_compiled_reader() -> None:
+    """A read of QoS 0 PUBLISHes is cut by the extension: the Python loop is not entered."""
+    read = [mqtt_wire.publish(f"aq/D{i:04d}/up/t", bytes(range(i % 200))) for i in range(50)]
+    data = b"".join(read)
+    packets: list[mqtt_wire.Packet] = []
+    assert compiled.read_publishes(data, 0, packets, mqtt_wire.Publish) == len(data)
+    assert packets == mqtt_wire.PyPacketReader().feed(data)
+    assert all(type(p) is mqtt_wire.Publish for p in packets)
+    assert mqtt_wire.PacketReader()._read_publishes is compiled.read_publishes
+    # and it stops, for the Python loop, at the first packet it does not take
+    tail = b"\x40\x02\x00\x03" + read[0]
+    assert compiled.read_publishes(data + tail, 0, packets, mqtt_wire.Publish) == len(data)
+    assert mqtt_wire.PacketReader().feed(data + tail)[-2:] == [
+        mqtt_wire.PubAck(3),
+        mqtt_wire.Publish("aq/D0000/up/t", b"", 0, 0),
+    ]
+
+
+@needs_compiled
+def test_the_compiled_reader_leaves_a_bytearray_to_python() -> None:
+    data = mqtt_wire.publish("aq/D/up/t", b"xy")
+    packets: list[mqtt_wire.Packet] = []
+    assert compiled.read_publishes(bytearray(data), 0, packets, mqtt_wire.Publish) == 0
+    assert packets == []
+    with pytest.raises(ValueError):
+        compiled.read_publishes(data, len(data) + 1, packets, mqtt_wire.Publish)
