@@ -588,8 +588,10 @@ async def hand_back(
     of the amount (less the water it metered since the exchange configured it, never below 0,
     never more than it holds; what others added stays on it; the amount handed over when the
     exchange never configured it), the old device gets that (a debt comes back as a debt) and
-    loses the person's lock the exchange's lock (`lock_request_id`) set. Nothing handed over:
-    nothing. The rule is service.lua's `takeback` (docs/metering.md)."""
+    loses the person's lock the exchange's lock (`lock_request_id`) set. A time rental's
+    recipient loses what is still to run of the expiry the exchange gave it and keeps what
+    others added beyond it (a renewal paid there); the old device kept its own expiry. Nothing
+    handed over: nothing. The rule is service.lua's `takeback` (docs/metering.md)."""
     actor = _text("actor", actor, 64)
     request_id = _text("request_id", request_id, 64)
     await _device(did)

@@ -22,10 +22,10 @@ exchange whose completion failed after the hand-over (the old device at 0 and lo
 one configured with the quota but never bound) is undone first (models/service.py
 hand_back): the old device gets back what is left of the quota handed over (water poured on
 either stays poured, a debt stays a debt), the new one keeps none of it (what others added
-since stays on it), and the person's lock the exchange put on the old device is lifted. Each
-step is once per ticket, so a cancel retried after a failure half way gives nothing twice;
-once the undoing began, a retry of the completion is refused (409 handed_back): the member
-keeps the old device.
+since stays on it: a top-up, a renewal paid beyond the expiry the exchange gave), and the
+person's lock the exchange put on the old device is lifted. Each step is once per ticket, so
+a cancel retried after a failure half way gives nothing twice; once the undoing began, a
+retry of the completion is refused (409 handed_back): the member keeps the old device.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ real Redis: it only moves forward, whatever order racing changes finish in."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from typing import Any
 
@@ -200,6 +201,88 @@ async def test_a_hand_back_of_a_time_rental_lifts_only_the_exchanges_own_lock(
     returned, still = await store.read(old.did), await store.read(held.did)
     assert (returned.rental_expires_at, returned.locked) == (expires, False)
     assert (still.rental_expires_at, still.lock_reasons) == (expires, ["manual"])
+
+
+DAY_S = 86_400
+
+
+def day(base: int, days: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(base + days * DAY_S, dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("exchange_day", "then", "cancel_day", "kept_day"),
+    [
+        (20, ("extend", 0, 30), 1, 31),  # a renewal paid while the exchange's period ran
+        (20, ("set_expiry", 0, 30), 1, 11),  # an operator's later expiry: 10 days beyond it
+        (2, ("extend", 5, 30), 6, 35),  # renewed after the exchange's expiry: all of it stays
+        (20, ("extend", 0, 30), 25, 50),  # cancelled after the exchange's expiry: nothing of it
+        (20, ("set_expiry", 0, 15), 1, None),  # an earlier expiry holds only the exchange's
+        (20, None, 1, None),  # nothing added: the exchange's expiry goes, as before
+    ],
+)
+async def test_a_hand_back_of_a_time_rental_leaves_the_time_others_gave_the_new_device(
+    node_factory: Any, database_url: str,
+    exchange_day: int, then: tuple[str, int, int] | None, cancel_day: int, kept_day: int | None,
+):  # fmt: skip
+    """The exchange gave the new device the old one's expiry; a renewal paid on the new device
+    (or an operator's later expiry) stays on it after a cancel: the part of the exchange's
+    period still to run at the cancel comes off, the rest stays; the old device keeps its own
+    expiry (the exchange never took it). Days are counted from the test's start."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    base = int(time.time())
+    expires = base + exchange_day * DAY_S
+    await service.configure(
+        store, old.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR,
+        now=day(base, 0),
+    )  # fmt: skip
+    await service.hand_over(
+        store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1",
+        now=day(base, 0),
+    )  # fmt: skip
+    await service.configure(
+        store, new.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR,
+        request_id="T1", now=day(base, 0),
+    )  # fmt: skip
+    await service.lock(
+        store, old.did, actor=ACTOR, reason="exchanged", request_id="T1:lock", now=day(base, 0)
+    )
+    if then is not None:
+        op, at, value = then
+        if op == "extend":
+            await service.extend_rental(
+                store, new.did, days=value, actor=ACTOR, request_id="O1", now=day(base, at)
+            )
+        else:
+            await service.set_expiry(
+                store, new.did, base + value * DAY_S, actor=ACTOR, now=day(base, at)
+            )
+
+    back = await service.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t",
+        now=day(base, cancel_day),
+    )  # fmt: skip
+    assert back == service.HandBack(new.did, None)
+    kept = await store.read(new.did)
+    if kept_day is None:
+        assert (kept.rental_expires_at, kept.lock_reasons) == (None, ["rental_expired"])
+    else:
+        assert (kept.rental_expires_at, kept.locked) == (base + kept_day * DAY_S, False)
+    copy = await DeviceService.get(did=new.did)
+    assert (copy.rental_expires_at, copy.version) == (kept.rental_expires_at, kept.version)
+    shard = store.keyspace.shard_of(new.did)
+    scheduled = await store.client.zscore(store.keyspace.rental_schedule("expiry", shard), new.did)
+    assert scheduled == (None if kept_day is None else float(base + kept_day * DAY_S))
+    returned = await store.read(old.did)
+    assert (returned.rental_expires_at, returned.locked) == (expires, False)
+    again = await service.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t",
+        now=day(base, cancel_day + 1),
+    )  # fmt: skip
+    assert again == back  # a retry takes nothing more
+    assert (await store.read(new.did)).rental_expires_at == kept.rental_expires_at
 
 
 async def exchanged(store: Any, old: str, new: str, remaining_ml: int) -> None:
