@@ -29,6 +29,7 @@ from aquafleet.api.schemas import (
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.gateway.commands import KEEP_LISTED, CommandKind, CommandRecord, CommandState
 from aquafleet.gateway.service_state import ServiceState
+from aquafleet.models.command_target import CommandTarget, command_target
 from aquafleet.models.commands import (
     NAME_OF_OP,
     OP_ARGUMENT,
@@ -39,7 +40,7 @@ from aquafleet.models.commands import (
 )
 from aquafleet.models.devices import check_usable_state
 from aquafleet.models.errors import DomainError
-from aquafleet.models.service import CommandTarget, ServiceMode, command_target
+from aquafleet.models.service import ServiceMode
 from aquafleet.models.tenancy import ANY_ROLE, Principal, Role
 from aquafleet.models.vending import MAX_DISPENSE_ML
 

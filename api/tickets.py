@@ -27,9 +27,10 @@ from aquafleet.api.schemas import (
 )
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
+from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.orders import find_order
 from aquafleet.models.outbox import ESSENTIAL, NotificationKind, opt_outs, set_opt_outs
-from aquafleet.models.service import HandBack, Handover, ServiceChangeRequest
+from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,

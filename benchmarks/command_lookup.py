@@ -25,10 +25,11 @@ from typing import Any
 import uvloop
 from tortoise import Tortoise
 
+from aquafleet.models.command_target import _built_target, command_target
 from aquafleet.models.db import tortoise_config
 from aquafleet.models.devices import Device, DeviceState, check_usable, find_visible
 from aquafleet.models.ids import device_id
-from aquafleet.models.service import DeviceService, ServiceMode, _built_target, command_target
+from aquafleet.models.service import DeviceService, ServiceMode
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
 

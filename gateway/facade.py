@@ -24,7 +24,7 @@ from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.gateway.registry_cache import kick_everywhere, write_entries
 from aquafleet.gateway.service_state import ServiceState, ServiceStore
-from aquafleet.models import service
+from aquafleet.models import handover, service
 from aquafleet.models.commands import check_not_locked
 from aquafleet.models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
 from aquafleet.models.vending import DispenseSession, start_dispense
@@ -126,20 +126,20 @@ class DeviceGateway:
 
     async def hand_over(
         self, did: str, *, recipient: str, request_id: str, actor: str, reason: str
-    ) -> service.Handover:
+    ) -> handover.Handover:
         """An exchange: the device's live service for its replacement `recipient`; the quota
-        left is taken off it in the same step (models/service.py hand_over)."""
-        return await service.hand_over(
+        left is taken off it in the same step (models/handover.py hand_over)."""
+        return await handover.hand_over(
             self._store, did, recipient=recipient, actor=actor, reason=reason,
             request_id=request_id,
         )  # fmt: skip
 
     async def hand_back(
         self, did: str, *, request_id: str, lock_request_id: str | None, actor: str, reason: str
-    ) -> service.HandBack:
+    ) -> handover.HandBack:
         """A cancelled exchange: the quota `did` handed over under `request_id` comes back to
-        it, once (models/service.py hand_back)."""
-        return await service.hand_back(
+        it, once (models/handover.py hand_back)."""
+        return await handover.hand_back(
             self._store, did, request_id=request_id, lock_request_id=lock_request_id,
             actor=actor, reason=reason,
         )  # fmt: skip

@@ -183,7 +183,8 @@ class ServiceStore:
     ) -> HandoverAnswer:
         """The recipient's side of a hand-back: `given_ml` is what goes back (what is left of
         `handed_ml` when the exchange configured it: less the water metered since, never more
-        than it holds; else `handed_ml`), taken off it once."""
+        than it holds; else `handed_ml`), taken off it once; of the rental expiry the exchange
+        gave, the part still to run comes off and what others added beyond it stays."""
         keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = ["takeback", now_ms, self._channel_prefix, did, _arg(handed_ml)]

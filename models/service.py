@@ -5,6 +5,9 @@ The live state is in Redis next to the device's meter (gateway/service_state.py)
 can draw the quota down atomically. These services validate a change, apply it there through a
 `ServiceBackend`, and record it here. A change carrying a `request_id` (an order id, say) is
 applied once however often it is retried.
+
+An exchange's hand-over and hand-back of the service are in models/handover.py, a command's
+device lookup in models/command_target.py.
 """
 
 from __future__ import annotations
@@ -14,19 +17,15 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Subquery
-from tortoise.filters import escape_like
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from aquafleet.models.devices import Device, DeviceState, DeviceType, visible_devices
+from aquafleet.models.devices import Device, DeviceType
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
-from aquafleet.models.ids import is_valid_device_id
-from aquafleet.models.tenancy import Principal, Role
 
 MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
 DAY_S = 86_400
@@ -62,108 +61,6 @@ class DeviceService(Model):
 
     class Meta:
         table = "device_service"
-
-
-class CommandTarget(NamedTuple):
-    """What a command needs of its device: that the caller may see it, its state, its mode."""
-
-    did: str
-    state: DeviceState
-    mode: ServiceMode | None  # None: not asked for, or the device has no service row
-
-
-# command_target's statements, one per (dialect, scope, with_mode): the visibility rules of
-# `visible_devices` written out once, so a command's lookup builds no query. Each scope says
-# how the caller's rows are named: PLATFORM every device, MEMBER those bound or shared to the
-# member, VENDOR the vendor's, SUBTREE the vendor's devices under the caller's agent node.
-# tests/api/test_command_target.py holds them to `visible_devices` for every role.
-_SCOPE_SQL = {
-    "platform": ("", ""),
-    "member": ("", ' AND (d."owner_id"={p} OR d."did" IN '
-               '(SELECT "device_id" FROM "device_share" WHERE "member_id"={p}))'),
-    "vendor": ("", ' AND d."vendor_id"={p}'),
-    "subtree": (' JOIN "agent" a ON a."id"=d."agent_id"',
-                ' AND d."vendor_id"={p} AND a."path" LIKE {p} ESCAPE \'\\\''),
-}  # fmt: skip
-_MODE_SQL = ',(SELECT s."mode" FROM "device_service" s WHERE s."did"=d."did")'
-_TARGET_SQL: dict[tuple[str, str, bool], str] = {}
-
-
-def _target_scope(principal: Principal) -> tuple[str, list[str]] | None:
-    """The caller's scope and its parameters (as `visible_devices`); None: sees no device."""
-    if principal.role is Role.PLATFORM:
-        return "platform", []
-    if principal.role is Role.MEMBER:
-        return "member", [principal.subject, principal.subject]
-    if principal.vendor_code is None:
-        return None
-    if principal.role is Role.VENDOR:
-        return "vendor", [principal.vendor_code]
-    if principal.agent_path:
-        return "subtree", [principal.vendor_code, escape_like(principal.agent_path) + "%"]
-    return None
-
-
-def _target_sql(dialect: str, scope: str, with_mode: bool) -> str:
-    key = (dialect, scope, with_mode)
-    sql = _TARGET_SQL.get(key)
-    if sql is None:
-        join, where = _SCOPE_SQL[scope]
-        count = 1 + where.count("{p}")
-        marks = [f"${n}" for n in range(1, count + 1)] if dialect == "postgres" else ["?"] * count
-        where = where.replace("{p}", "{}").format(*marks[1:])
-        sql = _TARGET_SQL[key] = (
-            f'SELECT d."did",d."state"{_MODE_SQL if with_mode else ""} FROM "device" d{join} '
-            f'WHERE d."did"={marks[0]}{where} LIMIT 1'
-        )
-    return sql
-
-
-async def command_target(
-    principal: Principal, did: str, *, with_mode: bool
-) -> CommandTarget | None:
-    """The device if the caller may see it (as `find_visible`), with its service mode when
-    `with_mode`: one statement, written once per scope (no query built, no model), on the path
-    of every command."""
-    if not is_valid_device_id(did):
-        return None
-    scope = _target_scope(principal)
-    if scope is None:
-        return None
-    name, params = scope
-    client = Device._meta.db
-    dialect = client.capabilities.dialect
-    if dialect not in ("postgres", "sqlite"):  # no statement written for it: build the query
-        return await _built_target(principal, did, with_mode=with_mode)
-    _, rows = await client.execute_query(_target_sql(dialect, name, with_mode), [did, *params])
-    if not rows:
-        return None
-    row = rows[0]
-    mode_value = row[2] if with_mode else None
-    return CommandTarget(
-        str(row[0]),
-        DeviceState(row[1]),
-        None if mode_value is None else ServiceMode(int(mode_value)),
-    )
-
-
-async def _built_target(principal: Principal, did: str, *, with_mode: bool) -> CommandTarget | None:
-    """`command_target` through the ORM's query builder (any database)."""
-    query = visible_devices(principal).filter(did=did).limit(1)
-    if with_mode:
-        mode = Subquery(DeviceService.filter(did=did).values("mode"))
-        rows = await query.annotate(mode=mode).values_list("did", "state", "mode")
-    else:
-        rows = await query.values_list("did", "state")
-    if not rows:
-        return None
-    row = rows[0]
-    mode_value = row[2] if with_mode else None
-    return CommandTarget(
-        str(row[0]),
-        DeviceState(row[1]),
-        None if mode_value is None else ServiceMode(int(mode_value)),
-    )
 
 
 class ServiceChange(Model):
@@ -216,7 +113,8 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _text(name: str, value: str, limit: int) -> str:
+def checked_text(name: str, value: str, limit: int) -> str:
+    """`value` stripped, 1..`limit` characters (an actor, a request id); else InvalidInput."""
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise InvalidInput(f"{name} must be 1..{limit} characters")
     return value.strip()
@@ -234,7 +132,8 @@ class UnmeteredDevice(Conflict):
     """A quota or rental change for a test (type 8) device: it has neither."""
 
 
-async def _device(did: str) -> Device:
+async def known_device(did: str) -> Device:
+    """The device `did`; NotFound when there is none."""
     device = await Device.get_or_none(did=did)
     if device is None:
         raise NotFound(f"device {did} not found")
@@ -254,10 +153,10 @@ async def _apply(
     seconds: int | None = None,
     now: dt.datetime | None = None,
 ) -> ChangeOutcome:
-    actor = _text("actor", actor, 64)
+    actor = checked_text("actor", actor, 64)
     if request_id is not None:
-        request_id = _text("request_id", request_id, 64)
-    device = await _device(did)
+        request_id = checked_text("request_id", request_id, 64)
+    device = await known_device(did)
     if device.type == DeviceType.TEST:
         # A test (quality-check) device, the seed's type 8 (FAQ 4): it pours freely, never
         # counts a quota, never expires and is never billed. Configuring it sets mode 8;
@@ -276,7 +175,7 @@ async def _apply(
     code = int(applied)
     if code == -2:
         raise Conflict(f"device {did} is not metered against a volume quota")
-    await _settle(
+    await record_applied(
         did, op, state, actor=actor, reason=reason, request_id=request_id, amount_ml=amount_ml,
         seconds=seconds, now=now,
     )  # fmt: skip
@@ -292,7 +191,7 @@ async def _apply(
     )
 
 
-async def _settle(
+async def record_applied(
     did: str,
     op: str,
     state: Any,
@@ -457,170 +356,6 @@ async def unlock(
     return await _apply(backend, did, "unlock", [], actor=actor, reason=reason, now=now)
 
 
-class HandoverReply(Protocol):
-    """The live store's answer to a hand-over (gateway/service_state.py HandoverAnswer)."""
-
-    @property
-    def applied(self) -> Any: ...  # -2: refused, the quota went to `received_by`
-    @property
-    def state(self) -> Any: ...
-    @property
-    def given_ml(self) -> int | None: ...
-    @property
-    def received_by(self) -> str | None: ...
-
-
-class QuotaBackend(ServiceBackend, Protocol):
-    """The live store with the exchange's hand-over (ServiceStore satisfies it)."""
-
-    async def hand_over(
-        self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
-    ) -> HandoverReply: ...
-
-    async def hand_back(
-        self, did: str, *, request_id: str, phase: str, ml: int | None = None,
-        lock_request_id: str | None = None, now_ms: int | None = None,
-    ) -> HandoverReply: ...  # fmt: skip
-
-    async def take_back(
-        self, did: str, *, request_id: str, handed_ml: int | None, now_ms: int | None = None
-    ) -> HandoverReply: ...
-
-
-class HandedOverElsewhere(Conflict):
-    """A retried hand-over names another recipient than the one that received the quota."""
-
-    code = "handed_over_elsewhere"
-
-    def __init__(self, did: str, received_by: str, request_id: str) -> None:
-        super().__init__(
-            f"the service of device {did} was already handed over to device {received_by} "
-            f"(request {request_id}): only {received_by} can receive it"
-        )
-        self.received_by = received_by
-
-
-class HandedBack(Conflict):
-    """A hand-over retried once its ticket's cancellation began giving the quota back."""
-
-    code = "handed_back"
-
-    def __init__(self, did: str, request_id: str) -> None:
-        super().__init__(
-            f"the service device {did} handed over (request {request_id}) is being given back: "
-            "its ticket is being cancelled; cancel it again to finish"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Handover:
-    """The live service a device hands to its replacement: `remaining_ml` is the quota it had
-    left at that moment (it keeps none), the rest is its state as it stands."""
-
-    mode: ServiceMode | None  # None: the device has no service to hand over
-    remaining_ml: int | None
-    rental_expires_at: int | None
-    low_balance_ml: int | None
-
-
-async def hand_over(
-    backend: QuotaBackend,
-    did: str,
-    *,
-    recipient: str,
-    actor: str,
-    reason: str,
-    request_id: str,
-    now: dt.datetime | None = None,
-) -> Handover:
-    """An exchange: the live service of `did` for its replacement `recipient`. Its quota is
-    read and set to 0 in one Redis step, so water poured until then is off it and none poured
-    after is given again; a retry with the same request id and recipient answers the same
-    amount, one naming another recipient raises HandedOverElsewhere (the quota is on one
-    device only)."""
-    actor = _text("actor", actor, 64)
-    request_id = _text("request_id", request_id, 64)
-    recipient = _text("recipient", recipient, 64)
-    await _device(did)
-    now = now or dt.datetime.now(dt.UTC)
-    answer = await backend.hand_over(
-        did, request_id=request_id, recipient=recipient, now_ms=int(now.timestamp() * 1000)
-    )
-    if int(answer.applied) == -3:
-        raise HandedBack(did, request_id)
-    if int(answer.applied) == -2:
-        raise HandedOverElsewhere(did, answer.received_by or "?", request_id)
-    state, given = answer.state, answer.given_ml
-    await _settle(
-        did, "hand_over", state, actor=actor, reason=reason, request_id=request_id,
-        amount_ml=given, seconds=None, now=now,
-    )  # fmt: skip
-    return Handover(
-        mode=None if state.mode is None else ServiceMode(state.mode),
-        remaining_ml=given,
-        rental_expires_at=state.rental_expires_at,
-        low_balance_ml=state.low_balance_ml,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class HandBack:
-    """What undoing a hand-over did: `recipient` the device the service had gone to (None:
-    nothing was handed over, nothing done), `returned_ml` the quota the old device got back."""
-
-    recipient: str | None
-    returned_ml: int | None
-
-
-async def hand_back(
-    backend: QuotaBackend,
-    did: str,
-    *,
-    request_id: str,
-    lock_request_id: str | None,
-    actor: str,
-    reason: str,
-    now: dt.datetime | None = None,
-) -> HandBack:
-    """A cancelled exchange: the quota `did` handed over under `request_id` comes back to it,
-    once, in three Redis steps each safe to repeat: the hand-over is marked given back (a
-    retry of it is refused from then on: HandedBack), the recipient gives back what is left
-    of the amount (less the water it metered since the exchange configured it, never below 0,
-    never more than it holds; what others added stays on it; the amount handed over when the
-    exchange never configured it), the old device gets that (a debt comes back as a debt) and
-    loses the person's lock the exchange's lock (`lock_request_id`) set. Nothing handed over:
-    nothing. The rule is service.lua's `takeback` (docs/metering.md)."""
-    actor = _text("actor", actor, 64)
-    request_id = _text("request_id", request_id, 64)
-    await _device(did)
-    now = now or dt.datetime.now(dt.UTC)
-    now_ms = int(now.timestamp() * 1000)
-    begun = await backend.hand_back(did, request_id=request_id, phase="begin", now_ms=now_ms)
-    if int(begun.applied) == -2:
-        raise Conflict(f"the hand-over of device {did} (request {request_id}) names no recipient")
-    recipient = begun.received_by
-    if recipient is None:
-        return HandBack(None, None)
-    record = f"{request_id}:cancel"[:64]
-    taken = await backend.take_back(
-        recipient, request_id=request_id, handed_ml=begun.given_ml, now_ms=now_ms
-    )
-    if int(taken.applied) == 1:  # it had the quota (its configure landed): it came off it
-        await _settle(
-            recipient, "take_back", taken.state, actor=actor, reason=reason,
-            request_id=record, amount_ml=taken.given_ml, seconds=None, now=now,
-        )  # fmt: skip
-    back = await backend.hand_back(
-        did, request_id=request_id, phase="credit", ml=taken.given_ml,
-        lock_request_id=lock_request_id, now_ms=now_ms,
-    )  # fmt: skip
-    await _settle(
-        did, "hand_back", back.state, actor=actor, reason=reason, request_id=record,
-        amount_ml=back.given_ml, seconds=None, now=now,
-    )  # fmt: skip
-    return HandBack(recipient, back.given_ml)
-
-
 def is_low_balance(
     *,
     remaining_ml: int | None,
@@ -766,8 +501,8 @@ async def reset_filter(
     from aquafleet.protocol import Command, CommandOp
 
     stage = _whole("stage", stage, 0, 255)
-    actor = _text("actor", actor, 64)
-    await _device(did)
+    actor = checked_text("actor", actor, 64)
+    await known_device(did)
     now = now or dt.datetime.now(dt.UTC)
     cid = int(await router.next_cid())
     command = Command(

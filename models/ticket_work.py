@@ -5,7 +5,7 @@
 - install: the device's installation block (installer, install time) is filled in;
 - exchange: the replacement device is bound to the member, takes the old device's product and
   its live service (configured with the ticket id as request id): the quota it had left at that
-  moment moves over and the old device keeps none (one Redis step, models/service.py
+  moment moves over and the old device keeps none (one Redis step, models/handover.py
   hand_over, bound to the replacement: a retry naming another device is refused with
   HandedOverElsewhere); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
@@ -19,13 +19,13 @@ cannot take it back), the retry applies it once.
 
 Cancelling (取消) locks the row the same way, so it and a completion never both act. An
 exchange whose completion failed after the hand-over (the old device at 0 and locked, the new
-one configured with the quota but never bound) is undone first (models/service.py
+one configured with the quota but never bound) is undone first (models/handover.py
 hand_back): the old device gets back what is left of the quota handed over (water poured on
 either stays poured, a debt stays a debt), the new one keeps none of it (what others added
-since stays on it), and the person's lock the exchange put on the old device is lifted. Each
-step is once per ticket, so a cancel retried after a failure half way gives nothing twice;
-once the undoing began, a retry of the completion is refused (409 handed_back): the member
-keeps the old device.
+since stays on it: a top-up, a renewal paid beyond the expiry the exchange gave), and the
+person's lock the exchange put on the old device is lifted. Each step is once per ticket, so
+a cancel retried after a failure half way gives nothing twice; once the undoing began, a
+retry of the completion is refused (409 handed_back): the member keeps the old device.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceShare, check_usable
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.service import HandBack, Handover, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import (

@@ -29,11 +29,13 @@
 --              `ml` the amount handed over: when its configure landed, what is left of that
 --              amount comes off it and goes back (quota_back: the amount less the water
 --              metered since the configure, never below 0, never more than it holds; a debt
---              as it was handed over) and what others added stays on it; the rental expiry
---              the configure gave is cleared (locked as expired). A configure marker without
---              the metered total (written before it was kept): all it holds goes back (0,
---              locked), as before. When the configure never landed, `ml` goes back and a late
---              configure with that id does nothing)
+--              as it was handed over) and what others added stays on it; of the rental
+--              expiry the configure gave, the part still to run comes off (rental_kept: what
+--              others gave beyond that expiry, a paid extend say, stays; an expiry at or
+--              before it is cleared, locked as expired). A configure marker without the
+--              metered total (written before it was kept): all it holds goes back (0, locked,
+--              its expiry cleared), as before. When the configure never landed, `ml` goes
+--              back and a late configure with that id does nothing)
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused,
 --          -3 handed back), version, lock bits, mode, remaining_ml, rental_expires_at,
@@ -111,6 +113,19 @@ local function quota_back(amount, metered, holds)
   if back > holds then back = holds end
   if amount >= 0 and back < 0 then back = 0 end
   return back
+end
+
+-- A take-back's rental: what the new device keeps of expiry `rx` when the exchange set it to
+-- `set_rx` (nil: it set none). The exchange's period still to run at now comes off; what
+-- others gave beyond the exchange's expiry (an extend paid, a later set_expiry or configure)
+-- stays: `rx` less the part of the exchange's period not run yet (when the exchange's expiry
+-- has passed, nothing is left of it and `rx` stays as it is). An expiry at or before the
+-- exchange's holds nothing but (part of) its period: cleared (nil).
+local function rental_kept(set_rx, rx)
+  if set_rx == nil or rx == nil then return rx end
+  if rx <= set_rx then return nil end
+  if set_rx > now_s then return rx - (set_rx - now_s) end
+  return rx
 end
 
 if op == 'read' then return answer(0) end
@@ -225,9 +240,10 @@ elseif op == 'takeback' then
       lk = set_bit(lk, QUOTA, rm <= 0)
       if lo and rm > lo then lf = 0 end
     end
-    if set_rx ~= '-' and rx then  -- the exchange gave a rental period: it goes
-      rx = nil
-      lk = set_bit(lk, EXPIRED, true)
+    local kept = rental_kept(num(set_rx), rx)
+    if kept ~= rx then  -- the exchange's period goes, what others gave beyond it stays
+      rx = kept
+      lk = set_bit(lk, EXPIRED, rx == nil or rx <= now_s)
     end
   elseif seen then  -- a configure marker from before: all it holds goes back, as it did then
     given = rm or f

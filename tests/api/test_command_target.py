@@ -10,11 +10,12 @@ import itertools
 import pytest
 
 from aquafleet.models.agents import Agent, AgentLevel
+from aquafleet.models.command_target import command_target
 from aquafleet.models.devices import Device, DeviceShare, DeviceState, visible_devices
 from aquafleet.models.ids import device_id
 from aquafleet.models.members import Member
 from aquafleet.models.registry import create_vendor
-from aquafleet.models.service import DeviceService, ServiceMode, command_target
+from aquafleet.models.service import DeviceService, ServiceMode
 from aquafleet.models.tenancy import Principal, Role, child_path
 
 pytestmark = pytest.mark.usefixtures("db")

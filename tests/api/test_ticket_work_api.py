@@ -14,15 +14,10 @@ import pytest
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SERVICE_STORE
 from aquafleet.models.devices import Device
 from aquafleet.models.faults import FaultWatch
+from aquafleet.models.handover import HandBack, Handover, hand_back
 from aquafleet.models.money import Refund
 from aquafleet.models.orders import mark_paid
-from aquafleet.models.service import (
-    HandBack,
-    Handover,
-    ServiceChange,
-    ServiceChangeRequest,
-    hand_back,
-)
+from aquafleet.models.service import ServiceChange, ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
 from aquafleet.models.ticket_work import cancel, complete

@@ -4,14 +4,16 @@ real Redis: it only moves forward, whatever order racing changes finish in."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from typing import Any
 
 import pytest
 
 from aquafleet.gateway.appkeys import SERVICE_STORE
-from aquafleet.models import service
-from aquafleet.models.service import DeviceService, HandedOverElsewhere, ServiceMode
+from aquafleet.models import handover, service
+from aquafleet.models.handover import HandedOverElsewhere
+from aquafleet.models.service import DeviceService, ServiceMode
 from tests.devices import register_devices, telemetry
 
 ACTOR = "test-admin"
@@ -72,10 +74,10 @@ async def test_a_handover_takes_the_quota_once_and_its_retry_answers_the_same_am
     await service.configure(
         store, dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
     )
-    given = await service.hand_over(
+    given = await handover.hand_over(
         store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
     )
-    again = await service.hand_over(
+    again = await handover.hand_over(
         store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
     )
     assert (given.mode, given.remaining_ml) == (ServiceMode.VOLUME_RENTAL, 700)
@@ -84,7 +86,7 @@ async def test_a_handover_takes_the_quota_once_and_its_retry_answers_the_same_am
     assert (left.remaining_ml, left.lock_reasons) == (0, ["quota_exhausted"])
     copy = await DeviceService.get(did=dev.did)
     assert (copy.remaining_ml, copy.version) == (0, left.version)
-    other = await service.hand_over(
+    other = await handover.hand_over(
         store, dev.did, recipient="NEW2", actor=ACTOR, reason="t", request_id="T2"
     )
     assert other.remaining_ml == 0  # another exchange finds nothing left
@@ -101,15 +103,15 @@ async def test_a_handover_is_bound_to_its_recipient_and_old_markers_still_answer
     await service.configure(
         store, dev.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
     )
-    given = await service.hand_over(
+    given = await handover.hand_over(
         store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
     )
     with pytest.raises(HandedOverElsewhere, match="to device NEW1") as refused:
-        await service.hand_over(
+        await handover.hand_over(
             store, dev.did, recipient="NEW2", actor=ACTOR, reason="t", request_id="T1"
         )
     assert (refused.value.code, refused.value.received_by) == ("handed_over_elsewhere", "NEW1")
-    again = await service.hand_over(
+    again = await handover.hand_over(
         store, dev.did, recipient="NEW1", actor=ACTOR, reason="t", request_id="T1"
     )
     assert given.remaining_ml == again.remaining_ml == 700
@@ -118,7 +120,7 @@ async def test_a_handover_is_bound_to_its_recipient_and_old_markers_still_answer
         store, older.did, ServiceMode.VOLUME_RENTAL, remaining_ml=0, actor=ACTOR
     )
     await store.client.set(store.keyspace.service_request(older.did, "T0"), "500")
-    legacy = await service.hand_over(
+    legacy = await handover.hand_over(
         store, older.did, recipient="NEW3", actor=ACTOR, reason="t", request_id="T0"
     )
     assert legacy.remaining_ml == 500
@@ -136,14 +138,14 @@ async def test_a_hand_back_before_the_recipient_was_configured_returns_the_amoun
     await service.configure(
         store, old.did, ServiceMode.VOLUME_RENTAL, remaining_ml=700, actor=ACTOR
     )
-    await service.hand_over(
+    await handover.hand_over(
         store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1"
     )
-    back = await service.hand_back(
+    back = await handover.hand_back(
         store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
     )
-    assert back == service.HandBack(new.did, 700)
-    again = await service.hand_back(
+    assert back == handover.HandBack(new.did, 700)
+    again = await handover.hand_back(
         store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
     )
     assert again == back  # a retry gives nothing twice
@@ -155,15 +157,15 @@ async def test_a_hand_back_before_the_recipient_was_configured_returns_the_amoun
         request_id="T1",
     )  # fmt: skip
     assert late.already_applied and (await store.read(new.did)).mode is None
-    with pytest.raises(service.HandedBack):
-        await service.hand_over(
+    with pytest.raises(handover.HandedBack):
+        await handover.hand_over(
             store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1"
         )
     assert (await store.read(old.did)).remaining_ml == 700
-    nothing = await service.hand_back(
+    nothing = await handover.hand_back(
         store, old.did, request_id="T2", lock_request_id=None, actor=ACTOR, reason="t"
     )
-    assert nothing == service.HandBack(None, None)  # no hand-over under T2: nothing done
+    assert nothing == handover.HandBack(None, None)  # no hand-over under T2: nothing done
     assert (await store.read(old.did)).version == returned.version
 
 
@@ -183,7 +185,7 @@ async def test_a_hand_back_of_a_time_rental_lifts_only_the_exchanges_own_lock(
         )
     await service.lock(store, held.did, actor=ACTOR, reason="unpaid repair")  # before
     for source, target in ((old.did, new.did), (held.did, spare.did)):
-        await service.hand_over(
+        await handover.hand_over(
             store, source, recipient=target, actor=ACTOR, reason="t", request_id="T1"
         )
         await service.configure(
@@ -191,15 +193,97 @@ async def test_a_hand_back_of_a_time_rental_lifts_only_the_exchanges_own_lock(
             request_id="T1",
         )  # fmt: skip
         await service.lock(store, source, actor=ACTOR, reason="exchanged", request_id="T1:lock")
-        back = await service.hand_back(
+        back = await handover.hand_back(
             store, source, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t"
         )
-        assert back == service.HandBack(target, None)
+        assert back == handover.HandBack(target, None)
         emptied = await store.read(target)
         assert (emptied.rental_expires_at, emptied.lock_reasons) == (None, ["rental_expired"])
     returned, still = await store.read(old.did), await store.read(held.did)
     assert (returned.rental_expires_at, returned.locked) == (expires, False)
     assert (still.rental_expires_at, still.lock_reasons) == (expires, ["manual"])
+
+
+DAY_S = 86_400
+
+
+def day(base: int, days: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(base + days * DAY_S, dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("exchange_day", "then", "cancel_day", "kept_day"),
+    [
+        (20, ("extend", 0, 30), 1, 31),  # a renewal paid while the exchange's period ran
+        (20, ("set_expiry", 0, 30), 1, 11),  # an operator's later expiry: 10 days beyond it
+        (2, ("extend", 5, 30), 6, 35),  # renewed after the exchange's expiry: all of it stays
+        (20, ("extend", 0, 30), 25, 50),  # cancelled after the exchange's expiry: nothing of it
+        (20, ("set_expiry", 0, 15), 1, None),  # an earlier expiry holds only the exchange's
+        (20, None, 1, None),  # nothing added: the exchange's expiry goes, as before
+    ],
+)
+async def test_a_hand_back_of_a_time_rental_leaves_the_time_others_gave_the_new_device(
+    node_factory: Any, database_url: str,
+    exchange_day: int, then: tuple[str, int, int] | None, cancel_day: int, kept_day: int | None,
+):  # fmt: skip
+    """The exchange gave the new device the old one's expiry; a renewal paid on the new device
+    (or an operator's later expiry) stays on it after a cancel: the part of the exchange's
+    period still to run at the cancel comes off, the rest stays; the old device keeps its own
+    expiry (the exchange never took it). Days are counted from the test's start."""
+    node = await node_factory(database_url=database_url)
+    old, new = await register_devices(node, 2)
+    store = node.app[SERVICE_STORE]
+    base = int(time.time())
+    expires = base + exchange_day * DAY_S
+    await service.configure(
+        store, old.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR,
+        now=day(base, 0),
+    )  # fmt: skip
+    await handover.hand_over(
+        store, old.did, recipient=new.did, actor=ACTOR, reason="t", request_id="T1",
+        now=day(base, 0),
+    )  # fmt: skip
+    await service.configure(
+        store, new.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR,
+        request_id="T1", now=day(base, 0),
+    )  # fmt: skip
+    await service.lock(
+        store, old.did, actor=ACTOR, reason="exchanged", request_id="T1:lock", now=day(base, 0)
+    )
+    if then is not None:
+        op, at, value = then
+        if op == "extend":
+            await service.extend_rental(
+                store, new.did, days=value, actor=ACTOR, request_id="O1", now=day(base, at)
+            )
+        else:
+            await service.set_expiry(
+                store, new.did, base + value * DAY_S, actor=ACTOR, now=day(base, at)
+            )
+
+    back = await handover.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t",
+        now=day(base, cancel_day),
+    )  # fmt: skip
+    assert back == handover.HandBack(new.did, None)
+    kept = await store.read(new.did)
+    if kept_day is None:
+        assert (kept.rental_expires_at, kept.lock_reasons) == (None, ["rental_expired"])
+    else:
+        assert (kept.rental_expires_at, kept.locked) == (base + kept_day * DAY_S, False)
+    copy = await DeviceService.get(did=new.did)
+    assert (copy.rental_expires_at, copy.version) == (kept.rental_expires_at, kept.version)
+    shard = store.keyspace.shard_of(new.did)
+    scheduled = await store.client.zscore(store.keyspace.rental_schedule("expiry", shard), new.did)
+    assert scheduled == (None if kept_day is None else float(base + kept_day * DAY_S))
+    returned = await store.read(old.did)
+    assert (returned.rental_expires_at, returned.locked) == (expires, False)
+    again = await handover.hand_back(
+        store, old.did, request_id="T1", lock_request_id="T1:lock", actor=ACTOR, reason="t",
+        now=day(base, cancel_day + 1),
+    )  # fmt: skip
+    assert again == back  # a retry takes nothing more
+    assert (await store.read(new.did)).rental_expires_at == kept.rental_expires_at
 
 
 async def exchanged(store: Any, old: str, new: str, remaining_ml: int) -> None:
@@ -208,7 +292,7 @@ async def exchanged(store: Any, old: str, new: str, remaining_ml: int) -> None:
     await service.configure(
         store, old, ServiceMode.VOLUME_RENTAL, remaining_ml=remaining_ml, actor=ACTOR
     )
-    given = await service.hand_over(
+    given = await handover.hand_over(
         store, old, recipient=new, actor=ACTOR, reason="t", request_id="T1"
     )
     assert given.remaining_ml == remaining_ml
@@ -218,8 +302,8 @@ async def exchanged(store: Any, old: str, new: str, remaining_ml: int) -> None:
     )  # fmt: skip
 
 
-async def cancelled(store: Any, old: str) -> service.HandBack:
-    return await service.hand_back(
+async def cancelled(store: Any, old: str) -> handover.HandBack:
+    return await handover.hand_back(
         store, old, request_id="T1", lock_request_id=None, actor=ACTOR, reason="t"
     )
 
@@ -245,7 +329,7 @@ async def test_a_hand_back_takes_what_is_left_of_the_amount_and_leaves_what_othe
     await service.top_up(store, new.did, 5000, actor=ACTOR, request_id="O1")  # a paid order
 
     back = await cancelled(store, old.did)
-    assert back == service.HandBack(new.did, 500)
+    assert back == handover.HandBack(new.did, 500)
     returned, kept = await store.read(old.did), await store.read(new.did)
     assert (returned.remaining_ml, returned.locked) == (500, False)
     assert (kept.remaining_ml, kept.locked) == (5000, False)
@@ -284,7 +368,7 @@ async def test_a_hand_back_gives_what_is_left_never_more_than_the_device_holds(
         await service.top_up(store, new.did, then[1], actor=ACTOR)
 
     back = await cancelled(store, old.did)
-    assert back == service.HandBack(new.did, back_ml)
+    assert back == handover.HandBack(new.did, back_ml)
     returned, kept = await store.read(old.did), await store.read(new.did)
     assert (returned.remaining_ml, returned.locked) == (back_ml, back_ml <= 0)
     assert (kept.remaining_ml, kept.locked) == (kept_ml, kept_ml <= 0)
@@ -302,7 +386,7 @@ async def test_a_hand_back_after_a_configure_marker_from_before_takes_all_the_de
     await store.client.set(store.keyspace.service_request(new.did, "T1"), "1")
     await service.top_up(store, new.did, 300, actor=ACTOR)
 
-    assert await cancelled(store, old.did) == service.HandBack(new.did, 1000)
+    assert await cancelled(store, old.did) == handover.HandBack(new.did, 1000)
     returned, emptied = await store.read(old.did), await store.read(new.did)
     assert (returned.remaining_ml, emptied.remaining_ml, emptied.locked) == (1000, 0, True)
 
@@ -321,7 +405,7 @@ async def test_a_hand_back_leaves_a_rental_that_someone_else_gave_the_new_device
         store, new.did, ServiceMode.TIME_RENTAL, rental_expires_at=expires, actor=ACTOR
     )
 
-    assert await cancelled(store, old.did) == service.HandBack(new.did, None)
+    assert await cancelled(store, old.did) == handover.HandBack(new.did, None)
     kept = await store.read(new.did)
     assert (kept.mode, kept.rental_expires_at, kept.locked) == (2, expires, False)  # time rental
     assert (await store.read(old.did)).remaining_ml == 0  # nothing came back to it
