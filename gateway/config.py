@@ -187,6 +187,18 @@ class Settings(BaseSettings):
         "of a transaction's cost is per commit and per device in it). Only the database lags by "
         "it; devices are acked once Redis holds their records. 0: write every read at once.",
     )
+    ledger_snapshot_interval_ms: float = Field(
+        1000.0,
+        ge=0,
+        le=60000,
+        description="A device's snapshot (its newest readings: TDS, temperature, filters, "
+        "faults) is written at most once in this interval; a newer one waits, the newest only, "
+        "for the first transaction after it (or the idle writer within a second; a graceful "
+        "stop writes them all). Spares the upsert per device per transaction for devices "
+        "reporting faster than the ledger's linger; records and water are never delayed by it. "
+        "A crash of the writer loses held readings at most this old of devices that have not "
+        "reported since. 0: every transaction writes its snapshots.",
+    )
     ledger_claim_idle_s: int = Field(
         60, ge=5, description="Idle time after which a dead writer's pending entries are claimed."
     )

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import operator
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,86 @@ def snapshot_row(
     ))  # fmt: skip
 
 
+class SnapshotPacer:
+    """Which device snapshots a transaction writes: a device's at most once every `interval_s`.
+
+    A snapshot holds a device's newest readings (TDS, temperature, filters, faults); each one
+    written costs the writer an upsert (an index lookup, a row rewritten, the filters as JSON):
+    ~4 us a record at window 1, where every record of a device reporting faster than the
+    linger is its own transaction's snapshot (docs/benchmarks.md). A device whose snapshot was
+    written within the interval has its newer one held (the newest only) and written by the
+    first transaction after the interval, or, with nothing to read, by the idle writer within
+    the read's block time; `flush()` (graceful stop) writes every held one. A device reporting
+    less often than the interval (a fleet reporting every minute) is never held.
+    What a crash of the writer loses: the held readings of devices that have not reported
+    since, at most `interval_s` old (the usage rows, the water and every record are
+    unaffected: they are not paced). 0: every transaction writes its snapshots, as before.
+    """
+
+    __slots__ = ("_clock", "_held", "_written", "interval_s")
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._written: dict[str, float] = {}  # did -> when its snapshot was written, oldest first
+        self._held: dict[str, SnapshotRow] = {}  # did -> its newest snapshot not yet written
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def due(
+        self, snapshots: dict[str, SnapshotRow], *, everything: bool = False
+    ) -> list[SnapshotRow]:
+        """The snapshots to write now: of `snapshots` (a batch's, one a device) those of devices
+        not written within the interval, and the held ones whose interval has passed (all of
+        them with `everything`). The rest are held. Nothing counts as written until `written()`
+        says the transaction committed: a failed one loses nothing held."""
+        if not self.interval_s:
+            return list(snapshots.values())
+        written, held = self._written, self._held
+        horizon = self._clock() - self.interval_s
+        expired = []  # oldest first: stop at the first device still within its interval
+        for did, at in written.items():
+            if at > horizon:
+                break
+            expired.append(did)
+        for did in expired:  # forgotten: their next snapshot is due
+            del written[did]
+        out: dict[str, SnapshotRow] = {}
+        for did, row in snapshots.items():
+            kept = held.get(did)
+            if kept is not None and _newer(kept, row):
+                row = kept
+            if did in written and not everything:
+                held[did] = row
+            else:
+                out[did] = row
+        for did, row in held.items():  # held ones now due (at most one a fast reporter)
+            if did not in out and (everything or did not in written):
+                out[did] = row
+        return list(out.values())
+
+    def written(self, rows: list[SnapshotRow]) -> None:
+        """These snapshots committed: their devices' intervals start now."""
+        if not self.interval_s:
+            return
+        now = self._clock()
+        written, held = self._written, self._held
+        for row in rows:
+            did = row.did
+            kept = held.get(did)
+            if kept is not None and not _newer(kept, row):
+                del held[did]
+            written.pop(did, None)  # to the end: the dict stays oldest first
+            written[did] = now
+
+
+def _newer(a: SnapshotRow, b: SnapshotRow) -> bool:
+    """Whether `a` is a later report than `b` (the database's upsert keeps the same order)."""
+    return (a.boot, a.rec) > (b.boot, b.rec)
+
+
 class LedgerWriter:
     def __init__(
         self,
@@ -236,8 +317,11 @@ class LedgerWriter:
         replication: Replication = NO_WAIT,
         linger_s: float = 0.0,
         linger_records: int = 0,
+        snapshot_interval_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        self.snapshots = SnapshotPacer(snapshot_interval_s, clock)
         self.linger_s = linger_s  # see write_once
         self.linger_records = linger_records
         self.replication = replication
@@ -300,10 +384,12 @@ class LedgerWriter:
                 delay = min(delay * 2, RETRY_MAX_S)
 
     async def flush(self) -> int:
-        """Write everything this consumer has read or can read now (graceful shutdown)."""
+        """Write everything this consumer has read or can read now, and every device snapshot
+        held back (graceful shutdown)."""
         written = await self.drain_own_pending()
         while batch := await self.write_once(block_ms=None):
             written += batch
+        await self._store_held(everything=True)
         return written
 
     async def write_once(self, *, block_ms: int | None = None) -> int:
@@ -408,8 +494,20 @@ class LedgerWriter:
         self.metrics.ledger_claimed += claimed
         return claimed
 
+    async def _store_held(self, *, everything: bool = False) -> None:
+        """Write the held snapshots whose interval has passed (all with `everything`): what
+        a writer with nothing to read still owes."""
+        if self.snapshots.held:
+            due = self.snapshots.due({}, everything=everything)
+            if due:
+                await store_ledger_batch([], due, [])
+                self.snapshots.written(due)
+                if self.maintenance is not None:  # never raises; bounded work
+                    await self.maintenance.after_batch(due)
+
     async def _store_reply(self, reply: Any) -> int:
         if not reply:
+            await self._store_held()
             return 0
         per_stream: list[tuple[str, list[tuple[bytes, int]]]] = []
         entries: list[Entry] = []
@@ -421,16 +519,19 @@ class LedgerWriter:
             per_stream.append((name, counted))
             entries.extend(stream_entries)
         if not entries:
+            await self._store_held()
             return 0
         batch = decode_entries(entries)
         activated = [did for did in batch.dids if did not in self._activated]
+        snapshots = self.snapshots.due(batch.snapshots)
         await store_ledger_batch(
             batch.usage,
-            list(batch.snapshots.values()),
+            snapshots,
             activated,
             batch.service_events,
             batch.dispenses,
         )
+        self.snapshots.written(snapshots)
         self._remember_activated(activated)
         if batch.poisoned:  # after the commit: a retried batch must not bury them twice
             await self._bury(batch.poisoned)
@@ -440,8 +541,8 @@ class LedgerWriter:
         self.metrics.ledger_records_written += len(batch.usage)
         self.metrics.ledger_records_dead += batch.bad_payloads
         self.metrics.metered_ml += sum(row.delta_ml for row in batch.usage)
-        if self.maintenance is not None and batch.snapshots:  # never raises; bounded work
-            await self.maintenance.after_batch(batch.snapshots.values())
+        if self.maintenance is not None and snapshots:  # never raises; bounded work
+            await self.maintenance.after_batch(snapshots)
         if self.faults is not None:  # never raises; bounded work
             await self.faults.after_batch(batch.usage, {})
         return len(batch.usage)

@@ -157,6 +157,7 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         replication=replication_of(settings),
         linger_s=settings.ledger_linger_ms / 1000,
         linger_records=settings.ledger_batch,
+        snapshot_interval_s=settings.ledger_snapshot_interval_ms / 1000,
     )
     await writer.ensure_groups()
     app[TASKS].start("ledger-writer", writer.run)

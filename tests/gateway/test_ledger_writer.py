@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -77,6 +78,8 @@ async def make_writer(
         batch_entries: int = 10,
         linger_s: float = 0.0,
         linger_records: int = 0,
+        snapshot_interval_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> LedgerWriter:
         return LedgerWriter(
             client=redis_client,
@@ -88,6 +91,8 @@ async def make_writer(
             claim_idle_ms=claim_idle_ms,
             linger_s=linger_s,
             linger_records=linger_records,
+            snapshot_interval_s=snapshot_interval_s,
+            clock=clock,
         )
 
     yield make
@@ -335,6 +340,100 @@ async def test_a_snapshot_follows_every_change_of_the_filters(
         await writer.write_once(block_ms=None)
         snap = await DeviceSnapshot.get(did=a)
         assert (snap.rec, snap.filters) == (rec, as_rows[filters])
+
+
+async def test_a_fast_reporter_s_snapshot_is_written_once_an_interval_and_never_lost(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    """ledger_snapshot_interval_ms: a device reporting faster than the interval has its newest
+    snapshot held, not upserted by every transaction; the first transaction after the
+    interval writes it, or the idle writer, or the graceful stop. Its records never wait."""
+    now = [1000.0]
+    writer = make_writer(snapshot_interval_s=1.0, clock=lambda: now[0])
+    await writer.ensure_groups()
+    a, b, _ = dids
+
+    async def snapshot(did: str) -> tuple[int, int | None] | None:
+        snap = await DeviceSnapshot.get_or_none(did=did)
+        return None if snap is None else (snap.rec, snap.tds_in_ppm)
+
+    await meter.one(a, telemetry(1, total=10, tds_in_ppm=1))
+    await writer.write_once(block_ms=None)
+    assert await snapshot(a) == (1, 1)  # a first report is written at once
+
+    now[0] += 0.3
+    await meter.one(a, telemetry(2, total=20, tds_in_ppm=2))
+    await writer.write_once(block_ms=None)
+    now[0] += 0.3
+    await meter.one(a, telemetry(3, total=30, tds_in_ppm=3))
+    await writer.write_once(block_ms=None)
+    assert [r.rec for r in await usage_rows(a)] == [1, 2, 3]  # the records are all there
+    assert await snapshot(a) == (1, 1)  # the newest readings held back (rec 3 only)
+    assert writer.snapshots.held == 1
+
+    now[0] += 0.5  # a's interval has passed: the next transaction, though only b's, writes it
+    await meter.one(b, telemetry(1, total=5, tds_in_ppm=7))
+    await writer.write_once(block_ms=None)
+    assert await snapshot(a) == (3, 3)
+    assert await snapshot(b) == (1, 7)
+    assert writer.snapshots.held == 0
+
+    # Held again, then written by an idle writer (a read that brings nothing) ...
+    now[0] += 0.2
+    await meter.one(a, telemetry(4, total=40, tds_in_ppm=4))
+    await writer.write_once(block_ms=None)
+    assert await snapshot(a) == (3, 3)
+    await writer.write_once(block_ms=10)
+    assert await snapshot(a) == (3, 3)  # ... not before its interval has passed
+    now[0] += 1.0
+    await writer.write_once(block_ms=10)
+    assert await snapshot(a) == (4, 4)
+
+    # ... and by the graceful stop, whatever the interval.
+    now[0] += 0.1
+    await meter.one(a, telemetry(5, total=50, tds_in_ppm=5))
+    await writer.write_once(block_ms=None)
+    assert await snapshot(a) == (4, 4)
+    await writer.flush()
+    assert await snapshot(a) == (5, 5)
+    assert writer.snapshots.held == 0
+    await assert_rows_match_the_meter(meter, [a, b])
+
+
+async def test_a_held_snapshot_survives_a_failed_transaction(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing counts as written until the transaction commits: a database error while the
+    held snapshot was due keeps it held, and the retry writes it."""
+    import aquafleet.gateway.ledger as ledger_module
+
+    now = [1000.0]
+    writer = make_writer(snapshot_interval_s=1.0, clock=lambda: now[0])
+    await writer.ensure_groups()
+    a, b, _ = dids
+    await meter.one(a, telemetry(1, total=10, tds_in_ppm=1))
+    await writer.write_once(block_ms=None)
+    now[0] += 0.1
+    await meter.one(a, telemetry(2, total=20, tds_in_ppm=2))
+    await writer.write_once(block_ms=None)
+    now[0] += 1.0
+    await meter.one(b, telemetry(1, total=5))
+
+    real_store = ledger_module.store_ledger_batch
+
+    async def failing_store(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the database went away")
+
+    monkeypatch.setattr(ledger_module, "store_ledger_batch", failing_store)
+    with pytest.raises(OSError):
+        await writer.write_once(block_ms=None)
+    assert writer.snapshots.held == 1
+    monkeypatch.setattr(ledger_module, "store_ledger_batch", real_store)
+    await writer.drain_own_pending()  # as run() does after an error
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.rec, snap.tds_in_ppm) == (2, 2)
+    assert writer.snapshots.held == 0
+    await assert_rows_match_the_meter(meter, [a, b])
 
 
 async def test_a_reporting_device_becomes_active(
@@ -670,3 +769,32 @@ async def test_seeded_traffic_bills_exactly_what_was_metered(
     assert await metered_ml_by_device(dids) == totals
     await assert_rows_match_the_meter(meter, dids)
     assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
+
+
+def test_the_snapshot_pacer_keeps_the_newest_report_of_a_held_device() -> None:
+    """A late report (an older position, a claimed or redelivered entry) never replaces a newer
+    held one; a new boot is newer than any rec of the old one, as the database's upsert says."""
+    from aquafleet.gateway.ledger import SnapshotPacer
+    from aquafleet.models.usage import SnapshotRow
+
+    def row(did: str, boot: int, rec: int) -> SnapshotRow:
+        return SnapshotRow(did, boot, rec, 0, RECEIVED_AT, None, None, None, None, None, None,
+                           None, None)  # fmt: skip
+
+    now = [0.0]
+    pacer = SnapshotPacer(1.0, clock=lambda: now[0])
+    first = pacer.due({"A": row("A", 1, 5), "B": row("B", 1, 1)})
+    assert first == [row("A", 1, 5), row("B", 1, 1)]
+    pacer.written(first)
+    now[0] = 0.5
+    assert pacer.due({"A": row("A", 1, 9)}) == []
+    assert pacer.due({"A": row("A", 1, 7)}) == []  # late: rec 9 stays held
+    assert pacer.due({"A": row("A", 2, 1)}) == []  # a new boot replaces it
+    assert pacer.due({}, everything=True) == [row("A", 2, 1)]
+    assert pacer.held == 1  # until written
+    now[0] = 1.5
+    due = pacer.due({"A": row("A", 1, 10)})  # interval passed: the held newer one goes
+    assert due == [row("A", 2, 1)]
+    pacer.written(due)
+    assert pacer.held == 0
+    assert SnapshotPacer(0.0).due({"A": row("A", 1, 1)}) == [row("A", 1, 1)]  # 0: no pacing
