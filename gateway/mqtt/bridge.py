@@ -63,6 +63,7 @@ from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.message_types import Record, Result
 from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
 from aquafleet.protocol.mqtt_envelope import Envelope, TopicCache, open_envelope, uplink_filter
+from aquafleet.protocol.mqtt_wire import Publish
 
 if TYPE_CHECKING:
     from aquafleet.gateway.config import Settings
@@ -183,7 +184,7 @@ class MqttBridge:
             self.host,
             self.port,
             client_id=self.client_id,
-            on_message=self._on_message,
+            on_messages=self._on_messages,
             username=self.settings.mqtt_username,
             password=None if password is None else password.get_secret_value(),
             keepalive_s=KEEPALIVE_S,
@@ -191,21 +192,25 @@ class MqttBridge:
             timeout_s=BROKER_TIMEOUT_S,
         )
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        """A message from the broker (as its read is handled): handled at once, as a TCP
-        frame is, unless reads are paused or older messages wait (then queued behind them;
-        full: the newest dropped, counted: it was not acked, its device resends it). Handling
-        it here spares a task switch per read (the consumer's), most of what MQTT cost above
-        TCP per record once the messages themselves were cheap (docs/benchmarks.md)."""
+    def _on_messages(self, messages: list[Publish]) -> None:
+        """The messages of one socket read from the broker, as the read is handled: each
+        handled at once, as a TCP frame is, unless reads are paused or older messages wait
+        (then queued behind them; full: the newest dropped, counted: it was not acked, its
+        device resends it). Handling them here spares a task switch per read (the consumer's),
+        most of what MQTT cost above TCP per record once the messages themselves were cheap
+        (docs/benchmarks.md); one call and one clock reading a read, not a message."""
         incoming = self.incoming
-        if not incoming and self.accepting and not self.hub.reads_paused:
-            self.receive(topic, payload, time.time())
-            return
-        if len(incoming) >= self.incoming_max:
-            self.metrics.mqtt_uplinks_dropped += 1
-            return
-        incoming.append((topic, payload))
-        self._in_wake.set()
+        hub = self.hub
+        receive = self.receive
+        now = time.time()
+        for topic, payload, _qos, _packet_id in messages:
+            if not incoming and self.accepting and not hub.reads_paused:
+                receive(topic, payload, now)
+            elif len(incoming) >= self.incoming_max:
+                self.metrics.mqtt_uplinks_dropped += 1
+            else:
+                incoming.append((topic, payload))
+                self._in_wake.set()
 
     async def run(self) -> None:
         """Connect, subscribe, pump; on any broker failure reconnect with backoff."""

@@ -1,13 +1,13 @@
 """The bridge's connection to the broker: MQTT 3.1.1 over an asyncio Protocol, no paho.
 
 What the bridge needs of a client is small: connect (user name, password, clean session,
-keepalive), subscribe, take every PUBLISH as (topic, payload) the moment its bytes are read,
+keepalive), subscribe, take the PUBLISHes of each read the moment its bytes are read,
 publish acks and commands a batch per write, ping, and tell us when the connection breaks.
 The packets are `protocol/mqtt_wire.py`'s (sans-IO, shared with the simulator's purifiers);
 this module is only the pump: one `data_received` decodes everything a read holds and hands
-each message to the bridge's callback, one `transport.write` sends a batch. paho did the same
-work through a general-purpose client with a thread-safe publish path and three `recv()` calls
-per message (44% of the bridge's main thread, docs/benchmarks.md).
+its messages to the bridge's callback in one call, one `transport.write` sends a batch. paho
+did the same work through a general-purpose client with a thread-safe publish path and three
+`recv()` calls per message (44% of the bridge's main thread, docs/benchmarks.md).
 
 Every wait is bounded (`timeout_s`); a broken connection, a refused CONNECT or SUBSCRIBE, a
 broker that stops answering pings or bytes that are not MQTT all raise `BrokerError`.
@@ -26,7 +26,7 @@ from aquafleet.gateway.errors import GatewayError
 from aquafleet.protocol import mqtt_wire as wire
 
 Outgoing = tuple[str, bytes, int]  # topic, payload, qos
-MessageCallback = Callable[[str, bytes], None]
+MessagesCallback = Callable[[list[wire.Publish]], None]  # the messages of one socket read
 WRITE_HIGH_WATER = 256 * 1024  # above this, `drain()` waits for the socket to take it
 
 
@@ -37,9 +37,9 @@ class BrokerError(GatewayError):
 class BrokerConnection(asyncio.Protocol):
     """One connection to the broker. Build it with `connect_broker`."""
 
-    def __init__(self, on_message: MessageCallback) -> None:
+    def __init__(self, on_messages: MessagesCallback) -> None:
         loop = asyncio.get_running_loop()
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.transport: asyncio.Transport | None = None
         self.reader = wire.PacketReader()
         self.ids = wire.PacketIds()
@@ -65,13 +65,14 @@ class BrokerConnection(asyncio.Protocol):
             self._broken(BrokerError(f"the broker sent what is not MQTT: {exc}"))
             return
         acks: list[bytes] = []
-        on_message = self.on_message
+        messages: list[wire.Publish] = []
+        add_message = messages.append
         for packet in packets:
             kind = type(packet)
             if kind is wire.Publish:
                 if packet.qos:  # type: ignore[union-attr]
                     acks.append(wire.puback(packet.packet_id))  # type: ignore[union-attr]
-                on_message(packet.topic, packet.payload)  # type: ignore[union-attr]
+                add_message(packet)  # type: ignore[arg-type]
             elif kind is wire.PubAck:
                 self.unacked = max(0, self.unacked - 1)
             elif kind is wire.ConnAck:
@@ -81,6 +82,8 @@ class BrokerConnection(asyncio.Protocol):
                 waiter = self._subacks.pop(packet.packet_id, None)  # type: ignore[union-attr]
                 if waiter is not None and not waiter.done():
                     waiter.set_result(packet.codes)  # type: ignore[union-attr]
+        if messages:
+            self.on_messages(messages)
         if acks and self.transport is not None:
             self.transport.write(b"".join(acks))
 
@@ -176,7 +179,7 @@ async def connect_broker(
     port: int,
     *,
     client_id: str,
-    on_message: MessageCallback,
+    on_messages: MessagesCallback,
     username: str | None = None,
     password: str | None = None,
     keepalive_s: int = 30,
@@ -188,7 +191,7 @@ async def connect_broker(
     try:
         async with asyncio.timeout(timeout_s):
             _, conn = await loop.create_connection(
-                lambda: BrokerConnection(on_message), host, port, ssl=tls
+                lambda: BrokerConnection(on_messages), host, port, ssl=tls
             )
     except (OSError, TimeoutError) as exc:
         raise BrokerError(f"cannot connect to the broker at {host}:{port}: {exc!r}") from None

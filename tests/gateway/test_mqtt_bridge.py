@@ -639,7 +639,7 @@ async def test_the_bridge_client_takes_every_message_of_a_read_and_publishes_bat
     received: list[tuple[str, bytes]] = []
     conn = await connect_broker(
         "127.0.0.1", BROKER_PORT, client_id=f"{prefix}-bridge",
-        on_message=lambda topic, payload: received.append((topic, payload)),
+        on_messages=lambda messages: received.extend((m.topic, m.payload) for m in messages),
     )  # fmt: skip
     try:
         await conn.subscribe([(f"{prefix}/up/#", 0)], TIMEOUT_S)
@@ -676,11 +676,11 @@ async def test_the_bridge_client_takes_every_message_of_a_read_and_publishes_bat
 async def test_the_bridge_client_reports_a_broker_that_is_not_there_or_goes_away() -> None:
     port = free_port()
     with pytest.raises(BrokerError, match="cannot connect"):
-        await connect_broker("127.0.0.1", port, client_id="x", on_message=lambda t, p: None)
+        await connect_broker("127.0.0.1", port, client_id="x", on_messages=lambda messages: None)
     prefix = unique_prefix()
     async with private_broker(port) as broker:
         conn = await connect_broker(
-            "127.0.0.1", port, client_id=f"{prefix}-bridge", on_message=lambda t, p: None
+            "127.0.0.1", port, client_id=f"{prefix}-bridge", on_messages=lambda messages: None
         )
         await conn.subscribe([(f"{prefix}/up/#", 0)], TIMEOUT_S)
         await broker.stop()  # type: ignore[attr-defined]
