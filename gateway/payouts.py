@@ -13,6 +13,9 @@ The requests are signed and the answers verified by the one WeChat Pay client
 Every create of a batch is the same request: it is built only from what the withdrawal stored
 when it was requested (the merchant, its app, the member's openid then), never from the
 member's binding of the moment, so a refusal of one create says the same of every other.
+A row stored without them (before migration 0020, or by an older node) is fixed by its first
+send, once for every sender; an older node's create of it may differ, so a refusal waits out
+STOP_GRACE after the request and the fixing (`other_creates_until`).
 An operator gives up a withdrawal WeChat Pay keeps refusing for now with `fail_stopped`.
 """
 
@@ -65,6 +68,7 @@ NOT_ACCEPTED = frozenset({"PARAM_ERROR", "NO_AUTH"})
 # accepted (WeChat Pay answers a query 404 meanwhile): far longer than a create and its client
 # retries take (3 x a 10 s timeout).
 STOP_GRACE = dt.timedelta(minutes=10)
+PAYEE_FIELDS = ("transfer_mchid", "transfer_appid", "transfer_openid", "transfer_fixed_at")
 
 
 class WechatNotBound(Conflict):
@@ -89,6 +93,17 @@ def batch_no(withdrawal_id: int) -> str:
 
 def detail_no(withdrawal_id: int) -> str:
     return f"AFD{withdrawal_id:016d}"
+
+
+def other_creates_until(withdrawal: Withdrawal) -> dt.datetime | None:
+    """Until when a create of the withdrawal's batch built from another payee than the stored
+    one may still be being accepted: a row stored without its payee (from before 0020, or an
+    older node's) was sent by such a node, from the binding of its moment, when it was
+    requested and maybe until its payee was fixed. None: every create is the stored one."""
+    if withdrawal.transfer_openid is not None and withdrawal.transfer_fixed_at is None:
+        return None
+    fixed = withdrawal.transfer_fixed_at
+    return max(withdrawal.created_at, fixed or withdrawal.created_at) + STOP_GRACE
 
 
 def member_of_earner(earner: str) -> str | None:
@@ -156,15 +171,27 @@ class WechatTransferPayout:
         return merchant
 
     async def fixed_payee(self, withdrawal: Withdrawal) -> Payee:
-        """The stored payee; a row from before it was stored gets the binding of now, once
-        (two nodes fixing it at once both use the first one written)."""
+        """The stored payee. A row from before it was stored gets the binding of now, once:
+        the first sender to store it wins and every other takes it, re-read (whatever row it
+        holds), so two senders never send different creates; no binding is stored too (an
+        empty openid: WechatNotBound for every sender, none sends)."""
+        if withdrawal.transfer_openid is None:  # or only as this sender read the row
+            await withdrawal.refresh_from_db(fields=list(PAYEE_FIELDS))
         if withdrawal.transfer_openid is None:
-            now = await self.payee(withdrawal.earner, withdrawal.vendor_code)
-            await Withdrawal.filter(id=withdrawal.id, transfer_openid__isnull=True).update(
-                transfer_mchid=now.mchid, transfer_appid=now.appid, transfer_openid=now.openid
-            )
-            await withdrawal.refresh_from_db(
-                fields=["transfer_mchid", "transfer_appid", "transfer_openid"]
+            openid = await self.openid(withdrawal.earner, withdrawal.vendor_code)
+            fixed: dict[str, Any] = {
+                "transfer_openid": openid or "",
+                "transfer_fixed_at": dt.datetime.now(dt.UTC),
+            }
+            if openid is not None:
+                merchant = await self.merchant(withdrawal.vendor_code)
+                fixed.update(transfer_mchid=merchant.mch_id, transfer_appid=merchant.app_id)
+            await Withdrawal.filter(id=withdrawal.id, transfer_openid__isnull=True).update(**fixed)
+            await withdrawal.refresh_from_db(fields=list(PAYEE_FIELDS))
+        if not withdrawal.transfer_openid:
+            raise WechatNotBound(
+                f"{withdrawal.earner} had no WeChat account bound when withdrawal "
+                f"{withdrawal.id} was first sent"
             )
         return Payee(
             withdrawal.transfer_mchid, withdrawal.transfer_appid, withdrawal.transfer_openid
@@ -214,7 +241,16 @@ class WechatTransferPayout:
 
     async def _refused(self, withdrawal: Withdrawal, exc: DomainError) -> PayoutResult:
         """A create refused as unacceptable: failed only if no batch is under the number (a
-        batch made by another create decides by its own state)."""
+        batch made by another create decides by its own state), and never while a create of
+        other content (an older node's, of a row whose payee was fixed late) may still be
+        being accepted: its refusal would say nothing of that one."""
+        until = other_creates_until(withdrawal)
+        if until is not None and dt.datetime.now(dt.UTC) < until:
+            log.warning(
+                "payout_refused_for_now", withdrawal=withdrawal.id, why=str(exc),
+                older_create_until=until.isoformat(),
+            )  # fmt: skip
+            return PayoutResult(PayoutOutcome.REQUESTED)
         try:
             merchant = await self.merchant_of(withdrawal)
             answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
@@ -257,12 +293,16 @@ class WechatTransferPayout:
             return withdrawal  # failed already: as it is
         number = batch_no(withdrawal.id)
         sent = withdrawal.transfer_sent_at
-        if sent is not None and now - sent < STOP_GRACE:
+        ends = [sent + STOP_GRACE] if sent is not None else []
+        ends += [t for t in [other_creates_until(withdrawal)] if t is not None]
+        until = max(ends, default=None)
+        if until is not None and now < until:
+            last = f"last sent at {sent.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}" if sent else ""
             raise Conflict(
-                f"withdrawal {withdrawal.id}: its batch {number} was last sent at "
-                f"{sent.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ} and WeChat Pay may still be "
-                f"accepting it; it is no longer sent: try again from "
-                f"{(sent + STOP_GRACE).astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+                f"withdrawal {withdrawal.id}: its batch {number} was "
+                f"{last or 'stored without its payee, sent by an older node'} and WeChat Pay "
+                f"may still be accepting it; it is no longer sent: try again from "
+                f"{until.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
             )
         merchant = await self.merchant_of(withdrawal)
         try:

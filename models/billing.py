@@ -302,6 +302,77 @@ _PG_USAGE_SQL = (
 )
 
 
+# SQLite, a close's water in two reads (`read_water_early`, `water_to_bill`). Before its turn,
+# not holding the writer lock: every billed device with its plan's start and its water, in one
+# statement (one snapshot), with the last usage row id that snapshot held (ids only grow:
+# AUTOINCREMENT). In its turn: only the rows written since, by that id (a rowid range).
+_SQLITE_EARLY_SQL = (
+    "SELECT p.did AS did, p.since AS since, SUM(u.delta_ml) AS total, "
+    "(SELECT MAX(id) FROM usage_record) AS last_id "
+    "FROM device_billing_plan p LEFT JOIN usage_record u ON u.did = p.did "
+    "AND u.received_at >= ?1 AND u.received_at < ?2 AND u.received_at >= p.since "
+    "WHERE p.since < ?2 GROUP BY p.did"
+)
+_SQLITE_PLANS_SQL = "SELECT did, since FROM device_billing_plan WHERE since < ?1"
+_SQLITE_SINCE_SQL = (
+    "SELECT u.did AS did, SUM(u.delta_ml) AS total FROM usage_record u NOT INDEXED "
+    "JOIN device_billing_plan p ON p.did = u.did WHERE u.id > ?3 AND p.since < ?2 "
+    "AND u.received_at >= ?1 AND u.received_at < ?2 AND u.received_at >= p.since "
+    "GROUP BY u.did"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyWater:
+    """A close's water read before its turn (SQLite): per billed device its plan's start as
+    stored and its water, from the usage rows up to `last_id`."""
+
+    last_id: int
+    plans: dict[str, str]
+    ml: dict[str, int]
+
+
+def _sqlite_bounds(start: dt.datetime, end: dt.datetime) -> list[Any]:
+    """SQLite compares the stored text: Tortoise's isoformat(" ") of UTC times."""
+    return [str(start.astimezone(dt.UTC)), str(end.astimezone(dt.UTC))]
+
+
+async def read_water_early(start: dt.datetime, end: dt.datetime) -> EarlyWater | None:
+    """SQLite: the period's water as far as it is written, read without the writer lock (a
+    close's turn holds it, and the ledger writer would wait out the read); None elsewhere."""
+    from aquafleet.models.db import connection, dialect
+
+    if dialect() == "postgres":  # a close's turn locks no writer out there
+        return None
+    rows = await connection().execute_query_dict(_SQLITE_EARLY_SQL, _sqlite_bounds(start, end))
+    return EarlyWater(
+        last_id=int(rows[0]["last_id"] or 0) if rows else 0,
+        plans={row["did"]: str(row["since"]) for row in rows},
+        ml={row["did"]: int(row["total"] or 0) for row in rows if row["total"] is not None},
+    )
+
+
+async def water_to_bill(
+    start: dt.datetime, end: dt.datetime, early: EarlyWater | None
+) -> dict[str, int]:
+    """In a close's turn: the period's water per billed device, as it is now. With what was
+    read early, only the rows written since are read (the plans' starts unchanged: else, and
+    without, the whole period again)."""
+    from aquafleet.models.db import connection
+
+    if early is None:
+        return await metered_ml_in_period(start, end)
+    conn = connection()
+    bounds = _sqlite_bounds(start, end)
+    plans = await conn.execute_query_dict(_SQLITE_PLANS_SQL, bounds[1:])
+    if {row["did"]: str(row["since"]) for row in plans} != early.plans:
+        return await metered_ml_in_period(start, end)
+    usage = dict(early.ml)
+    for row in await conn.execute_query_dict(_SQLITE_SINCE_SQL, [*bounds, early.last_id]):
+        usage[row["did"]] = usage.get(row["did"], 0) + int(row["total"] or 0)
+    return usage
+
+
 async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str, int]:
     """Water metered per billed device in [start, end) by the time the gateway received it."""
     from aquafleet.models.db import connection, dialect
@@ -309,9 +380,9 @@ async def metered_ml_in_period(start: dt.datetime, end: dt.datetime) -> dict[str
     if dialect() == "postgres":
         sql = _PG_USAGE_SQL
         params: list[Any] = [start, end]
-    else:  # SQLite compares the stored text: Tortoise's isoformat(" ") of UTC times
+    else:
         sql = _USAGE_SQL.format(start="?1", end="?2")
-        params = [str(start.astimezone(dt.UTC)), str(end.astimezone(dt.UTC))]
+        params = _sqlite_bounds(start, end)
     rows = await connection().execute_query_dict(sql, params)
     return {row["did"]: int(row["total"] or 0) for row in rows}
 
@@ -385,18 +456,23 @@ async def close_billing_period(
     close is not added to a closed period). Running it again, or twice at once, writes
     nothing more: records are unique per (device, period_start). The overlap check and the
     records are one transaction, and closes take turns (`closing_turn`): of two closes of
-    overlapping periods, the second is refused (PeriodOverlaps) even when they race.
+    overlapping periods, the second is refused (PeriodOverlaps) even when they race. On SQLite
+    the period's water is read before the turn, which holds the writer lock (only the rows
+    written since are read in it: `water_to_bill`).
     """
     now = now or dt.datetime.now(dt.UTC)
     check_period(period_start, period_end, now)
     start, end = period_start.astimezone(dt.UTC), period_end.astimezone(dt.UTC)
+    early = await read_water_early(start, end)  # SQLite: the long read, before the turn
     async with closing_turn():
         await refuse_overlap(start, end)
-        known_before = await _record_period(start, end, now)
+        known_before = await _record_period(start, end, now, early)
         return await _summary(start, end, known_before=known_before)
 
 
-async def _record_period(start: dt.datetime, end: dt.datetime, now: dt.datetime) -> int:
+async def _record_period(
+    start: dt.datetime, end: dt.datetime, now: dt.datetime, early: EarlyWater | None
+) -> int:
     """Write the period's missing records (in the close's turn); how many it had before."""
     assignments = await DeviceBillingPlan.filter(since__lt=end).select_related("plan")
     unbilled = await quality_check_devices([a.did for a in assignments])
@@ -404,7 +480,7 @@ async def _record_period(start: dt.datetime, end: dt.datetime, now: dt.datetime)
         str(did)
         for did in await BillingRecord.filter(period_start=start).values_list("did", flat=True)
     }
-    usage = await metered_ml_in_period(start, end)
+    usage = await water_to_bill(start, end, early)
     period_s = int((end - start).total_seconds())
     records = []
     for assignment in assignments:

@@ -173,7 +173,8 @@ class Withdrawal(Model):
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
     # WeChat Pay transfers (gateway/payouts.py): what every create of the withdrawal's batch is
-    # built from, fixed when it is requested (null: a row from before, fixed at its next send).
+    # built from, fixed when it is requested (null: a row from before, fixed at its next send,
+    # then with transfer_fixed_at; an empty openid: none was bound then).
     transfer_mchid = fields.CharField(
         max_length=32, null=True, description="weixin: the merchant that sends the batch"
     )
@@ -188,6 +189,9 @@ class Withdrawal(Model):
     )
     transfer_stopped_at = fields.DatetimeField(
         null=True, description="weixin: an operator stopped sending it (failing it)"
+    )
+    transfer_fixed_at = fields.DatetimeField(
+        null=True, description="weixin: a send fixed the payee of a row stored without one"
     )
 
     class Meta:

@@ -473,8 +473,25 @@ async def run_node(settings: Settings) -> AsyncIterator[RunningNode]:
 
 
 @pytest.fixture
-async def node_factory(make_settings: Any, redis_client: aioredis.Redis) -> AsyncIterator[Any]:
-    """Start nodes on demand; all are stopped at the end of the test."""
+def test_database(request: pytest.FixtureRequest) -> str | None:
+    """The test's database_url, set up here when the test uses it (None when it does not).
+
+    Fixtures that run something on the test's database depend on this one, so pytest sets the
+    database up before them and tears it down after them, whatever order a test lists its
+    fixtures in: a node listed before database_url was stopped after the database was dropped,
+    and its last ledger flush failed. A static dependency on database_url would instead run
+    every test of such a fixture on both backends."""
+    if "database_url" not in request.fixturenames:
+        return None
+    return str(request.getfixturevalue("database_url"))
+
+
+@pytest.fixture
+async def node_factory(
+    make_settings: Any, redis_client: aioredis.Redis, test_database: str | None
+) -> AsyncIterator[Any]:
+    """Start nodes on demand; all are stopped at the end of the test, before its database
+    goes (see test_database)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> RunningNode:

@@ -21,6 +21,7 @@ from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.payments import PaymentService
 from aquafleet.gateway.payouts import (
     MAX_WECHAT_TRANSFER_FEN,
+    REMARK,
     STOP_GRACE,
     WechatNotBound,
     WechatTransferPayout,
@@ -343,6 +344,97 @@ async def test_a_withdrawal_stored_before_its_payee_is_fixed_at_its_next_send(wx
     assert len(report.errors) == 1 and "merchant 1900000999" in report.errors[0]
     assert len(wx.fake.requests) == sent
     assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+
+
+async def legacy_withdrawal(wx: Wx, amount: int, request_id: str, **kwargs: Any) -> Withdrawal:
+    """A requested withdrawal stored without its payee (from before 0020, or an older node's)
+    whose batch WeChat Pay never received."""
+    wx.fake.fail_next(TRANSFERS, times=3)  # never received
+    withdrawal = await wx.withdraw(amount, request_id, **kwargs)
+    await Withdrawal.filter(id=withdrawal.id).update(
+        transfer_mchid=None, transfer_appid=None, transfer_openid=None
+    )
+    assert batch_no(withdrawal.id) not in wx.fake.batches
+    return await Withdrawal.get(id=withdrawal.id)
+
+
+async def test_a_send_that_finds_the_member_unbound_uses_the_payee_another_send_fixed(wx: Wx):
+    """A row without a stored payee, read by two senders (the sweeps of two nodes). One fixes
+    the binding of then and its create is still being accepted (a query answers 404) when the
+    member unbinds WeChat and the other, holding the row as it read it, finds no binding: it
+    takes the payee the first stored, so it sends the same batch instead of failing a
+    withdrawal whose batch then pays (the money paid out and back to available)."""
+    m2 = member_earner(wx.chain.m2)
+    withdrawal = await legacy_withdrawal(wx, 600, "w-stale")
+    stale = await Withdrawal.get(id=withdrawal.id)
+    gate = wx.fake.hold_next_create()
+    first = asyncio.create_task(wx.payout.submit(await Withdrawal.get(id=withdrawal.id)))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=None)
+    assert (await wx.payout.check(stale)).outcome is PayoutOutcome.REQUESTED
+    gate.set()
+    assert (await asyncio.wait_for(first, 5)).outcome is PayoutOutcome.REQUESTED
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+    sent = [c["transfer_detail_list"][0]["openid"] for c in wx.fake.transfer_creates]
+    assert sent == [OPENID, OPENID]
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 600
+    assert await of(m2) == Summary(available=659, withdrawn=600, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_refusal_waits_out_an_older_nodes_create_of_another_content(wx: Wx):
+    """A row an older node stored without its payee: that node's create, built from the
+    binding of then, is still being accepted (a query answers 404) when the member rebinds
+    WeChat to an openid WeChat Pay refuses (400 PARAM_ERROR) and the sweep fixes and sends the
+    new binding. The refusal says nothing of the older create, which differs: the withdrawal
+    stays requested until that create cannot be being accepted any more (STOP_GRACE after the
+    request and after the payee was fixed); the batch it made decides."""
+    m2 = member_earner(wx.chain.m2)
+    t0 = dt.datetime.now(dt.UTC)
+    withdrawal = await legacy_withdrawal(wx, 600, "w-older", now=t0)
+    merchant = await wx.payout.merchant(VID)
+    body = {  # the older node's create, built from the binding of then
+        "appid": merchant.app_id, "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
+        "batch_remark": REMARK, "total_amount": 600, "total_num": 1,
+        "transfer_detail_list": [{
+            "out_detail_no": detail_no(withdrawal.id), "transfer_amount": 600,
+            "transfer_remark": REMARK, "openid": OPENID,
+        }],
+    }  # fmt: skip
+    gate = wx.fake.hold_next_create()
+    older = asyncio.create_task(wx.payout.client.create_transfer_batch(merchant, body))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    rebound = "oUpF8uMuAJO_otherapp00000000"
+    wx.fake.refuse_openid(rebound)
+    await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert wx.fake.transfer_creates[-1]["transfer_detail_list"][0]["openid"] == rebound
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=659, payout=600, earned=1259)
+    gate.set()
+    await asyncio.wait_for(older, 5)
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 600
+    assert await of(m2) == Summary(available=659, withdrawn=600, earned=1259)
+    await wx.checks_clean()
+
+    # No older create after all: once it cannot be being accepted any more, the refusal of
+    # the fixed payee's create fails the withdrawal and the money returns, once.
+    second = await legacy_withdrawal(wx, 659, "w-older-2", now=t0 + dt.timedelta(seconds=31))
+    assert (await wx.payout.sweep()).failed == 0  # fixed to the refused openid, refused
+    fixed = await Withdrawal.get(id=second.id)
+    assert fixed.transfer_openid == rebound and fixed.state is WithdrawalState.REQUESTED
+    long_ago = dt.datetime.now(dt.UTC) - STOP_GRACE - dt.timedelta(seconds=1)
+    await Withdrawal.filter(id=second.id).update(created_at=long_ago, transfer_fixed_at=long_ago)
+    assert (await wx.payout.sweep()).failed == 1
+    failed = await Withdrawal.get(id=second.id)
+    assert failed.state is WithdrawalState.FAILED and "PARAM_ERROR" in failed.reason
+    assert await of(m2) == Summary(available=659, withdrawn=600, earned=1259)
+    await wx.checks_clean()
 
 
 async def fail_by_cli(wx: Wx, withdrawal: Withdrawal, *args: str) -> tuple[int, str]:

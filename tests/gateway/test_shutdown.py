@@ -81,3 +81,20 @@ async def test_sigterm_stops_the_process_cleanly(
         assert row["key"] not in log  # device keys never reach the logs
     async with database(settings["database_url"], run_migrations=False):
         assert await metered_ml_by_device([row["did"]]) == {row["did"]: 50}
+
+
+async def test_a_node_listed_before_its_database_stops_before_the_database_goes(
+    node_factory, device_factory, database_url
+):
+    """node_factory first, database_url after: pytest used to tear the database down first (on
+    PostgreSQL, dropped), and the node's last ledger flush failed at teardown. The writer
+    lingers past the test here, so the records are still to be written when the node stops."""
+    node = await node_factory(database_url=database_url, ledger_linger_ms=5000, shutdown_grace_s=1)
+    (dev,) = await register_devices(node, 1)
+    client = device_factory(dev.did, dev.key, node.tcp_port)
+    await client.login()
+    boot = int(time.time())
+    for rec in range(1, 4):
+        await client.send(telemetry(rec, boot, rec * 100))
+    await client.settled()
+    assert node.metrics.ledger_records_written == 0  # left for the flush at teardown

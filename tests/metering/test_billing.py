@@ -326,21 +326,28 @@ async def test_an_overlapping_period_is_refused(fleet):
 
 async def test_overlapping_closes_racing_book_once(fleet, db, monkeypatch, tmp_path: Path):
     """The second close of an overlapping period starts while the first is between its overlap
-    check and its records (a hook where the first reads the period's water holds it there
+    check and its records (a hook where the first reads the period's water in its turn holds it
     until the second has passed its own check, or is waiting for its turn). The first books,
     the second is refused with the period it overlaps; `aquafleet money check` holds."""
     overlapping = (NOV[0] + 10 * DAY, NOV[1] + 10 * DAY)
     tasks: dict[str, asyncio.Task[Any]] = {}
     first_checked, second_went_on = asyncio.Event(), asyncio.Event()
-    usage, turn = billing.metered_ml_in_period, getattr(billing, "closing_turn", None)
+    usage, turn = billing.water_to_bill, getattr(billing, "closing_turn", None)
 
-    async def water(start: dt.datetime, end: dt.datetime) -> dict[str, int]:
+    async def water(*args: Any) -> dict[str, int]:
         if asyncio.current_task() is tasks["first"]:
             first_checked.set()
             await second_went_on.wait()
         else:
             second_went_on.set()  # the second passed its check while the first had not booked
-        return await usage(start, end)
+        return await usage(*args)
+
+    early = billing.read_water_early
+
+    async def early_water(*args: Any) -> Any:
+        if asyncio.current_task() is tasks["second"]:
+            second_went_on.set()  # SQLite: this process' one connection is the first's turn's
+        return await early(*args)
 
     @contextlib.asynccontextmanager
     async def waiting_turn() -> AsyncIterator[Any]:
@@ -354,7 +361,8 @@ async def test_overlapping_closes_racing_book_once(fleet, db, monkeypatch, tmp_p
         await first_checked.wait()
         return await close_billing_period(*overlapping, AFTER + 10 * DAY)
 
-    monkeypatch.setattr(billing, "metered_ml_in_period", water)
+    monkeypatch.setattr(billing, "water_to_bill", water)
+    monkeypatch.setattr(billing, "read_water_early", early_water)
     monkeypatch.setattr(billing, "closing_turn", waiting_turn, raising=False)
     tasks["first"] = asyncio.create_task(close_billing_period(*NOV, AFTER))
     tasks["second"] = asyncio.create_task(second())
@@ -370,6 +378,82 @@ async def test_overlapping_closes_racing_book_once(fleet, db, monkeypatch, tmp_p
     env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)
     code, out = await aquafleet(env, "money", "check", "--json")
     assert code == 0 and json.loads(out)["problems"] == [], out
+
+
+async def test_a_close_reads_the_water_without_locking_the_ledger_writer_out(
+    sqlite_fleet_path: Path, fleet, monkeypatch
+):
+    """SQLite: a close read the period's water holding the writer lock (its turn), and the
+    ledger writer of another process waited out the read (up to its 5 s busy timeout, then
+    failed). Once the close has read the water, another connection writes a record of the
+    period: it is not locked out, and the close, in its turn, counts it too (what it bills is
+    the water as it is when it records the period closed)."""
+    reads = [
+        name for name in ("read_water_early", "metered_ml_in_period") if hasattr(billing, name)
+    ]
+    written: list[bool] = []
+
+    def write_a_record() -> bool:
+        other = sqlite3.connect(sqlite_fleet_path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute(
+                "INSERT INTO usage_record (did, boot, rec, kind, event_kind, device_ts, "
+                "received_at, delta_ml) VALUES (?, 1, 99, 32, 0, 1790000099, ?, 7000)",
+                (fleet["a"], str(NOV[0] + 5 * DAY)),
+            )
+            return True
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return False
+        finally:
+            other.close()
+
+    def then_write(read: Any) -> Any:
+        async def reading(*args: Any) -> Any:
+            water = await read(*args)
+            if not written:  # once the close has read the water, before it records
+                written.append(write_a_record())
+            return water
+
+        return reading
+
+    for name in reads:
+        monkeypatch.setattr(billing, name, then_write(getattr(billing, name)))
+    summary = await close_billing_period(*NOV, AFTER)
+    assert written == [True]
+    a = 31_000 + 7_000  # the record written after the close read the water is billed too
+    assert (await records())[fleet["a"]] == (a, a * 150 // 1000, 3000, a * 150 // 1000)
+    assert (summary.devices, summary.usage_ml) == (4, 47_000 + 7_000)
+    assert (await close_billing_period(*NOV, AFTER)).usage_ml == 47_000 + 7_000  # once
+
+
+async def test_a_plan_changed_while_a_close_reads_the_water_is_billed_as_it_is_then(
+    fleet, monkeypatch
+):
+    """A device's plan start moves between the close's read of the water (before its turn on
+    SQLite) and its records: the water it bills is counted from the start it records."""
+    read = getattr(billing, "read_water_early", None)
+    plan_id = (await billing.DeviceBillingPlan.get(did=fleet["c"])).plan_id
+    moved = NOV[0] + 10 * DAY  # c joined on Nov 16; now on Nov 11: its Nov 15 water counts
+
+    async def then_move(*args: Any) -> Any:
+        water = await read(*args) if read is not None else None
+        await assign_billing_plan(fleet["c"], plan_id, moved)
+        return water
+
+    monkeypatch.setattr(billing, "read_water_early", then_move, raising=False)
+    await close_billing_period(*NOV, AFTER)
+    c = await BillingRecord.get(did=fleet["c"])
+    assert c.covered_from == moved
+    assert (c.usage_ml, c.usage_fen, c.minimum_fen, c.amount_due_fen) == (9_000, 1350, 2000, 2000)
+    assert (await records())[fleet["a"]] == EXPECTED["a"]
+
+
+@pytest.fixture
+def sqlite_fleet_path(db: str) -> Path:
+    if not db.startswith("sqlite://"):
+        pytest.skip("SQLite's writer lock: PostgreSQL's close locks no writer out")
+    return Path(db.removeprefix("sqlite://"))
 
 
 async def test_a_close_holds_its_turn_against_other_processes(db):
