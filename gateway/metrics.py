@@ -51,6 +51,8 @@ COMMAND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # No `_created` series: the multiprocess view has none, and one view must read like the other.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG_EVERY_S = 0.1
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -111,6 +113,14 @@ class Histograms:
             "the node that took the call, by operation (timed-out commands are not observed)",
             ["op"],
             buckets=COMMAND_BUCKETS,
+            registry=registry,
+        )
+        self.event_loop_lag = Histogram(
+            f"{PREFIX}event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 0.1 s: whatever one callback does "
+            "(a read's frames, a metering round's acks, a request's handler) delays everything "
+            "queued behind it, so this tail is the floor under every latency the node gives",
+            buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
         self.http_request = Histogram(
@@ -273,6 +283,15 @@ class Metrics:
                     multiprocess_mode=_LIVE_MODE[across],
                 )  # fmt: skip
             gauge.set(value)
+
+    async def watch_loop_lag(self, interval_s: float = LOOP_LAG_EVERY_S) -> None:
+        """Observe how late a timer due every `interval_s` runs (a background task's body)."""
+        loop = asyncio.get_running_loop()
+        observe = self.histograms.event_loop_lag.observe
+        while True:
+            due = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            observe(max(0.0, loop.time() - due))
 
     async def publish_every(self, interval_s: float = PUBLISH_EVERY_S) -> None:
         """Keep this worker's share of the merged view fresh (a background task's body)."""

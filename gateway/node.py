@@ -116,15 +116,18 @@ async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A worker of `serve --workers N` keeps its share of the node's merged metrics fresh
-    (gateway/metrics.py); a lone process is read directly when scraped."""
+    """The event loop's lag is watched (event_loop_lag_seconds); a worker of `serve --workers
+    N` keeps its share of the node's merged metrics fresh (gateway/metrics.py); a lone process
+    is read directly when scraped."""
     metrics = app[METRICS]
+    app[TASKS].start("loop-lag", metrics.watch_loop_lag)
     if metrics.multiprocess_dir is None:
         yield
+        await app[TASKS].stop("loop-lag")
         return
     app[TASKS].start("metrics-publish", metrics.publish_every)
     yield
-    await app[TASKS].stop("metrics-publish")
+    await app[TASKS].stop("loop-lag", "metrics-publish")
     metrics.publish()  # what this worker counted, to the last record
 
 

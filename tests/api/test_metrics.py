@@ -5,6 +5,7 @@ logins, command round trips and HTTP requests fed by what a node really did."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -52,7 +53,7 @@ async def test_every_family_says_what_it_is_and_counters_end_in_total(api_node: 
     assert kinds["aquafleet_devices_online"] == kinds["aquafleet_ledger_backlog"] == "gauge"
     for histogram in (
         "ack_latency_seconds", "meter_round_seconds", "login_seconds",
-        "command_round_trip_seconds", "http_request_duration_seconds",
+        "command_round_trip_seconds", "http_request_duration_seconds", "event_loop_lag_seconds",
     ):  # fmt: skip
         assert kinds[f"aquafleet_{histogram}"] == "histogram"
     # A counter's samples are all `_total`: nothing a scraper would take for a gauge.
@@ -105,3 +106,23 @@ async def test_histograms_follow_what_the_node_did(
     # The path itself is never a label: only route templates.
     assert all("/nothing" not in s.labels.get("route", "") for s in families[http].samples)
     await device.close()
+
+
+async def test_a_blocked_event_loop_shows_in_its_lag(api_node: Any):
+    """event_loop_lag_seconds: a callback that holds the loop for 0.4 s makes the node's 0.1 s
+    timer run that late, and the tail of the histogram says so."""
+    name = "aquafleet_event_loop_lag_seconds"
+
+    async def late_ticks() -> tuple[float, float]:
+        _, families = await scrape(api_node.http_port)
+        count = sample(families, name, f"{name}_count")
+        return count, count - sample(families, name, f"{name}_bucket", le="0.25")
+
+    await asyncio.sleep(0.25)
+    ticks, late = await late_ticks()
+    assert ticks >= 1  # watched from the start
+    time.sleep(0.4)  # noqa: ASYNC251 (what a slow callback does: nothing else runs meanwhile)
+    await asyncio.sleep(0.25)
+    ticks_after, late_after = await late_ticks()
+    assert ticks_after > ticks
+    assert late_after >= late + 1
