@@ -67,6 +67,37 @@ def wait_healthy(port: int, timeout: float = 60) -> dict[str, Any]:
             time.sleep(0.2)
 
 
+LAG = "aquafleet_event_loop_lag_seconds"
+
+
+def loop_lag_buckets(http_port: int) -> dict[float, float]:
+    """A node's event_loop_lag_seconds histogram: cumulative count per bucket bound."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == LAG
+        for sample in family.samples
+        if sample.name == f"{LAG}_bucket"
+    }
+
+
+def loop_lag_over(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """The loop's lag while the commands ran: the 0.1 s ticks, the bucket bound under which
+    99% of them ran, and how many ran more than 10 ms late."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    ticks = delta.get(float("inf"), 0.0)
+    p99 = next((le for le, n in delta.items() if ticks and n >= 0.99 * ticks), None)
+    return {
+        "ticks": int(ticks),
+        "p99_at_most_ms": None if p99 is None else round(p99 * 1000, 1),
+        "late_over_10ms": int(ticks - delta.get(0.01, 0.0)),
+    }
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
@@ -305,6 +336,7 @@ def main() -> int:
         time.sleep(args.interval)  # let the background reporting settle into its rhythm
         token = uvloop.run(login(ports["a"][1]))
         load_before = os.getloadavg()
+        lag_before = {name: loop_lag_buckets(ports[name][1]) for name in ("a", "b")}
         targets = {
             "same_node": [r["did"] for r in groups["a"]],
             "cross_node": [r["did"] for r in groups["b"]],
@@ -321,8 +353,13 @@ def main() -> int:
                 args.redis_url,
             )
         )
+        lag = {
+            f"node_{name}": loop_lag_over(lag_before[name], loop_lag_buckets(ports[name][1]))
+            for name in ("a", "b")
+        }
         report = {
             "load_average": [os.getloadavg(), load_before],
+            "event_loop_lag": lag,
             "devices": args.devices,
             "commands_per_path": args.commands,
             "rate_per_s": args.rate,
