@@ -3,7 +3,7 @@ mode, in one statement written once per caller's scope (on the path of every com
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tortoise.expressions import Subquery
 from tortoise.filters import escape_like
@@ -86,15 +86,7 @@ async def command_target(
     if dialect not in ("postgres", "sqlite"):  # no statement written for it: build the query
         return await _built_target(principal, did, with_mode=with_mode)
     _, rows = await client.execute_query(_target_sql(dialect, name, with_mode), [did, *params])
-    if not rows:
-        return None
-    row = rows[0]
-    mode_value = row[2] if with_mode else None
-    return CommandTarget(
-        str(row[0]),
-        DeviceState(row[1]),
-        None if mode_value is None else ServiceMode(int(mode_value)),
-    )
+    return _target_of(rows[0], with_mode) if rows else None
 
 
 async def _built_target(principal: Principal, did: str, *, with_mode: bool) -> CommandTarget | None:
@@ -105,9 +97,11 @@ async def _built_target(principal: Principal, did: str, *, with_mode: bool) -> C
         rows = await query.annotate(mode=mode).values_list("did", "state", "mode")
     else:
         rows = await query.values_list("did", "state")
-    if not rows:
-        return None
-    row = rows[0]
+    return _target_of(rows[0], with_mode) if rows else None
+
+
+def _target_of(row: Any, with_mode: bool) -> CommandTarget:
+    """A CommandTarget from a (did, state[, mode]) row."""
     mode_value = row[2] if with_mode else None
     return CommandTarget(
         str(row[0]),

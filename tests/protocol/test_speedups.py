@@ -157,7 +157,11 @@ def streams(draw: st.DrawFn) -> list[bytes]:
             max_size=12,
         )
     )
-    stream = b"".join(parts)
+    return _cut_anywhere(draw, b"".join(parts))
+
+
+def _cut_anywhere(draw: st.DrawFn, stream: bytes) -> list[bytes]:
+    """`stream` cut at up to six drawn places (as reads from a socket would be)."""
     cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     edges = [0, *cuts, len(stream)]
     return [stream[a:b] for a, b in itertools.pairwise(edges)]
@@ -718,10 +722,7 @@ def broker_streams(draw: st.DrawFn) -> list[bytes]:
         b"\x38\x04\x00\x01ax",  # DUP set
     ])  # fmt: skip
     parts = draw(st.lists(st.one_of(good, good, good, bad), max_size=12))
-    stream = b"".join(parts)
-    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    edges = [0, *cuts, len(stream)]
-    return [stream[a:b] for a, b in itertools.pairwise(edges)]
+    return _cut_anywhere(draw, b"".join(parts))
 
 
 @needs_compiled
