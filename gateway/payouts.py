@@ -16,6 +16,10 @@ member's binding of the moment, so a refusal of one create says the same of ever
 A row stored without them (before migration 0020, or by an older node) is fixed by its first
 send, once for every sender; an older node's create of it may differ, so a refusal waits out
 STOP_GRACE after the request and the fixing (`other_creates_until`).
+A refusal 403 NO_AUTH (the merchant may not transfer) says nothing of an identical create sent
+at another moment: the sweep sends the batch again for STOP_GRACE after the first such refusal
+(`transfer_refused_at`), then no more, and fails it only when, asked STOP_GRACE after its latest
+create, WeChat Pay has no batch under the number.
 An operator gives up a withdrawal WeChat Pay keeps refusing for now with `fail_stopped`.
 """
 
@@ -59,11 +63,19 @@ REMARK = "佣金提现"
 SWEEP_BATCH = 100
 # Refusals of a create that WeChat Pay documents as the request's content being unacceptable
 # (nothing accepted): the withdrawal fails if, asked after it, WeChat Pay has no batch under the
-# number. Any other refusal (429 FREQUENCY_LIMITED, 403 NOT_ENOUGH "原单重试", 400
-# INVALID_REQUEST "单号已存在但信息不一致" or a daily limit, a code not known yet) proves
-# nothing about the batch another create may have made: the withdrawal stays requested and the
-# sweep queries and sends it again under the same number, as WeChat Pay asks.
-NOT_ACCEPTED = frozenset({"PARAM_ERROR", "NO_AUTH"})
+# number (every create of it is the same, so each is refused alike). Any other refusal (429
+# FREQUENCY_LIMITED, 403 NOT_ENOUGH "原单重试", 400 INVALID_REQUEST "单号已存在但信息不一致" or
+# a daily limit, a code not known yet; 403 NO_AUTH below) proves nothing about the batch
+# another create may have made: the withdrawal stays requested and the sweep queries and sends
+# it again under the same number, as WeChat Pay asks.
+NOT_ACCEPTED = frozenset({"PARAM_ERROR"})
+# The merchant may not transfer (the product closed or suspended): a refusal of the moment, not
+# of the request. An identical create sent while the permission was there (before it was taken
+# away, or after it was granted) may be accepted and still being accepted, a query answering
+# 404 meanwhile: failing then would pay the batch and give the money back too. The sweep sends
+# it again under the same number (as WeChat Pay asks) for STOP_GRACE after the first refusal,
+# then stops sending and fails it once its latest create is STOP_GRACE old and there is no batch.
+NOT_AUTHORISED = "NO_AUTH"
 # An operator fails a withdrawal only once its latest create cannot still be on its way or being
 # accepted (WeChat Pay answers a query 404 meanwhile): far longer than a create and its client
 # retries take (3 x a 10 s timeout).
@@ -229,6 +241,8 @@ class WechatTransferPayout:
         try:
             answer = await self._create(withdrawal)
         except (WechatPayRefused, WechatNotBound) as exc:
+            if isinstance(exc, WechatPayRefused) and exc.wx_code == NOT_AUTHORISED:
+                return await self._not_authorised(withdrawal, exc)
             if isinstance(exc, WechatPayRefused) and exc.wx_code not in NOT_ACCEPTED:
                 log.warning("payout_refused_for_now", withdrawal=withdrawal.id, why=str(exc))
                 return PayoutResult(PayoutOutcome.REQUESTED)
@@ -238,6 +252,39 @@ class WechatTransferPayout:
             return PayoutResult(PayoutOutcome.REQUESTED)
         log.info("payout_sent", withdrawal=withdrawal.id, batch=batch_no(withdrawal.id))
         return PayoutResult(PayoutOutcome.REQUESTED, reference=str(answer.get("batch_id", "")))
+
+    async def _not_authorised(self, withdrawal: Withdrawal, exc: DomainError) -> PayoutResult:
+        """A create refused NO_AUTH: still requested (another create may be being accepted);
+        the first such refusal's time is kept, from which the sweep counts its retries."""
+        now = dt.datetime.now(dt.UTC)
+        await Withdrawal.filter(id=withdrawal.id, transfer_refused_at__isnull=True).update(
+            transfer_refused_at=now
+        )
+        log.warning("payout_not_authorised", withdrawal=withdrawal.id, why=str(exc))
+        return PayoutResult(PayoutOutcome.REQUESTED)
+
+    @staticmethod
+    def _unauthorised_outcome(withdrawal: Withdrawal, asked: dt.datetime) -> PayoutResult:
+        """A withdrawal refused NO_AUTH for STOP_GRACE, not sent any more, that WeChat Pay,
+        asked at `asked`, has no batch of: failed only if its latest create (and an older
+        node's create of another payee) was sent STOP_GRACE before: none can still be being
+        accepted. The failure holds only if no create was recorded since (`sent_before`)."""
+        sent = withdrawal.transfer_sent_at
+        ends = [sent + STOP_GRACE] if sent is not None else []
+        ends += [t for t in [other_creates_until(withdrawal)] if t is not None]
+        until = max(ends, default=None)
+        if until is not None and asked < until:
+            log.info("payout_not_authorised_waiting", withdrawal=withdrawal.id, until=str(until))
+            return PayoutResult(PayoutOutcome.REQUESTED)
+        refused = withdrawal.transfer_refused_at or asked
+        return PayoutResult(
+            PayoutOutcome.FAILED,
+            reason=(
+                f"wechat transfer refused: 403 {NOT_AUTHORISED} (the merchant may not transfer) "
+                f"since {refused.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+            ),
+            sent_before=asked - STOP_GRACE,
+        )
 
     async def _refused(self, withdrawal: Withdrawal, exc: DomainError) -> PayoutResult:
         """A create refused as unacceptable: failed only if no batch is under the number (a
@@ -267,8 +314,10 @@ class WechatTransferPayout:
 
     async def check(self, withdrawal: Withdrawal) -> PayoutResult:
         """The transfer's state at WeChat Pay; a batch WeChat Pay never received is sent again
-        (under the same number), unless an operator stopped sending it."""
+        (under the same number), unless an operator stopped sending it or WeChat Pay refused
+        it NO_AUTH for longer than STOP_GRACE (then it fails once no create can be on its way)."""
         merchant = await self.merchant_of(withdrawal)
+        asked = dt.datetime.now(dt.UTC)
         try:
             answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
         except WechatPayRefused as exc:
@@ -276,6 +325,9 @@ class WechatTransferPayout:
                 raise
             if withdrawal.transfer_stopped_at is not None:
                 return PayoutResult(PayoutOutcome.REQUESTED)  # the operator's to fail
+            refused = withdrawal.transfer_refused_at
+            if refused is not None and asked >= refused + STOP_GRACE:
+                return self._unauthorised_outcome(withdrawal, asked)
             return await self.submit(withdrawal)
         return await self._outcome(merchant, withdrawal, answer)
 
@@ -382,11 +434,14 @@ class WechatTransferPayout:
                 result = await self.check(withdrawal)
                 if result.outcome is PayoutOutcome.REQUESTED:
                     continue
-                await settle_withdrawal(
+                settled = await settle_withdrawal(
                     withdrawal.id, paid=result.outcome is PayoutOutcome.PAID,
                     reason=result.reason, reference=result.reference,
                     actor=f"channel:{self.name}", channel=self.name,
+                    sent_before=result.sent_before,
                 )  # fmt: skip
+                if settled.state is WithdrawalState.REQUESTED:
+                    continue  # sent again meanwhile: that create decides
             except (WechatPayUnavailable, PaymentNotConfigured) as exc:
                 report.errors.append(f"withdrawal {withdrawal.id}: {exc}")
                 log.warning("payout_sweep_deferred", withdrawal=withdrawal.id, why=str(exc))

@@ -193,6 +193,9 @@ class Withdrawal(Model):
     transfer_fixed_at = fields.DatetimeField(
         null=True, description="weixin: a send fixed the payee of a row stored without one"
     )
+    transfer_refused_at = fields.DatetimeField(
+        null=True, description="weixin: WeChat Pay first refused a create of it NO_AUTH"
+    )
 
     class Meta:
         table = "commission_withdrawal"

@@ -48,6 +48,9 @@ class PayoutResult:
     outcome: PayoutOutcome
     reference: str = ""
     reason: str = ""
+    # A failure that holds only if no send of the withdrawal was recorded after this time
+    # (`transfer_sent_at`): one recorded later may still be being accepted.
+    sent_before: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,7 @@ async def request_withdrawal(
         withdrawal = await settle_withdrawal(
             withdrawal.id, paid=result.outcome is PayoutOutcome.PAID, reason=result.reason,
             reference=result.reference, actor=f"channel:{channel.name}",
+            sent_before=result.sent_before,
         )  # fmt: skip
     return withdrawal, True
 
@@ -169,11 +173,15 @@ async def settle_withdrawal(
     reference: str = "",
     actor: str = "",
     channel: str | None = None,
+    sent_before: dt.datetime | None = None,
 ) -> Withdrawal:
     """A requested withdrawal was paid out (the vendor's channel credited) or failed (the
     money back to available), once; a repeat of the same outcome answers it as it is. With
     `channel`, only a withdrawal of that channel (an operator records manual payouts only: a
-    WeChat transfer's outcome is WeChat Pay's to tell, else a failed one could be paid too)."""
+    WeChat transfer's outcome is WeChat Pay's to tell, else a failed one could be paid too).
+    With `sent_before`, a failure only if no send of it was recorded after that time: else it
+    stays requested, as it is (that send may still be being accepted). Under the row lock, so
+    a send recorded later finds it failed and is not made."""
     target = WithdrawalState.PAID if paid else WithdrawalState.FAILED
     async with in_transaction("default"):
         withdrawal = await Withdrawal.filter(id=withdrawal_id).select_for_update().first()
@@ -191,6 +199,9 @@ async def settle_withdrawal(
                 f"withdrawal {withdrawal_id} is {withdrawal.state.name.lower()}: it cannot "
                 f"become {target.name.lower()}"
             )
+        sent = withdrawal.transfer_sent_at
+        if not paid and sent_before is not None and sent is not None and sent > sent_before:
+            return withdrawal
         payout = commission_account(withdrawal.earner, Bucket.PAYOUT)
         amount = int(withdrawal.amount_fen)
         if paid:

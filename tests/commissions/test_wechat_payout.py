@@ -37,7 +37,12 @@ from aquafleet.models.merchants import PaymentMerchant, PaymentNotConfigured, se
 from aquafleet.models.money import balance
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.vendors import Vendor
-from aquafleet.models.withdrawals import PAYOUT_CHANNELS, PayoutOutcome, request_withdrawal
+from aquafleet.models.withdrawals import (
+    PAYOUT_CHANNELS,
+    PayoutOutcome,
+    request_withdrawal,
+    settle_withdrawal,
+)
 from tests.commissions.test_scenario import VID, Chain, done, invariants, make_chain, of, paid
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeWechatPay
@@ -554,3 +559,118 @@ async def test_which_channel_a_withdrawal_takes(wx: Wx):
     assert await choose_payout(wx.m2, 500, None, wx.payout) is manual
     with pytest.raises(PaymentNotConfigured):
         await choose_payout(wx.m2, 500, "weixin", wx.payout)
+
+
+def mch_id(wx: Wx) -> str:
+    return next(iter(wx.fake.merchants))
+
+
+async def test_a_create_refused_no_auth_while_an_identical_one_is_accepted_pays_once(wx: Wx):
+    """NO_AUTH depends on the moment, not on the request: the withdrawal's own create arrives
+    while the merchant may transfer and is still being accepted (a query answers 404) when the
+    permission is taken away and the sweep's identical create is refused NO_AUTH. The refusal
+    says nothing of the first create: the withdrawal stays requested and its batch pays, once
+    (failed, the money would come back to the member as well)."""
+    m2 = member_earner(wx.chain.m2)
+    gate = wx.fake.hold_next_create()
+    request = asyncio.create_task(wx.withdraw(1000, "w-revoked"))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    withdrawal = await Withdrawal.get(request_id="w-revoked")
+    wx.fake.deny_transfers(mch_id(wx))
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    gate.set()
+    assert (await asyncio.wait_for(request, 5)).state is WithdrawalState.REQUESTED
+    first, refused = wx.fake.transfer_creates
+    assert refused == first
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 1000
+    assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_create_refused_no_auth_before_the_permission_is_granted_pays_once(wx: Wx):
+    """The withdrawal's own create is refused NO_AUTH, its answer slow; the merchant is granted
+    the permission meanwhile and the sweep's identical create is accepted (a query answers 404
+    while it is). The refusal arriving then leaves the withdrawal requested: its batch pays,
+    once, and the member's money is not given back too."""
+    m2 = member_earner(wx.chain.m2)
+    wx.fake.deny_transfers(mch_id(wx))
+    gate = wx.fake.hold_next_create()
+    request = asyncio.create_task(wx.withdraw(1000, "w-granted"))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    withdrawal = await Withdrawal.get(request_id="w-granted")
+    wx.fake.grant_transfers(mch_id(wx))
+    wx.fake.accept_slowly()
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert batch_no(withdrawal.id) in wx.fake.batches  # made, being accepted
+    gate.set()
+    answered = await asyncio.wait_for(request, 5)
+    assert answered.state is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    # Still being accepted: sent again under the same number, the same batch; not failed.
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert len(wx.fake.batches) == 1
+    wx.fake.finish_accepting()
+    wx.fake.finish_batch(batch_no(withdrawal.id))
+    assert (await wx.payout.sweep()).paid == 1
+    assert wx.fake.paid_out(OPENID) == 1000
+    assert await of(m2) == Summary(available=259, withdrawn=1000, earned=1259)
+    await wx.checks_clean()
+
+
+async def test_a_merchant_without_transfer_permission_sees_its_withdrawals_failed(wx: Wx):
+    """WeChat Pay keeps refusing NO_AUTH: the sweep sends the batch again under the same number
+    for STOP_GRACE after the first refusal (the permission may be granted meanwhile), then no
+    more, and fails the withdrawal (the money back to available, once) when asked again once no
+    create of it can still be being accepted and WeChat Pay has no batch under the number."""
+    m2 = member_earner(wx.chain.m2)
+    wx.fake.deny_transfers(mch_id(wx))
+    withdrawal = await wx.withdraw(1000, "w-noauth")
+    assert withdrawal.state is WithdrawalState.REQUESTED
+    refused = await Withdrawal.get(id=withdrawal.id)
+    assert refused.transfer_refused_at is not None
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+    creates = f"POST {TRANSFERS}"
+    report = await wx.payout.sweep()  # within the grace: sent again, refused again
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert wx.fake.requests.count(creates) == 2
+    again = await Withdrawal.get(id=withdrawal.id)
+    assert again.transfer_refused_at == refused.transfer_refused_at  # the first refusal's
+
+    # Refused for longer than the grace: no more creates; the latest may still be on its way.
+    long_ago = dt.datetime.now(dt.UTC) - STOP_GRACE - dt.timedelta(seconds=1)
+    await Withdrawal.filter(id=withdrawal.id).update(transfer_refused_at=long_ago)
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 0, [])
+    assert wx.fake.requests.count(creates) == 2
+    assert await wx.state(withdrawal) is WithdrawalState.REQUESTED
+
+    # A failure decided on a row read before another sender recorded a create does not hold.
+    await sent_long_ago(withdrawal)
+    stale = await Withdrawal.get(id=withdrawal.id)
+    await Withdrawal.filter(id=withdrawal.id).update(transfer_sent_at=dt.datetime.now(dt.UTC))
+    result = await wx.payout.check(stale)
+    assert result.outcome is PayoutOutcome.FAILED and result.sent_before is not None
+    kept = await settle_withdrawal(
+        withdrawal.id, paid=False, reason=result.reason, sent_before=result.sent_before,
+        actor="channel:weixin", channel="weixin",
+    )  # fmt: skip
+    assert kept.state is WithdrawalState.REQUESTED
+    assert await of(m2) == Summary(available=259, payout=1000, earned=1259)
+
+    # Nothing sent for longer than a create can take, no batch: failed, the money back, once.
+    await sent_long_ago(withdrawal)
+    report = await wx.payout.sweep()
+    assert (report.checked, report.failed, report.errors) == (1, 1, [])
+    failed = await Withdrawal.get(id=withdrawal.id)
+    assert failed.state is WithdrawalState.FAILED and "NO_AUTH" in failed.reason
+    assert wx.fake.requests.count(creates) == 2 and not wx.fake.batches
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    assert (await wx.payout.sweep()).checked == 0
+    await wx.checks_clean()

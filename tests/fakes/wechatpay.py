@@ -14,8 +14,11 @@ notification is sent); notifications can be held (late) and released in order or
 duplicated, delayed, corrupted (signature, serial, stale timestamp, ciphertext) or carry
 another amount; `fail_next()` makes the next calls to a path fail; `lose_answers()` carries a
 transfer batch out but loses its answer; `hold_next_create()` keeps a transfer create being
-accepted; `refuse_openid()` makes creates naming an openid unacceptable; `transfer_creates`
-are the bodies of the transfer creates received, in order. Written from WeChat Pay's
+accepted; `refuse_openid()` makes creates naming an openid unacceptable; `deny_transfers()` /
+`grant_transfers()` take the merchant's transfer permission away and give it back (a create
+arriving meanwhile is refused 403 NO_AUTH); `accept_slowly()` keeps the batches made from then
+on being accepted (a query answers 404) until `finish_accepting()`; `transfer_creates` are
+the bodies of the transfer creates received, in order. Written from WeChat Pay's
 documentation, sharing no code with aquafleet's client.
 """
 
@@ -118,6 +121,9 @@ class FakeWechatPay:
     requests: list[str] = field(default_factory=list)
     transfer_creates: list[dict[str, Any]] = field(default_factory=list)  # bodies, as received
     refused_openids: set[str] = field(default_factory=set)  # of another app, a closed account
+    unauthorised: set[str] = field(default_factory=set)  # mchids without transfer permission
+    slow_accepting: bool = False  # batches made are being accepted (queries 404) until finished
+    accepting: set[str] = field(default_factory=set)  # out_batch_no still being accepted
     # Notification controls.
     hold: bool = False  # keep notifications (late) until release()
     held: list[Notification] = field(default_factory=list)
@@ -562,6 +568,8 @@ class FakeWechatPay:
         merchant: FakeMerchant = request[MERCHANT]
         body = request[BODY]
         self.transfer_creates.append(body)
+        # The permission as the create arrives; its answer may come later (held below).
+        authorised = merchant.mch_id not in self.unauthorised
         try:
             no = str(body["out_batch_no"])
             details = [
@@ -601,6 +609,8 @@ class FakeWechatPay:
             # Held while accepting (受理中): a query of the number answers 404 meanwhile.
             self.create_held.set()
             await gate.wait()
+        if not authorised:
+            return self._error(403, "NO_AUTH", "商户号没有商家转账到零钱的权限")
         existing = self.batches.get(no)
         if existing is not None and (
             existing["mchid"] != merchant.mch_id or existing["details"] != details
@@ -620,6 +630,8 @@ class FakeWechatPay:
                 },
                 "close_reason": "",
             }  # fmt: skip
+            if self.slow_accepting:
+                self.accepting.add(no)
         answer = self._answer(
             200,
             {k: existing[k] for k in ("out_batch_no", "batch_id", "create_time", "batch_status")},
@@ -634,6 +646,23 @@ class FakeWechatPay:
         """Creates that name `openid` are unacceptable (400 PARAM_ERROR: the openid is not of
         the merchant's app), refused before anything is accepted."""
         self.refused_openids.add(openid)
+
+    def deny_transfers(self, mch_id: str) -> None:
+        """The merchant loses its transfer permission (商家转账到零钱 closed, suspended): a
+        create that arrives until `grant_transfers()` is refused 403 NO_AUTH, nothing made."""
+        self.unauthorised.add(mch_id)
+
+    def grant_transfers(self, mch_id: str) -> None:
+        self.unauthorised.discard(mch_id)
+
+    def accept_slowly(self) -> None:
+        """Batches made from now on stay being accepted (受理中): a query of their number
+        answers 404 until `finish_accepting()`."""
+        self.slow_accepting = True
+
+    def finish_accepting(self) -> None:
+        self.slow_accepting = False
+        self.accepting.clear()
 
     def hold_next_create(self) -> asyncio.Event:
         """The next transfer batch create waits, before the batch is made, until the answered
@@ -685,7 +714,11 @@ class FakeWechatPay:
 
     async def _query_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["no"])
-        if batch is None or batch["mchid"] != request[MERCHANT].mch_id:
+        if (
+            batch is None
+            or batch["mchid"] != request[MERCHANT].mch_id
+            or batch["out_batch_no"] in self.accepting
+        ):
             return self._error(404, "NOT_FOUND", "记录不存在")
         status = batch["detail_status"]
         amounts = {d["out_detail_no"]: d["transfer_amount"] for d in batch["details"]}
@@ -720,6 +753,7 @@ class FakeWechatPay:
         if (
             batch is None
             or batch["mchid"] != request[MERCHANT].mch_id
+            or batch["out_batch_no"] in self.accepting
             or (no not in batch["detail_status"])
         ):
             return self._error(404, "NOT_FOUND", "记录不存在")
