@@ -58,7 +58,13 @@ from aquafleet.models.ticket_flow import (
     summary,
     visible_tickets,
 )
-from aquafleet.models.ticket_work import cancel, complete, end_rental
+from aquafleet.models.ticket_work import (
+    cancel,
+    complete,
+    end_rental,
+    markers_expired,
+    stuck_exchanges,
+)
 from aquafleet.models.tickets import MAX_DETAIL, Ticket, TicketState, TicketType
 
 routes = RouteTable(
@@ -257,6 +263,58 @@ async def ticket_summary(call: Call) -> SummaryOut:
         overdue_by_type={str(k): v for k, v in sorted(found.overdue_by_type.items())},
         sla_hours={str(int(k)): v for k, v in sla.items()},
     )
+
+
+class StuckQuery(ListQuery):
+    hours: int = Field(
+        24, ge=0, le=24 * 366, description="handed over at least this many hours ago"
+    )
+
+
+class StuckExchangeOut(ResponseModel):
+    ticket_id: str
+    vid: str
+    status: int = Field(description="the ticket's status: open (1..5)")
+    device_id: str | None = Field(description="the old device: its service was handed over")
+    handed_over_to: str | None = Field(description="the replacement it was handed over to")
+    handed_over_tms: UtcDateTime
+    user_id: str | None
+    technician_id: int | None
+    markers_expired: bool = Field(
+        description="older than the live store's markers (a week): a retry or cancel answers "
+        "409 handover_expired, settle by hand"
+    )
+
+
+@routes.get(
+    "/tickets/exchanges/stuck",
+    summary="Exchanges stuck after their hand-over",
+    roles=ADMIN_ROLES,
+    query=StuckQuery,
+    response=StuckExchangeOut,
+    many=True,
+    description="A: exchange tickets in the caller's scope (a vendor its own) whose completion "
+    "handed the old device's service over at least `hours` ago and that are neither done nor "
+    "cancelled, oldest first: complete them (same new device) or cancel them (gives the "
+    "quota back) before the live store's markers expire (docs/api-tickets.md).",
+)
+async def list_stuck_exchanges(call: Call) -> Page:
+    query: StuckQuery = call.query
+    now = dt.datetime.now(dt.UTC)
+    found = stuck_exchanges(visible_tickets(call.principal), dt.timedelta(hours=query.hours), now)
+    total = await found.count()
+    rows = await found.offset(query.offset).limit(query.limit)
+    return Page([stuck_out(t, now) for t in rows], total)
+
+
+def stuck_out(ticket: Ticket, now: dt.datetime) -> StuckExchangeOut:
+    assert ticket.handed_over_at is not None  # stuck_exchanges filters on it
+    return StuckExchangeOut(
+        ticket_id=ticket.ticket_id, vid=ticket.vendor_id, status=int(ticket.state),
+        device_id=ticket.device_id, handed_over_to=ticket.handed_over_to,
+        handed_over_tms=ticket.handed_over_at, user_id=ticket.member_uid,
+        technician_id=ticket.technician_id, markers_expired=markers_expired(ticket, now),
+    )  # fmt: skip
 
 
 class TicketIn(RequestModel):
@@ -480,7 +538,8 @@ class CompleteIn(RequestModel):
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
     "to the member with the old device's service (the quota it has left at that moment moves "
     "over) and locks and unbinds the old one (a retry after a failure half way naming another "
-    "`new_device` than the one the quota went to: 409 handed_over_elsewhere); dismantle "
+    "`new_device` than the one the quota went to: 409 handed_over_elsewhere; a retry later "
+    "than the live store's markers live, a week: 409 handover_expired); dismantle "
     "locks and unbinds the device and, for a rental the member ended, requests the deposit "
     "back. The member is told.",
 )
@@ -505,21 +564,34 @@ class GatewayWork:
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor=self.actor)
 
-    async def hand_over(self, did: str, recipient: str, request_id: str, reason: str) -> Handover:
+    async def hand_over(
+        self, did: str, recipient: str, request_id: str, reason: str, *, recorded: bool = False
+    ) -> Handover:
         return await self.gateway.hand_over(
-            did, recipient=recipient, request_id=request_id, actor=self.actor, reason=reason
-        )
+            did, recipient=recipient, request_id=request_id, actor=self.actor, reason=reason,
+            recorded=recorded,
+        )  # fmt: skip
 
     async def hand_back(
-        self, did: str, request_id: str, lock_request_id: str | None, reason: str
-    ) -> HandBack:
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str, *,
+        recorded: bool = False,
+    ) -> HandBack:  # fmt: skip
         return await self.gateway.hand_back(
             did, request_id=request_id, lock_request_id=lock_request_id, actor=self.actor,
-            reason=reason,
+            reason=reason, recorded=recorded,
         )  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
         return await self.gateway.reset_filter(did, stage, actor=self.actor, reason=reason)
+
+
+class CancelIn(NoteIn):
+    settled: bool = Field(
+        False,
+        description="exchange: the operator settled both devices' service by hand after a "
+        "409 handover_expired; the ticket closes without touching the devices (ignored "
+        "while the hand-over can still be given back)",
+    )
 
 
 @routes.post(
@@ -527,20 +599,24 @@ class GatewayWork:
     summary="Cancel a ticket",
     roles=ANY_ROLE,
     params=TicketPath,
-    body=NoteIn,
+    body=CancelIn,
     response=TicketOut,
     errors=(404, 409),
     description="An admin in scope, from any open status; the member its own ticket while "
     "nobody approved it yet. An exchange whose completion failed after the old device's "
     "quota was handed over gives it back first: the old device gets what the new one has "
-    "left of it (once, however often the cancel is retried), the new one keeps none.",
+    "left of it (once, however often the cancel is retried), the new one keeps none. A "
+    "hand-over older than the live store's markers (a week) is not given back: 409 "
+    "handover_expired; settle the devices by hand, then cancel with `settled: true`.",
 )
 async def cancel_ticket(call: Call) -> TicketOut:
     principal = call.principal
     ticket = await find_ticket(principal, call.params.tid)
-    body: NoteIn | None = call.body
+    body: CancelIn | None = call.body
     note = body.note if body is not None else ""
-    return await one(await cancel(ticket, principal, GatewayWork(call, principal), note=note))
+    settled = body.settled if body is not None else False
+    work = GatewayWork(call, principal)
+    return await one(await cancel(ticket, principal, work, note=note, settled=settled))
 
 
 class RatingIn(RequestModel):

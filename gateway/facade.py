@@ -125,23 +125,25 @@ class DeviceGateway:
         return outcome, await self._store.read(did)
 
     async def hand_over(
-        self, did: str, *, recipient: str, request_id: str, actor: str, reason: str
-    ) -> handover.Handover:
+        self, did: str, *, recipient: str, request_id: str, actor: str, reason: str,
+        recorded: bool = False,
+    ) -> handover.Handover:  # fmt: skip
         """An exchange: the device's live service for its replacement `recipient`; the quota
         left is taken off it in the same step (models/handover.py hand_over)."""
         return await handover.hand_over(
             self._store, did, recipient=recipient, actor=actor, reason=reason,
-            request_id=request_id,
+            request_id=request_id, recorded=recorded,
         )  # fmt: skip
 
     async def hand_back(
-        self, did: str, *, request_id: str, lock_request_id: str | None, actor: str, reason: str
-    ) -> handover.HandBack:
+        self, did: str, *, request_id: str, lock_request_id: str | None, actor: str, reason: str,
+        recorded: bool = False,
+    ) -> handover.HandBack:  # fmt: skip
         """A cancelled exchange: the quota `did` handed over under `request_id` comes back to
         it, once (models/handover.py hand_back)."""
         return await handover.hand_back(
             self._store, did, request_id=request_id, lock_request_id=lock_request_id,
-            actor=actor, reason=reason,
+            actor=actor, reason=reason, recorded=recorded,
         )  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, *, actor: str, reason: str) -> int:

@@ -35,6 +35,7 @@ class Applied(IntEnum):
     ALREADY_APPLIED = -1  # the request id was applied before (a retry)
     REFUSED = -2  # e.g. a top-up for a device that is not metered against a quota
     HANDED_BACK = -3  # a hand-over retried after its ticket's cancel began giving it back
+    MARKER_EXPIRED = -4  # the database recorded the hand-over; its marker expired: refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +143,23 @@ class ServiceStore:
         return parse_answer(reply)
 
     async def hand_over(
-        self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
+        self,
+        did: str,
+        *,
+        request_id: str,
+        recipient: str,
+        recorded: bool = False,
+        now_ms: int | None = None,
     ) -> HandoverAnswer:
         """An exchange takes the quota left (None: the device has none) for `recipient`; it
         drops to 0 here in the same step. A retry with the same request id and recipient
         answers the amount handed over then; one naming another recipient is REFUSED, with
-        the did that received it."""
+        the did that received it. `recorded`: the database says this hand-over began longer
+        ago than markers live; without its marker it is MARKER_EXPIRED and nothing moves."""
         keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        argv = ["handover", now_ms, self._channel_prefix, did, recipient]
+        flag = "recorded" if recorded else "-"
+        argv = ["handover", now_ms, self._channel_prefix, did, recipient, flag]
         (reply,) = await self.scripts.run(
             self.client, [("service", keys, argv)], "service handover"
         )
@@ -164,15 +173,18 @@ class ServiceStore:
         phase: str,
         ml: int | None = None,
         lock_request_id: str | None = None,
+        recorded: bool = False,
         now_ms: int | None = None,
     ) -> HandoverAnswer:
         """A cancelled exchange gives the quota back to `did`, the device that handed it over
         under `request_id`: `begin` refuses the hand-over from then on and answers where it
         went (`received_by`, None: nothing was handed over) and how much; `credit` adds `ml`
-        once and lifts the person's lock the exchange's lock (`lock_request_id`) set."""
+        once and lifts the person's lock the exchange's lock (`lock_request_id`) set.
+        `recorded` as for hand_over: no marker then is MARKER_EXPIRED, not "nothing"."""
         keys = self._keys(did, request_id, *([lock_request_id] if lock_request_id else []))
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        argv = ["handback", now_ms, self._channel_prefix, did, phase, _arg(ml)]
+        flag = "recorded" if recorded else "-"
+        argv = ["handback", now_ms, self._channel_prefix, did, phase, _arg(ml), flag]
         (reply,) = await self.scripts.run(
             self.client, [("service", keys, argv)], "service handback"
         )

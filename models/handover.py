@@ -40,12 +40,13 @@ class QuotaBackend(ServiceBackend, Protocol):
     """The live store with the exchange's hand-over (ServiceStore satisfies it)."""
 
     async def hand_over(
-        self, did: str, *, request_id: str, recipient: str, now_ms: int | None = None
-    ) -> HandoverReply: ...
+        self, did: str, *, request_id: str, recipient: str, recorded: bool = False,
+        now_ms: int | None = None,
+    ) -> HandoverReply: ...  # fmt: skip
 
     async def hand_back(
         self, did: str, *, request_id: str, phase: str, ml: int | None = None,
-        lock_request_id: str | None = None, now_ms: int | None = None,
+        lock_request_id: str | None = None, recorded: bool = False, now_ms: int | None = None,
     ) -> HandoverReply: ...  # fmt: skip
 
     async def take_back(
@@ -78,6 +79,20 @@ class HandedBack(Conflict):
         )
 
 
+class HandoverExpired(Conflict):
+    """The database recorded a hand-over longer ago than its Redis marker lives, and the
+    marker is gone: a retry or a hand-back could move the quota twice or give back the wrong
+    amount, so nothing is done (models/ticket_work.py says what the operator does)."""
+
+    code = "handover_expired"
+
+
+EXPIRED = -4  # service.lua: the `recorded` step's marker is gone
+# How long service.lua keeps a request's marker ('EX', 604800 there): a step retried later is
+# no longer recognised by the live store alone (an exchange's: models/ticket_work.py).
+MARKER_TTL_S = 604_800
+
+
 @dataclass(frozen=True, slots=True)
 class Handover:
     """The live service a device hands to its replacement: `remaining_ml` is the quota it had
@@ -97,21 +112,29 @@ async def hand_over(
     actor: str,
     reason: str,
     request_id: str,
+    recorded: bool = False,
     now: dt.datetime | None = None,
 ) -> Handover:
     """An exchange: the live service of `did` for its replacement `recipient`. Its quota is
     read and set to 0 in one Redis step, so water poured until then is off it and none poured
     after is given again; a retry with the same request id and recipient answers the same
     amount, one naming another recipient raises HandedOverElsewhere (the quota is on one
-    device only)."""
+    device only). `recorded`: the caller's database says this hand-over began longer ago
+    than Redis keeps its marker; when the marker is gone, HandoverExpired and nothing moves."""
     actor = checked_text("actor", actor, 64)
     request_id = checked_text("request_id", request_id, 64)
     recipient = checked_text("recipient", recipient, 64)
     await known_device(did)
     now = now or dt.datetime.now(dt.UTC)
     answer = await backend.hand_over(
-        did, request_id=request_id, recipient=recipient, now_ms=int(now.timestamp() * 1000)
-    )
+        did, request_id=request_id, recipient=recipient, recorded=recorded,
+        now_ms=int(now.timestamp() * 1000),
+    )  # fmt: skip
+    if int(answer.applied) == EXPIRED:
+        raise HandoverExpired(
+            f"the hand-over of device {did} (request {request_id}) is no longer known to the "
+            "live store (its marker expired): it is not repeated"
+        )
     if int(answer.applied) == -3:
         raise HandedBack(did, request_id)
     if int(answer.applied) == -2:
@@ -146,6 +169,7 @@ async def hand_back(
     lock_request_id: str | None,
     actor: str,
     reason: str,
+    recorded: bool = False,
     now: dt.datetime | None = None,
 ) -> HandBack:
     """A cancelled exchange: the quota `did` handed over under `request_id` comes back to it,
@@ -157,13 +181,23 @@ async def hand_back(
     loses the person's lock the exchange's lock (`lock_request_id`) set. A time rental's
     recipient loses what is still to run of the expiry the exchange gave it and keeps what
     others added beyond it (a renewal paid there); the old device kept its own expiry. Nothing
-    handed over: nothing. The rule is service.lua's `takeback` (docs/metering.md)."""
+    handed over: nothing. `recorded` as for hand_over: the caller's database says the
+    hand-over began longer ago than its marker lives; when the marker is gone,
+    HandoverExpired and nothing is given back (what went where is no longer known). The rule
+    is service.lua's `takeback` (docs/metering.md)."""
     actor = checked_text("actor", actor, 64)
     request_id = checked_text("request_id", request_id, 64)
     await known_device(did)
     now = now or dt.datetime.now(dt.UTC)
     now_ms = int(now.timestamp() * 1000)
-    begun = await backend.hand_back(did, request_id=request_id, phase="begin", now_ms=now_ms)
+    begun = await backend.hand_back(
+        did, request_id=request_id, phase="begin", recorded=recorded, now_ms=now_ms
+    )
+    if int(begun.applied) == EXPIRED:
+        raise HandoverExpired(
+            f"the hand-over of device {did} (request {request_id}) is no longer known to the "
+            "live store (its marker expired): nothing is given back"
+        )
     if int(begun.applied) == -2:
         raise Conflict(f"the hand-over of device {did} (request {request_id}) names no recipient")
     recipient = begun.received_by
@@ -180,8 +214,13 @@ async def hand_back(
         )  # fmt: skip
     back = await backend.hand_back(
         did, request_id=request_id, phase="credit", ml=taken.given_ml,
-        lock_request_id=lock_request_id, now_ms=now_ms,
+        lock_request_id=lock_request_id, recorded=recorded, now_ms=now_ms,
     )  # fmt: skip
+    if int(back.applied) == EXPIRED:  # it expired between the begin and now
+        raise HandoverExpired(
+            f"the hand-over of device {did} (request {request_id}) expired while it was "
+            "given back: the old device is not credited"
+        )
     await record_applied(
         did, "hand_back", back.state, actor=actor, reason=reason, request_id=record,
         amount_ml=back.given_ml, seconds=None, now=now,

@@ -26,19 +26,39 @@ since stays on it: a top-up, a renewal paid beyond the expiry the exchange gave)
 person's lock the exchange put on the old device is lifted. Each step is once per ticket, so
 a cancel retried after a failure half way gives nothing twice; once the undoing began, a
 retry of the completion is refused (409 handed_back): the member keeps the old device.
+
+The live store's markers that make those steps safe to repeat live a week (MARKER_TTL_S), a
+half-done exchange may wait longer. So the ticket's row records the hand-over too
+(`handed_over_to`, `handed_over_at`), committed in its own transaction before the live store
+moves the quota (a failed completion rolls back everything else it wrote). A retry naming
+another device than the recorded one is refused from the row alone (HandedOverElsewhere). A
+retry or a cancel within the markers' life works from the markers as above (a missing marker
+means the store never did the step). Later, the step is sent `recorded`: when its marker is
+gone it is refused (409 handover_expired) instead of handing the quota over again or giving
+back from nothing; the operator settles both devices' service by hand and cancels with
+`settled`, which closes the ticket without touching the devices. `stuck_exchanges` lists the
+exchanges handed over and neither done nor cancelled, for operators to act on in time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from typing import Protocol
 
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceShare, check_usable
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
-from aquafleet.models.handover import HandBack, Handover
+from aquafleet.models.handover import (
+    MARKER_TTL_S,
+    HandBack,
+    HandedOverElsewhere,
+    Handover,
+    HandoverExpired,
+)
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
 from aquafleet.models.service import ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
@@ -65,12 +85,13 @@ class DeviceWork(Protocol):
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object: ...
 
     async def hand_over(
-        self, did: str, recipient: str, request_id: str, reason: str
+        self, did: str, recipient: str, request_id: str, reason: str, *, recorded: bool = False
     ) -> Handover: ...
 
     async def hand_back(
-        self, did: str, request_id: str, lock_request_id: str | None, reason: str
-    ) -> HandBack: ...
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str, *,
+        recorded: bool = False,
+    ) -> HandBack: ...  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int: ...
 
@@ -103,7 +124,33 @@ async def _install(ticket: Ticket, installer: str, now: dt.datetime) -> str:
     return f"installed by {installer}"
 
 
-async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> str:
+# A hand-over the row recorded this long ago may have outlived its markers in the live store
+# (an hour short of their life: the nodes' and Redis's clocks may differ).
+RECORDED_AFTER = dt.timedelta(seconds=MARKER_TTL_S) - dt.timedelta(hours=1)
+
+
+def markers_expired(ticket: Ticket, now: dt.datetime) -> bool:
+    """Whether the ticket's hand-over was recorded long enough ago that its markers may be gone
+    (the live store's steps are then sent `recorded`: no marker, no step)."""
+    return ticket.handed_over_at is not None and now - ticket.handed_over_at >= RECORDED_AFTER
+
+
+def _expired(ticket: Ticket) -> HandoverExpired:
+    """What the operator is told when an exchange's hand-over outlived its markers."""
+    at = ticket.handed_over_at.isoformat() if ticket.handed_over_at else "?"
+    return HandoverExpired(
+        f"exchange ticket {ticket.ticket_id} handed device {ticket.device_id}'s service over "
+        f"to {ticket.handed_over_to} at {at}, longer ago than the live store keeps what the "
+        f"exchange did ({MARKER_TTL_S // 86_400} days): it is neither retried nor given back "
+        "automatically. Settle both devices' service by hand (/devices/<did>/svc: what the "
+        "member should have on the old device, none of it left on the new one), then cancel "
+        "the ticket with settled=true (and open a new exchange if one is still wanted)"
+    )
+
+
+async def _replacement(ticket: Ticket, new_did: str | None) -> tuple[Device, str | None]:
+    """The exchange's old device and the member the replacement `new_did` goes to, once
+    `new_did` is found fit; else NotFound, InvalidInput or Conflict."""
     if new_did is None or ticket.device_id is None:
         raise InvalidInput("an exchange names the replacement device (new_device)")
     old = await Device.get(did=ticket.device_id)
@@ -114,13 +161,49 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
     member = ticket.member_uid or old.owner_id
     if new.owner_id not in (None, member):
         raise Conflict(f"device {new_did} is bound to another member")
+    return old, member
+
+
+async def _record_hand_over(ticket: Ticket, role: str, new_did: str | None) -> None:
+    """Before an exchange's completion moves anything: the replacement it hands over to, and
+    when, on the ticket's row in a transaction of its own (it survives a completion that
+    fails later). A retry naming another device keeps the recorded one (_exchange refuses
+    it)."""
+    async with in_transaction("default") as conn:
+        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
+        if current.state not in OPEN_STATES:
+            raise TicketStateConflict(
+                f"the ticket is {current.state.name.lower()}: it cannot complete"
+            )
+        next_state(current.state, TicketEvent.COMPLETE, role)
+        await _replacement(current, new_did)
+        if current.handed_over_to is None:
+            recorded = {"handed_over_to": new_did, "handed_over_at": dt.datetime.now(dt.UTC)}
+            await Ticket.filter(id=current.id).using_db(conn).update(**recorded)
+
+
+async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: dt.datetime) -> str:
+    old, member = await _replacement(ticket, new_did)
+    assert new_did is not None  # _replacement refuses None
     # The live service, not the database's copy (as of the last change): the quota left now
     # moves to the new device and the old one keeps none, in one Redis step. The hand-over is
     # bound to `new_did`: a retry after a failure naming another device is refused
     # (HandedOverElsewhere), so the quota never lands on two devices.
-    given = await work.hand_over(
-        old.did, new_did, ticket.ticket_id, f"exchange ticket {ticket.ticket_id}"
-    )
+    reason = f"exchange ticket {ticket.ticket_id}"
+    recorded_to = ticket.handed_over_to
+    if recorded_to is not None and recorded_to != new_did:
+        # The row names another device: refused, whatever the live store still knows. Asked
+        # with the recorded device and `recorded`, it changes nothing and says whether the
+        # ticket's cancel began giving the quota back (HandedBack: finish the cancel).
+        with contextlib.suppress(HandoverExpired):
+            await work.hand_over(old.did, recorded_to, ticket.ticket_id, reason, recorded=True)
+        raise HandedOverElsewhere(old.did, recorded_to, ticket.ticket_id)
+    try:
+        given = await work.hand_over(
+            old.did, new_did, ticket.ticket_id, reason, recorded=markers_expired(ticket, now),
+        )  # fmt: skip
+    except HandoverExpired:
+        raise _expired(ticket) from None
     if given.mode is not None:
         volume = given.mode is ServiceMode.VOLUME_RENTAL
         await work.change_service(
@@ -141,7 +224,6 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None) -> st
             request_id=exchange_lock_id(ticket),
         ),
     )  # fmt: skip
-    now = dt.datetime.now(dt.UTC)
     async with in_transaction("default"):
         await DeviceShare.filter(device_id=old.did).delete()
         await Device.filter(did=old.did).update(owner_id=None, bound_at=None, updated_at=now)
@@ -218,6 +300,8 @@ async def complete(
 ) -> Ticket:
     """完成: the ticket's domain work, then the move to DONE (see the module's docstring)."""
     role, subject = actor_of(principal)
+    if ticket.type is TicketType.EXCHANGE:  # a ticket's type never changes: the copy will do
+        await _record_hand_over(ticket, role, new_device)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
         # The locked state decides before any effect: of two racing completions (say, an
@@ -241,10 +325,17 @@ async def complete(
 
 
 async def cancel(
-    ticket: Ticket, principal: Principal, work: DeviceWork, *, note: str = ""
+    ticket: Ticket,
+    principal: Principal,
+    work: DeviceWork,
+    *,
+    note: str = "",
+    settled: bool = False,
 ) -> Ticket:
     """取消: an exchange's hand-over undone first when it happened, then the move to
-    CANCELLED (see the module's docstring)."""
+    CANCELLED (see the module's docstring). `settled`: the operator settled by hand an
+    exchange whose hand-over outlived its markers (else 409 handover_expired); it closes
+    without touching the devices (it changes nothing while the markers are there)."""
     role, subject = actor_of(principal)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
@@ -254,10 +345,21 @@ async def cancel(
         next_state(current.state, TicketEvent.CANCEL, role)
         text = note
         if current.type is TicketType.EXCHANGE and current.device_id is not None:
-            back = await work.hand_back(
-                current.device_id, current.ticket_id, exchange_lock_id(current),
-                f"exchange ticket {current.ticket_id} cancelled",
-            )  # fmt: skip
+            try:
+                back = await work.hand_back(
+                    current.device_id, current.ticket_id, exchange_lock_id(current),
+                    f"exchange ticket {current.ticket_id} cancelled",
+                    recorded=markers_expired(current, now),
+                )  # fmt: skip
+            except HandoverExpired:
+                if not settled:
+                    raise _expired(current) from None
+                back = HandBack(None, None)
+                settled_text = (
+                    f"hand-over to {current.handed_over_to} settled by hand (its markers had "
+                    "expired)"
+                )
+                text = f"{note} ({settled_text})" if note else settled_text
             if back.recipient is not None:
                 undone = (
                     f"hand-over to {back.recipient} undone: {back.returned_ml} ml back on "
@@ -295,7 +397,7 @@ async def _work(
         case TicketType.INSTALL:
             return await _install(ticket, actor, now)
         case TicketType.EXCHANGE:
-            return await _exchange(ticket, work, new_device)
+            return await _exchange(ticket, work, new_device, now)
         case TicketType.DISMANTLE:
             return await _dismantle(ticket, work, actor)
     return "done"
@@ -332,3 +434,21 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
             order_id=order.id,
         )
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- stuck exchanges
+
+
+def stuck_exchanges(
+    tickets: QuerySet[Ticket], older_than: dt.timedelta, now: dt.datetime | None = None
+) -> QuerySet[Ticket]:
+    """Of `tickets` (the caller's scope), the exchanges whose hand-over began more than
+    `older_than` ago and that are neither done nor cancelled: the old device's service is
+    off it and nobody finished or undid the exchange. Oldest first; past MARKER_TTL_S they
+    can only be settled by hand (see the module's docstring)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return tickets.filter(
+        type=TicketType.EXCHANGE,
+        state__in=sorted(OPEN_STATES),
+        handed_over_at__lte=now - older_than,
+    ).order_by("handed_over_at", "id")

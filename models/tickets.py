@@ -108,6 +108,11 @@ class Ticket(Model):
         "models.Technician", related_name="tickets", null=True, on_delete=fields.RESTRICT
     )
     new_device_id = fields.CharField(max_length=16, null=True)  # exchange: the replacement
+    # exchange: the device its completion began handing the old device's service to, and when
+    # (committed before the live store moves it, so it outlives a failed completion and the
+    # store's markers: models/ticket_work.py)
+    handed_over_to = fields.CharField(max_length=16, null=True)
+    handed_over_at = fields.DatetimeField(null=True)
     check_result = fields.BooleanField(null=True)  # the seed's approval block
     check_at = fields.DatetimeField(null=True)
     check_usr = fields.CharField(max_length=64, null=True)

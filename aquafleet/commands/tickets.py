@@ -1,7 +1,8 @@
 """`aquafleet tickets ...`: the field-service queue from a shell: list (with the overdue ones
 flagged by the `ticket_sla` setting), one ticket with its moves, and the counts (AE-02), for a
 vendor or the whole platform. `tickets list --overdue --check` exits 1 when a ticket is
-overdue, for a cron job's alert (docs/api-tickets.md)."""
+overdue, for a cron job's alert; `tickets stuck-exchanges --check` when an exchange is stuck
+after its hand-over (docs/api-tickets.md)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,42 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return run_with_database(settings, action)
 
 
+def cmd_stuck_exchanges(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+    from aquafleet.models.ticket_flow import visible_tickets
+    from aquafleet.models.ticket_work import markers_expired, stuck_exchanges
+    from aquafleet.models.tickets import TicketState
+
+    async def action() -> int:
+        now = dt.datetime.now(dt.UTC)
+        older_than = dt.timedelta(hours=args.hours)
+        found = stuck_exchanges(visible_tickets(_scope(args.vid)), older_than, now)
+        rows = [
+            {"ticket_id": t.ticket_id, "vid": t.vendor_id,
+             "status": TicketState(t.state).name.lower(), "device_id": t.device_id,
+             "handed_over_to": t.handed_over_to, "handed_over_tms": iso(t.handed_over_at),
+             "user_id": t.member_uid, "technician_id": t.technician_id,
+             "markers_expired": markers_expired(t, now)}
+            for t in await found.limit(args.limit)
+        ]  # fmt: skip
+
+        def render(data: list[dict[str, Any]]) -> str:
+            if not data:
+                return f"no exchange stuck after its hand-over for {args.hours} h or more"
+            headers = ["ticket", "vid", "status", "old device", "handed to", "handed over", ""]
+            cells = [
+                [r["ticket_id"], r["vid"], r["status"], r["device_id"], r["handed_over_to"],
+                 r["handed_over_tms"], "MARKERS EXPIRED" if r["markers_expired"] else ""]
+                for r in data
+            ]  # fmt: skip
+            return table(headers, cells)
+
+        emit(args, rows, render)
+        return 1 if args.check and rows else 0
+
+    return run_with_database(settings, action)
+
+
 def add_parsers(commands: Any) -> None:
     parser = commands.add_parser("tickets", help="field service: list, show, summary")
     sub = parser.add_subparsers(dest="tickets_command", required=True)
@@ -203,5 +240,16 @@ def add_parsers(commands: Any) -> None:
     counts = sub.add_parser("summary", help="counts per status and type, and the overdue (AE-02)")
     counts.add_argument("--vid", help="one vendor's (default: every vendor's)")
     counts.set_defaults(func=cmd_summary)
-    for each in (listing, show, counts):
+    stuck = sub.add_parser(
+        "stuck-exchanges",
+        help="exchanges handed over N hours ago or more, neither done nor cancelled",
+    )
+    stuck.add_argument("--vid", help="one vendor's (default: every vendor's)")
+    stuck.add_argument(
+        "--hours", type=int, default=24, help="handed over at least this long ago (default 24)"
+    )
+    stuck.add_argument("--check", action="store_true", help="exit 1 when one is listed (alerts)")
+    stuck.add_argument("--limit", type=int, default=100)
+    stuck.set_defaults(func=cmd_stuck_exchanges)
+    for each in (listing, show, counts, stuck):
         add_json_flag(each)

@@ -18,13 +18,21 @@
 --              `recipient`; it drops to 0 here in the same step that reads it, so no water
 --              poured meanwhile is lost or counted twice; needs a request id, whose marker
 --              keeps "amount|recipient" for a retry: a retry naming another recipient is
---              refused, so one hand-over never configures two devices)
+--              refused, so one hand-over never configures two devices). ARGV[6]
+--              'recorded': the database says this hand-over began longer ago than its
+--              marker lives (models/ticket_work.py): with no marker it answers -4 and
+--              changes nothing (a second hand-over would move the quota twice)
 --   handback  phase ml (a cancelled exchange gives the quota back to the old device, with
 --              the hand-over's request id; KEYS[7] optional: the exchange's lock marker, whose
 --              person's lock is lifted when that lock set it). `begin` marks the hand-over
 --              "given back": from then on a retry of the hand-over is refused (-3), so the
 --              quota cannot go out again; `credit` adds `ml` (what the recipient gave back)
---              once. Both answer the recipient; `begin` with no hand-over answers 0.
+--              once. Both answer the recipient; `begin` with no hand-over answers 0, or
+--              -4 when ARGV[7] is 'recorded' (as for handover: the marker expired, what
+--              was handed over and where is no longer known here). Both keep the
+--              marker's TTL (KEEPTTL): it never outlives the configure marker that the
+--              recipient's take-back reads, so a take-back never mistakes an expired
+--              configure for one that never landed.
 --   takeback  ml (the recipient's side of a hand-back, with the exchange's request id and
 --              `ml` the amount handed over: when its configure landed, what is left of that
 --              amount comes off it and goes back (quota_back: the amount less the water
@@ -38,7 +46,7 @@
 --              back and a late configure with that id does nothing)
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused,
---          -3 handed back), version, lock bits, mode, remaining_ml, rental_expires_at,
+--          -3 handed back, -4 marker expired), version, lock bits, mode, remaining_ml, rental_expires_at,
 --          low_balance_ml} (false where unset); handover appends the ml handed over (false:
 --          no quota), and when refused (another recipient, or handed back) the did that
 --          received it; handback the ml (the hand-over's at `begin`, the credit's after) and
@@ -131,6 +139,11 @@ end
 if op == 'read' then return answer(0) end
 local seen = false
 if request then seen = redis.call('GET', request) end
+-- The database recorded this exchange's hand-over longer ago than markers live: without its
+-- marker the step cannot be told apart from one never done, so nothing is changed (-4).
+local recorded = (op == 'handover' and ARGV[6] == 'recorded')
+  or (op == 'handback' and ARGV[7] == 'recorded')
+if recorded and not seen then return answer(-4) end
 if seen and op ~= 'handback' and op ~= 'takeback' then
   if op ~= 'handover' then return answer(-1) end
   local amount, to, back = handed(seen)
@@ -202,7 +215,7 @@ elseif op == 'handback' then
   given = tonumber(amount) or f
   if ARGV[5] == 'begin' then
     if back == 'back' then return answer(-1) end
-    redis.call('SET', request, amount .. '|' .. to .. '|back', 'EX', 604800)
+    redis.call('SET', request, amount .. '|' .. to .. '|back', 'KEEPTTL')
     return answer(1)
   end
   if ARGV[5] ~= 'credit' then return redis.error_reply('handback phase begin or credit') end
@@ -268,10 +281,19 @@ else
   return redis.error_reply('unknown service op ' .. op)
 end
 
+-- A hand-back keeps the hand-over marker's TTL (see handback above); others set a week.
+local function mark(value)
+  if op == 'handback' and redis.call('TTL', request) > 0 then
+    redis.call('SET', request, value, 'KEEPTTL')
+  else
+    redis.call('SET', request, value, 'EX', 604800)
+  end
+end
+
 if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode
     and lo == before_lo and op ~= 'configure' then
   if marker == 1 then marker = 0 end  -- applied, changed nothing (an exchange's lock: not its)
-  if request then redis.call('SET', request, marker, 'EX', 604800) end
+  if request then mark(marker) end
   return answer(0)
 end
 
@@ -281,7 +303,7 @@ v[19], v[20], v[21], v[22] = mode or f, rm or f, ver, lk
 v[23], v[24], v[25] = rx or f, lo or f, lf
 if node then v[26] = now_ms end  -- when the state was last pushed (rate-limits re-sends)
 redis.call('SET', KEYS[1], cmsgpack.pack(v))
-if request then redis.call('SET', request, marker, 'EX', 604800) end
+if request then mark(marker) end
 if rx ~= before_rx or op == 'configure' then  -- a new expiry: schedule its lock, reminder, grace
   for i = 3, 5 do
     if rx then redis.call('ZADD', KEYS[i], rx, ARGV[4]) else redis.call('ZREM', KEYS[i], ARGV[4]) end

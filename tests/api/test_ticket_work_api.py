@@ -220,17 +220,21 @@ class Work:
     async def change_service(self, did: str, change: ServiceChangeRequest) -> object:
         return await self.gateway.change_service(did, change, actor="test")
 
-    async def hand_over(self, did: str, recipient: str, request_id: str, reason: str) -> Handover:
+    async def hand_over(
+        self, did: str, recipient: str, request_id: str, reason: str, *, recorded: bool = False
+    ) -> Handover:
         return await self.gateway.hand_over(
-            did, recipient=recipient, request_id=request_id, actor="test", reason=reason
-        )
+            did, recipient=recipient, request_id=request_id, actor="test", reason=reason,
+            recorded=recorded,
+        )  # fmt: skip
 
     async def hand_back(
-        self, did: str, request_id: str, lock_request_id: str | None, reason: str
-    ) -> HandBack:
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str, *,
+        recorded: bool = False,
+    ) -> HandBack:  # fmt: skip
         return await self.gateway.hand_back(
             did, request_id=request_id, lock_request_id=lock_request_id, actor="test",
-            reason=reason,
+            reason=reason, recorded=recorded,
         )  # fmt: skip
 
     async def reset_filter(self, did: str, stage: int, reason: str) -> int:
@@ -398,11 +402,12 @@ class CancelFailsHalfWay(Work):
         self.store = FailsBeforeTheCredit(store)
 
     async def hand_back(
-        self, did: str, request_id: str, lock_request_id: str | None, reason: str
-    ) -> HandBack:
+        self, did: str, request_id: str, lock_request_id: str | None, reason: str, *,
+        recorded: bool = False,
+    ) -> HandBack:  # fmt: skip
         return await hand_back(
             self.store, did, request_id=request_id, lock_request_id=lock_request_id,
-            actor="test", reason=reason,
+            actor="test", reason=reason, recorded=recorded,
         )  # fmt: skip
 
 
