@@ -9,7 +9,7 @@ from tortoise.migrations import operations as ops
 from tortoise import fields
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0022_withdrawal_transfer_fixed')]
+    dependencies = [('models', '0023_withdrawal_transfer_refused')]
 
     initial = False
 
