@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
@@ -164,18 +164,23 @@ async def _replacement(ticket: Ticket, new_did: str | None) -> tuple[Device, str
     return old, member
 
 
+async def _locked_to_complete(ticket: Ticket, role: str, conn: Any) -> Ticket:
+    """The ticket's row, locked in `conn`'s transaction, once its locked state allows `role` to
+    complete it (TicketStateConflict otherwise): the caller's copy may be stale."""
+    current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
+    if current.state not in OPEN_STATES:
+        raise TicketStateConflict(f"the ticket is {current.state.name.lower()}: it cannot complete")
+    next_state(current.state, TicketEvent.COMPLETE, role)
+    return current
+
+
 async def _record_hand_over(ticket: Ticket, role: str, new_did: str | None) -> None:
     """Before an exchange's completion moves anything: the replacement it hands over to, and
     when, on the ticket's row in a transaction of its own (it survives a completion that
     fails later). A retry naming another device keeps the recorded one (_exchange refuses
     it)."""
     async with in_transaction("default") as conn:
-        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
-        if current.state not in OPEN_STATES:
-            raise TicketStateConflict(
-                f"the ticket is {current.state.name.lower()}: it cannot complete"
-            )
-        next_state(current.state, TicketEvent.COMPLETE, role)
+        current = await _locked_to_complete(ticket, role, conn)
         await _replacement(current, new_did)
         if current.handed_over_to is None:
             recorded = {"handed_over_to": new_did, "handed_over_at": dt.datetime.now(dt.UTC)}
@@ -307,12 +312,7 @@ async def complete(
         # The locked state decides before any effect: of two racing completions (say, an
         # exchange with two different devices) the one that waited sees the ticket done and
         # changes nothing; the caller's copy of the ticket may be stale.
-        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
-        if current.state not in OPEN_STATES:
-            raise TicketStateConflict(
-                f"the ticket is {current.state.name.lower()}: it cannot complete"
-            )
-        next_state(current.state, TicketEvent.COMPLETE, role)
+        current = await _locked_to_complete(ticket, role, conn)
         done = await _work(current, principal, work, filters, new_device, now)
         changes = {"new_device_id": new_device} if current.type is TicketType.EXCHANGE else {}
         text = f"{note} ({done})" if note else done
