@@ -124,6 +124,11 @@ class TicketOut(ResponseModel):
     dispatch_tms: UtcDateTime | None
     complete_tms: UtcDateTime | None
     new_device_id: str | None = Field(description="exchange: the replacement device")
+    handed_over_to: str | None = Field(
+        description="exchange: the device the old one's service was handed over to, recorded "
+        "before the hand-over ran (set while the completion is under way, or stuck)"
+    )
+    handed_over_tms: UtcDateTime | None = Field(description="exchange: when it was handed over")
     approval: ApprovalOut
     ratings: RatingsOut
 
@@ -165,6 +170,8 @@ async def ticket_outs(tickets: list[Ticket]) -> list[TicketOut]:
             dispatch_tms=t.dispatched_at,
             complete_tms=t.done_at,
             new_device_id=t.new_device_id,
+            handed_over_to=t.handed_over_to,
+            handed_over_tms=t.handed_over_at,
             approval=ApprovalOut(
                 check_result=t.check_result, check_tms=t.check_at, check_usr=t.check_usr
             ),

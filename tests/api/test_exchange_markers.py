@@ -65,6 +65,8 @@ async def test_a_completion_retried_after_the_markers_expired_moves_nothing(
     )
     ticket = await Ticket.get(ticket_id=tid)
     assert ticket.handed_over_to == first and ticket.handed_over_at is not None
+    shown = (await a.vendor.call("GET", f"/tickets/{tid}")).data  # the operator sees it too
+    assert shown["handed_over_to"] == first and shown["handed_over_tms"] is not None
     gateway = api_node.app[DEVICE_GATEWAY]
     await markers_expire(api_node, tid, old, first)
 
