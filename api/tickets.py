@@ -29,7 +29,6 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.orders import find_order
-from aquafleet.models.outbox import ESSENTIAL, NotificationKind, opt_outs, set_opt_outs
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
@@ -680,49 +679,3 @@ async def end_rental_route(call: Call) -> TicketOut:
     order = await find_order(call.principal, call.params.oid)
     ticket, _created = await end_rental(order, call.principal.subject, body.device_id, body.reason)
     return await one(ticket)
-
-
-# ----------------------------------------------------------------------------- preferences
-
-
-class PreferencesOut(ResponseModel):
-    off: list[str] = Field(description="kinds the member turned off")
-    essential: list[str] = Field(description="kinds that cannot be turned off")
-    kinds: list[str] = Field(description="every kind of message")
-
-
-class PreferencesIn(RequestModel):
-    off: list[NotificationKind] = Field(max_length=len(NotificationKind))
-
-
-def _preferences(off: list[str]) -> PreferencesOut:
-    return PreferencesOut(
-        off=off,
-        essential=sorted(k.value for k in ESSENTIAL),
-        kinds=[k.value for k in NotificationKind],
-    )
-
-
-@routes.get(
-    "/notifications/preferences",
-    summary="The kinds of messages the member turned off",
-    roles=MEMBER_ONLY,
-    response=PreferencesOut,
-)
-async def read_preferences(call: Call) -> PreferencesOut:
-    return _preferences(await opt_outs(call.principal.subject))
-
-
-@routes.put(
-    "/notifications/preferences",
-    summary="Turn kinds of messages off (and the others on)",
-    roles=MEMBER_ONLY,
-    body=PreferencesIn,
-    response=PreferencesOut,
-    errors=(422,),
-    description="C. `off` replaces the list; essential kinds (money taken, water stopped, "
-    "work assigned) cannot be turned off (422).",
-)
-async def change_preferences(call: Call) -> PreferencesOut:
-    body: PreferencesIn = call.body
-    return _preferences(await set_opt_outs(call.principal.subject, body.off))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import uvloop
 
 from aquafleet.commands.output import add_json_flag, fields
-from aquafleet.gateway.config import Settings, load_settings, settings_reference
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.config_sources import load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
 from aquafleet.gateway.logs import configure_logging, get_logger
 

@@ -165,7 +165,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     devices = load_devices(args.devices_csv, args.devices)
     database_url = args.database_url
     if args.check == "db" and not database_url:
-        from aquafleet.gateway.config import load_settings
+        from aquafleet.gateway.config_sources import load_settings
 
         settings = load_settings(args.config, data_dir=args.data_dir)
         database_url = settings.resolved_database_url

@@ -19,7 +19,8 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from aquafleet.gateway.config import Settings, load_settings
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.config_sources import load_settings
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.metrics import Metrics
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import uvloop
 
-from aquafleet.gateway.config import Settings, load_settings
+from aquafleet.gateway.config import Settings
+from aquafleet.gateway.config_sources import load_settings
 from aquafleet.gateway.logs import configure_logging
 
 

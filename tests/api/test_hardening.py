@@ -322,7 +322,7 @@ def test_without_a_token_metrics_answer_loopback_clients_only(peer: Any, allowed
 
 
 def test_a_short_metrics_token_is_refused_at_start():
-    from aquafleet.gateway.config import load_settings
+    from aquafleet.gateway.config_sources import load_settings
     from aquafleet.gateway.errors import ConfigError
 
     with pytest.raises(ConfigError, match="metrics_token"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aquafleet.gateway.config import load_settings, settings_reference
+from aquafleet.gateway.config_sources import load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError
 
 
