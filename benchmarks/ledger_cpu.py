@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_hot_paths import sample  # benchmarks/test_hot_paths.py, beside this file
 
-from aquafleet.gateway.ledger import Entry, decode_entries
+from aquafleet.gateway.ledger import Entry, decode_entries, snapshot_rows
 from aquafleet.models.db import database
 from aquafleet.models.usage import store_ledger_batch
 from aquafleet.process_gc import freeze_startup_heap
@@ -86,7 +86,7 @@ async def main() -> None:
     async with database(url):
         for n in range(args.prefill):  # not measured: a ledger that already holds rows
             decoded = decode_entries(make(-1 - n))
-            await store_ledger_batch(decoded.usage, list(decoded.snapshots.values()), [])
+            await store_ledger_batch(decoded.usage, snapshot_rows(decoded.reports.values())[0], [])
         batches = [make(n) for n in range(WARMUP + args.batches)]
         if not args.default_gc:
             freeze_startup_heap()
@@ -100,7 +100,7 @@ async def main() -> None:
             decode_s += time.process_time() - t0
             await store_ledger_batch(
                 decoded.usage,
-                [] if args.no_snapshots else list(decoded.snapshots.values()),
+                [] if args.no_snapshots else snapshot_rows(decoded.reports.values())[0],
                 [],
                 decoded.service_events,
             )

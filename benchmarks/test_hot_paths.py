@@ -128,12 +128,13 @@ def ledger_entry(records: int) -> tuple[bytes, dict[bytes, bytes]]:
 
 
 def test_ledger_writer_decodes_a_round_of_1000_records(benchmark):
-    """Usage rows and snapshots of one round (the writer's Python work before the INSERTs)."""
+    """Usage rows of one round and each device's newest report (the writer's Python work before
+    the INSERTs; a report's payload is read only when its snapshot is written)."""
     from aquafleet.gateway.ledger import decode_entries
 
     entry = ledger_entry(1000)
     batch = benchmark(decode_entries, [entry])
-    assert len(batch.usage) == 1000 and len(batch.snapshots) == 1000
+    assert len(batch.usage) == 1000 and len(batch.reports) == 1000
 
 
 def test_bridge_takes_one_telemetry_message(benchmark):

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,12 +88,18 @@ def _fields(raw: list[bytes] | None) -> dict[bytes, bytes] | None:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
+# A record the writer reads the payload of: (row, encoding, payload).
+Payloaded = tuple[UsageRow, int, bytes]
+
+
 @dataclass(slots=True)
 class DecodedBatch:
     usage: list[UsageRow] = field(default_factory=list)
-    snapshots: dict[str, SnapshotRow] = field(default_factory=dict)
+    # each device's newest telemetry, its payload not read yet: `snapshot_rows` reads those a
+    # transaction writes (SnapshotPacer holds the rest, so most are never read at all)
+    reports: dict[str, Payloaded] = field(default_factory=dict)
     dids: set[str] = field(default_factory=set)
-    bad_payloads: int = 0  # records whose telemetry fields did not parse: stored, no snapshot
+    bad_payloads: int = 0  # dispense_done events whose fields did not parse: stored, no pour
     poisoned: list[Entry] = field(default_factory=list)  # entries that did not decode at all
     service_events: list[ServiceEvent] = field(default_factory=list)  # quota locks, low balance
     dispenses: list[DispenseDone] = field(default_factory=list)  # vending sessions to close
@@ -108,9 +114,6 @@ _DISPENSE_DONE = int(EventKind.DISPENSE_DONE)
 # _entry_rows' common case in C where the extension is in use (protocol/speedups.py; held to
 # the Python loop below by tests/gateway/test_ledger_writer.py).
 _compiled_entry_rows = speedups.compiled.entry_rows if speedups.compiled else None
-
-# A record the writer reads the payload of: (row, encoding, payload).
-Payloaded = tuple[UsageRow, int, bytes]
 
 
 def _entry_rows(fields_: dict[bytes, bytes]) -> tuple[list[UsageRow], list[Payloaded]]:
@@ -198,15 +201,25 @@ def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
     # ten rows each a batch: 24 -> 16 us a row; the sort costs ~0.4 us a row).
     batch.usage.sort(key=_did_of)
     batch.dids = set(map(_did_of, batch.usage))
-    # Only each device's newest report becomes its snapshot: decode just that one.
-    for did, (row, enc, payload) in newest.items():
+    batch.reports = newest
+    return batch
+
+
+def snapshot_rows(reports: Iterable[Payloaded]) -> tuple[list[SnapshotRow], int]:
+    """The snapshot rows of these reports, their payloads read now (only the reports a
+    transaction writes: reading one is ~1.5 us, and at window 1 every record is its device's
+    newest of its batch), and how many did not parse (metered already: only the snapshot is
+    lost, and the device's stored one stays)."""
+    rows: list[SnapshotRow] = []
+    bad = 0
+    for row, enc, payload in reports:
         try:
             report = parse_telemetry_report(payload, enc)
         except ProtocolError:
-            batch.bad_payloads += 1  # metered already; only the snapshot is lost
+            bad += 1
             continue
-        batch.snapshots[did] = snapshot_row(did, report, row.received_at, row.flow_total_ml)
-    return batch
+        rows.append(snapshot_row(row.did, report, row.received_at, row.flow_total_ml))
+    return rows, bad
 
 
 _did_of = operator.itemgetter(UsageRow._fields.index("did"))
@@ -223,6 +236,8 @@ def snapshot_row(
 
 class SnapshotPacer:
     """Which device snapshots a transaction writes: a device's at most once every `interval_s`.
+    It paces reports (a device's newest telemetry, its payload not yet read): only those a
+    transaction writes are read into snapshot rows (`snapshot_rows`).
 
     A snapshot holds a device's newest readings (TDS, temperature, filters, faults); each one
     written costs the writer an upsert (an index lookup, a row rewritten, the filters as JSON):
@@ -243,21 +258,19 @@ class SnapshotPacer:
         self.interval_s = interval_s
         self._clock = clock
         self._written: dict[str, float] = {}  # did -> when its snapshot was written, oldest first
-        self._held: dict[str, SnapshotRow] = {}  # did -> its newest snapshot not yet written
+        self._held: dict[str, Payloaded] = {}  # did -> its newest report not yet written
 
     @property
     def held(self) -> int:
         return len(self._held)
 
-    def due(
-        self, snapshots: dict[str, SnapshotRow], *, everything: bool = False
-    ) -> list[SnapshotRow]:
-        """The snapshots to write now: of `snapshots` (a batch's, one a device) those of devices
+    def due(self, reports: dict[str, Payloaded], *, everything: bool = False) -> list[Payloaded]:
+        """The reports to write now: of `reports` (a batch's, one a device) those of devices
         not written within the interval, and the held ones whose interval has passed (all of
         them with `everything`). The rest are held. Nothing counts as written until `written()`
         says the transaction committed: a failed one loses nothing held."""
         if not self.interval_s:
-            return list(snapshots.values())
+            return list(reports.values())
         written, held = self._written, self._held
         horizon = self._clock() - self.interval_s
         expired = []  # oldest first: stop at the first device still within its interval
@@ -267,8 +280,8 @@ class SnapshotPacer:
             expired.append(did)
         for did in expired:  # forgotten: their next snapshot is due
             del written[did]
-        out: dict[str, SnapshotRow] = {}
-        for did, row in snapshots.items():
+        out: dict[str, Payloaded] = {}
+        for did, row in reports.items():
             kept = held.get(did)
             if kept is not None and _newer(kept, row):
                 row = kept
@@ -281,14 +294,15 @@ class SnapshotPacer:
                 out[did] = row
         return list(out.values())
 
-    def written(self, rows: list[SnapshotRow]) -> None:
-        """These snapshots committed: their devices' intervals start now."""
+    def written(self, rows: list[Payloaded]) -> None:
+        """These reports' snapshots committed (or did not parse: nothing to write of them):
+        their devices' intervals start now."""
         if not self.interval_s:
             return
         now = self._clock()
         written, held = self._written, self._held
         for row in rows:
-            did = row.did
+            did = row[0].did
             kept = held.get(did)
             if kept is not None and not _newer(kept, row):
                 del held[did]
@@ -296,9 +310,9 @@ class SnapshotPacer:
             written[did] = now
 
 
-def _newer(a: SnapshotRow, b: SnapshotRow) -> bool:
+def _newer(a: Payloaded, b: Payloaded) -> bool:
     """Whether `a` is a later report than `b` (the database's upsert keeps the same order)."""
-    return (a.boot, a.rec) > (b.boot, b.rec)
+    return (a[0].boot, a[0].rec) > (b[0].boot, b[0].rec)
 
 
 class LedgerWriter:
@@ -500,10 +514,12 @@ class LedgerWriter:
         if self.snapshots.held:
             due = self.snapshots.due({}, everything=everything)
             if due:
-                await store_ledger_batch([], due, [])
+                snapshots, bad = snapshot_rows(due)
+                await store_ledger_batch([], snapshots, [])
                 self.snapshots.written(due)
-                if self.maintenance is not None:  # never raises; bounded work
-                    await self.maintenance.after_batch(due)
+                self.metrics.ledger_records_dead += bad
+                if self.maintenance is not None and snapshots:  # never raises; bounded work
+                    await self.maintenance.after_batch(snapshots)
 
     async def _store_reply(self, reply: Any) -> int:
         if not reply:
@@ -523,7 +539,8 @@ class LedgerWriter:
             return 0
         batch = decode_entries(entries)
         activated = [did for did in batch.dids if did not in self._activated]
-        snapshots = self.snapshots.due(batch.snapshots)
+        due = self.snapshots.due(batch.reports)
+        snapshots, bad_reports = snapshot_rows(due)
         await store_ledger_batch(
             batch.usage,
             snapshots,
@@ -531,7 +548,7 @@ class LedgerWriter:
             batch.service_events,
             batch.dispenses,
         )
-        self.snapshots.written(snapshots)
+        self.snapshots.written(due)
         self._remember_activated(activated)
         if batch.poisoned:  # after the commit: a retried batch must not bury them twice
             await self._bury(batch.poisoned)
@@ -539,7 +556,7 @@ class LedgerWriter:
         await self._acknowledge(per_stream)
         self.metrics.ledger_entries_written += len(entries)
         self.metrics.ledger_records_written += len(batch.usage)
-        self.metrics.ledger_records_dead += batch.bad_payloads
+        self.metrics.ledger_records_dead += batch.bad_payloads + bad_reports
         self.metrics.metered_ml += sum(row.delta_ml for row in batch.usage)
         if self.maintenance is not None and snapshots:  # never raises; bounded work
             await self.maintenance.after_batch(snapshots)

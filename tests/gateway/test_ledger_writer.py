@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from aquafleet.gateway.keys import Keyspace
-from aquafleet.gateway.ledger import GROUP, LedgerWriter, decode_entries
+from aquafleet.gateway.ledger import GROUP, LedgerWriter, decode_entries, snapshot_rows
 from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.redis_io import Scripts, is_cluster
 from aquafleet.models.db import connection, dialect
@@ -436,6 +436,44 @@ async def test_a_held_snapshot_survives_a_failed_transaction(
     await assert_rows_match_the_meter(meter, [a, b])
 
 
+async def test_a_held_report_that_does_not_parse_keeps_the_stored_snapshot(
+    dids: list[str], meter: MeterDriver, make_writer: MakeWriter
+) -> None:
+    """A held report is read only when its snapshot is due: one whose fields do not parse is
+    metered and stored as a record like any, leaves the device's stored snapshot as it was,
+    is counted then, and does not stop the next good report's snapshot."""
+    now = [1000.0]
+    writer = make_writer(snapshot_interval_s=1.0, clock=lambda: now[0])
+    await writer.ensure_groups()
+    a, b, _ = dids
+    await meter.one(a, telemetry(1, total=10, tds_in_ppm=1))
+    await writer.write_once(block_ms=None)
+    now[0] += 0.2
+    await meter.one(a, bad_telemetry(2, 25))
+    await writer.write_once(block_ms=None)
+    assert writer.snapshots.held == 1
+    assert writer.metrics.ledger_records_dead == 0  # held: not read yet
+
+    now[0] += 1.0  # due: the next transaction (b's) reads it, and it does not parse
+    await meter.one(b, telemetry(1, total=5, tds_in_ppm=7))
+    await writer.write_once(block_ms=None)
+    assert writer.snapshots.held == 0
+    assert writer.metrics.ledger_records_dead == 1
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.rec, snap.tds_in_ppm) == (1, 1)
+    assert [(r.rec, r.delta_ml) for r in await usage_rows(a)] == [(1, 10), (2, 15)]
+
+    now[0] += 0.1  # a's interval runs from the failed read: a good report now is held ...
+    await meter.one(a, telemetry(3, total=30, tds_in_ppm=3))
+    await writer.write_once(block_ms=None)
+    assert writer.snapshots.held == 1
+    now[0] += 1.0  # ... and written by the idle writer after it
+    await writer.write_once(block_ms=10)
+    snap = await DeviceSnapshot.get(did=a)
+    assert (snap.rec, snap.tds_in_ppm) == (3, 3)
+    await assert_rows_match_the_meter(meter, [a, b])
+
+
 async def test_a_reporting_device_becomes_active(
     dids: list[str], meter: MeterDriver, make_writer: MakeWriter
 ) -> None:
@@ -486,7 +524,7 @@ async def test_a_restarted_writer_rewrites_what_it_read_before_dying(
     entries = [entry for _stream, stream_entries in reply for entry in stream_entries]
     if stored_before_crash:  # ... after committing, before XACK
         batch = decode_entries(entries)
-        await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])
+        await store_ledger_batch(batch.usage, snapshot_rows(batch.reports.values())[0], [])
     _length, pending, backlog = await ledger_state(meter.client, meter.keyspace)
     assert (pending, backlog) == (len(entries), 4)
 
@@ -516,7 +554,9 @@ async def test_a_batch_across_a_month_boundary_is_redelivered_without_doubling(
     reply = await read_as(meter.client, meter.keyspace, "w1")  # then the process died ...
     entries = [entry for _stream, stream_entries in reply for entry in stream_entries]
     batch = decode_entries(entries)
-    await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])  # ... before XACK
+    await store_ledger_batch(
+        batch.usage, snapshot_rows(batch.reports.values())[0], []
+    )  # ... before XACK
 
     restarted = make_writer("w1")
     assert await restarted.drain_own_pending() == 4  # written again ...
@@ -596,7 +636,7 @@ async def test_a_live_writer_claims_the_entries_of_a_dead_one(
 
     # The dead writer was only slow: it commits its batch again and acknowledges late.
     batch = decode_entries([entry for _stream, entry in dead_entries])
-    await store_ledger_batch(batch.usage, list(batch.snapshots.values()), [])
+    await store_ledger_batch(batch.usage, snapshot_rows(batch.reports.values())[0], [])
     scripts = Scripts()
     keyspace = meter.keyspace
     backlog_of = {
@@ -774,12 +814,12 @@ async def test_seeded_traffic_bills_exactly_what_was_metered(
 def test_the_snapshot_pacer_keeps_the_newest_report_of_a_held_device() -> None:
     """A late report (an older position, a claimed or redelivered entry) never replaces a newer
     held one; a new boot is newer than any rec of the old one, as the database's upsert says."""
-    from aquafleet.gateway.ledger import SnapshotPacer
-    from aquafleet.models.usage import SnapshotRow
+    from aquafleet.gateway.ledger import Payloaded, SnapshotPacer
+    from aquafleet.models.usage import UsageRow
 
-    def row(did: str, boot: int, rec: int) -> SnapshotRow:
-        return SnapshotRow(did, boot, rec, 0, RECEIVED_AT, None, None, None, None, None, None,
-                           None, None)  # fmt: skip
+    def row(did: str, boot: int, rec: int) -> Payloaded:
+        usage = UsageRow(did, boot, rec, 0x20, 0, 0, RECEIVED_AT, 0, None, None)
+        return usage, 0, b""
 
     now = [0.0]
     pacer = SnapshotPacer(1.0, clock=lambda: now[0])
