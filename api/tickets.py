@@ -125,7 +125,8 @@ class TicketOut(ResponseModel):
     new_device_id: str | None = Field(description="exchange: the replacement device")
     handed_over_to: str | None = Field(
         description="exchange: the device the old one's service was handed over to, recorded "
-        "before the hand-over ran (set while the completion is under way, or stuck)"
+        "before the hand-over ran (set while the completion is under way, or stuck; a retry "
+        "naming another device re-points it while the hand-over had not run)"
     )
     handed_over_tms: UtcDateTime | None = Field(description="exchange: when it was handed over")
     approval: ApprovalOut
@@ -544,8 +545,10 @@ class CompleteIn(RequestModel):
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
     "to the member with the old device's service (the quota it has left at that moment moves "
     "over) and locks and unbinds the old one (a retry after a failure half way naming another "
-    "`new_device` than the one the quota went to: 409 handed_over_elsewhere; a retry later "
-    "than the live store's markers live, a week: 409 handover_expired); dismantle "
+    "`new_device` than the one the quota went to: 409 handed_over_elsewhere; one naming "
+    "another device while the hand-over recorded had not run completes onto it, the "
+    "ticket's `handed_over_to` re-pointed; a retry later than the live store's markers live, "
+    "a week: 409 handover_expired); dismantle "
     "locks and unbinds the device and, for a rental the member ended, requests the deposit "
     "back. The member is told.",
 )

@@ -6,8 +6,8 @@
 - exchange: the replacement device is bound to the member, takes the old device's product and
   its live service (configured with the ticket id as request id): the quota it had left at that
   moment moves over and the old device keeps none (one Redis step, models/handover.py
-  hand_over, bound to the replacement: a retry naming another device is refused with
-  HandedOverElsewhere); the old device is locked and unbound;
+  hand_over, bound to the replacement: a retry naming another device once it ran is refused
+  with HandedOverElsewhere); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back.
 
@@ -30,14 +30,20 @@ retry of the completion is refused (409 handed_back): the member keeps the old d
 The live store's markers that make those steps safe to repeat live a week (MARKER_TTL_S), a
 half-done exchange may wait longer. So the ticket's row records the hand-over too
 (`handed_over_to`, `handed_over_at`), committed in its own transaction before the live store
-moves the quota (a failed completion rolls back everything else it wrote). A retry naming
-another device than the recorded one is refused from the row alone (HandedOverElsewhere). A
-retry or a cancel within the markers' life works from the markers as above (a missing marker
-means the store never did the step). Later, the step is sent `recorded`: when its marker is
-gone it is refused (409 handover_expired) instead of handing the quota over again or giving
-back from nothing; the operator settles both devices' service by hand and cancels with
-`settled`, which closes the ticket without touching the devices. `stuck_exchanges` lists the
-exchanges handed over and neither done nor cancelled, for operators to act on in time.
+moves the quota (a failed completion rolls back everything else it wrote). A retry or a
+cancel within the markers' life works from the markers as above (a missing marker means the
+store never did the step: its marker is written in the one script step that moves the quota).
+So a retry naming another device than the recorded one looks at the live store first, under
+the row's lock: no marker of the hand-over, the row is re-pointed to the new device (and
+committed) and the quota goes there; a marker, refused (HandedOverElsewhere, the row set to
+the marker's device). Racing retries serialise on the row's lock, and the live store's one
+marker per ticket decides where the quota went (_record_hand_over). Later, the step is sent
+`recorded`: when its marker is gone it is refused (409 handover_expired; one naming another
+device: HandedOverElsewhere, for no marker then proves nothing) instead of handing the quota
+over again or giving back from nothing; the operator settles both devices' service by hand
+and cancels with `settled`, which closes the ticket without touching the devices.
+`stuck_exchanges` lists the exchanges handed over and neither done nor cancelled, for
+operators to act on in time.
 """
 
 from __future__ import annotations
@@ -174,17 +180,71 @@ async def _locked_to_complete(ticket: Ticket, role: str, conn: Any) -> Ticket:
     return current
 
 
-async def _record_hand_over(ticket: Ticket, role: str, new_did: str | None) -> None:
+async def _record_hand_over(
+    ticket: Ticket, role: str, new_did: str | None, work: DeviceWork
+) -> str | None:
     """Before an exchange's completion moves anything: the replacement it hands over to, and
     when, on the ticket's row in a transaction of its own (it survives a completion that
-    fails later). A retry naming another device keeps the recorded one (_exchange refuses
-    it)."""
+    fails later). A retry naming another device than the recorded one re-points the record
+    to it only when the live store shows the recorded hand-over never ran (no marker of it,
+    within the markers' life); when it ran, the row names where it went and the retry is
+    refused (HandedOverElsewhere). The device the record named before a re-point (None:
+    none)."""
     async with in_transaction("default") as conn:
         current = await _locked_to_complete(ticket, role, conn)
-        await _replacement(current, new_did)
-        if current.handed_over_to is None:
-            recorded = {"handed_over_to": new_did, "handed_over_at": dt.datetime.now(dt.UTC)}
-            await Ticket.filter(id=current.id).using_db(conn).update(**recorded)
+        old, _ = await _replacement(current, new_did)
+        recorded_to, now = current.handed_over_to, dt.datetime.now(dt.UTC)
+        if recorded_to == new_did:
+            return None
+        live = None if recorded_to is None else await _live_recipient(current, work, old.did)
+        if recorded_to is not None and live is None and markers_expired(current, now):
+            # No marker, but it may have expired: whether the hand-over ran is no longer
+            # known, so the row's device stays the only one (retried with it: expired).
+            raise HandedOverElsewhere(old.did, recorded_to, current.ticket_id)
+        if live is None:
+            values: dict[str, Any] = {"handed_over_to": new_did, "handed_over_at": now}
+        else:
+            # It ran. A marker naming another device than the row's was written after the row
+            # named that one (a hand-over in flight when a retry re-pointed the row landed
+            # after its look), so the row's time stays a bound of the marker's age.
+            values = {"handed_over_to": live}
+        await Ticket.filter(id=current.id).using_db(conn).update(**values)
+    if live is not None and live != new_did:
+        raise HandedOverElsewhere(old.did, live, ticket.ticket_id)
+    return recorded_to
+
+
+async def _live_recipient(ticket: Ticket, work: DeviceWork, old_did: str) -> str | None:
+    """The device the live store's marker says the ticket's hand-over went to; None when it
+    holds no marker of it. Redis writes that marker in the one script step that takes the
+    quota off the old device, so within the markers' life no marker means the quota was not
+    moved under this ticket. Asked as the hand-over to the recorded device sent `recorded`,
+    which changes nothing (no marker: HandoverExpired); HandedBack when the ticket's cancel
+    began giving the quota back."""
+    assert ticket.handed_over_to is not None
+    reason = f"exchange ticket {ticket.ticket_id}"
+    try:
+        await work.hand_over(
+            old_did, ticket.handed_over_to, ticket.ticket_id, reason, recorded=True
+        )
+    except HandoverExpired:
+        return None
+    except HandedOverElsewhere as elsewhere:
+        return elsewhere.received_by
+    return ticket.handed_over_to
+
+
+async def _follow_live_store(ticket: Ticket, handed_to: str, received_by: str) -> None:
+    """After the live store refused the hand-over to `handed_to` because its marker names
+    `received_by`, the open ticket's row names `received_by` (unless someone changed the row
+    since): a hand-over still in flight when a retry re-pointed the row can land after that
+    retry's look at the markers and before its own hand-over."""
+    if received_by in ("?", handed_to):
+        return
+    async with in_transaction("default") as conn:
+        current = await Ticket.filter(id=ticket.id).select_for_update().using_db(conn).get()
+        if current.state in OPEN_STATES and current.handed_over_to == handed_to:
+            await Ticket.filter(id=current.id).using_db(conn).update(handed_over_to=received_by)
 
 
 async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: dt.datetime) -> str:
@@ -197,9 +257,9 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: 
     reason = f"exchange ticket {ticket.ticket_id}"
     recorded_to = ticket.handed_over_to
     if recorded_to is not None and recorded_to != new_did:
-        # The row names another device: refused, whatever the live store still knows. Asked
-        # with the recorded device and `recorded`, it changes nothing and says whether the
-        # ticket's cancel began giving the quota back (HandedBack: finish the cancel).
+        # A racing retry re-pointed the row since _record_hand_over: it is the one that hands
+        # over. Asked with the recorded device and `recorded`, the live store changes nothing
+        # and says whether the ticket's cancel began giving the quota back (HandedBack).
         with contextlib.suppress(HandoverExpired):
             await work.hand_over(old.did, recorded_to, ticket.ticket_id, reason, recorded=True)
         raise HandedOverElsewhere(old.did, recorded_to, ticket.ticket_id)
@@ -304,9 +364,28 @@ async def complete(
     new_device: str | None = None,
 ) -> Ticket:
     """完成: the ticket's domain work, then the move to DONE (see the module's docstring)."""
+    try:
+        await _complete(ticket, principal, work, note, filters, new_device)
+    except HandedOverElsewhere as refused:
+        if new_device is not None:
+            await _follow_live_store(ticket, new_device, refused.received_by)
+        raise
+    await ticket.refresh_from_db()
+    return ticket
+
+
+async def _complete(
+    ticket: Ticket,
+    principal: Principal,
+    work: DeviceWork,
+    note: str,
+    filters: Sequence[int],
+    new_device: str | None,
+) -> None:
     role, subject = actor_of(principal)
+    repointed_from = None
     if ticket.type is TicketType.EXCHANGE:  # a ticket's type never changes: the copy will do
-        await _record_hand_over(ticket, role, new_device)
+        repointed_from = await _record_hand_over(ticket, role, new_device, work)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
         # The locked state decides before any effect: of two racing completions (say, an
@@ -314,14 +393,14 @@ async def complete(
         # changes nothing; the caller's copy of the ticket may be stale.
         current = await _locked_to_complete(ticket, role, conn)
         done = await _work(current, principal, work, filters, new_device, now)
+        if repointed_from is not None:
+            done = f"{done}; the hand-over recorded for {repointed_from} had not run"
         changes = {"new_device_id": new_device} if current.type is TicketType.EXCHANGE else {}
         text = f"{note} ({done})" if note else done
         await fire(
             current, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
             changes=changes, now=now,
         )  # fmt: skip
-    await ticket.refresh_from_db()
-    return ticket
 
 
 async def cancel(

@@ -295,6 +295,7 @@ async def test_an_exchange_retried_with_another_device_after_the_hand_over_is_re
     assert (await Device.get(did=second)).owner_id is None
     ticket = await Ticket.get(ticket_id=tid)
     assert ticket.new_device_id is None
+    assert ticket.handed_over_to == first  # the hand-over ran: the row is not re-pointed
     assert ticket.state in OPEN_STATES  # still open: the device given the quota can complete it
 
 
