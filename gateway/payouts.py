@@ -21,11 +21,18 @@ at another moment: the sweep sends the batch again for STOP_GRACE after the firs
 (`transfer_refused_at`), then no more, and fails it only when, asked STOP_GRACE after its latest
 create, WeChat Pay has no batch under the number.
 An operator gives up a withdrawal WeChat Pay keeps refusing for now with `fail_stopped`.
+
+Every time these rules write or compare is the database's clock (`database_now`), never a
+process's own: the request, the sweep (whichever node holds its lease) and an operator's CLI run
+on different machines whose clocks may be minutes apart, and a create sent by one would look
+STOP_GRACE old to another while WeChat Pay may still be accepting it (failed then, it is paid
+and the money returned as well).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +43,7 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayUnavailable,
 )
 from aquafleet.models.commissions import Withdrawal, WithdrawalState, earner_of
+from aquafleet.models.db import database_now
 from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import Member
 from aquafleet.models.merchants import PaymentNotConfigured, WechatPayMerchant, wechat_merchant
@@ -81,6 +89,10 @@ NOT_AUTHORISED = "NO_AUTH"
 # retries take (3 x a 10 s timeout).
 STOP_GRACE = dt.timedelta(minutes=10)
 PAYEE_FIELDS = ("transfer_mchid", "transfer_appid", "transfer_openid", "transfer_fixed_at")
+# This process's clock off the database's by more than this is logged. It decides nothing here
+# (the database's does), but WeChat Pay refuses requests signed minutes off its own clock, and
+# the logs of two machines read side by side disagree.
+CLOCK_SKEW_LOGGED = dt.timedelta(seconds=30)
 
 
 class WechatNotBound(Conflict):
@@ -118,6 +130,10 @@ def other_creates_until(withdrawal: Withdrawal) -> dt.datetime | None:
     return max(withdrawal.created_at, fixed or withdrawal.created_at) + STOP_GRACE
 
 
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def member_of_earner(earner: str) -> str | None:
     prefix, _, uid = earner.partition(":")
     return uid if prefix == "member" and uid else None
@@ -145,9 +161,24 @@ class WechatTransferPayout:
 
     name = WEIXIN
 
-    def __init__(self, client: WechatPayClient, box: SecretBox) -> None:
+    def __init__(
+        self, client: WechatPayClient, box: SecretBox, *, clock: Callable[[], dt.datetime] = utc_now
+    ) -> None:
         self.client = client
         self.box = box
+        self.clock = clock  # this process's: only compared with the database's, never decides
+
+    async def database_now(self) -> dt.datetime:
+        """The database's clock, on which every payout time is written and compared; this
+        process's clock off it by more than CLOCK_SKEW_LOGGED is logged."""
+        now = await database_now()
+        ahead = self.clock() - now
+        if abs(ahead) > CLOCK_SKEW_LOGGED:
+            log.warning(
+                "payout_clock_skew", clock_ahead_s=int(ahead.total_seconds()),
+                decides="the database's clock",
+            )  # fmt: skip
+        return now
 
     async def merchant(self, vendor_code: str) -> WechatPayMerchant:
         return await vendor_wechat_merchant(vendor_code, self.box)
@@ -193,7 +224,7 @@ class WechatTransferPayout:
             openid = await self.openid(withdrawal.earner, withdrawal.vendor_code)
             fixed: dict[str, Any] = {
                 "transfer_openid": openid or "",
-                "transfer_fixed_at": dt.datetime.now(dt.UTC),
+                "transfer_fixed_at": await database_now(),
             }
             if openid is not None:
                 merchant = await self.merchant(withdrawal.vendor_code)
@@ -211,12 +242,13 @@ class WechatTransferPayout:
 
     async def _create(self, withdrawal: Withdrawal) -> dict[str, Any]:
         """Send the withdrawal's batch, built from the stored payee only: every create of it is
-        the same request. Its time is written first, unless an operator stopped it."""
+        the same request. Its time (the database's) is written first, unless an operator
+        stopped it."""
         payee = await self.fixed_payee(withdrawal)
         merchant = await self.merchant_of(withdrawal)
         sending = await Withdrawal.filter(
             id=withdrawal.id, state=WithdrawalState.REQUESTED, transfer_stopped_at__isnull=True
-        ).update(transfer_sent_at=dt.datetime.now(dt.UTC))
+        ).update(transfer_sent_at=await database_now())
         if not sending:
             raise TransferStopped(f"withdrawal {withdrawal.id} is settled or stopped: not sent")
         amount = int(withdrawal.amount_fen)
@@ -255,10 +287,10 @@ class WechatTransferPayout:
 
     async def _not_authorised(self, withdrawal: Withdrawal, exc: DomainError) -> PayoutResult:
         """A create refused NO_AUTH: still requested (another create may be being accepted);
-        the first such refusal's time is kept, from which the sweep counts its retries."""
-        now = dt.datetime.now(dt.UTC)
+        the first such refusal's time (the database's) is kept, from which the sweep counts
+        its retries."""
         await Withdrawal.filter(id=withdrawal.id, transfer_refused_at__isnull=True).update(
-            transfer_refused_at=now
+            transfer_refused_at=await database_now()
         )
         log.warning("payout_not_authorised", withdrawal=withdrawal.id, why=str(exc))
         return PayoutResult(PayoutOutcome.REQUESTED)
@@ -292,7 +324,7 @@ class WechatTransferPayout:
         other content (an older node's, of a row whose payee was fixed late) may still be
         being accepted: its refusal would say nothing of that one."""
         until = other_creates_until(withdrawal)
-        if until is not None and dt.datetime.now(dt.UTC) < until:
+        if until is not None and await database_now() < until:
             log.warning(
                 "payout_refused_for_now", withdrawal=withdrawal.id, why=str(exc),
                 older_create_until=until.isoformat(),
@@ -317,7 +349,7 @@ class WechatTransferPayout:
         (under the same number), unless an operator stopped sending it or WeChat Pay refused
         it NO_AUTH for longer than STOP_GRACE (then it fails once no create can be on its way)."""
         merchant = await self.merchant_of(withdrawal)
-        asked = dt.datetime.now(dt.UTC)
+        asked = await database_now()  # before the query: its answer is at least as recent
         try:
             answer = await self.client.query_transfer_batch(merchant, batch_no(withdrawal.id))
         except WechatPayRefused as exc:
@@ -331,15 +363,14 @@ class WechatTransferPayout:
             return await self.submit(withdrawal)
         return await self._outcome(merchant, withdrawal, answer)
 
-    async def fail_stopped(
-        self, withdrawal_id: int, *, reason: str, actor: str, now: dt.datetime | None = None
-    ) -> Withdrawal:
+    async def fail_stopped(self, withdrawal_id: int, *, reason: str, actor: str) -> Withdrawal:
         """An operator gives up a withdrawal WeChat Pay keeps refusing for now (403
         NOT_ENOUGH, ...): it is no longer sent, and it fails (the money back to available,
         once) only when WeChat Pay, asked once its latest create cannot still be being
         accepted, has no batch under its number or the batch failed or closed. A batch that
-        pays or may still pay is a Conflict (409): its outcome decides. Failed already: as is."""
-        now = now or dt.datetime.now(dt.UTC)
+        pays or may still pay is a Conflict (409): its outcome decides. Failed already: as is.
+        Timed on the database's clock, whatever the operator's machine's says."""
+        now = await self.database_now()
         withdrawal = await stop_sending(withdrawal_id, channel=self.name, now=now)
         if withdrawal.state is not WithdrawalState.REQUESTED:
             return withdrawal  # failed already: as it is
@@ -354,7 +385,8 @@ class WechatTransferPayout:
                 f"withdrawal {withdrawal.id}: its batch {number} was "
                 f"{last or 'stored without its payee, sent by an older node'} and WeChat Pay "
                 f"may still be accepting it; it is no longer sent: try again from "
-                f"{until.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+                f"{until.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ} (the database's clock: in "
+                f"{int((until - now).total_seconds()) + 1} s)"
             )
         merchant = await self.merchant_of(withdrawal)
         try:
@@ -423,6 +455,7 @@ class WechatTransferPayout:
     async def sweep(self, *, limit: int = SWEEP_BATCH) -> PayoutSweep:
         """One pass over the requested withdrawals of this channel, oldest first."""
         report = PayoutSweep()
+        await self.database_now()  # says once a pass if this node's clock is off the database's
         rows = (
             await Withdrawal.filter(state=WithdrawalState.REQUESTED, channel=self.name)
             .order_by("id")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,3 +172,24 @@ def dialect() -> str:
     """'sqlite' or 'postgres': the few raw SQL statements differ only in placeholders."""
     name = connection().capabilities.dialect
     return "postgres" if name.startswith("postgres") else name
+
+
+# The database's clock as an aware UTC time. PostgreSQL: `clock_timestamp()`, the moment of the
+# statement (`now()` is the transaction's start: a time read after a lock was waited for would
+# be older than the wait). SQLite: 'now' (milliseconds), the clock of the one machine whose
+# processes share the file.
+_PG_NOW = "SELECT clock_timestamp() AS now"
+_SQLITE_NOW = "SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now') AS now"
+
+
+async def database_now() -> dt.datetime:
+    """The database's clock: one clock for every node and CLI that shares the database, where
+    each process's own may be minutes off another's. Inside a transaction, read on its
+    connection."""
+    postgres = dialect() == "postgres"
+    (row,) = await connection().execute_query_dict(_PG_NOW if postgres else _SQLITE_NOW)
+    value = row["now"]
+    if isinstance(value, str):  # SQLite: UTC, without its zone
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    now: dt.datetime = value.astimezone(dt.UTC)  # asyncpg: an aware timestamptz
+    return now
