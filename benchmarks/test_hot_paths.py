@@ -291,3 +291,76 @@ def test_bridge_acks_a_record(benchmark):
         return b"".join(wire.publish(n, p, q) for n, p, q in server.data_to_send())
 
     assert benchmark(ack)
+
+
+def test_bridge_handles_a_socket_read_of_100_telemetry_messages(benchmark):
+    """The MQTT bridge's per-read path, as `BrokerConnection.data_received` calls it: one read's
+    100 QoS 0 PUBLISHes (one telemetry message of each of 100 online devices) taken apart,
+    checked (tag, clock, replay memory), their records read and handed to the real meter.
+    Everything real but the broker and Redis (the meter's round is not run: its records are
+    taken off between rounds)."""
+    import asyncio
+
+    from aquafleet.gateway.config import Settings
+    from aquafleet.gateway.hub import FailedLoginLimiter, Hub
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.meter import MeterBatcher
+    from aquafleet.gateway.metrics import Metrics
+    from aquafleet.gateway.mqtt.bridge import MqttBridge
+    from aquafleet.gateway.redis_io import Scripts
+    from aquafleet.protocol.mqtt import MqttDeviceSession
+    from aquafleet.protocol.mqtt_wire import Publish
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    secret = b"\x42" * 32
+    settings = Settings(mqtt_url="mqtt://127.0.0.1:1883", mqtt_topic_prefix="aq")  # type: ignore[call-arg]
+    metrics = Metrics()
+    hub = Hub(
+        node_id="bench", metrics=metrics, heartbeat_s=60, login_timeout_s=15,
+        max_connections=10_000, limiter=FailedLoginLimiter(10, 60.0),
+    )  # fmt: skip
+    keyspace = Keyspace("bench", 1)
+    meter = hub.meter = MeterBatcher(
+        hub=hub, client=None, scripts=Scripts(), keyspace=keyspace,  # type: ignore[arg-type]
+        metrics=metrics, batch_max=5000, pause_pending=10**9, pause_backlog=10**9,
+    )  # fmt: skip
+    bridge = MqttBridge(
+        hub=hub, settings=settings, client=None, scripts=Scripts(),  # type: ignore[arg-type]
+        keyspace=keyspace, metrics=metrics, master_secret=secret, presence_ttl_ms=150_000,
+    )  # fmt: skip
+    now = time.time()
+    devices = []
+    for n in range(100):
+        did = f"BNCH{n:08d}AAAA"
+        key = derive_device_key(secret, did, 1)
+        device = MqttDeviceSession("aq", did, key, clock=time.time)
+        device.connected(int(now * 1000))
+        bridge._on_messages([Publish(t, p, 0, 0) for t, p, _ in device.data_to_send()])
+        link = bridge.devices[did]  # its key looked up and its presence claimed, as a login does
+        assert link.session.verify_login(key)
+        link.session.accept_login(now=now)
+        link.did = did
+        hub.online[did] = link
+        link.flush()
+        devices.append(device)
+    bridge.logins.pending.clear()
+    recs = iter(range(1, 10**6))
+
+    def next_read() -> tuple[tuple[list[Publish]], dict[str, object]]:
+        meter.pending.clear()
+        rec = next(recs)
+        messages = []
+        for device in devices:
+            device.send_record(sample(rec))
+            ((name, payload, _),) = device.data_to_send()
+            messages.append(Publish(name, payload, 0, 0))
+        return (messages,), {}
+
+    try:
+        benchmark.pedantic(bridge._on_messages, setup=next_read, rounds=2000)
+        assert len(meter.pending) == 100
+        assert metrics.mqtt_uplinks_received >= 100 * 2000
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)

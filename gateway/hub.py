@@ -188,6 +188,9 @@ class Hub:
         self.online: dict[str, DeviceLink] = {}
         self._conn_ids = itertools.count(1)
         self._pause_reasons: set[str] = set()
+        # While any reason holds. A plain attribute, not a property over the set: the MQTT
+        # bridge reads it for every message it handles as a read is handled.
+        self.reads_paused = False
         self.accepting = True
         self._all_closed = asyncio.Event()
         self.meter: RecordMeter
@@ -303,10 +306,6 @@ class Hub:
 
     # ------------------------------------------------------------------ read pausing
 
-    @property
-    def reads_paused(self) -> bool:
-        return bool(self._pause_reasons)
-
     def pause_reading(self, reason: str) -> None:
         """Stop reading from every logged-in device (Redis or the ledger is behind): bounded
         memory. Connections still logging in are read: a login sends no records."""
@@ -314,6 +313,7 @@ class Hub:
             return
         first = not self._pause_reasons
         self._pause_reasons.add(reason)
+        self.reads_paused = True
         if first:
             self.metrics.read_pauses += 1
             log.warning("reads_paused", reason=reason, connections=len(self.connections))
@@ -324,6 +324,7 @@ class Hub:
         if reason not in self._pause_reasons:
             return
         self._pause_reasons.discard(reason)
+        self.reads_paused = bool(self._pause_reasons)
         if not self._pause_reasons:
             log.info("reads_resumed", reason=reason)
             for conn in self.connections:

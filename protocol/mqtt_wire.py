@@ -56,7 +56,7 @@ class PublishFlag:
 
 
 SUBACK_FAILURE = 0x80
-_PUBLISH_QOS0 = PacketType.PUBLISH << 4  # no DUP, QoS 0, no RETAIN
+_PUBLISH_QOS0 = int(PacketType.PUBLISH) << 4  # no DUP, QoS 0, no RETAIN (an int, not the enum)
 PINGREQ = bytes((PacketType.PINGREQ << 4, 0))
 DISCONNECT = bytes((PacketType.DISCONNECT << 4, 0))
 
@@ -176,7 +176,7 @@ def publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> byt
     """PUBLISH (never retained, never DUP: a record resent by the purifier is a new message)."""
     name = topic.encode()
     size = 2 + len(name) + (2 if qos else 0) + len(payload)
-    first = (PacketType.PUBLISH << 4) | (qos << PublishFlag.QOS_SHIFT)
+    first = _PUBLISH_QOS0 | (qos << PublishFlag.QOS_SHIFT)  # not PacketType.PUBLISH: ~0.1 us
     if size < 0x80:  # the common cases, without the general encoder
         head = bytes((first, size))
     elif size < 0x4000:

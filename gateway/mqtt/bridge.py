@@ -61,8 +61,17 @@ from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.gateway.tasks import cancel_and_wait
 from aquafleet.protocol import ErrorCode, LoginRequested, ProtocolError
 from aquafleet.protocol.message_types import Record, Result
-from aquafleet.protocol.mqtt import CommandAnswer, StatusNotice, UplinkDropped
-from aquafleet.protocol.mqtt_envelope import Envelope, TopicCache, open_envelope, uplink_filter
+from aquafleet.protocol.mqtt import CommandAnswer, MqttServerSession, StatusNotice, UplinkDropped
+from aquafleet.protocol.mqtt_envelope import (
+    CHANNEL_OF_TYPE,
+    RECORD_TYPES,
+    UPLINK_TYPES,
+    Envelope,
+    TopicCache,
+    open_envelope,
+    topic,
+    uplink_filter,
+)
 from aquafleet.protocol.mqtt_wire import Publish
 
 if TYPE_CHECKING:
@@ -91,6 +100,10 @@ FORGET_BATCH = 1000
 ANSWERS_MAX = 10_000  # device answers waiting to be told to the other bridges (oldest dropped)
 ANSWERS_BATCH = 500
 RELAY_RETRY_S = 1.0
+
+# A record topic's way to its session: (device, its session, the topic's bytes, record type).
+Route = tuple[MqttDevice, MqttServerSession, bytes, int]
+ROUTED_CHANNELS = tuple(CHANNEL_OF_TYPE[t] for t in RECORD_TYPES)
 
 _DROP_COUNTERS = {
     "forged": "mqtt_uplinks_forged",
@@ -150,6 +163,10 @@ class MqttBridge:
         )
         self.devices: dict[str, MqttDevice] = {}
         self.topics = TopicCache(self.prefix)  # bounded: emptied when full
+        # The record topics (up/tele, up/event) of the devices online here, to their device:
+        # a read's records go from topic to session without an Envelope or a device lookup
+        # (`_on_messages`). Bounded by the devices: a device's go when it closes.
+        self.routes: dict[str, Route] = {}
         self.outbound: deque[Outgoing] = deque()
         self.outbound_max = settings.mqtt_outbound_max
         self.incoming: deque[tuple[str, bytes]] = deque()  # topic, payload
@@ -198,19 +215,40 @@ class MqttBridge:
         (then queued behind them; full: the newest dropped, counted: it was not acked, its
         device resends it). Handling them here spares a task switch per read (the consumer's),
         most of what MQTT cost above TCP per record once the messages themselves were cheap
-        (docs/benchmarks.md); one call and one clock reading a read, not a message."""
+        (docs/benchmarks.md); one call and one clock reading a read, not a message.
+        A record of a device online here goes by its topic's route straight to the session's
+        `take_record` and the meter; anything else (and anything that declines) to `receive`."""
         incoming = self.incoming
         hub = self.hub
-        receive = self.receive
+        routes = self.routes
+        submit = hub.meter.submit
         now = time.time()
-        for topic, payload, _qos, _packet_id in messages:
-            if not incoming and self.accepting and not hub.reads_paused:
-                receive(topic, payload, now)
-            elif len(incoming) >= self.incoming_max:
-                self.metrics.mqtt_uplinks_dropped += 1
-            else:
-                incoming.append((topic, payload))
-                self._in_wake.set()
+        now_ms = int(now * 1000)
+        taken = 0
+        for topic_name, payload, _qos, _packet_id in messages:
+            if incoming or not self.accepting or hub.reads_paused:
+                if len(incoming) >= self.incoming_max:
+                    self.metrics.mqtt_uplinks_dropped += 1
+                else:
+                    incoming.append((topic_name, payload))
+                    self._in_wake.set()
+                continue
+            route = routes.get(topic_name)
+            if route is not None:
+                device, session, name, frame_type = route
+                record = session.take_record(name, frame_type, payload, now, now_ms)
+                if record is not None:
+                    taken += 1
+                    if type(record) is Record:
+                        submit(device, record)
+                    else:
+                        self.count_drops((record,))  # type: ignore[arg-type]
+                    if session.needs_flush:
+                        device.flush()
+                    continue
+            self.receive(topic_name, payload, now)
+        if taken:
+            self.metrics.mqtt_uplinks_received += taken
 
     async def run(self) -> None:
         """Connect, subscribe, pump; on any broker failure reconnect with backoff."""
@@ -318,6 +356,9 @@ class MqttBridge:
             device.session.hold(envelope)  # its key is being looked up
             device.flush()  # counts a held message the bound dropped
             return
+        frame_type = UPLINK_TYPES.get(envelope.channel)
+        if frame_type in RECORD_TYPES:  # its next records here go by the route (_on_messages)
+            self.routes[topic_name] = (device, device.session, envelope.topic, frame_type)
         self.handle(device, envelope, now)
 
     def _new_device(self, did: str, now: float) -> MqttDevice | None:
@@ -383,6 +424,11 @@ class MqttBridge:
         did = device.session.did
         if self.devices.get(did) is device:
             del self.devices[did]
+        for channel in ROUTED_CHANNELS:  # its routes go with it (a new session makes its own)
+            topic_name = topic(self.prefix, did, channel)
+            route = self.routes.get(topic_name)
+            if route is not None and route[0] is device:
+                del self.routes[topic_name]
         self.hub.connection_lost(device, release=release)
 
     # ------------------------------------------------------------------ downlink

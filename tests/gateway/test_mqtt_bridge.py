@@ -18,7 +18,10 @@ import aiomqtt
 import pytest
 
 from aquafleet.gateway.appkeys import KEYSPACE, MQTT_BRIDGE, REDIS
+from aquafleet.gateway.mqtt.bridge import MQTT_NODE
 from aquafleet.gateway.mqtt.client import BrokerError, connect_broker
+from aquafleet.gateway.registry_cache import write_entries
+from aquafleet.models.devices import DeviceState
 from aquafleet.models.usage import metered_ml_by_device
 from aquafleet.protocol import Command, CommandOp
 from aquafleet.protocol.crypto import mqtt_password
@@ -688,3 +691,108 @@ async def test_the_bridge_client_reports_a_broker_that_is_not_there_or_goes_away
             async with asyncio.timeout(TIMEOUT_S):
                 await conn.closed
         assert not conn.is_open
+
+
+async def test_a_record_topic_route_lives_as_long_as_its_session(
+    node_factory: Any, mqtt_devices: list
+) -> None:
+    """A device's records go from their topic straight to its session while it is online here
+    (the bridge's routes); whatever ends the session (a login elsewhere, a disable, a re-issued
+    key) takes its routes with it, and its next message is a login again, refused or not."""
+    prefix = unique_prefix()
+    node = await mqtt_node(node_factory, prefix)
+    bridge = node.app[MQTT_BRIDGE]
+    redis, keyspace = node.app[REDIS], node.app[KEYSPACE]
+    (dev,) = await register_devices(node, 1)
+    device = MqttTestDevice(dev.did, dev.key, prefix)
+    mqtt_devices.append(device)
+    await device.connect()
+    boot = int(time.time())
+    tele = device.session.topic(Channel.UP_TELE)
+    for rec in (1, 2, 3):
+        await device.send(telemetry(rec, boot, rec * 100, epoch=boot))
+    await device.settled()
+    link = bridge.devices[dev.did]
+    assert bridge.routes[tele][:2] == (link, link.session)
+    assert node.metrics.records_stored == 3
+
+    async def kicked(verb: str) -> None:
+        command, channel = keyspace.device_node_channel(dev.did, MQTT_NODE)
+        await redis.execute_command(command, channel, f"{verb} {dev.did} *")
+
+        async def closed() -> bool:
+            return link.closed
+
+        await wait_until(closed)
+        assert tele not in bridge.routes and dev.did not in bridge.devices
+
+    # A newer login took the device elsewhere: its next record logs in here again (held for
+    # the login, it makes no route; the one after it does).
+    await kicked("kick")
+    for rec in (4, 5):
+        await device.send(telemetry(rec, boot, rec * 100, epoch=boot))
+        await device.settled()
+    link = bridge.devices[dev.did]
+    assert bridge.routes[tele][:2] == (link, link.session) and not link.closed
+    assert node.metrics.records_stored == 5
+
+    # Its key re-issued: the old key's messages are forged now, and never metered.
+    await write_entries(redis, keyspace, [(dev.did, int(DeviceState.ACTIVE), 2)])
+    await kicked("revoke")
+    await device.send(telemetry(6, boot, 600, epoch=boot))
+
+    async def forged() -> bool:
+        return node.metrics.mqtt_uplinks_forged >= 1
+
+    await wait_until(forged)
+    assert tele not in bridge.routes
+
+    # Disabled: refused at the login its next message makes.
+    await write_entries(redis, keyspace, [(dev.did, int(DeviceState.DISABLED), 1)])
+    await device.send(telemetry(7, boot, 700, epoch=boot))
+
+    async def refused() -> bool:
+        return node.metrics.mqtt_uplinks_refused >= 1
+
+    await wait_until(refused)
+    assert tele not in bridge.routes and dev.did not in bridge.devices
+    assert node.metrics.records_received == 5 and node.metrics.records_stored == 5
+    assert sorted(device.sent.values()) == [(boot, 6), (boot, 7)]  # neither acked
+
+
+async def test_while_reads_are_paused_records_wait_in_the_bounded_queue(
+    node_factory: Any, mqtt_devices: list
+) -> None:
+    """Paused (Redis or the ledger behind), the bridge takes no record, even of a device whose
+    records go by a route: they wait in its queue, the newest dropped when it is full (counted,
+    not acked: resent), and are metered once reads resume."""
+    prefix = unique_prefix()
+    node = await mqtt_node(node_factory, prefix)
+    bridge = node.app[MQTT_BRIDGE]
+    bridge.incoming_max = 2  # mqtt_queue_max's least setting is 100
+    (dev,) = await register_devices(node, 1)
+    device = MqttTestDevice(dev.did, dev.key, prefix)
+    mqtt_devices.append(device)
+    await device.connect()
+    boot = int(time.time())
+    for rec in (1, 2):
+        await device.send(telemetry(rec, boot, rec * 100, epoch=boot))
+        await device.settled()
+    assert device.session.topic(Channel.UP_TELE) in bridge.routes
+    node.hub.pause_reading("test")
+    for rec in (3, 4, 5):
+        await device.send(telemetry(rec, boot, rec * 100, epoch=boot))
+
+    async def queued_and_dropped() -> bool:
+        return len(bridge.incoming) == 2 and node.metrics.mqtt_uplinks_dropped == 1
+
+    await wait_until(queued_and_dropped)
+    assert node.metrics.records_received == 2
+    node.hub.resume_reading("test")
+
+    async def metered() -> bool:
+        return node.metrics.records_stored == 4
+
+    await wait_until(metered)
+    assert not bridge.incoming and node.metrics.records_received == 4
+    assert sorted(device.sent.values()) == [(boot, 5)]  # the dropped one, to be resent

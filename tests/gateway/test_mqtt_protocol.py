@@ -14,8 +14,10 @@ from aquafleet.protocol import (
     CommandOp,
     DesiredState,
     ErrorCode,
+    Event,
     ProtocolError,
     Telemetry,
+    speedups,
 )
 from aquafleet.protocol.frames import MacKey
 from aquafleet.protocol.message_types import Ack, Record, Result
@@ -323,3 +325,132 @@ def test_the_topic_cache_parses_each_topic_once_and_stays_bounded() -> None:
     assert len(cache) == 1  # full at 2: emptied, then the newest kept
     third = open_envelope("aq", name, payload, cache)
     assert third == first and len(cache) == 2  # parsed again after it was forgotten
+
+
+# ----------------------------------------------------------------------------- take_record
+
+
+def twins() -> tuple[MqttDeviceSession, MqttServerSession, MqttServerSession]:
+    """A device and two identical server sessions of it, both online."""
+    device, first = pair()
+    _, second = pair()
+    held = envelopes(device)
+    for server in (first, second):
+        for envelope in held:
+            server.hold(envelope)
+        assert server.verify_login(KEY)
+        server.accept_login(now=NOW)
+        server.take_held()
+    return device, first, second
+
+
+def taken_as_received(
+    first: MqttServerSession, second: MqttServerSession, name: str, payload: bytes, now: float
+) -> object:
+    """`first.take_record` and `second.receive_data` on the same message: what take_record
+    answers (not None) is receive_data's one event, and when it declines it changed nothing
+    (receive_data on `first` then answers as on `second`). Returns take_record's answer."""
+    frame_type = {Channel.UP_TELE: 0x20, Channel.UP_EVENT: 0x21}[name.split("/", 2)[2]]
+    last_rx = first.last_rx
+    taken = first.take_record(name.encode(), frame_type, payload, now, int(NOW * 1000))
+    try:
+        expected = second.receive_data(open_envelope("aq", name, payload), now)
+    except ProtocolError:
+        assert taken is None
+        return None
+    if taken is None:
+        assert first.last_rx == last_rx
+        assert first.receive_data(open_envelope("aq", name, payload), now) == expected
+    else:
+        assert [taken] == expected
+    assert first.last_rx == second.last_rx
+    assert (first.data_to_send(), first.drops) == (second.data_to_send(), second.drops)
+    return taken
+
+
+def sent(device: MqttDeviceSession, record: Telemetry | Event) -> bytes:
+    device.send_record(record)
+    ((_, payload, _),) = device.data_to_send()
+    return payload
+
+
+def test_take_record_answers_as_receive_data_does() -> None:
+    """The bridge's per-read path (`take_record`) and the general one (`receive_data`) give the
+    same answer for every kind of message, good or not; take_record only declines (None) what
+    it does not take, and then nothing of the session has changed."""
+    device, first, second = twins()
+    tele, event = topic("aq", DID, Channel.UP_TELE), topic("aq", DID, Channel.UP_EVENT)
+    now_ms = int(NOW * 1000)
+    device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
+    ((_, good, _),) = device.data_to_send()
+    compiled = taken_as_received(first, second, tele, good, NOW + 1)
+    if speedups.compiled is not None:
+        assert isinstance(compiled, Record) and compiled.rec == 1
+    else:
+        assert compiled is None  # no extension: everything goes to receive_data
+    assert first.last_rx == NOW + 1
+    replayed = taken_as_received(first, second, tele, good, NOW + 2)
+    assert replayed in (None, UplinkDropped("replayed", Channel.UP_TELE))
+    body = {0: 2, 1: 9, 2: 1, MqttKey.SEQ: 5, MqttKey.SENT_MS: now_ms + 1}
+    cases = [
+        seal(MacKey(b"\x01" * 32), tele, body, 0),  # forged
+        seal(MacKey(KEY), tele, {**body, MqttKey.SENT_MS: now_ms - MAX_SKEW_MS - 1}, 0),  # stale
+        seal(MacKey(KEY), tele, {**body, MqttKey.SENT_MS: now_ms - 6000}, 0),  # far behind
+        seal(MacKey(KEY), tele, {**body, 0: 0}, 0),  # rec 0: malformed, acked REJECTED
+        seal(MacKey(KEY), tele, {**body, 0: 3}, 1),  # CBOR: receive_data's
+        seal(MacKey(KEY), tele, {0: 4, 1: 9, 2: 1}, 0),  # no seq, no sent_ms
+        sent(device, Event(rec=5, boot=9, ts=1, kind=1, cid=1, ml=100, flow_total_ml=100)),
+        sent(device, Telemetry(rec=6, boot=9, ts=1, flow_total_ml=20)),
+        b"\x10" + bytes(8),  # an empty map's place, tag wrong
+        b"\x20" + bytes(20),  # envelope version 2
+    ]
+    answers = [taken_as_received(first, second, name, payload, NOW + 3) for name, payload in (
+        (event if n == 6 else tele, p) for n, p in enumerate(cases)
+    )]  # fmt: skip
+    if speedups.compiled is not None:
+        assert answers[1:3] == [
+            UplinkDropped("stale", Channel.UP_TELE), UplinkDropped("replayed", Channel.UP_TELE),
+        ]  # fmt: skip
+        assert isinstance(answers[6], Record) and isinstance(answers[7], Record)
+    assert answers[0] is None and answers[3:6] == [None] * 3 and answers[8:] == [None] * 2
+
+
+def test_take_record_declines_a_session_that_is_not_online() -> None:
+    device, server = pair()
+    for envelope in envelopes(device):
+        server.hold(envelope)
+    device.send_record(Telemetry(rec=1, boot=9, ts=1, flow_total_ml=10))
+    ((name, payload, _),) = device.data_to_send()
+    now_ms = int(NOW * 1000)
+    assert server.take_record(name.encode(), 0x20, payload, NOW, now_ms) is None  # verifying
+    assert server.verify_login(KEY)
+    server.accept_login(now=NOW)
+    server.close(ErrorCode.IDLE_TIMEOUT, "gone")
+    assert server.take_record(name.encode(), 0x20, payload, NOW, now_ms) is None  # closed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([Channel.UP_TELE, Channel.UP_EVENT]),
+    st.dictionaries(
+        st.sampled_from([0, 1, 2, 3, 4, 5, 10, 16, 40, 41]),
+        st.one_of(st.integers(-1, 2**33), st.binary(max_size=4), st.none()),
+        max_size=10,
+    ),
+    st.integers(0, 40),
+    st.binary(min_size=1, max_size=2),
+)
+def test_take_record_agrees_with_receive_data_on_any_tagged_map_and_any_damage(
+    channel: str, body: dict, at: int, damage: bytes
+) -> None:
+    _, first, second = twins()
+    name = topic("aq", DID, channel)
+    try:
+        sealed = seal(MacKey(KEY), name, body, 0)
+    except ProtocolError:
+        return
+    taken_as_received(first, second, name, sealed, NOW)
+    cut = min(at, len(sealed) - 1)
+    damaged = sealed[:cut] + damage + sealed[cut + len(damage) :]
+    taken_as_received(first, second, name, damaged, NOW)
+    taken_as_received(first, second, name, sealed, NOW)  # again: the replay memory's answer
