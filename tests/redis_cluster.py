@@ -7,7 +7,8 @@ comes from below the kernel's ephemeral range, where no outgoing connection of t
 it, from a slice of its own per xdist worker; a node counts as up only once the process we
 started answers (its INFO `process_id`), so a port taken by someone else between the probe and
 the node's bind means a new port for that node, never someone else's server in our cluster. One
-deadline covers the whole start, and its error names the step and the nodes still waited for."""
+deadline covers the whole start, and its error names the step and the nodes still waited for.
+Nodes die with the process that started them (a worker killed by pytest-timeout included)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from pathlib import Path
 
 import redis
 
-# One bound on the whole start (spawn, create, every node ok and every replica synced). Quiet, a
-# start takes 2-3 s; with two workers each starting one beside busy cores, 7-11 s (measured
-# 2026-12-07). It stays below the suite's 120-s test timeout, which the session cluster's start
-# shares with the first test using it, so a start that hangs fails with this module's error
-# naming the step, not with the worker killed.
+# One bound on the whole start (spawn, create, every node ok and every replica synced). A start
+# takes 2-3 s; three at once beside two busy loops, 2-12 s (load 5-13, 2026-12-07). The old
+# bound (30 s from the spawn, `--cluster create` included, so the readiness wait got what create
+# left) was the tightest step. It stays below the suite's 120-s test timeout, which the session
+# cluster's start shares with the first test using it, so a start that hangs fails with this
+# module's error naming the step and the nodes, not with the worker killed.
 START_TIMEOUT_S = 90.0
 NODES = 6  # 3 masters + 3 replicas
 MASTERS = 3
@@ -62,9 +64,10 @@ def _ephemeral_low() -> int:
 def _port_slice() -> range:
     """This process' node ports: below the ephemeral range with their bus ports (the bus ports
     above the node ports, so one cluster's node never lands on another's bus), split between
-    the xdist workers of the run. Outgoing connections take their local port from the ephemeral
-    range: a node port there could be held by one of the suite's thousands of client sockets
-    when the node binds it (EADDRINUSE), and bind(0) probes of two workers could coincide."""
+    the xdist workers of the run. The ephemeral range is where bind(0) probes (ours before,
+    `tests.processes.free_port` for the `aquafleet serve` processes the other worker starts
+    seconds after its probe) and the suite's client sockets take their ports: a node port from
+    there could be held by one of them when the node binds it (EADDRINUSE)."""
     top = _ephemeral_low() - BUS_OFFSET  # node ports below it have bus ports below the range
     low = max(1024, top - BUS_OFFSET)
     if top - low < 100 * NODES:  # a kernel whose ephemeral range starts low: probe the lot
