@@ -14,23 +14,22 @@ from collections.abc import Callable
 import pytest
 
 from aquafleet.gateway.payouts import (
-    REMARK,
     STOP_GRACE,
     WechatTransferPayout,
     batch_no,
-    detail_no,
 )
 from aquafleet.models.commissions import Summary, Withdrawal, WithdrawalState, member_earner
 from aquafleet.models.db import database_now
 from aquafleet.models.errors import Conflict
 from aquafleet.models.members import Member
-from tests.commissions.test_scenario import VID, of
+from tests.commissions.test_scenario import of
 from tests.commissions.test_wechat_payout import (
     OPENID,
     TRANSFERS,
     Wx,
     legacy_withdrawal,
     mch_id,
+    older_nodes_create,
     wx,  # noqa: F401  # the fixture
 )
 
@@ -166,18 +165,7 @@ async def test_a_refusal_waits_out_an_older_nodes_create_by_the_databases_clock(
     That batch pays it, once."""
     m2 = member_earner(wx.chain.m2)
     withdrawal = await legacy_withdrawal(wx, 600, "w-older-ahead")
-    merchant = await wx.payout.merchant(VID)
-    body = {  # the older node's create, built from the binding of then
-        "appid": merchant.app_id, "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
-        "batch_remark": REMARK, "total_amount": 600, "total_num": 1,
-        "transfer_detail_list": [{
-            "out_detail_no": detail_no(withdrawal.id), "transfer_amount": 600,
-            "transfer_remark": REMARK, "openid": OPENID,
-        }],
-    }  # fmt: skip
-    gate = wx.fake.hold_next_create()
-    older = asyncio.create_task(wx.payout.client.create_transfer_batch(merchant, body))
-    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    gate, older = await older_nodes_create(wx, withdrawal, 600)
     rebound = "oUpF8uMuAJO_otherapp00000000"
     wx.fake.refuse_openid(rebound)
     await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)

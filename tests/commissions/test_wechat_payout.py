@@ -363,6 +363,26 @@ async def legacy_withdrawal(wx: Wx, amount: int, request_id: str, **kwargs: Any)
     return await Withdrawal.get(id=withdrawal.id)
 
 
+async def older_nodes_create(
+    wx: Wx, withdrawal: Withdrawal, amount: int
+) -> tuple[asyncio.Event, asyncio.Task[Any]]:
+    """An older node's create of the withdrawal's batch, built from the binding of then
+    (OPENID), held by WeChat Pay while it is being accepted: set the gate to let it answer."""
+    merchant = await wx.payout.merchant(VID)
+    body = {
+        "appid": merchant.app_id, "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
+        "batch_remark": REMARK, "total_amount": amount, "total_num": 1,
+        "transfer_detail_list": [{
+            "out_detail_no": detail_no(withdrawal.id), "transfer_amount": amount,
+            "transfer_remark": REMARK, "openid": OPENID,
+        }],
+    }  # fmt: skip
+    gate = wx.fake.hold_next_create()
+    older = asyncio.create_task(wx.payout.client.create_transfer_batch(merchant, body))
+    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    return gate, older
+
+
 async def test_a_send_that_finds_the_member_unbound_uses_the_payee_another_send_fixed(wx: Wx):
     """A row without a stored payee, read by two senders (the sweeps of two nodes). One fixes
     the binding of then and its create is still being accepted (a query answers 404) when the
@@ -399,18 +419,7 @@ async def test_a_refusal_waits_out_an_older_nodes_create_of_another_content(wx: 
     m2 = member_earner(wx.chain.m2)
     t0 = dt.datetime.now(dt.UTC)
     withdrawal = await legacy_withdrawal(wx, 600, "w-older", now=t0)
-    merchant = await wx.payout.merchant(VID)
-    body = {  # the older node's create, built from the binding of then
-        "appid": merchant.app_id, "out_batch_no": batch_no(withdrawal.id), "batch_name": REMARK,
-        "batch_remark": REMARK, "total_amount": 600, "total_num": 1,
-        "transfer_detail_list": [{
-            "out_detail_no": detail_no(withdrawal.id), "transfer_amount": 600,
-            "transfer_remark": REMARK, "openid": OPENID,
-        }],
-    }  # fmt: skip
-    gate = wx.fake.hold_next_create()
-    older = asyncio.create_task(wx.payout.client.create_transfer_batch(merchant, body))
-    await asyncio.wait_for(wx.fake.create_held.wait(), 5)
+    gate, older = await older_nodes_create(wx, withdrawal, 600)
     rebound = "oUpF8uMuAJO_otherapp00000000"
     wx.fake.refuse_openid(rebound)
     await Member.filter(uid=wx.chain.m2).update(wx_openid=rebound)
