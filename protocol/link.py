@@ -20,6 +20,10 @@ from aquafleet.protocol.message_types import Error, Message
 from aquafleet.protocol.messages import FRAME_TYPE_OF, encode_payload, message_map
 from aquafleet.protocol.states import TRANSITIONS, SessionState, Step
 
+# Read per frame: an enum member as a class attribute costs ~60 ns on Python 3.11 (timeit),
+# a module constant ~7.
+_CLOSED = SessionState.CLOSED
+
 NonceSource = Callable[[int], bytes]
 
 MAX_BAD_FRAMES = 32  # CRC failures and refused frames a session tolerates before it closes
@@ -67,7 +71,7 @@ class Link:
 
     @property
     def is_closed(self) -> bool:
-        return self.state is SessionState.CLOSED
+        return self.state is _CLOSED
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
@@ -137,7 +141,7 @@ class Link:
 
     def _next_frame(self, events: list[object]) -> Frame | None:
         """The next frame to handle, or None; a fatal framing error closes the session."""
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             return None
         try:
             frame = self._decoder.next_frame()
