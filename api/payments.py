@@ -39,6 +39,7 @@ from aquafleet.gateway.appkeys import (
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.payments import PaymentService, PaymentSweeper, payment_service
 from aquafleet.gateway.providers.wechatpay import (
+    AnswerNotVerified,
     WechatPayRefused,
     WechatPayUnavailable,
 )
@@ -105,6 +106,10 @@ routes.contexts.append(payments_ctx)
 
 
 def channel_errors(exc: Exception) -> ApiError:
+    if isinstance(exc, AnswerNotVerified):
+        return Unavailable(
+            "WeChat Pay's answer could not be verified; try again", code="wechatpay_unavailable"
+        )
     if isinstance(exc, WechatPayUnavailable):
         return Unavailable("WeChat Pay did not answer; try again", code="wechatpay_unavailable")
     return ApiError(str(exc), code="wechatpay_refused", status=502)

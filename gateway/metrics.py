@@ -198,6 +198,10 @@ class Metrics:
         "Payment notifications naming another amount than the bill's (alerted, never paid)"
     )
     payments_refunds_sent: int = _counter("Refunds sent to a payment channel")
+    wechatpay_answers_unverified: int = _counter(
+        "WeChat Pay answers (errors included) whose signature was missing or did not verify: "
+        "not taken, asked again"
+    )
     gauges: dict[str, GaugeSource] = field(default_factory=dict)
     # Where the workers of `serve --workers N` share their metrics (None: one process).
     multiprocess_dir: str | None = None

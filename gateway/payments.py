@@ -245,7 +245,7 @@ def payment_service(
     from aquafleet.gateway.providers.allinpay import AllinpayAcquirer
 
     service = PaymentService(
-        WechatPayClient(session, base_url=settings.wechatpay_api_url),
+        WechatPayClient(session, metrics, base_url=settings.wechatpay_api_url),
         box,
         metrics,
         notify_base_url=settings.payments_notify_url,

@@ -8,7 +8,9 @@ twice. The outcome is found by querying the batch (the payments sweep, under its
 detail SUCCESS marks the withdrawal paid, FAIL or a closed batch marks it failed and the money
 returns to the earner's available balance (models/commissions.py `settle_withdrawal`).
 The requests are signed and the answers verified by the one WeChat Pay client
-(gateway/providers/wechatpay.py).
+(gateway/providers/wechatpay.py): every refusal and every "no batch" (404) acted on here was
+signed by WeChat Pay; one that was not (`AnswerNotVerified`, a WechatPayUnavailable) is no
+answer, and the withdrawal stays requested.
 
 Every create of a batch is the same request: it is built only from what the withdrawal stored
 when it was requested (the merchant, its app, the member's openid then), never from the

@@ -28,6 +28,7 @@ from aquafleet.models.commissions import (
     earner_of,
     lock_accounts,
 )
+from aquafleet.models.db import database_now
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.money import Guard, Leg, Side, channel_account, post
 from aquafleet.models.ratelimit import RateLimited
@@ -105,7 +106,8 @@ async def request_withdrawal(
     """AE-03: the caller withdraws `amount_fen` of its available commission. Idempotent by
     `request_id` (answers (withdrawal, created)). The earner's available account is locked while
     the 30-second rule and the balance are checked and the money moved to payout, so two
-    withdrawals at once cannot both pass either."""
+    withdrawals at once cannot both pass either. Timed by the database's clock (`now`: another
+    time, for tests and tools)."""
     earner = earner_of(principal)
     if earner is None or principal.vendor_code is None:
         raise Forbidden("only an earner (a member, an agent or a dealer) withdraws commission")
@@ -123,18 +125,19 @@ async def request_withdrawal(
     async with in_transaction("default"):
         await lock_accounts([available])
         # The time is read once the lock is held, so racing requests are timed in the order
-        # they pass it (read before, a later request could seem to come before an earlier one).
-        now = now or dt.datetime.now(dt.UTC)
+        # they pass it (read before, a later request could seem to come before an earlier one),
+        # and from the database's clock: the last withdrawal may have been made by another
+        # node, whose clock this one's would have to agree with (docs/commissions.md).
+        now = now or await database_now()
         first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
         if first is not None:
             return _same_withdrawal(first, amount_fen), False
         last = await Withdrawal.filter(earner=earner).order_by("-created_at").first()
-        if last is not None and now - last.created_at < WITHDRAWAL_INTERVAL:
-            wait = WITHDRAWAL_INTERVAL - (now - last.created_at)
+        wait_s = seconds_to_wait(last.created_at if last is not None else None, now)
+        if wait_s:
             raise WithdrawalTooSoon(
-                f"one withdrawal every {WITHDRAWAL_INTERVAL.seconds} s: try again in "
-                f"{max(1, int(wait.total_seconds() + 0.999))} s",
-                max(1, int(wait.total_seconds() + 0.999)),
+                f"one withdrawal every {WITHDRAWAL_INTERVAL.seconds} s: try again in {wait_s} s",
+                wait_s,
             )
         withdrawal = await Withdrawal.create(
             vendor_code=principal.vendor_code, earner=earner,
@@ -157,6 +160,16 @@ async def request_withdrawal(
             sent_before=result.sent_before,
         )  # fmt: skip
     return withdrawal, True
+
+
+def seconds_to_wait(last_created_at: dt.datetime | None, now: dt.datetime) -> int:
+    """How many whole seconds (at least 1) an earner whose last withdrawal was made at
+    `last_created_at` waits at `now` before the next (the 30-second rule); 0: none. Both times
+    on one clock, the database's."""
+    if last_created_at is None or now - last_created_at >= WITHDRAWAL_INTERVAL:
+        return 0
+    wait = WITHDRAWAL_INTERVAL - (now - last_created_at)
+    return max(1, int(wait.total_seconds() + 0.999))
 
 
 def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
@@ -210,11 +223,11 @@ async def settle_withdrawal(
         else:
             other = Leg(commission_account(withdrawal.earner, Bucket.AVAILABLE), -amount)
             key = f"withdrawal-failed:{withdrawal.id}"
+        now = await database_now()
         await post(
             key, kind=key.split(":")[0], vendor=withdrawal.vendor_code,
-            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason,
+            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason, now=now,
         )  # fmt: skip
-        now = dt.datetime.now(dt.UTC)
         await Withdrawal.filter(id=withdrawal.id).update(
             state=target, reason=reason[:MAX_REASON], channel_ref=reference[:64],
             settled_by=actor[:64], updated_at=now,

@@ -2,7 +2,12 @@
 transaction, refunds, the trade bill, merchant transfers.
 
 Every request is signed with the vendor's merchant key and every answer's platform signature is
-verified before it is read (models/wechatpay.py). Each call has the session's timeout; a
+verified before it is read (models/wechatpay.py), refusals (4xx) included: WeChat Pay signs
+every answer to a request whose signature it verified, and a refusal decides things (a query's
+404 may fail a withdrawal). An answer whose signature is missing or does not verify is not
+WeChat Pay's word: `AnswerNotVerified`, handled like no answer (what the call did is unknown,
+asked again later), counted (`wechatpay_answers_unverified`) and logged. Each call has the
+session's timeout; a
 failure to connect, a timeout or a 5xx is retried (a bounded number of times, with a short
 backoff) only for calls that are idempotent: reads, closing, and creations keyed by our own
 number (a prepay by out_trade_no, a refund by out_refund_no, a transfer batch by out_batch_no),
@@ -20,9 +25,11 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.providers.http import RETRIES, fetch, with_retries
 from aquafleet.models.merchants import WechatPayMerchant
 from aquafleet.models.wechatpay import (
+    SignatureInvalid,
     WechatPayError,
     authorization,
     nonce,
@@ -42,7 +49,7 @@ class WechatPayUnavailable(WechatPayError):
 
 
 class WechatPayRefused(WechatPayError):
-    """WeChat Pay answered 4xx with its {code, message}."""
+    """WeChat Pay answered 4xx with its {code, message}, signed by its platform key."""
 
     def __init__(self, status: int, wx_code: str, wx_message: str) -> None:
         super().__init__(f"wechatpay {status} {wx_code}: {wx_message[:120]}")
@@ -50,12 +57,31 @@ class WechatPayRefused(WechatPayError):
         self.wx_code = wx_code
 
 
+class AnswerNotVerified(WechatPayUnavailable, SignatureInvalid):
+    """An answer whose platform signature is missing or does not verify (forged, altered on
+    its way, headers dropped by a proxy, a platform key we do not hold), whatever its status:
+    nothing it says is taken. Like no answer (WechatPayUnavailable): what the call did is
+    unknown, and it is asked again later; never a refusal that fails anything. `status` and
+    `wx_code` are what it claimed, for the log only."""
+
+    code = "wechatpay_answer_not_verified"
+
+    def __init__(self, status: int, wx_code: str, why: str) -> None:
+        claimed = f"{status} {wx_code}".strip()
+        super().__init__(f"wechatpay answer not verified ({claimed}, not taken): {why}")
+        self.status = status
+        self.wx_code = wx_code
+
+
 class WechatPayClient:
     """One aiohttp session's client of WeChat Pay API v3, for any vendor's merchant."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, base_url: str = WECHATPAY_API) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, metrics: Metrics, *, base_url: str = WECHATPAY_API
+    ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        self.metrics = metrics
 
     async def call(
         self,
@@ -103,20 +129,33 @@ class WechatPayClient:
         if status >= 500:
             raise WechatPayUnavailable(f"wechatpay answered {status}")
         decoded = answer.decode("utf-8", "replace")
+        if raw and status < 400:
+            return decoded  # a bill file: not signed (its hash, in a signed answer, is checked)
+        error: dict[str, Any] = {}
         if status >= 400:
             try:
-                error = json.loads(decoded)
+                loaded = json.loads(decoded)
             except ValueError:
-                error = {}
+                loaded = None
+            error = loaded if isinstance(loaded, dict) else {}
+        try:
+            verify_signed(
+                answer_headers, decoded, platform_serial=merchant.platform_serial,
+                platform_pem=merchant.platform_public_key, now=int(time.time()),
+            )  # fmt: skip
+        except SignatureInvalid as exc:
+            self.metrics.wechatpay_answers_unverified += 1
+            claimed = str(error.get("code", ""))[:64]
+            log.error(
+                "wechatpay_answer_not_verified", path=path.split("?")[0], status=status,
+                claimed_code=claimed, why=str(exc),
+                request_id=str(answer_headers.get("Request-ID", ""))[:64],
+            )  # fmt: skip
+            raise AnswerNotVerified(status, claimed, str(exc)) from None
+        if status >= 400:
             raise WechatPayRefused(
                 status, str(error.get("code", "")), str(error.get("message", ""))
             )
-        if raw:
-            return decoded
-        verify_signed(
-            answer_headers, decoded, platform_serial=merchant.platform_serial,
-            platform_pem=merchant.platform_public_key, now=int(time.time()),
-        )  # fmt: skip
         if status == 204 or not decoded:
             return None
         try:

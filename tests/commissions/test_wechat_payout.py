@@ -110,8 +110,9 @@ async def wx(db: str, tmp_path: Path) -> AsyncIterator[Wx]:
     await Member.filter(uid=chain.m2).update(wx_openid=OPENID)
     await done(await paid(chain))  # M2 has 1259 fen available (levels 1259 / 539 / 179)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        client = WechatPayClient(session, base_url=fake.url)
-        service = PaymentService(client, box, Metrics(), notify_base_url="")
+        metrics = Metrics()
+        client = WechatPayClient(session, metrics, base_url=fake.url)
+        service = PaymentService(client, box, metrics, notify_base_url="")
         yield Wx(fake, chain, service.payout, service, db, tmp_path)
     await fake.stop()
 

@@ -2,9 +2,13 @@
 
 It checks every request's `Authorization` (WECHATPAY2-SHA256-RSA2048: the merchant's RSA
 signature over method, path, timestamp, nonce and body, its serial and mchid, a timestamp
-within five minutes) and answers 401 SIGN_ERROR otherwise; it signs every answer with its own
-platform key (Wechatpay-Timestamp/-Nonce/-Signature/-Serial) and posts notifications signed the
-same way with the resource encrypted (AEAD_AES_256_GCM) under the merchant's API v3 key.
+within five minutes) and answers 401 SIGN_ERROR otherwise, unsigned; it signs every answer to
+a request it authenticated with its own platform key (Wechatpay-Timestamp/-Nonce/-Signature/
+-Serial), refusals (4xx) and failures (5xx) included, as WeChat Pay documents ("如果验证商户的请求
+签名正确，微信支付会在应答的HTTP头部中包括应答签名": whenever the merchant's request signature
+verified, the answer carries the answer signature, whatever its status), and posts
+notifications signed the same way with the resource encrypted (AEAD_AES_256_GCM) under the
+merchant's API v3 key.
 
 Served: JSAPI prepay, query by out_trade_no, close, refunds (create, query), the trade bill
 (apply + download, hash SHA1), merchant transfer batches (create, query by out_batch_no;
@@ -18,8 +22,10 @@ accepted; `refuse_openid()` makes creates naming an openid unacceptable; `deny_t
 `grant_transfers()` take the merchant's transfer permission away and give it back (a create
 arriving meanwhile is refused 403 NO_AUTH); `accept_slowly()` keeps the batches made from then
 on being accepted (a query answers 404) until `finish_accepting()`; `transfer_creates` are
-the bodies of the transfer creates received, in order. Written from WeChat Pay's
-documentation, sharing no code with aquafleet's client.
+the bodies of the transfer creates received, in order; `forge_next()` answers the next calls
+to a path in WeChat Pay's place (someone on the way: a 404 NOT_FOUND, say) with a signature
+made with another key, or none. Written from WeChat Pay's documentation, sharing no code with
+aquafleet's client.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ BEIJING = dt.timezone(dt.timedelta(hours=8))
 MERCHANT: web.RequestKey[FakeMerchant] = web.RequestKey("merchant")
 BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body")
 PLATFORM_SERIAL = "PUB_KEY_ID_0119000001092026120600000000"
+FORGED = "forged"  # signed with another key than the platform's, the platform's serial claimed
+UNSIGNED = "unsigned"  # no Wechatpay-Timestamp/-Nonce/-Signature/-Serial at all
 
 
 def _sign(private_pem: str, message: str) -> str:
@@ -134,6 +142,7 @@ class FakeWechatPay:
     refund_auto_succeed: bool = True
     tamper_download: bool = False  # the bill file differs from its announced hash
     _failures: list[tuple[str, int, str]] = field(default_factory=list)
+    _forgeries: list[tuple[str, int, str, str]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     url: str = ""
@@ -157,6 +166,22 @@ class FakeWechatPay:
         self, path_prefix: str, status: int = 500, code: str = "SYSTEM_ERROR", times: int = 1
     ) -> None:
         self._failures.extend([(path_prefix, status, code)] * times)
+
+    def forge_next(
+        self,
+        path_prefix: str,
+        status: int = 404,
+        code: str = "NOT_FOUND",
+        *,
+        signature: str = FORGED,
+        times: int = 1,
+    ) -> None:
+        """The next `times` calls to a path under `path_prefix` are answered by someone other
+        than WeChat Pay (on the way, in its place: the request goes no further) with `status`
+        and WeChat Pay's error body of `code`, its signature FORGED (made with another key,
+        the platform's serial claimed) or UNSIGNED (no signature headers)."""
+        assert signature in (FORGED, UNSIGNED)
+        self._forgeries.extend([(path_prefix, status, code, signature)] * times)
 
     async def start(self) -> str:
         return await self.start_on(0)
@@ -197,20 +222,35 @@ class FakeWechatPay:
             "Request-ID": secrets.token_hex(8),
         }
 
-    def _answer(self, status: int, payload: Any = None) -> web.Response:
+    def _answer(
+        self, status: int, payload: Any = None, *, signature: str = "platform"
+    ) -> web.Response:
         body = "" if payload is None else json.dumps(payload, ensure_ascii=False)
+        headers = self._signed_headers(body)
+        if signature == FORGED:
+            timestamp, nonce = headers["Wechatpay-Timestamp"], headers["Wechatpay-Nonce"]
+            forger = rsa_private_pem("wechatpay-forger")
+            headers["Wechatpay-Signature"] = _sign(forger, f"{timestamp}\n{nonce}\n{body}\n")
+        elif signature == UNSIGNED:
+            headers = {"Request-ID": headers["Request-ID"]}
         return web.Response(
             status=status, text=body or None, content_type="application/json" if body else None,
-            headers=self._signed_headers(body),
+            headers=headers,
         )  # fmt: skip
 
-    def _error(self, status: int, code: str, message: str) -> web.Response:
-        return self._answer(status, {"code": code, "message": message})
+    def _error(
+        self, status: int, code: str, message: str, *, signature: str = "platform"
+    ) -> web.Response:
+        return self._answer(status, {"code": code, "message": message}, signature=signature)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path_qs = request.path_qs
         self.requests.append(f"{request.method} {request.path}")
+        for index, (prefix, status, code, signature) in enumerate(self._forgeries):
+            if request.path.startswith(prefix):
+                del self._forgeries[index]
+                return self._error(status, code, "记录不存在", signature=signature)
         for index, (prefix, status, code) in enumerate(self._failures):
             if request.path.startswith(prefix):
                 del self._failures[index]
@@ -237,16 +277,21 @@ class FakeWechatPay:
             "timestamp",
             "serial_no",
         } <= set(params):
-            return self._error(401, "SIGN_ERROR", "Authorization missing or malformed")
+            return self._unauthenticated("Authorization missing or malformed")
         merchant = self.merchants.get(params["mchid"])
         if merchant is None or params["serial_no"] != merchant.key_serial:
-            return self._error(401, "SIGN_ERROR", "unknown merchant or certificate serial")
+            return self._unauthenticated("unknown merchant or certificate serial")
         if abs(int(time.time()) - int(params["timestamp"])) > 300:
-            return self._error(401, "SIGN_ERROR", "timestamp expired")
+            return self._unauthenticated("timestamp expired")
         message = f"{method}\n{path}\n{params['timestamp']}\n{params['nonce_str']}\n{body}\n"
         if not _verify(merchant.public_pem, message, params["signature"]):
-            return self._error(401, "SIGN_ERROR", "signature mismatch")
+            return self._unauthenticated("signature mismatch")
         return merchant
+
+    def _unauthenticated(self, message: str) -> web.Response:
+        """401 to a request whose signature did not verify: WeChat Pay promises its answer
+        signature only to requests it authenticated, so this one carries none."""
+        return self._error(401, "SIGN_ERROR", message, signature=UNSIGNED)
 
     # ------------------------------------------------------------------------- payments
 

@@ -36,7 +36,7 @@ from aquafleet.models.tenancy import Role
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import add_product, make_member
-from tests.fakes.wechatpay import FakeWechatPay
+from tests.fakes.wechatpay import FORGED, UNSIGNED, FakeWechatPay
 from tests.payments.keys import public_pem
 from tests.payments.shops import ChannelShop, assert_ledger_clean
 
@@ -238,6 +238,31 @@ async def test_a_return_is_refunded_partially_then_in_full_once(shop: Shop):
     assert await MoneyTransaction.filter(kind="refund", order_oid=oid).count() == 2
     await assert_ledger_clean()
     assert paid.state is OrderState.PAID
+
+
+@pytest.mark.parametrize("signature", [FORGED, UNSIGNED])
+async def test_a_refund_refused_in_wechat_pays_place_is_not_failed(shop: Shop, signature: str):
+    """The refund's create is answered 400 NOT_ENOUGH by someone other than WeChat Pay, its
+    signature made with another key or absent. A refusal fails a refund (its amount may be
+    refunded again): not taken, the refund stays due, counted; sent again, refunded once."""
+    order = await shop.order()
+    bill = (await shop.prepay(order["order_id"])).data["bill_no"]
+    await shop.fake.pay(bill)
+    paid = await Order.get(oid=order["order_id"])
+    await request_refund(
+        order=paid, amount_fen=1000, refund_no="R-forged", reason="少件", actor="t"
+    )
+    refunds = "/v3/refund/domestic/refunds"
+    shop.fake.forge_next(refunds, 400, "NOT_ENOUGH", signature=signature, times=3)
+    report = await shop.sweep()
+    assert (report.refunds_sent, report.refunds_failed, len(report.errors)) == (0, 0, 1)
+    assert (await Refund.get(refund_no="R-forged")).state is RefundState.DUE
+    assert shop.metrics.wechatpay_answers_unverified == 3 and not shop.fake.refunds
+    assert (await shop.sweep()).refunds_sent == 1
+    await shop.fake.drain()
+    assert (await Refund.get(refund_no="R-forged")).state is RefundState.SUCCEEDED
+    assert [r.refund for r in shop.fake.refunds.values()] == [1000]
+    await assert_ledger_clean()
 
 
 async def test_the_money_check_compares_the_bills_with_the_ledger(shop: Shop):

@@ -10,7 +10,9 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
+from aquafleet.gateway.metrics import Metrics
 from aquafleet.gateway.providers.wechatpay import (
+    AnswerNotVerified,
     WechatPayClient,
     WechatPayRefused,
     WechatPayUnavailable,
@@ -24,7 +26,7 @@ from aquafleet.models.wechatpay import (
     rsa_verify,
     verify_signed,
 )
-from tests.fakes.wechatpay import FakeWechatPay
+from tests.fakes.wechatpay import FORGED, UNSIGNED, FakeWechatPay
 from tests.payments.keys import public_pem, rsa_private_pem
 
 
@@ -48,7 +50,7 @@ def merchant_of(fake: FakeWechatPay) -> WechatPayMerchant:
 @pytest.fixture
 async def client(fake: FakeWechatPay) -> AsyncIterator[WechatPayClient]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield WechatPayClient(session, base_url=fake.url)
+        yield WechatPayClient(session, Metrics(), base_url=fake.url)
 
 
 async def _prepay(client: WechatPayClient, merchant: WechatPayMerchant, no: str, total: int) -> str:
@@ -84,11 +86,42 @@ async def test_prepay_query_close_and_the_app_parameters(
 async def test_a_request_signed_with_another_key_is_refused(
     fake: FakeWechatPay, client: WechatPayClient
 ):
+    """WeChat Pay answers 401 SIGN_ERROR, without its signature (it signs the answers to the
+    requests it authenticated): said as it claims, never taken as a refusal of anything."""
     merchant = replace(merchant_of(fake), private_key=rsa_private_pem("someone-else"))
-    with pytest.raises(WechatPayRefused) as refused:
+    with pytest.raises(AnswerNotVerified) as refused:
         await _prepay(client, merchant, "T2", 100)
     assert refused.value.status == 401 and refused.value.wx_code == "SIGN_ERROR"
+    assert "401 SIGN_ERROR" in refused.value.message
     assert "T2" not in fake.transactions
+
+
+@pytest.mark.parametrize("signature", [FORGED, UNSIGNED])
+async def test_a_refusal_not_signed_by_wechat_pay_is_not_taken(
+    fake: FakeWechatPay, client: WechatPayClient, signature: str
+):
+    """A 404 ORDER_NOT_EXIST (a refusal that may end a payment or a transfer) answered in WeChat
+    Pay's place, its signature made with another key or absent: not a refusal, like no answer
+    (asked again: WeChat Pay's own answer is taken), counted and logged; a genuine signed 404
+    is WeChat Pay's refusal."""
+    merchant = merchant_of(fake)
+    await _prepay(client, merchant, "T7", 100)
+    path = "/v3/pay/transactions/out-trade-no/T7"
+    fake.forge_next(path, 404, "ORDER_NOT_EXIST", signature=signature)
+    assert (await client.query_transaction(merchant, "T7"))["trade_state"] == "NOTPAY"
+    assert client.metrics.wechatpay_answers_unverified == 1
+    fake.forge_next(path, 404, "ORDER_NOT_EXIST", signature=signature, times=3)
+    before = len(fake.requests)
+    with pytest.raises(AnswerNotVerified) as unknown:
+        await client.query_transaction(merchant, "T7")
+    assert not isinstance(unknown.value, WechatPayRefused)
+    assert isinstance(unknown.value, WechatPayUnavailable)  # what the call did is unknown
+    assert unknown.value.status == 404 and unknown.value.wx_code == "ORDER_NOT_EXIST"
+    assert len(fake.requests) - before == 3 and client.metrics.wechatpay_answers_unverified == 4
+    with pytest.raises(WechatPayRefused) as refused:
+        await client.query_transaction(merchant, "T-none")
+    assert (refused.value.status, refused.value.wx_code) == (404, "ORDER_NOT_EXIST")
+    assert client.metrics.wechatpay_answers_unverified == 4
 
 
 async def test_an_answer_not_signed_by_the_known_platform_key_is_not_read(
