@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import redis
+from private_redis import private_redis  # benchmarks/private_redis.py, beside this file
 
 CLAIM = Path(__file__).resolve().parents[1] / "gateway" / "lua" / "claim.lua"
 PIPELINE = 500
@@ -61,41 +60,22 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    server = shutil.which("redis-server")
-    if server is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
-    with tempfile.TemporaryDirectory() as directory:
-        sock = f"{directory}/redis.sock"
-        proc = subprocess.Popen(
-            [server, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(unix_socket_path=sock)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            scripts = {
-                "reference": client.script_load(options.reference.read_text()),
-                "claim.lua": client.script_load(CLAIM.read_text()),
-            }
-            results: dict[str, list[float]] = {name: [] for name in scripts}
-            for round_no in range(options.rounds):
-                for name, sha in scripts.items():  # alternated, round by round
-                    results[name].append(run(client, sha, options.devices, round_no))
-            for name, values in results.items():
-                shown = ", ".join(f"{v:.2f}" for v in values)
-                print(f"{name:10s} us per claim: median {statistics.median(values):.2f} ({shown})")
-            client.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with private_redis("claim-script-", "--save", "", "--appendonly", "no") as (sock, _pid):
+        client = redis.Redis(unix_socket_path=sock)
+        scripts = {
+            "reference": client.script_load(options.reference.read_text()),
+            "claim.lua": client.script_load(CLAIM.read_text()),
+        }
+        results: dict[str, list[float]] = {name: [] for name in scripts}
+        for round_no in range(options.rounds):
+            for name, sha in scripts.items():  # alternated, round by round
+                results[name].append(run(client, sha, options.devices, round_no))
+        for name, values in results.items():
+            shown = ", ".join(f"{v:.2f}" for v in values)
+            print(f"{name:10s} us per claim: median {statistics.median(values):.2f} ({shown})")
+        client.close()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from aquafleet.gateway.config import Settings
 from aquafleet.gateway.config_sources import load_settings
 from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.metrics import Metrics
+from tests.setup_deadline import one_time_setup
 
 REDIS_URL = os.environ.get("AQUAFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -54,6 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for key in list(os.environ):
         if key.startswith("AQUAFLEET_") and not key.startswith("AQUAFLEET_TEST_"):
             del os.environ[key]
+    if config.pluginmanager.hasplugin("timeout"):  # its hooks are what these follow
+        from tests import setup_deadline
+
+        config.pluginmanager.register(setup_deadline, "aquafleet-setup-deadline")
+        config.pluginmanager.register(_HangWatchdog(), "aquafleet-hang-watchdog")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         if getattr(config.option, "numprocesses", None):  # workers start after this hook
@@ -84,37 +90,56 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
-    import threading
+    if _worker_log:
+        _worker_log[0].write(f"{_STARTED}{item.nodeid}\n")
+    yield
 
-    if not _worker_log:
-        yield
-        return
-    log = _worker_log[0]
-    marker = item.get_closest_marker("timeout")
-    setting = item.config.getoption("timeout", None) or item.config.getini("timeout") or 0
-    timeout = float(marker.args[0] if marker and marker.args else setting)
-    log.write(f"{_STARTED}{item.nodeid}\n")
-    watchdog = None
-    if timeout > 0:
-        watchdog = threading.Timer(max(1.0, timeout - 3), _dump_hung_test, args=(log, timeout))
+
+class _HangWatchdog:
+    """Dumps every stack a few seconds before a pytest-timeout timer fires (in xdist workers):
+    it follows the timer's hooks, so a test's timer started again after a one-time setup
+    (tests/setup_deadline.py) moves its dump along, and the setup's own timer has one."""
+
+    def __init__(self) -> None:
+        self.timers: dict[str, Any] = {}
+
+    @pytest.hookimpl(wrapper=True)  # around whichever plugin sets the timer
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> Iterator[Any]:
+        if _worker_log and settings.timeout and settings.timeout > 0:
+            self._start(item, float(settings.timeout))
+        return (yield)
+
+    def _start(self, item: pytest.Item, timeout: float) -> None:
+        import threading
+
+        from tests.setup_deadline import running_setup
+
+        setup = running_setup()
+        what = f"the one-time setup {setup!r} of {item.nodeid}" if setup else item.nodeid
+        watchdog = threading.Timer(
+            max(1.0, timeout - 3), _dump_hung_test, args=(_worker_log[0], timeout, what)
+        )
         watchdog.daemon = True
+        self.timers[item.nodeid] = watchdog
         watchdog.start()
-    try:
-        yield
-    finally:
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_timeout_cancel_timer(self, item: pytest.Item) -> Iterator[Any]:
+        watchdog = self.timers.pop(item.nodeid, None)
         if watchdog is not None:
             watchdog.cancel()
+        return (yield)
 
 
 _test_loops: list[asyncio.AbstractEventLoop] = []  # the event loops tests ran on, newest last
 
 
-def _dump_hung_test(log: Any, timeout: float) -> None:
+def _dump_hung_test(log: Any, timeout: float, what: str) -> None:
     """Every thread's stack, and every task of the test's event loop with where it waits (a
     hung async test sits in epoll: only its tasks say what it waits for)."""
     import faulthandler
 
-    log.write(f"Timeout ({timeout:.0f} s) coming: the test loop's tasks, then every thread\n")
+    log.write(f"Timeout ({timeout:.0f} s) coming in {what}: the test loop's tasks, every thread\n")
     for loop in _test_loops[-1:]:
         try:
             tasks = list(asyncio.all_tasks(loop))
@@ -214,6 +239,11 @@ async def redis_client(redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
 # test session into a template (a SQLite file, a PostgreSQL template database), and every test gets
 # a copy. The templates are built in a child process, so Tortoise's global state in this one stays
 # untouched; building them also checks every migration from scratch on both backends each run.
+# A build is one-time setup with a deadline of its own (tests/setup_deadline.py): it is not
+# charged to the test that needs the template first.
+
+MIGRATE_TIMEOUT_S = 120.0  # one backend's migrations in the child (they take a few seconds)
+TEMPLATE_BOUND_S = MIGRATE_TIMEOUT_S + 60  # the setup's timeout, past the child's own deadline
 
 _MIGRATE_SCRIPT = """
 import asyncio, sys
@@ -254,26 +284,32 @@ class MigratedTemplates:
             [sys.executable, "-c", _MIGRATE_SCRIPT, url, admin_url, name],
             cwd=root,
             check=True,
-            timeout=120,
+            timeout=MIGRATE_TIMEOUT_S,
         )
 
     def sqlite(self) -> Path:
         if self.sqlite_file is None:
             path = self.directory / "template.sqlite3"
-            self._migrate(f"sqlite://{path}")
+            with one_time_setup("the migrated SQLite template", TEMPLATE_BOUND_S):
+                self._migrate(f"sqlite://{path}")
             self.sqlite_file = path
         return self.sqlite_file
 
     def postgres(self) -> str:
         if self.postgres_name is None:
             name = f"aquafleet_template_{uuid.uuid4().hex[:12]}"
-            self._migrate(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}", _admin_dsn(), name)
+            with one_time_setup("the migrated PostgreSQL template", TEMPLATE_BOUND_S):
+                self._migrate(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}", _admin_dsn(), name)
             self.postgres_name = name
         return self.postgres_name
 
     def drop(self) -> None:
         if self.postgres_name is None:
             return
+        with one_time_setup("dropping the PostgreSQL template", TEMPLATE_BOUND_S):
+            self._drop()
+
+    def _drop(self) -> None:
         import asyncio
 
         async def drop() -> None:

@@ -17,7 +17,14 @@ from aquafleet.gateway.redis_io import open_redis
 # The API's fixtures, for its cases run on the cluster (test_api_on_cluster.py).
 from tests.api.conftest import api, api_node, tenants  # noqa: F401
 from tests.conftest import TEST_SHARDS
-from tests.redis_cluster import RedisClusterProcess, redis_cluster, redis_server_missing
+from tests.redis_cluster import (
+    NODES,
+    SESSION_BOUND_S,
+    RedisClusterProcess,
+    _free_port,
+    redis_server_missing,
+)
+from tests.setup_deadline import one_time_setup
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +33,18 @@ def redis_cluster_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Red
     missing = redis_server_missing()
     if missing is not None:
         pytest.skip(f"no Redis Cluster: {missing}")
-    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+    # One-time setup with a timeout of its own (the start's deadline raises first, naming the
+    # step): not charged to the first test that uses the cluster, nor its stop to the last.
+    cluster = RedisClusterProcess(
+        tmp_path_factory.mktemp("redis-cluster"), [_free_port() for _ in range(NODES)]
+    )
+    try:
+        with one_time_setup("the Redis Cluster's start", SESSION_BOUND_S):
+            cluster.start()
         yield cluster
+    finally:
+        with one_time_setup("the Redis Cluster's stop", SESSION_BOUND_S):
+            cluster.stop()
 
 
 @pytest.fixture
