@@ -5,7 +5,7 @@ load.py, docs/benchmarks.md "The ledger writer per record").
 
   python benchmarks/ledger_cpu.py                                  # SQLite, a fresh file
   python benchmarks/ledger_cpu.py postgres://postgres@127.0.0.1:5432/scratch
-  python benchmarks/ledger_cpu.py --prefill 500 --sorted            # a ledger of ~1M rows first
+  python benchmarks/ledger_cpu.py --prefill 500                     # a ledger of ~1M rows first
 
 Each device's records count up from where it left off, as a device's do (every batch adds to
 the end of each device's run in the dedupe index). CPU is the process's, the database's thread

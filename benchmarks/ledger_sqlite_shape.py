@@ -1,0 +1,99 @@
+"""What a ledger row costs SQLite by the shape of the transaction it is written in, apart from
+the writer: `usage_record`'s table and dedupe index as migrations create them, 1,800 rows a
+transaction (a window-1 batch), over 2,000 devices, each device's records counting up.
+
+The variable is how many records of one device a transaction holds (`--per-device`): every
+device in a transaction dirties the index leaf page that holds its run, whatever its record
+count, and that page goes to the WAL at commit and to the database file at the checkpoint.
+
+  python benchmarks/ledger_sqlite_shape.py --per-device 1           # window 1: a record a device
+  python benchmarks/ledger_sqlite_shape.py --per-device 6           # window 16's shape
+  python benchmarks/ledger_sqlite_shape.py --per-device 1 --no-autoincrement --page-size 1024
+
+CPU is the process's (SQLite runs in it; the kernel's work for its writes is counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sqlite3
+import tempfile
+import time
+
+ROWS, DEVICES, PREFILL, MEASURED = 1800, 2000, 200, 100
+COLUMNS = (
+    "did, boot, rec, kind, event_kind, device_ts, received_at, delta_ml, flow_total_ml, cnt_epoch"
+)
+ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+CHUNK = 256  # rows a multi-row INSERT carries (10 values a row: far below SQLite's 32,766)
+
+
+def schema(autoincrement: bool) -> str:
+    return (
+        "CREATE TABLE usage_record (id INTEGER PRIMARY KEY "
+        f"{'AUTOINCREMENT ' if autoincrement else ''}NOT NULL, did VARCHAR(16) NOT NULL, "
+        "boot BIGINT NOT NULL, rec BIGINT NOT NULL, kind SMALLINT NOT NULL, "
+        "event_kind SMALLINT NOT NULL, device_ts BIGINT NOT NULL, received_at TIMESTAMP NOT NULL, "
+        "delta_ml BIGINT NOT NULL, flow_total_ml BIGINT, cnt_epoch BIGINT, "
+        "UNIQUE (did, boot, rec))"
+    )
+
+
+def batch(number: int, per_device: int, recs: dict[int, int]) -> list[tuple]:
+    at = f"2026-12-07 09:{number % 60:02d}:00.123456+00:00"
+    rows = []
+    for i in range(ROWS):
+        device = (i // per_device * 7919 + number * 13) % DEVICES
+        recs[device] = rec = recs.get(device, 1000) + 1
+        rows.append((f"BNCH{device:08d}AAAA", 7, rec, 32, 0, 1_790_000_000, at, 10, 12_346, 3))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-device", type=int, default=1, help="records of a device a batch")
+    parser.add_argument("--no-autoincrement", action="store_true")
+    parser.add_argument("--multi-row", action="store_true", help=f"INSERTs of {CHUNK} rows")
+    parser.add_argument("--sorted", action="store_true", help="rows in index order")
+    parser.add_argument("--page-size", type=int, default=4096)
+    args = parser.parse_args()
+    db = sqlite3.connect(f"{tempfile.mkdtemp()}/ledger.sqlite3", isolation_level=None)
+    db.execute(f"PRAGMA page_size={args.page_size}")
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536"):
+        db.execute(f"PRAGMA {pragma}")  # as models/db.py sets them
+    db.execute(schema(not args.no_autoincrement))
+    insert = (
+        f"INSERT INTO usage_record ({COLUMNS}) VALUES {{}} ON CONFLICT (did, boot, rec) DO NOTHING"
+    )
+
+    def write(rows: list[tuple]) -> None:
+        if args.sorted:
+            rows = sorted(rows)
+        db.execute("BEGIN")
+        if args.multi_row:
+            for start in range(0, len(rows), CHUNK):
+                chunk = rows[start : start + CHUNK]
+                sql = insert.format(", ".join([ROW] * len(chunk)))
+                db.execute(sql, list(itertools.chain.from_iterable(chunk)))
+        else:
+            db.executemany(insert.format(ROW), rows)
+        db.execute("COMMIT")
+
+    recs: dict[int, int] = {}
+    for n in range(PREFILL):  # a ledger that already holds rows: ~180 a device
+        write(batch(-1 - n, args.per_device, recs))
+    batches = [batch(n, args.per_device, recs) for n in range(MEASURED)]
+    started = time.process_time()
+    for rows in batches:
+        write(rows)
+    cpu_us = (time.process_time() - started) / (MEASURED * ROWS) * 1e6
+    print(
+        f"per_device={args.per_device} autoincrement={not args.no_autoincrement} "
+        f"multi_row={args.multi_row} sorted={args.sorted} page_size={args.page_size} "
+        f"cpu_us_per_row={cpu_us:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
