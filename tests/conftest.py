@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import hypothesis
 import pytest
 import redis.asyncio as aioredis
 import uvloop
@@ -45,6 +46,17 @@ WORKER_LOGS_ENV = "AQUAFLEET_TEST_WORKER_LOGS"  # set by the controller for its 
 _LAST_WORDS = ("Timeout (", "Fatal Python error")  # ours, faulthandler's
 _STARTED = "test started: "
 _worker_log: list[Any] = []  # the open log of this worker (kept open for faulthandler)
+
+
+# Property tests are bounded by their example counts and by the suite's per-test timeout, not by
+# the wall-clock time of one example or of drawing inputs: on a loaded machine (CI shares its two
+# cores) Hypothesis's 200 ms deadline and its too_slow health check failed tests whose every
+# assertion held (tests/protocol/test_speedups.py, a draw stalled 1.06 s under load). A test's
+# own @settings still sets what it names.
+hypothesis.settings.register_profile(
+    "aquafleet", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("aquafleet")
 
 
 @pytest.hookimpl(trylast=True)  # after the faulthandler plugin's, whose file ours replaces
