@@ -50,6 +50,7 @@
 local call, pack, unpack_mp = redis.call, cmsgpack.pack, cmsgpack.unpack
 local find, sub, band, bor = string.find, string.sub, bit.band, bit.bor
 local tonumber, unpack = tonumber, unpack
+local byte, ARRAY16, select, unpack_limit = string.byte, 0xdc, select, cmsgpack.unpack_limit
 
 -- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
 -- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
@@ -89,12 +90,21 @@ local raws = {}
 local states = {}
 local dirty = {}
 
--- The device's state as meter.lua works on it, from its stored bytes (false: none yet).
+-- The device's state as meter.lua works on it, from its stored bytes (false: none yet). A
+-- state of 16 fields or more (an array16 header: 3 bytes) is unpacked as its fields into a
+-- table constructor, as cmsgpack.unpack grows the table it builds a field at a time (six
+-- resizes for 26; measured 0.35-0.4 us of Redis CPU a record at window 1).
 local function decode(raw)
   if not raw then
     return {f, f, '', f, f, '', f, f, f, f, 0, 0, f, f, f, f, f, f, f, f, f, 0, f, f, 0, 0}
   end
-  local v = unpack_mp(raw)
+  local v
+  local b1, b2, b3 = byte(raw, 1, 3)
+  if b1 == ARRAY16 then
+    v = {select(2, unpack_limit(raw, b2 * 256 + b3, 3))}
+  else
+    v = unpack_mp(raw)
+  end
   for i = #v + 1, 26 do v[i] = f end
   -- service.lua creates a state with false in the meter's fields
   if not v[O0] then v[O0] = '' end
