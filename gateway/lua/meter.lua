@@ -62,7 +62,46 @@ local function publish_node(channels, node, message)
   return call('PUBLISH', channels .. node, message)
 end
 
-local groups = unpack_mp(ARGV[1])
+-- ARGV[1] is read a record at a time by cmsgpack.unpack_limit, not by one cmsgpack.unpack:
+-- that builds each record's table by growing it a field at a time (five resizes for 11), where
+-- a table constructor of unpack_limit's values is sized once (measured: 0.15-0.35 us of Redis
+-- CPU a record, docs/benchmarks.md, session 12). A record's table is {the offset after it,
+-- did, frame_type, ...}: its fields from index 2.
+local arg1 = ARGV[1]
+local RECORD = 0x9b  -- a record's header: a msgpack array of 11
+
+-- The length of the msgpack array whose header is at (0-based) offset `at`, and the offset
+-- after that header.
+local function array_at(at)
+  local b = byte(arg1, at + 1)
+  if b and b >= 0x90 and b <= 0x9f then return b - 0x90, at + 1 end
+  if b == 0xdc then
+    local b1, b2 = byte(arg1, at + 2, at + 3)
+    return b1 * 256 + b2, at + 3
+  end
+  if b == 0xdd then
+    local b1, b2, b3, b4 = byte(arg1, at + 2, at + 5)
+    return ((b1 * 256 + b2) * 256 + b3) * 256 + b4, at + 5
+  end
+  error('meter.lua: ARGV[1]: no array at byte ' .. at)
+end
+
+local groups = {}
+local ngroups, at = array_at(0)
+for g = 1, ngroups do
+  local _, prefix, count
+  _, at = array_at(at)  -- the group: {prefix, records}
+  at, prefix = unpack_limit(arg1, 1, at)
+  count, at = array_at(at)
+  local records = {}
+  for i = 1, count do
+    if byte(arg1, at + 1) ~= RECORD then error('meter.lua: ARGV[1]: no record at byte ' .. at) end
+    local r = {unpack_limit(arg1, 11, at + 1)}
+    records[i] = r
+    at = r[1]
+  end
+  groups[g] = {prefix, records}
+end
 local now_ms = tonumber(ARGV[2])
 local ooo_limit = tonumber(ARGV[3])
 local reconcile_ms = tonumber(ARGV[4])
@@ -286,7 +325,7 @@ local ledger, nledger = {}, 0
 for g = 1, #groups do
   local prefix, records = groups[g][1], groups[g][2]
   for i = 1, #records do
-    local did = records[i][1]
+    local did = records[i][2]
     if not slot_of[did] then
       nkeys = nkeys + 1
       keys[nkeys] = prefix .. 'm:' .. did
@@ -300,7 +339,7 @@ for g = 1, #groups do
   local prefix, records = groups[g][1], groups[g][2]
   for i = 1, #records do
     local r = records[i]
-    local did, frame_type, boot, rec = r[1], r[2], r[3], r[4]
+    local did, frame_type, boot, rec = r[2], r[3], r[4], r[5]
     local k = slot_of[did]
     local v = states[k]
     if not v then
@@ -309,14 +348,17 @@ for g = 1, #groups do
     end
     local rc, wb, wr = track(k, v, boot, rec)
     if rc == STORED then
-      local delta, epoch = meter(v, r[6], r[7])
+      local ts, total, kind, encoding, payload, state_bits = r[6], r[7], r[9], r[10], r[11], r[12]
+      local delta, epoch = meter(v, total, r[8])
       v[N] = v[N] + 1
       if delta > 0 and v[RM] then draw(prefix, did, k, v, delta) end
-      if r[11] >= 0 and frame_type == TELEMETRY and v[VER] then reconcile(prefix, did, k, v, r[11]) end
+      if state_bits >= 0 and frame_type == TELEMETRY and v[VER] then
+        reconcile(prefix, did, k, v, state_bits)
+      end
       nledger = nledger + 1
-      ledger[nledger] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
+      ledger[nledger] = {did, frame_type, boot, rec, ts, delta, total, epoch, kind, encoding, payload}
       if frame_type == TELEMETRY and (not v[TB] or boot > v[TB] or (boot == v[TB] and rec > v[TR])) then
-        v[TB], v[TR], v[TS], v[ENC], v[PAYLOAD], v[AT] = boot, rec, r[5], r[9], r[10], now_ms
+        v[TB], v[TR], v[TS], v[ENC], v[PAYLOAD], v[AT] = boot, rec, ts, encoding, payload, now_ms
       end
     end
     out[nout + 1], out[nout + 2], out[nout + 3] = rc, wb, wr
