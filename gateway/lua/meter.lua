@@ -44,17 +44,64 @@
 -- reading seen in each epoch (a counter counts from 0 in its epoch). It does not depend on the
 -- order readings arrive in, so resends, reordering and late records never count twice.
 
+-- The library functions the per-record code calls, as locals: a global is a table lookup at
+-- each use, a local (or upvalue) is not. The hot loops append by counters, not `#t + 1` (the
+-- length operator searches the table for its end each time).
+local call, pack, unpack_mp = redis.call, cmsgpack.pack, cmsgpack.unpack
+local find, sub, band, bor = string.find, string.sub, bit.band, bit.bor
+local tonumber, unpack = tonumber, unpack
+local byte, ARRAY16, select, unpack_limit = string.byte, 0xdc, select, cmsgpack.unpack_limit
+
 -- Publish to a node: on the channel `channels .. node`, or, when `channels` is "" (a Redis
 -- Cluster), on the node's sharded channel in this script's slot (gateway/keys.py node_channels).
 local function publish_node(channels, node, message)
   if channels == '' then
     local tag = string.match(KEYS[1], '^(.-{%d+}:)')
-    return redis.call('SPUBLISH', tag .. 'node:' .. node, message)
+    return call('SPUBLISH', tag .. 'node:' .. node, message)
   end
-  return redis.call('PUBLISH', channels .. node, message)
+  return call('PUBLISH', channels .. node, message)
 end
 
-local groups = cmsgpack.unpack(ARGV[1])
+-- ARGV[1] is read a record at a time by cmsgpack.unpack_limit, not by one cmsgpack.unpack:
+-- that builds each record's table by growing it a field at a time (five resizes for 11), where
+-- a table constructor of unpack_limit's values is sized once (measured: 0.15-0.35 us of Redis
+-- CPU a record, docs/benchmarks.md, session 12). A record's table is {the offset after it,
+-- did, frame_type, ...}: its fields from index 2.
+local arg1 = ARGV[1]
+local RECORD = 0x9b  -- a record's header: a msgpack array of 11
+
+-- The length of the msgpack array whose header is at (0-based) offset `at`, and the offset
+-- after that header.
+local function array_at(at)
+  local b = byte(arg1, at + 1)
+  if b and b >= 0x90 and b <= 0x9f then return b - 0x90, at + 1 end
+  if b == 0xdc then
+    local b1, b2 = byte(arg1, at + 2, at + 3)
+    return b1 * 256 + b2, at + 3
+  end
+  if b == 0xdd then
+    local b1, b2, b3, b4 = byte(arg1, at + 2, at + 5)
+    return ((b1 * 256 + b2) * 256 + b3) * 256 + b4, at + 5
+  end
+  error('meter.lua: ARGV[1]: no array at byte ' .. at)
+end
+
+local groups = {}
+local ngroups, at = array_at(0)
+for g = 1, ngroups do
+  local _, prefix, count
+  _, at = array_at(at)  -- the group: {prefix, records}
+  at, prefix = unpack_limit(arg1, 1, at)
+  count, at = array_at(at)
+  local records = {}
+  for i = 1, count do
+    if byte(arg1, at + 1) ~= RECORD then error('meter.lua: ARGV[1]: no record at byte ' .. at) end
+    local r = {unpack_limit(arg1, 11, at + 1)}
+    records[i] = r
+    at = r[1]
+  end
+  groups[g] = {prefix, records}
+end
 local now_ms = tonumber(ARGV[2])
 local ooo_limit = tonumber(ARGV[3])
 local reconcile_ms = tonumber(ARGV[4])
@@ -77,16 +124,26 @@ local f = false
 local CHUNK = 500
 local slot_of = {}  -- did -> its index in keys, raws, states, dirty (the order first seen)
 local keys = {}
+local nkeys = 0  -- #keys
 local raws = {}
 local states = {}
 local dirty = {}
 
--- The device's state as meter.lua works on it, from its stored bytes (false: none yet).
+-- The device's state as meter.lua works on it, from its stored bytes (false: none yet). A
+-- state of 16 fields or more (an array16 header: 3 bytes) is unpacked as its fields into a
+-- table constructor, as cmsgpack.unpack grows the table it builds a field at a time (six
+-- resizes for 26; measured 0.35-0.4 us of Redis CPU a record at window 1).
 local function decode(raw)
   if not raw then
     return {f, f, '', f, f, '', f, f, f, f, 0, 0, f, f, f, f, f, f, f, f, f, 0, f, f, 0, 0}
   end
-  local v = cmsgpack.unpack(raw)
+  local v
+  local b1, b2, b3 = byte(raw, 1, 3)
+  if b1 == ARRAY16 then
+    v = {select(2, unpack_limit(raw, b2 * 256 + b3, 3))}
+  else
+    v = unpack_mp(raw)
+  end
   for i = #v + 1, 26 do v[i] = f end
   -- service.lua creates a state with false in the meter's fields
   if not v[O0] then v[O0] = '' end
@@ -100,33 +157,34 @@ local function decode(raw)
 end
 
 local function read_states()
-  for s = 1, #keys, CHUNK do
-    local got = redis.call('MGET', unpack(keys, s, math.min(s + CHUNK - 1, #keys)))
+  for s = 1, nkeys, CHUNK do
+    local got = call('MGET', unpack(keys, s, math.min(s + CHUNK - 1, nkeys)))
     for i = 1, #got do raws[s + i - 1] = got[i] end
   end
 end
 
 local function save_states()
-  local args = {}
-  for k = 1, #keys do
+  local args, n = {}, 0
+  for k = 1, nkeys do
     if dirty[k] then
-      args[#args + 1] = keys[k]
-      args[#args + 1] = cmsgpack.pack(states[k])
+      args[n + 1] = keys[k]
+      args[n + 2] = pack(states[k])
+      n = n + 2
     end
   end
-  for s = 1, #args, 2 * CHUNK do
-    redis.call('MSET', unpack(args, s, math.min(s + 2 * CHUNK - 1, #args)))
+  for s = 1, n, 2 * CHUNK do
+    call('MSET', unpack(args, s, math.min(s + 2 * CHUNK - 1, n)))
   end
 end
 
 local function has(set, rec)
-  return string.find(set, ',' .. rec .. ',', 1, true) ~= nil
+  return find(set, ',' .. rec .. ',', 1, true) ~= nil
 end
 
 local function remove(set, rec)
-  local s, e = string.find(set, ',' .. rec .. ',', 1, true)
+  local s, e = find(set, ',' .. rec .. ',', 1, true)
   if not s then return set end
-  local rest = string.sub(set, 1, s) .. string.sub(set, e + 1)
+  local rest = sub(set, 1, s) .. sub(set, e + 1)
   if rest == ',' then return '' end
   return rest
 end
@@ -169,7 +227,7 @@ local function track(k, v, boot, rec)
     return DUPLICATE, boot, w
   end
   if rec == w + 1 then
-    w, set = absorb(rec, set)
+    if set == '' then w = rec else w, set = absorb(rec, set) end  -- in order: no call
   else
     if set == '' then set = ',' .. rec .. ',' else set = set .. rec .. ',' end
     local held = members(set)
@@ -224,7 +282,7 @@ local svc = {}
 -- Tell the node holding the device its desired state (nobody listens when it is offline: it
 -- gets the state in AUTH_OK at its next login).
 local function push(prefix, did, k, v)
-  local node = redis.call('HGET', prefix .. 'p:' .. did, 'node')
+  local node = call('HGET', prefix .. 'p:' .. did, 'node')
   dirty[k] = true
   if node then
     v[RP] = now_ms
@@ -241,8 +299,8 @@ end
 -- Volume rental: take the delta off the quota; lock at 0, warn at the low-balance threshold.
 local function draw(prefix, did, k, v, delta)
   v[RM] = v[RM] - delta
-  if v[RM] <= 0 and bit.band(v[LK], QUOTA_LOCK) == 0 then
-    v[LK] = bit.bor(v[LK], QUOTA_LOCK)
+  if v[RM] <= 0 and band(v[LK], QUOTA_LOCK) == 0 then
+    v[LK] = bor(v[LK], QUOTA_LOCK)
     v[VER] = (v[VER] or 0) + 1
     svc[#svc + 1] = {did, 'quota_lock', v[VER], v[RM], now_ms}
     push(prefix, did, k, v)
@@ -256,21 +314,22 @@ end
 -- A device whose reported lock differs from the desired one is sent the desired state again.
 local function reconcile(prefix, did, k, v, state_bits)
   if not v[VER] or now_ms - v[RP] < reconcile_ms then return end
-  local reported = bit.band(state_bits, LOCKED_BIT) ~= 0
+  local reported = band(state_bits, LOCKED_BIT) ~= 0
   if reported ~= (v[LK] ~= 0) then push(prefix, did, k, v) end
 end
 
-local out = {}
-local ledger = {}
+local out, nout = {}, 0
+local ledger, nledger = {}, 0
 
 -- The round's devices in the order first seen, then their states in one read.
 for g = 1, #groups do
   local prefix, records = groups[g][1], groups[g][2]
   for i = 1, #records do
-    local did = records[i][1]
+    local did = records[i][2]
     if not slot_of[did] then
-      keys[#keys + 1] = prefix .. 'm:' .. did
-      slot_of[did] = #keys
+      nkeys = nkeys + 1
+      keys[nkeys] = prefix .. 'm:' .. did
+      slot_of[did] = nkeys
     end
   end
 end
@@ -280,7 +339,7 @@ for g = 1, #groups do
   local prefix, records = groups[g][1], groups[g][2]
   for i = 1, #records do
     local r = records[i]
-    local did, frame_type, boot, rec = r[1], r[2], r[3], r[4]
+    local did, frame_type, boot, rec = r[2], r[3], r[4], r[5]
     local k = slot_of[did]
     local v = states[k]
     if not v then
@@ -289,34 +348,37 @@ for g = 1, #groups do
     end
     local rc, wb, wr = track(k, v, boot, rec)
     if rc == STORED then
-      local delta, epoch = meter(v, r[6], r[7])
+      local ts, total, kind, encoding, payload, state_bits = r[6], r[7], r[9], r[10], r[11], r[12]
+      local delta, epoch = meter(v, total, r[8])
       v[N] = v[N] + 1
       if delta > 0 and v[RM] then draw(prefix, did, k, v, delta) end
-      if r[11] >= 0 and frame_type == TELEMETRY then reconcile(prefix, did, k, v, r[11]) end
-      ledger[#ledger + 1] = {did, frame_type, boot, rec, r[5], delta, r[6], epoch, r[8], r[9], r[10]}
+      if state_bits >= 0 and frame_type == TELEMETRY and v[VER] then
+        reconcile(prefix, did, k, v, state_bits)
+      end
+      nledger = nledger + 1
+      ledger[nledger] = {did, frame_type, boot, rec, ts, delta, total, epoch, kind, encoding, payload}
       if frame_type == TELEMETRY and (not v[TB] or boot > v[TB] or (boot == v[TB] and rec > v[TR])) then
-        v[TB], v[TR], v[TS], v[ENC], v[PAYLOAD], v[AT] = boot, rec, r[5], r[9], r[10], now_ms
+        v[TB], v[TR], v[TS], v[ENC], v[PAYLOAD], v[AT] = boot, rec, ts, encoding, payload, now_ms
       end
     end
-    out[#out + 1] = rc
-    out[#out + 1] = wb
-    out[#out + 1] = wr
+    out[nout + 1], out[nout + 2], out[nout + 3] = rc, wb, wr
+    nout = nout + 3
   end
 end
 
 save_states()
 
 local backlog
-if #ledger > 0 then
+if nledger > 0 then
   if #svc > 0 then
-    redis.call('XADD', KEYS[1], '*', 'at', now_ms, 'n', #ledger, 'records', cmsgpack.pack(ledger),
-      'svc', cmsgpack.pack(svc))
+    call('XADD', KEYS[1], '*', 'at', now_ms, 'n', nledger, 'records', pack(ledger),
+      'svc', pack(svc))
   else
-    redis.call('XADD', KEYS[1], '*', 'at', now_ms, 'n', #ledger, 'records', cmsgpack.pack(ledger))
+    call('XADD', KEYS[1], '*', 'at', now_ms, 'n', nledger, 'records', pack(ledger))
   end
-  backlog = redis.call('INCRBY', KEYS[2], #ledger)
+  backlog = call('INCRBY', KEYS[2], nledger)
 else
-  backlog = tonumber(redis.call('GET', KEYS[2])) or 0
+  backlog = tonumber(call('GET', KEYS[2])) or 0
 end
-out[#out + 1] = backlog
-return cmsgpack.pack(out)
+out[nout + 1] = backlog
+return pack(out)
