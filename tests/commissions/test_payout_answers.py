@@ -25,7 +25,7 @@ from tests.commissions.test_wechat_payout import (
     sent_long_ago,
     wx,  # noqa: F401  # the fixture
 )
-from tests.fakes.wechatpay import FORGED, UNSIGNED
+from tests.fakes.wechatpay_signing import FORGED, UNSIGNED
 
 pytestmark = pytest.mark.usefixtures("db")
 

@@ -36,7 +36,8 @@ from aquafleet.models.tenancy import Role
 from aquafleet.models.wechatpay import rsa_verify
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import add_product, make_member
-from tests.fakes.wechatpay import FORGED, UNSIGNED, FakeWechatPay
+from tests.fakes.wechatpay import FakeWechatPay
+from tests.fakes.wechatpay_signing import FORGED, UNSIGNED
 from tests.payments.keys import public_pem
 from tests.payments.shops import ChannelShop, assert_ledger_clean
 

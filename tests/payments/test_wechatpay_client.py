@@ -26,7 +26,8 @@ from aquafleet.models.wechatpay import (
     rsa_verify,
     verify_signed,
 )
-from tests.fakes.wechatpay import FORGED, UNSIGNED, FakeWechatPay
+from tests.fakes.wechatpay import FakeWechatPay
+from tests.fakes.wechatpay_signing import FORGED, UNSIGNED
 from tests.payments.keys import public_pem, rsa_private_pem
 
 
