@@ -9,6 +9,13 @@ count, and that page goes to the WAL at commit and to the database file at the c
   python benchmarks/ledger_sqlite_shape.py --per-device 1           # window 1: a record a device
   python benchmarks/ledger_sqlite_shape.py --per-device 6           # window 16's shape
   python benchmarks/ledger_sqlite_shape.py --per-device 1 --no-autoincrement --page-size 1024
+  python benchmarks/ledger_sqlite_shape.py --per-device 1 --staged 10   # a design not adopted
+
+`--staged N` measures a design the ledger does not use (docs/benchmarks.md, session 13): rows go
+to a small table with its own dedupe index (checked against the big table's: NOT EXISTS), and
+every N transactions that table is copied into `usage_record` in key order and emptied, so a
+device's index page is written once for ~N of its records. The checkpoint runs at 10,000 pages,
+as models/db.py sets it, in both modes (`--checkpoint-pages`).
 
 CPU is the process's (SQLite runs in it; the kernel's work for its writes is counted).
 """
@@ -57,21 +64,42 @@ def main() -> None:
     parser.add_argument("--multi-row", action="store_true", help=f"INSERTs of {CHUNK} rows")
     parser.add_argument("--sorted", action="store_true", help="rows in index order")
     parser.add_argument("--page-size", type=int, default=4096)
+    parser.add_argument("--staged", type=int, default=0, metavar="N", help="see above")
+    parser.add_argument("--checkpoint-pages", type=int, default=10_000)
     args = parser.parse_args()
     db = sqlite3.connect(f"{tempfile.mkdtemp()}/ledger.sqlite3", isolation_level=None)
     db.execute(f"PRAGMA page_size={args.page_size}")
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536"):
+    for pragma in (
+        "journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536",
+        f"wal_autocheckpoint={args.checkpoint_pages}",
+    ):  # fmt: skip
         db.execute(f"PRAGMA {pragma}")  # as models/db.py sets them
     db.execute(schema(not args.no_autoincrement))
+    db.execute(schema(False).replace("usage_record", "usage_recent"))
     insert = (
         f"INSERT INTO usage_record ({COLUMNS}) VALUES {{}} ON CONFLICT (did, boot, rec) DO NOTHING"
     )
+    staged_insert = (
+        f"INSERT INTO usage_recent ({COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
+        "WHERE NOT EXISTS (SELECT 1 FROM usage_record WHERE did = ?1 AND boot = ?2 AND rec = ?3) "
+        "ON CONFLICT (did, boot, rec) DO NOTHING"
+    )
+    merge = (
+        f"INSERT INTO usage_record ({COLUMNS}) SELECT {COLUMNS} FROM usage_recent "
+        "ORDER BY did, boot, rec"
+    )
+    transactions = itertools.count(1)
 
     def write(rows: list[tuple]) -> None:
         if args.sorted:
             rows = sorted(rows)
         db.execute("BEGIN")
-        if args.multi_row:
+        if args.staged:
+            db.executemany(staged_insert, rows)
+            if next(transactions) % args.staged == 0:
+                db.execute(merge)
+                db.execute("DELETE FROM usage_recent")
+        elif args.multi_row:
             for start in range(0, len(rows), CHUNK):
                 chunk = rows[start : start + CHUNK]
                 sql = insert.format(", ".join([ROW] * len(chunk)))
@@ -91,6 +119,7 @@ def main() -> None:
     print(
         f"per_device={args.per_device} autoincrement={not args.no_autoincrement} "
         f"multi_row={args.multi_row} sorted={args.sorted} page_size={args.page_size} "
+        f"staged={args.staged} checkpoint_pages={args.checkpoint_pages} "
         f"cpu_us_per_row={cpu_us:.2f}"
     )
 
