@@ -68,6 +68,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / CLK_TCK
 
 
+def kernel_seconds(pid: int) -> float:
+    """The system (kernel) part of `cpu_seconds`: stime + cstime."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[12]) + int(fields[14])) / CLK_TCK
+
+
+def tree_kernel(pid: int) -> float:
+    total = 0.0
+    for member in tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += kernel_seconds(member)
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
@@ -232,13 +246,19 @@ def redis_server_pids(workdir: Path, redis_url: str | None) -> list[int]:
 def process_cpu(
     gateway_pid: int, redis_pids: list[int], ledger: subprocess.Popen[bytes] | None
 ) -> dict[str, float]:
-    """CPU seconds so far: the serve process tree (minus an embedded Redis in it), Redis, ledger."""
+    """CPU seconds so far: the serve process tree (minus an embedded Redis in it), Redis, ledger;
+    and of each, the kernel's part (`<name>_kernel`: system calls, the network stack, the
+    writes of the ledger's files), which the broker's relay is almost all of."""
     redis = sum(cpu_seconds(pid) for pid in redis_pids)
+    redis_kernel = sum(kernel_seconds(pid) for pid in redis_pids)
     embedded = any(pid in tree(gateway_pid) for pid in redis_pids)
     return {
         "gateway": tree_cpu(gateway_pid) - (redis if embedded else 0.0),
         "redis": redis,
         "ledger": cpu_seconds(ledger.pid) if ledger else 0.0,
+        "gateway_kernel": tree_kernel(gateway_pid) - (redis_kernel if embedded else 0.0),
+        "redis_kernel": redis_kernel,
+        "ledger_kernel": kernel_seconds(ledger.pid) if ledger else 0.0,
     }
 
 
@@ -426,17 +446,18 @@ def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_listening(port)
         before = cpu_seconds(broker.pid)
-        started: list[float] = []  # the broker's CPU when every publisher is connected
+        started: list[tuple[float, float]] = []  # its CPU, kernel's part, when all are connected
 
         def on_start() -> None:
-            started.append(cpu_seconds(broker.pid))
+            started.append((cpu_seconds(broker.pid), kernel_seconds(broker.pid)))
 
         result = mqtt_reference.run(
             port, args.devices, sim.window, sim.duration, workers, on_start=on_start
         )
-        end = cpu_seconds(broker.pid)
+        end, end_kernel = cpu_seconds(broker.pid), kernel_seconds(broker.pid)
         broker_cpu = end - before
-        steady_cpu = end - started[0]
+        steady_cpu = end - started[0][0]
+        steady_kernel = end_kernel - started[0][1]
     finally:
         broker.terminate()
         broker.wait(10)
@@ -452,6 +473,9 @@ def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
             "broker_cpu_s": round(steady_cpu, 2),
             "relayed": relayed,
             "broker_cpu_us_per_message": round(steady_cpu / relayed * 1e6, 2) if relayed else None,
+            "broker_kernel_us_per_message": round(steady_kernel / relayed * 1e6, 2)
+            if relayed
+            else None,
         },
     }
 
@@ -504,6 +528,9 @@ def reference_report(results: list[dict[str, Any]]) -> dict[str, Any]:
             "aquafleet_steady_server_cpu_us_per_record": steady_server,
             "aquafleet_steady_cpu_us_per_record": steady.get("cpu_us_per_record"),
             "mosquitto_steady_cpu_us_per_message": steady_broker,
+            "mosquitto_steady_kernel_us_per_message": ref.get("steady_state", {}).get(
+                "broker_kernel_us_per_message"
+            ),
             "cpu_ratio_steady": round(steady_server / steady_broker, 2)
             if steady_server and steady_broker
             else None,
@@ -542,6 +569,27 @@ def ratio_summary(report: dict[str, Any]) -> str:
         f" (median {med('cpu_ratio_steady_median')})\n"
         f"  whole run (logins included):                      {listed('cpu_ratio')}"
         f" (median {med('cpu_ratio_median')})"
+        + "".join(kernel_line(row) for row in report["rounds"])
+    )
+
+
+def kernel_line(row: dict[str, Any]) -> str:
+    """A round's steady-state CPU per record split into the kernel's part and the rest."""
+    ours = row.get("aquafleet_steady_cpu_us_per_record") or {}
+    broker, broker_kernel = (
+        row.get("mosquitto_steady_cpu_us_per_message"),
+        row.get("mosquitto_steady_kernel_us_per_message"),
+    )
+    if broker is None or broker_kernel is None or ours.get("gateway_kernel") is None:
+        return ""
+    parts = ", ".join(
+        f"{name} {ours[f'{name}_kernel']:.1f} of {ours[name]:.1f}"
+        for name in SERVER
+        if ours.get(name) is not None and ours.get(f"{name}_kernel") is not None
+    )
+    return (
+        f"\n  round {row['round']}, kernel's part (µs): {parts}; "
+        f"Mosquitto {broker_kernel:.1f} of {broker:.1f}"
     )
 
 

@@ -3,10 +3,14 @@ device is logged in and the end, so the logins' CPU is not charged to the record
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from benchmarks.load import (
     Mark,
+    cpu_seconds,
+    kernel_seconds,
     logged_in,
     median,
     ratio_summary,
@@ -60,6 +64,28 @@ def test_median_of_even_and_odd_counts():
     assert median([]) is None
 
 
+def _spend(seconds: float, work: Any) -> tuple[float, float]:
+    """This process's CPU and the kernel's part of it while `work` runs for `seconds`."""
+    pid = os.getpid()
+    cpu, kernel = cpu_seconds(pid), kernel_seconds(pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        work()
+    return cpu_seconds(pid) - cpu, kernel_seconds(pid) - kernel
+
+
+def test_the_kernel_part_is_the_system_time_not_the_user_time():
+    # Python alone is user time; reading /dev/zero is the kernel filling the buffer.
+    python_cpu, python_kernel = _spend(0.5, lambda: sum(range(2_000)))
+    fd = os.open("/dev/zero", os.O_RDONLY)
+    try:
+        read_cpu, read_kernel = _spend(0.5, lambda: os.read(fd, 256 * 1024))
+    finally:
+        os.close(fd)
+    assert python_cpu > 0.2 and python_kernel < 0.25 * python_cpu, (python_cpu, python_kernel)
+    assert read_cpu > 0.2 and read_kernel > 0.6 * read_cpu, (read_cpu, read_kernel)
+
+
 def _round(whole_us: float, steady: dict[str, Any], broker_whole: float, broker_steady: float):
     per_record = {"gateway": whole_us / 2, "redis": whole_us / 4, "ledger": whole_us / 4}
     return {
@@ -71,7 +97,10 @@ def _round(whole_us: float, steady: dict[str, Any], broker_whole: float, broker_
         "mosquitto": {
             "relayed_per_s": 20_000.0,
             "broker_cpu_us_per_message": broker_whole,
-            "steady_state": {"broker_cpu_us_per_message": broker_steady},
+            "steady_state": {
+                "broker_cpu_us_per_message": broker_steady,
+                "broker_kernel_us_per_message": broker_steady * 0.9,
+            },
             "published": 400_000,
             "received": 400_000,
         },
@@ -108,3 +137,21 @@ def test_a_round_whose_devices_never_all_logged_in_has_no_steady_ratio():
     assert [row["cpu_ratio_steady"] for row in report["rounds"]] == [None, 3.0]
     assert report["cpu_ratio_steady_median"] is None  # not a median of half the rounds
     assert "n/a, 3.00x (median n/a)" in ratio_summary(report)
+
+
+def test_the_summary_splits_each_rounds_cpu_into_the_kernels_part_and_the_rest():
+    steady = {
+        "cpu_us_per_record": {
+            "gateway": 40.0, "redis": 10.0, "ledger": 10.0,
+            "gateway_kernel": 22.0, "redis_kernel": 1.0, "ledger_kernel": 4.5,
+        }
+    }  # fmt: skip
+    report = reference_report([_round(120.0, steady, 24.0, 20.0)])
+
+    (row,) = report["rounds"]
+    assert row["aquafleet_steady_server_cpu_us_per_record"] == 60.0  # the kernel's part in it once
+    assert row["mosquitto_steady_kernel_us_per_message"] == 18.0
+    assert (
+        "round 1, kernel's part (µs): gateway 22.0 of 40.0, redis 1.0 of 10.0, "
+        "ledger 4.5 of 10.0; Mosquitto 18.0 of 20.0"
+    ) in ratio_summary(report)
