@@ -25,10 +25,11 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
-from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import LOGIN_ALLOWED, Member
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
@@ -193,3 +194,27 @@ async def apply_renewal(
             raise
         await order.refresh_from_db()
         return order
+
+
+async def finish_paid_renewals(apply_service: ServiceApplier, limit: int) -> int:
+    """Renewals a failure left paid after their payment was booked (the device change failed
+    when the channel's notification or the wallet paid it: Redis away, the node stopped, and
+    a resent notification is a duplicate that pays nothing): applied now, each once (the order
+    id is the request id). One whose device left its member stays paid with its refund
+    requested and is not tried again; one refused otherwise (a disabled device) is tried at
+    the next call. Returns how many are done now."""
+    from aquafleet.models.money import Refund
+
+    refunded = Refund.filter(refund_no__startswith="renewal-").values("order_oid")
+    left_paid = Order.filter(
+        kind=OrderKind.RENEWAL, state=OrderState.PAID, deleted_at__isnull=True
+    ).exclude(oid__in=Subquery(refunded))
+    finished = 0
+    for order in await left_paid.order_by("id").limit(limit):
+        try:
+            order = await apply_renewal(order, apply_service)
+        except DomainError:
+            continue  # gone (its refund is requested now), or refused: see the docstring
+        if order.state is OrderState.DONE:
+            finished += 1
+    return finished
