@@ -44,7 +44,7 @@ from aquafleet.models.orders import (
     fire,
     next_state,
 )
-from aquafleet.models.service import DAY_S, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import DAY_S, DeviceService, ServiceChangeRequest, ServiceMode
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
 
@@ -127,6 +127,21 @@ async def _devices_for(
     return pairs
 
 
+PERSON_LOCK = 4  # service.lua's lock bit of a person's lock (gateway/service_state.py)
+
+
+async def _lift_stock_lock(did: str, oid: str, apply_service: ServiceApplier) -> None:
+    """A device shipped from stock (bound to nobody) starts afresh for its new holder: the
+    person's lock it came back with (a return, a dismantle, an exchange) is lifted. The
+    configure just made moved the database's copy up to the live state, which says whether
+    there is one."""
+    copy = await DeviceService.get_or_none(did=did)
+    if copy is not None and copy.lock_bits & PERSON_LOCK:
+        await apply_service(
+            did, ServiceChangeRequest(op="unlock", reason=f"shipped from stock with order {oid}")
+        )
+
+
 async def deliver_order(
     principal: Principal,
     order: Order,
@@ -151,6 +166,8 @@ async def deliver_order(
         next_state(current.state, OrderEvent.DELIVER, principal.role.value)
         for device, line in pairs:
             await apply_service(device.did, service_change(line, order.oid, now))
+            if device.owner_id is None:
+                await _lift_stock_lock(device.did, order.oid, apply_service)
         delivery = {**parcel.as_json(now), "devices": list(dids)}
         await fire(
             order, OrderEvent.DELIVER, actor_role=principal.role.value,

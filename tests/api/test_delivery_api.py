@@ -265,3 +265,31 @@ async def test_of_two_racing_deliveries_only_the_winners_devices_are_bound_and_s
     assert not await ServiceChange.filter(did=loser).exists()
     shipped = (await shopper.client.call("GET", f"/orders/{oid}")).data
     assert shipped["delivery"]["devices"] == [winner]
+
+
+async def test_a_returned_device_shipped_again_works_for_its_new_holder(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """AD-14 locks the devices that came back; shipping one again (AD-05, to another member)
+    starts its service afresh: the new holder's purifier pours, it is not locked for the old."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    first = await make_member(api_node, api, a.vid)
+    second = await make_member(api_node, api, a.vid)
+    (did,) = await register(api, a.vid, 1)
+    line = {"product_id": pid, "package": "30d"}
+    oid = (await first.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+    await first.client.call("POST", f"/orders/{oid}/status/confirm")
+    await first.client.call("POST", f"/orders/{oid}/status/return", {"reason": "搬家"})
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    assert (await api.call("GET", f"/devices/{did}/svc")).data["locked"] is True
+
+    again = (await second.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(again, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{again}/delivery", {**PARCEL, "devices": [did]})
+    service = (await second.client.call("GET", f"/devices/{did}/svc")).data
+    assert (service["mode"], service["locked"], service["lock_reasons"]) == (2, False, [])
+    assert (await Device.get(did=did)).owner_id == second.uid
