@@ -44,7 +44,13 @@ from aquafleet.models.orders import (
     fire,
     next_state,
 )
-from aquafleet.models.service import DAY_S, DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import (
+    DAY_S,
+    PERSON_LOCK,
+    DeviceService,
+    ServiceChangeRequest,
+    ServiceMode,
+)
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
 
@@ -125,9 +131,6 @@ async def _devices_for(
             raise DeviceBound(f"device {did} is bound to another member")
         pairs.append((device, line))
     return pairs
-
-
-PERSON_LOCK = 4  # service.lua's lock bit of a person's lock (gateway/service_state.py)
 
 
 async def _lift_stock_lock(did: str, oid: str, apply_service: ServiceApplier) -> None:

@@ -293,3 +293,34 @@ async def test_a_returned_device_shipped_again_works_for_its_new_holder(
     service = (await second.client.call("GET", f"/devices/{did}/svc")).data
     assert (service["mode"], service["locked"], service["lock_reasons"]) == (2, False, [])
     assert (await Device.get(did=did)).owner_id == second.uid
+
+
+async def test_a_returned_rental_past_its_expiry_and_grace_opens_no_dismantle_ticket(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The goods came back (AD-14): when the rental they were delivered with would have run
+    out and its grace passed, nobody is sent to collect a device that is already back; a
+    device still at its member's is (the control)."""
+    from aquafleet.gateway.appkeys import RENTAL_SCHEDULER
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    returned, kept = await register(api, a.vid, 2)
+    line = {"product_id": pid, "package": "30d"}
+    for did in (returned, kept):
+        oid = (await shopper.client.call("POST", "/orders", order_body(line))).data["order_id"]
+        await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+        await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+        await shopper.client.call("POST", f"/orders/{oid}/status/confirm")
+        if did == returned:
+            await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "x"})
+            await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+            await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    assert not await Ticket.filter(type=TicketType.DISMANTLE).exists()
+
+    scheduler = api_node.app[RENTAL_SCHEDULER]
+    later = int(dt.datetime.now(dt.UTC).timestamp()) + 30 * 86_400 + scheduler.grace_s + 60
+    await scheduler.tick(later)  # the expiries lock, the reminders and the graces are due
+    dismantle = await Ticket.filter(type=TicketType.DISMANTLE).values_list("device_id", flat=True)
+    assert list(dismantle) == [kept]
