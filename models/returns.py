@@ -20,7 +20,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.money import paid_fen, request_refund
+from aquafleet.models.money import left_to_refund, request_refund
 from aquafleet.models.orders import (
     MAX_REASON,
     MEMBER,
@@ -114,10 +114,10 @@ async def goods_returned(
             actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
-        paid = await paid_fen(order.oid)
-        if paid:
+        left = await left_to_refund(order.oid)  # a duplicate payment's refund went before
+        if left > 0:
             await request_refund(
-                order=order, amount_fen=paid, refund_no=f"return-{order.oid}",
+                order=order, amount_fen=left, refund_no=f"return-{order.oid}",
                 reason="goods returned (AD-14)", actor=principal.subject,
             )  # fmt: skip
         held = Q(did__in=dids, owner_id=order.member_id)
