@@ -101,7 +101,7 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     expected = before + 30 * 86_400
     assert expected - 5 <= int(expires.replace(tzinfo=dt.UTC).timestamp()) <= expected + 60
     assert (services[metered]["mode"], services[metered]["remaining_ml"]) == (3, 100_000)
-    changes = await ServiceChange.filter(request_id=oid).values_list("did", flat=True)
+    changes = await ServiceChange.filter(request_id=f"order:{oid}").values_list("did", flat=True)
     assert sorted(changes) == sorted([sold, rented, metered])
     # Filters follow the product; install tickets the install service (not the volume one's).
     spec = await DeviceFilterSpec.get(did=sold)
@@ -115,7 +115,7 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     # Delivering twice is refused with the state; nothing is configured twice.
     again = await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=409)
     assert "delivered" in again.body["message"]
-    assert await ServiceChange.filter(request_id=oid).count() == 3
+    assert await ServiceChange.filter(request_id=f"order:{oid}").count() == 3
 
     # AD-06: customer service corrects the parcel, never the devices.
     fixed = await a.vendor.call(
@@ -181,7 +181,7 @@ async def test_a_device_bound_to_someone_else_is_not_shipped(
     )
     assert answer.code == "device_bound"
     assert (await shopper.client.call("GET", f"/orders/{oid}")).data["state_name"] == "paid"
-    assert not await ServiceChange.filter(request_id=oid).exists()
+    assert not await ServiceChange.filter(request_id=f"order:{oid}").exists()
 
 
 async def test_a_delivered_volume_rental_pours_its_quota_locks_and_a_renewal_unlocks_it(

@@ -46,7 +46,7 @@ async def test_a_renewal_paid_from_the_wallet_renews_its_device(
     assert await shop.state(renewal) == "done"
     assert await _wallet(shop) == 0
     assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
-    assert await ServiceChange.filter(did=did, request_id=renewal).count() == 1
+    assert await ServiceChange.filter(did=did, request_id=f"order:{renewal}").count() == 1
     await assert_ledger_clean()
 
 
@@ -78,7 +78,7 @@ async def test_a_renewal_whose_device_change_failed_is_finished_by_the_resent_no
     assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
     assert (await shop.sweep()).renewals_finished == 0
     assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
-    assert await ServiceChange.filter(did=did, request_id=renewal).count() == 1
+    assert await ServiceChange.filter(did=did, request_id=f"order:{renewal}").count() == 1
     await assert_ledger_clean()
 
 
