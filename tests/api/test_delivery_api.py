@@ -324,3 +324,40 @@ async def test_a_returned_rental_past_its_expiry_and_grace_opens_no_dismantle_ti
     await scheduler.tick(later)  # the expiries lock, the reminders and the graces are due
     dismantle = await Ticket.filter(type=TicketType.DISMANTLE).values_list("device_id", flat=True)
     assert list(dismantle) == [kept]
+
+
+async def test_returning_an_order_whose_device_was_exchanged_takes_back_the_replacement(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The member exchanged the delivered device (换机), the vendor shipped the device it took
+    back to another member, and then the first member returned the order: the goods coming
+    back are the replacement it holds, which is locked and unbound (it does not keep a working
+    purifier with its money refunded); the other member's purifier is not touched."""
+    from tests.api.test_ticket_work_api import exchange_ticket
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    other = await make_member(api_node, api, a.vid)
+    shipped, replacement = await register(api, a.vid, 2)
+    line = {"product_id": pid, "package": "30d"}
+    oid = (await shopper.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [shipped]})
+    await shopper.client.call("POST", f"/orders/{oid}/status/confirm")
+    tid = await exchange_ticket(api, a.vendor, shopper, shipped)
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": replacement})
+    assert (await Device.get(did=replacement)).owner_id == shopper.uid
+    theirs = (await other.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(theirs, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{theirs}/delivery", {**PARCEL, "devices": [shipped]})
+
+    await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "不想要了"})
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    service = (await api.call("GET", f"/devices/{replacement}/svc")).data
+    assert (service["locked"], service["lock_reasons"]) == (True, ["manual"])
+    assert (await Device.get(did=replacement)).owner_id is None
+    assert (await shopper.client.call("GET", f"/users/{shopper.uid}/devices")).data == []
+    service = (await other.client.call("GET", f"/devices/{shipped}/svc")).data
+    assert (service["locked"], (await Device.get(did=shipped)).owner_id) == (False, other.uid)
