@@ -127,14 +127,15 @@ async def goods_returned(
     now = now or dt.datetime.now(dt.UTC)
     next_state(order.state, OrderEvent.REFUND, principal.role.value)  # refuse early
     dids = await goods_of(order)
-    elsewhere = set(
-        await Device.filter(did__in=dids, owner_id__isnull=False)
+    elsewhere = {
+        str(did)
+        for did in await Device.filter(did__in=dids, owner_id__isnull=False)
         .exclude(owner_id=order.member_id)
         .values_list("did", flat=True)
-    )
-    for did in [did for did in dids if did not in elsewhere]:  # another member's: not ours
+    }
+    for taken in [did for did in dids if did not in elsewhere]:  # another member's: not ours
         await apply_service(
-            did, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
+            taken, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
         )
     async with in_transaction("default"):
         await fire(
