@@ -262,3 +262,27 @@ async def test_a_renewal_whose_id_is_an_exchange_tickets_renews_the_replacement(
     )
     assert paid.state.name == "DONE"
     assert (await DeviceService.get(did=replacement)).rental_expires_at == expires + 30 * DAY_S
+
+
+async def test_a_renewal_applied_under_its_bare_order_id_is_not_applied_again(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """A renewal left paid by a version that changed the device under the bare order id (before
+    `order:<oid>`): paying it again, or the sweep, finishes it without a second extension."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    (did,) = await register(api, a.vid, 1)
+    await delivered(api_node, a, shopper, did, {"product_id": pid, "package": "30d"})
+    expires = (await DeviceService.get(did=did)).rental_expires_at
+    assert expires is not None
+    body = {"did": did, "package": "30d"}
+    oid = (await shopper.client.call("POST", "/orders/renewals", body)).data["order_id"]
+    old_way = ServiceChangeRequest(
+        op="extend", days=30, reason=f"renewal order {oid}", request_id=oid
+    )
+    await applier(api_node)(did, old_way)  # then the version stopped before `renew`
+
+    paid = await mark_paid(oid, admin=PLATFORM_USER, reason="t", apply_service=applier(api_node))
+    assert paid.state.name == "DONE"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 30 * DAY_S
