@@ -405,7 +405,9 @@ async def topup_wallet(call: Call) -> PrepayOut:
 )
 async def pay_with_wallet(call: Call) -> PaymentOut:
     order = await find_order(call.principal, call.params.oid)
-    return await payment_info(await pay_order_from_wallet(order, call.principal.subject))
+    apply_service = call.app[PAYMENTS].apply_service  # a renewal renews its device
+    paid = await pay_order_from_wallet(order, call.principal.subject, apply_service=apply_service)
+    return await payment_info(paid)
 
 
 @routes.post(

@@ -49,6 +49,7 @@ from aquafleet.models.payments import (
     paid_otherwise,
     payment_of_order,
 )
+from aquafleet.models.renewals import finish_paid_renewals
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.wallet import settle_dispenses
 
@@ -67,6 +68,7 @@ class SweepReport:
     bills_queried: int = 0
     bills_paid: int = 0
     dispenses_settled: int = 0
+    renewals_finished: int = 0
     payouts_checked: int = 0
     payouts_paid: int = 0
     payouts_failed: int = 0
@@ -137,6 +139,11 @@ class PaymentService:
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
+        if self.apply_service is not None:  # the CLI's sweep has no devices: the node's does it
+            finished = await self._guarded(
+                report, "paid renewals", finish_paid_renewals, self.apply_service, limit
+            )
+            report.renewals_finished = finished or 0
         for payment in await late_bills(self.query_after, limit):
             channel = self.channels.get(payment.channel)
             if channel is None:

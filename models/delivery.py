@@ -3,8 +3,8 @@
 Delivering names the devices shipped (one per unit of the order's lines, in line order). Each
 is bound to the member, remembers its product, gets its service from the line it fills (sale;
 time rental for the package's days from now; volume rental with the package's ml) through
-`models/service.py` with the order id as request id, and gets the product's filters; an install
-ticket opens per device when the product has install service.
+`models/service.py` with the order's request id (`order:<oid>`), and gets the product's
+filters; an install ticket opens per device when the product has install service.
 
 Order of effects: one transaction locks the order's row and checks its state there (of two
 racing deliveries only one changes anything), applies the service changes (each once per device
@@ -41,10 +41,18 @@ from aquafleet.models.orders import (
     OrderLine,
     OrderState,
     OrderStateConflict,
+    applied_under_order_id,
     fire,
     next_state,
+    order_request_id,
 )
-from aquafleet.models.service import DAY_S, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import (
+    DAY_S,
+    PERSON_LOCK,
+    DeviceService,
+    ServiceChangeRequest,
+    ServiceMode,
+)
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
 
@@ -79,10 +87,10 @@ class Parcel:
 def service_change(line: OrderLine, oid: str, now: dt.datetime) -> ServiceChangeRequest:
     """The service a device of this line starts with: a sale, or the rental its package buys
     (the rental period starts at delivery)."""
-    reason = f"order {oid}"
+    reason, request_id = f"order {oid}", order_request_id(oid)
     if line.package_key is None:
         return ServiceChangeRequest(
-            op="configure", mode=ServiceMode.SALE, reason=reason, request_id=oid
+            op="configure", mode=ServiceMode.SALE, reason=reason, request_id=request_id
         )
     rent = line.snapshot.get("rent", {})
     package = next(p for p in rent.get("config", []) if p["key"] == line.package_key)
@@ -91,11 +99,11 @@ def service_change(line: OrderLine, oid: str, now: dt.datetime) -> ServiceChange
         expires = int(now.timestamp()) + days * DAY_S
         return ServiceChangeRequest(
             op="configure", mode=ServiceMode.TIME_RENTAL, rental_expires_at=expires,
-            reason=reason, request_id=oid,
+            reason=reason, request_id=request_id,
         )  # fmt: skip
     return ServiceChangeRequest(
         op="configure", mode=ServiceMode.VOLUME_RENTAL, remaining_ml=int(package["ml"]),
-        reason=reason, request_id=oid,
+        reason=reason, request_id=request_id,
     )  # fmt: skip
 
 
@@ -127,6 +135,18 @@ async def _devices_for(
     return pairs
 
 
+async def _lift_stock_lock(did: str, oid: str, apply_service: ServiceApplier) -> None:
+    """A device shipped from stock (bound to nobody) starts afresh for its new holder: the
+    person's lock it came back with (a return, a dismantle, an exchange) is lifted. The
+    configure just made moved the database's copy up to the live state, which says whether
+    there is one."""
+    copy = await DeviceService.get_or_none(did=did)
+    if copy is not None and copy.lock_bits & PERSON_LOCK:
+        await apply_service(
+            did, ServiceChangeRequest(op="unlock", reason=f"shipped from stock with order {oid}")
+        )
+
+
 async def deliver_order(
     principal: Principal,
     order: Order,
@@ -150,7 +170,10 @@ async def deliver_order(
         current = await Order.filter(id=order.id).select_for_update().get()
         next_state(current.state, OrderEvent.DELIVER, principal.role.value)
         for device, line in pairs:
-            await apply_service(device.did, service_change(line, order.oid, now))
+            if not await applied_under_order_id(device.did, order.oid, f"order {order.oid}"):
+                await apply_service(device.did, service_change(line, order.oid, now))
+            if device.owner_id is None:
+                await _lift_stock_lock(device.did, order.oid, apply_service)
         delivery = {**parcel.as_json(now), "devices": list(dids)}
         await fire(
             order, OrderEvent.DELIVER, actor_role=principal.role.value,

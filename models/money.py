@@ -416,6 +416,12 @@ def refundable_fen(paid: int, refunds: Iterable[Refund]) -> int:
     return paid - sum(int(r.amount_fen) for r in refunds if r.state in OUTSTANDING_REFUNDS)
 
 
+async def left_to_refund(oid: str) -> int:
+    """What may still be refunded of an order: what its channels took less every refund of it
+    due, in flight or done (a duplicate payment's, a deposit's, a partial one)."""
+    return refundable_fen(await paid_fen(oid), await Refund.filter(order_oid=oid))
+
+
 def refund_part(refund: Refund) -> Part | None:
     """The order part a refund gives back, or None when it gives back the order as a whole."""
     return Part(refund.part) if refund.part else None

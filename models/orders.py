@@ -269,6 +269,23 @@ def is_valid_order_id(oid: str) -> bool:
     return bool(OID_RE.match(oid))
 
 
+def order_request_id(oid: str) -> str:
+    """The request id of the device changes an order makes (its delivery's configure, its
+    renewal's extend or top-up): `order:` and the order id. Ticket ids have the form of order
+    ids (date, vendor, a serial of their own), so a bare order id can be the id an exchange
+    ticket changes the same device under: each would find the other's marker and be taken for
+    a retry of it (a renewal not applied, an exchange refused)."""
+    return f"order:{oid}"
+
+
+async def applied_under_order_id(did: str, oid: str, reason: str) -> bool:
+    """An order's device change recorded under the bare order id (before order_request_id), by
+    its reason: it was applied, and is not applied again under the new id."""
+    from aquafleet.models.service import ServiceChange
+
+    return await ServiceChange.exists(did=did, request_id=oid, reason=reason)
+
+
 # ----------------------------------------------------------------------------- amounts
 
 

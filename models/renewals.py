@@ -9,9 +9,10 @@ vending device is refused (409). The order's `delivery` names the device it rene
 (`{"devices": [did]}`, no parcel): a renewal is never shipped.
 
 Paying it (`models.orders.mark_paid`) applies the renewal at once through `models/service.py`
-with the order id as request id (extend by the days, or top up the ml), then moves the order
-paid -> done (event `renew`, system). The service change goes first: a failure leaves the order
-paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis).
+with the order's request id (`order:<oid>`, models.orders.order_request_id: extend by the days,
+or top up the ml), then moves the order paid -> done (event `renew`, system). The service
+change goes first: a failure leaves the order paid and a retried mark-paid applies it again,
+once (the request id makes it a no-op in Redis).
 
 Paying re-checks that the member still holds the device: one unbound or returned since the
 order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and a refund of
@@ -25,10 +26,11 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
-from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import LOGIN_ALLOWED, Member
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
@@ -41,8 +43,10 @@ from aquafleet.models.orders import (
     OrderState,
     OrderStateConflict,
     OrderTransition,
+    applied_under_order_id,
     fire,
     format_order_id,
+    order_request_id,
 )
 from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
 from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
@@ -144,15 +148,17 @@ class RenewalDeviceGone(Conflict):
 
 def renewal_change(line: OrderLine, oid: str) -> ServiceChangeRequest:
     """What paying the renewal does to the device: extend by the package's days (from the
-    later of now and the current expiry) or top up its ml, with the order id as request id."""
+    later of now and the current expiry) or top up its ml, with the order's request id."""
     packages = line.snapshot.get("rent", {}).get("config", [])
     package = next(p for p in packages if p["key"] == line.package_key)
-    reason = f"renewal order {oid}"
+    reason, request_id = f"renewal order {oid}", order_request_id(oid)
     if package.get("days") is not None:
         return ServiceChangeRequest(
-            op="extend", days=int(package["days"]), reason=reason, request_id=oid
+            op="extend", days=int(package["days"]), reason=reason, request_id=request_id
         )
-    return ServiceChangeRequest(op="top_up", ml=int(package["ml"]), reason=reason, request_id=oid)
+    return ServiceChangeRequest(
+        op="top_up", ml=int(package["ml"]), reason=reason, request_id=request_id
+    )
 
 
 async def apply_renewal(
@@ -182,7 +188,8 @@ async def apply_renewal(
             "stays paid and its payment is to be refunded"
         )
     check_usable(device)
-    await apply_service(did, renewal_change(line, order.oid))
+    if not await applied_under_order_id(did, order.oid, f"renewal order {order.oid}"):
+        await apply_service(did, renewal_change(line, order.oid))
     try:
         return await fire(
             order, OrderEvent.RENEW, actor_role=SYSTEM, actor_id=SYSTEM,
@@ -193,3 +200,27 @@ async def apply_renewal(
             raise
         await order.refresh_from_db()
         return order
+
+
+async def finish_paid_renewals(apply_service: ServiceApplier, limit: int) -> int:
+    """Renewals a failure left paid after their payment was booked (the device change failed
+    when the channel's notification or the wallet paid it: Redis away, the node stopped, and
+    a resent notification is a duplicate that pays nothing): applied now, each once (the order
+    request id says so). One whose device left its member stays paid with its refund
+    requested and is not tried again; one refused otherwise (a disabled device) is tried at
+    the next call. Returns how many are done now."""
+    from aquafleet.models.money import Refund
+
+    refunded = Refund.filter(refund_no__startswith="renewal-").values("order_oid")
+    left_paid = Order.filter(
+        kind=OrderKind.RENEWAL, state=OrderState.PAID, deleted_at__isnull=True
+    ).exclude(oid__in=Subquery(refunded))
+    finished = 0
+    for order in await left_paid.order_by("id").limit(limit):
+        try:
+            order = await apply_renewal(order, apply_service)
+        except DomainError:
+            continue  # gone (its refund is requested now), or refused: see the docstring
+        if order.state is OrderState.DONE:
+            finished += 1
+    return finished

@@ -1,8 +1,9 @@
 """Returns (AD-12/13/14): the member asks within the return window, the vendor consents, and
 the goods coming back end the devices' service and record the refund as due.
 
-AD-14 (已退货, goods back): every device the order shipped is locked (a person's lock, with the
-order id in the reason) and unbound from the member, its shares end; a device that was installed
+AD-14 (已退货, goods back): every device the order shipped, or the replacement an exchange (换机)
+gave the member for it, is locked (a person's lock, with the order id in the reason; not one
+another member holds now) and unbound from the member, its shares end; a device that was installed
 gets a dismantle ticket; the order's whole total is recorded as `refund_due_fen` for the payment
 layer, and a refund of what was paid is requested in the money ledger (models/money.py,
 refund number `return-{oid}`) for the payment channel to execute. The locks go first
@@ -20,7 +21,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.money import paid_fen, request_refund
+from aquafleet.models.money import left_to_refund, request_refund
 from aquafleet.models.orders import (
     MAX_REASON,
     MEMBER,
@@ -34,7 +35,13 @@ from aquafleet.models.orders import (
 )
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
-from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
+from aquafleet.models.tickets import (
+    AutomaticTicket,
+    Ticket,
+    TicketState,
+    TicketType,
+    open_automatic_ticket,
+)
 
 RETURN_WINDOW = dt.timedelta(days=7)
 
@@ -93,6 +100,22 @@ async def refuse_return(
     )  # fmt: skip
 
 
+async def goods_of(order: Order) -> list[str]:
+    """The devices the order's goods are now: those it shipped, each followed through the
+    exchanges completed for it (换机: the member holds the replacement, the vendor the one it
+    took back)."""
+    dids = list((order.delivery or {}).get("devices", []))
+    frontier = list(dids)
+    while frontier:
+        replaced = await Ticket.filter(
+            type=TicketType.EXCHANGE, state=TicketState.DONE, device_id__in=frontier,
+            new_device_id__isnull=False,
+        ).values_list("new_device_id", flat=True)  # fmt: skip
+        frontier = [str(did) for did in replaced if did not in dids]
+        dids.extend(dict.fromkeys(frontier))
+    return dids
+
+
 async def goods_returned(
     order: Order,
     principal: Principal,
@@ -103,10 +126,16 @@ async def goods_returned(
     """AD-14: the goods are back (see the module's docstring)."""
     now = now or dt.datetime.now(dt.UTC)
     next_state(order.state, OrderEvent.REFUND, principal.role.value)  # refuse early
-    dids = list((order.delivery or {}).get("devices", []))
-    for did in dids:
+    dids = await goods_of(order)
+    elsewhere = {
+        str(did)
+        for did in await Device.filter(did__in=dids, owner_id__isnull=False)
+        .exclude(owner_id=order.member_id)
+        .values_list("did", flat=True)
+    }
+    for taken in [did for did in dids if did not in elsewhere]:  # another member's: not ours
         await apply_service(
-            did, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
+            taken, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
         )
     async with in_transaction("default"):
         await fire(
@@ -114,10 +143,10 @@ async def goods_returned(
             actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
-        paid = await paid_fen(order.oid)
-        if paid:
+        left = await left_to_refund(order.oid)  # a duplicate payment's refund went before
+        if left > 0:
             await request_refund(
-                order=order, amount_fen=paid, refund_no=f"return-{order.oid}",
+                order=order, amount_fen=left, refund_no=f"return-{order.oid}",
                 reason="goods returned (AD-14)", actor=principal.subject,
             )  # fmt: skip
         held = Q(did__in=dids, owner_id=order.member_id)

@@ -29,6 +29,7 @@ from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 
 MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
 DAY_S = 86_400
+PERSON_LOCK = 4  # service.lua's lock bit of a person's lock (gateway/service_state.py)
 
 # The seed's rent packages (product `rent.config`): key -> days.
 RENT_PACKAGES = {"30d": 30, "60d": 60, "90d": 90, "180d": 180, "360d": 360}
@@ -466,12 +467,23 @@ def _when(unix_s: int) -> str:
     return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+async def taken_back(device: Device) -> bool:
+    """The device is back from its member: bound to nobody and under a person's lock, as a
+    return (AD-14), a dismantle and an exchange leave the device they take back. A device its
+    member unbound (AB-13) without anyone locking it may still be at the member's."""
+    if device.owner_id is not None:
+        return False
+    copy = await DeviceService.get_or_none(did=device.did)
+    return copy is not None and bool(copy.lock_bits & PERSON_LOCK)
+
+
 async def open_dismantle_after_grace(did: str, rental_expires_at: int) -> None:
-    """The grace period after an expiry passed without renewal: one dismantle ticket."""
+    """The grace period after an expiry passed without renewal: one dismantle ticket, unless
+    the device is back already (taken_back): nobody is sent to collect it."""
     from aquafleet.models.tickets import open_dismantle_ticket
 
     device = await Device.get_or_none(did=did)
-    if device is None:
+    if device is None or await taken_back(device):
         return
     _ticket, created = await open_dismantle_ticket(did, device.vendor_id, rental_expires_at)
     if created:

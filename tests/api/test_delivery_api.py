@@ -101,7 +101,7 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     expected = before + 30 * 86_400
     assert expected - 5 <= int(expires.replace(tzinfo=dt.UTC).timestamp()) <= expected + 60
     assert (services[metered]["mode"], services[metered]["remaining_ml"]) == (3, 100_000)
-    changes = await ServiceChange.filter(request_id=oid).values_list("did", flat=True)
+    changes = await ServiceChange.filter(request_id=f"order:{oid}").values_list("did", flat=True)
     assert sorted(changes) == sorted([sold, rented, metered])
     # Filters follow the product; install tickets the install service (not the volume one's).
     spec = await DeviceFilterSpec.get(did=sold)
@@ -115,7 +115,7 @@ async def test_delivery_binds_and_configures_each_device_for_its_line(
     # Delivering twice is refused with the state; nothing is configured twice.
     again = await a.vendor.call("POST", f"/orders/{oid}/delivery", body, expect=409)
     assert "delivered" in again.body["message"]
-    assert await ServiceChange.filter(request_id=oid).count() == 3
+    assert await ServiceChange.filter(request_id=f"order:{oid}").count() == 3
 
     # AD-06: customer service corrects the parcel, never the devices.
     fixed = await a.vendor.call(
@@ -181,7 +181,7 @@ async def test_a_device_bound_to_someone_else_is_not_shipped(
     )
     assert answer.code == "device_bound"
     assert (await shopper.client.call("GET", f"/orders/{oid}")).data["state_name"] == "paid"
-    assert not await ServiceChange.filter(request_id=oid).exists()
+    assert not await ServiceChange.filter(request_id=f"order:{oid}").exists()
 
 
 async def test_a_delivered_volume_rental_pours_its_quota_locks_and_a_renewal_unlocks_it(
@@ -265,3 +265,99 @@ async def test_of_two_racing_deliveries_only_the_winners_devices_are_bound_and_s
     assert not await ServiceChange.filter(did=loser).exists()
     shipped = (await shopper.client.call("GET", f"/orders/{oid}")).data
     assert shipped["delivery"]["devices"] == [winner]
+
+
+async def test_a_returned_device_shipped_again_works_for_its_new_holder(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """AD-14 locks the devices that came back; shipping one again (AD-05, to another member)
+    starts its service afresh: the new holder's purifier pours, it is not locked for the old."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    first = await make_member(api_node, api, a.vid)
+    second = await make_member(api_node, api, a.vid)
+    (did,) = await register(api, a.vid, 1)
+    line = {"product_id": pid, "package": "30d"}
+    oid = (await first.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+    await first.client.call("POST", f"/orders/{oid}/status/confirm")
+    await first.client.call("POST", f"/orders/{oid}/status/return", {"reason": "搬家"})
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    assert (await api.call("GET", f"/devices/{did}/svc")).data["locked"] is True
+
+    again = (await second.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(again, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{again}/delivery", {**PARCEL, "devices": [did]})
+    service = (await second.client.call("GET", f"/devices/{did}/svc")).data
+    assert (service["mode"], service["locked"], service["lock_reasons"]) == (2, False, [])
+    assert (await Device.get(did=did)).owner_id == second.uid
+
+
+async def test_a_returned_rental_past_its_expiry_and_grace_opens_no_dismantle_ticket(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The goods came back (AD-14): when the rental they were delivered with would have run
+    out and its grace passed, nobody is sent to collect a device that is already back; a
+    device still at its member's is (the control)."""
+    from aquafleet.gateway.appkeys import RENTAL_SCHEDULER
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    returned, kept = await register(api, a.vid, 2)
+    line = {"product_id": pid, "package": "30d"}
+    for did in (returned, kept):
+        oid = (await shopper.client.call("POST", "/orders", order_body(line))).data["order_id"]
+        await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+        await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+        await shopper.client.call("POST", f"/orders/{oid}/status/confirm")
+        if did == returned:
+            await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "x"})
+            await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+            await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    assert not await Ticket.filter(type=TicketType.DISMANTLE).exists()
+
+    scheduler = api_node.app[RENTAL_SCHEDULER]
+    later = int(dt.datetime.now(dt.UTC).timestamp()) + 30 * 86_400 + scheduler.grace_s + 60
+    await scheduler.tick(later)  # the expiries lock, the reminders and the graces are due
+    dismantle = await Ticket.filter(type=TicketType.DISMANTLE).values_list("device_id", flat=True)
+    assert list(dismantle) == [kept]
+
+
+async def test_returning_an_order_whose_device_was_exchanged_takes_back_the_replacement(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The member exchanged the delivered device (换机), the vendor shipped the device it took
+    back to another member, and then the first member returned the order: the goods coming
+    back are the replacement it holds, which is locked and unbound (it does not keep a working
+    purifier with its money refunded); the other member's purifier is not touched."""
+    from tests.api.test_ticket_work_api import exchange_ticket
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    other = await make_member(api_node, api, a.vid)
+    shipped, replacement = await register(api, a.vid, 2)
+    line = {"product_id": pid, "package": "30d"}
+    oid = (await shopper.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [shipped]})
+    await shopper.client.call("POST", f"/orders/{oid}/status/confirm")
+    tid = await exchange_ticket(api, a.vendor, shopper, shipped)
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": replacement})
+    assert (await Device.get(did=replacement)).owner_id == shopper.uid
+    theirs = (await other.client.call("POST", "/orders", order_body(line))).data["order_id"]
+    await mark_paid(theirs, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{theirs}/delivery", {**PARCEL, "devices": [shipped]})
+
+    await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "不想要了"})
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    service = (await api.call("GET", f"/devices/{replacement}/svc")).data
+    assert (service["locked"], service["lock_reasons"]) == (True, ["manual"])
+    assert (await Device.get(did=replacement)).owner_id is None
+    assert (await shopper.client.call("GET", f"/users/{shopper.uid}/devices")).data == []
+    service = (await other.client.call("GET", f"/devices/{shipped}/svc")).data
+    assert (service["locked"], (await Device.get(did=shipped)).owner_id) == (False, other.uid)

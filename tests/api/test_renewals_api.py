@@ -107,7 +107,7 @@ async def test_a_renewal_costs_the_rent_and_paying_it_extends_the_device_once(
     # Paid twice: the device changes once.
     await mark_paid(oid, admin=PLATFORM_USER, reason="again", apply_service=applier(api_node))
     assert (await DeviceService.get(did=rented)).rental_expires_at == expires + 60 * DAY_S
-    assert await ServiceChange.filter(did=rented, request_id=oid).count() == 1
+    assert await ServiceChange.filter(did=rented, request_id=f"order:{oid}").count() == 1
     seen = (await shopper.client.call("GET", f"/orders/{oid}")).data
     assert (seen["state_name"], seen["pay_tms"] is not None, seen["complete_tms"] is not None) == (
         "done", True, True,
@@ -232,3 +232,57 @@ async def test_mark_paid_from_the_shell_renews_through_redis(
         assert code == 0 and "done" in out, out
     assert (await DeviceService.get(did=dev.did)).remaining_ml == 99_950
     assert (await node.app[SERVICE_STORE].read(dev.did)).remaining_ml == 99_950
+
+
+async def test_a_renewal_whose_id_is_an_exchange_tickets_renews_the_replacement(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """Ticket ids have the form of order ids with serials of their own: an exchange ticket
+    configured the replacement under the id the member's renewal of it then got. The renewal
+    is its own change of the device, not a retry of the exchange's: it extends the rental."""
+    from tests.api.test_ticket_work_api import exchange_ticket
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    shipped, replacement = await register(api, a.vid, 2)
+    await delivered(api_node, a, shopper, shipped, {"product_id": pid, "package": "30d"})
+    fault = {"type": 4, "device_id": shipped, "detail": "不出水"}
+    await shopper.client.call("POST", "/tickets", fault, expect=201)  # ticket serial 1
+    tid = await exchange_ticket(api, a.vendor, shopper, shipped)  # serial 2
+    await a.vendor.call("POST", f"/tickets/{tid}/complete", {"new_device": replacement})
+    expires = (await DeviceService.get(did=replacement)).rental_expires_at
+    assert expires is not None
+
+    body = {"did": replacement, "package": "30d"}
+    oid = (await shopper.client.call("POST", "/orders/renewals", body)).data["order_id"]
+    assert oid == tid  # order serial 2, the same day and vendor
+    paid = await mark_paid(
+        oid, admin=PLATFORM_USER, reason="transfer", apply_service=applier(api_node)
+    )
+    assert paid.state.name == "DONE"
+    assert (await DeviceService.get(did=replacement)).rental_expires_at == expires + 30 * DAY_S
+
+
+async def test_a_renewal_applied_under_its_bare_order_id_is_not_applied_again(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """A renewal left paid by a version that changed the device under the bare order id (before
+    `order:<oid>`): paying it again, or the sweep, finishes it without a second extension."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    (did,) = await register(api, a.vid, 1)
+    await delivered(api_node, a, shopper, did, {"product_id": pid, "package": "30d"})
+    expires = (await DeviceService.get(did=did)).rental_expires_at
+    assert expires is not None
+    body = {"did": did, "package": "30d"}
+    oid = (await shopper.client.call("POST", "/orders/renewals", body)).data["order_id"]
+    old_way = ServiceChangeRequest(
+        op="extend", days=30, reason=f"renewal order {oid}", request_id=oid
+    )
+    await applier(api_node)(did, old_way)  # then the version stopped before `renew`
+
+    paid = await mark_paid(oid, admin=PLATFORM_USER, reason="t", apply_service=applier(api_node))
+    assert paid.state.name == "DONE"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 30 * DAY_S

@@ -1,0 +1,97 @@
+"""Renewal orders (kind 3) paid through the member's channels, on SQLite and PostgreSQL: paying
+one from the wallet or through WeChat Pay renews its device once, and a renewal whose device
+change failed when its notification came is finished by WeChat Pay's resend."""
+
+from __future__ import annotations
+
+from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.models.money import Refund
+from aquafleet.models.orders import mark_paid
+from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
+from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
+from tests.api.test_delivery_api import PARCEL, register
+from tests.payments.shops import assert_ledger_clean
+from tests.payments.test_wallet import _top_up, _wallet
+from tests.payments.test_wechat_pay_flow import Shop, shop
+
+__all__ = ["shop"]
+
+
+async def _renewal(shop: Shop, api: ApiClient, vendor: ApiClient) -> tuple[str, str, int]:
+    """The shop's member rents a device for 30 days (paid, delivered) and orders its renewal
+    by 60 days: (renewal order id, did, the rental's expiry before the renewal)."""
+    (did,) = await register(api, shop.vid, 1)
+    client = shop.shopper.client
+    body = {
+        "content": [{"product_id": shop.pid, "package": "30d"}],
+        "receiver": {"name": "张三", "phone": "13900000000", "address": "南方软件园A123"},
+    }
+    oid = (await client.call("POST", "/orders", body)).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+    expires = (await DeviceService.get(did=did)).rental_expires_at
+    assert expires is not None
+    renewal = await client.call("POST", "/orders/renewals", {"did": did, "package": "60d"})
+    return str(renewal.data["order_id"]), did, expires
+
+
+async def test_a_renewal_paid_from_the_wallet_renews_its_device(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    renewal, did, expires = await _renewal(shop, api, tenants[0].vendor)
+    await _top_up(shop, 12_000)
+    paid = await shop.shopper.client.call("POST", f"/orders/{renewal}/prepay/wallet")
+    assert paid.data["pay_ch"] == "wallet" and paid.data["pay_state"] == "paid"
+    assert await shop.state(renewal) == "done"
+    assert await _wallet(shop) == 0
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
+    assert await ServiceChange.filter(did=did, request_id=f"order:{renewal}").count() == 1
+    await assert_ledger_clean()
+
+
+async def test_a_renewal_whose_device_change_failed_is_finished_by_the_resent_notification(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    renewal, did, expires = await _renewal(shop, api, tenants[0].vendor)
+    service = shop.node.app[PAYMENTS]
+    working = service.apply_service
+    failures = [RedisUnavailable("redis went away")]
+
+    async def flaky(did: str, change: ServiceChangeRequest) -> object:
+        if failures:
+            raise failures.pop()
+        return await working(did, change)
+
+    service.apply_service = flaky
+    bill = (await shop.prepay(renewal)).data["bill_no"]
+    shop.fake.duplicate = 2  # WeChat Pay sends it again: the first answer was not a 2xx
+    await shop.fake.pay(bill)
+    assert [status for status, _ in shop.fake.answers] == [503, 200]
+    assert '"outcome":"duplicate"' in shop.fake.answers[1][1]  # booked by the first
+    assert await shop.state(renewal) == "paid"  # the member paid; the device is not renewed
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires
+
+    # The payments sweep finishes it, once.
+    assert (await shop.sweep()).renewals_finished == 1
+    assert await shop.state(renewal) == "done"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
+    assert (await shop.sweep()).renewals_finished == 0
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
+    assert await ServiceChange.filter(did=did, request_id=f"order:{renewal}").count() == 1
+    await assert_ledger_clean()
+
+
+async def test_the_sweep_leaves_a_renewal_whose_device_left_its_member_paid_and_refunded(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    renewal, did, expires = await _renewal(shop, api, tenants[0].vendor)
+    await api.call("DELETE", f"/devices/{did}/bind")  # AB-13, after the renewal was ordered
+    bill = (await shop.prepay(renewal)).data["bill_no"]
+    await shop.fake.pay(bill)
+    assert await shop.state(renewal) == "paid"
+    for _ in range(2):
+        assert (await shop.sweep()).renewals_finished == 0
+    assert await shop.state(renewal) == "paid"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires
+    assert await Refund.filter(refund_no=f"renewal-{renewal}").count() == 1
