@@ -142,7 +142,15 @@ def _worker_main(
     die_with_parent()  # a worker stops (gracefully) when its supervisor is gone
     settings = load_settings(Path(config) if config else None, **overrides)
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_serve_one(settings, listeners, lambda: ready.put(index)))
+    try:
+        uvloop.run(_serve_one(settings, listeners, lambda: ready.put(index)))
+    except Exception as exc:
+        message = _failure(exc)
+        if message is None:
+            raise
+        # One line, as `serve` itself says it, not multiprocessing's traceback of a worker.
+        print(f"aquafleet: worker {index}: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _serve_workers(settings: Settings, listeners: Listeners) -> int:
@@ -401,18 +409,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aquafleet: {exc}", file=sys.stderr)
         return 2
-    except GatewayError as exc:
-        print(f"aquafleet: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from aquafleet.models.errors import DomainError
+        message = _failure(exc)
+        if message is None:
+            raise
+        print(f"aquafleet: {message}", file=sys.stderr)
+        return 1
 
-        if isinstance(exc, DomainError):
-            print(f"aquafleet: {exc.message}", file=sys.stderr)
-            return 1
-        raise
+
+def _failure(exc: Exception) -> str | None:
+    """The one line an operator sees for a typed error (ours); None for a bug (a traceback)."""
+    from aquafleet.models.errors import DomainError
+
+    if isinstance(exc, GatewayError):
+        return str(exc)
+    if isinstance(exc, DomainError):
+        return exc.message
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
