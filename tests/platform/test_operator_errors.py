@@ -50,3 +50,34 @@ async def test_serve_workers_that_cannot_reach_the_database_say_so_in_one_line(t
     assert re.search(
         r"^aquafleet: worker [01]: database postgres://\S+ \(database_url\)", out, re.M
     )
+
+
+async def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, migrated_sqlite):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    env = clean_env(data_dir=blocker / "data", tcp_port=free_port(), http_port=free_port())
+    code, out = await aquafleet(env, "serve", cwd=tmp_path)
+    assert code == 2, out
+    assert "Traceback" not in out, out
+    assert f"aquafleet: data_dir {blocker / 'data'} (--data-dir, AQUAFLEET_DATA_DIR)" in out
+
+    code, out = await aquafleet(env, "status", cwd=tmp_path)  # its SQLite file lives there
+    assert code == 1 and "Traceback" not in out, out
+    assert f"database sqlite://{blocker / 'data'}" in out, out
+
+    database = tmp_path / "db" / "aquafleet.sqlite3"
+    migrated_sqlite(database)
+    env["AQUAFLEET_DATABASE_URL"] = f"sqlite://{database}"
+    await aquafleet(env, "vendors", "add", "ACME", "--name", "Acme Water")
+    register = ["devices", "register", "--vendor", "ACME", "--count", "1", "--out", "d.csv"]
+    code, out = await aquafleet(env, *register, cwd=tmp_path)  # no master key can be made
+    assert code == 2 and "Traceback" not in out, out
+    assert f"master key {blocker / 'data' / 'master.key'}" in out, out
+
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir()
+    (key_dir / "master.key").write_text("not hex at all\n")
+    env["AQUAFLEET_DATA_DIR"] = str(key_dir)
+    code, out = await aquafleet(env, *register, cwd=tmp_path)
+    assert code == 2 and "Traceback" not in out, out
+    assert "not a hex master key" in out and "not hex at all" not in out, out
