@@ -19,7 +19,7 @@ import uvloop
 
 from aquafleet.commands.output import add_json_flag, fields
 from aquafleet.gateway.config import Settings
-from aquafleet.gateway.config_sources import load_settings, settings_reference
+from aquafleet.gateway.config_sources import hide_password, load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
 from aquafleet.gateway.logs import configure_logging, get_logger
 
@@ -298,9 +298,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(settings_reference())
         return 0
     settings = _settings(args, data_dir=args.data_dir)
-    shown = settings.model_dump(mode="json")
+    shown = {
+        name: hide_password(value) if isinstance(value, str) else value
+        for name, value in settings.model_dump(mode="json").items()
+    }
     shown["master_secret"] = "(set)" if settings.master_secret else "(data_dir/master.key)"
-    shown["resolved_database_url"] = settings.resolved_database_url
+    shown["resolved_database_url"] = hide_password(settings.resolved_database_url)
     if args.json:
         print(json.dumps(shown, indent=2))
     else:

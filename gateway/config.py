@@ -531,6 +531,12 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite://", "postgres://", "psycopg://")):
             raise ValueError("must start with sqlite:// or postgres://")
+        if value is not None and not value.startswith("sqlite://"):
+            # Without one, the driver picks a database named like the user (`postgres://` alone
+            # migrated whatever database the local socket's user owned).
+            netloc, _, database = value.partition("://")[2].partition("?")[0].partition("/")
+            if not database.strip("/") or not netloc.rpartition("@")[2]:
+                raise ValueError("must name its host and database: postgres://USER@HOST:PORT/DB")
         return value
 
     @field_validator("redis_url")
