@@ -46,7 +46,26 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
 # ----------------------------------------------------------------------------- serve
 
 
+class _StoppedWhileStarting(BaseException):
+    """SIGTERM before the event loop handles it: unwind start-up, as a later one would."""
+
+
+def _stop_while_starting(_signum: int, _frame: object) -> None:
+    raise _StoppedWhileStarting
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the loop takes SIGTERM over (after the node's modules are imported: a second or
+    # two), its default action would kill the process with status 143 where a stop exits 0.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    try:
+        return _serve(args)
+    except _StoppedWhileStarting:
+        log.info("serve_stopped_while_starting")
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from aquafleet.gateway.startup import DataDirLock, bind_listeners
 
     settings = _settings(

@@ -4,7 +4,10 @@ Each is one line naming the setting, never a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,33 @@ async def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, migrated_
     code, out = await aquafleet(env, *register, cwd=tmp_path)
     assert code == 2 and "Traceback" not in out, out
     assert "not a hex master key" in out and "not hex at all" not in out, out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_before_the_loop_handles_it_still_stops_cleanly(tmp_path: Path, workers: int):
+    env = clean_env(
+        data_dir=tmp_path / "data", master_secret=MASTER_SECRET, tcp_port=free_port(),
+        http_port=free_port(), workers=workers, log_format="json",
+    )  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aquafleet.cli", "serve", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen = b""
+    try:
+        # serve_starting is logged before the ports are bound and the node's modules imported
+        # (a second or more): a SIGTERM now lands before the event loop has a handler for it.
+        while b"serve_starting" not in seen:
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line, seen.decode()
+            seen += line
+        process.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = (seen + out).decode()
+    assert process.returncode == 0, text  # not 143, the default action's death
+    assert "Traceback" not in text, text
