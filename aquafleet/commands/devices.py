@@ -261,13 +261,13 @@ def add_parsers(commands: Any) -> None:
     device_commands = devices.add_subparsers(dest="devices_command", required=True)
     register = device_commands.add_parser("register", help="register a batch of devices")
     register.add_argument("--vendor", required=True, help="vendor code")
-    register.add_argument("--count", type=int, required=True)
+    register.add_argument("--count", type=int, required=True, help="devices to register")
     register.add_argument("--out", required=True, help="CSV file for did,key (written once)")
     register.add_argument(
         "--type", type=int, default=0, choices=[0, 1, 2, 3, 4, 8],
         help="device type: 0 unset, 1 sale, 2 time rental, 3 volume rental, 4 vending, 8 test",
     )  # fmt: skip
-    register.add_argument("--model", default="")
+    register.add_argument("--model", default="", help="model name recorded on each device")
     register.add_argument("--force", action="store_true", help="overwrite --out")
     add_json_flag(register)
     register.set_defaults(func=cmd_register)
@@ -276,13 +276,13 @@ def add_parsers(commands: Any) -> None:
         ("enable", "allow logins"),
     ):
         sub = device_commands.add_parser(name, help=text)
-        sub.add_argument("did")
+        sub.add_argument("did", help="device id, e.g. DEMO00000001DA9F")
         add_json_flag(sub)
         sub.set_defaults(func=cmd_state)
     show = device_commands.add_parser(
         "show", help="registry, presence and latest sessions, meter and latest report"
     )
-    show.add_argument("did")
+    show.add_argument("did", help="device id, e.g. DEMO00000001DA9F")
     show.add_argument(
         "--sessions", type=session_count, default=SESSIONS, metavar="N",
         help=f"latest connections to list, newest first (default {SESSIONS}; 0: none)",

@@ -4,6 +4,7 @@ Each is one line naming the setting, never a traceback."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from aquafleet.cli import build_parser
 from tests.conftest import MASTER_SECRET, POSTGRES_URL
 from tests.platform.test_cli import aquafleet, clean_env
 from tests.processes import free_port
@@ -114,3 +116,43 @@ async def test_sigterm_before_the_loop_handles_it_still_stops_cleanly(tmp_path: 
     text = (seen + out).decode()
     assert process.returncode == 0, text  # not 143, the default action's death
     assert "Traceback" not in text, text
+
+
+def every_option(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += every_option(sub, f"{path} {name}")
+        elif action.dest != "help":
+            found.append((path, action))
+    return found
+
+
+def test_every_argument_of_every_command_is_explained_in_help() -> None:
+    missing = [
+        f"{path} {'/'.join(action.option_strings) or action.dest}"
+        for path, action in every_option(build_parser(), "aquafleet")
+        if not action.help
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["orders", "list", "--limit", "-1"], "argument --limit: -1 is not in 1..100000"),
+        (["tickets", "list", "--limit", "0"], "argument --limit: 0 is not in 1..100000"),
+        (["tickets", "stuck-exchanges", "--limit", "-5"], "argument --limit: -5 is not in"),
+        (["tickets", "stuck-exchanges", "--hours", "-5"], "argument --hours: -5 is not in"),
+        (["service", "show", "X", "--history", "-1"], "argument --history: -1 is not in"),
+        (["payments", "reconcile", "--date", "yesterday"], "'yesterday' is not a date"),
+    ],
+)
+def test_numbers_and_dates_out_of_range_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(args)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
