@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aquafleet.cli import build_parser
-from tests.conftest import MASTER_SECRET, POSTGRES_URL
+from tests.conftest import MASTER_SECRET, POSTGRES_URL, REDIS_URL
 from tests.platform.test_cli import aquafleet, clean_env
 from tests.processes import free_port
 
@@ -55,6 +55,20 @@ async def test_serve_workers_that_cannot_reach_the_database_say_so_in_one_line(t
     assert re.search(
         r"^aquafleet: worker [01]: database postgres://\S+ \(database_url\)", out, re.M
     )
+
+
+async def test_a_cluster_url_naming_a_plain_redis_is_one_line(tmp_path: Path, migrated_sqlite):
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    plain = REDIS_URL.partition("://")[2].partition("/")[0]  # HOST:PORT of a Redis, no cluster
+    env = clean_env(
+        data_dir=tmp_path / "data", master_secret=MASTER_SECRET, redis_prefix="aq-ops13-cluster",
+        redis_url=f"redis+cluster://{plain}", tcp_port=free_port(), http_port=free_port(),
+    )  # fmt: skip
+    code, out = await aquafleet(env, "serve", cwd=tmp_path)
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    assert "aquafleet: loading Lua scripts: RedisClusterException:" in out, out
+    assert "Cluster mode is not enabled" in out, out
 
 
 async def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, migrated_sqlite):
