@@ -44,11 +44,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     from aquafleet.protocol.crypto import derive_device_key
 
     out = Path(args.out)
-    if out.exists() and not args.force:
+    existed = out.exists()
+    if existed and not args.force:
         raise GatewayError(f"{out} exists: it may hold keys that are shown only once (--force)")
     master = settings.master_secret_bytes()
+    _check_writable(out)
+
+    registered = False
 
     async def action() -> int:
+        nonlocal registered
         issued = await register_devices(
             args.vendor,
             args.count,
@@ -56,6 +61,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             device_type=DeviceType(args.type),
             model=args.model,
         )
+        registered = True
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -82,7 +88,24 @@ def cmd_register(args: argparse.Namespace) -> int:
         emit(args, data, render)
         return 0
 
-    return run_with_database(settings, action)
+    try:
+        return run_with_database(settings, action)
+    except BaseException:
+        if not registered and not existed:  # ours and empty: a retry must not find it
+            out.unlink(missing_ok=True)
+        raise
+
+
+def _check_writable(out: Path) -> None:
+    """Before any device is registered: its keys are written once, and a file that cannot be
+    written (no such directory, no permission) used to fail after the devices were made. Not
+    truncated here: with --force the old keys stay until the new ones replace them."""
+    try:
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise GatewayError(
+            f"--out {out}: cannot write it ({exc.strerror or exc}); no device was registered"
+        ) from None
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -170,3 +170,47 @@ def test_numbers_and_dates_out_of_range_are_usage_errors(
         build_parser().parse_args(args)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+async def test_a_keys_file_that_cannot_be_written_registers_nothing(
+    tmp_path: Path, migrated_sqlite
+):
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET)
+    await aquafleet(env, "vendors", "add", "ACME", "--name", "Acme Water")
+    register = ["devices", "register", "--vendor", "ACME", "--count", "2"]
+    missing_dir = tmp_path / "no-such-dir" / "devices.csv"
+    code, out = await aquafleet(env, *register, "--out", str(missing_dir))
+    assert code == 1 and "Traceback" not in out, out
+    assert f"--out {missing_dir}: cannot write it" in out and "no device was registered" in out
+
+    code, out = await aquafleet(
+        env, *register, "--vendor", "NONE", "--out", "keys.csv", cwd=tmp_path
+    )
+    assert code == 1 and "vendor NONE does not exist" in out, out
+    assert not (tmp_path / "keys.csv").exists()  # a retry is not told the file exists
+
+    code, out = await aquafleet(env, *register, "--out", "keys.csv", cwd=tmp_path)
+    assert code == 0, out
+    assert "ACME00000001" in out  # the failed runs took no serials: they made no device
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read it: No such file or directory"), ("a,b\n1,2\n", "no did column")],
+)
+async def test_a_from_csv_that_cannot_be_read_is_one_line(
+    tmp_path: Path, migrated_sqlite, content: str | None, message: str
+):
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET)
+    source = tmp_path / "devices.csv"
+    if content is not None:
+        source.write_text(content)
+    for args in (
+        ["service", "configure", "--from", str(source), "--mode", "3", "--remaining-ml", "5"],
+        ["billing", "assign", "1", "--from", str(source), "--since", "2026-11-01T00:00:00Z"],
+    ):
+        code, out = await aquafleet(env, *args)
+        assert code == 1 and "Traceback" not in out, out
+        assert f"aquafleet: --from {source}: {message}" in out, out
