@@ -19,7 +19,7 @@ import uvloop
 
 from aquafleet.commands.output import add_json_flag, fields
 from aquafleet.gateway.config import Settings
-from aquafleet.gateway.config_sources import load_settings, settings_reference
+from aquafleet.gateway.config_sources import hide_password, load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
 from aquafleet.gateway.logs import configure_logging, get_logger
 
@@ -46,7 +46,26 @@ def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
 # ----------------------------------------------------------------------------- serve
 
 
+class _StoppedWhileStarting(BaseException):
+    """SIGTERM before the event loop handles it: unwind start-up, as a later one would."""
+
+
+def _stop_while_starting(_signum: int, _frame: object) -> None:
+    raise _StoppedWhileStarting
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the loop takes SIGTERM over (after the node's modules are imported: a second or
+    # two), its default action would kill the process with status 143 where a stop exits 0.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    try:
+        return _serve(args)
+    except _StoppedWhileStarting:
+        log.info("serve_stopped_while_starting")
+        return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from aquafleet.gateway.startup import DataDirLock, bind_listeners
 
     settings = _settings(
@@ -142,7 +161,15 @@ def _worker_main(
     die_with_parent()  # a worker stops (gracefully) when its supervisor is gone
     settings = load_settings(Path(config) if config else None, **overrides)
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_serve_one(settings, listeners, lambda: ready.put(index)))
+    try:
+        uvloop.run(_serve_one(settings, listeners, lambda: ready.put(index)))
+    except Exception as exc:
+        message = _failure(exc)
+        if message is None:
+            raise
+        # One line, as `serve` itself says it, not multiprocessing's traceback of a worker.
+        print(f"aquafleet: worker {index}: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _serve_workers(settings: Settings, listeners: Listeners) -> int:
@@ -290,9 +317,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         sys.stdout.write(settings_reference())
         return 0
     settings = _settings(args, data_dir=args.data_dir)
-    shown = settings.model_dump(mode="json")
+    shown = {
+        name: hide_password(value) if isinstance(value, str) else value
+        for name, value in settings.model_dump(mode="json").items()
+    }
     shown["master_secret"] = "(set)" if settings.master_secret else "(data_dir/master.key)"
-    shown["resolved_database_url"] = settings.resolved_database_url
+    shown["resolved_database_url"] = hide_password(settings.resolved_database_url)
     if args.json:
         print(json.dumps(shown, indent=2))
     else:
@@ -401,18 +431,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aquafleet: {exc}", file=sys.stderr)
         return 2
-    except GatewayError as exc:
-        print(f"aquafleet: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from aquafleet.models.errors import DomainError
+        message = _failure(exc)
+        if message is None:
+            raise
+        print(f"aquafleet: {message}", file=sys.stderr)
+        return 1
 
-        if isinstance(exc, DomainError):
-            print(f"aquafleet: {exc.message}", file=sys.stderr)
-            return 1
-        raise
+
+def _failure(exc: Exception) -> str | None:
+    """The one line an operator sees for a typed error (ours); None for a bug (a traceback)."""
+    from aquafleet.models.errors import DomainError
+
+    if isinstance(exc, GatewayError):
+        return str(exc)
+    if isinstance(exc, DomainError):
+        return exc.message
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aquafleet.gateway.errors import ConfigError
 from aquafleet.gateway.startup import TCP_BACKLOG
 
 ENV_PREFIX = "AQUAFLEET_"
@@ -530,6 +531,12 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite://", "postgres://", "psycopg://")):
             raise ValueError("must start with sqlite:// or postgres://")
+        if value is not None and not value.startswith("sqlite://"):
+            # Without one, the driver picks a database named like the user (`postgres://` alone
+            # migrated whatever database the local socket's user owned).
+            netloc, _, database = value.partition("://")[2].partition("?")[0].partition("/")
+            if not database.strip("/") or not netloc.rpartition("@")[2]:
+                raise ValueError("must name its host and database: postgres://USER@HOST:PORT/DB")
         return value
 
     @field_validator("redis_url")
@@ -611,11 +618,23 @@ class Settings(BaseSettings):
 
 
 def load_or_create_master_key(path: Path) -> bytes:
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret.hex() + "\n")
-    return secret
+    """The master key kept in data_dir/master.key, made once; ConfigError when it cannot be."""
+    try:
+        if path.exists():
+            secret = bytes.fromhex(path.read_text().strip())
+            if len(secret) < 32:
+                raise ValueError("shorter than 32 bytes")
+            return secret
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret.hex() + "\n")
+        return secret
+    except OSError as exc:
+        problem = f"cannot use it: {exc.strerror or exc}"
+    except ValueError as exc:  # never echo the file's contents: it is the secret
+        problem = f"not a hex master key ({str(exc).split(':')[0]})"
+    raise ConfigError(
+        f"master key {path} (in data_dir; or set master_secret, AQUAFLEET_MASTER_SECRET): {problem}"
+    )

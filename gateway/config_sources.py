@@ -22,17 +22,29 @@ class _Problem:
     message: str
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, named_by: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"{CONFIG_FILE_ENV}: config file {path} does not exist") from None
+        raise ConfigError(f"{named_by}: config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{named_by}: config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
-    table = data.get("aquafleet", data)
+    if "aquafleet" not in data:
+        return data
+    table = data["aquafleet"]
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [aquafleet] must be a table")
+    # With an [aquafleet] table, the settings are its keys: anything beside it (a key written
+    # above the table, another table) would otherwise be read by nobody, without a word.
+    outside = sorted(key for key in data if key != "aquafleet")
+    if outside:
+        raise ConfigError(
+            f"invalid configuration: {outside[0]} (in {path}): outside the [aquafleet] table "
+            "(put every setting in it, or write them all at the top level)"
+        )
     return table
 
 
@@ -41,7 +53,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     file_path = config_file or (
         Path(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else None
     )
-    file_values = _read_toml(file_path) if file_path else {}
+    named_by = "--config" if config_file else CONFIG_FILE_ENV
+    file_values = _read_toml(file_path, named_by) if file_path else {}
     env_keys = {
         name for name in Settings.model_fields if f"{ENV_PREFIX}{name.upper()}" in os.environ
     }
@@ -55,13 +68,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     )
     if unknown_env:
         raise ConfigError(f"{unknown_env[0]}: unknown setting (see docs/configuration.md)")
+    given = {k: v for k, v in overrides.items() if v is not None}
     init_values = {k: v for k, v in file_values.items() if k not in env_keys}
-    init_values.update({k: v for k, v in overrides.items() if v is not None})
+    init_values.update(given)
     try:
         return Settings(**init_values)
     except ValidationError as exc:
         problems = [
-            _describe(error, file_path, set(file_values), env_keys) for error in exc.errors()
+            _describe(error, file_path, set(file_values), env_keys, set(given))
+            for error in exc.errors()
         ]
         raise ConfigError(
             "invalid configuration: " + "; ".join(f"{p.key}: {p.message}" for p in problems)
@@ -69,10 +84,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def _describe(
-    error: Any, file_path: Path | None, file_keys: set[str], env_keys: set[str]
+    error: Any,
+    file_path: Path | None,
+    file_keys: set[str],
+    env_keys: set[str],
+    flag_keys: set[str],
 ) -> _Problem:
     field = str(error["loc"][0]) if error["loc"] else "configuration"
-    if field in env_keys:
+    if field in flag_keys:  # a command-line flag wins over both: it is the value refused
+        key = f"{field} (--{field.replace('_', '-')})"
+    elif field in env_keys:
         key = f"{ENV_PREFIX}{field.upper()}"
     elif field in file_keys and file_path is not None:
         key = f"{field} (in {file_path})"
@@ -82,8 +103,22 @@ def _describe(
     if error["type"] == "extra_forbidden":
         message = "unknown setting"
     elif "input" in error and field != "master_secret":
-        message = f"{message} (got {error['input']!r})"
+        shown = error["input"]
+        shown = hide_password(shown) if isinstance(shown, str) else shown
+        message = f"{message} (got {shown!r})"
     return _Problem(key, message)
+
+
+def hide_password(value: str) -> str:
+    """A URL's password as `***` (`postgres://aquafleet:***@db/aquafleet`); other text as is.
+    For what is shown to people: messages, `aquafleet config`."""
+    scheme, sep, rest = value.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return value
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{slash}{tail}"
 
 
 def settings_reference() -> str:

@@ -17,6 +17,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -79,7 +80,7 @@ def redis_errors(what: str) -> Iterator[None]:
         raise RedisUnavailable(f"{what}: {exc}") from exc
     except ResponseError as exc:
         raise ScriptFailed(f"{what}: {exc}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:  # the latter is no RedisError
         raise RedisUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
     except OSError as exc:
         raise RedisUnavailable(f"{what}: {exc}") from exc

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aquafleet.gateway.errors import GatewayError
+from aquafleet.gateway.errors import ConfigError, GatewayError
 
 TCP_BACKLOG = 4096  # per worker socket (tcp_backlog): a reconnect storm waits in the kernel
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")  # the kernel's cap on any listen backlog
@@ -244,6 +244,11 @@ class DataDirLock(PidLock):
     def acquire(self) -> None:
         try:
             super().acquire()
+        except OSError as exc:  # a path that cannot be made or written: the operator's to fix
+            raise ConfigError(
+                f"data_dir {self.path.parent} (--data-dir, AQUAFLEET_DATA_DIR): cannot use it: "
+                f"{exc.strerror or exc}"
+            ) from None
         except LockHeld as held:
             who = f"pid {held.pid}" if held.pid else "another process"
             raise DataDirInUse(

@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
+from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as tortoise_migrate
+
+from aquafleet.models.errors import DatabaseUnavailable
 
 MODEL_MODULES = [
     "aquafleet.models.vendors",
@@ -61,6 +65,39 @@ def connection_config(database_url: str) -> str | dict[str, Any]:
     return config
 
 
+# What "the database could not be reached or opened" looks like, as opposed to a statement's
+# failure: Tortoise's own wrapper, the socket's errors (refused, unknown host, a SQLite file's
+# directory that cannot be made) and PostgreSQL's refusals of the connection itself.
+_CONNECT_ERRORS = (
+    DBConnectionError,
+    OSError,
+    asyncpg.InvalidCatalogNameError,  # no such database
+    asyncpg.InvalidAuthorizationSpecificationError,  # no such role, wrong password, pg_hba
+    asyncpg.CannotConnectNowError,  # starting up, shutting down, in recovery
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def database_place(database_url: str) -> str:
+    """The URL without its credentials: what a message may show of it."""
+    scheme, _, rest = database_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+@contextlib.contextmanager
+def connect_errors(database_url: str) -> Iterator[None]:
+    """A database that cannot be reached becomes DatabaseUnavailable, saying which and why (an
+    operator's typo in database_url was a page of asyncpg's traceback)."""
+    try:
+        yield
+    except _CONNECT_ERRORS as exc:
+        reason = exc.__cause__ if isinstance(exc, DBConnectionError) and exc.__cause__ else exc
+        raise DatabaseUnavailable(
+            f"database {database_place(database_url)} (database_url): cannot connect: "
+            f"{reason or type(reason).__name__}"
+        ) from exc
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     if database_url.startswith("sqlite://"):
         path = database_url.removeprefix("sqlite://")
@@ -98,9 +135,10 @@ async def migrate(database_url: str) -> None:
             log.info("database_migration_applied", migration=name)
 
     try:
-        await tortoise_migrate(
-            config=tortoise_config(database_url), reporter=plan, progress=progress
-        )
+        with connect_errors(database_url):
+            await tortoise_migrate(
+                config=tortoise_config(database_url), reporter=plan, progress=progress
+            )
         if pending:
             log.info(
                 "database_migrated",
@@ -134,16 +172,27 @@ SQLITE_CACHE_KIB = 64 * 1024
 async def init_database(database_url: str, *, run_migrations: bool = True) -> None:
     if run_migrations:
         await migrate(database_url)
-    await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
-    if database_url.startswith("sqlite://"):
-        # WAL lets the API read while the ledger writer writes; NORMAL sync is durable in WAL.
-        conn = connection()
-        await conn.execute_script(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-            f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}; "
-            f"PRAGMA journal_size_limit={SQLITE_WAL_KEEP_BYTES}; "
-            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB};"
-        )
+    try:
+        with connect_errors(database_url):
+            await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
+            await _open(database_url)
+    except BaseException:
+        await close_database()  # a half-made pool (SQLite: a non-daemon thread) must not linger
+        raise
+
+
+async def _open(database_url: str) -> None:
+    conn = connection()
+    if not database_url.startswith("sqlite://"):
+        await conn.execute_query("SELECT 1")  # Tortoise connects lazily: fail here, not later
+        return
+    # WAL lets the API read while the ledger writer writes; NORMAL sync is durable in WAL.
+    await conn.execute_script(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+        f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}; "
+        f"PRAGMA journal_size_limit={SQLITE_WAL_KEEP_BYTES}; "
+        f"PRAGMA cache_size=-{SQLITE_CACHE_KIB};"
+    )
 
 
 async def close_database() -> None:

@@ -32,6 +32,10 @@ class Forbidden(DomainError):
 
 
 class Unavailable(DomainError):
-    """A backing store (Redis) did not answer; trying again later may work."""
+    """A backing store (Redis, the database) did not answer; trying again later may work."""
 
     code = "service_unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached or opened (down, no such database, refused login)."""

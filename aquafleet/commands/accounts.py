@@ -129,7 +129,7 @@ def add_parsers(commands: Any) -> None:
         "add", help="create a vendor (and its admin account with --admin)", allow_abbrev=False
     )
     add.add_argument("code", help="4 characters A-Z/0-9, the prefix of its ids")
-    add.add_argument("--name", required=True)
+    add.add_argument("--name", required=True, help="the brand's name, as the console shows it")
     add.add_argument(
         "--admin", metavar="USER", help="also create the vendor's admin account, USER "
         "(password from a prompt, stdin or --password-file)",

@@ -44,11 +44,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     from aquafleet.protocol.crypto import derive_device_key
 
     out = Path(args.out)
-    if out.exists() and not args.force:
+    existed = out.exists()
+    if existed and not args.force:
         raise GatewayError(f"{out} exists: it may hold keys that are shown only once (--force)")
     master = settings.master_secret_bytes()
+    _check_writable(out)
+
+    registered = False
 
     async def action() -> int:
+        nonlocal registered
         issued = await register_devices(
             args.vendor,
             args.count,
@@ -56,6 +61,7 @@ def cmd_register(args: argparse.Namespace) -> int:
             device_type=DeviceType(args.type),
             model=args.model,
         )
+        registered = True
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -82,7 +88,24 @@ def cmd_register(args: argparse.Namespace) -> int:
         emit(args, data, render)
         return 0
 
-    return run_with_database(settings, action)
+    try:
+        return run_with_database(settings, action)
+    except BaseException:
+        if not registered and not existed:  # ours and empty: a retry must not find it
+            out.unlink(missing_ok=True)
+        raise
+
+
+def _check_writable(out: Path) -> None:
+    """Before any device is registered: its keys are written once, and a file that cannot be
+    written (no such directory, no permission) used to fail after the devices were made. Not
+    truncated here: with --force the old keys stay until the new ones replace them."""
+    try:
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise GatewayError(
+            f"--out {out}: cannot write it ({exc.strerror or exc}); no device was registered"
+        ) from None
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -261,13 +284,13 @@ def add_parsers(commands: Any) -> None:
     device_commands = devices.add_subparsers(dest="devices_command", required=True)
     register = device_commands.add_parser("register", help="register a batch of devices")
     register.add_argument("--vendor", required=True, help="vendor code")
-    register.add_argument("--count", type=int, required=True)
+    register.add_argument("--count", type=int, required=True, help="devices to register")
     register.add_argument("--out", required=True, help="CSV file for did,key (written once)")
     register.add_argument(
         "--type", type=int, default=0, choices=[0, 1, 2, 3, 4, 8],
         help="device type: 0 unset, 1 sale, 2 time rental, 3 volume rental, 4 vending, 8 test",
     )  # fmt: skip
-    register.add_argument("--model", default="")
+    register.add_argument("--model", default="", help="model name recorded on each device")
     register.add_argument("--force", action="store_true", help="overwrite --out")
     add_json_flag(register)
     register.set_defaults(func=cmd_register)
@@ -276,13 +299,13 @@ def add_parsers(commands: Any) -> None:
         ("enable", "allow logins"),
     ):
         sub = device_commands.add_parser(name, help=text)
-        sub.add_argument("did")
+        sub.add_argument("did", help="device id, e.g. DEMO00000001DA9F")
         add_json_flag(sub)
         sub.set_defaults(func=cmd_state)
     show = device_commands.add_parser(
         "show", help="registry, presence and latest sessions, meter and latest report"
     )
-    show.add_argument("did")
+    show.add_argument("did", help="device id, e.g. DEMO00000001DA9F")
     show.add_argument(
         "--sessions", type=session_count, default=SESSIONS, metavar="N",
         help=f"latest connections to list, newest first (default {SESSIONS}; 0: none)",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aquafleet.commands.output import add_json_flag, emit, iso, table
+from aquafleet.commands.output import LIMIT, add_json_flag, emit, iso, table
 from aquafleet.commands.runtime import command_settings, run_with_database
 
 
@@ -208,22 +208,22 @@ def add_parsers(commands: Any) -> None:
     listing = order_commands.add_parser("list", help="the newest orders")
     listing.add_argument("--vid", help="one vendor's")
     listing.add_argument("--state", help="obligation, paid, delivered, ... (docs/api-shop.md)")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=LIMIT, default=50, help="most orders listed (default 50)")
     listing.set_defaults(func=cmd_list)
     show_order = order_commands.add_parser("show", help="an order, its lines and its moves")
-    show_order.add_argument("oid")
+    show_order.add_argument("oid", help="the order's id")
     show_order.set_defaults(func=cmd_show)
     paid = order_commands.add_parser(
         "mark-paid", help="record an order as paid (platform admins; who and why are kept)"
     )
-    paid.add_argument("oid")
+    paid.add_argument("oid", help="the order's id")
     paid.add_argument("--admin", required=True, help="your platform admin user name")
     paid.add_argument("--reason", required=True, help="why, e.g. the bank transfer's number")
     paid.set_defaults(func=cmd_mark_paid)
     deliver = order_commands.add_parser(
         "deliver", help="ship a paid order with its devices (AD-05: binds and configures them)"
     )
-    deliver.add_argument("oid")
+    deliver.add_argument("oid", help="the order's id")
     deliver.add_argument("--admin", required=True, help="your platform admin user name")
     deliver.add_argument("--company", required=True, help="物流公司, e.g. 顺丰速运")
     deliver.add_argument("--tracking", required=True, help="物流单号")

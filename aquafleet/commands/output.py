@@ -40,6 +40,33 @@ def parse_time(text: str) -> int:
     return int(when.timestamp())
 
 
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high, or a usage error saying so (a negative
+    `--limit` reached the ORM and ended in its traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{number} is not in {low}..{high}")
+        return number
+
+    return parse
+
+
+LIMIT = whole_number(1, 100_000)  # `--limit` of the listing commands
+
+
+def parse_date(text: str) -> dt.date:
+    """`--date`: YYYY-MM-DD."""
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from None
+
+
 def _plain(value: Any) -> Any:
     """JSON for what commands return: datetimes as ISO 8601 UTC."""
     if isinstance(value, dt.datetime):

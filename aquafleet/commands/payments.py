@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 from typing import Any
 
-from aquafleet.commands.output import add_json_flag, emit
+from aquafleet.commands.output import add_json_flag, emit, parse_date
 from aquafleet.commands.runtime import command_settings, run_with_database
 from aquafleet.gateway.config import Settings
 
@@ -61,7 +60,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
         from aquafleet.models.merchants import WEIXIN, PaymentMerchant
 
-        day = dt.date.fromisoformat(args.date)
+        day = args.date
         vendors = (
             [args.vid]
             if args.vid
@@ -106,7 +105,9 @@ def add_parsers(commands: Any) -> None:
     reconcile = payment_commands.add_parser(
         "reconcile", help="compare WeChat Pay's trade bill of a day with our records"
     )
-    reconcile.add_argument("--date", required=True, help="the bill's day, YYYY-MM-DD (Beijing)")
+    reconcile.add_argument(
+        "--date", required=True, type=parse_date, help="the bill's day, YYYY-MM-DD (Beijing)"
+    )
     reconcile.add_argument("--vid", help="one vendor (default: every vendor with a merchant)")
     reconcile.set_defaults(func=cmd_reconcile)
     for one in (sweep, reconcile):

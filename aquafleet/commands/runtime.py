@@ -11,6 +11,7 @@ import uvloop
 
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.config_sources import load_settings
+from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.logs import configure_logging
 
 
@@ -25,11 +26,21 @@ def named_dids(args: argparse.Namespace) -> list[str]:
     """The devices a command names: its DID arguments, then the `did` column of --from."""
     dids = list(args.did)
     if args.from_csv:
-        with open(args.from_csv, newline="") as handle:
-            dids += [row["did"] for row in csv.DictReader(handle)]
+        try:
+            with open(args.from_csv, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if "did" not in (reader.fieldnames or []):
+                    raise GatewayError(f"--from {args.from_csv}: no did column (did,key)")
+                dids += [row["did"] for row in reader]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise GatewayError(f"--from {args.from_csv}: cannot read it: {_reason(exc)}") from None
     if not dids:
         raise SystemExit("aquafleet: name devices (DID ... or --from devices.csv)")
     return dids
+
+
+def _reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def run(coro_factory: Callable[[], Awaitable[int]]) -> int:

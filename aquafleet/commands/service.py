@@ -8,7 +8,15 @@ import getpass
 import time
 from typing import Any
 
-from aquafleet.commands.output import add_json_flag, emit, fields, iso, parse_time, table
+from aquafleet.commands.output import (
+    add_json_flag,
+    emit,
+    fields,
+    iso,
+    parse_time,
+    table,
+    whole_number,
+)
 from aquafleet.commands.runtime import (
     command_settings,
     named_dids,
@@ -254,17 +262,22 @@ def add_parsers(commands: Any) -> None:
     configure.add_argument("--expires-in-days", type=int, help="time rental: from now")
     configure.add_argument("--low-balance-ml", type=int, help="volume rental: warn below this")
     top_up = service_parser("top-up", "add water to a volume quota (unlocks above 0)")
-    top_up.add_argument("--ml", type=int, required=True)
+    top_up.add_argument("--ml", type=int, required=True, help="water to add, ml")
     top_up.add_argument(
         "--request-id", help="applied once however often it is retried (a repeat says so)"
     )
     extend = service_parser("extend", "extend a time rental (unlocks an expired one)")
     extend_by = extend.add_mutually_exclusive_group(required=True)
-    extend_by.add_argument("--package", choices=["30d", "60d", "90d", "180d", "360d"])
-    extend_by.add_argument("--days", type=int)
+    extend_by.add_argument(
+        "--package", choices=["30d", "60d", "90d", "180d", "360d"], help="a rental package"
+    )
+    extend_by.add_argument("--days", type=int, help="or any number of days")
     service_parser("lock", "lock a device (until unlocked)")
     service_parser("unlock", "lift a person's lock")
     show = service_parser("show", "the live service state, who locked it and why, latest changes")
     show.add_argument(
-        "--history", type=int, default=HISTORY, help=f"changes to list (default {HISTORY})"
+        "--history",
+        type=whole_number(0, 1000),
+        default=HISTORY,
+        help=f"changes to list (default {HISTORY})",
     )

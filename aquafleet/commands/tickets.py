@@ -11,7 +11,7 @@ import datetime as dt
 import sys
 from typing import Any
 
-from aquafleet.commands.output import add_json_flag, emit, iso, table
+from aquafleet.commands.output import LIMIT, add_json_flag, emit, iso, table, whole_number
 from aquafleet.commands.runtime import command_settings, run_with_database
 
 
@@ -232,7 +232,7 @@ def add_parsers(commands: Any) -> None:
     listing.add_argument(
         "--check", action="store_true", help="exit 1 when a listed ticket is overdue (alerts)"
     )
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=LIMIT, default=50, help="most tickets listed (default 50)")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="a ticket and its moves (who, when, from, to, note)")
     show.add_argument("tid", help="the ticket's id (工单号)")
@@ -246,10 +246,15 @@ def add_parsers(commands: Any) -> None:
     )
     stuck.add_argument("--vid", help="one vendor's (default: every vendor's)")
     stuck.add_argument(
-        "--hours", type=int, default=24, help="handed over at least this long ago (default 24)"
+        "--hours",
+        type=whole_number(0, 24 * 3660),
+        default=24,
+        help="handed over at least this long ago (default 24)",
     )
     stuck.add_argument("--check", action="store_true", help="exit 1 when one is listed (alerts)")
-    stuck.add_argument("--limit", type=int, default=100)
+    stuck.add_argument(
+        "--limit", type=LIMIT, default=100, help="most exchanges listed (default 100)"
+    )
     stuck.set_defaults(func=cmd_stuck_exchanges)
     for each in (listing, show, counts, stuck):
         add_json_flag(each)
