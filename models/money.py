@@ -328,6 +328,18 @@ async def paid_fen(oid: str) -> int:
     return total
 
 
+async def order_refundable_fen(oid: str) -> int:
+    """What may still be given back of the order's own payment: what its channels took, less
+    the money they took again for it once it was paid (booked on `order:{oid}:duplicate`, each
+    refunded on its own), less the refunds due, in flight or done that give the order back. A
+    return or a renewal not applied refunds this, never a duplicate a second time."""
+    duplicates = side_balance(await balance(order_account(oid, Part.DUPLICATE)), Side.CREDIT)
+    refunds = [
+        r for r in await Refund.filter(order_oid=oid) if refund_part(r) is not Part.DUPLICATE
+    ]
+    return max(0, refundable_fen(await paid_fen(oid) - duplicates, refunds))
+
+
 def duplicate_payment_key(channel: str, transaction_no: str) -> str:
     """The ledger key of a channel transaction booked as a second payment of an order."""
     return f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]

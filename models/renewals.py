@@ -167,9 +167,9 @@ async def apply_renewal(
     did = order.delivery["devices"][0]
     device = await Device.get_or_none(did=did)
     if device is None or device.owner_id != order.member_id:
-        from aquafleet.models.money import paid_fen, request_refund
+        from aquafleet.models.money import order_refundable_fen, request_refund
 
-        paid = await paid_fen(order.oid)
+        paid = await order_refundable_fen(order.oid)  # a duplicate payment is refunded apart
         if paid:  # the money goes back (once: the refund number is the order's)
             await request_refund(
                 order=order, amount_fen=paid, refund_no=f"renewal-{order.oid}",
