@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments
@@ -36,6 +37,7 @@ from aquafleet.models.money import (
     settle_refund,
     wallet_account,
 )
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -49,6 +51,7 @@ from aquafleet.models.payments import (
     paid_otherwise,
     payment_of_order,
 )
+from aquafleet.models.renewals import apply_renewal, renewals_to_apply
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.wallet import settle_dispenses
 
@@ -67,6 +70,7 @@ class SweepReport:
     bills_queried: int = 0
     bills_paid: int = 0
     dispenses_settled: int = 0
+    renewals_applied: int = 0
     payouts_checked: int = 0
     payouts_paid: int = 0
     payouts_failed: int = 0
@@ -137,6 +141,12 @@ class PaymentService:
         for payment in await bills_to_close(limit):
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
+        if self.apply_service is not None:  # the node's sweep; the shell's has no device side
+            paid_before = dt.datetime.now(dt.UTC) - self.query_after
+            for order in await renewals_to_apply(paid_before, limit):
+                await self._guarded(
+                    report, f"renewal {order.oid}", self._apply_renewal, order, report
+                )
         for payment in await late_bills(self.query_after, limit):
             channel = self.channels.get(payment.channel)
             if channel is None:
@@ -165,6 +175,18 @@ class PaymentService:
             report.errors.append(f"{what}: {exc}")
             log.error("payments_sweep_failed", what=what, why=str(exc))
         return None
+
+    async def _apply_renewal(self, order: Order, report: SweepReport) -> None:
+        """A renewal paid whose device change never happened (models/renewals.py
+        `renewals_to_apply`): changed now, once by its order id, and the order done."""
+        try:
+            await apply_renewal(order, self.apply_service)
+        except (GatewayError, RedisError, OSError) as exc:  # Redis away: the next sweep tries
+            report.errors.append(f"renewal {order.oid}: {exc}")
+            log.warning("payments_sweep_deferred", what=f"renewal {order.oid}", why=str(exc))
+            return
+        report.renewals_applied += 1
+        log.warning("renewal_applied_late", oid=order.oid)
 
     async def _refund_bill(self, refund: Refund) -> Payment | None:
         """The bill a refund goes back through: the order's; for the refund of a duplicate
@@ -300,11 +322,13 @@ class PaymentSweeper:
                     if (
                         report.refunds_sent or report.bills_closed or report.bills_paid
                         or report.payouts_paid or report.payouts_failed
+                        or report.renewals_applied
                     ):  # fmt: skip
                         log.info(
                             "payments_swept", refunds_sent=report.refunds_sent,
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
                             payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
+                            renewals_applied=report.renewals_applied,
                         )  # fmt: skip
             except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")

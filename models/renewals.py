@@ -11,7 +11,9 @@ vending device is refused (409). The order's `delivery` names the device it rene
 Paying it (`models.orders.mark_paid`) applies the renewal at once through `models/service.py`
 with the order id as request id (extend by the days, or top up the ml), then moves the order
 paid -> done (event `renew`, system). The service change goes first: a failure leaves the order
-paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis).
+paid and a retried mark-paid applies it again, once (the request id makes it a no-op in Redis);
+one paid through a channel, whose repeated notification is a duplicate, is applied by the
+payments sweep (`renewals_to_apply`).
 
 Paying re-checks that the member still holds the device: one unbound or returned since the
 order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and a refund of
@@ -25,6 +27,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Subquery
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
@@ -193,3 +196,20 @@ async def apply_renewal(
             raise
         await order.refresh_from_db()
         return order
+
+
+async def renewals_to_apply(paid_before: dt.datetime, limit: int = 100) -> list[Order]:
+    """Renewals paid before `paid_before` whose device was never changed: the change failed
+    (Redis away) or the node died between the payment's transaction and the change, and the
+    channel's repeat of its notification is a duplicate that changes nothing. The payments
+    sweep applies them (`apply_renewal`, once by the order id). Not those refunded because the
+    member no longer holds the device (`renewal-{oid}`)."""
+    from aquafleet.models.money import Refund
+
+    refunded = Subquery(Refund.filter(refund_no__startswith="renewal-").values("order_oid"))
+    return list(
+        await Order.filter(
+            kind=OrderKind.RENEWAL, state=OrderState.PAID, paid_at__lte=paid_before,
+            deleted_at__isnull=True,
+        ).exclude(oid__in=refunded).order_by("paid_at", "id").limit(limit)
+    )  # fmt: skip

@@ -4,9 +4,16 @@ WeChat Pay whose device change failed. The money ledger's check is clean after e
 
 from __future__ import annotations
 
+import datetime as dt
+
+from aquafleet.api.payments import PAYMENTS
+from aquafleet.models.devices import Device
 from aquafleet.models.money import Refund, RefundState, balance, channel_account
 from aquafleet.models.orders import Order, OrderEvent, fire
-from tests.api.conftest import Tenant
+from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
+from tests.api.conftest import ApiClient, Tenant
+from tests.api.test_delivery_api import register
+from tests.api.test_renewals_api import delivered
 from tests.payments.test_wechat_pay_flow import Shop, assert_ledger_clean, shop
 
 __all__ = ["shop"]
@@ -86,4 +93,81 @@ async def test_an_order_paid_twice_is_returned_while_its_duplicate_is_in_flight(
     states = {r.refund_no: r.state for r in await Refund.filter(order_oid=oid)}
     assert states == {twice: RefundState.SUCCEEDED, f"return-{oid}": RefundState.SUCCEEDED}
     assert await _wallet(shop) == total
+    await assert_ledger_clean()
+
+
+async def test_a_renewal_paid_at_wechat_pay_whose_device_change_failed_is_applied_by_the_sweep(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """The member pays a renewal at WeChat Pay; the payment is booked but the device change
+    fails (Redis away, or the node dies before it). WeChat Pay resends its notification, which
+    is then a duplicate: the payments sweep applies the renewal, once, and the order is done."""
+    (did,) = await register(api, shop.vid, 1)
+    await delivered(
+        shop.node, tenants[0], shop.shopper, did, {"product_id": shop.pid, "package": "30d"}
+    )
+    expires = (await DeviceService.get(did=did)).rental_expires_at
+    assert expires is not None
+    renewal = await shop.shopper.client.call(
+        "POST", "/orders/renewals", {"did": did, "package": "30d"}
+    )
+    oid = renewal.data["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    payments = shop.node.app[PAYMENTS]
+    working = payments.apply_service
+
+    async def broken(did: str, change: ServiceChangeRequest) -> object:
+        raise ConnectionError("redis went away")
+
+    payments.apply_service = broken
+    shop.fake.hold = True
+    await shop.fake.pay(bill)
+    notification = shop.fake.held[0]
+    (failed,) = await shop.fake.release()
+    assert failed[0] >= 500  # WeChat Pay resends
+    payments.apply_service = working
+    resent = await shop.fake.deliver(notification)
+    assert resent[0] == 200 and '"outcome":"duplicate"' in resent[1]
+    assert await shop.state(oid) == "paid"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires  # not renewed yet
+
+    assert (await shop.sweep()).renewals_applied == 0  # the notification's own may be running
+    paid_at = (await Order.get(oid=oid)).paid_at
+    assert paid_at is not None
+    await Order.filter(oid=oid).update(paid_at=paid_at - dt.timedelta(seconds=61))  # later
+    report = await shop.sweep()
+    assert report.renewals_applied == 1
+    assert await shop.state(oid) == "done"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 30 * DAY_S
+    assert (await shop.sweep()).renewals_applied == 0  # once
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 30 * DAY_S
+    assert await ServiceChange.filter(did=did, request_id=oid).count() == 1
+    await assert_ledger_clean()
+
+
+async def test_a_paid_renewal_of_a_device_given_back_is_refunded_not_retried(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """A renewal paid for a device the member no longer holds is refunded (renewal-{oid})
+    and stays paid; the sweep does not try to apply it again."""
+    (did,) = await register(api, shop.vid, 1)
+    await delivered(
+        shop.node, tenants[0], shop.shopper, did, {"product_id": shop.pid, "package": "30d"}
+    )
+    renewal = await shop.shopper.client.call(
+        "POST", "/orders/renewals", {"did": did, "package": "30d"}
+    )
+    oid = renewal.data["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await Device.filter(did=did).update(owner_id=None)  # unbound meanwhile
+    await shop.fake.pay(bill)
+    assert shop.fake.answers[-1][0] == 409
+    refund = await Refund.get(refund_no=f"renewal-{oid}")
+    assert refund.amount_fen == renewal.data["amounts"]["total"]
+    paid_at = (await Order.get(oid=oid)).paid_at
+    assert paid_at is not None
+    await Order.filter(oid=oid).update(paid_at=paid_at - dt.timedelta(hours=1))
+    report = await shop.sweep()
+    assert report.renewals_applied == 0 and not any(oid in e for e in report.errors)
+    assert await shop.state(oid) == "paid"
     await assert_ledger_clean()
