@@ -401,11 +401,14 @@ async def topup_wallet(call: Call) -> PrepayOut:
     status=200,
     errors=(404, 409),
     description="C, its own unpaid order: paid at once from its wallet (insufficient_funds "
-    "when the wallet holds less; concurrent spends never overdraw it).",
+    "when the wallet holds less; concurrent spends never overdraw it); a renewal renews its "
+    "device at once.",
 )
 async def pay_with_wallet(call: Call) -> PaymentOut:
     order = await find_order(call.principal, call.params.oid)
-    return await payment_info(await pay_order_from_wallet(order, call.principal.subject))
+    apply_service = call.app[PAYMENTS].apply_service  # a renewal changes its device
+    paid = await pay_order_from_wallet(order, call.principal.subject, apply_service=apply_service)
+    return await payment_info(paid)
 
 
 @routes.post(

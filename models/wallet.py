@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
@@ -32,7 +32,7 @@ from aquafleet.models.money import (
     post,
     wallet_account,
 )
-from aquafleet.models.orders import SYSTEM, Order, pay_order
+from aquafleet.models.orders import SYSTEM, Order, OrderKind, pay_order
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -43,6 +43,9 @@ from aquafleet.models.payments import (
     open_order_bill,
 )
 from aquafleet.models.vending import DispenseSession, DispenseState
+
+if TYPE_CHECKING:
+    from aquafleet.models.delivery import ServiceApplier
 
 WALLET = "wallet"
 MAX_TOPUP_FEN = 2_000_000  # 20,000 yuan a top-up: a purifier bought from the wallet fits
@@ -113,10 +116,14 @@ async def credit_topup(payment: Payment, notice: ChannelPayment) -> Outcome:
 # ----------------------------------------------------------------------------- orders
 
 
-async def pay_order_from_wallet(order: Order, member_uid: str) -> Order:
+async def pay_order_from_wallet(
+    order: Order, member_uid: str, *, apply_service: ServiceApplier | None = None
+) -> Order:
     """Pay the member's own unpaid order from its wallet, at once: PAY fired, the wallet
     debited (guarded: InsufficientFunds, nothing changes) and the bill paid, in one
-    transaction."""
+    transaction. A renewal then changes its device through `apply_service` (pay_order)."""
+    if order.kind is OrderKind.RENEWAL and apply_service is None:
+        raise InvalidInput(f"order {order.oid} is a renewal: paying it needs the device service")
     payment = await open_order_bill(order, member_uid, WALLET)
     now = dt.datetime.now(dt.UTC)
 
@@ -130,6 +137,7 @@ async def pay_order_from_wallet(order: Order, member_uid: str) -> Order:
         order, channel=WALLET, payment_key=member_uid, actor_role=SYSTEM,
         actor_id=f"wallet:{member_uid}",
         reason="paid from the wallet", within=mark, source=wallet_account(member_uid),
+        apply_service=apply_service if order.kind is OrderKind.RENEWAL else None,
     )  # fmt: skip
 
 

@@ -171,3 +171,30 @@ async def test_a_paid_renewal_of_a_device_given_back_is_refunded_not_retried(
     assert report.renewals_applied == 0 and not any(oid in e for e in report.errors)
     assert await shop.state(oid) == "paid"
     await assert_ledger_clean()
+
+
+async def test_a_member_renews_its_device_from_its_wallet(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """A renewal is an order like any other to the wallet: paid from it at once, the device
+    renewed once, the order done."""
+    (did,) = await register(api, shop.vid, 1)
+    line = {"product_id": shop.pid, "package": "30d"}
+    await delivered(shop.node, tenants[0], shop.shopper, did, line)
+    expires = (await DeviceService.get(did=did)).rental_expires_at
+    assert expires is not None
+    renewal = await shop.shopper.client.call(
+        "POST", "/orders/renewals", {"did": did, "package": "30d"}
+    )
+    oid, total = renewal.data["order_id"], renewal.data["amounts"]["total"]
+    topup = await shop.shopper.client.call(
+        "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
+    )
+    await shop.fake.pay(topup.data["bill_no"])
+    paid = await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
+    assert (paid.data["pay_ch"], paid.data["pay_state"]) == ("wallet", "paid")
+    assert await shop.state(oid) == "done"
+    assert await _wallet(shop) == 0
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 30 * DAY_S
+    assert await ServiceChange.filter(did=did, request_id=oid).count() == 1
+    await assert_ledger_clean()
