@@ -99,7 +99,7 @@ async def credit_topup(payment: Payment, notice: ChannelPayment) -> Outcome:
             )  # fmt: skip
             updated = await Payment.filter(id=payment.id, state=PaymentState.PENDING).update(
                 state=PaymentState.PAID, transaction_no=notice.transaction_no[:64],
-                paid_at=now, updated_at=now,
+                paid_at=notice.paid_at or now, updated_at=now,
             )  # fmt: skip
             if not updated:
                 raise Conflict("the top-up was confirmed meanwhile")
