@@ -140,9 +140,11 @@ class PaymentService:
             await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
         if self.apply_service is not None:  # the CLI's sweep has no devices: the node's does it
+            paid_before = dt.datetime.now(dt.UTC) - self.query_after
             finished = await self._guarded(
-                report, "paid renewals", finish_paid_renewals, self.apply_service, limit
-            )
+                report, "paid renewals", finish_paid_renewals, self.apply_service, limit,
+                paid_before,
+            )  # fmt: skip
             report.renewals_finished = finished or 0
         for payment in await late_bills(self.query_after, limit):
             channel = self.channels.get(payment.channel)

@@ -44,6 +44,16 @@ NOTIFY_PATH = "/api/v1/payments/weixin/notify/{vid}"
 REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 
 
+def success_time(transaction: dict[str, Any]) -> dt.datetime | None:
+    """When WeChat Pay says the member paid (`success_time`, RFC 3339 with its offset), as an
+    aware UTC datetime; None when it says none we can read."""
+    try:
+        at = dt.datetime.fromisoformat(str(transaction.get("success_time", "")))
+    except ValueError:
+        return None
+    return at.astimezone(dt.UTC) if at.tzinfo is not None else None
+
+
 class NotificationRefused(WechatPayError):
     """A notification we cannot trust or read: answered as a failure, nothing changes."""
 
@@ -146,6 +156,7 @@ class WechatPayments(PaymentChannel):
             channel=WEIXIN, vendor=vendor_code, bill_no=str(resource.get("out_trade_no", "")),
             transaction_no=str(resource.get("transaction_id", "")),
             amount_fen=int((resource.get("amount") or {}).get("total", -1)),
+            paid_at=success_time(resource),
         )  # fmt: skip
         return await self.apply(notice)
 
@@ -194,6 +205,7 @@ class WechatPayments(PaymentChannel):
                 vendor=payment.vendor_code, bill_no=payment.bill_no,
                 transaction_no=str(answer.get("transaction_id", "")),
                 amount_fen=int((answer.get("amount") or {}).get("total", -1)),
+                paid_at=success_time(answer),
             )
         )  # fmt: skip
 

@@ -328,6 +328,18 @@ async def paid_fen(oid: str) -> int:
     return total
 
 
+async def order_refundable_fen(oid: str) -> int:
+    """What may still be given back of the order's own payment: what its channels took, less
+    the money they took again for it once it was paid (booked on `order:{oid}:duplicate`, each
+    refunded on its own), less the refunds due, in flight or done that give the order back. A
+    return or a renewal not applied refunds this, never a duplicate a second time."""
+    duplicates = side_balance(await balance(order_account(oid, Part.DUPLICATE)), Side.CREDIT)
+    refunds = [
+        r for r in await Refund.filter(order_oid=oid) if refund_part(r) is not Part.DUPLICATE
+    ]
+    return max(0, refundable_fen(await paid_fen(oid) - duplicates, refunds))
+
+
 def duplicate_payment_key(channel: str, transaction_no: str) -> str:
     """The ledger key of a channel transaction booked as a second payment of an order."""
     return f"pay-twice:{channel}:{transaction_no}"[:MAX_KEY]
@@ -414,12 +426,6 @@ class Refund(Model):
 def refundable_fen(paid: int, refunds: Iterable[Refund]) -> int:
     """What may still be refunded: paid minus every refund due, in flight or done."""
     return paid - sum(int(r.amount_fen) for r in refunds if r.state in OUTSTANDING_REFUNDS)
-
-
-async def left_to_refund(oid: str) -> int:
-    """What may still be refunded of an order: what its channels took less every refund of it
-    due, in flight or done (a duplicate payment's, a deposit's, a partial one)."""
-    return refundable_fen(await paid_fen(oid), await Refund.filter(order_oid=oid))
 
 
 def refund_part(refund: Refund) -> Part | None:
@@ -589,6 +595,9 @@ async def check_ledger(*, guarded_prefixes: Sequence[tuple[str, Side]] = ()) -> 
     - every order's refunds (succeeded) never exceed what its channels took, and the refunds
       due, in flight or done never exceed it either;
     - each succeeded refund has its ledger transaction, and no refund transaction lacks one;
+    - no channel (or wallet) gave an order back more than it took for it: what went back
+      through a channel the order was not paid with (or beyond what it took) is money the
+      platform paid out of nothing;
     - accounts under a guarded prefix (wallets: credit side) are never below zero.
     """
     problems: list[LedgerProblem] = []
@@ -603,13 +612,21 @@ async def check_ledger(*, guarded_prefixes: Sequence[tuple[str, Side]] = ()) -> 
             problems.append(LedgerProblem("unbalanced", str(key), f"sums to {sum(amounts)} fen"))
     paid: dict[str, int] = {}
     refunded: dict[str, int] = {}
+    through: dict[tuple[str, str], int] = {}  # (order, channel or wallet): net taken for it
     for oid, account, amount in await MoneyEntry.filter(order_oid__not_isnull=True).values_list(
         "order_oid", "account", "amount_fen"
     ):
-        if str(account).startswith(("channel:", "wallet:")) and amount > 0:
-            paid[oid] = paid.get(oid, 0) + int(amount)
+        if str(account).startswith(("channel:", "wallet:")):
+            through[(oid, account)] = through.get((oid, account), 0) + int(amount)
+            if amount > 0:
+                paid[oid] = paid.get(oid, 0) + int(amount)
         if str(account).endswith(":refund"):
             refunded[oid] = refunded.get(oid, 0) + int(amount)
+    for (oid, account), net in sorted(through.items()):
+        if net < 0:
+            problems.append(
+                LedgerProblem("refund_exceeds_channel", oid, f"{account} gave back {-net} more")
+            )
     refunds = list(await Refund.all())
     outstanding: dict[str, int] = {}
     for refund in refunds:
@@ -629,6 +646,9 @@ async def check_ledger(*, guarded_prefixes: Sequence[tuple[str, Side]] = ()) -> 
         str(key)
         for key in await MoneyTransaction.filter(kind="refund").values_list("key", flat=True)
     }
+    requested = {f"refund:{refund.refund_no}" for refund in refunds}
+    for key in sorted(refund_keys - requested):
+        problems.append(LedgerProblem("refund_without_request", key, "no money_refund row"))
     for refund in refunds:
         key = f"refund:{refund.refund_no}"
         if (refund.state is RefundState.SUCCEEDED) != (key in refund_keys):

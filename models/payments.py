@@ -166,6 +166,10 @@ class ChannelPayment:
     bill_no: str
     transaction_no: str
     amount_fen: int
+    # When the channel says the member paid (WeChat Pay's success_time): the bill's paid_at,
+    # so the bill is paid on the day the channel's own bill lists it (reconciliation), not on
+    # the day a late notification or query reached us. None: when it was applied here.
+    paid_at: dt.datetime | None = None
 
 
 async def _record(notice: ChannelPayment, outcome: Outcome, now: dt.datetime) -> None:
@@ -215,7 +219,7 @@ def _mark_paid_within(payment: Payment, notice: ChannelPayment, now: dt.datetime
     async def within(_order: Order | None = None) -> None:
         await Payment.filter(id=payment.id).update(
             state=PaymentState.PAID, transaction_no=notice.transaction_no[:64],
-            channel=notice.channel, paid_at=now, updated_at=now,
+            channel=notice.channel, paid_at=notice.paid_at or now, updated_at=now,
         )  # fmt: skip
 
     return within

@@ -7,6 +7,10 @@ The channel's day is its own (WeChat Pay's bills run on Beijing time). A differe
 - `amount_mismatch`: both know it, with different amounts;
 - `state_mismatch`: both know it, in different states (paid at the channel, not here; a refund
   succeeded at one side only).
+
+A payment the channel took for an order paid otherwise before (`paid_twice`, or a second
+transaction after close) is booked here as such (`pay-twice:{channel}:{transaction_no}`) and
+refunded on its own: it is no difference (its refund is reconciled as any other).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import io
 from dataclasses import dataclass
 
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.money import Refund, RefundState
+from aquafleet.models.money import Refund, RefundState, duplicate_payment_key, payment_booked
 from aquafleet.models.payments import Payment, PaymentState
 
 BEIJING = dt.timezone(dt.timedelta(hours=8))
@@ -128,6 +132,8 @@ async def compare(vendor: str, channel: str, day: dt.date, rows: list[BillRow]) 
         if bill_no in ours:
             continue
         known = await Payment.get_or_none(bill_no=bill_no, vendor_code=vendor)
+        if await payment_booked(duplicate_payment_key(channel, row.transaction_no)):
+            continue  # a second payment of a paid order, booked as such; its refund is a row
         if known is None:
             found.append(Difference("missing_here", bill_no, "-", f"paid {row.amount_fen}"))
         else:

@@ -12,7 +12,9 @@ Paying it (`models.orders.mark_paid`) applies the renewal at once through `model
 with the order's request id (`order:<oid>`, models.orders.order_request_id: extend by the days,
 or top up the ml), then moves the order paid -> done (event `renew`, system). The service
 change goes first: a failure leaves the order paid and a retried mark-paid applies it again,
-once (the request id makes it a no-op in Redis).
+once (the request id makes it a no-op in Redis); one paid through a channel, whose repeated
+notification is a duplicate, is applied by the payments sweep (`finish_paid_renewals`) once it
+is older than `payments_query_after_s`.
 
 Paying re-checks that the member still holds the device: one unbound or returned since the
 order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and a refund of
@@ -173,9 +175,9 @@ async def apply_renewal(
     did = order.delivery["devices"][0]
     device = await Device.get_or_none(did=did)
     if device is None or device.owner_id != order.member_id:
-        from aquafleet.models.money import paid_fen, request_refund
+        from aquafleet.models.money import order_refundable_fen, request_refund
 
-        paid = await paid_fen(order.oid)
+        paid = await order_refundable_fen(order.oid)  # a duplicate payment is refunded apart
         if paid:  # the money goes back (once: the refund number is the order's)
             await request_refund(
                 order=order, amount_fen=paid, refund_no=f"renewal-{order.oid}",
@@ -202,21 +204,25 @@ async def apply_renewal(
         return order
 
 
-async def finish_paid_renewals(apply_service: ServiceApplier, limit: int) -> int:
+async def finish_paid_renewals(
+    apply_service: ServiceApplier, limit: int, paid_before: dt.datetime
+) -> int:
     """Renewals a failure left paid after their payment was booked (the device change failed
     when the channel's notification or the wallet paid it: Redis away, the node stopped, and
     a resent notification is a duplicate that pays nothing): applied now, each once (the order
-    request id says so). One whose device left its member stays paid with its refund
-    requested and is not tried again; one refused otherwise (a disabled device) is tried at
-    the next call. Returns how many are done now."""
+    request id says so). Only those paid before `paid_before`: a renewal paid a moment ago is
+    being applied by the notification that paid it. One whose device left its member stays
+    paid with its refund requested and is not tried again; one refused otherwise (a disabled
+    device) is tried at the next call. Returns how many are done now."""
     from aquafleet.models.money import Refund
 
     refunded = Refund.filter(refund_no__startswith="renewal-").values("order_oid")
     left_paid = Order.filter(
-        kind=OrderKind.RENEWAL, state=OrderState.PAID, deleted_at__isnull=True
-    ).exclude(oid__in=Subquery(refunded))
+        kind=OrderKind.RENEWAL, state=OrderState.PAID, paid_at__lte=paid_before,
+        deleted_at__isnull=True,
+    ).exclude(oid__in=Subquery(refunded))  # fmt: skip
     finished = 0
-    for order in await left_paid.order_by("id").limit(limit):
+    for order in await left_paid.order_by("paid_at", "id").limit(limit):
         try:
             order = await apply_renewal(order, apply_service)
         except DomainError:

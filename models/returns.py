@@ -5,10 +5,11 @@ AD-14 (已退货, goods back): every device the order shipped, or the replacemen
 gave the member for it, is locked (a person's lock, with the order id in the reason; not one
 another member holds now) and unbound from the member, its shares end; a device that was installed
 gets a dismantle ticket; the order's whole total is recorded as `refund_due_fen` for the payment
-layer, and a refund of what was paid is requested in the money ledger (models/money.py,
-refund number `return-{oid}`) for the payment channel to execute. The locks go first
-(repeating a lock changes nothing), then one transaction moves the order and unbinds the
-devices.
+layer, and a refund of what the order's payment took and was not given back yet is requested
+in the money ledger (models/money.py `order_refundable_fen`, refund number `return-{oid}`; a
+second payment of the order is refunded on its own) for the payment channel to execute. The
+locks go first (repeating a lock changes nothing), then one transaction moves the order and
+unbinds the devices.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.money import left_to_refund, request_refund
+from aquafleet.models.money import order_refundable_fen, request_refund
 from aquafleet.models.orders import (
     MAX_REASON,
     MEMBER,
@@ -143,7 +144,7 @@ async def goods_returned(
             actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
         )  # fmt: skip
         await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
-        left = await left_to_refund(order.oid)  # a duplicate payment's refund went before
+        left = await order_refundable_fen(order.oid)  # a duplicate payment is refunded apart
         if left > 0:
             await request_refund(
                 order=order, amount_fen=left, refund_no=f"return-{order.oid}",

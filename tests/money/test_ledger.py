@@ -196,6 +196,26 @@ async def test_the_check_finds_each_planted_break():
     }
 
 
+async def test_the_check_finds_money_refunded_out_of_nothing():
+    """Two breaks each posting still balances: a refund's money moved with no refund asked
+    for (a `refund:` transaction without its money_refund row), and a refund paid out through
+    a channel that never took the order's money (the order was paid by hand, the refund went
+    out through WeChat Pay). Both are money that left the platform for no payment."""
+    order = await _paid_order()  # 3500 fen, channel manual
+    await post(
+        "refund:GHOST", kind="refund", vendor="MONY", order_oid=order.oid,
+        legs=[Leg(channel_account("manual", "MONY"), -100),
+              Leg(order_account(order.oid, Part.REFUND), 100)],
+    )  # fmt: skip
+    await request_refund(order=order, amount_fen=500, refund_no="R2", reason="x", actor="t")
+    await settle_refund("R2", channel="weixin")
+    found = {(p.what, p.subject) for p in await check_ledger(guarded_prefixes=GUARDED_PREFIXES)}
+    assert found == {
+        ("refund_without_request", "refund:GHOST"),
+        ("refund_exceeds_channel", order.oid),
+    }
+
+
 async def test_the_check_command_says_ok_or_lists_each_problem(db: str, tmp_path: Any):
     order = await _paid_order()
     env = clean_env(data_dir=tmp_path / "data", master_secret=MASTER_SECRET, database_url=db)

@@ -11,7 +11,7 @@ from typing import Any
 from aquafleet.models.money import request_refund
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import Payment, PaymentState
-from aquafleet.models.reconcile import compare, day_bounds, fen_of, parse_trade_bill
+from aquafleet.models.reconcile import BEIJING, compare, day_bounds, fen_of, parse_trade_bill
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeTransaction
 from tests.payments.test_wechat_pay_flow import Shop, shop
@@ -111,3 +111,47 @@ async def test_a_day_is_the_channel_s_beijing_day_whatever_the_hour_in_utc(shop:
         dt.datetime(2026, 12, 6, 16, tzinfo=dt.UTC),
         dt.datetime(2026, 12, 7, 16, tzinfo=dt.UTC),
     )
+
+
+async def test_a_payment_booked_as_paid_twice_is_no_difference(shop: Shop):
+    """The member paid an order from its wallet, then its WeChat Pay bill too: WeChat Pay's
+    bill lists that payment and its refund, and we booked both (`pay-twice`, `twice-...`).
+    The report lists nothing: the bill is not ours as paid at WeChat Pay, yet it is known."""
+    oid = (await shop.order())["order_id"]
+    total = (await Order.get(oid=oid)).total_fen
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    topup = await shop.shopper.client.call(
+        "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
+    )
+    await shop.fake.pay(topup.data["bill_no"])
+    await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
+    await shop.fake.pay(bill)
+    assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]
+    await shop.sweep()  # the duplicate refunded through WeChat Pay
+    await shop.fake.drain()
+    day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    rows = parse_trade_bill(shop.fake.bill_text(day.isoformat()))
+    assert {r.bill_no for r in rows if r.trade_state == "SUCCESS"} == {bill, topup.data["bill_no"]}
+    assert await compare(shop.vid, "weixin", day, rows) == []
+
+
+async def test_a_payment_just_before_midnight_is_on_the_channel_s_day(shop: Shop):
+    """The member pays at 23:59:59 Beijing; the notification (or the sweep's query, when it
+    was lost) is applied here after midnight. The bill is paid on the day WeChat Pay says
+    (its success_time), the day its bill lists it on: neither day's report has a difference.
+    Before, the bill was paid on the day it was applied here: yesterday's report named it
+    state_mismatch (ours paid, theirs paid) and today's missing_at_channel."""
+    today = dt.datetime.now(BEIJING).date()
+    yesterday = today - dt.timedelta(days=1)
+    before_midnight = dt.datetime.combine(today, dt.time(), BEIJING) - dt.timedelta(seconds=1)
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill, at=before_midnight.timestamp())
+    assert '"outcome":"paid"' in shop.fake.answers[-1][1]
+    paid = await Payment.get(bill_no=bill)
+    assert paid.paid_at == before_midnight
+    info = (await shop.shopper.client.call("GET", f"/orders/{oid}/payment")).data
+    assert info["pay_tms"] == before_midnight.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    for day in (yesterday, today):
+        rows = parse_trade_bill(shop.fake.bill_text(day.isoformat()))
+        assert await compare(shop.vid, "weixin", day, rows) == [], day

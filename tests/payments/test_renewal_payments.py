@@ -4,10 +4,12 @@ change failed when its notification came is finished by WeChat Pay's resend."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.orders import Order, mark_paid
 from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.test_delivery_api import PARCEL, register
@@ -16,6 +18,13 @@ from tests.payments.test_wallet import _top_up, _wallet
 from tests.payments.test_wechat_pay_flow import Shop, shop
 
 __all__ = ["shop"]
+
+
+async def _paid_a_while_ago(oid: str) -> None:
+    """The renewal paid longer ago than the sweep leaves to the notification that paid it."""
+    paid_at = (await Order.get(oid=oid)).paid_at
+    assert paid_at is not None
+    await Order.filter(oid=oid).update(paid_at=paid_at - dt.timedelta(seconds=61))
 
 
 async def _renewal(shop: Shop, api: ApiClient, vendor: ApiClient) -> tuple[str, str, int]:
@@ -72,7 +81,9 @@ async def test_a_renewal_whose_device_change_failed_is_finished_by_the_resent_no
     assert await shop.state(renewal) == "paid"  # the member paid; the device is not renewed
     assert (await DeviceService.get(did=did)).rental_expires_at == expires
 
-    # The payments sweep finishes it, once.
+    # The payments sweep finishes it, once, when it is older than a notification's own work.
+    assert (await shop.sweep()).renewals_finished == 0  # the notification's may be running
+    await _paid_a_while_ago(renewal)
     assert (await shop.sweep()).renewals_finished == 1
     assert await shop.state(renewal) == "done"
     assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
@@ -90,6 +101,7 @@ async def test_the_sweep_leaves_a_renewal_whose_device_left_its_member_paid_and_
     bill = (await shop.prepay(renewal)).data["bill_no"]
     await shop.fake.pay(bill)
     assert await shop.state(renewal) == "paid"
+    await _paid_a_while_ago(renewal)
     for _ in range(2):
         assert (await shop.sweep()).renewals_finished == 0
     assert await shop.state(renewal) == "paid"
