@@ -348,8 +348,10 @@ class TicketIn(RequestModel):
     status=201,
     errors=(403, 404, 409),
     description="A+C. A member asks for an exchange, return or fault ticket for a device it "
-    "holds; an admin opens any type for a device of its scope. The ticket takes the device's "
-    "node (agents' scope), place (for dispatch by distance) and owner unless given.",
+    "holds; an admin opens any type for a device of its scope, naming (user_id) a member of "
+    "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
+    "scope; without a device the member's), place (for dispatch by distance) and owner "
+    "unless given.",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body
