@@ -545,6 +545,7 @@ class CompleteIn(RequestModel):
     description="The ticket's technician (or an admin in scope): in progress or waiting -> "
     "done. Maintenance resets the filters replaced on the device (it must be online: 409 "
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
+    "(of the vendor; completed under an agent or dealer node, of that node's subtree) "
     "to the member with the old device's service (the quota it has left at that moment moves "
     "over) and locks and unbinds the old one (a retry after a failure half way naming another "
     "`new_device` than the one the quota went to: 409 handed_over_elsewhere; one naming "

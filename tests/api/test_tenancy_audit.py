@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from aquafleet.models.devices import Device
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import make_member
-from tests.api.test_tickets_api import held_device, register
+from tests.api.test_ticket_work_api import work_through
+from tests.api.test_tickets_api import held_device, register, technician
 
 
 async def test_a_ticket_names_only_a_member_of_its_vendor_and_the_callers_scope(
@@ -41,3 +43,36 @@ async def test_a_ticket_names_only_a_member_of_its_vendor_and_the_callers_scope(
     assert tid in [t["ticket_id"] for t in (await a.agent.call("GET", "/tickets")).data]
     await a.dealer.call("GET", f"/tickets/{tid}", expect=404)
     await b.agent.call("GET", f"/tickets/{tid}", expect=404)
+
+
+async def test_an_exchange_takes_its_replacement_from_the_completers_node(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """A dealer (or its technician) sees only the devices of its node: completing an exchange
+    it may not name another node's stock (the device would be bound to its member and moved
+    into its subtree), as it may not ship one with an order."""
+    a, _b = tenants
+    shopper = await make_member(api_node, api, a.vid, agent_id=a.dealer_id)
+    old = await held_device(api, shopper, a.vid, agent_id=a.dealer_id)
+    warehouse, agents_stock, dealers_stock = await register(api, a.vid, 3)
+    await Device.filter(did=agents_stock).update(agent_id=a.agent_id)
+    await Device.filter(did=dealers_stock).update(agent_id=a.dealer_id)
+    tech_id, tech = await technician(a.dealer, "dealer-swapper", skills=[2])
+    opened = await shopper.client.call("POST", "/tickets", {"type": 2, "device_id": old})
+    tid = opened.data["ticket_id"]
+    await work_through(a.dealer, tech, tech_id, tid)
+    for completer in (tech, a.dealer):
+        for stock in (warehouse, agents_stock):
+            await a.dealer.call("GET", f"/devices/{stock}", expect=404)  # not the dealer's
+            answer = await completer.call(
+                "POST", f"/tickets/{tid}/complete", {"new_device": stock}, expect=404
+            )
+            assert answer.code == "not_found" and stock in answer.body["message"]
+    for stock, node in ((warehouse, None), (agents_stock, a.agent_id)):
+        device = await Device.get(did=stock)
+        assert (device.owner_id, device.agent_id) == (None, node)
+    assert (await a.dealer.call("GET", f"/tickets/{tid}")).data["handed_over_to"] is None
+    # The dealer's own stock will do; so does any of the vendor's for the vendor.
+    done = await tech.call("POST", f"/tickets/{tid}/complete", {"new_device": dealers_stock})
+    assert (done.data["status"], done.data["new_device_id"]) == (6, dealers_stock)
+    assert (await Device.get(did=dealers_stock)).owner_id == shopper.uid
