@@ -7,7 +7,7 @@ from typing import Any
 
 from aquafleet.models.devices import Device
 from tests.api.conftest import ApiClient, Tenant
-from tests.api.shop import make_member
+from tests.api.shop import add_product, make_member
 from tests.api.test_ticket_work_api import work_through
 from tests.api.test_tickets_api import held_device, register, technician
 
@@ -76,3 +76,21 @@ async def test_an_exchange_takes_its_replacement_from_the_completers_node(
     done = await tech.call("POST", f"/tickets/{tid}/complete", {"new_device": dealers_stock})
     assert (done.data["status"], done.data["new_device_id"]) == (6, dealers_stock)
     assert (await Device.get(did=dealers_stock)).owner_id == shopper.uid
+
+
+async def test_a_technician_reads_no_products(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The catalogue is A+C (and visitors): a technician's token gets no admin's view of it
+    (drafts and withdrawn products), nor a visitor's."""
+    a, _b = tenants
+    draft = await add_product(a.vendor, state=0, name="下季新品")
+    _tech_id, tech = await technician(a.vendor, "catalogue-reader", skills=[1])
+    for path in ("/products", f"/products/{draft}", f"/products/{draft}/prof"):
+        for params in (None, {"vid": a.vid}):
+            answer = await tech.call("GET", path, params=params, expect=403)
+            assert answer.code == "forbidden" and "technician" in answer.body["message"]
+    # Admins still read the draft, a member of the vendor does not.
+    assert (await a.agent.call("GET", f"/products/{draft}")).data["name"] == "下季新品"
+    shopper = await make_member(api_node, api, a.vid)
+    await shopper.client.call("GET", f"/products/{draft}", expect=404)
