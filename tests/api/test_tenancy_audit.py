@@ -94,3 +94,33 @@ async def test_a_technician_reads_no_products(
     assert (await a.agent.call("GET", f"/products/{draft}")).data["name"] == "下季新品"
     shopper = await make_member(api_node, api, a.vid)
     await shopper.client.call("GET", f"/products/{draft}", expect=404)
+
+
+# A time zone moves these past the years a datetime (and a database column) holds: their UTC
+# time is in year 10000 or year 0.
+PAST_THE_CALENDAR = ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00")
+
+
+async def test_times_whose_utc_leaves_the_calendar_are_422_not_500(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, _b = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    did = await held_device(api, shopper, a.vid)
+    for value in PAST_THE_CALENDAR:
+        for client, path, name in (
+            (api, "/commission", "since"),
+            (api, "/commission", "until"),
+            (a.vendor, f"/agents/{a.agent_id}/commissions", "since"),
+            (api, "/orders", "since"),
+            (a.vendor, "/orders", "until"),
+        ):
+            answer = await client.call("GET", path, params={name: value}, expect=422)
+            assert answer.data[0]["field"] == name, answer
+        body = {"type": 4, "device_id": did, "appoint_tms": value}
+        answer = await a.vendor.call("POST", "/tickets", body, expect=422)
+        assert answer.data[0]["field"] == "appoint_tms", answer
+    # The calendar's own ends, in UTC, are still times.
+    for value in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"):
+        await api.call("GET", "/orders", params={"since": value})
+        await api.call("GET", "/commission", params={"until": value})
