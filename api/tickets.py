@@ -302,13 +302,16 @@ class StuckExchangeOut(ResponseModel):
     many=True,
     description="A: exchange tickets in the caller's scope (a vendor its own) whose completion "
     "handed the old device's service over at least `hours` ago and that are neither done nor "
-    "cancelled, oldest first: complete them (same new device) or cancel them (gives the "
-    "quota back) before the live store's markers expire (docs/api-tickets.md).",
+    "cancelled, oldest first (`order=desc`: newest first): complete them (same new device) "
+    "or cancel them (gives the quota back) before the live store's markers expire "
+    "(docs/api-tickets.md).",
 )
 async def list_stuck_exchanges(call: Call) -> Page:
     query: StuckQuery = call.query
     now = dt.datetime.now(dt.UTC)
     found = stuck_exchanges(visible_tickets(call.principal), dt.timedelta(hours=query.hours), now)
+    if query.order == "desc":  # newest hand-over first
+        found = found.order_by("-handed_over_at", "-id")
     total = await found.count()
     rows = await found.offset(query.offset).limit(query.limit)
     return Page([stuck_out(t, now) for t in rows], total)

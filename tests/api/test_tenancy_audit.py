@@ -3,9 +3,11 @@ regression test (two vendors, every role, through the real app)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from aquafleet.models.devices import Device
+from aquafleet.models.tickets import Ticket
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import add_product, make_member
 from tests.api.test_ticket_work_api import work_through
@@ -124,3 +126,32 @@ async def test_times_whose_utc_leaves_the_calendar_are_422_not_500(
     for value in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"):
         await api.call("GET", "/orders", params={"since": value})
         await api.call("GET", "/commission", params={"until": value})
+
+
+async def test_the_stuck_exchanges_list_follows_its_order_parameter(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """`order` is one of the list's documented parameters: desc lists the newest first."""
+    a, _b = tenants
+    shopper = await make_member(api_node, api, a.vid)
+    did = await held_device(api, shopper, a.vid)
+    (new,) = await register(api, a.vid, 1)
+    now = dt.datetime.now(dt.UTC)
+    opened = []
+    for hours in (50, 30, 70):
+        answer = await a.vendor.call("POST", "/tickets", {"type": 2, "device_id": did})
+        tid = answer.data["ticket_id"]
+        await Ticket.filter(ticket_id=tid).update(
+            handed_over_to=new, handed_over_at=now - dt.timedelta(hours=hours)
+        )
+        opened.append(tid)
+    fifty, thirty, seventy = opened
+
+    async def listed(**params: str) -> list[str]:
+        found = await a.vendor.call("GET", "/tickets/exchanges/stuck", params=params)
+        return [t["ticket_id"] for t in found.data]
+
+    assert await listed() == [seventy, fifty, thirty]  # oldest first by default
+    assert await listed(order="asc") == [seventy, fifty, thirty]
+    assert await listed(order="desc") == [thirty, fifty, seventy]
+    assert await listed(order="desc", limit="1", offset="1") == [fifty]
