@@ -155,3 +155,24 @@ async def test_the_stuck_exchanges_list_follows_its_order_parameter(
     assert await listed(order="asc") == [seventy, fifty, thirty]
     assert await listed(order="desc") == [thirty, fifty, seventy]
     assert await listed(order="desc", limit="1", offset="1") == [fifty]
+
+
+async def test_disabling_or_deregistering_a_vendor_ends_its_members_sessions(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """Its whole tree is logged out: members too, not only its admins (an access token used
+    to keep working for its lifetime, ordering and commanding devices)."""
+    a, b = tenants
+    mine = await make_member(api_node, api, a.vid)
+    also_mine = await make_member(api_node, api, a.vid)
+    theirs = await make_member(api_node, api, b.vid)
+    for member in (mine, also_mine, theirs):
+        await member.client.call("GET", "/auth/me")
+    await api.call("PUT", f"/vendors/{a.vid}", {"state": 0})
+    for member in (mine, also_mine):
+        answer = await member.client.call("GET", "/auth/me", expect=401)
+        assert answer.code == "unauthorized", answer
+    await theirs.client.call("GET", "/auth/me")  # another vendor's members stay in
+
+    await api.call("DELETE", f"/vendors/{b.vid}")
+    await theirs.client.call("GET", f"/users/{theirs.uid}", expect=401)
