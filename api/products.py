@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 from typing_extensions import TypeAliasType
 
-from aquafleet.api.errors import NotFoundError, Unauthorized, ValidationFailed
+from aquafleet.api.errors import Forbidden, NotFoundError, Unauthorized, ValidationFailed
 from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -47,7 +47,7 @@ from aquafleet.models.products import (
     update_product,
     visible_products,
 )
-from aquafleet.models.tenancy import PLATFORM_OR_VENDOR, Principal, Role
+from aquafleet.models.tenancy import ANY_ROLE, PLATFORM_OR_VENDOR, Principal, Role
 
 routes = RouteTable(
     "products",
@@ -336,10 +336,14 @@ def columns(body: ProductIn | ProductChangeIn) -> dict[str, Any]:
 
 
 async def optional_principal(call: Call) -> Principal | None:
-    """The caller of a public read when it presents credentials (wrong ones answer 401)."""
+    """The caller of a public read when it presents credentials (wrong ones answer 401); the
+    catalogue is A+C: a technician's credentials answer 403 (they would read drafts)."""
     headers = call.request.headers
     if "Authorization" in headers or any(name in headers for name in SIGNED_HEADERS):
-        return await call.app[AUTHENTICATOR].authenticate(call.request, b"")
+        principal = await call.app[AUTHENTICATOR].authenticate(call.request, b"")
+        if principal.role not in ANY_ROLE:
+            raise Forbidden(f"a {principal.role} account may not call this endpoint")
+        return principal
     return None
 
 
@@ -372,7 +376,10 @@ async def changeable_product(call: Call) -> Product:
 
 # ----------------------------------------------------------------------------- routes
 
-READ_ROLES = "A+C; visitors who have not logged in when the vendor allows it (cfg shop_public)"
+READ_ROLES = (
+    "A+C (a technician: 403); visitors who have not logged in when the vendor allows it (cfg "
+    "shop_public)"
+)
 
 
 @routes.get(
@@ -383,7 +390,7 @@ READ_ROLES = "A+C; visitors who have not logged in when the vendor allows it (cf
     query=ProductListQuery,
     response=ProductOut,
     many=True,
-    errors=(401,),
+    errors=(401, 403),
     description=f"{READ_ROLES}. The platform sees every vendor's products (filter by vid); an "
     "admin its vendor's; a member and a visitor the published ones of their vendor, sorted by "
     "sequence.",
@@ -447,7 +454,7 @@ async def add_product(call: Call) -> PidOut:
     params=ProductPath,
     query=ReadQuery,
     response=ProductOut,
-    errors=(401,),
+    errors=(401, 403),
     description=f"{READ_ROLES}.",
 )
 async def read_product(call: Call) -> ProductOut:
@@ -481,7 +488,7 @@ async def change_product(call: Call) -> PidOut:
     params=ProductPath,
     query=ReadQuery,
     response=SpecificationIn,
-    errors=(401,),
+    errors=(401, 403),
     description=f"{READ_ROLES}. 商品属性: the specification (mode, filters, flowmeter).",
 )
 async def read_specification(call: Call) -> SpecificationIn:

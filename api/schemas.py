@@ -13,7 +13,15 @@ import unicodedata
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 if TYPE_CHECKING:
@@ -242,13 +250,58 @@ def _bound_integer_fields(model: type[BaseModel]) -> None:
         model.model_rebuild(force=True)
 
 
+# ----------------------------------------------------------------------------- times
+
+
+def _within_the_calendar(value: dt.datetime) -> dt.datetime:
+    # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC, where every handler and the database
+    # driver convert it: Python's datetime overflows (a 500), SQLite compares it as text.
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(dt.UTC)
+        except OverflowError:
+            raise PydanticCustomError(
+                "datetime_range", "the time is out of range: in UTC, years 1..9999"
+            ) from None
+    return value
+
+
+def _already_in_calendar(annotation: Any) -> bool:
+    return get_origin(annotation) is Annotated and any(
+        isinstance(item, AfterValidator) and item.func is _within_the_calendar
+        for item in annotation.__metadata__
+    )
+
+
+def _bound_datetime_fields(model: type[BaseModel]) -> None:
+    """Every datetime input of `model` refuses a time whose UTC lies outside years 1..9999."""
+    changed = False
+    for info in model.model_fields.values():
+        annotation, optional = info.annotation, False
+        if get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            optional = len(members) < len(get_args(annotation))
+            if len(members) == 1:
+                annotation = members[0]
+        if annotation is not dt.datetime or _already_in_calendar(annotation):
+            continue
+        inner: Any = Annotated[(dt.datetime, *info.metadata, AfterValidator(_within_the_calendar))]
+        info.annotation = typing.Optional[inner] if optional else inner  # noqa: UP045
+        info.metadata = []
+        changed = True
+    if changed:
+        model.model_rebuild(force=True)
+
+
 class _BoundedInputs(BaseModel):
-    """Inputs (bodies, queries, paths): integers strict and bounded to their columns."""
+    """Inputs (bodies, queries, paths): integers strict and bounded to their columns, times
+    within the calendar."""
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         _bound_integer_fields(cls)
+        _bound_datetime_fields(cls)
 
 
 class RequestModel(_BoundedInputs):

@@ -302,13 +302,16 @@ class StuckExchangeOut(ResponseModel):
     many=True,
     description="A: exchange tickets in the caller's scope (a vendor its own) whose completion "
     "handed the old device's service over at least `hours` ago and that are neither done nor "
-    "cancelled, oldest first: complete them (same new device) or cancel them (gives the "
-    "quota back) before the live store's markers expire (docs/api-tickets.md).",
+    "cancelled, oldest first (`order=desc`: newest first): complete them (same new device) "
+    "or cancel them (gives the quota back) before the live store's markers expire "
+    "(docs/api-tickets.md).",
 )
 async def list_stuck_exchanges(call: Call) -> Page:
     query: StuckQuery = call.query
     now = dt.datetime.now(dt.UTC)
     found = stuck_exchanges(visible_tickets(call.principal), dt.timedelta(hours=query.hours), now)
+    if query.order == "desc":  # newest hand-over first
+        found = found.order_by("-handed_over_at", "-id")
     total = await found.count()
     rows = await found.offset(query.offset).limit(query.limit)
     return Page([stuck_out(t, now) for t in rows], total)
@@ -348,8 +351,10 @@ class TicketIn(RequestModel):
     status=201,
     errors=(403, 404, 409),
     description="A+C. A member asks for an exchange, return or fault ticket for a device it "
-    "holds; an admin opens any type for a device of its scope. The ticket takes the device's "
-    "node (agents' scope), place (for dispatch by distance) and owner unless given.",
+    "holds; an admin opens any type for a device of its scope, naming (user_id) a member of "
+    "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
+    "scope; without a device the member's), place (for dispatch by distance) and owner "
+    "unless given.",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body
@@ -543,6 +548,7 @@ class CompleteIn(RequestModel):
     description="The ticket's technician (or an admin in scope): in progress or waiting -> "
     "done. Maintenance resets the filters replaced on the device (it must be online: 409 "
     "device_offline otherwise); install records the installation; exchange binds `new_device` "
+    "(of the vendor; completed under an agent or dealer node, of that node's subtree) "
     "to the member with the old device's service (the quota it has left at that moment moves "
     "over) and locks and unbinds the old one (a retry after a failure half way naming another "
     "`new_device` than the one the quota went to: 409 handed_over_elsewhere; one naming "

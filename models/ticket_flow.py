@@ -218,13 +218,11 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
     vendor_code = device.vendor_id if device is not None else principal.vendor_code
     if vendor_code is None:
         raise InvalidInput("name the device (did) the ticket is for")
-    if member_uid is not None and device is None:
-        from aquafleet.models.members import Member
-
-        member = await Member.get_or_none(uid=member_uid, vendor_id=vendor_code)
-        if member is None or not principal.may_see_vendor(vendor_code):
-            raise NotFound(f"member {member_uid} not found")
     extra: dict[str, Any] = {"priority": request.priority, "address": request.address}
+    if member_uid is not None and principal.role is not Role.MEMBER:
+        member_node = await _named_member_node(principal, member_uid, vendor_code, device)
+        if device is None:  # the ticket belongs to its member's node (agents' scope)
+            extra["agent_id"] = member_node
     if request.appoint_at is not None:
         extra["appoint_at"] = request.appoint_at
     if request.lat_e6 is not None and request.lng_e6 is not None:
@@ -233,6 +231,23 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         vendor_code, request.type, did=request.did, member_uid=member_uid,
         detail=request.detail[:MAX_DETAIL], **extra,
     )  # fmt: skip
+
+
+async def _named_member_node(
+    principal: Principal, uid: str, vendor_code: str, device: Device | None
+) -> int | None:
+    """The agent node of the member an admin names for a ticket: one of the ticket's vendor
+    the caller sees (or the device's owner); NotFound otherwise, as an unknown uid. Another
+    vendor's member would see the ticket, and an exchange would bind the device to it."""
+    from aquafleet.models.members import Member, agent_path_of
+
+    member = await Member.get_or_none(uid=uid, vendor_id=vendor_code)
+    if member is None:
+        raise NotFound(f"member {uid} not found")
+    is_owner = device is not None and device.owner_id == member.uid
+    if not is_owner and not principal.may_see_node(vendor_code, await agent_path_of(member)):
+        raise NotFound(f"member {uid} not found")
+    return member.agent_id
 
 
 # ----------------------------------------------------------------------------- moves

@@ -170,6 +170,19 @@ async def _replacement(ticket: Ticket, new_did: str | None) -> tuple[Device, str
     return old, member
 
 
+async def _check_in_node(principal: Principal, ticket: Ticket, new_did: str) -> None:
+    """A completer under an agent or dealer node (the node's admin, or a technician of it)
+    takes the replacement from the node's subtree, as it ships devices with orders: another
+    node's stock would be bound to its member and moved into its subtree. The platform, the
+    vendor and the vendor's own technicians take any device of the vendor."""
+    if principal.agent_path is None:
+        return
+    if not await Device.exists(
+        did=new_did, vendor_id=ticket.vendor_id, agent__path__startswith=principal.agent_path
+    ):
+        raise NotFound(f"device {new_did} not found")
+
+
 async def _locked_to_complete(ticket: Ticket, role: str, conn: Any) -> Ticket:
     """The ticket's row, locked in `conn`'s transaction, once its locked state allows `role` to
     complete it (TicketStateConflict otherwise): the caller's copy may be stale."""
@@ -385,6 +398,8 @@ async def _complete(
     role, subject = actor_of(principal)
     repointed_from = None
     if ticket.type is TicketType.EXCHANGE:  # a ticket's type never changes: the copy will do
+        if new_device is not None:
+            await _check_in_node(principal, ticket, new_device)
         repointed_from = await _record_hand_over(ticket, role, new_device, work)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:

@@ -29,6 +29,7 @@ from aquafleet.api.tokens import revoke_accounts
 from aquafleet.api.vendors.access import VendorPath, VidOut, changes_of, get_vendor
 from aquafleet.api.vendors.terms import CONFIG_DEFAULTS, VendorConfigOut
 from aquafleet.models.accounts import AdminAccount, set_password
+from aquafleet.models.members import Member
 from aquafleet.models.merchants import merchant_flags, seal_vendor_secrets
 from aquafleet.models.tenancy import PLATFORM_ONLY, Role
 from aquafleet.models.vendors import (
@@ -289,8 +290,16 @@ async def change_vendor(call: Call) -> VidOut:
     await update_vendor(vendor, changes)
     if changes.get("state") is VendorState.DISABLED:
         accounts = await AdminAccount.filter(vendor_id=vendor.code).values_list("role", "id")
-        await revoke_accounts(call.app, [(str(role), str(id_)) for role, id_ in accounts])
+        await log_out_tree(call, vendor, [(str(role), str(id_)) for role, id_ in accounts])
     return VidOut(vid=vendor.code)
+
+
+async def log_out_tree(call: Call, vendor: Vendor, accounts: list[tuple[str, str]]) -> None:
+    """End the sessions of the vendor's whole tree: its admin accounts (agents', dealers' and
+    technicians' too) and its members, whose access tokens would otherwise live on."""
+    await revoke_accounts(call.app, accounts)
+    uids = await Member.filter(vendor_id=vendor.code).values_list("uid", flat=True)
+    await revoke_accounts(call.app, [(str(Role.MEMBER), str(uid)) for uid in uids])
 
 
 @routes.put(
@@ -339,11 +348,11 @@ async def change_vendor_mobile(call: Call) -> VidOut:
     summary="Deregister a vendor",
     roles=PLATFORM_ONLY,
     params=VendorPath,
-    description="注销: the vendor's admins, agents and dealers can no longer log in (their "
-    "sessions end), its app key stops working; its devices, their history and the ledger "
-    "stay. Deregistering again answers 204 too.",
+    description="注销: the vendor's admins, agents, dealers, technicians and members can no "
+    "longer log in (their sessions end), its app key stops working; its devices, their "
+    "history and the ledger stay. Deregistering again answers 204 too.",
 )
 async def deregister(call: Call) -> None:
     vendor = await get_vendor(call)
     accounts = await deregister_vendor(vendor)
-    await revoke_accounts(call.app, accounts)
+    await log_out_tree(call, vendor, accounts)
