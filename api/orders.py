@@ -617,8 +617,9 @@ class DeleteQuery(Query):
     params=OrderPath,
     query=DeleteQuery,
     errors=(404, 409, 422),
-    description="A*. 删除确认: `?confirm=<the order's id>`. Only closed or done orders; the "
-    "deletion is soft: the order leaves every list and read, its rows stay.",
+    description="A*. 删除确认: `?confirm=<the order's id>`. Only closed or done orders, and "
+    "no rental whose member still holds its devices (409 rental_devices_held: end the rental "
+    "first); the deletion is soft: the order leaves every list and read, its rows stay.",
 )
 async def remove_order(call: Call) -> None:
     order = await find_order(call.principal, call.params.oid)

@@ -530,3 +530,41 @@ async def test_device_faults_open_one_ticket_per_device_and_fault_until_done(
     await tech.call("POST", f"/tickets/{leak}/complete", {"note": "seal replaced"})
     assert await watch.after_batch([fault_row(did, 9, EventKind.LEAK)], {}) == 1
     assert await Ticket.filter(type=TicketType.FAULT, device_id=did).count() == 2
+
+
+async def test_a_done_rental_is_deleted_only_once_its_devices_are_back(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """AD-15 on a done rental the member still holds: deleting it would leave 退租 (and the
+    deposit it returns) answering 404 for ever."""
+    from aquafleet.models.order_timers import TimerSettings, sweep
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)  # deposit 50000 fen
+    shopper = await make_member(api_node, api, a.vid)
+    body = order_body({"product_id": pid, "package": "30d"})
+    oid = (await shopper.client.call("POST", "/orders", body)).data["order_id"]
+    (did,) = await register(api, a.vid, 1)
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+    await shopper.client.call("POST", f"/orders/{oid}/status/confirm", {})
+    week = dt.timedelta(days=7, seconds=1)
+    await sweep(dt.datetime.now(dt.UTC) + week, TimerSettings())
+    assert (await a.vendor.call("GET", f"/orders/{oid}")).data["state_name"] == "done"
+
+    refused = await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=409)
+    assert refused.body["code"] == "rental_devices_held"
+    assert refused.body["data"] == {"devices": [did]} and did in refused.body["message"]
+    assert (await shopper.client.call("GET", f"/orders/{oid}")).data["order_id"] == oid
+
+    ended = {"device_id": did, "reason": "搬家"}
+    tid = (await shopper.client.call("POST", f"/orders/{oid}/rental/end", ended)).data["ticket_id"]
+    await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=409)  # not dismantled yet
+    tech_id, tech = await technician(a.vendor, "dismantler", skills=[6])
+    await work_through(a.vendor, tech, tech_id, tid)
+    await tech.call("POST", f"/tickets/{tid}/complete", {"note": "collected"})
+    (refund,) = await Refund.filter(order_oid=oid)
+    assert (refund.amount_fen, refund.part) == (50000, "deposit")
+
+    await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=204)  # the rental is over
+    await shopper.client.call("GET", f"/orders/{oid}", expect=404)
