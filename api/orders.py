@@ -313,7 +313,8 @@ async def list_orders(call: Call) -> Page:
     "rents the product with that package (rent + deposit), one without buys it (price). Every "
     "amount is computed here (goods, freight, install fee, deposit, rent); a `price` sent is "
     f"ignored. An `{IDEMPOTENCY_HEADER}` header (1..{MAX_IDEMPOTENCY_KEY} characters) makes a "
-    "retried create answer the first order instead of making a second.",
+    "retried create answer the first order instead of making a second; the key sent with "
+    "another request answers 409 idempotency_key_reused.",
 )
 async def add_order(call: Call) -> OrderOut:
     body: OrderIn = call.body

@@ -18,6 +18,8 @@ in `OrderTransition` with who made it and why.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,6 +168,9 @@ class Order(Model):
     total_fen = fields.BigIntField(default=0)
     delivery: dict[str, Any] | None = fields.JSONField(null=True)
     idempotency_key = fields.CharField(max_length=MAX_IDEMPOTENCY_KEY, null=True)
+    # A digest of the request that made the order (request_digest): the key sent again with
+    # another request is refused. Null on orders made before it was recorded.
+    request_hash = fields.CharField(max_length=64, null=True)
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
     paid_at = fields.DatetimeField(null=True)
@@ -436,10 +441,56 @@ async def resolve_referral(member: Member, code: str | None) -> Attribution:
     return Attribution(agent.id, None)
 
 
-async def _existing(member_uid: str, key: str | None) -> Order | None:
+class IdempotencyKeyReused(Conflict):
+    """An Idempotency-Key sent again with another request than the one that made its order:
+    answering that order would make the client think it made the order it asked for now."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, key: str, first: Order) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} made order {first.oid} from another request: "
+            "a new order needs a new key"
+        )
+        self.oid = first.oid
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"order_id": self.oid}
+
+
+def request_digest(kind: str, request: Mapping[str, Any]) -> str:
+    """What a create asked, as a digest: sha256 of its canonical JSON (sorted keys)."""
+    canonical = json.dumps(
+        [kind, request], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def order_digest(request: OrderRequest) -> str:
+    """AD-02's request as a digest: lines, receiver, memo and referral code."""
+    code = request.referral_code
+    return request_digest(
+        "order",
+        {
+            "lines": [[line.product_id, line.quantity, line.package] for line in request.lines],
+            "receiver": dict(request.receiver),
+            "memo": request.memo,
+            "referral_code": code.strip().upper() if code is not None else None,
+        },
+    )
+
+
+async def first_of_key(member_uid: str, key: str | None, digest: str) -> Order | None:
+    """The order the member made with `key` before, when the request was the same; another
+    request under that key is IdempotencyKeyReused. An order made before requests were
+    recorded (no digest) answers as it did."""
     if key is None:
         return None
-    return await Order.get_or_none(member_id=member_uid, idempotency_key=key)
+    first = await Order.get_or_none(member_id=member_uid, idempotency_key=key)
+    if first is not None and first.request_hash not in (None, digest):
+        raise IdempotencyKeyReused(key, first)
+    return first
 
 
 async def create_order(
@@ -447,11 +498,13 @@ async def create_order(
 ) -> tuple[Order, bool]:
     """AD-02: price every line from the products, store the breakdown and the snapshots, and
     take the vendor's next order id, in one transaction. Returns (order, created): with an
-    idempotency key used before, the first order and False."""
+    idempotency key used before for the same request, the first order and False (another
+    request: IdempotencyKeyReused)."""
     key = request.idempotency_key
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-    first = await _existing(member.uid, key)
+    digest = order_digest(request)
+    first = await first_of_key(member.uid, key, digest)
     if first is not None:
         return first, False
     if member.state not in LOGIN_ALLOWED:
@@ -487,7 +540,8 @@ async def create_order(
                 vendor_id=member.vendor_id, member_id=member.uid, agent_id=attribution.agent_id,
                 referrer_uid=attribution.referrer_uid, kind=kind, receiver=dict(request.receiver),
                 memo=request.memo, total_fen=sum(p.amount_fen for p in priced),
-                idempotency_key=key, created_at=now, updated_at=now, **totals,
+                idempotency_key=key, request_hash=digest, created_at=now, updated_at=now,
+                **totals,
             )  # fmt: skip
             for position, line in enumerate(priced, start=1):
                 await OrderLine.create(
@@ -498,7 +552,7 @@ async def create_order(
                 )  # fmt: skip
     except IntegrityError:
         # The same key raced in from a retry: the one that committed first is the order.
-        first = await _existing(member.uid, key)
+        first = await first_of_key(member.uid, key, digest)
         if first is None:
             raise
         return first, False

@@ -47,8 +47,10 @@ from aquafleet.models.orders import (
     OrderTransition,
     applied_under_order_id,
     fire,
+    first_of_key,
     format_order_id,
     order_request_id,
+    request_digest,
 )
 from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
 from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
@@ -89,10 +91,10 @@ async def create_renewal(
     key = idempotency_key
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-    if key is not None:
-        first = await Order.get_or_none(member_id=member.uid, idempotency_key=key)
-        if first is not None:
-            return first, False
+    digest = request_digest("renewal", {"did": did, "package": package_key, "memo": memo})
+    first = await first_of_key(member.uid, key, digest)
+    if first is not None:
+        return first, False
     if member.state not in LOGIN_ALLOWED:
         raise Conflict(f"member {member.uid} cannot order (disabled or deregistered)")
     await shop_vendor(member.vendor_id)
@@ -126,7 +128,7 @@ async def create_renewal(
                 vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
                 referrer_uid=member.referrer_id, kind=OrderKind.RENEWAL, receiver={},
                 memo=memo, rent_fen=rent, total_fen=rent, delivery={"devices": [did]},
-                idempotency_key=key, created_at=now, updated_at=now,
+                idempotency_key=key, request_hash=digest, created_at=now, updated_at=now,
             )  # fmt: skip
             await OrderDevice.create(order=order, did=did)
             await OrderLine.create(
@@ -135,8 +137,8 @@ async def create_renewal(
                 snapshot=snapshot(product),
             )  # fmt: skip
     except IntegrityError:
-        first = await Order.get_or_none(member_id=member.uid, idempotency_key=key)
-        if key is None or first is None:
+        first = await first_of_key(member.uid, key, digest)
+        if first is None:
             raise
         return first, False
     return order, True

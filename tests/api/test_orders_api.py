@@ -130,6 +130,31 @@ async def test_a_retried_create_answers_the_first_order(
     assert await Order.filter(member_id=one.uid).count() == 2
 
 
+async def test_a_key_sent_again_with_another_order_is_refused(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    a, _ = tenants
+    pid = await add_product(a.vendor)
+    shopper = await make_member(api_node, api, a.vid)
+    body = order_body({"product_id": pid})
+    key = {"Idempotency-Key": "checkout-1"}
+    first = await shopper.client.call("POST", "/orders", body, headers=key, expect=201)
+    others = [
+        order_body({"product_id": pid, "quantity": 2}),  # another quantity
+        order_body({"product_id": pid, "package": "30d"}),  # rented, not bought
+        {**body, "memo": "another memo"},
+        {**body, "receiver": {**body["receiver"], "address": "another street 9"}},
+        {**body, "referral_code": f"A{a.agent_id}"},
+    ]
+    for other in others:
+        refused = await shopper.client.call("POST", "/orders", other, headers=key, expect=409)
+        assert refused.body["code"] == "idempotency_key_reused"
+        assert refused.body["data"] == {"order_id": first.data["order_id"]}
+    again = await shopper.client.call("POST", "/orders", body, headers=key, expect=201)
+    assert again.data == first.data  # the same request still answers the first order
+    assert await Order.filter(member_id=shopper.uid).count() == 1
+
+
 async def test_only_what_is_on_sale_can_be_ordered(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
 ):

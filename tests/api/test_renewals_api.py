@@ -84,6 +84,16 @@ async def test_a_renewal_costs_the_rent_and_paying_it_extends_the_device_once(
     order = (await shopper.client.call("POST", "/orders/renewals", body, headers=headers)).data
     again = (await shopper.client.call("POST", "/orders/renewals", body, headers=headers)).data
     assert again["order_id"] == order["order_id"]
+    # The key sent again with another renewal (or an AD-02 order) is refused, not answered.
+    for path, other in (
+        ("/orders/renewals", {**body, "package": "30d"}),
+        ("/orders/renewals", {**body, "memo": "one more month"}),
+        ("/orders", order_body({"product_id": pid})),
+    ):
+        refused = await shopper.client.call("POST", path, other, headers=headers, expect=409)
+        assert refused.body["code"] == "idempotency_key_reused"
+        assert refused.body["data"] == {"order_id": order["order_id"]}
+    assert await Order.filter(kind=3).count() == 1
     assert (order["type"], order["state_name"], order["memo"]) == (3, "obligation", body["memo"])
     amounts = order["amounts"]
     assert (amounts["rent"], amounts["deposit"], amounts["freight"], amounts["install"]) == (
