@@ -198,6 +198,10 @@ class Metrics:
         "Payment notifications naming another amount than the bill's (alerted, never paid)"
     )
     payments_refunds_sent: int = _counter("Refunds sent to a payment channel")
+    payments_renewals_refused: int = _counter(
+        "Tries of the payments sweep to apply a paid renewal that were refused (a disabled "
+        "device, say; the reason is logged): paid, not renewed"
+    )
     wechatpay_answers_unverified: int = _counter(
         "WeChat Pay answers (errors included) whose signature was missing or did not verify: "
         "not taken, asked again"

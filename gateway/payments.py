@@ -49,7 +49,7 @@ from aquafleet.models.payments import (
     paid_otherwise,
     payment_of_order,
 )
-from aquafleet.models.renewals import finish_paid_renewals
+from aquafleet.models.renewals import RenewalsSwept, finish_paid_renewals
 from aquafleet.models.sealed import SecretBox
 from aquafleet.models.wallet import settle_dispenses
 
@@ -69,6 +69,7 @@ class SweepReport:
     bills_paid: int = 0
     dispenses_settled: int = 0
     renewals_finished: int = 0
+    renewals_refused: int = 0  # paid, not applied: the device refused (named in errors)
     payouts_checked: int = 0
     payouts_paid: int = 0
     payouts_failed: int = 0
@@ -141,11 +142,12 @@ class PaymentService:
         report.dispenses_settled = await settle_dispenses(limit)
         if self.apply_service is not None:  # the CLI's sweep has no devices: the node's does it
             paid_before = dt.datetime.now(dt.UTC) - self.query_after
-            finished = await self._guarded(
+            renewals = await self._guarded(
                 report, "paid renewals", finish_paid_renewals, self.apply_service, limit,
                 paid_before,
             )  # fmt: skip
-            report.renewals_finished = finished or 0
+            if renewals is not None:
+                self._renewals_swept(renewals, report)
         for payment in await late_bills(self.query_after, limit):
             channel = self.channels.get(payment.channel)
             if channel is None:
@@ -161,6 +163,16 @@ class PaymentService:
         report.payouts_failed = payouts.failed
         report.errors.extend(payouts.errors)
         return report
+
+    def _renewals_swept(self, renewals: RenewalsSwept, report: SweepReport) -> None:
+        """Counted, and each refused renewal logged and named in the report: the member paid
+        and its device is not renewed until someone looks (GET /orders?type=3&state=1)."""
+        report.renewals_finished = renewals.finished
+        report.renewals_refused = len(renewals.refused)
+        self.metrics.payments_renewals_refused += len(renewals.refused)
+        for oid, why in renewals.refused:
+            report.errors.append(f"renewal {oid}: {why}")
+            log.error("renewal_not_applied", order_id=oid, why=why)
 
     async def _guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
         try:
@@ -309,11 +321,14 @@ class PaymentSweeper:
                     if (
                         report.refunds_sent or report.bills_closed or report.bills_paid
                         or report.payouts_paid or report.payouts_failed
+                        or report.renewals_finished or report.renewals_refused
                     ):  # fmt: skip
                         log.info(
                             "payments_swept", refunds_sent=report.refunds_sent,
                             bills_closed=report.bills_closed, bills_paid=report.bills_paid,
                             payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
+                            renewals_finished=report.renewals_finished,
+                            renewals_refused=report.renewals_refused,
                         )  # fmt: skip
             except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")

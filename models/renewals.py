@@ -25,6 +25,7 @@ for the payment channel to pay back (models/money.py).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tortoise.exceptions import IntegrityError
@@ -206,16 +207,27 @@ async def apply_renewal(
         return order
 
 
+@dataclass(frozen=True, slots=True)
+class RenewalsSwept:
+    """What one pass of `finish_paid_renewals` did: how many are done now, and the renewals
+    refused (order id, why), each tried again at a later pass after the others."""
+
+    finished: int = 0
+    refused: tuple[tuple[str, str], ...] = ()
+
+
 async def finish_paid_renewals(
     apply_service: ServiceApplier, limit: int, paid_before: dt.datetime
-) -> int:
+) -> RenewalsSwept:
     """Renewals a failure left paid after their payment was booked (the device change failed
     when the channel's notification or the wallet paid it: Redis away, the node stopped, and
     a resent notification is a duplicate that pays nothing): applied now, each once (the order
     request id says so). Only those paid before `paid_before`: a renewal paid a moment ago is
     being applied by the notification that paid it. One whose device left its member stays
     paid with its refund requested and is not tried again; one refused otherwise (a disabled
-    device) is tried at the next call. Returns how many are done now."""
+    device) is tried again at a later call. The least recently tried go first: each renewal
+    tried goes to the back (its `updated_at`), so a batch of renewals refused every time never
+    starves a newer one (as the sweep's late bills, models/payments.py `late_bills`)."""
     from aquafleet.models.money import Refund
 
     refunded = Refund.filter(refund_no__startswith="renewal-").values("order_oid")
@@ -223,12 +235,17 @@ async def finish_paid_renewals(
         kind=OrderKind.RENEWAL, state=OrderState.PAID, paid_at__lte=paid_before,
         deleted_at__isnull=True,
     ).exclude(oid__in=Subquery(refunded))  # fmt: skip
-    finished = 0
-    for order in await left_paid.order_by("paid_at", "id").limit(limit):
+    finished, refused = 0, []
+    for order in await left_paid.order_by("updated_at", "id").limit(limit):
+        # To the back first: whatever this try ends in (a failure that is no DomainError
+        # included), the next pass starts with the others.
+        tried = dt.datetime.now(dt.UTC)
+        await Order.filter(id=order.id, state=OrderState.PAID).update(updated_at=tried)
         try:
             order = await apply_renewal(order, apply_service)
-        except DomainError:
-            continue  # gone (its refund is requested now), or refused: see the docstring
+        except DomainError as exc:  # gone (its refund is requested now), or refused
+            refused.append((order.oid, f"{exc.code}: {exc}"))
+            continue
         if order.state is OrderState.DONE:
             finished += 1
-    return finished
+    return RenewalsSwept(finished, tuple(refused))

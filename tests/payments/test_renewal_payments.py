@@ -8,8 +8,10 @@ import datetime as dt
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway.errors import RedisUnavailable
+from aquafleet.models.devices import DeviceState
 from aquafleet.models.money import Refund
 from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.registry import set_device_state
 from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.test_delivery_api import PARCEL, register
@@ -107,3 +109,52 @@ async def test_the_sweep_leaves_a_renewal_whose_device_left_its_member_paid_and_
     assert await shop.state(renewal) == "paid"
     assert (await DeviceService.get(did=did)).rental_expires_at == expires
     assert await Refund.filter(refund_no=f"renewal-{renewal}").count() == 1
+
+
+async def _left_paid(shop: Shop, renewal: str) -> None:
+    """The renewal paid at WeChat Pay while its device change failed (Redis away) and left
+    paid, longer ago than the sweep leaves to the notification."""
+    service = shop.node.app[PAYMENTS]
+    working = service.apply_service
+
+    async def broken(did: str, change: ServiceChangeRequest) -> object:
+        raise RedisUnavailable("redis went away")
+
+    service.apply_service = broken
+    try:
+        await shop.fake.pay((await shop.prepay(renewal)).data["bill_no"])
+    finally:
+        service.apply_service = working
+    assert await shop.state(renewal) == "paid"
+    await _paid_a_while_ago(renewal)
+
+
+async def test_renewals_refused_every_pass_never_starve_a_newer_one(
+    shop: Shop, api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """More paid renewals refused every time (their devices disabled) than a sweep's batch:
+    each tried goes to the back, so a renewal paid after them is applied at the next pass;
+    the refused ones are counted and named."""
+    vendor = tenants[0].vendor
+    refused = [await _renewal(shop, api, vendor) for _ in range(2)]
+    newer, did, expires = await _renewal(shop, api, vendor)
+    for renewal, _, _ in refused:
+        await _left_paid(shop, renewal)
+    await _left_paid(shop, newer)
+    for _, disabled, _ in refused:
+        await set_device_state(disabled, DeviceState.DISABLED)  # aquafleet devices disable
+
+    first = await shop.sweep(limit=2)  # the oldest two: refused
+    assert (first.renewals_finished, first.renewals_refused) == (0, 2)
+    for renewal, disabled, _ in refused:
+        (named,) = [e for e in first.errors if renewal in e]
+        assert "device_disabled" in named and disabled in named
+    assert shop.metrics.payments_renewals_refused == 2
+    second = await shop.sweep(limit=2)
+    assert second.renewals_finished == 1
+    assert await shop.state(newer) == "done"
+    assert (await DeviceService.get(did=did)).rental_expires_at == expires + 60 * DAY_S
+    for renewal, _, _ in refused:
+        assert await shop.state(renewal) == "paid"  # still listed: GET /orders?type=3&state=1
+    third = await shop.sweep(limit=2)
+    assert (third.renewals_finished, third.renewals_refused) == (0, 2)
