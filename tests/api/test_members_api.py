@@ -312,6 +312,29 @@ async def test_an_unknown_number_gets_the_same_answer_to_a_login_code_request(
     assert (again.status, again.body) == (known_again.status, known_again.body)
 
 
+async def test_a_wrong_login_code_answers_the_same_for_an_unknown_number(
+    tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms
+):
+    """The code request tells no one who is registered; the login with a wrong code must not
+    tell it either (it said "wrong code; 4 tries left" only where a code had been sent)."""
+    a, _ = tenants
+    await members.register(a.vid, "13800138000")
+    code = await members.code("/users/login/code", "13800138000", vid=a.vid)
+    await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}
+    )
+    wrong = "000000" if code != "000000" else "111111"
+    answers = [
+        await members.public.call(
+            "POST", "/users/login", {"vid": a.vid, "mobile": mobile, "code": wrong}, expect=401
+        )
+        for mobile in ("13800138000", "13700137000")
+    ]
+    known, unknown = ((x.status, x.code, x.body["message"]) for x in answers)
+    assert known == unknown and known[:2] == (401, "login_failed"), answers
+    assert "tries" not in known[2]
+
+
 async def test_wrong_passwords_from_one_address_do_not_lock_the_member_out(
     tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
