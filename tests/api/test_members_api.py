@@ -523,6 +523,25 @@ async def test_password_change(tenants: tuple[Tenant, Tenant], members: MemberAp
     assert login.status == 200
 
 
+async def test_wrong_old_passwords_wait_like_login_guesses(
+    tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    """A stolen member token must not be a fast oracle for the member's password (as for
+    admins at PUT /auth/pwd): wrong old passwords from one address wait longer each time."""
+    a, _ = tenants
+    uid, me = await members.register(a.vid, "13800138000", pwd="old")
+    wrong = {"old_pwd": md5("bad"), "new_pwd": md5("n")}
+    statuses = [
+        (await me.call("PUT", f"/users/{uid}/pwd", wrong, expect=expected)).status
+        for expected in [401] * 5 + [429] * 2
+    ]
+    assert statuses == [401] * 5 + [429] * 2
+    right = {"old_pwd": md5("old"), "new_pwd": md5("n")}
+    refused = await me.call("PUT", f"/users/{uid}/pwd", right, expect=429)
+    assert int(refused.headers["Retry-After"]) >= 1  # even the right one waits
+    assert (await me.call("GET", f"/users/{uid}")).status == 200  # nothing changed
+
+
 async def test_mobile_change_with_a_code_sent_to_the_new_number(
     tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
