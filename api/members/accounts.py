@@ -247,14 +247,22 @@ async def reset_target(call: Call, uid: str, mobile: str | None) -> Member:
     status=200,
     errors=(401, 403, 404, 429, 503),
     description="Public (seed: A#+C; but who forgot the password has no token): the mobile "
-    "must be the member's own. With a token, the seed's roles apply.",
+    "must be the member's own. Without a token a 404 counts against the code limits like a "
+    "sent code. With a token, the seed's roles apply.",
 )
 async def send_reset_code(call: Call) -> None:
     query: MemberCodeQuery = call.query
     check_same_uid(query.uid, call.params.uid)
-    member = await reset_target(call, call.params.uid, query.mobile)
-    if member.state not in LOGIN_ALLOWED:
-        raise NotFoundError("no member with this uid and mobile")
+    try:
+        member = await reset_target(call, call.params.uid, query.mobile)
+        if member.state not in LOGIN_ALLOWED:
+            raise NotFoundError("no member with this uid and mobile")
+    except NotFoundError:
+        if not call.request.headers.get("Authorization"):
+            # Anonymous: a refused pair counts like a real request (limits per number and IP),
+            # or uid and number pairs could be tried at full speed (uids are sequential).
+            await call.app[MEMBERS].codes.check_limits(query.mobile, ip=call.client_ip)
+        raise
     await send_code(call, CodePurpose.RESET, member.vendor_id, query.mobile)
 
 

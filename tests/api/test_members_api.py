@@ -599,6 +599,37 @@ async def test_password_reset_is_public_and_needs_the_members_own_number(
     assert (again.status, again.code) == (422, "sms_code_invalid")
 
 
+async def test_anonymous_reset_code_probes_count_against_the_code_limits(
+    tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    """A refused uid and number pair cost nothing, so pairs could be tried at full speed (uids
+    are sequential) to find a number's uid; now it counts like a code sent to that number."""
+    a, _ = tenants
+    uid, _ = await members.register(a.vid, "13800138000")
+    members.clock.now += 61
+    unknown = member_uid(a.vid, 999)
+    first = await members.public.call(
+        "GET", f"/users/{unknown}/rst/code", params={"mobile": "13800138000"}, expect=404
+    )
+    assert first.status == 404
+    second = await members.public.call(
+        "GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"}, expect=429
+    )
+    assert second.status == 429 and int(second.headers["Retry-After"]) >= 1
+    # Two requests from this address counted so far (the registration code, the first probe;
+    # the refused second one is not): the per-IP cap of 30 an hour leaves 28 more.
+    expected = [404] * 28 + [429] * 2
+    statuses = [
+        (
+            await members.public.call(
+                "GET", f"/users/{unknown}/rst/code", params={"mobile": f"139{n:08d}"}, expect=e
+            )
+        ).status
+        for n, e in enumerate(expected)
+    ]
+    assert statuses == expected
+
+
 # ----------------------------------------------------------------------------- WeChat
 
 
