@@ -11,7 +11,8 @@ are stored, so a Redis dump holds nothing a client could send).
   live session (an old, already rotated one: a sign it was stolen and used by someone else)
   ends the session for everyone.
 - revoke: logout deletes the session; `revoke_subject` ends every session of an account
-  (password change, disabling, deregistration), through a set of sids per account.
+  (password change, disabling, deregistration), through a set of sids per account, which every
+  login and refresh keeps alive as long as the session it extends.
 
 Verified access tokens are kept in memory for `cache_s` (default 5 s, within the token's
 lifetime) so that a busy client's requests do not each read Redis (a round trip on every
@@ -305,8 +306,15 @@ class TokenService:
         self._forget(sid)  # the access token changes (or the session ends) here
         with redis_errors("token refresh"):
             result = int(await self._rotate(keys=[key], args=args))
-            if result > 0:  # the old access token is void everywhere at once
-                await self.redis.publish(self.revoked_channel, sid)
+            if result > 0:
+                subject_key = self._subject_key(principal.role, principal.subject)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.publish(self.revoked_channel, sid)  # the old access token: void now
+                    # The session now outlives the login's expiry of the account's set of sids:
+                    # keep the set as long, or revoke_subject would no longer find this session.
+                    pipe.sadd(subject_key, sid)
+                    pipe.pexpire(subject_key, self.refresh_ttl_s * 1000)
+                    await pipe.execute()
         if result == 0:
             raise TokenRejected("the refresh token is unknown, expired or revoked")
         if result < 0:

@@ -161,14 +161,33 @@ async def limit_member_login(call: Call, vendor_code: str, mobile: str | None) -
     per_ip.raise_if_refused("login attempts from this address")
     if mobile is None:
         return
-    backoff = ratelimit.Backoff(
+    guesses = await ratelimit.attempt(
+        redis, login_guess_key(call, vendor_code, mobile), _guess_backoff(settings)
+    )
+    guesses.raise_if_refused("wrong passwords or codes for this mobile from this address")
+
+
+def _guess_backoff(settings: Settings) -> ratelimit.Backoff:
+    return ratelimit.Backoff(
         free=settings.member_login_free_attempts,
         base_s=1,
         max_s=settings.member_login_max_wait_s,
         forget_s=settings.member_login_window_s,
     )
-    guesses = await ratelimit.attempt(redis, login_guess_key(call, vendor_code, mobile), backoff)
-    guesses.raise_if_refused("wrong passwords or codes for this mobile from this address")
+
+
+def password_guess_key(call: Call, member: Member) -> str:
+    """The login back-off key of the member from this address (its uid when it has no mobile)."""
+    return login_guess_key(call, member.vendor_id, member.mobile or member.uid)
+
+
+async def limit_password_guesses(call: Call, member: Member) -> None:
+    """Old-password guesses (AA-05) wait like login guesses from this address: a stolen token
+    must not turn into a fast password oracle."""
+    decision = await ratelimit.attempt(
+        redis_of(call.app), password_guess_key(call, member), _guess_backoff(settings_of(call.app))
+    )
+    decision.raise_if_refused("wrong passwords for this member from this address")
 
 
 async def end_sessions(call: Call, member: Member) -> None:

@@ -12,7 +12,10 @@ from aquafleet.api.members.access import (
     MEMBERS,
     check_same_uid,
     end_sessions,
+    limit_password_guesses,
     member_out,
+    password_guess_key,
+    redis_of,
     send_code,
     visible_member,
 )
@@ -28,6 +31,7 @@ from aquafleet.api.members.schemas import (
 )
 from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, Page, RouteTable
 from aquafleet.gateway.logs import get_logger
+from aquafleet.models import ratelimit
 from aquafleet.models.devices import bound_device_counts
 from aquafleet.models.errors import NotFound
 from aquafleet.models.members import (
@@ -156,21 +160,24 @@ async def update_member_profile(call: Call) -> MemberOut:
     roles=PLATFORM_VENDOR_OR_MEMBER,
     params=MemberPath,
     body=PasswordIn,
-    errors=(401, 404),
+    errors=(401, 404, 429),
     description="A member gives old_pwd (unless it has no password yet); platform and vendor "
-    "admins set a new one without it. Every session of the member ends.",
+    "admins set a new one without it. Wrong old passwords wait like login guesses from the "
+    "address (429 with Retry-After). Every session of the member ends.",
 )
 async def change_member_password(call: Call) -> None:
     body: PasswordIn = call.body
     principal = call.principal
     member = await visible_member(principal, call.params.uid)
     check_same_uid(body.uid, member.uid)
+    require_old = principal.role is Role.MEMBER
+    if require_old and member.password_hash is not None:
+        await limit_password_guesses(call, member)
     await change_password(
-        member,
-        body.new_pwd,
-        old_password_md5=body.old_pwd,
-        require_old=principal.role is Role.MEMBER,
+        member, body.new_pwd, old_password_md5=body.old_pwd, require_old=require_old
     )
+    if require_old:
+        await ratelimit.reset(redis_of(call.app), password_guess_key(call, member))
     await end_sessions(call, member)
 
 
@@ -240,14 +247,22 @@ async def reset_target(call: Call, uid: str, mobile: str | None) -> Member:
     status=200,
     errors=(401, 403, 404, 429, 503),
     description="Public (seed: A#+C; but who forgot the password has no token): the mobile "
-    "must be the member's own. With a token, the seed's roles apply.",
+    "must be the member's own. Without a token a 404 counts against the code limits like a "
+    "sent code. With a token, the seed's roles apply.",
 )
 async def send_reset_code(call: Call) -> None:
     query: MemberCodeQuery = call.query
     check_same_uid(query.uid, call.params.uid)
-    member = await reset_target(call, call.params.uid, query.mobile)
-    if member.state not in LOGIN_ALLOWED:
-        raise NotFoundError("no member with this uid and mobile")
+    try:
+        member = await reset_target(call, call.params.uid, query.mobile)
+        if member.state not in LOGIN_ALLOWED:
+            raise NotFoundError("no member with this uid and mobile")
+    except NotFoundError:
+        if not call.request.headers.get("Authorization"):
+            # Anonymous: a refused pair counts like a real request (limits per number and IP),
+            # or uid and number pairs could be tried at full speed (uids are sequential).
+            await call.app[MEMBERS].codes.check_limits(query.mobile, ip=call.client_ip)
+        raise
     await send_code(call, CodePurpose.RESET, member.vendor_id, query.mobile)
 
 

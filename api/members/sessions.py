@@ -154,10 +154,10 @@ async def member_login(call: Call) -> MemberLoginOut:
         assert body.code is not None
         try:
             member = await call.app[MEMBERS].login_with_code(body.vid, body.mobile, body.code)
-        except SmsCodeError as exc:
-            raise LoginRefused(f"mobile or code is wrong ({exc.message})") from None
-        except NotFound:
-            raise LoginRefused("mobile or code is wrong") from None
+        except (SmsCodeError, NotFound):
+            # One answer for every failure: "wrong code, n tries left" was said only where a
+            # code had been sent, that is, to registered members (docs/api-members.md).
+            raise LoginRefused("mobile or code is wrong, expired or used") from None
     await ratelimit.reset(redis_of(call.app), login_guess_key(call, body.vid, body.mobile))
     log.info("member_login", uid=member.uid, ip=call.client_ip)
     return await login_answer(call, member)

@@ -312,6 +312,29 @@ async def test_an_unknown_number_gets_the_same_answer_to_a_login_code_request(
     assert (again.status, again.body) == (known_again.status, known_again.body)
 
 
+async def test_a_wrong_login_code_answers_the_same_for_an_unknown_number(
+    tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms
+):
+    """The code request tells no one who is registered; the login with a wrong code must not
+    tell it either (it said "wrong code; 4 tries left" only where a code had been sent)."""
+    a, _ = tenants
+    await members.register(a.vid, "13800138000")
+    code = await members.code("/users/login/code", "13800138000", vid=a.vid)
+    await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}
+    )
+    wrong = "000000" if code != "000000" else "111111"
+    answers = [
+        await members.public.call(
+            "POST", "/users/login", {"vid": a.vid, "mobile": mobile, "code": wrong}, expect=401
+        )
+        for mobile in ("13800138000", "13700137000")
+    ]
+    known, unknown = ((x.status, x.code, x.body["message"]) for x in answers)
+    assert known == unknown and known[:2] == (401, "login_failed"), answers
+    assert "tries" not in known[2]
+
+
 async def test_wrong_passwords_from_one_address_do_not_lock_the_member_out(
     tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
@@ -500,6 +523,25 @@ async def test_password_change(tenants: tuple[Tenant, Tenant], members: MemberAp
     assert login.status == 200
 
 
+async def test_wrong_old_passwords_wait_like_login_guesses(
+    tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    """A stolen member token must not be a fast oracle for the member's password (as for
+    admins at PUT /auth/pwd): wrong old passwords from one address wait longer each time."""
+    a, _ = tenants
+    uid, me = await members.register(a.vid, "13800138000", pwd="old")
+    wrong = {"old_pwd": md5("bad"), "new_pwd": md5("n")}
+    statuses = [
+        (await me.call("PUT", f"/users/{uid}/pwd", wrong, expect=expected)).status
+        for expected in [401] * 5 + [429] * 2
+    ]
+    assert statuses == [401] * 5 + [429] * 2
+    right = {"old_pwd": md5("old"), "new_pwd": md5("n")}
+    refused = await me.call("PUT", f"/users/{uid}/pwd", right, expect=429)
+    assert int(refused.headers["Retry-After"]) >= 1  # even the right one waits
+    assert (await me.call("GET", f"/users/{uid}")).status == 200  # nothing changed
+
+
 async def test_mobile_change_with_a_code_sent_to_the_new_number(
     tenants: tuple[Tenant, Tenant], members: MemberApp
 ):
@@ -555,6 +597,37 @@ async def test_password_reset_is_public_and_needs_the_members_own_number(
     )
     # Anonymous: one answer for every failure (test_hardening: no member is revealed).
     assert (again.status, again.code) == (422, "sms_code_invalid")
+
+
+async def test_anonymous_reset_code_probes_count_against_the_code_limits(
+    tenants: tuple[Tenant, Tenant], members: MemberApp
+):
+    """A refused uid and number pair cost nothing, so pairs could be tried at full speed (uids
+    are sequential) to find a number's uid; now it counts like a code sent to that number."""
+    a, _ = tenants
+    uid, _ = await members.register(a.vid, "13800138000")
+    members.clock.now += 61
+    unknown = member_uid(a.vid, 999)
+    first = await members.public.call(
+        "GET", f"/users/{unknown}/rst/code", params={"mobile": "13800138000"}, expect=404
+    )
+    assert first.status == 404
+    second = await members.public.call(
+        "GET", f"/users/{uid}/rst/code", params={"mobile": "13800138000"}, expect=429
+    )
+    assert second.status == 429 and int(second.headers["Retry-After"]) >= 1
+    # Two requests from this address counted so far (the registration code, the first probe;
+    # the refused second one is not): the per-IP cap of 30 an hour leaves 28 more.
+    expected = [404] * 28 + [429] * 2
+    statuses = [
+        (
+            await members.public.call(
+                "GET", f"/users/{unknown}/rst/code", params={"mobile": f"139{n:08d}"}, expect=e
+            )
+        ).status
+        for n, e in enumerate(expected)
+    ]
+    assert statuses == expected
 
 
 # ----------------------------------------------------------------------------- WeChat

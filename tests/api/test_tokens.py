@@ -63,6 +63,25 @@ async def test_revoke_subject_ends_every_session_of_one_account_only(
     assert await tokens.revoke_subject(Role.AGENT, "7") == 0
 
 
+async def test_a_session_kept_alive_by_refreshes_still_ends_with_its_account(
+    redis_client: aioredis.Redis, redis_prefix: str
+):
+    """A refresh extends the session past the login's refresh lifetime; the account's set of
+    sids must live as long, or a password change or a disabling no longer finds the session
+    (an app that only ever refreshes stayed logged in through them)."""
+    tokens = TokenService(redis_client, redis_prefix, refresh_ttl_s=2)
+    pair = await tokens.issue(ALICE)
+    await asyncio.sleep(1.0)
+    pair, _ = await tokens.refresh(pair["refresh_token"])  # the session now lives to ~3 s
+    await asyncio.sleep(1.3)  # past the login's 2 s, within the refreshed session's life
+    assert await tokens.authenticate(pair["access_token"]) == ALICE
+    assert await tokens.revoke_subject(Role.AGENT, "7") == 1
+    with pytest.raises(TokenRejected):
+        await tokens.authenticate(pair["access_token"])
+    with pytest.raises(TokenRejected):
+        await tokens.refresh(pair["refresh_token"])
+
+
 async def test_expired_sessions_are_pruned_from_an_accounts_set(
     redis_client: aioredis.Redis, redis_prefix: str
 ):

@@ -71,6 +71,23 @@ async def test_malformed_logins_are_denied(auth_node: Any, change: dict, reason:
     assert answer["result"] == "deny" and reason in answer["error"]
 
 
+async def test_passwords_with_non_ascii_digits_are_denied_not_a_server_error(
+    auth_node: Any,
+) -> None:
+    """str.isdigit() takes "²" and Arabic-Indic digits; int() and compare_digest() then raised,
+    so the broker got a 500 (which EMQX reads as "ignore") instead of a deny."""
+    (dev,) = await register_devices(auth_node, 1)
+    good = login(dev.did, dev.key)["password"]
+    ts, _, digest = good.partition(".")
+    arabic_ts = "".join(chr(0x660 + int(c)) for c in ts)
+    for password in (f"²2.{digest}", f"{arabic_ts}.{digest}", f"{ts}.{'é' * 64}"):
+        answer = await call(
+            auth_node, "/mqtt/auth", {**login(dev.did, dev.key), "password": password}
+        )
+        assert answer["result"] == "deny" and "password is not" in answer["error"], password
+    assert (await call(auth_node, "/mqtt/auth", login(dev.did, dev.key)))["result"] == "allow"
+
+
 async def test_wrong_key_old_timestamp_unknown_and_disabled_devices_are_denied(
     auth_node: Any,
 ) -> None:
