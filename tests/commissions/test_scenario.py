@@ -509,3 +509,20 @@ async def test_a_withdrawal_that_fails_after_a_refund_reversed_it_pays_the_debt_
     # Failing it again changes nothing.
     await settle_withdrawal(withdrawal.id, paid=False, reason="again")
     assert await of(m2) == Summary(reversed=1259, earned=0)
+
+
+async def test_refunds_that_succeed_out_of_order_reverse_the_commission_in_full():
+    """Two refunds asked together, the later one paid out first: the whole order given back
+    leaves no commission (the earliest asked, succeeding last, reversed nothing: the levels kept
+    half of an order refunded in full)."""
+    chain = await make_chain()
+    order = await paid(chain)
+    for no in ("first", "second"):
+        await request_refund(order=order, amount_fen=3499, refund_no=no, reason="t", actor="t")
+    await settle_refund("second", channel="manual")
+    assert [r[3] for r in await levels(order.oid)] == [630, 270, 90]
+    await settle_refund("first", channel="manual")
+    R = CommissionState.REVERSED
+    assert [r[3:] for r in await levels(order.oid)] == [(1259, R), (539, R), (179, R)]
+    assert await of(member_earner(chain.m2)) == Summary(reversed=1259, earned=0)
+    await invariants()
