@@ -17,6 +17,8 @@ from aquafleet.models.technicians import visible_technicians
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
 
+MAX_NODE_ID = 2**31 - 1  # the agent table's id column
+
 
 async def named_vendor(principal: Principal, vid: str | None) -> str | None:
     """`vid` when the caller sees that vendor (the platform: any that exists); else 404."""
@@ -86,8 +88,11 @@ async def named_earner(principal: Principal, earner: str | None) -> str | None:
     kind, _, ref = earner.partition(":")
     if kind == "member":
         seen = await _sees_member(principal, ref)
-    else:
-        seen = await visible_agents(principal).filter(id=int(ref)).exists()
+    else:  # the pattern allows 10 digits: past the id column's range no node has it
+        node_id = int(ref)
+        seen = (
+            node_id <= MAX_NODE_ID and await visible_agents(principal).filter(id=node_id).exists()
+        )
     if not seen:
         raise NotFoundError(f"earner {earner} not found")
     return earner

@@ -34,6 +34,9 @@ async def test_a_summary_naming_another_vendor_is_404_not_the_callers_own(
         "vid"
     ] == b.vid
     await api.call("GET", "/commission/summary", params={"vid": "ZZZZ"}, expect=404)
+    # An earner id past the id column's range is no earner (PostgreSQL: not a 500).
+    for path in ("/commission/summary", "/commission", "/commission/withdrawals"):
+        await api.call("GET", path, params={"earner": "agent:9999999999"}, expect=404)
 
 
 async def test_every_list_filter_naming_what_the_caller_cannot_see_is_404(
