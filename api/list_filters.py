@@ -1,4 +1,4 @@
-"""A list's filter that names a tenant (vendor, node, member, technician, device, earner).
+"""A list's filter that names a tenant (vendor, node, member, technician, earner).
 
 docs/api.md, "Roles and tenants": a record outside the caller's subtree answers 404, exactly as
 one that does not exist. A filter naming one is refused the same way, never answered with an
@@ -10,7 +10,6 @@ from __future__ import annotations
 from aquafleet.api.errors import NotFoundError
 from aquafleet.models.agents import Agent, visible_agents
 from aquafleet.models.commissions import earner_of
-from aquafleet.models.devices import find_visible
 from aquafleet.models.errors import NotFound
 from aquafleet.models.members import agent_path_of, get_member
 from aquafleet.models.technicians import visible_technicians
@@ -65,15 +64,6 @@ async def named_technician(principal: Principal, technician_id: int | None) -> i
     if not await visible_technicians(principal).filter(id=technician_id).exists():
         raise NotFoundError(f"technician {technician_id} not found")
     return technician_id
-
-
-async def named_device(principal: Principal, did: str | None) -> str | None:
-    """`did` when the caller sees that device; else 404."""
-    if did is None:
-        return None
-    if await find_visible(principal, did) is None:
-        raise NotFoundError(f"device {did} not found")
-    return did
 
 
 async def named_earner(principal: Principal, earner: str | None) -> str | None:

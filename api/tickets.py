@@ -15,7 +15,7 @@ from pydantic import Field
 from typing_extensions import TypeAliasType
 
 from aquafleet.api.errors import ValidationFailed
-from aquafleet.api.list_filters import named_device, named_member, named_technician
+from aquafleet.api.list_filters import named_member, named_technician
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -232,7 +232,6 @@ async def list_tickets(call: Call) -> Page:
     query: TicketListQuery = call.query
     principal = call.principal
     if principal.role is not Role.TECHNICIAN:  # a technician's filters narrow its own tickets
-        await named_device(principal, query.device_id)
         await named_member(principal, query.user_id)
         await named_technician(principal, query.technician_id)
     filters: dict[str, Any] = {}
