@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from aquafleet.api.errors import Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.list_filters import named_node, named_vendor
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -224,8 +225,9 @@ async def list_agents(call: Call) -> Page:
     qs = visible_agents(call.principal)
     filters: dict[str, Any] = {}
     if query.vid is not None:
-        filters["vendor_id"] = query.vid
+        filters["vendor_id"] = await named_vendor(call.principal, query.vid)
     if query.parent is not None:
+        await named_node(call.principal, query.parent)  # another subtree's: 404
         filters["parent_id"] = query.parent
     if query.level is not None:
         filters["level"] = query.level

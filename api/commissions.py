@@ -20,6 +20,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from aquafleet.api.errors import NotFoundError
+from aquafleet.api.list_filters import named_earner, named_vendor
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
@@ -252,6 +253,8 @@ def _totals(rows: Sequence[Commission]) -> dict[str, int]:
 async def list_commissions(call: Call) -> Page:
     query: CommissionListQuery = call.query
     qs = visible_commissions(call.principal)
+    await named_vendor(call.principal, query.vid)
+    await named_earner(call.principal, query.earner)
     filters: dict[str, Any] = {}
     for name, column in (
         ("state", "state"), ("level", "level"), ("earner", "earner"),
@@ -282,15 +285,12 @@ async def list_commissions(call: Call) -> Page:
 async def read_summary(call: Call) -> SummaryOut:
     principal = call.principal
     query: SummaryQuery = call.query
-    earner = earner_of(principal)
-    vendor = principal.vendor_code
-    if principal.role is Role.PLATFORM:
-        vendor = query.vid
-        earner = query.earner
-    elif principal.role is Role.VENDOR:
-        earner = query.earner
-    elif query.earner is not None and query.earner != earner:
-        raise NotFoundError(f"earner {query.earner} not found")
+    # A vid or earner the caller does not see is 404, never replaced by the caller's own.
+    named = await named_vendor(principal, query.vid)
+    vendor = named if principal.role is Role.PLATFORM else principal.vendor_code
+    earner = await named_earner(principal, query.earner)
+    if principal.role not in (Role.PLATFORM, Role.VENDOR):
+        earner = earner_of(principal)
     totals = await summary(vendor_code=vendor, earner=earner)
     return SummaryOut(
         vid=vendor, earner=earner, available=totals.available, pending=totals.pending,
@@ -348,6 +348,8 @@ async def list_withdrawals(call: Call) -> Page:
     principal = call.principal
     query: WithdrawalListQuery = call.query
     qs = Withdrawal.all()
+    await named_vendor(principal, query.vid)
+    await named_earner(principal, query.earner)
     if principal.role is Role.VENDOR:
         qs = qs.filter(vendor_code=principal.vendor_code)
     elif principal.role is not Role.PLATFORM:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from tortoise.exceptions import BaseORMException
 
 from aquafleet.api.devices.schemas import MAX_ONLINE_SCAN, DailyWaterOut
+from aquafleet.api.list_filters import named_vendor
 from aquafleet.api.routing import Call, RouteTable, accepts, envelope
 from aquafleet.api.schemas import UNSET, Query, UtcDateTime, VendorCode
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
@@ -155,6 +156,7 @@ class FleetStatisticsOut(BaseModel):
 async def fleet_statistics(call: Call) -> FleetStatisticsOut:
     query: FleetStatisticsQuery = call.query
     principal = call.principal
+    await named_vendor(principal, query.vid)
     now = dt.datetime.now(dt.UTC)
     recent = await online_history(principal, now - dt.timedelta(hours=24), hourly=False,
                                   vid=query.vid)  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from aquafleet.api.errors import ValidationFailed
+from aquafleet.api.list_filters import named_member, named_vendor
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -288,11 +289,11 @@ async def list_orders(call: Call) -> Page:
     if query.type is not None:
         filters["kind"] = query.type
     if query.vid is not None:
-        filters["vendor_id"] = query.vid
+        filters["vendor_id"] = await named_vendor(call.principal, query.vid)
     if query.uid is not None:
-        filters["member_id"] = query.uid
+        filters["member_id"] = await named_member(call.principal, query.uid)
     if query.device is not None:
-        filters["devices__did"] = query.device
+        filters["devices__did"] = query.device  # a device's orders outlive its binding
     if query.since is not None:
         filters["created_at__gte"] = _aware(query.since, "since")
     if query.until is not None:

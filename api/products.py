@@ -13,6 +13,7 @@ from pydantic import Field
 from typing_extensions import TypeAliasType
 
 from aquafleet.api.errors import Forbidden, NotFoundError, Unauthorized, ValidationFailed
+from aquafleet.api.list_filters import named_vendor
 from aquafleet.api.routing import AUTHENTICATOR, PUBLIC, Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -402,7 +403,9 @@ async def list_products(call: Call) -> Page:
     qs = visible_products(principal, visitor_vid)
     filters: dict[str, Any] = {}
     if query.vid is not None:
-        filters["vendor_id"] = query.vid
+        filters["vendor_id"] = (
+            query.vid if principal is None else await named_vendor(principal, query.vid)
+        )
     if query.state is not None:  # members and visitors: within the published ones
         filters["state"] = query.state
     if query.type is not None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field
 from typing_extensions import TypeAliasType
 
+from aquafleet.api.list_filters import named_node
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -135,6 +136,7 @@ async def list_technicians(call: Call) -> Page:
     if query.work_state is not None:
         qs = qs.filter(work_state=query.work_state)
     if query.agent_id is not None:
+        await named_node(call.principal, query.agent_id)  # another subtree's: 404
         qs = qs.filter(agent_id=query.agent_id)
     rows, total = await query.page(qs, pk="id")
     return Page(await technician_outs(rows), total)

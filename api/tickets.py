@@ -15,6 +15,7 @@ from pydantic import Field
 from typing_extensions import TypeAliasType
 
 from aquafleet.api.errors import ValidationFailed
+from aquafleet.api.list_filters import named_member, named_technician
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -37,6 +38,7 @@ from aquafleet.models.tenancy import (
     MEMBER_ONLY,
     TECHNICIAN_ONLY,
     Principal,
+    Role,
 )
 from aquafleet.models.ticket_flow import (
     DispatchMode,
@@ -228,6 +230,10 @@ class TicketListQuery(ListQuery):
 )
 async def list_tickets(call: Call) -> Page:
     query: TicketListQuery = call.query
+    principal = call.principal
+    if principal.role is not Role.TECHNICIAN:  # a technician's filters narrow its own tickets
+        await named_member(principal, query.user_id)
+        await named_technician(principal, query.technician_id)
     filters: dict[str, Any] = {}
     for name, column in (
         ("status", "state"), ("type", "type"), ("device_id", "device_id"),

@@ -110,6 +110,7 @@ async def check_commissions() -> list[CommissionProblem]:
     for w in await Withdrawal.filter(state=WithdrawalState.PAID):
         paid_out[w.earner] = paid_out.get(w.earner, 0) + int(w.amount_fen)
     holdings: dict[str, int] = {}
+    in_bucket: dict[tuple[str, Bucket], int] = {}
     for account, raw in accounts.items():
         _prefix, rest = account.split(":", 1)
         earner, _, bucket_name = rest.rpartition(":")
@@ -119,6 +120,16 @@ async def check_commissions() -> list[CommissionProblem]:
         if value < 0:
             problems.append(CommissionProblem("negative_balance", account, f"{value} fen"))
         holdings[earner] = holdings.get(earner, 0) + (-value if bucket is Bucket.DEBT else value)
+        in_bucket[earner, bucket] = value
+    for (earner, bucket), value in sorted(in_bucket.items()):
+        debt = in_bucket.get((earner, Bucket.DEBT), 0)
+        if bucket is Bucket.AVAILABLE and value > 0 and debt > 0:
+            # Money reaching available pays the debt first: both at once is owed money paid out.
+            problems.append(
+                CommissionProblem(
+                    "debt_unpaid", earner, f"available {value} fen while it owes {debt} fen"
+                )
+            )
     for earner in sorted(set(holdings) | set(earned) | set(paid_out)):
         held = holdings.get(earner, 0) + paid_out.get(earner, 0)
         if held != earned.get(earner, 0):

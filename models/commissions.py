@@ -428,6 +428,15 @@ async def _reverse(order: Any, now: dt.datetime) -> None:
         return
     # A duplicate payment and its refund are not the order's money: they leave commissions be.
     refunds = [r for r in refunds if refund_part(r) is not Part.DUPLICATE]
+    # In the order they succeeded (their ledger postings'), not the order they were asked in:
+    # each reversal takes the levels to what the refunds succeeded so far leave, so one asked
+    # first and paid out last must see the others, or it reverses nothing.
+    posted = dict(
+        await MoneyTransaction.filter(
+            key__in=[f"refund:{r.refund_no}" for r in refunds]
+        ).values_list("key", "id")
+    )
+    refunds.sort(key=lambda r: (posted.get(f"refund:{r.refund_no}", 0), r.id))
     parts = order_parts(order)
     paid = sum(parts.values())
     succeeded: list[tuple[Part | None, int]] = []

@@ -30,7 +30,7 @@ from aquafleet.models.commissions import (
 )
 from aquafleet.models.db import database_now
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
-from aquafleet.models.money import Guard, Leg, Side, channel_account, post
+from aquafleet.models.money import Guard, Leg, Side, balance, channel_account, post, side_balance
 from aquafleet.models.ratelimit import RateLimited
 from aquafleet.models.tenancy import Principal
 
@@ -217,16 +217,18 @@ async def settle_withdrawal(
             return withdrawal
         payout = commission_account(withdrawal.earner, Bucket.PAYOUT)
         amount = int(withdrawal.amount_fen)
+        guards: list[Guard] = []
         if paid:
-            other = Leg(channel_account(withdrawal.channel, withdrawal.vendor_code), -amount)
+            others = [Leg(channel_account(withdrawal.channel, withdrawal.vendor_code), -amount)]
             key = f"withdrawal-paid:{withdrawal.id}"
         else:
-            other = Leg(commission_account(withdrawal.earner, Bucket.AVAILABLE), -amount)
+            others, guards = await _returned(withdrawal.earner, amount)
             key = f"withdrawal-failed:{withdrawal.id}"
         now = await database_now()
         await post(
             key, kind=key.split(":")[0], vendor=withdrawal.vendor_code,
-            legs=[Leg(payout, amount), other], actor=actor[:64], memo=reason, now=now,
+            legs=[Leg(payout, amount), *others], actor=actor[:64], memo=reason, now=now,
+            guards=guards,
         )  # fmt: skip
         await Withdrawal.filter(id=withdrawal.id).update(
             state=target, reason=reason[:MAX_REASON], channel_ref=reference[:64],
@@ -234,6 +236,20 @@ async def settle_withdrawal(
         )  # fmt: skip
     await withdrawal.refresh_from_db()
     return withdrawal
+
+
+async def _returned(earner: str, amount: int) -> tuple[list[Leg], list[Guard]]:
+    """Where a failed withdrawal's money goes back: to the earner's debt first (a reversal
+    while it was on its way took it as withdrawn), the rest to available, as an activation
+    does (models/commissions.py `_activate`). Else an earner whose withdrawal failed after a
+    refund reversed it withdrew the reversed money again, its debt still owed."""
+    debt = commission_account(earner, Bucket.DEBT)
+    await lock_accounts([debt])
+    repay = min(amount, max(0, side_balance(await balance(debt), Side.DEBIT)))
+    legs = [Leg(debt, -repay)] if repay else []
+    if amount - repay:
+        legs.append(Leg(commission_account(earner, Bucket.AVAILABLE), -(amount - repay)))
+    return legs, [Guard(debt, Side.DEBIT)]
 
 
 async def stop_sending(withdrawal_id: int, *, channel: str, now: dt.datetime) -> Withdrawal:

@@ -40,6 +40,7 @@ from aquafleet.api.devices.shaping import (
     wants_csv,
 )
 from aquafleet.api.errors import Forbidden, NotFoundError
+from aquafleet.api.list_filters import named_member, named_vendor
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
 from aquafleet.gateway.device_status import RuntimeStatus
@@ -89,9 +90,9 @@ async def list_devices(call: Call) -> Page:
         if name in query.model_fields_set:
             filters[name] = getattr(query, name)
     if query.vid is not None:
-        filters["vendor_id"] = query.vid
+        filters["vendor_id"] = await named_vendor(principal, query.vid)
     if query.uid is not None:
-        filters["owner_id"] = query.uid
+        filters["owner_id"] = await named_member(principal, query.uid)
     if query.bound is not None:
         filters["owner_id__isnull"] = not query.bound
     if query.agent_id is not None:

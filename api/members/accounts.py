@@ -8,6 +8,7 @@ import hmac
 from tortoise.queryset import QuerySet
 
 from aquafleet.api.errors import ConflictError, Forbidden, NotFoundError, ValidationFailed
+from aquafleet.api.list_filters import named_vendor
 from aquafleet.api.members.access import (
     MEMBERS,
     check_same_uid,
@@ -70,7 +71,7 @@ async def list_members(call: Call) -> Page:
     if principal.role is not Role.PLATFORM:
         qs = qs.filter(vendor_id=principal.vendor_code)
     if query.vid is not None:
-        qs = qs.filter(vendor_id=query.vid)
+        qs = qs.filter(vendor_id=await named_vendor(principal, query.vid))
     if principal.role in (Role.AGENT, Role.DEALER):
         qs = qs.filter(agent__path__startswith=principal.agent_path or "/none/")
     if query.agent_id is not None:

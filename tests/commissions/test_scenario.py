@@ -483,3 +483,46 @@ async def test_a_rentals_deposit_back_keeps_its_commission_and_a_part_is_never_o
     assert [r[3:] for r in await levels(order.oid)] == [(1260, R), (540, R), (180, R)]
     assert await of(m2) == Summary(reversed=1260)
     await invariants()
+
+
+async def test_a_withdrawal_that_fails_after_a_refund_reversed_it_pays_the_debt_first():
+    """Reversed while on its way, the withdrawn money was a debt; coming back, it pays it."""
+    chain = await make_chain()
+    m2 = member_earner(chain.m2)
+    order = await done(await paid(chain))
+    assert await of(m2) == Summary(available=1259, earned=1259)
+    withdrawal, _ = await request_withdrawal(
+        chain.member(chain.m2), amount_fen=1259, request_id="w-1", channel=ManualPayout()
+    )
+    await refund(order, order.total_fen, "all")  # a goodwill refund while the transfer is made
+    assert await of(m2) == Summary(payout=1259, debt=1259, reversed=1259, earned=0)
+    failed = await settle_withdrawal(withdrawal.id, paid=False, reason="account closed")
+    assert failed.state is WithdrawalState.FAILED
+    # Nothing to withdraw: the reversed money paid the debt.
+    assert await of(m2) == Summary(reversed=1259, earned=0)
+    with pytest.raises(InsufficientFunds):
+        await request_withdrawal(
+            chain.member(chain.m2), amount_fen=1259, request_id="w-2", channel=ManualPayout(),
+            now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1),
+        )  # fmt: skip
+    await invariants()
+    # Failing it again changes nothing.
+    await settle_withdrawal(withdrawal.id, paid=False, reason="again")
+    assert await of(m2) == Summary(reversed=1259, earned=0)
+
+
+async def test_refunds_that_succeed_out_of_order_reverse_the_commission_in_full():
+    """Two refunds asked together, the later one paid out first: the whole order given back
+    leaves no commission (the earliest asked, succeeding last, reversed nothing: the levels kept
+    half of an order refunded in full)."""
+    chain = await make_chain()
+    order = await paid(chain)
+    for no in ("first", "second"):
+        await request_refund(order=order, amount_fen=3499, refund_no=no, reason="t", actor="t")
+    await settle_refund("second", channel="manual")
+    assert [r[3] for r in await levels(order.oid)] == [630, 270, 90]
+    await settle_refund("first", channel="manual")
+    R = CommissionState.REVERSED
+    assert [r[3:] for r in await levels(order.oid)] == [(1259, R), (539, R), (179, R)]
+    assert await of(member_earner(chain.m2)) == Summary(reversed=1259, earned=0)
+    await invariants()
