@@ -21,6 +21,7 @@ from aquafleet.gateway.errors import ConfigError
 from aquafleet.gateway.startup import TCP_BACKLOG
 
 ENV_PREFIX = "AQUAFLEET_"
+EMBEDDED_DATABASE = "aquafleet.sqlite3"  # in data_dir, when no database_url is set
 CONFIG_FILE_ENV = "AQUAFLEET_CONFIG"
 
 
@@ -604,7 +605,27 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite://{(self.data_dir / 'aquafleet.sqlite3').resolve()}"
+        return self.database_url or f"sqlite://{self.embedded_database}"
+
+    @property
+    def embedded_database(self) -> Path:
+        """The SQLite file of the embedded default (no database_url): data_dir/aquafleet.sqlite3."""
+        return (self.data_dir / EMBEDDED_DATABASE).resolve()
+
+    def require_platform_data(self) -> None:
+        """For a command that reads or changes the platform's data (not serve, not migrate):
+        on the embedded default, ConfigError when data_dir holds no database. Run in the wrong
+        directory, such a command used to create and migrate an empty ./aquafleet-data and
+        report 0 devices, as if the fleet were gone. A configured database_url is the
+        operator's own naming: it is used as it is."""
+        if self.database_url is not None or self.embedded_database.is_file():
+            return
+        raise ConfigError(
+            f"no platform data in data_dir {self.data_dir.resolve()} (no {EMBEDDED_DATABASE} "
+            "there): run this where `aquafleet serve` runs, or name its data dir with "
+            "--data-dir DIR, AQUAFLEET_DATA_DIR or --config FILE (a new platform's data is "
+            "made by `aquafleet serve` or `aquafleet migrate`)"
+        )
 
     @property
     def resolved_node_id(self) -> str:

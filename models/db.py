@@ -123,15 +123,21 @@ async def migrate(database_url: str) -> None:
     engine rebuilding its model state per operation, not SQL), later starts find none."""
     started = time.monotonic()
     pending = 0
+    announced = False
 
     def plan(_connection: str, steps: list[Any], _fake: bool, _dry_run: bool) -> None:
         nonlocal pending
-        pending = len(steps)
-        if pending:
-            log.info("database_migrating", migrations=pending)
+        pending = len(steps)  # counted before connecting: a database not reached counts as empty
 
     def progress(event: str, _app: str, name: str) -> None:
-        if event == "apply_done":
+        nonlocal announced
+        # The first migration starts once the engine has connected and read what is applied:
+        # announced then, never for a database that cannot be reached (that said "migrating
+        # 24" on a line before the refusal).
+        if event == "apply_start" and not announced:
+            announced = True
+            log.info("database_migrating", migrations=pending)
+        elif event == "apply_done":
             log.info("database_migration_applied", migration=name)
 
     try:
@@ -139,7 +145,7 @@ async def migrate(database_url: str) -> None:
             await tortoise_migrate(
                 config=tortoise_config(database_url), reporter=plan, progress=progress
             )
-        if pending:
+        if announced:
             log.info(
                 "database_migrated",
                 migrations=pending,

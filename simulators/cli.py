@@ -168,6 +168,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         from aquafleet.gateway.config_sources import load_settings
 
         settings = load_settings(args.config, data_dir=args.data_dir)
+        settings.require_platform_data()  # the check would make an empty database, not read one
         database_url = settings.resolved_database_url
     options = SimOptions(
         devices=devices,

@@ -35,6 +35,11 @@ SNAPSHOT_S = 1.0
 CLOSE_GRACE_S = 2.0
 INTERRUPT_DRAIN_S = 2.0
 DRAIN_POLL_S = 0.05
+# The drain waits for devices to report and be acked; it cannot while none can connect. With
+# no device connected and no connect succeeding for this long, it ends: a run with no gateway
+# listening took its --drain-timeout (30 s) more, a 2 s run 32 s. Longer than a failed
+# device's longest retry delay (CONNECT_RETRY_MAX_S), so each device tries again within it.
+DRAIN_UNREACHABLE_S = 6.0
 STORM_JITTER_S = 0.05
 STORM_BUCKET_S = 0.1  # the storm's recovery curve: devices back per 0.1 s
 # Reconnect delays after each kind of disconnect (seconds, uniform between the two).
@@ -108,6 +113,8 @@ class FleetTimes:
     storm_back_buckets: dict[int, int] = field(default_factory=dict)
     run_ended_at: float | None = None
     drain_ended_at: float | None = None
+    # The drain ended because no device could connect (DRAIN_UNREACHABLE_S), not by its timeout.
+    drain_unreachable: bool = False
     ended_at: float | None = None
     interrupted_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +162,7 @@ class Fleet:
         self.sources = options.source_addresses()
         self._interrupt = asyncio.Event()
         self._drained = asyncio.Event()
+        self.link_seen_at = 0.0  # loop time: a device last had a link (or the run's start)
         self._tasks: set[asyncio.Task[None]] = set()
         self._device_tasks: list[asyncio.Task[None]] = []
 
@@ -216,6 +224,7 @@ class Fleet:
         if self.freeze_heap:
             freeze_startup_heap(SIM_GEN0_THRESHOLD)
         run_end = loop.time() + (mono_start + options.duration_s - time.monotonic())
+        self.link_seen_at = loop.time()
         try:
             for device in self.devices:
                 self._device_tasks.append(
@@ -308,6 +317,7 @@ class Fleet:
             failures = 0
             await link.closed  # bounded: drops, login watchdog, drain and close all end it
             self.links[slot] = None
+            self.link_seen_at = asyncio.get_running_loop().time()
             reason = device.close_reason
             if reason in ("drained", "stop"):
                 return
@@ -356,7 +366,7 @@ class Fleet:
         stats.connects_ok += 1
         stats.connect_latency.record((time.monotonic_ns() - started) // 1000)
         self.links[slot] = link  # type: ignore[call-overload]
-        self.connect_at[slot] = loop.time()
+        self.connect_at[slot] = self.link_seen_at = loop.time()
         self._spawn(link.run(), f"mqtt-link-{device.index}")
         if self.phase == CLOSE:
             link.abort("stop")
@@ -401,7 +411,7 @@ class Fleet:
         stats.connects_ok += 1
         stats.connect_latency.record((time.monotonic_ns() - started) // 1000)
         self.links[slot] = link
-        self.connect_at[slot] = loop.time()
+        self.connect_at[slot] = self.link_seen_at = loop.time()
         if self.phase == CLOSE:
             link.abort("stop")
         return link
@@ -521,8 +531,18 @@ class Fleet:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            if self._unreachable(loop.time()):
+                self.times.drain_unreachable = True
+                break
             await asyncio.sleep(min(DRAIN_POLL_S, remaining))
         self.times.drain_ended_at = time.time()
+
+    def _unreachable(self, now: float) -> bool:
+        """No device has been connected, nor has any connect succeeded, for
+        DRAIN_UNREACHABLE_S: what is left to drain cannot be delivered."""
+        if now - self.link_seen_at < DRAIN_UNREACHABLE_S:
+            return False
+        return all(link is None for link in self.links)
 
     async def _close(self) -> None:
         self.phase = CLOSE
@@ -567,6 +587,7 @@ class Fleet:
                 "storm_back_buckets": {str(k): v for k, v in times.storm_back_buckets.items()},
                 "run_ended_at": times.run_ended_at,
                 "drain_ended_at": times.drain_ended_at,
+                "drain_unreachable": times.drain_unreachable,
                 "ended_at": times.ended_at,
                 "interrupted_at": times.interrupted_at,
             },

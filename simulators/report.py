@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aquafleet.simulators.check import DeviceOutcome
-from aquafleet.simulators.fleet import STORM_BUCKET_S
+from aquafleet.simulators.fleet import DRAIN_UNREACHABLE_S, STORM_BUCKET_S
 from aquafleet.simulators.options import SimOptions
 from aquafleet.simulators.stats import WorkerStats
 
@@ -194,6 +194,12 @@ def build_report(
     drain_end = _max_time(finals, "drain_ended_at", all_needed=False)
     drain_s = None if drain_end is None or run_ended_at is None else drain_end - run_ended_at
     never_logged_in = sum(1 for o in outcomes if not o.logged_in) + (devices - len(outcomes))
+    # Not one connect succeeded: nothing listens where the devices were sent (or the broker's).
+    unreachable = (
+        _unreachable_target(options)
+        if stats.connects_ok == 0 and stats.connect_failures > 0
+        else None
+    )
 
     errors = {
         "login_failures": stats.login_failures,
@@ -233,6 +239,7 @@ def build_report(
             "failure_reasons": dict(stats.connect_fail_codes),
             "peak_connects_per_s": _peak_rate(histories, "connects_ok", started_at),
             "latency_ms": stats.connect_latency.summary_ms(),
+            "unreachable": unreachable,
         },
         "login": {
             "ok": stats.logins_ok,
@@ -289,12 +296,23 @@ def build_report(
             "devices_with_unacked": unacked_devices,
             "records_unacked": unacked_records,
             "drain_s": _round(drain_s),
+            "devices_incomplete": sum(1 for o in outcomes if not o.complete),
+            "ended_unreachable": any(f["times"].get("drain_unreachable") for f in finals),
         },
         "check": check if check is not None else {"mode": "none", "passed": None},
         "errors": {"unexpected": unexpected, **errors},
         "exit_code": exit_code,
     }
     return Report(data)
+
+
+def _unreachable_target(options: SimOptions) -> str:
+    """Where the devices could not connect: the gateway's device port, the broker, or both."""
+    gateway = f"the gateway at {options.host}:{options.port} (--host, --tcp-port)"
+    broker = f"the MQTT broker at {options.mqtt_host}:{options.mqtt_port}"
+    if options.transport == "mqtt":
+        return broker
+    return gateway if options.transport == "tcp" else f"{gateway} or {broker}"
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -330,6 +348,15 @@ def render_text(data: Mapping[str, Any]) -> str:
     lines += [
         f"  connect     {data['connect']['ok']} ok, {data['connect']['failures']} failed; {ramp}; "
         f"peak {login['peak_logins_per_s']} logins/s",
+        *(
+            [
+                f"  NOT CONNECTED: no device could connect to {data['connect']['unreachable']}: "
+                + ", ".join(f"{k} {v}" for k, v in data["connect"]["failure_reasons"].items())
+                + " (is `aquafleet serve` running there?)"
+            ]
+            if data["connect"].get("unreachable")
+            else []
+        ),
         f"  login       {_ms(login['latency_ms'])}",
         f"  records     sent {records['sent']}, resent {records['resent']} (dup), acked "
         f"{records['acked']} (stored {records['stored']}, duplicate {records['duplicate_acks']}, "
@@ -366,6 +393,12 @@ def render_text(data: Mapping[str, Any]) -> str:
     lines.append(
         f"  drain       {state} in {drain['drain_s']} s "
         f"({drain['records_unacked']} records unacked on {drain['devices_with_unacked']} devices)"
+        + (
+            f"; ended: no device connected for {DRAIN_UNREACHABLE_S:g} s, "
+            f"{drain['devices_incomplete']} devices never made their last report"
+            if drain.get("ended_unreachable")
+            else ""
+        )
     )
     check = data["check"]
     if check.get("skipped"):
@@ -395,7 +428,13 @@ def render_text(data: Mapping[str, Any]) -> str:
         shown = ", ".join(f"{k} {v}" for k, v in errors.items() if k != "unexpected" and v)
         lines.append(
             f"  result      {'INTERRUPTED' if data['interrupted'] else 'FAILED'} "
-            f"(exit {data['exit_code']}): {errors['unexpected']} unexpected errors"
+            f"(exit {data['exit_code']}): "
+            + (
+                f"could not connect to {data['connect']['unreachable']}; "
+                if data["connect"].get("unreachable")
+                else ""
+            )
+            + f"{errors['unexpected']} unexpected errors"
             + (f" ({shown})" if shown else "")
         )
     return "\n".join(lines) + "\n"

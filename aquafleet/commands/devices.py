@@ -6,11 +6,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from aquafleet.commands.output import add_json_flag, emit, fields, table
-from aquafleet.commands.runtime import command_settings, redis_for_commands, run_with_database
+from aquafleet.commands.runtime import (
+    command_settings,
+    reach_redis,
+    redis_for_commands,
+    run_with_database,
+)
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.errors import GatewayError
 
@@ -267,13 +273,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     from aquafleet.gateway.inspect import platform_status
 
     async def action() -> int:
-        client = await redis_for_commands(settings)
+        client, problem = await reach_redis(settings)
         try:
             status = await platform_status(settings, client)
         finally:
             if client is not None:
                 await client.aclose()
+        if problem is not None:
+            status["redis"] = problem
         emit(args, status, render_platform)
+        if problem is not None:
+            # What the database says is printed above; online and the ledger backlog are not
+            # known. A monitoring script that runs `aquafleet status` must not read this as
+            # healthy (it exited 0).
+            print(f"aquafleet: status incomplete: {problem}", file=sys.stderr)
+            return 1
         return 0
 
     return run_with_database(settings, action)

@@ -16,9 +16,13 @@ from aquafleet.gateway.logs import configure_logging
 
 
 def command_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """The settings of a one-off command; its log lines are readable, not JSON."""
+    """The settings of a one-off command; its log lines are readable, not JSON. Every such
+    command works on the platform's data: on the embedded default it must find them in
+    data_dir, never make an empty database (or a master key) there (Settings.require_platform_data:
+    only `serve` and `migrate` create them)."""
     settings = load_settings(getattr(args, "config", None), data_dir=args.data_dir, **overrides)
     configure_logging(settings.log_level, "console")
+    settings.require_platform_data()
     return settings
 
 
@@ -63,16 +67,31 @@ def run_with_database(settings: Settings, action: Callable[[], Awaitable[int]]) 
 
 async def redis_for_commands(settings: Settings) -> Any:
     """A Redis client for one-off commands: the configured one, or a running embedded one."""
+    client, _ = await reach_redis(settings)
+    return client
+
+
+async def reach_redis(settings: Settings) -> tuple[Any, str | None]:
+    """(a pinged Redis client, None), or (None, why there is none) for the operator: the
+    configured redis_url's refusal, or no embedded Redis running for data_dir."""
+    from aquafleet.gateway.config_sources import hide_password
     from aquafleet.gateway.embedded_redis import running_url
     from aquafleet.gateway.redis_io import open_redis
 
     url = settings.redis_url or running_url(settings.data_dir)
     if url is None:
-        return None
+        return None, (
+            f"no embedded Redis runs for data_dir {settings.data_dir.resolve()} "
+            "(is `aquafleet serve` running? or set redis_url)"
+        )
     client = open_redis(url, max_connections=4)
     try:
         await client.ping()
-    except Exception:
+    except Exception as exc:
         await client.aclose()
-        return None
-    return client
+        where = "redis_url" if settings.redis_url else "the embedded Redis of data_dir"
+        return None, (
+            f"redis {hide_password(url)} ({where}) is not reachable: "
+            f"{_reason(exc) or type(exc).__name__} (is `aquafleet serve` running?)"
+        )
+    return client, None

@@ -179,13 +179,18 @@ async def test_devices_show_lists_the_latest_sessions(
 
 @pytest.mark.slow
 async def test_quick_start_on_embedded_defaults(tmp_path: Path):
-    """README's first command: serve with an embedded Redis and SQLite, nothing else."""
+    """README's first command: serve with an embedded Redis and SQLite, nothing else; then,
+    as README's next steps, in the same directory, vendors add and devices register (before
+    serve, vendors add finds no platform data: only serve and migrate make them)."""
     env = clean_env()
-    assert (await aquafleet(env, "vendors", "add", "DEMO", "--name", "Demo", cwd=tmp_path))[0] == 0
+    code, out = await aquafleet(env, "vendors", "add", "DEMO", "--name", "Demo", cwd=tmp_path)
+    assert code == 2 and "no platform data in data_dir" in out, out
     async with serve_processes() as nodes:
-        node = await start_serve(tmp_path, {}, name="quick")
+        node = await start_serve(tmp_path, {}, name="quick", timeout=90)  # a true first start
         nodes.append(node)
         assert (tmp_path / "aquafleet-data" / "redis" / "url").exists()
+        code, out = await aquafleet(env, "vendors", "add", "DEMO", "--name", "Demo", cwd=tmp_path)
+        assert code == 0, out
         # Registering while serving reaches the embedded Redis at once.
         code, out = await aquafleet(
             env, "devices", "register", "--vendor", "DEMO", "--count", "3",

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from aquafleet.cli import build_parser
+from aquafleet.models.ids import device_id
 from tests.conftest import MASTER_SECRET, POSTGRES_URL, REDIS_URL
 from tests.platform.test_cli import aquafleet, clean_env
 from tests.processes import free_port
@@ -41,6 +44,8 @@ async def test_a_database_that_cannot_be_reached_is_one_line(
     assert line.startswith("aquafleet: database postgres://"), out
     assert "(database_url): cannot connect:" in line and reason in line, line
     assert "hunter2" not in out  # the URL's password is never shown
+    # Nothing is announced as migrating before the database answered (it said migrations=24).
+    assert "database_migrating" not in out, out
 
 
 async def test_serve_workers_that_cannot_reach_the_database_say_so_in_one_line(tmp_path: Path):
@@ -80,9 +85,9 @@ async def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, migrated_
     assert "Traceback" not in out, out
     assert f"aquafleet: data_dir {blocker / 'data'} (--data-dir, AQUAFLEET_DATA_DIR)" in out
 
-    code, out = await aquafleet(env, "status", cwd=tmp_path)  # its SQLite file lives there
-    assert code == 1 and "Traceback" not in out, out
-    assert f"database sqlite://{blocker / 'data'}" in out, out
+    code, out = await aquafleet(env, "status", cwd=tmp_path)  # its SQLite file would be there
+    assert code == 2 and "Traceback" not in out, out
+    assert f"aquafleet: no platform data in data_dir {blocker / 'data'} " in out, out
 
     database = tmp_path / "db" / "aquafleet.sqlite3"
     migrated_sqlite(database)
@@ -100,6 +105,110 @@ async def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, migrated_
     code, out = await aquafleet(env, *register, cwd=tmp_path)
     assert code == 2 and "Traceback" not in out, out
     assert "not a hex master key" in out and "not hex at all" not in out, out
+
+
+WRONG_DIRECTORY_COMMANDS = [
+    ["status"],
+    ["devices", "register", "--vendor", "DEMO", "--count", "1", "--out", "keys.csv"],
+    ["vendors", "add", "DEMO", "--name", "Demo Water"],
+    ["sim", "--devices", "1", "--from", "devices.csv", "--duration", "1"],
+]
+
+
+async def test_a_command_run_in_the_wrong_directory_creates_no_empty_platform(
+    tmp_path: Path, migrated_sqlite
+):
+    """`aquafleet status` outside serve's directory made and migrated ./aquafleet-data and said
+    "devices: 0": the fleet looked gone. On the embedded default a command that reads or
+    changes the platform's data now names the data dir it looked in and how to name the right
+    one, and creates nothing (no database, no master key)."""
+    (tmp_path / "devices.csv").write_text("did,key\nDEMO00000001DA9F," + "ab" * 32 + "\n")
+    env = clean_env()  # the embedded default: ./aquafleet-data
+    for command in WRONG_DIRECTORY_COMMANDS:
+        code, out = await aquafleet(env, *command, cwd=tmp_path)
+        assert code == 2, (command, out)
+        assert "Traceback" not in out, out
+        line = out.strip().splitlines()[-1]
+        assert line.startswith(
+            f"aquafleet: no platform data in data_dir {tmp_path / 'aquafleet-data'} "
+        ), (command, out)
+        assert "--data-dir DIR, AQUAFLEET_DATA_DIR or --config FILE" in line, line
+        assert not (tmp_path / "aquafleet-data").exists(), command
+        assert not (tmp_path / "keys.csv").exists(), command
+
+    # Named with --data-dir or AQUAFLEET_DATA_DIR, the platform's data are found (what
+    # `aquafleet serve` or `aquafleet migrate` made: a migrated database).
+    migrated_sqlite(tmp_path / "aquafleet-data" / "aquafleet.sqlite3")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data_dir = str(tmp_path / "aquafleet-data")
+    code, out = await aquafleet(env, "--data-dir", data_dir, "money", "check", cwd=elsewhere)
+    assert code == 0, out
+    code, out = await aquafleet(
+        {**env, "AQUAFLEET_DATA_DIR": data_dir}, "vendors", "add", "DEMO", "--name", "Demo",
+        cwd=elsewhere,
+    )  # fmt: skip
+    assert code == 0, out
+    assert not (elsewhere / "aquafleet-data").exists()
+
+
+async def test_status_exits_non_zero_when_redis_cannot_be_reached(tmp_path: Path, migrated_sqlite):
+    """A monitoring script runs `aquafleet status`: a Redis it cannot reach (online devices and
+    the ledger backlog unknown) exited 0. It still prints what the database says."""
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    port = free_port()
+    refused = clean_env(data_dir=tmp_path / "data", redis_url=f"redis://:s3cret@127.0.0.1:{port}/0")
+    code, out = await aquafleet(refused, "status")
+    assert code == 1, out
+    assert "Traceback" not in out and "s3cret" not in out, out
+    assert re.search(r"^devices:\s+0$", out, re.M) and "ledger records:" in out, out
+    assert (
+        f"aquafleet: status incomplete: redis redis://:***@127.0.0.1:{port}/0 (redis_url) is not "
+        "reachable: " in out
+    ), out
+
+    embedded = clean_env(data_dir=tmp_path / "data")  # no serve runs its embedded Redis
+    code, out = await aquafleet(embedded, "status")
+    assert code == 1, out
+    assert re.search(r"^devices:\s+0$", out, re.M), out
+    assert f"no embedded Redis runs for data_dir {tmp_path / 'data'}" in out, out
+
+    reachable = clean_env(
+        data_dir=tmp_path / "data", redis_url=REDIS_URL, redis_prefix="aq-ops13-status"
+    )
+    code, out = await aquafleet(reachable, "status")
+    assert code == 0, out
+    assert re.search(r"^online:\s+0$", out, re.M), out
+
+
+async def test_a_sim_with_no_gateway_ends_soon_after_its_duration(tmp_path: Path):
+    """With nothing listening, a 2 s run took 32 s: its drain waited --drain-timeout (30 s)
+    for devices that could never connect to report their water."""
+    from aquafleet.simulators.fleet import DRAIN_UNREACHABLE_S
+
+    (tmp_path / "devices.csv").write_text(
+        "did,key\n" + "".join(f"{device_id('DEMO', i)},{'ab' * 32}\n" for i in range(1, 4))
+    )
+    port = free_port()  # nobody listens
+    started = time.monotonic()
+    code, out = await aquafleet(
+        clean_env(), "sim", "--devices", "3", "--from", "devices.csv", "--tcp-port", str(port),
+        "--duration", "2", "--draw-gap", "0.2", "--seed", "7", "--check", "none", "--quiet",
+        "--report-json", "report.json", cwd=tmp_path,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert code == 1, out
+    assert "Traceback" not in out, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    # The devices poured water they could not report: without the bound the drain waited 30 s.
+    assert report["drain"]["devices_incomplete"] == 3, report["drain"]
+    assert report["drain"]["ended_unreachable"] is True, report["drain"]
+    assert report["elapsed_s"] <= 2 + DRAIN_UNREACHABLE_S + 1, report["elapsed_s"]
+    assert took < 2 + DRAIN_UNREACHABLE_S + 15, took  # start-up and the report on a busy box
+    target = f"the gateway at 127.0.0.1:{port} (--host, --tcp-port)"
+    assert report["connect"]["unreachable"] == target
+    assert f"NOT CONNECTED: no device could connect to {target}: ECONNREFUSED" in out, out
+    assert f"result      FAILED (exit 1): could not connect to {target};" in out, out
 
 
 @pytest.mark.parametrize("workers", [1, 2])

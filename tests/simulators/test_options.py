@@ -106,7 +106,10 @@ def test_cli_parses_into_options(tmp_path: Path) -> None:
     assert options.connect_timeout_s == 60
 
 
-def test_cli_takes_the_database_url_from_the_configuration(tmp_path: Path) -> None:
+def test_cli_takes_the_database_url_from_the_configuration(
+    tmp_path: Path, migrated_sqlite: Any
+) -> None:
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")  # what serve made in its data dir
     csv_path = _csv(tmp_path, 1)
     args = build_parser().parse_args(
         ["--data-dir", str(tmp_path / "data"), "sim", "--devices", "1", "--from", str(csv_path)]
