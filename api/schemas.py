@@ -211,6 +211,18 @@ def _bounds(metadata: list[Any]) -> tuple[int | None, int | None]:
     return low, high
 
 
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """A field's type without its `| None`, and whether it had one (a union of several other
+    types comes back whole)."""
+    optional = False
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        optional = len(members) < len(get_args(annotation))
+        if len(members) == 1:
+            annotation = members[0]
+    return annotation, optional
+
+
 def _bound_integer_fields(model: type[BaseModel]) -> None:
     """Make every integer input of `model` strict and bounded (one place for all routes).
 
@@ -220,12 +232,7 @@ def _bound_integer_fields(model: type[BaseModel]) -> None:
     """
     changed = False
     for name, info in model.model_fields.items():
-        annotation, optional = info.annotation, False
-        if get_origin(annotation) in (typing.Union, types.UnionType):
-            members = [arg for arg in get_args(annotation) if arg is not type(None)]
-            optional = len(members) < len(get_args(annotation))
-            if len(members) == 1:
-                annotation = members[0]
+        annotation, optional = _unwrap_optional(info.annotation)
         if _already_bounded(annotation):  # inherited from a model bounded before
             continue
         if not _is_integer_type(annotation):
@@ -277,12 +284,7 @@ def _bound_datetime_fields(model: type[BaseModel]) -> None:
     """Every datetime input of `model` refuses a time whose UTC lies outside years 1..9999."""
     changed = False
     for info in model.model_fields.values():
-        annotation, optional = info.annotation, False
-        if get_origin(annotation) in (typing.Union, types.UnionType):
-            members = [arg for arg in get_args(annotation) if arg is not type(None)]
-            optional = len(members) < len(get_args(annotation))
-            if len(members) == 1:
-                annotation = members[0]
+        annotation, optional = _unwrap_optional(info.annotation)
         if annotation is not dt.datetime or _already_in_calendar(annotation):
             continue
         inner: Any = Annotated[(dt.datetime, *info.metadata, AfterValidator(_within_the_calendar))]

@@ -5,6 +5,7 @@ WeChat Pay whose device change failed. The money ledger's check is clean after e
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.models.devices import Device
@@ -24,9 +25,17 @@ async def _wallet(shop: Shop) -> int:
     return int(answer.data["balance"])
 
 
-async def _paid_from_the_wallet_and_at_wechat_pay(shop: Shop) -> tuple[str, int, str]:
+class PaidTwice(NamedTuple):
+    oid: str
+    total: int
+    bill: str  # the order's WeChat Pay bill, paid after the wallet paid the order
+    topup_bill: str  # the wallet top-up's bill
+    refund_no: str  # the duplicate's refund
+
+
+async def paid_from_the_wallet_and_at_wechat_pay(shop: Shop) -> PaidTwice:
     """An order the member paid from its wallet after opening WeChat Pay, whose WeChat payment
-    went through too (paid twice): its id, total and the duplicate's refund number."""
+    went through too (paid twice)."""
     order = await shop.order()
     oid, total = order["order_id"], order["amounts"]["total"]
     bill = (await shop.prepay(oid)).data["bill_no"]
@@ -37,7 +46,8 @@ async def _paid_from_the_wallet_and_at_wechat_pay(shop: Shop) -> tuple[str, int,
     await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
     await shop.fake.pay(bill)
     assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]
-    return oid, total, f"twice-{shop.fake.transactions[bill].transaction_id}"
+    twice = f"twice-{shop.fake.transactions[bill].transaction_id}"
+    return PaidTwice(oid, total, bill, topup.data["bill_no"], twice)
 
 
 async def _received(oid: str) -> None:
@@ -54,7 +64,7 @@ async def test_an_order_paid_twice_is_returned_and_refunded_once_more(
     returned it: AD-14 takes the goods back and refunds the order's own payment, to the
     wallet. What the member paid twice came back through WeChat Pay; nothing is refused."""
     vendor = tenants[0].vendor
-    oid, total, twice = await _paid_from_the_wallet_and_at_wechat_pay(shop)
+    oid, total, _bill, _topup, twice = await paid_from_the_wallet_and_at_wechat_pay(shop)
     assert (await shop.sweep()).refunds_sent == 1  # the duplicate, back through WeChat Pay
     await shop.fake.drain()
     assert (await Refund.get(refund_no=twice)).state is RefundState.SUCCEEDED
@@ -81,7 +91,7 @@ async def test_an_order_paid_twice_is_returned_while_its_duplicate_is_in_flight(
     """The same, the duplicate's refund not yet sent when the goods come back: the return
     refunds the order's payment, the duplicate's refund stays as it is."""
     vendor = tenants[0].vendor
-    oid, total, twice = await _paid_from_the_wallet_and_at_wechat_pay(shop)
+    oid, total, _bill, _topup, twice = await paid_from_the_wallet_and_at_wechat_pay(shop)
     await _received(oid)
     await shop.shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "漏水"})
     await vendor.call("POST", f"/orders/{oid}/status/consent")

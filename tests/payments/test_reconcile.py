@@ -14,6 +14,7 @@ from aquafleet.models.payments import Payment, PaymentState
 from aquafleet.models.reconcile import BEIJING, compare, day_bounds, fen_of, parse_trade_bill
 from tests.conftest import MASTER_SECRET
 from tests.fakes.wechatpay import FakeTransaction
+from tests.payments.test_money_paths import paid_from_the_wallet_and_at_wechat_pay
 from tests.payments.test_wechat_pay_flow import Shop, shop
 from tests.platform.test_cli import aquafleet, clean_env
 
@@ -117,21 +118,12 @@ async def test_a_payment_booked_as_paid_twice_is_no_difference(shop: Shop):
     """The member paid an order from its wallet, then its WeChat Pay bill too: WeChat Pay's
     bill lists that payment and its refund, and we booked both (`pay-twice`, `twice-...`).
     The report lists nothing: the bill is not ours as paid at WeChat Pay, yet it is known."""
-    oid = (await shop.order())["order_id"]
-    total = (await Order.get(oid=oid)).total_fen
-    bill = (await shop.prepay(oid)).data["bill_no"]
-    topup = await shop.shopper.client.call(
-        "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
-    )
-    await shop.fake.pay(topup.data["bill_no"])
-    await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
-    await shop.fake.pay(bill)
-    assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]
+    paid = await paid_from_the_wallet_and_at_wechat_pay(shop)
     await shop.sweep()  # the duplicate refunded through WeChat Pay
     await shop.fake.drain()
     day = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
     rows = parse_trade_bill(shop.fake.bill_text(day.isoformat()))
-    assert {r.bill_no for r in rows if r.trade_state == "SUCCESS"} == {bill, topup.data["bill_no"]}
+    assert {r.bill_no for r in rows if r.trade_state == "SUCCESS"} == {paid.bill, paid.topup_bill}
     assert await compare(shop.vid, "weixin", day, rows) == []
 
 
