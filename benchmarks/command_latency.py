@@ -281,6 +281,7 @@ def main() -> int:
         subprocess.run([*cli, *command], cwd=workdir, env=env, check=True, input=stdin,
                        text=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
+    run("migrate")  # makes the platform's data dir; other commands refuse one missing
     run("vendors", "add", "BNCH", "--name", "Benchmark")
     run("devices", "register", "--vendor", "BNCH", "--count", str(args.devices),
         "--out", "devices.csv")  # fmt: skip

@@ -681,6 +681,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
             [*cli, *command], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL
         )
 
+    run("migrate")  # makes the platform's data dir; other commands refuse one missing
     run("vendors", "add", "BNCH", "--name", "Benchmark")
     run(
         "devices",

@@ -163,6 +163,7 @@ def main() -> int:
             [*cli, *command], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL
         )
 
+    run("migrate")  # makes the platform's data dir; other commands refuse one missing
     run("vendors", "add", "BNCH", "--name", "Benchmark")
     run("devices", "register", "--vendor", "BNCH", "--count", str(args.devices),
         "--out", "devices.csv")  # fmt: skip
