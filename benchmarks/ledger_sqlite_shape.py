@@ -47,10 +47,10 @@ def schema(autoincrement: bool) -> str:
     )
 
 
-def batch(number: int, per_device: int, recs: dict[int, int]) -> list[tuple]:
+def batch(number: int, per_device: int, recs: dict[int, int], rows_n: int = ROWS) -> list[tuple]:
     at = f"2026-12-07 09:{number % 60:02d}:00.123456+00:00"
     rows = []
-    for i in range(ROWS):
+    for i in range(rows_n):
         device = (i // per_device * 7919 + number * 13) % DEVICES
         recs[device] = rec = recs.get(device, 1000) + 1
         rows.append((f"BNCH{device:08d}AAAA", 7, rec, 32, 0, 1_790_000_000, at, 10, 12_346, 3))
@@ -66,6 +66,10 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=4096)
     parser.add_argument("--staged", type=int, default=0, metavar="N", help="see above")
     parser.add_argument("--checkpoint-pages", type=int, default=10_000)
+    parser.add_argument(
+        "--rows", type=int, default=ROWS,
+        help=f"rows a transaction (default {ROWS}); above 2,000 a device has several",
+    )  # fmt: skip
     args = parser.parse_args()
     db = sqlite3.connect(f"{tempfile.mkdtemp()}/ledger.sqlite3", isolation_level=None)
     db.execute(f"PRAGMA page_size={args.page_size}")
@@ -110,17 +114,22 @@ def main() -> None:
 
     recs: dict[int, int] = {}
     for n in range(PREFILL):  # a ledger that already holds rows: ~180 a device
-        write(batch(-1 - n, args.per_device, recs))
-    batches = [batch(n, args.per_device, recs) for n in range(MEASURED)]
+        write(batch(-1 - n, args.per_device, recs, args.rows))
+    batches = [batch(n, args.per_device, recs, args.rows) for n in range(MEASURED)]
     started = time.process_time()
+    held_ms = []  # wall time of each transaction: how long it holds SQLite's write lock
     for rows in batches:
+        began = time.perf_counter()
         write(rows)
-    cpu_us = (time.process_time() - started) / (MEASURED * ROWS) * 1e6
+        held_ms.append((time.perf_counter() - began) * 1000)
+    cpu_us = (time.process_time() - started) / (MEASURED * args.rows) * 1e6
+    held_ms.sort()
     print(
         f"per_device={args.per_device} autoincrement={not args.no_autoincrement} "
         f"multi_row={args.multi_row} sorted={args.sorted} page_size={args.page_size} "
-        f"staged={args.staged} checkpoint_pages={args.checkpoint_pages} "
-        f"cpu_us_per_row={cpu_us:.2f}"
+        f"staged={args.staged} checkpoint_pages={args.checkpoint_pages} rows={args.rows} "
+        f"cpu_us_per_row={cpu_us:.2f} transaction_ms_p50={held_ms[len(held_ms) // 2]:.1f} "
+        f"transaction_ms_max={held_ms[-1]:.1f}"
     )
 
 
