@@ -170,12 +170,14 @@ class Settings(BaseSettings):
         "share one Redis).",
     )
     ledger_batch: int = Field(
-        2000,
+        8000,
         ge=1,
         le=50000,
         description="Records a ledger read aims for: a read of fewer waits ledger_linger_ms for "
         "more (unless a stream filled its page); a read takes at most ledger_batch / 100 "
-        "entries (metering rounds) per stream.",
+        "entries (metering rounds) per stream. Larger: fewer, larger transactions under heavy "
+        "load (a transaction writes an index page per device in it, so rows of one device "
+        "share it), each holding SQLite's write lock longer (docs/benchmarks.md, session 14).",
     )
     ledger_linger_ms: float = Field(
         200.0,

@@ -541,6 +541,7 @@ class LedgerWriter:
         activated = [did for did in batch.dids if did not in self._activated]
         due = self.snapshots.due(batch.reports)
         snapshots, bad_reports = snapshot_rows(due)
+        began = time.perf_counter()
         await store_ledger_batch(
             batch.usage,
             snapshots,
@@ -548,6 +549,7 @@ class LedgerWriter:
             batch.service_events,
             batch.dispenses,
         )
+        self.metrics.histograms.ledger_transaction.observe(time.perf_counter() - began)
         self.snapshots.written(due)
         self._remember_activated(activated)
         if batch.poisoned:  # after the commit: a retried batch must not bury them twice

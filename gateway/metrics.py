@@ -80,8 +80,8 @@ class GaugeSource:
 
 
 class Histograms:
-    """The node's latency histograms, in seconds; each observed per round, login, command or
-    request."""
+    """The node's latency histograms, in seconds; each observed per round, login, command,
+    request or ledger transaction."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.ack_latency = Histogram(
@@ -113,6 +113,14 @@ class Histograms:
             "the node that took the call, by operation (timed-out commands are not observed)",
             ["op"],
             buckets=COMMAND_BUCKETS,
+            registry=registry,
+        )
+        self.ledger_transaction = Histogram(
+            f"{PREFIX}ledger_transaction_seconds",
+            "One ledger transaction (a batch's usage rows, device snapshots and activations), "
+            "from its start to its commit: on SQLite the API's writes wait behind it "
+            "(ledger_batch sets its size under load)",
+            buckets=ROUND_BUCKETS,
             registry=registry,
         )
         self.event_loop_lag = Histogram(

@@ -54,6 +54,7 @@ async def test_every_family_says_what_it_is_and_counters_end_in_total(api_node: 
     for histogram in (
         "ack_latency_seconds", "meter_round_seconds", "login_seconds",
         "command_round_trip_seconds", "http_request_duration_seconds", "event_loop_lag_seconds",
+        "ledger_transaction_seconds",
     ):  # fmt: skip
         assert kinds[f"aquafleet_{histogram}"] == "histogram"
     # A counter's samples are all `_total`: nothing a scraper would take for a gauge.

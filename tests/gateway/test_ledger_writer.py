@@ -213,9 +213,12 @@ async def test_usage_rows_equal_the_stored_records(
     # A round is one entry on one Redis; on a cluster, one per shard (one slot per script call).
     shards = {meter.keyspace.shard_of(d) for d in (a, b)}
     assert writer.metrics.ledger_entries_written == (len(shards) if is_cluster(meter.client) else 1)
+    transactions = "aquafleet_ledger_transaction_seconds_count"
+    assert writer.metrics.registry.get_sample_value(transactions) == 1  # the read's one commit
 
     assert await ledger_state(meter.client, meter.keyspace) == (0, 0, 0)
     assert await writer.write_once(block_ms=None) == 0
+    assert writer.metrics.registry.get_sample_value(transactions) == 1  # nothing read: none
     assert len(await usage_rows()) == 6
 
 
