@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from aquafleet.commands.output import add_json_flag, fields
+from aquafleet.commands.output import add_json_flag, fields, whole_number
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.config_sources import hide_password, load_settings, settings_reference
 from aquafleet.gateway.errors import ConfigError, GatewayError
@@ -287,7 +287,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         # ledger batch's rows live until it is committed, so before this every batch pushed
         # thousands of objects into the oldest generation and set off full collections of the
         # whole heap (gc_collect_main: ~8% of the writer's samples at window 1, py-spy --native).
-        await run_ledger(settings, stop=stop, ready=freeze_startup_heap)
+        await run_ledger(
+            settings, stop=stop, ready=freeze_startup_heap, metrics_port=args.metrics_port
+        )
         return 0
 
     return _run(run)
@@ -383,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser(
         "ledger", help="run a ledger writer alone (Redis streams -> database)"
     )
+    ledger.add_argument(
+        "--metrics-port", type=whole_number(1, 65535),
+        help="serve the writer's Prometheus metrics (aquafleet_ledger_*) at /metrics on this "
+        "port of http_host (default: none)",
+    )  # fmt: skip
     ledger.set_defaults(func=cmd_ledger)
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations")

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from aquafleet.api.app import setup_api
+from aquafleet.api.observability import metrics_page
 from aquafleet.gateway.appkeys import LISTENERS, METRICS, SETTINGS
 from aquafleet.gateway.config import Settings
 from aquafleet.gateway.logs import get_logger
@@ -61,21 +62,33 @@ def build_app(
 
 
 def build_ledger_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    """A ledger writer alone (no device listener), e.g. in its own process next to `serve`."""
+    """A ledger writer alone (no device listener), e.g. in its own process next to `serve`;
+    its only route is `/metrics` (served when `run_ledger` is given a port)."""
     app = web.Application()
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app.router.add_get("/metrics", metrics_page)
     app.cleanup_ctx.extend((redis_ctx, database_ctx, tasks_ctx, ledger_ctx))
     return app
 
 
 async def run_ledger(
-    settings: Settings, *, stop: asyncio.Event, ready: Callable[[], Any] | None = None
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[], Any] | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Run a standalone ledger writer until `stop` is set; `ready` is called once it runs."""
-    runner = web.AppRunner(build_ledger_app(settings), handle_signals=False)
+    """Run a standalone ledger writer until `stop` is set; `ready` is called once it runs.
+    With `metrics_port`, its metrics (`aquafleet_ledger_*`) are served on http_host at that
+    port, under the node's rule: `metrics_token`, else loopback clients only."""
+    runner = web.AppRunner(build_ledger_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
     try:
+        if metrics_port is not None:
+            site = web.TCPSite(runner, settings.http_host, metrics_port)
+            await site.start()
+            log.info("ledger_metrics_listening", http=site.name)
         log.info("ledger_writer_started", consumer=settings.resolved_node_id)
         if ready is not None:
             ready()
