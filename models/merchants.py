@@ -24,7 +24,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 
 from aquafleet.models.errors import Conflict, InvalidInput
-from aquafleet.models.sealed import SecretBox, is_sealed
+from aquafleet.models.sealed import SecretBox, SecretUnreadable, is_sealed
 
 WEIXIN = "weixin"
 ALLINPAY = "allinpay"
@@ -63,29 +63,45 @@ class PaymentMerchant(Model):
         unique_together = (("vendor", "channel"),)
 
 
-def vendor_purpose(name: str) -> str:
-    return f"vendor.{name}"
+def vendor_purpose(vendor_code: str, name: str) -> str:
+    """A vendor's own secret is sealed for its field AND its vendor: a value copied into
+    another vendor's row (by whoever can write the database) does not open there."""
+    return f"vendor.{vendor_code}.{name}"
 
 
 def merchant_purpose(vendor_code: str, channel: str) -> str:
     return f"merchant.{vendor_code}.{channel}"
 
 
-def seal_vendor_secrets(changes: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+def legacy_vendor_purpose(name: str) -> str:
+    """What a vendor's secret was sealed for before it was bound to its vendor (session 14):
+    opened still (a node of the older version may write one during a rolling upgrade), and
+    sealed again under `vendor_purpose` at every start (`seal_legacy_secrets`)."""
+    return f"vendor.{name}"
+
+
+def seal_vendor_secrets(
+    changes: dict[str, Any], box: SecretBox, vendor_code: str
+) -> dict[str, Any]:
     """`changes` with the vendor's own secrets (mp_secret, mch_secret) sealed."""
     sealed = dict(changes)
     for name in VENDOR_SECRET_FIELDS:
         if sealed.get(name):
-            sealed[name] = box.seal(sealed[name], vendor_purpose(name))
+            sealed[name] = box.seal(sealed[name], vendor_purpose(vendor_code, name))
     return sealed
 
 
 def open_vendor_secret(vendor: Any, name: str, box: SecretBox) -> str:
-    return box.open(str(getattr(vendor, name)), vendor_purpose(name))
+    stored = str(getattr(vendor, name))
+    try:
+        return box.open(stored, vendor_purpose(vendor.code, name))
+    except SecretUnreadable:
+        return box.open(stored, legacy_vendor_purpose(name))  # raises as the first did
 
 
 async def seal_legacy_secrets(box: SecretBox) -> int:
-    """The data migration of secrets stored before sealing: seal each one in place, once (a
+    """The data migration of vendors' secrets stored in the clear (before sealing) or sealed
+    before they were bound to their vendor: seal each one for its vendor, in place, once (a
     value another node sealed meanwhile is left alone). Answers how many were sealed."""
     from aquafleet.models.vendors import Vendor
 
@@ -93,10 +109,21 @@ async def seal_legacy_secrets(box: SecretBox) -> int:
     for name in VENDOR_SECRET_FIELDS:
         rows = await Vendor.exclude(**{name: ""}).values_list("code", name)
         for code, stored in rows:
-            if is_sealed(str(stored)):
-                continue
+            stored = str(stored)
+            if is_sealed(stored):
+                try:
+                    box.open(stored, vendor_purpose(code, name))
+                    continue  # sealed for its vendor already
+                except SecretUnreadable:
+                    pass
+                try:
+                    plaintext = box.open(stored, legacy_vendor_purpose(name))
+                except SecretUnreadable:
+                    continue  # another master secret's, or altered: left for its error
+            else:
+                plaintext = stored
             count += await Vendor.filter(code=code, **{name: stored}).update(
-                **{name: box.seal(str(stored), vendor_purpose(name))}
+                **{name: box.seal(plaintext, vendor_purpose(code, name))}
             )
     return count
 

@@ -2,9 +2,10 @@
 with AES-256-GCM under a key derived from the master secret, never in the clear.
 
 A sealed value is `enc1:` + URL-safe base64 of (12-byte nonce + ciphertext + tag); its
-purpose (the field it belongs to, e.g. `mp_secret`) is the associated data, so a value copied
-into another field does not open. A stored value without the prefix is a row written before
-sealing existed: it opens as itself and is sealed at the next start (`seal_legacy_secrets`).
+purpose (the vendor and the field it belongs to, e.g. `vendor.AQUA.mp_secret`) is the
+associated data, so a value copied into another field or another vendor's row does not open.
+A stored value without the prefix is a row written before sealing existed: it opens as itself
+and is sealed at the next start (`seal_legacy_secrets`).
 """
 
 from __future__ import annotations

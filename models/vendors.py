@@ -15,6 +15,7 @@ from tortoise.transactions import in_transaction
 
 from aquafleet.models.errors import Conflict, InvalidInput
 from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.sealed import SecretBox
 
 
 class VendorState(IntEnum):
@@ -124,9 +125,15 @@ def check_changeable(vendor: Vendor) -> None:
 
 
 async def register_vendor(
-    profile: dict[str, Any], username: str, password_md5: str, code: str | None = None
+    profile: dict[str, Any],
+    username: str,
+    password_md5: str,
+    code: str | None = None,
+    *,
+    box: SecretBox | None = None,
 ) -> Vendor:
-    """A new vendor and its admin account (role vendor), in one transaction."""
+    """A new vendor and its admin account (role vendor), in one transaction. With `box`, the
+    profile's secrets are sealed for the vendor once its code is known (models/merchants.py)."""
     from aquafleet.models.accounts import AdminAccount, UsernameTaken, check_username, hash_password
     from aquafleet.models.tenancy import Role
 
@@ -141,6 +148,10 @@ async def register_vendor(
             raise VendorExists(f"vendor {code} already exists")
         if await AdminAccount.filter(username__iexact=username).exists():
             raise UsernameTaken(f"user name {username!r} is taken")
+        if box is not None:
+            from aquafleet.models.merchants import seal_vendor_secrets
+
+            profile = seal_vendor_secrets(profile, box, code)
         try:
             vendor = await Vendor.create(code=code, **profile)
             await AdminAccount.create(

@@ -87,7 +87,7 @@ async def change_vendor_wechat(call: Call) -> VidOut:
     merchant = {k: changes.pop(k) for k in MERCHANT_FIELDS if k in changes}
     box = box_of(call)
     await set_wechat_merchant(vendor.code, merchant, box)
-    await update_vendor(vendor, seal_vendor_secrets(changes, box))
+    await update_vendor(vendor, seal_vendor_secrets(changes, box, vendor.code))
     log.info("vendor_wechat_changed", vid=vendor.code, fields=sorted([*merchant, *changes]))
     return VidOut(vid=vendor.code)
 

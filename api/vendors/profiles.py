@@ -30,7 +30,7 @@ from aquafleet.api.vendors.access import VendorPath, VidOut, changes_of, get_ven
 from aquafleet.api.vendors.terms import CONFIG_DEFAULTS, VendorConfigOut
 from aquafleet.models.accounts import AdminAccount, set_password
 from aquafleet.models.members import Member
-from aquafleet.models.merchants import merchant_flags, seal_vendor_secrets
+from aquafleet.models.merchants import merchant_flags
 from aquafleet.models.tenancy import PLATFORM_ONLY, Role
 from aquafleet.models.vendors import (
     Vendor,
@@ -251,8 +251,8 @@ async def list_vendors(call: Call) -> Page:
 )
 async def create_vendor(call: Call) -> VidOut:
     body: VendorCreate = call.body
-    profile = seal_vendor_secrets(body.model_dump(exclude={"vid", "user", "pwd"}), box_of(call))
-    vendor = await register_vendor(profile, body.user, body.pwd, code=body.vid)
+    profile = body.model_dump(exclude={"vid", "user", "pwd"})
+    vendor = await register_vendor(profile, body.user, body.pwd, code=body.vid, box=box_of(call))
     return VidOut(vid=vendor.code)
 
 

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from aquafleet.models.merchants import PaymentMerchant, wechat_merchant
+from aquafleet.models.merchants import PaymentMerchant, open_vendor_secret, wechat_merchant
 from aquafleet.models.sealed import SecretBox, SecretUnreadable, is_sealed
 from aquafleet.models.vendors import Vendor
 from tests.api.conftest import PASSWORD, ApiClient, md5
@@ -115,8 +115,53 @@ async def test_secrets_stored_before_sealing_are_sealed_at_start(
     vendor = await Vendor.get(code="OLDS")
     assert is_sealed(vendor.mp_secret) and is_sealed(vendor.mch_secret)
     box = SecretBox.from_master(bytes.fromhex(MASTER_SECRET))
-    assert box.open(vendor.mp_secret, "vendor.mp_secret") == MP_SECRET
-    assert box.open(vendor.mch_secret, "vendor.mch_secret") == MCH_SECRET
+    assert box.open(vendor.mp_secret, "vendor.OLDS.mp_secret") == MP_SECRET
+    assert box.open(vendor.mch_secret, "vendor.OLDS.mch_secret") == MCH_SECRET
     # Sealed under one field's name, a value does not open as another's.
     with pytest.raises(SecretUnreadable):
-        box.open(vendor.mp_secret, "vendor.mch_secret")
+        box.open(vendor.mp_secret, "vendor.OLDS.mch_secret")
+
+
+async def test_a_vendors_secret_copied_into_another_vendors_row_does_not_open(
+    database_url: str, node_factory, api: ApiClient
+):
+    for vid, secret in (("SECA", MP_SECRET), ("SECB", "mp-secret-of-b")):
+        await api.call(
+            "POST", "/vendors",
+            {"vid": vid, "user": f"{vid.lower()}-admin", "pwd": md5("x"), "name": vid,
+             "mp_appid": f"wx{vid.lower()}", "mp_secret": secret},
+        )  # fmt: skip
+    a = await Vendor.get(code="SECA")
+    box = SecretBox.from_master(bytes.fromhex(MASTER_SECRET))
+    assert open_vendor_secret(a, "mp_secret", box) == MP_SECRET
+    # Whoever can write the database copies A's sealed secret into B's row: B would then
+    # sign its members' WeChat logins with A's secret. Sealed for A, it does not open as B's.
+    await Vendor.filter(code="SECB").update(mp_secret=a.mp_secret)
+    with pytest.raises(SecretUnreadable):
+        open_vendor_secret(await Vendor.get(code="SECB"), "mp_secret", box)
+    await node_factory(database_url=database_url)  # nor does a start re-seal it as B's
+    b = await Vendor.get(code="SECB")
+    assert b.mp_secret == a.mp_secret
+    with pytest.raises(SecretUnreadable):
+        open_vendor_secret(b, "mp_secret", box)
+
+
+async def test_secrets_sealed_before_they_were_bound_to_their_vendor_are_sealed_again_at_start(
+    database_url: str, node_factory, api: ApiClient
+):
+    await api.call(
+        "POST", "/vendors", {"vid": "OLDB", "user": "oldb", "pwd": md5("x"), "name": "Old"}
+    )
+    box = SecretBox.from_master(bytes.fromhex(MASTER_SECRET))
+    # As a node of the earlier version sealed them: for the field only.
+    legacy = {name: box.seal(value, f"vendor.{name}") for name, value in
+              (("mp_secret", MP_SECRET), ("mch_secret", MCH_SECRET))}  # fmt: skip
+    await Vendor.filter(code="OLDB").update(**legacy)
+    # Still read while a rolling upgrade lets an older node write them...
+    assert open_vendor_secret(await Vendor.get(code="OLDB"), "mp_secret", box) == MP_SECRET
+    await node_factory(database_url=database_url)
+    # ...and sealed again for their vendor at the next start.
+    vendor = await Vendor.get(code="OLDB")
+    assert vendor.mp_secret != legacy["mp_secret"]
+    assert box.open(vendor.mp_secret, "vendor.OLDB.mp_secret") == MP_SECRET
+    assert box.open(vendor.mch_secret, "vendor.OLDB.mch_secret") == MCH_SECRET
