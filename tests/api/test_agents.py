@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from aquafleet.api.tokens import TOKENS
 from aquafleet.models.members import Member
+from aquafleet.models.tenancy import Principal, Role
 from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 
 
@@ -185,6 +187,29 @@ async def test_disabling_a_node_locks_its_subtree_out_until_enabled(
     assert (await b.agent.call("GET", "/auth/me")).status == 200
     assert (await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 2})).status == 201
     assert (await anonymous.login("aaaa-dealer")).startswith("a.")
+
+
+async def test_members_of_a_disabled_node_keep_their_sessions(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """docs/api-auth.md: a node's members are the vendor's customers; disabling the node
+    ends the node's logins, not their use of the app."""
+    a, _ = tenants
+    await Member.create(
+        uid="AAAA0000000000000002", vendor_id="AAAA", agent_id=a.dealer_id, name="M", state=1
+    )
+    pair = await api_node.app[TOKENS].issue(
+        Principal(Role.MEMBER, "AAAA0000000000000002", vendor_code="AAAA")
+    )
+    member = api.as_(pair["access_token"])
+    assert (await a.vendor.call("PUT", f"/agents/{a.agent_id}/state", {"state": 0})).status == 201
+    assert (await a.dealer.call("GET", "/auth/me", expect=401)).status == 401
+    me = await member.call("GET", "/auth/me")
+    assert me.status == 200 and me.data["subject"] == "AAAA0000000000000002"
+    renewed = await api.as_(None).call(
+        "POST", "/auth/refresh", {"refresh_token": pair["refresh_token"]}
+    )
+    assert renewed.status in (200, 201) and renewed.data["access_token"]
 
 
 async def test_deleting_never_orphans_anything(api: ApiClient, tenants: tuple[Tenant, Tenant]):
