@@ -232,6 +232,25 @@ async def test_devices_show_exits_non_zero_when_redis_cannot_be_reached(
     assert re.search(r"^  online: no$", out, re.M) and "incomplete" not in out, out
 
 
+async def test_two_processes_making_a_new_platform_at_once_both_succeed(tmp_path: Path):
+    """README: `aquafleet serve` in one terminal, `aquafleet vendors add` in a second. Run while
+    serve was still creating a new platform's schema, the command migrated the same SQLite file
+    too, and one of them stopped with a traceback ('table "order_device" already exists'). Two
+    processes that migrate one new database at once (here two `migrate`s, the same race) now
+    take turns: both succeed, the second finding nothing pending."""
+    env = clean_env(data_dir=tmp_path / "data")
+    results = await asyncio.gather(
+        aquafleet(env, "migrate", cwd=tmp_path), aquafleet(env, "migrate", cwd=tmp_path)
+    )
+    for code, out in results:
+        assert code == 0, out
+        assert "Traceback" not in out and "already exists" not in out, out
+    code, out = await aquafleet(env, "vendors", "add", "TURN", "--name", "Turns", cwd=tmp_path)
+    assert code == 0, out
+    code, out = await aquafleet(env, "money", "check", cwd=tmp_path)
+    assert code == 0, out
+
+
 async def test_a_sim_with_no_gateway_ends_soon_after_its_duration(tmp_path: Path):
     """With nothing listening, a 2 s run took 32 s: its drain waited --drain-timeout (30 s)
     for devices that could never connect to report their water."""
