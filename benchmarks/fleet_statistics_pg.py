@@ -9,7 +9,10 @@ minutes for 26 h, on the hour for 31 days). Then, --queries times each: water pe
 online history (24 h and 30 days) for the vendor and for one dealer, and device_statistics of
 one device: p50 / p99 / max.
 
-  python benchmarks/fleet_statistics_pg.py --postgres postgres://postgres@127.0.0.1:5432/test
+  python -m benchmarks.fleet_statistics_pg --postgres postgres://postgres@127.0.0.1:5432/test
+
+(as a module, from the tree's root: it imports benchmarks.ledger_pg; run as a file it stopped
+with "No module named 'benchmarks'").
 """
 
 from __future__ import annotations

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import fcntl
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -141,10 +144,11 @@ async def migrate(database_url: str) -> None:
             log.info("database_migration_applied", migration=name)
 
     try:
-        with connect_errors(database_url):
-            await tortoise_migrate(
-                config=tortoise_config(database_url), reporter=plan, progress=progress
-            )
+        async with _one_migration_at_a_time(database_url):
+            with connect_errors(database_url):
+                await tortoise_migrate(
+                    config=tortoise_config(database_url), reporter=plan, progress=progress
+                )
         if announced:
             log.info(
                 "database_migrated",
@@ -155,6 +159,26 @@ async def migrate(database_url: str) -> None:
         # The migration API leaves its connections open (for SQLite a non-daemon thread that
         # would keep the process from exiting).
         await close_database()
+
+
+@contextlib.asynccontextmanager
+async def _one_migration_at_a_time(database_url: str) -> AsyncIterator[None]:
+    """On SQLite, one process migrates a database file at a time; the next waits, then finds
+    nothing pending. A command run while `aquafleet serve` made a new platform's schema (README:
+    serve, then vendors add in a second terminal) migrated it too, and one of them stopped
+    with a traceback ('table "order_device" already exists'). PostgreSQL is migrated once,
+    before the nodes start (docs/deploy.md)."""
+    path = database_url.removeprefix("sqlite://") if database_url.startswith("sqlite://") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.migrating", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)  # the event loop runs on
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # A checkpoint copies every page the WAL holds into the database file, once however many

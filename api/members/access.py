@@ -132,6 +132,22 @@ async def send_code(call: Call, purpose: CodePurpose, vendor_code: str, mobile: 
         ) from None
 
 
+async def send_code_telling_nothing(
+    call: Call, purpose: CodePurpose, vendor_code: str, mobile: str
+) -> None:
+    """For a request whose answer must not tell a registered number from an unknown one (a
+    login code): the limits are counted and refused (429) as for any request, but the
+    provider's failure (refused number, throttled, down) is only logged. Answering it (422, 429
+    sms_throttled, 503) where an unknown number got 200 told who is registered."""
+    try:
+        await call.app[MEMBERS].send_code(purpose, vendor_code, mobile, ip=call.client_ip)
+    except SmsError as exc:
+        log.warning(
+            "sms_send_failed", purpose=purpose.value, error=type(exc).__name__, why=str(exc),
+            answered="as if sent",
+        )  # fmt: skip
+
+
 async def usable_vendor(vid: str) -> Vendor:
     vendor = await Vendor.get_or_none(code=vid)
     if vendor is None or vendor.state not in (VendorState.ACTIVE, VendorState.INACTIVE):

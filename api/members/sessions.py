@@ -12,6 +12,7 @@ from aquafleet.api.members.access import (
     login_guess_key,
     redis_of,
     send_code,
+    send_code_telling_nothing,
     usable_vendor,
     visible_member,
 )
@@ -111,8 +112,9 @@ async def register_member(call: Call) -> MemberLoginOut:
     status=200,
     errors=(404, 429, 503),
     description="Not in the seed: the code for POST /users/login with mobile + code. Sent "
-    "only to registered members who may log in; the answer is the same either way, so it "
-    "does not tell who is registered. Limits as for AA-02A.",
+    "only to registered members who may log in; the answer is the same either way (also when "
+    "the SMS provider fails: that is only logged), so it does not tell who is registered. "
+    "Limits as for AA-02A.",
 )
 async def send_login_code(call: Call) -> None:
     query: CodeQuery = call.query
@@ -122,7 +124,9 @@ async def send_login_code(call: Call) -> None:
         # Count the request like a real one, so the answer (and its limits) give nothing away.
         await call.app[MEMBERS].codes.check_limits(query.mobile, ip=call.client_ip)
         return
-    await send_code(call, CodePurpose.LOGIN, query.vid, query.mobile)
+    # The member's number is answered as the unknown one above even when the SMS provider
+    # fails (logged as sms_send_failed): a 503 here said "this number is registered".
+    await send_code_telling_nothing(call, CodePurpose.LOGIN, query.vid, query.mobile)
 
 
 @routes.post(

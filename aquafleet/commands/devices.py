@@ -233,14 +233,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     from aquafleet.gateway.inspect import device_status
 
     async def action() -> int:
-        client = await redis_for_commands(settings)
+        client, problem = await reach_redis(settings)
         try:
             status = await device_status(settings, client, args.did, sessions=args.sessions)
         finally:
             if client is not None:
                 await client.aclose()
+        if problem is not None and status.get("registered"):
+            status["redis"] = problem
         emit(args, status, render_device)
-        return 0 if status.get("registered") else 1
+        if not status.get("registered"):
+            return 1
+        if problem is not None:
+            # The database's part is printed above; presence, sessions and the meter are not
+            # known. Like `aquafleet status`, a script must not read this as a healthy device
+            # (it exited 0).
+            print(f"aquafleet: device status incomplete: {problem}", file=sys.stderr)
+            return 1
+        return 0
 
     return run_with_database(settings, action)
 

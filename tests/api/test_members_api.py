@@ -3,6 +3,7 @@ PostgreSQL, with Aliyun SMS and WeChat as local fakes and a controlled clock for
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -310,6 +311,47 @@ async def test_an_unknown_number_gets_the_same_answer_to_a_login_code_request(
         "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=429
     )
     assert (again.status, again.body) == (known_again.status, known_again.body)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "balance",  # the account cannot pay: 503 sms_unavailable was answered
+        "isv.MOBILE_NUMBER_ILLEGAL",  # the number is refused: 422 sms_mobile_rejected
+        "isv.BUSINESS_LIMIT_CONTROL",  # the provider throttles: 429 sms_throttled
+    ],
+)
+async def test_a_failing_sms_provider_does_not_tell_a_member_from_an_unknown_number(
+    tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms, failure: str
+):
+    """While the SMS provider failed, a login code request for a member's number answered 503
+    (or 422, 429) and one for an unknown number 200: anyone could tell who is registered. Both
+    answer the same now; the failure is logged, and the limits still count and refuse both."""
+    a, _ = tenants
+    await members.register(a.vid, "13800138000")
+    members.clock.now += 61  # past the one-code-a-minute limit
+    sent_before = len(fake_sms.sent)
+    if failure == "balance":
+        fake_sms.balance = 0
+    else:
+        body = json.dumps({"Code": failure, "Message": "refused", "RequestId": "R1"})
+        fake_sms.scripted.append((200, body))
+    known = await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13800138000"}, expect=200
+    )
+    unknown = await members.public.call(
+        "GET", "/users/login/code", params={"vid": a.vid, "mobile": "13700137000"}, expect=200
+    )
+    assert len(fake_sms.sent) == sent_before  # nothing went out
+    assert (known.status, known.body) == (unknown.status, unknown.body)
+    # The limits stay: one code request a minute per number, refused alike.
+    again = [
+        await members.public.call(
+            "GET", "/users/login/code", params={"vid": a.vid, "mobile": mobile}, expect=429
+        )
+        for mobile in ("13800138000", "13700137000")
+    ]
+    assert again[0].body == again[1].body and again[0].code == "rate_limited"
 
 
 async def test_a_wrong_login_code_answers_the_same_for_an_unknown_number(

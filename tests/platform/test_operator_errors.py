@@ -181,6 +181,76 @@ async def test_status_exits_non_zero_when_redis_cannot_be_reached(tmp_path: Path
     assert re.search(r"^online:\s+0$", out, re.M), out
 
 
+async def test_devices_show_exits_non_zero_when_redis_cannot_be_reached(
+    tmp_path: Path, migrated_sqlite
+):
+    """`aquafleet devices show DID` with a Redis it cannot reach (presence, sessions and the
+    meter unknown) exited 0, as status did: a script read the device as fine. It still prints
+    what the database says, names the Redis and why on its last line, and exits 1."""
+    migrated_sqlite(tmp_path / "data" / "aquafleet.sqlite3")
+    port = free_port()
+    refused = clean_env(
+        data_dir=tmp_path / "data", master_secret=MASTER_SECRET,
+        redis_url=f"redis://:s3cret@127.0.0.1:{port}/0",
+    )  # fmt: skip
+    assert (await aquafleet(refused, "vendors", "add", "SHOW", "--name", "Show"))[0] == 0
+    code, out = await aquafleet(
+        refused, "devices", "register", "--vendor", "SHOW", "--count", "1",
+        "--out", str(tmp_path / "devices.csv"),
+    )  # fmt: skip
+    assert code == 0, out
+    did = (tmp_path / "devices.csv").read_text().splitlines()[1].split(",")[0]
+
+    code, out = await aquafleet(refused, "devices", "show", did)
+    assert code == 1, out
+    assert "Traceback" not in out and "s3cret" not in out, out
+    assert out.startswith(did + "\n") and re.search(r"^  vendor:\s+SHOW$", out, re.M), out
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"aquafleet: device status incomplete: redis redis://:***@127.0.0.1:{port}/0 "
+            "(redis_url) is not reachable: "
+        )
+    ), out
+
+    embedded = clean_env(data_dir=tmp_path / "data")  # no serve runs its embedded Redis
+    code, out = await aquafleet(embedded, "devices", "show", did, "--json")
+    assert code == 1, out
+    document, last = out.rsplit("\n}\n", 1)
+    assert json.loads(document + "\n}")["vendor"] == "SHOW", out
+    assert last.strip().startswith(
+        "aquafleet: device status incomplete: no embedded Redis runs "
+        f"for data_dir {tmp_path / 'data'}"
+    ), out
+
+    reachable = clean_env(
+        data_dir=tmp_path / "data", redis_url=REDIS_URL, redis_prefix="aq-docs14-show"
+    )
+    code, out = await aquafleet(reachable, "devices", "show", did)
+    assert code == 0, out
+    assert re.search(r"^  online: no$", out, re.M) and "incomplete" not in out, out
+
+
+async def test_two_processes_making_a_new_platform_at_once_both_succeed(tmp_path: Path):
+    """README: `aquafleet serve` in one terminal, `aquafleet vendors add` in a second. Run while
+    serve was still creating a new platform's schema, the command migrated the same SQLite file
+    too, and one of them stopped with a traceback ('table "order_device" already exists'). Two
+    processes that migrate one new database at once (here two `migrate`s, the same race) now
+    take turns: both succeed, the second finding nothing pending."""
+    env = clean_env(data_dir=tmp_path / "data")
+    results = await asyncio.gather(
+        aquafleet(env, "migrate", cwd=tmp_path), aquafleet(env, "migrate", cwd=tmp_path)
+    )
+    for code, out in results:
+        assert code == 0, out
+        assert "Traceback" not in out and "already exists" not in out, out
+    code, out = await aquafleet(env, "vendors", "add", "TURN", "--name", "Turns", cwd=tmp_path)
+    assert code == 0, out
+    code, out = await aquafleet(env, "money", "check", cwd=tmp_path)
+    assert code == 0, out
+
+
 async def test_a_sim_with_no_gateway_ends_soon_after_its_duration(tmp_path: Path):
     """With nothing listening, a 2 s run took 32 s: its drain waited --drain-timeout (30 s)
     for devices that could never connect to report their water."""
