@@ -123,8 +123,9 @@ class WithdrawIn(RequestModel):
     amount: int = Field(ge=1, le=MAX_FEN, description="fen")
     request_id: str = Field(
         min_length=1, max_length=MAX_REQUEST_ID, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="the client's id of this request: the same id again answers the first "
-        "withdrawal",
+        description="the client's id of this request: the same id again with the same request "
+        "answers the first withdrawal; with another (amount, channel) 409 "
+        "idempotency_key_reused",
     )  # fmt: skip
     channel: Literal["manual", "weixin"] | None = Field(
         None,
@@ -310,11 +311,13 @@ async def read_summary(call: Call) -> SummaryOut:
     description="C and agents/dealers (the earners; the seed's A+C, vendors and the platform "
     "earn nothing to withdraw). At least 30 s after the earner's last withdrawal (间隔30秒以上, "
     "429 with Retry-After), at least the `commission_min_withdrawal_fen` setting (422), at "
-    "most what is available (409 insufficient_funds). The same `request_id` again answers the "
-    "first withdrawal. `channel` weixin pays it to the member's bound WeChat by WeChat Pay's "
-    "merchant transfer (商家转账到零钱; state 2 paid or 3 failed when WeChat Pay has carried it "
-    "out, found by the payments sweep); manual stays 1 requested until an operator records the "
-    "transfer (`aquafleet commissions payout`). Agents and dealers are paid manually.",
+    "most what is available (409 insufficient_funds). The same `request_id` again with the same "
+    "request answers the first withdrawal; with another amount, or naming another channel than "
+    "the first took, 409 idempotency_key_reused (nothing moves). `channel` weixin pays it to "
+    "the member's bound WeChat by WeChat Pay's merchant transfer (商家转账到零钱; state 2 paid "
+    "or 3 failed when WeChat Pay has carried it out, found by the payments sweep); manual stays "
+    "1 requested until an operator records the transfer (`aquafleet commissions payout`). "
+    "Agents and dealers are paid manually.",
 )
 async def withdraw(call: Call) -> WithdrawalOut:
     body: WithdrawIn = call.body
@@ -330,7 +333,7 @@ async def withdraw(call: Call) -> WithdrawalOut:
     )
     withdrawal, _created = await request_withdrawal(
         call.principal, amount_fen=body.amount, request_id=body.request_id, channel=channel,
-        min_fen=call.app[SETTINGS].commission_min_withdrawal_fen,
+        min_fen=call.app[SETTINGS].commission_min_withdrawal_fen, asked_channel=body.channel,
     )  # fmt: skip
     return withdrawal_out(withdrawal)
 

@@ -217,6 +217,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "insufficient_funds": (409, "the balance (wallet, available commission) is short of it"),
     "order_state_conflict": (409, "the order's state does not allow this move (data: its state)"),
     "referral_invalid": (400, "the referral code names no member or agent who may refer"),
+    "idempotency_key_reused": (
+        409,
+        "an idempotency key (Idempotency-Key, request_id) sent again with another request",
+    ),
     "renewal_device_gone": (409, "a renewal was paid for a device its member no longer holds"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),

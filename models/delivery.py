@@ -97,9 +97,10 @@ def service_change(line: OrderLine, oid: str, now: dt.datetime) -> ServiceChange
     if package.get("days") is not None:
         days = int(package["days"]) + int(rent.get("trial_days") or 0)  # free days first
         expires = int(now.timestamp()) + days * DAY_S
+        # A retried delivery counts the rental from its own now: the same change all the same.
         return ServiceChangeRequest(
             op="configure", mode=ServiceMode.TIME_RENTAL, rental_expires_at=expires,
-            reason=reason, request_id=request_id,
+            reason=reason, request_id=request_id, retry_recomputes=True,
         )  # fmt: skip
     return ServiceChangeRequest(
         op="configure", mode=ServiceMode.VOLUME_RENTAL, remaining_ml=int(package["ml"]),

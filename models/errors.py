@@ -21,6 +21,23 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class RequestReused(Conflict):
+    """A client's idempotency key (an order's Idempotency-Key, a withdrawal's or a service
+    change's request_id) sent again with another request than the one it was first used for:
+    answering the first would make the client think what it asks now was done. `data`, when
+    given, says what the key was used for."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self, message: str, data: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self._data = data
+
+    @property
+    def data(self) -> dict[str, object] | None:
+        return self._data
+
+
 class InvalidInput(DomainError):
     code = "invalid_input"
 

@@ -34,7 +34,7 @@ from tortoise.transactions import in_transaction
 
 from aquafleet.models.agents import Agent, AgentState
 from aquafleet.models.devices import Device
-from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound, RequestReused
 from aquafleet.models.ids import check_vendor_code
 from aquafleet.models.members import LOGIN_ALLOWED, Member, MemberState, is_valid_uid
 from aquafleet.models.products import (
@@ -441,22 +441,17 @@ async def resolve_referral(member: Member, code: str | None) -> Attribution:
     return Attribution(agent.id, None)
 
 
-class IdempotencyKeyReused(Conflict):
+class IdempotencyKeyReused(RequestReused):
     """An Idempotency-Key sent again with another request than the one that made its order:
     answering that order would make the client think it made the order it asked for now."""
-
-    code = "idempotency_key_reused"
 
     def __init__(self, key: str, first: Order) -> None:
         super().__init__(
             f"Idempotency-Key {key!r} made order {first.oid} from another request: "
-            "a new order needs a new key"
+            "a new order needs a new key",
+            {"order_id": first.oid},
         )
         self.oid = first.oid
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return {"order_id": self.oid}
 
 
 def request_digest(kind: str, request: Mapping[str, Any]) -> str:

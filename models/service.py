@@ -4,7 +4,8 @@ locks; and the history of every change, with who and why.
 The live state is in Redis next to the device's meter (gateway/service_state.py), so metering
 can draw the quota down atomically. These services validate a change, apply it there through a
 `ServiceBackend`, and record it here. A change carrying a `request_id` (an order id, say) is
-applied once however often it is retried.
+applied once however often it is retried; another change under a request id already used on
+the device is refused (ServiceRequestReused), never taken for a retry of the first.
 
 An exchange's hand-over and hand-back of the service are in models/handover.py, a command's
 device lookup in models/command_target.py.
@@ -25,7 +26,7 @@ from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device, DeviceType
-from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound, RequestReused
 
 MAX_TOP_UP_ML = 10**9  # a million litres in one top-up is a typo, not an order
 DAY_S = 86_400
@@ -79,6 +80,9 @@ class ServiceChange(Model):
     actor = fields.CharField(max_length=64)
     reason = fields.CharField(max_length=255, default="")
     request_id = fields.CharField(max_length=64, null=True)
+    # What the change asked (service.lua's arguments, [] for a lock), to tell a retry under its
+    # request id from another change; None: an event, or recorded before they were kept.
+    request_args: list[int | None] | None = fields.JSONField(null=True)
     created_at = fields.DatetimeField()
 
     class Meta:
@@ -141,6 +145,105 @@ async def known_device(did: str) -> Device:
     return device
 
 
+class ServiceRequestReused(RequestReused):
+    """A service change under a request id the device already changed by another change: taken
+    for a retry, the caller would believe its change applied when nothing was."""
+
+    def __init__(
+        self, did: str, request_id: str, op: str, asked: dict[str, Any], differs: list[str]
+    ) -> None:
+        super().__init__(
+            f"request_id {request_id!r} already changed device {did} by another change "
+            f"({', '.join(differs)}): it was not applied; a new change needs a new request_id",
+            {"op": op_name(op), **{k: _shown(k, v) for k, v in asked.items()}},
+        )
+
+
+def op_name(op: str) -> str:
+    """A service op as the API names it (service.lua's topup is top_up)."""
+    return "top_up" if op == "topup" else op
+
+
+def _shown(name: str, value: int | None) -> int | str | None:
+    if name == "rental_expires_at" and value is not None:
+        return _when(value)
+    return value
+
+
+def asked_of(op: str, args: Sequence[int | None]) -> dict[str, int | None]:
+    """What a change of `op` with service.lua's `args` asks, by name (pure): configure's mode,
+    remaining_ml, rental_expires_at, low_balance_ml; a top-up's ml; an extension's days (its
+    seconds when not whole days); a set expiry's rental_expires_at; nothing for a lock."""
+    values = list(args)
+    match op:
+        case "configure" if len(values) == 4:
+            return dict(zip(("mode", "remaining_ml", "rental_expires_at", "low_balance_ml"),
+                            values, strict=True))  # fmt: skip
+        case "topup" if len(values) == 1:
+            return {"ml": values[0]}
+        case "extend" if len(values) == 1:
+            seconds = values[0]
+            if seconds is not None and seconds % DAY_S == 0:
+                return {"days": seconds // DAY_S}
+            return {"seconds": seconds}
+        case "set_expiry" if len(values) == 1:
+            return {"rental_expires_at": values[0]}
+    return {}
+
+
+def recorded_asked(change: ServiceChange) -> dict[str, int | None]:
+    """What a recorded change asked: its arguments, or, recorded before they were kept, what
+    its row still tells (a configure's mode and low balance are not known then)."""
+    if change.request_args is not None:
+        return asked_of(change.op, change.request_args)
+    match change.op:
+        case "topup":
+            return asked_of("topup", [change.amount_ml])
+        case "extend":
+            return asked_of("extend", [change.seconds])
+        case "set_expiry":
+            return asked_of("set_expiry", [change.rental_expires_at])
+        case "configure":
+            return {"remaining_ml": change.amount_ml, "rental_expires_at": change.rental_expires_at}
+    return {}
+
+
+def change_differences(
+    first_op: str,
+    first_asked: dict[str, int | None],
+    op: str,
+    args: Sequence[int | None],
+    *,
+    retry_recomputes: bool = False,
+) -> list[str]:
+    """What a change of `op` with `args` asks otherwise than the first change under its request
+    id did (pure); empty: the same change, a retry. `retry_recomputes`: the caller computes the
+    arguments afresh on each try (a delivery's rental counts from now), so only the op tells."""
+    if first_op != op:
+        return [f"op {op_name(first_op)}, not {op_name(op)}"]
+    if retry_recomputes:
+        return []
+    asked = asked_of(op, args)
+    return [
+        f"{name} {_shown(name, first_asked[name])}, not {_shown(name, value)}"
+        for name, value in asked.items()
+        if name in first_asked and first_asked[name] != value
+    ]
+
+
+async def check_retry(
+    did: str, request_id: str, op: str, args: Sequence[int | None], *, retry_recomputes: bool
+) -> None:
+    """ServiceRequestReused when `request_id` changed `did` by another change than this one."""
+    first = await ServiceChange.get_or_none(did=did, request_id=request_id)
+    if first is None:
+        return
+    first_asked = recorded_asked(first)
+    differs = change_differences(first.op, first_asked, op, args, retry_recomputes=retry_recomputes)
+    if differs:
+        raise ServiceRequestReused(did, request_id, first.op, first_asked, differs)
+
+
 async def _apply(
     backend: ServiceBackend,
     did: str,
@@ -152,6 +255,7 @@ async def _apply(
     request_id: str | None = None,
     amount_ml: int | None = None,
     seconds: int | None = None,
+    retry_recomputes: bool = False,
     now: dt.datetime | None = None,
 ) -> ChangeOutcome:
     actor = checked_text("actor", actor, 64)
@@ -169,6 +273,8 @@ async def _apply(
                 f"device {did} is a test (quality-check) device, type 8: it has no quota or "
                 "rental to change"
             )
+    if request_id is not None:  # another change under a used request id: refused, not applied
+        await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
     now = now or dt.datetime.now(dt.UTC)
     applied, state = await backend.change(
         did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000)
@@ -176,9 +282,12 @@ async def _apply(
     code = int(applied)
     if code == -2:
         raise Conflict(f"device {did} is not metered against a volume quota")
+    if code == -1 and request_id is not None:
+        # Applied before: by a racing request under the same id, recorded since the check?
+        await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
     await record_applied(
         did, op, state, actor=actor, reason=reason, request_id=request_id, amount_ml=amount_ml,
-        seconds=seconds, now=now,
+        seconds=seconds, request_args=list(args), now=now,
     )  # fmt: skip
     return ChangeOutcome(
         applied=code == 1,
@@ -203,6 +312,7 @@ async def record_applied(
     amount_ml: int | None,
     seconds: int | None,
     now: dt.datetime,
+    request_args: list[int | None] | None = None,
 ) -> None:
     """Record a change Redis applied (once per request id) and move the copy up to it."""
     already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
@@ -212,7 +322,8 @@ async def record_applied(
                 did=did, op=op, amount_ml=amount_ml, seconds=seconds,
                 remaining_ml=state.remaining_ml, rental_expires_at=state.rental_expires_at,
                 lock_bits=state.lock_bits, version=state.version, actor=actor,
-                reason=reason[:255], request_id=request_id, created_at=now,
+                reason=reason[:255], request_id=request_id, request_args=request_args,
+                created_at=now,
             )  # fmt: skip
     if state.mode is not None:
         await copy_state(did, state, now)
@@ -251,9 +362,11 @@ async def configure(
     actor: str,
     reason: str = "",
     request_id: str | None = None,
+    retry_recomputes: bool = False,
     now: dt.datetime | None = None,
 ) -> ChangeOutcome:
-    """Set the billing mode; volume rental needs a starting quota, time rental an expiry."""
+    """Set the billing mode; volume rental needs a starting quota, time rental an expiry.
+    `retry_recomputes`: see ServiceChangeRequest."""
     try:
         mode = ServiceMode(mode)
     except ValueError:
@@ -272,7 +385,8 @@ async def configure(
         low_balance_ml = _whole("low_balance_ml", low_balance_ml, 0, MAX_TOP_UP_ML)
     return await _apply(
         backend, did, "configure", [int(mode), remaining_ml, rental_expires_at, low_balance_ml],
-        actor=actor, reason=reason, request_id=request_id, amount_ml=remaining_ml, now=now,
+        actor=actor, reason=reason, request_id=request_id, amount_ml=remaining_ml,
+        retry_recomputes=retry_recomputes, now=now,
     )  # fmt: skip
 
 
@@ -379,7 +493,11 @@ def is_low_balance(
 @dataclass(frozen=True, slots=True)
 class ServiceChangeRequest:
     """One change of AB-08 (`PUT /devices/{did}/svc`): `op` says which; the fields it does not
-    use are None. `rental_expires_at` is unix seconds."""
+    use are None. `rental_expires_at` is unix seconds. With `request_id`, the same change again
+    is a retry (applied once) and another is ServiceRequestReused; `retry_recomputes` (an
+    internal caller's configure whose values are computed afresh on each try: a delivery's
+    rental from now, an exchange's from the old device's state) makes any configure under the
+    id a retry of the first."""
 
     op: str  # configure, top_up, extend, set_expiry, lock, unlock
     mode: ServiceMode | int | None = None
@@ -391,6 +509,7 @@ class ServiceChangeRequest:
     days: int | None = None
     reason: str = ""
     request_id: str | None = None
+    retry_recomputes: bool = False
 
 
 async def apply_change(
@@ -407,6 +526,7 @@ async def apply_change(
                 backend, did, change.mode, remaining_ml=change.remaining_ml,
                 rental_expires_at=change.rental_expires_at, low_balance_ml=change.low_balance_ml,
                 actor=actor, reason=reason, request_id=request_id,
+                retry_recomputes=change.retry_recomputes,
             )  # fmt: skip
         case "top_up":
             if change.ml is None:

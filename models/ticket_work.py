@@ -293,6 +293,7 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: 
                 rental_expires_at=given.rental_expires_at
                 if given.mode is ServiceMode.TIME_RENTAL else None,
                 reason=f"exchange ticket {ticket.ticket_id}", request_id=ticket.ticket_id,
+                retry_recomputes=True,  # a retry reads the old device's state afresh
             ),
         )  # fmt: skip
     await work.change_service(

@@ -29,7 +29,7 @@ from aquafleet.models.commissions import (
     lock_accounts,
 )
 from aquafleet.models.db import database_now
-from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound, RequestReused
 from aquafleet.models.money import Guard, Leg, Side, balance, channel_account, post, side_balance
 from aquafleet.models.ratelimit import RateLimited
 from aquafleet.models.tenancy import Principal
@@ -101,13 +101,16 @@ async def request_withdrawal(
     request_id: str,
     channel: PayoutChannel,
     min_fen: int = DEFAULT_MIN_WITHDRAWAL_FEN,
+    asked_channel: str | None = None,
     now: dt.datetime | None = None,
 ) -> tuple[Withdrawal, bool]:
     """AE-03: the caller withdraws `amount_fen` of its available commission. Idempotent by
-    `request_id` (answers (withdrawal, created)). The earner's available account is locked while
-    the 30-second rule and the balance are checked and the money moved to payout, so two
-    withdrawals at once cannot both pass either. Timed by the database's clock (`now`: another
-    time, for tests and tools)."""
+    `request_id` (answers (withdrawal, created)): the same request again answers the first
+    withdrawal; another amount, or another channel than the first took when the request names
+    one (`asked_channel`), is RequestReused and nothing moves. The earner's available account
+    is locked while the 30-second rule and the balance are checked and the money moved to
+    payout, so two withdrawals at once cannot both pass either. Timed by the database's clock
+    (`now`: another time, for tests and tools)."""
     earner = earner_of(principal)
     if earner is None or principal.vendor_code is None:
         raise Forbidden("only an earner (a member, an agent or a dealer) withdraws commission")
@@ -117,7 +120,7 @@ async def request_withdrawal(
         raise InvalidInput(f"request_id must be 1..{MAX_REQUEST_ID} characters")
     first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
     if first is not None:
-        return _same_withdrawal(first, amount_fen), False
+        return _same_withdrawal(first, amount_fen, asked_channel), False
     if amount_fen < min_fen:
         raise InvalidInput(f"withdraw at least {min_fen} fen")
     payee = await channel.payee(earner, principal.vendor_code)  # refused: nothing moved yet
@@ -131,7 +134,7 @@ async def request_withdrawal(
         now = now or await database_now()
         first = await Withdrawal.get_or_none(earner=earner, request_id=request_id)
         if first is not None:
-            return _same_withdrawal(first, amount_fen), False
+            return _same_withdrawal(first, amount_fen, asked_channel), False
         last = await Withdrawal.filter(earner=earner).order_by("-created_at").first()
         wait_s = seconds_to_wait(last.created_at if last is not None else None, now)
         if wait_s:
@@ -172,9 +175,30 @@ def seconds_to_wait(last_created_at: dt.datetime | None, now: dt.datetime) -> in
     return max(1, int(wait.total_seconds() + 0.999))
 
 
-def _same_withdrawal(withdrawal: Withdrawal, amount_fen: int) -> Withdrawal:
+def withdrawal_differences(
+    withdrawal: Withdrawal, amount_fen: int, asked_channel: str | None
+) -> list[str]:
+    """What a request under a withdrawal's request id asks otherwise than the withdrawal it
+    made (pure): its amount, its channel when it names one (unnamed, any channel is the one it
+    asked for). Empty: the same request, a retry."""
+    differs = []
     if withdrawal.amount_fen != amount_fen:
-        raise Conflict(f"request {withdrawal.request_id} asked for another amount before")
+        differs.append(f"amount {withdrawal.amount_fen} fen, not {amount_fen}")
+    if asked_channel is not None and withdrawal.channel != asked_channel:
+        differs.append(f"channel {withdrawal.channel}, not {asked_channel}")
+    return differs
+
+
+def _same_withdrawal(
+    withdrawal: Withdrawal, amount_fen: int, asked_channel: str | None
+) -> Withdrawal:
+    differs = withdrawal_differences(withdrawal, amount_fen, asked_channel)
+    if differs:
+        raise RequestReused(
+            f"request_id {withdrawal.request_id!r} made withdrawal {withdrawal.id} from another "
+            f"request ({', '.join(differs)}): a new withdrawal needs a new request_id",
+            {"withdrawal_id": withdrawal.id},
+        )
     return withdrawal
 
 

@@ -330,7 +330,8 @@ class DeviceServiceIn(RequestModel):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="a retried change with the same id is applied once (e.g. an order id)",
+        description="a retried change with the same id is applied once (e.g. an order id); "
+        "another change under an id the device used answers 409 idempotency_key_reused",
     )
 
 

@@ -66,7 +66,8 @@ async def read_device_service(call: Call) -> DeviceServiceOut:
     description="`op`: configure (mode, remaining_ml, rental_expires_at, low_balance_ml), "
     "top_up (ml), extend (package or days), set_expiry (rental_expires_at), lock, unlock. "
     "The device gets the new state at once when connected, else at its next login. With a "
-    "request_id a retried change is applied once (`applied: false` the second time).",
+    "request_id a retried change is applied once (`applied: false` the second time); another "
+    "change under an id the device used answers 409 idempotency_key_reused, applied nowhere.",
 )
 async def change_device_service(call: Call) -> DeviceServiceOut:
     body: DeviceServiceIn = call.body

@@ -132,6 +132,40 @@ async def test_earners_see_their_own_vendors_theirs_and_withdrawals_keep_the_rul
     assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
 
 
+async def test_a_withdrawals_request_id_again_answers_the_first_and_another_request_is_refused(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """The same request_id with the same request is a retry: the first withdrawal, nothing
+    moved twice. With another amount or channel it is idempotency_key_reused, as an order's
+    Idempotency-Key is: answering the first would tell the earner its new request was made."""
+    a, _ = tenants
+    pid = await add_product(a.vendor, commis=COMMIS)
+    _m1, m2, buyer = await chain(api_node, api, a)
+    await bought_and_done(a, buyer, pid)  # m2 earns 62580, available
+    body = {"amount": 50000, "request_id": "w-1"}
+    first = await m2.client.call("POST", "/commission", body)
+    assert first.status == 201 and first.data["channel"] == "manual", first  # no WeChat bound
+    for retry in (body, {**body, "channel": "manual"}):
+        again = await m2.client.call("POST", "/commission", retry)
+        assert (again.status, again.data) == (201, first.data), retry
+    for other, differs in (
+        ({**body, "amount": 60000}, "amount 50000 fen, not 60000"),
+        ({**body, "amount": 100}, "amount 50000 fen, not 100"),
+        ({**body, "channel": "weixin"}, "channel manual, not weixin"),
+    ):
+        refused = await m2.client.call("POST", "/commission", other, expect=409)
+        assert refused.code == "idempotency_key_reused", (other, refused)
+        assert differs in refused.body["message"], refused
+        assert refused.body["data"] == {"withdrawal_id": first.data["id"]}
+    # One withdrawal of 50000, moved once.
+    summary = (await m2.client.call("GET", "/commission/summary")).data
+    assert (summary["available"], summary["payout"]) == (12580, 50000)
+    listed = await m2.client.call("GET", "/commission/withdrawals")
+    assert [(w["id"], w["amount"]) for w in listed.data] == [(first.data["id"], 50000)]
+    assert await check_commissions() == []
+    assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
+
+
 async def test_an_agents_commission_list_covers_its_subtree_with_totals_and_csv(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
 ):

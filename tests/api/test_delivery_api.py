@@ -267,6 +267,34 @@ async def test_of_two_racing_deliveries_only_the_winners_devices_are_bound_and_s
     assert shipped["delivery"]["devices"] == [winner]
 
 
+async def test_a_delivery_retried_after_its_time_rental_was_recorded_keeps_the_first_rental(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """A delivery's time rental counts from the delivery's own now, so a retry asks another
+    expiry under the same `order:<oid>`: it is the same change (the order's), answered as
+    applied before, never refused as another change under a reused id."""
+    from aquafleet.models.delivery import service_change
+    from aquafleet.models.orders import OrderLine
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)
+    shopper = await make_member(api_node, api, a.vid)
+    body = order_body({"product_id": pid, "package": "30d"})
+    oid = (await shopper.client.call("POST", "/orders", body)).data["order_id"]
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    (did,) = await register(api, a.vid, 1)
+    gateway = api_node.app[DEVICE_GATEWAY]
+    line = await OrderLine.get(order__oid=oid)
+    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)  # a try an hour ago got this far
+    await gateway.change_service(did, service_change(line, oid, earlier), actor="test")
+    expires = (await gateway.read_service(did)).rental_expires_at
+
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [did]})
+    assert (await Device.get(did=did)).owner_id == shopper.uid
+    assert (await gateway.read_service(did)).rental_expires_at == expires  # applied once
+    assert await ServiceChange.filter(did=did, request_id=f"order:{oid}").count() == 1
+
+
 async def test_a_returned_device_shipped_again_works_for_its_new_holder(
     api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
 ):

@@ -569,6 +569,66 @@ async def test_service_state_through_the_metering_services(
     assert (wrong.status, wrong.code) == (422, "invalid_input"), wrong
 
 
+async def test_a_service_request_id_again_is_a_retry_and_another_change_under_it_is_refused(
+    api: ApiClient, tenants: tuple[Tenant, Tenant]
+):
+    """The same change under a request_id again is answered as applied before (applied once);
+    another change under it (another op, ml, days, mode) is 409 idempotency_key_reused and
+    changes nothing: answered as a retry, the caller would believe its new change applied."""
+    from aquafleet.models.service import ServiceChange
+
+    a, _ = tenants
+    did = await one_device(api, a.vid)
+
+    async def put(body: dict[str, Any], expect: int = 201) -> Any:
+        return await a.vendor.call("PUT", f"/devices/{did}/svc", body, expect=expect)
+
+    async def refused(body: dict[str, Any], differs: str) -> dict[str, Any]:
+        answer = await put(body, expect=409)
+        assert answer.code == "idempotency_key_reused", (body, answer)
+        assert differs in answer.body["message"], (body, answer)
+        return dict(answer.body["data"])
+
+    await put({"op": "configure", "mode": 3, "remaining_ml": 1000})
+    topped = {"op": "top_up", "ml": 500, "request_id": "pay-1"}
+    first, again = (await put(topped)).data, (await put(topped)).data
+    assert (first["remaining_ml"], first["applied"]) == (1500, True)
+    assert (again["remaining_ml"], again["applied"]) == (1500, False)  # applied once
+    for other, differs in (
+        ({**topped, "ml": 900}, "ml 500, not 900"),
+        ({"op": "extend", "days": 30, "request_id": "pay-1"}, "op top_up, not extend"),
+        (
+            {
+                "op": "set_expiry",
+                "rental_expires_at": "2030-01-01T00:00:00Z",
+                "request_id": "pay-1",
+            },
+            "op top_up, not set_expiry",
+        ),
+    ):
+        assert await refused(other, differs) == {"op": "top_up", "ml": 500}
+    state = (await a.vendor.call("GET", f"/devices/{did}/svc")).data
+    assert (state["remaining_ml"], state["rental_expires_at"]) == (1500, None)  # none applied
+    assert await ServiceChange.filter(did=did, request_id="pay-1").count() == 1
+
+    # A rental extended by 30 days: the same as a package is the same change; 60 days is not.
+    await put({"op": "configure", "mode": 2, "rental_expires_at": "2030-01-01T00:00:00Z"})
+    extended = (await put({"op": "extend", "days": 30, "request_id": "renew-1"})).data
+    retried = (await put({"op": "extend", "package": "30d", "request_id": "renew-1"})).data
+    assert (extended["applied"], retried["applied"]) == (True, False)
+    assert retried["rental_expires_at"] == "2030-01-31T00:00:00Z"
+    assert await refused(
+        {"op": "extend", "days": 60, "request_id": "renew-1"}, "days 30, not 60"
+    ) == {"op": "extend", "days": 30}  # fmt: skip
+    # A configure under an id: another mode is another change (the device stays a rental).
+    setup = {"op": "configure", "mode": 2, "rental_expires_at": "2031-01-01T00:00:00Z"}
+    await put({**setup, "request_id": "setup-1"})
+    assert (await put({**setup, "request_id": "setup-1"})).data["applied"] is False
+    await refused({"op": "configure", "mode": 1, "request_id": "setup-1"}, "mode 2, not 1")
+    state = (await a.vendor.call("GET", f"/devices/{did}/svc")).data
+    assert (state["mode"], state["rental_expires_at"]) == (2, "2031-01-01T00:00:00Z")
+
+
 # ----------------------------------------------------------------------------- keys, lifecycle
 
 

@@ -31,7 +31,7 @@ from aquafleet.models.commissions import (
     settle_order,
     summary,
 )
-from aquafleet.models.errors import Conflict, Forbidden, InvalidInput
+from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, RequestReused
 from aquafleet.models.members import Member, member_uid
 from aquafleet.models.money import (
     GUARDED_PREFIXES,
@@ -358,7 +358,7 @@ async def test_the_withdrawal_rules():
     first, _ = await request_withdrawal(
         earner, amount_fen=500, request_id="a", channel=ManualPayout(), now=t0
     )
-    with pytest.raises(Conflict, match="another amount"):
+    with pytest.raises(RequestReused, match="amount 500 fen, not 600"):
         await request_withdrawal(earner, amount_fen=600, request_id="a", channel=ManualPayout())
     with pytest.raises(WithdrawalTooSoon) as too_soon:
         await request_withdrawal(
