@@ -222,6 +222,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "an idempotency key (Idempotency-Key, request_id) sent again with another request",
     ),
     "renewal_device_gone": (409, "a renewal was paid for a device its member no longer holds"),
+    "rental_devices_held": (409, "a rental whose member still holds its devices (end it first)"),
+    "handover_expired": (409, "an exchange's hand-over outlived its markers: settle by hand"),
+    "card_not_configured": (409, "the vendor has no card acquirer set up"),
+    "acquirer_refused": (502, "the card acquirer refused the call (the message says why)"),
+    "acquirer_unavailable": (503, "the card acquirer did not answer; try again"),
+    "cards_unavailable": (503, "card payments are not running on this node"),
     "internal_error": (500, "a bug: the request may or may not have taken effect"),
     "service_unavailable": (503, "Redis or the database did not answer"),
 }
