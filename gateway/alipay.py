@@ -81,6 +81,7 @@ class AlipayPayments(PaymentChannel):
         browser opens to pay it (a new signature each time; the same bill)."""
         merchant = await self.merchant(order.vendor_id)
         notify_url = self.notify_url(ALIPAY_NOTIFY_PATH, vid=order.vendor_id)
+        await self.payments.release_bill(order, ALIPAY)  # closed at WeChat Pay first
         payment = await open_order_bill(order, member.uid, ALIPAY)
         url = self.client.wap_pay_url(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,

@@ -154,6 +154,7 @@ class CardPayments(PaymentChannel):
         acquirer = await self.acquirer_of_vendor(order.vendor_id)
         merchant = await acquirer.merchant(order.vendor_id)
         notify_url = self.notify_url(CARD_NOTIFY_PATH, acquirer=acquirer.name, vid=order.vendor_id)
+        await self.payments.release_bill(order, CARD)  # closed at WeChat Pay first
         payment = await open_order_bill(order, member.uid, CARD)
         answer = await acquirer.pay(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,

@@ -89,6 +89,11 @@ class PaymentChannel:
         """Ask the channel about a bill whose notification is late; apply a payment it names."""
         return None
 
+    async def release(self, payment: Payment) -> None:
+        """Before the pending bill moves to another channel: make sure it can no longer be
+        paid here. A channel whose bills are not closed before moving
+        (models/payments.py CLOSED_BEFORE_MOVING): nothing."""
+
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order; True when closed at the channel. A channel
         without a close step: closed here only."""

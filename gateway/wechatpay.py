@@ -14,16 +14,23 @@ from typing import Any
 from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.payouts import WechatNotBound, vendor_wechat_merchant
-from aquafleet.gateway.providers.wechatpay import WechatPayClient, WechatPayRefused
+from aquafleet.gateway.providers.wechatpay import (
+    WechatPayClient,
+    WechatPayRefused,
+    WechatPayUnavailable,
+)
+from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import WechatPayMerchant
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
+    OrderAlreadyPaid,
     Outcome,
     Payment,
     close_bill,
     open_order_bill,
+    release_bill,
     set_prepay_id,
 )
 from aquafleet.models.reconcile import Difference, compare, parse_trade_bill
@@ -52,6 +59,20 @@ def success_time(transaction: dict[str, Any]) -> dt.datetime | None:
     except ValueError:
         return None
     return at.astimezone(dt.UTC) if at.tzinfo is not None else None
+
+
+class BillNotReleased(Unavailable):
+    """WeChat Pay did not answer (or not verifiably) while the bill was being closed to move
+    it: it stays where it is, open at WeChat Pay (503)."""
+
+    code = "wechatpay_unavailable"
+
+
+class BillCloseRefused(DomainError):
+    """WeChat Pay refused to close the bill (a signed refusal other than ORDERPAID): it stays
+    open there and does not move (502 wechatpay_refused)."""
+
+    code = "wechatpay_refused"
 
 
 class NotificationRefused(WechatPayError):
@@ -223,6 +244,37 @@ class WechatPayments(PaymentChannel):
         await close_bill(payment)
         log.info("bill_closed", bill_no=payment.bill_no)
         return True
+
+    async def release(self, payment: Payment) -> None:
+        """The member pays the order elsewhere (the wallet, a card, Alipay): close its bill at
+        WeChat Pay first, so the payment sheet the member holds can no longer pay it, then give
+        the bill its next number (WeChat Pay refuses a closed out_trade_no again). Closing is
+        idempotent (a closed order closes again). WeChat Pay unreachable, or an answer not
+        verified: BillNotReleased (unavailable), nothing moves. ORDERPAID (the member paid it
+        meanwhile): the payment is applied (queried, as its notification would be) and the
+        move refused, OrderAlreadyPaid. ORDER_NOT_EXIST: nothing to close."""
+        merchant = await self.merchant(payment.vendor_code)
+        try:
+            await self.client.close_transaction(merchant, payment.bill_no)
+        except WechatPayUnavailable as exc:
+            raise BillNotReleased(
+                f"WeChat Pay did not answer while the order's WeChat Pay bill was being closed "
+                f"to pay it otherwise; nothing changed, try again ({exc})"
+            ) from None
+        except WechatPayRefused as exc:
+            if exc.wx_code == "ORDERPAID":
+                outcome = await self.query_bill(payment)
+                log.warning("bill_paid_while_moving", bill_no=payment.bill_no, outcome=outcome)
+                raise OrderAlreadyPaid(
+                    f"order {payment.order_oid} was paid at WeChat Pay meanwhile"
+                ) from None
+            if exc.wx_code != "ORDER_NOT_EXIST":
+                raise BillCloseRefused(
+                    f"WeChat Pay refused to close the order's bill, so it cannot be paid "
+                    f"otherwise: {exc}"
+                ) from None
+        await release_bill(payment)
+        log.info("bill_released", bill_no=payment.bill_no, channel=WEIXIN)
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         merchant = await self.merchant(payment.vendor_code)
