@@ -11,6 +11,7 @@ another amount is its own (an amount_mismatch does not hide the genuine one).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,12 +143,12 @@ class AlipayPayments(PaymentChannel):
         Alipay refuses (an over-refund, a trade that cannot refund)."""
         merchant = await self.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             answer = await self.client.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, reason=refund.reason or "退款",
             )  # fmt: skip
-            return answer.get("fund_change") == "Y", str(answer.get("trade_no", ""))
+            return answer.get("fund_change") == "Y", str(answer.get("trade_no", "")), None
 
         return await self.refund_sent(refund, send, AlipayRefused)
 

@@ -15,6 +15,7 @@ it (`prepay_id` is `{acquirer}:{its transaction id}`), so queries and refunds go
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -223,13 +224,13 @@ class CardPayments(PaymentChannel):
             return None
         merchant = await acquirer.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             result = await acquirer.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
                 reason=refund.reason or "退款",
             )  # fmt: skip
-            return result is RefundResult.SUCCEEDED, ""
+            return result is RefundResult.SUCCEEDED, "", None
 
         return await self.refund_sent(refund, send, AcquirerRefused)
 

@@ -52,8 +52,8 @@ REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 
 
 def success_time(transaction: dict[str, Any]) -> dt.datetime | None:
-    """When WeChat Pay says the member paid (`success_time`, RFC 3339 with its offset), as an
-    aware UTC datetime; None when it says none we can read."""
+    """When WeChat Pay says the member paid, or a refund went back (`success_time`, RFC 3339
+    with its offset), as an aware UTC datetime; None when it says none we can read."""
     try:
         at = dt.datetime.fromisoformat(str(transaction.get("success_time", "")))
     except ValueError:
@@ -196,8 +196,9 @@ class WechatPayments(PaymentChannel):
                 log.error("refund_amount_mismatch", refund_no=refund_no, amount_fen=refunded)
                 return "amount_mismatch"
             await settle_refund(
-                refund_no, channel=WEIXIN, channel_refund_id=str(resource.get("refund_id", ""))
-            )
+                refund_no, channel=WEIXIN, channel_refund_id=str(resource.get("refund_id", "")),
+                succeeded_at=success_time(resource),
+            )  # fmt: skip
             return "settled"
         if status in ("CLOSED", "ABNORMAL"):
             await move_refund(refund_no, RefundState.FAILED, channel=WEIXIN, failure=status)
@@ -279,14 +280,15 @@ class WechatPayments(PaymentChannel):
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         merchant = await self.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             answer = await self.client.refund(
                 merchant, out_trade_no=payment.bill_no, out_refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
                 reason=refund.reason or "退款",
                 notify_url=self.notify_url(REFUND_NOTIFY_PATH, vid=payment.vendor_code),
             )  # fmt: skip
-            return answer.get("status") == "SUCCESS", str(answer.get("refund_id", ""))
+            settled = answer.get("status") == "SUCCESS"
+            return settled, str(answer.get("refund_id", "")), success_time(answer)
 
         return await self.refund_sent(refund, send, WechatPayRefused)
 
@@ -297,8 +299,10 @@ class WechatPayments(PaymentChannel):
         status = answer.get("status")
         if status == "SUCCESS":
             await settle_refund(
-                refund.refund_no, channel=WEIXIN, channel_refund_id=str(answer.get("refund_id", ""))
-            )
+                refund.refund_no, channel=WEIXIN,
+                channel_refund_id=str(answer.get("refund_id", "")),
+                succeeded_at=success_time(answer),
+            )  # fmt: skip
             return RefundResult.SUCCEEDED
         if status in ("CLOSED", "ABNORMAL"):
             await move_refund(
