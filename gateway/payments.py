@@ -36,7 +36,7 @@ from aquafleet.models.money import (
     settle_refund,
     wallet_account,
 )
-from aquafleet.models.orders import Order
+from aquafleet.models.orders import Order, OrderState
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -126,6 +126,8 @@ class PaymentService:
         otherwise): the channel it is open at makes sure it can no longer be paid there
         (WeChat Pay closes it: `WechatPayments.release`). Raises, and nothing moves, when that
         channel cannot be reached (503) or says the bill was paid meanwhile (applied; 409)."""
+        if order.state is not OrderState.OBLIGATION:
+            return  # not payable: the move is refused (open_order_bill), nothing to close
         payment = await payment_of_order(order.oid)
         if (
             payment is None or payment.state is not PaymentState.PENDING

@@ -256,26 +256,32 @@ class WechatPayments(PaymentChannel):
         move refused, OrderAlreadyPaid. ORDER_NOT_EXIST: nothing to close."""
         merchant = await self.merchant(payment.vendor_code)
         try:
-            await self.client.close_transaction(merchant, payment.bill_no)
-        except WechatPayUnavailable as exc:
+            paid = await self._closed_to_move(merchant, payment)
+        except WechatPayUnavailable as exc:  # the close, or the query of a bill paid
             raise BillNotReleased(
                 f"WeChat Pay did not answer while the order's WeChat Pay bill was being closed "
                 f"to pay it otherwise; nothing changed, try again ({exc})"
             ) from None
+        if paid:
+            raise OrderAlreadyPaid(f"order {payment.order_oid} was paid at WeChat Pay meanwhile")
+        await release_bill(payment)
+        log.info("bill_released", bill_no=payment.bill_no, channel=WEIXIN)
+
+    async def _closed_to_move(self, merchant: WechatPayMerchant, payment: Payment) -> bool:
+        """Close the bill at WeChat Pay; True when it was paid there (the payment applied)."""
+        try:
+            await self.client.close_transaction(merchant, payment.bill_no)
         except WechatPayRefused as exc:
             if exc.wx_code == "ORDERPAID":
                 outcome = await self.query_bill(payment)
                 log.warning("bill_paid_while_moving", bill_no=payment.bill_no, outcome=outcome)
-                raise OrderAlreadyPaid(
-                    f"order {payment.order_oid} was paid at WeChat Pay meanwhile"
-                ) from None
+                return True
             if exc.wx_code != "ORDER_NOT_EXIST":
                 raise BillCloseRefused(
                     f"WeChat Pay refused to close the order's bill, so it cannot be paid "
                     f"otherwise: {exc}"
                 ) from None
-        await release_bill(payment)
-        log.info("bill_released", bill_no=payment.bill_no, channel=WEIXIN)
+        return False
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         merchant = await self.merchant(payment.vendor_code)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway.providers.wechatpay import WechatPayUnavailable
 from aquafleet.models.money import Refund, balance, channel_account
 from aquafleet.models.payments import Payment, PaymentState
 from tests.payments.test_wechat_pay_flow import Shop, assert_ledger_clean, shop
@@ -93,14 +95,29 @@ async def test_wechat_pay_unreachable_moves_nothing(shop: Shop):
     await assert_ledger_clean()
 
 
-async def test_a_bill_paid_at_wechat_pay_while_moving_is_applied_once(shop: Shop):
+async def test_a_bill_paid_at_wechat_pay_while_moving_is_applied_once(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+):
     """The member paid the WeChat Pay sheet, its notification not here yet, then asks to pay
     from the wallet: the close answers ORDERPAID, the WeChat payment is applied (queried) and
-    the wallet is not charged (409 order_paid). The late notification is then a duplicate."""
+    the wallet is not charged (409 order_paid). The late notification is then a duplicate.
+    Should the query not be answered, nothing moves (503) and the next try applies it."""
     oid, total, bill = await _opened_at_wechat_pay(shop)
     shop.fake.hold = True
     await shop.fake.pay(bill)
     shop.fake.hold = False
+
+    client = shop.node.app[PAYMENTS].wechat.client
+
+    async def unanswered(*_args: Any, **_kwargs: Any) -> Any:
+        raise WechatPayUnavailable("no answer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(client, "query_transaction", unanswered)
+        down = await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet", expect=503)
+    assert down.code == "wechatpay_unavailable"
+    assert (await _payment(shop, oid))["pay_state"] == "pending"
+    assert await _wallet(shop) == total
 
     refused = await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet", expect=409)
     assert refused.code == "order_paid"
