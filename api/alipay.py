@@ -40,7 +40,11 @@ def channel(call: Call) -> AlipayPayments:
 
 
 class AlipayPrepayOut(ResponseModel):
-    bill_no: str = Field(description="支付号: Alipay's out_trade_no (the order id)")
+    bill_no: str = Field(
+        description="支付号: Alipay's out_trade_no "
+        "(the order id; `{oid}-2`... once closed at WeChat "
+        "Pay to move)"
+    )
     pay_url: str = Field(
         description="the signed alipay.trade.wap.pay URL (手机网站支付) the app opens in a "
         "browser or web view; Alipay's cashier page, or the Alipay app it hands over to"

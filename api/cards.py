@@ -46,7 +46,11 @@ def cards(call: Call) -> CardPayments:
 
 
 class CardPrepayOut(ResponseModel):
-    bill_no: str = Field(description="支付号: our number at the acquirer (the order id)")
+    bill_no: str = Field(
+        description="支付号: our number at the acquirer "
+        "(the order id; `{oid}-2`... once closed at WeChat "
+        "Pay to move)"
+    )
     acquirer: str = Field(description="the vendor's card acquirer (allinpay)")
     pay_info: str = Field(
         description="what the app opens for the member to pay with the card (Allinpay: the "

@@ -207,6 +207,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "payment_not_configured": (409, "the vendor's merchant or the notify URL is not set up"),
     "wechat_not_bound": (409, "the member has no WeChat account bound: WeChat Pay needs one"),
     "order_paid": (409, "the order is paid already"),
+    "bill_open_at_channel": (409, "the order's bill is open at WeChat Pay; close it first"),
     "vending_unpriced": (409, "the vendor has set no vending price (AX-08)"),
     "refund_exceeds_payment": (409, "a refund beyond what was paid and not yet refunded"),
     "notification_refused": (401, "a payment notification's signature, serial or time is wrong"),

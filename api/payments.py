@@ -15,7 +15,13 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquafleet.api.errors import ApiError, ConflictError, NotFoundError, Unavailable
+from aquafleet.api.errors import (
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    Unavailable,
+    register_domain_error,
+)
 from aquafleet.api.members.access import visible_member
 from aquafleet.api.orders import OrderPath
 from aquafleet.api.routing import PUBLIC, RAW_BODY, Call, RouteTable
@@ -43,7 +49,7 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
-from aquafleet.gateway.wechatpay import NotificationRefused
+from aquafleet.gateway.wechatpay import BillCloseRefused, NotificationRefused
 from aquafleet.models.devices import Device
 from aquafleet.models.members import get_member
 from aquafleet.models.money import Refund
@@ -56,6 +62,7 @@ from aquafleet.models.vendors import Vendor
 from aquafleet.models.wallet import (
     MAX_TOPUP_FEN,
     MIN_TOPUP_FEN,
+    WALLET,
     hold_for_dispense,
     pay_order_from_wallet,
     wallet_balance,
@@ -103,6 +110,9 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 routes.contexts.append(payments_ctx)
+
+
+register_domain_error(BillCloseRefused, 502)  # WeChat Pay refused to close a bill to move
 
 
 def channel_errors(exc: Exception) -> ApiError:
@@ -399,13 +409,20 @@ async def topup_wallet(call: Call) -> PrepayOut:
     params=OrderPath,
     response=PaymentOut,
     status=200,
-    errors=(404, 409),
+    errors=(404, 409, 502, 503),
     description="C, its own unpaid order: paid at once from its wallet (insufficient_funds "
-    "when the wallet holds less; concurrent spends never overdraw it).",
+    "when the wallet holds less; concurrent spends never overdraw it). A bill the member "
+    "opened at WeChat Pay is closed there first, so it cannot be paid there too: WeChat Pay "
+    "unreachable answers 503 wechatpay_unavailable and nothing moves; paid there meanwhile, "
+    "that payment is applied and the answer is 409 order_paid.",
 )
 async def pay_with_wallet(call: Call) -> PaymentOut:
     order = await find_order(call.principal, call.params.oid)
-    apply_service = call.app[PAYMENTS].apply_service  # a renewal renews its device
+    payments = call.app[PAYMENTS]
+    apply_service = payments.apply_service  # a renewal renews its device
+    # A bill open at WeChat Pay is closed there first: the member's payment sheet cannot pay
+    # the order a second time (WeChat Pay unreachable: 503, nothing moved).
+    await payments.release_bill(order, WALLET)
     paid = await pay_order_from_wallet(order, call.principal.subject, apply_service=apply_service)
     return await payment_info(paid)
 

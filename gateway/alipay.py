@@ -11,6 +11,7 @@ another amount is its own (an amount_mismatch does not hide the genuine one).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +82,7 @@ class AlipayPayments(PaymentChannel):
         browser opens to pay it (a new signature each time; the same bill)."""
         merchant = await self.merchant(order.vendor_id)
         notify_url = self.notify_url(ALIPAY_NOTIFY_PATH, vid=order.vendor_id)
+        await self.payments.release_bill(order, ALIPAY)  # closed at WeChat Pay first
         payment = await open_order_bill(order, member.uid, ALIPAY)
         url = self.client.wap_pay_url(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
@@ -141,12 +143,12 @@ class AlipayPayments(PaymentChannel):
         Alipay refuses (an over-refund, a trade that cannot refund)."""
         merchant = await self.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             answer = await self.client.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, reason=refund.reason or "退款",
             )  # fmt: skip
-            return answer.get("fund_change") == "Y", str(answer.get("trade_no", ""))
+            return answer.get("fund_change") == "Y", str(answer.get("trade_no", "")), None
 
         return await self.refund_sent(refund, send, AlipayRefused)
 

@@ -15,6 +15,7 @@ it (`prepay_id` is `{acquirer}:{its transaction id}`), so queries and refunds go
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -154,6 +155,7 @@ class CardPayments(PaymentChannel):
         acquirer = await self.acquirer_of_vendor(order.vendor_id)
         merchant = await acquirer.merchant(order.vendor_id)
         notify_url = self.notify_url(CARD_NOTIFY_PATH, acquirer=acquirer.name, vid=order.vendor_id)
+        await self.payments.release_bill(order, CARD)  # closed at WeChat Pay first
         payment = await open_order_bill(order, member.uid, CARD)
         answer = await acquirer.pay(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
@@ -222,13 +224,13 @@ class CardPayments(PaymentChannel):
             return None
         merchant = await acquirer.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             result = await acquirer.refund(
                 merchant, bill_no=payment.bill_no, refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
                 reason=refund.reason or "退款",
             )  # fmt: skip
-            return result is RefundResult.SUCCEEDED, ""
+            return result is RefundResult.SUCCEEDED, "", None
 
         return await self.refund_sent(refund, send, AcquirerRefused)
 

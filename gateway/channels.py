@@ -10,6 +10,7 @@ models (`open_order_bill`, `apply_channel_payment` via PaymentService.apply, `mo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
@@ -62,13 +63,14 @@ class PaymentChannel:
     async def refund_sent(
         self,
         refund: Refund,
-        send: Callable[[], Awaitable[tuple[bool, str]]],
+        send: Callable[[], Awaitable[tuple[bool, str, dt.datetime | None]]],
         refused: type[Exception],
     ) -> RefundResult:
-        """Send a due refund with `send` (whether the money moved at once, and the channel's
-        refund id): requested, settled when it moved; failed when the channel refuses."""
+        """Send a due refund with `send` (whether the money moved at once, the channel's
+        refund id, and when the channel says it moved: None, now): requested, settled when it
+        moved; failed when the channel refuses."""
         try:
-            settled, channel_refund_id = await send()
+            settled, channel_refund_id, succeeded_at = await send()
         except refused as exc:
             await move_refund(
                 refund.refund_no, RefundState.FAILED, channel=self.name, failure=str(exc)
@@ -79,8 +81,9 @@ class PaymentChannel:
         if not settled:
             return RefundResult.PENDING
         await settle_refund(
-            refund.refund_no, channel=self.name, channel_refund_id=channel_refund_id
-        )
+            refund.refund_no, channel=self.name, channel_refund_id=channel_refund_id,
+            succeeded_at=succeeded_at,
+        )  # fmt: skip
         return RefundResult.SUCCEEDED
 
     # ------------------------------------------------------------------------- the sweep
@@ -88,6 +91,11 @@ class PaymentChannel:
     async def query_bill(self, payment: Payment) -> Outcome | None:
         """Ask the channel about a bill whose notification is late; apply a payment it names."""
         return None
+
+    async def release(self, payment: Payment) -> None:
+        """Before the pending bill moves to another channel: make sure it can no longer be
+        paid here. A channel whose bills are not closed before moving
+        (models/payments.py CLOSED_BEFORE_MOVING): nothing."""
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order; True when closed at the channel. A channel

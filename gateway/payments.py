@@ -36,6 +36,7 @@ from aquafleet.models.money import (
     settle_refund,
     wallet_account,
 )
+from aquafleet.models.orders import Order, OrderState
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,
@@ -119,6 +120,23 @@ class PaymentService:
         elif outcome in (Outcome.PAID_TWICE, Outcome.UNKNOWN_BILL, Outcome.REFUND_AFTER_CLOSE):
             log.warning(f"payment_{outcome.value}", amount_fen=notice.amount_fen, **fields)
         return outcome
+
+    async def release_bill(self, order: Order, to: str) -> None:
+        """Before the order's pending bill moves to channel `to` (the member pays it
+        otherwise): the channel it is open at makes sure it can no longer be paid there
+        (WeChat Pay closes it: `WechatPayments.release`). Raises, and nothing moves, when that
+        channel cannot be reached (503) or says the bill was paid meanwhile (applied; 409)."""
+        if order.state is not OrderState.OBLIGATION:
+            return  # not payable: the move is refused (open_order_bill), nothing to close
+        payment = await payment_of_order(order.oid)
+        if (
+            payment is None or payment.state is not PaymentState.PENDING
+            or payment.channel == to or not payment.prepay_id
+        ):  # fmt: skip
+            return
+        channel = self.channels.get(payment.channel)
+        if channel is not None:
+            await channel.release(payment)
 
     # ------------------------------------------------------------------------- the sweep
 

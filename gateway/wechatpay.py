@@ -14,16 +14,23 @@ from typing import Any
 from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.payouts import WechatNotBound, vendor_wechat_merchant
-from aquafleet.gateway.providers.wechatpay import WechatPayClient, WechatPayRefused
+from aquafleet.gateway.providers.wechatpay import (
+    WechatPayClient,
+    WechatPayRefused,
+    WechatPayUnavailable,
+)
+from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import WechatPayMerchant
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
+    OrderAlreadyPaid,
     Outcome,
     Payment,
     close_bill,
     open_order_bill,
+    release_bill,
     set_prepay_id,
 )
 from aquafleet.models.reconcile import Difference, compare, parse_trade_bill
@@ -45,13 +52,27 @@ REFUND_NOTIFY_PATH = "/api/v1/payments/weixin/refund-notify/{vid}"
 
 
 def success_time(transaction: dict[str, Any]) -> dt.datetime | None:
-    """When WeChat Pay says the member paid (`success_time`, RFC 3339 with its offset), as an
-    aware UTC datetime; None when it says none we can read."""
+    """When WeChat Pay says the member paid, or a refund went back (`success_time`, RFC 3339
+    with its offset), as an aware UTC datetime; None when it says none we can read."""
     try:
         at = dt.datetime.fromisoformat(str(transaction.get("success_time", "")))
     except ValueError:
         return None
     return at.astimezone(dt.UTC) if at.tzinfo is not None else None
+
+
+class BillNotReleased(Unavailable):
+    """WeChat Pay did not answer (or not verifiably) while the bill was being closed to move
+    it: it stays where it is, open at WeChat Pay (503)."""
+
+    code = "wechatpay_unavailable"
+
+
+class BillCloseRefused(DomainError):
+    """WeChat Pay refused to close the bill (a signed refusal other than ORDERPAID): it stays
+    open there and does not move (502 wechatpay_refused)."""
+
+    code = "wechatpay_refused"
 
 
 class NotificationRefused(WechatPayError):
@@ -175,8 +196,9 @@ class WechatPayments(PaymentChannel):
                 log.error("refund_amount_mismatch", refund_no=refund_no, amount_fen=refunded)
                 return "amount_mismatch"
             await settle_refund(
-                refund_no, channel=WEIXIN, channel_refund_id=str(resource.get("refund_id", ""))
-            )
+                refund_no, channel=WEIXIN, channel_refund_id=str(resource.get("refund_id", "")),
+                succeeded_at=success_time(resource),
+            )  # fmt: skip
             return "settled"
         if status in ("CLOSED", "ABNORMAL"):
             await move_refund(refund_no, RefundState.FAILED, channel=WEIXIN, failure=status)
@@ -224,17 +246,55 @@ class WechatPayments(PaymentChannel):
         log.info("bill_closed", bill_no=payment.bill_no)
         return True
 
+    async def release(self, payment: Payment) -> None:
+        """The member pays the order elsewhere (the wallet, a card, Alipay): close its bill at
+        WeChat Pay first, so the payment sheet the member holds can no longer pay it, then give
+        the bill its next number (WeChat Pay refuses a closed out_trade_no again). Closing is
+        idempotent (a closed order closes again). WeChat Pay unreachable, or an answer not
+        verified: BillNotReleased (unavailable), nothing moves. ORDERPAID (the member paid it
+        meanwhile): the payment is applied (queried, as its notification would be) and the
+        move refused, OrderAlreadyPaid. ORDER_NOT_EXIST: nothing to close."""
+        merchant = await self.merchant(payment.vendor_code)
+        try:
+            paid = await self._closed_to_move(merchant, payment)
+        except WechatPayUnavailable as exc:  # the close, or the query of a bill paid
+            raise BillNotReleased(
+                f"WeChat Pay did not answer while the order's WeChat Pay bill was being closed "
+                f"to pay it otherwise; nothing changed, try again ({exc})"
+            ) from None
+        if paid:
+            raise OrderAlreadyPaid(f"order {payment.order_oid} was paid at WeChat Pay meanwhile")
+        await release_bill(payment)
+        log.info("bill_released", bill_no=payment.bill_no, channel=WEIXIN)
+
+    async def _closed_to_move(self, merchant: WechatPayMerchant, payment: Payment) -> bool:
+        """Close the bill at WeChat Pay; True when it was paid there (the payment applied)."""
+        try:
+            await self.client.close_transaction(merchant, payment.bill_no)
+        except WechatPayRefused as exc:
+            if exc.wx_code == "ORDERPAID":
+                outcome = await self.query_bill(payment)
+                log.warning("bill_paid_while_moving", bill_no=payment.bill_no, outcome=outcome)
+                return True
+            if exc.wx_code != "ORDER_NOT_EXIST":
+                raise BillCloseRefused(
+                    f"WeChat Pay refused to close the order's bill, so it cannot be paid "
+                    f"otherwise: {exc}"
+                ) from None
+        return False
+
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         merchant = await self.merchant(payment.vendor_code)
 
-        async def send() -> tuple[bool, str]:
+        async def send() -> tuple[bool, str, dt.datetime | None]:
             answer = await self.client.refund(
                 merchant, out_trade_no=payment.bill_no, out_refund_no=refund.refund_no,
                 refund_fen=refund.amount_fen, total_fen=payment.amount_fen,
                 reason=refund.reason or "退款",
                 notify_url=self.notify_url(REFUND_NOTIFY_PATH, vid=payment.vendor_code),
             )  # fmt: skip
-            return answer.get("status") == "SUCCESS", str(answer.get("refund_id", ""))
+            settled = answer.get("status") == "SUCCESS"
+            return settled, str(answer.get("refund_id", "")), success_time(answer)
 
         return await self.refund_sent(refund, send, WechatPayRefused)
 
@@ -245,8 +305,10 @@ class WechatPayments(PaymentChannel):
         status = answer.get("status")
         if status == "SUCCESS":
             await settle_refund(
-                refund.refund_no, channel=WEIXIN, channel_refund_id=str(answer.get("refund_id", ""))
-            )
+                refund.refund_no, channel=WEIXIN,
+                channel_refund_id=str(answer.get("refund_id", "")),
+                succeeded_at=success_time(answer),
+            )  # fmt: skip
             return RefundResult.SUCCEEDED
         if status in ("CLOSED", "ABNORMAL"):
             await move_refund(

@@ -417,6 +417,9 @@ class Refund(Model):
     failure = fields.CharField(max_length=MAX_MEMO, default="")
     created_at = fields.DatetimeField()
     updated_at = fields.DatetimeField()
+    # When the channel says the money went back (WeChat Pay's success_time; else when it was
+    # settled here): the day reconciliation counts the refund on, as the channel's bill does.
+    succeeded_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "money_refund"
@@ -518,11 +521,17 @@ class RefundExceedsPayment(Conflict):
 
 
 async def settle_refund(
-    refund_no: str, *, channel: str, channel_refund_id: str = "", account: str | None = None
+    refund_no: str,
+    *,
+    channel: str,
+    channel_refund_id: str = "",
+    account: str | None = None,
+    succeeded_at: dt.datetime | None = None,
 ) -> Refund:
     """The channel paid the refund out: post its money (credit the channel, or `account`: a
     member's wallet the refund goes back to; debit the order's refunds) and mark it succeeded,
-    once; a repeat answers the settled refund."""
+    once; a repeat answers the settled refund. `succeeded_at`: when the channel says the money
+    went back (WeChat Pay's success_time), the refund's day in reconciliation; None: now."""
     refund = await Refund.get_or_none(refund_no=refund_no)
     if refund is None:
         raise NotFound(f"refund {refund_no} not found")
@@ -538,9 +547,11 @@ async def settle_refund(
             ],
             order_oid=refund.order_oid, memo=f"{channel} {channel_refund_id}".strip(),
         )  # fmt: skip
+        now = dt.datetime.now(dt.UTC)
         await Refund.filter(id=refund.id).update(
             state=RefundState.SUCCEEDED, channel=channel,
-            channel_refund_id=channel_refund_id[:64], updated_at=dt.datetime.now(dt.UTC),
+            channel_refund_id=channel_refund_id[:64], updated_at=now,
+            succeeded_at=succeeded_at or now,
         )  # fmt: skip
         from aquafleet.models.commissions import settle_order
 

@@ -117,9 +117,31 @@ class OrderAlreadyPaid(Conflict):
     code = "order_paid"
 
 
+# Channels whose bill, once opened there, must be closed there before it moves to another
+# channel (`release_bill`): the member holds a payment sheet that pays it until it is closed.
+CLOSED_BEFORE_MOVING = frozenset({"weixin"})
+
+
+class BillOpenAtChannel(Conflict):
+    """The bill is open at a channel that must close it before it moves (the gateway's
+    `PaymentService.release_bill` does, then the move is asked again)."""
+
+    code = "bill_open_at_channel"
+
+
+def next_bill_no(order_oid: str, bill_no: str) -> str:
+    """The bill's number once its number is spent at a channel (closed there: WeChat Pay
+    refuses a closed out_trade_no again, ORDERCLOSED): the order id, then `{oid}-2`, `-3`..."""
+    _, dash, count = bill_no.removeprefix(order_oid).rpartition("-")
+    n = int(count) if dash and bill_no.startswith(order_oid) and count.isdigit() else 1
+    return f"{order_oid}-{n + 1}"[:MAX_BILL_NO]
+
+
 async def open_order_bill(order: Order, member_uid: str, channel: str) -> Payment:
-    """The bill a member pays its order with at `channel` (its number is the order id): made
-    once, answered again while pending. Only the member's own unpaid order."""
+    """The bill a member pays its order with at `channel` (its number is the order id, or
+    `{oid}-n` after it was closed at a channel to move): made once, answered again while
+    pending. Only the member's own unpaid order. A bill open at a channel that must close it
+    first (CLOSED_BEFORE_MOVING) does not move: BillOpenAtChannel."""
     if order.member_id != member_uid:
         raise Forbidden("only the member who ordered pays the order")
     if order.state is not OrderState.OBLIGATION:
@@ -129,7 +151,7 @@ async def open_order_bill(order: Order, member_uid: str, channel: str) -> Paymen
     if order.total_fen <= 0:
         raise Conflict(f"order {order.oid} costs nothing")
     now = dt.datetime.now(dt.UTC)
-    existing = await Payment.get_or_none(bill_no=order.oid)
+    existing = await payment_of_order(order.oid)
     if existing is None:
         try:
             existing = await Payment.create(
@@ -138,20 +160,47 @@ async def open_order_bill(order: Order, member_uid: str, channel: str) -> Paymen
                 amount_fen=order.total_fen, created_at=now, updated_at=now,
             )  # fmt: skip
         except IntegrityError:
-            existing = await Payment.get(bill_no=order.oid)
+            existing = await Payment.get(order_oid=order.oid, purpose=Purpose.ORDER.value)
     if existing.state is PaymentState.PAID:
         raise OrderAlreadyPaid(f"order {order.oid} is paid")
     if existing.channel != channel:
-        # The member chose another channel: the bill moves there while nobody has paid it.
-        await Payment.filter(id=existing.id, state=PaymentState.PENDING).update(
-            channel=channel, prepay_id="", updated_at=now
-        )
-        await existing.refresh_from_db()
+        if existing.prepay_id and existing.channel in CLOSED_BEFORE_MOVING:
+            raise BillOpenAtChannel(
+                f"the bill of order {order.oid} is open at {existing.channel}: it moves once "
+                "closed there"
+            )
+        # The member chose another channel: the bill moves there while nobody has paid it
+        # (and, from WeChat Pay, once closed there: nobody can pay it there any more).
+        await Payment.filter(
+            id=existing.id, state=PaymentState.PENDING, channel=existing.channel,
+            prepay_id=existing.prepay_id,
+        ).update(channel=channel, prepay_id="", updated_at=now)  # fmt: skip
+        existing = await Payment.get(id=existing.id)
+        if existing.state is PaymentState.PAID:
+            raise OrderAlreadyPaid(f"order {order.oid} is paid")
+        if existing.channel != channel:
+            raise BillOpenAtChannel(f"the bill of order {order.oid} changed meanwhile; again")
     return existing
 
 
+async def release_bill(payment: Payment) -> bool:
+    """The channel closed the pending bill so that it may move (`open_order_bill`): its number
+    is spent there, so the bill takes the next one (`next_bill_no`) and no prepay. False when
+    the bill changed meanwhile (paid, moved, opened again): nothing is changed."""
+    released = await Payment.filter(
+        id=payment.id, state=PaymentState.PENDING, bill_no=payment.bill_no,
+        channel=payment.channel, prepay_id=payment.prepay_id,
+    ).update(
+        bill_no=next_bill_no(str(payment.order_oid), payment.bill_no), prepay_id="",
+        updated_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    return bool(released)
+
+
 async def set_prepay_id(payment: Payment, prepay_id: str) -> None:
-    await Payment.filter(id=payment.id).update(
+    """The bill is open at its channel under `prepay_id` (unless it took another number
+    meanwhile: released at a channel to move)."""
+    await Payment.filter(id=payment.id, bill_no=payment.bill_no).update(
         prepay_id=prepay_id[:64], updated_at=dt.datetime.now(dt.UTC)
     )
 

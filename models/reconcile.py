@@ -1,7 +1,10 @@
 """Reconciliation with a channel's bill: every difference between what the channel says happened
 on a day and what we recorded (docs/payments.md).
 
-The channel's day is its own (WeChat Pay's bills run on Beijing time). A difference is one of:
+The channel's day is its own (WeChat Pay's bills run on Beijing time), and things are on it
+when the channel says they happened: a bill on the day it was paid (`paid_at`, WeChat Pay's
+success_time), a refund on the day it succeeded (`succeeded_at`, its success_time; one still
+requested on the day it was asked). A difference is one of:
 - `missing_at_channel`: we have a paid bill or a refund the channel's bill does not list;
 - `missing_here`: the channel lists a payment or refund we do not know;
 - `amount_mismatch`: both know it, with different amounts;
@@ -19,6 +22,8 @@ import csv
 import datetime as dt
 import io
 from dataclasses import dataclass
+
+from tortoise.expressions import Q
 
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.money import Refund, RefundState, duplicate_payment_key, payment_booked
@@ -139,14 +144,7 @@ async def compare(vendor: str, channel: str, day: dt.date, rows: list[BillRow]) 
         else:
             state = known.state.name.lower()
             found.append(Difference("state_mismatch", bill_no, state, "paid"))
-    refunds = {
-        r.refund_no: r
-        for r in await Refund.filter(
-            vendor_code=vendor, channel=channel,
-            state__in=(RefundState.REQUESTED, RefundState.SUCCEEDED),
-            created_at__gte=start, created_at__lt=end,
-        )
-    }  # fmt: skip
+    refunds = {r.refund_no: r for r in await refunds_of_day(vendor, channel, start, end)}
     for refund_no, refund in refunds.items():
         row = refund_rows.get(refund_no)
         state = refund.state.name.lower()
@@ -161,6 +159,34 @@ async def compare(vendor: str, channel: str, day: dt.date, rows: list[BillRow]) 
         elif (row.refund_state == "SUCCESS") != (refund.state is RefundState.SUCCEEDED):
             found.append(Difference("state_mismatch", refund_no, state, row.refund_state.lower()))
     for refund_no, row in refund_rows.items():
-        if refund_no not in refunds:
+        if refund_no in refunds:
+            continue
+        asked = await Refund.get_or_none(refund_no=refund_no, vendor_code=vendor, channel=channel)
+        if asked is not None and (row.refund_state == "SUCCESS") != (
+            asked.state is RefundState.SUCCEEDED
+        ):
+            # e.g. requested here the day before, succeeded there today, its notification not
+            # here yet: the same state difference as on the day it was requested.
+            state = asked.state.name.lower()
+            found.append(Difference("state_mismatch", refund_no, state, row.refund_state.lower()))
+        else:
             found.append(Difference("missing_here", refund_no, "-", f"refund {row.refund_fen}"))
     return found
+
+
+async def refunds_of_day(
+    vendor: str, channel: str, start: dt.datetime, end: dt.datetime
+) -> list[Refund]:
+    """Our refunds on the channel's day [start, end): a succeeded one on the day it succeeded
+    (`succeeded_at`: WeChat Pay's success_time, as its bill lists refunds; one settled before
+    that was recorded, on the day it was settled here), one still requested on the day it was
+    asked. Counted by when it was asked, a refund asked at 23:59 and paid back at 00:01 was a
+    difference on both days."""
+    succeeded = Q(state=RefundState.SUCCEEDED) & (
+        Q(succeeded_at__gte=start, succeeded_at__lt=end)
+        | Q(succeeded_at__isnull=True, updated_at__gte=start, updated_at__lt=end)
+    )
+    requested = Q(state=RefundState.REQUESTED, created_at__gte=start, created_at__lt=end)
+    return list(
+        await Refund.filter(vendor_code=vendor, channel=channel).filter(succeeded | requested)
+    )

@@ -82,6 +82,7 @@ class FakeRefund:
     notify_url: str
     created_at: float
     status: str = "PROCESSING"
+    success_at: float = 0.0  # when it succeeded: the day the trade bill lists it on
 
 
 @dataclass
@@ -274,9 +275,11 @@ class FakeWechatPay(TransferRoutes):
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
 
-    async def succeed_refund(self, refund_no: str) -> None:
+    async def succeed_refund(self, refund_no: str, *, at: float | None = None) -> None:
+        """The refund succeeds (at `at`, default now) and WeChat Pay notifies."""
         refund = self.refunds[refund_no]
         refund.status = "SUCCESS"
+        refund.success_at = at if at is not None else time.time()
         if refund.notify_url:
             txn = self.transactions[refund.out_trade_no]
             await self._notify(
@@ -285,7 +288,7 @@ class FakeWechatPay(TransferRoutes):
                     "mchid": txn.mchid, "out_trade_no": txn.out_trade_no,
                     "transaction_id": txn.transaction_id, "out_refund_no": refund.out_refund_no,
                     "refund_id": refund.refund_id, "refund_status": "SUCCESS",
-                    "success_time": beijing_time(time.time()),
+                    "success_time": beijing_time(refund.success_at),
                     "user_received_account": "支付用户零钱",
                     "amount": {"total": refund.total, "refund": refund.refund,
                                "payer_total": refund.total, "payer_refund": refund.refund},
@@ -294,7 +297,7 @@ class FakeWechatPay(TransferRoutes):
 
     def _refund_view(self, refund: FakeRefund) -> dict[str, Any]:
         txn = self.transactions[refund.out_trade_no]
-        return {
+        view = {
             "refund_id": refund.refund_id, "out_refund_no": refund.out_refund_no,
             "transaction_id": txn.transaction_id, "out_trade_no": refund.out_trade_no,
             "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
@@ -302,6 +305,9 @@ class FakeWechatPay(TransferRoutes):
             "amount": {"total": refund.total, "refund": refund.refund, "payer_total": refund.total,
                        "payer_refund": refund.refund, "currency": "CNY"},
         }  # fmt: skip
+        if refund.status == "SUCCESS" and refund.success_at:
+            view["success_time"] = beijing_time(refund.success_at)
+        return view
 
     async def _query_refund(self, request: web.Request) -> web.Response:
         refund = self.refunds.get(request.match_info["no"])
@@ -376,7 +382,8 @@ class FakeWechatPay(TransferRoutes):
 
     def bill_rows(self, bill_date: str) -> list[list[str]]:
         """The day's rows (Beijing time): a SUCCESS row per paid transaction, a REFUND row per
-        refund; amounts in yuan with two decimals, every field prefixed with a backquote."""
+        refund on the day it succeeded (one not finished, on the day it was asked); amounts in
+        yuan with two decimals, every field prefixed with a backquote."""
 
         def day(at: float) -> str:
             return dt.datetime.fromtimestamp(at, BEIJING).strftime("%Y-%m-%d")
@@ -399,9 +406,11 @@ class FakeWechatPay(TransferRoutes):
                 ])  # fmt: skip
         for refund in self.refunds.values():
             txn = self.transactions[refund.out_trade_no]
-            if day(refund.created_at) == bill_date:
+            # A refund is on the day it succeeded (one not finished: the day it was asked).
+            at = refund.success_at or refund.created_at
+            if day(at) == bill_date:
                 rows.append([
-                    clock(refund.created_at),
+                    clock(at),
                     txn.appid, txn.mchid, "0", "", txn.transaction_id, txn.out_trade_no, txn.openid,
                     "JSAPI", "REFUND", "OTHERS", "CNY", "0.00", "0.00", refund.refund_id,
                     refund.out_refund_no, yuan(refund.refund), "0.00", "ORIGINAL", refund.status,

@@ -56,3 +56,12 @@ async def assert_ledger_clean() -> None:
     """What `aquafleet money check` verifies: the ledger, and the bills against it."""
     assert await check_ledger(guarded_prefixes=GUARDED_PREFIXES) == []
     assert await check_payments() == []
+
+
+async def moved_before_closing(bill_no: str, channel: str = "wallet") -> None:
+    """The bill moved to `channel` here only, its WeChat Pay order left open: how a bill moved
+    before moves closed it at WeChat Pay first (such orders can still be paid there, and are
+    then paid twice: booked and refunded). The API no longer moves a bill so."""
+    from aquafleet.models.payments import Payment
+
+    await Payment.filter(bill_no=bill_no).update(channel=channel, prepay_id="")

@@ -15,6 +15,7 @@ from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, Servic
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_delivery_api import register
 from tests.api.test_renewals_api import delivered
+from tests.payments.shops import moved_before_closing
 from tests.payments.test_wechat_pay_flow import Shop, assert_ledger_clean, shop
 
 __all__ = ["shop"]
@@ -35,7 +36,8 @@ class PaidTwice(NamedTuple):
 
 async def paid_from_the_wallet_and_at_wechat_pay(shop: Shop) -> PaidTwice:
     """An order the member paid from its wallet after opening WeChat Pay, whose WeChat payment
-    went through too (paid twice)."""
+    went through too (paid twice): its bill moved to the wallet before moving closed it at
+    WeChat Pay (the API now closes it first: tests/payments/test_bill_moves.py)."""
     order = await shop.order()
     oid, total = order["order_id"], order["amounts"]["total"]
     bill = (await shop.prepay(oid)).data["bill_no"]
@@ -43,6 +45,7 @@ async def paid_from_the_wallet_and_at_wechat_pay(shop: Shop) -> PaidTwice:
         "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
     )
     await shop.fake.pay(topup.data["bill_no"])
+    await moved_before_closing(bill)
     await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
     await shop.fake.pay(bill)
     assert '"outcome":"paid_twice"' in shop.fake.answers[-1][1]

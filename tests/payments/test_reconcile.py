@@ -8,7 +8,9 @@ import json
 import time
 from typing import Any
 
-from aquafleet.models.money import request_refund
+import pytest
+
+from aquafleet.models.money import Refund, RefundState, request_refund
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import Payment, PaymentState
 from aquafleet.models.reconcile import BEIJING, compare, day_bounds, fen_of, parse_trade_bill
@@ -147,3 +149,44 @@ async def test_a_payment_just_before_midnight_is_on_the_channel_s_day(shop: Shop
     for day in (yesterday, today):
         rows = parse_trade_bill(shop.fake.bill_text(day.isoformat()))
         assert await compare(shop.vid, "weixin", day, rows) == [], day
+
+
+@pytest.mark.parametrize("told_by", ["notification", "query"])
+async def test_a_refund_asked_before_midnight_and_paid_after_is_on_the_channel_s_day(
+    shop: Shop, told_by: str
+):
+    """A refund asked at 23:59 Beijing and paid back by WeChat Pay at 00:01: WeChat Pay's bill
+    lists it on the day it succeeded. It is counted here on that day too (its success_time,
+    from the refund notification or the sweep's query), so neither day's report has a
+    difference. Before, it was counted on the day it was asked: that day's report named it
+    missing_at_channel and the next day's missing_here, and the command exited 1 twice."""
+    today = dt.datetime.now(BEIJING).date()
+    yesterday = today - dt.timedelta(days=1)
+    midnight = dt.datetime.combine(today, dt.time(), BEIJING)
+    paid_at, asked, succeeded = (midnight - dt.timedelta(minutes=10),
+                                 midnight - dt.timedelta(minutes=1),
+                                 midnight + dt.timedelta(minutes=1))  # fmt: skip
+    oid = (await shop.order())["order_id"]
+    bill = (await shop.prepay(oid)).data["bill_no"]
+    await shop.fake.pay(bill, at=paid_at.timestamp())
+    order = await Order.get(oid=oid)
+    await request_refund(order=order, amount_fen=1000, refund_no="R-late", reason="x", actor="t")
+    await Refund.filter(refund_no="R-late").update(created_at=asked.astimezone(dt.UTC))
+    shop.fake.refund_auto_succeed = False
+    assert (await shop.sweep()).refunds_sent == 1
+    shop.fake.refunds["R-late"].created_at = asked.timestamp()
+    if told_by == "query":
+        shop.fake.refunds["R-late"].notify_url = ""  # the notification is lost
+        await shop.fake.succeed_refund("R-late", at=succeeded.timestamp())
+        await shop.sweep()  # the sweep's query settles it
+    else:
+        await shop.fake.succeed_refund("R-late", at=succeeded.timestamp())
+    refund = await Refund.get(refund_no="R-late")
+    assert refund.state is RefundState.SUCCEEDED
+    assert refund.succeeded_at == succeeded
+
+    for day in (yesterday, today):
+        rows = parse_trade_bill(shop.fake.bill_text(day.isoformat()))
+        assert await compare(shop.vid, "weixin", day, rows) == [], day
+    listed = parse_trade_bill(shop.fake.bill_text(today.isoformat()))
+    assert [r.refund_no for r in listed if r.trade_state == "REFUND"] == ["R-late"]

@@ -39,7 +39,7 @@ from tests.api.shop import add_product, make_member
 from tests.fakes.wechatpay import FakeWechatPay
 from tests.fakes.wechatpay_signing import FORGED, UNSIGNED
 from tests.payments.keys import public_pem
-from tests.payments.shops import ChannelShop, assert_ledger_clean
+from tests.payments.shops import ChannelShop, assert_ledger_clean, moved_before_closing
 
 
 class Shop(ChannelShop):
@@ -285,8 +285,10 @@ async def test_the_money_check_compares_the_bills_with_the_ledger(shop: Shop):
 
 async def test_an_order_paid_twice_is_booked_and_its_second_payment_refunded_once(shop: Shop):
     """The member opened WeChat Pay, then paid the order from its wallet; the WeChat payment
-    went through too. That money is booked as a duplicate and refunded in full through WeChat
-    Pay, once; the order is paid once, its commissions untouched, and every check holds."""
+    went through too (the bill moved to the wallet before moving closed it at WeChat Pay; the
+    API now closes it first: test_bill_moves.py). That money is booked as a duplicate and
+    refunded in full through WeChat Pay, once; the order is paid once, its commissions
+    untouched, and every check holds."""
     order = await shop.order()
     oid, total = order["order_id"], order["amounts"]["total"]
     bill = (await shop.prepay(oid)).data["bill_no"]
@@ -294,6 +296,7 @@ async def test_an_order_paid_twice_is_booked_and_its_second_payment_refunded_onc
         "POST", f"/users/{shop.shopper.uid}/wallet/topup", {"amount": total}
     )
     await shop.fake.pay(topup.data["bill_no"])
+    await moved_before_closing(bill)
     await shop.shopper.client.call("POST", f"/orders/{oid}/prepay/wallet")
     assert await shop.state(oid) == "paid"
 
