@@ -8,7 +8,7 @@ from tortoise.migrations import operations as ops
 from tortoise import fields
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0025_order_request_hash')]
+    dependencies = [('models', '0026_service_change_request_args')]
 
     initial = False
 
