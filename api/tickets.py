@@ -29,7 +29,7 @@ from aquafleet.api.schemas import (
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
-from aquafleet.models.orders import find_order
+from aquafleet.models.order_queries import find_order
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (

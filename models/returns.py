@@ -23,17 +23,8 @@ from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.money import order_refundable_fen, request_refund
-from aquafleet.models.orders import (
-    MAX_REASON,
-    MEMBER,
-    Order,
-    OrderEvent,
-    OrderState,
-    OrderStateConflict,
-    OrderTransition,
-    fire,
-    next_state,
-)
+from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
+from aquafleet.models.orders import MAX_REASON, Order, OrderEvent, OrderState, OrderTransition
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import (

@@ -16,7 +16,7 @@ from aquafleet.models.devices import Device
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.handover import HandBack, Handover, hand_back
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.service import ServiceChange, ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
