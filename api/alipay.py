@@ -20,7 +20,7 @@ from aquafleet.gateway.alipay import NOTIFY_ACK, AlipayNotificationRefused, Alip
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.alipay import ALIPAY_MERCHANT
 from aquafleet.models.members import get_member
-from aquafleet.models.orders import find_order
+from aquafleet.models.order_queries import find_order
 from aquafleet.models.tenancy import MEMBER_ONLY, PLATFORM_ONLY
 
 log = get_logger("aquafleet.api.alipay")

@@ -26,7 +26,7 @@ from aquafleet.gateway.cards import (
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.allinpay import ALLINPAY_MERCHANT
 from aquafleet.models.members import get_member
-from aquafleet.models.orders import find_order
+from aquafleet.models.order_queries import find_order
 from aquafleet.models.tenancy import MEMBER_ONLY, PLATFORM_ONLY
 
 log = get_logger("aquafleet.api.cards")

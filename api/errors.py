@@ -236,7 +236,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 def _register_known_domain_errors() -> None:
     from aquafleet.models.accounts import LoginRefused
-    from aquafleet.models.orders import ReferralInvalid
+    from aquafleet.models.order_referrals import ReferralInvalid
     from aquafleet.models.ratelimit import RateLimited as DomainRateLimited
 
     register_domain_error(LoginRefused, 401)

@@ -1,7 +1,8 @@
 """Orders (订单, AD-01..06, AD-11..15): create, list, read, deliver, confirm receipt, returns,
 cancel, delete (docs/api-shop.md).
 
-Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders. A member
+Thin: pricing, ids, snapshots, scoping and the state machine live in models.orders and its
+neighbours (models.order_placing, order_states, order_queries, order_deletion). A member
 sees its own orders, a vendor its own, an agent or dealer its subtree's, the platform all; an
 order outside that answers 404 as an unknown id does.
 """
@@ -32,23 +33,20 @@ from aquafleet.api.schemas import (
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.delivery import Parcel, change_delivery, deliver_order
 from aquafleet.models.members import get_member
+from aquafleet.models.order_deletion import delete_order
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
+from aquafleet.models.order_queries import find_order, visible_orders
+from aquafleet.models.order_states import fire
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
     MAX_LINES,
     MAX_QUANTITY,
-    LineRequest,
     Order,
     OrderEvent,
     OrderKind,
     OrderLine,
-    OrderRequest,
     OrderState,
     OrderTransition,
-    create_order,
-    delete_order,
-    find_order,
-    fire,
-    visible_orders,
 )
 from aquafleet.models.products import MAX_FEN
 from aquafleet.models.renewals import create_renewal

@@ -53,7 +53,8 @@ from aquafleet.gateway.wechatpay import BillCloseRefused, NotificationRefused
 from aquafleet.models.devices import Device
 from aquafleet.models.members import get_member
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import Order, find_order
+from aquafleet.models.order_queries import find_order
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import PaymentState, payment_of_order
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY

@@ -29,7 +29,7 @@ from aquafleet.api.schemas import (
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
-from aquafleet.models.orders import find_order
+from aquafleet.models.order_queries import find_order
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
@@ -684,8 +684,9 @@ class RentalEndIn(RequestModel):
     response=TicketOut,
     status=201,
     errors=(404, 409),
-    description="C, not in the seed (its FAQ 1): the member ends the rental of a device its "
-    "delivered rental order shipped and it still holds. A dismantle ticket opens (asking again "
+    description="C, not in the seed (its FAQ 1): the member ends the rental of the device it "
+    "holds for its delivered rental order (the one shipped, or the replacement an exchange gave "
+    "for it; 409 for a device it no longer holds). A dismantle ticket opens (asking again "
     "answers the same ticket); completing it locks and unbinds the device, ends its service "
     "and requests the order's deposit for that device back.",
 )

@@ -18,7 +18,7 @@ Every fen moves through the money ledger (models/money.py), never through a seco
 The check of all of it is models/commission_check.py.
 
 `settle_order(oid)` brings an order's commissions in line with its state and its refunds, once:
-it is called from the order's moves (models/orders.py `fire`) and from `settle_refund`, inside
+it is called from the order's moves (models/order_states.py `fire`) and from `settle_refund`, inside
 their transactions, and by `aquafleet commissions settle` for anything an interrupted node left.
 Every step is keyed, so running it again, or on two nodes at once, changes nothing.
 """

@@ -33,6 +33,7 @@ from aquafleet.models.devices import (
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.filters import set_device_filter_spec
 from aquafleet.models.members import Member
+from aquafleet.models.order_states import OrderStateConflict, fire, next_state
 from aquafleet.models.orders import (
     Order,
     OrderDevice,
@@ -40,10 +41,7 @@ from aquafleet.models.orders import (
     OrderKind,
     OrderLine,
     OrderState,
-    OrderStateConflict,
     applied_under_order_id,
-    fire,
-    next_state,
     order_request_id,
 )
 from aquafleet.models.service import (

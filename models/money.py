@@ -274,7 +274,7 @@ def payment_legs(
 
 
 def order_parts(order: Any) -> dict[Part, int]:
-    """An order's breakdown in fen, as the shop computed it (models/orders.py)."""
+    """An order's breakdown in fen, as the shop computed it (models/order_placing.py)."""
     return {
         Part.GOODS: order.goods_fen,
         Part.FREIGHT: order.freight_fen,

@@ -16,14 +16,8 @@ from dataclasses import dataclass
 
 from tortoise.exceptions import IntegrityError
 
-from aquafleet.models.orders import (
-    SYSTEM,
-    Order,
-    OrderEvent,
-    OrderState,
-    OrderStateConflict,
-    fire,
-)
+from aquafleet.models.order_states import SYSTEM, OrderStateConflict, fire
+from aquafleet.models.orders import Order, OrderEvent, OrderState
 from aquafleet.models.returns import RETURN_WINDOW
 
 UNPAID_CLOSE_AFTER = dt.timedelta(hours=24)

@@ -7,8 +7,8 @@ its state. The channel's confirmation (a verified notification, or a query when 
 goes through `apply_channel_payment`, which decides from the bill and the order, once per
 notification id, and records every notice with its outcome:
 
-- `paid`: the order is paid through `models.orders.pay_order` (PAY fired, the money booked and
-  the bill marked paid in one transaction);
+- `paid`: the order is paid through `models.order_payment.pay_order` (PAY fired, the money booked
+  and the bill marked paid in one transaction);
 - `duplicate`: a notice seen before, or a bill already paid by the same transaction: nothing
   changes;
 - `amount_mismatch`: the channel names another amount than the bill's: recorded, alerted by the
@@ -37,14 +37,9 @@ from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.errors import Conflict, Forbidden
-from aquafleet.models.orders import (
-    SYSTEM,
-    Order,
-    OrderKind,
-    OrderState,
-    OrderStateConflict,
-    pay_order,
-)
+from aquafleet.models.order_payment import pay_order
+from aquafleet.models.order_states import SYSTEM, OrderStateConflict
+from aquafleet.models.orders import Order, OrderKind, OrderState
 
 MAX_BILL_NO = 32  # WeChat Pay's out_trade_no: 6..32 of [A-Za-z0-9_-|*]
 MAX_NOTICE_ID = 64

@@ -8,7 +8,7 @@ The device must be in time rental (the package must buy days) or volume rental (
 vending device is refused (409). The order's `delivery` names the device it renews
 (`{"devices": [did]}`, no parcel): a renewal is never shipped.
 
-Paying it (`models.orders.mark_paid`) applies the renewal at once through `models/service.py`
+Paying it (`models.order_payment.mark_paid`) applies the renewal at once through `models/service.py`
 with the order's request id (`order:<oid>`, models.orders.order_request_id: extend by the days,
 or top up the ml), then moves the order paid -> done (event `renew`, system). The service
 change goes first: a failure leaves the order paid and a retried mark-paid applies it again,
@@ -35,23 +35,20 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_devices
 from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import LOGIN_ALLOWED, Member
+from aquafleet.models.order_placing import first_of_key, request_digest
+from aquafleet.models.order_states import SYSTEM, OrderStateConflict, fire
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
-    SYSTEM,
     Order,
     OrderDevice,
     OrderEvent,
     OrderKind,
     OrderLine,
     OrderState,
-    OrderStateConflict,
     OrderTransition,
     applied_under_order_id,
-    fire,
-    first_of_key,
     format_order_id,
     order_request_id,
-    request_digest,
 )
 from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
 from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode

@@ -23,17 +23,8 @@ from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.money import order_refundable_fen, request_refund
-from aquafleet.models.orders import (
-    MAX_REASON,
-    MEMBER,
-    Order,
-    OrderEvent,
-    OrderState,
-    OrderStateConflict,
-    OrderTransition,
-    fire,
-    next_state,
-)
+from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
+from aquafleet.models.orders import MAX_REASON, Order, OrderEvent, OrderState, OrderTransition
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import (
@@ -101,20 +92,32 @@ async def refuse_return(
     )  # fmt: skip
 
 
-async def goods_of(order: Order) -> list[str]:
-    """The devices the order's goods are now: those it shipped, each followed through the
-    exchanges completed for it (换机: the member holds the replacement, the vendor the one it
-    took back)."""
-    dids = list((order.delivery or {}).get("devices", []))
-    frontier = list(dids)
+async def goods_shipped_as(order: Order) -> dict[str, str]:
+    """The devices the order's goods are now, each with the device the order shipped that it
+    stands for: those it shipped (each for itself), each followed through the exchanges
+    completed for it (换机: the member holds the replacement, the vendor the one it took back),
+    in that order. The one rule for following exchanges: returns (AD-14), 退租 and its deposit
+    (models/ticket_work.py) and AD-15 (models/order_deletion.py) use it."""
+    shipped = [str(did) for did in (order.delivery or {}).get("devices", [])]
+    stands_for = {did: did for did in shipped}
+    frontier = shipped
     while frontier:
-        replaced = await Ticket.filter(
+        exchanged = await Ticket.filter(
             type=TicketType.EXCHANGE, state=TicketState.DONE, device_id__in=frontier,
             new_device_id__isnull=False,
-        ).values_list("new_device_id", flat=True)  # fmt: skip
-        frontier = [str(did) for did in replaced if did not in dids]
-        dids.extend(dict.fromkeys(frontier))
-    return dids
+        ).values_list("device_id", "new_device_id")  # fmt: skip
+        frontier = []
+        for old, new in exchanged:
+            if str(new) not in stands_for:
+                stands_for[str(new)] = stands_for[str(old)]
+                frontier.append(str(new))
+    return stands_for
+
+
+async def goods_of(order: Order) -> list[str]:
+    """The devices the order's goods are now (goods_shipped_as): those it shipped, then the
+    replacements exchanges gave for them."""
+    return list(await goods_shipped_as(order))
 
 
 async def goods_returned(

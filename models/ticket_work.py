@@ -66,6 +66,7 @@ from aquafleet.models.handover import (
     HandoverExpired,
 )
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
+from aquafleet.models.returns import goods_shipped_as
 from aquafleet.models.service import ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
@@ -340,13 +341,16 @@ async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
 
 
 async def deposit_of(order: Order, did: str) -> int:
-    """The deposit paid for `did` in `order`: its line's deposit (units in line order)."""
+    """The deposit paid for `did` in `order`: its line's deposit (units in line order). A
+    replacement an exchange gave for a device the order shipped stands for that device (its
+    deposit is the shipped one's)."""
     devices = list((order.delivery or {}).get("devices", []))
-    if did not in devices:
+    shipped = (await goods_shipped_as(order)).get(did)
+    if shipped is None or shipped not in devices:
         return 0
     lines = list(await OrderLine.filter(order_id=order.id).order_by("position"))
     units = [line for line in lines for _ in range(line.quantity)]
-    index = devices.index(did)
+    index = devices.index(shipped)
     if index >= len(units) or units[index].package_key is None:
         return 0
     return int(units[index].snapshot.get("rent", {}).get("deposit", 0))
@@ -504,9 +508,10 @@ RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderS
 
 
 async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
-    """退租: the member ends the rental of a device the order delivered and it holds; a
-    dismantle ticket opens (once per order and device). Its completion locks and unbinds the
-    device and requests the deposit back."""
+    """退租: the member ends the rental of a device the order delivered, or of the replacement
+    an exchange (or a chain of them) gave for it (models/returns.py goods_shipped_as), that it
+    holds; a dismantle ticket opens (once per order and device). Its completion locks and
+    unbinds the device and requests the deposit of the device the order shipped back."""
     if order.member_id != member_uid:
         raise NotFound(f"order {order.oid} not found")
     if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
@@ -514,7 +519,7 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
             f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
             "delivered rental is ended"
         )
-    if did not in (order.delivery or {}).get("devices", []):
+    if did not in await goods_shipped_as(order):
         raise NotFound(f"device {did} is not part of order {order.oid}")
     device = await Device.get_or_none(did=did)
     if device is None or device.owner_id != member_uid:

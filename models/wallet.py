@@ -32,7 +32,9 @@ from aquafleet.models.money import (
     post,
     wallet_account,
 )
-from aquafleet.models.orders import SYSTEM, Order, OrderKind, pay_order
+from aquafleet.models.order_payment import pay_order
+from aquafleet.models.order_states import SYSTEM
+from aquafleet.models.orders import Order, OrderKind
 from aquafleet.models.payments import (
     ChannelPayment,
     Outcome,

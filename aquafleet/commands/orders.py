@@ -51,6 +51,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     from aquafleet.models import orders
+    from aquafleet.models.order_states import transitions_of
 
     async def action() -> int:
         found = await orders.Order.get_or_none(oid=args.oid)
@@ -67,7 +68,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             {"at": iso(move.created_at), "event": move.event,
              "from": move.from_state.name.lower(), "to": move.to_state.name.lower(),
              "by": f"{move.actor_role} {move.actor_id}", "reason": move.reason}
-            for move in await orders.transitions_of(found)
+            for move in await transitions_of(found)
         ]  # fmt: skip
 
         def render(d: dict[str, Any]) -> str:
@@ -123,13 +124,13 @@ async def service_applier(settings: Any, actor: str) -> AsyncIterator[Any]:
 
 def cmd_mark_paid(args: argparse.Namespace) -> int:
     settings = command_settings(args)
-    from aquafleet.models import orders
+    from aquafleet.models.order_payment import mark_paid
 
     async def action() -> int:
         # A renewal (kind 3) changes its device when paid: through Redis. Without Redis,
         # paying a renewal is refused and other orders are paid as before.
         async with service_applier(settings, f"admin:{args.admin}") as apply:
-            order = await orders.mark_paid(
+            order = await mark_paid(
                 args.oid, admin=args.admin, reason=args.reason, apply_service=apply
             )
         emit(args, _order_json(order), lambda d: _orders_table([d]))
@@ -141,7 +142,8 @@ def cmd_mark_paid(args: argparse.Namespace) -> int:
 def cmd_deliver(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     from aquafleet.models.delivery import Parcel, deliver_order
-    from aquafleet.models.orders import find_order, platform_admin
+    from aquafleet.models.order_payment import platform_admin
+    from aquafleet.models.order_queries import find_order
     from aquafleet.models.tenancy import Principal, Role
 
     async def action() -> int:

@@ -11,7 +11,9 @@ from typing import Any
 
 from aquafleet.models.commission_check import check_commissions
 from aquafleet.models.money import GUARDED_PREFIXES, check_ledger
-from aquafleet.models.orders import SYSTEM, Order, OrderEvent, fire, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_states import SYSTEM, fire
+from aquafleet.models.orders import Order, OrderEvent
 from aquafleet.models.tenancy import Role
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member

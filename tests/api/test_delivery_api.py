@@ -13,7 +13,9 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.delivery import Parcel, deliver_order
 from aquafleet.models.devices import Device
 from aquafleet.models.filters import DeviceFilterSpec
-from aquafleet.models.orders import Order, OrderStateConflict, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_states import OrderStateConflict
+from aquafleet.models.orders import Order
 from aquafleet.models.service import ServiceChange, ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.tickets import Ticket, TicketType

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aquafleet.gateway.notify import NotificationSender, WechatTemplates
 from aquafleet.gateway.providers.sms import AliyunSmsConfig, AliyunSmsSender
 from aquafleet.models.members import Member
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.outbox import (
     Notification,
     NotificationAttempt,

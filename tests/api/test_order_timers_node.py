@@ -13,14 +13,8 @@ from aquafleet.gateway.appkeys import ORDER_TIMERS
 from aquafleet.gateway.node import stop_order_timers
 from aquafleet.gateway.order_timers import OrderTimerLoop
 from aquafleet.models.members import Member, member_uid
-from aquafleet.models.orders import (
-    LineRequest,
-    Order,
-    OrderRequest,
-    OrderState,
-    OrderTransition,
-    create_order,
-)
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
+from aquafleet.models.orders import Order, OrderState, OrderTransition
 
 INTERVAL_S = 0.05
 RECEIVER = {"name": "张三", "phone": "13900000000", "address": "南方软件园A123"}

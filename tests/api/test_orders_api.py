@@ -16,19 +16,10 @@ import pytest
 from aquafleet.models.accounts import create_account
 from aquafleet.models.errors import Forbidden, InvalidInput, NotFound
 from aquafleet.models.members import Member, member_uid
-from aquafleet.models.orders import (
-    LineRequest,
-    Order,
-    OrderEvent,
-    OrderRequest,
-    OrderState,
-    OrderStateConflict,
-    OrderTransition,
-    create_order,
-    fire,
-    mark_paid,
-    pay_order,
-)
+from aquafleet.models.order_payment import mark_paid, pay_order
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
+from aquafleet.models.order_states import OrderStateConflict, fire
+from aquafleet.models.orders import Order, OrderEvent, OrderState, OrderTransition
 from aquafleet.models.tenancy import Role
 from tests.api.conftest import PASSWORD, PLATFORM_USER, ApiClient, Tenant, md5
 from tests.api.shop import SEED_PRODUCT, add_product, make_member
@@ -243,7 +234,7 @@ async def test_orders_are_scoped_to_the_tenant(
 
 # ----------------------------------------------------------------------------- state machine
 
-# The seed's chain, written out independently of models.orders.TRANSITIONS: obligation -> paid
+# The seed's chain, written out independently of models.order_states.TRANSITIONS: obligation -> paid
 # -> delivered -> received (OK) -> return -> consent -> refund | close | done.
 OB, P, D, R, RT, C = "obligation", "paid", "delivered", "received", "return", "consent"
 SEED_MOVES = {

@@ -10,7 +10,9 @@ from typing import Any
 from aquafleet.models.agents import Agent, AgentState
 from aquafleet.models.devices import Device, DeviceType
 from aquafleet.models.members import Member, MemberState
-from aquafleet.models.orders import Order, OrderState, agent_referral_code, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_referrals import agent_referral_code
+from aquafleet.models.orders import Order, OrderState
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import add_product, make_member, seed_product
 from tests.api.test_delivery_api import PARCEL, register
@@ -218,7 +220,7 @@ async def test_deliver_from_the_shell(
     from aquafleet.gateway.appkeys import SERVICE_STORE
     from aquafleet.models.accounts import create_account
     from aquafleet.models.members import member_uid
-    from aquafleet.models.orders import LineRequest, OrderRequest, create_order
+    from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
     from aquafleet.models.products import create_product
     from aquafleet.models.service import DeviceService, ServiceMode
     from aquafleet.models.tenancy import Role

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from aquafleet.models.members import Member
-from aquafleet.models.orders import LineRequest, OrderRequest, create_order
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
 from aquafleet.models.products import Product, ProductState, is_valid_product_id
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.shop import SEED_PRODUCT, add_product, make_member, seed_product

@@ -12,7 +12,8 @@ import pytest
 
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.orders import Order
 from aquafleet.models.service import (
     DAY_S,
     DeviceService,

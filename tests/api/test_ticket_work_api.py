@@ -16,7 +16,7 @@ from aquafleet.models.devices import Device
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.handover import HandBack, Handover, hand_back
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.service import ServiceChange, ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
@@ -568,3 +568,55 @@ async def test_a_done_rental_is_deleted_only_once_its_devices_are_back(
 
     await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=204)  # the rental is over
     await shopper.client.call("GET", f"/orders/{oid}", expect=404)
+
+
+async def test_a_rental_is_ended_with_the_device_an_exchange_gave_and_its_deposit_comes_back(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """退租 after an exchange (换机), twice over: the member holds the second replacement, not
+    the device the order shipped. Ending the rental of the replacement works as for a shipped
+    device (the deposit comes back, AD-15 then deletes the order); the devices exchanged away
+    are refused as no longer held, a device of no exchange of this order as not part of it."""
+    from aquafleet.models.order_timers import TimerSettings, sweep
+
+    a, _ = tenants
+    pid = await add_product(a.vendor, install=False, install_cost=0)  # deposit 50000 fen
+    shopper = await make_member(api_node, api, a.vid)
+    body = order_body({"product_id": pid, "package": "30d"})
+    oid = (await shopper.client.call("POST", "/orders", body)).data["order_id"]
+    shipped, first, second, unrelated = await register(api, a.vid, 4)
+    await Device.filter(did=unrelated).update(owner_id=shopper.uid)  # held, but not this order's
+    await mark_paid(oid, admin=PLATFORM_USER, reason="test")
+    await a.vendor.call("POST", f"/orders/{oid}/delivery", {**PARCEL, "devices": [shipped]})
+    tech_id, tech = await technician(a.vendor, "swapper", skills=[2, 6])
+    for old, new in ((shipped, first), (first, second)):
+        opened = await shopper.client.call("POST", "/tickets", {"type": 2, "device_id": old})
+        await work_through(a.vendor, tech, tech_id, opened.data["ticket_id"])
+        await tech.call(
+            "POST", f"/tickets/{opened.data['ticket_id']}/complete", {"new_device": new}
+        )
+    assert (await Device.get(did=second)).owner_id == shopper.uid
+    await shopper.client.call("POST", f"/orders/{oid}/status/confirm", {})
+    await sweep(dt.datetime.now(dt.UTC) + dt.timedelta(days=7, seconds=1), TimerSettings())
+    refused = await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=409)
+    assert refused.body["data"] == {"devices": [second]}  # the rental goes on with `second`
+
+    end = f"/orders/{oid}/rental/end"
+    for gone in (shipped, first):
+        away = await shopper.client.call("POST", end, {"device_id": gone}, expect=409)
+        assert "no longer held" in away.body["message"]
+    other = await shopper.client.call("POST", end, {"device_id": unrelated}, expect=404)
+    assert "not part of order" in other.body["message"]
+    asked = await shopper.client.call(
+        "POST", end, {"device_id": second, "reason": "搬家"}, expect=201
+    )
+    ticket = asked.data
+    assert (ticket["type"], ticket["device_id"], ticket["order_id"]) == (6, second, oid)
+
+    await work_through(a.vendor, tech, tech_id, ticket["ticket_id"])
+    await tech.call("POST", f"/tickets/{ticket['ticket_id']}/complete", {"note": "collected"})
+    assert (await Device.get(did=second)).owner_id is None
+    (refund,) = await Refund.filter(order_oid=oid)
+    assert (refund.amount_fen, refund.part) == (50000, "deposit")
+    assert second in refund.reason
+    await api.call("DELETE", f"/orders/{oid}?confirm={oid}", expect=204)  # the rental is over

@@ -46,19 +46,10 @@ from aquafleet.models.money import (
     request_refund,
     settle_refund,
 )
-from aquafleet.models.orders import (
-    SYSTEM,
-    LineRequest,
-    Order,
-    OrderEvent,
-    OrderKind,
-    OrderLine,
-    OrderRequest,
-    OrderState,
-    create_order,
-    fire,
-    mark_paid,
-)
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
+from aquafleet.models.order_states import SYSTEM, fire
+from aquafleet.models.orders import Order, OrderEvent, OrderKind, OrderLine, OrderState
 from aquafleet.models.products import Product, create_product, snapshot
 from aquafleet.models.registry import create_vendor
 from aquafleet.models.tenancy import Principal, Role

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aquafleet.models.filters import set_model_filter_spec
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.usage import DeviceSnapshot
 from tests.api.conftest import PASSWORD, PLATFORM_USER, ApiClient, Tenant, md5
 from tests.api.shop import add_product, make_member

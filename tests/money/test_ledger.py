@@ -36,7 +36,8 @@ from aquafleet.models.money import (
     settle_refund,
     wallet_account,
 )
-from aquafleet.models.orders import LineRequest, OrderRequest, create_order, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_placing import LineRequest, OrderRequest, create_order
 from aquafleet.models.products import create_product
 from aquafleet.models.registry import create_vendor
 from aquafleet.models.tenancy import Role

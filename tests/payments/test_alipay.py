@@ -34,7 +34,8 @@ from aquafleet.models.money import (
     channel_account,
     request_refund,
 )
-from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import PaymentNotice
 from aquafleet.models.sealed import is_sealed
 from tests.api.conftest import ApiClient, Tenant

@@ -24,7 +24,8 @@ from aquafleet.models.money import (
     channel_account,
     request_refund,
 )
-from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.orders import Order
 from aquafleet.models.payments import Payment, PaymentNotice, PaymentState
 from aquafleet.models.sealed import is_sealed
 from aquafleet.models.tenancy import Role

@@ -10,7 +10,8 @@ from typing import NamedTuple
 from aquafleet.api.payments import PAYMENTS
 from aquafleet.models.devices import Device
 from aquafleet.models.money import Refund, RefundState, balance, channel_account
-from aquafleet.models.orders import Order, OrderEvent, fire
+from aquafleet.models.order_states import fire
+from aquafleet.models.orders import Order, OrderEvent
 from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_delivery_api import register

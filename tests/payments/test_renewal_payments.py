@@ -10,7 +10,8 @@ from aquafleet.api.payments import PAYMENTS
 from aquafleet.gateway.errors import RedisUnavailable
 from aquafleet.models.devices import DeviceState
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import Order, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.orders import Order
 from aquafleet.models.registry import set_device_state
 from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant

@@ -4,7 +4,7 @@ the return refunds what is left of what was paid, once, and the order reaches re
 from __future__ import annotations
 
 from aquafleet.models.money import Refund
-from aquafleet.models.orders import mark_paid
+from aquafleet.models.order_payment import mark_paid
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.test_delivery_api import PARCEL, register
 from tests.payments.shops import assert_ledger_clean

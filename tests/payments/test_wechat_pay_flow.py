@@ -24,7 +24,9 @@ from aquafleet.models.money import (
     post,
     request_refund,
 )
-from aquafleet.models.orders import Order, OrderEvent, OrderState, fire, mark_paid
+from aquafleet.models.order_payment import mark_paid
+from aquafleet.models.order_states import fire
+from aquafleet.models.orders import Order, OrderEvent, OrderState
 from aquafleet.models.payments import (
     Outcome,
     Payment,
