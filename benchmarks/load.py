@@ -128,6 +128,11 @@ def wait_healthy(port: int, timeout: float = 60) -> None:
 
 def metrics(port: int) -> dict[str, int]:
     """The node's unlabelled samples (`records_stored_total`, ...), as integers."""
+    return {name: int(value) for name, value in metric_values(port).items()}
+
+
+def metric_values(port: int) -> dict[str, float]:
+    """A process' unlabelled samples as they are (a histogram's `_sum` is seconds)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -135,10 +140,33 @@ def metrics(port: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return {
-        sample.name.removeprefix("aquafleet_"): int(sample.value)
+        sample.name.removeprefix("aquafleet_"): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
         if not sample.labels
+    }
+
+
+def ledger_shape(port: int) -> dict[str, float | None]:
+    """What the ledger process' transactions held over the run (`aquafleet ledger
+    --metrics-port`): records and stream entries a transaction, and how long one held the
+    database. A window-1 record costs the ledger an index page per device in its transaction,
+    so records a transaction is what its CPU a record follows (docs/benchmarks.md)."""
+    sample = metric_values(port)
+    transactions = sample.get("ledger_transaction_seconds_count", 0)
+    if not transactions:
+        return {"transactions": 0, "records_per_transaction": None}
+    return {
+        "transactions": int(transactions),
+        "records_per_transaction": round(
+            sample.get("ledger_records_written_total", 0) / transactions
+        ),
+        "entries_per_transaction": round(
+            sample.get("ledger_entries_written_total", 0) / transactions, 1
+        ),
+        "transaction_ms_mean": round(
+            sample["ledger_transaction_seconds_sum"] / transactions * 1000, 1
+        ),
     }
 
 
@@ -535,6 +563,7 @@ def reference_report(results: list[dict[str, Any]]) -> dict[str, Any]:
             if steady_server and steady_broker
             else None,
             "exactly_once": ours["sim_report"].get("check", {}).get("passed"),
+            "ledger_transactions": ours.get("ledger"),
             "mosquitto_published_relayed": [ref["published"], ref["received"]],
         })  # fmt: skip
     steady_ratios = [row["cpu_ratio_steady"] for row in rows if row["cpu_ratio_steady"]]
@@ -708,9 +737,11 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         if args.volume_quota_ml is not None:
             run("service", "configure", "--from", "devices.csv", "--mode", "3",
                 "--remaining-ml", str(args.volume_quota_ml), "--actor", "benchmark")  # fmt: skip
+        ledger_port = free_port()
         if args.ledger_process:
             ledger = subprocess.Popen(
-                ["nice", "-n", str(args.ledger_nice), *cli, "ledger"], cwd=workdir, env=env,
+                ["nice", "-n", str(args.ledger_nice), *cli, "ledger", "--metrics-port",
+                 str(ledger_port)], cwd=workdir, env=env,
                 stdout=(workdir / "ledger.log").open("w"), stderr=subprocess.STDOUT,
             )  # fmt: skip
         redis_pid = redis_server_pids(workdir, args.redis_url)
@@ -751,6 +782,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         after = process_cpu(gateway_pid, redis_pid, ledger)
         ended = time.monotonic()
         gateway_metrics = metrics(args.http_port)
+        ledger_metrics = ledger_shape(ledger_port) if ledger is not None else None
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         cpu = {name: round(after[name] - before[name], 2) for name in before}
         cpu["simulator"] = round(
@@ -806,6 +838,7 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
                 if watch.rss_logged_in
                 else None
             ),
+            "ledger": ledger_metrics,
             "gateway_metrics": gateway_metrics,
             "sim_report": report,
         }

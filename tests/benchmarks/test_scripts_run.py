@@ -71,6 +71,11 @@ def test_load_py_runs_a_small_fleet_exactly_once_with_the_ledger_apart(tmp_path:
     assert figures["sim_report"]["check"]["passed"] is True
     assert figures["sim_report"]["records"]["durable_per_s"] > 0
     assert figures["cpu_us_per_record"]["ledger"] > 0  # the ledger process was measured
+    # ...and its transactions read off its own metrics (`aquafleet ledger --metrics-port`)
+    shape = figures["ledger"]
+    assert shape["transactions"] >= 1
+    assert shape["records_per_transaction"] >= 1
+    assert shape["transaction_ms_mean"] > 0
 
 
 def test_command_latency_py_sends_commands_on_both_paths(tmp_path: Path) -> None:
