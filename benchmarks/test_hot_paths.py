@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import msgpack
+import pytest
 
 from aquafleet.protocol import DeviceSession, FilterReading, ServerSession, Telemetry
 from aquafleet.protocol.crc import crc16_modbus
@@ -84,6 +85,29 @@ def test_pack_a_metering_round_of_1000_records(benchmark):
     packer = msgpack.Packer(use_bin_type=False)
     rows = [[DID, 0x20, 7, rec, 1_790_000_000, rec * 10, 3, 0, 0, b"x" * 60] for rec in range(1000)]
     benchmark(packer.pack, rows)
+
+
+@pytest.mark.parametrize("twin", ["compiled", "python"])
+def test_meter_script_packs_a_window_1_round_of_1000_devices(benchmark, twin):
+    """MeterScript._pack as the gateway calls it: 1,000 records, each another device's, over
+    16 shards; the compiled twin (`pack_meter_group`) against the Python reference."""
+    from aquafleet.gateway import meter
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.protocol.message_types import Record
+
+    if twin == "compiled" and meter._compiled_pack_group is None:
+        pytest.skip("extension switched off")
+    script = meter.MeterScript(None, Keyspace("bench", 16))  # type: ignore[arg-type]
+    rows: dict[int, list] = {}
+    for n in range(1000):
+        record = Record(0x20, n, False, 1000 + n, 7, 1_790_000_000, 12_345 + n, 3, 0, b"x" * 40, 1)
+        rows.setdefault(n % 16, []).append((f"BNCH{n:08d}AAAA", record))
+    saved = meter._compiled_pack_group
+    meter._compiled_pack_group = saved if twin == "compiled" else None
+    try:
+        assert benchmark(script._pack, sorted(rows), rows)
+    finally:
+        meter._compiled_pack_group = saved
 
 
 def test_maintenance_check_of_a_ledger_batch_of_1000_devices(benchmark):

@@ -30,7 +30,7 @@ from aquafleet.gateway.redis_io import (
     mget_any,
     redis_errors,
 )
-from aquafleet.protocol import AckCode
+from aquafleet.protocol import AckCode, speedups
 from aquafleet.protocol.message_types import Record
 
 if TYPE_CHECKING:
@@ -118,6 +118,41 @@ class MeterOutcome:
     backlogs: dict[int, int]
 
 
+# py_pack_group's common case in C where the extension is in use (protocol/speedups.py; held
+# to it by tests/protocol/test_speedups.py): the records' lists, built a record at a time and
+# walked again by msgpack, were the round's largest Python cost at window 1 (py-spy, session
+# 15: 8% of the gateway's CPU; docs/benchmarks.md).
+_compiled_pack_group = speedups.compiled.pack_meter_group if speedups.compiled else None
+
+
+def py_pack_group(packer: msgpack.Packer, prefix: str, items: list[tuple[str, Record]]) -> bytes:
+    """One shard's group of a round as meter.lua reads ARGV[1]'s groups: {prefix, records},
+    a record {did, frame_type, boot, rec, ts, flow_total (-1: none), cnt_epoch (-1: none),
+    event_kind, encoding, payload, state_bits}. The reference of the compiled twin
+    (`pack_meter_group`), which packs the common case byte for byte alike."""
+    return packer.pack(  # type: ignore[no-any-return]
+        [
+            prefix,
+            [
+                [
+                    did,
+                    r.frame_type,
+                    r.boot,
+                    r.rec,
+                    r.ts,
+                    -1 if r.flow_total_ml is None else r.flow_total_ml,
+                    -1 if r.cnt_epoch is None else r.cnt_epoch,
+                    r.event_kind,
+                    r.encoding,
+                    r.payload,
+                    r.state_bits,
+                ]
+                for did, r in items
+            ],
+        ]
+    )
+
+
 class MeterScript:
     """meter.lua for a round's records of many shards.
 
@@ -141,31 +176,12 @@ class MeterScript:
         """A call's groups as one msgpack array, packed a shard at a time: the records' lists
         of the whole round alive at once made the gateway's garbage collector run full
         collections often enough to cost 1-2 us per record at window 16 (py-spy)."""
-        pack = self._packer.pack
         parts = [self._packer.pack_array_header(len(shards))]
-        parts += [pack(self._group(shard, rows[shard])) for shard in shards]
+        for shard in shards:
+            prefix, items = self._prefix[shard], rows[shard]
+            packed = None if _compiled_pack_group is None else _compiled_pack_group(prefix, items)
+            parts.append(py_pack_group(self._packer, prefix, items) if packed is None else packed)
         return b"".join(parts)
-
-    def _group(self, shard: int, items: list[tuple[str, Record]]) -> list[Any]:
-        return [
-            self._prefix[shard],
-            [
-                [
-                    did,
-                    r.frame_type,
-                    r.boot,
-                    r.rec,
-                    r.ts,
-                    -1 if r.flow_total_ml is None else r.flow_total_ml,
-                    -1 if r.cnt_epoch is None else r.cnt_epoch,
-                    r.event_kind,
-                    r.encoding,
-                    r.payload,
-                    r.state_bits,
-                ]
-                for did, r in items
-            ],
-        ]
 
     async def run(
         self,

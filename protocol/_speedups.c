@@ -1559,6 +1559,235 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------- pack_meter_group */
+
+/* A growing output buffer for pack_meter_group. */
+typedef struct {
+    unsigned char *data;
+    size_t len, cap;
+} OutBuf;
+
+static int
+out_reserve(OutBuf *out, size_t more)
+{
+    if (out->len + more <= out->cap)
+        return 1;
+    size_t cap = out->cap ? out->cap : 256;
+    while (cap < out->len + more)
+        cap *= 2;
+    unsigned char *data = PyMem_Realloc(out->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    out->data = data;
+    out->cap = cap;
+    return 1;
+}
+
+/* msgpack.Packer's encoding of a signed 64-bit integer (msgpack_pack_real_int64 for values
+ * up to 0, the unsigned encoding above). */
+static unsigned char *
+put_int(unsigned char *p, long long d)
+{
+    if (d >= 0)
+        return put_uint(p, (uint64_t)d);
+    if (d >= -32) {
+        *p++ = (unsigned char)(int8_t)d;
+    } else if (d >= -128) {
+        *p++ = 0xd0;
+        *p++ = (unsigned char)(int8_t)d;
+    } else if (d >= -32768) {
+        *p++ = 0xd1;
+        *p++ = (unsigned char)((uint16_t)d >> 8);
+        *p++ = (unsigned char)(uint16_t)d;
+    } else if (d >= -2147483648LL) {
+        uint32_t u = (uint32_t)d;
+        *p++ = 0xd2;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *p++ = (unsigned char)(u >> shift);
+    } else {
+        uint64_t u = (uint64_t)d;
+        *p++ = 0xd3;
+        for (int shift = 56; shift >= 0; shift -= 8)
+            *p++ = (unsigned char)(u >> shift);
+    }
+    return p;
+}
+
+/* An exact int that fits a long long into *v, or `none_as` for None when none_ok; 0 for
+ * anything else (the caller answers None and the Python packer does the round). */
+static int
+packable_int(PyObject *obj, long long *v, int none_ok, long long none_as)
+{
+    if (obj == Py_None && none_ok) {
+        *v = none_as;
+        return 1;
+    }
+    if (!PyLong_CheckExact(obj))
+        return 0;
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (*v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* msgpack's raw (str) header as Packer(use_bin_type=False) writes it, for str and bytes. */
+static unsigned char *
+put_raw_header(unsigned char *p, size_t n)
+{
+    if (n < 32) {
+        *p++ = (unsigned char)(0xa0 | n);
+    } else if (n < 65536) {
+        *p++ = 0xda;
+        *p++ = (unsigned char)(n >> 8);
+        *p++ = (unsigned char)n;
+    } else {
+        *p++ = 0xdb;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *p++ = (unsigned char)(n >> shift);
+    }
+    return p;
+}
+
+static unsigned char *
+put_array_header(unsigned char *p, size_t n)
+{
+    if (n < 16) {
+        *p++ = (unsigned char)(0x90 | n);
+    } else if (n < 65536) {
+        *p++ = 0xdc;
+        *p++ = (unsigned char)(n >> 8);
+        *p++ = (unsigned char)n;
+    } else {
+        *p++ = 0xdd;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *p++ = (unsigned char)(n >> shift);
+    }
+    return p;
+}
+
+/* Record's fields (protocol/message_types.py), by position. */
+#define R_FRAME_TYPE 0
+#define R_REC 3
+#define R_BOOT 4
+#define R_TS 5
+#define R_FLOW_TOTAL 6
+#define R_CNT_EPOCH 7
+#define R_EVENT_KIND 8
+#define R_PAYLOAD 9
+#define R_ENCODING 10
+#define R_STATE_BITS 11
+#define R_FIELDS 12
+
+/* Append a str's UTF-8 or a bytes object as a msgpack raw; 0 for anything else. */
+static int
+out_raw(OutBuf *out, PyObject *obj, int *ok)
+{
+    const char *data;
+    Py_ssize_t n;
+    if (PyUnicode_CheckExact(obj)) {
+        data = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (data == NULL)
+            return 0;
+    } else if (PyBytes_CheckExact(obj)) {
+        data = PyBytes_AS_STRING(obj);
+        n = PyBytes_GET_SIZE(obj);
+    } else {
+        *ok = 0;
+        return 1;
+    }
+    if ((uint64_t)n > U32) {
+        *ok = 0;
+        return 1;
+    }
+    if (!out_reserve(out, 5 + (size_t)n))
+        return 0;
+    unsigned char *p = put_raw_header(out->data + out->len, (size_t)n);
+    memcpy(p, data, (size_t)n);
+    out->len = (size_t)(p - out->data) + (size_t)n;
+    return 1;
+}
+
+/* pack_meter_group(prefix, items) -> bytes | None: what gateway/meter.py's MeterScript packs
+ * for one shard of a metering round, msgpack.Packer(use_bin_type=False).pack(
+ *   [prefix, [[did, frame_type, boot, rec, ts, flow_total_ml or -1, cnt_epoch or -1,
+ *              event_kind, encoding, payload, state_bits] for did, r in items]]),
+ * byte for byte; None when an item is not (str, Record) with these types (exact ints that fit
+ * 64 bits, bytes payload), which the caller then packs in Python. */
+static PyObject *
+py_pack_meter_group(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pack_meter_group() takes two arguments");
+        return NULL;
+    }
+    PyObject *prefix = args[0], *items = args[1];
+    if (!PyList_CheckExact(items) || Record_cls == NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    OutBuf out = {NULL, 0, 0};
+    int ok = 1;
+    if (!out_reserve(&out, 64 + (size_t)count * 64))
+        return NULL;
+    out.data[out.len++] = 0x92;
+    if (!out_raw(&out, prefix, &ok))
+        goto error;
+    if (!ok)
+        goto fallback;
+    out.len = (size_t)(put_array_header(out.data + out.len, (size_t)count) - out.data);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            goto fallback;
+        PyObject *did = PyTuple_GET_ITEM(item, 0), *r = PyTuple_GET_ITEM(item, 1);
+        if (Py_TYPE(r) != (PyTypeObject *)Record_cls || PyTuple_GET_SIZE(r) != R_FIELDS ||
+            !PyUnicode_CheckExact(did) || !PyBytes_CheckExact(PyTuple_GET_ITEM(r, R_PAYLOAD)))
+            goto fallback;
+        long long v[9];
+        if (!packable_int(PyTuple_GET_ITEM(r, R_FRAME_TYPE), &v[0], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_BOOT), &v[1], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_REC), &v[2], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_TS), &v[3], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_FLOW_TOTAL), &v[4], 1, -1) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_CNT_EPOCH), &v[5], 1, -1) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_EVENT_KIND), &v[6], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_ENCODING), &v[7], 0, 0) ||
+            !packable_int(PyTuple_GET_ITEM(r, R_STATE_BITS), &v[8], 0, 0))
+            goto fallback;
+        if (!out_reserve(&out, 1))
+            goto error;
+        out.data[out.len++] = 0x9b;
+        if (!out_raw(&out, did, &ok))
+            goto error;
+        if (!ok)
+            goto fallback;
+        if (!out_reserve(&out, 8 * 9))
+            goto error;
+        unsigned char *p = out.data + out.len;
+        for (int k = 0; k < 8; k++)
+            p = put_int(p, v[k]);
+        out.len = (size_t)(p - out.data);
+        if (!out_raw(&out, PyTuple_GET_ITEM(r, R_PAYLOAD), &ok))
+            goto error;
+        if (!out_reserve(&out, 9))
+            goto error;
+        out.len = (size_t)(put_int(out.data + out.len, v[8]) - out.data);
+    }
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out.data, (Py_ssize_t)out.len);
+    PyMem_Free(out.data);
+    return result;
+fallback:
+    PyMem_Free(out.data);
+    Py_RETURN_NONE;
+error:
+    PyMem_Free(out.data);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -1603,6 +1832,8 @@ static PyMethodDef module_methods[] = {
      "entry_rows(records, received_at, UsageRow) -> (rows, payloaded) | None."},
     {"read_publishes", (PyCFunction)(void (*)(void))py_read_publishes, METH_FASTCALL,
      "read_publishes(buffer, at, out, Publish) -> at: the QoS 0 PUBLISHes of mqtt_wire's reader."},
+    {"pack_meter_group", (PyCFunction)(void (*)(void))py_pack_meter_group, METH_FASTCALL,
+     "pack_meter_group(prefix, items) -> bytes | None: a metering round's shard group."},
     {"encode_ack", (PyCFunction)(void (*)(void))py_encode_ack, METH_FASTCALL,
      "encode_ack(mac_key, tx_seq, encoding_flags, seq, rc, watermark) -> bytes | None."},
     {NULL, NULL, 0, NULL},
