@@ -2,9 +2,10 @@
 
 protocol/_speedups.c compiles (setup.py, at `pip install`) the per-frame work of the gateway:
 the resyncing `FrameDecoder`, `MacKey`, the common case of `parse_record` and the ACK frame of
-`ServerSession.ack`. The pure-Python code beside it in frames.py, messages.py and
-server_session.py stays the reference: it runs where the extension was not built (no compiler
-or no OpenSSL headers: the install still succeeds) or when `AQUAFLEET_NO_EXTENSIONS=1`, and
+`ServerSession.ack`, and beside it the MQTT bridge's, the metering round's and the ledger
+writer's per-record work (docs/architecture.md lists every twin). The pure-Python code beside
+each stays the reference: it runs where the extension was not built (no compiler or no
+OpenSSL headers: the install still succeeds) or when `AQUAFLEET_NO_EXTENSIONS=1`, and
 tests/protocol/test_speedups.py holds both to the same vectors and to each other.
 """
 

@@ -74,7 +74,7 @@ def test_the_python_twins_pass_the_same_vectors() -> None:
     files = [
         "protocol/test_frames.py", "protocol/test_messages.py", "protocol/test_session.py",
         "protocol/test_login.py", "gateway/test_mqtt_protocol.py", "gateway/test_ledger_writer.py",
-        "gateway/test_mqtt_wire.py",
+        "gateway/test_mqtt_wire.py", "gateway/test_meter_script.py",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
