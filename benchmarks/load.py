@@ -390,8 +390,10 @@ def main() -> int:
         " and net.ipv4.tcp_max_syn_backlog to it for the run (restored after): the sysctls an "
         "operator sets for storms (docs/deploy.md)",
     )  # fmt: skip
-    parser.add_argument("--tcp-port", type=int, default=7950)
-    parser.add_argument("--http-port", type=int, default=8250)
+    # Free ports by default: with fixed ones a node left over from another run (or another
+    # person's) answered the health check, and the run measured the wrong process.
+    parser.add_argument("--tcp-port", type=int, help="the node's device port (default: a free one)")
+    parser.add_argument("--http-port", type=int, help="the node's HTTP port (default: a free one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--json", help="write the combined report here")
     parser.add_argument(
@@ -405,6 +407,8 @@ def main() -> int:
         "2 with --reference",
     )  # fmt: skip
     args = parser.parse_args()
+    args.tcp_port = args.tcp_port or free_port()
+    args.http_port = args.http_port or free_port()
     rounds = args.rounds or (2 if args.reference else 1)
     if sched_autogroup():
         print(

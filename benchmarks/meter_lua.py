@@ -170,6 +170,11 @@ def main() -> None:
         help="another meter.lua, run in turns with the first on the same rounds",
     )
     args = parser.parse_args()
+    if args.per_round < 16 or args.per_round % 16:
+        # window 16's rounds are 16 records of each device: another count left some out, and
+        # the run then stopped on "not every record was stored", which sent people looking
+        # for a metering bug
+        parser.error(f"--per-round must be a positive multiple of 16 (got {args.per_round})")
     variants = [
         Variant(
             "tree" if args.script is None else args.script.name,

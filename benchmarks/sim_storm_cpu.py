@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from load import CLK_TCK, cpu_seconds, tree, wait_healthy  # benchmarks/load.py
+from load import CLK_TCK, cpu_seconds, free_port, tree, wait_healthy  # benchmarks/load.py
 
 SAMPLE_S = 0.25
 STEADY_FROM_S, STEADY_TO_S = 16.0, 1.0  # before the storm
@@ -140,8 +140,8 @@ def main() -> int:
     parser.add_argument("--storm-at", type=float, default=40.0)
     parser.add_argument("--window", type=float, default=15.0, help="seconds after the storm")
     parser.add_argument("--sim", default="", help="extra `aquafleet sim` options")
-    parser.add_argument("--tcp-port", type=int, default=7960)
-    parser.add_argument("--http-port", type=int, default=8260)
+    parser.add_argument("--tcp-port", type=int, help="the node's device port (default: a free one)")
+    parser.add_argument("--http-port", type=int, help="the node's HTTP port (default: a free one)")
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy the simulator in the window")
     parser.add_argument(
         "--perf", metavar="FILE", help="perf record (cpu-clock, on-CPU only) the simulator"
@@ -152,6 +152,8 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    args.tcp_port = args.tcp_port or free_port()
+    args.http_port = args.http_port or free_port()
 
     workdir = Path(tempfile.mkdtemp(prefix="aquafleet-simstorm-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
