@@ -276,19 +276,24 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         from aquafleet.node import run_ledger
-        from aquafleet.process_gc import freeze_startup_heap
+        from aquafleet.process_gc import LEDGER_GEN0_THRESHOLD, freeze_startup_heap
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         # As a node does: the start-up heap (Tortoise's models, the migrations' modules) out of
-        # the collector's sight, and young collections every 10,000 allocations, not 700. A
-        # ledger batch's rows live until it is committed, so before this every batch pushed
-        # thousands of objects into the oldest generation and set off full collections of the
-        # whole heap (gc_collect_main: ~8% of the writer's samples at window 1, py-spy --native).
+        # the collector's sight. A ledger batch's rows live until it is committed: with
+        # Python's 700 every batch pushed thousands of objects into the oldest generation and
+        # set off full collections of the whole heap (gc_collect_main: ~8% of the writer's
+        # samples at window 1, py-spy --native), and with a node's 10,000 young collections of
+        # each batch's rows still cost ~3 us a record; young collections only after
+        # LEDGER_GEN0_THRESHOLD allocations (aquafleet/process_gc.py).
         await run_ledger(
-            settings, stop=stop, ready=freeze_startup_heap, metrics_port=args.metrics_port
+            settings,
+            stop=stop,
+            ready=lambda: freeze_startup_heap(LEDGER_GEN0_THRESHOLD),
+            metrics_port=args.metrics_port,
         )
         return 0
 

@@ -28,6 +28,14 @@ import gc
 GEN0_THRESHOLD = 10_000
 GEN1_THRESHOLD = 10
 GEN2_THRESHOLD = 10
+# The ledger writer's process (`aquafleet ledger`): a transaction's rows (3-4 objects a record,
+# up to ledger_batch = 50,000 records) live until its commit and are all freed by reference
+# counting right after it; the writer makes no cyclic garbage (0 unreachable in every
+# collection, DEBUG_STATS). At 10,000 every 8,000-record transaction set off two young
+# collections of ~22,000 just-made rows each, 6-18 ms apiece: ~3 us a record, a quarter of the
+# writer's CPU at window 1 (benchmarks/ledger_cpu.py, session 15). Above the largest
+# transaction's objects, no collection runs in its steady state at all.
+LEDGER_GEN0_THRESHOLD = 500_000
 
 
 def tune_collector(gen0_threshold: int = GEN0_THRESHOLD) -> None:

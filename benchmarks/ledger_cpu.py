@@ -31,7 +31,7 @@ from test_hot_paths import sample  # benchmarks/test_hot_paths.py, beside this f
 from aquafleet.gateway.ledger import Entry, decode_entries, snapshot_rows
 from aquafleet.models.db import database
 from aquafleet.models.usage import store_ledger_batch
-from aquafleet.process_gc import freeze_startup_heap
+from aquafleet.process_gc import LEDGER_GEN0_THRESHOLD, freeze_startup_heap
 from aquafleet.protocol.messages import encode_payload, message_map
 
 WARMUP, BATCHES = 5, 40
@@ -73,8 +73,16 @@ async def main() -> None:
     parser.add_argument(
         "--default-gc", action="store_true",
         help="leave the collector as Python sets it (the writer's process freezes its start-up "
-        "heap and collects young objects every 10,000 allocations: aquafleet/process_gc.py)",
+        "heap and collects young objects every LEDGER_GEN0_THRESHOLD allocations: "
+        "aquafleet/process_gc.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--gen0",
+        type=int,
+        default=None,
+        help="young-collection threshold after the freeze (default: the ledger process' own, "
+        "LEDGER_GEN0_THRESHOLD; 10000: a node's)",
+    )
     parser.add_argument("--no-snapshots", action="store_true")
     args = parser.parse_args()
     url = args.url or f"sqlite://{tempfile.mkdtemp()}/ledger.sqlite3"
@@ -88,8 +96,8 @@ async def main() -> None:
             decoded = decode_entries(make(-1 - n))
             await store_ledger_batch(decoded.usage, snapshot_rows(decoded.reports.values())[0], [])
         batches = [make(n) for n in range(WARMUP + args.batches)]
-        if not args.default_gc:
-            freeze_startup_heap()
+        if not args.default_gc:  # as `aquafleet ledger` sets its collector (process_gc.py)
+            freeze_startup_heap(args.gen0 or LEDGER_GEN0_THRESHOLD)
         records = 0
         decode_s = 0.0
         for n, entries in enumerate(batches):
