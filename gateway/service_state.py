@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -76,6 +76,55 @@ class HandoverAnswer:
     received_by: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class MarkedChange:
+    """What a request marker recorded of the change its request id made (service.lua's
+    record): the op, its arguments as asked, and the state right after it."""
+
+    op: str
+    args: tuple[int | None, ...]
+    state: ServiceState
+
+
+class ChangeAnswer(NamedTuple):
+    """service.lua's answer to a change: `marked` is set when the request id was applied
+    before (ALREADY_APPLIED) and its marker keeps the record of that first change."""
+
+    applied: Applied
+    state: ServiceState
+    marked: MarkedChange | None = None
+
+
+def _dash_int(text: str) -> int | None:
+    return None if text in ("", "-") else int(text)
+
+
+def parse_record(record: Any) -> MarkedChange | None:
+    """A marker's record ("op|arg,..|version,locks,mode,remaining,expiry,low"); None when
+    there is none (a marker written before records were kept) or it does not parse."""
+    if isinstance(record, bytes):
+        record = record.decode()
+    if not isinstance(record, str):
+        return None
+    try:
+        op, args, after = record.split("|")
+        version, lock_bits, mode, remaining, expires, low = after.split(",")
+        return MarkedChange(
+            op=op,
+            args=tuple(_dash_int(a) for a in args.split(",")) if args else (),
+            state=ServiceState(
+                version=int(version),
+                lock_bits=int(lock_bits),
+                mode=_dash_int(mode),
+                remaining_ml=_dash_int(remaining),
+                rental_expires_at=_dash_int(expires),
+                low_balance_ml=_dash_int(low),
+            ),
+        )
+    except ValueError:
+        return None
+
+
 def _opt(value: Any) -> int | None:
     return None if value is None or value is False else int(value)
 
@@ -135,12 +184,16 @@ class ServiceStore:
         *args: int | None,
         request_id: str | None = None,
         now_ms: int | None = None,
-    ) -> tuple[Applied, ServiceState]:
+    ) -> ChangeAnswer:
         keys = self._keys(did, request_id)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = [op, now_ms, self._channel_prefix, did, *(_arg(a) for a in args)]
         (reply,) = await self.scripts.run(self.client, [("service", keys, argv)], f"service {op}")
-        return parse_answer(reply)
+        applied, state = parse_answer(reply)
+        marked = None
+        if applied is Applied.ALREADY_APPLIED and len(reply) > 7:
+            marked = parse_record(reply[7])
+        return ChangeAnswer(applied, state, marked)
 
     async def hand_over(
         self,
@@ -218,7 +271,7 @@ class ServiceStore:
         low_balance_ml: int | None,
         request_id: str | None = None,
         now_ms: int | None = None,
-    ) -> tuple[Applied, ServiceState]:
+    ) -> ChangeAnswer:
         return await self.change(
             did, "configure", mode, remaining_ml, rental_expires_at, low_balance_ml,
             request_id=request_id, now_ms=now_ms,

@@ -91,12 +91,14 @@ class ServiceChange(Model):
 
 
 class ServiceBackend(Protocol):
-    """The live store (gateway.service_state.ServiceStore satisfies it)."""
+    """The live store (gateway.service_state.ServiceStore satisfies it). `change` answers
+    (applied, state, marked): `marked`, when the request id was applied before, is what its
+    marker recorded of that change (gateway.service_state.MarkedChange: op, args, state)."""
 
     async def change(
         self, did: str, op: str, *args: int | None, request_id: str | None = None,
         now_ms: int | None = None,
-    ) -> tuple[Any, Any]: ...  # fmt: skip
+    ) -> tuple[Any, ...]: ...  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,15 +235,31 @@ def change_differences(
 
 async def check_retry(
     did: str, request_id: str, op: str, args: Sequence[int | None], *, retry_recomputes: bool
-) -> None:
-    """ServiceRequestReused when `request_id` changed `did` by another change than this one."""
+) -> ServiceChange | None:
+    """The change recorded under `request_id` on `did` (None: none); ServiceRequestReused when
+    it is another change than this one."""
     first = await ServiceChange.get_or_none(did=did, request_id=request_id)
     if first is None:
-        return
+        return None
     first_asked = recorded_asked(first)
     differs = change_differences(first.op, first_asked, op, args, retry_recomputes=retry_recomputes)
     if differs:
         raise ServiceRequestReused(did, request_id, first.op, first_asked, differs)
+    return first
+
+
+def check_marked(
+    did: str, request_id: str, marked: Any, op: str, args: Sequence[int | None], *,
+    retry_recomputes: bool,
+) -> None:  # fmt: skip
+    """ServiceRequestReused when the change Redis' marker recorded under `request_id` (applied,
+    not recorded in the database yet) is another change than this one."""
+    first_asked = asked_of(marked.op, marked.args)
+    differs = change_differences(
+        marked.op, first_asked, op, args, retry_recomputes=retry_recomputes
+    )
+    if differs:
+        raise ServiceRequestReused(did, request_id, marked.op, first_asked, differs)
 
 
 async def _apply(
@@ -273,22 +291,47 @@ async def _apply(
                 f"device {did} is a test (quality-check) device, type 8: it has no quota or "
                 "rental to change"
             )
-    if request_id is not None:  # another change under a used request id: refused, not applied
-        await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
     now = now or dt.datetime.now(dt.UTC)
-    applied, state = await backend.change(
+    # Another change under a used request id: refused, not applied. The same change recorded
+    # is applied: not sent to Redis again, whose marker of it may have expired (a week),
+    # where it would grant the water or the rental time twice.
+    if request_id is not None and await check_retry(
+        did, request_id, op, args, retry_recomputes=retry_recomputes
+    ):
+        return await _applied_before(backend, did, now)
+    answer = await backend.change(
         did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000)
     )
+    applied, state = answer[0], answer[1]
+    marked = answer[2] if len(answer) > 2 else None
     code = int(applied)
     if code == -2:
         raise Conflict(f"device {did} is not metered against a volume quota")
+    row_state, request_args = state, list(args)
     if code == -1 and request_id is not None:
         # Applied before: by a racing request under the same id, recorded since the check?
         await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
+        if marked is not None:  # or by one whose process died before the database's row
+            check_marked(did, request_id, marked, op, args, retry_recomputes=retry_recomputes)
+            row_state, request_args = marked.state, list(marked.args)
+            if op == "configure" and len(request_args) == 4:  # a recomputed one's first
+                amount_ml = request_args[1]
     await record_applied(
         did, op, state, actor=actor, reason=reason, request_id=request_id, amount_ml=amount_ml,
-        seconds=seconds, request_args=list(args), now=now,
+        seconds=seconds, request_args=request_args, now=now, row_state=row_state,
     )  # fmt: skip
+    return _outcome(code, state)
+
+
+async def _applied_before(backend: ServiceBackend, did: str, now: dt.datetime) -> ChangeOutcome:
+    """The answer to a retry of a change the database recorded: the live state, unchanged."""
+    state = (await backend.change(did, "read"))[1]
+    if state.mode is not None:
+        await copy_state(did, state, now)
+    return _outcome(-1, state)
+
+
+def _outcome(code: int, state: Any) -> ChangeOutcome:
     return ChangeOutcome(
         applied=code == 1,
         version=state.version,
@@ -313,15 +356,19 @@ async def record_applied(
     seconds: int | None,
     now: dt.datetime,
     request_args: list[int | None] | None = None,
+    row_state: Any = None,
 ) -> None:
-    """Record a change Redis applied (once per request id) and move the copy up to it."""
+    """Record a change Redis applied (once per request id) and move the copy up to `state`.
+    `row_state`: the state right after the change when it is not `state` (a retry's: the
+    first change's, from its marker)."""
+    after = state if row_state is None else row_state
     already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
     if not already:  # a retry after a crash between Redis and here records it now
         with contextlib.suppress(IntegrityError):  # a concurrent retry recorded it first
             await _record_change(
                 did=did, op=op, amount_ml=amount_ml, seconds=seconds,
-                remaining_ml=state.remaining_ml, rental_expires_at=state.rental_expires_at,
-                lock_bits=state.lock_bits, version=state.version, actor=actor,
+                remaining_ml=after.remaining_ml, rental_expires_at=after.rental_expires_at,
+                lock_bits=after.lock_bits, version=after.version, actor=actor,
                 reason=reason[:255], request_id=request_id, request_args=request_args,
                 created_at=now,
             )  # fmt: skip

@@ -47,7 +47,9 @@
 --   read
 -- Returns {applied (1 changed, 0 nothing to do, -1 request already applied, -2 refused,
 --          -3 handed back, -4 marker expired), version, lock bits, mode, remaining_ml, rental_expires_at,
---          low_balance_ml} (false where unset); handover appends the ml handed over (false:
+--          low_balance_ml} (false where unset); -1 of another op than the exchange's
+--          appends the first change's record from the marker (false: a marker without one);
+--          handover appends the ml handed over (false:
 --          no quota), and when refused (another recipient, or handed back) the did that
 --          received it; handback the ml (the hand-over's at `begin`, the credit's after) and
 --          the recipient; takeback the ml that goes back.
@@ -55,6 +57,11 @@
 -- metered total and the rental expiry ('-': none) it set, for a take-back; "1" before they
 -- were kept); a hand-over's "amount|recipient", then "amount|recipient|back" once its
 -- hand-back began, "amount|recipient|back:ml" once credited; a take-back's "taken|ml".
+-- Every change but the exchange's handover, handback and takeback appends '#' and its record
+-- for the database: "op|args|version,lock bits,mode,remaining_ml,rental_expires_at,low"
+-- (the state right after it, '-' where unset), so models/service.py can record the change
+-- as it was applied when its process died before the database's row, and refuse another
+-- change under the id (docs/metering.md, "A change's request id").
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -136,16 +143,34 @@ local function rental_kept(set_rx, rx)
   return rx
 end
 
+-- A request marker's value: the step's own part (below), then, for the changes of
+-- models/service.py, '#' and the change's record for the database (`record` below); a marker
+-- written before records were kept has none.
+local function own_part(value)
+  if not value then return value end
+  return string.match(value, '^([^#]*)')
+end
+
+local function record_of(value)
+  if not value then return f end
+  return string.match(value, '^[^#]*#(.*)$') or f
+end
+
 if op == 'read' then return answer(0) end
-local seen = false
-if request then seen = redis.call('GET', request) end
+local seen_value = false
+if request then seen_value = redis.call('GET', request) end
+local seen = own_part(seen_value)
 -- The database recorded this exchange's hand-over longer ago than markers live: without its
 -- marker the step cannot be told apart from one never done, so nothing is changed (-4).
 local recorded = (op == 'handover' and ARGV[6] == 'recorded')
   or (op == 'handback' and ARGV[7] == 'recorded')
 if recorded and not seen then return answer(-4) end
 if seen and op ~= 'handback' and op ~= 'takeback' then
-  if op ~= 'handover' then return answer(-1) end
+  if op ~= 'handover' then
+    local again = answer(-1)
+    again[8] = record_of(seen_value)  -- what the first change did, for its database row
+    return again
+  end
   local amount, to, back = handed(seen)
   given = tonumber(amount) or f  -- '-': there was no quota
   if to ~= nil and (to ~= ARGV[5] or back ~= '') then
@@ -227,7 +252,9 @@ elseif op == 'handback' then
     lk = set_bit(lk, QUOTA, rm <= 0)
     if lo and rm > lo then lf = 0 end
   end
-  if KEYS[7] and redis.call('GET', KEYS[7]) == '1' then lk = set_bit(lk, MANUAL, false) end
+  if KEYS[7] and own_part(redis.call('GET', KEYS[7])) == '1' then
+    lk = set_bit(lk, MANUAL, false)
+  end
   marker = amount .. '|' .. to .. '|back:' .. (ml or '-')
 elseif op == 'takeback' then
   if not request then return redis.error_reply('takeback needs a request id') end
@@ -281,8 +308,29 @@ else
   return redis.error_reply('unknown service op ' .. op)
 end
 
--- A hand-back keeps the hand-over marker's TTL (see handback above); others set a week.
+local function int_or_dash(x)
+  if x == nil then return '-' end
+  return string.format('%d', x)
+end
+
+-- The record a change's marker keeps for the database (models/service.py): the op, its
+-- arguments as asked (ARGV[5..]) and the state right after it, so a retry after a crash
+-- between this step and the database's row records what was done, and a retry asking
+-- another change under the id is refused: "op|arg,..|version,locks,mode,remaining,expiry,low".
+local function record()
+  local args = {}
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  local after = {int_or_dash(ver), int_or_dash(lk), int_or_dash(mode), int_or_dash(rm),
+    int_or_dash(rx), int_or_dash(lo)}
+  return op .. '|' .. table.concat(args, ',') .. '|' .. table.concat(after, ',')
+end
+
+-- A hand-back keeps the hand-over marker's TTL (see handback above); others set a week. The
+-- exchange's own steps keep their markers as they were; the others append their record.
 local function mark(value)
+  if op ~= 'handover' and op ~= 'handback' and op ~= 'takeback' then
+    value = value .. '#' .. record()
+  end
   if op == 'handback' and redis.call('TTL', request) > 0 then
     redis.call('SET', request, value, 'KEEPTTL')
   else
