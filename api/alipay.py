@@ -12,7 +12,12 @@ from pydantic import ConfigDict, Field
 
 from aquafleet.api.errors import Unavailable
 from aquafleet.api.orders import OrderPath
-from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
+from aquafleet.api.payments import (
+    MOVED_BILL_DESCRIPTION,
+    PAYMENTS,
+    notification_taken,
+    posted_form,
+)
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
 from aquafleet.api.vendors import MERCHANT_PUT_DESCRIPTION, VendorPath, VidOut, set_vendor_merchant
@@ -42,8 +47,8 @@ def channel(call: Call) -> AlipayPayments:
 class AlipayPrepayOut(ResponseModel):
     bill_no: str = Field(
         description="支付号: Alipay's out_trade_no "
-        "(the order id; `{oid}-2`... once closed at WeChat "
-        "Pay to move)"
+        "(the order id; `{oid}-2`... once closed at a channel "
+        "to move)"
     )
     pay_url: str = Field(
         description="the signed alipay.trade.wap.pay URL (手机网站支付) the app opens in a "
@@ -58,11 +63,12 @@ class AlipayPrepayOut(ResponseModel):
     params=OrderPath,
     response=AlipayPrepayOut,
     status=200,
-    errors=(404, 409, 503),
+    errors=(404, 409, 502, 503),
     description="C: the member's own unpaid order. Opens (once; again answers the same bill) "
     "the order's bill for its total with the vendor's Alipay app and answers the signed "
     "wap.pay URL. The order is paid (channel `alipay`) when Alipay's signed notification "
-    "arrives (or the sweep's alipay.trade.query finds it paid), never on the app's word.",
+    "arrives (or the sweep's alipay.trade.query finds it paid), never on the app's word."
+    + MOVED_BILL_DESCRIPTION,
 )
 async def prepay_alipay(call: Call) -> AlipayPrepayOut:
     order = await find_order(call.principal, call.params.oid)

@@ -12,7 +12,12 @@ from pydantic import ConfigDict, Field
 
 from aquafleet.api.errors import ApiError, Unavailable
 from aquafleet.api.orders import OrderPath
-from aquafleet.api.payments import PAYMENTS, notification_taken, posted_form
+from aquafleet.api.payments import (
+    MOVED_BILL_DESCRIPTION,
+    PAYMENTS,
+    notification_taken,
+    posted_form,
+)
 from aquafleet.api.routing import PUBLIC, Call, RouteTable
 from aquafleet.api.schemas import PathParams, RequestModel, ResponseModel, VendorCode
 from aquafleet.api.vendors import MERCHANT_PUT_DESCRIPTION, VendorPath, VidOut, set_vendor_merchant
@@ -48,8 +53,8 @@ def cards(call: Call) -> CardPayments:
 class CardPrepayOut(ResponseModel):
     bill_no: str = Field(
         description="支付号: our number at the acquirer "
-        "(the order id; `{oid}-2`... once closed at WeChat "
-        "Pay to move)"
+        "(the order id; `{oid}-2`... once closed at a channel "
+        "to move)"
     )
     acquirer: str = Field(description="the vendor's card acquirer (allinpay)")
     pay_info: str = Field(
@@ -77,7 +82,7 @@ PREPAY_DESCRIPTION = (
     "C: the member's own unpaid order. Opens (once; again answers the same bill) the order's "
     "bill for its total at the vendor's card acquirer and answers what the app opens to pay. "
     "The order is paid (channel `card`) when the acquirer's signed notification arrives (or the "
-    "sweep's query finds it paid), never on the app's word."
+    "sweep's query finds it paid), never on the app's word." + MOVED_BILL_DESCRIPTION
 )
 
 

@@ -42,6 +42,7 @@ from aquafleet.gateway.appkeys import (
     SETTINGS,
     TASKS,
 )
+from aquafleet.gateway.channels import BillCloseRefused
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.payments import PaymentService, PaymentSweeper, payment_service
 from aquafleet.gateway.providers.wechatpay import (
@@ -49,7 +50,7 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
-from aquafleet.gateway.wechatpay import BillCloseRefused, NotificationRefused
+from aquafleet.gateway.wechatpay import NotificationRefused
 from aquafleet.models.devices import Device
 from aquafleet.models.members import get_member
 from aquafleet.models.money import Refund
@@ -113,7 +114,18 @@ async def payments_ctx(app: web.Application) -> AsyncIterator[None]:
 routes.contexts.append(payments_ctx)
 
 
-register_domain_error(BillCloseRefused, 502)  # WeChat Pay refused to close a bill to move
+# A channel (WeChat Pay, Alipay, the card acquirer) refused to close a bill to move it.
+register_domain_error(BillCloseRefused, 502)
+
+
+# What every prepay (and the wallet) says about a bill open at another channel.
+MOVED_BILL_DESCRIPTION = (
+    " A bill the member opened at another channel (WeChat Pay, Alipay, a card) is closed there "
+    "first, so it cannot be paid there too: that channel unreachable answers 503 "
+    "(wechatpay_unavailable, alipay_unavailable, acquirer_unavailable) and nothing moves; paid "
+    "there meanwhile, that payment is applied and the answer is 409 order_paid; still payable "
+    "there (a card being processed), 409 bill_open_at_channel; refused there, 502."
+)
 
 
 def channel_errors(exc: Exception) -> ApiError:
@@ -154,7 +166,7 @@ class PrepayOut(ResponseModel):
     "the WeChat Pay transaction for the order's total with the vendor's merchant, payer the "
     "member's bound WeChat openid, and answers the signed parameters that open the payment "
     "sheet. The order is paid when WeChat Pay's signed notification arrives (or the sweep's "
-    "query finds it paid), never on the app's word.",
+    "query finds it paid), never on the app's word." + MOVED_BILL_DESCRIPTION,
 )
 async def prepay_weixin(call: Call) -> PrepayOut:
     order = await find_order(call.principal, call.params.oid)
@@ -412,17 +424,14 @@ async def topup_wallet(call: Call) -> PrepayOut:
     status=200,
     errors=(404, 409, 502, 503),
     description="C, its own unpaid order: paid at once from its wallet (insufficient_funds "
-    "when the wallet holds less; concurrent spends never overdraw it). A bill the member "
-    "opened at WeChat Pay is closed there first, so it cannot be paid there too: WeChat Pay "
-    "unreachable answers 503 wechatpay_unavailable and nothing moves; paid there meanwhile, "
-    "that payment is applied and the answer is 409 order_paid.",
+    "when the wallet holds less; concurrent spends never overdraw it)." + MOVED_BILL_DESCRIPTION,
 )
 async def pay_with_wallet(call: Call) -> PaymentOut:
     order = await find_order(call.principal, call.params.oid)
     payments = call.app[PAYMENTS]
     apply_service = payments.apply_service  # a renewal renews its device
-    # A bill open at WeChat Pay is closed there first: the member's payment sheet cannot pay
-    # the order a second time (WeChat Pay unreachable: 503, nothing moved).
+    # A bill open at another channel is closed there first: what the member holds there
+    # cannot pay the order a second time (the channel unreachable: 503, nothing moved).
     await payments.release_bill(order, WALLET)
     paid = await pay_order_from_wallet(order, call.principal.subject, apply_service=apply_service)
     return await payment_info(paid)

@@ -15,9 +15,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
+from aquafleet.gateway.channels import Closing, PaymentChannel, RefundResult, bill_description
 from aquafleet.gateway.logs import get_logger
-from aquafleet.gateway.providers.alipay import AlipayClient, AlipayRefused
+from aquafleet.gateway.providers.alipay import AlipayClient, AlipayRefused, AlipayUnavailable
 from aquafleet.models.alipay import AlipayMerchant, alipay_merchant, fen, verify_notification
 from aquafleet.models.errors import DomainError
 from aquafleet.models.merchants import ALIPAY
@@ -28,7 +28,6 @@ from aquafleet.models.payments import (
     Outcome,
     Payment,
     close_bill,
-    open_order_bill,
     set_prepay_id,
 )
 
@@ -58,6 +57,10 @@ class AlipayPayments(PaymentChannel):
 
     name = ALIPAY
     label = "Alipay"
+    unanswered = (AlipayUnavailable,)  # an answer not signed, or not verified, too
+    refusals = (AlipayRefused,)
+    unavailable_code = "alipay_unavailable"
+    refused_code = "alipay_refused"
 
     def __init__(self, client: AlipayClient, box: Any, payments: Any) -> None:
         super().__init__(payments)
@@ -82,8 +85,7 @@ class AlipayPayments(PaymentChannel):
         browser opens to pay it (a new signature each time; the same bill)."""
         merchant = await self.merchant(order.vendor_id)
         notify_url = self.notify_url(ALIPAY_NOTIFY_PATH, vid=order.vendor_id)
-        await self.payments.release_bill(order, ALIPAY)  # closed at WeChat Pay first
-        payment = await open_order_bill(order, member.uid, ALIPAY)
+        payment = await self.open_bill(order, member.uid)  # closed at another channel first
         url = self.client.wap_pay_url(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
             subject=await bill_description(order), notify_url=notify_url,
@@ -111,9 +113,37 @@ class AlipayPayments(PaymentChannel):
         answer = await self.client.query(await self.merchant(payment.vendor_code), payment.bill_no)
         if answer is None or answer.get("trade_status") not in PAID_STATES:
             return None
+        return await self._apply_answer(payment, answer)
+
+    async def _apply_answer(self, payment: Payment, answer: Mapping[str, Any]) -> Outcome:
+        """A query's answer that names the trade paid, applied as its notification would be."""
         if answer.get("out_trade_no") != payment.bill_no:
             raise AlipayNotificationRefused("alipay answered about another trade")
         return await self.apply(self._notice(payment.vendor_code, answer, payment.bill_no))
+
+    async def close_to_move(self, payment: Payment) -> Closing:
+        """alipay.trade.close, so the wap.pay page the member holds can no longer pay the bill
+        (Alipay refuses a closed trade's out_trade_no again). ACQ.TRADE_NOT_EXIST: the member
+        never opened the URL, there is nothing to close (the bill keeps its number: should
+        the URL be opened and paid after all, that payment still finds the bill, and is
+        refunded as a second one). ACQ.TRADE_STATUS_ERROR: the trade is queried: paid
+        meanwhile (applied), or closed before."""
+        merchant = await self.merchant(payment.vendor_code)
+        try:
+            await self.client.close(merchant, payment.bill_no)
+        except AlipayRefused as exc:
+            if exc.sub_code == "ACQ.TRADE_NOT_EXIST":
+                return Closing.NOT_THERE
+            if exc.sub_code != "ACQ.TRADE_STATUS_ERROR":
+                raise
+            answer = await self.client.query(merchant, payment.bill_no)
+            if answer is None:
+                return Closing.NOT_THERE
+            if answer.get("trade_status") in PAID_STATES:
+                await self._apply_answer(payment, answer)
+                return Closing.PAID
+            return Closing.CLOSED if answer.get("trade_status") == "TRADE_CLOSED" else Closing.OPEN
+        return Closing.CLOSED
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order at Alipay (alipay.trade.close), then here. A trade

@@ -5,7 +5,8 @@ notification, queries and closes a bill and refunds, each in the acquirer's own 
 answers in the terms below. Everything else (the bill, the order's PAY through `pay_order` with
 channel `card`, the ledger, refunds due) is shared with the other channels (models/payments.py,
 models/money.py). A bill the member has not paid stays payable at the acquirer until it is
-closed there: the sweep closes the bills of orders closed or paid otherwise (`close`). A
+closed there: the sweep closes the bills of orders closed or paid otherwise (`close`), and a
+bill moving to another channel is closed there first (`close_to_move`). A
 second acquirer is one more adapter in `CardPayments.acquirers`; orders and the ledger do not
 change.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
+from aquafleet.gateway.channels import Closing, PaymentChannel, RefundResult, bill_description
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import PaymentNotConfigured, configured_channels
@@ -32,7 +33,6 @@ from aquafleet.models.payments import (
     Outcome,
     Payment,
     close_bill,
-    open_order_bill,
     set_prepay_id,
 )
 
@@ -134,6 +134,10 @@ class CardPayments(PaymentChannel):
 
     name = CARD
     label = "the acquirer"
+    unanswered = (AcquirerUnavailable,)  # an answer not verified too
+    refusals = (AcquirerRefused,)
+    unavailable_code = "acquirer_unavailable"
+    refused_code = "acquirer_refused"
 
     def __init__(self, acquirers: list[CardAcquirer], payments: Any) -> None:
         super().__init__(payments)
@@ -155,8 +159,7 @@ class CardPayments(PaymentChannel):
         acquirer = await self.acquirer_of_vendor(order.vendor_id)
         merchant = await acquirer.merchant(order.vendor_id)
         notify_url = self.notify_url(CARD_NOTIFY_PATH, acquirer=acquirer.name, vid=order.vendor_id)
-        await self.payments.release_bill(order, CARD)  # closed at WeChat Pay first
-        payment = await open_order_bill(order, member.uid, CARD)
+        payment = await self.open_bill(order, member.uid)  # closed at another channel first
         answer = await acquirer.pay(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
             description=await bill_description(order), kind=kind, notify_url=notify_url,
@@ -215,6 +218,21 @@ class CardPayments(PaymentChannel):
         await close_bill(payment)
         log.info("bill_closed", bill_no=payment.bill_no, channel=CARD)
         return True
+
+    async def close_to_move(self, payment: Payment) -> Closing:
+        """Close the bill at its acquirer (Allinpay: 订单关闭), so the card code the member
+        holds can no longer pay it: paid there meanwhile, the payment is queried and applied;
+        still processing there, it is not closed yet. A bill of no acquirer of ours: nothing
+        we can close."""
+        acquirer = self.acquirer_of_bill(payment)
+        if acquirer is None:
+            return Closing.NOT_THERE
+        merchant = await acquirer.merchant(payment.vendor_code)
+        result = await acquirer.close(merchant, payment.bill_no)
+        if result is CloseResult.PAID:
+            await self.query_bill(payment)
+            return Closing.PAID
+        return Closing.OPEN if result is CloseResult.OPEN else Closing.CLOSED
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult | None:
         """Execute a due refund of a card-paid bill: requested, or settled when the acquirer

@@ -6,6 +6,11 @@ A channel (WeChat Pay, Alipay, the card acquirers) subclasses `PaymentChannel`, 
 protocol through its client in gateway/providers/, and records what happened through the shared
 models (`open_order_bill`, `apply_channel_payment` via PaymentService.apply, `move_refund`,
 `settle_refund`). A new channel is one subclass and one entry in `PaymentService.channels`.
+
+An order's bill moves between channels while nobody has paid it; one open at a channel is first
+closed there (`release`, the same rule for every channel; each says only how it closes a bill,
+`close_to_move`), so what the member holds (a payment sheet, a URL, a card code) cannot pay the
+order a second time.
 """
 
 from __future__ import annotations
@@ -16,10 +21,20 @@ from enum import StrEnum
 from typing import Any
 
 from aquafleet.gateway.logs import get_logger
+from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import PaymentNotConfigured
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
 from aquafleet.models.orders import Order, OrderLine
-from aquafleet.models.payments import ChannelPayment, Outcome, Payment, close_bill
+from aquafleet.models.payments import (
+    BillOpenAtChannel,
+    ChannelPayment,
+    OrderAlreadyPaid,
+    Outcome,
+    Payment,
+    close_bill,
+    open_order_bill,
+    release_bill,
+)
 
 log = get_logger("aquafleet.payments")
 
@@ -28,6 +43,33 @@ class RefundResult(StrEnum):
     SUCCEEDED = "succeeded"
     PENDING = "pending"
     FAILED = "failed"  # refused: the refund is failed and its amount may be refunded again
+
+
+class Closing(StrEnum):
+    """What closing a pending bill at its channel, to move it, found (`close_to_move`)."""
+
+    CLOSED = "closed"  # closed there now (or before): it takes no payment; its number is spent
+    NOT_THERE = "not_there"  # the channel has no such bill (never opened): nothing to close
+    PAID = "paid"  # paid there meanwhile: the payment is applied, the move refused
+    OPEN = "open"  # still payable there (the channel could not close it yet): not moved
+
+
+class BillNotReleased(Unavailable):
+    """The channel did not answer (or not verifiably) while the bill was being closed there to
+    move it: it stays where it is, open there (503, the channel's `..._unavailable` code)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BillCloseRefused(DomainError):
+    """The channel refused to close the bill (a refusal other than "paid"): it stays open
+    there and does not move (502, the channel's `..._refused` code)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def bill_description(order: Order) -> str:
@@ -43,6 +85,12 @@ class PaymentChannel:
 
     name: str  # the channel of its bills and refunds (`Payment.channel`, `Refund.channel`)
     label: str  # how an operator's message names it ("Alipay cannot notify")
+    # Its client's "did not answer" and "refused" errors, and the API codes they are answered
+    # with when a bill was being closed to move (`release`).
+    unanswered: tuple[type[Exception], ...] = ()
+    refusals: tuple[type[Exception], ...] = ()
+    unavailable_code = "service_unavailable"
+    refused_code = "conflict"
 
     def __init__(self, payments: Any) -> None:
         self.payments = payments
@@ -92,10 +140,51 @@ class PaymentChannel:
         """Ask the channel about a bill whose notification is late; apply a payment it names."""
         return None
 
+    async def open_bill(self, order: Order, member_uid: str) -> Payment:
+        """The order's bill at this channel (`open_order_bill`): one open at another channel
+        is closed there first (`PaymentService.release_bill`), then moves here."""
+        await self.payments.release_bill(order, self.name)
+        return await open_order_bill(order, member_uid, self.name)
+
     async def release(self, payment: Payment) -> None:
-        """Before the pending bill moves to another channel: make sure it can no longer be
-        paid here. A channel whose bills are not closed before moving
-        (models/payments.py CLOSED_BEFORE_MOVING): nothing."""
+        """Before the pending bill moves to another channel (the member pays it otherwise):
+        close it here, so what the member holds cannot pay the order a second time, then let
+        it move (models/payments.py `release_bill`: closed, its number is spent and it takes
+        the next; the channel never had it, it keeps its number). Nothing moves when the
+        channel does not answer (BillNotReleased, 503), refuses (BillCloseRefused, 502), says
+        it was paid meanwhile (that payment applied; OrderAlreadyPaid, 409) or could not close
+        it yet (BillOpenAtChannel, 409): the member may ask again."""
+        try:
+            closing = await self.close_to_move(payment)
+        except self.unanswered as exc:
+            raise BillNotReleased(
+                f"{self.label} did not answer while the order's bill there was being closed to "
+                f"pay it otherwise; nothing changed, try again ({exc})",
+                self.unavailable_code,
+            ) from None
+        except self.refusals as exc:
+            raise BillCloseRefused(
+                f"{self.label} refused to close the order's bill, so it cannot be paid "
+                f"otherwise: {exc}",
+                self.refused_code,
+            ) from None
+        if closing is Closing.PAID:
+            log.warning("bill_paid_while_moving", bill_no=payment.bill_no, channel=self.name)
+            raise OrderAlreadyPaid(f"order {payment.order_oid} was paid at {self.label} meanwhile")
+        if closing is Closing.OPEN:
+            log.warning("bill_release_deferred", bill_no=payment.bill_no, channel=self.name)
+            raise BillOpenAtChannel(
+                f"the bill of order {payment.order_oid} is still payable at {self.label}, which "
+                "could not close it yet; try again"
+            )
+        await release_bill(payment, spent=closing is Closing.CLOSED)
+        log.info("bill_released", bill_no=payment.bill_no, channel=self.name, found=closing.value)
+
+    async def close_to_move(self, payment: Payment) -> Closing:
+        """Close the pending bill at the channel so that it may move (`release`); what that
+        found. Raises one of `unanswered` or `refusals` when it cannot tell. A channel with
+        nothing to close: NOT_THERE."""
+        return Closing.NOT_THERE
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order; True when closed at the channel. A channel

@@ -123,9 +123,10 @@ class PaymentService:
 
     async def release_bill(self, order: Order, to: str) -> None:
         """Before the order's pending bill moves to channel `to` (the member pays it
-        otherwise): the channel it is open at makes sure it can no longer be paid there
-        (WeChat Pay closes it: `WechatPayments.release`). Raises, and nothing moves, when that
-        channel cannot be reached (503) or says the bill was paid meanwhile (applied; 409)."""
+        otherwise): the channel it is open at (WeChat Pay, Alipay, the card acquirer) closes
+        it there, so it can no longer be paid there (`PaymentChannel.release`). Raises, and
+        nothing moves, when that channel cannot be reached (503), refuses (502), says the bill
+        was paid meanwhile (applied; 409 order_paid) or cannot close it yet (409)."""
         if order.state is not OrderState.OBLIGATION:
             return  # not payable: the move is refused (open_order_bill), nothing to close
         payment = await payment_of_order(order.oid)

@@ -11,7 +11,12 @@ import json
 import time
 from typing import Any
 
-from aquafleet.gateway.channels import PaymentChannel, RefundResult, bill_description
+from aquafleet.gateway.channels import (
+    Closing,
+    PaymentChannel,
+    RefundResult,
+    bill_description,
+)
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.payouts import WechatNotBound, vendor_wechat_merchant
 from aquafleet.gateway.providers.wechatpay import (
@@ -19,18 +24,14 @@ from aquafleet.gateway.providers.wechatpay import (
     WechatPayRefused,
     WechatPayUnavailable,
 )
-from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import WechatPayMerchant
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import (
     ChannelPayment,
-    OrderAlreadyPaid,
     Outcome,
     Payment,
     close_bill,
-    open_order_bill,
-    release_bill,
     set_prepay_id,
 )
 from aquafleet.models.reconcile import Difference, compare, parse_trade_bill
@@ -61,20 +62,6 @@ def success_time(transaction: dict[str, Any]) -> dt.datetime | None:
     return at.astimezone(dt.UTC) if at.tzinfo is not None else None
 
 
-class BillNotReleased(Unavailable):
-    """WeChat Pay did not answer (or not verifiably) while the bill was being closed to move
-    it: it stays where it is, open at WeChat Pay (503)."""
-
-    code = "wechatpay_unavailable"
-
-
-class BillCloseRefused(DomainError):
-    """WeChat Pay refused to close the bill (a signed refusal other than ORDERPAID): it stays
-    open there and does not move (502 wechatpay_refused)."""
-
-    code = "wechatpay_refused"
-
-
 class NotificationRefused(WechatPayError):
     """A notification we cannot trust or read: answered as a failure, nothing changes."""
 
@@ -86,6 +73,10 @@ class WechatPayments(PaymentChannel):
 
     name = WEIXIN
     label = "WeChat Pay"
+    unanswered = (WechatPayUnavailable,)  # an answer not verified too (AnswerNotVerified)
+    refusals = (WechatPayRefused,)
+    unavailable_code = "wechatpay_unavailable"
+    refused_code = "wechatpay_refused"
 
     def __init__(self, client: WechatPayClient, box: SecretBox, payments: Any) -> None:
         super().__init__(payments)
@@ -104,7 +95,7 @@ class WechatPayments(PaymentChannel):
             raise WechatNotBound(f"member {member.uid} has no WeChat account bound (AA-08)")
         merchant = await self.merchant(order.vendor_id)
         notify_url = self.notify_url(NOTIFY_PATH, vid=order.vendor_id)
-        payment = await open_order_bill(order, member.uid, WEIXIN)
+        payment = await self.open_bill(order, member.uid)  # closed at another channel first
         try:
             prepay_id = await self.client.jsapi_prepay(
                 merchant, out_trade_no=payment.bill_no, description=await bill_description(order),
@@ -246,42 +237,22 @@ class WechatPayments(PaymentChannel):
         log.info("bill_closed", bill_no=payment.bill_no)
         return True
 
-    async def release(self, payment: Payment) -> None:
-        """The member pays the order elsewhere (the wallet, a card, Alipay): close its bill at
-        WeChat Pay first, so the payment sheet the member holds can no longer pay it, then give
-        the bill its next number (WeChat Pay refuses a closed out_trade_no again). Closing is
-        idempotent (a closed order closes again). WeChat Pay unreachable, or an answer not
-        verified: BillNotReleased (unavailable), nothing moves. ORDERPAID (the member paid it
-        meanwhile): the payment is applied (queried, as its notification would be) and the
-        move refused, OrderAlreadyPaid. ORDER_NOT_EXIST: nothing to close."""
+    async def close_to_move(self, payment: Payment) -> Closing:
+        """关闭订单, so the payment sheet the member holds can no longer pay the bill
+        (idempotent: a closed order closes again; WeChat Pay refuses its out_trade_no again,
+        ORDERCLOSED). ORDERPAID: paid meanwhile, the transaction queried and applied as its
+        notification would be. ORDER_NOT_EXIST: WeChat Pay never made it."""
         merchant = await self.merchant(payment.vendor_code)
-        try:
-            paid = await self._closed_to_move(merchant, payment)
-        except WechatPayUnavailable as exc:  # the close, or the query of a bill paid
-            raise BillNotReleased(
-                f"WeChat Pay did not answer while the order's WeChat Pay bill was being closed "
-                f"to pay it otherwise; nothing changed, try again ({exc})"
-            ) from None
-        if paid:
-            raise OrderAlreadyPaid(f"order {payment.order_oid} was paid at WeChat Pay meanwhile")
-        await release_bill(payment)
-        log.info("bill_released", bill_no=payment.bill_no, channel=WEIXIN)
-
-    async def _closed_to_move(self, merchant: WechatPayMerchant, payment: Payment) -> bool:
-        """Close the bill at WeChat Pay; True when it was paid there (the payment applied)."""
         try:
             await self.client.close_transaction(merchant, payment.bill_no)
         except WechatPayRefused as exc:
             if exc.wx_code == "ORDERPAID":
-                outcome = await self.query_bill(payment)
-                log.warning("bill_paid_while_moving", bill_no=payment.bill_no, outcome=outcome)
-                return True
-            if exc.wx_code != "ORDER_NOT_EXIST":
-                raise BillCloseRefused(
-                    f"WeChat Pay refused to close the order's bill, so it cannot be paid "
-                    f"otherwise: {exc}"
-                ) from None
-        return False
+                await self.query_bill(payment)  # WeChat Pay silent here: nothing moves either
+                return Closing.PAID
+            if exc.wx_code == "ORDER_NOT_EXIST":
+                return Closing.NOT_THERE
+            raise
+        return Closing.CLOSED
 
     async def send_refund(self, refund: Refund, payment: Payment) -> RefundResult:
         merchant = await self.merchant(payment.vendor_code)

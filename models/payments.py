@@ -113,20 +113,24 @@ class OrderAlreadyPaid(Conflict):
 
 
 # Channels whose bill, once opened there, must be closed there before it moves to another
-# channel (`release_bill`): the member holds a payment sheet that pays it until it is closed.
-CLOSED_BEFORE_MOVING = frozenset({"weixin"})
+# channel (`release_bill`): until it is closed the member holds what pays it there (WeChat
+# Pay's payment sheet, Alipay's wap.pay URL, the acquirer's UnionPay code). Every channel with
+# a bill at a provider is one; the wallet (paid at once) and `manual` are not.
+CLOSED_BEFORE_MOVING = frozenset({"weixin", "alipay", "card"})
 
 
 class BillOpenAtChannel(Conflict):
     """The bill is open at a channel that must close it before it moves (the gateway's
-    `PaymentService.release_bill` does, then the move is asked again)."""
+    `PaymentService.release_bill` does, then the move is asked again), or that channel could
+    not close it yet (the card acquirer still processing it)."""
 
     code = "bill_open_at_channel"
 
 
 def next_bill_no(order_oid: str, bill_no: str) -> str:
     """The bill's number once its number is spent at a channel (closed there: WeChat Pay
-    refuses a closed out_trade_no again, ORDERCLOSED): the order id, then `{oid}-2`, `-3`..."""
+    refuses a closed out_trade_no again, ORDERCLOSED; Alipay a closed trade's; Allinpay a
+    used reqsn): the order id, then `{oid}-2`, `-3`..."""
     _, dash, count = bill_no.removeprefix(order_oid).rpartition("-")
     n = int(count) if dash and bill_no.startswith(order_oid) and count.isdigit() else 1
     return f"{order_oid}-{n + 1}"[:MAX_BILL_NO]
@@ -165,7 +169,8 @@ async def open_order_bill(order: Order, member_uid: str, channel: str) -> Paymen
                 "closed there"
             )
         # The member chose another channel: the bill moves there while nobody has paid it
-        # (and, from WeChat Pay, once closed there: nobody can pay it there any more).
+        # (and, from a channel that holds it open, once closed there: nobody can pay it
+        # there any more).
         await Payment.filter(
             id=existing.id, state=PaymentState.PENDING, channel=existing.channel,
             prepay_id=existing.prepay_id,
@@ -178,17 +183,17 @@ async def open_order_bill(order: Order, member_uid: str, channel: str) -> Paymen
     return existing
 
 
-async def release_bill(payment: Payment) -> bool:
-    """The channel closed the pending bill so that it may move (`open_order_bill`): its number
-    is spent there, so the bill takes the next one (`next_bill_no`) and no prepay. False when
-    the bill changed meanwhile (paid, moved, opened again): nothing is changed."""
+async def release_bill(payment: Payment, *, spent: bool = True) -> bool:
+    """The channel closed the pending bill so that it may move (`open_order_bill`): no prepay.
+    Its number is `spent` there (closed: the channel refuses it again), so the bill takes the
+    next one (`next_bill_no`); a number the channel never had (nothing to close there) is kept,
+    so a payment under it that comes later (an Alipay URL opened after all) still finds the
+    bill. False when the bill changed meanwhile (paid, moved, opened again): nothing changed."""
+    bill_no = next_bill_no(str(payment.order_oid), payment.bill_no) if spent else payment.bill_no
     released = await Payment.filter(
         id=payment.id, state=PaymentState.PENDING, bill_no=payment.bill_no,
         channel=payment.channel, prepay_id=payment.prepay_id,
-    ).update(
-        bill_no=next_bill_no(str(payment.order_oid), payment.bill_no), prepay_id="",
-        updated_at=dt.datetime.now(dt.UTC),
-    )  # fmt: skip
+    ).update(bill_no=bill_no, prepay_id="", updated_at=dt.datetime.now(dt.UTC))  # fmt: skip
     return bool(released)
 
 
