@@ -16,6 +16,14 @@ once (the request id makes it a no-op in Redis); one paid through a channel, who
 notification is a duplicate, is applied by the payments sweep (`finish_paid_renewals`) once it
 is older than `payments_query_after_s`.
 
+Who the order is attributed to (`referrer_uid`, `agent_id`, hence who earns its commission,
+docs/commissions.md) is the order that brought the device to the member (`delivering_order`:
+the newest of the member's orders, not a renewal, that shipped it, or the device an exchange
+replaced with it), kept when the renewal is made: a renewal continues the rental its referrer
+or node sold, whatever the member's own referrer or node is now (a referral code at checkout,
+a referrer set or changed later, a member moved to another node). A device no order of the
+member brought (bound with AB-11) is attributed as an order without a code: the member's own.
+
 Paying re-checks that the member still holds the device: one unbound or returned since the
 order was made is not renewed (RenewalDeviceGone, 409); the order stays paid, and a refund of
 what was paid is requested (refund number `renewal-{oid}`, once however often it is retried)
@@ -36,6 +44,7 @@ from aquafleet.models.devices import Device, DeviceBound, check_usable, visible_
 from aquafleet.models.errors import Conflict, DomainError, InvalidInput, NotFound
 from aquafleet.models.members import LOGIN_ALLOWED, Member
 from aquafleet.models.order_placing import first_of_key, request_digest
+from aquafleet.models.order_referrals import Attribution
 from aquafleet.models.order_states import SYSTEM, OrderStateConflict, fire
 from aquafleet.models.orders import (
     MAX_IDEMPOTENCY_KEY,
@@ -51,8 +60,10 @@ from aquafleet.models.orders import (
     order_request_id,
 )
 from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
+from aquafleet.models.returns import goods_shipped_as
 from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
 from aquafleet.models.tenancy import Principal, Role
+from aquafleet.models.tickets import Ticket, TicketState, TicketType
 
 if TYPE_CHECKING:
     from aquafleet.models.delivery import ServiceApplier
@@ -73,6 +84,38 @@ async def _held_device(member: Member, did: str) -> Device:
         )
     check_usable(device)
     return device
+
+
+async def delivering_order(member_uid: str, did: str) -> Order | None:
+    """The order that brought `did` to the member: the newest of its orders (not a renewal,
+    not given back with AD-14) whose goods are `did` now, shipped as such or given for a device
+    it shipped by an exchange, or a chain of them (换机, models/returns.py goods_shipped_as).
+    None when no order of the member brought it (bound with AB-11, say)."""
+    stands_for, frontier = {did}, [did]
+    while frontier:  # back through the exchanges that gave these devices
+        replaced = await Ticket.filter(
+            type=TicketType.EXCHANGE, state=TicketState.DONE, new_device_id__in=frontier,
+            device_id__isnull=False,
+        ).values_list("device_id", flat=True)  # fmt: skip
+        frontier = [str(old) for old in replaced if str(old) not in stands_for]
+        stands_for.update(frontier)
+    shipped = await OrderDevice.filter(
+        did__in=sorted(stands_for), order__member_id=member_uid,
+        order__kind__not=OrderKind.RENEWAL, order__state__not=OrderState.REFUND,
+    ).values_list("order_id", flat=True)  # fmt: skip
+    for order in await Order.filter(id__in=set(shipped)).order_by("-delivered_at", "-id"):
+        if did in await goods_shipped_as(order):
+            return order
+    return None
+
+
+async def renewal_attribution(member: Member, did: str) -> Attribution:
+    """Whom a renewal of `did` is attributed to: the order that brought the device to the
+    member (its referrer and node as that order kept them), else the member's own."""
+    brought = await delivering_order(member.uid, did)
+    if brought is None:
+        return Attribution(member.agent_id, member.referrer_id)
+    return Attribution(brought.agent_id, brought.referrer_uid)
 
 
 async def create_renewal(
@@ -117,14 +160,15 @@ async def create_renewal(
             f"package {package_key!r} does not buy {unit}, and device {did} is rented by {unit}"
         )
     rent = int(package["value"])
+    attributed = await renewal_attribution(member, did)
     now = now or dt.datetime.now(dt.UTC)
     try:
         async with in_transaction("default") as conn:
             serial = await next_serial(conn, member.vendor_id, "order")
             order = await Order.create(
                 oid=format_order_id(now, member.vendor_id, serial),
-                vendor_id=member.vendor_id, member_id=member.uid, agent_id=member.agent_id,
-                referrer_uid=member.referrer_id, kind=OrderKind.RENEWAL, receiver={},
+                vendor_id=member.vendor_id, member_id=member.uid, agent_id=attributed.agent_id,
+                referrer_uid=attributed.referrer_uid, kind=OrderKind.RENEWAL, receiver={},
                 memo=memo, rent_fen=rent, total_fen=rent, delivery={"devices": [did]},
                 idempotency_key=key, request_hash=digest, created_at=now, updated_at=now,
             )  # fmt: skip
