@@ -1433,6 +1433,13 @@ py_entry_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         for (int j = 0; j < 10; j++)
             if (PyTuple_GET_ITEM(row, j) == NULL)
                 goto error;
+        /* Out of the collector's sight, as it takes an exact tuple of such values itself at its
+         * first visit (it never does for a tuple subclass like UsageRow): a row holds str, int,
+         * None and the round's time, none of which can be in a cycle. A transaction holds
+         * thousands of rows until its commit, and each young collection meanwhile visited
+         * every one of them (docs/architecture.md, "The ledger writer"). */
+        if (!PyObject_GC_IsTracked(received_at))
+            PyObject_GC_UnTrack(row);
         if (PyList_Append(rows, row) < 0)
             goto error;
         if (v[0] == TYPE_TELEMETRY || (v[0] == TYPE_EVENT && v[7] == EVENT_DISPENSE_DONE)) {
@@ -1445,6 +1452,8 @@ py_entry_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 Py_XDECREF(item);
                 goto error;
             }
+            if (!PyObject_GC_IsTracked(row)) /* (row, encoding, payload): no cycle either */
+                PyObject_GC_UnTrack(item);
             Py_DECREF(item);
         }
         Py_CLEAR(row);

@@ -788,6 +788,32 @@ def test_dispense_done_events_and_telemetry_carry_their_payloads() -> None:
     assert (rows, payloaded) == _rows_outcome(msgpack.packb(items), at)
 
 
+@needs_compiled
+def test_ledger_rows_are_out_of_the_collector_s_sight() -> None:
+    """A transaction holds thousands of rows until its commit; the collector never untracks a
+    tuple subclass itself, so every young collection visited them all. The compiled rows and
+    their (row, encoding, payload) items hold nothing that can be in a cycle: untracked."""
+    import datetime as dt
+    import gc
+
+    from aquafleet.models.usage import UsageRow
+
+    assert compiled is not None
+    items = [[b"AQ1", 0x20, 1, 1, 5, 10, 100, 0, 0, 0, b"tele"]]
+    at = dt.datetime(2026, 12, 6, 21, 0, tzinfo=dt.UTC)
+    rows, payloaded = compiled.entry_rows(msgpack.packb(items), at, UsageRow)
+    assert not gc.is_tracked(rows[0]) and not gc.is_tracked(payloaded[0])
+    reference_rows, _ = _rows_outcome(msgpack.packb(items), at)  # type: ignore[misc]
+    assert gc.is_tracked(reference_rows[0])  # what the collector would have kept visiting
+    gc.collect()
+    assert gc.is_tracked(reference_rows[0])
+    # a receive time the collector tracks (never meter.lua's): the rows stay tracked
+    tracked_at = type("TrackedTime", (dt.datetime,), {})(2026, 12, 6, tzinfo=dt.UTC)
+    assert gc.is_tracked(tracked_at)
+    rows, _ = compiled.entry_rows(msgpack.packb(items), tracked_at, UsageRow)
+    assert gc.is_tracked(rows[0])
+
+
 # --------------------------------------------------------------------------- the MQTT reader
 
 
