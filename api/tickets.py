@@ -120,7 +120,10 @@ class TicketOut(ResponseModel):
     address: str
     lat_e6: int | None
     lng_e6: int | None
-    order_id: str | None = Field(description="the order the ticket came from, if any")
+    order_id: str | None = Field(
+        description="the order the ticket came from, if any; an exchange's: the order whose "
+        "goods its device is"
+    )
     technician_id: int | None
     dispatch_tms: UtcDateTime | None
     complete_tms: UtcDateTime | None
@@ -360,7 +363,7 @@ class TicketIn(RequestModel):
     "holds; an admin opens any type for a device of its scope, naming (user_id) a member of "
     "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
     "scope; without a device the member's), place (for dispatch by distance) and owner "
-    "unless given.",
+    "unless given; an exchange, the order whose goods the device is.",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body

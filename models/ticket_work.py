@@ -66,7 +66,7 @@ from aquafleet.models.handover import (
     HandoverExpired,
 )
 from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.returns import goods_shipped_as
+from aquafleet.models.returns import goods_shipped_as, order_of_goods
 from aquafleet.models.service import ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
@@ -83,6 +83,7 @@ from aquafleet.models.tickets import (
     Ticket,
     TicketType,
     open_automatic_ticket,
+    rental_end_key,
 )
 
 
@@ -320,6 +321,18 @@ def exchange_lock_id(ticket: Ticket) -> str:
     return f"{ticket.ticket_id}:lock"
 
 
+async def exchange_order_id(ticket: Ticket) -> int | None:
+    """The order whose goods the exchange's device is (models/returns.py order_of_goods): the
+    one it was opened for, else (a ticket opened before exchanges carried it) the one it is
+    now; its replacement then stands in that order for what the device stood for."""
+    if ticket.order_id is not None or ticket.device_id is None:
+        return ticket.order_id
+    device = await Device.get_or_none(did=ticket.device_id)
+    member = ticket.member_uid or (device.owner_id if device is not None else None)
+    order = await order_of_goods(ticket.vendor_id, ticket.device_id, member)
+    return None if order is None else order.id
+
+
 async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
     if ticket.device_id is None:
         return "dismantled"
@@ -401,10 +414,11 @@ async def _complete(
     new_device: str | None,
 ) -> None:
     role, subject = actor_of(principal)
-    repointed_from = None
+    repointed_from, order_id = None, ticket.order_id
     if ticket.type is TicketType.EXCHANGE:  # a ticket's type never changes: the copy will do
         if new_device is not None:
             await _check_in_node(principal, ticket, new_device)
+        order_id = await exchange_order_id(ticket)
         repointed_from = await _record_hand_over(ticket, role, new_device, work)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
@@ -415,7 +429,9 @@ async def _complete(
         done = await _work(current, principal, work, filters, new_device, now)
         if repointed_from is not None:
             done = f"{done}; the hand-over recorded for {repointed_from} had not run"
-        changes = {"new_device_id": new_device} if current.type is TicketType.EXCHANGE else {}
+        changes: dict[str, Any] = {}
+        if current.type is TicketType.EXCHANGE:
+            changes = {"new_device_id": new_device, "order_id": order_id}
         text = f"{note} ({done})" if note else done
         await fire(
             current, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
@@ -519,7 +535,8 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
             f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
             "delivered rental is ended"
         )
-    if did not in await goods_shipped_as(order):
+    stands_for = await goods_shipped_as(order)
+    if did not in stands_for:
         raise NotFound(f"device {did} is not part of order {order.oid}")
     device = await Device.get_or_none(did=did)
     if device is None or device.owner_id != member_uid:
@@ -527,7 +544,7 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
     reason = reason.strip()[:200]
     return await open_automatic_ticket(
         AutomaticTicket(
-            dedup_key=f"rental-end:{order.oid}:{did}", type=TicketType.DISMANTLE,
+            dedup_key=rental_end_key(order.oid, did), type=TicketType.DISMANTLE,
             vendor_code=order.vendor_id, did=did, member_uid=member_uid,
             detail=f"rental ended by the member (order {order.oid})"
             + (f": {reason}" if reason else ""),
