@@ -107,7 +107,7 @@ async def goods_shipped_as(order: Order) -> dict[str, str]:
     it took back), in that order. Only this order's exchanges (the ticket's `order_id`,
     `order_of_goods`): a device the vendor took back and shipped again with another order is
     exchanged there for that order's member, not this one's. The one rule for following
-    exchanges: returns (AD-14), 退租 and its deposit (models/ticket_work.py) and AD-15
+    exchanges: returns (AD-14), 退租 and its deposit (models/rental_end.py) and AD-15
     (models/order_deletion.py) use it."""
     shipped = [str(did) for did in (order.delivery or {}).get("devices", [])]
     stands_for = {did: did for did in shipped}

@@ -166,7 +166,7 @@ def dismantle_key(did: str, rental_expires_at: int) -> str:
 
 def rental_end_key(oid: str, did: str) -> str:
     """One dismantle ticket per rental order and device the member ends its rental of (退租,
-    models/ticket_work.py end_rental)."""
+    models/rental_end.py end_rental)."""
     return f"rental-end:{oid}:{did}"
 
 
