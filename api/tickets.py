@@ -2,8 +2,8 @@
 (docs/api-tickets.md).
 
 Thin: scoping, the state table, dispatch and completion live in models/ticket_flow.py and
-models/ticket_work.py. A ticket outside the caller's scope answers 404 as an unknown id does;
-a technician sees only the tickets dispatched to it.
+models/ticket_work.py, ending a rental in models/rental_end.py. A ticket outside the caller's
+scope answers 404 as an unknown id does; a technician sees only the tickets dispatched to it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.order_queries import find_order
+from aquafleet.models.rental_end import end_rental
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
@@ -59,13 +60,7 @@ from aquafleet.models.ticket_flow import (
     summary,
     visible_tickets,
 )
-from aquafleet.models.ticket_work import (
-    cancel,
-    complete,
-    end_rental,
-    markers_expired,
-    stuck_exchanges,
-)
+from aquafleet.models.ticket_work import cancel, complete, markers_expired, stuck_exchanges
 from aquafleet.models.tickets import MAX_DETAIL, Ticket, TicketState, TicketType
 
 routes = RouteTable(
@@ -120,7 +115,10 @@ class TicketOut(ResponseModel):
     address: str
     lat_e6: int | None
     lng_e6: int | None
-    order_id: str | None = Field(description="the order the ticket came from, if any")
+    order_id: str | None = Field(
+        description="the order the ticket came from, if any; an exchange's: the order whose "
+        "goods its device is"
+    )
     technician_id: int | None
     dispatch_tms: UtcDateTime | None
     complete_tms: UtcDateTime | None
@@ -360,7 +358,8 @@ class TicketIn(RequestModel):
     "holds; an admin opens any type for a device of its scope, naming (user_id) a member of "
     "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
     "scope; without a device the member's), place (for dispatch by distance) and owner "
-    "unless given.",
+    "unless given; an exchange, the order whose goods the device is (409 rental_ending for a "
+    "device whose 退租 is open).",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body
@@ -688,7 +687,8 @@ class RentalEndIn(RequestModel):
     "holds for its delivered rental order (the one shipped, or the replacement an exchange gave "
     "for it; 409 for a device it no longer holds). A dismantle ticket opens (asking again "
     "answers the same ticket); completing it locks and unbinds the device, ends its service "
-    "and requests the order's deposit for that device back.",
+    "and requests the order's deposit for that device back, once per device the order shipped "
+    "(409 rental_end_exists when the device it stands for already has a 退租, open or done).",
 )
 async def end_rental_route(call: Call) -> TicketOut:
     body: RentalEndIn = call.body

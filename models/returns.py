@@ -24,7 +24,14 @@ from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.money import order_refundable_fen, request_refund
 from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
-from aquafleet.models.orders import MAX_REASON, Order, OrderEvent, OrderState, OrderTransition
+from aquafleet.models.orders import (
+    MAX_REASON,
+    Order,
+    OrderEvent,
+    OrderKind,
+    OrderState,
+    OrderTransition,
+)
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import (
@@ -33,6 +40,7 @@ from aquafleet.models.tickets import (
     TicketState,
     TicketType,
     open_automatic_ticket,
+    rental_end_key,
 )
 
 RETURN_WINDOW = dt.timedelta(days=7)
@@ -95,23 +103,57 @@ async def refuse_return(
 async def goods_shipped_as(order: Order) -> dict[str, str]:
     """The devices the order's goods are now, each with the device the order shipped that it
     stands for: those it shipped (each for itself), each followed through the exchanges
-    completed for it (换机: the member holds the replacement, the vendor the one it took back),
-    in that order. The one rule for following exchanges: returns (AD-14), 退租 and its deposit
-    (models/ticket_work.py) and AD-15 (models/order_deletion.py) use it."""
+    completed for it in this order (换机: the member holds the replacement, the vendor the one
+    it took back), in that order. Only this order's exchanges (the ticket's `order_id`,
+    `order_of_goods`): a device the vendor took back and shipped again with another order is
+    exchanged there for that order's member, not this one's. The one rule for following
+    exchanges: returns (AD-14), 退租 and its deposit (models/rental_end.py) and AD-15
+    (models/order_deletion.py) use it."""
     shipped = [str(did) for did in (order.delivery or {}).get("devices", [])]
     stands_for = {did: did for did in shipped}
     frontier = shipped
     while frontier:
         exchanged = await Ticket.filter(
-            type=TicketType.EXCHANGE, state=TicketState.DONE, device_id__in=frontier,
-            new_device_id__isnull=False,
-        ).values_list("device_id", "new_device_id")  # fmt: skip
+            type=TicketType.EXCHANGE, state=TicketState.DONE, order_id=order.id,
+            device_id__in=frontier, new_device_id__isnull=False,
+        ).order_by("id").values_list("device_id", "new_device_id")  # fmt: skip
         frontier = []
         for old, new in exchanged:
             if str(new) not in stands_for:
                 stands_for[str(new)] = stands_for[str(old)]
                 frontier.append(str(new))
     return stands_for
+
+
+# Orders whose goods are out with their member: a returned order's came back (AD-14).
+GOODS_OUT_KINDS = (OrderKind.PURCHASE, OrderKind.RENTAL)  # a renewal names a device, ships none
+
+
+async def order_of_goods(vendor_code: str, did: str, member_uid: str | None) -> Order | None:
+    """The order `did` is goods of for `member_uid` now, which an exchange of it belongs to:
+    the member's newest order (purchase or rental, not returned) that shipped it or got it
+    through its own exchanges (goods_shipped_as), and neither exchanged it away nor ended its
+    rental (退租) since. None for a device no order of the member's accounts for (bound by
+    hand, say): its exchange then changes no order's goods."""
+    if member_uid is None:
+        return None
+    orders = (
+        Order.filter(vendor_id=vendor_code, member_id=member_uid, kind__in=GOODS_OUT_KINDS)
+        .exclude(state=OrderState.REFUND)
+        .filter(delivery__isnull=False)
+        .order_by("-id")
+    )
+    for order in await orders:
+        if did not in await goods_shipped_as(order):
+            continue
+        gone = (
+            await Ticket.filter(order_id=order.id, device_id=did, state=TicketState.DONE)
+            .filter(Q(type=TicketType.EXCHANGE) | Q(dedup_key=rental_end_key(order.oid, did)))
+            .exists()
+        )
+        if not gone:
+            return order
+    return None
 
 
 async def goods_of(order: Order) -> list[str]:

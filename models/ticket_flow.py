@@ -28,6 +28,8 @@ from aquafleet.models.devices import Device, find_visible
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.outbox import NotificationKind, Recipient, RecipientType, enqueue
 from aquafleet.models.outbox import member_recipient as _member_recipient
+from aquafleet.models.rental_end import check_exchangeable
+from aquafleet.models.returns import order_of_goods
 from aquafleet.models.technicians import (
     Technician,
     WorkState,
@@ -227,6 +229,12 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         extra["appoint_at"] = request.appoint_at
     if request.lat_e6 is not None and request.lng_e6 is not None:
         extra["lat_e6"], extra["lng_e6"] = request.lat_e6, request.lng_e6
+    if request.type is TicketType.EXCHANGE and device is not None:
+        # The exchange belongs to the order whose goods the device is: its replacement stands
+        # in that order, and only there (models/returns.py goods_shipped_as).
+        order = await order_of_goods(vendor_code, device.did, member_uid or device.owner_id)
+        extra["order_id"] = None if order is None else order.id
+        await check_exchangeable(device.did, extra["order_id"])
     return await open_ticket(
         vendor_code, request.type, did=request.did, member_uid=member_uid,
         detail=request.detail[:MAX_DETAIL], **extra,

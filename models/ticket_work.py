@@ -1,4 +1,5 @@
-"""What completing a ticket does (完成), and ending a rental (退租, seed FAQ 1).
+"""What completing a ticket does (完成); ending a rental (退租, seed FAQ 1) is
+models/rental_end.py.
 
 - maintenance: the filter stages replaced are reset on the device (reset_filter command; the
   device bumps the stage's reset_count, which starts a new filter cycle: models/filters.py);
@@ -9,7 +10,9 @@
   hand_over, bound to the replacement: a retry naming another device once it ran is refused
   with HandedOverElsewhere); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
-  member ending a rental, the order's deposit for that device is requested back.
+  member ending a rental, the order's deposit for that device is requested back, once per
+  device the order shipped (models/rental_end.py: an exchange and a 退租 of the same device
+  exclude each other, both completions under the order's row lock).
 
 Completion locks the ticket's row first and checks its state there, so of two racing
 completions only one does any work; then the device effects (each harmless to repeat: the
@@ -65,8 +68,13 @@ from aquafleet.models.handover import (
     Handover,
     HandoverExpired,
 )
-from aquafleet.models.orders import Order, OrderKind, OrderLine, OrderState
-from aquafleet.models.returns import goods_shipped_as
+from aquafleet.models.orders import Order, OrderLine
+from aquafleet.models.rental_end import (
+    check_exchangeable,
+    check_still_rented,
+    deposit_requested_by,
+)
+from aquafleet.models.returns import goods_shipped_as, order_of_goods
 from aquafleet.models.service import ServiceChangeRequest, ServiceMode
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
@@ -79,10 +87,8 @@ from aquafleet.models.ticket_flow import (
 )
 from aquafleet.models.tickets import (
     OPEN_STATES,
-    AutomaticTicket,
     Ticket,
     TicketType,
-    open_automatic_ticket,
 )
 
 
@@ -320,10 +326,27 @@ def exchange_lock_id(ticket: Ticket) -> str:
     return f"{ticket.ticket_id}:lock"
 
 
-async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
+async def exchange_order_id(ticket: Ticket) -> int | None:
+    """The order whose goods the exchange's device is (models/returns.py order_of_goods): the
+    one it was opened for, else (a ticket opened before exchanges carried it) the one it is
+    now; its replacement then stands in that order for what the device stood for."""
+    if ticket.order_id is not None or ticket.device_id is None:
+        return ticket.order_id
+    device = await Device.get_or_none(did=ticket.device_id)
+    member = ticket.member_uid or (device.owner_id if device is not None else None)
+    order = await order_of_goods(ticket.vendor_id, ticket.device_id, member)
+    return None if order is None else order.id
+
+
+async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str, conn: Any) -> str:
     if ticket.device_id is None:
         return "dismantled"
     did = ticket.device_id
+    order, requested_by = None, None
+    if ticket.order_id is not None:  # a rental's end (退租): its deposit once (rental_end.py)
+        order = await Order.filter(id=ticket.order_id).select_for_update().using_db(conn).get()
+        await check_still_rented(ticket, order)
+        requested_by = await deposit_requested_by(ticket, order, await goods_shipped_as(order))
     await work.change_service(
         did, ServiceChangeRequest(op="lock", reason=f"dismantled: ticket {ticket.ticket_id}")
     )
@@ -331,9 +354,13 @@ async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str) -> str:
     async with in_transaction("default"):
         await DeviceShare.filter(device_id=did).delete()
         await Device.filter(did=did).update(owner_id=None, bound_at=None, updated_at=now)
-    if ticket.order_id is None:
+    if order is None:
         return "dismantled: device locked and unbound"
-    order = await Order.get(id=ticket.order_id)
+    if requested_by is not None:
+        return (
+            "dismantled: device locked and unbound; its deposit was already requested back "
+            f"with ticket {requested_by.ticket_id}"
+        )
     deposit = await deposit_of(order, did)
     if deposit > 0:
         await request_deposit_refund(order, did, deposit, ticket, actor)
@@ -401,10 +428,13 @@ async def _complete(
     new_device: str | None,
 ) -> None:
     role, subject = actor_of(principal)
-    repointed_from = None
+    repointed_from, order_id = None, ticket.order_id
     if ticket.type is TicketType.EXCHANGE:  # a ticket's type never changes: the copy will do
         if new_device is not None:
             await _check_in_node(principal, ticket, new_device)
+        order_id = await exchange_order_id(ticket)
+        if ticket.device_id is not None:  # refused before anything is recorded or moved
+            await check_exchangeable(ticket.device_id, order_id)
         repointed_from = await _record_hand_over(ticket, role, new_device, work)
     now = dt.datetime.now(dt.UTC)
     async with in_transaction("default") as conn:
@@ -412,10 +442,16 @@ async def _complete(
         # exchange with two different devices) the one that waited sees the ticket done and
         # changes nothing; the caller's copy of the ticket may be stale.
         current = await _locked_to_complete(ticket, role, conn)
-        done = await _work(current, principal, work, filters, new_device, now)
+        changes: dict[str, Any] = {}
+        if current.type is TicketType.EXCHANGE:
+            changes = {"new_device_id": new_device, "order_id": order_id}
+            if order_id is not None and current.device_id is not None:
+                # Under the order's row lock, as a 退租's completion: not both (rental_end.py).
+                await Order.filter(id=order_id).select_for_update().using_db(conn).get()
+                await check_exchangeable(current.device_id, order_id)
+        done = await _work(current, principal, work, filters, new_device, now, conn)
         if repointed_from is not None:
             done = f"{done}; the hand-over recorded for {repointed_from} had not run"
-        changes = {"new_device_id": new_device} if current.type is TicketType.EXCHANGE else {}
         text = f"{note} ({done})" if note else done
         await fire(
             current, TicketEvent.COMPLETE, actor_role=role, actor_id=subject, note=text[:255],
@@ -482,6 +518,7 @@ async def _work(
     filters: Sequence[int],
     new_device: str | None,
     now: dt.datetime,
+    conn: Any,
 ) -> str:
     """The ticket type's device work; what was done, for the move's note."""
     role, subject = actor_of(principal)
@@ -498,42 +535,8 @@ async def _work(
         case TicketType.EXCHANGE:
             return await _exchange(ticket, work, new_device, now)
         case TicketType.DISMANTLE:
-            return await _dismantle(ticket, work, actor)
+            return await _dismantle(ticket, work, actor, conn)
     return "done"
-
-
-# ----------------------------------------------------------------------------- ending a rental
-
-RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
-
-
-async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
-    """退租: the member ends the rental of a device the order delivered, or of the replacement
-    an exchange (or a chain of them) gave for it (models/returns.py goods_shipped_as), that it
-    holds; a dismantle ticket opens (once per order and device). Its completion locks and
-    unbinds the device and requests the deposit of the device the order shipped back."""
-    if order.member_id != member_uid:
-        raise NotFound(f"order {order.oid} not found")
-    if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
-        raise Conflict(
-            f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
-            "delivered rental is ended"
-        )
-    if did not in await goods_shipped_as(order):
-        raise NotFound(f"device {did} is not part of order {order.oid}")
-    device = await Device.get_or_none(did=did)
-    if device is None or device.owner_id != member_uid:
-        raise Conflict(f"device {did} is no longer held by the member")
-    reason = reason.strip()[:200]
-    return await open_automatic_ticket(
-        AutomaticTicket(
-            dedup_key=f"rental-end:{order.oid}:{did}", type=TicketType.DISMANTLE,
-            vendor_code=order.vendor_id, did=did, member_uid=member_uid,
-            detail=f"rental ended by the member (order {order.oid})"
-            + (f": {reason}" if reason else ""),
-            order_id=order.id,
-        )
-    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- stuck exchanges

@@ -164,6 +164,12 @@ def dismantle_key(did: str, rental_expires_at: int) -> str:
     return f"dismantle:{did}:{rental_expires_at}"
 
 
+def rental_end_key(oid: str, did: str) -> str:
+    """One dismantle ticket per rental order and device the member ends its rental of (退租,
+    models/rental_end.py end_rental)."""
+    return f"rental-end:{oid}:{did}"
+
+
 def fault_key(did: str, fault: str) -> str:
     """One fault ticket per device and fault while it is open (the key is released when the
     ticket is done or cancelled, so the same fault later opens a new one)."""
@@ -285,11 +291,13 @@ async def open_ticket(
     member_uid: str | None = None,
     detail: str = "",
     now: dt.datetime | None = None,
+    order_id: int | None = None,
     **extra: Any,
 ) -> Ticket:
     """Open a ticket a person asked for: every call is a new ticket (no dedup_key). `extra`
-    sets further columns (priority, appoint_at, address, lat_e6, lng_e6, agent_id)."""
-    request = AutomaticTicket("manual", type, vendor_code, did, member_uid, detail)
+    sets further columns (priority, appoint_at, address, lat_e6, lng_e6, agent_id); `order_id`
+    the order it is for (an exchange: the order whose goods the device is)."""
+    request = AutomaticTicket("manual", type, vendor_code, did, member_uid, detail, order_id)
     _check(request)
     device = await _check_references(vendor_code, did)
     try:

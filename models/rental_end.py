@@ -1,0 +1,202 @@
+"""Ending a rental (退租, seed FAQ 1): the member asks for a device of its rental order, a
+dismantle ticket with the order attached opens (`end_rental`), and its completion
+(models/ticket_work.py) locks and unbinds the device and requests the deposit back.
+
+A 退租 and an exchange (换机) of a device exclude each other, so the deposit comes back at most
+once per device the order shipped (an exchange's replacement stands for the device it
+replaced: models/returns.py goods_shipped_as):
+
+- One 退租 per order and shipped device, open or done: asked for a device whose shipped device
+  (itself, or the one it replaced) has another one, RentalEndExists (409 rental_end_exists).
+- A device whose 退租 is open is not exchanged: opening an exchange for it, or completing one
+  opened before, RentalEnding (409 rental_ending); nor one whose 退租 is done in the
+  exchange's order (the device went back, its deposit with it).
+- A 退租 whose device an exchange of its order took away since (a race with the exchange, or
+  tickets from before these rules) does not complete, DeviceExchanged (409 device_exchanged):
+  the member holds the replacement; cancel it and end the rental of the replacement. One
+  whose shipped device's deposit another 退租 already requested back completes without a
+  second refund (its note names that ticket).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise.queryset import QuerySet
+
+from aquafleet.models.devices import Device
+from aquafleet.models.errors import Conflict, NotFound
+from aquafleet.models.orders import Order, OrderKind, OrderState
+from aquafleet.models.returns import goods_shipped_as
+from aquafleet.models.tickets import (
+    OPEN_STATES,
+    AutomaticTicket,
+    Ticket,
+    TicketState,
+    TicketType,
+    open_automatic_ticket,
+    rental_end_key,
+)
+
+
+class RentalEndExists(Conflict):
+    """退租 of a device whose shipped device already has a 退租, open or done."""
+
+    code = "rental_end_exists"
+
+    def __init__(self, message: str, ticket: Ticket) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {
+            "ticket_id": self.ticket.ticket_id,
+            "device_id": self.ticket.device_id,
+            "status": int(self.ticket.state),
+        }
+
+
+class RentalEnding(Conflict):
+    """An exchange of a device whose 退租 is open (or done in the exchange's order)."""
+
+    code = "rental_ending"
+
+    def __init__(self, message: str, ticket: Ticket) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"ticket_id": self.ticket.ticket_id, "status": int(self.ticket.state)}
+
+
+class DeviceExchanged(Conflict):
+    """Completing a 退租 of a device an exchange of its order took away since."""
+
+    code = "device_exchanged"
+
+    def __init__(self, message: str, exchange: Ticket) -> None:
+        super().__init__(message)
+        self.exchange = exchange
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"ticket_id": self.exchange.ticket_id, "new_device_id": self.exchange.new_device_id}
+
+
+RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
+
+
+async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
+    """退租: the member ends the rental of a device the order delivered, or of the replacement
+    an exchange (or a chain of them) gave for it (models/returns.py goods_shipped_as), that it
+    holds; a dismantle ticket opens (once per order and device, and once per device the order
+    shipped: check_one_end). Its completion locks and unbinds the device and requests the
+    deposit of the device the order shipped back."""
+    if order.member_id != member_uid:
+        raise NotFound(f"order {order.oid} not found")
+    if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
+        raise Conflict(
+            f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
+            "delivered rental is ended"
+        )
+    stands_for = await goods_shipped_as(order)
+    if did not in stands_for:
+        raise NotFound(f"device {did} is not part of order {order.oid}")
+    device = await Device.get_or_none(did=did)
+    if device is None or device.owner_id != member_uid:
+        raise Conflict(f"device {did} is no longer held by the member")
+    await check_one_end(order, did, stands_for)  # a deposit comes back once per shipped device
+    reason = reason.strip()[:200]
+    return await open_automatic_ticket(
+        AutomaticTicket(
+            dedup_key=rental_end_key(order.oid, did), type=TicketType.DISMANTLE,
+            vendor_code=order.vendor_id, did=did, member_uid=member_uid,
+            detail=f"rental ended by the member (order {order.oid})"
+            + (f": {reason}" if reason else ""),
+            order_id=order.id,
+        )
+    )  # fmt: skip
+
+
+def _rental_ends(order_id: int) -> QuerySet[Ticket]:
+    """The order's 退租 tickets that are not cancelled (dismantle tickets with the order)."""
+    return (
+        Ticket.filter(type=TicketType.DISMANTLE, order_id=order_id)
+        .exclude(state=TicketState.CANCELLED)
+        .order_by("id")
+    )
+
+
+async def check_one_end(order: Order, did: str, stands_for: dict[str, str]) -> None:
+    """Before a 退租 of `did` opens: no other 退租 of the order stands for the same shipped
+    device (RentalEndExists)."""
+    shipped = stands_for[did]
+    for other in await _rental_ends(order.id):
+        if other.device_id == did or stands_for.get(str(other.device_id)) != shipped:
+            continue
+        how = "is open" if other.state in OPEN_STATES else "is done: its deposit was asked back"
+        raise RentalEndExists(
+            f"device {did} stands for device {shipped} of order {order.oid}, whose rental "
+            f"end (退租) {other.ticket_id} for device {other.device_id} {how}; a deposit "
+            "comes back once per device the order shipped",
+            other,
+        )
+
+
+async def check_exchangeable(did: str, order_id: int | None) -> None:
+    """Before an exchange of `did` opens or completes: no 退租 of it is open (in any order),
+    nor done in the exchange's order (RentalEnding)."""
+    ends = Ticket.filter(type=TicketType.DISMANTLE, device_id=did, order_id__isnull=False)
+    ending = await ends.filter(state__in=sorted(OPEN_STATES)).order_by("id").first()
+    if ending is not None:
+        raise RentalEnding(
+            f"device {did} is being given back: its rental end (退租) {ending.ticket_id} is "
+            "open. It is not exchanged; cancel the 退租 first to exchange it",
+            ending,
+        )
+    if order_id is None:
+        return
+    ended = await ends.filter(state=TicketState.DONE, order_id=order_id).first()
+    if ended is not None:
+        raise RentalEnding(
+            f"device {did} was given back: its rental ended with ticket {ended.ticket_id}",
+            ended,
+        )
+
+
+async def check_still_rented(ticket: Ticket, order: Order) -> None:
+    """Before a 退租 completes: no exchange of its order took its device away from the member
+    (DeviceExchanged; a device a later exchange of the order gave back to the member, which
+    holds it again, ends). Run with the order's row locked, as completing an exchange is."""
+    if await Device.exists(did=ticket.device_id, owner_id=ticket.member_uid):
+        return
+    exchange = (
+        await Ticket.filter(
+            type=TicketType.EXCHANGE, state=TicketState.DONE, order_id=order.id,
+            device_id=ticket.device_id,
+        ).order_by("-id").first()
+    )  # fmt: skip
+    if exchange is not None:
+        raise DeviceExchanged(
+            f"device {ticket.device_id} was exchanged for {exchange.new_device_id} (ticket "
+            f"{exchange.ticket_id}) after this rental end (退租) was asked: the member holds "
+            f"{exchange.new_device_id}. Cancel this ticket; the member ends the rental of "
+            f"{exchange.new_device_id}",
+            exchange,
+        )
+
+
+async def deposit_requested_by(
+    ticket: Ticket, order: Order, stands_for: dict[str, str]
+) -> Ticket | None:
+    """Another done 退租 of the order that requested the deposit of the device `ticket`'s
+    device stands for (None: none did). Run with the order's row locked."""
+    shipped = stands_for.get(str(ticket.device_id))
+    if shipped is None:
+        return None
+    for other in await _rental_ends(order.id).filter(state=TicketState.DONE):
+        if other.id != ticket.id and stands_for.get(str(other.device_id)) == shipped:
+            return other
+    return None
