@@ -89,12 +89,16 @@ class PaymentService:
         notify_base_url: str,
         query_after: dt.timedelta = dt.timedelta(seconds=60),
         apply_service: Any = None,
+        unpaid_close_after: dt.timedelta = dt.timedelta(hours=24),
     ) -> None:
         self.client = client
         self.box = box
         self.metrics = metrics
         self.notify_base_url = notify_base_url.rstrip("/")
         self.query_after = query_after
+        # An order unpaid this long after it was made closes (order_unpaid_close_h): its
+        # bill's payment deadline, which a channel that can bound its bill is told.
+        self.unpaid_close_after = unpaid_close_after
         self.apply_service = apply_service  # renewals change their device when paid
         self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
         self.wechat = WechatPayments(client, box, self)  # WeChat Pay (gateway/wechatpay.py)
@@ -291,6 +295,7 @@ def payment_service(
         notify_base_url=settings.payments_notify_url,
         query_after=dt.timedelta(seconds=settings.payments_query_after_s),
         apply_service=apply_service,
+        unpaid_close_after=dt.timedelta(hours=settings.order_unpaid_close_h),
     )
     service.cards = CardPayments(
         [AllinpayAcquirer(session, box, base_url=settings.allinpay_api_url)], service
