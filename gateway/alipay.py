@@ -37,6 +37,9 @@ ALIPAY_NOTIFY_PATH = "/api/v1/payments/alipay/notify/{vid}"
 PAID_STATES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 PREPAY_ID = "alipay:wap"  # the bill was handed to the member as a wap.pay URL
 NOTIFY_ACK = "success"
+# time_expire's range (alipay.trade.wap.pay: 1m~15d)
+MIN_EXPIRE = dt.timedelta(minutes=1)
+MAX_EXPIRE = dt.timedelta(days=15)
 
 
 class AlipayNotificationRefused(DomainError):
@@ -89,9 +92,22 @@ class AlipayPayments(PaymentChannel):
         url = self.client.wap_pay_url(
             merchant, bill_no=payment.bill_no, amount_fen=payment.amount_fen,
             subject=await bill_description(order), notify_url=notify_url,
+            time_expire=self.pay_deadline(order),
         )  # fmt: skip
         await set_prepay_id(payment, PREPAY_ID)
         return payment, url
+
+    def pay_deadline(self, order: Order) -> dt.datetime:
+        """Until when Alipay takes a payment of the URL (its `time_expire`): when the unpaid
+        order closes itself (`order_unpaid_close_h` after it was made), so a URL the member
+        never opened (which cannot be closed at Alipay: no trade yet) does not stay payable
+        after the order closed. Within what Alipay accepts (1 minute to 15 days ahead): an
+        order due to close within the minute is paid or refunded after close as before; a
+        longer timeout than 15 days is met by asking for the URL again, which signs anew."""
+        now = dt.datetime.now(dt.UTC)
+        unpaid_close_after: dt.timedelta = self.payments.unpaid_close_after
+        deadline: dt.datetime = order.created_at + unpaid_close_after
+        return min(max(deadline, now + MIN_EXPIRE), now + MAX_EXPIRE)
 
     # ------------------------------------------------------------------------- notifications
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from aquafleet.gateway.alipay import AlipayPayments
 from aquafleet.gateway.cards import CARD, AcquirerUnavailable, CardPayments
-from aquafleet.gateway.channels import PaymentChannel, RefundResult
+from aquafleet.gateway.channels import Closing, PaymentChannel, RefundResult
 from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
@@ -43,10 +43,12 @@ from aquafleet.models.payments import (
     Payment,
     PaymentState,
     apply_channel_payment,
+    bill_of_number,
     bill_tried,
     bills_to_close,
     close_bill,
     late_bills,
+    number_of_second_payment,
     paid_otherwise,
     payment_of_order,
 )
@@ -89,12 +91,16 @@ class PaymentService:
         notify_base_url: str,
         query_after: dt.timedelta = dt.timedelta(seconds=60),
         apply_service: Any = None,
+        unpaid_close_after: dt.timedelta = dt.timedelta(hours=24),
     ) -> None:
         self.client = client
         self.box = box
         self.metrics = metrics
         self.notify_base_url = notify_base_url.rstrip("/")
         self.query_after = query_after
+        # An order unpaid this long after it was made closes (order_unpaid_close_h): its
+        # bill's payment deadline, which a channel that can bound its bill is told.
+        self.unpaid_close_after = unpaid_close_after
         self.apply_service = apply_service  # renewals change their device when paid
         self.payout = WechatTransferPayout(client, box)  # commission withdrawals (AE-03)
         self.wechat = WechatPayments(client, box, self)  # WeChat Pay (gateway/wechatpay.py)
@@ -108,7 +114,10 @@ class PaymentService:
         return {channel.name: channel for channel in found if channel is not None}
 
     async def apply(self, notice: ChannelPayment) -> Outcome:
-        """Apply a confirmed payment and say what happened (alerts for the odd outcomes)."""
+        """Apply a confirmed payment and say what happened (alerts for the odd outcomes). A
+        payment of a bill open at another channel meanwhile closes it there first
+        (`close_elsewhere`)."""
+        await self.close_elsewhere(notice)
         outcome = await apply_channel_payment(notice, apply_service=self.apply_service)
         fields = {"bill_no": notice.bill_no, "transaction_no": notice.transaction_no}
         if outcome is Outcome.PAID or outcome is Outcome.TOPPED_UP:
@@ -120,6 +129,45 @@ class PaymentService:
         elif outcome in (Outcome.PAID_TWICE, Outcome.UNKNOWN_BILL, Outcome.REFUND_AFTER_CLOSE):
             log.warning(f"payment_{outcome.value}", amount_fen=notice.amount_fen, **fields)
         return outcome
+
+    async def close_elsewhere(self, notice: ChannelPayment) -> None:
+        """The member paid the bill through one channel (or under an older number of it)
+        while it is open at another (WeChat Pay's sheet, a card code, an Alipay page under
+        its number now): close it there before the payment marks it paid, which takes it out
+        of the sweep's bills to close, so the member cannot pay there too. Paid there
+        meanwhile: that payment was applied and this one is a second payment (booked and
+        refunded). The other channel silent or refusing: the payment is applied anyway (the
+        money came) and logged; paying there too is then a second payment, refunded."""
+        payment = await bill_of_number(notice.bill_no, notice.vendor)
+        if (
+            payment is None or payment.state is not PaymentState.PENDING
+            or not payment.prepay_id or payment.amount_fen != notice.amount_fen
+            or (payment.channel, payment.bill_no) == (notice.channel, notice.bill_no)
+        ):  # fmt: skip
+            return
+        channel = self.channels.get(payment.channel)
+        if channel is None:
+            return
+        cannot: tuple[type[Exception], ...] = (
+            *channel.unanswered, *channel.refusals, PaymentNotConfigured,
+        )  # fmt: skip
+        try:
+            closing = await channel.close_to_move(payment)
+        except cannot as exc:
+            log.warning(
+                "bill_left_open", bill_no=payment.bill_no, channel=payment.channel,
+                paid_under=notice.bill_no, paid_at=notice.channel, why=str(exc),
+            )  # fmt: skip
+            return
+        if closing is Closing.OPEN:
+            log.warning(
+                "bill_left_open", bill_no=payment.bill_no, channel=payment.channel,
+                paid_under=notice.bill_no, paid_at=notice.channel, why="not closed yet",
+            )  # fmt: skip
+        log.info(
+            "bill_closed_elsewhere", bill_no=payment.bill_no, channel=payment.channel,
+            paid_under=notice.bill_no, paid_at=notice.channel, found=closing.value,
+        )  # fmt: skip
 
     async def release_bill(self, order: Order, to: str) -> None:
         """Before the order's pending bill moves to channel `to` (the member pays it
@@ -213,12 +261,16 @@ class PaymentService:
         payment = await payment_of_order(refund.order_oid)
         if payment is None or refund_part(refund) is not Part.DUPLICATE:
             return payment
+        # Under the number the channel took it (the bill may have moved on to another since).
+        paid_under = await number_of_second_payment(
+            payment.order_oid or "", refund.channel, refund.refund_no
+        )
         prepay_id = payment.prepay_id
         cards = self.cards
         if refund.channel == CARD and cards is not None and cards.acquirer_of_bill(payment) is None:
             prepay_id = f"{(await cards.acquirer_of_vendor(payment.vendor_code)).name}:"
         return Payment(
-            id=payment.id, bill_no=payment.bill_no, purpose=payment.purpose,
+            id=payment.id, bill_no=paid_under or payment.bill_no, purpose=payment.purpose,
             order_oid=payment.order_oid, member_uid=payment.member_uid,
             vendor_code=payment.vendor_code, channel=refund.channel,
             amount_fen=refund.amount_fen, state=PaymentState.PAID, prepay_id=prepay_id,
@@ -291,6 +343,7 @@ def payment_service(
         notify_base_url=settings.payments_notify_url,
         query_after=dt.timedelta(seconds=settings.payments_query_after_s),
         apply_service=apply_service,
+        unpaid_close_after=dt.timedelta(hours=settings.order_unpaid_close_h),
     )
     service.cards = CardPayments(
         [AllinpayAcquirer(session, box, base_url=settings.allinpay_api_url)], service

@@ -16,7 +16,8 @@ notification id, and records every notice with its outcome:
 - `refund_after_close`: the order closed before the money came: the money is booked and a full
   refund is requested, once per channel transaction (the first `close-{oid}`, a later one
   `twice-{transaction_no}` through its own channel), which the channel then pays back;
-- `unknown_bill`: no such bill here;
+- `unknown_bill`: no bill here has or had that number (a payment under an older number of an
+  order's bill, `{oid}` or `{oid}-n`, is that bill's: `bill_of_number`);
 - `paid_twice`: the order was paid otherwise before (from the wallet, marked paid by an
   admin): the channel's money is booked as a duplicate and its refund in full requested through
   the same channel (`twice-{transaction_no}`), which the payments sweep executes; alerted.
@@ -39,7 +40,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.errors import Conflict, Forbidden
 from aquafleet.models.order_payment import pay_order
 from aquafleet.models.order_states import SYSTEM, OrderStateConflict
-from aquafleet.models.orders import Order, OrderKind, OrderState
+from aquafleet.models.orders import Order, OrderKind, OrderState, is_valid_order_id
 
 MAX_BILL_NO = 32  # WeChat Pay's out_trade_no: 6..32 of [A-Za-z0-9_-|*]
 MAX_NOTICE_ID = 64
@@ -134,6 +135,30 @@ def next_bill_no(order_oid: str, bill_no: str) -> str:
     _, dash, count = bill_no.removeprefix(order_oid).rpartition("-")
     n = int(count) if dash and bill_no.startswith(order_oid) and count.isdigit() else 1
     return f"{order_oid}-{n + 1}"[:MAX_BILL_NO]
+
+
+def order_of_bill_no(bill_no: str) -> str | None:
+    """The order whose bill had the number `bill_no` at some time (`{oid}`, or `{oid}-n` once
+    closed at a channel to move, `next_bill_no`); None for any other number (a top-up's)."""
+    oid, dash, count = bill_no.rpartition("-")
+    if dash and count.isdigit() and int(count) >= 2 and is_valid_order_id(oid):
+        return oid
+    return bill_no if is_valid_order_id(bill_no) else None
+
+
+async def bill_of_number(bill_no: str, vendor: str) -> Payment | None:
+    """The bill a channel's payment under `bill_no` is for: the bill of that number now, or
+    the bill of the order `bill_no` was once a number of. A bill takes another number when it
+    moves (`release_bill`), and what the member held under the old one may still pay there: an
+    Alipay wap.pay URL never opened cannot be closed, so its trade only exists once the
+    member opens it, perhaps after the bill moved on (docs/payments.md)."""
+    payment = await Payment.get_or_none(bill_no=bill_no, vendor_code=vendor)
+    if payment is not None:
+        return payment
+    oid = order_of_bill_no(bill_no)
+    if oid is None:
+        return None
+    return await Payment.get_or_none(order_oid=oid, purpose=Purpose.ORDER.value, vendor_code=vendor)
 
 
 async def open_order_bill(order: Order, member_uid: str, channel: str) -> Payment:
@@ -235,7 +260,7 @@ async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = 
     if seen is not None:
         return Outcome.DUPLICATE
     now = dt.datetime.now(dt.UTC)
-    payment = await Payment.get_or_none(bill_no=notice.bill_no, vendor_code=notice.vendor)
+    payment = await bill_of_number(notice.bill_no, notice.vendor)
     outcome: Outcome
     if payment is None:
         outcome = Outcome.UNKNOWN_BILL
@@ -265,10 +290,15 @@ async def apply_channel_payment(notice: ChannelPayment, *, apply_service: Any = 
 
 
 def _mark_paid_within(payment: Payment, notice: ChannelPayment, now: dt.datetime) -> Any:
+    """The bill paid by the notice's payment, under the number that payment was made under
+    (an older number of the bill, `bill_of_number`, too): the number its channel refunds and
+    reconciles it by."""
+
     async def within(_order: Order | None = None) -> None:
         await Payment.filter(id=payment.id).update(
             state=PaymentState.PAID, transaction_no=notice.transaction_no[:64],
             channel=notice.channel, paid_at=notice.paid_at or now, updated_at=now,
+            bill_no=notice.bill_no[:MAX_BILL_NO],
         )  # fmt: skip
 
     return within
@@ -444,6 +474,22 @@ async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment
         .order_by("updated_at", "id")
         .limit(limit)
     )
+
+
+async def number_of_second_payment(oid: str, channel: str, refund_no: str) -> str | None:
+    """The bill number the channel took a second payment of order `oid` under (its refund
+    `twice-{transaction_no}` goes back under that number: perhaps an older one than the
+    bill's now, `bill_of_number`); None when no notice says."""
+    from aquafleet.models.money import MAX_REFUND_NO
+
+    seconds = PaymentNotice.filter(
+        channel=channel, bill_no__startswith=oid,
+        outcome__in=(Outcome.PAID_TWICE.value, Outcome.REFUND_AFTER_CLOSE.value),
+    )  # fmt: skip
+    for bill_no, transaction_no in await seconds.values_list("bill_no", "transaction_no"):
+        if f"twice-{transaction_no}"[:MAX_REFUND_NO] == refund_no:
+            return str(bill_no)
+    return None
 
 
 async def payment_of_order(oid: str) -> Payment | None:

@@ -94,13 +94,17 @@ class AlipayClient:
 
     def wap_pay_url(
         self, merchant: AlipayMerchant, *, bill_no: str, amount_fen: int, subject: str,
-        notify_url: str, quit_url: str = "",
+        notify_url: str, quit_url: str = "", time_expire: dt.datetime | None = None,
     ) -> str:  # fmt: skip
-        """The signed alipay.trade.wap.pay URL the member's browser opens (H5 手机网站支付)."""
+        """The signed alipay.trade.wap.pay URL the member's browser opens (H5 手机网站支付).
+        `time_expire`: after it Alipay neither opens the page nor takes a payment of the
+        trade (绝对超时时间, Beijing time `yyyy-MM-dd HH:mm:ss`, 1m..15d ahead)."""
         biz: dict[str, Any] = {
             "out_trade_no": bill_no, "total_amount": yuan(amount_fen),
             "subject": subject[:128] or bill_no, "product_code": WAP_PRODUCT,
         }  # fmt: skip
+        if time_expire is not None:
+            biz["time_expire"] = time_expire.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
         if quit_url:
             biz["quit_url"] = quit_url
         params = self.params(merchant, "alipay.trade.wap.pay", biz, notify_url)

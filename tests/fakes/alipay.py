@@ -7,13 +7,15 @@ with Alipay's own key, and the 异步通知 posted form-encoded to the trade's n
 over every parameter but `sign` and `sign_type`, which expects the body `success`.
 
 Served: alipay.trade.wap.pay (GET: the page the member's browser opens; the trade exists from
-then), alipay.trade.query, alipay.trade.close, alipay.trade.refund (idempotent by
-out_request_no; an over-refund is refused ACQ.REFUND_AMT_NOT_EQUAL_TOTAL),
-alipay.trade.fastpay.refund.query. A request whose signature does not verify with the app's
-public key answers `isv.invalid-signature` unsigned. Test controls: `open()` is the member's
-browser opening the URL, `pay()` the member paying (the notification sent once or more, forged
-or with another amount, or held), `fail_next()` makes the next calls answer 503. Written from
-Alipay's documentation, sharing no code with aquafleet's client.
+then; after its `time_expire`, read against the fake's clock (`advance`), the page is refused
+and the trade closes unpaid, taking no payment), alipay.trade.query, alipay.trade.close,
+alipay.trade.refund (idempotent by out_request_no; an over-refund is refused
+ACQ.REFUND_AMT_NOT_EQUAL_TOTAL), alipay.trade.fastpay.refund.query. A request whose signature
+does not verify with the app's public key answers `isv.invalid-signature` unsigned. Test
+controls: `open()` is the member's browser opening the URL, `pay()` the member paying (the
+notification sent once or more, forged or with another amount, or held), `fail_next()` makes
+the next calls answer 503. Written from Alipay's documentation, sharing no code with
+aquafleet's client.
 """
 
 from __future__ import annotations
@@ -60,8 +62,28 @@ def _yuan(text: str) -> Decimal:
     return value.quantize(Decimal("0.01"))
 
 
+# Alipay's own clock, which time_expire is read against ("以支付宝系统时间为准"); tests move it
+# with `FakeAlipay.advance`.
+_clock = {"offset": dt.timedelta(0)}
+
+
+def _moment() -> dt.datetime:
+    return dt.datetime.now(BEIJING) + _clock["offset"]
+
+
 def _now() -> str:
-    return dt.datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+    return _moment().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _time_expire(text: str) -> dt.datetime:
+    """time_expire (绝对超时时间, Beijing time): `yyyy-MM-dd HH:mm:ss`, or the older
+    `yyyy-MM-dd HH:mm`; ValueError otherwise."""
+    for form in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"):
+        try:
+            return dt.datetime.strptime(text, form).replace(tzinfo=BEIJING)
+        except ValueError:
+            continue
+    raise ValueError(text)
 
 
 @dataclass
@@ -86,6 +108,13 @@ class FakeTrade:
     status: str = "WAIT_BUYER_PAY"
     refunded: Decimal = Decimal("0.00")
     paid_at: str = ""
+    expires: dt.datetime | None = None  # its time_expire: unpaid then, the trade closes
+
+    def expire(self) -> None:
+        """Alipay closes a trade unpaid at its time_expire (逾期将关闭交易)."""
+        expired = self.expires is not None and _moment() >= self.expires
+        if self.status == "WAIT_BUYER_PAY" and expired:
+            self.status = "TRADE_CLOSED"
 
 
 @dataclass
@@ -133,6 +162,15 @@ class FakeAlipay:
     def fail_next(self, count: int = 1) -> None:
         self._failing = count
 
+    @staticmethod
+    def advance(delta: dt.timedelta) -> None:
+        """Alipay's clock moves on by `delta` (time_expire is read against it)."""
+        _clock["offset"] += delta
+
+    @staticmethod
+    def reset_clock() -> None:
+        _clock["offset"] = dt.timedelta(0)
+
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/gateway.do", self._post)
@@ -140,6 +178,7 @@ class FakeAlipay:
         self._runner, self.url, self._session = await serve(app, port)
 
     async def stop(self) -> None:
+        self.reset_clock()  # the clock is the module's: the next fake starts on time
         await stop_serving(self._runner, self._session)
 
     # ------------------------------------------------------------------------- the protocol
@@ -179,12 +218,24 @@ class FakeAlipay:
             return web.Response(status=400, text="错误代码 total_amount")
         if biz.get("product_code") != "QUICK_WAP_WAY" or not params.get("notify_url"):
             return web.Response(status=400, text="错误代码 product_code")
+        expires: dt.datetime | None = None
+        if biz.get("time_expire"):
+            try:
+                expires = _time_expire(str(biz["time_expire"]))
+            except ValueError:
+                return web.Response(status=400, text="错误代码 time_expire")
+            if expires <= _moment():  # "订单参数异常，请重新下单后再发起付款"
+                return web.Response(status=400, text="错误代码 ACQ.TRADE_HAS_CLOSE 订单已超时")
+            if expires > _moment() + dt.timedelta(days=15):
+                return web.Response(status=400, text="错误代码 time_expire 超出范围")
         key = (app.app_id, str(biz["out_trade_no"]))
         trade = self.trades.get(key)
+        if trade is not None:
+            trade.expire()
         if trade is None:
             trade = self.trades[key] = FakeTrade(
                 app.app_id, key[1], f"2026{next(self._ids):024d}", total,
-                str(biz.get("subject", "")), params["notify_url"],
+                str(biz.get("subject", "")), params["notify_url"], expires=expires,
             )  # fmt: skip
         elif trade.total != total:
             return web.Response(status=400, text="错误代码 ACQ.CONTEXT_INCONSISTENT")
@@ -221,7 +272,10 @@ class FakeAlipay:
         return self._answer(method, handler(app, biz))
 
     def _trade(self, app: FakeApp, biz: dict[str, Any]) -> FakeTrade | None:
-        return self.trades.get((app.app_id, str(biz.get("out_trade_no", ""))))
+        trade = self.trades.get((app.app_id, str(biz.get("out_trade_no", ""))))
+        if trade is not None:
+            trade.expire()
+        return trade
 
     def _query(self, app: FakeApp, biz: dict[str, Any]) -> dict[str, Any]:
         trade = self._trade(app, biz)
@@ -314,6 +368,7 @@ class FakeAlipay:
         held, found by a query). `forge` signs with another key, `amount` names another total,
         `seller_id` another seller. The HTTP statuses of the deliveries."""
         trade = self.trade(out_trade_no)
+        trade.expire()  # "订单已超时，不能付款": an expired trade takes no money
         if trade.status == "WAIT_BUYER_PAY":
             trade.status = status
             trade.paid_at = _now()
