@@ -122,6 +122,17 @@ async def _paid_once_at_wechat_pay(channels: Channels, oid: str, total: int, bil
 # ----------------------------------------------------------------------------- Alipay
 
 
+async def _paid_once_at(channels: Channels, oid: str, total: int, channel: str) -> None:
+    """The order was paid once, at `channel`: one notice, one payment booked, no refund."""
+    outcomes = await PaymentNotice.filter(bill_no=oid).values_list("outcome", flat=True)
+    assert sorted(outcomes) == ["paid"]
+    assert await MoneyTransaction.filter(order_oid=oid).count() == 1
+    assert (await channels.shop.sweep()).refunds_sent == 0
+    assert await Refund.filter(order_oid=oid).count() == 0
+    assert await balance(channel_account(channel, channels.shop.vid)) == total
+    await assert_ledger_clean()
+
+
 async def test_an_alipay_bill_moved_to_wechat_pay_is_closed_at_alipay(channels: Channels):
     """Before, the bill moved to WeChat Pay here only: Alipay's trade stayed open and the page
     the member had opened could still pay it, so the order was paid twice. Now the trade is
@@ -158,13 +169,7 @@ async def test_an_alipay_bill_paid_while_moving_is_applied_once(channels: Channe
     assert channels.shop.fake.transactions == {}  # nothing opened at WeChat Pay
 
     assert await channels.alipay.notify(channels.alipay.trade(oid)) == 200  # the late one
-    outcomes = await PaymentNotice.filter(bill_no=oid).values_list("outcome", flat=True)
-    assert sorted(outcomes) == ["paid"]  # the same payment: one notice
-    assert await MoneyTransaction.filter(order_oid=oid).count() == 1
-    assert (await channels.shop.sweep()).refunds_sent == 0
-    assert await Refund.filter(order_oid=oid).count() == 0
-    assert await balance(channel_account("alipay", channels.shop.vid)) == total
-    await assert_ledger_clean()
+    await _paid_once_at(channels, oid, total, "alipay")  # the same payment: one notice
 
 
 async def test_alipay_unreachable_moves_nothing(channels: Channels):
@@ -250,13 +255,7 @@ async def test_a_card_bill_paid_while_moving_is_applied_once(channels: Channels)
     assert channels.shop.fake.transactions == {}
 
     assert await channels.card.pay(oid) == [(200, "success")]  # its notification, resent
-    outcomes = await PaymentNotice.filter(bill_no=oid).values_list("outcome", flat=True)
-    assert sorted(outcomes) == ["paid"]
-    assert await MoneyTransaction.filter(order_oid=oid).count() == 1
-    assert (await channels.shop.sweep()).refunds_sent == 0
-    assert await Refund.filter(order_oid=oid).count() == 0
-    assert await balance(channel_account("card", channels.shop.vid)) == total
-    await assert_ledger_clean()
+    await _paid_once_at(channels, oid, total, "card")
 
 
 async def test_the_acquirer_unreachable_moves_nothing(channels: Channels):
