@@ -230,12 +230,14 @@ class SteadyWatch(threading.Thread):
         devices: int,
         read_cpu: Callable[[], dict[str, float]],
         read_rss: Callable[[], int],
+        on_mark: Callable[[], None] | None = None,
     ):
         super().__init__(daemon=True)
         self.http_port = http_port
         self.devices = devices
         self.read_cpu = read_cpu
         self.read_rss = read_rss
+        self.on_mark = on_mark
         self.mark: Mark | None = None
         self.rss_logged_in: int | None = None  # the gateway's RSS once every device is in
         self.stop = threading.Event()
@@ -250,6 +252,8 @@ class SteadyWatch(threading.Thread):
                 cpu = self.read_cpu()
                 self.mark = Mark(time.monotonic(), cpu, records_counted(sample))
                 self.rss_logged_in = self.read_rss()
+                if self.on_mark is not None:
+                    self.on_mark()
                 return
             self.stop.wait(self.POLL_S)
 
@@ -356,6 +360,79 @@ class Sampler(threading.Thread):
             ticks += 1
 
 
+SEGMENT_FIELDS = ("segs_out", "data_segs_out", "data_segs_in")
+
+
+def server_segments(port: int) -> tuple[int, dict[str, int]]:
+    """The established TCP sockets whose local port is `port` (the server's side of every
+    device or client connection) and their segment counters summed (`ss -ti`, the kernel's
+    tcp_info): segments sent, those that carried data, data segments received."""
+    out = subprocess.run(
+        ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    totals = dict.fromkeys(SEGMENT_FIELDS, 0)
+    sockets = 0
+    for token in out.split():
+        name, _, value = token.partition(":")
+        if name in totals and value.isdigit():
+            totals[name] += int(value)
+            sockets += name == "segs_out"
+    return sockets, totals
+
+
+class SegmentWatch(threading.Thread):
+    """The server's TCP segments per record received, over the steady state: how many segments
+    without data (pure ACKs) the server's side sends per data segment it receives.
+
+    Linux acknowledges a received segment on its own (a pure ACK) unless the application's
+    answer leaves within the delayed-ACK timeout, at least 40 ms after the segment arrived
+    (TCP_DELACK_MIN), or the socket is in its "ping-pong" (interactive) mode, which it leaves
+    after any answer slower than that. An answer in time carries the ACK; one later costs a
+    packet more each way, and both kernels' work for it (docs/benchmarks.md, session 16).
+    Sampled with `ss` every second from the steady mark (`mark_start`) while `expected`
+    sockets are established; the figure is between the first and the last such sample."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, port: int, expected: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.expected = expected
+        self.first: dict[str, int] | None = None
+        self.last: dict[str, int] | None = None
+        self.marked = threading.Event()
+        self.stop = threading.Event()
+
+    def mark_start(self) -> None:
+        self.marked.set()
+
+    def run(self) -> None:
+        self.marked.wait()
+        while not self.stop.is_set():
+            sockets, totals = server_segments(self.port)
+            if sockets >= self.expected:
+                if self.first is None:
+                    self.first = totals
+                self.last = totals
+            elif self.first is not None:
+                return  # the clients are closing: the last full sample stands
+            self.stop.wait(self.EVERY_S)
+
+    def figures(self) -> dict[str, Any] | None:
+        if self.first is None or self.last is None or self.last is self.first:
+            return None
+        delta = {name: self.last[name] - self.first[name] for name in SEGMENT_FIELDS}
+        received = delta["data_segs_in"]
+        pure = delta["segs_out"] - delta["data_segs_out"]
+        return {
+            "data_segments_received": received,
+            "segments_sent": delta["segs_out"],
+            "pure_acks_sent": pure,
+            "pure_acks_per_data_segment_received": round(pure / received, 3) if received else None,
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, required=True)
@@ -384,6 +461,11 @@ def main() -> int:
         help="put every device on volume rental with this quota first (metering draws it down)",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="gateway processes")
+    parser.add_argument(
+        "--sim-nice", type=int, default=0,
+        help="nice value of the load generator (the simulator, and the reference's clients): "
+        "on a shared box the clients then yield the CPU to the server under test",
+    )  # fmt: skip
     parser.add_argument(
         "--backlog", type=int,
         help="tcp_backlog of every worker's device socket; as root, also raise net.core.somaxconn"
@@ -456,6 +538,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def niced(value: int) -> list[str]:
+    """A command prefix that runs it at nice `value` (none for 0)."""
+    return ["nice", "-n", str(value)] if value else []
+
+
 def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
     """One reference run: a private Mosquitto (no persistence, no queue limits: nothing is
     dropped, so every message published is relayed) and the benchmark's own QoS 1 client with as
@@ -480,12 +567,20 @@ def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
         before = cpu_seconds(broker.pid)
         started: list[tuple[float, float]] = []  # its CPU, kernel's part, when all are connected
 
+        segments = SegmentWatch(port, args.devices + 1)  # the publishers and the subscriber
+        segments.start()
+
         def on_start() -> None:
             started.append((cpu_seconds(broker.pid), kernel_seconds(broker.pid)))
+            segments.mark_start()
 
         result = mqtt_reference.run(
-            port, args.devices, sim.window, sim.duration, workers, on_start=on_start
-        )
+            port, args.devices, sim.window, sim.duration, workers, on_start=on_start,
+            nice=args.sim_nice,
+        )  # fmt: skip
+        segments.marked.set()
+        segments.stop.set()
+        segments.join(10)
         end, end_kernel = cpu_seconds(broker.pid), kernel_seconds(broker.pid)
         broker_cpu = end - before
         steady_cpu = end - started[0][0]
@@ -498,6 +593,7 @@ def run_mosquitto(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **result,
         "window": sim.window,
+        "tcp_segments": segments.figures(),
         "broker_cpu_s": round(broker_cpu, 2),
         "broker_cpu_us_per_message": round(broker_cpu / relayed * 1e6, 2) if relayed else None,
         # From the moment every publisher is connected (none published before it) to the end.
@@ -568,6 +664,8 @@ def reference_report(results: list[dict[str, Any]]) -> dict[str, Any]:
             else None,
             "exactly_once": ours["sim_report"].get("check", {}).get("passed"),
             "ledger_transactions": ours.get("ledger"),
+            "aquafleet_pure_acks_per_record": pure_acks(ours),
+            "mosquitto_pure_acks_per_message": pure_acks(ref),
             "mosquitto_published_relayed": [ref["published"], ref["received"]],
         })  # fmt: skip
     steady_ratios = [row["cpu_ratio_steady"] for row in rows if row["cpu_ratio_steady"]]
@@ -602,7 +700,24 @@ def ratio_summary(report: dict[str, Any]) -> str:
         f" (median {med('cpu_ratio_steady_median')})\n"
         f"  whole run (logins included):                      {listed('cpu_ratio')}"
         f" (median {med('cpu_ratio_median')})"
-        + "".join(kernel_line(row) for row in report["rounds"])
+        + "".join(kernel_line(row) + acks_line(row) for row in report["rounds"])
+    )
+
+
+def pure_acks(run: dict[str, Any]) -> float | None:
+    """Pure ACKs the server's sockets sent per data segment they received (SegmentWatch)."""
+    return (run.get("tcp_segments") or {}).get("pure_acks_per_data_segment_received")
+
+
+def acks_line(row: dict[str, Any]) -> str:
+    """A round's pure ACKs per record received, the server's side of each connection."""
+    ours = row.get("aquafleet_pure_acks_per_record")
+    ref = row.get("mosquitto_pure_acks_per_message")
+    if ours is None or ref is None:
+        return ""
+    return (
+        f"\n  round {row['round']}, pure ACKs sent per data segment received: aquafleet's "
+        f"device sockets {ours:.2f}, Mosquitto's {ref:.2f}"
     )
 
 
@@ -761,23 +876,30 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
         sampler.start()
         report_path = workdir / "sim.json"
         sim_command = [
-            *cli, "sim", "--devices", str(args.devices), "--from", "devices.csv",
+            *niced(args.sim_nice), *cli, "sim", "--devices", str(args.devices),
+            "--from", "devices.csv",
             "--tcp-port", str(args.tcp_port), "--report-json", str(report_path), "--quiet",
             *shlex.split(args.sim),
         ]  # fmt: skip
         started = time.monotonic()
         reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        segments = SegmentWatch(args.tcp_port, args.devices)
+        segments.start()
         watch = SteadyWatch(
             args.http_port,
             args.devices,
             lambda: process_cpu(gateway_pid, redis_pid, ledger),
             lambda: gateway_rss(gateway_pid, redis_pid),
+            on_mark=segments.mark_start,
         )
         sim = subprocess.Popen(sim_command, cwd=workdir, env=env, stdout=subprocess.PIPE, text=True)
         watch.start()
         sim_out, _ = sim.communicate()
         watch.stop.set()
         watch.join(10)
+        segments.marked.set()  # never marked: let it end
+        segments.stop.set()
+        segments.join(10)
         # The simulator (and its workers, which it reaps) is the only child reaped meanwhile.
         reaped_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         elapsed = time.monotonic() - started
@@ -815,6 +937,8 @@ def run_load(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], i
                 for name, seconds in cpu.items()
             },
             "steady_state": steady,
+            "tcp_segments": segments.figures(),
+            "sim_nice": args.sim_nice,
             "workers": args.workers,
             "kernel_backlog_limits": getattr(args, "kernel", {}),
             "kernel_sched_autogroup": sched_autogroup(),

@@ -176,9 +176,11 @@ def run(
     duration: float,
     workers: int,
     on_start: Callable[[], None] | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Run the reference load in `workers` processes; totals plus the clients' CPU seconds.
-    `on_start` runs once every publisher is connected, right before they all start."""
+    `on_start` runs once every publisher is connected, right before they all start; `nice`
+    is the client processes' nice value."""
     share = [
         connections // workers + (1 if n < connections % workers else 0) for n in range(workers)
     ]
@@ -187,6 +189,7 @@ def run(
     processes = [
         subprocess.Popen(
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 sys.executable,
                 __file__,
                 "--port",

@@ -155,3 +155,47 @@ def test_the_summary_splits_each_rounds_cpu_into_the_kernels_part_and_the_rest()
         "round 1, kernel's part (µs): gateway 22.0 of 40.0, redis 1.0 of 10.0, "
         "ledger 4.5 of 10.0; Mosquitto 18.0 of 20.0"
     ) in ratio_summary(report)
+
+
+def test_the_segment_counters_are_the_server_sides_of_its_connections():
+    """`ss` is read for the sockets whose local port is the server's: three clients sending
+    five segments each are 15 data segments in, and the clients' own sockets are not counted."""
+    import socket
+
+    from benchmarks.load import server_segments
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        accepted = [listener.accept()[0] for _ in clients]
+        try:
+            for client in clients:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for n in range(5):
+                for client in clients:
+                    client.sendall(b"record %d" % n)
+                for peer in accepted:  # read each before the next is sent: one segment each
+                    assert peer.recv(64) == b"record %d" % n
+            sockets, totals = server_segments(port)
+        finally:
+            for sock in clients + accepted:
+                sock.close()
+    assert sockets == 3
+    assert totals["data_segs_in"] == 15
+    assert totals["data_segs_out"] == 0
+    assert totals["segs_out"] >= 3  # at least the handshake's SYN-ACK of each
+
+
+def test_pure_acks_are_counted_per_data_segment_received_over_the_watched_span():
+    from benchmarks.load import SegmentWatch
+
+    watch = SegmentWatch(port=1, expected=2)
+    assert watch.figures() is None  # never sampled
+    watch.first = {"segs_out": 100, "data_segs_out": 60, "data_segs_in": 70}
+    watch.last = {"segs_out": 3100, "data_segs_out": 2060, "data_segs_in": 2070}
+    assert watch.figures() == {
+        "data_segments_received": 2000,
+        "segments_sent": 3000,
+        "pure_acks_sent": 1000,
+        "pure_acks_per_data_segment_received": 0.5,
+    }
