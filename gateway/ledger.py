@@ -181,7 +181,10 @@ def decode_entries(entries: Sequence[Entry]) -> DecodedBatch:
         try:
             rows, payloaded = _entry_rows(entry[1])
             events = _entry_service_events(entry[1])
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException):
+        except (
+            KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError,
+            msgpack.UnpackException,
+        ):  # fmt: skip
             batch.poisoned.append(entry)
             continue
         batch.service_events.extend(events)

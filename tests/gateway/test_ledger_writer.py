@@ -692,12 +692,16 @@ def _poison(kind: str) -> dict[bytes, bytes]:
         return {b"at": at, b"n": b"3"}
     if kind == "bad-did":
         return {b"at": at, b"n": b"3", b"records": pack([[b"\xff\xfe", *good_item[1:]]])}
+    if kind == "infinite-total":  # a float no integer holds (int() raises OverflowError)
+        return {b"at": at, b"n": b"3", b"records": pack([[*good_item[:6], float("inf"),
+                                                          *good_item[7:]]])}  # fmt: skip
     assert kind == "bad-at"
     return {b"at": b"yesterday", b"n": b"3", b"records": pack([good_item])}
 
 
 @pytest.mark.parametrize(
-    "kind", ["garbage", "short-item", "not-a-list", "no-records", "bad-did", "bad-at"]
+    "kind",
+    ["garbage", "short-item", "not-a-list", "no-records", "bad-did", "infinite-total", "bad-at"],
 )
 async def test_a_poisoned_entry_is_buried_and_blocks_nothing(
     dids: list[str], meter: MeterDriver, writer: LedgerWriter, kind: str

@@ -705,7 +705,7 @@ def _rows_outcome(records: bytes, received_at: object) -> object:
 
     try:
         return py_entry_rows(records, received_at)  # type: ignore[arg-type]
-    except (KeyError, ValueError, TypeError, UnicodeDecodeError, AttributeError,
+    except (KeyError, ValueError, TypeError, OverflowError, UnicodeDecodeError, AttributeError,
             msgpack.UnpackException) as exc:  # fmt: skip
         return type(exc)
 
