@@ -388,3 +388,86 @@ def test_bridge_handles_a_socket_read_of_100_telemetry_messages(benchmark):
     finally:
         loop.close()
         asyncio.set_event_loop(None)
+
+
+class _Transport:
+    """What DeviceConnection touches of a uvloop transport: the acks' bytes are counted."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_gateway_reads_meters_and_acks_a_window_1_round_of_1000_devices(benchmark):
+    """All of the gateway's Python for a window-1 round, the system calls and Redis left out:
+    1,000 logged-in device connections (16 shards) each read one telemetry frame
+    (`data_received`: decode, MAC, submit), then the round (group, pack, the reply's codes
+    taken as meter.lua's for 1,000 new records) and each device's ACK frame written."""
+    import asyncio
+
+    from aquafleet.gateway.keys import Keyspace
+    from aquafleet.gateway.meter import MeterBatcher, MeterOutcome
+    from aquafleet.gateway.metrics import Metrics
+    from aquafleet.gateway.redis_io import Scripts
+    from aquafleet.gateway.tcp import DeviceConnection
+
+    keyspace = Keyspace("bench", 16)
+    hub = _Hub()
+    meter = MeterBatcher(
+        hub=hub, client=None, scripts=Scripts(), keyspace=keyspace,  # type: ignore[arg-type]
+        metrics=Metrics(), batch_max=5000, pause_pending=10**9, pause_backlog=10**9,
+    )  # fmt: skip
+    hub.meter = meter  # type: ignore[attr-defined]
+    devices, connections = [], []
+    for n in range(1000):
+        device, server = logged_in_pair()
+        connection = DeviceConnection(hub)  # type: ignore[arg-type]
+        connection.transport = _Transport()  # type: ignore[assignment]
+        connection.session = server
+        connection.did, connection.shard = f"BNCH{n:08d}AAAA", n % 16
+        devices.append(device)
+        connections.append(connection)
+    rec = iter(range(1, 10**9))
+
+    async def stub(
+        client: object, rows: dict, now_ms: int, replication: object = None
+    ) -> MeterOutcome:
+        codes = {
+            shard: [c for _, record in items for c in (0, record.boot, record.rec)]
+            for shard, items in rows.items()
+        }
+        return MeterOutcome(codes=codes, backlogs={0: 0})
+
+    meter.script.run = stub  # type: ignore[method-assign]
+    loop = asyncio.new_event_loop()
+
+    def frames() -> tuple[tuple[list[bytes]], dict[str, object]]:
+        out = []
+        for device in devices:
+            device.send_record(sample(next(rec)))
+            out.append(device.data_to_send())
+        return (out,), {}
+
+    def round_(frames: list[bytes]) -> int:
+        for connection, frame in zip(connections, frames, strict=True):
+            connection.data_received(frame)
+        batch = meter.pending[:]
+        meter.pending.clear()
+        loop.run_until_complete(meter.meter(batch))  # type: ignore[arg-type]
+        return meter.metrics.records_stored
+
+    try:
+        assert benchmark.pedantic(round_, setup=frames, rounds=60) >= 60_000
+        assert all(c.transport.written > 0 for c in connections)  # type: ignore[union-attr]
+    finally:
+        loop.close()

@@ -3,7 +3,10 @@
  * What is here, each with its pure-Python reference kept beside it and used whenever this
  * module is not built or AQUAFLEET_NO_EXTENSIONS is set (protocol/speedups.py):
  *
- *   FrameDecoder      frames.PyFrameDecoder: the resyncing decoder, CRC-16/MODBUS included
+ *   FrameDecoder      frames.PyFrameDecoder: the resyncing decoder, CRC-16/MODBUS included;
+ *                     its next_record() is ServerSession's online loop for the usual frame, a
+ *                     MACed msgpack record (frame by frame in Python: _next_frame,
+ *                     _handle_online, parse_record), any other frame handed back to it
  *   MacKey            frames.PyMacKey: HMAC-SHA256 with the padded keys hashed once (midstates)
  *   parse_record      messages.py_parse_record's common case: a msgpack TELEMETRY or EVENT
  *                     payload whose known keys hold plain integers. Anything else (CBOR, a
@@ -405,15 +408,26 @@ make_frame(int type, int flags, int seq, PyObject *payload, PyObject *mac, PyObj
     return frame;
 }
 
-static PyObject *
-Decoder_next_frame(DecoderObject *self, PyObject *unused)
+/* Where the decoder's next complete frame lies in its buffer: consumed (self->pos moves past
+ * it) and the buffer kept, so the offsets stay valid until the next call. */
+typedef struct {
+    Py_ssize_t pos;            /* its first magic byte */
+    Py_ssize_t end_of_payload; /* signed = [pos + 2, end_of_payload) */
+    Py_ssize_t end_of_mac;     /* the MAC = [end_of_payload, end_of_mac) when FLAG_MAC */
+    int type, flags, seq;
+} FrameSpan;
+
+/* Take the next complete frame: 1 and its span; 0 when more bytes are needed (the buffer let
+ * go once drained); -1 with an exception (BAD_VERSION, the frame consumed). What resyncing
+ * skipped is added to the DecoderStats on every path. */
+static int
+decoder_take(DecoderObject *self, FrameSpan *span)
 {
-    PyObject *buffer = self->buffer;
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(buffer);
-    Py_ssize_t end = PyBytes_GET_SIZE(buffer);
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(self->buffer);
+    Py_ssize_t end = PyBytes_GET_SIZE(self->buffer);
     Py_ssize_t pos = self->pos;
     Py_ssize_t garbage = 0, crc_errors = 0, oversize = 0;
-    PyObject *result = NULL;
+    int result = 0;
 
     for (;;) {
         Py_ssize_t size = end - pos;
@@ -428,8 +442,7 @@ Decoder_next_frame(DecoderObject *self, PyObject *unused)
                 pos = 0;
             }
             self->pos = pos;
-            Py_INCREF(Py_None);
-            result = Py_None;
+            result = 0;
             break;
         }
         if (buf[pos] != MAGIC0 || buf[pos + 1] != MAGIC1) {
@@ -453,14 +466,11 @@ Decoder_next_frame(DecoderObject *self, PyObject *unused)
         }
         if (size < HEADER_SIZE) {
             self->pos = pos;
-            Py_INCREF(Py_None);
-            result = Py_None;
+            result = 0;
             break;
         }
         int version = buf[pos + 2];
-        int type = buf[pos + 3];
         int flags = buf[pos + 4];
-        int seq = (buf[pos + 5] << 8) | buf[pos + 6];
         Py_ssize_t length = (buf[pos + 7] << 8) | buf[pos + 8];
         if (length > MAX_PAYLOAD) {
             oversize += 1;
@@ -473,8 +483,7 @@ Decoder_next_frame(DecoderObject *self, PyObject *unused)
         Py_ssize_t total = end_of_mac + CRC_SIZE;
         if (total > end) {
             self->pos = pos;
-            Py_INCREF(Py_None);
-            result = Py_None;
+            result = 0;
             break;
         }
         uint16_t received = (uint16_t)((buf[end_of_mac] << 8) | buf[end_of_mac + 1]);
@@ -486,29 +495,19 @@ Decoder_next_frame(DecoderObject *self, PyObject *unused)
         }
         self->pos = total;
         if (version != VERSION) {
-            result = raise_protocol_error(
+            raise_protocol_error(
                 RemoteError, BadVersionCode,
                 PyUnicode_FromFormat("protocol version %d is not supported", version));
+            result = -1;
             break;
         }
-        PyObject *payload = bytes_at(buf, pos + HEADER_SIZE, end_of_payload);
-        if (payload == NULL)
-            break;
-        if (flags & FLAG_MAC) {
-            PyObject *mac = bytes_at(buf, end_of_payload, end_of_mac);
-            PyObject *signed_ = bytes_at(buf, pos + 2, end_of_payload);
-            if (mac == NULL || signed_ == NULL) {
-                Py_DECREF(payload);
-                Py_XDECREF(mac);
-                Py_XDECREF(signed_);
-                break;
-            }
-            result = make_frame(type, flags, seq, payload, mac, signed_);
-        } else {
-            Py_INCREF(Py_None);
-            Py_INCREF(EmptyBytes);
-            result = make_frame(type, flags, seq, payload, Py_None, EmptyBytes);
-        }
+        span->pos = pos;
+        span->end_of_payload = end_of_payload;
+        span->end_of_mac = end_of_mac;
+        span->type = buf[pos + 3];
+        span->flags = flags;
+        span->seq = (buf[pos + 5] << 8) | buf[pos + 6];
+        result = 1;
         break;
     }
     if (garbage | crc_errors | oversize) {
@@ -520,13 +519,50 @@ Decoder_next_frame(DecoderObject *self, PyObject *unused)
             Py_XDECREF(type);
             Py_XDECREF(value);
             Py_XDECREF(tb);
-            Py_XDECREF(result);
-            return NULL;
+            return -1;
         }
         PyErr_Restore(type, value, tb);
     }
     return result;
 }
+
+/* The Frame of a span decoder_take() just gave (its buffer still the decoder's). */
+static PyObject *
+frame_of_span(DecoderObject *self, const FrameSpan *span)
+{
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(self->buffer);
+    PyObject *payload = bytes_at(buf, span->pos + HEADER_SIZE, span->end_of_payload);
+    if (payload == NULL)
+        return NULL;
+    if (span->flags & FLAG_MAC) {
+        PyObject *mac = bytes_at(buf, span->end_of_payload, span->end_of_mac);
+        PyObject *signed_ = bytes_at(buf, span->pos + 2, span->end_of_payload);
+        if (mac == NULL || signed_ == NULL) {
+            Py_DECREF(payload);
+            Py_XDECREF(mac);
+            Py_XDECREF(signed_);
+            return NULL;
+        }
+        return make_frame(span->type, span->flags, span->seq, payload, mac, signed_);
+    }
+    Py_INCREF(Py_None);
+    Py_INCREF(EmptyBytes);
+    return make_frame(span->type, span->flags, span->seq, payload, Py_None, EmptyBytes);
+}
+
+static PyObject *
+Decoder_next_frame(DecoderObject *self, PyObject *unused)
+{
+    FrameSpan span;
+    int got = decoder_take(self, &span);
+    if (got < 0)
+        return NULL;
+    if (got == 0)
+        Py_RETURN_NONE;
+    return frame_of_span(self, &span);
+}
+
+static PyObject *Decoder_next_record(DecoderObject *self, PyObject *rx_mac);
 
 static PyObject *
 Decoder_buffered(DecoderObject *self, void *closure)
@@ -538,6 +574,9 @@ static PyMethodDef Decoder_methods[] = {
     {"feed", (PyCFunction)Decoder_feed, METH_O, "Add received bytes."},
     {"next_frame", (PyCFunction)Decoder_next_frame, METH_NOARGS,
      "The next complete frame, or None when more bytes are needed."},
+    {"next_record", (PyCFunction)Decoder_next_record, METH_O,
+     "next_record(rx_mac): the next frame as its Record when it is a MACed msgpack record "
+     "that rx_mac verifies and parse_record's common case takes; else as next_frame()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -866,6 +905,54 @@ build_record(PyObject *type_obj, PyObject *seq_obj, int dup, PyObject *payload, 
     }
     return record;
 }
+
+/* next_record(rx_mac): ServerSession's online path for the common frame, in one call. A MACed
+ * msgpack TELEMETRY or EVENT frame whose MAC `rx_mac` verifies and whose payload parse_record's
+ * common case takes comes back as its Record: what _handle_online would have appended, and
+ * with no Frame, MAC or signed bytes made for it. Every other frame comes back as the Frame
+ * next_frame() gives, for the Python path to decide (a wrong MAC is its refusal, not ours);
+ * None and exceptions as next_frame(). */
+static PyObject *
+Decoder_next_record(DecoderObject *self, PyObject *rx_mac)
+{
+    FrameSpan span;
+    if (!ready())
+        return NULL;
+    int got = decoder_take(self, &span);
+    if (got < 0)
+        return NULL;
+    if (got == 0)
+        Py_RETURN_NONE;
+    if ((span.type == TYPE_TELEMETRY || span.type == TYPE_EVENT) && (span.flags & FLAG_MAC) &&
+        (span.flags & ENCODING_MASK) == 0 && Py_IS_TYPE(rx_mac, &MacKey_Type)) {
+        const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(self->buffer);
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        mac_compute((MacKeyObject *)rx_mac, buf + span.pos + 2,
+                    (size_t)(span.end_of_payload - span.pos - 2), digest);
+        if (CRYPTO_memcmp(digest, buf + span.end_of_payload, MAC_SIZE) == 0) {
+            int64_t value[F_COUNT];
+            int state[F_COUNT];
+            PyObject *payload = bytes_at(buf, span.pos + HEADER_SIZE, span.end_of_payload);
+            if (payload == NULL)
+                return NULL;
+            if (walk_record(payload, span.type, 0, value, state)) {
+                PyObject *type_obj = PyLong_FromLong(span.type);
+                PyObject *seq_obj = PyLong_FromLong(span.seq);
+                PyObject *record = NULL;
+                if (type_obj != NULL && seq_obj != NULL)
+                    record = build_record(type_obj, seq_obj, (span.flags & FLAG_DUP) != 0,
+                                          payload, span.type, value, state);
+                Py_XDECREF(type_obj);
+                Py_XDECREF(seq_obj);
+                Py_DECREF(payload);
+                return record;
+            }
+            Py_DECREF(payload);
+        }
+    }
+    return frame_of_span(self, &span);
+}
+
 
 /* parse_record(frame) -> Record | None (see the top of this file). */
 static PyObject *

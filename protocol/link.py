@@ -148,6 +148,11 @@ class Link:
         except RemoteProtocolError as exc:
             events.append(self._close(exc.code, exc.reason))
             return None
-        if frame is None and self._decoder.stats.crc_errors + self.bad_frames > MAX_BAD_FRAMES:
-            events.append(self._close(ErrorCode.BAD_FRAME, "too many corrupt frames"))
+        if frame is None:
+            self._count_bad_frames(events)
         return frame
+
+    def _count_bad_frames(self, events: list[object]) -> None:
+        """Once a read's frames are drained: close when too many were corrupt or refused."""
+        if self._decoder.stats.crc_errors + self.bad_frames > MAX_BAD_FRAMES:
+            events.append(self._close(ErrorCode.BAD_FRAME, "too many corrupt frames"))

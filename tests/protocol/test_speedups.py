@@ -904,3 +904,91 @@ def test_the_compiled_reader_leaves_a_bytearray_to_python() -> None:
     assert packets == []
     with pytest.raises(ValueError):
         compiled.read_publishes(data, len(data) + 1, packets, mqtt_wire.Publish)
+
+
+# ------------------------------------------------- ServerSession's online path (next_record)
+
+from tests.protocol.helpers import K_DS, login_pair  # noqa: E402
+
+_RECORD_PAYLOAD = msgpack.packb({0: 5, 1: 7, 2: 1_790_000_000, 10: 12_345})
+online_frame = st.one_of(
+    st.builds(  # a record as devices send it: MACed with K_ds, its payload maybe unusual
+        lambda frame_type, seq, payload, dup: raw_frame(
+            frame_type, seq, msgpack.packb(payload), flags=Flag.DUP if dup else 0, mac_key=K_DS
+        ),
+        st.sampled_from([0x20, 0x21]), st.integers(0, 0xFFFF), payloads, st.booleans(),
+    ),
+    st.builds(  # a record under a wrong key, without a MAC, in CBOR, of another version
+        lambda frame_type, seq, variant: raw_frame(
+            frame_type, seq, _RECORD_PAYLOAD,
+            mac_key=b"\x01" * 32 if variant == "wrong key" else None if variant == "no mac"
+            else K_DS,
+            flags=0x10 if variant == "cbor" else 0,
+            version=2 if variant == "version" else 1,
+        ),
+        st.sampled_from([0x20, 0x21]), st.integers(0, 0xFFFF),
+        st.sampled_from(["wrong key", "no mac", "cbor", "version"]),
+    ),
+    st.builds(  # anything else a device may send online: a ping, an ack, unknown types
+        lambda frame_type, seq, mac: raw_frame(
+            frame_type, seq, b"\x80", mac_key=K_DS if mac else None
+        ),
+        st.sampled_from([0x10, 0x11, 0x7F, 0x30, 0x55]), st.integers(0, 0xFFFF), st.booleans(),
+    ),
+    st.binary(max_size=12),  # garbage, modem text
+    frame_bytes.map(lambda f: f[: len(f) // 2]),
+)  # fmt: skip
+
+
+def _session_outcome(chunks: list[bytes], fast: bool) -> list[object]:
+    """What a logged-in server session answers to the chunks, with the compiled online path or
+    without it: its events, what it sends, its state and counts after each read."""
+    from aquafleet.protocol import server_session
+
+    server, _ = login_pair()
+    saved = server_session._compiled_online
+    server_session._compiled_online = fast
+    seen: list[object] = []
+    try:
+        for n, chunk in enumerate(chunks):
+            events = server.receive_data(chunk, float(n))
+            seen.append([(type(e).__name__, tuple(e) if type(e) is Record else e) for e in events])
+            seen.append((server.data_to_send(), server.state, server.bad_frames, server.last_rx))
+    finally:
+        server_session._compiled_online = saved
+    stats = server.decoder_stats
+    seen.append((stats.garbage_bytes, stats.crc_errors, stats.oversize_lengths))
+    return seen
+
+
+@needs_compiled
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(online_frame, max_size=10), data=st.data())
+def test_the_online_path_answers_as_the_frame_by_frame_path(parts: list[bytes], data) -> None:
+    """`next_record` and ServerSession's loop around it are a shortcut, not a second protocol:
+    on any stream (records good and bad, other frames, garbage, cut anywhere) a session gives
+    the same events, sends the same bytes and ends in the same state with it as without it."""
+    chunks = _cut_anywhere(data.draw, b"".join(parts))
+    assert _session_outcome(chunks, fast=True) == _session_outcome(chunks, fast=False)
+
+
+@needs_compiled
+def test_an_online_record_takes_the_compiled_path_in_one_call(monkeypatch) -> None:
+    """A MACed msgpack record read online comes back from the decoder as its Record: the
+    Python frame path (parse_record, the MAC check) is not entered."""
+    from aquafleet.protocol import server_session
+
+    server, device = login_pair()
+    device.send_record(Telemetry(rec=5, boot=7, ts=1_790_000_000, flow_total_ml=12_345))
+    frame = device.data_to_send()
+
+    def python_path(*args: object) -> None:
+        raise AssertionError("the record took the frame-by-frame path")
+
+    monkeypatch.setattr(server_session.ServerSession, "_handle_online", python_path)
+    monkeypatch.setattr(server_session, "parse_record", python_path)
+    (record,) = server.receive_data(frame, 1.0)
+    assert type(record) is Record and (record.boot, record.rec, record.flow_total_ml) == (
+        7, 5, 12_345,
+    )  # fmt: skip
+    assert server.last_rx == 1.0
