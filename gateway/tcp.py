@@ -106,7 +106,9 @@ class DeviceConnection(asyncio.Protocol):
                 hub.frame_rejected(self, event)  # type: ignore[arg-type]
             else:
                 hub.device_message(self, event)
-        self.flush()
+        out = session.data_to_send()  # what flush() does, without its call per read
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(out)
         if session.is_closed:
             self._close_transport()
 

@@ -50,7 +50,7 @@ _ACK_SEQ, _ACK_RC, _ACK_WATERMARK = int(Key.ACK_SEQ), int(Key.ACK_RC), int(Key.A
 # what the Python path below builds.
 _compiled_encode_ack = speedups.compiled.encode_ack if speedups.compiled else None
 # The compiled decoder's next_record (protocol/_speedups.c): an online session's usual frame,
-# a MACed record, decoded, verified and parsed in one call (_receive_online).
+# a MACed record, decoded, verified and parsed in one call (receive_data).
 _compiled_online = speedups.compiled is not None
 
 
@@ -115,13 +115,35 @@ class ServerSession(Link):
         return None
 
     def receive_data(self, data: bytes, now: float) -> list[ServerEvent]:
-        if self.state is _CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return []
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
         events: list[ServerEvent] = []
-        if self.state is _ONLINE and _compiled_online:
-            self._receive_online(now, events)
-            return events
+        if state is _ONLINE and _compiled_online:
+            # Online with the compiled decoder: `next_record` gives a MACed record frame that
+            # verifies, in parse_record's common case, as its Record (what _handle_online
+            # would append, without its Frame, MAC and signed bytes), and any other frame as
+            # the Frame for _handle_online to decide. Online is followed only by closed, so
+            # this ends drained or closed, as the loop below does.
+            rx_mac = self._rx_mac
+            while True:
+                try:
+                    item = decoder.next_record(rx_mac)  # type: ignore[attr-defined]
+                except RemoteProtocolError as exc:
+                    events.append(self._close(exc.code, exc.reason))
+                    return events
+                if item is None:
+                    self._count_bad_frames(events)  # type: ignore[arg-type]
+                    return events
+                self.last_rx = now
+                if type(item) is Record:
+                    events.append(item)
+                else:
+                    self._handle_online(item, events)
+                    if self.state is not _ONLINE:
+                        return events
         while (frame := self._next_frame(events)) is not None:  # type: ignore[arg-type]
             self.last_rx = now  # a frame, not just bytes: modem text must not keep a link alive
             if self.state is _ONLINE:
@@ -129,28 +151,6 @@ class ServerSession(Link):
             else:
                 self._handle_login(frame, now, events)
         return events
-
-    def _receive_online(self, now: float, events: list[ServerEvent]) -> None:
-        """The loop above for an online session with the compiled decoder: `next_record` gives
-        a MACed record frame that verifies, in parse_record's common case, as its Record (what
-        _handle_online would append, without its Frame, MAC and signed bytes), and any other
-        frame as the Frame for _handle_online to decide. Online is followed only by closed, so
-        the loop ends drained or closed, as `_next_frame`'s does."""
-        decoder, rx_mac = self._decoder, self._rx_mac
-        while self.state is _ONLINE:
-            try:
-                item = decoder.next_record(rx_mac)  # type: ignore[attr-defined]
-            except RemoteProtocolError as exc:
-                events.append(self._close(exc.code, exc.reason))
-                return
-            if item is None:
-                self._count_bad_frames(events)  # type: ignore[arg-type]
-                return
-            self.last_rx = now
-            if type(item) is Record:
-                events.append(item)
-            else:
-                self._handle_online(item, events)
 
     # ----------------------------------------------------------------- login
 
