@@ -228,6 +228,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "rental_end_exists": (409, "退租 of a device whose shipped device has a 退租, open or done"),
     "rental_ending": (409, "an exchange of a device whose 退租 is open: cancel the 退租 first"),
     "device_exchanged": (409, "a 退租 of a device an exchange took away since: end the new one's"),
+    "rental_ended": (409, "an exchange of a device whose 退租 is done: it went back, deposit too"),
     "handover_expired": (409, "an exchange's hand-over outlived its markers: settle by hand"),
     "card_not_configured": (409, "the vendor has no card acquirer set up"),
     "acquirer_refused": (502, "the card acquirer refused the call (the message says why)"),

@@ -144,16 +144,26 @@ async def order_of_goods(vendor_code: str, did: str, member_uid: str | None) -> 
         .order_by("-id")
     )
     for order in await orders:
-        if did not in await goods_shipped_as(order):
+        if did not in await goods_shipped_as(order) or await _gone_from(order, did):
             continue
-        gone = (
-            await Ticket.filter(order_id=order.id, device_id=did, state=TicketState.DONE)
-            .filter(Q(type=TicketType.EXCHANGE) | Q(dedup_key=rental_end_key(order.oid, did)))
-            .exists()
-        )
-        if not gone:
-            return order
+        return order
     return None
+
+
+async def _gone_from(order: Order, did: str) -> bool:
+    """Whether the order's goods left the member as `did`: its rental ended (退租 done), or
+    the last of the order's exchanges that moved it took it away (not one that gave it back,
+    as the second of A -> B -> A)."""
+    done = Ticket.filter(order_id=order.id, state=TicketState.DONE)
+    if await done.filter(dedup_key=rental_end_key(order.oid, did)).exists():
+        return True
+    moved = (
+        await done.filter(type=TicketType.EXCHANGE)
+        .filter(Q(device_id=did) | Q(new_device_id=did))
+        .order_by("-id")
+        .first()
+    )
+    return moved is not None and moved.device_id == did
 
 
 async def goods_of(order: Order) -> list[str]:

@@ -8,7 +8,9 @@ models/rental_end.py.
   its live service (configured with the ticket id as request id): the quota it had left at that
   moment moves over and the old device keeps none (one Redis step, models/handover.py
   hand_over, bound to the replacement: a retry naming another device once it ran is refused
-  with HandedOverElsewhere); the old device is locked and unbound;
+  with HandedOverElsewhere); a replacement from stock has the person's lock it came back
+  with lifted, as a delivery does (a device exchanged away and back, A -> B -> A, runs
+  again); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back, once per
   device the order shipped (models/rental_end.py: an exchange and a 退租 of the same device
@@ -75,7 +77,7 @@ from aquafleet.models.rental_end import (
     deposit_requested_by,
 )
 from aquafleet.models.returns import goods_shipped_as, order_of_goods
-from aquafleet.models.service import ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import ServiceChangeRequest, ServiceMode, taken_back
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import (
@@ -301,6 +303,16 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: 
                 if given.mode is ServiceMode.TIME_RENTAL else None,
                 reason=f"exchange ticket {ticket.ticket_id}", request_id=ticket.ticket_id,
                 retry_recomputes=True,  # a retry reads the old device's state afresh
+            ),
+        )  # fmt: skip
+    if await taken_back(await Device.get(did=new_did)):
+        # From stock, as a delivery ships it: the person's lock it came back with (the
+        # exchange that took it from this member before, A -> B -> A) is lifted.
+        await work.change_service(
+            new_did,
+            ServiceChangeRequest(
+                op="unlock", reason=f"exchange ticket {ticket.ticket_id}: given from stock",
+                request_id=f"{ticket.ticket_id}:unlock",
             ),
         )  # fmt: skip
     await work.change_service(
