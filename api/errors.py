@@ -229,6 +229,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "rental_ending": (409, "an exchange of a device whose 退租 is open: cancel the 退租 first"),
     "device_exchanged": (409, "a 退租 of a device an exchange took away since: end the new one's"),
     "rental_ended": (409, "an exchange of a device whose 退租 is done: it went back, deposit too"),
+    "order_returning": (409, "a 退租 of an order being returned or returned (AD-12..14)"),
+    "order_has_rental_end": (409, "a return (AD-12..14) of a rental with a 退租, open or done"),
     "handover_expired": (409, "an exchange's hand-over outlived its markers: settle by hand"),
     "card_not_configured": (409, "the vendor has no card acquirer set up"),
     "acquirer_refused": (502, "the card acquirer refused the call (the message says why)"),

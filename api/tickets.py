@@ -689,7 +689,8 @@ class RentalEndIn(RequestModel):
     "answers the same ticket while it is open or done; once it is cancelled, a new one); "
     "completing it locks and unbinds the device, ends its service and requests the order's "
     "deposit for that device back, once per device the order shipped (409 rental_end_exists "
-    "when the device it stands for already has a 退租, open or done).",
+    "when the device it stands for already has a 退租, open or done; 409 order_returning for "
+    "an order whose return was asked: the return gives the deposit back).",
 )
 async def end_rental_route(call: Call) -> TicketOut:
     body: RentalEndIn = call.body

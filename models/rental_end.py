@@ -13,6 +13,10 @@ replaced: models/returns.py goods_shipped_as):
   opened before, RentalEnding (409 rental_ending); nor one whose 退租 is done, in the
   exchange's order, or, for an exchange no order accounts for, with the device held by nobody
   since (RentalEnded, 409 rental_ended: the device went back, its deposit with it).
+- A return (退货, AD-12..14) gives the whole order back, deposit included: no 退租 is asked or
+  completed for an order being returned or returned (OrderReturning, 409 order_returning),
+  and no return moves for an order with a 退租, open or done (models/returns.py,
+  409 order_has_rental_end). Both completions check under the order's row lock.
 - A 退租 whose device an exchange of its order took away since (a race with the exchange, or
   tickets from before these rules) does not complete, DeviceExchanged (409 device_exchanged):
   the member holds the replacement; cancel it and end the rental of the replacement. One
@@ -89,6 +93,20 @@ class RentalEnded(Conflict):
         return {"ticket_id": self.ticket.ticket_id, "order_id": self.oid}
 
 
+class OrderReturning(Conflict):
+    """A 退租 (asked or completed) of an order being returned or returned (AD-12..14)."""
+
+    code = "order_returning"
+
+    def __init__(self, message: str, state: OrderState) -> None:
+        super().__init__(message)
+        self.state = state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"state": int(self.state), "state_name": self.state.name.lower()}
+
+
 class DeviceExchanged(Conflict):
     """Completing a 退租 of a device an exchange of its order took away since."""
 
@@ -104,6 +122,21 @@ class DeviceExchanged(Conflict):
 
 
 RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
+# A return asked, agreed or done (AD-12, AD-13, AD-14): the return gives the order's money back,
+# deposit included, so no 退租 is asked or completed (models/returns.py refuses the converse).
+RETURNING_STATES = frozenset({OrderState.RETURN, OrderState.CONSENT, OrderState.REFUND})
+
+
+def check_not_returning(order: Order) -> None:
+    """A 退租 of an order being returned or returned: OrderReturning."""
+    if order.state in RETURNING_STATES:
+        state = order.state.name.lower()
+        raise OrderReturning(
+            f"order {order.oid} is {state}: its return (退货) gives the order's money back, "
+            "deposit included, so its rental is not ended (退租) as well"
+            + ("" if order.state is OrderState.REFUND else "; refuse the return first"),
+            order.state,
+        )
 
 
 async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
@@ -114,6 +147,8 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
     deposit of the device the order shipped back."""
     if order.member_id != member_uid:
         raise NotFound(f"order {order.oid} not found")
+    if order.kind is OrderKind.RENTAL:
+        check_not_returning(order)
     if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
         raise Conflict(
             f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "

@@ -14,7 +14,8 @@ models/rental_end.py.
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back, once per
   device the order shipped (models/rental_end.py: an exchange and a 退租 of the same device
-  exclude each other, both completions under the order's row lock).
+  exclude each other, and so do a return of the order and a 退租, all completions under the
+  order's row lock).
 
 Completion locks the ticket's row first and checks its state there, so of two racing
 completions only one does any work; then the device effects (each harmless to repeat: the
@@ -73,6 +74,7 @@ from aquafleet.models.handover import (
 from aquafleet.models.orders import Order, OrderLine
 from aquafleet.models.rental_end import (
     check_exchangeable,
+    check_not_returning,
     check_still_rented,
     deposit_requested_by,
 )
@@ -357,6 +359,7 @@ async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str, conn: Any) ->
     order, requested_by = None, None
     if ticket.order_id is not None:  # a rental's end (退租): its deposit once (rental_end.py)
         order = await Order.filter(id=ticket.order_id).select_for_update().using_db(conn).get()
+        check_not_returning(order)  # a return gives the deposit back: not both
         await check_still_rented(ticket, order)
         requested_by = await deposit_requested_by(ticket, order, await goods_shipped_as(order))
     await work.change_service(
