@@ -521,7 +521,8 @@ class ReturnIn(RequestModel):
     response=OrderOut,
     errors=(404, 409),
     description=f"C: the member asks to return a received order, within {RETURN_WINDOW.days} "
-    "days of receipt (received -> return).",
+    "days of receipt (received -> return). A rental with a 退租, open or done, is not returned "
+    "(409 order_has_rental_end): the 退租 gives the deposit back.",
 )
 async def ask_to_return(call: Call) -> OrderOut:
     order = await find_order(call.principal, call.params.oid)
@@ -537,7 +538,7 @@ async def ask_to_return(call: Call) -> OrderOut:
     params=OrderPath,
     response=OrderOut,
     errors=(404, 409),
-    description="A#: return -> consent.",
+    description="A#: return -> consent (409 order_has_rental_end for a rental with a 退租).",
 )
 async def consent(call: Call) -> OrderOut:
     order = await find_order(call.principal, call.params.oid)
@@ -577,7 +578,8 @@ async def refuse(call: Call) -> OrderOut:
     errors=(404, 409),
     description="A# (已退货): consent -> refund. Every device the order shipped is locked and "
     "unbound; an installed one gets a dismantle ticket; the order's total is recorded as "
-    "`amounts.refund_due` for the payment layer.",
+    "`amounts.refund_due` for the payment layer. A rental with a 退租, open or done, is not "
+    "returned (409 order_has_rental_end, before anything moves).",
 )
 async def refund(call: Call) -> OrderOut:
     principal = call.principal

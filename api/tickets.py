@@ -359,7 +359,7 @@ class TicketIn(RequestModel):
     "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
     "scope; without a device the member's), place (for dispatch by distance) and owner "
     "unless given; an exchange, the order whose goods the device is (409 rental_ending for a "
-    "device whose 退租 is open).",
+    "device whose 退租 is open, 409 rental_ended for one whose 退租 is done).",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body
@@ -686,9 +686,11 @@ class RentalEndIn(RequestModel):
     description="C, not in the seed (its FAQ 1): the member ends the rental of the device it "
     "holds for its delivered rental order (the one shipped, or the replacement an exchange gave "
     "for it; 409 for a device it no longer holds). A dismantle ticket opens (asking again "
-    "answers the same ticket); completing it locks and unbinds the device, ends its service "
-    "and requests the order's deposit for that device back, once per device the order shipped "
-    "(409 rental_end_exists when the device it stands for already has a 退租, open or done).",
+    "answers the same ticket while it is open or done; once it is cancelled, a new one); "
+    "completing it locks and unbinds the device, ends its service and requests the order's "
+    "deposit for that device back, once per device the order shipped (409 rental_end_exists "
+    "when the device it stands for already has a 退租, open or done; 409 order_returning for "
+    "an order whose return was asked: the return gives the deposit back).",
 )
 async def end_rental_route(call: Call) -> TicketOut:
     body: RentalEndIn = call.body

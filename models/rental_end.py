@@ -8,9 +8,15 @@ replaced: models/returns.py goods_shipped_as):
 
 - One 退租 per order and shipped device, open or done: asked for a device whose shipped device
   (itself, or the one it replaced) has another one, RentalEndExists (409 rental_end_exists).
+  A cancelled one counts for nothing: asking again opens a new ticket (release_cancelled).
 - A device whose 退租 is open is not exchanged: opening an exchange for it, or completing one
-  opened before, RentalEnding (409 rental_ending); nor one whose 退租 is done in the
-  exchange's order (the device went back, its deposit with it).
+  opened before, RentalEnding (409 rental_ending); nor one whose 退租 is done, in the
+  exchange's order, or, for an exchange no order accounts for, with the device held by nobody
+  since (RentalEnded, 409 rental_ended: the device went back, its deposit with it).
+- A return (退货, AD-12..14) gives the whole order back, deposit included: no 退租 is asked or
+  completed for an order being returned or returned (OrderReturning, 409 order_returning),
+  and no return moves for an order with a 退租, open or done (models/returns.py,
+  409 order_has_rental_end). Both completions check under the order's row lock.
 - A 退租 whose device an exchange of its order took away since (a race with the exchange, or
   tickets from before these rules) does not complete, DeviceExchanged (409 device_exchanged):
   the member holds the replacement; cancel it and end the rental of the replacement. One
@@ -34,6 +40,7 @@ from aquafleet.models.tickets import (
     Ticket,
     TicketState,
     TicketType,
+    closed_key,
     open_automatic_ticket,
     rental_end_key,
 )
@@ -71,6 +78,35 @@ class RentalEnding(Conflict):
         return {"ticket_id": self.ticket.ticket_id, "status": int(self.ticket.state)}
 
 
+class RentalEnded(Conflict):
+    """An exchange of a device whose 退租 is done: it went back with its deposit."""
+
+    code = "rental_ended"
+
+    def __init__(self, message: str, ticket: Ticket, oid: str | None) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+        self.oid = oid
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"ticket_id": self.ticket.ticket_id, "order_id": self.oid}
+
+
+class OrderReturning(Conflict):
+    """A 退租 (asked or completed) of an order being returned or returned (AD-12..14)."""
+
+    code = "order_returning"
+
+    def __init__(self, message: str, state: OrderState) -> None:
+        super().__init__(message)
+        self.state = state
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"state": int(self.state), "state_name": self.state.name.lower()}
+
+
 class DeviceExchanged(Conflict):
     """Completing a 退租 of a device an exchange of its order took away since."""
 
@@ -86,6 +122,21 @@ class DeviceExchanged(Conflict):
 
 
 RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
+# A return asked, agreed or done (AD-12, AD-13, AD-14): the return gives the order's money back,
+# deposit included, so no 退租 is asked or completed (models/returns.py refuses the converse).
+RETURNING_STATES = frozenset({OrderState.RETURN, OrderState.CONSENT, OrderState.REFUND})
+
+
+def check_not_returning(order: Order) -> None:
+    """A 退租 of an order being returned or returned: OrderReturning."""
+    if order.state in RETURNING_STATES:
+        state = order.state.name.lower()
+        raise OrderReturning(
+            f"order {order.oid} is {state}: its return (退货) gives the order's money back, "
+            "deposit included, so its rental is not ended (退租) as well"
+            + ("" if order.state is OrderState.REFUND else "; refuse the return first"),
+            order.state,
+        )
 
 
 async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
@@ -96,6 +147,8 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
     deposit of the device the order shipped back."""
     if order.member_id != member_uid:
         raise NotFound(f"order {order.oid} not found")
+    if order.kind is OrderKind.RENTAL:
+        check_not_returning(order)
     if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
         raise Conflict(
             f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
@@ -109,15 +162,28 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
         raise Conflict(f"device {did} is no longer held by the member")
     await check_one_end(order, did, stands_for)  # a deposit comes back once per shipped device
     reason = reason.strip()[:200]
+    key = rental_end_key(order.oid, did)
+    await release_cancelled(key)
     return await open_automatic_ticket(
         AutomaticTicket(
-            dedup_key=rental_end_key(order.oid, did), type=TicketType.DISMANTLE,
+            dedup_key=key, type=TicketType.DISMANTLE,
             vendor_code=order.vendor_id, did=did, member_uid=member_uid,
             detail=f"rental ended by the member (order {order.oid})"
             + (f": {reason}" if reason else ""),
             order_id=order.id,
         )
     )  # fmt: skip
+
+
+async def release_cancelled(key: str) -> None:
+    """A cancelled 退租 is not the answer to the next ask for its order and device: its key
+    is freed (as a closed fault ticket's is), so the ask opens a new ticket that a retry of it
+    then answers. An open or done one keeps its key: asking again answers it."""
+    cancelled = await Ticket.get_or_none(dedup_key=key, state=TicketState.CANCELLED)
+    if cancelled is not None:  # a racing ask freed it already: the update then changes nothing
+        await Ticket.filter(id=cancelled.id, dedup_key=key).update(
+            dedup_key=closed_key(key, cancelled.ticket_id)
+        )
 
 
 def _rental_ends(order_id: int) -> QuerySet[Ticket]:
@@ -146,8 +212,10 @@ async def check_one_end(order: Order, did: str, stands_for: dict[str, str]) -> N
 
 
 async def check_exchangeable(did: str, order_id: int | None) -> None:
-    """Before an exchange of `did` opens or completes: no 退租 of it is open (in any order),
-    nor done in the exchange's order (RentalEnding)."""
+    """Before an exchange of `did` opens or completes: no 退租 of it is open, in any order
+    (RentalEnding); none is done in the exchange's order, nor, for an exchange of no order,
+    done with the device held by nobody since (RentalEnded: it went back with its deposit, and
+    its former member is given no replacement for a rental that ended)."""
     ends = Ticket.filter(type=TicketType.DISMANTLE, device_id=did, order_id__isnull=False)
     ending = await ends.filter(state__in=sorted(OPEN_STATES)).order_by("id").first()
     if ending is not None:
@@ -156,13 +224,22 @@ async def check_exchangeable(did: str, order_id: int | None) -> None:
             "open. It is not exchanged; cancel the 退租 first to exchange it",
             ending,
         )
-    if order_id is None:
-        return
-    ended = await ends.filter(state=TicketState.DONE, order_id=order_id).first()
+    done = ends.filter(state=TicketState.DONE).order_by("-id")
+    if order_id is not None:
+        ended = await done.filter(order_id=order_id).first()
+    elif await Device.exists(did=did, owner_id__isnull=True):
+        ended = await done.first()  # the exchange found no order: its rental ended there
+    else:
+        ended = None  # bound since (shipped again, or by hand): not that rental's device
     if ended is not None:
-        raise RentalEnding(
-            f"device {did} was given back: its rental ended with ticket {ended.ticket_id}",
+        order = await Order.get_or_none(id=ended.order_id)
+        oid = None if order is None else order.oid
+        raise RentalEnded(
+            f"device {did} was given back: its rental ended (退租) with ticket "
+            f"{ended.ticket_id}, which asked its deposit back; it is no longer rented under "
+            f"order {oid} and is not exchanged",
             ended,
+            oid,
         )
 
 

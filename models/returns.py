@@ -10,18 +10,24 @@ in the money ledger (models/money.py `order_refundable_fen`, refund number `retu
 second payment of the order is refunded on its own) for the payment channel to execute. The
 locks go first (repeating a lock changes nothing), then one transaction moves the order and
 unbinds the devices.
+
+A return and a rental end (退租, models/rental_end.py) of one order exclude each other, so the
+deposit never comes back through both: AD-12, AD-13 and AD-14 refuse an order with a 退租,
+open or done (409 order_has_rental_end; AD-14 before any device is locked, and again under the
+order's row lock), and a 退租 is neither asked nor completed once a return was asked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
-from aquafleet.models.errors import InvalidInput
+from aquafleet.models.errors import Conflict, InvalidInput
 from aquafleet.models.money import order_refundable_fen, request_refund
 from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
 from aquafleet.models.orders import (
@@ -35,6 +41,7 @@ from aquafleet.models.orders import (
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import (
+    OPEN_STATES,
     AutomaticTicket,
     Ticket,
     TicketState,
@@ -44,6 +51,50 @@ from aquafleet.models.tickets import (
 )
 
 RETURN_WINDOW = dt.timedelta(days=7)
+
+
+class OrderHasRentalEnd(Conflict):
+    """A return (AD-12, AD-13, AD-14) of a rental one of whose devices has a 退租, open or
+    done: the 退租 gives that device's deposit back, the return the whole order."""
+
+    code = "order_has_rental_end"
+
+    def __init__(self, message: str, ticket: Ticket) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {
+            "ticket_id": self.ticket.ticket_id,
+            "device_id": self.ticket.device_id,
+            "status": int(self.ticket.state),
+        }
+
+
+async def check_no_rental_end(order: Order) -> None:
+    """Before a return moves: none of the order's devices has a 退租 (a dismantle ticket with
+    the order, not cancelled), open or done (OrderHasRentalEnd). The converse, a 退租 of an
+    order being returned, is refused in models/rental_end.py."""
+    end = (
+        await Ticket.filter(type=TicketType.DISMANTLE, order_id=order.id)
+        .exclude(state=TicketState.CANCELLED)
+        .order_by("id")
+        .first()
+    )
+    if end is None:
+        return
+    how = (
+        "is open: cancel it first to return the order"
+        if end.state in OPEN_STATES
+        else "is done: the device went back and its deposit was asked back"
+    )
+    raise OrderHasRentalEnd(
+        f"order {order.oid} is not returned (退货): the rental end (退租) {end.ticket_id} of "
+        f"its device {end.device_id} {how}; a return gives the whole order back, deposit "
+        "included, and a deposit comes back once",
+        end,
+    )
 
 
 async def ask_return(
@@ -69,6 +120,7 @@ async def ask_return(
                 f"{closes.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
                 order.state,
             )
+    await check_no_rental_end(order)
     async with in_transaction("default"):
         await fire(order, OrderEvent.RETURN, actor_role=MEMBER, actor_id=member_uid,
                    reason=reason, now=now)  # fmt: skip
@@ -79,6 +131,7 @@ async def ask_return(
 
 async def consent_return(order: Order, principal: Principal) -> Order:
     """AD-13: the platform or the vendor agrees to take the goods back."""
+    await check_no_rental_end(order)
     return await fire(
         order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
     )
@@ -144,16 +197,26 @@ async def order_of_goods(vendor_code: str, did: str, member_uid: str | None) -> 
         .order_by("-id")
     )
     for order in await orders:
-        if did not in await goods_shipped_as(order):
+        if did not in await goods_shipped_as(order) or await _gone_from(order, did):
             continue
-        gone = (
-            await Ticket.filter(order_id=order.id, device_id=did, state=TicketState.DONE)
-            .filter(Q(type=TicketType.EXCHANGE) | Q(dedup_key=rental_end_key(order.oid, did)))
-            .exists()
-        )
-        if not gone:
-            return order
+        return order
     return None
+
+
+async def _gone_from(order: Order, did: str) -> bool:
+    """Whether the order's goods left the member as `did`: its rental ended (退租 done), or
+    the last of the order's exchanges that moved it took it away (not one that gave it back,
+    as the second of A -> B -> A)."""
+    done = Ticket.filter(order_id=order.id, state=TicketState.DONE)
+    if await done.filter(dedup_key=rental_end_key(order.oid, did)).exists():
+        return True
+    moved = (
+        await done.filter(type=TicketType.EXCHANGE)
+        .filter(Q(device_id=did) | Q(new_device_id=did))
+        .order_by("-id")
+        .first()
+    )
+    return moved is not None and moved.device_id == did
 
 
 async def goods_of(order: Order) -> list[str]:
@@ -172,6 +235,7 @@ async def goods_returned(
     """AD-14: the goods are back (see the module's docstring)."""
     now = now or dt.datetime.now(dt.UTC)
     next_state(order.state, OrderEvent.REFUND, principal.role.value)  # refuse early
+    await check_no_rental_end(order)  # before the devices are locked
     dids = await goods_of(order)
     elsewhere = {
         str(did)
@@ -184,6 +248,9 @@ async def goods_returned(
             taken, ServiceChangeRequest(op="lock", reason=f"returned with order {order.oid}")
         )
     async with in_transaction("default"):
+        # Under the order's row lock, as a 退租's completion checks the order: not both.
+        await Order.filter(id=order.id).select_for_update().get()
+        await check_no_rental_end(order)
         await fire(
             order, OrderEvent.REFUND, actor_role=principal.role.value,
             actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,

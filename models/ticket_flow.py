@@ -46,6 +46,7 @@ from aquafleet.models.tickets import (
     TicketState,
     TicketType,
     can_transition,
+    closed_key,
     open_ticket,
 )
 
@@ -321,7 +322,7 @@ async def fire(
             values["done_at"] = now
         if target in (S.DONE, S.CANCELLED) and (current.dedup_key or "").startswith("fault:"):
             # Free the device+fault key: the same fault later opens a new ticket.
-            values["dedup_key"] = f"{current.dedup_key}:closed:{current.ticket_id}"[:128]
+            values["dedup_key"] = closed_key(current.dedup_key or "", current.ticket_id)
         updated = await Ticket.filter(id=current.id, state=source).using_db(conn).update(**values)
         if not updated:
             raise TicketStateConflict("the ticket changed meanwhile; reload and retry")

@@ -8,11 +8,14 @@ models/rental_end.py.
   its live service (configured with the ticket id as request id): the quota it had left at that
   moment moves over and the old device keeps none (one Redis step, models/handover.py
   hand_over, bound to the replacement: a retry naming another device once it ran is refused
-  with HandedOverElsewhere); the old device is locked and unbound;
+  with HandedOverElsewhere); a replacement from stock has the person's lock it came back
+  with lifted, as a delivery does (a device exchanged away and back, A -> B -> A, runs
+  again); the old device is locked and unbound;
 - dismantle: the device is locked and unbound (its shares end); when the ticket came from a
   member ending a rental, the order's deposit for that device is requested back, once per
   device the order shipped (models/rental_end.py: an exchange and a 退租 of the same device
-  exclude each other, both completions under the order's row lock).
+  exclude each other, and so do a return of the order and a 退租, all completions under the
+  order's row lock).
 
 Completion locks the ticket's row first and checks its state there, so of two racing
 completions only one does any work; then the device effects (each harmless to repeat: the
@@ -71,11 +74,12 @@ from aquafleet.models.handover import (
 from aquafleet.models.orders import Order, OrderLine
 from aquafleet.models.rental_end import (
     check_exchangeable,
+    check_not_returning,
     check_still_rented,
     deposit_requested_by,
 )
 from aquafleet.models.returns import goods_shipped_as, order_of_goods
-from aquafleet.models.service import ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import ServiceChangeRequest, ServiceMode, taken_back
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import (
@@ -303,6 +307,16 @@ async def _exchange(ticket: Ticket, work: DeviceWork, new_did: str | None, now: 
                 retry_recomputes=True,  # a retry reads the old device's state afresh
             ),
         )  # fmt: skip
+    if await taken_back(await Device.get(did=new_did)):
+        # From stock, as a delivery ships it: the person's lock it came back with (the
+        # exchange that took it from this member before, A -> B -> A) is lifted.
+        await work.change_service(
+            new_did,
+            ServiceChangeRequest(
+                op="unlock", reason=f"exchange ticket {ticket.ticket_id}: given from stock",
+                request_id=f"{ticket.ticket_id}:unlock",
+            ),
+        )  # fmt: skip
     await work.change_service(
         old.did,
         ServiceChangeRequest(
@@ -345,6 +359,7 @@ async def _dismantle(ticket: Ticket, work: DeviceWork, actor: str, conn: Any) ->
     order, requested_by = None, None
     if ticket.order_id is not None:  # a rental's end (退租): its deposit once (rental_end.py)
         order = await Order.filter(id=ticket.order_id).select_for_update().using_db(conn).get()
+        check_not_returning(order)  # a return gives the deposit back: not both
         await check_still_rented(ticket, order)
         requested_by = await deposit_requested_by(ticket, order, await goods_shipped_as(order))
     await work.change_service(

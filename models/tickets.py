@@ -170,6 +170,12 @@ def rental_end_key(oid: str, did: str) -> str:
     return f"rental-end:{oid}:{did}"
 
 
+def closed_key(dedup_key: str, ticket_id: str) -> str:
+    """The key a closed ticket keeps once it frees its own for the next occasion (a fault
+    ticket done or cancelled, a cancelled 退租): unique still, as it names the ticket."""
+    return f"{dedup_key}:closed:{ticket_id}"[:MAX_DEDUP_KEY]
+
+
 def fault_key(did: str, fault: str) -> str:
     """One fault ticket per device and fault while it is open (the key is released when the
     ticket is done or cancelled, so the same fault later opens a new one)."""
