@@ -223,6 +223,12 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
     extra: dict[str, Any] = {"priority": request.priority, "address": request.address}
     if member_uid is not None and principal.role is not Role.MEMBER:
         await _check_named_member(principal, member_uid, vendor_code, device)
+    elif device is None and principal.role in (Role.AGENT, Role.DEALER) and principal.agent_path:
+        from aquafleet.models.agents import path_ids
+
+        # Neither a device nor a member to take a node from: the node that opens it, which
+        # would not see its own ticket otherwise.
+        extra["agent_id"] = path_ids(principal.agent_path)[-1]
     if request.appoint_at is not None:
         extra["appoint_at"] = request.appoint_at
     if request.lat_e6 is not None and request.lng_e6 is not None:

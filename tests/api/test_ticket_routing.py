@@ -156,3 +156,23 @@ async def test_a_device_no_order_sold_is_its_members_node_and_its_own_node_comes
     await a.vendor.call("PUT", f"/devices/{bound}", {"agent_id": a.dealer_id})
     opened = await member.client.call("POST", "/tickets", {"type": 3, "device_id": bound})
     assert await seen_by(admins, opened.data["ticket_id"]) == {"vendor", "N1", "dealer"}
+
+
+async def test_a_ticket_about_no_device_nor_member_is_the_node_that_opened_it(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """An agent or dealer opens a ticket naming neither a device nor a member (AE-03): it is
+    that node's, so the node sees and works what it opened (it was the vendor's, out of sight
+    of the node that opened it)."""
+    a, _ = tenants
+    _, n2_admin = await sibling_agent(a, "aaaa-n2")
+    admins = {"vendor": a.vendor, "N1": a.agent, "dealer": a.dealer, "N2": n2_admin}
+    by_agent = await a.agent.call("POST", "/tickets", {"type": 1, "detail": "展会安装"})
+    assert await seen_by(admins, by_agent.data["ticket_id"]) == {"vendor", "N1"}
+    by_dealer = await a.dealer.call("POST", "/tickets", {"type": 5, "detail": "巡检"})
+    assert await seen_by(admins, by_dealer.data["ticket_id"]) == {"vendor", "N1", "dealer"}
+    await a.dealer.call(
+        "POST", f"/tickets/{by_dealer.data['ticket_id']}/approve", {"check_result": True}
+    )
+    by_vendor = await a.vendor.call("POST", "/tickets", {"type": 1})
+    assert await seen_by(admins, by_vendor.data["ticket_id"]) == {"vendor"}
