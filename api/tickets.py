@@ -223,7 +223,8 @@ class TicketListQuery(ListQuery):
     response=TicketOut,
     many=True,
     description="The seed says A#; every caller gets its scope: the platform all, a vendor its "
-    "own, an agent or dealer its subtree's (the device's node), a technician those dispatched "
+    "own, an agent or dealer its subtree's (the ticket's node: the device's, else that of the "
+    "order that sold it, else the member's), a technician those dispatched "
     "to it, a member its own. Filters status, type, device_id, user_id, technician_id.",
 )
 async def list_tickets(call: Call) -> Page:
@@ -356,8 +357,9 @@ class TicketIn(RequestModel):
     errors=(403, 404, 409),
     description="A+C. A member asks for an exchange, return or fault ticket for a device it "
     "holds; an admin opens any type for a device of its scope, naming (user_id) a member of "
-    "the vendor it sees or the device's owner. The ticket takes the device's node (agents' "
-    "scope; without a device the member's), place (for dispatch by distance) and owner "
+    "the vendor it sees or the device's owner. The ticket takes its node (agents' scope: the "
+    "device's, else that of the order that sold the device, never the node its member moved to "
+    "since, else the member's), the device's place (for dispatch by distance) and owner "
     "unless given; an exchange, the order whose goods the device is (409 rental_ending for a "
     "device whose 退租 is open, 409 rental_ended for one whose 退租 is done).",
 )

@@ -275,7 +275,7 @@ async def goods_returned(
             AutomaticTicket(
                 dedup_key=f"return:{order.oid}:{did}", type=TicketType.DISMANTLE,
                 vendor_code=order.vendor_id, did=str(did), member_uid=order.member_id,
-                detail=f"returned with order {order.oid}",
+                detail=f"returned with order {order.oid}", about_order_id=order.id,
             )
         )  # fmt: skip
     await order.refresh_from_db()

@@ -157,8 +157,8 @@ def actor_of(principal: Principal) -> tuple[str, str]:
 
 
 def visible_tickets(principal: Principal) -> QuerySet[Ticket]:
-    """The platform all; a vendor its own; an agent or dealer its subtree's (the device's
-    node, else the member's); a member its own; a technician those dispatched to it."""
+    """The platform all; a vendor its own; an agent or dealer its subtree's (the ticket's node:
+    models/tickets.py ticket_node); a member its own; a technician those dispatched to it."""
     role = principal.role
     if role is Role.PLATFORM:
         return Ticket.all()
@@ -223,9 +223,13 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         raise InvalidInput("name the device (did) the ticket is for")
     extra: dict[str, Any] = {"priority": request.priority, "address": request.address}
     if member_uid is not None and principal.role is not Role.MEMBER:
-        member_node = await _named_member_node(principal, member_uid, vendor_code, device)
-        if device is None:  # the ticket belongs to its member's node (agents' scope)
-            extra["agent_id"] = member_node
+        await _check_named_member(principal, member_uid, vendor_code, device)
+    elif device is None and principal.role in (Role.AGENT, Role.DEALER) and principal.agent_path:
+        from aquafleet.models.agents import path_ids
+
+        # Neither a device nor a member to take a node from: the node that opens it, which
+        # would not see its own ticket otherwise.
+        extra["agent_id"] = path_ids(principal.agent_path)[-1]
     if request.appoint_at is not None:
         extra["appoint_at"] = request.appoint_at
     if request.lat_e6 is not None and request.lng_e6 is not None:
@@ -242,12 +246,13 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
     )  # fmt: skip
 
 
-async def _named_member_node(
+async def _check_named_member(
     principal: Principal, uid: str, vendor_code: str, device: Device | None
-) -> int | None:
-    """The agent node of the member an admin names for a ticket: one of the ticket's vendor
-    the caller sees (or the device's owner); NotFound otherwise, as an unknown uid. Another
-    vendor's member would see the ticket, and an exchange would bind the device to it."""
+) -> None:
+    """The member an admin names for a ticket is one of the ticket's vendor the caller sees
+    (or the device's owner); NotFound otherwise, as an unknown uid. Another vendor's member
+    would see the ticket, and an exchange would bind the device to it. (The ticket's node is
+    models/tickets.py ticket_node: the device's, else its order's, else the member's.)"""
     from aquafleet.models.members import Member, agent_path_of
 
     member = await Member.get_or_none(uid=uid, vendor_id=vendor_code)
@@ -256,7 +261,6 @@ async def _named_member_node(
     is_owner = device is not None and device.owner_id == member.uid
     if not is_owner and not principal.may_see_node(vendor_code, await agent_path_of(member)):
         raise NotFound(f"member {uid} not found")
-    return member.agent_id
 
 
 # ----------------------------------------------------------------------------- moves

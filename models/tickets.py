@@ -100,7 +100,8 @@ class Ticket(Model):
     lng_e6 = fields.IntField(null=True)
     agent: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
         "models.Agent", related_name="tickets", null=True, on_delete=fields.RESTRICT
-    )  # the node the ticket belongs to (the device's, else the member's): agents' scope
+    )  # the node the ticket belongs to (ticket_node: the device's, else its order's, else the
+    # member's), set when it opens: agents' scope and dispatch by hierarchy
     order: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
         "models.Order", related_name="tickets", null=True, on_delete=fields.RESTRICT
     )  # install tickets of a delivery, dismantle tickets of a rental's end
@@ -196,6 +197,10 @@ class AutomaticTicket:
     member_uid: str | None = None
     detail: str = ""
     order_id: int | None = None
+    # The order the ticket is about without belonging to it (an install of its delivery, the
+    # dismantle of a device it shipped and got back with AD-14): its node is the ticket's
+    # (ticket_node). `order_id` is the order the ticket belongs to (退租, an exchange).
+    about_order_id: int | None = None
 
 
 _NEXT_SERIAL = {
@@ -242,16 +247,53 @@ async def _check_references(vendor_code: str, did: str | None) -> Device | None:
     return device
 
 
-def _placement(device: Device | None, member_uid: str | None) -> dict[str, Any]:
-    """Where a ticket belongs and whom it serves: the device's node, place and owner."""
+async def ticket_node(
+    vendor_code: str, device: Device | None, member_uid: str | None, order_id: int | None
+) -> int | None:
+    """The agent or dealer node a ticket belongs to (agents' scope, dispatch by hierarchy):
+
+    1. the device's own node (the node its device is allocated to, which sees and serves it);
+    2. else the node of the order the ticket is for (`order_id`: a 退租's, an exchange's, an
+       install's delivery, a return's), else of the order that brought the device to its member
+       (models/renewals.py `delivering_order`: followed through exchanges, never a renewal nor
+       a returned order), as that order recorded it: the node that sold the device, whatever
+       node the member is under now; an order sold by the vendor itself has none, and neither
+       has its ticket;
+    3. else (no device, or no order of the member brought it: bound by hand) the member's node.
+    """
+    from aquafleet.models.members import Member
+    from aquafleet.models.orders import Order
+    from aquafleet.models.renewals import delivering_order
+
+    if device is not None and device.agent_id is not None:
+        return device.agent_id
+    order = None
+    if order_id is not None:
+        order = await Order.get_or_none(id=order_id, vendor_id=vendor_code)
+    elif device is not None and member_uid is not None:
+        order = await delivering_order(member_uid, device.did)
+    if order is not None:
+        return order.agent_id
+    if member_uid is None:
+        return None
+    member = await Member.get_or_none(uid=member_uid, vendor_id=vendor_code)
+    return None if member is None else member.agent_id
+
+
+async def _placement(request: AutomaticTicket, device: Device | None) -> dict[str, Any]:
+    """Where a ticket belongs and whom it serves: its node (ticket_node), the device's place
+    and owner."""
+    member_uid = request.member_uid
     if device is None:
-        return {"member_uid": member_uid}
-    return {
-        "member_uid": member_uid or device.owner_id,
-        "agent_id": device.agent_id,
-        "lat_e6": device.lbs_lat_e6,
-        "lng_e6": device.lbs_lng_e6,
-    }
+        values: dict[str, Any] = {"member_uid": member_uid}
+    else:
+        member_uid = member_uid or device.owner_id
+        values = {
+            "member_uid": member_uid, "lat_e6": device.lbs_lat_e6, "lng_e6": device.lbs_lng_e6
+        }  # fmt: skip
+    order_id = request.order_id if request.order_id is not None else request.about_order_id
+    values["agent_id"] = await ticket_node(request.vendor_code, device, member_uid, order_id)
+    return values
 
 
 async def _insert(
@@ -264,7 +306,7 @@ async def _insert(
     """Create a ticket with the vendor's next id; IntegrityError if `dedup_key` is taken."""
     from aquafleet.models.outbox import enqueue_ticket_opened
 
-    values = {**_placement(device, request.member_uid), **extra}
+    values = {**await _placement(request, device), **extra}
     async with in_transaction("default") as conn:
         serial = await _next_serial(conn, request.vendor_code)
         ticket = await Ticket.create(
@@ -301,8 +343,8 @@ async def open_ticket(
     **extra: Any,
 ) -> Ticket:
     """Open a ticket a person asked for: every call is a new ticket (no dedup_key). `extra`
-    sets further columns (priority, appoint_at, address, lat_e6, lng_e6, agent_id); `order_id`
-    the order it is for (an exchange: the order whose goods the device is)."""
+    sets further columns (priority, appoint_at, address, lat_e6, lng_e6); `order_id` the order
+    it is for (an exchange: the order whose goods the device is). Its node: ticket_node."""
     request = AutomaticTicket("manual", type, vendor_code, did, member_uid, detail, order_id)
     _check(request)
     device = await _check_references(vendor_code, did)
