@@ -356,3 +356,44 @@ async def test_a_change_with_a_request_id_is_recorded_done_and_leaves_nothing_in
     assert (row.stage, row.remaining_ml, row.version) == (ChangeStage.DONE, 1500, first.version)
     assert await _unrecorded(store, did) == {}
     assert await store.client.exists(store.keyspace.service_request(did, "order:P1"))
+
+
+async def test_a_change_in_a_committed_transaction_is_settled_by_the_recovery_pass(
+    node_factory: Any, database_url: str
+):
+    """Inside the caller's transaction Redis keeps the change's record (the row might roll
+    back); once committed, the recovery pass lets Redis forget it."""
+    store, did = await _volume_device(node_factory, database_url, 1000)
+    async with in_transaction("default"):
+        await service.top_up(store, did, 500, actor=ACTOR, request_id="order:P1")
+    row = await ServiceChange.get(did=did, request_id="order:P1")
+    assert (row.stage, row.remaining_ml) == (ChangeStage.UNSETTLED, 1500)
+    assert len(await _unrecorded(store, did)) == 1
+
+    later = dt.datetime.now(dt.UTC) + GRACE + dt.timedelta(seconds=1)
+    assert await recover_changes(store, now=later) == Recovered(settled=1)
+
+    assert (await ServiceChange.get(did=did, request_id="order:P1")).stage is ChangeStage.DONE
+    assert await _unrecorded(store, did) == {}
+    retry = await service.top_up(store, did, 500, actor=ACTOR, request_id="order:P1")
+    assert retry.already_applied and (await store.read(did)).remaining_ml == 1500
+
+
+async def test_service_show_marks_a_pending_change_and_does_not_name_it_as_the_locker(
+    node_factory: Any, database_url: str
+):
+    """A lock whose try died before Redis is listed as pending; the lock in force is named as
+    the one that ran."""
+    from aquafleet.commands.service import _locks_and_history, _state_json
+
+    store, did = await _volume_device(node_factory, database_url, 1000)
+    await service.lock(store, did, actor="ops:lee", reason="unpaid invoice")
+    with pytest.raises(Died):
+        await service.lock(DiedBeforeRedis(), did, actor="ops:kim", request_id="T1")
+
+    shown = await _locks_and_history(did, _state_json(did, await store.read(did)), 5)
+
+    assert [(lock["kind"], lock["by"]) for lock in shown["locks"]] == [("manual", "ops:lee")]
+    assert [(h["actor"], h["pending"]) for h in shown["history"][:2]] == [
+        ("ops:kim", True), ("ops:lee", False),
+    ]  # fmt: skip
