@@ -397,3 +397,22 @@ async def test_service_show_marks_a_pending_change_and_does_not_name_it_as_the_l
     assert [(h["actor"], h["pending"]) for h in shown["history"][:2]] == [
         ("ops:kim", True), ("ops:lee", False),
     ]  # fmt: skip
+
+
+async def test_racing_retries_of_a_pending_top_up_grant_it_once(
+    node_factory: Any, database_url: str
+):
+    """Three retries at once of a top-up that never reached Redis: one applies it, the others
+    answer it applied; one row, done."""
+    store, did = await _volume_device(node_factory, database_url, 1000)
+    with pytest.raises(Died):
+        await service.top_up(DiedBeforeRedis(), did, 500, actor=ACTOR, request_id="order:P1")
+
+    answers = await asyncio.gather(
+        *(service.top_up(store, did, 500, actor=ACTOR, request_id="order:P1") for _ in range(3))
+    )
+
+    assert sorted(a.applied for a in answers) == [False, False, True]
+    assert (await store.read(did)).remaining_ml == 1500
+    row = await ServiceChange.get(did=did, request_id="order:P1")
+    assert (row.stage, row.remaining_ml) == (ChangeStage.DONE, 1500)
