@@ -73,6 +73,12 @@ class Keyspace:
         """Marks a service change request as applied (a retried top-up is applied once)."""
         return f"{self.shard_prefix(self.shard_of(did))}r:{did}:{request_id}"
 
+    def service_unrecorded(self, did: str) -> str:
+        """Hash request marker key -> record of the device's service changes applied whose
+        database row is still pending (service.lua KEYS[7]); no expiry: models/service.py
+        deletes each field once its row is complete."""
+        return f"{self.shard_prefix(self.shard_of(did))}sa:{did}"
+
     def rental_schedule(self, kind: str, shard: int) -> str:
         """A shard's sorted set did -> rental_expires_at of the time-rental scheduler, one per
         kind (expiry, remind, grace); in the shard's slot, so service.lua keeps it atomically."""

@@ -64,6 +64,7 @@ from aquafleet.gateway.tcp import start_tcp_server
 from aquafleet.models.db import close_database, init_database
 from aquafleet.models.faults import FaultWatch
 from aquafleet.models.filters import MaintenanceWatch
+from aquafleet.models.service_pending import ChangeRecovery
 from aquafleet.models.usage import LedgerPruner
 from aquafleet.protocol import ErrorCode, speedups
 
@@ -350,6 +351,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     pruner = LedgerPruner(settings.ledger_retention_days)
+    recovery = ChangeRecovery(store)
     scheduler = RentalScheduler(
         client=app[REDIS],
         scripts=app[SCRIPTS],
@@ -362,7 +364,7 @@ async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
         on_reminder=record_rental_reminder,
         on_grace=open_dismantle_after_grace,
         on_expired=record_rental_expired,
-        sweep=lambda: sweep_deadlines(app, pruner),
+        sweep=lambda: sweep_deadlines(app, pruner, recovery),
     )
     app[RENTAL_SCHEDULER] = scheduler
     app[TASKS].start("rental-scheduler", scheduler.run)
@@ -420,13 +422,23 @@ async def fleet_sampler_ctx(app: web.Application) -> AsyncIterator[None]:
     await sampler.lease.hand_over()
 
 
-async def sweep_deadlines(app: web.Application, pruner: LedgerPruner | None = None) -> int:
+async def sweep_deadlines(
+    app: web.Application,
+    pruner: LedgerPruner | None = None,
+    recovery: ChangeRecovery | None = None,
+) -> int:
     """Each second on the scheduler's owner: vending sessions and commands past their deadline
-    (and, hourly, raw ledger rows past their retention)."""
+    (hourly, raw ledger rows past their retention; each minute, service changes a process left
+    pending: models/service_pending.py)."""
     from aquafleet.models.vending import expire_dispenses
 
     if pruner is not None and (pruned := await pruner.maybe_prune(dt.datetime.now(dt.UTC))):
         log.info("ledger_pruned", records=pruned.rows, partitions=list(pruned.partitions))
+    if recovery is not None and (found := await recovery.maybe_recover(dt.datetime.now(dt.UTC))):
+        log.info(
+            "service_changes_recovered", completed=found.completed, dropped=found.dropped,
+            settled=found.settled,
+        )  # fmt: skip
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)
     if commands is not None:

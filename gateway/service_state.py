@@ -16,9 +16,13 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
+from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.keys import Keyspace
-from aquafleet.gateway.redis_io import Scripts
+from aquafleet.gateway.logs import get_logger
+from aquafleet.gateway.redis_io import Scripts, redis_errors
 from aquafleet.protocol import DesiredState
+
+log = get_logger("aquafleet.service")
 
 QUOTA_LOCK, EXPIRED_LOCK, MANUAL_LOCK = 1, 2, 4
 RENTAL_SCHEDULES = ("expiry", "remind", "grace")  # KEYS[3..5] of service.lua, in this order
@@ -84,6 +88,14 @@ class MarkedChange:
     op: str
     args: tuple[int | None, ...]
     state: ServiceState
+
+
+class Recalled(NamedTuple):
+    """What Redis knows of a request id's change without applying it: `applied`, and the
+    change's record (None: none kept, a marker written before records were)."""
+
+    applied: bool
+    marked: MarkedChange | None
 
 
 class ChangeAnswer(NamedTuple):
@@ -164,7 +176,8 @@ class ServiceStore:
         self._channel_prefix = keyspace.script_channels
 
     def _keys(self, did: str, request_id: str | None, *markers: str) -> list[str]:
-        """service.lua's KEYS for `did` (the request marker, then other markers, last)."""
+        """service.lua's KEYS for `did` (the request marker, then other markers or the
+        unrecorded hash, last)."""
         keyspace = self.keyspace
         shard = keyspace.shard_of(did)
         keys = [
@@ -184,8 +197,12 @@ class ServiceStore:
         *args: int | None,
         request_id: str | None = None,
         now_ms: int | None = None,
+        pending: bool = False,
     ) -> ChangeAnswer:
-        keys = self._keys(did, request_id)
+        """`pending`: the database holds a pending row for `request_id`; the change's record
+        is kept in the device's unrecorded hash too, until `settle` (docs/metering.md)."""
+        unrecorded = [self.keyspace.service_unrecorded(did)] if pending and request_id else []
+        keys = [*self._keys(did, request_id), *unrecorded]
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = [op, now_ms, self._channel_prefix, did, *(_arg(a) for a in args)]
         (reply,) = await self.scripts.run(self.client, [("service", keys, argv)], f"service {op}")
@@ -194,6 +211,35 @@ class ServiceStore:
         if applied is Applied.ALREADY_APPLIED and len(reply) > 7:
             marked = parse_record(reply[7])
         return ChangeAnswer(applied, state, marked)
+
+    async def recall(self, did: str, request_id: str) -> Recalled:
+        """What the live store knows of the change under `request_id`, changing nothing."""
+        marker = self.keyspace.service_request(did, request_id)
+        with redis_errors(f"service recall {did}"):  # the marker first: the change lands
+            value = await self.client.get(marker)  # with both, and the hash outlives it
+            kept = await self.client.hget(self.keyspace.service_unrecorded(did), marker)
+        if kept is not None:
+            return Recalled(True, parse_record(kept))
+        if value is None:
+            return Recalled(False, None)
+        if isinstance(value, bytes):
+            value = value.decode()
+        own, _, record = value.partition("#")
+        if own.startswith("taken|"):  # an exchange's take-back: its configure never landed
+            return Recalled(False, None)
+        return Recalled(True, parse_record(record) if record else None)
+
+    async def settle(self, did: str, request_id: str) -> bool:
+        """Forget the record the unrecorded hash keeps of `request_id` (its database row is
+        complete now); False when Redis could not be told (a later pass retries)."""
+        marker = self.keyspace.service_request(did, request_id)
+        try:
+            with redis_errors(f"service settle {did}"):
+                await self.client.hdel(self.keyspace.service_unrecorded(did), marker)
+        except GatewayError as exc:
+            log.warning("service_settle_failed", did=did, request_id=request_id, error=str(exc))
+            return False
+        return True
 
     async def hand_over(
         self,

@@ -228,6 +228,10 @@ def order_request_id(oid: str) -> str:
 async def applied_under_order_id(did: str, oid: str, reason: str) -> bool:
     """An order's device change recorded under the bare order id (before order_request_id), by
     its reason: it was applied, and is not applied again under the new id."""
-    from aquafleet.models.service import ServiceChange
+    from aquafleet.models.service import ChangeStage, ServiceChange
 
-    return await ServiceChange.exists(did=did, request_id=oid, reason=reason)
+    return (
+        await ServiceChange.filter(did=did, request_id=oid, reason=reason)
+        .exclude(stage=ChangeStage.PENDING)
+        .exists()
+    )

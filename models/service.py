@@ -4,8 +4,10 @@ locks; and the history of every change, with who and why.
 The live state is in Redis next to the device's meter (gateway/service_state.py), so metering
 can draw the quota down atomically. These services validate a change, apply it there through a
 `ServiceBackend`, and record it here. A change carrying a `request_id` (an order id, say) is
-applied once however often it is retried; another change under a request id already used on
-the device is refused (ServiceRequestReused), never taken for a retry of the first.
+applied once however often and however late it is retried (its row is written pending before
+Redis runs it: models/service_pending.py completes the rows a process left pending); another
+change under a request id already used on the device is refused (ServiceRequestReused), never
+taken for a retry of the first.
 
 An exchange's hand-over and hand-back of the service are in models/handover.py, a command's
 device lookup in models/command_target.py.
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
 
-from tortoise import fields
+from tortoise import connections, fields
+from tortoise.backends.base.client import TransactionalDBClient
 from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
@@ -65,6 +68,14 @@ class DeviceService(Model):
         table = "device_service"
 
 
+class ChangeStage(IntEnum):
+    """How far a change's row is (docs/metering.md, "A change's request id")."""
+
+    DONE = 0  # recorded; nothing of it left to settle in Redis (an event's row too)
+    PENDING = 1  # written before Redis was asked: not known yet whether the change ran
+    UNSETTLED = 2  # recorded; Redis' unrecorded hash still keeps its record (settle)
+
+
 class ServiceChange(Model):
     """One change of a device's service state, or an event of it (quota lock, low balance)."""
 
@@ -83,6 +94,9 @@ class ServiceChange(Model):
     # What the change asked (service.lua's arguments, [] for a lock), to tell a retry under its
     # request id from another change; None: an event, or recorded before they were kept.
     request_args: list[int | None] | None = fields.JSONField(null=True)
+    # A change under a request id is written PENDING before service.lua runs it, and completed
+    # with the state right after it once Redis answered (ChangeStage).
+    stage = fields.IntEnumField(ChangeStage, default=ChangeStage.DONE, db_default=0, db_index=True)
     created_at = fields.DatetimeField()
 
     class Meta:
@@ -93,12 +107,18 @@ class ServiceChange(Model):
 class ServiceBackend(Protocol):
     """The live store (gateway.service_state.ServiceStore satisfies it). `change` answers
     (applied, state, marked): `marked`, when the request id was applied before, is what its
-    marker recorded of that change (gateway.service_state.MarkedChange: op, args, state)."""
+    marker recorded of that change (gateway.service_state.MarkedChange: op, args, state).
+    `pending`: the database holds a pending row for the request id, so Redis keeps the
+    change's record until `settle`; `recall` answers (applied, marked) changing nothing."""
 
     async def change(
         self, did: str, op: str, *args: int | None, request_id: str | None = None,
-        now_ms: int | None = None,
+        now_ms: int | None = None, pending: bool = False,
     ) -> tuple[Any, ...]: ...  # fmt: skip
+
+    async def recall(self, did: str, request_id: str) -> tuple[Any, ...]: ...
+
+    async def settle(self, did: str, request_id: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,33 +314,90 @@ async def _apply(
     now = now or dt.datetime.now(dt.UTC)
     # Another change under a used request id: refused, not applied. The same change recorded
     # is applied: not sent to Redis again, whose marker of it may have expired (a week),
-    # where it would grant the water or the rental time twice.
-    if request_id is not None and await check_retry(
-        did, request_id, op, args, retry_recomputes=retry_recomputes
-    ):
+    # where it would grant the water or the rental time twice. A new one is written pending
+    # first; one found pending is sent again, and service.lua says whether it ran.
+    if request_id is not None and not await _pending_first(
+        did, op, args, actor=actor, reason=reason, request_id=request_id,
+        amount_ml=amount_ml, seconds=seconds, retry_recomputes=retry_recomputes, now=now,
+    ):  # fmt: skip
         return await _applied_before(backend, did, now)
     answer = await backend.change(
-        did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000)
-    )
+        did, op, *args, request_id=request_id, now_ms=int(now.timestamp() * 1000),
+        pending=request_id is not None,
+    )  # fmt: skip
     applied, state = answer[0], answer[1]
     marked = answer[2] if len(answer) > 2 else None
     code = int(applied)
     if code == -2:
+        if request_id is not None:
+            await drop_pending(did, request_id)  # nothing ran: the id is free again
         raise Conflict(f"device {did} is not metered against a volume quota")
     row_state, request_args = state, list(args)
-    if code == -1 and request_id is not None:
-        # Applied before: by a racing request under the same id, recorded since the check?
-        await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
-        if marked is not None:  # or by one whose process died before the database's row
+    if code == -1 and request_id is not None and marked is not None:
+        # Applied before (by a try whose process died before its row): that change's record
+        try:
             check_marked(did, request_id, marked, op, args, retry_recomputes=retry_recomputes)
-            row_state, request_args = marked.state, list(marked.args)
-            if op == "configure" and len(request_args) == 4:  # a recomputed one's first
-                amount_ml = request_args[1]
+        except ServiceRequestReused:
+            await drop_pending(did, request_id)  # ours never ran: another did, under the id
+            raise
+        row_state, request_args = marked.state, list(marked.args)
+        if op == "configure" and len(request_args) == 4:  # a recomputed one's first
+            amount_ml = request_args[1]
     await record_applied(
         did, op, state, actor=actor, reason=reason, request_id=request_id, amount_ml=amount_ml,
         seconds=seconds, request_args=request_args, now=now, row_state=row_state,
+        stage=ChangeStage.DONE if request_id is None else ChangeStage.UNSETTLED,
     )  # fmt: skip
+    if request_id is not None:
+        await settle(backend, did, request_id)
     return _outcome(code, state)
+
+
+async def _pending_first(
+    did: str, op: str, args: Sequence[int | None], *, actor: str, reason: str,
+    request_id: str, amount_ml: int | None, seconds: int | None, retry_recomputes: bool,
+    now: dt.datetime,
+) -> bool:  # fmt: skip
+    """Before Redis runs a change under `request_id`: False when the database recorded it
+    (a retry: applied before); True when it is pending, written now or by an earlier try
+    whose outcome is not known. ServiceRequestReused when the row is of another change."""
+    for _ in range(2):
+        first = await check_retry(did, request_id, op, args, retry_recomputes=retry_recomputes)
+        if first is not None:
+            return first.stage is ChangeStage.PENDING
+        try:
+            await _record_change(
+                did=did, op=op, amount_ml=amount_ml, seconds=seconds, actor=actor,
+                reason=reason[:255], request_id=request_id, request_args=list(args),
+                stage=ChangeStage.PENDING, created_at=now,
+            )  # fmt: skip
+            return True
+        except IntegrityError:
+            continue  # a racing try under the id wrote its row first: compare with it
+    raise Conflict(f"request_id {request_id!r} of device {did} is being changed: try again")
+
+
+async def drop_pending(did: str, request_id: str) -> None:
+    """Delete the pending row under `request_id`: its change did not run."""
+    await ServiceChange.filter(did=did, request_id=request_id, stage=ChangeStage.PENDING).delete()
+
+
+def in_outer_transaction() -> bool:
+    """The caller's database transaction is open (a delivery's, say): what is written now
+    may still roll back."""
+    return isinstance(connections.get("default"), TransactionalDBClient)
+
+
+async def settle(backend: ServiceBackend, did: str, request_id: str) -> None:
+    """Let Redis forget the record it keeps of a change whose row is complete, once that row
+    is committed; inside a caller's transaction the recovery pass does it after the commit
+    (models/service_pending.py): were it to roll back, the record is what is left."""
+    if in_outer_transaction():
+        return
+    if await backend.settle(did, request_id):
+        await ServiceChange.filter(
+            did=did, request_id=request_id, stage=ChangeStage.UNSETTLED
+        ).update(stage=ChangeStage.DONE)
 
 
 async def _applied_before(backend: ServiceBackend, did: str, now: dt.datetime) -> ChangeOutcome:
@@ -357,20 +434,29 @@ async def record_applied(
     now: dt.datetime,
     request_args: list[int | None] | None = None,
     row_state: Any = None,
+    stage: ChangeStage = ChangeStage.DONE,
 ) -> None:
-    """Record a change Redis applied (once per request id) and move the copy up to `state`.
-    `row_state`: the state right after the change when it is not `state` (a retry's: the
-    first change's, from its marker)."""
+    """Record a change Redis applied (once per request id: its pending row is completed, left
+    UNSETTLED for `settle`) and move the copy up to `state`. `row_state`: the state right
+    after the change when it is not `state` (a retry's: the first change's, from its
+    record). `stage`: of a row written here (UNSETTLED: Redis keeps the change's record)."""
     after = state if row_state is None else row_state
-    already = request_id is not None and await ServiceChange.exists(did=did, request_id=request_id)
-    if not already:  # a retry after a crash between Redis and here records it now
+    values = {
+        "op": op, "amount_ml": amount_ml, "seconds": seconds,
+        "remaining_ml": after.remaining_ml, "rental_expires_at": after.rental_expires_at,
+        "lock_bits": after.lock_bits, "version": after.version, "request_args": request_args,
+    }  # fmt: skip
+    if request_id is None:
+        await _record_change(did=did, actor=actor, reason=reason[:255], created_at=now, **values)
+    elif not await ServiceChange.filter(
+        did=did, request_id=request_id, stage=ChangeStage.PENDING
+    ).update(stage=ChangeStage.UNSETTLED, **values) and not await ServiceChange.exists(
+        did=did, request_id=request_id
+    ):  # none pending: an exchange's step, or a pending row the recovery pass dropped since
         with contextlib.suppress(IntegrityError):  # a concurrent retry recorded it first
             await _record_change(
-                did=did, op=op, amount_ml=amount_ml, seconds=seconds,
-                remaining_ml=after.remaining_ml, rental_expires_at=after.rental_expires_at,
-                lock_bits=after.lock_bits, version=after.version, actor=actor,
-                reason=reason[:255], request_id=request_id, request_args=request_args,
-                created_at=now,
+                did=did, actor=actor, reason=reason[:255], request_id=request_id,
+                stage=stage, created_at=now, **values,
             )  # fmt: skip
     if state.mode is not None:
         await copy_state(did, state, now)

@@ -81,14 +81,14 @@ def _change_line(args: argparse.Namespace, item: dict[str, Any]) -> str:
 
 async def _locks_and_history(did: str, state: dict[str, Any], limit: int) -> dict[str, Any]:
     """Each lock in force with who set it, when and why, and the device's latest changes."""
-    from aquafleet.models.service import ServiceChange
+    from aquafleet.models.service import ChangeStage, ServiceChange
 
     changes = await ServiceChange.filter(did=did).order_by("-id").limit(limit)
     history = [
         {
             "at": iso(c.created_at), "op": c.op, "amount_ml": c.amount_ml,
             "seconds": c.seconds, "actor": c.actor, "reason": c.reason,
-            "request_id": c.request_id,
+            "request_id": c.request_id, "pending": c.stage is ChangeStage.PENDING,
         }
         for c in changes
     ]  # fmt: skip
@@ -99,7 +99,12 @@ async def _locks_and_history(did: str, state: dict[str, Any], limit: int) -> dic
             lock.update(by="rental", reason="the rental expired", at=state["rental_expires_at"])
         else:  # a person's lock, or the meter's when the quota ran out
             op = "lock" if kind == "manual" else "quota_lock"
-            last = await ServiceChange.filter(did=did, op=op).order_by("-id").first()
+            last = (
+                await ServiceChange.filter(did=did, op=op)
+                .exclude(stage=ChangeStage.PENDING)  # not known to have run
+                .order_by("-id")
+                .first()
+            )
             if last is not None:
                 lock.update(by=last.actor, reason=last.reason, at=iso(last.created_at))
         locks.append(lock)
@@ -141,7 +146,8 @@ def _render_show(items: list[dict[str, Any]]) -> str:
         if item["history"]:
             text += "\n  latest changes:\n" + table(
                 ["at", "op", "amount", "actor", "reason", "request id"],
-                [[h["at"], h["op"], _amount(h), h["actor"], h["reason"], h["request_id"]]
+                [[h["at"], h["op"] + (" (pending)" if h["pending"] else ""), _amount(h),
+                  h["actor"], h["reason"], h["request_id"]]
                  for h in item["history"]],
                 indent=4,
             )  # fmt: skip

@@ -5,7 +5,12 @@
 -- KEYS[3], KEYS[4], KEYS[5] the shard's rental schedules (expiry, remind, grace): sorted sets
 --         did -> rental_expires_at, kept here in the same atomic step as the state
 -- KEYS[6] optional: request marker r:<did>:<request id> (a retried request is applied once)
--- KEYS[7] handback only, optional: the marker of the exchange's lock of this device
+-- KEYS[7] handback only, optional: the marker of the exchange's lock of this device;
+--         the changes of models/service.py, optional: the device's unrecorded changes
+--         sa:<did> (a hash: request marker key -> the change's record, below), given when the
+--         database holds a pending row for the request id: the step writes the change's
+--         record there too, with no expiry, and models/service.py deletes it once the row is
+--         complete, so whether the change ran stays known after the marker expires
 -- ARGV[1] op, ARGV[2] now (unix ms), ARGV[3] node channel prefix ("aq:node:"), ARGV[4] did,
 -- ARGV[5..] the op's arguments ("-" = none):
 --   configure  mode remaining_ml rental_expires_at low_balance_ml
@@ -61,7 +66,10 @@
 -- for the database: "op|args|version,lock bits,mode,remaining_ml,rental_expires_at,low"
 -- (the state right after it, '-' where unset), so models/service.py can record the change
 -- as it was applied when its process died before the database's row, and refuse another
--- change under the id (docs/metering.md, "A change's request id").
+-- change under the id (docs/metering.md, "A change's request id"). With KEYS[7] (the
+-- database holds the change's row pending) the same record goes into the device's unrecorded
+-- hash too, with no expiry: when the marker has expired, a change found there was applied
+-- (-1 with its record), so a late retry never applies it twice.
 -- Lock bits: 1 quota exhausted, 2 rental expired, 4 locked by a person. The device is locked
 -- when any bit is set.
 
@@ -157,8 +165,17 @@ local function record_of(value)
 end
 
 if op == 'read' then return answer(0) end
+-- KEYS[7] of a change of models/service.py (not of the exchange's steps): its unrecorded hash
+local unrecorded = nil
+if request and op ~= 'handover' and op ~= 'handback' and op ~= 'takeback' then
+  unrecorded = KEYS[7]
+end
 local seen_value = false
 if request then seen_value = redis.call('GET', request) end
+if not seen_value and unrecorded then  -- the marker expired; the unrecorded hash outlives it
+  local kept = redis.call('HGET', unrecorded, request)
+  if kept then seen_value = '1#' .. kept end
+end
 local seen = own_part(seen_value)
 -- The database recorded this exchange's hand-over longer ago than markers live: without its
 -- marker the step cannot be told apart from one never done, so nothing is changed (-4).
@@ -336,6 +353,7 @@ local function mark(value)
   else
     redis.call('SET', request, value, 'EX', 604800)
   end
+  if unrecorded then redis.call('HSET', unrecorded, request, record()) end
 end
 
 if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode
