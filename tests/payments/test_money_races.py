@@ -7,16 +7,21 @@ request answers 500, and `aquafleet money check` finds nothing."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from aquafleet.api.errors import ERROR_CODES
+from aquafleet.models.commission_check import check_commissions
+from aquafleet.models.commissions import Withdrawal, member_earner
 from aquafleet.models.money import MoneyTransaction, Refund, RefundState, balance
 from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.orders import Order
 from aquafleet.models.service import DAY_S, DeviceService, ServiceChange
 from aquafleet.models.wallet import wallet_balance
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
+from tests.api.shop import add_product
+from tests.api.test_commissions_api import COMMIS, bought_and_done, chain
 from tests.api.test_delivery_api import PARCEL
 from tests.api.test_rental_exchanges import DEPOSIT, two_device_rental
 from tests.api.test_ticket_work_api import work_through
@@ -267,3 +272,41 @@ async def test_a_rental_end_completed_twice_at_once_gives_the_deposit_back_once(
     # And a mark-paid of the order sent again meanwhile changes nothing.
     await mark_paid(oid, admin=PLATFORM_USER, reason="again")
     assert await MoneyTransaction.filter(key=f"pay:{oid}").count() == 1
+
+
+# ----------------------------------------------------------------------------- withdrawals
+
+
+async def test_a_withdrawal_sent_twice_at_once_and_two_beyond_the_balance(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """AE-03 (提现) over HTTP: the same request id twice at once makes one withdrawal (the
+    retry answers it); two request ids whose sum is more than is available, at once, let one
+    through (the other waits its 30 s or finds the balance short); available never below 0."""
+    a, _ = tenants
+    _m1, m2, buyer = await chain(api_node, api, a)
+    pid = await add_product(a.vendor, commis=COMMIS)
+    await bought_and_done(a, buyer, pid)
+    before = (await m2.client.call("GET", "/commission/summary")).data["available"]
+    body = {"amount": 1000, "request_id": "w-1"}
+    answers = await both(*(send(m2.client, "POST", "/commission", body) for _ in range(2)))
+    assert [outcome(x) for x in answers] == [(200, ""), (200, "")], answers
+    assert answers[0][1]["data"]["id"] == answers[1][1]["data"]["id"]
+    assert await Withdrawal.filter(earner=member_earner(m2.uid)).count() == 1
+
+    first = await Withdrawal.get(earner=member_earner(m2.uid))
+    await Withdrawal.filter(id=first.id).update(  # made longer ago than the 30-second rule
+        created_at=first.created_at - dt.timedelta(seconds=31)
+    )
+    half = (before - 1000) // 2 + 1  # two of them are more than is left
+    answers = await both(
+        *(send(m2.client, "POST", "/commission", {"amount": half, "request_id": f"w-{i}"})
+          for i in (2, 3))
+    )  # fmt: skip
+    kinds = sorted(outcome(x) for x in answers)
+    assert kinds[0] == (200, "")
+    assert kinds[1] in {(409, "insufficient_funds"), (429, "rate_limited")}
+    summary = (await m2.client.call("GET", "/commission/summary")).data
+    assert (summary["available"], summary["payout"]) == (before - 1000 - half, 1000 + half)
+    assert await check_commissions() == []
+    await assert_ledger_clean()
