@@ -407,6 +407,16 @@ async def _compute(order: Any, now: dt.datetime) -> None:
         )  # fmt: skip
 
 
+def deciding_accounts(earner: str) -> list[str]:
+    """The earner's accounts a move splits money between by their balances (available, debt):
+    a reversal takes from available and owes the rest, an activation and a failed withdrawal
+    repay the debt and make the rest available. Each such move locks both, so two of them for
+    one earner decide one after the other; locking only the one each reads let a reversal
+    read nothing available (a debt) while an activation read no debt (all available), and the
+    earner held the reversed commission and the debt for it at once."""
+    return [commission_account(earner, Bucket.AVAILABLE), commission_account(earner, Bucket.DEBT)]
+
+
 async def lock_accounts(names: Iterable[str]) -> None:
     """Lock the guarded accounts' rows (as `post` does) before reading their balances, so the
     entries written in this transaction were decided on balances nobody else changes."""
@@ -461,12 +471,9 @@ async def _reverse_to(
     deltas = {row.id: row.kept_fen - kept_after_refunds(int(row.amount_fen), share) for row in rows}
     if not any(deltas.values()):
         return
-    available = [
-        commission_account(r.earner, Bucket.AVAILABLE)
-        for r in rows
-        if deltas[r.id] and r.state is CommissionState.AVAILABLE
-    ]
-    await lock_accounts(available)
+    taken = [r for r in rows if deltas[r.id] and r.state is CommissionState.AVAILABLE]
+    available = [commission_account(r.earner, Bucket.AVAILABLE) for r in taken]
+    await lock_accounts(name for r in taken for name in deciding_accounts(r.earner))
     before = sum(r.kept_fen for r in rows)
     after = before - sum(deltas.values())
     legs = part_legs(order.oid, order.goods_fen, before, after)
@@ -514,7 +521,7 @@ async def _activate(order: Any, now: dt.datetime) -> None:
     if not rows:
         return
     debts = [commission_account(r.earner, Bucket.DEBT) for r in rows]
-    await lock_accounts(debts)
+    await lock_accounts(name for r in rows for name in deciding_accounts(r.earner))
     legs: list[Leg] = []
     for row in rows:
         amount = row.kept_fen

@@ -25,6 +25,7 @@ from aquafleet.models.commissions import (
     Withdrawal,
     WithdrawalState,
     commission_account,
+    deciding_accounts,
     earner_of,
     lock_accounts,
 )
@@ -268,7 +269,7 @@ async def _returned(earner: str, amount: int) -> tuple[list[Leg], list[Guard]]:
     does (models/commissions.py `_activate`). Else an earner whose withdrawal failed after a
     refund reversed it withdrew the reversed money again, its debt still owed."""
     debt = commission_account(earner, Bucket.DEBT)
-    await lock_accounts([debt])
+    await lock_accounts(deciding_accounts(earner))  # as a reversal racing it does
     repay = min(amount, max(0, side_balance(await balance(debt), Side.DEBIT)))
     legs = [Leg(debt, -repay)] if repay else []
     if amount - repay:
