@@ -40,6 +40,7 @@ NOTIFY_ACK = "success"
 # time_expire's range (alipay.trade.wap.pay: 1m~15d)
 MIN_EXPIRE = dt.timedelta(minutes=1)
 MAX_EXPIRE = dt.timedelta(days=15)
+CLOCK_MARGIN = dt.timedelta(minutes=10)  # Alipay's clock reads time_expire, not ours
 
 
 class AlipayNotificationRefused(DomainError):
@@ -160,6 +161,16 @@ class AlipayPayments(PaymentChannel):
                 return Closing.PAID
             return Closing.CLOSED if answer.get("trade_status") == "TRADE_CLOSED" else Closing.OPEN
         return Closing.CLOSED
+
+    async def may_appear_until(self, payment: Payment) -> dt.datetime | None:
+        """A wap.pay URL never opened has no trade at Alipay until the member opens it,
+        which it may until its time_expire: at the latest the deadline a URL signed now
+        would carry (`pay_deadline`; every URL of the bill was signed before), with a margin
+        for Alipay's clock."""
+        order = await Order.get_or_none(oid=payment.order_oid)
+        if order is None:
+            return None
+        return self.pay_deadline(order) + CLOCK_MARGIN
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order at Alipay (alipay.trade.close), then here. A trade

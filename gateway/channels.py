@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from aquafleet.gateway.logs import get_logger
+from aquafleet.models.bill_numbers import leave_number
 from aquafleet.models.errors import DomainError, Unavailable
 from aquafleet.models.merchants import PaymentNotConfigured
 from aquafleet.models.money import Refund, RefundState, move_refund, settle_refund
@@ -177,6 +178,14 @@ class PaymentChannel:
                 f"the bill of order {payment.order_oid} is still payable at {self.label}, which "
                 "could not close it yet; try again"
             )
+        until = await self.may_appear_until(payment) if closing is Closing.NOT_THERE else None
+        if until is not None:
+            # Not at the channel yet, but what the member holds may still open it there and
+            # pay (an Alipay URL): the sweep asks there until then (models/bill_numbers.py).
+            await leave_number(
+                payment, channel=self.name, bill_no=payment.bill_no,
+                prepay_id=payment.prepay_id, payable_until=until,
+            )  # fmt: skip
         await release_bill(payment, spent=closing is Closing.CLOSED)
         log.info("bill_released", bill_no=payment.bill_no, channel=self.name, found=closing.value)
 
@@ -185,6 +194,12 @@ class PaymentChannel:
         found. Raises one of `unanswered` or `refusals` when it cannot tell. A channel with
         nothing to close: NOT_THERE."""
         return Closing.NOT_THERE
+
+    async def may_appear_until(self, payment: Payment) -> dt.datetime | None:
+        """Until when a bill the channel did not have (`Closing.NOT_THERE`) may still appear
+        there, opened by what the member holds; None: never (it only ever has the bills we
+        open there)."""
+        return None
 
     async def close(self, payment: Payment) -> bool:
         """Close the bill of a closed order; True when closed at the channel. A channel

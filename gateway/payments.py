@@ -21,11 +21,13 @@ from aquafleet.gateway.errors import GatewayError
 from aquafleet.gateway.lease import NodeLease
 from aquafleet.gateway.logs import get_logger
 from aquafleet.gateway.metrics import Metrics
+from aquafleet.gateway.old_numbers import sweep_old_numbers
 from aquafleet.gateway.payouts import WechatTransferPayout
 from aquafleet.gateway.providers.alipay import AlipayUnavailable
 from aquafleet.gateway.providers.wechatpay import WechatPayClient, WechatPayUnavailable
 from aquafleet.gateway.redis_io import Scripts
 from aquafleet.gateway.wechatpay import WechatPayments
+from aquafleet.models.bill_numbers import leave_number, number_done
 from aquafleet.models.errors import DomainError
 from aquafleet.models.merchants import PaymentNotConfigured
 from aquafleet.models.money import (
@@ -60,6 +62,10 @@ log = get_logger("aquafleet.payments")
 
 WALLET = "wallet"
 SWEEP_BATCH = 100
+# Outcomes after which a number's payment is here (its one payment at the provider).
+SETTLES_NUMBER = frozenset(
+    {Outcome.PAID, Outcome.PAID_TWICE, Outcome.REFUND_AFTER_CLOSE, Outcome.DUPLICATE}
+)
 
 
 @dataclass(slots=True)
@@ -76,6 +82,11 @@ class SweepReport:
     payouts_checked: int = 0
     payouts_paid: int = 0
     payouts_failed: int = 0
+    # Numbers a bill left open at a provider (gateway/old_numbers.py): asked about, closed
+    # there, and found paid there (the payment applied: paid, or refunded as a second one).
+    old_numbers_asked: int = 0
+    old_numbers_closed: int = 0
+    old_numbers_paid: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -119,6 +130,9 @@ class PaymentService:
         (`close_elsewhere`)."""
         await self.close_elsewhere(notice)
         outcome = await apply_channel_payment(notice, apply_service=self.apply_service)
+        if outcome in SETTLES_NUMBER:
+            # The number's one payment is here: nothing more to find or close under it.
+            await number_done(notice.channel, notice.bill_no)
         fields = {"bill_no": notice.bill_no, "transaction_no": notice.transaction_no}
         if outcome is Outcome.PAID or outcome is Outcome.TOPPED_UP:
             self.metrics.payments_paid += 1
@@ -154,20 +168,33 @@ class PaymentService:
         try:
             closing = await channel.close_to_move(payment)
         except cannot as exc:
-            log.warning(
-                "bill_left_open", bill_no=payment.bill_no, channel=payment.channel,
-                paid_under=notice.bill_no, paid_at=notice.channel, why=str(exc),
-            )  # fmt: skip
+            await self._left_open(payment, notice, str(exc))
             return
         if closing is Closing.OPEN:
-            log.warning(
-                "bill_left_open", bill_no=payment.bill_no, channel=payment.channel,
-                paid_under=notice.bill_no, paid_at=notice.channel, why="not closed yet",
+            await self._left_open(payment, notice, "not closed yet")
+            return
+        until = await channel.may_appear_until(payment) if closing is Closing.NOT_THERE else None
+        if until is not None:  # an Alipay URL never opened: it may still open and pay
+            await leave_number(
+                payment, channel=payment.channel, bill_no=payment.bill_no,
+                prepay_id=payment.prepay_id, payable_until=until,
             )  # fmt: skip
         log.info(
             "bill_closed_elsewhere", bill_no=payment.bill_no, channel=payment.channel,
             paid_under=notice.bill_no, paid_at=notice.channel, found=closing.value,
         )  # fmt: skip
+
+    async def _left_open(self, payment: Payment, notice: ChannelPayment, why: str) -> None:
+        """The bill stays open at its channel while the payment marks it paid: remembered,
+        so the sweep closes it there later and applies a payment made there meanwhile
+        (gateway/old_numbers.py), even one whose notification never comes."""
+        log.warning(
+            "bill_left_open", bill_no=payment.bill_no, channel=payment.channel,
+            paid_under=notice.bill_no, paid_at=notice.channel, why=why,
+        )  # fmt: skip
+        await leave_number(
+            payment, channel=payment.channel, bill_no=payment.bill_no, prepay_id=payment.prepay_id
+        )
 
     async def release_bill(self, order: Order, to: str) -> None:
         """Before the order's pending bill moves to channel `to` (the member pays it
@@ -194,22 +221,24 @@ class PaymentService:
         (closed, or paid otherwise), late bills queried, commission withdrawals sent through
         WeChat transfers queried (gateway/payouts.py)."""
         report = SweepReport()
+        # First, so that a second payment found there is refunded in the same pass.
+        await self.sweep_old_numbers(report, limit)
         for refund in await Refund.filter(state=RefundState.DUE).order_by("id").limit(limit):
-            await self._guarded(
+            await self.guarded(
                 report, f"refund {refund.refund_no}", self._send_refund, refund, report
             )
         for name in self.channels:
             requested = Refund.filter(state=RefundState.REQUESTED, channel=name).limit(limit)
             for refund in await requested:
-                await self._guarded(
+                await self.guarded(
                     report, f"refund {refund.refund_no}", self._check_refund, refund, report
                 )
         for payment in await bills_to_close(limit):
-            await self._guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
+            await self.guarded(report, f"bill {payment.bill_no}", self._close, payment, report)
         report.dispenses_settled = await settle_dispenses(limit)
         if self.apply_service is not None:  # the CLI's sweep has no devices: the node's does it
             paid_before = dt.datetime.now(dt.UTC) - self.query_after
-            renewals = await self._guarded(
+            renewals = await self.guarded(
                 report, "paid renewals", finish_paid_renewals, self.apply_service, limit,
                 paid_before,
             )  # fmt: skip
@@ -222,7 +251,7 @@ class PaymentService:
             report.bills_queried += 1
             await bill_tried(payment)
             what = f"bill {payment.bill_no}"
-            outcome = await self._guarded(report, what, channel.query_bill, payment)
+            outcome = await self.guarded(report, what, channel.query_bill, payment)
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):
                 report.bills_paid += 1
         payouts = await self.payout.sweep(limit=limit)
@@ -230,6 +259,19 @@ class PaymentService:
         report.payouts_failed = payouts.failed
         report.errors.extend(payouts.errors)
         return report
+
+    async def sweep_old_numbers(
+        self, report: SweepReport, limit: int, asked_before: dt.datetime | None = None
+    ) -> int:
+        """Numbers a bill left open at a provider, each asked at most once a `query_after`
+        (gateway/old_numbers.py): closed there, a payment found there applied once. How many
+        the batch took (0: none is left that was not asked since `asked_before`)."""
+        before = asked_before or dt.datetime.now(dt.UTC) - self.query_after
+        swept = await sweep_old_numbers(self, report, limit, before)
+        report.old_numbers_asked += swept.asked
+        report.old_numbers_closed += swept.closed
+        report.old_numbers_paid += swept.paid
+        return swept.taken
 
     def _renewals_swept(self, renewals: RenewalsSwept, report: SweepReport) -> None:
         """Counted, and each refused renewal logged and named in the report: the member paid
@@ -241,7 +283,7 @@ class PaymentService:
             report.errors.append(f"renewal {oid}: {why}")
             log.error("renewal_not_applied", order_id=oid, why=why)
 
-    async def _guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
+    async def guarded(self, report: SweepReport, what: str, step: Any, *args: Any) -> Any:
         try:
             return await step(*args)
         except (
@@ -392,6 +434,7 @@ class PaymentSweeper:
                     self.passes += 1
                     if (
                         report.refunds_sent or report.bills_closed or report.bills_paid
+                        or report.old_numbers_closed or report.old_numbers_paid
                         or report.payouts_paid or report.payouts_failed
                         or report.renewals_finished or report.renewals_refused
                     ):  # fmt: skip
@@ -401,6 +444,8 @@ class PaymentSweeper:
                             payouts_paid=report.payouts_paid, payouts_failed=report.payouts_failed,
                             renewals_finished=report.renewals_finished,
                             renewals_refused=report.renewals_refused,
+                            old_numbers_closed=report.old_numbers_closed,
+                            old_numbers_paid=report.old_numbers_paid,
                         )  # fmt: skip
             except (GatewayError, BaseORMException, DomainError) as exc:
                 log.warning("payments_sweeper_error", error=f"{type(exc).__name__}: {exc}")

@@ -40,6 +40,7 @@ MODEL_MODULES = [
     "aquafleet.models.money",
     "aquafleet.models.merchants",
     "aquafleet.models.payments",
+    "aquafleet.models.bill_numbers",
     "aquafleet.models.commissions",
     "aquafleet.models.technicians",
     "aquafleet.models.ticket_flow",

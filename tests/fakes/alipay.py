@@ -14,7 +14,8 @@ ACQ.REFUND_AMT_NOT_EQUAL_TOTAL), alipay.trade.fastpay.refund.query. A request wh
 does not verify with the app's public key answers `isv.invalid-signature` unsigned. Test
 controls: `open()` is the member's browser opening the URL, `pay()` the member paying (the
 notification sent once or more, forged or with another amount, or held), `fail_next()` makes
-the next calls answer 503. Written from Alipay's documentation, sharing no code with
+the next calls answer 503, `refuse_next()` makes the next calls of a method answer a signed
+business refusal (its code and sub_code). Written from Alipay's documentation, sharing no code with
 aquafleet's client.
 """
 
@@ -134,6 +135,7 @@ class FakeAlipay:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.notified: list[tuple[int, str]] = []
         self._failing = 0
+        self._refusals: list[tuple[str, dict[str, Any]]] = []
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -161,6 +163,16 @@ class FakeAlipay:
 
     def fail_next(self, count: int = 1) -> None:
         self._failing = count
+
+    def refuse_next(
+        self, method: str, sub_code: str = "isv.insufficient-isv-permissions",
+        code: str = "40006", sub_msg: str = "ISV权限不足", times: int = 1,
+    ) -> None:  # fmt: skip
+        """The next `times` calls of `method` are refused, signed, as Alipay answers a call
+        it will not carry out (40006 Insufficient Permissions: the app lost the product)."""
+        refusal = {"code": code, "msg": "Insufficient Permissions", "sub_code": sub_code,
+                   "sub_msg": sub_msg}  # fmt: skip
+        self._refusals.extend([(method, refusal)] * times)
 
     @staticmethod
     def advance(delta: dt.timedelta) -> None:
@@ -260,6 +272,10 @@ class FakeAlipay:
                  "sub_msg": "验签出错"},
                 signed=False,
             )  # fmt: skip
+        for index, (refused, refusal) in enumerate(self._refusals):
+            if refused == method:
+                del self._refusals[index]
+                return self._answer(method, refusal)
         biz = json.loads(params["biz_content"])
         handler = {
             "alipay.trade.query": self._query,

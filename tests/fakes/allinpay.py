@@ -10,7 +10,8 @@ closed), 统一退款 (/apiweb/tranx/refund). A request whose signature does not
 merchant's public key answers `retcode FAIL` (unsigned), as Allinpay does. Test controls:
 `pay()` is the member paying with a card (the notification is sent, or not; it can be
 duplicated, forged or carry another amount; a closed trade refuses the card);
-`fail_next()` makes the next calls to a path answer 503. Written from Allinpay's
+`fail_next()` makes the next calls to a path answer 503, `refuse_next()` answers them
+`retcode FAIL` with a message (unsigned, as Allinpay refuses). Written from Allinpay's
 documentation, sharing no code with aquafleet's adapter.
 """
 
@@ -93,6 +94,7 @@ class FakeAllinpay:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.notified: list[tuple[int, str]] = []
         self._failing: dict[str, int] = {}
+        self._refusing: dict[str, tuple[str, int]] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -109,6 +111,11 @@ class FakeAllinpay:
 
     def fail_next(self, path: str, times: int = 1) -> None:
         self._failing[path] = times
+
+    def refuse_next(self, path: str, retmsg: str = "商户状态异常", times: int = 1) -> None:
+        """The next `times` calls to `path` answer `retcode FAIL` with `retmsg` (a merchant
+        Allinpay suspended, say)."""
+        self._refusing[path] = (retmsg, times)
 
     async def start(self, port: int = 0) -> str:
         app = web.Application()
@@ -142,6 +149,10 @@ class FakeAllinpay:
             return None, web.json_response({"retcode": "FAIL", "retmsg": "请求格式错误"})
         form = dict(urllib.parse.parse_qsl(await request.text(), keep_blank_values=True))
         self.calls.append((path, form))
+        retmsg, refusing = self._refusing.get(path, ("", 0))
+        if refusing > 0:
+            self._refusing[path] = (retmsg, refusing - 1)
+            return None, web.json_response({"retcode": "FAIL", "retmsg": retmsg})
         merchant = self.merchants.get(form.get("cusid", ""))
         if merchant is None or form.get("appid") != merchant.appid:
             return None, web.json_response({"retcode": "FAIL", "retmsg": "商户不存在"})
