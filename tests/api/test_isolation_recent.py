@@ -438,11 +438,38 @@ async def test_bad_bodies_and_queries_answer_a_documented_4xx_never_a_500(
         (vendor, "/technicians", {"agent_id": str(-HUGE)}),
         (vendor, "/agents", {"parent": "1.5"}),
         (vendor, "/tickets/exchanges/stuck", {"limit": "0"}),
+        (vendor, "/tickets/exchanges/stuck", {"hours": str(HUGE)}),
+        (vendor, "/orders", {"device": "x" * 5000}),
+        (member, "/orders", {"uid": w.theirs.member.uid}),
     ]
     for client, path, query in queries:
         got = await ask(client, "GET", path, None, query)
         assert got.status in (404, 422), (path, query, got)
         assert ERROR_CODES[got.code][0] == got.status, (path, query, got)
+    # An idempotency key past its bound is refused before anything is ordered.
+    headers = {"Authorization": f"Bearer {member.token}", "Idempotency-Key": "k" * 1000}
+    async with member.session.post(
+        f"{member.base}/api/v1/orders/renewals",
+        json={"did": v.did, "package": "30d"},
+        headers=headers,
+    ) as response:
+        assert response.status == 422, await response.text()
+        assert (await response.json())["code"] == "validation_failed"
+    # Ids in paths that cannot exist answer as unknown ones (docs/api.md): 404, never a 500.
+    for client, method, path in (
+        (vendor, "GET", f"/technicians/{HUGE}"),
+        (vendor, "PUT", "/technicians/0"),
+        (vendor, "GET", f"/agents/{2**31}/commissions"),
+        (vendor, "PUT", f"/agents/{-HUGE}/state"),
+        (vendor, "GET", f"/tickets/{v.tid.lower()}"),
+        (vendor, "POST", f"/tickets/{v.tid}0/complete"),
+        (vendor, "GET", f"/orders/{v.oid[:-1]}/payment"),
+        (member, "POST", f"/orders/{v.oid}%00/rental/end"),
+        (member, "POST", f"/orders/{v.oid}x/prepay/wallet"),
+        (vendor, "PUT", f"/devices/{v.did.lower()}/svc"),
+    ):
+        got = await ask(client, method, path, {"state": 0}, None)
+        assert (got.status, got.code) == (404, "not_found"), (method, path, got)
     assert await state_of(v) == before
 
 
