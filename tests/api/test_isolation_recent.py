@@ -565,3 +565,29 @@ async def test_ids_named_in_bodies_and_lists_stay_in_the_callers_scope(
             assert not any(s in repr(got.body) for s in (v.oid, v.tid)), (path, got)
     summary = (await b.vendor.call("GET", "/tickets/summary")).data
     assert summary["open"] == 1, summary  # B's own one ticket, not A's
+
+
+async def test_a_members_exchange_names_no_other_members_rental_end(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """A member asked 退租 and unbound its device; another member bound it. Its exchange of the
+    device is refused (409 rental_ending) without naming the first member's 退租 ticket, which
+    it may neither read nor cancel (it answered that ticket's id and status, and told it to
+    cancel it)."""
+    a, _b = tenants
+    v = await holding(api, api_node, a, a.dealer, a.dealer_id, "victim")
+    ended = await v.member.client.call("POST", f"/orders/{v.oid}/rental/end", {"device_id": v.did})
+    end_tid = ended.data["ticket_id"]
+    await v.member.client.call("DELETE", f"/devices/{v.did}/bind")
+    later = await make_member(api_node, api, a.vid)
+    await later.client.call("POST", f"/devices/{v.did}/bind", {})
+    await later.client.call("GET", f"/tickets/{end_tid}", expect=404)
+    answer = await later.client.call(
+        "POST", "/tickets", {"type": 2, "device_id": v.did}, expect=409
+    )
+    assert answer.code == "rental_ending" and answer.body["data"] is None, answer
+    assert end_tid not in answer.body["message"], answer
+    assert not await Ticket.filter(device_id=v.did, type=2).exists()
+    # The vendor, who sees the 退租, is still told which one it is.
+    answer = await a.vendor.call("POST", "/tickets", {"type": 2, "device_id": v.did}, expect=409)
+    assert answer.body["data"]["ticket_id"] == end_tid, answer
