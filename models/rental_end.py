@@ -69,12 +69,14 @@ class RentalEnding(Conflict):
 
     code = "rental_ending"
 
-    def __init__(self, message: str, ticket: Ticket) -> None:
+    def __init__(self, message: str, ticket: Ticket | None) -> None:
         super().__init__(message)
-        self.ticket = ticket
+        self.ticket = ticket  # None: another member's 退租, not named to this one
 
     @property
-    def data(self) -> dict[str, Any]:
+    def data(self) -> dict[str, Any] | None:
+        if self.ticket is None:
+            return None
         return {"ticket_id": self.ticket.ticket_id, "status": int(self.ticket.state)}
 
 
@@ -211,13 +213,21 @@ async def check_one_end(order: Order, did: str, stands_for: dict[str, str]) -> N
         )
 
 
-async def check_exchangeable(did: str, order_id: int | None) -> None:
+async def check_exchangeable(did: str, order_id: int | None, member_uid: str | None = None) -> None:
     """Before an exchange of `did` opens or completes: no 退租 of it is open, in any order
     (RentalEnding); none is done in the exchange's order, nor, for an exchange of no order,
     done with the device held by nobody since (RentalEnded: it went back with its deposit, and
-    its former member is given no replacement for a rental that ended)."""
+    its former member is given no replacement for a rental that ended). `member_uid`: the
+    member asking for the exchange, who is not told another member's 退租 (the device was
+    unbound and bound to it meanwhile): that ticket is not its to read or cancel."""
     ends = Ticket.filter(type=TicketType.DISMANTLE, device_id=did, order_id__isnull=False)
     ending = await ends.filter(state__in=sorted(OPEN_STATES)).order_by("id").first()
+    if ending is not None and member_uid is not None and ending.member_uid != member_uid:
+        raise RentalEnding(
+            f"device {did} is being given back by the member who rented it before: it is not "
+            "exchanged until that rental end (退租) is done or cancelled",
+            None,
+        )
     if ending is not None:
         raise RentalEnding(
             f"device {did} is being given back: its rental end (退租) {ending.ticket_id} is "

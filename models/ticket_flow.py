@@ -239,7 +239,8 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         # in that order, and only there (models/returns.py goods_shipped_as).
         order = await order_of_goods(vendor_code, device.did, member_uid or device.owner_id)
         extra["order_id"] = None if order is None else order.id
-        await check_exchangeable(device.did, extra["order_id"])
+        asker = principal.subject if principal.role is Role.MEMBER else None
+        await check_exchangeable(device.did, extra["order_id"], asker)
     return await open_ticket(
         vendor_code, request.type, did=request.did, member_uid=member_uid,
         detail=request.detail[:MAX_DETAIL], **extra,
