@@ -10,7 +10,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0028_exchange_order')]
+    dependencies = [('models', '0029_service_change_stage')]
 
     initial = False
 
