@@ -35,11 +35,8 @@ TRANSITIONS: dict[tuple[OrderState, OrderEvent], tuple[OrderState, frozenset[str
 FINAL_STATES = frozenset(S) - {state for state, _event in TRANSITIONS}
 
 
-class OrderStateConflict(Conflict):
-    """The event does not apply to the order's current state (the message names it; the API
-    answers it in `data` too)."""
-
-    code = "order_state_conflict"
+class OrderStateData(Conflict):
+    """A conflict with the order's current state, which the API answers in `data` too."""
 
     def __init__(self, message: str, state: OrderState) -> None:
         super().__init__(message)
@@ -48,6 +45,12 @@ class OrderStateConflict(Conflict):
     @property
     def data(self) -> dict[str, Any]:
         return {"state": int(self.state), "state_name": self.state.name.lower()}
+
+
+class OrderStateConflict(OrderStateData):
+    """The event does not apply to the order's current state (the message names it)."""
+
+    code = "order_state_conflict"
 
 
 def next_state(state: OrderState, event: OrderEvent, actor: str) -> OrderState:

@@ -32,12 +32,14 @@ from tortoise.queryset import QuerySet
 
 from aquafleet.models.devices import Device
 from aquafleet.models.errors import Conflict, NotFound
+from aquafleet.models.order_states import OrderStateData
 from aquafleet.models.orders import Order, OrderKind, OrderState
 from aquafleet.models.returns import goods_shipped_as
 from aquafleet.models.tickets import (
     OPEN_STATES,
     AutomaticTicket,
     Ticket,
+    TicketConflict,
     TicketState,
     TicketType,
     closed_key,
@@ -46,22 +48,10 @@ from aquafleet.models.tickets import (
 )
 
 
-class RentalEndExists(Conflict):
+class RentalEndExists(TicketConflict):
     """退租 of a device whose shipped device already has a 退租, open or done."""
 
     code = "rental_end_exists"
-
-    def __init__(self, message: str, ticket: Ticket) -> None:
-        super().__init__(message)
-        self.ticket = ticket
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return {
-            "ticket_id": self.ticket.ticket_id,
-            "device_id": self.ticket.device_id,
-            "status": int(self.ticket.state),
-        }
 
 
 class RentalEnding(Conflict):
@@ -95,18 +85,10 @@ class RentalEnded(Conflict):
         return {"ticket_id": self.ticket.ticket_id, "order_id": self.oid}
 
 
-class OrderReturning(Conflict):
+class OrderReturning(OrderStateData):
     """A 退租 (asked or completed) of an order being returned or returned (AD-12..14)."""
 
     code = "order_returning"
-
-    def __init__(self, message: str, state: OrderState) -> None:
-        super().__init__(message)
-        self.state = state
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return {"state": int(self.state), "state_name": self.state.name.lower()}
 
 
 class DeviceExchanged(Conflict):

@@ -20,14 +20,13 @@ order's row lock), and a 退租 is neither asked nor completed once a return was
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
-from aquafleet.models.errors import Conflict, InvalidInput
+from aquafleet.models.errors import InvalidInput
 from aquafleet.models.money import order_refundable_fen, request_refund
 from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
 from aquafleet.models.orders import (
@@ -44,6 +43,7 @@ from aquafleet.models.tickets import (
     OPEN_STATES,
     AutomaticTicket,
     Ticket,
+    TicketConflict,
     TicketState,
     TicketType,
     open_automatic_ticket,
@@ -53,23 +53,11 @@ from aquafleet.models.tickets import (
 RETURN_WINDOW = dt.timedelta(days=7)
 
 
-class OrderHasRentalEnd(Conflict):
+class OrderHasRentalEnd(TicketConflict):
     """A return (AD-12, AD-13, AD-14) of a rental one of whose devices has a 退租, open or
     done: the 退租 gives that device's deposit back, the return the whole order."""
 
     code = "order_has_rental_end"
-
-    def __init__(self, message: str, ticket: Ticket) -> None:
-        super().__init__(message)
-        self.ticket = ticket
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return {
-            "ticket_id": self.ticket.ticket_id,
-            "device_id": self.ticket.device_id,
-            "status": int(self.ticket.state),
-        }
 
 
 async def check_no_rental_end(order: Order) -> None:

@@ -33,6 +33,22 @@ MAX_DEDUP_KEY = 128
 MAX_DETAIL = 500
 
 
+class TicketConflict(Conflict):
+    """A conflict with a ticket (a 退租's, open or done), which the API names in `data`."""
+
+    def __init__(self, message: str, ticket: Ticket) -> None:
+        super().__init__(message)
+        self.ticket = ticket
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {
+            "ticket_id": self.ticket.ticket_id,
+            "device_id": self.ticket.device_id,
+            "status": int(self.ticket.state),
+        }
+
+
 class TicketType(IntEnum):
     """The seed's ticket types (工单类型), in the seed's order."""
 
