@@ -330,7 +330,9 @@ class ServiceStore:
             indexed = await self._index_old_records()
             carried = 0
             batch: list[str] = []
-            async for key in self.client.scan_iter(match=f"{self.keyspace.prefix}:{{*}}:r:*"):
+            async for key in self.client.scan_iter(
+                match=f"{self.keyspace.prefix}:{{*}}:r:*", count=1000
+            ):
                 batch.append(_text(key))
                 if len(batch) >= CARRY_BATCH:
                     carried += await self._carry_markers(batch, rows_of)
@@ -343,7 +345,7 @@ class ServiceStore:
         keyspace = self.keyspace
         now_ms = int(time.time() * 1000)
         indexed = 0
-        async for key in self.client.scan_iter(match=f"{keyspace.prefix}:{{*}}:sa:*"):
+        async for key in self.client.scan_iter(match=f"{keyspace.prefix}:{{*}}:sa:*", count=1000):
             did = _text(key).rpartition(":sa:")[2]
             markers = [_text(field) for field in await self.client.hkeys(key)]
             if not markers:
