@@ -437,7 +437,7 @@ async def sweep_deadlines(
     if recovery is not None and (found := await recovery.maybe_recover(dt.datetime.now(dt.UTC))):
         log.info(
             "service_changes_recovered", completed=found.completed, dropped=found.dropped,
-            settled=found.settled,
+            settled=found.settled, recorded=found.recorded,
         )  # fmt: skip
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)
