@@ -31,7 +31,7 @@ from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.order_queries import find_order
 from aquafleet.models.rental_end import end_rental
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
