@@ -531,14 +531,18 @@ async def settle_refund(
     """The channel paid the refund out: post its money (credit the channel, or `account`: a
     member's wallet the refund goes back to; debit the order's refunds) and mark it succeeded,
     once; a repeat answers the settled refund. `succeeded_at`: when the channel says the money
-    went back (WeChat Pay's success_time), the refund's day in reconciliation; None: now."""
-    refund = await Refund.get_or_none(refund_no=refund_no)
-    if refund is None:
-        raise NotFound(f"refund {refund_no} not found")
-    if refund.state is RefundState.SUCCEEDED:
-        return refund
-    _check_refund_move(refund.state, RefundState.SUCCEEDED)
+    went back (WeChat Pay's success_time), the refund's day in reconciliation; None: now.
+
+    Decided under the refund row's lock, inside the transaction that posts the money: read
+    before it, a refund failed meanwhile (the channel's refusal recorded by a racing call, its
+    amount then refunded again) was posted and marked succeeded all the same: paid out twice."""
     async with in_transaction("default"):
+        refund = await Refund.filter(refund_no=refund_no).select_for_update().first()
+        if refund is None:
+            raise NotFound(f"refund {refund_no} not found")
+        if refund.state is RefundState.SUCCEEDED:
+            return refund
+        _check_refund_move(refund.state, RefundState.SUCCEEDED)
         await post(
             f"refund:{refund_no}", kind="refund", vendor=refund.vendor_code,
             legs=[
