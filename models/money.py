@@ -43,6 +43,7 @@ from tortoise.functions import Sum
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
+from aquafleet.models.account_locks import lock_accounts
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 
 MAX_KEY = 128
@@ -138,17 +139,6 @@ class MoneyEntry(Model):
         indexes = (("account",), ("order_oid",))
 
 
-class MoneyAccount(Model):
-    """A row per guarded account, locked while a posting checks its balance, so that two
-    concurrent spends from one wallet cannot both pass the check (PostgreSQL's row lock;
-    SQLite serialises write transactions)."""
-
-    name = fields.CharField(max_length=MAX_ACCOUNT, primary_key=True)
-
-    class Meta:
-        table = "money_account"
-
-
 def check_legs(legs: Sequence[Leg]) -> None:
     """The rules every transaction keeps: two or more legs, integer fen, none zero, sum zero."""
     if len(legs) < 2:
@@ -208,12 +198,7 @@ async def post(
     now = now or dt.datetime.now(dt.UTC)
     try:
         async with in_transaction("default"):
-            if guards:
-                names = sorted({g.account for g in guards})
-                await MoneyAccount.bulk_create(
-                    [MoneyAccount(name=n) for n in names], ignore_conflicts=True
-                )
-                await MoneyAccount.filter(name__in=names).select_for_update().order_by("name")
+            await lock_accounts(g.account for g in guards)
             txn = await MoneyTransaction.create(
                 key=key, kind=kind, vendor_code=vendor, order_oid=order_oid,
                 actor=actor[:64], memo=memo[:MAX_MEMO], created_at=now,
