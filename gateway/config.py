@@ -400,8 +400,9 @@ class Settings(BaseSettings):
         ge=1,
         le=86_400,
         description="A bill with no notification this long after its prepay is queried at the "
-        "channel by the payments sweep; a number a bill left open at a provider is asked about "
-        "at most this often (docs/payments.md).",
+        "channel by the payments sweep, then again after 1, 2, 5, 10, 30 and then every 60 "
+        "times this (a backoff kept on the bill); a number a bill left open at a provider is "
+        "asked about at most this often (docs/payments.md).",
     )
     mqtt_url: str | None = Field(
         None,

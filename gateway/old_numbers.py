@@ -11,6 +11,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from tortoise.transactions import in_transaction
+
 from aquafleet.gateway.channels import Closing
 from aquafleet.gateway.logs import get_logger
 from aquafleet.models.bill_numbers import (
@@ -52,26 +54,26 @@ async def ask_old_number(service: Any, number: OldBillNumber, swept: OldNumbersS
     the provider does not have) past the time it could appear; left to the next pass when the
     provider cannot close it yet, or does not answer."""
     await number_asked(number)  # first: a failure below puts it at the back of the queue
-    payment = await Payment.get_or_none(id=number.payment_id)
     channel = service.channels.get(number.channel)
-    if payment is None or channel is None:
+    if channel is None:
         return  # a channel this service does not have: left for one that has it
-    if payment.state is PaymentState.PENDING and (payment.channel, payment.bill_no) == (
-        number.channel, number.bill_no,
-    ):  # fmt: skip
-        # The bill's number now (it came back there): the late bills' query asks about it.
-        await number_done(number.channel, number.bill_no)
-        return
-    swept.asked += 1
-    try:
-        closing = await channel.close_to_move(held_under(payment, number))
-    except channel.refusals as exc:
-        if not number.guessed:
-            raise
-        # A number only guessed (`payments old-numbers`): the provider refusing it is the
-        # provider not having it (Allinpay answers a trade it never had with a refusal).
-        log.info("old_number_refused", bill_no=number.bill_no, channel=number.channel, why=str(exc))
-        closing = Closing.NOT_THERE
+    async with in_transaction("default"):
+        # The bill's lock, held until the provider has closed the number: the bill cannot
+        # move to that channel under that number meanwhile (a move updates the bill's row),
+        # so what is closed there is an old number, never the sheet the member was just
+        # handed. Checked before taking it, the bill could move there between the check and
+        # the close, and the close took the member's fresh sheet (`payments old-numbers`).
+        payment = await Payment.filter(id=number.payment_id).select_for_update().first()
+        if payment is None:
+            return
+        if payment.state is PaymentState.PENDING and (payment.channel, payment.bill_no) == (
+            number.channel, number.bill_no,
+        ):  # fmt: skip
+            # The bill's number now (it came back there): the late bills' query asks about it.
+            await number_done(number.channel, number.bill_no)
+            return
+        swept.asked += 1
+        closing = await _close_there(channel, payment, number)
     now = dt.datetime.now(dt.UTC)
     if closing is Closing.OPEN:
         log.warning("old_number_still_open", bill_no=number.bill_no, channel=number.channel)
@@ -85,6 +87,19 @@ async def ask_old_number(service: Any, number: OldBillNumber, swept: OldNumbersS
         "old_number_done", bill_no=number.bill_no, channel=number.channel, found=closing.value,
         bill=payment.bill_no,
     )  # fmt: skip
+
+
+async def _close_there(channel: Any, payment: Payment, number: OldBillNumber) -> Closing:
+    """Close the number at its provider (`close_to_move`); a guessed number the provider
+    refuses is one it does not have (Allinpay answers a trade it never had with a refusal)."""
+    try:
+        closing: Closing = await channel.close_to_move(held_under(payment, number))
+    except channel.refusals as exc:
+        if not number.guessed:
+            raise
+        log.info("old_number_refused", bill_no=number.bill_no, channel=number.channel, why=str(exc))
+        return Closing.NOT_THERE
+    return closing
 
 
 async def sweep_old_numbers(

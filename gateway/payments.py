@@ -46,6 +46,7 @@ from aquafleet.models.payments import (
     PaymentState,
     apply_channel_payment,
     bill_of_number,
+    bill_queried,
     bill_tried,
     bills_to_close,
     close_bill,
@@ -249,7 +250,7 @@ class PaymentService:
             if channel is None:
                 continue
             report.bills_queried += 1
-            await bill_tried(payment)
+            await bill_queried(payment, self.query_after)  # asked again after its backoff
             what = f"bill {payment.bill_no}"
             outcome = await self.guarded(report, what, channel.query_bill, payment)
             if outcome in (Outcome.PAID, Outcome.TOPPED_UP, Outcome.REFUND_AFTER_CLOSE):

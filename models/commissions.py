@@ -38,12 +38,12 @@ from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
+from aquafleet.models.account_locks import lock_accounts
 from aquafleet.models.agents import Agent, AgentState, path_ids
 from aquafleet.models.members import LOGIN_ALLOWED, Member
 from aquafleet.models.money import (
     Guard,
     Leg,
-    MoneyAccount,
     MoneyEntry,
     MoneyTransaction,
     Part,
@@ -355,6 +355,10 @@ async def settle_order(oid: str, *, now: dt.datetime | None = None) -> None:
         if order is None or order.paid_at is None:
             return
         await _compute(order, now)
+        # Every account the moves below decide on, locked in one call (in name order): each
+        # move locking its own set as it came let two transactions take the same accounts in
+        # opposite orders (a deadlock on PostgreSQL); the moves' own calls find them held.
+        await lock_accounts(await _deciding_accounts_of(order))
         await _reverse(order, now)
         if order.state is OrderState.DONE:
             await _activate(order, now)
@@ -407,6 +411,34 @@ async def _compute(order: Any, now: dt.datetime) -> None:
         )  # fmt: skip
 
 
+async def _deciding_accounts_of(order: Any) -> list[str]:
+    """The accounts `_reverse` and `_activate` may decide on for the order now: those of its
+    available levels when a succeeded refund is not reversed yet, of its pending ones when
+    it is done and not yet made available."""
+    from aquafleet.models.orders import OrderState
+
+    rows = list(await Commission.filter(order_oid=order.oid))
+    if not rows:
+        return []
+    refunds = await Refund.filter(order_oid=order.oid, state=RefundState.SUCCEEDED)
+    keys = [
+        f"commission-reversal:{r.refund_no}"
+        for r in refunds
+        if refund_part(r) is not Part.DUPLICATE
+    ]
+    reversing = len(keys) > await MoneyTransaction.filter(key__in=keys).count() if keys else False
+    activating = order.state is OrderState.DONE and not await MoneyTransaction.exists(
+        key=f"commission-available:{order.oid}"
+    )
+    earners = {
+        r.earner
+        for r in rows
+        if (reversing and r.state is CommissionState.AVAILABLE)
+        or (activating and r.state is CommissionState.PENDING)
+    }
+    return [name for earner in earners for name in deciding_accounts(earner)]
+
+
 def deciding_accounts(earner: str) -> list[str]:
     """The earner's accounts a move splits money between by their balances (available, debt):
     a reversal takes from available and owes the rest, an activation and a failed withdrawal
@@ -415,16 +447,6 @@ def deciding_accounts(earner: str) -> list[str]:
     read nothing available (a debt) while an activation read no debt (all available), and the
     earner held the reversed commission and the debt for it at once."""
     return [commission_account(earner, Bucket.AVAILABLE), commission_account(earner, Bucket.DEBT)]
-
-
-async def lock_accounts(names: Iterable[str]) -> None:
-    """Lock the guarded accounts' rows (as `post` does) before reading their balances, so the
-    entries written in this transaction were decided on balances nobody else changes."""
-    ordered = sorted(set(names))
-    if not ordered:
-        return
-    await MoneyAccount.bulk_create([MoneyAccount(name=n) for n in ordered], ignore_conflicts=True)
-    await MoneyAccount.filter(name__in=ordered).select_for_update().order_by("name")
 
 
 async def _reverse(order: Any, now: dt.datetime) -> None:

@@ -37,6 +37,7 @@ MODEL_MODULES = [
     "aquafleet.models.billing",
     "aquafleet.models.products",
     "aquafleet.models.orders",
+    "aquafleet.models.account_locks",
     "aquafleet.models.money",
     "aquafleet.models.merchants",
     "aquafleet.models.payments",

@@ -43,6 +43,7 @@ from tortoise.functions import Sum
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
+from aquafleet.models.account_locks import lock_accounts
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 
 MAX_KEY = 128
@@ -138,17 +139,6 @@ class MoneyEntry(Model):
         indexes = (("account",), ("order_oid",))
 
 
-class MoneyAccount(Model):
-    """A row per guarded account, locked while a posting checks its balance, so that two
-    concurrent spends from one wallet cannot both pass the check (PostgreSQL's row lock;
-    SQLite serialises write transactions)."""
-
-    name = fields.CharField(max_length=MAX_ACCOUNT, primary_key=True)
-
-    class Meta:
-        table = "money_account"
-
-
 def check_legs(legs: Sequence[Leg]) -> None:
     """The rules every transaction keeps: two or more legs, integer fen, none zero, sum zero."""
     if len(legs) < 2:
@@ -208,12 +198,7 @@ async def post(
     now = now or dt.datetime.now(dt.UTC)
     try:
         async with in_transaction("default"):
-            if guards:
-                names = sorted({g.account for g in guards})
-                await MoneyAccount.bulk_create(
-                    [MoneyAccount(name=n) for n in names], ignore_conflicts=True
-                )
-                await MoneyAccount.filter(name__in=names).select_for_update().order_by("name")
+            await lock_accounts(g.account for g in guards)
             txn = await MoneyTransaction.create(
                 key=key, kind=kind, vendor_code=vendor, order_oid=order_oid,
                 actor=actor[:64], memo=memo[:MAX_MEMO], created_at=now,
@@ -531,14 +516,18 @@ async def settle_refund(
     """The channel paid the refund out: post its money (credit the channel, or `account`: a
     member's wallet the refund goes back to; debit the order's refunds) and mark it succeeded,
     once; a repeat answers the settled refund. `succeeded_at`: when the channel says the money
-    went back (WeChat Pay's success_time), the refund's day in reconciliation; None: now."""
-    refund = await Refund.get_or_none(refund_no=refund_no)
-    if refund is None:
-        raise NotFound(f"refund {refund_no} not found")
-    if refund.state is RefundState.SUCCEEDED:
-        return refund
-    _check_refund_move(refund.state, RefundState.SUCCEEDED)
+    went back (WeChat Pay's success_time), the refund's day in reconciliation; None: now.
+
+    Decided under the refund row's lock, inside the transaction that posts the money: read
+    before it, a refund failed meanwhile (the channel's refusal recorded by a racing call, its
+    amount then refunded again) was posted and marked succeeded all the same: paid out twice."""
     async with in_transaction("default"):
+        refund = await Refund.filter(refund_no=refund_no).select_for_update().first()
+        if refund is None:
+            raise NotFound(f"refund {refund_no} not found")
+        if refund.state is RefundState.SUCCEEDED:
+            return refund
+        _check_refund_move(refund.state, RefundState.SUCCEEDED)
         await post(
             f"refund:{refund_no}", kind="refund", vendor=refund.vendor_code,
             legs=[

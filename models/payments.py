@@ -33,7 +33,7 @@ from typing import Any
 
 from tortoise import fields
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Subquery
+from tortoise.expressions import Q, Subquery
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
@@ -85,11 +85,16 @@ class Payment(Model):
     updated_at = fields.DatetimeField()
     paid_at = fields.DatetimeField(null=True)
     closed_at = fields.DatetimeField(null=True)
+    # The sweep's late-bill queries of it (`late_bills`, `bill_queried`): how many so far, and
+    # when the next is due (null: none yet, the first `query_after` after it was made).
+    # Nullable, so a node of before (a rolling upgrade) still makes bills.
+    queries = fields.IntField(null=True)
+    next_query_at = fields.DatetimeField(null=True)
 
     class Meta:
         table = "pay_payment"
         # (state, updated_at): the sweep's queues, the least recently tried pending bill first.
-        indexes = (("state", "created_at"), ("state", "updated_at"))
+        indexes = (("state", "created_at"), ("state", "updated_at"), ("state", "next_query_at"))
 
 
 class PaymentNotice(Model):
@@ -226,8 +231,9 @@ async def set_prepay_id(payment: Payment, prepay_id: str) -> None:
     """The bill is open at its channel under `prepay_id` (unless it took another number
     meanwhile: released at a channel to move)."""
     await Payment.filter(id=payment.id, bill_no=payment.bill_no).update(
-        prepay_id=prepay_id[:64], updated_at=dt.datetime.now(dt.UTC)
-    )
+        prepay_id=prepay_id[:64], updated_at=dt.datetime.now(dt.UTC), queries=None,
+        next_query_at=None,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,17 +469,46 @@ async def bill_tried(payment: Payment) -> None:
     )
 
 
+# How long after each of the sweep's queries of a pending bill the next is due, in
+# `query_after`s (`payments_query_after_s`, 1 minute by default: 1, 2, 5, 10 and 30 minutes,
+# then hourly) until the bill closes (its order's payment deadline closes it, one last close
+# at the channel: `bills_to_close`). Asked every pass instead, one abandoned payment sheet cost
+# a query every `payments_sweep_interval_s` for the day it stayed payable.
+QUERY_BACKOFF = (1, 2, 5, 10, 30, 60)
+
+
+def next_query_after(queries: int, query_after: dt.timedelta) -> dt.timedelta:
+    """The wait after the bill's `queries`-th query (1: the first) until the next."""
+    return query_after * QUERY_BACKOFF[min(max(queries, 1), len(QUERY_BACKOFF)) - 1]
+
+
 async def late_bills(older_than: dt.timedelta, limit: int = 100) -> list[Payment]:
     """Pending bills, opened at the channel longer ago than `older_than`, whose notification
-    has not come: ask the channel, the least recently tried first (`bill_tried`), so a
-    hundred bills the channel keeps answering unpaid never starve a newer one."""
-    before = dt.datetime.now(dt.UTC) - older_than
+    has not come and whose next query is due (`bill_queried`'s backoff): ask the channel, the
+    least recently tried first (`bill_tried`), so a hundred bills the channel keeps answering
+    unpaid never starve a newer one."""
+    now = dt.datetime.now(dt.UTC)
+    due = Q(next_query_at__lte=now) | Q(
+        next_query_at__isnull=True, created_at__lte=now - older_than
+    )
     return list(
-        await Payment.filter(state=PaymentState.PENDING, created_at__lte=before)
+        await Payment.filter(due, state=PaymentState.PENDING)
         .exclude(prepay_id="")
         .order_by("updated_at", "id")
         .limit(limit)
     )
+
+
+async def bill_queried(payment: Payment, query_after: dt.timedelta) -> None:
+    """The sweep asked the channel about the late bill: to the back of the queue
+    (`bill_tried`), and not asked again before its backoff (`QUERY_BACKOFF`) has passed.
+    Counted on the row, so the schedule holds across restarts and nodes."""
+    now = dt.datetime.now(dt.UTC)
+    queries = int(payment.queries or 0) + 1
+    await Payment.filter(id=payment.id, state=PaymentState.PENDING).update(
+        queries=queries, next_query_at=now + next_query_after(queries, query_after),
+        updated_at=now,
+    )  # fmt: skip
 
 
 async def number_of_second_payment(oid: str, channel: str, refund_no: str) -> str | None:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tortoise.transactions import in_transaction
 
+from aquafleet.models.account_locks import lock_accounts
 from aquafleet.models.commissions import (
     MAX_REASON,
     MAX_REQUEST_ID,
@@ -27,11 +28,18 @@ from aquafleet.models.commissions import (
     commission_account,
     deciding_accounts,
     earner_of,
-    lock_accounts,
 )
 from aquafleet.models.db import database_now
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound, RequestReused
-from aquafleet.models.money import Guard, Leg, Side, balance, channel_account, post, side_balance
+from aquafleet.models.money import (
+    Guard,
+    Leg,
+    Side,
+    balance,
+    channel_account,
+    post,
+    side_balance,
+)
 from aquafleet.models.ratelimit import RateLimited
 from aquafleet.models.tenancy import Principal
 

@@ -8,6 +8,7 @@ sweep changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 from aquafleet.api.payments import PAYMENTS
+from aquafleet.gateway.old_numbers import OldNumbersSwept, ask_old_number, record_guessed_numbers
+from aquafleet.models.bill_numbers import OldBillNumber
 from aquafleet.models.money import MoneyTransaction, Refund, RefundState, balance, channel_account
 from aquafleet.models.payments import PaymentNotice
 from tests.conftest import MASTER_SECRET
@@ -287,3 +290,38 @@ async def test_old_numbers_applies_a_payment_found_there_once(
     again = await _old_numbers(channels, database_url, tmp_path)
     assert (again["errors"], again["paid"]) == ([], 0)
     await _nothing_more(channels, oid)
+
+
+async def test_a_guessed_number_is_not_closed_once_the_bill_moved_there_under_it(
+    channels: Channels, monkeypatch: pytest.MonkeyPatch
+):
+    """`payments old-numbers` guessed WeChat Pay's `{oid}` (the bill is at Alipay under it,
+    its page never opened) and was about to close it there when the member chose WeChat Pay:
+    the bill moved there under `{oid}` and the member got a fresh sheet. Before, the number
+    was checked before the close, so the close took that fresh sheet (the member could not
+    pay it). Now the check and the close are under the bill's lock: the move waits for the
+    close (of a number WeChat Pay did not have yet), then opens the sheet, which pays."""
+    oid, _total = await channels.order()
+    await channels.prepay(oid, "alipay")  # the URL, never opened: no trade at Alipay
+    service = channels.shop.node.app[PAYMENTS]
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    assert await record_guessed_numbers(service, since) == 2  # WeChat Pay's, the card's
+    number = await OldBillNumber.get(bill_no=oid, channel="weixin")
+    real_close = service.wechat.close_to_move
+    moving: list[asyncio.Task[Any]] = []
+
+    async def member_moves_meanwhile(payment: Any) -> Any:
+        moving.append(asyncio.ensure_future(channels.prepay(oid, "weixin")))
+        await asyncio.wait(moving, timeout=10)  # done unless it waits for the bill's lock
+        return await real_close(payment)
+
+    monkeypatch.setattr(service.wechat, "close_to_move", member_moves_meanwhile)
+    await ask_old_number(service, number, OldNumbersSwept())
+    monkeypatch.undo()
+    moved = await asyncio.wait_for(moving[0], 30)
+    assert moved.data["bill_no"] == oid
+    assert channels.shop.fake.transactions[oid].state == "NOTPAY"  # the member's sheet pays
+    await channels.shop.fake.pay(oid)
+    assert await channels.shop.state(oid) == "paid"
+    assert await _money(oid) == (1, 1, 0)
+    await assert_ledger_clean()
