@@ -106,6 +106,7 @@ class TicketOut(ResponseModel):
     type: int = Field(description="1 install, 2 exchange, 3 return, 4 fault, 5 maintenance, "
                       "6 dismantle")  # fmt: skip
     vid: str
+    agent_id: int | None = Field(description="the node it belongs to (null: the vendor's)")
     priority: int = Field(description="1 urgent, 2 normal, 3 low")
     detail: str
     create_tms: UtcDateTime
@@ -156,6 +157,7 @@ async def ticket_outs(tickets: list[Ticket]) -> list[TicketOut]:
             status_name=t.state.name.lower(),
             type=int(t.type),
             vid=t.vendor_id,
+            agent_id=t.agent_id,
             priority=t.priority,
             detail=t.detail,
             create_tms=t.created_at,
@@ -464,9 +466,10 @@ class DispatchOut(ResponseModel):
     body=DispatchIn,
     response=DispatchOut,
     errors=(404, 409, 422),
-    description="A, in scope: approved (or dispatched: re-dispatch) -> dispatched. Name a "
-    "technician, or let the server choose: `hierarchy` takes the default team of the device's "
-    "dealer, else agent, else vendor (the available member with the skill and the fewest open "
+    description="A, in scope: approved (or dispatched: re-dispatch) -> dispatched, to one of "
+    "the vendor's, the ticket's node's or a node's above it (409 technician_other_node). Name "
+    "one, or let the server choose: `hierarchy` the default team of the ticket's dealer, else "
+    "agent, else vendor (the available member with the skill and the fewest open "
     "tickets); `distance` the nearest available technician with the skill within "
     "`dispatch_radius_km` (Redis GEOSEARCH). 409 no_technician when none fits.",
 )
