@@ -196,6 +196,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "share_limit": (409, "the device is shared with as many members as allowed"),
     "sharing_disabled": (409, "the vendor has switched device sharing off (AX-08)"),
     "no_technician": (409, "no available technician with the ticket's skill fits the dispatch"),
+    "technician_other_node": (409, "a dispatch to a technician of another node than the ticket's"),
     "handed_over_elsewhere": (
         409,
         "an exchange's retry names another device than the one given the quota",

@@ -196,7 +196,7 @@ async def deliver_order(
                 AutomaticTicket(
                     dedup_key=f"install:{order.oid}:{device.did}", type=TicketType.INSTALL,
                     vendor_code=order.vendor_id, did=device.did, member_uid=order.member_id,
-                    detail=f"install for order {order.oid}", about_order_id=order.id,
+                    detail=f"install for order {order.oid}", order_id=order.id,
                 )
             )  # fmt: skip
     await order.refresh_from_db()

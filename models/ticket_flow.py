@@ -48,6 +48,7 @@ from aquafleet.models.tickets import (
     can_transition,
     closed_key,
     open_ticket,
+    sold_by_node,
 )
 
 MAX_NOTE = 255
@@ -208,7 +209,10 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         raise InvalidInput("priority must be 1 (urgent), 2 (normal) or 3 (low)")
     device: Device | None = None
     if request.did is not None:
-        device = await find_visible(principal, request.did)
+        # In the caller's subtree, or sold by an order of it: the ticket is then that node's.
+        device = await find_visible(principal, request.did) or await sold_by_node(
+            principal, request.did
+        )
         if device is None:
             raise NotFound(f"device {request.did} not found")
     member_uid = request.member_uid
@@ -366,6 +370,38 @@ class NoTechnician(Conflict):
     code = "no_technician"
 
 
+class TechnicianOfOtherNode(Conflict):
+    """A technician of a node the ticket does not belong to: neither the ticket's node nor one
+    above it (a sibling's, or one below it), nor the vendor's own."""
+
+    code = "technician_other_node"
+
+    def __init__(self, technician: Technician, ticket: Ticket) -> None:
+        super().__init__(
+            f"technician {technician.id} is of node {technician.agent_id}: ticket "
+            f"{ticket.ticket_id} belongs to "
+            + (f"node {ticket.agent_id}" if ticket.agent_id is not None else "the vendor")
+            + "; dispatch it to the vendor's technicians or those of its node or above"
+        )
+        self.data = {
+            "technician_id": technician.id,
+            "technician_agent_id": technician.agent_id,
+            "agent_id": ticket.agent_id,
+        }
+
+
+async def ticket_levels(ticket: Ticket) -> list[int | None]:
+    """The nodes whose technicians may work the ticket: its node, those above it, and the
+    vendor (None): the teams dispatch by hierarchy chooses from, whose admins see the ticket."""
+    from aquafleet.models.agents import Agent
+
+    path = None
+    if ticket.agent_id is not None:
+        node = await Agent.get_or_none(id=ticket.agent_id)
+        path = node.path if node is not None else None
+    return hierarchy_levels(path)
+
+
 def _can_take(technician: Technician, ticket: Ticket) -> bool:
     return (
         technician.vendor_id == ticket.vendor_id
@@ -377,13 +413,7 @@ def _can_take(technician: Technician, ticket: Ticket) -> bool:
 async def by_hierarchy(ticket: Ticket) -> Technician:
     """The team of the ticket's dealer, else its agent, else the vendor: the available
     member with the skill holding the fewest open tickets (then the lowest id)."""
-    from aquafleet.models.agents import Agent
-
-    path = None
-    if ticket.agent_id is not None:
-        node = await Agent.get_or_none(id=ticket.agent_id)
-        path = node.path if node is not None else None
-    for level in hierarchy_levels(path):
+    for level in await ticket_levels(ticket):
         team = [
             t
             for t in await Technician.filter(
@@ -411,9 +441,11 @@ async def by_distance(
     near = await nearest_ids(
         redis, prefix, ticket.vendor_id, ticket.lat_e6, ticket.lng_e6, radius_km
     )
+    levels = await ticket_levels(ticket)
     found = {
         t.id: t
         for t in await visible_technicians(principal).filter(id__in=[tid for tid, _ in near])
+        if t.agent_id in levels
     }
     for technician_id, metres in near:
         technician = found.get(technician_id)
@@ -428,9 +460,12 @@ async def dispatch(
     technician: Technician,
     note: str = "",
 ) -> Ticket:
-    """派单 to `technician` (one the caller sees, of the ticket's vendor, with the skill)."""
+    """派单 to `technician` (one the caller sees, of the ticket's vendor, with the skill, of
+    the vendor or of the ticket's node or one above it: ticket_levels)."""
     if technician.vendor_id != ticket.vendor_id:
         raise NotFound(f"technician {technician.id} not found")
+    if technician.agent_id not in await ticket_levels(ticket):
+        raise TechnicianOfOtherNode(technician, ticket)
     if int(ticket.type) not in technician.skills:
         raise InvalidInput(f"technician {technician.id} lacks the skill for type {ticket.type}")
     role, subject = actor_of(principal)

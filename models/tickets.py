@@ -25,6 +25,7 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.devices import Device
 from aquafleet.models.errors import Conflict, InvalidInput, NotFound
 from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.vendors import Vendor
 
 TICKET_ID_LENGTH = 24
@@ -120,7 +121,7 @@ class Ticket(Model):
     # member's), set when it opens: agents' scope and dispatch by hierarchy
     order: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
         "models.Order", related_name="tickets", null=True, on_delete=fields.RESTRICT
-    )  # install tickets of a delivery, dismantle tickets of a rental's end
+    )  # install tickets of a delivery, dismantle tickets of a rental's end, exchanges
     technician: fields.ForeignKeyNullableRelation[Any] = fields.ForeignKeyField(
         "models.Technician", related_name="tickets", null=True, on_delete=fields.RESTRICT
     )
@@ -212,10 +213,11 @@ class AutomaticTicket:
     did: str | None = None
     member_uid: str | None = None
     detail: str = ""
+    # The order the ticket belongs to (`ticket.order_id`: a delivery's install, a 退租, an
+    # exchange); a dismantle ticket with one is a 退租 (models/rental_end.py).
     order_id: int | None = None
-    # The order the ticket is about without belonging to it (an install of its delivery, the
-    # dismantle of a device it shipped and got back with AD-14): its node is the ticket's
-    # (ticket_node). `order_id` is the order the ticket belongs to (退租, an exchange).
+    # The order the ticket is about without belonging to it (the dismantle of a device it
+    # shipped and got back with AD-14, which is no 退租): its node is the ticket's (ticket_node).
     about_order_id: int | None = None
 
 
@@ -263,6 +265,28 @@ async def _check_references(vendor_code: str, did: str | None) -> Device | None:
     return device
 
 
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What a ticket's node is chosen from (choose_node): the device's own node, whether an
+    order accounts for the ticket (the one it is for, else the one that brought the device to
+    its member) and that order's node, and the member's node."""
+
+    device_node: int | None = None
+    has_order: bool = False
+    order_node: int | None = None
+    member_node: int | None = None
+
+
+def choose_node(facts: NodeFacts) -> int | None:
+    """The rule of ticket_node on facts gathered: the device's node, else the order's (None
+    for an order the vendor sold itself), else the member's. Migration 0031 applies it too."""
+    if facts.device_node is not None:
+        return facts.device_node
+    if facts.has_order:
+        return facts.order_node
+    return facts.member_node
+
+
 async def ticket_node(
     vendor_code: str, device: Device | None, member_uid: str | None, order_id: int | None
 ) -> int | None:
@@ -282,18 +306,40 @@ async def ticket_node(
     from aquafleet.models.renewals import delivering_order
 
     if device is not None and device.agent_id is not None:
-        return device.agent_id
+        return choose_node(NodeFacts(device_node=device.agent_id))
     order = None
     if order_id is not None:
         order = await Order.get_or_none(id=order_id, vendor_id=vendor_code)
     elif device is not None and member_uid is not None:
         order = await delivering_order(member_uid, device.did)
     if order is not None:
-        return order.agent_id
-    if member_uid is None:
+        return choose_node(NodeFacts(has_order=True, order_node=order.agent_id))
+    member = None
+    if member_uid is not None:
+        member = await Member.get_or_none(uid=member_uid, vendor_id=vendor_code)
+    return choose_node(NodeFacts(member_node=None if member is None else member.agent_id))
+
+
+async def sold_by_node(principal: Principal, did: str) -> Device | None:
+    """A device of no node that an order of the caller's subtree (an agent or dealer) brought
+    to its member (models/renewals.py delivering_order): its tickets are that order's node's
+    (ticket_node), so the node opens them as for a device of its own (AE-03). A device another
+    node holds is that node's: None, as for any other device."""
+    from aquafleet.models.agents import Agent
+    from aquafleet.models.renewals import delivering_order
+
+    if principal.role not in (Role.AGENT, Role.DEALER) or principal.vendor_code is None:
         return None
-    member = await Member.get_or_none(uid=member_uid, vendor_id=vendor_code)
-    return None if member is None else member.agent_id
+    device = await Device.get_or_none(did=did, vendor_id=principal.vendor_code)
+    if device is None or device.agent_id is not None or device.owner_id is None:
+        return None
+    order = await delivering_order(device.owner_id, did)
+    if order is None or order.agent_id is None:
+        return None
+    node = await Agent.get_or_none(id=order.agent_id)
+    if node is None or not principal.may_see_node(principal.vendor_code, node.path):
+        return None
+    return device
 
 
 async def _placement(request: AutomaticTicket, device: Device | None) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class TicketOut(ResponseModel):
     type: int = Field(description="1 install, 2 exchange, 3 return, 4 fault, 5 maintenance, "
                       "6 dismantle")  # fmt: skip
     vid: str
+    agent_id: int | None = Field(description="the node it belongs to (null: the vendor's)")
     priority: int = Field(description="1 urgent, 2 normal, 3 low")
     detail: str
     create_tms: UtcDateTime
@@ -84,6 +85,7 @@ async def ticket_outs(tickets: list[Ticket]) -> list[TicketOut]:
             status_name=t.state.name.lower(),
             type=int(t.type),
             vid=t.vendor_id,
+            agent_id=t.agent_id,
             priority=t.priority,
             detail=t.detail,
             create_tms=t.created_at,

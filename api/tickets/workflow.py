@@ -84,9 +84,10 @@ class DispatchOut(ResponseModel):
     body=DispatchIn,
     response=DispatchOut,
     errors=(404, 409, 422),
-    description="A, in scope: approved (or dispatched: re-dispatch) -> dispatched. Name a "
-    "technician, or let the server choose: `hierarchy` takes the default team of the device's "
-    "dealer, else agent, else vendor (the available member with the skill and the fewest open "
+    description="A, in scope: approved (or dispatched: re-dispatch) -> dispatched, to one of "
+    "the vendor's, the ticket's node's or a node's above it (409 technician_other_node). Name "
+    "one, or let the server choose: `hierarchy` the default team of the ticket's dealer, else "
+    "agent, else vendor (the available member with the skill and the fewest open "
     "tickets); `distance` the nearest available technician with the skill within "
     "`dispatch_radius_km` (Redis GEOSEARCH). 409 no_technician when none fits.",
 )

@@ -24,7 +24,7 @@ _LEGACY = (
     "AND order_id IS NULL AND device_id IS NOT NULL AND member_uid IS NOT NULL ORDER BY id"
 )
 _ORDERS = (
-    "SELECT id, oid, delivery FROM shop_order WHERE vendor_id = $1 AND member_id = $2 "
+    "SELECT id, oid, agent_id, delivery FROM shop_order WHERE vendor_id = $1 AND member_id = $2 "
     "AND kind IN (1, 2) AND delivery IS NOT NULL AND delivered_at IS NOT NULL "
     "AND delivered_at <= (SELECT created_at FROM ticket WHERE id = $3) ORDER BY id DESC"
 )
@@ -50,30 +50,44 @@ def _goods(delivery: Any, exchanged: list[dict[str, Any]]) -> set[str]:
     return goods
 
 
+def dialect_sql(client: Any, text: str) -> str:
+    """`text` with PostgreSQL's $n placeholders, as the client's dialect takes them."""
+    return text if client.capabilities.dialect == "postgres" else re.sub(r"\$\d+", "?", text)
+
+
+async def order_held_at(client: Any, ticket: dict[str, Any]) -> dict[str, Any] | None:
+    """The order (`id`, `oid`, `agent_id`) whose goods the ticket's device was when the ticket
+    (`id`, `vendor_id`, `device_id`, `member_uid`) was opened: the member's newest purchase or
+    rental delivered by then that held it and had neither exchanged it away nor ended its
+    rental; None when no order accounts for it. (Migration 0031 reuses it.)"""
+    did, tid = str(ticket["device_id"]), ticket["id"]
+    orders = await client.execute_query_dict(
+        dialect_sql(client, _ORDERS), [ticket["vendor_id"], ticket["member_uid"], tid]
+    )
+    for order in orders:
+        exchanged = await client.execute_query_dict(
+            dialect_sql(client, _EXCHANGED), [order["id"], tid]
+        )
+        if did not in _goods(order["delivery"], exchanged):
+            continue
+        key = f"rental-end:{order['oid']}:{did}"
+        gone = await client.execute_query_dict(
+            dialect_sql(client, _GONE), [order["id"], did, tid, key]
+        )
+        if int(gone[0]["n"]):
+            continue
+        return dict(order)
+    return None
+
+
 async def assign_exchange_orders(client: Any) -> int:
     """Give each exchange ticket without an order the order it was for; how many got one."""
-    postgres = client.capabilities.dialect == "postgres"
-
-    def sql(text: str) -> str:
-        return text if postgres else re.sub(r"\$\d+", "?", text)
-
     assigned = 0
     for ticket in await client.execute_query_dict(_LEGACY):
-        did, tid = str(ticket["device_id"]), ticket["id"]
-        orders = await client.execute_query_dict(
-            sql(_ORDERS), [ticket["vendor_id"], ticket["member_uid"], tid]
-        )
-        for order in orders:
-            exchanged = await client.execute_query_dict(sql(_EXCHANGED), [order["id"], tid])
-            if did not in _goods(order["delivery"], exchanged):
-                continue
-            key = f"rental-end:{order['oid']}:{did}"
-            gone = await client.execute_query_dict(sql(_GONE), [order["id"], did, tid, key])
-            if int(gone[0]["n"]):
-                continue
-            await client.execute_query(sql(_ASSIGN), [order["id"], tid])
+        order = await order_held_at(client, ticket)
+        if order is not None:
+            await client.execute_query(dialect_sql(client, _ASSIGN), [order["id"], ticket["id"]])
             assigned += 1
-            break
     return assigned
 
 
