@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device
 from aquafleet.models.errors import Conflict, NotFound
@@ -131,32 +132,36 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
     deposit of the device the order shipped back."""
     if order.member_id != member_uid:
         raise NotFound(f"order {order.oid} not found")
-    if order.kind is OrderKind.RENTAL:
-        check_not_returning(order)
-    if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
-        raise Conflict(
-            f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
-            "delivered rental is ended"
-        )
-    stands_for = await goods_shipped_as(order)
-    if did not in stands_for:
-        raise NotFound(f"device {did} is not part of order {order.oid}")
-    device = await Device.get_or_none(did=did)
-    if device is None or device.owner_id != member_uid:
-        raise Conflict(f"device {did} is no longer held by the member")
-    await check_one_end(order, did, stands_for)  # a deposit comes back once per shipped device
-    reason = reason.strip()[:200]
-    key = rental_end_key(order.oid, did)
-    await release_cancelled(key)
-    return await open_automatic_ticket(
-        AutomaticTicket(
-            dedup_key=key, type=TicketType.DISMANTLE,
-            vendor_code=order.vendor_id, did=did, member_uid=member_uid,
-            detail=f"rental ended by the member (order {order.oid})"
-            + (f": {reason}" if reason else ""),
-            order_id=order.id,
-        )
-    )  # fmt: skip
+    async with in_transaction("default"):
+        # Under the order's row lock, as AD-12 checks for a 退租 (models/returns.py ask_return):
+        # of a 退租 and a return asked at once, one sees the other and is refused.
+        order = await Order.filter(id=order.id).select_for_update().get()
+        if order.kind is OrderKind.RENTAL:
+            check_not_returning(order)
+        if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
+            raise Conflict(
+                f"the order is {order.state.name.lower()} ({order.kind.name.lower()}): only a "
+                "delivered rental is ended"
+            )
+        stands_for = await goods_shipped_as(order)
+        if did not in stands_for:
+            raise NotFound(f"device {did} is not part of order {order.oid}")
+        device = await Device.get_or_none(did=did)
+        if device is None or device.owner_id != member_uid:
+            raise Conflict(f"device {did} is no longer held by the member")
+        await check_one_end(order, did, stands_for)  # a deposit comes back once per device
+        reason = reason.strip()[:200]
+        key = rental_end_key(order.oid, did)
+        await release_cancelled(key)
+        return await open_automatic_ticket(
+            AutomaticTicket(
+                dedup_key=key, type=TicketType.DISMANTLE,
+                vendor_code=order.vendor_id, did=did, member_uid=member_uid,
+                detail=f"rental ended by the member (order {order.oid})"
+                + (f": {reason}" if reason else ""),
+                order_id=order.id,
+            )
+        )  # fmt: skip
 
 
 async def release_cancelled(key: str) -> None:

@@ -108,8 +108,11 @@ async def ask_return(
                 f"{closes.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
                 order.state,
             )
-    await check_no_rental_end(order)
     async with in_transaction("default"):
+        # Under the order's row lock, as a 退租 is asked (models/rental_end.py end_rental): of
+        # the two asked at once, one sees the other and is refused.
+        await Order.filter(id=order.id).select_for_update().get()
+        await check_no_rental_end(order)
         await fire(order, OrderEvent.RETURN, actor_role=MEMBER, actor_id=member_uid,
                    reason=reason, now=now)  # fmt: skip
         await Order.filter(id=order.id).update(return_reason=reason)
@@ -119,10 +122,14 @@ async def ask_return(
 
 async def consent_return(order: Order, principal: Principal) -> Order:
     """AD-13: the platform or the vendor agrees to take the goods back."""
-    await check_no_rental_end(order)
-    return await fire(
-        order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
-    )
+    async with in_transaction("default"):
+        await Order.filter(id=order.id).select_for_update().get()  # as in ask_return
+        await check_no_rental_end(order)
+        await fire(
+            order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
+        )
+    await order.refresh_from_db()
+    return order
 
 
 async def refuse_return(
