@@ -143,7 +143,10 @@ class AmountsOut(ResponseModel):
     deposit: int
     rent: int
     total: int
-    refund_due: int = Field(description="recorded when the goods came back (AD-14)")
+    refund_due: int = Field(
+        description="recorded when the goods came back (AD-14): the total less what refunds "
+        "of the order gave back before"
+    )
 
 
 class OrderOut(ResponseModel):
@@ -577,9 +580,10 @@ async def refuse(call: Call) -> OrderOut:
     response=OrderOut,
     errors=(404, 409),
     description="A# (已退货): consent -> refund. Every device the order shipped is locked and "
-    "unbound; an installed one gets a dismantle ticket; the order's total is recorded as "
-    "`amounts.refund_due` for the payment layer. A rental with a 退租, open or done, is not "
-    "returned (409 order_has_rental_end, before anything moves).",
+    "unbound; an installed one gets a dismantle ticket; the order's total, less what refunds "
+    "of the order gave back before, is recorded as `amounts.refund_due` for the payment "
+    "layer. A rental with a 退租, open or done, is not returned (409 order_has_rental_end, "
+    "before anything moves).",
 )
 async def refund(call: Call) -> OrderOut:
     principal = call.principal
