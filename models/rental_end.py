@@ -106,6 +106,31 @@ class DeviceExchanged(Conflict):
         return {"ticket_id": self.exchange.ticket_id, "new_device_id": self.exchange.new_device_id}
 
 
+class DeviceNotHeld(Conflict):
+    """An exchange (opened or completed) naming a member who does not hold its device."""
+
+    code = "device_not_held"
+
+    def __init__(self, did: str, member_uid: str) -> None:
+        super().__init__(
+            f"device {did} is not held by member {member_uid}: an exchange (换机) replaces a "
+            "device its member holds; name the member the device is bound to"
+        )
+        self.did, self.member_uid = did, member_uid
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"device_id": self.did, "user_id": self.member_uid}
+
+
+def check_held(device: Device, member_uid: str | None) -> None:
+    """An exchange's device is bound to the member it serves (DeviceNotHeld): else the old
+    device, another member's or nobody's, would be taken and its service handed to the
+    member named. No member named: the device's holder, whoever that is."""
+    if member_uid is not None and device.owner_id != member_uid:
+        raise DeviceNotHeld(device.did, member_uid)
+
+
 RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
 # A return asked, agreed or done (AD-12, AD-13, AD-14): the return gives the order's money back,
 # deposit included, so no 退租 is asked or completed (models/returns.py refuses the converse).
