@@ -320,7 +320,7 @@ async def list_orders(call: Call) -> Page:
 )
 async def add_order(call: Call) -> OrderOut:
     body: OrderIn = call.body
-    key = _idempotency_key(call)
+    key = idempotency_header(call)
     member = await get_member(call.principal.subject)
     request = OrderRequest(
         lines=[LineRequest(line.product_id, line.quantity, line.package) for line in body.content],
@@ -333,7 +333,8 @@ async def add_order(call: Call) -> OrderOut:
     return (await order_outs([order]))[0]
 
 
-def _idempotency_key(call: Call) -> str | None:
+def idempotency_header(call: Call) -> str | None:
+    """The request's Idempotency-Key header (None: none sent); 422 when not 1..64 characters."""
     key = call.request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         message = f"must be 1..{MAX_IDEMPOTENCY_KEY} characters"
@@ -360,7 +361,7 @@ def _idempotency_key(call: Call) -> str | None:
 )
 async def add_renewal(call: Call) -> OrderOut:
     body: RenewalIn = call.body
-    key = _idempotency_key(call)
+    key = idempotency_header(call)
     member = await get_member(call.principal.subject)
     order, _created = await create_renewal(
         member, body.did, body.package, memo=body.memo, idempotency_key=key

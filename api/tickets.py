@@ -16,6 +16,7 @@ from typing_extensions import TypeAliasType
 
 from aquafleet.api.errors import ValidationFailed
 from aquafleet.api.list_filters import named_member, named_technician
+from aquafleet.api.orders import IDEMPOTENCY_HEADER, OrderPath, idempotency_header
 from aquafleet.api.routing import Call, Page, RouteTable
 from aquafleet.api.schemas import (
     UNSET,
@@ -30,6 +31,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, REDIS, SETTINGS
 from aquafleet.models.errors import InvalidInput
 from aquafleet.models.handover import HandBack, Handover
 from aquafleet.models.order_queries import find_order
+from aquafleet.models.orders import MAX_IDEMPOTENCY_KEY
 from aquafleet.models.rental_end import end_rental
 from aquafleet.models.service import ServiceChangeRequest
 from aquafleet.models.technicians import Technician, find_technician
@@ -665,12 +667,6 @@ async def rate_ticket(call: Call) -> TicketOut:
 
 # ----------------------------------------------------------------------------- ending a rental
 
-OID_PATTERN = r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$"
-
-
-class OrderPath(PathParams):
-    oid: str = Field(pattern=OID_PATTERN)
-
 
 class RentalEndIn(RequestModel):
     device_id: str = Field(pattern=DID_PATTERN, description="the rented device to give back")
@@ -686,17 +682,18 @@ class RentalEndIn(RequestModel):
     response=TicketOut,
     status=201,
     errors=(404, 409),
-    description="C, not in the seed (its FAQ 1): the member ends the rental of the device it "
-    "holds for its delivered rental order (the one shipped, or the replacement an exchange gave "
-    "for it; 409 for a device it no longer holds). A dismantle ticket opens (asking again "
-    "answers the same ticket while it is open or done; once it is cancelled, a new one); "
-    "completing it locks and unbinds the device, ends its service and requests the order's "
-    "deposit for that device back, once per device the order shipped (409 rental_end_exists "
-    "when the device it stands for already has a 退租, open or done; 409 order_returning for "
-    "an order whose return was asked: the return gives the deposit back).",
+    description="C, not in the seed (its FAQ 1): the member ends the rental of a device it "
+    "holds for its delivered rental order (shipped, or an exchange's replacement); a dismantle "
+    "ticket opens, whose completion asks the device's deposit back, once per device shipped "
+    f"(docs/api-tickets.md). `{IDEMPOTENCY_HEADER}` (1..{MAX_IDEMPOTENCY_KEY} characters): a "
+    "retried ask answers the first one's ticket as it is now, even cancelled (nothing opens "
+    "twice); the key with another order, device or reason, 409 idempotency_key_reused.",
 )
 async def end_rental_route(call: Call) -> TicketOut:
     body: RentalEndIn = call.body
     order = await find_order(call.principal, call.params.oid)
-    ticket, _created = await end_rental(order, call.principal.subject, body.device_id, body.reason)
+    ticket, _created = await end_rental(
+        order, call.principal.subject, body.device_id, body.reason,
+        idempotency_key=idempotency_header(call),
+    )  # fmt: skip
     return await one(ticket)

@@ -68,3 +68,52 @@ async def test_a_rental_end_and_a_return_asked_at_once_do_not_both_go_through(
     else:
         assert (order.state, open_ends) == (OrderState.RECEIVED, 1)
     await assert_ledger_clean()
+
+
+async def test_a_rental_end_retried_with_its_idempotency_key_opens_nothing_twice(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """退租 with an Idempotency-Key, as AD-02: the same request again answers the first one's
+    ticket as it is now, even once it was cancelled (no second ticket opens); the key with
+    another request answers 409 idempotency_key_reused naming the key's ticket, and nothing
+    opens. Two asks with one key at once open one ticket."""
+    a, _ = tenants
+    first, second = await register(api, a.vid, 2)
+    shopper, oid = await two_device_rental(api, api_node, a, [first, second])
+    client, path = shopper.client, f"/orders/{oid}/rental/end"
+    await client.call("POST", f"/orders/{oid}/status/confirm")
+    key = {"Idempotency-Key": "end-1"}
+    asked = await send(client, "POST", path, {"device_id": first}, headers=key)
+    assert asked[0] == 201, asked
+    tid = asked[1]["data"]["ticket_id"]
+    again = await send(client, "POST", path, {"device_id": first}, headers=key)
+    assert (again[0], again[1]["data"]["ticket_id"]) == (201, tid)
+
+    await a.vendor.call("POST", f"/tickets/{tid}/cancel", {"note": "member changed its mind"})
+    retried = await send(client, "POST", path, {"device_id": first}, headers=key)
+    assert (retried[0], retried[1]["data"]["ticket_id"]) == (201, tid), retried
+    assert retried[1]["data"]["status"] == 7  # the first one's ticket, as it is now
+    assert await Ticket.filter(type=TicketType.DISMANTLE, device_id=first).count() == 1
+
+    for body in ({"device_id": second}, {"device_id": first, "reason": "搬家"}):
+        reused = await send(client, "POST", path, body, headers=key)
+        assert outcome(reused) == (409, "idempotency_key_reused"), reused
+        assert reused[1]["data"] == {"ticket_id": tid}
+    assert not await Ticket.filter(type=TicketType.DISMANTLE, device_id=second).exists()
+
+    # Without the key, the cancelled ticket is not the answer: asking again opens a new one.
+    fresh = await client.call("POST", path, {"device_id": first}, expect=201)
+    assert fresh.data["ticket_id"] != tid
+
+    # One key sent twice at once: one ticket, both answers name it.
+    key = {"Idempotency-Key": "end-2"}
+    answers = await both(
+        *(send(client, "POST", path, {"device_id": second}, headers=key) for _ in range(2))
+    )
+    assert [status for status, _ in answers] == [201, 201], answers
+    assert answers[0][1]["data"]["ticket_id"] == answers[1][1]["data"]["ticket_id"]
+    assert await Ticket.filter(type=TicketType.DISMANTLE, device_id=second).count() == 1
+    oversized = await send(client, "POST", path, {"device_id": second}, headers={
+        "Idempotency-Key": "k" * 65
+    })  # fmt: skip
+    assert outcome(oversized) == (422, "validation_failed"), oversized
