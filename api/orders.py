@@ -57,7 +57,7 @@ from aquafleet.models.returns import (
     goods_returned,
     refuse_return,
 )
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import (
     ADMIN_ROLES,
     ANY_ROLE,

@@ -57,7 +57,7 @@ from aquafleet.models.money import Refund
 from aquafleet.models.order_queries import find_order
 from aquafleet.models.orders import Order
 from aquafleet.models.payments import PaymentState, payment_of_order
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import ANY_ROLE, MEMBER_ONLY
 from aquafleet.models.vending import MAX_DISPENSE_ML, DispenseSession, charge_fen
 from aquafleet.models.vendors import Vendor

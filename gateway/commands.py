@@ -356,7 +356,7 @@ class CommandService:
         return cid, state
 
     async def deliver(self, did: str, command: Command, *, issuer: str = "") -> bool:
-        """The router interface of models/vending.py and models/service.py: record and route a
+        """The router interface of models/vending.py and models/filters.py: record and route a
         one-shot command; False when the device is offline (the log says failed)."""
         state, _ = await self.create(did, command, kind=CommandKind.ONCE, issuer=issuer)
         return state is not CommandState.FAILED

@@ -24,9 +24,10 @@ from aquafleet.gateway.keys import Keyspace
 from aquafleet.gateway.redis_io import redis_errors
 from aquafleet.gateway.registry_cache import kick_everywhere, write_entries
 from aquafleet.gateway.service_state import ServiceState, ServiceStore
-from aquafleet.models import handover, service
+from aquafleet.models import filters, handover, service, service_requests
 from aquafleet.models.commands import check_not_locked
-from aquafleet.models.service import ChangeOutcome, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import ChangeOutcome, ServiceMode
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.vending import DispenseSession, start_dispense
 from aquafleet.protocol import Command, CommandOp
 
@@ -121,7 +122,7 @@ class DeviceGateway:
     ) -> tuple[ChangeOutcome, ServiceState]:
         """Apply a change (models/service.py validates and records it); the device gets the
         new desired state at once when connected, else at its next login."""
-        outcome = await service.apply_change(self._store, did, change, actor=actor)
+        outcome = await service_requests.apply_change(self._store, did, change, actor=actor)
         return outcome, await self._store.read(did)
 
     async def hand_over(
@@ -150,7 +151,7 @@ class DeviceGateway:
         """Tell the device a filter stage was replaced (recorded in the service log); the cid.
         DeviceOffline when the device cannot be told now."""
         router = _IssuerRouter(self._commands, actor)
-        return await service.reset_filter(router, did, stage, actor=actor, reason=reason)
+        return await filters.reset_filter(router, did, stage, actor=actor, reason=reason)
 
     # ------------------------------------------------------------------ commands
 

@@ -79,6 +79,24 @@ class Keyspace:
         deletes each field once its row is complete."""
         return f"{self.shard_prefix(self.shard_of(did))}sa:{did}"
 
+    def service_unrecorded_index(self, shard: int) -> str:
+        """A shard's sorted set request marker key -> when the change was applied (unix ms)
+        of the fields of its devices' unrecorded hashes (service.lua KEYS[8]): the recovery
+        pass finds the old ones there without scanning (models/service_pending.py)."""
+        return f"{self.shard_prefix(shard)}sa-index"
+
+    @property
+    def service_carried(self) -> str:
+        """Set once the upgrade's one-off step carried the old markers and records into the
+        unrecorded hashes and their index (ServiceStore.carry_old_records)."""
+        return f"{self.prefix}:sa-carried"
+
+    def service_request_of(self, marker: str) -> tuple[str, str] | None:
+        """(did, request id) of a request marker key (`service_request`); None: not one."""
+        _tag, sep, rest = marker.partition("}:r:")
+        did, colon, request_id = rest.partition(":")
+        return (did, request_id) if sep and colon and did and request_id else None
+
     def rental_schedule(self, kind: str, shard: int) -> str:
         """A shard's sorted set did -> rental_expires_at of the time-rental scheduler, one per
         kind (expiry, remind, grace); in the shard's slot, so service.lua keeps it atomically."""

@@ -338,7 +338,7 @@ async def run_command_sender(sender: CommandSender, ids: CommandIds) -> None:
 async def rental_ctx(app: web.Application) -> AsyncIterator[None]:
     """Service-state changes (ServiceStore) and, where enabled, the time-rental scheduler
     (which also fails vending sessions past their deadline)."""
-    from aquafleet.models.service import (
+    from aquafleet.models.rental_expiry import (
         open_dismantle_after_grace,
         record_rental_expired,
         record_rental_reminder,
@@ -437,7 +437,7 @@ async def sweep_deadlines(
     if recovery is not None and (found := await recovery.maybe_recover(dt.datetime.now(dt.UTC))):
         log.info(
             "service_changes_recovered", completed=found.completed, dropped=found.dropped,
-            settled=found.settled,
+            settled=found.settled, recorded=found.recorded,
         )  # fmt: skip
     swept = await expire_dispenses()
     commands = app.get(COMMANDS)

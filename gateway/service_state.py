@@ -10,6 +10,7 @@ changes (models/service.py); this module is the Redis half.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -96,6 +97,43 @@ class Recalled(NamedTuple):
 
     applied: bool
     marked: MarkedChange | None
+
+
+class DueRecord(NamedTuple):
+    """An unrecorded record the shard's index lists: whose change and when it was applied."""
+
+    did: str
+    request_id: str
+    applied_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What the upgrade's one-off step did (ServiceStore.carry_old_records)."""
+
+    indexed: int = 0  # unrecorded records of the release before, entered in the index
+    carried: int = 0  # markers without a record and without a row, kept past their week
+
+
+# How long service.lua keeps a request marker ('EX', 604800 there): a marker's age is this
+# less its remaining time to live.
+MARKER_TTL_MS = 604_800_000
+CARRY_BATCH = 500
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def is_recordless(value: Any) -> bool:
+    """A request marker of a change of models/service.py written before markers kept the
+    change's record: "1", "0" or "configured|mt|rx" (an exchange's own steps, "amount|did",
+    "taken|ml", are none)."""
+    text = _text(value)
+    return "#" not in text and (text in ("0", "1") or text.startswith("configured|"))
+
+
+RowsOf = Callable[[list[tuple[str, str]]], Awaitable[set[tuple[str, str]]]]
 
 
 class ChangeAnswer(NamedTuple):
@@ -190,6 +228,15 @@ class ServiceStore:
             keys.extend(keyspace.service_request(did, marker) for marker in markers)
         return keys
 
+    def _unrecorded_keys(self, did: str) -> list[str]:
+        """service.lua's KEYS[7] and KEYS[8] of a change with a pending row: the device's
+        unrecorded hash and its shard's index of them."""
+        keyspace = self.keyspace
+        return [
+            keyspace.service_unrecorded(did),
+            keyspace.service_unrecorded_index(keyspace.shard_of(did)),
+        ]
+
     async def change(
         self,
         did: str,
@@ -201,7 +248,7 @@ class ServiceStore:
     ) -> ChangeAnswer:
         """`pending`: the database holds a pending row for `request_id`; the change's record
         is kept in the device's unrecorded hash too, until `settle` (docs/metering.md)."""
-        unrecorded = [self.keyspace.service_unrecorded(did)] if pending and request_id else []
+        unrecorded = self._unrecorded_keys(did) if pending and request_id else []
         keys = [*self._keys(did, request_id), *unrecorded]
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         argv = [op, now_ms, self._channel_prefix, did, *(_arg(a) for a in args)]
@@ -233,13 +280,107 @@ class ServiceStore:
         """Forget the record the unrecorded hash keeps of `request_id` (its database row is
         complete now); False when Redis could not be told (a later pass retries)."""
         marker = self.keyspace.service_request(did, request_id)
+        hash_key, index = self._unrecorded_keys(did)
         try:
             with redis_errors(f"service settle {did}"):
-                await self.client.hdel(self.keyspace.service_unrecorded(did), marker)
+                pipe = self.client.pipeline(transaction=False)  # one slot: the device's
+                pipe.hdel(hash_key, marker)
+                pipe.zrem(index, marker)
+                await pipe.execute()
         except GatewayError as exc:
             log.warning("service_settle_failed", did=did, request_id=request_id, error=str(exc))
             return False
         return True
+
+    async def unrecorded_due(self, upto_ms: int, limit: int) -> list[DueRecord]:
+        """The unrecorded records applied at or before `upto_ms`, oldest first, at most
+        `limit` of each shard."""
+        keyspace = self.keyspace
+        with redis_errors("service unrecorded due"):
+            pipe = self.client.pipeline(transaction=False)
+            for shard in keyspace.all_shards():
+                index = keyspace.service_unrecorded_index(shard)
+                pipe.zrangebyscore(index, "-inf", upto_ms, start=0, num=limit, withscores=True)
+            replies = await pipe.execute()
+        due = []
+        for reply in replies:
+            for member, score in reply:
+                named = keyspace.service_request_of(_text(member))
+                if named is not None:
+                    due.append(DueRecord(named[0], named[1], int(score)))
+        return due
+
+    async def unindex(self, did: str, request_id: str) -> None:
+        """Take `request_id` out of the index, leaving the device's record (one that cannot
+        be recorded: the recovery pass does not look at it again)."""
+        marker = self.keyspace.service_request(did, request_id)
+        with redis_errors(f"service unindex {did}"):
+            await self.client.zrem(self._unrecorded_keys(did)[1], marker)
+
+    async def carry_old_records(self, rows_of: RowsOf) -> Carried:
+        """The upgrade's one-off step, once per Redis (a flag key): enter the unrecorded
+        records of the release before (no index then) in the index, and keep a marker written
+        before markers kept records whose change has no row (`rows_of`: the (did, request
+        id) pairs the database has a row of) in the device's unrecorded hash, with no expiry,
+        so a retry after its week is answered applied, not applied again."""
+        flag = self.keyspace.service_carried
+        with redis_errors("service carry old records"):
+            if await self.client.exists(flag):
+                return Carried()
+            indexed = await self._index_old_records()
+            carried = 0
+            batch: list[str] = []
+            async for key in self.client.scan_iter(
+                match=f"{self.keyspace.prefix}:{{*}}:r:*", count=1000
+            ):
+                batch.append(_text(key))
+                if len(batch) >= CARRY_BATCH:
+                    carried += await self._carry_markers(batch, rows_of)
+                    batch = []
+            carried += await self._carry_markers(batch, rows_of)
+            await self.client.set(flag, int(time.time()))
+        return Carried(indexed, carried)
+
+    async def _index_old_records(self) -> int:
+        keyspace = self.keyspace
+        now_ms = int(time.time() * 1000)
+        indexed = 0
+        async for key in self.client.scan_iter(match=f"{keyspace.prefix}:{{*}}:sa:*", count=1000):
+            did = _text(key).rpartition(":sa:")[2]
+            markers = [_text(field) for field in await self.client.hkeys(key)]
+            if not markers:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for marker in markers:
+                pipe.pttl(marker)
+            ttls = await pipe.execute()
+            applied = {  # when the marker was set: its week less what is left of it
+                marker: now_ms - MARKER_TTL_MS + ttl if ttl > 0 else 0
+                for marker, ttl in zip(markers, ttls, strict=True)
+            }
+            index = keyspace.service_unrecorded_index(keyspace.shard_of(did))
+            indexed += int(await self.client.zadd(index, applied, nx=True))  # type: ignore[arg-type]
+        return indexed
+
+    async def _carry_markers(self, keys: list[str], rows_of: RowsOf) -> int:
+        if not keys:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await pipe.execute()
+        named = [
+            (key, found)
+            for key, value in zip(keys, values, strict=True)
+            if value is not None and is_recordless(value)
+            and (found := self.keyspace.service_request_of(key)) is not None
+        ]  # fmt: skip
+        recorded = await rows_of([found for _key, found in named]) if named else set()
+        pipe = self.client.pipeline(transaction=False)
+        for key, (did, request_id) in named:
+            if (did, request_id) not in recorded:
+                pipe.hsetnx(self.keyspace.service_unrecorded(did), key, "carried")
+        return sum(await pipe.execute())
 
     async def hand_over(
         self,

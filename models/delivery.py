@@ -48,9 +48,9 @@ from aquafleet.models.service import (
     DAY_S,
     PERSON_LOCK,
     DeviceService,
-    ServiceChangeRequest,
     ServiceMode,
 )
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import AutomaticTicket, TicketType, open_automatic_ticket
 

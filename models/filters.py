@@ -13,6 +13,7 @@ override per device (`DeviceFilterSpec`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from tortoise.models import Model
 from aquafleet.models.devices import Device
 from aquafleet.models.errors import DomainError, InvalidInput, NotFound
 from aquafleet.models.ids import check_vendor_code
+from aquafleet.models.service import checked_text, known_device, record_change, whole
 from aquafleet.models.tickets import (
     AutomaticTicket,
     TicketType,
@@ -34,7 +36,9 @@ from aquafleet.models.tickets import (
     open_automatic_ticket,
 )
 from aquafleet.models.usage import SnapshotRow
+from aquafleet.models.vending import CommandRouter, DeviceOffline
 from aquafleet.models.vendors import Vendor
+from aquafleet.protocol import Command, CommandOp
 
 log = structlog.get_logger(__name__)
 
@@ -335,6 +339,42 @@ async def filters_due(dids: Sequence[str], threshold_pct: int) -> set[str]:
             if readings and is_due(filter_life(readings, specs[did].stages, threshold_pct)):
                 due.add(str(did))
     return due
+
+
+# ----------------------------------------------------------------------------- replacing a filter
+
+
+async def reset_filter(
+    router: CommandRouter,
+    did: str,
+    stage: int,
+    *,
+    actor: str,
+    reason: str = "",
+    now: dt.datetime | None = None,
+) -> int:
+    """Tell the device a filter stage was replaced (reset_filter command); returns the cid.
+
+    The device resets that stage's hours and bumps its reset_count, which its next TELEMETRY
+    reports: that starts the stage's next cycle. The command is recorded in the device's
+    service history (models/service.py); an offline device cannot be told: DeviceOffline, and
+    nothing is recorded.
+    """
+    stage = whole("stage", stage, 0, 255)
+    actor = checked_text("actor", actor, 64)
+    await known_device(did)
+    now = now or dt.datetime.now(dt.UTC)
+    cid = int(await router.next_cid())
+    command = Command(
+        cid=cid, op=CommandOp.RESET_FILTER, exp=int(now.timestamp()) + 300, args={1: stage}
+    )
+    if not await router.deliver(did, command):
+        raise DeviceOffline(f"device {did} is offline: reset its filter when it is back")
+    await record_change(
+        did=did, op="reset_filter", actor=actor, reason=f"stage {stage}: {reason}"[:255],
+        request_id=f"cid:{cid}", created_at=now,
+    )  # fmt: skip
+    return cid
 
 
 # ----------------------------------------------------------------------------- the ledger hook

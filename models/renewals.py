@@ -61,7 +61,8 @@ from aquafleet.models.orders import (
 )
 from aquafleet.models.products import Product, ProductState, next_serial, shop_vendor, snapshot
 from aquafleet.models.returns import goods_shipped_as
-from aquafleet.models.service import DeviceService, ServiceChangeRequest, ServiceMode
+from aquafleet.models.service import DeviceService, ServiceMode
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.tickets import Ticket, TicketState, TicketType
 

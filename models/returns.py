@@ -45,7 +45,7 @@ from aquafleet.models.orders import (
     OrderState,
     OrderTransition,
 )
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.tickets import (
     OPEN_STATES,

@@ -9,8 +9,11 @@ Redis runs it: models/service_pending.py completes the rows a process left pendi
 change under a request id already used on the device is refused (ServiceRequestReused), never
 taken for a retry of the first.
 
-An exchange's hand-over and hand-back of the service are in models/handover.py, a command's
-device lookup in models/command_target.py.
+A change as one request (`ServiceChangeRequest`, AB-08's op and fields) is dispatched to these
+changes by models/service_requests.py; an exchange's hand-over and hand-back of the service are
+in models/handover.py, a command's device lookup in models/command_target.py, what the rental
+scheduler records around an expiry in models/rental_expiry.py, and a filter reset (a command
+recorded here) in models/filters.py.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ class ChangeOutcome:
     already_applied: bool = False  # this request id was applied before: a retry changed nothing
 
 
-def _whole(name: str, value: Any, low: int, high: int) -> int:
+def whole(name: str, value: Any, low: int, high: int) -> int:
     """An integer in [low, high]; booleans and floats are refused (money and water are ints)."""
     if type(value) is not int or not low <= value <= high:
         raise InvalidInput(f"{name} must be an integer from {low} to {high}")
@@ -147,7 +150,8 @@ def checked_text(name: str, value: str, limit: int) -> str:
     return value.strip()
 
 
-async def _record_change(**values: Any) -> None:
+async def record_change(**values: Any) -> None:
+    """Write one service_change row (a change, an event of it, a command's record)."""
     async with in_transaction():  # its own transaction: an IntegrityError must not poison another
         await ServiceChange.create(**values)
 
@@ -188,8 +192,13 @@ def op_name(op: str) -> str:
 
 def _shown(name: str, value: int | None) -> int | str | None:
     if name == "rental_expires_at" and value is not None:
-        return _when(value)
+        return utc_text(value)
     return value
+
+
+def utc_text(unix_s: int) -> str:
+    """Unix seconds as ISO 8601 UTC text, to the second ("2026-01-31T00:00:00Z")."""
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def asked_of(op: str, args: Sequence[int | None]) -> dict[str, int | None]:
@@ -366,7 +375,7 @@ async def _pending_first(
         if first is not None:
             return first.stage is ChangeStage.PENDING
         try:
-            await _record_change(
+            await record_change(
                 did=did, op=op, amount_ml=amount_ml, seconds=seconds, actor=actor,
                 reason=reason[:255], request_id=request_id, request_args=list(args),
                 stage=ChangeStage.PENDING, created_at=now,
@@ -447,14 +456,14 @@ async def record_applied(
         "lock_bits": after.lock_bits, "version": after.version, "request_args": request_args,
     }  # fmt: skip
     if request_id is None:
-        await _record_change(did=did, actor=actor, reason=reason[:255], created_at=now, **values)
+        await record_change(did=did, actor=actor, reason=reason[:255], created_at=now, **values)
     elif not await ServiceChange.filter(
         did=did, request_id=request_id, stage=ChangeStage.PENDING
     ).update(stage=ChangeStage.UNSETTLED, **values) and not await ServiceChange.exists(
         did=did, request_id=request_id
     ):  # none pending: an exchange's step, or a pending row the recovery pass dropped since
         with contextlib.suppress(IntegrityError):  # a concurrent retry recorded it first
-            await _record_change(
+            await record_change(
                 did=did, actor=actor, reason=reason[:255], request_id=request_id,
                 stage=stage, created_at=now, **values,
             )  # fmt: skip
@@ -499,23 +508,23 @@ async def configure(
     now: dt.datetime | None = None,
 ) -> ChangeOutcome:
     """Set the billing mode; volume rental needs a starting quota, time rental an expiry.
-    `retry_recomputes`: see ServiceChangeRequest."""
+    `retry_recomputes`: see ServiceChangeRequest (models/service_requests.py)."""
     try:
         mode = ServiceMode(mode)
     except ValueError:
         raise InvalidInput(f"mode must be one of {[m.value for m in ServiceMode]}") from None
     if mode is ServiceMode.VOLUME_RENTAL:
-        remaining_ml = _whole("remaining_ml", remaining_ml, -MAX_TOP_UP_ML, MAX_TOP_UP_ML)
+        remaining_ml = whole("remaining_ml", remaining_ml, -MAX_TOP_UP_ML, MAX_TOP_UP_ML)
     elif remaining_ml is not None:
         raise InvalidInput("remaining_ml applies to volume rental (mode 3) only")
     if mode is ServiceMode.TIME_RENTAL:
-        rental_expires_at = _whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
+        rental_expires_at = whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
     elif rental_expires_at is not None:
         raise InvalidInput("rental_expires_at applies to time rental (mode 2) only")
     if low_balance_ml is not None:
         if mode is not ServiceMode.VOLUME_RENTAL:
             raise InvalidInput("low_balance_ml applies to volume rental (mode 3) only")
-        low_balance_ml = _whole("low_balance_ml", low_balance_ml, 0, MAX_TOP_UP_ML)
+        low_balance_ml = whole("low_balance_ml", low_balance_ml, 0, MAX_TOP_UP_ML)
     return await _apply(
         backend, did, "configure", [int(mode), remaining_ml, rental_expires_at, low_balance_ml],
         actor=actor, reason=reason, request_id=request_id, amount_ml=remaining_ml,
@@ -535,7 +544,7 @@ async def top_up(
 ) -> ChangeOutcome:
     """Add `ml` to a volume quota; a debt (water poured after the lock) is paid off first, and
     the device unlocks once the balance is above 0."""
-    ml = _whole("ml", ml, 1, MAX_TOP_UP_ML)
+    ml = whole("ml", ml, 1, MAX_TOP_UP_ML)
     return await _apply(
         backend, did, "topup", [ml], actor=actor, reason=reason, request_id=request_id,
         amount_ml=ml, now=now,
@@ -561,7 +570,7 @@ async def extend_rental(
         if package not in RENT_PACKAGES:
             raise InvalidInput(f"package must be one of {sorted(RENT_PACKAGES)}")
         days = RENT_PACKAGES[package]
-    days = _whole("days", days, 1, 3660)
+    days = whole("days", days, 1, 3660)
     return await _apply(
         backend, did, "extend", [days * DAY_S], actor=actor, reason=reason,
         request_id=request_id, seconds=days * DAY_S, now=now,
@@ -578,7 +587,7 @@ async def set_expiry(
     request_id: str | None = None,
     now: dt.datetime | None = None,
 ) -> ChangeOutcome:
-    expires = _whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
+    expires = whole("rental_expires_at", rental_expires_at, 0, 2**32 - 1)
     return await _apply(
         backend, did, "set_expiry", [expires], actor=actor, reason=reason,
         request_id=request_id, now=now,
@@ -623,103 +632,6 @@ def is_low_balance(
     return rental_expires_at is not None and rental_expires_at - now_s <= within_s
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceChangeRequest:
-    """One change of AB-08 (`PUT /devices/{did}/svc`): `op` says which; the fields it does not
-    use are None. `rental_expires_at` is unix seconds. With `request_id`, the same change again
-    is a retry (applied once) and another is ServiceRequestReused; `retry_recomputes` (an
-    internal caller's configure whose values are computed afresh on each try: a delivery's
-    rental from now, an exchange's from the old device's state) makes any configure under the
-    id a retry of the first."""
-
-    op: str  # configure, top_up, extend, set_expiry, lock, unlock
-    mode: ServiceMode | int | None = None
-    remaining_ml: int | None = None
-    low_balance_ml: int | None = None
-    rental_expires_at: int | None = None
-    ml: int | None = None
-    package: str | None = None
-    days: int | None = None
-    reason: str = ""
-    request_id: str | None = None
-    retry_recomputes: bool = False
-
-
-async def apply_change(
-    backend: ServiceBackend, did: str, change: ServiceChangeRequest, *, actor: str
-) -> ChangeOutcome:
-    """The change `change.op` names, with its fields (InvalidInput when one it needs is
-    missing)."""
-    reason, request_id = change.reason, change.request_id
-    match change.op:
-        case "configure":
-            if change.mode is None:
-                raise InvalidInput("configure needs mode")
-            return await configure(
-                backend, did, change.mode, remaining_ml=change.remaining_ml,
-                rental_expires_at=change.rental_expires_at, low_balance_ml=change.low_balance_ml,
-                actor=actor, reason=reason, request_id=request_id,
-                retry_recomputes=change.retry_recomputes,
-            )  # fmt: skip
-        case "top_up":
-            if change.ml is None:
-                raise InvalidInput("top_up needs ml")
-            return await top_up(
-                backend, did, change.ml, actor=actor, reason=reason, request_id=request_id
-            )
-        case "extend":
-            return await extend_rental(
-                backend, did, package=change.package, days=change.days,
-                actor=actor, reason=reason, request_id=request_id,
-            )  # fmt: skip
-        case "set_expiry":
-            if change.rental_expires_at is None:
-                raise InvalidInput("set_expiry needs rental_expires_at")
-            return await set_expiry(
-                backend, did, change.rental_expires_at, actor=actor, reason=reason,
-                request_id=request_id,
-            )  # fmt: skip
-        case "lock":
-            return await lock(backend, did, actor=actor, reason=reason, request_id=request_id)
-        case "unlock":
-            return await unlock(backend, did, actor=actor, reason=reason)
-    raise InvalidInput(f"unknown service op {change.op!r}")
-
-
-# ----------------------------------------------------------------------------- events
-
-
-async def record_rental_reminder(did: str, rental_expires_at: int) -> None:
-    """The reminder before a rental runs out, and its message to the owner (one transaction)."""
-    from aquafleet.models.outbox import NotificationKind, enqueue_device_event
-
-    async with in_transaction("default") as conn:
-        await ServiceChange.create(
-            did=did, op="rental_reminder", rental_expires_at=rental_expires_at,
-            actor="scheduler", reason="rental expires soon", created_at=dt.datetime.now(dt.UTC),
-            using_db=conn,
-        )  # fmt: skip
-        await enqueue_device_event(
-            conn, did, NotificationKind.RENTAL_REMINDER,
-            f"rental:{did}:{rental_expires_at}:reminder", {"detail": _when(rental_expires_at)},
-        )  # fmt: skip
-
-
-async def record_rental_expired(did: str, rental_expires_at: int) -> None:
-    """A rental ran out and the device locked: recorded, and the owner told (once)."""
-    from aquafleet.models.outbox import NotificationKind, enqueue_device_event
-
-    async with in_transaction("default") as conn:
-        await enqueue_device_event(
-            conn, did, NotificationKind.RENTAL_EXPIRED,
-            f"rental:{did}:{rental_expires_at}:expired", {"detail": _when(rental_expires_at)},
-        )  # fmt: skip
-
-
-def _when(unix_s: int) -> str:
-    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 async def taken_back(device: Device) -> bool:
     """The device is back from its member: bound to nobody and under a person's lock, as a
     return (AD-14), a dismantle and an exchange leave the device they take back. A device its
@@ -728,55 +640,3 @@ async def taken_back(device: Device) -> bool:
         return False
     copy = await DeviceService.get_or_none(did=device.did)
     return copy is not None and bool(copy.lock_bits & PERSON_LOCK)
-
-
-async def open_dismantle_after_grace(did: str, rental_expires_at: int) -> None:
-    """The grace period after an expiry passed without renewal: one dismantle ticket, unless
-    the device is back already (taken_back): nobody is sent to collect it."""
-    from aquafleet.models.tickets import open_dismantle_ticket
-
-    device = await Device.get_or_none(did=did)
-    if device is None or await taken_back(device):
-        return
-    _ticket, created = await open_dismantle_ticket(did, device.vendor_id, rental_expires_at)
-    if created:
-        await ServiceChange.create(
-            did=did, op="dismantle_ticket", rental_expires_at=rental_expires_at,
-            actor="scheduler", reason="rental not renewed within the grace period",
-            created_at=dt.datetime.now(dt.UTC),
-        )  # fmt: skip
-
-
-async def reset_filter(
-    router: Any,
-    did: str,
-    stage: int,
-    *,
-    actor: str,
-    reason: str = "",
-    now: dt.datetime | None = None,
-) -> int:
-    """Tell the device a filter stage was replaced (reset_filter command); returns the cid.
-
-    The device resets that stage's hours and bumps its reset_count, which its next TELEMETRY
-    reports: that starts a new filter cycle (models/filters.py). An offline device cannot be
-    told: DeviceOffline, and nothing is recorded.
-    """
-    from aquafleet.models.vending import DeviceOffline
-    from aquafleet.protocol import Command, CommandOp
-
-    stage = _whole("stage", stage, 0, 255)
-    actor = checked_text("actor", actor, 64)
-    await known_device(did)
-    now = now or dt.datetime.now(dt.UTC)
-    cid = int(await router.next_cid())
-    command = Command(
-        cid=cid, op=CommandOp.RESET_FILTER, exp=int(now.timestamp()) + 300, args={1: stage}
-    )
-    if not await router.deliver(did, command):
-        raise DeviceOffline(f"device {did} is offline: reset its filter when it is back")
-    await _record_change(
-        did=did, op="reset_filter", actor=actor, reason=f"stage {stage}: {reason}"[:255],
-        request_id=f"cid:{cid}", created_at=now,
-    )  # fmt: skip
-    return cid

@@ -80,7 +80,8 @@ from aquafleet.models.rental_end import (
     deposit_requested_by,
 )
 from aquafleet.models.returns import goods_shipped_as, order_of_goods
-from aquafleet.models.service import ServiceChangeRequest, ServiceMode, taken_back
+from aquafleet.models.service import ServiceMode, taken_back
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.technicians import Technician
 from aquafleet.models.tenancy import Principal
 from aquafleet.models.ticket_flow import (

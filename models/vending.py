@@ -19,7 +19,8 @@ from tortoise import fields
 from tortoise.models import Model
 
 from aquafleet.models.devices import Device
-from aquafleet.models.errors import Conflict, InvalidInput, NotFound
+from aquafleet.models.errors import Conflict, NotFound
+from aquafleet.models.service import DeviceService, ServiceMode, whole
 from aquafleet.protocol import Command, CommandOp
 
 MAX_DISPENSE_ML = 20_000  # one pour; a vending machine's largest cup is far below
@@ -85,12 +86,6 @@ class CommandRouter(Protocol):
     async def deliver(self, did: str, command: Command) -> bool: ...
 
 
-def _whole(name: str, value: object, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise InvalidInput(f"{name} must be an integer from {low} to {high}")
-    return value
-
-
 async def start_dispense(
     router: CommandRouter,
     live: LiveService,
@@ -107,11 +102,10 @@ async def start_dispense(
     session at once (DeviceOffline), so nobody waits for water that cannot come, and a locked
     one is refused (DeviceLocked) before anything is logged or sent."""
     from aquafleet.models.commands import check_not_locked
-    from aquafleet.models.service import DeviceService, ServiceMode
 
-    ml = _whole("ml", ml, 1, MAX_DISPENSE_ML)
-    price_fen_per_l = _whole("price_fen_per_l", price_fen_per_l, 0, MAX_PRICE_FEN_PER_L)
-    timeout_s = _whole("timeout_s", timeout_s, 5, MAX_TIMEOUT_S)
+    ml = whole("ml", ml, 1, MAX_DISPENSE_ML)
+    price_fen_per_l = whole("price_fen_per_l", price_fen_per_l, 0, MAX_PRICE_FEN_PER_L)
+    timeout_s = whole("timeout_s", timeout_s, 5, MAX_TIMEOUT_S)
     device = await Device.get_or_none(did=did)
     if device is None:
         raise NotFound(f"device {did} not found")

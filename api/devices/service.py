@@ -33,7 +33,7 @@ from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SETTINGS
 from aquafleet.models.device_stats import device_statistics
 from aquafleet.models.devices import check_changeable
 from aquafleet.models.filters import filter_life, filters_of_devices
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import ADMIN_ROLES, ANY_ROLE, PLATFORM_OR_VENDOR
 from aquafleet.models.usage import DeviceSnapshot, RecordKind, UsageRecord, latest_records
 

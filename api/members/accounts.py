@@ -18,6 +18,7 @@ from aquafleet.api.members.access import (
     password_guess_key,
     redis_of,
     send_code,
+    send_code_telling_nothing,
     visible_member,
 )
 from aquafleet.api.members.schemas import (
@@ -247,24 +248,33 @@ async def reset_target(call: Call, uid: str, mobile: str | None) -> Member:
     query=MemberCodeQuery,
     status=200,
     errors=(401, 403, 404, 429, 503),
-    description="Public (seed: A#+C; but who forgot the password has no token): the mobile "
-    "must be the member's own. Without a token a 404 counts against the code limits like a "
-    "sent code. With a token, the seed's roles apply.",
+    description="Public (seed: A#+C; but who forgot the password has no token): the code goes "
+    "only to the member's own mobile. Without a token the answer is 200 whether or not the uid "
+    "and mobile are a member's (the code limits count either way; a provider's failure is only "
+    "logged). With a token, the seed's roles apply (404 for a wrong pair, 503 when the SMS "
+    "provider fails).",
 )
 async def send_reset_code(call: Call) -> None:
     query: MemberCodeQuery = call.query
     check_same_uid(query.uid, call.params.uid)
+    anonymous = not call.request.headers.get("Authorization")
     try:
         member = await reset_target(call, call.params.uid, query.mobile)
         if member.state not in LOGIN_ALLOWED:
             raise NotFoundError("no member with this uid and mobile")
     except NotFoundError:
-        if not call.request.headers.get("Authorization"):
-            # Anonymous: a refused pair counts like a real request (limits per number and IP),
-            # or uid and number pairs could be tried at full speed (uids are sequential).
-            await call.app[MEMBERS].codes.check_limits(query.mobile, ip=call.client_ip)
-        raise
-    await send_code(call, CodePurpose.RESET, member.vendor_id, query.mobile)
+        if not anonymous:
+            raise
+        # Anonymous: a refused pair is answered as a sent code (a 404 told which uid a number
+        # belongs to: uids are sequential), and counts like one against the limits per number
+        # and client IP, so pairs cannot be tried at full speed either.
+        await call.app[MEMBERS].codes.check_limits(query.mobile, ip=call.client_ip)
+        log.info("reset_code_refused", uid=call.params.uid, answered="as if sent")
+        return
+    if anonymous:  # the provider's refusal of the member's number must not tell it apart either
+        await send_code_telling_nothing(call, CodePurpose.RESET, member.vendor_id, query.mobile)
+    else:
+        await send_code(call, CodePurpose.RESET, member.vendor_id, query.mobile)
 
 
 @routes.put(

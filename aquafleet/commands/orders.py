@@ -100,7 +100,7 @@ async def service_applier(settings: Any, actor: str) -> AsyncIterator[Any]:
     from aquafleet.gateway.keys import Keyspace
     from aquafleet.gateway.redis_io import Scripts
     from aquafleet.gateway.service_state import ServiceStore
-    from aquafleet.models import service
+    from aquafleet.models import service_requests
 
     client = await redis_for_commands(settings)
     if client is None:
@@ -114,8 +114,8 @@ async def service_applier(settings: Any, actor: str) -> AsyncIterator[Any]:
         )
         store = ServiceStore(client, scripts, keyspace)
 
-        async def apply(did: str, change: service.ServiceChangeRequest) -> object:
-            return await service.apply_change(store, did, change, actor=actor)
+        async def apply(did: str, change: service_requests.ServiceChangeRequest) -> object:
+            return await service_requests.apply_change(store, did, change, actor=actor)
 
         yield apply
     finally:

@@ -11,6 +11,9 @@
 --         database holds a pending row for the request id: the step writes the change's
 --         record there too, with no expiry, and models/service.py deletes it once the row is
 --         complete, so whether the change ran stays known after the marker expires
+-- KEYS[8] with KEYS[7] of a change of models/service.py: the shard's index of unrecorded
+--         records (a sorted set: request marker key -> now, unix ms), so the recovery pass
+--         finds a record whose row rolled back with its caller's transaction
 -- ARGV[1] op, ARGV[2] now (unix ms), ARGV[3] node channel prefix ("aq:node:"), ARGV[4] did,
 -- ARGV[5..] the op's arguments ("-" = none):
 --   configure  mode remaining_ml rental_expires_at low_balance_ml
@@ -353,7 +356,10 @@ local function mark(value)
   else
     redis.call('SET', request, value, 'EX', 604800)
   end
-  if unrecorded then redis.call('HSET', unrecorded, request, record()) end
+  if unrecorded then
+    redis.call('HSET', unrecorded, request, record())
+    if KEYS[8] then redis.call('ZADD', KEYS[8], now_ms, request) end
+  end
 end
 
 if lk == before_lk and rm == before_rm and rx == before_rx and mode == before_mode

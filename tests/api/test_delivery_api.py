@@ -16,7 +16,8 @@ from aquafleet.models.filters import DeviceFilterSpec
 from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.order_states import OrderStateConflict
 from aquafleet.models.orders import Order
-from aquafleet.models.service import ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import ServiceChange
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.tickets import Ticket, TicketType
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant

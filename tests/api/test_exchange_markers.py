@@ -17,7 +17,7 @@ import pytest
 from aquafleet.gateway.appkeys import DEVICE_GATEWAY, SERVICE_STORE
 from aquafleet.models.devices import Device
 from aquafleet.models.handover import MARKER_TTL_S
-from aquafleet.models.service import ServiceChangeRequest
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_work import cancel, complete
 from aquafleet.models.tickets import OPEN_STATES, Ticket, TicketState

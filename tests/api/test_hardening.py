@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from aquafleet.api.routing import MAX_JSON_DEPTH
 from tests.api import test_members_api as member_fixtures
 from tests.api.conftest import PASSWORD, ApiClient, Tenant, md5
 from tests.api.test_members_api import MemberApp
+from tests.fakes.aliyun_sms import FakeAliyunSms
 
 # The node of the member tests (SMS to the Aliyun fake, on a test clock) and its app driver.
 clock = member_fixtures.clock
@@ -414,6 +416,63 @@ async def test_an_anonymous_password_reset_does_not_tell_who_exists(
     # With a login, the caller's own view applies: an admin learns what it may see.
     answer = await api.call("PUT", f"/users/{unknown}/rst", body, expect=404)
     assert answer.status == 404
+
+
+async def test_an_anonymous_reset_code_request_does_not_tell_whose_number_it_is(
+    api: ApiClient, tenants: tuple[Tenant, Tenant], members: MemberApp, fake_sms: FakeAliyunSms
+):
+    """AA-07A answered 404 for a uid and number that are not a member's and 200 for those that
+    are: with sequential uids, anyone could find the uid of a number (or the number of a uid,
+    one guess at a time). Without a token every pair is answered as a sent code; only the
+    member's own number gets one. The provider refusing that number is not told either."""
+    from aquafleet.models.members import Member, MemberState, member_uid
+
+    a, b = tenants
+    active, _ = await members.register(a.vid, "13800138000")
+    disabled, _ = await members.register(a.vid, "13800138001")
+    await Member.filter(uid=disabled).update(state=MemberState.DISABLED)
+    in_other_vendor, _ = await members.register(b.vid, "13800138002")
+    unknown = member_uid(a.vid, 999)
+    members.clock.now += 61  # past each number's one-code-a-minute limit
+    sent_before = len(fake_sms.sent)
+    pairs = [  # each number once: a number's requests count against its limit
+        (active, "13900139000"),  # a member, a number not its own
+        (disabled, "13800138001"),  # a disabled member, its own number
+        (in_other_vendor, "13900139001"),  # another vendor's member, a number not its own
+        (unknown, "13800138002"),  # no such member (the number is another vendor's member's)
+        (active, "13800138000"),  # the member's own: the only code sent
+    ]
+    answers = {
+        pair: same_answer_of_200(
+            await members.public.call(
+                "GET", f"/users/{pair[0]}/rst/code", params={"mobile": pair[1]}
+            )
+        )
+        for pair in pairs
+    }
+    assert len(set(answers.values())) == 1, answers
+    assert next(iter(answers.values()))[0] == 200
+    sent = fake_sms.sent[sent_before:]
+    assert [s.mobile for s in sent] == ["13800138000"]
+    # The SMS provider refusing the member's number: still the same answer, nothing sent.
+    members.clock.now += 61
+    fake_sms.scripted.append(
+        (200, json.dumps({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "no", "RequestId": "R"}))
+    )
+    refused = await members.public.call(
+        "GET", f"/users/{active}/rst/code", params={"mobile": "13800138000"}
+    )
+    assert same_answer_of_200(refused) == next(iter(answers.values()))
+    assert len(fake_sms.sent) == sent_before + 1
+    # With a login, the caller's own view applies: an admin learns what it may see.
+    answer = await a.vendor.call(
+        "GET", f"/users/{unknown}/rst/code", params={"mobile": "13800138003"}, expect=404
+    )
+    assert answer.status == 404
+
+
+def same_answer_of_200(answer: Any) -> tuple[int, str]:
+    return answer.status, json.dumps(answer.body, sort_keys=True)
 
 
 async def test_registration_does_not_tell_whether_a_referrer_exists(

@@ -18,9 +18,9 @@ from aquafleet.models.service import (
     DAY_S,
     DeviceService,
     ServiceChange,
-    ServiceChangeRequest,
     ServiceMode,
 )
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Role
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.shop import Shopper, add_product, make_member

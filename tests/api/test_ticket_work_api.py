@@ -17,7 +17,8 @@ from aquafleet.models.faults import FaultWatch
 from aquafleet.models.handover import HandBack, Handover, hand_back
 from aquafleet.models.money import Refund
 from aquafleet.models.order_payment import mark_paid
-from aquafleet.models.service import ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import ServiceChange
+from aquafleet.models.service_requests import ServiceChangeRequest
 from aquafleet.models.tenancy import Principal, Role
 from aquafleet.models.ticket_flow import TicketStateConflict
 from aquafleet.models.ticket_work import cancel, complete

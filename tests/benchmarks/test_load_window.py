@@ -199,3 +199,60 @@ def test_pure_acks_are_counted_per_data_segment_received_over_the_watched_span()
         "pure_acks_sent": 1000,
         "pure_acks_per_data_segment_received": 0.5,
     }
+
+
+def test_the_metering_rounds_are_read_from_the_gateways_metrics_and_printed():
+    """The rounds' figures come from the node's /metrics as Prometheus gives them (a
+    histogram's `_sum` in seconds, not cut to whole seconds: a 7 ms round must not read 0)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from benchmarks.load import metering_rounds
+
+    text = (
+        b"# TYPE aquafleet_meter_rounds_total counter\naquafleet_meter_rounds_total 400.0\n"
+        b"# TYPE aquafleet_records_received_total counter\n"
+        b"aquafleet_records_received_total 200000.0\n"
+        b"# TYPE aquafleet_meter_round_seconds histogram\n"
+        b'aquafleet_meter_round_seconds_bucket{le="+Inf"} 400.0\n'
+        b"aquafleet_meter_round_seconds_count 400.0\naquafleet_meter_round_seconds_sum 3.1\n"
+        b"# TYPE aquafleet_ack_latency_seconds histogram\n"
+        b'aquafleet_ack_latency_seconds_bucket{le="+Inf"} 400.0\n'
+        b"aquafleet_ack_latency_seconds_count 400.0\naquafleet_ack_latency_seconds_sum 6.0\n"
+    )
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rounds = metering_rounds(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rounds == {
+        "rounds": 400,
+        "records_per_round": 500.0,
+        "round_ms_mean": 7.75,
+        "ack_wait_ms_mean": 15.0,
+    }
+    steady = {"cpu_us_per_record": {"gateway": 40.0, "redis": 10.0, "ledger": 10.0}}
+    run = _round(120.0, steady, 24.0, 20.0)
+    run["aquafleet"]["metering_rounds"] = rounds
+    run["aquafleet"]["tcp_segments"] = {"pure_acks_per_data_segment_received": 0.9}
+    run["mosquitto"]["tcp_segments"] = {"pure_acks_per_data_segment_received": 0.4}
+    summary = ratio_summary(reference_report([run]))
+    assert "device sockets 0.90, Mosquitto's 0.40" in summary
+    assert (
+        "round 1, metering rounds: 400 of 500 records, 7.8 ms a round (wall), "
+        "15.0 ms from a round's first record to its ACKs"
+    ) in summary

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aquafleet.gateway.appkeys import SERVICE_STORE
-from aquafleet.models import service
+from aquafleet.models import filters, service
 from aquafleet.models.service import ServiceChange, ServiceMode
 from aquafleet.protocol import Command, CommandOp, desired_state_from_args
 from aquafleet.protocol.constants import StateBit
@@ -252,9 +252,9 @@ async def test_reset_filter_reaches_the_device_and_is_recorded(node_factory, dev
     dev, _store, device = await volume_device(node, device_factory, 1000)
     router = node.app[COMMANDS]
     with pytest.raises(DeviceOffline):
-        await service.reset_filter(router, dev.did, 2, actor=ACTOR)
+        await filters.reset_filter(router, dev.did, 2, actor=ACTOR)
     await device.login()
-    cid = await service.reset_filter(router, dev.did, 2, actor=ACTOR, reason="replaced RO")
+    cid = await filters.reset_filter(router, dev.did, 2, actor=ACTOR, reason="replaced RO")
     command = await device.wait_for(Command)
     assert (command.cid, command.op, dict(command.args)) == (cid, CommandOp.RESET_FILTER, {1: 2})
     (row,) = await ServiceChange.filter(did=dev.did, op="reset_filter")

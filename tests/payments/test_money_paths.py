@@ -12,7 +12,8 @@ from aquafleet.models.devices import Device
 from aquafleet.models.money import Refund, RefundState, balance, channel_account
 from aquafleet.models.order_states import fire
 from aquafleet.models.orders import Order, OrderEvent
-from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import DAY_S, DeviceService, ServiceChange
+from aquafleet.models.service_requests import ServiceChangeRequest
 from tests.api.conftest import ApiClient, Tenant
 from tests.api.test_delivery_api import register
 from tests.api.test_renewals_api import delivered

@@ -13,7 +13,8 @@ from aquafleet.models.money import Refund
 from aquafleet.models.order_payment import mark_paid
 from aquafleet.models.orders import Order
 from aquafleet.models.registry import set_device_state
-from aquafleet.models.service import DAY_S, DeviceService, ServiceChange, ServiceChangeRequest
+from aquafleet.models.service import DAY_S, DeviceService, ServiceChange
+from aquafleet.models.service_requests import ServiceChangeRequest
 from tests.api.conftest import PLATFORM_USER, ApiClient, Tenant
 from tests.api.test_delivery_api import PARCEL, register
 from tests.payments.shops import assert_ledger_clean

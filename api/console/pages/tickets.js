@@ -20,7 +20,7 @@ const MAX_DETAIL = 500; // models/tickets.py
 function newTicketForm(did, signal, opened) {
   const error = h('p', { class: 'error', role: 'alert', id: 'ticket-new-error', hidden: true });
   const device = h('input', { name: 'device_id', required: true, value: did || '', maxlength: 16,
-    // api/tickets.py's DID_PATTERN in either case (the browser checks it before the submit
+    // api/tickets/shaping.py's DID_PATTERN in either case (the browser checks it before the submit
     // event; the value is upper-cased when it is sent)
     pattern: '[A-Za-z0-9]{4}[0-9]{8}[0-9A-Fa-f]{4}', title: t('ticket.new.did_hint'),
     autocomplete: 'off', spellcheck: 'false', class: 'mono upper', placeholder: 'AAAA00000001B90A' });
