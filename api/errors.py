@@ -229,6 +229,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "rental_end_exists": (409, "退租 of a device whose shipped device has a 退租, open or done"),
     "rental_ending": (409, "an exchange of a device whose 退租 is open: cancel the 退租 first"),
     "device_exchanged": (409, "a 退租 of a device an exchange took away since: end the new one's"),
+    "device_not_held": (409, "an exchange naming a member who does not hold its device"),
     "rental_ended": (409, "an exchange of a device whose 退租 is done: it went back, deposit too"),
     "order_returning": (409, "a 退租 of an order being returned or returned (AD-12..14)"),
     "order_has_rental_end": (409, "a return (AD-12..14) of a rental with a 退租, open or done"),

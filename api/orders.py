@@ -143,7 +143,10 @@ class AmountsOut(ResponseModel):
     deposit: int
     rent: int
     total: int
-    refund_due: int = Field(description="recorded when the goods came back (AD-14)")
+    refund_due: int = Field(
+        description="recorded when the goods came back (AD-14): the total less what refunds "
+        "of the order gave back before"
+    )
 
 
 class OrderOut(ResponseModel):
@@ -317,7 +320,7 @@ async def list_orders(call: Call) -> Page:
 )
 async def add_order(call: Call) -> OrderOut:
     body: OrderIn = call.body
-    key = _idempotency_key(call)
+    key = idempotency_header(call)
     member = await get_member(call.principal.subject)
     request = OrderRequest(
         lines=[LineRequest(line.product_id, line.quantity, line.package) for line in body.content],
@@ -330,7 +333,8 @@ async def add_order(call: Call) -> OrderOut:
     return (await order_outs([order]))[0]
 
 
-def _idempotency_key(call: Call) -> str | None:
+def idempotency_header(call: Call) -> str | None:
+    """The request's Idempotency-Key header (None: none sent); 422 when not 1..64 characters."""
     key = call.request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         message = f"must be 1..{MAX_IDEMPOTENCY_KEY} characters"
@@ -357,7 +361,7 @@ def _idempotency_key(call: Call) -> str | None:
 )
 async def add_renewal(call: Call) -> OrderOut:
     body: RenewalIn = call.body
-    key = _idempotency_key(call)
+    key = idempotency_header(call)
     member = await get_member(call.principal.subject)
     order, _created = await create_renewal(
         member, body.did, body.package, memo=body.memo, idempotency_key=key
@@ -577,9 +581,10 @@ async def refuse(call: Call) -> OrderOut:
     response=OrderOut,
     errors=(404, 409),
     description="A# (已退货): consent -> refund. Every device the order shipped is locked and "
-    "unbound; an installed one gets a dismantle ticket; the order's total is recorded as "
-    "`amounts.refund_due` for the payment layer. A rental with a 退租, open or done, is not "
-    "returned (409 order_has_rental_end, before anything moves).",
+    "unbound; an installed one gets a dismantle ticket; the order's total, less what refunds "
+    "of the order gave back before, is recorded as `amounts.refund_due` for the payment "
+    "layer. A rental with a 退租, open or done, is not returned (409 order_has_rental_end, "
+    "before anything moves).",
 )
 async def refund(call: Call) -> OrderOut:
     principal = call.principal

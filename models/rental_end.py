@@ -26,20 +26,25 @@ replaced: models/returns.py goods_shipped_as):
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from tortoise.exceptions import IntegrityError
 from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
 
 from aquafleet.models.devices import Device
-from aquafleet.models.errors import Conflict, NotFound
+from aquafleet.models.errors import Conflict, InvalidInput, NotFound, RequestReused
+from aquafleet.models.order_placing import request_digest
 from aquafleet.models.order_states import OrderStateData
-from aquafleet.models.orders import Order, OrderKind, OrderState
+from aquafleet.models.orders import MAX_IDEMPOTENCY_KEY, Order, OrderKind, OrderState
 from aquafleet.models.returns import goods_shipped_as
 from aquafleet.models.tickets import (
     OPEN_STATES,
     AutomaticTicket,
     Ticket,
     TicketConflict,
+    TicketRequestKey,
     TicketState,
     TicketType,
     closed_key,
@@ -105,6 +110,31 @@ class DeviceExchanged(Conflict):
         return {"ticket_id": self.exchange.ticket_id, "new_device_id": self.exchange.new_device_id}
 
 
+class DeviceNotHeld(Conflict):
+    """An exchange (opened or completed) naming a member who does not hold its device."""
+
+    code = "device_not_held"
+
+    def __init__(self, did: str, member_uid: str) -> None:
+        super().__init__(
+            f"device {did} is not held by member {member_uid}: an exchange (换机) replaces a "
+            "device its member holds; name the member the device is bound to"
+        )
+        self.did, self.member_uid = did, member_uid
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"device_id": self.did, "user_id": self.member_uid}
+
+
+def check_held(device: Device, member_uid: str | None) -> None:
+    """An exchange's device is bound to the member it serves (DeviceNotHeld): else the old
+    device, another member's or nobody's, would be taken and its service handed to the
+    member named. No member named: the device's holder, whoever that is."""
+    if member_uid is not None and device.owner_id != member_uid:
+        raise DeviceNotHeld(device.did, member_uid)
+
+
 RENTAL_END_STATES = frozenset({OrderState.DELIVERED, OrderState.RECEIVED, OrderState.DONE})
 # A return asked, agreed or done (AD-12, AD-13, AD-14): the return gives the order's money back,
 # deposit included, so no 退租 is asked or completed (models/returns.py refuses the converse).
@@ -123,14 +153,36 @@ def check_not_returning(order: Order) -> None:
         )
 
 
-async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
+async def end_rental(
+    order: Order, member_uid: str, did: str, reason: str, *, idempotency_key: str | None = None
+) -> tuple[Ticket, bool]:
     """退租: the member ends the rental of a device the order delivered, or of the replacement
     an exchange (or a chain of them) gave for it (models/returns.py goods_shipped_as), that it
     holds; a dismantle ticket opens (once per order and device, and once per device the order
     shipped: check_one_end). Its completion locks and unbinds the device and requests the
-    deposit of the device the order shipped back."""
+    deposit of the device the order shipped back. `idempotency_key` (the Idempotency-Key
+    header): sent again with the same request, the ticket the first answered, as it is now;
+    with another request, IdempotencyKeyReused (ticket_of_key)."""
     if order.member_id != member_uid:
         raise NotFound(f"order {order.oid} not found")
+    reason = reason.strip()[:200]
+    digest = request_digest("rental_end", {"order": order.oid, "device": did, "reason": reason})
+    async with in_transaction("default"):
+        # Under the order's row lock, as AD-12 checks for a 退租 (models/returns.py ask_return):
+        # of a 退租 and a return asked at once, one sees the other and is refused. A retry
+        # with the key waits there for the first request's answer.
+        order = await Order.filter(id=order.id).select_for_update().get()
+        first = await ticket_of_key(member_uid, idempotency_key, digest)
+        if first is not None:
+            return first, False
+        ticket, created = await _open_end(order, member_uid, did, reason)
+        if idempotency_key is not None:
+            await _record_key(member_uid, idempotency_key, digest, ticket)
+        return ticket, created
+
+
+async def _open_end(order: Order, member_uid: str, did: str, reason: str) -> tuple[Ticket, bool]:
+    """end_rental's checks and its ticket, with the order's row locked."""
     if order.kind is OrderKind.RENTAL:
         check_not_returning(order)
     if order.kind is not OrderKind.RENTAL or order.state not in RENTAL_END_STATES:
@@ -144,8 +196,7 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
     device = await Device.get_or_none(did=did)
     if device is None or device.owner_id != member_uid:
         raise Conflict(f"device {did} is no longer held by the member")
-    await check_one_end(order, did, stands_for)  # a deposit comes back once per shipped device
-    reason = reason.strip()[:200]
+    await check_one_end(order, did, stands_for)  # a deposit comes back once per device
     key = rental_end_key(order.oid, did)
     await release_cancelled(key)
     return await open_automatic_ticket(
@@ -157,6 +208,49 @@ async def end_rental(order: Order, member_uid: str, did: str, reason: str) -> tu
             order_id=order.id,
         )
     )  # fmt: skip
+
+
+class IdempotencyKeyReused(RequestReused):
+    """A 退租's Idempotency-Key sent again with another request (order, device or reason)."""
+
+    def __init__(self, key: str, first: Ticket) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} asked for rental end (退租) {first.ticket_id} with "
+            "another request: a new ask needs a new key",
+            {"ticket_id": first.ticket_id},
+        )
+
+
+async def ticket_of_key(member_uid: str, key: str | None, digest: str) -> Ticket | None:
+    """The ticket the member's request with `key` opened or answered before, when the request
+    was the same; another request under that key is IdempotencyKeyReused."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    recorded = await TicketRequestKey.get_or_none(member_uid=member_uid, idempotency_key=key)
+    if recorded is None:
+        return None
+    first = await Ticket.get(id=recorded.ticket_id)
+    if recorded.request_hash != digest:
+        raise IdempotencyKeyReused(key, first)
+    return first
+
+
+async def _record_key(member_uid: str, key: str, digest: str, ticket: Ticket) -> None:
+    """The key answers `ticket` from now on. The same key racing on another order (whose row
+    lock this one does not wait for) inserts first: this request is then the other one,
+    refused, and its transaction (its ticket too) rolls back."""
+    try:
+        async with in_transaction("default"):  # a savepoint: the lookup below still runs
+            await TicketRequestKey.create(
+                member_uid=member_uid, idempotency_key=key, request_hash=digest,
+                ticket_id=ticket.id, created_at=dt.datetime.now(dt.UTC),
+            )  # fmt: skip
+    except IntegrityError:
+        first = await ticket_of_key(member_uid, key, digest)
+        if first is None or first.id != ticket.id:
+            raise IdempotencyKeyReused(key, first or ticket) from None
 
 
 async def release_cancelled(key: str) -> None:

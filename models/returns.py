@@ -4,9 +4,10 @@ the goods coming back end the devices' service and record the refund as due.
 AD-14 (已退货, goods back): every device the order shipped, or the replacement an exchange (换机)
 gave the member for it, is locked (a person's lock, with the order id in the reason; not one
 another member holds now) and unbound from the member, its shares end; a device that was installed
-gets a dismantle ticket; the order's whole total is recorded as `refund_due_fen` for the payment
-layer, and a refund of what the order's payment took and was not given back yet is requested
-in the money ledger (models/money.py `order_refundable_fen`, refund number `return-{oid}`; a
+gets a dismantle ticket; what is still due of the order's total (less what refunds of the
+order gave back before: still_due_fen) is recorded as `refund_due_fen` for the payment layer,
+and a refund of what the order's payment took and was not given back yet is requested in the
+money ledger (models/money.py `order_refundable_fen`, refund number `return-{oid}`; a
 second payment of the order is refunded on its own) for the payment channel to execute. The
 locks go first (repeating a lock changes nothing), then one transaction moves the order and
 unbinds the devices.
@@ -27,7 +28,14 @@ from tortoise.transactions import in_transaction
 from aquafleet.models.delivery import ServiceApplier
 from aquafleet.models.devices import Device, DeviceShare
 from aquafleet.models.errors import InvalidInput
-from aquafleet.models.money import order_refundable_fen, request_refund
+from aquafleet.models.money import (
+    OUTSTANDING_REFUNDS,
+    Part,
+    Refund,
+    order_refundable_fen,
+    refund_part,
+    request_refund,
+)
 from aquafleet.models.order_states import MEMBER, OrderStateConflict, fire, next_state
 from aquafleet.models.orders import (
     MAX_REASON,
@@ -108,8 +116,11 @@ async def ask_return(
                 f"{closes.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
                 order.state,
             )
-    await check_no_rental_end(order)
     async with in_transaction("default"):
+        # Under the order's row lock, as a 退租 is asked (models/rental_end.py end_rental): of
+        # the two asked at once, one sees the other and is refused.
+        await Order.filter(id=order.id).select_for_update().get()
+        await check_no_rental_end(order)
         await fire(order, OrderEvent.RETURN, actor_role=MEMBER, actor_id=member_uid,
                    reason=reason, now=now)  # fmt: skip
         await Order.filter(id=order.id).update(return_reason=reason)
@@ -119,10 +130,14 @@ async def ask_return(
 
 async def consent_return(order: Order, principal: Principal) -> Order:
     """AD-13: the platform or the vendor agrees to take the goods back."""
-    await check_no_rental_end(order)
-    return await fire(
-        order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
-    )
+    async with in_transaction("default"):
+        await Order.filter(id=order.id).select_for_update().get()  # as in ask_return
+        await check_no_rental_end(order)
+        await fire(
+            order, OrderEvent.CONSENT, actor_role=principal.role.value, actor_id=principal.subject
+        )
+    await order.refresh_from_db()
+    return order
 
 
 async def refuse_return(
@@ -213,6 +228,17 @@ async def goods_of(order: Order) -> list[str]:
     return list(await goods_shipped_as(order))
 
 
+async def still_due_fen(order: Order) -> int:
+    """What a return gives back of the order: its total less what refunds of the order (due,
+    in flight or done; not those of a second payment, refunded apart) gave back already."""
+    back = sum(
+        int(refund.amount_fen)
+        for refund in await Refund.filter(order_oid=order.oid, state__in=list(OUTSTANDING_REFUNDS))
+        if refund_part(refund) is not Part.DUPLICATE
+    )
+    return max(0, int(order.total_fen) - back)
+
+
 async def goods_returned(
     order: Order,
     principal: Principal,
@@ -239,11 +265,12 @@ async def goods_returned(
         # Under the order's row lock, as a 退租's completion checks the order: not both.
         await Order.filter(id=order.id).select_for_update().get()
         await check_no_rental_end(order)
+        due = await still_due_fen(order)
         await fire(
             order, OrderEvent.REFUND, actor_role=principal.role.value,
-            actor_id=principal.subject, reason=f"goods back; {order.total_fen} fen due", now=now,
+            actor_id=principal.subject, reason=f"goods back; {due} fen due", now=now,
         )  # fmt: skip
-        await Order.filter(id=order.id).update(refund_due_fen=order.total_fen)
+        await Order.filter(id=order.id).update(refund_due_fen=due)
         left = await order_refundable_fen(order.oid)  # a duplicate payment is refunded apart
         if left > 0:
             await request_refund(

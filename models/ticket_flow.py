@@ -28,7 +28,7 @@ from aquafleet.models.devices import Device, find_visible
 from aquafleet.models.errors import Conflict, Forbidden, InvalidInput, NotFound
 from aquafleet.models.outbox import NotificationKind, Recipient, RecipientType, enqueue
 from aquafleet.models.outbox import member_recipient as _member_recipient
-from aquafleet.models.rental_end import check_exchangeable
+from aquafleet.models.rental_end import check_exchangeable, check_held
 from aquafleet.models.returns import order_of_goods
 from aquafleet.models.technicians import (
     Technician,
@@ -245,6 +245,7 @@ async def create_ticket(principal: Principal, request: TicketRequest) -> Ticket:
         extra["order_id"] = None if order is None else order.id
         asker = principal.subject if principal.role is Role.MEMBER else None
         await check_exchangeable(device.did, extra["order_id"], asker)
+        check_held(device, member_uid)  # an admin's: the member it names holds the device
     return await open_ticket(
         vendor_code, request.type, did=request.did, member_uid=member_uid,
         detail=request.detail[:MAX_DETAIL], **extra,

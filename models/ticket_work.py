@@ -74,6 +74,7 @@ from aquafleet.models.handover import (
 from aquafleet.models.orders import Order, OrderLine
 from aquafleet.models.rental_end import (
     check_exchangeable,
+    check_held,
     check_not_returning,
     check_still_rented,
     deposit_requested_by,
@@ -172,6 +173,7 @@ async def _replacement(ticket: Ticket, new_did: str | None) -> tuple[Device, str
     if new_did is None or ticket.device_id is None:
         raise InvalidInput("an exchange names the replacement device (new_device)")
     old = await Device.get(did=ticket.device_id)
+    check_held(old, ticket.member_uid)  # still the member's: not unbound or rebound since
     new = await Device.get_or_none(did=new_did)
     if new is None or new.vendor_id != ticket.vendor_id or new_did == old.did:
         raise NotFound(f"device {new_did} not found")

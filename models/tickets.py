@@ -151,6 +151,26 @@ class Ticket(Model):
         indexes = (("vendor_id", "state"), ("device_id",), ("technician_id", "state"))
 
 
+class TicketRequestKey(Model):
+    """A member's Idempotency-Key for a request that opened or answered a ticket (a 退租 ask),
+    with the digest of that request: the key sent again answers that ticket."""
+
+    id = fields.BigIntField(primary_key=True)
+    member_uid = fields.CharField(max_length=20)
+    idempotency_key = fields.CharField(max_length=64)  # models/orders.py MAX_IDEMPOTENCY_KEY
+    request_hash = fields.CharField(max_length=64)
+    ticket: fields.ForeignKeyRelation[Ticket] = fields.ForeignKeyField(
+        "models.Ticket", related_name="request_keys", on_delete=fields.RESTRICT
+    )
+    created_at = fields.DatetimeField()
+
+    ticket_id: int
+
+    class Meta:
+        table = "ticket_request_key"
+        unique_together = (("member_uid", "idempotency_key"),)
+
+
 class TicketSerial(Model):
     """The last ticket serial issued to a vendor (serials are never reused)."""
 

@@ -222,7 +222,8 @@ class TicketIn(RequestModel):
     "device's, else that of the order that sold the device, never the node its member moved to "
     "since, else the member's), the device's place (for dispatch by distance) and owner "
     "unless given; an exchange, the order whose goods the device is (409 rental_ending for a "
-    "device whose 退租 is open, 409 rental_ended for one whose 退租 is done).",
+    "device whose 退租 is open, 409 rental_ended for one whose 退租 is done, 409 "
+    "device_not_held for a member named who does not hold the device).",
 )
 async def add_ticket(call: Call) -> TicketOut:
     body: TicketIn = call.body

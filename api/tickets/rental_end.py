@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from aquafleet.api.orders import IDEMPOTENCY_HEADER, OrderPath, idempotency_header
 from aquafleet.api.routing import Call, RouteTable
-from aquafleet.api.schemas import PathParams, RequestModel, text
+from aquafleet.api.schemas import RequestModel, text
 from aquafleet.api.tickets.shaping import DID_PATTERN, TicketOut, one
 from aquafleet.models.order_queries import find_order
+from aquafleet.models.orders import MAX_IDEMPOTENCY_KEY
 from aquafleet.models.rental_end import end_rental
 from aquafleet.models.tenancy import MEMBER_ONLY
 
 routes = RouteTable("tickets")
-
-OID_PATTERN = r"^[0-9]{8}[A-Z0-9]{4}[0-9]{12}$"
-
-
-class OrderPath(PathParams):
-    oid: str = Field(pattern=OID_PATTERN)
 
 
 class RentalEndIn(RequestModel):
@@ -42,10 +38,17 @@ class RentalEndIn(RequestModel):
     "completing it locks and unbinds the device, ends its service and requests the order's "
     "deposit for that device back, once per device the order shipped (409 rental_end_exists "
     "when the device it stands for already has a 退租, open or done; 409 order_returning for "
-    "an order whose return was asked: the return gives the deposit back).",
+    "an order whose return was asked: the return gives the deposit back). An "
+    f"`{IDEMPOTENCY_HEADER}` header (1..{MAX_IDEMPOTENCY_KEY} characters) makes a retried ask "
+    "answer the ticket the first one opened or answered, as it is now, even cancelled (nothing "
+    "opens twice); the key sent with another order, device or reason answers 409 "
+    "idempotency_key_reused (`data.ticket_id`: the key's ticket).",
 )
 async def end_rental_route(call: Call) -> TicketOut:
     body: RentalEndIn = call.body
     order = await find_order(call.principal, call.params.oid)
-    ticket, _created = await end_rental(order, call.principal.subject, body.device_id, body.reason)
+    ticket, _created = await end_rental(
+        order, call.principal.subject, body.device_id, body.reason,
+        idempotency_key=idempotency_header(call),
+    )  # fmt: skip
     return await one(ticket)

@@ -248,3 +248,40 @@ async def test_an_order_follows_only_its_own_exchanges_of_a_device_shipped_twice
     assert await migration.assign_exchange_orders(connections.get("default")) == 2
     assigned = Ticket.filter(type=TicketType.EXCHANGE).order_by("id")
     assert list(await assigned.values_list("order_id", flat=True)) == [o1.id, o2.id]
+
+
+async def test_an_admins_exchange_replaces_only_a_device_its_member_holds(
+    api: ApiClient, api_node: Any, tenants: tuple[Tenant, Tenant]
+):
+    """An admin's exchange naming a member (user_id) who does not hold the device, another
+    member's or nobody's, is refused when it opens, 409 device_not_held (`data`: the device
+    and member named), and no ticket opens. One opened for the device's holder does not
+    complete once the device left that member (the order returned, AD-14): nothing moves, the
+    member gets no replacement with the old device's service."""
+    a, _ = tenants
+    shipped, kept, replacement = await register(api, a.vid, 3)
+    shopper, oid = await two_device_rental(api, api_node, a, [shipped, kept])
+    other = await make_member(api_node, api, a.vid)
+    tech_id, tech = await technician(a.vendor, "fixer", skills=[2])
+    for admin in (a.vendor, api):
+        swap = {"type": 2, "device_id": shipped, "user_id": other.uid}
+        refused = await admin.call("POST", "/tickets", swap, expect=409)
+        assert refused.code == "device_not_held", refused
+        assert refused.data == {"device_id": shipped, "user_id": other.uid}
+    assert not await Ticket.filter(type=TicketType.EXCHANGE).exists()
+    assert (await Device.get(did=shipped)).owner_id == shopper.uid
+
+    swap = {"type": 2, "device_id": shipped, "user_id": shopper.uid}
+    tid = (await a.vendor.call("POST", "/tickets", swap, expect=201)).data["ticket_id"]
+    await shopper.client.call("POST", f"/orders/{oid}/status/confirm")
+    await shopper.client.call("POST", f"/orders/{oid}/status/return", {"reason": "漏水"})
+    await a.vendor.call("POST", f"/orders/{oid}/status/consent")
+    await a.vendor.call("PUT", f"/orders/{oid}/status/refund")
+    assert (await Device.get(did=shipped)).owner_id is None  # back with the vendor
+    await work_through(a.vendor, tech, tech_id, tid)
+    path = f"/tickets/{tid}/complete"
+    refused = await tech.call("POST", path, {"new_device": replacement}, expect=409)
+    assert refused.code == "device_not_held", refused
+    assert refused.data == {"device_id": shipped, "user_id": shopper.uid}
+    assert (await Device.get(did=replacement)).owner_id is None
+    assert (await Ticket.get(ticket_id=tid)).handed_over_to is None
