@@ -10,7 +10,7 @@ from tortoise.fields.base import OnDelete
 from tortoise import fields
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0030_old_bill_numbers')]
+    dependencies = [('models', '0031_ticket_node_backfill')]
 
     initial = False
 

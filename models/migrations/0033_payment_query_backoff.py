@@ -8,7 +8,7 @@ from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0031_ticket_node_backfill')]
+    dependencies = [('models', '0032_ticket_request_key')]
 
     initial = False
 
